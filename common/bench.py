@@ -1,0 +1,266 @@
+"""The benchmark harness behind ``casebook bench``: cases, targets, one JSON per run.
+
+Every system states its benchmarks the same way. A :class:`Case` measures *ours* against
+one or more *baselines in the same run* (never against a number remembered from another
+day or machine) and states its :class:`Target` s up front, e.g. "ours/torch <= 0.75".
+A run of one system's suite produces one JSON document (schema below), a markdown table
+and plots, written where the docs include them.
+
+Suites are plain modules listed in ``SUITES``; each exposes ``CASES: list[Case]``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import operator
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .env import machine_info
+from .trace import write_json_atomic
+
+SCHEMA_VERSION = 1
+
+SUITES: dict[str, str] = {
+    "common": "common.selfcheck",
+    "miniflow": "systems.miniflow.bench",
+    "miniclipper": "systems.miniclipper.bench",
+    "minips": "systems.minips.bench",
+    "miniansor": "systems.miniansor.bench",
+}
+
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    "<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt}
+
+
+@dataclass(frozen=True)
+class Target:
+    """A stated goal on one metric, e.g. ``Target("ratio_vs_torch", "<=", 0.75)``."""
+
+    metric: str
+    op: str
+    threshold: float
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.op not in _OPS:
+            raise ValueError(f"Target op must be one of {sorted(_OPS)}, got {self.op!r}")
+
+    def check(self, metrics: dict[str, float]) -> dict[str, Any]:
+        value = metrics.get(self.metric)
+        held = (value is not None and not (isinstance(value, float) and math.isnan(value))
+                and _OPS[self.op](value, self.threshold))
+        return {"metric": self.metric, "op": self.op, "threshold": self.threshold,
+                "value": value, "held": bool(held), "description": self.description}
+
+
+@dataclass
+class Context:
+    """What a case needs to know about the run it is part of."""
+
+    device: str = "cpu"
+    quick: bool = False
+    out_dir: Path = Path("out/bench")
+    progress: bool = True
+
+    def pick(self, full: Any, quick: Any) -> Any:
+        """The full-run or the ``--quick`` value of a parameter."""
+        return quick if self.quick else full
+
+
+@dataclass
+class Result:
+    """What a case measured. ``ratios`` hold per-pair ratio summaries (from
+    :class:`common.timing.Comparison`.to_dict()); their medians are also metrics."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    ratios: dict[str, dict] = field(default_factory=dict)
+    series: dict[str, Any] = field(default_factory=dict)  # raw data behind plots
+    plots: list[str] = field(default_factory=list)
+    notes: str = ""
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    description: str
+    baselines: tuple[str, ...]
+    run: Callable[[Context], Result]
+    targets: tuple[Target, ...] = ()
+    device: str = "cpu"  # the device kind this case needs: "cpu" or "cuda"
+
+
+def load_suite(system: str) -> list[Case]:
+    if system not in SUITES:
+        raise KeyError(f"unknown system {system!r}; choose from {sorted(SUITES)}")
+    return list(importlib.import_module(SUITES[system]).CASES)
+
+
+def run_case(case: Case, ctx: Context) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    try:
+        res = case.run(ctx)
+        error = None
+    except Exception as e:  # one broken case must not lose the others' results
+        res = Result(notes=f"case failed: {e!r}")
+        error = traceback.format_exc()
+    metrics = dict(res.metrics)
+    for name, r in res.ratios.items():
+        metrics.setdefault(name, r["ratio"])
+    return {
+        "case": case.name,
+        "description": case.description,
+        "baselines": list(case.baselines),
+        "device": case.device,
+        "metrics": metrics,
+        "ratios": res.ratios,
+        "targets": [t.check(metrics) for t in case.targets],
+        "series": res.series,
+        "plots": res.plots,
+        "notes": res.notes,
+        "error": error,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def run_suite(system: str, *, device: str = "cpu", quick: bool = False,
+              out: str | Path = "out/bench", progress: bool = True,
+              only: list[str] | None = None) -> dict[str, Any]:
+    """Run one system's cases for ``device``; write JSON, markdown and plots under
+    ``out/<system>/<device>/``; return the JSON document."""
+    from tqdm import tqdm
+
+    out_dir = Path(out) / system / device
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ctx = Context(device=device, quick=quick, out_dir=out_dir, progress=progress)
+    cases = [c for c in load_suite(system) if c.device == device
+             and (not only or c.name in only)]
+    results = []
+    for case in tqdm(cases, desc=f"bench {system} [{device}]", disable=not progress,
+                     unit="case"):
+        results.append(run_case(case, ctx))
+    doc = {
+        "schema_version": SCHEMA_VERSION,
+        "system": system,
+        "device": device,
+        "quick": quick,
+        "machine": machine_info(),
+        "cases": results,
+    }
+    validate(doc)
+    write_json_atomic(out_dir / "results.json", doc)
+    (out_dir / "results.md").write_text(markdown(doc))
+    return doc
+
+
+def validate(doc: dict[str, Any]) -> None:
+    """Check a results document against the schema; raise ValueError naming the field."""
+    def need(obj: dict, key: str, kind: type | tuple, where: str) -> Any:
+        if key not in obj:
+            raise ValueError(f"bench JSON: {where} lacks {key!r}")
+        if not isinstance(obj[key], kind):
+            raise ValueError(f"bench JSON: {where}.{key} should be {kind}, "
+                             f"got {type(obj[key]).__name__}")
+        return obj[key]
+
+    need(doc, "schema_version", int, "document")
+    need(doc, "system", str, "document")
+    need(doc, "device", str, "document")
+    need(doc, "quick", bool, "document")
+    m = need(doc, "machine", dict, "document")
+    for k in ("date", "cpu", "cores", "versions", "blas"):
+        need(m, k, (str, int, dict, list), "machine")
+    for i, c in enumerate(need(doc, "cases", list, "document")):
+        where = f"cases[{i}]"
+        need(c, "case", str, where)
+        need(c, "baselines", list, where)
+        for k, v in need(c, "metrics", dict, where).items():
+            if not isinstance(v, (int, float)) or isinstance(v, bool):
+                raise ValueError(f"bench JSON: {where}.metrics[{k!r}] is not a number")
+        for k, r in need(c, "ratios", dict, where).items():
+            for f in ("ratio", "q1", "q3", "pairs"):
+                need(r, f, (int, float), f"{where}.ratios[{k!r}]")
+        for t in need(c, "targets", list, where):
+            for f in ("metric", "op", "threshold", "held"):
+                if f not in t:
+                    raise ValueError(f"bench JSON: {where}.targets lacks {f!r}")
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        if v == 0 or 1e-3 <= abs(v) < 1e5:
+            return f"{v:.3g}"
+        return f"{v:.3e}"
+    return str(v)
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    """The run as markdown: machine line, then one table of targets, then all metrics."""
+    m = doc["machine"]
+    gpu = m.get("gpu") or {}
+    lines = [
+        f"**{doc['system']}** on `{doc['device']}`"
+        f"{' (quick)' if doc['quick'] else ''}: {m['cpu']}, {m['cores']} cores"
+        f"{', ' + gpu['name'] if gpu else ''}; torch {m['versions'].get('torch')}; "
+        f"commit `{m.get('git_commit')}`; {m['date'][:10]}",
+        "",
+        "| case | target | measured | held |",
+        "| --- | --- | --- | --- |",
+    ]
+    for c in doc["cases"]:
+        if c.get("error"):
+            lines.append(f"| {c['case']} | (case failed) | {c['notes']} | no |")
+        for t in c["targets"]:
+            spread = ""
+            r = c["ratios"].get(t["metric"])
+            if r:
+                spread = f" (IQR {r['q1']:.3g}-{r['q3']:.3g}, {r['pairs']} pairs)"
+            lines.append(f"| {c['case']} | `{t['metric']}` {t['op']} {_fmt(t['threshold'])} "
+                         f"| {_fmt(t['value'])}{spread} | {'yes' if t['held'] else '**no**'} |")
+    lines += ["", "<details><summary>All metrics</summary>", "",
+              "| case | metric | value |", "| --- | --- | --- |"]
+    for c in doc["cases"]:
+        for k, v in c["metrics"].items():
+            lines.append(f"| {c['case']} | `{k}` | {_fmt(v)} |")
+    lines += ["", "</details>", ""]
+    notes = [f"- **{c['case']}**: {c['notes']}" for c in doc["cases"] if c.get("notes")]
+    if notes:
+        lines += ["Notes:", "", *notes, ""]
+    return "\n".join(lines)
+
+
+def summary_rows(doc: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(case, target, measured, held) rows, for terminal tables."""
+    rows = []
+    for c in doc["cases"]:
+        for t in c["targets"]:
+            rows.append((c["case"], f"{t['metric']} {t['op']} {_fmt(t['threshold'])}",
+                         _fmt(t["value"]), "yes" if t["held"] else "NO"))
+        if c.get("error"):
+            rows.append((c["case"], "(failed)", c["notes"][:40], "NO"))
+    return rows
+
+
+def format_table(rows: list[tuple], header: tuple) -> str:
+    """A plain fixed-width table for the terminal."""
+    rows = [tuple(str(x) for x in r) for r in rows]
+    widths = [max(len(str(h)), *(len(r[i]) for r in rows)) if rows else len(str(h))
+              for i, h in enumerate(header)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    out = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
+    out += [fmt.format(*r) for r in rows]
+    return "\n".join(out)
+
+
+def load_results(path: str | Path) -> dict[str, Any]:
+    doc = json.loads(Path(path).read_text())
+    validate(doc)
+    return doc

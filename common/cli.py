@@ -1,0 +1,117 @@
+"""``casebook``: one command line for the measuring layer and all four systems.
+
+Every subcommand accepts ``--json``; with it, the command's result is printed as one
+JSON document on the last line of standard output, so scripts and tests can read it
+(progress bars go to standard error).
+
+Each system adds its own subcommand from its ``cli.py`` (``add_parser(subparsers)``),
+listed in ``SYSTEM_CLIS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+SYSTEM_CLIS: dict[str, str] = {}
+
+
+def _env(args: argparse.Namespace) -> dict[str, Any]:
+    from .env import machine_info
+
+    if args.refresh:
+        from .devices import cpu_spec
+
+        cpu_spec(refresh=True)
+    info = machine_info()
+    r = info["cpu_roofline"]
+    gpu = info["gpu"]["name"] if info["gpu"] else "none"
+    blas = ", ".join(f"{b['internal_api']} {b['version']} ({b['num_threads']} threads)"
+                     for b in info["blas"] if b["user_api"] == "blas")
+    print(f"CPU      {info['cpu']}  ({info['cores']} cores usable)\n"
+          f"BLAS     {blas or 'unknown'}\n"
+          f"torch    {info['versions']['torch']}  ({info['torch_threads']} threads)  "
+          f"triton {info['versions']['triton']}\n"
+          f"GPU      {gpu}\n"
+          f"roofline {r['fp32_flops'] / 1e9:.1f} GFLOP/s fp32, "
+          f"{r['mem_bandwidth'] / 1e9:.1f} GB/s, ridge {r['ridge_flop_per_byte']:.1f} FLOP/B "
+          f"(measured {r['date']})")
+    return info
+
+
+def _bench(args: argparse.Namespace) -> dict[str, Any]:
+    from .bench import SUITES, format_table, run_suite, summary_rows
+
+    systems = list(SUITES) if args.system in (None, "all") else [args.system]
+    docs, rows = [], []
+    for s in systems:
+        doc = run_suite(s, device=args.device, quick=args.quick, out=args.out,
+                        only=args.only, progress=not args.no_progress)
+        docs.append(doc)
+        rows += [(s, *r) for r in summary_rows(doc)]
+        print(f"wrote {args.out}/{s}/{args.device}/results.json", file=sys.stderr)
+    print(format_table(rows, ("system", "case", "target", "measured", "held")))
+    return docs[0] if len(docs) == 1 else {"runs": docs}
+
+
+def _tour(args: argparse.Namespace) -> dict[str, Any]:
+    from .tour import run_tour
+
+    return run_tour(quick=not args.full)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="casebook", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(name: str, fn: Callable, help: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.add_argument("--json", action="store_true", help="print the result as JSON last")
+        sp.set_defaults(func=fn)
+        return sp
+
+    e = add("env", _env, "describe this machine and its measured CPU roofline")
+    e.add_argument("--refresh", action="store_true", help="re-run the CPU probe")
+
+    from .bench import SUITES
+
+    b = add("bench", _bench, "run a system's benchmark cases against their baselines")
+    b.add_argument("system", nargs="?", choices=[*SUITES, "all"], default=None)
+    b.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    b.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats")
+    b.add_argument("--out", default="out/bench", help="results go to OUT/SYSTEM/DEVICE/")
+    b.add_argument("--only", nargs="*", help="run only these case names")
+    b.add_argument("--no-progress", action="store_true")
+
+    t = add("tour", _tour, "a few-minute walk through the measuring layer and every system")
+    t.add_argument("--full", action="store_true", help="larger sizes (slower)")
+
+    for module in SYSTEM_CLIS.values():
+        importlib.import_module(module).add_parser(sub, add)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result = args.func(args)
+    if args.json:
+        print(json.dumps(result, default=_jsonable))
+    return 0
+
+
+def _jsonable(o: Any) -> Any:
+    import numpy as np
+
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""Chrome / Perfetto trace events, written by every system the same way.
+
+The format is Google's "Trace Event Format" (the JSON that ``chrome://tracing`` and
+https://ui.perfetto.dev load): a list of events, each with a phase ``ph``:
+
+* ``"X"`` complete event: a span with a start ``ts`` and a duration ``dur`` (microseconds)
+  on a row identified by (``pid``, ``tid``);
+* ``"C"`` counter: a value over time (queue length, live bytes);
+* ``"s"`` / ``"f"`` flow start / finish: an arrow from one span to another, used here
+  for a request crossing processes (miniclipper frontend -> container, minips worker ->
+  server) or a tensor crossing devices (miniflow Send -> Recv);
+* ``"M"`` metadata: names for processes and threads.
+
+Timestamps come from ``time.monotonic_ns()``, which on Linux is CLOCK_MONOTONIC and so is
+shared by every process on the machine: traces written by separate processes can be
+merged (:func:`merge`) and line up without clock fitting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+def now_us() -> float:
+    """The trace clock in microseconds (machine-wide monotonic clock)."""
+    return time.monotonic_ns() / 1e3
+
+
+class TraceWriter:
+    """Collects trace events in memory (thread-safe) and saves them as one JSON file."""
+
+    def __init__(self, process_name: str | None = None, pid: int | None = None):
+        self.pid = os.getpid() if pid is None else pid
+        self.events: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        if process_name:
+            self.name_process(process_name)
+
+    def _add(self, event: dict[str, Any]) -> None:
+        with self._lock:
+            self.events.append(event)
+
+    def _tid(self, tid: int | None) -> int:
+        return threading.get_native_id() if tid is None else tid
+
+    def name_process(self, name: str, pid: int | None = None) -> None:
+        self._add({"ph": "M", "name": "process_name", "pid": pid or self.pid, "tid": 0,
+                   "args": {"name": name}})
+
+    def name_thread(self, name: str, tid: int | None = None, pid: int | None = None) -> None:
+        self._add({"ph": "M", "name": "thread_name", "pid": pid or self.pid,
+                   "tid": self._tid(tid), "args": {"name": name}})
+
+    def complete(self, name: str, ts_us: float, dur_us: float, *, cat: str = "op",
+                 tid: int | None = None, pid: int | None = None,
+                 args: dict[str, Any] | None = None) -> None:
+        """A span that started at ``ts_us`` and lasted ``dur_us`` microseconds."""
+        ev = {"ph": "X", "name": name, "cat": cat, "ts": ts_us, "dur": max(dur_us, 0.0),
+              "pid": pid or self.pid, "tid": self._tid(tid)}
+        if args:
+            ev["args"] = args
+        self._add(ev)
+
+    @contextlib.contextmanager
+    def span(self, name: str, *, cat: str = "op", tid: int | None = None,
+             args: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+        """Time a block as a complete event; the yielded dict becomes the event's args."""
+        extra: dict[str, Any] = dict(args or {})
+        t0 = now_us()
+        try:
+            yield extra
+        finally:
+            self.complete(name, t0, now_us() - t0, cat=cat, tid=tid, args=extra)
+
+    def counter(self, name: str, values: dict[str, float], ts_us: float | None = None,
+                pid: int | None = None) -> None:
+        self._add({"ph": "C", "name": name, "ts": now_us() if ts_us is None else ts_us,
+                   "pid": pid or self.pid, "tid": 0, "args": dict(values)})
+
+    def flow(self, flow_id: int | str, *, start: bool, ts_us: float | None = None,
+             name: str = "flow", cat: str = "flow", tid: int | None = None,
+             pid: int | None = None) -> None:
+        """One end of an arrow. Emit ``start=True`` inside the sending span and
+        ``start=False`` inside the receiving one, with the same ``flow_id`` (ids are
+        global across processes, so use e.g. a query id)."""
+        ev = {"ph": "s" if start else "f", "id": str(flow_id), "name": name, "cat": cat,
+              "ts": now_us() if ts_us is None else ts_us, "pid": pid or self.pid,
+              "tid": self._tid(tid)}
+        if not start:
+            ev["bp"] = "e"  # bind to the enclosing slice, so the arrow lands on the span
+        self._add(ev)
+
+    def instant(self, name: str, ts_us: float | None = None, tid: int | None = None,
+                args: dict[str, Any] | None = None) -> None:
+        ev = {"ph": "i", "name": name, "s": "t", "ts": now_us() if ts_us is None else ts_us,
+              "pid": self.pid, "tid": self._tid(tid)}
+        if args:
+            ev["args"] = args
+        self._add(ev)
+
+    def extend(self, events: list[dict[str, Any]]) -> None:
+        with self._lock:
+            self.events.extend(events)
+
+    def to_json(self) -> dict[str, Any]:
+        with self._lock:
+            return {"traceEvents": list(self.events), "displayTimeUnit": "ms"}
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write atomically (temp file + rename), so a reader never sees half a trace."""
+        return write_json_atomic(path, self.to_json())
+
+
+def write_json_atomic(path: str | os.PathLike, doc: Any) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(doc, f)
+    os.replace(tmp, path)
+    return path
+
+
+def load(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Events of a trace file (either the object form or the bare-array form)."""
+    with open(path) as f:
+        doc = json.load(f)
+    return doc["traceEvents"] if isinstance(doc, dict) else doc
+
+
+def merge(paths: list[str | os.PathLike], out: str | os.PathLike) -> Path:
+    """Merge trace files written by several processes into one (same clock, see above)."""
+    events: list[dict[str, Any]] = []
+    for p in paths:
+        events.extend(load(p))
+    return write_json_atomic(out, {"traceEvents": events, "displayTimeUnit": "ms"})
+
+
+@contextlib.contextmanager
+def torch_profile(writer: TraceWriter, *, pid: int | None = None,
+                  label: str = "torch") -> Iterator[Any]:
+    """Run a block under ``torch.profiler`` and merge its trace into ``writer``.
+
+    The profiler's events keep their own process row (renamed ``label``); their
+    timestamps are shifted so that the first profiler event lines up with the moment
+    the block started on our clock (Kineto's clock is not guaranteed to be ours).
+    """
+    import torch.profiler as tp
+
+    activities = [tp.ProfilerActivity.CPU]
+    import torch
+
+    if torch.cuda.is_available():
+        activities.append(tp.ProfilerActivity.CUDA)
+    t0 = now_us()
+    with tp.profile(activities=activities) as prof:
+        yield prof
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "torch.json"
+        prof.export_chrome_trace(str(path))
+        events = [e for e in load(path) if isinstance(e, dict) and "ph" in e]
+    stamped = [e for e in events if isinstance(e.get("ts"), (int, float))]
+    shift = t0 - min(e["ts"] for e in stamped) if stamped else 0.0
+    row = pid if pid is not None else writer.pid + 1_000_000
+    for e in events:
+        if isinstance(e.get("ts"), (int, float)):
+            e["ts"] = e["ts"] + shift
+        e["pid"] = row
+    writer.extend(events)
+    writer.name_process(label, pid=row)

@@ -1,0 +1,1 @@
+"""The four mini-systems of the casebook: miniflow, miniclipper, miniansor, minips."""

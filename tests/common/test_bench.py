@@ -1,0 +1,76 @@
+import json
+
+import pytest
+
+from common.bench import Case, Context, Result, Target, markdown, run_case, validate
+
+
+def _ok(ctx):
+    return Result(metrics={"speedup": 2.0},
+                  ratios={"ratio": {"ratio": 0.5, "q1": 0.45, "q3": 0.55, "pairs": 9}})
+
+
+def _boom(ctx):
+    raise RuntimeError("broken case")
+
+
+def test_targets_are_checked_against_metrics_and_ratio_medians():
+    r = run_case(Case("c", "d", ("b",), _ok, (Target("speedup", ">=", 1.5),
+                                              Target("ratio", "<=", 0.4))), Context())
+    assert r["metrics"]["ratio"] == 0.5
+    assert [t["held"] for t in r["targets"]] == [True, False]
+    assert r["error"] is None
+
+
+def test_a_failing_case_is_recorded_not_fatal():
+    r = run_case(Case("c", "d", ("b",), _boom, (Target("x", ">=", 1),)), Context())
+    assert "broken case" in r["error"]
+    assert r["targets"][0]["held"] is False and r["targets"][0]["value"] is None
+
+
+def test_bad_target_op_is_refused():
+    with pytest.raises(ValueError, match="op must be one of"):
+        Target("x", "=>", 1)
+
+
+def test_run_suite_writes_schema_valid_json_and_markdown(tmp_path, monkeypatch):
+    import common.bench as bench
+    import common.selfcheck as sc
+
+    monkeypatch.setattr(sc, "CASES", [Case("interleaved", "known ratio", ("half",),
+                                           sc.interleaved_case,
+                                           (Target("ratio_2n_vs_n", ">=", 1.5),))])
+    doc = bench.run_suite("common", quick=True, out=tmp_path, progress=False)
+    path = tmp_path / "common" / "cpu" / "results.json"
+    on_disk = json.loads(path.read_text())
+    validate(on_disk)
+    assert on_disk["system"] == "common" and on_disk["quick"] is True
+    assert on_disk["machine"]["cpu_roofline"]["fp32_flops"] > 0
+    c = on_disk["cases"][0]
+    assert 1.5 < c["ratios"]["ratio_2n_vs_n"]["ratio"] < 2.5
+    assert c["targets"][0]["held"] is True
+    md = (tmp_path / "common" / "cpu" / "results.md").read_text()
+    assert "| interleaved | `ratio_2n_vs_n` >= 1.5 |" in md
+    assert doc["cases"][0]["case"] == "interleaved"
+
+
+def test_validate_names_the_missing_field():
+    doc = {"schema_version": 1, "system": "s", "device": "cpu", "quick": False,
+           "machine": {"date": "d", "cpu": "c", "cores": 1, "versions": {}, "blas": []},
+           "cases": [{"case": "x", "baselines": [], "metrics": {"m": "fast"},
+                      "ratios": {}, "targets": []}]}
+    with pytest.raises(ValueError, match=r"metrics\['m'\] is not a number"):
+        validate(doc)
+    del doc["machine"]
+    with pytest.raises(ValueError, match="lacks 'machine'"):
+        validate(doc)
+
+
+def test_markdown_marks_missed_targets():
+    doc = {"system": "s", "device": "cpu", "quick": False,
+           "machine": {"date": "2026-01-01", "cpu": "c", "cores": 2, "versions": {},
+                       "git_commit": "abc"},
+           "cases": [run_case(Case("c", "d", ("b",), _ok, (Target("speedup", ">=", 3),)),
+                              Context())]}
+    md = markdown(doc)
+    assert "| c | `speedup` >= 3 | 2 | **no** |" in md

@@ -1,0 +1,83 @@
+import math
+
+import pytest
+
+from common import cost
+from common.devices import H100_SXM, H200, DeviceSpec, gpu_spec_for
+
+TOY = DeviceSpec("toy", {"fp32": 100e9, "fp16": 400e9}, mem_bandwidth=10e9, source="test",
+                 date="2026-01")
+
+
+def test_ridge_is_peak_over_bandwidth():
+    assert TOY.ridge("fp32") == 10.0
+    assert TOY.ridge("fp16") == 40.0
+    assert H100_SXM.ridge("bf16") == pytest.approx(989.4e12 / 3.35e12)
+    assert H200.mem_bandwidth > H100_SXM.mem_bandwidth
+    with pytest.raises(KeyError, match="no peak for dtype 'int4'"):
+        TOY.peak("int4")
+
+
+def test_square_matmul_intensity_by_hand():
+    # n=1024 fp32: 2n^3 flops, 3 n^2 * 4 bytes -> intensity = 2n/12 = n/6
+    op = cost.matmul_cost(1024, 1024, 1024)
+    assert op.flops == 2 * 1024**3
+    assert op.bytes == 3 * 1024**2 * 4
+    assert op.intensity == pytest.approx(1024 / 6)
+    fp16 = cost.matmul_cost(1024, 1024, 1024, "fp16")
+    assert fp16.intensity == pytest.approx(1024 / 3)
+
+
+def test_roofline_picks_the_binding_side():
+    small = cost.elementwise_cost(1_000_000, n_inputs=2)  # 1 flop per 12 bytes
+    r = cost.roofline(small, TOY)
+    assert r.bound == "memory"
+    assert r.intensity == pytest.approx(1 / 12)
+    assert r.lower_bound_s == pytest.approx(12e6 / 10e9)
+    assert r.attainable_flops == pytest.approx(10e9 / 12)
+    big = cost.matmul_cost(4096, 4096, 4096)
+    r = cost.roofline(big, TOY)
+    assert r.bound == "compute"
+    assert r.lower_bound_s == pytest.approx(2 * 4096**3 / 100e9)
+    assert r.attainable_flops == 100e9 and r.ridge == 10.0
+
+
+def test_efficiency_and_mfu():
+    op = cost.matmul_cost(4096, 4096, 4096)
+    best = cost.roofline(op, TOY).lower_bound_s
+    assert cost.efficiency(op, TOY, 2 * best) == pytest.approx(0.5)
+    # 1e12 model flops in 20 s on a 100 GFLOP/s device: 50% MFU; on two devices 25%.
+    assert cost.mfu(1e12, 20.0, TOY) == pytest.approx(0.5)
+    assert cost.mfu(1e12, 20.0, TOY, n_devices=2) == pytest.approx(0.25)
+
+
+def test_counters_by_hand():
+    sm = cost.softmax_cost(4, 8)
+    assert sm.flops == 5 * 32 and sm.bytes_read == sm.bytes_written == 32 * 4
+    ln = cost.layernorm_cost(4, 8, "fp16")
+    assert ln.bytes_read == 32 * 2 + 2 * 8 * 2 and ln.bytes_written == 64
+    red = cost.reduction_cost(1000, 10)
+    assert red.flops == 1000 and red.bytes == 1010 * 4
+    # 1x3x32x32 input, 16 3x3 filters, padding 1: 32x32 output, 27 MACs per output element
+    cv = cost.conv2d_cost(1, 3, 32, 32, 16, 3, 3, padding=1)
+    assert cv.flops == 2 * 16 * 32 * 32 * 27
+    assert cv.bytes_written == 16 * 32 * 32 * 4
+    both = cost.elementwise_cost(10) + cost.elementwise_cost(10)
+    assert both.bytes == 2 * cost.elementwise_cost(10).bytes
+    assert math.isinf(cost.OpCost(1, 0, 0).intensity)
+
+
+def test_gpu_names_map_to_datasheets():
+    assert gpu_spec_for("NVIDIA H100 80GB HBM3") is H100_SXM
+    assert gpu_spec_for("NVIDIA H200") is H200
+    assert gpu_spec_for("Tesla T4") is None
+
+
+def test_cpu_spec_is_measured_and_cached(tmp_path):
+    a = cost.cpu_spec(cache=tmp_path)
+    assert a.peak("fp32") > 1e8 and a.mem_bandwidth > 1e8  # any machine of this decade
+    assert "measured" in a.source
+    files = list(tmp_path.glob("cpu-probe-*.json"))
+    assert len(files) == 1
+    b = cost.cpu_spec(cache=tmp_path)  # from the cache: identical numbers
+    assert b.peak("fp32") == a.peak("fp32") and b.mem_bandwidth == a.mem_bandwidth

@@ -1,0 +1,48 @@
+import time
+
+import pytest
+
+from common.timing import calibrate, interleaved, interleaved_many, measure, paired_ratios
+
+
+def _loop(n):
+    s = 0
+    for i in range(n):
+        s += i
+    return s
+
+
+def test_interleaved_recovers_a_known_cost_ratio():
+    # A does exactly twice B's work; pure-Python loops scale linearly with n.
+    comp = interleaved(lambda: _loop(40_000), lambda: _loop(20_000), repeats=11)
+    assert 1.6 < comp.ratio < 2.4, comp.to_dict()
+    assert comp.speedup == pytest.approx(1 / comp.ratio)
+    assert len(comp.ratios) == 11 and comp.ratio_stats.q1 <= comp.ratio <= comp.ratio_stats.q3
+
+
+def test_interleaved_alternates_order_within_pairs():
+    order = []
+    interleaved(lambda: order.append("a"), lambda: order.append("b"), repeats=4, warmup=0,
+                number=1)
+    assert order == ["a", "b", "b", "a", "a", "b", "b", "a"]
+
+
+def test_measure_reports_per_call_time_of_a_sleeping_function():
+    t = measure(lambda: time.sleep(0.002), warmup=1, repeats=5, number=2)
+    assert t.number == 2 and t.stats.n == 5
+    assert 0.0019 < t.median < 0.02  # sleep never returns early; a loaded box may be slow
+
+
+def test_calibrate_makes_a_cheap_call_last_long_enough():
+    n = calibrate(lambda: None, min_sample_s=1e-3)
+    assert n > 100  # one no-op call takes well under 10 us on any machine
+
+
+def test_interleaved_many_rotates_and_pairs_rounds():
+    calls = []
+    out = interleaved_many({"x": lambda: calls.append("x"), "y": lambda: calls.append("y"),
+                            "z": lambda: calls.append("z")}, repeats=3, warmup=0)
+    assert calls == ["x", "y", "z", "y", "z", "x", "z", "x", "y"]
+    assert all(len(v) == 3 for v in out.values())
+    s = paired_ratios([2.0, 4.0, 6.0], [1.0, 2.0, 2.0])
+    assert s.median == 2.0 and s.max == 3.0

@@ -1,0 +1,101 @@
+import json
+import subprocess
+import sys
+import threading
+import time
+
+from common.trace import TraceWriter, load, merge
+
+
+def _valid_chrome_trace(doc):
+    """The checks chrome://tracing and Perfetto apply to the JSON object format."""
+    assert isinstance(doc["traceEvents"], list)
+    for e in doc["traceEvents"]:
+        assert e["ph"] in {"X", "C", "s", "f", "M", "i"}
+        assert isinstance(e["pid"], int) and isinstance(e["tid"], int)
+        if e["ph"] != "M":
+            assert isinstance(e["ts"], (int, float))
+        if e["ph"] == "X":
+            assert e["dur"] >= 0
+        if e["ph"] in "sf":
+            assert "id" in e
+
+
+def test_spans_counters_and_flows_are_written_as_valid_json(tmp_path):
+    w = TraceWriter("unit-test")
+    w.name_thread("main", tid=1)
+    with w.span("outer", tid=1, args={"k": 1}) as extra:
+        time.sleep(0.001)
+        w.flow(42, start=True, tid=1)
+        extra["late"] = "added inside"
+    w.counter("queue", {"len": 3})
+    w.instant("mark", tid=1)
+    path = w.save(tmp_path / "t.json")
+    doc = json.loads(path.read_text())
+    _valid_chrome_trace(doc)
+    spans = [e for e in doc["traceEvents"] if e["ph"] == "X"]
+    assert spans[0]["name"] == "outer" and spans[0]["dur"] >= 1000  # >= 1 ms in us
+    assert spans[0]["args"] == {"k": 1, "late": "added inside"}
+    assert any(e["ph"] == "C" and e["args"] == {"len": 3} for e in doc["traceEvents"])
+    assert any(e["ph"] == "M" and e["args"]["name"] == "unit-test" for e in doc["traceEvents"])
+
+
+def test_threads_get_their_own_rows():
+    w = TraceWriter()
+    together = threading.Barrier(4)  # all four alive at once, so none reuses an id
+
+    def work():
+        with w.span("t"):
+            together.wait()
+
+    ts = [threading.Thread(target=work) for _ in range(4)]
+    [t.start() for t in ts]
+    [t.join() for t in ts]
+    assert len({e["tid"] for e in w.events}) == 4
+
+
+CHILD = """
+import sys
+from common.trace import TraceWriter
+w = TraceWriter("child")
+with w.span("handle", tid=1):
+    w.flow("q7", start=False, tid=1)
+w.save(sys.argv[1])
+"""
+
+
+def test_traces_from_two_processes_merge_on_one_clock(tmp_path):
+    parent = TraceWriter("parent")
+    with parent.span("send", tid=1):
+        parent.flow("q7", start=True, tid=1)
+    parent.save(tmp_path / "p.json")
+    subprocess.run([sys.executable, "-c", CHILD, str(tmp_path / "c.json")], check=True)
+    out = merge([tmp_path / "p.json", tmp_path / "c.json"], tmp_path / "m.json")
+    doc = json.loads(out.read_text())
+    _valid_chrome_trace(doc)
+    ev = doc["traceEvents"]
+    assert len({e["pid"] for e in ev}) == 2
+    start = next(e for e in ev if e["ph"] == "s")
+    finish = next(e for e in ev if e["ph"] == "f")
+    assert start["id"] == finish["id"] == "q7"
+    # CLOCK_MONOTONIC is machine-wide: the child's span starts after the parent's flow.
+    assert finish["ts"] >= start["ts"]
+    assert finish["ts"] - start["ts"] < 60e6
+
+
+def test_torch_profiler_trace_is_merged(tmp_path):
+    import torch
+
+    from common.trace import torch_profile
+
+    w = TraceWriter("host")
+    with w.span("region"):
+        with torch_profile(w, label="torch ops"):
+            torch.ones(64, 64) @ torch.ones(64, 64)
+    w.save(tmp_path / "t.json")
+    ev = load(tmp_path / "t.json")
+    names = {e.get("name") for e in ev}
+    assert "aten::mm" in names or "aten::matmul" in names
+    region = next(e for e in ev if e.get("name") == "region")
+    mm = next(e for e in ev if e.get("name") in ("aten::mm", "aten::matmul"))
+    assert region["ts"] - 1e3 <= mm["ts"] <= region["ts"] + region["dur"] + 1e3
