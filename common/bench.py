@@ -29,10 +29,6 @@ SCHEMA_VERSION = 1
 
 SUITES: dict[str, str] = {
     "common": "common.selfcheck",
-    "miniflow": "systems.miniflow.bench",
-    "miniclipper": "systems.miniclipper.bench",
-    "minips": "systems.minips.bench",
-    "miniansor": "systems.miniansor.bench",
 }
 
 _OPS: dict[str, Callable[[float, float], bool]] = {

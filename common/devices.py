@@ -125,6 +125,9 @@ def _fingerprint() -> str:
     return hashlib.sha1(key.encode()).hexdigest()[:12]
 
 
+PROBE_VERSION = 2  # bump when the probe changes, so old cached results are re-measured
+
+
 def probe_cpu(matmul_n: int = 2048, copy_mib: int = 256, repeats: int = 5) -> dict:
     """Measure this CPU's float32 matmul FLOP/s and copy bandwidth (best of repeats).
 
@@ -156,7 +159,8 @@ def probe_cpu(matmul_n: int = 2048, copy_mib: int = 256, repeats: int = 5) -> di
             t0 = time.perf_counter()
             kernel()
             bandwidth = max(bandwidth, arrays * src.nbytes / (time.perf_counter() - t0))
-    return {"fp32_flops": flops, "mem_bandwidth": bandwidth, "matmul_n": matmul_n,
+    return {"version": PROBE_VERSION, "fp32_flops": flops, "mem_bandwidth": bandwidth,
+            "matmul_n": matmul_n,
             "array_bytes": src.nbytes, "probe_date": time.strftime("%Y-%m-%d")}
 
 
@@ -172,6 +176,8 @@ def cpu_spec(refresh: bool = False, cache: Path | None = None) -> DeviceSpec:
         try:
             probe = json.loads(path.read_text())
         except (OSError, ValueError):
+            probe = None
+        if probe is not None and probe.get("version") != PROBE_VERSION:
             probe = None
     if probe is None:
         probe = probe_cpu()

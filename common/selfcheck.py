@@ -136,6 +136,41 @@ def pareto_case(ctx: Context) -> Result:
                                       f"${price.usd_per_hour}/h")
 
 
+
+def gpu_roofline_case(ctx: Context) -> Result:
+    """The GPU's datasheet ceilings against what cuBLAS and a device copy reach."""
+    import torch
+
+    from .devices import gpu_spec_for
+    from .timing import measure_cuda
+
+    name = torch.cuda.get_device_name()
+    dev = gpu_spec_for(name)
+    if dev is None:
+        raise RuntimeError(f"no datasheet entry for {name!r}; add one to common.devices")
+    metrics, points = {}, []
+    for n in ctx.pick((2048, 4096, 8192), (4096, 8192)):
+        for dtype, tdt in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+            a = torch.randn(n, n, device="cuda", dtype=tdt)
+            b = torch.randn(n, n, device="cuda", dtype=tdt)
+            t = measure_cuda(lambda: a @ b).median
+            op = cost.matmul_cost(n, n, n, dtype)
+            metrics[f"matmul_{dtype}_{n}_tflops"] = op.flops / t / 1e12
+            metrics[f"matmul_{dtype}_{n}_of_peak"] = op.flops / t / dev.peak(dtype)
+            points.append({"label": f"{dtype} {n}", "intensity": op.intensity,
+                           "flops": op.flops / t})
+    numel = 1 << 28  # 1 GiB of fp32: far beyond L2
+    x = torch.randn(numel, device="cuda")
+    y = torch.empty_like(x)
+    t = measure_cuda(lambda: y.copy_(x)).median
+    metrics["copy_tbs"] = 2 * x.nbytes / t / 1e12
+    metrics["copy_of_datasheet"] = 2 * x.nbytes / t / dev.mem_bandwidth
+    path = plots.roofline_chart(dev, points, ctx.out_dir / "gpu_roofline.png", dtype="bf16",
+                                title=f"{name}: cuBLAS against the datasheet roofline")
+    metrics["largest_bf16_of_peak"] = metrics[f"matmul_bf16_{n}_of_peak"]
+    return Result(metrics=metrics, plots=[path], notes=f"{name}; datasheet {dev.source}")
+
+
 CASES = [
     Case("roofline", "numpy kernels of known cost against this CPU's measured roofline",
          ("the roofline lower bound",), roofline_case,
@@ -152,4 +187,9 @@ CASES = [
          ("each other",), pareto_case,
          (Target("front_size", ">=", 2, "a real trade-off: more than one model is worth "
                  "choosing"), Target("best_accuracy_on_front", ">=", 0.97))),
+    Case("gpu-roofline", "cuBLAS matmul and a device copy against the datasheet ceilings",
+         ("the datasheet peak",), gpu_roofline_case,
+         (Target("largest_bf16_of_peak", ">=", 0.6, "cuBLAS reaches 60% of dense bf16 peak"),
+          Target("copy_of_datasheet", ">=", 0.7, "a copy reaches 70% of HBM bandwidth")),
+         device="cuda"),
 ]
