@@ -1,0 +1,170 @@
+"""Start, watch and stop the OS processes of a multi-process system.
+
+miniclipper's model containers and minips' scheduler, servers and workers are real
+processes. They are started by exec of a fresh interpreter (``python -m module``), never
+by ``fork`` of a process that already runs gRPC threads (a forked gRPC process inherits
+locks held by threads that do not exist in the child; gRPC's docs warn against it).
+
+Readiness protocol: a child prints one line ``READY {json}`` on standard output when it
+is serving (with e.g. the port it bound), via :func:`announce_ready`. The parent waits
+for that line, with a timeout, and fails with the tail of the child's log otherwise.
+Each child gets its own process group (``start_new_session``), so stopping it also stops
+anything it started; :class:`ProcessGroup` stops all its children on exit, even when a
+test fails.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+READY_PREFIX = "READY "
+
+
+def announce_ready(**info: Any) -> None:
+    """Called by a child once it serves: tells the parent it is up (and e.g. its port)."""
+    print(READY_PREFIX + json.dumps(info), flush=True)
+
+
+@dataclass
+class Child:
+    name: str
+    popen: subprocess.Popen
+    log_path: Path
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to the child's whole process group (SIGKILL, SIGSTOP, SIGCONT...)."""
+        if self.alive():
+            try:
+                os.killpg(self.popen.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def log_tail(self, n: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+
+class ProcessGroup:
+    """The children of one system run; a context manager that always cleans up."""
+
+    def __init__(self, log_dir: str | Path | None = None):
+        self._own_dir = log_dir is None
+        self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="casebook-procs-"))
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.children: dict[str, Child] = {}
+        self._lock = threading.Lock()
+        atexit.register(self.stop_all)
+
+    def __enter__(self) -> ProcessGroup:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_all()
+
+    def spawn(self, name: str, module: str, args: list[str] = (), *,
+              env: dict[str, str] | None = None, ready_timeout: float = 60.0,
+              wait_ready: bool = True) -> Child:
+        """Start ``python -m module args`` as ``name``; wait for its READY line."""
+        log_path = self.log_dir / f"{name}.log"
+        child_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        root = str(Path(__file__).resolve().parent.parent)
+        child_env["PYTHONPATH"] = root + os.pathsep + child_env.get("PYTHONPATH", "")
+        log = open(log_path, "ab")
+        popen = subprocess.Popen([sys.executable, "-m", module, *args], stdout=subprocess.PIPE,
+                                 stderr=log, stdin=subprocess.DEVNULL, env=child_env,
+                                 start_new_session=True)
+        log.close()
+        child = Child(name, popen, log_path)
+        with self._lock:
+            self.children[name] = child
+        if wait_ready:
+            self.wait_ready(child, ready_timeout)
+        return child
+
+    def wait_ready(self, child: Child, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        out = child.popen.stdout
+        buf = b""
+        while time.monotonic() < deadline:
+            if not child.alive() and not select.select([out], [], [], 0)[0]:
+                break
+            r, _, _ = select.select([out], [], [], 0.05)
+            if not r:
+                continue
+            chunk = os.read(out.fileno(), 65536)
+            if not chunk:
+                break
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                text = line.decode(errors="replace")
+                if text.startswith(READY_PREFIX):
+                    child.info = json.loads(text[len(READY_PREFIX):])
+                    self._drain(child)
+                    return child.info
+                with open(child.log_path, "a") as f:
+                    f.write(text + "\n")
+        try:  # stdout closed: the child is exiting; give it a moment to be reaped
+            child.popen.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            pass
+        code = child.popen.poll()
+        status = f"exited with code {code}" if code is not None else \
+            f"not ready after {timeout:.0f}s"
+        self.stop(child.name)
+        raise RuntimeError(f"{child.name} ({status}); last lines of {child.log_path}:\n"
+                           f"{child.log_tail()}")
+
+    def _drain(self, child: Child) -> None:
+        """Keep reading the child's stdout into its log, so a chatty child never blocks."""
+        def pump() -> None:
+            with open(child.log_path, "ab") as f:
+                for line in iter(child.popen.stdout.readline, b""):
+                    f.write(line)
+                    f.flush()
+        threading.Thread(target=pump, daemon=True, name=f"drain-{child.name}").start()
+
+    def stop(self, name: str, timeout: float = 5.0) -> None:
+        """SIGTERM the child's group, then SIGKILL if it has not exited in ``timeout``."""
+        child = self.children.get(name)
+        if child is None:
+            return
+        child.signal(signal.SIGCONT)  # a stopped (SIGSTOP) process cannot handle SIGTERM
+        child.signal(signal.SIGTERM)
+        try:
+            child.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            child.signal(signal.SIGKILL)
+            child.popen.wait(timeout)
+        try:  # anything the child started in its group goes too
+            os.killpg(child.popen.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def stop_all(self, timeout: float = 5.0) -> None:
+        with self._lock:
+            names = list(self.children)
+        for n in names:
+            self.stop(n, timeout)

@@ -1,0 +1,86 @@
+"""One binary message format for every RPC in the casebook: a small header, then arrays.
+
+ps-lite sends each message as a *meta* part (a protobuf with the command, keys' dtype,
+timestamps) followed by raw data frames holding the packed key and value arrays
+(ps-lite ``src/van.cc``, ``PackMeta``); Clipper's RPC (``src/libclipper/src/rpc_service.cpp``)
+likewise sends a header and then the raw input buffers. We do the same with one codec:
+
+    [ 4 bytes: b"MLW1" ][ u32 little-endian: header length ][ header: UTF-8 JSON ]
+    [ array 0 bytes, padded to 8 ][ array 1 bytes, padded to 8 ] ...
+
+The header is a JSON object; its ``"_arrays"`` entry lists each array's dtype, shape and
+byte offset. Arrays are decoded without copying (``np.frombuffer`` on the message), so
+they are read-only views: copy before mutating. Only plain numeric dtypes are allowed,
+never pickled objects, so a malicious peer can at worst send wrong numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+MAGIC = b"MLW1"
+_ALLOWED_KINDS = set("biufc")  # bool, signed/unsigned int, float, complex: no objects
+_HEAD = struct.Struct("<4sI")
+
+
+class WireError(ValueError):
+    """A message that cannot be decoded; the text says why."""
+
+
+def pack(meta: dict[str, Any], arrays: Sequence[np.ndarray] = ()) -> bytes:
+    """Encode a JSON-able ``meta`` dict and a list of numpy arrays into one message."""
+    specs, chunks, offset = [], [], 0
+    for a in arrays:
+        a = np.asarray(a)
+        a = a if a.flags.c_contiguous else a.copy(order="C")  # (keeps 0-d arrays 0-d)
+        if a.dtype.kind not in _ALLOWED_KINDS:
+            raise WireError(f"cannot send arrays of dtype {a.dtype} (numeric dtypes only)")
+        raw = a.tobytes()
+        pad = (-len(raw)) % 8
+        specs.append({"dtype": a.dtype.str, "shape": list(a.shape), "offset": offset,
+                      "nbytes": len(raw)})
+        chunks.append(raw + b"\0" * pad)
+        offset += len(raw) + pad
+    header = json.dumps({**meta, "_arrays": specs}, separators=(",", ":")).encode()
+    return b"".join([_HEAD.pack(MAGIC, len(header)), header, *chunks])
+
+
+def unpack(buf: bytes | memoryview) -> tuple[dict[str, Any], list[np.ndarray]]:
+    """Decode a message from :func:`pack`. Raises :class:`WireError` on anything malformed."""
+    view = memoryview(buf)
+    if len(view) < _HEAD.size:
+        raise WireError(f"message of {len(view)} bytes is shorter than the 8-byte preamble")
+    magic, hlen = _HEAD.unpack_from(view)
+    if magic != MAGIC:
+        raise WireError(f"bad magic {bytes(magic)!r}: not a casebook wire message")
+    if _HEAD.size + hlen > len(view):
+        raise WireError(f"header length {hlen} runs past the message ({len(view)} bytes)")
+    try:
+        meta = json.loads(bytes(view[_HEAD.size:_HEAD.size + hlen]))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise WireError(f"header is not valid JSON: {e}") from None
+    if not isinstance(meta, dict):
+        raise WireError("header must be a JSON object")
+    specs = meta.pop("_arrays", [])
+    body = view[_HEAD.size + hlen:]
+    arrays = []
+    for i, s in enumerate(specs):
+        try:
+            dtype = np.dtype(s["dtype"])
+            shape = tuple(int(d) for d in s["shape"])
+            off, n = int(s["offset"]), int(s["nbytes"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise WireError(f"array {i}: bad descriptor {s!r} ({e})") from None
+        if dtype.kind not in _ALLOWED_KINDS:
+            raise WireError(f"array {i}: dtype {dtype} is not allowed")
+        if any(d < 0 for d in shape) or n != int(np.prod(shape)) * dtype.itemsize:
+            raise WireError(f"array {i}: {n} bytes do not hold shape {shape} of {dtype}")
+        if off < 0 or off + n > len(body):
+            raise WireError(f"array {i}: bytes {off}..{off + n} run past the message")
+        arrays.append(np.frombuffer(body[off:off + n], dtype=dtype).reshape(shape))
+    return meta, arrays

@@ -1,0 +1,53 @@
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from common.wire import WireError, pack, unpack
+
+DTYPES = st.sampled_from([np.float32, np.float64, np.float16, np.int32, np.uint64, np.bool_])
+
+
+@given(st.lists(hnp.arrays(DTYPES, hnp.array_shapes(min_dims=0, max_dims=3, max_side=5)),
+                max_size=4),
+       st.dictionaries(st.text(min_size=1, max_size=5).filter(lambda k: k != "_arrays"),
+                       st.integers() | st.text(max_size=5), max_size=3))
+def test_round_trip_is_exact(arrays, meta):
+    meta2, arrays2 = unpack(pack(meta, arrays))
+    assert meta2 == meta
+    assert len(arrays2) == len(arrays)
+    for a, b in zip(arrays, arrays2, strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_array_equal(a, b)
+
+
+def test_arrays_are_zero_copy_read_only_views():
+    msg = pack({"cmd": "push"}, [np.arange(10, dtype=np.uint64)])
+    _, (keys,) = unpack(msg)
+    assert not keys.flags.writeable
+    assert keys.base is not None  # a view on the message buffer, not a copy
+
+
+@pytest.mark.parametrize("bad, why", [
+    (b"", "shorter than"),
+    (b"XXXX\x00\x00\x00\x00", "bad magic"),
+    (b"MLW1\xff\x00\x00\x00{}", "runs past the message"),
+    (b"MLW1\x03\x00\x00\x00{x}", "not valid JSON"),
+    (b"MLW1\x02\x00\x00\x00[]", "JSON object"),
+])
+def test_malformed_messages_raise_with_a_reason(bad, why):
+    with pytest.raises(WireError, match=why):
+        unpack(bad)
+
+
+def test_lying_array_descriptors_are_refused():
+    msg = bytearray(pack({}, [np.zeros(4, np.float32)]))
+    tampered = bytes(msg).replace(b'"shape":[4]', b'"shape":[9]')
+    with pytest.raises(WireError, match="do not hold shape"):
+        unpack(tampered)
+    objects = bytes(msg).replace(b'"<f4"', b'"|O8"')
+    with pytest.raises(WireError, match="not allowed"):
+        unpack(objects)
+    with pytest.raises(WireError, match="numeric dtypes only"):
+        pack({}, [np.array([object()])])
