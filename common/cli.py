@@ -17,7 +17,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-SYSTEM_CLIS: dict[str, str] = {}
+SYSTEM_CLIS: dict[str, str] = {
+    "flow": "systems.miniflow.cli",
+}
 
 
 def _env(args: argparse.Namespace) -> dict[str, Any]:

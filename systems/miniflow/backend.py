@@ -1,0 +1,295 @@
+"""The backend seam: the array functions kernels are written against.
+
+TensorFlow registers a separate kernel per (op, device type): Eigen code for CPUs, CUDA
+and cuDNN for GPUs. miniflow writes each kernel once against this small array API and
+provides it twice, like needle's ``array_api``:
+
+* :class:`NumpyBackend` for ``/cpu:N`` (the default CPU backend);
+* :class:`TorchBackend` for ``/gpu:0`` (torch on CUDA), and optionally for CPUs
+  (``ConfigProto(cpu_backend="torch")``), which lets the tests check both backends on a
+  laptop.
+
+Convolutions and pooling live in :mod:`.conv`. To port miniflow to a new device, write
+one more class with these methods.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .dtypes import DType
+
+
+def _tf_same_padding(size: int, k: int, stride: int) -> tuple[int, int]:
+    """TensorFlow's 'SAME' padding: output = ceil(size / stride), extra pad at the end."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + k - size, 0)
+    return total // 2, total - total // 2
+
+
+class NumpyBackend:
+    name = "numpy"
+    device = "cpu"
+
+    add, subtract, multiply, divide = np.add, np.subtract, np.multiply, np.true_divide
+    negative, power, exp, log, tanh = np.negative, np.power, np.exp, np.log, np.tanh
+    sqrt, square, abs, maximum, minimum = np.sqrt, np.square, np.abs, np.maximum, np.minimum
+    sign = np.sign
+    equal, not_equal, less, greater = np.equal, np.not_equal, np.less, np.greater
+    less_equal, greater_equal = np.less_equal, np.greater_equal
+    logical_and, logical_or, logical_not = np.logical_and, np.logical_or, np.logical_not
+    where, matmul = staticmethod(np.where), np.matmul
+
+    @staticmethod
+    def sigmoid(x):
+        # 0.5 * (1 + tanh(x / 2)) equals 1 / (1 + exp(-x)) and never overflows.
+        return 0.5 * (1.0 + np.tanh(0.5 * x)).astype(x.dtype, copy=False)
+
+    @staticmethod
+    def relu(x):
+        return np.maximum(x, 0)
+
+    @staticmethod
+    def asarray(x: Any, dtype: DType | None = None):
+        return np.asarray(x, dtype=dtype.np_dtype if dtype else None)
+
+    @staticmethod
+    def to_numpy(x) -> np.ndarray:
+        return np.asarray(x)
+
+    @staticmethod
+    def nbytes(x) -> int:
+        return getattr(x, "nbytes", 8)
+
+    @staticmethod
+    def cast(x, dtype: DType):
+        return np.asarray(x).astype(dtype.np_dtype)
+
+    @staticmethod
+    def sum(x, axis, keepdims):
+        return np.sum(x, axis=axis, keepdims=keepdims)
+
+    @staticmethod
+    def mean(x, axis, keepdims):
+        return np.mean(x, axis=axis, keepdims=keepdims)
+
+    @staticmethod
+    def max(x, axis, keepdims):
+        return np.max(x, axis=axis, keepdims=keepdims)
+
+    @staticmethod
+    def argmax(x, axis, dtype: DType):
+        return np.argmax(x, axis=axis).astype(dtype.np_dtype)
+
+    @staticmethod
+    def reshape(x, shape):
+        return np.reshape(x, tuple(int(d) for d in shape))
+
+    @staticmethod
+    def transpose(x, perm):
+        return np.transpose(x, perm)
+
+    @staticmethod
+    def concat(xs, axis):
+        return np.concatenate(xs, axis=axis)
+
+    @staticmethod
+    def split(x, sizes, axis):
+        return tuple(np.split(x, np.cumsum(sizes)[:-1], axis=axis))
+
+    @staticmethod
+    def gather(params, indices, axis):
+        return np.take(params, indices, axis=axis)
+
+    @staticmethod
+    def unsorted_segment_sum(data, segment_ids, num_segments):
+        out = np.zeros((int(num_segments),) + data.shape[segment_ids.ndim:], data.dtype)
+        np.add.at(out, segment_ids, data)
+        return out
+
+    @staticmethod
+    def one_hot(indices, depth, on, off, dtype: DType):
+        hot = np.asarray(indices)[..., None] == np.arange(depth)
+        return np.where(hot, on, off).astype(dtype.np_dtype)
+
+    @staticmethod
+    def broadcast_to(x, shape):
+        return np.broadcast_to(x, tuple(int(d) for d in shape))
+
+    @staticmethod
+    def zeros(shape, dtype: DType):
+        return np.zeros(tuple(int(d) for d in shape), dtype.np_dtype)
+
+    @staticmethod
+    def fill(shape, value, dtype: DType):
+        return np.full(tuple(int(d) for d in shape), value, dtype.np_dtype)
+
+    @staticmethod
+    def shape_of(x):
+        return np.asarray(np.shape(x), np.int32)
+
+    @staticmethod
+    def getitem(x, index):
+        return np.asarray(x[index])
+
+    @staticmethod
+    def setitem_zeros(shape, index, value):
+        out = np.zeros(tuple(int(d) for d in shape), value.dtype)
+        out[index] = value
+        return out
+
+    @staticmethod
+    def all_finite(x) -> bool:
+        return bool(np.isfinite(x).all())
+
+    @staticmethod
+    def softmax(x):
+        e = np.exp(x - x.max(axis=-1, keepdims=True))
+        return e / e.sum(axis=-1, keepdims=True)
+
+    @staticmethod
+    def log_softmax(x):
+        z = x - x.max(axis=-1, keepdims=True)
+        return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+    @staticmethod
+    def copy_(dst, src):
+        np.copyto(dst, src)
+        return dst
+
+
+class TorchBackend:
+    """The same API on torch tensors, on ``device`` ('cpu' or 'cuda')."""
+
+    name = "torch"
+
+    def __init__(self, device: str = "cpu"):
+        import torch
+
+        self.torch = torch
+        self.device = device
+        t = torch
+        self.add, self.subtract, self.multiply = t.add, t.sub, t.mul
+        self.divide, self.negative, self.power = t.true_divide, t.neg, t.pow
+        self.exp, self.log, self.tanh, self.sigmoid = t.exp, t.log, t.tanh, t.sigmoid
+        self.sqrt, self.square, self.abs, self.sign = t.sqrt, t.square, t.abs, t.sign
+        self.maximum, self.minimum, self.relu = t.maximum, t.minimum, t.relu
+        self.equal, self.not_equal, self.less, self.greater = t.eq, t.ne, t.lt, t.gt
+        self.less_equal, self.greater_equal = t.le, t.ge
+        self.logical_and, self.logical_or = t.logical_and, t.logical_or
+        self.logical_not, self.where, self.matmul = t.logical_not, t.where, t.matmul
+
+    def asarray(self, x: Any, dtype: DType | None = None):
+        if isinstance(x, self.torch.Tensor):
+            x = x.to(self.device)
+            return x.to(dtype.torch_dtype) if dtype else x
+        a = np.asarray(x, dtype=dtype.np_dtype if dtype else None)
+        return self.torch.from_numpy(np.array(a, copy=True)).to(self.device)
+
+    def to_numpy(self, x) -> np.ndarray:
+        return x.detach().cpu().numpy() if isinstance(x, self.torch.Tensor) else np.asarray(x)
+
+    def nbytes(self, x) -> int:
+        return x.element_size() * x.nelement() if isinstance(x, self.torch.Tensor) else 8
+
+    def cast(self, x, dtype: DType):
+        return x.to(dtype.torch_dtype)
+
+    @staticmethod
+    def _axis(axis):
+        return tuple(range(0)) if axis == () else axis
+
+    def sum(self, x, axis, keepdims):
+        if axis is None:
+            return x.sum().reshape((1,) * x.dim()) if keepdims else x.sum()
+        return x.sum(dim=axis, keepdim=keepdims) if axis != () else x
+
+    def mean(self, x, axis, keepdims):
+        if axis is None:
+            return x.mean().reshape((1,) * x.dim()) if keepdims else x.mean()
+        return x.mean(dim=axis, keepdim=keepdims) if axis != () else x
+
+    def max(self, x, axis, keepdims):
+        if axis is None:
+            return x.amax().reshape((1,) * x.dim()) if keepdims else x.amax()
+        return x.amax(dim=axis, keepdim=keepdims) if axis != () else x
+
+    def argmax(self, x, axis, dtype: DType):
+        return x.argmax(dim=axis).to(dtype.torch_dtype)
+
+    def reshape(self, x, shape):
+        return x.reshape(tuple(int(d) for d in shape))
+
+    def transpose(self, x, perm):
+        return x.permute(*perm)
+
+    def concat(self, xs, axis):
+        return self.torch.cat(list(xs), dim=axis)
+
+    def split(self, x, sizes, axis):
+        return tuple(self.torch.split(x, [int(s) for s in sizes], dim=axis))
+
+    def gather(self, params, indices, axis):
+        idx = indices.long()
+        return self.torch.index_select(params, axis, idx.reshape(-1)).reshape(
+            params.shape[:axis] + idx.shape + params.shape[axis + 1:])
+
+    def unsorted_segment_sum(self, data, segment_ids, num_segments):
+        ids = segment_ids.long().reshape(-1)
+        flat = data.reshape((ids.numel(),) + tuple(data.shape[segment_ids.dim():]))
+        out = self.torch.zeros((int(num_segments),) + tuple(flat.shape[1:]),
+                               dtype=data.dtype, device=data.device)
+        return out.index_add_(0, ids, flat)
+
+    def one_hot(self, indices, depth, on, off, dtype: DType):
+        hot = indices.long().unsqueeze(-1) == self.torch.arange(depth, device=indices.device)
+        on_t = self.torch.tensor(on, dtype=dtype.torch_dtype, device=indices.device)
+        off_t = self.torch.tensor(off, dtype=dtype.torch_dtype, device=indices.device)
+        return self.torch.where(hot, on_t, off_t)
+
+    def broadcast_to(self, x, shape):
+        return x.broadcast_to(tuple(int(d) for d in shape))
+
+    def zeros(self, shape, dtype: DType):
+        return self.torch.zeros(tuple(int(d) for d in shape), dtype=dtype.torch_dtype,
+                                device=self.device)
+
+    def fill(self, shape, value, dtype: DType):
+        return self.torch.full(tuple(int(d) for d in shape), value, dtype=dtype.torch_dtype,
+                               device=self.device)
+
+    def shape_of(self, x):
+        return np.asarray(tuple(x.shape), np.int32)  # shapes stay on the host, as in TF
+
+    def getitem(self, x, index):
+        return x[index]
+
+    def setitem_zeros(self, shape, index, value):
+        out = self.torch.zeros(tuple(int(d) for d in shape), dtype=value.dtype,
+                               device=value.device)
+        out[index] = value
+        return out
+
+    def all_finite(self, x) -> bool:
+        return bool(self.torch.isfinite(x).all())
+
+    def softmax(self, x):
+        return self.torch.softmax(x, dim=-1)
+
+    def log_softmax(self, x):
+        return self.torch.log_softmax(x, dim=-1)
+
+    def copy_(self, dst, src):
+        return dst.copy_(src)
+
+
+NUMPY = NumpyBackend()
+_torch_backends: dict[str, TorchBackend] = {}
+
+
+def torch_backend(device: str) -> TorchBackend:
+    if device not in _torch_backends:
+        _torch_backends[device] = TorchBackend(device)
+    return _torch_backends[device]

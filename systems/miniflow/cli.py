@@ -1,0 +1,99 @@
+"""``casebook flow ...``: train the digits demo, draw graphs, trace a step."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _train(args: argparse.Namespace) -> dict:
+    from .digits import train
+
+    r = train(args.model, args.device, args.epochs, args.batch, args.seed, args.checkpoint,
+              progress=not args.json)
+    print(f"{r['model']} on {r['device']}: held-out accuracy {r['test_accuracy']:.2%} after "
+          f"{r['epochs']} epochs in {r['train_seconds']:.1f} s\n"
+          f"checkpoint {r['checkpoint']}; restored into a fresh session: "
+          f"{r['restored_accuracy']:.2%}")
+    return r
+
+
+def _step(model: str, dev: str, two_cpus: bool):
+    """Build the demo model and run one traced training step; return (session, plan, md)."""
+    import numpy as np
+
+    from .digits import build, load_split
+    from .session import ConfigProto, RunMetadata, RunOptions, Session
+
+    m = build(model, dev)
+    Xtr, _, ytr, _ = load_split()
+    cfg = ConfigProto(device_count={"CPU": 2 if two_cpus else 1})
+    sess = Session(graph=m["graph"], config=cfg)
+    sess.run(m["init"])
+    feed = {m["x"]: Xtr[:32], m["y"]: ytr[:32].astype(np.int32)}
+    sess.run(m["train"], feed)  # warm-up: builds and caches the plan
+    md = RunMetadata()
+    sess.run(m["train"], feed, options=RunOptions(trace_level=RunOptions.FULL_TRACE),
+             run_metadata=md)
+    return sess, sess.plan_for(m["train"], feed), md, m
+
+
+def _dot(args: argparse.Namespace) -> dict:
+    from .viz import to_dot
+
+    sess, plan, _, m = _step(args.model, args.device, args.two_cpus)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"graph": out / f"{args.model}-graph.dot"}
+    files["graph"].write_text(to_dot(m["graph"]))
+    for stage in ("pruned", "optimized", "partitioned"):
+        files[stage] = out / f"{args.model}-{stage}.dot"
+        files[stage].write_text(to_dot(plan, stage))
+    s = plan.pass_stats
+    print(f"user graph: {len(m['graph'])} ops; training step after pruning: {s.nodes_before} "
+          f"nodes; after passes: {s.nodes_after} ({s.changes}); devices: {plan.devices}")
+    for k, f in files.items():
+        print(f"  {k:12s} {f}")
+    sess.close()
+    return {"files": {k: str(v) for k, v in files.items()}, "nodes_before": s.nodes_before,
+            "nodes_after": s.nodes_after, "changes": s.changes, "devices": plan.devices}
+
+
+def _trace(args: argparse.Namespace) -> dict:
+    from .viz import step_trace
+
+    sess, plan, md, _ = _step(args.model, args.device, args.two_cpus)
+    path = step_trace(md, plan).save(args.out)
+    print(f"Chrome trace of one {args.model} training step ({len(md.step_stats)} nodes on "
+          f"{plan.devices}; peak live bytes {md.peak_live_bytes}) -> {path}\n"
+          f"open it in https://ui.perfetto.dev or chrome://tracing")
+    sess.close()
+    return {"trace": str(path), "nodes": len(md.step_stats), "peak_live_bytes":
+            md.peak_live_bytes}
+
+
+def add_parser(sub, add) -> None:
+    flow = sub.add_parser("flow", help="miniflow: TensorFlow's dataflow core",
+                          description="miniflow: TensorFlow's dataflow core")
+    fsub = flow.add_subparsers(dest="flow_command", required=True)
+    common_args = argparse.ArgumentParser(add_help=False)
+    common_args.add_argument("--model", choices=["mlp", "cnn"], default="mlp")
+    common_args.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+
+    def sub_add(name, fn, help):
+        p = fsub.add_parser(name, help=help, description=help, parents=[common_args])
+        p.add_argument("--json", action="store_true", help="print the result as JSON last")
+        p.set_defaults(func=fn)
+        return p
+
+    t = sub_add("train", _train, "train on scikit-learn's digits, checkpoint, restore")
+    t.add_argument("--epochs", type=int, default=None)
+    t.add_argument("--batch", type=int, default=32)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--checkpoint", default="out/flow/digits")
+    d = sub_add("dot", _dot, "DOT files of the graph before/after passes and partitioning")
+    d.add_argument("--out", default="out/flow")
+    d.add_argument("--two-cpus", action="store_true", help="place over /cpu:0 and /cpu:1")
+    tr = sub_add("trace", _trace, "a Chrome trace of one training step")
+    tr.add_argument("--out", default="out/flow/step-trace.json")
+    tr.add_argument("--two-cpus", action="store_true", help="place over /cpu:0 and /cpu:1")

@@ -1,0 +1,170 @@
+"""Convolution and pooling kernels (NHWC data, HWIO filters, as TensorFlow's defaults).
+
+TensorFlow's CPU kernels for these lower a convolution to one big matrix product
+(``tensorflow/core/kernels/conv_ops.cc`` via Eigen's spatial convolution, which packs image
+patches, i.e. im2col). The numpy versions here do the same: a strided *view* of all
+patches (no copy) contracted with the filter by ``np.tensordot``. The gradients are the
+two ops TF defines for them, ``Conv2DBackpropInput`` (a transposed convolution: scatter
+each output gradient back over its patch) and ``Conv2DBackpropFilter`` (patches^T @
+output gradient). On torch the same ops call ``torch.nn.functional`` / ``torch.nn.grad``.
+
+Padding follows TensorFlow: 'VALID' pads nothing; 'SAME' makes output = ceil(in/stride)
+and puts any odd extra padding at the bottom/right.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from .backend import _tf_same_padding
+
+
+def out_size(size: int | None, k: int, stride: int, padding: str) -> int | None:
+    if size is None:
+        return None
+    if padding == "SAME":
+        return -(-size // stride)
+    return (size - k) // stride + 1
+
+
+def _pads(h: int, w: int, kh: int, kw: int, strides, padding: str):
+    if padding == "VALID":
+        return (0, 0), (0, 0)
+    return _tf_same_padding(h, kh, strides[0]), _tf_same_padding(w, kw, strides[1])
+
+
+def _patches(x: np.ndarray, kh: int, kw: int, strides, padding: str, fill: float = 0.0):
+    """All kh x kw patches of NHWC ``x``: a view of shape (N, Ho, Wo, C, kh, kw)."""
+    ph, pw = _pads(x.shape[1], x.shape[2], kh, kw, strides, padding)
+    if any(ph + pw):
+        x = np.pad(x, ((0, 0), ph, pw, (0, 0)), constant_values=fill)
+    win = sliding_window_view(x, (kh, kw), axis=(1, 2))
+    return win[:, ::strides[0], ::strides[1]], ph, pw
+
+
+def conv2d(x, f, strides, padding):
+    kh, kw = f.shape[:2]
+    p, _, _ = _patches(x, kh, kw, strides, padding)
+    # (N,Ho,Wo,C,kh,kw) . (kh,kw,C,O) over (kh, kw, C)
+    return np.tensordot(p, f, axes=([4, 5, 3], [0, 1, 2])).astype(x.dtype, copy=False)
+
+
+def conv2d_backprop_filter(x, filter_shape, dy, strides, padding):
+    kh, kw = int(filter_shape[0]), int(filter_shape[1])
+    p, _, _ = _patches(x, kh, kw, strides, padding)
+    # sum over N, Ho, Wo of patch[n,i,j,c,a,b] * dy[n,i,j,o] -> (c, a, b, o)
+    g = np.tensordot(p, dy, axes=([0, 1, 2], [0, 1, 2]))
+    return np.transpose(g, (1, 2, 0, 3)).astype(x.dtype, copy=False)
+
+
+def conv2d_backprop_input(input_shape, f, dy, strides, padding):
+    n, h, w, c = (int(d) for d in input_shape)
+    kh, kw = f.shape[:2]
+    (pt, pb), (pl, pr) = _pads(h, w, kh, kw, strides, padding)
+    dx = np.zeros((n, h + pt + pb, w + pl + pr, c), dy.dtype)
+    ho, wo = dy.shape[1], dy.shape[2]
+    # Each filter tap (a, b) sends dy @ f[a, b]^T back to the input pixels it read.
+    for a in range(kh):
+        for b in range(kw):
+            contrib = dy @ f[a, b].T  # (N, Ho, Wo, C)
+            dx[:, a:a + ho * strides[0]:strides[0], b:b + wo * strides[1]:strides[1]] += contrib
+    return dx[:, pt:pt + h, pl:pl + w]
+
+
+def max_pool(x, ksize, strides, padding):
+    p, _, _ = _patches(x, ksize[0], ksize[1], strides, padding, fill=-np.inf)
+    return p.max(axis=(4, 5)).astype(x.dtype, copy=False)
+
+
+def max_pool_grad(x, dy, ksize, strides, padding):
+    """Route each output gradient to the first maximal input of its window (as TF)."""
+    kh, kw = ksize
+    p, (pt, pb), (pl, pr) = _patches(x, kh, kw, strides, padding, fill=-np.inf)
+    n, ho, wo, c = dy.shape
+    arg = p.reshape(n, ho, wo, c, kh * kw).argmax(axis=-1)
+    ii = np.arange(ho)[None, :, None, None] * strides[0] + arg // kw
+    jj = np.arange(wo)[None, None, :, None] * strides[1] + arg % kw
+    nn = np.arange(n)[:, None, None, None]
+    cc = np.arange(c)[None, None, None, :]
+    dx = np.zeros((n, x.shape[1] + pt + pb, x.shape[2] + pl + pr, c), dy.dtype)
+    np.add.at(dx, (nn, ii, jj, cc), dy)
+    return dx[:, pt:pt + x.shape[1], pl:pl + x.shape[2]]
+
+
+def avg_pool(x, ksize, strides, padding):
+    """Average over the window's *valid* inputs (TF excludes padding from the count)."""
+    p, _, _ = _patches(x, ksize[0], ksize[1], strides, padding)
+    ones, _, _ = _patches(np.ones(x.shape[:3] + (1,), x.dtype), ksize[0], ksize[1], strides,
+                          padding)
+    return (p.sum(axis=(4, 5)) / ones.sum(axis=(4, 5))).astype(x.dtype, copy=False)
+
+
+def avg_pool_grad(input_shape, dy, ksize, strides, padding):
+    n, h, w, c = (int(d) for d in input_shape)
+    kh, kw = ksize
+    (pt, pb), (pl, pr) = _pads(h, w, kh, kw, strides, padding)
+    ones, _, _ = _patches(np.ones((1, h, w, 1), dy.dtype), kh, kw, strides, padding)
+    share = dy / ones.sum(axis=(4, 5))
+    dx = np.zeros((n, h + pt + pb, w + pl + pr, c), dy.dtype)
+    ho, wo = dy.shape[1], dy.shape[2]
+    for a in range(kh):
+        for b in range(kw):
+            dx[:, a:a + ho * strides[0]:strides[0], b:b + wo * strides[1]:strides[1]] += share
+    return dx[:, pt:pt + h, pl:pl + w]
+
+
+class TorchConv:
+    """The same five kernels on torch (NHWC kept at the interface, NCHW inside)."""
+
+    def __init__(self, torch):
+        self.t = torch
+        self.F = torch.nn.functional
+
+    def _pad(self, x, kh, kw, strides, padding, value=0.0):
+        (pt, pb), (pl, pr) = _pads(x.shape[2], x.shape[3], kh, kw, strides, padding)
+        return self.F.pad(x, (pl, pr, pt, pb), value=value) if pt + pb + pl + pr else x
+
+    def conv2d(self, x, f, strides, padding):
+        xc = self._pad(x.permute(0, 3, 1, 2), f.shape[0], f.shape[1], strides, padding)
+        y = self.F.conv2d(xc, f.permute(3, 2, 0, 1), stride=tuple(strides))
+        return y.permute(0, 2, 3, 1).contiguous()
+
+    def _grad_through(self, fn, inputs, dy):
+        with self.t.enable_grad():
+            leaves = [i.detach().requires_grad_(True) for i in inputs]
+            out = fn(*leaves)
+            return self.t.autograd.grad(out, leaves, dy)
+
+    def conv2d_backprop_filter(self, x, filter_shape, dy, strides, padding):
+        f = self.t.zeros(tuple(int(d) for d in filter_shape), dtype=x.dtype, device=x.device)
+        return self._grad_through(lambda w: self.conv2d(x, w, strides, padding), [f], dy)[0]
+
+    def conv2d_backprop_input(self, input_shape, f, dy, strides, padding):
+        x = self.t.zeros(tuple(int(d) for d in input_shape), dtype=f.dtype, device=f.device)
+        return self._grad_through(lambda v: self.conv2d(v, f, strides, padding), [x], dy)[0]
+
+    def max_pool(self, x, ksize, strides, padding):
+        xc = self._pad(x.permute(0, 3, 1, 2), ksize[0], ksize[1], strides, padding,
+                       value=float("-inf"))
+        y = self.F.max_pool2d(xc, tuple(ksize), tuple(strides))
+        return y.permute(0, 2, 3, 1).contiguous()
+
+    def max_pool_grad(self, x, dy, ksize, strides, padding):
+        return self._grad_through(lambda v: self.max_pool(v, ksize, strides, padding),
+                                  [x], dy)[0]
+
+    def avg_pool(self, x, ksize, strides, padding):
+        ones = self.t.ones_like(x[..., :1])
+        num = self._pool_sum(x, ksize, strides, padding)
+        return num / self._pool_sum(ones, ksize, strides, padding)
+
+    def _pool_sum(self, x, ksize, strides, padding):
+        xc = self._pad(x.permute(0, 3, 1, 2), ksize[0], ksize[1], strides, padding)
+        y = self.F.avg_pool2d(xc, tuple(ksize), tuple(strides)) * (ksize[0] * ksize[1])
+        return y.permute(0, 2, 3, 1)
+
+    def avg_pool_grad(self, input_shape, dy, ksize, strides, padding):
+        x = self.t.zeros(tuple(int(d) for d in input_shape), dtype=dy.dtype, device=dy.device)
+        return self._grad_through(lambda v: self.avg_pool(v, ksize, strides, padding),
+                                  [x], dy)[0]

@@ -1,0 +1,300 @@
+"""The dataflow executor: runs one device's partition of a plan, once per step.
+
+This follows tensorflow/core/common_runtime/executor.cc (Abadi et al. 2016, section 3.1
+and the 2015 white paper, section 3.1):
+
+* Before any step, every node becomes a *node item*: its kernel (instantiated once),
+  where its inputs and outputs live in a flat array of value slots, and its successors.
+* A step starts with a *pending count* per node (how many producers it waits for); nodes
+  whose count is zero are ready. Running a node decrements its successors' counts; a
+  successor that reaches zero is ready. No global order is ever computed: the data
+  dependencies alone schedule the graph, so independent branches can run concurrently.
+* **Cheap nodes run inline** on the thread that made them ready; **expensive ones go to
+  the inter-op thread pool**. Which is which is *learned*: each kernel carries a cost
+  estimate, updated from measured run times as a decaying average
+  (``new = (9 * old + measured) / 10``, TF's ``kCostDecay = 10``), and a node is expensive
+  while its estimate is above a threshold. Estimates only move a node from expensive to
+  cheap, as in TF. TF starts every kernel at 100M cycles; we start from the op's roofline
+  cost (:func:`.placement.estimate_seconds`), so a plan is sensible from its first step.
+  Our threshold is 30 us, not TF's 8000 cycles: a hand-off to a Python thread costs tens of
+  microseconds, so only ops slower than that are worth handing off.
+* **Memory**: a value slot is cleared after its last consumer runs (reference counts),
+  so an intermediate lives only as long as something still needs it; with
+  ``RunMetadata`` the step reports its peak live bytes and per-node step stats.
+
+Two loops implement this. The *inline loop* runs when every node is cheap and there is no
+Recv to wait for (the common case for small ops): one thread, no locks. The *driver loop*
+handles the rest: it runs cheap nodes itself, sends expensive ones to the pool and
+receives their results (and Recv deliveries) through a queue, so only the driver ever
+touches the step's counters.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import InvalidArgumentError, OpError
+from .ir import Node, Ref
+from .op_def import OP_DEFS
+from .placement import estimate_seconds
+
+EXPENSIVE_NS = 30_000
+COST_DECAY = 10
+
+
+@dataclass
+class NodeStats:
+    """One node's step stats (TF's NodeExecStats)."""
+
+    name: str
+    op: str
+    device: str
+    thread: str
+    start_us: float
+    end_us: float
+    output_bytes: int
+
+
+@dataclass
+class StepContext:
+    feeds: list[Any]  # by _Arg index
+    rendezvous: Any
+    pool: Any = None  # concurrent.futures.ThreadPoolExecutor, or None for one thread
+    stats: list[NodeStats] | None = None
+    track_memory: bool = False
+    peak_bytes: dict[str, int] = field(default_factory=dict)
+
+
+class Executor:
+    def __init__(self, nodes: list[Node], device: str, backend: Any, resources: Any,
+                 fetches: list[Ref]):
+        self.device, self.backend, self.nodes = device, backend, nodes
+        index = {id(n): k for k, n in enumerate(nodes)}
+        slot_of: dict[tuple[int, int], int] = {}
+        for n in nodes:
+            for i in range(len(n.out_specs)):
+                slot_of[(id(n), i)] = len(slot_of)
+        self.n_slots = len(slot_of)
+        uses = [0] * self.n_slots
+        succ: list[set[int]] = [set() for _ in nodes]
+        pending = [0] * len(nodes)
+        self.items, self.arg_slots, self.recv_keys = [], [], {}
+        self.expensive_marker = []
+        self.cost_ns = []
+        for k, n in enumerate(nodes):
+            ins = tuple(slot_of[(id(p), i)] for p, i in n.inputs)
+            outs = tuple(slot_of[(id(n), i)] for i in range(len(n.out_specs)))
+            producers = {index[id(p)] for p, _ in n.inputs} | \
+                {index[id(c)] for c in n.control_inputs}
+            pending[k] = len(producers)
+            for p in producers:
+                succ[p].add(k)
+            for s in set(ins):
+                uses[s] += 1
+            d = OP_DEFS[n.type]
+            if n.type == "_Arg":
+                kernel = None
+                self.arg_slots.append((n.attrs["index"], outs[0], k))
+            elif n.type == "_Recv":
+                kernel = None
+                self.recv_keys[k] = n.attrs["key"]
+            else:
+                kernel = d.make_kernel(n.attrs, backend, resources)
+            self.expensive_marker.append(d.expensive)
+            self.cost_ns.append(estimate_seconds(n, device) * 1e9)
+            self.items.append([kernel, ins, outs[0] if len(outs) == 1 else -1, outs, (),
+                               tuple(set(ins))])
+        for k, item in enumerate(self.items):
+            item[4] = tuple(sorted(succ[k]))
+            self.items[k] = tuple(item)
+        self.fetch_slots = [slot_of[(id(p), i)] for p, i in fetches]
+        for s in self.fetch_slots:
+            uses[s] += 1  # fetched values survive the step
+        # _Arg nodes are complete before the step starts: their values are the feeds.
+        for _, _, k in self.arg_slots:
+            for j in self.items[k][4]:
+                pending[j] -= 1
+            pending[k] = -1
+        self.pending0 = pending
+        self.uses0 = uses
+        self.roots = [k for k, c in enumerate(pending) if c == 0]
+        self.has_recv = bool(self.recv_keys)
+        self.n_expensive = sum(map(self.is_expensive, range(len(nodes))))
+
+    def is_expensive(self, k: int) -> bool:
+        return self.expensive_marker[k] and self.cost_ns[k] > EXPENSIVE_NS
+
+    def run(self, step: StepContext) -> list[Any]:
+        vals: list[Any] = [None] * self.n_slots
+        for idx, slot, _ in self.arg_slots:
+            vals[slot] = self.backend.asarray(step.feeds[idx])
+        pending, uses = self.pending0.copy(), self.uses0.copy()
+        if (not self.has_recv and step.stats is None and not step.track_memory
+                and (step.pool is None or not self.n_expensive)):
+            self._run_inline(vals, pending, uses)
+        else:
+            self._run_driver(vals, pending, uses, step)
+        return [vals[s] for s in self.fetch_slots]
+
+    def _run_inline(self, vals: list, pending: list, uses: list) -> None:
+        items = self.items
+        ready = deque(self.roots)
+        pop, push = ready.popleft, ready.append
+        while ready:
+            k = pop()
+            kernel, ins, out, outs, succ, frees = items[k]
+            try:
+                r = kernel(*[vals[s] for s in ins])
+            except Exception as e:
+                raise self._error(k, e, vals) from e
+            if out >= 0:
+                vals[out] = r
+            elif outs:
+                for s, v in zip(outs, r, strict=True):
+                    vals[s] = v
+            for s in frees:
+                c = uses[s] - 1
+                uses[s] = c
+                if not c:
+                    vals[s] = None
+            for j in succ:
+                c = pending[j] - 1
+                pending[j] = c
+                if not c:
+                    push(j)
+
+    def _run_driver(self, vals: list, pending: list, uses: list, step: StepContext) -> None:
+        items, be = self.items, self.backend
+        inbox: queue.SimpleQueue = queue.SimpleQueue()
+        ready = deque(self.roots)
+        remaining = sum(1 for c in pending if c >= 0)
+        live = [0, 0]  # current, peak bytes
+
+        def timed(k: int, args: list) -> tuple[int, Any, BaseException | None, float, float]:
+            t0 = time.perf_counter_ns()
+            try:
+                r = items[k][0](*args)
+                err = None
+            except BaseException as e:  # noqa: BLE001 (handed back to the driver)
+                r, err = None, e
+            return k, r, err, t0, time.perf_counter_ns()
+
+        def complete(k: int, r: Any, t0: float, t1: float, thread: str) -> None:
+            nonlocal remaining
+            _, ins, out, outs, succ, frees = items[k]
+            outputs = (r,) if out >= 0 else (tuple(r) if outs else ())
+            for s, v in zip(outs, outputs, strict=True):
+                vals[s] = v
+            nbytes = sum(be.nbytes(v) for v in outputs) if outs else 0
+            if step.track_memory:
+                live[0] += nbytes
+                live[1] = max(live[1], live[0])
+            for s in frees:
+                uses[s] -= 1
+                if not uses[s]:
+                    if step.track_memory:
+                        live[0] -= be.nbytes(vals[s])
+                    vals[s] = None
+            if step.stats is not None:
+                n = self.nodes[k]
+                step.stats.append(NodeStats(n.name, n.type, self.device, thread,
+                                            t0 / 1e3, t1 / 1e3, nbytes))
+            remaining -= 1
+            for j in succ:
+                pending[j] -= 1
+                if not pending[j]:
+                    ready.append(j)
+
+        driver = f"{self.device} driver"
+        in_flight = 0
+        while remaining:
+            while ready:
+                k = ready.popleft()
+                if k in self.recv_keys:
+                    in_flight += 1
+                    step.rendezvous.recv_async(
+                        self.recv_keys[k],
+                        lambda v, err, k=k: inbox.put((k, v, err, time.perf_counter_ns(),
+                                                       time.perf_counter_ns(), "recv")))
+                    continue
+                args = [vals[s] for s in items[k][1]]
+                if step.pool is not None and self.is_expensive(k):
+                    in_flight += 1
+                    fut = step.pool.submit(timed, k, args)
+                    fut.add_done_callback(lambda f: inbox.put((*f.result(), "pool")))
+                    continue
+                k, r, err, t0, t1 = timed(k, args)
+                if err is not None:
+                    self._fail(step, k, err, vals)
+                complete(k, r, t0, t1, driver)
+            if not remaining:
+                break
+            if not in_flight:
+                raise RuntimeError(f"executor on {self.device} stalled with {remaining} nodes "
+                                   f"left: the graph has a dependency that never resolves")
+            k, r, err, t0, t1, where = inbox.get()
+            in_flight -= 1
+            if err is not None:
+                self._fail(step, k, err, vals)
+            if where == "recv":
+                r = self._adopt(r)
+            elif where == "pool":
+                was = self.is_expensive(k)
+                est = self.cost_ns[k]
+                self.cost_ns[k] = ((COST_DECAY - 1) * est + (t1 - t0)) / COST_DECAY
+                self.n_expensive -= was and not self.is_expensive(k)
+            complete(k, r, t0, t1, where if where != "pool" else
+                     f"inter-op pool ({threading.current_thread().name})")
+        if step.track_memory:
+            step.peak_bytes[self.device] = live[1]
+
+    def _adopt(self, v: Any) -> Any:
+        """A value from another device, in this device's array type (TF's CopyTensor)."""
+        if self.backend.name == "numpy":
+            return self.backend.to_numpy(v) if not hasattr(v, "__array_interface__") else v
+        return self.backend.asarray(v)
+
+    def _fail(self, step: StepContext, k: int, err: BaseException, vals: list) -> None:
+        step.rendezvous.abort(err)
+        raise self._error(k, err, vals) from err
+
+    def _error(self, k: int, e: BaseException, vals: list) -> BaseException:
+        n = self.nodes[k]
+        if isinstance(e, OpError):
+            if e.op is None and n.op is not None:
+                e.op = n.op
+                e.args = (e.message + f" (op '{n.op.name}' of type {n.op.type}, created at "
+                          f"{n.op.created_at})",)
+            return e
+        shapes = ", ".join(str(tuple(getattr(vals[s], "shape", ()))) if vals[s] is not None
+                           else "?" for s in self.items[k][1])
+        return InvalidArgumentError(f"{type(e).__name__}: {e} [inputs: {shapes or 'none'}; "
+                                    f"device {self.device}]", n.op)
+
+
+def run_partitions(executors: list[Executor], step: StepContext,
+                   start: Callable[[Callable[[], None]], Any]) -> list[list[Any]]:
+    """Run every partition's executor for one step, concurrently; first error wins."""
+    results: list[Any] = [None] * len(executors)
+    errors: list[BaseException] = []
+
+    def go(i: int) -> None:
+        try:
+            results[i] = executors[i].run(step)
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+            step.rendezvous.abort(e)
+
+    threads = [start(lambda i=i: go(i)) for i in range(1, len(executors))]
+    go(0)
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return results

@@ -1,0 +1,154 @@
+"""Symbolic reverse-mode differentiation that adds gradient ops to the same graph.
+
+Abadi et al. 2016, section 4.1: "the differentiation algorithm performs breadth-first
+search to identify all of the backwards paths from the target operation (e.g., a loss
+function) to a set of parameters, and sums the partial gradients that each path
+contributes". The algorithm mirrors ``tensorflow/python/ops/gradients_util.py``:
+
+1. find the ops on some path from ``xs`` to ``ys``;
+2. count, for each such op, how many of its consumers on those paths still owe it a
+   gradient;
+3. walk backwards from ``ys``: when every consumer of an op has delivered its partial
+   gradients, sum them (``AddN``), call the op type's registered gradient function, and
+   pass the results to the op's inputs.
+
+Gradient functions build ordinary ops, so a gradient is itself a graph that can be
+differentiated again (second derivatives, as needle's ``gradient()`` returning graph
+nodes). They are registered per op type with :class:`RegisterGradient`, exactly as
+``tf.RegisterGradient``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict, deque
+from collections.abc import Callable, Sequence
+
+from .graph import Operation, Tensor, get_default_graph
+
+GradFn = Callable[..., Sequence[Tensor | None]]
+GRADIENTS: dict[str, GradFn | None] = {}
+
+
+class RegisterGradient:
+    """Decorator: ``@RegisterGradient("MyOp") def _my_op_grad(op, grad): ...``
+
+    The function receives the forward op and one gradient per op output, and returns one
+    gradient (or ``None``) per op input.
+    """
+
+    def __init__(self, op_type: str):
+        self.op_type = op_type
+
+    def __call__(self, fn: GradFn) -> GradFn:
+        if GRADIENTS.get(self.op_type) is not None:
+            raise KeyError(f"a gradient for {self.op_type!r} is already registered")
+        GRADIENTS[self.op_type] = fn
+        return fn
+
+
+def no_gradient(op_type: str) -> None:
+    """Declare an op type non-differentiable (its inputs get no gradient from it)."""
+    GRADIENTS[op_type] = None
+
+
+def _as_xs(x) -> Tensor:
+    # Differentiating with respect to a Variable means with respect to its reference, so
+    # that every read of it (w/read, read_value()) contributes, as with TF1 ref variables.
+    return x._ref if hasattr(x, "_ref") else x
+
+
+def gradients(ys, xs, grad_ys=None, name: str = "gradients",
+              stop_gradients: Sequence[Tensor] = ()) -> list[Tensor | None]:
+    """d(sum of ys)/d(x) for each x in ``xs``; ``None`` where x does not affect ys."""
+    from .ops.array_ops import ones_like
+    from .ops.math_ops import add_n
+
+    ys = list(ys) if isinstance(ys, (list, tuple)) else [ys]
+    xs = [_as_xs(x) for x in (xs if isinstance(xs, (list, tuple)) else [xs])]
+    if grad_ys is not None:
+        grad_ys = list(grad_ys) if isinstance(grad_ys, (list, tuple)) else [grad_ys]
+    ys = [y._as_tensor() if hasattr(y, "_as_tensor") else y for y in ys]
+    g = get_default_graph()
+    stops = {t.op for t in stop_gradients}
+
+    # 1. ops reachable forward from xs, then those of them that reach ys.
+    consumers: dict[Operation, list[Operation]] = defaultdict(list)
+    for op in g.get_operations():
+        for t in op.inputs:
+            consumers[t.op].append(op)
+    reached = set()
+    queue = deque(x.op for x in xs)
+    while queue:
+        op = queue.popleft()
+        if op in reached:
+            continue
+        reached.add(op)
+        queue.extend(c for c in consumers[op] if c not in stops)
+    between = set()
+    queue = deque(y.op for y in ys)
+    while queue:
+        op = queue.popleft()
+        if op in between or op not in reached:
+            continue
+        between.add(op)
+        queue.extend(t.op for t in op.inputs)
+
+    # 2. pending counts: consumers (on a path) that have not yet sent their gradient.
+    pending: dict[Operation, int] = defaultdict(int)
+    for op in between:
+        for t in op.inputs:
+            if t.op in between:
+                pending[t.op] += 1
+
+    with g.name_scope(name):
+        grads: dict[Tensor, list[Tensor]] = defaultdict(list)
+        for i, y in enumerate(ys):
+            grads[y].append(grad_ys[i] if grad_ys is not None and grad_ys[i] is not None
+                            else ones_like(y, name=f"grad_ys_{i}"))
+        ready = deque(op for op in {y.op for y in ys} if pending[op] == 0)
+        done: set[Operation] = set()
+        while ready:
+            op = ready.popleft()
+            if op in done:
+                continue
+            done.add(op)
+            out_grads = [_aggregate(grads.get(t), add_n) for t in op.outputs]
+            if op in between and op not in stops and any(og is not None for og in out_grads):
+                in_grads = _call_grad_fn(g, op, out_grads)
+                for t, ig in zip(op.inputs, in_grads, strict=True):
+                    if ig is not None and t.dtype.is_floating:
+                        grads[t].append(ig)
+            for t in op.inputs:
+                if t.op in between:
+                    pending[t.op] -= 1
+                    if pending[t.op] == 0:
+                        ready.append(t.op)
+        return [_aggregate(grads.get(x), add_n) for x in xs]
+
+
+def _aggregate(parts: list[Tensor] | None, add_n) -> Tensor | None:
+    """Sum the partial gradients arriving at one tensor along different paths."""
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else add_n(parts)
+
+
+def _call_grad_fn(g, op: Operation, out_grads: list[Tensor | None]) -> list[Tensor | None]:
+    from .ops.array_ops import zeros_like
+
+    if op.type not in GRADIENTS:
+        raise LookupError(f"No gradient defined for operation '{op.name}' (op type: "
+                          f"{op.type}), created at {op.created_at}. Register one with "
+                          f"@mf.RegisterGradient('{op.type}').")
+    fn = GRADIENTS[op.type]
+    if fn is None:
+        return [None] * len(op.inputs)
+    with g.name_scope(op.name.replace("/", "_") + "_grad"):
+        # Outputs nobody differentiated get explicit zeros (gradients_util does the same).
+        filled = [og if og is not None else zeros_like(t)
+                  for og, t in zip(out_grads, op.outputs, strict=True)]
+        in_grads = list(fn(op, *filled))
+    if len(in_grads) != len(op.inputs):
+        raise ValueError(f"gradient function for {op.type} returned {len(in_grads)} "
+                         f"gradients for {len(op.inputs)} inputs")
+    return in_grads

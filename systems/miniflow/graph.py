@@ -1,0 +1,276 @@
+"""The dataflow graph: operations, the tensors they produce, and the scopes that build them.
+
+Abadi et al. (OSDI 2016) section 3.1: "TensorFlow uses a single dataflow graph to
+represent all computation and state": vertices are *operations* (with a type and
+attributes, like ``MatMul`` with ``transpose_a``), edges carry *tensors*, and control
+edges order operations that share no data. Building the graph computes nothing; a
+:class:`~systems.miniflow.session.Session` runs parts of it later. The classes mirror
+``tensorflow/python/framework/ops.py`` (Graph, Operation, Tensor), and the same context
+managers set names, devices and control dependencies while building.
+
+Every operation remembers the user's ``file:line`` where it was created, so that an error
+found at build time or at run time points at the user's code, not ours.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from . import shapes
+from .dtypes import DType
+
+_PKG_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _user_site() -> str:
+    """The first stack frame outside miniflow: where the user asked for this op."""
+    f = sys._getframe(2)
+    while f is not None and f.f_code.co_filename.startswith(_PKG_DIR):
+        f = f.f_back
+    if f is None:
+        return "<unknown>"
+    return f"{f.f_code.co_filename}:{f.f_lineno}"
+
+
+class Tensor:
+    """The ``value_index``-th output of ``op``: a symbolic value, computed only by a Session."""
+
+    __array_priority__ = 100  # numpy defers to our reflected operators (np.ones(3) + t)
+    __array_ufunc__ = None
+
+    def __init__(self, op: Operation, value_index: int, dtype: DType, shape: shapes.Shape):
+        self.op = op
+        self.value_index = value_index
+        self.dtype = dtype
+        self.shape = shape
+
+    @property
+    def name(self) -> str:
+        return f"{self.op.name}:{self.value_index}"
+
+    @property
+    def graph(self) -> Graph:
+        return self.op.graph
+
+    @property
+    def device(self) -> str:
+        return self.op.device
+
+    def get_shape(self) -> shapes.Shape:
+        return self.shape
+
+    def eval(self, feed_dict: dict | None = None, session: Any = None) -> Any:
+        from .session import get_default_session
+
+        session = session or get_default_session()
+        if session is None:
+            raise ValueError("Tensor.eval() needs a session: pass session= or use "
+                             "'with mf.Session() as sess:'")
+        return session.run(self, feed_dict)
+
+    def __repr__(self) -> str:
+        return f"<mf.Tensor '{self.name}' shape={shapes.fmt(self.shape)} dtype={self.dtype.name}>"
+
+    __hash__ = object.__hash__  # identity, as TF1 tensors; operators are overloaded in ops/
+
+
+class Operation:
+    """A node: an op type, attributes, inputs (data and control), outputs, a device."""
+
+    def __init__(self, graph: Graph, op_type: str, name: str, inputs: Sequence[Tensor],
+                 attrs: dict[str, Any], output_specs: Sequence[tuple[DType, shapes.Shape]],
+                 device: str, control_inputs: Sequence[Operation], created_at: str):
+        self.graph = graph
+        self.type = op_type
+        self.name = name
+        self.inputs = tuple(inputs)
+        self.attrs = attrs
+        self.device = device
+        self.control_inputs = list(control_inputs)
+        self.created_at = created_at
+        self.outputs = [Tensor(self, i, dt, sh) for i, (dt, sh) in enumerate(output_specs)]
+        self.id = len(graph._ops)
+
+    def run(self, feed_dict: dict | None = None, session: Any = None) -> None:
+        from .session import get_default_session
+
+        (session or get_default_session()).run(self, feed_dict)
+
+    def __repr__(self) -> str:
+        return f"<mf.Operation '{self.name}' type={self.type}>"
+
+
+class Graph:
+    """A container of operations, plus the scopes in effect while it is being built."""
+
+    def __init__(self) -> None:
+        self._ops: list[Operation] = []
+        self._by_name: dict[str, Operation] = {}
+        self._name_counts: dict[str, int] = {}
+        self._scope = ""
+        self._device_stack: list[str] = []
+        self._control_stack: list[list[Operation]] = []
+        self._collections: dict[str, list[Any]] = {}
+        self._finalized = False
+
+    # -- building ------------------------------------------------------------------
+    def create_op(self, op_type: str, inputs: Sequence[Tensor], attrs: dict[str, Any],
+                  output_specs: Sequence[tuple[DType, shapes.Shape]], name: str | None = None,
+                  control_inputs: Sequence[Operation] = (), exact_name: bool = False
+                  ) -> Operation:
+        if self._finalized:
+            raise RuntimeError("Graph is finalized and cannot be modified.")
+        for t in inputs:
+            if t.graph is not self:
+                raise ValueError(f"{op_type}: input {t.name} is from a different graph")
+        controls = [op for group in self._control_stack for op in group]
+        if exact_name and (name in self._by_name or not name):
+            raise ValueError(f"operation name {name!r} is empty or already taken")
+        full = name if exact_name else self.unique_name(name or op_type)
+        op = Operation(self, op_type, full, inputs, attrs,
+                       output_specs, self._device_stack[-1] if self._device_stack else "",
+                       controls + list(control_inputs), _user_site())
+        self._ops.append(op)
+        self._by_name[op.name] = op
+        return op
+
+    def unique_name(self, name: str) -> str:
+        """``scope/name``, with ``_1``, ``_2``... appended if taken (as TF does)."""
+        full = f"{self._scope}/{name}" if self._scope else name
+        count = self._name_counts.get(full, 0)
+        self._name_counts[full] = count + 1
+        if count:
+            full = f"{full}_{count}"
+            while full in self._by_name:  # a user name like 'a_1' may already exist
+                count += 1
+                full = f"{full.rsplit('_', 1)[0]}_{count}"
+        return full
+
+    @contextlib.contextmanager
+    def name_scope(self, name: str) -> Iterator[str]:
+        old = self._scope
+        if name:
+            self._scope = self.unique_name(name)
+        try:
+            yield self._scope + "/"
+        finally:
+            self._scope = old
+
+    @contextlib.contextmanager
+    def _exact_scope(self, scope: str) -> Iterator[str]:
+        """Enter an already-uniquified scope (a Variable's ops live under its name)."""
+        old, self._scope = self._scope, scope
+        try:
+            yield scope + "/"
+        finally:
+            self._scope = old
+
+    @contextlib.contextmanager
+    def device(self, spec: str | None) -> Iterator[None]:
+        self._device_stack.append(canonical_device(spec) if spec else "")
+        try:
+            yield
+        finally:
+            self._device_stack.pop()
+
+    @contextlib.contextmanager
+    def control_dependencies(self, ops: Sequence[Operation | Tensor] | None) -> Iterator[None]:
+        if ops is None:  # clears the outer scopes' dependencies, as in TF
+            saved, self._control_stack = self._control_stack, []
+            try:
+                yield
+            finally:
+                self._control_stack = saved
+            return
+        self._control_stack.append([o.op if isinstance(o, Tensor) else o for o in ops])
+        try:
+            yield
+        finally:
+            self._control_stack.pop()
+
+    @contextlib.contextmanager
+    def as_default(self) -> Iterator[Graph]:
+        _stack().append(self)
+        try:
+            yield self
+        finally:
+            _stack().pop()
+
+    def finalize(self) -> None:
+        self._finalized = True
+
+    # -- looking things up ---------------------------------------------------------
+    def get_operations(self) -> list[Operation]:
+        return list(self._ops)
+
+    def get_operation_by_name(self, name: str) -> Operation:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise KeyError(f"no operation named {name!r} in the graph") from None
+
+    def get_tensor_by_name(self, name: str) -> Tensor:
+        op_name, _, idx = name.rpartition(":")
+        if not op_name or not idx.isdigit():
+            raise ValueError(f"tensor names look like 'op:0', got {name!r}")
+        op = self.get_operation_by_name(op_name)
+        if int(idx) >= len(op.outputs):
+            raise KeyError(f"operation {op_name!r} has {len(op.outputs)} outputs, not {idx}")
+        return op.outputs[int(idx)]
+
+    def add_to_collection(self, key: str, value: Any) -> None:
+        self._collections.setdefault(key, []).append(value)
+
+    def get_collection(self, key: str) -> list[Any]:
+        return list(self._collections.get(key, []))
+
+    def __len__(self) -> int:
+        return len(self._ops)
+
+
+def canonical_device(spec: str) -> str:
+    """'/device:GPU:0', 'gpu:0', '/gpu:0' -> '/gpu:0'; also accepts '/job:.../cpu:1' tails."""
+    s = spec.strip().lower().split("/")[-1] if spec else ""
+    s = s.replace("device:", "")
+    kind, _, idx = s.partition(":")
+    if kind not in ("cpu", "gpu") or not (idx or "0").isdigit():
+        raise ValueError(f"device spec {spec!r} not understood: use '/cpu:N' or '/gpu:N'")
+    return f"/{kind}:{int(idx or 0)}"
+
+
+_local = threading.local()
+_global_default = [Graph()]
+
+
+def _stack() -> list[Graph]:
+    if not hasattr(_local, "stack"):
+        _local.stack = []
+    return _local.stack
+
+
+def get_default_graph() -> Graph:
+    s = _stack()
+    return s[-1] if s else _global_default[0]
+
+
+def reset_default_graph() -> None:
+    if _stack():
+        raise AssertionError("reset_default_graph() inside a 'with graph.as_default()' block")
+    _global_default[0] = Graph()
+
+
+def name_scope(name: str):
+    return get_default_graph().name_scope(name)
+
+
+def device(spec: str | None):
+    return get_default_graph().device(spec)
+
+
+def control_dependencies(ops: Sequence[Operation | Tensor] | None):
+    return get_default_graph().control_dependencies(ops)

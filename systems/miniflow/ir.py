@@ -1,0 +1,168 @@
+"""The runtime's copy of the graph: what a Session prunes, rewrites, places and splits.
+
+TensorFlow's DirectSession never executes the user's Python graph: it takes the GraphDef,
+keeps the subgraph the requested fetches need, replaces fed tensors by arguments
+(``subgraph::RewriteGraphForExecution``), and hands that copy to the optimizer, the
+placer and the partitioner (tensorflow/core/common_runtime/direct_session.cc). A
+:class:`PlanGraph` is that copy here: plain :class:`Node` records that graph passes may
+rewrite freely without touching the user's graph.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .graph import Operation, Tensor
+from .op_def import OpDef, define
+
+Ref = tuple["Node", int]  # (producer, output index)
+
+# A fed tensor becomes an _Arg: its value is put in place before the step starts.
+define(OpDef("_Arg", lambda ins, a: [], lambda a, be, res: None, stateful=True,
+             expensive=False))
+
+
+@dataclass(eq=False)
+class Node:
+    name: str
+    type: str
+    inputs: list[Ref]
+    control_inputs: list[Node]
+    attrs: dict[str, Any]
+    out_specs: list[tuple[Any, Any]]  # (DType, static shape) per output
+    device: str = ""  # requested before placement, assigned after
+    op: Operation | None = None  # the user's op, for error messages
+    created_at: str = ""
+
+    def __repr__(self) -> str:
+        return f"<Node {self.name} {self.type} on {self.device or '?'}>"
+
+
+@dataclass
+class PlanGraph:
+    nodes: list[Node]
+    fetches: list[Ref]
+    targets: list[Node]
+    args: list[Node] = field(default_factory=list)  # one _Arg node per fed tensor
+
+    def forward(self, moved: dict[tuple[int, int], Ref],
+                moved_nodes: dict[int, Node] | None = None) -> None:
+        """Rewire every input, control input and fetch through ``moved``
+        ((id(node), output) -> new ref) and ``moved_nodes`` (id(node) -> node), in one pass
+        over the graph. Passes collect their replacements and apply them here."""
+        moved_nodes = moved_nodes or {}
+
+        def fix(r: Ref) -> Ref:
+            while (id(r[0]), r[1]) in moved:
+                r = moved[(id(r[0]), r[1])]
+            return r
+
+        def fix_node(c: Node) -> Node:
+            while id(c) in moved_nodes:
+                c = moved_nodes[id(c)]
+            return c
+
+        for n in self.nodes:
+            n.inputs = [fix(r) for r in n.inputs]
+            if n.control_inputs:
+                n.control_inputs = list({id(c): c for c in map(fix_node, n.control_inputs)}
+                                        .values())
+        self.fetches = [fix(r) for r in self.fetches]
+        self.targets = [fix_node(t) for t in self.targets]
+
+    def consumers(self) -> dict[Node, list[Node]]:
+        out: dict[Node, list[Node]] = {n: [] for n in self.nodes}
+        for n in self.nodes:
+            for p, _ in n.inputs:
+                out.setdefault(p, []).append(n)
+            for p in n.control_inputs:
+                out.setdefault(p, []).append(n)
+        return out
+
+    def topo_order(self) -> list[Node]:
+        """Kahn's algorithm; the order of ``nodes`` breaks ties, so it is deterministic."""
+        indeg = {n: len({id(p) for p, _ in n.inputs} | {id(c) for c in n.control_inputs})
+                 for n in self.nodes}
+        cons = self.consumers()
+        q = deque(n for n in self.nodes if indeg[n] == 0)
+        order = []
+        while q:
+            n = q.popleft()
+            order.append(n)
+            seen = set()
+            for c in cons.get(n, []):
+                if id(c) in seen:
+                    continue
+                seen.add(id(c))
+                indeg[c] -= 1
+                if indeg[c] == 0:
+                    q.append(c)
+        if len(order) != len(self.nodes):
+            raise RuntimeError("the graph has a cycle")
+        return order
+
+    def prune(self) -> int:
+        """Drop nodes that no fetch or target needs; returns how many were dropped."""
+        keep: set[int] = set()
+        stack = [r[0] for r in self.fetches] + list(self.targets)
+        while stack:
+            n = stack.pop()
+            if id(n) in keep:
+                continue
+            keep.add(id(n))
+            stack.extend(p for p, _ in n.inputs)
+            stack.extend(n.control_inputs)
+        before = len(self.nodes)
+        self.nodes = [n for n in self.nodes if id(n) in keep]
+        return before - len(self.nodes)
+
+
+def build(fetches: Iterable[Tensor], targets: Iterable[Operation],
+          feeds: Iterable[Tensor]) -> PlanGraph:
+    """Copy the part of the user's graph that ``fetches``/``targets`` need, with each fed
+    tensor replaced by an ``_Arg`` node (so whatever computed it is not run)."""
+    fed = {(t.op, t.value_index): i for i, t in enumerate(feeds)}
+    fed_tensors = list(feeds)
+    args = [Node(f"_arg_{t.op.name}_{t.value_index}", "_Arg", [], [],
+                 {"index": i, "tensor": t.name}, [(t.dtype, t.shape)], "/cpu:0", t.op,
+                 t.op.created_at) for i, t in enumerate(fed_tensors)]
+    copies: dict[Operation, Node] = {}
+
+    def ref(t: Tensor) -> Ref:
+        k = (t.op, t.value_index)
+        if k in fed:
+            return args[fed[k]], 0
+        return copy(t.op), t.value_index
+
+    def copy(op: Operation) -> Node:
+        if op in copies:
+            return copies[op]
+        # iterative DFS so that a 10,000-node chain does not hit Python's recursion limit
+        stack = [op]
+        while stack:
+            cur = stack[-1]
+            deps = [t.op for t in cur.inputs if (t.op, t.value_index) not in fed] + \
+                cur.control_inputs
+            missing = [d for d in deps if d not in copies]
+            if missing:
+                stack.extend(missing)
+                continue
+            stack.pop()
+            if cur in copies:
+                continue
+            copies[cur] = Node(cur.name, cur.type, [], [], dict(cur.attrs),
+                               [(t.dtype, t.shape) for t in cur.outputs], cur.device, cur,
+                               cur.created_at)
+            copies[cur].inputs = [ref(t) for t in cur.inputs]
+            copies[cur].control_inputs = [copies[c] for c in cur.control_inputs]
+        return copies[op]
+
+    fetch_refs = [ref(t) for t in fetches]
+    target_nodes = [copy(op) for op in targets]
+    nodes = args + [n for n in copies.values()]
+    pg = PlanGraph(nodes, fetch_refs, target_nodes, args)
+    pg.nodes = args + [n for n in pg.topo_order() if n.type != "_Arg"]
+    return pg

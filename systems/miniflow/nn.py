@@ -1,0 +1,19 @@
+"""``mf.nn``: the neural-network functions where TensorFlow 1 puts them (``tf.nn``)."""
+
+from .ops.math_ops import relu, sigmoid, tanh
+from .ops.nn_ops import (
+                         avg_pool2d,
+                         bias_add,
+                         conv2d,
+                         log_softmax,
+                         max_pool2d,
+                         softmax,
+                         sparse_softmax_cross_entropy_with_logits,
+)
+
+max_pool = max_pool2d
+avg_pool = avg_pool2d
+
+__all__ = ["avg_pool", "avg_pool2d", "bias_add", "conv2d", "log_softmax", "max_pool",
+           "max_pool2d", "relu", "sigmoid", "softmax", "sparse_softmax_cross_entropy_with_logits",
+           "tanh"]

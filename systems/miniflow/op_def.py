@@ -1,0 +1,141 @@
+"""What an op type is: shape inference, a kernel factory, and facts the runtime needs.
+
+TensorFlow separates the op *definition* (``REGISTER_OP`` with a shape function,
+tensorflow/core/ops/*.cc) from its *kernels* (``REGISTER_KERNEL_BUILDER`` per device,
+tensorflow/core/kernels/*.cc). Here one :class:`OpDef` holds both halves for an op type;
+its kernel is written once against the backend seam (:mod:`.backend`), so the same
+definition runs on numpy or on torch (CPU or CUDA). ``OP_DEFS`` is a plain dict from type
+name to definition.
+
+Kernel factories run when a plan is prepared (as TF instantiates ``OpKernel`` objects
+once per executor), so the per-step cost of a node is one Python call: for ``Add`` on
+numpy the "kernel" is ``np.add`` itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import shapes
+from .dtypes import DType, as_dtype
+from .errors import GraphBuildError
+from .graph import Operation, Tensor, get_default_graph
+
+ShapeFn = Callable[[Sequence[Tensor], dict[str, Any]], list[tuple[DType, shapes.Shape]]]
+# make_kernel(attrs, backend, resources) -> fn(*inputs) -> output, or a tuple of outputs
+KernelFactory = Callable[[dict[str, Any], Any, Any], Callable[..., Any]]
+
+
+@dataclass(frozen=True)
+class OpDef:
+    type: str
+    shape_fn: ShapeFn
+    make_kernel: KernelFactory
+    stateful: bool = False  # never folded, never merged by CSE
+    elementwise: bool = False  # may join a fused elementwise chain
+    expensive: bool = True  # TF's OpKernel::IsExpensive marker: may go to the thread pool
+    flops_per_element: float = 1.0  # rough cost, for the placer and the executor's first guess
+
+
+OP_DEFS: dict[str, OpDef] = {}
+
+
+def define(op_def: OpDef) -> OpDef:
+    if op_def.type in OP_DEFS:
+        raise ValueError(f"op type {op_def.type!r} is already defined")
+    OP_DEFS[op_def.type] = op_def
+    return op_def
+
+
+def shape_error(op_type: str, message: str, *tensors: Tensor) -> GraphBuildError:
+    """A build-time error naming the op, the offending shapes and the user's line."""
+    from .graph import _user_site
+
+    detail = ", ".join(f"{t.name} has shape {shapes.fmt(t.shape)} ({t.dtype.name})"
+                       for t in tensors)
+    return GraphBuildError(f"{op_type}: {message}; {detail} (at {_user_site()})")
+
+
+def make_op(op_type: str, inputs: Sequence[Any], attrs: dict[str, Any] | None = None,
+            name: str | None = None) -> Operation:
+    """Convert inputs to tensors, infer output dtypes and shapes, and add the op."""
+    d = OP_DEFS[op_type]
+    attrs = attrs or {}
+    tensors = [convert_to_tensor(x) for x in inputs]
+    specs = d.shape_fn(tensors, attrs)
+    return get_default_graph().create_op(op_type, tensors, attrs, specs, name)
+
+
+def convert_to_tensor(value: Any, dtype: DType | None = None) -> Tensor:
+    """Tensors pass through; Variables give their read tensor; anything else becomes a Const."""
+    if isinstance(value, Tensor):
+        if dtype is not None and value.dtype != as_dtype(dtype):
+            raise GraphBuildError(f"expected a {as_dtype(dtype).name} tensor, got "
+                                  f"{value.name} of dtype {value.dtype.name}")
+        return value
+    if hasattr(value, "_as_tensor"):  # Variable
+        return value._as_tensor()
+    return constant(value, dtype)
+
+
+def constant(value: Any, dtype: Any = None, shape: Sequence[int] | None = None,
+             name: str | None = None) -> Tensor:
+    """A tensor whose value is fixed in the graph (``tf.constant``).
+
+    Python floats become float32 and ints int32, as in TensorFlow, not numpy's 64-bit
+    defaults: a literal ``2.0`` in ``x * 2.0`` must not change ``x``'s dtype.
+    """
+    if dtype is not None:
+        arr = np.asarray(value, dtype=as_dtype(dtype).np_dtype)
+    else:
+        arr = np.asarray(value)
+        if arr.dtype == np.float64 and not isinstance(value, np.ndarray):
+            arr = arr.astype(np.float32)
+        elif arr.dtype == np.int64 and not isinstance(value, np.ndarray):
+            arr = arr.astype(np.int32)
+    if shape is not None:
+        arr = np.broadcast_to(arr, tuple(shape)).copy()
+    dt = as_dtype(arr.dtype)
+    arr.setflags(write=False)
+    return get_default_graph().create_op("Const", [], {"value": arr}, [(dt, arr.shape)],
+                                         name or "Const").outputs[0]
+
+
+def same_dtype(op_type: str, *ts: Tensor) -> DType:
+    dt = ts[0].dtype
+    for t in ts[1:]:
+        if t.dtype != dt:
+            raise shape_error(op_type, "inputs must have the same dtype (TensorFlow does not "
+                              "promote types; use mf.cast)", *ts)
+    return dt
+
+
+def elementwise_shape(op_type: str, *ts: Tensor) -> shapes.Shape:
+    out = ts[0].shape
+    for t in ts[1:]:
+        out = shapes.broadcast(out, t.shape)
+        if isinstance(out, str):
+            raise shape_error(op_type, f"shapes cannot be broadcast together: {out}", *ts)
+    return out
+
+
+def static_value(t: Tensor) -> np.ndarray | None:
+    """The value of ``t`` if it is a Const (TF's ``tensor_util.constant_value``)."""
+    return t.op.attrs["value"] if t.op.type == "Const" else None
+
+
+def shape_from_tensor(t: Tensor) -> shapes.Shape:
+    """What a shape-valued tensor says statically: a Const's value, or the static shape of
+    ``x`` for ``Shape(x)`` (TF's ``InferenceContext::MakeShapeFromShapeTensor``)."""
+    v = static_value(t)
+    if v is not None:
+        return tuple(int(d) for d in np.asarray(v).reshape(-1))
+    if t.op.type == "Shape":
+        return t.op.inputs[0].shape
+    if t.shape is not None and len(t.shape) == 1 and t.shape[0] is not None:
+        return (None,) * t.shape[0]
+    return None

@@ -1,0 +1,101 @@
+"""Gradients of the array and state ops (tensorflow/python/ops/array_grad.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..gradients import RegisterGradient, no_gradient
+from ..op_def import constant, make_op
+from .array_ops import reshape, shape, transpose
+from .unbroadcast import unbroadcast
+
+
+@RegisterGradient("Identity")
+def _identity_grad(op, g):
+    return (g,)
+
+
+@RegisterGradient("ReadVariable")
+def _read_grad(op, g):
+    return (g,)  # flows on to the variable's reference: every read contributes
+
+
+@RegisterGradient("CheckNumerics")
+def _check_grad(op, g):
+    from .control_ops import check_numerics
+
+    return (check_numerics(g, message=f"gradient of {op.attrs['message']}"),)
+
+
+@RegisterGradient("Reshape")
+def _reshape_grad(op, g):
+    x = op.inputs[0]
+    target = x.shape if x.shape is not None and None not in x.shape else shape(x)
+    return (reshape(g, target),) + ((None,) if len(op.inputs) == 2 else ())
+
+
+@RegisterGradient("Transpose")
+def _transpose_grad(op, g):
+    return (transpose(g, tuple(int(i) for i in np.argsort(op.attrs["perm"]))),)
+
+
+@RegisterGradient("ConcatV2")
+def _concat_grad(op, g):
+    ax = op.attrs["axis"]
+    sizes = [t.shape[ax] if t.shape is not None else None for t in op.inputs]
+    if None not in sizes:  # static split points: plain slices
+        out, start = [], 0
+        for s in sizes:
+            idx = (slice(None),) * ax + (slice(start, start + s),)
+            out.append(g[idx])
+            start += s
+        return out
+    split = make_op("SplitByShapes", [g, *[shape(t) for t in op.inputs]], {"axis": ax})
+    return list(split.outputs)
+
+
+@RegisterGradient("StridedSlice")
+def _slice_grad(op, g):
+    x = op.inputs[0]
+    s = constant(list(x.shape), "int32") if x.shape is not None and None not in x.shape \
+        else shape(x)
+    return (make_op("StridedSliceGrad", [s, g], {"index": op.attrs["index"]}).outputs[0],)
+
+
+@RegisterGradient("GatherV2")
+def _gather_grad(op, g):
+    """Scatter-add the gradient rows back (TF returns IndexedSlices; we densify them)."""
+    params, indices = op.inputs
+    ax = op.attrs["axis"]
+    if params.shape is None or indices.shape is None or g.shape is None:
+        raise ValueError(f"GatherV2 gradient needs static ranks ({op.name})")
+    ni = len(indices.shape)
+    pre = list(range(ax))
+    idx_axes = list(range(ax, ax + ni))
+    post = list(range(ax + ni, len(g.shape)))
+    moved = transpose(g, idx_axes + pre + post) if ax else g
+    n = shape(params)[ax:ax + 1]
+    summed = make_op("UnsortedSegmentSum", [moved, indices, n]).outputs[0]
+    if ax:  # summed is (n, pre..., post...): put axis 0 back at position ax
+        r = 1 + len(pre) + len(post)
+        perm = list(range(1, 1 + ax)) + [0] + list(range(1 + ax, r))
+        summed = transpose(summed, perm)
+    return summed, None
+
+
+@RegisterGradient("BroadcastTo")
+def _broadcast_to_grad(op, g):
+    return unbroadcast(g, op.inputs[0], None), None
+
+
+@RegisterGradient("SparseSoftmaxCrossEntropyWithLogits")
+def _xent_grad(op, g_loss, g_backprop):
+    return g_loss[:, None] * op.outputs[1], None
+
+
+for _t in ("Shape", "Size", "OneHot", "BroadcastGradientArgs", "StopGradient", "ZerosLike",
+           "Fill", "ReducedShape", "Const", "Placeholder", "VariableV2", "NoOp",
+           "UnsortedSegmentSum", "StridedSliceGrad", "SplitByShapes", "Assign", "AssignAdd",
+           "AssignSub"):
+    no_gradient(_t)
+

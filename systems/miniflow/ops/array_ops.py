@@ -1,0 +1,367 @@
+"""Shape-manipulating ops (tensorflow/python/ops/array_ops.py): reshape, transpose,
+concat, slicing, gather, one_hot, and the small shape ops gradients are built from.
+
+Shape tensors (the output of ``Shape``, the axes of ``BroadcastGradientArgs``) are int32
+arrays kept in host memory even when the data lives on a GPU, as TensorFlow's
+``HostMemory`` kernel annotations do: they are read by the host to size other kernels.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .. import shapes
+from ..dtypes import DType, as_dtype, float32, int32
+from ..graph import Tensor
+from ..op_def import (
+    OpDef,
+    convert_to_tensor,
+    define,
+    make_op,
+    shape_error,
+    shape_from_tensor,
+    static_value,
+)
+
+
+def _host(be, x) -> np.ndarray:
+    return be.to_numpy(x).astype(np.int64).reshape(-1)
+
+
+def _const_kernel(a, be, res):
+    value = be.asarray(a["value"])  # converted once, when the plan is built
+    return lambda: value
+
+
+define(OpDef("Const", lambda ins, a: [(as_dtype(a["value"].dtype), a["value"].shape)],
+             _const_kernel, expensive=False))
+define(OpDef("Identity", lambda ins, a: [(ins[0].dtype, ins[0].shape)],
+             lambda a, be, res: lambda x: x, expensive=False))
+define(OpDef("StopGradient", lambda ins, a: [(ins[0].dtype, ins[0].shape)],
+             lambda a, be, res: lambda x: x, expensive=False))
+
+
+def identity(x, name=None) -> Tensor:
+    return make_op("Identity", [x], name=name).outputs[0]
+
+
+def stop_gradient(x, name=None) -> Tensor:
+    return make_op("StopGradient", [x], name=name).outputs[0]
+
+
+# -- reshape / transpose / concat ------------------------------------------------------
+
+def _reshape_shape(ins, attrs):
+    x = ins[0]
+    target = attrs.get("shape")
+    if target is None:  # given as a tensor
+        return [(x.dtype, shape_from_tensor(ins[1]))]
+    n_in = shapes.num_elements(x.shape)
+    known = int(np.prod([d for d in target if d != -1]))
+    if list(target).count(-1) > 1:
+        raise shape_error("Reshape", f"at most one -1 in the new shape {list(target)}", x)
+    if -1 in target:
+        fill = None if n_in is None else n_in // max(known, 1)
+        if n_in is not None and known and n_in % known:
+            raise shape_error("Reshape", f"cannot reshape to {list(target)}", x)
+        return [(x.dtype, tuple(fill if d == -1 else d for d in target))]
+    if n_in is not None and n_in != known:
+        raise shape_error("Reshape", f"cannot reshape {n_in} elements into {list(target)}", x)
+    return [(x.dtype, tuple(target))]
+
+
+def _reshape_kernel(attrs, be, res):
+    shape = attrs.get("shape")
+    if shape is not None:
+        return lambda x: be.reshape(x, shape)
+    return lambda x, s: be.reshape(x, _host(be, s))
+
+
+define(OpDef("Reshape", _reshape_shape, _reshape_kernel, expensive=False))
+
+
+def reshape(x, shape, name=None) -> Tensor:
+    if isinstance(shape, Tensor):
+        const = static_value(shape)
+        if const is None:
+            return make_op("Reshape", [x, shape], {}, name).outputs[0]
+        shape = const
+    return make_op("Reshape", [x], {"shape": tuple(int(d) for d in shape)}, name).outputs[0]
+
+
+def _transpose_shape(ins, attrs):
+    x, perm = ins[0], attrs["perm"]
+    if x.shape is None:
+        return [(x.dtype, None)]
+    if sorted(perm) != list(range(len(x.shape))):
+        raise shape_error("Transpose", f"perm {list(perm)} is not a permutation of the axes", x)
+    return [(x.dtype, tuple(x.shape[p] for p in perm))]
+
+
+define(OpDef("Transpose", _transpose_shape,
+             lambda a, be, res: lambda x: be.transpose(x, a["perm"]), expensive=False))
+
+
+def transpose(x, perm=None, name=None) -> Tensor:
+    x = convert_to_tensor(x)
+    if perm is None:
+        perm = tuple(reversed(range(len(x.shape))))
+    return make_op("Transpose", [x], {"perm": tuple(int(p) for p in perm)}, name).outputs[0]
+
+
+def _concat_shape(ins, attrs):
+    ax = attrs["axis"]
+    dt = ins[0].dtype
+    out = list(ins[0].shape) if ins[0].shape is not None else None
+    for t in ins:
+        if t.dtype != dt:
+            raise shape_error("ConcatV2", "inputs must share a dtype", *ins)
+        if out is None or t.shape is None:
+            continue
+        if len(t.shape) != len(out):
+            raise shape_error("ConcatV2", "inputs must have the same rank", *ins)
+        for i, (a, b) in enumerate(zip(out, t.shape, strict=True)):
+            if i != ax and a is not None and b is not None and a != b:
+                raise shape_error("ConcatV2", f"dimension {i} differs ({a} vs {b})", *ins)
+    if out is not None:
+        sizes = [t.shape[ax] if t.shape is not None else None for t in ins]
+        out[ax] = None if None in sizes else sum(sizes)
+    return [(dt, None if out is None else tuple(out))]
+
+
+define(OpDef("ConcatV2", _concat_shape,
+             lambda a, be, res: lambda *xs: be.concat(xs, a["axis"]), expensive=False))
+
+
+def concat(values, axis, name=None) -> Tensor:
+    values = [convert_to_tensor(v) for v in values]
+    rank = len(values[0].shape) if values[0].shape is not None else None
+    ax = axis % rank if rank else axis
+    return make_op("ConcatV2", values, {"axis": ax}, name).outputs[0]
+
+
+def _split_shapes_kernel(attrs, be, res):
+    ax = attrs["axis"]
+    return lambda x, *shps: be.split(x, [int(_host(be, s)[ax]) for s in shps], ax)
+
+
+define(OpDef("SplitByShapes",
+             lambda ins, a: [(ins[0].dtype, None) for _ in ins[1:]],
+             _split_shapes_kernel, expensive=False))
+
+
+# -- slicing ---------------------------------------------------------------------------
+
+def _encode_index(key: Any) -> tuple:
+    """A Python index (ints, slices, None, ...) as a hashable attr value."""
+    items = key if isinstance(key, tuple) else (key,)
+    out = []
+    for k in items:
+        if isinstance(k, (int, np.integer)) and not isinstance(k, bool):
+            out.append(("int", int(k)))
+        elif isinstance(k, slice):
+            out.append(("slice", k.start, k.stop, k.step))
+        elif k is None:
+            out.append(("newaxis",))
+        elif k is Ellipsis:
+            out.append(("ellipsis",))
+        else:
+            raise TypeError(f"unsupported index {k!r}: use ints, slices, None or ...")
+    return tuple(out)
+
+
+def _decode_index(enc: tuple) -> tuple:
+    table = {"int": lambda e: e[1], "slice": lambda e: slice(*e[1:]),
+             "newaxis": lambda e: None, "ellipsis": lambda e: Ellipsis}
+    return tuple(table[e[0]](e) for e in enc)
+
+
+def _slice_shape(ins, attrs):
+    x, enc = ins[-1], attrs["index"]
+    if x.shape is None:
+        return [(x.dtype, None)]
+    dims = list(x.shape)
+    n_consume = sum(1 for e in enc if e[0] in ("int", "slice"))
+    if n_consume > len(dims):
+        raise shape_error("StridedSlice", f"too many indices ({n_consume}) for rank "
+                          f"{len(dims)}", x)
+    out, i = [], 0
+    for e in enc:
+        if e[0] == "ellipsis":
+            keep = len(dims) - n_consume
+            out += dims[i:i + keep]
+            i += keep
+        elif e[0] == "newaxis":
+            out.append(1)
+        elif e[0] == "int":
+            if dims[i] is not None and not -dims[i] <= e[1] < dims[i]:
+                raise shape_error("StridedSlice", f"index {e[1]} out of range for dimension "
+                                  f"{i} of size {dims[i]}", x)
+            i += 1
+        else:
+            out.append(None if dims[i] is None else len(range(*slice(*e[1:]).indices(dims[i]))))
+            i += 1
+    return [(x.dtype, tuple(out + dims[i:]))]
+
+
+def _slice_kernel(attrs, be, res):
+    index = _decode_index(attrs["index"])
+    return lambda x: be.getitem(x, index)
+
+
+def _slice_grad_kernel(attrs, be, res):
+    index = _decode_index(attrs["index"])
+    return lambda shape, dy: be.setitem_zeros(_host(be, shape), index, dy)
+
+
+define(OpDef("StridedSlice", _slice_shape, _slice_kernel, expensive=False))
+define(OpDef("StridedSliceGrad", lambda ins, a: [(ins[1].dtype, shape_from_tensor(ins[0]))],
+             _slice_grad_kernel,
+             expensive=False))
+
+
+def strided_slice(x, key, name=None) -> Tensor:
+    return make_op("StridedSlice", [x], {"index": _encode_index(key)}, name).outputs[0]
+
+
+Tensor.__getitem__ = strided_slice
+
+
+# -- gather / scatter / one_hot ---------------------------------------------------------
+
+def _gather_shape(ins, attrs):
+    p, idx = ins
+    if not idx.dtype.is_integer:
+        raise shape_error("GatherV2", "indices must be integers", idx)
+    if p.shape is None or idx.shape is None:
+        return [(p.dtype, None)]
+    ax = attrs["axis"]
+    return [(p.dtype, p.shape[:ax] + idx.shape + p.shape[ax + 1:])]
+
+
+define(OpDef("GatherV2", _gather_shape,
+             lambda a, be, res: lambda p, i: be.gather(p, i, a["axis"])))
+
+
+def gather(params, indices, axis=0, name=None) -> Tensor:
+    params = convert_to_tensor(params)
+    ax = axis % len(params.shape) if params.shape is not None else axis
+    return make_op("GatherV2", [params, indices], {"axis": ax}, name).outputs[0]
+
+
+define(OpDef("UnsortedSegmentSum", lambda ins, a: [(ins[0].dtype, None)],
+             lambda a, be, res: lambda d, ids, n: be.unsorted_segment_sum(
+                 d, ids, int(_host(be, n)[0]))))
+
+
+def _one_hot_shape(ins, attrs):
+    i = ins[0]
+    if not i.dtype.is_integer:
+        raise shape_error("OneHot", "indices must be integers", i)
+    return [(attrs["dtype"], None if i.shape is None else i.shape + (attrs["depth"],))]
+
+
+define(OpDef("OneHot", _one_hot_shape,
+             lambda a, be, res: lambda i: be.one_hot(i, a["depth"], a["on_value"],
+                                                     a["off_value"], a["dtype"]),
+             expensive=False))
+
+
+def one_hot(indices, depth, on_value=1.0, off_value=0.0, dtype: DType = float32,
+            name=None) -> Tensor:
+    return make_op("OneHot", [indices], {"depth": int(depth), "on_value": on_value,
+                                         "off_value": off_value, "dtype": as_dtype(dtype)},
+                   name).outputs[0]
+
+
+# -- shapes, fills, broadcasting ---------------------------------------------------------
+
+define(OpDef("Shape", lambda ins, a: [(int32, (None if ins[0].shape is None
+                                               else len(ins[0].shape),))],
+             lambda a, be, res: be.shape_of, expensive=False))
+define(OpDef("Size", lambda ins, a: [(int32, ())],
+             lambda a, be, res: lambda x: np.asarray(int(np.prod(be.shape_of(x))), np.int32),
+             expensive=False))
+
+
+def shape(x, name=None) -> Tensor:
+    return make_op("Shape", [x], name=name).outputs[0]
+
+
+def size(x, name=None) -> Tensor:
+    return make_op("Size", [x], name=name).outputs[0]
+
+
+define(OpDef("Fill", lambda ins, a: [(a["dtype"], shape_from_tensor(ins[0]))],
+             lambda a, be, res: lambda s: be.fill(_host(be, s), a["value"], a["dtype"]),
+             expensive=False))
+define(OpDef("ZerosLike", lambda ins, a: [(ins[0].dtype, ins[0].shape)],
+             lambda a, be, res: lambda x: be.zeros(be.shape_of(x), a["dtype"]),
+             expensive=False))
+
+
+def zeros_like(x, name=None) -> Tensor:
+    x = convert_to_tensor(x)
+    return make_op("ZerosLike", [x], {"dtype": x.dtype}, name).outputs[0]
+
+
+def ones_like(x, name=None) -> Tensor:
+    x = convert_to_tensor(x)
+    if shapes.is_fully_defined(x.shape):
+        from ..op_def import constant
+
+        return constant(np.ones(x.shape, x.dtype.np_dtype), name=name)
+    return make_op("Fill", [shape(x)], {"value": 1, "dtype": x.dtype}, name).outputs[0]
+
+
+define(OpDef("BroadcastTo", lambda ins, a: [(ins[0].dtype, shape_from_tensor(ins[1]))],
+             lambda a, be, res: lambda x, s: be.broadcast_to(x, _host(be, s)),
+             expensive=False))
+
+
+def broadcast_to(x, shape_tensor, name=None) -> Tensor:
+    return make_op("BroadcastTo", [x, shape_tensor], name=name).outputs[0]
+
+
+def _bga_kernel(attrs, be, res):
+    """Which axes of each input were broadcast (TF's BroadcastGradientArgs): the axes
+    a gradient must be summed over to get back to that input's shape."""
+    def bga(s0, s1):
+        s0, s1 = _host(be, s0), _host(be, s1)
+        n = max(len(s0), len(s1))
+        a = np.concatenate([np.ones(n - len(s0), np.int64), s0])
+        b = np.concatenate([np.ones(n - len(s1), np.int64), s1])
+        out = np.broadcast_shapes(tuple(a), tuple(b))
+        r0 = [i for i in range(n) if a[i] == 1 and out[i] != 1 or i < n - len(s0)]
+        r1 = [i for i in range(n) if b[i] == 1 and out[i] != 1 or i < n - len(s1)]
+        return np.asarray(r0, np.int32), np.asarray(r1, np.int32)
+    return bga
+
+
+define(OpDef("BroadcastGradientArgs", lambda ins, a: [(int32, (None,)), (int32, (None,))],
+             _bga_kernel, expensive=False))
+
+
+def broadcast_gradient_args(s0, s1, name=None) -> tuple[Tensor, Tensor]:
+    op = make_op("BroadcastGradientArgs", [s0, s1], name=name)
+    return op.outputs[0], op.outputs[1]
+
+
+def _reduced_shape_kernel(attrs, be, res):
+    def reduced(s, axes):
+        s = _host(be, s).copy()
+        ax = _host(be, axes)
+        s[ax % len(s) if len(s) else ax] = 1
+        return s.astype(np.int32)
+    return reduced
+
+
+# The input's shape with the reduced axes set to 1 (math_grad.py's _ReducedShape).
+define(OpDef("ReducedShape", lambda ins, a: [(int32, ins[0].shape)], _reduced_shape_kernel,
+             expensive=False))
+
+
+def reduced_shape(input_shape, axes, name=None) -> Tensor:
+    return make_op("ReducedShape", [input_shape, axes], name=name).outputs[0]

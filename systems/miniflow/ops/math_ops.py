@@ -1,0 +1,307 @@
+"""Arithmetic, comparisons, matmul and reductions (tensorflow/python/ops/math_ops.py).
+
+Elementwise binary ops broadcast like numpy and require equal dtypes (TensorFlow never
+promotes silently; a Python scalar takes the other operand's dtype). Their kernels are the
+backend's own functions, so running ``Add`` on numpy costs exactly one ``np.add`` call.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import shapes
+from ..dtypes import DType, as_dtype, bool_, int64
+from ..graph import Tensor
+from ..op_def import (
+    OpDef,
+    constant,
+    convert_to_tensor,
+    define,
+    elementwise_shape,
+    make_op,
+    same_dtype,
+    shape_error,
+)
+
+# -- elementwise -----------------------------------------------------------------------
+
+
+def _binary_shape(op_type: str, out_dtype: DType | None = None):
+    def fn(ins, attrs):
+        dt = same_dtype(op_type, *ins)
+        return [(out_dtype or dt, elementwise_shape(op_type, *ins))]
+    return fn
+
+
+def _unary_shape(ins, attrs):
+    return [(ins[0].dtype, ins[0].shape)]
+
+
+BINARY = {"Add": "add", "Sub": "subtract", "Mul": "multiply", "RealDiv": "divide",
+          "Pow": "power", "Maximum": "maximum", "Minimum": "minimum"}
+COMPARE = {"Equal": "equal", "NotEqual": "not_equal", "Less": "less", "Greater": "greater",
+           "LessEqual": "less_equal", "GreaterEqual": "greater_equal",
+           "LogicalAnd": "logical_and", "LogicalOr": "logical_or"}
+UNARY = {"Neg": ("negative", 1), "Exp": ("exp", 4), "Log": ("log", 4), "Tanh": ("tanh", 6),
+         "Sigmoid": ("sigmoid", 6), "Relu": ("relu", 1), "Sqrt": ("sqrt", 2),
+         "Square": ("square", 1), "Abs": ("abs", 1), "Sign": ("sign", 1),
+         "LogicalNot": ("logical_not", 1)}
+
+
+def _backend_fn(method: str):
+    return lambda attrs, be, res: getattr(be, method)
+
+
+for _t, _m in BINARY.items():
+    define(OpDef(_t, _binary_shape(_t), _backend_fn(_m), elementwise=True))
+for _t, _m in COMPARE.items():
+    define(OpDef(_t, _binary_shape(_t, bool_), _backend_fn(_m), elementwise=True))
+for _t, (_m, _f) in UNARY.items():
+    define(OpDef(_t, _unary_shape, _backend_fn(_m), elementwise=True,
+                 flops_per_element=_f))
+
+define(OpDef("Cast", lambda ins, a: [(a["DstT"], ins[0].shape)],
+             lambda a, be, res: lambda x: be.cast(x, a["DstT"]), elementwise=True))
+
+
+def _addn_shape(ins, attrs):
+    dt = same_dtype("AddN", *ins)
+    out = ins[0].shape
+    for t in ins[1:]:
+        if not shapes.compatible(out, t.shape):
+            raise shape_error("AddN", "all inputs must have the same shape", *ins)
+        out = out if out is not None and None not in out else t.shape
+    return [(dt, out)]
+
+
+def _addn_kernel(attrs, be, res):
+    def addn(*xs):
+        acc = be.add(xs[0], xs[1]) if len(xs) > 1 else xs[0]
+        for x in xs[2:]:
+            acc = be.add(acc, x)
+        return acc
+    return addn
+
+
+define(OpDef("AddN", _addn_shape, _addn_kernel))
+define(OpDef("SelectV2", lambda ins, a: [(same_dtype("SelectV2", ins[1], ins[2]),
+                                          elementwise_shape("SelectV2", *ins))],
+             lambda a, be, res: be.where, elementwise=True))
+
+
+def _binary(op_type: str, x: Any, y: Any, name: str | None) -> Tensor:
+    # A Python number takes the dtype of the tensor it meets (math_ops binary_op_wrapper).
+    if isinstance(x, Tensor) and not isinstance(y, Tensor) and not hasattr(y, "_as_tensor"):
+        y = constant(y, dtype=x.dtype)
+    elif isinstance(y, Tensor) and not isinstance(x, Tensor) and not hasattr(x, "_as_tensor"):
+        x = constant(x, dtype=y.dtype)
+    return make_op(op_type, [x, y], name=name).outputs[0]
+
+
+def _unary(op_type: str, x: Any, name: str | None) -> Tensor:
+    return make_op(op_type, [x], name=name).outputs[0]
+
+
+def add(x, y, name=None): return _binary("Add", x, y, name)  # noqa: E704
+def subtract(x, y, name=None): return _binary("Sub", x, y, name)  # noqa: E704
+def multiply(x, y, name=None): return _binary("Mul", x, y, name)  # noqa: E704
+def divide(x, y, name=None): return _binary("RealDiv", x, y, name)  # noqa: E704
+def pow(x, y, name=None): return _binary("Pow", x, y, name)  # noqa: E704,A001
+def maximum(x, y, name=None): return _binary("Maximum", x, y, name)  # noqa: E704
+def minimum(x, y, name=None): return _binary("Minimum", x, y, name)  # noqa: E704
+def equal(x, y, name=None): return _binary("Equal", x, y, name)  # noqa: E704
+def not_equal(x, y, name=None): return _binary("NotEqual", x, y, name)  # noqa: E704
+def less(x, y, name=None): return _binary("Less", x, y, name)  # noqa: E704
+def greater(x, y, name=None): return _binary("Greater", x, y, name)  # noqa: E704
+def less_equal(x, y, name=None): return _binary("LessEqual", x, y, name)  # noqa: E704
+def greater_equal(x, y, name=None): return _binary("GreaterEqual", x, y, name)  # noqa: E704
+def logical_and(x, y, name=None): return _binary("LogicalAnd", x, y, name)  # noqa: E704
+def logical_or(x, y, name=None): return _binary("LogicalOr", x, y, name)  # noqa: E704
+def negative(x, name=None): return _unary("Neg", x, name)  # noqa: E704
+def exp(x, name=None): return _unary("Exp", x, name)  # noqa: E704
+def log(x, name=None): return _unary("Log", x, name)  # noqa: E704
+def tanh(x, name=None): return _unary("Tanh", x, name)  # noqa: E704
+def sigmoid(x, name=None): return _unary("Sigmoid", x, name)  # noqa: E704
+def relu(x, name=None): return _unary("Relu", x, name)  # noqa: E704
+def sqrt(x, name=None): return _unary("Sqrt", x, name)  # noqa: E704
+def square(x, name=None): return _unary("Square", x, name)  # noqa: E704
+def abs(x, name=None): return _unary("Abs", x, name)  # noqa: E704,A001
+def logical_not(x, name=None): return _unary("LogicalNot", x, name)  # noqa: E704
+def sign(x, name=None): return _unary("Sign", x, name)  # noqa: E704
+
+
+def _relu_grad_kernel(a, be, res):
+    where = be.where
+    return lambda g, features: where(features > 0, g, 0)
+
+
+# ReluGrad(g, features) = g where features > 0 else 0 (nn_grad.py's _ReluGrad). A real
+# op, not a composition, so that its own gradient (_ReluGradGrad) is one more ReluGrad.
+define(OpDef("ReluGrad", _binary_shape("ReluGrad"), _relu_grad_kernel, elementwise=True))
+
+
+def relu_grad(gradients, features, name=None):
+    return make_op("ReluGrad", [gradients, features], name=name).outputs[0]
+
+
+def cast(x, dtype, name=None) -> Tensor:
+    x = convert_to_tensor(x)
+    dtype = as_dtype(dtype)
+    if x.dtype == dtype:
+        return x
+    return make_op("Cast", [x], {"DstT": dtype}, name).outputs[0]
+
+
+def add_n(inputs, name=None) -> Tensor:
+    inputs = list(inputs)
+    if len(inputs) == 1:
+        return convert_to_tensor(inputs[0])
+    return make_op("AddN", inputs, name=name).outputs[0]
+
+
+def where(condition, x, y, name=None) -> Tensor:
+    return make_op("SelectV2", [condition, x, y], name=name).outputs[0]
+
+
+# -- matmul ----------------------------------------------------------------------------
+
+def _matmul_shape(ins, attrs):
+    a, b = ins
+    dt = same_dtype("MatMul", a, b)
+    if a.shape is None or b.shape is None:
+        return [(dt, None)]
+    if len(a.shape) < 2 or len(b.shape) < 2:
+        raise shape_error("MatMul", "inputs must be at least rank 2", a, b)
+    m, ka = (a.shape[-1], a.shape[-2]) if attrs["transpose_a"] else a.shape[-2:]
+    kb, n = (b.shape[-1], b.shape[-2]) if attrs["transpose_b"] else b.shape[-2:]
+    if ka is not None and kb is not None and ka != kb:
+        raise shape_error("MatMul", f"inner dimensions differ: {ka} vs {kb}", a, b)
+    batch = shapes.broadcast(a.shape[:-2], b.shape[:-2])
+    if isinstance(batch, str):
+        raise shape_error("MatMul", f"batch dimensions cannot broadcast: {batch}", a, b)
+    return [(dt, batch + (m, n))]
+
+
+def _matmul_kernel(attrs, be, res):
+    mm, ta, tb = be.matmul, attrs["transpose_a"], attrs["transpose_b"]
+    if not ta and not tb:
+        return mm
+    if be.name == "numpy":
+        def t(x):
+            return x.swapaxes(-1, -2)
+    else:
+        def t(x):
+            return x.transpose(-1, -2)
+    return lambda a, b: mm(t(a) if ta else a, t(b) if tb else b)
+
+
+define(OpDef("MatMul", _matmul_shape, _matmul_kernel))
+
+
+def matmul(a, b, transpose_a=False, transpose_b=False, name=None) -> Tensor:
+    """``a @ b`` over the last two axes; leading axes broadcast (TF's BatchMatMulV2)."""
+    return make_op("MatMul", [a, b], {"transpose_a": transpose_a, "transpose_b": transpose_b},
+                   name).outputs[0]
+
+
+# -- reductions ------------------------------------------------------------------------
+
+def _norm_axes(axis, rank: int | None) -> tuple[int, ...] | None:
+    if axis is None:
+        return None
+    axes = (axis,) if isinstance(axis, int) else tuple(int(a) for a in axis)
+    if rank is None:
+        return axes
+    out = []
+    for a in axes:
+        if not -rank <= a < rank:
+            raise ValueError(f"axis {a} is out of range for a tensor of rank {rank}")
+        out.append(a % rank)
+    return tuple(sorted(set(out)))
+
+
+def _reduce_shape(op_type: str):
+    def fn(ins, attrs):
+        x = ins[0]
+        if len(ins) == 2 or x.shape is None:  # axes only known at run time
+            return [(x.dtype, None)]
+        axes, keep = attrs["axis"], attrs["keepdims"]
+        axes = tuple(range(len(x.shape))) if axes is None else axes
+        out = tuple((1 if keep else None) if i in axes else d for i, d in enumerate(x.shape))
+        return [(x.dtype, tuple(d for i, d in enumerate(out) if keep or i not in axes))]
+    return fn
+
+
+def _reduce_kernel(method: str):
+    def make(attrs, be, res):
+        fn, keep = getattr(be, method), attrs["keepdims"]
+        axis = attrs["axis"]
+        if axis is not None or attrs.get("dynamic"):
+            def dyn(x, ax=None):
+                a = axis if ax is None else tuple(int(v) for v in be.to_numpy(ax).reshape(-1))
+                return fn(x, a, keep)
+            return dyn
+        return lambda x: fn(x, None, keep)
+    return make
+
+
+for _t, _m in (("Sum", "sum"), ("Mean", "mean"), ("Max", "max")):
+    define(OpDef(_t, _reduce_shape(_t), _reduce_kernel(_m)))
+
+
+def _reduce(op_type, x, axis, keepdims, name):
+    x = convert_to_tensor(x)
+    if isinstance(axis, Tensor):  # axes computed in the graph (used by gradients)
+        return make_op(op_type, [x, axis], {"axis": None, "keepdims": keepdims,
+                                            "dynamic": True}, name).outputs[0]
+    rank = None if x.shape is None else len(x.shape)
+    return make_op(op_type, [x], {"axis": _norm_axes(axis, rank), "keepdims": keepdims},
+                   name).outputs[0]
+
+
+def reduce_sum(x, axis=None, keepdims=False, name=None) -> Tensor:
+    return _reduce("Sum", x, axis, keepdims, name)
+
+
+def reduce_mean(x, axis=None, keepdims=False, name=None) -> Tensor:
+    return _reduce("Mean", x, axis, keepdims, name)
+
+
+def reduce_max(x, axis=None, keepdims=False, name=None) -> Tensor:
+    return _reduce("Max", x, axis, keepdims, name)
+
+
+def _argmax_shape(ins, attrs):
+    x = ins[0]
+    if x.shape is None:
+        return [(attrs["output_type"], None)]
+    ax = attrs["axis"] % len(x.shape)
+    return [(attrs["output_type"], x.shape[:ax] + x.shape[ax + 1:])]
+
+
+define(OpDef("ArgMax", _argmax_shape,
+             lambda a, be, res: lambda x: be.argmax(x, a["axis"], a["output_type"])))
+
+
+def argmax(x, axis=None, output_type=int64, name=None) -> Tensor:
+    return make_op("ArgMax", [x], {"axis": 0 if axis is None else int(axis),
+                                   "output_type": as_dtype(output_type)}, name).outputs[0]
+
+
+# -- operator overloading (TF: ops.Tensor._override_operator) -------------------------
+
+def _r(fn):
+    return lambda self, other: fn(other, self)
+
+
+Tensor.__add__, Tensor.__radd__ = add, _r(add)
+Tensor.__sub__, Tensor.__rsub__ = subtract, _r(subtract)
+Tensor.__mul__, Tensor.__rmul__ = multiply, _r(multiply)
+Tensor.__truediv__, Tensor.__rtruediv__ = divide, _r(divide)
+Tensor.__pow__, Tensor.__rpow__ = pow, _r(pow)
+Tensor.__matmul__, Tensor.__rmatmul__ = matmul, _r(matmul)
+Tensor.__neg__ = negative
+Tensor.__abs__ = abs
+Tensor.__lt__, Tensor.__le__ = less, less_equal
+Tensor.__gt__, Tensor.__ge__ = greater, greater_equal
+

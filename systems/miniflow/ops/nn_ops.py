@@ -1,0 +1,187 @@
+"""Neural-network ops (tensorflow/python/ops/nn_ops.py): softmax, the fused softmax
+cross-entropy, convolution and pooling, with the gradient ops TensorFlow defines for them.
+
+``SparseSoftmaxCrossEntropyWithLogits`` is one op with two outputs, the per-example loss
+and its gradient with respect to the logits (softmax - one_hot): TensorFlow computes the
+backward pass in the forward kernel because the two share all their work
+(tensorflow/core/kernels/sparse_xent_op.cc), and the registered gradient just scales
+the second output.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import conv as npconv
+from ..conv import out_size
+from ..op_def import OpDef, convert_to_tensor, define, make_op, shape_error, shape_from_tensor
+from .array_ops import _host
+
+define(OpDef("Softmax", lambda ins, a: [(ins[0].dtype, ins[0].shape)],
+             lambda a, be, res: be.softmax, flops_per_element=5))
+define(OpDef("LogSoftmax", lambda ins, a: [(ins[0].dtype, ins[0].shape)],
+             lambda a, be, res: be.log_softmax, flops_per_element=5))
+
+
+def softmax(logits, name=None):
+    return make_op("Softmax", [logits], name=name).outputs[0]
+
+
+def log_softmax(logits, name=None):
+    return make_op("LogSoftmax", [logits], name=name).outputs[0]
+
+
+def _xent_shape(ins, attrs):
+    logits, labels = ins
+    if not labels.dtype.is_integer:
+        raise shape_error("SparseSoftmaxCrossEntropyWithLogits", "labels must be integers",
+                          labels)
+    if logits.shape is not None and len(logits.shape) != 2:
+        raise shape_error("SparseSoftmaxCrossEntropyWithLogits",
+                          "logits must be [batch, classes]", logits)
+    if labels.shape is not None and len(labels.shape) != 1:
+        raise shape_error("SparseSoftmaxCrossEntropyWithLogits", "labels must be [batch]",
+                          labels)
+    batch = logits.shape[0] if logits.shape is not None else None
+    return [(logits.dtype, (batch,)), (logits.dtype, logits.shape)]
+
+
+def _xent_kernel(attrs, be, res):
+    def xent(logits, labels):
+        logp = be.log_softmax(logits)
+        n = logits.shape[0]
+        if be.name == "numpy":
+            lab = labels.astype(np.int64)
+            if n and (lab.min() < 0 or lab.max() >= logits.shape[1]):
+                from ..errors import InvalidArgumentError
+
+                raise InvalidArgumentError(f"labels must be in [0, {logits.shape[1]}), got "
+                                           f"values from {lab.min()} to {lab.max()}")
+            loss = -logp[np.arange(n), lab]
+            backprop = np.exp(logp)
+            backprop[np.arange(n), lab] -= 1
+            return loss, backprop
+        lab = labels.long()
+        loss = -logp.gather(1, lab[:, None])[:, 0]
+        backprop = logp.exp()
+        backprop[be.torch.arange(n, device=logits.device), lab] -= 1
+        return loss, backprop
+    return xent
+
+
+define(OpDef("SparseSoftmaxCrossEntropyWithLogits", _xent_shape, _xent_kernel,
+             flops_per_element=6))
+
+
+def sparse_softmax_cross_entropy_with_logits(labels=None, logits=None, name=None):
+    """Per-example cross-entropy of integer ``labels`` under ``softmax(logits)``."""
+    if labels is None or logits is None:
+        raise ValueError("pass both labels= and logits= by name, as TensorFlow requires")
+    return make_op("SparseSoftmaxCrossEntropyWithLogits", [logits, labels],
+                   name=name).outputs[0]
+
+
+# -- convolution and pooling -------------------------------------------------------------
+
+def _pair(v) -> tuple[int, int]:
+    v = list(v) if isinstance(v, (list, tuple)) else [v, v]
+    if len(v) == 4:  # TF's [1, sh, sw, 1] form
+        v = v[1:3]
+    return int(v[0]), int(v[1])
+
+
+def _conv_backend(be):
+    if be.name == "numpy":
+        return npconv
+    if not hasattr(be, "_conv"):
+        be._conv = npconv.TorchConv(be.torch)
+    return be._conv
+
+
+def _conv_shape(ins, attrs):
+    x, f = ins
+    if x.dtype != f.dtype:
+        raise shape_error("Conv2D", "input and filter must share a dtype", x, f)
+    if x.shape is None or f.shape is None:
+        return [(x.dtype, None)]
+    if len(x.shape) != 4 or len(f.shape) != 4:
+        raise shape_error("Conv2D", "input must be NHWC and filter HWIO (rank 4)", x, f)
+    if x.shape[3] is not None and f.shape[2] is not None and x.shape[3] != f.shape[2]:
+        raise shape_error("Conv2D", f"input has {x.shape[3]} channels but the filter "
+                          f"expects {f.shape[2]}", x, f)
+    (sh, sw), p = attrs["strides"], attrs["padding"]
+    return [(x.dtype, (x.shape[0], out_size(x.shape[1], f.shape[0], sh, p),
+                       out_size(x.shape[2], f.shape[1], sw, p), f.shape[3]))]
+
+
+def _k(method, *attr_names):
+    def make(a, be, res):
+        fn = getattr(_conv_backend(be), method)
+        extra = [a[n] for n in attr_names]
+        return lambda *xs: fn(*xs, *extra)
+    return make
+
+
+define(OpDef("Conv2D", _conv_shape, _k("conv2d", "strides", "padding")))
+define(OpDef("Conv2DBackpropInput", lambda ins, a: [(ins[1].dtype, shape_from_tensor(ins[0]))],
+             lambda a, be, res: (lambda s, f, dy: _conv_backend(be).conv2d_backprop_input(
+                 _host(be, s), f, dy, a["strides"], a["padding"]))))
+define(OpDef("Conv2DBackpropFilter", lambda ins, a: [(ins[0].dtype,
+                                                      shape_from_tensor(ins[1]))],
+             lambda a, be, res: (lambda x, s, dy: _conv_backend(be).conv2d_backprop_filter(
+                 x, _host(be, s), dy, a["strides"], a["padding"]))))
+
+
+def _check_padding(padding: str) -> str:
+    if padding not in ("SAME", "VALID"):
+        raise ValueError(f"padding must be 'SAME' or 'VALID', got {padding!r}")
+    return padding
+
+
+def conv2d(input, filters, strides=1, padding="VALID", name=None):  # noqa: A002
+    """2-D convolution of NHWC ``input`` with HWIO ``filters`` (``tf.nn.conv2d``)."""
+    return make_op("Conv2D", [input, filters], {"strides": _pair(strides),
+                                                 "padding": _check_padding(padding)},
+                   name).outputs[0]
+
+
+def _pool_shape(op_type):
+    def fn(ins, attrs):
+        x = ins[0]
+        if x.shape is None:
+            return [(x.dtype, None)]
+        if len(x.shape) != 4:
+            raise shape_error(op_type, "input must be NHWC (rank 4)", x)
+        (kh, kw), (sh, sw), p = attrs["ksize"], attrs["strides"], attrs["padding"]
+        return [(x.dtype, (x.shape[0], out_size(x.shape[1], kh, sh, p),
+                           out_size(x.shape[2], kw, sw, p), x.shape[3]))]
+    return fn
+
+
+define(OpDef("MaxPool", _pool_shape("MaxPool"), _k("max_pool", "ksize", "strides", "padding")))
+define(OpDef("AvgPool", _pool_shape("AvgPool"), _k("avg_pool", "ksize", "strides", "padding")))
+define(OpDef("MaxPoolGrad", lambda ins, a: [(ins[0].dtype, ins[0].shape)],
+             _k("max_pool_grad", "ksize", "strides", "padding")))
+define(OpDef("AvgPoolGrad", lambda ins, a: [(ins[1].dtype, shape_from_tensor(ins[0]))],
+             lambda a, be, res: (lambda s, dy: _conv_backend(be).avg_pool_grad(
+                 _host(be, s), dy, a["ksize"], a["strides"], a["padding"]))))
+
+
+def _pool(op_type, x, ksize, strides, padding, name):
+    return make_op(op_type, [convert_to_tensor(x)],
+                   {"ksize": _pair(ksize), "strides": _pair(strides),
+                    "padding": _check_padding(padding)}, name).outputs[0]
+
+
+def max_pool2d(input, ksize, strides, padding="VALID", name=None):  # noqa: A002
+    return _pool("MaxPool", input, ksize, strides, padding, name)
+
+
+def avg_pool2d(input, ksize, strides, padding="VALID", name=None):  # noqa: A002
+    return _pool("AvgPool", input, ksize, strides, padding, name)
+
+
+def bias_add(value, bias, name=None):
+    from .math_ops import add
+
+    return add(value, bias, name=name or "BiasAdd")

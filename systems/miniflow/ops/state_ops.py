@@ -1,0 +1,205 @@
+"""Variables: the mutable state of a dataflow graph (Abadi et al. 2016, section 3.1).
+
+A TensorFlow 1 ``tf.Variable`` named ``w`` is four ops, and so is ours:
+
+* ``w``               (``VariableV2``): owns the buffer; its output is a *reference*;
+* ``w/initial_value`` and ``w/Assign``: the initializer, run once;
+* ``w/read``          (``ReadVariable``): the value, which ordinary ops consume.
+
+State lives in the Session (TF's per-device ResourceMgr), not in the graph, so two
+sessions over one graph hold independent values. Every op that takes the reference
+(assigns, optimizer updates, reads) is colocated with the variable by the placer, as TF
+colocates all consumers of a ref-typed edge. An assignment *replaces* the stored array
+instead of writing into it, so a value read earlier in the step is never changed under
+the reader's feet.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import shapes
+from ..dtypes import as_dtype
+from ..errors import FailedPreconditionError, InvalidArgumentError
+from ..graph import Operation, Tensor, get_default_graph
+from ..op_def import OpDef, constant, convert_to_tensor, define, make_op, shape_error
+
+GLOBAL_VARIABLES = "variables"
+TRAINABLE_VARIABLES = "trainable_variables"
+
+
+def _read(store, name):
+    try:
+        return store[name]
+    except KeyError:
+        raise FailedPreconditionError(f"Attempting to use uninitialized value {name}") from None
+
+
+def _handle_kernel(a, be, res):
+    return lambda: a["var_name"]
+
+
+def _read_kernel(a, be, res):
+    store, name = res.variables, a["var_name"]
+    return lambda handle: _read(store, name)
+
+
+def _assign_kernel(mode):
+    def make(a, be, res):
+        store, name, want = res.variables, a["var_name"], a["shape"]
+
+        def assign(handle, value):
+            if mode == "set":
+                if tuple(value.shape) != want:
+                    raise InvalidArgumentError(f"Assign requires shapes of both tensors to "
+                                               f"match: {name} is {want}, value is "
+                                               f"{tuple(value.shape)}")
+                new = value
+            elif mode == "add":
+                new = be.add(_read(store, name), value)
+            else:
+                new = be.subtract(_read(store, name), value)
+            store[name] = new
+            return new
+        return assign
+    return make
+
+
+def _var_spec(ins, a):
+    return [(a["dtype"], a["shape"])]
+
+
+def _assign_shape(ins, a):
+    ref, value = ins
+    if value.dtype != ref.dtype:
+        raise shape_error("Assign", "value dtype differs from the variable's", ref, value)
+    if not shapes.compatible(ref.shape, value.shape):
+        raise shape_error("Assign", "value shape differs from the variable's", ref, value)
+    return [(ref.dtype, ref.shape)]
+
+
+define(OpDef("VariableV2", _var_spec, _handle_kernel, stateful=True, expensive=False))
+define(OpDef("ReadVariable", lambda ins, a: [(ins[0].dtype, ins[0].shape)], _read_kernel,
+             stateful=True, expensive=False))
+for _t, _mode in (("Assign", "set"), ("AssignAdd", "add"), ("AssignSub", "sub")):
+    define(OpDef(_t, _assign_shape, _assign_kernel(_mode), stateful=True, expensive=False))
+
+
+class Variable:
+    """A named, mutable tensor whose value persists across ``Session.run`` calls."""
+
+    def __init__(self, initial_value, name: str | None = None, trainable: bool = True,
+                 dtype=None):
+        g = get_default_graph()
+        self.graph = g
+        vname = g.unique_name(name or "Variable")
+        with g._exact_scope(vname):
+            init = initial_value() if callable(initial_value) else initial_value
+            if not isinstance(init, Tensor):
+                arr = np.asarray(init, dtype=as_dtype(dtype).np_dtype if dtype else None)
+                if dtype is None and not isinstance(init, (np.ndarray, np.generic)):
+                    # Python numbers: float32 / int32, as tf.constant does
+                    arr = arr.astype({"f": np.float32, "i": np.int32}.get(arr.dtype.kind,
+                                                                           arr.dtype))
+                init = constant(arr, name="initial_value")
+            elif dtype is not None and init.dtype != as_dtype(dtype):
+                from .math_ops import cast
+
+                init = cast(init, dtype)
+            if not shapes.is_fully_defined(init.shape):
+                raise ValueError(f"Variable {vname}: initial value must have a fully "
+                                 f"defined shape, got {shapes.fmt(init.shape)}")
+            attrs = {"shape": tuple(init.shape), "dtype": init.dtype, "var_name": vname}
+            self.op = g.create_op("VariableV2", [], attrs, [(init.dtype, init.shape)], vname,
+                                  exact_name=True)
+            self._ref = self.op.outputs[0]
+            self.initializer = make_op("Assign", [self._ref, init],
+                                       {**attrs}, "Assign").outputs[0].op
+            self._snapshot = make_op("ReadVariable", [self._ref], attrs, "read").outputs[0]
+        self.initial_value = init
+        self.trainable = trainable
+        g.add_to_collection(GLOBAL_VARIABLES, self)
+        if trainable:
+            g.add_to_collection(TRAINABLE_VARIABLES, self)
+
+    name = property(lambda self: self.op.name + ":0")
+    dtype = property(lambda self: self._ref.dtype)
+    shape = property(lambda self: self._ref.shape)
+    device = property(lambda self: self.op.device)
+
+    def _as_tensor(self) -> Tensor:
+        return self._snapshot
+
+    def value(self) -> Tensor:
+        return self._snapshot
+
+    def read_value(self) -> Tensor:
+        """A fresh read, ordered after the control dependencies in scope where it is made."""
+        a = self.op.attrs
+        return make_op("ReadVariable", [self._ref], dict(a), self.op.name + "/read_1"
+                       ).outputs[0]
+
+    def _update(self, op_type, value, name):
+        v = convert_to_tensor(value, dtype=self.dtype) if not isinstance(value, Tensor) \
+            else value
+        return make_op(op_type, [self._ref, v], dict(self.op.attrs), name).outputs[0]
+
+    def assign(self, value, name=None) -> Tensor:
+        return self._update("Assign", value, name)
+
+    def assign_add(self, delta, name=None) -> Tensor:
+        return self._update("AssignAdd", delta, name)
+
+    def assign_sub(self, delta, name=None) -> Tensor:
+        return self._update("AssignSub", delta, name)
+
+    def eval(self, session=None):
+        return self._snapshot.eval(session=session)
+
+    def load(self, value, session) -> None:
+        """Set the variable's value directly in ``session`` (``tf.Variable.load``)."""
+        session._set_variable(self, value)
+
+    def __repr__(self) -> str:
+        return f"<mf.Variable '{self.name}' shape={shapes.fmt(self.shape)} " \
+               f"dtype={self.dtype.name}>"
+
+
+def _delegate(method):
+    return lambda self, *args: getattr(self._snapshot, method)(*args)
+
+
+for _m in ("__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__", "__truediv__",
+           "__rtruediv__", "__pow__", "__rpow__", "__matmul__", "__rmatmul__", "__neg__",
+           "__getitem__", "__lt__", "__le__", "__gt__", "__ge__", "__abs__"):
+    setattr(Variable, _m, _delegate(_m))
+
+
+def assign(ref: Variable, value, name=None) -> Tensor:
+    return ref.assign(value, name)
+
+
+def assign_add(ref: Variable, delta, name=None) -> Tensor:
+    return ref.assign_add(delta, name)
+
+
+def assign_sub(ref: Variable, delta, name=None) -> Tensor:
+    return ref.assign_sub(delta, name)
+
+
+def global_variables() -> list[Variable]:
+    return get_default_graph().get_collection(GLOBAL_VARIABLES)
+
+
+def trainable_variables() -> list[Variable]:
+    return get_default_graph().get_collection(TRAINABLE_VARIABLES)
+
+
+def variables_initializer(var_list, name="init") -> Operation:
+    from .control_ops import group
+
+    return group(*[v.initializer for v in var_list], name=name)
+
+
+def global_variables_initializer() -> Operation:
+    return variables_initializer(global_variables())

@@ -1,0 +1,57 @@
+"""Common-subexpression elimination: one node for each distinct computation.
+
+Two nodes that apply the same op, with the same attributes, to the same inputs, after
+the same control dependencies, on the same device, compute the same value: keep the
+first (tensorflow/core/graph/optimizer_cse.cc). Stateful ops are never merged (two
+reads of a variable may straddle an assignment; two random ops must differ), nor are
+fed arguments and placeholders. Control inputs are part of the key, so a read made
+after an assignment is never merged with one made before it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..ir import PlanGraph
+from ..op_def import OP_DEFS
+
+NEVER = {"_Arg", "Placeholder", "NoOp", "_Send", "_Recv"}
+
+
+def _hashable(v: Any) -> Any:
+    if isinstance(v, np.ndarray):
+        return ("nd", v.dtype.str, v.shape, v.tobytes()) if v.size <= 4096 else ("big", id(v))
+    if isinstance(v, (list, tuple)):
+        return tuple(_hashable(x) for x in v)
+    if isinstance(v, dict):
+        return tuple(sorted((k, _hashable(x)) for k, x in v.items()))
+    return v
+
+
+def eliminate_common_subexpressions(pg: PlanGraph) -> int:
+    """Merge duplicates in topological order; returns how many nodes were removed."""
+    seen: dict[Any, Any] = {}
+    moved, moved_nodes = {}, {}
+    kept = []
+    for n in pg.nodes:
+        n.inputs = [moved.get((id(p), i), (p, i)) for p, i in n.inputs]
+        n.control_inputs = [moved_nodes.get(id(c), c) for c in n.control_inputs]
+        d = OP_DEFS.get(n.type)
+        if n.type in NEVER or d is None or d.stateful or n in pg.targets:
+            kept.append(n)
+            continue
+        key = (n.type, _hashable(n.attrs), tuple((id(p), i) for p, i in n.inputs),
+               tuple(sorted(id(c) for c in n.control_inputs)), n.device)
+        first = seen.setdefault(key, n)
+        if first is n:
+            kept.append(n)
+            continue
+        for i in range(len(n.out_specs)):
+            moved[(id(n), i)] = (first, i)
+        moved_nodes[id(n)] = first
+    removed = len(pg.nodes) - len(kept)
+    pg.nodes = kept
+    pg.forward(moved, moved_nodes)
+    return removed

@@ -1,0 +1,59 @@
+"""Constant folding: evaluate, once, every op whose inputs are all constants.
+
+TensorFlow's graph optimizer does this before a graph runs
+(tensorflow/core/common_runtime/constant_folding.cc): a subgraph that depends on no
+placeholder, variable or random op computes the same value every step, so it is computed
+at plan time and replaced by a ``Const``. The result's size is capped
+(``max_constant_size_in_bytes``; TF's default is 10 MiB): folding
+``zeros([10000, 10000])`` would turn a cheap op into 400 MB held in the plan.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import NUMPY
+from ..ir import Node, PlanGraph
+from ..op_def import OP_DEFS
+
+NOT_FOLDABLE = {"Const", "_Arg", "Placeholder", "NoOp", "_Send", "_Recv", "CheckNumerics"}
+
+
+def fold_constants(pg: PlanGraph, max_bytes: int) -> int:
+    """Fold in topological order; returns the number of ops replaced by constants."""
+    moved, moved_nodes = {}, {}
+    folded = 0
+    new_nodes: list[Node] = []
+    for n in pg.nodes:
+        n.inputs = [moved.get((id(p), i), (p, i)) for p, i in n.inputs]
+        n.control_inputs = [moved_nodes.get(id(c), c) for c in n.control_inputs]
+        if (n.type in NOT_FOLDABLE or OP_DEFS.get(n.type) is None
+                or OP_DEFS[n.type].stateful or not n.out_specs
+                or any(p.type != "Const" for p, _ in n.inputs)
+                or any(c.type != "Const" for c in n.control_inputs)):
+            new_nodes.append(n)
+            continue
+        try:
+            kernel = OP_DEFS[n.type].make_kernel(n.attrs, NUMPY, None)
+            out = kernel(*[p.attrs["value"] for p, _ in n.inputs])
+        except Exception:
+            new_nodes.append(n)  # leave it to fail at run time, with the user's line
+            continue
+        outs = out if len(n.out_specs) > 1 else (out,)
+        arrays = [np.asarray(v) for v in outs]
+        if sum(a.nbytes for a in arrays) > max_bytes:
+            new_nodes.append(n)
+            continue
+        for i, (a, (dt, _)) in enumerate(zip(arrays, n.out_specs, strict=True)):
+            a = a.astype(dt.np_dtype, copy=False)
+            a.setflags(write=False)
+            c = Node(f"{n.name}/folded_{i}" if len(arrays) > 1 else f"{n.name}/folded",
+                     "Const", [], [], {"value": a}, [(dt, a.shape)], n.device, n.op,
+                     n.created_at)
+            new_nodes.append(c)
+            moved[(id(n), i)] = (c, 0)
+            moved_nodes.setdefault(id(n), c)
+        folded += 1
+    pg.nodes = new_nodes
+    pg.forward(moved, moved_nodes)
+    return folded

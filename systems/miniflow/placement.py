@@ -1,0 +1,171 @@
+"""Placement: choose a device for every node.
+
+Abadi et al. 2016 section 3.3 and the TensorFlow white paper (Abadi et al. 2015, section
+3.2.1) describe the placer (tensorflow/core/common_runtime/placer.cc) in three steps,
+which we follow:
+
+1. **Honour explicit requests** (``with mf.device("/cpu:1")``). A request for a device
+   that does not exist is an error, unless ``allow_soft_placement`` lets it fall back.
+2. **Colocate**: some nodes must share a device. A Variable and every op that takes its
+   reference (reads, assignments, optimizer updates) form one *colocation group*; groups
+   are found with union-find and placed as a unit. Conflicting requests inside one group
+   are an error naming both ops.
+3. **Cost-based placement of the rest**: the white paper's greedy heuristic simulates the
+   execution in topological order and puts each node where it would *finish soonest*,
+   counting its compute time on that device and the time to bring its inputs across from
+   other devices. We estimate compute from the op's FLOPs and bytes on a nominal roofline
+   per device (:mod:`common.cost`); the placer needs relative costs, not exact ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from common.cost import DeviceSpec, OpCost
+from common.devices import H100_SXM
+
+from .ir import Node, PlanGraph
+from .op_def import OP_DEFS
+
+# Nominal rates for virtual CPU devices: one share of a modern core (not measured here,
+# so that placement does not depend on a probe and is the same on every machine).
+NOMINAL_CPU = DeviceSpec("nominal CPU", {"fp32": 50e9}, 10e9, "nominal", "2026")
+TRANSFER_BYTES_PER_S = 10e9  # a Send/Recv between devices: one copy through host memory
+TRANSFER_FIXED_S = 5e-6  # the rendezvous hand-off itself
+UNKNOWN_DIM = 32  # assumed size of an unknown (batch) dimension, for cost estimates
+
+
+class PlacementError(ValueError):
+    pass
+
+
+def node_cost(n: Node) -> OpCost:
+    """FLOPs and bytes of one node, from its static output shapes (unknown dims = 32)."""
+    def numel(shape) -> int:
+        if shape is None:
+            return UNKNOWN_DIM
+        k = 1
+        for d in shape:
+            k *= UNKNOWN_DIM if d is None else d
+        return k
+
+    outs = sum(numel(s) * dt.size for dt, s in n.out_specs)
+    ins = sum(numel(p.out_specs[i][1]) * p.out_specs[i][0].size for p, i in n.inputs)
+    if n.type == "MatMul" and n.inputs:
+        a_shape = n.inputs[0][0].out_specs[n.inputs[0][1]][1]
+        k = (a_shape[-2] if n.attrs.get("transpose_a") else a_shape[-1]) if a_shape else None
+        flops = 2.0 * (UNKNOWN_DIM if k is None else k) * numel(n.out_specs[0][1])
+    elif n.type in ("Conv2D", "Conv2DBackpropInput", "Conv2DBackpropFilter"):
+        f = n.inputs[1][0].out_specs[n.inputs[1][1]][1] if n.type != "Conv2DBackpropFilter" \
+            else None
+        taps = numel(f[:3]) if f else 9 * 16
+        flops = 2.0 * taps * numel(n.out_specs[0][1])
+    else:
+        d = OP_DEFS.get(n.type)
+        per = d.flops_per_element if d else 1.0
+        flops = per * sum(numel(s) for _, s in n.out_specs)
+    return OpCost(flops, ins, outs, n.name)
+
+
+def estimate_seconds(n: Node, device: str) -> float:
+    spec = H100_SXM if device.startswith("/gpu") else NOMINAL_CPU
+    c = node_cost(n)
+    dtype = "fp32" if spec is NOMINAL_CPU else "tf32"
+    return max(c.flops / spec.peak(dtype), c.bytes / spec.mem_bandwidth) + 1e-6
+
+
+@dataclass
+class _UnionFind:
+    parent: dict[int, int]
+
+    def find(self, x: int) -> int:
+        while self.parent.setdefault(x, x) != x:
+            self.parent[x] = self.parent[self.parent[x]]
+            x = self.parent[x]
+        return x
+
+    def union(self, a: int, b: int) -> None:
+        self.parent[self.find(a)] = self.find(b)
+
+
+def colocation_groups(pg: PlanGraph) -> dict[int, list[Node]]:
+    """Union-find over the must-share-a-device relation: Variables and their ref users."""
+    uf = _UnionFind({})
+    for n in pg.nodes:
+        uf.find(id(n))
+        for p, _ in n.inputs:
+            if p.type == "VariableV2":
+                uf.union(id(n), id(p))
+    groups: dict[int, list[Node]] = {}
+    for n in pg.nodes:
+        groups.setdefault(uf.find(id(n)), []).append(n)
+    return groups
+
+
+def place(pg: PlanGraph, devices: list[str], allow_soft_placement: bool = False) -> None:
+    """Assign ``node.device`` for every node (in place)."""
+    groups = colocation_groups(pg)
+    group_of = {id(n): key for key, members in groups.items() for n in members}
+    fixed: dict[int, str] = {}
+    for key, members in groups.items():
+        wanted = {}
+        for m in members:
+            if m.device:
+                dev = m.device
+                if dev not in devices:
+                    if not allow_soft_placement:
+                        raise PlacementError(
+                            f"Cannot assign a device for operation '{m.name}' (created at "
+                            f"{m.created_at}): {dev} was requested but the session has only "
+                            f"{', '.join(devices)}. Set allow_soft_placement=True in "
+                            f"ConfigProto to fall back.")
+                    continue
+                wanted[dev] = m
+        if len(wanted) > 1:
+            (d1, m1), (d2, m2) = list(wanted.items())[:2]
+            raise PlacementError(
+                f"Cannot colocate '{m1.name}' on {d1} with '{m2.name}' on {d2}: they share "
+                f"a variable's reference and must be on one device")
+        if wanted:
+            fixed[key] = next(iter(wanted))
+
+    # Cost-based greedy placement: earliest finish time, in topological order.
+    free_at = {d: 0.0 for d in devices}
+    finish: dict[int, float] = {}
+    where: dict[int, str] = {}
+    for n in pg.nodes:
+        key = group_of[id(n)]
+        if key in fixed:
+            choices = [fixed[key]]
+        elif n.type == "_Arg":
+            choices = [devices[0]]  # feeds arrive from the client on the first device
+        else:
+            choices = devices
+        best, best_t = choices[0], float("inf")
+        for d in choices:
+            ready = 0.0
+            for p, i in n.inputs:
+                t = finish[id(p)]
+                if where[id(p)] != d:
+                    dt, shape = p.out_specs[i]
+                    nbytes = dt.size * (1 if shape is None else
+                                        _numel(shape))
+                    t += TRANSFER_FIXED_S + nbytes / TRANSFER_BYTES_PER_S
+                ready = max(ready, t)
+            for c in n.control_inputs:
+                ready = max(ready, finish[id(c)])
+            t_done = max(ready, free_at[d]) + estimate_seconds(n, d)
+            if t_done < best_t - 1e-12:
+                best, best_t = d, t_done
+        where[id(n)] = best
+        finish[id(n)] = best_t
+        free_at[best] = best_t
+        fixed.setdefault(key, best)  # the rest of its colocation group follows it
+        n.device = best
+
+
+def _numel(shape) -> int:
+    k = 1
+    for d in shape:
+        k *= 32 if d is None else d
+    return k

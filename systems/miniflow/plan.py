@@ -1,0 +1,87 @@
+"""From (feeds, fetches, targets) to executors: the pipeline a Session runs once per
+distinct request and then caches (DirectSession::GetOrCreateExecutors in
+tensorflow/core/common_runtime/direct_session.cc):
+
+    prune + feeds  ->  graph passes  ->  place  ->  partition  ->  one executor per device
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .backend import NUMPY, torch_backend
+from .errors import InvalidArgumentError
+from .executor import Executor
+from .graph import Operation, Tensor
+from .ir import PlanGraph, build
+from .partition import partition
+from .passes import PassStats, run_passes
+from .placement import place
+
+
+@dataclass
+class Snapshot:
+    """A graph at one stage of the pipeline, for DOT export and for tests."""
+
+    nodes: list[tuple[str, str, list[str], list[str], str]]  # name, type, inputs, ctrl, dev
+
+    @classmethod
+    def of(cls, nodes) -> Snapshot:
+        return cls([(n.name, n.type, [f"{p.name}:{i}" for p, i in n.inputs],
+                     [c.name for c in n.control_inputs], n.device) for n in nodes])
+
+
+@dataclass
+class Plan:
+    executors: list[Executor]
+    fetch_map: list[tuple[int, int]]  # per fetch: (executor, position in its fetch list)
+    feeds: list[Tensor]
+    pass_stats: PassStats
+    snapshots: dict[str, Snapshot] = field(default_factory=dict)
+    build_seconds: float = 0.0
+
+    @property
+    def devices(self) -> list[str]:
+        return [e.device for e in self.executors]
+
+
+def backend_for(device: str, cpu_backend: str) -> Any:
+    if device.startswith("/gpu"):
+        return torch_backend("cuda:" + device.split(":")[1])
+    return NUMPY if cpu_backend == "numpy" else torch_backend("cpu")
+
+
+def build_plan(fetches: list[Tensor], targets: list[Operation], feeds: list[Tensor],
+               devices: list[str], config: Any, resources: Any) -> Plan:
+    t0 = time.perf_counter()
+    pg: PlanGraph = build(fetches, targets, feeds)
+    for n in pg.nodes:
+        if n.type == "Placeholder":
+            a = n.attrs
+            raise InvalidArgumentError(
+                f"You must feed a value for placeholder tensor '{a['name']}' with dtype "
+                f"{a['dtype'].name}, needed to compute the fetches", n.op)
+    snapshots = {"pruned": Snapshot.of(pg.nodes)}
+    go = config.graph_options
+    stats = run_passes(pg, constant_folding=go.constant_folding, cse=go.common_subexpression,
+                       pruning=go.pruning, fusion=go.fusion,
+                       max_constant_bytes=go.max_constant_bytes)
+    snapshots["optimized"] = Snapshot.of(pg.nodes)
+    place(pg, devices, config.allow_soft_placement)
+    if config.log_device_placement:
+        for n in pg.nodes:
+            print(f"{n.name}: ({n.type}) {n.device}")
+    parts = partition(pg)
+    snapshots["partitioned"] = Snapshot.of([n for nodes in parts.values() for n in nodes])
+    order = sorted(parts, key=lambda d: (d != "/cpu:0", d))  # the client's device first
+    executors, fetch_map = [], []
+    per_device_fetches: dict[str, list] = {d: [] for d in order}
+    for p, i in pg.fetches:
+        fetch_map.append((order.index(p.device), len(per_device_fetches[p.device])))
+        per_device_fetches[p.device].append((p, i))
+    for d in order:
+        executors.append(Executor(parts[d], d, backend_for(d, config.cpu_backend), resources,
+                                  per_device_fetches[d]))
+    return Plan(executors, fetch_map, feeds, stats, snapshots, time.perf_counter() - t0)

@@ -1,0 +1,259 @@
+"""``Session.run``: the client interface to the runtime (Abadi et al. 2016, section 3.2;
+tensorflow/python/client/session.py over core/common_runtime/direct_session.cc).
+
+A step names *fetches* (tensors to return, ops to run) and *feeds* (values for tensors,
+usually placeholders). The session turns each distinct (feeds, fetches, targets)
+combination into a :class:`~systems.miniflow.plan.Plan` once, caches it, and from then on
+a step costs only the executors' work. Variables' values live in the session.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import shapes
+from .executor import NodeStats, StepContext, run_partitions
+from .graph import Graph, Operation, Tensor, get_default_graph
+from .partition import Rendezvous
+from .passes import PassStats
+from .plan import Plan, backend_for, build_plan
+
+
+@dataclass
+class GraphOptions:
+    constant_folding: bool = True
+    common_subexpression: bool = True
+    pruning: bool = True
+    fusion: bool = True
+    max_constant_bytes: int = 10 << 20
+
+
+@dataclass
+class ConfigProto:
+    """Session configuration, with TensorFlow's field names where TF has them."""
+
+    device_count: dict[str, int] = field(default_factory=dict)  # {"CPU": 2, "GPU": 1}
+    inter_op_parallelism_threads: int = 0  # 0: one per core
+    intra_op_parallelism_threads: int = 0  # 0: leave BLAS/torch threads as they are
+    allow_soft_placement: bool = False
+    log_device_placement: bool = False
+    cpu_backend: str = "numpy"  # or "torch"
+    graph_options: GraphOptions = field(default_factory=GraphOptions)
+
+
+@dataclass
+class RunOptions:
+    NO_TRACE = 0
+    FULL_TRACE = 3
+    trace_level: int = 0
+
+
+@dataclass
+class RunMetadata:
+    step_stats: list[NodeStats] = field(default_factory=list)
+    peak_live_bytes: dict[str, int] = field(default_factory=dict)
+    pass_stats: PassStats | None = None
+    devices: list[str] = field(default_factory=list)
+
+
+class _Resources:
+    """Per-session state reachable from kernels: variable values, the step's rendezvous."""
+
+    def __init__(self) -> None:
+        self.variables: dict[str, Any] = {}
+        self.rendezvous: Rendezvous | None = None
+
+
+_local = threading.local()
+
+
+def get_default_session() -> Session | None:
+    stack = getattr(_local, "stack", [])
+    return stack[-1] if stack else None
+
+
+class Session:
+    def __init__(self, target: str = "", graph: Graph | None = None,
+                 config: ConfigProto | None = None):
+        if target:
+            raise ValueError("miniflow has no distributed runtime: use target=''")
+        self.graph = graph or get_default_graph()
+        self.config = config or ConfigProto()
+        self.devices = self._devices()
+        self._resources = _Resources()
+        self._plans: dict[Any, Plan] = {}
+        self._lock = threading.Lock()  # one step at a time (see docs: design)
+        n = self.config.inter_op_parallelism_threads or os.cpu_count() or 1
+        self._pool = ThreadPoolExecutor(n, thread_name_prefix="inter-op") if n > 1 else None
+        self._closed = False
+        if self.config.intra_op_parallelism_threads:
+            _set_intra_op_threads(self.config.intra_op_parallelism_threads)
+
+    def _devices(self) -> list[str]:
+        dc = {k.upper(): v for k, v in self.config.device_count.items()}
+        cpus = [f"/cpu:{i}" for i in range(dc.get("CPU", 1))]
+        want_gpus = dc.get("GPU", 1)
+        n_gpus = 0
+        if want_gpus:
+            import torch
+
+            n_gpus = min(want_gpus, torch.cuda.device_count()) if torch.cuda.is_available() \
+                else 0
+        return cpus + [f"/gpu:{i}" for i in range(n_gpus)]
+
+    # -- the client API --------------------------------------------------------------
+    def run(self, fetches: Any, feed_dict: Mapping | None = None,
+            options: RunOptions | None = None, run_metadata: RunMetadata | None = None) -> Any:
+        if self._closed:
+            raise RuntimeError("Attempted to use a closed Session.")
+        leaves, rebuild = _flatten(fetches, self.graph)
+        tensors = [x for x in leaves if isinstance(x, Tensor)]
+        targets = [x for x in leaves if isinstance(x, Operation)]
+        feeds = self._check_feeds(feed_dict or {}, tensors)
+        feed_tensors = sorted(feeds, key=lambda t: t.name)
+        key = (tuple(t.name for t in feed_tensors), tuple(t.name for t in tensors),
+               tuple(op.name for op in targets))
+        with self._lock:
+            plan = self._plans.get(key)
+            if plan is None:
+                plan = build_plan(tensors, targets, feed_tensors, self.devices, self.config,
+                                  self._resources)
+                self._plans[key] = plan
+            trace = options is not None and options.trace_level >= RunOptions.FULL_TRACE
+            step = StepContext([feeds[t] for t in feed_tensors], Rendezvous(), self._pool,
+                               [] if trace else None, run_metadata is not None)
+            self._resources.rendezvous = step.rendezvous
+            results = run_partitions(plan.executors, step, _start_thread)
+        if run_metadata is not None:
+            run_metadata.step_stats = step.stats or []
+            run_metadata.peak_live_bytes = dict(step.peak_bytes)
+            run_metadata.pass_stats = plan.pass_stats
+            run_metadata.devices = plan.devices
+        values = {}
+        for t, (e, pos) in zip(tensors, plan.fetch_map, strict=True):
+            v = plan.executors[e].backend.to_numpy(results[e][pos])
+            values[id(t)] = v[()] if v.ndim == 0 else np.array(v, copy=True)
+        return rebuild(lambda leaf: values.get(id(leaf)))
+
+    def _check_feeds(self, feed_dict: Mapping, fetched: list[Tensor]) -> dict[Tensor, Any]:
+        out = {}
+        fetched_ids = {id(t) for t in fetched}
+        for k, v in feed_dict.items():
+            t = _as_graph_element(k, self.graph, "feed_dict key")
+            if not isinstance(t, Tensor):
+                raise TypeError(f"Cannot feed an Operation ({t.name}); feed a tensor")
+            if id(t) in fetched_ids:
+                raise ValueError(f"Tensor {t.name} is both fed and fetched in one run; fetch "
+                                 f"the value you feed from your own variable instead")
+            arr = np.asarray(v)
+            want = t.dtype.np_dtype
+            if arr.dtype != want:
+                if not np.can_cast(arr.dtype, want, "same_kind"):
+                    raise TypeError(f"Cannot feed a value of dtype {arr.dtype} to tensor "
+                                    f"'{t.name}' of dtype {t.dtype.name}")
+                arr = arr.astype(want)
+            if not shapes.compatible(t.shape, arr.shape):
+                raise ValueError(f"Cannot feed value of shape {arr.shape} for Tensor "
+                                 f"'{t.name}', which has shape '{shapes.fmt(t.shape)}'")
+            out[t] = arr
+        return out
+
+    def _set_variable(self, var: Any, value: Any) -> None:
+        arr = np.asarray(value, dtype=var.dtype.np_dtype)
+        if arr.shape != tuple(var.shape):
+            raise ValueError(f"{var.name} has shape {tuple(var.shape)}, got {arr.shape}")
+        device = var.device if var.device in self.devices else "/cpu:0"
+        self._resources.variables[var.op.name] = backend_for(device, self.config.cpu_backend
+                                                             ).asarray(arr)
+
+    def variable_values(self) -> dict[str, np.ndarray]:
+        """Every initialised variable's current value, as numpy (for the Saver)."""
+        return {k: v.detach().cpu().numpy().copy() if hasattr(v, "detach") else
+                np.array(v, copy=True) for k, v in self._resources.variables.items()}
+
+    def plan_for(self, fetches: Any, feed_dict: Mapping | None = None) -> Plan | None:
+        """The cached plan for this request, if it has run (for tools and tests)."""
+        leaves, _ = _flatten(fetches, self.graph)
+        tensors = [x for x in leaves if isinstance(x, Tensor)]
+        targets = [x for x in leaves if isinstance(x, Operation)]
+        feeds = sorted((_as_graph_element(k, self.graph, "feed") for k in (feed_dict or {})),
+                       key=lambda t: t.name)
+        key = (tuple(t.name for t in feeds), tuple(t.name for t in tensors),
+               tuple(op.name for op in targets))
+        return self._plans.get(key)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+        self._closed = True
+
+    def __enter__(self) -> Session:
+        _local.__dict__.setdefault("stack", []).append(self)
+        self._graph_ctx = self.graph.as_default()
+        self._graph_ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._graph_ctx.__exit__(*exc)
+        _local.stack.pop()
+        self.close()
+
+
+def _start_thread(fn) -> threading.Thread:
+    t = threading.Thread(target=fn, daemon=True)
+    t.start()
+    return t
+
+
+def _set_intra_op_threads(n: int) -> None:
+    """Intra-op parallelism is the kernels' own threads: BLAS for numpy, torch's pool."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=n)
+    torch.set_num_threads(n)
+
+
+def _as_graph_element(x: Any, graph: Graph, what: str) -> Tensor | Operation:
+    if hasattr(x, "_as_tensor"):
+        x = x._as_tensor()
+    if isinstance(x, str):
+        try:
+            return graph.get_tensor_by_name(x) if ":" in x else graph.get_operation_by_name(x)
+        except (KeyError, ValueError) as e:
+            raise ValueError(f"{what} {x!r} names nothing in the graph: {e}") from None
+    if isinstance(x, (Tensor, Operation)):
+        if x.graph is not graph:
+            raise ValueError(f"{what} {x.name} is not an element of this session's graph")
+        return x
+    raise TypeError(f"Cannot interpret {what} {x!r} as a Tensor or Operation")
+
+
+def _flatten(fetches: Any, graph: Graph):
+    """Leaves of a nested fetch structure, and a function that rebuilds the structure."""
+    leaves: list[Any] = []
+
+    def walk(x):
+        if isinstance(x, Mapping):
+            keys = list(x)
+            subs = [walk(x[k]) for k in keys]
+            return lambda f: type(x)(zip(keys, (s(f) for s in subs), strict=True))
+        if isinstance(x, (list, tuple)):
+            subs = [walk(v) for v in x]
+            if hasattr(x, "_fields"):  # namedtuple
+                return lambda f: type(x)(*(s(f) for s in subs))
+            return lambda f: type(x)(s(f) for s in subs)
+        leaf = _as_graph_element(x, graph, "fetch")
+        leaves.append(leaf)
+        return lambda f: f(leaf)
+
+    build = walk(fetches)
+    unique = list({id(x): x for x in leaves}.values())
+    return unique, build

@@ -1,0 +1,69 @@
+"""Static shapes with unknown dimensions, as ``tf.TensorShape``.
+
+A shape is a tuple whose entries are ints or ``None`` (unknown until the graph runs,
+typically the batch dimension of a placeholder); ``None`` instead of a tuple means even
+the rank is unknown. Shape inference runs when each op is built
+(tensorflow/core/framework/shape_inference.cc does the same in C++), so most shape
+errors are caught before anything executes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+Shape = tuple[int | None, ...] | None
+
+
+def as_shape(s: Sequence[int | None] | None) -> Shape:
+    if s is None:
+        return None
+    return tuple(None if d is None or d == -1 else int(d) for d in s)
+
+
+def is_fully_defined(s: Shape) -> bool:
+    return s is not None and all(d is not None for d in s)
+
+
+def num_elements(s: Shape) -> int | None:
+    if not is_fully_defined(s):
+        return None
+    n = 1
+    for d in s:
+        n *= d
+    return n
+
+
+def compatible(a: Shape, b: Shape) -> bool:
+    """Could a value of static shape ``b`` have shape ``a``? (None matches anything.)"""
+    if a is None or b is None:
+        return True
+    return len(a) == len(b) and all(x is None or y is None or x == y
+                                      for x, y in zip(a, b, strict=True))
+
+
+def broadcast(a: Shape, b: Shape) -> Shape | str:
+    """Numpy broadcasting of two static shapes; returns an error string if impossible."""
+    if a is None or b is None:
+        return None
+    out = []
+    for i in range(1, max(len(a), len(b)) + 1):
+        x = a[-i] if i <= len(a) else 1
+        y = b[-i] if i <= len(b) else 1
+        if x == 1:
+            out.append(y)
+        elif y == 1:
+            out.append(x)
+        elif x is None or y is None:
+            out.append(x if y is None else y)
+        elif x == y:
+            out.append(x)
+        else:
+            return f"dimension {-i} is {x} vs {y}"
+    return tuple(reversed(out))
+
+
+def fmt(s: Shape) -> str:
+    if s is None:
+        return "<unknown>"
+    dims = ", ".join("?" if d is None else str(d) for d in s)
+    return f"({dims}{',' if len(s) == 1 else ''})"

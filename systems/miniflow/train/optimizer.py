@@ -1,0 +1,162 @@
+"""Optimizers: ``minimize`` = ``gradients`` + one update op per variable, in the graph.
+
+As tensorflow/python/training/optimizer.py: ``compute_gradients`` differentiates the loss
+symbolically; ``apply_gradients`` adds, per variable, the fused update op of the rule
+(:mod:`.training_ops`), creating the rule's *slot* variables (momentum accumulators,
+Adam's moments) next to the variable they belong to, under the variable's device; the
+result is one grouped op to run each step. Nothing is computed until a Session runs it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..dtypes import float64
+from ..gradients import gradients
+from ..graph import Operation, device, get_default_graph
+from ..op_def import constant, convert_to_tensor, make_op
+from ..ops.control_ops import group
+from ..ops.math_ops import cast
+from ..ops.state_ops import Variable, trainable_variables
+from . import training_ops  # noqa: F401  (defines the Apply* ops)
+
+
+class Optimizer:
+    def __init__(self, learning_rate, name: str):
+        self._lr = learning_rate
+        self._name = name
+        self._slots: dict[tuple[str, str], Variable] = {}
+
+    def compute_gradients(self, loss, var_list=None):
+        var_list = list(var_list) if var_list is not None else trainable_variables()
+        if not var_list:
+            raise ValueError("No variables to optimize.")
+        grads = gradients(loss, var_list)
+        if all(g is None for g in grads):
+            raise ValueError(f"No gradients provided for any variable: the loss does not "
+                             f"depend on {[v.name for v in var_list]}")
+        return list(zip(grads, var_list, strict=True))
+
+    def apply_gradients(self, grads_and_vars, global_step: Variable | None = None,
+                        name: str | None = None) -> Operation:
+        updates = []
+        with get_default_graph().name_scope(name or self._name):
+            self._prepare()
+            for g, v in grads_and_vars:
+                if g is None:
+                    continue
+                with device(v.device or None):
+                    updates.append(self._apply_dense(g, v))
+            finish = self._finish(updates)
+            if global_step is not None:
+                with get_default_graph().control_dependencies([finish]):
+                    finish = global_step.assign_add(np.asarray(1, global_step.dtype.np_dtype))
+            return group(finish, name="update")
+
+    def minimize(self, loss, global_step: Variable | None = None, var_list=None,
+                 name: str | None = None) -> Operation:
+        return self.apply_gradients(self.compute_gradients(loss, var_list), global_step, name)
+
+    def get_slot(self, var: Variable, name: str) -> Variable:
+        return self._slots[(var.op.name, name)]
+
+    def _slot(self, var: Variable, name: str) -> Variable:
+        key = (var.op.name, name)
+        if key not in self._slots:
+            with get_default_graph()._exact_scope(""), device(var.device or None):
+                self._slots[key] = Variable(np.zeros(var.shape, var.dtype.np_dtype),
+                                            name=f"{var.op.name}/{self._name}_{name}",
+                                            trainable=False)
+        return self._slots[key]
+
+    def _tensor(self, value, dtype=float64):
+        # Hyper-parameters are kept in float64 and cast to each variable's dtype (a folded
+        # constant), so 0.9 is 0.9 for float64 variables too.
+        return convert_to_tensor(value) if hasattr(value, "op") else constant(value, dtype)
+
+    def _prepare(self) -> None:
+        self._lr_t = self._tensor(self._lr)
+
+    def _finish(self, updates) -> Operation:
+        return group(*updates)
+
+    def _apply_dense(self, grad, var: Variable):
+        raise TypeError(f"{type(self).__name__} must define _apply_dense")
+
+    def _as(self, t, var: Variable):
+        """A hyper-parameter in the variable's dtype (folded to a constant by the passes)."""
+        return cast(t, var.dtype)
+
+
+class GradientDescentOptimizer(Optimizer):
+    """w <- w - lr * g."""
+
+    def __init__(self, learning_rate, name: str = "GradientDescent"):
+        super().__init__(learning_rate, name)
+
+    def _apply_dense(self, grad, var):
+        return make_op("ApplyGradientDescent", [var._ref, self._as(self._lr_t, var), grad],
+                       dict(var.op.attrs)).outputs[0]
+
+
+class MomentumOptimizer(Optimizer):
+    """a <- momentum * a + g;  w <- w - lr * a  (or the Nesterov variant)."""
+
+    def __init__(self, learning_rate, momentum, use_nesterov: bool = False,
+                 name: str = "Momentum"):
+        super().__init__(learning_rate, name)
+        self._momentum, self._nesterov = momentum, use_nesterov
+
+    def _prepare(self):
+        super()._prepare()
+        self._momentum_t = self._tensor(self._momentum)
+
+    def _apply_dense(self, grad, var):
+        acc = self._slot(var, "momentum")
+        attrs = {**var.op.attrs, "accum": acc.op.name, "use_nesterov": self._nesterov}
+        return make_op("ApplyMomentum", [var._ref, acc._ref, self._as(self._lr_t, var), grad,
+                                         self._as(self._momentum_t, var)], attrs).outputs[0]
+
+
+class AdamOptimizer(Optimizer):
+    """Adam (Kingma & Ba, 2015) with TF's defaults and its beta-power accumulators."""
+
+    def __init__(self, learning_rate=0.001, beta1=0.9, beta2=0.999, epsilon=1e-8,
+                 name: str = "Adam"):
+        super().__init__(learning_rate, name)
+        self._b1, self._b2, self._eps = beta1, beta2, epsilon
+
+    def _prepare(self):
+        super()._prepare()
+        self._b1_t, self._b2_t = self._tensor(self._b1), self._tensor(self._b2)
+        self._eps_t = self._tensor(self._eps)
+
+    def _powers(self, var: Variable) -> None:
+        """beta1^t and beta2^t, next to the first variable. TF makes them float32 whatever
+        the variables' dtype; we use the variable's dtype, so float64 training is exact."""
+        if not hasattr(self, "_b1_power"):
+            with get_default_graph()._exact_scope(""), device(var.device or None):
+                dt = var.dtype.np_dtype
+                self._b1_power = Variable(dt.type(self._b1), name="beta1_power",
+                                          trainable=False)
+                self._b2_power = Variable(dt.type(self._b2), name="beta2_power",
+                                          trainable=False)
+
+    def _apply_dense(self, grad, var):
+        self._powers(var)
+        m, v = self._slot(var, "m"), self._slot(var, "v")
+        attrs = {**var.op.attrs, "m": m.op.name, "v": v.op.name}
+        hyper = [self._b1_power.value(), self._b2_power.value(), self._lr_t, self._b1_t,
+                 self._b2_t, self._eps_t]
+        return make_op("ApplyAdam", [var._ref, m._ref, v._ref,
+                                     *[self._as(h, var) for h in hyper], grad],
+                       attrs).outputs[0]
+
+    def _finish(self, updates):
+        # Advance beta^t only after every variable has used this step's value.
+        with get_default_graph().control_dependencies(updates):
+            u1 = self._b1_power.assign(self._b1_power.value() *
+                                       cast(self._b1_t, self._b1_power.dtype))
+            u2 = self._b2_power.assign(self._b2_power.value() *
+                                       cast(self._b2_t, self._b2_power.dtype))
+        return group(*updates, u1, u2)

@@ -1,0 +1,67 @@
+"""Fused update ops, one per optimizer (tensorflow/core/kernels/training_ops.cc).
+
+TensorFlow does not build ``w - lr * g`` out of elementwise ops for each variable: it has
+one kernel per update rule (``ApplyGradientDescent``, ``ApplyMomentum``, ``ApplyAdam``) that
+reads the variable and its slots, and writes them, in one node. Each takes the variable's
+*reference* as its first input (so the placer colocates it with the variable) and returns
+the new value.
+"""
+
+from __future__ import annotations
+
+from ..op_def import OpDef, define, same_dtype
+from ..ops.state_ops import _read
+
+
+def _same_as_var(ins, a):
+    return [(ins[0].dtype, ins[0].shape)]
+
+
+def _gd(a, be, res):
+    store, name = res.variables, a["var_name"]
+
+    def apply(handle, lr, grad):
+        store[name] = new = be.subtract(_read(store, name), be.multiply(lr, grad))
+        return new
+    return apply
+
+
+def _momentum(a, be, res):
+    store, name, accum, nesterov = res.variables, a["var_name"], a["accum"], a["use_nesterov"]
+
+    def apply(handle, accum_handle, lr, grad, momentum):
+        acc = be.add(be.multiply(_read(store, accum), momentum), grad)
+        store[accum] = acc
+        step = be.add(grad, be.multiply(acc, momentum)) if nesterov else acc
+        store[name] = new = be.subtract(_read(store, name), be.multiply(lr, step))
+        return new
+    return apply
+
+
+def _adam(a, be, res):
+    store, name, m_name, v_name = res.variables, a["var_name"], a["m"], a["v"]
+
+    def apply(handle, m_h, v_h, beta1_power, beta2_power, lr, beta1, beta2, eps, grad):
+        # lr_t folds Adam's bias corrections into the step size (Kingma & Ba, sec. 2).
+        lr_t = lr * be.sqrt(1 - beta2_power) / (1 - beta1_power)
+        m = be.add(_read(store, m_name), be.multiply(be.subtract(grad, _read(store, m_name)),
+                                                     1 - beta1))
+        v = be.add(_read(store, v_name), be.multiply(
+            be.subtract(be.multiply(grad, grad), _read(store, v_name)), 1 - beta2))
+        store[m_name], store[v_name] = m, v
+        update = be.divide(be.multiply(lr_t, m), be.add(be.sqrt(v), eps))
+        store[name] = new = be.subtract(_read(store, name), update)
+        return new
+    return apply
+
+
+def _check(op_type):
+    def fn(ins, a):
+        same_dtype(op_type, ins[0], ins[-1])
+        return _same_as_var(ins, a)
+    return fn
+
+
+define(OpDef("ApplyGradientDescent", _check("ApplyGradientDescent"), _gd, stateful=True))
+define(OpDef("ApplyMomentum", _check("ApplyMomentum"), _momentum, stateful=True))
+define(OpDef("ApplyAdam", _check("ApplyAdam"), _adam, stateful=True))

@@ -1,0 +1,64 @@
+"""Shared helpers and hypothesis strategies for the miniflow tests (as minitorch's
+tests/strategies.py): run a graph on a chosen backend, and compare with torch."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from hypothesis import strategies as st
+
+import systems.miniflow as mf
+
+BACKENDS = ["numpy", "torch"]
+
+
+def session(graph, backend="numpy", **config):
+    return mf.Session(graph=graph, config=mf.ConfigProto(cpu_backend=backend, **config))
+
+
+def evaluate(graph, fetches, feeds=None, backend="numpy", **config):
+    with session(graph, backend, **config) as s:
+        s.run(mf.global_variables_initializer())
+        return s.run(fetches, feeds or {})
+
+
+@st.composite
+def shapes(draw, min_dims=1, max_dims=3, max_side=4):
+    return tuple(draw(st.lists(st.integers(1, max_side), min_size=min_dims,
+                               max_size=max_dims)))
+
+
+@st.composite
+def broadcastable_pair(draw):
+    """Two shapes that numpy can broadcast: drop leading dims and set some to 1."""
+    full = draw(shapes(1, 3))
+    def variant():
+        s = list(full[draw(st.integers(0, len(full) - 1)):])
+        return tuple(1 if draw(st.booleans()) else d for d in s)
+    return full if draw(st.booleans()) else variant(), variant()
+
+
+def arrays(rng, shape, low=-2.0, high=2.0, dtype=np.float64):
+    return rng.uniform(low, high, size=shape).astype(dtype)
+
+
+def torch_grads(fn, inputs, weights):
+    """d(sum(fn(*inputs) * weights)) / d(inputs) by torch autograd, in float64."""
+    ts = [torch.tensor(x, requires_grad=True) for x in inputs]
+    out = fn(*ts)
+    (out * torch.tensor(weights)).sum().backward()
+    return out.detach().numpy(), [t.grad.numpy() if t.grad is not None else None for t in ts]
+
+
+def mf_grads(build, inputs, weights, backend="numpy"):
+    """The same through miniflow: constants in, mf.gradients out."""
+    g = mf.Graph()
+    with g.as_default():
+        phs = [mf.placeholder(mf.float64, x.shape) for x in inputs]
+        out = build(*phs)
+        loss = mf.reduce_sum(out * mf.constant(weights))
+        grads = mf.gradients(loss, phs)
+    fetch = [out] + [gr for gr in grads if gr is not None]
+    vals = evaluate(g, fetch, dict(zip(phs, inputs, strict=True)), backend)
+    it = iter(vals[1:])
+    return vals[0], [next(it) if gr is not None else None for gr in grads]

@@ -1,0 +1,27 @@
+"""``casebook flow``: train, dot and trace from the command line, with --json."""
+
+import json
+import subprocess
+import sys
+
+
+def _casebook(*args, cwd):
+    out = subprocess.run([sys.executable, "-m", "common.cli", "flow", *args, "--json"],
+                         capture_output=True, text=True, timeout=300, check=True, cwd=cwd)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_flow_train_json_reports_accuracy_and_restore(tmp_path):
+    r = _casebook("train", "--model", "mlp", "--checkpoint", str(tmp_path / "ck"), cwd=None)
+    assert r["test_accuracy"] >= 0.97 and r["restored_accuracy"] == r["test_accuracy"]
+    assert (tmp_path / "ck.npz").exists()
+
+
+def test_flow_dot_and_trace_write_their_files(tmp_path):
+    d = _casebook("dot", "--two-cpus", "--out", str(tmp_path), cwd=None)
+    assert set(d["files"]) == {"graph", "pruned", "optimized", "partitioned"}
+    assert d["nodes_after"] < d["nodes_before"]
+    assert "_Send" in (tmp_path / "mlp-partitioned.dot").read_text()
+    t = _casebook("trace", "--out", str(tmp_path / "trace.json"), cwd=None)
+    doc = json.loads((tmp_path / "trace.json").read_text())
+    assert len([e for e in doc["traceEvents"] if e["ph"] == "X"]) == t["nodes"]

@@ -1,0 +1,103 @@
+"""The executor: same results with 1 or N threads, learned costs, memory freed after the
+last consumer, step stats."""
+
+import numpy as np
+
+import systems.miniflow as mf
+from systems.miniflow.executor import EXPENSIVE_NS
+
+
+def _branches(n_branches=6, depth=3, size=96):
+    g = mf.Graph()
+    rng = np.random.default_rng(0)
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [size, size])
+        outs = []
+        for b in range(n_branches):
+            h = x
+            for d in range(depth):
+                w = mf.constant(rng.standard_normal((size, size)).astype(np.float32) * 0.1)
+                h = mf.tanh(h @ w, name=f"b{b}_d{d}")
+            outs.append(h)
+        y = mf.add_n(outs)
+    return g, x, y, rng.standard_normal((size, size)).astype(np.float32)
+
+
+def test_results_are_identical_with_one_or_four_inter_op_threads():
+    g, x, y, xv = _branches()
+    results = []
+    for threads in (1, 4):
+        cfg = mf.ConfigProto(inter_op_parallelism_threads=threads)
+        with mf.Session(graph=g, config=cfg) as s:
+            for _ in range(3):
+                results.append(s.run(y, {x: xv}))
+    for r in results[1:]:
+        np.testing.assert_array_equal(r, results[0])
+
+
+def test_expensive_nodes_go_to_the_pool_and_cheap_ones_run_inline():
+    g, x, y, xv = _branches(size=256)
+    cfg = mf.ConfigProto(inter_op_parallelism_threads=4)
+    with mf.Session(graph=g, config=cfg) as s:
+        md = mf.RunMetadata()
+        s.run(y, {x: xv}, options=mf.RunOptions(trace_level=mf.RunOptions.FULL_TRACE),
+              run_metadata=md)
+    by_op = {}
+    for st in md.step_stats:
+        by_op.setdefault(st.op, set()).add("pool" if "inter-op pool" in st.thread else "inline")
+    assert by_op["MatMul"] == {"pool"}  # 256^3 multiply-adds: worth a hand-off
+    assert by_op["Const"] == {"inline"}  # never worth one
+    assert all(st.end_us >= st.start_us for st in md.step_stats)
+
+
+def test_cost_estimates_are_learned_and_move_nodes_inline():
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [8, 8])
+        y = mf.tanh(x @ mf.constant(np.eye(8, dtype=np.float32)))
+    cfg = mf.ConfigProto(inter_op_parallelism_threads=2,
+                         graph_options=mf.GraphOptions(fusion=False))
+    with mf.Session(graph=g, config=cfg) as s:
+        s.run(y, {x: np.ones((8, 8))})
+        ex = s.plan_for(y, {x: None}).executors[0]
+        k = next(i for i, n in enumerate(ex.nodes) if n.type == "MatMul")
+        ex.cost_ns[k] = 10 * EXPENSIVE_NS  # pretend the first guess was far too high
+        ex.n_expensive = sum(map(ex.is_expensive, range(len(ex.nodes))))
+        seen = [ex.cost_ns[k]]
+        for _ in range(60):
+            s.run(y, {x: np.ones((8, 8))})
+            seen.append(ex.cost_ns[k])
+            if not ex.is_expensive(k):
+                break
+    assert not ex.is_expensive(k), seen[-5:]
+    assert all(b < a for a, b in zip(seen, seen[1:], strict=False))  # decaying average
+    assert ex.n_expensive == 0  # the whole step now runs inline
+
+
+def test_intermediates_are_freed_after_their_last_consumer():
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [1000])
+        h = x
+        for i in range(100):
+            h = mf.tanh(h) if i % 2 else h * 1.01
+    cfg = mf.ConfigProto(graph_options=mf.GraphOptions(fusion=False))
+    layer = 1000 * 4
+    with mf.Session(graph=g, config=cfg) as s:
+        md = mf.RunMetadata()
+        s.run(h, {x: np.ones(1000)}, run_metadata=md)
+    # at any moment: the layer being computed and the one it reads (plus small constants)
+    assert md.peak_live_bytes["/cpu:0"] <= 2 * layer + 1000, md.peak_live_bytes
+
+
+def test_step_stats_cover_every_node_once():
+    g, x, y, xv = _branches(2, 2, 16)
+    with mf.Session(graph=g) as s:
+        md = mf.RunMetadata()
+        s.run(y, {x: xv}, options=mf.RunOptions(trace_level=mf.RunOptions.FULL_TRACE),
+              run_metadata=md)
+        plan = s.plan_for(y, {x: None})
+    names = [st.name for st in md.step_stats]
+    expected = [n.name for e in plan.executors for n in e.nodes if n.type != "_Arg"]
+    assert sorted(names) == sorted(expected)
+    assert md.pass_stats is plan.pass_stats and md.devices == ["/cpu:0"]

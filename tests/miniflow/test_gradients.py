@@ -1,0 +1,156 @@
+"""Symbolic autodiff: central differences, second derivatives against torch, path
+aggregation, and the gradient registry."""
+
+import numpy as np
+import pytest
+import torch
+
+import systems.miniflow as mf
+
+from .helpers import arrays, evaluate
+
+
+def _numeric_grad(f, x, eps=1e-6):
+    """Central differences of a scalar function of x (float64), one coordinate at a time."""
+    g = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        xp, xm = x.copy(), x.copy()
+        xp[i] += eps
+        xm[i] -= eps
+        g[i] = (f(xp) - f(xm)) / (2 * eps)
+    return g
+
+
+@pytest.mark.parametrize("name,build", [
+    ("tanh-matmul-logsoftmax", lambda x, w: mf.nn.log_softmax(mf.tanh(x @ w))),
+    ("broadcast-div-pow", lambda x, w: (x / (mf.abs(w[:, 0]) + 1.0)) ** 2.0),
+    ("reduce-max-minus-mean", lambda x, w: mf.reduce_max(x @ w, 1) - mf.reduce_mean(x, 1)),
+])
+def test_gradient_matches_central_differences(name, build):
+    rng = np.random.default_rng(0)
+    xv, wv = arrays(rng, (3, 4)), arrays(rng, (4, 5))
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float64, (3, 4))
+        out = build(x, mf.constant(wv))
+        weights = mf.constant(arrays(rng, out.shape, 0.5, 1.5))
+        loss = mf.reduce_sum(out * weights)
+        (dx,) = mf.gradients(loss, [x])
+    with mf.Session(graph=g) as s:
+        got = s.run(dx, {x: xv})
+        numeric = _numeric_grad(lambda v: s.run(loss, {x: v}), xv)
+    np.testing.assert_allclose(got, numeric, rtol=1e-5, atol=1e-7,
+                               err_msg=f"{name}: analytic gradient vs central differences")
+
+
+@pytest.mark.parametrize("name,mf_fn,torch_fn", [
+    ("tanh", mf.tanh, torch.tanh),
+    ("sigmoid*x", lambda x: mf.sigmoid(x) * x, lambda x: torch.sigmoid(x) * x),
+    ("exp/(1+x^2)", lambda x: mf.exp(x) / (1.0 + x * x), lambda x: torch.exp(x) / (1 + x * x)),
+    ("relu(x)^3", lambda x: mf.nn.relu(x) ** 3.0, lambda x: torch.relu(x) ** 3),
+    ("log(1+x^2)", lambda x: mf.log(1.0 + mf.square(x)), lambda x: torch.log(1 + x ** 2)),
+])
+def test_second_derivatives_of_elementwise_ops_match_torch(name, mf_fn, torch_fn):
+    xv = np.linspace(-1.5, 1.7, 7)
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float64, [None])
+        (d1,) = mf.gradients(mf.reduce_sum(mf_fn(x)), [x])
+        (d2,) = mf.gradients(mf.reduce_sum(d1), [x])
+    got1, got2 = evaluate(g, [d1, d2], {x: xv})
+    t = torch.tensor(xv, requires_grad=True)
+    (t1,) = torch.autograd.grad(torch_fn(t).sum(), t, create_graph=True)
+    (t2,) = torch.autograd.grad(t1.sum(), t)
+    np.testing.assert_allclose(got1, t1.detach().numpy(), rtol=1e-10)
+    np.testing.assert_allclose(got2, t2.numpy(), rtol=1e-9, atol=1e-12)
+
+
+def test_second_derivative_through_matmul_matches_torch():
+    rng = np.random.default_rng(0)
+    av, bv = arrays(rng, (3, 4)), arrays(rng, (4, 2))
+    g = mf.Graph()
+    with g.as_default():
+        a, b = mf.placeholder(mf.float64, (3, 4)), mf.placeholder(mf.float64, (4, 2))
+        y = mf.reduce_sum(mf.tanh(a @ b) ** 2.0)
+        da, db = mf.gradients(y, [a, b])
+        hvp = mf.gradients(mf.reduce_sum(da * 0.5) + mf.reduce_sum(db), [a, b])
+    got = evaluate(g, hvp, {a: av, b: bv})
+    ta, tb = (torch.tensor(v, requires_grad=True) for v in (av, bv))
+    gy = torch.autograd.grad((torch.tanh(ta @ tb) ** 2).sum(), (ta, tb), create_graph=True)
+    want = torch.autograd.grad((gy[0] * 0.5).sum() + gy[1].sum(), (ta, tb))
+    for gv, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(gv, w.numpy(), rtol=1e-9, atol=1e-12)
+
+
+def test_partial_gradients_from_several_paths_are_summed():
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [])
+        y = x * x + 3.0 * x + mf.exp(x)  # three paths from x to y
+        (dx,) = mf.gradients(y, [x])
+        assert any(op.type == "AddN" for op in g.get_operations())
+    got = evaluate(g, dx, {x: 0.5})
+    np.testing.assert_allclose(got, 2 * 0.5 + 3 + np.exp(0.5), rtol=1e-6)
+
+
+def test_every_read_of_a_variable_contributes_to_its_gradient():
+    g = mf.Graph()
+    with g.as_default():
+        v = mf.Variable(2.0, name="v")
+        y = v * 3.0 + v.read_value() * v.read_value()  # 3v + v^2 via three reads
+        (dv,) = mf.gradients(y, [v])
+    assert evaluate(g, dv) == pytest.approx(3 + 2 * 2.0)
+
+
+def test_unconnected_inputs_get_none_and_integer_inputs_get_no_gradient():
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [2])
+        z = mf.placeholder(mf.float32, [2])
+        labels = mf.constant(np.array([1, 0], np.int32))
+        loss = mf.reduce_sum(mf.nn.sparse_softmax_cross_entropy_with_logits(
+            labels=labels, logits=mf.reshape(x, [1, 2]) * mf.ones_like(mf.reshape(x, [2, 1]))))
+        dx, dz, dl = mf.gradients(loss, [x, z, labels])
+    assert dz is None and dl is None and dx is not None
+
+
+def test_stop_gradient_blocks_the_path():
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [])
+        y = x * mf.stop_gradient(x * 2.0)  # d/dx = 2x, not 4x
+        (dx,) = mf.gradients(y, [x])
+    assert evaluate(g, dx, {x: 3.0}) == pytest.approx(6.0)
+
+
+def test_register_gradient_for_a_new_op_and_missing_gradient_error():
+    from systems.miniflow.op_def import OP_DEFS, OpDef, define, make_op
+
+    if "TimesThree" not in OP_DEFS:
+        define(OpDef("TimesThree", lambda ins, a: [(ins[0].dtype, ins[0].shape)],
+                     lambda a, be, res: lambda x: x * 3))
+
+        @mf.RegisterGradient("TimesThree")
+        def _times_three_grad(op, g):
+            return (g * 3.0,)
+    if "NoGradYet" not in OP_DEFS:
+        define(OpDef("NoGradYet", lambda ins, a: [(ins[0].dtype, ins[0].shape)],
+                     lambda a, be, res: lambda x: x))
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [])
+        y = make_op("TimesThree", [x * x]).outputs[0]
+        (dx,) = mf.gradients(y, [x])
+        z = make_op("NoGradYet", [x]).outputs[0]
+        with pytest.raises(LookupError, match="No gradient defined for operation .*NoGradYet"):
+            mf.gradients(z, [x])
+    assert evaluate(g, dx, {x: 2.0}) == pytest.approx(12.0)
+
+
+def test_grad_ys_weights_the_outputs():
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [3])
+        (dx,) = mf.gradients(x * x, [x], grad_ys=[mf.constant(np.array([1.0, 0.0, 2.0],
+                                                                       np.float32))])
+    np.testing.assert_allclose(evaluate(g, dx, {x: np.array([1.0, 2.0, 3.0])}), [2, 0, 12])

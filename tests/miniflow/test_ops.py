@@ -1,0 +1,190 @@
+"""Every op's forward value and gradient against torch autograd, on random shapes and on
+both backends (numpy and torch), broadcasting included."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import systems.miniflow as mf
+
+from .helpers import BACKENDS, arrays, broadcastable_pair, mf_grads, shapes, torch_grads
+
+SETTINGS = settings(max_examples=12, deadline=None)
+
+BINARY = [
+    ("add", lambda a, b: a + b, lambda a, b: a + b),
+    ("sub", lambda a, b: a - b, lambda a, b: a - b),
+    ("mul", lambda a, b: a * b, lambda a, b: a * b),
+    ("div", lambda a, b: a / b, lambda a, b: a / b),
+    ("maximum", mf.maximum, torch.maximum),
+    ("minimum", mf.minimum, torch.minimum),
+    ("pow", lambda a, b: mf.abs(a) ** b, lambda a, b: torch.abs(a) ** b),
+]
+UNARY = [
+    ("neg", lambda a: -a, lambda a: -a),
+    ("exp", mf.exp, torch.exp),
+    ("log", lambda a: mf.log(mf.abs(a) + 0.5), lambda a: torch.log(torch.abs(a) + 0.5)),
+    ("tanh", mf.tanh, torch.tanh),
+    ("sigmoid", mf.sigmoid, torch.sigmoid),
+    ("relu", mf.nn.relu, torch.relu),
+    ("sqrt", lambda a: mf.sqrt(mf.abs(a) + 0.5), lambda a: torch.sqrt(torch.abs(a) + 0.5)),
+    ("square", mf.square, torch.square),
+    ("softmax", mf.nn.softmax, lambda a: torch.softmax(a, -1)),
+    ("log_softmax", mf.nn.log_softmax, lambda a: torch.log_softmax(a, -1)),
+    ("sum_all", mf.reduce_sum, torch.sum),
+    ("mean_last_keep", lambda a: mf.reduce_mean(a, -1, keepdims=True),
+     lambda a: a.mean(-1, keepdim=True)),
+    ("max_first", lambda a: mf.reduce_max(a, 0), lambda a: a.amax(0)),
+    ("transpose", mf.transpose, lambda a: a.permute(*reversed(range(a.dim())))),
+    ("reshape", lambda a: mf.reshape(a, [-1]), lambda a: a.reshape(-1)),
+    ("slice", lambda a: a[..., ::2], lambda a: a[..., ::2]),
+    ("concat_self", lambda a: mf.concat([a, a * 2.0], axis=-1),
+     lambda a: torch.cat([a, a * 2], -1)),
+]
+
+
+def _check(name, mf_fn, torch_fn, inputs, backend, rtol=1e-6):
+    rng = np.random.default_rng(1)
+    out_t, _ = torch_grads(torch_fn, inputs, 1.0)
+    weights = arrays(rng, np.shape(out_t))
+    out_t, grads_t = torch_grads(torch_fn, inputs, weights)
+    out_m, grads_m = mf_grads(mf_fn, inputs, weights, backend)
+    np.testing.assert_allclose(out_m, out_t, rtol=rtol, atol=1e-9, err_msg=f"{name} forward")
+    for i, (gm, gt) in enumerate(zip(grads_m, grads_t, strict=True)):
+        np.testing.assert_allclose(gm, gt, rtol=rtol, atol=1e-9,
+                                   err_msg=f"{name} gradient of input {i}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name,mf_fn,torch_fn", BINARY, ids=[b[0] for b in BINARY])
+@SETTINGS
+@given(pair=broadcastable_pair(), seed=st.integers(0, 1000))
+def test_binary_ops_with_broadcasting(backend, name, mf_fn, torch_fn, pair, seed):
+    rng = np.random.default_rng(seed)
+    a, b = arrays(rng, pair[0]), arrays(rng, pair[1], 0.5, 2.0)
+    if name in ("maximum", "minimum"):
+        b = b + 1e-3 * np.sign(b - np.broadcast_to(a, np.broadcast_shapes(a.shape, b.shape))
+                               .mean())  # keep ties (non-differentiable points) unlikely
+    _check(name, mf_fn, torch_fn, [a, b], backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name,mf_fn,torch_fn", UNARY, ids=[u[0] for u in UNARY])
+@SETTINGS
+@given(shape=shapes(1, 3), seed=st.integers(0, 1000))
+def test_unary_ops_and_reductions(backend, name, mf_fn, torch_fn, shape, seed):
+    _check(name, mf_fn, torch_fn, [arrays(np.random.default_rng(seed), shape)], backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (False, True), (True, True)])
+@SETTINGS
+@given(m=st.integers(1, 5), k=st.integers(1, 5), n=st.integers(1, 5), seed=st.integers(0, 99))
+def test_matmul_with_transposes(backend, ta, tb, m, k, n, seed):
+    rng = np.random.default_rng(seed)
+    a = arrays(rng, (k, m) if ta else (m, k))
+    b = arrays(rng, (n, k) if tb else (k, n))
+    _check("matmul", lambda x, y: mf.matmul(x, y, transpose_a=ta, transpose_b=tb),
+           lambda x, y: (x.T if ta else x) @ (y.T if tb else y), [a, b], backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_batched_matmul_broadcasts_the_batch(backend):
+    rng = np.random.default_rng(0)
+    a, b = arrays(rng, (3, 2, 4)), arrays(rng, (4, 5))
+    _check("batch matmul", mf.matmul, torch.matmul, [a, b], backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("axis", [0, 1])
+def test_gather_and_its_scatter_gradient(backend, axis):
+    rng = np.random.default_rng(0)
+    p = arrays(rng, (5, 4))
+    idx = np.array([[0, 3], [3, 1]], np.int64)
+
+    def mf_fn(x):
+        return mf.gather(x, mf.constant(idx), axis=axis)
+
+    def t_fn(x):
+        return torch.index_select(x, axis, torch.tensor(idx.reshape(-1))).reshape(
+            (2, 2, 4) if axis == 0 else (5, 2, 2))
+    _check("gather", mf_fn, t_fn, [p], backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("stride,padding", [(1, "SAME"), (2, "SAME"), (1, "VALID"),
+                                            (2, "VALID")])
+def test_conv2d_matches_torch_including_tf_same_padding(backend, stride, padding):
+    rng = np.random.default_rng(stride)
+    x, f = arrays(rng, (2, 7, 6, 3)), arrays(rng, (3, 2, 3, 4))
+
+    def t_conv(x, f):
+        xc = x.permute(0, 3, 1, 2)
+        if padding == "SAME":  # TF pads the odd extra at the bottom/right
+            def pads(size, k):
+                out = -(-size // stride)
+                tot = max((out - 1) * stride + k - size, 0)
+                return tot // 2, tot - tot // 2
+            (pt, pb), (pl, pr) = pads(7, 3), pads(6, 2)
+            xc = torch.nn.functional.pad(xc, (pl, pr, pt, pb))
+        y = torch.nn.functional.conv2d(xc, f.permute(3, 2, 0, 1), stride=stride)
+        return y.permute(0, 2, 3, 1)
+    _check("conv2d", lambda a, b: mf.nn.conv2d(a, b, stride, padding), t_conv, [x, f],
+           backend, rtol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("pool", ["max", "avg"])
+def test_pooling_valid(backend, pool):
+    rng = np.random.default_rng(3)
+    x = arrays(rng, (2, 6, 6, 3))
+    mf_fn = (mf.nn.max_pool2d if pool == "max" else mf.nn.avg_pool2d)
+    t_fn = (torch.nn.functional.max_pool2d if pool == "max" else
+            torch.nn.functional.avg_pool2d)
+    _check(pool, lambda a: mf_fn(a, 2, 2, "VALID"),
+           lambda a: t_fn(a.permute(0, 3, 1, 2), 2, 2).permute(0, 2, 3, 1), [x], backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_avg_pool_same_excludes_padding_from_the_average(backend):
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.constant(np.ones((1, 3, 3, 1)))
+        y = mf.nn.avg_pool2d(x, 2, 2, "SAME")  # windows hanging over the edge
+    from .helpers import evaluate
+
+    np.testing.assert_allclose(evaluate(g, y, backend=backend), np.ones((1, 2, 2, 1)))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sparse_softmax_cross_entropy_matches_torch(backend):
+    rng = np.random.default_rng(0)
+    logits = arrays(rng, (5, 4))
+    labels = np.array([0, 3, 1, 1, 2])
+    _check("xent", lambda z: mf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=mf.constant(labels.astype(np.int32)), logits=z),
+        lambda z: torch.nn.functional.cross_entropy(z, torch.tensor(labels), reduction="none"),
+        [logits], backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_non_differentiable_ops_forward(backend):
+    from .helpers import evaluate
+
+    g = mf.Graph()
+    a = np.array([[1.0, 5.0, 2.0], [7.0, 0.0, 7.5]], np.float32)
+    with g.as_default():
+        x = mf.constant(a)
+        outs = [mf.argmax(x, 1), mf.equal(x, 5.0), mf.cast(x, mf.int32), mf.one_hot(
+            mf.constant(np.array([2, 0], np.int32)), 3), mf.shape(x), mf.size(x),
+            mf.where(x > 2.0, x, -x)]
+    got = evaluate(g, outs, backend=backend)
+    np.testing.assert_array_equal(got[0], [1, 2])
+    np.testing.assert_array_equal(got[1], a == 5)
+    np.testing.assert_array_equal(got[2], a.astype(np.int32))
+    np.testing.assert_array_equal(got[3], [[0, 0, 1], [1, 0, 0]])
+    np.testing.assert_array_equal(got[4], [2, 3])
+    assert got[5] == 6
+    np.testing.assert_array_equal(got[6], np.where(a > 2, a, -a))

@@ -1,0 +1,116 @@
+"""Partitioning: Send/Recv pairs, one Recv per tensor per device, control edges across
+devices, the rendezvous, and multi-device runs equal to single-device runs."""
+
+import threading
+
+import numpy as np
+import pytest
+
+import systems.miniflow as mf
+from systems.miniflow.partition import Rendezvous
+
+TWO_CPUS = mf.ConfigProto(device_count={"CPU": 2})
+
+
+def test_rendezvous_pairs_send_and_recv_in_either_order():
+    r = Rendezvous()
+    got = []
+    r.send("a", 1)
+    r.recv_async("a", lambda v, e: got.append((v, e)))
+    r.recv_async("b", lambda v, e: got.append((v, e)))
+    assert got == [(1, None)]
+    threading.Thread(target=r.send, args=("b", 2)).start()
+    for _ in range(100):
+        if len(got) == 2:
+            break
+        threading.Event().wait(0.01)
+    assert got[1] == (2, None)
+    r.recv_async("c", lambda v, e: got.append((v, e)))
+    boom = RuntimeError("partition failed")
+    r.abort(boom)
+    assert got[2] == (None, boom)
+
+
+def test_one_recv_per_tensor_per_destination_device():
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [3], name="x")
+        with mf.device("/cpu:0"):
+            a = mf.tanh(x, name="a")
+        with mf.device("/cpu:1"):
+            outs = [mf.identity(a * float(k), name=f"use{k}") for k in range(3)]
+        y = mf.add_n(outs)
+    with mf.Session(graph=g, config=mf.ConfigProto(
+            device_count={"CPU": 2},
+            graph_options=mf.GraphOptions(fusion=False))) as s:
+        got = s.run(y, {x: np.ones(3)})
+        nodes = s.plan_for(y, {x: None}).snapshots["partitioned"].nodes
+    sends_of_a = [n for n in nodes if n[1] == "_Send" and n[2] == ["a:0"]]
+    recvs_of_a = [n for n in nodes if n[1] == "_Recv" and n[0].startswith("a/")]
+    assert len(sends_of_a) == 1 and len(recvs_of_a) == 1
+    np.testing.assert_allclose(got, np.tanh(1.0) * 3 * np.ones(3), rtol=1e-6)
+
+
+def test_a_control_edge_across_devices_still_orders_the_ops():
+    g = mf.Graph()
+    with g.as_default():
+        with mf.device("/cpu:1"):
+            v = mf.Variable(np.float32(0.0), name="v")
+            bump = v.assign_add(1.0)
+        with mf.device("/cpu:0"):
+            with mf.control_dependencies([bump]):
+                after = mf.constant(7.0, name="seven") + 0.0
+        read = v.read_value()
+    with mf.Session(graph=g, config=TWO_CPUS) as s:
+        s.run(v.initializer)
+        for _ in range(3):
+            assert s.run(after) == 7.0
+        assert s.run(read) == 3.0  # each run of 'after' ran the assignment first
+        nodes = s.plan_for(after).snapshots["partitioned"].nodes
+    assert any(n[1] == "_Recv" and "control" in n[0] for n in nodes)
+
+
+def _mlp_step(config, split: bool):
+    g = mf.Graph()
+    rng = np.random.default_rng(0)
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [None, 8])
+        y = mf.placeholder(mf.int32, [None])
+        with mf.device("/cpu:1" if split else None):
+            w1 = mf.Variable(rng.normal(0, 0.3, (8, 16)).astype(np.float32))
+            h = mf.nn.relu(x @ w1)
+        w2 = mf.Variable(rng.normal(0, 0.3, (16, 3)).astype(np.float32))
+        loss = mf.reduce_mean(mf.nn.sparse_softmax_cross_entropy_with_logits(
+            labels=y, logits=h @ w2))
+        train = mf.train.MomentumOptimizer(0.1, 0.9).minimize(loss)
+    xv = rng.standard_normal((10, 8)).astype(np.float32)
+    yv = rng.integers(0, 3, 10).astype(np.int32)
+    with mf.Session(graph=g, config=config) as s:
+        s.run(mf.global_variables_initializer())
+        losses = [s.run([loss, train], {x: xv, y: yv})[0] for _ in range(5)]
+        devices = s.plan_for([loss, train], {x: None, y: None}).devices
+        return losses, s.run(w1), devices
+
+
+def test_partitioned_training_equals_single_device_training():
+    base, w_base, dev1 = _mlp_step(mf.ConfigProto(), split=False)
+    split, w_split, dev2 = _mlp_step(TWO_CPUS, split=True)
+    assert dev1 == ["/cpu:0"] and dev2 == ["/cpu:0", "/cpu:1"]
+    np.testing.assert_allclose(base, split, rtol=1e-6)
+    np.testing.assert_allclose(w_base, w_split, rtol=1e-6)
+    assert base[-1] < base[0]
+
+
+@pytest.mark.timeout(30)
+def test_an_error_in_one_partition_does_not_hang_the_others():
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [2], name="x")
+        with mf.device("/cpu:1"):
+            bad = mf.check_numerics(mf.log(x), message="log of x")
+        with mf.device("/cpu:0"):
+            y = bad * 2.0  # waits on a Recv that never comes
+    with mf.Session(graph=g, config=TWO_CPUS) as s:
+        with pytest.raises(mf.InvalidArgumentError, match="log of x: Tensor had NaN or Inf"):
+            s.run(y, {x: np.array([1.0, -1.0])})
+        np.testing.assert_allclose(s.run(y, {x: np.array([1.0, 1.0])}), [0.0, 0.0])

@@ -1,0 +1,135 @@
+"""Graph passes: same results with each pass on or off, and each pass doing what it says."""
+
+import numpy as np
+import pytest
+
+import systems.miniflow as mf
+
+ALL_OFF = mf.GraphOptions(constant_folding=False, common_subexpression=False, pruning=False,
+                          fusion=False)
+
+
+def _model():
+    g = mf.Graph()
+    rng = np.random.default_rng(0)
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [None, 6])
+        w = mf.Variable(rng.standard_normal((6, 4)).astype(np.float32))
+        scale = mf.constant(2.0) * mf.constant(1.5) + 1.0  # foldable
+        h1 = mf.tanh(x @ w) * scale
+        h2 = mf.tanh(x @ w) * scale  # a duplicate sub-graph: CSE merges it
+        y = mf.nn.softmax(h1 + h2 - mf.reduce_mean(h1, 1, keepdims=True))
+        loss = mf.reduce_sum(y * y)
+        (dw,) = mf.gradients(loss, [w])
+    return g, x, [y, loss, dw]
+
+
+PASSES = ["constant_folding", "common_subexpression", "pruning", "fusion"]
+
+
+@pytest.mark.parametrize("option", PASSES + ["all"])
+def test_each_pass_on_or_off_gives_identical_results(option):
+    g, x, fetches = _model()
+    xv = np.random.default_rng(1).standard_normal((5, 6)).astype(np.float32)
+    only = mf.GraphOptions(**{p: option in (p, "all") for p in PASSES})
+    results = {}
+    for label, opts in [("off", ALL_OFF), ("on", only)]:
+        with mf.Session(graph=g, config=mf.ConfigProto(graph_options=opts)) as s:
+            s.run(mf.global_variables_initializer())
+            results[label] = s.run(fetches, {x: xv})
+            stats = s.plan_for(fetches, {x: None}).pass_stats
+    name = {"common_subexpression": "cse"}.get(option, option)
+    if option in ("constant_folding", "common_subexpression", "fusion"):
+        assert stats.changes.get(name, 0) > 0, f"{option} changed nothing"
+    if option in ("common_subexpression", "fusion", "all"):
+        assert stats.nodes_after < stats.nodes_before
+    for a, b in zip(results["off"], results["on"], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_cse_never_merges_variable_reads_across_an_assign():
+    g = mf.Graph()
+    with g.as_default():
+        v = mf.Variable(np.float32(1.0))
+        before = v.read_value()
+        with mf.control_dependencies([v.assign_add(10.0)]):
+            after = v.read_value()  # same op, same input: only the control edge differs
+    with mf.Session(graph=g) as s:
+        s.run(v.initializer)
+        assert s.run(after) == 11.0
+        b, a = s.run([before, after])
+        reads = [n for n in s.plan_for([before, after]).snapshots["optimized"].nodes
+                 if n[1] == "ReadVariable"]
+    assert a == 21.0 and len(reads) == 2
+
+
+def test_cse_keeps_identical_stateful_ops_apart():
+    g = mf.Graph()
+    with g.as_default():
+        a = mf.Variable(np.float32(1.0), name="a")
+        b = mf.Variable(np.float32(1.0), name="b")  # same initial value, different state
+        upd = a.assign_add(1.0)
+        s_ = a + b
+    with mf.Session(graph=g) as s:
+        s.run(mf.global_variables_initializer())
+        s.run(upd)
+        assert s.run(s_) == 3.0
+        stats = s.plan_for(s_).pass_stats
+        assert stats.changes.get("cse", 0) == 0
+
+
+def test_folding_respects_the_size_cap():
+    g = mf.Graph()
+    with g.as_default():
+        big = mf.reduce_sum(mf.constant(np.ones((100, 100), np.float32)) * 2.0, axis=0)
+    for cap, folded in [(10 << 20, True), (100, False)]:
+        cfg = mf.ConfigProto(graph_options=mf.GraphOptions(max_constant_bytes=cap))
+        with mf.Session(graph=g, config=cfg) as s:
+            np.testing.assert_array_equal(s.run(big), np.full(100, 200.0))
+            plan = s.plan_for(big)
+            types = [n[1] for n in plan.snapshots["optimized"].nodes]
+            # with the cap, the 40 KB product may not become a constant
+            assert (types == ["Const"]) == folded, types
+
+
+def test_fusion_turns_an_elementwise_chain_into_one_node():
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [None, 8])
+        y = mf.sigmoid(mf.tanh(x * 2.0 + 1.0) - 0.5) * x
+    xv = np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32)
+    with mf.Session(graph=g) as s:
+        got = s.run(y, {x: xv})
+        types = [n[1] for n in s.plan_for(y, {x: None}).snapshots["optimized"].nodes]
+    assert types.count("_FusedElementwise") == 1
+    assert not {"Tanh", "Sigmoid", "Mul", "Add", "Sub"} & set(types)
+    want = 1 / (1 + np.exp(-(np.tanh(xv * 2 + 1) - 0.5))) * xv
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_fusion_does_not_swallow_a_fetched_or_shared_intermediate():
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [3])
+        a = mf.tanh(x)
+        b = a * 2.0
+        c = a + 1.0  # a has two consumers: it must stay a node of its own
+    with mf.Session(graph=g) as s:
+        av, bv, cv = s.run([a, b, c], {x: np.ones(3)})
+        types = [n[1] for n in s.plan_for([a, b, c], {x: None}).snapshots["optimized"].nodes]
+    assert "Tanh" in types
+    np.testing.assert_allclose(bv, 2 * np.tanh(1.0) * np.ones(3), rtol=1e-6)
+    np.testing.assert_allclose(cv, av + 1, rtol=1e-6)
+
+
+def test_passes_shrink_a_graph_with_duplicated_subgraphs_by_a_third():
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [None, 4])
+        w = mf.constant(np.ones((4, 4), np.float32))
+        outs = [mf.nn.relu(x @ w + 1.0) * 0.5 for _ in range(4)]  # four copies of one block
+        y = mf.add_n(outs)
+    with mf.Session(graph=g) as s:
+        s.run(y, {x: np.ones((2, 4))})
+        st = s.plan_for(y, {x: None}).pass_stats
+    assert st.nodes_after <= 0.67 * st.nodes_before, st

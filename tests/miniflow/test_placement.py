@@ -1,0 +1,90 @@
+"""The placer: explicit requests, colocation groups, soft placement, cost-based choice."""
+
+import numpy as np
+import pytest
+
+import systems.miniflow as mf
+from systems.miniflow.placement import PlacementError
+
+
+def _devices_by_name(sess, fetches, feeds=None):
+    plan = sess.plan_for(fetches, feeds)
+    return {n[0]: n[4] for n in plan.snapshots["partitioned"].nodes}
+
+
+def test_explicit_device_requests_are_honoured():
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [4], name="x")
+        with mf.device("/cpu:1"):
+            y = mf.tanh(x, name="y")
+        z = mf.identity(y * 2.0, name="z")
+    cfg = mf.ConfigProto(device_count={"CPU": 2})
+    with mf.Session(graph=g, config=cfg) as s:
+        s.run(z, {x: np.ones(4)})
+        dev = _devices_by_name(s, z, {x: None})
+    assert dev["y"] == "/cpu:1"
+
+
+def test_variables_are_colocated_with_every_op_that_takes_their_reference():
+    g = mf.Graph()
+    with g.as_default():
+        with mf.device("/cpu:1"):
+            v = mf.Variable(np.zeros(3, np.float32), name="v")
+        with mf.device("/cpu:0"):
+            upd = v.assign_add(np.ones(3, np.float32))  # a ref user asking elsewhere...
+    cfg = mf.ConfigProto(device_count={"CPU": 2})
+    with mf.Session(graph=g, config=cfg) as s:
+        with pytest.raises(PlacementError, match="Cannot colocate"):
+            s.run(upd)
+    g2 = mf.Graph()
+    with g2.as_default():
+        with mf.device("/cpu:1"):
+            v = mf.Variable(np.zeros(3, np.float32), name="v")
+        upd = v.assign_add(np.ones(3, np.float32), name="upd")  # ...or asking nothing
+        rd = v.read_value()
+    with mf.Session(graph=g2, config=cfg) as s:
+        s.run(v.initializer)
+        s.run(upd)
+        dev = _devices_by_name(s, upd)
+        assert dev["v"] == dev["upd"] == "/cpu:1"
+        np.testing.assert_array_equal(s.run(rd), np.ones(3))
+
+
+def test_missing_device_is_an_error_unless_soft_placement_is_allowed():
+    g = mf.Graph()
+    with g.as_default():
+        with mf.device("/gpu:3"):
+            y = mf.constant(1.0) + 1.0
+    with mf.Session(graph=g, config=mf.ConfigProto(device_count={"GPU": 0})) as s:
+        with pytest.raises(PlacementError, match="/gpu:3 was requested but the session has "
+                                                 "only /cpu:0"):
+            s.run(y)
+    soft = mf.ConfigProto(device_count={"GPU": 0}, allow_soft_placement=True)
+    with mf.Session(graph=g, config=soft) as s:
+        assert s.run(y) == 2.0
+
+
+def test_cost_based_placer_spreads_independent_heavy_branches():
+    g = mf.Graph()
+    rng = np.random.default_rng(0)
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [256, 256], name="x")
+        branches = []
+        for i in range(2):
+            h = x
+            for j in range(3):
+                h = mf.tanh(h @ mf.constant(rng.standard_normal((256, 256)).astype(np.float32)
+                                            * 0.05), name=f"b{i}_{j}")
+            branches.append(h)
+        y = mf.add_n(branches)
+    cfg = mf.ConfigProto(device_count={"CPU": 2})
+    xv = rng.standard_normal((256, 256)).astype(np.float32)
+    with mf.Session(graph=g, config=cfg) as s:
+        two = s.run(y, {x: xv})
+        dev = _devices_by_name(s, y, {x: None})
+    used = {dev[f"b{i}_{j}/fused"] if f"b{i}_{j}/fused" in dev else dev[f"b{i}_{j}"]
+            for i in range(2) for j in range(3)}
+    assert used == {"/cpu:0", "/cpu:1"}
+    with mf.Session(graph=g) as s:
+        np.testing.assert_allclose(two, s.run(y, {x: xv}), rtol=1e-5)

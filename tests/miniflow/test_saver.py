@@ -1,0 +1,81 @@
+"""Checkpoints: exact round trip, atomic writes, and refusals with reasons."""
+
+import os
+
+import numpy as np
+import pytest
+
+import systems.miniflow as mf
+
+
+def _graph(shape=(3, 4), extra=False):
+    g = mf.Graph()
+    with g.as_default():
+        w = mf.Variable(np.arange(np.prod(shape), dtype=np.float32).reshape(shape), name="w")
+        b = mf.Variable(np.float32(0.5), name="b")
+        if extra:
+            mf.Variable(np.zeros(2, np.float32), name="extra")
+        bump = w.assign_add(np.ones(shape, np.float32))
+        saver = mf.train.Saver()
+    return g, w, b, bump, saver
+
+
+def test_round_trip_restores_exact_values_into_a_fresh_session(tmp_path):
+    g, w, b, bump, saver = _graph()
+    with mf.Session(graph=g) as s:
+        s.run(mf.global_variables_initializer())
+        s.run(bump)
+        want = s.run([w, b])
+        path = saver.save(s, str(tmp_path / "ckpt"))
+    assert path.endswith(".npz") and os.path.exists(path)
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]  # no temp file left
+    with mf.Session(graph=g) as s2:
+        saver.restore(s2, path)  # no initializer run: restore is the initialisation
+        got = s2.run([w, b])
+    np.testing.assert_array_equal(got[0], want[0])
+    assert got[1] == want[1]
+
+
+def test_mismatched_checkpoints_are_refused_with_every_reason(tmp_path):
+    g, w, b, bump, saver = _graph()
+    with mf.Session(graph=g) as s:
+        s.run(mf.global_variables_initializer())
+        path = saver.save(s, str(tmp_path / "ckpt"))
+    g2, w2, _, _, saver2 = _graph(shape=(4, 3), extra=True)
+    with mf.Session(graph=g2) as s2:
+        with pytest.raises(mf.NotFoundError) as e:
+            saver2.restore(s2, path)
+        msg = str(e.value)
+        assert "w: checkpoint has shape (3, 4), the graph's variable has (4, 3)" in msg
+        assert "extra: not found in the checkpoint" in msg
+        with pytest.raises(mf.FailedPreconditionError):
+            s2.run(w2)  # nothing was half-restored
+
+
+def test_a_corrupted_checkpoint_is_refused(tmp_path):
+    g, w, b, bump, saver = _graph()
+    with mf.Session(graph=g) as s:
+        s.run(mf.global_variables_initializer())
+        path = saver.save(s, str(tmp_path / "ckpt"))
+    data = bytearray(open(path, "rb").read())
+    data[len(data) // 2] ^= 0xFF  # flip a byte in the middle
+    open(path, "wb").write(bytes(data))
+    with mf.Session(graph=g) as s:
+        with pytest.raises(mf.train.DataLossError, match="corrupted|checksum"):
+            saver.restore(s, path)
+    open(path, "wb").write(b"not a checkpoint")
+    with mf.Session(graph=g) as s:
+        with pytest.raises(mf.train.DataLossError):
+            saver.restore(s, path)
+    with mf.Session(graph=g) as s:
+        with pytest.raises(mf.NotFoundError, match="no checkpoint"):
+            saver.restore(s, str(tmp_path / "missing"))
+
+
+def test_saving_an_uninitialised_variable_is_an_error(tmp_path):
+    g, w, b, bump, saver = _graph()
+    with mf.Session(graph=g) as s:
+        s.run(w.initializer)
+        with pytest.raises(mf.NotFoundError, match="b: the variable is not initialised|cannot "
+                                                   "save b"):
+            saver.save(s, str(tmp_path / "ckpt"))

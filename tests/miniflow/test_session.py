@@ -1,0 +1,151 @@
+"""Session.run: nested fetches, pruning to what the fetches need, the plan cache, and the
+clear errors for bad feeds."""
+
+import collections
+
+import numpy as np
+import pytest
+
+import systems.miniflow as mf
+
+
+@pytest.fixture
+def graph():
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [None, 2], name="x")
+        y = x * 2.0
+        z = mf.reduce_sum(y)
+        unused = mf.placeholder(mf.float32, [], name="unused") * 3.0
+    return g, x, y, z, unused
+
+
+def test_nested_fetches_keep_their_structure(graph):
+    g, x, y, z, _ = graph
+    Pair = collections.namedtuple("Pair", "a b")
+    xv = np.ones((3, 2), np.float32)
+    with mf.Session(graph=g) as s:
+        out = s.run({"y": y, "pair": Pair(z, [y, z]), "op": z.op}, {x: xv})
+    assert set(out) == {"y", "pair", "op"} and out["op"] is None
+    np.testing.assert_array_equal(out["y"], 2 * xv)
+    assert isinstance(out["pair"], Pair) and out["pair"].a == 12.0
+    assert out["pair"].b[1] == 12.0 and isinstance(out["pair"].b, list)
+
+
+def test_pruning_runs_only_what_fetches_need(graph):
+    g, x, y, z, unused = graph
+    with mf.Session(graph=g) as s:
+        s.run(z, {x: np.ones((1, 2))})  # 'unused' is not fed and not needed: no error
+        with pytest.raises(mf.InvalidArgumentError, match="must feed a value for placeholder "
+                                                          "tensor 'unused'"):
+            s.run(unused)
+
+
+def test_the_plan_is_built_once_per_feeds_fetches_targets(graph):
+    g, x, y, z, _ = graph
+    with mf.Session(graph=g) as s:
+        s.run(z, {x: np.ones((1, 2))})
+        p1 = s.plan_for(z, {x: None})
+        s.run(z, {x: np.zeros((5, 2))})
+        assert s.plan_for(z, {x: None}) is p1
+        s.run([z, y], {x: np.ones((1, 2))})
+        assert s.plan_for([z, y], {x: None}) is not p1
+        assert len(s._plans) == 2
+
+
+def test_bad_feeds_are_clear_errors(graph):
+    g, x, y, z, _ = graph
+    other = mf.Graph()
+    with other.as_default():
+        alien = mf.placeholder(mf.float32, [])
+    with mf.Session(graph=g) as s:
+        with pytest.raises(ValueError, match="Cannot feed value of shape \\(3,\\) for Tensor "
+                                             "'x:0', which has shape '\\(\\?, 2\\)'"):
+            s.run(z, {x: np.ones(3)})
+        with g.as_default():
+            k = mf.placeholder(mf.int32, [], name="k")
+            k2 = k * 2
+        with pytest.raises(TypeError, match="Cannot feed a value of dtype float64 to tensor "
+                                            "'k:0' of dtype int32"):
+            s.run(k2, {k: np.float64(2.5)})
+        assert s.run(k2, {k: np.int64(3)}) == 6  # same kind: converted
+        np.testing.assert_array_equal(s.run(y, {x: np.ones((1, 2))}), [[2, 2]])  # f64 -> f32
+        with pytest.raises(ValueError, match="both fed and fetched"):
+            s.run(y, {y: np.ones((1, 2), np.float32)})
+        with pytest.raises(ValueError, match="not an element of this session's graph"):
+            s.run(z, {alien: 1.0})
+        with pytest.raises(ValueError, match="names nothing in the graph"):
+            s.run(z, {"nope:0": 1.0})
+        with pytest.raises(TypeError, match="Cannot interpret fetch"):
+            s.run(42)
+        # after all these refusals, a good run still works
+        assert s.run(z, {x: np.ones((2, 2))}) == 8.0
+
+
+def test_feeding_an_intermediate_tensor_cuts_the_graph(graph):
+    g, x, y, z, _ = graph
+    with mf.Session(graph=g) as s:  # x is not needed when y is fed
+        assert s.run(z, {y: np.full((2, 2), 0.5, np.float32)}) == 2.0
+
+
+def test_uninitialised_variable_and_variable_state_across_runs():
+    g = mf.Graph()
+    with g.as_default():
+        v = mf.Variable(np.float32(1.0), name="counter")
+        inc = v.assign_add(1.0)
+    with mf.Session(graph=g) as s:
+        with pytest.raises(mf.FailedPreconditionError, match="uninitialized value counter"):
+            s.run(v)
+        s.run(v.initializer)
+        for _ in range(3):
+            s.run(inc)
+        assert s.run(v) == 4.0
+    with mf.Session(graph=g) as s2:  # state belongs to a session, not the graph
+        s2.run(mf.global_variables_initializer())
+        assert s2.run(v) == 1.0
+
+
+def test_a_run_time_error_names_the_op_shapes_and_line():
+    g = mf.Graph()
+    with g.as_default():
+        a = mf.placeholder(mf.float32, [None])
+        b = mf.placeholder(mf.float32, [None])
+        c = a + b  # shapes agree statically, not at run time
+    with mf.Session(graph=g) as s:
+        with pytest.raises(mf.InvalidArgumentError) as e:
+            s.run(c, {a: np.ones(3), b: np.ones(4)})
+    msg = str(e.value)
+    assert "'Add'" in msg and "(3,), (4,)" in msg and "test_session.py:" in msg
+
+
+def test_fetched_arrays_are_copies_that_cannot_corrupt_state():
+    g = mf.Graph()
+    with g.as_default():
+        v = mf.Variable(np.zeros(3, np.float32))
+    with mf.Session(graph=g) as s:
+        s.run(v.initializer)
+        got = s.run(v)
+        got += 5
+        np.testing.assert_array_equal(s.run(v), np.zeros(3))
+
+
+def test_torch_cpu_backend_gives_the_same_results():
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [None, 3])
+        y = mf.nn.softmax(mf.tanh(x @ mf.constant(np.eye(3, dtype=np.float32))))
+    xv = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
+    outs = {}
+    for backend in ("numpy", "torch"):
+        with mf.Session(graph=g, config=mf.ConfigProto(cpu_backend=backend)) as s:
+            outs[backend] = s.run(y, {x: xv})
+            assert s.plan_for(y, {x: None}).executors[0].backend.name == backend
+    np.testing.assert_allclose(outs["numpy"], outs["torch"], rtol=1e-6)
+
+
+def test_closed_session_refuses_to_run(graph):
+    g, x, y, z, _ = graph
+    s = mf.Session(graph=g)
+    s.close()
+    with pytest.raises(RuntimeError, match="closed Session"):
+        s.run(z, {x: np.ones((1, 2))})
