@@ -28,6 +28,7 @@ from .trace import write_json_atomic
 SCHEMA_VERSION = 1
 
 SUITES: dict[str, str] = {
+    "miniflow": "systems.miniflow.bench",
     "common": "common.selfcheck",
 }
 

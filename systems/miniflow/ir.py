@@ -124,45 +124,37 @@ def build(fetches: Iterable[Tensor], targets: Iterable[Operation],
           feeds: Iterable[Tensor]) -> PlanGraph:
     """Copy the part of the user's graph that ``fetches``/``targets`` need, with each fed
     tensor replaced by an ``_Arg`` node (so whatever computed it is not run)."""
+    fetches, targets, feeds = list(fetches), list(targets), list(feeds)
     fed = {(t.op, t.value_index): i for i, t in enumerate(feeds)}
-    fed_tensors = list(feeds)
     args = [Node(f"_arg_{t.op.name}_{t.value_index}", "_Arg", [], [],
                  {"index": i, "tensor": t.name}, [(t.dtype, t.shape)], "/cpu:0", t.op,
-                 t.op.created_at) for i, t in enumerate(fed_tensors)]
-    copies: dict[Operation, Node] = {}
+                 t.op.created_at) for i, t in enumerate(feeds)]
+    # 1. which ops are needed: walk back from the fetches, stopping at fed tensors
+    needed: set[int] = set()
+    stack = [t.op for t in fetches if (t.op, t.value_index) not in fed] + targets
+    while stack:
+        op = stack.pop()
+        if op.id in needed:
+            continue
+        needed.add(op.id)
+        stack.extend(t.op for t in op.inputs if (t.op, t.value_index) not in fed)
+        stack.extend(op.control_inputs)
+    # 2. copy them in creation order, which is a topological order (inputs exist first)
+    copies: dict[int, Node] = {}
 
     def ref(t: Tensor) -> Ref:
-        k = (t.op, t.value_index)
-        if k in fed:
-            return args[fed[k]], 0
-        return copy(t.op), t.value_index
+        k = fed.get((t.op, t.value_index))
+        return (args[k], 0) if k is not None else (copies[t.op.id], t.value_index)
 
-    def copy(op: Operation) -> Node:
-        if op in copies:
-            return copies[op]
-        # iterative DFS so that a 10,000-node chain does not hit Python's recursion limit
-        stack = [op]
-        while stack:
-            cur = stack[-1]
-            deps = [t.op for t in cur.inputs if (t.op, t.value_index) not in fed] + \
-                cur.control_inputs
-            missing = [d for d in deps if d not in copies]
-            if missing:
-                stack.extend(missing)
-                continue
-            stack.pop()
-            if cur in copies:
-                continue
-            copies[cur] = Node(cur.name, cur.type, [], [], dict(cur.attrs),
-                               [(t.dtype, t.shape) for t in cur.outputs], cur.device, cur,
-                               cur.created_at)
-            copies[cur].inputs = [ref(t) for t in cur.inputs]
-            copies[cur].control_inputs = [copies[c] for c in cur.control_inputs]
-        return copies[op]
-
-    fetch_refs = [ref(t) for t in fetches]
-    target_nodes = [copy(op) for op in targets]
-    nodes = args + [n for n in copies.values()]
-    pg = PlanGraph(nodes, fetch_refs, target_nodes, args)
-    pg.nodes = args + [n for n in pg.topo_order() if n.type != "_Arg"]
-    return pg
+    nodes = list(args)
+    graph_ops = fetches[0].op.graph._ops if fetches else (targets[0].graph._ops
+                                                         if targets else [])
+    for op in graph_ops:
+        if op.id not in needed:
+            continue
+        n = Node(op.name, op.type, [ref(t) for t in op.inputs],
+                 [copies[c.id] for c in op.control_inputs], dict(op.attrs),
+                 [(t.dtype, t.shape) for t in op.outputs], op.device, op, op.created_at)
+        copies[op.id] = n
+        nodes.append(n)
+    return PlanGraph(nodes, [ref(t) for t in fetches], [copies[op.id] for op in targets], args)

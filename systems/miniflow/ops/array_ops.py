@@ -76,7 +76,7 @@ def _reshape_kernel(attrs, be, res):
     shape = attrs.get("shape")
     if shape is not None:
         return lambda x: be.reshape(x, shape)
-    return lambda x, s: be.reshape(x, _host(be, s))
+    return lambda x, s: be.reshape(x, tuple(_host(be, s).tolist()))
 
 
 define(OpDef("Reshape", _reshape_shape, _reshape_kernel, expensive=False))
@@ -281,8 +281,7 @@ def one_hot(indices, depth, on_value=1.0, off_value=0.0, dtype: DType = float32,
 define(OpDef("Shape", lambda ins, a: [(int32, (None if ins[0].shape is None
                                                else len(ins[0].shape),))],
              lambda a, be, res: be.shape_of, expensive=False))
-define(OpDef("Size", lambda ins, a: [(int32, ())],
-             lambda a, be, res: lambda x: np.asarray(int(np.prod(be.shape_of(x))), np.int32),
+define(OpDef("Size", lambda ins, a: [(int32, ())], lambda a, be, res: be.size_of,
              expensive=False))
 
 

@@ -191,6 +191,9 @@ def _expand(x, axes, g):
     if isinstance(axes, list) and x.shape is not None and None not in x.shape:
         kept = [1 if i in axes else d for i, d in enumerate(x.shape)]
         return broadcast_to(reshape(g, kept), constant(list(x.shape), "int32"))
+    if isinstance(axes, list) and x.shape is not None and g.shape == () and \
+            sorted(axes) == list(range(len(x.shape))):
+        return broadcast_to(g, shape(x))  # everything was reduced: a scalar spreads out
     axes_t = axes if not isinstance(axes, list) else constant(axes, "int32")
     return broadcast_to(reshape(g, reduced_shape(shape(x), axes_t)), shape(x))
 
@@ -208,9 +211,12 @@ def _sum_grad(op, g):
 def _mean_grad(op, g):
     x, y = op.inputs[0], op.outputs[0]
     grad = _expand(x, _reduction_axes(op), g)
-    if x.shape is not None and None not in x.shape and y.shape is not None \
-            and None not in y.shape:
+    x_known = x.shape is not None and None not in x.shape
+    y_known = y.shape is not None and None not in y.shape
+    if x_known and y_known:
         grad = grad / (float(_prod(x.shape)) / float(_prod(y.shape)))
+    elif y_known:  # e.g. the mean over a batch of unknown size: divide by size(x) alone
+        grad = grad / (cast(size(x), g.dtype) / float(_prod(y.shape)))
     else:
         grad = grad / (cast(size(x), g.dtype) / cast(size(y), g.dtype))
     return (grad,) + _no_axes_grad(op)

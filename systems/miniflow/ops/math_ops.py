@@ -130,14 +130,10 @@ def logical_not(x, name=None): return _unary("LogicalNot", x, name)  # noqa: E70
 def sign(x, name=None): return _unary("Sign", x, name)  # noqa: E704
 
 
-def _relu_grad_kernel(a, be, res):
-    where = be.where
-    return lambda g, features: where(features > 0, g, 0)
-
-
 # ReluGrad(g, features) = g where features > 0 else 0 (nn_grad.py's _ReluGrad). A real
 # op, not a composition, so that its own gradient (_ReluGradGrad) is one more ReluGrad.
-define(OpDef("ReluGrad", _binary_shape("ReluGrad"), _relu_grad_kernel, elementwise=True))
+define(OpDef("ReluGrad", _binary_shape("ReluGrad"), _backend_fn("relu_grad"),
+             elementwise=True))
 
 
 def relu_grad(gradients, features, name=None):

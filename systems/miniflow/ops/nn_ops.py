@@ -48,20 +48,26 @@ def _xent_shape(ins, attrs):
 
 def _xent_kernel(attrs, be, res):
     def xent(logits, labels):
-        logp = be.log_softmax(logits)
-        n = logits.shape[0]
+        # One pass of softmax arithmetic serves both outputs: loss = log(sum e^z) - z_label
+        # and backprop = softmax - one_hot (sparse_xent_op.cc does the same).
+        n, classes = logits.shape[0], logits.shape[1]
         if be.name == "numpy":
-            lab = labels.astype(np.int64)
-            if n and (lab.min() < 0 or lab.max() >= logits.shape[1]):
+            lab = labels.astype(np.int64, copy=False)
+            if n and (lab.min() < 0 or lab.max() >= classes):
                 from ..errors import InvalidArgumentError
 
-                raise InvalidArgumentError(f"labels must be in [0, {logits.shape[1]}), got "
-                                           f"values from {lab.min()} to {lab.max()}")
-            loss = -logp[np.arange(n), lab]
-            backprop = np.exp(logp)
-            backprop[np.arange(n), lab] -= 1
+                raise InvalidArgumentError(f"labels must be in [0, {classes}), got values "
+                                           f"from {lab.min()} to {lab.max()}")
+            z = logits - np.maximum.reduce(logits, axis=1, keepdims=True)
+            e = np.exp(z)
+            s = np.add.reduce(e, axis=1, keepdims=True)
+            rows = np.arange(n)
+            loss = np.log(s[:, 0]) - z[rows, lab]
+            backprop = e / s
+            backprop[rows, lab] -= 1
             return loss, backprop
         lab = labels.long()
+        logp = be.log_softmax(logits)
         loss = -logp.gather(1, lab[:, None])[:, 0]
         backprop = logp.exp()
         backprop[be.torch.arange(n, device=logits.device), lab] -= 1

@@ -50,8 +50,9 @@ class Optimizer:
             finish = self._finish(updates)
             if global_step is not None:
                 with get_default_graph().control_dependencies([finish]):
-                    finish = global_step.assign_add(np.asarray(1, global_step.dtype.np_dtype))
-            return group(finish, name="update")
+                    finish = group(global_step.assign_add(
+                        np.asarray(1, global_step.dtype.np_dtype)), name="update")
+            return finish
 
     def minimize(self, loss, global_step: Variable | None = None, var_list=None,
                  name: str | None = None) -> Operation:
