@@ -36,6 +36,7 @@ class Node:
     device: str = ""  # requested before placement, assigned after
     op: Operation | None = None  # the user's op, for error messages
     created_at: str = ""
+    est_seconds: float = 0.0  # the placer's cost estimate on the chosen device
 
     def __repr__(self) -> str:
         return f"<Node {self.name} {self.type} on {self.device or '?'}>"

@@ -141,7 +141,7 @@ def place(pg: PlanGraph, devices: list[str], allow_soft_placement: bool = False)
             choices = [devices[0]]  # feeds arrive from the client on the first device
         else:
             choices = devices
-        best, best_t = choices[0], float("inf")
+        best, best_t, best_cost = choices[0], float("inf"), 0.0
         for d in choices:
             ready = 0.0
             for p, i in n.inputs:
@@ -154,14 +154,16 @@ def place(pg: PlanGraph, devices: list[str], allow_soft_placement: bool = False)
                 ready = max(ready, t)
             for c in n.control_inputs:
                 ready = max(ready, finish[id(c)])
-            t_done = max(ready, free_at[d]) + estimate_seconds(n, d)
+            cost = estimate_seconds(n, d)
+            t_done = max(ready, free_at[d]) + cost
             if t_done < best_t - 1e-12:
-                best, best_t = d, t_done
+                best, best_t, best_cost = d, t_done, cost
         where[id(n)] = best
         finish[id(n)] = best_t
         free_at[best] = best_t
         fixed.setdefault(key, best)  # the rest of its colocation group follows it
         n.device = best
+        n.est_seconds = best_cost
 
 
 def _numel(shape) -> int:

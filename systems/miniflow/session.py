@@ -116,10 +116,9 @@ class Session:
         leaves, rebuild = _flatten(fetches, self.graph)
         tensors = [x for x in leaves if isinstance(x, Tensor)]
         targets = [x for x in leaves if isinstance(x, Operation)]
-        feeds = self._check_feeds(feed_dict or {}, tensors)
-        feed_tensors = sorted(feeds, key=lambda t: t.name)
-        key = (tuple(t.name for t in feed_tensors), tuple(t.name for t in tensors),
-               tuple(op.name for op in targets))
+        feeds = self._check_feeds(feed_dict, tensors) if feed_dict else {}
+        feed_tensors = sorted(feeds, key=id)
+        key = _plan_key(feed_tensors, tensors, targets)
         with self._lock:
             plan = self._plans.get(key)
             if plan is None:
@@ -127,10 +126,13 @@ class Session:
                                   self._resources)
                 self._plans[key] = plan
             trace = options is not None and options.trace_level >= RunOptions.FULL_TRACE
-            step = StepContext([feeds[t] for t in feed_tensors], Rendezvous(), self._pool,
+            many = len(plan.executors) > 1
+            step = StepContext([feeds[t] for t in feed_tensors],
+                               Rendezvous() if many else None, self._pool,
                                [] if trace else None, run_metadata is not None)
             self._resources.rendezvous = step.rendezvous
-            results = run_partitions(plan.executors, step, _start_thread)
+            results = run_partitions(plan.executors, step, _start_thread) if many else \
+                [plan.executors[0].run(step)]
         if run_metadata is not None:
             run_metadata.step_stats = step.stats or []
             run_metadata.peak_live_bytes = dict(step.peak_bytes)
@@ -184,10 +186,8 @@ class Session:
         tensors = [x for x in leaves if isinstance(x, Tensor)]
         targets = [x for x in leaves if isinstance(x, Operation)]
         feeds = sorted((_as_graph_element(k, self.graph, "feed") for k in (feed_dict or {})),
-                       key=lambda t: t.name)
-        key = (tuple(t.name for t in feeds), tuple(t.name for t in tensors),
-               tuple(op.name for op in targets))
-        return self._plans.get(key)
+                       key=id)
+        return self._plans.get(_plan_key(feeds, tensors, targets))
 
     def close(self) -> None:
         if self._pool is not None:
@@ -204,6 +204,12 @@ class Session:
         self._graph_ctx.__exit__(*exc)
         _local.stack.pop()
         self.close()
+
+
+def _plan_key(feeds, tensors, targets) -> tuple:
+    # Graph elements live as long as their graph (and the session holds the graph), so
+    # their identities are stable keys, and cheaper than building names every step.
+    return tuple(map(id, feeds)), tuple(map(id, tensors)), tuple(map(id, targets))
 
 
 def _start_thread(fn) -> threading.Thread:
@@ -238,6 +244,8 @@ def _as_graph_element(x: Any, graph: Graph, what: str) -> Tensor | Operation:
 
 def _flatten(fetches: Any, graph: Graph):
     """Leaves of a nested fetch structure, and a function that rebuilds the structure."""
+    if isinstance(fetches, (Tensor, Operation)) and fetches.graph is graph:
+        return [fetches], lambda get: get(fetches)  # the common case, without the walk
     leaves: list[Any] = []
 
     def walk(x):

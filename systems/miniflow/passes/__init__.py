@@ -32,6 +32,7 @@ def run_passes(pg: PlanGraph, *, constant_folding: bool = True, cse: bool = True
                pruning: bool = True, fusion: bool = True,
                max_constant_bytes: int = 10 << 20, max_iterations: int = 10) -> PassStats:
     stats = PassStats(nodes_before=len(pg.nodes))
+    attr_keys: dict = {}
     for _ in range(max_iterations):
         stats.iterations += 1
         changed = 0
@@ -40,7 +41,7 @@ def run_passes(pg: PlanGraph, *, constant_folding: bool = True, cse: bool = True
             stats.add("constant_folding", n)
             changed += n
         if cse:
-            n = eliminate_common_subexpressions(pg)
+            n = eliminate_common_subexpressions(pg, attr_keys)
             stats.add("cse", n)
             changed += n
         if pruning:

@@ -30,8 +30,10 @@ def _hashable(v: Any) -> Any:
     return v
 
 
-def eliminate_common_subexpressions(pg: PlanGraph) -> int:
-    """Merge duplicates in topological order; returns how many nodes were removed."""
+def eliminate_common_subexpressions(pg: PlanGraph, attr_keys: dict | None = None) -> int:
+    """Merge duplicates in topological order; returns how many nodes were removed.
+    ``attr_keys`` caches each node's hashable attributes across fixed-point iterations."""
+    attr_keys = {} if attr_keys is None else attr_keys
     seen: dict[Any, Any] = {}
     moved, moved_nodes = {}, {}
     kept = []
@@ -42,8 +44,11 @@ def eliminate_common_subexpressions(pg: PlanGraph) -> int:
         if n.type in NEVER or d is None or d.stateful or n in pg.targets:
             kept.append(n)
             continue
-        key = (n.type, _hashable(n.attrs), tuple((id(p), i) for p, i in n.inputs),
-               tuple(sorted(id(c) for c in n.control_inputs)), n.device)
+        attrs_key = attr_keys.get(id(n))
+        if attrs_key is None:
+            attrs_key = attr_keys[id(n)] = _hashable(n.attrs)
+        key = (n.type, attrs_key, tuple([(id(p), i) for p, i in n.inputs]),
+               tuple(sorted(map(id, n.control_inputs))) if n.control_inputs else (), n.device)
         first = seen.setdefault(key, n)
         if first is n:
             kept.append(n)
