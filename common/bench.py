@@ -29,6 +29,7 @@ SCHEMA_VERSION = 1
 
 SUITES: dict[str, str] = {
     "miniflow": "systems.miniflow.bench",
+    "miniclipper": "systems.miniclipper.bench",
     "common": "common.selfcheck",
 }
 

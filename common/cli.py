@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 SYSTEM_CLIS: dict[str, str] = {
+    "clipper": "systems.miniclipper.cli",
     "flow": "systems.miniflow.cli",
 }
 

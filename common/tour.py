@@ -13,6 +13,7 @@ from .bench import format_table
 
 STEPS: dict[str, str] = {
     "measuring layer": "common.tour:measuring_step",
+    "miniclipper": "systems.miniclipper.tour:clipper_step",
     "miniflow": "systems.miniflow.digits:tour_step",
 }
 

@@ -1,0 +1,183 @@
+"""``ClipperConnection``: the admin client, mirroring ``clipper_admin.ClipperConnection``.
+
+Clipper's quickstart, unchanged in spirit::
+
+    conn = ClipperConnection(LocalContainerManager())
+    conn.start_clipper()
+    conn.register_application("hello", "doubles", "-1.0", 100000)
+    deploy_python_closure(conn, "sum-model", 1, "doubles", lambda xs: [sum(x) for x in xs])
+    conn.link_model_to_app("hello", "sum-model")
+    # POST http://127.0.0.1:1337/hello/predict {"input": [1.1, 2.2, 3.3]}
+    conn.stop_all()
+
+Each method is a JSON ``POST`` to the management API (``clipper_admin.py`` does the same
+with ``requests``; we use the standard library's ``urllib``), and a non-200 answer
+raises :class:`ClipperException` carrying the server's ``{"error", "cause"}``.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from .batching import BatchingConfig
+
+
+class ClipperException(Exception):
+    """A management or query call that Clipper refused; ``status`` is the HTTP code."""
+
+    def __init__(self, msg: str, status: int = 0):
+        super().__init__(msg)
+        self.status = status
+
+
+class UnconnectedException(ClipperException):
+    def __init__(self) -> None:
+        super().__init__("not connected: call start_clipper() or connect() first")
+
+
+def http_json(url: str, doc: Any = None, method: str = "POST", timeout: float = 120.0) -> Any:
+    """POST ``doc`` as JSON (or GET) and return the decoded answer; raise
+    :class:`ClipperException` with the server's error body on any non-2xx status."""
+    data = None if method == "GET" else json.dumps(doc if doc is not None else {}).encode()
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            body = r.read()
+    except urllib.error.HTTPError as e:
+        raise ClipperException(f"{method} {url} -> {e.code}: {e.read().decode(errors='replace')}",
+                               e.code) from None
+    except urllib.error.URLError as e:
+        raise ClipperException(f"{method} {url}: {e.reason}") from None
+    ctype = r.headers.get("Content-Type", "")
+    return json.loads(body) if "json" in ctype else body.decode()
+
+
+class ClipperConnection:
+    """Administer a Clipper through its container manager and management API."""
+
+    def __init__(self, container_manager: Any):
+        self.cm = container_manager
+        self.connected = False
+
+    def start_clipper(self, query_port: int = 1337, mgmt_port: int = 1338,
+                      grpc_port: int = 1339, cache_size: int = 32 << 20,
+                      trace_sample: float = 0.0) -> None:
+        """Start the Clipper process (query + management frontends) and connect."""
+        self.cm.start_clipper(query_port, mgmt_port, grpc_port, cache_size, trace_sample)
+        self.connected = True
+
+    def connect(self) -> None:
+        """Connect to a running Clipper (the manager knows its ports)."""
+        self.cm.connect()
+        self.connected = True
+
+    def _admin(self, endpoint: str, doc: Any = None) -> Any:
+        if not self.connected:
+            raise UnconnectedException()
+        return http_json(f"http://{self.cm.get_admin_addr()}/admin/{endpoint}", doc)
+
+    def register_application(self, name: str, input_type: str, default_output: Any,
+                             slo_micros: int, selection_policy: str = "exp3",
+                             input_length: int | None = None) -> None:
+        """A new REST endpoint ``/<name>/predict`` (Clipper's four arguments, plus the
+        selection policy, "default", "exp3" or "exp4", and an optional fixed input
+        length)."""
+        doc = {"name": name, "input_type": input_type, "default_output": default_output,
+               "latency_slo_micros": int(slo_micros), "selection_policy": selection_policy}
+        if input_length is not None:
+            doc["input_length"] = input_length
+        self._admin("add_app", doc)
+
+    def unregister_application(self, name: str) -> None:
+        self._admin("delete_app", {"name": name})
+
+    def deploy_model(self, name: str, version: str | int, input_type: str,
+                     model_data_path: str | Path, num_replicas: int = 1, batch_size: int = -1,
+                     batching: BatchingConfig | dict | None = None, max_queue: int = 1024,
+                     labels: list[str] | None = None) -> None:
+        """Deploy the model directory at ``model_data_path`` (written by a deployer) as
+        ``name:version`` with ``num_replicas`` containers; it becomes the current version.
+        ``batch_size=-1`` means adaptive (AIMD), as in Clipper; ``batching`` picks any
+        controller explicitly."""
+        doc: dict[str, Any] = {"model_name": name, "model_version": str(version),
+                               "input_type": input_type,
+                               "model_data_path": str(Path(model_data_path).resolve()),
+                               "num_replicas": num_replicas, "batch_size": batch_size,
+                               "max_queue": max_queue, "labels": labels or []}
+        if batching is not None:
+            doc["batching"] = batching.to_dict() if isinstance(batching, BatchingConfig) \
+                else batching
+        self._admin("add_model", doc)
+
+    def link_model_to_app(self, app_name: str, model_name: str) -> None:
+        self._admin("add_model_links", {"app_name": app_name, "model_names": [model_name]})
+
+    def set_model_version(self, name: str, version: str | int,
+                          num_replicas: int | None = None) -> None:
+        """Roll back or forward to an already deployed version."""
+        self._admin("set_model_version", {"model_name": name, "model_version": str(version)})
+        if num_replicas is not None:
+            self.set_num_replicas(name, num_replicas, version)
+
+    def set_num_replicas(self, name: str, num_replicas: int,
+                         version: str | int | None = None) -> None:
+        doc: dict[str, Any] = {"model_name": name, "num_replicas": num_replicas}
+        if version is not None:
+            doc["model_version"] = str(version)
+        self._admin("set_num_replicas", doc)
+
+    def set_batching(self, name: str, batching: BatchingConfig | dict,
+                     version: str | int | None = None) -> None:
+        """Change a model's batch-size controller while it serves (our extension)."""
+        doc: dict[str, Any] = {"model_name": name, "batching": batching.to_dict()
+                               if isinstance(batching, BatchingConfig) else batching}
+        if version is not None:
+            doc["model_version"] = str(version)
+        self._admin("set_batching", doc)
+
+    def get_all_apps(self, verbose: bool = False) -> list:
+        return self._admin("get_all_applications", {"verbose": verbose})
+
+    def get_app_info(self, name: str) -> dict[str, Any]:
+        return self._admin("get_application", {"name": name})
+
+    def get_all_models(self, verbose: bool = False) -> list:
+        return self._admin("get_all_models", {"verbose": verbose})
+
+    def get_model_info(self, name: str, version: str | int) -> dict[str, Any]:
+        return self._admin("get_model", {"model_name": name, "model_version": str(version)})
+
+    def get_current_model_version(self, name: str) -> str:
+        return self._admin("get_model", {"model_name": name})["model_version"]
+
+    def get_all_model_replicas(self, verbose: bool = False) -> list[dict[str, Any]]:
+        return self._admin("get_all_containers", {"verbose": verbose})
+
+    def get_query_addr(self) -> str:
+        return self.cm.get_query_addr()
+
+    def get_metrics(self) -> str:
+        """The Prometheus text of ``GET /metrics`` (Clipper's ``inspect_instance``)."""
+        return http_json(f"http://{self.cm.get_query_addr()}/metrics", method="GET")
+
+    def get_trace(self, path: str | Path) -> Path:
+        """Save the Chrome trace of the sampled queries to ``path``."""
+        doc = http_json(f"http://{self.cm.get_admin_addr()}/admin/trace", method="GET")
+        path = Path(path)
+        path.write_text(json.dumps(doc))
+        return path
+
+    def predict(self, app: str, x: Any = None, batch: list | None = None) -> Any:
+        """Convenience (not in clipper_admin): one REST query, or a batch."""
+        doc = {"input_batch": batch} if batch is not None else {"input": x}
+        return http_json(f"http://{self.cm.get_query_addr()}/{app}/predict", doc)
+
+    def stop_all(self, graceful: bool = True) -> None:
+        """Stop the Clipper process and every model container it started."""
+        self.cm.stop_all(graceful)
+        self.connected = False

@@ -1,0 +1,124 @@
+"""The prediction cache: a function cache for ``predict(model, version, input)`` (§4.2).
+
+Clipper caches the output of each (model, version, input) so that a repeated query, and
+the feedback that follows a query (which re-evaluates the same input), costs no model
+call. Mirrors ``PredictionCache`` in ``src/libclipper/src/task_executor.cpp``:
+
+* **one entry per key, created at the miss**: the entry holds a future that the
+  task executor completes when the batch comes back, so every identical query that
+  arrives meanwhile awaits the same future. Concurrent identical misses are thereby
+  *coalesced* into one container call (Clipper's ``value_promises_``);
+* **CLOCK eviction under a byte budget**: each entry has a *used* bit, set on every hit;
+  the clock hand sweeps the ring, clearing used bits and evicting the first completed
+  entry found unused, until the new output fits. Pending entries cost no bytes and are
+  never evicted (their future must still be completed).
+
+The ring is an ``OrderedDict`` whose front is the clock hand: "advance past a page" is
+``move_to_end``, "evict" is ``popitem(last=False)``, and a new page is appended just
+behind the hand, where CLOCK inserts it. Every operation is O(1) (Clipper's C++ erases from
+a vector, O(n)).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class CacheEntry:
+    future: asyncio.Future
+    completed: bool = False
+    used: bool = True
+    nbytes: int = 0
+    task: Any = None  # the PredictTask while the prediction is pending
+
+
+@dataclass
+class CacheStats:
+    lookups: int = 0
+    hits: int = 0
+    coalesced: int = 0
+    evictions: int = 0
+    too_large: int = 0
+
+
+class PredictionCache:
+    """CLOCK cache of prediction futures under ``max_bytes`` of output."""
+
+    def __init__(self, max_bytes: int = 32 << 20):
+        self.max_bytes = max_bytes
+        self.size_bytes = 0
+        self.ring: OrderedDict[bytes, CacheEntry] = OrderedDict()
+        self.stats = CacheStats()
+
+    def __len__(self) -> int:
+        return len(self.ring)
+
+    def fetch(self, key: bytes) -> tuple[str, CacheEntry]:
+        """Look ``key`` up: ("hit", entry) with a completed future; ("pending", entry)
+        when the same prediction is already under way (await its future); or
+        ("miss", entry), a new pending entry whose future the caller must complete
+        through :meth:`put` or :meth:`fail`."""
+        self.stats.lookups += 1
+        entry = self.ring.get(key)
+        if entry is not None:
+            if entry.completed:
+                self.stats.hits += 1
+                entry.used = True
+                return "hit", entry
+            self.stats.coalesced += 1
+            return "pending", entry
+        entry = CacheEntry(asyncio.get_running_loop().create_future())
+        self.ring[key] = entry  # appended: just behind the clock hand
+        return "miss", entry
+
+    def put(self, key: bytes, value: Any, nbytes: int) -> None:
+        """Complete a pending prediction, then keep it if it fits the budget."""
+        entry = self.ring.get(key)
+        if entry is None or entry.completed:
+            return
+        entry.task = None
+        if not entry.future.done():
+            entry.future.set_result(value)
+        if nbytes > self.max_bytes:
+            self.stats.too_large += 1
+            del self.ring[key]
+            return
+        self._evict(self.size_bytes + nbytes - self.max_bytes)
+        entry.completed, entry.nbytes = True, nbytes
+        self.size_bytes += nbytes
+
+    def fail(self, key: bytes, exc: BaseException) -> None:
+        """A pending prediction that will not come (dropped at its deadline, model error,
+        overload): wake its waiters with ``exc`` and forget the key, so the next query
+        for it tries again."""
+        entry = self.ring.get(key)
+        if entry is None or entry.completed:
+            return
+        del self.ring[key]
+        if not entry.future.done():
+            entry.future.set_exception(exc)
+            # mark it seen: a query that gave up at its SLO no longer awaits it, and
+            # asyncio would log "exception was never retrieved"
+            entry.future.exception()
+
+    def _evict(self, need: int) -> None:
+        """Sweep the clock hand until ``need`` bytes are free (CLOCK, second chance)."""
+        budget = 2 * len(self.ring) + 1  # two sweeps clear every used bit; then stop
+        while need > 0 and self.ring and budget > 0:
+            budget -= 1
+            key, entry = next(iter(self.ring.items()))
+            if entry.used or not entry.completed:
+                entry.used = False
+                self.ring.move_to_end(key)
+                continue
+            del self.ring[key]
+            self.size_bytes -= entry.nbytes
+            need -= entry.nbytes
+            self.stats.evictions += 1
+
+    def hit_ratio(self) -> float:
+        return self.stats.hits / self.stats.lookups if self.stats.lookups else 0.0

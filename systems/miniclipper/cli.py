@@ -1,0 +1,209 @@
+"""``casebook clipper start|deploy|query|load|trace|stop|demo``: Clipper from a shell.
+
+    casebook clipper start                       # query :1337, management :1338, gRPC :1339
+    casebook clipper deploy --name rf --builtin digits-rf --app digits --slo-micros 20000
+    casebook clipper query --app digits --input "$(python -c 'print([0.0]*64)')"
+    casebook clipper load --app digits --rate 300 --duration 5 --slo-ms 20
+    casebook clipper trace --out trace.json      # if started with --trace-sample 0.01
+    casebook clipper stop
+
+``start`` leaves Clipper running after the command returns; the other commands find it
+by its ports. Heavy imports happen inside the handlers, so ``casebook --help`` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+BUILTINS = ("sum", "echo", "digits-lr", "digits-rf")
+
+
+def _conn(args: argparse.Namespace) -> Any:
+    from .admin import ClipperConnection
+    from .manager import LocalContainerManager
+
+    conn = ClipperConnection(LocalContainerManager(
+        query_port=args.query_port, mgmt_port=args.mgmt_port, grpc_port=args.grpc_port))
+    return conn
+
+
+def _start(args: argparse.Namespace) -> dict[str, Any]:
+    from .admin import ClipperConnection
+    from .manager import LocalContainerManager
+
+    cm = LocalContainerManager(detach=True)
+    conn = ClipperConnection(cm)
+    conn.start_clipper(args.query_port, args.mgmt_port, args.grpc_port, args.cache_bytes,
+                       args.trace_sample)
+    print(f"Clipper running (pid {cm.info['pid']}): queries http://{cm.get_query_addr()}, "
+          f"management http://{cm.get_admin_addr()}, gRPC {cm.get_grpc_addr()}; "
+          f"log {cm.info['log']}")
+    return cm.info
+
+
+def _builtin_model(name: str) -> tuple[str, Any]:
+    import numpy as np
+
+    if name == "sum":
+        return "closure", lambda xs: [float(np.sum(x)) for x in xs]
+    if name == "echo":
+        return "closure", lambda xs: np.zeros(len(xs))
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    if name == "digits-lr":
+        from sklearn.linear_model import LogisticRegression
+
+        return "sklearn", LogisticRegression(max_iter=1000).fit(X, y)
+    from sklearn.ensemble import RandomForestClassifier
+
+    return "sklearn", RandomForestClassifier(n_estimators=50, random_state=0).fit(X, y)
+
+
+def _deploy(args: argparse.Namespace) -> dict[str, Any]:
+    from .batching import BatchingConfig
+    from .deployers import save_model
+
+    conn = _conn(args)
+    conn.connect()
+    if bool(args.path) == bool(args.builtin):
+        raise SystemExit("deploy needs exactly one of --path DIR or --builtin NAME")
+    path = args.path
+    if args.builtin:
+        kind, obj = _builtin_model(args.builtin)
+        path = save_model(obj, kind)
+    batching = BatchingConfig(args.batching, size=args.batch_size,
+                              max_size=max(args.batch_size, 512),
+                              max_delay_s=args.max_delay_ms / 1e3)
+    conn.deploy_model(args.name, args.version, args.input_type, path,
+                      num_replicas=args.replicas, batching=batching)
+    if args.app:
+        if args.app not in conn.get_all_apps():
+            conn.register_application(args.app, args.input_type, args.default_output,
+                                      args.slo_micros, args.policy)
+        conn.link_model_to_app(args.app, args.name)
+    info = conn.get_model_info(args.name, args.version)
+    print(f"deployed {args.name}:{args.version} from {path} ({info['replicas']} replicas, "
+          f"{args.batching} batching)" + (f", linked to /{args.app}/predict" if args.app else ""))
+    return info
+
+
+def _query(args: argparse.Namespace) -> dict[str, Any]:
+    from .admin import http_json
+
+    doc = {"input_batch": json.loads(args.input_batch)} if args.input_batch else \
+        {"input": json.loads(args.input)}
+    out = http_json(f"http://127.0.0.1:{args.query_port}/{args.app}/predict", doc)
+    print(json.dumps(out))
+    return out
+
+
+def _load(args: argparse.Namespace) -> dict[str, Any]:
+    import numpy as np
+
+    from common import plots
+
+    from .loadgen import LoadSpec, run_process
+
+    if args.inputs == "digits":
+        from sklearn.datasets import load_digits
+
+        pool = load_digits().data[:500]
+    else:
+        pool = np.random.default_rng(0).standard_normal((500, int(args.inputs.split(":")[1])))
+    url = f"http://127.0.0.1:{args.query_port}/{args.app}/predict"
+    spec = LoadSpec(url, pool.tolist(), phases=[(args.duration, args.rate)],
+                    slo_s=args.slo_ms / 1e3, seed=args.seed)
+    s = run_process(spec)
+    out = Path(args.out)
+    png = plots.latency_cdf({f"{args.app} @ {args.rate:g} q/s": s["latencies_ms"]},
+                            out / f"latency_cdf_{args.app}.png", slo=args.slo_ms,
+                            title=f"open-loop Poisson load on /{args.app}/predict")
+    s.pop("latencies_ms")
+    s.pop("scheduled_s")
+    print(f"{s['sent']} queries at {args.rate:g}/s for {args.duration:g} s: goodput "
+          f"{s['goodput_qps']:.0f}/s ({s['within_slo']:.1%} within {args.slo_ms:g} ms, "
+          f"non-default); p50 {s['p50_ms']:.2f} ms, p99 {s['p99_ms']:.2f} ms, "
+          f"p99.9 {s['p999_ms']:.2f} ms; {s['rejected']} rejected, {s['errors']} errors; "
+          f"CDF plot {png}")
+    return {**s, "plot": png}
+
+
+def _stop(args: argparse.Namespace) -> dict[str, Any]:
+    from .admin import http_json
+
+    out = http_json(f"http://127.0.0.1:{args.mgmt_port}/admin/shutdown", {})
+    print("Clipper is shutting down (its containers first)")
+    return out
+
+
+def _trace(args: argparse.Namespace) -> dict[str, Any]:
+    from .admin import http_json
+
+    doc = http_json(f"http://127.0.0.1:{args.mgmt_port}/admin/trace", method="GET")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc))
+    print(f"wrote {len(doc['traceEvents'])} trace events to {out}; open it in "
+          f"https://ui.perfetto.dev or chrome://tracing")
+    return {"path": str(out), "events": len(doc["traceEvents"])}
+
+
+def _demo(args: argparse.Namespace) -> dict[str, Any]:
+    from .tour import demo
+
+    return demo(quick=not args.full)
+
+
+def add_parser(sub: Any, add: Any) -> None:
+    """Add ``casebook clipper ...`` (``add`` is common.cli's subcommand factory)."""
+    clipper = sub.add_parser("clipper", help="run miniclipper from the shell",
+                             description=__doc__.splitlines()[0])
+    inner = clipper.add_subparsers(dest="clipper_command", required=True)
+
+    def cmd(name: str, fn: Any, help: str) -> argparse.ArgumentParser:
+        p = inner.add_parser(name, help=help, description=help)
+        p.add_argument("--json", action="store_true", help="print the result as JSON last")
+        p.add_argument("--query-port", type=int, default=1337)
+        p.add_argument("--mgmt-port", type=int, default=1338)
+        p.add_argument("--grpc-port", type=int, default=1339)
+        p.set_defaults(func=fn)
+        return p
+
+    s = cmd("start", _start, "start Clipper in the background (loopback only)")
+    s.add_argument("--cache-bytes", type=int, default=32 << 20)
+    s.add_argument("--trace-sample", type=float, default=0.0)
+    d = cmd("deploy", _deploy, "deploy a model directory or a built-in model")
+    d.add_argument("--name", required=True)
+    d.add_argument("--version", default="1")
+    d.add_argument("--path", help="a model directory written by a deployer")
+    d.add_argument("--builtin", choices=BUILTINS)
+    d.add_argument("--input-type", default="doubles")
+    d.add_argument("--replicas", type=int, default=1)
+    d.add_argument("--batching", choices=["aimd", "quantile", "static"], default="aimd")
+    d.add_argument("--batch-size", type=int, default=1, help="static size / starting size")
+    d.add_argument("--max-delay-ms", type=float, default=0.0, help="delayed batching")
+    d.add_argument("--app", help="register (if new) and link this application")
+    d.add_argument("--slo-micros", type=int, default=100_000)
+    d.add_argument("--default-output", default="None")
+    d.add_argument("--policy", choices=["default", "exp3", "exp4"], default="exp3")
+    q = cmd("query", _query, "send one query (or a batch) to an application")
+    q.add_argument("--app", required=True)
+    q.add_argument("--input", default="[1.0, 2.0, 3.0]", help="a JSON input")
+    q.add_argument("--input-batch", help="a JSON list of inputs")
+    ld = cmd("load", _load, "open-loop Poisson load from a separate process")
+    ld.add_argument("--app", required=True)
+    ld.add_argument("--rate", type=float, default=200.0, help="queries per second")
+    ld.add_argument("--duration", type=float, default=5.0, help="seconds")
+    ld.add_argument("--slo-ms", type=float, default=20.0)
+    ld.add_argument("--inputs", default="digits", help="digits, or random:DIM")
+    ld.add_argument("--seed", type=int, default=0)
+    ld.add_argument("--out", default="out/clipper-load", help="where the CDF plot goes")
+    tr = cmd("trace", _trace, "save the Chrome trace of sampled queries (start --trace-sample)")
+    tr.add_argument("--out", default="out/clipper-trace.json")
+    cmd("stop", _stop, "shut Clipper and its containers down")
+    dm = cmd("demo", _demo, "the tour step: batching and caching in ~20 s")
+    dm.add_argument("--full", action="store_true")

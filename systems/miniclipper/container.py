@@ -1,0 +1,169 @@
+"""A model container: one OS process that loads one model version and serves batches.
+
+Clipper isolates every model in its own container behind a small RPC interface (§4.4):
+a framework's crash, memory leak or slow start then cannot take the serving system down,
+and any framework can be served by writing a thin wrapper (Clipper's
+``containers/python/rpc.py`` and ``python_closure_container.py``). Ours is a process
+started by the supervisor (``python -m systems.miniclipper.container``), serving gRPC
+from one thread, so it runs one batch at a time as Clipper's Python container loop does
+(the frontend's side of the connection is grpc.aio):
+
+* ``Predict(batch) -> outputs``: a batch packed by :func:`.datatypes.encode_batch`; the
+  outputs are checked (one per input; numbers, numeric rows or strings) before they are
+  sent. A model that raises, or returns the wrong count or type, fails *its batch only*:
+  the reply carries the error and the container serves the next batch;
+* ``Health() -> {pid, model, calls, inputs}``: liveness and how much work reached the
+  model (tests count container calls with it to see cache hits that never arrived);
+* ``Control({"slowdown": f})``: fault injection for benchmarks: after each batch, sleep
+  ``f - 1`` times its compute time, as if the model had become ``f`` times slower.
+
+It loads only from the supervisor's model store: ``--store ROOT --model NAME/VERSION``
+must resolve inside ROOT, and the files it opens are the ones named in that directory's
+``clipper_model.json``. Three kinds of model: a cloudpickled Python closure (as
+Clipper's python deployer), a scikit-learn estimator, or a torch module (CPU or CUDA).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common import rpc
+from common.procs import announce_ready
+from common.trace import now_us
+from common.wire import pack, unpack
+
+from .datatypes import decode_batch, encode_outputs
+
+SERVICE = "clipper.ModelContainer"
+MODEL_META = "clipper_model.json"
+
+
+def model_dir_in_store(store: str | Path, model: str) -> Path:
+    """The directory of ``NAME/VERSION`` inside ``store``; refuses anything outside it."""
+    root = Path(store).resolve()
+    path = (root / model).resolve()
+    if root not in path.parents or len(path.relative_to(root).parts) != 2:
+        raise ValueError(f"model {model!r} does not name NAME/VERSION inside the store {root}")
+    return path
+
+
+def _plain(name: str) -> str:
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        raise ValueError(f"model file {name!r} in {MODEL_META} must be a plain file name")
+    return name
+
+
+def load_model(path: Path) -> tuple[Callable[[Any], Any], dict[str, Any]]:
+    """Load the model in ``path``; return its batch predict function and its metadata."""
+    meta = json.loads((path / MODEL_META).read_text())
+    kind = meta.get("kind")
+    file = path / _plain(meta.get("file", ""))
+    if kind not in ("closure", "sklearn", "torch"):
+        raise ValueError(f"{path / MODEL_META}: unknown model kind {kind!r} "
+                         f"(expected closure, sklearn or torch)")
+    import cloudpickle
+
+    with open(file, "rb") as f:
+        obj = cloudpickle.load(f)
+    if kind == "closure":
+        return obj, meta
+    if kind == "sklearn":
+        return lambda xs: obj.predict(np.asarray(xs)), meta
+    import torch
+
+    device = meta.get("device", "cpu")
+    module = obj.to(device).eval()
+    shape = tuple(meta.get("input_shape") or ())
+    argmax = meta.get("output") == "argmax"
+
+    def predict_torch(xs: Any) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(np.asarray(xs, dtype=np.float32)))
+        x = x.reshape(len(x), *shape) if shape else x
+        with torch.inference_mode():
+            y = module(x.to(device, non_blocking=True))
+            y = y.argmax(dim=1) if argmax else y
+        return y.cpu().numpy()
+
+    return predict_torch, meta
+
+
+class ModelContainer:
+    """The RPC handlers around one loaded model."""
+
+    def __init__(self, predict: Callable[[Any], Any], meta: dict[str, Any], model: str = ""):
+        self.predict, self.meta, self.model = predict, meta, model
+        self.calls = self.inputs = 0
+        self.slowdown = 1.0
+
+    def Predict(self, request: bytes, context: Any) -> bytes:
+        t0 = now_us()
+        try:
+            meta, xs = decode_batch(request)
+        except ValueError as e:
+            return pack({"error": f"bad batch: {e}", "pid": os.getpid()})
+        n = int(meta["n"])
+        self.calls += 1
+        self.inputs += n
+        started = time.perf_counter()
+        try:
+            outputs = self.predict(xs)
+            if self.slowdown > 1:
+                time.sleep((self.slowdown - 1) * (time.perf_counter() - started))
+            return encode_outputs(outputs, n, {"t0": t0, "t1": now_us(), "pid": os.getpid()})
+        except Exception as e:  # the model's failure fails this batch, not the container
+            return pack({"error": f"{type(e).__name__}: {e}", "pid": os.getpid(),
+                         "t0": t0, "t1": now_us()})
+
+    def Health(self, request: bytes, context: Any) -> bytes:
+        return pack({"pid": os.getpid(), "model": self.model, "calls": self.calls,
+                     "inputs": self.inputs, "slowdown": self.slowdown})
+
+    def Control(self, request: bytes, context: Any) -> bytes:
+        meta, _ = unpack(request)
+        if "slowdown" in meta:
+            self.slowdown = max(1.0, float(meta["slowdown"]))
+        return self.Health(b"", context)
+
+
+def _watch_parent(parent: int) -> None:
+    """Exit when the supervisor is gone: containers run in their own session, so nothing
+    else would stop them if the frontend process were killed."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(0)
+
+
+def serve(store: str, model: str, host: str, port: int) -> None:
+    predict, meta = load_model(model_dir_in_store(store, model))
+    c = ModelContainer(predict, meta, model)
+    server, bound = rpc.serve(
+        SERVICE, {"Predict": c.Predict, "Health": c.Health, "Control": c.Control},
+        host=host, port=port, max_workers=1)
+    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
+    announce_ready(port=bound, pid=os.getpid(), model=model)
+    server.wait_for_termination()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="a miniclipper model container")
+    p.add_argument("--store", required=True, help="the supervisor's model store")
+    p.add_argument("--model", required=True, help="NAME/VERSION inside the store")
+    p.add_argument("--host", default=rpc.LOOPBACK)
+    p.add_argument("--port", type=int, default=0)
+    a = p.parse_args(argv)
+    serve(a.store, a.model, a.host, a.port)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""Queries, inputs and outputs: what crosses the frontend and the container RPC.
+
+Clipper types every application and model with an *input type* (``clipper_admin``:
+"integers", "floats", "doubles", "bytes" or "strings"; ``src/libclipper/src/datatypes.cpp``)
+and rejects a query whose input does not parse as that type. A batch crosses the RPC as
+one flat buffer of all inputs plus their offsets, the layout of Clipper's
+``rpc_service.cpp`` (header, then the raw input buffers), here through
+:mod:`common.wire` (a JSON header plus packed numpy arrays, never pickles).
+
+Outputs come back the same way: a numeric array (one row or scalar per query), or
+strings. Each output is turned into a JSON-able value once, in the frontend, so the
+prediction cache stores what the REST API returns.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from common.wire import pack, unpack
+
+INPUT_DTYPES: dict[str, Any] = {
+    "integers": np.int32, "ints": np.int32, "floats": np.float32,
+    "doubles": np.float64, "bytes": np.uint8, "strings": np.uint8,
+}
+NUMERIC_TYPES = ("integers", "ints", "floats", "doubles")
+
+
+class InputError(ValueError):
+    """A query input that does not match its application's declared type or length."""
+
+
+@dataclass(slots=True)
+class PredictTask:
+    """One (model, input) pair waiting in a model queue (Clipper ``PredictTask``).
+
+    ``deadline`` is on the ``time.monotonic()`` clock; a coalesced duplicate query may
+    push it later (see :mod:`.cache`). ``future`` is shared by every query that asked
+    for this exact prediction.
+    """
+
+    model: tuple[str, str]
+    input: Any
+    deadline: float
+    slo: float
+    future: Any
+    key: bytes
+    enqueued: float = 0.0
+    traced: bool = False
+    retries: int = 0
+    query_ids: list[int] = field(default_factory=list)
+
+
+def parse_input(value: Any, input_type: str, input_length: int | None = None) -> Any:
+    """Turn one JSON input into the array/str the models see; raise InputError why not."""
+    if input_type == "strings":
+        if not isinstance(value, str):
+            raise InputError(f"input_type 'strings' needs a JSON string, got "
+                             f"{type(value).__name__}")
+        return value
+    if input_type == "bytes":
+        if not isinstance(value, str):
+            raise InputError("input_type 'bytes' needs a base64 JSON string, got "
+                             f"{type(value).__name__}")
+        try:
+            return base64.b64decode(value, validate=True)
+        except ValueError as e:
+            raise InputError(f"input is not valid base64: {e}") from None
+    if input_type not in INPUT_DTYPES:
+        raise InputError(f"unknown input_type {input_type!r}; use one of {sorted(INPUT_DTYPES)}")
+    if not isinstance(value, list) or not value:
+        raise InputError(f"input_type {input_type!r} needs a non-empty JSON array of numbers, "
+                         f"got {type(value).__name__ if not isinstance(value, list) else '[]'}")
+    kinds = set(map(type, value))  # one pass; bool is its own type, so it is refused too
+    if not kinds <= {int, float}:
+        bad = next(v for v in value if type(v) not in (int, float))
+        raise InputError(f"input_type {input_type!r} needs numbers only, found {bad!r}")
+    if input_type in ("integers", "ints") and float in kinds:
+        raise InputError("input_type 'integers' needs whole numbers, found a float")
+    if input_length is not None and len(value) != input_length:
+        raise InputError(f"input has length {len(value)}, this application expects "
+                         f"{input_length}")
+    return np.asarray(value, dtype=INPUT_DTYPES[input_type])
+
+
+def input_key(model: tuple[str, str], x: Any) -> bytes:
+    """The prediction cache key: (model, version, hash of the input bytes)."""
+    raw = x.encode() if isinstance(x, str) else x if isinstance(x, bytes) else x.tobytes()
+    h = hashlib.blake2b(raw, digest_size=16)
+    h.update(f"|{model[0]}|{model[1]}".encode())
+    return h.digest()
+
+
+def encode_batch(inputs: list[Any], input_type: str, meta: dict[str, Any]) -> bytes:
+    """Pack a batch of inputs as one flat buffer plus offsets (n + 1 of them)."""
+    if input_type in NUMERIC_TYPES:
+        lengths = [x.shape[0] for x in inputs]
+        flat = np.concatenate(inputs) if len(inputs) > 1 else inputs[0]
+    else:
+        raw = [x.encode() if isinstance(x, str) else x for x in inputs]
+        lengths = [len(r) for r in raw]
+        flat = np.frombuffer(b"".join(raw), dtype=np.uint8)
+    offsets = np.zeros(len(inputs) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return pack({**meta, "input_type": input_type, "n": len(inputs)}, [flat, offsets])
+
+
+def decode_batch(buf: bytes) -> tuple[dict[str, Any], Any]:
+    """Inverse of :func:`encode_batch`. Equal-length numeric inputs become one 2-D array
+    (what sklearn and torch models want); ragged ones a list of 1-D arrays."""
+    meta, arrays = unpack(buf)
+    if len(arrays) != 2:
+        raise InputError(f"a batch carries 2 arrays (values, offsets), got {len(arrays)}")
+    flat, offsets = arrays
+    n = int(meta.get("n", -1))
+    if offsets.shape != (n + 1,) or offsets[0] != 0 or offsets[-1] != flat.shape[0] \
+            or np.any(np.diff(offsets) < 0):
+        raise InputError(f"offsets {offsets.tolist()[:8]} do not split {flat.shape[0]} values "
+                         f"into {n} inputs")
+    kind = meta.get("input_type")
+    if kind in ("strings", "bytes"):
+        raw = flat.tobytes()
+        items = [raw[offsets[i]:offsets[i + 1]] for i in range(n)]
+        return meta, [b.decode() for b in items] if kind == "strings" else items
+    lengths = np.diff(offsets)
+    if n and np.all(lengths == lengths[0]):
+        return meta, flat.reshape(n, int(lengths[0]))
+    return meta, [flat[offsets[i]:offsets[i + 1]] for i in range(n)]
+
+
+def encode_outputs(outputs: Any, n: int, meta: dict[str, Any]) -> bytes:
+    """Check a model's outputs (one per input, numbers, numeric rows or strings) and pack
+    them. Raises ValueError naming what came back when they are not that."""
+    if isinstance(outputs, np.ndarray):
+        arr = outputs
+    else:
+        try:
+            outputs = list(outputs)
+        except TypeError:
+            raise ValueError(f"model returned {type(outputs).__name__}, expected a list or "
+                             f"array with one output per input") from None
+        if outputs and all(isinstance(o, str) for o in outputs):
+            if len(outputs) != n:
+                raise ValueError(f"model returned {len(outputs)} outputs for {n} inputs")
+            raw = [o.encode() for o in outputs]
+            offsets = np.zeros(n + 1, dtype=np.int64)
+            np.cumsum([len(r) for r in raw], out=offsets[1:])
+            return pack({**meta, "kind": "strings", "n": n},
+                        [np.frombuffer(b"".join(raw), dtype=np.uint8), offsets])
+        try:
+            arr = np.asarray(outputs)
+        except ValueError as e:
+            raise ValueError(f"model outputs are ragged or mixed: {e}") from None
+    if arr.ndim == 0 or arr.shape[0] != n:
+        raise ValueError(f"model returned {0 if arr.ndim == 0 else arr.shape[0]} outputs "
+                         f"for {n} inputs")
+    if arr.dtype.kind not in "biuf" or arr.ndim > 2:
+        raise ValueError(f"model outputs must be numbers, 1-D numeric rows or strings; got "
+                         f"an array of dtype {arr.dtype} and shape {arr.shape}")
+    return pack({**meta, "kind": "array", "n": n}, [arr])
+
+
+def decode_outputs(buf: bytes) -> tuple[dict[str, Any], list[Any], list[int]]:
+    """Outputs as JSON-able values, with each one's size in bytes (for the cache budget)."""
+    meta, arrays = unpack(buf)
+    if meta.get("error"):
+        return meta, [], []
+    n = int(meta["n"])
+    if meta.get("kind") == "strings":
+        flat, offsets = arrays
+        raw = flat.tobytes()
+        vals = [raw[offsets[i]:offsets[i + 1]].decode() for i in range(n)]
+        return meta, vals, [len(v.encode()) for v in vals]
+    (arr,) = arrays
+    vals = arr.tolist()
+    row = arr.itemsize * (arr.shape[1] if arr.ndim == 2 else 1)
+    return meta, vals, [row] * n

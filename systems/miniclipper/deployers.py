@@ -1,0 +1,92 @@
+"""Deployers: write a model directory on local disk, then deploy it by path.
+
+``clipper_admin/deployers/python.py`` serialises a Python closure with cloudpickle
+(``deployer_utils.save_python_function`` writes ``func.pkl`` to a temp dir), builds a
+Docker image from that directory and deploys the image. We keep the first half exactly
+and replace the image with the directory itself: the management API receives its *path*
+and the supervisor copies it into the model store (:mod:`.supervisor`). The pickle never
+crosses the network.
+
+A model directory holds one cloudpickle file and ``clipper_model.json``
+(``{"kind": "closure" | "sklearn" | "torch", "file", ...}``). A closure receives the
+batch (a 2-D array for equal-length numeric inputs, else a list) and returns one output
+per input, as in Clipper's python container; a scikit-learn estimator gets
+``predict(batch)``; a torch module gets a float32 tensor reshaped to ``input_shape`` on
+its ``device`` ("cpu" or "cuda"), and returns its output, or its arg-max along dim 1.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .container import MODEL_META
+
+
+def save_model(obj: Any, kind: str, out_dir: str | Path | None = None,
+               **meta: Any) -> str:
+    """cloudpickle ``obj`` into a new model directory; return its absolute path."""
+    import cloudpickle
+
+    d = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(suffix="-clipper-model"))
+    d.mkdir(parents=True, exist_ok=True)
+    with open(d / "model.pkl", "wb") as f:
+        cloudpickle.dump(obj, f)
+    (d / MODEL_META).write_text(json.dumps({"kind": kind, "file": "model.pkl", **meta}))
+    return str(d.resolve())
+
+
+def save_python_closure(func: Callable[[Any], Any], out_dir: str | Path | None = None) -> str:
+    return save_model(func, "closure", out_dir)
+
+
+def save_sklearn_model(model: Any, out_dir: str | Path | None = None) -> str:
+    return save_model(model, "sklearn", out_dir)
+
+
+def save_torch_model(module: Any, input_shape: tuple[int, ...] | None = None,
+                     device: str = "cpu", output: str = "raw",
+                     out_dir: str | Path | None = None) -> str:
+    if output not in ("raw", "argmax"):
+        raise ValueError(f"output must be 'raw' or 'argmax', got {output!r}")
+    import copy
+
+    # a CPU copy: the caller's module stays where it was (it may be on a GPU)
+    return save_model(copy.deepcopy(module).cpu(), "torch", out_dir,
+                      input_shape=list(input_shape) if input_shape else None,
+                      device=device, output=output)
+
+
+def deploy_python_closure(conn: Any, name: str, version: str | int, input_type: str,
+                          func: Callable[[Any], Any], **deploy: Any) -> None:
+    """Serialise ``func`` with cloudpickle and deploy it (clipper_admin
+    ``deployers.python.deploy_python_closure``). ``deploy`` goes to
+    :meth:`.admin.ClipperConnection.deploy_model` (num_replicas, batch_size, batching...)."""
+    conn.deploy_model(name, version, input_type, save_python_closure(func), **deploy)
+
+
+def deploy_sklearn_model(conn: Any, name: str, version: str | int, input_type: str,
+                         model: Any, **deploy: Any) -> None:
+    """Deploy a fitted scikit-learn estimator; the container calls ``model.predict``."""
+    conn.deploy_model(name, version, input_type, save_sklearn_model(model), **deploy)
+
+
+def deploy_pytorch_model(conn: Any, name: str, version: str | int, input_type: str,
+                         module: Any, input_shape: tuple[int, ...] | None = None,
+                         device: str = "cpu", output: str = "raw", **deploy: Any) -> None:
+    """Deploy a torch module (clipper_admin ``deployers.pytorch``) on CPU or CUDA."""
+    conn.deploy_model(name, version, input_type,
+                      save_torch_model(module, input_shape, device, output), **deploy)
+
+
+def create_endpoint(conn: Any, name: str, input_type: str, func: Callable[[Any], Any],
+                    default_output: Any = "None", version: str | int = 1,
+                    slo_micros: int = 3_000_000, **deploy: Any) -> None:
+    """Register an app, deploy ``func`` as a model of the same name, and link them
+    (clipper_admin ``deployers.python.create_endpoint``)."""
+    conn.register_application(name, input_type, default_output, slo_micros)
+    deploy_python_closure(conn, name, version, input_type, func, **deploy)
+    conn.link_model_to_app(name, name)

@@ -1,0 +1,274 @@
+"""The Clipper process: the query REST API, the gRPC query API, and the wiring.
+
+Clipper's query frontend (``src/frontends/src/query_frontend.hpp``) serves, for every
+registered application, ``POST /<app>/predict`` with ``{"input": [...]}`` or
+``{"input_batch": [[...], ...]}`` and ``POST /<app>/update`` with feedback, answering
+``{"query_id", "output", "default"}`` (``"default_explanation"`` when the default was
+used; ``{"batch_predictions": [...]}`` for a batch), and ``GET /metrics``. Errors are
+``{"error", "cause"}`` with status 400. We add 404 for an unknown application and 429 when
+a model's queue is full. A gRPC query API answers the same queries with
+:mod:`common.wire` messages (meta ``{"app"}``, the input as a 1-D or 2-D array) and
+reports errors as INVALID_ARGUMENT, NOT_FOUND or RESOURCE_EXHAUSTED.
+
+Run as ``python -m systems.miniclipper.frontend``; :class:`.manager.LocalContainerManager`
+starts it. One asyncio loop serves the query REST port, the management REST port
+(:mod:`.management`) and the gRPC port; every port binds 127.0.0.1 unless ``--host`` says
+otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import logging
+import os
+import signal
+import sys
+import tempfile
+import time
+from typing import Any
+
+import grpc
+import numpy as np
+from aiohttp import web
+
+from common import rpc
+from common.procs import announce_ready
+from common.trace import TraceWriter
+from common.wire import WireError, pack, unpack
+
+from .cache import PredictionCache
+from .datatypes import INPUT_DTYPES, NUMERIC_TYPES, InputError
+from .metrics import Metrics
+from .query_processor import QueryProcessor, UnknownApp
+from .queues import QueueFull
+from .supervisor import ReplicaSupervisor
+from .task_executor import TaskExecutor
+
+QUERY_SERVICE = "clipper.Query"
+log = logging.getLogger("miniclipper.frontend")
+
+
+class ClipperServer:
+    """Everything one Clipper process holds, wired together (the paper's Figure 1)."""
+
+    def __init__(self, store: str, cache_bytes: int = 32 << 20, trace_sample: float = 0.0,
+                 log_dir: str | None = None):
+        self.metrics = Metrics()
+        self.cache = PredictionCache(cache_bytes)
+        self.tracer = TraceWriter("clipper frontend") if trace_sample > 0 else None
+        self.executor = TaskExecutor(self.cache, self.metrics, self._on_failure, self.tracer)
+        self.supervisor = ReplicaSupervisor(store, self.executor, self.metrics, log_dir)
+        self.qp = QueryProcessor(self.executor, self.metrics, self.tracer, trace_sample)
+        self.models: dict[tuple[str, str], dict[str, Any]] = {}
+        self.lock = asyncio.Lock()  # one management operation at a time
+        self.stopping = asyncio.Event()
+        self._synced: dict[str, float] = {}
+
+    def _on_failure(self, rep: Any, reason: str) -> None:
+        self.supervisor.on_replica_failure(rep, reason)
+
+    def sync_metrics(self) -> bytes:
+        """Bring the scrape-time series up to date, then render the text format."""
+        m, st = self.metrics, self.cache.stats
+        for name, value, counter in (("lookups", st.lookups, m.cache_lookups),
+                                     ("hits", st.hits, m.cache_hits)):
+            counter.inc(value - self._synced.get(name, 0))
+            self._synced[name] = value
+        m.cache_hit_ratio.set(self.cache.hit_ratio())
+        m.cache_bytes.set(self.cache.size_bytes)
+        for model, q in self.executor.queues.items():
+            label = f"{model[0]}:{model[1]}"
+            m.queue_length.labels(label).set(len(q))
+            key = f"dropped:{label}"
+            m.dropped.labels(label).inc(q.dropped - self._synced.get(key, 0))
+            self._synced[key] = q.dropped
+            for rid, rep in self.executor.replicas.get(model, {}).items():
+                for field, v in rep.controller.state().items():
+                    m.controller.labels(label, str(rid), field).set(v)
+        for app, (total, defaults) in self.qp.counts.items():
+            m.app_default_ratio.labels(app).set(defaults / total if total else 0.0)
+        return m.text()
+
+
+def error_json(status: int, error: str, cause: str) -> web.Response:
+    return web.json_response({"error": error, "cause": cause}, status=status)
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Unknown paths and methods answer in the same ``{"error", "cause"}`` shape."""
+    try:
+        return await handler(request)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        return error_json(e.status, e.reason, f"{request.method} {request.path}: {e.text}")
+
+
+def _inputs_of(doc: Any) -> tuple[list[Any], bool]:
+    if not isinstance(doc, dict) or ("input" in doc) == ("input_batch" in doc):
+        raise InputError('the body must be a JSON object with exactly one of "input" '
+                         '(one query) or "input_batch" (a list of queries)')
+    if "input" in doc:
+        return [doc["input"]], False
+    batch = doc["input_batch"]
+    if not isinstance(batch, list) or not batch:
+        raise InputError('"input_batch" must be a non-empty JSON array of inputs')
+    return batch, True
+
+
+def rows_of(x: Any, input_type: str, input_length: int | None) -> list[Any]:
+    """The inputs of a gRPC query sent as one array (a row per query): no JSON, no copy
+    per row, which keeps the amortised per-query cost of a batch small."""
+    if input_type not in NUMERIC_TYPES or x.dtype.kind not in "iuf" or x.ndim not in (1, 2):
+        raise InputError(f"an array input needs a numeric application and a 1-D or 2-D "
+                         f"numeric array; got {x.dtype} of shape {x.shape} for "
+                         f"input_type {input_type!r}")
+    x = np.ascontiguousarray(x if x.ndim == 2 else x[None], dtype=INPUT_DTYPES[input_type])
+    if input_length is not None and x.shape[1] != input_length:
+        raise InputError(f"input has length {x.shape[1]}, this application expects "
+                         f"{input_length}")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise InputError(f"empty input of shape {x.shape}")
+    return list(x)
+
+
+def query_app(server: ClipperServer) -> web.Application:
+    qp = server.qp
+
+    async def predict(request: web.Request) -> web.Response:
+        arrival = time.monotonic()
+        name = request.match_info["app"]
+        try:
+            app = qp.app(name)
+            doc = json.loads(await request.read())
+            values, batched = _inputs_of(doc)
+            xs = qp.parse(app, values)
+            out = await qp.predict(name, xs, arrival)
+        except UnknownApp as e:
+            return error_json(404, "Unknown application", e.args[0])
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            server.metrics.rejected.labels(name, "json").inc()
+            return error_json(400, "Json error", f"the body is not valid JSON: {e}")
+        except InputError as e:
+            server.metrics.rejected.labels(name, "input").inc()
+            return error_json(400, "Json error", str(e))
+        except QueueFull as e:
+            server.metrics.rejected.labels(name, "overload").inc()
+            return error_json(429, "Overloaded", str(e))
+        body = {"batch_predictions": out} if batched else out[0]
+        return web.Response(body=json.dumps(body), content_type="application/json")
+
+    async def update(request: web.Request) -> web.Response:
+        name = request.match_info["app"]
+        try:
+            app = qp.app(name)
+            doc = json.loads(await request.read())
+            if not isinstance(doc, dict) or set(doc) != {"input", "label"}:
+                raise InputError('feedback must be a JSON object {"input": ..., "label": ...}')
+            (x,) = qp.parse(app, [doc["input"]])
+            return web.json_response(await qp.update(name, x, doc["label"]))
+        except UnknownApp as e:
+            return error_json(404, "Unknown application", e.args[0])
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            return error_json(400, "Json error", f"the body is not valid JSON: {e}")
+        except InputError as e:
+            return error_json(400, "Json error", str(e))
+        except QueueFull as e:
+            return error_json(429, "Overloaded", str(e))
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(body=server.sync_metrics(),
+                            content_type="text/plain", charset="utf-8")
+
+    web_app = web.Application(middlewares=[json_errors], client_max_size=64 << 20)
+    web_app.add_routes([web.post("/{app}/predict", predict), web.post("/{app}/update", update),
+                        web.get("/metrics", metrics)])
+    return web_app
+
+
+def grpc_handlers(server: ClipperServer) -> dict[str, Any]:
+    """The gRPC query API: the same queries as REST, as wire messages."""
+    qp = server.qp
+
+    async def Predict(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        arrival = time.monotonic()
+        try:
+            meta, arrays = unpack(request)
+            app = qp.app(str(meta.get("app")))
+            if arrays:
+                xs, batched = rows_of(arrays[0], app.input_type, app.input_length), \
+                    arrays[0].ndim == 2
+            else:
+                values, batched = _inputs_of(meta)
+                xs = qp.parse(app, values)
+            out = await qp.predict(app.name, xs, arrival)
+        except UnknownApp as e:
+            await context.abort(grpc.StatusCode.NOT_FOUND, json.dumps(
+                {"error": "Unknown application", "cause": e.args[0]}))
+        except (WireError, InputError) as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, json.dumps(
+                {"error": "Invalid query", "cause": str(e)}))
+        except QueueFull as e:
+            server.metrics.rejected.labels(app.name, "overload").inc()
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, json.dumps(
+                {"error": "Overloaded", "cause": str(e)}))
+        return pack({"predictions": out, "batch": batched})
+
+    return {"Predict": Predict}
+
+
+async def run(args: argparse.Namespace) -> None:
+    from .management import management_app
+
+    server = ClipperServer(args.store, args.cache_bytes, args.trace_sample, args.log_dir)
+    server.supervisor.start()
+    runners = []
+    ports = {}
+    for key, app, port in (("query_port", query_app(server), args.query_port),
+                           ("mgmt_port", management_app(server), args.mgmt_port)):
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, args.host, port)
+        await site.start()
+        ports[key] = site._server.sockets[0].getsockname()[1]
+        runners.append(runner)
+    grpc_server, ports["grpc_port"] = await rpc.serve_aio(
+        QUERY_SERVICE, grpc_handlers(server), host=args.host, port=args.grpc_port)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, server.stopping.set)
+    gc.collect()
+    gc.freeze()  # start-up objects never die: keep them out of every later collection
+    announce_ready(pid=os.getpid(), host=args.host, store=args.store, **ports)
+    await server.stopping.wait()
+    await server.supervisor.stop_all()
+    await grpc_server.stop(0.5)
+    for r in runners:
+        await r.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="the miniclipper query + management frontend")
+    p.add_argument("--host", default=rpc.LOOPBACK)
+    p.add_argument("--query-port", type=int, default=1337)
+    p.add_argument("--mgmt-port", type=int, default=1338)
+    p.add_argument("--grpc-port", type=int, default=1339)
+    p.add_argument("--store", default=None, help="model store (default: a new temp dir)")
+    p.add_argument("--cache-bytes", type=int, default=32 << 20)
+    p.add_argument("--trace-sample", type=float, default=0.0,
+                   help="share of queries traced (GET /admin/trace on the management port)")
+    p.add_argument("--log-dir", default=None)
+    a = p.parse_args(argv)
+    a.store = a.store or tempfile.mkdtemp(prefix="miniclipper-store-")
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    asyncio.run(run(a))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

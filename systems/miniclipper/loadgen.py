@@ -1,0 +1,246 @@
+"""The load generator: open-loop Poisson arrivals, latency from the *scheduled* send time.
+
+A closed-loop client (send, wait for the answer, send the next) slows down exactly when
+the server does, so it never sees the queue it would have built: the requests it did
+not send are the slow ones it does not measure. Gil Tene calls this *coordinated
+omission*. An open-loop generator fixes the arrival times in advance (here a Poisson
+process, exponential gaps at the offered rate, as user traffic is usually modelled) and
+measures each latency from when the request *should* have been sent; if the generator
+itself falls behind, that lateness counts against the server too, never in its favour.
+
+It runs in its own process (``python -m systems.miniclipper.loadgen``, or
+:func:`run_process`), so its CPU is not the frontend's event loop. It reports goodput
+(answers within the SLO that are not the default output, per second), p50/p99/p99.9,
+rejections (429) and errors, per phase of a piecewise-constant rate schedule. A
+closed-loop mode (``concurrency > 0``) measures peak throughput, where omission does not
+matter. For cache experiments a share ``hot_fraction`` of queries repeats a small hot
+set; all others are made unique (a tiny offset on the last feature, salted per run), so
+no unintended cache hit inflates a result, not even across runs with the same seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class LoadSpec:
+    """One load run. ``phases`` is a list of (seconds, queries/s) for open loop."""
+
+    url: str
+    inputs: list[list[float]]
+    phases: list[tuple[float, float]] = field(default_factory=list)
+    concurrency: int = 0          # > 0: closed loop for ``duration_s`` instead
+    duration_s: float = 0.0
+    slo_s: float = 0.02
+    hot_fraction: float = 0.0
+    hot_set: int = 16
+    seed: int = 0
+    timeout_s: float = 10.0
+    max_connections: int = 1024
+    start_at: float = 0.0         # time.monotonic() to start at (0: at once); machine-wide
+    actions: list[tuple[float, str, dict]] = field(default_factory=list)  # (t, url, json)
+
+
+def poisson_arrivals(phases: list[tuple[float, float]], seed: int = 0,
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Send times (seconds from the start) of a Poisson process whose rate is constant
+    within each phase, and the phase index of each arrival."""
+    rng = np.random.default_rng(seed)
+    times, which, t0 = [], [], 0.0
+    for k, (dur, rate) in enumerate(phases):
+        if rate > 0:
+            n = rng.poisson(rate * dur)  # given the count, arrivals are uniform order stats
+            times.append(t0 + np.sort(rng.uniform(0, dur, n)))
+            which.append(np.full(n, k))
+        t0 += dur
+    if not times:
+        return np.zeros(0), np.zeros(0, int)
+    return np.concatenate(times), np.concatenate(which)
+
+
+def make_bodies(spec: LoadSpec, n: int, rng: np.random.Generator,
+                ) -> tuple[list[bytes], np.ndarray]:
+    pool = np.asarray(spec.inputs, dtype=np.float64)
+    hot = rng.random(n) < spec.hot_fraction
+    # unseeded: two runs with the same seed send the same arrivals, never the same inputs
+    salt = float(np.random.default_rng().uniform(0, 1e-3))
+    bodies = []
+    for i in range(n):
+        if hot[i]:
+            x = pool[rng.integers(min(spec.hot_set, len(pool)))]
+        else:
+            x = pool[rng.integers(len(pool))].copy()
+            x[-1] += salt + 1e-9 * (i + 1)
+        bodies.append(json.dumps({"input": x.tolist()}).encode())
+    return bodies, hot
+
+
+async def _post(session: Any, url: str, body: bytes) -> tuple[int, bool]:
+    try:
+        async with session.post(url, data=body,
+                                headers={"Content-Type": "application/json"}) as r:
+            payload = await r.read()
+            return r.status, b'"default": true' in payload
+    except Exception:  # timeout, reset, refused: a failed query, counted as such
+        return -1, False
+
+
+async def _run(spec: LoadSpec) -> dict[str, Any]:
+    import aiohttp
+
+    rng = np.random.default_rng(spec.seed)
+    loop = asyncio.get_running_loop()
+    conn = aiohttp.TCPConnector(limit=spec.max_connections)
+    timeout = aiohttp.ClientTimeout(total=spec.timeout_s)
+    rec: dict[str, list] = {"scheduled": [], "latency": [], "status": [], "default": [],
+                            "hot": [], "phase": []}
+    async with aiohttp.ClientSession(connector=conn, timeout=timeout) as session:
+        if spec.concurrency > 0:
+            bodies, hot = make_bodies(spec, 20000, rng)
+            counter = iter(range(10 ** 9))
+            start = loop.time()
+            end = start + spec.duration_s
+
+            async def worker() -> None:
+                while loop.time() < end:
+                    i = next(counter) % len(bodies)
+                    t = loop.time()
+                    status, default = await _post(session, spec.url, bodies[i])
+                    for k, v in (("scheduled", t - start), ("latency", loop.time() - t),
+                                 ("status", status), ("default", default),
+                                 ("hot", bool(hot[i])), ("phase", 0)):
+                        rec[k].append(v)
+
+            await asyncio.gather(*(worker() for _ in range(spec.concurrency)))
+            duration = loop.time() - start
+            return {"records": rec, "duration_s": duration}
+        times, phase = poisson_arrivals(spec.phases, spec.seed)
+        bodies, hot = make_bodies(spec, len(times), rng)
+
+        async def one(i: int, due: float) -> None:
+            status, default = await _post(session, spec.url, bodies[i])
+            rec["scheduled"].append(due - start)
+            rec["latency"].append(loop.time() - due)
+            rec["status"].append(status)
+            rec["default"].append(default)
+            rec["hot"].append(bool(hot[i]))
+            rec["phase"].append(int(phase[i]))
+
+        tasks = []
+        start = max(loop.time() + 0.05, spec.start_at)  # loop.time() is time.monotonic()
+        for t, url, doc in spec.actions:  # e.g. slow the container down mid-run, on time
+            loop.call_at(start + t, lambda u=url, d=doc: tasks.append(
+                asyncio.ensure_future(session.post(u, json=d))))
+        i = 0
+        while i < len(times):
+            now = loop.time()
+            while i < len(times) and start + times[i] <= now:
+                tasks.append(asyncio.ensure_future(one(i, start + times[i])))
+                i += 1
+            if i < len(times):
+                await asyncio.sleep(max(0.0, start + times[i] - loop.time()))
+        await asyncio.sleep(max(0.0, start + max([t for t, _, _ in spec.actions] or [0])
+                                - loop.time()))
+        for r in await asyncio.gather(*tasks):
+            if hasattr(r, "release"):
+                r.release()
+        return {"records": rec, "duration_s": sum(d for d, _ in spec.phases), "start": start}
+
+
+def summarize_records(rec: dict[str, list], slo_s: float, duration_s: float,
+                      phases: list[tuple[float, float]] | None = None) -> dict[str, Any]:
+    """Goodput, tails and outcome counts, overall and per phase."""
+    lat = np.asarray(rec["latency"], np.float64)
+    status = np.asarray(rec["status"])
+    default = np.asarray(rec["default"], bool)
+    hot = np.asarray(rec["hot"], bool)
+    phase = np.asarray(rec["phase"])
+    ok = status == 200
+
+    def stats(mask: np.ndarray, dur: float, offered: float | None = None) -> dict[str, Any]:
+        n = int(mask.sum())
+        good = mask & ok & ~default & (lat <= slo_s)
+        lm = lat[mask & ok] * 1e3
+        out = {"sent": n, "ok": int((mask & ok).sum()), "default": int((mask & default).sum()),
+               "rejected": int((mask & (status == 429)).sum()),
+               "errors": int((mask & ~ok & (status != 429)).sum()),
+               "within_slo": float(good.sum() / n) if n else 0.0,
+               "goodput_qps": float(good.sum() / dur) if dur else 0.0,
+               "throughput_qps": float((mask & ok).sum() / dur) if dur else 0.0}
+        if offered is not None:
+            out["offered_qps"] = offered
+        for q, name in ((50, "p50_ms"), (99, "p99_ms"), (99.9, "p999_ms")):
+            out[name] = float(np.percentile(lm, q)) if lm.size else float("nan")
+        return out
+
+    everything = np.ones(lat.shape, bool)
+    summary = stats(everything, duration_s)
+    for name, mask in (("hot", hot), ("cold", ~hot)):
+        if mask.any() and ok[mask].any():
+            summary[f"{name}_p50_ms"] = float(np.percentile(lat[mask & ok] * 1e3, 50))
+    if phases:
+        summary["phases"] = [stats(phase == k, d, r) for k, (d, r) in enumerate(phases)]
+    return summary
+
+
+def run(spec: LoadSpec) -> dict[str, Any]:
+    """Run ``spec`` in this process; return the summary and the raw latencies (ms)."""
+    gc.collect()
+    gc.freeze()  # a gen-2 collection mid-run would pause the generator, not the server
+    gc.disable()
+    try:
+        out = asyncio.run(_run(spec))
+    finally:
+        gc.enable()
+    summary = summarize_records(out["records"], spec.slo_s, out["duration_s"],
+                                spec.phases or None)
+    summary["latencies_ms"] = [x * 1e3 for x in out["records"]["latency"]]
+    summary["start_monotonic"] = out.get("start", 0.0)
+    summary["scheduled_s"] = out["records"]["scheduled"]
+    return summary
+
+
+def run_process(spec: LoadSpec, timeout_s: float | None = None) -> dict[str, Any]:
+    """Run ``spec`` in a separate Python process (so the generator has its own CPU time
+    and event loop) and return its summary."""
+    root = Path(__file__).resolve().parents[2]
+    with tempfile.TemporaryDirectory() as d:
+        spec_path, out_path = Path(d) / "spec.json", Path(d) / "out.json"
+        spec_path.write_text(json.dumps(asdict(spec)))
+        length = sum(p[0] for p in spec.phases) + spec.duration_s
+        subprocess.run([sys.executable, "-m", "systems.miniclipper.loadgen", "--spec",
+                        str(spec_path), "--out", str(out_path)], cwd=root, check=True,
+                       timeout=timeout_s or length + spec.timeout_s + 60)
+        return json.loads(out_path.read_text())
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="open-loop Poisson load for a Clipper app")
+    p.add_argument("--spec", required=True, help="a JSON LoadSpec")
+    p.add_argument("--out", required=True, help="where to write the summary JSON")
+    a = p.parse_args(argv)
+    doc = json.loads(Path(a.spec).read_text())
+    doc["phases"] = [tuple(x) for x in doc.get("phases", [])]
+    doc["actions"] = [tuple(x) for x in doc.get("actions", [])]
+    t0 = time.perf_counter()
+    summary = run(LoadSpec(**doc))
+    summary["wall_s"] = time.perf_counter() - t0
+    Path(a.out).write_text(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""The query processor: selection, then the task executor, then combine within the SLO.
+
+Mirrors ``QueryProcessor::predict`` and ``::update`` in Clipper's
+``src/libclipper/src/query_processor.cpp``: the application's selection policy picks the
+models; their tasks are scheduled through the cache and queues; a timer set to the SLO
+races the tasks (``folly::collectAny`` of all-tasks-done and the timer); whatever
+arrived by then is combined by the policy, and if nothing did the application's default
+output is returned with an explanation ("Failed to retrieve a prediction response within
+the specified latency SLO", Clipper's words). Feedback (``update``) evaluates the
+policy's feedback models on the input, usually a cache hit, and updates the policy state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from common.trace import TraceWriter, now_us
+
+from .datatypes import parse_input
+from .metrics import Metrics
+from .queues import TaskExpired
+from .selection import SelectionState, make_policy
+from .task_executor import TaskExecutor
+
+SLO_EXPLANATION = "Failed to retrieve a prediction response within the specified latency SLO"
+NO_MODELS_EXPLANATION = "No connected models found for query"
+
+
+async def wait_until(futures: list[asyncio.Future], deadline: float) -> None:
+    """Wait until every future is done or the deadline passes (never cancelling them:
+    other queries may share them through the cache).
+
+    A request's tasks go through its model queue in order and complete a batch at a
+    time, so waiting on the last pending one and re-checking costs one wake-up per batch;
+    ``asyncio.wait(futures)`` would attach a callback to each of them."""
+    pending = [f for f in futures if not f.done()]
+    while pending and (left := deadline - time.monotonic()) > 0:
+        await asyncio.wait(pending[-1:], timeout=left)
+        pending = [f for f in pending if not f.done()]
+
+
+class UnknownApp(KeyError):
+    """No application by that name (HTTP 404)."""
+
+
+@dataclass
+class Application:
+    """A registered application: a REST endpoint with a type, an SLO and a default."""
+
+    name: str
+    input_type: str
+    default_output: Any
+    slo_micros: int
+    policy: str = "exp3"
+    input_length: int | None = None
+    models: list[str] = field(default_factory=list)
+    state: SelectionState = field(default_factory=SelectionState)
+    rng: random.Random = field(default_factory=lambda: random.Random(0))
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "input_type": self.input_type,
+                "default_output": self.default_output, "latency_slo_micros": self.slo_micros,
+                "selection_policy": self.policy, "input_length": self.input_length,
+                "linked_models": list(self.models), "selection_state": self.state.to_dict()}
+
+
+class QueryProcessor:
+    """Applications, the current version of each model, and the predict/update paths."""
+
+    def __init__(self, executor: TaskExecutor, metrics: Metrics,
+                 tracer: TraceWriter | None = None, trace_sample: float = 0.0, seed: int = 0):
+        self.executor, self.metrics = executor, metrics
+        self.tracer, self.trace_sample = tracer, trace_sample
+        self.apps: dict[str, Application] = {}
+        self.current_version: dict[str, str] = {}
+        self.counts: dict[str, list[int]] = {}  # app -> [queries, default outputs]
+        self._series: dict[str, tuple] = {}
+        self._ids = itertools.count()
+        self._rng = random.Random(seed)
+
+    def app(self, name: str) -> Application:
+        try:
+            return self.apps[name]
+        except KeyError:
+            raise UnknownApp(f"no application named {name!r}; registered: "
+                             f"{sorted(self.apps)}") from None
+
+    def parse(self, app: Application, values: list[Any]) -> list[Any]:
+        return [parse_input(v, app.input_type, app.input_length) for v in values]
+
+    def link(self, app: Application, model_names: list[str]) -> None:
+        for m in model_names:
+            if m not in app.models:
+                app.models.append(m)
+        make_policy(app.policy).sync_models(app.state, app.models)
+
+    def _versions(self, names: list[str]) -> dict[str, tuple[str, str]]:
+        return {n: (n, self.current_version[n]) for n in names if n in self.current_version}
+
+    async def predict(self, app_name: str, inputs: list[Any], arrival: float,
+                      ) -> list[dict[str, Any]]:
+        """Answer each (already parsed) input of one request; all share one deadline."""
+        app = self.app(app_name)
+        policy = make_policy(app.policy)
+        slo = app.slo_micros / 1e6
+        deadline = arrival + slo
+        traced = self.tracer is not None and self._rng.random() < self.trace_sample
+        t_us = now_us()
+        qids = [next(self._ids) for _ in inputs]
+        if len(app.state.weights) == 1:  # one linked model: the same choice for all
+            choices = [list(self._versions(list(app.state.weights)))] * len(inputs)
+        else:
+            choices = [list(self._versions(policy.select(app.state, app.rng)))
+                       for _ in inputs]
+        per_model: dict[str, list[int]] = {}
+        for i, names in enumerate(choices):
+            for n in names:
+                per_model.setdefault(n, []).append(i)
+        futures: dict[tuple[int, str], asyncio.Future] = {}
+        for name, idxs in per_model.items():
+            fs = self.executor.schedule((name, self.current_version[name]),
+                                        [inputs[i] for i in idxs], deadline, slo, traced,
+                                        qids[idxs[0]])
+            futures.update({(i, name): f for i, f in zip(idxs, fs, strict=True)})
+        await wait_until(list(futures.values()), deadline)
+        out = []
+        for i, names in enumerate(choices):
+            if len(names) == 1:  # one model that answered: nothing to combine
+                f = futures[(i, names[0])]
+                if f.done() and f.exception() is None:
+                    out.append({"query_id": qids[i], "output": f.result(), "default": False})
+                    continue
+            outputs, errors = {}, []
+            for n in names:
+                f = futures[(i, n)]
+                if f.done() and f.exception() is None:
+                    outputs[n] = f.result()
+                elif f.done() and not isinstance(f.exception(), TaskExpired):
+                    errors.append(str(f.exception()))  # expiry is the SLO's explanation
+            combined = policy.combine(app.state, outputs)
+            r: dict[str, Any] = {"query_id": qids[i]}
+            if combined is None:
+                why = NO_MODELS_EXPLANATION if not names else "; ".join(
+                    dict.fromkeys(errors)) if errors else SLO_EXPLANATION
+                r.update(output=app.default_output, default=True, default_explanation=why)
+            else:
+                r.update(output=combined.output, default=False)
+                if len(names) > 1:
+                    r.update(confidence=combined.confidence, models_used=combined.models_used,
+                             models_missing=combined.models_missing)
+            out.append(r)
+        self._account(app, out, arrival)
+        if traced:
+            self.tracer.complete(f"query {app_name} x{len(inputs)}", t_us, now_us() - t_us,
+                                 cat="query", tid=1, args={"query_ids": qids[:8]})
+        return out
+
+    def _account(self, app: Application, out: list[dict[str, Any]], arrival: float) -> None:
+        latency = time.monotonic() - arrival
+        series = self._series.get(app.name)
+        if series is None:  # labels() is a dict lookup under a lock: do it once per app
+            m = self.metrics
+            series = self._series[app.name] = (m.app_queries.labels(app.name),
+                                               m.app_defaults.labels(app.name))
+        queries, default_count = series
+        self.metrics.app_latency.observe(app.name, latency, len(out))
+        queries.inc(len(out))
+        defaults = sum(r["default"] for r in out)
+        if defaults:
+            default_count.inc(defaults)
+        counts = self.counts.setdefault(app.name, [0, 0])
+        counts[0] += len(out)
+        counts[1] += defaults
+
+    async def update(self, app_name: str, x: Any, label: Any) -> dict[str, Any]:
+        """Feedback: evaluate the policy's feedback models on ``x``, then observe ``label``."""
+        app = self.app(app_name)
+        policy = make_policy(app.policy)
+        slo = max(1.0, 10 * app.slo_micros / 1e6)
+        deadline = time.monotonic() + slo
+        models = self._versions(policy.feedback_models(app.state, app.rng))
+        futures = {n: self.executor.schedule(mv, [x], deadline, slo)[0]
+                   for n, mv in models.items()}
+        await wait_until(list(futures.values()), deadline)
+        outputs = {n: f.result() for n, f in futures.items()
+                   if f.done() and f.exception() is None}
+        if outputs:
+            policy.observe(app.state, label, outputs)
+        return {"ok": bool(outputs), "models_evaluated": sorted(outputs),
+                "selection_state": app.state.to_dict()}

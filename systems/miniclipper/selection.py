@@ -1,0 +1,194 @@
+"""The model selection layer: which models answer a query, and how their answers combine.
+
+Clipper §5 frames selection as a bandit problem, with one small API per policy that
+Clipper's C++ keeps too (``src/libclipper/src/selection_policies.cpp``, Exp3/Exp4 added
+in commits 37ae719e and b356ea36): *select* the models for a query, *combine* their
+outputs, *observe* feedback and update a per-application state. Three policies:
+
+* :class:`DefaultPolicy` (Clipper's ``DefaultOutputSelectionPolicy``): the first linked
+  model, no learning;
+* :class:`Exp3Policy` (§5.1; Auer et al., "The nonstochastic multiarmed bandit
+  problem", 2002): one model per query, drawn with probability
+  ``p_i = (1 - gamma) w_i / sum(w) + gamma / K``; feedback evaluates one drawn model and,
+  since only that arm's loss was seen, updates it with the importance-weighted loss
+  ``w_i *= exp(-eta * loss / p_i)``;
+* :class:`Exp4Policy` (§5.2): every model answers; outputs are combined by a weighted
+  vote, and every model's weight is updated from its own loss (full information, so no
+  importance weights; Clipper's C++ divides by ``p_i`` here too, which over-punishes
+  unlikely models). Its *straggler mitigation* (§5.2.2) lives in the query processor:
+  the ensemble waits until the SLO and combines what arrived; the confidence it reports
+  counts missing models as disagreeing.
+
+Loss is 0-1 (the output equals the label or it does not), as for the classifiers the
+paper evaluates. State is per application (the paper also keys it by user/context).
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class SelectionState:
+    """Per-application bandit state: one weight per linked model name."""
+
+    weights: dict[str, float] = field(default_factory=dict)
+    feedback_count: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"weights": dict(self.weights), "feedback_count": self.feedback_count}
+
+
+@dataclass
+class Combined:
+    """A policy's answer: the output, how sure it is, and which models it used."""
+
+    output: Any
+    confidence: float
+    models_used: list[str]
+    models_missing: list[str]
+
+
+def zero_one_loss(output: Any, label: Any) -> float:
+    return 0.0 if output == label else 1.0
+
+
+class SelectionPolicy(abc.ABC):
+    """The select / combine / observe seam (Clipper ``SelectionPolicy``)."""
+
+    name = "base"
+
+    def __init__(self, eta: float = 0.2, gamma: float = 0.1):
+        self.eta, self.gamma = eta, gamma
+
+    def init_state(self, models: list[str]) -> SelectionState:
+        return SelectionState({m: 1.0 for m in models})
+
+    def sync_models(self, state: SelectionState, models: list[str]) -> None:
+        """Follow the app's links: a newly linked model starts at the average weight
+        (Clipper ``add_models``); an unlinked one is forgotten."""
+        avg = sum(state.weights.values()) / len(state.weights) if state.weights else 1.0
+        state.weights = {m: state.weights.get(m, avg) for m in models}
+
+    def probabilities(self, state: SelectionState) -> dict[str, float]:
+        k = len(state.weights)
+        total = sum(state.weights.values())
+        return {m: (1 - self.gamma) * w / total + self.gamma / k
+                for m, w in state.weights.items()}
+
+    def draw(self, state: SelectionState, rng: random.Random) -> str:
+        probs = self.probabilities(state)
+        return rng.choices(list(probs), weights=list(probs.values()))[0]
+
+    @abc.abstractmethod
+    def select(self, state: SelectionState, rng: random.Random) -> list[str]:
+        """The models that should answer this query."""
+
+    @abc.abstractmethod
+    def combine(self, state: SelectionState, outputs: dict[str, Any]) -> Combined | None:
+        """One answer from the outputs that arrived in time (None: use the default)."""
+
+    def feedback_models(self, state: SelectionState, rng: random.Random) -> list[str]:
+        """The models to evaluate on a feedback input."""
+        return self.select(state, rng)
+
+    @abc.abstractmethod
+    def observe(self, state: SelectionState, label: Any, outputs: dict[str, Any]) -> None:
+        """Update ``state`` from the feedback ``label`` and the models' outputs on it."""
+
+    def _normalise(self, state: SelectionState) -> None:
+        """Rescale weights to sum to K: the probabilities are unchanged, and repeated
+        multiplicative updates can no longer underflow to zero."""
+        total = sum(state.weights.values())
+        k = len(state.weights)
+        if total > 0:
+            state.weights = {m: max(w * k / total, 1e-300) for m, w in state.weights.items()}
+
+
+class DefaultPolicy(SelectionPolicy):
+    """The first linked model; no feedback (Clipper ``DefaultOutputSelectionPolicy``)."""
+
+    name = "default"
+
+    def select(self, state: SelectionState, rng: random.Random) -> list[str]:
+        return list(state.weights)[:1]
+
+    def combine(self, state: SelectionState, outputs: dict[str, Any]) -> Combined | None:
+        if not outputs:
+            return None
+        m, out = next(iter(outputs.items()))
+        return Combined(out, 1.0, [m], [])
+
+    def observe(self, state: SelectionState, label: Any, outputs: dict[str, Any]) -> None:
+        state.feedback_count += 1
+
+
+class Exp3Policy(SelectionPolicy):
+    """One model per query, chosen by Exp3 (Clipper §5.1)."""
+
+    name = "exp3"
+
+    def select(self, state: SelectionState, rng: random.Random) -> list[str]:
+        if len(state.weights) <= 1:  # one arm: nothing to draw
+            return list(state.weights)
+        return [self.draw(state, rng)]
+
+    def combine(self, state: SelectionState, outputs: dict[str, Any]) -> Combined | None:
+        if not outputs:
+            return None
+        m, out = next(iter(outputs.items()))
+        return Combined(out, self.probabilities(state)[m], [m], [])
+
+    def observe(self, state: SelectionState, label: Any, outputs: dict[str, Any]) -> None:
+        probs = self.probabilities(state)
+        for m, out in outputs.items():
+            if m in state.weights:
+                loss = zero_one_loss(out, label)
+                state.weights[m] *= math.exp(-self.eta * loss / probs[m])
+        state.feedback_count += 1
+        self._normalise(state)
+
+
+class Exp4Policy(SelectionPolicy):
+    """Every model answers; a weighted vote combines them (Clipper §5.2)."""
+
+    name = "exp4"
+
+    def select(self, state: SelectionState, rng: random.Random) -> list[str]:
+        return list(state.weights)
+
+    def combine(self, state: SelectionState, outputs: dict[str, Any]) -> Combined | None:
+        if not outputs:
+            return None
+        votes: dict[str, float] = {}
+        value: dict[str, Any] = {}
+        for m, out in outputs.items():
+            key = json.dumps(out, sort_keys=True)
+            votes[key] = votes.get(key, 0.0) + state.weights.get(m, 0.0)
+            value[key] = out
+        best = max(votes, key=votes.get)
+        total = sum(state.weights.values())
+        return Combined(value[best], votes[best] / total if total else 0.0, list(outputs),
+                        [m for m in state.weights if m not in outputs])
+
+    def observe(self, state: SelectionState, label: Any, outputs: dict[str, Any]) -> None:
+        for m, out in outputs.items():
+            if m in state.weights:
+                state.weights[m] *= math.exp(-self.eta * zero_one_loss(out, label))
+        state.feedback_count += 1
+        self._normalise(state)
+
+
+POLICIES: dict[str, type[SelectionPolicy]] = {
+    "default": DefaultPolicy, "exp3": Exp3Policy, "exp4": Exp4Policy}
+
+
+def make_policy(name: str) -> SelectionPolicy:
+    if name not in POLICIES:
+        raise ValueError(f"selection policy must be one of {sorted(POLICIES)}, got {name!r}")
+    return POLICIES[name]()

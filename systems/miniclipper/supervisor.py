@@ -1,0 +1,145 @@
+"""Replica supervision inside the Clipper process: the model store, spawn, watch, restart.
+
+In Clipper the container manager (``clipper_admin/docker/docker_container_manager.py``)
+starts model containers and Docker restarts dead ones; the query frontend learns of them
+when they connect to its RPC port (``src/libclipper/src/containers.cpp``). Here the
+supervisor lives in the frontend process, so it outlives the admin client that asked for
+the replicas, and it plays both parts:
+
+* **the model store**: a deployed model directory is *copied* from the path the admin
+  named into ``<store>/<name>/<version>/``; containers load only from there (see
+  :func:`.container.model_dir_in_store`), so what runs is what the manager wrote, and
+  changing the source directory afterwards changes nothing;
+* **spawn**: each replica is ``python -m systems.miniclipper.container`` started with
+  :class:`common.procs.ProcessGroup` (exec, never fork; READY line with its port);
+* **watch and restart**: a replica whose process has exited, or whose RPC failed (the
+  task executor reports it), is stopped, started again, and reconnected; its in-flight
+  queries were already put back in the queue by the executor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+from pathlib import Path
+
+from common.procs import Child, ProcessGroup
+
+from .container import MODEL_META
+from .metrics import Metrics
+from .task_executor import Replica, TaskExecutor
+
+log = logging.getLogger("miniclipper.supervisor")
+
+
+class ReplicaSupervisor:
+    """The model containers of one Clipper process."""
+
+    def __init__(self, store: str | Path, executor: TaskExecutor, metrics: Metrics,
+                 log_dir: str | Path | None = None, poll_s: float = 0.1):
+        self.store = Path(store).resolve()
+        self.store.mkdir(parents=True, exist_ok=True)
+        self.executor, self.metrics, self.poll_s = executor, metrics, poll_s
+        self.group = ProcessGroup(log_dir)
+        self.children: dict[tuple[str, str], dict[int, Child]] = {}
+        self.restarts: dict[tuple[str, str], int] = {}
+        self._busy: set[tuple[tuple[str, str], int]] = set()
+        self._generation = 0
+        self._watch: asyncio.Task | None = None
+
+    def install(self, name: str, version: str, source: str | Path) -> Path:
+        """Copy a model directory into the store (refusing what is not one)."""
+        src = Path(source)
+        if not src.is_absolute():
+            raise ValueError(f"model_data_path must be an absolute path, got {str(source)!r}")
+        if not (src / MODEL_META).is_file():
+            raise FileNotFoundError(f"{src} is not a model directory (no {MODEL_META}); "
+                                    f"write one with a deployer in systems.miniclipper")
+        dst = self.store / name / version
+        if dst.exists():
+            raise FileExistsError(f"model {name}:{version} is already deployed")
+        shutil.copytree(src, dst)
+        return dst
+
+    def start(self) -> None:
+        self._watch = asyncio.ensure_future(self._watch_loop())
+
+    def replicas_of(self, model: tuple[str, str]) -> dict[int, Child]:
+        return self.children.get(model, {})
+
+    async def _spawn(self, model: tuple[str, str], rid: int) -> Child:
+        self._generation += 1
+        name = f"{model[0]}-{model[1]}-r{rid}-g{self._generation}"
+        args = ["--store", str(self.store), "--model", f"{model[0]}/{model[1]}"]
+        child = await asyncio.to_thread(self.group.spawn, name, "systems.miniclipper.container",
+                                        args, ready_timeout=120)
+        self.children.setdefault(model, {})[rid] = child
+        self.executor.add_replica(model, rid, f"127.0.0.1:{child.info['port']}", child.pid)
+        self.metrics.replicas.labels(f"{model[0]}:{model[1]}").set(len(self.children[model]))
+        return child
+
+    async def set_num_replicas(self, model: tuple[str, str], n: int) -> None:
+        """Start or stop replicas until ``n`` run (new ones start concurrently)."""
+        have = self.children.setdefault(model, {})
+        new = [rid for rid in range(n) if rid not in have]
+        started = await asyncio.gather(*(self._spawn(model, rid) for rid in new),
+                                       return_exceptions=True)
+        failed = [e for e in started if isinstance(e, BaseException)]
+        if failed:
+            raise failed[0]
+        for rid in [r for r in have if r >= n]:
+            await self._stop(model, rid)
+        self.metrics.replicas.labels(f"{model[0]}:{model[1]}").set(len(have))
+
+    async def _stop(self, model: tuple[str, str], rid: int) -> None:
+        child = self.children[model].pop(rid)
+        await self.executor.remove_replica(model, rid)
+        await asyncio.to_thread(self.group.stop, child.name, 2.0)
+
+    def on_replica_failure(self, rep: Replica, reason: str) -> None:
+        """The executor's callback: the replica's RPC failed; restart it."""
+        asyncio.ensure_future(self.restart(rep.model, rep.replica_id, reason))
+
+    async def restart(self, model: tuple[str, str], rid: int, reason: str) -> None:
+        if (model, rid) in self._busy or rid not in self.children.get(model, {}):
+            return
+        self._busy.add((model, rid))
+        try:
+            old = self.children[model][rid]
+            log.warning("restarting %s:%s replica %d (pid %d): %s", *model, rid, old.pid,
+                        reason)
+            await self.executor.remove_replica(model, rid)
+            await asyncio.to_thread(self.group.stop, old.name, 1.0)
+            self.restarts[model] = self.restarts.get(model, 0) + 1
+            self.metrics.restarts.labels(f"{model[0]}:{model[1]}").inc()
+            for attempt in range(5):
+                try:
+                    await self._spawn(model, rid)
+                    return
+                except RuntimeError as e:  # it died while starting: back off and retry
+                    log.error("replica %s:%s/%d failed to start (%d): %s", *model, rid,
+                              attempt, e)
+                    await asyncio.sleep(0.5 * 2 ** attempt)
+            self.children[model].pop(rid, None)
+        finally:
+            self._busy.discard((model, rid))
+
+    async def _watch_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_s)
+            for model, reps in list(self.children.items()):
+                for rid, child in list(reps.items()):
+                    if not child.alive() and (model, rid) not in self._busy:
+                        code = child.popen.poll()
+                        asyncio.ensure_future(self.restart(model, rid,
+                                                           f"process exited with {code}"))
+
+    async def stop_all(self) -> None:
+        if self._watch:
+            self._watch.cancel()
+        for model, reps in list(self.children.items()):
+            for rid in list(reps):
+                await self.executor.remove_replica(model, rid)
+        await asyncio.to_thread(self.group.stop_all, 2.0)
+        self.children.clear()

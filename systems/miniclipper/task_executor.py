@@ -1,0 +1,242 @@
+"""The task executor: cache, model queues, and one batching loop per replica (§4).
+
+Mirrors Clipper's ``TaskExecutor`` (``src/libclipper/include/clipper/task_executor.hpp``):
+``schedule_predictions`` looks each (model, input) up in the prediction cache, and only a
+miss becomes a task in that model's queue; each connected replica runs a loop that takes
+the next batch from its model's queue, sends it to its container, completes the cache's
+futures with the outputs, and tells its batch-size controller how long the batch took.
+
+What happens when things go wrong (beyond Clipper, which logs and moves on):
+
+* a model that fails its batch (exception, wrong output count or type) fails those
+  tasks only, with :class:`ModelError`; the queries answer with the default output and
+  the error as the explanation;
+* a container that dies or stops answering: its in-flight batch is put back in the
+  queue (unless past its deadline), so another replica, or the restarted one, serves it
+  within the SLO; the replica's loop ends and the supervisor is told to restart it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from common import rpc
+from common.trace import TraceWriter, now_us
+
+from .batching import BatchController, BatchingConfig, make_controller
+from .cache import PredictionCache
+from .container import SERVICE
+from .datatypes import PredictTask, decode_outputs, encode_batch, input_key
+from .metrics import Metrics
+from .queues import ModelQueue, TaskExpired
+
+MAX_RETRIES = 2
+
+
+class ModelError(Exception):
+    """A model failed the batch this query was in."""
+
+
+@dataclass
+class ModelInfo:
+    input_type: str
+    batching: BatchingConfig
+    max_queue: int
+    series: tuple = ()  # this model's labelled metric children, looked up once
+
+
+@dataclass
+class Replica:
+    """A connected container: where it listens and the controller that sizes its batches."""
+
+    model: tuple[str, str]
+    replica_id: int
+    address: str
+    pid: int
+    controller: BatchController
+    channel: Any = None
+    predict: Any = None
+    loop: asyncio.Task | None = None
+    inflight: list[PredictTask] = field(default_factory=list)
+    batches: int = 0
+
+
+class TaskExecutor:
+    """Queues per model version, a batching loop per replica, the cache in front."""
+
+    def __init__(self, cache: PredictionCache, metrics: Metrics,
+                 on_replica_failure: Callable[[Replica, str], None],
+                 tracer: TraceWriter | None = None, rpc_timeout_floor_s: float = 5.0):
+        self.cache, self.metrics, self.tracer = cache, metrics, tracer
+        self.on_replica_failure = on_replica_failure
+        self.rpc_timeout_floor_s = rpc_timeout_floor_s
+        self.models: dict[tuple[str, str], ModelInfo] = {}
+        self.queues: dict[tuple[str, str], ModelQueue] = {}
+        self.replicas: dict[tuple[str, str], dict[int, Replica]] = {}
+        self.batch_log: dict[tuple[str, str], deque] = {}
+        self._batch_ids = itertools.count()
+
+    def add_model(self, model: tuple[str, str], input_type: str, batching: BatchingConfig,
+                  max_queue: int = 1024) -> None:
+        label = f"{model[0]}:{model[1]}"
+        m = self.metrics
+        self.models[model] = ModelInfo(input_type, batching, max_queue, (
+            m.model_batch_size.labels(label), m.model_batch_latency.labels(label),
+            m.model_predictions.labels(label), m.model_errors.labels(label)))
+        self.queues[model] = ModelQueue(model, max_queue, on_drop=self._dropped)
+        self.replicas.setdefault(model, {})
+        self.batch_log[model] = deque(maxlen=20000)
+
+    def remove_model(self, model: tuple[str, str]) -> None:
+        """Forget a model that has no replicas left (a deployment that failed)."""
+        for table in (self.models, self.queues, self.replicas, self.batch_log):
+            table.pop(model, None)
+
+    def set_batching(self, model: tuple[str, str], batching: BatchingConfig) -> None:
+        """Swap every replica's controller (a fresh one learns from scratch)."""
+        self.models[model].batching = batching
+        for rep in self.replicas[model].values():
+            rep.controller = make_controller(batching)
+
+    def _dropped(self, task: PredictTask) -> None:
+        self.cache.fail(task.key, TaskExpired(
+            f"deadline passed while queued for {task.model[0]}:{task.model[1]}"))
+
+    def schedule(self, model: tuple[str, str], inputs: list[Any], deadline: float,
+                 slo: float, traced: bool = False, query_id: int = 0) -> list[asyncio.Future]:
+        """One future per input for ``model``'s output: from the cache when present, else
+        from a task queued for the model. Raises :class:`.queues.QueueFull` (nothing of
+        this call stays queued then) or KeyError for an unknown model."""
+        queue = self.queues[model]
+        futures, new = [], []
+        for x in inputs:
+            key = input_key(model, x)
+            status, entry = self.cache.fetch(key)
+            if status == "miss":
+                task = PredictTask(model, x, deadline, slo, entry.future, key, traced=traced,
+                                   query_ids=[query_id])
+                entry.task = task
+                new.append(task)
+            elif status == "pending" and entry.task is not None:
+                entry.task.deadline = max(entry.task.deadline, deadline)
+            futures.append(entry.future)
+        if new:
+            try:
+                queue.put(new)
+            except Exception as e:
+                for t in new:
+                    self.cache.fail(t.key, e)
+                raise
+        return futures
+
+    def add_replica(self, model: tuple[str, str], replica_id: int, address: str,
+                    pid: int) -> Replica:
+        rep = Replica(model, replica_id, address, pid,
+                      make_controller(self.models[model].batching))
+        rep.channel = rpc.aio_channel(address)
+        rep.predict = rpc.method(rep.channel, SERVICE, "Predict")
+        self.replicas[model][replica_id] = rep
+        rep.loop = asyncio.ensure_future(self._run(rep))
+        return rep
+
+    async def remove_replica(self, model: tuple[str, str], replica_id: int) -> None:
+        rep = self.replicas.get(model, {}).pop(replica_id, None)
+        if rep is None:
+            return
+        if rep.loop and not rep.loop.done() and rep.loop is not asyncio.current_task():
+            rep.loop.cancel()
+            await asyncio.gather(rep.loop, return_exceptions=True)
+        await rep.channel.close()
+
+    def _retry(self, tasks: list[PredictTask]) -> None:
+        now = time.monotonic()
+        again = []
+        for t in tasks:
+            t.enqueued = 0.0
+            if t.deadline > now and t.retries < MAX_RETRIES:
+                t.retries += 1
+                again.append(t)
+            else:
+                self.cache.fail(t.key, TaskExpired("its container died and the deadline "
+                                                   "or retry budget ran out"))
+        if again:
+            self.queues[tasks[0].model].put(again, bounded=False)
+
+    async def _run(self, rep: Replica) -> None:
+        model, queue = rep.model, self.queues[rep.model]
+        info = self.models[model]
+        label = f"{model[0]}:{model[1]}"
+        batch_sizes, batch_latency, predictions, errors = info.series
+        try:
+            while True:
+                cfg = info.batching
+                batch = await queue.get_batch(rep.controller.batch_size, cfg.max_delay_s)
+                rep.inflight = batch
+                sent = time.monotonic()
+                ts_us = now_us()
+                batch_id = next(self._batch_ids)
+                traced = self.tracer is not None and any(t.traced for t in batch)
+                timeout = max(self.rpc_timeout_floor_s, 20 * max(t.slo for t in batch))
+                try:
+                    req = encode_batch([t.input for t in batch], info.input_type,
+                                       {"batch_id": batch_id})
+                    resp = await rep.predict(req, timeout=timeout)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:  # grpc.aio.AioRpcError: dead, hung or unreachable
+                    rep.inflight = []
+                    self._retry(batch)
+                    self.on_replica_failure(rep, f"{type(e).__name__}: {e}")
+                    return
+                latency = time.monotonic() - sent
+                rep.inflight = []
+                rep.batches += 1
+                meta, outputs, sizes = decode_outputs(resp)
+                batch_sizes.observe(len(batch))
+                batch_latency.observe(latency)
+                if meta.get("error"):
+                    errors.inc()
+                    err = ModelError(f"model {label} failed its batch: {meta['error']}")
+                    for t in batch:
+                        self.cache.fail(t.key, err)
+                else:
+                    predictions.inc(len(batch))
+                    for t, v, nb in zip(batch, outputs, sizes, strict=True):
+                        self.cache.put(t.key, v, nb)
+                    target = min(t.slo for t in batch) * cfg.slo_fraction
+                    rep.controller.update_batch_size(len(batch), latency, target)
+                self.batch_log[model].append((sent, len(batch), latency,
+                                              rep.controller.batch_size, rep.replica_id))
+                if traced:
+                    self._trace_batch(rep, batch, batch_id, ts_us, meta)
+        except asyncio.CancelledError:
+            if rep.inflight:
+                self._retry(rep.inflight)
+            raise
+
+    def _trace_batch(self, rep: Replica, batch: list[PredictTask], batch_id: int,
+                     ts_us: float, meta: dict[str, Any]) -> None:
+        """Spans for a sampled query: its wait in the queue, the RPC, and the container's
+        compute on the container's own process row, joined by a flow arrow."""
+        tw, tid = self.tracer, 1000 + rep.replica_id
+        end = now_us()
+        name = f"{rep.model[0]}:{rep.model[1]}"
+        for t in batch:
+            if t.traced:
+                tw.complete(f"queue {name}", t.enqueued * 1e6, ts_us - t.enqueued * 1e6,
+                            cat="queue", tid=999, args={"query_ids": t.query_ids})
+        tw.complete(f"rpc Predict {name} x{len(batch)}", ts_us, end - ts_us, cat="rpc",
+                    tid=tid, args={"batch_id": batch_id, "replica": rep.replica_id})
+        tw.flow(f"batch{batch_id}", start=True, ts_us=ts_us + 1, tid=tid)
+        if "t0" in meta and "pid" in meta:
+            pid = int(meta["pid"])
+            tw.complete(f"container predict x{len(batch)}", meta["t0"], meta["t1"] - meta["t0"],
+                        cat="container", pid=pid, tid=pid, args={"batch_id": batch_id})
+            tw.flow(f"batch{batch_id}", start=False, ts_us=meta["t0"] + 1, pid=pid, tid=pid)
+            tw.name_process(f"container {name} replica {rep.replica_id}", pid=pid)

@@ -1,0 +1,33 @@
+"""Fixtures shared by the process-level miniclipper tests."""
+
+import json
+import urllib.error
+import urllib.request
+
+import pytest
+
+from systems.miniclipper import ClipperConnection, LocalContainerManager
+
+
+def post(url, doc=None, raw=None):
+    """POST JSON (or raw bytes); return (status, decoded body) even for 4xx answers."""
+    data = raw if raw is not None else json.dumps(doc).encode()
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+@pytest.fixture(scope="module")
+def clipper(tmp_path_factory):
+    """A running Clipper (ports chosen by the OS), stopped with its containers after the
+    module's tests."""
+    cm = LocalContainerManager(log_dir=tmp_path_factory.mktemp("clipper-logs"))
+    conn = ClipperConnection(cm)
+    conn.start_clipper(query_port=0, mgmt_port=0, grpc_port=0, trace_sample=1.0)
+    try:
+        yield conn
+    finally:
+        conn.stop_all()

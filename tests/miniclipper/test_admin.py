@@ -1,0 +1,167 @@
+"""The admin API (systems/miniclipper/admin.py, deployers.py, manager.py) and the
+management REST API behind it (management.py)."""
+
+import json
+import os
+import time
+
+import numpy as np
+import psutil
+import pytest
+
+from systems.miniclipper import (
+    ClipperConnection,
+    ClipperException,
+    LocalContainerManager,
+    create_endpoint,
+    deploy_python_closure,
+    deploy_pytorch_model,
+)
+from systems.miniclipper.deployers import save_python_closure
+
+from .conftest import post
+
+
+def _versioned(v):
+    return lambda xs: [float(v)] * len(xs)
+
+
+def test_quickstart_rollback_and_forward(clipper):
+    c = clipper
+    create_endpoint(c, "hello", "doubles", lambda xs: [float(sum(x)) for x in xs],
+                    default_output=-1.0, slo_micros=1_000_000)
+    assert c.predict("hello", [1.0, 2.0, 3.5])["output"] == 6.5
+    c.register_application("ver", "doubles", -1.0, 1_000_000)
+    deploy_python_closure(c, "ver-model", 1, "doubles", _versioned(1))
+    c.link_model_to_app("ver", "ver-model")
+    assert c.predict("ver", [0.0])["output"] == 1.0
+    deploy_python_closure(c, "ver-model", 2, "doubles", _versioned(2))
+    assert c.predict("ver", [0.0])["output"] == 2.0  # a new version becomes current
+    c.set_model_version("ver-model", 1)
+    assert c.predict("ver", [0.0])["output"] == 1.0  # roll back: the cache keys versions
+    c.set_model_version("ver-model", 2)
+    assert c.predict("ver", [0.0])["output"] == 2.0 and \
+        c.get_current_model_version("ver-model") == "2"
+    assert set(c.get_all_apps()) >= {"hello", "ver"}
+    assert {"ver-model:1", "ver-model:2", "hello:1"} <= set(c.get_all_models())
+    info = c.get_app_info("ver")
+    assert info["linked_models"] == ["ver-model"] and info["latency_slo_micros"] == 1_000_000
+
+
+def test_set_num_replicas_scales_up_and_down(clipper):
+    c = clipper
+    c.register_application("scale", "doubles", -1.0, 1_000_000)
+    deploy_python_closure(c, "scale", 1, "doubles", _versioned(7))
+    c.link_model_to_app("scale", "scale")
+    c.set_num_replicas("scale", 3)
+    reps = [r for r in c.get_all_model_replicas() if r["model"] == "scale:1"]
+    assert sorted(r["replica_id"] for r in reps) == [0, 1, 2]
+    assert len({r["pid"] for r in reps}) == 3 and all(psutil.pid_exists(r["pid"]) for r in reps)
+    c.set_num_replicas("scale", 1)
+    time.sleep(0.2)
+    assert [r["replica_id"] for r in c.get_all_model_replicas() if r["model"] == "scale:1"] == [0]
+    assert not any(psutil.pid_exists(r["pid"]) and psutil.Process(r["pid"]).status() !=
+                   psutil.STATUS_ZOMBIE for r in reps[1:])
+    assert c.predict("scale", [1.0])["output"] == 7.0
+
+
+def test_a_torch_module_deploys_and_matches_in_process(clipper):
+    import torch
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    c = clipper
+    c.register_application("torch-app", "floats", -1, 5_000_000)
+    deploy_pytorch_model(c, "tnet", 1, "floats", net, input_shape=(4,), output="argmax")
+    c.link_model_to_app("torch-app", "tnet")
+    x = np.random.default_rng(0).standard_normal((6, 4)).astype(np.float32)
+    got = [r["output"] for r in c.predict("torch-app", batch=x.tolist())["batch_predictions"]]
+    assert got == net(torch.from_numpy(x)).argmax(1).tolist()
+
+
+@pytest.mark.gpu
+def test_a_torch_module_on_cuda_matches_in_process(clipper):
+    import torch
+
+    torch.manual_seed(1)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                              torch.nn.Linear(4 * 6 * 6, 10)).cuda()
+    c = clipper
+    c.register_application("cuda-app", "floats", -1, 30_000_000)
+    deploy_pytorch_model(c, "cudanet", 1, "floats", net, input_shape=(1, 8, 8), device="cuda")
+    c.link_model_to_app("cuda-app", "cudanet")
+    assert next(net.parameters()).is_cuda  # deploying left the caller's module alone
+    x = np.random.default_rng(0).standard_normal((5, 64)).astype(np.float32)
+    got = np.array([r["output"] for r in
+                    c.predict("cuda-app", batch=x.tolist())["batch_predictions"]])
+    want = net(torch.from_numpy(x).cuda().reshape(5, 1, 8, 8)).detach().cpu().numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_the_management_api_refuses_bytes_and_bad_requests(clipper, tmp_path):
+    mgmt = f"http://{clipper.cm.get_admin_addr()}/admin"
+    good = save_python_closure(_versioned(3))
+    model = {"model_name": "m", "model_version": "1", "input_type": "doubles",
+             "model_data_path": good}
+    cases = [
+        ({**model, "model_bytes": "gASVAAAA"}, "unexpected field(s) ['model_bytes']"),
+        ({**model, "model_data_path": str(tmp_path)}, "is not a model directory"),
+        ({**model, "model_data_path": "relative/dir"}, "must be an absolute path"),
+        ({**model, "model_name": "../etc"}, "must be a DNS-1123 label"),
+        ({**model, "num_replicas": "2"}, "should be int"),
+        ({**model, "batching": {"policy": "lifo"}}, "policy must be one of"),
+    ]
+    for doc, cause in cases:
+        code, r = post(f"{mgmt}/add_model", doc)
+        assert code == 400 and cause in r["cause"], (doc, r)
+    broken = tmp_path / "broken"
+    save_python_closure(_versioned(1), broken)
+    (broken / "model.pkl").write_bytes(b"not a pickle")
+    code, r = post(f"{mgmt}/add_model", {**model, "model_data_path": str(broken)})
+    assert code == 400 and "failed to start" in r["cause"] and "m:1" not in \
+        clipper.get_all_models()
+    assert post(f"{mgmt}/add_model", model)[0] == 200
+    code, r = post(f"{mgmt}/add_model", model)
+    assert code == 400 and "already deployed" in r["cause"]
+    code, r = post(f"{mgmt}/add_model_links", {"app_name": "nope", "model_names": ["m"]})
+    assert code == 404 and "no application named 'nope'" in r["cause"]
+    code, r = post(f"{mgmt}/add_app", {"name": "x", "input_type": "pickles",
+                                        "default_output": 0, "latency_slo_micros": 10})
+    assert code == 400 and "input_type must be one of" in r["cause"]
+    with pytest.raises(ClipperException, match="404"):
+        clipper.set_model_version("m", 9)
+
+
+def test_containers_run_the_stores_copy_not_the_source(clipper):
+    """Changing the deployed directory afterwards changes nothing, even after the
+    container restarts: it loads only what the manager copied into its store."""
+    c = clipper
+    src = save_python_closure(_versioned(5))
+    c.register_application("copy", "doubles", -1.0, 2_000_000)
+    c.deploy_model("copy", 1, "doubles", src)
+    c.link_model_to_app("copy", "copy")
+    save_python_closure(_versioned(666), src)  # overwrite the source directory
+    pid = next(r["pid"] for r in c.get_all_model_replicas() if r["model"] == "copy:1")
+    os.kill(pid, 9)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        reps = [r for r in c.get_all_model_replicas() if r["model"] == "copy:1"]
+        if reps and reps[0]["pid"] != pid:
+            break
+        time.sleep(0.05)
+    assert c.predict("copy", [0.0])["output"] == 5.0
+    assert json.loads(open(os.path.join(src, "clipper_model.json")).read())["kind"] == "closure"
+
+
+def test_stop_all_leaves_no_process(tmp_path):
+    conn = ClipperConnection(LocalContainerManager(log_dir=tmp_path))
+    conn.start_clipper(0, 0, 0)
+    deploy_python_closure(conn, "m", 1, "doubles", _versioned(1), num_replicas=2)
+    pids = [conn.cm.info["pid"]] + [r["pid"] for r in conn.get_all_model_replicas()]
+    conn.stop_all()
+    time.sleep(0.1)
+    alive = [p for p in pids if psutil.pid_exists(p)
+             and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert alive == [] and not conn.connected
+    with pytest.raises(ClipperException, match="not connected"):
+        conn.get_all_apps()

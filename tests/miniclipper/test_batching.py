@@ -1,0 +1,110 @@
+"""Batch-size controllers (systems/miniclipper/batching.py) against their definitions."""
+
+import numpy as np
+import pytest
+
+from systems.miniclipper.batching import (
+    AIMDBatcher,
+    BatchingConfig,
+    QuantileRegressionBatcher,
+    StaticBatcher,
+    aimd_step,
+    fit_quantile_line,
+    make_controller,
+    pinball_loss,
+)
+
+
+def test_static_never_moves():
+    c = StaticBatcher(BatchingConfig("static", size=8, max_size=8))
+    for lat in (0.001, 0.5, 0.0):
+        assert c.update_batch_size(8, lat, 0.01) == 8
+
+
+def test_aimd_follows_batching_rs():
+    # under target - 10%: +2 (only after a full batch); between: hold; over: x0.9
+    assert aimd_step(10, 10, 0.005, 0.010, 512) == 12
+    assert aimd_step(10, 4, 0.005, 0.010, 512) == 10          # a half-empty batch: hold
+    assert aimd_step(10, 10, 0.0095, 0.010, 512) == 10        # inside the margin: hold
+    assert aimd_step(10, 10, 0.011, 0.010, 512) == 9          # floor(10 * 0.9)
+    assert aimd_step(100, 60, 0.011, 0.010, 512) == 90        # x0.9 of the limit
+    assert aimd_step(3, 3, 0.011, 0.010, 512) == 2            # by at least one
+    assert aimd_step(10, 3, 0.011, 0.010, 512) == 10          # a small slow batch: hold
+    assert aimd_step(1, 1, 1.0, 0.010, 512) == 1              # never below 1
+    assert aimd_step(511, 511, 0.0, 0.010, 512) == 512        # capped
+
+
+def test_aimd_converges_to_the_largest_size_within_target():
+    """Latency 1 ms + 0.1 ms per query and a 5 ms target: the largest size that meets the
+    target is 40; AIMD ends oscillating just below it, never settling above it."""
+    c = AIMDBatcher(BatchingConfig("aimd"))
+    sizes = []
+    for _ in range(400):
+        b = c.batch_size
+        sizes.append(c.update_batch_size(b, 0.001 + 0.0001 * b, 0.005))
+    tail = sizes[-100:]
+    assert max(tail) <= 41 and min(tail) >= 30
+
+
+def _pairs_bruteforce(x, y, q):
+    best = np.inf
+    for i in range(len(x)):
+        for j in range(len(x)):
+            if x[i] != x[j]:
+                a = (y[j] - y[i]) / (x[j] - x[i])
+                best = min(best, pinball_loss(x, y, a, y[i] - a * x[i], q))
+    return best
+
+
+@pytest.mark.parametrize("q", [0.5, 0.9, 0.99])
+def test_quantile_fit_is_optimal(q):
+    """Our exact fit reaches the least pinball loss: no line through two points, and
+    no line from scikit-learn's LP solver, does better."""
+    from sklearn.linear_model import QuantileRegressor
+
+    rng = np.random.default_rng(1)
+    x = rng.integers(1, 64, 40).astype(float)
+    y = 0.002 + 0.0001 * x + rng.exponential(0.0005, 40)
+    a, b = fit_quantile_line(x, y, q)
+    ours = pinball_loss(x, y, a, b, q)
+    assert ours <= _pairs_bruteforce(x, y, q) + 1e-12
+    sk = QuantileRegressor(quantile=q, alpha=0.0, solver="highs").fit(x[:, None], y)
+    assert ours <= pinball_loss(x, y, sk.coef_[0], sk.intercept_, q) + 1e-9
+    assert np.mean(y <= a * x + b) >= q - 1.5 / len(x)  # the line sits at the q-quantile
+
+
+def test_quantile_fit_needs_two_sizes():
+    with pytest.raises(ValueError, match="two or more batch sizes"):
+        fit_quantile_line(np.ones(5), np.arange(5.0), 0.9)
+
+
+def test_quantile_batcher_picks_the_largest_size_whose_quantile_fits():
+    """Latency = 2 ms + 0.2 ms per query (+ noise up to 0.3 ms); target 10 ms. The p99
+    line is about 2.3 + 0.2 b, so the answer is floor((10 - 2.3) / 0.2) = 38 (+-1)."""
+    rng = np.random.default_rng(0)
+    c = QuantileRegressionBatcher(BatchingConfig("quantile", quantile=0.99))
+    for _ in range(300):
+        b = max(1, int(rng.integers(max(1, c.batch_size - 4), c.batch_size + 1)))
+        c.update_batch_size(b, 0.002 + 0.0002 * b + rng.uniform(0, 0.0003), 0.010)
+    assert 36 <= c.batch_size <= 39, c.state()
+    assert c.alpha == pytest.approx(0.0002, rel=0.2)
+
+
+def test_quantile_batcher_backs_off_when_the_model_slows():
+    c = QuantileRegressionBatcher(BatchingConfig("quantile"))
+    for _ in range(100):
+        b = c.batch_size
+        c.update_batch_size(b, 0.001 + 0.0001 * b, 0.008)
+    fast = c.batch_size
+    for _ in range(100):
+        b = c.batch_size
+        c.update_batch_size(b, 2 * (0.001 + 0.0001 * b), 0.008)
+    assert c.batch_size < fast and 2 * (0.001 + 0.0001 * c.batch_size) < 0.008 * 1.05
+
+
+def test_config_rejects_nonsense_with_a_reason():
+    with pytest.raises(ValueError, match="policy must be one of"):
+        BatchingConfig("lifo")
+    with pytest.raises(ValueError, match="unknown batching fields"):
+        BatchingConfig.from_dict({"policy": "aimd", "sizee": 3})
+    assert make_controller(BatchingConfig("static", size=4)).update_batch_size(1, 9, 1) == 4

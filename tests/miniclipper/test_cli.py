@@ -1,0 +1,52 @@
+"""``casebook clipper ...`` (systems/miniclipper/cli.py) from a shell, as a student runs it."""
+
+import json
+import subprocess
+import sys
+import time
+
+import psutil
+
+from common.cli import main
+
+
+def _shell(*args, timeout=120):
+    """``casebook clipper ARGS --json`` in a new process, as from a shell."""
+    out = subprocess.run([sys.executable, "-m", "common.cli", "clipper", *args, "--json"],
+                         capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_start_deploy_query_load_stop(tmp_path, capsys):
+    def _casebook(*args):  # the same entry point, in this process (saves a start-up each)
+        assert main(["clipper", *args, "--json"]) == 0
+        return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    info = _shell("start", "--query-port", "0", "--mgmt-port", "0", "--grpc-port", "0",
+                  "--trace-sample", "1.0")
+    ports = ["--query-port", str(info["query_port"]), "--mgmt-port", str(info["mgmt_port"])]
+    try:
+        assert psutil.pid_exists(info["pid"])  # it outlived the command that started it
+        model = _casebook("deploy", "--name", "adder", "--builtin", "sum", "--app", "add",
+                          "--slo-micros", "500000", *ports)
+        assert model["replicas"] == 1 and model["batching"]["policy"] == "aimd"
+        out = _casebook("query", "--app", "add", "--input", "[1.5, 2.5, 4]", *ports)
+        assert out["output"] == 8.0 and out["default"] is False
+        batch = _casebook("query", "--app", "add", "--input-batch", "[[1], [2, 3]]", *ports)
+        assert [r["output"] for r in batch["batch_predictions"]] == [1.0, 5.0]
+        load = _casebook("load", "--app", "add", "--rate", "100", "--duration", "1",
+                         "--slo-ms", "500", "--inputs", "random:3", "--out", str(tmp_path),
+                         *ports)
+        assert load["sent"] > 50 and load["errors"] == 0 and load["goodput_qps"] > 40
+        assert (tmp_path / "latency_cdf_add.png").stat().st_size > 1000
+        trace = _casebook("trace", "--out", str(tmp_path / "t.json"), *ports)
+        events = json.loads((tmp_path / "t.json").read_text())["traceEvents"]
+        assert trace["events"] == len(events) > 10
+        assert any(e["name"].startswith("container predict") for e in events)
+    finally:
+        _casebook("stop", *ports)
+    deadline = time.monotonic() + 15
+    while psutil.pid_exists(info["pid"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not psutil.pid_exists(info["pid"])

@@ -1,0 +1,91 @@
+"""The model container process (systems/miniclipper/container.py), driven over gRPC."""
+
+import numpy as np
+import pytest
+
+from common import rpc
+from common.procs import ProcessGroup
+from common.wire import pack, unpack
+from systems.miniclipper.container import SERVICE, model_dir_in_store
+from systems.miniclipper.datatypes import decode_outputs, encode_batch
+from systems.miniclipper.deployers import save_python_closure
+
+
+def _linear_model():
+    w = np.random.default_rng(0).standard_normal((4, 3))
+
+    def predict(xs):
+        xs = np.asarray(xs)
+        if np.any(xs[:, 0] < 0):
+            raise ValueError("negative first feature")
+        return (xs @ w).argmax(axis=1)
+    return predict, w
+
+
+@pytest.fixture(scope="module")
+def container(tmp_path_factory):
+    store = tmp_path_factory.mktemp("store")
+    fn, w = _linear_model()
+    save_python_closure(fn, store / "lin" / "1")
+    save_python_closure(lambda xs: [1.0], store / "short" / "1")
+    with ProcessGroup(tmp_path_factory.mktemp("logs")) as group:
+        calls = {}
+        for name in ("lin", "short"):
+            child = group.spawn(name, "systems.miniclipper.container",
+                                ["--store", str(store), "--model", f"{name}/1"])
+            ch = rpc.channel(f"127.0.0.1:{child.info['port']}")
+            calls[name] = {m: rpc.method(ch, SERVICE, m) for m in ("Predict", "Health",
+                                                                     "Control")}
+        yield calls, w, store, group
+
+
+def _predict(call, xs):
+    batch = [np.asarray(x, np.float64) for x in xs]
+    return decode_outputs(call(encode_batch(batch, "doubles", {}), timeout=10))
+
+
+def test_outputs_equal_the_in_process_model(container):
+    calls, w, _, _ = container
+    xs = np.random.default_rng(1).uniform(0, 1, (50, 4))
+    meta, outs, _ = _predict(calls["lin"]["Predict"], xs)
+    assert outs == (xs @ w).argmax(axis=1).tolist()
+    assert meta["pid"] > 0 and meta["t1"] >= meta["t0"]
+
+
+def test_a_model_exception_fails_only_its_batch(container):
+    calls, w, _, _ = container
+    before = unpack(calls["lin"]["Health"](b"", timeout=5))[0]["calls"]
+    meta, outs, _ = _predict(calls["lin"]["Predict"], [[-1.0, 0, 0, 0], [1.0, 0, 0, 0]])
+    assert "ValueError: negative first feature" in meta["error"] and outs == []
+    meta, outs, _ = _predict(calls["lin"]["Predict"], [[1.0, 0, 0, 0]])
+    assert "error" not in meta and outs == [int(np.argmax(w[0]))]
+    assert unpack(calls["lin"]["Health"](b"", timeout=5))[0]["calls"] == before + 2
+
+
+def test_output_count_is_checked(container):
+    calls, _, _, _ = container
+    meta, _, _ = _predict(calls["short"]["Predict"], [[1.0], [2.0], [3.0]])
+    assert "returned 1 outputs for 3 inputs" in meta["error"]
+
+
+def test_garbage_batches_get_an_error_not_a_crash(container):
+    calls, _, _, _ = container
+    meta, _ = unpack(calls["lin"]["Predict"](pack({"n": 5}, [np.zeros(3)]), timeout=5))
+    assert meta["error"].startswith("bad batch")
+    assert unpack(calls["lin"]["Health"](b"", timeout=5))[0]["model"] == "lin/1"
+
+
+def test_control_sets_the_slowdown(container):
+    calls, _, _, _ = container
+    assert unpack(calls["lin"]["Control"](pack({"slowdown": 3}), timeout=5))[0]["slowdown"] == 3
+    calls["lin"]["Control"](pack({"slowdown": 1}), timeout=5)
+
+
+def test_containers_load_only_from_their_store(container, tmp_path):
+    _, _, store, group = container
+    for bad in ("../lin/1", "lin", "lin/1/extra", "/etc/passwd/1"):
+        with pytest.raises(ValueError, match="inside the store"):
+            model_dir_in_store(store, bad)
+    with pytest.raises(RuntimeError, match="exited with code"):
+        group.spawn("escape", "systems.miniclipper.container",
+                    ["--store", str(store), "--model", "../outside"], ready_timeout=30)

@@ -1,0 +1,72 @@
+"""Inputs and outputs on the wire (systems/miniclipper/datatypes.py)."""
+
+import numpy as np
+import pytest
+
+from systems.miniclipper.datatypes import (
+    InputError,
+    decode_batch,
+    decode_outputs,
+    encode_batch,
+    encode_outputs,
+    input_key,
+    parse_input,
+)
+
+
+def test_parse_input_accepts_the_declared_type_and_says_why_not():
+    np.testing.assert_array_equal(parse_input([1, 2.5], "doubles"), [1.0, 2.5])
+    assert parse_input([1, 2], "integers").dtype == np.int32
+    assert parse_input("aGk=", "bytes") == b"hi"
+    with pytest.raises(InputError, match="needs numbers only, found 'x'"):
+        parse_input([1, "x"], "doubles")
+    with pytest.raises(InputError, match="found True"):
+        parse_input([1, True], "doubles")
+    with pytest.raises(InputError, match="whole numbers"):
+        parse_input([1, 2.5], "integers")
+    with pytest.raises(InputError, match="length 2, this application expects 3"):
+        parse_input([1, 2], "doubles", input_length=3)
+    with pytest.raises(InputError, match="needs a JSON string"):
+        parse_input([1], "strings")
+    with pytest.raises(InputError, match="not valid base64"):
+        parse_input("%%%", "bytes")
+
+
+@pytest.mark.parametrize("kind,inputs", [
+    ("doubles", [np.arange(3.0), np.arange(3.0) + 1]),
+    ("floats", [np.ones(2, np.float32), np.ones(5, np.float32)]),
+    ("strings", ["héllo", "", "x"]),
+    ("bytes", [b"\x00\x01", b"zz"]),
+])
+def test_batches_round_trip(kind, inputs):
+    meta, back = decode_batch(encode_batch(inputs, kind, {"batch_id": 7}))
+    assert meta["batch_id"] == 7 and meta["n"] == len(inputs)
+    for a, b in zip(inputs, back, strict=True):
+        if isinstance(a, np.ndarray):
+            np.testing.assert_array_equal(a, b)
+        else:
+            assert a == b
+    if kind == "doubles":
+        assert isinstance(back, np.ndarray) and back.shape == (2, 3)  # what sklearn wants
+
+
+def test_outputs_are_checked_and_round_trip():
+    meta, vals, sizes = decode_outputs(encode_outputs(np.array([3, 1]), 2, {"t0": 1}))
+    assert vals == [3, 1] and sizes == [8, 8] and meta["t0"] == 1
+    _, vals, _ = decode_outputs(encode_outputs(["a", "bc"], 2, {}))
+    assert vals == ["a", "bc"]
+    _, vals, _ = decode_outputs(encode_outputs(np.eye(2), 2, {}))
+    assert vals == [[1.0, 0.0], [0.0, 1.0]]
+    with pytest.raises(ValueError, match="returned 1 outputs for 2 inputs"):
+        encode_outputs([1.0], 2, {})
+    with pytest.raises(ValueError, match="numbers, 1-D numeric rows or strings"):
+        encode_outputs([{"a": 1}, {"b": 2}], 2, {})
+    with pytest.raises(ValueError, match="expected a list or array"):
+        encode_outputs(None, 2, {})
+
+
+def test_cache_keys_separate_models_versions_and_inputs():
+    x = np.arange(4.0)
+    keys = {input_key(("m", "1"), x), input_key(("m", "2"), x), input_key(("n", "1"), x),
+            input_key(("m", "1"), x + 1)}
+    assert len(keys) == 4 and input_key(("m", "1"), x.copy()) in keys

@@ -1,0 +1,217 @@
+"""The query path end to end (systems/miniclipper/frontend.py, query_processor.py,
+task_executor.py): real frontend and container processes over loopback."""
+
+import concurrent.futures as cf
+import json
+
+import grpc
+import numpy as np
+import pytest
+
+from common import rpc
+from common.wire import pack, unpack
+from systems.miniclipper import BatchingConfig, deploy_python_closure, deploy_sklearn_model
+from systems.miniclipper.frontend import QUERY_SERVICE
+
+from .conftest import post
+
+W = np.random.default_rng(0).standard_normal((8, 5))
+
+
+def linear(xs):
+    return (np.asarray(xs) @ W).argmax(axis=1)
+
+
+@pytest.fixture(scope="module")
+def apps(clipper):
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = load_digits(return_X_y=True)
+    lr = LogisticRegression(max_iter=500).fit(X[:500], y[:500])
+    c = clipper
+    w = W
+
+    def lin(xs):
+        return (np.asarray(xs) @ w).argmax(axis=1)
+
+    def slow(xs):
+        import time
+        time.sleep(0.3)
+        return [-2.0] * len(xs)
+
+    def picky(xs):
+        if any(x[0] < 0 for x in xs):
+            raise ValueError("negative inputs are not allowed")
+        return [float(x[0]) for x in xs]
+
+    def dawdle(xs):
+        import time
+        time.sleep(0.15)
+        return [1.0] * len(xs)
+
+    c.register_application("digits", "doubles", -1, 1_000_000, input_length=64)
+    deploy_sklearn_model(c, "lr", 1, "doubles", lr)
+    c.link_model_to_app("digits", "lr")
+    for app, batching in (("lin1", BatchingConfig("static", size=1)),
+                          ("lin32", BatchingConfig("static", size=32, max_size=32,
+                                                   max_delay_s=0.005))):
+        c.register_application(app, "doubles", -1, 5_000_000)
+        deploy_python_closure(c, app, 1, "doubles", lin, batching=batching)
+        c.link_model_to_app(app, app)
+    c.register_application("slow", "doubles", "slow-default", 50_000)
+    deploy_python_closure(c, "slow", 1, "doubles", slow)
+    c.link_model_to_app("slow", "slow")
+    c.register_application("picky", "doubles", -1, 1_000_000)
+    deploy_python_closure(c, "picky", 1, "doubles", picky)
+    c.link_model_to_app("picky", "picky")
+    c.register_application("tiny", "doubles", -1, 10_000_000)
+    deploy_python_closure(c, "dawdle", 1, "doubles", dawdle, max_queue=2,
+                          batching=BatchingConfig("static", size=1))
+    c.link_model_to_app("tiny", "dawdle")
+    return c, lr, X
+
+
+def url(c, app):
+    return f"http://{c.get_query_addr()}/{app}/predict"
+
+
+def container_calls(c, model):
+    rows = c.get_all_model_replicas(verbose=True)
+    return sum(r["health"]["calls"] for r in rows if r["model"] == model)
+
+
+def test_outputs_equal_the_in_process_model(apps):
+    c, lr, X = apps
+    xs = X[500:540]
+    got = post(url(c, "digits"), {"input_batch": xs.tolist()})[1]["batch_predictions"]
+    assert [r["output"] for r in got] == lr.predict(xs).tolist()
+    assert not any(r["default"] for r in got)
+    one = post(url(c, "digits"), {"input": xs[0].tolist()})[1]
+    assert one["output"] == int(lr.predict(xs[:1])[0]) and one["default"] is False
+
+
+def test_batching_changes_no_answer(apps):
+    """The same model unbatched (static 1) and batched (up to 32, delayed 5 ms) gives
+    every one of 150 concurrent queries the same answer as the in-process model."""
+    c, _, _ = apps
+    xs = np.random.default_rng(5).standard_normal((150, 8))
+    answers = {}
+    for app in ("lin1", "lin32"):
+        with cf.ThreadPoolExecutor(32) as pool:
+            got = list(pool.map(lambda x: post(url(c, app), {"input": x.tolist()})[1], xs))
+        assert not any(r["default"] for r in got)
+        answers[app] = [r["output"] for r in got]
+    assert answers["lin1"] == answers["lin32"] == linear(xs).tolist()
+    log = {app: post(f"http://{c.cm.get_admin_addr()}/admin/get_batch_log",
+                     {"model_name": app})[1] for app in ("lin1", "lin32")}
+    assert max(b["batch_size"] for b in log["lin1"]) == 1
+    assert max(b["batch_size"] for b in log["lin32"]) > 1
+
+
+def test_cache_hits_return_the_same_answer_without_reaching_the_container(apps):
+    c, _, _ = apps
+    x = [0.5] * 8
+    first = post(url(c, "lin1"), {"input": x})[1]
+    calls = container_calls(c, "lin1:1")
+    again = [post(url(c, "lin1"), {"input": x})[1] for _ in range(5)]
+    assert all(r["output"] == first["output"] for r in again)
+    assert container_calls(c, "lin1:1") == calls  # five hits, no container call
+    post(url(c, "lin1"), {"input": [0.25] * 8})
+    assert container_calls(c, "lin1:1") == calls + 1  # a new input does reach it
+
+
+def test_slo_expiry_yields_the_default_output(apps):
+    c, _, _ = apps
+    status, r = post(url(c, "slow"), {"input": [1.0]})
+    assert status == 200 and r["default"] is True and r["output"] == "slow-default"
+    assert "latency SLO" in r["default_explanation"]
+
+
+def test_a_model_exception_gives_the_default_with_the_error_then_serving_goes_on(apps):
+    c, _, _ = apps
+    status, r = post(url(c, "picky"), {"input": [-1.0]})
+    assert status == 200 and r["default"] is True
+    assert "ValueError: negative inputs are not allowed" in r["default_explanation"]
+    assert post(url(c, "picky"), {"input": [3.0]})[1] == {"query_id": r["query_id"] + 1,
+                                                          "output": 3.0, "default": False}
+
+
+@pytest.mark.parametrize("body,status,cause", [
+    (b"{not json", 400, "not valid JSON"),
+    (b'{"inputs": [1]}', 400, 'exactly one of "input"'),
+    (b'{"input": "abc"}', 400, "non-empty JSON array"),
+    (b'{"input": [1, 2]}', 400, "expects 64"),
+    (b'{"input_batch": []}', 400, "non-empty JSON array"),
+])
+def test_malformed_requests_get_400_and_the_next_good_one_succeeds(apps, body, status, cause):
+    c, lr, X = apps
+    code, r = post(url(c, "digits"), raw=body)
+    assert code == status and set(r) == {"error", "cause"} and cause in r["cause"]
+    code, r = post(url(c, "digits"), {"input": X[600].tolist()})
+    assert code == 200 and r["output"] == int(lr.predict(X[600:601])[0])
+
+
+def test_unknown_app_and_path_get_404(apps):
+    c, _, _ = apps
+    code, r = post(url(c, "nope"), {"input": [1.0]})
+    assert code == 404 and "no application named 'nope'" in r["cause"]
+    code, r = post(f"http://{c.get_query_addr()}/a/b/c", {"input": [1.0]})
+    assert code == 404 and set(r) == {"error", "cause"}
+
+
+def test_overload_is_rejected_not_queued_forever(apps):
+    """A model that takes 150 ms per query, a queue bound of 2: of 12 simultaneous
+    queries, the ones over the bound get 429 at once; the rest are answered."""
+    c, _, _ = apps
+    with cf.ThreadPoolExecutor(12) as pool:
+        got = list(pool.map(lambda i: post(url(c, "tiny"), {"input": [float(i)]}), range(12)))
+    codes = [code for code, _ in got]
+    assert codes.count(429) >= 6 and codes.count(200) >= 2 and set(codes) <= {200, 429}
+    rejected = next(r for code, r in got if code == 429)
+    assert rejected["error"] == "Overloaded" and "bound of 2" in rejected["cause"]
+    assert all(r["output"] == 1.0 for code, r in got if code == 200)
+
+
+def test_grpc_query_api(apps):
+    c, lr, X = apps
+    with rpc.channel(c.cm.get_grpc_addr()) as ch:
+        call = rpc.method(ch, QUERY_SERVICE, "Predict")
+        meta, _ = unpack(call(pack({"app": "digits"}, [X[700:705]]), timeout=10))
+        assert [p["output"] for p in meta["predictions"]] == lr.predict(X[700:705]).tolist()
+        meta, _ = unpack(call(pack({"app": "digits", "input": X[9].tolist()}), timeout=10))
+        assert meta["predictions"][0]["output"] == int(lr.predict(X[9:10])[0])
+        for req, code in ((pack({"app": "nope"}, [X[0]]), grpc.StatusCode.NOT_FOUND),
+                          (b"garbage", grpc.StatusCode.INVALID_ARGUMENT),
+                          (pack({"app": "digits"}, [X[0, :3]]),
+                           grpc.StatusCode.INVALID_ARGUMENT)):
+            with pytest.raises(grpc.RpcError) as e:
+                call(req, timeout=10)
+            assert e.value.code() == code and "cause" in json.loads(e.value.details())
+
+
+def test_metrics_are_exported_in_prometheus_format(apps):
+    c, _, _ = apps
+    text = c.get_metrics()
+    for needle in ('clipper_app_latency_seconds_bucket{app="digits"',
+                   'clipper_model_batch_size_bucket{le="32.0",model="lin32:1"}',
+                   "clipper_cache_hit_ratio", 'clipper_queue_length{model="lr:1"}',
+                   'clipper_rejected_total{app="tiny",reason="overload"}',
+                   'clipper_batch_controller{field="batch_size",model="lin32:1",replica="0"}',
+                   'clipper_app_default_ratio{app="slow"} 1.0'):
+        assert needle in text, needle
+
+
+def test_sampled_queries_are_traced_from_frontend_to_container(apps, tmp_path):
+    from common.trace import load
+
+    c, _, X = apps
+    post(url(c, "lin1"), {"input": [0.1] * 8})
+    events = load(c.get_trace(tmp_path / "trace.json"))
+    pids = {e["pid"] for e in events if e.get("ph") == "X"}
+    container_pid = next(r["pid"] for r in c.get_all_model_replicas() if r["model"] == "lin1:1")
+    assert c.cm.info["pid"] in pids and container_pid in pids
+    names = {e["name"].split(" ")[0] for e in events if e.get("ph") == "X"}
+    assert {"query", "queue", "rpc", "container"} <= names
+    starts = {e["id"] for e in events if e["ph"] == "s"}
+    assert starts & {e["id"] for e in events if e["ph"] == "f"}

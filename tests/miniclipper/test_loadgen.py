@@ -1,0 +1,94 @@
+"""The load generator (systems/miniclipper/loadgen.py): Poisson arrivals, and latency
+measured from the scheduled send time (no coordinated omission)."""
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+from aiohttp import web
+
+from systems.miniclipper.loadgen import (
+    LoadSpec,
+    poisson_arrivals,
+    run,
+    run_process,
+    summarize_records,
+)
+
+
+def test_arrivals_are_poisson_at_the_offered_rate_per_phase():
+    t, phase = poisson_arrivals([(20.0, 500.0), (20.0, 100.0)], seed=3)
+    assert np.all(np.diff(t) >= 0)
+    n0, n1 = (phase == 0).sum(), (phase == 1).sum()
+    assert abs(n0 - 10_000) < 4 * 100 and abs(n1 - 2_000) < 4 * 45  # 4 sigma
+    gaps = np.diff(t[phase == 0])
+    assert gaps.mean() == pytest.approx(1 / 500, rel=0.05)
+    assert gaps.std() / gaps.mean() == pytest.approx(1.0, abs=0.05)  # exponential: CV 1
+
+
+def test_summary_counts_goodput_only_for_timely_non_default_answers():
+    rec = {"latency": [0.001, 0.001, 0.05, 0.001, 0.001], "status": [200, 200, 200, 429, -1],
+           "default": [False, True, False, False, False], "hot": [False] * 5,
+           "phase": [0] * 5, "scheduled": [0.0] * 5}
+    s = summarize_records(rec, slo_s=0.02, duration_s=2.0)
+    assert s["goodput_qps"] == 0.5 and s["rejected"] == 1 and s["errors"] == 1
+    assert s["default"] == 1 and s["within_slo"] == pytest.approx(1 / 5)
+
+
+@pytest.fixture
+def stalling_server():
+    """An HTTP server that freezes its event loop for 300 ms once, 400 ms in."""
+    state = {}
+    ready = threading.Event()
+
+    async def handler(request):
+        if not state.get("stalled") and time.monotonic() > state["t0"] + 0.4:
+            state["stalled"] = True
+            time.sleep(0.3)  # the whole server stops, as in a GC pause
+        await request.read()
+        return web.json_response({"output": 1, "default": False})
+
+    async def main():
+        app = web.Application()
+        app.add_routes([web.post("/a/predict", handler)])
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        state["port"] = site._server.sockets[0].getsockname()[1]
+        state["stop"] = asyncio.Event()
+        state["loop"] = asyncio.get_running_loop()
+        ready.set()
+        await state["stop"].wait()
+        await runner.cleanup()
+
+    th = threading.Thread(target=asyncio.run, args=(main(),))
+    th.start()
+    ready.wait(10)
+    yield state
+    state["loop"].call_soon_threadsafe(state["stop"].set)
+    th.join(10)
+
+
+def test_open_loop_sees_the_stall_that_closed_loop_hides(stalling_server):
+    s = stalling_server
+    url = f"http://127.0.0.1:{s['port']}/a/predict"
+    s["t0"], s["stalled"] = time.monotonic(), False
+    open_loop = run(LoadSpec(url, [[1.0]], phases=[(1.2, 200.0)], slo_s=0.05))
+    lat = np.array(open_loop["latencies_ms"])
+    # every query scheduled during the 300 ms stall waited for it: ~60 late queries
+    assert (lat > 100).sum() >= 30 and lat.max() > 250
+    s["t0"], s["stalled"] = time.monotonic(), False
+    closed = run(LoadSpec(url, [[1.0]], concurrency=1, duration_s=1.2, slo_s=0.05))
+    # one client, one request in flight: the stall shows up as a single slow query
+    assert (np.array(closed["latencies_ms"]) > 100).sum() <= 2
+
+
+def test_runs_in_its_own_process(stalling_server):
+    s = stalling_server
+    s["t0"], s["stalled"] = time.monotonic() + 100, False  # no stall this time
+    out = run_process(LoadSpec(f"http://127.0.0.1:{s['port']}/a/predict", [[1.0, 2.0]],
+                               phases=[(0.5, 100.0)]))
+    assert out["sent"] == out["ok"] > 20 and out["errors"] == 0

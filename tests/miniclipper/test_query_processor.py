@@ -1,0 +1,82 @@
+"""Selection, coalescing and straggler mitigation end to end
+(systems/miniclipper/query_processor.py with selection.py and cache.py)."""
+
+import concurrent.futures as cf
+
+import pytest
+
+from systems.miniclipper import deploy_python_closure
+
+from .conftest import post
+
+
+def _right(xs):
+    return [int(x[0]) for x in xs]
+
+
+def _wrong(xs):
+    return [int(x[0]) + 1 for x in xs]
+
+
+def _late(xs):
+    import time
+    time.sleep(0.4)
+    return [int(x[0]) for x in xs]
+
+
+@pytest.fixture(scope="module")
+def ensemble(clipper):
+    c = clipper
+    for name, fn in (("right", _right), ("wrong", _wrong), ("late", _late)):
+        deploy_python_closure(c, name, 1, "doubles", fn)
+    c.register_application("bandit", "doubles", -1, 1_000_000, selection_policy="exp3")
+    c.register_application("vote", "doubles", -1, 1_000_000, selection_policy="exp4")
+    c.register_application("stragglers", "doubles", -1, 150_000, selection_policy="exp4")
+    for app, models in (("bandit", ("right", "wrong")), ("vote", ("right", "wrong")),
+                        ("stragglers", ("right", "late"))):
+        for m in models:
+            c.link_model_to_app(app, m)
+    return c
+
+
+def _feedback(c, app, n):
+    for i in range(n):
+        code, r = post(f"http://{c.get_query_addr()}/{app}/update",
+                       {"input": [float(i % 7), 0.5], "label": i % 7})
+        assert code == 200 and r["ok"]
+    return c.get_app_info(app)["selection_state"]
+
+
+def test_exp3_learns_from_feedback_to_pick_the_right_model(ensemble):
+    c = ensemble
+    state = _feedback(c, "bandit", 60)
+    assert state["weights"]["right"] > 5 * state["weights"]["wrong"]
+    outs = c.predict("bandit", batch=[[float(k), 0.25] for k in range(40)])
+    hits = sum(r["output"] == k for k, r in enumerate(outs["batch_predictions"]))
+    assert hits >= 32  # Exp3 keeps exploring with probability gamma / 2 = 5%
+
+
+def test_exp4_ensemble_follows_the_model_feedback_favours(ensemble):
+    c = ensemble
+    _feedback(c, "vote", 20)
+    r = c.predict("vote", [5.0, 0.0])
+    assert r["output"] == 5 and sorted(r["models_used"]) == ["right", "wrong"]
+    assert 0.5 < r["confidence"] < 1.0 and r["models_missing"] == []
+
+
+def test_exp4_straggler_is_left_out_at_the_slo(ensemble):
+    r = ensemble.predict("stragglers", [3.0, 1.0])
+    assert r["default"] is False and r["output"] == 3
+    assert r["models_missing"] == ["late"] and r["confidence"] == pytest.approx(0.5)
+
+
+def test_identical_concurrent_queries_make_one_container_call(ensemble):
+    c = ensemble
+    before = sum(r["health"]["calls"] for r in c.get_all_model_replicas(verbose=True)
+                 if r["model"] == "late:1")
+    with cf.ThreadPoolExecutor(12) as pool:
+        got = list(pool.map(lambda _: c.predict("stragglers", [6.0, 9.0]), range(12)))
+    assert {r["output"] for r in got} == {6}
+    after = sum(r["health"]["calls"] for r in c.get_all_model_replicas(verbose=True)
+                if r["model"] == "late:1")
+    assert after - before == 1  # twelve queries, one slow prediction, shared

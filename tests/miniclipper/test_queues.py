@@ -1,0 +1,88 @@
+"""Model queues (systems/miniclipper/queues.py): EDF, bounds, dropping, delayed batching."""
+
+import asyncio
+import time
+
+import pytest
+
+from systems.miniclipper.datatypes import PredictTask
+from systems.miniclipper.queues import ModelQueue, QueueFull
+
+
+def _task(deadline, i=0):
+    return PredictTask(("m", "1"), i, deadline, 1.0, None, bytes([i]))
+
+
+def test_batches_come_out_earliest_deadline_first():
+    async def main():
+        q = ModelQueue(("m", "1"))
+        now = time.monotonic()
+        q.put([_task(now + d, i) for i, d in enumerate([5, 1, 3, 2, 4])])
+        first = await q.get_batch(3)
+        second = await q.get_batch(3)
+        return [t.input for t in first], [t.input for t in second]
+    assert asyncio.run(main()) == ([1, 3, 2], [4, 0])
+
+
+def test_expired_tasks_are_dropped_before_a_replica_sees_them():
+    async def main():
+        dropped = []
+        q = ModelQueue(("m", "1"), on_drop=dropped.append)
+        now = time.monotonic()
+        q.put([_task(now - 0.001, 0), _task(now + 10, 1), _task(now - 0.5, 2)])
+        batch = await q.get_batch(10)
+        return [t.input for t in batch], sorted(t.input for t in dropped), q.dropped
+    assert asyncio.run(main()) == ([1], [0, 2], 2)
+
+
+def test_a_full_queue_rejects_all_of_a_request_and_admits_after_expiry():
+    async def main():
+        q = ModelQueue(("m", "1"), max_len=3)
+        now = time.monotonic()
+        q.put([_task(now + 0.05, i) for i in range(3)])
+        with pytest.raises(QueueFull, match="holds its bound of 3"):
+            q.put([_task(now + 10, 9)])
+        assert len(q) == 3
+        await asyncio.sleep(0.06)  # the three expire: room again
+        q.put([_task(now + 10, 8), _task(now + 10, 7)])
+        q.put([_task(now + 10, 6)] * 5, bounded=False)  # a retry is never refused
+        return len(q)
+    assert asyncio.run(main()) == 7
+
+
+def test_delayed_batching_waits_for_a_fuller_batch_but_not_longer_than_the_delay():
+    async def main():
+        q = ModelQueue(("m", "1"))
+        now = time.monotonic()
+        q.put([_task(now + 10, 0)])
+
+        async def late_arrivals():
+            for i in range(1, 4):
+                await asyncio.sleep(0.005)
+                q.put([_task(now + 10, i)])
+        feeder = asyncio.ensure_future(late_arrivals())
+        t0 = time.monotonic()
+        full = await q.get_batch(4, max_delay_s=0.5)  # fills long before the delay
+        filled_after = time.monotonic() - t0
+        await feeder
+        q.put([_task(now + 10, 9)])
+        t0 = time.monotonic()
+        lone = await q.get_batch(4, max_delay_s=0.03)  # never fills: waits the delay
+        waited = time.monotonic() - t0
+        return len(full), filled_after, len(lone), waited
+    n_full, filled_after, n_lone, waited = asyncio.run(main())
+    assert n_full == 4 and filled_after < 0.4
+    assert n_lone == 1 and 0.02 <= waited < 0.4
+
+
+def test_idle_replicas_share_one_queue():
+    async def main():
+        q = ModelQueue(("m", "1"))
+        now = time.monotonic()
+        pulls = [asyncio.ensure_future(q.get_batch(2)) for _ in range(3)]
+        await asyncio.sleep(0.01)
+        q.put([_task(now + 10, i) for i in range(6)])
+        batches = await asyncio.gather(*pulls)
+        return sorted(t.input for b in batches for t in b), [len(b) for b in batches]
+    inputs, sizes = asyncio.run(main())
+    assert inputs == list(range(6)) and sizes == [2, 2, 2]

@@ -1,0 +1,74 @@
+"""Exp3 / Exp4 selection (systems/miniclipper/selection.py) on synthetic feedback."""
+
+import random
+
+import pytest
+
+from systems.miniclipper.selection import Exp3Policy, Exp4Policy, make_policy
+
+
+def _stream(n, seed=0):
+    rng = random.Random(seed)
+    for _ in range(n):
+        yield rng.randrange(10)
+
+
+def test_exp3_converges_to_the_better_model():
+    """Arm "good" is right 90% of the time, "bad" 30%. After feedback, Exp3 draws "good"
+    almost always (up to its exploration floor gamma / K)."""
+    pol, rng, noise = Exp3Policy(), random.Random(1), random.Random(2)
+    state = pol.init_state(["bad", "good"])
+    picks = []
+    for label in _stream(600):
+        (m,) = pol.feedback_models(state, rng)
+        right = noise.random() < (0.9 if m == "good" else 0.3)
+        pol.observe(state, label, {m: label if right else (label + 1) % 10})
+        picks.append(pol.select(state, rng)[0])
+    p = pol.probabilities(state)
+    assert p["good"] > 0.9 and abs(sum(p.values()) - 1) < 1e-9
+    assert picks[-200:].count("good") / 200 > 0.85
+    assert p["bad"] >= pol.gamma / 2 - 1e-12  # exploration never stops
+
+
+def test_exp4_converges_and_the_ensemble_follows_the_better_model():
+    pol, noise = Exp4Policy(), random.Random(3)
+    state = pol.init_state(["a", "b", "c"])
+    accuracy = {"a": 0.3, "b": 0.9, "c": 0.3}
+    for label in _stream(300):
+        outs = {m: label if noise.random() < acc else (label + 1 + k) % 10
+                for k, (m, acc) in enumerate(accuracy.items())}
+        pol.observe(state, label, outs)
+    w = state.weights
+    assert w["b"] > 10 * w["a"] and w["b"] > 10 * w["c"]
+    # a and c outvote b two to one, but b's weight wins the vote
+    combined = pol.combine(state, {"a": 1, "b": 7, "c": 1})
+    assert combined.output == 7 and combined.confidence > 0.8
+
+
+def test_exp4_straggler_combine_reports_missing_models_as_lost_confidence():
+    pol = Exp4Policy()
+    state = pol.init_state(["a", "b", "c", "d"])
+    full = pol.combine(state, {"a": 3, "b": 3, "c": 3, "d": 3})
+    partial = pol.combine(state, {"a": 3, "b": 3})
+    assert full.confidence == pytest.approx(1.0) and partial.confidence == pytest.approx(0.5)
+    assert partial.output == 3 and partial.models_missing == ["c", "d"]
+    assert pol.combine(state, {}) is None  # nothing arrived: the default output
+
+
+def test_new_models_start_at_the_average_weight():
+    pol = make_policy("exp4")
+    state = pol.init_state(["a", "b"])
+    state.weights = {"a": 4.0, "b": 2.0}
+    pol.sync_models(state, ["a", "b", "c"])
+    assert state.weights["c"] == pytest.approx(3.0)
+    with pytest.raises(ValueError, match="must be one of"):
+        make_policy("ucb")
+
+
+def test_weights_never_underflow():
+    pol = Exp3Policy()
+    state = pol.init_state(["a", "b"])
+    for _ in range(5000):
+        pol.observe(state, 1, {"a": 0})
+    p = pol.probabilities(state)
+    assert p["a"] > 0 and p["b"] > 0.9

@@ -1,0 +1,105 @@
+"""Container death (systems/miniclipper/supervisor.py and task_executor.py): a container
+SIGKILLed under load leaves the frontend answering, and the replica is restarted."""
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from systems.miniclipper import deploy_python_closure
+
+from .conftest import post
+
+
+def _work(xs):
+    import time
+    time.sleep(0.002)
+    return [float(sum(x)) for x in xs]
+
+
+@pytest.fixture(scope="module")
+def deployed(clipper):
+    clipper.register_application("two", "doubles", -1, 1_000_000)
+    deploy_python_closure(clipper, "two", 1, "doubles", _work, num_replicas=2)
+    clipper.link_model_to_app("two", "two")
+    clipper.register_application("one", "doubles", -1, 100_000)
+    deploy_python_closure(clipper, "one", 1, "doubles", _work)
+    clipper.link_model_to_app("one", "one")
+    return clipper
+
+
+def _pids(c, model):
+    return {r["replica_id"]: r["pid"] for r in c.get_all_model_replicas()
+            if r["model"] == model}
+
+
+def _load(c, app, seconds, results, clients=6):
+    url = f"http://{c.get_query_addr()}/{app}/predict"
+    end = time.monotonic() + seconds
+
+    def client(k):
+        i = 0
+        while time.monotonic() < end:
+            i += 1
+            x = [float(k), float(i), 0.5]
+            results.append((sum(x), *post(url, {"input": x})))
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    return threads
+
+
+def _wait_restarted(c, model, old_pids, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pids = _pids(c, model)
+        if len(pids) == len(old_pids) and set(pids.values()).isdisjoint({old_pids[0]}):
+            return pids
+        time.sleep(0.05)
+    raise AssertionError(f"{model} replica 0 was not restarted: {_pids(c, model)}")
+
+
+def test_sigkill_under_load_is_survived_and_the_replica_restarted(deployed):
+    """Two replicas: the victim's in-flight batch is retried on the other one, so every
+    query is answered, with the model's own output, while the victim restarts."""
+    c = deployed
+    before = _pids(c, "two:1")
+    results = []
+    threads = _load(c, "two", 2.0, results)
+    time.sleep(0.6)
+    os.kill(before[0], signal.SIGKILL)
+    for t in threads:
+        t.join()
+    after = _wait_restarted(c, "two:1", before)
+    assert after[1] == before[1] and after[0] != before[0]
+    codes = [code for _, code, _ in results]
+    assert len(results) > 100 and set(codes) == {200}
+    defaults = sum(r["default"] for _, _, r in results)
+    assert defaults <= 0.02 * len(results)
+    assert all(r["output"] == want for want, _, r in results if not r["default"])
+    info = c.get_model_info("two", 1)
+    assert info["restarts"] == 1 and info["replicas"] == 2
+    code, r = post(f"http://{c.get_query_addr()}/two/predict", {"input": [1.0, 2.0]})
+    assert code == 200 and r == {"query_id": r["query_id"], "output": 3.0, "default": False}
+
+
+def test_a_lone_replica_killed_answers_defaults_until_it_is_back(deployed):
+    c = deployed
+    before = _pids(c, "one:1")
+    results = []
+    threads = _load(c, "one", 1.2, results, clients=4)
+    time.sleep(0.3)
+    os.kill(before[0], signal.SIGKILL)
+    for t in threads:
+        t.join()
+    _wait_restarted(c, "one:1", before)
+    assert set(code for _, code, _ in results) == {200}  # never an error, never a hang
+    explanations = {r.get("default_explanation") for _, _, r in results if r["default"]}
+    assert explanations, "a lone replica restarting must cost some queries their SLO"
+    assert explanations == {"Failed to retrieve a prediction response within the "
+                            "specified latency SLO"}
+    code, r = post(f"http://{c.get_query_addr()}/one/predict", {"input": [2.0, 2.0]})
+    assert code == 200 and r["output"] == 4.0 and r["default"] is False
+    assert 'clipper_replica_restarts_total{model="one:1"} 1.0' in c.get_metrics()
