@@ -30,6 +30,7 @@ SCHEMA_VERSION = 1
 SUITES: dict[str, str] = {
     "miniflow": "systems.miniflow.bench",
     "miniclipper": "systems.miniclipper.bench",
+    "miniansor": "systems.miniansor.bench",
     "common": "common.selfcheck",
 }
 

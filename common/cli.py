@@ -20,6 +20,7 @@ from typing import Any
 SYSTEM_CLIS: dict[str, str] = {
     "clipper": "systems.miniclipper.cli",
     "flow": "systems.miniflow.cli",
+    "ansor": "systems.miniansor.cli",
 }
 
 

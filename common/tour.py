@@ -15,6 +15,7 @@ STEPS: dict[str, str] = {
     "measuring layer": "common.tour:measuring_step",
     "miniclipper": "systems.miniclipper.tour:clipper_step",
     "miniflow": "systems.miniflow.digits:tour_step",
+    "miniansor": "systems.miniansor.tour:tour_step",
 }
 
 

@@ -1,0 +1,225 @@
+"""``casebook bench miniansor``: the CPU cases, on the simulated and the recorded device.
+
+Every comparison runs in the same process, on the same device, the baselines beside
+ours. The recorded device replays ``data/sim-demo.json``, a table generated from the
+simulator and labelled ``"source": "simulated"``; the table of real H100/H200 times is
+written by the GPU run (``bench_cuda.py``) and, until one has run, does not exist.
+
+Cases:
+
+* ``search-sim`` / ``search-replay``: trials until the tuner's pick is within 5% of the
+  exhaustive best, median over seeds, for Ansor, its ablations (no cost model, no
+  evolution), random search and (sim) the Triton tutorial's config list;
+* ``cost-model``: ranking quality on held-out configs (80/20) vs a random ranker;
+* ``task-scheduler``: an MLP and a transformer block, gradient vs round-robin;
+* ``roofline-sim``: where the tuned kernels land under the (simulated) H100 roofline.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tqdm import tqdm
+
+from common import cost, plots
+from common.bench import Case, Context, Result, Target
+from common.devices import H100_SXM
+
+from . import study, zoo
+from .annotation import config_key
+from .extract import extract_tasks
+from .recorded import DATA_DIR, RecordedDevice
+from .simulator import SimulatedGPU
+from .task_scheduler import NO_LATENCY
+from .workloads import Task, bmm, gemm, layernorm, softmax
+
+SEARCH_TASKS = {
+    "gemm4096": gemm(4096, 4096, 4096, "fp16"),
+    "ffn_gelu": gemm(4096, 14336, 4096, "fp16", bias=True, act="gelu"),
+    "skinny_fp32": gemm(128, 4096, 4096, "fp32"),
+    "decode": gemm(16, 4096, 14336, "fp16"),
+    "attn_bmm": bmm(32, 2048, 2048, 128, "fp16"),
+}
+REPLAY_TABLE = DATA_DIR / "sim-demo.json"
+VARIANTS = {"ansor": {}, "no_cost_model": {"model": "random"}, "no_evolution": {"evolution": False}}
+
+
+def _search(ctx: Context, device_for_seed, tasks: dict[str, Task], seeds: int, budget: int,
+            with_tutorial: bool, tag: str) -> Result:
+    metrics, series, curves = {}, {}, {}
+    ratios = []
+    bar = tqdm(total=len(tasks) * seeds * (len(VARIANTS) + 1), desc=f"search [{tag}]",
+               disable=not ctx.progress, leave=False)
+    for name, task in tasks.items():
+        space = study.exhaustive_space(task, device_for_seed(0))
+        truth = {config_key(s, a): t for (s, a), t in zip(space.configs, space.true,
+                                                          strict=True)}
+        replay_space = space.configs if tag == "replay" else None
+        trials: dict[str, list[int]] = {v: [] for v in [*VARIANTS, "random"]}
+        task_curves: dict[str, list[np.ndarray]] = {v: [] for v in trials}
+        for seed in range(seeds):
+            dev = device_for_seed(seed)
+            runs = {"random": study.random_run(space, dev, seed, budget)}
+            bar.update(1)
+            for v, kw in VARIANTS.items():
+                runs[v] = study.ansor_run(task, device_for_seed(seed), seed, budget,
+                                          space=replay_space, **kw)
+                bar.update(1)
+            for v, run in runs.items():
+                trials[v].append(study.trials_to_within(run, truth, space.best, cap=budget))
+                task_curves[v].append(study.best_curve(run, truth, space.best, budget))
+        for v, ts in trials.items():
+            metrics[f"{name}_trials_{v}"] = float(np.median(ts))
+        ratio = metrics[f"{name}_trials_ansor"] / metrics[f"{name}_trials_random"]
+        metrics[f"{name}_ratio_vs_random"] = ratio
+        ratios.append(ratio)
+        if with_tutorial:
+            dev0 = device_for_seed(0)
+            tut_truth = {config_key(s, a): study.true_time(dev0, task, s, a)
+                         for s, a in study.tutorial_configs()}
+            tut = study.tutorial_run(task, dev0)
+            both = {**truth, **tut_truth}
+            metrics[f"{name}_trials_tutorial"] = float(
+                study.trials_to_within(tut, both, space.best, cap=len(tut)))
+            metrics[f"{name}_tutorial_best_vs_exhaustive"] = space.best / min(
+                tut_truth.values())
+            task_curves["tutorial"] = [study.best_curve(tut, both, space.best, budget)]
+        metrics[f"{name}_space_size"] = float(len(space.configs))
+        series[name] = {v: ts for v, ts in trials.items()}
+        curves[name] = {v: np.median(np.stack(c), axis=0) for v, c in task_curves.items()}
+    bar.close()
+    metrics["max_trials_ansor"] = max(metrics[f"{n}_trials_ansor"] for n in tasks)
+    metrics["max_ratio_vs_random"] = max(ratios)
+    metrics["geomean_ratio_vs_random"] = float(np.exp(np.mean(np.log(ratios))))
+    first = next(iter(tasks))
+    xs = list(range(1, budget + 1))
+    path = plots.line_chart(
+        {v: (xs, list(c)) for v, c in curves[first].items()},
+        ctx.out_dir / f"search-{tag}.png", "trials", "speed of the pick / exhaustive best",
+        title=f"{tasks[first].key} on the {tag} device (median over {seeds} seeds)")
+    notes = (f"{seeds} seeds per task, budget {budget} trials; a run that never got within "
+             f"5% counts as {budget + 1} (censored). Device: "
+             f"{device_for_seed(0).name}.")
+    return Result(metrics=metrics, series={"trials": series}, plots=[path], notes=notes)
+
+
+def search_sim_case(ctx: Context) -> Result:
+    names = list(SEARCH_TASKS) if not ctx.quick else ["gemm4096", "decode"]
+    return _search(ctx, lambda s: SimulatedGPU(seed=s), {n: SEARCH_TASKS[n] for n in names},
+                   ctx.pick(10, 3), ctx.pick(200, 100), True, "sim")
+
+
+def search_replay_case(ctx: Context) -> Result:
+    dev = RecordedDevice(REPLAY_TABLE)
+    tasks = {t.key.split(":")[0] + "_" + t.key.split(":")[1]: t for t in dev.tasks()}
+    if ctx.quick:
+        tasks = dict(list(tasks.items())[:1])
+    res = _search(ctx, lambda s: dev, tasks, ctx.pick(10, 3), ctx.pick(160, 100), False,
+                  "replay")
+    res.notes += f" Table source: {dev.source} ({REPLAY_TABLE.name})."
+    return res
+
+
+def cost_model_case(ctx: Context) -> Result:
+    n = ctx.pick(1500, 600)
+    out = study.ranking_study(list(SEARCH_TASKS.values()) + [softmax(8192, 4096)],
+                              SimulatedGPU(seed=0), n)
+    metrics = {f"{k}": v for k, v in out["ours"].items()}
+    metrics.update({f"random_{k}": v for k, v in out["random"].items()})
+    rep = study.ranking_study(RecordedDevice(REPLAY_TABLE).tasks(), RecordedDevice(REPLAY_TABLE),
+                              10**6)
+    metrics.update({f"replay_{k}": v for k, v in rep["ours"].items()})
+    metrics.update({f"replay_random_{k}": v for k, v in rep["random"].items()})
+    return Result(metrics=metrics, series={"per_task": out["per_task"],
+                                           "replay_per_task": rep["per_task"]},
+                  notes=f"sim: {n} configs per task, 80/20 split, metrics averaged over "
+                        f"tasks; replay: every recorded config of {REPLAY_TABLE.name}")
+
+
+def scheduler_case(ctx: Context) -> Result:
+    metrics, series, plot_series = {}, {}, {}
+    fracs = []
+    seeds = ctx.pick(5, 1)
+    for name in ("mlp", "transformer"):
+        module, inputs = zoo.example(name)
+        tasks, weights = extract_tasks(module, inputs, "fp16")
+        total = ctx.pick(64, 16) * len(tasks)
+        needed = []
+        for seed in range(seeds):
+            rr, _ = study.scheduler_run(tasks, weights, lambda s: SimulatedGPU(seed=s), total,
+                                        "round-robin", seed)
+            gr, _ = study.scheduler_run(tasks, weights, lambda s: SimulatedGPU(seed=s), total,
+                                        "gradient", seed)
+            reach = study.trials_to_reach(gr, rr.objective[-1])
+            needed.append((reach if reach is not None else total + 1) / total)
+            if seed == 0:  # plot after the warm-up round, relative to round-robin's end
+                for label, lg in (("gradient", gr), ("round-robin", rr)):
+                    pts = [(n, o / rr.objective[-1]) for n, o in
+                           zip(lg.trials, lg.objective, strict=True) if o < NO_LATENCY]
+                    plot_series[f"{name} {label}"] = ([p[0] for p in pts],
+                                                      [p[1] for p in pts])
+                series[name] = {"tasks": [t.key for t in tasks], "weights": weights,
+                                "gradient_chosen": gr.chosen,
+                                "gradient_curve_us": [o * 1e6 for o in gr.objective],
+                                "round_robin_curve_us": [o * 1e6 for o in rr.objective],
+                                "trials": gr.trials}
+        metrics[f"{name}_trial_fraction"] = float(np.median(needed))
+        metrics[f"{name}_tasks"] = float(len(tasks))
+        fracs.append(float(np.median(needed)))
+    metrics["max_trial_fraction"] = max(fracs)
+    path = plots.line_chart(plot_series, ctx.out_dir / "scheduler.png", "trials",
+                            "weighted latency / round-robin's final",
+                            title="whole model on the simulated H100 (seed 0): gradient vs "
+                                  "round-robin")
+    return Result(metrics=metrics, series=series, plots=[path],
+                  notes=f"{seeds} seed(s); trial_fraction = trials the gradient scheduler "
+                        "needs to reach round-robin's final weighted latency / total trials")
+
+
+def roofline_case(ctx: Context) -> Result:
+    sim = SimulatedGPU(seed=0)
+    tasks = {"gemm4096": SEARCH_TASKS["gemm4096"], "ffn_gelu": SEARCH_TASKS["ffn_gelu"],
+             "decode": SEARCH_TASKS["decode"], "attn_bmm": SEARCH_TASKS["attn_bmm"],
+             "softmax": softmax(8192, 4096), "layernorm": layernorm(8192, 4096)}
+    points, metrics = [], {}
+    for name, task in tasks.items():
+        run = study.ansor_run(task, sim, 0, ctx.pick(64, 32))
+        space = study.exhaustive_space(task, sim)
+        truth = {config_key(s, a): t for (s, a), t in zip(space.configs, space.true,
+                                                          strict=True)}
+        key = min(run, key=lambda r: r[1])[0]
+        t = truth[key]
+        c = task.cost()
+        points.append({"label": name, "intensity": c.intensity, "flops": c.flops / t})
+        metrics[f"{name}_roofline_fraction"] = cost.efficiency(c, H100_SXM, t)
+        metrics[f"{name}_vs_exhaustive_best"] = space.best / t
+    path = plots.roofline_chart(H100_SXM, points, ctx.out_dir / "roofline-sim.png", "fp16",
+                                title="tuned kernels on the SIMULATED H100 (not measured)")
+    return Result(metrics=metrics, series={"points": points}, plots=[path],
+                  notes="64 Ansor trials per task on the simulated device; fractions are of "
+                        "the datasheet roofline (fp16 dense peak, HBM bandwidth)")
+
+
+CASES = [
+    Case("search-sim", "trials to within 5% of the exhaustive best (simulated H100)",
+         ("random search", "Triton tutorial configs", "no cost model", "no evolution"),
+         search_sim_case,
+         (Target("max_trials_ansor", "<=", 64, "median trials, worst task"),
+          Target("max_ratio_vs_random", "<=", 0.33, "ours / random search, worst task"))),
+    Case("search-replay", "trials to within 5% of the best recorded config (replay)",
+         ("random search", "no cost model", "no evolution"), search_replay_case,
+         (Target("max_trials_ansor", "<=", 64), Target("max_ratio_vs_random", "<=", 0.33))),
+    Case("cost-model", "ranking held-out configs (80/20 split)", ("random ranker",),
+         cost_model_case,
+         (Target("pairwise_accuracy", ">=", 0.85), Target("kendall_tau", ">=", 0.7),
+          Target("recall_at_10", ">=", 0.6), Target("average_peak_at_32", ">=", 0.95))),
+    Case("task-scheduler", "whole model: gradient task scheduler vs round-robin",
+         ("round-robin",), scheduler_case,
+         (Target("max_trial_fraction", "<=", 0.5,
+                 "trials to reach round-robin's final latency / its trials"),)),
+    Case("roofline-sim", "tuned kernels under the simulated H100 roofline", (),
+         roofline_case),
+]
+
+from .bench_cuda import CUDA_CASES  # noqa: E402  (GPU cases live in their own module)
+
+CASES += CUDA_CASES

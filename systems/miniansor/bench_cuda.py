@@ -1,0 +1,187 @@
+"""``casebook bench miniansor --device cuda``: tuned kernels against cuBLAS, torch, the
+Triton tutorial's configs and the HBM roofline, on a real GPU.
+
+Budget: the whole suite is sized to about six minutes on an H100 (compiles dominate:
+``CudaDevice`` compiles each round's candidates in parallel). ``--quick`` keeps fp16
+and half the shapes. Every measurement the tuner makes is also written to a recorded-
+device table, ``systems/miniansor/data/recorded-<gpu>.json`` with ``"source":
+"measured"``, so the CPU studies can replay real numbers afterwards.
+
+Comparisons of ours against a baseline are timed in this process with
+``common.timing.interleaved`` (CUDA-synchronised pairs, median of per-pair ratios); the
+tuner's own measurements come from ``triton.testing.do_bench`` in its worker.
+
+Written on a machine without a GPU: none of this has run yet (the docs list it).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import numpy as np
+
+from common import cost
+from common.bench import Case, Context, Result, Target
+from common.devices import H100_SXM, gpu_spec_for
+from common.timing import interleaved
+
+from .measure import MeasureInput, Measurer
+from .recorded import DATA_DIR, TableRecorder
+from .sketch import run_program
+from .study import tutorial_configs
+from .workloads import Task, gemm, layernorm, softmax
+
+SQUARE = (2048, 4096, 8192)
+LLM = [(m, n, k) for m in (16, 128, 4096) for n, k in ((4096, 4096), (14336, 4096),
+                                                        (4096, 14336))]
+_recorder: dict[str, TableRecorder] = {}
+
+
+def _device_and_recorder():
+    from .cuda import CudaDevice
+
+    dev = CudaDevice()
+    if "rec" not in _recorder:
+        _recorder["rec"] = TableRecorder(dev.name, "measured",
+                                         notes="written by systems/miniansor/bench_cuda.py")
+    return dev, _recorder["rec"]
+
+
+def _save_table() -> str:
+    rec = _recorder["rec"]
+    slug = re.sub(r"[^a-z0-9]+", "-", rec.device.lower()).strip("-")
+    return str(rec.write(DATA_DIR / f"recorded-{slug}.json"))
+
+
+def _tune(tasks: list[Task], trials_per_task: int, dev, rec) -> dict:
+    from .tune import tune_tasks
+
+    spec = gpu_spec_for(dev.name) or H100_SXM
+    # weight = 1 / roofline time: the objective sums each task's slowdown over its ideal,
+    # so small (decode) GEMMs are not starved by the 8192^3 one
+    weights = [1.0 / cost.roofline(t.cost(), spec).lower_bound_s for t in tasks]
+    # rounds of 16: the builder compiles a whole round in parallel
+    res = tune_tasks(tasks, weights, trials_per_task * len(tasks),
+                     device=dev, per_round=16, callbacks=[rec], progress=False)
+    return res.best
+
+
+def _compare(task: Task, ours, other, repeats: int = 7) -> dict:
+    import torch
+
+    comp = interleaved(ours, other, repeats=repeats, warmup=2, sync=torch.cuda.synchronize)
+    return comp.to_dict()
+
+
+def _tutorial_best(task: Task, dev, rec) -> tuple[dict, float]:
+    """The best of the tutorial's configs on this GPU (failures skipped, as autotune)."""
+    m = Measurer(dev, verify="none", callbacks=[rec], enforce_limits=False)
+    inputs = [MeasureInput(task, s, a) for s, a in tutorial_configs()]
+    results = m.measure(inputs)
+    i = int(np.argmin([r.time for r in results]))
+    return inputs[i], results[i].time
+
+
+def gemm_case(ctx: Context) -> Result:
+    import torch
+
+    t0 = time.perf_counter()
+    dtypes = ctx.pick(("fp16", "bf16"), ("fp16",))
+    shapes = [(s, s, s) for s in SQUARE] + ctx.pick(LLM, LLM[::2])
+    tasks = [gemm(m, n, k, dt) for dt in dtypes for m, n, k in shapes]
+    dev, rec = _device_and_recorder()
+    try:
+        best = _tune(tasks, 16, dev, rec)
+        metrics, ratios, big_cublas, vs_tut = {}, {}, [], []
+        spec = gpu_spec_for(dev.name)
+        for task in tasks:
+            b = best[task.key]
+            tut_inp, _ = _tutorial_best(task, dev, rec)
+            x = task.make_inputs("cuda")
+            def ours(task=task, b=b, x=x):
+                return run_program(task, b.sketch, b.ann, x)
+
+            tag = task.key.replace(":", "_")
+            r = _compare(task, ours, lambda: torch.matmul(x["a"], x["b"]))
+            ratios[f"{tag}_vs_cublas"] = r
+            r2 = _compare(task, ours, lambda: run_program(task, tut_inp.sketch, tut_inp.ann, x))
+            ratios[f"{tag}_vs_tutorial"] = r2
+            vs_tut.append(1 / r2["ratio"])
+            if min(task.mnk) >= 4096:
+                big_cublas.append(1 / r["ratio"])
+            if task.mnk == (8192, 8192, 8192) and spec is not None:
+                metrics[f"peak_fraction_8192_{task.dtype}"] = \
+                    task.flops / r["a_median_s"] / spec.peak(task.dtype)
+        metrics["geomean_speedup_vs_cublas_ge4096"] = float(np.exp(np.mean(np.log(big_cublas))))
+        metrics["geomean_speedup_vs_tutorial"] = float(np.exp(np.mean(np.log(vs_tut))))
+        metrics["peak_fraction_8192"] = metrics.get("peak_fraction_8192_fp16", 0.0)
+    finally:
+        dev.close()
+        table = _save_table()
+    return Result(metrics=metrics, ratios=ratios,
+                  notes=f"{len(tasks)} tasks, {time.perf_counter() - t0:.0f}s; table {table}")
+
+
+def fused_case(ctx: Context) -> Result:
+    import torch
+
+    task = gemm(8192, 8192, 1024, "fp16", bias=True, act="relu")
+    dev, rec = _device_and_recorder()
+    try:
+        b = _tune([task], ctx.pick(32, 16), dev, rec)[task.key]
+        x = task.make_inputs("cuda")
+        r = _compare(task, lambda: run_program(task, b.sketch, b.ann, x),
+                     lambda: torch.relu(torch.matmul(x["a"], x["b"]) + x["bias"]))
+    finally:
+        dev.close()
+        _save_table()
+    return Result(metrics={"speedup_vs_torch": 1 / r["ratio"]}, ratios={"fused_vs_torch": r},
+                  notes=f"{task.key}: best sketch {b.sketch.name} {b.ann}")
+
+
+def rows_case(ctx: Context) -> Result:
+    import torch
+    import torch.nn.functional as F
+
+    tasks = [softmax(16384, 4096, "fp16"), layernorm(16384, 4096, "fp16")]
+    dev, rec = _device_and_recorder()
+    metrics, ratios = {}, {}
+    try:
+        best = _tune(tasks, 16, dev, rec)
+        spec = gpu_spec_for(dev.name)
+        for task in tasks:
+            b = best[task.key]
+            x = task.make_inputs("cuda")
+            base = (lambda: torch.softmax(x["x"], -1)) if task.kind == "softmax" else \
+                (lambda: F.layer_norm(x["x"], (task.shape[1],), x["weight"], x["bias"]))
+            r = _compare(task, lambda: run_program(task, b.sketch, b.ann, x), base)
+            ratios[f"{task.kind}_vs_torch"] = r
+            metrics[f"{task.kind}_speedup_vs_torch"] = 1 / r["ratio"]
+            if spec is not None:
+                metrics[f"{task.kind}_roofline_fraction"] = cost.efficiency(
+                    task.cost(), spec, r["a_median_s"])
+        metrics["min_speedup_vs_torch"] = min(metrics[f"{t.kind}_speedup_vs_torch"]
+                                              for t in tasks)
+        metrics["min_roofline_fraction"] = min(
+            metrics.get(f"{t.kind}_roofline_fraction", 0.0) for t in tasks)
+    finally:
+        dev.close()
+        _save_table()
+    return Result(metrics=metrics, ratios=ratios)
+
+
+CUDA_CASES = [
+    Case("gemm-cuda", "tuned GEMM fp16/bf16 vs cuBLAS and the tutorial's best config",
+         ("torch.matmul (cuBLAS)", "best Triton tutorial config"), gemm_case,
+         (Target("geomean_speedup_vs_cublas_ge4096", ">=", 0.9),
+          Target("geomean_speedup_vs_tutorial", ">=", 1.05),
+          Target("peak_fraction_8192", ">=", 0.7)), device="cuda"),
+    Case("fused-gemm-cuda", "GEMM + bias + ReLU fused vs torch matmul + bias + relu",
+         ("torch eager",), fused_case, (Target("speedup_vs_torch", ">=", 1.1),),
+         device="cuda"),
+    Case("rows-cuda", "softmax and layernorm vs torch and the HBM roofline",
+         ("torch.softmax", "F.layer_norm", "HBM roofline"), rows_case,
+         (Target("min_speedup_vs_torch", ">=", 1.0),
+          Target("min_roofline_fraction", ">=", 0.85)), device="cuda"),
+]

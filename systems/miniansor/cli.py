@@ -1,0 +1,161 @@
+"""``casebook ansor ...``: tune one workload, tune a whole model, show a log.
+
+    casebook ansor tune --workload gemm --shape 4096,4096,4096 --dtype fp16 --trials 64 \\
+        [--epilogue bias+relu] [--device cuda|sim|replay:FILE] [--log tune.jsonl]
+    casebook ansor tune-model --model transformer --trials 256 [--strategy round-robin]
+    casebook ansor show tune.jsonl [--plot best.png]
+    casebook ansor sim-table --out table.json   # a replay table from the simulator
+
+Heavy imports happen inside the handlers, so ``casebook --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print the result as JSON last")
+    p.add_argument("--trials", type=int, default=64, help="measurements in all")
+    p.add_argument("--device", default="sim", help="cuda, sim or replay:FILE (default sim)")
+    p.add_argument("--log", default=None, help="JSON-lines tuning log (resumed if it exists)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--per-round", type=int, default=8, help="measurements per search round")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip the interpreter check of each new kernel on the sim device")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _print_best(summary: dict) -> None:
+    from common.bench import format_table
+
+    rows = [(r["task"], r["weight"], "-" if r["best_us"] is None else f"{r['best_us']:.2f}",
+             "-" if r["tflops"] is None else f"{r['tflops']:.1f}", r["sketch"] or "-",
+             r["ann"] or "-") for r in summary["tasks"]]
+    print(format_table(rows, ("task", "weight", "best us", "TFLOP/s", "sketch", "annotation")))
+    print(f"device {summary['device']}; {summary['trials']} trials "
+          f"({summary.get('resumed', 0)} resumed from the log); errors {summary['errors']}; "
+          f"weighted latency {summary['weighted_latency_us']:.2f} us")
+
+
+def _tune(args: argparse.Namespace) -> dict[str, Any]:
+    from .tune import tune_task
+    from .workloads import parse_workload
+
+    task = parse_workload(args.workload, args.shape, args.dtype, args.epilogue)
+    res = tune_task(task, args.trials, device=args.device, log=args.log, seed=args.seed,
+                    per_round=args.per_round, verify="none" if args.no_verify else "auto",
+                    progress=not args.no_progress)
+    out = res.summary()
+    _print_best(out)
+    return out
+
+
+def _tune_model(args: argparse.Namespace) -> dict[str, Any]:
+    from . import zoo
+    from .tune import tune_model
+
+    module, inputs = zoo.example(args.model, args.batch, args.seq)
+    res = tune_model(module, inputs, args.trials, args.dtype, device=args.device, log=args.log,
+                     seed=args.seed, per_round=args.per_round, strategy=args.strategy,
+                     verify="none" if args.no_verify else "auto",
+                     progress=not args.no_progress)
+    out = res.summary()
+    out["curve"] = {"trials": res.schedule.trials, "weighted_latency_s": res.schedule.objective}
+    _print_best(out)
+    return out
+
+
+def _show(args: argparse.Namespace) -> dict[str, Any]:
+    from common.plots import line_chart
+
+    from .records import best_per_task, load_records
+
+    records = load_records(args.log)
+    if not records:
+        raise SystemExit(f"{args.log}: no records (is it a miniansor tuning log?)")
+    best = best_per_task(records)
+    curves: dict[str, tuple[list[int], list[float]]] = {}
+    seen: dict[str, int] = {}
+    top: dict[str, float] = {}
+    for inp, res in records:
+        k = inp.task.key
+        seen[k] = seen.get(k, 0) + 1
+        if res.ok:
+            top[k] = max(top.get(k, 0.0), inp.task.flops / res.time / 1e12)
+        if k in top:
+            xs, ys = curves.setdefault(k, ([], []))
+            xs.append(seen[k])
+            ys.append(top[k])
+    plot = args.plot or str(Path(args.log).with_suffix(".png"))
+    line_chart(curves, plot, "trials (of that task)", "best TFLOP/s so far",
+               title=f"best throughput vs trials: {Path(args.log).name}")
+    tasks = [{"task": k, "weight": 1, "best_us": b.time * 1e6,
+              "tflops": b.task.flops / b.time / 1e12, "sketch": b.sketch.name, "ann": b.ann}
+             for k, b in best.items()]
+    errors: dict[str, int] = {}
+    for _, r in records:
+        if not r.ok:
+            errors[r.error.name] = errors.get(r.error.name, 0) + 1
+    out = {"log": args.log, "records": len(records), "plot": plot, "tasks": tasks,
+           "errors": errors}
+    _print_best({"tasks": tasks, "device": "(from log)", "trials": len(records),
+                 "errors": errors, "weighted_latency_us": sum(t["best_us"] for t in tasks)})
+    print(f"plot: {plot}", file=sys.stderr)
+    return out
+
+
+def _sim_table(args: argparse.Namespace) -> dict[str, Any]:
+    from .recorded import table_from_simulator, validate_table
+    from .simulator import SimulatedGPU
+    from .workloads import Task
+
+    tasks = [Task.from_key(k) for k in args.tasks]
+    table = table_from_simulator(tasks, SimulatedGPU(seed=args.seed), args.configs, args.seed)
+    validate_table(table)
+    import json
+
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(table, separators=(",", ":")) + "\n")
+    n = sum(len(v) for v in table["tasks"].values())
+    print(f"wrote {args.out}: {n} simulated configs of {len(tasks)} tasks")
+    return {"out": args.out, "configs": n, "source": table["source"]}
+
+
+def add_parser(sub, add) -> None:
+    top = add("ansor", lambda a: top.print_help() or {}, "miniansor: auto-tune Triton kernels")
+    inner = top.add_subparsers(dest="ansor_command", required=True)
+
+    t = inner.add_parser("tune", help="tune one workload")
+    t.add_argument("--workload", required=True, choices=["gemm", "bmm", "softmax", "layernorm"])
+    t.add_argument("--shape", required=True, help="M,N,K | B,M,N,K | rows,cols")
+    t.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"])
+    t.add_argument("--epilogue", default="none", help="gemm only: e.g. bias+relu, bias+gelu+res")
+    _common(t)
+    t.set_defaults(func=_tune)
+
+    m = inner.add_parser("tune-model", help="tune a whole model through the task scheduler")
+    m.add_argument("--model", default="transformer", choices=["mlp", "transformer"])
+    m.add_argument("--batch", type=int, default=1)
+    m.add_argument("--seq", type=int, default=2048)
+    m.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"])
+    m.add_argument("--strategy", default="gradient", choices=["gradient", "round-robin"])
+    _common(m)
+    m.set_defaults(func=_tune_model)
+
+    s = inner.add_parser("show", help="best kernel per task and best-throughput-vs-trials plot")
+    s.add_argument("log")
+    s.add_argument("--plot", default=None, help="PNG path (default: next to the log)")
+    s.add_argument("--json", action="store_true", help="print the result as JSON last")
+    s.set_defaults(func=_show)
+
+    g = inner.add_parser("sim-table", help="write a replay table from the simulated GPU")
+    g.add_argument("--out", required=True)
+    g.add_argument("--tasks", nargs="+", required=True, help="task keys")
+    g.add_argument("--configs", type=int, default=800, help="configs per task")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--json", action="store_true", help="print the result as JSON last")
+    g.set_defaults(func=_sim_table)

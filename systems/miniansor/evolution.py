@@ -1,0 +1,189 @@
+"""Evolutionary search over annotated sketches, guided by the cost model (Ansor 5.1).
+
+TVM's ``SketchPolicyNode::EvolutionarySearch`` (``sketch_policy.cc``) keeps a
+population, scores it with the cost model, keeps a heap of the best *unmeasured*
+programs, and breeds the next generation by picking parents with probability
+proportional to their scores and mutating them (``mutation_prob`` = 0.85) with rules
+chosen by weight (``sketch_policy_rules.cc``: ``MutateTileSize``, ``MutateAutoUnroll``,
+``MutateComputeLocation``, ``MutateParallel``). The paper (section 5.1) also describes
+*crossover*, which TVM's code leaves as ``TODO(merrymercy, comaniac): add crossover``;
+we implement it.
+
+Our genes are the annotation's knobs, grouped into the sketch's "nodes" the way
+Ansor's rewriting steps belong to DAG nodes:
+
+* ``tile``: BLOCK_M, BLOCK_N, BLOCK_K, ROWS (the multi-level tiling);
+* ``pipeline``: num_warps, num_stages (how the block is executed);
+* ``order``: GROUP_M, SPLIT_K (which programs exist and when they run).
+
+Mutation rules (each returns a *valid* new annotation or None):
+
+* ``mutate_tile_size``: move a factor of 2 or 4 from one tile size to another, keeping
+  their product (Ansor: divide one split level's length, multiply another's, so the
+  loop's extent is unchanged);
+* ``mutate_warps`` and ``mutate_stages``: double/halve the warps, add/remove a stage;
+* ``mutate_order``: double/halve the group size or the split factor.
+
+Crossover takes each node's genes from one of two parents of the same sketch, choosing
+the parent with probability proportional to its score (the paper picks each node's
+steps from the parent whose node scores higher), then checks that the child is valid
+(the paper's dependency check), since genes from two valid parents can break a joint
+limit (e.g. the tile of one and the stages of the other exceed shared memory).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .annotation import H100_LIMITS, HardwareLimits, config_key, is_valid
+from .sketch import Sketch
+from .workloads import Task
+
+Config = tuple[Sketch, dict[str, int]]
+GENE_GROUPS = {"tile": ("BLOCK_M", "BLOCK_N", "BLOCK_K", "ROWS"),
+               "pipeline": ("num_warps", "num_stages"),
+               "order": ("GROUP_M", "SPLIT_K")}
+TILE_PARAMS = GENE_GROUPS["tile"]
+
+
+def _valid_or_none(task: Task, sketch: Sketch, ann: dict[str, int],
+                   limits: HardwareLimits) -> dict[str, int] | None:
+    return ann if is_valid(task, sketch, ann, limits) else None
+
+
+def mutate_tile_size(task: Task, sketch: Sketch, ann: dict[str, int],
+                     rng: np.random.Generator, limits: HardwareLimits = H100_LIMITS):
+    """Move a factor between two tile sizes; their product stays the same."""
+    tiles = [p for p in TILE_PARAMS if p in ann]
+    if len(tiles) < 2:
+        return None
+    src, dst = rng.choice(tiles, 2, replace=False)
+    f = int(rng.choice([2, 4]))
+    if ann[src] % f:
+        return None
+    new = dict(ann)
+    new[src], new[dst] = ann[src] // f, ann[dst] * f
+    return _valid_or_none(task, sketch, new, limits)
+
+
+def _step(task: Task, sketch: Sketch, ann: dict[str, int], param: str, rng,
+          limits: HardwareLimits, mul: bool):
+    if param not in ann:
+        return None
+    new = dict(ann)
+    up = bool(rng.integers(2))
+    if mul:
+        new[param] = ann[param] * 2 if up else ann[param] // 2
+    else:
+        new[param] = ann[param] + (1 if up else -1)
+    return _valid_or_none(task, sketch, new, limits)
+
+
+def mutate_warps(task, sketch, ann, rng, limits=H100_LIMITS):
+    return _step(task, sketch, ann, "num_warps", rng, limits, mul=True)
+
+
+def mutate_stages(task, sketch, ann, rng, limits=H100_LIMITS):
+    return _step(task, sketch, ann, "num_stages", rng, limits, mul=False)
+
+
+def mutate_order(task, sketch, ann, rng, limits=H100_LIMITS):
+    knobs = [p for p in GENE_GROUPS["order"] if p in ann]
+    if not knobs:
+        return None
+    return _step(task, sketch, ann, str(rng.choice(knobs)), rng, limits, mul=True)
+
+
+Mutation = Callable[..., "dict[str, int] | None"]
+MUTATIONS: list[tuple[Mutation, float]] = [
+    (mutate_tile_size, 0.5), (mutate_warps, 0.2), (mutate_stages, 0.2), (mutate_order, 0.1)]
+
+
+def crossover(task: Task, sketch: Sketch, a: dict[str, int], b: dict[str, int],
+              score_a: float, score_b: float, rng: np.random.Generator,
+              limits: HardwareLimits = H100_LIMITS) -> dict[str, int] | None:
+    """A child taking each gene group whole from one parent, chosen by score."""
+    pa = 0.5 if score_a + score_b <= 0 else max(score_a, 0) / (max(score_a, 0) +
+                                                               max(score_b, 0))
+    child = dict(a)
+    for genes in GENE_GROUPS.values():
+        if rng.random() >= pa:
+            for g in genes:
+                if g in b:
+                    child[g] = b[g]
+    return _valid_or_none(task, sketch, child, limits)
+
+
+@dataclass(frozen=True)
+class EvolutionParams:
+    population: int = 256
+    num_iters: int = 3
+    mutation_prob: float = 0.85
+    crossover_ratio: float = 0.2  # share of each new generation bred by crossover
+
+
+def _selection_probs(scores: np.ndarray) -> np.ndarray:
+    w = np.maximum(np.nan_to_num(scores, nan=0.0), 0.0) + 1e-9
+    return w / w.sum()
+
+
+def evolutionary_search(task: Task, init: list[Config], model, out_size: int,
+                        rng: np.random.Generator, measured: set[str],
+                        params: EvolutionParams = EvolutionParams(),
+                        limits: HardwareLimits = H100_LIMITS,
+                        allowed: Callable[[Sketch, dict[str, int]], bool] | None = None,
+                        ) -> list[Config]:
+    """The best ``out_size`` unmeasured configs found, best predicted first."""
+    best: dict[str, tuple[float, Config]] = {}
+    pop = list(init)
+    weights = np.array([w for _, w in MUTATIONS])
+    weights = weights / weights.sum()
+    for it in range(params.num_iters + 1):
+        if not pop:
+            break
+        scores = np.asarray(model.predict(task, pop), dtype=float)
+        for (sk, ann), s in zip(pop, scores, strict=True):
+            key = config_key(sk, ann)
+            if key in measured or key in best:
+                continue
+            if len(best) < out_size:
+                best[key] = (s, (sk, ann))
+            else:
+                worst = min(best, key=lambda k: best[k][0])
+                if s > best[worst][0]:
+                    del best[worst]
+                    best[key] = (s, (sk, ann))
+        if it == params.num_iters:
+            break
+        pop = _next_generation(task, pop, scores, rng, params, limits, weights, allowed)
+    return [c for _, c in sorted(best.values(), key=lambda t: -t[0])]
+
+
+def _next_generation(task, pop, scores, rng, params, limits, weights, allowed):
+    probs = _selection_probs(scores)
+    by_sketch: dict[str, list[int]] = {}
+    for i, (sk, _) in enumerate(pop):
+        by_sketch.setdefault(sk.name, []).append(i)
+    n_cross = int(params.crossover_ratio * params.population)
+    nxt: list[Config] = []
+    attempts = 0
+    while len(nxt) < params.population and attempts < 8 * params.population:
+        attempts += 1
+        i = int(rng.choice(len(pop), p=probs))
+        sk, ann = pop[i]
+        if len(nxt) < n_cross:
+            mates = by_sketch[sk.name]
+            mp = probs[mates] / probs[mates].sum()
+            j = mates[int(rng.choice(len(mates), p=mp))]
+            child = crossover(task, sk, ann, pop[j][1], scores[i], scores[j], rng, limits)
+        elif rng.random() < params.mutation_prob:
+            rule = MUTATIONS[int(rng.choice(len(MUTATIONS), p=weights))][0]
+            child = rule(task, sk, ann, rng, limits)
+        else:
+            child = ann
+        if child is not None and (allowed is None or allowed(sk, child)):
+            nxt.append((sk, child))
+    return nxt

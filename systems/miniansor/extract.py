@@ -1,0 +1,167 @@
+"""Task extraction: partition a model into tuning tasks, de-duplicated with weights.
+
+Ansor tunes *subgraphs*, not whole models: Relay's fusion pass cuts the network into
+groups of one compute-heavy *anchor* op plus the elementwise ops that can be fused into
+it, and each distinct group becomes a task; identical groups (the same layer repeated)
+are tuned once, with a *weight* counting how often the group occurs, which the task
+scheduler uses (``extract_tasks`` in ``python/tvm/auto_scheduler/relay_integration.py``).
+
+From a ``torch.nn.Module`` we do the same with ``torch.fx``: trace the module, propagate
+example shapes (``ShapeProp``), and walk the graph:
+
+* anchors: ``nn.Linear`` / ``F.linear`` / ``matmul`` / ``@`` / ``bmm`` (a GEMM, or a
+  batched GEMM when both operands have leading dimensions), ``softmax`` over the last
+  axis, ``nn.LayerNorm`` / ``F.layer_norm`` over the last axis;
+* fusable consumers of a GEMM, followed while the anchor's value has a single user and
+  in the epilogue's order: a bias add (a 1-D tensor of N values), ReLU or GELU, and a
+  residual add (a tensor of the output's shape).
+
+Other ops (reshapes, transposes, scaling by a constant, dropout) are not tasks.
+
+The result is a plain ``(tasks, weights)`` pair, so another front end can produce the
+same thing: a miniflow-graph extractor is a sibling function with this signature.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections import Counter
+
+import torch
+import torch.nn.functional as F
+from torch import fx
+from torch.fx.passes.shape_prop import ShapeProp
+
+from .workloads import Epilogue, Task
+
+_MATMULS = {torch.matmul, operator.matmul, torch.bmm, torch.mm}
+_SOFTMAX = {torch.softmax, F.softmax}
+_RELU = {torch.relu, F.relu}
+_ADD = {operator.add, torch.add}
+
+
+def _shape(node) -> tuple[int, ...] | None:
+    meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
+    return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+
+
+def _module(gm: fx.GraphModule, node: fx.Node):
+    return gm.get_submodule(node.target) if node.op == "call_module" else None
+
+
+def _is(gm, node: fx.Node, fns: set, mod_types: tuple = (), methods: tuple = ()) -> bool:
+    if node.op == "call_function":
+        return node.target in fns
+    if node.op == "call_module":
+        return isinstance(_module(gm, node), mod_types) if mod_types else False
+    return node.op == "call_method" and node.target in methods
+
+
+def _act(gm, node: fx.Node) -> str | None:
+    if _is(gm, node, _RELU, (torch.nn.ReLU,), ("relu",)):
+        return "relu"
+    gelu_mod = node.op == "call_module" and isinstance(_module(gm, node), torch.nn.GELU) \
+        and _module(gm, node).approximate == "none"
+    gelu_fn = node.op == "call_function" and node.target is F.gelu and \
+        node.kwargs.get("approximate", "none") == "none"
+    return "gelu" if gelu_mod or gelu_fn else None
+
+
+def _fuse_epilogue(gm, anchor: fx.Node, out_shape: tuple[int, ...], has_bias: bool,
+                   n: int) -> tuple[Epilogue, set[fx.Node]]:
+    """Follow the anchor's single-user chain: [bias add] -> [relu|gelu] -> [residual]."""
+    bias, act, residual, fused = has_bias, "none", False, set()
+    cur, stage = anchor, 0 if not has_bias else 1
+    while len(cur.users) == 1:
+        user = next(iter(cur.users))
+        if _is(gm, user, _ADD, (), ("add",)) and len(user.args) == 2:
+            other = user.args[1] if user.args[0] is cur else user.args[0]
+            oshape = _shape(other)
+            if stage == 0 and oshape == (n,):
+                bias, stage = True, 1
+            elif stage <= 2 and oshape == out_shape:
+                residual, stage = True, 3
+            else:
+                break
+        elif stage <= 1 and _act(gm, user):
+            act, stage = _act(gm, user), 2
+        else:
+            break
+        fused.add(user)
+        cur = user
+        if stage == 3:
+            break
+    return Epilogue(bias, act, residual), fused
+
+
+def _gemm_task(gm, node: fx.Node, dtype: str) -> tuple[Task, set[fx.Node]] | None:
+    mod = _module(gm, node)
+    if isinstance(mod, torch.nn.Linear) or (node.op == "call_function" and
+                                            node.target is F.linear):
+        x = _shape(node.args[0])
+        if mod is not None:
+            n_out, k, has_bias = mod.out_features, mod.in_features, mod.bias is not None
+        else:
+            w = _shape(node.args[1])
+            n_out, k = w
+            has_bias = (len(node.args) > 2 and node.args[2] is not None) or \
+                node.kwargs.get("bias") is not None
+        m = math.prod(x[:-1])
+        epi, fused = _fuse_epilogue(gm, node, _shape(node), has_bias, n_out)
+        return Task("gemm", (m, n_out, k), dtype, epi), fused
+    if _is(gm, node, _MATMULS, (), ("matmul",)):
+        a, b = _shape(node.args[0]), _shape(node.args[1])
+        if a is None or b is None or len(a) < 2 or len(b) < 2:
+            return None
+        m, k, n = math.prod(a[:-1]) if len(b) == 2 else a[-2], a[-1], b[-1]
+        if len(b) == 2:  # [.., M, K] @ [K, N]: one GEMM over all leading rows
+            epi, fused = _fuse_epilogue(gm, node, _shape(node), False, n)
+            return Task("gemm", (m, n, k), dtype, epi), fused
+        batch = math.prod(_shape(node)[:-2])
+        return Task("bmm", (batch, a[-2], n, k), dtype), set()
+    return None
+
+
+def _row_task(gm, node: fx.Node, dtype: str) -> Task | None:
+    shape = _shape(node)
+    if not shape:
+        return None
+    rows, cols = math.prod(shape[:-1]), shape[-1]
+    if _is(gm, node, _SOFTMAX, (torch.nn.Softmax,), ("softmax",)):
+        mod = _module(gm, node)
+        dim = mod.dim if mod is not None else node.kwargs.get(
+            "dim", node.args[1] if len(node.args) > 1 else None)
+        if dim in (-1, len(shape) - 1):
+            return Task("softmax", (rows, cols), dtype)
+    mod = _module(gm, node)
+    if isinstance(mod, torch.nn.LayerNorm) and len(mod.normalized_shape) == 1:
+        return Task("layernorm", (rows, cols), dtype)
+    if node.op == "call_function" and node.target is F.layer_norm:
+        norm = node.args[1] if len(node.args) > 1 else node.kwargs["normalized_shape"]
+        if len(norm) == 1:
+            return Task("layernorm", (rows, cols), dtype)
+    return None
+
+
+def extract_tasks(module: torch.nn.Module, example_inputs: tuple, dtype: str = "fp16"
+                  ) -> tuple[list[Task], list[int]]:
+    """Distinct tasks of ``module`` (in first-seen order) and how often each occurs."""
+    gm = fx.symbolic_trace(module)
+    ShapeProp(gm).propagate(*example_inputs)
+    found: list[Task] = []
+    fused: set[fx.Node] = set()
+    for node in gm.graph.nodes:
+        if node in fused or node.op not in ("call_module", "call_function", "call_method"):
+            continue
+        g = _gemm_task(gm, node, dtype)
+        if g is not None:
+            found.append(g[0])
+            fused |= g[1]
+            continue
+        r = _row_task(gm, node, dtype)
+        if r is not None:
+            found.append(r)
+    counts = Counter(t.key for t in found)
+    tasks = list({t.key: t for t in found}.values())
+    return tasks, [counts[t.key] for t in tasks]

@@ -1,0 +1,157 @@
+"""A recorded device: replay kernel times measured once, from a committed JSON table.
+
+Search and cost-model studies measure thousands of configs; on a real GPU each costs a
+compile and a timing. Measuring a task's space once and replaying it lets those studies
+run anywhere, on real numbers (the idea behind TenSet, Zheng et al., NeurIPS 2021
+datasets track, a large table of measured TVM programs for cost-model research).
+
+Table format (``miniansor-recorded/1``)::
+
+    {"format": "miniansor-recorded/1",
+     "source": "measured" | "simulated",   # never leave a reader guessing
+     "device": "NVIDIA H100 80GB HBM3", "created": "2026-11-26", "notes": "...",
+     "versions": {...},
+     "tasks": {"gemm:4096x4096x4096:fp16:none": {
+         "tiled.grouped[BLOCK_K=64,...]": {"time_s": [1.9e-4, 1.91e-4]},
+         "tiled.grouped[BLOCK_K=128,...]": {"error": "OUT_OF_RESOURCES"}}}}
+
+``source`` is checked: a table generated from ``SimulatedGPU`` says "simulated" and is
+reported as such. A table of real measurements is written by the GPU benchmark run
+(``TableRecorder``, a measure callback) under ``systems/miniansor/data/``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .annotation import (
+    H100_LIMITS,
+    HardwareLimits,
+    config_key,
+    enumerate_space,
+    parse_config_key,
+)
+from .measure import DeviceFault, ErrorNo, MeasureInput, MeasureResult
+from .records import VERSIONS
+from .sketch import Sketch, generate_sketches
+from .workloads import Task
+
+FORMAT = "miniansor-recorded/1"
+SOURCES = ("measured", "simulated")
+DATA_DIR = Path(__file__).parent / "data"
+
+
+def validate_table(table: dict, where: str = "table") -> None:
+    if table.get("format") != FORMAT:
+        raise ValueError(f"{where}: format {table.get('format')!r}, expected {FORMAT!r}")
+    if table.get("source") not in SOURCES:
+        raise ValueError(f"{where}: source must be one of {SOURCES}, "
+                         f"got {table.get('source')!r}")
+    if not isinstance(table.get("tasks"), dict):
+        raise ValueError(f"{where}: 'tasks' must map task keys to config tables")
+    for key, entries in table["tasks"].items():
+        Task.from_key(key)
+        for ck, e in entries.items():
+            if not (("time_s" in e and e["time_s"]) or "error" in e):
+                raise ValueError(f"{where}: {key} / {ck} has neither time_s nor error")
+
+
+class RecordedDevice:
+    """A device that answers from a recorded table; configs it lacks fail NOT_RECORDED."""
+
+    kind = "replay"
+
+    def __init__(self, table: dict | str | Path):
+        if not isinstance(table, dict):
+            path = Path(table)
+            table = json.loads(path.read_text())
+            validate_table(table, str(path))
+        else:
+            validate_table(table)
+        self.table = table
+        self.source = table["source"]
+        self.name = f"replay of {table.get('device', '?')} ({self.source})"
+
+    def tasks(self) -> list[Task]:
+        return [Task.from_key(k) for k in self.table["tasks"]]
+
+    def measure(self, task: Task, sketch: Sketch, ann: dict[str, int],
+                repeats: int = 3) -> list[float]:
+        entry = self.table["tasks"].get(task.key, {}).get(config_key(sketch, ann))
+        if entry is None:
+            raise DeviceFault("NOT_RECORDED", f"{task.key} {config_key(sketch, ann)}")
+        if "error" in entry:
+            raise DeviceFault(entry["error"], entry.get("msg", "recorded failure"))
+        times = entry["time_s"]
+        return [float(times[i % len(times)]) for i in range(repeats)]
+
+    def space(self, task: Task) -> list[tuple[Sketch, dict[str, int]]]:
+        """The recorded configs of ``task`` (the search space when replaying)."""
+        sketches = {s.name: s for s in generate_sketches(task)}
+        out = []
+        for ck in self.table["tasks"].get(task.key, {}):
+            name, ann = parse_config_key(ck)
+            if name in sketches:
+                out.append((sketches[name], ann))
+        return out
+
+    def true_time(self, task: Task, sketch: Sketch, ann: dict[str, int]) -> float:
+        """The recorded median (the ground truth of replayed studies)."""
+        entry = self.table["tasks"].get(task.key, {}).get(config_key(sketch, ann))
+        if entry is None or "error" in entry:
+            raise DeviceFault(entry["error"] if entry else "NOT_RECORDED",
+                              config_key(sketch, ann))
+        return float(np.median(entry["time_s"]))
+
+
+class TableRecorder:
+    """A measure callback collecting every measurement into a recorded table."""
+
+    def __init__(self, device: str, source: str = "measured", notes: str = ""):
+        if source not in SOURCES:
+            raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+        self.device, self.source, self.notes = device, source, notes
+        self.tasks: dict[str, dict[str, dict]] = {}
+
+    def __call__(self, inp: MeasureInput, res: MeasureResult) -> None:
+        if res.ok:
+            entry = {"time_s": [float(f"{c:.4g}") for c in res.costs]}
+        else:
+            entry = {"error": res.error.name, "msg": res.error_msg[:200]}
+        self.tasks.setdefault(inp.task.key, {})[inp.key] = entry
+
+    def table(self) -> dict:
+        return {"format": FORMAT, "source": self.source, "device": self.device,
+                "created": time.strftime("%Y-%m-%d"), "notes": self.notes,
+                "versions": VERSIONS, "tasks": self.tasks}
+
+    def write(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.table(), separators=(",", ":")) + "\n")
+        return path
+
+
+def table_from_simulator(tasks: list[Task], sim, configs_per_task: int = 800, seed: int = 0,
+                         limits: HardwareLimits = H100_LIMITS, repeats: int = 3) -> dict:
+    """A replay table from ``SimulatedGPU`` (labelled ``"source": "simulated"``): a random
+    subset of each task's pruned space, as a time-limited GPU run would record."""
+    rng = np.random.default_rng(seed)
+    rec = TableRecorder(sim.name, "simulated",
+                        notes="generated by systems.miniansor.recorded.table_from_simulator; "
+                              "NOT a measurement of real hardware")
+    for task in tasks:
+        space = [(s, a) for s in generate_sketches(task, limits.sm_count)
+                 for a in enumerate_space(task, s, limits)]
+        for i in rng.permutation(len(space))[:configs_per_task]:
+            sk, ann = space[i]
+            try:
+                res = MeasureResult(sim.measure(task, sk, ann, repeats))
+            except DeviceFault as f:
+                res = MeasureResult([], ErrorNo[f.kind], f.msg)
+            rec(MeasureInput(task, sk, ann), res)
+    return rec.table()

@@ -1,0 +1,158 @@
+"""The task scheduler: which task gets the next round of measurements (Ansor section 6).
+
+A model has many tasks, and they matter unequally: a GEMM that runs 24 times per
+forward pass, or takes 80% of the time, deserves more tuning than a small layernorm.
+Ansor minimises an objective over the tasks' best latencies g_i, by default the
+weighted sum f = sum_i w_i * g_i, where w_i is how often task i occurs. Each step it
+tunes the task with the most negative estimated gradient of f with respect to the
+trials t_i spent on it (section 6.2; ``python/tvm/auto_scheduler/task_scheduler.py``):
+
+    df/dt_i ~ df/dg_i * ( alpha * (g_i(t_i) - g_i(t_i - dt)) / dt
+                          + (1 - alpha) * min(-g_i(t_i) / t_i,
+                                              beta * C_i / max_k V_k - g_i(t_i)) )
+
+The first term looks back (how much the last ``backward_window`` rounds improved); the
+second looks forward, optimistically: either latency keeps falling like 1/t, or the
+task reaches the best FLOP/s ``V_k`` of a *similar* task (same kind, same order of
+FLOPs ``C_i``), within a factor ``beta``. With probability ``eps`` a random task is
+chosen instead (the paper's epsilon-greedy; TVM's code has no such term). It starts
+with one round of round-robin, so every task has a latency. Tasks whose search has
+nothing left to measure, or which keep failing, are *dead* and skipped.
+
+``strategy="round-robin"`` is the baseline the paper compares against.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from tqdm import tqdm
+
+from .search_policy import SketchPolicy
+from .workloads import Task
+
+NO_LATENCY = 1e10  # TVM's placeholder for a task with no valid measurement yet
+
+
+def similarity_tag(task: Task) -> str:
+    """Tasks with the same tag are "similar" (TVM ``derive_similarity_tag``: the op kinds
+    plus log_1.618 of the FLOPs)."""
+    return f"{task.kind}:{task.dtype}:{int(math.log(task.flops + 1, 1.618))}"
+
+
+@dataclass
+class ScheduleLog:
+    trials: list[int] = field(default_factory=list)  # after each round
+    objective: list[float] = field(default_factory=list)
+    chosen: list[int] = field(default_factory=list)  # task index tuned in each round
+
+
+class TaskScheduler:
+    """Allocate measurement rounds across tasks with per-task search policies."""
+
+    def __init__(self, tasks: list[Task], weights: list[float], policies: list[SketchPolicy],
+                 measurer, cost_model, *, strategy: str = "gradient", alpha: float = 0.2,
+                 beta: float = 2.0, backward_window: int = 3, eps: float = 0.05,
+                 seed: int = 0):
+        if strategy not in ("gradient", "round-robin"):
+            raise ValueError(f"strategy must be 'gradient' or 'round-robin', got {strategy!r}")
+        if not (len(tasks) == len(weights) == len(policies)) or not tasks:
+            raise ValueError(f"need one weight and one policy per task; got {len(tasks)} "
+                             f"tasks, {len(weights)} weights, {len(policies)} policies")
+        self.tasks, self.weights, self.policies = tasks, list(weights), policies
+        self.measurer, self.cost_model, self.strategy = measurer, cost_model, strategy
+        self.alpha, self.beta, self.window, self.eps = alpha, beta, backward_window, eps
+        self.rng = np.random.default_rng(seed)
+        n = len(tasks)
+        self.task_cts = [0] * n  # rounds spent per task
+        self.costs_history: list[list[float]] = [[] for _ in range(n)]
+        self.best_costs = np.full(n, NO_LATENCY)
+        self.dead: set[int] = set()
+        self.trials = 0
+        self.log = ScheduleLog()
+        tags = [similarity_tag(t) for t in tasks]
+        self.groups = {i: [j for j in range(n) if tags[j] == tags[i]] for i in range(n)}
+
+    def objective(self, costs: np.ndarray | None = None) -> float:
+        c = self.best_costs if costs is None else costs
+        return float(sum(w * x for w, x in zip(self.weights, c, strict=True)))
+
+    def restore(self, per_round: int) -> None:
+        """After policies were preloaded from a log: rebuild counts and best latencies."""
+        for i, pol in enumerate(self.policies):
+            n = len(pol.history)
+            self.trials += n
+            if pol.best is not None:
+                self.best_costs[i] = pol.best[1]
+            self.task_cts[i] = math.ceil(n / per_round)
+            self.costs_history[i] = [self.best_costs[i]] * self.task_cts[i]
+
+    def _gradient(self, i: int) -> float:
+        chain = self.weights[i]  # d f / d g_i of a weighted sum
+        hist, ct = self.costs_history[i], self.task_cts[i]
+        backward = 0.0
+        if ct - 1 - self.window >= 0 and ct - 1 < len(hist):
+            backward = (hist[ct - 1] - hist[ct - 1 - self.window]) / self.window
+        g = self.best_costs[i]
+        g_next_1 = g - g / max(ct, 1)
+        g_next_2 = self.beta * 1e30
+        group = self.groups[i]
+        if len(group) > 1:
+            best_flops = max(self.tasks[j].flops / self.best_costs[j] for j in group)
+            g_next_2 = self.beta * self.tasks[i].flops / best_flops
+        forward = min(g_next_1, g_next_2) - g
+        return chain * (self.alpha * backward + (1 - self.alpha) * forward)
+
+    def _pick(self, last: int) -> int:
+        alive = [i for i in range(len(self.tasks)) if i not in self.dead]
+        if self.strategy == "round-robin":
+            nxt = (last + 1) % len(self.tasks)
+            while nxt in self.dead:
+                nxt = (nxt + 1) % len(self.tasks)
+            return nxt
+        if self.rng.random() < self.eps:
+            return int(self.rng.choice(alive))
+        grads = {i: self._gradient(i) for i in alive}
+        if max(grads.values()) == min(grads.values()):
+            return int(self.rng.choice(alive))
+        return min(grads, key=grads.get)
+
+    def _tune_task(self, i: int, per_round: int) -> None:
+        pol = self.policies[i]
+        inputs, results = pol.continue_search_one_round(per_round, self.measurer)
+        self.trials += len(inputs)
+        self.task_cts[i] += 1
+        if inputs:
+            self.cost_model.update(inputs, results)
+        if pol.best is not None:
+            self.best_costs[i] = min(self.best_costs[i], pol.best[1])
+        self.costs_history[i].append(self.best_costs[i])
+        if not inputs or pol.exhausted() or self.measurer.task_dead(self.tasks[i]):
+            self.dead.add(i)
+        self.log.trials.append(self.trials)
+        self.log.objective.append(self.objective())
+        self.log.chosen.append(i)
+
+    def tune(self, total_trials: int, per_round: int = 8, progress: bool = True) -> ScheduleLog:
+        """Spend up to ``total_trials`` measurements (counting any restored from a log)."""
+        bar = tqdm(total=total_trials, initial=min(self.trials, total_trials),
+                   desc=f"tune {len(self.tasks)} tasks [{self.strategy}]", unit="trial",
+                   disable=not progress, leave=False)
+        for i in range(len(self.tasks)):  # warm-up: one round each
+            if self.trials >= total_trials:
+                break
+            if self.task_cts[i] == 0 and i not in self.dead:
+                before = self.trials
+                self._tune_task(i, min(per_round, total_trials - self.trials))
+                bar.update(self.trials - before)
+        last = -1
+        while self.trials < total_trials and len(self.dead) < len(self.tasks):
+            i = self._pick(last)
+            before = self.trials
+            self._tune_task(i, min(per_round, total_trials - self.trials))
+            bar.update(self.trials - before)
+            last = i
+        bar.close()
+        return self.log

@@ -1,0 +1,130 @@
+"""Tuning, end to end: tasks in, a log of measurements and the best kernels out.
+
+The glue TVM calls ``auto_scheduler.TaskScheduler(tasks, weights).tune(TuningOptions)``
+(``task_scheduler.py``, ``auto_schedule.py``): one search policy per task sharing one
+cost model, a measurer with its callbacks (``RecordToFile``), and the task scheduler
+spending the trial budget. With an existing log it *resumes*: every logged
+measurement is preloaded into its task's policy (never measured again), the cost model
+is trained on them, and the scheduler's counters are restored; the budget counts them.
+
+Devices by name: ``"sim"`` (``SimulatedGPU``), ``"replay:FILE"`` (``RecordedDevice``;
+the search is restricted to the recorded configs), ``"cuda"`` (``CudaDevice``).
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .annotation import H100_LIMITS, HardwareLimits
+from .cost_model import GBTModel, RandomModel
+from .measure import Callback, Measurer
+from .recorded import RecordedDevice
+from .records import Best, RecordToFile, best_per_task, load_records
+from .search_policy import SearchParams, SketchPolicy
+from .simulator import SimulatedGPU
+from .task_scheduler import ScheduleLog, TaskScheduler
+from .workloads import Task
+
+
+def make_device(spec, seed: int = 0):
+    """A device object from its CLI name (objects pass through)."""
+    if not isinstance(spec, str):
+        return spec
+    if spec == "sim":
+        return SimulatedGPU(seed=seed)
+    if spec.startswith("replay:"):
+        return RecordedDevice(spec.split(":", 1)[1])
+    if spec == "cuda":
+        from .cuda import CudaDevice
+
+        return CudaDevice()
+    raise ValueError(f"--device must be 'cuda', 'sim' or 'replay:FILE', got {spec!r}")
+
+
+@dataclass
+class TuneResult:
+    tasks: list[Task]
+    weights: list[float]
+    best: dict[str, Best]
+    schedule: ScheduleLog
+    trials: int
+    device: str
+    errors: dict[str, int] = field(default_factory=dict)
+    resumed: int = 0  # measurements restored from the log
+
+    def weighted_latency(self) -> float:
+        return sum(w * (self.best[t.key].time if t.key in self.best else float("inf"))
+                   for t, w in zip(self.tasks, self.weights, strict=True))
+
+    def summary(self) -> dict:
+        rows = []
+        for t, w in zip(self.tasks, self.weights, strict=True):
+            b = self.best.get(t.key)
+            rows.append({"task": t.key, "weight": w,
+                         "best_us": None if b is None else b.time * 1e6,
+                         "tflops": None if b is None else t.flops / b.time / 1e12,
+                         "sketch": None if b is None else b.sketch.name,
+                         "ann": None if b is None else b.ann})
+        return {"device": self.device, "trials": self.trials, "resumed": self.resumed,
+                "weighted_latency_us": self.weighted_latency() * 1e6,
+                "errors": self.errors, "tasks": rows}
+
+
+def tune_tasks(tasks: list[Task], weights: list[float] | None = None, trials: int = 64, *,
+               device="sim", log: str | Path | None = None, strategy: str = "gradient",
+               per_round: int = 8, seed: int = 0, verify: str = "auto", model: str = "gbt",
+               evolution: bool = True, progress: bool = True,
+               limits: HardwareLimits = H100_LIMITS, params: SearchParams | None = None,
+               callbacks: list[Callback] | None = None) -> TuneResult:
+    """Tune ``tasks`` (with ``weights``, default 1 each) for ``trials`` measurements."""
+    weights = list(weights) if weights is not None else [1.0] * len(tasks)
+    dev = make_device(device, seed)
+    if verify == "auto":  # the simulator runs no kernel, so check ours; others check theirs
+        verify = "local" if dev.kind == "sim" else "none"
+    cost_model = GBTModel(seed=seed, limits=limits) if model == "gbt" else RandomModel(seed)
+    space = dev.space if isinstance(dev, RecordedDevice) else (lambda t: None)
+    params = params or SearchParams()
+    policies = [SketchPolicy(t, cost_model, params=params, seed=seed + i, limits=limits,
+                             evolution=evolution, space=space(t))
+                for i, t in enumerate(tasks)]
+    cbs = list(callbacks or [])
+    records = load_records(log) if log else []
+    if log:
+        cbs.insert(0, RecordToFile(log, dev.name))
+    measurer = Measurer(dev, verify=verify, limits=limits, callbacks=cbs)
+    keys = {t.key for t in tasks}
+    records = [(i, r) for i, r in records if i.task.key in keys]
+    if records:
+        inputs, results = zip(*records, strict=True)
+        for pol in policies:
+            pol.preload(list(inputs), list(results))
+        cost_model.update(list(inputs), list(results))
+    sched = TaskScheduler(tasks, weights, policies, measurer, cost_model, strategy=strategy,
+                          seed=seed)
+    if records:
+        sched.restore(per_round)
+    try:
+        sched.tune(trials, per_round, progress)
+    finally:
+        if isinstance(device, str) and hasattr(dev, "close"):
+            dev.close()  # we made it, we close it
+    all_records = records + measurer.session
+    errors = collections.Counter(r.error.name for _, r in all_records if not r.ok)
+    best = best_per_task(all_records)
+    return TuneResult(tasks, weights, best, sched.log, sched.trials, dev.name, dict(errors),
+                      resumed=len(records))
+
+
+def tune_task(task: Task, trials: int = 64, **kw) -> TuneResult:
+    return tune_tasks([task], [1.0], trials, **kw)
+
+
+def tune_model(module, example_inputs: tuple, trials: int = 256, dtype: str = "fp16",
+               **kw) -> TuneResult:
+    """Extract the module's tasks (``extract.py``) and tune them all together."""
+    from .extract import extract_tasks
+
+    tasks, weights = extract_tasks(module, example_inputs, dtype)
+    return tune_tasks(tasks, weights, trials, **kw)

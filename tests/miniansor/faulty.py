@@ -1,0 +1,42 @@
+"""Deliberately bad kernel templates, for the tests of failure handling.
+
+Each has the launcher signature ``(task, cfg, inputs) -> tensor`` and is named in a
+sketch as ``"tests.miniansor.faulty:<function>"``.
+"""
+
+import time
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _wild_read(x_ptr, y_ptr, BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK) + (1 << 30)  # ~1-2 GiB past the input: unmapped memory
+    tl.store(y_ptr + tl.arange(0, BLOCK), tl.load(x_ptr + offs))
+
+
+def launch_segfault(task, cfg, inputs):
+    """Reads far out of bounds: under the interpreter this kills the process."""
+    x = inputs["x"]
+    y = x.new_empty(16)
+    _wild_read[(1,)](x, y, BLOCK=16)
+    return y
+
+
+def launch_hang(task, cfg, inputs):
+    """Never finishes (as a kernel stuck in a loop would)."""
+    time.sleep(3600)
+    return inputs["x"]
+
+
+def launch_wrong(task, cfg, inputs):
+    """Runs, but returns a wrong answer."""
+    return torch.zeros_like(task.reference(inputs))
+
+
+def launch_bad_compile(task, cfg, inputs):
+    """A kernel Triton refuses: tl.arange needs a power-of-two length."""
+    _wild_read[(1,)](inputs["x"], inputs["x"], BLOCK=12)
+    return inputs["x"]

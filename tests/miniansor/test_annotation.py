@@ -1,0 +1,99 @@
+"""Random annotation never exceeds the declared limits; the space is what it says."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from systems.miniansor.annotation import (
+    H100_LIMITS,
+    HardwareLimits,
+    check,
+    config_key,
+    enumerate_space,
+    parse_config_key,
+    sample_annotation,
+)
+from systems.miniansor.sketch import generate_sketches
+from systems.miniansor.workloads import Task, gemm, layernorm, next_pow2, softmax
+
+LIMITS = H100_LIMITS
+
+
+def _independent_limit_check(task: Task, sketch, ann: dict, limits: HardwareLimits):
+    """The limits restated from the docstring, without calling annotation.check."""
+    cfg = sketch.full_config(ann)
+    w = cfg["num_warps"]
+    assert 32 * w <= limits.max_threads_per_block
+    if task.is_matmul:
+        bm, bn, bk, s = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"], cfg["num_stages"]
+        m, n, k = task.mnk
+        assert (bm + bn) * bk * max(1, s) * task.elem_bytes <= limits.smem_per_block
+        assert bm * bn / (32 * w) <= limits.max_acc_regs_per_thread
+        assert bm * bn >= 256 * w
+        assert bm <= max(16, next_pow2(m)) and bn <= max(16, next_pow2(n))
+        assert bk <= max(16, next_pow2(k))
+        assert cfg.get("SPLIT_K", 1) <= -(-k // bk)
+    else:
+        rows, cols = task.rows_cols
+        elems = cfg.get("ROWS", 1) * cfg.get("BLOCK_N", next_pow2(cols))
+        assert 1 <= elems / (32 * w) <= limits.max_row_elems_per_thread
+        assert cfg.get("ROWS", 1) <= next_pow2(rows)
+
+
+tasks = st.one_of(
+    st.builds(lambda m, n, k, dt: gemm(m, n, k, dt), st.integers(1, 9000),
+              st.integers(1, 9000), st.integers(1, 20000), st.sampled_from(["fp16", "fp32"])),
+    st.builds(lambda r, c: softmax(r, c), st.integers(1, 5000), st.integers(1, 40000)),
+    st.builds(lambda r, c: layernorm(r, c), st.integers(1, 5000), st.integers(1, 20000)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(task=tasks, seed=st.integers(0, 2**16), smem=st.sampled_from([48 * 1024, 227 * 1024]))
+def test_sampled_annotations_respect_every_declared_limit(task, seed, smem):
+    limits = HardwareLimits(smem, 132)
+    rng = np.random.default_rng(seed)
+    for sk in generate_sketches(task):
+        ann = sample_annotation(task, sk, rng, limits)
+        if ann is not None:
+            assert check(task, sk, ann, limits) == []
+            _independent_limit_check(task, sk, ann, limits)
+
+
+def test_exhaustive_space_is_exactly_the_valid_grid():
+    task = gemm(200, 100, 300, "fp16")
+    for sk in generate_sketches(task):
+        space = enumerate_space(task, sk)
+        assert space and len({config_key(sk, a) for a in space}) == len(space)
+        for a in space:
+            _independent_limit_check(task, sk, a, LIMITS)
+        rng = np.random.default_rng(0)
+        keys = {config_key(sk, a) for a in space}
+        for _ in range(20):
+            assert config_key(sk, sample_annotation(task, sk, rng)) in keys
+
+
+def test_check_names_each_broken_limit():
+    task = gemm(4096, 4096, 4096, "fp32")
+    sk = generate_sketches(task)[0]
+    big = {"BLOCK_M": 256, "BLOCK_N": 256, "BLOCK_K": 128, "num_warps": 2, "num_stages": 5}
+    why = " ".join(check(task, sk, big))
+    assert "shared memory" in why and "accumulator registers" in why
+    assert "tile too small" in " ".join(check(task, sk, {**big, "BLOCK_M": 16,
+                                                          "BLOCK_N": 16, "BLOCK_K": 16,
+                                                          "num_warps": 16, "num_stages": 1}))
+    assert "not in" in " ".join(check(task, sk, {**big, "BLOCK_M": 48}))
+    assert "wants" in check(task, sk, {"BLOCK_M": 64})[0]
+
+
+def test_blocks_are_clamped_to_the_problem():
+    task = gemm(16, 4096, 14336)
+    sk = generate_sketches(task)[0]
+    assert {a["BLOCK_M"] for a in enumerate_space(task, sk)} == {16}
+
+
+@pytest.mark.parametrize("key", ["tiled.grouped[BLOCK_K=32,BLOCK_M=64,GROUP_M=8]",
+                                 "row.one[num_warps=4]"])
+def test_config_keys_round_trip(key):
+    name, ann = parse_config_key(key)
+    assert f"{name}[{','.join(f'{k}={ann[k]}' for k in sorted(ann))}]" == key

@@ -1,0 +1,111 @@
+"""The measurer records failures as data and keeps going."""
+
+from systems.miniansor.measure import (
+    DeviceFault,
+    ErrorNo,
+    MeasureInput,
+    Measurer,
+    proxy_task,
+)
+from systems.miniansor.simulator import SimulatedGPU
+from systems.miniansor.sketch import Sketch, generate_sketches
+from systems.miniansor.workloads import bmm, gemm, softmax
+
+GOOD = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 16, "num_warps": 2, "num_stages": 2}
+
+
+def faulty(fn: str) -> Sketch:
+    return Sketch(fn, f"tests.miniansor.faulty:{fn}", (("num_warps", (1,)),))
+
+
+class Flaky:
+    """A device that fails every other measurement with a runtime error."""
+
+    name, kind = "flaky", "sim"
+
+    def __init__(self):
+        self.calls = 0
+
+    def measure(self, task, sketch, ann, repeats=3):
+        self.calls += 1
+        if self.calls % 2 == 0:
+            raise DeviceFault("RUNTIME_ERROR", "simulated fault")
+        return [1e-5] * repeats
+
+
+def test_a_failing_config_is_recorded_not_fatal():
+    task = gemm(40, 50, 60, "fp16")
+    sk = generate_sketches(task)[0]
+    seen = []
+    m = Measurer(SimulatedGPU(), verify="local", callbacks=[lambda i, r: seen.append(r)])
+    soft = softmax(4, 100, "fp32")
+    inputs = [
+        MeasureInput(task, sk, GOOD),
+        MeasureInput(task, sk, {**GOOD, "BLOCK_M": 48}),  # breaks a declared limit
+        MeasureInput(soft, faulty("launch_wrong"), {"num_warps": 1}),
+        MeasureInput(soft, faulty("launch_bad_compile"), {"num_warps": 1}),
+        MeasureInput(task, sk, {**GOOD, "BLOCK_N": 64}),
+    ]
+    results = m.measure(inputs)
+    assert [r.error for r in results[:3]] == [ErrorNo.NO_ERROR, ErrorNo.INSTANTIATION_ERROR,
+                                              ErrorNo.WRONG_ANSWER]
+    assert results[3].error in (ErrorNo.COMPILE_ERROR, ErrorNo.RUNTIME_ERROR)
+    assert results[4].ok and results[4].time < float("inf")
+    assert seen == results and "not in" in results[1].error_msg
+    assert results[2].time == float("inf") and results[2].costs == []
+
+
+def test_a_long_run_of_errors_stops_the_task():
+    task = gemm(64, 64, 64)
+    sk = generate_sketches(task)[0]
+    m = Measurer(Flaky(), verify="none", max_consecutive_errors=3)
+    bad = [MeasureInput(task, sk, {**GOOD, "BLOCK_M": 48})] * 3
+    m.measure(bad[:2])
+    assert not m.task_dead(task)
+    m.measure(bad[2:])
+    assert m.task_dead(task)
+    m.measure([MeasureInput(task, sk, GOOD)])
+    assert not m.task_dead(task)  # a success resets the run
+
+
+def test_each_program_is_verified_once():
+    task = gemm(40, 50, 60, "fp32")
+    sk = generate_sketches(task)[0]
+    m = Measurer(SimulatedGPU(), verify="local")
+    m.measure([MeasureInput(task, sk, GOOD)])
+    assert len(m.verified) == 1
+    m.measure([MeasureInput(task, sk, GOOD)])
+    assert len(m.verified) == 1 and len(m.session) == 2
+
+
+def test_proxy_tasks_are_small_ragged_and_exercise_splits_and_groups():
+    t = proxy_task(gemm(4096, 4096, 4096, "bf16"),
+                   {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 32, "GROUP_M": 4, "SPLIT_K": 1})
+    m, n, k = t.mnk
+    assert t.dtype == "fp16"  # the interpreter gets bf16 wrong
+    assert (m, n, k) == (3 * 64 - 5, 2 * 128 - 3, 2 * 32 - 7)
+    assert m % 64 and n % 128 and k % 32 and m > 2 * 64
+    s = proxy_task(gemm(16, 4096, 14336), {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 64,
+                                          "SPLIT_K": 4})
+    assert s.mnk == (16, 61, 2 * 64 * 4 - 7)
+    assert proxy_task(bmm(32, 512, 512, 64), GOOD).batch == 2
+    assert proxy_task(softmax(1000, 30000), {"BLOCK_N": 256}).shape == (3, 515)
+
+
+def test_triton_autotune_cannot_run_under_the_interpreter():
+    """Why our measurer times every config itself: @triton.autotune benchmarks its list
+    with do_bench on a device, which the interpreter does not have."""
+    import pytest
+    import torch
+    import triton
+    import triton.language as tl
+
+    @triton.autotune(configs=[triton.Config({"B": 16}), triton.Config({"B": 32})], key=["n"])
+    @triton.jit
+    def double(x, y, n, B: tl.constexpr):
+        o = tl.program_id(0) * B + tl.arange(0, B)
+        tl.store(y + o, tl.load(x + o, mask=o < n) * 2, mask=o < n)
+
+    x = torch.randn(100)
+    with pytest.raises(RuntimeError, match="active drivers"):
+        double[lambda meta: (triton.cdiv(100, meta["B"]),)](x, torch.empty(100), 100)

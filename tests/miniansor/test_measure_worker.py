@@ -1,0 +1,44 @@
+"""A kernel that crashes or hangs costs one worker restart, not the tuning run."""
+
+import pytest
+
+from common.procs import ProcessGroup
+from systems.miniansor.measure import ErrorNo, MeasureInput, Measurer
+from systems.miniansor.measure_worker import WorkerRunner
+from systems.miniansor.simulator import SimulatedGPU
+from systems.miniansor.sketch import generate_sketches
+from systems.miniansor.workloads import gemm, softmax
+
+from .test_measure import faulty
+
+GOOD = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 16, "num_warps": 2, "num_stages": 2}
+
+
+@pytest.fixture
+def worker(tmp_path):
+    with ProcessGroup(tmp_path) as group:
+        w = WorkerRunner(interpret=True, timeout_s=20, group=group)
+        yield w
+        w.close()
+
+
+def test_crash_and_hang_are_recorded_and_the_worker_restarts(worker):
+    task, soft = gemm(40, 50, 60, "fp16", bias=True), softmax(4, 100, "fp32")
+    sk = generate_sketches(task)[0]
+    m = Measurer(SimulatedGPU(), verify="worker", worker=worker)
+    pid0 = worker.group.children["measure-worker"].pid
+    worker.timeout_s = 4
+    results = m.measure([
+        MeasureInput(task, sk, GOOD),
+        MeasureInput(soft, faulty("launch_segfault"), {"num_warps": 1}),
+        MeasureInput(task, sk, {**GOOD, "BLOCK_N": 64}),
+        MeasureInput(soft, faulty("launch_hang"), {"num_warps": 1}),
+        MeasureInput(task, sk, {**GOOD, "BLOCK_K": 32}),
+    ])
+    assert [r.error for r in results] == [ErrorNo.NO_ERROR, ErrorNo.RUNTIME_ERROR,
+                                          ErrorNo.NO_ERROR, ErrorNo.RUN_TIMEOUT,
+                                          ErrorNo.NO_ERROR]
+    assert "worker died" in results[1].error_msg
+    assert worker.restarts == 2
+    assert worker.group.children["measure-worker"].pid != pid0
+    assert worker.group.children["measure-worker"].alive()

@@ -1,0 +1,98 @@
+"""The recorded device replays a table and says where its numbers came from."""
+
+import json
+
+import pytest
+
+from systems.miniansor.measure import DeviceFault, ErrorNo, MeasureInput, Measurer
+from systems.miniansor.recorded import (
+    DATA_DIR,
+    RecordedDevice,
+    TableRecorder,
+    table_from_simulator,
+    validate_table,
+)
+from systems.miniansor.simulator import SimulatedGPU
+from systems.miniansor.tune import tune_task
+from systems.miniansor.workloads import gemm, softmax
+
+TASKS = [gemm(256, 512, 1024), softmax(1024, 2048)]
+
+
+@pytest.fixture(scope="module")
+def table():
+    return table_from_simulator(TASKS, SimulatedGPU(seed=0), configs_per_task=120)
+
+
+def test_a_simulated_table_says_so_and_replays_the_simulator(table):
+    assert table["source"] == "simulated" and "NOT a measurement" in table["notes"]
+    dev = RecordedDevice(table)
+    assert dev.source == "simulated" and "simulated" in dev.name
+    sim = SimulatedGPU(seed=0)
+    for task in TASKS:
+        space = dev.space(task)
+        assert 0 < len(space) <= 120
+        s, a = space[0]
+        assert dev.measure(task, s, a, 3) == pytest.approx(sim.measure(task, s, a, 3),
+                                                           rel=1e-3)
+
+
+def test_unrecorded_configs_fail_as_not_recorded(table):
+    dev = RecordedDevice(table)
+    task = TASKS[0]
+    s, a = dev.space(task)[0]
+    recorded = {k for k in table["tasks"][task.key]}
+    missing = next(dict(a, num_warps=w) for w in (2, 4, 8, 16)
+                   if f"{s.name}[{','.join(f'{k}={dict(a, num_warps=w)[k]}' for k in sorted(a))}]"
+                   not in recorded)
+    with pytest.raises(DeviceFault) as e:
+        dev.measure(task, s, missing)
+    assert e.value.kind == "NOT_RECORDED"
+
+
+def test_tuning_on_the_replay_device_measures_only_recorded_configs(table):
+    dev = RecordedDevice(table)
+    task = TASKS[0]
+    keys = []
+    res = tune_task(task, 24, device=dev, progress=False,
+                    callbacks=[lambda i, r: keys.append(i.key)])
+    assert res.trials == 24 and len(set(keys)) == 24
+    assert set(keys) <= set(table["tasks"][task.key])
+    assert res.errors.get("NOT_RECORDED", 0) == 0
+
+
+def test_a_recorder_writes_a_table_the_device_reads(tmp_path):
+    task = TASKS[1]
+    sim = SimulatedGPU()
+    rec = TableRecorder("unit-test GPU", "measured")
+    m = Measurer(sim, verify="none", callbacks=[rec])
+    sk = table_from_simulator([task], sim, 2)["tasks"][task.key]
+    from systems.miniansor.annotation import parse_config_key
+    from systems.miniansor.sketch import sketch_by_name
+
+    inputs = [MeasureInput(task, sketch_by_name(task, parse_config_key(k)[0]),
+                           parse_config_key(k)[1]) for k in sk]
+    m.measure(inputs)
+    path = rec.write(tmp_path / "t.json")
+    dev = RecordedDevice(path)
+    assert dev.source == "measured" and len(dev.space(task)) == 2
+    assert Measurer(dev, verify="none").measure(inputs)[0].error == ErrorNo.NO_ERROR
+
+
+def test_tables_without_a_source_are_refused(tmp_path, table):
+    bad = dict(table, source="made-up")
+    with pytest.raises(ValueError, match="source must be one of"):
+        validate_table(bad)
+    p = tmp_path / "x.json"
+    p.write_text(json.dumps({k: v for k, v in table.items() if k != "format"}))
+    with pytest.raises(ValueError, match="format"):
+        RecordedDevice(p)
+
+
+def test_the_committed_demo_table_is_labelled_simulated():
+    t = json.loads((DATA_DIR / "sim-demo.json").read_text())
+    validate_table(t)
+    assert t["source"] == "simulated"
+    assert not list(DATA_DIR.glob("recorded-*.json")) or all(
+        json.loads(p.read_text())["source"] == "measured"
+        for p in DATA_DIR.glob("recorded-*.json"))

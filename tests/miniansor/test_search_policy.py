@@ -1,0 +1,65 @@
+"""One task's search: eps-greedy batches, no repeats, ablation switches, replay spaces."""
+
+import numpy as np
+
+from systems.miniansor.annotation import config_key
+from systems.miniansor.cost_model import GBTModel, RandomModel
+from systems.miniansor.measure import Measurer
+from systems.miniansor.search_policy import SearchParams, SketchPolicy, sample_init_population
+from systems.miniansor.simulator import SimulatedGPU
+from systems.miniansor.sketch import generate_sketches
+from systems.miniansor.workloads import gemm
+
+TASK = gemm(1024, 2048, 512, bias=True)
+
+
+def test_rounds_never_measure_a_config_twice():
+    model = GBTModel(seed=0)
+    pol = SketchPolicy(TASK, model, seed=0)
+    m = Measurer(SimulatedGPU(), verify="none")
+    seen = []
+    for _ in range(5):
+        inputs, results = pol.continue_search_one_round(8, m)
+        model.update(inputs, results)
+        seen += [i.key for i in inputs]
+    assert len(seen) == 40 == len(set(seen))
+    assert pol.best is not None and pol.best[1] == min(t for _, t in pol.history)
+
+
+def test_preloaded_configs_are_never_measured_again():
+    m = Measurer(SimulatedGPU(), verify="none")
+    first = SketchPolicy(TASK, GBTModel(), seed=1)
+    inputs, results = first.continue_search_one_round(16, m)
+    again = SketchPolicy(TASK, GBTModel(), seed=1)  # same seed: would pick the same
+    again.preload(inputs, results)
+    nxt = again.next_batch(16)
+    assert not ({i.key for i in nxt} & {i.key for i in inputs})
+
+
+def test_eps_greedy_mixes_in_random_states():
+    pol = SketchPolicy(TASK, RandomModel(), params=SearchParams(eps_greedy=0.5), seed=2)
+    best = sample_init_population(TASK, pol.sketches, 40, np.random.default_rng(0))
+    rand = sample_init_population(TASK, pol.sketches, 40, np.random.default_rng(9))
+    picked = pol.pick_eps_greedy(best, rand, 20)
+    keys_best = {config_key(s, a) for s, a in best}
+    from_best = sum(i.key in keys_best for i in picked)
+    assert len(picked) == 20 and 3 <= from_best <= 17
+
+
+def test_ablation_switches():
+    assert SketchPolicy(TASK, RandomModel()).params.evolution.num_iters <= 3
+    assert SketchPolicy(TASK, RandomModel()).params.use_measured_ratio == 0.0
+    assert SketchPolicy(TASK, GBTModel(), evolution=False).params.evolution.num_iters == 0
+
+
+def test_a_restricted_space_is_respected_and_exhausted():
+    sks = generate_sketches(TASK)
+    space = sample_init_population(TASK, sks, 12, np.random.default_rng(3))
+    pol = SketchPolicy(TASK, GBTModel(num_warmup_sample=4), space=space, seed=3)
+    m = Measurer(SimulatedGPU(), verify="none")
+    keys = set()
+    for _ in range(4):
+        inputs, results = pol.continue_search_one_round(5, m)
+        pol.cost_model.update(inputs, results)
+        keys |= {i.key for i in inputs}
+    assert keys == {config_key(s, a) for s, a in space} and pol.exhausted()

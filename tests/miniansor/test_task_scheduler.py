@@ -1,0 +1,116 @@
+"""The gradient scheduler gives trials where they pay; round-robin spreads them evenly."""
+
+import collections
+
+import pytest
+
+from systems.miniansor.measure import MeasureInput, MeasureResult
+from systems.miniansor.sketch import Sketch
+from systems.miniansor.task_scheduler import TaskScheduler, similarity_tag
+from systems.miniansor.workloads import gemm
+
+
+class CurvePolicy:
+    """A stand-in search policy whose best latency after r rounds follows a known curve
+    (the oracle of the marginal gain): ``floor + (start - floor) * decay ** r``."""
+
+    def __init__(self, task, start, floor, decay):
+        self.task, self.start, self.floor, self.decay = task, start, floor, decay
+        self.rounds, self.history = 0, []
+
+    @property
+    def best(self):
+        return (None, self.history[-1][1]) if self.history else None
+
+    def latency(self, r):
+        return self.floor + (self.start - self.floor) * self.decay ** r
+
+    def continue_search_one_round(self, n, measurer):
+        self.rounds += 1
+        t = self.latency(self.rounds)
+        sk = Sketch("stub", "matmul")
+        inputs = [MeasureInput(self.task, sk, {"i": len(self.history) + j}) for j in range(n)]
+        results = [MeasureResult([t])] * n
+        self.history += [((sk, i.ann), t) for i in inputs]
+        return inputs, results
+
+    def exhausted(self):
+        return False
+
+
+class NoModel:
+    def update(self, inputs, results):
+        pass
+
+
+class NeverDead:
+    def task_dead(self, task):
+        return False
+
+
+def _run(strategy, policies, weights, trials=160):
+    tasks = [p.task for p in policies]
+    s = TaskScheduler(tasks, weights, policies, NeverDead(), NoModel(), strategy=strategy,
+                      eps=0.0, seed=0)
+    log = s.tune(trials, per_round=8, progress=False)
+    return s, collections.Counter(log.chosen)
+
+
+def test_gradient_gives_more_trials_to_the_task_with_the_larger_marginal_gain():
+    # same relative curve, 10x the latency: each round of A lowers the objective 10x more
+    big = CurvePolicy(gemm(1024, 1024, 1024), 2e-3, 2e-4, 0.85)
+    small = CurvePolicy(gemm(256, 256, 256), 2e-4, 2e-5, 0.85)
+    _, counts = _run("gradient", [big, small], [1, 1])
+    assert counts[0] > 2 * counts[1]
+    _, rr = _run("round-robin", [CurvePolicy(gemm(1024, 1024, 1024), 2e-3, 2e-4, 0.85),
+                                 CurvePolicy(gemm(256, 256, 256), 2e-4, 2e-5, 0.85)], [1, 1])
+    assert abs(rr[0] - rr[1]) <= 1
+
+
+def test_the_forward_estimate_is_optimistic_about_a_plateaued_task():
+    """Ansor's forward term assumes latency keeps falling like 1/t; with alpha = 0.2 on
+    the measured (backward) term, a slow task that has stopped improving keeps getting
+    rounds: the estimate trades accuracy for never starving a task."""
+    improving = CurvePolicy(gemm(1024, 1024, 1024), 1e-3, 2e-4, 0.8)
+    plateau = CurvePolicy(gemm(2048, 2048, 2048), 1e-3, 9.5e-4, 0.5)
+    _, counts = _run("gradient", [improving, plateau], [1, 1])
+    assert counts[1] > 0.3 * sum(counts.values())
+
+
+def test_weights_steer_the_gradient():
+    a = CurvePolicy(gemm(512, 512, 512), 1e-4, 5e-5, 0.8)
+    b = CurvePolicy(gemm(512, 512, 513), 1e-4, 5e-5, 0.8)
+    _, counts = _run("gradient", [a, b], [10, 1])
+    assert counts[0] > 3 * counts[1]
+
+
+def test_gradient_reaches_round_robins_final_objective_sooner():
+    def policies():
+        return [CurvePolicy(gemm(64 * (i + 1), 512, 512), 1e-3 * (i + 1), 1e-4 * (i + 1),
+                            0.7) for i in range(4)]
+    weights = [8, 1, 1, 1]
+    rr, _ = _run("round-robin", policies(), weights, 320)
+    gr, _ = _run("gradient", policies(), weights, 320)
+    final = rr.log.objective[-1]
+    reach = next(n for n, o in zip(gr.log.trials, gr.log.objective, strict=True) if o <= final)
+    assert reach < 320
+
+
+def test_warm_up_tunes_every_task_once_and_trials_are_counted():
+    ps = [CurvePolicy(gemm(64, 64, 64 + i), 1e-4, 1e-5, 0.5) for i in range(3)]
+    s, counts = _run("gradient", ps, [1, 1, 1], trials=40)
+    assert s.log.chosen[:3] == [0, 1, 2] and s.trials == 40
+    assert s.log.trials[-1] == 40 and len(s.log.objective) == len(s.log.chosen)
+
+
+def test_bad_arguments_are_named():
+    p = CurvePolicy(gemm(8, 8, 8), 1, 1, 1)
+    with pytest.raises(ValueError, match="strategy must be"):
+        TaskScheduler([p.task], [1], [p], NeverDead(), NoModel(), strategy="greedy")
+    with pytest.raises(ValueError, match="one weight and one policy per task"):
+        TaskScheduler([p.task], [1, 2], [p], NeverDead(), NoModel())
+
+
+def test_similar_tasks_share_a_tag():
+    assert similarity_tag(gemm(1024, 1024, 1024)) == similarity_tag(gemm(1024, 1024, 1100))
+    assert similarity_tag(gemm(1024, 1024, 1024)) != similarity_tag(gemm(4096, 4096, 4096))

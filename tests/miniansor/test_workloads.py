@@ -1,0 +1,75 @@
+"""Tasks: identity, cost, inputs and the torch oracle."""
+
+import pytest
+import torch
+
+from common import cost
+from systems.miniansor.workloads import (
+    Epilogue,
+    Task,
+    bmm,
+    check_output,
+    gemm,
+    layernorm,
+    parse_workload,
+    softmax,
+)
+
+
+def test_keys_round_trip():
+    for t in [gemm(4096, 4096, 4096), gemm(16, 4096, 14336, "bf16", bias=True, act="gelu",
+                                           residual=True),
+              bmm(32, 2048, 2048, 128), softmax(8, 100, "fp32"), layernorm(3, 7)]:
+        assert Task.from_key(t.key) == t
+
+
+def test_bad_tasks_are_refused_with_the_reason():
+    with pytest.raises(ValueError, match="needs 3 positive sizes"):
+        Task("gemm", (1, 2))
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        gemm(1, 2, 3, "fp8")
+    with pytest.raises(ValueError, match="only gemm tasks take an epilogue"):
+        Task("softmax", (2, 2), "fp16", Epilogue(bias=True))
+    with pytest.raises(ValueError, match="bad task key"):
+        Task.from_key("gemm:1x2")
+    with pytest.raises(ValueError, match="comma-separated integers"):
+        parse_workload("gemm", "4096,x", "fp16")
+
+
+def test_cost_uses_common_cost():
+    t = gemm(128, 256, 512, "fp16", bias=True)
+    c = cost.matmul_cost(128, 256, 512, "fp16")
+    assert t.cost().flops == c.flops + 128 * 256  # one add per output for the bias
+    assert t.cost().bytes == c.bytes + 256 * 2
+    assert bmm(4, 8, 8, 8).cost().flops == 4 * 2 * 8 * 8 * 8
+    assert softmax(10, 20, "fp32").cost().bytes == cost.softmax_cost(10, 20, "fp32").bytes
+
+
+def test_reference_is_the_fused_epilogue_in_fp32():
+    t = gemm(5, 6, 7, "fp32", bias=True, act="relu", residual=True)
+    x = t.make_inputs(seed=3)
+    want = torch.relu(x["a"] @ x["b"] + x["bias"]) + x["residual"]
+    assert torch.allclose(t.reference(x), want, atol=1e-5)
+    g = gemm(5, 6, 7, "fp32", act="gelu")
+    xg = g.make_inputs()
+    assert torch.allclose(g.reference(xg), torch.nn.functional.gelu(xg["a"] @ xg["b"]))
+
+
+def test_inputs_are_seeded():
+    t = layernorm(4, 8)
+    a, b = t.make_inputs(seed=1), t.make_inputs(seed=1)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["x"], t.make_inputs(seed=2)["x"])
+
+
+def test_check_output_catches_one_wrong_element_and_accepts_rounding():
+    t = gemm(32, 32, 32, "fp16")
+    x = t.make_inputs()
+    ref = t.reference(x)
+    assert check_output(t, ref.clone(), ref) is None
+    noisy = (ref.float() * (1 + 1e-3)).half()
+    assert check_output(t, noisy, ref) is None
+    bad = ref.clone()
+    bad[31, 0] += 1.0
+    assert "max abs error" in check_output(t, bad, ref)
+    assert "shape" in check_output(t, ref[:-1], ref)
