@@ -85,6 +85,13 @@ def _build_plan(fetches: list[Tensor], targets: list[Operation], feeds: list[Ten
                        max_constant_bytes=go.max_constant_bytes)
     snapshots["optimized"] = Snapshot.of(pg.nodes)
     place(pg, devices, config.allow_soft_placement)
+    if config.kernel_library is not None:
+        from .tuned import use_tuned_kernels
+
+        torch_devices = {d for d in devices if backend_for(d, config.cpu_backend).name ==
+                         "torch"}
+        stats.add("tuned_kernels", use_tuned_kernels(pg, torch_devices))
+        snapshots["optimized"] = Snapshot.of(pg.nodes)
     if config.log_device_placement:
         for n in pg.nodes:
             print(f"{n.name}: ({n.type}) {n.device}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import Counter
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -46,6 +47,9 @@ class ConfigProto:
     log_device_placement: bool = False
     cpu_backend: str = "numpy"  # or "torch"
     graph_options: GraphOptions = field(default_factory=GraphOptions)
+    # miniansor's apply_history_best(log): MatMul (+ bias, ReLU) on torch devices then run
+    # the best tuned Triton kernel for their shapes (see tuned.py)
+    kernel_library: Any = None
 
 
 @dataclass
@@ -64,11 +68,14 @@ class RunMetadata:
 
 
 class _Resources:
-    """Per-session state reachable from kernels: variable values, the step's rendezvous."""
+    """Per-session state reachable from kernels: variable values, the step's rendezvous,
+    the tuned-kernel library and how often its kernels (or the fallback) ran."""
 
-    def __init__(self) -> None:
+    def __init__(self, kernel_library: Any = None) -> None:
         self.variables: dict[str, Any] = {}
         self.rendezvous: Rendezvous | None = None
+        self.kernel_library = kernel_library
+        self.kernel_stats: Counter = Counter()
 
 
 _local = threading.local()
@@ -87,7 +94,7 @@ class Session:
         self.graph = graph or get_default_graph()
         self.config = config or ConfigProto()
         self.devices = self._devices()
-        self._resources = _Resources()
+        self._resources = _Resources(self.config.kernel_library)
         self._plans: dict[Any, Plan] = {}
         self._lock = threading.Lock()  # one step at a time (see docs: design)
         n = self.config.inter_op_parallelism_threads or os.cpu_count() or 1
@@ -188,6 +195,11 @@ class Session:
         feeds = sorted((_as_graph_element(k, self.graph, "feed") for k in (feed_dict or {})),
                        key=id)
         return self._plans.get(_plan_key(feeds, tensors, targets))
+
+    @property
+    def kernel_stats(self) -> Counter:
+        """Calls of tuned kernels ('tuned') and of the torch fallback ('fallback')."""
+        return self._resources.kernel_stats
 
     def close(self) -> None:
         if self._pool is not None:
