@@ -31,6 +31,7 @@ SUITES: dict[str, str] = {
     "miniflow": "systems.miniflow.bench",
     "miniclipper": "systems.miniclipper.bench",
     "miniansor": "systems.miniansor.bench",
+    "minips": "systems.minips.bench",
     "common": "common.selfcheck",
 }
 

@@ -21,6 +21,7 @@ SYSTEM_CLIS: dict[str, str] = {
     "clipper": "systems.miniclipper.cli",
     "flow": "systems.miniflow.cli",
     "ansor": "systems.miniansor.cli",
+    "ps": "systems.minips.cli",
 }
 
 

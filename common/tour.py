@@ -16,6 +16,7 @@ STEPS: dict[str, str] = {
     "miniclipper": "systems.miniclipper.tour:clipper_step",
     "miniflow": "systems.miniflow.digits:tour_step",
     "miniansor": "systems.miniansor.tour:tour_step",
+    "minips": "systems.minips.cli:tour_step",
 }
 
 

@@ -1,0 +1,281 @@
+"""User-defined filters: send less, lose (almost) nothing (paper sections 3.6 and 4.2).
+
+A filter transforms a message on the sender and, if needed, undoes it on the receiver.
+The paper's examples, all here, each counting the bytes it saved:
+
+* :class:`SignificantlyModified`: push only entries whose change since they were last
+  sent exceeds a threshold; the rest accumulates locally and goes out once it matters
+  (so nothing is lost, only delayed);
+* :class:`KKT`: for L1-regularised logistic regression, a weight that is zero and whose
+  gradient lies strictly inside ``[-lam, lam]`` stays zero after the proximal step
+  (the KKT conditions), so its gradient need not be sent at all (the "KKT filter" of
+  section 5.1; dmlc/parameter_server ``src/app/linear_method/darlin.h`` marks such
+  coordinates inactive with a margin);
+* :class:`Compress`: values as float16 and/or byte-shuffled zlib (a general-purpose
+  compressor; the original used snappy, ``src/filter/compressing.h``); on pulls the
+  server compresses its reply, which pays off once L1 has made most weights zero;
+* :class:`KeyCaching`: a key list the receiver has seen before is sent as its hash
+  (``src/filter/key_caching.h``); a pull and the push that follows it use the same keys,
+  and data-parallel epochs revisit the same batches.
+
+Worker-side filters run in :class:`FilterChain` (called by ``KVWorker`` per slice); the
+server decodes with :func:`decode_request` and :class:`KeyCache`, driven by the meta the
+worker set, so the server needs no filter objects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .message import VAL_DTYPE, PSError
+from .store import KVStore
+
+ENTRY_KEY_BYTES = 8
+
+
+@dataclass
+class FilterStats:
+    """What one filter did: bytes and entries before and after it."""
+
+    name: str
+    bytes_in: int = 0
+    bytes_out: int = 0
+    entries_in: int = 0
+    entries_out: int = 0
+
+    @property
+    def saved_bytes(self) -> int:
+        return self.bytes_in - self.bytes_out
+
+    def add(self, bin_: int, bout: int, ein: int = 0, eout: int = 0) -> None:
+        self.bytes_in += bin_
+        self.bytes_out += bout
+        self.entries_in += ein
+        self.entries_out += eout
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "saved_bytes": self.saved_bytes}
+
+
+def key_signature(keys: np.ndarray) -> str:
+    """A 128-bit hash of a key list (collisions are negligible at this width)."""
+    return hashlib.blake2b(memoryview(keys).cast("B"), digest_size=16).hexdigest()
+
+
+def compress_values(vals: np.ndarray, codec: str) -> np.ndarray:
+    """``vals`` (float32) encoded by ``codec`` in {"fp16", "zlib", "fp16+zlib"}."""
+    a = np.ascontiguousarray(vals)
+    if "fp16" in codec:
+        a = a.astype(np.float16)
+    if "zlib" in codec:
+        # byte shuffle (as blosc does): byte j of every number goes together, so the
+        # exponent bytes of many similar numbers, or the zeros of exact zeros, line up
+        width = a.dtype.itemsize
+        planes = a.reshape(-1).view(np.uint8).reshape(-1, width).T
+        a = np.frombuffer(zlib.compress(planes.tobytes(), 1), np.uint8)
+    return a
+
+
+def decompress_values(data: np.ndarray, codec: str, n: int) -> np.ndarray:
+    """Undo :func:`compress_values` for ``n`` numbers; returns float32."""
+    a = data
+    if "zlib" in codec:
+        width = 2 if "fp16" in codec else 4
+        try:
+            raw = zlib.decompress(np.ascontiguousarray(data).tobytes())
+        except zlib.error as e:
+            raise PSError("INVALID", f"zlib-compressed values do not decompress: {e}") from None
+        if len(raw) != n * width:
+            raise PSError("INVALID", f"compressed values hold {len(raw)} bytes, "
+                                     f"expected {n} x {width}")
+        planes = np.frombuffer(raw, np.uint8).reshape(width, n)
+        a = planes.T.copy().view(np.float16 if width == 2 else VAL_DTYPE).reshape(-1)
+    return a.astype(VAL_DTYPE) if a.dtype != VAL_DTYPE else a
+
+
+class KeyCache:
+    """Receiver side of key caching: per sender, the key lists it sent, by signature
+    (least recently used out first, bounded in bytes)."""
+
+    def __init__(self, max_bytes: int = 64 << 20):
+        self.max_bytes, self.bytes = max_bytes, 0
+        self.lists: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+
+    def put(self, sender: str, sig: str, keys: np.ndarray) -> None:
+        k = (sender, sig)
+        if k in self.lists:
+            self.lists.move_to_end(k)
+            return
+        self.lists[k] = keys.copy()
+        self.bytes += keys.nbytes
+        while self.bytes > self.max_bytes and self.lists:
+            _, old = self.lists.popitem(last=False)
+            self.bytes -= old.nbytes
+
+    def get(self, sender: str, sig: str) -> np.ndarray | None:
+        keys = self.lists.get((sender, sig))
+        if keys is not None:
+            self.lists.move_to_end((sender, sig))
+        return keys
+
+
+def decode_request(meta: dict, keys: np.ndarray | None, vals: np.ndarray | None,
+                   cache: KeyCache) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Server side: restore cached keys and decompress pushed values."""
+    sig = meta.get("key_sig")
+    if sig is not None:
+        if keys is None:
+            keys = cache.get(meta.get("sender", ""), sig)
+            if keys is None:
+                raise PSError("CACHE_MISS", f"no cached key list {sig[:8]}...")
+        else:
+            cache.put(meta.get("sender", ""), sig, keys)
+    codec = meta.get("codec")
+    if codec and vals is not None and keys is not None:
+        vals = decompress_values(vals, codec, keys.size * int(meta.get("val_len", 1)))
+    return keys, vals
+
+
+def entry_bytes(n: int, val_len: int) -> int:
+    return n * (ENTRY_KEY_BYTES + 4 * val_len)
+
+
+@dataclass
+class SignificantlyModified:
+    """Push only entries whose accumulated change exceeds ``threshold`` (max-abs)."""
+
+    threshold: float = 1e-3
+    stats: FilterStats = field(default_factory=lambda: FilterStats("significantly_modified"))
+    residual: KVStore | None = None
+
+    def push(self, keys: np.ndarray, vals: np.ndarray, ctx: dict) -> tuple:
+        k = vals.shape[1]
+        if self.residual is None:
+            self.residual = KVStore(k)
+        acc = self.residual.get(keys) + vals
+        send = np.abs(acc).max(axis=1) > self.threshold
+        self.residual.assign(keys, np.where(send[:, None], 0, acc).astype(VAL_DTYPE))
+        n_out = int(send.sum())
+        self.stats.add(entry_bytes(keys.size, k), entry_bytes(n_out, k), keys.size, n_out)
+        return keys[send], acc[send].astype(VAL_DTYPE)
+
+
+@dataclass
+class KKT:
+    """Drop gradients of zero weights that the L1 proximal step would keep at zero:
+    ``w == 0`` and ``|g| < lam - margin`` (``ctx["weights"]`` are the pulled values)."""
+
+    lam: float = 1e-3
+    margin: float = 0.0
+    stats: FilterStats = field(default_factory=lambda: FilterStats("kkt"))
+    history: list = field(default_factory=list)  # (entries in, entries out) per push
+
+    def late_suppressed(self, last: float = 0.25) -> float:
+        """Fraction of entries dropped over the last ``last`` of the pushes."""
+        h = self.history[int(len(self.history) * (1 - last)):]
+        n_in = sum(a for a, _ in h)
+        return 1 - sum(b for _, b in h) / n_in if n_in else 0.0
+
+    def push(self, keys: np.ndarray, vals: np.ndarray, ctx: dict) -> tuple:
+        w = ctx.get("weights")
+        if w is None:
+            return keys, vals
+        k = vals.shape[1]
+        inactive = (w.reshape(vals.shape) == 0).all(axis=1) & \
+            (np.abs(vals).max(axis=1) < self.lam - self.margin)
+        keep = ~inactive
+        n_out = int(keep.sum())
+        self.stats.add(entry_bytes(keys.size, k), entry_bytes(n_out, k), keys.size, n_out)
+        self.history.append((keys.size, n_out))
+        return keys[keep], vals[keep]
+
+
+@dataclass
+class Compress:
+    """Compress pushed values (``push_codec``) and ask servers to compress pulled ones
+    (``pull_codec``); ``"fp16"`` is lossy (about 3 significant digits)."""
+
+    push_codec: str | None = "fp16"
+    pull_codec: str | None = "zlib"
+    stats: FilterStats = field(default_factory=lambda: FilterStats("compress"))
+    pull_stats: FilterStats = field(default_factory=lambda: FilterStats("compress_pull"))
+
+
+@dataclass
+class KeyCaching:
+    """Send a key list the server has already seen as its signature."""
+
+    min_keys: int = 16
+    stats: FilterStats = field(default_factory=lambda: FilterStats("key_caching"))
+    known: dict[str, set] = field(default_factory=dict)  # server -> signatures it holds
+
+
+class FilterChain:
+    """The worker's filters, applied to each slice of a push or pull, in paper order:
+    value filters (drop entries), then key caching, then value compression."""
+
+    def __init__(self, filters: list | None = None):
+        self.filters = list(filters or [])
+        self.value_filters = [f for f in self.filters if hasattr(f, "push")]
+        self.caching = next((f for f in self.filters if isinstance(f, KeyCaching)), None)
+        self.compress = next((f for f in self.filters if isinstance(f, Compress)), None)
+
+    def filter_push(self, keys: np.ndarray, vals: np.ndarray, ctx: dict) -> tuple:
+        for f in self.value_filters:
+            keys, vals = f.push(keys, vals, ctx)
+        return keys, vals
+
+    def encode(self, server: str, meta: dict, keys: np.ndarray, vals: np.ndarray | None
+               ) -> tuple[dict, np.ndarray | None, np.ndarray | None]:
+        """Key caching and compression of one slice; returns what goes on the wire."""
+        meta = dict(meta)
+        if self.caching and keys.size >= self.caching.min_keys and not meta.get("no_cache"):
+            sig = key_signature(keys)
+            meta["key_sig"] = sig
+            known = self.caching.known.setdefault(server, set())
+            if sig in known:
+                self.caching.stats.add(keys.nbytes, 0, keys.size, 0)
+                keys = None
+            else:
+                known.add(sig)
+                self.caching.stats.add(keys.nbytes, keys.nbytes, keys.size, keys.size)
+        if self.compress:
+            if vals is not None and self.compress.push_codec and vals.size:
+                packed = compress_values(vals, self.compress.push_codec)
+                self.compress.stats.add(vals.nbytes, packed.nbytes)
+                meta["codec"], vals = self.compress.push_codec, packed
+            if meta.get("op") == "pull" and self.compress.pull_codec:
+                meta["pull_codec"] = self.compress.pull_codec
+        return meta, keys, vals
+
+    def forget(self, server: str | None = None) -> None:
+        """Drop what we believe a server caches (after a failover or a cache miss)."""
+        if self.caching:
+            if server is None:
+                self.caching.known.clear()
+            else:
+                self.caching.known.pop(server, None)
+
+    def decode_pull(self, reply_meta: dict, vals: np.ndarray, n: int) -> np.ndarray:
+        codec = reply_meta.get("codec")
+        if not codec:
+            return vals
+        out = decompress_values(vals, codec, n)
+        if self.compress:
+            self.compress.pull_stats.add(out.nbytes, vals.nbytes)
+        return out
+
+    def stats(self) -> dict[str, dict]:
+        out = {f.stats.name: f.stats.to_dict() for f in self.filters}
+        for f in self.filters:
+            if isinstance(f, Compress):
+                out["compress_pull"] = f.pull_stats.to_dict()
+            if isinstance(f, KKT):
+                out["kkt"]["late_suppressed"] = f.late_suppressed()
+        return out

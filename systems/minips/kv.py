@@ -1,0 +1,438 @@
+"""The worker's key-value API, after ps-lite's ``KVWorker`` (``include/ps/kv_app.h``).
+
+``push(keys, vals)`` and ``pull(keys)`` return at once with a *timestamp*; ``wait(ts)``
+blocks until that request has finished (for a pull, it returns the values). Keys are
+sorted unique uint64 arrays, values float32 with ``val_len`` numbers per key. A request
+is sliced by the ring into one message per server (ps-lite ``KVWorker::Send`` with the
+``DefaultSlicer``), each carrying the *key ranges* it covers, so servers can advance
+range vector clocks even for ranges where this worker had no key.
+
+What ps-lite leaves out and the paper asks for, done here:
+
+* **range operations**: ``pull_range(begin, end)`` returns every stored key of a range;
+  ``push(..., key_range=)`` states the range a push covers (the default is the whole
+  key space: "my gradient is zero where I sent nothing");
+* **consistency**: ``pull(keys, clock=c, wait=d)`` declares the task's dependency; the
+  server holds it until every worker finished clock ``d`` (:mod:`.consistency`);
+* **failures** (section 4.3: on a node change a node "scans all outgoing messages that
+  have not received replies yet. If a key range intersects with R, then the message will
+  be split and resent"): a slice whose server fails, times out, answers STALE, or no
+  longer masters its ranges in a newer ring is re-sliced with the new ring and resent;
+  the vector clocks make the resend harmless where the first copy was applied;
+* **ordering**: pushes from one worker leave one at a time (the next push is sent when
+  the previous one is acknowledged everywhere). Clock-based de-duplication needs each
+  range to see a worker's pushes in timestamp order, and a resend must not overtake a
+  later push: this is the task dependency "push t depends on push t-1".
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import numpy as np
+
+from common import rpc
+from common.trace import now_us
+
+from . import message as M
+from .filters import FilterChain
+from .metrics import NodeMetrics
+from .ring import Ring, Slice, merge_ranges
+
+PUSH_TIMEOUT_S = 10.0
+PULL_TIMEOUT_S = 600.0  # a pull may wait long on consistency; failures are caught earlier
+
+
+@dataclass
+class Request:
+    ts: int
+    op: str
+    keys: np.ndarray | None
+    vals: np.ndarray | None
+    ranges: list[tuple[int, int]]
+    clock: int | None = None
+    wait: int | None = None
+    cmd: str = "push"
+    range_pull: bool = False
+    push_wait: int | None = None
+    out: np.ndarray | None = None
+    parts: list = field(default_factory=list)
+    pending: dict[int, Any] = field(default_factory=dict)
+    done: threading.Event = field(default_factory=threading.Event)
+    error: M.PSError | None = None
+    t0: float = field(default_factory=now_us)
+    held_s: float = 0.0
+    resends: int = 0
+    first_failure: float | None = None
+    recovery_s: float = 0.0
+    whys: list[str] = field(default_factory=list)  # why each slice was resent
+
+
+@dataclass
+class Pending:
+    """One slice in flight: where it went, which ranges, with which ring epoch."""
+
+    sid: int
+    sl: Slice
+    epoch: int
+    future: Any = None
+
+
+class KVWorker:
+    def __init__(self, scheduler: str, name: str, role: str = "worker",
+                 filters: list | None = None, heartbeat: bool = True):
+        self.name, self.role = name, role
+        M.reuse_large_buffers()
+        self.sched = rpc.channel(scheduler)
+        reg = self._sched("Register", {"role": role, "name": name}, timeout=10.0)
+        if reg.get("status") == "error":
+            raise M.PSError("INVALID", reg["message"])
+        self.config = reg["config"]
+        self.shards = reg.get("shards", [])
+        self.key_max, self.val_len = self.config["key_max"], self.config["val_len"]
+        self.metrics = NodeMetrics(name, role)
+        self.filters = FilterChain(filters)
+        self.lock = threading.RLock()
+        self.requests: dict[int, Request] = {}
+        self.pruned: set[int] = set()
+        self.push_queue: collections.deque[Request] = collections.deque()
+        self.push_busy = False
+        self.ts_counter = itertools.count()
+        self.sid_counter = itertools.count()
+        self.auto_clock = -1
+        self.channels: dict[str, Any] = {}
+        self.closed = False
+        self.hb_state: dict[str, Any] = {}
+        self.progress: dict[int, int] = {}
+        self.retire = False
+        self.clock = 0
+        self.ring: Ring | None = None
+        self.info: dict[str, Any] = {}
+        t_end = time.monotonic() + 60
+        while self._refresh_ring() < 1:
+            if time.monotonic() > t_end:
+                raise TimeoutError("the scheduler formed no ring within 60 s")
+            time.sleep(0.02)
+        self.retries: queue.Queue = queue.Queue()
+        self.threads = [threading.Thread(target=self._resender, daemon=True)]
+        if heartbeat:
+            self.threads.append(threading.Thread(target=self._heartbeats, daemon=True))
+        for t in self.threads:
+            t.start()
+
+    # ---- the API ---------------------------------------------------------------------
+    def push(self, keys: np.ndarray, vals: np.ndarray, clock: int | None = None,
+             key_range: tuple[int, int] | None = None, cmd: str = "push",
+             ctx: dict | None = None, wait: int | None = None) -> int:
+        """Push ``vals`` for ``keys``; returns a timestamp for :meth:`wait`.
+
+        ``clock`` is the task's timestamp (default: one more than the last push);
+        ``wait`` a dependency on every worker's *pull* of that clock (BSP);
+        ``ctx`` is handed to the value filters (the KKT filter reads ``ctx["weights"]``).
+        """
+        keys = self._keys(keys, "push")
+        vals = M.check_vals(np.ascontiguousarray(vals, M.VAL_DTYPE), keys.size, self.val_len)
+        if clock is None and cmd != "init":
+            clock = self.auto_clock + 1
+        if clock is not None:
+            if clock < self.auto_clock:
+                raise ValueError(f"push clock {clock} is older than the last one "
+                                 f"({self.auto_clock}); clocks only move forward")
+            self.auto_clock = clock
+        if self.filters.value_filters and cmd != "init":
+            keys, vals = self.filters.filter_push(keys, vals, ctx or {})
+        req = self._new("push", keys, vals, key_range, clock=clock, cmd=cmd)
+        req.push_wait = wait
+        with self.lock:
+            self.push_queue.append(req)
+            if not self.push_busy:
+                self._next_push()
+        return req.ts
+
+    def pull(self, keys: np.ndarray, clock: int | None = None, wait: int | None = None,
+             key_range: tuple[int, int] | None = None) -> int:
+        """Pull the values of ``keys``; ``wait`` is the clock every worker must have
+        finished first (the consistency dependency), ``clock`` this task's own."""
+        keys = self._keys(keys, "pull")
+        req = self._new("pull", keys, None, key_range, clock=clock, wait=wait)
+        req.out = np.zeros((keys.size, self.val_len), M.VAL_DTYPE)
+        self._send(req, req.ranges)
+        return req.ts
+
+    def pull_range(self, begin: int, end: int) -> int:
+        """Pull every stored key in ``[begin, end)``; ``wait`` returns (keys, vals)."""
+        req = self._new("pull", None, None, (begin, end))
+        req.range_pull = True
+        self._send(req, req.ranges)
+        return req.ts
+
+    def wait(self, ts: int, timeout: float | None = None) -> Any:
+        """Block until request ``ts`` finished; a pull's values, or None for a push."""
+        req = self.requests.get(ts)
+        if req is None and ts in self.pruned:
+            return None  # an acknowledged push whose record was already dropped
+        if req is None:
+            raise KeyError(f"no request with timestamp {ts} (already waited for?)")
+        t0 = time.perf_counter()
+        if not req.done.wait(timeout):
+            raise TimeoutError(f"request {ts} ({req.op}) not finished after {timeout} s")
+        self.metrics.inc("wait_s", time.perf_counter() - t0)
+        with self.lock:
+            self.requests.pop(ts, None)
+        if req.error is not None:
+            raise req.error
+        if req.range_pull:
+            parts = sorted(req.parts, key=lambda p: int(p[0][0]) if p[0].size else -1)
+            keys = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, M.KEY_DTYPE)
+            vals = (np.concatenate([p[1] for p in parts]) if parts
+                    else np.zeros((0, self.val_len), M.VAL_DTYPE))
+            order = np.argsort(keys, kind="stable")
+            return keys[order], vals[order]
+        return req.out if req.op == "pull" else None
+
+    def barrier(self, name: str = "start") -> None:
+        self._sched("Barrier", {"name": self.name, "barrier": name}, timeout=600.0)
+
+    def close(self, drain_s: float = 5.0) -> None:
+        """Wait (up to ``drain_s``) for pushes in flight, then stop and close channels."""
+        t_end = time.monotonic() + drain_s
+        while time.monotonic() < t_end and any(
+                r.op == "push" and not r.done.is_set() for r in list(self.requests.values())):
+            time.sleep(0.01)
+        self.closed = True
+        for t in self.threads:
+            t.join(2.0)
+        for ch in self.channels.values():
+            ch.close()
+        self.sched.close()
+
+    # ---- sending ---------------------------------------------------------------------
+    def _keys(self, keys: np.ndarray, op: str) -> np.ndarray:
+        keys = np.ascontiguousarray(keys)
+        if keys.dtype != M.KEY_DTYPE:
+            if keys.dtype.kind not in "iu" or (keys.size and keys.min() < 0):
+                raise M.PSError("INVALID", f"{op}: keys must be non-negative integers, "
+                                           f"got dtype {keys.dtype}")
+            keys = keys.astype(M.KEY_DTYPE)
+        M.check_keys(keys, self.key_max, op)
+        return keys
+
+    def _new(self, op: str, keys, vals, key_range, **kw) -> Request:
+        rng = [key_range] if key_range is not None else [(0, self.key_max)]
+        req = Request(next(self.ts_counter), op, keys, vals, merge_ranges(rng), **kw)
+        with self.lock:
+            self.requests[req.ts] = req
+        return req
+
+    def _next_push(self) -> None:
+        """Send the next queued push (called with the lock held)."""
+        if self.push_queue:
+            self.push_busy = True
+            self._send(self.push_queue.popleft(), None)
+        else:
+            self.push_busy = False
+
+    def _stub(self, server: str, method: str):
+        addr = self.info["addrs"][server]
+        if addr not in self.channels:
+            self.channels[addr] = rpc.channel(addr)
+        return rpc.method(self.channels[addr], M.SERVICE, method)
+
+    def _send(self, req: Request, ranges: list[tuple[int, int]] | None,
+              no_cache: bool = False, replace: int | None = None) -> None:
+        """Slice ``ranges`` of ``req`` by the current ring and send; ``replace`` is the
+        slice this resend stands for (removed only once its successors are pending, so
+        the request never looks finished in between)."""
+        ranges = req.ranges if ranges is None else ranges
+        with self.lock:
+            ring = self.ring
+            keys = req.keys if req.keys is not None else np.zeros(0, M.KEY_DTYPE)
+            todo = []
+            for sl in ring.slice(keys, ranges).values():
+                p = Pending(next(self.sid_counter), sl, ring.epoch)
+                req.pending[p.sid] = p
+                todo.append(p)
+            if replace is not None:
+                req.pending.pop(replace, None)
+        for p in todo:
+            self._send_slice(req, p, no_cache)
+
+    def _send_slice(self, req: Request, p: Pending, no_cache: bool) -> None:
+        sl = p.sl
+        meta = {"op": req.op, "sender": self.name, "ts": req.ts, "epoch": p.epoch,
+                "ranges": sl.ranges, "clock": req.clock, "wait": req.wait, "cmd": req.cmd,
+                "val_len": self.val_len, "range_pull": req.range_pull, "no_cache": no_cache,
+                "push_wait": req.push_wait}
+        keys = sl.take(req.keys) if not req.range_pull else None
+        vals = sl.take(req.vals) if req.op == "push" else None
+        if keys is not None:
+            meta, keys, vals = self.filters.encode(sl.server, meta, keys, vals)
+        msg = M.encode(meta, keys, vals)
+        self.metrics.wire(sent=len(msg))
+        self.metrics.flow(f"{self.name}-{req.ts}-{sl.server}", True, now_us())
+        try:
+            call = self._stub(sl.server, "Push" if req.op == "push" else "Pull")
+            timeout = PUSH_TIMEOUT_S if req.op == "push" else PULL_TIMEOUT_S
+            p.future = call.future(msg, timeout=timeout)
+        except KeyError:  # the server is not in our address book any more
+            self.retries.put((req, p, "stale"))
+            return
+        p.future.add_done_callback(lambda f, req=req, p=p: self._on_reply(req, p, f))
+
+    def _on_reply(self, req: Request, p: Pending, fut) -> None:
+        if fut.cancelled():
+            return self._failed(req, p, "cancelled")
+        exc = fut.exception()
+        if exc is not None:
+            if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                req.error = M.PSError("INVALID", exc.details())
+                return self._finish(req, p, fatal=True)
+            return self._failed(req, p, "unavailable")
+        out = fut.result()
+        self.metrics.wire(received=len(out))
+        try:
+            meta, keys, vals, _ = M.decode(out)
+        except M.PSError as e:
+            req.error = e
+            return self._finish(req, p, fatal=True)
+        code = meta.get("code")
+        if code == M.OK:
+            if req.op == "pull":
+                self._store_pull(req, p, meta, keys, vals)
+                req.held_s = max(req.held_s, meta.get("held_s", 0.0))  # slices wait together
+            return self._finish(req, p)
+        if code == M.CACHE_MISS:
+            self.filters.forget(p.sl.server)
+        self._failed(req, p, {M.CACHE_MISS: "cache_miss", M.RETRY: "retry"}.get(code, "stale"))
+
+    def _store_pull(self, req: Request, p: Pending, meta: dict, keys, vals) -> None:
+        if req.range_pull:
+            n = keys.size if keys is not None else 0
+            if vals is not None:
+                vals = self.filters.decode_pull(meta, vals, n * self.val_len)
+                vals = vals.reshape(n, self.val_len)
+            else:
+                vals = np.zeros((n, self.val_len), M.VAL_DTYPE)
+            req.parts.append((keys if keys is not None else np.zeros(0, M.KEY_DTYPE), vals))
+            return
+        n = p.sl.n_keys
+        if n == 0:
+            return
+        vals = self.filters.decode_pull(meta, vals, n * self.val_len).reshape(n, self.val_len)
+        at = 0
+        for lo, hi in p.sl.segments:
+            req.out[lo:hi] = vals[at:at + hi - lo]
+            at += hi - lo
+
+    def _finish(self, req: Request, p: Pending, fatal: bool = False) -> None:
+        with self.lock:
+            req.pending.pop(p.sid, None)
+            if req.pending and not fatal:
+                return
+            if req.done.is_set():
+                return
+            if req.first_failure is not None:
+                req.recovery_s = time.monotonic() - req.first_failure
+                self.metrics.inc("recoveries")
+                if req.recovery_s > self.metrics.extra.get("max_recovery_s", 0.0):
+                    self.metrics.extra["max_recovery_s"] = req.recovery_s
+                    self.metrics.extra["max_recovery"] = {"op": req.op, "clock": req.clock,
+                                                          "why": req.whys[:20]}
+            req.done.set()
+            self.metrics.inc(f"{req.op}_requests")
+            self.metrics.inc("consistency_held_s", req.held_s)
+            self.metrics.span(req.op, req.t0, now_us() - req.t0, ts=req.ts, clock=req.clock,
+                              resends=req.resends)
+            if req.op == "push":
+                req.keys = req.vals = None  # acknowledged: nothing will be resent
+                self._next_push()
+                if len(self.requests) > 4096:  # forget pushes nobody waited for
+                    for ts in [t for t, r in self.requests.items()
+                               if r.op == "push" and r.done.is_set()][:2048]:
+                        del self.requests[ts]
+                        self.pruned.add(ts)
+
+    def _failed(self, req: Request, p: Pending, why: str) -> None:
+        with self.lock:
+            if p.sid not in req.pending or self.closed:
+                return
+            if req.first_failure is None:
+                req.first_failure = time.monotonic()
+            req.whys.append(f"{why}@{p.sl.server}e{p.epoch}")
+        self.metrics.inc("resends")
+        self.retries.put((req, p, why))
+
+    def _resender(self) -> None:
+        while not self.closed:
+            try:
+                req, p, why = self.retries.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if why in ("stale", "unavailable", "cancelled"):
+                self._await_epoch(p.epoch, timeout=3.0)
+            elif why == "retry":
+                time.sleep(0.02)
+                self._refresh_ring()
+            if req.done.is_set() or self.closed:
+                continue
+            req.resends += 1
+            try:
+                self._send(req, p.sl.ranges, no_cache=(why == "cache_miss"), replace=p.sid)
+            except ValueError:  # a channel closed under us: we are shutting down
+                return
+
+    # ---- membership ------------------------------------------------------------------
+    def _sched(self, method: str, meta: dict, timeout: float = 5.0) -> dict:
+        out = rpc.method(self.sched, M.SCHEDULER_SERVICE, method)(M.encode(meta),
+                                                                timeout=timeout)
+        return M.decode(out)[0]
+
+    def _refresh_ring(self) -> int:
+        try:
+            info = self._sched("GetRing", {}, timeout=2.0)
+        except (grpc.RpcError, ValueError):  # unreachable, or closed while shutting down
+            return self.ring.epoch if self.ring else 0
+        if info["ring"] is None:
+            return 0
+        with self.lock:
+            if self.ring is not None and info["epoch"] <= self.ring.epoch:
+                return self.ring.epoch
+            self.info, self.ring = info, Ring.from_dict(info["ring"])
+            self.filters.forget()
+            moved = []
+            for req in self.requests.values():
+                for p in req.pending.values():
+                    if p.future is not None and not all(
+                            pc.master == p.sl.server for b, e in p.sl.ranges
+                            for pc in self.ring.overlapping(b, e)):
+                        moved.append(p.future)
+        for f in moved:  # their callbacks resend them (paper: split and resend)
+            f.cancel()
+        return self.ring.epoch
+
+    def _await_epoch(self, epoch: int, timeout: float) -> None:
+        t_end = time.monotonic() + timeout
+        while self._refresh_ring() <= epoch and time.monotonic() < t_end and not self.closed:
+            time.sleep(0.02)
+
+    def _heartbeats(self) -> None:
+        interval = self.config["hb_interval"]
+        while not self.closed:
+            time.sleep(interval)
+            try:
+                r = self._sched("Heartbeat", {"role": self.role, "name": self.name,
+                                              "progress": dict(self.progress),
+                                              "retire": self.retire, "clock": self.clock},
+                                timeout=max(interval * 5, 1.0))
+            except (grpc.RpcError, ValueError):
+                continue
+            self.hb_state = r
+            if self.ring is None or r["epoch"] > self.ring.epoch:
+                self._refresh_ring()

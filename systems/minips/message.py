@@ -1,0 +1,132 @@
+"""What travels between nodes: a meta header plus packed key and value arrays.
+
+ps-lite sends every request as a ``Meta`` (``include/ps/internal/message.h``: command,
+push/pull flags, sender, timestamp, data types) followed by data frames holding the
+keys and the values as raw arrays (``src/van.cc``). We do the same with
+:mod:`common.wire`: the JSON header is the meta, and the arrays are ``keys`` (sorted,
+unique ``uint64``) and ``vals`` (``float32``, one row of ``val_len`` numbers per key).
+A push of a million keys is one message per server, never one message per key.
+
+Errors come back in two ways. A request that is malformed (bad bytes, unsorted keys,
+keys outside the key space, wrong value shape) is a *client bug*: the server aborts the
+call with gRPC ``INVALID_ARGUMENT`` and a text naming what was expected and what came.
+Protocol signals that the client must act on travel *in band*, as ``{"code": ...}`` in
+the reply's meta:
+
+* ``STALE``: the request was routed with an old ring (epoch); refresh it and resend;
+* ``RETRY``: the server could not replicate right now; resend later (never acked);
+* ``CACHE_MISS``: a key-caching signature the server does not hold; resend the keys;
+* ``NOT_MASTER``: the server does not own these ranges in its ring.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from common import wire
+
+KEY_DTYPE = np.dtype(np.uint64)
+VAL_DTYPE = np.dtype(np.float32)
+
+OK, STALE, RETRY, CACHE_MISS, NOT_MASTER = "OK", "STALE", "RETRY", "CACHE_MISS", "NOT_MASTER"
+
+SERVICE = "minips.Server"
+SCHEDULER_SERVICE = "minips.Scheduler"
+
+
+class PSError(RuntimeError):
+    """A request the system refused; ``code`` is ``INVALID`` or one of the in-band codes."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"[{code}] {message}")
+        self.code = code
+
+
+def encode(meta: dict[str, Any], keys: np.ndarray | None = None,
+           vals: np.ndarray | None = None, extra: list[np.ndarray] = ()) -> bytes:
+    """Pack a message: meta header, then the keys and values arrays if given."""
+    arrays: list[np.ndarray] = []
+    if keys is not None:
+        arrays.append(np.ascontiguousarray(keys, dtype=KEY_DTYPE))
+        meta = {**meta, "has_keys": True}
+    if vals is not None:
+        arrays.append(np.ascontiguousarray(vals))
+        meta = {**meta, "has_vals": True}
+    arrays.extend(extra)
+    return wire.pack(meta, arrays)
+
+
+def decode(buf: bytes) -> tuple[dict[str, Any], np.ndarray | None, np.ndarray | None,
+                                 list[np.ndarray]]:
+    """Unpack a message into (meta, keys, vals, extra arrays); raises :class:`PSError`."""
+    try:
+        meta, arrays = wire.unpack(buf)
+    except wire.WireError as e:
+        raise PSError("INVALID", f"malformed message: {e}") from None
+    keys = arrays.pop(0) if meta.get("has_keys") and arrays else None
+    vals = arrays.pop(0) if meta.get("has_vals") and arrays else None
+    if meta.get("has_keys") and keys is None:
+        raise PSError("INVALID", "meta says the message has keys but it carries no arrays")
+    return meta, keys, vals, arrays
+
+
+def check_keys(keys: np.ndarray, key_max: int, where: str = "request") -> None:
+    """Keys must be a 1-D uint64 array, strictly increasing, inside ``[0, key_max)``.
+
+    ps-lite's KVPairs carry the same contract ("keys must be unique and sorted in an
+    increasing order", ``kv_app.h``); we check it on both sides so that a bad request
+    fails with a reason instead of corrupting a server.
+    """
+    if keys.dtype != KEY_DTYPE or keys.ndim != 1:
+        raise PSError("INVALID", f"{where}: keys must be a 1-D uint64 array, "
+                                 f"got {keys.dtype} with shape {keys.shape}")
+    if keys.size and int(keys[-1]) >= key_max:
+        bad = keys[keys >= np.uint64(key_max)][0]
+        raise PSError("INVALID", f"{where}: unknown key {int(bad)}: outside the key space "
+                                 f"[0, {key_max})")
+    if keys.size > 1 and not bool(np.all(keys[1:] > keys[:-1])):
+        i = int(np.argmin(keys[1:] > keys[:-1]))
+        raise PSError("INVALID", f"{where}: keys must be sorted and unique, but key[{i}]="
+                                 f"{int(keys[i])} >= key[{i + 1}]={int(keys[i + 1])}")
+
+
+def check_vals(vals: np.ndarray, n_keys: int, val_len: int, where: str = "push") -> np.ndarray:
+    """Values are ``float32`` with ``val_len`` numbers per key; returns them as (n, val_len)."""
+    if vals is None:
+        raise PSError("INVALID", f"{where}: no values were sent for {n_keys} keys")
+    if vals.dtype != VAL_DTYPE:
+        raise PSError("INVALID", f"{where}: values must be float32, got {vals.dtype}")
+    if vals.size != n_keys * val_len:
+        raise PSError("INVALID", f"{where}: {n_keys} keys x {val_len} values per key need "
+                                 f"{n_keys * val_len} values, got {vals.size}")
+    return vals.reshape(n_keys, val_len)
+
+
+def reuse_large_buffers() -> bool:
+    """Keep freed multi-megabyte buffers in this process instead of returning them.
+
+    glibc serves allocations above 128 KiB-32 MiB with a fresh ``mmap`` and unmaps them on
+    ``free``, so every 12 MB push message is page-faulted into existence again: on our VM
+    that cost more than sending it (measured in the throughput benchmark). Raising the
+    mmap and trim thresholds lets the allocator reuse the pages. ps-lite avoids the copy
+    altogether with zero-copy ``SArray`` buffers handed to ZeroMQ.
+    """
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(libc.mallopt(m_mmap_threshold, 1 << 30) and
+                libc.mallopt(m_trim_threshold, 1 << 30))
+
+
+def reply(code: str = OK, message: str = "", **meta: Any) -> dict[str, Any]:
+    """The meta of a reply: ``code`` plus anything else."""
+    return {"code": code, "message": message, **meta} if message else {"code": code, **meta}

@@ -1,0 +1,375 @@
+"""Replication and recovery of key ranges (paper sections 4.3 and 4.4).
+
+Neither ps-lite nor the original dmlc/parameter_server code implements this part of the
+paper (ps-lite's ``Resender`` only re-sends lost messages), so the paper is the
+reference:
+
+* **chain of replicas**: each range lives on its master and on the next ``R - 1``
+  servers of the ring (:mod:`.ring`). After applying a push, the master sends the
+  *resulting* values and optimiser state of the touched keys, with the sender's vector
+  clock update, to every replica (``Forward``) and acknowledges the worker only when
+  all of them have acknowledged: an acknowledged push survives the loss of any R - 1
+  servers. (We copy after each push; the paper also describes replicating after
+  aggregating several workers' pushes, which saves bandwidth but delays every ack to
+  the slowest worker; see docs/minips/design.md.)
+* **fencing**: every message carries the sender's ring epoch; a replica refuses
+  forwards from an older epoch, so a master that was frozen, declared dead and then
+  resumed cannot acknowledge anything.
+* **ring transitions** (:meth:`Replication.transition`): when the scheduler removes a
+  dead server, its first replica becomes master of its ranges (it holds the data and the
+  clocks already) and the master of every range whose replica set changed sends the new
+  replica a full copy (``Sync``). A master whose forward failed is *broken* and resyncs
+  every range it masters before acknowledging anything again.
+* **join with pre-copy** (:meth:`Replication.join`): a new server first copies the
+  ranges it will master, with their clocks, from their current masters while those keep
+  serving (``Snapshot``, which also starts tracking the keys changed meanwhile); once the
+  ring switches, each old master stops accepting pushes for the moved range (epoch
+  check) and sends the keys changed since the snapshot (a catch-up ``Sync``). The new
+  master serves the range only after that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import grpc
+import numpy as np
+
+from common import rpc
+from common.trace import now_us
+
+from . import message as M
+from .ring import Ring, intersect, merge_ranges, positions, subtract
+
+if TYPE_CHECKING:
+    from .server import KVServer
+
+FORWARD_TIMEOUT_S = 1.0
+CATCHUP_TIMEOUT_S = 2.0
+
+
+class Replication:
+    def __init__(self, server: KVServer):
+        self.s = server
+        self.not_ready: list[tuple[int, int]] = []  # ranges waiting for a catch-up
+        self.caught_up: list[tuple[int, int]] = []
+        self.transfers: dict[tuple[int, int], list[np.ndarray]] = {}
+        self.broken = False
+        self.channels: dict[str, grpc.aio.Channel] = {}
+        self.ring_moved = asyncio.Event()  # a newer ring is announced: stop waiting on peers
+
+    def call(self, server: str, method: str):
+        addr = self.s.addrs[server]
+        if addr not in self.channels:
+            self.channels[addr] = rpc.aio_channel(addr)
+        return rpc.method(self.channels[addr], M.SERVICE, method)
+
+    async def send(self, server: str, method: str, msg: bytes,
+                   timeout: float = FORWARD_TIMEOUT_S) -> dict | None:
+        """One RPC to a peer; None if it failed or answered anything but OK."""
+        try:
+            self.s.metrics.wire(sent=len(msg))
+            out = await self.call(server, method)(msg, timeout=timeout)
+            self.s.metrics.wire(received=len(out))
+            meta = M.decode(out)[0]
+            return meta if meta.get("code") == M.OK else None
+        except (grpc.RpcError, KeyError, M.PSError):
+            return None
+
+    # ---- the master's side of a push --------------------------------------------------
+    def track_dirty(self, keys: np.ndarray) -> None:
+        for b, e in self.transfers:
+            lo, hi = positions(keys, [b, e])
+            if hi > lo:
+                self.transfers[(b, e)].append(keys[lo:hi].copy())
+
+    def changes(self, keys: np.ndarray, ranges: list[tuple[int, int]], sender: str,
+                t: int | None) -> list[tuple[str, bytes]]:
+        """The ``Forward`` message for each replica of the pushed ranges."""
+        ring, store = self.s.ring, self.s.store
+        per: dict[str, list[tuple[int, int]]] = {}
+        for b, e in ranges:
+            for pc in ring.overlapping(b, e):
+                for r in pc.replicas:
+                    per.setdefault(r, []).append((pc.begin, pc.end))
+        if not per:
+            return []
+        rows = store.rows(keys)
+        vals, state = store.vals[rows], store.state[rows]
+        out = []
+        for r, rr in per.items():
+            rr = merge_ranges(rr)
+            pos = positions(keys, [x for rg in rr for x in rg])
+            idx = np.concatenate([np.arange(pos[i], pos[i + 1]) for i in range(0, len(pos), 2)])
+            meta = {"op": "forward", "epoch": self.s.epoch, "from": self.s.name,
+                    "worker": sender, "clock": t, "ranges": rr}
+            out.append((r, M.encode(meta, keys[idx], vals[idx], [state[idx]])))
+        return out
+
+    async def race(self, jobs: list) -> list | None:
+        """Run peer RPCs, but give up as soon as a newer ring is announced: a frozen
+        peer would otherwise hold our lock (and so the transition) for a full timeout."""
+        if not jobs:
+            return []
+        rpcs = asyncio.ensure_future(asyncio.gather(*jobs))
+        moved = asyncio.ensure_future(self.ring_moved.wait())
+        await asyncio.wait({rpcs, moved}, return_when=asyncio.FIRST_COMPLETED)
+        moved.cancel()
+        if rpcs.done():
+            return rpcs.result()
+        rpcs.cancel()
+        self.s.metrics.inc("peer_rpcs_abandoned")
+        return None
+
+    async def forward(self, changes: list[tuple[str, bytes]]) -> bool:
+        if not changes:
+            return True
+        t0 = now_us()
+        res = await self.race([self.send(r, "Forward", msg) for r, msg in changes])
+        self.s.metrics.inc("forwards", len(changes))
+        self.s.metrics.span("forward", t0, now_us() - t0, replicas=[r for r, _ in changes])
+        return res is not None and all(x is not None for x in res)
+
+    # ---- a replica's side -------------------------------------------------------------
+    async def Forward(self, req: bytes, ctx) -> bytes:
+        return await self.s.guard(self._forward, req, ctx)
+
+    async def _forward(self, req: bytes) -> bytes:
+        meta, keys, vals, extra = M.decode(req)
+        if meta["epoch"] < self.s.epoch or self.s.store is None:
+            return M.encode(M.reply(M.STALE, "forward from an older ring", epoch=self.s.epoch))
+        if meta["epoch"] > self.s.epoch:
+            self.s.refresh_soon()
+        k = self.s.config["val_len"]
+        self.s.store.assign(keys, vals.reshape(-1, k), extra[0].reshape(-1, k))
+        if meta.get("clock") is not None:
+            c = self.s.clocks.of(meta["worker"])
+            rr = [(int(b), int(e)) for b, e in meta["ranges"]]
+            for b, e in rr:
+                c.set(b, e, int(meta["clock"]))
+            self.s.record_pull(meta["worker"], rr, int(meta["clock"]))
+        self.s.metrics.inc("replica_applies")
+        self.s.dbg(f"forward from {meta['from']} e{meta['epoch']} {meta['worker']}@"
+                   f"{meta.get('clock')} ranges={meta['ranges']} n={keys.size}")
+        self.s.crash_point("replica_after_apply")
+        self.s.gate.notify()
+        return M.encode(M.reply())
+
+    def range_message(self, op: str, ranges: list[tuple[int, int]], **meta) -> bytes:
+        """Full copy of ``ranges``: keys, values, state and every worker's clocks."""
+        parts = [self.s.store.range(b, e) for b, e in ranges]
+        clocks: dict[str, list] = {}
+        for b, e in ranges:
+            for n, segs in self.s.clocks.export(b, e).items():
+                clocks.setdefault(n, []).extend(segs)
+        k = self.s.config["val_len"]
+        keys = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, M.KEY_DTYPE)
+        vals, state = ((np.concatenate([p[i] for p in parts]) if parts
+                        else np.zeros((0, k), M.VAL_DTYPE)) for i in (1, 2))
+        return M.encode({"op": op, "epoch": self.s.epoch, "from": self.s.name,
+                         "ranges": ranges, "clocks": clocks, **meta}, keys, vals, [state])
+
+    async def Sync(self, req: bytes, ctx) -> bytes:
+        return await self.s.guard(self._sync, req, ctx)
+
+    async def _sync(self, req: bytes) -> bytes:
+        meta, keys, vals, extra = M.decode(req)
+        if self.s.store is None or (meta["epoch"] < self.s.epoch and not meta.get("catchup")):
+            return M.encode(M.reply(M.STALE, epoch=self.s.epoch))
+        self.install(meta, keys, vals, extra[0])
+        self.s.dbg(f"copy from {meta['from']} e{meta['epoch']} full={meta.get('full', True)} "
+                   f"catchup={bool(meta.get('catchup'))} ranges={meta['ranges']} n={keys.size}")
+        if meta.get("catchup"):
+            rr = [(int(b), int(e)) for b, e in meta["ranges"]]
+            self.caught_up = merge_ranges(self.caught_up + rr)
+            if intersect(rr, self.not_ready):
+                asyncio.ensure_future(self.finish(rr))
+        self.s.metrics.inc("syncs_received")
+        self.s.gate.notify()
+        return M.encode(M.reply())
+
+    def install(self, meta: dict, keys, vals, state) -> None:
+        k = self.s.config["val_len"]
+        for b, e in meta["ranges"]:
+            b, e = int(b), int(e)
+            lo, hi = positions(keys, [b, e])
+            if meta.get("full", True):
+                self.s.store.replace(b, e, keys[lo:hi], vals.reshape(-1, k)[lo:hi],
+                                     state.reshape(-1, k)[lo:hi])
+                self.s.clocks.clear(b, e)
+            elif hi > lo:
+                self.s.store.assign(keys[lo:hi], vals.reshape(-1, k)[lo:hi],
+                                    state.reshape(-1, k)[lo:hi])
+        self.s.clocks.load(meta["clocks"])
+        for w, segs in meta["clocks"].items():  # a push implies its sender's pull
+            for b, e, t in segs:
+                self.s.record_pull(w, [(int(b), int(e))], int(t))
+
+    async def Snapshot(self, req: bytes, ctx) -> bytes:
+        """Pre-copy for a joining server: the data of ``ranges`` now, and from now on
+        remember which keys change there (sent later as the catch-up)."""
+        meta = M.decode(req)[0]
+        ranges = [(int(b), int(e)) for b, e in meta["ranges"]]
+        if meta.get("track", True):
+            for r in ranges:
+                self.transfers.setdefault(r, [])
+        self.s.metrics.inc("snapshots_served")
+        self.s.dbg(f"snapshot of {ranges}")
+        return self.range_message("snapshot", ranges, code=M.OK)
+
+    # ---- ring changes -----------------------------------------------------------------
+    async def sync_to(self, replica: str, ranges: list[tuple[int, int]]) -> bool:
+        ok = await self.send(replica, "Sync", self.range_message("sync", ranges, full=True))
+        self.s.dbg(f"copy to {replica} {ranges} ok={ok is not None}")
+        self.s.metrics.inc("syncs_sent")
+        return ok is not None
+
+    async def resync_all(self) -> bool:
+        """Send every range we master to all its replicas (after a failed forward)."""
+        ring, me = self.s.ring, self.s.name
+        jobs = [self.sync_to(r, [(pc.begin, pc.end)]) for pc in ring.pieces
+                if pc.master == me for r in pc.replicas]
+        res = await self.race(jobs)
+        self.broken = res is None or not all(res)
+        return not self.broken
+
+    async def transition(self, new: Ring) -> None:
+        """Move from the current ring to ``new`` (section 4.3: "on receiving the node
+        change message a node checks if it also maintains the key range ...")."""
+        s, me = self.s, self.s.name
+        async with s.lock:
+            old = s.ring
+            if old is not None and new.epoch <= old.epoch:
+                return
+            self.ring_moved = asyncio.Event()
+            s.ring, s.epoch = new, new.epoch
+            if old is None:  # the initial ring: nothing is stored anywhere yet
+                s.gate.notify()
+                return
+            old_hold = old.ranges_of(me, "any")
+            # 1. ranges we mastered that now belong to a server that never held them
+            for b, e in old.ranges_of(me, "master"):
+                for pc in new.overlapping(b, e):
+                    fresh = subtract([(pc.begin, pc.end)], old.ranges_of(pc.master, "any"))
+                    if pc.master != me and fresh:
+                        await self.catch_up(pc.master, fresh)
+            # 2. ranges we now master but never held wait for their catch-up
+            new_master = new.ranges_of(me, "master")
+            self.not_ready = subtract(subtract(new_master, old_hold), self.caught_up)
+            # 3. forget what we no longer hold
+            for b, e in subtract(old_hold, new.ranges_of(me, "any")):
+                s.store.drop(b, e)
+                s.clocks.clear(b, e)
+            # 4. give new (or all, if promoted or broken) replicas a full copy
+            promoted = subtract(new_master, old.ranges_of(me, "master"))
+            self.s.dbg(f"transition {old.epoch}->{new.epoch} not_ready={self.not_ready} "
+                       f"promoted={promoted} broken={self.broken}")
+            ok = await self.sync_replicas(old, new, promoted)
+            self.broken = not ok
+            self.transfers.clear()
+            self.caught_up = []
+            s.metrics.inc("transitions")
+        if self.not_ready:
+            asyncio.ensure_future(self.await_catchup(old, new.epoch))
+        s.gate.notify()
+
+    async def sync_replicas(self, old: Ring, new: Ring, promoted: list) -> bool:
+        me, jobs = self.s.name, []
+        for pc in new.pieces:
+            if pc.master != me:
+                continue
+            ready = subtract([(pc.begin, pc.end)], self.not_ready)
+            for r in pc.replicas:
+                need = ready if self.broken else merge_ranges(
+                    subtract(ready, old.ranges_of(r, "any")) + intersect(ready, promoted))
+                if need:
+                    jobs.append(self.sync_to(r, need))
+        res = await self.race(jobs)
+        return res is not None and all(res)
+
+    async def catch_up(self, new_master: str, ranges: list[tuple[int, int]]) -> None:
+        """Old master's second phase: send what changed since the pre-copy (or all)."""
+        for b, e in ranges:
+            dirty = [k for (tb, te), ks in self.transfers.items() if tb < e and b < te
+                     for k in ks]
+            if (b, e) in self.transfers or any(tb <= b and e <= te for tb, te in self.transfers):
+                keys = np.unique(np.concatenate(dirty)) if dirty else np.zeros(0, M.KEY_DTYPE)
+                lo, hi = positions(keys, [b, e])
+                keys = keys[lo:hi]
+                rows = self.s.store.rows(keys)
+                msg = M.encode({"op": "sync", "epoch": self.s.epoch, "from": self.s.name,
+                                "ranges": [(b, e)], "full": False, "catchup": True,
+                                "clocks": self.s.clocks.export(b, e)},
+                               keys, self.s.store.vals[rows], [self.s.store.state[rows]])
+            else:
+                msg = self.range_message("sync", [(b, e)], full=True, catchup=True)
+            await self.send(new_master, "Sync", msg)
+            self.s.dbg(f"catch-up to {new_master} [{b}, {e})")
+            self.s.metrics.inc("catchups_sent")
+
+    async def finish(self, ranges: list[tuple[int, int]]) -> None:
+        """A caught-up range: copy it to our replicas, then serve it."""
+        s = self.s
+        async with s.lock:
+            done = intersect(merge_ranges(ranges), self.not_ready)
+            if not done:
+                return
+            jobs = []
+            for pc in s.ring.pieces:
+                if pc.master == s.name:
+                    part = intersect([(pc.begin, pc.end)], done)
+                    jobs += [self.sync_to(r, part) for r in pc.replicas if part]
+            res = await self.race(jobs)
+            if res is None or not all(res):
+                self.broken = True
+            self.not_ready = subtract(self.not_ready, done)
+            self.s.dbg(f"serving {done}")
+        s.gate.notify()
+
+    async def await_catchup(self, old: Ring, epoch: int) -> None:
+        """If a catch-up never comes (its sender died), copy from a surviving holder."""
+        await asyncio.sleep(CATCHUP_TIMEOUT_S)
+        s = self.s
+        if s.epoch != epoch or not self.not_ready:
+            return
+        for b, e in list(self.not_ready):
+            for pc in old.overlapping(b, e):
+                for h in pc.holders:
+                    if h == s.name or h not in s.ring.servers:
+                        continue
+                    meta = await self.fetch(h, [(pc.begin, pc.end)], track=False)
+                    if meta is not None:
+                        break
+        await self.finish(list(self.not_ready))
+
+    async def fetch(self, server: str, ranges: list[tuple[int, int]], track: bool) -> dict | None:
+        try:
+            out = await self.call(server, "Snapshot")(
+                M.encode({"ranges": ranges, "track": track}), timeout=10.0)
+        except (grpc.RpcError, KeyError):
+            return None
+        meta, keys, vals, extra = M.decode(out)
+        self.install({**meta, "full": True}, keys, vals, extra[0])
+        self.s.metrics.wire(received=len(out))
+        return meta
+
+    async def join(self, reg: dict) -> bool:
+        """Run-time join (section 4.3): pre-copy, then ask the scheduler to switch."""
+        s = self.s
+        pending, current = Ring.from_dict(reg["pending"]), Ring.from_dict(reg["ring"])
+        s.addrs.update(reg["addrs"])
+        s.ring, s.epoch = current, current.epoch
+        for b, e in pending.ranges_of(s.name, "master"):
+            for pc in current.overlapping(b, e):
+                if await self.fetch(pc.master, [(pc.begin, pc.end)], track=True) is None:
+                    return False
+        self.s.metrics.inc("joins")
+        r = M.decode(await s.sched_call("JoinReady")(
+            M.encode({"name": s.name, "epoch": pending.epoch}), timeout=5.0))[0]
+        if not r["ok"]:
+            s.reset()
+            return False
+        s.member = True
+        await s.install(r)
+        return True

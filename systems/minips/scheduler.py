@@ -1,0 +1,329 @@
+"""The scheduler: the paper's server manager (section 4.3) plus the worker group's
+task scheduler (section 4.5).
+
+It never touches parameters. It keeps the *membership*: which servers form the ring
+(an ``epoch`` counts ring changes), which workers are alive, which data shard each
+worker trains on. Nodes send it heartbeats (ps-lite ``van.cc``: every node sends a
+``HEARTBEAT`` to the scheduler, which reports dead nodes in ``GetDeadNodes``,
+``src/postoffice.cc``); a server silent for ``hb_timeout`` seconds is removed:
+
+1. the ring is re-formed without it (its ranges fall to their first replicas);
+2. the new ring is pushed to every server (``Ring`` RPC) and returned by every
+   heartbeat, so servers re-partition and workers resend what was in flight.
+
+A server may also join at run time: it registers, receives the *pending* ring that
+includes it, pre-copies its future ranges from their current masters, then calls
+``JoinReady``; only then does the ring change (paper section 4.3, two-phase transfer).
+
+A worker silent for ``worker_timeout`` seconds is declared dead: its unfinished shard
+goes to the live worker with the least work (section 4.5, "the scheduler assigns the
+unfinished work to another worker"), and it leaves the set of workers whose clocks
+servers wait on, so a BSP barrier cannot hang on it. Workers that have finished their
+shards *retire* from that set for the same reason.
+
+Run: ``python -m systems.minips.scheduler --config JSON`` (the launcher does it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from typing import Any
+
+from common import rpc
+from common.procs import announce_ready
+
+from .message import SERVICE, decode, encode
+from .metrics import NodeMetrics
+from .ring import Ring
+
+
+class Scheduler:
+    def __init__(self, config: dict[str, Any]):
+        self.config = config
+        self.epoch = 0
+        self.ring_servers: list[str] = []
+        self.servers: dict[str, dict] = {}
+        self.joining: str | None = None
+        now = time.monotonic()
+        grace = config.get("start_grace_s", 60.0)
+        self.workers = {f"w{i}": {"alive": True, "retired": False, "last_hb": now + grace,
+                                  "shards": [i], "addr": None}
+                        for i in range(config["num_workers"])}
+        self.progress = {i: 0 for i in range(config["num_workers"])}
+        self.members_version = 0
+        self.barriers: dict[str, set] = {}
+        self.barrier_event = asyncio.Event()
+        self.barrier_done: dict[str, float] = {}
+        self.reports: dict[str, dict] = {}
+        self.clients: set[str] = set()
+        self.stopped = False  # the job was ended early (Stop), not by finishing its steps
+        self.events: list[dict] = []  # membership history, for tests and the launcher
+        self.shutdown = asyncio.Event()
+        self.metrics = NodeMetrics("scheduler", "scheduler", trace=False)
+        self.channels: dict[str, Any] = {}
+
+    # ---- membership ----------------------------------------------------------------
+    def ring(self, servers: list[str] | None = None, epoch: int | None = None) -> Ring:
+        c = self.config
+        return Ring(servers or self.ring_servers, c["key_max"], c["vnodes"],
+                    c["replication"], self.epoch if epoch is None else epoch)
+
+    def clock_workers(self) -> list[str]:
+        return sorted(n for n, w in self.workers.items() if w["alive"] and not w["retired"])
+
+    def ring_info(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "servers": self.ring_servers,
+                "addrs": {n: s["addr"] for n, s in self.servers.items()},
+                "workers": self.clock_workers(), "members_version": self.members_version,
+                "ring": self.ring().to_dict() if self.ring_servers else None}
+
+    def log(self, kind: str, **info: Any) -> None:
+        self.events.append({"t": time.monotonic(), "kind": kind, "epoch": self.epoch, **info})
+        print(f"[scheduler] {kind} {info} epoch={self.epoch}", flush=True)
+
+    def commit(self, servers: list[str], why: str) -> None:
+        self.ring_servers = sorted(servers)
+        self.epoch += 1
+        self.log("ring", why=why, servers=self.ring_servers)
+        self.broadcast()
+
+    def broadcast(self) -> None:
+        """Push the current ring and worker set to every server in it."""
+        msg = encode({"op": "ring", **self.ring_info()})
+        for name in self.ring_servers:
+            addr = self.servers[name]["addr"]
+            ch = self.channels.setdefault(addr, rpc.aio_channel(addr))
+            call = rpc.method(ch, SERVICE, "Ring")
+            asyncio.ensure_future(self._send(call, msg))
+
+    async def _send(self, call, msg: bytes) -> None:
+        try:
+            await call(msg, timeout=2.0)
+        except Exception:  # the heartbeat reply carries the epoch too
+            pass
+
+    def remove_server(self, name: str, why: str) -> None:
+        self.servers[name]["alive"] = False
+        if self.joining == name:
+            self.joining = None
+        if name in self.ring_servers:
+            rest = [s for s in self.ring_servers if s != name]
+            if rest:
+                self.commit(rest, f"{why}: {name}")
+            else:
+                self.log("lost_all_servers", server=name)
+
+    def remove_worker(self, name: str, why: str) -> None:
+        w = self.workers[name]
+        w["alive"] = False
+        orphans = [s for s in w["shards"] if self.progress[s] < self.config["steps"]]
+        w["shards"] = []
+        for s in orphans:
+            live = [n for n, x in self.workers.items() if x["alive"]]
+            if not live:
+                break
+            # the least loaded worker by remaining steps takes the shard
+            def load(n: str) -> int:
+                return sum(self.config["steps"] - self.progress[t]
+                           for t in self.workers[n]["shards"])
+            heir = min(live, key=lambda n: (load(n), n))
+            self.workers[heir]["shards"].append(s)
+            self.workers[heir]["retired"] = False
+            self.log("reassign", shard=s, worker=heir, progress=self.progress[s])
+        self.members_version += 1
+        self.log("worker_dead", worker=name, why=why)
+        self.broadcast()
+
+    def job_done(self) -> bool:
+        return self.stopped or all(p >= self.config["steps"] for p in self.progress.values())
+
+    async def monitor(self) -> None:
+        """Failure detection: a node that stopped sending heartbeats is dead."""
+        c = self.config
+        while not self.shutdown.is_set():
+            await asyncio.sleep(c["hb_interval"] / 2)
+            now = time.monotonic()
+            for name, s in list(self.servers.items()):
+                if s["alive"] and now - s["last_hb"] > c["hb_timeout"]:
+                    self.remove_server(name, "no heartbeat")
+            for name, w in list(self.workers.items()):
+                if w["alive"] and not w.get("exited") and \
+                        now - w["last_hb"] > c["worker_timeout"]:
+                    self.remove_worker(name, "no heartbeat")
+
+    # ---- RPC handlers ----------------------------------------------------------------
+    async def Register(self, req: bytes, ctx) -> bytes:
+        meta = decode(req)[0]
+        role, name = meta["role"], meta["name"]
+        if role == "server":
+            old = self.servers.get(name)
+            if old and old["alive"] and name in self.ring_servers and self.epoch:
+                self.remove_server(name, "re-registered (restarted)")
+            inc = (old["incarnation"] + 1) if old else 0
+            self.servers[name] = {"addr": meta["addr"], "alive": True, "incarnation": inc,
+                                  "last_hb": time.monotonic()}
+            if self.epoch == 0:
+                self.ring_servers = sorted(set(self.ring_servers) | {name})
+                if len(self.ring_servers) >= self.config["num_servers"]:
+                    self.commit(self.ring_servers, "initial")
+                return encode({"status": "member", "incarnation": inc, "config": self.config})
+            if self.joining and self.joining != name and self.servers[self.joining]["alive"]:
+                return encode({"status": "busy", "config": self.config})
+            self.joining = name
+            pending = self.ring(self.ring_servers + [name], self.epoch + 1)
+            self.log("join_start", server=name)
+            return encode({"status": "join", "incarnation": inc, "config": self.config,
+                           "pending": pending.to_dict(), **self.ring_info()})
+        if role == "worker":
+            if name not in self.workers:
+                return encode({"status": "error",
+                               "message": f"unknown worker {name!r}; expected one of "
+                                          f"{sorted(self.workers)}"})
+            w = self.workers[name]
+            w.update(addr=meta.get("addr"), last_hb=time.monotonic())
+            return encode({"status": "member", "config": self.config, "shards": w["shards"]})
+        if name in self.clients:  # its clocks would restart: resent-push detection
+            return encode({"status": "error",  # would drop its new pushes as old ones
+                           "message": f"a client named {name!r} already registered; "
+                                      f"clock timestamps are per name, so use a new name"})
+        self.clients.add(name)
+        return encode({"status": "member", "config": self.config})  # a client (bench, monitor)
+
+    async def JoinReady(self, req: bytes, ctx) -> bytes:
+        meta = decode(req)[0]
+        name = meta["name"]
+        if self.joining != name or meta["epoch"] != self.epoch + 1:
+            return encode({"ok": False, "epoch": self.epoch})  # the ring moved: pre-copy again
+        self.joining = None
+        self.commit(self.ring_servers + [name], f"join: {name}")
+        return encode({"ok": True, **self.ring_info()})
+
+    async def Heartbeat(self, req: bytes, ctx) -> bytes:
+        meta = decode(req)[0]
+        name, role = meta["name"], meta["role"]
+        now = time.monotonic()
+        member = True
+        if role == "server":
+            s = self.servers.get(name)
+            member = bool(s and s["alive"] and s["incarnation"] == meta.get("incarnation"))
+            if member:
+                s["last_hb"] = now
+        elif role == "worker" and name in self.workers:
+            w = self.workers[name]
+            member = w["alive"]
+            if member:
+                w["last_hb"] = now
+                w["clock"] = int(meta.get("clock", 0))
+                for s, steps in meta.get("progress", {}).items():
+                    if int(s) in w["shards"]:
+                        self.progress[int(s)] = max(self.progress[int(s)], int(steps))
+                if meta.get("retire") and not w["retired"]:
+                    if all(self.progress[s] >= self.config["steps"] for s in w["shards"]):
+                        w["retired"] = True
+                        self.members_version += 1
+                        self.log("retire", worker=name)
+                        self.broadcast()
+        out = {"epoch": self.epoch, "members_version": self.members_version, "member": member,
+               "shutdown": self.shutdown.is_set(), "job_done": self.job_done(),
+               "stop": self.stopped}
+        if role == "worker" and name in self.workers:
+            w = self.workers[name]
+            out["shards"] = w["shards"]
+            out["progress"] = {s: self.progress[s] for s in w["shards"]}
+            others = [self.workers[n].get("clock", 0) for n in self.clock_workers() if n != name]
+            out["clock_floor"] = min(others, default=0)
+        return encode(out)
+
+    async def GetRing(self, req: bytes, ctx) -> bytes:
+        return encode(self.ring_info())
+
+    async def Barrier(self, req: bytes, ctx) -> bytes:
+        """Block until every live worker arrived (ps-lite ``Postoffice::Barrier``)."""
+        meta = decode(req)[0]
+        arrived = self.barriers.setdefault(meta["barrier"], set())
+        arrived.add(meta["name"])
+        while not set(self.clock_workers()) <= arrived:
+            ev = self.barrier_event
+            try:
+                await asyncio.wait_for(ev.wait(), timeout=0.2)
+            except asyncio.TimeoutError:
+                pass
+        if meta["barrier"] not in self.barrier_done:
+            self.barrier_done[meta["barrier"]] = time.monotonic()
+            self.log("barrier", barrier=meta["barrier"])
+        self.barrier_event.set()
+        self.barrier_event = asyncio.Event()
+        return encode({"ok": True})
+
+    async def Report(self, req: bytes, ctx) -> bytes:
+        meta = decode(req)[0]
+        self.reports[meta["name"]] = meta["report"]
+        w = self.workers.get(meta["name"])
+        if w is not None:  # it is about to exit: not a failure, and no longer a clock
+            w["exited"] = True
+            if not w["retired"]:
+                w["retired"] = True
+                self.members_version += 1
+                self.broadcast()
+        return encode({"ok": True})
+
+    async def Status(self, req: bytes, ctx) -> bytes:
+        return encode({**self.ring_info(), "progress": self.progress,
+                       "steps": self.config["steps"], "job_done": self.job_done(),
+                       "workers_state": {n: {k: v for k, v in w.items() if k != "last_hb"}
+                                         for n, w in self.workers.items()},
+                       "servers_state": {n: {k: v for k, v in s.items() if k != "last_hb"}
+                                         for n, s in self.servers.items()},
+                       "reports": self.reports, "events": self.events,
+                       "barriers": self.barrier_done,
+                       "joining": self.joining})
+
+    async def Stop(self, req: bytes, ctx) -> bytes:
+        """End the job now: workers finish their current step, report and exit."""
+        self.stopped = True
+        for w in self.workers.values():  # nobody waits on a clock that will not come
+            w["retired"] = True
+        self.members_version += 1
+        self.log("stop")
+        self.broadcast()
+        return encode({"ok": True})
+
+    async def Shutdown(self, req: bytes, ctx) -> bytes:
+        self.shutdown.set()
+        return encode({"ok": True})
+
+
+async def serve(config: dict[str, Any], host: str, port: int) -> None:
+    sched = Scheduler(config)
+    names = ["Register", "JoinReady", "Heartbeat", "GetRing", "Barrier", "Report", "Status",
+             "Stop", "Shutdown"]
+    from .message import SCHEDULER_SERVICE
+
+    server, bound = await rpc.serve_aio(SCHEDULER_SERVICE,
+                                        {n: getattr(sched, n) for n in names},
+                                        host=host, port=port)
+    announce_ready(port=bound, addr=f"{host}:{bound}")
+    mon = asyncio.ensure_future(sched.monitor())
+    await sched.shutdown.wait()
+    await asyncio.sleep(config["hb_interval"] * 3)  # let the nodes read "shutdown"
+    mon.cancel()
+    if config.get("run_dir"):
+        sched.metrics.extra["events"] = sched.events
+        sched.metrics.save(config["run_dir"])
+    await server.stop(0.5)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description="minips scheduler (server manager)")
+    p.add_argument("--config", required=True, help="cluster config as JSON")
+    p.add_argument("--host", default=rpc.LOOPBACK)
+    p.add_argument("--port", type=int, default=0)
+    a = p.parse_args()
+    asyncio.run(serve(json.loads(a.config), a.host, a.port))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""Consistency models as task dependencies (paper sections 3.4-3.5): BSP equals the
+single-process run; SSP never lets a worker get more than tau clocks ahead; ASP does."""
+
+import asyncio
+import math
+import time
+
+import numpy as np
+import pytest
+
+from systems.minips.clock import VectorClock
+from systems.minips.consistency import Consistency, DependencyGate
+from systems.minips.launcher import ClusterSpec
+
+from .conftest import run_threads
+
+
+def test_parse_and_dependencies():
+    assert Consistency.parse("bsp").wait_clock(5) == 4
+    assert Consistency.parse("ssp:3").wait_clock(5) == 1
+    assert Consistency.parse("asp").wait_clock(5) is None
+    assert math.isinf(Consistency.parse("asp").tau)
+    assert Consistency.parse("ssp:0").wait_clock(5) == Consistency.parse("bsp").wait_clock(5)
+    for bad in ("ssp:-1", "ssp:x", "stale"):
+        with pytest.raises(ValueError, match="ssp|bsp"):
+            Consistency.parse(bad)
+
+
+def test_gate_releases_a_pull_when_the_last_worker_reaches_the_clock():
+    async def scenario():
+        vc = VectorClock(100)
+        gate = DependencyGate(vc)
+        gate.workers = ["w0", "w1"]
+        vc.of("w0").set(0, 100, 3)
+        task = asyncio.ensure_future(gate.wait([(0, 100)], 3, 4, lambda: True))
+        await asyncio.sleep(0.05)
+        assert not task.done()  # w1 has not finished clock 3
+        vc.of("w1").set(0, 50, 3)
+        gate.notify()
+        await asyncio.sleep(0.05)
+        assert not task.done()  # only half of the range
+        gate.workers = ["w0"]  # w1 died: it no longer holds anyone back
+        gate.notify()
+        held = await asyncio.wait_for(task, 1)
+        assert held >= 0.09
+    asyncio.run(scenario())
+
+
+def quadratic(rank: int, n: int = 32):
+    rng = np.random.default_rng(rank)
+    a = rng.normal(size=(n, n)).astype(np.float32) / np.sqrt(n)
+    return a.T @ a, rng.normal(size=n).astype(np.float32)
+
+
+def test_bsp_equals_a_single_process_run_of_the_same_updates(make_cluster):
+    """Two workers, SGD on the server: each BSP clock must equal one step of
+    w <- w - lr * (g0(w) + g1(w)) computed in this process."""
+    n, lr, clocks = 32, 0.05, 12
+    spec = ClusterSpec(servers=2, workers=2, key_max=n, updater={"name": "sgd", "lr": lr},
+                       app={"name": "count"})
+    cl = make_cluster(spec)
+    keys = np.arange(n, dtype=np.uint64)
+    model = Consistency.parse("bsp")
+
+    def body(kv, rank):
+        h, b = quadratic(rank)
+        for c in range(clocks):
+            w = kv.wait(kv.pull(keys, clock=c, wait=model.wait_clock(c))).reshape(-1)
+            time.sleep(0.01 * rank)  # one worker slower: BSP must not care
+            kv.push(keys, (h @ w - b).reshape(-1, 1), clock=c, wait=model.push_wait(c))
+        return kv.wait(kv.pull(keys, clock=clocks, wait=model.wait_clock(clocks)))
+
+    finals = run_threads(cl, body, 2)
+    w = np.zeros(n, np.float32)
+    for _ in range(clocks):
+        w = w - lr * sum(h @ w - b for h, b in (quadratic(0), quadratic(1)))
+    for f in finals:
+        np.testing.assert_allclose(f.reshape(-1), w, rtol=1e-4, atol=1e-5)
+
+
+def run_with_straggler(make_cluster, consistency: str, clocks: int = 14):
+    spec = ClusterSpec(servers=2, workers=3, key_max=64, updater={"name": "sum"},
+                       app={"name": "count"})
+    cl = make_cluster(spec)
+    keys = np.arange(64, dtype=np.uint64)
+    model = Consistency.parse(consistency)
+    t0 = time.monotonic()
+
+    def body(kv, rank):
+        starts, sent = {}, {}
+        for c in range(clocks):
+            kv.wait(kv.pull(keys, clock=c, wait=model.wait_clock(c)))
+            starts[c] = time.monotonic() - t0
+            time.sleep(0.06 if rank == 2 else 0.005)  # worker 2 is 12x slower
+            sent[c] = time.monotonic() - t0
+            kv.push(keys, np.ones((64, 1), np.float32), clock=c, wait=model.push_wait(c))
+        return starts, sent
+
+    out = run_threads(cl, body, 3)
+    gaps = [cl.control(s, metrics=True)["metrics"]["max_gap"] for s in ("s0", "s1")]
+    return out, max(gaps)
+
+
+@pytest.mark.parametrize("tau", [0, 2])
+def test_ssp_never_lets_a_worker_run_more_than_tau_clocks_ahead(make_cluster, tau):
+    out, server_gap = run_with_straggler(make_cluster, "bsp" if tau == 0 else f"ssp:{tau}")
+    assert server_gap == tau  # the bound holds, and the straggler makes it tight
+    _, slow_sent = out[2]
+    for starts, _ in out[:2]:
+        for c, t in starts.items():
+            dep = c - tau - 1
+            if dep >= 0:  # clock c began only after the straggler sent clock c - tau - 1
+                assert t >= slow_sent[dep], (c, t, slow_sent[dep])
+
+
+def test_asp_lets_fast_workers_run_ahead(make_cluster):
+    out, server_gap = run_with_straggler(make_cluster, "asp")
+    assert server_gap > 4  # no dependency: fast workers got far ahead of the straggler

@@ -1,0 +1,100 @@
+"""Filters change bytes, not results beyond their stated tolerance (paper sections 3.6, 4.2)."""
+
+import numpy as np
+import pytest
+
+from systems.minips.filters import (
+    KKT,
+    Compress,
+    FilterChain,
+    KeyCache,
+    KeyCaching,
+    SignificantlyModified,
+    compress_values,
+    decode_request,
+    decompress_values,
+)
+from systems.minips.message import PSError
+from systems.minips.updaters import L1Proximal
+
+
+@pytest.mark.parametrize("codec,tol", [("zlib", 0.0), ("fp16", 1e-3), ("fp16+zlib", 1e-3)])
+def test_codecs_round_trip_within_tolerance(codec, tol):
+    v = np.random.default_rng(0).normal(size=1000).astype(np.float32)
+    out = decompress_values(compress_values(v, codec), codec, v.size)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, v, rtol=tol, atol=tol * 1e-2)
+
+
+def test_zlib_compresses_l1_sparse_weights_over_5x():
+    rng = np.random.default_rng(1)
+    w = np.zeros(100_000, np.float32)
+    nz = rng.random(w.size) < 0.05  # L1 leaves most weights exactly zero
+    w[nz] = rng.normal(size=int(nz.sum()))
+    packed = compress_values(w, "zlib")
+    assert w.nbytes / packed.nbytes >= 5
+    assert np.array_equal(decompress_values(packed, "zlib", w.size), w)
+
+
+def test_corrupt_compressed_values_are_a_clear_error():
+    with pytest.raises(PSError, match="do not decompress"):
+        decompress_values(np.arange(10, dtype=np.uint8), "zlib", 4)
+
+
+def test_kkt_drops_exactly_the_updates_that_change_nothing():
+    rng = np.random.default_rng(2)
+    n, lam = 2000, 0.05
+    w = np.where(rng.random((n, 1)) < 0.7, 0, rng.normal(size=(n, 1))).astype(np.float32)
+    g = rng.normal(0, 0.05, (n, 1)).astype(np.float32)
+    keys = np.arange(n, dtype=np.uint64)
+    f = KKT(lam=lam)
+    kept_keys, kept_g = f.push(keys, g, {"weights": w})
+    up = L1Proximal(lr=1.0, lam=lam, adagrad=False)
+    full, filtered = w.copy(), w.copy()
+    up(full, np.zeros_like(w), g)
+    sub = filtered[kept_keys.astype(int)]
+    up(sub, np.zeros_like(sub), kept_g)
+    filtered[kept_keys.astype(int)] = sub
+    np.testing.assert_array_equal(full, filtered)  # same model, fewer entries sent
+    assert f.stats.entries_out < 0.6 * n and f.stats.saved_bytes > 0
+
+
+def test_significantly_modified_delays_but_never_loses():
+    rng = np.random.default_rng(3)
+    keys = np.arange(100, dtype=np.uint64)
+    f = SignificantlyModified(threshold=0.5)
+    pushed = np.zeros((100, 1))
+    sent = np.zeros((100, 1))
+    for _ in range(20):
+        g = rng.normal(0, 0.2, (100, 1)).astype(np.float32)
+        pushed += g
+        k, v = f.push(keys, g, {})
+        sent[k.astype(int)] += v
+    np.testing.assert_allclose(sent + f.residual.get(keys), pushed, atol=1e-4)
+    assert f.stats.entries_out < f.stats.entries_in
+
+
+def test_key_caching_sends_a_repeated_key_list_as_its_hash():
+    chain = FilterChain([KeyCaching()])
+    cache = KeyCache()
+    keys = np.arange(0, 1000, 3, dtype=np.uint64)
+    meta1, k1, _ = chain.encode("s0", {"op": "pull", "sender": "w0"}, keys, None)
+    meta2, k2, _ = chain.encode("s0", {"op": "pull", "sender": "w0"}, keys, None)
+    assert k1 is not None and k2 is None and meta1["key_sig"] == meta2["key_sig"]
+    assert chain.caching.stats.saved_bytes == keys.nbytes
+    # the receiver learns the list from the first message and restores it for the second
+    decode_request(meta1, k1, None, cache)
+    restored, _ = decode_request(meta2, None, None, cache)
+    assert np.array_equal(restored, keys)
+    with pytest.raises(PSError, match="no cached key list"):
+        decode_request({**meta2, "sender": "w9"}, None, None, cache)
+
+
+def test_compress_filter_on_push_and_pull_meta():
+    chain = FilterChain([Compress(push_codec="fp16", pull_codec="zlib")])
+    vals = np.ones((10, 1), np.float32)
+    meta, _, packed = chain.encode("s0", {"op": "push"}, np.arange(10, dtype=np.uint64), vals)
+    assert meta["codec"] == "fp16" and packed.nbytes == vals.nbytes // 2
+    meta, _, _ = chain.encode("s0", {"op": "pull"}, np.arange(10, dtype=np.uint64), None)
+    assert meta["pull_codec"] == "zlib"
+    assert chain.stats()["compress"]["saved_bytes"] == 20

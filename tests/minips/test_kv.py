@@ -1,0 +1,175 @@
+"""The key-value API over real processes: counting, async timestamps, range ops, and
+bad requests (paper section 3.3; ps-lite ``kv_app.h``)."""
+
+import itertools
+
+import grpc
+import numpy as np
+import pytest
+
+from common import rpc
+from systems.minips import message as M
+from systems.minips.launcher import Cluster, ClusterSpec
+
+from .conftest import run_threads
+
+KEY_MAX = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    spec = ClusterSpec(servers=3, workers=2, replication=2, val_len=2, updater={"name": "sum"},
+                       app={"name": "count"}, key_max=KEY_MAX)
+    cl = Cluster(spec, tmp_path_factory.mktemp("kv"))
+    cl.start(workers=False)
+    yield cl
+    cl.close()
+
+
+def test_pull_after_acknowledged_pushes_returns_exactly_the_sum(cluster):
+    """Every worker adds known increments; the final values equal the acked total."""
+    rng = np.random.default_rng(0)
+    region = (0, KEY_MAX // 2)
+    plans = [[(np.unique(rng.integers(*region, 300)).astype(np.uint64),
+               rng.integers(-5, 6, (300, 2)).astype(np.float32)) for _ in range(25)]
+             for _ in range(2)]
+    expect: dict[int, np.ndarray] = {}
+    for plan in plans:
+        for keys, inc in plan:
+            for k, v in zip(keys.tolist(), inc[:keys.size], strict=True):
+                expect[k] = expect.get(k, 0) + v
+
+    def body(kv, rank):
+        tss = [kv.push(keys, inc[:keys.size]) for keys, inc in plans[rank]]
+        for ts in reversed(tss):  # waiting out of order is fine
+            assert kv.wait(ts) is None
+        return len(tss)
+
+    assert run_threads(cluster, body, 2) == [25, 25]
+    client = cluster.client("reader")
+    keys = np.array(sorted(expect), np.uint64)
+    got = client.wait(client.pull(keys))
+    np.testing.assert_array_equal(got, np.array([expect[k] for k in sorted(expect)]))
+    # a range pull returns exactly the stored keys of the range, in order
+    rk, rv = client.wait(client.pull_range(*region))
+    assert rk.tolist() == sorted(expect)
+    np.testing.assert_array_equal(rv, got)
+    # ... and the same through a range that cuts across servers
+    lo, hi = KEY_MAX // 8, KEY_MAX // 3
+    rk, _ = client.wait(client.pull_range(lo, hi))
+    assert rk.tolist() == [k for k in sorted(expect) if lo <= k < hi]
+
+
+def test_push_and_pull_are_asynchronous_with_timestamps(cluster):
+    kv = cluster.client("async")
+    keys = np.arange(KEY_MAX // 2, KEY_MAX // 2 + 1000, dtype=np.uint64)
+    ones = np.ones((1000, 2), np.float32)
+    ts = [kv.push(keys, ones) for _ in range(5)]
+    assert ts == sorted(ts) and len(set(ts)) == 5
+    pulled = kv.pull(keys)
+    for t in ts:
+        kv.wait(t)
+    kv.wait(pulled)  # issued before the pushes finished: sees some prefix of them
+    np.testing.assert_array_equal(kv.wait(kv.pull(keys)), 5 * ones)
+    with pytest.raises(KeyError, match="no request with timestamp"):
+        kv.wait(10_000)
+
+
+def test_messages_over_grpc_default_limit_go_through(cluster):
+    """A push of the whole key space sends each server about a third of a million keys
+    with 2 values each: over 5 MB per message, past gRPC's 4 MB default (common.rpc
+    raises the limits on every channel and server)."""
+    kv = cluster.client("big")
+    keys = np.arange(KEY_MAX, dtype=np.uint64)
+    before = kv.wait(kv.pull(keys))
+    got = {n: cluster.control(n, metrics=True)["metrics"]["bytes_received"]
+           for n in cluster.status()["servers"]}
+    kv.wait(kv.push(keys, np.zeros((KEY_MAX, 2), np.float32)))  # sum of zeros: no change
+    grown = [cluster.control(n, metrics=True)["metrics"]["bytes_received"] - b
+             for n, b in got.items()]
+    assert max(grown) > 4 << 20
+    np.testing.assert_array_equal(kv.wait(kv.pull(keys)), before)
+
+
+def test_values_never_travel_one_message_per_key(cluster):
+    kv = cluster.client("packed")
+    before = {n: cluster.control(n, metrics=True)["metrics"]["push_requests"]
+              for n in cluster.status()["servers"]}
+    keys = np.arange(KEY_MAX - 5000, KEY_MAX, dtype=np.uint64)
+    kv.wait(kv.push(keys, np.ones((5000, 2), np.float32)))
+    after = {n: cluster.control(n, metrics=True)["metrics"]["push_requests"] for n in before}
+    assert sum(after.values()) - sum(before.values()) <= len(before)  # one per server
+
+
+def raw_call(cluster, server, method, payload: bytes):
+    ch = rpc.channel(cluster.status()["addrs"][server])
+    try:
+        return rpc.method(ch, M.SERVICE, method)(payload, timeout=10)
+    finally:
+        ch.close()
+
+
+def bad(meta: dict, keys, vals) -> bytes:
+    return M.encode({"epoch": 1, "sender": "x", "clock": 0, **meta}, keys, vals)
+
+
+ONE = np.ones((1, 2), np.float32)
+NAMES = itertools.count()  # a client name is registered once per cluster
+ALL = {"ranges": [[0, KEY_MAX]]}
+
+
+@pytest.mark.parametrize("method,payload,needle", [
+    ("Push", b"\x00garbage", "malformed message"),
+    ("Pull", b"\x00garbage", "malformed message"),
+    ("Push", bad(ALL, np.array([5, 3], np.uint64), np.ones((2, 2), np.float32)),
+     "sorted and unique"),
+    ("Pull", bad(ALL, np.array([5, 3], np.uint64), None), "sorted and unique"),
+    ("Push", bad(ALL, np.array([KEY_MAX + 7], np.uint64), ONE), f"unknown key {KEY_MAX + 7}"),
+    ("Pull", bad(ALL, np.array([KEY_MAX + 7], np.uint64), None), f"unknown key {KEY_MAX + 7}"),
+    ("Push", bad(ALL, np.array([1, 2], np.uint64), np.ones(3, np.float32)),
+     "2 keys x 2 values per key need 4 values, got 3"),
+    ("Push", bad({}, np.array([1], np.uint64), ONE), "needs 'ranges'"),
+    ("Pull", bad({"ranges": [[0, 10]]}, np.array([50], np.uint64), None),
+     "outside the request's ranges"),
+    ("Pull", bad({"ranges": [[10, 5]], "range_pull": True}, None, None),
+     "empty or outside the key space"),
+    ("Pull", bad(ALL, None, None), "a pull needs keys"),
+    ("Push", M.encode({"ranges": [[0, 8]]}, np.array([1], np.uint64), ONE),
+     "malformed request meta: KeyError 'epoch'"),
+])
+def test_malformed_requests_get_a_clear_error_and_nothing_breaks(cluster, method, payload,
+                                                                 needle):
+    with pytest.raises(grpc.RpcError) as e:
+        raw_call(cluster, "s0", method, payload)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert needle in e.value.details()
+    kv = cluster.client(f"after-bad-{next(NAMES)}")  # the servers still serve
+    keys = np.array([KEY_MAX - 1], np.uint64)
+    before = kv.wait(kv.pull(keys))
+    kv.wait(kv.push(keys, ONE))
+    np.testing.assert_array_equal(kv.wait(kv.pull(keys)), before + 1)
+
+
+def test_client_side_checks_name_the_problem(cluster):
+    kv = cluster.client("checks")
+    with pytest.raises(M.PSError, match="unknown key"):
+        kv.pull(np.array([KEY_MAX], np.uint64))
+    with pytest.raises(M.PSError, match="sorted and unique"):
+        kv.push(np.array([2, 1], np.uint64), np.ones((2, 2), np.float32))
+    with pytest.raises(M.PSError, match="non-negative integers"):
+        kv.pull(np.array([-1, 2]))
+
+
+def test_a_request_routed_with_the_wrong_ring_is_told_to_refresh(cluster):
+    st = cluster.status()
+    from systems.minips.ring import Ring
+
+    ring = Ring.from_dict(st["ring"])
+    pc = next(p for p in ring.pieces if p.master != "s0")
+    msg = M.encode({"epoch": st["epoch"], "ranges": [[pc.begin, pc.end]], "sender": "x",
+                    "clock": 0}, np.array([pc.begin], np.uint64), np.ones((1, 2), np.float32))
+    meta = M.decode(raw_call(cluster, "s0", "Push", msg))[0]
+    assert meta["code"] == M.STALE
+    stale = M.encode({"epoch": st["epoch"] - 1, "ranges": [[0, KEY_MAX]], "sender": "x"},
+                     np.array([1], np.uint64))
+    assert M.decode(raw_call(cluster, "s0", "Pull", stale))[0]["code"] == M.STALE

@@ -1,0 +1,111 @@
+"""Key ranges on the consistent-hash ring (paper section 4.3), against brute force."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from systems.minips.ring import Ring, intersect, merge_ranges, moved_keys, subtract
+
+KEY_MAX = 1 << 20
+
+
+def brute_master(ring: Ring, key: int) -> str:
+    """The owner by definition: the first virtual node at a point > key, wrapping."""
+    for p, s in ring.points:
+        if p > key:
+            return s
+    return ring.points[0][1]
+
+
+def test_pieces_cover_the_key_space_in_order():
+    ring = Ring([f"s{i}" for i in range(5)], KEY_MAX, vnodes=8, replication=3)
+    assert ring.pieces[0].begin == 0 and ring.pieces[-1].end == KEY_MAX
+    for a, b in zip(ring.pieces, ring.pieces[1:], strict=False):
+        assert a.end == b.begin
+    keys = np.random.default_rng(0).integers(0, KEY_MAX, 500)
+    for k in keys:
+        assert ring.master_of(int(k)) == brute_master(ring, int(k))
+
+
+def test_replicas_are_the_next_distinct_servers_clockwise():
+    ring = Ring([f"s{i}" for i in range(5)], KEY_MAX, vnodes=8, replication=3)
+    for pc in ring.pieces:
+        assert len(set(pc.holders)) == 3
+        # the first replica is the first other server clockwise from the range's point
+        pts = [p for p, _ in ring.points]
+        i = next((j for j, p in enumerate(pts) if p >= pc.end), 0)
+        following = [s for _, s in ring.points[i + 1:] + ring.points[:i + 1]
+                     if s != pc.master]
+        assert pc.replicas[0] == following[0]
+
+
+@pytest.mark.parametrize("leaving", ["s0", "s2"])
+def test_a_leaving_server_moves_only_its_ranges_to_its_first_replica(leaving):
+    servers = [f"s{i}" for i in range(4)]
+    old = Ring(servers, KEY_MAX, vnodes=6, replication=2)
+    new = Ring([s for s in servers if s != leaving], KEY_MAX, vnodes=6, replication=2)
+    moved = moved_keys(old, new)
+    assert moved and all(a == leaving for _, _, a, _ in moved)
+    for b, _, _, c in moved:  # the taker already held a replica: no data moves
+        assert c == old.piece_at(b).replicas[0]
+    moved_ranges = merge_ranges([(b, e) for b, e, _, _ in moved])
+    for k in np.random.default_rng(1).integers(0, KEY_MAX, 2000):
+        inside = any(b <= k < e for b, e in moved_ranges)
+        assert inside == (old.master_of(int(k)) != new.master_of(int(k)))
+    assert subtract([(0, KEY_MAX)], moved_ranges)  # most of the ring stays put
+
+
+def test_a_joining_server_takes_only_ranges_for_itself():
+    servers = [f"s{i}" for i in range(4)]
+    old = Ring(servers, KEY_MAX, vnodes=6)
+    new = Ring(servers + ["s4"], KEY_MAX, vnodes=6)
+    moved = moved_keys(old, new)
+    assert moved and all(c == "s4" for _, _, _, c in moved)
+    share = sum(e - b for b, e, _, _ in moved) / KEY_MAX
+    assert 0 < share < 0.6  # it took a slice, not everything
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(0, KEY_MAX - 1), max_size=60, unique=True),
+       st.integers(0, KEY_MAX - 1), st.integers(1, KEY_MAX))
+def test_slice_matches_brute_force(keys, a, b):
+    ring = Ring(["s0", "s1", "s2"], KEY_MAX, vnodes=4)
+    keys = np.array(sorted(keys), np.uint64)
+    lo, hi = min(a, b - 1), max(a + 1, b)
+    slices = ring.slice(keys, [(lo, hi)])
+    seen = []
+    for server, sl in slices.items():
+        part = sl.take(keys)
+        assert all(brute_master(ring, int(k)) == server for k in part)
+        for rb, re in sl.ranges:  # every range handed to a server is mastered by it
+            assert all(pc.master == server for pc in ring.overlapping(rb, re))
+        seen.extend(int(k) for k in part)
+    assert sorted(seen) == [int(k) for k in keys if lo <= k < hi]
+    covered = merge_ranges([r for sl in slices.values() for r in sl.ranges])
+    assert covered == [(lo, hi)]
+
+
+def test_virtual_nodes_even_out_the_load():
+    def spread(v: int) -> float:
+        ring = Ring([f"s{i}" for i in range(8)], 1 << 40, vnodes=v)
+        load = {s: 0 for s in ring.servers}
+        for pc in ring.pieces:
+            load[pc.master] += pc.end - pc.begin
+        return max(load.values()) / min(load.values())
+
+    assert spread(64) < spread(1)
+
+
+def test_interval_helpers():
+    a = [(0, 10), (20, 30)]
+    assert intersect(a, [(5, 25)]) == [(5, 10), (20, 25)]
+    assert subtract(a, [(5, 25)]) == [(0, 5), (25, 30)]
+    assert merge_ranges([(5, 8), (0, 5), (9, 10)]) == [(0, 8), (9, 10)]
+
+
+def test_full_uint64_key_space():
+    ring = Ring(["a", "b"], vnodes=3)
+    keys = np.array([0, 1 << 40, (1 << 64) - 1], np.uint64)
+    got = sorted(int(k) for sl in ring.slice(keys).values() for k in sl.take(keys))
+    assert got == [int(k) for k in keys]

@@ -1,0 +1,39 @@
+"""The scheduler (server manager and task scheduler, paper sections 4.3 and 4.5)."""
+
+import numpy as np
+import pytest
+
+from systems.minips import message as M
+from systems.minips.kv import KVWorker
+from systems.minips.launcher import ClusterSpec, launch
+
+
+def test_a_killed_workers_shard_is_finished_by_another_and_bsp_does_not_hang(tmp_path):
+    steps = 40
+    out = launch(ClusterSpec(servers=2, workers=3, steps=steps, audit=2, app={"name": "count"},
+                             step_sleep_s=0.02, worker_timeout=1.0, consistency="bsp"),
+                 run_dir=tmp_path, faults=[{"at": 0.5, "kill": "w1"}], progress=False,
+                 timeout=90)
+    kinds = [e["kind"] for e in out["events"]]
+    assert "worker_dead" in kinds and "reassign" in kinds
+    heir = next(e["worker"] for e in out["events"] if e["kind"] == "reassign")
+    assert heir != "w1" and "w1" not in out["clocks"]  # it never reported
+    # the heir did its own shard and the rest of w1's: more clocks than anyone else
+    assert out["clocks"][heir] > steps and out["clocks"][heir] < 2 * steps
+    audit = out["audit"]
+    assert audit["acked_lost"] == 0 and audit["acked_duplicated"] == 0
+    assert audit["unacked_duplicated"] == 0 and audit["unacked_applied"] > 0
+
+
+def test_registration_errors_are_clear(tmp_path):
+    from systems.minips.launcher import Cluster
+
+    with Cluster(ClusterSpec(servers=1, workers=1, app={"name": "count"}, key_max=64),
+                 tmp_path) as cl:
+        cl.start(workers=False)
+        with pytest.raises(M.PSError, match="unknown worker 'w7'"):
+            KVWorker(cl.sched_addr, "w7")
+        kv = cl.client("reader")
+        with pytest.raises(M.PSError, match="already registered"):
+            KVWorker(cl.sched_addr, "reader", role="client")
+        assert kv.wait(kv.pull(np.arange(4))).shape == (4, 1)

@@ -1,0 +1,48 @@
+"""The sorted (key, value) store against a dict oracle."""
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from systems.minips.store import KVStore
+from systems.minips.updaters import Sum
+
+keysets = st.lists(st.integers(0, 200), max_size=40, unique=True).map(sorted)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["add", "set", "drop"]), keysets,
+                          st.integers(0, 200), st.integers(1, 201)), max_size=12), keysets)
+def test_store_matches_a_dict(ops, query):
+    store, oracle = KVStore(2), {}
+    for op, keys, a, b in ops:
+        k = np.array(keys, np.uint64)
+        v = np.arange(2 * len(keys), dtype=np.float32).reshape(-1, 2) + 1
+        if op == "add":
+            store.update(k, v, Sum())
+            for i, key in enumerate(keys):
+                oracle[key] = oracle.get(key, np.zeros(2, np.float32)) + v[i]
+        elif op == "set":
+            store.assign(k, v)
+            for i, key in enumerate(keys):
+                oracle[key] = v[i].copy()
+        else:
+            lo, hi = min(a, b - 1), max(a + 1, b)
+            store.drop(lo, hi)
+            oracle = {key: x for key, x in oracle.items() if not lo <= key < hi}
+    got = store.get(np.array(query, np.uint64))
+    want = np.array([oracle.get(q, np.zeros(2)) for q in query]).reshape(-1, 2)
+    np.testing.assert_array_equal(got, want)
+    assert store.keys.tolist() == sorted(oracle)
+    k, v, _ = store.range(50, 150)
+    assert k.tolist() == [key for key in sorted(oracle) if 50 <= key < 150]
+
+
+def test_contiguous_lookup_is_a_view_that_updates_in_place():
+    store = KVStore(1)
+    keys = np.arange(1000, dtype=np.uint64)
+    store.assign(keys, np.zeros((1000, 1), np.float32))
+    rows = store.rows(keys[100:200])
+    assert rows == slice(100, 200)
+    store.update(keys[100:200], np.ones((100, 1), np.float32), Sum())
+    assert store.vals[100:200].sum() == 100 and store.vals.sum() == 100
