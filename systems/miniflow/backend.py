@@ -123,8 +123,12 @@ class NumpyBackend:
 
     @staticmethod
     def broadcast_to(x, shape):
-        shape = tuple(int(d) for d in shape)
-        return np.full(shape, x) if np.ndim(x) == 0 else np.broadcast_to(x, shape)
+        shape = tuple(shape.tolist()) if isinstance(shape, np.ndarray) else tuple(shape)
+        if np.ndim(x) == 0:  # a scalar spread out: a filled buffer, not a strided view
+            out = np.empty(shape, np.asarray(x).dtype)
+            out.fill(x)
+            return out
+        return np.broadcast_to(x, shape)
 
     @staticmethod
     def zeros(shape, dtype: DType):

@@ -47,13 +47,16 @@ def _xent_shape(ins, attrs):
 
 
 def _xent_kernel(attrs, be, res):
+    rows_cache: dict[int, np.ndarray] = {}
+
     def xent(logits, labels):
         # One pass of softmax arithmetic serves both outputs: loss = log(sum e^z) - z_label
         # and backprop = softmax - one_hot (sparse_xent_op.cc does the same).
         n, classes = logits.shape[0], logits.shape[1]
         if be.name == "numpy":
-            lab = labels.astype(np.int64, copy=False)
-            if n and (lab.min() < 0 or lab.max() >= classes):
+            lab = labels
+            # one reduction checks both ends: negative labels wrap to huge unsigned ones
+            if n and np.maximum.reduce(lab.astype(np.uint64)) >= classes:
                 from ..errors import InvalidArgumentError
 
                 raise InvalidArgumentError(f"labels must be in [0, {classes}), got values "
@@ -61,7 +64,9 @@ def _xent_kernel(attrs, be, res):
             z = logits - np.maximum.reduce(logits, axis=1, keepdims=True)
             e = np.exp(z)
             s = np.add.reduce(e, axis=1, keepdims=True)
-            rows = np.arange(n)
+            rows = rows_cache.get(n)
+            if rows is None:
+                rows = rows_cache[n] = np.arange(n)
             loss = np.log(s[:, 0]) - z[rows, lab]
             backprop = e / s
             backprop[rows, lab] -= 1
