@@ -74,6 +74,28 @@ class PlanGraph:
         self.fetches = [fix(r) for r in self.fetches]
         self.targets = [fix_node(t) for t in self.targets]
 
+    def collapse(self, groups: list[tuple[list[Node], Node]]) -> None:
+        """Replace each group of nodes by one new node, which takes the place (in the
+        topological order) and the output 0 of the group's last member: a fused chain's
+        root, or the end of a MatMul + epilogue chain."""
+        replaced: dict[int, tuple[Node, bool]] = {}
+        moved, moved_nodes = {}, {}
+        for members, new in groups:
+            top = members[-1]
+            for m in members:
+                replaced[id(m)] = (new, m is top)
+            moved[(id(top), 0)] = (new, 0)
+            moved_nodes[id(top)] = new
+        nodes = []
+        for n in self.nodes:
+            r = replaced.get(id(n))
+            if r is None:
+                nodes.append(n)
+            elif r[1]:
+                nodes.append(r[0])
+        self.nodes = nodes
+        self.forward(moved, moved_nodes)
+
     def consumers(self) -> dict[Node, list[Node]]:
         out: dict[Node, list[Node]] = {n: [] for n in self.nodes}
         for n in self.nodes:

@@ -61,8 +61,7 @@ def use_tuned_kernels(pg: PlanGraph, torch_devices: set[str]) -> int:
 
     consumers = pg.consumers()
     fetched = {id(n) for n, _ in pg.fetches}
-    replaced: dict[int, Node] = {}
-    moved, moved_nodes = {}, {}
+    groups = []
     for n in pg.nodes:
         if (n.type != "MatMul" or n.device not in torch_devices or n.attrs["transpose_a"]
                 or n.attrs["transpose_b"] or _DTYPES.get(n.out_specs[0][0].name) is None
@@ -81,19 +80,6 @@ def use_tuned_kernels(pg: PlanGraph, torch_devices: set[str]) -> int:
                      "act": epi.act if fused is not None else "none",
                      "dtype": _DTYPES[n.out_specs[0][0].name]},
                     top.out_specs, n.device, top.op, top.created_at, top.est_seconds)
-        replaced[id(top)] = node
-        replaced[id(n)] = node
-        moved[(id(top), 0)] = (node, 0)
-        moved_nodes[id(top)] = node
-    if not moved:
-        return 0
-    nodes = []
-    for n in pg.nodes:
-        r = replaced.get(id(n))
-        if r is None:
-            nodes.append(n)
-        elif r.name == f"{n.name}/tuned":
-            nodes.append(r)
-    pg.nodes = nodes
-    pg.forward(moved, moved_nodes)
-    return len(moved)
+        groups.append(([n] if top is n else [n, top], node))
+    pg.collapse(groups)
+    return len(groups)

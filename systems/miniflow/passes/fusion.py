@@ -109,8 +109,7 @@ def fuse_elementwise(pg: PlanGraph) -> int:
         if id(n) in parent or id(n) in fused_into:
             groups.setdefault(id(root(n)), []).append(n)
 
-    moved, moved_nodes, removed = {}, {}, 0
-    replaced: dict[int, Node] = {}
+    collapsed, removed = [], 0
     for members in groups.values():
         if len(members) < 2:
             continue
@@ -132,20 +131,7 @@ def fuse_elementwise(pg: PlanGraph) -> int:
         fused = Node(f"{top.name}/fused", "_FusedElementwise", ext, list(controls.values()),
                      {"body": body, "members": [m.name for m in members]}, top.out_specs,
                      top.device, top.op, top.created_at)
-        moved[(id(top), 0)] = (fused, 0)
-        moved_nodes[id(top)] = fused
-        for m in members:
-            replaced[id(m)] = fused
+        collapsed.append((members, fused))
         removed += len(members) - 1
-    if not removed:
-        return 0
-    new_nodes = []
-    for n in pg.nodes:
-        f = replaced.get(id(n))
-        if f is None:
-            new_nodes.append(n)
-        elif n.name + "/fused" == f.name:
-            new_nodes.append(f)  # the fused node takes the root's place in the order
-    pg.nodes = new_nodes
-    pg.forward(moved, moved_nodes)
+    pg.collapse(collapsed)
     return removed
