@@ -29,8 +29,10 @@ on a machine where torch sees no CUDA device sets ``TRITON_INTERPRET=1`` (unless
 already set) before any kernel is defined, since Triton reads it when ``@triton.jit``
 runs.
 
-Front ends: ``extract_tasks`` takes a torch module; a miniflow-graph extractor is a
-sibling with the same result type, ``(list[Task], list[int])``.
+Front ends, both returning ``(list[Task], list[int])``: ``extract_tasks`` takes a torch
+module; ``extract_miniflow.extract_tasks_from_miniflow`` takes a miniflow graph after
+miniflow's own passes. miniflow runs the results through ``apply_history_best``
+(``systems/miniflow/tuned.py``).
 """
 
 import os
@@ -43,6 +45,7 @@ if not torch.cuda.is_available():
 from .annotation import H100_LIMITS, HardwareLimits, enumerate_space, sample_annotation  # noqa: E402
 from .cost_model import GBTModel, RandomModel, ranking_report  # noqa: E402
 from .extract import extract_tasks  # noqa: E402
+from .extract_miniflow import extract_tasks_from_miniflow  # noqa: E402
 from .measure import ErrorNo, MeasureInput, Measurer, MeasureResult  # noqa: E402
 from .recorded import RecordedDevice, TableRecorder  # noqa: E402
 from .records import ApplyHistoryBest, apply_history_best, load_records  # noqa: E402
@@ -55,7 +58,8 @@ from .workloads import Epilogue, Task, bmm, gemm, layernorm, softmax  # noqa: E4
 
 __all__ = [
     "H100_LIMITS", "HardwareLimits", "enumerate_space", "sample_annotation", "GBTModel",
-    "RandomModel", "ranking_report", "extract_tasks", "ErrorNo", "MeasureInput",
+    "RandomModel", "ranking_report", "extract_tasks", "extract_tasks_from_miniflow",
+    "ErrorNo", "MeasureInput",
     "MeasureResult", "Measurer", "RecordedDevice", "TableRecorder", "ApplyHistoryBest",
     "apply_history_best", "load_records", "SearchParams", "SketchPolicy", "SimulatedGPU",
     "Sketch", "generate_sketches", "run_program", "TaskScheduler", "TuneResult",

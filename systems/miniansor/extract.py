@@ -19,7 +19,7 @@ example shapes (``ShapeProp``), and walk the graph:
 Other ops (reshapes, transposes, scaling by a constant, dropout) are not tasks.
 
 The result is a plain ``(tasks, weights)`` pair, so another front end can produce the
-same thing: a miniflow-graph extractor is a sibling function with this signature.
+same thing: ``extract_miniflow.py`` is the sibling for miniflow graphs.
 """
 
 from __future__ import annotations
