@@ -105,3 +105,21 @@ def test_step_stats_cover_every_node_once():
                 if n.type not in ("_Arg", "Const", "VariableV2")]
     assert sorted(names) == sorted(expected)
     assert md.pass_stats is plan.pass_stats and md.devices == ["/cpu:0"]
+
+
+def test_intra_op_threads_set_the_kernels_own_thread_pools():
+    import torch
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    before_torch = torch.get_num_threads()
+    with threadpool_limits(limits=None):  # restores the BLAS pools when the test ends
+        g = mf.Graph()
+        with g.as_default():
+            y = mf.constant(np.ones((2, 2), np.float32)) @ mf.constant(np.eye(2,
+                                                                             dtype=np.float32))
+        with mf.Session(graph=g, config=mf.ConfigProto(intra_op_parallelism_threads=1)) as s:
+            np.testing.assert_array_equal(s.run(y), np.ones((2, 2)))
+            blas = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+            assert blas and all(n == 1 for n in blas)
+            assert torch.get_num_threads() == 1
+    torch.set_num_threads(before_torch)
