@@ -191,6 +191,9 @@ def aimd_change_case(ctx: Context) -> Result:
             metrics[f"{n}_phase{k + 1}_vs_best_fixed"] = ph["goodput_qps"] / max(fixed[best],
                                                                                  1e-9)
         metrics[f"best_fixed_phase{k + 1}"] = float(best.split("-")[1])
+        # what the best fixed size kept within the SLO: when it is under 0.99 too, the
+        # phase was beyond what any batch size could serve on this machine
+        metrics[f"best_fixed_phase{k + 1}_within_slo"] = runs[best]["phases"][k]["within_slo"]
         within.append(metrics[f"aimd_phase{k + 1}_within_slo"])
         vs_best.append(metrics[f"aimd_phase{k + 1}_vs_best_fixed"])
     metrics["min_phase_within_slo"] = min(within)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 
-@dataclass
+@dataclass(slots=True)
 class CacheEntry:
     future: asyncio.Future
     completed: bool = False
@@ -90,6 +90,12 @@ class PredictionCache:
         self._evict(self.size_bytes + nbytes - self.max_bytes)
         entry.completed, entry.nbytes = True, nbytes
         self.size_bytes += nbytes
+
+    def complete(self, tasks: list[Any], values: list[Any], nbytes: list[int]) -> None:
+        """:meth:`put` the outputs of one batch, task by task (one call per batch)."""
+        put = self.put
+        for t, v, n in zip(tasks, values, nbytes, strict=True):
+            put(t.key, v, n)
 
     def fail(self, key: bytes, exc: BaseException) -> None:
         """A pending prediction that will not come (dropped at its deadline, model error,

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -40,7 +41,8 @@ class PredictTask:
 
     ``deadline`` is on the ``time.monotonic()`` clock; a coalesced duplicate query may
     push it later (see :mod:`.cache`). ``future`` is shared by every query that asked
-    for this exact prediction.
+    for this exact prediction. ``query_id`` (the first query of the request that made
+    the task) labels sampled traces.
     """
 
     model: tuple[str, str]
@@ -52,7 +54,7 @@ class PredictTask:
     enqueued: float = 0.0
     traced: bool = False
     retries: int = 0
-    query_ids: list[int] = field(default_factory=list)
+    query_id: int = 0
 
 
 def parse_input(value: Any, input_type: str, input_length: int | None = None) -> Any:
@@ -87,12 +89,35 @@ def parse_input(value: Any, input_type: str, input_length: int | None = None) ->
     return np.asarray(value, dtype=INPUT_DTYPES[input_type])
 
 
+def model_hasher(model: tuple[str, str]) -> Any:
+    """A BLAKE2b hash already fed the model's name and version (length-prefixed, so no
+    two (name, version) pairs feed the same bytes); :func:`input_keys` copies it."""
+    name, version = (part.encode() for part in model)
+    return hashlib.blake2b(b"%d:%s%d:%s" % (len(name), name, len(version), version),
+                           digest_size=16)
+
+
+def input_keys(model: tuple[str, str] | Any, xs: Iterable[Any]) -> list[bytes]:
+    """Prediction cache keys: a 128-bit hash of (model, version, input bytes) per input
+    (Clipper hashes the versioned model id and the input into one key). ``model`` may
+    be a :func:`model_hasher` made once. Arrays are hashed through the buffer protocol:
+    a row of a request's 2-D array is hashed in place, never copied."""
+    base = model_hasher(model) if isinstance(model, tuple) else model
+    keys = []
+    for x in xs:
+        h = base.copy()
+        if isinstance(x, str):
+            x = x.encode()
+        elif isinstance(x, np.ndarray) and not x.flags.c_contiguous:
+            x = x.tobytes()
+        h.update(x)
+        keys.append(h.digest())
+    return keys
+
+
 def input_key(model: tuple[str, str], x: Any) -> bytes:
-    """The prediction cache key: (model, version, hash of the input bytes)."""
-    raw = x.encode() if isinstance(x, str) else x if isinstance(x, bytes) else x.tobytes()
-    h = hashlib.blake2b(raw, digest_size=16)
-    h.update(f"|{model[0]}|{model[1]}".encode())
-    return h.digest()
+    """The prediction cache key of one input (see :func:`input_keys`)."""
+    return input_keys(model, (x,))[0]
 
 
 def encode_batch(inputs: list[Any], input_type: str, meta: dict[str, Any]) -> bytes:

@@ -111,6 +111,7 @@ async def _run(spec: LoadSpec) -> dict[str, Any]:
         if spec.concurrency > 0:
             bodies, hot = make_bodies(spec, 20000, rng)
             counter = iter(range(10 ** 9))
+            cpu0 = time.process_time()
             start = loop.time()
             end = start + spec.duration_s
 
@@ -126,7 +127,8 @@ async def _run(spec: LoadSpec) -> dict[str, Any]:
 
             await asyncio.gather(*(worker() for _ in range(spec.concurrency)))
             duration = loop.time() - start
-            return {"records": rec, "duration_s": duration}
+            return {"records": rec, "duration_s": duration,
+                    "cpu_s": time.process_time() - cpu0}
         times, phase = poisson_arrivals(spec.phases, spec.seed)
         bodies, hot = make_bodies(spec, len(times), rng)
 
@@ -140,6 +142,7 @@ async def _run(spec: LoadSpec) -> dict[str, Any]:
             rec["phase"].append(int(phase[i]))
 
         tasks = []
+        cpu0 = time.process_time()  # from here on: the generator's CPU during the run
         start = max(loop.time() + 0.05, spec.start_at)  # loop.time() is time.monotonic()
         for t, url, doc in spec.actions:  # e.g. slow the container down mid-run, on time
             loop.call_at(start + t, lambda u=url, d=doc: tasks.append(
@@ -157,7 +160,8 @@ async def _run(spec: LoadSpec) -> dict[str, Any]:
         for r in await asyncio.gather(*tasks):
             if hasattr(r, "release"):
                 r.release()
-        return {"records": rec, "duration_s": sum(d for d, _ in spec.phases), "start": start}
+        return {"records": rec, "duration_s": sum(d for d, _ in spec.phases), "start": start,
+                "cpu_s": time.process_time() - cpu0}
 
 
 def summarize_records(rec: dict[str, list], slo_s: float, duration_s: float,
@@ -207,6 +211,9 @@ def run(spec: LoadSpec) -> dict[str, Any]:
         gc.enable()
     summary = summarize_records(out["records"], spec.slo_s, out["duration_s"],
                                 spec.phases or None)
+    # the generator's own CPU per query: what it took from the machine it shares
+    summary["loadgen_cpu_us_per_query"] = (out["cpu_s"] / max(1, len(out["records"]["latency"]))
+                                           * 1e6)
     summary["latencies_ms"] = [x * 1e3 for x in out["records"]["latency"]]
     summary["start_monotonic"] = out.get("start", 0.0)
     summary["scheduled_s"] = out["records"]["scheduled"]

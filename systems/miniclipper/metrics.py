@@ -6,6 +6,13 @@ names like ``app:<name>:prediction_latency``, ``model:<name>:batch_size``,
 frontend-exporter). We use prometheus-client directly, with labels instead of names
 spliced into the metric name. One :class:`Metrics` per process, on its own registry so
 that tests starting several frontends in one interpreter never collide.
+
+The series written on the query path (per request or per batch) are plain counts that
+the registry reads at scrape time (:class:`BatchHistogram`, :class:`PlainCounter`): a
+prometheus-client ``Counter.inc`` or ``Histogram.observe`` takes a lock and, for a
+histogram, walks the buckets in Python, a few microseconds each, several times a query
+at batch size one. Only the frontend's one asyncio thread writes them, so no lock is
+needed; what a scrape returns is the same text.
 """
 
 from __future__ import annotations
@@ -13,8 +20,9 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import HistogramMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.2,
                    0.5, 1.0, 2.0, 5.0)
@@ -42,12 +50,35 @@ class BatchHistogram:
 
     def collect(self) -> Iterator[HistogramMetricFamily]:
         fam = HistogramMetricFamily(self.name, self.doc, labels=[self.label])
+        les = [*map(floatToGoString, self.bounds), "+Inf"]
         for label, (counts, total) in self.children.items():
             cumulative, running = [], 0
-            for le, c in zip([*map(str, self.bounds), "+Inf"], counts, strict=True):
+            for le, c in zip(les, counts, strict=True):
                 running += c
                 cumulative.append((le, running))
             fam.add_metric([label], cumulative, total)
+        yield fam
+
+    def describe(self) -> list:
+        return []
+
+
+class PlainCounter:
+    """A labelled counter kept as a dict and exported at scrape time (see
+    :class:`BatchHistogram`)."""
+
+    def __init__(self, name: str, doc: str, label: str, registry: CollectorRegistry):
+        self.name, self.doc, self.label = name, doc, label
+        self.values: dict[str, float] = {}
+        registry.register(self)
+
+    def inc(self, label: str, amount: float = 1) -> None:
+        self.values[label] = self.values.get(label, 0) + amount
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        fam = CounterMetricFamily(self.name, self.doc, labels=[self.label])
+        for label, value in self.values.items():
+            fam.add_metric([label], value)
         yield fam
 
     def describe(self) -> list:
@@ -64,28 +95,26 @@ class Metrics:
         self.app_latency = BatchHistogram("clipper_app_latency_seconds",
                                           "query latency from arrival to answer", "app",
                                           LATENCY_BUCKETS, r)
-        self.app_queries = Counter("clipper_app_queries_total", "queries answered",
-                                   ["app"], registry=r)
-        self.app_defaults = Counter("clipper_app_default_outputs_total",
-                                    "queries answered with the default output", ["app"],
-                                    registry=r)
+        self.app_queries = PlainCounter("clipper_app_queries_total", "queries answered",
+                                        "app", r)
+        self.app_defaults = PlainCounter("clipper_app_default_outputs_total",
+                                         "queries answered with the default output", "app", r)
         self.app_default_ratio = Gauge("clipper_app_default_ratio",
                                        "share of queries answered with the default",
                                        ["app"], registry=r)
         self.rejected = Counter("clipper_rejected_total",
                                 "queries rejected: 429 overload, 4xx bad input", ["app", "reason"],
                                 registry=r)
-        self.model_predictions = Counter("clipper_model_predictions_total",
-                                         "inputs a model's replicas processed", ["model"],
-                                         registry=r)
-        self.model_batch_size = Histogram("clipper_model_batch_size", "batch sizes sent",
-                                          ["model"], buckets=BATCH_BUCKETS, registry=r)
-        self.model_batch_latency = Histogram("clipper_model_batch_latency_seconds",
-                                             "round trip of one batch to a container",
-                                             ["model"], buckets=LATENCY_BUCKETS, registry=r)
-        self.model_errors = Counter("clipper_model_errors_total",
-                                    "batches a model failed (exception, bad output)",
-                                    ["model"], registry=r)
+        self.model_predictions = PlainCounter("clipper_model_predictions_total",
+                                              "inputs a model's replicas processed", "model", r)
+        self.model_batch_size = BatchHistogram("clipper_model_batch_size", "batch sizes sent",
+                                               "model", BATCH_BUCKETS, r)
+        self.model_batch_latency = BatchHistogram("clipper_model_batch_latency_seconds",
+                                                  "round trip of one batch to a container",
+                                                  "model", LATENCY_BUCKETS, r)
+        self.model_errors = PlainCounter("clipper_model_errors_total",
+                                         "batches a model failed (exception, bad output)",
+                                         "model", r)
         self.queue_length = Gauge("clipper_queue_length", "tasks waiting", ["model"],
                                   registry=r)
         self.dropped = Counter("clipper_queue_dropped_total",

@@ -13,7 +13,7 @@ policy's feedback models on the input, usually a cache hit, and updates the poli
 from __future__ import annotations
 
 import asyncio
-import itertools
+import functools
 import random
 import time
 from dataclasses import dataclass, field
@@ -24,9 +24,10 @@ from common.trace import TraceWriter, now_us
 from .datatypes import parse_input
 from .metrics import Metrics
 from .queues import TaskExpired
-from .selection import SelectionState, make_policy
+from .selection import SelectionPolicy, SelectionState, make_policy
 from .task_executor import TaskExecutor
 
+_policy = functools.lru_cache(maxsize=None)(make_policy)  # policies keep no state of their own
 SLO_EXPLANATION = "Failed to retrieve a prediction response within the specified latency SLO"
 NO_MODELS_EXPLANATION = "No connected models found for query"
 
@@ -79,8 +80,7 @@ class QueryProcessor:
         self.apps: dict[str, Application] = {}
         self.current_version: dict[str, str] = {}
         self.counts: dict[str, list[int]] = {}  # app -> [queries, default outputs]
-        self._series: dict[str, tuple] = {}
-        self._ids = itertools.count()
+        self._next_id = 0
         self._rng = random.Random(seed)
 
     def app(self, name: str) -> Application:
@@ -106,17 +106,52 @@ class QueryProcessor:
                       ) -> list[dict[str, Any]]:
         """Answer each (already parsed) input of one request; all share one deadline."""
         app = self.app(app_name)
-        policy = make_policy(app.policy)
+        policy = _policy(app.policy)
         slo = app.slo_micros / 1e6
         deadline = arrival + slo
         traced = self.tracer is not None and self._rng.random() < self.trace_sample
         t_us = now_us()
-        qids = [next(self._ids) for _ in inputs]
-        if len(app.state.weights) == 1:  # one linked model: the same choice for all
-            choices = [list(self._versions(list(app.state.weights)))] * len(inputs)
+        first = self._next_id
+        qids = range(first, first + len(inputs))
+        self._next_id += len(inputs)
+        if len(app.state.weights) == 1:  # one linked model: the same choice for every query
+            names = list(self._versions(list(app.state.weights)))
+            out = await self._predict_uniform(app, policy, names, inputs, qids, deadline,
+                                              slo, traced)
         else:
-            choices = [list(self._versions(policy.select(app.state, app.rng)))
-                       for _ in inputs]
+            out = await self._predict_each(app, policy, inputs, qids, deadline, slo, traced)
+        self._account(app, out, arrival)
+        if traced:
+            self.tracer.complete(f"query {app_name} x{len(inputs)}", t_us, now_us() - t_us,
+                                 cat="query", tid=1, args={"query_ids": list(qids[:8])})
+        return out
+
+    async def _predict_uniform(self, app: Application, policy: SelectionPolicy,
+                               names: list[str], inputs: list[Any], qids: range,
+                               deadline: float, slo: float, traced: bool,
+                               ) -> list[dict[str, Any]]:
+        """Every query goes to the same model(s): one schedule call per model for the
+        whole request, and the common case (one model answered) costs one dict."""
+        futures = {n: self.executor.schedule((n, self.current_version[n]), inputs, deadline,
+                                             slo, traced, qids[0]) for n in names}
+        await wait_until([f for fs in futures.values() for f in fs], deadline)
+        if len(names) != 1:
+            return [self._answer(app, policy, q, {n: futures[n][i] for n in names})
+                    for i, q in enumerate(qids)]
+        name = names[0]
+        out = []
+        for q, f in zip(qids, futures[name], strict=True):
+            try:
+                out.append({"query_id": q, "output": f.result(), "default": False})
+            except (Exception, asyncio.CancelledError):  # not done in time, or failed
+                out.append(self._answer(app, policy, q, {name: f}))
+        return out
+
+    async def _predict_each(self, app: Application, policy: SelectionPolicy,
+                            inputs: list[Any], qids: range, deadline: float, slo: float,
+                            traced: bool) -> list[dict[str, Any]]:
+        """The policy selects per query (Exp3 draws a model for each)."""
+        choices = [list(self._versions(policy.select(app.state, app.rng))) for _ in inputs]
         per_model: dict[str, list[int]] = {}
         for i, names in enumerate(choices):
             for n in names:
@@ -128,51 +163,39 @@ class QueryProcessor:
                                         qids[idxs[0]])
             futures.update({(i, name): f for i, f in zip(idxs, fs, strict=True)})
         await wait_until(list(futures.values()), deadline)
-        out = []
-        for i, names in enumerate(choices):
-            if len(names) == 1:  # one model that answered: nothing to combine
-                f = futures[(i, names[0])]
-                if f.done() and f.exception() is None:
-                    out.append({"query_id": qids[i], "output": f.result(), "default": False})
-                    continue
-            outputs, errors = {}, []
-            for n in names:
-                f = futures[(i, n)]
-                if f.done() and f.exception() is None:
-                    outputs[n] = f.result()
-                elif f.done() and not isinstance(f.exception(), TaskExpired):
-                    errors.append(str(f.exception()))  # expiry is the SLO's explanation
-            combined = policy.combine(app.state, outputs)
-            r: dict[str, Any] = {"query_id": qids[i]}
-            if combined is None:
-                why = NO_MODELS_EXPLANATION if not names else "; ".join(
-                    dict.fromkeys(errors)) if errors else SLO_EXPLANATION
-                r.update(output=app.default_output, default=True, default_explanation=why)
-            else:
-                r.update(output=combined.output, default=False)
-                if len(names) > 1:
-                    r.update(confidence=combined.confidence, models_used=combined.models_used,
-                             models_missing=combined.models_missing)
-            out.append(r)
-        self._account(app, out, arrival)
-        if traced:
-            self.tracer.complete(f"query {app_name} x{len(inputs)}", t_us, now_us() - t_us,
-                                 cat="query", tid=1, args={"query_ids": qids[:8]})
-        return out
+        return [self._answer(app, policy, q, {n: futures[(i, n)] for n in names})
+                for i, (q, names) in enumerate(zip(qids, choices, strict=True))]
+
+    def _answer(self, app: Application, policy: SelectionPolicy, query_id: int,
+                futures: dict[str, asyncio.Future]) -> dict[str, Any]:
+        """Combine what arrived in time; the default output (and why) if nothing did."""
+        outputs, errors = {}, []
+        for n, f in futures.items():
+            if f.done() and f.exception() is None:
+                outputs[n] = f.result()
+            elif f.done() and not isinstance(f.exception(), TaskExpired):
+                errors.append(str(f.exception()))  # expiry is the SLO's explanation
+        combined = policy.combine(app.state, outputs)
+        r: dict[str, Any] = {"query_id": query_id}
+        if combined is None:
+            why = NO_MODELS_EXPLANATION if not futures else "; ".join(
+                dict.fromkeys(errors)) if errors else SLO_EXPLANATION
+            r.update(output=app.default_output, default=True, default_explanation=why)
+        else:
+            r.update(output=combined.output, default=False)
+            if len(futures) > 1:
+                r.update(confidence=combined.confidence, models_used=combined.models_used,
+                         models_missing=combined.models_missing)
+        return r
 
     def _account(self, app: Application, out: list[dict[str, Any]], arrival: float) -> None:
         latency = time.monotonic() - arrival
-        series = self._series.get(app.name)
-        if series is None:  # labels() is a dict lookup under a lock: do it once per app
-            m = self.metrics
-            series = self._series[app.name] = (m.app_queries.labels(app.name),
-                                               m.app_defaults.labels(app.name))
-        queries, default_count = series
-        self.metrics.app_latency.observe(app.name, latency, len(out))
-        queries.inc(len(out))
+        m = self.metrics
+        m.app_latency.observe(app.name, latency, len(out))
+        m.app_queries.inc(app.name, len(out))
         defaults = sum(r["default"] for r in out)
         if defaults:
-            default_count.inc(defaults)
+            m.app_defaults.inc(app.name, defaults)
         counts = self.counts.setdefault(app.name, [0, 0])
         counts[0] += len(out)
         counts[1] += defaults
@@ -180,7 +203,7 @@ class QueryProcessor:
     async def update(self, app_name: str, x: Any, label: Any) -> dict[str, Any]:
         """Feedback: evaluate the policy's feedback models on ``x``, then observe ``label``."""
         app = self.app(app_name)
-        policy = make_policy(app.policy)
+        policy = _policy(app.policy)
         slo = max(1.0, 10 * app.slo_micros / 1e6)
         deadline = time.monotonic() + slo
         models = self._versions(policy.feedback_models(app.state, app.rng))

@@ -26,17 +26,23 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
+
 from common import rpc
 from common.trace import TraceWriter, now_us
 
 from .batching import BatchController, BatchingConfig, make_controller
 from .cache import PredictionCache
 from .container import SERVICE
-from .datatypes import PredictTask, decode_outputs, encode_batch, input_key
+from .datatypes import PredictTask, decode_outputs, encode_batch, input_keys, model_hasher
 from .metrics import Metrics
 from .queues import ModelQueue, TaskExpired
 
 MAX_RETRIES = 2
+
+
+def _identity(b: bytes) -> bytes:
+    return b
 
 
 class ModelError(Exception):
@@ -48,7 +54,7 @@ class ModelInfo:
     input_type: str
     batching: BatchingConfig
     max_queue: int
-    series: tuple = ()  # this model's labelled metric children, looked up once
+    hasher: Any = None  # datatypes.model_hasher(model), made once
 
 
 @dataclass
@@ -61,7 +67,7 @@ class Replica:
     pid: int
     controller: BatchController
     channel: Any = None
-    predict: Any = None
+    stream: Any = None  # the persistent PredictStream call (Clipper's container connection)
     loop: asyncio.Task | None = None
     inflight: list[PredictTask] = field(default_factory=list)
     batches: int = 0
@@ -84,11 +90,7 @@ class TaskExecutor:
 
     def add_model(self, model: tuple[str, str], input_type: str, batching: BatchingConfig,
                   max_queue: int = 1024) -> None:
-        label = f"{model[0]}:{model[1]}"
-        m = self.metrics
-        self.models[model] = ModelInfo(input_type, batching, max_queue, (
-            m.model_batch_size.labels(label), m.model_batch_latency.labels(label),
-            m.model_predictions.labels(label), m.model_errors.labels(label)))
+        self.models[model] = ModelInfo(input_type, batching, max_queue, model_hasher(model))
         self.queues[model] = ModelQueue(model, max_queue, on_drop=self._dropped)
         self.replicas.setdefault(model, {})
         self.batch_log[model] = deque(maxlen=20000)
@@ -113,16 +115,14 @@ class TaskExecutor:
         """One future per input for ``model``'s output: from the cache when present, else
         from a task queued for the model. Raises :class:`.queues.QueueFull` (nothing of
         this call stays queued then) or KeyError for an unknown model."""
-        queue = self.queues[model]
+        queue, info, fetch = self.queues[model], self.models[model], self.cache.fetch
         futures, new = [], []
-        for x in inputs:
-            key = input_key(model, x)
-            status, entry = self.cache.fetch(key)
+        for x, key in zip(inputs, input_keys(info.hasher, inputs), strict=True):
+            status, entry = fetch(key)
             if status == "miss":
-                task = PredictTask(model, x, deadline, slo, entry.future, key, traced=traced,
-                                   query_ids=[query_id])
-                entry.task = task
-                new.append(task)
+                entry.task = PredictTask(model, x, deadline, slo, entry.future, key,
+                                         traced=traced, query_id=query_id)
+                new.append(entry.task)
             elif status == "pending" and entry.task is not None:
                 entry.task.deadline = max(entry.task.deadline, deadline)
             futures.append(entry.future)
@@ -140,7 +140,9 @@ class TaskExecutor:
         rep = Replica(model, replica_id, address, pid,
                       make_controller(self.models[model].batching))
         rep.channel = rpc.aio_channel(address)
-        rep.predict = rpc.method(rep.channel, SERVICE, "Predict")
+        rep.stream = rep.channel.stream_stream(f"/{SERVICE}/PredictStream",
+                                               request_serializer=_identity,
+                                               response_deserializer=_identity)()
         self.replicas[model][replica_id] = rep
         rep.loop = asyncio.ensure_future(self._run(rep))
         return rep
@@ -152,6 +154,7 @@ class TaskExecutor:
         if rep.loop and not rep.loop.done() and rep.loop is not asyncio.current_task():
             rep.loop.cancel()
             await asyncio.gather(rep.loop, return_exceptions=True)
+        rep.stream.cancel()
         await rep.channel.close()
 
     def _retry(self, tasks: list[PredictTask]) -> None:
@@ -168,28 +171,46 @@ class TaskExecutor:
         if again:
             self.queues[tasks[0].model].put(again, bounded=False)
 
+    async def _send(self, rep: Replica, req: bytes, batch_id: int, timeout: float,
+                    ) -> tuple[dict[str, Any], list[Any], list[int]]:
+        """One batch over the replica's stream: write it, read its reply. Raises on a
+        dead, hung (``timeout``) or confused (wrong ``batch_id``) container."""
+        async with asyncio.timeout(timeout):
+            await rep.stream.write(req)
+            resp = await rep.stream.read()
+        if resp is grpc.aio.EOF:
+            raise ConnectionError("the container closed its stream")
+        meta, outputs, sizes = decode_outputs(resp)
+        if meta.get("batch_id") != batch_id:
+            raise ConnectionError(f"reply to batch {meta.get('batch_id')} while waiting "
+                                  f"for batch {batch_id}")
+        return meta, outputs, sizes
+
     async def _run(self, rep: Replica) -> None:
-        model, queue = rep.model, self.queues[rep.model]
-        info = self.models[model]
+        """The replica's batching loop (Clipper ``TaskExecutor``'s per-container loop)."""
+        model, queue, cache = rep.model, self.queues[rep.model], self.cache
+        info, m = self.models[model], self.metrics
         label = f"{model[0]}:{model[1]}"
-        batch_sizes, batch_latency, predictions, errors = info.series
+        log = self.batch_log[model]
         try:
             while True:
                 cfg = info.batching
                 batch = await queue.get_batch(rep.controller.batch_size, cfg.max_delay_s)
                 rep.inflight = batch
+                batch_id = next(self._batch_ids)
                 sent = time.monotonic()
                 ts_us = now_us()
-                batch_id = next(self._batch_ids)
                 traced = self.tracer is not None and any(t.traced for t in batch)
+                slo = min(t.slo for t in batch)
+                # a hung container is one that takes 20x the SLO (5 s at least)
                 timeout = max(self.rpc_timeout_floor_s, 20 * max(t.slo for t in batch))
                 try:
                     req = encode_batch([t.input for t in batch], info.input_type,
                                        {"batch_id": batch_id})
-                    resp = await rep.predict(req, timeout=timeout)
+                    meta, outputs, sizes = await self._send(rep, req, batch_id, timeout)
                 except asyncio.CancelledError:
                     raise
-                except Exception as e:  # grpc.aio.AioRpcError: dead, hung or unreachable
+                except Exception as e:  # grpc.aio.AioRpcError, timeout: dead or hung
                     rep.inflight = []
                     self._retry(batch)
                     self.on_replica_failure(rep, f"{type(e).__name__}: {e}")
@@ -197,22 +218,20 @@ class TaskExecutor:
                 latency = time.monotonic() - sent
                 rep.inflight = []
                 rep.batches += 1
-                meta, outputs, sizes = decode_outputs(resp)
-                batch_sizes.observe(len(batch))
-                batch_latency.observe(latency)
+                m.model_batch_size.observe(label, len(batch))
+                m.model_batch_latency.observe(label, latency)
                 if meta.get("error"):
-                    errors.inc()
+                    m.model_errors.inc(label)
                     err = ModelError(f"model {label} failed its batch: {meta['error']}")
                     for t in batch:
-                        self.cache.fail(t.key, err)
+                        cache.fail(t.key, err)
                 else:
-                    predictions.inc(len(batch))
-                    for t, v, nb in zip(batch, outputs, sizes, strict=True):
-                        self.cache.put(t.key, v, nb)
-                    target = min(t.slo for t in batch) * cfg.slo_fraction
-                    rep.controller.update_batch_size(len(batch), latency, target)
-                self.batch_log[model].append((sent, len(batch), latency,
-                                              rep.controller.batch_size, rep.replica_id))
+                    m.model_predictions.inc(label, len(batch))
+                    cache.complete(batch, outputs, sizes)
+                    rep.controller.update_batch_size(len(batch), latency,
+                                                     slo * cfg.slo_fraction)
+                log.append((sent, len(batch), latency, rep.controller.batch_size,
+                            rep.replica_id))
                 if traced:
                     self._trace_batch(rep, batch, batch_id, ts_us, meta)
         except asyncio.CancelledError:
@@ -230,7 +249,7 @@ class TaskExecutor:
         for t in batch:
             if t.traced:
                 tw.complete(f"queue {name}", t.enqueued * 1e6, ts_us - t.enqueued * 1e6,
-                            cat="queue", tid=999, args={"query_ids": t.query_ids})
+                            cat="queue", tid=999, args={"query_id": t.query_id})
         tw.complete(f"rpc Predict {name} x{len(batch)}", ts_us, end - ts_us, cat="rpc",
                     tid=tid, args={"batch_id": batch_id, "replica": rep.replica_id})
         tw.flow(f"batch{batch_id}", start=True, ts_us=ts_us + 1, tid=tid)

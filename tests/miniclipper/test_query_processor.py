@@ -2,6 +2,7 @@
 (systems/miniclipper/query_processor.py with selection.py and cache.py)."""
 
 import concurrent.futures as cf
+import time
 
 import pytest
 
@@ -70,13 +71,25 @@ def test_exp4_straggler_is_left_out_at_the_slo(ensemble):
     assert r["models_missing"] == ["late"] and r["confidence"] == pytest.approx(0.5)
 
 
+def _settled_calls(c, model):
+    """The container's call count once it has been idle for longer than one slow call
+    (Health answers while a batch runs, so an earlier test's batch may be in flight)."""
+    deadline, last, quiet_since = time.monotonic() + 10, None, time.monotonic()
+    while time.monotonic() < deadline:
+        (h,) = [r["health"] for r in c.get_all_model_replicas(verbose=True)
+                if r["model"] == model]
+        if (h["calls"], h["busy"]) != last:
+            last, quiet_since = (h["calls"], h["busy"]), time.monotonic()
+        elif not h["busy"] and time.monotonic() - quiet_since > 0.6:
+            return h["calls"]
+        time.sleep(0.05)
+    raise AssertionError(f"{model} never settled: {last}")
+
+
 def test_identical_concurrent_queries_make_one_container_call(ensemble):
     c = ensemble
-    before = sum(r["health"]["calls"] for r in c.get_all_model_replicas(verbose=True)
-                 if r["model"] == "late:1")
+    before = _settled_calls(c, "late:1")
     with cf.ThreadPoolExecutor(12) as pool:
         got = list(pool.map(lambda _: c.predict("stragglers", [6.0, 9.0]), range(12)))
     assert {r["output"] for r in got} == {6}
-    after = sum(r["health"]["calls"] for r in c.get_all_model_replicas(verbose=True)
-                if r["model"] == "late:1")
-    assert after - before == 1  # twelve queries, one slow prediction, shared
+    assert _settled_calls(c, "late:1") - before == 1  # twelve queries, one call, shared
