@@ -156,11 +156,12 @@ def sparse_lr_case(ctx: Context) -> Result:
     args = {"name": "sparse_lr", "features": 1 << 22, "examples": ctx.pick(16384, 8192),
             "nnz": 24, "batch": 256, "lam": 5e-3, "lr": 0.1}
     steps, world = ctx.pick(40, 16), 2
-    ps_t, ar_t, ps_b, ar_b, touched = [], [], [], [], []
+    ps_t, ar_t, ps_b, ar_b, touched, cpu = [], [], [], [], [], []
     for _ in range(ctx.pick(2, 1)):
         out = launch(ClusterSpec(servers=2, workers=world, steps=steps, app=args),
                      eval_every_s=None, progress=False)
         ps_t.append(float(np.median(list(out["step_s"].values()))))
+        cpu.append(cpu_per_clock(out, steps))
         ps_b.append(out["worker_bytes"] / (steps * world))
         touched.append(sum(m["pull_keys"] for n, m in _server_metrics(out).items())
                        / (steps * world) / args["features"])
@@ -172,10 +173,28 @@ def sparse_lr_case(ctx: Context) -> Result:
     res.metrics.update(ps_step_s=float(np.median(ps_t)), allreduce_step_s=float(np.median(ar_t)),
                        ps_bytes_per_step=float(np.median(ps_b)),
                        allreduce_bytes_per_step=float(np.median(ar_b)),
-                       keys_touched_fraction=float(np.median(touched)))
+                       keys_touched_fraction=float(np.median(touched)),
+                       **{k: float(np.median([c[k] for c in cpu])) for k in cpu[0]})
     res.notes = ("2 workers, 2 servers, BSP, 2^22 keys; all-reduce bytes are those of a ring "
                  "all-reduce of the dense float32 gradient (sent + received per rank).")
     return res
+
+
+def cpu_per_clock(out: dict, steps: int) -> dict[str, float]:
+    """Where a step's time goes on a small machine: the CPU every node (workers and
+    servers, all threads) spent per clock after the first (which loads the data), and how
+    many cores that kept busy. When ``cores_busy`` is near the machine's core count, the
+    step time is set by CPU (Python and gRPC work), not by waiting or the network.
+    Servers count from the first request they serve, so their share of the first step
+    is in (a slight overcount)."""
+    cpu = sum(m.get("cpu_s", 0.0) for m in _node_metrics(out).values())
+    wall = max(r["timeline"][-1][0] - r["timeline"][0][0] for r in _reports(out))
+    return {"cpu_ms_per_clock": cpu / (steps - 1) * 1e3, "cores_busy": cpu / wall}
+
+
+def _node_metrics(out: dict) -> dict:
+    return {p.stem.removeprefix("metrics-"): json.loads(p.read_text())
+            for p in Path(out["run_dir"]).glob("metrics-*.json")}
 
 
 def _server_metrics(out: dict) -> dict:
@@ -187,18 +206,20 @@ def _server_metrics(out: dict) -> dict:
 def mlp_case(ctx: Context) -> Result:
     args = {"name": "mlp", "hidden": 64, "batch": 32, "lr": 0.25}
     steps, world = ctx.pick(150, 50), 2
-    ps_t, ddp_t, acc = [], [], {}
+    ps_t, ddp_t, acc, cpu = [], [], {}, []
     for _ in range(ctx.pick(2, 1)):
         out = launch(ClusterSpec(servers=2, workers=world, steps=steps, app=args),
                      eval_every_s=1e9, progress=False)
         ps_t.append(float(np.median(list(out["step_s"].values()))))
+        cpu.append(cpu_per_clock(out, steps))
         acc["ps"] = out["final"].get("accuracy", float("nan"))
         g = gloo("gloo_ddp", world, args, steps)
         ddp_t.append(float(np.median(g["step_s"][2:])))
         acc["ddp"] = g["accuracy"]
     res = Result(ratios={"step_time_ps_vs_ddp": pair_dict(ps_t, ddp_t)})
     res.metrics.update(ps_step_s=float(np.median(ps_t)), ddp_step_s=float(np.median(ddp_t)),
-                       ps_accuracy=acc["ps"], ddp_accuracy=acc["ddp"])
+                       ps_accuracy=acc["ps"], ddp_accuracy=acc["ddp"],
+                       **{k: float(np.median([c[k] for c in cpu])) for k in cpu[0]})
     res.notes = ("Every step moves all 4,810 parameters: the PS pulls them from 2 servers and "
                  "pushes the gradient back (two RPC round trips through Python), DDP does "
                  "one all-reduce inside C++ gloo.")

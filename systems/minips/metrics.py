@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,14 @@ class NodeMetrics:
         self.extra: dict[str, Any] = {}
         self._lock = threading.Lock()
         self.trace = TraceWriter(process_name=f"{role} {node}") if trace else None
+        self.cpu0: float | None = None  # process CPU time when the node's real work began
+
+    def start_cpu_clock(self) -> None:
+        """Count this process's CPU (all threads) from now on, as ``cpu_s`` in the
+        snapshot: start-up (imports, data generation) is then left out, and a benchmark
+        can add the nodes' CPU per training clock and compare it with the cores there are."""
+        if self.cpu0 is None:
+            self.cpu0 = time.process_time()
 
     def inc(self, name: str, value: float = 1.0) -> None:
         with self._lock:
@@ -53,8 +62,9 @@ class NodeMetrics:
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
+            cpu = {} if self.cpu0 is None else {"cpu_s": time.process_time() - self.cpu0}
             return {"node": self.node, "role": self.role, "pid": os.getpid(),
-                    **{k: v for k, v in sorted(self.counters.items())}, **self.extra}
+                    **{k: v for k, v in sorted(self.counters.items())}, **cpu, **self.extra}
 
     def prometheus(self) -> str:
         """The counters in the Prometheus text exposition format."""

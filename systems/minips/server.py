@@ -173,6 +173,7 @@ class KVServer(Membership):
 
     # ---- worker API ----------------------------------------------------------------
     async def Push(self, req: bytes, ctx) -> bytes:
+        self.metrics.start_cpu_clock()  # a worker's first request: training has begun
         return await self.guard(self._push, req, ctx)
 
     async def _push(self, req: bytes) -> bytes:
@@ -264,6 +265,7 @@ class KVServer(Membership):
         return self.repl.changes(keys, ranges, sender, t)
 
     async def Pull(self, req: bytes, ctx) -> bytes:
+        self.metrics.start_cpu_clock()
         return await self.guard(self._pull, req, ctx)
 
     async def _pull(self, req: bytes) -> bytes:

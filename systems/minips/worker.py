@@ -126,6 +126,7 @@ class Worker:
             kv.progress = {k: v for k, v in progress.items() if k in mine}
             kv.clock = c
             timeline.append((time.perf_counter() - t_start, c, s, step, loss, waited))
+            kv.metrics.start_cpu_clock()  # after the first step, which loads the data shard
             c += 1
         return self.report(kv, c, pushes, timeline, time.perf_counter() - t_start, wait_total)
 
