@@ -9,11 +9,16 @@ task scheduler, each a plain function over a device (simulated or recorded).
   random search (uniform, without replacement, over the same space), and the config
   list of Triton's matmul tutorial (``get_cuda_autotune_config``) tried in order.
 * **Ranking**: train the cost model on 80% of a task set's configs, rank the other 20%.
-* **Scheduler**: tune a whole model with the gradient strategy and with round-robin.
+* **Scheduler**: tune a whole model with the gradient strategy and with round-robin,
+  and ask an *oracle* how few trials any allocation would need (``oracle_rounds``).
+* **Why a ratio target can be out of reach**: ``near_best_share`` gives the share of a
+  space within 5% of its best, from which random search's expected trials follow.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,7 +30,7 @@ from .measure import DeviceFault, Measurer
 from .recorded import RecordedDevice
 from .search_policy import SearchParams, SketchPolicy
 from .sketch import Sketch, generate_sketches
-from .task_scheduler import ScheduleLog, TaskScheduler
+from .task_scheduler import NO_LATENCY, ScheduleLog, TaskScheduler
 from .workloads import Task
 
 Config = tuple[Sketch, dict[str, int]]
@@ -197,3 +202,57 @@ def trials_to_reach(log: ScheduleLog, target: float) -> int | None:
         if obj <= target:
             return n
     return None
+
+
+def tuning_curve(run: list[tuple[str, float]], per_round: int, rounds: int) -> np.ndarray:
+    """g(r): the best *measured* latency after each of ``rounds`` rounds of one task tuned
+    alone (what the scheduler's objective sees); a run that stopped early (its space
+    exhausted) keeps its last value, ``NO_LATENCY`` before any valid measurement."""
+    times = np.array([t for _, t in run] or [np.inf])
+    best = np.minimum.accumulate(np.where(np.isfinite(times), times, NO_LATENCY))
+    ends = np.minimum(np.arange(1, rounds + 1) * per_round, len(best)) - 1
+    return best[ends]
+
+
+def oracle_rounds(curves: list[np.ndarray], weights: list[float], target: float,
+                  ) -> int | None:
+    """The fewest total rounds of any allocation (r_1..r_n), every r_i >= 1 (the warm-up
+    round) and r_i <= len(curves[i]), with sum_i w_i * curves[i][r_i - 1] <= target; None
+    if none reaches it.
+
+    Why: a scheduler that reaches round-robin's final objective in half the trials needs
+    such an allocation to exist; if even the best allocation in hindsight, knowing every
+    task's tuning curve g_i in advance, needs more than half, no scheduler can do it.
+    Curves from tasks tuned *alone* ignore what a shared cost model transfers between
+    tasks, so this is the oracle of our scheduler's choice, not of the search.
+
+    A knapsack-style DP: best[k] = the lowest objective of the tasks so far in k rounds.
+    """
+    best = np.zeros(1)  # zero tasks, zero rounds
+    for curve, w in zip(curves, weights, strict=True):
+        nxt = np.full(len(best) + len(curve), np.inf)
+        for r, g in enumerate(curve, 1):
+            nxt[r:r + len(best)] = np.minimum(nxt[r:r + len(best)], best + w * g)
+        best = nxt
+    ok = np.flatnonzero(best <= target * (1 + 1e-12))
+    return int(ok[0]) if len(ok) else None
+
+
+def oracle_rounds_brute_force(curves: list[np.ndarray], weights: list[float],
+                              target: float) -> int | None:
+    """``oracle_rounds`` by enumerating every allocation (the test's oracle; tiny inputs)."""
+    found = [sum(rs) for rs in itertools.product(*(range(1, len(c) + 1) for c in curves))
+             if sum(w * c[r - 1] for w, c, r in zip(weights, curves, rs, strict=True))
+             <= target * (1 + 1e-12)]
+    return min(found) if found else None
+
+
+def near_best_share(space: Space, tol: float = 0.05) -> dict[str, float]:
+    """How lucky random search is on this space: the share ``p`` of configs truly within
+    ``tol`` of the best (failing configs count in the space: random search draws them
+    too), the expected draws to the first one (``1 / p`` with replacement), and the
+    median draw (``ln 2 / -ln(1 - p)``, rounded up): the benchmark compares medians."""
+    k = int((space.true <= (1 + tol) * space.best).sum())
+    p = k / len(space.true)
+    median = 1.0 if p >= 1 else math.ceil(math.log(2) / -math.log1p(-p))
+    return {"share": p, "expected": 1 / p, "median": float(median)}

@@ -16,8 +16,13 @@ second looks forward, optimistically: either latency keeps falling like 1/t, or 
 task reaches the best FLOP/s ``V_k`` of a *similar* task (same kind, same order of
 FLOPs ``C_i``), within a factor ``beta``. With probability ``eps`` a random task is
 chosen instead (the paper's epsilon-greedy; TVM's code has no such term). It starts
-with one round of round-robin, so every task has a latency. Tasks whose search has
-nothing left to measure, or which keep failing, are *dead* and skipped.
+with one round of round-robin, so every task has a latency; a task still without one
+after it is dead. Tasks whose search has nothing left to measure, which keep failing,
+or (with ``early_stopping_task``) which found nothing better in that many trials are
+*dead* and skipped, under either strategy. A task that, after 5 more rounds than any
+task of its similarity group, is still ``beta`` times slower (in FLOP/s) than the
+group's best leaves the group: it was not similar after all. These follow TVM's
+``TaskScheduler.tune`` / ``_tune_task`` / ``_adjust_similarity_group``.
 
 ``strategy="round-robin"`` is the baseline the paper compares against.
 """
@@ -55,7 +60,7 @@ class TaskScheduler:
     def __init__(self, tasks: list[Task], weights: list[float], policies: list[SketchPolicy],
                  measurer, cost_model, *, strategy: str = "gradient", alpha: float = 0.2,
                  beta: float = 2.0, backward_window: int = 3, eps: float = 0.05,
-                 seed: int = 0):
+                 early_stopping_task: int | None = None, seed: int = 0):
         if strategy not in ("gradient", "round-robin"):
             raise ValueError(f"strategy must be 'gradient' or 'round-robin', got {strategy!r}")
         if not (len(tasks) == len(weights) == len(policies)) or not tasks:
@@ -64,16 +69,22 @@ class TaskScheduler:
         self.tasks, self.weights, self.policies = tasks, list(weights), policies
         self.measurer, self.cost_model, self.strategy = measurer, cost_model, strategy
         self.alpha, self.beta, self.window, self.eps = alpha, beta, backward_window, eps
+        # TVM's per_task_early_stopping: None = never (its default)
+        self.early_stopping_task = early_stopping_task
         self.rng = np.random.default_rng(seed)
         n = len(tasks)
         self.task_cts = [0] * n  # rounds spent per task
+        self.task_best_cts = [0] * n  # the round in which each task last improved
         self.costs_history: list[list[float]] = [[] for _ in range(n)]
         self.best_costs = np.full(n, NO_LATENCY)
         self.dead: set[int] = set()
         self.trials = 0
         self.log = ScheduleLog()
         tags = [similarity_tag(t) for t in tasks]
-        self.groups = {i: [j for j in range(n) if tags[j] == tags[i]] for i in range(n)}
+        by_tag: dict[str, list[int]] = {}
+        for i, tag in enumerate(tags):
+            by_tag.setdefault(tag, []).append(i)
+        self.groups = {i: by_tag[tags[i]] for i in range(n)}  # one shared list per group
 
     def objective(self, costs: np.ndarray | None = None) -> float:
         c = self.best_costs if costs is None else costs
@@ -86,7 +97,7 @@ class TaskScheduler:
             self.trials += n
             if pol.best is not None:
                 self.best_costs[i] = pol.best[1]
-            self.task_cts[i] = math.ceil(n / per_round)
+            self.task_cts[i] = self.task_best_cts[i] = math.ceil(n / per_round)
             self.costs_history[i] = [self.best_costs[i]] * self.task_cts[i]
 
     def _gradient(self, i: int) -> float:
@@ -104,6 +115,17 @@ class TaskScheduler:
             g_next_2 = self.beta * self.tasks[i].flops / best_flops
         forward = min(g_next_1, g_next_2) - g
         return chain * (self.alpha * backward + (1 - self.alpha) * forward)
+
+    def _adjust_similarity_group(self, i: int) -> None:
+        group = self.groups[i]
+        if len(group) <= 1:
+            return
+        best_flops = max(self.tasks[j].flops / self.best_costs[j] for j in group)
+        rounds_of_others = max(self.task_cts[j] for j in group if j != i)
+        if self.tasks[i].flops / self.best_costs[i] < best_flops / self.beta and \
+                self.task_cts[i] > 5 + rounds_of_others:
+            group.remove(i)  # the list is shared by the group's members
+            self.groups[i] = [i]
 
     def _pick(self, last: int) -> int:
         alive = [i for i in range(len(self.tasks)) if i not in self.dead]
@@ -126,17 +148,28 @@ class TaskScheduler:
         self.task_cts[i] += 1
         if inputs:
             self.cost_model.update(inputs, results)
-        if pol.best is not None:
-            self.best_costs[i] = min(self.best_costs[i], pol.best[1])
+        if pol.best is not None and pol.best[1] < self.best_costs[i]:
+            self.best_costs[i] = pol.best[1]
+            self.task_best_cts[i] = self.task_cts[i]
         self.costs_history[i].append(self.best_costs[i])
-        if not inputs or pol.exhausted() or self.measurer.task_dead(self.tasks[i]):
+        stalled = (self.early_stopping_task is not None and
+                   (self.task_cts[i] - self.task_best_cts[i]) * per_round >
+                   self.early_stopping_task)
+        if not inputs or stalled or pol.exhausted() or \
+                self.measurer.task_dead(self.tasks[i]):
             self.dead.add(i)
         self.log.trials.append(self.trials)
         self.log.objective.append(self.objective())
         self.log.chosen.append(i)
 
     def tune(self, total_trials: int, per_round: int = 8, progress: bool = True) -> ScheduleLog:
-        """Spend up to ``total_trials`` measurements (counting any restored from a log)."""
+        """Spend up to ``total_trials`` measurements (counting any restored from a log).
+        As TVM, a round is at most ``total_trials // len(tasks)`` trials, so that the
+        warm-up reaches every task."""
+        per_round = min(per_round, total_trials // len(self.tasks))
+        if per_round <= 0:
+            raise ValueError(f"total_trials={total_trials} is too small: need at least one "
+                             f"per task ({len(self.tasks)} tasks)")
         bar = tqdm(total=total_trials, initial=min(self.trials, total_trials),
                    desc=f"tune {len(self.tasks)} tasks [{self.strategy}]", unit="trial",
                    disable=not progress, leave=False)
@@ -147,12 +180,14 @@ class TaskScheduler:
                 before = self.trials
                 self._tune_task(i, min(per_round, total_trials - self.trials))
                 bar.update(self.trials - before)
+        self.dead |= {i for i, c in enumerate(self.best_costs) if c >= NO_LATENCY}
         last = -1
         while self.trials < total_trials and len(self.dead) < len(self.tasks):
             i = self._pick(last)
             before = self.trials
             self._tune_task(i, min(per_round, total_trials - self.trials))
             bar.update(self.trials - before)
+            self._adjust_similarity_group(i)
             last = i
         bar.close()
         return self.log

@@ -1,15 +1,21 @@
-"""The benchmark's bookkeeping: trials-to-target, baselines, exhaustive spaces."""
+"""The benchmark's bookkeeping: trials-to-target, baselines, exhaustive spaces, the
+allocation oracle of the scheduler case and the near-best share of a space."""
 
 import numpy as np
 
 from systems.miniansor.simulator import SimulatedGPU
 from systems.miniansor.study import (
     TUTORIAL_CONFIGS,
+    Space,
     ansor_run,
     best_curve,
     exhaustive_space,
+    near_best_share,
+    oracle_rounds,
+    oracle_rounds_brute_force,
     random_run,
     trials_to_within,
+    tuning_curve,
     tutorial_run,
 )
 from systems.miniansor.workloads import gemm
@@ -41,3 +47,36 @@ def test_runs_draw_from_the_space_without_repeats():
     assert len({k for k, _ in r}) == 50 and set(k for k, _ in r) <= set(space.index())
     a = ansor_run(task, SimulatedGPU(seed=1), 1, 24)
     assert len({k for k, _ in a}) == 24
+
+
+def test_the_allocation_oracle_matches_brute_force_enumeration():
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        n = int(rng.integers(1, 4))
+        curves = [np.minimum.accumulate(rng.uniform(1, 10, int(rng.integers(1, 6))))
+                  for _ in range(n)]
+        weights = list(rng.integers(1, 4, n))
+        rr = min(len(c) for c in curves)  # round-robin's share of rounds per task
+        for target in (sum(w * c[rr - 1] for w, c in zip(weights, curves, strict=True)),
+                       float(rng.uniform(0, 30)), 0.0):
+            assert oracle_rounds(curves, weights, target) == \
+                oracle_rounds_brute_force(curves, weights, target)
+
+
+def test_the_oracle_skips_a_converged_task_and_needs_warm_up_rounds():
+    flat = np.array([5.0, 5.0, 5.0, 5.0])  # converged after its first round
+    steep = np.array([10.0, 6.0, 3.0, 1.0])
+    # round-robin (4 rounds each) ends at 5 + 1 = 6; the oracle gives flat one round
+    assert oracle_rounds([flat, steep], [1, 1], 6.0) == 5
+    assert oracle_rounds([flat, steep], [1, 1], 5.9) is None
+    assert tuning_curve([("a", 3.0), ("b", float("inf")), ("c", 1.0)], 2, 3).tolist() == \
+        [3.0, 1.0, 1.0]
+
+
+def test_near_best_share_counts_the_space_and_its_median_draw():
+    space = Space(gemm(8, 8, 8), [None] * 10,  # configs are not looked at
+                  np.array([1.0, 1.04, 1.06, 2.0, np.inf, 3, 3, 3, 3, 3]))
+    luck = near_best_share(space)
+    assert luck["share"] == 0.2 and luck["expected"] == 5
+    # P(first hit by draw k) = 1 - 0.8^k crosses 1/2 at k = 4 (0.59; 0.49 at k = 3)
+    assert luck["median"] == 4

@@ -114,3 +114,41 @@ def test_bad_arguments_are_named():
 def test_similar_tasks_share_a_tag():
     assert similarity_tag(gemm(1024, 1024, 1024)) == similarity_tag(gemm(1024, 1024, 1100))
     assert similarity_tag(gemm(1024, 1024, 1024)) != similarity_tag(gemm(4096, 4096, 4096))
+
+
+@pytest.mark.parametrize("strategy", ["round-robin", "gradient"])
+def test_per_task_early_stopping_retires_a_task_that_stopped_improving(strategy):
+    """TVM's per_task_early_stopping, under both strategies: no better latency in more than
+    16 trials (three rounds after its last improvement, in the warm-up) and it is dead."""
+    def policies():
+        return [CurvePolicy(gemm(1024, 1024, 1024), 1e-3, 1e-4, 0.8),
+                CurvePolicy(gemm(2048, 2048, 2048), 1e-3, 1e-3, 0.5)]  # flat from round 1
+    tasks = [p.task for p in policies()]
+    s = TaskScheduler(tasks, [1, 1], policies(), NeverDead(), NoModel(), strategy=strategy,
+                      eps=0.0, early_stopping_task=16)
+    counts = collections.Counter(s.tune(160, per_round=8, progress=False).chosen)
+    assert counts[1] <= 4 and 1 in s.dead and counts[0] + counts[1] == 20
+    if strategy == "round-robin":
+        _, without = _run(strategy, policies(), [1, 1])
+        assert counts[1] == 4 and without[1] == 10
+
+
+@pytest.mark.parametrize("strategy", ["round-robin", "gradient"])
+def test_a_task_without_a_valid_measurement_after_warm_up_is_dead(strategy):
+    broken = CurvePolicy(gemm(64, 64, 64), float("inf"), float("inf"), 0.5)
+    _, counts = _run(strategy, [broken, CurvePolicy(gemm(128, 128, 128), 1e-4, 1e-5, 0.8)],
+                     [1, 1], trials=80)
+    assert counts[0] == 1 and counts[1] == 9
+
+
+def test_a_task_much_slower_than_its_similarity_group_leaves_it():
+    ps = [CurvePolicy(gemm(1024, 1024, 1024 + i), 1e-4, 1e-5, 0.8) for i in range(3)]
+    s = TaskScheduler([p.task for p in ps], [1, 1, 1], ps, NeverDead(), NoModel())
+    assert s.groups[0] is s.groups[2] and len(s.groups[0]) == 3
+    s.best_costs[:] = [1e-4, 1e-4, 2.5e-4]  # task 2 reaches < 1/beta of the group's FLOP/s
+    s.task_cts = [2, 3, 8]
+    s._adjust_similarity_group(2)  # only 5 rounds more than the others: it stays
+    assert s.groups[2] == [0, 1, 2]
+    s.task_cts[2] = 9
+    s._adjust_similarity_group(2)
+    assert s.groups[2] == [2] and s.groups[0] == s.groups[1] == [0, 1]
