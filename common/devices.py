@@ -118,8 +118,11 @@ def _fingerprint() -> str:
     import numpy as np
     from threadpoolctl import threadpool_info
 
+    # numpy's own BLAS (the probe's matmul runs on it), not every BLAS loaded so far:
+    # torch or scipy imported first would otherwise give the same machine another key
     blas = [(i.get("internal_api"), i.get("version"), i.get("num_threads"))
-            for i in threadpool_info() if i.get("user_api") == "blas"]
+            for i in threadpool_info() if i.get("user_api") == "blas"
+            and "numpy" in str(i.get("filepath", ""))]
     key = json.dumps([_cpu_model(), len(os.sched_getaffinity(0)), np.__version__, blas,
                       os.environ.get("OPENBLAS_CORETYPE", "")])
     return hashlib.sha1(key.encode()).hexdigest()[:12]
@@ -168,8 +171,13 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mlsys-casebook"
 
 
-def cpu_spec(refresh: bool = False, cache: Path | None = None) -> DeviceSpec:
-    """This machine's CPU as a DeviceSpec, from the probe (cached per machine)."""
+def cpu_spec(refresh: bool = False, cache: Path | None = None,
+             observed_flops: float = 0.0) -> DeviceSpec:
+    """This machine's CPU as a DeviceSpec, from the probe (cached per machine).
+
+    ``observed_flops``: a float32 rate just measured on this machine. A peak below it
+    is impossible: the cached probe ran while other work held the cores, so we probe
+    again and keep the higher of the two results (a probe can only err low)."""
     path = (cache or cache_dir()) / f"cpu-probe-{_fingerprint()}.json"
     probe = None
     if not refresh and path.exists():
@@ -179,6 +187,14 @@ def cpu_spec(refresh: bool = False, cache: Path | None = None) -> DeviceSpec:
             probe = None
         if probe is not None and probe.get("version") != PROBE_VERSION:
             probe = None
+    if probe is not None and probe["fp32_flops"] < observed_flops:
+        fresh = probe_cpu()
+        probe = {**fresh, **{k: max(probe[k], fresh[k])
+                             for k in ("fp32_flops", "mem_bandwidth")}}
+        try:
+            path.write_text(json.dumps(probe))
+        except OSError:
+            pass
     if probe is None:
         probe = probe_cpu()
         try:
