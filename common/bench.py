@@ -156,6 +156,7 @@ def run_suite(system: str, *, device: str = "cpu", quick: bool = False,
     validate(doc)
     write_json_atomic(out_dir / "results.json", doc)
     (out_dir / "results.md").write_text(markdown(doc))
+    (Path(out) / "overview.md").write_text(overview(out))
     return doc
 
 
@@ -264,3 +265,29 @@ def load_results(path: str | Path) -> dict[str, Any]:
     doc = json.loads(Path(path).read_text())
     validate(doc)
     return doc
+
+
+def overview(root: str | Path) -> str:
+    """Every system's latest results under ``root`` on one page: per system and device,
+    how many targets held, then each target that did not, so a reader sees at a glance
+    where the casebook stands (each system's benchmark page says why)."""
+    docs = [load_results(p) for p in sorted(Path(root).glob("*/*/results.json"))]
+    lines = ["| system | device | run | targets held | not held |",
+             "| --- | --- | --- | --- | --- |"]
+    for d in docs:
+        targets = [(c["case"], t) for c in d["cases"] for t in c["targets"]]
+        failed = [c["case"] for c in d["cases"] if c.get("error")]
+        missed = [f"{case}: `{t['metric']}` {_fmt(t['value'])} (target {t['op']} "
+                  f"{_fmt(t['threshold'])})" for case, t in targets if not t["held"]]
+        missed += [f"{case}: the case failed" for case in failed]
+        gpu = (d["machine"].get("gpu") or {}).get("name")
+        lines.append(f"| {d['system']} | {d['device']}{' (' + gpu + ')' if gpu else ''} | "
+                     f"{d['machine']['date'][:10]}{' quick' if d['quick'] else ''} | "
+                     f"{sum(t['held'] for _, t in targets)} of {len(targets)} | "
+                     f"{'<br>'.join(missed) or '-'} |")
+    systems = sorted(SUITES)
+    ran = {(d["system"], d["device"]) for d in docs}
+    never = [f"{s} on {dev}" for s in systems for dev in ("cpu", "cuda") if (s, dev) not in ran]
+    if never:
+        lines += ["", f"Not run yet: {', '.join(never)}."]
+    return "\n".join(lines) + "\n"

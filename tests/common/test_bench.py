@@ -74,3 +74,25 @@ def test_markdown_marks_missed_targets():
                               Context())]}
     md = markdown(doc)
     assert "| c | `speedup` >= 3 | 2 | **no** |" in md
+
+
+def test_overview_counts_held_targets_and_lists_the_missed_and_the_never_run(tmp_path):
+    from common.bench import SUITES, overview
+    from common.trace import write_json_atomic
+
+    machine = {"date": "2026-01-01T00:00", "cpu": "c", "cores": 2, "versions": {},
+               "blas": [], "gpu": None}
+    cases = [run_case(Case("c", "d", ("b",), _ok, (Target("speedup", ">=", 3),
+                                                  Target("speedup", ">=", 1))), Context()),
+             run_case(Case("f", "d", ("b",), _boom, ()), Context())]
+    doc = {"schema_version": 1, "system": "miniflow", "device": "cpu", "quick": False,
+           "machine": machine, "cases": cases}
+    (tmp_path / "miniflow" / "cpu").mkdir(parents=True)
+    write_json_atomic(tmp_path / "miniflow" / "cpu" / "results.json", doc)
+    md = overview(tmp_path)
+    row = next(line for line in md.splitlines() if line.startswith("| miniflow"))
+    assert "| 1 of 2 |" in row
+    assert "c: `speedup` 2 (target >= 3)" in row and "f: the case failed" in row
+    never = md.split("Not run yet:")[1]
+    assert "miniflow on cuda" in never and "miniflow on cpu" not in never
+    assert all(f"{s} on cpu" in never for s in SUITES if s != "miniflow")
