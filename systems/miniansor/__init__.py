@@ -9,7 +9,7 @@ The map, in the order data flows (paper section in brackets)::
     kernels_gemm.py   the GEMM templates (tiled, split-K, separate epilogue)
     kernels_rows.py   the row-reduction templates (rows in registers, looped)
     annotation.py     random annotation within declared hardware limits        [4.2]
-    evolution.py      mutations (tile product kept), crossover, evolutionary search [5.1]
+    evolution.py      mutations (per-loop tile factors), crossover, evolution  [5.1]
     feature.py        features of (task, sketch, annotation)                  [5.2]
     cost_model.py     gradient-boosted trees, normalised throughput, ranking metrics [5.2]
     search_policy.py  one task: population -> evolution -> eps-greedy batch   [5, TVM]

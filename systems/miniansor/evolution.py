@@ -18,9 +18,12 @@ Ansor's rewriting steps belong to DAG nodes:
 
 Mutation rules (each returns a *valid* new annotation or None):
 
-* ``mutate_tile_size``: move a factor of 2 or 4 from one tile size to another, keeping
-  their product (Ansor: divide one split level's length, multiply another's, so the
-  loop's extent is unchanged);
+* ``mutate_tile_size``: pick one tiled loop, divide one of its split levels by a factor
+  and multiply another level of *the same loop* by it, so the loop's extent is
+  unchanged (``MutateTileSize::Apply``). A loop's levels are its block sizes plus an
+  implicit outer level, the grid (or the K loop's trip count): M = grid x BLOCK_M,
+  K = trips x SPLIT_K x BLOCK_K. Moving a factor to or from the outer level is what
+  grows or shrinks a block;
 * ``mutate_warps`` and ``mutate_stages``: double/halve the warps, add/remove a stage;
 * ``mutate_order``: double/halve the group size or the split factor.
 
@@ -33,6 +36,7 @@ limit (e.g. the tile of one and the stages of the other exceed shared memory).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -40,13 +44,12 @@ import numpy as np
 
 from .annotation import H100_LIMITS, HardwareLimits, config_key, is_valid
 from .sketch import Sketch
-from .workloads import Task
+from .workloads import Task, next_pow2
 
 Config = tuple[Sketch, dict[str, int]]
 GENE_GROUPS = {"tile": ("BLOCK_M", "BLOCK_N", "BLOCK_K", "ROWS"),
                "pipeline": ("num_warps", "num_stages"),
                "order": ("GROUP_M", "SPLIT_K")}
-TILE_PARAMS = GENE_GROUPS["tile"]
 
 
 def _valid_or_none(task: Task, sketch: Sketch, ann: dict[str, int],
@@ -54,19 +57,47 @@ def _valid_or_none(task: Task, sketch: Sketch, ann: dict[str, int],
     return ann if is_valid(task, sketch, ann, limits) else None
 
 
+def tiled_loops(task: Task, ann: dict[str, int]) -> list[tuple[int, tuple[str, ...]]]:
+    """Each tiled loop's extent (rounded up to a power of two, as block sizes are) and
+    its split levels in ``ann``, outermost first; loops without a level are left out."""
+    if task.is_matmul:
+        m, n, k = task.mnk
+        loops = [(m, ("BLOCK_M",)), (n, ("BLOCK_N",)), (k, ("SPLIT_K", "BLOCK_K"))]
+    else:
+        rows, cols = task.rows_cols
+        loops = [(rows, ("ROWS",)), (cols, ("BLOCK_N",))]
+    out = []
+    for extent, levels in loops:
+        present = tuple(p for p in levels if p in ann)
+        if present:
+            out.append((next_pow2(extent), present))
+    return out
+
+
 def mutate_tile_size(task: Task, sketch: Sketch, ann: dict[str, int],
                      rng: np.random.Generator, limits: HardwareLimits = H100_LIMITS):
-    """Move a factor between two tile sizes; their product stays the same."""
-    tiles = [p for p in TILE_PARAMS if p in ann]
-    if len(tiles) < 2:
+    """Move a factor between two split levels of one loop (TVM's ``MutateTileSize``:
+    a random loop, a random order of its levels, the first level longer than 1 gives a
+    random divisor of its length to the next level in that order)."""
+    loops = [lp for lp in tiled_loops(task, ann) if lp[0] > 1]
+    if not loops:
         return None
-    src, dst = rng.choice(tiles, 2, replace=False)
-    f = int(rng.choice([2, 4]))
-    if ann[src] % f:
-        return None
-    new = dict(ann)
-    new[src], new[dst] = ann[src] // f, ann[dst] * f
-    return _valid_or_none(task, sketch, new, limits)
+    extent, levels = loops[int(rng.integers(len(loops)))]
+    inner = [ann[p] for p in levels]
+    lengths = [max(1, extent // math.prod(inner)), *inner]  # [outer, ...levels]
+    perm = rng.permutation(len(lengths))
+    for i, src in enumerate(perm):
+        if lengths[src] <= 1:
+            continue
+        dst = perm[(i + 1) % len(perm)]
+        # our lengths are powers of two, so their divisors > 1 are 2, 4, ..., length
+        f = 2 ** int(rng.integers(1, int(math.log2(lengths[src])) + 1))
+        lengths[src] //= f
+        lengths[dst] *= f
+        new = dict(ann)
+        new.update(zip(levels, lengths[1:], strict=True))
+        return _valid_or_none(task, sketch, new, limits)
+    return None
 
 
 def _step(task: Task, sketch: Sketch, ann: dict[str, int], param: str, rng,
@@ -119,8 +150,13 @@ def crossover(task: Task, sketch: Sketch, a: dict[str, int], b: dict[str, int],
 
 @dataclass(frozen=True)
 class EvolutionParams:
+    """TVM's defaults (``evolutionary_search_num_iters`` 4, ``mutation_prob`` 0.85) but a
+    population of 256 instead of 2048: our spaces hold 10^3-10^4 configs, where 2048
+    random samples are a third of a space or all of it (the model would rank the space
+    rather than evolve in it), and a tuning run would take about 9x longer."""
+
     population: int = 256
-    num_iters: int = 3
+    num_iters: int = 4
     mutation_prob: float = 0.85
     crossover_ratio: float = 0.2  # share of each new generation bred by crossover
 

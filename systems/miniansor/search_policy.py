@@ -3,16 +3,17 @@
 One round of TVM's ``SketchPolicyNode::ContinueSearchOneRound`` (``sketch_policy.cc``):
 
 1. ``SearchOneRound``: sample an initial population by random annotation of every
-   sketch; add the best programs measured so far (``use_measured_ratio`` of the
-   population, only when there is a real cost model); run the evolutionary search for
-   ``2 x n`` candidates; also keep some purely random states;
+   sketch; append the best programs measured so far (up to ``use_measured_ratio`` of the
+   population, whatever the cost model: they are parents, never candidates); run the
+   evolutionary search for ``2 x n`` candidates; also keep some purely random states;
 2. ``PickStatesWithEpsGreedy``: take ``(1 - eps)`` of the batch from the evolved
    candidates and ``eps`` from the random states, skipping anything ever measured;
 3. measure the batch; the caller retrains the cost model on everything measured.
 
 The ablations of the paper (section 7.1, Figure 9) are switches: ``RandomModel`` for
-"no cost model" (TVM also caps the GA at 3 iterations then), and ``evolution=False``
-for "no evolution" (the cost model only ranks the random initial population).
+"no cost model" (TVM's ``EvolutionarySearch`` then caps the GA at 2 iterations), and
+``evolution=False`` for "no evolution" (the cost model only ranks the random initial
+population).
 
 Resuming from a log (``preload``) marks its configs measured, so an interrupted run
 never measures them again (TVM's ``PreloadMeasuredStates`` callback).
@@ -37,7 +38,9 @@ Config = tuple[Sketch, dict[str, int]]
 
 @dataclass(frozen=True)
 class SearchParams:
-    """TVM's ``SketchPolicy`` defaults, scaled to our smaller spaces."""
+    """TVM's ``SketchPolicy.DEFAULT_PARAMS`` (``search_policy.py``): eps_greedy 0.05,
+    sample_init_use_measured_ratio 0.2, evolutionary_search_num_iters 4 and
+    mutation_prob 0.85 as there; the population is scaled down (``EvolutionParams``)."""
 
     evolution: EvolutionParams = field(default_factory=EvolutionParams)
     eps_greedy: float = 0.05
@@ -74,9 +77,9 @@ class SketchPolicy:
                  space: list[Config] | None = None):
         self.task, self.cost_model, self.limits = task, cost_model, limits
         self.params = params
-        if isinstance(cost_model, RandomModel):  # as TVM: fewer GA rounds, no measured seeds
-            ev = replace(params.evolution, num_iters=min(params.evolution.num_iters, 3))
-            self.params = replace(params, evolution=ev, use_measured_ratio=0.0)
+        if isinstance(cost_model, RandomModel):  # TVM's EvolutionarySearch: at most 2 GA
+            ev = replace(params.evolution, num_iters=min(params.evolution.num_iters, 2))
+            self.params = replace(params, evolution=ev)
         if not evolution:
             self.params = replace(self.params,
                                   evolution=replace(self.params.evolution, num_iters=0))
@@ -115,15 +118,13 @@ class SketchPolicy:
     def search_one_round(self, n: int) -> tuple[list[Config], list[Config]]:
         """(evolved candidates, best predicted first; random states for eps-greedy)."""
         ev = self.params.evolution
-        n_measured = 0
-        if self.cost_model.trained:
-            n_measured = min(len(self.history), int(self.params.use_measured_ratio *
-                                                    ev.population))
-        init = sample_init_population(self.task, self.sketches, ev.population - n_measured,
-                                      self.rng, self.limits, self.space)
-        if n_measured:
-            ranked = sorted(self.history, key=lambda h: h[1])[:n_measured]
-            init += [c for c, t in ranked if np.isfinite(t)]
+        init = sample_init_population(self.task, self.sketches, ev.population, self.rng,
+                                      self.limits, self.space)
+        # TVM's SearchOneRound appends the best measured states to the sampled population
+        # (``num_use_measured``), trained model or not: the heap skips them, but they breed
+        n_measured = int(self.params.use_measured_ratio * ev.population)
+        ranked = sorted(self.history, key=lambda h: h[1])[:n_measured]
+        init += [c for c, t in ranked if np.isfinite(t)]
         best = evolutionary_search(self.task, init, self.cost_model, 2 * n, self.rng,
                                    self.measured, ev, self.limits, self._allowed_fn())
         return best, init

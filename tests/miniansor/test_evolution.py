@@ -12,6 +12,7 @@ from systems.miniansor.evolution import (
     crossover,
     evolutionary_search,
     mutate_tile_size,
+    tiled_loops,
 )
 from systems.miniansor.search_policy import sample_init_population
 from systems.miniansor.simulator import SimulatedGPU
@@ -35,18 +36,43 @@ def test_every_mutation_returns_a_valid_config_or_none():
                 assert child is None or is_valid(task, sk, child)
 
 
-def test_tile_size_mutation_keeps_the_tile_product():
+def test_tile_size_mutation_moves_a_factor_within_one_loop():
+    """TVM's MutateTileSize: the levels of one loop change, by powers of two, and two
+    changed levels keep their product (the factor moved between them)."""
     rng = np.random.default_rng(1)
-    task = TASKS[0]
-    changed = 0
-    for sk, ann in _population(task, 80):
+    changed_volume = 0
+    for task in TASKS:
+        every_level = dict.fromkeys(GENE_GROUPS["tile"] + ("SPLIT_K",), 1)
+        loop_of = {p: levels for _, levels in tiled_loops(task, every_level) for p in levels}
+        for sk, ann in _population(task, 80):
+            child = mutate_tile_size(task, sk, ann, rng)
+            if child is None:
+                continue
+            changed = {p for p in ann if child[p] != ann[p]}
+            assert len(changed) == 1 or (len(changed) == 2 and len(
+                {loop_of[p] for p in changed}) == 1), (ann, child)
+            for p in changed:
+                r = max(child[p], ann[p]) // min(child[p], ann[p])
+                assert r > 1 and r & (r - 1) == 0, (p, ann[p], child[p])
+            if len(changed) == 2:
+                assert math.prod(child[p] for p in changed) == math.prod(ann[p] for p in changed)
+            tiles = [p for p in GENE_GROUPS["tile"] if p in ann]
+            changed_volume += math.prod(child[p] for p in tiles) != math.prod(ann[p] for p in tiles)
+    # a factor moved to or from the grid grows or shrinks the block, which a rule that
+    # only trades factors between BLOCK_M, BLOCK_N and BLOCK_K could never do
+    assert changed_volume > 20
+
+
+def test_repeated_tile_mutation_walks_a_loop_both_ways():
+    task, rng = TASKS[0], np.random.default_rng(5)
+    sk = generate_sketches(task)[0]
+    ann = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "num_warps": 4, "num_stages": 2}
+    seen = {ann["BLOCK_M"]}
+    for _ in range(300):
         child = mutate_tile_size(task, sk, ann, rng)
-        if child is None:
-            continue
-        tiles = [p for p in GENE_GROUPS["tile"] if p in ann]
-        assert math.prod(child[p] for p in tiles) == math.prod(ann[p] for p in tiles)
-        changed += child != ann
-    assert changed > 10
+        if child is not None:
+            seen.add(child["BLOCK_M"])
+    assert {16, 32, 128, 256} <= seen
 
 
 def test_crossover_child_is_valid_and_takes_whole_gene_groups_from_parents():

@@ -47,9 +47,23 @@ def test_eps_greedy_mixes_in_random_states():
 
 
 def test_ablation_switches():
-    assert SketchPolicy(TASK, RandomModel()).params.evolution.num_iters <= 3
-    assert SketchPolicy(TASK, RandomModel()).params.use_measured_ratio == 0.0
+    assert SketchPolicy(TASK, GBTModel()).params.evolution.num_iters == 4  # TVM's default
+    assert SketchPolicy(TASK, RandomModel()).params.evolution.num_iters == 2  # TVM's cap
     assert SketchPolicy(TASK, GBTModel(), evolution=False).params.evolution.num_iters == 0
+
+
+def test_the_best_measured_states_join_the_sampled_population():
+    """TVM's SearchOneRound: init population = random samples + the measured best."""
+    pol = SketchPolicy(TASK, RandomModel(), seed=4)
+    m = Measurer(SimulatedGPU(), verify="none")
+    for _ in range(3):
+        pol.continue_search_one_round(8, m)
+    _, init = pol.search_one_round(8)
+    keys = [config_key(s, a) for s, a in init]
+    measured_ok = [config_key(*c) for c, t in pol.history if np.isfinite(t)]
+    population = pol.params.evolution.population
+    assert len(keys) == population + len(measured_ok)
+    assert set(measured_ok) <= set(keys[population:])
 
 
 def test_a_restricted_space_is_respected_and_exhausted():
