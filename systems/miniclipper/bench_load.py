@@ -59,7 +59,7 @@ def sweep(conn: Any, starts: dict[str, float], pool: list, ctx: Context,
             s = _trial(conn, a, pool, [(trial_s, rate)], seed=k)
             curves[a].append({"rate": rate, **{key: s[key] for key in (
                 "goodput_qps", "within_slo", "p50_ms", "p99_ms", "t0", "t1",
-                "latencies_ms")}})
+                "latencies_ms", "loadgen_cpu_us_per_query")}})
             bar.update(1)
         alive = [a for a in alive if not _past_knee(curves[a])]
         if not alive:
@@ -126,6 +126,11 @@ def batching_goodput_case(ctx: Context) -> Result:
         "chosen_batch_size": b, "mean_batch_sent": chosen["mean_batch"],
         "inproc_throughput_at_chosen": inproc, "ceiling_qps": ceiling,
         "echo_goodput": g["echo"]})
+    # what the load generator itself took from the shared cores at each best point
+    for a in ("rf-aimd", "echo"):
+        cpu_us = best[a]["loadgen_cpu_us_per_query"]
+        metrics[f"loadgen_cpu_us_per_query_{a}"] = cpu_us
+        metrics[f"loadgen_cores_{a}"] = cpu_us * 1e-6 * best[a]["rate"]
     p1 = plots.line_chart({a: ([t["rate"] for t in c], [t["goodput_qps"] for t in c])
                            for a, c in curves.items()},
                           ctx.out_dir / "batching_goodput.png", "offered load (queries/s)",
