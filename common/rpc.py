@@ -36,22 +36,31 @@ def _identity(b: bytes) -> bytes:
     return b
 
 
-def _generic(service: str, handlers: dict) -> grpc.GenericRpcHandler:
-    return grpc.method_handlers_generic_handler(service, {
-        name: grpc.unary_unary_rpc_method_handler(fn, request_deserializer=_identity,
-                                                  response_serializer=_identity)
-        for name, fn in handlers.items()})
+def _generic(service: str, handlers: dict, streams: dict | None = None,
+             ) -> grpc.GenericRpcHandler:
+    """Unary methods from ``handlers``; bidirectional-stream methods (``fn(request
+    iterator, ctx) -> response iterator``) from ``streams``."""
+    table = {name: grpc.unary_unary_rpc_method_handler(fn, request_deserializer=_identity,
+                                                       response_serializer=_identity)
+             for name, fn in handlers.items()}
+    table.update({name: grpc.stream_stream_rpc_method_handler(
+        fn, request_deserializer=_identity, response_serializer=_identity)
+        for name, fn in (streams or {}).items()})
+    return grpc.method_handlers_generic_handler(service, table)
 
 
 def serve(service: str, handlers: dict[str, Handler], *, host: str = LOOPBACK,
-          port: int = 0, max_workers: int = 16) -> tuple[grpc.Server, int]:
-    """Start a threaded gRPC server for ``handlers`` (method name -> fn(bytes, ctx) -> bytes).
+          port: int = 0, max_workers: int = 16, streams: dict | None = None,
+          ) -> tuple[grpc.Server, int]:
+    """Start a threaded gRPC server for ``handlers`` (method name -> fn(bytes, ctx) -> bytes)
+    and ``streams`` (method name -> fn(iterator of bytes, ctx) -> iterator of bytes; each
+    open stream holds one of the ``max_workers`` threads for its whole life).
 
     Returns the started server and the port it bound (``port=0`` picks a free one).
     """
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
                          options=CHANNEL_OPTIONS)
-    server.add_generic_rpc_handlers((_generic(service, handlers),))
+    server.add_generic_rpc_handlers((_generic(service, handlers, streams),))
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"could not bind {host}:{port}")
@@ -83,3 +92,9 @@ def method(ch: grpc.Channel | grpc.aio.Channel, service: str, name: str):
     """A callable for ``/<service>/<name>`` on ``ch``: ``call(request_bytes, timeout=...)``."""
     return ch.unary_unary(f"/{service}/{name}", request_serializer=_identity,
                           response_deserializer=_identity)
+
+
+def stream(ch: grpc.Channel | grpc.aio.Channel, service: str, name: str):
+    """A callable that opens the bidirectional stream ``/<service>/<name>`` on ``ch``."""
+    return ch.stream_stream(f"/{service}/{name}", request_serializer=_identity,
+                            response_deserializer=_identity)

@@ -39,11 +39,9 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent import futures
 from pathlib import Path
 from typing import Any
 
-import grpc
 import numpy as np
 
 from common import rpc
@@ -162,33 +160,15 @@ def _watch_parent(parent: int) -> None:
     os._exit(0)
 
 
-def _identity(b: bytes) -> bytes:
-    return b
-
-
-def start_server(c: ModelContainer, host: str = rpc.LOOPBACK, port: int = 0,
-                 ) -> tuple[grpc.Server, int]:
-    """Serve ``c`` over gRPC: :func:`common.rpc.serve`'s options and loopback default,
-    plus the streaming method (``common.rpc`` serves unary methods only). Four threads:
-    the frontend's stream holds one for its whole life; Health and Control need others."""
-    handlers = {name: grpc.unary_unary_rpc_method_handler(
-        fn, request_deserializer=_identity, response_serializer=_identity)
-        for name, fn in (("Predict", c.Predict), ("Health", c.Health), ("Control", c.Control))}
-    handlers["PredictStream"] = grpc.stream_stream_rpc_method_handler(
-        c.PredictStream, request_deserializer=_identity, response_serializer=_identity)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4),
-                         options=rpc.CHANNEL_OPTIONS)
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-    bound = server.add_insecure_port(f"{host}:{port}")
-    if bound == 0:
-        raise OSError(f"could not bind {host}:{port}")
-    server.start()
-    return server, bound
-
-
 def serve(store: str, model: str, host: str, port: int) -> None:
     predict, meta = load_model(model_dir_in_store(store, model))
-    server, bound = start_server(ModelContainer(predict, meta, model), host, port)
+    c = ModelContainer(predict, meta, model)
+    # Four threads: the frontend's stream holds one for its whole life; Health and
+    # Control need others (a liveness probe must not wait behind a slow model).
+    server, bound = rpc.serve(SERVICE, {"Predict": c.Predict, "Health": c.Health,
+                                        "Control": c.Control},
+                              host=host, port=port, max_workers=4,
+                              streams={"PredictStream": c.PredictStream})
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
     announce_ready(port=bound, pid=os.getpid(), model=model)
     server.wait_for_termination()

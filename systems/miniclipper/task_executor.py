@@ -41,10 +41,6 @@ from .queues import ModelQueue, TaskExpired
 MAX_RETRIES = 2
 
 
-def _identity(b: bytes) -> bytes:
-    return b
-
-
 class ModelError(Exception):
     """A model failed the batch this query was in."""
 
@@ -140,9 +136,7 @@ class TaskExecutor:
         rep = Replica(model, replica_id, address, pid,
                       make_controller(self.models[model].batching))
         rep.channel = rpc.aio_channel(address)
-        rep.stream = rep.channel.stream_stream(f"/{SERVICE}/PredictStream",
-                                               request_serializer=_identity,
-                                               response_deserializer=_identity)()
+        rep.stream = rpc.stream(rep.channel, SERVICE, "PredictStream")()
         self.replicas[model][replica_id] = rep
         rep.loop = asyncio.ensure_future(self._run(rep))
         return rep

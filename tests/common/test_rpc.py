@@ -54,3 +54,19 @@ def test_aio_server_answers_a_sync_client():
     finally:
         state["stop"] = True
         t.join(10)
+
+
+def test_a_stream_method_answers_each_message_in_order_beside_unary_ones():
+    def upper(requests, ctx):
+        for r in requests:
+            yield r.upper()
+
+    server, port = rpc.serve("S", {"Ping": lambda req, ctx: b"pong"}, streams={"Up": upper})
+    ch = rpc.channel(f"127.0.0.1:{port}")
+    try:
+        replies = list(rpc.stream(ch, "S", "Up")(iter([b"a", b"bc", b"def"]), timeout=10))
+        assert replies == [b"A", b"BC", b"DEF"]
+        assert rpc.method(ch, "S", "Ping")(b"", timeout=10) == b"pong"
+    finally:
+        ch.close()
+        server.stop(None)
