@@ -141,18 +141,21 @@ def run_suite(system: str, *, device: str = "cpu", quick: bool = False,
     ctx = Context(device=device, quick=quick, out_dir=out_dir, progress=progress)
     cases = [c for c in load_suite(system) if c.device == device
              and (not only or c.name in only)]
-    results = []
-    for case in tqdm(cases, desc=f"bench {system} [{device}]", disable=not progress,
-                     unit="case"):
-        results.append(run_case(case, ctx))
     doc = {
         "schema_version": SCHEMA_VERSION,
         "system": system,
         "device": device,
         "quick": quick,
         "machine": machine_info(),
-        "cases": results,
+        "cases": [],
     }
+    for case in tqdm(cases, desc=f"bench {system} [{device}]", disable=not progress,
+                     unit="case"):
+        doc["cases"].append(run_case(case, ctx))
+        # written after every case, so a suite killed by a time limit (a lent GPU's lease)
+        # keeps the cases that finished
+        validate(doc)
+        write_json_atomic(out_dir / "results.json", doc)
     validate(doc)
     write_json_atomic(out_dir / "results.json", doc)
     (out_dir / "results.md").write_text(markdown(doc))

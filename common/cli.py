@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -51,6 +52,9 @@ def _env(args: argparse.Namespace) -> dict[str, Any]:
 def _bench(args: argparse.Namespace) -> dict[str, Any]:
     from .bench import SUITES, format_table, run_suite, summary_rows
 
+    # `timeout` sends SIGTERM: turn it into SystemExit so that `finally` blocks still run
+    # (miniansor's GPU cases save the table of what they measured in one)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     systems = list(SUITES) if args.system in (None, "all") else [args.system]
     docs, rows = [], []
     for s in systems:

@@ -3,50 +3,76 @@
 # python3 with torch, triton, numpy, grpcio, scikit-learn, matplotlib, tqdm, pytest,
 # aiohttp, prometheus-client and cloudpickle. Runs from the repo root with no install:
 #   1. the tests marked `gpu` (Triton kernels compiled for real, CUDA backends);
-#   2. every system's `casebook bench SYSTEM --device cuda` cases.
-# Writes logs, JSON results and plots under $OUT (default out/) and prints a table last.
-# Budget: <= 8 minutes in all (each step has its own timeout).
+#   2. every system's `casebook bench SYSTEM --device cuda` cases (SYSTEMS="a b" for some);
+#   3. with PROFILE=1, scripts/gpu-profile-miniflow.py (torch.profiler tables and traces).
+# Everything (logs, JSON results, plots, miniansor's measured table) goes into one archive,
+# $OUT/results.tar.gz, rewritten after every step so that a run cut short keeps what it
+# finished; a table of targets is printed last.
+# Budget: about 7.5 minutes in all; each step has its own time limit (BUDGET below).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out}
 PY=${PYTHON:-python3}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
+WORK=$(mktemp -d)  # logs and results; only the archive goes to $OUT
+mkdir -p "$WORK/bench" "$WORK/tables"
+T0=$(date +%s)
+stamp() { echo "[$(( $(date +%s) - T0 ))s] $*"; }
+pack() {
+  cp systems/miniansor/data/recorded-nvidia*.json "$WORK/tables/" 2>/dev/null
+  tar czf "$OUT/results.tar.gz" -C "$WORK" . 2>/dev/null
+}
 
 if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   echo "gpu-suite: no CUDA device visible to $PY" >&2
   exit 1
 fi
-"$PY" -m common.cli env --json > "$OUT/env.log" 2>&1
+{ date -u +%FT%TZ; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,power.limit,temperature.gpu --format=csv
+  "$PY" -c "import torch, triton, numpy, grpc, sys; print(sys.version); print('torch', torch.__version__, 'triton', triton.__version__, 'numpy', numpy.__version__, 'grpcio', grpc.__version__)"
+  "$PY" -m common.cli env --json; } > "$WORK/env.log" 2>&1
+stamp "env: $(head -3 "$WORK/env.log" | tail -1)"
+pack
 
-timeout 150 "$PY" -m pytest -m gpu -q -p no:cacheprovider tests -o addopts="" \
-  > "$OUT/gpu-tests.log" 2>&1
-echo "gpu tests: exit $? (log: $OUT/gpu-tests.log)"
-tail -n 3 "$OUT/gpu-tests.log"
+# Per-step limits (seconds); miniansor runs its quick GPU sweep to fit the lease.
+declare -A BUDGET=([tests]=80 [common]=30 [miniflow]=45 [miniclipper]=50 [minips]=60
+                   [miniansor]=190)
+timeout -k 10 "${BUDGET[tests]}" "$PY" -m pytest -m gpu -q -p no:cacheprovider tests \
+  -o addopts="" --timeout 60 > "$WORK/gpu-tests.log" 2>&1
+stamp "gpu tests: exit $? -- $(tail -n 1 "$WORK/gpu-tests.log")"
+pack
 
-# Per-system budgets (seconds); miniansor runs its quick GPU sweep to fit the 8 minutes.
-declare -A BUDGET=([common]=60 [miniflow]=60 [miniclipper]=90 [minips]=90 [miniansor]=200)
 status=0
-for system in $("$PY" -c "from common.bench import SUITES; print(*SUITES)"); do
+SYSTEMS=${SYSTEMS:-$("$PY" -c "from common.bench import SUITES; print(*SUITES)")}
+for system in $SYSTEMS; do
   quick=""
   [ "$system" = miniansor ] && quick="--quick"
-  timeout "${BUDGET[$system]:-90}" "$PY" -m common.cli bench "$system" --device cuda \
-    $quick --out "$OUT/bench" --no-progress > "$OUT/bench-$system.log" 2>&1 || status=1
+  timeout -k 15 "${BUDGET[$system]:-60}" "$PY" -m common.cli bench "$system" \
+    --device cuda $quick --out "$WORK/bench" --no-progress > "$WORK/bench-$system.log" 2>&1
+  rc=$?
+  [ $rc = 0 ] || status=1
+  stamp "bench $system: exit $rc"
+  pack
 done
-# One archive, so that everything comes back from a machine that returns few files.
-tar czf "$OUT/results.tar.gz" -C "$OUT" bench env.log gpu-tests.log \
-  $(cd "$OUT" && ls bench-*.log) 2>/dev/null
 
-"$PY" - "$OUT/bench" <<'PY'
+# PROFILE=1: where a miniflow training step spends its time, beside PyTorch eager
+if [ "${PROFILE:-0}" = 1 ]; then
+  timeout -k 10 90 "$PY" scripts/gpu-profile-miniflow.py "$WORK" > "$WORK/profile-miniflow.log" 2>&1
+  stamp "profile miniflow: exit $?"
+  pack
+fi
+
+"$PY" - "$WORK/bench" <<'PY'
 import sys
 from pathlib import Path
 from common.bench import format_table, load_results, summary_rows
-rows = []
+rows, gpu = [], "?"
 for path in sorted(Path(sys.argv[1]).glob("*/cuda/results.json")):
     doc = load_results(path)
-    gpu = (doc["machine"].get("gpu") or {}).get("name", "?")
+    gpu = (doc["machine"].get("gpu") or {}).get("name", gpu)
     rows += [(doc["system"], *r) for r in summary_rows(doc)]
 print(f"device: {gpu}")
 print(format_table(rows, ("system", "case", "target", "measured", "held")))
 PY
+grep -h "case failed\|Error" "$WORK"/bench-*.log | sort | uniq -c | head -20
 exit $status

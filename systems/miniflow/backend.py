@@ -61,6 +61,10 @@ class NumpyBackend:
 
     @staticmethod
     def to_numpy(x) -> np.ndarray:
+        # a value received from /gpu:0 is a CUDA tensor, which numpy cannot read in place:
+        # copy it to the host first (TF's CopyTensor does the device-to-host copy)
+        if hasattr(x, "detach"):
+            x = x.detach().cpu()
         return np.asarray(x)
 
     @staticmethod
@@ -211,6 +215,8 @@ class TorchBackend:
         return x.element_size() * x.nelement() if isinstance(x, self.torch.Tensor) else 8
 
     def cast(self, x, dtype: DType):
+        if not isinstance(x, self.torch.Tensor):  # a host value (a count, a shape)
+            return self.asarray(x, dtype)
         return x.to(dtype.torch_dtype)
 
     @staticmethod

@@ -102,14 +102,59 @@ def colocation_groups(pg: PlanGraph) -> dict[int, list[Node]]:
     return groups
 
 
-def place(pg: PlanGraph, devices: list[str], allow_soft_placement: bool = False) -> None:
-    """Assign ``node.device`` for every node (in place)."""
+def variable_groups(ops: list) -> dict[str, list[str]]:
+    """Variables that one op of the whole graph takes by reference together (an
+    ``ApplyAdam`` takes a variable and its two slots): variable name -> its group."""
+    parent: dict[str, str] = {}
+
+    def find(v: str) -> str:
+        while parent[v] != v:
+            parent[v] = parent[parent[v]]
+            v = parent[v]
+        return v
+
+    for op in ops:
+        refs = [t.op.attrs["var_name"] for t in op.inputs if t.op.type == "VariableV2"]
+        for r in refs:
+            parent.setdefault(r, r)
+        for r in refs[1:]:
+            parent[find(r)] = find(refs[0])
+    groups: dict[str, list[str]] = {}
+    for v in parent:
+        groups.setdefault(find(v), []).append(v)
+    return {v: groups[find(v)] for v in parent}
+
+
+def place(pg: PlanGraph, devices: list[str], allow_soft_placement: bool = False,
+          variable_devices: dict[str, str] | None = None,
+          var_groups: dict[str, list[str]] | None = None) -> None:
+    """Assign ``node.device`` for every node (in place).
+
+    ``variable_devices`` (variable name -> device) is the session's record of where each
+    variable lives; it is read and updated. Each ``Session.run`` places only the
+    subgraph it runs, but a variable's value stays where its first run put it, so later
+    runs must place its colocation group there again; and variables that some op of the
+    whole graph (``var_groups``) takes together must start on one device, even when the
+    run that first places them (the initializer) does not contain that op. TF gets the
+    same stability by placing the whole graph once per session."""
     groups = colocation_groups(pg)
     group_of = {id(n): key for key, members in groups.items() for n in members}
     fixed: dict[int, str] = {}
+    lives = variable_devices if variable_devices is not None else {}
+    var_groups = var_groups or {}
+    group_vars = {key: [m.attrs["var_name"] for m in members if m.type == "VariableV2"]
+                  for key, members in groups.items()}
     for key, members in groups.items():
         wanted = {}
         for m in members:
+            if m.type == "VariableV2" and m.attrs["var_name"] in lives:
+                where = lives[m.attrs["var_name"]]
+                if m.device and m.device != where and m.device in devices:
+                    raise PlacementError(
+                        f"Variable '{m.name}' was requested on {m.device} but already "
+                        f"lives on {where} in this session")
+                wanted[where] = m
+                continue
             if m.device:
                 dev = m.device
                 if dev not in devices:
@@ -135,6 +180,10 @@ def place(pg: PlanGraph, devices: list[str], allow_soft_placement: bool = False)
     where: dict[int, str] = {}
     for n in pg.nodes:
         key = group_of[id(n)]
+        if key not in fixed:  # a variable of this group was placed earlier in this loop
+            known = [lives[v] for v in group_vars[key] if v in lives]
+            if known:
+                fixed[key] = known[0]
         if key in fixed:
             choices = [fixed[key]]
         elif n.type == "_Arg":
@@ -164,6 +213,9 @@ def place(pg: PlanGraph, devices: list[str], allow_soft_placement: bool = False)
         fixed.setdefault(key, best)  # the rest of its colocation group follows it
         n.device = best
         n.est_seconds = best_cost
+        if n.type == "VariableV2":
+            for v in var_groups.get(n.attrs["var_name"], [n.attrs["var_name"]]):
+                lives.setdefault(v, best)
 
 
 def _numel(shape) -> int:

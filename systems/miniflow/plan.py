@@ -19,7 +19,7 @@ from .graph import Operation, Tensor
 from .ir import PlanGraph, build
 from .partition import partition
 from .passes import PassStats, run_passes
-from .placement import place
+from .placement import place, variable_groups
 
 
 @dataclass
@@ -84,7 +84,9 @@ def _build_plan(fetches: list[Tensor], targets: list[Operation], feeds: list[Ten
                        pruning=go.pruning, fusion=go.fusion,
                        max_constant_bytes=go.max_constant_bytes)
     snapshots["optimized"] = Snapshot.of(pg.nodes)
-    place(pg, devices, config.allow_soft_placement)
+    graph = (fetches[0] if fetches else targets[0]).graph
+    place(pg, devices, config.allow_soft_placement, resources.variable_devices,
+          variable_groups(graph.get_operations()))
     if config.kernel_library is not None:
         from .tuned import use_tuned_kernels
 

@@ -73,6 +73,7 @@ class _Resources:
 
     def __init__(self, kernel_library: Any = None) -> None:
         self.variables: dict[str, Any] = {}
+        self.variable_devices: dict[str, str] = {}  # where each variable's value lives
         self.rendezvous: Rendezvous | None = None
         self.kernel_library = kernel_library
         self.kernel_stats: Counter = Counter()
@@ -178,7 +179,8 @@ class Session:
         arr = np.asarray(value, dtype=var.dtype.np_dtype)
         if arr.shape != tuple(var.shape):
             raise ValueError(f"{var.name} has shape {tuple(var.shape)}, got {arr.shape}")
-        device = var.device if var.device in self.devices else "/cpu:0"
+        device = self._resources.variable_devices.setdefault(
+            var.op.name, var.device if var.device in self.devices else "/cpu:0")
         self._resources.variables[var.op.name] = backend_for(device, self.config.cpu_backend
                                                              ).asarray(arr)
 

@@ -29,6 +29,17 @@ def test_arrays_are_zero_copy_read_only_views():
     assert keys.base is not None  # a view on the message buffer, not a copy
 
 
+@pytest.mark.parametrize("name_len", range(9))
+def test_every_array_is_aligned_whatever_the_header_length(name_len):
+    # numpy and torch take slow paths on misaligned data: the arrays must start on an
+    # 8-byte boundary of the message (a bytes object's data is itself 8-aligned)
+    arrays = [np.arange(3, dtype=np.float64), np.ones((2, 5), np.float32)]
+    msg = pack({"m": "x" * name_len}, arrays)
+    _, got = unpack(msg)
+    for a in got:
+        assert a.flags.aligned and a.ctypes.data % 8 == 0
+
+
 @pytest.mark.parametrize("bad, why", [
     (b"", "shorter than"),
     (b"XXXX\x00\x00\x00\x00", "bad magic"),

@@ -88,3 +88,29 @@ def test_cost_based_placer_spreads_independent_heavy_branches():
     assert used == {"/cpu:0", "/cpu:1"}
     with mf.Session(graph=g) as s:
         np.testing.assert_allclose(two, s.run(y, {x: xv}), rtol=1e-5)
+
+
+def test_a_variable_stays_on_its_first_device_across_runs():
+    # Each run places only its own subgraph. The initializer run alone would put each
+    # variable (and each Adam slot) wherever its Assign is cheapest; the training run,
+    # which takes a weight and its two slots in one ApplyAdam, must find all three on
+    # one device, and where their values already are (found on a GPU, 2026-11-27).
+    from systems.miniflow import digits
+
+    m = digits.build("mlp", "cpu")
+    with mf.Session(graph=m["graph"],
+                    config=mf.ConfigProto(device_count={"CPU": 4})) as s:
+        s.run(m["init"])
+        Xtr, _, ytr, _ = digits.load_split()
+        feed = {m["x"]: Xtr[:64], m["y"]: ytr[:64]}
+        s.run(m["train"], feed)
+        where = {}
+        for fetch, fd in ((m["init"], None), (m["train"], feed)):
+            plan = s.plan_for(fetch, fd)
+            for ex in plan.executors:
+                for n in ex.nodes:
+                    if n.type == "VariableV2":
+                        where.setdefault(n.attrs["var_name"], set()).add(ex.device)
+    assert all(len(devs) == 1 for devs in where.values()), where
+    for v in ("hidden/w", "logits/b"):
+        assert where[f"{v}/Adam_m"] == where[f"{v}/Adam_v"] == where[v]

@@ -1,0 +1,48 @@
+"""The backend seam where values cross devices: a torch tensor arriving at the numpy CPU
+executor, and a host value (a count, a shape) arriving at a torch kernel. Both broke the
+first run on a real GPU (2026-11-27, H200): numpy cannot read a CUDA tensor in place, and
+a numpy scalar has no ``.to``."""
+
+import numpy as np
+import pytest
+import torch
+
+from systems.miniflow.backend import NUMPY, torch_backend
+from systems.miniflow.dtypes import float32
+
+
+def test_numpy_backend_copies_a_torch_value_to_the_host_explicitly():
+    # A tensor that requires grad refuses numpy's implicit conversion, as a CUDA tensor
+    # does: the backend must detach and copy instead of calling np.asarray on it.
+    t = torch.arange(3.0, requires_grad=True) * 2
+    with pytest.raises((TypeError, RuntimeError)):
+        np.asarray(t)
+    got = NUMPY.to_numpy(t)
+    assert isinstance(got, np.ndarray)
+    np.testing.assert_array_equal(got, [0.0, 2.0, 4.0])
+
+
+def test_torch_backend_casts_a_host_scalar_into_a_tensor():
+    be = torch_backend("cpu")
+    got = be.cast(np.int32(256), float32)
+    assert isinstance(got, torch.Tensor) and got.dtype == torch.float32
+    assert got.item() == 256.0
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_training_on_the_gpu_matches_the_cpu(model):
+    from systems.miniflow import digits
+    from systems.miniflow.session import Session
+
+    Xtr, _, ytr, _ = digits.load_split()
+    losses = {}
+    for dev in ("cpu", "cuda"):
+        m = digits.build(model, dev)
+        with Session(graph=m["graph"]) as s:
+            s.run(m["init"])
+            feed = {m["x"]: Xtr[:256], m["y"]: ytr[:256]}
+            for _ in range(3):
+                s.run(m["train"], feed)
+            losses[dev] = float(s.run(m["loss"], feed))
+    assert abs(losses["cuda"] - losses["cpu"]) < 1e-3 * abs(losses["cpu"])
