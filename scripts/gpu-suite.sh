@@ -2,7 +2,8 @@
 # The GPU suites, on a GPU machine that may have no network and no project venv, only a
 # python3 with torch, triton, numpy, grpcio, scikit-learn, matplotlib, tqdm, pytest,
 # aiohttp, prometheus-client and cloudpickle. Runs from the repo root with no install:
-#   1. the tests marked `gpu` (Triton kernels compiled for real, CUDA backends);
+#   1. the tests marked `gpu` (Triton kernels compiled for real, CUDA backends; TESTS=path
+#      for some);
 #   2. every system's `casebook bench SYSTEM --device cuda` cases (SYSTEMS="a b" for some);
 #   3. with PROFILE=1, scripts/gpu-profile-miniflow.py (torch.profiler tables and traces).
 # Everything (logs, JSON results, plots, miniansor's measured table) goes into one archive,
@@ -37,7 +38,7 @@ pack
 # Per-step limits (seconds); miniansor runs its quick GPU sweep to fit the lease.
 declare -A BUDGET=([tests]=80 [common]=30 [miniflow]=45 [miniclipper]=50 [minips]=60
                    [miniansor]=190)
-timeout -k 10 "${BUDGET[tests]}" "$PY" -m pytest -m gpu -q -p no:cacheprovider tests \
+timeout -k 10 "${BUDGET[tests]}" "$PY" -m pytest -m gpu -q -p no:cacheprovider ${TESTS:-tests} \
   -o addopts="" --timeout 60 > "$WORK/gpu-tests.log" 2>&1
 stamp "gpu tests: exit $? -- $(tail -n 1 "$WORK/gpu-tests.log")"
 pack

@@ -136,13 +136,28 @@ class TorchConv:
             out = fn(*leaves)
             return self.t.autograd.grad(out, leaves, dy)
 
+    # The gradients call the backward kernels directly (``aten.convolution_backward``,
+    # ``max_pool2d_with_indices_backward``), as TF registers Conv2DBackpropFilter/Input as
+    # kernels of their own: going through autograd would re-run the forward op and build
+    # a graph each step, which on a GPU costs more host time than the kernels take.
+    def _conv_backward(self, dy, x_nchw, w_oihw, strides, mask):
+        return self.t.ops.aten.convolution_backward(
+            dy.permute(0, 3, 1, 2), x_nchw, w_oihw, None, list(strides), [0, 0], [1, 1],
+            False, [0, 0], 1, mask)
+
     def conv2d_backprop_filter(self, x, filter_shape, dy, strides, padding):
-        f = self.t.zeros(tuple(int(d) for d in filter_shape), dtype=x.dtype, device=x.device)
-        return self._grad_through(lambda w: self.conv2d(x, w, strides, padding), [f], dy)[0]
+        kh, kw, cin, cout = (int(d) for d in filter_shape)
+        xc = self._pad(x.permute(0, 3, 1, 2), kh, kw, strides, padding)
+        w = self.t.empty((cout, cin, kh, kw), dtype=x.dtype, device=x.device)  # shape only
+        gw = self._conv_backward(dy, xc, w, strides, [False, True, False])[1]
+        return gw.permute(2, 3, 1, 0)  # OIHW -> HWIO
 
     def conv2d_backprop_input(self, input_shape, f, dy, strides, padding):
-        x = self.t.zeros(tuple(int(d) for d in input_shape), dtype=f.dtype, device=f.device)
-        return self._grad_through(lambda v: self.conv2d(v, f, strides, padding), [x], dy)[0]
+        n, h, w, c = (int(d) for d in input_shape)
+        (pt, pb), (pl, pr) = _pads(h, w, f.shape[0], f.shape[1], strides, padding)
+        xc = self.t.empty((n, c, h + pt + pb, w + pl + pr), dtype=f.dtype, device=f.device)
+        gx = self._conv_backward(dy, xc, f.permute(3, 2, 0, 1), strides, [True, False, False])[0]
+        return gx[:, :, pt:pt + h, pl:pl + w].permute(0, 2, 3, 1)
 
     def max_pool(self, x, ksize, strides, padding):
         xc = self._pad(x.permute(0, 3, 1, 2), ksize[0], ksize[1], strides, padding,
@@ -151,8 +166,14 @@ class TorchConv:
         return y.permute(0, 2, 3, 1).contiguous()
 
     def max_pool_grad(self, x, dy, ksize, strides, padding):
-        return self._grad_through(lambda v: self.max_pool(v, ksize, strides, padding),
-                                  [x], dy)[0]
+        n, h, w, c = x.shape
+        (pt, pb), (pl, pr) = _pads(h, w, ksize[0], ksize[1], strides, padding)
+        xc = self._pad(x.permute(0, 3, 1, 2), ksize[0], ksize[1], strides, padding,
+                       value=float("-inf"))
+        _, idx = self.F.max_pool2d(xc, tuple(ksize), tuple(strides), return_indices=True)
+        gx = self.t.ops.aten.max_pool2d_with_indices_backward(
+            dy.permute(0, 3, 1, 2), xc, list(ksize), list(strides), [0, 0], [1, 1], False, idx)
+        return gx[:, :, pt:pt + h, pl:pl + w].permute(0, 2, 3, 1)
 
     def avg_pool(self, x, ksize, strides, padding):
         ones = self.t.ones_like(x[..., :1])

@@ -320,8 +320,10 @@ class Executor:
 
 
 def run_partitions(executors: list[Executor], step: StepContext,
-                   start: Callable[[Callable[[], None]], Any]) -> list[list[Any]]:
-    """Run every partition's executor for one step, concurrently; first error wins."""
+                   start: Callable[[str, Callable[[], None]], Any]) -> list[list[Any]]:
+    """Run every partition's executor for one step, concurrently; first error wins.
+    The first runs on the calling thread; ``start(device, fn)`` runs each other one on
+    its device's thread and returns a future."""
     results: list[Any] = [None] * len(executors)
     errors: list[BaseException] = []
 
@@ -332,10 +334,11 @@ def run_partitions(executors: list[Executor], step: StepContext,
             errors.append(e)
             step.rendezvous.abort(e)
 
-    threads = [start(lambda i=i: go(i)) for i in range(1, len(executors))]
+    futures = [start(executors[i].device, lambda i=i: go(i))
+               for i in range(1, len(executors))]
     go(0)
-    for t in threads:
-        t.join()
+    for f in futures:
+        f.result()
     if errors:
         raise errors[0]
     return results

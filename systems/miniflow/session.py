@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -100,6 +100,10 @@ class Session:
         self._lock = threading.Lock()  # one step at a time (see docs: design)
         n = self.config.inter_op_parallelism_threads or os.cpu_count() or 1
         self._pool = ThreadPoolExecutor(n, thread_name_prefix="inter-op") if n > 1 else None
+        # One long-lived thread per device besides the client's (TF gives each device its
+        # own threads): a new thread every step would cost its creation, and on a GPU
+        # each new thread sets up its own CUDA library state (cuBLAS/cuDNN handles).
+        self._device_threads: dict[str, ThreadPoolExecutor] = {}
         self._closed = False
         if self.config.intra_op_parallelism_threads:
             _set_intra_op_threads(self.config.intra_op_parallelism_threads)
@@ -139,8 +143,8 @@ class Session:
                                Rendezvous() if many else None, self._pool,
                                [] if trace else None, run_metadata is not None)
             self._resources.rendezvous = step.rendezvous
-            results = run_partitions(plan.executors, step, _start_thread) if many else \
-                [plan.executors[0].run(step)]
+            results = run_partitions(plan.executors, step, self._on_device_thread) \
+                if many else [plan.executors[0].run(step)]
         if run_metadata is not None:
             run_metadata.step_stats = step.stats or []
             run_metadata.peak_live_bytes = dict(step.peak_bytes)
@@ -203,9 +207,18 @@ class Session:
         """Calls of tuned kernels ('tuned') and of the torch fallback ('fallback')."""
         return self._resources.kernel_stats
 
+    def _on_device_thread(self, device: str, fn: Callable[[], None]) -> Any:
+        """Run ``fn`` on ``device``'s own thread; returns its future."""
+        if device not in self._device_threads:
+            self._device_threads[device] = ThreadPoolExecutor(
+                1, thread_name_prefix=f"device{device.replace('/', '-')}")
+        return self._device_threads[device].submit(fn)
+
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False)
+        for t in self._device_threads.values():
+            t.shutdown(wait=False)
         self._closed = True
 
     def __enter__(self) -> Session:
@@ -224,12 +237,6 @@ def _plan_key(feeds, tensors, targets) -> tuple:
     # Graph elements live as long as their graph (and the session holds the graph), so
     # their identities are stable keys, and cheaper than building names every step.
     return tuple(map(id, feeds)), tuple(map(id, tensors)), tuple(map(id, targets))
-
-
-def _start_thread(fn) -> threading.Thread:
-    t = threading.Thread(target=fn, daemon=True)
-    t.start()
-    return t
 
 
 def _set_intra_op_threads(n: int) -> None:

@@ -147,6 +147,20 @@ def test_pooling_valid(backend, pool):
            lambda a: t_fn(a.permute(0, 3, 1, 2), 2, 2).permute(0, 2, 3, 1), [x], backend)
 
 
+@pytest.mark.parametrize("ksize,stride", [(2, 2), (3, 2), (3, 1)])
+def test_max_pool_same_gradient_is_the_same_on_both_backends(ksize, stride):
+    # SAME pads with -inf at the bottom/right; overlapping windows (3, stride 2 or 1) route
+    # a gradient to an input once per window it wins. The numpy kernel is hand-written,
+    # the torch one calls max_pool2d_with_indices_backward: they must agree.
+    rng = np.random.default_rng(4)
+    x = arrays(rng, (2, 7, 5, 3))
+    w = arrays(rng, (2, -(-7 // stride), -(-5 // stride), 3))
+    grads = {b: mf_grads(lambda a: mf.nn.max_pool2d(a, ksize, stride, "SAME"), [x], w, b)
+             for b in BACKENDS}
+    np.testing.assert_allclose(grads["torch"][0], grads["numpy"][0], rtol=1e-6)
+    np.testing.assert_allclose(grads["torch"][1][0], grads["numpy"][1][0], rtol=1e-6)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_avg_pool_same_excludes_padding_from_the_average(backend):
     g = mf.Graph()
