@@ -85,8 +85,11 @@ def _build_plan(fetches: list[Tensor], targets: list[Operation], feeds: list[Ten
                        max_constant_bytes=go.max_constant_bytes)
     snapshots["optimized"] = Snapshot.of(pg.nodes)
     graph = (fetches[0] if fetches else targets[0]).graph
-    place(pg, devices, config.allow_soft_placement, resources.variable_devices,
-          variable_groups(graph.get_operations()))
+    n_ops, groups = resources.variable_groups
+    if n_ops != len(graph._ops):  # recomputed only when the graph has grown
+        resources.variable_groups = n_ops, groups = (len(graph._ops),
+                                                     variable_groups(graph.get_operations()))
+    place(pg, devices, config.allow_soft_placement, resources.variable_devices, groups)
     if config.kernel_library is not None:
         from .tuned import use_tuned_kernels
 

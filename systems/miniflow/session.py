@@ -74,6 +74,7 @@ class _Resources:
     def __init__(self, kernel_library: Any = None) -> None:
         self.variables: dict[str, Any] = {}
         self.variable_devices: dict[str, str] = {}  # where each variable's value lives
+        self.variable_groups: tuple[int, dict] = (-1, {})  # (graph size, groups) cache
         self.rendezvous: Rendezvous | None = None
         self.kernel_library = kernel_library
         self.kernel_stats: Counter = Counter()
