@@ -15,12 +15,12 @@ prediction cache stores what the REST API returns.
 from __future__ import annotations
 
 import base64
-import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import xxhash
 
 from common.wire import pack, unpack
 
@@ -90,11 +90,18 @@ def parse_input(value: Any, input_type: str, input_length: int | None = None) ->
 
 
 def model_hasher(model: tuple[str, str]) -> Any:
-    """A BLAKE2b hash already fed the model's name and version (length-prefixed, so no
-    two (name, version) pairs feed the same bytes); :func:`input_keys` copies it."""
+    """An XXH3-128 hash already fed the model's name and version (length-prefixed, so no
+    two (name, version) pairs feed the same bytes); :func:`input_keys` copies it.
+
+    Clipper keys its cache with a fast non-cryptographic hash of the versioned model and
+    the input (``QueryCache::hash``, ``boost::hash_combine`` of 64-bit hashes, in
+    ``src/libclipper/src/task_executor.cpp``). We first used BLAKE2b, which cost 1.1 ms of
+    the event loop's time for a 64-image request (786 KB); XXH3 takes 0.02 ms. Like
+    Clipper's, the key is not collision-resistant against a client that crafts inputs to
+    collide with another's (it would be served that other input's prediction); 128 bits
+    make an accidental collision negligible."""
     name, version = (part.encode() for part in model)
-    return hashlib.blake2b(b"%d:%s%d:%s" % (len(name), name, len(version), version),
-                           digest_size=16)
+    return xxhash.xxh3_128(b"%d:%s%d:%s" % (len(name), name, len(version), version))
 
 
 def input_keys(model: tuple[str, str] | Any, xs: Iterable[Any]) -> list[bytes]:
