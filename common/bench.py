@@ -149,15 +149,15 @@ def run_suite(system: str, *, device: str = "cpu", quick: bool = False,
         "machine": machine_info(),
         "cases": [],
     }
+    # written before the first case and after every case, so that a suite killed by a
+    # time limit (a lent GPU's lease) keeps the cases that finished
+    validate(doc)
+    write_json_atomic(out_dir / "results.json", doc)
     for case in tqdm(cases, desc=f"bench {system} [{device}]", disable=not progress,
                      unit="case"):
         doc["cases"].append(run_case(case, ctx))
-        # written after every case, so a suite killed by a time limit (a lent GPU's lease)
-        # keeps the cases that finished
         validate(doc)
         write_json_atomic(out_dir / "results.json", doc)
-    validate(doc)
-    write_json_atomic(out_dir / "results.json", doc)
     (out_dir / "results.md").write_text(markdown(doc))
     (Path(out) / "overview.md").write_text(overview(out))
     return doc

@@ -2,9 +2,14 @@
 
 Runs a few steps of the digits MLP and CNN with every op on /gpu:0, and of their PyTorch
 twins, under ``torch.profiler``; prints the top operators by self CPU time and by CUDA
-time, and saves one Chrome trace per model (``OUT/miniflow-<model>-trace.json``) with
-miniflow's own executor spans beside the profiler's rows. Used by
-``scripts/gpu-suite.sh`` when ``PROFILE=1``; needs a CUDA GPU.
+time, saves the profiler's Chrome trace of the miniflow steps
+(``OUT/miniflow-<model>-trace.json``), then prints miniflow's own step stats (host time
+per node) for one traced step. Used by ``scripts/gpu-suite.sh`` when ``PROFILE=1``;
+needs a CUDA GPU.
+
+What the profiler sees: in the 2026-11-27 runs its miniflow tables listed CUDA runtime
+calls but no aten operators, since miniflow's GPU partition runs on a thread of its own
+(the client's thread runs the CPU partition); the step stats fill that gap.
 """
 
 from __future__ import annotations
