@@ -183,6 +183,24 @@ def test_sparse_softmax_cross_entropy_matches_torch(backend):
         [logits], backend)
 
 
+@pytest.mark.parametrize("dtype", [np.int32, np.int64])
+@pytest.mark.parametrize("bad", [-1, 4])
+def test_sparse_softmax_cross_entropy_refuses_labels_out_of_range(dtype, bad):
+    # as TF's CPU kernel does: a label outside [0, classes) is an error, not a silent
+    # read of another row's logit
+    from systems.miniflow.errors import InvalidArgumentError
+
+    from .helpers import evaluate
+
+    g = mf.Graph()
+    with g.as_default():
+        loss = mf.nn.sparse_softmax_cross_entropy_with_logits(
+            labels=mf.constant(np.array([0, bad, 1], dtype)),
+            logits=mf.constant(np.zeros((3, 4), np.float32)))
+    with pytest.raises(InvalidArgumentError, match=r"labels must be in \[0, 4\)"):
+        evaluate(g, loss, backend="numpy")
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_non_differentiable_ops_forward(backend):
     from .helpers import evaluate

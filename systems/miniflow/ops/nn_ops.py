@@ -47,7 +47,7 @@ def _xent_shape(ins, attrs):
 
 
 def _xent_kernel(attrs, be, res):
-    rows_cache: dict[int, np.ndarray] = {}
+    offsets_cache: dict[tuple[int, int], np.ndarray] = {}
 
     def xent(logits, labels):
         # One pass of softmax arithmetic serves both outputs: loss = log(sum e^z) - z_label
@@ -55,21 +55,25 @@ def _xent_kernel(attrs, be, res):
         n, classes = logits.shape[0], logits.shape[1]
         if be.name == "numpy":
             lab = labels
-            # one reduction checks both ends: negative labels wrap to huge unsigned ones
-            if n and np.maximum.reduce(lab.astype(np.uint64)) >= classes:
+            # one reduction checks both ends: negative labels read as unsigned are huge
+            unsigned = lab.view(f"u{lab.itemsize}")
+            if n and np.maximum.reduce(unsigned) >= classes:
                 from ..errors import InvalidArgumentError
 
                 raise InvalidArgumentError(f"labels must be in [0, {classes}), got values "
                                            f"from {lab.min()} to {lab.max()}")
             z = logits - np.maximum.reduce(logits, axis=1, keepdims=True)
-            e = np.exp(z)
+            offsets = offsets_cache.get((n, classes))
+            if offsets is None:
+                offsets = offsets_cache[n, classes] = np.arange(n) * classes
+            at_label = offsets + lab  # flat index of each row's label: one take, one put
+            z_label = z.take(at_label)
+            e = np.exp(z, out=z)
             s = np.add.reduce(e, axis=1, keepdims=True)
-            rows = rows_cache.get(n)
-            if rows is None:
-                rows = rows_cache[n] = np.arange(n)
-            loss = np.log(s[:, 0]) - z[rows, lab]
-            backprop = e / s
-            backprop[rows, lab] -= 1
+            loss = np.log(s[:, 0])
+            loss -= z_label
+            backprop = np.divide(e, s, out=e)
+            backprop.reshape(-1)[at_label] -= 1
             return loss, backprop
         lab = labels.long()
         logp = be.log_softmax(logits)
