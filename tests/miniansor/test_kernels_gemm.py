@@ -5,17 +5,15 @@ but seeded, in fp32 and fp16. bf16 is checked only on a GPU (tests marked ``gpu`
 the interpreter computes it wrongly without an error.
 """
 
-import zlib
 
-import numpy as np
 import pytest
 import torch
 
-from systems.miniansor.annotation import sample_annotation
 from systems.miniansor.kernels_gemm import splitk_slice
-from systems.miniansor.measure import verify_program
 from systems.miniansor.sketch import generate_sketches, run_program
 from systems.miniansor.workloads import bmm, check_output, gemm
+
+from .sketches import check_random_annotations, sketch_cases
 
 TASKS = [
     gemm(37, 45, 600, bias=True, act="gelu", residual=True),  # all epilogues; split-K
@@ -25,21 +23,9 @@ TASKS = [
 ]
 
 
-def _cases():
-    for task in TASKS:
-        for dtype in ("fp32", "fp16"):
-            t = task.with_dtype(dtype)
-            for sk in generate_sketches(t):
-                yield pytest.param(t, sk, id=f"{t.key}-{sk.name}")
-
-
-@pytest.mark.parametrize("task,sketch", list(_cases()))
+@pytest.mark.parametrize("task,sketch", sketch_cases(TASKS))
 def test_every_gemm_sketch_matches_torch_with_random_annotations(task, sketch):
-    rng = np.random.default_rng(zlib.crc32(f"{task.key}{sketch.name}".encode()))
-    for _ in range(2):
-        ann = sample_annotation(task, sketch, rng)
-        assert ann is not None, f"{sketch.name} has no valid annotation for {task.key}"
-        verify_program(task, sketch, ann, proxy=False)  # raises DeviceFault on a mismatch
+    check_random_annotations(task, sketch)
 
 
 def test_the_sketch_set_covers_all_structures():

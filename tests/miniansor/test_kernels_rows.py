@@ -1,33 +1,18 @@
 """Every softmax/layernorm sketch's kernel, under the interpreter, equals torch."""
 
-import zlib
-
-import numpy as np
 import pytest
 
-from systems.miniansor.annotation import sample_annotation
-from systems.miniansor.measure import verify_program
 from systems.miniansor.sketch import generate_sketches
 from systems.miniansor.workloads import layernorm, softmax
+
+from .sketches import check_random_annotations, sketch_cases
 
 TASKS = [softmax(13, 100), softmax(5, 3000), layernorm(13, 100), layernorm(6, 1500)]
 
 
-def _cases():
-    for task in TASKS:
-        for dtype in ("fp32", "fp16"):
-            t = task.with_dtype(dtype)
-            for sk in generate_sketches(t):
-                yield pytest.param(t, sk, id=f"{t.key}-{sk.name}")
-
-
-@pytest.mark.parametrize("task,sketch", list(_cases()))
+@pytest.mark.parametrize("task,sketch", sketch_cases(TASKS))
 def test_every_row_sketch_matches_torch_with_random_annotations(task, sketch):
-    rng = np.random.default_rng(zlib.crc32(f"{task.key}{sketch.name}".encode()))
-    for _ in range(2):
-        ann = sample_annotation(task, sketch, rng)
-        assert ann is not None
-        verify_program(task, sketch, ann, proxy=False)
+    check_random_annotations(task, sketch)
 
 
 def test_long_rows_get_the_looped_sketch_and_short_rows_the_multi_row_one():
