@@ -11,7 +11,8 @@ Comparisons of ours against a baseline are timed in this process with
 ``common.timing.interleaved`` (CUDA-synchronised pairs, median of per-pair ratios); the
 tuner's own measurements come from ``triton.testing.do_bench`` in its worker.
 
-Written on a machine without a GPU: none of this has run yet (the docs list it).
+First run on a lent NVIDIA H200 on 2026-11-27 (``--quick``); results in
+``docs/results/miniansor/cuda/``. The full sweep (bf16, all nine LLM shapes) has not run.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ Never ``@triton.autotune``: it cannot run under the interpreter and would hide t
 measurements the tuner must record.
 
 This module needs a CUDA GPU; it is exercised by ``casebook bench miniansor --device
-cuda`` and was written without one (see the docs' list of unchecked GPU code).
+cuda`` (first run on an H200, 2026-11-27: builder, warm-up and worker timing all worked).
 """
 
 from __future__ import annotations
