@@ -1,0 +1,89 @@
+"""Values crossing between /cpu:0 (numpy) and /gpu:0 (torch), checked without a GPU.
+
+The first run on a real GPU (2026-11-27) failed in three ways no CPU test had seen: numpy
+cannot read a CUDA tensor in place, a host scalar has no ``.to``, and variables were
+placed differently by different runs. Here /gpu:0 is a torch backend on the CPU whose
+tensors, like CUDA tensors, refuse numpy's implicit conversion: only what went through
+``.cpu()`` may become a numpy array. The dataflow machinery (placement, partitioning,
+Send/Recv, the executors) is the real one; only the device's memory is pretended.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from systems.miniflow import digits
+from systems.miniflow import plan as plan_module
+from systems.miniflow import session as session_module
+from systems.miniflow.backend import torch_backend
+
+
+def pretend_gpu(monkeypatch) -> None:
+    """Make /gpu:0 exist, backed by torch on the CPU, with CUDA's conversion rules."""
+    real_backend_for, real_array, real_numpy, real_cpu = (
+        plan_module.backend_for, torch.Tensor.__array__, torch.Tensor.numpy, torch.Tensor.cpu)
+
+    def backend_for(device, cpu_backend):
+        return torch_backend("cpu") if device.startswith("/gpu") else \
+            real_backend_for(device, cpu_backend)
+
+    def on_host(t):
+        return getattr(t, "_on_host", False)
+
+    def refuse(name, real):
+        def method(self, *args, **kwargs):
+            if not on_host(self):
+                raise TypeError(f"can't convert a device tensor with {name} (pretend GPU)")
+            return real(self, *args, **kwargs)
+        return method
+
+    def cpu(self, *args, **kwargs):
+        t = real_cpu(self, *args, **kwargs).clone()
+        t._on_host = True
+        return t
+
+    monkeypatch.setattr(plan_module, "backend_for", backend_for)
+    monkeypatch.setattr(session_module, "backend_for", backend_for)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.Tensor, "__array__", refuse("__array__", real_array))
+    monkeypatch.setattr(torch.Tensor, "numpy", refuse("numpy()", real_numpy))
+    monkeypatch.setattr(torch.Tensor, "cpu", cpu)
+
+
+def _train(model: str, dev: str, config=None) -> float:
+    Xtr, _, ytr, _ = digits.load_split()
+    m = digits.build(model, dev)
+    with session_module.Session(graph=m["graph"], config=config) as s:
+        s.run(m["init"])
+        feed = {m["x"]: Xtr[:64], m["y"]: ytr[:64]}
+        for _ in range(3):
+            s.run(m["train"], feed)
+        return float(s.run(m["loss"], feed))
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_training_on_the_pretend_gpu_matches_numpy(model):
+    want = _train(model, "cpu")
+    with pytest.MonkeyPatch.context() as mp:
+        pretend_gpu(mp)
+        got = _train(model, "cuda")
+    assert abs(got - want) <= 1e-5 * abs(want)
+
+
+def test_an_unpinned_model_split_across_the_pretend_gpu_matches_numpy():
+    # nothing pinned: the placer puts some ops on /gpu:0 and some on /cpu:0, so values
+    # and variables cross the boundary in both directions
+    want = _train("mlp", "cpu", session_module.ConfigProto(device_count={"GPU": 0}))
+    with pytest.MonkeyPatch.context() as mp:
+        pretend_gpu(mp)
+        got = _train("mlp", "cpu")
+    assert abs(got - want) <= 1e-5 * abs(want)
+
+
+def test_the_pretend_gpu_refuses_what_a_cuda_tensor_refuses(monkeypatch):
+    pretend_gpu(monkeypatch)
+    t = torch.ones(3)
+    with pytest.raises(TypeError, match="pretend GPU"):
+        np.asarray(t)
+    np.testing.assert_array_equal(np.asarray(t.cpu()), np.ones(3))
