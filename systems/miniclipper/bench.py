@@ -21,6 +21,7 @@ import contextlib
 import copy
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -218,8 +219,6 @@ def _closed_loop(call: Callable[[int, int], Any], clients: int, seconds: float) 
     """Calls per second from ``clients`` threads, each calling ``call(client, i)`` back
     to back for ``seconds`` (a closed loop: a client sends its next request when the
     last one is answered)."""
-    import threading
-
     counts = [0] * clients
     stop = time.perf_counter() + seconds
 

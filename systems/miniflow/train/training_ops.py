@@ -41,7 +41,7 @@ def _momentum(a, be, res):
 
 def _adam(a, be, res):
     store, name, m_name, v_name = res.variables, a["var_name"], a["m"], a["v"]
-    if str(getattr(be, "device", "cpu")).startswith("cuda") and a["dtype"] == float32:
+    if be.device.startswith("cuda") and a["dtype"] == float32:
         return _adam_cuda(a, res)
 
     def apply(handle, m_h, v_h, beta1_power, beta2_power, lr, beta1, beta2, eps, grad):
