@@ -103,7 +103,8 @@ class Session:
         self._pool = ThreadPoolExecutor(n, thread_name_prefix="inter-op") if n > 1 else None
         # One long-lived thread per device besides the client's (TF gives each device its
         # own threads): a new thread every step would cost its creation, and on a GPU
-        # each new thread sets up its own CUDA library state (cuBLAS/cuDNN handles).
+        # PyTorch caches cuDNN execution plans per thread (thread_local benchmark_cache in
+        # aten/src/ATen/native/cudnn/Conv_v8.cpp), so each new thread rebuilds them.
         self._device_threads: dict[str, ThreadPoolExecutor] = {}
         self._closed = False
         if self.config.intra_op_parallelism_threads:

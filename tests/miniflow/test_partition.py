@@ -114,3 +114,32 @@ def test_an_error_in_one_partition_does_not_hang_the_others():
         with pytest.raises(mf.InvalidArgumentError, match="log of x: Tensor had NaN or Inf"):
             s.run(y, {x: np.array([1.0, -1.0])})
         np.testing.assert_allclose(s.run(y, {x: np.array([1.0, 1.0])}), [0.0, 0.0])
+
+
+def test_each_device_partition_runs_on_one_long_lived_thread(monkeypatch):
+    """A device keeps its thread across steps (TF gives each device its own threads).
+    On a GPU this matters: PyTorch caches cuDNN execution plans per thread
+    (aten/src/ATen/native/cudnn/Conv_v8.cpp), so a new thread each step rebuilds them."""
+    from systems.miniflow import executor
+
+    seen: dict[str, set[int]] = {}
+    real_run = executor.Executor.run
+
+    def spy(self, step):
+        seen.setdefault(self.device, set()).add(threading.get_ident())
+        return real_run(self, step)
+
+    monkeypatch.setattr(executor.Executor, "run", spy)
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [3], name="x")
+        with mf.device("/cpu:1"):
+            a = mf.tanh(x, name="a")
+        with mf.device("/cpu:0"):
+            y = a * 2.0
+    with mf.Session(graph=g, config=TWO_CPUS) as s:
+        for _ in range(5):
+            np.testing.assert_allclose(s.run(y, {x: np.ones(3, np.float32)}),
+                                       2 * np.tanh(np.ones(3)), rtol=1e-6)
+    assert set(seen) == {"/cpu:0", "/cpu:1"}
+    assert all(len(threads) == 1 for threads in seen.values()), seen
