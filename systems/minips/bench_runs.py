@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 
 from .apps.sparse_lr import optimum
+from .control import CRASH_POINTS
 from .launcher import Cluster, ClusterSpec, Monitor, audit_run
 from .metrics import load_all
-from .server import CRASH_POINTS
 
 CONSISTENCY_APP = {"name": "sparse_lr", "features": 1 << 16, "examples": 8192, "nnz": 24,
                    "batch": 256, "lam": 5e-3, "lr": 0.1}

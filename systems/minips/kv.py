@@ -32,7 +32,6 @@ import itertools
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -44,45 +43,11 @@ from common.trace import now_us
 from . import message as M
 from .filters import FilterChain
 from .metrics import NodeMetrics
-from .ring import Ring, Slice, merge_ranges
+from .ring import Ring, merge_ranges
+from .tracker import Pending, Request
 
 PUSH_TIMEOUT_S = 10.0
 PULL_TIMEOUT_S = 600.0  # a pull may wait long on consistency; failures are caught earlier
-
-
-@dataclass
-class Request:
-    ts: int
-    op: str
-    keys: np.ndarray | None
-    vals: np.ndarray | None
-    ranges: list[tuple[int, int]]
-    clock: int | None = None
-    wait: int | None = None
-    cmd: str = "push"
-    range_pull: bool = False
-    push_wait: int | None = None
-    out: np.ndarray | None = None
-    parts: list = field(default_factory=list)
-    pending: dict[int, Any] = field(default_factory=dict)
-    done: threading.Event = field(default_factory=threading.Event)
-    error: M.PSError | None = None
-    t0: float = field(default_factory=now_us)
-    held_s: float = 0.0
-    resends: int = 0
-    first_failure: float | None = None
-    recovery_s: float = 0.0
-    whys: list[str] = field(default_factory=list)  # why each slice was resent
-
-
-@dataclass
-class Pending:
-    """One slice in flight: where it went, which ranges, with which ring epoch."""
-
-    sid: int
-    sl: Slice
-    epoch: int
-    future: Any = None
 
 
 class KVWorker:

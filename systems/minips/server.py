@@ -20,11 +20,9 @@ store are atomic between ``await`` points; ``self.lock`` serialises the
 apply-then-replicate sequence of pushes and ring transitions.
 
 Run: ``python -m systems.minips.server --name s0 --scheduler ADDR`` (the launcher does).
-Fault injection for tests: ``Control({"crash": POINT, "after": n})`` makes the server
-SIGKILL itself the n-th time it reaches POINT (``before_apply``, ``after_apply``,
-``after_forward``, ``replica_after_apply``). ``Control({"debug": true})`` returns every
-worker's push and pull clock on the ranges the server masters, and ``PS_VERBOSE=1`` logs
-every apply, forward, copy and transition (the name of ps-lite's logging variable).
+Fault injection, checkpoints and debug dumps go through the ``Control`` RPC
+(:mod:`.control`); ``PS_VERBOSE=1`` logs every apply, forward, copy and transition (the
+name of ps-lite's logging variable).
 """
 
 from __future__ import annotations
@@ -44,9 +42,8 @@ from common import rpc
 from common.procs import announce_ready
 from common.trace import now_us
 
+from . import control, updaters
 from . import message as M
-from . import updaters
-from .checkpoint import save_server
 from .clock import VectorClock
 from .consistency import DependencyGate
 from .filters import KeyCache, compress_values, decode_request
@@ -57,7 +54,6 @@ from .ring import Ring, intersect, merge_ranges, positions
 from .store import KVStore
 
 VERBOSE = bool(os.environ.get("PS_VERBOSE"))
-CRASH_POINTS = ("before_apply", "after_apply", "after_forward", "replica_after_apply")
 
 
 class KVServer(Membership):
@@ -107,13 +103,6 @@ class KVServer(Membership):
         same name makes its nodes print every message); the fault tests' debugging aid."""
         if VERBOSE:
             print(f"[{time.monotonic():.3f} {self.name} e{self.epoch}] {msg}", flush=True)
-
-    def crash_point(self, point: str) -> None:
-        if point in self.crash:
-            self.crash[point] -= 1
-            if self.crash[point] <= 0:
-                print(f"[{self.name}] crash injected at {point}", flush=True)
-                os.kill(os.getpid(), signal.SIGKILL)
 
     def masters(self, ranges: list[tuple[int, int]]) -> bool:
         if self.ring is None:
@@ -333,45 +322,13 @@ class KVServer(Membership):
     async def Snapshot(self, req: bytes, ctx) -> bytes:
         return await self.repl.Snapshot(req, ctx)
 
-    # ---- control ---------------------------------------------------------------------
+    # ---- control (fault injection, checkpoints, metrics: see .control) ---------------
     async def Control(self, req: bytes, ctx) -> bytes:
-        meta = M.decode(req)[0]
-        out: dict[str, Any] = {"code": M.OK, "name": self.name, "epoch": self.epoch}
-        if "crash" in meta:
-            if meta["crash"] not in CRASH_POINTS:
-                out = M.reply("INVALID", f"crash point must be one of {CRASH_POINTS}")
-            else:
-                self.crash[meta["crash"]] = int(meta.get("after", 1))
-        if meta.get("checkpoint"):
-            async with self.lock:
-                path = save_server(meta["checkpoint"], self)
-            out["file"] = str(path)
-        if meta.get("metrics"):
-            out["metrics"] = self.snapshot()
-        if "dump" in meta:
-            b, e = meta["dump"]
-            k, v, s = self.store.range(int(b), int(e))
-            return M.encode({**out, "clocks": self.clocks.export(int(b), int(e))}, k, v, [s])
-        if meta.get("debug"):
-            mr = self.ring.ranges_of(self.name, "master") if self.ring else []
-            out["debug"] = {w: {"push": [self.clocks.of(w).min(b, e) for b, e in mr],
-                                "pull": [self.pulled.of(w).min(b, e) for b, e in mr]}
-                            for w in (self.gate.workers if self.gate else [])}
-            out["debug"]["ranges"] = mr
-        if meta.get("stop"):
-            self.stopping.set()
-        return M.encode(out)
+        return await control.control(self, req)
 
-    def snapshot(self) -> dict[str, Any]:
-        snap = self.metrics.snapshot()
-        snap.update(epoch=self.epoch, stored_keys=len(self.store) if self.store else 0,
-                    not_ready=self.repl.not_ready, broken=self.repl.broken,
-                    locked=self.lock.locked(), member=self.member,
-                    workers=self.gate.workers if self.gate else [],
-                    clock_segments=self.clocks.size() if self.clocks else 0,
-                    held_pulls=self.gate.held_pulls if self.gate else 0,
-                    max_gap=self.gate.max_gap if self.gate else 0)
-        return snap
+    def crash_point(self, point: str) -> None:
+        control.crash_point(self, point)
+
 
 async def serve(name: str, scheduler: str, host: str, port: int, run_dir: str | None,
                 restore: str | None) -> None:
@@ -389,7 +346,7 @@ async def serve(name: str, scheduler: str, host: str, port: int, run_dir: str | 
     if node.gate is not None:
         node.gate.notify()
     hb.cancel()
-    node.metrics.extra.update(node.snapshot())
+    node.metrics.extra.update(control.snapshot(node))
     node.metrics.save(run_dir)
     await server.stop(0.2)
 

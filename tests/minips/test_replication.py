@@ -12,8 +12,8 @@ import time
 import numpy as np
 import pytest
 
+from systems.minips.control import CRASH_POINTS
 from systems.minips.launcher import ClusterSpec, audit_run
-from systems.minips.server import CRASH_POINTS
 
 from .conftest import assert_replicas_consistent
 

@@ -1,0 +1,80 @@
+"""A server's operator interface: fault injection, checkpoints, metrics and debug dumps.
+
+The paper's server manager can ask any node for its state (section 4.3: it "takes
+snapshots"); ps-lite has no such RPC, so this is ours. The ``Control`` RPC carries one
+request meta dict; each key asks for one thing:
+
+* ``{"crash": POINT, "after": n}``: SIGKILL the server the n-th time it reaches POINT
+  (one of :data:`CRASH_POINTS`, the places in the apply-then-replicate sequence where a
+  crash loses something different); the fault tests and the fault benchmark use this;
+* ``{"checkpoint": DIR}``: write the mastered ranges atomically (:mod:`.checkpoint`);
+* ``{"metrics": true}``: the node's counters (:func:`snapshot`);
+* ``{"dump": [begin, end]}``: every stored key, value and clock of a range;
+* ``{"debug": true}``: every worker's push and pull clock on the ranges it masters;
+* ``{"stop": true}``: shut down cleanly.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import TYPE_CHECKING, Any
+
+from . import message as M
+from .checkpoint import save_server
+
+if TYPE_CHECKING:
+    from .server import KVServer
+
+CRASH_POINTS = ("before_apply", "after_apply", "after_forward", "replica_after_apply")
+
+
+def crash_point(node: KVServer, point: str) -> None:
+    """Die here if a test asked for it (``node.crash[point]`` counts down to the kill)."""
+    if point in node.crash:
+        node.crash[point] -= 1
+        if node.crash[point] <= 0:
+            print(f"[{node.name}] crash injected at {point}", flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+async def control(node: KVServer, req: bytes) -> bytes:
+    meta = M.decode(req)[0]
+    out: dict[str, Any] = {"code": M.OK, "name": node.name, "epoch": node.epoch}
+    if "crash" in meta:
+        if meta["crash"] not in CRASH_POINTS:
+            out = M.reply("INVALID", f"crash point must be one of {CRASH_POINTS}")
+        else:
+            node.crash[meta["crash"]] = int(meta.get("after", 1))
+    if meta.get("checkpoint"):
+        async with node.lock:
+            path = save_server(meta["checkpoint"], node)
+        out["file"] = str(path)
+    if meta.get("metrics"):
+        out["metrics"] = snapshot(node)
+    if "dump" in meta:
+        b, e = meta["dump"]
+        k, v, s = node.store.range(int(b), int(e))
+        return M.encode({**out, "clocks": node.clocks.export(int(b), int(e))}, k, v, [s])
+    if meta.get("debug"):
+        mr = node.ring.ranges_of(node.name, "master") if node.ring else []
+        out["debug"] = {w: {"push": [node.clocks.of(w).min(b, e) for b, e in mr],
+                            "pull": [node.pulled.of(w).min(b, e) for b, e in mr]}
+                        for w in (node.gate.workers if node.gate else [])}
+        out["debug"]["ranges"] = mr
+    if meta.get("stop"):
+        node.stopping.set()
+    return M.encode(out)
+
+
+def snapshot(node: KVServer) -> dict[str, Any]:
+    """The node's metrics plus the state a fault test wants to see at a glance."""
+    snap = node.metrics.snapshot()
+    snap.update(epoch=node.epoch, stored_keys=len(node.store) if node.store else 0,
+                not_ready=node.repl.not_ready, broken=node.repl.broken,
+                locked=node.lock.locked(), member=node.member,
+                workers=node.gate.workers if node.gate else [],
+                clock_segments=node.clocks.size() if node.clocks else 0,
+                held_pulls=node.gate.held_pulls if node.gate else 0,
+                max_gap=node.gate.max_gap if node.gate else 0)
+    return snap
