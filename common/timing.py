@@ -19,6 +19,7 @@ repeats and times with CUDA events.
 from __future__ import annotations
 
 import gc
+import random
 import time
 import timeit
 from collections.abc import Callable
@@ -194,17 +195,24 @@ def interleaved_many(
     number: int = 1,
     sync: Callable[[], object] | None = None,
 ) -> dict[str, list[float]]:
-    """Round-robin timing of several variants: each round times every variant once,
-    the order rotating by one each round. Returns per-variant sample lists (seconds per
-    call) whose i-th entries were taken in the same round, so ratios can be formed
-    pairwise per round (see :func:`paired_ratios`)."""
+    """Interleaved timing of several variants: each round times every variant once, in
+    a fresh (seeded) random order. Returns per-variant sample lists (seconds per call)
+    whose i-th entries were taken in the same round, so ratios can be formed pairwise per
+    round (see :func:`paired_ratios`).
+
+    Why shuffle rather than rotate: rotating keeps the cyclic order, so each variant
+    always runs right after the same other one, and a variant can leave work behind
+    for its successor (a BLAS or OpenMP pool still spinning, caches full of its data).
+    With three or more variants that bias lands on fixed pairs; shuffling spreads it."""
     names = list(fns)
     for _ in range(warmup):
         for n in names:
             fns[n]()
     out: dict[str, list[float]] = {n: [] for n in names}
+    rng = random.Random(0)
     for r in range(repeats):
-        order = names[r % len(names):] + names[: r % len(names)]
+        order = names[r % len(names):] + names[: r % len(names)] if len(names) < 3 else \
+            rng.sample(names, len(names))
         for n in order:
             if sync:
                 sync()

@@ -117,11 +117,16 @@ def _ratio(stats) -> dict:
 
 # -- 2. MLP training step ----------------------------------------------------------------
 
-def _mlp_graph(w1, w2, lr):
+def _mlp_graph(w1, w2, lr, batch: int | None = None):
+    """The digits MLP as a TF1 training graph. ``batch`` fixes the placeholders' first
+    dimension, as a fixed-batch TF1 graph does: then every gradient shape is static,
+    ``reduce_mean``'s gradient uses a constant factor (TF's ``_MeanGrad`` does the same)
+    and constant folding turns its ``Shape``/``Size``/``BroadcastTo`` chain into one
+    constant. With ``None`` the chain runs every step."""
     g = Graph()
     with g.as_default():
-        x = placeholder(float32, [None, 64])
-        y = placeholder(int32, [None])
+        x = placeholder(float32, [batch, 64])
+        y = placeholder(int32, [batch])
         v1, v2 = Variable(w1.copy(), name="w1"), Variable(w2.copy(), name="w2")
         from .ops.math_ops import relu
 
@@ -140,13 +145,16 @@ def mlp_case(ctx: Context) -> Result:
     w1 = rng.normal(0, 0.125, (64, 128)).astype(np.float32)
     w2 = rng.normal(0, 0.09, (128, 10)).astype(np.float32)
     lr = 0.1
-    metrics, ratios, series = {}, {}, {"batch": [], "ours": [], "torch": [], "numpy": []}
+    kinds = ("ours", "ours, batch unknown", "torch", "numpy")
+    metrics, ratios, series = {}, {}, {"batch": [], **{k: [] for k in kinds}}
     for batch in ctx.pick((32, 64, 128, 256), (32, 256)):
         xb, yb = Xtr[:batch], ytr[:batch]
-        g, x, y, train, init = _mlp_graph(w1, w2, lr)
-        sess = Session(graph=g)
-        sess.run(init)
-        feed = {x: xb, y: yb}
+        sessions = []
+        for declared in (batch, None):  # the graph as the numpy step knows it, and not
+            g, x, y, train, init = _mlp_graph(w1, w2, lr, declared)
+            sessions.append((Session(graph=g), train, {x: xb, y: yb}))
+            sessions[-1][0].run(init)
+        (sess, train, feed), (dyn, dyn_train, dyn_feed) = sessions
         tw1 = torch.tensor(w1.copy(), requires_grad=True)
         tw2 = torch.tensor(w2.copy(), requires_grad=True)
         opt = torch.optim.SGD([tw1, tw2], lr=lr)
@@ -172,25 +180,33 @@ def mlp_case(ctx: Context) -> Result:
             nw2 = nw2 - lr * (h.T @ dz)
             nw1 = nw1 - lr * (xb.T @ dh)
 
-        r = interleaved_many({"ours": lambda: sess.run(train, feed), "torch": torch_step,
-                              "numpy": numpy_step}, repeats=ctx.pick(21, 9), warmup=5,
-                             number=ctx.pick(20, 10))
+        r = interleaved_many({"ours": lambda: sess.run(train, feed),
+                              "ours, batch unknown": lambda: dyn.run(dyn_train, dyn_feed),
+                              "torch": torch_step, "numpy": numpy_step},
+                             repeats=ctx.pick(21, 9), warmup=5, number=ctx.pick(20, 10))
         vt, vn = paired_ratios(r["ours"], r["torch"]), paired_ratios(r["ours"], r["numpy"])
         ratios[f"ours_vs_torch_b{batch}"] = _ratio(vt)
         ratios[f"ours_vs_numpy_b{batch}"] = _ratio(vn)
+        ratios[f"ours_batch_unknown_vs_numpy_b{batch}"] = _ratio(
+            paired_ratios(r["ours, batch unknown"], r["numpy"]))
         step = float(np.median(r["ours"]))
         flops = 3 * 2 * batch * (64 * 128 + 128 * 10)  # forward + 2x backward matmuls
         metrics[f"step_us_b{batch}"] = step * 1e6
+        metrics[f"step_us_batch_unknown_b{batch}"] = float(np.median(r["ours, batch unknown"])
+                                                            ) * 1e6
         metrics[f"mfu_b{batch}"] = cost.mfu(flops, step, cpu_spec())
         series["batch"].append(batch)
-        for k in ("ours", "torch", "numpy"):
+        for k in kinds:
             series[k].append(float(np.median(r[k])) * 1e6)
         sess.close()
-    path = plots.line_chart({k: (series["batch"], series[k]) for k in ("ours", "torch",
-                                                                      "numpy")},
+        dyn.close()
+    path = plots.line_chart({k: (series["batch"], series[k]) for k in kinds},
                             ctx.out_dir / "mlp_step.png", "batch size", "us per training step",
                             "MLP 64-128-10 SGD step on digits (this CPU)", logy=True)
-    return Result(metrics=metrics, ratios=ratios, series=series, plots=[path])
+    return Result(metrics=metrics, ratios=ratios, series=series, plots=[path],
+                  notes="ours: the graph declares its batch size, as the numpy step knows "
+                        "it; 'batch unknown': placeholders of shape [None, ...], so the "
+                        "mean's gradient computes Shape/Size/BroadcastTo every step.")
 
 
 # -- 3. inter-op parallelism ---------------------------------------------------------------

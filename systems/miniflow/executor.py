@@ -17,7 +17,9 @@ and the 2015 white paper, section 3.1):
   cheap, as in TF. TF starts every kernel at 100M cycles; we start from the op's roofline
   cost (:func:`.placement.estimate_seconds`), so a plan is sensible from its first step.
   Our threshold is 30 us, not TF's 8000 cycles: a hand-off to a Python thread costs tens of
-  microseconds, so only ops slower than that are worth handing off.
+  microseconds, so only ops slower than that are worth handing off. And as in TF, an
+  expensive node that could overlap with nothing (no other node ready or running) is
+  run by the thread that made it ready instead of being handed off.
 * **Memory**: a value slot is cleared after its last consumer runs (reference counts),
   so an intermediate lives only as long as something still needs it; with
   ``RunMetadata`` the step reports its peak live bytes and per-node step stats.
@@ -265,7 +267,13 @@ class Executor:
                                                        time.perf_counter_ns(), "recv")))
                     continue
                 args = [vals[s] for s in items[k][1]]
-                if step.pool is not None and self.is_expensive(k):
+                expensive = step.pool is not None and self.is_expensive(k)
+                # TF's ScheduleReady keeps the last expensive node for the thread that
+                # made it ready when that thread has nothing else to run (executor.cc's
+                # "tail recursion optimization"). Here the driver must also stay free to
+                # dispatch whatever the pool finishes, so it keeps a node only when
+                # nothing else is ready or in flight: then a hand-off overlaps nothing.
+                if expensive and (ready or in_flight):
                     in_flight += 1
                     fut = step.pool.submit(timed, k, args)
                     fut.add_done_callback(lambda f: inbox.put((*f.result(), "pool")))
@@ -273,6 +281,8 @@ class Executor:
                 k, r, err, t0, t1 = timed(k, args)
                 if err is not None:
                     self._fail(step, k, err, vals)
+                if expensive:
+                    self._update_cost(k, t1 - t0)
                 complete(k, r, t0, t1, driver)
             if not remaining:
                 break
@@ -286,14 +296,19 @@ class Executor:
             if where == "recv":
                 r = self._adopt(r)
             elif where == "pool":
-                was = self.is_expensive(k)
-                est = self.cost_ns[k]
-                self.cost_ns[k] = ((COST_DECAY - 1) * est + (t1 - t0)) / COST_DECAY
-                self.n_expensive -= was and not self.is_expensive(k)
+                self._update_cost(k, t1 - t0)
             complete(k, r, t0, t1, where if where != "pool" else
                      f"inter-op pool ({threading.current_thread().name})")
         if step.track_memory:
             step.peak_bytes[self.device] = live[1]
+
+    def _update_cost(self, k: int, measured_ns: float) -> None:
+        """Fold a measured run time into node ``k``'s cost estimate (TF's
+        ``KernelStats::UpdateCostEstimate``); only expensive nodes are measured, so an
+        estimate that falls below the threshold stays there."""
+        was = self.is_expensive(k)
+        self.cost_ns[k] = ((COST_DECAY - 1) * self.cost_ns[k] + measured_ns) / COST_DECAY
+        self.n_expensive -= was and not self.is_expensive(k)
 
     def _adopt(self, v: Any) -> Any:
         """A value from another device, in this device's array type (TF's CopyTensor)."""

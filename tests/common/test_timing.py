@@ -38,11 +38,16 @@ def test_calibrate_makes_a_cheap_call_last_long_enough():
     assert n > 100  # one no-op call takes well under 10 us on any machine
 
 
-def test_interleaved_many_rotates_and_pairs_rounds():
+def test_interleaved_many_times_each_variant_once_per_round_in_shuffled_orders():
     calls = []
-    out = interleaved_many({"x": lambda: calls.append("x"), "y": lambda: calls.append("y"),
-                            "z": lambda: calls.append("z")}, repeats=3, warmup=0)
-    assert calls == ["x", "y", "z", "y", "z", "x", "z", "x", "y"]
-    assert all(len(v) == 3 for v in out.values())
+    names = ("w", "x", "y", "z")
+    out = interleaved_many({n: (lambda n=n: calls.append(n)) for n in names},
+                           repeats=12, warmup=0)
+    rounds = [calls[i:i + 4] for i in range(0, len(calls), 4)]
+    assert all(sorted(r) == list(names) for r in rounds)
+    assert all(len(v) == 12 for v in out.values())
+    # no variant always follows the same one (rotation would fix each one's predecessor)
+    before = {n: {r[i - 1] for r in rounds for i in range(1, 4) if r[i] == n} for n in names}
+    assert all(len(p) >= 2 for p in before.values()), before
     s = paired_ratios([2.0, 4.0, 6.0], [1.0, 2.0, 2.0])
     assert s.median == 2.0 and s.max == 3.0
