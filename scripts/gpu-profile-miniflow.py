@@ -30,7 +30,7 @@ def main(out: Path) -> None:
     Xtr, _, ytr, _ = digits.load_split()
     xb, yb = Xtr[:256], ytr[:256]
     for model in ("mlp", "cnn"):
-        m = digits.build(model, "cuda")
+        m = digits.build(model, "cuda", batch=256)  # as the benchmark
         sess = Session(graph=m["graph"])
         sess.run(m["init"])
         feed = {m["x"]: xb, m["y"]: yb}

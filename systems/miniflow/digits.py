@@ -61,13 +61,16 @@ def build_cnn(x, rng):
     return _dense(reshape(h, [-1, 128]), 128, 10, rng, "logits")
 
 
-def build(model: str = "mlp", dev: str = "cpu", seed: int = 0, lr: float = 0.01):
-    """The graph: inputs, logits, loss, accuracy and an Adam training op."""
+def build(model: str = "mlp", dev: str = "cpu", seed: int = 0, lr: float = 0.01,
+          batch: int | None = None):
+    """The graph: inputs, logits, loss, accuracy and an Adam training op. ``batch`` fixes
+    the inputs' first dimension (then gradient shapes are static and fold); ``None``
+    accepts any batch, as training and evaluating on the test set need."""
     g = Graph()
     rng = np.random.default_rng(seed)
     with g.as_default():
-        x = placeholder(float32, [None, 64], name="images")
-        y = placeholder(int32, [None], name="labels")
+        x = placeholder(float32, [batch, 64], name="images")
+        y = placeholder(int32, [batch], name="labels")
         with device("/gpu:0" if dev == "cuda" else None):
             logits = (build_mlp if model == "mlp" else build_cnn)(x, rng)
             loss = reduce_mean(nn.sparse_softmax_cross_entropy_with_logits(labels=y,
