@@ -22,16 +22,26 @@ from .passes import PassStats, run_passes
 from .placement import place, variable_groups
 
 
-@dataclass
 class Snapshot:
-    """A graph at one stage of the pipeline, for DOT export and for tests."""
+    """A graph at one stage of the pipeline, for DOT export and for tests.
 
-    nodes: list[tuple[str, str, list[str], list[str], str]]  # name, type, inputs, ctrl, dev
+    Passes rewrite nodes in place, so a snapshot copies each node's edges when it is
+    taken; it spells them out as names only when someone reads ``nodes`` (most plans
+    are never drawn, and formatting every edge cost a few ms per plan)."""
 
-    @classmethod
-    def of(cls, nodes) -> Snapshot:
-        return cls([(n.name, n.type, [f"{p.name}:{i}" for p, i in n.inputs],
-                     [c.name for c in n.control_inputs], n.device) for n in nodes])
+    def __init__(self, nodes) -> None:
+        self._raw = [(n, tuple(n.inputs), tuple(n.control_inputs), n.device) for n in nodes]
+        self._nodes: list | None = None
+
+    of = classmethod(lambda cls, nodes: cls(nodes))
+
+    @property
+    def nodes(self) -> list[tuple[str, str, list[str], list[str], str]]:
+        """(name, type, inputs as 'name:index', control input names, device) per node."""
+        if self._nodes is None:
+            self._nodes = [(n.name, n.type, [f"{p.name}:{i}" for p, i in ins],
+                            [c.name for c in ctrl], dev) for n, ins, ctrl, dev in self._raw]
+        return self._nodes
 
 
 @dataclass

@@ -133,3 +133,23 @@ def test_passes_shrink_a_graph_with_duplicated_subgraphs_by_a_third():
         s.run(y, {x: np.ones((2, 4))})
         st = s.plan_for(y, {x: None}).pass_stats
     assert st.nodes_after <= 0.67 * st.nodes_before, st
+
+
+def test_the_passes_stop_at_a_fixed_point():
+    """Re-running a pass only when another pass may have given it work (passes.ENABLES)
+    must still end where running every pass to exhaustion would: no pass finds more."""
+    from systems.miniflow.ir import build
+    from systems.miniflow.passes import run_passes
+    from systems.miniflow.passes.cse import eliminate_common_subexpressions
+    from systems.miniflow.passes.folding import fold_constants
+
+    g, x, fetches = _model()
+    with g.as_default():  # folding that creates duplicates, and dead ends to prune
+        twice = [mf.constant(3.0) * mf.constant(2.0) + x for _ in range(2)]
+        fetches = fetches + [twice[0] * twice[1]]
+    pg = build(fetches, [], [x])
+    stats = run_passes(pg, fusion=False)
+    assert stats.changes["constant_folding"] and stats.changes["cse"]
+    assert fold_constants(pg, 10 << 20) == 0
+    assert eliminate_common_subexpressions(pg) == 0
+    assert pg.prune() == 0
