@@ -125,9 +125,19 @@ class TorchConv:
         (pt, pb), (pl, pr) = _pads(x.shape[2], x.shape[3], kh, kw, strides, padding)
         return self.F.pad(x, (pl, pr, pt, pb), value=value) if pt + pb + pl + pr else x
 
+    def _conv_padding(self, x_nchw, kh, kw, strides, padding):
+        """(input, padding for the conv itself). Symmetric padding goes to the kernel,
+        which pads on the fly; only TF's odd SAME case (one more row or column at the
+        end) pads the input explicitly, as TF's GPU Conv2D does (conv_ops.cc)."""
+        (pt, pb), (pl, pr) = _pads(x_nchw.shape[2], x_nchw.shape[3], kh, kw, strides, padding)
+        if pt == pb and pl == pr:
+            return x_nchw, [pt, pl]
+        return self.F.pad(x_nchw, (pl, pr, pt, pb)), [0, 0]
+
     def conv2d(self, x, f, strides, padding):
-        xc = self._pad(x.permute(0, 3, 1, 2), f.shape[0], f.shape[1], strides, padding)
-        y = self.F.conv2d(xc, f.permute(3, 2, 0, 1), stride=tuple(strides))
+        xc, pad = self._conv_padding(x.permute(0, 3, 1, 2), f.shape[0], f.shape[1], strides,
+                                     padding)
+        y = self.F.conv2d(xc, f.permute(3, 2, 0, 1), stride=tuple(strides), padding=pad)
         return y.permute(0, 2, 3, 1).contiguous()
 
     def _grad_through(self, fn, inputs, dy):
@@ -140,24 +150,32 @@ class TorchConv:
     # ``max_pool2d_with_indices_backward``), as TF registers Conv2DBackpropFilter/Input as
     # kernels of their own: going through autograd would re-run the forward op and build
     # a graph each step, which on a GPU costs more host time than the kernels take.
-    def _conv_backward(self, dy, x_nchw, w_oihw, strides, mask):
+    def _conv_backward(self, dy, x_nchw, w_oihw, strides, pad, mask):
         return self.t.ops.aten.convolution_backward(
-            dy.permute(0, 3, 1, 2), x_nchw, w_oihw, None, list(strides), [0, 0], [1, 1],
+            dy.permute(0, 3, 1, 2), x_nchw, w_oihw, None, list(strides), pad, [1, 1],
             False, [0, 0], 1, mask)
 
     def conv2d_backprop_filter(self, x, filter_shape, dy, strides, padding):
         kh, kw, cin, cout = (int(d) for d in filter_shape)
-        xc = self._pad(x.permute(0, 3, 1, 2), kh, kw, strides, padding)
+        xc, pad = self._conv_padding(x.permute(0, 3, 1, 2), kh, kw, strides, padding)
         w = self.t.empty((cout, cin, kh, kw), dtype=x.dtype, device=x.device)  # shape only
-        gw = self._conv_backward(dy, xc, w, strides, [False, True, False])[1]
+        gw = self._conv_backward(dy, xc, w, strides, pad, [False, True, False])[1]
         return gw.permute(2, 3, 1, 0)  # OIHW -> HWIO
 
     def conv2d_backprop_input(self, input_shape, f, dy, strides, padding):
         n, h, w, c = (int(d) for d in input_shape)
         (pt, pb), (pl, pr) = _pads(h, w, f.shape[0], f.shape[1], strides, padding)
-        xc = self.t.empty((n, c, h + pt + pb, w + pl + pr), dtype=f.dtype, device=f.device)
-        gx = self._conv_backward(dy, xc, f.permute(3, 2, 0, 1), strides, [True, False, False])[0]
-        return gx[:, :, pt:pt + h, pl:pl + w].permute(0, 2, 3, 1)
+        if pt == pb and pl == pr:  # the kernel pads: its gradient has the input's shape
+            xc, pad, crop = self.t.empty((n, c, h, w), dtype=f.dtype, device=f.device), \
+                [pt, pl], False
+        else:
+            xc, pad, crop = self.t.empty((n, c, h + pt + pb, w + pl + pr), dtype=f.dtype,
+                                         device=f.device), [0, 0], True
+        gx = self._conv_backward(dy, xc, f.permute(3, 2, 0, 1), strides, pad,
+                                 [True, False, False])[0]
+        if crop:
+            gx = gx[:, :, pt:pt + h, pl:pl + w]
+        return gx.permute(0, 2, 3, 1)
 
     def max_pool(self, x, ksize, strides, padding):
         xc = self._pad(x.permute(0, 3, 1, 2), ksize[0], ksize[1], strides, padding,

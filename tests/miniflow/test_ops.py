@@ -116,9 +116,10 @@ def test_gather_and_its_scatter_gradient(backend, axis):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("stride,padding", [(1, "SAME"), (2, "SAME"), (1, "VALID"),
                                             (2, "VALID")])
-def test_conv2d_matches_torch_including_tf_same_padding(backend, stride, padding):
-    rng = np.random.default_rng(stride)
-    x, f = arrays(rng, (2, 7, 6, 3)), arrays(rng, (3, 2, 3, 4))
+@pytest.mark.parametrize("kw", [2, 3])  # 3x3 at stride 1: symmetric SAME, padded by the
+def test_conv2d_matches_torch_including_tf_same_padding(backend, stride, padding, kw):
+    rng = np.random.default_rng(stride)  # kernel itself; 3x2: one extra column, padded
+    x, f = arrays(rng, (2, 7, 6, 3)), arrays(rng, (3, kw, 3, 4))
 
     def t_conv(x, f):
         xc = x.permute(0, 3, 1, 2)
@@ -127,7 +128,7 @@ def test_conv2d_matches_torch_including_tf_same_padding(backend, stride, padding
                 out = -(-size // stride)
                 tot = max((out - 1) * stride + k - size, 0)
                 return tot // 2, tot - tot // 2
-            (pt, pb), (pl, pr) = pads(7, 3), pads(6, 2)
+            (pt, pb), (pl, pr) = pads(7, 3), pads(6, kw)
             xc = torch.nn.functional.pad(xc, (pl, pr, pt, pb))
         y = torch.nn.functional.conv2d(xc, f.permute(3, 2, 0, 1), stride=stride)
         return y.permute(0, 2, 3, 1)

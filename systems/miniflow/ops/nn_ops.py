@@ -5,7 +5,9 @@ cross-entropy, convolution and pooling, with the gradient ops TensorFlow defines
 and its gradient with respect to the logits (softmax - one_hot): TensorFlow computes the
 backward pass in the forward kernel because the two share all their work
 (tensorflow/core/kernels/sparse_xent_op.cc), and the registered gradient just scales
-the second output.
+the second output. Labels outside ``[0, classes)`` are an error on the CPU, as in TF; TF's
+GPU kernel does not check them (it writes NaN), and on CUDA torch's own bounds check
+stops the process with a device-side assert, so check labels on the host first.
 """
 
 from __future__ import annotations
@@ -75,12 +77,16 @@ def _xent_kernel(attrs, be, res):
             backprop = np.divide(e, s, out=e)
             backprop.reshape(-1)[at_label] -= 1
             return loss, backprop
-        lab = labels.long()
+        # torch: few launches (each is host time on a GPU): log-softmax, the loss as a
+        # gather-negate (nll_loss), softmax as its exp, and one scatter of -1 at the labels
+        lab = labels.long()[:, None]
         logp = be.log_softmax(logits)
-        loss = -logp.gather(1, lab[:, None])[:, 0]
-        backprop = logp.exp()
-        backprop[be.torch.arange(n, device=logits.device), lab] -= 1
-        return loss, backprop
+        loss = be.torch.nn.functional.nll_loss(logp, lab[:, 0], reduction="none")
+        minus_one = offsets_cache.get((n, logits.device, logits.dtype))
+        if minus_one is None:
+            minus_one = offsets_cache[n, logits.device, logits.dtype] = be.torch.full(
+                (n, 1), -1.0, dtype=logits.dtype, device=logits.device)
+        return loss, logp.exp().scatter_add_(1, lab, minus_one)
     return xent
 
 
