@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .annotation import H100_LIMITS, HardwareLimits, config_key, is_valid
+from .annotation import H100_LIMITS, HardwareLimits, clamped_domain, config_key, is_valid
 from .sketch import Sketch
 from .workloads import Task, next_pow2
 
@@ -78,7 +78,10 @@ def mutate_tile_size(task: Task, sketch: Sketch, ann: dict[str, int],
                      rng: np.random.Generator, limits: HardwareLimits = H100_LIMITS):
     """Move a factor between two split levels of one loop (TVM's ``MutateTileSize``:
     a random loop, a random order of its levels, the first level longer than 1 gives a
-    random divisor of its length to the next level in that order)."""
+    random divisor of its length to the next level in that order; a factor moved into
+    the innermost level is drawn among those that keep it within its largest candidate,
+    TVM's ``max_innermost_split_factor``, and if none does the next level in the order
+    is tried)."""
     loops = [lp for lp in tiled_loops(task, ann) if lp[0] > 1]
     if not loops:
         return None
@@ -91,7 +94,13 @@ def mutate_tile_size(task: Task, sketch: Sketch, ann: dict[str, int],
             continue
         dst = perm[(i + 1) % len(perm)]
         # our lengths are powers of two, so their divisors > 1 are 2, 4, ..., length
-        f = 2 ** int(rng.integers(1, int(math.log2(lengths[src])) + 1))
+        max_log = int(math.log2(lengths[src]))
+        if dst == len(lengths) - 1:
+            cap = max(clamped_domain(task, sketch, levels[-1]), default=1)
+            max_log = min(max_log, int(math.log2(max(1, cap // lengths[dst]))))
+            if max_log < 1:
+                continue
+        f = 2 ** int(rng.integers(1, max_log + 1))
         lengths[src] //= f
         lengths[dst] *= f
         new = dict(ann)

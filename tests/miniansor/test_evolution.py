@@ -75,6 +75,42 @@ def test_repeated_tile_mutation_walks_a_loop_both_ways():
     assert {16, 32, 128, 256} <= seen
 
 
+class _Draws:
+    """An rng stub for ``mutate_tile_size``: the last loop, its levels in ``order``
+    (default: outer first), and the largest (or smallest) factor on offer."""
+
+    def __init__(self, largest: bool = True, order=None):
+        self.largest, self.order = largest, order
+
+    def integers(self, low, high=None):
+        if high is None:
+            return low - 1
+        return high - 1 if self.largest else low
+
+    def permutation(self, n):
+        return np.arange(n) if self.order is None else np.array(self.order)
+
+
+def test_tile_mutation_into_the_innermost_level_stays_within_its_candidates():
+    """TVM's MutateTileSize draws a factor moved into the innermost level only among those
+    that keep it <= max_innermost_split_factor (ours: the level's largest candidate) and,
+    if none fits, lets the next level in the order give instead; such a move never fails
+    for overshooting. decode's K loop, 16384 = outer x [SPLIT_K x] BLOCK_K."""
+    task = gemm(16, 4096, 14336)
+    sketches = {s.name: s for s in generate_sketches(task)}
+    ann = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 64, "num_warps": 2, "num_stages": 3}
+    assert tiled_loops(task, ann)[-1] == (16384, ("BLOCK_K",))
+    # [256, 64]: outer -> BLOCK_K by the largest factor that fits, 2 (not 256)
+    assert mutate_tile_size(task, sketches["tiled"], ann, _Draws()) == {**ann, "BLOCK_K": 128}
+    # [128, 128]: BLOCK_K is at its largest candidate, so BLOCK_K gives to the outer level
+    at_cap = {**ann, "BLOCK_K": 128}
+    assert mutate_tile_size(task, sketches["tiled"], at_cap, _Draws(largest=False)) == ann
+    # [64, 4, 64]: SPLIT_K -> BLOCK_K by 2 (not 4)
+    split = {**ann, "SPLIT_K": 4}
+    assert mutate_tile_size(task, sketches["tiled.splitk"], split, _Draws(order=[1, 2, 0])) \
+        == {**split, "SPLIT_K": 2, "BLOCK_K": 128}
+
+
 def test_crossover_child_is_valid_and_takes_whole_gene_groups_from_parents():
     rng = np.random.default_rng(2)
     task = TASKS[0]
