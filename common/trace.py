@@ -125,6 +125,7 @@ def write_json_atomic(path: str | os.PathLike, doc: Any) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w") as f:
         json.dump(doc, f)
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600; results and traces are for others to read
     os.replace(tmp, path)
     return path
 

@@ -99,3 +99,12 @@ def test_torch_profiler_trace_is_merged(tmp_path):
     region = next(e for e in ev if e.get("name") == "region")
     mm = next(e for e in ev if e.get("name") in ("aten::mm", "aten::matmul"))
     assert region["ts"] - 1e3 <= mm["ts"] <= region["ts"] + region["dur"] + 1e3
+
+
+def test_atomic_json_files_are_readable_by_others(tmp_path):
+    import stat
+
+    from common.trace import write_json_atomic
+
+    p = write_json_atomic(tmp_path / "r.json", {"a": 1})
+    assert stat.S_IMODE(p.stat().st_mode) == 0o644 and json.loads(p.read_text()) == {"a": 1}
