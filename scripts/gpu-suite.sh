@@ -6,6 +6,9 @@
 #      for some);
 #   2. every system's `casebook bench SYSTEM --device cuda` cases (SYSTEMS="a b" for some);
 #   3. with PROFILE=1, scripts/gpu-profile-miniflow.py (torch.profiler tables and traces).
+# miniansor runs its quick GPU sweep (fp16, 16 trials a task) unless ANSOR_FULL=1: the
+# full sweep (fp16 and bf16, every shape, more trials) takes about 6 minutes on its own,
+# so run it as SYSTEMS=miniansor ANSOR_FULL=1 in a call of its own.
 # Everything (logs, JSON results, plots, miniansor's measured table) goes into one archive,
 # $OUT/results.tar.gz, rewritten after every step so that a run cut short keeps what it
 # finished; a table of targets is printed last.
@@ -47,7 +50,8 @@ status=0
 SYSTEMS=${SYSTEMS:-$("$PY" -c "from common.bench import SUITES; print(*SUITES)")}
 for system in $SYSTEMS; do
   quick=""
-  [ "$system" = miniansor ] && quick="--quick"
+  [ "$system" = miniansor ] && [ "${ANSOR_FULL:-0}" != 1 ] && quick="--quick"
+  [ "$system" = miniansor ] && [ "${ANSOR_FULL:-0}" = 1 ] && BUDGET[miniansor]=480
   timeout -k 15 "${BUDGET[$system]:-60}" "$PY" -m common.cli bench "$system" \
     --device cuda $quick --out "$WORK/bench" --no-progress > "$WORK/bench-$system.log" 2>&1
   rc=$?
