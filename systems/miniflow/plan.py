@@ -33,8 +33,6 @@ class Snapshot:
         self._raw = [(n, tuple(n.inputs), tuple(n.control_inputs), n.device) for n in nodes]
         self._nodes: list | None = None
 
-    of = classmethod(lambda cls, nodes: cls(nodes))
-
     @property
     def nodes(self) -> list[tuple[str, str, list[str], list[str], str]]:
         """(name, type, inputs as 'name:index', control input names, device) per node."""
@@ -88,12 +86,12 @@ def _build_plan(fetches: list[Tensor], targets: list[Operation], feeds: list[Ten
             raise InvalidArgumentError(
                 f"You must feed a value for placeholder tensor '{a['name']}' with dtype "
                 f"{a['dtype'].name}, needed to compute the fetches", n.op)
-    snapshots = {"pruned": Snapshot.of(pg.nodes)}
+    snapshots = {"pruned": Snapshot(pg.nodes)}
     go = config.graph_options
     stats = run_passes(pg, constant_folding=go.constant_folding, cse=go.common_subexpression,
                        pruning=go.pruning, fusion=go.fusion,
                        max_constant_bytes=go.max_constant_bytes)
-    snapshots["optimized"] = Snapshot.of(pg.nodes)
+    snapshots["optimized"] = Snapshot(pg.nodes)
     graph = (fetches[0] if fetches else targets[0]).graph
     n_ops, groups = resources.variable_groups
     if n_ops != len(graph._ops):  # recomputed only when the graph has grown
@@ -106,12 +104,12 @@ def _build_plan(fetches: list[Tensor], targets: list[Operation], feeds: list[Ten
         torch_devices = {d for d in devices if backend_for(d, config.cpu_backend).name ==
                          "torch"}
         stats.add("tuned_kernels", use_tuned_kernels(pg, torch_devices))
-        snapshots["optimized"] = Snapshot.of(pg.nodes)
+        snapshots["optimized"] = Snapshot(pg.nodes)
     if config.log_device_placement:
         for n in pg.nodes:
             print(f"{n.name}: ({n.type}) {n.device}")
     parts = partition(pg)
-    snapshots["partitioned"] = Snapshot.of([n for nodes in parts.values() for n in nodes])
+    snapshots["partitioned"] = Snapshot([n for nodes in parts.values() for n in nodes])
     order = sorted(parts, key=lambda d: (d != "/cpu:0", d))  # the client's device first
     executors, fetch_map = [], []
     per_device_fetches: dict[str, list] = {d: [] for d in order}

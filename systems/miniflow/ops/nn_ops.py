@@ -12,6 +12,8 @@ stops the process with a device-side assert, so check labels on the host first.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .. import conv as npconv
@@ -49,7 +51,7 @@ def _xent_shape(ins, attrs):
 
 
 def _xent_kernel(attrs, be, res):
-    offsets_cache: dict[tuple[int, int], np.ndarray] = {}
+    cache: dict[tuple, Any] = {}  # per shape: label offsets (numpy), -1 columns (torch)
 
     def xent(logits, labels):
         # One pass of softmax arithmetic serves both outputs: loss = log(sum e^z) - z_label
@@ -65,9 +67,9 @@ def _xent_kernel(attrs, be, res):
                 raise InvalidArgumentError(f"labels must be in [0, {classes}), got values "
                                            f"from {lab.min()} to {lab.max()}")
             z = logits - np.maximum.reduce(logits, axis=1, keepdims=True)
-            offsets = offsets_cache.get((n, classes))
+            offsets = cache.get((n, classes))
             if offsets is None:
-                offsets = offsets_cache[n, classes] = np.arange(n) * classes
+                offsets = cache[n, classes] = np.arange(n) * classes
             at_label = offsets + lab  # flat index of each row's label: one take, one put
             z_label = z.take(at_label)
             e = np.exp(z, out=z)
@@ -82,9 +84,9 @@ def _xent_kernel(attrs, be, res):
         lab = labels.long()[:, None]
         logp = be.log_softmax(logits)
         loss = be.torch.nn.functional.nll_loss(logp, lab[:, 0], reduction="none")
-        minus_one = offsets_cache.get((n, logits.device, logits.dtype))
+        minus_one = cache.get((n, logits.device, logits.dtype))
         if minus_one is None:
-            minus_one = offsets_cache[n, logits.device, logits.dtype] = be.torch.full(
+            minus_one = cache[n, logits.device, logits.dtype] = be.torch.full(
                 (n, 1), -1.0, dtype=logits.dtype, device=logits.device)
         return loss, logp.exp().scatter_add_(1, lab, minus_one)
     return xent
