@@ -76,15 +76,15 @@ def estimate_seconds(n: Node, device: str) -> float:
 
 @dataclass
 class _UnionFind:
-    parent: dict[int, int]
+    parent: dict  # element -> its parent (roots point to themselves)
 
-    def find(self, x: int) -> int:
+    def find(self, x):
         while self.parent.setdefault(x, x) != x:
             self.parent[x] = self.parent[self.parent[x]]
             x = self.parent[x]
         return x
 
-    def union(self, a: int, b: int) -> None:
+    def union(self, a, b) -> None:
         self.parent[self.find(a)] = self.find(b)
 
 
@@ -105,24 +105,15 @@ def colocation_groups(pg: PlanGraph) -> dict[int, list[Node]]:
 def variable_groups(ops: list) -> dict[str, list[str]]:
     """Variables that one op of the whole graph takes by reference together (an
     ``ApplyAdam`` takes a variable and its two slots): variable name -> its group."""
-    parent: dict[str, str] = {}
-
-    def find(v: str) -> str:
-        while parent[v] != v:
-            parent[v] = parent[parent[v]]
-            v = parent[v]
-        return v
-
+    uf = _UnionFind({})
     for op in ops:
         refs = [t.op.attrs["var_name"] for t in op.inputs if t.op.type == "VariableV2"]
         for r in refs:
-            parent.setdefault(r, r)
-        for r in refs[1:]:
-            parent[find(r)] = find(refs[0])
+            uf.union(r, refs[0])
     groups: dict[str, list[str]] = {}
-    for v in parent:
-        groups.setdefault(find(v), []).append(v)
-    return {v: groups[find(v)] for v in parent}
+    for v in list(uf.parent):
+        groups.setdefault(uf.find(v), []).append(v)
+    return {v: groups[uf.find(v)] for v in uf.parent}
 
 
 def place(pg: PlanGraph, devices: list[str], allow_soft_placement: bool = False,
