@@ -2,10 +2,13 @@
 manager ... takes snapshots of the state").
 
 Each server writes the ranges it masters (keys, values, optimiser state, and every
-worker's vector clock on them) to ``<dir>/<server>.npz`` through a temporary file that is
-fsynced and then renamed, so a reader sees the old file or the new one, never half of
-one. The caller then writes ``manifest.json`` the same way, last: a directory without a
-manifest is an unfinished checkpoint and is ignored on restore.
+worker's vector clock on them) to ``<dir>/<server>.<generation>.npz`` through a temporary
+file that is fsynced and then renamed, so a reader sees the old file or the new one,
+never half of one. The caller then writes ``manifest.json`` the same way, last, naming
+the new generation's files; only then are older generations deleted. A directory
+without a manifest is an unfinished checkpoint, and a checkpoint interrupted half-way
+through rewriting a directory leaves the previous manifest, which still names only the
+previous generation's files: a reader never mixes two checkpoints.
 
 Each range is captured under its server's lock, so each is internally consistent, and
 its clocks say exactly which pushes it contains. Across servers a checkpoint is a
@@ -50,7 +53,7 @@ def _atomic_npz(path: Path, **arrays: np.ndarray) -> Path:
     return path
 
 
-def save_server(ckpt_dir: str | os.PathLike, server: KVServer) -> Path:
+def save_server(ckpt_dir: str | os.PathLike, server: KVServer, generation: int = 0) -> Path:
     """Write the ranges ``server`` masters (call under the server's lock)."""
     ranges = server.ring.ranges_of(server.name, "master")
     parts = [server.store.range(b, e) for b, e in ranges]
@@ -65,24 +68,36 @@ def save_server(ckpt_dir: str | os.PathLike, server: KVServer) -> Path:
     meta = {"server": server.name, "epoch": server.epoch, "ranges": ranges,
             "clocks": {n: [[str(b), str(e), t] for b, e, t in s] for n, s in clocks.items()}}
     info = np.frombuffer(json.dumps(meta).encode(), np.uint8)
-    return _atomic_npz(Path(ckpt_dir) / f"{server.name}.npz", keys=keys, vals=vals,
-                       state=state, meta=info)
+    return _atomic_npz(Path(ckpt_dir) / f"{server.name}.{generation}.npz", keys=keys,
+                       vals=vals, state=state, meta=info)
 
 
 def checkpoint(ring_info: dict, ckpt_dir: str | os.PathLike, timeout: float = 30.0) -> Path:
-    """Ask every server of the ring to save, then write the manifest (last, atomically)."""
+    """Ask every server of the ring to save a new generation, write the manifest (last,
+    atomically), then delete the files of older generations."""
+    d = Path(ckpt_dir)
+    old = json.loads((d / MANIFEST).read_text()) if (d / MANIFEST).exists() else {}
+    generation = int(old.get("generation", -1)) + 1
     files = []
     for name in ring_info["servers"]:
         ch = rpc.channel(ring_info["addrs"][name])
         try:
             out = rpc.method(ch, M.SERVICE, "Control")(
-                M.encode({"checkpoint": str(ckpt_dir)}), timeout=timeout)
+                M.encode({"checkpoint": str(ckpt_dir), "generation": generation}),
+                timeout=timeout)
         finally:
             ch.close()
-        files.append(Path(M.decode(out)[0]["file"]).name)
-    return write_json_atomic(Path(ckpt_dir) / MANIFEST,
-                             {"epoch": ring_info["epoch"], "files": files,
-                              "servers": ring_info["servers"]})
+        reply = M.decode(out)[0]
+        if reply.get("code") != M.OK or "file" not in reply:
+            raise RuntimeError(f"server {name} did not checkpoint: {reply}")
+        files.append(Path(reply["file"]).name)
+    path = write_json_atomic(d / MANIFEST, {"epoch": ring_info["epoch"], "files": files,
+                                            "servers": ring_info["servers"],
+                                            "generation": generation})
+    for f in d.glob("*.npz"):
+        if f.name not in files:
+            f.unlink(missing_ok=True)
+    return path
 
 
 def load(ckpt_dir: str | os.PathLike) -> list[dict]:

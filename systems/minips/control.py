@@ -39,7 +39,13 @@ def crash_point(node: KVServer, point: str) -> None:
 
 
 async def control(node: KVServer, req: bytes) -> bytes:
-    meta = M.decode(req)[0]
+    try:
+        meta = M.decode(req)[0]
+        bad = _malformed(meta)
+    except M.PSError as e:
+        bad = str(e)
+    if bad:
+        return M.encode(M.reply("INVALID", f"malformed Control request: {bad}"))
     out: dict[str, Any] = {"code": M.OK, "name": node.name, "epoch": node.epoch}
     if "crash" in meta:
         if meta["crash"] not in CRASH_POINTS:
@@ -48,7 +54,7 @@ async def control(node: KVServer, req: bytes) -> bytes:
             node.crash[meta["crash"]] = int(meta.get("after", 1))
     if meta.get("checkpoint"):
         async with node.lock:
-            path = save_server(meta["checkpoint"], node)
+            path = save_server(meta["checkpoint"], node, int(meta.get("generation", 0)))
         out["file"] = str(path)
     if meta.get("metrics"):
         out["metrics"] = snapshot(node)
@@ -65,6 +71,24 @@ async def control(node: KVServer, req: bytes) -> bytes:
     if meta.get("stop"):
         node.stopping.set()
     return M.encode(out)
+
+
+def _malformed(meta: dict) -> str | None:
+    """Why a Control request's fields cannot be used, or None (an operator's typo must
+    get a reason back, not a Python traceback from inside the handler)."""
+    for field in ("after", "generation"):
+        if field in meta and (not isinstance(meta[field], int) or isinstance(meta[field], bool)
+                              or meta[field] < 0):
+            return f"{field!r} must be a non-negative integer, got {meta[field]!r}"
+    if "dump" in meta:
+        d = meta["dump"]
+        if not (isinstance(d, list) and len(d) == 2 and all(
+                isinstance(x, (int, str)) and str(x).isdigit() for x in d)
+                and int(d[0]) < int(d[1])):
+            return f"'dump' must be [begin, end] with begin < end, got {d!r}"
+    if "checkpoint" in meta and not isinstance(meta["checkpoint"], str):
+        return f"'checkpoint' must be a directory path, got {meta['checkpoint']!r}"
+    return None
 
 
 def snapshot(node: KVServer) -> dict[str, Any]:

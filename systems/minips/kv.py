@@ -43,7 +43,7 @@ from common.trace import now_us
 from . import message as M
 from .filters import FilterChain
 from .metrics import NodeMetrics
-from .ring import Ring, merge_ranges
+from .ring import Ring, intersect, merge_ranges
 from .tracker import Pending, Request
 
 PUSH_TIMEOUT_S = 10.0
@@ -72,6 +72,7 @@ class KVWorker:
         self.ts_counter = itertools.count()
         self.sid_counter = itertools.count()
         self.auto_clock = -1
+        self.clock_ranges: list[tuple[int, int]] = []  # pushed at auto_clock so far
         self.channels: dict[str, Any] = {}
         self.closed = False
         self.hb_state: dict[str, Any] = {}
@@ -106,10 +107,19 @@ class KVWorker:
         vals = M.check_vals(np.ascontiguousarray(vals, M.VAL_DTYPE), keys.size, self.val_len)
         if clock is None and cmd != "init":
             clock = self.auto_clock + 1
+        ranges = M.check_range(key_range, keys, self.key_max, "push")
         if clock is not None:
             if clock < self.auto_clock:
                 raise ValueError(f"push clock {clock} is older than the last one "
                                  f"({self.auto_clock}); clocks only move forward")
+            # A range's clock says which pushes it applied, so a second push to the same
+            # range at the same clock would be dropped as a resend: refuse it here.
+            same = self.clock_ranges if clock == self.auto_clock else []
+            if intersect(same, ranges):
+                raise ValueError(f"a push at clock {clock} already covered "
+                                 f"{intersect(same, ranges)}; push the next clock, or "
+                                 f"one push per range and clock")
+            self.clock_ranges = merge_ranges(same + ranges)
             self.auto_clock = clock
         if self.filters.value_filters and cmd != "init":
             keys, vals = self.filters.filter_push(keys, vals, ctx or {})
@@ -190,7 +200,7 @@ class KVWorker:
         return keys
 
     def _new(self, op: str, keys, vals, key_range, **kw) -> Request:
-        rng = [key_range] if key_range is not None else [(0, self.key_max)]
+        rng = M.check_range(key_range, keys, self.key_max, op)
         req = Request(next(self.ts_counter), op, keys, vals, merge_ranges(rng), **kw)
         with self.lock:
             self.requests[req.ts] = req

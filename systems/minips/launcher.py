@@ -64,6 +64,12 @@ class ClusterSpec:
 
     def config(self, run_dir: str | None) -> dict[str, Any]:
         Consistency.parse(self.consistency)  # fail early on a typo
+        if self.servers < 1 or self.workers < 0:
+            raise ValueError(f"a job needs at least one server (got {self.servers}) and "
+                             f"no negative number of workers (got {self.workers})")
+        if not 1 <= self.replication <= self.servers:
+            raise ValueError(f"replication {self.replication} must be 1..{self.servers} "
+                             f"(each copy of a range lives on a different server)")
         app = describe(self.app)
         if self.key_max:
             app["key_max"] = self.key_max
@@ -314,6 +320,12 @@ def launch(spec: ClusterSpec, run_dir: str | Path | None = None,
         cl.wait_workers(timeout, on_tick=tick)
         bar.n = total
         bar.close()
+        killed = {f["kill"] for f in fired if "kill" in f}
+        crashed = [n for n in (f"w{i}" for i in range(spec.workers)) if n not in killed
+                   and cl.group.children[n].popen.returncode != 0]
+        if crashed:  # a job whose workers died is not a result: say so, loudly
+            raise RuntimeError(f"worker(s) {crashed} crashed; the end of "
+                               f"{crashed[0]}'s log:\n{cl.group.children[crashed[0]].log_tail()}")
         if mon:
             mon.stop.set()
             mon.thread.join()

@@ -92,6 +92,27 @@ def check_keys(keys: np.ndarray, key_max: int, where: str = "request") -> None:
                                  f"{int(keys[i])} >= key[{i + 1}]={int(keys[i + 1])}")
 
 
+def check_range(key_range: tuple[int, int] | None, keys: np.ndarray | None, key_max: int,
+                where: str = "request") -> list[tuple[int, int]]:
+    """A request's key range (default: the whole key space) as ``[(begin, end)]``.
+    Checked on the worker: an empty range would be sliced into no message at all, so the
+    request would never finish, and keys outside it would be cut away without a word."""
+    if key_range is None:
+        return [(0, key_max)]
+    try:
+        b, e = (int(x) for x in key_range)
+    except (TypeError, ValueError):
+        raise PSError("INVALID", f"{where}: key_range must be (begin, end), got "
+                                 f"{key_range!r}") from None
+    if not 0 <= b < e <= key_max:
+        raise PSError("INVALID", f"{where}: key_range [{b}, {e}) is empty or outside the "
+                                 f"key space [0, {key_max})")
+    if keys is not None and keys.size and not (b <= int(keys[0]) and int(keys[-1]) < e):
+        raise PSError("INVALID", f"{where}: keys {int(keys[0])}..{int(keys[-1])} lie "
+                                 f"outside key_range [{b}, {e})")
+    return [(b, e)]
+
+
 def check_vals(vals: np.ndarray, n_keys: int, val_len: int, where: str = "push") -> np.ndarray:
     """Values are ``float32`` with ``val_len`` numbers per key; returns them as (n, val_len)."""
     if vals is None:

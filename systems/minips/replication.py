@@ -11,7 +11,7 @@ reference:
   all of them have acknowledged: an acknowledged push survives the loss of any R - 1
   servers. (We copy after each push; the paper also describes replicating after
   aggregating several workers' pushes, which saves bandwidth but delays every ack to
-  the slowest worker; see docs/minips/design.md.)
+  the slowest worker; see docs/minips/index.md, "Design decisions".)
 * **fencing**: every message carries the sender's ring epoch; a replica refuses
   forwards from an older epoch, so a master that was frozen, declared dead and then
   resumed cannot acknowledge anything.

@@ -153,7 +153,7 @@ class KVServer(Membership):
                 self.metrics.inc("invalid_requests")
                 await ctx.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
             out = M.encode(M.reply(e.code, str(e)))
-        except (KeyError, TypeError) as e:  # a meta field missing or of the wrong type
+        except (KeyError, TypeError, ValueError) as e:  # a meta field missing or malformed
             self.metrics.inc("invalid_requests")
             await ctx.abort(grpc.StatusCode.INVALID_ARGUMENT,
                             f"[INVALID] malformed request meta: {type(e).__name__} {e}")
@@ -246,8 +246,8 @@ class KVServer(Membership):
                     self.store.update(keys, vals, up)
                 else:
                     self.store.update(keys[m], vals[m], up)
-        if t is not None:
-            for b, e in ranges:
+        if t is not None:  # only where the clock was behind: a clock never moves back
+            for b, e in fresh:
                 self.clocks.of(sender).set(b, e, t)
         self.dbg(f"apply {sender}@{t} ranges={ranges} fresh={fresh} n={keys.size}")
         self.repl.track_dirty(keys)
@@ -320,11 +320,11 @@ class KVServer(Membership):
         return await self.repl.Sync(req, ctx)
 
     async def Snapshot(self, req: bytes, ctx) -> bytes:
-        return await self.repl.Snapshot(req, ctx)
+        return await self.guard(lambda r: self.repl.Snapshot(r, ctx), req, ctx)
 
     # ---- control (fault injection, checkpoints, metrics: see .control) ---------------
     async def Control(self, req: bytes, ctx) -> bytes:
-        return await control.control(self, req)
+        return await self.guard(lambda r: control.control(self, r), req, ctx)
 
     def crash_point(self, point: str) -> None:
         control.crash_point(self, point)

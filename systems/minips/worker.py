@@ -116,11 +116,13 @@ class Worker:
             wait_total += waited
             grads, loss = app.step(s, step, keys, w)
             time.sleep(straggle_s(config, self.rank, c))
+            ctx = {"weights": w}
             if audit:
                 ak = audit_keys(audit, self.rank, c)
                 keys = np.concatenate([keys, ak])
                 grads = np.concatenate([grads, np.ones((ak.size, 1), VAL_DTYPE)])
-            pushes.append((c, kv.push(keys, grads, clock=c, ctx={"weights": w},
+                ctx["exempt"] = ak.size  # no filter may touch the audit's counters
+            pushes.append((c, kv.push(keys, grads, clock=c, ctx=ctx,
                                       wait=model.push_wait(c))))
             progress[s] += 1
             kv.progress = {k: v for k, v in progress.items() if k in mine}

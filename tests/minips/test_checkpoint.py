@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
+from common import rpc
 from systems.minips import checkpoint
+from systems.minips import message as M
 from systems.minips.launcher import ClusterSpec
 
 
@@ -36,3 +38,32 @@ def test_an_unfinished_checkpoint_is_refused(tmp_path):
     (tmp_path / "s0.npz").write_bytes(b"partial")
     with pytest.raises(FileNotFoundError, match="not a finished checkpoint"):
         checkpoint.load(tmp_path)
+
+
+def test_a_checkpoint_rewritten_in_place_is_never_mixed_with_the_old_one(make_cluster,
+                                                                          tmp_path):
+    """Each checkpoint is a new generation of files; the manifest, written last, names
+    the generation. A rewrite cut short after one server saved leaves the old manifest,
+    and the reader sees the old checkpoint whole, not one new and one old server."""
+    km = 1 << 12
+    keys = np.arange(0, km, 7, dtype=np.uint64)
+    ones = np.ones((keys.size, 1), np.float32)
+    a = make_cluster(ClusterSpec(servers=2, app={"name": "count"}, key_max=km, val_len=1,
+                                 updater={"name": "sum"}))
+    kv = a.client("writer")
+    kv.wait(kv.push(keys, ones, clock=0))
+    ckpt = tmp_path / "ckpt"
+    a.checkpoint(ckpt)
+    kv.wait(kv.push(keys, ones, clock=1))
+    a.checkpoint(ckpt)  # generation 1 replaces generation 0
+    assert sorted(p.name for p in ckpt.glob("*.npz")) == ["s0.1.npz", "s1.1.npz"]
+    kv.wait(kv.push(keys, ones, clock=2))
+    st = a.status()  # a third checkpoint that dies after s0 saved: no new manifest
+    ch = rpc.channel(st["addrs"]["s0"])
+    try:
+        rpc.method(ch, M.SERVICE, "Control")(
+            M.encode({"checkpoint": str(ckpt), "generation": 2}), timeout=10)
+    finally:
+        ch.close()
+    total = sum(float(p["vals"].sum()) for p in checkpoint.load(ckpt))
+    assert total == 2 * keys.size  # all of generation 1, nothing of the torn generation 2

@@ -2,7 +2,9 @@
 agree with what was pushed, a debug view of the clocks, and a bad crash point refused
 without killing anything."""
 
+import grpc
 import numpy as np
+import pytest
 
 from common import rpc
 from systems.minips import message as M
@@ -37,5 +39,17 @@ def test_control_reports_state_and_refuses_a_bad_crash_point(make_cluster):
 
     bad = _control(cl, servers[0], {"crash": "somewhere_else"})
     assert bad["code"] == "INVALID" and "before_apply" in bad["message"]
+    for meta, why in (({"dump": [1]}, "'dump' must be [begin, end]"),
+                      ({"crash": "after_apply", "after": "x"}, "'after' must be"),
+                      ({"checkpoint": 7}, "'checkpoint' must be a directory")):
+        bad = _control(cl, servers[0], meta)
+        assert bad["code"] == "INVALID" and why in bad["message"], bad
+    ch = rpc.channel(cl.status()["addrs"][servers[0]])
+    try:
+        with pytest.raises(grpc.RpcError) as e:
+            rpc.method(ch, M.SERVICE, "Snapshot")(b"garbage", timeout=10)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        ch.close()
     np.testing.assert_array_equal(kv.wait(kv.pull(keys)), np.ones((keys.size, 1)))
     kv.close()

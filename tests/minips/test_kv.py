@@ -158,6 +158,23 @@ def test_client_side_checks_name_the_problem(cluster):
         kv.push(np.array([2, 1], np.uint64), np.ones((2, 2), np.float32))
     with pytest.raises(M.PSError, match="non-negative integers"):
         kv.pull(np.array([-1, 2]))
+    # an empty or inverted range would be sliced into no message and never finish; keys
+    # outside a push's range would be cut away by the slicer and silently lost
+    for rng in ((5, 5), (10, 5), (0, KEY_MAX + 100)):
+        with pytest.raises(M.PSError, match="empty or outside the key space"):
+            kv.pull_range(*rng)
+    with pytest.raises(M.PSError, match="lie outside key_range"):
+        kv.push(np.array([500], np.uint64), np.ones((1, 2), np.float32), key_range=(0, 100))
+    k, both = np.array([7], np.uint64), np.array([7, 200], np.uint64)
+    before = kv.wait(kv.pull(both))  # the module's cluster is shared with other tests
+    kv.wait(kv.push(k, np.ones((1, 2), np.float32), clock=3, key_range=(0, 100)))
+    with pytest.raises(ValueError, match="already covered"):  # would be dropped as a resend
+        kv.push(k, np.ones((1, 2), np.float32), clock=3)
+    kv.wait(kv.push(np.array([200], np.uint64), np.ones((1, 2), np.float32), clock=3,
+                    key_range=(100, 300)))  # another range at the same clock is fine
+    np.testing.assert_array_equal(kv.wait(kv.pull(both)), before + 1)
+    kv.wait(kv.push(k, np.ones((1, 2), np.float32)))  # the queue was not left stuck
+    np.testing.assert_array_equal(kv.wait(kv.pull(k)), before[:1] + 2)
 
 
 def test_a_request_routed_with_the_wrong_ring_is_told_to_refresh(cluster):

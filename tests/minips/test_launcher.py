@@ -8,6 +8,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
+from systems.minips.launcher import ClusterSpec, launch
+
 
 def test_cli_launch_trains_the_mlp_and_reports_metrics_and_a_trace(tmp_path):
     out_dir = tmp_path / "run"
@@ -38,3 +42,31 @@ def test_cli_launch_trains_the_mlp_and_reports_metrics_and_a_trace(tmp_path):
     assert flows  # arrows from a worker's request to the server span that served it
     assert (out_dir / "metrics-s0.prom").read_text().startswith("# HELP")
     assert "s0" in p.stdout and "MB on the wire" in p.stdout
+
+
+def test_a_worker_that_crashes_mid_job_fails_the_launch_with_its_log():
+    """A job whose worker died (here at its first step: a bad straggler factor) is not a
+    result: ``launch`` raises, naming the worker and quoting its log, instead of
+    returning an empty summary."""
+    spec = ClusterSpec(servers=1, workers=1, steps=3, app={"name": "count"},
+                       straggler={"mode": "persistent", "rank": 0, "factor": "x"})
+    with pytest.raises(RuntimeError, match=r"(?s)worker\(s\) \['w0'\] crashed.*could not "
+                                           r"convert string to float"):
+        launch(spec, progress=False, eval_every_s=None)
+
+
+def test_filters_never_touch_the_audit_counters():
+    """The KKT filter drops gradient entries; the audit keys appended to the same push
+    must pass untouched (it used to crash on the longer push)."""
+    app = {"name": "sparse_lr", "features": 4096, "examples": 1024, "filters": ["kkt"]}
+    out = launch(ClusterSpec(servers=1, workers=2, steps=4, audit=1, app=app),
+                 progress=False, eval_every_s=None)
+    assert out["audit"]["acked"] == 2 * 4 and out["audit"]["acked_lost"] == 0
+
+
+def test_impossible_cluster_sizes_are_refused_up_front():
+    for kw, why in (({"servers": 0}, "at least one server"),
+                    ({"servers": 2, "replication": 3}, "replication 3 must be 1..2"),
+                    ({"replication": 0}, "replication 0 must be")):
+        with pytest.raises(ValueError, match=why):
+            ClusterSpec(**kw).config(None)
