@@ -64,11 +64,17 @@ class ClipperConnection:
         self.cm = container_manager
         self.connected = False
 
-    def start_clipper(self, query_port: int = 1337, mgmt_port: int = 1338,
-                      grpc_port: int = 1339, cache_size: int = 32 << 20,
+    def start_clipper(self, query_port: int | None = None, mgmt_port: int | None = None,
+                      grpc_port: int | None = None, cache_size: int = 32 << 20,
                       trace_sample: float = 0.0) -> None:
-        """Start the Clipper process (query + management frontends) and connect."""
-        self.cm.start_clipper(query_port, mgmt_port, grpc_port, cache_size, trace_sample)
+        """Start the Clipper process (query + management frontends) and connect. Ports
+        left out are the container manager's (``LocalContainerManager(query_port=...)``,
+        1337/1338/1339 by default), as in ``clipper_admin`` where the manager owns them."""
+        ports = self.cm.ports
+        self.cm.start_clipper(ports["query_port"] if query_port is None else query_port,
+                              ports["mgmt_port"] if mgmt_port is None else mgmt_port,
+                              ports["grpc_port"] if grpc_port is None else grpc_port,
+                              cache_size, trace_sample)
         self.connected = True
 
     def connect(self) -> None:

@@ -53,6 +53,10 @@ class BatchingConfig:
         if self.policy not in CONTROLLERS:
             raise ValueError(f"batching policy must be one of {sorted(CONTROLLERS)}, "
                              f"got {self.policy!r}")
+        for f in ("size", "max_size"):  # a float size would break the queue's range(n)
+            v = getattr(self, f)
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool):
+                raise ValueError(f"batching {f} must be a whole number, got {v!r}")
         if not (1 <= self.size <= self.max_size):
             raise ValueError(f"batch size {self.size} must be in 1..max_size={self.max_size}")
         if not (0 <= self.max_delay_s < 10 and 0 < self.slo_fraction <= 1

@@ -117,8 +117,13 @@ class ModelContainer:
         t0 = now_us()
         try:
             meta, xs = decode_batch(request)
-        except ValueError as e:
-            return pack({"error": f"bad batch: {e}", "pid": os.getpid()})
+        except ValueError as e:  # answer *this* batch, so the frontend fails only it
+            try:
+                batch_id = unpack(request)[0].get("batch_id")
+            except ValueError:
+                batch_id = None
+            return pack({"error": f"bad batch: {e}", "pid": os.getpid(),
+                         "batch_id": batch_id})
         n = int(meta["n"])
         reply = {"t0": t0, "pid": os.getpid(), "batch_id": meta.get("batch_id")}
         with self.lock:

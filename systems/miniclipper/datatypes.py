@@ -15,6 +15,8 @@ prediction cache stores what the REST API returns.
 from __future__ import annotations
 
 import base64
+import json
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -86,7 +88,58 @@ def parse_input(value: Any, input_type: str, input_length: int | None = None) ->
     if input_length is not None and len(value) != input_length:
         raise InputError(f"input has length {len(value)}, this application expects "
                          f"{input_length}")
-    return np.asarray(value, dtype=INPUT_DTYPES[input_type])
+    try:
+        with np.errstate(over="ignore"):  # a float32 overflow becomes inf: refused below
+            x = np.asarray(value, dtype=INPUT_DTYPES[input_type])
+    except OverflowError:
+        raise InputError(f"input_type {input_type!r}: a value does not fit in "
+                         f"{np.dtype(INPUT_DTYPES[input_type]).name}") from None
+    return check_finite(x, input_type)
+
+
+def check_finite(x: np.ndarray, input_type: str) -> np.ndarray:
+    """Refuse NaN and infinities, and finite values too large for a float32 app (they
+    would become inf): a model cannot give a meaningful answer to them."""
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        raise InputError(f"input_type {input_type!r}: inputs must be finite numbers that "
+                         f"fit in {x.dtype.name}")
+    return x
+
+
+def _no_constant(name: str) -> float:
+    raise InputError(f"{name} is not a JSON number (inputs must be finite)")
+
+
+def loads_strict(body: bytes | str) -> Any:
+    """Parse a request body as JSON proper: Python's parser also takes NaN and Infinity,
+    which JSON has no literal for and a model cannot use."""
+    return json.loads(body, parse_constant=_no_constant)
+
+
+def dumps_strict(obj: Any) -> str:
+    """A response body that is valid JSON even when a model answered NaN or inf (sent as
+    the strings "NaN", "Infinity", "-Infinity" instead of bare literals)."""
+    try:
+        return json.dumps(obj, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(obj), allow_nan=False)
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return json.dumps(obj)  # 'NaN', 'Infinity' or '-Infinity', as a string
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def same_input_type(a: str, b: str) -> bool:
+    """Clipper links a model to an app only when their input types agree; "ints" is
+    our alias of "integers"."""
+    canon = {"ints": "integers"}
+    return canon.get(a, a) == canon.get(b, b)
 
 
 def model_hasher(model: tuple[str, str]) -> Any:

@@ -18,6 +18,7 @@ its ``device`` ("cpu" or "cuda"), and returns its output, or its arg-max along d
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -60,26 +61,36 @@ def save_torch_model(module: Any, input_shape: tuple[int, ...] | None = None,
                       device=device, output=output)
 
 
+def _deploy_saved(conn: Any, name: str, version: str | int, input_type: str, path: str,
+                  **deploy: Any) -> None:
+    """Deploy a freshly saved model directory, then delete it: the manager copied it into
+    its own store (``ReplicaSupervisor.install``), so the temporary copy is garbage."""
+    try:
+        conn.deploy_model(name, version, input_type, path, **deploy)
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def deploy_python_closure(conn: Any, name: str, version: str | int, input_type: str,
                           func: Callable[[Any], Any], **deploy: Any) -> None:
     """Serialise ``func`` with cloudpickle and deploy it (clipper_admin
     ``deployers.python.deploy_python_closure``). ``deploy`` goes to
     :meth:`.admin.ClipperConnection.deploy_model` (num_replicas, batch_size, batching...)."""
-    conn.deploy_model(name, version, input_type, save_python_closure(func), **deploy)
+    _deploy_saved(conn, name, version, input_type, save_python_closure(func), **deploy)
 
 
 def deploy_sklearn_model(conn: Any, name: str, version: str | int, input_type: str,
                          model: Any, **deploy: Any) -> None:
     """Deploy a fitted scikit-learn estimator; the container calls ``model.predict``."""
-    conn.deploy_model(name, version, input_type, save_sklearn_model(model), **deploy)
+    _deploy_saved(conn, name, version, input_type, save_sklearn_model(model), **deploy)
 
 
 def deploy_pytorch_model(conn: Any, name: str, version: str | int, input_type: str,
                          module: Any, input_shape: tuple[int, ...] | None = None,
                          device: str = "cpu", output: str = "raw", **deploy: Any) -> None:
     """Deploy a torch module (clipper_admin ``deployers.pytorch``) on CPU or CUDA."""
-    conn.deploy_model(name, version, input_type,
-                      save_torch_model(module, input_shape, device, output), **deploy)
+    _deploy_saved(conn, name, version, input_type,
+                  save_torch_model(module, input_shape, device, output), **deploy)
 
 
 def create_endpoint(conn: Any, name: str, input_type: str, func: Callable[[Any], Any],

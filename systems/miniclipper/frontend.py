@@ -40,7 +40,14 @@ from common.trace import TraceWriter
 from common.wire import WireError, pack, unpack
 
 from .cache import PredictionCache
-from .datatypes import INPUT_DTYPES, NUMERIC_TYPES, InputError
+from .datatypes import (
+    INPUT_DTYPES,
+    NUMERIC_TYPES,
+    InputError,
+    check_finite,
+    dumps_strict,
+    loads_strict,
+)
 from .metrics import Metrics
 from .query_processor import QueryProcessor, UnknownApp
 from .queues import QueueFull
@@ -127,7 +134,18 @@ def rows_of(x: Any, input_type: str, input_length: int | None) -> list[Any]:
         raise InputError(f"an array input needs a numeric application and a 1-D or 2-D "
                          f"numeric array; got {x.dtype} of shape {x.shape} for "
                          f"input_type {input_type!r}")
-    x = np.ascontiguousarray(x if x.ndim == 2 else x[None], dtype=INPUT_DTYPES[input_type])
+    target = np.dtype(INPUT_DTYPES[input_type])
+    if target.kind == "i" and x.size:  # never truncate or wrap what REST would refuse
+        if x.dtype.kind == "f":
+            raise InputError(f"input_type {input_type!r} needs whole numbers, got a "
+                             f"{x.dtype} array")
+        info = np.iinfo(target)
+        if x.min() < info.min or x.max() > info.max:
+            raise InputError(f"input_type {input_type!r}: a value does not fit in "
+                             f"{target.name}")
+    with np.errstate(over="ignore"):  # a float32 overflow becomes inf: refused below
+        x = np.ascontiguousarray(x if x.ndim == 2 else x[None], dtype=target)
+    check_finite(x, input_type)
     if input_length is not None and x.shape[1] != input_length:
         raise InputError(f"input has length {x.shape[1]}, this application expects "
                          f"{input_length}")
@@ -144,7 +162,7 @@ def query_app(server: ClipperServer) -> web.Application:
         name = request.match_info["app"]
         try:
             app = qp.app(name)
-            doc = json.loads(await request.read())
+            doc = loads_strict(await request.read())
             values, batched = _inputs_of(doc)
             xs = qp.parse(app, values)
             out = await qp.predict(name, xs, arrival)
@@ -160,17 +178,17 @@ def query_app(server: ClipperServer) -> web.Application:
             server.metrics.rejected.labels(name, "overload").inc()
             return error_json(429, "Overloaded", str(e))
         body = {"batch_predictions": out} if batched else out[0]
-        return web.Response(body=json.dumps(body), content_type="application/json")
+        return web.Response(body=dumps_strict(body), content_type="application/json")
 
     async def update(request: web.Request) -> web.Response:
         name = request.match_info["app"]
         try:
             app = qp.app(name)
-            doc = json.loads(await request.read())
+            doc = loads_strict(await request.read())
             if not isinstance(doc, dict) or set(doc) != {"input", "label"}:
                 raise InputError('feedback must be a JSON object {"input": ..., "label": ...}')
             (x,) = qp.parse(app, [doc["input"]])
-            return web.json_response(await qp.update(name, x, doc["label"]))
+            return web.json_response(await qp.update(name, x, doc["label"]), dumps=dumps_strict)
         except UnknownApp as e:
             return error_json(404, "Unknown application", e.args[0])
         except (json.JSONDecodeError, UnicodeDecodeError) as e:

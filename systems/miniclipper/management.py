@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import shutil
 from collections.abc import Awaitable, Callable
@@ -32,10 +33,12 @@ from common.wire import pack, unpack
 
 from .batching import BatchingConfig
 from .container import SERVICE
-from .datatypes import INPUT_DTYPES
+from .datatypes import INPUT_DTYPES, same_input_type
 from .frontend import ClipperServer, error_json, json_errors
 from .query_processor import Application, UnknownApp
 from .selection import POLICIES, make_policy
+
+log = logging.getLogger("miniclipper.management")
 
 NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?\Z")
 
@@ -74,12 +77,31 @@ def _name(value: str, what: str) -> str:
     return value
 
 
+class ReplicaFailure(RuntimeError):
+    """A management operation that left the model with fewer replicas than asked."""
+
+
+def _cross_site(request: web.Request) -> str | None:
+    """Why a management call must be refused, or None. Binding loopback does not stop a
+    web page in the user's own browser from POSTing here; a browser can send
+    ``text/plain`` across sites without asking, but not ``application/json`` (that needs
+    a CORS preflight, which we never answer), and it always names the page's Origin."""
+    origin = request.headers.get("Origin")
+    if origin is not None and origin.split("://")[-1] != request.host:
+        return f"cross-origin management call from Origin {origin!r}"
+    if request.content_length and request.content_type != "application/json":
+        return (f"management calls take Content-Type application/json, got "
+                f"{request.content_type!r}")
+    return None
+
+
 def management_app(server: ClipperServer) -> web.Application:
     qp, ex, sup = server.qp, server.executor, server.supervisor
 
     def model_of(doc: dict[str, Any]) -> tuple[str, str]:
         name = doc["model_name"]
-        version = str(doc.get("model_version") or qp.current_version.get(name, ""))
+        given = doc.get("model_version")  # version 0 is a version, not "unset"
+        version = str(given if given is not None else qp.current_version.get(name, ""))
         if (name, version) not in server.models:
             raise KeyError(f"no model {name}:{version or '?'}; deployed: "
                            f"{sorted(f'{n}:{v}' for n, v in server.models)}")
@@ -98,6 +120,8 @@ def management_app(server: ClipperServer) -> web.Application:
             raise BadRequest(f"selection_policy must be one of {sorted(POLICIES)}")
         if d["latency_slo_micros"] <= 0:
             raise BadRequest("latency_slo_micros must be positive")
+        if d.get("input_length", 1) <= 0:
+            raise BadRequest("input_length must be positive (or left out: any length)")
         policy = d.get("selection_policy", "exp3")
         qp.apps[name] = Application(name, d["input_type"], d["default_output"],
                                     d["latency_slo_micros"], policy, d.get("input_length"),
@@ -118,6 +142,10 @@ def management_app(server: ClipperServer) -> web.Application:
         _name(version, "model version")
         if d["input_type"] not in INPUT_DTYPES:
             raise BadRequest(f"input_type must be one of {sorted(INPUT_DTYPES)}")
+        for app in qp.apps.values():  # a new version must take what linked apps send
+            if name in app.models and not same_input_type(d["input_type"], app.input_type):
+                raise BadRequest(f"model {name!r} is linked to application {app.name!r}, "
+                                 f"which sends {app.input_type!r}, not {d['input_type']!r}")
         bs = d.get("batch_size", -1)
         try:
             batching = BatchingConfig.from_dict(d["batching"]) if "batching" in d else \
@@ -156,6 +184,11 @@ def management_app(server: ClipperServer) -> web.Application:
         missing = [m for m in d["model_names"] if m not in known]
         if missing:
             raise BadRequest(f"no deployed model named {missing}; deployed: {sorted(known)}")
+        for m in d["model_names"]:  # Clipper refuses a link across input types
+            types = {info["input_type"] for (n, _), info in server.models.items() if n == m}
+            if any(not same_input_type(t, app.input_type) for t in types):
+                raise BadRequest(f"model {m!r} takes input_type {sorted(types)}, application "
+                                 f"{app.name!r} sends {app.input_type!r}")
         qp.link(app, d["model_names"])
         return {"ok": True, "linked_models": app.models}
 
@@ -172,7 +205,11 @@ def management_app(server: ClipperServer) -> web.Application:
         if not 0 <= d["num_replicas"] <= 64:
             raise BadRequest("num_replicas must be 0..64")
         model = model_of(d)
-        await sup.set_num_replicas(model, d["num_replicas"])
+        try:
+            await sup.set_num_replicas(model, d["num_replicas"])
+        except (RuntimeError, OSError) as e:  # a new replica died while loading the model
+            raise ReplicaFailure(f"{model[0]}:{model[1]}: a replica failed to start ({e}); "
+                                 f"{len(sup.replicas_of(model))} replicas run now") from None
         return {"ok": True, "replicas": len(sup.replicas_of(model))}
 
     async def set_batching(doc: dict[str, Any]) -> Any:
@@ -264,6 +301,9 @@ def management_app(server: ClipperServer) -> web.Application:
 
     def route(name: str, fn: Callable[[Any], Awaitable[Any]]) -> Any:
         async def handler(request: web.Request) -> web.Response:
+            refused = _cross_site(request)
+            if refused:
+                return error_json(403 if "Origin" in refused else 415, "Refused", refused)
             body = await request.read()
             try:
                 doc = json.loads(body) if body.strip() else None
@@ -276,6 +316,12 @@ def management_app(server: ClipperServer) -> web.Application:
                 return error_json(400, "Bad request", str(e))
             except (KeyError, UnknownApp) as e:
                 return error_json(404, "Not found", e.args[0] if e.args else str(e))
+            except ReplicaFailure as e:
+                return error_json(500, "Replica failure", str(e))
+            except Exception as e:  # noqa: BLE001 - a bug here must not become a bare 500
+                log.exception("/admin/%s failed", name)
+                return error_json(500, "Internal error", f"/admin/{name}: "
+                                                         f"{type(e).__name__}: {e}")
         return handler
 
     async def ping(request: web.Request) -> web.Response:

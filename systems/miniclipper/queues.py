@@ -25,7 +25,7 @@ import itertools
 import time
 from collections.abc import Callable
 
-from .datatypes import PredictTask
+from .datatypes import InputError, PredictTask
 
 
 class QueueFull(Exception):
@@ -60,6 +60,10 @@ class ModelQueue:
         """Enqueue all of ``tasks`` or none: raises :class:`QueueFull` over the bound.
         ``bounded=False`` re-admits tasks that were already accepted (a retry after a
         replica died)."""
+        if bounded and len(tasks) > self.max_len:  # retrying later cannot help: a 400
+            raise InputError(f"a request of {len(tasks)} queries can never fit the queue "
+                             f"of model {self.model[0]}:{self.model[1]} (bound "
+                             f"{self.max_len}); send it in smaller batches")
         if bounded and len(self._heap) + len(tasks) > self.max_len:
             self._drop_expired(time.monotonic())
             if len(self._heap) + len(tasks) > self.max_len:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -39,10 +40,16 @@ from .metrics import Metrics
 from .queues import ModelQueue, TaskExpired
 
 MAX_RETRIES = 2
+log = logging.getLogger("miniclipper.executor")
 
 
 class ModelError(Exception):
     """A model failed the batch this query was in."""
+
+
+class ContainerDied(Exception):
+    """The query's container died (or hung) and retrying on another replica ran out of
+    deadline or attempts; the default output says so instead of blaming the SLO."""
 
 
 @dataclass
@@ -160,8 +167,10 @@ class TaskExecutor:
                 t.retries += 1
                 again.append(t)
             else:
-                self.cache.fail(t.key, TaskExpired("its container died and the deadline "
-                                                   "or retry budget ran out"))
+                why = "the deadline passed" if t.deadline <= now else \
+                    f"{MAX_RETRIES} retries were spent"
+                self.cache.fail(t.key, ContainerDied(
+                    f"model {t.model[0]}:{t.model[1]}: its container died and {why}"))
         if again:
             self.queues[tasks[0].model].put(again, bounded=False)
 
@@ -185,7 +194,7 @@ class TaskExecutor:
         model, queue, cache = rep.model, self.queues[rep.model], self.cache
         info, m = self.models[model], self.metrics
         label = f"{model[0]}:{model[1]}"
-        log = self.batch_log[model]
+        batch_log = self.batch_log[model]
         try:
             while True:
                 cfg = info.batching
@@ -224,14 +233,20 @@ class TaskExecutor:
                     cache.complete(batch, outputs, sizes)
                     rep.controller.update_batch_size(len(batch), latency,
                                                      slo * cfg.slo_fraction)
-                log.append((sent, len(batch), latency, rep.controller.batch_size,
-                            rep.replica_id))
+                batch_log.append((sent, len(batch), latency, rep.controller.batch_size,
+                                  rep.replica_id))
                 if traced:
                     self._trace_batch(rep, batch, batch_id, ts_us, meta)
         except asyncio.CancelledError:
             if rep.inflight:
                 self._retry(rep.inflight)
             raise
+        except Exception as e:  # noqa: BLE001 - a bug in this loop must not stop the
+            log.exception("replica loop of %s failed", label)  # model for good: treat it
+            if rep.inflight:                                 # as a replica failure
+                self._retry(rep.inflight)
+                rep.inflight = []
+            self.on_replica_failure(rep, f"replica loop failed: {type(e).__name__}: {e}")
 
     def _trace_batch(self, rep: Replica, batch: list[PredictTask], batch_id: int,
                      ts_us: float, meta: dict[str, Any]) -> None:

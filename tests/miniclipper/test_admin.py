@@ -132,6 +132,43 @@ def test_the_management_api_refuses_bytes_and_bad_requests(clipper, tmp_path):
         clipper.set_model_version("m", 9)
 
 
+def test_management_edge_cases_answer_json_and_keep_state(clipper):
+    """Version 0 is a version; a link across input types is refused (Clipper checks
+    that a model and its app agree); a replica that cannot start is a JSON 500; a
+    browser's cross-site or non-JSON POST is refused before it does anything."""
+    c = clipper
+    mgmt = f"http://{c.cm.get_admin_addr()}/admin"
+    c.register_application("zero", "doubles", -1.0, 1_000_000)
+    for v in (0, 1):
+        deploy_python_closure(c, "zero", v, "doubles", _versioned(v))
+    c.link_model_to_app("zero", "zero")
+    code, r = post(f"{mgmt}/set_model_version", {"model_name": "zero", "model_version": 0})
+    assert code == 200 and r["model"] == "zero:0" and c.predict("zero", [0.0])["output"] == 0.0
+    deploy_python_closure(c, "words", 1, "strings", lambda xs: [len(x) for x in xs])
+    with pytest.raises(ClipperException, match="words.*takes input_type.*strings.*sends.*doubles"):
+        c.link_model_to_app("zero", "words")
+    with pytest.raises(ClipperException, match="linked to application 'zero'"):
+        deploy_python_closure(c, "zero", 2, "strings", lambda xs: list(xs))
+    assert c.get_app_info("zero")["linked_models"] == ["zero"]
+    store = c.get_model_info("zero", 1)["path"]
+    os.remove(os.path.join(store, "model.pkl"))  # a new replica can no longer load it
+    code, r = post(f"{mgmt}/set_num_replicas", {"model_name": "zero", "model_version": "1",
+                                                 "num_replicas": 2})
+    assert code == 500 and set(r) == {"error", "cause"} and "failed to start" in r["cause"]
+    assert c.predict("zero", [0.0])["output"] == 0.0  # the current version still serves
+    import urllib.error
+    import urllib.request
+    for headers in ({"Content-Type": "text/plain"},
+                    {"Content-Type": "application/json", "Origin": "http://evil.example"}):
+        req = urllib.request.Request(f"{mgmt}/add_app", headers=headers, data=json.dumps(
+            {"name": "evil", "input_type": "doubles", "default_output": 0,
+             "latency_slo_micros": 10}).encode())
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=10)
+        assert e.value.code in (403, 415) and "cause" in json.loads(e.value.read())
+    assert "evil" not in c.get_all_apps()
+
+
 def test_containers_run_the_stores_copy_not_the_source(clipper):
     """Changing the deployed directory afterwards changes nothing, even after the
     container restarts: it loads only what the manager copied into its store."""
@@ -154,8 +191,12 @@ def test_containers_run_the_stores_copy_not_the_source(clipper):
 
 
 def test_stop_all_leaves_no_process(tmp_path):
-    conn = ClipperConnection(LocalContainerManager(log_dir=tmp_path))
-    conn.start_clipper(0, 0, 0)
+    """Also: ``start_clipper()`` binds the ports the container manager was given (0:
+    the OS chooses), as clipper_admin's managers own them, not 1337/1338/1339."""
+    conn = ClipperConnection(LocalContainerManager(log_dir=tmp_path, query_port=0,
+                                                   mgmt_port=0, grpc_port=0))
+    conn.start_clipper()
+    assert not {1337, 1338, 1339} & set(conn.cm.ports.values())
     deploy_python_closure(conn, "m", 1, "doubles", _versioned(1), num_replicas=2)
     pids = [conn.cm.info["pid"]] + [r["pid"] for r in conn.get_all_model_replicas()]
     conn.stop_all()

@@ -105,6 +105,9 @@ def test_quantile_batcher_backs_off_when_the_model_slows():
 def test_config_rejects_nonsense_with_a_reason():
     with pytest.raises(ValueError, match="policy must be one of"):
         BatchingConfig("lifo")
+    for bad in ({"size": 1.5}, {"max_size": 8.0}, {"size": True}):  # range(n) needs ints
+        with pytest.raises(ValueError, match="must be a whole number"):
+            BatchingConfig.from_dict({"policy": "static", "max_size": 8, **bad})
     with pytest.raises(ValueError, match="unknown batching fields"):
         BatchingConfig.from_dict({"policy": "aimd", "sizee": 3})
     assert make_controller(BatchingConfig("static", size=4)).update_batch_size(1, 9, 1) == 4

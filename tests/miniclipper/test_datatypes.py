@@ -1,5 +1,7 @@
 """Inputs and outputs on the wire (systems/miniclipper/datatypes.py)."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -7,9 +9,11 @@ from systems.miniclipper.datatypes import (
     InputError,
     decode_batch,
     decode_outputs,
+    dumps_strict,
     encode_batch,
     encode_outputs,
     input_key,
+    loads_strict,
     parse_input,
 )
 
@@ -26,6 +30,10 @@ def test_parse_input_accepts_the_declared_type_and_says_why_not():
         parse_input([1, 2.5], "integers")
     with pytest.raises(InputError, match="length 2, this application expects 3"):
         parse_input([1, 2], "doubles", input_length=3)
+    with pytest.raises(InputError, match="does not fit in int32"):
+        parse_input([2 ** 40], "integers")
+    with pytest.raises(InputError, match="finite numbers that fit in float32"):
+        parse_input([1e300], "floats")
     with pytest.raises(InputError, match="needs a JSON string"):
         parse_input([1], "strings")
     with pytest.raises(InputError, match="not valid base64"):
@@ -70,3 +78,28 @@ def test_cache_keys_separate_models_versions_and_inputs():
     keys = {input_key(("m", "1"), x), input_key(("m", "2"), x), input_key(("n", "1"), x),
             input_key(("m", "1"), x + 1)}
     assert len(keys) == 4 and input_key(("m", "1"), x.copy()) in keys
+
+
+def test_json_is_parsed_and_written_strictly():
+    """JSON has no NaN or Infinity; Python's json module reads and writes them anyway."""
+    with pytest.raises(InputError, match="NaN is not a JSON number"):
+        loads_strict(b'{"input": [NaN]}')
+    assert loads_strict(b'{"input": [1.5]}') == {"input": [1.5]}
+    body = dumps_strict({"output": [float("nan"), float("-inf"), 2.0], "default": False})
+    assert json.loads(body, parse_constant=lambda c: pytest.fail(c)) == {
+        "output": ["NaN", "-Infinity", 2.0], "default": False}
+
+
+def test_grpc_arrays_are_refused_where_rest_would_refuse_them():
+    """The gRPC API's array path must not truncate floats or wrap big ints that the REST
+    path refuses (frontend.rows_of)."""
+    from systems.miniclipper.frontend import rows_of
+
+    with pytest.raises(InputError, match="whole numbers"):
+        rows_of(np.array([1.7, 2.9]), "integers", None)
+    with pytest.raises(InputError, match="does not fit in int32"):
+        rows_of(np.array([2 ** 33 + 5, 0]), "integers", None)
+    with pytest.raises(InputError, match="finite"):
+        rows_of(np.array([[np.inf, 1.0]]), "doubles", None)
+    assert [r.tolist() for r in rows_of(np.array([[1, 2], [3, 4]]), "ints", 2)] == \
+        [[1, 2], [3, 4]]

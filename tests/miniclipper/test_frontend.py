@@ -152,6 +152,28 @@ def test_malformed_requests_get_400_and_the_next_good_one_succeeds(apps, body, s
     assert code == 200 and r["output"] == int(lr.predict(X[600:601])[0])
 
 
+@pytest.mark.parametrize("body,cause", [
+    (b'{"input": [NaN, 1]}', "NaN is not a JSON number"),
+    (b'{"input": [Infinity]}', "Infinity is not a JSON number"),
+    (b'{"input": [1' + b"0" * 400 + b']}', "does not fit in float64"),
+])
+def test_non_finite_or_overflowing_numbers_get_400_not_a_500(apps, body, cause):
+    """Python's JSON parser takes NaN and Infinity, and a 400-digit integer overflows a
+    float64: each must be a 400 with a reason, never a 500 or a NaN answer."""
+    c, _, _ = apps
+    code, r = post(url(c, "lin1"), raw=body)
+    assert code == 400 and set(r) == {"error", "cause"} and cause in r["cause"], r
+    code, r = post(url(c, "lin1"), {"input": [1.0] * 8})
+    assert code == 200 and r["output"] == int(linear([[1.0] * 8])[0])
+
+
+def test_a_request_larger_than_the_queue_bound_is_a_400_not_a_429(apps):
+    """Retrying later cannot help a request of more queries than the queue ever holds."""
+    c, _, _ = apps
+    code, r = post(url(c, "tiny"), {"input_batch": [[-1.0], [-2.0], [-3.0]]})
+    assert code == 400 and "can never fit" in r["cause"] and "bound 2" in r["cause"]
+
+
 def test_unknown_app_and_path_get_404(apps):
     c, _, _ = apps
     code, r = post(url(c, "nope"), {"input": [1.0]})
@@ -184,6 +206,10 @@ def test_grpc_query_api(apps):
         for req, code in ((pack({"app": "nope"}, [X[0]]), grpc.StatusCode.NOT_FOUND),
                           (b"garbage", grpc.StatusCode.INVALID_ARGUMENT),
                           (pack({"app": "digits"}, [X[0, :3]]),
+                           grpc.StatusCode.INVALID_ARGUMENT),
+                          (pack({"app": "digits"}, [np.full(64, np.nan)]),
+                           grpc.StatusCode.INVALID_ARGUMENT),
+                          (pack({"app": "digits", "input": [1e400] * 64}),
                            grpc.StatusCode.INVALID_ARGUMENT)):
             with pytest.raises(grpc.RpcError) as e:
                 call(req, timeout=10)
