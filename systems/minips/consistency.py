@@ -52,6 +52,8 @@ class Consistency:
             return cls("bsp", 0)
         if t in ("asp", "eventual"):
             return cls("asp", math.inf)
+        if t in ("ssp:inf", "ssp:infinity"):  # the paper: tau = inf is eventual
+            return cls("asp", math.inf)
         if t.startswith("ssp:"):
             try:
                 tau = int(t[4:])

@@ -165,6 +165,16 @@ class SignificantlyModified:
         self.stats.add(entry_bytes(keys.size, k), entry_bytes(n_out, k), keys.size, n_out)
         return keys[send], acc[send].astype(VAL_DTYPE)
 
+    def flush(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Everything still held back, once (a worker's last push): the filter delays
+        small changes, it must not drop them when the job ends."""
+        if self.residual is None:
+            return None
+        keys, vals, _ = self.residual.range(0, 1 << 64)
+        held = np.abs(vals).max(axis=1) > 0
+        self.residual = None
+        return (keys[held], vals[held]) if held.any() else None
+
 
 @dataclass
 class KKT:
@@ -225,6 +235,11 @@ class FilterChain:
         self.value_filters = [f for f in self.filters if hasattr(f, "push")]
         self.caching = next((f for f in self.filters if isinstance(f, KeyCaching)), None)
         self.compress = next((f for f in self.filters if isinstance(f, Compress)), None)
+
+    def flush(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """What the value filters still hold back (keys, vals), for a last push."""
+        f = next((f for f in self.value_filters if isinstance(f, SignificantlyModified)), None)
+        return f.flush() if f else None
 
     def filter_push(self, keys: np.ndarray, vals: np.ndarray, ctx: dict) -> tuple:
         """Run the value filters; the last ``ctx["exempt"]`` entries (the fault tests'

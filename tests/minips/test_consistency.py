@@ -20,6 +20,7 @@ def test_parse_and_dependencies():
     assert Consistency.parse("ssp:3").wait_clock(5) == 1
     assert Consistency.parse("asp").wait_clock(5) is None
     assert math.isinf(Consistency.parse("asp").tau)
+    assert Consistency.parse("ssp:inf") == Consistency.parse("asp")  # tau = inf: eventual
     assert Consistency.parse("ssp:0").wait_clock(5) == Consistency.parse("bsp").wait_clock(5)
     for bad in ("ssp:-1", "ssp:x", "stale"):
         with pytest.raises(ValueError, match="ssp|bsp"):

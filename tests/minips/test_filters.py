@@ -73,6 +73,10 @@ def test_significantly_modified_delays_but_never_loses():
         sent[k.astype(int)] += v
     np.testing.assert_allclose(sent + f.residual.get(keys), pushed, atol=1e-4)
     assert f.stats.entries_out < f.stats.entries_in
+    k, v = FilterChain([f]).flush()  # the job's end: what is held back goes out, once
+    sent[k.astype(int)] += v
+    np.testing.assert_allclose(sent, pushed, atol=1e-4)
+    assert f.flush() is None
 
 
 def test_key_caching_sends_a_repeated_key_list_as_its_hash():

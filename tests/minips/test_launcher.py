@@ -56,12 +56,16 @@ def test_a_worker_that_crashes_mid_job_fails_the_launch_with_its_log():
 
 
 def test_filters_never_touch_the_audit_counters():
-    """The KKT filter drops gradient entries; the audit keys appended to the same push
-    must pass untouched (it used to crash on the longer push)."""
-    app = {"name": "sparse_lr", "features": 4096, "examples": 1024, "filters": ["kkt"]}
+    """The KKT filter drops gradient entries and the significantly-modified filter holds
+    them back; the audit keys appended to the same push must pass untouched (KKT used to
+    crash on the longer push), and what is held back is pushed at the end."""
+    app = {"name": "sparse_lr", "features": 4096, "examples": 1024,
+           "filters": ["kkt", "sigmod"], "sigmod_threshold": 10.0}
     out = launch(ClusterSpec(servers=1, workers=2, steps=4, audit=1, app=app),
                  progress=False, eval_every_s=None)
     assert out["audit"]["acked"] == 2 * 4 and out["audit"]["acked_lost"] == 0
+    # a threshold of 10 holds every gradient back; the workers' last push flushes them
+    assert out["per_node"]["s0"]["push_requests"] == 2 * 4 + 2
 
 
 def test_impossible_cluster_sizes_are_refused_up_front():
