@@ -25,12 +25,14 @@ analogue of ``State.ToStr()``, which Ansor uses to de-duplicate).
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
 from common.devices import H100_SXM, DeviceSpec
 
+from .kernels_gemm import splitk_slice
 from .sketch import Sketch
 from .workloads import Task, cdiv, next_pow2
 
@@ -119,10 +121,10 @@ def check(task: Task, sketch: Sketch, ann: dict[str, int],
         if bm * bn < 256 * warps:
             bad.append(f"{bm}x{bn} tile too small for {warps} warps")
         m, n, k = task.mnk
-        if cfg.get("SPLIT_K", 1) > cdiv(k, bk):
-            bad.append(f"SPLIT_K={cfg['SPLIT_K']} leaves empty slices of K={k}")
-        if cfg.get("GROUP_M", 1) > 1 and cfg["GROUP_M"] > next_pow2(
-                cdiv(m, bm)):
+        split = cfg.get("SPLIT_K", 1)
+        if (split - 1) * splitk_slice(k, bk, split) >= k:  # the last slice starts past K
+            bad.append(f"SPLIT_K={split} leaves empty slices of K={k}")
+        if cfg.get("GROUP_M", 1) > cdiv(m, bm):
             bad.append(f"GROUP_M={cfg['GROUP_M']} > {cdiv(m, bm)} tile rows")
     else:
         rows, cols = task.rows_cols
@@ -162,14 +164,24 @@ def sample_annotation(task: Task, sketch: Sketch, rng: np.random.Generator,
     return None
 
 
-def enumerate_space(task: Task, sketch: Sketch,
-                    limits: HardwareLimits = H100_LIMITS) -> list[dict[str, int]]:
-    """Every valid annotation of one sketch: the pruned exhaustive space."""
+def iter_space(task: Task, sketch: Sketch,
+               limits: HardwareLimits = H100_LIMITS) -> Iterator[dict[str, int]]:
+    """The valid annotations of one sketch, one at a time (in grid order)."""
     params = sketch.params
     grids = [clamped_domain(task, sketch, p) for p in params]
-    out = []
     for values in itertools.product(*grids):
         ann = dict(zip(params, (int(v) for v in values), strict=True))
         if is_valid(task, sketch, ann, limits):
-            out.append(ann)
-    return out
+            yield ann
+
+
+def enumerate_space(task: Task, sketch: Sketch,
+                    limits: HardwareLimits = H100_LIMITS) -> list[dict[str, int]]:
+    """Every valid annotation of one sketch: the pruned exhaustive space."""
+    return list(iter_space(task, sketch, limits))
+
+
+def has_valid_annotation(task: Task, sketch: Sketch,
+                         limits: HardwareLimits = H100_LIMITS) -> bool:
+    """Whether the sketch can be annotated at all (stops at the first valid one)."""
+    return next(iter_space(task, sketch, limits), None) is not None

@@ -3,7 +3,7 @@
     casebook ansor tune --workload gemm --shape 4096,4096,4096 --dtype fp16 --trials 64 \\
         [--epilogue bias+relu] [--device cuda|sim|replay:FILE] [--log tune.jsonl]
     casebook ansor tune-model --model transformer --trials 256 [--strategy round-robin]
-    casebook ansor show tune.jsonl [--plot best.png]
+    casebook ansor show tune.jsonl [--plot best.png] [--device NAME]
     casebook ansor sim-table --out table.json   # a replay table from the simulator
 
 Heavy imports happen inside the handlers, so ``casebook --help`` stays fast.
@@ -32,13 +32,21 @@ def _common(p: argparse.ArgumentParser) -> None:
 def _print_best(summary: dict) -> None:
     from common.bench import format_table
 
-    rows = [(r["task"], r["weight"], "-" if r["best_us"] is None else f"{r['best_us']:.2f}",
-             "-" if r["tflops"] is None else f"{r['tflops']:.1f}", r["sketch"] or "-",
-             r["ann"] or "-") for r in summary["tasks"]]
+    def cell(v, fmt="{}"):
+        return "-" if v is None else fmt.format(v)
+
+    rows = [(r["task"], cell(r["weight"]), cell(r["best_us"], "{:.2f}"),
+             cell(r["tflops"], "{:.1f}"), r["sketch"] or "-", r["ann"] or "-")
+            for r in summary["tasks"]]
     print(format_table(rows, ("task", "weight", "best us", "TFLOP/s", "sketch", "annotation")))
+    if summary.get("weighted_latency_us") is not None:
+        total = f"weighted latency {summary['weighted_latency_us']:.2f} us"
+    else:  # a log without task weights: say what the number is
+        total = f"unweighted sum of best latencies {summary['latency_sum_us']:.2f} us " \
+            "(the log records no task weights)"
     print(f"device {summary['device']}; {summary['trials']} trials "
           f"({summary.get('resumed', 0)} resumed from the log); errors {summary['errors']}; "
-          f"weighted latency {summary['weighted_latency_us']:.2f} us")
+          f"{total}")
 
 
 def _tune(args: argparse.Namespace) -> dict[str, Any]:
@@ -72,11 +80,17 @@ def _tune_model(args: argparse.Namespace) -> dict[str, Any]:
 def _show(args: argparse.Namespace) -> dict[str, Any]:
     from common.plots import line_chart
 
-    from .records import best_per_task, load_records
+    from .records import best_per_task, devices, load_records, on_device, task_weights
 
     records = load_records(args.log)
     if not records:
         raise SystemExit(f"{args.log}: no records (is it a miniansor tuning log?)")
+    try:  # one device's times only (TVM's ApplyHistoryBest matches the target too)
+        records = on_device(records, args.device)
+    except ValueError as e:
+        raise SystemExit(f"{args.log}: {e} with --device") from None
+    if not records:
+        raise SystemExit(f"{args.log}: no records of device {args.device!r}")
     best = best_per_task(records)
     curves: dict[str, tuple[list[int], list[float]]] = {}
     seen: dict[str, int] = {}
@@ -93,7 +107,8 @@ def _show(args: argparse.Namespace) -> dict[str, Any]:
     plot = args.plot or str(Path(args.log).with_suffix(".png"))
     line_chart(curves, plot, "trials (of that task)", "best TFLOP/s so far",
                title=f"best throughput vs trials: {Path(args.log).name}")
-    tasks = [{"task": k, "weight": 1, "best_us": b.time * 1e6,
+    weights = task_weights(args.log)
+    tasks = [{"task": k, "weight": weights.get(k), "best_us": b.time * 1e6,
               "tflops": b.task.flops / b.time / 1e12, "sketch": b.sketch.name, "ann": b.ann}
              for k, b in best.items()]
     errors: dict[str, int] = {}
@@ -101,11 +116,19 @@ def _show(args: argparse.Namespace) -> dict[str, Any]:
         if not r.ok:
             errors[r.error.name] = errors.get(r.error.name, 0) + 1
     out = {"log": args.log, "records": len(records), "plot": plot, "tasks": tasks,
-           "errors": errors}
-    _print_best({"tasks": tasks, "device": "(from log)", "trials": len(records),
-                 "errors": errors, "weighted_latency_us": sum(t["best_us"] for t in tasks)})
+           "errors": errors, "device": devices(records)[0], **_latency_totals(tasks)}
+    _print_best({**out, "trials": len(records)})
     print(f"plot: {plot}", file=sys.stderr)
     return out
+
+
+def _latency_totals(tasks: list[dict]) -> dict[str, float | None]:
+    """The objective the tuner minimised, sum of weight x best latency (weights as the
+    log recorded them), or None when some task has no weight; and the plain sum."""
+    plain = sum(t["best_us"] for t in tasks)
+    weighted = None if any(t["weight"] is None for t in tasks) else \
+        sum(t["weight"] * t["best_us"] for t in tasks)
+    return {"weighted_latency_us": weighted, "latency_sum_us": plain}
 
 
 def _sim_table(args: argparse.Namespace) -> dict[str, Any]:
@@ -149,6 +172,8 @@ def add_parser(sub, add) -> None:
     s = inner.add_parser("show", help="best kernel per task and best-throughput-vs-trials plot")
     s.add_argument("log")
     s.add_argument("--plot", default=None, help="PNG path (default: next to the log)")
+    s.add_argument("--device", default=None,
+                   help="whose records (by the log's device name; needed if it has several)")
     s.add_argument("--json", action="store_true", help="print the result as JSON last")
     s.set_defaults(func=_show)
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import operator
 from collections import Counter
+from collections.abc import Set
 
 import torch
 import torch.nn.functional as F
@@ -69,14 +70,23 @@ def _act(gm, node: fx.Node) -> str | None:
 
 
 def _fuse_epilogue(gm, anchor: fx.Node, out_shape: tuple[int, ...], has_bias: bool,
-                   n: int) -> tuple[Epilogue, set[fx.Node]]:
-    """Follow the anchor's single-user chain: [bias add] -> [relu|gelu] -> [residual]."""
+                   n: int, taken: Set[fx.Node] = frozenset()) -> tuple[Epilogue, set[fx.Node]]:
+    """Follow the anchor's single-user chain: [bias add] -> [relu|gelu] -> [residual].
+
+    A node can join one group only, as in Relay's fusion: an add already fused into an
+    earlier GEMM (``taken``; ``a(x) + b(y)``) ends the chain. An add whose other operand
+    is the chain's own value (``y + y``) is not a residual: that operand is only ready
+    after the epilogue would have consumed it."""
     bias, act, residual, fused = has_bias, "none", False, set()
     cur, stage = anchor, 0 if not has_bias else 1
     while len(cur.users) == 1:
         user = next(iter(cur.users))
+        if user in taken:
+            break
         if _is(gm, user, _ADD, (), ("add",)) and len(user.args) == 2:
             other = user.args[1] if user.args[0] is cur else user.args[0]
+            if other is anchor or other in fused or other is cur:
+                break
             oshape = _shape(other)
             if stage == 0 and oshape == (n,):
                 bias, stage = True, 1
@@ -95,7 +105,8 @@ def _fuse_epilogue(gm, anchor: fx.Node, out_shape: tuple[int, ...], has_bias: bo
     return Epilogue(bias, act, residual), fused
 
 
-def _gemm_task(gm, node: fx.Node, dtype: str) -> tuple[Task, set[fx.Node]] | None:
+def _gemm_task(gm, node: fx.Node, dtype: str, taken: Set[fx.Node] = frozenset()
+               ) -> tuple[Task, set[fx.Node]] | None:
     mod = _module(gm, node)
     if isinstance(mod, torch.nn.Linear) or (node.op == "call_function" and
                                             node.target is F.linear):
@@ -108,7 +119,7 @@ def _gemm_task(gm, node: fx.Node, dtype: str) -> tuple[Task, set[fx.Node]] | Non
             has_bias = (len(node.args) > 2 and node.args[2] is not None) or \
                 node.kwargs.get("bias") is not None
         m = math.prod(x[:-1])
-        epi, fused = _fuse_epilogue(gm, node, _shape(node), has_bias, n_out)
+        epi, fused = _fuse_epilogue(gm, node, _shape(node), has_bias, n_out, taken)
         return Task("gemm", (m, n_out, k), dtype, epi), fused
     if _is(gm, node, _MATMULS, (), ("matmul",)):
         a, b = _shape(node.args[0]), _shape(node.args[1])
@@ -116,7 +127,7 @@ def _gemm_task(gm, node: fx.Node, dtype: str) -> tuple[Task, set[fx.Node]] | Non
             return None
         m, k, n = math.prod(a[:-1]) if len(b) == 2 else a[-2], a[-1], b[-1]
         if len(b) == 2:  # [.., M, K] @ [K, N]: one GEMM over all leading rows
-            epi, fused = _fuse_epilogue(gm, node, _shape(node), False, n)
+            epi, fused = _fuse_epilogue(gm, node, _shape(node), False, n, taken)
             return Task("gemm", (m, n, k), dtype, epi), fused
         batch = math.prod(_shape(node)[:-2])
         return Task("bmm", (batch, a[-2], n, k), dtype), set()
@@ -154,7 +165,7 @@ def extract_tasks(module: torch.nn.Module, example_inputs: tuple, dtype: str = "
     for node in gm.graph.nodes:
         if node in fused or node.op not in ("call_module", "call_function", "call_method"):
             continue
-        g = _gemm_task(gm, node, dtype)
+        g = _gemm_task(gm, node, dtype, fused)
         if g is not None:
             found.append(g[0])
             fused |= g[1]

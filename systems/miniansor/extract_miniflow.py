@@ -6,9 +6,10 @@ what will run as one kernel (``relay_integration.extract_tasks``). miniflow's fu
 Session would run (prune, fold, CSE, fuse), then read tasks off it:
 
 * ``MatMul`` of rank-2 operands -> a ``gemm`` task; rank-3 -> ``bmm``. If the MatMul's
-  only consumer is a fused elementwise node computing ``matmul + bias`` (a 1-D bias of N
-  values), optionally followed by ``Relu``, that chain becomes the gemm's epilogue, the
-  same chain :mod:`systems.miniflow.tuned` later hands to the tuned kernel;
+  only consumer is a fused elementwise node computing ``matmul + bias`` or ``bias +
+  matmul`` (a 1-D bias of N values), optionally followed by ``Relu``, that chain
+  becomes the gemm's epilogue, the same chain :mod:`systems.miniflow.tuned` later hands
+  to the tuned kernel;
 * ``Softmax`` over the last axis of a rank-2 tensor -> a ``softmax`` task.
 
 Transposed MatMuls (the gradient graph has many) are tuned as the plain GEMM of the same
@@ -43,6 +44,8 @@ def gemm_epilogue(mm, consumers) -> tuple[Epilogue, object | None]:
     first = body[0]
     if first[0] == "Add" and len(body) in (1, 2):
         (t0, j0), (t1, j1) = first[2]
+        if not t0 and not t1 and ext[j1][0] is mm:
+            j0, j1 = j1, j0  # bias + x @ w: Add commutes, as Relay's fusion treats it
         if t0 or t1 or ext[j0][0] is not mm:
             return Epilogue(), None
         bias_shape = ext[j1][0].out_specs[ext[j1][1]][1]

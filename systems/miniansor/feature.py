@@ -90,7 +90,10 @@ def features(task: Task, sketch: Sketch, ann: dict[str, int],
         passes = 1 if sketch.template == "rows" else (2 if task.kind == "softmax" else 3)
         moved = m * n * b * (passes + 1)
         derived = [0.0, 0.0, 0.0, rows * chunk / (32 * warps)]
-        pad = rows * chunk * k_iters / n - 1 if sketch.template == "rows" else 0.0
+        # lanes masked off over the whole grid, as for GEMM tiles: a program's rows past
+        # the last row and its columns past the row's end
+        pad = programs * rows * chunk * k_iters / (m * n) - 1 \
+            if sketch.template == "rows" else 0.0
         reuse = [0.0, 0.0]
     waves = programs / sms
     wave_eff = programs / (math.ceil(waves) * sms)

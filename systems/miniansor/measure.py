@@ -86,6 +86,7 @@ class MeasureResult:
     error_msg: str = ""
     all_cost: float = 0.0  # wall seconds the measurement took (build + check + run)
     timestamp: float = field(default_factory=time.time)
+    device: str = ""  # the device's name: a time means nothing without it
 
     @property
     def ok(self) -> bool:
@@ -168,13 +169,23 @@ class Measurer:
             t0 = time.perf_counter()
             res = self._measure_one(inp)
             res.all_cost = time.perf_counter() - t0
-            k = inp.task.key
-            self.consecutive_errors[k] = 0 if res.ok else self.consecutive_errors.get(k, 0) + 1
+            res.device = self.device.name
+            self._count_error(inp, res)
             self.session.append((inp, res))
             for cb in self.callbacks:
                 cb(inp, res)
             results.append(res)
         return results
+
+    def _count_error(self, inp: MeasureInput, res: MeasureResult) -> None:
+        k = inp.task.key
+        self.consecutive_errors[k] = 0 if res.ok else self.consecutive_errors.get(k, 0) + 1
+
+    def restore(self, records: list[tuple[MeasureInput, MeasureResult]]) -> None:
+        """Resume: recount each task's trailing run of errors from the log, so that a
+        task the interrupted run had stopped stays stopped."""
+        for inp, res in records:
+            self._count_error(inp, res)
 
     def task_dead(self, task: Task) -> bool:
         """A long run of consecutive errors: stop spending trials on this task."""

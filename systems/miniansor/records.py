@@ -13,7 +13,14 @@ recorded schedule. Ours keeps the same contract. One line per measurement:
      "versions": {"miniansor": 1, "triton": "3.7.1", "torch": "2.13.0"}}
 
 Lines are appended and flushed one at a time, so a run killed mid-write leaves at most
-one torn last line, which the reader skips (and says so).
+one torn last line, which the reader skips (and says so) and the next writer cuts off
+before it appends. A ``"weight"`` field, where the tuner knew it, is how often the task
+occurs in its model (``casebook ansor show`` needs it for the weighted latency).
+
+A time is only meaningful on the device that measured it, so every reader keeps each
+record's ``device``: resuming uses only the current device's records, and
+``apply_history_best`` picks among one device's (TVM's ``load_best_record`` and
+``ApplyHistoryBest`` likewise match records by target).
 """
 
 from __future__ import annotations
@@ -36,25 +43,55 @@ VERSIONS = {"miniansor": RECORD_VERSION, "triton": triton.__version__,
             "torch": torch.__version__}
 
 
-def to_line(inp: MeasureInput, res: MeasureResult, device: str) -> str:
-    return json.dumps({
+def to_line(inp: MeasureInput, res: MeasureResult, device: str,
+            weight: float | None = None) -> str:
+    rec = {
         "v": RECORD_VERSION, "task": inp.task.key, "sketch": inp.sketch.name,
         "template": inp.sketch.template, "fixed": dict(inp.sketch.fixed), "ann": inp.ann,
         "costs": res.costs, "error": res.error.name, "error_msg": res.error_msg,
         "all_cost": round(res.all_cost, 6), "timestamp": res.timestamp, "device": device,
-        "versions": VERSIONS}, separators=(",", ":"))
+        "versions": VERSIONS}
+    if weight is not None:
+        rec["weight"] = weight
+    return json.dumps(rec, separators=(",", ":"))
+
+
+def end_torn_tail(path: Path) -> None:
+    """Make ``path`` end with a whole line before anything is appended to it.
+
+    A killed run can leave a torn last line; appending to it would glue the next record
+    onto the fragment and lose both. A tail that still parses (a whole record whose
+    newline was lost) gets its newline; a fragment is cut off (readers skip it anyway)."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    data = path.read_bytes()
+    if data.endswith(b"\n"):
+        return
+    cut = data.rfind(b"\n") + 1
+    try:
+        json.loads(data[cut:])
+    except ValueError:
+        print(f"miniansor: cutting a torn last line ({len(data) - cut} bytes) off {path}",
+              file=sys.stderr)
+        with open(path, "r+b") as f:
+            f.truncate(cut)
+        return
+    with open(path, "ab") as f:
+        f.write(b"\n")
 
 
 class RecordToFile:
-    """A measure callback that appends each measurement to ``path``."""
+    """A measure callback that appends each measurement to ``path``. ``weights`` maps a
+    task key to how often the task occurs in its model (written on each line)."""
 
-    def __init__(self, path: str | Path, device: str):
-        self.path, self.device = Path(path), device
+    def __init__(self, path: str | Path, device: str, weights: dict[str, float] | None = None):
+        self.path, self.device, self.weights = Path(path), device, dict(weights or {})
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        end_torn_tail(self.path)
 
     def __call__(self, inp: MeasureInput, res: MeasureResult) -> None:
         with open(self.path, "a") as f:
-            f.write(to_line(inp, res, self.device) + "\n")
+            f.write(to_line(inp, res, self.device, self.weights.get(inp.task.key)) + "\n")
             f.flush()
 
 
@@ -88,13 +125,48 @@ def load_records(path: str | Path) -> list[tuple[MeasureInput, MeasureResult]]:
                                {k: int(v) for k, v in rec["ann"].items()})
             res = MeasureResult([float(c) for c in rec["costs"]], ErrorNo[rec["error"]],
                                 rec.get("error_msg", ""), rec.get("all_cost", 0.0),
-                                rec.get("timestamp", 0.0))
+                                rec.get("timestamp", 0.0), str(rec.get("device", "")))
         except (ValueError, KeyError, TypeError) as e:
             print(f"miniansor: skipping line {i} of {path}: {type(e).__name__}: {e}",
                   file=sys.stderr)
             continue
         out.append((inp, res))
     return out
+
+
+def task_weights(path: str | Path) -> dict[str, float]:
+    """Each task's weight as the log's last line for it states (tasks without one are
+    left out: a log written by an older tuner, or by hand)."""
+    path, out = Path(path), {}
+    if not path.exists():
+        return out
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+            if "weight" in rec:
+                out[rec["task"]] = float(rec["weight"])
+        except (ValueError, KeyError, TypeError):
+            continue  # load_records already says which lines it skips
+    return out
+
+
+def devices(records: Iterable[tuple[MeasureInput, MeasureResult]]) -> list[str]:
+    """The devices that measured ``records``, in first-seen order."""
+    return list(dict.fromkeys(res.device for _, res in records))
+
+
+def on_device(records: Iterable[tuple[MeasureInput, MeasureResult]], device: str | None
+              ) -> list[tuple[MeasureInput, MeasureResult]]:
+    """The records measured on ``device``. ``None`` asks for the log's only device and is
+    an error when it holds several: comparing times across devices is meaningless."""
+    records = list(records)
+    if device is None:
+        found = devices(records)
+        if len(found) > 1:
+            raise ValueError(f"the records come from {len(found)} devices {found}; "
+                             f"name one of them")
+        return records
+    return [(i, r) for i, r in records if r.device == device]
 
 
 @dataclass
@@ -117,10 +189,13 @@ def best_per_task(records: Iterable[tuple[MeasureInput, MeasureResult]]) -> dict
 
 
 class ApplyHistoryBest:
-    """The best recorded kernel of each task, ready to run (TVM ``ApplyHistoryBest``)."""
+    """The best recorded kernel of each task on one device, ready to run (TVM
+    ``ApplyHistoryBest``, which keeps the best record per workload *and target*).
+    ``device=None``: the records' only device (an error if there are several)."""
 
-    def __init__(self, records: Iterable[tuple[MeasureInput, MeasureResult]]):
-        self.best = best_per_task(records)
+    def __init__(self, records: Iterable[tuple[MeasureInput, MeasureResult]],
+                 device: str | None = None):
+        self.best = best_per_task(on_device(records, device))
 
     def __contains__(self, task: Task | str) -> bool:
         return (task.key if isinstance(task, Task) else task) in self.best
@@ -138,6 +213,7 @@ class ApplyHistoryBest:
         return lambda inputs: run_program(task, b.sketch, b.ann, inputs)
 
 
-def apply_history_best(log: str | Path) -> ApplyHistoryBest:
-    """Read a tuning log and return the dispatcher of best kernels per task."""
-    return ApplyHistoryBest(load_records(log))
+def apply_history_best(log: str | Path, device: str | None = None) -> ApplyHistoryBest:
+    """Read a tuning log and return the dispatcher of best kernels per task, among the
+    records of ``device`` (by name; default: the log's only device)."""
+    return ApplyHistoryBest(load_records(log), device)

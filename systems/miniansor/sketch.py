@@ -38,7 +38,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from . import kernels_gemm, kernels_rows
-from .workloads import Task, cdiv
+from .workloads import Task, cdiv, next_pow2
 
 POW2_TILES = (16, 32, 64, 128, 256)
 TEMPLATES: dict[str, Callable[[Task, dict, dict], torch.Tensor]] = {
@@ -105,7 +105,17 @@ def rule_multi_level_tiling(task: Task, s: Sketch, sm_count: int) -> list[Sketch
         return None
     return [s._with("multi-level-tiling", "tiled", "matmul", add={
         "BLOCK_M": POW2_TILES, "BLOCK_N": POW2_TILES, "BLOCK_K": (16, 32, 64, 128),
-        "num_warps": (2, 4, 8, 16), "num_stages": (1, 2, 3, 4, 5)})]
+        "num_warps": _gemm_warps(task), "num_stages": (1, 2, 3, 4, 5)})]
+
+
+def _gemm_warps(task: Task) -> tuple[int, ...]:
+    """Warps per GEMM program. Each warp needs a 16x16 MMA tile of its own, so a problem
+    whose largest tile (blocks are clamped to the problem, ``annotation.py``) is under
+    two such tiles gets one warp as well; otherwise one warp is never worth trying."""
+    m, n, _ = task.mnk
+    biggest = min(max(16, next_pow2(m)), POW2_TILES[-1]) * \
+        min(max(16, next_pow2(n)), POW2_TILES[-1])
+    return (1, 2, 4, 8, 16) if biggest < 2 * 256 else (2, 4, 8, 16)
 
 
 def rule_split_k(task: Task, s: Sketch, sm_count: int) -> list[Sketch] | None:

@@ -99,6 +99,8 @@ class TaskScheduler:
                 self.best_costs[i] = pol.best[1]
             self.task_cts[i] = self.task_best_cts[i] = math.ceil(n / per_round)
             self.costs_history[i] = [self.best_costs[i]] * self.task_cts[i]
+            if self.measurer.task_dead(self.tasks[i]):
+                self.dead.add(i)  # it kept failing before the interruption
 
     def _gradient(self, i: int) -> float:
         chain = self.weights[i]  # d f / d g_i of a weighted sum

@@ -4,8 +4,10 @@ The glue TVM calls ``auto_scheduler.TaskScheduler(tasks, weights).tune(TuningOpt
 (``task_scheduler.py``, ``auto_schedule.py``): one search policy per task sharing one
 cost model, a measurer with its callbacks (``RecordToFile``), and the task scheduler
 spending the trial budget. With an existing log it *resumes*: every logged
-measurement is preloaded into its task's policy (never measured again), the cost model
-is trained on them, and the scheduler's counters are restored; the budget counts them.
+measurement of these tasks *on this device* is preloaded into its task's policy (never
+measured again), the cost model is trained on them, and the scheduler's counters are
+restored; the budget counts them. Other devices' records stay in the log, unused (TVM
+matches records by target when it resumes or applies them).
 
 Devices by name: ``"sim"`` (``SimulatedGPU``), ``"replay:FILE"`` (``RecordedDevice``;
 the search is restricted to the recorded configs), ``"cuda"`` (``CudaDevice``).
@@ -14,14 +16,15 @@ the search is restricted to the recorded configs), ``"cuda"`` (``CudaDevice``).
 from __future__ import annotations
 
 import collections
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .annotation import H100_LIMITS, HardwareLimits
+from .annotation import H100_LIMITS, HardwareLimits, has_valid_annotation
 from .cost_model import GBTModel, RandomModel
 from .measure import Callback, Measurer
 from .recorded import RecordedDevice
-from .records import Best, RecordToFile, best_per_task, load_records
+from .records import Best, RecordToFile, best_per_task, devices, load_records, on_device
 from .search_policy import SearchParams, SketchPolicy
 from .simulator import SimulatedGPU
 from .task_scheduler import ScheduleLog, TaskScheduler
@@ -72,6 +75,44 @@ class TuneResult:
                 "errors": self.errors, "tasks": rows}
 
 
+def _refuse_empty_spaces(policies: list[SketchPolicy], dev, limits: HardwareLimits) -> None:
+    """Raise, naming them, if some tasks have nothing to measure: no valid annotation of
+    any sketch, or (replaying) no recorded config. Tuning them would silently spend no
+    trials and report an infinite latency. (Ansor has no such case: its sketches always
+    admit the trivial tiling; our declared limits can rule every config out.)"""
+    empty = []
+    for pol in policies:
+        if pol.space is not None and not pol.space:
+            empty.append(f"{pol.task.key} (the table of {dev.name} has no config of it)")
+        elif pol.space is None and not any(has_valid_annotation(pol.task, s, limits)
+                                           for s in pol.sketches):
+            empty.append(f"{pol.task.key} (no annotation of its sketches "
+                         f"{[s.name for s in pol.sketches]} fits the declared limits)")
+    if empty:
+        raise ValueError("nothing to tune for " + "; ".join(empty))
+
+
+def _resumable(records, tasks: list[Task], device: str):
+    """The logged records a run on ``device`` resumes from: these tasks, this device."""
+    keys = {t.key for t in tasks}
+    mine = [(i, r) for i, r in records if i.task.key in keys]
+    here = on_device(mine, device)
+    if len(here) < len(mine):
+        others = [d for d in devices(mine) if d != device]
+        print(f"miniansor: not resuming {len(mine) - len(here)} records measured on "
+              f"{others}, only those on {device!r}", file=sys.stderr)
+    return here
+
+
+def _preload(policies: list[SketchPolicy], cost_model, records) -> None:
+    """Resume: the policies never measure a logged config again; the model learns them."""
+    if records:
+        inputs, results = zip(*records, strict=True)
+        for pol in policies:
+            pol.preload(list(inputs), list(results))
+        cost_model.update(list(inputs), list(results))
+
+
 def tune_tasks(tasks: list[Task], weights: list[float] | None = None, trials: int = 64, *,
                device="sim", log: str | Path | None = None, strategy: str = "gradient",
                per_round: int = 8, seed: int = 0, verify: str = "auto", model: str = "gbt",
@@ -89,23 +130,20 @@ def tune_tasks(tasks: list[Task], weights: list[float] | None = None, trials: in
     policies = [SketchPolicy(t, cost_model, params=params, seed=seed + i, limits=limits,
                              evolution=evolution, space=space(t))
                 for i, t in enumerate(tasks)]
-    cbs = list(callbacks or [])
-    records = load_records(log) if log else []
-    if log:
-        cbs.insert(0, RecordToFile(log, dev.name))
-    measurer = Measurer(dev, verify=verify, limits=limits, callbacks=cbs)
-    keys = {t.key for t in tasks}
-    records = [(i, r) for i, r in records if i.task.key in keys]
-    if records:
-        inputs, results = zip(*records, strict=True)
-        for pol in policies:
-            pol.preload(list(inputs), list(results))
-        cost_model.update(list(inputs), list(results))
-    sched = TaskScheduler(tasks, weights, policies, measurer, cost_model, strategy=strategy,
-                          seed=seed)
-    if records:
-        sched.restore(per_round)
-    try:
+    try:  # whatever fails, a device we made is closed
+        _refuse_empty_spaces(policies, dev, limits)
+        cbs = list(callbacks or [])
+        records = _resumable(load_records(log), tasks, dev.name) if log else []
+        if log:
+            by_key = {t.key: w for t, w in zip(tasks, weights, strict=True)}
+            cbs.insert(0, RecordToFile(log, dev.name, by_key))
+        measurer = Measurer(dev, verify=verify, limits=limits, callbacks=cbs)
+        _preload(policies, cost_model, records)
+        measurer.restore(records)
+        sched = TaskScheduler(tasks, weights, policies, measurer, cost_model,
+                              strategy=strategy, seed=seed)
+        if records:
+            sched.restore(per_round)
         sched.tune(trials, per_round, progress)
     finally:
         if isinstance(device, str) and hasattr(dev, "close"):

@@ -14,6 +14,7 @@ from systems.miniansor.annotation import (
     parse_config_key,
     sample_annotation,
 )
+from systems.miniansor.kernels_gemm import splitk_slice
 from systems.miniansor.sketch import generate_sketches
 from systems.miniansor.workloads import Task, gemm, layernorm, next_pow2, softmax
 
@@ -33,7 +34,11 @@ def _independent_limit_check(task: Task, sketch, ann: dict, limits: HardwareLimi
         assert bm * bn >= 256 * w
         assert bm <= max(16, next_pow2(m)) and bn <= max(16, next_pow2(n))
         assert bk <= max(16, next_pow2(k))
-        assert cfg.get("SPLIT_K", 1) <= -(-k // bk)
+        split = cfg.get("SPLIT_K", 1)
+        k_blocks = -(-k // bk)
+        per_split = -(-k_blocks // split) * bk  # whole K blocks per split
+        assert (split - 1) * per_split < k  # the last split's slice starts inside K
+        assert cfg.get("GROUP_M", 1) <= -(-m // bm)  # no group beyond the tile rows
     else:
         rows, cols = task.rows_cols
         elems = cfg.get("ROWS", 1) * cfg.get("BLOCK_N", next_pow2(cols))
@@ -97,3 +102,33 @@ def test_blocks_are_clamped_to_the_problem():
 def test_config_keys_round_trip(key):
     name, ann = parse_config_key(key)
     assert f"{name}[{','.join(f'{k}={ann[k]}' for k in sorted(ann))}]" == key
+
+
+def _k_slices(k: int, bk: int, split: int) -> list[tuple[int, int]]:
+    """The K range each split-K program reads, from the kernel's own slicing."""
+    per = splitk_slice(k, bk, split)
+    return [(s * per, min((s + 1) * per, k)) for s in range(split)]
+
+
+def test_no_split_k_annotation_leaves_a_slice_of_k_empty():
+    task = gemm(64, 64, 640, "fp16")
+    sk = next(s for s in generate_sketches(task) if s.name == "tiled.splitk")
+    space = enumerate_space(task, sk)
+    assert space
+    for a in space:
+        assert all(lo < hi for lo, hi in _k_slices(640, a["BLOCK_K"], a["SPLIT_K"])), a
+    bad = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 128, "num_warps": 4, "num_stages": 2,
+           "SPLIT_K": 4}  # slices (0,256) (256,512) (512,640) (768,640)
+    assert "empty slices" in " ".join(check(task, sk, bad))
+    assert check(task, sk, {**bad, "SPLIT_K": 2}) == []
+    # every split that leaves no slice empty is kept
+    grid = {(a["BLOCK_K"], a["SPLIT_K"]) for a in space}
+    assert grid == {(bk, s) for bk in (16, 32, 64, 128) for s in (2, 4, 8, 16)
+                    if all(lo < hi for lo, hi in _k_slices(640, bk, s))}
+
+
+def test_no_group_is_larger_than_the_tile_rows():
+    task = gemm(48, 64, 64, "fp16")  # 3 tile rows of 16, 2 of 32, 1 of 64
+    sk = next(s for s in generate_sketches(task) if s.name == "tiled.grouped")
+    pairs = {(a["BLOCK_M"], a["GROUP_M"]) for a in enumerate_space(task, sk)}
+    assert pairs == {(16, 2), (32, 2)}

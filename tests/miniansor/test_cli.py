@@ -38,3 +38,43 @@ def test_bad_shape_is_a_clear_error():
                                       "64,x", "--trials", "1"])
     with pytest.raises(ValueError, match="comma-separated integers"):
         args.func(args)
+
+
+def _show(*argv):
+    from common.cli import build_parser
+
+    args = build_parser().parse_args(["ansor", "show", *argv])
+    return args.func(args)
+
+
+def _log(path, device, weights, times):
+    from systems.miniansor.measure import MeasureInput, MeasureResult
+    from systems.miniansor.records import RecordToFile
+    from systems.miniansor.sketch import generate_sketches
+
+    rec = RecordToFile(path, device, weights)
+    for task, t in times:
+        rec(MeasureInput(task, generate_sketches(task)[0], {"num_warps": 1}),
+            MeasureResult([t]))
+
+
+def test_show_weights_each_task_as_the_tuner_did(tmp_path, capsys):
+    from systems.miniansor.workloads import layernorm, softmax
+
+    a, b = softmax(4, 64, "fp32"), layernorm(4, 64, "fp32")
+    times = [(a, 3e-6), (b, 5e-6), (a, 2e-6), (b, 4e-6)]
+    log = tmp_path / "m.jsonl"
+    _log(log, "dev", {a.key: 1, b.key: 2}, times)
+    out = _show(str(log), "--plot", str(tmp_path / "p.png"))
+    assert out["weighted_latency_us"] == pytest.approx(1 * 2.0 + 2 * 4.0)  # sum w * best
+    assert "weighted latency 10.00 us" in capsys.readouterr().out
+    bare = tmp_path / "bare.jsonl"  # no weights known: say it is a plain sum
+    _log(bare, "dev", None, times)
+    out = _show(str(bare), "--plot", str(tmp_path / "q.png"))
+    assert out["weighted_latency_us"] is None and out["latency_sum_us"] == pytest.approx(6.0)
+    assert "unweighted sum of best latencies 6.00 us" in capsys.readouterr().out
+    _log(bare, "other", None, [(a, 1e-9)])  # a second device's times are not mixed in
+    with pytest.raises(SystemExit, match="2 devices"):
+        _show(str(bare), "--plot", str(tmp_path / "q.png"))
+    out = _show(str(bare), "--plot", str(tmp_path / "q.png"), "--device", "dev")
+    assert out["latency_sum_us"] == pytest.approx(6.0)

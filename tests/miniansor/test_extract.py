@@ -73,3 +73,74 @@ def test_a_consumer_with_two_users_is_not_fused():
     assert keys(TwoUsers(), torch.zeros(4, 16)) == {"gemm:4x16x16:fp16:bias": 1}
     approx = nn.Sequential(nn.Linear(8, 8), nn.GELU(approximate="tanh"))
     assert keys(approx, torch.zeros(2, 8)) == {"gemm:2x8x8:fp16:bias": 1}
+
+
+class _SumOfTwo(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(16, 16), nn.Linear(16, 16)
+
+    def forward(self, x, y):
+        return self.a(x) + self.b(y)
+
+
+class _Doubled(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(16, 16, bias=False)
+
+    def forward(self, x):
+        y = self.a(x)
+        return y + y
+
+
+def test_an_add_joins_one_gemm_and_never_adds_the_chain_to_itself():
+    x = torch.zeros(4, 16)
+    # one add: fused into the first GEMM as its residual; the second keeps its bias only
+    got = keys(_SumOfTwo(), x, x)
+    assert got == {"gemm:4x16x16:fp16:bias+res": 1, "gemm:4x16x16:fp16:bias": 1}
+    assert sum(got.values()) == 2  # one task per Linear, as many as there are GEMMs
+    # y + y needs y whole before the add: not a residual of y's own GEMM
+    assert keys(_Doubled(), x) == {"gemm:4x16x16:fp16:none": 1}
+
+
+def _miniflow_layer(bias_first: bool):
+    import numpy as np
+
+    import systems.miniflow as mf
+
+    g, rng = mf.Graph(), np.random.default_rng(0)
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [None, 16], name="x")
+        w = mf.Variable(rng.normal(0, 0.3, (16, 32)).astype(np.float32), name="w")
+        b = mf.Variable(rng.normal(0, 0.1, 32).astype(np.float32), name="b")
+        y = mf.nn.relu(b + x @ w) if bias_first else mf.nn.relu(x @ w + b)
+    return g, x, y
+
+
+def test_miniflow_bias_add_is_fused_in_either_operand_order(tmp_path):
+    """Extraction and miniflow's runtime rewrite share gemm_epilogue: b + x @ w must be
+    tuned and run as the same bias+relu GEMM as x @ w + b, with the untuned answer."""
+    import numpy as np
+
+    import systems.miniflow as mf
+    from systems.miniansor.extract_miniflow import extract_tasks_from_miniflow
+    from systems.miniansor.records import apply_history_best
+    from systems.miniansor.tune import tune_tasks
+
+    for bias_first in (False, True):
+        g, x, y = _miniflow_layer(bias_first)
+        tasks, _ = extract_tasks_from_miniflow(y, [x], batch=8)
+        assert [t.key for t in tasks] == ["gemm:8x32x16:fp32:bias+relu"], bias_first
+    log = tmp_path / "t.jsonl"
+    tune_tasks(tasks, trials=2, log=log, per_round=2, verify="none", progress=False)
+    xv = np.random.default_rng(1).standard_normal((8, 16)).astype(np.float32)
+    with mf.Session(graph=g) as s:
+        s.run(mf.global_variables_initializer())
+        want = s.run(y, {x: xv})
+    cfg = mf.ConfigProto(cpu_backend="torch", kernel_library=apply_history_best(log))
+    with mf.Session(graph=g, config=cfg) as s:
+        s.run(mf.global_variables_initializer())
+        got = s.run(y, {x: xv})
+        assert s.kernel_stats["tuned"] == 1  # one kernel: GEMM, bias and ReLU together
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)

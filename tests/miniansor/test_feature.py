@@ -31,3 +31,20 @@ def test_features_follow_the_knobs():
     assert a["programs_per_sm"] == 32 * 32 / 132
     assert np.isclose(a["wave_efficiency"], 1024 / (8 * 132))
     assert a["acc_regs_per_thread"] == 128
+
+
+def test_padding_waste_counts_the_masked_lanes_of_the_grid():
+    """Brute force: lay the programs' ROWS x BLOCK tiles over the rows and count the
+    lanes that hold no element."""
+    for rows_n, cols in [(64, 64), (50, 64), (7, 100), (1000, 33)]:
+        task = softmax(rows_n, cols)
+        for sk in generate_sketches(task):
+            if sk.template != "rows":
+                continue
+            for per in sk.domain("ROWS") if "ROWS" in sk.params else (1,):
+                ann = {"num_warps": 1, **({"ROWS": per} if "ROWS" in sk.params else {})}
+                block = 1 << (cols - 1).bit_length()
+                grid = np.zeros((-(-rows_n // per) * per, block), bool)
+                grid[:rows_n, :cols] = True
+                want = (~grid).sum() / grid.sum()
+                assert np.isclose(f(task, sk, ann)["padding_waste"], want), (task.key, ann)

@@ -61,6 +61,11 @@ def test_tuning_on_the_replay_device_measures_only_recorded_configs(table):
     assert res.errors.get("NOT_RECORDED", 0) == 0
 
 
+def test_replaying_a_task_the_table_lacks_is_an_error(table):
+    with pytest.raises(ValueError, match="table of .* has no config"):
+        tune_task(gemm(128, 128, 128), 8, device=RecordedDevice(table), progress=False)
+
+
 def test_a_recorder_writes_a_table_the_device_reads(tmp_path):
     task = TASKS[1]
     sim = SimulatedGPU()

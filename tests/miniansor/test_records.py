@@ -10,6 +10,7 @@ from systems.miniansor.records import (
     RecordToFile,
     apply_history_best,
     load_records,
+    task_weights,
 )
 from systems.miniansor.sketch import generate_sketches
 from systems.miniansor.workloads import gemm, softmax
@@ -68,3 +69,45 @@ def test_apply_history_best_runs_the_fastest_recorded_kernel(tmp_path):
     assert torch.allclose(best.kernel(task)(x), task.reference(x), atol=1e-4)
     with pytest.raises(KeyError, match="no successful record"):
         best.kernel(gemm(8, 8, 8))
+
+
+def test_appending_after_a_torn_line_keeps_every_new_record(tmp_path):
+    task = softmax(4, 100, "fp32")
+    sk = generate_sketches(task)[0]
+    path = tmp_path / "log.jsonl"
+    rows = [(MeasureInput(task, sk, {"num_warps": w}), MeasureResult([w * 1e-6]))
+            for w in (1, 2, 4)]
+    _write(path, rows[:1])
+    with open(path, "a") as f:  # a run killed mid-write
+        f.write('{"v": 1, "task": "softmax:4x100:fp32:none", "ske')
+    _write(path, rows[1:])  # the resumed run appends two more
+    back = load_records(path)
+    assert [(i.ann, r.costs) for i, r in back] == [(i.ann, r.costs) for i, r in rows]
+    whole = path.read_text().splitlines()[-1]
+    path.write_text(path.read_text()[:-1])  # a whole last record that lost its newline
+    _write(path, rows[:1])
+    assert len(load_records(path)) == 4 and path.read_text().splitlines()[2] == whole
+
+
+def test_apply_history_best_keeps_to_one_device(tmp_path):
+    task = gemm(40, 50, 60, "fp32")
+    sk = generate_sketches(task)[0]
+    path = tmp_path / "log.jsonl"
+    RecordToFile(path, "gpu-a")(MeasureInput(task, sk, A), MeasureResult([3e-5]))
+    RecordToFile(path, "gpu-b")(MeasureInput(task, sk, {**A, "BLOCK_N": 64}),
+                                MeasureResult([1e-5]))
+    assert [r.device for _, r in load_records(path)] == ["gpu-a", "gpu-b"]
+    assert apply_history_best(path, "gpu-a").query(task).time == 3e-5
+    assert apply_history_best(path, "gpu-b").query(task).ann == {**A, "BLOCK_N": 64}
+    assert task not in apply_history_best(path, "gpu-c")
+    with pytest.raises(ValueError, match="2 devices"):
+        apply_history_best(path)  # the fastest of two devices' times means nothing
+
+
+def test_task_weights_are_read_back_from_the_log(tmp_path):
+    a, b = softmax(4, 100, "fp32"), softmax(8, 100, "fp32")
+    path = tmp_path / "log.jsonl"
+    rec = RecordToFile(path, "d", {a.key: 3.0})
+    for t in (a, b):
+        rec(MeasureInput(t, generate_sketches(t)[0], {"num_warps": 1}), MeasureResult([1e-6]))
+    assert task_weights(path) == {a.key: 3.0}

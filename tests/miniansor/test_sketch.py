@@ -1,7 +1,10 @@
 """Derivation rules: which sketches a task gets, and how they run."""
 
+import itertools
+
 import pytest
 
+from systems.miniansor.annotation import enumerate_space
 from systems.miniansor.sketch import (
     generate_sketches,
     resolve_template,
@@ -9,7 +12,7 @@ from systems.miniansor.sketch import (
     run_program,
     sketch_by_name,
 )
-from systems.miniansor.workloads import bmm, gemm, softmax
+from systems.miniansor.workloads import bmm, gemm, next_pow2, softmax
 
 
 def names(task):
@@ -64,3 +67,19 @@ def test_run_program_runs_a_template_from_another_module():
     out = run_program(task, Sketch("t", "tests.miniansor.faulty:launch_wrong"), {},
                       task.make_inputs())
     assert out.shape == (3, 5) and float(out.abs().sum()) == 0.0
+
+
+def test_every_small_gemm_has_a_search_space():
+    """Brute force over tiny shapes: some sketch of each has a valid annotation, and one
+    warp is offered only where no tile of the problem could hold two warps' 16x16 tiles."""
+    for m, n, k in itertools.product((1, 8, 16, 17, 32, 64), (1, 8, 16, 17, 32), (4, 64)):
+        task = gemm(m, n, k)
+        spaces = [a for sk in generate_sketches(task) for a in enumerate_space(task, sk)]
+        assert spaces, task.key
+        one_warp = any(a["num_warps"] == 1 for a in spaces)
+        fits_two_warps = max(16, next_pow2(m)) * max(16, next_pow2(n)) >= 2 * 16 * 16
+        assert one_warp == (not fits_two_warps), task.key
+    for task in (bmm(8, 16, 16, 16), gemm(1, 16, 4096)):
+        assert any(enumerate_space(task, sk) for sk in generate_sketches(task)), task.key
+    assert all(a["num_warps"] > 1 for sk in generate_sketches(gemm(64, 64, 64))
+               for a in enumerate_space(gemm(64, 64, 64), sk))

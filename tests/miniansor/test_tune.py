@@ -3,9 +3,13 @@
 import pytest
 
 from systems.miniansor import zoo
-from systems.miniansor.records import load_records
+from systems.miniansor.annotation import HardwareLimits
+from systems.miniansor.measure import ErrorNo, MeasureInput, MeasureResult
+from systems.miniansor.records import RecordToFile, apply_history_best, load_records, task_weights
+from systems.miniansor.simulator import SimulatedGPU
+from systems.miniansor.sketch import generate_sketches
 from systems.miniansor.tune import make_device, tune_model, tune_task
-from systems.miniansor.workloads import gemm
+from systems.miniansor.workloads import check_output, gemm
 
 TASK = gemm(96, 80, 200, "fp16", act="relu")
 
@@ -34,19 +38,37 @@ def test_an_interrupted_run_resumes_without_repeating_measurements(tmp_path):
     assert res.best[TASK.key].time == min(r.time for _, r in load_records(log))
 
 
+def test_resuming_uses_only_the_records_of_the_same_device(tmp_path):
+    log = tmp_path / "tune.jsonl"
+    other = RecordToFile(log, "another GPU")
+    sk = generate_sketches(TASK)[0]
+    for bn in (16, 32, 64):  # implausibly fast times from elsewhere
+        other(MeasureInput(TASK, sk, {"BLOCK_M": 16, "BLOCK_N": bn, "BLOCK_K": 16,
+                                      "num_warps": 2, "num_stages": 2}),
+              MeasureResult([1e-12]))
+    res = tune_task(TASK, 8, log=log, progress=False, verify="none")
+    mine = [r for _, r in load_records(log) if r.device == res.device]
+    assert res.resumed == 0 and len(mine) == 8 and res.device != "another GPU"
+    assert res.best[TASK.key].time == min(r.time for r in mine) > 1e-12
+    again = tune_task(TASK, 12, log=log, progress=False, verify="none")
+    assert again.resumed == 8 and again.trials == 12
+
+
 def test_tuned_kernels_are_checked_under_the_interpreter_and_beat_a_random_pick(tmp_path):
     res = tune_task(TASK, 16, log=tmp_path / "t.jsonl", progress=False, seed=1)
     assert res.errors == {} and res.trials == 16
     assert "tiled" in res.summary()["tasks"][0]["sketch"]
 
 
-def test_tune_model_tunes_every_extracted_task():
+def test_tune_model_tunes_every_extracted_task(tmp_path):
     module, inputs = zoo.example("mlp", 1, 256)
-    res = tune_model(module, inputs, 3 * 8, verify="none", progress=False)
+    log = tmp_path / "m.jsonl"
+    res = tune_model(module, inputs, 3 * 8, verify="none", progress=False, log=log)
     assert [t.key for t in res.tasks] == ["gemm:256x14336x4096:fp16:bias+relu",
                                          "gemm:256x14336x14336:fp16:bias+relu",
                                          "gemm:256x4096x14336:fp16:bias"]
     assert res.weights == [1, 2, 1] and set(res.best) == {t.key for t in res.tasks}
+    assert task_weights(log) == {t.key: w for t, w in zip(res.tasks, res.weights, strict=True)}
     assert res.weighted_latency() == pytest.approx(
         sum(w * res.best[t.key].time for t, w in zip(res.tasks, res.weights, strict=True)))
 
@@ -54,3 +76,32 @@ def test_tune_model_tunes_every_extracted_task():
 def test_unknown_devices_are_refused():
     with pytest.raises(ValueError, match="--device must be"):
         make_device("tpu")
+
+
+def test_a_gemm_smaller_than_two_mma_tiles_is_tuned_with_one_warp(tmp_path):
+    task = gemm(16, 16, 64, "fp16")  # one 16x16 tile: no room for a second warp
+    res = tune_task(task, 4, log=tmp_path / "t.jsonl", progress=False)
+    assert res.trials == 4 and res.errors == {}
+    assert res.best[task.key].ann["num_warps"] == 1
+    x = task.make_inputs()
+    assert check_output(task, apply_history_best(tmp_path / "t.jsonl").kernel(task)(x),
+                        task.reference(x)) is None
+
+
+def test_a_task_with_nothing_to_measure_is_an_error_naming_it():
+    tiny_smem = HardwareLimits(smem_per_block=1024, sm_count=132)  # no GEMM block fits
+    with pytest.raises(ValueError, match="nothing to tune for gemm:64x64x64:fp16:none"):
+        tune_task(gemm(64, 64, 64), 8, progress=False, limits=tiny_smem)
+
+
+def test_a_task_stopped_for_consecutive_errors_stays_stopped_on_resume(tmp_path):
+    log = tmp_path / "tune.jsonl"
+    rec = RecordToFile(log, SimulatedGPU().name)
+    sk = generate_sketches(TASK)[0]
+    anns = [{"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "num_warps": 2, "num_stages": 2}
+            for bm in (16, 32, 64) for bn in (16, 32, 64, 128) for bk in (16, 32, 64, 128)]
+    rec(MeasureInput(TASK, sk, anns[0]), MeasureResult([1e-5]))
+    for a in anns[1:33]:  # then 32 failures in a row: the measurer's limit
+        rec(MeasureInput(TASK, sk, a), MeasureResult([], ErrorNo.RUNTIME_ERROR, "died"))
+    res = tune_task(TASK, 48, log=log, progress=False, verify="none")
+    assert res.resumed == 33 and res.trials == 33 and len(load_records(log)) == 33
