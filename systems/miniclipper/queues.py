@@ -75,8 +75,11 @@ class ModelQueue:
         self._changed.set()
 
     def _drop_expired(self, now: float) -> None:
-        while self._heap and self._heap[0][0] <= now and self._heap[0][2].deadline <= now:
+        while self._heap and self._heap[0][0] <= now:
             _, _, task = heapq.heappop(self._heap)
+            if task.deadline > now:  # a coalesced duplicate extended it: re-key, keep it
+                heapq.heappush(self._heap, (task.deadline, next(self._seq), task))
+                continue
             self.dropped += 1
             self.on_drop(task)
 

@@ -35,6 +35,21 @@ def test_expired_tasks_are_dropped_before_a_replica_sees_them():
     assert asyncio.run(main()) == ([1], [0, 2], 2)
 
 
+def test_a_deadline_extended_by_a_coalesced_duplicate_hides_no_expired_task():
+    """The cache extends a pending task's deadline when a duplicate query joins it; the
+    heap still holds the old key. Expired tasks behind it must still be dropped."""
+    async def main():
+        dropped = []
+        q = ModelQueue(("m", "1"), on_drop=dropped.append)
+        now = time.monotonic()
+        extended = _task(now - 0.01, 0)
+        q.put([extended, _task(now - 0.005, 1), _task(now + 10, 2)])
+        extended.deadline = now + 10  # what PredictionCache does for a duplicate
+        batch = await q.get_batch(10)
+        return sorted(t.input for t in batch), [t.input for t in dropped]
+    assert asyncio.run(main()) == ([0, 2], [1])
+
+
 def test_a_full_queue_rejects_all_of_a_request_and_admits_after_expiry():
     async def main():
         q = ModelQueue(("m", "1"), max_len=3)
