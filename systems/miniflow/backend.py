@@ -29,6 +29,12 @@ def _tf_same_padding(size: int, k: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
+def _trunc_div(s, n: int):
+    """Integer ``s / n`` rounded toward zero, as C++ divides (numpy's // floors)."""
+    q = np.abs(s) // n
+    return np.where(s < 0, -q, q).astype(s.dtype, copy=False)
+
+
 class NumpyBackend:
     name = "numpy"
     device = "cpu"
@@ -36,7 +42,7 @@ class NumpyBackend:
     add, subtract, multiply, divide = np.add, np.subtract, np.multiply, np.true_divide
     negative, power, exp, log, tanh = np.negative, np.power, np.exp, np.log, np.tanh
     sqrt, square, abs, maximum, minimum = np.sqrt, np.square, np.abs, np.maximum, np.minimum
-    sign = np.sign
+    sign, floor_divide = np.sign, np.floor_divide
     equal, not_equal, less, greater = np.equal, np.not_equal, np.less, np.greater
     less_equal, greater_equal = np.less_equal, np.greater_equal
     logical_and, logical_or, logical_not = np.logical_and, np.logical_or, np.logical_not
@@ -77,14 +83,19 @@ class NumpyBackend:
 
     # The ufunc methods below skip the Python wrappers of np.sum/np.mean/np.max, which
     # cost several microseconds a call: more than the arithmetic on a small tensor.
+    # dtype=x.dtype: a reduction keeps its input's dtype, as in TF (numpy would sum int32
+    # into int64)
     @staticmethod
     def sum(x, axis, keepdims):
-        return np.add.reduce(x, axis=axis, keepdims=keepdims)
+        return np.add.reduce(x, axis=axis, keepdims=keepdims, dtype=x.dtype)
 
     @staticmethod
     def mean(x, axis, keepdims):
-        s = np.add.reduce(x, axis=axis, keepdims=keepdims)
-        return s / (x.size // max(np.size(s), 1))
+        s = np.add.reduce(x, axis=axis, keepdims=keepdims, dtype=x.dtype)
+        n = x.size // max(np.size(s), 1)
+        if x.dtype.kind in "iu":  # an integer mean is an integer: sum / n in C++
+            return _trunc_div(s, n)  # (Eigen's MeanReducer), which rounds toward zero
+        return s / n
 
     @staticmethod
     def max(x, axis, keepdims):
@@ -179,6 +190,10 @@ class NumpyBackend:
         np.copyto(dst, src)
         return dst
 
+    @staticmethod
+    def copy(x):
+        return np.array(x, copy=True)
+
 
 class TorchBackend:
     """The same API on torch tensors, on ``device`` ('cpu' or 'cuda')."""
@@ -193,6 +208,7 @@ class TorchBackend:
         t = torch
         self.add, self.subtract, self.multiply = t.add, t.sub, t.mul
         self.divide, self.negative, self.power = t.true_divide, t.neg, t.pow
+        self.floor_divide = t.floor_divide  # rounds toward -inf since torch 1.13, as TF
         self.exp, self.log, self.tanh, self.sigmoid = t.exp, t.log, t.tanh, t.sigmoid
         self.sqrt, self.square, self.abs, self.sign = t.sqrt, t.square, t.abs, t.sign
         self.maximum, self.minimum, self.relu = t.maximum, t.minimum, t.relu
@@ -223,12 +239,17 @@ class TorchBackend:
     def _axis(axis):
         return tuple(range(0)) if axis == () else axis
 
-    def sum(self, x, axis, keepdims):
+    def sum(self, x, axis, keepdims):  # dtype=: torch too sums int32 into int64
         if axis is None:
-            return x.sum().reshape((1,) * x.dim()) if keepdims else x.sum()
-        return x.sum(dim=axis, keepdim=keepdims) if axis != () else x
+            s = x.sum(dtype=x.dtype)
+            return s.reshape((1,) * x.dim()) if keepdims else s
+        return x.sum(dim=axis, keepdim=keepdims, dtype=x.dtype) if axis != () else x
 
     def mean(self, x, axis, keepdims):
+        if not x.is_floating_point():  # torch has no integer mean; TF truncates sum / n
+            s = self.sum(x, axis, keepdims)
+            return self.torch.div(s, max(x.numel() // max(s.numel(), 1), 1),
+                                  rounding_mode="trunc")
         if axis is None:
             return x.mean().reshape((1,) * x.dim()) if keepdims else x.mean()
         return x.mean(dim=axis, keepdim=keepdims) if axis != () else x
@@ -311,6 +332,9 @@ class TorchBackend:
 
     def copy_(self, dst, src):
         return dst.copy_(src)
+
+    def copy(self, x):
+        return x.clone() if isinstance(x, self.torch.Tensor) else self.asarray(x)
 
 
 NUMPY = NumpyBackend()

@@ -6,9 +6,20 @@ import argparse
 from pathlib import Path
 
 
+def _require_device(device: str) -> None:
+    """``--device cuda`` without a visible GPU: one clear line, not a PlacementError."""
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit("casebook flow: --device cuda needs a CUDA GPU, and torch sees "
+                             "none on this machine; use --device cpu")
+
+
 def _train(args: argparse.Namespace) -> dict:
     from .digits import train
 
+    _require_device(args.device)
     r = train(args.model, args.device, args.epochs, args.batch, args.seed, args.checkpoint,
               progress=not args.json)
     print(f"{r['model']} on {r['device']}: held-out accuracy {r['test_accuracy']:.2%} after "
@@ -25,6 +36,7 @@ def _step(model: str, dev: str, two_cpus: bool):
     from .digits import build, load_split
     from .session import ConfigProto, RunMetadata, RunOptions, Session
 
+    _require_device(dev)
     m = build(model, dev)
     Xtr, _, ytr, _ = load_split()
     cfg = ConfigProto(device_count={"CPU": 2 if two_cpus else 1})

@@ -36,3 +36,18 @@ class NotFoundError(OpError):
 
 class GraphBuildError(ValueError):
     """A shape or dtype error found while building the graph, before anything runs."""
+
+
+class GraphBuildTypeError(GraphBuildError, TypeError):
+    """A dtype an op does not accept (``exp`` of an int32), or a Python number that does
+    not fit the tensor it meets (``x_int32 * 2.5``): TF raises TypeError while building."""
+
+
+class MemberError(Exception):
+    """Raised by a fused kernel when one of the ops fused into it fails: carries that op
+    and its input values, so the executor reports the op the user wrote, at its line,
+    rather than the fused chain's last op (``error`` is the original exception)."""
+
+    def __init__(self, op: Any, error: BaseException, inputs: list):
+        super().__init__(str(error))
+        self.op, self.error, self.inputs = op, error, inputs

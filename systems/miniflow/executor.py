@@ -44,7 +44,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import InvalidArgumentError, OpError
+from .errors import InvalidArgumentError, MemberError, OpError
 from .ir import Node, Ref
 from .op_def import OP_DEFS
 from .placement import estimate_seconds
@@ -317,21 +317,25 @@ class Executor:
         return self.backend.asarray(v)
 
     def _fail(self, step: StepContext, k: int, err: BaseException, vals: list) -> None:
-        step.rendezvous.abort(err)
+        # a one-device step has no rendezvous (no other executor waits on this one)
+        if step.rendezvous is not None:
+            step.rendezvous.abort(err)
         raise self._error(k, err, vals) from err
 
     def _error(self, k: int, e: BaseException, vals: list) -> BaseException:
-        n = self.nodes[k]
+        op, inputs = self.nodes[k].op, [vals[s] for s in self.items[k][1]]
+        if isinstance(e, MemberError):  # an op inside a fused node failed: blame it
+            op, inputs, e = e.op or op, e.inputs, e.error
         if isinstance(e, OpError):
-            if e.op is None and n.op is not None:
-                e.op = n.op
-                e.args = (e.message + f" (op '{n.op.name}' of type {n.op.type}, created at "
-                          f"{n.op.created_at})",)
+            if e.op is None and op is not None:
+                e.op = op
+                e.args = (e.message + f" (op '{op.name}' of type {op.type}, created at "
+                          f"{op.created_at})",)
             return e
-        shapes = ", ".join(str(tuple(getattr(vals[s], "shape", ()))) if vals[s] is not None
-                           else "?" for s in self.items[k][1])
+        shapes = ", ".join(str(tuple(getattr(v, "shape", ()))) if v is not None else "?"
+                           for v in inputs)
         return InvalidArgumentError(f"{type(e).__name__}: {e} [inputs: {shapes or 'none'}; "
-                                    f"device {self.device}]", n.op)
+                                    f"device {self.device}]", op)
 
 
 def run_partitions(executors: list[Executor], step: StepContext,

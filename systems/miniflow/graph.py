@@ -78,6 +78,20 @@ class Tensor:
 
     __hash__ = object.__hash__  # identity, as TF1 tensors; operators are overloaded in ops/
 
+    # A Tensor has no value while the graph is built, so it is neither true nor false, and
+    # cannot be iterated: TF1 raises TypeError for both (framework/ops.py Tensor.__bool__,
+    # Tensor.__iter__). Without these, ``if x > 0:`` would always take the branch, and
+    # ``for row in x`` would call __getitem__ forever on a tensor of unknown length.
+    def __bool__(self) -> bool:
+        raise TypeError(f"Using a Tensor ({self.name}) as a Python bool is not allowed: "
+                        f"its value exists only when a Session runs it. Use 'if t is not "
+                        f"None:' to test that a tensor is defined, and mf.where to choose "
+                        f"between values.")
+
+    def __iter__(self):
+        raise TypeError(f"Tensor {self.name} is not iterable while the graph is built; index "
+                        f"it (t[0], t[1], ...) or fetch its value with Session.run.")
+
 
 class Operation:
     """A node: an op type, attributes, inputs (data and control), outputs, a device."""

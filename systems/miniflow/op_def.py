@@ -22,7 +22,7 @@ import numpy as np
 
 from . import shapes
 from .dtypes import DType, as_dtype
-from .errors import GraphBuildError
+from .errors import GraphBuildError, GraphBuildTypeError
 from .graph import Operation, Tensor, get_default_graph
 
 ShapeFn = Callable[[Sequence[Tensor], dict[str, Any]], list[tuple[DType, shapes.Shape]]]
@@ -39,6 +39,10 @@ class OpDef:
     elementwise: bool = False  # may join a fused elementwise chain
     expensive: bool = True  # TF's OpKernel::IsExpensive marker: may go to the thread pool
     flops_per_element: float = 1.0  # rough cost, for the placer and the executor's first guess
+    # the output is a variable's *reference* (TF's ``float32_ref`` dtypes): the variable
+    # op itself and the ops that write it (Assign, ApplyAdam...). Fetching such an output
+    # runs the write, so add_check_numerics_ops never checks it.
+    ref_output: bool = False
 
 
 OP_DEFS: dict[str, OpDef] = {}
@@ -58,6 +62,24 @@ def shape_error(op_type: str, message: str, *tensors: Tensor) -> GraphBuildError
     detail = ", ".join(f"{t.name} has shape {shapes.fmt(t.shape)} ({t.dtype.name})"
                        for t in tensors)
     return GraphBuildError(f"{op_type}: {message}; {detail} (at {_user_site()})")
+
+
+def check_axis(op_type: str, axis: int, t: Tensor) -> int:
+    """``axis`` of ``t`` in ``[0, rank)``: TF accepts ``-rank <= axis < rank`` and refuses
+    the rest at build time; a bare ``axis % rank`` would quietly pick another axis."""
+    if t.shape is None:
+        return int(axis)
+    rank = len(t.shape)
+    if not -rank <= axis < rank:
+        raise shape_error(op_type, f"axis {axis} is out of range for a tensor of rank {rank} "
+                          f"(expected {-rank} <= axis < {rank})", t)
+    return int(axis) % rank
+
+
+def dtype_error(op_type: str, message: str, *tensors: Tensor) -> GraphBuildTypeError:
+    """As :func:`shape_error`, for a dtype the op does not accept (a TypeError, as in TF)."""
+    err = shape_error(op_type, message, *tensors)
+    return GraphBuildTypeError(*err.args)
 
 
 def make_op(op_type: str, inputs: Sequence[Any], attrs: dict[str, Any] | None = None,
@@ -86,23 +108,63 @@ def constant(value: Any, dtype: Any = None, shape: Sequence[int] | None = None,
              name: str | None = None) -> Tensor:
     """A tensor whose value is fixed in the graph (``tf.constant``).
 
-    Python floats become float32 and ints int32, as in TensorFlow, not numpy's 64-bit
-    defaults: a literal ``2.0`` in ``x * 2.0`` must not change ``x``'s dtype.
+    Python floats become float32 and ints int32 (int64 when they do not fit), as in
+    TensorFlow, not numpy's 64-bit defaults: a literal ``2.0`` in ``x * 2.0`` must not
+    change ``x``'s dtype. numpy values keep their dtype, or are cast to ``dtype``.
     """
+    from_numpy = isinstance(value, (np.ndarray, np.generic))
     if dtype is not None:
-        arr = np.asarray(value, dtype=as_dtype(dtype).np_dtype)
+        dt = as_dtype(dtype)
+        arr = np.asarray(value).astype(dt.np_dtype) if from_numpy else \
+            python_value_as(value, dt)
     else:
         arr = np.asarray(value)
-        if arr.dtype == np.float64 and not isinstance(value, np.ndarray):
-            arr = arr.astype(np.float32)
-        elif arr.dtype == np.int64 and not isinstance(value, np.ndarray):
-            arr = arr.astype(np.int32)
+        if not from_numpy:
+            arr = arr.astype(_python_default_dtype(arr), copy=False)
     if shape is not None:
         arr = np.broadcast_to(arr, tuple(shape)).copy()
     dt = as_dtype(arr.dtype)
     arr.setflags(write=False)
     return get_default_graph().create_op("Const", [], {"value": arr}, [(dt, arr.shape)],
                                          name or "Const").outputs[0]
+
+
+def _python_default_dtype(arr: np.ndarray) -> np.dtype:
+    """TF's inference for Python numbers: float32, and int32 unless a value needs int64."""
+    if arr.dtype == np.float64:
+        return np.dtype(np.float32)
+    if arr.dtype == np.int64:
+        i32 = np.iinfo(np.int32)
+        fits = arr.size == 0 or (i32.min <= arr.min() and arr.max() <= i32.max)
+        return np.dtype(np.int32 if fits else np.int64)
+    return arr.dtype
+
+
+def python_value_as(value: Any, dtype: DType) -> np.ndarray:
+    """Python number(s) as ``dtype``, refusing any that would change value: a float for
+    an integer or bool tensor, an int out of range, a finite float that overflows (TF's
+    ``tensor_util._AssertCompatible`` and its range checks raise TypeError)."""
+    raw = np.asarray(value)
+    why = None
+    if raw.size == 0:  # [] is float64 to numpy, and fits any dtype
+        return raw.astype(dtype.np_dtype)
+    if raw.dtype.kind not in "biuf":
+        why = "it is not a number of a supported size"
+    elif dtype.is_bool and raw.dtype.kind != "b":
+        why = "only True and False are bools"
+    elif dtype.is_integer and raw.dtype.kind == "f":
+        why = "a float cannot become an integer without losing its fraction"
+    if why is None:
+        with np.errstate(over="ignore", invalid="ignore"):
+            arr = raw.astype(dtype.np_dtype)
+        if raw.dtype.kind in "iu" and dtype.is_integer and not np.array_equal(arr, raw):
+            why = f"it is out of range for {dtype.name}"
+        elif dtype.is_floating and (np.isfinite(raw) & ~np.isfinite(arr)).any():
+            why = f"it overflows {dtype.name}"
+    if why is not None:
+        raise TypeError(f"Expected {dtype.name}, got {value!r} of type "
+                        f"'{type(value).__name__}' instead: {why}")
+    return arr
 
 
 def same_dtype(op_type: str, *ts: Tensor) -> DType:

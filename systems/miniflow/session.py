@@ -182,7 +182,8 @@ class Session:
         return out
 
     def _set_variable(self, var: Any, value: Any) -> None:
-        arr = np.asarray(value, dtype=var.dtype.np_dtype)
+        # a copy: the caller may change ``value`` afterwards (Variable.load, Saver.restore)
+        arr = np.array(value, dtype=var.dtype.np_dtype, copy=True)
         if arr.shape != tuple(var.shape):
             raise ValueError(f"{var.name} has shape {tuple(var.shape)}, got {arr.shape}")
         device = self._resources.variable_devices.setdefault(

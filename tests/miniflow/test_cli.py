@@ -1,8 +1,14 @@
 """``casebook flow``: train, dot and trace from the command line, with --json."""
 
+import argparse
 import json
 import subprocess
 import sys
+
+import pytest
+import torch
+
+from systems.miniflow import cli
 
 
 def _casebook(*args, cwd):
@@ -25,3 +31,13 @@ def test_flow_dot_and_trace_write_their_files(tmp_path):
     t = _casebook("trace", "--out", str(tmp_path / "trace.json"), cwd=None)
     doc = json.loads((tmp_path / "trace.json").read_text())
     assert len([e for e in doc["traceEvents"] if e["ph"] == "X"]) == t["nodes"]
+
+
+def test_flow_on_cuda_without_a_gpu_is_one_clear_line(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = argparse.Namespace(model="mlp", device="cuda", epochs=1, batch=32, seed=0,
+                              checkpoint="unused", json=True, out="unused", two_cpus=False)
+    for command in (cli._train, cli._dot, cli._trace):
+        with pytest.raises(SystemExit) as e:
+            command(args)
+        assert "--device cuda needs a CUDA GPU" in str(e.value.code)

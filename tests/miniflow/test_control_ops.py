@@ -44,3 +44,32 @@ def test_group_runs_all_its_members():
         s.run(mf.global_variables_initializer())
         assert s.run(both) is None
         assert s.run([a, b]) == [1.0, 2.0]
+
+
+def test_add_check_numerics_ops_does_not_rerun_initializers_or_updates():
+    """Checking an Assign or ApplyGradientDescent output would run it: TF skips those ref
+    outputs, so [train, check] must train exactly like train alone."""
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [None, 2], name="x")
+        w = mf.Variable(np.ones((2, 1), np.float32), name="w")
+        loss = mf.reduce_mean(mf.square(mf.matmul(x, w)))
+        train = mf.train.GradientDescentOptimizer(0.1).minimize(loss)
+        check = mf.add_check_numerics_ops()
+    checked = {c.inputs[0].op.type for c in check.control_inputs}
+    assert "ReadVariable" in checked and "MatMul" in checked
+    assert not checked & {"Assign", "ApplyGradientDescent", "VariableV2"}
+    feed = {x: np.ones((3, 2), np.float32)}
+    losses = {}
+    for with_check in (False, True):
+        with mf.Session(graph=g) as s:
+            s.run(mf.global_variables_initializer())
+            for _ in range(5):
+                s.run([train, check] if with_check else train, feed)
+            losses[with_check] = s.run(loss, feed)
+    # numpy oracle: d/dw mean((x w)^2) = 2 x^T x w / n, five steps of w -= 0.1 * grad
+    xv, wv = feed[x], np.ones((2, 1), np.float32)
+    for _ in range(5):
+        wv = wv - 0.1 * 2 * xv.T @ (xv @ wv) / 3
+    np.testing.assert_allclose(losses[True], np.mean((xv @ wv) ** 2), rtol=1e-5)
+    assert losses[True] == losses[False]

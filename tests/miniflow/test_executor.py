@@ -2,6 +2,7 @@
 last consumer, step stats."""
 
 import numpy as np
+import pytest
 
 import systems.miniflow as mf
 from systems.miniflow.executor import EXPENSIVE_NS
@@ -148,3 +149,25 @@ def test_intra_op_threads_set_the_kernels_own_thread_pools():
             assert blas and all(n == 1 for n in blas)
             assert torch.get_num_threads() == 1
     torch.set_num_threads(before_torch)
+
+
+@pytest.mark.parametrize("how", ["run_metadata", "trace", "expensive"])
+def test_a_kernel_error_on_the_driver_loop_names_the_op_on_one_device(how):
+    """The driver loop (stats, traces, or expensive nodes on a pool) runs even on one
+    device, where the step has no rendezvous to abort: the error must still be the op's."""
+    g = mf.Graph()
+    with g.as_default():
+        y = mf.placeholder(mf.float32, [None, None])
+        big = mf.placeholder(mf.float32, [256, 256])
+        r = mf.reshape(y, [4])  # fails at run time: 6 elements
+        z = mf.reduce_sum(r) + mf.reduce_sum(big @ big) + mf.reduce_sum(big @ big * 2.0)
+    feeds = {y: np.zeros((2, 3)), big: np.ones((256, 256))}
+    kwargs = {"run_metadata": mf.RunMetadata()} if how == "run_metadata" else \
+        {"options": mf.RunOptions(trace_level=mf.RunOptions.FULL_TRACE)} if how == "trace" \
+        else {}
+    cfg = mf.ConfigProto(inter_op_parallelism_threads=4, device_count={"GPU": 0})
+    with mf.Session(graph=g, config=cfg) as s:
+        with pytest.raises(mf.InvalidArgumentError) as e:
+            s.run(z, feeds, **kwargs)
+    msg = str(e.value)
+    assert "'Reshape'" in msg and "(2, 3)" in msg and "test_executor.py:" in msg

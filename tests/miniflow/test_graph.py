@@ -103,3 +103,22 @@ def test_numpy_on_the_left_defers_to_tensor_operators():
         x = mf.placeholder(mf.float32, [2])
         y = np.float32(2.0) * x
     assert isinstance(y, mf.Tensor) and y.op.type == "Mul"
+
+
+def test_tensors_and_variables_are_neither_bools_nor_iterable():
+    """TF1 graph mode raises TypeError: a tensor has no value until a Session runs it."""
+    with mf.Graph().as_default():
+        x = mf.placeholder(mf.float32, [None], name="x")
+        k = mf.constant(np.zeros((2, 3), np.float32))
+        w = mf.Variable(np.zeros(3, np.float32), name="w")
+        with pytest.raises(TypeError, match="Greater:0.*as a Python bool"):
+            bool(x > 0.0)
+        with pytest.raises(TypeError, match="as a Python bool"):
+            if w:
+                pass
+        for t in (x, k, w):
+            with pytest.raises(TypeError, match="not iterable"):
+                iter(t)
+        with pytest.raises(TypeError, match="not iterable"):
+            a, b = k
+        assert x is not None and k[1].shape == (3,)  # identity tests and indexing still work

@@ -221,3 +221,152 @@ def test_non_differentiable_ops_forward(backend):
     np.testing.assert_array_equal(got[4], [2, 3])
     assert got[5] == 6
     np.testing.assert_array_equal(got[6], np.where(a > 2, a, -a))
+
+
+def evaluate_cfg(g, fetches, feeds, backend, folding):
+    cfg = mf.ConfigProto(cpu_backend=backend,
+                         graph_options=mf.GraphOptions(constant_folding=folding))
+    with mf.Session(graph=g, config=cfg) as s:
+        return s.run(fetches, feeds)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("folding", [True, False])
+def test_integer_division_and_means_match_tensorflow_dtypes(backend, folding):
+    """TF's truediv casts int32 to float64 first; reduce_mean and reduce_sum of ints stay
+    ints (the mean divides like C++, toward zero). The static dtype must be the value's,
+    with or without constant folding."""
+    g = mf.Graph()
+    with g.as_default():
+        q = mf.constant([3, 4, -7]) / mf.constant([2, 2, 2])
+        x = mf.placeholder(mf.int32, [2, 3])
+        qx, m_all, m_rows, s = x / 2, mf.reduce_mean(x), mf.reduce_mean(x, 1), mf.reduce_sum(x)
+    assert (q.dtype, qx.dtype) == (mf.float64, mf.float64)
+    assert m_all.dtype == m_rows.dtype == s.dtype == mf.int32
+    xv = np.array([[3, 4, 4], [-3, -4, -4]], np.int32)
+    got = evaluate_cfg(g, [q, qx, m_all, m_rows, s], {x: xv}, backend, folding)
+    tx = torch.tensor(xv)
+    want = [torch.tensor([3, 4, -7]) / 2, tx / 2, torch.div(tx.sum(), 6, rounding_mode="trunc"),
+            torch.div(tx.sum(1), 3, rounding_mode="trunc"), tx.sum()]
+    for v, w, t in zip(got, want, [q, qx, m_all, m_rows, s], strict=True):
+        assert np.asarray(v).dtype == t.dtype.np_dtype
+        np.testing.assert_array_equal(v, w.numpy())
+
+
+@pytest.mark.parametrize("fn", [mf.exp, mf.log, mf.tanh, mf.sigmoid, mf.sqrt])
+def test_float_only_ops_refuse_integers_at_build_time(fn):
+    with mf.Graph().as_default():
+        with pytest.raises(TypeError) as e:
+            fn(mf.constant([1, 2]))
+    assert fn.__name__.capitalize() in str(e.value) and "test_ops.py:" in str(e.value)
+
+
+def test_python_numbers_keep_their_value_or_are_refused():
+    """A Python scalar takes the tensor's dtype only if that keeps its value (TF raises
+    TypeError for int32 * 2.5); Python ints beyond int32 make int64 constants."""
+    g = mf.Graph()
+    with g.as_default():
+        xi = mf.placeholder(mf.int32, [2])
+        with pytest.raises(TypeError) as e:
+            xi * 2.5
+        assert "Mul" in str(e.value) and "2.5" in str(e.value)
+        with pytest.raises(TypeError, match="out of range"):
+            xi + 2**40
+        with pytest.raises(TypeError):
+            mf.constant(2.5, dtype=mf.int32)
+        big, v = mf.constant(2**40), mf.Variable(2**40, name="big")
+        assert big.dtype == v.dtype == mf.int64
+        doubled = xi * 2
+    with mf.Session(graph=g) as s:
+        s.run(v.initializer)
+        assert s.run(big) == 2**40 and s.run(v) == 2**40
+        np.testing.assert_array_equal(s.run(doubled, {xi: [1, 2]}), [2, 4])
+
+
+@pytest.mark.parametrize("op_type,build", [
+    ("ConcatV2", lambda a: mf.concat([a, a], 2)),
+    ("ConcatV2", lambda a: mf.concat([a, a], -3)),
+    ("ArgMax", lambda a: mf.argmax(a, 5)),
+    ("GatherV2", lambda a: mf.gather(a, mf.constant([0]), axis=3)),
+    ("Sum", lambda a: mf.reduce_sum(a, 2)),
+    ("Mean", lambda a: mf.reduce_mean(a, [0, -3])),
+])
+def test_out_of_range_axes_are_build_errors_naming_the_op(op_type, build):
+    """TF accepts -rank <= axis < rank; anything else must not wrap to another axis."""
+    with mf.Graph().as_default():
+        a = mf.constant(np.zeros((2, 3), np.float32), name="a")
+        with pytest.raises(mf.GraphBuildError) as e:
+            build(a)
+    msg = str(e.value)
+    assert msg.startswith(f"{op_type}:") and "out of range" in msg
+    assert "a:0 has shape (2, 3)" in msg and "test_ops.py:" in msg
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_negative_axes_in_range_still_work(backend):
+    av = np.arange(6, dtype=np.float32).reshape(2, 3)
+    g = mf.Graph()
+    with g.as_default():
+        a = mf.constant(av)
+        outs = [mf.concat([a, a], -2), mf.argmax(a, -1), mf.gather(a, mf.constant([2, 0]), -1),
+                mf.reduce_sum(a, -1)]
+    with mf.Session(graph=g, config=mf.ConfigProto(cpu_backend=backend)) as s:
+        got = s.run(outs)
+    t = torch.tensor(av)
+    want = [torch.cat([t, t], -2), t.argmax(-1), t[:, [2, 0]], t.sum(-1)]
+    for v, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(v, w.numpy())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("fn,torch_fn", [(mf.nn.softmax, torch.softmax),
+                                         (mf.nn.log_softmax, torch.log_softmax)])
+@pytest.mark.parametrize("axis", [0, 1, -2, 2, None])
+def test_softmax_along_any_axis_and_its_gradient(backend, fn, torch_fn, axis):
+    """TF1's tf.nn.softmax(logits, axis=None, name=None): a positional 1 is the axis."""
+    rng = np.random.default_rng(0)
+    x = arrays(rng, (2, 3, 4))
+    weights = arrays(rng, (2, 3, 4))
+    dim = -1 if axis is None else axis
+    want, want_grads = torch_grads(lambda t: torch_fn(t, dim), [x], weights)
+    got, grads = mf_grads(lambda t: fn(t, axis), [x], weights, backend)
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(grads[0], want_grads[0], rtol=1e-9, atol=1e-12)
+
+
+def test_softmax_takes_its_name_by_keyword():
+    with mf.Graph().as_default():
+        y = mf.nn.softmax(mf.constant(np.zeros((2, 3), np.float32)), 0, name="probs")
+        assert y.op.name == "probs"
+        with pytest.raises(mf.GraphBuildError, match="Softmax: axis 2 is out of range"):
+            mf.nn.softmax(mf.constant(np.zeros((2, 3), np.float32)), 2)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_div_is_python2_division_and_floordiv_rounds_down(backend):
+    """TF1's tf.div: FloorDiv for integers, RealDiv for floats; // is FloorDiv."""
+    xi, yi = np.array([7, -7, 6], np.int32), np.array([2, 2, -4], np.int32)
+    xf = np.array([7.0, -7.0, 6.0], np.float32)
+    g = mf.Graph()
+    with g.as_default():
+        a, b, f = mf.constant(xi), mf.placeholder(mf.int32, [3]), mf.placeholder(mf.float32, [3])
+        outs = [mf.div(a, b), a // b, mf.div(f, 2.0), f // 2.0, mf.floordiv(a, 3)]
+    assert [o.dtype for o in outs] == [mf.int32, mf.int32, mf.float32, mf.float32, mf.int32]
+    with mf.Session(graph=g, config=mf.ConfigProto(cpu_backend=backend)) as s:
+        got = s.run(outs, {b: yi, f: xf})
+    ti, tf_ = torch.tensor(xi), torch.tensor(xf)
+    want = [torch.div(ti, torch.tensor(yi), rounding_mode="floor")] * 2 + \
+        [tf_ / 2, torch.div(tf_, 2, rounding_mode="floor"), torch.div(ti, 3, rounding_mode="floor")]
+    for v, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(v, w.numpy())
+
+
+def test_sparse_xent_refuses_a_batch_mismatch_at_build_time():
+    with mf.Graph().as_default():
+        logits = mf.placeholder(mf.float32, [4, 10], name="logits")
+        labels = mf.placeholder(mf.int32, [5], name="labels")
+        with pytest.raises(mf.GraphBuildError) as e:
+            mf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+    msg = str(e.value)
+    assert msg.startswith("SparseSoftmaxCrossEntropyWithLogits:") and "4 rows" in msg
+    assert "5 labels" in msg and "test_ops.py:" in msg

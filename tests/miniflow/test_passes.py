@@ -107,6 +107,29 @@ def test_fusion_turns_an_elementwise_chain_into_one_node():
     np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_a_failing_op_inside_a_fused_chain_is_named_with_its_own_line(backend):
+    g = mf.Graph()
+    with g.as_default():
+        a, b, c = (mf.placeholder(mf.float32, [None]) for _ in range(3))
+        s1 = a + b  # the op that fails: shapes (2,) and (3,)
+        out = mf.tanh(s1 * c)
+    feeds = {a: np.ones(2), b: np.ones(3), c: np.ones(2)}
+    msgs = {}
+    for fusion in (True, False):
+        cfg = mf.ConfigProto(cpu_backend=backend, graph_options=mf.GraphOptions(fusion=fusion))
+        with mf.Session(graph=g, config=cfg) as s:
+            with pytest.raises(mf.InvalidArgumentError) as e:
+                s.run(out, feeds)
+            types = [n[1] for n in s.plan_for(out, feeds).snapshots["optimized"].nodes]
+        assert ("_FusedElementwise" in types) == fusion
+        assert e.value.op is s1.op
+        msgs[fusion] = str(e.value)
+    assert msgs[True] == msgs[False]
+    assert "'Add'" in msgs[True] and "(2,), (3,)" in msgs[True]
+    assert s1.op.created_at in msgs[True] and "test_passes.py:" in s1.op.created_at
+
+
 def test_fusion_does_not_swallow_a_fetched_or_shared_intermediate():
     g = mf.Graph()
     with g.as_default():

@@ -79,3 +79,31 @@ def test_saving_an_uninitialised_variable_is_an_error(tmp_path):
         with pytest.raises(mf.NotFoundError, match="b: the variable is not initialised|cannot "
                                                    "save b"):
             saver.save(s, str(tmp_path / "ckpt"))
+
+
+
+def test_restore_ignores_checkpoint_entries_it_was_not_asked_for(tmp_path):
+    """An inference graph restores w from a training checkpoint that also holds Adam's
+    slots and beta powers, as TF's Saver does; missing variables are still refused."""
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [None, 2])
+        w = mf.Variable(np.ones((2, 1), np.float32), name="w")
+        train = mf.train.AdamOptimizer(0.1).minimize(mf.reduce_sum(mf.matmul(x, w)))
+        with mf.Session(graph=g) as s:
+            s.run(mf.global_variables_initializer())
+            s.run(train, {x: np.ones((1, 2), np.float32)})
+            want = s.run(w)
+            path = mf.train.Saver().save(s, str(tmp_path / "ckpt"))
+    assert any("Adam" in k for k in np.load(path).files)
+    g2 = mf.Graph()
+    with g2.as_default():
+        w2 = mf.Variable(np.zeros((2, 1), np.float32), name="w")
+        mf.Variable(np.zeros(2, np.float32), name="other")
+        with mf.Session(graph=g2) as s:
+            mf.train.Saver([w2]).restore(s, path)
+            np.testing.assert_array_equal(s.run(w2), want)
+            with pytest.raises(mf.NotFoundError) as e:
+                mf.train.Saver().restore(s, path)  # w and other: other is missing
+    assert "other: not found in the checkpoint" in str(e.value)
+    assert "Adam" not in str(e.value)

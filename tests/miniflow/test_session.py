@@ -149,3 +149,29 @@ def test_closed_session_refuses_to_run(graph):
     s.close()
     with pytest.raises(RuntimeError, match="closed Session"):
         s.run(z, {x: np.ones((1, 2))})
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_a_variable_does_not_alias_the_callers_arrays(backend):
+    """TF's Assign copies into the variable's own buffer: changing the array that was fed
+    (or loaded) after the step must not change the variable."""
+    g = mf.Graph()
+    with g.as_default():
+        w = mf.Variable(np.zeros(3, np.float32), name="w")
+        p = mf.placeholder(mf.float32, [3])
+        q = mf.placeholder(mf.float32, [1, 3])
+        set_w, set_w_view = w.assign(p), w.assign(mf.reshape(q, [3]))
+    with mf.Session(graph=g, config=mf.ConfigProto(cpu_backend=backend)) as s:
+        s.run(w.initializer)
+        a = np.array([1, 2, 3], np.float32)
+        s.run(set_w, {p: a})
+        a[:] = 99
+        np.testing.assert_array_equal(s.run(w), [1, 2, 3])
+        b = np.array([[4, 5, 6]], np.float32)
+        s.run(set_w_view, {q: b})
+        b[:] = 99
+        np.testing.assert_array_equal(s.run(w), [4, 5, 6])
+        c = np.array([7, 8, 9], np.float32)
+        w.load(c, s)
+        c[:] = -1
+        np.testing.assert_array_equal(s.run(w), [7, 8, 9])

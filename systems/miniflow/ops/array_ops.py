@@ -17,6 +17,7 @@ from ..dtypes import DType, as_dtype, float32, int32
 from ..graph import Tensor
 from ..op_def import (
     OpDef,
+    check_axis,
     convert_to_tensor,
     define,
     make_op,
@@ -137,8 +138,7 @@ define(OpDef("ConcatV2", _concat_shape,
 
 def concat(values, axis, name=None) -> Tensor:
     values = [convert_to_tensor(v) for v in values]
-    rank = len(values[0].shape) if values[0].shape is not None else None
-    ax = axis % rank if rank else axis
+    ax = check_axis("ConcatV2", axis, values[0])
     return make_op("ConcatV2", values, {"axis": ax}, name).outputs[0]
 
 
@@ -247,7 +247,7 @@ define(OpDef("GatherV2", _gather_shape,
 
 def gather(params, indices, axis=0, name=None) -> Tensor:
     params = convert_to_tensor(params)
-    ax = axis % len(params.shape) if params.shape is not None else axis
+    ax = check_axis("GatherV2", axis, params)
     return make_op("GatherV2", [params, indices], {"axis": ax}, name).outputs[0]
 
 

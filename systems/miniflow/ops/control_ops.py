@@ -13,7 +13,7 @@ from .. import shapes
 from ..dtypes import as_dtype
 from ..errors import InvalidArgumentError
 from ..graph import Operation, Tensor, get_default_graph
-from ..op_def import OpDef, convert_to_tensor, define, make_op
+from ..op_def import OP_DEFS, OpDef, convert_to_tensor, define, make_op
 
 
 def _placeholder_kernel(a, be, res):
@@ -71,11 +71,20 @@ def check_numerics(tensor, message="CheckNumerics", name=None) -> Tensor:
                    name).outputs[0]
 
 
+def _checkable(op: Operation) -> bool:
+    """TF checks only outputs whose dtype is float16/32/64, which leaves out *ref* dtypes
+    (tensorflow/python/ops/numerics.py add_check_numerics_ops): the variables and the ops
+    that write them. Checking an ``Assign`` or ``ApplyGradientDescent`` would make the
+    check group run it: every step would re-run the initializers and apply the updates
+    once more."""
+    d = OP_DEFS.get(op.type)
+    return op.type != "CheckNumerics" and d is not None and not d.ref_output
+
+
 def add_check_numerics_ops() -> Operation:
     """A group that checks every floating-point output in the default graph."""
     g = get_default_graph()
     checks = [check_numerics(t, message=f"{op.name}:{t.value_index}")
-              for op in g.get_operations()
-              if op.type not in ("CheckNumerics", "VariableV2")
+              for op in g.get_operations() if _checkable(op)
               for t in op.outputs if t.dtype.is_floating]
     return group(*checks, name="check_numerics")

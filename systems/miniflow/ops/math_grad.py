@@ -240,5 +240,5 @@ def _prod(dims):
 
 
 for _t in ("Equal", "NotEqual", "Less", "Greater", "LessEqual", "GreaterEqual",
-           "LogicalAnd", "LogicalOr", "LogicalNot", "ArgMax", "Sign"):
+           "LogicalAnd", "LogicalOr", "LogicalNot", "ArgMax", "Sign", "FloorDiv"):
     no_gradient(_t)

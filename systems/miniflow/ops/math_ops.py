@@ -9,14 +9,18 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from .. import shapes
-from ..dtypes import DType, as_dtype, bool_, int64
+from ..dtypes import DType, as_dtype, bool_, float64, int64
 from ..graph import Tensor
 from ..op_def import (
     OpDef,
+    check_axis,
     constant,
     convert_to_tensor,
     define,
+    dtype_error,
     elementwise_shape,
     make_op,
     same_dtype,
@@ -37,8 +41,21 @@ def _unary_shape(ins, attrs):
     return [(ins[0].dtype, ins[0].shape)]
 
 
+def _float_only(op_type: str, shape_fn):
+    """Exp, Log, Tanh, RealDiv...: TF registers these for floating-point types only, so an
+    int32 input is a TypeError when the op is built (numpy would quietly return floats,
+    and the tensor's static dtype would then disagree with its value)."""
+    def fn(ins, attrs):
+        for t in ins:
+            if not t.dtype.is_floating:
+                raise dtype_error(op_type, f"needs floating-point inputs, got {t.dtype.name} "
+                                  f"(use mf.cast)", *ins)
+        return shape_fn(ins, attrs)
+    return fn
+
+
 BINARY = {"Add": "add", "Sub": "subtract", "Mul": "multiply", "RealDiv": "divide",
-          "Pow": "power", "Maximum": "maximum", "Minimum": "minimum"}
+          "FloorDiv": "floor_divide", "Pow": "power", "Maximum": "maximum", "Minimum": "minimum"}
 COMPARE = {"Equal": "equal", "NotEqual": "not_equal", "Less": "less", "Greater": "greater",
            "LessEqual": "less_equal", "GreaterEqual": "greater_equal",
            "LogicalAnd": "logical_and", "LogicalOr": "logical_or"}
@@ -52,13 +69,16 @@ def _backend_fn(method: str):
     return lambda attrs, be, res: getattr(be, method)
 
 
+FLOAT_ONLY = {"RealDiv", "Exp", "Log", "Tanh", "Sigmoid", "Sqrt"}
 for _t, _m in BINARY.items():
-    define(OpDef(_t, _binary_shape(_t), _backend_fn(_m), elementwise=True))
+    _fn = _binary_shape(_t)
+    define(OpDef(_t, _float_only(_t, _fn) if _t in FLOAT_ONLY else _fn, _backend_fn(_m),
+                 elementwise=True))
 for _t, _m in COMPARE.items():
     define(OpDef(_t, _binary_shape(_t, bool_), _backend_fn(_m), elementwise=True))
 for _t, (_m, _f) in UNARY.items():
-    define(OpDef(_t, _unary_shape, _backend_fn(_m), elementwise=True,
-                 flops_per_element=_f))
+    define(OpDef(_t, _float_only(_t, _unary_shape) if _t in FLOAT_ONLY else _unary_shape,
+                 _backend_fn(_m), elementwise=True, flops_per_element=_f))
 
 define(OpDef("Cast", lambda ins, a: [(a["DstT"], ins[0].shape)],
              lambda a, be, res: lambda x: be.cast(x, a["DstT"]), elementwise=True))
@@ -89,13 +109,29 @@ define(OpDef("SelectV2", lambda ins, a: [(same_dtype("SelectV2", ins[1], ins[2])
              lambda a, be, res: be.where, elementwise=True))
 
 
+def _is_value(v: Any) -> bool:
+    return not isinstance(v, Tensor) and not hasattr(v, "_as_tensor")
+
+
+def _operands(op_type: str, x: Any, y: Any) -> tuple[Tensor, Tensor]:
+    """A Python number takes the dtype of the tensor it meets (math_ops binary_op_wrapper
+    converts it with ``dtype=x.dtype``), and must keep its value: ``x_int32 * 2.5`` is a
+    TypeError, as in TF, not a silent ``x * 2``."""
+    x = convert_to_tensor(x) if _is_value(x) and _is_value(y) else x
+    if _is_value(y) or _is_value(x):
+        t, v = (x, y) if _is_value(y) else (y, x)
+        t = convert_to_tensor(t)
+        try:
+            c = constant(v, dtype=t.dtype)
+        except TypeError as e:
+            raise dtype_error(op_type, f"cannot combine {v!r} with {t.name} "
+                              f"({t.dtype.name}): {e}", t) from None
+        return (t, c) if _is_value(y) else (c, t)
+    return convert_to_tensor(x), convert_to_tensor(y)
+
+
 def _binary(op_type: str, x: Any, y: Any, name: str | None) -> Tensor:
-    # A Python number takes the dtype of the tensor it meets (math_ops binary_op_wrapper).
-    if isinstance(x, Tensor) and not isinstance(y, Tensor) and not hasattr(y, "_as_tensor"):
-        y = constant(y, dtype=x.dtype)
-    elif isinstance(y, Tensor) and not isinstance(x, Tensor) and not hasattr(x, "_as_tensor"):
-        x = constant(x, dtype=y.dtype)
-    return make_op(op_type, [x, y], name=name).outputs[0]
+    return make_op(op_type, list(_operands(op_type, x, y)), name=name).outputs[0]
 
 
 def _unary(op_type: str, x: Any, name: str | None) -> Tensor:
@@ -105,7 +141,6 @@ def _unary(op_type: str, x: Any, name: str | None) -> Tensor:
 def add(x, y, name=None): return _binary("Add", x, y, name)  # noqa: E704
 def subtract(x, y, name=None): return _binary("Sub", x, y, name)  # noqa: E704
 def multiply(x, y, name=None): return _binary("Mul", x, y, name)  # noqa: E704
-def divide(x, y, name=None): return _binary("RealDiv", x, y, name)  # noqa: E704
 def pow(x, y, name=None): return _binary("Pow", x, y, name)  # noqa: E704,A001
 def maximum(x, y, name=None): return _binary("Maximum", x, y, name)  # noqa: E704
 def minimum(x, y, name=None): return _binary("Minimum", x, y, name)  # noqa: E704
@@ -128,6 +163,28 @@ def square(x, name=None): return _unary("Square", x, name)  # noqa: E704
 def abs(x, name=None): return _unary("Abs", x, name)  # noqa: E704,A001
 def logical_not(x, name=None): return _unary("LogicalNot", x, name)  # noqa: E704
 def sign(x, name=None): return _unary("Sign", x, name)  # noqa: E704
+
+
+def divide(x, y, name=None) -> Tensor:
+    """``x / y``, TF's truediv (math_ops.py ``_truediv_python3``): integers are cast to
+    float64 first (``_TRUEDIV_TABLE``), so ``3 / 2`` is 1.5 with static dtype float64."""
+    x, y = _operands("RealDiv", x, y)
+    if x.dtype.is_integer and x.dtype == y.dtype:
+        x, y = cast(x, float64), cast(y, float64)
+    return make_op("RealDiv", [x, y], name=name).outputs[0]
+
+
+def floordiv(x, y, name=None) -> Tensor:
+    """``x // y``, rounded toward negative infinity (TF's FloorDiv, as Python's ``//``)."""
+    return _binary("FloorDiv", x, y, name)
+
+
+def div(x, y, name=None) -> Tensor:
+    """TF1's ``tf.div``: Python 2's ``/`` (math_ops.py ``_div_python2``): RealDiv for
+    floating-point inputs, FloorDiv for integers. Prefer ``divide`` (``/``)."""
+    x, y = _operands("RealDiv", x, y)
+    op_type = "FloorDiv" if x.dtype.is_integer else "RealDiv"
+    return make_op(op_type, [x, y], name=name).outputs[0]
 
 
 # ReluGrad(g, features) = g where features > 0 else 0 (nn_grad.py's _ReluGrad). A real
@@ -202,18 +259,13 @@ def matmul(a, b, transpose_a=False, transpose_b=False, name=None) -> Tensor:
 
 # -- reductions ------------------------------------------------------------------------
 
-def _norm_axes(axis, rank: int | None) -> tuple[int, ...] | None:
+def _norm_axes(op_type: str, axis, x: Tensor) -> tuple[int, ...] | None:
     if axis is None:
         return None
-    axes = (axis,) if isinstance(axis, int) else tuple(int(a) for a in axis)
-    if rank is None:
+    axes = (int(axis),) if isinstance(axis, (int, np.integer)) else tuple(int(a) for a in axis)
+    if x.shape is None:
         return axes
-    out = []
-    for a in axes:
-        if not -rank <= a < rank:
-            raise ValueError(f"axis {a} is out of range for a tensor of rank {rank}")
-        out.append(a % rank)
-    return tuple(sorted(set(out)))
+    return tuple(sorted({check_axis(op_type, a, x) for a in axes}))
 
 
 def _reduce_shape(op_type: str):
@@ -250,8 +302,7 @@ def _reduce(op_type, x, axis, keepdims, name):
     if isinstance(axis, Tensor):  # axes computed in the graph (used by gradients)
         return make_op(op_type, [x, axis], {"axis": None, "keepdims": keepdims,
                                             "dynamic": True}, name).outputs[0]
-    rank = None if x.shape is None else len(x.shape)
-    return make_op(op_type, [x], {"axis": _norm_axes(axis, rank), "keepdims": keepdims},
+    return make_op(op_type, [x], {"axis": _norm_axes(op_type, axis, x), "keepdims": keepdims},
                    name).outputs[0]
 
 
@@ -271,7 +322,7 @@ def _argmax_shape(ins, attrs):
     x = ins[0]
     if x.shape is None:
         return [(attrs["output_type"], None)]
-    ax = attrs["axis"] % len(x.shape)
+    ax = attrs["axis"]
     return [(attrs["output_type"], x.shape[:ax] + x.shape[ax + 1:])]
 
 
@@ -280,8 +331,10 @@ define(OpDef("ArgMax", _argmax_shape,
 
 
 def argmax(x, axis=None, output_type=int64, name=None) -> Tensor:
-    return make_op("ArgMax", [x], {"axis": 0 if axis is None else int(axis),
-                                   "output_type": as_dtype(output_type)}, name).outputs[0]
+    x = convert_to_tensor(x)
+    ax = check_axis("ArgMax", 0 if axis is None else int(axis), x)
+    return make_op("ArgMax", [x], {"axis": ax, "output_type": as_dtype(output_type)},
+                   name).outputs[0]
 
 
 # -- operator overloading (TF: ops.Tensor._override_operator) -------------------------
@@ -294,6 +347,7 @@ Tensor.__add__, Tensor.__radd__ = add, _r(add)
 Tensor.__sub__, Tensor.__rsub__ = subtract, _r(subtract)
 Tensor.__mul__, Tensor.__rmul__ = multiply, _r(multiply)
 Tensor.__truediv__, Tensor.__rtruediv__ = divide, _r(divide)
+Tensor.__floordiv__, Tensor.__rfloordiv__ = floordiv, _r(floordiv)
 Tensor.__pow__, Tensor.__rpow__ = pow, _r(pow)
 Tensor.__matmul__, Tensor.__rmatmul__ = matmul, _r(matmul)
 Tensor.__neg__ = negative

@@ -18,8 +18,16 @@ import numpy as np
 
 from .. import conv as npconv
 from ..conv import out_size
-from ..op_def import OpDef, convert_to_tensor, define, make_op, shape_error, shape_from_tensor
-from .array_ops import _host
+from ..op_def import (
+    OpDef,
+    check_axis,
+    convert_to_tensor,
+    define,
+    make_op,
+    shape_error,
+    shape_from_tensor,
+)
+from .array_ops import _host, transpose
 
 define(OpDef("Softmax", lambda ins, a: [(ins[0].dtype, ins[0].shape)],
              lambda a, be, res: be.softmax, flops_per_element=5))
@@ -27,12 +35,34 @@ define(OpDef("LogSoftmax", lambda ins, a: [(ins[0].dtype, ins[0].shape)],
              lambda a, be, res: be.log_softmax, flops_per_element=5))
 
 
-def softmax(logits, name=None):
-    return make_op("Softmax", [logits], name=name).outputs[0]
+def _softmax(op_type: str, logits, axis, name):
+    """TF's ``nn_ops._softmax``: the kernel normalises the last axis; for any other axis
+    the logits are transposed so that it comes last, and the result back (swapping two
+    axes is its own inverse), so the gradient is the transposes' and the kernel's."""
+    logits = convert_to_tensor(logits)
+    axis = -1 if axis is None else int(axis)
+    if logits.shape is None:
+        if axis != -1:
+            raise shape_error(op_type, f"axis {axis} needs a tensor of known rank", logits)
+        return make_op(op_type, [logits], name=name).outputs[0]
+    last = len(logits.shape) - 1
+    ax = check_axis(op_type, axis, logits)
+    if ax == last:
+        return make_op(op_type, [logits], name=name).outputs[0]
+    perm = list(range(last + 1))
+    perm[ax], perm[last] = last, ax
+    out = make_op(op_type, [transpose(logits, perm)]).outputs[0]
+    return transpose(out, perm, name=name)
 
 
-def log_softmax(logits, name=None):
-    return make_op("LogSoftmax", [logits], name=name).outputs[0]
+def softmax(logits, axis=None, name=None):
+    """``exp(logits) / sum(exp(logits), axis)``; ``axis`` defaults to the last, as in TF1's
+    ``tf.nn.softmax(logits, axis=None, name=None)``."""
+    return _softmax("Softmax", logits, axis, name)
+
+
+def log_softmax(logits, axis=None, name=None):
+    return _softmax("LogSoftmax", logits, axis, name)
 
 
 def _xent_shape(ins, attrs):
@@ -47,7 +77,12 @@ def _xent_shape(ins, attrs):
         raise shape_error("SparseSoftmaxCrossEntropyWithLogits", "labels must be [batch]",
                           labels)
     batch = logits.shape[0] if logits.shape is not None else None
-    return [(logits.dtype, (batch,)), (logits.dtype, logits.shape)]
+    n_labels = labels.shape[0] if labels.shape is not None else None
+    if batch is not None and n_labels is not None and batch != n_labels:
+        raise shape_error("SparseSoftmaxCrossEntropyWithLogits", f"logits have {batch} rows "
+                          f"but there are {n_labels} labels", logits, labels)
+    return [(logits.dtype, (batch if batch is not None else n_labels,)),
+            (logits.dtype, logits.shape)]
 
 
 def _xent_kernel(attrs, be, res):

@@ -16,8 +16,6 @@ the reader's feet.
 
 from __future__ import annotations
 
-import numpy as np
-
 from .. import shapes
 from ..dtypes import as_dtype
 from ..errors import FailedPreconditionError, InvalidArgumentError
@@ -54,7 +52,11 @@ def _assign_kernel(mode):
                     raise InvalidArgumentError(f"Assign requires shapes of both tensors to "
                                                f"match: {name} is {want}, value is "
                                                f"{tuple(value.shape)}")
-                new = value
+                # the variable keeps its own buffer, as TF's AssignOp copies the value
+                # into the variable's tensor (tensorflow/core/kernels/assign_op.h): the
+                # value may be the caller's fed array, or a view of it (Reshape,
+                # Identity), which the caller is free to change after the step.
+                new = be.copy(value)
             elif mode == "add":
                 new = be.add(_read(store, name), value)
             else:
@@ -78,11 +80,13 @@ def _assign_shape(ins, a):
     return [(ref.dtype, ref.shape)]
 
 
-define(OpDef("VariableV2", _var_spec, _handle_kernel, stateful=True, expensive=False))
+define(OpDef("VariableV2", _var_spec, _handle_kernel, stateful=True, expensive=False,
+             ref_output=True))
 define(OpDef("ReadVariable", lambda ins, a: [(ins[0].dtype, ins[0].shape)], _read_kernel,
              stateful=True, expensive=False))
 for _t, _mode in (("Assign", "set"), ("AssignAdd", "add"), ("AssignSub", "sub")):
-    define(OpDef(_t, _assign_shape, _assign_kernel(_mode), stateful=True, expensive=False))
+    define(OpDef(_t, _assign_shape, _assign_kernel(_mode), stateful=True, expensive=False,
+                 ref_output=True))
 
 
 class Variable:
@@ -95,13 +99,8 @@ class Variable:
         vname = g.unique_name(name or "Variable")
         with g._exact_scope(vname):
             init = initial_value() if callable(initial_value) else initial_value
-            if not isinstance(init, Tensor):
-                arr = np.asarray(init, dtype=as_dtype(dtype).np_dtype if dtype else None)
-                if dtype is None and not isinstance(init, (np.ndarray, np.generic)):
-                    # Python numbers: float32 / int32, as tf.constant does
-                    arr = arr.astype({"f": np.float32, "i": np.int32}.get(arr.dtype.kind,
-                                                                           arr.dtype))
-                init = constant(arr, name="initial_value")
+            if not isinstance(init, Tensor):  # Python numbers: float32, int32/int64
+                init = constant(init, dtype=dtype, name="initial_value")
             elif dtype is not None and init.dtype != as_dtype(dtype):
                 from .math_ops import cast
 
@@ -170,8 +169,9 @@ def _delegate(method):
 
 
 for _m in ("__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__", "__truediv__",
-           "__rtruediv__", "__pow__", "__rpow__", "__matmul__", "__rmatmul__", "__neg__",
-           "__getitem__", "__lt__", "__le__", "__gt__", "__ge__", "__abs__"):
+           "__rtruediv__", "__floordiv__", "__rfloordiv__", "__pow__", "__rpow__", "__matmul__",
+           "__rmatmul__", "__neg__", "__getitem__", "__lt__", "__le__", "__gt__", "__ge__",
+           "__abs__", "__bool__", "__iter__"):
     setattr(Variable, _m, _delegate(_m))
 
 

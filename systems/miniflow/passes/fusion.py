@@ -11,13 +11,16 @@ generated kernel replaces the chain (miniansor tunes such kernels).
 A producer joins its consumer's fused node when both are elementwise, on the same
 device, and the producer's output goes nowhere else (not to another op, not to a
 fetch, not as a control edge): then no one outside can observe the intermediate. Fused
-groups are trees; the root is the one member whose output leaves the group.
+groups are trees; the root is the one member whose output leaves the group. The fused
+node keeps its members' ops: if one fails at run time, the error names that op and its
+line, exactly as it would without fusion.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from ..errors import MemberError
 from ..ir import Node, PlanGraph
 from ..op_def import OP_DEFS, OpDef, define
 
@@ -43,22 +46,27 @@ def _make_fused_kernel(attrs, be, res):
         steps.append((fn, idx, cand, n_ext + k))
     pad = [None] * len(body)
     ndarray = np.ndarray  # ufuncs on 0-d inputs return numpy scalars, which cannot be out=
+    member_ops = attrs["member_ops"]
 
     def fused(*ext):
         env = [*ext, *pad]
-        for fn, idx, cand, out in steps:
-            if len(idx) == 1:
-                a = env[idx[0]]
-                env[out] = fn(a, out=a) if cand >= 0 and type(a) is ndarray else fn(a)
-                continue
-            vals = [env[i] for i in idx]
-            if cand >= 0:
-                v = env[cand]
-                w = vals[1] if vals[0] is v else vals[0]
-                if type(v) is ndarray and (w.shape == v.shape or not w.ndim):
-                    env[out] = fn(*vals, out=v)
+        try:  # free unless something raises (Python 3.11's zero-cost exceptions)
+            for fn, idx, cand, out in steps:
+                if len(idx) == 1:
+                    a = env[idx[0]]
+                    env[out] = fn(a, out=a) if cand >= 0 and type(a) is ndarray else fn(a)
                     continue
-            env[out] = fn(*vals)
+                vals = [env[i] for i in idx]
+                if cand >= 0:
+                    v = env[cand]
+                    w = vals[1] if vals[0] is v else vals[0]
+                    if type(v) is ndarray and (w.shape == v.shape or not w.ndim):
+                        env[out] = fn(*vals, out=v)
+                        continue
+                env[out] = fn(*vals)
+        except Exception as e:  # name the member that failed, not the chain's root
+            k = out - n_ext
+            raise MemberError(member_ops[k], e, [env[i] for i in idx]) from e
         return env[-1]
     return fused
 
@@ -129,7 +137,8 @@ def fuse_elementwise(pg: PlanGraph) -> int:
             body.append((m.type, m.attrs, args, m.out_specs[0][0]))
         controls = {id(c): c for m in members for c in m.control_inputs if id(c) not in index}
         fused = Node(f"{top.name}/fused", "_FusedElementwise", ext, list(controls.values()),
-                     {"body": body, "members": [m.name for m in members]}, top.out_specs,
+                     {"body": body, "members": [m.name for m in members],
+                      "member_ops": [m.op for m in members]}, top.out_specs,
                      top.device, top.op, top.created_at)
         collapsed.append((members, fused))
         removed += len(members) - 1

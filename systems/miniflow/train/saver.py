@@ -82,9 +82,9 @@ class Saver:
             elif arrays[key].dtype != var.dtype.np_dtype:
                 problems.append(f"{key}: checkpoint has dtype {arrays[key].dtype}, the "
                                 f"variable is {var.dtype.name}")
-        extra = sorted(set(arrays) - set(self._vars))
-        if extra:
-            problems.append(f"not in the graph: {', '.join(extra)}")
+        # Entries no variable of ours asks for (an optimizer's slots, when an inference
+        # graph restores a training checkpoint) are ignored, as TF's Saver restores only
+        # its own var_list (tensorflow/python/training/saver.py).
         if problems:
             raise NotFoundError(f"Restoring from {path} failed:\n  " + "\n  ".join(problems))
         for key, var in self._vars.items():

@@ -80,6 +80,9 @@ def _check(op_type):
     return fn
 
 
-define(OpDef("ApplyGradientDescent", _check("ApplyGradientDescent"), _gd, stateful=True))
-define(OpDef("ApplyMomentum", _check("ApplyMomentum"), _momentum, stateful=True))
-define(OpDef("ApplyAdam", _check("ApplyAdam"), _adam, stateful=True))
+define(OpDef("ApplyGradientDescent", _check("ApplyGradientDescent"), _gd, stateful=True,
+             ref_output=True))
+define(OpDef("ApplyMomentum", _check("ApplyMomentum"), _momentum, stateful=True,
+             ref_output=True))
+define(OpDef("ApplyAdam", _check("ApplyAdam"), _adam, stateful=True,
+             ref_output=True))
