@@ -3,8 +3,9 @@
 * :func:`run_to_target`: train sparse LR under one consistency model until the objective
   is within 1% of the single-process optimum (the monitor pulls the whole model every
   50 ms and evaluates it on the full dataset), then stop the job; returns the time it
-  took, the objective over time, and the workers' idle fraction (the share of their wall
-  time spent blocked in pulls, i.e. waiting on consistency);
+  took, the objective over time, the workers' idle fraction (the share of their wall time
+  their pulls were held by a server waiting for the consistency dependency) and their
+  blocked fraction (all time blocked in pulls: also the network and the servers' work);
 * :func:`fault_sweep`: the crash-point sweep of the fault tests over many seeds (kill -9
   at each injected point, restart, rejoin), audited push by push.
 """
