@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -56,6 +57,17 @@ def _bench(args: argparse.Namespace) -> dict[str, Any]:
     # (miniansor's GPU cases save the table of what they measured in one)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     systems = list(SUITES) if args.system in (None, "all") else [args.system]
+    if args.only:  # a typo must not write an empty results.json over the committed one
+        from .bench import load_suite
+
+        names = {s: {c.name for c in load_suite(s) if c.device == args.device}
+                 for s in systems}
+        unknown = sorted(set(args.only) - set().union(*names.values()))
+        if unknown:
+            raise UsageError(f"--only {unknown}: no such {args.device} case in "
+                             f"{', '.join(systems)}; there are "
+                             f"{sorted(set().union(*names.values()))}")
+        systems = [s for s in systems if names[s] & set(args.only)]
     docs, rows = [], []
     for s in systems:
         doc = run_suite(s, device=args.device, quick=args.quick, out=args.out,
@@ -79,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add(name: str, fn: Callable, help: str) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help, description=help)
-        sp.add_argument("--json", action="store_true", help="print the result as JSON last")
+        sp.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print the result as JSON last")
         sp.set_defaults(func=fn)
         return sp
 
@@ -104,10 +117,51 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (epochs, steps, trials)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a number > 0 (rates, durations)."""
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not x > 0 or x == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
+    return x
+
+
+class UsageError(Exception):
+    """A command that cannot do what was asked; main prints it as one line."""
+
+
+# What a user's input or environment causes (a bad flag value, no server on the port, a
+# missing file): one line, not a traceback. A bug (TypeError, AttributeError...) keeps
+# its traceback; CASEBOOK_DEBUG=1 shows the traceback for these too.
+USER_ERRORS = (UsageError, ValueError, OSError, LookupError, RuntimeError)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    result = args.func(args)
-    if args.json:
+    try:
+        result = args.func(args)
+    except KeyboardInterrupt:
+        print("casebook: interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as e:
+        if os.environ.get("CASEBOOK_DEBUG"):
+            raise
+        print(f"casebook {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    if getattr(args, "json", False):
         print(json.dumps(result, default=_jsonable))
     return 0
 

@@ -92,8 +92,13 @@ DEVICES: dict[str, DeviceSpec] = {"h100": H100_SXM, "h200": H200}
 
 
 def gpu_spec_for(device_name: str) -> DeviceSpec | None:
-    """Match a CUDA device name (e.g. 'NVIDIA H100 80GB HBM3') to a known spec."""
+    """Match a CUDA device name to a known spec: 'NVIDIA H100 80GB HBM3' (SXM) and
+    'NVIDIA H200'. The PCIe, NVL and Grace-Hopper (GH200) parts share the names but not
+    the numbers (fewer SMs, lower clocks or power, other memory), so they get None
+    rather than SXM figures that would make every efficiency wrong."""
     n = device_name.lower()
+    if any(part in n for part in ("pcie", "nvl", "gh200")):
+        return None
     if "h200" in n:
         return H200
     if "h100" in n:

@@ -19,6 +19,7 @@ import atexit
 import json
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,6 +31,23 @@ from pathlib import Path
 from typing import Any
 
 READY_PREFIX = "READY "
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def exit_on_termination() -> None:
+    """Make SIGTERM and SIGHUP exit through Python (``SystemExit``), so that context
+    managers and ``atexit`` stop the children: by default these signals kill the
+    interpreter on the spot, and children in their own sessions would live on (as with
+    ``timeout 60 casebook ps launch``). Only where nobody installed a handler yet, and
+    only from the main thread (the only one that may)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) is signal.SIG_DFL:
+            signal.signal(sig, _terminated)
 
 
 def announce_ready(**info: Any) -> None:
@@ -75,7 +93,23 @@ class ProcessGroup:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.children: dict[str, Child] = {}
         self._lock = threading.Lock()
+        self._detached = False
+        atexit.register(self._remove_own_dir)
         atexit.register(self.stop_all)
+        exit_on_termination()
+
+    def _remove_own_dir(self) -> None:
+        """Logs stay readable until the interpreter exits, then a temporary log directory
+        goes, unless a detached child still writes there."""
+        if self._own_dir and not self._detached:
+            shutil.rmtree(self.log_dir, ignore_errors=True)
+
+    def detach(self, name: str) -> Child:
+        """Forget a child, so that leaving this process does not stop it (a server
+        started from a shell command); its log directory is kept."""
+        with self._lock:
+            self._detached = True
+            return self.children.pop(name)
 
     def __enter__(self) -> ProcessGroup:
         return self
@@ -85,8 +119,16 @@ class ProcessGroup:
 
     def spawn(self, name: str, module: str, args: list[str] = (), *,
               env: dict[str, str] | None = None, ready_timeout: float = 60.0,
-              wait_ready: bool = True) -> Child:
-        """Start ``python -m module args`` as ``name``; wait for its READY line."""
+              wait_ready: bool = True, announces: bool = True) -> Child:
+        """Start ``python -m module args`` as ``name``; wait for its READY line.
+
+        ``wait_ready=False``: return at once (call :meth:`wait_ready` later);
+        ``announces=False``: the child never prints READY, so its output goes straight
+        to its log (nobody reading a pipe would block it after 64 KiB)."""
+        with self._lock:
+            old = self.children.get(name)
+        if old is not None and old.alive():  # it would be lost, and outlive the group
+            raise ValueError(f"a child named {name!r} (pid {old.pid}) is still running")
         log_path = self.log_dir / f"{name}.log"
         child_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         root = str(Path(__file__).resolve().parent.parent)
@@ -99,7 +141,9 @@ class ProcessGroup:
         child = Child(name, popen, log_path)
         with self._lock:
             self.children[name] = child
-        if wait_ready:
+        if not announces:
+            self._drain(child)
+        elif wait_ready:
             self.wait_ready(child, ready_timeout)
         return child
 

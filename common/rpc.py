@@ -27,6 +27,9 @@ CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 ]
 LOOPBACK = "127.0.0.1"
+# gRPC servers set SO_REUSEPORT by default: a second server on a busy port would bind
+# too, and the kernel would split the calls between the two. Refuse instead.
+SERVER_OPTIONS = CHANNEL_OPTIONS + [("grpc.so_reuseport", 0)]
 
 Handler = Callable[[bytes, grpc.ServicerContext], bytes]
 AsyncHandler = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
@@ -49,6 +52,18 @@ def _generic(service: str, handlers: dict, streams: dict | None = None,
     return grpc.method_handlers_generic_handler(service, table)
 
 
+def _bind(server: grpc.Server | grpc.aio.Server, host: str, port: int) -> int:
+    """Bind ``host:port``; an OSError naming it if that fails (grpcio raises a
+    RuntimeError or returns 0, depending on its version)."""
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError as e:
+        raise OSError(f"could not bind {host}:{port}: {e}") from None
+    if bound == 0:
+        raise OSError(f"could not bind {host}:{port}")
+    return bound
+
+
 def serve(service: str, handlers: dict[str, Handler], *, host: str = LOOPBACK,
           port: int = 0, max_workers: int = 16, streams: dict | None = None,
           ) -> tuple[grpc.Server, int]:
@@ -59,11 +74,9 @@ def serve(service: str, handlers: dict[str, Handler], *, host: str = LOOPBACK,
     Returns the started server and the port it bound (``port=0`` picks a free one).
     """
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
-                         options=CHANNEL_OPTIONS)
+                         options=SERVER_OPTIONS)
     server.add_generic_rpc_handlers((_generic(service, handlers, streams),))
-    bound = server.add_insecure_port(f"{host}:{port}")
-    if bound == 0:
-        raise OSError(f"could not bind {host}:{port}")
+    bound = _bind(server, host, port)
     server.start()
     return server, bound
 
@@ -71,11 +84,9 @@ def serve(service: str, handlers: dict[str, Handler], *, host: str = LOOPBACK,
 async def serve_aio(service: str, handlers: dict[str, AsyncHandler], *, host: str = LOOPBACK,
                     port: int = 0) -> tuple[grpc.aio.Server, int]:
     """The asyncio flavour of :func:`serve` (handlers are coroutines)."""
-    server = grpc.aio.server(options=CHANNEL_OPTIONS)
+    server = grpc.aio.server(options=SERVER_OPTIONS)
     server.add_generic_rpc_handlers((_generic(service, handlers),))
-    bound = server.add_insecure_port(f"{host}:{port}")
-    if bound == 0:
-        raise OSError(f"could not bind {host}:{port}")
+    bound = _bind(server, host, port)
     await server.start()
     return server, bound
 

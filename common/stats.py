@@ -82,7 +82,11 @@ def summarize(samples: Iterable[float]) -> Stats:
 
 def percentile(samples: Iterable[float], p: float) -> float:
     """One percentile (0..100) of a sample, numpy's linear interpolation."""
-    return float(np.percentile(np.asarray(list(samples), dtype=np.float64), p))
+    x = np.asarray(list(samples), dtype=np.float64)
+    if x.size == 0 or not np.isfinite(x).all():  # as summarize: say so, not IndexError/NaN
+        raise ValueError(f"percentile needs finite samples, got {x.size} "
+                         f"({int((~np.isfinite(x)).sum())} not finite)")
+    return float(np.percentile(x, p))
 
 
 def cdf(samples: Iterable[float]) -> tuple[np.ndarray, np.ndarray]:

@@ -19,6 +19,7 @@ merged (:func:`merge`) and line up without clock fitting.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -91,7 +92,7 @@ class TraceWriter:
         """One end of an arrow. Emit ``start=True`` inside the sending span and
         ``start=False`` inside the receiving one, with the same ``flow_id`` (ids are
         global across processes, so use e.g. a query id)."""
-        ev = {"ph": "s" if start else "f", "id": str(flow_id), "name": name, "cat": cat,
+        ev = {"ph": "s" if start else "f", "id": flow_number(flow_id), "name": name, "cat": cat,
               "ts": now_us() if ts_us is None else ts_us, "pid": pid or self.pid,
               "tid": self._tid(tid)}
         if not start:
@@ -119,14 +120,36 @@ class TraceWriter:
         return write_json_atomic(path, self.to_json())
 
 
+def flow_number(flow_id: int | str) -> int:
+    """A flow id as a number. Perfetto reads a *string* id as hexadecimal and drops the
+    arrow when it does not parse ("q7", "w0-5-s1"); chrome://tracing runs in JavaScript,
+    whose numbers are exact only below 2^53. So: small ints as they are, anything else
+    hashed to 53 bits (both ends of an arrow hash the same name to the same number)."""
+    if isinstance(flow_id, int) and 0 <= flow_id < 1 << 53:
+        return flow_id
+    digest = hashlib.blake2b(str(flow_id).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 53) - 1)
+
+
+def _plain(x: Any) -> Any:
+    """JSON for numpy scalars and arrays that end up in span args."""
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    raise TypeError(f"{type(x).__name__} is not JSON serialisable")
+
+
 def write_json_atomic(path: str | os.PathLike, doc: Any) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(doc, f)
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600; results and traces are for others to read
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(doc, f, default=_plain)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results and traces are for others
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)  # never leave a half-written temporary behind
+        raise
     return path
 
 

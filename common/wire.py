@@ -17,6 +17,7 @@ never pickled objects, so a malicious peer can at worst send wrong numbers.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from collections.abc import Sequence
 from typing import Any
@@ -58,6 +59,20 @@ def pack(meta: dict[str, Any], arrays: Sequence[np.ndarray] = ()) -> bytes:
     return b"".join([_HEAD.pack(MAGIC, len(header)), header, *chunks])
 
 
+def _descriptor(s: Any) -> tuple[np.dtype, tuple[int, ...], int, int]:
+    """(dtype, shape, offset, nbytes) of one array descriptor, strictly typed: a shape
+    of "12" or [1.7], or a dtype of null, is an error, not a guess."""
+    def whole(x: Any) -> int:
+        if not isinstance(x, int) or isinstance(x, bool):
+            raise TypeError(f"{x!r} is not an integer")
+        return x
+    if not isinstance(s, dict) or not isinstance(s["dtype"], str) \
+            or not isinstance(s["shape"], list):
+        raise TypeError("needs a 'dtype' string and a 'shape' list")
+    return (np.dtype(s["dtype"]), tuple(whole(d) for d in s["shape"]), whole(s["offset"]),
+            whole(s["nbytes"]))
+
+
 def unpack(buf: bytes | memoryview) -> tuple[dict[str, Any], list[np.ndarray]]:
     """Decode a message from :func:`pack`. Raises :class:`WireError` on anything malformed."""
     view = memoryview(buf)
@@ -68,25 +83,26 @@ def unpack(buf: bytes | memoryview) -> tuple[dict[str, Any], list[np.ndarray]]:
         raise WireError(f"bad magic {bytes(magic)!r}: not a casebook wire message")
     if _HEAD.size + hlen > len(view):
         raise WireError(f"header length {hlen} runs past the message ({len(view)} bytes)")
-    try:
+    try:  # a hostile header can also overflow the parser (deep nesting, huge numbers)
         meta = json.loads(bytes(view[_HEAD.size:_HEAD.size + hlen]))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise WireError(f"header is not valid JSON: {e}") from None
+    except (ValueError, RecursionError, OverflowError) as e:
+        raise WireError(f"header is not valid JSON: {type(e).__name__}: {e}") from None
     if not isinstance(meta, dict):
         raise WireError("header must be a JSON object")
     specs = meta.pop("_arrays", [])
+    if not isinstance(specs, list):
+        raise WireError(f"'_arrays' must be a list of array descriptors, got {specs!r:.80}")
     body = view[_HEAD.size + hlen:]
     arrays = []
     for i, s in enumerate(specs):
         try:
-            dtype = np.dtype(s["dtype"])
-            shape = tuple(int(d) for d in s["shape"])
-            off, n = int(s["offset"]), int(s["nbytes"])
+            dtype, shape, off, n = _descriptor(s)
         except (KeyError, TypeError, ValueError) as e:
-            raise WireError(f"array {i}: bad descriptor {s!r} ({e})") from None
+            raise WireError(f"array {i}: bad descriptor {s!r:.200} ({e})") from None
         if dtype.kind not in _ALLOWED_KINDS:
             raise WireError(f"array {i}: dtype {dtype} is not allowed")
-        if any(d < 0 for d in shape) or n != int(np.prod(shape)) * dtype.itemsize:
+        # math.prod on Python ints: numpy's prod wraps around for huge shapes
+        if any(d < 0 for d in shape) or n != math.prod(shape) * dtype.itemsize:
             raise WireError(f"array {i}: {n} bytes do not hold shape {shape} of {dtype}")
         if off < 0 or off + n > len(body):
             raise WireError(f"array {i}: bytes {off}..{off + n} run past the message")

@@ -16,10 +16,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from common.cli import positive_int
+
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", action="store_true", help="print the result as JSON last")
-    p.add_argument("--trials", type=int, default=64, help="measurements in all")
+    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                   help="print the result as JSON last")
+    p.add_argument("--trials", type=positive_int, default=64, help="measurements in all")
     p.add_argument("--device", default="sim", help="cuda, sim or replay:FILE (default sim)")
     p.add_argument("--log", default=None, help="JSON-lines tuning log (resumed if it exists)")
     p.add_argument("--seed", type=int, default=0)
@@ -174,7 +177,8 @@ def add_parser(sub, add) -> None:
     s.add_argument("--plot", default=None, help="PNG path (default: next to the log)")
     s.add_argument("--device", default=None,
                    help="whose records (by the log's device name; needed if it has several)")
-    s.add_argument("--json", action="store_true", help="print the result as JSON last")
+    s.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                   help="print the result as JSON last")
     s.set_defaults(func=_show)
 
     g = inner.add_parser("sim-table", help="write a replay table from the simulated GPU")
@@ -182,5 +186,6 @@ def add_parser(sub, add) -> None:
     g.add_argument("--tasks", nargs="+", required=True, help="task keys")
     g.add_argument("--configs", type=int, default=800, help="configs per task")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--json", action="store_true", help="print the result as JSON last")
+    g.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                   help="print the result as JSON last")
     g.set_defaults(func=_sim_table)

@@ -26,7 +26,7 @@ from typing import Any
 from .batching import BatchingConfig
 
 
-class ClipperException(Exception):
+class ClipperException(RuntimeError):
     """A management or query call that Clipper refused; ``status`` is the HTTP code."""
 
     def __init__(self, msg: str, status: int = 0):

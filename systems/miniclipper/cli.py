@@ -18,6 +18,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from common.cli import positive_float
+
 BUILTINS = ("sum", "echo", "digits-lr", "digits-rf")
 
 
@@ -166,7 +168,8 @@ def add_parser(sub: Any, add: Any) -> None:
 
     def cmd(name: str, fn: Any, help: str) -> argparse.ArgumentParser:
         p = inner.add_parser(name, help=help, description=help)
-        p.add_argument("--json", action="store_true", help="print the result as JSON last")
+        p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                       help="print the result as JSON last")
         p.add_argument("--query-port", type=int, default=1337)
         p.add_argument("--mgmt-port", type=int, default=1338)
         p.add_argument("--grpc-port", type=int, default=1339)
@@ -196,7 +199,7 @@ def add_parser(sub: Any, add: Any) -> None:
     q.add_argument("--input-batch", help="a JSON list of inputs")
     ld = cmd("load", _load, "open-loop Poisson load from a separate process")
     ld.add_argument("--app", required=True)
-    ld.add_argument("--rate", type=float, default=200.0, help="queries per second")
+    ld.add_argument("--rate", type=positive_float, default=200.0, help="queries per second")
     ld.add_argument("--duration", type=float, default=5.0, help="seconds")
     ld.add_argument("--slo-ms", type=float, default=20.0)
     ld.add_argument("--inputs", default="digits", help="digits, or random:DIM")

@@ -52,7 +52,7 @@ class LocalContainerManager:
         self.info = dict(child.info, log=str(child.log_path))
         self.ports = {k: child.info[k] for k in self.ports}
         if self.detach:  # forget the child, so leaving this process does not stop it
-            self.group.children.pop("clipper")
+            self.group.detach("clipper")
         return self.info
 
     def connect(self) -> None:

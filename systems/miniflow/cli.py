@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from common.cli import positive_int
+
 
 def _require_device(device: str) -> None:
     """``--device cuda`` without a visible GPU: one clear line, not a PlacementError."""
@@ -21,7 +23,7 @@ def _train(args: argparse.Namespace) -> dict:
 
     _require_device(args.device)
     r = train(args.model, args.device, args.epochs, args.batch, args.seed, args.checkpoint,
-              progress=not args.json)
+              progress=not getattr(args, "json", False))
     print(f"{r['model']} on {r['device']}: held-out accuracy {r['test_accuracy']:.2%} after "
           f"{r['epochs']} epochs in {r['train_seconds']:.1f} s\n"
           f"checkpoint {r['checkpoint']}; restored into a fresh session: "
@@ -94,12 +96,13 @@ def add_parser(sub, add) -> None:
 
     def sub_add(name, fn, help):
         p = fsub.add_parser(name, help=help, description=help, parents=[common_args])
-        p.add_argument("--json", action="store_true", help="print the result as JSON last")
+        p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                       help="print the result as JSON last")
         p.set_defaults(func=fn)
         return p
 
     t = sub_add("train", _train, "train on scikit-learn's digits, checkpoint, restore")
-    t.add_argument("--epochs", type=int, default=None)
+    t.add_argument("--epochs", type=positive_int, default=None)
     t.add_argument("--batch", type=int, default=32)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--checkpoint", default="out/flow/digits")

@@ -44,7 +44,7 @@ def gloo(role: str, world: int, args: dict, steps: int) -> dict:
         kids = [g.spawn(f"{role}{r}", "systems.minips.baselines",
                         [role, "--rank", str(r), "--world", str(world), "--port", str(port),
                          "--steps", str(steps), "--args", json.dumps(args), "--out", str(out)],
-                        wait_ready=False) for r in range(world)]
+                        announces=False) for r in range(world)]
         codes = [k.popen.wait(timeout=300) for k in kids]
     if not out.exists():  # a rank that crashes at exit after rank 0 wrote its timings
         bad = next(k for k, c in zip(kids, codes, strict=True) if c != 0)  # is harmless

@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from common.cli import positive_int
+
 
 def _app_spec(a: argparse.Namespace) -> dict[str, Any]:
     spec: dict[str, Any] = {"name": a.app, "seed": a.seed}
@@ -116,14 +118,15 @@ def add_parser(sub, add) -> None:
     la = cmds.add_parser("launch", help="start a scheduler, servers and workers and train",
                          description=__doc__.split("\n\n")[1] if __doc__ else None)
     la.set_defaults(func=_launch)
-    la.add_argument("--json", action="store_true", help="print the result as JSON last")
+    la.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                    help="print the result as JSON last")
     la.add_argument("--servers", type=int, default=2)
     la.add_argument("--workers", type=int, default=2)
     la.add_argument("--app", choices=["sparse_lr", "mlp", "count"], default="sparse_lr")
     la.add_argument("--consistency", default="bsp", help="bsp, ssp:TAU or asp")
     la.add_argument("--replication", type=int, default=1, help="copies of each key range")
     la.add_argument("--vnodes", type=int, default=4, help="virtual nodes per server")
-    la.add_argument("--steps", type=int, default=100, help="steps per data shard")
+    la.add_argument("--steps", type=positive_int, default=100, help="steps per data shard")
     la.add_argument("--features", type=int, default=1 << 20, help="sparse_lr: key space")
     la.add_argument("--examples", type=int, default=8192, help="sparse_lr: dataset size")
     la.add_argument("--nnz", type=int, default=24, help="sparse_lr: features per example")

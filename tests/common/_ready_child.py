@@ -9,6 +9,18 @@ from common.procs import announce_ready
 if sys.argv[1] == "die":
     print("about to fail on purpose", file=sys.stderr, flush=True)
     sys.exit(3)
+if sys.argv[1] == "chatty":  # never announces; writes far more than a pipe buffers
+    for i in range(20000):
+        print(f"line {i} " + "x" * 40)
+    sys.exit(0)
+if sys.argv[1] == "parent":  # a parent with a child of its own, then waits for a signal
+    from common.procs import ProcessGroup
+
+    group = ProcessGroup(sys.argv[2])
+    kid = group.spawn("grandchild", "tests.common._ready_child", ["ok"])
+    announce_ready(grandchild=kid.pid)
+    while True:
+        time.sleep(0.1)
 announce_ready(pid_echo=os.getpid())
 while True:
     time.sleep(0.1)

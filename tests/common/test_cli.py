@@ -31,3 +31,27 @@ def test_unknown_subcommand_fails_with_usage():
     out = subprocess.run([sys.executable, "-m", "common.cli", "nope"], capture_output=True,
                          text=True)
     assert out.returncode == 2 and "invalid choice" in out.stderr
+
+
+def _fails(*args):
+    out = subprocess.run([sys.executable, "-m", "common.cli", *args], capture_output=True,
+                         text=True, timeout=120)
+    return out.returncode, out.stderr.strip().splitlines()
+
+
+def test_bad_input_is_one_line_not_a_traceback(tmp_path):
+    code, err = _fails("ps", "launch", "--servers", "0", "--no-progress")
+    assert code == 2 and err[-1].startswith("casebook ps: error: a job needs at least one")
+    assert not any("Traceback" in line for line in err)
+    # a misspelt --only would have written an empty results.json over the real one
+    code, err = _fails("bench", "common", "--only", "nosuch", "--out", str(tmp_path))
+    assert code == 2 and "no such cpu case" in err[-1] and not list(tmp_path.iterdir())
+
+
+def test_json_is_honoured_at_either_level_of_a_subcommand():
+    from common.cli import build_parser
+
+    parse = build_parser().parse_args
+    assert parse(["ps", "--json", "launch"]).json is True  # was silently reset to False
+    assert parse(["ansor", "show", "x.jsonl", "--json"]).json is True
+    assert not getattr(parse(["ps", "launch"]), "json", False)

@@ -71,6 +71,9 @@ def test_gpu_names_map_to_datasheets():
     assert gpu_spec_for("NVIDIA H100 80GB HBM3") is H100_SXM
     assert gpu_spec_for("NVIDIA H200") is H200
     assert gpu_spec_for("Tesla T4") is None
+    for other in ("NVIDIA H100 PCIe", "NVIDIA H100 NVL", "NVIDIA H200 NVL",
+                  "NVIDIA GH200 480GB"):  # same names, other numbers: not the SXM spec
+        assert gpu_spec_for(other) is None, other
 
 
 def test_cpu_spec_is_measured_and_cached(tmp_path):

@@ -30,3 +30,41 @@ def test_stopped_child_is_still_cleaned_up(tmp_path):
         t0 = time.monotonic()
         group.stop("frozen", timeout=5)
         assert not child.alive() and time.monotonic() - t0 < 10
+
+
+def _gone(pid: int, timeout: float = 10.0) -> bool:
+    import os
+
+    t_end = time.monotonic() + timeout
+    while time.monotonic() < t_end:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_parent_stopped_by_sigterm_takes_its_children_along(tmp_path):
+    """Children run in their own sessions, so only the parent's clean-up stops them;
+    SIGTERM (``timeout``, CI) must go through it instead of killing the parent on the
+    spot."""
+    with ProcessGroup(tmp_path) as group:
+        parent = group.spawn("parent", SERVER, ["parent", str(tmp_path / "inner")])
+        grandchild = parent.info["grandchild"]
+        parent.popen.send_signal(signal.SIGTERM)  # the parent alone, not its group
+        assert parent.popen.wait(20) == 128 + signal.SIGTERM
+        assert _gone(grandchild), "the parent's child outlived it"
+
+
+def test_duplicate_names_are_refused_and_silent_children_never_block(tmp_path):
+    with ProcessGroup(tmp_path) as group:
+        group.spawn("c1", SERVER, ["ok"])
+        with pytest.raises(ValueError, match="'c1' .* is still running"):
+            group.spawn("c1", SERVER, ["ok"])
+        chatty = group.spawn("chatty", SERVER, ["chatty"], announces=False)
+        assert chatty.popen.wait(30) == 0  # ~1 MB of output did not fill a pipe
+        t_end = time.monotonic() + 10  # the drain thread may still be writing the end
+        while "line 19999" not in chatty.log_tail(1) and time.monotonic() < t_end:
+            time.sleep(0.05)
+        assert "line 19999" in chatty.log_tail(1)

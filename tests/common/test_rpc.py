@@ -70,3 +70,18 @@ def test_a_stream_method_answers_each_message_in_order_beside_unary_ones():
     finally:
         ch.close()
         server.stop(None)
+
+
+def test_a_busy_port_is_refused_not_shared():
+    """gRPC's default SO_REUSEPORT would let a second server bind the same port and take
+    half of the first one's calls."""
+    first, port = rpc.serve("Test", {"Who": lambda req, ctx: b"first"})
+    try:
+        with pytest.raises(OSError, match=f"could not bind 127.0.0.1:{port}"):
+            second, _ = rpc.serve("Test", {"Who": lambda req, ctx: b"second"}, port=port)
+            second.stop(None)
+        with rpc.channel(f"127.0.0.1:{port}") as ch:
+            call = rpc.method(ch, "Test", "Who")
+            assert {call(b"", timeout=10) for _ in range(20)} == {b"first"}
+    finally:
+        first.stop(None)

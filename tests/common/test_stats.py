@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from common.stats import cdf, summarize
+from common.stats import cdf, percentile, summarize
 
 
 def test_summary_of_known_data_matches_numpy():
@@ -39,6 +39,9 @@ def test_empty_and_nonfinite_samples_are_refused():
         summarize([])
     with pytest.raises(ValueError, match="non-finite"):
         summarize([1.0, float("nan")])
+    for bad in ([], [1.0, float("nan")]):  # percentile alone refuses them the same way
+        with pytest.raises(ValueError, match="needs finite samples"):
+            percentile(bad, 50)
 
 
 def test_scaled_converts_units():

@@ -62,3 +62,32 @@ def test_lying_array_descriptors_are_refused():
         unpack(objects)
     with pytest.raises(WireError, match="numeric dtypes only"):
         pack({}, [np.array([object()])])
+
+
+
+def _msg(header: str) -> bytes:
+    raw = header.encode()
+    return b"MLW1" + len(raw).to_bytes(4, "little") + raw + bytes(64)
+
+
+@pytest.mark.parametrize("header, why", [
+    ('{"_arrays": 5}', "must be a list"),
+    ('{"_arrays": null}', "must be a list"),
+    ("[" * 100000, "not valid JSON"),  # nesting deeper than the parser's recursion
+    ('{"a": 1' + "0" * 5000 + "}", "not valid JSON"),  # past Python's int-string limit
+    ('{"_arrays": [{"dtype": "<f4", "shape": [1], "offset": 0, "nbytes": Infinity}]}',
+     "bad descriptor"),
+    ('{"_arrays": [{"dtype": "<f4", "shape": "1", "offset": 0, "nbytes": 4}]}',
+     "bad descriptor"),
+    ('{"_arrays": [{"dtype": null, "shape": [1], "offset": 0, "nbytes": 8}]}',
+     "bad descriptor"),
+    ('{"_arrays": [{"dtype": "<f4", "shape": [1.7], "offset": 0, "nbytes": 4}]}',
+     "bad descriptor"),
+    ('{"_arrays": [{"dtype": "|u1", "shape": [4294967296, 4294967296], "offset": 0, '
+     '"nbytes": 0}]}', "do not hold shape"),  # numpy's prod of this shape wraps to 0
+])
+def test_hostile_headers_raise_wire_errors_only(header, why):
+    """Servers catch WireError to answer "bad request"; any other exception would crash
+    the handler instead (TypeError, RecursionError, OverflowError, a numpy reshape)."""
+    with pytest.raises(WireError, match=why):
+        unpack(_msg(header))
