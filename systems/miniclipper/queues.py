@@ -90,7 +90,7 @@ class ModelQueue:
             return
         try:
             await asyncio.wait_for(self._changed.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     async def get_batch(self, max_size: int, max_delay_s: float = 0.0) -> list[PredictTask]:

@@ -249,7 +249,7 @@ class Scheduler:
             ev = self.barrier_event
             try:
                 await asyncio.wait_for(ev.wait(), timeout=0.2)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         if meta["barrier"] not in self.barrier_done:
             self.barrier_done[meta["barrier"]] = time.monotonic()
