@@ -61,6 +61,7 @@ class Child:
     popen: subprocess.Popen
     log_path: Path
     info: dict[str, Any] = field(default_factory=dict)
+    stopped: bool = False  # by ProcessGroup.stop (a child that exits by itself is not)
 
     @property
     def pid(self) -> int:
@@ -165,7 +166,13 @@ class ProcessGroup:
                 line, buf = buf.split(b"\n", 1)
                 text = line.decode(errors="replace")
                 if text.startswith(READY_PREFIX):
-                    child.info = json.loads(text[len(READY_PREFIX):])
+                    try:
+                        child.info = json.loads(text[len(READY_PREFIX):])
+                    except ValueError:
+                        break  # a garbled READY line: fail below, with the log
+                    if buf:  # what the child printed right after READY, in the same read
+                        with open(child.log_path, "ab") as f:
+                            f.write(buf)
                     self._drain(child)
                     return child.info
                 with open(child.log_path, "a") as f:
@@ -193,8 +200,9 @@ class ProcessGroup:
     def stop(self, name: str, timeout: float = 5.0) -> None:
         """SIGTERM the child's group, then SIGKILL if it has not exited in ``timeout``."""
         child = self.children.get(name)
-        if child is None:
-            return
+        if child is None or child.stopped:  # once: after it was reaped, its pid (and
+            return                          # group id) may belong to another process
+        child.stopped = True
         child.signal(signal.SIGCONT)  # a stopped (SIGSTOP) process cannot handle SIGTERM
         child.signal(signal.SIGTERM)
         try:

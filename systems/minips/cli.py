@@ -24,7 +24,10 @@ def _app_spec(a: argparse.Namespace) -> dict[str, Any]:
     if a.app == "sparse_lr":
         spec.update(features=a.features, examples=a.examples, nnz=a.nnz, batch=a.batch or 256,
                     lam=a.lam, lr=a.lr or 0.1, filters=a.filters)
-    elif a.app == "mlp":
+    elif a.filters:  # only sparse LR has filters; silently dropping them would mislead
+        raise ValueError(f"--filters {a.filters}: the {a.app} app takes no filters "
+                         f"(sparse_lr does)")
+    if a.app == "mlp":
         spec.update(hidden=a.hidden, batch=a.batch or 32, lr=a.lr or 0.25, device=a.device)
     return spec
 
@@ -75,7 +78,8 @@ def _launch(a: argparse.Namespace) -> dict[str, Any]:
         print(format_table(rows, ("t (s)", *keys)))
     nodes = [(n, int(m["push_requests"]), int(m["pull_requests"]),
               f"{(m['bytes_sent'] + m['bytes_received']) / 1e6:.2f}",
-              f"{m['consistency_wait_s'] or m['wait_s']:.2f}")
+              # servers: time they held pulls; workers: time their pulls were held
+              f"{m.get('consistency_wait_s') or m.get('consistency_held_s', 0.0):.2f}")
              for n, m in sorted(out["per_node"].items()) if n != "scheduler"]
     print(format_table(nodes, ("node", "pushes", "pulls", "MB on the wire",
                                 "consistency wait (s)")))

@@ -68,3 +68,16 @@ def test_duplicate_names_are_refused_and_silent_children_never_block(tmp_path):
         while "line 19999" not in chatty.log_tail(1) and time.monotonic() < t_end:
             time.sleep(0.05)
         assert "line 19999" in chatty.log_tail(1)
+
+
+def test_output_after_ready_is_logged_and_a_child_is_stopped_only_once(tmp_path):
+    with ProcessGroup(tmp_path) as group:
+        child = group.spawn("c", SERVER, ["ready-and-more"])
+        assert child.info == {"pid_echo": child.pid}
+        t_end = time.monotonic() + 10
+        while "printed right after ready" not in child.log_tail() and time.monotonic() < t_end:
+            time.sleep(0.05)
+        assert "printed right after ready" in child.log_tail()  # was lost with READY
+        group.stop("c")
+        assert child.stopped and not child.alive()
+        group.stop("c")  # again (stop_all at exit does): no signal to a reused pid

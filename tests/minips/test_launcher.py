@@ -74,3 +74,15 @@ def test_impossible_cluster_sizes_are_refused_up_front():
                     ({"replication": 0}, "replication 0 must be")):
         with pytest.raises(ValueError, match=why):
             ClusterSpec(**kw).config(None)
+
+
+def test_filters_given_to_an_app_without_filters_are_an_error():
+    from common.cli import build_parser
+
+    a = build_parser().parse_args(["ps", "launch", "--app", "mlp", "--filters", "kkt"])
+    from systems.minips.cli import spec_from_args
+
+    with pytest.raises(ValueError, match="the mlp app takes no filters"):
+        spec_from_args(a)
+    a = build_parser().parse_args(["ps", "launch", "--app", "sparse_lr", "--filters", "kkt"])
+    assert spec_from_args(a).app["filters"] == ["kkt"]
