@@ -237,6 +237,8 @@ def management_app(server: ClipperServer) -> web.Application:
         return {**server.models[model], "is_current_version":
                 qp.current_version.get(model[0]) == model[1],
                 "replicas": len(sup.replicas_of(model)), "restarts": sup.restarts.get(model, 0),
+                "abandoned_replicas": {str(r): why for r, why in
+                                       sup.abandoned.get(model, {}).items()},
                 "queue_length": len(ex.queues[model])}
 
     async def get_all_models(doc: dict[str, Any]) -> Any:

@@ -74,6 +74,12 @@ class ModelQueue:
             heapq.heappush(self._heap, (t.deadline, next(self._seq), t))
         self._changed.set()
 
+    def take_all(self) -> list[PredictTask]:
+        """Empty the queue (its model has no replica left to serve it)."""
+        tasks = [t for _, _, t in self._heap]
+        self._heap.clear()
+        return tasks
+
     def _drop_expired(self, now: float) -> None:
         while self._heap and self._heap[0][0] <= now:
             _, _, task = heapq.heappop(self._heap)

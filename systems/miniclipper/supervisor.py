@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -31,6 +32,12 @@ from .metrics import Metrics
 from .task_executor import Replica, TaskExecutor
 
 log = logging.getLogger("miniclipper.supervisor")
+# A replica that dies is restarted; one that then fails to start is retried with a
+# doubling back-off (0.5 s, 1 s, ... 8 s) and given up after RESTART_ATTEMPTS, after
+# which get_model reports it and, if it was the last, queries get a default saying why.
+# (Docker's restart policy, which Clipper relies on, backs off the same way.)
+RESTART_ATTEMPTS = int(os.environ.get("CLIPPER_RESTART_ATTEMPTS", "5"))
+RESTART_BACKOFF_S = float(os.environ.get("CLIPPER_RESTART_BACKOFF_S", "0.5"))
 
 
 class ReplicaSupervisor:
@@ -44,6 +51,7 @@ class ReplicaSupervisor:
         self.group = ProcessGroup(log_dir)
         self.children: dict[tuple[str, str], dict[int, Child]] = {}
         self.restarts: dict[tuple[str, str], int] = {}
+        self.abandoned: dict[tuple[str, str], dict[int, str]] = {}  # replica -> why
         self._busy: set[tuple[tuple[str, str], int]] = set()
         self._generation = 0
         self._watch: asyncio.Task | None = None
@@ -113,15 +121,25 @@ class ReplicaSupervisor:
             await asyncio.to_thread(self.group.stop, old.name, 1.0)
             self.restarts[model] = self.restarts.get(model, 0) + 1
             self.metrics.restarts.labels(f"{model[0]}:{model[1]}").inc()
-            for attempt in range(5):
+            err: Exception | None = None
+            for attempt in range(RESTART_ATTEMPTS):
                 try:
                     await self._spawn(model, rid)
+                    self.abandoned.get(model, {}).pop(rid, None)
                     return
                 except RuntimeError as e:  # it died while starting: back off and retry
+                    err = e
                     log.error("replica %s:%s/%d failed to start (%d): %s", *model, rid,
                               attempt, e)
-                    await asyncio.sleep(0.5 * 2 ** attempt)
-            self.children[model].pop(rid, None)
+                    await asyncio.sleep(RESTART_BACKOFF_S * 2 ** attempt)
+            self.children[model].pop(rid, None)  # give up on it, and say so
+            why = (f"model {model[0]}:{model[1]}: replica {rid} failed to start "
+                   f"{RESTART_ATTEMPTS} times after it died ({reason}); last error: "
+                   f"{str(err).splitlines()[0] if err else '?'}")
+            self.abandoned.setdefault(model, {})[rid] = why
+            log.error("giving up: %s", why)
+            if not self.children[model]:
+                self.executor.no_replicas(model, f"{why}; no replica is running")
         finally:
             self._busy.discard((model, rid))
 

@@ -89,6 +89,7 @@ class TaskExecutor:
         self.queues: dict[tuple[str, str], ModelQueue] = {}
         self.replicas: dict[tuple[str, str], dict[int, Replica]] = {}
         self.batch_log: dict[tuple[str, str], deque] = {}
+        self.unavailable: dict[tuple[str, str], str] = {}  # model -> why no replica runs
         self._batch_ids = itertools.count()
 
     def add_model(self, model: tuple[str, str], input_type: str, batching: BatchingConfig,
@@ -98,9 +99,18 @@ class TaskExecutor:
         self.replicas.setdefault(model, {})
         self.batch_log[model] = deque(maxlen=20000)
 
+    def no_replicas(self, model: tuple[str, str], why: str) -> None:
+        """The supervisor gave up on the model's last replica: answer what waits for it,
+        and every new query until a replica runs again, with ``why`` (instead of letting
+        each sit in the queue until its SLO runs out, explained as an SLO miss)."""
+        self.unavailable[model] = why
+        for t in self.queues[model].take_all():
+            self.cache.fail(t.key, ContainerDied(why))
+
     def remove_model(self, model: tuple[str, str]) -> None:
         """Forget a model that has no replicas left (a deployment that failed)."""
-        for table in (self.models, self.queues, self.replicas, self.batch_log):
+        for table in (self.models, self.queues, self.replicas, self.batch_log,
+                      self.unavailable):
             table.pop(model, None)
 
     def set_batching(self, model: tuple[str, str], batching: BatchingConfig) -> None:
@@ -129,7 +139,10 @@ class TaskExecutor:
             elif status == "pending" and entry.task is not None:
                 entry.task.deadline = max(entry.task.deadline, deadline)
             futures.append(entry.future)
-        if new:
+        if new and model in self.unavailable:
+            for t in new:
+                self.cache.fail(t.key, ContainerDied(self.unavailable[model]))
+        elif new:
             try:
                 queue.put(new)
             except Exception as e:
@@ -145,6 +158,7 @@ class TaskExecutor:
         rep.channel = rpc.aio_channel(address)
         rep.stream = rpc.stream(rep.channel, SERVICE, "PredictStream")()
         self.replicas[model][replica_id] = rep
+        self.unavailable.pop(model, None)
         rep.loop = asyncio.ensure_future(self._run(rep))
         return rep
 

@@ -131,3 +131,35 @@ def test_a_query_that_kills_its_container_gets_the_default_saying_so(clipper):
             break
         time.sleep(0.1)
     assert code == 200 and r == {"query_id": r["query_id"], "output": 2.0, "default": False}
+
+
+def test_a_replica_that_cannot_restart_is_given_up_and_queries_say_why(tmp_path, monkeypatch):
+    """Its model file gone, the killed replica fails every restart; after the (here 2,
+    quick) attempts it is reported in get_model and queries get the default at once,
+    with the reason, instead of waiting out their SLO in an unserved queue."""
+    from systems.miniclipper import ClipperConnection, LocalContainerManager
+
+    monkeypatch.setenv("CLIPPER_RESTART_ATTEMPTS", "2")
+    monkeypatch.setenv("CLIPPER_RESTART_BACKOFF_S", "0.05")
+    c = ClipperConnection(LocalContainerManager(log_dir=tmp_path, query_port=0, mgmt_port=0,
+                                                grpc_port=0))
+    c.start_clipper()
+    try:
+        c.register_application("doomed", "doubles", -1, 30_000_000)
+        deploy_python_closure(c, "doomed", 1, "doubles", _work)
+        c.link_model_to_app("doomed", "doomed")
+        assert c.predict("doomed", [1.0, 2.0])["output"] == 3.0
+        os.remove(os.path.join(c.get_model_info("doomed", 1)["path"], "model.pkl"))
+        os.kill(_pids(c, "doomed:1")[0], signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not c.get_model_info("doomed", 1)[
+                "abandoned_replicas"]:
+            time.sleep(0.1)
+        why = c.get_model_info("doomed", 1)["abandoned_replicas"]["0"]
+        assert "replica 0 failed to start 2 times" in why
+        t0 = time.monotonic()
+        r = c.predict("doomed", [5.0, 6.0])  # a new input: not in the cache
+        assert r["default"] is True and "no replica is running" in r["default_explanation"]
+        assert time.monotonic() - t0 < 5  # answered at once, not after the 30 s SLO
+    finally:
+        c.stop_all()
