@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import os
 import signal
 import sys
@@ -117,26 +118,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: a whole number >= 1 (epochs, steps, trials)."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
-    return n
+def _positive(cast: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type: a finite number above 0 of type ``cast`` (epochs, steps, trials,
+    rates); argparse turns the ArgumentTypeError into one usage line."""
+    def parse(text: str) -> Any:
+        try:
+            x = cast(text)
+        except ValueError:
+            what = "whole number" if cast is int else "number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {what}") from None
+        if not (x > 0 and math.isfinite(x)):
+            raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
+        return x
+    return parse
 
 
-def positive_float(text: str) -> float:
-    """An argparse type: a number > 0 (rates, durations)."""
-    try:
-        x = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not x > 0 or x == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
-    return x
+positive_int, positive_float = _positive(int), _positive(float)
 
 
 class UsageError(Exception):
