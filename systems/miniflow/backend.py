@@ -29,6 +29,15 @@ def _tf_same_padding(size: int, k: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
+def _bad_index(idx: np.ndarray, limit: int) -> str:
+    """TF's message for the first index outside ``[0, limit)`` (gather_op.cc:
+    ``indices[1,0] = -1 is not in [0, 5)``); only called once a bad index is known."""
+    flat = idx.reshape(-1)
+    k = int(np.flatnonzero((flat < 0) | (flat >= limit))[0])
+    where = ",".join(str(int(i)) for i in np.unravel_index(k, idx.shape))
+    return f"indices{f'[{where}]' if idx.ndim else ''} = {flat[k]} is not in [0, {limit})"
+
+
 def _trunc_div(s, n: int):
     """Integer ``s / n`` rounded toward zero, as C++ divides (numpy's // floors)."""
     q = np.abs(s) // n
@@ -94,7 +103,10 @@ class NumpyBackend:
         s = np.add.reduce(x, axis=axis, keepdims=keepdims, dtype=x.dtype)
         n = x.size // max(np.size(s), 1)
         if x.dtype.kind in "iu":  # an integer mean is an integer: sum / n in C++
-            return _trunc_div(s, n)  # (Eigen's MeanReducer), which rounds toward zero
+            # (Eigen's MeanReducer), which rounds toward zero. An empty axis gives TF's
+            # reduction identity, NumTraits<int>::quiet_NaN() == 0 (reduction_ops.h), not
+            # numpy's divide-by-zero warning: divide the zero sum by 1, as torch does
+            return _trunc_div(s, max(n, 1))
         return s / n
 
     @staticmethod
@@ -124,6 +136,22 @@ class NumpyBackend:
     @staticmethod
     def gather(params, indices, axis):
         return np.take(params, indices, axis=axis)
+
+    @staticmethod
+    def index_error(indices, limit: int) -> str | None:
+        """TF's CPU gather refuses an index outside ``[0, limit)``
+        (tensorflow/core/kernels/gather_functor.h returns the bad index; gather_op.cc
+        raises InvalidArgument); np.take would wrap -1 to the last row. One reduction
+        checks both ends: a negative index read as unsigned is huge."""
+        idx = np.asarray(indices)
+        if idx.size and np.maximum.reduce(idx.view(f"u{idx.itemsize}"), axis=None) >= limit:
+            return _bad_index(idx, limit)
+        return None
+
+    @staticmethod
+    def has_integer_zero(y) -> bool:
+        """Whether an integer divisor holds a zero (floats may divide by zero)."""
+        return y.dtype.kind in "iu" and not y.all()
 
     @staticmethod
     def unsorted_segment_sum(data, segment_ids, num_segments):
@@ -278,6 +306,18 @@ class TorchBackend:
         idx = indices.long()
         return self.torch.index_select(params, axis, idx.reshape(-1)).reshape(
             params.shape[:axis] + idx.shape + params.shape[axis + 1:])
+
+    def index_error(self, indices, limit: int) -> str | None:
+        """As :meth:`NumpyBackend.index_error`; index_select would raise a bare IndexError
+        on the CPU and a device-side assert on CUDA."""
+        if indices.numel():
+            lo, hi = self.torch.aminmax(indices)
+            if bool((lo < 0) | (hi >= limit)):
+                return _bad_index(self.to_numpy(indices), limit)
+        return None
+
+    def has_integer_zero(self, y) -> bool:
+        return not y.is_floating_point() and not bool(y.all())
 
     def unsorted_segment_sum(self, data, segment_ids, num_segments):
         ids = segment_ids.long().reshape(-1)

@@ -370,3 +370,116 @@ def test_sparse_xent_refuses_a_batch_mismatch_at_build_time():
     msg = str(e.value)
     assert msg.startswith("SparseSoftmaxCrossEntropyWithLogits:") and "4 rows" in msg
     assert "5 labels" in msg and "test_ops.py:" in msg
+
+
+@pytest.mark.parametrize("op_type,build", [
+    ("SelectV2", lambda f, i, b: mf.where(f, f, f)),
+    ("SelectV2", lambda f, i, b: mf.where(i, f, f)),
+    ("LogicalAnd", lambda f, i, b: mf.logical_and(f, f)),
+    ("LogicalAnd", lambda f, i, b: mf.logical_and(b, i)),
+    ("LogicalOr", lambda f, i, b: mf.logical_or(f, b)),
+    ("LogicalNot", lambda f, i, b: mf.logical_not(f)),
+])
+def test_select_and_logical_ops_refuse_non_bool_inputs_at_build_time(op_type, build):
+    """TF's SelectV2 takes condition: bool and the logical ops x: bool only: a float or
+    int there is a TypeError when the op is built, not numpy's "nonzero is True"."""
+    with mf.Graph().as_default():
+        f = mf.constant(np.array([1.0, 0.0], np.float32), name="f")
+        i = mf.constant(np.array([1, 0], np.int32), name="i")
+        b = mf.constant(np.array([True, False]), name="b")
+        with pytest.raises(TypeError) as e:
+            build(f, i, b)
+    msg = str(e.value)
+    assert msg.startswith(f"{op_type}:") and "bool" in msg and "has shape (2,)" in msg
+    assert "test_ops.py:" in msg
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_select_and_logical_ops_on_bools_match_numpy(backend):
+    from .helpers import evaluate
+
+    p, q = np.array([True, False, True, False]), np.array([True, True, False, False])
+    x, y = np.arange(4, dtype=np.float32), -np.arange(4, dtype=np.float32)
+    g = mf.Graph()
+    with g.as_default():
+        tp, tq = mf.constant(p), mf.constant(q)
+        outs = [mf.where(tp, mf.constant(x), mf.constant(y)), mf.logical_and(tp, tq),
+                mf.logical_or(tp, tq), mf.logical_not(tp)]
+    got = evaluate(g, outs, backend=backend)
+    want = [np.where(p, x, y), p & q, p | q, ~p]
+    for v, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(v, w)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [np.int32, np.int64])
+@pytest.mark.parametrize("bad", [-1, 5])
+def test_gather_refuses_indices_out_of_range(backend, dtype, bad):
+    """TF's CPU gather kernel raises InvalidArgument for an index outside [0, N)
+    (gather_functor.h / gather_op.cc), where np.take would wrap -1 to the last row."""
+    g = mf.Graph()
+    with g.as_default():
+        p = mf.constant(np.arange(10, dtype=np.float32).reshape(5, 2))
+        idx = mf.placeholder(mf.as_dtype(dtype), [2, 2])
+        y = mf.gather(p, idx)
+    with mf.Session(graph=g, config=mf.ConfigProto(cpu_backend=backend)) as s:
+        with pytest.raises(mf.InvalidArgumentError) as e:
+            s.run(y, {idx: np.array([[0, 4], [bad, 2]], dtype)})
+        ok = s.run(y, {idx: np.array([[0, 4], [3, 2]], dtype)})  # in range: unchanged
+    msg = str(e.value)
+    assert f"indices[1,0] = {bad} is not in [0, 5)" in msg and "(5, 2)" in msg
+    assert "GatherV2" in msg and "test_ops.py:" in msg
+    np.testing.assert_array_equal(ok, np.arange(10).reshape(5, 2)[[[0, 4], [3, 2]]])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_one_hot_out_of_range_indices_give_all_off_rows(backend):
+    """TF's OneHot: an index outside [0, depth) gives a row of off_value, not an error."""
+    from .helpers import evaluate
+
+    iv = np.array([[-1, 2], [3, 7]], np.int32)
+    g = mf.Graph()
+    with g.as_default():
+        y = mf.one_hot(mf.constant(iv), 3, on_value=5.0, off_value=-1.0)
+    got = evaluate(g, y, backend=backend)
+    want = np.where(iv[..., None] == np.arange(3), 5.0, -1.0).astype(np.float32)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got[0, 0], [-1.0, -1.0, -1.0])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("folding", [True, False])
+@pytest.mark.parametrize("build", [lambda a, b: a // b, lambda a, b: mf.div(a, b),
+                                   lambda a, b: (a * 2) // b + 1])  # fused into a chain
+def test_integer_floordiv_by_zero_is_an_error_naming_the_op(backend, folding, build):
+    """TF: "Integer division by zero" (cwise_ops_common.h), not numpy's 0 and a warning;
+    with constant folding too, the error comes at run time with the user's line."""
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.int32, [3])
+        outs = [build(x, mf.constant(np.array([2, 0, 1], np.int32))), build(mf.constant(7),
+                                                                            mf.constant(0))]
+    for out in outs:
+        with pytest.raises(mf.InvalidArgumentError) as e:
+            evaluate_cfg(g, out, {x: np.array([1, 2, 3], np.int32)}, backend, folding)
+        msg = str(e.value)
+        assert "Integer division by zero" in msg and "of type FloorDiv" in msg
+        assert "test_ops.py:" in msg
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_integer_mean_of_an_empty_axis_is_zero_without_a_warning(backend):
+    """TF fills an empty reduction with MeanReducer's identity, NumTraits<int>::quiet_NaN()
+    == 0 (reduction_ops.h); numpy used to divide by zero and warn."""
+    import warnings
+
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.int32, [0, 3])
+        m0, m_all = mf.reduce_mean(x, 0), mf.reduce_mean(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = evaluate_cfg(g, [m0, m_all], {x: np.zeros((0, 3), np.int32)}, backend, False)
+    t = torch.zeros((0, 3), dtype=torch.int32)
+    np.testing.assert_array_equal(got[0], t.sum(0, dtype=torch.int32).numpy())
+    assert got[1] == 0 and np.asarray(got[1]).dtype == np.int32

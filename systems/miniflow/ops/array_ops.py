@@ -14,6 +14,7 @@ import numpy as np
 
 from .. import shapes
 from ..dtypes import DType, as_dtype, float32, int32
+from ..errors import InvalidArgumentError
 from ..graph import Tensor
 from ..op_def import (
     OpDef,
@@ -241,8 +242,21 @@ def _gather_shape(ins, attrs):
     return [(p.dtype, p.shape[:ax] + idx.shape + p.shape[ax + 1:])]
 
 
-define(OpDef("GatherV2", _gather_shape,
-             lambda a, be, res: lambda p, i: be.gather(p, i, a["axis"])))
+def _gather_kernel(attrs, be, res):
+    axis, gather, index_error = attrs["axis"], be.gather, be.index_error
+
+    def gather_v2(p, i):
+        # an index outside [0, N) is an InvalidArgumentError, as TF's CPU kernel raises it
+        # (gather_functor.h / gather_op.cc), not numpy's wrap-around of -1
+        bad = index_error(i, p.shape[axis])
+        if bad is not None:
+            raise InvalidArgumentError(f"GatherV2: {bad} (params has shape "
+                                       f"{tuple(p.shape)}, axis {axis})")
+        return gather(p, i, axis)
+    return gather_v2
+
+
+define(OpDef("GatherV2", _gather_shape, _gather_kernel))
 
 
 def gather(params, indices, axis=0, name=None) -> Tensor:

@@ -13,6 +13,7 @@ import numpy as np
 
 from .. import shapes
 from ..dtypes import DType, as_dtype, bool_, float64, int64
+from ..errors import InvalidArgumentError
 from ..graph import Tensor
 from ..op_def import (
     OpDef,
@@ -54,6 +55,20 @@ def _float_only(op_type: str, shape_fn):
     return fn
 
 
+def _bool_only(op_type: str, shape_fn):
+    """LogicalAnd, LogicalOr, LogicalNot: TF's op defs take ``x: bool`` only
+    (tensorflow/core/ops/math_ops.cc), so a float input is a TypeError at build time;
+    numpy would quietly treat any nonzero as True (and LogicalNot's static dtype would
+    then be float while its value is bool)."""
+    def fn(ins, attrs):
+        for t in ins:
+            if t.dtype != bool_:
+                raise dtype_error(op_type, f"needs bool inputs, got {t.dtype.name} "
+                                  f"(compare, or use mf.cast)", *ins)
+        return shape_fn(ins, attrs)
+    return fn
+
+
 BINARY = {"Add": "add", "Sub": "subtract", "Mul": "multiply", "RealDiv": "divide",
           "FloorDiv": "floor_divide", "Pow": "power", "Maximum": "maximum", "Minimum": "minimum"}
 COMPARE = {"Equal": "equal", "NotEqual": "not_equal", "Less": "less", "Greater": "greater",
@@ -69,15 +84,39 @@ def _backend_fn(method: str):
     return lambda attrs, be, res: getattr(be, method)
 
 
+def _floordiv_kernel(attrs, be, res):
+    """Integer FloorDiv by zero is an error, as TF's ``safe_div_or_mod_op`` reports it
+    (tensorflow/core/kernels/cwise_ops_common.h: "Integer division by zero"); numpy would
+    give 0 with a RuntimeWarning, torch a bare ZeroDivisionError. Floats divide to
+    +-inf/nan as in TF, so a floating-point FloorDiv (``T`` known when it was built) keeps
+    the bare backend function."""
+    fn = be.floor_divide
+    t = attrs.get("T")
+    if t is not None and t.is_floating:
+        return fn
+
+    def floor_divide(x, y):
+        if be.has_integer_zero(y):
+            raise InvalidArgumentError(
+                f"FloorDiv: Integer division by zero (x has shape {tuple(x.shape)}, "
+                f"y has shape {tuple(y.shape)})")
+        return fn(x, y)
+    return floor_divide
+
+
 FLOAT_ONLY = {"RealDiv", "Exp", "Log", "Tanh", "Sigmoid", "Sqrt"}
+BOOL_ONLY = {"LogicalAnd", "LogicalOr", "LogicalNot"}
 for _t, _m in BINARY.items():
     _fn = _binary_shape(_t)
-    define(OpDef(_t, _float_only(_t, _fn) if _t in FLOAT_ONLY else _fn, _backend_fn(_m),
-                 elementwise=True))
+    define(OpDef(_t, _float_only(_t, _fn) if _t in FLOAT_ONLY else _fn,
+                 _floordiv_kernel if _t == "FloorDiv" else _backend_fn(_m), elementwise=True))
 for _t, _m in COMPARE.items():
-    define(OpDef(_t, _binary_shape(_t, bool_), _backend_fn(_m), elementwise=True))
+    _fn = _binary_shape(_t, bool_)
+    define(OpDef(_t, _bool_only(_t, _fn) if _t in BOOL_ONLY else _fn, _backend_fn(_m),
+                 elementwise=True))
 for _t, (_m, _f) in UNARY.items():
-    define(OpDef(_t, _float_only(_t, _unary_shape) if _t in FLOAT_ONLY else _unary_shape,
+    _fn = _float_only(_t, _unary_shape) if _t in FLOAT_ONLY else _unary_shape
+    define(OpDef(_t, _bool_only(_t, _fn) if _t in BOOL_ONLY else _fn,
                  _backend_fn(_m), elementwise=True, flops_per_element=_f))
 
 define(OpDef("Cast", lambda ins, a: [(a["DstT"], ins[0].shape)],
@@ -104,9 +143,16 @@ def _addn_kernel(attrs, be, res):
 
 
 define(OpDef("AddN", _addn_shape, _addn_kernel))
-define(OpDef("SelectV2", lambda ins, a: [(same_dtype("SelectV2", ins[1], ins[2]),
-                                          elementwise_shape("SelectV2", *ins))],
-             lambda a, be, res: be.where, elementwise=True))
+def _select_shape(ins, attrs):
+    # TF's SelectV2 takes ``condition: bool`` (tensorflow/core/ops/math_ops.cc): a float or
+    # int condition is a TypeError at build time, not numpy's "nonzero is True"
+    if ins[0].dtype != bool_:
+        raise dtype_error("SelectV2", f"condition must be bool, got {ins[0].dtype.name} "
+                          f"(compare, or use mf.cast)", *ins)
+    return [(same_dtype("SelectV2", ins[1], ins[2]), elementwise_shape("SelectV2", *ins))]
+
+
+define(OpDef("SelectV2", _select_shape, lambda a, be, res: be.where, elementwise=True))
 
 
 def _is_value(v: Any) -> bool:
@@ -175,16 +221,19 @@ def divide(x, y, name=None) -> Tensor:
 
 
 def floordiv(x, y, name=None) -> Tensor:
-    """``x // y``, rounded toward negative infinity (TF's FloorDiv, as Python's ``//``)."""
-    return _binary("FloorDiv", x, y, name)
+    """``x // y``, rounded toward negative infinity (TF's FloorDiv, as Python's ``//``);
+    an integer division by zero is an InvalidArgumentError when it runs, as in TF."""
+    x, y = _operands("FloorDiv", x, y)
+    return make_op("FloorDiv", [x, y], {"T": x.dtype}, name).outputs[0]
 
 
 def div(x, y, name=None) -> Tensor:
     """TF1's ``tf.div``: Python 2's ``/`` (math_ops.py ``_div_python2``): RealDiv for
     floating-point inputs, FloorDiv for integers. Prefer ``divide`` (``/``)."""
     x, y = _operands("RealDiv", x, y)
-    op_type = "FloorDiv" if x.dtype.is_integer else "RealDiv"
-    return make_op(op_type, [x, y], name=name).outputs[0]
+    if x.dtype.is_integer:
+        return make_op("FloorDiv", [x, y], {"T": x.dtype}, name).outputs[0]
+    return make_op("RealDiv", [x, y], name=name).outputs[0]
 
 
 # ReluGrad(g, features) = g where features > 0 else 0 (nn_grad.py's _ReluGrad). A real
