@@ -9,6 +9,7 @@ from systems.miniansor.cost_model import (
     average_peak_at_k,
     normalized_throughput,
     pairwise_accuracy,
+    ranking_report,
     recall_at_k,
 )
 from systems.miniansor.measure import ErrorNo, MeasureInput, MeasureResult
@@ -66,3 +67,29 @@ def test_recall_and_average_peak_on_a_hand_example():
     assert recall_at_k(pred, true, 2) == 0.5  # {1, 2} vs {0, 1}
     # measured in order 1, 2, 3: best-so-far 0.9, 0.9, 0.9 of a peak of 1.0
     assert np.isclose(average_peak_at_k(pred, true, 3), 0.9)
+
+
+def test_ranking_report_agrees_with_each_metric_and_with_scipy():
+    """Twelve configs, no ties: Kendall's tau is then (concordant - discordant) / pairs,
+    i.e. 2 x pairwise accuracy - 1, counted here by brute force and by scipy."""
+    from scipy.stats import kendalltau
+
+    rng = np.random.default_rng(7)
+    true = rng.permutation(12) / 11.0
+    pred = true + rng.normal(0, 0.3, 12)
+    rep = ranking_report(pred, true)
+    assert set(rep) == {"pairwise_accuracy", "kendall_tau", "recall_at_10",
+                        "average_peak_at_32"}
+    pairs = list(itertools.combinations(range(12), 2))
+    concordant = sum((pred[i] - pred[j]) * (true[i] - true[j]) > 0 for i, j in pairs)
+    assert np.isclose(rep["pairwise_accuracy"], concordant / len(pairs))
+    assert 0.5 < rep["pairwise_accuracy"] < 1  # the noise swaps some pairs, not most
+    assert np.isclose(rep["kendall_tau"], kendalltau(pred, true).statistic)
+    assert np.isclose(rep["kendall_tau"], (2 * concordant - len(pairs)) / len(pairs))
+    top = lambda v, k: set(np.argsort(-v)[:k])  # noqa: E731
+    assert rep["recall_at_10"] == len(top(pred, 10) & top(true, 10)) / 10
+    order = np.argsort(-pred)  # k = 32 > 12: every config, in predicted order
+    assert np.isclose(rep["average_peak_at_32"],
+                      np.mean([true[order[:n]].max() for n in range(1, 13)]) / true.max())
+    assert rep["recall_at_10"] == recall_at_k(pred, true, 10)
+    assert rep["average_peak_at_32"] == average_peak_at_k(pred, true, 32)

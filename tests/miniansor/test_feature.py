@@ -4,7 +4,7 @@ import numpy as np
 
 from systems.miniansor.feature import FEATURE_NAMES, feature_matrix, features
 from systems.miniansor.sketch import generate_sketches
-from systems.miniansor.workloads import gemm, softmax
+from systems.miniansor.workloads import bmm, gemm, layernorm, softmax
 
 
 def f(task, sketch, ann):
@@ -12,11 +12,54 @@ def f(task, sketch, ann):
 
 
 def test_one_named_value_per_feature_for_every_kind():
-    for task in [gemm(100, 200, 300, bias=True), softmax(10, 5000)]:
+    for task in [gemm(100, 200, 300, bias=True), bmm(3, 64, 48, 32), softmax(10, 5000),
+                 layernorm(300, 700)]:
         for sk in generate_sketches(task):
             ann = {p: sk.domain(p)[0] for p in sk.params}
             assert features(task, sk, ann).shape == (len(FEATURE_NAMES),)
     assert feature_matrix(gemm(1, 1, 1), []).shape == (0, len(FEATURE_NAMES))
+
+
+def _sketch(task, name):
+    (sk,) = [s for s in generate_sketches(task) if s.name == name]
+    return sk
+
+
+def test_row_task_features_match_hand_counts():
+    """Counted by hand for one annotation of each row template (fp16: 2 bytes), on the
+    H100's 132 SMs. Bytes moved: a one-pass row kernel reads the row once and writes it
+    once; a looped softmax reads it twice (max and sum, then normalise) and writes it
+    once; a looped layernorm reads it three times (mean, variance, normalise)."""
+    sm = softmax(10, 5000)
+    a = f(sm, _sketch(sm, "row.looped"), {"BLOCK_N": 1024, "num_warps": 4, "num_stages": 2})
+    assert a["kind_softmax"] == 1 and a["tmpl_looped"] == 1 and a["dtype_bytes"] == 2
+    assert a["log_chunk"] == 10 and a["log_warps"] == 2 and a["stages"] == 2
+    assert a["elems_per_thread"] == 1024 / (4 * 32)       # one chunk over 128 threads
+    assert np.isclose(a["log_k_iters"], np.log2(5))       # ceil(5000 / 1024) chunks
+    assert np.isclose(a["log_programs"], np.log2(10))     # one program per row
+    assert a["waves"] == 1 and np.isclose(a["wave_efficiency"], 10 / 132)
+    assert np.isclose(a["programs_per_sm"], 10 / 132)
+    assert np.isclose(a["log_bytes_moved"], np.log2(10 * 5000 * 2 * (2 + 1)))
+
+    b = f(sm, _sketch(sm, "row.one"), {"num_warps": 8})
+    assert b["log_chunk"] == 13                           # the row padded to 8192
+    assert b["elems_per_thread"] == 8192 / (8 * 32) and b["log_k_iters"] == 0
+    assert np.isclose(b["log_bytes_moved"], np.log2(10 * 5000 * 2 * 2))
+    assert np.isclose(b["padding_waste"], 8192 / 5000 - 1)
+
+    ln = layernorm(3001, 1500)
+    c = f(ln, _sketch(ln, "row.multi"), {"ROWS": 4, "num_warps": 2})
+    assert c["kind_layernorm"] == 1 and c["tmpl_rows"] == 1 and c["log_rows"] == 2
+    assert c["elems_per_thread"] == 4 * 2048 / (2 * 32)   # 4 rows of 2048 lanes, 64 threads
+    assert np.isclose(c["log_programs"], np.log2(751))    # ceil(3001 / 4)
+    assert c["waves"] == 6 and np.isclose(c["wave_efficiency"], 751 / (6 * 132))
+    assert np.isclose(c["padding_waste"], 751 * 4 * 2048 / (3001 * 1500) - 1)
+    assert np.isclose(c["log_bytes_moved"], np.log2(3001 * 1500 * 2 * 2))
+    d = f(ln, _sketch(ln, "row.looped"), {"BLOCK_N": 256, "num_warps": 1, "num_stages": 3})
+    assert np.isclose(d["log_bytes_moved"], np.log2(3001 * 1500 * 2 * (3 + 1)))
+    assert d["elems_per_thread"] == 256 / 32
+    assert np.isclose(d["log_k_iters"], np.log2(6))      # ceil(1500 / 256) chunks
+    assert d["waves"] == 23 and np.isclose(d["programs_per_sm"], 3001 / 132)
 
 
 def test_features_follow_the_knobs():

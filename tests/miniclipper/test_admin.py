@@ -206,3 +206,67 @@ def test_stop_all_leaves_no_process(tmp_path):
     assert alive == [] and not conn.connected
     with pytest.raises(ClipperException, match="not connected"):
         conn.get_all_apps()
+
+
+def _sleeps_40ms(xs):
+    import time
+    time.sleep(0.04)
+    return [float(len(x)) for x in xs]
+
+
+def _container_compute_s(c, path, pid):
+    """Each batch's compute time on container ``pid`` by its own clock (t1 - t0), read
+    from the Chrome trace (the fixture samples every query)."""
+    events = json.loads(c.get_trace(path).read_text())["traceEvents"]
+    return [e["dur"] / 1e6 for e in events if e.get("cat") == "container"
+            and e["pid"] == pid]
+
+
+def test_container_control_slows_every_replica_of_the_model(clipper, tmp_path):
+    """``/admin/container_control`` reaches the model's containers: each answers with
+    its new slowdown, and a batch then takes at least 2.5x its compute time (3x, less
+    a margin) by the container's own clock."""
+    c = clipper
+    mgmt = f"http://{c.cm.get_admin_addr()}/admin"
+    c.register_application("slow", "doubles", -1.0, 30_000_000)
+    deploy_python_closure(c, "slow", 1, "doubles", _sleeps_40ms)
+    c.link_model_to_app("slow", "slow")
+    (rep,) = [r for r in c.get_all_model_replicas() if r["model"] == "slow:1"]
+    assert c.predict("slow", [1.0, 2.0])["output"] == 2.0
+    assert c.predict("slow", [1.0, 2.0, 3.0])["output"] == 3.0  # distinct: no cache hit
+    base = _container_compute_s(c, tmp_path / "a.json", rep["pid"])
+    assert len(base) == 2 and min(base) >= 0.036
+    code, r = post(f"{mgmt}/container_control", {"model_name": "slow", "slowdown": 3})
+    assert code == 200 and [h["pid"] for h in r] == [rep["pid"]] and r[0]["slowdown"] == 3
+    (h,) = [x["health"] for x in c.get_all_model_replicas(verbose=True)
+            if x["model"] == "slow:1"]
+    assert h["slowdown"] == 3
+    assert c.predict("slow", [4.0])["output"] == 1.0
+    slow = _container_compute_s(c, tmp_path / "b.json", rep["pid"])[len(base):]
+    assert len(slow) == 1 and slow[0] >= 2.5 * min(base), (base, slow)
+    code, r = post(f"{mgmt}/container_control", {"model_name": "nope", "slowdown": 2})
+    assert code == 404 and "no model nope" in r["cause"]
+    code, r = post(f"{mgmt}/container_control", {"model_name": "slow", "slowdown": "2"})
+    assert code == 400 and "should be int or float" in r["cause"]
+
+
+def test_admin_calls_before_start_or_connect_raise_unconnected():
+    """No request leaves before start_clipper()/connect(): the manager's address is
+    never even asked for."""
+    from systems.miniclipper import UnconnectedException
+
+    class NoServer:
+        ports = {}
+
+        def get_admin_addr(self):
+            raise AssertionError("an admin call reached the network while unconnected")
+
+    conn = ClipperConnection(NoServer())
+    calls = [conn.get_all_apps, lambda: conn.register_application("a", "doubles", 0, 10),
+             lambda: conn.deploy_model("m", 1, "doubles", "/nonexistent"),
+             lambda: conn.link_model_to_app("a", "m"), lambda: conn.set_num_replicas("m", 2),
+             lambda: conn.get_model_info("m", 1), conn.get_all_model_replicas]
+    for call in calls:
+        with pytest.raises(UnconnectedException, match="call start_clipper"):
+            call()
+    assert issubclass(UnconnectedException, ClipperException)

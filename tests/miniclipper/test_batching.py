@@ -1,10 +1,16 @@
 """Batch-size controllers (systems/miniclipper/batching.py) against their definitions."""
 
+import asyncio
+import time
+
 import numpy as np
 import pytest
 
+from systems.miniclipper import task_executor
 from systems.miniclipper.batching import (
+    CONTROLLERS,
     AIMDBatcher,
+    BatchController,
     BatchingConfig,
     QuantileRegressionBatcher,
     StaticBatcher,
@@ -13,6 +19,11 @@ from systems.miniclipper.batching import (
     make_controller,
     pinball_loss,
 )
+from systems.miniclipper.cache import PredictionCache
+from systems.miniclipper.container import ModelContainer
+from systems.miniclipper.datatypes import decode_batch
+from systems.miniclipper.metrics import Metrics
+from systems.miniclipper.task_executor import TaskExecutor
 
 
 def test_static_never_moves():
@@ -111,3 +122,73 @@ def test_config_rejects_nonsense_with_a_reason():
     with pytest.raises(ValueError, match="unknown batching fields"):
         BatchingConfig.from_dict({"policy": "aimd", "sizee": 3})
     assert make_controller(BatchingConfig("static", size=4)).update_batch_size(1, 9, 1) == 4
+
+
+class _Scripted(BatchController):
+    """A controller written against the base class only: after each batch it takes the
+    next size of a script, and remembers what the replica loop told it."""
+
+    name = "scripted"
+    script = [5, 1, 4, 4]
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.told, self._next = [], iter(self.script)
+
+    def update_batch_size(self, batch_size, latency_s, target_s):
+        self.told.append((batch_size, latency_s, target_s))
+        self.batch_size = next(self._next, self.batch_size)
+        return self.batch_size
+
+
+class _InProcessStream:
+    """The container's PredictStream, answered in this process by its real handler."""
+
+    def __init__(self, container):
+        self.container, self.pending, self.sizes = container, [], []
+
+    async def write(self, req):
+        self.sizes.append(int(decode_batch(req)[0]["n"]))
+        self.pending.append(req)
+
+    async def read(self):
+        return self.container.Predict(self.pending.pop(0), None)
+
+    def cancel(self):
+        pass
+
+
+def test_a_subclassed_controller_sizes_the_replicas_batches(monkeypatch):
+    """The BatchController seam: register a subclass by name and the task executor's
+    replica loop takes exactly the batch sizes it answers, starting from the configured
+    size, and tells it each batch's size, latency and target (the SLO's share)."""
+    with pytest.raises(TypeError):
+        BatchController(BatchingConfig())  # update_batch_size is abstract
+    monkeypatch.setitem(CONTROLLERS, "scripted", _Scripted)
+    stream = _InProcessStream(ModelContainer(lambda xs: [x[0] * 10 for x in xs], {}))
+
+    class _Channel:
+        async def close(self):
+            pass
+
+    monkeypatch.setattr(task_executor.rpc, "aio_channel", lambda address: _Channel())
+    monkeypatch.setattr(task_executor.rpc, "stream", lambda ch, svc, m: lambda: stream)
+    model = ("m", "1")
+    cfg = BatchingConfig("scripted", size=2, max_size=8, slo_fraction=0.5)
+
+    async def run():
+        ex = TaskExecutor(PredictionCache(), Metrics(), lambda rep, why: None)
+        ex.add_model(model, "doubles", cfg)
+        futures = ex.schedule(model, [np.array([float(i)]) for i in range(12)],
+                              time.monotonic() + 30, 2.0)  # all queued before the loop runs
+        rep = ex.add_replica(model, 0, "in-process", 0)
+        outs = await asyncio.wait_for(asyncio.gather(*futures), 20)
+        await ex.remove_replica(model, 0)
+        return rep.controller, outs
+
+    ctrl, outs = asyncio.run(run())
+    assert isinstance(ctrl, _Scripted) and ctrl.state() == {"batch_size": 4.0}
+    assert outs == [10.0 * i for i in range(12)]
+    assert stream.sizes == [2, 5, 1, 4]  # the configured size, then the script's
+    assert [b for b, _, _ in ctrl.told] == [2, 5, 1, 4]
+    assert all(lat > 0 and target == 1.0 for _, lat, target in ctrl.told)

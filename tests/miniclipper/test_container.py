@@ -22,17 +22,30 @@ def _linear_model():
     return predict, w
 
 
+SLEEP_S = 0.04  # the "sleepy" model's compute time per batch
+
+
+def _sleepy(xs):
+    import time
+    time.sleep(SLEEP_S)
+    return [0.0] * len(xs)
+
+
 @pytest.fixture(scope="module")
 def container(tmp_path_factory):
     store = tmp_path_factory.mktemp("store")
     fn, w = _linear_model()
     save_python_closure(fn, store / "lin" / "1")
     save_python_closure(lambda xs: [1.0], store / "short" / "1")
+    save_python_closure(_sleepy, store / "sleepy" / "1")
     with ProcessGroup(tmp_path_factory.mktemp("logs")) as group:
         calls = {}
-        for name in ("lin", "short"):
-            child = group.spawn(name, "systems.miniclipper.container",
-                                ["--store", str(store), "--model", f"{name}/1"])
+        names = ("lin", "short", "sleepy")
+        children = [group.spawn(name, "systems.miniclipper.container",
+                                ["--store", str(store), "--model", f"{name}/1"],
+                                wait_ready=False) for name in names]  # start in parallel
+        for name, child in zip(names, children, strict=True):
+            group.wait_ready(child, 60)
             ch = rpc.channel(f"127.0.0.1:{child.info['port']}")
             calls[name] = {m: rpc.method(ch, SERVICE, m) for m in ("Predict", "Health",
                                                                      "Control")}
@@ -75,10 +88,29 @@ def test_garbage_batches_get_an_error_not_a_crash(container):
     assert unpack(calls["lin"]["Health"](b"", timeout=5))[0]["model"] == "lin/1"
 
 
+def _compute_s(call):
+    """The container's own compute time of one batch (its t1 - t0, in seconds), so that
+    the RPC's and this process's scheduling delays do not count."""
+    meta, _, _ = _predict(call, [[1.0]])
+    assert "error" not in meta
+    return (meta["t1"] - meta["t0"]) / 1e6
+
+
 def test_control_sets_the_slowdown(container):
+    """Slowdown f makes each batch take f times its compute time: with a model that
+    sleeps SLEEP_S per batch, f = 3 takes at least 2.5x what f = 1 takes (a margin for
+    a loaded machine: sleeping only ever overshoots)."""
     calls, _, _, _ = container
-    assert unpack(calls["lin"]["Control"](pack({"slowdown": 3}), timeout=5))[0]["slowdown"] == 3
-    calls["lin"]["Control"](pack({"slowdown": 1}), timeout=5)
+    c = calls["sleepy"]
+    try:
+        base = min(_compute_s(c["Predict"]) for _ in range(2))
+        h = unpack(c["Control"](pack({"slowdown": 3}), timeout=5))[0]
+        assert h["slowdown"] == 3
+        slow = _compute_s(c["Predict"])
+        assert base >= SLEEP_S * 0.9 and slow >= 2.5 * base, (base, slow)
+        assert unpack(c["Control"](pack({"slowdown": 0.5}), timeout=5))[0]["slowdown"] == 1
+    finally:
+        c["Control"](pack({"slowdown": 1}), timeout=5)
 
 
 def test_containers_load_only_from_their_store(container, tmp_path):

@@ -1,10 +1,22 @@
-"""Exp3 / Exp4 selection (systems/miniclipper/selection.py) on synthetic feedback."""
+"""Default / Exp3 / Exp4 selection (systems/miniclipper/selection.py) on synthetic feedback."""
 
+import asyncio
 import random
+import time
 
 import pytest
 
-from systems.miniclipper.selection import Exp3Policy, Exp4Policy, make_policy
+from systems.miniclipper.metrics import Metrics
+from systems.miniclipper.query_processor import Application, QueryProcessor
+from systems.miniclipper.selection import (
+    POLICIES,
+    Combined,
+    DefaultPolicy,
+    Exp3Policy,
+    Exp4Policy,
+    SelectionPolicy,
+    make_policy,
+)
 
 
 def _stream(n, seed=0):
@@ -72,3 +84,73 @@ def test_weights_never_underflow():
         pol.observe(state, 1, {"a": 0})
     p = pol.probabilities(state)
     assert p["a"] > 0 and p["b"] > 0.9
+
+
+def test_default_policy_uses_the_first_linked_model_and_never_learns():
+    pol = make_policy("default")
+    assert isinstance(pol, DefaultPolicy)
+    state = pol.init_state(["first", "second", "third"])
+    rng = random.Random(0)
+    assert all(pol.select(state, rng) == ["first"] for _ in range(20))
+    assert pol.feedback_models(state, rng) == ["first"]
+    c = pol.combine(state, {"first": 7})
+    assert (c.output, c.confidence, c.models_used, c.models_missing) == (7, 1.0, ["first"], [])
+    assert pol.combine(state, {}) is None
+    for _ in range(5):
+        pol.observe(state, 3, {"first": 0})  # always wrong: nothing changes but the count
+    assert state.weights == {"first": 1.0, "second": 1.0, "third": 1.0}
+    assert state.feedback_count == 5
+
+
+class _LastModel(SelectionPolicy):
+    """A policy written against the base class only: the last linked model answers."""
+
+    name = "last"
+
+    def select(self, state, rng):
+        return list(state.weights)[-1:]
+
+    def combine(self, state, outputs):
+        if not outputs:
+            return None
+        (m, out), = outputs.items()
+        return Combined(out, 1.0, [m], [])
+
+    def observe(self, state, label, outputs):
+        state.feedback_count += 1
+
+
+class _Done:
+    """A stand-in task executor: every model answers at once with ``f(model, x)``."""
+
+    def __init__(self, f):
+        self.f, self.calls = f, []
+
+    def schedule(self, model, inputs, deadline, slo, traced=False, query_id=0):
+        self.calls.append(model)
+        out = []
+        for x in inputs:
+            fut = asyncio.get_running_loop().create_future()
+            fut.set_result(self.f(model[0], x))
+            out.append(fut)
+        return out
+
+
+def test_a_subclassed_policy_plugs_into_the_query_processor(monkeypatch):
+    """The SelectionPolicy seam: a new subclass, registered by name, decides which model
+    the query processor asks and how its answer is combined; the base class supplies
+    the rest (weights, links)."""
+    with pytest.raises(TypeError):
+        SelectionPolicy()  # select/combine/observe are abstract
+    monkeypatch.setitem(POLICIES, "last", _LastModel)
+    ex = _Done(lambda m, x: f"{m}:{x[0]}")
+    qp = QueryProcessor(ex, Metrics())
+    qp.apps["app"] = Application("app", "doubles", "dflt", 1_000_000, "last",
+                                 state=make_policy("last").init_state([]))
+    qp.current_version.update({"a": "1", "b": "2", "c": "1"})
+    qp.link(qp.apps["app"], ["a", "b", "c"])
+    assert qp.apps["app"].state.weights == {"a": 1.0, "b": 1.0, "c": 1.0}
+    out = asyncio.run(qp.predict("app", [[1.0], [2.0]], time.monotonic()))
+    assert [r["output"] for r in out] == ["c:1.0", "c:2.0"] and ex.calls == [("c", "1")]
+    r = asyncio.run(qp.update("app", [5.0], "c:5.0"))
+    assert r["models_evaluated"] == ["c"] and r["selection_state"]["feedback_count"] == 1
