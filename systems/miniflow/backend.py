@@ -44,6 +44,35 @@ def _trunc_div(s, n: int):
     return np.where(s < 0, -q, q).astype(s.dtype, copy=False)
 
 
+def _has_negative_step(index: tuple) -> bool:
+    return any(type(k) is slice and k.step is not None and k.step < 0 for k in index)
+
+
+def _positive_steps(index: tuple, shape) -> tuple[tuple, list[int]]:
+    """torch refuses negative slice steps, which TF's StridedSlice (and numpy) take: the
+    same elements as ``index`` picked with positive steps, and the output dimensions to
+    flip afterwards (``x[5:0:-2]`` is ``x[1:6:2]`` reversed)."""
+    n_consumed = sum(1 for k in index if k is not None and k is not Ellipsis)
+    out, flips, d, o = [], [], 0, 0  # d: input dimension, o: output dimension
+    for k in index:
+        if k is Ellipsis:
+            d += len(shape) - n_consumed
+            o += len(shape) - n_consumed
+        elif k is None:
+            o += 1
+        elif type(k) is slice:
+            if k.step is not None and k.step < 0:
+                r = range(*k.indices(int(shape[d])))
+                k = slice(r[-1], r[0] + 1, -k.step) if r else slice(0, 0)
+                flips.append(o)
+            d += 1
+            o += 1
+        else:  # an int: consumes a dimension, makes none
+            d += 1
+        out.append(k)
+    return tuple(out), flips
+
+
 class NumpyBackend:
     name = "numpy"
     device = "cpu"
@@ -353,11 +382,17 @@ class TorchBackend:
         return g * (features > 0)
 
     def getitem(self, x, index):
-        return x[index]
+        if not _has_negative_step(index):
+            return x[index]
+        pos, flips = _positive_steps(index, x.shape)
+        return x[pos].flip(flips)
 
     def setitem_zeros(self, shape, index, value):
         out = self.torch.zeros(tuple(int(d) for d in shape), dtype=value.dtype,
                                device=value.device)
+        if _has_negative_step(index):
+            index, flips = _positive_steps(index, out.shape)
+            value = value.flip(flips)
         out[index] = value
         return out
 

@@ -51,14 +51,20 @@ def torch_grads(fn, inputs, weights):
 
 
 def mf_grads(build, inputs, weights, backend="numpy"):
-    """The same through miniflow: constants in, mf.gradients out."""
+    """The same through miniflow: placeholders in, mf.gradients out. The weights are fed
+    too: as constants, the gradient of an op whose gradient does not depend on its input
+    (transpose, slice, avg_pool, ...) would be constant-folded at plan time, by the numpy
+    kernel, and the torch backend's gradient kernel would never run."""
     g = mf.Graph()
     with g.as_default():
         phs = [mf.placeholder(mf.float64, x.shape) for x in inputs]
         out = build(*phs)
-        loss = mf.reduce_sum(out * mf.constant(weights))
+        w = mf.placeholder(mf.float64, np.shape(weights))
+        loss = mf.reduce_sum(out * w)
         grads = mf.gradients(loss, phs)
     fetch = [out] + [gr for gr in grads if gr is not None]
-    vals = evaluate(g, fetch, dict(zip(phs, inputs, strict=True)), backend)
+    feeds = dict(zip(phs, inputs, strict=True))
+    feeds[w] = np.asarray(weights, np.float64)
+    vals = evaluate(g, fetch, feeds, backend)
     it = iter(vals[1:])
     return vals[0], [next(it) if gr is not None else None for gr in grads]

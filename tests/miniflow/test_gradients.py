@@ -154,3 +154,52 @@ def test_grad_ys_weights_the_outputs():
         (dx,) = mf.gradients(x * x, [x], grad_ys=[mf.constant(np.array([1.0, 0.0, 2.0],
                                                                        np.float32))])
     np.testing.assert_allclose(evaluate(g, dx, {x: np.array([1.0, 2.0, 3.0])}), [2, 0, 12])
+
+
+def test_sign_has_tensorflows_zero_gradient_and_comparisons_have_none():
+    """TF registers Sign's gradient as zeros (math_grad.py, _SignGrad), like torch's, so
+    gradients(sign(x)) and abs's second derivative are zero tensors, not None; the
+    comparisons are NotDifferentiable: None."""
+    xv = np.array([-1.5, 0.25, 2.0])
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float64, [3])
+        (d_sign,) = mf.gradients(mf.reduce_sum(mf.sign(x)), [x])
+        (d_abs,) = mf.gradients(mf.reduce_sum(mf.abs(x)), [x])
+        (d2_abs,) = mf.gradients(mf.reduce_sum(d_abs), [x])
+        (d_xsign,) = mf.gradients(mf.reduce_sum(x * mf.sign(x)), [x])  # |x| another way
+        compared = [mf.gradients(f(x, 1.0), [x])[0] for f in
+                    (mf.less, mf.less_equal, mf.greater_equal, mf.not_equal)]
+    assert compared == [None] * 4
+    assert d_sign is not None and d2_abs is not None
+    got = evaluate(g, [d_sign, d2_abs, d_xsign], {x: xv})
+    t = torch.tensor(xv, requires_grad=True)
+    (t_sign,) = torch.autograd.grad(torch.sign(t).sum(), t)
+    (t_abs,) = torch.autograd.grad(torch.abs(t).sum(), t, create_graph=True)
+    (t2_abs,) = torch.autograd.grad(t_abs.sum(), t)
+    np.testing.assert_array_equal(got[0], t_sign.numpy(force=True))
+    np.testing.assert_array_equal(got[1], t2_abs.numpy(force=True))
+    np.testing.assert_array_equal(got[0], np.zeros(3))
+    np.testing.assert_allclose(got[2], np.sign(xv))
+
+
+def test_no_gradient_makes_an_op_a_dead_end_for_gradients():
+    """After mf.no_gradient('T'), an op of type T passes no gradient to its inputs (other
+    paths still do); without it, differentiating through T is a LookupError."""
+    from systems.miniflow.op_def import OP_DEFS, OpDef, define, make_op
+
+    for t in ("Doubled", "DoubledNoGrad"):
+        if t not in OP_DEFS:
+            define(OpDef(t, lambda ins, a: [(ins[0].dtype, ins[0].shape)],
+                         lambda a, be, res: lambda x: x * 2))
+    mf.no_gradient("DoubledNoGrad")
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [])
+        y = make_op("DoubledNoGrad", [x * x]).outputs[0]
+        (alone,) = mf.gradients(y, [x])
+        (other_path,) = mf.gradients(y + 3.0 * x, [x])
+        with pytest.raises(LookupError, match="No gradient defined for operation .*Doubled"):
+            mf.gradients(make_op("Doubled", [x]).outputs[0], [x])
+    assert alone is None
+    assert evaluate(g, [y, other_path], {x: 2.0}) == [8.0, 3.0]

@@ -1,6 +1,9 @@
 """Building graphs: names, scopes, devices, control dependencies, and build-time errors
 that name the op, the shapes and the user's line."""
 
+import inspect
+import os
+
 import numpy as np
 import pytest
 
@@ -89,20 +92,39 @@ def test_dtype_mismatch_is_refused_without_silent_promotion():
 
 
 def test_every_op_records_where_the_user_created_it():
+    """created_at is this file and the line of the call that built the op, also for ops
+    built inside miniflow on the user's behalf (a Variable's read, a gradient's ops)."""
+    here = os.path.abspath(__file__)
     g = mf.Graph()
     with g.as_default():
-        x = mf.placeholder(mf.float32, [2])
-        y = mf.tanh(x)
-    assert y.op.created_at.endswith(f"test_graph.py:{y.op.created_at.rsplit(':', 1)[1]}")
-    assert "test_graph.py" in x.op.created_at
+        x, x_line = mf.placeholder(mf.float32, [2]), inspect.currentframe().f_lineno
+        y, y_line = mf.tanh(x), inspect.currentframe().f_lineno
+        v, v_line = mf.Variable(np.ones(2, np.float32)), inspect.currentframe().f_lineno
+        loss = mf.reduce_sum(y * v)
+        (dx,), dx_line = mf.gradients(loss, [x]), inspect.currentframe().f_lineno
+    assert x.op.created_at == f"{here}:{x_line}"
+    assert y.op.created_at == f"{here}:{y_line}"
+    assert v.value().op.created_at == v.initializer.created_at == f"{here}:{v_line}"
+    assert dx.op.created_at == f"{here}:{dx_line}"
+    assert len({x_line, y_line, v_line, dx_line}) == 4
 
 
 def test_numpy_on_the_left_defers_to_tensor_operators():
+    """A numpy scalar or array on the left must build the reflected op with the operands
+    in order: 2 - x and 2 / x, not x - 2 and x / 2 (a commutative Mul cannot tell)."""
     g = mf.Graph()
+    xv = np.array([0.5, -4.0, 8.0], np.float32)
     with g.as_default():
-        x = mf.placeholder(mf.float32, [2])
-        y = np.float32(2.0) * x
-    assert isinstance(y, mf.Tensor) and y.op.type == "Mul"
+        x = mf.placeholder(mf.float32, [3])
+        ys = [np.float32(2.0) * x, np.float32(2.0) - x, np.float32(2.0) / x,
+              np.array([1.0, 2.0, 3.0], np.float32) - x, np.float32(2.0) ** x]
+    assert all(isinstance(y, mf.Tensor) and y.dtype == mf.float32 for y in ys)
+    assert [y.op.type for y in ys] == ["Mul", "Sub", "RealDiv", "Sub", "Pow"]
+    with mf.Session(graph=g) as s:
+        got = s.run(ys, {x: xv})
+    want = [2 * xv, 2 - xv, 2 / xv, np.array([1, 2, 3], np.float32) - xv, 2 ** xv]
+    for v, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(v, w, rtol=1e-6)
 
 
 def test_tensors_and_variables_are_neither_bools_nor_iterable():
@@ -122,3 +144,61 @@ def test_tensors_and_variables_are_neither_bools_nor_iterable():
         with pytest.raises(TypeError, match="not iterable"):
             a, b = k
         assert x is not None and k[1].shape == (3,)  # identity tests and indexing still work
+
+
+def test_default_graph_is_the_innermost_as_default_and_reset_replaces_the_global_one():
+    """TF1: ops go to get_default_graph(); as_default() nests; reset_default_graph()
+    gives a fresh global graph and is an error inside an as_default() block."""
+    mf.reset_default_graph()
+    g0 = mf.get_default_graph()
+    c0 = mf.constant(1.0, name="c")  # no graph named: the global default
+    assert c0.graph is g0 and g0.get_operations() == [c0.op]
+    g1, g2 = mf.Graph(), mf.Graph()
+    with g1.as_default():
+        assert mf.get_default_graph() is g1
+        with g2.as_default():
+            assert mf.get_default_graph() is g2 and mf.constant(2.0).graph is g2
+        assert mf.get_default_graph() is g1
+        with pytest.raises(AssertionError, match="inside a 'with graph.as_default"):
+            mf.reset_default_graph()
+    assert mf.get_default_graph() is g0
+    with mf.Session() as s:  # a Session without a graph runs the default one
+        assert s.run(c0) == 1.0
+    mf.reset_default_graph()
+    g3 = mf.get_default_graph()
+    assert g3 is not g0 and g3.get_operations() == []
+    assert mf.constant(3.0, name="c").name == "c:0"  # names start over in the new graph
+    with pytest.raises(ValueError, match="not an element of this session's graph"):
+        with mf.Session() as s:
+            s.run(c0)
+    mf.reset_default_graph()
+
+
+def test_convert_to_tensor_follows_tensorflow():
+    """Tensors pass through (a dtype that differs is refused, not cast); Variables give
+    their value; Python numbers become float32/int32, numpy values keep their dtype."""
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [2])
+        v = mf.Variable(np.float64(1.5), name="v")
+        assert mf.convert_to_tensor(x) is x and mf.convert_to_tensor(x, mf.float32) is x
+        with pytest.raises(ValueError, match="expected a int32 tensor"):
+            mf.convert_to_tensor(x, mf.int32)
+        with pytest.raises(TypeError):
+            mf.convert_to_tensor(2.5, mf.int32)  # would lose the fraction
+        tv = mf.convert_to_tensor(v)
+        cases = [mf.convert_to_tensor([1, 2]), mf.convert_to_tensor([1.0, 2]),
+                 mf.convert_to_tensor(np.arange(3, dtype=np.int64)),
+                 mf.convert_to_tensor(np.float64(0.5)), mf.convert_to_tensor(2**40),
+                 mf.convert_to_tensor([1, 2], mf.float64)]
+    assert tv is v.value() and tv.dtype == mf.float64
+    assert [t.dtype for t in cases] == [mf.int32, mf.float32, mf.int64, mf.float64, mf.int64,
+                                        mf.float64]
+    assert [t.op.type for t in cases] == ["Const"] * 6
+    with mf.Session(graph=g) as s:
+        s.run(v.initializer)
+        got = s.run([tv] + cases)
+    want = [1.5, [1, 2], [1.0, 2.0], [0, 1, 2], 0.5, 2**40, [1.0, 2.0]]
+    for val, w, t in zip(got, want, [tv] + cases, strict=True):
+        assert np.asarray(val).dtype == t.dtype.np_dtype
+        np.testing.assert_array_equal(val, w)

@@ -173,6 +173,54 @@ def test_avg_pool_same_excludes_padding_from_the_average(backend):
     np.testing.assert_allclose(evaluate(g, y, backend=backend), np.ones((1, 2, 2, 1)))
 
 
+def _tf_same_pad_before(size, k, stride):
+    total = max((-(-size // stride) - 1) * stride + k - size, 0)
+    return total // 2  # TF puts the odd extra row/column after, at the bottom/right
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("ksize,stride", [(2, 2), (3, 2), (3, 1)])
+def test_avg_pool_same_forward_and_gradient(backend, ksize, stride):
+    """TF's SAME avg pool divides each window by its number of *valid* inputs. torch's
+    avg_pool2d(count_include_pad=False) does too, with TF's leading padding given
+    explicitly and ceil_mode adding the windows that hang over the bottom/right edge; its
+    autograd is one oracle for the gradient, central differences are another."""
+    rng = np.random.default_rng(5)
+    x = arrays(rng, (2, 7, 5, 3))
+    pad = (_tf_same_pad_before(7, ksize, stride), _tf_same_pad_before(5, ksize, stride))
+
+    def t_pool(a):
+        y = torch.nn.functional.avg_pool2d(a.permute(0, 3, 1, 2), ksize, stride, pad,
+                                           ceil_mode=True, count_include_pad=False)
+        return y.permute(0, 2, 3, 1)
+    assert t_pool(torch.tensor(x)).shape == (2, -(-7 // stride), -(-5 // stride), 3)
+    _check("avg_pool SAME", lambda a: mf.nn.avg_pool2d(a, ksize, stride, "SAME"), t_pool,
+           [x], backend)
+    # central differences of sum(w * avg_pool(x)), through a Session; w is fed, so that
+    # AvgPoolGrad is not constant-folded (by the numpy kernel) but runs on ``backend``;
+    # one image and one channel keep it to 70 runs
+    x = x[:1, :, :, :1].copy()
+    w = arrays(rng, (1, -(-7 // stride), -(-5 // stride), 1))
+    g = mf.Graph()
+    with g.as_default():
+        xp, wp = mf.placeholder(mf.float64, x.shape), mf.placeholder(mf.float64, w.shape)
+        loss = mf.reduce_sum(mf.nn.avg_pool2d(xp, ksize, stride, "SAME") * wp)
+        (dx,) = mf.gradients(loss, [xp])
+    eps = 1e-3  # the loss is linear in x: the difference quotient is exact up to rounding
+    with mf.Session(graph=g, config=mf.ConfigProto(cpu_backend=backend)) as s:
+        got = s.run(dx, {xp: x, wp: w})
+        types = [n[1] for n in s.plan_for(dx, {xp: None, wp: None}).snapshots["optimized"].nodes]
+        assert "AvgPoolGrad" in types
+        numeric = np.zeros_like(x)
+        for i in np.ndindex(x.shape):
+            xs = np.stack([x, x])
+            xs[0][i] += eps
+            xs[1][i] -= eps
+            numeric[i] = (s.run(loss, {xp: xs[0], wp: w}) -
+                          s.run(loss, {xp: xs[1], wp: w})) / (2 * eps)
+    np.testing.assert_allclose(got, numeric, rtol=1e-7, atol=1e-9)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_sparse_softmax_cross_entropy_matches_torch(backend):
     rng = np.random.default_rng(0)
@@ -483,3 +531,161 @@ def test_integer_mean_of_an_empty_axis_is_zero_without_a_warning(backend):
     t = torch.zeros((0, 3), dtype=torch.int32)
     np.testing.assert_array_equal(got[0], t.sum(0, dtype=torch.int32).numpy())
     assert got[1] == 0 and np.asarray(got[1]).dtype == np.int32
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sign_and_comparisons_match_numpy(backend):
+    """Fed, not constant, so that the kernels of ``backend`` run (constants would be
+    folded by numpy's at plan time)."""
+    from .helpers import evaluate
+
+    xf = np.array([[-2.5, 0.0, 3.0], [1.0, -1e-30, 7.0]], np.float32)
+    yf = np.array([1.0, 0.0, 3.0], np.float32)  # broadcast along the rows
+    xi = np.array([-3, 0, 7], np.int32)
+    g = mf.Graph()
+    with g.as_default():
+        x, y = mf.placeholder(mf.float32, [2, 3]), mf.placeholder(mf.float32, [3])
+        i = mf.placeholder(mf.int32, [3])
+        outs = [mf.sign(x), mf.sign(i), mf.less(x, y), mf.less_equal(x, y),
+                mf.greater_equal(x, y), mf.not_equal(x, y), mf.less(i, 0),
+                mf.less_equal(i, 0), mf.greater_equal(i, 0), mf.not_equal(i, 0),
+                x < y, x <= y, x >= y]
+    assert [o.dtype for o in outs] == [mf.float32, mf.int32] + [mf.bool] * 11
+    assert outs[2].shape == (2, 3)
+    got = evaluate(g, outs, {x: xf, y: yf, i: xi}, backend)
+    want = [np.sign(xf), np.sign(xi), xf < yf, xf <= yf, xf >= yf, xf != yf, xi < 0,
+            xi <= 0, xi >= 0, xi != 0, xf < yf, xf <= yf, xf >= yf]
+    for k, (v, w) in enumerate(zip(got, want, strict=True)):
+        assert np.asarray(v).dtype == w.dtype, k
+        np.testing.assert_array_equal(v, w, err_msg=str(k))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_broadcast_to_and_its_gradient(backend):
+    """The gradient sums over the broadcast axes (torch's expand), also for a target shape
+    known only at run time."""
+    from .helpers import evaluate
+
+    a = arrays(np.random.default_rng(6), (3, 1))
+    _check("broadcast_to", lambda t: mf.broadcast_to(t, [2, 3, 4]),
+           lambda t: t.expand(2, 3, 4), [a], backend)
+    g = mf.Graph()
+    with g.as_default():
+        x, s = mf.placeholder(mf.float64, [3]), mf.placeholder(mf.int32, [2])
+        y = mf.broadcast_to(x, s)
+        (dx,) = mf.gradients(mf.reduce_sum(y * y), [x])
+    assert y.shape == (None, None)
+    xv = np.array([1.0, -2.0, 0.5])
+    yv, dxv = evaluate(g, [y, dx], {x: xv, s: np.array([4, 3], np.int32)}, backend)
+    np.testing.assert_array_equal(yv, np.broadcast_to(xv, (4, 3)))
+    np.testing.assert_allclose(dxv, 4 * 2 * xv)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_zeros_like_keeps_shape_and_dtype_and_passes_no_gradient(backend):
+    """TF's ZerosLike is not differentiable: x + zeros_like(x) has x's gradient, and
+    zeros_like(x) alone has none."""
+    from .helpers import evaluate
+
+    g = mf.Graph()
+    with g.as_default():
+        x, i = mf.placeholder(mf.float64, [None, 3]), mf.placeholder(mf.int32, [2])
+        zx, zi = mf.zeros_like(x), mf.zeros_like(i)
+        (dx,) = mf.gradients(mf.reduce_sum(x * 2.0 + mf.zeros_like(x)), [x])
+        (none,) = mf.gradients(mf.reduce_sum(mf.zeros_like(x)), [x])
+    assert (zx.dtype, zx.shape, zi.dtype, zi.shape) == (mf.float64, (None, 3), mf.int32, (2,))
+    assert none is None
+    xv = np.arange(6.0).reshape(2, 3) + 1
+    zxv, ziv, dxv = evaluate(g, [zx, zi, dx], {x: xv, i: np.array([4, 5], np.int32)}, backend)
+    assert zxv.dtype == np.float64 and ziv.dtype == np.int32
+    np.testing.assert_array_equal(zxv, np.zeros((2, 3)))
+    np.testing.assert_array_equal(ziv, [0, 0])
+    np.testing.assert_array_equal(dxv, np.full((2, 3), 2.0))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("key", [(slice(1, None, 2), Ellipsis, None, -1),
+                                 (-1, slice(None, None, -2)),
+                                 (slice(None), 2, slice(5, 0, -2))],
+                         ids=["step-ellipsis-newaxis-int", "int-reversed", "negative-step"])
+def test_strided_slice_called_directly_matches_numpy_indexing(backend, key):
+    """mf.strided_slice(x, key) is x[key]: value and static shape as numpy's basic
+    indexing, gradient the weights scattered back into zeros (negative steps: torch has
+    none, so numpy is the oracle)."""
+    rng = np.random.default_rng(7)
+    a = arrays(rng, (4, 5, 6))
+    want = a[key]
+    w = arrays(rng, want.shape)
+    with mf.Graph().as_default():
+        assert mf.strided_slice(mf.placeholder(mf.float64, a.shape), key).shape == want.shape
+    got, (grad,) = mf_grads(lambda t: mf.strided_slice(t, key), [a], w, backend)
+    want_grad = np.zeros_like(a)
+    want_grad[key] = w
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(grad, want_grad)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", [(5, 3), (2, 4, 4, 3)])
+def test_bias_add_adds_along_the_last_axis(backend, shape):
+    rng = np.random.default_rng(8)
+    _check("bias_add", mf.nn.bias_add, lambda v, b: v + b,
+           [arrays(rng, shape), arrays(rng, (3,))], backend)
+
+
+@pytest.mark.parametrize("bias_shape,value_shape,message", [
+    ((1,), (5, 3), "bias has 1 elements but value's last dimension is 3"),
+    ((1, 3), (5, 3), "bias must be 1-D"),
+    ((3,), (3,), "value must be at least 2-D"),
+])
+def test_bias_add_refuses_what_tensorflow_refuses(bias_shape, value_shape, message):
+    """TF's BiasAdd takes a 1-D bias as long as value's last dimension, nothing that
+    merely broadcasts: a (1,) bias is an error, not a scalar added everywhere."""
+    with mf.Graph().as_default():
+        v = mf.placeholder(mf.float32, value_shape, name="v")
+        b = mf.constant(np.zeros(bias_shape, np.float32), name="b")
+        with pytest.raises(mf.GraphBuildError) as e:
+            mf.nn.bias_add(v, b)
+    assert str(e.value).startswith("BiasAdd:") and message in str(e.value)
+    assert "test_ops.py:" in str(e.value)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("pool", ["max", "avg"])
+def test_tf1_pool_aliases_take_four_element_ksize_and_strides(backend, pool):
+    """tf.nn.max_pool / tf.nn.avg_pool take ksize=[1, kh, kw, 1], strides=[1, sh, sw, 1]."""
+    x = arrays(np.random.default_rng(9), (2, 6, 7, 3))
+    mf_fn = mf.nn.max_pool if pool == "max" else mf.nn.avg_pool
+    t_fn = (torch.nn.functional.max_pool2d if pool == "max" else
+            torch.nn.functional.avg_pool2d)
+    _check(pool, lambda a: mf_fn(a, [1, 3, 2, 1], [1, 2, 1, 1], "VALID"),
+           lambda a: t_fn(a.permute(0, 3, 1, 2), (3, 2), (2, 1)).permute(0, 2, 3, 1),
+           [x], backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float16_computation_round_trip(backend):
+    """A float16 placeholder stays float16 through arithmetic with Python numbers, a
+    reduction and a fetch; values as numpy computes them in float16."""
+    from .helpers import evaluate
+
+    xv = np.array([0.1, -2.5, 3.0, 1000.0], np.float16)
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float16, [4])
+        y = x * 2.0 + 1.0
+        s = mf.reduce_sum(y)
+        m = mf.maximum(y, 0.0)
+        up = mf.cast(y, mf.float32)
+        down = mf.cast(mf.constant(np.float32(1 / 3)), mf.float16)
+    assert [t.dtype for t in (y, s, m, up, down)] == [mf.float16] * 3 + [mf.float32,
+                                                                         mf.float16]
+    yv, sv, mv, upv, downv = evaluate(g, [y, s, m, up, down], {x: xv}, backend)
+    want = xv * np.float16(2) + np.float16(1)
+    assert [np.asarray(v).dtype for v in (yv, sv, mv, upv, downv)] == [np.float16] * 3 + [
+        np.float32, np.float16]
+    np.testing.assert_array_equal(yv, want)
+    np.testing.assert_array_equal(mv, np.maximum(want, np.float16(0)))
+    np.testing.assert_array_equal(upv, want.astype(np.float32))
+    assert downv == np.float16(1 / 3)
+    np.testing.assert_allclose(np.float32(sv), want.astype(np.float32).sum(), rtol=1e-3)

@@ -15,7 +15,8 @@ def _model():
     with g.as_default():
         x = mf.placeholder(mf.float32, [None, 6])
         w = mf.Variable(rng.standard_normal((6, 4)).astype(np.float32))
-        scale = mf.constant(2.0) * mf.constant(1.5) + 1.0  # foldable
+        # foldable; once folded, its two operands are dead ends for pruning to remove
+        scale = mf.constant(2.0, name="two") * mf.constant(1.5, name="one_and_a_half") + 1.0
         h1 = mf.tanh(x @ w) * scale
         h2 = mf.tanh(x @ w) * scale  # a duplicate sub-graph: CSE merges it
         y = mf.nn.softmax(h1 + h2 - mf.reduce_mean(h1, 1, keepdims=True))
@@ -32,15 +33,29 @@ def test_each_pass_on_or_off_gives_identical_results(option):
     g, x, fetches = _model()
     xv = np.random.default_rng(1).standard_normal((5, 6)).astype(np.float32)
     only = mf.GraphOptions(**{p: option in (p, "all") for p in PASSES})
-    results = {}
-    for label, opts in [("off", ALL_OFF), ("on", only)]:
+    off = ALL_OFF
+    if option == "pruning":
+        # Alone, pruning has nothing to do (ir.build copies only what the fetches need);
+        # its work is what folding leaves dead. So: folding without, then with, pruning.
+        off = mf.GraphOptions(constant_folding=True, common_subexpression=False,
+                              pruning=False, fusion=False)
+        only = mf.GraphOptions(constant_folding=True, common_subexpression=False,
+                               pruning=True, fusion=False)
+    results, names = {}, {}
+    for label, opts in [("off", off), ("on", only)]:
         with mf.Session(graph=g, config=mf.ConfigProto(graph_options=opts)) as s:
             s.run(mf.global_variables_initializer())
             results[label] = s.run(fetches, {x: xv})
-            stats = s.plan_for(fetches, {x: None}).pass_stats
+            plan = s.plan_for(fetches, {x: None})
+            stats = plan.pass_stats
+            names[label] = {n[0] for n in plan.snapshots["optimized"].nodes}
     name = {"common_subexpression": "cse"}.get(option, option)
-    if option in ("constant_folding", "common_subexpression", "fusion"):
+    if option in PASSES:
         assert stats.changes.get(name, 0) > 0, f"{option} changed nothing"
+    if option in ("pruning", "all"):  # the folded product's operands are gone
+        assert not {"two", "one_and_a_half"} & names["on"], names["on"]
+    if option == "pruning":
+        assert {"two", "one_and_a_half"} <= names["off"]  # dead, but kept without pruning
     if option in ("common_subexpression", "fusion", "all"):
         assert stats.nodes_after < stats.nodes_before
     for a, b in zip(results["off"], results["on"], strict=True):
@@ -173,6 +188,50 @@ def test_the_passes_stop_at_a_fixed_point():
     pg = build(fetches, [], [x])
     stats = run_passes(pg, fusion=False)
     assert stats.changes["constant_folding"] and stats.changes["cse"]
+    assert stats.changes["pruning"] > 0
     assert fold_constants(pg, 10 << 20) == 0
     assert eliminate_common_subexpressions(pg) == 0
     assert pg.prune() == 0
+    # and pruning did reach its fixed point: every node left is needed by a fetch
+    # (walked here independently of PlanGraph.prune), the folded operands included
+    needed, stack = set(), [n for n, _ in pg.fetches] + list(pg.targets)
+    while stack:
+        n = stack.pop()
+        if id(n) not in needed:
+            needed.add(id(n))
+            stack.extend([p for p, _ in n.inputs] + list(n.control_inputs))
+    assert [n.name for n in pg.nodes if id(n) not in needed] == []
+    assert not {"two", "one_and_a_half"} & {n.name for n in pg.nodes}
+
+
+def test_pruning_removes_what_folding_and_cse_leave_dead():
+    """Folding replaces a*b by a constant, leaving a and b read by nothing; CSE then merges
+    the two equal folded constants and the two equal sums. Pruning must drop the dead
+    operands, and only them: the results stay those of the unoptimized graph."""
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [3], name="x")
+        k1 = mf.constant(3.0, name="a") * mf.constant(2.0, name="b")
+        k2 = mf.constant(1.5, name="c") * mf.constant(4.0, name="d")  # same value as k1
+        y = (x + k1) * (x + k2)
+    xv = np.array([-1.0, 0.5, 2.0], np.float32)
+    dead = {"a", "b", "c", "d"}
+    got, names, changes = {}, {}, {}
+    for pruning in (False, True):
+        opts = mf.GraphOptions(constant_folding=True, common_subexpression=True,
+                               pruning=pruning, fusion=False)
+        with mf.Session(graph=g, config=mf.ConfigProto(graph_options=opts)) as s:
+            got[pruning] = s.run(y, {x: xv})
+            plan = s.plan_for(y, {x: None})
+        names[pruning] = [n[0] for n in plan.snapshots["optimized"].nodes]
+        changes[pruning] = plan.pass_stats.changes
+    assert changes[True]["constant_folding"] == 2 and changes[True]["cse"] >= 2
+    assert changes[True]["pruning"] == len(dead)
+    assert dead <= set(names[False])  # left behind by folding...
+    assert not dead & set(names[True])  # ...and removed by pruning
+    assert sorted(names[True]) == sorted(set(names[False]) - dead)  # nothing else removed
+    with mf.Session(graph=g, config=mf.ConfigProto(graph_options=ALL_OFF)) as s:
+        unoptimized = s.run(y, {x: xv})
+    np.testing.assert_array_equal(got[True], unoptimized)
+    np.testing.assert_array_equal(got[False], unoptimized)
+    np.testing.assert_allclose(unoptimized, (xv + 6) ** 2, rtol=1e-6)

@@ -105,6 +105,57 @@ def test_uninitialised_variable_and_variable_state_across_runs():
         assert s2.run(v) == 1.0
 
 
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_assign_sub_and_initializing_a_subset_of_variables(backend):
+    """mf.assign_sub subtracts in place and returns the new value; variables_initializer
+    initializes exactly its list (the rest stay uninitialized) and re-running it resets."""
+    g = mf.Graph()
+    with g.as_default():
+        a = mf.Variable(np.float32(10.0), name="a")
+        b = mf.Variable(np.array([1.0, 2.0], np.float32), name="b")
+        c = mf.Variable(np.float32(5.0), name="c")
+        dec_a = mf.assign_sub(a, 3.0)
+        dec_b = mf.assign_sub(b, np.array([0.5, -1.0], np.float32))
+        init_ab = mf.variables_initializer([a, b])
+        init_none = mf.variables_initializer([])
+    with mf.Session(graph=g, config=mf.ConfigProto(cpu_backend=backend)) as s:
+        s.run(init_none)
+        with pytest.raises(mf.FailedPreconditionError, match="uninitialized value a"):
+            s.run(a)
+        assert s.run(init_ab) is None
+        with pytest.raises(mf.FailedPreconditionError, match="uninitialized value c"):
+            s.run(c)
+        assert s.run(dec_a) == 7.0 and s.run(dec_a) == 4.0 and s.run(a) == 4.0
+        np.testing.assert_array_equal(s.run(dec_b), [0.5, 3.0])
+        s.run(init_ab)
+        assert s.run(a) == 10.0
+        np.testing.assert_array_equal(s.run(b), [1.0, 2.0])
+
+
+def test_global_and_trainable_variable_collections():
+    """Every Variable is global; trainable=False keeps it out of trainable_variables, and
+    so out of what minimize() updates by default (TF's global_step pattern). Collections
+    belong to the graph that is the default when they are read."""
+    g = mf.Graph()
+    with g.as_default():
+        w = mf.Variable(np.float32(2.0), name="w")
+        step = mf.Variable(np.float32(0.0), name="step", trainable=False)
+        b = mf.Variable(np.float32(1.0), name="b")
+        assert mf.global_variables() == [w, step, b]
+        assert mf.trainable_variables() == [w, b]
+        loss = w * b + step * step  # trained, step would move by 0.5 * 2 * step
+        train = mf.train.GradientDescentOptimizer(0.5).minimize(loss)
+        bump = step.assign_add(1.0)
+    with mf.Graph().as_default():
+        assert mf.global_variables() == [] and mf.trainable_variables() == []
+    with mf.Session(graph=g) as s:
+        s.run(mf.variables_initializer([w, step, b]))
+        s.run(bump)
+        s.run(train)
+        # d/dw = b = 1, d/db = w = 2; step (trainable=False) keeps the value bump gave it
+        assert s.run([w, b, step]) == [1.5, 0.0, 1.0]
+
+
 def test_a_run_time_error_names_the_op_shapes_and_line():
     g = mf.Graph()
     with g.as_default():

@@ -8,7 +8,7 @@ own gradients exist: second derivatives of elementwise ops and matmul work.
 from __future__ import annotations
 
 from ..gradients import RegisterGradient, no_gradient
-from .array_ops import reduced_shape, reshape, shape, size
+from .array_ops import reduced_shape, reshape, shape, size, zeros_like
 from .math_ops import (
     cast,
     equal,
@@ -126,6 +126,13 @@ def _abs_grad(op, g):
     return (g * sign(op.inputs[0]),)
 
 
+@RegisterGradient("Sign")
+def _sign_grad(op, g):
+    # TF registers zeros, not NotDifferentiable (math_grad.py, _SignGrad): tf.gradients
+    # of sign(x) is a zero tensor, and abs's second derivative is 0, not None
+    return (zeros_like(op.inputs[0]),)
+
+
 @RegisterGradient("Cast")
 def _cast_grad(op, g):
     x = op.inputs[0]
@@ -240,5 +247,5 @@ def _prod(dims):
 
 
 for _t in ("Equal", "NotEqual", "Less", "Greater", "LessEqual", "GreaterEqual",
-           "LogicalAnd", "LogicalOr", "LogicalNot", "ArgMax", "Sign", "FloorDiv"):
+           "LogicalAnd", "LogicalOr", "LogicalNot", "ArgMax", "FloorDiv"):
     no_gradient(_t)

@@ -240,6 +240,19 @@ def avg_pool2d(input, ksize, strides, padding="VALID", name=None):  # noqa: A002
 
 
 def bias_add(value, bias, name=None):
-    from .math_ops import add
+    """``value + bias`` along ``value``'s last axis (``tf.nn.bias_add``, NHWC). As TF's
+    BiasAdd shape function (tensorflow/core/ops/nn_ops.cc) checks, bias must be 1-D, value
+    at least 2-D, and bias as long as value's last dimension: no other broadcasting."""
+    from .math_ops import _operands, add
 
+    value, bias = _operands("BiasAdd", value, bias)  # a Python bias takes value's dtype
+    if bias.shape is not None and len(bias.shape) != 1:
+        raise shape_error("BiasAdd", "bias must be 1-D", value, bias)
+    if value.shape is not None:
+        if len(value.shape) < 2:
+            raise shape_error("BiasAdd", "value must be at least 2-D", value, bias)
+        n, c = value.shape[-1], bias.shape[0] if bias.shape is not None else None
+        if n is not None and c is not None and n != c:
+            raise shape_error("BiasAdd", f"bias has {c} elements but value's last dimension "
+                              f"is {n}", value, bias)
     return add(value, bias, name=name or "BiasAdd")
