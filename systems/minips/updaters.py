@@ -60,7 +60,9 @@ class L1Proximal:
     logistic regression, section 5.1): ``z = w - eta g``, then soft-threshold
     ``w = sign(z) max(|z| - eta lam, 0)``. The threshold is what creates exact zeros,
     which the KKT filter and the compressing filter then exploit. With ``adagrad`` the
-    step ``eta`` is per coordinate, as in the paper's delayed block proximal method."""
+    step ``eta = lr / sqrt(sum of g^2)`` is per coordinate (diagonal proximal AdaGrad,
+    Duchi, Hazan & Singer, JMLR 2011, section 5.1); the paper's delayed block proximal
+    gradient also scales each coordinate's step, we chose AdaGrad's scaling for it."""
 
     lr: float = 0.1
     lam: float = 1e-4

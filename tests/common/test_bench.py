@@ -34,9 +34,20 @@ def test_bad_target_op_is_refused():
 
 
 def test_run_suite_writes_schema_valid_json_and_markdown(tmp_path, monkeypatch):
+    """The suite's plumbing, on a fake clock: the selfcheck loop of n iterations costs
+    exactly n units, so the case's ratio must come out exactly 2.0 (no wall-clock bound
+    to flake on a loaded machine)."""
     import common.bench as bench
     import common.selfcheck as sc
+    import common.timing as timing
 
+    now = [0.0]
+
+    def fake_loop(n):
+        now[0] += n * 2.0 ** -24  # 20_000 iterations ~ 1.2 ms; dyadic, so exact
+
+    monkeypatch.setattr(timing, "clock", lambda: now[0])
+    monkeypatch.setattr(sc, "_loop", fake_loop)
     monkeypatch.setattr(sc, "CASES", [Case("interleaved", "known ratio", ("half",),
                                            sc.interleaved_case,
                                            (Target("ratio_2n_vs_n", ">=", 1.5),))])
@@ -47,7 +58,10 @@ def test_run_suite_writes_schema_valid_json_and_markdown(tmp_path, monkeypatch):
     assert on_disk["system"] == "common" and on_disk["quick"] is True
     assert on_disk["machine"]["cpu_roofline"]["fp32_flops"] > 0
     c = on_disk["cases"][0]
-    assert 1.5 < c["ratios"]["ratio_2n_vs_n"]["ratio"] < 2.5
+    assert c["ratios"]["ratio_2n_vs_n"] == {
+        "ratio": 2.0, "q1": 2.0, "q3": 2.0, "pairs": 11,  # quick: 11 pairs
+        "a_median_s": 40_000 * 2.0 ** -24, "b_median_s": 20_000 * 2.0 ** -24}
+    assert c["metrics"]["ratio_2n_vs_n"] == 2.0 and c["error"] is None
     assert c["targets"][0]["held"] is True
     md = (tmp_path / "common" / "cpu" / "results.md").read_text()
     assert "| interleaved | `ratio_2n_vs_n` >= 1.5 |" in md

@@ -10,6 +10,7 @@ import pytest
 from common import rpc
 from systems.minips import message as M
 from systems.minips.launcher import Cluster, ClusterSpec
+from systems.minips.ring import Ring
 
 from .conftest import run_threads
 
@@ -69,7 +70,14 @@ def test_push_and_pull_are_asynchronous_with_timestamps(cluster):
     pulled = kv.pull(keys)
     for t in ts:
         kv.wait(t)
-    kv.wait(pulled)  # issued before the pushes finished: sees some prefix of them
+    early = kv.wait(pulled)  # issued before the pushes finished: sees some prefix of them
+    # these keys all go to one server, which applies each push message atomically (no
+    # await inside apply_push), so the early pull reads k pushes on every key, k in 0..5
+    slices = Ring.from_dict(cluster.status()["ring"]).slice(keys).values()
+    assert [sl.n_keys for sl in slices if sl.n_keys] == [keys.size]
+    k = early[0, 0]
+    assert early.dtype == np.float32 and k in range(6), early[:3]
+    np.testing.assert_array_equal(early, k * ones)
     np.testing.assert_array_equal(kv.wait(kv.pull(keys)), 5 * ones)
     with pytest.raises(KeyError, match="no request with timestamp"):
         kv.wait(10_000)

@@ -8,10 +8,15 @@ from systems.minips import message as M
 
 def test_round_trip_keeps_keys_values_and_extra_arrays():
     keys = np.array([1, 5, 9], np.uint64)
-    vals = np.ones((3, 2), np.float32)
-    meta, k, v, extra = M.decode(M.encode({"op": "push"}, keys, vals, [np.zeros(2)]))
-    assert meta["op"] == "push" and (k == keys).all() and (v == vals).all()
-    assert extra[0].shape == (2,)
+    vals = np.arange(6, dtype=np.float32).reshape(3, 2) - 2.5
+    extra = [np.array([0.1, -3e300]), np.arange(6, dtype=np.int32).reshape(2, 3) - 2]
+    meta, k, v, got = M.decode(M.encode({"op": "push"}, keys, vals, extra))
+    assert meta["op"] == "push"
+    assert k.dtype == np.uint64 and np.array_equal(k, keys)
+    assert v.dtype == np.float32 and v.shape == (3, 2) and np.array_equal(v, vals)
+    assert len(got) == 2
+    for g, want in zip(got, extra, strict=True):  # dtype, shape and every value survive
+        assert g.dtype == want.dtype and g.shape == want.shape and np.array_equal(g, want)
 
 
 @pytest.mark.parametrize("keys,msg", [

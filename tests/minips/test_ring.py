@@ -94,7 +94,12 @@ def test_virtual_nodes_even_out_the_load():
             load[pc.master] += pc.end - pc.begin
         return max(load.values()) / min(load.values())
 
-    assert spread(64) < spread(1)
+    # the ring is deterministic (blake2b of "name#v"), so these are exact measurements,
+    # not samples: 1 -> 44.9, 2 -> 6.1, 8 -> 3.7, 64 -> 1.59 (4 is a bump: 10.7)
+    s1, s2, s8, s64 = spread(1), spread(2), spread(8), spread(64)
+    assert s1 > s2 > s8 > s64
+    assert s64 < 2.0  # with 64 virtual nodes the busiest server holds under 2x the idlest
+    assert s1 > 10  # and one point per server really is lopsided (what vnodes fix)
 
 
 def test_interval_helpers():

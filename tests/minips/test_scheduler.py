@@ -36,4 +36,6 @@ def test_registration_errors_are_clear(tmp_path):
         kv = cl.client("reader")
         with pytest.raises(M.PSError, match="already registered"):
             KVWorker(cl.sched_addr, "reader", role="client")
-        assert kv.wait(kv.pull(np.arange(4))).shape == (4, 1)
+        got = kv.wait(kv.pull(np.arange(4)))  # the failed registrations broke nothing
+        assert got.dtype == np.float32 and got.shape == (4, 1)
+        np.testing.assert_array_equal(got, np.zeros((4, 1)))  # never pushed: zeros

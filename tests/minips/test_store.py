@@ -35,7 +35,10 @@ def test_store_matches_a_dict(ops, query):
     np.testing.assert_array_equal(got, want)
     assert store.keys.tolist() == sorted(oracle)
     k, v, _ = store.range(50, 150)
-    assert k.tolist() == [key for key in sorted(oracle) if 50 <= key < 150]
+    in_range = [key for key in sorted(oracle) if 50 <= key < 150]
+    assert k.tolist() == in_range
+    assert v.dtype == np.float32
+    np.testing.assert_array_equal(v, np.array([oracle[q] for q in in_range]).reshape(-1, 2))
 
 
 def test_contiguous_lookup_is_a_view_that_updates_in_place():

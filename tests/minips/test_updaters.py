@@ -1,5 +1,7 @@
 """Server-side updates against torch.optim and the closed-form proximal step."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -54,6 +56,75 @@ def test_l1_proximal_is_the_soft_threshold():
     z = w - g
     np.testing.assert_allclose(out, np.sign(z) * np.maximum(np.abs(z) - 0.1, 0), atol=1e-7)
     assert out[1, 0] == 0 and out[3, 0] == 0  # small weights become exactly zero
+
+
+def l1_adagrad_oracle(w0, grads, lr, lam, eps):
+    """Prox-AdaGrad for ``lam |w|_1``, one coordinate at a time in float64: Duchi, Hazan
+    and Singer (JMLR 2011), section 5.1 (composite mirror descent, diagonal case) with
+    ``H_t,ii = eps + sqrt(sum_{tau<=t} g_tau,i ** 2)``:
+    ``w_i <- sign(w_i - lr g_i / H_ii) * max(|w_i - lr g_i / H_ii| - lam lr / H_ii, 0)``.
+    Also returns each coordinate's closest approach to the kink (|z| = threshold)."""
+    out = np.empty(w0.shape, np.float64)
+    kink = np.full(w0.shape, np.inf)
+    for i in np.ndindex(w0.shape):
+        w, s = float(w0[i]), 0.0
+        for g in grads:
+            gi = float(g[i])
+            s += gi * gi
+            step = lr / (math.sqrt(s) + eps)
+            z = w - step * gi
+            w = math.copysign(max(abs(z) - step * lam, 0.0), z)
+            kink[i] = min(kink[i], abs(abs(z) - step * lam))
+        out[i] = w
+    return out, kink
+
+
+def test_l1_proximal_adagrad_by_hand():
+    """One coordinate, two steps, worked on paper: lr 0.1, lam 0.5, w 0.5, g 0.3 then -0.4.
+    Step 1: s = 0.09, eta = 0.1 / 0.3 = 1/3, z = 0.5 - 0.1 = 0.4, w = 0.4 - 1/6 = 7/30.
+    Step 2: s = 0.25, eta = 0.2, z = 7/30 + 0.08 = 0.31333, w = 0.31333 - 0.1 = 0.21333."""
+    w, s = np.array([[0.5]], np.float32), np.zeros((1, 1), np.float32)
+    up = updaters.L1Proximal(lr=0.1, lam=0.5, adagrad=True, eps=0.0)
+    up(w, s, np.array([[0.3]], np.float32))
+    assert w[0, 0] == pytest.approx(7 / 30, rel=1e-6) and s[0, 0] == pytest.approx(0.09)
+    up(w, s, np.array([[-0.4]], np.float32))
+    assert w[0, 0] == pytest.approx(7 / 30 + 0.08 - 0.1, rel=1e-6)
+    assert s[0, 0] == pytest.approx(0.25, rel=1e-6)
+
+
+def test_l1_proximal_adagrad_matches_the_closed_form_over_several_steps():
+    """The default mode (what sparse_lr runs), six steps, against the per-coordinate
+    prox-AdaGrad formula; some weights get thresholded to zero, some come back."""
+    rng = np.random.default_rng(7)
+    w0 = rng.normal(0, 0.3, size=(60, 2)).astype(np.float32)
+    grads = [rng.normal(size=(60, 2)).astype(np.float32) for _ in range(6)]
+    grads[3][:20] = 0  # a step where some keys get no gradient: only the shrink applies
+    lr, lam, eps = 0.1, 0.8, 1e-8
+    w, s = w0.copy(), np.zeros_like(w0)
+    up = updaters.make({"name": "l1prox", "lr": lr, "lam": lam, "eps": eps})
+    assert up.adagrad  # the default
+    was_zero, came_back = np.zeros(w.shape, bool), np.zeros(w.shape, bool)
+    for g in grads:
+        up(w, s, g)
+        came_back |= was_zero & (w != 0)
+        was_zero |= w == 0
+    assert came_back.any()
+    want, kink = l1_adagrad_oracle(w0, grads, lr, lam, eps)
+    np.testing.assert_allclose(w, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(s, sum(g.astype(np.float64) ** 2 for g in grads), rtol=1e-6)
+    # exact zeros exactly where the formula thresholds (away from the kink, where float32
+    # and float64 may round differently)
+    clear = kink > 1e-5
+    assert clear.mean() > 0.9
+    assert np.array_equal(w[clear] == 0, want[clear] == 0)
+    assert 0.2 < (want == 0).mean() < 0.8  # both branches of the prox are exercised
+
+
+def test_l1_proximal_adagrad_without_l1_is_torch_adagrad(data):
+    w0, gs = data
+    ours = run(updaters.L1Proximal(lr=0.1, lam=0.0, adagrad=True, eps=1e-10), w0, gs)
+    ref = torch_run(torch.optim.Adagrad, w0, gs, lr=0.1, eps=1e-10)
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-6)
 
 
 def test_sum_is_ps_lite_default_handle():
