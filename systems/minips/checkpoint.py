@@ -131,3 +131,24 @@ def restore_ranges(ckpt_dir: str | os.PathLike, server: KVServer) -> int:
                 for lo, hi in intersect([(int(b), int(e))], held):
                     c.set(lo, hi, t)
     return n
+
+
+def resume_clock(ckpt_dir: str | os.PathLike, steps: int) -> int:
+    """The clock a job restored from ``ckpt_dir`` goes on from (``casebook ps launch
+    --restore``). Every worker must have finished the same clock on every range (a
+    checkpoint at the end of a job, or between BSP clocks): the servers restore each
+    worker's range clocks, so a worker going on from an earlier clock would have its
+    pushes dropped as resends, and one from a later clock would leave the others' pulls
+    waiting for pushes that never come."""
+    clocks = {t for part in load(ckpt_dir)
+              for node, segs in part["meta"]["clocks"].items() if node.startswith("w")
+              for _, _, t in segs}
+    if len(clocks) != 1:
+        raise ValueError(f"{ckpt_dir}: the workers' clocks in the checkpoint are "
+                         f"{sorted(clocks) or 'absent'}; resuming needs one clock for all "
+                         f"(a checkpoint written at the end of a job: --checkpoint)")
+    start = clocks.pop() + 1
+    if steps <= start:
+        raise ValueError(f"the checkpoint already holds {start} steps; ask for more than "
+                         f"that (--steps {steps})")
+    return start

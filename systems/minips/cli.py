@@ -69,7 +69,8 @@ def _launch(a: argparse.Namespace) -> dict[str, Any]:
     from .launcher import launch
 
     out = launch(spec_from_args(a), run_dir=a.out, eval_every_s=a.eval_every,
-                 faults=_faults(a), progress=not a.no_progress, ckpt_dir=a.checkpoint)
+                 faults=_faults(a), progress=not a.no_progress, ckpt_dir=a.checkpoint,
+                 restore=a.restore)
     curve = out["curve"]
     if curve:
         keys = [k for k in curve[0] if k != "t"]
@@ -152,6 +153,9 @@ def add_parser(sub, add) -> None:
     la.add_argument("--freeze", action="append", default=[], metavar="NAME@SECONDS:FOR")
     la.add_argument("--eval-every", type=float, default=1.0, help="monitor period (s)")
     la.add_argument("--checkpoint", default=None, help="write a checkpoint here at the end")
+    la.add_argument("--restore", default=None, metavar="DIR",
+                    help="go on from a checkpoint written by --checkpoint (same job, more "
+                         "--steps)")
     la.add_argument("--out", default=None, help="run directory (logs, metrics, trace)")
     la.add_argument("--no-progress", action="store_true")
     la.add_argument("--host", default="127.0.0.1", help="address the nodes bind")

@@ -21,7 +21,7 @@ import signal
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from common.trace import merge
 from . import message as M
 from .apps import describe, make_app
 from .apps.count import audit_check, audit_size
-from .checkpoint import checkpoint
+from .checkpoint import checkpoint, resume_clock
 from .consistency import Consistency
 from .kv import KVWorker
 from .metrics import load_all
@@ -56,6 +56,7 @@ class ClusterSpec:
     hb_timeout: float = 1.0
     worker_timeout: float = 3.0
     step_sleep_s: float = 0.0
+    start_clock: int = 0  # resuming from a checkpoint taken after this many clocks
     straggler: dict[str, Any] | None = None
     host: str = rpc.LOOPBACK
     val_len: int = 1
@@ -88,6 +89,7 @@ class ClusterSpec:
                 "regions": regions, "audit": audit, "app": self.app,
                 "app_key_max": app["key_max"], "consistency": self.consistency,
                 "step_sleep_s": self.step_sleep_s, "straggler": self.straggler,
+                "start_clock": self.start_clock,
                 "run_dir": run_dir}
 
 
@@ -277,17 +279,23 @@ class Monitor:
 def launch(spec: ClusterSpec, run_dir: str | Path | None = None,
            eval_every_s: float | None = 1.0,
            faults: list[dict] | None = None, progress: bool = True,
-           ckpt_dir: str | Path | None = None, timeout: float = 600.0) -> dict[str, Any]:
+           ckpt_dir: str | Path | None = None, timeout: float = 600.0,
+           restore: str | Path | None = None) -> dict[str, Any]:
     """Run one job to completion; returns the summary (see :func:`summarize`).
 
     ``faults`` are ``{"at": seconds, "kill": "s1"}``, ``{"at": s, "freeze": "s1",
     "for": s}`` or ``{"at": s, "kill": "w1"}``, timed from the start of training.
+    ``restore``: a checkpoint written at the end of an earlier job (``ckpt_dir``); the
+    servers start from it and the workers go on from the clock where it stopped, up to
+    ``spec.steps`` in all.
     """
     from tqdm import tqdm
 
     faults = sorted(faults or [], key=lambda f: f["at"])
+    if restore:
+        spec = replace(spec, start_clock=resume_clock(restore, spec.steps))
     with Cluster(spec, run_dir) as cl:
-        cl.start(workers=False)
+        cl.start(workers=False, restore=restore)
         kids = cl.start_workers(wait=False)  # they import torch meanwhile
         mon = (Monitor(cl, eval_every_s) if spec.app["name"] != "count" and eval_every_s
                else None)

@@ -81,13 +81,14 @@ class Worker:
         model = Consistency.parse(config["consistency"])
         audit = config.get("audit")
         steps = config["steps"]
-        if self.rank == 0 and app.init_values() is not None:
+        start = int(config.get("start_clock", 0))  # > 0: resuming from a checkpoint
+        if self.rank == 0 and app.init_values() is not None and start == 0:
             k, v = app.init_values()
             kv.wait(kv.push(k, v, cmd="init"))
         kv.barrier("init")
-        progress = {s: 0 for s in kv.shards}
+        progress = {s: start for s in kv.shards}
         timeline, pushes = [], []
-        c, t_start, wait_total = 0, time.perf_counter(), 0.0
+        c, t_start, wait_total = start, time.perf_counter(), 0.0
         while True:
             hb = kv.hb_state
             if hb.get("stop"):

@@ -67,3 +67,28 @@ def test_a_checkpoint_rewritten_in_place_is_never_mixed_with_the_old_one(make_cl
         ch.close()
     total = sum(float(p["vals"].sum()) for p in checkpoint.load(ckpt))
     assert total == 2 * keys.size  # all of generation 1, nothing of the torn generation 2
+
+
+def test_a_job_resumed_from_its_checkpoint_ends_where_one_long_job_ends(tmp_path):
+    """``launch --restore``: the servers load the checkpoint (values and every worker's
+    range clocks) and the workers go on from the next clock, without re-initialising the
+    model. BSP with SGD on the servers is deterministic up to the order of float32 sums,
+    so 4 + 4 steps must end on the model of 8 steps."""
+    from systems.minips.launcher import launch
+
+    app = {"name": "mlp", "hidden": 16, "batch": 32, "lr": 0.25}
+
+    def run(steps, **kw):
+        return launch(ClusterSpec(servers=2, workers=2, steps=steps, app=app),
+                      eval_every_s=1e9, progress=False, **kw)
+
+    ckpt = tmp_path / "ckpt"
+    first = run(4, ckpt_dir=ckpt)
+    resumed = run(8, restore=ckpt)
+    whole = run(8)
+    assert resumed["per_node"]["w0"]["push_requests"] == 4  # clocks 4..7, no init push
+    assert resumed["final"]["accuracy"] == whole["final"]["accuracy"]
+    assert resumed["final"]["loss"] == pytest.approx(whole["final"]["loss"], abs=1e-5)
+    assert abs(resumed["final"]["loss"] - first["final"]["loss"]) > 1e-3  # it trained on
+    with pytest.raises(ValueError, match="already holds 4 steps"):
+        run(4, restore=ckpt)
