@@ -15,10 +15,11 @@ import importlib
 import json
 import math
 import os
-import signal
 import sys
 from collections.abc import Callable
 from typing import Any
+
+from .procs import exit_on_termination
 
 SYSTEM_CLIS: dict[str, str] = {
     "clipper": "systems.miniclipper.cli",
@@ -56,7 +57,7 @@ def _bench(args: argparse.Namespace) -> dict[str, Any]:
 
     # `timeout` sends SIGTERM: turn it into SystemExit so that `finally` blocks still run
     # (miniansor's GPU cases save the table of what they measured in one)
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    exit_on_termination()
     systems = list(SUITES) if args.system in (None, "all") else [args.system]
     if args.only:  # a typo must not write an empty results.json over the committed one
         from .bench import load_suite
@@ -141,8 +142,9 @@ class UsageError(Exception):
 
 
 # What a user's input or environment causes (a bad flag value, no server on the port, a
-# missing file): one line, not a traceback. A bug (TypeError, AttributeError...) keeps
-# its traceback; CASEBOOK_DEBUG=1 shows the traceback for these too.
+# missing file): one line, not a traceback. TypeError, AttributeError and the like keep
+# their traceback; but a bug can raise these classes too (a KeyError, a RuntimeError),
+# so CASEBOOK_DEBUG=1 shows the traceback of every error.
 USER_ERRORS = (UsageError, ValueError, OSError, LookupError, RuntimeError)
 
 

@@ -151,8 +151,8 @@ class ProcessGroup:
     def wait_ready(self, child: Child, timeout: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         out = child.popen.stdout
-        buf = b""
-        while time.monotonic() < deadline:
+        buf, garbled = b"", False
+        while time.monotonic() < deadline and not garbled:
             if not child.alive() and not select.select([out], [], [], 0)[0]:
                 break
             r, _, _ = select.select([out], [], [], 0.05)
@@ -168,8 +168,11 @@ class ProcessGroup:
                 if text.startswith(READY_PREFIX):
                     try:
                         child.info = json.loads(text[len(READY_PREFIX):])
-                    except ValueError:
-                        break  # a garbled READY line: fail below, with the log
+                    except ValueError:  # fail below, with the line in the log
+                        garbled = True
+                        with open(child.log_path, "a") as f:
+                            f.write(f"garbled ready line: {text}\n")
+                        break
                     if buf:  # what the child printed right after READY, in the same read
                         with open(child.log_path, "ab") as f:
                             f.write(buf)
@@ -182,8 +185,8 @@ class ProcessGroup:
         except subprocess.TimeoutExpired:
             pass
         code = child.popen.poll()
-        status = f"exited with code {code}" if code is not None else \
-            f"not ready after {timeout:.0f}s"
+        status = ("garbled READY line" if garbled else f"exited with code {code}"
+                  if code is not None else f"not ready after {timeout:.0f}s")
         self.stop(child.name)
         raise RuntimeError(f"{child.name} ({status}); last lines of {child.log_path}:\n"
                            f"{child.log_tail()}")

@@ -81,17 +81,17 @@ class ReplicaFailure(RuntimeError):
     """A management operation that left the model with fewer replicas than asked."""
 
 
-def _cross_site(request: web.Request) -> str | None:
-    """Why a management call must be refused, or None. Binding loopback does not stop a
-    web page in the user's own browser from POSTing here; a browser can send
-    ``text/plain`` across sites without asking, but not ``application/json`` (that needs
-    a CORS preflight, which we never answer), and it always names the page's Origin."""
+def _cross_site(request: web.Request) -> tuple[int, str] | None:
+    """(status, why) if a management call must be refused, else None. Binding loopback
+    does not stop a web page in the user's own browser from POSTing here; a browser can
+    send ``text/plain`` across sites without asking, but not ``application/json`` (that
+    needs a CORS preflight, which we never answer), and it always names the Origin."""
     origin = request.headers.get("Origin")
     if origin is not None and origin.split("://")[-1] != request.host:
-        return f"cross-origin management call from Origin {origin!r}"
+        return 403, f"cross-origin management call from Origin {origin!r}"
     if request.content_length and request.content_type != "application/json":
-        return (f"management calls take Content-Type application/json, got "
-                f"{request.content_type!r}")
+        return 415, (f"management calls take Content-Type application/json, got "
+                     f"{request.content_type!r}")
     return None
 
 
@@ -305,7 +305,7 @@ def management_app(server: ClipperServer) -> web.Application:
         async def handler(request: web.Request) -> web.Response:
             refused = _cross_site(request)
             if refused:
-                return error_json(403 if "Origin" in refused else 415, "Refused", refused)
+                return error_json(refused[0], "Refused", refused[1])
             body = await request.read()
             try:
                 doc = json.loads(body) if body.strip() else None

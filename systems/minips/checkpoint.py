@@ -94,9 +94,13 @@ def checkpoint(ring_info: dict, ckpt_dir: str | os.PathLike, timeout: float = 30
     path = write_json_atomic(d / MANIFEST, {"epoch": ring_info["epoch"], "files": files,
                                             "servers": ring_info["servers"],
                                             "generation": generation})
-    for f in d.glob("*.npz"):
-        if f.name not in files:
-            f.unlink(missing_ok=True)
+    # only our own older files: the previous manifest's, and generations of ring
+    # servers' files that a torn checkpoint left (the directory may hold other things)
+    ours = set(old.get("files", [])) | {
+        f.name for f in d.glob("*.*.npz")
+        if f.name.split(".")[0] in ring_info["servers"] + old.get("servers", [])}
+    for name in ours - set(files):
+        (d / name).unlink(missing_ok=True)
     return path
 
 

@@ -148,7 +148,11 @@ def entry_bytes(n: int, val_len: int) -> int:
 
 @dataclass
 class SignificantlyModified:
-    """Push only entries whose accumulated change exceeds ``threshold`` (max-abs)."""
+    """Push only entries whose accumulated change exceeds ``threshold`` (max-abs). A
+    worker's last push (``ctx["final"]``) also carries everything still held back: the
+    filter delays small changes, it must not drop them when the job ends. (Inside the
+    last push, not after it: a push of its own would need a clock of its own, one more
+    than the job's.)"""
 
     threshold: float = 1e-3
     stats: FilterStats = field(default_factory=lambda: FilterStats("significantly_modified"))
@@ -161,19 +165,17 @@ class SignificantlyModified:
         acc = self.residual.get(keys) + vals
         send = np.abs(acc).max(axis=1) > self.threshold
         self.residual.assign(keys, np.where(send[:, None], 0, acc).astype(VAL_DTYPE))
-        n_out = int(send.sum())
-        self.stats.add(entry_bytes(keys.size, k), entry_bytes(n_out, k), keys.size, n_out)
-        return keys[send], acc[send].astype(VAL_DTYPE)
-
-    def flush(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """Everything still held back, once (a worker's last push): the filter delays
-        small changes, it must not drop them when the job ends."""
-        if self.residual is None:
-            return None
-        keys, vals, _ = self.residual.range(0, 1 << 64)
-        held = np.abs(vals).max(axis=1) > 0
-        self.residual = None
-        return (keys[held], vals[held]) if held.any() else None
+        out_k, out_v = keys[send], acc[send].astype(VAL_DTYPE)
+        if ctx.get("final"):  # with everything held back, this push's keys or others'
+            held_k, held_v, _ = self.residual.range(0, 1 << 64)
+            nz = np.abs(held_v).max(axis=1) > 0
+            out_k = np.concatenate([out_k, held_k[nz]])
+            order = np.argsort(out_k, kind="stable")
+            out_k, out_v = out_k[order], np.concatenate([out_v, held_v[nz]])[order]
+            self.residual = None
+        self.stats.add(entry_bytes(keys.size, k), entry_bytes(out_k.size, k), keys.size,
+                       out_k.size)
+        return out_k, out_v
 
 
 @dataclass
@@ -241,11 +243,6 @@ class FilterChain:
         self.value_filters = [f for f in self.filters if hasattr(f, "push")]
         self.caching = next((f for f in self.filters if isinstance(f, KeyCaching)), None)
         self.compress = next((f for f in self.filters if isinstance(f, Compress)), None)
-
-    def flush(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """What the value filters still hold back (keys, vals), for a last push."""
-        f = next((f for f in self.value_filters if isinstance(f, SignificantlyModified)), None)
-        return f.flush() if f else None
 
     def filter_push(self, keys: np.ndarray, vals: np.ndarray, ctx: dict) -> tuple:
         """Run the value filters; the last ``ctx["exempt"]`` entries (the fault tests'

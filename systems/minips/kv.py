@@ -123,7 +123,7 @@ class KVWorker:
             self.auto_clock = clock
         if self.filters.value_filters and cmd != "init":
             keys, vals = self.filters.filter_push(keys, vals, ctx or {})
-        req = self._new("push", keys, vals, key_range, clock=clock, cmd=cmd)
+        req = self._new("push", keys, vals, ranges, clock=clock, cmd=cmd)
         req.push_wait = wait
         with self.lock:
             self.push_queue.append(req)
@@ -136,14 +136,16 @@ class KVWorker:
         """Pull the values of ``keys``; ``wait`` is the clock every worker must have
         finished first (the consistency dependency), ``clock`` this task's own."""
         keys = self._keys(keys, "pull")
-        req = self._new("pull", keys, None, key_range, clock=clock, wait=wait)
+        req = self._new("pull", keys, None, M.check_range(key_range, keys, self.key_max, "pull"),
+                        clock=clock, wait=wait)
         req.out = np.zeros((keys.size, self.val_len), M.VAL_DTYPE)
         self._send(req, req.ranges)
         return req.ts
 
     def pull_range(self, begin: int, end: int) -> int:
         """Pull every stored key in ``[begin, end)``; ``wait`` returns (keys, vals)."""
-        req = self._new("pull", None, None, (begin, end))
+        req = self._new("pull", None, None, M.check_range((begin, end), None, self.key_max,
+                                                          "pull_range"))
         req.range_pull = True
         self._send(req, req.ranges)
         return req.ts
@@ -199,9 +201,9 @@ class KVWorker:
         M.check_keys(keys, self.key_max, op)
         return keys
 
-    def _new(self, op: str, keys, vals, key_range, **kw) -> Request:
-        rng = M.check_range(key_range, keys, self.key_max, op)
-        req = Request(next(self.ts_counter), op, keys, vals, merge_ranges(rng), **kw)
+    def _new(self, op: str, keys, vals, ranges: list[tuple[int, int]], **kw) -> Request:
+        """A request for ``ranges`` (already checked by ``M.check_range``)."""
+        req = Request(next(self.ts_counter), op, keys, vals, merge_ranges(ranges), **kw)
         with self.lock:
             self.requests[req.ts] = req
         return req

@@ -117,7 +117,10 @@ class Worker:
             wait_total += waited
             grads, loss = app.step(s, step, keys, w)
             time.sleep(straggle_s(config, self.rank, c))
-            ctx = {"weights": w}
+            # the last step of all this worker's shards: filters send what they held back
+            final = all(progress.get(x, steps) >= steps for x in mine if x != s) and \
+                step + 1 >= steps
+            ctx = {"weights": w, "final": final}
             if audit:
                 ak = audit_keys(audit, self.rank, c)
                 keys = np.concatenate([keys, ak])
@@ -131,15 +134,6 @@ class Worker:
             timeline.append((time.perf_counter() - t_start, c, s, step, loss, waited))
             kv.metrics.start_cpu_clock()  # after the first step, which loads the data shard
             c += 1
-        held = kv.filters.flush()  # what the significantly-modified filter held back
-        flushed = held is None
-        if held is not None:  # one last push (not audited: it carries no counters)
-            try:
-                kv.wait(kv.push(*held, clock=c, ctx={"exempt": held[0].size}), timeout=60)
-                flushed = True
-            except Exception:  # noqa: BLE001 - unacknowledged: the report says so
-                pass
-        kv.metrics.extra["filters_flushed"] = flushed
         return self.report(kv, c, pushes, timeline, time.perf_counter() - t_start, wait_total)
 
     def report(self, kv: KVWorker, c: int, pushes: list, timeline: list, total: float,

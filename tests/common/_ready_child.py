@@ -21,6 +21,10 @@ if sys.argv[1] == "parent":  # a parent with a child of its own, then waits for 
     announce_ready(grandchild=kid.pid)
     while True:
         time.sleep(0.1)
+if sys.argv[1] == "garbled":  # a READY line that is not JSON, then stays alive
+    print("READY {not json", flush=True)
+    while True:
+        time.sleep(0.1)
 if sys.argv[1] == "ready-and-more":  # READY and another line in one write
     os.write(1, b'READY {"pid_echo": %d}\nprinted right after ready\n' % os.getpid())
     while True:

@@ -81,3 +81,12 @@ def test_output_after_ready_is_logged_and_a_child_is_stopped_only_once(tmp_path)
         group.stop("c")
         assert child.stopped and not child.alive()
         group.stop("c")  # again (stop_all at exit does): no signal to a reused pid
+
+
+def test_a_garbled_ready_line_fails_at_once_with_the_line_in_the_log(tmp_path):
+    with ProcessGroup(tmp_path) as group:
+        t0 = time.monotonic()
+        with pytest.raises(RuntimeError, match="garbled READY line") as e:
+            group.spawn("g", SERVER, ["garbled"], ready_timeout=60)
+        assert time.monotonic() - t0 < 30  # not the whole ready_timeout
+        assert "READY {not json" in str(e.value)

@@ -73,10 +73,15 @@ def test_significantly_modified_delays_but_never_loses():
         sent[k.astype(int)] += v
     np.testing.assert_allclose(sent + f.residual.get(keys), pushed, atol=1e-4)
     assert f.stats.entries_out < f.stats.entries_in
-    k, v = FilterChain([f]).flush()  # the job's end: what is held back goes out, once
+    # the worker's last push carries everything held back, for keys of this push and
+    # for others (here the last push has only the first 10 keys)
+    g = rng.normal(0, 0.2, (10, 1)).astype(np.float32)
+    pushed[:10] += g
+    k, v = FilterChain([f]).filter_push(keys[:10], g, {"final": True})
+    assert np.all(k[1:] > k[:-1])  # still a sorted key list
     sent[k.astype(int)] += v
     np.testing.assert_allclose(sent, pushed, atol=1e-4)
-    assert f.flush() is None
+    assert f.residual is None
 
 
 def test_key_caching_sends_a_repeated_key_list_as_its_hash():
