@@ -54,17 +54,25 @@ class Stats:
 _FIELDS = ("mean", "median", "q1", "q3", "min", "max", "p90", "p99", "p999")
 
 
+def _finite(samples: Iterable[float], who: str) -> np.ndarray:
+    """The samples as float64, refusing none at all or non-finite ones with a reason
+    (numpy would answer an IndexError or NaN)."""
+    x = np.asarray(list(samples), dtype=np.float64)
+    if x.size == 0:
+        raise ValueError(f"{who} needs finite samples: got none (at least one is needed)")
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"{who} needs finite samples: got non-finite ones "
+                         f"{x[~np.isfinite(x)][:5]}")
+    return x
+
+
 def summarize(samples: Iterable[float]) -> Stats:
     """Summarise a sample: median, IQR, extremes and tail percentiles.
 
     >>> summarize([1, 2, 3, 4, 100]).median
     3.0
     """
-    x = np.asarray(list(samples), dtype=np.float64)
-    if x.size == 0:
-        raise ValueError("summarize() needs at least one sample")
-    if not np.all(np.isfinite(x)):
-        raise ValueError(f"summarize() got non-finite samples: {x[~np.isfinite(x)][:5]}")
+    x = _finite(samples, "summarize()")
     q = np.percentile(x, [25, 50, 75, 90, 99, 99.9])
     return Stats(
         n=int(x.size),
@@ -82,11 +90,7 @@ def summarize(samples: Iterable[float]) -> Stats:
 
 def percentile(samples: Iterable[float], p: float) -> float:
     """One percentile (0..100) of a sample, numpy's linear interpolation."""
-    x = np.asarray(list(samples), dtype=np.float64)
-    if x.size == 0 or not np.isfinite(x).all():  # as summarize: say so, not IndexError/NaN
-        raise ValueError(f"percentile needs finite samples, got {x.size} "
-                         f"({int((~np.isfinite(x)).sum())} not finite)")
-    return float(np.percentile(x, p))
+    return float(np.percentile(_finite(samples, "percentile()"), p))
 
 
 def cdf(samples: Iterable[float]) -> tuple[np.ndarray, np.ndarray]:

@@ -59,18 +59,20 @@ def pack(meta: dict[str, Any], arrays: Sequence[np.ndarray] = ()) -> bytes:
     return b"".join([_HEAD.pack(MAGIC, len(header)), header, *chunks])
 
 
+def _whole(x: Any) -> int:
+    if not isinstance(x, int) or isinstance(x, bool):
+        raise TypeError(f"{x!r} is not an integer")
+    return x
+
+
 def _descriptor(s: Any) -> tuple[np.dtype, tuple[int, ...], int, int]:
     """(dtype, shape, offset, nbytes) of one array descriptor, strictly typed: a shape
     of "12" or [1.7], or a dtype of null, is an error, not a guess."""
-    def whole(x: Any) -> int:
-        if not isinstance(x, int) or isinstance(x, bool):
-            raise TypeError(f"{x!r} is not an integer")
-        return x
     if not isinstance(s, dict) or not isinstance(s["dtype"], str) \
             or not isinstance(s["shape"], list):
         raise TypeError("needs a 'dtype' string and a 'shape' list")
-    return (np.dtype(s["dtype"]), tuple(whole(d) for d in s["shape"]), whole(s["offset"]),
-            whole(s["nbytes"]))
+    return (np.dtype(s["dtype"]), tuple(_whole(d) for d in s["shape"]), _whole(s["offset"]),
+            _whole(s["nbytes"]))
 
 
 def unpack(buf: bytes | memoryview) -> tuple[dict[str, Any], list[np.ndarray]]:

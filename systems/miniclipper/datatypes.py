@@ -31,6 +31,7 @@ INPUT_DTYPES: dict[str, Any] = {
     "doubles": np.float64, "bytes": np.uint8, "strings": np.uint8,
 }
 NUMERIC_TYPES = ("integers", "ints", "floats", "doubles")
+ALIASES = {"ints": "integers"}  # our second spelling of Clipper's "integers"
 
 
 class InputError(ValueError):
@@ -83,7 +84,7 @@ def parse_input(value: Any, input_type: str, input_length: int | None = None) ->
     if not kinds <= {int, float}:
         bad = next(v for v in value if type(v) not in (int, float))
         raise InputError(f"input_type {input_type!r} needs numbers only, found {bad!r}")
-    if input_type in ("integers", "ints") and float in kinds:
+    if ALIASES.get(input_type, input_type) == "integers" and float in kinds:
         raise InputError("input_type 'integers' needs whole numbers, found a float")
     if input_length is not None and len(value) != input_length:
         raise InputError(f"input has length {len(value)}, this application expects "
@@ -138,8 +139,7 @@ def _finite(obj: Any) -> Any:
 def same_input_type(a: str, b: str) -> bool:
     """Clipper links a model to an app only when their input types agree; "ints" is
     our alias of "integers"."""
-    canon = {"ints": "integers"}
-    return canon.get(a, a) == canon.get(b, b)
+    return ALIASES.get(a, a) == ALIASES.get(b, b)
 
 
 def model_hasher(model: tuple[str, str]) -> Any:
