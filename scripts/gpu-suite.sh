@@ -5,14 +5,17 @@
 #   1. the tests marked `gpu` (Triton kernels compiled for real, CUDA backends; TESTS=path
 #      for some);
 #   2. every system's `casebook bench SYSTEM --device cuda` cases (SYSTEMS="a b" for some);
-#   3. with PROFILE=1, scripts/gpu-profile-miniflow.py (torch.profiler tables and traces).
-# miniansor runs its quick GPU sweep (fp16, 16 trials a task) unless ANSOR_FULL=1: the
-# full sweep (fp16 and bf16, every shape, more trials) takes about 6 minutes on its own,
-# so run it as SYSTEMS=miniansor ANSOR_FULL=1 in a call of its own.
+#   3. with PROFILE=1, scripts/gpu-profile-miniflow.py (torch.profiler tables and traces),
+#      right after miniflow's bench;
+#   DEADLINE=S ends the whole run within S seconds (each step's limit cut to what is left).
+# miniansor runs its quick GPU sweep (fp16, half the shapes) unless ANSOR_FULL=1 (fp16 and
+# bf16, every shape: 224 s on an H200 on 2026-11-27). The call that ran it, about 6 min:
+#   DEADLINE=565 PROFILE=1 ANSOR_FULL=1 SYSTEMS="miniflow miniclipper miniansor" \
+#     scripts/gpu-suite.sh
 # Everything (logs, JSON results, plots, miniansor's measured table) goes into one archive,
 # $OUT/results.tar.gz, rewritten after every step so that a run cut short keeps what it
 # finished; a table of targets is printed last.
-# Budget: about 8 minutes in all; each step has its own time limit (BUDGET below).
+# Each step has its own time limit (BUDGET below), cut to fit DEADLINE when it is set.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out}
@@ -40,8 +43,19 @@ pack
 
 # Per-step limits (seconds); miniansor runs its quick GPU sweep to fit the lease.
 declare -A BUDGET=([tests]=80 [common]=30 [miniflow]=45 [miniclipper]=80 [minips]=60
-                   [miniansor]=190)
-timeout -k 10 "${BUDGET[tests]}" "$PY" -m pytest -m gpu -q -p no:cacheprovider ${TESTS:-tests} \
+                   [miniansor]=190 [profile]=90)
+# DEADLINE=S: the whole script ends within S seconds of its start; each step's limit is cut
+# to what is left (less 15 s to pack), so the last step (put miniansor last) gets the rest.
+DEADLINE=${DEADLINE:-0}
+limit() {  # limit STEP -> the step's budget, cut to the time left before DEADLINE
+  local b=${BUDGET[$1]:-60}
+  if [ "$DEADLINE" -gt 0 ]; then
+    local left=$(( DEADLINE - ($(date +%s) - T0) - 15 ))
+    [ "$left" -lt "$b" ] && b=$left
+  fi
+  echo "$b"
+}
+timeout -k 10 "$(limit tests)" "$PY" -m pytest -m gpu -q -p no:cacheprovider ${TESTS:-tests} \
   -o addopts="" --timeout 60 > "$WORK/gpu-tests.log" 2>&1
 stamp "gpu tests: exit $? -- $(tail -n 1 "$WORK/gpu-tests.log")"
 pack
@@ -52,20 +66,22 @@ for system in $SYSTEMS; do
   quick=""
   [ "$system" = miniansor ] && [ "${ANSOR_FULL:-0}" != 1 ] && quick="--quick"
   [ "$system" = miniansor ] && [ "${ANSOR_FULL:-0}" = 1 ] && BUDGET[miniansor]=480
-  timeout -k 15 "${BUDGET[$system]:-60}" "$PY" -m common.cli bench "$system" \
+  b=$(limit "$system")
+  if [ "$b" -lt 20 ]; then stamp "bench $system: skipped, ${b}s left"; status=1; continue; fi
+  timeout -k 15 "$b" "$PY" -m common.cli bench "$system" \
     --device cuda $quick --out "$WORK/bench" --no-progress > "$WORK/bench-$system.log" 2>&1
   rc=$?
   [ $rc = 0 ] || status=1
-  stamp "bench $system: exit $rc"
+  stamp "bench $system: exit $rc (limit ${b}s)"
   pack
+  # PROFILE=1: where a miniflow training step spends its time, beside PyTorch eager
+  if [ "$system" = miniflow ] && [ "${PROFILE:-0}" = 1 ]; then
+    timeout -k 10 "$(limit profile)" "$PY" scripts/gpu-profile-miniflow.py "$WORK" \
+      > "$WORK/profile-miniflow.log" 2>&1
+    stamp "profile miniflow: exit $?"
+    pack
+  fi
 done
-
-# PROFILE=1: where a miniflow training step spends its time, beside PyTorch eager
-if [ "${PROFILE:-0}" = 1 ]; then
-  timeout -k 10 90 "$PY" scripts/gpu-profile-miniflow.py "$WORK" > "$WORK/profile-miniflow.log" 2>&1
-  stamp "profile miniflow: exit $?"
-  pack
-fi
 
 "$PY" - "$WORK/bench" <<'PY'
 import sys

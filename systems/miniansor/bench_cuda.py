@@ -11,8 +11,8 @@ Comparisons of ours against a baseline are timed in this process with
 ``common.timing.interleaved`` (CUDA-synchronised pairs, median of per-pair ratios); the
 tuner's own measurements come from ``triton.testing.do_bench`` in its worker.
 
-First run on a lent NVIDIA H200 on 2026-11-27 (``--quick``); results in
-``docs/results/miniansor/cuda/``. The full sweep (bf16, all nine LLM shapes) has not run.
+First run on a lent NVIDIA H200 on 2026-11-27 (``--quick``), then the full sweep (fp16 and
+bf16, all nine LLM shapes; 217 s) the same day; results in ``docs/results/miniansor/cuda/``.
 """
 
 from __future__ import annotations
