@@ -284,7 +284,10 @@ def overview(root: str | Path) -> str:
                   f"{_fmt(t['threshold'])})" for case, t in targets if not t["held"]]
         missed += [f"{case}: the case failed" for case in failed]
         gpu = (d["machine"].get("gpu") or {}).get("name")
-        lines.append(f"| {d['system']} | {d['device']}{' (' + gpu + ')' if gpu else ''} | "
+        # a CPU run is named by its cores (the same suite runs on the 2-core development
+        # VM and on a lent GPU machine's 16 cores), a CUDA run by its GPU
+        where = f"{d['machine'].get('cores', '?')} cores" if d["device"] == "cpu" else gpu
+        lines.append(f"| {d['system']} | {d['device']}{' (' + where + ')' if where else ''} | "
                      f"{d['machine']['date'][:10]}{' quick' if d['quick'] else ''} | "
                      f"{sum(t['held'] for _, t in targets)} of {len(targets)} | "
                      f"{'<br>'.join(missed) or '-'} |")

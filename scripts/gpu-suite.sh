@@ -7,6 +7,7 @@
 #   2. every system's `casebook bench SYSTEM --device cuda` cases (SYSTEMS="a b" for some);
 #   3. with PROFILE=1, scripts/gpu-profile-miniflow.py (torch.profiler tables and traces),
 #      right after miniflow's bench;
+#   4. with CPU_SYSTEMS="minips", those systems' CPU cases on this machine's cores;
 #   DEADLINE=S ends the whole run within S seconds (each step's limit cut to what is left).
 # miniansor runs its quick GPU sweep (fp16, half the shapes) unless ANSOR_FULL=1 (fp16 and
 # bf16, every shape: 224 s on an H200 on 2026-11-27). The call that ran it, about 6 min:
@@ -43,7 +44,7 @@ pack
 
 # Per-step limits (seconds); miniansor runs its quick GPU sweep to fit the lease.
 declare -A BUDGET=([tests]=80 [common]=30 [miniflow]=45 [miniclipper]=80 [minips]=60
-                   [miniansor]=190 [profile]=90)
+                   [miniansor]=190 [profile]=90 [cpu-minips]=330 [cpu-miniclipper]=400)
 # DEADLINE=S: the whole script ends within S seconds of its start; each step's limit is cut
 # to what is left (less 15 s to pack), so the last step (put miniansor last) gets the rest.
 DEADLINE=${DEADLINE:-0}
@@ -83,15 +84,30 @@ for system in $SYSTEMS; do
   fi
 done
 
-"$PY" - "$WORK/bench" <<'PY'
+# CPU_SYSTEMS="minips": those systems' CPU cases too, on this machine's cores (the
+# development VM has 2; a multi-process system's scaling targets need more), written to
+# bench-host/SYSTEM/cpu/ so they are never mistaken for the development VM's results.
+for system in ${CPU_SYSTEMS:-}; do
+  b=$(limit "cpu-$system")
+  if [ "$b" -lt 20 ]; then stamp "bench $system (cpu): skipped, ${b}s left"; status=1; continue; fi
+  timeout -k 15 "$b" "$PY" -m common.cli bench "$system" --device cpu \
+    --out "$WORK/bench-host" --no-progress > "$WORK/bench-host-$system.log" 2>&1
+  rc=$?
+  [ $rc = 0 ] || status=1
+  stamp "bench $system (cpu, $(nproc) cores): exit $rc (limit ${b}s)"
+  pack
+done
+
+"$PY" - "$WORK" <<'PY'
 import sys
 from pathlib import Path
 from common.bench import format_table, load_results, summary_rows
 rows, gpu = [], "?"
-for path in sorted(Path(sys.argv[1]).glob("*/cuda/results.json")):
+paths = sorted(Path(sys.argv[1]).glob("bench/*/cuda/results.json"))
+for path in paths + sorted(Path(sys.argv[1]).glob("bench-host/*/cpu/results.json")):
     doc = load_results(path)
     gpu = (doc["machine"].get("gpu") or {}).get("name", gpu)
-    rows += [(doc["system"], *r) for r in summary_rows(doc)]
+    rows += [(f"{doc['system']} ({doc['device']})", *r) for r in summary_rows(doc)]
 print(f"device: {gpu}")
 print(format_table(rows, ("system", "case", "target", "measured", "held")))
 PY

@@ -106,6 +106,7 @@ def test_overview_counts_held_targets_and_lists_the_missed_and_the_never_run(tmp
     md = overview(tmp_path)
     row = next(line for line in md.splitlines() if line.startswith("| miniflow"))
     assert "| 1 of 2 |" in row
+    assert row.startswith("| miniflow | cpu (2 cores) |")  # which machine ran it
     assert "c: `speedup` 2 (target >= 3)" in row and "f: the case failed" in row
     never = md.split("Not run yet:")[1]
     assert "miniflow on cuda" in never and "miniflow on cpu" not in never
