@@ -7,7 +7,8 @@
 #   2. every system's `casebook bench SYSTEM --device cuda` cases (SYSTEMS="a b" for some);
 #   3. with PROFILE=1, scripts/gpu-profile-miniflow.py (torch.profiler tables and traces),
 #      right after miniflow's bench;
-#   4. with CPU_SYSTEMS="minips", those systems' CPU cases on this machine's cores;
+#   4. with RECORD_SPACE=N, N configs of each replay task measured into a replay table;
+#   5. with CPU_SYSTEMS="minips", those systems' CPU cases on this machine's cores;
 #   DEADLINE=S ends the whole run within S seconds (each step's limit cut to what is left).
 # miniansor runs its quick GPU sweep (fp16, half the shapes) unless ANSOR_FULL=1 (fp16 and
 # bf16, every shape: 224 s on an H200 on 2026-11-27). The call that ran it, about 6 min:
@@ -28,7 +29,8 @@ mkdir -p "$WORK/bench" "$WORK/tables"
 T0=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - T0 ))s] $*"; }
 pack() {
-  cp systems/miniansor/data/recorded-nvidia*.json "$WORK/tables/" 2>/dev/null
+  cp systems/miniansor/data/recorded-nvidia*.json systems/miniansor/data/space-*.json \
+    "$WORK/tables/" 2>/dev/null
   tar czf "$OUT/results.tar.gz" -C "$WORK" . 2>/dev/null
 }
 
@@ -44,7 +46,8 @@ pack
 
 # Per-step limits (seconds); miniansor runs its quick GPU sweep to fit the lease.
 declare -A BUDGET=([tests]=80 [common]=30 [miniflow]=45 [miniclipper]=80 [minips]=60
-                   [miniansor]=190 [profile]=90 [cpu-minips]=330 [cpu-miniclipper]=400)
+                   [miniansor]=190 [profile]=90 [cpu-minips]=330 [cpu-miniclipper]=400
+                   [record]=240)
 # DEADLINE=S: the whole script ends within S seconds of its start; each step's limit is cut
 # to what is left (less 15 s to pack), so the last step (put miniansor last) gets the rest.
 DEADLINE=${DEADLINE:-0}
@@ -83,6 +86,17 @@ for system in $SYSTEMS; do
     pack
   fi
 done
+
+# RECORD_SPACE=N: N random configs of each replay task's space measured on this GPU
+# (casebook ansor record-table), the table the CPU search and cost-model studies replay
+if [ "${RECORD_SPACE:-0}" -gt 0 ]; then
+  b=$(limit record)
+  timeout -k 15 "$b" "$PY" -m common.cli ansor record-table --device cuda --no-progress \
+    --configs "$RECORD_SPACE" --tasks gemm:2048x2048x2048:fp16:none \
+    gemm:16x4096x14336:fp16:none > "$WORK/record-space.log" 2>&1
+  stamp "record space: exit $? (limit ${b}s) -- $(tail -n 1 "$WORK/record-space.log")"
+  pack
+fi
 
 # CPU_SYSTEMS="minips": those systems' CPU cases too, on this machine's cores (the
 # development VM has 2; a multi-process system's scaling targets need more), written to

@@ -1,9 +1,10 @@
 """``casebook bench miniansor``: the CPU cases, on the simulated and the recorded device.
 
 Every comparison runs in the same process, on the same device, the baselines beside
-ours. The recorded device replays ``data/sim-demo.json``, a table generated from the
-simulator and labelled ``"source": "simulated"``; the table of real H100/H200 times is
-written by the GPU run (``bench_cuda.py``) and, until one has run, does not exist.
+ours. The recorded device replays ``data/space-<gpu>.json``, random configs of two tasks'
+spaces measured on a real GPU by ``casebook ansor record-table``, or, where no GPU has
+recorded one, ``data/sim-demo.json``, generated from the simulator and labelled
+``"source": "simulated"``.
 
 Cases:
 
@@ -39,7 +40,9 @@ SEARCH_TASKS = {
     "decode": gemm(16, 4096, 14336, "fp16"),
     "attn_bmm": bmm(32, 2048, 2048, 128, "fp16"),
 }
-REPLAY_TABLE = DATA_DIR / "sim-demo.json"
+# The replay studies run on real times when a GPU run has recorded a task space
+# (``casebook ansor record-table``, ``data/space-<gpu>.json``), else on the simulated demo.
+REPLAY_TABLE = next(iter(sorted(DATA_DIR.glob("space-*.json"))), DATA_DIR / "sim-demo.json")
 VARIANTS = {"ansor": {}, "no_cost_model": {"model": "random"}, "no_evolution": {"evolution": False}}
 
 

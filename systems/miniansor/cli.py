@@ -151,6 +151,48 @@ def _sim_table(args: argparse.Namespace) -> dict[str, Any]:
     return {"out": args.out, "configs": n, "source": table["source"]}
 
 
+def _record_table(args: argparse.Namespace) -> dict[str, Any]:
+    """Measure random configs of each task's space on a GPU (or the simulator) into a
+    replay table, written after every chunk so that a run cut short keeps its data."""
+    import re
+
+    from tqdm import tqdm
+
+    from .recorded import DATA_DIR, record_space
+    from .simulator import SimulatedGPU
+    from .workloads import Task
+
+    tasks = [Task.from_key(k) for k in args.tasks]
+    if args.device == "cuda":
+        from .cuda import CudaDevice
+
+        dev = CudaDevice(rep_ms=args.rep_ms)
+    elif args.device == "sim":
+        dev = SimulatedGPU(seed=args.seed)
+    else:
+        raise SystemExit(f"record-table: --device must be cuda or sim, got {args.device!r}")
+    slug = re.sub(r"[^a-z0-9]+", "-", dev.name.lower()).strip("-")
+    out = Path(args.out or DATA_DIR / f"space-{slug}.json")
+    bar = tqdm(total=len(tasks) * args.configs, desc="record", disable=args.no_progress)
+
+    def save(rec, done: int) -> None:
+        tmp = out.with_suffix(".tmp")
+        rec.write(tmp)
+        tmp.replace(out)  # atomic: a reader never sees half a table
+        bar.update(done - bar.n)
+
+    try:
+        rec = record_space(tasks, dev, args.configs, args.seed, on_chunk=save)
+    finally:
+        bar.close()
+        if hasattr(dev, "close"):
+            dev.close()
+    n = sum(len(v) for v in rec.tasks.values())
+    errors = sum("error" in e for v in rec.tasks.values() for e in v.values())
+    print(f"wrote {out}: {n} {rec.source} configs of {len(tasks)} tasks ({errors} errors)")
+    return {"out": str(out), "configs": n, "errors": errors, "source": rec.source}
+
+
 def add_parser(sub, add) -> None:
     top = add("ansor", lambda a: top.print_help() or {}, "miniansor: auto-tune Triton kernels")
     inner = top.add_subparsers(dest="ansor_command", required=True)
@@ -189,3 +231,17 @@ def add_parser(sub, add) -> None:
     g.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                    help="print the result as JSON last")
     g.set_defaults(func=_sim_table)
+
+    r = inner.add_parser("record-table", help="measure random configs of each task's space "
+                                              "into a replay table (on a GPU)")
+    r.add_argument("--device", default="cuda", help="cuda (measured) or sim (simulated)")
+    r.add_argument("--tasks", nargs="+", required=True, help="task keys")
+    r.add_argument("--configs", type=positive_int, default=300, help="configs per task")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--rep-ms", type=float, default=25.0, help="do_bench's timing window")
+    r.add_argument("--out", default=None,
+                   help="default systems/miniansor/data/space-<device>.json")
+    r.add_argument("--no-progress", action="store_true")
+    r.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                   help="print the result as JSON last")
+    r.set_defaults(func=_record_table)

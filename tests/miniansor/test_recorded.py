@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from systems.miniansor.measure import DeviceFault, ErrorNo, MeasureInput, Measurer
@@ -101,3 +102,41 @@ def test_the_committed_demo_table_is_labelled_simulated():
     assert not list(DATA_DIR.glob("recorded-*.json")) or all(
         json.loads(p.read_text())["source"] == "measured"
         for p in DATA_DIR.glob("recorded-*.json"))
+
+
+def test_record_space_measures_the_same_draw_through_the_measurer_and_saves_each_chunk(table):
+    """The GPU recorder, run on the simulator: it draws the same configs as
+    table_from_simulator for the same seed, records each one's time (the device's own
+    median) or error, and hands the table so far to on_chunk after every chunk."""
+    from systems.miniansor.recorded import record_space
+
+    saved = []
+    rec = record_space(TASKS, SimulatedGPU(seed=0), configs_per_task=120, seed=0, chunk=50,
+                       on_chunk=lambda r, done: saved.append(
+                           (done, sum(len(v) for v in r.tasks.values()))))
+    got = rec.table()
+    validate_table(got)
+    assert got["source"] == "simulated"
+    for task in TASKS:
+        assert set(got["tasks"][task.key]) == set(table["tasks"][task.key])  # same draw
+        for ck, entry in got["tasks"][task.key].items():
+            ref = table["tasks"][task.key][ck]
+            assert ("error" in entry) == ("error" in ref)
+            if "error" not in entry:  # the simulator's time, up to its seeded noise
+                assert np.median(entry["time_s"]) == pytest.approx(np.median(ref["time_s"]),
+                                                                   rel=0.1)
+    want, done = [], 0
+    for task in TASKS:  # chunks of 50 within each task
+        n = len(table["tasks"][task.key])
+        want += [done + min(i + 50, n) for i in range(0, n, 50)]
+        done += n
+    assert [d for d, _ in saved] == want and want[-1] == done
+    assert all(d == count for d, count in saved)  # the table so far holds every config
+
+
+def test_record_space_refuses_a_replayed_device(table):
+    from systems.miniansor.recorded import record_space
+
+    with pytest.raises(ValueError, match="not on a 'replay' device"):
+        record_space(TASKS, RecordedDevice(table), configs_per_task=2)
+
