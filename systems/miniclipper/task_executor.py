@@ -35,7 +35,7 @@ from common.trace import TraceWriter, now_us
 from .batching import BatchController, BatchingConfig, make_controller
 from .cache import PredictionCache
 from .container import SERVICE
-from .datatypes import PredictTask, decode_outputs, encode_batch, input_keys, model_hasher
+from .datatypes import PredictTask, decode_outputs, encode_batch, input_keys, model_seed
 from .metrics import Metrics
 from .queues import ModelQueue, TaskExpired
 
@@ -57,7 +57,7 @@ class ModelInfo:
     input_type: str
     batching: BatchingConfig
     max_queue: int
-    hasher: Any = None  # datatypes.model_hasher(model), made once
+    seed: int = 0  # datatypes.model_seed(model), made once
 
 
 @dataclass
@@ -94,7 +94,7 @@ class TaskExecutor:
 
     def add_model(self, model: tuple[str, str], input_type: str, batching: BatchingConfig,
                   max_queue: int = 1024) -> None:
-        self.models[model] = ModelInfo(input_type, batching, max_queue, model_hasher(model))
+        self.models[model] = ModelInfo(input_type, batching, max_queue, model_seed(model))
         self.queues[model] = ModelQueue(model, max_queue, on_drop=self._dropped)
         self.replicas.setdefault(model, {})
         self.batch_log[model] = deque(maxlen=20000)
@@ -128,10 +128,11 @@ class TaskExecutor:
         """One future per input for ``model``'s output: from the cache when present, else
         from a task queued for the model. Raises :class:`.queues.QueueFull` (nothing of
         this call stays queued then) or KeyError for an unknown model."""
-        queue, info, fetch = self.queues[model], self.models[model], self.cache.fetch
+        queue, info = self.queues[model], self.models[model]
+        keys = input_keys(info.seed, inputs)
         futures, new = [], []
-        for x, key in zip(inputs, input_keys(info.hasher, inputs), strict=True):
-            status, entry = fetch(key)
+        for x, key, (status, entry) in zip(inputs, keys, self.cache.fetch_many(keys),
+                                           strict=True):
             if status == "miss":
                 entry.task = PredictTask(model, x, deadline, slo, entry.future, key,
                                          traced=traced, query_id=query_id)

@@ -4,7 +4,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from common.wire import WireError, pack, unpack
+from common.wire import Concat, WireError, pack, unpack
 
 DTYPES = st.sampled_from([np.float32, np.float64, np.float16, np.int32, np.uint64, np.bool_])
 
@@ -91,3 +91,29 @@ def test_hostile_headers_raise_wire_errors_only(header, why):
     the handler instead (TypeError, RecursionError, OverflowError, a numpy reshape)."""
     with pytest.raises(WireError, match=why):
         unpack(_msg(header))
+
+
+@given(st.lists(hnp.arrays(st.just(np.float32), hnp.array_shapes(min_dims=1, max_dims=2,
+                                                                   min_side=0, max_side=5)),
+                min_size=1, max_size=6),
+       st.booleans())
+def test_concat_is_the_message_of_the_concatenation(parts, strided):
+    """A Concat's parts go into the message one by one: byte for byte what packing their
+    concatenation gives, and it decodes to that concatenation."""
+    if strided:
+        parts = [p[..., ::2] for p in parts]
+    flat = np.concatenate([p.reshape(-1) for p in parts])
+    msg = pack({"n": len(parts)}, [Concat(parts), np.arange(3)])
+    assert msg == pack({"n": len(parts)}, [flat, np.arange(3)])
+    _, (got, tail) = unpack(msg)
+    np.testing.assert_array_equal(got, flat)
+    np.testing.assert_array_equal(tail, np.arange(3))
+
+
+def test_concat_needs_parts_of_one_dtype():
+    with pytest.raises(WireError, match="one dtype"):
+        pack({}, [Concat([np.zeros(2, np.float32), np.zeros(2, np.float64)])])
+    with pytest.raises(WireError, match="one dtype"):
+        pack({}, [Concat([])])
+    with pytest.raises(WireError, match="numeric dtypes only"):
+        pack({}, [Concat([np.array(["a"], dtype=object)])])

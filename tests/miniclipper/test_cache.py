@@ -121,3 +121,28 @@ def test_zero_budget_still_coalesces_but_keeps_nothing():
         c.put(b"k", 1.0, 8)
         assert e.future.result() == 1.0 and len(c) == 0 and c.stats.too_large == 1
     asyncio.run(main())
+
+
+def test_fetch_many_answers_as_fetch_one_by_one():
+    """A request's keys are looked up in one call (task_executor.schedule); statuses,
+    shared futures, used bits and statistics must be what fetching each key in turn gives,
+    duplicates within the request included."""
+    async def main():
+        rng = random.Random(1)
+        one, many = PredictionCache(max_bytes=400), PredictionCache(max_bytes=400)
+        for _ in range(200):
+            keys = [rng.choice(range(30)).to_bytes(2, "little") for _ in range(rng.randint(1, 8))]
+            want = [one.fetch(k) for k in keys]
+            got = many.fetch_many(keys)
+            assert [s for s, _ in got] == [s for s, _ in want]
+            for (_, a), (_, b), (_, c), (_, d) in zip(got, got[1:] + got[:1],
+                                                      want, want[1:] + want[:1], strict=True):
+                assert (a is b) == (c is d)  # same key in one request: one shared entry
+            for k, (s, _) in zip(keys, want, strict=True):
+                if s == "miss" and rng.random() < 0.7:
+                    one.put(k, k.hex(), 40)
+                    many.put(k, k.hex(), 40)
+            assert set(one.ring) == set(many.ring)
+            assert [e.used for e in one.ring.values()] == [e.used for e in many.ring.values()]
+        assert one.stats == many.stats and one.stats.hits > 50 and one.stats.coalesced > 20
+    asyncio.run(main())

@@ -13,6 +13,7 @@ from systems.miniclipper.datatypes import (
     encode_batch,
     encode_outputs,
     input_key,
+    input_keys,
     loads_strict,
     parse_input,
 )
@@ -56,6 +57,44 @@ def test_batches_round_trip(kind, inputs):
             assert a == b
     if kind == "doubles":
         assert isinstance(back, np.ndarray) and back.shape == (2, 3)  # what sklearn wants
+
+
+def test_a_batch_of_request_rows_is_packed_without_concatenating_first(monkeypatch):
+    """The task executor packs a batch straight from the request arrays its rows came in
+    (common.wire.Concat): the same message as concatenating first, one copy fewer. Rows
+    of two requests interleaved, a strided view and an empty row cover the slow cases."""
+    from common.wire import pack
+
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    b = np.arange(100, 112, dtype=np.float32).reshape(3, 4)
+    batches = [list(a), [a[0], b[2], a[1], b[0]], [a[:, ::2][1], b[1, :2]],
+               [a[0, :0], a[1]]]
+    want = []
+    for rows in batches:
+        offsets = np.cumsum([0] + [len(r) for r in rows])
+        want.append(pack({"batch_id": 3, "input_type": "floats", "n": len(rows)},
+                         [np.concatenate(rows), offsets]))
+
+    def no_concatenate(*args, **kwargs):
+        raise AssertionError("encode_batch copied the batch into an intermediate array")
+
+    monkeypatch.setattr(np, "concatenate", no_concatenate)
+    for rows, msg in zip(batches, want, strict=True):
+        assert encode_batch(rows, "floats", {"batch_id": 3}) == msg
+        _, back = decode_batch(msg)
+        for r, got in zip(rows, back, strict=True):
+            np.testing.assert_array_equal(r, got)
+
+
+def test_cache_keys_are_one_shot_digests_of_the_input_in_place(monkeypatch):
+    """Keys hash each input once, in place, seeded with its model version (no hasher
+    object per input); a strided row and its copy share a key."""
+    import xxhash
+
+    x = np.arange(12.0).reshape(3, 4)
+    want = [input_key(("m", "1"), r) for r in (x[0], x[:, 1], "s")]
+    monkeypatch.setattr(xxhash, "xxh3_128", lambda *a: pytest.fail("a hasher per input"))
+    assert input_keys(("m", "1"), [x[0].copy(), x[:, 1].copy(), "s"]) == want
 
 
 def test_outputs_are_checked_and_round_trip():
