@@ -8,22 +8,56 @@ per node) for one traced step. Used by ``scripts/gpu-suite.sh`` when ``PROFILE=1
 needs a CUDA GPU.
 
 What the profiler sees: in the 2026-11-27 runs its miniflow tables listed CUDA runtime
-calls but no aten operators, since miniflow's GPU partition runs on a thread of its own
-(the client's thread runs the CPU partition); the step stats fill that gap.
+calls but no aten operators, since miniflow's GPU partition ran on a thread of its own;
+the step stats fill that gap. (Partitions that only send forward, feeds to the GPU, now
+run on the client's thread.)
+
+First it prints, for one step of each, the torch operators dispatched (a
+``TorchDispatchMode``) and the host-device synchronisations (PyTorch's sync debug mode
+warns at each): a miniflow step should synchronise only to copy its two pageable feeds.
 """
 
 from __future__ import annotations
 
+import collections
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from systems.miniflow import digits
 from systems.miniflow.bench import _torch_twin
 from systems.miniflow.session import RunMetadata, RunOptions, Session
+
+
+class _Ops(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops: collections.Counter = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_one_step(step) -> tuple[collections.Counter, list[str]]:
+    """Torch operators dispatched by one step, and the synchronising calls it made."""
+    torch.cuda.synchronize()
+    counter = _Ops()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with counter:
+                step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return counter.ops, [str(w.message).splitlines()[0] for w in caught
+                         if "synchroniz" in str(w.message)]
 
 
 def main(out: Path) -> None:
@@ -47,6 +81,14 @@ def main(out: Path) -> None:
             sess.run(m["train"], feed)
             torch_step()
         torch.cuda.synchronize()
+        for name, step in (("miniflow", lambda: sess.run(m["train"], feed)),
+                           ("torch", torch_step)):
+            ops, syncs = count_one_step(step)
+            print(f"\n==== {model}: {name}, one step: {sum(ops.values())} torch ops, "
+                  f"{len(syncs)} synchronisations ====")
+            print("  ", dict(ops.most_common()))
+            for msg, n in collections.Counter(syncs).items():
+                print(f"   {n} x {msg}")
         for name, step in (("miniflow", lambda: sess.run(m["train"], feed)),
                            ("torch", torch_step)):
             with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:

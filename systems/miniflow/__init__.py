@@ -18,6 +18,7 @@ The map (build time, then run time):
 * :mod:`.train`: optimizers that build update ops; the Saver
 * :mod:`.session`: ``Session.run`` -> :mod:`.plan`: :mod:`.ir` (prune, feeds) ->
   :mod:`.passes` (folding, CSE, pruning, fusion) -> :mod:`.placement` ->
+  :mod:`.passes.remapper` (fused kernels for torch devices) ->
   :mod:`.partition` (Send/Recv, rendezvous) -> :mod:`.executor` (one per device)
 * :mod:`.viz`: DOT graphs and Chrome traces
 """

@@ -319,8 +319,8 @@ class TorchBackend:
     def argmax(self, x, axis, dtype: DType):
         return x.argmax(dim=axis).to(dtype.torch_dtype)
 
-    def reshape(self, x, shape):
-        return x.reshape(tuple(int(d) for d in shape))
+    def reshape(self, x, shape: tuple[int, ...]):
+        return x.reshape(shape)
 
     def transpose(self, x, perm):
         return x.permute(*perm)
@@ -383,6 +383,9 @@ class TorchBackend:
         return np.int32(x.numel())
 
     def relu_grad(self, g, features):
+        # two kernels where torch's threshold_backward is one, kept for TF's semantics
+        # (relu_op_functor.h multiplies): a NaN or Inf in g where the unit is off stays
+        # NaN, as in the numpy backend, so check_numerics still sees it
         return g * (features > 0)
 
     def getitem(self, x, index):

@@ -120,6 +120,19 @@ class TorchConv:
     def __init__(self, torch):
         self.t = torch
         self.F = torch.nn.functional
+        self._shapes: dict[tuple, object] = {}
+
+    def _shape_only(self, shape, like, channels_last: bool = False):
+        """An uninitialised tensor that the backward kernels read only for its shape and
+        layout (TF's backprop ops take the shape itself). Made once per shape: on a GPU
+        each allocation is a call into the caching allocator every step."""
+        key = (shape, like.dtype, like.device, channels_last)
+        t = self._shapes.get(key)
+        if t is None:
+            fmt = self.t.channels_last if channels_last else self.t.contiguous_format
+            t = self._shapes[key] = self.t.empty(shape, dtype=like.dtype, device=like.device,
+                                                 memory_format=fmt)
+        return t
 
     def _pad(self, x, kh, kw, strides, padding, value=0.0):
         (pt, pb), (pl, pr) = _pads(x.shape[2], x.shape[3], kh, kw, strides, padding)
@@ -158,19 +171,20 @@ class TorchConv:
     def conv2d_backprop_filter(self, x, filter_shape, dy, strides, padding):
         kh, kw, cin, cout = (int(d) for d in filter_shape)
         xc, pad = self._conv_padding(x.permute(0, 3, 1, 2), kh, kw, strides, padding)
-        w = self.t.empty((cout, cin, kh, kw), dtype=x.dtype, device=x.device)  # shape only
+        w = self._shape_only((cout, cin, kh, kw), x)
         gw = self._conv_backward(dy, xc, w, strides, pad, [False, True, False])[1]
         return gw.permute(2, 3, 1, 0)  # OIHW -> HWIO
 
     def conv2d_backprop_input(self, input_shape, f, dy, strides, padding):
         n, h, w, c = (int(d) for d in input_shape)
         (pt, pb), (pl, pr) = _pads(h, w, f.shape[0], f.shape[1], strides, padding)
+        # the input's stand-in is channels-last, the layout of NHWC data seen as NCHW, so
+        # the kernel takes dy as it is and returns a gradient that is NHWC in memory
         if pt == pb and pl == pr:  # the kernel pads: its gradient has the input's shape
-            xc, pad, crop = self.t.empty((n, c, h, w), dtype=f.dtype, device=f.device), \
-                [pt, pl], False
+            xc, pad, crop = self._shape_only((n, c, h, w), f, True), [pt, pl], False
         else:
-            xc, pad, crop = self.t.empty((n, c, h + pt + pb, w + pl + pr), dtype=f.dtype,
-                                         device=f.device), [0, 0], True
+            xc, pad, crop = self._shape_only((n, c, h + pt + pb, w + pl + pr), f, True), \
+                [0, 0], True
         gx = self._conv_backward(dy, xc, f.permute(3, 2, 0, 1), strides, pad,
                                  [True, False, False])[0]
         if crop:
@@ -192,6 +206,24 @@ class TorchConv:
         gx = self.t.ops.aten.max_pool2d_with_indices_backward(
             dy.permute(0, 3, 1, 2), xc, list(ksize), list(strides), [0, 0], [1, 1], False, idx)
         return gx[:, :, pt:pt + h, pl:pl + w].permute(0, 2, 3, 1)
+
+    def max_pool_with_argmax(self, x, ksize, strides, padding):
+        xc = self._pad(x.permute(0, 3, 1, 2), ksize[0], ksize[1], strides, padding,
+                       value=float("-inf"))
+        y, idx = self.F.max_pool2d(xc, tuple(ksize), tuple(strides), return_indices=True)
+        return y.permute(0, 2, 3, 1).contiguous(), idx
+
+    def max_pool_grad_with_argmax(self, x, dy, argmax, ksize, strides, padding):
+        """The forward's indices route dy back: one kernel, no second forward pass. The
+        input is read only for its (padded) shape and layout."""
+        n, h, w, c = x.shape
+        (pt, pb), (pl, pr) = _pads(h, w, ksize[0], ksize[1], strides, padding)
+        xc = self._shape_only((n, c, h + pt + pb, w + pl + pr), x, True)
+        gx = self.t.ops.aten.max_pool2d_with_indices_backward(
+            dy.permute(0, 3, 1, 2), xc, list(ksize), list(strides), [0, 0], [1, 1], False,
+            argmax)
+        return gx[:, :, pt:pt + h, pl:pl + w].permute(0, 2, 3, 1) if pt + pb + pl + pr \
+            else gx.permute(0, 2, 3, 1)
 
     def avg_pool(self, x, ksize, strides, padding):
         ones = self.t.ones_like(x[..., :1])

@@ -19,7 +19,12 @@ and the 2015 white paper, section 3.1):
   Our threshold is 30 us, not TF's 8000 cycles: a hand-off to a Python thread costs tens of
   microseconds, so only ops slower than that are worth handing off. And as in TF, an
   expensive node that could overlap with nothing (no other node ready or running) is
-  run by the thread that made it ready instead of being handed off.
+  run by the thread that made it ready instead of being handed off. On a GPU no kernel
+  is expensive, as in TF: it only enqueues work on a stream.
+* **Host memory**: a kernel that reads an input on the host (a shape, a count, axes:
+  ``OpDef.host_inputs``, TF's ``HostMemory`` annotations) gets it as a host array even on
+  a GPU, so a constant or received value read only that way is never uploaded, and never
+  read back, which on a GPU would wait for the stream.
 * **Memory**: a value slot is cleared after its last consumer runs (reference counts),
   so an intermediate lives only as long as something still needs it; with
   ``RunMetadata`` the step reports its peak live bytes and per-node step stats.
@@ -27,11 +32,13 @@ and the 2015 white paper, section 3.1):
 Two loops implement this. The *driver loop* is the algorithm above: it runs cheap nodes
 itself, sends expensive ones to the pool and receives their results (and Recv
 deliveries) through a queue, so only the driver ever touches the step's counters. The
-*inline loop* runs when every node is cheap and there is no Recv to wait for (the common
-case for small ops): one thread, and then the order the dataflow algorithm picks is the
-same every step, so it is recorded once (:meth:`Executor._record_schedule`) and replayed.
-TensorFlow's C++ executor can afford to recount every step; in Python, the counting would
-cost more than the small kernels it schedules.
+*inline loop* runs when every node is cheap (the common case for small ops and on a
+GPU): one thread, and then the order the dataflow algorithm picks is the same every step,
+so it is recorded once (:meth:`Executor._record_schedule`) and replayed. A Recv there
+waits for its value in place, which is safe when its sender has already run (partitions
+run one after another, see :func:`run_partitions`) or when this partition sends nothing
+(no one can be waiting for it). TensorFlow's C++ executor can afford to recount every
+step; in Python, the counting would cost more than the small kernels it schedules.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .backend import NUMPY
 from .errors import InvalidArgumentError, MemberError, OpError
 from .ir import Node, Ref
 from .op_def import OP_DEFS
@@ -74,6 +82,9 @@ class StepContext:
     stats: list[NodeStats] | None = None
     track_memory: bool = False
     peak_bytes: dict[str, int] = field(default_factory=dict)
+    # partitions run one after another, senders first: every Recv's value is already
+    # in the rendezvous when its executor starts (see run_partitions)
+    recvs_ready: bool = False
 
 
 class Executor:
@@ -92,6 +103,16 @@ class Executor:
         self.items, self.arg_slots, self.recv_keys = [], [], {}
         self.expensive_marker = []
         self.cost_ns = []
+        self.resources = resources
+        on_host = self._host_memory_nodes(nodes, backend)
+        self.host_recvs = {k for k, n in enumerate(nodes) if n.type == "_Recv" and on_host[k]}
+        # A partition that sends nothing is waited on by no one, so it may wait for each of
+        # its Recvs in turn without risk of deadlock, and run on the inline loop.
+        self.recv_inline = not any(n.type == "_Send" for n in nodes)
+        # TF marks every GPU kernel inexpensive: it only enqueues work on a stream, so
+        # handing it to another thread would cost more than the launch (OpKernel's
+        # constructor sets expensive_ = device_type != DEVICE_GPU, framework/op_kernel.cc)
+        on_gpu = device.startswith("/gpu")
         for k, n in enumerate(nodes):
             ins = tuple(slot_of[(id(p), i)] for p, i in n.inputs)
             outs = tuple(slot_of[(id(n), i)] for i in range(len(n.out_specs)))
@@ -107,11 +128,13 @@ class Executor:
                 kernel = None
                 self.arg_slots.append((n.attrs["index"], outs[0], k))
             elif n.type == "_Recv":
-                kernel = None
                 self.recv_keys[k] = n.attrs["key"]
+                kernel = self._blocking_recv(n.attrs["key"], k in self.host_recvs)
             else:
-                kernel = d.make_kernel(n.attrs, backend, resources)
-            self.expensive_marker.append(d.expensive)
+                # a constant read only on the host is never uploaded (TF's int32 Const on
+                # a GPU is a HostConstantOp, kernels/constant_op.cc)
+                kernel = d.make_kernel(n.attrs, NUMPY if on_host[k] else backend, resources)
+            self.expensive_marker.append(d.expensive and not on_gpu)
             self.cost_ns.append((n.est_seconds or estimate_seconds(n, device)) * 1e9)
             self.items.append([kernel, ins, outs[0] if len(outs) == 1 else -1, outs, (),
                                tuple(set(ins))])
@@ -142,13 +165,44 @@ class Executor:
         self.n_expensive = sum(map(self.is_expensive, range(len(nodes))))
         self.schedule = self._record_schedule()
 
+    @staticmethod
+    def _host_memory_nodes(nodes: list[Node], backend: Any) -> list[bool]:
+        """Per node: is it a Const or a Recv whose every reader takes it through a
+        host-memory input (``OpDef.host_inputs``)? Then its value stays on the host: a shape
+        that GPU kernels read would otherwise live on the GPU and be copied back every
+        step, a device-to-host copy that waits for the stream. TF decides this per kernel
+        argument (``MemoryTypesForNode``, framework/memory_types.cc)."""
+        if backend.name == "numpy":
+            return [False] * len(nodes)
+        readers: dict[int, list[bool]] = {}
+        for n in nodes:
+            host = OP_DEFS[n.type].host_inputs
+            for j, (p, _) in enumerate(n.inputs):
+                readers.setdefault(id(p), []).append(j in host)
+        return [n.type in ("Const", "_Recv") and bool(readers.get(id(n)))
+                and all(readers[id(n)]) for n in nodes]
+
+    def _blocking_recv(self, key: str, host: bool) -> Callable[[], Any]:
+        """A Recv for the inline loop: wait here until the value is sent."""
+        resources = self.resources
+
+        def recv() -> Any:
+            box: queue.SimpleQueue = queue.SimpleQueue()
+            resources.rendezvous.recv_async(key, lambda v, err: box.put((v, err)))
+            v, err = box.get()
+            if err is not None:
+                raise err
+            return self._adopt(v, host)
+        return recv
+
     def _record_schedule(self) -> list[tuple]:
         """The order the dataflow algorithm runs nodes in on one thread, and what to free
         after each. With a FIFO ready queue that order depends only on the graph, so the
         inline loop computes it once (here, by running the pending-count algorithm without
         kernels) and replays it every step, freeing each value right after its last reader
         in that order: the same order and the same peak memory as counting every step,
-        without the counting. Steps that need threads or Recvs use the driver loop."""
+        without the counting. Steps that need the pool, or Recvs that might wait on this
+        partition, use the driver loop."""
         pending = self.pending0.copy()
         ready = deque(self.roots)
         order = []
@@ -183,8 +237,8 @@ class Executor:
         vals = self.template.copy()
         for idx, slot, _ in self.arg_slots:
             vals[slot] = self.backend.asarray(step.feeds[idx])
-        if (not self.has_recv and step.stats is None and not step.track_memory
-                and (step.pool is None or not self.n_expensive)):
+        if ((not self.has_recv or self.recv_inline or step.recvs_ready) and step.stats is None
+                and not step.track_memory and (step.pool is None or not self.n_expensive)):
             self._run_inline(vals)
         else:
             self._run_driver(vals, self.pending0.copy(), self.uses0.copy(), step)
@@ -234,7 +288,8 @@ class Executor:
             outputs = (r,) if out >= 0 else (tuple(r) if outs else ())
             for s, v in zip(outs, outputs, strict=True):
                 vals[s] = v
-            nbytes = sum(be.nbytes(v) for v in outputs) if outs else 0
+            nbytes = sum(be.nbytes(v) for v in outputs) if outs and (
+                step.track_memory or step.stats is not None) else 0
             if step.track_memory:
                 live[0] += nbytes
                 live[1] = max(live[1], live[0])
@@ -294,7 +349,7 @@ class Executor:
             if err is not None:
                 self._fail(step, k, err, vals)
             if where == "recv":
-                r = self._adopt(r)
+                r = self._adopt(r, k in self.host_recvs)
             elif where == "pool":
                 self._update_cost(k, t1 - t0)
             complete(k, r, t0, t1, where if where != "pool" else
@@ -310,9 +365,10 @@ class Executor:
         self.cost_ns[k] = ((COST_DECAY - 1) * self.cost_ns[k] + measured_ns) / COST_DECAY
         self.n_expensive -= was and not self.is_expensive(k)
 
-    def _adopt(self, v: Any) -> Any:
-        """A value from another device, in this device's array type (TF's CopyTensor)."""
-        if self.backend.name == "numpy":
+    def _adopt(self, v: Any, host: bool = False) -> Any:
+        """A value from another device, in this device's array type (TF's CopyTensor), or
+        as a host array where only host-memory inputs read it."""
+        if host or self.backend.name == "numpy":
             return self.backend.to_numpy(v) if not hasattr(v, "__array_interface__") else v
         return self.backend.asarray(v)
 
@@ -339,12 +395,25 @@ class Executor:
 
 
 def run_partitions(executors: list[Executor], step: StepContext,
-                   start: Callable[[str, Callable[[], None]], Any]) -> list[list[Any]]:
-    """Run every partition's executor for one step, concurrently; first error wins.
-    The first runs on the calling thread; ``start(device, fn)`` runs each other one on
-    its device's thread and returns a future."""
+                   start: Callable[[str, Callable[[], None]], Any],
+                   order: list[int] | None = None) -> list[list[Any]]:
+    """Run every partition's executor for one step; first error wins.
+
+    With ``order`` (the client's partition and GPU partitions that send only "forward",
+    e.g. feeds from /cpu:0 to a GPU, listed senders first) they run one after another on
+    the calling thread, each finding its received values already sent. A GPU partition
+    only enqueues kernels, so running it on another thread overlaps nothing, and the hop
+    costs two thread wake-ups and GIL hand-offs per step (tens of microseconds in Python;
+    TF's C++ executors pay a few). Otherwise they run concurrently: the first on the
+    calling thread, and ``start(device, fn)`` runs each other one on its device's thread
+    and returns a future."""
     results: list[Any] = [None] * len(executors)
     errors: list[BaseException] = []
+    if order is not None:
+        step.recvs_ready = True
+        for i in order:
+            results[i] = executors[i].run(step)
+        return results
 
     def go(i: int) -> None:
         try:

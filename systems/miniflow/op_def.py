@@ -14,7 +14,7 @@ numpy the "kernel" is ``np.add`` itself.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +43,10 @@ class OpDef:
     # op itself and the ops that write it (Assign, ApplyAdam...). Fetching such an output
     # runs the write, so add_check_numerics_ops never checks it.
     ref_output: bool = False
+    # inputs the kernel reads on the host, even on a GPU: shapes, sizes, axes (TF's
+    # ``HostMemory("shape")`` on a kernel registration, e.g. Reshape in reshape_op.cc).
+    # A constant or a received value read only through such inputs stays in host memory.
+    host_inputs: Collection[int] = ()
 
 
 OP_DEFS: dict[str, OpDef] = {}

@@ -9,7 +9,9 @@ device at most once per step. A control edge that crosses devices becomes a Send
 a dummy value, so the ordering holds across executors too.
 
 A Recv is *asynchronous*: it registers a callback in the rendezvous and returns, so a
-waiting Recv never holds a thread (TF's ``RecvOp`` is an ``AsyncOpKernel``).
+waiting Recv never holds a thread (TF's ``RecvOp`` is an ``AsyncOpKernel``). The
+executor's inline loop waits for a Recv in place only where no one can be waiting for
+its own thread (see executor.py).
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 distinct request and then caches (DirectSession::GetOrCreateExecutors in
 tensorflow/core/common_runtime/direct_session.cc):
 
-    prune + feeds  ->  graph passes  ->  place  ->  partition  ->  one executor per device
+    prune + feeds  ->  graph passes  ->  place  ->  device-specific kernel rewrites
+                   ->  partition  ->  one executor per device
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from .graph import Operation, Tensor
 from .ir import PlanGraph, build
 from .partition import partition
 from .passes import PassStats, run_passes
+from .passes.remapper import remap
 from .placement import place, variable_groups
 
 
@@ -50,6 +52,9 @@ class Plan:
     pass_stats: PassStats
     snapshots: dict[str, Snapshot] = field(default_factory=dict)
     build_seconds: float = 0.0
+    # executors in an order where each runs after every executor it receives from, to
+    # run one after another on the client's thread; None to run them concurrently
+    sequential: list[int] | None = None
 
     @property
     def devices(self) -> list[str]:
@@ -98,12 +103,16 @@ def _build_plan(fetches: list[Tensor], targets: list[Operation], feeds: list[Ten
         resources.variable_groups = n_ops, groups = (len(graph._ops),
                                                      variable_groups(graph.get_operations()))
     place(pg, devices, config.allow_soft_placement, resources.variable_devices, groups)
-    if config.kernel_library is not None:
+    # kernel choices that depend on where a node landed
+    torch_devices = {d for d in devices if backend_for(d, config.cpu_backend).name == "torch"}
+    if config.kernel_library is not None:  # before the remapper: it tunes plain MatMuls
         from .tuned import use_tuned_kernels
 
-        torch_devices = {d for d in devices if backend_for(d, config.cpu_backend).name ==
-                         "torch"}
         stats.add("tuned_kernels", use_tuned_kernels(pg, torch_devices))
+    for name, n in remap(pg, torch_devices).items():
+        if n:
+            stats.add(name, n)
+    if torch_devices:
         snapshots["optimized"] = Snapshot(pg.nodes)
     if config.log_device_placement:
         for n in pg.nodes:
@@ -119,4 +128,24 @@ def _build_plan(fetches: list[Tensor], targets: list[Operation], feeds: list[Ten
     for d in order:
         executors.append(Executor(parts[d], d, backend_for(d, config.cpu_backend), resources,
                                   per_device_fetches[d]))
-    return Plan(executors, fetch_map, feeds, stats, snapshots, time.perf_counter() - t0)
+    return Plan(executors, fetch_map, feeds, stats, snapshots, time.perf_counter() - t0,
+                _senders_first(order, parts))
+
+
+def _senders_first(order: list[str], parts: dict[str, list]) -> list[int] | None:
+    """Executor indices in a topological order of "sends to" between partitions (Kahn's
+    algorithm on a few devices), when the partitions may run one after another: all but
+    the client's are GPUs, whose kernels only enqueue work, so running them in turn
+    loses no overlap (CPU partitions compute, and overlap on their own threads). None if
+    not, or if two partitions send to each other."""
+    if not all(d.startswith("/gpu") for d in order[1:]):
+        return None
+    senders = {d: {n.attrs["src_device"] for n in parts[d] if n.type == "_Recv"}
+               for d in order}
+    done: list[str] = []
+    while len(done) < len(order):
+        ready = [d for d in order if d not in done and senders[d] <= set(done)]
+        if not ready:
+            return None
+        done.append(ready[0])
+    return [order.index(d) for d in done]

@@ -102,8 +102,10 @@ class Session:
         n = self.config.inter_op_parallelism_threads or os.cpu_count() or 1
         self._pool = ThreadPoolExecutor(n, thread_name_prefix="inter-op") if n > 1 else None
         # One long-lived thread per device besides the client's (TF gives each device its
-        # own threads): a new thread every step would cost its creation, and on a GPU
-        # PyTorch caches cuDNN execution plans per thread (thread_local benchmark_cache in
+        # own threads), for partitions that send to each other both ways and so must run
+        # concurrently (others run one after another on the client's thread): a new thread
+        # every step would cost its creation, and on a GPU PyTorch caches cuDNN execution
+        # plans per thread (thread_local benchmark_cache in
         # aten/src/ATen/native/cudnn/Conv_v8.cpp), so each new thread rebuilds them.
         self._device_threads: dict[str, ThreadPoolExecutor] = {}
         self._closed = False
@@ -145,8 +147,8 @@ class Session:
                                Rendezvous() if many else None, self._pool,
                                [] if trace else None, run_metadata is not None)
             self._resources.rendezvous = step.rendezvous
-            results = run_partitions(plan.executors, step, self._on_device_thread) \
-                if many else [plan.executors[0].run(step)]
+            results = run_partitions(plan.executors, step, self._on_device_thread,
+                                     plan.sequential) if many else [plan.executors[0].run(step)]
         if run_metadata is not None:
             run_metadata.step_stats = step.stats or []
             run_metadata.peak_live_bytes = dict(step.peak_bytes)

@@ -29,6 +29,21 @@ def test_torch_backend_casts_a_host_scalar_into_a_tensor():
     assert got.item() == 256.0
 
 
+
+def test_relu_grad_keeps_a_nan_where_the_unit_is_off_as_tf_does_on_both_backends():
+    """TF's ReluGrad multiplies by (features > 0) (relu_op_functor.h), so a NaN or Inf
+    upstream gradient stays NaN where the unit is off and check_numerics still sees it;
+    a select (torch's threshold_backward) would turn it into 0."""
+    g = np.array([np.nan, np.inf, 1.0, np.nan], np.float32)
+    x = np.array([-1.0, -2.0, 3.0, 4.0], np.float32)
+    with np.errstate(invalid="ignore"):  # inf * 0 is the NaN being tested
+        want = g * (x > 0)  # [nan, nan, 1, nan]
+        host = NUMPY.relu_grad(g, x)
+    got = torch_backend("cpu").relu_grad(torch.from_numpy(g), torch.from_numpy(x)).numpy()
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(host, want)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("model", ["mlp", "cnn"])
 def test_training_on_the_gpu_matches_the_cpu(model):

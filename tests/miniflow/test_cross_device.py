@@ -89,3 +89,40 @@ def test_the_pretend_gpu_refuses_what_a_cuda_tensor_refuses(monkeypatch):
     with pytest.raises(TypeError, match="pretend GPU"):
         np.asarray(t)
     np.testing.assert_array_equal(np.asarray(t.cpu()), np.ones(3))
+
+
+def test_shapes_that_gpu_kernels_read_on_the_host_stay_on_the_host(monkeypatch):
+    # TF keeps int32 shape arguments in host memory (HostMemory("shape") on Reshape's GPU
+    # kernel, reshape_op.cc): a folded constant shape and a shape received from /cpu:0
+    # are never uploaded, and reading them never waits for the GPU
+    import systems.miniflow as mf
+
+    pretend_gpu(monkeypatch)
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [None, 6], name="x")
+        with mf.device("/cpu:0"):
+            n = mf.shape(x)
+        with mf.device("/gpu:0"):
+            folded = mf.constant(np.array([3, 4], np.int32)) + 0  # a Const after folding
+            y = mf.reduce_sum(mf.reshape(x, folded), 0) + mf.reshape(mf.tanh(x), n)[0, :4]
+    seen = {"cpu": 0, "upload": 0}
+    real_cpu, real_from_numpy = torch.Tensor.cpu, torch.from_numpy
+
+    def cpu(self, *args, **kwargs):
+        seen["cpu"] += 1
+        return real_cpu(self, *args, **kwargs)
+
+    def from_numpy(a):
+        seen["upload"] += 1
+        return real_from_numpy(a)
+
+    xv = np.arange(12, dtype=np.float32).reshape(2, 6) / 12
+    with session_module.Session(graph=g) as s:
+        s.run(y, {x: xv})
+        assert s.plan_for(y, {x: None}).devices == ["/cpu:0", "/gpu:0"]
+        monkeypatch.setattr(torch.Tensor, "cpu", cpu)
+        monkeypatch.setattr(torch, "from_numpy", from_numpy)
+        got = s.run(y, {x: xv})
+    np.testing.assert_allclose(got, xv.reshape(3, 4).sum(0) + np.tanh(xv)[0, :4], rtol=1e-6)
+    assert seen == {"cpu": 1, "upload": 1}  # the fetched result; the fed x

@@ -171,3 +171,24 @@ def test_a_kernel_error_on_the_driver_loop_names_the_op_on_one_device(how):
             s.run(z, feeds, **kwargs)
     msg = str(e.value)
     assert "'Reshape'" in msg and "(2, 3)" in msg and "test_executor.py:" in msg
+
+
+def test_no_kernel_on_a_gpu_is_expensive():
+    """TF's OpKernel constructor sets expensive_ only off the GPU (framework/op_kernel.cc):
+    a GPU kernel only enqueues work, so a hand-off to the pool would overlap nothing."""
+    from systems.miniflow.backend import torch_backend
+    from systems.miniflow.executor import Executor
+    from systems.miniflow.ir import Node
+
+    def nodes():
+        c = Node("c", "Const", [], [], {"value": np.ones((2, 2), np.float32)},
+                 [(mf.float32, (2, 2))])
+        mm = Node("mm", "MatMul", [(c, 0), (c, 0)], [], {"transpose_a": False,
+                                                          "transpose_b": False},
+                  [(mf.float32, (2, 2))], est_seconds=1.0)  # as slow as it gets
+        return [c, mm], mm
+
+    for device, n_expensive in (("/cpu:0", 1), ("/gpu:0", 0)):
+        ns, mm = nodes()
+        ex = Executor(ns, device, torch_backend("cpu"), None, [(mm, 0)])
+        assert ex.n_expensive == n_expensive, device

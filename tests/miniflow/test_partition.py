@@ -143,3 +143,98 @@ def test_each_device_partition_runs_on_one_long_lived_thread(monkeypatch):
                                        2 * np.tanh(np.ones(3)), rtol=1e-6)
     assert set(seen) == {"/cpu:0", "/cpu:1"}
     assert all(len(threads) == 1 for threads in seen.values()), seen
+
+
+def _spy_on_executors(monkeypatch) -> dict[str, list[tuple[int, str]]]:
+    """Per device: (thread, loop) for each step, 'inline' or 'driver'."""
+    from systems.miniflow import executor
+
+    seen: dict[str, list[tuple[int, str]]] = {}
+    real_inline, real_driver = executor.Executor._run_inline, executor.Executor._run_driver
+
+    def inline(self, vals):
+        seen.setdefault(self.device, []).append((threading.get_ident(), "inline"))
+        return real_inline(self, vals)
+
+    def driver(self, vals, *args):
+        seen.setdefault(self.device, []).append((threading.get_ident(), "driver"))
+        return real_driver(self, vals, *args)
+
+    monkeypatch.setattr(executor.Executor, "_run_inline", inline)
+    monkeypatch.setattr(executor.Executor, "_run_driver", driver)
+    return seen
+
+
+def test_a_gpu_partition_fed_from_the_cpu_runs_after_it_on_the_calling_thread(monkeypatch):
+    # the feeds go from /cpu:0 to /gpu:0 and nothing comes back: /gpu:0 runs after
+    # /cpu:0, on the client's thread, and finds its values already sent
+    from .test_cross_device import pretend_gpu
+
+    pretend_gpu(monkeypatch)
+    seen = _spy_on_executors(monkeypatch)
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [3], name="x")
+        with mf.device("/gpu:0"):
+            y = mf.tanh(x) * 2.0
+    with mf.Session(graph=g) as s:
+        for _ in range(3):
+            np.testing.assert_allclose(s.run(y, {x: np.ones(3, np.float32)}),
+                                       2 * np.tanh(np.ones(3)), rtol=1e-6)
+        assert s.plan_for(y, {x: None}).sequential == [0, 1]
+    me = threading.get_ident()
+    assert seen["/cpu:0"] == seen["/gpu:0"] == [(me, "inline")] * 3
+
+
+def test_cpu_partitions_keep_their_own_threads_even_when_they_send_only_forward(
+        monkeypatch):
+    # CPU kernels compute (numpy releases the GIL), so partitions overlap on their threads
+    seen = _spy_on_executors(monkeypatch)
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [3], name="x")
+        with mf.device("/cpu:1"):
+            y = mf.tanh(x) * 2.0
+    with mf.Session(graph=g, config=TWO_CPUS) as s:
+        s.run(y, {x: np.ones(3, np.float32)})
+        assert s.plan_for(y, {x: None}).sequential is None
+    assert seen["/cpu:1"][0][0] != threading.get_ident()
+    assert seen["/cpu:1"][0][1] == "inline"  # it sends nothing: it waits in place
+
+
+def _three_devices(bad: bool):
+    """/cpu:0 and /cpu:1 send to each other (so the partitions run concurrently); /cpu:2
+    only receives."""
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [2], name="x")
+        with mf.device("/cpu:1"):
+            a = mf.check_numerics(mf.log(x), message="log of x") if bad else mf.tanh(x)
+        with mf.device("/cpu:0"):
+            b = a * 2.0
+        with mf.device("/cpu:2"):
+            c = a + b
+    return g, x, b, c
+
+
+def test_a_partition_that_sends_nothing_waits_for_its_recvs_on_the_inline_loop(monkeypatch):
+    seen = _spy_on_executors(monkeypatch)
+    g, x, b, c = _three_devices(bad=False)
+    cfg = mf.ConfigProto(device_count={"CPU": 3})
+    with mf.Session(graph=g, config=cfg) as s:
+        for _ in range(3):
+            got = s.run([b, c], {x: np.ones(2, np.float32)})
+            np.testing.assert_allclose(got[1], 3 * np.tanh(np.ones(2)), rtol=1e-6)
+        assert s.plan_for([b, c], {x: None}).sequential is None
+    assert {loop for _, loop in seen["/cpu:2"]} == {"inline"}
+    assert {loop for _, loop in seen["/cpu:0"]} == {"driver"}  # it receives and sends
+
+
+@pytest.mark.timeout(30)
+def test_an_inline_recv_wakes_up_when_its_sender_fails():
+    g, x, b, c = _three_devices(bad=True)
+    cfg = mf.ConfigProto(device_count={"CPU": 3})
+    with mf.Session(graph=g, config=cfg) as s:
+        with pytest.raises(mf.InvalidArgumentError, match="log of x: Tensor had NaN or Inf"):
+            s.run([b, c], {x: np.array([1.0, -1.0], np.float32)})
+        np.testing.assert_allclose(s.run(c, {x: np.ones(2, np.float32)}), [0.0, 0.0])

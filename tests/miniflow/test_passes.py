@@ -107,6 +107,29 @@ def test_folding_respects_the_size_cap():
             assert (types == ["Const"]) == folded, types
 
 
+def test_an_op_under_a_control_dependency_folds_and_keeps_the_dependency():
+    # Adam's beta1_power update multiplies by cast(beta1) under a control dependency on
+    # the variables' updates: the cast must fold (Grappler's FoldNode), and the constant
+    # it becomes must still wait for what the cast waited for
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [2])
+        v = mf.Variable(np.float32(0.0), name="v")
+        bump = v.assign_add(1.0)
+        with mf.control_dependencies([bump]):
+            k = mf.cast(mf.constant(2.0, mf.float64), mf.float32)
+        y = x * k
+    with mf.Session(graph=g) as s:
+        s.run(v.initializer)
+        for _ in range(3):
+            np.testing.assert_array_equal(s.run(y, {x: np.ones(2, np.float32)}), [2.0, 2.0])
+        assert s.run(v) == 3.0  # each step still ran the assignment
+        nodes = s.plan_for(y, {x: None}).snapshots["optimized"].nodes
+    assert "Cast" not in [n[1] for n in nodes]
+    folded = next(n for n in nodes if n[1] == "Const" and n[0].startswith("Cast"))
+    assert [c for c in folded[3] if "AssignAdd" in c], folded
+
+
 def test_fusion_turns_an_elementwise_chain_into_one_node():
     g = mf.Graph()
     with g.as_default():

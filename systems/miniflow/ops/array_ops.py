@@ -4,6 +4,9 @@ concat, slicing, gather, one_hot, and the small shape ops gradients are built fr
 Shape tensors (the output of ``Shape``, the axes of ``BroadcastGradientArgs``) are int32
 arrays kept in host memory even when the data lives on a GPU, as TensorFlow's
 ``HostMemory`` kernel annotations do: they are read by the host to size other kernels.
+The ops that read them say which inputs those are (``OpDef.host_inputs``), so a constant
+shape (a folded ``Shape``) that feeds them on a GPU is never uploaded, and reading it
+never waits for the GPU.
 """
 
 from __future__ import annotations
@@ -77,11 +80,13 @@ def _reshape_shape(ins, attrs):
 def _reshape_kernel(attrs, be, res):
     shape = attrs.get("shape")
     if shape is not None:
-        return lambda x: be.reshape(x, shape)
+        shape = tuple(int(d) for d in shape)  # once, not per step
+        # a reshape to the shape it has is a no-op: skip the view (on a GPU, a torch call)
+        return lambda x: x if x.shape == shape else be.reshape(x, shape)
     return lambda x, s: be.reshape(x, tuple(_host(be, s).tolist()))
 
 
-define(OpDef("Reshape", _reshape_shape, _reshape_kernel, expensive=False))
+define(OpDef("Reshape", _reshape_shape, _reshape_kernel, expensive=False, host_inputs=(1,)))
 
 
 def reshape(x, shape, name=None) -> Tensor:
@@ -150,7 +155,7 @@ def _split_shapes_kernel(attrs, be, res):
 
 define(OpDef("SplitByShapes",
              lambda ins, a: [(ins[0].dtype, None) for _ in ins[1:]],
-             _split_shapes_kernel, expensive=False))
+             _split_shapes_kernel, expensive=False, host_inputs=range(1, 1 << 30)))
 
 
 # -- slicing ---------------------------------------------------------------------------
@@ -219,8 +224,7 @@ def _slice_grad_kernel(attrs, be, res):
 
 define(OpDef("StridedSlice", _slice_shape, _slice_kernel, expensive=False))
 define(OpDef("StridedSliceGrad", lambda ins, a: [(ins[1].dtype, shape_from_tensor(ins[0]))],
-             _slice_grad_kernel,
-             expensive=False))
+             _slice_grad_kernel, expensive=False, host_inputs=(0,)))
 
 
 def strided_slice(x, key, name=None) -> Tensor:
@@ -267,7 +271,7 @@ def gather(params, indices, axis=0, name=None) -> Tensor:
 
 define(OpDef("UnsortedSegmentSum", lambda ins, a: [(ins[0].dtype, None)],
              lambda a, be, res: lambda d, ids, n: be.unsorted_segment_sum(
-                 d, ids, int(_host(be, n)[0]))))
+                 d, ids, int(_host(be, n)[0])), host_inputs=(2,)))
 
 
 def _one_hot_shape(ins, attrs):
@@ -309,7 +313,7 @@ def size(x, name=None) -> Tensor:
 
 define(OpDef("Fill", lambda ins, a: [(a["dtype"], shape_from_tensor(ins[0]))],
              lambda a, be, res: lambda s: be.fill(_host(be, s), a["value"], a["dtype"]),
-             expensive=False))
+             expensive=False, host_inputs=(0,)))
 define(OpDef("ZerosLike", lambda ins, a: [(ins[0].dtype, ins[0].shape)],
              lambda a, be, res: lambda x: be.zeros(be.shape_of(x), a["dtype"]),
              expensive=False))
@@ -331,7 +335,7 @@ def ones_like(x, name=None) -> Tensor:
 
 define(OpDef("BroadcastTo", lambda ins, a: [(ins[0].dtype, shape_from_tensor(ins[1]))],
              lambda a, be, res: lambda x, s: be.broadcast_to(x, _host(be, s)),
-             expensive=False))
+             expensive=False, host_inputs=(1,)))
 
 
 def broadcast_to(x, shape_tensor, name=None) -> Tensor:
@@ -354,7 +358,7 @@ def _bga_kernel(attrs, be, res):
 
 
 define(OpDef("BroadcastGradientArgs", lambda ins, a: [(int32, (None,)), (int32, (None,))],
-             _bga_kernel, expensive=False))
+             _bga_kernel, expensive=False, host_inputs=(0, 1)))
 
 
 def broadcast_gradient_args(s0, s1, name=None) -> tuple[Tensor, Tensor]:
@@ -373,7 +377,7 @@ def _reduced_shape_kernel(attrs, be, res):
 
 # The input's shape with the reduced axes set to 1 (math_grad.py's _ReducedShape).
 define(OpDef("ReducedShape", lambda ins, a: [(int32, ins[0].shape)], _reduced_shape_kernel,
-             expensive=False))
+             expensive=False, host_inputs=(0, 1)))
 
 
 def reduced_shape(input_shape, axes, name=None) -> Tensor:

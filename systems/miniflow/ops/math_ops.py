@@ -343,7 +343,7 @@ def _reduce_kernel(method: str):
 
 
 for _t, _m in (("Sum", "sum"), ("Mean", "mean"), ("Max", "max")):
-    define(OpDef(_t, _reduce_shape(_t), _reduce_kernel(_m)))
+    define(OpDef(_t, _reduce_shape(_t), _reduce_kernel(_m), host_inputs=(1,)))
 
 
 def _reduce(op_type, x, axis, keepdims, name):

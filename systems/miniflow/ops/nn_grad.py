@@ -35,7 +35,8 @@ def _conv2d_grad(op, g):
 
 @RegisterGradient("MaxPool")
 def _max_pool_grad(op, g):
-    return (make_op("MaxPoolGrad", [op.inputs[0], g], dict(op.attrs)).outputs[0],)
+    return (make_op("MaxPoolGrad", [op.inputs[0], op.outputs[0], g], dict(op.attrs)
+                    ).outputs[0],)
 
 
 @RegisterGradient("AvgPool")

@@ -116,14 +116,14 @@ def _xent_kernel(attrs, be, res):
             return loss, backprop
         # torch: few launches (each is host time on a GPU): log-softmax, the loss as a
         # gather-negate (nll_loss), softmax as its exp, and one scatter of -1 at the labels
-        lab = labels.long()[:, None]
+        lab = labels.long()
         logp = be.log_softmax(logits)
-        loss = be.torch.nn.functional.nll_loss(logp, lab[:, 0], reduction="none")
+        loss = be.torch.nn.functional.nll_loss(logp, lab, reduction="none")
         minus_one = cache.get((n, logits.device, logits.dtype))
         if minus_one is None:
             minus_one = cache[n, logits.device, logits.dtype] = be.torch.full(
                 (n, 1), -1.0, dtype=logits.dtype, device=logits.device)
-        return loss, logp.exp().scatter_add_(1, lab, minus_one)
+        return loss, logp.exp().scatter_add_(1, lab.unsqueeze(1), minus_one)
     return xent
 
 
@@ -183,11 +183,11 @@ def _k(method, *attr_names):
 define(OpDef("Conv2D", _conv_shape, _k("conv2d", "strides", "padding")))
 define(OpDef("Conv2DBackpropInput", lambda ins, a: [(ins[1].dtype, shape_from_tensor(ins[0]))],
              lambda a, be, res: (lambda s, f, dy: _conv_backend(be).conv2d_backprop_input(
-                 _host(be, s), f, dy, a["strides"], a["padding"]))))
+                 _host(be, s), f, dy, a["strides"], a["padding"])), host_inputs=(0,)))
 define(OpDef("Conv2DBackpropFilter", lambda ins, a: [(ins[0].dtype,
                                                       shape_from_tensor(ins[1]))],
              lambda a, be, res: (lambda x, s, dy: _conv_backend(be).conv2d_backprop_filter(
-                 x, _host(be, s), dy, a["strides"], a["padding"]))))
+                 x, _host(be, s), dy, a["strides"], a["padding"])), host_inputs=(1,)))
 
 
 def _check_padding(padding: str) -> str:
@@ -218,11 +218,16 @@ def _pool_shape(op_type):
 
 define(OpDef("MaxPool", _pool_shape("MaxPool"), _k("max_pool", "ksize", "strides", "padding")))
 define(OpDef("AvgPool", _pool_shape("AvgPool"), _k("avg_pool", "ksize", "strides", "padding")))
+# MaxPoolGrad takes TF's inputs (orig_input, orig_output, grad; nn_grad.py _MaxPoolGrad).
+# Our kernels find each window's maximum again from orig_input, so orig_output only ties
+# the gradient to its forward op, which the remapper's argmax rewrite needs.
 define(OpDef("MaxPoolGrad", lambda ins, a: [(ins[0].dtype, ins[0].shape)],
-             _k("max_pool_grad", "ksize", "strides", "padding")))
+             lambda a, be, res: (lambda x, y, dy: _conv_backend(be).max_pool_grad(
+                 x, dy, a["ksize"], a["strides"], a["padding"]))))
 define(OpDef("AvgPoolGrad", lambda ins, a: [(ins[1].dtype, shape_from_tensor(ins[0]))],
              lambda a, be, res: (lambda s, dy: _conv_backend(be).avg_pool_grad(
-                 _host(be, s), dy, a["ksize"], a["strides"], a["padding"]))))
+                 _host(be, s), dy, a["ksize"], a["strides"], a["padding"])),
+             host_inputs=(0,)))
 
 
 def _pool(op_type, x, ksize, strides, padding, name):

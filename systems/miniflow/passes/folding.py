@@ -6,6 +6,12 @@ placeholder, variable or random op computes the same value every step, so it is 
 at plan time and replaced by a ``Const``. The result's size is capped
 (``max_constant_size_in_bytes``; TF's default is 10 MiB): folding
 ``zeros([10000, 10000])`` would turn a cheap op into 400 MB held in the plan.
+
+An op with control inputs folds too, and its constant keeps them, so whatever was ordered
+after those ops still is (Grappler's ``ConstantFolding::FoldNode`` forwards a folded
+node's control inputs to the new ``Const``, grappler/optimizers/constant_folding.cc).
+Optimizers create such ops: Adam's ``beta1_power * cast(beta1)`` is built under a
+control dependency on the updates, and unfolded its cast would run every step.
 """
 
 from __future__ import annotations
@@ -29,8 +35,7 @@ def fold_constants(pg: PlanGraph, max_bytes: int) -> int:
         n.control_inputs = [moved_nodes.get(id(c), c) for c in n.control_inputs]
         if (n.type in NOT_FOLDABLE or OP_DEFS.get(n.type) is None
                 or OP_DEFS[n.type].stateful or not n.out_specs
-                or any(p.type != "Const" for p, _ in n.inputs)
-                or any(c.type != "Const" for c in n.control_inputs)):
+                or any(p.type != "Const" for p, _ in n.inputs)):
             new_nodes.append(n)
             continue
         try:
@@ -40,6 +45,7 @@ def fold_constants(pg: PlanGraph, max_bytes: int) -> int:
             new_nodes.append(n)  # leave it to fail at run time, with the user's line
             continue
         outs = out if len(n.out_specs) > 1 else (out,)
+        controls = [c for c in n.control_inputs if c.type != "Const"]
         arrays = [np.asarray(v) for v in outs]
         if sum(a.nbytes for a in arrays) > max_bytes:
             new_nodes.append(n)
@@ -48,7 +54,7 @@ def fold_constants(pg: PlanGraph, max_bytes: int) -> int:
             a = a.astype(dt.np_dtype, copy=False)
             a.setflags(write=False)
             c = Node(f"{n.name}/folded_{i}" if len(arrays) > 1 else f"{n.name}/folded",
-                     "Const", [], [], {"value": a}, [(dt, a.shape)], n.device, n.op,
+                     "Const", [], controls, {"value": a}, [(dt, a.shape)], n.device, n.op,
                      n.created_at)
             new_nodes.append(c)
             moved[(id(n), i)] = (c, 0)

@@ -23,6 +23,7 @@ are graph tensors there), so nothing waits for a device-to-host copy.
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 
@@ -50,14 +51,21 @@ def _apply_adam_kernel(var_ptr, m_ptr, v_ptr, g_ptr, new_var_ptr, new_m_ptr, new
 
 
 def apply_adam(var, m, v, grad, beta1_power, beta2_power, lr, beta1, beta2, eps):
-    """New (var, m, v) for float32 torch tensors on one device; scalars are 0-d tensors
-    or one-element tensors on the same device."""
-    import torch
+    """New (var, m, v) for float32 torch tensors on one device; scalars are 0-d or
+    one-element float32 tensors on the same device (a Python number is converted).
 
+    On a GPU every torch call here is host time (tens of microseconds each, more than the
+    kernel), so nothing is converted that is already right: the scalars arrive as
+    float32 device tensors (graph constants, uploaded once; the beta powers are
+    variables), which the kernel reads through their pointers whatever their shape."""
     var, m, v, grad = (t.contiguous() for t in (var, m, v, grad))
-    scalars = [torch.as_tensor(s, dtype=torch.float32, device=var.device).reshape(1)
+    scalars = [s if isinstance(s, torch.Tensor) and s.dtype is torch.float32 else
+               torch.as_tensor(s, dtype=torch.float32, device=var.device)
                for s in (beta1_power, beta2_power, lr, beta1, beta2, eps)]
-    new_var, new_m, new_v = (torch.empty_like(t) for t in (var, m, v))
+    # the three results in one allocation (two calls instead of three); they are
+    # replaced together at the next step, so none keeps the others' memory alive longer
+    new_var, new_m, new_v = torch.empty((3, *var.shape), dtype=var.dtype,
+                                        device=var.device).unbind(0)
     n = var.numel()
     _apply_adam_kernel[(triton.cdiv(n, BLOCK),)](var, m, v, grad, new_var, new_m, new_v,
                                                  *scalars, n, BLOCK=BLOCK)
