@@ -147,7 +147,7 @@ def model_seed(model: tuple[str, str]) -> int:
     length-prefixed so no two (name, version) pairs hash the same bytes.
 
     Clipper keys its cache with a fast non-cryptographic hash of the versioned model
-    combined with a hash of the input (``QueryCache::hash``, ``boost::hash_combine`` of
+    combined with a hash of the input (``PredictionCache::hash``, ``boost::hash_combine`` of
     64-bit hashes, in ``src/libclipper/src/task_executor.cpp``); seeding the input's hash
     with the model's is that combination, done in one call per input. We first used
     BLAKE2b, which cost 1.1 ms of the event loop's time for a 64-image request (786 KB);

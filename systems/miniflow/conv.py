@@ -14,6 +14,8 @@ and puts any odd extra padding at the bottom/right.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
@@ -114,24 +116,33 @@ def avg_pool_grad(input_shape, dy, ksize, strides, padding):
     return dx[:, pt:pt + h, pl:pl + w]
 
 
+SHAPE_CACHE = 8  # shape-only tensors kept per backend (see TorchConv._shape_only)
+
+
 class TorchConv:
     """The same five kernels on torch (NHWC kept at the interface, NCHW inside)."""
 
     def __init__(self, torch):
         self.t = torch
         self.F = torch.nn.functional
-        self._shapes: dict[tuple, object] = {}
+        self._shapes: OrderedDict[tuple, object] = OrderedDict()
 
     def _shape_only(self, shape, like, channels_last: bool = False):
         """An uninitialised tensor that the backward kernels read only for its shape and
         layout (TF's backprop ops take the shape itself). Made once per shape: on a GPU
-        each allocation is a call into the caching allocator every step."""
+        each allocation is a call into the caching allocator every step. The backend
+        outlives sessions and a batch of unknown size makes a new shape per size, so only
+        the ``SHAPE_CACHE`` most recently used are kept (each holds real memory)."""
         key = (shape, like.dtype, like.device, channels_last)
         t = self._shapes.get(key)
         if t is None:
             fmt = self.t.channels_last if channels_last else self.t.contiguous_format
             t = self._shapes[key] = self.t.empty(shape, dtype=like.dtype, device=like.device,
                                                  memory_format=fmt)
+            while len(self._shapes) > SHAPE_CACHE:
+                self._shapes.popitem(last=False)
+        else:
+            self._shapes.move_to_end(key)
         return t
 
     def _pad(self, x, kh, kw, strides, padding, value=0.0):

@@ -36,7 +36,7 @@ deliveries) through a queue, so only the driver ever touches the step's counters
 GPU): one thread, and then the order the dataflow algorithm picks is the same every step,
 so it is recorded once (:meth:`Executor._record_schedule`) and replayed. A Recv there
 waits for its value in place, which is safe when its sender has already run (partitions
-run one after another, see :func:`run_partitions`) or when this partition sends nothing
+run one after another, see :func:`.partition.run_partitions`) or when this partition sends nothing
 (no one can be waiting for it). TensorFlow's C++ executor can afford to recount every
 step; in Python, the counting would cost more than the small kernels it schedules.
 """
@@ -83,7 +83,7 @@ class StepContext:
     track_memory: bool = False
     peak_bytes: dict[str, int] = field(default_factory=dict)
     # partitions run one after another, senders first: every Recv's value is already
-    # in the rendezvous when its executor starts (see run_partitions)
+    # in the rendezvous when its executor starts (see partition.run_partitions)
     recvs_ready: bool = False
 
 
@@ -393,40 +393,3 @@ class Executor:
         return InvalidArgumentError(f"{type(e).__name__}: {e} [inputs: {shapes or 'none'}; "
                                     f"device {self.device}]", op)
 
-
-def run_partitions(executors: list[Executor], step: StepContext,
-                   start: Callable[[str, Callable[[], None]], Any],
-                   order: list[int] | None = None) -> list[list[Any]]:
-    """Run every partition's executor for one step; first error wins.
-
-    With ``order`` (the client's partition and GPU partitions that send only "forward",
-    e.g. feeds from /cpu:0 to a GPU, listed senders first) they run one after another on
-    the calling thread, each finding its received values already sent. A GPU partition
-    only enqueues kernels, so running it on another thread overlaps nothing, and the hop
-    costs two thread wake-ups and GIL hand-offs per step (tens of microseconds in Python;
-    TF's C++ executors pay a few). Otherwise they run concurrently: the first on the
-    calling thread, and ``start(device, fn)`` runs each other one on its device's thread
-    and returns a future."""
-    results: list[Any] = [None] * len(executors)
-    errors: list[BaseException] = []
-    if order is not None:
-        step.recvs_ready = True
-        for i in order:
-            results[i] = executors[i].run(step)
-        return results
-
-    def go(i: int) -> None:
-        try:
-            results[i] = executors[i].run(step)
-        except BaseException as e:  # noqa: BLE001
-            errors.append(e)
-            step.rendezvous.abort(e)
-
-    futures = [start(executors[i].device, lambda i=i: go(i))
-               for i in range(1, len(executors))]
-    go(0)
-    for f in futures:
-        f.result()
-    if errors:
-        raise errors[0]
-    return results

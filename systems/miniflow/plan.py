@@ -18,7 +18,7 @@ from .errors import InvalidArgumentError
 from .executor import Executor
 from .graph import Operation, Tensor
 from .ir import PlanGraph, build
-from .partition import partition
+from .partition import partition, senders_first
 from .passes import PassStats, run_passes
 from .passes.remapper import remap
 from .placement import place, variable_groups
@@ -109,7 +109,8 @@ def _build_plan(fetches: list[Tensor], targets: list[Operation], feeds: list[Ten
         from .tuned import use_tuned_kernels
 
         stats.add("tuned_kernels", use_tuned_kernels(pg, torch_devices))
-    for name, n in remap(pg, torch_devices).items():
+    for name, n in (remap(pg, torch_devices) if config.graph_options.remapping
+                    else {}).items():
         if n:
             stats.add(name, n)
     if torch_devices:
@@ -129,23 +130,5 @@ def _build_plan(fetches: list[Tensor], targets: list[Operation], feeds: list[Ten
         executors.append(Executor(parts[d], d, backend_for(d, config.cpu_backend), resources,
                                   per_device_fetches[d]))
     return Plan(executors, fetch_map, feeds, stats, snapshots, time.perf_counter() - t0,
-                _senders_first(order, parts))
+                senders_first(order, parts))
 
-
-def _senders_first(order: list[str], parts: dict[str, list]) -> list[int] | None:
-    """Executor indices in a topological order of "sends to" between partitions (Kahn's
-    algorithm on a few devices), when the partitions may run one after another: all but
-    the client's are GPUs, whose kernels only enqueue work, so running them in turn
-    loses no overlap (CPU partitions compute, and overlap on their own threads). None if
-    not, or if two partitions send to each other."""
-    if not all(d.startswith("/gpu") for d in order[1:]):
-        return None
-    senders = {d: {n.attrs["src_device"] for n in parts[d] if n.type == "_Recv"}
-               for d in order}
-    done: list[str] = []
-    while len(done) < len(order):
-        ready = [d for d in order if d not in done and senders[d] <= set(done)]
-        if not ready:
-            return None
-        done.append(ready[0])
-    return [order.index(d) for d in done]

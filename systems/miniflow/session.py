@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 
 from . import shapes
-from .executor import NodeStats, StepContext, run_partitions
+from .executor import NodeStats, StepContext
 from .graph import Graph, Operation, Tensor, get_default_graph
-from .partition import Rendezvous
+from .partition import Rendezvous, run_partitions
 from .passes import PassStats
 from .plan import Plan, backend_for, build_plan
 
@@ -33,6 +33,7 @@ class GraphOptions:
     common_subexpression: bool = True
     pruning: bool = True
     fusion: bool = True
+    remapping: bool = True  # Grappler's RewriterConfig.remapping: passes/remapper.py
     max_constant_bytes: int = 10 << 20
 
 

@@ -61,3 +61,21 @@ def test_training_on_the_gpu_matches_the_cpu(model):
                 s.run(m["train"], feed)
             losses[dev] = float(s.run(m["loss"], feed))
     assert abs(losses["cuda"] - losses["cpu"]) < 1e-3 * abs(losses["cpu"])
+
+
+def test_the_conv_shape_cache_keeps_a_few_shapes_however_many_batch_sizes_pass():
+    """The backend outlives sessions; with a batch of unknown size every size is a new
+    shape, and each cached stand-in holds an input-sized tensor: the cache is bounded,
+    and a gradient computed after eviction is still right (numpy is the oracle)."""
+    from systems.miniflow import conv
+
+    tc = conv.TorchConv(torch)
+    rng = np.random.default_rng(0)
+    f = rng.standard_normal((3, 3, 4, 5)).astype(np.float32)
+    for n in range(1, 3 * conv.SHAPE_CACHE):
+        dy = rng.standard_normal((n, 6, 6, 5)).astype(np.float32)
+        got = tc.conv2d_backprop_input((n, 6, 6, 4), torch.from_numpy(f),
+                                       torch.from_numpy(dy), (1, 1), "SAME")
+        assert len(tc._shapes) <= conv.SHAPE_CACHE
+    want = conv.conv2d_backprop_input((n, 6, 6, 4), f, dy, (1, 1), "SAME")
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-4)

@@ -130,6 +130,31 @@ def test_an_op_under_a_control_dependency_folds_and_keeps_the_dependency():
     assert [c for c in folded[3] if "AssignAdd" in c], folded
 
 
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_a_chain_of_folds_keeps_the_control_dependency_of_its_first_constant(backend):
+    # cast(c) under a control dependency folds to a Const that waits for the assignment;
+    # folding t * 3 from it must inherit that wait, or the assignment is pruned away
+    g = mf.Graph()
+    with g.as_default():
+        v = mf.Variable(np.float32(0.0), name="v")
+        inc = v.assign_add(1.0)
+        c = mf.constant(np.int32(2))
+        with mf.control_dependencies([inc]):
+            t = mf.cast(c, mf.float32)
+        u = t * 3.0
+        with mf.control_dependencies([inc]):  # a user's constant with a dependency
+            k = mf.constant(np.float32(5.0))
+        w = k * 2.0
+    with mf.Session(graph=g, config=mf.ConfigProto(cpu_backend=backend)) as s:
+        s.run(v.initializer)
+        for _ in range(3):
+            assert s.run(u) == 6.0
+        assert s.run(v) == 3.0
+        assert s.run(w) == 10.0
+        assert s.run(v) == 4.0
+
+
 def test_fusion_turns_an_elementwise_chain_into_one_node():
     g = mf.Graph()
     with g.as_default():

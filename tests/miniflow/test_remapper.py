@@ -100,3 +100,20 @@ def test_the_rewritten_ops_have_no_numpy_kernel():
     with pytest.raises(TypeError, match="only a torch kernel"):
         OP_DEFS["_MaxPoolWithArgmax"].make_kernel(
             {"ksize": (2, 2), "strides": (2, 2), "padding": "VALID"}, NUMPY, None)
+
+
+def test_graph_options_turn_the_remapper_off():
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [None, 5])
+        y = mf.nn.relu(mf.matmul(x, mf.constant(np.ones((5, 3), np.float32)))
+                       + mf.constant(np.ones(3, np.float32)))
+    xv = np.arange(10, dtype=np.float32).reshape(2, 5)
+    cfg = mf.ConfigProto(cpu_backend="torch",
+                         graph_options=mf.GraphOptions(remapping=False))
+    with mf.Session(graph=g, config=cfg) as s:
+        np.testing.assert_allclose(s.run(y, {x: xv}), np.maximum(xv.sum(1, keepdims=True)
+                                                                 + 1, 0) * np.ones(3))
+        types = _types(s, y, {x: None})
+        assert "MatMul" in types and "_FusedMatMul" not in types
+        assert "fused_matmul" not in s.plan_for(y, {x: None}).pass_stats.changes

@@ -10,6 +10,9 @@ at plan time and replaced by a ``Const``. The result's size is capped
 An op with control inputs folds too, and its constant keeps them, so whatever was ordered
 after those ops still is (Grappler's ``ConstantFolding::FoldNode`` forwards a folded
 node's control inputs to the new ``Const``, grappler/optimizers/constant_folding.cc).
+So does every constant it read: a ``Const`` that carries control inputs passes them on
+to whatever is folded from it, or a chain of folds would drop the dependency (and with it
+the ops it ordered, which pruning then removes).
 Optimizers create such ops: Adam's ``beta1_power * cast(beta1)`` is built under a
 control dependency on the updates, and unfolded its cast would run every step.
 """
@@ -45,7 +48,7 @@ def fold_constants(pg: PlanGraph, max_bytes: int) -> int:
             new_nodes.append(n)  # leave it to fail at run time, with the user's line
             continue
         outs = out if len(n.out_specs) > 1 else (out,)
-        controls = [c for c in n.control_inputs if c.type != "Const"]
+        controls = _inherited_controls(n)
         arrays = [np.asarray(v) for v in outs]
         if sum(a.nbytes for a in arrays) > max_bytes:
             new_nodes.append(n)
@@ -63,3 +66,22 @@ def fold_constants(pg: PlanGraph, max_bytes: int) -> int:
     pg.nodes = new_nodes
     pg.forward(moved, moved_nodes)
     return folded
+
+
+def _inherited_controls(n: Node) -> list[Node]:
+    """The control inputs a constant folded from ``n`` must keep: ``n``'s own and those of
+    the constants it reads; a constant control input stands for its own control inputs
+    (a constant has no effect to wait for). Deduplicated, in order."""
+    out: dict[int, Node] = {}
+    todo = list(n.control_inputs) + [p for p, _ in n.inputs]
+    seen: set[int] = set()
+    while todo:
+        c = todo.pop(0)
+        if id(c) in seen:
+            continue
+        seen.add(id(c))
+        if c.type == "Const":
+            todo.extend(c.control_inputs)
+        else:
+            out[id(c)] = c
+    return list(out.values())

@@ -9,13 +9,16 @@ costs host time, often more than the kernel, so these two save a launch each:
   fused op: one ``addmm`` does the product and the bias, as PyTorch's ``nn.Linear`` does.
 * **MaxPool and its MaxPoolGrad** become ``_MaxPoolWithArgmax`` and
   ``_MaxPoolGradWithArgmax``. TF's GPU ``MaxPoolGrad`` finds each window's maximum again
-  inside one cuDNN call (``DnnPoolingGradOp``, kernels/maxpooling_op.cc); PyTorch's
+  inside one cuDNN call (``DnnPoolingGradOp``, kernels/pooling_ops_common.cc, called
+  from kernels/maxpooling_op.cc); PyTorch's
   pooling backward needs the indices its forward found, so without this rewrite the
   gradient runs the forward kernel a second time. TF has the same pair as ops of its
   own, ``MaxPoolWithArgmax``/``MaxPoolGradWithArgmax``; ours carry torch's indices (a
   flat index within each NCHW plane), so they are internal.
 
 The numpy kernels keep the original ops: on a CPU a call into numpy is not a launch.
+``GraphOptions(remapping=False)`` turns the rewrites off, as Grappler's
+``RewriterConfig.remapping`` does.
 """
 
 from __future__ import annotations
