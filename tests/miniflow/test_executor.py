@@ -63,7 +63,7 @@ def test_an_expensive_node_with_nothing_to_overlap_runs_on_the_driver():
         s.run(y, {x: xv})
         ex = s.plan_for(y, {x: None}).executors[0]
         k = next(i for i, n in enumerate(ex.nodes) if n.type == "MatMul")
-        ex.cost_ns[k] = before = 100 * EXPENSIVE_NS  # surely expensive
+        ex.cost_ns[k] = before = 10_000 * EXPENSIVE_NS  # 0.3 s: above any measured run
         ex.n_expensive = sum(map(ex.is_expensive, range(len(ex.nodes))))
         md = mf.RunMetadata()
         out = s.run(y, {x: xv}, options=mf.RunOptions(trace_level=mf.RunOptions.FULL_TRACE),
