@@ -27,27 +27,17 @@ from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from common.opcount import OpCounter
 from systems.miniflow import digits
 from systems.miniflow.bench import _torch_twin
 from systems.miniflow.session import RunMetadata, RunOptions, Session
 
 
-class _Ops(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.ops: collections.Counter = collections.Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops[func.overloadpacket.__name__] += 1
-        return func(*args, **(kwargs or {}))
-
-
 def count_one_step(step) -> tuple[collections.Counter, list[str]]:
     """Torch operators dispatched by one step, and the synchronising calls it made."""
     torch.cuda.synchronize()
-    counter = _Ops()
+    counter = OpCounter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")

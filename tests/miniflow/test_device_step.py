@@ -14,8 +14,8 @@ import collections
 import numpy as np
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from common.opcount import OpCounter
 from systems.miniflow import digits
 from systems.miniflow.session import Session
 from systems.miniflow.train import fused_adam, training_ops
@@ -30,23 +30,11 @@ MAX_TORCH_OPS = {"mlp": 34, "cnn": 78}
 N_VARIABLES = {"mlp": 4, "cnn": 6}
 
 
-class _Counter(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.ops: collections.Counter = collections.Counter()
-        self.paused = False
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if not self.paused:
-            self.ops[func.overloadpacket.__name__] += 1
-        return func(*args, **(kwargs or {}))
-
-
 class _AdamKernel:
     """Stands in for ``fused_adam._apply_adam_kernel``: the same update in torch, counted
     as one launch and not as the operators it takes here."""
 
-    def __init__(self, counter: _Counter):
+    def __init__(self, counter: OpCounter):
         self.counter, self.launches = counter, 0
 
     def __getitem__(self, grid):
@@ -68,7 +56,7 @@ def _count_step(monkeypatch, model: str, batch: int | None):
     """Train three steps on the pretend GPU, then count the fourth; also the loss after
     it, for comparison with numpy."""
     pretend_gpu(monkeypatch)
-    counter = _Counter()
+    counter = OpCounter()
     kernel = _AdamKernel(counter)
     monkeypatch.setattr(training_ops, "FUSED_ADAM_DEVICES", ("cuda", "cpu"))
     monkeypatch.setattr(fused_adam, "_apply_adam_kernel", kernel)

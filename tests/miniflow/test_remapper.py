@@ -2,13 +2,12 @@
 ``addmm``, and MaxPoolGrad uses the argmax its forward found; the answers are those of
 the numpy kernels, which keep the original ops."""
 
-import collections
 
 import numpy as np
 import pytest
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import systems.miniflow as mf
+from common.opcount import OpCounter
 
 from .helpers import session
 
@@ -55,16 +54,6 @@ def test_a_product_needed_elsewhere_is_not_fused():
     np.testing.assert_array_equal(got[1], np.eye(2) + 1)
 
 
-class _Ops(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.ops: collections.Counter = collections.Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops[func.overloadpacket.__name__] += 1
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize("padding,ksize,stride", [("VALID", 2, 2), ("SAME", 3, 2)])
 def test_max_pool_gradient_reuses_the_forward_argmax(padding, ksize, stride):
     # integers in [0, 3): many ties, which go to the first maximum in the window, as in
@@ -82,7 +71,7 @@ def test_max_pool_gradient_reuses_the_forward_argmax(padding, ksize, stride):
     for backend in ("numpy", "torch"):
         with session(g, backend) as s:
             s.run([y, dx], {x: xv})
-            counter = _Ops()
+            counter = OpCounter()
             with counter:
                 out[backend] = s.run([y, dx], {x: xv})
             out[backend + " types"] = _types(s, [y, dx], {x: None})
