@@ -62,9 +62,13 @@ def _tune(tasks: list[Task], trials_per_task: int, dev, rec) -> dict:
     # weight = 1 / roofline time: the objective sums each task's slowdown over its ideal,
     # so small (decode) GEMMs are not starved by the 8192^3 one
     weights = [1.0 / cost.roofline(t.cost(), spec).lower_bound_s for t in tasks]
-    # rounds of 16: the builder compiles a whole round in parallel
+    # Rounds of 8, not 16: at 16 trials a task, rounds of 16 spend the whole budget on the
+    # scheduler's warm-up (one round per task; the full sweep of 2026-11-27 did), so the
+    # gradient allocation never runs. On the simulated H100, rounds of 8 gave a 4% lower
+    # weighted objective (median of 10 seeds, better in all 10:
+    # scripts/ansor-round-size-sim.py), at the price of compiling 8 programs at a time.
     res = tune_tasks(tasks, weights, trials_per_task * len(tasks),
-                     device=dev, per_round=16, callbacks=[rec], progress=False)
+                     device=dev, per_round=8, callbacks=[rec], progress=False)
     return res.best
 
 
