@@ -62,23 +62,12 @@ class PredictionCache:
         when the same prediction is already under way (await its future); or
         ("miss", entry), a new pending entry whose future the caller must complete
         through :meth:`put` or :meth:`fail`."""
-        self.stats.lookups += 1
-        entry = self.ring.get(key)
-        if entry is not None:
-            if entry.completed:
-                self.stats.hits += 1
-                entry.used = True
-                return "hit", entry
-            self.stats.coalesced += 1
-            return "pending", entry
-        entry = CacheEntry(asyncio.get_running_loop().create_future())
-        self.ring[key] = entry  # appended: just behind the clock hand
-        return "miss", entry
+        return self.fetch_many([key])[0]
 
     def fetch_many(self, keys: list[bytes]) -> list[tuple[str, CacheEntry]]:
-        """:meth:`fetch` for each of a request's keys, in order: the same statuses and
-        entries, without a method call and three attribute lookups per key (a third of
-        the time for 64 keys)."""
+        """:meth:`fetch` for each of a request's keys, in order (a later duplicate of a
+        missed key is "pending" on the first). One loop for a whole request, without a
+        method call and three attribute lookups per key: a third of the time for 64 keys."""
         ring, get = self.ring, self.ring.get
         new_future = asyncio.get_running_loop().create_future
         out = []

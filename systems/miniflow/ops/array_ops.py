@@ -155,7 +155,8 @@ def _split_shapes_kernel(attrs, be, res):
 
 define(OpDef("SplitByShapes",
              lambda ins, a: [(ins[0].dtype, None) for _ in ins[1:]],
-             _split_shapes_kernel, expensive=False, host_inputs=range(1, 1 << 30)))
+             _split_shapes_kernel, expensive=False,
+             host_inputs=range(1, 1 << 30)))  # every input after the data: shapes
 
 
 # -- slicing ---------------------------------------------------------------------------

@@ -62,8 +62,9 @@ def apply_adam(var, m, v, grad, beta1_power, beta2_power, lr, beta1, beta2, eps)
     scalars = [s if isinstance(s, torch.Tensor) and s.dtype is torch.float32 else
                torch.as_tensor(s, dtype=torch.float32, device=var.device)
                for s in (beta1_power, beta2_power, lr, beta1, beta2, eps)]
-    # the three results in one allocation (two calls instead of three); they are
-    # replaced together at the next step, so none keeps the others' memory alive longer
+    # the three results in one allocation (two torch calls instead of three). They share
+    # it: until the next step replaces all three, an assignment to the variable alone
+    # (a restore, say) leaves m and v holding the whole block, three times its size.
     new_var, new_m, new_v = torch.empty((3, *var.shape), dtype=var.dtype,
                                         device=var.device).unbind(0)
     n = var.numel()
