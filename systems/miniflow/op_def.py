@@ -14,6 +14,7 @@ numpy the "kernel" is ``np.add`` itself.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -148,6 +149,14 @@ def python_value_as(value: Any, dtype: DType) -> np.ndarray:
     """Python number(s) as ``dtype``, refusing any that would change value: a float for
     an integer or bool tensor, an int out of range, a finite float that overflows (TF's
     ``tensor_util._AssertCompatible`` and its range checks raise TypeError)."""
+    if dtype.is_floating and (type(value) is float or  # the common ``x * 2.0``, fast
+                              (type(value) is int and abs(value) < 2**63)):
+        with np.errstate(over="ignore"):
+            arr = np.array(value, dtype.np_dtype)
+        if not math.isfinite(arr) and math.isfinite(value):
+            raise TypeError(f"Expected {dtype.name}, got {value!r} of type "
+                            f"'{type(value).__name__}' instead: it overflows {dtype.name}")
+        return arr
     raw = np.asarray(value)
     why = None
     if raw.size == 0:  # [] is float64 to numpy, and fits any dtype

@@ -202,3 +202,25 @@ def test_convert_to_tensor_follows_tensorflow():
     for val, w, t in zip(got, want, [tv] + cases, strict=True):
         assert np.asarray(val).dtype == t.dtype.np_dtype
         np.testing.assert_array_equal(val, w)
+
+
+@pytest.mark.parametrize("value, dtype, why", [
+    (70000.0, mf.float16, "overflows float16"), (1e300, mf.float32, "overflows float32"),
+    (70000, mf.float16, "overflows float16"), (2**64, mf.float32, "not a number"),
+    (2.5, mf.int32, "without losing its fraction"), (2**40, mf.int32, "out of range"),
+    (True, mf.float32, None), (float("inf"), mf.float16, None), (3, mf.float16, None)])
+def test_python_numbers_keep_their_value_or_are_refused(value, dtype, why):
+    """A Python number meeting a tensor takes its dtype only if its value survives
+    (TF's _AssertCompatible): an overflow to inf is refused, an inf stays inf; the
+    scalar fast path for floats agrees with numpy's own cast."""
+    g = mf.Graph()
+    with g.as_default():
+        if why is not None:
+            with pytest.raises(TypeError, match=why):
+                mf.constant(value, dtype)
+            return
+        c = mf.constant(value, dtype)
+    with mf.Session(graph=g) as s:
+        got = s.run(c)
+    assert got.dtype == dtype.np_dtype
+    np.testing.assert_array_equal(got, np.asarray(value).astype(dtype.np_dtype))
