@@ -41,16 +41,15 @@ class PlacementError(ValueError):
 
 def node_cost(n: Node) -> OpCost:
     """FLOPs and bytes of one node, from its static output shapes (unknown dims = 32)."""
-    def numel(shape) -> int:
-        if shape is None:
-            return UNKNOWN_DIM
-        k = 1
-        for d in shape:
-            k *= UNKNOWN_DIM if d is None else d
-        return k
-
-    outs = sum(numel(s) * dt.size for dt, s in n.out_specs)
-    ins = sum(numel(p.out_specs[i][1]) * p.out_specs[i][0].size for p, i in n.inputs)
+    numel = _elements
+    outs = ins = out_elements = 0
+    for dt, s in n.out_specs:
+        k = numel(s)
+        out_elements += k
+        outs += k * dt.size
+    for p, i in n.inputs:
+        dt, s = p.out_specs[i]
+        ins += numel(s) * dt.size
     if n.type == "MatMul" and n.inputs:
         a_shape = n.inputs[0][0].out_specs[n.inputs[0][1]][1]
         k = (a_shape[-2] if n.attrs.get("transpose_a") else a_shape[-1]) if a_shape else None
@@ -63,7 +62,7 @@ def node_cost(n: Node) -> OpCost:
     else:
         d = OP_DEFS.get(n.type)
         per = d.flops_per_element if d else 1.0
-        flops = per * sum(numel(s) for _, s in n.out_specs)
+        flops = per * out_elements
     return OpCost(flops, ins, outs, n.name)
 
 
@@ -189,7 +188,7 @@ def place(pg: PlanGraph, devices: list[str], allow_soft_placement: bool = False,
                 if where[id(p)] != d:
                     dt, shape = p.out_specs[i]
                     nbytes = dt.size * (1 if shape is None else
-                                        _numel(shape))
+                                        _elements(shape))
                     t += TRANSFER_FIXED_S + nbytes / TRANSFER_BYTES_PER_S
                 ready = max(ready, t)
             for c in n.control_inputs:
@@ -209,8 +208,11 @@ def place(pg: PlanGraph, devices: list[str], allow_soft_placement: bool = False,
                 lives.setdefault(v, best)
 
 
-def _numel(shape) -> int:
+def _elements(shape) -> int:
+    """Elements of a static shape, an unknown dimension (or rank) counted as 32."""
+    if shape is None:
+        return UNKNOWN_DIM
     k = 1
     for d in shape:
-        k *= 32 if d is None else d
+        k *= UNKNOWN_DIM if d is None else d
     return k

@@ -178,7 +178,7 @@ class Session:
                     raise TypeError(f"Cannot feed a value of dtype {arr.dtype} to tensor "
                                     f"'{t.name}' of dtype {t.dtype.name}")
                 arr = arr.astype(want)
-            if not shapes.compatible(t.shape, arr.shape):
+            if t.shape != arr.shape and not shapes.compatible(t.shape, arr.shape):
                 raise ValueError(f"Cannot feed value of shape {arr.shape} for Tensor "
                                  f"'{t.name}', which has shape '{shapes.fmt(t.shape)}'")
             out[t] = arr
