@@ -55,3 +55,22 @@ def test_json_is_honoured_at_either_level_of_a_subcommand():
     assert parse(["ps", "--json", "launch"]).json is True  # was silently reset to False
     assert parse(["ansor", "show", "x.jsonl", "--json"]).json is True
     assert not getattr(parse(["ps", "launch"]), "json", False)
+
+
+def test_help_imports_only_the_system_it_names():
+    """``casebook --help`` lists every system without importing any (torch, Triton and
+    scikit-learn took ~3 s); ``casebook ansor --help`` imports miniansor alone, and shows
+    its full subcommand tree."""
+    probe = ("import sys; from common.cli import build_parser; p = build_parser({argv!r}); "
+             "print(sorted(m for m in ('torch', 'sklearn', 'systems.miniansor', "
+             "'systems.minips', 'systems.miniclipper') if m in sys.modules))")
+    def imported(argv):
+        out = subprocess.run([sys.executable, "-c", probe.format(argv=argv)],
+                             capture_output=True, text=True, timeout=120, check=True)
+        return out.stdout.strip()
+    assert imported(["--help"]) == "[]"
+    assert imported(["ansor", "--help"]) == "['sklearn', 'systems.miniansor', 'torch']"
+    lines = _casebook("--help")
+    for name in ("clipper", "flow", "ansor", "ps"):
+        assert any(line.split()[:1] == [name] for line in lines), name
+    assert any("tune" in line for line in _casebook("ansor", "--help"))

@@ -26,7 +26,7 @@ def _hashable(v: Any) -> Any:
     if isinstance(v, (list, tuple)):
         return tuple(_hashable(x) for x in v)
     if isinstance(v, dict):
-        return tuple(sorted((k, _hashable(x)) for k, x in v.items()))
+        return tuple(sorted((k, _hashable(x)) for k, x in v.items())) if v else ()
     return v
 
 
