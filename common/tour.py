@@ -43,7 +43,8 @@ def measuring_step(quick: bool = True) -> dict[str, Any]:
     comp = interleaved(lambda: x.sum(), lambda: (x * 2).sum(), repeats=11)
     print(f"  x.sum() vs (x*2).sum(): ratio {comp.ratio:.2f} "
           f"(IQR {comp.ratio_stats.q1:.2f}-{comp.ratio_stats.q3:.2f} over 11 interleaved pairs)")
-    return {"result": f"matmul {n} at {eff:.0%} of roofline; A/B ratio {comp.ratio:.2f}"}
+    return {"result": f"matmul {n} at {eff:.0%} of roofline; A/B ratio {comp.ratio:.2f}",
+            "roofline_fraction": eff, "ab_ratio": comp.ratio}
 
 
 def run_tour(quick: bool = True) -> dict[str, Any]:

@@ -127,4 +127,5 @@ def tour_step(quick: bool = True) -> dict:
           f"{r['restored_accuracy']:.1%}")
     return {"result": f"MLP {r['test_accuracy']:.1%} on held-out digits in "
                       f"{r['train_seconds']:.1f} s; restore matches: "
-                      f"{r['restored_accuracy'] == r['test_accuracy']}"}
+                      f"{r['restored_accuracy'] == r['test_accuracy']}",
+            "test_accuracy": r["test_accuracy"], "restored_accuracy": r["restored_accuracy"]}

@@ -177,7 +177,12 @@ class Session:
                 if not np.can_cast(arr.dtype, want, "same_kind"):
                     raise TypeError(f"Cannot feed a value of dtype {arr.dtype} to tensor "
                                     f"'{t.name}' of dtype {t.dtype.name}")
-                arr = arr.astype(want)
+                cast = arr.astype(want)
+                if arr.dtype.kind in "iu" and not np.array_equal(cast, arr):
+                    raise ValueError(f"Cannot feed {arr.dtype} values to tensor '{t.name}' "
+                                     f"of dtype {t.dtype.name}: some are out of its range "
+                                     f"(from {arr.min()} to {arr.max()})")
+                arr = cast
             if t.shape != arr.shape and not shapes.compatible(t.shape, arr.shape):
                 raise ValueError(f"Cannot feed value of shape {arr.shape} for Tensor "
                                  f"'{t.name}', which has shape '{shapes.fmt(t.shape)}'")

@@ -184,4 +184,6 @@ def tour_step(quick: bool = True) -> dict[str, Any]:
     print(f"  workers moved {mb:.1f} MB over the wire; a dense all-reduce of the same steps "
           f"would move about {dense:.0f} MB")
     return {"result": f"objective {curve[0]['objective']:.3f} -> {curve[-1]['objective']:.3f}"
-                      f" in {curve[-1]['t']:.1f}s, {mb:.1f} MB on the wire"}
+                      f" in {curve[-1]['t']:.1f}s, {mb:.1f} MB on the wire",
+            "objective": [curve[0]["objective"], curve[-1]["objective"]],
+            "worker_mb": mb, "dense_allreduce_mb": dense}

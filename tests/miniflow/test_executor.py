@@ -25,15 +25,23 @@ def _branches(n_branches=6, depth=3, size=96):
 
 
 def test_results_are_identical_with_one_or_four_inter_op_threads():
-    g, x, y, xv = _branches()
-    results = []
+    """Bit-identical, and the four-thread runs really used the pool (size 256: the
+    matmuls are expensive enough to be handed off, see the next test)."""
+    g, x, y, xv = _branches(size=256)
+    results, threads_seen = [], set()
     for threads in (1, 4):
         cfg = mf.ConfigProto(inter_op_parallelism_threads=threads)
         with mf.Session(graph=g, config=cfg) as s:
-            for _ in range(3):
+            for _ in range(3):  # untraced: one thread runs the inline loop, four the pool
                 results.append(s.run(y, {x: xv}))
+            if threads == 4:  # a traced run to see where the nodes went
+                md = mf.RunMetadata()
+                results.append(s.run(y, {x: xv}, run_metadata=md, options=mf.RunOptions(
+                    trace_level=mf.RunOptions.FULL_TRACE)))
+                threads_seen = {st.thread for st in md.step_stats}
     for r in results[1:]:
         np.testing.assert_array_equal(r, results[0])
+    assert any("inter-op pool" in t for t in threads_seen)
 
 
 def test_expensive_nodes_go_to_the_pool_and_cheap_ones_run_inline():

@@ -93,6 +93,29 @@ def test_cse_keeps_identical_stateful_ops_apart():
         assert stats.changes.get("cse", 0) == 0
 
 
+def test_cse_never_merges_two_placeholders_of_the_same_type_and_shape():
+    """Two placeholders look alike (same op, dtype, shape, no inputs) but are fed apart:
+    merged, one feed would answer for both. optimizer_cse.cc skips them; ours reach the
+    passes as ``_Arg`` nodes (``cse.NEVER``, and each names its own feed index), and an
+    unfed one is refused before any pass runs."""
+    g = mf.Graph()
+    with g.as_default():
+        p = mf.placeholder(mf.float32, [2])
+        q = mf.placeholder(mf.float32, [2])
+        d = p - q
+        e = mf.tanh(p) - mf.tanh(p)  # a real duplicate beside them, which CSE does merge
+    with mf.Session(graph=g) as s:
+        got = s.run([d, e], {p: np.array([3.0, 1.0], np.float32),
+                             q: np.array([1.0, 1.0], np.float32)})
+        np.testing.assert_array_equal(got[0], [2.0, 0.0])
+        np.testing.assert_array_equal(got[1], [0.0, 0.0])
+        assert s.plan_for([d, e], {p: np.zeros(2, np.float32),
+                                   q: np.zeros(2, np.float32)}).pass_stats.changes["cse"] == 1
+    with mf.Session(graph=g) as s:  # unfed, they are still two placeholders, two errors
+        with pytest.raises(mf.errors.InvalidArgumentError, match="must feed a value"):
+            s.run(d, {p: np.zeros(2, np.float32)})
+
+
 def test_folding_respects_the_size_cap():
     g = mf.Graph()
     with g.as_default():
