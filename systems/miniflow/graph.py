@@ -28,7 +28,11 @@ _PKG_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 def _user_site() -> str:
-    """The first stack frame outside miniflow: where the user asked for this op."""
+    """The first stack frame outside miniflow: where the user asked for this op.
+
+    TF keeps the whole creation stack (``Operation.traceback``) and prints it under an
+    error; we keep this one frame, which is what our errors name, because walking and
+    storing the full stack on every op would cost more than building the op itself."""
     f = sys._getframe(2)
     while f is not None and f.f_code.co_filename.startswith(_PKG_DIR):
         f = f.f_back
