@@ -32,7 +32,7 @@ def _user_site() -> str:
 
     TF keeps the whole creation stack (``Operation.traceback``) and prints it under an
     error; we keep this one frame, which is what our errors name, because walking and
-    storing the full stack on every op would cost more than building the op itself."""
+    storing the whole stack would add to the cost of every op (building one takes ~7 us)."""
     f = sys._getframe(2)
     while f is not None and f.f_code.co_filename.startswith(_PKG_DIR):
         f = f.f_back
