@@ -194,6 +194,26 @@ def test_overload_is_rejected_not_queued_forever(apps):
     assert rejected["error"] == "Overloaded" and "bound of 2" in rejected["cause"]
     assert all(r["output"] == 1.0 for code, r in got if code == 200)
 
+    # the gRPC query API sheds the same way, with RESOURCE_EXHAUSTED (new inputs: the
+    # cache must not answer them), and answers the next query once the queue drains
+    with rpc.channel(c.cm.get_grpc_addr()) as ch:
+        call = rpc.method(ch, QUERY_SERVICE, "Predict")
+
+        def one(v):
+            try:
+                meta, _ = unpack(call(pack({"app": "tiny", "input": [v]}), timeout=30))
+                return "ok", meta["predictions"][0]["output"]
+            except grpc.RpcError as e:
+                return e.code(), json.loads(e.details())
+        with cf.ThreadPoolExecutor(12) as pool:
+            got = list(pool.map(one, [100.0 + i for i in range(12)]))
+        kinds = [k for k, _ in got]
+        assert kinds.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= 6 and kinds.count("ok") >= 2
+        assert set(kinds) <= {"ok", grpc.StatusCode.RESOURCE_EXHAUSTED}
+        assert all(v == 1.0 for k, v in got if k == "ok")
+        assert all(v["error"] == "Overloaded" for k, v in got if k != "ok")
+        assert one(200.0) == ("ok", 1.0)
+
 
 def test_grpc_query_api(apps):
     c, lr, X = apps
