@@ -78,3 +78,36 @@ def test_show_weights_each_task_as_the_tuner_did(tmp_path, capsys):
         _show(str(bare), "--plot", str(tmp_path / "q.png"))
     out = _show(str(bare), "--plot", str(tmp_path / "q.png"), "--device", "dev")
     assert out["latency_sum_us"] == pytest.approx(6.0)
+
+
+def test_tune_on_the_replayed_h200_picks_a_recorded_config_at_its_recorded_time():
+    """``--device replay:FILE`` measures nothing: every trial is a row of the committed
+    table of real H200 times, so the best must be one of its rows, at that row's time."""
+    from systems.miniansor.annotation import config_key
+    from systems.miniansor.sketch import Sketch
+
+    table = ROOT / "systems" / "miniansor" / "data" / "space-nvidia-h200.json"
+    out = casebook("ansor", "tune", "--workload", "gemm", "--shape", "16,4096,14336",
+                   "--dtype", "fp16", "--device", f"replay:{table}", "--trials", "16",
+                   "--no-progress", "--json")
+    assert out.returncode == 0, out.stderr[-2000:]
+    doc = json.loads(out.stdout.strip().splitlines()[-1])
+    assert doc["trials"] == 16 and "H200" in doc["device"]
+    best = doc["tasks"][0]
+    rows = json.loads(table.read_text())["tasks"]["gemm:16x4096x14336:fp16:none"]
+    key = config_key(Sketch(best["sketch"], "matmul"), best["ann"])
+    assert key in rows, key
+    assert best["best_us"] == pytest.approx(min(rows[key]["time_s"]) * 1e6, rel=1e-6)
+
+
+def test_tune_model_tunes_each_extracted_task_and_weighs_them():
+    """``tune-model --model mlp``: three GEMM tasks (the middle one occurs twice), and the
+    reported objective is the weighted sum of the per-task bests."""
+    out = casebook("ansor", "tune-model", "--model", "mlp", "--trials", "24", "--no-progress",
+                   "--json")
+    assert out.returncode == 0, out.stderr[-2000:]
+    doc = json.loads(out.stdout.strip().splitlines()[-1])
+    assert doc["trials"] == 24 and [t["weight"] for t in doc["tasks"]] == [1, 2, 1]
+    assert doc["weighted_latency_us"] == pytest.approx(
+        sum(t["weight"] * t["best_us"] for t in doc["tasks"]), rel=1e-9)
+    assert doc["curve"]["trials"] == [8, 16, 24]

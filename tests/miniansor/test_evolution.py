@@ -28,12 +28,28 @@ def _population(task, n=60, seed=0):
 
 
 def test_every_mutation_returns_a_valid_config_or_none():
+    """Valid or None, and never a no-op dressed as a child: each rule changes only the
+    knobs it owns, and gives a child for at least a fifth of the parents that have them
+    (so a rule that always gave up would fail here; TVM's rules fail often too)."""
     rng = np.random.default_rng(0)
+    owns = {"mutate_tile_size": set(GENE_GROUPS["tile"] + ("SPLIT_K",)),
+            "mutate_warps": {"num_warps"}, "mutate_stages": {"num_stages"},
+            "mutate_order": set(GENE_GROUPS["order"])}
+    made = dict.fromkeys(owns, 0)
+    tried = dict.fromkeys(owns, 0)
     for task in TASKS:
         for sk, ann in _population(task):
             for rule, _ in MUTATIONS:
                 child = rule(task, sk, ann, rng)
                 assert child is None or is_valid(task, sk, child)
+                name = rule.__name__
+                tried[name] += any(p in ann for p in owns[name])
+                if child is not None:
+                    changed = {p for p in ann if child[p] != ann[p]}
+                    assert changed and changed <= owns[name], (name, ann, child)
+                    made[name] += 1
+    for name in owns:
+        assert made[name] >= tried[name] // 5, (name, made[name], tried[name])
 
 
 def test_tile_size_mutation_moves_a_factor_within_one_loop():

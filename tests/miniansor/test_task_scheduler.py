@@ -152,3 +152,30 @@ def test_a_task_much_slower_than_its_similarity_group_leaves_it():
     s.task_cts[2] = 9
     s._adjust_similarity_group(2)
     assert s.groups[2] == [2] and s.groups[0] == s.groups[1] == [0, 1]
+
+
+def test_the_cost_model_is_refit_on_everything_measured_before_each_round():
+    """Ansor section 5.2 / TVM's ``update`` after every measured batch: while round r is
+    measured, the model was last fit on exactly the 8 r earlier measurements, and each
+    round after the warm-up (8 samples) sees a new fit."""
+    from systems.miniansor.cost_model import GBTModel
+    from systems.miniansor.measure import Measurer
+    from systems.miniansor.search_policy import SketchPolicy
+    from systems.miniansor.simulator import SimulatedGPU
+
+    tasks = [gemm(1024, 1024, 1024), gemm(16, 4096, 4096)]
+    model = GBTModel(seed=0)
+    seen = []  # (measurements the model holds, the fitted estimator) at each measurement
+    measurer = Measurer(SimulatedGPU(seed=0), verify="none",
+                        callbacks=[lambda inp, res: seen.append((len(model.xs), model.model))])
+    policies = [SketchPolicy(t, model, seed=i) for i, t in enumerate(tasks)]
+    TaskScheduler(tasks, [1.0, 1.0], policies, measurer, model).tune(40, 8, progress=False)
+    rounds = [seen[i:i + 8] for i in range(0, len(seen), 8)]
+    assert len(rounds) == 5
+    fits = []
+    for r, batch in enumerate(rounds):
+        assert {n for n, _ in batch} == {8 * r}  # everything before this round, no more
+        assert len({id(m) for _, m in batch}) == 1  # one fit serves a whole round
+        fits.append(batch[0][1])
+    assert fits[0] is None  # the first round is measured before any training
+    assert len({id(f) for f in fits[1:]}) == 4 and all(f is not None for f in fits[1:])
