@@ -183,11 +183,14 @@ def _batch_unbroadcast(grad, x):
 
 
 def _reduction_axes(op):
-    """The reduced axes of a Sum/Mean/Max: a static list, or the op's axes tensor."""
+    """The reduced axes of a Sum/Mean/Max: a static list, or the op's axes tensor; None
+    for "every axis" of an input whose rank is unknown until it runs."""
     if len(op.inputs) == 2:
         return op.inputs[1]
     x, ax = op.inputs[0], op.attrs["axis"]
-    return list(range(len(x.shape))) if ax is None else list(ax)
+    if ax is None:
+        return None if x.shape is None else list(range(len(x.shape)))
+    return list(ax)
 
 
 def _expand(x, axes, g):
@@ -195,6 +198,8 @@ def _expand(x, axes, g):
     from ..op_def import constant
     from .array_ops import broadcast_to
 
+    if axes is None:  # every axis was reduced, whatever the rank: the value spreads out
+        return broadcast_to(g, shape(x))
     if isinstance(axes, list) and x.shape is not None and None not in x.shape:
         kept = [1 if i in axes else d for i, d in enumerate(x.shape)]
         return broadcast_to(reshape(g, kept), constant(list(x.shape), "int32"))
