@@ -102,7 +102,8 @@ def _one_role(a: argparse.Namespace) -> dict[str, Any]:
 
         from .scheduler import serve
 
-        asyncio.run(serve(spec_from_args(a).config(a.out), a.host, a.port))
+        config = {**spec_from_args(a).config(a.out), "exit_when_done": True}
+        asyncio.run(serve(config, a.host, a.port))
     elif a.role == "server":
         import asyncio
 

@@ -153,6 +153,16 @@ class Scheduler:
                 if w["alive"] and not w.get("exited") and \
                         now - w["last_hb"] > c["worker_timeout"]:
                     self.remove_worker(name, "no heartbeat")
+            if c.get("exit_when_done") and self.finished():
+                self.log("finished")
+                self.shutdown.set()  # the servers read it in their next heartbeat
+
+    def finished(self) -> bool:
+        """The job is done and every worker has reported or is dead: nothing is left to
+        serve. A launcher on one machine asks for the shutdown itself, after it read the
+        reports; a scheduler started alone (``--role scheduler``) ends the job here."""
+        return self.job_done() and all(w.get("exited") or not w["alive"]
+                                       for w in self.workers.values())
 
     # ---- RPC handlers ----------------------------------------------------------------
     async def Register(self, req: bytes, ctx) -> bytes:

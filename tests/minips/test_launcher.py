@@ -90,3 +90,41 @@ def test_filters_given_to_an_app_without_filters_are_an_error():
         spec_from_args(a)
     a = build_parser().parse_args(["ps", "launch", "--app", "sparse_lr", "--filters", "kkt"])
     assert spec_from_args(a).app["filters"] == ["kkt"]
+
+
+def test_roles_started_one_by_one_train_and_all_exit_when_the_job_is_done(tmp_path):
+    """The multi-machine path (``--role``), here on loopback: a scheduler, a server and
+    a worker, each its own ``casebook ps launch --role ...`` process. The worker pushes
+    its 5 clocks and reports; then the scheduler, seeing the job done and every worker
+    reported, shuts down, and the server follows on its next heartbeat (before, both
+    kept running until killed)."""
+    root = Path(__file__).resolve().parents[2]
+    base = [sys.executable, "-m", "common.cli", "ps", "launch", "--servers", "1", "--workers",
+            "1", "--app", "count", "--steps", "5", "--no-progress", "--out", str(tmp_path)]
+    procs = []
+
+    def start(*role):
+        p = subprocess.Popen([*base, *role], cwd=root, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+        procs.append(p)
+        line = p.stdout.readline()
+        assert line.startswith("READY "), line
+        return json.loads(line[len("READY "):])
+
+    try:
+        sched = start("--role", "scheduler", "--port", "0")
+        start("--role", "server", "--name", "s0", "--scheduler", sched["addr"])
+        w = subprocess.run([*base, "--role", "worker", "--name", "w0", "--scheduler",
+                            sched["addr"], "--json"], cwd=root, capture_output=True,
+                           text=True, timeout=120)
+        assert w.returncode == 0, w.stderr[-2000:]
+        report = json.loads(w.stdout.strip().splitlines()[-1])
+        assert report["clocks"] == 5 and report["acked"] == [0, 1, 2, 3, 4]
+        for p in procs:  # the scheduler and the server end by themselves
+            assert p.wait(timeout=30) == 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            p.stdout.close()
