@@ -18,6 +18,8 @@ from typing import Any
 
 from common.cli import positive_int
 
+from .apps import SPARSE_LR_FILTERS
+
 
 def _app_spec(a: argparse.Namespace) -> dict[str, Any]:
     spec: dict[str, Any] = {"name": a.app, "seed": a.seed}
@@ -138,7 +140,7 @@ def add_parser(sub, add) -> None:
     la.add_argument("--nnz", type=int, default=24, help="sparse_lr: features per example")
     la.add_argument("--lam", type=float, default=5e-3, help="sparse_lr: L1 strength")
     la.add_argument("--filters", nargs="*", default=[],
-                    choices=["kkt", "sigmod", "key_caching", "compress"])
+                    choices=SPARSE_LR_FILTERS)
     la.add_argument("--hidden", type=int, default=64, help="mlp: hidden units")
     la.add_argument("--device", default="cpu", help="mlp: where workers compute (cuda)")
     la.add_argument("--batch", type=int, default=0, help="minibatch (0: the app's default)")

@@ -32,11 +32,19 @@ def make_app(spec: dict[str, Any], num_shards: int, monitor: bool = False) -> An
     raise ValueError(f"unknown app {name!r}; choose from sparse_lr, mlp, count")
 
 
+# the user-defined filters (paper section 3.6) the sparse LR app can put on its pushes
+SPARSE_LR_FILTERS = ("kkt", "sigmod", "key_caching", "compress")
+
+
 def describe(spec: dict[str, Any]) -> dict[str, Any]:
     """The app's key space and server-side updater, without building its data (the
     launcher needs them for the cluster config before any worker starts)."""
     name = spec.get("name")
     if name == "sparse_lr":
+        unknown = sorted(set(spec.get("filters", [])) - set(SPARSE_LR_FILTERS))
+        if unknown:  # an unknown name would be ignored by every worker, without a word
+            raise ValueError(f"unknown filter(s) {unknown}; sparse_lr takes "
+                             f"{', '.join(SPARSE_LR_FILTERS)}")
         lam = float(spec.get("lam", 5e-3))
         return {"key_max": int(spec.get("features", 1 << 22)),
                 "updater": {"name": "l1prox", "lr": float(spec.get("lr", 0.1)),
