@@ -28,7 +28,8 @@ def _conn(args: argparse.Namespace) -> Any:
     from .manager import LocalContainerManager
 
     conn = ClipperConnection(LocalContainerManager(
-        query_port=args.query_port, mgmt_port=args.mgmt_port, grpc_port=args.grpc_port))
+        host=args.host, query_port=args.query_port, mgmt_port=args.mgmt_port,
+        grpc_port=args.grpc_port))
     return conn
 
 
@@ -36,7 +37,7 @@ def _start(args: argparse.Namespace) -> dict[str, Any]:
     from .admin import ClipperConnection
     from .manager import LocalContainerManager
 
-    cm = LocalContainerManager(detach=True)
+    cm = LocalContainerManager(host=args.host, detach=True)
     conn = ClipperConnection(cm)
     conn.start_clipper(args.query_port, args.mgmt_port, args.grpc_port, args.cache_bytes,
                        args.trace_sample)
@@ -98,7 +99,7 @@ def _query(args: argparse.Namespace) -> dict[str, Any]:
 
     doc = {"input_batch": json.loads(args.input_batch)} if args.input_batch else \
         {"input": json.loads(args.input)}
-    out = http_json(f"http://127.0.0.1:{args.query_port}/{args.app}/predict", doc)
+    out = http_json(f"http://{args.host}:{args.query_port}/{args.app}/predict", doc)
     print(json.dumps(out))
     return out
 
@@ -116,7 +117,7 @@ def _load(args: argparse.Namespace) -> dict[str, Any]:
         pool = load_digits().data[:500]
     else:
         pool = np.random.default_rng(0).standard_normal((500, int(args.inputs.split(":")[1])))
-    url = f"http://127.0.0.1:{args.query_port}/{args.app}/predict"
+    url = f"http://{args.host}:{args.query_port}/{args.app}/predict"
     spec = LoadSpec(url, pool.tolist(), phases=[(args.duration, args.rate)],
                     slo_s=args.slo_ms / 1e3, seed=args.seed)
     s = run_process(spec)
@@ -137,7 +138,7 @@ def _load(args: argparse.Namespace) -> dict[str, Any]:
 def _stop(args: argparse.Namespace) -> dict[str, Any]:
     from .admin import http_json
 
-    out = http_json(f"http://127.0.0.1:{args.mgmt_port}/admin/shutdown", {})
+    out = http_json(f"http://{args.host}:{args.mgmt_port}/admin/shutdown", {})
     print("Clipper is shutting down (its containers first)")
     return out
 
@@ -145,7 +146,7 @@ def _stop(args: argparse.Namespace) -> dict[str, Any]:
 def _trace(args: argparse.Namespace) -> dict[str, Any]:
     from .admin import http_json
 
-    doc = http_json(f"http://127.0.0.1:{args.mgmt_port}/admin/trace", method="GET")
+    doc = http_json(f"http://{args.host}:{args.mgmt_port}/admin/trace", method="GET")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc))
@@ -170,13 +171,16 @@ def add_parser(sub: Any, add: Any) -> None:
         p = inner.add_parser(name, help=help, description=help)
         p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                        help="print the result as JSON last")
+        p.add_argument("--host", default="127.0.0.1",
+                       help="the address Clipper listens on (start) or is reached at; "
+                            "loopback unless given")
         p.add_argument("--query-port", type=int, default=1337)
         p.add_argument("--mgmt-port", type=int, default=1338)
         p.add_argument("--grpc-port", type=int, default=1339)
         p.set_defaults(func=fn)
         return p
 
-    s = cmd("start", _start, "start Clipper in the background (loopback only)")
+    s = cmd("start", _start, "start Clipper in the background (on loopback unless --host)")
     s.add_argument("--cache-bytes", type=int, default=32 << 20)
     s.add_argument("--trace-sample", type=float, default=0.0)
     d = cmd("deploy", _deploy, "deploy a model directory or a built-in model")

@@ -23,11 +23,19 @@ def test_start_deploy_query_load_stop(tmp_path, capsys):
         assert main(["clipper", *args, "--json"]) == 0
         return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
-    info = _shell("start", "--query-port", "0", "--mgmt-port", "0", "--grpc-port", "0",
-                  "--trace-sample", "1.0")
-    ports = ["--query-port", str(info["query_port"]), "--mgmt-port", str(info["mgmt_port"])]
+    # 127.0.0.2 is loopback too, but not the default: every command must pass it along,
+    # and the frontend must listen on it alone (never on every interface)
+    info = _shell("start", "--host", "127.0.0.2", "--query-port", "0", "--mgmt-port", "0",
+                  "--grpc-port", "0", "--trace-sample", "1.0")
+    ports = ["--host", "127.0.0.2", "--query-port", str(info["query_port"]), "--mgmt-port",
+             str(info["mgmt_port"])]
     try:
         assert psutil.pid_exists(info["pid"])  # it outlived the command that started it
+        listening = {(c.laddr.ip.removeprefix("::ffff:"), c.laddr.port)  # gRPC's socket
+                     for c in psutil.Process(info["pid"])  # is dual-stack, v4-mapped
+                     .net_connections("inet") if c.status == psutil.CONN_LISTEN}
+        assert listening == {("127.0.0.2", info[k]) for k in ("query_port", "mgmt_port",
+                                                              "grpc_port")}, listening
         model = _casebook("deploy", "--name", "adder", "--builtin", "sum", "--app", "add",
                           "--slo-micros", "500000", *ports)
         assert model["replicas"] == 1 and model["batching"]["policy"] == "aimd"
