@@ -27,6 +27,9 @@ if TYPE_CHECKING:
     from .server import KVServer
 
 CRASH_POINTS = ("before_apply", "after_apply", "after_forward", "replica_after_apply")
+# reached only while a server joins: an old master dies before it sends the changes made
+# since the joiner's pre-copy (the joiner must then copy them from a surviving replica)
+JOIN_CRASH_POINTS = ("before_catchup",)
 
 
 def crash_point(node: KVServer, point: str) -> None:
@@ -48,8 +51,9 @@ async def control(node: KVServer, req: bytes) -> bytes:
         return M.encode(M.reply("INVALID", f"malformed Control request: {bad}"))
     out: dict[str, Any] = {"code": M.OK, "name": node.name, "epoch": node.epoch}
     if "crash" in meta:
-        if meta["crash"] not in CRASH_POINTS:
-            out = M.reply("INVALID", f"crash point must be one of {CRASH_POINTS}")
+        if meta["crash"] not in CRASH_POINTS + JOIN_CRASH_POINTS:
+            out = M.reply("INVALID", f"crash point must be one of "
+                                     f"{CRASH_POINTS + JOIN_CRASH_POINTS}")
         else:
             node.crash[meta["crash"]] = int(meta.get("after", 1))
     if meta.get("checkpoint"):

@@ -26,6 +26,15 @@ reference:
   ring switches, each old master stops accepting pushes for the moved range (epoch
   check) and sends the keys changed since the snapshot (a catch-up ``Sync``). The new
   master serves the range only after that.
+* **no single death mid-transition loses data** (beyond the paper, which does not say
+  what happens if a server dies while ranges move): every server that holds a complete
+  copy of a range that another server takes on sends it (the old master its catch-up,
+  the others whole copies), and the receiver installs the first copy of each range and
+  ignores the rest. Until then the range is *waiting* (``not_ready`` for a new master,
+  ``unsynced`` for a new replica): it is neither served nor passed on, so a server
+  promoted before its copy came waits for one instead of serving an empty range. The
+  price is up to R copies of each moved range where one would do.
+  ``test_an_old_master_killed_during_a_join_loses_and_duplicates_nothing`` found this.
 """
 
 from __future__ import annotations
@@ -54,6 +63,8 @@ class Replication:
         self.s = server
         self.not_ready: list[tuple[int, int]] = []  # ranges waiting for a catch-up
         self.caught_up: list[tuple[int, int]] = []
+        self.unsynced: list[tuple[int, int]] = []  # new replica ranges not copied yet
+        self.synced: list[tuple[int, int]] = []  # ... copied before our own transition
         self.transfers: dict[tuple[int, int], list[np.ndarray]] = {}
         self.broken = False
         self.channels: dict[str, grpc.aio.Channel] = {}
@@ -177,6 +188,23 @@ class Replication:
         meta, keys, vals, extra = M.decode(req)
         if self.s.store is None or (meta["epoch"] < self.s.epoch and not meta.get("catchup")):
             return M.encode(M.reply(M.STALE, epoch=self.s.epoch))
+        rr = [(int(b), int(e)) for b, e in meta["ranges"]]
+        early = self.s.epoch < meta["epoch"]  # sent in a ring we have not reached yet
+        if meta.get("catchup") or meta.get("backup"):  # the first copy of a range wins;
+            # a later one (from another old holder) would overwrite what was served since
+            waiting, done = ((self.not_ready, self.caught_up) if meta.get("catchup")
+                             else (self.unsynced, self.synced))
+            keep = subtract(rr if early else intersect(rr, waiting), done)
+            if not keep:
+                return M.encode(M.reply())
+            meta["ranges"] = keep  # and only those ranges' clocks
+            meta["clocks"] = {w: [(max(b, kb), min(e, ke), t) for b, e, t in segs
+                                  for kb, ke in keep if b < ke and kb < e]
+                              for w, segs in meta["clocks"].items()}
+        if not meta.get("catchup"):  # a replica's copy, from its master or a backup
+            self.unsynced = subtract(self.unsynced, meta["ranges"])
+            if early:
+                self.synced = merge_ranges(self.synced + meta["ranges"])
         self.install(meta, keys, vals, extra[0])
         self.s.dbg(f"copy from {meta['from']} e{meta['epoch']} full={meta.get('full', True)} "
                    f"catchup={bool(meta.get('catchup'))} ranges={meta['ranges']} n={keys.size}")
@@ -247,18 +275,35 @@ class Replication:
             if old is None:  # the initial ring: nothing is stored anywhere yet
                 s.gate.notify()
                 return
-            old_hold = old.ranges_of(me, "any")
-            # 1. ranges we mastered that now belong to a server that never held them
-            for b, e in old.ranges_of(me, "master"):
+            # a range still waiting for its first copy is not held, whatever the old ring
+            # said: we must neither send it on nor count on it
+            waiting = merge_ranges(self.not_ready + self.unsynced)
+            old_hold = subtract(old.ranges_of(me, "any"), waiting)
+            # 1. every complete copy we hold of a range that a server takes on without
+            # holding it goes to that server: the old master sends a new master the changes
+            # since its pre-copy, and everyone else sends whole copies (the receiver keeps
+            # the first). So a new holder is served even if the old master dies before it
+            # sends (one failure, which replication R >= 2 promises to survive).
+            for b, e in old_hold:
+                mastered = old.ranges_of(me, "master")
                 for pc in new.overlapping(b, e):
-                    fresh = subtract([(pc.begin, pc.end)], old.ranges_of(pc.master, "any"))
-                    if pc.master != me and fresh:
-                        await self.catch_up(pc.master, fresh)
-            # 2. ranges we now master but never held wait for their catch-up
+                    for h in pc.holders:
+                        fresh = intersect(subtract([(pc.begin, pc.end)],
+                                                   old.ranges_of(h, "any")), [(b, e)])
+                        if h == me or not fresh or (h != pc.master and pc.master == me):
+                            continue  # (a new master copies to its replicas in step 4)
+                        if h == pc.master:
+                            await self.catch_up(h, fresh, whole=not intersect(fresh, mastered))
+                        else:
+                            await self.backup(h, fresh)
+            # 2. ranges we now master but never held wait for their catch-up; new replica
+            # ranges wait for a copy
             new_master = new.ranges_of(me, "master")
             self.not_ready = subtract(subtract(new_master, old_hold), self.caught_up)
+            self.unsynced = subtract(subtract(new.ranges_of(me, "replica"), old_hold),
+                                     self.synced)
             # 3. forget what we no longer hold
-            for b, e in subtract(old_hold, new.ranges_of(me, "any")):
+            for b, e in subtract(old.ranges_of(me, "any"), new.ranges_of(me, "any")):
                 s.store.drop(b, e)
                 s.clocks.clear(b, e)
             # 4. give new (or all, if promoted or broken) replicas a full copy
@@ -268,7 +313,7 @@ class Replication:
             ok = await self.sync_replicas(old, new, promoted)
             self.broken = not ok
             self.transfers.clear()
-            self.caught_up = []
+            self.caught_up, self.synced = [], []
             s.metrics.inc("transitions")
         if self.not_ready:
             asyncio.ensure_future(self.await_catchup(old, new.epoch))
@@ -288,12 +333,17 @@ class Replication:
         res = await self.race(jobs)
         return res is not None and all(res)
 
-    async def catch_up(self, new_master: str, ranges: list[tuple[int, int]]) -> None:
-        """Old master's second phase: send what changed since the pre-copy (or all)."""
+    async def catch_up(self, new_master: str, ranges: list[tuple[int, int]],
+                       whole: bool = False) -> None:
+        """Old master's second phase: send what changed since the pre-copy (or all).
+        An old replica sends its ``whole`` copy: the new master keeps whichever catch-up
+        of a range comes first (both are complete), and the join survives the death of
+        either sender (one failure, as replication R >= 2 promises)."""
         for b, e in ranges:
             dirty = [k for (tb, te), ks in self.transfers.items() if tb < e and b < te
                      for k in ks]
-            if (b, e) in self.transfers or any(tb <= b and e <= te for tb, te in self.transfers):
+            if not whole and ((b, e) in self.transfers or
+                              any(tb <= b and e <= te for tb, te in self.transfers)):
                 keys = np.unique(np.concatenate(dirty)) if dirty else np.zeros(0, M.KEY_DTYPE)
                 lo, hi = positions(keys, [b, e])
                 keys = keys[lo:hi]
@@ -304,9 +354,17 @@ class Replication:
                                keys, self.s.store.vals[rows], [self.s.store.state[rows]])
             else:
                 msg = self.range_message("sync", [(b, e)], full=True, catchup=True)
+            self.s.crash_point("before_catchup")
             await self.send(new_master, "Sync", msg)
             self.s.dbg(f"catch-up to {new_master} [{b}, {e})")
             self.s.metrics.inc("catchups_sent")
+
+    async def backup(self, replica: str, ranges: list[tuple[int, int]]) -> None:
+        """A whole copy for a server that becomes a replica of ``ranges``; it keeps it
+        only if its master's copy has not come first (:meth:`_sync`)."""
+        await self.send(replica, "Sync", self.range_message("sync", ranges, full=True,
+                                                             backup=True))
+        self.s.dbg(f"backup copy to {replica} {ranges}")
 
     async def finish(self, ranges: list[tuple[int, int]]) -> None:
         """A caught-up range: copy it to our replicas, then serve it."""

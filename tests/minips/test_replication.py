@@ -103,3 +103,37 @@ def test_cut_off_server_is_replaced_and_returns_without_duplicates(make_cluster,
     cl.wait_ring(lambda st: "s2" in st["servers"], 10)
     time.sleep(0.3)
     finish_and_audit(cl)
+
+
+def test_an_old_master_killed_during_a_join_loses_and_duplicates_nothing(make_cluster):
+    """s1 dies and rejoins; while it joins, one old master of the ranges it takes back is
+    killed just before sending the changes made since s1's pre-copy. s1 must copy them
+    from that range's surviving replica instead (``Replication.await_catchup``), and no
+    acknowledged push may be lost or applied twice."""
+    from systems.minips.ring import Ring
+
+    cl = make_cluster(spec(), workers=True)
+    time.sleep(0.3)
+    cl.signal("s1")
+    st = cl.wait_ring(lambda st: "s1" not in st["servers"], RECOVERY_S)
+    current = Ring.from_dict(st["ring"])
+    joined = Ring(["s0", "s1", "s2"], current.key_max, current.vnodes, current.replication)
+    senders = sorted({pc.master for b, e in joined.ranges_of("s1", "master")
+                      for pc in current.overlapping(b, e)})
+    victim = senders[0]
+    cl.control(victim, crash="before_catchup", after=1)
+    before = progress(cl)
+    cl.wait_ring(lambda st, b=before: sum(st["progress"].values()) > b + 4, RECOVERY_S)
+    cl.add_server("s1")
+    t_end = time.monotonic() + 15
+    while cl.alive(victim):
+        assert time.monotonic() < t_end, f"{victim} never reached its catch-up"
+        time.sleep(0.01)
+    log = cl.group.children[victim].log_path  # a thread copies its stdout there
+    while "crash injected at before_catchup" not in log.read_text():
+        assert time.monotonic() < t_end + 5, f"{victim} died, but not at its catch-up"
+        time.sleep(0.05)
+    cl.wait_ring(lambda st: "s1" in st["servers"] and victim not in st["servers"], 10)
+    before = progress(cl)
+    cl.wait_ring(lambda st, b=before: sum(st["progress"].values()) > b + 10, 10)
+    finish_and_audit(cl)
