@@ -13,7 +13,9 @@ Cases:
   evolution), random search and (sim) the Triton tutorial's config list;
 * ``cost-model``: ranking quality on held-out configs (80/20) vs a random ranker;
 * ``task-scheduler``: an MLP and a transformer block, gradient vs round-robin;
-* ``roofline-sim``: where the tuned kernels land under the (simulated) H100 roofline.
+* ``roofline-sim``: where the tuned kernels land under the (simulated) H100 roofline;
+* ``roofline-h200``: where the kernels tuned on a real H200 landed under its roofline,
+  from the measured table the GPU suite committed (no GPU needed to draw it).
 """
 
 from __future__ import annotations
@@ -256,6 +258,34 @@ def roofline_case(ctx: Context) -> Result:
                         "the datasheet roofline (fp16 dense peak, HBM bandwidth)")
 
 
+def roofline_h200_case(ctx: Context) -> Result:
+    """Where the kernels tuned *on the H200* land under its roofline: the best measured
+    config of every task of the committed table (``data/recorded-nvidia-h200.json``,
+    written by the GPU suite), replayed here without a GPU."""
+    from common.devices import H200
+
+    table = DATA_DIR / "recorded-nvidia-h200.json"
+    dev = RecordedDevice(table)
+    points, metrics = [], {}
+    for task in dev.tasks():
+        times = [float(np.median(e["time_s"])) for e in dev.table["tasks"][task.key].values()
+                 if "time_s" in e]
+        if not times:
+            continue
+        t, c = min(times), task.cost()
+        name = task.key.replace(":none", "").replace(":", " ")
+        points.append({"label": name, "intensity": c.intensity, "flops": c.flops / t})
+        metrics[f"{task.key}_roofline_fraction"] = cost.efficiency(c, H200, t)
+        metrics[f"{task.key}_best_us"] = t * 1e6
+    fp16 = [p for p in points if " bf16" not in p["label"]]  # one dtype's roof per chart
+    title = f"tuned kernels MEASURED on the H200 ({dev.table['created']}), fp16"
+    path = plots.roofline_chart(H200, fp16, ctx.out_dir / "roofline-h200.png", "fp16",
+                                title=title)
+    return Result(metrics=metrics, series={"points": points}, plots=[path],
+                  notes=f"best measured config of each task in {table.name} (source: "
+                        f"{dev.source}); fractions are of the H200 datasheet roofline")
+
+
 CASES = [
     Case("search-sim", "trials to within 5% of the exhaustive best (simulated H100)",
          ("random search", "Triton tutorial configs", "no cost model", "no evolution"),
@@ -275,6 +305,8 @@ CASES = [
                  "trials to reach round-robin's final latency / its trials"),)),
     Case("roofline-sim", "tuned kernels under the simulated H100 roofline", (),
          roofline_case),
+    Case("roofline-h200", "kernels tuned on the H200 under its roofline (recorded table)",
+         (), roofline_h200_case),
 ]
 
 from .bench_cuda import CUDA_CASES  # noqa: E402  (GPU cases live in their own module)
