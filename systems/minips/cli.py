@@ -60,7 +60,28 @@ def spec_from_args(a: argparse.Namespace):
     return ClusterSpec(servers=a.servers, workers=a.workers, app=_app_spec(a),
                        consistency=a.consistency, replication=a.replication, vnodes=a.vnodes,
                        steps=a.steps, audit=a.audit, step_sleep_s=a.step_sleep,
-                       straggler=straggler, host=a.host)
+                       straggler=straggler, host=a.host, updater=_updater(a.updater))
+
+
+def _updater(text: str | None) -> dict[str, Any] | None:
+    """``--updater adagrad`` or ``--updater l1prox:lr=0.05,lam=0.001``: the servers' update
+    rule instead of the app's (``updaters.UPDATERS``), checked before anything starts."""
+    if not text:
+        return None
+    from . import updaters
+
+    name, _, params = text.partition(":")
+    spec: dict[str, Any] = {"name": name}
+    for item in filter(None, params.split(",")):
+        key, eq, value = item.partition("=")
+        try:
+            spec[key.strip()] = float(value) if eq else None
+        except ValueError:
+            raise ValueError(f"--updater {text}: {item!r} is not key=number") from None
+        if not eq:
+            raise ValueError(f"--updater {text}: {item!r} is not key=number")
+    updaters.make(spec)  # an unknown name or parameter fails here, with the choices
+    return spec
 
 
 def _launch(a: argparse.Namespace) -> dict[str, Any]:
@@ -141,6 +162,9 @@ def add_parser(sub, add) -> None:
     la.add_argument("--lam", type=float, default=5e-3, help="sparse_lr: L1 strength")
     la.add_argument("--filters", nargs="*", default=[],
                     choices=SPARSE_LR_FILTERS)
+    la.add_argument("--updater", default=None,
+                    help="the servers' update rule instead of the app's: sgd, adagrad, "
+                         "l1prox or sum, with parameters as in l1prox:lr=0.05,lam=0.001")
     la.add_argument("--hidden", type=int, default=64, help="mlp: hidden units")
     la.add_argument("--device", default="cpu", help="mlp: where workers compute (cuda)")
     la.add_argument("--batch", type=int, default=0, help="minibatch (0: the app's default)")

@@ -128,3 +128,26 @@ def test_roles_started_one_by_one_train_and_all_exit_when_the_job_is_done(tmp_pa
                 p.kill()
                 p.wait()
             p.stdout.close()
+
+
+def test_the_servers_update_rule_can_be_chosen_on_the_command_line():
+    """``--updater`` replaces the app's rule (sparse LR's L1-proximal AdaGrad, the MLP's
+    SGD) in the cluster config every server builds its updater from; a name or parameter
+    that ``updaters.make`` does not know is refused before any process starts."""
+    from common.cli import build_parser
+    from systems.minips.cli import spec_from_args
+
+    def spec(*extra):
+        a = build_parser().parse_args(["ps", "launch", "--app", "mlp", *extra])
+        return spec_from_args(a)
+
+    assert spec().config(None)["updater"] == {"name": "sgd", "lr": 0.25}
+    cfg = spec("--updater", "l1prox:lr=0.05,lam=0.001").config(None)
+    assert cfg["updater"] == {"name": "l1prox", "lr": 0.05, "lam": 0.001}
+    assert spec("--updater", "adagrad").config(None)["updater"] == {"name": "adagrad"}
+    with pytest.raises(ValueError, match="unknown updater 'adam'; choose from"):
+        spec("--updater", "adam")
+    with pytest.raises(ValueError, match="bad parameters for updater 'sgd'"):
+        spec("--updater", "sgd:momentum=0.9")
+    with pytest.raises(ValueError, match="'lr' is not key=number"):
+        spec("--updater", "sgd:lr")
