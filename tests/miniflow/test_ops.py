@@ -9,7 +9,15 @@ from hypothesis import strategies as st
 
 import systems.miniflow as mf
 
-from .helpers import BACKENDS, arrays, broadcastable_pair, mf_grads, shapes, torch_grads
+from .helpers import (
+    BACKENDS,
+    arrays,
+    broadcastable_pair,
+    check_against_torch,
+    mf_grads,
+    shapes,
+    torch_grads,
+)
 
 SETTINGS = settings(max_examples=12, deadline=None)
 
@@ -46,15 +54,7 @@ UNARY = [
 
 
 def _check(name, mf_fn, torch_fn, inputs, backend, rtol=1e-6):
-    rng = np.random.default_rng(1)
-    out_t, _ = torch_grads(torch_fn, inputs, 1.0)
-    weights = arrays(rng, np.shape(out_t))
-    out_t, grads_t = torch_grads(torch_fn, inputs, weights)
-    out_m, grads_m = mf_grads(mf_fn, inputs, weights, backend)
-    np.testing.assert_allclose(out_m, out_t, rtol=rtol, atol=1e-9, err_msg=f"{name} forward")
-    for i, (gm, gt) in enumerate(zip(grads_m, grads_t, strict=True)):
-        np.testing.assert_allclose(gm, gt, rtol=rtol, atol=1e-9,
-                                   err_msg=f"{name} gradient of input {i}")
+    check_against_torch(name, mf_fn, torch_fn, inputs, backend, seed=0, rtol=rtol)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -12,22 +12,13 @@ from hypothesis import strategies as st
 
 import systems.miniflow as mf
 
-from .helpers import BACKENDS, arrays, evaluate, mf_grads, shapes, torch_grads
+from .helpers import BACKENDS, arrays, check_against_torch, evaluate, shapes
 
 SETTINGS = settings(max_examples=8, deadline=None)
 SEEDS = st.integers(0, 2**16)
 
 
-def _check(name, mf_fn, torch_fn, inputs, backend, seed, rtol=1e-6):
-    """Forward and every input's gradient of sum(w * f(inputs)), w random, vs torch."""
-    out_t, _ = torch_grads(torch_fn, inputs, 1.0)
-    weights = arrays(np.random.default_rng(seed + 1), np.shape(out_t))
-    out_t, grads_t = torch_grads(torch_fn, inputs, weights)
-    out_m, grads_m = mf_grads(mf_fn, inputs, weights, backend)
-    np.testing.assert_allclose(out_m, out_t, rtol=rtol, atol=1e-9, err_msg=f"{name} forward")
-    for i, (gm, gt) in enumerate(zip(grads_m, grads_t, strict=True)):
-        np.testing.assert_allclose(gm, gt, rtol=rtol, atol=1e-9,
-                                   err_msg=f"{name} gradient of input {i}")
+
 
 
 def distinct(rng, shape, dtype=np.float64):
@@ -82,8 +73,9 @@ def test_conv2d(backend, window, c_out, seed):
     def t_conv(x, f):
         y = F.conv2d(pad_nchw(x, k, s, padding), f.permute(3, 2, 0, 1).contiguous(), stride=s)
         return y.permute(0, 2, 3, 1)
-    _check("conv2d", lambda a, b: mf.nn.conv2d(a, b, _tf1(s, as_tf1), padding), t_conv,
-           [x, f], backend, seed)
+    check_against_torch(
+        "conv2d", lambda a, b: mf.nn.conv2d(a, b, _tf1(s, as_tf1), padding), t_conv,
+        [x, f], backend, seed)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -97,8 +89,9 @@ def test_max_pool(backend, window, seed):
     def t_pool(x):
         y = F.max_pool2d(pad_nchw(x, k, s, padding, value=-np.inf), k, s)
         return y.permute(0, 2, 3, 1)
-    _check("max_pool", lambda a: mf.nn.max_pool(a, _tf1(k, as_tf1), _tf1(s, as_tf1), padding),
-           t_pool, [x], backend, seed)
+    check_against_torch(
+        "max_pool", lambda a: mf.nn.max_pool(a, _tf1(k, as_tf1), _tf1(s, as_tf1), padding), t_pool,
+        [x], backend, seed)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -115,8 +108,9 @@ def test_avg_pool(backend, window, seed):
         count = F.avg_pool2d(pad_nchw(torch.ones_like(x[..., :1]), k, s, padding), k, s,
                              divisor_override=1)
         return (total / count).permute(0, 2, 3, 1)
-    _check("avg_pool", lambda a: mf.nn.avg_pool(a, _tf1(k, as_tf1), _tf1(s, as_tf1), padding),
-           t_pool, [x], backend, seed)
+    check_against_torch(
+        "avg_pool", lambda a: mf.nn.avg_pool(a, _tf1(k, as_tf1), _tf1(s, as_tf1), padding), t_pool,
+        [x], backend, seed)
 
 
 # -- gather, cross-entropy, softmax, batched matmul -----------------------------------------
@@ -133,8 +127,9 @@ def test_gather(backend, shape, index_shape, data, seed):
     x = arrays(rng, shape)
     idx = rng.integers(0, shape[axis], size=index_shape).astype(dtype)
     at = (slice(None),) * (axis % len(shape))
-    _check("gather", lambda a: mf.gather(a, mf.constant(idx), axis=axis),
-           lambda a: a[(*at, torch.tensor(idx, dtype=torch.int64))], [x], backend, seed)
+    check_against_torch(
+        "gather", lambda a: mf.gather(a, mf.constant(idx), axis=axis),
+        lambda a: a[(*at, torch.tensor(idx, dtype=torch.int64))], [x], backend, seed)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -146,7 +141,7 @@ def test_sparse_softmax_cross_entropy(backend, batch, classes, dtype, seed):
     rng = np.random.default_rng(seed)
     logits = arrays(rng, (batch, classes), -4.0, 4.0)
     labels = rng.integers(0, classes, size=batch)
-    _check("sparse xent", lambda z: mf.nn.sparse_softmax_cross_entropy_with_logits(
+    check_against_torch("sparse xent", lambda z: mf.nn.sparse_softmax_cross_entropy_with_logits(
         labels=mf.constant(labels.astype(dtype)), logits=z),
         lambda z: F.cross_entropy(z, torch.tensor(labels), reduction="none"),
         [logits], backend, seed)
@@ -160,8 +155,9 @@ def test_softmax_along_a_random_axis(backend, name, shape, data, seed):
     """softmax / log_softmax along any axis (None: the last) vs torch's."""
     axis = data.draw(st.none() | st.integers(-len(shape), len(shape) - 1), label="axis")
     x = arrays(np.random.default_rng(seed), shape, -4.0, 4.0)
-    _check(name, lambda a: getattr(mf.nn, name)(a, axis=axis),
-           lambda a: getattr(torch, name)(a, -1 if axis is None else axis), [x], backend, seed)
+    check_against_torch(
+        name, lambda a: getattr(mf.nn, name)(a, axis=axis),
+        lambda a: getattr(torch, name)(a, -1 if axis is None else axis), [x], backend, seed)
 
 
 @st.composite
@@ -187,9 +183,9 @@ def test_batched_matmul(backend, batch, mkn, ta, tb, seed):
     (m, k, n), rng = mkn, np.random.default_rng(seed)
     a = arrays(rng, batch[0] + ((k, m) if ta else (m, k)))
     b = arrays(rng, batch[1] + ((n, k) if tb else (k, n)))
-    _check("matmul", lambda x, y: mf.matmul(x, y, transpose_a=ta, transpose_b=tb),
-           lambda x, y: torch.matmul(x.mT if ta else x, y.mT if tb else y), [a, b],
-           backend, seed)
+    check_against_torch(
+        "matmul", lambda x, y: mf.matmul(x, y, transpose_a=ta, transpose_b=tb),
+        lambda x, y: torch.matmul(x.mT if ta else x, y.mT if tb else y), [a, b], backend, seed)
 
 
 # -- casts and the ops without a gradient ---------------------------------------------------
