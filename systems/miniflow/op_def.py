@@ -150,7 +150,7 @@ def python_value_as(value: Any, dtype: DType) -> np.ndarray:
     an integer or bool tensor, an int out of range, a finite float that overflows (TF's
     ``tensor_util._AssertCompatible`` and its range checks raise TypeError)."""
     if dtype.is_floating and (type(value) is float or  # the common ``x * 2.0``, fast
-                              (type(value) is int and abs(value) < 2**63)):
+                              (type(value) is int and abs(value) <= 2**53)):
         with np.errstate(over="ignore"):
             arr = np.array(value, dtype.np_dtype)
         if not math.isfinite(arr) and math.isfinite(value):

@@ -178,7 +178,8 @@ class Session:
                     raise TypeError(f"Cannot feed a value of dtype {arr.dtype} to tensor "
                                     f"'{t.name}' of dtype {t.dtype.name}")
                 cast = arr.astype(want)
-                if arr.dtype.kind in "iu" and not np.array_equal(cast, arr):
+                if arr.dtype.kind in "iu" and want.kind in "iu" and \
+                        not np.array_equal(cast, arr):  # ints wrap; floats only round
                     raise ValueError(f"Cannot feed {arr.dtype} values to tensor '{t.name}' "
                                      f"of dtype {t.dtype.name}: some are out of its range "
                                      f"(from {arr.min()} to {arr.max()})")

@@ -208,7 +208,8 @@ def test_convert_to_tensor_follows_tensorflow():
     (70000.0, mf.float16, "overflows float16"), (1e300, mf.float32, "overflows float32"),
     (70000, mf.float16, "overflows float16"), (2**64, mf.float32, "not a number"),
     (2.5, mf.int32, "without losing its fraction"), (2**40, mf.int32, "out of range"),
-    (True, mf.float32, None), (float("inf"), mf.float16, None), (3, mf.float16, None)])
+    (True, mf.float32, None), (float("inf"), mf.float16, None), (3, mf.float16, None),
+    (2**60 + 2**36 + 1, mf.float32, None)])  # one rounding, as numpy's own cast
 def test_python_numbers_keep_their_value_or_are_refused(value, dtype, why):
     """A Python number meeting a tensor takes its dtype only if its value survives
     (TF's _AssertCompatible): an overflow to inf is refused, an inf stays inf; the

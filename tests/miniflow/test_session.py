@@ -72,6 +72,9 @@ def test_bad_feeds_are_clear_errors(graph):
         with pytest.raises(ValueError, match="Cannot feed int64 values to tensor 'k:0' of "
                                              "dtype int32: some are out of its range"):
             s.run(k2, {k: np.int64(2**31)})  # would wrap to -2**31, silently
+        # an int fed to a float tensor rounds, as in TF (2**24 + 1 is not a float32)
+        np.testing.assert_array_equal(s.run(y, {x: np.array([[2**24 + 1, 0]])}),
+                                      [[2**25, 0]])
         np.testing.assert_array_equal(s.run(y, {x: np.ones((1, 2))}), [[2, 2]])  # f64 -> f32
         with pytest.raises(ValueError, match="both fed and fetched"):
             s.run(y, {y: np.ones((1, 2), np.float32)})
