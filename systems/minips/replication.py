@@ -188,7 +188,7 @@ class Replication:
         meta, keys, vals, extra = M.decode(req)
         if self.s.store is None or (meta["epoch"] < self.s.epoch and not meta.get("catchup")):
             return M.encode(M.reply(M.STALE, epoch=self.s.epoch))
-        rr = [(int(b), int(e)) for b, e in meta["ranges"]]
+        rr = meta["ranges"] = [(int(b), int(e)) for b, e in meta["ranges"]]  # JSON: lists
         early = self.s.epoch < meta["epoch"]  # sent in a ring we have not reached yet
         if meta.get("catchup") or meta.get("backup"):  # the first copy of a range wins;
             # a later one (from another old holder) would overwrite what was served since
@@ -354,7 +354,8 @@ class Replication:
                                keys, self.s.store.vals[rows], [self.s.store.state[rows]])
             else:
                 msg = self.range_message("sync", [(b, e)], full=True, catchup=True)
-            self.s.crash_point("before_catchup")
+            if not whole:  # the test's victim: an old master, about to send its changes
+                self.s.crash_point("before_catchup")
             await self.send(new_master, "Sync", msg)
             self.s.dbg(f"catch-up to {new_master} [{b}, {e})")
             self.s.metrics.inc("catchups_sent")
