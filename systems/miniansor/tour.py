@@ -17,18 +17,19 @@ def tour_step(quick: bool = True) -> dict[str, Any]:
     from .workloads import gemm
 
     sim = SimulatedGPU()
+    listed = study.tutorial_configs()
     out: dict[str, Any] = {"tasks": {}}
     for task, trials in ((gemm(2048, 2048, 2048, "fp16", bias=True, act="relu"), 32),
                          (gemm(16, 4096, 14336, "fp16"), 24)):
         trials = trials if quick else 3 * trials
         res = tune_task(task, trials, device="sim", progress=False)
         best = res.best[task.key]
-        tutorial = min(study.true_time(sim, task, s, a) for s, a in study.tutorial_configs())
+        tutorial = min(study.true_time(sim, task, s, a) for s, a in listed)
         mine = sim.true_time(task, best.sketch, best.ann)
         print(f"  {task.key}: {trials} trials, each new kernel checked under the interpreter")
         print(f"    best {best.sketch.name} {best.ann}: {mine * 1e6:.1f} us "
               f"({task.flops / mine / 1e12:.0f} TFLOP/s, simulated); best of Triton's "
-              f"{len(study.tutorial_configs())} tutorial configs: {tutorial * 1e6:.1f} us")
+              f"{len(listed)} tutorial configs: {tutorial * 1e6:.1f} us")
         out["tasks"][task.key] = {"trials": trials, "tuned_us": mine * 1e6,
                                   "tutorial_us": tutorial * 1e6}
     out["result"] = "; ".join(f"{k.split(':')[1]} {v['tuned_us']:.1f} us after "

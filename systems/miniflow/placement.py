@@ -41,24 +41,23 @@ class PlacementError(ValueError):
 
 def node_cost(n: Node) -> OpCost:
     """FLOPs and bytes of one node, from its static output shapes (unknown dims = 32)."""
-    numel = _elements
     outs = ins = out_elements = 0
     for dt, s in n.out_specs:
-        k = numel(s)
+        k = _elements(s)
         out_elements += k
         outs += k * dt.size
     for p, i in n.inputs:
         dt, s = p.out_specs[i]
-        ins += numel(s) * dt.size
+        ins += _elements(s) * dt.size
     if n.type == "MatMul" and n.inputs:
         a_shape = n.inputs[0][0].out_specs[n.inputs[0][1]][1]
         k = (a_shape[-2] if n.attrs.get("transpose_a") else a_shape[-1]) if a_shape else None
-        flops = 2.0 * (UNKNOWN_DIM if k is None else k) * numel(n.out_specs[0][1])
+        flops = 2.0 * (UNKNOWN_DIM if k is None else k) * _elements(n.out_specs[0][1])
     elif n.type in ("Conv2D", "Conv2DBackpropInput", "Conv2DBackpropFilter"):
         f = n.inputs[1][0].out_specs[n.inputs[1][1]][1] if n.type != "Conv2DBackpropFilter" \
             else None
-        taps = numel(f[:3]) if f else 9 * 16
-        flops = 2.0 * taps * numel(n.out_specs[0][1])
+        taps = _elements(f[:3]) if f else 9 * 16
+        flops = 2.0 * taps * _elements(n.out_specs[0][1])
     else:
         d = OP_DEFS.get(n.type)
         per = d.flops_per_element if d else 1.0

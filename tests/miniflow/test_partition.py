@@ -165,6 +165,16 @@ def _spy_on_executors(monkeypatch) -> dict[str, list[tuple[int, str]]]:
     return seen
 
 
+def _fed_forward_to(device):
+    """x fed on the client's device, ``tanh(x) * 2`` on ``device``: data flows one way."""
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [3], name="x")
+        with mf.device(device):
+            y = mf.tanh(x) * 2.0
+    return g, x, y
+
+
 def test_a_gpu_partition_fed_from_the_cpu_runs_after_it_on_the_calling_thread(monkeypatch):
     # the feeds go from /cpu:0 to /gpu:0 and nothing comes back: /gpu:0 runs after
     # /cpu:0, on the client's thread, and finds its values already sent
@@ -172,11 +182,7 @@ def test_a_gpu_partition_fed_from_the_cpu_runs_after_it_on_the_calling_thread(mo
 
     pretend_gpu(monkeypatch)
     seen = _spy_on_executors(monkeypatch)
-    g = mf.Graph()
-    with g.as_default():
-        x = mf.placeholder(mf.float32, [3], name="x")
-        with mf.device("/gpu:0"):
-            y = mf.tanh(x) * 2.0
+    g, x, y = _fed_forward_to("/gpu:0")
     with mf.Session(graph=g) as s:
         for _ in range(3):
             np.testing.assert_allclose(s.run(y, {x: np.ones(3, np.float32)}),
@@ -190,11 +196,7 @@ def test_cpu_partitions_keep_their_own_threads_even_when_they_send_only_forward(
         monkeypatch):
     # CPU kernels compute (numpy releases the GIL), so partitions overlap on their threads
     seen = _spy_on_executors(monkeypatch)
-    g = mf.Graph()
-    with g.as_default():
-        x = mf.placeholder(mf.float32, [3], name="x")
-        with mf.device("/cpu:1"):
-            y = mf.tanh(x) * 2.0
+    g, x, y = _fed_forward_to("/cpu:1")
     with mf.Session(graph=g, config=TWO_CPUS) as s:
         s.run(y, {x: np.ones(3, np.float32)})
         assert s.plan_for(y, {x: None}).sequential is None
