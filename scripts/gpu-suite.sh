@@ -8,7 +8,10 @@
 #   3. with PROFILE=1, scripts/gpu-profile-miniflow.py (torch.profiler tables and traces),
 #      right after miniflow's bench;
 #   4. with RECORD_SPACE=N, N configs of each replay task measured into a replay table;
-#   5. with CPU_SYSTEMS="minips", those systems' CPU cases on this machine's cores;
+#   5. with PROBE_GEMM=1, scripts/gpu-probe-gemm.py (the square fp16 GEMMs tuned with 64
+#      trials each; do_bench vs interleaved timing of the tuned, tutorial and cuBLAS);
+#   6. with CPU_SYSTEMS="minips", those systems' CPU cases on this machine's cores
+#      (CPU_ONLY="minips:consistency,fault miniclipper:overhead" for some cases only);
 #   DEADLINE=S ends the whole run within S seconds (each step's limit cut to what is left).
 # miniansor runs its quick GPU sweep (fp16, half the shapes) unless ANSOR_FULL=1 (fp16 and
 # bf16, every shape: 224 s on an H200 on 2026-11-27). The call that ran it, about 6 min:
@@ -47,7 +50,7 @@ pack
 # Per-step limits (seconds); miniansor runs its quick GPU sweep to fit the lease.
 declare -A BUDGET=([tests]=80 [common]=30 [miniflow]=45 [miniclipper]=80 [minips]=60
                    [miniansor]=190 [profile]=90 [cpu-minips]=330 [cpu-miniclipper]=400
-                   [record]=240)
+                   [record]=240 [probe]=200)
 # DEADLINE=S: the whole script ends within S seconds of its start; each step's limit is cut
 # to what is left (less 15 s to pack), so the last step (put miniansor last) gets the rest.
 DEADLINE=${DEADLINE:-0}
@@ -98,13 +101,27 @@ if [ "${RECORD_SPACE:-0}" -gt 0 ]; then
   pack
 fi
 
+# PROBE_GEMM=1: is the tuner short of trials or of space, and how far apart are the two
+# timing methods (scripts/gpu-probe-gemm.py)
+if [ "${PROBE_GEMM:-0}" = 1 ]; then
+  b=$(limit probe)
+  timeout -k 15 "$b" "$PY" scripts/gpu-probe-gemm.py "$WORK" > "$WORK/probe-gemm.log" 2>&1
+  stamp "probe gemm: exit $? (limit ${b}s)"
+  pack
+fi
+
 # CPU_SYSTEMS="minips": those systems' CPU cases too, on this machine's cores (the
 # development VM has 2; a multi-process system's scaling targets need more), written to
 # bench-host/SYSTEM/cpu/ so they are never mistaken for the development VM's results.
 for system in ${CPU_SYSTEMS:-}; do
   b=$(limit "cpu-$system")
   if [ "$b" -lt 20 ]; then stamp "bench $system (cpu): skipped, ${b}s left"; status=1; continue; fi
-  timeout -k 15 "$b" "$PY" -m common.cli bench "$system" --device cpu \
+  only=""
+  for spec in ${CPU_ONLY:-}; do
+    [ "${spec%%:*}" = "$system" ] && only="--only ${spec#*:}" && only=${only//,/ }
+  done
+  # shellcheck disable=SC2086  # $only is a word list on purpose
+  timeout -k 15 "$b" "$PY" -m common.cli bench "$system" --device cpu $only \
     --out "$WORK/bench-host" --no-progress > "$WORK/bench-host-$system.log" 2>&1
   rc=$?
   [ $rc = 0 ] || status=1
