@@ -101,6 +101,36 @@ def measure_cuda(fn: Callable[[], object], warmup_ms: float = 25, rep_ms: float 
     return Timing(summarize(samples), samples, 1, "cuda")
 
 
+def cuda_graph(fn: Callable[[], object], calls: int = 10) -> Callable[[], object]:
+    """``fn`` called ``calls`` times, captured once into a CUDA graph; returns a function
+    that replays the graph (one replay = ``calls`` calls of ``fn``).
+
+    Why: a Triton kernel launched from Python costs tens of microseconds of host time
+    (argument binding, the launcher), more than a small kernel runs; timed launch by
+    launch, a 20 us GEMM measures the launcher, and a kernel needing two launches
+    (split-K) looks slower than it runs. A graph replay launches all ``calls`` kernels
+    with one host call, so both sides of a comparison are timed on the GPU's own work,
+    as the advice for many small launches has it (capture, then time the replays).
+    ``fn`` must be capturable: no host synchronisation, no ``.item()``. It runs three
+    times on a side stream before capture (Triton compiles, cuBLAS picks its kernel and
+    workspace), as PyTorch's CUDA-graphs notes require.
+    """
+    import torch
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    torch.cuda.synchronize()
+    return graph.replay
+
+
 @dataclass(frozen=True)
 class Comparison:
     """Result of an interleaved A/B run: per-pair ratios ``time(A) / time(B)``.
