@@ -122,7 +122,8 @@ class Scheduler:
         orphans = [s for s in w["shards"] if self.progress[s] < self.config["steps"]]
         w["shards"] = []
         for s in orphans:
-            live = [n for n, x in self.workers.items() if x["alive"]]
+            # a worker that has reported is leaving: a shard given to it would never end
+            live = [n for n, x in self.workers.items() if x["alive"] and not x.get("exited")]
             if not live:
                 break
             # the least loaded worker by remaining steps takes the shard

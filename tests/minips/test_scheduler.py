@@ -39,3 +39,19 @@ def test_registration_errors_are_clear(tmp_path):
         got = kv.wait(kv.pull(np.arange(4)))  # the failed registrations broke nothing
         assert got.dtype == np.float32 and got.shape == (4, 1)
         np.testing.assert_array_equal(got, np.zeros((4, 1)))  # never pushed: zeros
+
+
+def test_a_dead_workers_shard_never_goes_to_a_worker_that_has_reported():
+    """The least-loaded heir rule would pick a worker that already reported (load 0);
+    that worker is about to exit and would never run the shard, so the job would never
+    finish. In process: the scheduler's bookkeeping, no servers."""
+    from systems.minips.scheduler import Scheduler
+
+    sched = Scheduler({"num_workers": 3, "steps": 10})
+    sched.progress.update({0: 10, 1: 4, 2: 10})  # w1 dies half-way through its shard
+    sched.workers["w0"]["shards"] = []  # w0 finished and reported: no load at all
+    sched.workers["w0"]["exited"] = True
+    sched.remove_worker("w1", "no heartbeat")
+    assert sched.workers["w2"]["shards"] == [2, 1]
+    assert sched.workers["w0"]["shards"] == []
+    assert not sched.workers["w2"]["retired"]
