@@ -21,6 +21,8 @@ from concurrent import futures
 
 import grpc
 
+from .net import address
+
 MAX_MESSAGE_BYTES = 1 << 30
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -55,12 +57,13 @@ def _generic(service: str, handlers: dict, streams: dict | None = None,
 def _bind(server: grpc.Server | grpc.aio.Server, host: str, port: int) -> int:
     """Bind ``host:port``; an OSError naming it if that fails (grpcio raises a
     RuntimeError or returns 0, depending on its version)."""
+    where = address(host, port)
     try:
-        bound = server.add_insecure_port(f"{host}:{port}")
+        bound = server.add_insecure_port(where)
     except RuntimeError as e:
-        raise OSError(f"could not bind {host}:{port}: {e}") from None
+        raise OSError(f"could not bind {where}: {e}") from None
     if bound == 0:
-        raise OSError(f"could not bind {host}:{port}")
+        raise OSError(f"could not bind {where}")
     return bound
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from common.cli import positive_float
+from common.net import address
 
 BUILTINS = ("sum", "echo", "digits-lr", "digits-rf")
 
@@ -99,7 +100,8 @@ def _query(args: argparse.Namespace) -> dict[str, Any]:
 
     doc = {"input_batch": json.loads(args.input_batch)} if args.input_batch else \
         {"input": json.loads(args.input)}
-    out = http_json(f"http://{args.host}:{args.query_port}/{args.app}/predict", doc)
+    url = f"http://{address(args.host, args.query_port)}/{args.app}/predict"
+    out = http_json(url, doc)
     print(json.dumps(out))
     return out
 
@@ -117,7 +119,7 @@ def _load(args: argparse.Namespace) -> dict[str, Any]:
         pool = load_digits().data[:500]
     else:
         pool = np.random.default_rng(0).standard_normal((500, int(args.inputs.split(":")[1])))
-    url = f"http://{args.host}:{args.query_port}/{args.app}/predict"
+    url = f"http://{address(args.host, args.query_port)}/{args.app}/predict"
     spec = LoadSpec(url, pool.tolist(), phases=[(args.duration, args.rate)],
                     slo_s=args.slo_ms / 1e3, seed=args.seed)
     s = run_process(spec)
@@ -138,7 +140,7 @@ def _load(args: argparse.Namespace) -> dict[str, Any]:
 def _stop(args: argparse.Namespace) -> dict[str, Any]:
     from .admin import http_json
 
-    out = http_json(f"http://{args.host}:{args.mgmt_port}/admin/shutdown", {})
+    out = http_json(f"http://{address(args.host, args.mgmt_port)}/admin/shutdown", {})
     print("Clipper is shutting down (its containers first)")
     return out
 
@@ -146,7 +148,8 @@ def _stop(args: argparse.Namespace) -> dict[str, Any]:
 def _trace(args: argparse.Namespace) -> dict[str, Any]:
     from .admin import http_json
 
-    doc = http_json(f"http://{args.host}:{args.mgmt_port}/admin/trace", method="GET")
+    url = f"http://{address(args.host, args.mgmt_port)}/admin/trace"
+    doc = http_json(url, method="GET")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc))

@@ -316,7 +316,7 @@ async def serve(config: dict[str, Any], host: str, port: int) -> None:
     server, bound = await rpc.serve_aio(SCHEDULER_SERVICE,
                                         {n: getattr(sched, n) for n in names},
                                         host=host, port=port)
-    announce_ready(port=bound, addr=f"{host}:{bound}")
+    announce_ready(port=bound, addr=rpc.address(host, bound))
     mon = asyncio.ensure_future(sched.monitor())
     await sched.shutdown.wait()
     await asyncio.sleep(config["hb_interval"] * 3)  # let the nodes read "shutdown"

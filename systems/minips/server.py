@@ -336,7 +336,7 @@ async def serve(name: str, scheduler: str, host: str, port: int, run_dir: str | 
     handlers = {n: getattr(node, n) for n in ("Push", "Pull", "Control", "Ring", "Forward",
                                               "Sync", "Snapshot")}
     server, bound = await rpc.serve_aio(M.SERVICE, handlers, host=host, port=port)
-    node.addr = f"{host}:{bound}"
+    node.addr = rpc.address(host, bound)
     hb = asyncio.ensure_future(node.heartbeats())
     await node.register()
     announce_ready(port=bound, addr=node.addr, name=name)

@@ -58,3 +58,27 @@ def test_start_deploy_query_load_stop(tmp_path, capsys):
     while psutil.pid_exists(info["pid"]) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not psutil.pid_exists(info["pid"])
+
+
+def test_an_ipv6_loopback_host_works_from_start_to_stop():
+    """``--host ::1``: every address the commands build must bracket the literal
+    (``http://[::1]:PORT``); unbracketed, its colons read as a port and nothing connects."""
+    info = _shell("start", "--host", "::1", "--query-port", "0", "--mgmt-port", "0",
+                  "--grpc-port", "0")
+    ports = ["--host", "::1", "--query-port", str(info["query_port"]), "--mgmt-port",
+             str(info["mgmt_port"])]
+    try:
+        listening = {(c.laddr.ip, c.laddr.port) for c in psutil.Process(info["pid"])
+                     .net_connections("inet6") if c.status == psutil.CONN_LISTEN}
+        assert listening == {("::1", info[k]) for k in ("query_port", "mgmt_port",
+                                                        "grpc_port")}, listening
+        _shell("deploy", "--name", "adder", "--builtin", "sum", "--app", "add",
+               "--slo-micros", "500000", *ports)
+        out = _shell("query", "--app", "add", "--input", "[1, 2]", *ports)
+        assert out["output"] == 3.0 and out["default"] is False
+    finally:
+        _shell("stop", *ports)
+    deadline = time.monotonic() + 15
+    while psutil.pid_exists(info["pid"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not psutil.pid_exists(info["pid"])
