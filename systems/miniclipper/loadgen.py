@@ -11,7 +11,11 @@ itself falls behind, that lateness counts against the server too, never in its f
 It runs in its own process (``python -m systems.miniclipper.loadgen``, or
 :func:`run_process`), so its CPU is not the frontend's event loop. It reports goodput
 (answers within the SLO that are not the default output, per second), p50/p99/p99.9,
-rejections (429) and errors, per phase of a piecewise-constant rate schedule. A
+rejections (429) and errors, per phase of a piecewise-constant rate schedule. The plain
+percentiles are of answered queries (200); the ``*_all_ms`` ones are of every query
+sent, each at the time its answer, rejection or failure came back, so that a query that
+timed out stays in the tail instead of leaving it (a timeout counts at least the
+client's ``timeout_s``). A
 closed-loop mode (``concurrency > 0``) measures peak throughput, where omission does not
 matter. For cache experiments a share ``hot_fraction`` of queries repeats a small hot
 set; all others are made unique (a tiny offset on the last feature, salted per run), so
@@ -186,8 +190,10 @@ def summarize_records(rec: dict[str, list], slo_s: float, duration_s: float,
                "throughput_qps": float((mask & ok).sum() / dur) if dur else 0.0}
         if offered is not None:
             out["offered_qps"] = offered
-        for q, name in ((50, "p50_ms"), (99, "p99_ms"), (99.9, "p999_ms")):
-            out[name] = float(np.percentile(lm, q)) if lm.size else float("nan")
+        la = lat[mask] * 1e3
+        for q, name in ((50, "p50"), (99, "p99"), (99.9, "p999")):
+            out[f"{name}_ms"] = float(np.percentile(lm, q)) if lm.size else float("nan")
+            out[f"{name}_all_ms"] = float(np.percentile(la, q)) if la.size else float("nan")
         return out
 
     everything = np.ones(lat.shape, bool)

@@ -37,6 +37,18 @@ def test_summary_counts_goodput_only_for_timely_non_default_answers():
     assert s["default"] == 1 and s["within_slo"] == pytest.approx(1 / 5)
 
 
+def test_a_timed_out_query_stays_in_the_tail_of_the_all_queries_percentiles():
+    """499 fast answers and one query that timed out after 5 s: the answered-only p99.9
+    never sees it; the every-query p99.9 does."""
+    n = 500
+    rec = {"latency": [0.002] * (n - 1) + [5.0], "status": [200] * (n - 1) + [-1],
+           "default": [False] * n, "hot": [False] * n, "phase": [0] * n,
+           "scheduled": [0.0] * n}
+    s = summarize_records(rec, slo_s=0.02, duration_s=1.0)
+    assert s["p999_ms"] == pytest.approx(2.0) and s["p50_all_ms"] == pytest.approx(2.0)
+    assert s["p999_all_ms"] > 1000 and s["errors"] == 1
+
+
 @pytest.fixture
 def stalling_server():
     """An HTTP server that freezes its event loop for 300 ms once, 400 ms in."""
