@@ -14,9 +14,11 @@
 #      (CPU_ONLY="minips:consistency,fault miniclipper:overhead" for some cases only);
 #   DEADLINE=S ends the whole run within S seconds (each step's limit cut to what is left).
 # miniansor runs its quick GPU sweep (fp16, half the shapes) unless ANSOR_FULL=1 (fp16 and
-# bf16, every shape: 224 s on an H200 on 2026-11-27). The call that ran it, about 6 min:
-#   DEADLINE=565 PROFILE=1 ANSOR_FULL=1 SYSTEMS="miniflow miniclipper miniansor" \
-#     scripts/gpu-suite.sh
+# bf16, every shape, a budget of 32 trials a GEMM: 347 s on an H200 on 2026-11-27, of
+# which 300 s gemm-cuda), about half of a 15-minute lease on its own:
+#   DEADLINE=430 ANSOR_FULL=1 SYSTEMS=miniansor TESTS=tests/miniansor scripts/gpu-suite.sh
+# and the other systems' GPU cases go in a call of their own (about 3 min with PROFILE=1):
+#   DEADLINE=300 PROFILE=1 SYSTEMS="common miniflow miniclipper minips" scripts/gpu-suite.sh
 # Everything (logs, JSON results, plots, miniansor's measured table) goes into one archive,
 # $OUT/results.tar.gz, rewritten after every step so that a run cut short keeps what it
 # finished; a table of targets is printed last.
