@@ -18,6 +18,14 @@ def _shell(*args, timeout=120):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _exits(pid: int, within_s: float = 15.0) -> bool:
+    """Whether the process ``pid`` is gone within ``within_s`` (``stop`` is asynchronous)."""
+    deadline = time.monotonic() + within_s
+    while psutil.pid_exists(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not psutil.pid_exists(pid)
+
+
 def test_start_deploy_query_load_stop(tmp_path, capsys):
     def _casebook(*args):  # the same entry point, in this process (saves a start-up each)
         assert main(["clipper", *args, "--json"]) == 0
@@ -54,10 +62,7 @@ def test_start_deploy_query_load_stop(tmp_path, capsys):
         assert any(e["name"].startswith("container predict") for e in events)
     finally:
         _casebook("stop", *ports)
-    deadline = time.monotonic() + 15
-    while psutil.pid_exists(info["pid"]) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not psutil.pid_exists(info["pid"])
+    assert _exits(info["pid"])
 
 
 def test_an_ipv6_loopback_host_works_from_start_to_stop():
@@ -78,7 +83,4 @@ def test_an_ipv6_loopback_host_works_from_start_to_stop():
         assert out["output"] == 3.0 and out["default"] is False
     finally:
         _shell("stop", *ports)
-    deadline = time.monotonic() + 15
-    while psutil.pid_exists(info["pid"]) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not psutil.pid_exists(info["pid"])
+    assert _exits(info["pid"])
