@@ -16,7 +16,8 @@
 # miniansor runs its quick GPU sweep (fp16, half the shapes) unless ANSOR_FULL=1 (fp16 and
 # bf16, every shape, a budget of 32 trials a GEMM: 347 s on an H200 on 2026-11-27, of
 # which 300 s gemm-cuda), about half of a 15-minute lease on its own:
-#   DEADLINE=430 ANSOR_FULL=1 SYSTEMS=miniansor TESTS=tests/miniansor scripts/gpu-suite.sh
+#   DEADLINE=430 ANSOR_FULL=1 SYSTEMS=miniansor \
+#     TESTS="tests/miniansor tests/common/test_timing.py" scripts/gpu-suite.sh
 # and the other systems' GPU cases go in a call of their own (about 3 min with PROFILE=1):
 #   DEADLINE=300 PROFILE=1 SYSTEMS="common miniflow miniclipper minips" scripts/gpu-suite.sh
 # Everything (logs, JSON results, plots, miniansor's measured table) goes into one archive,
@@ -119,8 +120,8 @@ for system in ${CPU_SYSTEMS:-}; do
   b=$(limit "cpu-$system")
   if [ "$b" -lt 20 ]; then stamp "bench $system (cpu): skipped, ${b}s left"; status=1; continue; fi
   only=""
-  for spec in ${CPU_ONLY:-}; do
-    [ "${spec%%:*}" = "$system" ] && only="--only ${spec#*:}" && only=${only//,/ }
+  for spec in ${CPU_ONLY:-}; do  # SYSTEM:case,case (a bare SYSTEM: all its cases)
+    [[ "$spec" == "$system":* ]] && only="--only ${spec#*:}" && only=${only//,/ }
   done
   # shellcheck disable=SC2086  # $only is a word list on purpose
   timeout -k 15 "$b" "$PY" -m common.cli bench "$system" --device cpu $only \

@@ -1,9 +1,10 @@
 """``casebook bench miniansor --device cuda``: tuned kernels against cuBLAS, torch, the
 Triton tutorial's configs and the HBM roofline, on a real GPU.
 
-Budget: the whole suite is sized to about six minutes on an H100 (compiles dominate:
-``CudaDevice`` compiles each round's candidates in parallel). ``--quick`` keeps fp16
-and half the shapes. Every measurement the tuner makes is also written to a recorded-
+Budget: ``--quick`` (fp16, half the shapes, 16 trials a GEMM) fits the GPU suite's six
+minutes; the full sweep (fp16 and bf16, every shape, 32 trials a GEMM) took 347 s on an
+H200 on its own (compiles dominate: ``CudaDevice`` compiles each round's candidates in
+parallel). Every measurement the tuner makes is also written to a recorded-
 device table, ``systems/miniansor/data/recorded-<gpu>.json`` with ``"source":
 "measured"``, so the CPU studies can replay real numbers afterwards.
 
@@ -76,18 +77,23 @@ def _tune(tasks: list[Task], trials_per_task: int, dev, rec) -> dict:
 
 
 def _sm_clock_mhz() -> tuple[float, float] | None:
-    """(SM clock, max SM clock) in MHz now (nvidia-smi), read right after a timed run:
-    under a long GEMM an H200 at its 700 W limit ran at about 1400 MHz, not the 1980 MHz
-    boost its datasheet peak assumes (scripts/gpu-probe-gemm.py, 2026-11-27)."""
+    """(SM clock, max SM clock) in MHz of this process's GPU (nvidia-smi), read right
+    after a timed run, so an estimate of the clock during it: under a long GEMM an H200
+    at its 700 W limit ran at about 1400 MHz, not the 1980 MHz boost its datasheet peak
+    assumes (scripts/gpu-probe-gemm.py, 2026-11-27)."""
     import subprocess
 
+    import torch
+
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=clocks.sm,clocks.max.sm",
+        out = subprocess.run(["nvidia-smi", "-i", str(torch.cuda.current_device()),
+                              "--query-gpu=clocks.sm,clocks.max.sm",
                               "--format=csv,noheader,nounits"], capture_output=True,
-                             text=True, timeout=10).stdout.split(",")
-        return float(out[0]), float(out[1])
-    except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+                             text=True, timeout=10).stdout.splitlines()[0].split(",")
+        now, top = float(out[0]), float(out[1])
+    except Exception:  # noqa: BLE001 - a best-effort reading, never a failed case
         return None
+    return (now, top) if now > 0 and top > 0 else None
 
 
 def _copy_bandwidth() -> float:
@@ -110,33 +116,56 @@ _graph_failures: list[str] = []
 def _compare(task: Task, ours, other, repeats: int = 7, graph: bool = True) -> dict:
     """Time ours / other: interleaved pairs (``common.timing.interleaved``), each side
     replaying a CUDA graph of ``GRAPH_CALLS`` calls, so that the GPU's work is compared
-    and not Python's launch cost (``common.timing.cuda_graph`` says why; the H200 sweep
-    of 2026-11-27, timed launch by launch, had our split-K decode GEMMs 1.5x *slower*
-    than the tutorial's config where ``do_bench`` had them 1.8x faster). With
+    and not Python's launch cost (``common.timing.cuda_graph`` says why; in the H200
+    sweep of 2026-11-27, timed launch by launch, the decode GEMMs where the tuner chose
+    split-K took 0.89-1.66x the tutorial config's time, where ``do_bench`` in the tuner
+    had them at 0.55-1.08x). One sample is one replay (``number=1``): ``interleaved``
+    would otherwise size samples by host time, which a replay hardly uses. With
     ``graph=False``, or if a side cannot be captured, the calls are launched one by one
-    (the failure is listed in the case's notes). Times are per call."""
+    (counted in ``_graph_failures``, listed in the case's notes). Times are per call."""
     import torch
 
-    calls = 1
+    calls, number = 1, None
     if graph:
         try:
-            ours, other, calls = cuda_graph(ours, GRAPH_CALLS), cuda_graph(other, GRAPH_CALLS), \
-                GRAPH_CALLS
-        except RuntimeError as e:  # an op that cannot be captured: time eagerly
+            ours, other, calls, number = cuda_graph(ours, GRAPH_CALLS), \
+                cuda_graph(other, GRAPH_CALLS), GRAPH_CALLS, 1
+        except Exception as e:  # noqa: BLE001 - any capture failure: time eagerly
+            torch.cuda.synchronize()
+            torch.cuda.set_stream(torch.cuda.default_stream())  # in case capture left
             _graph_failures.append(f"{task.key}: {type(e).__name__}: {str(e)[:120]}")
-    comp = interleaved(ours, other, repeats=repeats, warmup=2, sync=torch.cuda.synchronize)
+    comp = interleaved(ours, other, repeats=repeats, warmup=2, number=number,
+                       sync=torch.cuda.synchronize)
     d = comp.to_dict()
     d["a_median_s"] /= calls
     d["b_median_s"] /= calls
     return d
 
 
-def _method_note() -> str:
+def _method_note(metrics: dict) -> str:
+    """The timing method for a case's notes; ``graph_capture_failures`` in its metrics."""
+    metrics["graph_capture_failures"] = float(len(_graph_failures))
     note = f"; compared as interleaved pairs of CUDA-graph replays ({GRAPH_CALLS} calls each)"
     if _graph_failures:
         note += f"; not capturable, timed call by call: {'; '.join(_graph_failures)}"
         _graph_failures.clear()
     return note
+
+
+def _rotating(task: Task, fn, n_sets: int):
+    """``fn(inputs)`` over ``n_sets`` input sets in turn, one set per call: the calls in a
+    graph then read more than L2 holds, as ``do_bench`` (which flushes L2) times them. A
+    decode GEMM's 32 MiB weight matrix would otherwise stay in the H200's 50 MiB L2 for
+    the ten calls of a replay."""
+    sets = [task.make_inputs("cuda", seed=i) for i in range(n_sets)]
+    turn = iter(range(10 ** 12))
+    return lambda: fn(sets[next(turn) % n_sets])
+
+
+def _n_sets(task: Task, l2_bytes: int) -> int:
+    """Input sets enough to exceed twice the L2 (1 when one set already does)."""
+    one = task.cost().bytes_read
+    return int(min(GRAPH_CALLS, max(1, np.ceil(2 * l2_bytes / one))))
 
 
 def _tutorial_best(task: Task, dev, rec) -> tuple[dict, float]:
@@ -159,27 +188,27 @@ def gemm_case(ctx: Context) -> Result:
     dev, rec = _device_and_recorder()
     try:
         # a budget of 32 trials a task in the full sweep (the scheduler decides where they
-        # go): on the H200 a 64-trial probe found the best 4096^3 and 8192^3 configs by
-        # trial 40 and 32 (scripts/gpu-probe-gemm.py)
+        # go): on the H200 a 64-trial probe found the best 4096^3 and 8192^3 configs
+        # between trials 33 and 40, and was within 3% of them by trial 32
+        # (scripts/gpu-probe-gemm.py)
         best = _tune(tasks, ctx.pick(32, 16), dev, rec)
         metrics, ratios, big_cublas, vs_tut, eager_cublas, eager_tut = {}, {}, [], [], [], []
         spec = gpu_spec_for(dev.name)
+        l2 = spec.l2_bytes if spec is not None and spec.l2_bytes else 50 * 2**20
+        _graph_failures.clear()
         for task in tasks:
             b = best[task.key]
             tut_inp, _ = _tutorial_best(task, dev, rec)
-            x = task.make_inputs("cuda")
-            def ours(task=task, b=b, x=x):
-                return run_program(task, b.sketch, b.ann, x)
-
+            n_sets = _n_sets(task, l2)
+            ours = _rotating(task, lambda x, task=task, b=b:
+                             run_program(task, b.sketch, b.ann, x), n_sets)
+            cublas = _rotating(task, lambda x: torch.matmul(x["a"], x["b"]), n_sets)
+            tutorial = _rotating(task, lambda x, task=task, t=tut_inp:
+                                 run_program(task, t.sketch, t.ann, x), n_sets)
             tag = task.key.replace(":", "_")
-            def cublas(x=x):
-                return torch.matmul(x["a"], x["b"])
-
-            def tutorial(task=task, tut_inp=tut_inp, x=x):
-                return run_program(task, tut_inp.sketch, tut_inp.ann, x)
-
             r = _compare(task, ours, cublas)
             ratios[f"{tag}_vs_cublas"] = r
+            clock = _sm_clock_mhz() if task.mnk == (8192, 8192, 8192) else None
             r2 = _compare(task, ours, tutorial)
             ratios[f"{tag}_vs_tutorial"] = r2
             vs_tut.append(1 / r2["ratio"])
@@ -192,7 +221,6 @@ def gemm_case(ctx: Context) -> Result:
             if task.mnk == (8192, 8192, 8192) and spec is not None:
                 metrics[f"peak_fraction_8192_{task.dtype}"] = \
                     task.flops / r["a_median_s"] / spec.peak(task.dtype)
-                clock = _sm_clock_mhz()
                 if clock:  # the peak scaled to the clock seen right after: no target
                     metrics[f"sm_clock_mhz_after_8192_{task.dtype}"] = clock[0]
                     metrics[f"peak_fraction_8192_{task.dtype}_at_that_clock"] = \
@@ -210,8 +238,9 @@ def gemm_case(ctx: Context) -> Result:
     return Result(metrics=metrics, ratios=ratios,
                   notes=f"{len(tasks)} tasks, {time.perf_counter() - t0:.0f}s; table {table}; "
                         f"the cuBLAS geomean is over GEMMs whose M, N and K are all >= 4096 "
-                        f"(the M = 16 and 128 decode shapes are reported per task)"
-                        + _method_note())
+                        f"(the M = 16 and 128 decode shapes are reported per task); "
+                        f"inputs rotate over enough sets to exceed twice the L2"
+                        + _method_note(metrics))
 
 
 def fused_case(ctx: Context) -> Result:
@@ -219,16 +248,22 @@ def fused_case(ctx: Context) -> Result:
 
     task = gemm(8192, 8192, 1024, "fp16", bias=True, act="relu")
     dev, rec = _device_and_recorder()
+    _graph_failures.clear()
     try:
         b = _tune([task], ctx.pick(32, 16), dev, rec)[task.key]
-        x = task.make_inputs("cuda")
-        r = _compare(task, lambda: run_program(task, b.sketch, b.ann, x),
-                     lambda: torch.relu(torch.matmul(x["a"], x["b"]) + x["bias"]))
+        spec = gpu_spec_for(dev.name)
+        n_sets = _n_sets(task, spec.l2_bytes if spec and spec.l2_bytes else 50 * 2**20)
+        r = _compare(task, _rotating(task, lambda x: run_program(task, b.sketch, b.ann, x),
+                                     n_sets),
+                     _rotating(task, lambda x: torch.relu(torch.matmul(x["a"], x["b"])
+                                                          + x["bias"]), n_sets))
     finally:
         dev.close()
         _save_table()
-    return Result(metrics={"speedup_vs_torch": 1 / r["ratio"]}, ratios={"fused_vs_torch": r},
-                  notes=f"{task.key}: best sketch {b.sketch.name} {b.ann}" + _method_note())
+    metrics = {"speedup_vs_torch": 1 / r["ratio"]}
+    note = _method_note(metrics)
+    return Result(metrics=metrics, ratios={"fused_vs_torch": r},
+                  notes=f"{task.key}: best sketch {b.sketch.name} {b.ann}" + note)
 
 
 def rows_case(ctx: Context) -> Result:
@@ -238,6 +273,7 @@ def rows_case(ctx: Context) -> Result:
     tasks = [softmax(16384, 4096, "fp16"), layernorm(16384, 4096, "fp16")]
     dev, rec = _device_and_recorder()
     metrics, ratios = {}, {}
+    _graph_failures.clear()
     try:
         best = _tune(tasks, 16, dev, rec)
         spec = gpu_spec_for(dev.name)
@@ -267,8 +303,9 @@ def rows_case(ctx: Context) -> Result:
         _save_table()
     return Result(metrics=metrics, ratios=ratios,
                   notes="roofline_fraction: bytes/s over the datasheet's HBM bandwidth; "
-                        "of_measured_copy: over a 1 GiB device copy timed in this run"
-                        + _method_note())
+                        "of_measured_copy: over a 1 GiB device copy timed in this run "
+                        "(inputs of 128 MiB: past L2 without rotating them)"
+                        + _method_note(metrics))
 
 
 CUDA_CASES = [

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import rpc
+from common.net import address
 from common.procs import ProcessGroup
 
 from .admin import ClipperException, http_json
@@ -61,13 +61,13 @@ class LocalContainerManager:
         http_json(f"http://{self.get_admin_addr()}/admin/ping", method="GET", timeout=5)
 
     def get_query_addr(self) -> str:
-        return rpc.address(self.host, self.ports["query_port"])
+        return address(self.host, self.ports["query_port"])
 
     def get_admin_addr(self) -> str:
-        return rpc.address(self.host, self.ports["mgmt_port"])
+        return address(self.host, self.ports["mgmt_port"])
 
     def get_grpc_addr(self) -> str:
-        return rpc.address(self.host, self.ports["grpc_port"])
+        return address(self.host, self.ports["grpc_port"])
 
     def stop_all(self, graceful: bool = True) -> None:
         """Shut Clipper down (it stops its containers first), then reap the process."""

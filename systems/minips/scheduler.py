@@ -124,8 +124,9 @@ class Scheduler:
         for s in orphans:
             # a worker that has reported is leaving: a shard given to it would never end
             live = [n for n, x in self.workers.items() if x["alive"] and not x.get("exited")]
-            if not live:
-                break
+            if not live:  # every other worker has reported or died: nobody can run it
+                self.log("shard_orphaned", shard=s, progress=self.progress[s])
+                continue
             # the least loaded worker by remaining steps takes the shard
             def load(n: str) -> int:
                 return sum(self.config["steps"] - self.progress[t]

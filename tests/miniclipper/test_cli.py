@@ -6,6 +6,7 @@ import sys
 import time
 
 import psutil
+import pytest
 
 from common.cli import main
 
@@ -65,6 +66,18 @@ def test_start_deploy_query_load_stop(tmp_path, capsys):
     assert _exits(info["pid"])
 
 
+def _has_ipv6_loopback() -> bool:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="this machine has no IPv6 loopback")
 def test_an_ipv6_loopback_host_works_from_start_to_stop():
     """``--host ::1``: every address the commands build must bracket the literal
     (``http://[::1]:PORT``); unbracketed, its colons read as a port and nothing connects."""
