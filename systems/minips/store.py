@@ -36,13 +36,20 @@ class KVStore:
         return self.keys.size
 
     def _find(self, keys: np.ndarray) -> slice | np.ndarray | None:
-        """Rows of ``keys`` if all are stored (a slice for a contiguous run), else None."""
+        """Rows of ``keys`` if all are stored (a slice for a contiguous run), else None.
+
+        ``keys`` are sorted and unique, as every request's are (``message.check_keys``),
+        and so are the stored keys. Then m stored keys that start and end where a dense
+        request of m keys does are that request: no element-by-element comparison is
+        needed (it cost about 1 ms of a 1M-key push on the development VM)."""
         m = keys.size
         if m == 0:
             return slice(0, 0)
         i = int(np.searchsorted(self.keys, keys[0]))
-        if (i + m <= self.keys.size and self.keys[i + m - 1] == keys[-1]
-                and np.array_equal(self.keys[i:i + m], keys)):
+        if (i + m <= self.keys.size and self.keys[i] == keys[0]
+                and self.keys[i + m - 1] == keys[-1]
+                and (int(keys[-1]) - int(keys[0]) == m - 1
+                     or np.array_equal(self.keys[i:i + m], keys))):
             return slice(i, i + m)
         idx = np.searchsorted(self.keys, keys)
         found = idx < self.keys.size

@@ -49,3 +49,17 @@ def test_contiguous_lookup_is_a_view_that_updates_in_place():
     assert rows == slice(100, 200)
     store.update(keys[100:200], np.ones((100, 1), np.float32), Sum())
     assert store.vals[100:200].sum() == 100 and store.vals.sum() == 100
+
+
+def test_a_run_is_found_only_where_the_stored_keys_are_that_run():
+    """The lookup's shortcut for a dense request (first key, last key and count match a
+    stored run) against requests that share endpoints and count but not keys."""
+    store = KVStore(1)
+    stored = np.array([0, 1, 3, 4, 5, 6, 9], np.uint64)
+    store.assign(stored, np.arange(7, dtype=np.float32).reshape(-1, 1))
+    assert store.rows(np.array([3, 4, 5, 6], np.uint64)) == slice(2, 6)  # dense, stored
+    assert store._find(np.array([0, 2, 3], np.uint64)) is None  # 2 is not stored
+    assert store._find(np.array([1, 2, 3], np.uint64)) is None  # dense, but 2 missing
+    assert store._find(np.array([2, 3], np.uint64)) is None  # first key missing
+    got = store.get(np.array([0, 1, 3], np.uint64))  # sparse: the general path
+    np.testing.assert_array_equal(got.ravel(), [0, 1, 2])
