@@ -34,8 +34,12 @@ reference:
   ``unsynced`` for a new replica): it is neither served nor passed on, so a server
   promoted before its copy came waits for one instead of serving an empty range. The
   price is up to R copies of each moved range where one would do.
-  ``test_an_old_master_killed_during_a_join_loses_and_duplicates_nothing`` found this;
-  docs/minips/fault-tolerance.md lists the holes a review found that remain open.
+  ``test_an_old_master_killed_during_a_join_loses_and_duplicates_nothing`` found this.
+* **copies at the wrong moment**: a copy for a ring this server has not reached (or is
+  entering and has not yet computed what waits in) is booked under that ring's epoch
+  and counted when the transition gets there; and no catch-up or backup copy overwrites
+  a range its receiver holds complete, so a late whole copy cannot roll back pushes
+  already applied. docs/minips/fault-tolerance.md lists the hole that remains open.
 """
 
 from __future__ import annotations
@@ -59,13 +63,27 @@ FORWARD_TIMEOUT_S = 1.0
 CATCHUP_TIMEOUT_S = 2.0
 
 
+def note(book: dict[int, list], epoch: int, ranges: list[tuple[int, int]]) -> None:
+    """Record that ``ranges`` were copied to us for the ring of ``epoch``."""
+    book[epoch] = merge_ranges(book.get(epoch, []) + [tuple(r) for r in ranges])
+
+
+def upto(book: dict[int, list], epoch: int) -> list[tuple[int, int]]:
+    """The ranges copied for rings up to ``epoch``."""
+    return merge_ranges([r for e, rs in book.items() if e <= epoch for r in rs])
+
+
 class Replication:
     def __init__(self, server: KVServer):
         self.s = server
         self.not_ready: list[tuple[int, int]] = []  # ranges waiting for a catch-up
-        self.caught_up: list[tuple[int, int]] = []
         self.unsynced: list[tuple[int, int]] = []  # new replica ranges not copied yet
-        self.synced: list[tuple[int, int]] = []  # ... copied before our own transition
+        # copies that came for a ring whose waiting sets were not computed yet, by that
+        # ring's epoch: counted (and forgotten) when this server's transition reaches it
+        self.caught_up: dict[int, list[tuple[int, int]]] = {}
+        self.synced: dict[int, list[tuple[int, int]]] = {}
+        self.next_epoch: int | None = None  # a transition's ring, until step 2
+        self.holding: list[tuple[int, int]] = []  # ... and what we held complete before it
         self.transfers: dict[tuple[int, int], list[np.ndarray]] = {}
         self.broken = False
         self.channels: dict[str, grpc.aio.Channel] = {}
@@ -190,12 +208,17 @@ class Replication:
         if self.s.store is None or (meta["epoch"] < self.s.epoch and not meta.get("catchup")):
             return M.encode(M.reply(M.STALE, epoch=self.s.epoch))
         rr = meta["ranges"] = [(int(b), int(e)) for b, e in meta["ranges"]]  # JSON: lists
-        early = self.s.epoch < meta["epoch"]  # sent in a ring we have not reached yet
+        # sent in a ring we have not reached yet, or are moving to and have not yet
+        # computed what waits in it (a transition's steps 1-2)
+        early = self.s.epoch < meta["epoch"] or meta["epoch"] == self.next_epoch
         if meta.get("catchup") or meta.get("backup"):  # the first copy of a range wins;
-            # a later one (from another old holder) would overwrite what was served since
-            waiting, done = ((self.not_ready, self.caught_up) if meta.get("catchup")
+            # a later one (from another old holder) would overwrite what was served since,
+            # and no copy overwrites a range this server holds complete
+            waiting, book = ((self.not_ready, self.caught_up) if meta.get("catchup")
                              else (self.unsynced, self.synced))
-            keep = subtract(rr if early else intersect(rr, waiting), done)
+            keep = subtract(subtract(rr if early else intersect(rr, waiting),
+                                     merge_ranges([r for rs in book.values() for r in rs])),
+                            self.held())
             if not keep:
                 return M.encode(M.reply())
             meta["ranges"] = keep  # and only those ranges' clocks
@@ -205,18 +228,28 @@ class Replication:
         if not meta.get("catchup"):  # a replica's copy, from its master or a backup
             self.unsynced = subtract(self.unsynced, meta["ranges"])
             if early:
-                self.synced = merge_ranges(self.synced + meta["ranges"])
+                note(self.synced, meta["epoch"], meta["ranges"])
         self.install(meta, keys, vals, extra[0])
         self.s.dbg(f"copy from {meta['from']} e{meta['epoch']} full={meta.get('full', True)} "
                    f"catchup={bool(meta.get('catchup'))} ranges={meta['ranges']} n={keys.size}")
         if meta.get("catchup"):
             rr = [(int(b), int(e)) for b, e in meta["ranges"]]
-            self.caught_up = merge_ranges(self.caught_up + rr)
+            note(self.caught_up, meta["epoch"], rr)
             if intersect(rr, self.not_ready):
                 asyncio.ensure_future(self.finish(rr))
         self.s.metrics.inc("syncs_received")
         self.s.gate.notify()
         return M.encode(M.reply())
+
+    def held(self) -> list[tuple[int, int]]:
+        """The ranges this server holds complete now: in its ring and not waiting for a
+        copy; during a transition, what it held complete in the ring it is leaving."""
+        if self.next_epoch is not None:
+            return self.holding
+        if self.s.ring is None:
+            return []
+        return subtract(self.s.ring.ranges_of(self.s.name, "any"),
+                        merge_ranges(self.not_ready + self.unsynced))
 
     def install(self, meta: dict, keys, vals, state) -> None:
         k = self.s.config["val_len"]
@@ -272,50 +305,60 @@ class Replication:
             if old is not None and new.epoch <= old.epoch:
                 return
             self.ring_moved = asyncio.Event()
-            s.ring, s.epoch = new, new.epoch
-            if old is None:  # the initial ring: nothing is stored anywhere yet
-                s.gate.notify()
-                return
             # a range still waiting for its first copy is not held, whatever the old ring
             # said: we must neither send it on nor count on it
-            waiting = merge_ranges(self.not_ready + self.unsynced)
-            old_hold = subtract(old.ranges_of(me, "any"), waiting)
-            # 1. every complete copy we hold of a range that a server takes on without
-            # holding it goes to that server: the old master sends a new master the changes
-            # since its pre-copy, and everyone else sends whole copies (the receiver keeps
-            # the first). So a new holder is served even if the old master dies before it
-            # sends (one failure, which replication R >= 2 promises to survive).
-            mastered = old.ranges_of(me, "master")
-            for b, e in old_hold:
-                for pc in new.overlapping(b, e):
-                    for h in pc.holders:
-                        fresh = intersect(subtract([(pc.begin, pc.end)],
-                                                   old.ranges_of(h, "any")), [(b, e)])
-                        if h == me or not fresh or (h != pc.master and pc.master == me):
-                            continue  # (a new master copies to its replicas in step 4)
-                        if h == pc.master:
-                            await self.catch_up(h, fresh, whole=not intersect(fresh, mastered))
-                        else:
-                            await self.backup(h, fresh)
-            # 2. ranges we now master but never held wait for their catch-up; new replica
-            # ranges wait for a copy
-            new_master = new.ranges_of(me, "master")
-            self.not_ready = subtract(subtract(new_master, old_hold), self.caught_up)
-            self.unsynced = subtract(subtract(new.ranges_of(me, "replica"), old_hold),
-                                     self.synced)
-            # 3. forget what we no longer hold
-            for b, e in subtract(old.ranges_of(me, "any"), new.ranges_of(me, "any")):
-                s.store.drop(b, e)
-                s.clocks.clear(b, e)
-            # 4. give new (or all, if promoted or broken) replicas a full copy
-            promoted = subtract(new_master, old.ranges_of(me, "master"))
-            self.s.dbg(f"transition {old.epoch}->{new.epoch} not_ready={self.not_ready} "
-                       f"promoted={promoted} broken={self.broken}")
-            ok = await self.sync_replicas(old, new, promoted)
-            self.broken = not ok
-            self.transfers.clear()
-            self.caught_up, self.synced = [], []
-            s.metrics.inc("transitions")
+            old_hold = self.held() if old is not None else []
+            self.next_epoch, self.holding = new.epoch, old_hold
+            s.ring, s.epoch = new, new.epoch
+            try:
+                if old is None:  # the initial ring: nothing is stored anywhere yet
+                    s.gate.notify()
+                    return
+                # 1. every complete copy we hold of a range that a server takes on
+                # without holding it goes to that server: the old master sends a new
+                # master the changes since its pre-copy, and everyone else sends whole
+                # copies (the receiver keeps the first). So a new holder is served even if
+                # the old master dies before it sends (one failure, which replication
+                # R >= 2 promises to survive).
+                mastered = old.ranges_of(me, "master")
+                for b, e in old_hold:
+                    for pc in new.overlapping(b, e):
+                        for h in pc.holders:
+                            fresh = intersect(subtract([(pc.begin, pc.end)],
+                                                       old.ranges_of(h, "any")), [(b, e)])
+                            if h == me or not fresh or (h != pc.master and pc.master == me):
+                                continue  # (a new master copies to its replicas in step 4)
+                            if h == pc.master:
+                                await self.catch_up(h, fresh,
+                                                    whole=not intersect(fresh, mastered))
+                            else:
+                                await self.backup(h, fresh)
+                # 2. ranges we now master but never held wait for their catch-up; new
+                # replica ranges wait for a copy (unless it came already)
+                new_master = new.ranges_of(me, "master")
+                self.not_ready = subtract(subtract(new_master, old_hold),
+                                          upto(self.caught_up, new.epoch))
+                self.unsynced = subtract(subtract(new.ranges_of(me, "replica"), old_hold),
+                                         upto(self.synced, new.epoch))
+                self.next_epoch = None  # from here on a copy meets this ring's waiting sets
+                # 3. forget what we no longer hold
+                for b, e in subtract(old.ranges_of(me, "any"), new.ranges_of(me, "any")):
+                    s.store.drop(b, e)
+                    s.clocks.clear(b, e)
+                # 4. give new (or all, if promoted or broken) replicas a full copy
+                promoted = subtract(new_master, old.ranges_of(me, "master"))
+                self.s.dbg(f"transition {old.epoch}->{new.epoch} "
+                           f"not_ready={self.not_ready} promoted={promoted} "
+                           f"broken={self.broken}")
+                ok = await self.sync_replicas(old, new, promoted)
+                self.broken = not ok
+                self.transfers.clear()
+                for book in (self.caught_up, self.synced):  # keep what came for later rings
+                    for e in [e for e in book if e <= new.epoch]:
+                        del book[e]
+                s.metrics.inc("transitions")
+            finally:  # a transition cut short must not leave copies judged by it
+                self.next_epoch = None
         if self.not_ready:
             asyncio.ensure_future(self.await_catchup(old, new.epoch))
         s.gate.notify()

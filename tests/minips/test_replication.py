@@ -138,3 +138,78 @@ def test_an_old_master_killed_during_a_join_loses_and_duplicates_nothing(make_cl
     before = progress(cl)
     cl.wait_ring(lambda st, b=before: sum(st["progress"].values()) > b + 10, 10)
     finish_and_audit(cl)
+
+
+# ---- the copy bookkeeping of ring transitions, in process ------------------------------
+# One real KVServer object, no processes: its peers' addresses refuse connections, so the
+# copies a transition sends fail at once, and the test delivers the copies it receives.
+
+def _server_on(ring):
+    import asyncio
+
+    from systems.minips.server import KVServer
+
+    async def make():
+        s = KVServer("s0", "127.0.0.1:9", "127.0.0.1")
+        s.configure({"val_len": 1, "key_max": ring.key_max,
+                     "updater": {"name": "sgd", "lr": 0.1}})
+        s.addrs = {n: "127.0.0.1:9" for n in ("s0", "s1", "s2")}
+        await s.repl.transition(ring)
+        return s
+    return make()
+
+
+def _whole_copy(epoch, ranges, keys, value, **kind):
+    from systems.minips import message as M
+
+    k = np.array(keys, np.uint64)
+    v = np.full((k.size, 1), value, np.float32)
+    return M.encode({"op": "sync", "epoch": epoch, "from": "s1", "ranges": ranges,
+                     "clocks": {}, "full": True, **kind}, k, v, [np.zeros_like(v)])
+
+
+def _rings():
+    from systems.minips.ring import Ring
+
+    three = dict(key_max=1000, vnodes=4, replication=2)
+    # s2 dies at epoch 3: s0 becomes a new replica of (514, 596) and (737, 917)
+    return (Ring(["s0", "s1", "s2"], epoch=1, **three),
+            Ring(["s0", "s1", "s2"], epoch=2, **three), Ring(["s0", "s1"], epoch=3, **three))
+
+
+def test_a_copy_for_a_later_ring_still_counts_after_an_intermediate_transition():
+    """A backup copy sent in ring 3 reaches s0 while it is still in ring 1; s0 then moves
+    through ring 2 to ring 3. The copy must still count there: the range is not waiting
+    for a copy that already came (it used to be forgotten at the end of ring 2's
+    transition, and a replica range then waited for good)."""
+    import asyncio
+
+    r1, r2, r3 = _rings()
+
+    async def run():
+        s = await _server_on(r1)
+        await s.repl._sync(_whole_copy(3, [(514, 596)], [520], 7.0, backup=True))
+        await s.repl.transition(r2)
+        await s.repl.transition(r3)
+        return s
+    s = asyncio.run(run())
+    assert s.repl.unsynced == [(737, 917)]
+    assert s.store.get(np.array([520], np.uint64)).item() == 7.0
+
+
+def test_no_copy_overwrites_a_range_its_receiver_holds_complete():
+    """s0 holds (0, 514) in ring 1 with pushes applied; a late whole copy of part of it,
+    sent for ring 2 by a server that thought s0 lacked it, must not roll it back."""
+    import asyncio
+
+    r1, _, _ = _rings()
+
+    async def run():
+        s = await _server_on(r1)
+        s.store.assign(np.array([10], np.uint64), np.array([[5.0]], np.float32))
+        await s.repl._sync(_whole_copy(2, [(0, 100)], [10], 0.0, backup=True))
+        await s.repl._sync(_whole_copy(2, [(0, 100)], [10], 0.0, catchup=True))
+        return s
+    s = asyncio.run(run())
+    assert s.store.get(np.array([10], np.uint64)).item() == 5.0
+    assert s.repl.caught_up == {} and s.repl.synced == {}
