@@ -31,6 +31,7 @@ KEY_DTYPE = np.dtype(np.uint64)
 VAL_DTYPE = np.dtype(np.float32)
 
 OK, STALE, RETRY, CACHE_MISS, NOT_MASTER = "OK", "STALE", "RETRY", "CACHE_MISS", "NOT_MASTER"
+NOT_HELD = "NOT_HELD"  # a snapshot of ranges the server does not hold complete
 
 SERVICE = "minips.Server"
 SCHEDULER_SERVICE = "minips.Scheduler"

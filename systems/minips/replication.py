@@ -39,7 +39,9 @@ reference:
   entering and has not yet computed what waits in) is booked under that ring's epoch
   and counted when the transition gets there; and no catch-up or backup copy overwrites
   a range its receiver holds complete, so a late whole copy cannot roll back pushes
-  already applied. docs/minips/fault-tolerance.md lists the hole that remains open.
+  already applied. The fallback for a catch-up that never comes copies only from a
+  server that holds the range complete, and a range nobody can give waits (asked for
+  again) rather than being served empty (docs/minips/fault-tolerance.md).
 """
 
 from __future__ import annotations
@@ -270,12 +272,18 @@ class Replication:
 
     async def Snapshot(self, req: bytes, ctx) -> bytes:
         """Pre-copy for a joining server: the data of ``ranges`` now, and from now on
-        remember which keys change there (sent later as the catch-up)."""
+        remember which keys change there (sent later as the catch-up). Untracked (the
+        fallback of a new master whose catch-up never came): only for ranges this server
+        holds complete, since a copy of a range it dropped or still waits for would be
+        served as if it were the data (``NOT_HELD``, and the caller asks elsewhere)."""
         meta = M.decode(req)[0]
         ranges = [(int(b), int(e)) for b, e in meta["ranges"]]
         if meta.get("track", True):
             for r in ranges:
                 self.transfers.setdefault(r, [])
+        elif subtract(ranges, self.held()):
+            return M.encode(M.reply(M.NOT_HELD, f"not held complete: "
+                                                f"{subtract(ranges, self.held())}"))
         self.s.metrics.inc("snapshots_served")
         self.s.dbg(f"snapshot of {ranges}")
         return self.range_message("snapshot", ranges, code=M.OK)
@@ -431,28 +439,43 @@ class Replication:
         s.gate.notify()
 
     async def await_catchup(self, old: Ring, epoch: int) -> None:
-        """If a catch-up never comes (its sender died), copy from a surviving holder."""
-        await asyncio.sleep(CATCHUP_TIMEOUT_S)
+        """If a catch-up never comes (its sender died), copy from a surviving holder:
+        one that holds the range complete (``Snapshot`` refuses otherwise). A range no
+        holder can give is not served; it is asked for again every
+        ``CATCHUP_TIMEOUT_S`` until a newer ring replaces this one (a stall is seen,
+        where serving an empty range would lose acknowledged pushes unseen)."""
         s = self.s
-        if s.epoch != epoch or not self.not_ready:
-            return
-        for b, e in list(self.not_ready):
-            for pc in old.overlapping(b, e):
-                for h in pc.holders:
-                    if h == s.name or h not in s.ring.servers:
-                        continue
-                    meta = await self.fetch(h, [(pc.begin, pc.end)], track=False)
-                    if meta is not None:
-                        break
-        await self.finish(list(self.not_ready))
+        while True:
+            await asyncio.sleep(CATCHUP_TIMEOUT_S)
+            if s.epoch != epoch or not self.not_ready:
+                return
+            s.metrics.inc("catchup_fallbacks")
+            got = []
+            for b, e in list(self.not_ready):
+                for pc in old.overlapping(b, e):
+                    part = intersect([(pc.begin, pc.end)], [(b, e)])
+                    for h in pc.holders:
+                        if h == s.name or h not in s.ring.servers or s.epoch != epoch:
+                            continue
+                        if await self.fetch(h, part, track=False) is not None:
+                            got += part
+                            break
+            if got:
+                await self.finish(got)
+            if self.not_ready and s.epoch == epoch:
+                s.dbg(f"no holder could give {self.not_ready}; asking again")
 
     async def fetch(self, server: str, ranges: list[tuple[int, int]], track: bool) -> dict | None:
+        """A whole copy of ``ranges`` from ``server``, installed; None if it failed or
+        the server does not hold them complete."""
         try:
             out = await self.call(server, "Snapshot")(
                 M.encode({"ranges": ranges, "track": track}), timeout=10.0)
         except (grpc.RpcError, KeyError):
             return None
         meta, keys, vals, extra = M.decode(out)
+        if meta.get("code", M.OK) != M.OK:
+            return None
         self.install({**meta, "full": True}, keys, vals, extra[0])
         self.s.metrics.wire(received=len(out))
         return meta

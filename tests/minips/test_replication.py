@@ -7,6 +7,7 @@ order, on random victims (24 crashes, about 40 s); the ``fault`` benchmark case 
 20 more.
 """
 
+import asyncio
 import signal
 import time
 
@@ -145,8 +146,6 @@ def test_an_old_master_killed_during_a_join_loses_and_duplicates_nothing(make_cl
 # copies a transition sends fail at once, and the test delivers the copies it receives.
 
 def _server_on(ring):
-    import asyncio
-
     from systems.minips.server import KVServer
 
     async def make():
@@ -182,8 +181,6 @@ def test_a_copy_for_a_later_ring_still_counts_after_an_intermediate_transition()
     through ring 2 to ring 3. The copy must still count there: the range is not waiting
     for a copy that already came (it used to be forgotten at the end of ring 2's
     transition, and a replica range then waited for good)."""
-    import asyncio
-
     r1, r2, r3 = _rings()
 
     async def run():
@@ -200,8 +197,6 @@ def test_a_copy_for_a_later_ring_still_counts_after_an_intermediate_transition()
 def test_no_copy_overwrites_a_range_its_receiver_holds_complete():
     """s0 holds (0, 514) in ring 1 with pushes applied; a late whole copy of part of it,
     sent for ring 2 by a server that thought s0 lacked it, must not roll it back."""
-    import asyncio
-
     r1, _, _ = _rings()
 
     async def run():
@@ -213,3 +208,51 @@ def test_no_copy_overwrites_a_range_its_receiver_holds_complete():
     s = asyncio.run(run())
     assert s.store.get(np.array([10], np.uint64)).item() == 5.0
     assert s.repl.caught_up == {} and s.repl.synced == {}
+
+
+def test_an_untracked_snapshot_is_refused_for_ranges_not_held_complete():
+    """The fallback copy a new master asks for must be the data: a server answers only
+    for ranges it holds complete (not ones it dropped or still waits for)."""
+    from systems.minips import message as M
+
+    r1, _, _ = _rings()
+
+    async def run():
+        s = await _server_on(r1)
+        s.store.assign(np.array([10], np.uint64), np.array([[5.0]], np.float32))
+        s.repl.unsynced = [(50, 100)]  # held in the ring, but waiting for its copy
+        return [M.decode(await s.repl.Snapshot(M.encode({"ranges": r, "track": False}), None))
+                for r in ([(0, 50)], [(514, 596)], [(40, 60)])]
+    (ok, keys, vals, _), (other, *_), (waiting, *_) = asyncio.run(run())
+    assert ok["code"] == M.OK and keys.tolist() == [10] and vals.ravel().tolist() == [5.0]
+    assert other["code"] == M.NOT_HELD and waiting["code"] == M.NOT_HELD
+
+
+def test_the_catch_up_fallback_serves_only_what_a_holder_could_give(monkeypatch):
+    """Two ranges wait for a catch-up that never comes; a surviving holder can give one.
+    That one is served; the other keeps waiting (and is asked for again) instead of
+    being served empty."""
+    from systems.minips import replication
+
+    r1, r2, r3 = _rings()
+    monkeypatch.setattr(replication, "CATCHUP_TIMEOUT_S", 0.05)
+    asked = []
+
+    async def fetch(server, ranges, track):
+        asked.append((server, ranges, track))
+        return {} if ranges[0][0] >= 514 and ranges[0][1] <= 596 else None
+
+    async def run():
+        s = await _server_on(r1)
+        await s.repl.transition(r2)
+        await s.repl.transition(r3)
+        s.repl.not_ready = [(514, 596), (737, 917)]
+        monkeypatch.setattr(s.repl, "fetch", fetch)
+        task = asyncio.ensure_future(s.repl.await_catchup(r2, s.epoch))
+        await asyncio.sleep(0.4)
+        task.cancel()
+        return s
+    s = asyncio.run(run())
+    assert s.repl.not_ready == [(737, 917)]
+    assert all(track is False and server == "s1" for server, _, track in asked)
+    assert sum(737 <= r[0][0] < 917 for _, r, _ in asked) >= 2  # asked for again
