@@ -4,10 +4,10 @@ The scheduler decides who is in the ring (:mod:`.scheduler`); each server
 
 * **registers** at start: as one of the initial servers, or, once training runs, as a
   *joining* server that pre-copies its future ranges before the ring switches
-  (:meth:`.replication.Replication.join`, paper section 4.3);
+  (:meth:`.transitions.RingTransitions.join`, paper section 4.3);
 * sends a **heartbeat** every ``hb_interval`` seconds (ps-lite ``van.cc``
   ``Van::Heartbeat``); the reply carries the ring's epoch, and a newer one makes the
-  server fetch the ring and move to it (:meth:`.replication.Replication.transition`);
+  server fetch the ring and move to it (:meth:`.transitions.RingTransitions.transition`);
 * **rejoins** when the reply says it is no longer a member: it was frozen or cut off
   long enough to be declared dead, its ranges have moved on, so it drops everything and
   joins again as a new server. Nothing it applied while presumed dead was acknowledged

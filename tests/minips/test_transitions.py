@@ -1,0 +1,116 @@
+"""Ring changes (systems/minips/transitions.py), in process: one real KVServer object and
+no other processes. Its peers' addresses refuse connections, so the copies a transition
+sends fail at once, and each test delivers the copies the server receives. The process-
+level fault tests (kill -9, freezing, partitions, joins) are in test_replication.py."""
+
+import asyncio
+
+import numpy as np
+
+from systems.minips import message as M
+from systems.minips import transitions
+from systems.minips.ring import Ring
+from systems.minips.server import KVServer
+
+
+def _server_on(ring):
+    async def make():
+        s = KVServer("s0", "127.0.0.1:9", "127.0.0.1")
+        s.configure({"val_len": 1, "key_max": ring.key_max,
+                     "updater": {"name": "sgd", "lr": 0.1}})
+        s.addrs = {n: "127.0.0.1:9" for n in ("s0", "s1", "s2")}
+        await s.repl.transition(ring)
+        return s
+    return make()
+
+
+def _whole_copy(epoch, ranges, keys, value, **kind):
+    k = np.array(keys, np.uint64)
+    v = np.full((k.size, 1), value, np.float32)
+    return M.encode({"op": "sync", "epoch": epoch, "from": "s1", "ranges": ranges,
+                     "clocks": {}, "full": True, **kind}, k, v, [np.zeros_like(v)])
+
+
+def _rings():
+    three = dict(key_max=1000, vnodes=4, replication=2)
+    # s2 dies at epoch 3: s0 becomes a new replica of (514, 596) and (737, 917)
+    return (Ring(["s0", "s1", "s2"], epoch=1, **three),
+            Ring(["s0", "s1", "s2"], epoch=2, **three), Ring(["s0", "s1"], epoch=3, **three))
+
+
+def test_a_copy_for_a_later_ring_still_counts_after_an_intermediate_transition():
+    """A backup copy sent in ring 3 reaches s0 while it is still in ring 1; s0 then moves
+    through ring 2 to ring 3. The copy must still count there: the range is not waiting
+    for a copy that already came (it used to be forgotten at the end of ring 2's
+    transition, and a replica range then waited for good)."""
+    r1, r2, r3 = _rings()
+
+    async def run():
+        s = await _server_on(r1)
+        await s.repl._sync(_whole_copy(3, [(514, 596)], [520], 7.0, backup=True))
+        await s.repl.transition(r2)
+        await s.repl.transition(r3)
+        return s
+    s = asyncio.run(run())
+    assert s.repl.unsynced == [(737, 917)]
+    assert s.store.get(np.array([520], np.uint64)).item() == 7.0
+
+
+def test_no_copy_overwrites_a_range_its_receiver_holds_complete():
+    """s0 holds (0, 514) in ring 1 with pushes applied; a late whole copy of part of it,
+    sent for ring 2 by a server that thought s0 lacked it, must not roll it back."""
+    r1, _, _ = _rings()
+
+    async def run():
+        s = await _server_on(r1)
+        s.store.assign(np.array([10], np.uint64), np.array([[5.0]], np.float32))
+        await s.repl._sync(_whole_copy(2, [(0, 100)], [10], 0.0, backup=True))
+        await s.repl._sync(_whole_copy(2, [(0, 100)], [10], 0.0, catchup=True))
+        return s
+    s = asyncio.run(run())
+    assert s.store.get(np.array([10], np.uint64)).item() == 5.0
+    assert s.repl.caught_up == {} and s.repl.synced == {}
+
+
+def test_an_untracked_snapshot_is_refused_for_ranges_not_held_complete():
+    """The fallback copy a new master asks for must be the data: a server answers only
+    for ranges it holds complete (not ones it dropped or still waits for)."""
+    r1, _, _ = _rings()
+
+    async def run():
+        s = await _server_on(r1)
+        s.store.assign(np.array([10], np.uint64), np.array([[5.0]], np.float32))
+        s.repl.unsynced = [(50, 100)]  # held in the ring, but waiting for its copy
+        return [M.decode(await s.repl.Snapshot(M.encode({"ranges": r, "track": False}), None))
+                for r in ([(0, 50)], [(514, 596)], [(40, 60)])]
+    (ok, keys, vals, _), (other, *_), (waiting, *_) = asyncio.run(run())
+    assert ok["code"] == M.OK and keys.tolist() == [10] and vals.ravel().tolist() == [5.0]
+    assert other["code"] == M.NOT_HELD and waiting["code"] == M.NOT_HELD
+
+
+def test_the_catch_up_fallback_serves_only_what_a_holder_could_give(monkeypatch):
+    """Two ranges wait for a catch-up that never comes; a surviving holder can give one.
+    That one is served; the other keeps waiting (and is asked for again) instead of
+    being served empty."""
+    r1, r2, r3 = _rings()
+    monkeypatch.setattr(transitions, "CATCHUP_TIMEOUT_S", 0.05)
+    asked = []
+
+    async def fetch(server, ranges, track):
+        asked.append((server, ranges, track))
+        return {} if ranges[0][0] >= 514 and ranges[0][1] <= 596 else None
+
+    async def run():
+        s = await _server_on(r1)
+        await s.repl.transition(r2)
+        await s.repl.transition(r3)
+        s.repl.not_ready = [(514, 596), (737, 917)]
+        monkeypatch.setattr(s.repl, "fetch", fetch)
+        task = asyncio.ensure_future(s.repl.await_catchup(r2, s.epoch))
+        await asyncio.sleep(0.4)
+        task.cancel()
+        return s
+    s = asyncio.run(run())
+    assert s.repl.not_ready == [(737, 917)]
+    assert all(track is False and server == "s1" for server, _, track in asked)
+    assert sum(737 <= r[0][0] < 917 for _, r, _ in asked) >= 2  # asked for again
