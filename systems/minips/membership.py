@@ -59,7 +59,11 @@ class Membership:
         self.addrs.update(info["addrs"])
         if info["epoch"] > self.epoch and info["ring"] and self.name in info["servers"]:
             self.repl.ring_moved.set()  # a push or copy waiting on a peer gives up now
-            await self.repl.transition(Ring.from_dict(info["ring"]))
+            # shielded: a request handler that started it may be cancelled (its worker
+            # gave up), and a transition cut short would leave the new epoch with the old
+            # ring's waiting sets, never redone
+            await asyncio.shield(asyncio.ensure_future(
+                self.repl.transition(Ring.from_dict(info["ring"]))))
             if self.restore:
                 restore, self.restore = self.restore, None
                 async with self.lock:

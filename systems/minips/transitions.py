@@ -28,8 +28,11 @@ and it calls that half's ``send``, ``race``, ``range_message`` and ``sync_to``.
   and counted when the transition gets there; and no catch-up or backup copy overwrites
   a range its receiver holds complete, so a late whole copy cannot roll back pushes
   already applied. The fallback for a catch-up that never comes copies only from a
-  server that holds the range complete, and a range nobody can give waits (asked for
-  again) rather than being served empty (docs/minips/fault-tolerance.md).
+  server that holds the range complete, installs only the part still waiting when the
+  copy comes back, and a range nobody can give waits (asked for again) rather than being
+  served empty. Every ``Snapshot`` is of ranges held complete, by a server not behind
+  the asker's ring; a transition runs to its end even if the request that started it
+  is cancelled (docs/minips/fault-tolerance.md, item 5).
 """
 
 from __future__ import annotations
@@ -57,6 +60,15 @@ def note(book: dict[int, list], epoch: int, ranges: list[tuple[int, int]]) -> No
 def upto(book: dict[int, list], epoch: int) -> list[tuple[int, int]]:
     """The ranges copied for rings up to ``epoch``."""
     return merge_ranges([r for e, rs in book.items() if e <= epoch for r in rs])
+
+
+def restrict(meta: dict, keep: list[tuple[int, int]]) -> None:
+    """Cut a copy's ``ranges`` and clocks down to ``keep`` (its data is cut by
+    ``install``, which reads only the rows inside ``meta["ranges"]``)."""
+    meta["ranges"] = keep
+    meta["clocks"] = {w: [(max(b, kb), min(e, ke), t) for b, e, t in segs
+                          for kb, ke in keep if b < ke and kb < e]
+                      for w, segs in meta["clocks"].items()}
 
 
 class RingTransitions:
@@ -97,10 +109,7 @@ class RingTransitions:
                             self.held())
             if not keep:
                 return M.encode(M.reply())
-            meta["ranges"] = keep  # and only those ranges' clocks
-            meta["clocks"] = {w: [(max(b, kb), min(e, ke), t) for b, e, t in segs
-                                  for kb, ke in keep if b < ke and kb < e]
-                              for w, segs in meta["clocks"].items()}
+            restrict(meta, keep)  # and only those ranges' clocks
         if not meta.get("catchup"):  # a replica's copy, from its master or a backup
             self.unsynced = subtract(self.unsynced, meta["ranges"])
             if early:
@@ -152,12 +161,15 @@ class RingTransitions:
         served as if it were the data (``NOT_HELD``, and the caller asks elsewhere)."""
         meta = M.decode(req)[0]
         ranges = [(int(b), int(e)) for b, e in meta["ranges"]]
+        if meta.get("epoch", 0) > self.s.epoch:  # we are behind: our ring may be wrong
+            self.s.refresh_soon()
+            return M.encode(M.reply(M.NOT_HELD, f"behind: epoch {self.s.epoch}"))
+        if subtract(ranges, self.held()):  # (a joiner's pre-copy too: it asks again)
+            return M.encode(M.reply(M.NOT_HELD, f"not held complete: "
+                                                f"{subtract(ranges, self.held())}"))
         if meta.get("track", True):
             for r in ranges:
                 self.transfers.setdefault(r, [])
-        elif subtract(ranges, self.held()):
-            return M.encode(M.reply(M.NOT_HELD, f"not held complete: "
-                                                f"{subtract(ranges, self.held())}"))
         self.s.metrics.inc("snapshots_served")
         self.s.dbg(f"snapshot of {ranges}")
         return self.range_message("snapshot", ranges, code=M.OK)
@@ -207,12 +219,19 @@ class RingTransitions:
                 self.unsynced = subtract(subtract(new.ranges_of(me, "replica"), old_hold),
                                          upto(self.synced, new.epoch))
                 self.next_epoch = None  # from here on a copy meets this ring's waiting sets
-                # 3. forget what we no longer hold
-                for b, e in subtract(old.ranges_of(me, "any"), new.ranges_of(me, "any")):
+                # 3. forget what we no longer hold (but not a copy booked for a later
+                # ring: that ring will count it as held)
+                later = merge_ranges([r for e, rs in (*self.caught_up.items(),
+                                                      *self.synced.items())
+                                      if e > new.epoch for r in rs])
+                for b, e in subtract(subtract(old.ranges_of(me, "any"),
+                                              new.ranges_of(me, "any")), later):
                     s.store.drop(b, e)
                     s.clocks.clear(b, e)
                 # 4. give new (or all, if promoted or broken) replicas a full copy
-                promoted = subtract(new_master, old.ranges_of(me, "master"))
+                # (and ranges that waited for a copy: a replica that missed it gets one)
+                promoted = merge_ranges(subtract(new_master, old.ranges_of(me, "master"))
+                                        + subtract(new_master, old_hold))
                 self.s.dbg(f"transition {old.epoch}->{new.epoch} "
                            f"not_ready={self.not_ready} promoted={promoted} "
                            f"broken={self.broken}")
@@ -313,29 +332,46 @@ class RingTransitions:
                 for pc in old.overlapping(b, e):
                     part = intersect([(pc.begin, pc.end)], [(b, e)])
                     for h in pc.holders:
-                        if h == s.name or h not in s.ring.servers or s.epoch != epoch:
+                        if s.epoch != epoch or h == s.name or h not in s.ring.servers:
                             continue
-                        if await self.fetch(h, part, track=False) is not None:
-                            got += part
-                            break
+                        reply = await self.fetch(h, part, track=False, install=False)
+                        if reply is None:
+                            continue
+                        # the await let other copies in: install only what still waits
+                        # (a catch-up that came meanwhile is served already, and an
+                        # older snapshot over it would roll acknowledged pushes back)
+                        if s.epoch != epoch:
+                            return
+                        meta, keys, vals, state = reply
+                        keep = intersect(part, self.not_ready)
+                        if keep:
+                            restrict(meta, keep)
+                            self.install({**meta, "full": True}, keys, vals, state)
+                            got += keep
+                        break
             if got:
                 await self.finish(got)
             if self.not_ready and s.epoch == epoch:
                 s.dbg(f"no holder could give {self.not_ready}; asking again")
 
-    async def fetch(self, server: str, ranges: list[tuple[int, int]], track: bool) -> dict | None:
-        """A whole copy of ``ranges`` from ``server``, installed; None if it failed or
-        the server does not hold them complete."""
+    async def fetch(self, server: str, ranges: list[tuple[int, int]], track: bool,
+                    install: bool = True):
+        """A whole copy of ``ranges`` from ``server``: installed (returns its meta), or
+        with ``install=False`` returned as (meta, keys, vals, state) for the caller to
+        check first; None if it failed or the server does not hold them complete."""
         try:
             out = await self.call(server, "Snapshot")(
-                M.encode({"ranges": ranges, "track": track}), timeout=10.0)
+                M.encode({"ranges": ranges, "track": track, "epoch": self.s.epoch}),
+                timeout=10.0)
         except (grpc.RpcError, KeyError):
             return None
         meta, keys, vals, extra = M.decode(out)
+        self.s.metrics.wire(received=len(out))
         if meta.get("code", M.OK) != M.OK:
             return None
+        if not install:
+            return meta, keys, vals, extra[0]
         self.install({**meta, "full": True}, keys, vals, extra[0])
-        self.s.metrics.wire(received=len(out))
         return meta
 
     async def join(self, reg: dict) -> bool:
@@ -343,6 +379,8 @@ class RingTransitions:
         s = self.s
         pending, current = Ring.from_dict(reg["pending"]), Ring.from_dict(reg["ring"])
         s.addrs.update(reg["addrs"])
+        self.caught_up.clear()  # a stale copy from before the rejoin must not count
+        self.synced.clear()
         s.ring, s.epoch = current, current.epoch
         for b, e in pending.ranges_of(s.name, "master"):
             for pc in current.overlapping(b, e):

@@ -88,29 +88,81 @@ def test_an_untracked_snapshot_is_refused_for_ranges_not_held_complete():
     assert other["code"] == M.NOT_HELD and waiting["code"] == M.NOT_HELD
 
 
+def _snapshot(s, ranges, key, value, install):
+    """What the real ``fetch`` does with a holder's whole copy of ``ranges``: install it
+    and return its meta, or with ``install=False`` return it to the caller."""
+    k = np.array([key], np.uint64)
+    v = np.full((1, 1), value, np.float32)
+    meta = {"code": M.OK, "ranges": ranges, "clocks": {}}
+    if install:
+        s.repl.install({**meta, "full": True}, k, v, np.zeros_like(v))
+        return meta
+    return meta, k, v, np.zeros_like(v)
+
+
+async def _waiting_master(r1, r2, r3, monkeypatch, fetch):
+    """s0 in ring 3 with two ranges waiting for a catch-up that never came, its fallback
+    running every 50 ms with ``fetch`` in place of the real RPC."""
+    s = await _server_on(r1)
+    await s.repl.transition(r2)
+    await s.repl.transition(r3)
+    s.repl.not_ready = [(514, 596), (737, 917)]
+    monkeypatch.setattr(transitions, "CATCHUP_TIMEOUT_S", 0.05)
+    monkeypatch.setattr(s.repl, "fetch", fetch)
+    return s, asyncio.ensure_future(s.repl.await_catchup(r2, s.epoch))
+
+
 def test_the_catch_up_fallback_serves_only_what_a_holder_could_give(monkeypatch):
     """Two ranges wait for a catch-up that never comes; a surviving holder can give one.
-    That one is served; the other keeps waiting (and is asked for again) instead of
-    being served empty."""
+    That one is installed and served; the other keeps waiting (and is asked for again)
+    instead of being served empty. Every request is for a part that waits."""
     r1, r2, r3 = _rings()
-    monkeypatch.setattr(transitions, "CATCHUP_TIMEOUT_S", 0.05)
-    asked = []
+    asked, holder = [], {}
 
-    async def fetch(server, ranges, track):
+    async def fetch(server, ranges, track, install=True):
         asked.append((server, ranges, track))
-        return {} if ranges[0][0] >= 514 and ranges[0][1] <= 596 else None
+        if ranges[0][0] >= 514 and ranges[0][1] <= 596:
+            return _snapshot(holder["s"], ranges, 520, 3.0, install)
+        return None
 
     async def run():
-        s = await _server_on(r1)
-        await s.repl.transition(r2)
-        await s.repl.transition(r3)
-        s.repl.not_ready = [(514, 596), (737, 917)]
-        monkeypatch.setattr(s.repl, "fetch", fetch)
-        task = asyncio.ensure_future(s.repl.await_catchup(r2, s.epoch))
+        s, task = await _waiting_master(r1, r2, r3, monkeypatch, fetch)
+        holder["s"] = s
         await asyncio.sleep(0.4)
         task.cancel()
         return s
     s = asyncio.run(run())
     assert s.repl.not_ready == [(737, 917)]
+    assert s.store.get(np.array([520], np.uint64)).item() == 3.0
     assert all(track is False and server == "s1" for server, _, track in asked)
+    waiting = [(514, 596), (737, 917)]
+    assert all(any(b <= rb and re <= e for b, e in waiting) for _, r, _ in asked
+               for rb, re in r)
     assert sum(737 <= r[0][0] < 917 for _, r, _ in asked) >= 2  # asked for again
+
+
+def test_a_fallback_copy_never_lands_on_a_catch_up_that_came_while_it_was_asked_for(
+        monkeypatch):
+    """The real catch-up of (514, 596) arrives while the fallback's request for it is in
+    flight, and is served; the holder's older snapshot that comes back after it must not
+    be installed over it (that would roll acknowledged pushes back)."""
+    r1, r2, r3 = _rings()
+    holder = {}
+
+    async def fetch(server, ranges, track, install=True):
+        if ranges[0][0] >= 514 and ranges[0][1] <= 596:
+            await holder["s"].repl._sync(_whole_copy(3, [(514, 596)], [520], 9.0,
+                                                     catchup=True))
+            await asyncio.sleep(0.01)  # finish() runs: (514, 596) is served
+            return _snapshot(holder["s"], ranges, 520, 1.0, install)
+        return None
+
+    async def run():
+        s, task = await _waiting_master(r1, r2, r3, monkeypatch, fetch)
+        holder["s"] = s
+        await asyncio.sleep(0.2)
+        task.cancel()
+        return s
+    s = asyncio.run(run())
+    assert s.store.get(np.array([520], np.uint64)).item() == 9.0
+    assert s.repl.not_ready == [(737, 917)]
