@@ -100,38 +100,39 @@ def _snapshot(s, ranges, key, value, install):
     return meta, k, v, np.zeros_like(v)
 
 
-async def _waiting_master(r1, r2, r3, monkeypatch, fetch):
-    """s0 in ring 3 with two ranges waiting for a catch-up that never came, its fallback
-    running every 50 ms with ``fetch`` in place of the real RPC."""
-    s = await _server_on(r1)
-    await s.repl.transition(r2)
-    await s.repl.transition(r3)
-    s.repl.not_ready = [(514, 596), (737, 917)]
-    monkeypatch.setattr(transitions, "CATCHUP_TIMEOUT_S", 0.05)
-    monkeypatch.setattr(s.repl, "fetch", fetch)
-    return s, asyncio.ensure_future(s.repl.await_catchup(r2, s.epoch))
+def _fallback_run(monkeypatch, make_fetch, seconds):
+    """s0 in ring 3 with two ranges waiting for a catch-up that never came; its fallback
+    runs every 50 ms for ``seconds`` with ``make_fetch(s0)`` in place of the real RPC."""
+    r1, r2, r3 = _rings()
+
+    async def run():
+        s = await _server_on(r1)
+        await s.repl.transition(r2)
+        await s.repl.transition(r3)
+        s.repl.not_ready = [(514, 596), (737, 917)]
+        monkeypatch.setattr(transitions, "CATCHUP_TIMEOUT_S", 0.05)
+        monkeypatch.setattr(s.repl, "fetch", make_fetch(s))
+        task = asyncio.ensure_future(s.repl.await_catchup(r2, s.epoch))
+        await asyncio.sleep(seconds)
+        task.cancel()
+        return s
+    return asyncio.run(run())
 
 
 def test_the_catch_up_fallback_serves_only_what_a_holder_could_give(monkeypatch):
     """Two ranges wait for a catch-up that never comes; a surviving holder can give one.
     That one is installed and served; the other keeps waiting (and is asked for again)
     instead of being served empty. Every request is for a part that waits."""
-    r1, r2, r3 = _rings()
-    asked, holder = [], {}
+    asked = []
 
-    async def fetch(server, ranges, track, install=True):
-        asked.append((server, ranges, track))
-        if ranges[0][0] >= 514 and ranges[0][1] <= 596:
-            return _snapshot(holder["s"], ranges, 520, 3.0, install)
-        return None
-
-    async def run():
-        s, task = await _waiting_master(r1, r2, r3, monkeypatch, fetch)
-        holder["s"] = s
-        await asyncio.sleep(0.4)
-        task.cancel()
-        return s
-    s = asyncio.run(run())
+    def make_fetch(s):
+        async def fetch(server, ranges, track, install=True):
+            asked.append((server, ranges, track))
+            if ranges[0][0] >= 514 and ranges[0][1] <= 596:
+                return _snapshot(s, ranges, 520, 3.0, install)
+            return None
+        return fetch
+    s = _fallback_run(monkeypatch, make_fetch, 0.4)
     assert s.repl.not_ready == [(737, 917)]
     assert s.store.get(np.array([520], np.uint64)).item() == 3.0
     assert all(track is False and server == "s1" for server, _, track in asked)
@@ -146,23 +147,14 @@ def test_a_fallback_copy_never_lands_on_a_catch_up_that_came_while_it_was_asked_
     """The real catch-up of (514, 596) arrives while the fallback's request for it is in
     flight, and is served; the holder's older snapshot that comes back after it must not
     be installed over it (that would roll acknowledged pushes back)."""
-    r1, r2, r3 = _rings()
-    holder = {}
-
-    async def fetch(server, ranges, track, install=True):
-        if ranges[0][0] >= 514 and ranges[0][1] <= 596:
-            await holder["s"].repl._sync(_whole_copy(3, [(514, 596)], [520], 9.0,
-                                                     catchup=True))
-            await asyncio.sleep(0.01)  # finish() runs: (514, 596) is served
-            return _snapshot(holder["s"], ranges, 520, 1.0, install)
-        return None
-
-    async def run():
-        s, task = await _waiting_master(r1, r2, r3, monkeypatch, fetch)
-        holder["s"] = s
-        await asyncio.sleep(0.2)
-        task.cancel()
-        return s
-    s = asyncio.run(run())
+    def make_fetch(s):
+        async def fetch(server, ranges, track, install=True):
+            if ranges[0][0] >= 514 and ranges[0][1] <= 596:
+                await s.repl._sync(_whole_copy(3, [(514, 596)], [520], 9.0, catchup=True))
+                await asyncio.sleep(0.01)  # finish() runs: (514, 596) is served
+                return _snapshot(s, ranges, 520, 1.0, install)
+            return None
+        return fetch
+    s = _fallback_run(monkeypatch, make_fetch, 0.2)
     assert s.store.get(np.array([520], np.uint64)).item() == 9.0
     assert s.repl.not_ready == [(737, 917)]
