@@ -18,7 +18,7 @@ def _server_on(ring):
         s = KVServer("s0", "127.0.0.1:9", "127.0.0.1")
         s.configure({"val_len": 1, "key_max": ring.key_max,
                      "updater": {"name": "sgd", "lr": 0.1}})
-        s.addrs = {n: "127.0.0.1:9" for n in ("s0", "s1", "s2")}
+        s.addrs = {n: "127.0.0.1:9" for n in ring.servers}
         await s.repl.transition(ring)
         return s
     return make()
@@ -53,6 +53,38 @@ def test_a_copy_for_a_later_ring_still_counts_after_an_intermediate_transition()
         return s
     s = asyncio.run(run())
     assert s.repl.unsynced == [(737, 917)]
+    assert s.store.get(np.array([520], np.uint64)).item() == 7.0
+
+
+def test_a_copy_that_comes_mid_transition_counts_for_the_ring_being_entered(
+        monkeypatch):
+    """Replication 3 on four servers; s1 dies at ring 3, where s0 becomes a new replica
+    of (514, 596) and, in step 1, sends backup copies to s2. While it waits on the first
+    of those sends, the master's copy of (514, 596) for ring 3 arrives: s0 has taken
+    epoch 3 but not yet worked out what waits in it. The copy must count (it used to be
+    judged by ring 2's waiting sets, dropped, and waited for again)."""
+    kw = dict(key_max=1000, vnodes=4, replication=3)
+    r1, r2 = Ring(["s0", "s1", "s2", "s3"], epoch=1, **kw), \
+        Ring(["s0", "s1", "s2", "s3"], epoch=2, **kw)
+    r3 = Ring(["s0", "s2", "s3"], epoch=3, **kw)
+    came = []
+
+    async def run():
+        s = await _server_on(r1)
+        await s.repl.transition(r2)
+        backup = s.repl.backup
+
+        async def backup_while_a_copy_comes(replica, ranges):
+            if not came:
+                came.append(s.repl.next_epoch)
+                await s.repl._sync(_whole_copy(3, [(514, 596)], [520], 7.0))
+            await backup(replica, ranges)
+        monkeypatch.setattr(s.repl, "backup", backup_while_a_copy_comes)
+        await s.repl.transition(r3)
+        return s
+    s = asyncio.run(run())
+    assert came == [3]  # the copy came inside step 1 of the transition to ring 3
+    assert not any(b < 596 and 514 < e for b, e in s.repl.unsynced), s.repl.unsynced
     assert s.store.get(np.array([520], np.uint64)).item() == 7.0
 
 
