@@ -110,6 +110,14 @@ class RingTransitions:
             if not keep:
                 return M.encode(M.reply())
             restrict(meta, keep)  # and only those ranges' clocks
+        else:  # a master's copy to its replica: never over one booked for a later ring
+            later = merge_ranges([r for e, rs in self.synced.items() if e > meta["epoch"]
+                                  for r in rs])
+            if intersect(rr, later):
+                keep = subtract(rr, later)
+                if not keep:
+                    return M.encode(M.reply())
+                restrict(meta, keep)
         if not meta.get("catchup"):  # a replica's copy, from its master or a backup
             self.unsynced = subtract(self.unsynced, meta["ranges"])
             if early:

@@ -88,6 +88,21 @@ def test_a_copy_that_comes_mid_transition_counts_for_the_ring_being_entered(
     assert s.store.get(np.array([520], np.uint64)).item() == 7.0
 
 
+def test_a_masters_copy_for_an_older_ring_never_overwrites_one_booked_for_a_later_ring():
+    """s0, still in ring 1, gets a copy of (514, 596) sent in ring 3 (booked for it), then
+    a master's whole copy of the same range sent in ring 2, which is older: it must not
+    overwrite the newer data."""
+    r1, _, _ = _rings()
+
+    async def run():
+        s = await _server_on(r1)
+        await s.repl._sync(_whole_copy(3, [(514, 596)], [520], 7.0))
+        await s.repl._sync(_whole_copy(2, [(514, 596)], [520], 1.0))
+        return s
+    s = asyncio.run(run())
+    assert s.store.get(np.array([520], np.uint64)).item() == 7.0
+
+
 def test_no_copy_overwrites_a_range_its_receiver_holds_complete():
     """s0 holds (0, 514) in ring 1 with pushes applied; a late whole copy of part of it,
     sent for ring 2 by a server that thought s0 lacked it, must not roll it back."""
