@@ -162,8 +162,10 @@ def _rotating(task: Task, fn, n_sets: int):
     return lambda: fn(sets[next(turn) % n_sets])
 
 
-def _n_sets(task: Task, l2_bytes: int) -> int:
-    """Input sets enough to exceed twice the L2 (1 when one set already does)."""
+def _n_sets(task: Task, spec) -> int:
+    """Input sets enough to exceed twice the L2 (1 when one set already does); 50 MiB
+    (H100/H200) where the device has no datasheet entry."""
+    l2_bytes = spec.l2_bytes if spec is not None and spec.l2_bytes else 50 * 2**20
     one = task.cost().bytes_read
     return int(min(GRAPH_CALLS, max(1, np.ceil(2 * l2_bytes / one))))
 
@@ -194,12 +196,11 @@ def gemm_case(ctx: Context) -> Result:
         best = _tune(tasks, ctx.pick(32, 16), dev, rec)
         metrics, ratios, big_cublas, vs_tut, eager_cublas, eager_tut = {}, {}, [], [], [], []
         spec = gpu_spec_for(dev.name)
-        l2 = spec.l2_bytes if spec is not None and spec.l2_bytes else 50 * 2**20
         _graph_failures.clear()
         for task in tasks:
             b = best[task.key]
             tut_inp, _ = _tutorial_best(task, dev, rec)
-            n_sets = _n_sets(task, l2)
+            n_sets = _n_sets(task, spec)
             ours = _rotating(task, lambda x, task=task, b=b:
                              run_program(task, b.sketch, b.ann, x), n_sets)
             cublas = _rotating(task, lambda x: torch.matmul(x["a"], x["b"]), n_sets)
@@ -252,7 +253,7 @@ def fused_case(ctx: Context) -> Result:
     try:
         b = _tune([task], ctx.pick(32, 16), dev, rec)[task.key]
         spec = gpu_spec_for(dev.name)
-        n_sets = _n_sets(task, spec.l2_bytes if spec and spec.l2_bytes else 50 * 2**20)
+        n_sets = _n_sets(task, spec)
         r = _compare(task, _rotating(task, lambda x: run_program(task, b.sketch, b.ann, x),
                                      n_sets),
                      _rotating(task, lambda x: torch.relu(torch.matmul(x["a"], x["b"])

@@ -57,9 +57,10 @@ def note(book: dict[int, list], epoch: int, ranges: list[tuple[int, int]]) -> No
     book[epoch] = merge_ranges(book.get(epoch, []) + [tuple(r) for r in ranges])
 
 
-def upto(book: dict[int, list], epoch: int) -> list[tuple[int, int]]:
-    """The ranges copied for rings up to ``epoch``."""
-    return merge_ranges([r for e, rs in book.items() if e <= epoch for r in rs])
+def booked(book: dict[int, list], after: float = -1, upto: float = float("inf"),
+           ) -> list[tuple[int, int]]:
+    """The ranges copied for the rings of epochs in ``(after, upto]``."""
+    return merge_ranges([r for e, rs in book.items() if after < e <= upto for r in rs])
 
 
 def restrict(meta: dict, keep: list[tuple[int, int]]) -> None:
@@ -105,14 +106,13 @@ class RingTransitions:
             waiting, book = ((self.not_ready, self.caught_up) if meta.get("catchup")
                              else (self.unsynced, self.synced))
             keep = subtract(subtract(rr if early else intersect(rr, waiting),
-                                     merge_ranges([r for rs in book.values() for r in rs])),
+                                     booked(book)),
                             self.held())
             if not keep:
                 return M.encode(M.reply())
             restrict(meta, keep)  # and only those ranges' clocks
         else:  # a master's copy to its replica: never over one booked for a later ring
-            later = merge_ranges([r for e, rs in self.synced.items() if e > meta["epoch"]
-                                  for r in rs])
+            later = booked(self.synced, after=meta["epoch"])
             if intersect(rr, later):
                 keep = subtract(rr, later)
                 if not keep:
@@ -223,15 +223,14 @@ class RingTransitions:
                 # replica ranges wait for a copy (unless it came already)
                 new_master = new.ranges_of(me, "master")
                 self.not_ready = subtract(subtract(new_master, old_hold),
-                                          upto(self.caught_up, new.epoch))
+                                          booked(self.caught_up, upto=new.epoch))
                 self.unsynced = subtract(subtract(new.ranges_of(me, "replica"), old_hold),
-                                         upto(self.synced, new.epoch))
+                                         booked(self.synced, upto=new.epoch))
                 self.next_epoch = None  # from here on a copy meets this ring's waiting sets
                 # 3. forget what we no longer hold (but not a copy booked for a later
                 # ring: that ring will count it as held)
-                later = merge_ranges([r for e, rs in (*self.caught_up.items(),
-                                                      *self.synced.items())
-                                      if e > new.epoch for r in rs])
+                later = merge_ranges(booked(self.caught_up, after=new.epoch)
+                                     + booked(self.synced, after=new.epoch))
                 for b, e in subtract(subtract(old.ranges_of(me, "any"),
                                               new.ranges_of(me, "any")), later):
                     s.store.drop(b, e)
