@@ -46,19 +46,26 @@ SEARCH_TASKS = {
 # (``casebook ansor record-table``, ``data/space-<gpu>.json``), else on the simulated demo.
 REPLAY_TABLE = next(iter(sorted(DATA_DIR.glob("space-*.json"))), DATA_DIR / "sim-demo.json")
 VARIANTS = {"ansor": {}, "no_cost_model": {"model": "random"}, "no_evolution": {"evolution": False}}
+HISTORY = 64  # records per other task that pre-train the "transfer" variant's model
+DEFAULT_HISTORY = f"the first {HISTORY} records of the cold Ansor run of every other task"
 
 
 def _search(ctx: Context, device_for_seed, tasks: dict[str, Task], seeds: int, budget: int,
-            with_tutorial: bool, tag: str) -> Result:
+            with_tutorial: bool, tag: str, history=None) -> Result:
+    """The search study. ``history = (records_for, note)``, if given: ``records_for(name)``
+    pre-trains the "transfer" variant's model for task ``name``; by default that model
+    learns the first ``HISTORY`` records of the cold Ansor runs of the *other* tasks,
+    same seed."""
     metrics, series, curves = {}, {}, {}
-    ratios = []
-    bar = tqdm(total=len(tasks) * seeds * (len(VARIANTS) + 1), desc=f"search [{tag}]",
+    ratios, spaces, kept = [], {}, {}
+    bar = tqdm(total=len(tasks) * seeds * (len(VARIANTS) + 2), desc=f"search [{tag}]",
                disable=not ctx.progress, leave=False)
     for name, task in tasks.items():
         space = study.exhaustive_space(task, device_for_seed(0))
         truth = {config_key(s, a): t for (s, a), t in zip(space.configs, space.true,
                                                           strict=True)}
         replay_space = space.configs if tag == "replay" else None
+        spaces[name] = (space, truth, replay_space)
         trials: dict[str, list[int]] = {v: [] for v in [*VARIANTS, "random"]}
         task_curves: dict[str, list[np.ndarray]] = {v: [] for v in trials}
         for seed in range(seeds):
@@ -66,8 +73,11 @@ def _search(ctx: Context, device_for_seed, tasks: dict[str, Task], seeds: int, b
             runs = {"random": study.random_run(space, dev, seed, budget)}
             bar.update(1)
             for v, kw in VARIANTS.items():
+                recs = [] if v == "ansor" else None
                 runs[v] = study.ansor_run(task, device_for_seed(seed), seed, budget,
-                                          space=replay_space, **kw)
+                                          space=replay_space, records=recs, **kw)
+                if recs is not None:
+                    kept.setdefault(name, []).append(recs[:HISTORY])
                 bar.update(1)
             for v, run in runs.items():
                 trials[v].append(study.trials_to_within(run, truth, space.best, cap=budget))
@@ -94,10 +104,29 @@ def _search(ctx: Context, device_for_seed, tasks: dict[str, Task], seeds: int, b
         metrics.update(_luck_metrics(name, space, metrics[f"{name}_trials_random"]))
         series[name] = {v: ts for v, ts in trials.items()}
         curves[name] = {v: np.median(np.stack(c), axis=0) for v, c in task_curves.items()}
+    transfer = []
+    for name, task in tasks.items():  # Ansor with a model that has seen other tasks
+        space, truth, replay_space = spaces[name]
+        ts = []
+        for seed in range(seeds):
+            hist = history[0](name) if history is not None else \
+                [r for m in tasks if m != name for r in kept[m][seed]]
+            run = study.ansor_run(
+                task, device_for_seed(seed), seed, budget, space=replay_space, history=hist,
+                stop=lambda r: study.trials_to_within(r, truth, space.best) <= len(r))
+            ts.append(study.trials_to_within(run, truth, space.best, cap=budget))
+            bar.update(1)
+        metrics[f"{name}_trials_transfer"] = float(np.median(ts))
+        metrics[f"{name}_transfer_history_records"] = float(len(hist))
+        transfer.append(metrics[f"{name}_trials_transfer"] / metrics[f"{name}_trials_random"])
+        metrics[f"{name}_transfer_ratio_vs_random"] = transfer[-1]
+        series[name]["transfer"] = ts
     bar.close()
     metrics["max_trials_ansor"] = max(metrics[f"{n}_trials_ansor"] for n in tasks)
     metrics["max_ratio_vs_random"] = max(ratios)
     metrics["geomean_ratio_vs_random"] = float(np.exp(np.mean(np.log(ratios))))
+    metrics["max_transfer_ratio_vs_random"] = max(transfer)
+    metrics["geomean_transfer_ratio_vs_random"] = float(np.exp(np.mean(np.log(transfer))))
     first = next(iter(tasks))
     xs = list(range(1, budget + 1))
     path = plots.line_chart(
@@ -106,7 +135,9 @@ def _search(ctx: Context, device_for_seed, tasks: dict[str, Task], seeds: int, b
         title=f"{tasks[first].key} on the {tag} device (median over {seeds} seeds)")
     notes = (f"{seeds} seeds per task, budget {budget} trials; a run that never got within "
              f"5% counts as {budget + 1} (censored). Device: "
-             f"{device_for_seed(0).name}.")
+             f"{device_for_seed(0).name}. Transfer: the same search, its cost model first "
+             f"trained on {history[1] if history else DEFAULT_HISTORY}; stopped once within "
+             "5%, so not plotted.")
     return Result(metrics=metrics, series={"trials": series}, plots=[path], notes=notes)
 
 
@@ -146,9 +177,25 @@ def search_replay_case(ctx: Context) -> Result:
     if ctx.quick:
         tasks = dict(list(tasks.items())[:1])
     res = _search(ctx, lambda s: dev, tasks, ctx.pick(10, 3), ctx.pick(160, 100), False,
-                  "replay")
+                  "replay", _gpu_history(dev, tasks))
     res.notes += f" Table source: {dev.source} ({REPLAY_TABLE.name})."
     return res
+
+
+def _gpu_history(dev: RecordedDevice, tasks: dict[str, Task]):
+    """When the GPU that recorded the replayed spaces also committed its tuning records
+    (``recorded-<gpu>.json``, the GPU suite's tuner), a new task's model can learn from
+    those: every task of other shapes (no dtype twin of the same GEMM), real times."""
+    path = REPLAY_TABLE.with_name(REPLAY_TABLE.name.replace("space-", "recorded-"))
+    if path == REPLAY_TABLE or not path.exists():
+        return None
+    tuned = RecordedDevice(path)
+    if tuned.table.get("device") != dev.table.get("device"):
+        return None
+    shape = {n: t.key.split(":")[1] for n, t in tasks.items()}
+    return (lambda name: tuned.records(skip=lambda t: t.key.split(":")[1] == shape[name]),
+            f"every record of the GPU tuner's table {path.name} ({tuned.table['device']}) "
+            "except the tasks of the same shape")
 
 
 def cost_model_case(ctx: Context) -> Result:

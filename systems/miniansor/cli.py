@@ -1,7 +1,8 @@
 """``casebook ansor ...``: tune one workload, tune a whole model, show a log.
 
     casebook ansor tune --workload gemm --shape 4096,4096,4096 --dtype fp16 --trials 64 \\
-        [--epilogue bias+relu] [--device cuda|sim|replay:FILE] [--log tune.jsonl]
+        [--epilogue bias+relu] [--device cuda|sim|replay:FILE] [--log tune.jsonl] \\
+        [--history earlier.jsonl]   # earlier records pre-train the cost model
     casebook ansor tune-model --model transformer --trials 256 [--strategy round-robin]
     casebook ansor show tune.jsonl [--plot best.png] [--device NAME]
     casebook ansor sim-table --out table.json   # a replay table from the simulator
@@ -25,6 +26,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trials", type=positive_int, default=64, help="measurements in all")
     p.add_argument("--device", default="sim", help="cuda, sim or replay:FILE (default sim)")
     p.add_argument("--log", default=None, help="JSON-lines tuning log (resumed if it exists)")
+    p.add_argument("--history", default=None,
+                   help="a log of earlier tuning on this device: pre-trains the cost model")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--per-round", type=int, default=8, help="measurements per search round")
     p.add_argument("--no-verify", action="store_true",
@@ -58,6 +61,7 @@ def _tune(args: argparse.Namespace) -> dict[str, Any]:
 
     task = parse_workload(args.workload, args.shape, args.dtype, args.epilogue)
     res = tune_task(task, args.trials, device=args.device, log=args.log, seed=args.seed,
+                    history=args.history,
                     per_round=args.per_round, verify="none" if args.no_verify else "auto",
                     progress=not args.no_progress)
     out = res.summary()
@@ -72,6 +76,7 @@ def _tune_model(args: argparse.Namespace) -> dict[str, Any]:
     module, inputs = zoo.example(args.model, args.batch, args.seq)
     res = tune_model(module, inputs, args.trials, args.dtype, device=args.device, log=args.log,
                      seed=args.seed, per_round=args.per_round, strategy=args.strategy,
+                     history=args.history,
                      verify="none" if args.no_verify else "auto",
                      progress=not args.no_progress)
     out = res.summary()

@@ -100,6 +100,27 @@ class RecordedDevice:
                 out.append((sketches[name], ann))
         return out
 
+    def records(self, skip: Callable[[Task], bool] = lambda task: False
+                ) -> list[tuple[MeasureInput, MeasureResult]]:
+        """The table as tuning records of this device (every task but those ``skip``
+        names; configs of sketches we no longer generate, e.g. the tutorial's, left out):
+        a history to pre-train a cost model with, as TVM's ``update_from_file`` reads a
+        log of earlier tuning."""
+        out = []
+        for task in self.tasks():
+            if skip(task):
+                continue
+            sketches = {s.name: s for s in generate_sketches(task)}
+            for ck, e in self.table["tasks"][task.key].items():
+                name, ann = parse_config_key(ck)
+                if name not in sketches:
+                    continue
+                res = MeasureResult(list(e["time_s"]), device=self.name) if "time_s" in e \
+                    else MeasureResult([], ErrorNo[e["error"]], e.get("msg", ""),
+                                       device=self.name)
+                out.append((MeasureInput(task, sketches[name], ann), res))
+        return out
+
     def true_time(self, task: Task, sketch: Sketch, ann: dict[str, int]) -> float:
         """The recorded median (the ground truth of replayed studies)."""
         entry = self.table["tasks"].get(task.key, {}).get(config_key(sketch, ann))

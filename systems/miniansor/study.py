@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -135,10 +136,20 @@ def tutorial_run(task: Task, device) -> list[tuple[str, float]]:
 def ansor_run(task: Task, device, seed: int, budget: int, *, model: str = "gbt",
               evolution: bool = True, per_round: int = 8,
               space: list[Config] | None = None,
-              params: SearchParams | None = None) -> list[tuple[str, float]]:
+              params: SearchParams | None = None, history: list | None = None,
+              records: list | None = None,
+              stop: Callable[[list[tuple[str, float]]], bool] | None = None,
+              ) -> list[tuple[str, float]]:
     """One tuning run of one task; the measured sequence (no kernel checks: the tests
-    check every sketch's kernel, this studies the search)."""
+    check every sketch's kernel, this studies the search).
+
+    ``history``: (input, result) records of *other* tasks that pre-train the cost model
+    (what one model shared by a tuning session's tasks, or TVM's ``load_log_file``,
+    starts from); ``records`` collects this run's; ``stop(run)`` ends the run early
+    (a study that knows the answer stops once it has what it counts)."""
     cost_model = GBTModel(seed=seed) if model == "gbt" else RandomModel(seed)
+    if history:
+        cost_model.update(*map(list, zip(*history, strict=True)))
     pol = SketchPolicy(task, cost_model, seed=seed, evolution=evolution, space=space,
                        params=params or SearchParams())
     measurer = Measurer(device, verify="none")
@@ -150,6 +161,10 @@ def ansor_run(task: Task, device, seed: int, budget: int, *, model: str = "gbt",
             break
         cost_model.update(inputs, results)
         run += [(i.key, r.time) for i, r in zip(inputs, results, strict=True)]
+        if records is not None:
+            records += zip(inputs, results, strict=True)
+        if stop is not None and stop(run):
+            break
     return run
 
 

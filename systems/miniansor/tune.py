@@ -9,6 +9,14 @@ measured again), the cost model is trained on them, and the scheduler's counters
 restored; the budget counts them. Other devices' records stay in the log, unused (TVM
 matches records by target when it resumes or applies them).
 
+The cost model learns from *every* task's records on this device, not only the tasks
+being tuned: TVM's ``make_search_policies`` calls ``XGBModel.update_from_file`` on the
+whole log, since one model serves all tasks (Ansor section 5.2: throughput is
+normalised per task so that records of different tasks can train one model). A
+``history`` log adds records of earlier tuning that are only learned from, never resumed,
+so a new model's first round is already guided (the benchmark's "transfer" variant
+measures what that buys).
+
 Devices by name: ``"sim"`` (``SimulatedGPU``), ``"replay:FILE"`` (``RecordedDevice``;
 the search is restricted to the recorded configs), ``"cuda"`` (``CudaDevice``).
 """
@@ -104,12 +112,26 @@ def _resumable(records, tasks: list[Task], device: str):
     return here
 
 
-def _preload(policies: list[SketchPolicy], cost_model, records) -> None:
-    """Resume: the policies never measure a logged config again; the model learns them."""
+def _same_device(records, device: str, what: str):
+    """The records measured on ``device`` (times from another device would mislead the
+    model); says how many others it leaves out."""
+    here = on_device(records, device)
+    if len(here) < len(records):
+        print(f"miniansor: not learning from {len(records) - len(here)} {what} records "
+              f"measured on {[d for d in devices(records) if d != device]}", file=sys.stderr)
+    return here
+
+
+def _preload(policies: list[SketchPolicy], cost_model, records, learn_only) -> None:
+    """Resume: the policies never measure a logged config of their task again; the model
+    learns those and ``learn_only`` (other tasks' records, TVM's ``update_from_file``)."""
     if records:
         inputs, results = zip(*records, strict=True)
         for pol in policies:
             pol.preload(list(inputs), list(results))
+    train = list(records) + list(learn_only)
+    if train:
+        inputs, results = zip(*train, strict=True)
         cost_model.update(list(inputs), list(results))
 
 
@@ -118,8 +140,11 @@ def tune_tasks(tasks: list[Task], weights: list[float] | None = None, trials: in
                per_round: int = 8, seed: int = 0, verify: str = "auto", model: str = "gbt",
                evolution: bool = True, progress: bool = True,
                limits: HardwareLimits = H100_LIMITS, params: SearchParams | None = None,
-               callbacks: list[Callback] | None = None) -> TuneResult:
-    """Tune ``tasks`` (with ``weights``, default 1 each) for ``trials`` measurements."""
+               callbacks: list[Callback] | None = None,
+               history: str | Path | None = None) -> TuneResult:
+    """Tune ``tasks`` (with ``weights``, default 1 each) for ``trials`` measurements.
+    ``log`` is resumed and appended to; ``history`` (a log of earlier tuning on this
+    device) only pre-trains the cost model."""
     weights = list(weights) if weights is not None else [1.0] * len(tasks)
     dev = make_device(device, seed)
     if verify == "auto":  # the simulator runs no kernel, so check ours; others check theirs
@@ -133,12 +158,18 @@ def tune_tasks(tasks: list[Task], weights: list[float] | None = None, trials: in
     try:  # whatever fails, a device we made is closed
         _refuse_empty_spaces(policies, dev, limits)
         cbs = list(callbacks or [])
-        records = _resumable(load_records(log), tasks, dev.name) if log else []
+        logged = load_records(log) if log else []
+        records = _resumable(logged, tasks, dev.name) if log else []
+        keys = {t.key for t in tasks}
+        learn_only = _same_device([r for r in logged if r[0].task.key not in keys], dev.name,
+                                  "other tasks'")
+        if history:
+            learn_only += _same_device(load_records(history), dev.name, "history")
         if log:
             by_key = {t.key: w for t, w in zip(tasks, weights, strict=True)}
             cbs.insert(0, RecordToFile(log, dev.name, by_key))
         measurer = Measurer(dev, verify=verify, limits=limits, callbacks=cbs)
-        _preload(policies, cost_model, records)
+        _preload(policies, cost_model, records, learn_only)
         measurer.restore(records)
         sched = TaskScheduler(tasks, weights, policies, measurer, cost_model,
                               strategy=strategy, seed=seed)

@@ -140,3 +140,26 @@ def test_record_space_refuses_a_replayed_device(table):
     with pytest.raises(ValueError, match="not on a 'replay' device"):
         record_space(TASKS, RecordedDevice(table), configs_per_task=2)
 
+
+
+def test_a_table_read_as_records_keeps_each_time_and_error_and_skips_what_it_is_told(table):
+    """The records a cost model pre-trains on: one per recorded config of a
+    known sketch, with the table's times (or its error), labelled with the device."""
+    t = json.loads(json.dumps(table))  # a copy to add entries to
+    task = TASKS[0]
+    first = next(iter(t["tasks"][task.key]))
+    t["tasks"][task.key][first] = {"error": "OUT_OF_RESOURCES", "msg": "smem"}
+    t["tasks"][task.key]["tutorial[BLOCK_M=64]"] = {"time_s": [1e-6]}  # not our sketch
+    dev = RecordedDevice(t)
+    recs = dev.records()
+    assert len(recs) == sum(len(e) for e in t["tasks"].values()) - 1
+    for inp, res in recs:
+        entry = t["tasks"][inp.task.key][inp.key]
+        assert res.device == dev.name
+        if inp.key == first and inp.task.key == task.key:
+            assert res.error == ErrorNo.OUT_OF_RESOURCES and res.time == float("inf")
+        else:
+            assert res.ok and res.time == pytest.approx(np.median(entry["time_s"]))
+    only_softmax = dev.records(skip=lambda x: x.key == task.key)
+    assert {i.task.key for i, _ in only_softmax} == {TASKS[1].key}
+    assert len(only_softmax) == len(t["tasks"][TASKS[1].key])
