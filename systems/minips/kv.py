@@ -14,11 +14,10 @@ What ps-lite leaves out and the paper asks for, done here:
   key space: "my gradient is zero where I sent nothing");
 * **consistency**: ``pull(keys, clock=c, wait=d)`` declares the task's dependency; the
   server holds it until every worker finished clock ``d`` (:mod:`.consistency`);
-* **failures** (section 4.3: on a node change a node "scans all outgoing messages that
-  have not received replies yet. If a key range intersects with R, then the message will
-  be split and resent"): a slice whose server fails, times out, answers STALE, or no
-  longer masters its ranges in a newer ring is re-sliced with the new ring and resent;
-  the vector clocks make the resend harmless where the first copy was applied;
+* **failures** (section 4.3, :mod:`.recovery`): a slice whose server fails, times out,
+  answers STALE, or no longer masters its ranges in a newer ring is re-sliced with the
+  new ring and resent; the vector clocks make the resend harmless where the first copy
+  was applied;
 * **ordering**: pushes from one worker leave one at a time (the next push is sent when
   the previous one is acknowledged everywhere). Clock-based de-duplication needs each
   range to see a worker's pushes in timestamp order, and a resend must not overtake a
@@ -43,6 +42,7 @@ from common.trace import now_us
 from . import message as M
 from .filters import FilterChain
 from .metrics import NodeMetrics
+from .recovery import Recovery
 from .ring import Ring, intersect, merge_ranges
 from .tracker import Pending, Request
 
@@ -50,7 +50,7 @@ PUSH_TIMEOUT_S = 10.0
 PULL_TIMEOUT_S = 600.0  # a pull may wait long on consistency; failures are caught earlier
 
 
-class KVWorker:
+class KVWorker(Recovery):
     def __init__(self, scheduler: str, name: str, role: str = "worker",
                  filters: list | None = None, heartbeat: bool = True):
         self.name, self.role = name, role
@@ -335,81 +335,3 @@ class KVWorker:
                                if r.op == "push" and r.done.is_set()][:2048]:
                         del self.requests[ts]
                         self.pruned.add(ts)
-
-    def _failed(self, req: Request, p: Pending, why: str) -> None:
-        with self.lock:
-            if p.sid not in req.pending or self.closed:
-                return
-            if req.first_failure is None:
-                req.first_failure = time.monotonic()
-            req.whys.append(f"{why}@{p.sl.server}e{p.epoch}")
-        self.metrics.inc("resends")
-        self.retries.put((req, p, why))
-
-    def _resender(self) -> None:
-        while not self.closed:
-            try:
-                req, p, why = self.retries.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            if why in ("stale", "unavailable", "cancelled"):
-                self._await_epoch(p.epoch, timeout=3.0)
-            elif why == "retry":
-                time.sleep(0.02)
-                self._refresh_ring()
-            if req.done.is_set() or self.closed:
-                continue
-            req.resends += 1
-            try:
-                self._send(req, p.sl.ranges, no_cache=(why == "cache_miss"), replace=p.sid)
-            except ValueError:  # a channel closed under us: we are shutting down
-                return
-
-    # ---- membership ------------------------------------------------------------------
-    def _sched(self, method: str, meta: dict, timeout: float = 5.0) -> dict:
-        out = rpc.method(self.sched, M.SCHEDULER_SERVICE, method)(M.encode(meta),
-                                                                timeout=timeout)
-        return M.decode(out)[0]
-
-    def _refresh_ring(self) -> int:
-        try:
-            info = self._sched("GetRing", {}, timeout=2.0)
-        except (grpc.RpcError, ValueError):  # unreachable, or closed while shutting down
-            return self.ring.epoch if self.ring else 0
-        if info["ring"] is None:
-            return 0
-        with self.lock:
-            if self.ring is not None and info["epoch"] <= self.ring.epoch:
-                return self.ring.epoch
-            self.info, self.ring = info, Ring.from_dict(info["ring"])
-            self.filters.forget()
-            moved = []
-            for req in self.requests.values():
-                for p in req.pending.values():
-                    if p.future is not None and not all(
-                            pc.master == p.sl.server for b, e in p.sl.ranges
-                            for pc in self.ring.overlapping(b, e)):
-                        moved.append(p.future)
-        for f in moved:  # their callbacks resend them (paper: split and resend)
-            f.cancel()
-        return self.ring.epoch
-
-    def _await_epoch(self, epoch: int, timeout: float) -> None:
-        t_end = time.monotonic() + timeout
-        while self._refresh_ring() <= epoch and time.monotonic() < t_end and not self.closed:
-            time.sleep(0.02)
-
-    def _heartbeats(self) -> None:
-        interval = self.config["hb_interval"]
-        while not self.closed:
-            time.sleep(interval)
-            try:
-                r = self._sched("Heartbeat", {"role": self.role, "name": self.name,
-                                              "progress": dict(self.progress),
-                                              "retire": self.retire, "clock": self.clock},
-                                timeout=max(interval * 5, 1.0))
-            except (grpc.RpcError, ValueError):
-                continue
-            self.hb_state = r
-            if self.ring is None or r["epoch"] > self.ring.epoch:
-                self._refresh_ring()

@@ -1,0 +1,113 @@
+"""What a worker does when a server fails or the ring changes (paper section 4.3).
+
+On a node change a node "scans all outgoing messages that have not received replies
+yet. If a key range intersects with R, then the message will be split and resent". Here:
+
+* a slice whose server fails, times out, answers STALE or RETRY, or is cancelled because
+  a newer ring moved its ranges, goes to the *resender* thread (``_failed``);
+* the resender waits for a newer ring where that helps (``_await_epoch``), re-slices the
+  slice's ranges with the current ring and sends the pieces (``KVWorker._send`` with
+  ``replace=``), so the request never looks finished in between;
+* the ring comes from the scheduler (``GetRing``); the heartbeat thread reports progress
+  and notices a new epoch; a refresh cancels the futures of slices whose ranges now have
+  another master (their callbacks resend them).
+
+The servers' range vector clocks make a resend harmless where the first copy was
+applied. A mixin of :class:`.kv.KVWorker`, split out so that each file holds one concern.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+
+import grpc
+
+from common import rpc
+
+from . import message as M
+from .ring import Ring
+from .tracker import Pending, Request
+
+
+class Recovery:
+    """Resending and ring membership for :class:`.kv.KVWorker` (uses its lock, requests,
+    ring, filters, metrics and channels)."""
+
+    def _failed(self, req: Request, p: Pending, why: str) -> None:
+        with self.lock:
+            if p.sid not in req.pending or self.closed:
+                return
+            if req.first_failure is None:
+                req.first_failure = time.monotonic()
+            req.whys.append(f"{why}@{p.sl.server}e{p.epoch}")
+        self.metrics.inc("resends")
+        self.retries.put((req, p, why))
+
+    def _resender(self) -> None:
+        while not self.closed:
+            try:
+                req, p, why = self.retries.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if why in ("stale", "unavailable", "cancelled"):
+                self._await_epoch(p.epoch, timeout=3.0)
+            elif why == "retry":
+                time.sleep(0.02)
+                self._refresh_ring()
+            if req.done.is_set() or self.closed:
+                continue
+            req.resends += 1
+            try:
+                self._send(req, p.sl.ranges, no_cache=(why == "cache_miss"), replace=p.sid)
+            except ValueError:  # a channel closed under us: we are shutting down
+                return
+
+    # ---- membership ------------------------------------------------------------------
+    def _sched(self, method: str, meta: dict, timeout: float = 5.0) -> dict:
+        out = rpc.method(self.sched, M.SCHEDULER_SERVICE, method)(M.encode(meta),
+                                                                timeout=timeout)
+        return M.decode(out)[0]
+
+    def _refresh_ring(self) -> int:
+        try:
+            info = self._sched("GetRing", {}, timeout=2.0)
+        except (grpc.RpcError, ValueError):  # unreachable, or closed while shutting down
+            return self.ring.epoch if self.ring else 0
+        if info["ring"] is None:
+            return 0
+        with self.lock:
+            if self.ring is not None and info["epoch"] <= self.ring.epoch:
+                return self.ring.epoch
+            self.info, self.ring = info, Ring.from_dict(info["ring"])
+            self.filters.forget()
+            moved = []
+            for req in self.requests.values():
+                for p in req.pending.values():
+                    if p.future is not None and not all(
+                            pc.master == p.sl.server for b, e in p.sl.ranges
+                            for pc in self.ring.overlapping(b, e)):
+                        moved.append(p.future)
+        for f in moved:  # their callbacks resend them (paper: split and resend)
+            f.cancel()
+        return self.ring.epoch
+
+    def _await_epoch(self, epoch: int, timeout: float) -> None:
+        t_end = time.monotonic() + timeout
+        while self._refresh_ring() <= epoch and time.monotonic() < t_end and not self.closed:
+            time.sleep(0.02)
+
+    def _heartbeats(self) -> None:
+        interval = self.config["hb_interval"]
+        while not self.closed:
+            time.sleep(interval)
+            try:
+                r = self._sched("Heartbeat", {"role": self.role, "name": self.name,
+                                              "progress": dict(self.progress),
+                                              "retire": self.retire, "clock": self.clock},
+                                timeout=max(interval * 5, 1.0))
+            except (grpc.RpcError, ValueError):
+                continue
+            self.hb_state = r
+            if self.ring is None or r["epoch"] > self.ring.epoch:
+                self._refresh_ring()
