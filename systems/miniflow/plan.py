@@ -13,7 +13,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .backend import NUMPY, torch_backend
+from .backend import NUMPY
+from .backend_torch import torch_backend
 from .errors import InvalidArgumentError
 from .executor import Executor
 from .graph import Operation, Tensor

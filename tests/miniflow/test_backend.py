@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from systems.miniflow.backend import NUMPY, torch_backend
+from systems.miniflow.backend import NUMPY
+from systems.miniflow.backend_torch import torch_backend
 from systems.miniflow.dtypes import float32
 
 

@@ -15,7 +15,7 @@ import torch
 from systems.miniflow import digits
 from systems.miniflow import plan as plan_module
 from systems.miniflow import session as session_module
-from systems.miniflow.backend import torch_backend
+from systems.miniflow.backend_torch import torch_backend
 
 
 def pretend_gpu(monkeypatch) -> None:

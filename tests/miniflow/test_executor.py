@@ -184,7 +184,7 @@ def test_a_kernel_error_on_the_driver_loop_names_the_op_on_one_device(how):
 def test_no_kernel_on_a_gpu_is_expensive():
     """TF's OpKernel constructor sets expensive_ only off the GPU (framework/op_kernel.cc):
     a GPU kernel only enqueues work, so a hand-off to the pool would overlap nothing."""
-    from systems.miniflow.backend import torch_backend
+    from systems.miniflow.backend_torch import torch_backend
     from systems.miniflow.executor import Executor
     from systems.miniflow.ir import Node
 
