@@ -42,9 +42,11 @@ def _trial(conn: Any, app: str, pool: list, phases: list, seed: int,
 
 
 def sweep(conn: Any, starts: dict[str, float], pool: list, ctx: Context,
-          factor: float, trial_s: float, max_steps: int = 12) -> dict[str, list[dict]]:
+          factor: float, trial_s: float, max_steps: int = 24) -> dict[str, list[dict]]:
     """Raise each app's offered rate geometrically, trials of all apps interleaved, until
-    it is past its knee (see :func:`_past_knee`)."""
+    it is past its knee (see :func:`_past_knee`). ``max_steps`` is a safety cap: a curve
+    that reaches it without a knee (:func:`knee_reached` is False) gives only a lower
+    bound on the app's best goodput, and the case must say so."""
     from tqdm import tqdm
 
     curves: dict[str, list[dict]] = {a: [] for a in starts}
@@ -71,6 +73,12 @@ def sweep(conn: Any, starts: dict[str, float], pool: list, ctx: Context,
             if t is not best:
                 t.pop("latencies_ms")
     return curves
+
+
+def knee_reached(curve: list[dict]) -> bool:
+    """Did the sweep go past this app's knee (its best goodput is a measurement, not the
+    last rate tried)?"""
+    return _past_knee(curve)
 
 
 def _past_knee(curve: list[dict]) -> bool:
@@ -108,8 +116,10 @@ def batching_goodput_case(ctx: Context) -> Result:
         conn.register_application("echo", "doubles", -1, int(SLO_S * 1e6))
         deploy_python_closure(conn, "echo", 1, "doubles", lambda xs: np.zeros(len(xs)))
         conn.link_model_to_app("echo", "echo")
+        # 12 steps once capped AIMD and echo alike while both still served all they were
+        # offered, so their "best" goodputs were the start rates' ratio (150 / 300)
         curves = sweep(conn, starts, pool, ctx, factor=ctx.pick(1.25, 1.5),
-                       trial_s=ctx.pick(2.5, 1.2))
+                       trial_s=ctx.pick(2.5, 1.2), max_steps=ctx.pick(24, 12))
         best = {a: max(c, key=lambda t: t["goodput_qps"]) for a, c in curves.items()}
         chosen = _batch_stats(conn, "rf-aimd", best["rf-aimd"]["t0"], best["rf-aimd"]["t1"])
     b = max(1, int(round(chosen["median_limit"])))
@@ -126,6 +136,7 @@ def batching_goodput_case(ctx: Context) -> Result:
         "chosen_batch_size": b, "mean_batch_sent": chosen["mean_batch"],
         "inproc_throughput_at_chosen": inproc, "ceiling_qps": ceiling,
         "echo_goodput": g["echo"]})
+    metrics.update({f"knee_reached_{a}": float(knee_reached(c)) for a, c in curves.items()})
     # what the load generator itself took from the shared cores at each best point
     for a in ("rf-aimd", "echo"):
         cpu_us = best[a]["loadgen_cpu_us_per_query"]
@@ -147,7 +158,13 @@ def batching_goodput_case(ctx: Context) -> Result:
                   notes=f"Random forest (50 trees) on digits. Ceiling = min(in-process "
                         f"throughput at the AIMD limit {b} = {inproc:.0f}/s, echo goodput "
                         f"{g['echo']:.0f}/s). Loadgen, frontend and container share the "
-                        f"machine's cores.")
+                        f"machine's cores." + _cap_note(curves))
+
+
+def _cap_note(curves: dict[str, list[dict]]) -> str:
+    capped = [a for a, c in curves.items() if not knee_reached(c)]
+    return (f" NOT past the knee within the sweep's cap: {', '.join(capped)}; their best "
+            "goodputs are lower bounds." if capped else " Every sweep went past its knee.")
 
 
 def aimd_change_case(ctx: Context) -> Result:
@@ -168,7 +185,7 @@ def aimd_change_case(ctx: Context) -> Result:
         _deploy_rf(conn, "rf", rf, BatchingConfig("aimd"))
         mgmt = f"http://{conn.cm.get_admin_addr()}/admin"
         cap = sweep(conn, {"rf": 200.0}, pool, ctx, factor=1.3, trial_s=ctx.pick(2.0, 1.0),
-                    max_steps=ctx.pick(8, 6))["rf"]
+                    max_steps=ctx.pick(16, 10))["rf"]
         capacity = max(t["goodput_qps"] for t in cap)
         phases = [(phase_s, 0.3 * capacity), (phase_s, 0.9 * capacity),
                   (phase_s, 0.9 * capacity)]
@@ -185,7 +202,8 @@ def aimd_change_case(ctx: Context) -> Result:
                                      {"model_name": "rf", "since": r["start_at"]})
                 trials[name].append(r)
     runs = {n: {**t[0], "phases": _merge_phases(t)} for n, t in trials.items()}
-    metrics: dict[str, float] = {"capacity_qps": capacity}
+    metrics: dict[str, float] = {"capacity_qps": capacity,
+                                 "capacity_knee_reached": float(knee_reached(cap))}
     within, vs_best = [], []
     for k in range(3):
         fixed = {n: runs[n]["phases"][k]["goodput_qps"] for n in runs if n.startswith("fixed")}
@@ -224,7 +242,8 @@ def aimd_change_case(ctx: Context) -> Result:
                         f"slow-down sleeps the container after each batch for as long as the "
                         f"batch took. Fixed sizes {sizes} run the same phases (same Poisson "
                         f"arrivals), {ctx.pick(2, 1)} round(s), the second in reverse order; "
-                        f"per phase: within-SLO share over all rounds, mean goodput, max p99.")
+                        f"per phase: within-SLO share over all rounds, mean goodput, max p99."
+                        + _cap_note({"capacity sweep": cap}))
 
 
 def _merge_phases(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
