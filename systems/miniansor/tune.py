@@ -164,6 +164,8 @@ def tune_tasks(tasks: list[Task], weights: list[float] | None = None, trials: in
         learn_only = _same_device([r for r in logged if r[0].task.key not in keys], dev.name,
                                   "other tasks'")
         if history:
+            if not Path(history).exists():
+                raise FileNotFoundError(f"history log {history} does not exist")
             learn_only += _same_device(load_records(history), dev.name, "history")
         if log:
             by_key = {t.key: w for t, w in zip(tasks, weights, strict=True)}

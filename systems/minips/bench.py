@@ -2,14 +2,14 @@
 
 The cases are the rows of issue 5's table: raw throughput against one plain gRPC call;
 sparse logistic regression against a dense gloo all-reduce; the dense MLP against gloo
-DDP (these three in :mod:`.bench_comm`); consistency models under a straggler against BSP; the filters against no filter;
-a server killed at half-time against a fault-free run (plus a many-seed sweep of crash
-points). Everything runs as real processes over loopback on this machine, so on a
-2-core box every server, worker and baseline shares two cores; the notes of each case
-say where that bites. Runs that cannot be interleaved call by call (whole training
-jobs) run in rounds, ours and the baseline in AB, BA, AB order (as
-:func:`common.timing.interleaved` does for calls), and pair them round by round; the
-consistency runs take a new random order each round.
+DDP (these three in :mod:`.bench_comm`); consistency models under a straggler against
+BSP; the filters against no filter; a server killed at half-time against a fault-free
+run (plus a many-seed sweep of crash points). Everything runs as real processes over
+loopback on this machine, so on a 2-core box every server, worker and baseline shares
+two cores; the notes of each case say where that bites. Runs that cannot be interleaved
+call by call (whole training jobs) run in rounds, ours and the baseline in AB, BA, AB
+order (as :func:`common.timing.interleaved` does for calls), and pair them round by
+round; the consistency runs take a new random order each round.
 """
 
 from __future__ import annotations

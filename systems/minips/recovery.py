@@ -3,8 +3,9 @@
 On a node change a node "scans all outgoing messages that have not received replies
 yet. If a key range intersects with R, then the message will be split and resent". Here:
 
-* a slice whose server fails, times out, answers STALE or RETRY, or is cancelled because
-  a newer ring moved its ranges, goes to the *resender* thread (``_failed``);
+* a slice whose server fails, times out, answers STALE or RETRY, answers CACHE_MISS (the
+  key-caching filter's cache was lost: resend with the keys), or is cancelled because a
+  newer ring moved its ranges, goes to the *resender* thread (``_failed``);
 * the resender waits for a newer ring where that helps (``_await_epoch``), re-slices the
   slice's ranges with the current ring and sends the pieces (``KVWorker._send`` with
   ``replace=``), so the request never looks finished in between;
@@ -31,8 +32,9 @@ from .tracker import Pending, Request
 
 
 class Recovery:
-    """Resending and ring membership for :class:`.kv.KVWorker` (uses its lock, requests,
-    ring, filters, metrics and channels)."""
+    """Resending and ring membership for :class:`.kv.KVWorker`; the state it works on
+    (lock, requests, ring, channels, the scheduler channel, the retry queue, ...) and
+    ``_send`` are the worker's, set up in ``KVWorker.__init__``."""
 
     def _failed(self, req: Request, p: Pending, why: str) -> None:
         with self.lock:
