@@ -177,3 +177,8 @@ def test_history_from_another_device_is_not_learned(history_log, tmp_path, capsy
     other = tune_task(NEW, 16, progress=False, verify="none", seed=0, history=foreign)
     assert other.best[NEW.key] == cold.best[NEW.key]
     assert f"not learning from {len(lines)} history records" in capsys.readouterr().err
+
+
+def test_a_missing_history_log_is_an_error_not_a_cold_start(tmp_path):
+    with pytest.raises(FileNotFoundError, match="history log .*nope.jsonl does not exist"):
+        tune_task(NEW, 8, progress=False, verify="none", history=tmp_path / "nope.jsonl")
