@@ -44,7 +44,7 @@ def _trial(conn: Any, app: str, pool: list, phases: list, seed: int,
 def sweep(conn: Any, starts: dict[str, float], pool: list, ctx: Context,
           factor: float, trial_s: float, max_steps: int = 24) -> dict[str, list[dict]]:
     """Raise each app's offered rate geometrically, trials of all apps interleaved, until
-    it is past its knee (see :func:`_past_knee`). ``max_steps`` is a safety cap: a curve
+    it is past its knee (see :func:`knee_reached`). ``max_steps`` is a safety cap: a curve
     that reaches it without a knee (:func:`knee_reached` is False) gives only a lower
     bound on the app's best goodput, and the case must say so."""
     from tqdm import tqdm
@@ -63,7 +63,7 @@ def sweep(conn: Any, starts: dict[str, float], pool: list, ctx: Context,
                 "goodput_qps", "within_slo", "p50_ms", "p99_ms", "t0", "t1",
                 "latencies_ms", "loadgen_cpu_us_per_query")}})
             bar.update(1)
-        alive = [a for a in alive if not _past_knee(curves[a])]
+        alive = [a for a in alive if not knee_reached(curves[a])]
         if not alive:
             break
     bar.close()
@@ -76,13 +76,8 @@ def sweep(conn: Any, starts: dict[str, float], pool: list, ctx: Context,
 
 
 def knee_reached(curve: list[dict]) -> bool:
-    """Did the sweep go past this app's knee (its best goodput is a measurement, not the
-    last rate tried)?"""
-    return _past_knee(curve)
-
-
-def _past_knee(curve: list[dict]) -> bool:
-    """Goodput fell 15% under its best so far, or under half the offered load."""
+    """Past the knee: goodput fell 15% under its best so far, or under half the offered
+    load. Only then is the curve's best goodput a measurement, not the last rate tried."""
     best = max(t["goodput_qps"] for t in curve)
     last = curve[-1]
     return last["goodput_qps"] < 0.85 * best or last["goodput_qps"] < 0.5 * last["rate"]
@@ -116,8 +111,8 @@ def batching_goodput_case(ctx: Context) -> Result:
         conn.register_application("echo", "doubles", -1, int(SLO_S * 1e6))
         deploy_python_closure(conn, "echo", 1, "doubles", lambda xs: np.zeros(len(xs)))
         conn.link_model_to_app("echo", "echo")
-        # 12 steps once capped AIMD and echo alike while both still served all they were
-        # offered, so their "best" goodputs were the start rates' ratio (150 / 300)
+        # a 12-step cap once stopped AIMD and echo alike while both still served all they
+        # were offered: their "best" goodputs were then about the start rates' ratio
         curves = sweep(conn, starts, pool, ctx, factor=ctx.pick(1.25, 1.5),
                        trial_s=ctx.pick(2.5, 1.2), max_steps=ctx.pick(24, 12))
         best = {a: max(c, key=lambda t: t["goodput_qps"]) for a, c in curves.items()}
