@@ -14,10 +14,13 @@ from systems.miniansor.study import (
     oracle_rounds,
     oracle_rounds_brute_force,
     random_run,
+    trials_to_reach,
     trials_to_within,
+    true_objective,
     tuning_curve,
     tutorial_run,
 )
+from systems.miniansor.task_scheduler import ScheduleLog
 from systems.miniansor.workloads import gemm
 
 
@@ -80,3 +83,33 @@ def test_near_best_share_counts_the_space_and_its_median_draw():
     assert luck["share"] == 0.2 and luck["expected"] == 5
     # P(first hit by draw k) = 1 - 0.8^k crosses 1/2 at k = 4 (0.59; 0.49 at k = 3)
     assert luck["median"] == 4
+
+
+class _Truth:
+    """A device whose true times are a table keyed by the annotation's one knob."""
+
+    def __init__(self, table):
+        self.table = table
+
+    def true_time(self, task, sketch, ann):
+        return self.table[ann["x"]]
+
+
+def test_the_true_objective_times_the_best_measured_pick_of_each_task_without_noise():
+    """Two tasks, weights 1 and 2; rounds: task 0 (2 trials), task 1 (2), task 0 (1).
+    Task 0's second round measures "c" luckily fast (0.9): the tuner would now deploy it,
+    so the true objective follows c's true time (1.5) even though it is worse than a's
+    (1.0) -- which a sum of best *measured* times (0.9) would hide."""
+    t = [gemm(8, 8, 8), gemm(16, 8, 8)]
+    hist = [[((None, {"x": "a"}), 1.1), ((None, {"x": "b"}), 2.0), ((None, {"x": "c"}), 0.9)],
+            [((None, {"x": "d"}), float("inf")), ((None, {"x": "e"}), 3.0)]]
+    log = ScheduleLog(trials=[2, 4, 5], objective=[1e10, 7.1, 6.9], chosen=[0, 1, 0])
+    dev = _Truth({"a": 1.0, "b": 2.0, "c": 1.5, "d": 1.0, "e": 2.5})
+    obj = true_objective(log, hist, t, [1, 2], dev)
+    assert obj[0] > 1e9  # task 1 has no pick yet
+    assert obj[1:] == [1.0 + 2 * 2.5, 1.5 + 2 * 2.5]
+    assert trials_to_reach(log, 6.0, obj) == 4 and trials_to_reach(log, 6.9) == 5
+    # the same picks from a task's own run, as the oracle's curves see them
+    run = [("a", 1.1), ("b", 2.0), ("c", 0.9)]
+    assert tuning_curve(run, 2, 2, {"a": 1.0, "b": 2.0, "c": 1.5}).tolist() == [1.0, 1.5]
+    assert tuning_curve(run, 2, 2).tolist() == [1.1, 0.9]
