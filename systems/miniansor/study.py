@@ -221,7 +221,10 @@ def true_objective(log: ScheduleLog, histories: list, tasks: list[Task],
     Why: ``log.objective`` sums best *measured* times, each the minimum of noisy
     measurements, so it drifts down with every lucky draw; two strategies that end on
     the same kernels differ there only by noise. The deployed kernels' true latency is
-    what a user gets (and what the search benchmark already judges picks by)."""
+    what a user gets (and what the search benchmark already judges picks by). Noise still
+    decides *which* kernel is the best measured, so this curve can rise when a lucky
+    measurement makes a slightly worse kernel the pick. Assumes the log started empty
+    (no ``TaskScheduler.restore`` from an earlier log)."""
     counts, best, prev, out = [0] * len(tasks), [None] * len(tasks), 0, []
     for n_trials, i in zip(log.trials, log.chosen, strict=True):
         new, prev = n_trials - prev, n_trials
@@ -238,7 +241,8 @@ def trials_to_reach(log: ScheduleLog, target: float,
                     objective: list[float] | None = None) -> int | None:
     """Trials after which the objective (``log.objective``, or the given per-round
     series, e.g. :func:`true_objective`) is first at or under ``target``."""
-    for n, obj in zip(log.trials, objective or log.objective, strict=True):
+    for n, obj in zip(log.trials, log.objective if objective is None else objective,
+                      strict=True):
         if obj <= target:
             return n
     return None
