@@ -100,25 +100,15 @@ def _refuse_empty_spaces(policies: list[SketchPolicy], dev, limits: HardwareLimi
         raise ValueError("nothing to tune for " + "; ".join(empty))
 
 
-def _resumable(records, tasks: list[Task], device: str):
-    """The logged records a run on ``device`` resumes from: these tasks, this device."""
-    keys = {t.key for t in tasks}
-    mine = [(i, r) for i, r in records if i.task.key in keys]
-    here = on_device(mine, device)
-    if len(here) < len(mine):
-        others = [d for d in devices(mine) if d != device]
-        print(f"miniansor: not resuming {len(mine) - len(here)} records measured on "
-              f"{others}, only those on {device!r}", file=sys.stderr)
-    return here
-
-
 def _same_device(records, device: str, what: str):
     """The records measured on ``device`` (times from another device would mislead the
-    model); says how many others it leaves out."""
+    search and the model); says how many others it leaves out (``what`` names them, with
+    ``{n}`` for their number)."""
     here = on_device(records, device)
     if len(here) < len(records):
-        print(f"miniansor: not learning from {len(records) - len(here)} {what} records "
-              f"measured on {[d for d in devices(records) if d != device]}", file=sys.stderr)
+        print(f"miniansor: {what.format(n=len(records) - len(here))} measured on "
+              f"{[d for d in devices(records) if d != device]}, only those on {device!r}",
+              file=sys.stderr)
     return here
 
 
@@ -159,14 +149,16 @@ def tune_tasks(tasks: list[Task], weights: list[float] | None = None, trials: in
         _refuse_empty_spaces(policies, dev, limits)
         cbs = list(callbacks or [])
         logged = load_records(log) if log else []
-        records = _resumable(logged, tasks, dev.name) if log else []
         keys = {t.key for t in tasks}
+        records = _same_device([r for r in logged if r[0].task.key in keys], dev.name,
+                               "not resuming {n} records")
         learn_only = _same_device([r for r in logged if r[0].task.key not in keys], dev.name,
-                                  "other tasks'")
+                                  "not learning from {n} other tasks' records")
         if history:
             if not Path(history).exists():
                 raise FileNotFoundError(f"history log {history} does not exist")
-            learn_only += _same_device(load_records(history), dev.name, "history")
+            learn_only += _same_device(load_records(history), dev.name,
+                                       "not learning from {n} history records")
         if log:
             by_key = {t.key: w for t, w in zip(tasks, weights, strict=True)}
             cbs.insert(0, RecordToFile(log, dev.name, by_key))
