@@ -76,6 +76,7 @@ class KVWorker(Recovery):
         self.channels: dict[str, Any] = {}
         self.closed = False
         self.hb_state: dict[str, Any] = {}
+        self.failure: str | None = None  # set when the scheduler declares the job failed
         self.progress: dict[int, int] = {}
         self.retire = False
         self.clock = 0
@@ -174,6 +175,21 @@ class KVWorker(Recovery):
             return keys[order], vals[order]
         return req.out if req.op == "pull" else None
 
+    def finished(self, ts: int) -> bool:
+        """Whether request ``ts`` has finished, without waiting and without forgetting it
+        (a later :meth:`wait` still returns its result). Raises the request's error if
+        it failed, as :meth:`wait` would."""
+        req = self.requests.get(ts)
+        if req is None:
+            if ts in self.pruned:
+                return True
+            raise KeyError(f"no request with timestamp {ts} (already waited for?)")
+        if not req.done.is_set():
+            return False
+        if req.error is not None:
+            raise req.error
+        return True
+
     def barrier(self, name: str = "start") -> None:
         self._sched("Barrier", {"name": self.name, "barrier": name}, timeout=600.0)
 
@@ -203,6 +219,8 @@ class KVWorker(Recovery):
 
     def _new(self, op: str, keys, vals, ranges: list[tuple[int, int]], **kw) -> Request:
         """A request for ``ranges`` (already checked by ``M.check_range``)."""
+        if self.failure:
+            raise M.PSError("UNAVAILABLE", self.failure)
         req = Request(next(self.ts_counter), op, keys, vals, merge_ranges(ranges), **kw)
         with self.lock:
             self.requests[req.ts] = req

@@ -328,6 +328,9 @@ def launch(spec: ClusterSpec, run_dir: str | Path | None = None,
         cl.wait_workers(timeout, on_tick=tick)
         bar.n = total
         bar.close()
+        failure = cl.status().get("failure")
+        if failure:  # the scheduler ended the job: data was lost (see Scheduler.fail)
+            raise RuntimeError(f"the job failed: {failure}")
         killed = {f["kill"] for f in fired if "kill" in f}
         crashed = [n for n in (f"w{i}" for i in range(spec.workers)) if n not in killed
                    and cl.group.children[n].popen.returncode != 0]

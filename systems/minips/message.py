@@ -126,6 +126,20 @@ def check_vals(vals: np.ndarray, n_keys: int, val_len: int, where: str = "push")
     return vals.reshape(n_keys, val_len)
 
 
+def check_copy(keys: np.ndarray | None, vals: np.ndarray | None, extra: list[np.ndarray],
+               key_max: int, val_len: int, where: str) -> None:
+    """A copy between servers (a master's forward to its replica, a range sync) carries
+    keys, values and optimiser state of matching sizes. Checked before any of it is
+    installed, so that a malformed copy is refused whole instead of half applied."""
+    if keys is None:
+        raise PSError("INVALID", f"{where}: a copy needs keys")
+    check_keys(keys, key_max, where)
+    check_vals(vals, keys.size, val_len, where)
+    if not extra:
+        raise PSError("INVALID", f"{where}: a copy needs the optimiser state array")
+    check_vals(extra[0], keys.size, val_len, f"{where} (optimiser state)")
+
+
 def reuse_large_buffers() -> bool:
     """Keep freed multi-megabyte buffers in this process instead of returning them.
 

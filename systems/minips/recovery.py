@@ -111,5 +111,19 @@ class Recovery:
             except (grpc.RpcError, ValueError):
                 continue
             self.hb_state = r
-            if self.ring is None or r["epoch"] > self.ring.epoch:
+            if r.get("failure"):
+                self._job_failed(r["failure"])
+            elif self.ring is None or r["epoch"] > self.ring.epoch:
                 self._refresh_ring()
+
+    def _job_failed(self, why: str) -> None:
+        """The scheduler ended the job because data was lost (a server died holding the
+        only copy of its ranges): every request still open fails with that reason, and
+        so does every later one (``KVWorker._new``), instead of being resent forever."""
+        err = M.PSError("UNAVAILABLE", why)
+        with self.lock:
+            self.failure = why
+            for req in self.requests.values():
+                if not req.done.is_set():
+                    req.error = err
+                    req.done.set()

@@ -131,6 +131,8 @@ class Replication(RingTransitions):
 
     async def _forward(self, req: bytes) -> bytes:
         meta, keys, vals, extra = M.decode(req)
+        M.check_copy(keys, vals, extra, self.s.config["key_max"], self.s.config["val_len"],
+                     "forward")
         if meta["epoch"] < self.s.epoch or self.s.store is None:
             return M.encode(M.reply(M.STALE, "forward from an older ring", epoch=self.s.epoch))
         if meta["epoch"] > self.s.epoch:

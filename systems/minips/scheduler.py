@@ -32,10 +32,12 @@ import json
 import time
 from typing import Any
 
+import grpc
+
 from common import rpc
 from common.procs import announce_ready
 
-from .message import SERVICE, decode, encode
+from .message import SERVICE, PSError, decode, encode
 from .metrics import NodeMetrics
 from .ring import Ring
 
@@ -60,6 +62,7 @@ class Scheduler:
         self.reports: dict[str, dict] = {}
         self.clients: set[str] = set()
         self.stopped = False  # the job was ended early (Stop), not by finishing its steps
+        self.failure: str | None = None  # why the job cannot go on (data was lost)
         self.events: list[dict] = []  # membership history, for tests and the launcher
         self.shutdown = asyncio.Event()
         self.metrics = NodeMetrics("scheduler", "scheduler", trace=False)
@@ -109,12 +112,30 @@ class Scheduler:
         self.servers[name]["alive"] = False
         if self.joining == name:
             self.joining = None
+        if name in self.ring_servers and self.config["replication"] < 2:
+            # No other server holds its ranges (section 4.3 keeps R copies; R = 1 keeps
+            # none to spare), so their values are gone. Re-forming the ring would hand
+            # them to servers that wait for a copy nobody can send: end the job instead,
+            # and say why to every node that asks.
+            self.fail(f"server {name} died ({why}) and replication 1 keeps no other copy "
+                      f"of its key ranges, so their values are lost; run with replication "
+                      f">= 2 to survive a server's death, or restart from a checkpoint")
+            return
         if name in self.ring_servers:
             rest = [s for s in self.ring_servers if s != name]
             if rest:
                 self.commit(rest, f"{why}: {name}")
             else:
                 self.log("lost_all_servers", server=name)
+
+    def fail(self, why: str) -> None:
+        """End the job as failed: heartbeats carry ``why`` to every node, whose requests
+        then fail with it instead of being resent forever."""
+        if self.failure is None:
+            self.failure, self.stopped = why, True
+            for w in self.workers.values():  # nobody waits on a clock that will not come
+                w["retired"] = True
+            self.log("job_failed", why=why)
 
     def remove_worker(self, name: str, why: str) -> None:
         w = self.workers[name]
@@ -240,7 +261,7 @@ class Scheduler:
                         self.broadcast()
         out = {"epoch": self.epoch, "members_version": self.members_version, "member": member,
                "shutdown": self.shutdown.is_set(), "job_done": self.job_done(),
-               "stop": self.stopped}
+               "stop": self.stopped, "failure": self.failure}
         if role == "worker" and name in self.workers:
             w = self.workers[name]
             out["shards"] = w["shards"]
@@ -291,7 +312,7 @@ class Scheduler:
                                          for n, s in self.servers.items()},
                        "reports": self.reports, "events": self.events,
                        "barriers": self.barrier_done,
-                       "joining": self.joining})
+                       "joining": self.joining, "failure": self.failure})
 
     async def Stop(self, req: bytes, ctx) -> bytes:
         """End the job now: workers finish their current step, report and exit."""
@@ -308,6 +329,19 @@ class Scheduler:
         return encode({"ok": True})
 
 
+def guarded(handler):
+    """A scheduler RPC whose malformed request (undecodable, a field missing or of the
+    wrong type) aborts with INVALID_ARGUMENT and the reason, as the servers' ``guard``
+    does, instead of gRPC's bare UNKNOWN."""
+    async def call(req: bytes, ctx) -> bytes:
+        try:
+            return await handler(req, ctx)
+        except (PSError, KeyError, TypeError, ValueError) as e:
+            await ctx.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                            f"[INVALID] malformed scheduler request: {type(e).__name__} {e}")
+    return call
+
+
 async def serve(config: dict[str, Any], host: str, port: int) -> None:
     sched = Scheduler(config)
     names = ["Register", "JoinReady", "Heartbeat", "GetRing", "Barrier", "Report", "Status",
@@ -315,7 +349,7 @@ async def serve(config: dict[str, Any], host: str, port: int) -> None:
     from .message import SCHEDULER_SERVICE
 
     server, bound = await rpc.serve_aio(SCHEDULER_SERVICE,
-                                        {n: getattr(sched, n) for n in names},
+                                        {n: guarded(getattr(sched, n)) for n in names},
                                         host=host, port=port)
     announce_ready(port=bound, addr=rpc.address(host, bound))
     mon = asyncio.ensure_future(sched.monitor())

@@ -94,6 +94,8 @@ class RingTransitions:
 
     async def _sync(self, req: bytes) -> bytes:
         meta, keys, vals, extra = M.decode(req)
+        M.check_copy(keys, vals, extra, self.s.config["key_max"], self.s.config["val_len"],
+                     "sync")
         if self.s.store is None or (meta["epoch"] < self.s.epoch and not meta.get("catchup")):
             return M.encode(M.reply(M.STALE, epoch=self.s.epoch))
         rr = meta["ranges"] = [(int(b), int(e)) for b, e in meta["ranges"]]  # JSON: lists

@@ -12,7 +12,12 @@ The push is not waited for: the next iteration overlaps with it.
 
 The scheduler assigns shards. If another worker dies, its unfinished shard shows up in
 this worker's heartbeat reply with the progress made so far, and this worker
-alternates between its shards until both are done (section 4.5). A worker whose shards
+alternates between its shards until both are done (section 4.5). The progress it reports
+counts a step only once its push is acknowledged (:class:`ShardProgress`), so an heir
+never skips a minibatch whose gradient did not reach the servers. A minibatch whose push
+was applied but not yet reported is done again by the heir: at least once, not exactly
+once, which the paper accepts for workers (section 4.6: workers keep no state worth
+saving, and the algorithms tolerate a repeated minibatch). A worker whose shards
 are all done *retires* from the clock set (so BSP does not wait for it), and exits when
 the scheduler says the whole job is done.
 
@@ -35,6 +40,7 @@ import faulthandler
 import json
 import signal
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +72,36 @@ def straggle_s(config: dict[str, Any], rank: int, clock: int) -> float:
     return base * factor if slow == rank else base
 
 
+class ShardProgress:
+    """Steps done per data shard, counted the way the scheduler must see them.
+
+    ``issued`` counts minibatches whose push went out, and drives the loop. ``acked``
+    counts only those whose push the servers acknowledged, and is what the heartbeat
+    reports: if this worker dies, the heir starts each shard at ``acked``, so no
+    minibatch's update is lost. A worker's pushes are acknowledged in the order they
+    were sent (the KV layer sends one at a time), so ``acked`` advances along a prefix.
+    """
+
+    def __init__(self, shards: list[int], start: int):
+        self.issued = {s: start for s in shards}
+        self.acked = dict(self.issued)
+        self._in_flight: deque[tuple[int, int]] = deque()
+
+    def inherit(self, shard: int, done: int) -> None:
+        """A dead worker's shard, with the progress the scheduler had from it."""
+        self.issued[shard] = self.acked[shard] = done
+
+    def pushed(self, shard: int, ts: int) -> None:
+        self.issued[shard] += 1
+        self._in_flight.append((shard, ts))
+
+    def settle(self, kv: KVWorker) -> dict[int, int]:
+        """Count the pushes acknowledged since the last call; the reportable progress."""
+        while self._in_flight and kv.finished(self._in_flight[0][1]):
+            self.acked[self._in_flight.popleft()[0]] += 1
+        return self.acked
+
+
 class Worker:
     def __init__(self, name: str, scheduler: str, run_dir: str | None = None):
         self.name, self.run_dir = name, run_dir
@@ -86,7 +122,8 @@ class Worker:
             k, v = app.init_values()
             kv.wait(kv.push(k, v, cmd="init"))
         kv.barrier("init")
-        progress = {s: start for s in kv.shards}
+        done = ShardProgress(kv.shards, start)
+        progress = done.issued
         timeline, pushes = [], []
         c, t_start, wait_total = start, time.perf_counter(), 0.0
         while True:
@@ -95,11 +132,12 @@ class Worker:
                 break
             for s in hb.get("shards", list(progress)):
                 if s not in progress:  # inherited from a dead worker
-                    progress[s] = int(hb.get("progress", {}).get(str(s), 0))
+                    done.inherit(s, int(hb.get("progress", {}).get(str(s), 0)))
                     c = max(c, int(hb.get("clock_floor", c)))
             mine = hb.get("shards", list(progress))
             todo = [s for s in mine if progress.get(s, steps) < steps]
             if not todo:
+                kv.progress = {k: v for k, v in done.settle(kv).items() if k in mine}
                 kv.retire = True
                 if hb.get("job_done"):
                     break
@@ -126,10 +164,10 @@ class Worker:
                 keys = np.concatenate([keys, ak])
                 grads = np.concatenate([grads, np.ones((ak.size, 1), VAL_DTYPE)])
                 ctx["exempt"] = ak.size  # no filter may touch the audit's counters
-            pushes.append((c, kv.push(keys, grads, clock=c, ctx=ctx,
-                                      wait=model.push_wait(c))))
-            progress[s] += 1
-            kv.progress = {k: v for k, v in progress.items() if k in mine}
+            ts = kv.push(keys, grads, clock=c, ctx=ctx, wait=model.push_wait(c))
+            pushes.append((c, ts))
+            done.pushed(s, ts)
+            kv.progress = {k: v for k, v in done.settle(kv).items() if k in mine}
             kv.clock = c
             timeline.append((time.perf_counter() - t_start, c, s, step, loss, waited))
             kv.metrics.start_cpu_clock()  # after the first step, which loads the data shard

@@ -158,6 +158,45 @@ def test_malformed_requests_get_a_clear_error_and_nothing_breaks(cluster, method
     np.testing.assert_array_equal(kv.wait(kv.pull(keys)), before + 1)
 
 
+COPY = {"from": "x", "worker": "w0", "clock": 0, "ranges": [[0, 10]], "clocks": {}}
+
+
+@pytest.mark.parametrize("service,method,payload,needle", [
+    (M.SERVICE, "Forward", M.encode({"epoch": 99, **COPY}, np.array([1], np.uint64)),
+     "forward: no values were sent"),
+    (M.SERVICE, "Forward", M.encode({"epoch": 99, **COPY}, np.array([1], np.uint64), ONE),
+     "a copy needs the optimiser state"),
+    (M.SERVICE, "Sync", M.encode({"epoch": 99, **COPY}, np.array([1], np.uint64)),
+     "sync: no values were sent"),
+    (M.SERVICE, "Sync", M.encode({"epoch": 99, **COPY}, np.array([1, 2], np.uint64), ONE,
+                                 [ONE]), "sync: 2 keys x 2 values per key need 4 values"),
+    (M.SCHEDULER_SERVICE, "Heartbeat", b"garbage", "malformed message"),
+    (M.SCHEDULER_SERVICE, "Heartbeat", M.encode({"role": "worker"}), "KeyError 'name'"),
+    (M.SCHEDULER_SERVICE, "Register", M.encode({"name": "w9"}), "KeyError 'role'"),
+])
+def test_malformed_server_and_scheduler_requests_get_a_clear_error(cluster, service, method,
+                                                                  payload, needle):
+    """The internal RPCs (a master's forward, a range sync, the scheduler's) answer a
+    malformed request with INVALID_ARGUMENT and the reason, install nothing of it, and
+    the cluster goes on."""
+    addr = cluster.sched_addr if service == M.SCHEDULER_SERVICE else \
+        cluster.status()["addrs"]["s0"]
+    kv = cluster.client(f"after-bad-copy-{next(NAMES)}")
+    keys = np.array([1, 2], np.uint64)
+    before = kv.wait(kv.pull(keys))
+    ch = rpc.channel(addr)
+    try:
+        with pytest.raises(grpc.RpcError) as e:
+            rpc.method(ch, service, method)(payload, timeout=10)
+    finally:
+        ch.close()
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert needle in e.value.details()
+    np.testing.assert_array_equal(kv.wait(kv.pull(keys)), before)  # nothing installed
+    kv.wait(kv.push(keys, np.ones((2, 2), np.float32)))
+    np.testing.assert_array_equal(kv.wait(kv.pull(keys)), before + 1)
+
+
 def test_client_side_checks_name_the_problem(cluster):
     kv = cluster.client("checks")
     with pytest.raises(M.PSError, match="unknown key"):

@@ -1,5 +1,7 @@
 """The scheduler (server manager and task scheduler, paper sections 4.3 and 4.5)."""
 
+import time
+
 import numpy as np
 import pytest
 
@@ -23,6 +25,18 @@ def test_a_killed_workers_shard_is_finished_by_another_and_bsp_does_not_hang(tmp
     audit = out["audit"]
     assert audit["acked_lost"] == 0 and audit["acked_duplicated"] == 0
     assert audit["unacked_duplicated"] == 0 and audit["unacked_applied"] > 0
+
+
+def test_a_dead_server_without_replicas_fails_the_job_with_its_reason(tmp_path):
+    """With replication 1 nobody else holds the dead server's ranges: the job must end
+    with the reason, not hang with the ranges' new owners waiting for a copy."""
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match="s1 died .* replication 1 keeps no other copy"):
+        launch(ClusterSpec(servers=2, workers=2, steps=2000, app={"name": "count"},
+                           step_sleep_s=0.01, replication=1),
+               run_dir=tmp_path, faults=[{"at": 0.5, "kill": "s1"}], progress=False,
+               timeout=60)
+    assert time.monotonic() - t0 < 30
 
 
 def test_registration_errors_are_clear(tmp_path):

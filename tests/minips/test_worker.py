@@ -1,6 +1,12 @@
-"""The worker loop's knobs: simulated compute and stragglers."""
+"""The worker loop: simulated compute, stragglers, and the progress it reports."""
 
-from systems.minips.worker import straggle_s
+import signal
+import time
+
+import numpy as np
+
+from systems.minips.launcher import Cluster, ClusterSpec
+from systems.minips.worker import ShardProgress, straggle_s
 
 
 def test_persistent_straggler_is_always_the_same_worker():
@@ -20,3 +26,37 @@ def test_rotating_straggler_is_exactly_one_worker_per_clock():
         slow.append(times.index(0.04))
     counts = [slow.count(r) for r in range(4)]
     assert min(counts) > 60  # every worker takes its turn
+
+
+def test_progress_counts_a_step_only_once_its_push_is_acknowledged(tmp_path):
+    """An heir starts a dead worker's shard at the reported progress, so a step whose
+    push never reached the servers must not be in it. A frozen server (SIGSTOP, shorter
+    than the failure timeout) holds one push unacknowledged."""
+    spec = ClusterSpec(servers=1, workers=0, app={"name": "count"}, key_max=64,
+                       hb_timeout=30.0)
+    keys, ones = np.arange(8, dtype=np.uint64), np.ones((8, 1), np.float32)
+    with Cluster(spec, tmp_path) as cl:
+        cl.start(workers=False)
+        kv = cl.client("w")
+        done = ShardProgress([3], start=5)
+
+        def settled(want: int) -> bool:
+            t_end = time.monotonic() + 10
+            while done.settle(kv)[3] != want and time.monotonic() < t_end:
+                time.sleep(0.01)
+            return done.acked[3] == want
+
+        first = kv.push(keys, ones)
+        done.pushed(3, first)
+        assert settled(6) and done.issued[3] == 6
+        cl.signal("s0", signal.SIGSTOP)
+        try:
+            second = kv.push(keys, ones)
+            done.pushed(3, second)
+            time.sleep(0.3)
+            assert done.settle(kv) == {3: 6} and done.issued[3] == 7  # not acknowledged
+        finally:
+            cl.signal("s0", signal.SIGCONT)
+        assert settled(7)
+        kv.wait(first), kv.wait(second)  # settle() did not consume the requests
+        np.testing.assert_array_equal(kv.wait(kv.pull(keys)), 2 * ones)
