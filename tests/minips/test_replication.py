@@ -85,6 +85,11 @@ def test_frozen_server_stops_being_acknowledged_and_rejoins_without_duplicates(m
     cl.wait_ring(lambda st: "s1" in st["servers"], 10)
     time.sleep(0.3)
     assert cl.control("s1", metrics=True)["metrics"].get("rejoins") == 1
+    # it rejoined with a pre-copy (section 4.3): the ranges it takes back were first
+    # copied from their current masters (Snapshot), then only the changes (catch-up)
+    others = [cl.control(n, metrics=True)["metrics"] for n in ("s0", "s2")]
+    assert sum(m.get("snapshots_served", 0) for m in others) > 0
+    assert sum(m.get("catchups_sent", 0) for m in others) > 0
     finish_and_audit(cl)
 
 
