@@ -45,6 +45,25 @@ def test_cli_launch_trains_the_mlp_and_reports_metrics_and_a_trace(tmp_path):
     assert "s0" in p.stdout and "MB on the wire" in p.stdout
 
 
+def test_training_survives_a_killed_server_and_runs_to_its_end(tmp_path, capsys):
+    """The issue's fault test on a real model, not only the counting app: the MLP with
+    replication 2 loses a server to kill -9 a third of the way in and still trains to
+    its last step, with no acknowledged push lost or applied twice (the audit keys ride
+    along with every push). The progress bar is on, as on the command line."""
+    steps = 90
+    out = launch(ClusterSpec(servers=3, workers=2, steps=steps, replication=2, audit=2,
+                             app={"name": "mlp"}, step_sleep_s=0.01, hb_timeout=0.5),
+                 run_dir=tmp_path, eval_every_s=0.5, faults=[{"at": 0.5, "kill": "s1"}],
+                 progress=True, timeout=120)
+    assert any(e["kind"] == "ring" and "s1" in e["why"] for e in out["events"])
+    assert out["clocks"] == {"w0": steps, "w1": steps}  # every step, on both workers
+    audit = out["audit"]
+    assert audit["acked"] > 0 and audit["acked_lost"] == 0
+    assert audit["acked_duplicated"] == 0 and audit["unacked_duplicated"] == 0
+    assert out["final"]["accuracy"] >= 0.85
+    assert f"{2 * steps}/{2 * steps}" in capsys.readouterr().err  # the bar reached the end
+
+
 def test_a_worker_that_crashes_mid_job_fails_the_launch_with_its_log():
     """A job whose worker died (here at its first step: a bad straggler factor) is not a
     result: ``launch`` raises, naming the worker and quoting its log, instead of
