@@ -114,3 +114,45 @@ def test_full_uint64_key_space():
     keys = np.array([0, 1 << 40, (1 << 64) - 1], np.uint64)
     got = sorted(int(k) for sl in ring.slice(keys).values() for k in sl.take(keys))
     assert got == [int(k) for k in keys]
+
+
+def test_a_server_joining_a_live_cluster_moves_only_the_ranges_it_takes(tmp_path):
+    """The same property on real processes: after s2 joins, s2 stores exactly the keys
+    of the ranges whose master changed (all of which changed to s2), the old servers
+    store what they stored before minus those, and no value was lost on the way."""
+    import time
+
+    from common import rpc
+    from systems.minips import message as M
+    from systems.minips.launcher import Cluster, ClusterSpec
+
+    n = 1 << 12
+
+    def stored(cl, server: str) -> set[int]:
+        ch = rpc.channel(cl.group.children[server].info["addr"])
+        try:
+            out = rpc.method(ch, M.SERVICE, "Control")(M.encode({"dump": [0, n]}), timeout=10)
+        finally:
+            ch.close()
+        return set(M.decode(out)[1].tolist())
+
+    spec = ClusterSpec(servers=2, workers=0, app={"name": "count"}, key_max=n, vnodes=4,
+                       updater={"name": "sum"})
+    with Cluster(spec, tmp_path) as cl:
+        kv = cl.start(workers=False).client("c")
+        keys = np.arange(n, dtype=np.uint64)
+        kv.wait(kv.push(keys, np.ones((n, 1), np.float32)))
+        old = Ring.from_dict(cl.status()["ring"])
+        before = {s: stored(cl, s) for s in ("s0", "s1")}
+        assert before["s0"] | before["s1"] == set(range(n))
+        cl.add_server("s2")
+        new = Ring.from_dict(cl.wait_ring(lambda st: "s2" in st["servers"], 10)["ring"])
+        moved = moved_keys(old, new)
+        assert moved and all(to == "s2" for *_, to in moved)
+        taken = {k for b, e, _, _ in moved for k in range(b, e)}
+        want = {"s0": before["s0"] - taken, "s1": before["s1"] - taken, "s2": taken}
+        t_end = time.monotonic() + 10  # the old masters drop what they gave at the end
+        while (got := {s: stored(cl, s) for s in want}) != want and time.monotonic() < t_end:
+            time.sleep(0.05)                                     # of their transition
+        assert got == want
+        np.testing.assert_array_equal(kv.wait(kv.pull(keys)), np.ones((n, 1)))
