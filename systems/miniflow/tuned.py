@@ -3,13 +3,21 @@
 TensorFlow gets its fast GPU kernels from libraries (cuBLAS, cuDNN) or, with XLA, from a
 compiler. miniflow's torch backend calls torch's kernels by default; given a
 ``kernel_library`` (miniansor's ``apply_history_best(log)``), this pass replaces each
-``MatMul`` placed on a torch device, together with the ``+ bias`` / ``ReLU`` chain the
-fusion pass fused after it, by one ``_TunedGemm`` node. At run time the node looks up the
-task for its actual shapes (the batch is only known then) and runs the best recorded
-Triton kernel for it, or falls back to torch when that shape was never tuned.
+node miniansor extracts a task from, on a torch device, by a tuned node:
 
-The epilogue is recognised by the same function miniansor's miniflow front end uses to
-extract tasks, so what is tuned is exactly what runs.
+* a ``MatMul`` of rank-2 operands, together with the ``+ bias`` / ``ReLU`` chain the
+  fusion pass fused after it, becomes one ``_TunedGemm`` (a ``gemm`` task with that
+  epilogue); a transposed operand is handed to the kernel as a transposed *view* (the
+  kernels address their operands through strides), so the gradient graph's
+  ``x^T @ dy`` runs the tuned GEMM of the same (M, N, K), as extraction tunes it;
+* a ``MatMul`` of rank-3 operands becomes a ``_TunedGemm`` running the ``bmm`` task;
+* a ``Softmax`` of a rank-2 tensor becomes a ``_TunedSoftmax`` (the ``softmax`` task).
+
+At run time a node looks up the task for its actual shapes (the batch is only known
+then) and runs the best recorded Triton kernel for it, or falls back to torch when that
+shape was never tuned (``Session.kernel_stats`` counts both). The epilogue is recognised
+by the same function miniansor's miniflow front end uses to extract tasks, so what is
+tuned is exactly what runs.
 """
 
 from __future__ import annotations
@@ -22,64 +30,99 @@ from .op_def import OpDef, define
 _DTYPES = {"float16": "fp16", "float32": "fp32"}
 
 
-def _tuned_gemm_kernel(attrs, be, res):
+def _tuned_kernel(attrs, be, res):
     from systems.miniansor.workloads import Epilogue, Task
 
     lib, stats = res.kernel_library, res.kernel_stats
-    epi = Epilogue(bias=attrs["bias"], act=attrs["act"])
-    dtype = attrs["dtype"]
+    kind, dtype = attrs["kind"], attrs["dtype"]
+    epi = Epilogue(bias=attrs.get("bias", False), act=attrs.get("act", "none"))
     torch = be.torch
     cache: dict[tuple, Any] = {}
 
     def fallback(inputs):
+        if kind == "softmax":
+            return torch.softmax(inputs["x"], dim=-1)
         y = inputs["a"] @ inputs["b"]
         if epi.bias:
             y = y + inputs["bias"]
         return torch.relu(y) if epi.act == "relu" else y
 
-    def run(a, b, *bias):
-        key = (tuple(a.shape), tuple(b.shape))
+    def task_and_inputs(args) -> tuple[Any, dict]:
+        if kind == "softmax":
+            x = args[0].contiguous()  # the row kernels read each row contiguously
+            return Task("softmax", tuple(x.shape), dtype), {"x": x}
+        a, b = args[0], args[1]
+        a = a.transpose(-1, -2) if attrs["transpose_a"] else a
+        b = b.transpose(-1, -2) if attrs["transpose_b"] else b
+        inputs = {"a": a, "b": b}
+        if len(args) > 2:
+            inputs["bias"] = args[2]
+        if a.dim() == 2:
+            return Task("gemm", (a.shape[0], b.shape[1], a.shape[1]), dtype, epi), inputs
+        if a.shape[0] != b.shape[0]:  # a broadcast batch: not the bmm task
+            return None, inputs
+        return Task("bmm", (a.shape[0], a.shape[1], b.shape[2], a.shape[2]), dtype), inputs
+
+    def run(*args):
+        task, inputs = task_and_inputs(args)
+        key = tuple((tuple(t.shape), tuple(t.stride())) for t in inputs.values())
         fn = cache.get(key)
         if fn is None:
-            task = Task("gemm", (a.shape[0], b.shape[1], a.shape[1]), dtype, epi)
-            fn = cache[key] = (lib.kernel(task) if task in lib else fallback,
-                               "tuned" if task in lib else "fallback")
-        inputs = {"a": a, "b": b}
-        if bias:
-            inputs["bias"] = bias[0]
+            hit = task is not None and task in lib
+            fn = cache[key] = (lib.kernel(task) if hit else fallback,
+                               "tuned" if hit else "fallback")
         stats[fn[1]] += 1
         return fn[0](inputs)
     return run
 
 
-define(OpDef("_TunedGemm", lambda ins, a: [], _tuned_gemm_kernel))
+define(OpDef("_TunedGemm", lambda ins, a: [], _tuned_kernel))
+define(OpDef("_TunedSoftmax", lambda ins, a: [], _tuned_kernel))
+
+
+def _rank(ref) -> int | None:
+    shape = ref[0].out_specs[ref[1]][1]
+    return None if shape is None else len(shape)
+
+
+def _tuned_node(n: Node, pg_consumers, fetched: set[int]) -> tuple[list[Node], Node] | None:
+    """The tuned node standing for ``n`` (and the nodes it replaces), or None."""
+    from systems.miniansor.extract_miniflow import gemm_epilogue
+
+    if n.type not in ("MatMul", "Softmax"):
+        return None
+    dtype = _DTYPES.get(n.out_specs[0][0].name)
+    if dtype is None:
+        return None
+    if n.type == "Softmax" and _rank(n.inputs[0]) == 2:
+        return [n], Node(f"{n.name}/tuned", "_TunedSoftmax", list(n.inputs),
+                         list(n.control_inputs), {"kind": "softmax", "dtype": dtype},
+                         n.out_specs, n.device, n.op, n.created_at, n.est_seconds)
+    if n.type != "MatMul" or {_rank(r) for r in n.inputs} not in ({2}, {3}):
+        return None
+    plain = _rank(n.inputs[0]) == 2 and not (n.attrs["transpose_a"] or n.attrs["transpose_b"])
+    epi, fused = gemm_epilogue(n, pg_consumers) if plain else (None, None)
+    if fused is None or id(n) in fetched or fused.device != n.device:
+        fused = None  # the product is needed on its own: tune the plain GEMM
+    inputs, top = list(n.inputs), n
+    if fused is not None:
+        inputs += [r for r in fused.inputs if r[0] is not n]  # the bias
+        top = fused
+    attrs = {"kind": "matmul", "dtype": dtype, "transpose_a": n.attrs["transpose_a"],
+             "transpose_b": n.attrs["transpose_b"], "bias": fused is not None and epi.bias,
+             "act": epi.act if fused is not None else "none"}
+    return ([n] if top is n else [n, top]), Node(
+        f"{top.name}/tuned", "_TunedGemm", inputs,
+        list({id(c): c for c in n.control_inputs + top.control_inputs}.values()), attrs,
+        top.out_specs, n.device, top.op, top.created_at, top.est_seconds)
 
 
 def use_tuned_kernels(pg: PlanGraph, torch_devices: set[str]) -> int:
-    """Rewrite MatMul [+ fused bias/ReLU] on ``torch_devices`` into _TunedGemm nodes."""
-    from systems.miniansor.extract_miniflow import gemm_epilogue
-
+    """Rewrite MatMul [+ fused bias/ReLU] and Softmax on ``torch_devices`` into tuned
+    nodes; returns how many."""
     consumers = pg.consumers()
     fetched = {id(n) for n, _ in pg.fetches}
-    groups = []
-    for n in pg.nodes:
-        if (n.type != "MatMul" or n.device not in torch_devices or n.attrs["transpose_a"]
-                or n.attrs["transpose_b"] or _DTYPES.get(n.out_specs[0][0].name) is None
-                or any(len(p.out_specs[i][1] or ()) != 2 for p, i in n.inputs)):
-            continue
-        epi, fused = gemm_epilogue(n, consumers)
-        if fused is None or id(n) in fetched or fused.device != n.device:
-            fused = None  # the product is needed on its own: tune the plain GEMM
-        inputs, top = list(n.inputs), n
-        if fused is not None:
-            inputs += [r for r in fused.inputs if r[0] is not n]  # the bias
-            top = fused
-        node = Node(f"{top.name}/tuned", "_TunedGemm", inputs,
-                    list({id(c): c for c in n.control_inputs + top.control_inputs}.values()),
-                    {"bias": fused is not None and epi.bias,
-                     "act": epi.act if fused is not None else "none",
-                     "dtype": _DTYPES[n.out_specs[0][0].name]},
-                    top.out_specs, n.device, top.op, top.created_at, top.est_seconds)
-        groups.append(([n] if top is n else [n, top], node))
+    groups = [g for n in pg.nodes if n.device in torch_devices
+              if (g := _tuned_node(n, consumers, fetched)) is not None]
     pg.collapse(groups)
     return len(groups)

@@ -47,12 +47,11 @@ def test_repeated_layers_become_one_weighted_task():
 def test_tuned_kernels_run_in_miniflow_and_match_the_untuned_graph(tmp_path):
     g, x, y = _mlp()
     tasks, weights = extract_tasks_from_miniflow(y, [x], batch=32)
-    gemms = [t for t in tasks if t.kind == "gemm"]
     log = tmp_path / "tune.jsonl"
-    ansor.tune_tasks(gemms, trials=6, device="sim", log=log, per_round=3, verify="none",
+    ansor.tune_tasks(tasks, trials=6, device="sim", log=log, per_round=3, verify="none",
                      progress=False)
     library = ansor.apply_history_best(log)
-    assert all(t in library for t in gemms)
+    assert all(t in library for t in tasks)
     xv = np.random.default_rng(1).standard_normal((32, 16)).astype(np.float32)
     with mf.Session(graph=g) as s:
         s.run(mf.global_variables_initializer())
@@ -62,10 +61,51 @@ def test_tuned_kernels_run_in_miniflow_and_match_the_untuned_graph(tmp_path):
         s.run(mf.global_variables_initializer())
         got = s.run(y, {x: xv})
         types = [n[1] for n in s.plan_for(y, {x: None}).snapshots["optimized"].nodes]
-        assert types.count("_TunedGemm") == 2
-        assert s.kernel_stats["tuned"] == 2 and s.kernel_stats["fallback"] == 0
+        assert types.count("_TunedGemm") == 2 and types.count("_TunedSoftmax") == 1
+        assert s.kernel_stats["tuned"] == 3 and s.kernel_stats["fallback"] == 0
         part = s.run(y, {x: xv[:5]})  # a batch nobody tuned: torch runs it instead
-        assert s.kernel_stats["fallback"] == 2
+        assert s.kernel_stats["fallback"] == 3
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
     assert part.shape == (5, 32)
     np.testing.assert_allclose(part, want[:5], rtol=1e-4, atol=1e-6)  # rows are independent
+
+
+def test_every_extracted_task_runs_tuned_gradients_and_batched_matmuls_too(tmp_path):
+    """The gradient graph's transposed MatMuls (``x^T @ dy``, ``dy @ w^T``) and a rank-3
+    MatMul are tasks too; each runs its tuned kernel (transposed operands as views), and
+    the answers equal the untuned graph's."""
+    rng = np.random.default_rng(2)
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [8, 16], name="x")
+        q = mf.placeholder(mf.float32, [3, 5, 6], name="q")
+        k = mf.placeholder(mf.float32, [3, 6, 7], name="k")
+        w = mf.Variable(rng.normal(0, 0.3, (16, 12)).astype(np.float32), name="w")
+        scale = mf.constant(np.arange(12.0, dtype=np.float32))
+        loss = mf.reduce_sum(mf.nn.softmax(x @ w) * scale)
+        dx, dw = mf.gradients(loss, [x, w])
+        att = mf.matmul(q, k)
+    fetches, feeds = [dx, dw, att], [x, q, k]
+    tasks, _ = extract_tasks_from_miniflow(fetches, feeds)
+    kinds = sorted(t.kind for t in tasks)
+    assert kinds.count("bmm") == 1 and kinds.count("gemm") >= 3  # forward, dx, dw
+    log = tmp_path / "tune.jsonl"
+    ansor.tune_tasks(tasks, trials=3 * len(tasks), device="sim", log=log, per_round=3,
+                     verify="none", progress=False)
+    library = ansor.apply_history_best(log)
+    feed = {x: rng.standard_normal((8, 16)).astype(np.float32),
+            q: rng.standard_normal((3, 5, 6)).astype(np.float32),
+            k: rng.standard_normal((3, 6, 7)).astype(np.float32)}
+    with mf.Session(graph=g) as s:
+        s.run(mf.global_variables_initializer())
+        want = s.run(fetches, feed)
+    cfg = mf.ConfigProto(cpu_backend="torch", kernel_library=library)
+    with mf.Session(graph=g, config=cfg) as s:
+        s.run(mf.global_variables_initializer())
+        got = s.run(fetches, feed)
+        assert s.kernel_stats["fallback"] == 0
+        assert s.kernel_stats["tuned"] == sum(n[1].startswith("_Tuned") for n in s.plan_for(
+            fetches, {t: None for t in feeds}).snapshots["optimized"].nodes)
+        assert s.kernel_stats["tuned"] >= len(tasks)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
