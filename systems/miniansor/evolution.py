@@ -28,8 +28,9 @@ Mutation rules (each returns a *valid* new annotation or None):
 * ``mutate_order``: double/halve the group size or the split factor.
 
 Crossover takes each node's genes from one of two parents of the same sketch, choosing
-the parent with probability proportional to its score (the paper picks each node's
-steps from the parent whose node scores higher), then checks that the child is valid
+the parent with probability proportional to its whole program's score, clipped at 0 (the
+paper picks each node's steps from the parent whose *node* scores higher: Ansor's model
+scores each statement, ours only whole programs), then checks that the child is valid
 (the paper's dependency check), since genes from two valid parents can break a joint
 limit (e.g. the tile of one and the stages of the other exceed shared memory).
 """
@@ -145,9 +146,12 @@ MUTATIONS: list[tuple[Mutation, float]] = [
 def crossover(task: Task, sketch: Sketch, a: dict[str, int], b: dict[str, int],
               score_a: float, score_b: float, rng: np.random.Generator,
               limits: HardwareLimits = H100_LIMITS) -> dict[str, int] | None:
-    """A child taking each gene group whole from one parent, chosen by score."""
-    pa = 0.5 if score_a + score_b <= 0 else max(score_a, 0) / (max(score_a, 0) +
-                                                               max(score_b, 0))
+    """A child taking each gene group whole from one parent, chosen with probability
+    proportional to the parents' scores clipped at 0 (as parent selection clips them:
+    a tree model can predict below 0), so a parent scored <= 0 gives no genes when the
+    other scores > 0; when neither does, each group comes from either with p = 0.5."""
+    wa, wb = (float(s) if s > 0 else 0.0 for s in (score_a, score_b))  # NaN counts as 0
+    pa = 0.5 if wa + wb == 0 else wa / (wa + wb)
     child = dict(a)
     for genes in GENE_GROUPS.values():
         if rng.random() >= pa:

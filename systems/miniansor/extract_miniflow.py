@@ -13,7 +13,9 @@ Session would run (prune, fold, CSE, fuse), then read tasks off it:
 * ``Softmax`` over the last axis of a rank-2 tensor -> a ``softmax`` task.
 
 Transposed MatMuls (the gradient graph has many) are tuned as the plain GEMM of the same
-(M, N, K): the task says what is computed, not the operands' layout. Unknown dimensions
+(M, N, K): the task says what is computed, not the operands' layout (miniflow hands the
+tuned kernel transposed views). A MatMul whose product is also fetched keeps no
+epilogue: it must be computed on its own. Unknown dimensions
 (the batch of a placeholder) take the value ``batch``. Identical tasks are merged and
 counted, as in :func:`.extract.extract_tasks`.
 """
@@ -31,13 +33,18 @@ def _concrete(shape, batch: int) -> tuple[int, ...] | None:
     return None if shape is None else tuple(batch if d is None else d for d in shape)
 
 
-def gemm_epilogue(mm, consumers) -> tuple[Epilogue, object | None]:
+def gemm_epilogue(mm, consumers, fetched: frozenset | set = frozenset(),
+                  ) -> tuple[Epilogue, object | None]:
     """The epilogue a MatMul node's fused consumer computes, and that consumer (or None).
-    Shared with miniflow's runtime rewrite, so extraction and execution agree."""
+    Shared with miniflow's runtime rewrite, so extraction and execution agree. None when
+    the product is needed on its own: it is fetched (``fetched``: ids of fetched nodes),
+    or the consumer runs on another device."""
     users = consumers.get(mm, [])
     if len(users) != 1 or users[0].type != "_FusedElementwise":
         return Epilogue(), None
     fused = users[0]
+    if id(mm) in fetched or fused.device != mm.device:
+        return Epilogue(), None
     body = fused.attrs["body"]
     ext = fused.inputs
     n = mm.out_specs[0][1][-1] if mm.out_specs[0][1] else None
@@ -72,6 +79,7 @@ def extract_tasks_from_miniflow(fetches, feeds=(), batch: int = 32, dtype: str |
                   [op for op in fetches if not hasattr(op, "value_index")], list(feeds))
     run_passes(pg)
     consumers = pg.consumers()
+    fetched = {id(n) for n, _ in pg.fetches}
     found: list[Task] = []
     for n in pg.nodes:
         if n.type == "MatMul":
@@ -84,9 +92,8 @@ def extract_tasks_from_miniflow(fetches, feeds=(), batch: int = 32, dtype: str |
             if dt is None:
                 continue
             if len(out) == 2:
-                epi, _ = gemm_epilogue(n, consumers) if not (n.attrs["transpose_a"] or
-                                                             n.attrs["transpose_b"]) \
-                    else (Epilogue(), None)
+                plain = not (n.attrs["transpose_a"] or n.attrs["transpose_b"])
+                epi = gemm_epilogue(n, consumers, fetched)[0] if plain else Epilogue()
                 found.append(Task("gemm", (out[0], out[1], k), dt, epi))
             else:
                 found.append(Task("bmm", (out[0], out[1], out[2], k), dt))

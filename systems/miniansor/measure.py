@@ -25,6 +25,7 @@ from __future__ import annotations
 import enum
 import statistics
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -117,6 +118,29 @@ def proxy_task(task: Task, cfg: dict[str, int]) -> Task:
     return t.with_shape((min(rows, 2 * per + 1), cols))
 
 
+def interpreter_frontend_error(e: BaseException) -> BaseException | None:
+    """The compile-time error inside an interpreter failure, or None.
+
+    Under ``TRITON_INTERPRET`` nothing is compiled: the frontend's type and shape checks
+    (``triton/language/semantic.py``, ``core.py``: "arange's range must be a power of 2")
+    run as the kernel executes, and the interpreter wraps whatever is raised in an
+    ``InterpreterError`` (``from`` the original). Compiled Triton raises those same
+    checks as ``CompilationError``, so we classify by where the original was raised:
+    in ``triton/language/`` or in the interpreter's ``static_assert``, it is a compile
+    error; anywhere else (e.g. the interpreter's check of a descriptor's pointer
+    alignment, a value compiled code only sees at run time) it stays a runtime one."""
+    if not isinstance(e, triton.InterpreterError):
+        return None
+    while isinstance(e, triton.InterpreterError) and e.__cause__ is not None:
+        e = e.__cause__  # a device function's error is wrapped once per call level
+    frames = traceback.extract_tb(e.__traceback__)
+    if not frames or isinstance(e, triton.InterpreterError):
+        return None
+    last = frames[-1]
+    in_frontend = "/triton/language/" in last.filename
+    return e if in_frontend or last.name == "_new_static_assert" else None
+
+
 def verify_program(task: Task, sketch: Sketch, ann: dict[str, int], device: str = "cpu",
                    proxy: bool = True, seed: int = 0) -> None:
     """Run the program once and compare it to torch; raise DeviceFault when it fails."""
@@ -128,7 +152,11 @@ def verify_program(task: Task, sketch: Sketch, ann: dict[str, int], device: str 
         raise DeviceFault("COMPILE_ERROR", str(e).strip().splitlines()[-1][:300]) from None
     except triton.OutOfResources as e:
         raise DeviceFault("OUT_OF_RESOURCES", str(e)[:300]) from None
-    except Exception as e:  # the interpreter reports bad programs as plain exceptions
+    except Exception as e:
+        cause = interpreter_frontend_error(e)
+        if cause is not None:
+            raise DeviceFault("COMPILE_ERROR", f"{type(cause).__name__}: {cause}"[:300]) \
+                from None
         raise DeviceFault("RUNTIME_ERROR", f"{type(e).__name__}: {str(e)[:300]}") from None
     why = check_output(t, out, t.reference(inputs))
     if why:

@@ -94,13 +94,19 @@ def _handle(raw: bytes, ctx) -> bytes:
             return wire.pack({"ok": True, "costs": costs})
         return wire.pack({"ok": False, "kind": "UNKNOWN_ERROR",
                           "msg": f"unknown action {meta['action']!r}"})
-    except DeviceFault as f:
-        return wire.pack({"ok": False, "kind": f.kind, "msg": f.msg})
-    except Exception as e:  # a poisoned CUDA context: answer, then exit to be restarted
-        msg = f"{type(e).__name__}: {str(e)[:300]}"
-        if "CUDA" in msg or "illegal" in msg:
-            threading.Timer(0.2, os._exit, (3,)).start()
-        return wire.pack({"ok": False, "kind": "RUNTIME_ERROR", "msg": msg})
+    except DeviceFault as f:  # verify_program reports a CUDA fault as one, too
+        kind, msg = f.kind, f.msg
+    except Exception as e:
+        kind, msg = "RUNTIME_ERROR", f"{type(e).__name__}: {str(e)[:300]}"
+    if kind == "RUNTIME_ERROR" and poisons_context(msg):
+        threading.Timer(0.2, os._exit, (3,)).start()  # answer, then exit to be restarted
+    return wire.pack({"ok": False, "kind": kind, "msg": msg})
+
+
+def poisons_context(msg: str) -> bool:
+    """Whether a runtime error is a CUDA fault ("CUDA error: an illegal memory access was
+    encountered"), after which every later call in this process fails too."""
+    return "CUDA" in msg or "illegal" in msg
 
 
 def main() -> None:

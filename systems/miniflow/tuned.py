@@ -101,9 +101,7 @@ def _tuned_node(n: Node, pg_consumers, fetched: set[int]) -> tuple[list[Node], N
     if n.type != "MatMul" or {_rank(r) for r in n.inputs} not in ({2}, {3}):
         return None
     plain = _rank(n.inputs[0]) == 2 and not (n.attrs["transpose_a"] or n.attrs["transpose_b"])
-    epi, fused = gemm_epilogue(n, pg_consumers) if plain else (None, None)
-    if fused is None or id(n) in fetched or fused.device != n.device:
-        fused = None  # the product is needed on its own: tune the plain GEMM
+    epi, fused = gemm_epilogue(n, pg_consumers, fetched) if plain else (None, None)
     inputs, top = list(n.inputs), n
     if fused is not None:
         inputs += [r for r in fused.inputs if r[0] is not n]  # the bias

@@ -40,3 +40,25 @@ def launch_bad_compile(task, cfg, inputs):
     """A kernel Triton refuses: tl.arange needs a power-of-two length."""
     _wild_read[(1,)](inputs["x"], inputs["x"], BLOCK=12)
     return inputs["x"]
+
+
+@triton.jit
+def _descriptor_copy(x_ptr, y_ptr, offset, BLOCK: tl.constexpr):
+    desc = tl.make_tensor_descriptor(x_ptr + offset, shape=[BLOCK], strides=[1],
+                                     block_shape=[BLOCK])
+    tl.store(y_ptr + tl.arange(0, BLOCK), desc.load([0]))
+
+
+def launch_misaligned(task, cfg, inputs):
+    """Compiles, then fails as it runs: a tensor descriptor's base must be 16-byte
+    aligned, and only the pointer's value at run time (here 4 bytes off) breaks that."""
+    x = inputs["x"]
+    y = x.new_empty(16)
+    _descriptor_copy[(1,)](x, y, 1, BLOCK=16)
+    return y
+
+
+def launch_cuda_fault(task, cfg, inputs):
+    """Fails as a kernel that faults on a GPU does, with torch's message for a poisoned
+    context (raised by hand, so that a CPU can test what the worker does after one)."""
+    raise RuntimeError("CUDA error: an illegal memory access was encountered")

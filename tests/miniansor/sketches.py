@@ -22,11 +22,17 @@ def sketch_cases(tasks, dtypes=("fp32", "fp16")) -> list:
     return cases
 
 
-def check_random_annotations(task, sketch, n: int = 2) -> None:
+def check_random_annotations(task, sketch, n: int = 2, min_tile: int = 0) -> None:
     """Run ``sketch`` with ``n`` seeded random annotations at full size against torch;
-    ``verify_program`` raises DeviceFault on a mismatch."""
+    ``verify_program`` raises DeviceFault on a mismatch. ``min_tile``: redraw GEMM
+    annotations whose BLOCK_M x BLOCK_N is smaller (the interpreter spends ~10 ms a
+    program, so a big task is run with big tiles only)."""
     rng = np.random.default_rng(zlib.crc32(f"{task.key}{sketch.name}".encode()))
     for _ in range(n):
-        ann = sample_annotation(task, sketch, rng)
+        for _ in range(100):
+            ann = sample_annotation(task, sketch, rng)
+            if ann is None or ann.get("BLOCK_M", 1) * ann.get("BLOCK_N", 1) >= min_tile:
+                break
         assert ann is not None, f"{sketch.name} has no valid annotation for {task.key}"
+        assert ann.get("BLOCK_M", 1) * ann.get("BLOCK_N", 1) >= min_tile, ann
         verify_program(task, sketch, ann, proxy=False)

@@ -50,6 +50,21 @@ def test_failed_measurements_stay_in_the_training_set():
     assert (p[0::2] > p[1::2] + 0.1).all()  # configs like the failures score low
 
 
+def test_the_loss_is_weighted_by_throughput():
+    """TVM weights each sample's squared error by its normalised throughput (ours floored
+    at min_weight), so where samples cannot be told apart (the same config measured twice,
+    noisily) the model predicts their weighted mean sum(w y) / sum(w), leaning to the
+    fast one, not the plain mean: it is most accurate where the search must be."""
+    x = np.array([[0.0], [0.0], [1.0], [1.0]])
+    y = np.array([1.0, 0.2, 0.8, 0.0])  # the last one failed: weight 0.05, not 0
+    model = GBTModel(min_weight=0.05)
+    model.fit(x, y)
+    w = np.maximum(y, 0.05)
+    want = [np.average(y[:2], weights=w[:2]), np.average(y[2:], weights=w[2:])]
+    assert np.allclose(model.model.predict(np.array([[0.0], [1.0]])), want, atol=1e-3)
+    assert not np.allclose(want, [0.6, 0.4], atol=0.1)  # what an unweighted fit gives
+
+
 def test_pairwise_accuracy_matches_brute_force():
     rng = np.random.default_rng(0)
     pred, true = rng.random(30), rng.random(30)

@@ -1,17 +1,19 @@
 """Every GEMM sketch's Triton kernel, under the interpreter, equals torch.
 
-Shapes are small and ragged (no dimension a multiple of a block), annotations random
-but seeded, in fp32 and fp16. bf16 is checked only on a GPU (tests marked ``gpu``):
-the interpreter computes it wrongly without an error.
+Shapes are ragged (no dimension a multiple of a block) and small, but for one task of
+more than a wave of tiles; annotations random but seeded, in fp32 and fp16. bf16 is
+checked only on a GPU (tests marked ``gpu``): the interpreter computes it wrongly
+without an error.
 """
 
 
 import pytest
 import torch
 
+from common.devices import H100_SXM
 from systems.miniansor.kernels_gemm import splitk_slice
-from systems.miniansor.sketch import generate_sketches, run_program
-from systems.miniansor.workloads import bmm, check_output, gemm
+from systems.miniansor.sketch import RULES, generate_sketches, run_program
+from systems.miniansor.workloads import bmm, cdiv, check_output, gemm
 
 from .sketches import check_random_annotations, sketch_cases
 
@@ -20,7 +22,13 @@ TASKS = [
     gemm(50, 33, 70),
     gemm(20, 40, 30, act="relu"),
     bmm(3, 19, 21, 40),
+    bmm(2, 19, 21, 700),  # split-K with a batch: the workspace is [batch, split, M, N]
 ]
+# More than one wave of the largest tiles (9 x 17 = 153 tiles of 128x128 on 132 SMs), so
+# that a rule conditioned on waves (exercise 1's persistent GEMM) has a task to fire on.
+# Run with tiles of at least 128x128 only: with 16x16 tiles, 8,000 programs would take the
+# interpreter a minute and a half; the small tasks above cover small tiles.
+WIDE = gemm(1040, 2064, 24)
 
 
 @pytest.mark.parametrize("task,sketch", sketch_cases(TASKS))
@@ -28,10 +36,29 @@ def test_every_gemm_sketch_matches_torch_with_random_annotations(task, sketch):
     check_random_annotations(task, sketch)
 
 
+@pytest.mark.parametrize("task,sketch", sketch_cases([WIDE]))
+def test_every_sketch_of_a_multi_wave_gemm_matches_torch_with_large_tiles(task, sketch):
+    check_random_annotations(task, sketch, min_tile=128 * 128)
+
+
 def test_the_sketch_set_covers_all_structures():
     names = {sk.name for t in TASKS for sk in generate_sketches(t)}
     assert {"tiled.splitk", "tiled.fused.grouped", "tiled.separate.rowmajor",
             "tiled.rowmajor", "tiled.grouped"} <= names
+    assert "tiled.splitk" in {sk.name for sk in generate_sketches(TASKS[-1])}
+
+
+def test_every_derivation_rule_shapes_the_sketches_of_some_task():
+    """The tests above run every sketch of their tasks, so a rule added to ``RULES`` is
+    checked against torch only if some task meets its condition: removing each rule
+    must change some task's sketches."""
+    m, n, _ = WIDE.mnk
+    assert cdiv(m, 128) * cdiv(n, 128) > H100_SXM.sm_count
+    for rule in RULES:
+        others = [r for r in RULES if r is not rule]
+        assert any({s.name for s in generate_sketches(t, rules=others)}
+                   != {s.name for s in generate_sketches(t)} for t in [*TASKS, WIDE]), \
+            f"no task here meets the condition of {rule.__name__}: add one"
 
 
 def test_ragged_edges_are_masked_not_dropped():

@@ -42,3 +42,19 @@ def test_crash_and_hang_are_recorded_and_the_worker_restarts(worker):
     assert worker.restarts == 2
     assert worker.group.children["measure-worker"].pid != pid0
     assert worker.group.children["measure-worker"].alive()
+
+
+def test_a_cuda_fault_while_verifying_restarts_the_worker(worker):
+    """After a CUDA error the worker's context is poisoned: it answers, then exits, and
+    the next program is verified in a fresh worker (the fault raised in verify_program
+    reaches the worker's check as a DeviceFault)."""
+    task, soft = gemm(40, 50, 60, "fp16"), softmax(4, 100, "fp32")
+    sk = generate_sketches(task)[0]
+    m = Measurer(SimulatedGPU(), verify="worker", worker=worker)
+    pid0 = worker.group.children["measure-worker"].pid
+    results = m.measure([MeasureInput(soft, faulty("launch_cuda_fault"), {"num_warps": 1}),
+                         MeasureInput(task, sk, GOOD)])
+    assert [r.error for r in results] == [ErrorNo.RUNTIME_ERROR, ErrorNo.NO_ERROR]
+    assert "illegal memory access" in results[0].error_msg
+    assert worker.restarts == 1
+    assert worker.group.children["measure-worker"].pid != pid0

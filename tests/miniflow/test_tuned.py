@@ -109,3 +109,31 @@ def test_every_extracted_task_runs_tuned_gradients_and_batched_matmuls_too(tmp_p
         assert s.kernel_stats["tuned"] >= len(tasks)
     for a, b in zip(got, want, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_a_fetched_product_is_extracted_and_run_as_the_plain_gemm(tmp_path):
+    """When ``x @ w`` is fetched as well as ``relu(x @ w + b)``, the product must exist on
+    its own, so both extraction and the run-time rewrite use the plain GEMM (and the
+    bias and ReLU run in torch): what is tuned is what runs."""
+    g = mf.Graph()
+    rng = np.random.default_rng(3)
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [4, 8])
+        w = mf.constant(rng.standard_normal((8, 6)).astype(np.float32))
+        b = mf.constant(rng.standard_normal(6).astype(np.float32))
+        prod = x @ w
+        y = mf.nn.relu(prod + b)
+    tasks, _ = extract_tasks_from_miniflow([prod, y], [x])
+    assert [t.key for t in tasks] == ["gemm:4x6x8:fp32:none"]
+    log = tmp_path / "tune.jsonl"
+    ansor.tune_tasks(tasks, trials=3, device="sim", log=log, per_round=3, verify="none",
+                     progress=False)
+    cfg = mf.ConfigProto(cpu_backend="torch", kernel_library=ansor.apply_history_best(log))
+    xv = rng.standard_normal((4, 8)).astype(np.float32)
+    with mf.Session(graph=g, config=cfg) as s:
+        got_prod, got_y = s.run([prod, y], {x: xv})
+        assert s.kernel_stats["tuned"] == 1 and s.kernel_stats["fallback"] == 0
+    with mf.Session(graph=g) as s:
+        want_prod, want_y = s.run([prod, y], {x: xv})
+    np.testing.assert_allclose(got_prod, want_prod, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got_y, want_y, rtol=1e-4, atol=1e-5)
