@@ -124,7 +124,8 @@ def _show(args: argparse.Namespace) -> dict[str, Any]:
         if not r.ok:
             errors[r.error.name] = errors.get(r.error.name, 0) + 1
     out = {"log": args.log, "records": len(records), "plot": plot, "tasks": tasks,
-           "errors": errors, "device": devices(records)[0], **_latency_totals(tasks)}
+           "errors": errors, "device": devices(records)[0], **_latency_totals(tasks),
+           "curves": {k: {"trials": xs, "best_tflops": ys} for k, (xs, ys) in curves.items()}}
     _print_best({**out, "trials": len(records)})
     print(f"plot: {plot}", file=sys.stderr)
     return out

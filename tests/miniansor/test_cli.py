@@ -29,6 +29,13 @@ def test_tune_then_show(tmp_path):
     assert show.returncode == 0, show.stderr[-2000:]
     sdoc = json.loads(show.stdout.strip().splitlines()[-1])
     assert sdoc["records"] == 6 and (tmp_path / "p.png").stat().st_size > 1000
+    # the plotted curve: best throughput so far, per trial of the task, never falling,
+    # ending at the best the table reports
+    (key, curve), = sdoc["curves"].items()
+    ys = curve["best_tflops"]
+    assert key == doc["tasks"][0]["task"] and curve["trials"][-1] == 6
+    assert all(b >= a for a, b in zip(ys, ys[1:], strict=False))
+    assert ys[-1] == pytest.approx(sdoc["tasks"][0]["tflops"])
 
 
 def test_bad_shape_is_a_clear_error():

@@ -91,3 +91,21 @@ def test_padding_waste_counts_the_masked_lanes_of_the_grid():
                 grid[:rows_n, :cols] = True
                 want = (~grid).sum() / grid.sum()
                 assert np.isclose(f(task, sk, ann)["padding_waste"], want), (task.key, ann)
+
+
+def test_swizzle_features_count_the_tile_rows_a_group_shares():
+    """Grouped (swizzled) program order keeps GROUP_M rows of tiles on the chip at once,
+    clamped to the rows the grid has; row-major order shares one row, and a wave of it
+    spans min(tile columns, SMs) columns (the L2-reuse features of section 5.2's list)."""
+    base = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32, "num_warps": 4, "num_stages": 2}
+    task = gemm(4096, 4096, 4096)  # 32 x 32 tiles of 128 x 128
+    grouped = _sketch(task, "tiled.grouped")
+    row = f(task, _sketch(task, "tiled.rowmajor"), base)
+    assert row["group_rows"] == 1 and np.isclose(row["rowmajor_wave_cols"], 32 / 132)
+    for g in grouped.domain("GROUP_M"):
+        assert f(task, grouped, {**base, "GROUP_M": g})["group_rows"] == min(g, 32)
+    short = gemm(512, 4096, 4096)  # 4 rows of tiles: a group cannot share more
+    big = max(_sketch(short, "tiled.grouped").domain("GROUP_M"))
+    assert big > 4
+    assert f(short, _sketch(short, "tiled.grouped"), {**base, "GROUP_M": big})[
+        "group_rows"] == 4

@@ -45,6 +45,24 @@ def test_cost_uses_common_cost():
     assert softmax(10, 20, "fp32").cost().bytes == cost.softmax_cost(10, 20, "fp32").bytes
 
 
+def test_every_epilogue_and_row_task_costs_what_a_hand_count_says():
+    """FLOPs and minimum bytes, counted by hand: 2MNK for the product, then per output
+    one add for a bias, one for a residual, 1 for ReLU, 8 for GELU (tanh form); the
+    bias (N) and residual (M x N) are read once. A row task reads x (and layernorm's
+    two N-vectors) and writes y once."""
+    m, n, k = 64, 96, 32
+    for dtype, b in (("fp16", 2), ("fp32", 4)):
+        for bias, act, res in [(False, "gelu", False), (False, "none", True),
+                               (True, "gelu", True), (False, "relu", False)]:
+            c = gemm(m, n, k, dtype, bias=bias, act=act, residual=res).cost()
+            per_out = int(bias) + int(res) + {"none": 0, "relu": 1, "gelu": 8}[act]
+            assert c.flops == 2 * m * n * k + m * n * per_out, (bias, act, res)
+            assert c.bytes == b * (m * k + k * n + m * n + n * bias + m * n * res)
+        ln, sm = layernorm(m, n, dtype).cost(), softmax(m, n, dtype).cost()
+        assert ln.bytes == b * (m * n + 2 * n + m * n) and ln.flops == 8 * m * n
+        assert sm.bytes == b * 2 * m * n and sm.flops == 5 * m * n
+
+
 def test_reference_is_the_fused_epilogue_in_fp32():
     t = gemm(5, 6, 7, "fp32", bias=True, act="relu", residual=True)
     x = t.make_inputs(seed=3)
