@@ -77,3 +77,14 @@ def test_a_restricted_space_is_respected_and_exhausted():
         pol.cost_model.update(inputs, results)
         keys |= {i.key for i in inputs}
     assert keys == {config_key(s, a) for s, a in space} and pol.exhausted()
+
+
+def test_the_initial_population_is_distinct_and_takes_every_sketch():
+    """Ansor's SampleInitPopulation keeps only new states: ``n`` distinct configs, the
+    sketches taking turns, even from a small space where random draws repeat often."""
+    for task in (TASK, gemm(32, 32, 32)):  # 50 configs: 40 raw draws hold 16 repeats
+        sketches = generate_sketches(task)
+        pop = sample_init_population(task, sketches, 40, np.random.default_rng(0))
+        keys = [config_key(sk, ann) for sk, ann in pop]
+        assert len(keys) == 40 and len(set(keys)) == 40
+        assert {sk.name for sk, _ in pop} == {sk.name for sk in sketches}
