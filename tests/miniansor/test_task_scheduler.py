@@ -179,3 +179,22 @@ def test_the_cost_model_is_refit_on_everything_measured_before_each_round():
         fits.append(batch[0][1])
     assert fits[0] is None  # the first round is measured before any training
     assert len({id(f) for f in fits[1:]}) == 4 and all(f is not None for f in fits[1:])
+
+
+def test_eps_greedy_sends_some_rounds_to_a_task_the_gradient_never_picks():
+    """With eps = 0 the gradient never returns to a task that has plateaued far below
+    another's gain; with eps = 0.3 about that share of the rounds goes to a random live
+    task, so the plateaued one gets some (the paper's epsilon-greedy)."""
+    def policies():
+        return [CurvePolicy(gemm(1024, 1024, 1024), 2e-3, 2e-4, 0.85),
+                CurvePolicy(gemm(256, 256, 256), 2e-6, 2e-6, 1.0)]  # flat: no gain
+
+    def run(eps):
+        ps = policies()
+        s = TaskScheduler([p.task for p in ps], [1, 1], ps, NeverDead(), NoModel(),
+                          eps=eps, seed=0)
+        return collections.Counter(s.tune(320, per_round=8, progress=False).chosen)
+
+    greedy, mixed = run(0.0), run(0.3)
+    assert greedy[1] == 1  # its warm-up round only
+    assert 3 <= mixed[1] <= 12  # ~0.3 x 39 rounds x 1/2, the rest go to task 0 anyway
