@@ -111,17 +111,23 @@ def _load(args: argparse.Namespace) -> dict[str, Any]:
 
     from common import plots
 
-    from .loadgen import LoadSpec, run_process
+    from .loadgen import LoadSpec, integer_inputs, run_process
 
+    conn = _conn(args)
+    conn.connect()
+    input_type = conn.get_app_info(args.app)["input_type"]  # how to send and vary inputs
+    integers = integer_inputs(input_type)  # a ValueError for a "strings" or "bytes" app
     if args.inputs == "digits":
         from sklearn.datasets import load_digits
 
-        pool = load_digits().data[:500]
+        pool = load_digits().data[:500]  # whole numbers (0-16): an integers app takes them
     else:
-        pool = np.random.default_rng(0).standard_normal((500, int(args.inputs.split(":")[1])))
+        rng, dim = np.random.default_rng(0), int(args.inputs.split(":")[1])
+        pool = rng.integers(-100, 100, (500, dim)) if integers else \
+            rng.standard_normal((500, dim))
     url = f"http://{address(args.host, args.query_port)}/{args.app}/predict"
     spec = LoadSpec(url, pool.tolist(), phases=[(args.duration, args.rate)],
-                    slo_s=args.slo_ms / 1e3, seed=args.seed)
+                    slo_s=args.slo_ms / 1e3, seed=args.seed, input_type=input_type)
     s = run_process(spec)
     out = Path(args.out)
     png = plots.latency_cdf({f"{args.app} @ {args.rate:g} q/s": s["latencies_ms"]},

@@ -113,8 +113,18 @@ def _no_constant(name: str) -> float:
 
 def loads_strict(body: bytes | str) -> Any:
     """Parse a request body as JSON proper: Python's parser also takes NaN and Infinity,
-    which JSON has no literal for and a model cannot use."""
-    return json.loads(body, parse_constant=_no_constant)
+    which JSON has no literal for and a model cannot use. Two limits of the parser are
+    the client's fault too, and become an :class:`InputError` (a 400) instead of escaping
+    as a 500: nesting past Python's recursion limit (``b"[" * 50000``), and an integer
+    of more digits than ``int()`` converts (``sys.get_int_max_str_digits``, 4300)."""
+    try:
+        return json.loads(body, parse_constant=_no_constant)
+    except RecursionError:
+        raise InputError("the body's JSON nests deeper than the parser can follow") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, InputError):
+        raise
+    except ValueError as e:  # only int()'s digit limit is left to raise a bare ValueError
+        raise InputError(f"the body's JSON has a number with too many digits: {e}") from None
 
 
 def dumps_strict(obj: Any) -> str:
@@ -229,6 +239,8 @@ def decode_batch(buf: bytes) -> tuple[dict[str, Any], Any]:
 def encode_outputs(outputs: Any, n: int, meta: dict[str, Any]) -> bytes:
     """Check a model's outputs (one per input, numbers, numeric rows or strings) and pack
     them. Raises ValueError naming what came back when they are not that."""
+    if isinstance(outputs, np.ndarray) and outputs.dtype.kind in "OU" and outputs.ndim == 1:
+        outputs = outputs.tolist()  # class labels: sklearn's predict for string classes
     if isinstance(outputs, np.ndarray):
         arr = outputs
     else:

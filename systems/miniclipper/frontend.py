@@ -154,6 +154,31 @@ def rows_of(x: Any, input_type: str, input_length: int | None) -> list[Any]:
     return list(x)
 
 
+# The ``app`` label of a query refused because its application does not exist: the
+# name asked for would let any client add series without bound. Never a valid app name.
+UNKNOWN_APP = "(unknown)"
+
+
+def refuse(server: ClipperServer, app: str, e: Exception) -> web.Response:
+    """The answer to a refused query (404, 400 or 429, as ``{"error", "cause"}``), counted
+    in ``clipper_rejected_total`` by reason, whichever REST route refused it."""
+    if isinstance(e, UnknownApp):
+        status, error, reason, cause, app = (404, "Unknown application", "unknown_app",
+                                             e.args[0], UNKNOWN_APP)
+    elif isinstance(e, (json.JSONDecodeError, UnicodeDecodeError)):
+        status, error, reason, cause = 400, "Json error", "json", \
+            f"the body is not valid JSON: {e}"
+    elif isinstance(e, InputError):
+        status, error, reason, cause = 400, "Json error", "input", str(e)
+    else:
+        status, error, reason, cause = 429, "Overloaded", "overload", str(e)
+    server.metrics.rejected.labels(app, reason).inc()
+    return error_json(status, error, cause)
+
+
+REFUSED = (UnknownApp, json.JSONDecodeError, UnicodeDecodeError, InputError, QueueFull)
+
+
 def query_app(server: ClipperServer) -> web.Application:
     qp = server.qp
 
@@ -166,17 +191,8 @@ def query_app(server: ClipperServer) -> web.Application:
             values, batched = _inputs_of(doc)
             xs = qp.parse(app, values)
             out = await qp.predict(name, xs, arrival)
-        except UnknownApp as e:
-            return error_json(404, "Unknown application", e.args[0])
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            server.metrics.rejected.labels(name, "json").inc()
-            return error_json(400, "Json error", f"the body is not valid JSON: {e}")
-        except InputError as e:
-            server.metrics.rejected.labels(name, "input").inc()
-            return error_json(400, "Json error", str(e))
-        except QueueFull as e:
-            server.metrics.rejected.labels(name, "overload").inc()
-            return error_json(429, "Overloaded", str(e))
+        except REFUSED as e:
+            return refuse(server, name, e)
         body = {"batch_predictions": out} if batched else out[0]
         return web.Response(body=dumps_strict(body), content_type="application/json")
 
@@ -189,14 +205,8 @@ def query_app(server: ClipperServer) -> web.Application:
                 raise InputError('feedback must be a JSON object {"input": ..., "label": ...}')
             (x,) = qp.parse(app, [doc["input"]])
             return web.json_response(await qp.update(name, x, doc["label"]), dumps=dumps_strict)
-        except UnknownApp as e:
-            return error_json(404, "Unknown application", e.args[0])
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            return error_json(400, "Json error", f"the body is not valid JSON: {e}")
-        except InputError as e:
-            return error_json(400, "Json error", str(e))
-        except QueueFull as e:
-            return error_json(429, "Overloaded", str(e))
+        except REFUSED as e:
+            return refuse(server, name, e)
 
     async def metrics(request: web.Request) -> web.Response:
         return web.Response(body=server.sync_metrics(),
@@ -214,9 +224,11 @@ def grpc_handlers(server: ClipperServer) -> dict[str, Any]:
 
     async def Predict(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         arrival = time.monotonic()
+        name = UNKNOWN_APP  # until the message parses and names an application
         try:
             meta, arrays = unpack(request)
             app = qp.app(str(meta.get("app")))
+            name = app.name
             if arrays:
                 xs, batched = rows_of(arrays[0], app.input_type, app.input_length), \
                     arrays[0].ndim == 2
@@ -225,13 +237,16 @@ def grpc_handlers(server: ClipperServer) -> dict[str, Any]:
                 xs = qp.parse(app, values)
             out = await qp.predict(app.name, xs, arrival)
         except UnknownApp as e:
+            server.metrics.rejected.labels(UNKNOWN_APP, "unknown_app").inc()
             await context.abort(grpc.StatusCode.NOT_FOUND, json.dumps(
                 {"error": "Unknown application", "cause": e.args[0]}))
         except (WireError, InputError) as e:
+            server.metrics.rejected.labels(name, "wire" if isinstance(e, WireError)
+                                           else "input").inc()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, json.dumps(
                 {"error": "Invalid query", "cause": str(e)}))
         except QueueFull as e:
-            server.metrics.rejected.labels(app.name, "overload").inc()
+            server.metrics.rejected.labels(name, "overload").inc()
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, json.dumps(
                 {"error": "Overloaded", "cause": str(e)}))
         return pack({"predictions": out, "batch": batched})

@@ -18,8 +18,10 @@ timed out stays in the tail instead of leaving it (a timeout counts at least the
 client's ``timeout_s``). A
 closed-loop mode (``concurrency > 0``) measures peak throughput, where omission does not
 matter. For cache experiments a share ``hot_fraction`` of queries repeats a small hot
-set; all others are made unique (a tiny offset on the last feature, salted per run), so
-no unintended cache hit inflates a result, not even across runs with the same seed.
+set; all others are made unique (an offset on the last feature, salted per run: a tiny
+fraction for a float app, a whole number for an "integers" app, which refuses floats),
+so no unintended cache hit inflates a result, not even across runs with the same seed.
+It sends numeric inputs only: a "strings" or "bytes" app is refused when the spec is made.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .datatypes import NUMERIC_TYPES, same_input_type
 
 
 @dataclass
@@ -56,6 +60,28 @@ class LoadSpec:
     max_connections: int = 1024
     start_at: float = 0.0         # time.monotonic() to start at (0: at once); machine-wide
     actions: list[tuple[float, str, dict]] = field(default_factory=list)  # (t, url, json)
+    input_type: str = "doubles"   # the application's: how inputs are sent and varied
+
+    def __post_init__(self) -> None:
+        if integer_inputs(self.input_type):  # which also refuses "strings" and "bytes"
+            pool = np.asarray(self.inputs, dtype=np.float64)
+            if not np.array_equal(pool, np.round(pool)):
+                raise ValueError(f"input_type {self.input_type!r} needs whole-number inputs")
+
+    @property
+    def integers(self) -> bool:
+        return same_input_type(self.input_type, "integers")
+
+
+def integer_inputs(input_type: str) -> bool:
+    """Whether an application of ``input_type`` takes whole numbers only; a ValueError
+    for one whose inputs are not numbers ("strings", "bytes"): the generator has no
+    way to make those unique that would mean anything to the model."""
+    if input_type not in NUMERIC_TYPES:
+        raise ValueError(f"the load generator sends numeric inputs; it cannot load an "
+                         f"application of input_type {input_type!r} (it needs one of "
+                         f"{', '.join(NUMERIC_TYPES)})")
+    return same_input_type(input_type, "integers")
 
 
 def poisson_arrivals(phases: list[tuple[float, float]], seed: int = 0,
@@ -77,17 +103,21 @@ def poisson_arrivals(phases: list[tuple[float, float]], seed: int = 0,
 
 def make_bodies(spec: LoadSpec, n: int, rng: np.random.Generator,
                 ) -> tuple[list[bytes], np.ndarray]:
-    pool = np.asarray(spec.inputs, dtype=np.float64)
+    pool = np.asarray(spec.inputs, dtype=np.int64 if spec.integers else np.float64)
     hot = rng.random(n) < spec.hot_fraction
     # unseeded: two runs with the same seed send the same arrivals, never the same inputs
-    salt = float(np.random.default_rng().uniform(0, 1e-3))
+    fresh = np.random.default_rng()
+    if spec.integers:  # whole steps, far below int32's limit for any run's n
+        salt, step = int(fresh.integers(0, 1 << 20)), 1
+    else:
+        salt, step = float(fresh.uniform(0, 1e-3)), 1e-9
     bodies = []
     for i in range(n):
         if hot[i]:
             x = pool[rng.integers(min(spec.hot_set, len(pool)))]
         else:
             x = pool[rng.integers(len(pool))].copy()
-            x[-1] += salt + 1e-9 * (i + 1)
+            x[-1] += salt + step * (i + 1)
         bodies.append(json.dumps({"input": x.tolist()}).encode())
     return bodies, hot
 

@@ -33,7 +33,7 @@ from common.wire import pack, unpack
 
 from .batching import BatchingConfig
 from .container import SERVICE
-from .datatypes import INPUT_DTYPES, same_input_type
+from .datatypes import INPUT_DTYPES, InputError, loads_strict, same_input_type
 from .frontend import ClipperServer, error_json, json_errors
 from .query_processor import Application, UnknownApp
 from .selection import POLICIES, make_policy
@@ -308,9 +308,11 @@ def management_app(server: ClipperServer) -> web.Application:
                 return error_json(refused[0], "Refused", refused[1])
             body = await request.read()
             try:
-                doc = json.loads(body) if body.strip() else None
+                doc = loads_strict(body) if body.strip() else None
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 return error_json(400, "Json error", f"/admin/{name}: body is not JSON: {e}")
+            except InputError as e:  # NaN, or past the parser's nesting or digit limits
+                return error_json(400, "Json error", f"/admin/{name}: {e}")
             try:
                 async with server.lock:
                     return web.json_response(await fn(doc))

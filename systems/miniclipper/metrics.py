@@ -102,9 +102,13 @@ class Metrics:
         self.app_default_ratio = Gauge("clipper_app_default_ratio",
                                        "share of queries answered with the default",
                                        ["app"], registry=r)
+        # reason: "unknown_app" (404, app "(unknown)": the name asked for is not a
+        # label, or any client could add series), "json" (a REST body that is not JSON),
+        # "wire" (a gRPC message that does not decode), "input" (400), "overload" (429);
+        # /predict, /update and the gRPC Predict all count here
         self.rejected = Counter("clipper_rejected_total",
-                                "queries rejected: 429 overload, 4xx bad input", ["app", "reason"],
-                                registry=r)
+                                "queries and feedback refused (404, 400, 429) by reason",
+                                ["app", "reason"], registry=r)
         self.model_predictions = PlainCounter("clipper_model_predictions_total",
                                               "inputs a model's replicas processed", "model", r)
         self.model_batch_size = BatchHistogram("clipper_model_batch_size", "batch sizes sent",

@@ -13,11 +13,13 @@ outputs, *observe* feedback and update a per-application state. Three policies:
   since only that arm's loss was seen, updates it with the importance-weighted loss
   ``w_i *= exp(-eta * loss / p_i)``;
 * :class:`Exp4Policy` (§5.2): every model answers; outputs are combined by a weighted
-  vote, and every model's weight is updated from its own loss (full information, so no
-  importance weights; Clipper's C++ divides by ``p_i`` here too, which over-punishes
-  unlikely models). Its *straggler mitigation* (§5.2.2) lives in the query processor:
-  the ensemble waits until the SLO and combines what arrived; the confidence it reports
-  counts missing models as disagreeing.
+  vote (Clipper's ``combine_predictions`` takes a weighted average, which is undefined
+  for string labels and invents classes for numbered ones), and every model's weight
+  is updated from its own loss (full information, so no importance weights; Clipper's
+  C++ divides by ``p_i`` here too, which over-punishes unlikely models). Its *straggler
+  mitigation* (§5.2.2) lives in the query processor: the ensemble waits until the SLO
+  and combines what arrived; the confidence it reports counts missing models as
+  disagreeing.
 
 Loss is 0-1 (the output equals the label or it does not), as for the classifiers the
 paper evaluates. State is per application (the paper also keys it by user/context).

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -40,6 +41,12 @@ from .metrics import Metrics
 from .queues import ModelQueue, TaskExpired
 
 MAX_RETRIES = 2
+# A container that has not answered a batch in 20x its SLO, and RPC_TIMEOUT_FLOOR_S at
+# least, is taken as hung (SIGSTOPped, deadlocked, swapping): the batch is retried and the
+# replica restarted. The floor keeps a short SLO from condemning a container over one
+# slow batch; a test sets it lower through the environment, as for supervisor.py's
+# restart settings.
+RPC_TIMEOUT_FLOOR_S = float(os.environ.get("CLIPPER_RPC_TIMEOUT_FLOOR_S", "5.0"))
 log = logging.getLogger("miniclipper.executor")
 
 
@@ -81,7 +88,8 @@ class TaskExecutor:
 
     def __init__(self, cache: PredictionCache, metrics: Metrics,
                  on_replica_failure: Callable[[Replica, str], None],
-                 tracer: TraceWriter | None = None, rpc_timeout_floor_s: float = 5.0):
+                 tracer: TraceWriter | None = None,
+                 rpc_timeout_floor_s: float = RPC_TIMEOUT_FLOOR_S):
         self.cache, self.metrics, self.tracer = cache, metrics, tracer
         self.on_replica_failure = on_replica_failure
         self.rpc_timeout_floor_s = rpc_timeout_floor_s
@@ -220,7 +228,7 @@ class TaskExecutor:
                 ts_us = now_us()
                 traced = self.tracer is not None and any(t.traced for t in batch)
                 slo = min(t.slo for t in batch)
-                # a hung container is one that takes 20x the SLO (5 s at least)
+                # hung: 20x the SLO, RPC_TIMEOUT_FLOOR_S at least
                 timeout = max(self.rpc_timeout_floor_s, 20 * max(t.slo for t in batch))
                 try:
                     req = encode_batch([t.input for t in batch], info.input_type,

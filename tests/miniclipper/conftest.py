@@ -20,6 +20,23 @@ def post(url, doc=None, raw=None):
         return e.code, json.loads(e.read())
 
 
+def scrape(conn) -> dict[tuple[str, tuple], float]:
+    """``GET /metrics`` read with prometheus_client's own parser, as Prometheus reads it:
+    ``{(sample name, sorted label pairs): value}``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(conn.get_metrics())
+            for s in family.samples}
+
+
+def metric(samples, name, missing=None, **labels) -> float:
+    """One series' value from :func:`scrape`; KeyError if it was never written, unless
+    ``missing`` says what that means (0 for a counter no event has created yet)."""
+    key = (name, tuple(sorted(labels.items())))
+    return samples[key] if missing is None else samples.get(key, missing)
+
+
 @pytest.fixture(scope="module")
 def clipper(tmp_path_factory):
     """A running Clipper (ports chosen by the OS), stopped with its containers after the

@@ -9,6 +9,7 @@ import psutil
 import pytest
 
 from common.cli import main
+from systems.miniclipper import deploy_python_closure
 
 
 def _shell(*args, timeout=120):
@@ -97,3 +98,25 @@ def test_an_ipv6_loopback_host_works_from_start_to_stop():
     finally:
         _shell("stop", *ports)
     assert _exits(info["pid"])
+
+
+def test_load_varies_an_integers_app_by_whole_numbers_and_refuses_a_strings_app(
+        clipper, tmp_path, capsys):
+    """``load`` asks the app's input type: an "integers" app gets whole numbers (a float
+    is a 400 there), and a "strings" app is refused up front, naming its type."""
+    c = clipper
+    c.register_application("intsum", "integers", -1, 500_000)
+    deploy_python_closure(c, "intsum", 1, "integers", lambda xs: [int(sum(x)) for x in xs])
+    c.link_model_to_app("intsum", "intsum")
+    c.register_application("words", "strings", "", 500_000)
+    ports = ["--query-port", str(c.cm.ports["query_port"]), "--mgmt-port",
+             str(c.cm.ports["mgmt_port"])]
+    for inputs in ("random:3", "digits"):
+        assert main(["clipper", "load", "--app", "intsum", "--rate", "100", "--duration",
+                     "0.6", "--slo-ms", "500", "--inputs", inputs, "--out", str(tmp_path),
+                     "--json", *ports]) == 0
+        load = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert load["sent"] > 25 and load["ok"] == load["sent"], (inputs, load)
+        assert load["errors"] == load["default"] == 0
+    assert main(["clipper", "load", "--app", "words", "--out", str(tmp_path), *ports]) == 2
+    assert "cannot load an application of input_type 'strings'" in capsys.readouterr().err

@@ -112,6 +112,18 @@ def test_outputs_are_checked_and_round_trip():
         encode_outputs(None, 2, {})
 
 
+@pytest.mark.parametrize("labels", [np.array(["pos", "neg", "pos"]),  # dtype <U3
+                                    np.array(["pos", "neg", "pos"], dtype=object)])
+def test_a_numpy_array_of_class_labels_goes_out_as_strings(labels):
+    """What sklearn's predict returns for a classifier fit on string labels."""
+    meta, vals, sizes = decode_outputs(encode_outputs(labels, 3, {"batch_id": 4}))
+    assert vals == ["pos", "neg", "pos"] and meta["batch_id"] == 4 and sizes == [3, 3, 3]
+    with pytest.raises(ValueError, match="returned 2 outputs for 3 inputs"):
+        encode_outputs(labels[:2], 3, {})
+    with pytest.raises(ValueError, match="numbers, 1-D numeric rows or strings"):
+        encode_outputs(np.array([["a"], ["b"], ["c"]]), 3, {})
+
+
 def test_cache_keys_separate_models_versions_and_inputs():
     x = np.arange(4.0)
     keys = {input_key(("m", "1"), x), input_key(("m", "2"), x), input_key(("n", "1"), x),
@@ -124,6 +136,12 @@ def test_json_is_parsed_and_written_strictly():
     with pytest.raises(InputError, match="NaN is not a JSON number"):
         loads_strict(b'{"input": [NaN]}')
     assert loads_strict(b'{"input": [1.5]}') == {"input": [1.5]}
+    with pytest.raises(InputError, match="nests deeper"):
+        loads_strict(b"[" * 50000)  # the parser's recursion limit, not a RecursionError
+    with pytest.raises(InputError, match="too many digits"):
+        loads_strict(b"[" + b"1" * 5000 + b"]")  # Python's int-from-string limit
+    with pytest.raises(json.JSONDecodeError):
+        loads_strict(b"[1,")  # still the parser's own error, with its position
     body = dumps_strict({"output": [float("nan"), float("-inf"), 2.0], "default": False})
     assert json.loads(body, parse_constant=lambda c: pytest.fail(c)) == {
         "output": ["NaN", "-Infinity", 2.0], "default": False}

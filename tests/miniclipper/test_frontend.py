@@ -3,6 +3,7 @@ task_executor.py): real frontend and container processes over loopback."""
 
 import concurrent.futures as cf
 import json
+import time
 
 import grpc
 import numpy as np
@@ -11,9 +12,9 @@ import pytest
 from common import rpc
 from common.wire import pack, unpack
 from systems.miniclipper import BatchingConfig, deploy_python_closure, deploy_sklearn_model
-from systems.miniclipper.frontend import QUERY_SERVICE
+from systems.miniclipper.frontend import QUERY_SERVICE, UNKNOWN_APP
 
-from .conftest import post
+from .conftest import metric, post, scrape
 
 W = np.random.default_rng(0).standard_normal((8, 5))
 
@@ -91,6 +92,27 @@ def test_outputs_equal_the_in_process_model(apps):
     assert one["output"] == int(lr.predict(xs[:1])[0]) and one["default"] is False
 
 
+def test_a_classifier_with_string_labels_answers_its_labels(apps):
+    """sklearn's predict returns a numpy array of str (dtype <U4) for a classifier fit on
+    string labels: each query must get its label, not the default (every batch failing
+    the numbers-only check)."""
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+
+    c, _, X = apps
+    y = np.where(load_digits().target % 2 == 0, "even", "odd")
+    clf = LogisticRegression(max_iter=500).fit(X[:500], y[:500])
+    c.register_application("parity", "doubles", "unknown", 2_000_000, input_length=64)
+    deploy_sklearn_model(c, "parity", 1, "doubles", clf)
+    c.link_model_to_app("parity", "parity")
+    xs = X[500:540]
+    got = post(url(c, "parity"), {"input_batch": xs.tolist()})[1]["batch_predictions"]
+    assert [r["output"] for r in got] == clf.predict(xs).tolist()
+    assert not any(r["default"] for r in got) and {"even", "odd"} <= {r["output"] for r in got}
+    one = post(url(c, "parity"), {"input": X[900].tolist()})[1]
+    assert one["output"] == clf.predict(X[900:901])[0] and one["default"] is False
+
+
 def test_batching_changes_no_answer(apps):
     """The same model unbatched (static 1) and batched (up to 32, delayed 5 ms) gives
     every one of 150 concurrent queries the same answer as the in-process model."""
@@ -143,6 +165,8 @@ def test_a_model_exception_gives_the_default_with_the_error_then_serving_goes_on
     (b'{"input": "abc"}', 400, "non-empty JSON array"),
     (b'{"input": [1, 2]}', 400, "expects 64"),
     (b'{"input_batch": []}', 400, "non-empty JSON array"),
+    (b"[" * 50000, 400, "nests deeper than the parser"),  # a RecursionError in json
+    (b'{"input": [' + b"1" * 5000 + b"]}", 400, "too many digits"),  # int()'s limit
 ])
 def test_malformed_requests_get_400_and_the_next_good_one_succeeds(apps, body, status, cause):
     c, lr, X = apps
@@ -150,6 +174,27 @@ def test_malformed_requests_get_400_and_the_next_good_one_succeeds(apps, body, s
     assert code == status and set(r) == {"error", "cause"} and cause in r["cause"]
     code, r = post(url(c, "digits"), {"input": X[600].tolist()})
     assert code == 200 and r["output"] == int(lr.predict(X[600:601])[0])
+
+
+@pytest.mark.parametrize("body,cause", [
+    (b"[" * 50000, "nests deeper than the parser"),
+    (b'{"a": ' * 50000, "nests deeper than the parser"),
+    (b"[" + b"7" * 5000 + b"]", "too many digits"),
+])
+def test_json_past_the_parsers_limits_is_a_400_on_update_and_management_too(apps, body,
+                                                                             cause):
+    """/update and the management API parse with the same loads_strict as /predict: the
+    parser's own limits must be a JSON 400 there too, never aiohttp's plain-text 500."""
+    c, _, X = apps
+    feedback = f"http://{c.get_query_addr()}/digits/update"
+    admin = f"http://{c.cm.get_admin_addr()}/admin"
+    for route in (feedback, f"{admin}/add_app", f"{admin}/get_application"):
+        code, r = post(route, raw=body)
+        assert code == 400 and set(r) == {"error", "cause"} and cause in r["cause"], route
+    code, r = post(feedback, {"input": X[3].tolist(), "label": 3})
+    assert code == 200 and r["models_evaluated"] == ["lr"]
+    code, r = post(f"{admin}/get_application", {"name": "digits"})
+    assert code == 200 and r["name"] == "digits"
 
 
 @pytest.mark.parametrize("body,cause", [
@@ -236,16 +281,89 @@ def test_grpc_query_api(apps):
             assert e.value.code() == code and "cause" in json.loads(e.value.details())
 
 
-def test_metrics_are_exported_in_prometheus_format(apps):
+def test_every_refused_query_is_counted_by_reason(apps):
+    """clipper_rejected_total counts what /predict, /update and the gRPC API refuse, by
+    the same reasons; an unknown app's name is not made a label (any client could
+    grow the series without bound)."""
+    c, _, X = apps
+    base = f"http://{c.get_query_addr()}"
+    want: dict[tuple[str, str], int] = {}
+    before = scrape(c)
+    for route, body, code, why in (
+            ("nope/predict", b'{"input": [1.0]}', 404, (UNKNOWN_APP, "unknown_app")),
+            ("nope/update", b'{"input": [1.0], "label": 1}', 404, (UNKNOWN_APP, "unknown_app")),
+            ("digits/predict", b"{not json", 400, ("digits", "json")),
+            ("digits/update", b"{not json", 400, ("digits", "json")),
+            ("digits/update", b'{"input": [1, 2], "label": 0}', 400, ("digits", "input")),
+            ("digits/update", b"[" * 50000, 400, ("digits", "input"))):
+        assert post(f"{base}/{route}", raw=body)[0] == code, route
+        want[why] = want.get(why, 0) + 1
+    with rpc.channel(c.cm.get_grpc_addr()) as ch:
+        call = rpc.method(ch, QUERY_SERVICE, "Predict")
+        for req, why in ((b"garbage", (UNKNOWN_APP, "wire")),
+                         (pack({"app": "nope"}, [X[0]]), (UNKNOWN_APP, "unknown_app")),
+                         (pack({"app": "digits"}, [X[0, :3]]), ("digits", "input"))):
+            with pytest.raises(grpc.RpcError):
+                call(req, timeout=10)
+            want[why] = want.get(why, 0) + 1
+    # feedback to a model whose queue is full is shed with 429 like a query (new inputs)
+    with cf.ThreadPoolExecutor(12) as pool:
+        codes = list(pool.map(lambda i: post(f"{base}/tiny/update",
+                                             {"input": [500.0 + i], "label": 1.0})[0],
+                              range(12)))
+    assert set(codes) <= {200, 429} and codes.count(429) >= 1
+    want["tiny", "overload"] = codes.count(429)
+    after = scrape(c)
+    for (app, reason), n in want.items():
+        grew = (metric(after, "clipper_rejected_total", app=app, reason=reason)
+                - metric(before, "clipper_rejected_total", 0.0, app=app, reason=reason))
+        assert grew == n, (app, reason, grew, n)
+
+
+def test_metrics_hold_the_values_the_queries_imply(apps):
+    """Read back with prometheus_client's parser: each series must hold the value that
+    the queries sent here imply, not merely appear (a HELP line names a series that was
+    never set)."""
     c, _, _ = apps
-    text = c.get_metrics()
-    for needle in ('clipper_app_latency_seconds_bucket{app="digits"',
-                   'clipper_model_batch_size_bucket{le="32.0",model="lin32:1"}',
-                   "clipper_cache_hit_ratio", 'clipper_queue_length{model="lr:1"}',
-                   'clipper_rejected_total{app="tiny",reason="overload"}',
-                   'clipper_batch_controller{field="batch_size",model="lin32:1",replica="0"}',
-                   'clipper_app_default_ratio{app="slow"} 1.0'):
-        assert needle in text, needle
+    rng = np.random.default_rng(11)
+    before = scrape(c)
+    xs = rng.standard_normal((7, 8))  # new inputs: seven cache misses, then one hit
+    for x in [*xs, xs[0]]:
+        code, r = post(url(c, "lin1"), {"input": x.tolist()})
+        assert code == 200 and r["default"] is False
+    got = post(url(c, "lin32"), {"input_batch": rng.standard_normal((4, 8)).tolist()})[1]
+    assert len(got["batch_predictions"]) == 4
+    assert post(url(c, "slow"), {"input": [rng.standard_normal()]})[1]["default"] is True
+    after = scrape(c)
+
+    def grew(name, **labels):
+        return metric(after, name, **labels) - metric(before, name, 0.0, **labels)
+
+    assert grew("clipper_app_queries_total", app="lin1") == 8
+    assert grew("clipper_app_latency_seconds_count", app="lin1") == 8
+    assert grew("clipper_model_predictions_total", model="lin1:1") == 7  # not the hit
+    assert grew("clipper_cache_lookups_total") == 8 + 4 + 1
+    assert grew("clipper_cache_hits_total") == 1
+    hits, lookups = (metric(after, f"clipper_cache_{k}_total") for k in ("hits", "lookups"))
+    assert metric(after, "clipper_cache_hit_ratio") == pytest.approx(hits / lookups)
+    assert metric(after, "clipper_cache_hit_ratio") > 0
+    # every input lin32 processed was in one of its batches: sizes sum to the inputs
+    assert grew("clipper_model_batch_size_sum", model="lin32:1") == \
+        grew("clipper_model_predictions_total", model="lin32:1") == 4
+    assert metric(after, "clipper_batch_controller", model="lin32:1", replica="0",
+                  field="batch_size") >= 1
+    assert metric(after, "clipper_app_default_ratio", app="slow") == 1.0
+
+    # the queue gauge while three queries wait on a model that takes 150 ms each (one
+    # runs, two wait), and once they are all answered
+    with cf.ThreadPoolExecutor(3) as pool:
+        answers = pool.map(lambda v: post(url(c, "tiny"), {"input": [1000.0 + v]}), range(3))
+        seen, deadline = [0.0], time.monotonic() + 3
+        while time.monotonic() < deadline and not (max(seen) > 0 and seen[-1] == 0):
+            seen.append(metric(scrape(c), "clipper_queue_length", model="dawdle:1"))
+        assert all(code == 200 for code, _ in answers)
+    assert 1 <= max(seen) <= 2, seen
+    assert metric(scrape(c), "clipper_queue_length", model="dawdle:1") == 0
 
 
 def test_sampled_queries_are_traced_from_frontend_to_container(apps, tmp_path):

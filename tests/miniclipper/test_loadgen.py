@@ -2,6 +2,7 @@
 measured from the scheduled send time (no coordinated omission)."""
 
 import asyncio
+import json
 import threading
 import time
 
@@ -9,8 +10,10 @@ import numpy as np
 import pytest
 from aiohttp import web
 
+from systems.miniclipper.datatypes import parse_input
 from systems.miniclipper.loadgen import (
     LoadSpec,
+    make_bodies,
     poisson_arrivals,
     run,
     run_process,
@@ -26,6 +29,24 @@ def test_arrivals_are_poisson_at_the_offered_rate_per_phase():
     gaps = np.diff(t[phase == 0])
     assert gaps.mean() == pytest.approx(1 / 500, rel=0.05)
     assert gaps.std() / gaps.mean() == pytest.approx(1.0, abs=0.05)  # exponential: CV 1
+
+
+def test_cold_queries_to_an_integers_app_are_whole_numbers_and_all_different():
+    """An "integers" app refuses any float (a 400), so a cold query is made unique by a
+    whole-number offset; the frontend's own parser is the judge of what it accepts."""
+    spec = LoadSpec("http://x/a/predict", [[1, 2, 3], [4, 5, 6]], input_type="integers")
+    bodies, hot = make_bodies(spec, 300, np.random.default_rng(0))
+    xs = [json.loads(b)["input"] for b in bodies]
+    assert not hot.any() and len({tuple(x) for x in xs}) == 300
+    assert all(parse_input(x, "integers").dtype == np.int32 for x in xs)
+    floats = make_bodies(LoadSpec("u", [[1.0, 2.0]]), 50, np.random.default_rng(0))[0]
+    assert len(set(floats)) == 50 and all(b'1.0, 2.0' in b for b in floats)
+    with pytest.raises(ValueError, match="needs whole-number inputs"):
+        LoadSpec("u", [[1.5, 2.0]], input_type="ints")
+    for kind in ("strings", "bytes"):
+        with pytest.raises(ValueError, match=f"cannot load an application of input_type "
+                                             f"'{kind}'"):
+            LoadSpec("u", [[1.0]], input_type=kind)
 
 
 def test_summary_counts_goodput_only_for_timely_non_default_answers():

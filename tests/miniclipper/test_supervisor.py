@@ -5,6 +5,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -163,3 +164,56 @@ def test_a_replica_that_cannot_restart_is_given_up_and_queries_say_why(tmp_path,
         assert time.monotonic() - t0 < 5  # answered at once, not after the 30 s SLO
     finally:
         c.stop_all()
+
+
+def test_a_hung_container_is_answered_around_then_restarted(tmp_path, monkeypatch):
+    """SIGSTOP: the container is alive (the exit watch sees nothing) but never answers.
+    The query gets the default at its SLO, without waiting for the container; the batch's
+    RPC times out (20 x 50 ms SLO = 1 s, over a floor lowered from 5 s to 0.5 s here),
+    and that timeout, not a process exit, restarts the replica."""
+    from systems.miniclipper import ClipperConnection, LocalContainerManager
+
+    monkeypatch.setenv("CLIPPER_RPC_TIMEOUT_FLOOR_S", "0.5")
+    c = ClipperConnection(LocalContainerManager(log_dir=tmp_path, query_port=0, mgmt_port=0,
+                                                grpc_port=0))
+    c.start_clipper()
+    hung = None
+    try:
+        c.register_application("hung", "doubles", -1, 50_000)
+        deploy_python_closure(c, "hung", 1, "doubles", _work)
+        c.link_model_to_app("hung", "hung")
+        assert _answer(c, "hung", [1.0, 2.0]) == 3.0  # warm
+        before = _pids(c, "hung:1")
+        hung = before[0]
+        os.kill(hung, signal.SIGSTOP)
+        t0 = time.monotonic()
+        code, r = post(f"http://{c.get_query_addr()}/hung/predict", {"input": [4.0, 5.0]})
+        assert time.monotonic() - t0 < 0.9  # the SLO's 50 ms and slack, before the 1 s RPC
+        assert code == 200 and r["default"] is True and r["output"] == -1
+        assert r["default_explanation"] == ("Failed to retrieve a prediction response "
+                                            "within the specified latency SLO")
+        after = _wait_restarted(c, "hung:1", before, timeout=15)
+        assert after[0] != hung
+        assert _answer(c, "hung", [6.0, 7.0]) == 13.0
+        assert c.get_model_info("hung", 1)["restarts"] == 1
+        log = Path(c.cm.info["log"]).read_text()
+        assert f"replica 0 (pid {hung}): TimeoutError" in log  # the RPC timeout's doing
+    finally:
+        if hung is not None:
+            try:
+                os.kill(hung, signal.SIGCONT)  # if it is still ours and stopped
+            except ProcessLookupError:
+                pass
+        c.stop_all()
+
+
+def _answer(c, app, x, within_s=10.0):
+    """The model's own output for ``x``, retried while the first queries of a (re)started
+    container miss a tight SLO (then the cache holds the late answer)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        code, r = post(f"http://{c.get_query_addr()}/{app}/predict", {"input": x})
+        if code == 200 and not r["default"] or time.monotonic() > deadline:
+            assert code == 200 and r["default"] is False, r
+            return r["output"]
+        time.sleep(0.05)
