@@ -30,6 +30,7 @@ import argparse
 import asyncio
 import gc
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -281,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     summary = run(LoadSpec(**doc))
     summary["wall_s"] = time.perf_counter() - t0
+    summary["pid"] = os.getpid()  # the generator's own process, not the caller's
     Path(a.out).write_text(json.dumps(summary))
     return 0
 

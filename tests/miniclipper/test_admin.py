@@ -1,6 +1,7 @@
 """The admin API (systems/miniclipper/admin.py, deployers.py, manager.py) and the
 management REST API behind it (management.py)."""
 
+import ipaddress
 import json
 import os
 import time
@@ -192,13 +193,19 @@ def test_containers_run_the_stores_copy_not_the_source(clipper):
 
 def test_stop_all_leaves_no_process(tmp_path):
     """Also: ``start_clipper()`` binds the ports the container manager was given (0:
-    the OS chooses), as clipper_admin's managers own them, not 1337/1338/1339."""
+    the OS chooses), as clipper_admin's managers own them, not 1337/1338/1339, and on
+    loopback only."""
     conn = ClipperConnection(LocalContainerManager(log_dir=tmp_path, query_port=0,
                                                    mgmt_port=0, grpc_port=0))
     conn.start_clipper()
     assert not {1337, 1338, 1339} & set(conn.cm.ports.values())
     deploy_python_closure(conn, "m", 1, "doubles", _versioned(1), num_replicas=2)
     pids = [conn.cm.info["pid"]] + [r["pid"] for r in conn.get_all_model_replicas()]
+    # no address was given, so every port binds loopback (issue 4, security): the
+    # frontend's three and each container's gRPC port
+    listening = [c.laddr for p in pids for c in psutil.Process(p).net_connections("inet")
+                 if c.status == psutil.CONN_LISTEN]
+    assert len(listening) >= 3 + 2 and all(_loopback(a.ip) for a in listening), listening
     conn.stop_all()
     time.sleep(0.1)
     alive = [p for p in pids if psutil.pid_exists(p)
@@ -206,6 +213,12 @@ def test_stop_all_leaves_no_process(tmp_path):
     assert alive == [] and not conn.connected
     with pytest.raises(ClipperException, match="not connected"):
         conn.get_all_apps()
+
+
+def _loopback(ip: str) -> bool:
+    """127.0.0.1, ::1, or 127.0.0.1 as gRPC's dual-stack sockets show it (::ffff:...)."""
+    a = ipaddress.ip_address(ip)
+    return a.is_loopback or bool(getattr(a, "ipv4_mapped", None) and a.ipv4_mapped.is_loopback)
 
 
 def _sleeps_40ms(xs):

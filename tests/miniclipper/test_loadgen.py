@@ -3,6 +3,7 @@ measured from the scheduled send time (no coordinated omission)."""
 
 import asyncio
 import json
+import os
 import threading
 import time
 
@@ -125,3 +126,4 @@ def test_runs_in_its_own_process(stalling_server):
     out = run_process(LoadSpec(f"http://127.0.0.1:{s['port']}/a/predict", [[1.0, 2.0]],
                                phases=[(0.5, 100.0)]))
     assert out["sent"] == out["ok"] > 20 and out["errors"] == 0
+    assert out["pid"] != os.getpid()  # its own interpreter, CPU time and event loop
