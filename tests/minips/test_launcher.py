@@ -170,3 +170,25 @@ def test_the_servers_update_rule_can_be_chosen_on_the_command_line():
         spec("--updater", "sgd:momentum=0.9")
     with pytest.raises(ValueError, match="'lr' is not key=number"):
         spec("--updater", "sgd:lr")
+
+
+@pytest.mark.parametrize("replication", [1, 2])
+def test_cli_kill_server_with_and_without_replicas(tmp_path, replication):
+    """``--kill-server`` from the command line: with ``--replication 2`` the job
+    finishes and its audit is clean; with 1 (the default) it fails at once and says why."""
+    cmd = [sys.executable, "-m", "common.cli", "ps", "launch", "--servers", "3", "--workers",
+           "2", "--app", "count", "--steps", "300", "--step-sleep", "0.005", "--audit", "2",
+           "--replication", str(replication), "--kill-server", "s1@0.4", "--no-progress",
+           "--out", str(tmp_path / "run"), "--json"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
+                       cwd=Path(__file__).resolve().parents[2])
+    if replication == 1:
+        assert p.returncode == 2
+        assert "the job failed: server s1 died" in p.stderr, p.stderr[-2000:]
+        assert "replication 1 keeps no other copy" in p.stderr
+        return
+    assert p.returncode == 0, p.stderr[-2000:]
+    res = json.loads(p.stdout.strip().splitlines()[-1])
+    assert any(e["kind"] == "ring" and "s1" in e["why"] for e in res["events"])
+    assert res["audit"]["acked_lost"] == 0 and res["audit"]["acked_duplicated"] == 0
+    assert res["clocks"] == {"w0": 300, "w1": 300}
