@@ -40,9 +40,12 @@ def test_quickstart_rollback_and_forward(clipper):
     assert c.predict("ver", [0.0])["output"] == 2.0  # a new version becomes current
     c.set_model_version("ver-model", 1)
     assert c.predict("ver", [0.0])["output"] == 1.0  # roll back: the cache keys versions
-    c.set_model_version("ver-model", 2)
+    c.set_model_version("ver-model", 2, num_replicas=2)  # forward, and scale that version
     assert c.predict("ver", [0.0])["output"] == 2.0 and \
         c.get_current_model_version("ver-model") == "2"
+    reps = sorted(r["replica_id"] for r in c.get_all_model_replicas()
+                  if r["model"] == "ver-model:2")
+    assert reps == [0, 1]
     assert set(c.get_all_apps()) >= {"hello", "ver"}
     assert {"ver-model:1", "ver-model:2", "hello:1"} <= set(c.get_all_models())
     info = c.get_app_info("ver")

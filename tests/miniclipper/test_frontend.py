@@ -268,6 +268,10 @@ def test_grpc_query_api(apps):
         assert [p["output"] for p in meta["predictions"]] == lr.predict(X[700:705]).tolist()
         meta, _ = unpack(call(pack({"app": "digits", "input": X[9].tolist()}), timeout=10))
         assert meta["predictions"][0]["output"] == int(lr.predict(X[9:10])[0])
+        meta, _ = unpack(call(pack({"app": "digits", "input_batch": X[20:23].tolist()}),
+                              timeout=10))  # a batch in the JSON header, as over REST
+        assert meta["batch"] and [p["output"] for p in meta["predictions"]] == \
+            lr.predict(X[20:23]).tolist()
         for req, code in ((pack({"app": "nope"}, [X[0]]), grpc.StatusCode.NOT_FOUND),
                           (b"garbage", grpc.StatusCode.INVALID_ARGUMENT),
                           (pack({"app": "digits"}, [X[0, :3]]),
