@@ -159,10 +159,13 @@ class WorkerRunner:
                               f"Its last log lines: {tail[-300:]}") from None
         meta, _ = wire.unpack(reply)
         if not meta["ok"]:
-            if meta["kind"] == "RUNTIME_ERROR":
-                time.sleep(0.3)
-                if not self.group.children["measure-worker"].alive():
-                    self.restart()
+            if meta["kind"] == "RUNTIME_ERROR" and poisons_context(meta.get("msg", "")):
+                # the worker answers, then exits 0.2 s later: wait for that (a loaded
+                # machine may take longer), so no later call reaches the dying process
+                child, t_end = self.group.children["measure-worker"], time.monotonic() + 10
+                while child.alive() and time.monotonic() < t_end:
+                    time.sleep(0.02)
+                self.restart()
             raise DeviceFault(meta["kind"], meta.get("msg", ""))
         return meta
 

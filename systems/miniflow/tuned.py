@@ -10,7 +10,8 @@ node miniansor extracts a task from, on a torch device, by a tuned node:
   epilogue); a transposed operand is handed to the kernel as a transposed *view* (the
   kernels address their operands through strides), so the gradient graph's
   ``x^T @ dy`` runs the tuned GEMM of the same (M, N, K), as extraction tunes it;
-* a ``MatMul`` of rank-3 operands becomes a ``_TunedGemm`` running the ``bmm`` task;
+* a batched ``MatMul`` (rank-3 operands, or one of rank 2 or batch 1 broadcast against
+  the other) becomes a ``_TunedGemm`` running the ``bmm`` task of its output's batch;
 * a ``Softmax`` of a rank-2 tensor becomes a ``_TunedSoftmax`` (the ``softmax`` task).
 
 At run time a node looks up the task for its actual shapes (the batch is only known
@@ -57,18 +58,21 @@ def _tuned_kernel(attrs, be, res):
         inputs = {"a": a, "b": b}
         if len(args) > 2:
             inputs["bias"] = args[2]
-        if a.dim() == 2:
+        if a.dim() == b.dim() == 2:
             return Task("gemm", (a.shape[0], b.shape[1], a.shape[1]), dtype, epi), inputs
-        if a.shape[0] != b.shape[0]:  # a broadcast batch: not the bmm task
-            return None, inputs
-        return Task("bmm", (a.shape[0], a.shape[1], b.shape[2], a.shape[2]), dtype), inputs
+        # a batched product, one side possibly broadcast (rank 2, or a batch of 1): the
+        # bmm task of the output's batch, the broadcast side as a stride-0 batch view
+        batch = max(t.shape[0] for t in (a, b) if t.dim() == 3)
+        a, b = (t.expand(batch, *t.shape[-2:]) for t in (a, b))
+        inputs.update(a=a, b=b)
+        return Task("bmm", (batch, a.shape[1], b.shape[2], a.shape[2]), dtype), inputs
 
     def run(*args):
         task, inputs = task_and_inputs(args)
         key = tuple((tuple(t.shape), tuple(t.stride())) for t in inputs.values())
         fn = cache.get(key)
         if fn is None:
-            hit = task is not None and task in lib
+            hit = task in lib
             fn = cache[key] = (lib.kernel(task) if hit else fallback,
                                "tuned" if hit else "fallback")
         stats[fn[1]] += 1
@@ -98,7 +102,7 @@ def _tuned_node(n: Node, pg_consumers, fetched: set[int]) -> tuple[list[Node], N
         return [n], Node(f"{n.name}/tuned", "_TunedSoftmax", list(n.inputs),
                          list(n.control_inputs), {"kind": "softmax", "dtype": dtype},
                          n.out_specs, n.device, n.op, n.created_at, n.est_seconds)
-    if n.type != "MatMul" or {_rank(r) for r in n.inputs} not in ({2}, {3}):
+    if n.type != "MatMul" or not {_rank(r) for r in n.inputs} <= {2, 3}:
         return None
     plain = _rank(n.inputs[0]) == 2 and not (n.attrs["transpose_a"] or n.attrs["transpose_b"])
     epi, fused = gemm_epilogue(n, pg_consumers, fetched) if plain else (None, None)

@@ -71,9 +71,10 @@ def test_tuned_kernels_run_in_miniflow_and_match_the_untuned_graph(tmp_path):
 
 
 def test_every_extracted_task_runs_tuned_gradients_and_batched_matmuls_too(tmp_path):
-    """The gradient graph's transposed MatMuls (``x^T @ dy``, ``dy @ w^T``) and a rank-3
-    MatMul are tasks too; each runs its tuned kernel (transposed operands as views), and
-    the answers equal the untuned graph's."""
+    """The gradient graph's transposed MatMuls (``x^T @ dy``, ``dy @ w^T``) and batched
+    MatMuls (also with a rank-2 or batch-1 side broadcast) are tasks too; each runs its
+    tuned kernel (transposed and broadcast operands as views), and the answers equal the
+    untuned graph's."""
     rng = np.random.default_rng(2)
     g = mf.Graph()
     with g.as_default():
@@ -85,10 +86,12 @@ def test_every_extracted_task_runs_tuned_gradients_and_batched_matmuls_too(tmp_p
         loss = mf.reduce_sum(mf.nn.softmax(x @ w) * scale)
         dx, dw = mf.gradients(loss, [x, w])
         att = mf.matmul(q, k)
-    fetches, feeds = [dx, dw, att], [x, q, k]
+        proj = q @ mf.constant(rng.standard_normal((6, 4)).astype(np.float32))  # 3-D @ 2-D
+        one = q @ mf.constant(rng.standard_normal((1, 6, 7)).astype(np.float32))  # batch 1
+    fetches, feeds = [dx, dw, att, proj, one], [x, q, k]
     tasks, _ = extract_tasks_from_miniflow(fetches, feeds)
     kinds = sorted(t.kind for t in tasks)
-    assert kinds.count("bmm") == 1 and kinds.count("gemm") >= 3  # forward, dx, dw
+    assert kinds.count("bmm") == 2 and kinds.count("gemm") >= 3  # forward, dx, dw
     log = tmp_path / "tune.jsonl"
     ansor.tune_tasks(tasks, trials=3 * len(tasks), device="sim", log=log, per_round=3,
                      verify="none", progress=False)
