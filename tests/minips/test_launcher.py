@@ -50,9 +50,9 @@ def test_training_survives_a_killed_server_and_runs_to_its_end(tmp_path, capsys)
     replication 2 loses a server to kill -9 a third of the way in and still trains to
     its last step, with no acknowledged push lost or applied twice (the audit keys ride
     along with every push). The progress bar is on, as on the command line."""
-    steps = 90
+    steps = 120
     out = launch(ClusterSpec(servers=3, workers=2, steps=steps, replication=2, audit=2,
-                             app={"name": "mlp"}, step_sleep_s=0.01, hb_timeout=0.5),
+                             app={"name": "mlp"}, step_sleep_s=0.01),
                  run_dir=tmp_path, eval_every_s=0.5, faults=[{"at": 0.5, "kill": "s1"}],
                  progress=True, timeout=120)
     assert any(e["kind"] == "ring" and "s1" in e["why"] for e in out["events"])
