@@ -153,11 +153,9 @@ class KVWorker(Recovery):
 
     def wait(self, ts: int, timeout: float | None = None) -> Any:
         """Block until request ``ts`` finished; a pull's values, or None for a push."""
-        req = self.requests.get(ts)
-        if req is None and ts in self.pruned:
-            return None  # an acknowledged push whose record was already dropped
+        req = self._request(ts)
         if req is None:
-            raise KeyError(f"no request with timestamp {ts} (already waited for?)")
+            return None  # an acknowledged push whose record was already dropped
         t0 = time.perf_counter()
         if not req.done.wait(timeout):
             raise TimeoutError(f"request {ts} ({req.op}) not finished after {timeout} s")
@@ -179,16 +177,21 @@ class KVWorker(Recovery):
         """Whether request ``ts`` has finished, without waiting and without forgetting it
         (a later :meth:`wait` still returns its result). Raises the request's error if
         it failed, as :meth:`wait` would."""
-        req = self.requests.get(ts)
+        req = self._request(ts)
         if req is None:
-            if ts in self.pruned:
-                return True
-            raise KeyError(f"no request with timestamp {ts} (already waited for?)")
+            return True
         if not req.done.is_set():
             return False
         if req.error is not None:
             raise req.error
         return True
+
+    def _request(self, ts: int) -> Request | None:
+        """The open request ``ts``; None for an acknowledged push already forgotten."""
+        req = self.requests.get(ts)
+        if req is None and ts not in self.pruned:
+            raise KeyError(f"no request with timestamp {ts} (already waited for?)")
+        return req
 
     def barrier(self, name: str = "start") -> None:
         self._sched("Barrier", {"name": self.name, "barrier": name}, timeout=600.0)

@@ -101,6 +101,10 @@ class ShardProgress:
             self.acked[self._in_flight.popleft()[0]] += 1
         return self.acked
 
+    def report(self, kv: KVWorker, mine: list[int]) -> None:
+        """Hand the heartbeat the acknowledged progress of the shards still ours."""
+        kv.progress = {k: v for k, v in self.settle(kv).items() if k in mine}
+
 
 class Worker:
     def __init__(self, name: str, scheduler: str, run_dir: str | None = None):
@@ -137,7 +141,7 @@ class Worker:
             mine = hb.get("shards", list(progress))
             todo = [s for s in mine if progress.get(s, steps) < steps]
             if not todo:
-                kv.progress = {k: v for k, v in done.settle(kv).items() if k in mine}
+                done.report(kv, mine)
                 kv.retire = True
                 if hb.get("job_done"):
                     break
@@ -167,7 +171,7 @@ class Worker:
             ts = kv.push(keys, grads, clock=c, ctx=ctx, wait=model.push_wait(c))
             pushes.append((c, ts))
             done.pushed(s, ts)
-            kv.progress = {k: v for k, v in done.settle(kv).items() if k in mine}
+            done.report(kv, mine)
             kv.clock = c
             timeline.append((time.perf_counter() - t_start, c, s, step, loss, waited))
             kv.metrics.start_cpu_clock()  # after the first step, which loads the data shard
