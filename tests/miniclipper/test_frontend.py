@@ -359,7 +359,14 @@ def test_metrics_hold_the_values_the_queries_imply(apps):
     assert metric(after, "clipper_app_default_ratio", app="slow") == 1.0
 
     # the queue gauge while three queries wait on a model that takes 150 ms each (one
-    # runs, two wait), and once they are all answered
+    # runs, two wait), and once they are all answered; first let whatever an earlier
+    # test queued there drain and its last batch finish (150 ms), so that the bounded
+    # queue (2) has room for all three
+    t_end = time.monotonic() + 15
+    while metric(scrape(c), "clipper_queue_length", model="dawdle:1") and \
+            time.monotonic() < t_end:
+        time.sleep(0.05)
+    time.sleep(0.3)
     with cf.ThreadPoolExecutor(3) as pool:
         answers = pool.map(lambda v: post(url(c, "tiny"), {"input": [1000.0 + v]}), range(3))
         seen, deadline = [0.0], time.monotonic() + 3
