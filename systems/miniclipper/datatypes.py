@@ -239,7 +239,7 @@ def decode_batch(buf: bytes) -> tuple[dict[str, Any], Any]:
 def encode_outputs(outputs: Any, n: int, meta: dict[str, Any]) -> bytes:
     """Check a model's outputs (one per input, numbers, numeric rows or strings) and pack
     them. Raises ValueError naming what came back when they are not that."""
-    if isinstance(outputs, np.ndarray) and outputs.dtype.kind in "OU" and outputs.ndim == 1:
+    if isinstance(outputs, np.ndarray) and outputs.dtype.kind in "OUS" and outputs.ndim == 1:
         outputs = outputs.tolist()  # class labels: sklearn's predict for string classes
     if isinstance(outputs, np.ndarray):
         arr = outputs
@@ -249,6 +249,14 @@ def encode_outputs(outputs: Any, n: int, meta: dict[str, Any]) -> bytes:
         except TypeError:
             raise ValueError(f"model returned {type(outputs).__name__}, expected a list or "
                              f"array with one output per input") from None
+        if outputs and all(isinstance(o, bytes) for o in outputs):
+            # byte-string labels (a classifier fitted on numpy 'S' labels): JSON has no
+            # bytes, so they go out as text, and only if they are text
+            try:
+                outputs = [o.decode() for o in outputs]
+            except UnicodeDecodeError as e:
+                raise ValueError(f"model returned byte strings that are not UTF-8 text "
+                                 f"({e}); return str labels or numbers") from None
         if outputs and all(isinstance(o, str) for o in outputs):
             if len(outputs) != n:
                 raise ValueError(f"model returned {len(outputs)} outputs for {n} inputs")

@@ -113,7 +113,9 @@ def test_outputs_are_checked_and_round_trip():
 
 
 @pytest.mark.parametrize("labels", [np.array(["pos", "neg", "pos"]),  # dtype <U3
-                                    np.array(["pos", "neg", "pos"], dtype=object)])
+                                    np.array(["pos", "neg", "pos"], dtype=object),
+                                    np.array([b"pos", b"neg", b"pos"]),  # dtype |S3
+                                    [b"pos", b"neg", b"pos"]])
 def test_a_numpy_array_of_class_labels_goes_out_as_strings(labels):
     """What sklearn's predict returns for a classifier fit on string labels."""
     meta, vals, sizes = decode_outputs(encode_outputs(labels, 3, {"batch_id": 4}))
@@ -122,6 +124,11 @@ def test_a_numpy_array_of_class_labels_goes_out_as_strings(labels):
         encode_outputs(labels[:2], 3, {})
     with pytest.raises(ValueError, match="numbers, 1-D numeric rows or strings"):
         encode_outputs(np.array([["a"], ["b"], ["c"]]), 3, {})
+
+
+def test_byte_labels_that_are_not_text_are_refused_with_the_reason():
+    with pytest.raises(ValueError, match="byte strings that are not UTF-8"):
+        encode_outputs(np.array([b"\xff", b"ok"]), 2, {})
 
 
 def test_cache_keys_separate_models_versions_and_inputs():
