@@ -33,7 +33,7 @@ from common.trace import merge
 
 from . import message as M
 from .apps import describe, make_app
-from .apps.count import audit_check, audit_size
+from .apps.count import audit_check, audit_size, tally_size
 from .checkpoint import checkpoint, resume_clock
 from .consistency import Consistency
 from .kv import KVWorker
@@ -345,6 +345,7 @@ def launch(spec: ClusterSpec, run_dir: str | Path | None = None,
         audit = None
         if spec.audit:
             audit = audit_run(cl, status)
+        tally = read_tally(cl) if spec.app.get("tally") else None
         if ckpt_dir:
             cl.checkpoint(ckpt_dir)
         cl.shutdown()
@@ -352,6 +353,8 @@ def launch(spec: ClusterSpec, run_dir: str | Path | None = None,
         start = status["barriers"].get("init", time.monotonic())
         out["faults"] = [{**f, "t": f.pop("t_mono") - start} for f in fired]
         out["wall_s"] = time.perf_counter() - t0
+        if tally is not None:
+            out["tally"] = tally
         return out
 
 
@@ -363,6 +366,16 @@ def audit_run(cl: Cluster, status: dict) -> dict[str, int]:
     reports = status["reports"]
     acked = {int(n[1:]): r["acked"] for n, r in reports.items()}
     return audit_check(cfg, keys, vals, acked, set(acked))
+
+
+def read_tally(cl: Cluster) -> list[list[int]]:
+    """The count app's minibatch tally: how often each (shard, step) was applied."""
+    shards, steps = tally_size(cl.spec.app)
+    kv = cl.client("tallier")
+    keys, vals = kv.wait(kv.pull_range(0, shards * steps), timeout=60)
+    counts = np.zeros(shards * steps, np.int64)
+    counts[keys.astype(np.int64)] = np.rint(vals.reshape(-1)).astype(np.int64)
+    return counts.reshape(shards, steps).tolist()
 
 
 def summarize(cl: Cluster, status: dict, curve: list, audit: dict | None) -> dict[str, Any]:

@@ -27,6 +27,25 @@ def test_a_killed_workers_shard_is_finished_by_another_and_bsp_does_not_hang(tmp
     assert audit["unacked_duplicated"] == 0 and audit["unacked_applied"] > 0
 
 
+def test_no_minibatch_of_a_dead_workers_shard_is_skipped(tmp_path):
+    """At least once, end to end: w1 dies while a frozen server holds its pushes
+    unacknowledged (under ASP it keeps computing, its later pushes queued behind the
+    stuck one), and its heir starts from the progress w1 reported. Had w1 reported the
+    minibatches it had *sent*, the queued ones would never be applied by anyone."""
+    steps = 40
+    out = launch(ClusterSpec(servers=2, workers=3, steps=steps, consistency="asp",
+                             app={"name": "count", "tally": {"shards": 3, "steps": steps}},
+                             step_sleep_s=0.02, worker_timeout=1.0, hb_timeout=10.0),
+                 run_dir=tmp_path, progress=False, timeout=90,
+                 faults=[{"at": 0.3, "freeze": "s0", "for": 2.5}, {"at": 0.8, "kill": "w1"}])
+    assert "reassign" in [e["kind"] for e in out["events"]]
+    tally = np.array(out["tally"])
+    assert tally.min() >= 1, f"skipped minibatches (shard, step): {np.argwhere(tally < 1)}"
+    # only w1's shard can have a repeat, and only the few its heir redid
+    assert (tally[[0, 2]] == 1).all()
+    assert (tally[1] > 1).sum() <= 10
+
+
 def test_a_dead_server_without_replicas_fails_the_job_with_its_reason(tmp_path):
     """With replication 1 nobody else holds the dead server's ranges: the job must end
     with the reason, not hang with the ranges' new owners waiting for a copy."""

@@ -55,5 +55,8 @@ def describe(spec: dict[str, Any]) -> dict[str, Any]:
         return {"key_max": param_count(int(spec.get("hidden", 64))),
                 "updater": {"name": "sgd", "lr": float(spec.get("lr", 0.25))}}
     if name == "count":
-        return {"key_max": 0, "updater": {"name": "sum"}}
+        from .count import tally_size
+
+        shards, steps = tally_size(spec)
+        return {"key_max": shards * steps, "updater": {"name": "sum"}}
     raise ValueError(f"unknown app {name!r}; choose from sparse_lr, mlp, count")

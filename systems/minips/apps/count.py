@@ -13,7 +13,7 @@ applied, which makes the guarantees checkable:
 
 The ``count`` app trains nothing: its steps push only audit keys (the counting test of
 the issue: "every worker adds known increments, the final values equal the
-acknowledged total").
+acknowledged total"), and, if asked, a tally of minibatches (:class:`Count`).
 """
 
 from __future__ import annotations
@@ -74,11 +74,21 @@ def audit_check(cfg: dict[str, Any], keys: np.ndarray, vals: np.ndarray,
 
 
 class Count:
-    """No model: each step pushes only its audit keys."""
+    """No model: each step pushes only its audit keys, and with ``tally`` one more.
+
+    ``{"name": "count", "tally": {"shards": W, "steps": S}}`` gives every minibatch
+    (shard, step) a key of its own, ``shard * S + step``, to which its step adds 1 (the
+    servers sum it). The audit counts *pushes* by the worker and clock that sent them;
+    the tally counts *minibatches*, whoever ran them, so it shows what happened to a dead
+    worker's shard: every key must read at least 1 (no minibatch skipped), and more
+    than 1 only where an heir redid a minibatch whose push was applied but not yet
+    reported (worker.py: at least once).
+    """
 
     def __init__(self, spec: dict[str, Any], num_shards: int):
         self.spec = spec
-        self.key_max = 0
+        self.tally = tally_size(spec)
+        self.key_max = self.tally[0] * self.tally[1]
 
     def init_values(self):
         return None
@@ -87,10 +97,22 @@ class Count:
         return []
 
     def keys(self, shard: int, step: int) -> np.ndarray:
+        shards, steps = self.tally
+        if shard < shards and step < steps:
+            return np.array([shard * steps + step], KEY_DTYPE)
         return np.zeros(0, KEY_DTYPE)
 
     def step(self, shard: int, step: int, keys: np.ndarray, w: np.ndarray):
-        return np.zeros((0, 1), VAL_DTYPE), 0.0
+        return np.ones((keys.size, 1), VAL_DTYPE), 0.0
 
     def evaluate(self, keys: np.ndarray, vals: np.ndarray) -> dict[str, float]:
         return {"sum": float(vals.sum())}
+
+
+def tally_size(spec: dict[str, Any]) -> tuple[int, int]:
+    """(shards, steps) of the minibatch tally; (0, 0) without one."""
+    t = spec.get("tally") or {}
+    shards, steps = int(t.get("shards", 0)), int(t.get("steps", 0))
+    if shards < 0 or steps < 0:
+        raise ValueError(f"count's tally needs non-negative shards and steps, got {t}")
+    return shards, steps
