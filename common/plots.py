@@ -111,5 +111,6 @@ def line_chart(series: dict[str, tuple[Sequence[float], Sequence[float]]], path:
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # nothing to plot (e.g. no successful trial)
+        ax.legend(fontsize=8)
     return _save(fig, path)

@@ -45,7 +45,10 @@ def _print_best(summary: dict) -> None:
              cell(r["tflops"], "{:.1f}"), r["sketch"] or "-", r["ann"] or "-")
             for r in summary["tasks"]]
     print(format_table(rows, ("task", "weight", "best us", "TFLOP/s", "sketch", "annotation")))
-    if summary.get("weighted_latency_us") is not None:
+    failed = [r["task"] for r in summary["tasks"] if r["best_us"] is None]
+    if failed:
+        total = f"no latency: {len(failed)} task(s) have no successful measurement"
+    elif summary.get("weighted_latency_us") is not None:
         total = f"weighted latency {summary['weighted_latency_us']:.2f} us"
     else:  # a log without task weights: say what the number is
         total = f"unweighted sum of best latencies {summary['latency_sum_us']:.2f} us " \
@@ -116,9 +119,14 @@ def _show(args: argparse.Namespace) -> dict[str, Any]:
     line_chart(curves, plot, "trials (of that task)", "best TFLOP/s so far",
                title=f"best throughput vs trials: {Path(args.log).name}")
     weights = task_weights(args.log)
-    tasks = [{"task": k, "weight": weights.get(k), "best_us": b.time * 1e6,
-              "tflops": b.task.flops / b.time / 1e12, "sketch": b.sketch.name, "ann": b.ann}
-             for k, b in best.items()]
+    tasks = []
+    for k in seen:  # every task of the log, also one whose measurements all failed
+        b = best.get(k)
+        tasks.append({"task": k, "weight": weights.get(k),
+                      "best_us": None if b is None else b.time * 1e6,
+                      "tflops": None if b is None else b.task.flops / b.time / 1e12,
+                      "sketch": None if b is None else b.sketch.name,
+                      "ann": None if b is None else b.ann})
     errors: dict[str, int] = {}
     for _, r in records:
         if not r.ok:
@@ -133,7 +141,11 @@ def _show(args: argparse.Namespace) -> dict[str, Any]:
 
 def _latency_totals(tasks: list[dict]) -> dict[str, float | None]:
     """The objective the tuner minimised, sum of weight x best latency (weights as the
-    log recorded them), or None when some task has no weight; and the plain sum."""
+    log recorded them), or None when some task has no weight; and the plain sum. Both
+    are None when a task has no successful measurement: the model cannot run then, and
+    a sum without it would look like a result (the tuner's summary says inf)."""
+    if any(t["best_us"] is None for t in tasks):
+        return {"weighted_latency_us": None, "latency_sum_us": None}
     plain = sum(t["best_us"] for t in tasks)
     weighted = None if any(t["weight"] is None for t in tasks) else \
         sum(t["weight"] * t["best_us"] for t in tasks)

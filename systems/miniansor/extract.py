@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 import operator
-from collections import Counter
 from collections.abc import Set
 
 import torch
@@ -34,7 +33,7 @@ import torch.nn.functional as F
 from torch import fx
 from torch.fx.passes.shape_prop import ShapeProp
 
-from .workloads import Epilogue, Task
+from .workloads import Epilogue, Task, merge_tasks
 
 _MATMULS = {torch.matmul, operator.matmul, torch.bmm, torch.mm}
 _SOFTMAX = {torch.softmax, F.softmax}
@@ -173,6 +172,4 @@ def extract_tasks(module: torch.nn.Module, example_inputs: tuple, dtype: str = "
         r = _row_task(gm, node, dtype)
         if r is not None:
             found.append(r)
-    counts = Counter(t.key for t in found)
-    tasks = list({t.key: t for t in found}.values())
-    return tasks, [counts[t.key] for t in tasks]
+    return merge_tasks(found)

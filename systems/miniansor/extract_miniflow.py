@@ -22,9 +22,7 @@ counted, as in :func:`.extract.extract_tasks`.
 
 from __future__ import annotations
 
-from collections import Counter
-
-from .workloads import Epilogue, Task
+from .workloads import Epilogue, Task, merge_tasks
 
 _DTYPES = {"float16": "fp16", "float32": "fp32"}
 
@@ -102,6 +100,4 @@ def extract_tasks_from_miniflow(fetches, feeds=(), batch: int = 32, dtype: str |
             dt = dtype or _DTYPES.get(n.out_specs[0][0].name)
             if x is not None and len(x) == 2 and dt is not None:
                 found.append(Task("softmax", x, dt))
-    counts = Counter(t.key for t in found)
-    tasks = list({t.key: t for t in found}.values())
-    return tasks, [counts[t.key] for t in tasks]
+    return merge_tasks(found)

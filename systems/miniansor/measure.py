@@ -220,8 +220,15 @@ class Measurer:
         return self.consecutive_errors.get(task.key, 0) >= self.max_consecutive_errors
 
     def _measure_one(self, inp: MeasureInput) -> MeasureResult:
-        reasons = check(inp.task, inp.sketch, inp.ann, self.limits) \
-            if self.enforce_limits else []
+        """One config's result; whatever goes wrong is recorded, never raised (TVM's
+        ``ProgramMeasurer`` turns every builder and runner exception into an error
+        number the same way), so a student's template that lacks a knob our checks
+        read costs one trial, not the tuning run."""
+        try:
+            reasons = check(inp.task, inp.sketch, inp.ann, self.limits) \
+                if self.enforce_limits else []
+        except Exception as e:  # noqa: BLE001 - a config the checks cannot read
+            reasons = [f"{type(e).__name__}: {e}"]
         if reasons:
             return MeasureResult([], ErrorNo.INSTANTIATION_ERROR, "; ".join(reasons))
         try:
@@ -236,4 +243,6 @@ class Measurer:
         except DeviceFault as f:
             err = ErrorNo.__members__.get(f.kind, ErrorNo.UNKNOWN_ERROR)
             return MeasureResult([], err, f.msg)
+        except Exception as e:  # noqa: BLE001 - a device or template bug, recorded
+            return MeasureResult([], ErrorNo.UNKNOWN_ERROR, f"{type(e).__name__}: {e}"[:300])
         return MeasureResult(list(costs))

@@ -108,6 +108,21 @@ def _sketch_for(task: Task, rec: dict, cache: dict) -> Sketch:
     return sk
 
 
+_FIELD_TYPES = {"task": str, "sketch": str, "ann": dict, "costs": list, "error": str}
+
+
+def _checked(rec: object) -> dict:
+    """A record line's JSON, if it has the fields a record needs with the right types;
+    a ValueError naming the first one that is wrong (a line edited by hand, or written
+    by something else, must be skipped, not crash every reader of the log)."""
+    if not isinstance(rec, dict):
+        raise ValueError(f"a record is a JSON object, got {type(rec).__name__}")
+    for f, t in _FIELD_TYPES.items():
+        if not isinstance(rec.get(f), t):
+            raise ValueError(f"field {f!r} must be a {t.__name__}, got {rec.get(f)!r:.60}")
+    return rec
+
+
 def load_records(path: str | Path) -> list[tuple[MeasureInput, MeasureResult]]:
     """All measurements in a log, in order. A torn or malformed line is skipped with a
     warning naming it (an interrupted run can leave one at the end)."""
@@ -119,14 +134,14 @@ def load_records(path: str | Path) -> list[tuple[MeasureInput, MeasureResult]]:
         if not line.strip():
             continue
         try:
-            rec = json.loads(line)
+            rec = _checked(json.loads(line))
             task = Task.from_key(rec["task"])
             inp = MeasureInput(task, _sketch_for(task, rec, cache),
                                {k: int(v) for k, v in rec["ann"].items()})
             res = MeasureResult([float(c) for c in rec["costs"]], ErrorNo[rec["error"]],
                                 rec.get("error_msg", ""), rec.get("all_cost", 0.0),
                                 rec.get("timestamp", 0.0), str(rec.get("device", "")))
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
             print(f"miniansor: skipping line {i} of {path}: {type(e).__name__}: {e}",
                   file=sys.stderr)
             continue

@@ -91,13 +91,18 @@ class TaskScheduler:
         return float(sum(w * x for w, x in zip(self.weights, c, strict=True)))
 
     def restore(self, per_round: int) -> None:
-        """After policies were preloaded from a log: rebuild counts and best latencies."""
+        """After policies were preloaded from a log: rebuild counts and best latencies.
+
+        Only complete rounds count (TVM's ``_restore_status`` rounds to the nearest
+        round instead): a task whose warm-up round was cut short by the interruption
+        gets its warm-up again, instead of being judged on what it had measured so far
+        (one failed config would mark it dead)."""
         for i, pol in enumerate(self.policies):
             n = len(pol.history)
             self.trials += n
             if pol.best is not None:
                 self.best_costs[i] = pol.best[1]
-            self.task_cts[i] = self.task_best_cts[i] = math.ceil(n / per_round)
+            self.task_cts[i] = self.task_best_cts[i] = n // per_round
             self.costs_history[i] = [self.best_costs[i]] * self.task_cts[i]
             if self.measurer.task_dead(self.tasks[i]):
                 self.dead.add(i)  # it kept failing before the interruption
@@ -164,14 +169,22 @@ class TaskScheduler:
         self.log.objective.append(self.objective())
         self.log.chosen.append(i)
 
+    def round_size(self, total_trials: int, per_round: int) -> int:
+        """Trials per round: at most ``total_trials // len(tasks)``, as TVM, so that the
+        warm-up reaches every task."""
+        if per_round <= 0:
+            raise ValueError(f"per_round must be at least 1, got {per_round}")
+        size = min(per_round, total_trials // len(self.tasks))
+        if size <= 0:
+            raise ValueError(f"total_trials={total_trials} is too small: need at least one "
+                             f"per task ({len(self.tasks)} tasks)")
+        return size
+
     def tune(self, total_trials: int, per_round: int = 8, progress: bool = True) -> ScheduleLog:
         """Spend up to ``total_trials`` measurements (counting any restored from a log).
         As TVM, a round is at most ``total_trials // len(tasks)`` trials, so that the
         warm-up reaches every task."""
-        per_round = min(per_round, total_trials // len(self.tasks))
-        if per_round <= 0:
-            raise ValueError(f"total_trials={total_trials} is too small: need at least one "
-                             f"per task ({len(self.tasks)} tasks)")
+        per_round = self.round_size(total_trials, per_round)
         bar = tqdm(total=total_trials, initial=min(self.trials, total_trials),
                    desc=f"tune {len(self.tasks)} tasks [{self.strategy}]", unit="trial",
                    disable=not progress, leave=False)

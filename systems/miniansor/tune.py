@@ -36,7 +36,7 @@ from .records import Best, RecordToFile, best_per_task, devices, load_records, o
 from .search_policy import SearchParams, SketchPolicy
 from .simulator import SimulatedGPU
 from .task_scheduler import ScheduleLog, TaskScheduler
-from .workloads import Task
+from .workloads import Task, merge_tasks
 
 
 def make_device(spec, seed: int = 0):
@@ -135,7 +135,9 @@ def tune_tasks(tasks: list[Task], weights: list[float] | None = None, trials: in
     """Tune ``tasks`` (with ``weights``, default 1 each) for ``trials`` measurements.
     ``log`` is resumed and appended to; ``history`` (a log of earlier tuning on this
     device) only pre-trains the cost model."""
-    weights = list(weights) if weights is not None else [1.0] * len(tasks)
+    # two entries of one task (two front ends' lists joined) are one tuning problem:
+    # tuned apart they would measure configs twice and log one weight for both
+    tasks, weights = merge_tasks(tasks, weights)
     dev = make_device(device, seed)
     if verify == "auto":  # the simulator runs no kernel, so check ours; others check theirs
         verify = "local" if dev.kind == "sim" else "none"
@@ -168,7 +170,7 @@ def tune_tasks(tasks: list[Task], weights: list[float] | None = None, trials: in
         sched = TaskScheduler(tasks, weights, policies, measurer, cost_model,
                               strategy=strategy, seed=seed)
         if records:
-            sched.restore(per_round)
+            sched.restore(sched.round_size(trials, per_round))
         sched.tune(trials, per_round, progress)
     finally:
         if isinstance(device, str) and hasattr(dev, "close"):

@@ -206,6 +206,25 @@ class Task:
         return y.to(DTYPES[self.dtype])
 
 
+def merge_tasks(tasks: list[Task], weights: list[float] | None = None
+                ) -> tuple[list[Task], list[float]]:
+    """Identical tasks (same key) merged into one, first-seen order, weights summed.
+
+    A task key is the identity of a tuning problem: Ansor tunes each distinct subgraph
+    once and weights it by how often the model runs it (section 6). Both extractors
+    end with this, and ``tune_tasks`` applies it to whatever list it is given."""
+    weights = [1] * len(tasks) if weights is None else list(weights)
+    if len(weights) != len(tasks):
+        raise ValueError(f"{len(tasks)} tasks but {len(weights)} weights")
+    merged: dict[str, list] = {}
+    for t, w in zip(tasks, weights, strict=True):
+        if t.key in merged:
+            merged[t.key][1] += w
+        else:
+            merged[t.key] = [t, w]
+    return [t for t, _ in merged.values()], [w for _, w in merged.values()]
+
+
 def cdiv(a: int, b: int) -> int:
     """Ceiling division (host-side; ``triton.cdiv`` is a jit function, slow to call)."""
     return -(-a // b)

@@ -87,6 +87,28 @@ def test_show_weights_each_task_as_the_tuner_did(tmp_path, capsys):
     assert out["latency_sum_us"] == pytest.approx(6.0)
 
 
+def test_show_lists_a_task_whose_measurements_all_failed_and_gives_no_total(tmp_path,
+                                                                           capsys):
+    from systems.miniansor.measure import ErrorNo, MeasureInput, MeasureResult
+    from systems.miniansor.records import RecordToFile
+    from systems.miniansor.sketch import generate_sketches
+    from systems.miniansor.workloads import layernorm, softmax
+
+    a, b = softmax(4, 64, "fp32"), layernorm(4, 64, "fp32")
+    log = tmp_path / "m.jsonl"
+    _log(log, "dev", {a.key: 1, b.key: 5}, [(a, 2e-6)])
+    RecordToFile(log, "dev", {b.key: 5})(
+        MeasureInput(b, generate_sketches(b)[0], {"num_warps": 1}),
+        MeasureResult([], ErrorNo.WRONG_ANSWER, "bad"))
+    out = _show(str(log), "--plot", str(tmp_path / "p.png"))
+    rows = {t["task"]: t for t in out["tasks"]}
+    assert set(rows) == {a.key, b.key} and rows[b.key]["best_us"] is None
+    assert rows[a.key]["best_us"] == pytest.approx(2.0)
+    # a model missing a kernel has no latency: not the sum of the others
+    assert out["weighted_latency_us"] is None and out["latency_sum_us"] is None
+    assert "no latency: 1 task(s) have no successful measurement" in capsys.readouterr().out
+
+
 def test_tune_on_the_replayed_h200_picks_a_recorded_config_at_its_recorded_time():
     """``--device replay:FILE`` measures nothing: every trial is a row of the committed
     table of real H200 times, so the best must be one of its rows, at that row's time."""

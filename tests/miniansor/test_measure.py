@@ -59,6 +59,30 @@ def test_a_failing_config_is_recorded_not_fatal():
     assert results[2].time == float("inf") and results[2].costs == []
 
 
+class Broken:
+    """A device whose measurement raises something other than a DeviceFault."""
+
+    name, kind = "broken", "sim"
+
+    def measure(self, task, sketch, ann, repeats):
+        raise ZeroDivisionError("a bug in the device model")
+
+
+def test_an_exception_outside_the_device_fault_is_recorded_too():
+    """A student's GEMM template lacking the tile knobs our limit check reads, and a
+    device that raises an unexpected error: each costs one recorded trial."""
+    seen = []
+    student = Sketch("student", "tests.miniansor.faulty:launch_wrong", (("num_warps", (4,)),))
+    task = gemm(64, 64, 64)
+    m = Measurer(SimulatedGPU(), verify="local", callbacks=[lambda i, r: seen.append(r)])
+    (res,) = m.measure([MeasureInput(task, student, {"num_warps": 4})])
+    assert res.error == ErrorNo.INSTANTIATION_ERROR and "KeyError" in res.error_msg
+    m = Measurer(Broken(), verify="none", callbacks=[lambda i, r: seen.append(r)])
+    (res,) = m.measure([MeasureInput(task, generate_sketches(task)[0], GOOD)])
+    assert res.error == ErrorNo.UNKNOWN_ERROR and "ZeroDivisionError" in res.error_msg
+    assert len(seen) == 2 and m.consecutive_errors[task.key] == 1
+
+
 def test_a_long_run_of_errors_stops_the_task():
     task = gemm(64, 64, 64)
     sk = generate_sketches(task)[0]

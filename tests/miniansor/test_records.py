@@ -51,6 +51,23 @@ def test_a_torn_last_line_is_skipped(tmp_path, capsys):
     assert load_records(tmp_path / "missing.jsonl") == []
 
 
+def test_a_malformed_line_is_skipped_not_fatal(tmp_path, capsys):
+    """Valid JSON of the wrong shape (a hand edit, another tool's line) is skipped with
+    its reason, like a torn line; it used to make every reader of the log crash."""
+    task = softmax(4, 100, "fp32")
+    path = tmp_path / "log.jsonl"
+    _write(path, [(MeasureInput(task, generate_sketches(task)[0], {"num_warps": 1}),
+                   MeasureResult([1e-6]))])
+    good = json.loads(path.read_text())
+    bad = [{**good, "ann": None}, {**good, "task": 7}, [1, 2], {**good, "costs": "1e-6"}]
+    with open(path, "a") as f:
+        f.writelines(json.dumps(b) + "\n" for b in bad)
+    assert len(load_records(path)) == 1
+    err = capsys.readouterr().err
+    assert "line 2" in err and "'ann' must be a dict" in err and "'task' must be a str" in err
+    assert "line 4" in err and "line 5" in err
+
+
 def test_apply_history_best_runs_the_fastest_recorded_kernel(tmp_path):
     task = gemm(40, 50, 60, "fp32", act="relu")
     other = softmax(5, 64, "fp32")

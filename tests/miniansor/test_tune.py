@@ -125,6 +125,32 @@ def test_a_task_stopped_for_consecutive_errors_stays_stopped_on_resume(tmp_path)
     assert res.resumed == 33 and res.trials == 33 and len(load_records(log)) == 33
 
 
+def test_a_resume_after_one_failed_first_measurement_tunes_the_task(tmp_path):
+    """A run killed right after its first measurement, which failed: the cut-short
+    warm-up round must not count as a round (the task was then judged dead on it)."""
+    log = tmp_path / "tune.jsonl"
+    RecordToFile(log, SimulatedGPU().name)(
+        MeasureInput(TASK, generate_sketches(TASK)[0],
+                     {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 16, "num_warps": 2,
+                      "num_stages": 2}),
+        MeasureResult([], ErrorNo.RUNTIME_ERROR, "worker died"))
+    res = tune_task(TASK, 24, log=log, progress=False, verify="none")
+    assert res.resumed == 1 and res.trials == 24 and TASK.key in res.best
+
+
+def test_the_same_task_listed_twice_is_tuned_once_with_the_summed_weight(tmp_path):
+    from systems.miniansor.tune import tune_tasks
+    from systems.miniansor.workloads import softmax
+
+    log = tmp_path / "t.jsonl"
+    res = tune_tasks([softmax(64, 3000), softmax(64, 3000)], [1, 3], 16, log=log,
+                     progress=False, verify="none", per_round=4)
+    assert [t.key for t in res.tasks] == [softmax(64, 3000).key] and res.weights == [4]
+    keys = [i.key for i, _ in load_records(log)]
+    assert len(keys) == len(set(keys)) == 16  # no config measured twice
+    assert task_weights(log) == {softmax(64, 3000).key: 4.0}
+
+
 # ---- learning from other tasks' records (TVM's update_from_file) ---------------------
 OTHERS = [gemm(2048, 2048, 2048, "fp16"), gemm(128, 4096, 4096, "fp16"),
           gemm(16, 4096, 14336, "fp16")]
