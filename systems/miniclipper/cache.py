@@ -45,11 +45,18 @@ class CacheStats:
     too_large: int = 0
 
 
-class PredictionCache:
-    """CLOCK cache of prediction futures under ``max_bytes`` of output."""
+# What one kept entry costs besides its output, measured with tracemalloc on CPython
+# 3.11 (the ring's node, the CacheEntry, its future): charged with the key's length, so
+# the budget bounds memory even for outputs of (nearly) no bytes, such as "" labels.
+ENTRY_BYTES = 320
 
-    def __init__(self, max_bytes: int = 32 << 20):
-        self.max_bytes = max_bytes
+
+class PredictionCache:
+    """CLOCK cache of prediction futures under ``max_bytes``: each kept entry costs its
+    output's bytes plus ``entry_bytes`` and its key's length."""
+
+    def __init__(self, max_bytes: int = 32 << 20, entry_bytes: int = ENTRY_BYTES):
+        self.max_bytes, self.entry_bytes = max_bytes, entry_bytes
         self.size_bytes = 0
         self.ring: OrderedDict[bytes, CacheEntry] = OrderedDict()
         self.stats = CacheStats()
@@ -90,14 +97,16 @@ class PredictionCache:
         return out
 
     def put(self, key: bytes, value: Any, nbytes: int) -> None:
-        """Complete a pending prediction, then keep it if it fits the budget."""
+        """Complete a pending prediction, then keep it if it fits the budget (``nbytes``
+        is the output's size; the entry's own cost is added here)."""
         entry = self.ring.get(key)
         if entry is None or entry.completed:
             return
         entry.task = None
         if not entry.future.done():
             entry.future.set_result(value)
-        if nbytes > self.max_bytes:
+        nbytes += self.entry_bytes + len(key)
+        if nbytes > self.max_bytes or nbytes == 0:  # max_bytes=0 keeps nothing at all
             self.stats.too_large += 1
             del self.ring[key]
             return

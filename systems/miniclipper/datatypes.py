@@ -66,6 +66,11 @@ def parse_input(value: Any, input_type: str, input_length: int | None = None) ->
         if not isinstance(value, str):
             raise InputError(f"input_type 'strings' needs a JSON string, got "
                              f"{type(value).__name__}")
+        try:  # JSON's \ud800 escapes decode to lone surrogates, which are not text
+            value.encode()
+        except UnicodeEncodeError as e:
+            raise InputError(f"input is not valid Unicode text: {e.reason} at position "
+                             f"{e.start}") from None
         return value
     if input_type == "bytes":
         if not isinstance(value, str):
@@ -111,6 +116,15 @@ def _no_constant(name: str) -> float:
     raise InputError(f"{name} is not a JSON number (inputs must be finite)")
 
 
+def _finite_float(text: str) -> float:
+    """A JSON number too large for a float (``1e999``) would become inf, which no JSON
+    answer can carry back: refuse it as NaN and Infinity are."""
+    x = float(text)
+    if not math.isfinite(x):
+        raise InputError(f"the number {text[:40]} overflows a float (numbers must be finite)")
+    return x
+
+
 def loads_strict(body: bytes | str) -> Any:
     """Parse a request body as JSON proper: Python's parser also takes NaN and Infinity,
     which JSON has no literal for and a model cannot use. Two limits of the parser are
@@ -118,7 +132,7 @@ def loads_strict(body: bytes | str) -> Any:
     as a 500: nesting past Python's recursion limit (``b"[" * 50000``), and an integer
     of more digits than ``int()`` converts (``sys.get_int_max_str_digits``, 4300)."""
     try:
-        return json.loads(body, parse_constant=_no_constant)
+        return json.loads(body, parse_constant=_no_constant, parse_float=_finite_float)
     except RecursionError:
         raise InputError("the body's JSON nests deeper than the parser can follow") from None
     except (json.JSONDecodeError, UnicodeDecodeError, InputError):

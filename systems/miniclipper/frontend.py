@@ -262,7 +262,7 @@ async def run(args: argparse.Namespace) -> None:
     runners = []
     ports = {}
     for key, app, port in (("query_port", query_app(server), args.query_port),
-                           ("mgmt_port", management_app(server), args.mgmt_port)):
+                           ("mgmt_port", management_app(server, args.host), args.mgmt_port)):
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, args.host, port)

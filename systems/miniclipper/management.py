@@ -19,6 +19,7 @@ URL and path components.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import re
@@ -41,6 +42,7 @@ from .selection import POLICIES, make_policy
 log = logging.getLogger("miniclipper.management")
 
 NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?\Z")
+MAX_SLO_MICROS = 3600 * 10**6  # an hour: more is no latency objective (and 10**400 overflows)
 
 
 class BadRequest(ValueError):
@@ -81,11 +83,31 @@ class ReplicaFailure(RuntimeError):
     """A management operation that left the model with fewer replicas than asked."""
 
 
-def _cross_site(request: web.Request) -> tuple[int, str] | None:
+def _host_name(host: str) -> str:
+    """The name in a Host header: ``name:port``, ``name``, ``[v6]:port``."""
+    if host.startswith("["):
+        return host[1:host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _cross_site(request: web.Request, bind_host: str) -> tuple[int, str] | None:
     """(status, why) if a management call must be refused, else None. Binding loopback
     does not stop a web page in the user's own browser from POSTing here; a browser can
     send ``text/plain`` across sites without asking, but not ``application/json`` (that
-    needs a CORS preflight, which we never answer), and it always names the Origin."""
+    needs a CORS preflight, which we never answer), and it always names the Origin.
+
+    Comparing the Origin with the Host is not enough by itself: a page's own domain
+    can be re-bound to 127.0.0.1 (DNS rebinding), and then Origin and Host agree. So
+    the Host must name this server the way no web page's domain can: an IP address,
+    ``localhost``, or the name it was started with (``--host``)."""
+    name = _host_name(request.host or "")
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        if name not in ("localhost", bind_host):
+            return 403, (f"management call addressed to Host {request.host!r}; address "
+                         f"this server by IP, as localhost or as {bind_host!r} (a web "
+                         f"page's domain can be re-bound to this machine)")
     origin = request.headers.get("Origin")
     if origin is not None and origin.split("://")[-1] != request.host:
         return 403, f"cross-origin management call from Origin {origin!r}"
@@ -95,7 +117,7 @@ def _cross_site(request: web.Request) -> tuple[int, str] | None:
     return None
 
 
-def management_app(server: ClipperServer) -> web.Application:
+def management_app(server: ClipperServer, bind_host: str = rpc.LOOPBACK) -> web.Application:
     qp, ex, sup = server.qp, server.executor, server.supervisor
 
     def model_of(doc: dict[str, Any]) -> tuple[str, str]:
@@ -118,8 +140,9 @@ def management_app(server: ClipperServer) -> web.Application:
             raise BadRequest(f"input_type must be one of {sorted(INPUT_DTYPES)}")
         if d.get("selection_policy", "exp3") not in POLICIES:
             raise BadRequest(f"selection_policy must be one of {sorted(POLICIES)}")
-        if d["latency_slo_micros"] <= 0:
-            raise BadRequest("latency_slo_micros must be positive")
+        if not 0 < d["latency_slo_micros"] <= MAX_SLO_MICROS:
+            raise BadRequest(f"latency_slo_micros must be in 1..{MAX_SLO_MICROS} "
+                             f"(one hour), got {d['latency_slo_micros']}")
         if d.get("input_length", 1) <= 0:
             raise BadRequest("input_length must be positive (or left out: any length)")
         policy = d.get("selection_policy", "exp3")
@@ -180,6 +203,9 @@ def management_app(server: ClipperServer) -> web.Application:
     async def add_model_links(doc: dict[str, Any]) -> Any:
         d = _fields(doc, {"app_name": str, "model_names": list}, {}, "add_model_links")
         app = qp.app(d["app_name"])
+        if not all(isinstance(m, str) for m in d["model_names"]):
+            raise BadRequest(f"add_model_links: model_names must be a list of strings, got "
+                             f"{d['model_names']!r:.80}")
         known = {n for n, _ in server.models}
         missing = [m for m in d["model_names"] if m not in known]
         if missing:
@@ -280,7 +306,7 @@ def management_app(server: ClipperServer) -> web.Application:
                 for rep in ex.replicas[model].values()]
 
     async def get_batch_log(doc: dict[str, Any]) -> Any:
-        d = _fields(doc, {"model_name": str}, {"model_version": (str, int), "since": float},
+        d = _fields(doc, {"model_name": str}, {"model_version": (str, int), "since": (int, float)},
                     "get_batch_log")
         model = model_of(d)
         since = d.get("since", 0.0)
@@ -303,7 +329,7 @@ def management_app(server: ClipperServer) -> web.Application:
 
     def route(name: str, fn: Callable[[Any], Awaitable[Any]]) -> Any:
         async def handler(request: web.Request) -> web.Response:
-            refused = _cross_site(request)
+            refused = _cross_site(request, bind_host)
             if refused:
                 return error_json(refused[0], "Refused", refused[1])
             body = await request.read()

@@ -14,7 +14,8 @@ Two additions:
   :class:`QueueFull`, which the frontend turns into HTTP 429 / gRPC RESOURCE_EXHAUSTED,
   instead of letting the queue, and every query's latency, grow without bound;
 * **delayed batching** (Clipper §4.3.2; clipper-v0 ``wait_time_nanos``): when fewer than
-  a full batch are waiting, wait up to ``max_delay_s`` after the oldest arrival for more.
+  a full batch are waiting, wait up to ``max_delay_s`` after the oldest arrival for more,
+  but never so long that a waiting query is left too little of its SLO to be served.
 """
 
 from __future__ import annotations
@@ -42,19 +43,43 @@ class TaskExpired(Exception):
 
 
 class ModelQueue:
-    """An EDF queue of :class:`PredictTask` for one model version."""
+    """An EDF queue of :class:`PredictTask` for one model version.
+
+    A task's place in the queue is the *earliest* deadline among the queries waiting
+    for it, and it is dropped at the *latest* (``task.deadline``): a query that
+    coalesces onto a queued task (same model and input, see :mod:`.cache`) moves it up
+    when it is in more of a hurry (:meth:`promote`) and keeps it alive when it can wait
+    longer. The heap may then hold an old entry of a task; only the entry matching
+    ``_key[task]`` counts, the others are skipped when they surface.
+    """
 
     def __init__(self, model: tuple[str, str], max_len: int = 1024,
                  on_drop: Callable[[PredictTask], None] | None = None):
         self.model, self.max_len = model, max_len
         self.on_drop = on_drop or (lambda task: None)
         self._heap: list[tuple[float, int, PredictTask]] = []
+        self._key: dict[int, float] = {}  # id(task) -> its live heap key, while queued
         self._seq = itertools.count()
         self._changed = asyncio.Event()
         self.dropped = 0
 
     def __len__(self) -> int:
-        return len(self._heap)
+        return len(self._key)
+
+    def _push(self, task: PredictTask, key: float) -> None:
+        self._key[id(task)] = key
+        heapq.heappush(self._heap, (key, next(self._seq), task))
+
+    def _live(self, entry: tuple[float, int, PredictTask]) -> bool:
+        return self._key.get(id(entry[2])) == entry[0]
+
+    def _pop_live(self) -> PredictTask | None:
+        while self._heap:
+            entry = heapq.heappop(self._heap)
+            if self._live(entry):
+                del self._key[id(entry[2])]
+                return entry[2]
+        return None
 
     def put(self, tasks: list[PredictTask], *, bounded: bool = True) -> None:
         """Enqueue all of ``tasks`` or none: raises :class:`QueueFull` over the bound.
@@ -64,28 +89,42 @@ class ModelQueue:
             raise InputError(f"a request of {len(tasks)} queries can never fit the queue "
                              f"of model {self.model[0]}:{self.model[1]} (bound "
                              f"{self.max_len}); send it in smaller batches")
-        if bounded and len(self._heap) + len(tasks) > self.max_len:
+        if bounded and len(self) + len(tasks) > self.max_len:
             self._drop_expired(time.monotonic())
-            if len(self._heap) + len(tasks) > self.max_len:
+            if len(self) + len(tasks) > self.max_len:
                 raise QueueFull(self.model, self.max_len)
         now = time.monotonic()
         for t in tasks:
             t.enqueued = t.enqueued or now
-            heapq.heappush(self._heap, (t.deadline, next(self._seq), t))
+            self._push(t, t.deadline)
         self._changed.set()
+
+    def promote(self, task: PredictTask, deadline: float) -> None:
+        """A query with ``deadline`` now waits for ``task`` too: serve the task by the
+        earlier of the two (if it is still queued), drop it only after the later."""
+        task.deadline = max(task.deadline, deadline)
+        key = self._key.get(id(task))
+        if key is not None and deadline < key:
+            self._push(task, deadline)
+            self._changed.set()  # a delayed batch may have to leave sooner
 
     def take_all(self) -> list[PredictTask]:
         """Empty the queue (its model has no replica left to serve it)."""
-        tasks = [t for _, _, t in self._heap]
+        tasks = [e[2] for e in sorted(self._heap, key=lambda e: e[:2]) if self._live(e)]
         self._heap.clear()
+        self._key.clear()
         return tasks
 
     def _drop_expired(self, now: float) -> None:
         while self._heap and self._heap[0][0] <= now:
-            _, _, task = heapq.heappop(self._heap)
-            if task.deadline > now:  # a coalesced duplicate extended it: re-key, keep it
-                heapq.heappush(self._heap, (task.deadline, next(self._seq), task))
+            entry = heapq.heappop(self._heap)
+            task = entry[2]
+            if not self._live(entry):
+                continue  # an old entry of a task that was promoted or taken
+            if task.deadline > now:  # its most urgent query is past, another still waits
+                self._push(task, task.deadline)
                 continue
+            del self._key[id(task)]
             self.dropped += 1
             self.on_drop(task)
 
@@ -99,27 +138,36 @@ class ModelQueue:
         except TimeoutError:
             pass
 
-    async def get_batch(self, max_size: int, max_delay_s: float = 0.0) -> list[PredictTask]:
+    def _leave_by(self, max_delay_s: float, reserve: float) -> float:
+        """When a delayed batch must leave: ``max_delay_s`` after the oldest arrival, and
+        early enough that every waiting task keeps ``reserve`` of its SLO to be run in
+        (the share the batch-size controllers give a batch, ``slo_fraction``)."""
+        live = [(k, t) for k, _, t in self._heap if self._key.get(id(t)) == k]
+        head = min(t.enqueued for _, t in live)
+        return min(head + max_delay_s, min(k - reserve * t.slo for k, t in live))
+
+    async def get_batch(self, max_size: int, max_delay_s: float = 0.0,
+                        reserve: float = 0.5) -> list[PredictTask]:
         """Wait for work, then take up to ``max_size`` live tasks, earliest deadline first.
 
-        With ``max_delay_s > 0`` and fewer than ``max_size`` waiting, wait until
-        ``max_delay_s`` after the oldest waiting task arrived (never past its deadline)
-        for the batch to fill.
+        With ``max_delay_s > 0`` and fewer than ``max_size`` waiting, wait for the batch
+        to fill until :meth:`_leave_by`, recomputed whenever the queue changes (a query
+        of a shorter SLO may arrive meanwhile).
         """
         while True:
             self._drop_expired(time.monotonic())
-            if not self._heap:
+            if not self._key:
                 await self._wait_change(None)
                 continue
-            if max_delay_s > 0 and len(self._heap) < max_size:
-                head = min(t.enqueued for _, _, t in self._heap)
-                until = min(head + max_delay_s, self._heap[0][2].deadline)
-                while len(self._heap) < max_size and (left := until - time.monotonic()) > 0:
+            if max_delay_s > 0:
+                while self._key and len(self) < max_size and \
+                        (left := self._leave_by(max_delay_s, reserve) - time.monotonic()) > 0:
                     await self._wait_change(left)
                 self._drop_expired(time.monotonic())
-            n = min(max_size, len(self._heap))
-            batch = [heapq.heappop(self._heap)[2] for _ in range(n)]
-            if self._heap:
+            batch = []
+            while len(batch) < max_size and (t := self._pop_live()) is not None:
+                batch.append(t)
+            if self._key:
                 self._changed.set()  # let another idle replica take the rest
             if batch:
                 return batch

@@ -60,6 +60,21 @@ def zero_one_loss(output: Any, label: Any) -> float:
     return 0.0 if output == label else 1.0
 
 
+def ballot(output: Any) -> str:
+    """The key under which an output is counted in a vote. Numbers that are equal
+    count as one answer (an sklearn model's class 1 and a closure's 1.0), as
+    :func:`zero_one_loss` scores them in feedback; a JSON text alone would split them."""
+    def canon(x: Any) -> Any:
+        if isinstance(x, float) and x.is_integer():
+            return int(x)
+        if isinstance(x, list):
+            return [canon(v) for v in x]
+        if isinstance(x, dict):
+            return {k: canon(v) for k, v in x.items()}
+        return x
+    return json.dumps(canon(output), sort_keys=True)
+
+
 class SelectionPolicy(abc.ABC):
     """The select / combine / observe seam (Clipper ``SelectionPolicy``)."""
 
@@ -170,7 +185,7 @@ class Exp4Policy(SelectionPolicy):
         votes: dict[str, float] = {}
         value: dict[str, Any] = {}
         for m, out in outputs.items():
-            key = json.dumps(out, sort_keys=True)
+            key = ballot(out)
             votes[key] = votes.get(key, 0.0) + state.weights.get(m, 0.0)
             value[key] = out
         best = max(votes, key=votes.get)

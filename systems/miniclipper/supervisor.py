@@ -53,6 +53,7 @@ class ReplicaSupervisor:
         self.restarts: dict[tuple[str, str], int] = {}
         self.abandoned: dict[tuple[str, str], dict[int, str]] = {}  # replica -> why
         self._busy: set[tuple[tuple[str, str], int]] = set()
+        self.wanted: dict[tuple[str, str], int] = {}  # the replica count last asked for
         self._generation = 0
         self._watch: asyncio.Task | None = None
 
@@ -76,12 +77,18 @@ class ReplicaSupervisor:
     def replicas_of(self, model: tuple[str, str]) -> dict[int, Child]:
         return self.children.get(model, {})
 
-    async def _spawn(self, model: tuple[str, str], rid: int) -> Child:
+    async def _spawn(self, model: tuple[str, str], rid: int) -> Child | None:
+        """Start replica ``rid`` and give it to the executor; None if, by the time its
+        model was loaded (seconds), the replica was scaled away (a restart racing a
+        ``set_num_replicas``): it is stopped again instead of serving unasked."""
         self._generation += 1
         name = f"{model[0]}-{model[1]}-r{rid}-g{self._generation}"
         args = ["--store", str(self.store), "--model", f"{model[0]}/{model[1]}"]
         child = await asyncio.to_thread(self.group.spawn, name, "systems.miniclipper.container",
                                         args, ready_timeout=120)
+        if rid >= self.wanted.get(model, 0):
+            await asyncio.to_thread(self.group.stop, child.name, 2.0)
+            return None
         self.children.setdefault(model, {})[rid] = child
         self.executor.add_replica(model, rid, f"127.0.0.1:{child.info['port']}", child.pid)
         self.metrics.replicas.labels(f"{model[0]}:{model[1]}").set(len(self.children[model]))
@@ -89,6 +96,7 @@ class ReplicaSupervisor:
 
     async def set_num_replicas(self, model: tuple[str, str], n: int) -> None:
         """Start or stop replicas until ``n`` run (new ones start concurrently)."""
+        self.wanted[model] = n
         have = self.children.setdefault(model, {})
         new = [rid for rid in range(n) if rid not in have]
         started = await asyncio.gather(*(self._spawn(model, rid) for rid in new),
@@ -123,6 +131,8 @@ class ReplicaSupervisor:
             self.metrics.restarts.labels(f"{model[0]}:{model[1]}").inc()
             err: Exception | None = None
             for attempt in range(RESTART_ATTEMPTS):
+                if rid >= self.wanted.get(model, 0):
+                    return  # scaled away while we backed off: nothing to restart
                 try:
                     await self._spawn(model, rid)
                     self.abandoned.get(model, {}).pop(rid, None)

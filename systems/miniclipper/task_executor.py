@@ -146,7 +146,8 @@ class TaskExecutor:
                                          traced=traced, query_id=query_id)
                 new.append(entry.task)
             elif status == "pending" and entry.task is not None:
-                entry.task.deadline = max(entry.task.deadline, deadline)
+                queue.promote(entry.task, deadline)  # served by the earlier deadline
+                entry.task.slo = min(entry.task.slo, slo)  # and its batch sized for it
             futures.append(entry.future)
         if new and model in self.unavailable:
             for t in new:
@@ -221,7 +222,8 @@ class TaskExecutor:
         try:
             while True:
                 cfg = info.batching
-                batch = await queue.get_batch(rep.controller.batch_size, cfg.max_delay_s)
+                batch = await queue.get_batch(rep.controller.batch_size, cfg.max_delay_s,
+                                              cfg.slo_fraction)
                 rep.inflight = batch
                 batch_id = next(self._batch_ids)
                 sent = time.monotonic()

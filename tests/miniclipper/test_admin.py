@@ -173,6 +173,49 @@ def test_management_edge_cases_answer_json_and_keep_state(clipper):
     assert "evil" not in c.get_all_apps()
 
 
+def test_management_refuses_a_rebound_host_and_values_it_cannot_serve(clipper):
+    """DNS rebinding: a page whose domain now resolves to 127.0.0.1 sends matching
+    Origin and Host, so only the Host's *name* gives it away. Values that parse but
+    cannot be served (an SLO of 10**400 us, a default of 1e999, model names that are
+    not strings) are 400s at the door, not 500s on every later query."""
+    import urllib.error
+    import urllib.request
+
+    c = clipper
+    addr = c.cm.get_admin_addr()
+    port = addr.rsplit(":", 1)[1]
+
+    def call(endpoint, doc, host):
+        req = urllib.request.Request(
+            f"http://{addr}/admin/{endpoint}", data=json.dumps(doc).encode(),
+            headers={"Content-Type": "application/json", "Host": host,
+                     "Origin": f"http://{host}"})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    c.register_application("kept", "doubles", -1.0, 100_000)
+    code, r = call("delete_app", {"name": "kept"}, f"attacker.example:{port}")
+    assert code == 403 and "re-bound" in r["cause"] and "kept" in c.get_all_apps()
+    code, _ = call("get_all_applications", {}, f"localhost:{port}")
+    assert code == 200
+    mgmt = f"http://{addr}/admin"
+    app = {"name": "huge", "input_type": "doubles", "default_output": 0,
+           "latency_slo_micros": 10**400}
+    code, r = post(f"{mgmt}/add_app", app)
+    assert code == 400 and "latency_slo_micros must be in" in r["cause"]
+    code, r = post(f"{mgmt}/add_app", raw=json.dumps({**app, "latency_slo_micros": 1000})
+                   .replace('"default_output": 0', '"default_output": 1e999').encode())
+    assert code == 400 and "overflows a float" in r["cause"]
+    code, r = post(f"{mgmt}/add_model_links", {"app_name": "kept", "model_names": [["m"]]})
+    assert code == 400 and "list of strings" in r["cause"]
+    code, r = post(f"{mgmt}/get_batch_log", {"model_name": "nope", "since": 0})
+    assert code == 404  # a whole-number 'since' is a time too: the model is what is missing
+    assert "huge" not in c.get_all_apps()
+
+
 def test_containers_run_the_stores_copy_not_the_source(clipper):
     """Changing the deployed directory afterwards changes nothing, even after the
     container restarts: it loads only what the manager copied into its store."""

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from systems.miniclipper.cache import PredictionCache
+from systems.miniclipper.cache import ENTRY_BYTES, PredictionCache
 
 
 class ClockReference:
@@ -54,7 +54,7 @@ class ClockReference:
 def test_clock_matches_the_reference_and_keeps_its_budget():
     async def main():
         rng = random.Random(0)
-        ours, ref = PredictionCache(max_bytes=1000), ClockReference(1000)
+        ours, ref = PredictionCache(max_bytes=1000, entry_bytes=0), ClockReference(1000)
         for _ in range(3000):
             key = rng.choice(range(60)).to_bytes(2, "little")
             status, _ = ours.fetch(key)
@@ -62,7 +62,7 @@ def test_clock_matches_the_reference_and_keeps_its_budget():
             if status == "miss":
                 nbytes = rng.choice([8, 40, 100, 200])
                 ours.put(key, key.hex(), nbytes)
-                ref.put(key, nbytes)
+                ref.put(key, nbytes + len(key))  # an entry is charged its key too
             assert ours.size_bytes <= 1000
             assert ours.size_bytes == sum(e.nbytes for e in ours.ring.values())
             assert set(ours.ring) == set(ref.entries)
@@ -72,7 +72,7 @@ def test_clock_matches_the_reference_and_keeps_its_budget():
 
 def test_hit_returns_the_stored_value_and_sets_the_used_bit():
     async def main():
-        c = PredictionCache(max_bytes=100)
+        c = PredictionCache(max_bytes=100, entry_bytes=0)
         status, e = c.fetch(b"a")
         assert status == "miss"
         c.put(b"a", [1, 2], 16)
@@ -85,7 +85,7 @@ def test_hit_returns_the_stored_value_and_sets_the_used_bit():
         c.ring[b"b"].used = False
         c.fetch(b"c")
         c.put(b"c", 0, 60)
-        assert b"a" in c.ring and b"b" not in c.ring and c.size_bytes == 76
+        assert b"a" in c.ring and b"b" not in c.ring and c.size_bytes == 17 + 61
     asyncio.run(main())
 
 
@@ -123,13 +123,29 @@ def test_zero_budget_still_coalesces_but_keeps_nothing():
     asyncio.run(main())
 
 
+def test_outputs_of_no_bytes_still_count_against_the_budget():
+    """An empty-string label is 0 bytes of output, but its entry is not free: without
+    the per-entry charge the ring grew without bound under any budget."""
+    async def main():
+        c = PredictionCache(max_bytes=10_000)
+        for i in range(2000):
+            key = i.to_bytes(16, "little")
+            c.fetch(key)
+            c.put(key, "", 0)
+        per_entry = ENTRY_BYTES + 16
+        assert len(c) == 10_000 // per_entry and c.size_bytes == len(c) * per_entry
+        assert c.stats.evictions == 2000 - len(c)
+    asyncio.run(main())
+
+
 def test_fetch_many_answers_as_fetch_one_by_one():
     """A request's keys are looked up in one call (task_executor.schedule); statuses,
     shared futures, used bits and statistics must be what fetching each key in turn gives,
     duplicates within the request included."""
     async def main():
         rng = random.Random(1)
-        one, many = PredictionCache(max_bytes=400), PredictionCache(max_bytes=400)
+        one, many = (PredictionCache(max_bytes=400, entry_bytes=0),
+                     PredictionCache(max_bytes=400, entry_bytes=0))
         for _ in range(200):
             keys = [rng.choice(range(30)).to_bytes(2, "little") for _ in range(rng.randint(1, 8))]
             want = [one.fetch(k) for k in keys]

@@ -138,11 +138,22 @@ def test_cache_keys_separate_models_versions_and_inputs():
     assert len(keys) == 4 and input_key(("m", "1"), x.copy()) in keys
 
 
+def test_a_string_input_must_be_text():
+    """JSON may escape a lone surrogate ("\\ud800"); Python decodes it into a str that
+    cannot be encoded, which used to surface as a 500 when the input was hashed."""
+    doc = loads_strict(b'{"input": "a\\ud800b"}')
+    with pytest.raises(InputError, match="not valid Unicode text: surrogates not allowed"):
+        parse_input(doc["input"], "strings")
+    assert parse_input("caf\u00e9", "strings") == "caf\u00e9"
+
+
 def test_json_is_parsed_and_written_strictly():
     """JSON has no NaN or Infinity; Python's json module reads and writes them anyway."""
     with pytest.raises(InputError, match="NaN is not a JSON number"):
         loads_strict(b'{"input": [NaN]}')
     assert loads_strict(b'{"input": [1.5]}') == {"input": [1.5]}
+    with pytest.raises(InputError, match="1e999 overflows a float"):
+        loads_strict(b'{"default_output": 1e999}')  # would be inf: no JSON answer carries it
     with pytest.raises(InputError, match="nests deeper"):
         loads_strict(b"[" * 50000)  # the parser's recursion limit, not a RecursionError
     with pytest.raises(InputError, match="too many digits"):

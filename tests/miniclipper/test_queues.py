@@ -60,8 +60,8 @@ def test_a_full_queue_rejects_all_of_a_request_and_admits_after_expiry():
         assert len(q) == 3
         await asyncio.sleep(0.06)  # the three expire: room again
         q.put([_task(now + 10, 8), _task(now + 10, 7)])
-        q.put([_task(now + 10, 6)] * 5, bounded=False)  # a retry is never refused
-        return len(q)
+        q.put([_task(now + 10, i) for i in range(10, 15)], bounded=False)  # a retry is
+        return len(q)  # never refused
     assert asyncio.run(main()) == 7
 
 
@@ -88,6 +88,57 @@ def test_delayed_batching_waits_for_a_fuller_batch_but_not_longer_than_the_delay
     n_full, filled_after, n_lone, waited = asyncio.run(main())
     assert n_full == 4 and filled_after < 0.4
     assert n_lone == 1 and 0.02 <= waited < 0.4
+
+
+def test_delayed_batching_leaves_each_query_its_share_of_the_slo():
+    """An idle replica waiting for a fuller batch must leave in time to serve what
+    waits: by ``deadline - reserve * slo`` of every queued task, also of one that came
+    in during the wait with a shorter SLO. (It used to wait until the first task's
+    deadline, then drop it as expired, and to miss later arrivals.)"""
+    async def main():
+        dropped = []
+        q = ModelQueue(("m", "1"), on_drop=dropped.append)
+        now = time.monotonic()
+        q.put([PredictTask(("m", "1"), 0, now + 0.04, 0.04, None, b"a")])
+        t0 = time.monotonic()
+        lone = await q.get_batch(8, max_delay_s=0.2, reserve=0.5)
+        lone_after = time.monotonic() - t0
+        q.put([PredictTask(("m", "1"), 1, time.monotonic() + 1.0, 1.0, None, b"slow")])
+
+        async def tight():
+            await asyncio.sleep(0.01)
+            q.put([PredictTask(("m", "1"), 2, time.monotonic() + 0.04, 0.04, None, b"fast")])
+        feeder = asyncio.ensure_future(tight())
+        t0 = time.monotonic()
+        both = await q.get_batch(8, max_delay_s=0.3, reserve=0.5)
+        both_after = time.monotonic() - t0
+        await feeder
+        return [t.input for t in lone], lone_after, [t.input for t in both], both_after, \
+            dropped
+    lone, lone_after, both, both_after, dropped = asyncio.run(main())
+    assert lone == [0] and 0.01 <= lone_after < 0.035  # left at ~20 ms of its 40
+    assert both == [2, 1] and both_after < 0.1 and dropped == []
+
+
+def test_a_coalesced_query_in_a_hurry_moves_the_queued_task_up():
+    """EDF by the most urgent query waiting for a task; dropped only after the last."""
+    async def main():
+        dropped = []
+        q = ModelQueue(("m", "1"), on_drop=dropped.append)
+        now = time.monotonic()
+        shared, other = _task(now + 2.0, 0), _task(now + 1.0, 1)
+        q.put([shared, other])
+        q.promote(shared, now + 0.5)  # a 0.5 s query joins the 2 s one
+        assert len(q) == 2 and shared.deadline == now + 2.0
+        first = await q.get_batch(1)
+        late = _task(now + 0.02, 2)
+        q.put([late])
+        q.promote(late, now + 5)  # a patient query keeps it alive past the first's
+        await asyncio.sleep(0.05)
+        rest = await q.get_batch(10)
+        return [t.input for t in first], sorted(t.input for t in rest), dropped, len(q)
+    first, rest, dropped, left = asyncio.run(main())
+    assert first == [0] and rest == [1, 2] and dropped == [] and left == 0
 
 
 def test_idle_replicas_share_one_queue():

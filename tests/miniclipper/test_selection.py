@@ -57,6 +57,17 @@ def test_exp4_converges_and_the_ensemble_follows_the_better_model():
     assert combined.output == 7 and combined.confidence > 0.8
 
 
+def test_exp4_counts_equal_numbers_as_one_answer():
+    """An sklearn model's class 1 and a closure's 1.0 are the same answer, as feedback
+    scores them; counted by JSON text they split the vote and the odd one out won."""
+    pol = Exp4Policy()
+    state = pol.init_state(["a", "b", "c"])
+    combined = pol.combine(state, {"a": 1, "b": 1.0, "c": 2})
+    assert combined.output == 1 and combined.confidence == pytest.approx(2 / 3)
+    assert pol.combine(state, {"a": [1, 0], "b": [1.0, 0.0], "c": [0, 1]}).output == [1, 0]
+    assert pol.combine(state, {"a": 1.5, "b": 1, "c": 1.5}).output == 1.5
+
+
 def test_exp4_straggler_combine_reports_missing_models_as_lost_confidence():
     pol = Exp4Policy()
     state = pol.init_state(["a", "b", "c", "d"])

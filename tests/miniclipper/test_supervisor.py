@@ -217,3 +217,52 @@ def _answer(c, app, x, within_s=10.0):
             assert code == 200 and r["default"] is False, r
             return r["output"]
         time.sleep(0.05)
+
+
+def test_scaling_to_zero_during_a_restart_leaves_no_replica():
+    """A restart spends seconds loading the model; scaled to 0 meanwhile, its new
+    replica must not come back and serve. Processes are stand-ins here: the race is
+    in the supervisor's bookkeeping, not in the processes."""
+    import asyncio
+    import tempfile
+    from types import SimpleNamespace
+
+    from systems.miniclipper.metrics import Metrics
+    from systems.miniclipper.supervisor import ReplicaSupervisor
+
+    class SlowGroup:
+        def __init__(self):
+            self.started, self.stopped = [], []
+
+        def spawn(self, name, module, args, ready_timeout=0):
+            time.sleep(0.3)  # loading the model
+            self.started.append(name)
+            return SimpleNamespace(name=name, pid=1000 + len(self.started),
+                                   info={"port": 1}, alive=lambda: True)
+
+        def stop(self, name, timeout):
+            self.stopped.append(name)
+
+    class Executor:
+        def __init__(self):
+            self.replicas = {}
+
+        def add_replica(self, model, rid, address, pid):
+            self.replicas[(model, rid)] = pid
+
+        async def remove_replica(self, model, rid):
+            self.replicas.pop((model, rid), None)
+
+    async def main():
+        ex, model = Executor(), ("m", "1")
+        sup = ReplicaSupervisor(tempfile.mkdtemp(), ex, Metrics())
+        sup.group = SlowGroup()
+        await sup.set_num_replicas(model, 1)
+        restart = asyncio.ensure_future(sup.restart(model, 0, "exited with -9"))
+        await asyncio.sleep(0.05)  # the restart is loading its new process
+        await sup.set_num_replicas(model, 0)
+        await restart
+        return sup.replicas_of(model), ex.replicas, sup.group
+    children, replicas, group = asyncio.run(main())
+    assert children == {} and replicas == {}
+    assert len(group.started) == 2 and set(group.stopped) == set(group.started)
