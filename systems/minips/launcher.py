@@ -384,7 +384,7 @@ def summarize(cl: Cluster, status: dict, curve: list, audit: dict | None) -> dic
     per_node = {n: {k: m.get(k, 0) for k in ("push_requests", "pull_requests", "bytes_sent",
                                              "bytes_received", "consistency_wait_s",
                                              "consistency_held_s", "wait_s", "resends",
-                                             "cpu_s")}
+                                             "cpu_s", "forwards")}
                 for n, m in metrics.items()}
     workers = {n: r for n, r in reports.items()}
     wire = sum(m.get("bytes_sent", 0) for n, m in metrics.items() if n.startswith("w"))
