@@ -113,7 +113,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     b.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     b.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats")
     b.add_argument("--out", default="out/bench", help="results go to OUT/SYSTEM/DEVICE/")
-    b.add_argument("--only", nargs="*", help="run only these case names")
+    b.add_argument("--only", nargs="+", help="run only these case names")
     b.add_argument("--no-progress", action="store_true")
 
     t = add("tour", _tour, "a few-minute walk through the measuring layer and every system")
@@ -128,22 +128,41 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return p
 
 
-def _positive(cast: Callable[[str], Any]) -> Callable[[str], Any]:
-    """An argparse type: a finite number above 0 of type ``cast`` (epochs, steps, trials,
-    rates); argparse turns the ArgumentTypeError into one usage line."""
+def _positive(cast: Callable[[str], Any], zero: bool = False) -> Callable[[str], Any]:
+    """An argparse type: a finite number above 0 (or ``zero``: at least 0) of type
+    ``cast`` (epochs, steps, trials, rates, seeds); argparse turns the
+    ArgumentTypeError into one usage line naming the flag."""
     def parse(text: str) -> Any:
         try:
             x = cast(text)
         except ValueError:
             what = "whole number" if cast is int else "number"
             raise argparse.ArgumentTypeError(f"{text!r} is not a {what}") from None
-        if not (x > 0 and math.isfinite(x)):
-            raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
+        if not ((x >= 0 if zero else x > 0) and math.isfinite(x)):
+            raise argparse.ArgumentTypeError(
+                f"must be a finite number {'of at least 0' if zero else 'above 0'}, got {text}")
         return x
     return parse
 
 
 positive_int, positive_float = _positive(int), _positive(float)
+non_negative_int, non_negative_float = _positive(int, zero=True), _positive(float, zero=True)
+
+
+def port(text: str) -> int:
+    """An argparse type: a TCP port, 0 (the OS picks one) to 65535."""
+    p = non_negative_int(text)
+    if p > 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0..65535, got {text}")
+    return p
+
+
+def fraction(text: str) -> float:
+    """An argparse type: a number in [0, 1] (a share, a probability)."""
+    x = non_negative_float(text)
+    if x > 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return x
 
 
 class UsageError(Exception):

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from common.cli import positive_int
+from common.cli import non_negative_int, positive_float, positive_int
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -28,8 +28,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log", default=None, help="JSON-lines tuning log (resumed if it exists)")
     p.add_argument("--history", default=None,
                    help="a log of earlier tuning on this device: pre-trains the cost model")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--per-round", type=int, default=8, help="measurements per search round")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--per-round", type=positive_int, default=8,
+                   help="measurements per search round")
     p.add_argument("--no-verify", action="store_true",
                    help="skip the interpreter check of each new kernel on the sim device")
     p.add_argument("--no-progress", action="store_true")
@@ -93,6 +94,8 @@ def _show(args: argparse.Namespace) -> dict[str, Any]:
 
     from .records import best_per_task, devices, load_records, on_device, task_weights
 
+    if not Path(args.log).is_file():
+        raise FileNotFoundError(f"{args.log}: no such file")
     records = load_records(args.log)
     if not records:
         raise SystemExit(f"{args.log}: no records (is it a miniansor tuning log?)")
@@ -225,8 +228,8 @@ def add_parser(sub, add) -> None:
 
     m = inner.add_parser("tune-model", help="tune a whole model through the task scheduler")
     m.add_argument("--model", default="transformer", choices=["mlp", "transformer"])
-    m.add_argument("--batch", type=int, default=1)
-    m.add_argument("--seq", type=int, default=2048)
+    m.add_argument("--batch", type=positive_int, default=1)
+    m.add_argument("--seq", type=positive_int, default=2048)
     m.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"])
     m.add_argument("--strategy", default="gradient", choices=["gradient", "round-robin"])
     _common(m)
@@ -244,8 +247,8 @@ def add_parser(sub, add) -> None:
     g = inner.add_parser("sim-table", help="write a replay table from the simulated GPU")
     g.add_argument("--out", required=True)
     g.add_argument("--tasks", nargs="+", required=True, help="task keys")
-    g.add_argument("--configs", type=int, default=800, help="configs per task")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--configs", type=positive_int, default=800, help="configs per task")
+    g.add_argument("--seed", type=non_negative_int, default=0)
     g.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                    help="print the result as JSON last")
     g.set_defaults(func=_sim_table)
@@ -255,8 +258,9 @@ def add_parser(sub, add) -> None:
     r.add_argument("--device", default="cuda", help="cuda (measured) or sim (simulated)")
     r.add_argument("--tasks", nargs="+", required=True, help="task keys")
     r.add_argument("--configs", type=positive_int, default=300, help="configs per task")
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--rep-ms", type=float, default=25.0, help="do_bench's timing window")
+    r.add_argument("--seed", type=non_negative_int, default=0)
+    r.add_argument("--rep-ms", type=positive_float, default=25.0,
+                   help="do_bench's timing window")
     r.add_argument("--out", default=None,
                    help="default systems/miniansor/data/space-<device>.json")
     r.add_argument("--no-progress", action="store_true")

@@ -47,6 +47,10 @@ DATA_DIR = Path(__file__).parent / "data"
 
 
 def validate_table(table: dict, where: str = "table") -> None:
+    """Refuse, naming the place, anything that is not a replay table."""
+    if not isinstance(table, dict):
+        raise ValueError(f"{where}: not a replay table (a JSON {type(table).__name__}, "
+                         f"expected an object)")
     if table.get("format") != FORMAT:
         raise ValueError(f"{where}: format {table.get('format')!r}, expected {FORMAT!r}")
     if table.get("source") not in SOURCES:
@@ -56,8 +60,11 @@ def validate_table(table: dict, where: str = "table") -> None:
         raise ValueError(f"{where}: 'tasks' must map task keys to config tables")
     for key, entries in table["tasks"].items():
         Task.from_key(key)
+        if not isinstance(entries, dict):
+            raise ValueError(f"{where}: {key} must map configs to results, got "
+                             f"{type(entries).__name__}")
         for ck, e in entries.items():
-            if not (("time_s" in e and e["time_s"]) or "error" in e):
+            if not isinstance(e, dict) or not (("time_s" in e and e["time_s"]) or "error" in e):
                 raise ValueError(f"{where}: {key} / {ck} has neither time_s nor error")
 
 
@@ -69,7 +76,12 @@ class RecordedDevice:
     def __init__(self, table: dict | str | Path):
         if not isinstance(table, dict):
             path = Path(table)
-            table = json.loads(path.read_text())
+            if not path.is_file():
+                raise FileNotFoundError(f"replay table {str(path)!r} is not a file")
+            try:
+                table = json.loads(path.read_text())
+            except (ValueError, UnicodeDecodeError) as e:
+                raise ValueError(f"{path}: not a replay table (not JSON: {e})") from None
             validate_table(table, str(path))
         else:
             validate_table(table)

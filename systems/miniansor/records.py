@@ -26,6 +26,7 @@ record's ``device``: resuming uses only the current device's records, and
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -120,6 +121,8 @@ def _checked(rec: object) -> dict:
     for f, t in _FIELD_TYPES.items():
         if not isinstance(rec.get(f), t):
             raise ValueError(f"field {f!r} must be a {t.__name__}, got {rec.get(f)!r:.60}")
+    if not all(isinstance(c, (int, float)) and 0 < c < math.inf for c in rec["costs"]):
+        raise ValueError(f"costs must be times above 0, got {rec['costs']!r:.60}")
     return rec
 
 
@@ -129,8 +132,12 @@ def load_records(path: str | Path) -> list[tuple[MeasureInput, MeasureResult]]:
     path = Path(path)
     if not path.exists():
         return []
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not a miniansor tuning log (not text: {e})") from None
     out, cache = [], {}
-    for i, line in enumerate(path.read_text().splitlines(), 1):
+    for i, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -147,6 +154,20 @@ def load_records(path: str | Path) -> list[tuple[MeasureInput, MeasureResult]]:
             continue
         out.append((inp, res))
     return out
+
+
+def check_log(path: str | Path) -> None:
+    """Refuse to append to a file that is not a tuning log: one that has whole lines
+    (a torn last line alone is what an interrupted first record leaves) and not one of
+    them a record. Appending would spoil it (a replay table given as --log, say)."""
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with open(path, "rb") as f:
+        head = f.read(1 << 20)
+    if b"\n" in head and not load_records(path):
+        raise ValueError(f"{path} is not a miniansor tuning log (no line of it is a "
+                         f"record); give a new file or an earlier run's log")
 
 
 def task_weights(path: str | Path) -> dict[str, float]:

@@ -32,7 +32,15 @@ from .annotation import H100_LIMITS, HardwareLimits, has_valid_annotation
 from .cost_model import GBTModel, RandomModel
 from .measure import Callback, Measurer
 from .recorded import RecordedDevice
-from .records import Best, RecordToFile, best_per_task, devices, load_records, on_device
+from .records import (
+    Best,
+    RecordToFile,
+    best_per_task,
+    check_log,
+    devices,
+    load_records,
+    on_device,
+)
 from .search_policy import SearchParams, SketchPolicy
 from .simulator import SimulatedGPU
 from .task_scheduler import ScheduleLog, TaskScheduler
@@ -150,6 +158,8 @@ def tune_tasks(tasks: list[Task], weights: list[float] | None = None, trials: in
     try:  # whatever fails, a device we made is closed
         _refuse_empty_spaces(policies, dev, limits)
         cbs = list(callbacks or [])
+        if log:
+            check_log(log)
         logged = load_records(log) if log else []
         keys = {t.key for t in tasks}
         records = _same_device([r for r in logged if r[0].task.key in keys], dev.name,

@@ -57,6 +57,10 @@ class Epilogue:
     @staticmethod
     def from_tag(tag: str) -> Epilogue:
         parts = [] if tag == "none" else tag.split("+")
+        unknown = [p for p in parts if p not in ("bias", "relu", "gelu", "res")]
+        if unknown or len([p for p in parts if p in ("relu", "gelu")]) > 1:
+            raise ValueError(f"epilogue {tag!r}: parts are bias, relu or gelu (one), res, "
+                             f"joined by '+', or none; got {unknown or parts}")
         act = next((p for p in parts if p in ("relu", "gelu")), "none")
         return Epilogue(bias="bias" in parts, act=act, residual="res" in parts)
 

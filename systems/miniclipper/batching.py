@@ -59,9 +59,11 @@ class BatchingConfig:
                 raise ValueError(f"batching {f} must be a whole number, got {v!r}")
         if not (1 <= self.size <= self.max_size):
             raise ValueError(f"batch size {self.size} must be in 1..max_size={self.max_size}")
-        if not (0 <= self.max_delay_s < 10 and 0 < self.slo_fraction <= 1
-                and 0.5 <= self.quantile < 1):
-            raise ValueError(f"bad batching config {asdict(self)}")
+        for f, ok, want in (("max_delay_s", 0 <= self.max_delay_s < 10, "in [0, 10) s"),
+                            ("slo_fraction", 0 < self.slo_fraction <= 1, "in (0, 1]"),
+                            ("quantile", 0.5 <= self.quantile < 1, "in [0.5, 1)")):
+            if not ok:
+                raise ValueError(f"batching {f} must be {want}, got {getattr(self, f)!r}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BatchingConfig:

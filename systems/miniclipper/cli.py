@@ -18,7 +18,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from common.cli import positive_float
+from common.cli import (
+    fraction,
+    non_negative_float,
+    non_negative_int,
+    port,
+    positive_float,
+    positive_int,
+)
 from common.net import address
 
 BUILTINS = ("sum", "echo", "digits-lr", "digits-rf")
@@ -82,12 +89,27 @@ def _deploy(args: argparse.Namespace) -> dict[str, Any]:
     batching = BatchingConfig(args.batching, size=args.batch_size,
                               max_size=max(args.batch_size, 512),
                               max_delay_s=args.max_delay_ms / 1e3)
-    conn.deploy_model(args.name, args.version, args.input_type, path,
-                      num_replicas=args.replicas, batching=batching)
+    # The application first: a bad name, SLO or input type is refused before a model
+    # is deployed (which would be left behind, and a retry told "already deployed").
+    new_app = bool(args.app) and args.app not in conn.get_all_apps()
+    if new_app:
+        conn.register_application(args.app, args.input_type, args.default_output,
+                                  args.slo_micros, args.policy)
+    elif args.app:
+        from .datatypes import same_input_type
+
+        have = conn.get_app_info(args.app)["input_type"]
+        if not same_input_type(have, args.input_type):
+            raise ValueError(f"application {args.app!r} takes input_type {have!r}; the "
+                             f"model would take {args.input_type!r}")
+    try:
+        conn.deploy_model(args.name, args.version, args.input_type, path,
+                          num_replicas=args.replicas, batching=batching)
+    except Exception:
+        if new_app:
+            conn.unregister_application(args.app)
+        raise
     if args.app:
-        if args.app not in conn.get_all_apps():
-            conn.register_application(args.app, args.input_type, args.default_output,
-                                      args.slo_micros, args.policy)
         conn.link_model_to_app(args.app, args.name)
     info = conn.get_model_info(args.name, args.version)
     print(f"deployed {args.name}:{args.version} from {path} ({info['replicas']} replicas, "
@@ -97,9 +119,15 @@ def _deploy(args: argparse.Namespace) -> dict[str, Any]:
 
 def _query(args: argparse.Namespace) -> dict[str, Any]:
     from .admin import http_json
+    from .datatypes import InputError, loads_strict
 
-    doc = {"input_batch": json.loads(args.input_batch)} if args.input_batch else \
-        {"input": json.loads(args.input)}
+    flag, text = ("--input-batch", args.input_batch) if args.input_batch else \
+        ("--input", args.input)
+    try:
+        value = loads_strict(text)
+    except (ValueError, InputError) as e:
+        raise ValueError(f"{flag} {text[:60]!r} is not JSON Clipper takes: {e}") from None
+    doc = {"input_batch": value} if args.input_batch else {"input": value}
     url = f"http://{address(args.host, args.query_port)}/{args.app}/predict"
     out = http_json(url, doc)
     print(json.dumps(out))
@@ -113,6 +141,10 @@ def _load(args: argparse.Namespace) -> dict[str, Any]:
 
     from .loadgen import LoadSpec, integer_inputs, run_process
 
+    kind, _, n = args.inputs.partition(":")
+    if args.inputs != "digits" and (kind != "random" or not n.isdigit() or int(n) < 1):
+        raise ValueError(f"--inputs {args.inputs}: use digits, or random:DIM with DIM a "
+                         f"whole number above 0")
     conn = _conn(args)
     conn.connect()
     input_type = conn.get_app_info(args.app)["input_type"]  # how to send and vary inputs
@@ -122,7 +154,7 @@ def _load(args: argparse.Namespace) -> dict[str, Any]:
 
         pool = load_digits().data[:500]  # whole numbers (0-16): an integers app takes them
     else:
-        rng, dim = np.random.default_rng(0), int(args.inputs.split(":")[1])
+        rng, dim = np.random.default_rng(0), int(n)
         pool = rng.integers(-100, 100, (500, dim)) if integers else \
             rng.standard_normal((500, dim))
     url = f"http://{address(args.host, args.query_port)}/{args.app}/predict"
@@ -184,27 +216,29 @@ def add_parser(sub: Any, add: Any) -> None:
         p.add_argument("--host", default="127.0.0.1",
                        help="the address Clipper listens on (start) or is reached at; "
                             "loopback unless given")
-        p.add_argument("--query-port", type=int, default=1337)
-        p.add_argument("--mgmt-port", type=int, default=1338)
-        p.add_argument("--grpc-port", type=int, default=1339)
+        p.add_argument("--query-port", type=port, default=1337)
+        p.add_argument("--mgmt-port", type=port, default=1338)
+        p.add_argument("--grpc-port", type=port, default=1339)
         p.set_defaults(func=fn)
         return p
 
     s = cmd("start", _start, "start Clipper in the background (on loopback unless --host)")
-    s.add_argument("--cache-bytes", type=int, default=32 << 20)
-    s.add_argument("--trace-sample", type=float, default=0.0)
+    s.add_argument("--cache-bytes", type=non_negative_int, default=32 << 20)
+    s.add_argument("--trace-sample", type=fraction, default=0.0,
+                   help="share of queries traced, 0..1")
     d = cmd("deploy", _deploy, "deploy a model directory or a built-in model")
     d.add_argument("--name", required=True)
     d.add_argument("--version", default="1")
     d.add_argument("--path", help="a model directory written by a deployer")
     d.add_argument("--builtin", choices=BUILTINS)
     d.add_argument("--input-type", default="doubles")
-    d.add_argument("--replicas", type=int, default=1)
+    d.add_argument("--replicas", type=non_negative_int, default=1)
     d.add_argument("--batching", choices=["aimd", "quantile", "static"], default="aimd")
     d.add_argument("--batch-size", type=int, default=1, help="static size / starting size")
-    d.add_argument("--max-delay-ms", type=float, default=0.0, help="delayed batching")
+    d.add_argument("--max-delay-ms", type=non_negative_float, default=0.0,
+                   help="delayed batching")
     d.add_argument("--app", help="register (if new) and link this application")
-    d.add_argument("--slo-micros", type=int, default=100_000)
+    d.add_argument("--slo-micros", type=positive_int, default=100_000)
     d.add_argument("--default-output", default="None")
     d.add_argument("--policy", choices=["default", "exp3", "exp4"], default="exp3")
     q = cmd("query", _query, "send one query (or a batch) to an application")
@@ -214,10 +248,10 @@ def add_parser(sub: Any, add: Any) -> None:
     ld = cmd("load", _load, "open-loop Poisson load from a separate process")
     ld.add_argument("--app", required=True)
     ld.add_argument("--rate", type=positive_float, default=200.0, help="queries per second")
-    ld.add_argument("--duration", type=float, default=5.0, help="seconds")
-    ld.add_argument("--slo-ms", type=float, default=20.0)
+    ld.add_argument("--duration", type=positive_float, default=5.0, help="seconds")
+    ld.add_argument("--slo-ms", type=positive_float, default=20.0)
     ld.add_argument("--inputs", default="digits", help="digits, or random:DIM")
-    ld.add_argument("--seed", type=int, default=0)
+    ld.add_argument("--seed", type=non_negative_int, default=0)
     ld.add_argument("--out", default="out/clipper-load", help="where the CDF plot goes")
     tr = cmd("trace", _trace, "save the Chrome trace of sampled queries (start --trace-sample)")
     tr.add_argument("--out", default="out/clipper-trace.json")

@@ -41,8 +41,10 @@ from .selection import POLICIES, make_policy
 
 log = logging.getLogger("miniclipper.management")
 
-NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?\Z")
+NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\Z")  # at most 63 characters
 MAX_SLO_MICROS = 3600 * 10**6  # an hour: more is no latency objective (and 10**400 overflows)
+MAX_INPUT_LENGTH = 1 << 26  # 64M numbers (256 MB of float32) per input: more is a typo
+MAX_SLOWDOWN = 1000.0  # container_control: a slow-down factor past this is a hang
 
 
 class BadRequest(ValueError):
@@ -74,8 +76,9 @@ def _fields(doc: Any, required: dict[str, type | tuple], optional: dict[str, typ
 
 def _name(value: str, what: str) -> str:
     if not NAME.match(value):
-        raise BadRequest(f"{what} {value!r} must be a DNS-1123 label: lower-case letters, "
-                         f"digits and '-', starting and ending with a letter or digit")
+        raise BadRequest(f"{what} {value[:70]!r} must be a DNS-1123 label: at most 63 "
+                         f"lower-case letters, digits and '-', starting and ending with a "
+                         f"letter or digit")
     return value
 
 
@@ -143,8 +146,9 @@ def management_app(server: ClipperServer, bind_host: str = rpc.LOOPBACK) -> web.
         if not 0 < d["latency_slo_micros"] <= MAX_SLO_MICROS:
             raise BadRequest(f"latency_slo_micros must be in 1..{MAX_SLO_MICROS} "
                              f"(one hour), got {d['latency_slo_micros']}")
-        if d.get("input_length", 1) <= 0:
-            raise BadRequest("input_length must be positive (or left out: any length)")
+        if not 0 < d.get("input_length", 1) <= MAX_INPUT_LENGTH:
+            raise BadRequest(f"input_length must be in 1..{MAX_INPUT_LENGTH} (or left out: "
+                             f"any length), got {d.get('input_length')}")
         policy = d.get("selection_policy", "exp3")
         qp.apps[name] = Application(name, d["input_type"], d["default_output"],
                                     d["latency_slo_micros"], policy, d.get("input_length"),
@@ -301,6 +305,9 @@ def management_app(server: ClipperServer, bind_host: str = rpc.LOOPBACK) -> web.
     async def container_control(doc: dict[str, Any]) -> Any:
         d = _fields(doc, {"model_name": str, "slowdown": (int, float)},
                     {"model_version": (str, int)}, "container_control")
+        if not 1 <= d["slowdown"] <= MAX_SLOWDOWN:
+            raise BadRequest(f"slowdown is how many times slower the container runs, "
+                             f"1..{MAX_SLOWDOWN:g}; got {d['slowdown']}")
         model = model_of(d)
         return [await container_rpc(rep.address, "Control", {"slowdown": d["slowdown"]})
                 for rep in ex.replicas[model].values()]
@@ -315,6 +322,8 @@ def management_app(server: ClipperServer, bind_host: str = rpc.LOOPBACK) -> web.
                 if row[0] >= since]
 
     async def shutdown(doc: dict[str, Any]) -> Any:
+        if doc is not None:  # a body, if any, must be the empty object
+            _fields(doc, {}, {}, "shutdown")
         asyncio.get_running_loop().call_later(0.05, server.stopping.set)
         return {"ok": True}
 

@@ -48,8 +48,21 @@ class LocalContainerManager:
                 "--log-dir", str(self.group.log_dir)]
         if self.store:
             args += ["--store", self.store]
-        child = self.group.spawn("clipper", "systems.miniclipper.frontend", args,
-                                 ready_timeout=60)
+        try:
+            child = self.group.spawn("clipper", "systems.miniclipper.frontend", args,
+                                     ready_timeout=60)
+        except RuntimeError as e:  # say the usual causes in one line; the log has the rest
+            tail = str(e)
+            for sign, why in (("address already in use", "a port is already in use (is a "
+                               "Clipper running? casebook clipper stop)"),
+                              ("Name or service not known", f"cannot resolve --host "
+                               f"{self.host!r}"),
+                              ("Cannot assign requested address", f"--host {self.host!r} "
+                               f"is not an address of this machine")):
+                if sign in tail:
+                    raise RuntimeError(f"Clipper did not start: {why}; its log: "
+                                       f"{self.group.log_dir}/clipper.log") from None
+            raise
         self.info = dict(child.info, log=str(child.log_path))
         self.ports = {k: child.info[k] for k in self.ports}
         if self.detach:  # forget the child, so leaving this process does not stop it

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from common.cli import positive_int
+from common.cli import non_negative_int, positive_int
 
 
 def _require_device(device: str) -> None:
@@ -22,6 +22,12 @@ def _train(args: argparse.Namespace) -> dict:
     from .digits import train
 
     _require_device(args.device)
+    where = Path(args.checkpoint).parent  # fail before training, not after it
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SystemExit(f"casebook flow: --checkpoint {args.checkpoint}: cannot write "
+                         f"there ({e.strerror})") from None
     r = train(args.model, args.device, args.epochs, args.batch, args.seed, args.checkpoint,
               progress=not getattr(args, "json", False))
     print(f"{r['model']} on {r['device']}: held-out accuracy {r['test_accuracy']:.2%} after "
@@ -103,8 +109,8 @@ def add_parser(sub, add) -> None:
 
     t = sub_add("train", _train, "train on scikit-learn's digits, checkpoint, restore")
     t.add_argument("--epochs", type=positive_int, default=None)
-    t.add_argument("--batch", type=int, default=32)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--batch", type=positive_int, default=32)
+    t.add_argument("--seed", type=non_negative_int, default=0)
     t.add_argument("--checkpoint", default="out/flow/digits")
     d = sub_add("dot", _dot, "DOT files of the graph before/after passes and partitioning")
     d.add_argument("--out", default="out/flow")

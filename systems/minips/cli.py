@@ -14,9 +14,11 @@ loss over time, what every node counted, and where the merged Chrome trace is. W
 from __future__ import annotations
 
 import argparse
+import re
+from pathlib import Path
 from typing import Any
 
-from common.cli import positive_int
+from common.cli import non_negative_float, non_negative_int, port, positive_float, positive_int
 
 from .apps import SPARSE_LR_FILTERS
 
@@ -30,33 +32,86 @@ def _app_spec(a: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"--filters {a.filters}: the {a.app} app takes no filters "
                          f"(sparse_lr does)")
     if a.app == "mlp":
-        spec.update(hidden=a.hidden, batch=a.batch or 32, lr=a.lr or 0.25, device=a.device)
+        spec.update(hidden=a.hidden, batch=a.batch or 32, lr=a.lr or 0.25,
+                    device=_device(a.device))
     return spec
 
 
+def _device(text: str) -> str:
+    """``--device``: cpu, or cuda[:N] on a machine that has it (checked before the
+    workers start, not as a traceback from each of them)."""
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", text):
+        raise ValueError(f"--device {text}: use cpu, cuda or cuda:N")
+    if text.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {text}: this machine has no CUDA device")
+    return text
+
+
+_FAULT = re.compile(r"(?P<name>[sw]\d+)@(?P<at>[0-9.]+)(:(?P<dur>[0-9.]+))?")
+
+
 def _faults(a: argparse.Namespace) -> list[dict]:
+    """``--kill-server s1@3``, ``--kill-worker w0@2``, ``--freeze s0@1:2``: checked
+    against the job's node names before anything starts (a typo found when the fault
+    fires would end a run halfway)."""
     out = []
-    for kind, items in (("kill", a.kill_server + a.kill_worker), ("freeze", a.freeze)):
-        for item in items:
-            name, _, when = item.partition("@")
-            at, _, dur = when.partition(":")
-            f = {"at": float(at), kind: name}
-            if dur:
-                f["for"] = float(dur)
-            out.append(f)
+    flags = [("--kill-server", "kill", "s", a.servers, x) for x in a.kill_server] + \
+        [("--kill-worker", "kill", "w", a.workers, x) for x in a.kill_worker] + \
+        [("--freeze", "freeze", "s", a.servers, x) for x in a.freeze]
+    for flag, kind, role, count, item in flags:
+        m = _FAULT.fullmatch(item)
+        want = "NAME@SECONDS:FOR" if kind == "freeze" else "NAME@SECONDS"
+        try:
+            f = {"at": float(m["at"]), kind: m["name"]}
+            if m["dur"]:
+                f["for"] = float(m["dur"])
+        except (TypeError, ValueError):
+            raise ValueError(f"{flag} {item}: want {want}, e.g. "
+                             f"{role}0@1.5{':2' if kind == 'freeze' else ''}") from None
+        if m["name"][0] != role or int(m["name"][1:]) >= count:
+            names = f"{role}0..{role}{count - 1}" if count else "none"
+            raise ValueError(f"{flag} {item}: no node {m['name']} in this job ({names})")
+        out.append(f)
     return out
+
+
+def _straggler(text: str | None, workers: int, seed: int) -> dict[str, Any] | None:
+    """``--straggler w1:4`` (one worker 4x slower) or ``rotating:4``."""
+    if not text:
+        return None
+    who, _, factor = text.partition(":")
+    try:
+        f = float(factor or 4)
+        rank = None if who == "rotating" else int(who.removeprefix("w"))
+    except ValueError:
+        raise ValueError(f"--straggler {text}: want RANK:FACTOR (w1:4) or "
+                         f"rotating:FACTOR") from None
+    if not f >= 1:
+        raise ValueError(f"--straggler {text}: the factor is how many times slower, >= 1")
+    if rank is None:
+        return {"mode": "rotating", "factor": f, "seed": seed}
+    if not 0 <= rank < workers:
+        raise ValueError(f"--straggler {text}: no worker w{rank} in this job "
+                         f"(w0..w{workers - 1})")
+    return {"mode": "persistent", "rank": rank, "factor": f}
+
+
+def _check_paths(a: argparse.Namespace) -> None:
+    """Paths that would fail only after training: refuse them first."""
+    if a.checkpoint and Path(a.checkpoint).exists() and not Path(a.checkpoint).is_dir():
+        raise ValueError(f"--checkpoint {a.checkpoint}: exists and is not a directory")
+    if a.out and any(Path(a.out).glob("metrics-*.json")):
+        raise ValueError(f"--out {a.out}: holds an earlier run's files, whose nodes would "
+                         f"be mixed into this run's; give an empty or new directory")
 
 
 def spec_from_args(a: argparse.Namespace):
     from .launcher import ClusterSpec
 
-    straggler = None
-    if a.straggler:
-        who, _, factor = a.straggler.partition(":")
-        straggler = ({"mode": "rotating", "factor": float(factor or 4), "seed": a.seed}
-                     if who == "rotating" else
-                     {"mode": "persistent", "rank": int(who.lstrip("w")),
-                      "factor": float(factor or 4)})
+    straggler = _straggler(a.straggler, a.workers, a.seed)
     return ClusterSpec(servers=a.servers, workers=a.workers, app=_app_spec(a),
                        consistency=a.consistency, replication=a.replication, vnodes=a.vnodes,
                        steps=a.steps, audit=a.audit, step_sleep_s=a.step_sleep,
@@ -91,6 +146,7 @@ def _launch(a: argparse.Namespace) -> dict[str, Any]:
 
     from .launcher import launch
 
+    _check_paths(a)
     out = launch(spec_from_args(a), run_dir=a.out, eval_every_s=a.eval_every,
                  faults=_faults(a), progress=not a.no_progress, ckpt_dir=a.checkpoint,
                  restore=a.restore)
@@ -120,6 +176,9 @@ def _launch(a: argparse.Namespace) -> dict[str, Any]:
 
 def _one_role(a: argparse.Namespace) -> dict[str, Any]:
     """Run one role in this process, for a cluster spread over machines."""
+    if a.role != "scheduler" and not a.scheduler:
+        raise ValueError(f"--role {a.role} needs --scheduler HOST:PORT (the scheduler's "
+                         f"address, printed when it starts)")
     if a.role == "scheduler":
         import asyncio
 
@@ -154,31 +213,39 @@ def add_parser(sub, add) -> None:
     la.add_argument("--app", choices=["sparse_lr", "mlp", "count"], default="sparse_lr")
     la.add_argument("--consistency", default="bsp", help="bsp, ssp:TAU or asp")
     la.add_argument("--replication", type=int, default=1, help="copies of each key range")
-    la.add_argument("--vnodes", type=int, default=4, help="virtual nodes per server")
+    la.add_argument("--vnodes", type=positive_int, default=4, help="virtual nodes per server")
     la.add_argument("--steps", type=positive_int, default=100, help="steps per data shard")
-    la.add_argument("--features", type=int, default=1 << 20, help="sparse_lr: key space")
-    la.add_argument("--examples", type=int, default=8192, help="sparse_lr: dataset size")
-    la.add_argument("--nnz", type=int, default=24, help="sparse_lr: features per example")
-    la.add_argument("--lam", type=float, default=5e-3, help="sparse_lr: L1 strength")
+    la.add_argument("--features", type=positive_int, default=1 << 20,
+                    help="sparse_lr: key space")
+    la.add_argument("--examples", type=positive_int, default=8192,
+                    help="sparse_lr: dataset size")
+    la.add_argument("--nnz", type=positive_int, default=24,
+                    help="sparse_lr: features per example")
+    la.add_argument("--lam", type=non_negative_float, default=5e-3,
+                    help="sparse_lr: L1 strength")
     la.add_argument("--filters", nargs="*", default=[],
                     choices=SPARSE_LR_FILTERS)
     la.add_argument("--updater", default=None,
                     help="the servers' update rule instead of the app's: sgd, adagrad, "
                          "l1prox or sum, with parameters as in l1prox:lr=0.05,lam=0.001")
-    la.add_argument("--hidden", type=int, default=64, help="mlp: hidden units")
+    la.add_argument("--hidden", type=positive_int, default=64, help="mlp: hidden units")
     la.add_argument("--device", default="cpu", help="mlp: where workers compute (cuda)")
-    la.add_argument("--batch", type=int, default=0, help="minibatch (0: the app's default)")
-    la.add_argument("--lr", type=float, default=0.0, help="learning rate (0: app default)")
-    la.add_argument("--seed", type=int, default=0)
-    la.add_argument("--step-sleep", type=float, default=0.0,
+    la.add_argument("--batch", type=non_negative_int, default=0,
+                    help="minibatch (0: the app's default)")
+    la.add_argument("--lr", type=non_negative_float, default=0.0,
+                    help="learning rate (0: app default)")
+    la.add_argument("--seed", type=non_negative_int, default=0)
+    la.add_argument("--step-sleep", type=non_negative_float, default=0.0,
                     help="seconds of simulated compute per step (sleep)")
     la.add_argument("--straggler", default=None,
                     help="RANK:FACTOR (one slow worker) or rotating:FACTOR")
-    la.add_argument("--audit", type=int, default=0, help="audit keys per push (0: off)")
+    la.add_argument("--audit", type=non_negative_int, default=0,
+                    help="audit keys per push (0: off)")
     la.add_argument("--kill-server", action="append", default=[], metavar="NAME@SECONDS")
     la.add_argument("--kill-worker", action="append", default=[], metavar="NAME@SECONDS")
     la.add_argument("--freeze", action="append", default=[], metavar="NAME@SECONDS:FOR")
-    la.add_argument("--eval-every", type=float, default=1.0, help="monitor period (s)")
+    la.add_argument("--eval-every", type=positive_float, default=1.0,
+                    help="monitor period (s)")
     la.add_argument("--checkpoint", default=None, help="write a checkpoint here at the end")
     la.add_argument("--restore", default=None, metavar="DIR",
                     help="go on from a checkpoint written by --checkpoint (same job, more "
@@ -190,7 +257,7 @@ def add_parser(sub, add) -> None:
                     help="run only this role (multi-machine use)")
     la.add_argument("--name", default=None, help="with --role: the node's name (s1, w0)")
     la.add_argument("--scheduler", default=None, help="with --role: HOST:PORT")
-    la.add_argument("--port", type=int, default=0, help="with --role: port to bind")
+    la.add_argument("--port", type=port, default=0, help="with --role: port to bind")
 
 
 

@@ -68,6 +68,9 @@ class ClusterSpec:
         if self.servers < 1 or self.workers < 0:
             raise ValueError(f"a job needs at least one server (got {self.servers}) and "
                              f"no negative number of workers (got {self.workers})")
+        if self.audit < 0 or self.vnodes < 1 or self.step_sleep_s < 0:
+            raise ValueError(f"audit ({self.audit}) must be >= 0, vnodes ({self.vnodes}) "
+                             f">= 1 and step_sleep_s ({self.step_sleep_s}) >= 0")
         if not 1 <= self.replication <= self.servers:
             raise ValueError(f"replication {self.replication} must be 1..{self.servers} "
                              f"(each copy of a range lives on a different server)")

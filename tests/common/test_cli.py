@@ -2,6 +2,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 
 def _casebook(*args):
     out = subprocess.run([sys.executable, "-m", "common.cli", *args], capture_output=True,
@@ -74,3 +76,28 @@ def test_help_imports_only_the_system_it_names():
     for name in ("clipper", "flow", "ansor", "ps"):
         assert any(line.split()[:1] == [name] for line in lines), name
     assert any("tune" in line for line in _casebook("ansor", "--help"))
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["bench", "miniansor", "--only"], "--only"),  # no names: it ran the whole suite
+    (["ps", "launch", "--audit", "-2"], "--audit"),  # it hung at the first barrier
+    (["ps", "launch", "--vnodes", "0"], "--vnodes"),
+    (["ps", "launch", "--step-sleep", "-1"], "--step-sleep"),
+    (["ps", "launch", "--role", "scheduler", "--port", "70000"], "--port"),
+    (["ansor", "tune", "--workload", "gemm", "--shape", "64,64,64", "--seed", "-1"], "--seed"),
+    (["ansor", "tune-model", "--batch", "0"], "--batch"),
+    (["ansor", "sim-table", "--out", "x.json", "--tasks", "gemm:64x64x64:fp16:none",
+      "--configs", "0"], "--configs"),
+    (["clipper", "start", "--query-port", "70000"], "--query-port"),
+    (["clipper", "start", "--trace-sample", "5"], "--trace-sample"),
+    (["clipper", "load", "--app", "a", "--duration", "-1"], "--duration"),
+    (["flow", "train", "--batch", "-5"], "--batch"),
+])
+def test_number_flags_refuse_values_they_cannot_mean(argv, flag, capsys):
+    """Each used to start work (or hang, or train a useless model) on a value that made
+    no sense; argparse now says which flag, before anything runs."""
+    from common.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and f"argument {flag}" in capsys.readouterr().err

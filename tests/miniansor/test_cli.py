@@ -140,3 +140,37 @@ def test_tune_model_tunes_each_extracted_task_and_weighs_them():
     assert doc["weighted_latency_us"] == pytest.approx(
         sum(t["weight"] * t["best_us"] for t in doc["tasks"]), rel=1e-9)
     assert doc["curve"]["trials"] == [8, 16, 24]
+
+
+def test_inputs_that_are_not_what_they_claim_are_refused_with_their_name(tmp_path, capsys):
+    """A replay table given as --log used to be appended to (and spoiled); a typo in an
+    epilogue was dropped; a malformed table, a missing log, and a record with a zero
+    time gave tracebacks or a negative latency."""
+    from common.cli import main
+
+    table = tmp_path / "table.json"
+    table.write_text(json.dumps({"format": "miniansor-recorded/1", "source": "simulated",
+                                 "tasks": {}}) + "\n")
+    before = table.read_bytes()
+    tune = ["ansor", "tune", "--workload", "gemm", "--shape", "64,64,64", "--trials", "2",
+            "--no-progress", "--no-verify"]
+    assert main([*tune, "--log", str(table)]) == 2
+    assert "is not a miniansor tuning log" in capsys.readouterr().err
+    assert table.read_bytes() == before
+    assert main([*tune, "--epilogue", "bais+relu"]) == 2
+    assert "parts are bias, relu or gelu (one), res" in capsys.readouterr().err
+    for bad in ([1, 2], {"format": "miniansor-recorded/1", "source": "measured",
+                         "tasks": {"gemm:64x64x64:fp16:none": [1]}}):
+        table.write_text(json.dumps(bad))
+        assert main([*tune, "--device", f"replay:{table}"]) == 2
+        err = capsys.readouterr().err
+        assert str(table) in err and len(err.strip().splitlines()) == 1, err
+    assert main(["ansor", "show", str(tmp_path / "none.jsonl")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    log = tmp_path / "m.jsonl"
+    from systems.miniansor.workloads import softmax
+
+    a = softmax(4, 64, "fp32")
+    _log(log, "dev", {a.key: 1}, [(a, 2e-6), (a, 0.0)])  # a zero time is no measurement
+    out = _show(str(log), "--plot", str(tmp_path / "p.png"))
+    assert out["records"] == 1 and out["tasks"][0]["best_us"] == pytest.approx(2.0)

@@ -213,7 +213,40 @@ def test_management_refuses_a_rebound_host_and_values_it_cannot_serve(clipper):
     assert code == 400 and "list of strings" in r["cause"]
     code, r = post(f"{mgmt}/get_batch_log", {"model_name": "nope", "since": 0})
     assert code == 404  # a whole-number 'since' is a time too: the model is what is missing
-    assert "huge" not in c.get_all_apps()
+    code, r = post(f"{mgmt}/add_app", {**app, "latency_slo_micros": 1000,
+                                       "input_length": 10**30})
+    assert code == 400 and "input_length must be in" in r["cause"]
+    code, r = post(f"{mgmt}/add_app", {**app, "name": "a" * 64, "latency_slo_micros": 1000})
+    assert code == 400 and "at most 63" in r["cause"]
+    code, r = post(f"{mgmt}/container_control", {"model_name": "nope", "slowdown": 1e300})
+    assert code == 400 and "1..1000" in r["cause"]  # it made every later query a default
+    code, r = post(f"{mgmt}/shutdown", {"bogus": 1})
+    assert code == 400 and "unexpected field" in r["cause"]
+    assert "huge" not in c.get_all_apps() and c.get_all_apps()  # and it is still up
+
+
+def test_a_cli_deploy_refused_for_its_app_leaves_no_model_behind(clipper, capsys):
+    """``casebook clipper deploy --app BadApp`` deployed the model, then failed on the
+    application, so a corrected retry was told the model was already deployed."""
+    from common.cli import main
+
+    c = clipper
+    where = ["--host", c.cm.host, "--mgmt-port", str(c.cm.ports["mgmt_port"]),
+             "--query-port", str(c.cm.ports["query_port"])]
+    for bad, msg in ((["--app", "BadApp"], "DNS-1123"),
+                     (["--app", "okapp", "--slo-micros", str(10**12)], "latency_slo_micros")):
+        assert main(["clipper", "deploy", "--name", "orphan", "--builtin", "sum", *bad,
+                     *where]) == 2
+        assert msg in capsys.readouterr().err
+    assert "orphan" not in {m.split(":")[0] for m in c.get_all_models()}
+    assert "okapp" not in c.get_all_apps()
+    c.register_application("words-app", "strings", "", 100_000)
+    assert main(["clipper", "deploy", "--name", "orphan", "--builtin", "sum", "--app",
+                 "words-app", *where]) == 2
+    assert "takes input_type 'strings'" in capsys.readouterr().err
+    assert main(["clipper", "deploy", "--name", "orphan", "--builtin", "sum", "--app",
+                 "okapp", *where]) == 0  # the retry works
+    assert c.predict("okapp", [1.0, 2.0])["output"] == 3.0
 
 
 def test_containers_run_the_stores_copy_not_the_source(clipper):

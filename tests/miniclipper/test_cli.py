@@ -120,3 +120,14 @@ def test_load_varies_an_integers_app_by_whole_numbers_and_refuses_a_strings_app(
         assert load["errors"] == load["default"] == 0
     assert main(["clipper", "load", "--app", "words", "--out", str(tmp_path), *ports]) == 2
     assert "cannot load an application of input_type 'strings'" in capsys.readouterr().err
+
+
+def test_load_and_query_flags_are_checked_before_any_query(capsys):
+    """No Clipper runs here: each refusal must come before a connection is tried."""
+    for argv, msg in ((["load", "--app", "a", "--inputs", "random:0"], "random:DIM"),
+                      (["load", "--app", "a", "--inputs", "random"], "random:DIM"),
+                      (["query", "--app", "a", "--input", "[1, 2"], "--input '[1, 2'"),
+                      (["query", "--app", "a", "--input", "[1e999]"], "overflows a float")):
+        assert main(["clipper", *argv, "--mgmt-port", "1", "--query-port", "1"]) == 2
+        err = capsys.readouterr().err
+        assert msg in err and "refused" not in err.lower(), err

@@ -192,3 +192,30 @@ def test_cli_kill_server_with_and_without_replicas(tmp_path, replication):
     assert any(e["kind"] == "ring" and "s1" in e["why"] for e in res["events"])
     assert res["audit"]["acked_lost"] == 0 and res["audit"]["acked_duplicated"] == 0
     assert res["clocks"] == {"w0": 300, "w1": 300}
+
+
+def test_launch_flags_are_checked_before_anything_starts(tmp_path, capsys):
+    """Each of these used to fail halfway through a run (an unknown node when its fault
+    fired, a checkpoint path after training) or print a worker's traceback."""
+    from common.cli import main
+
+    (tmp_path / "file").write_text("x")
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "metrics-s0.json").write_text("{}")
+    cases = [(["--kill-server", "s9@0.1"], "no node s9 in this job (s0..s1)"),
+             (["--kill-worker", "w1"], "want NAME@SECONDS, e.g. w0@1.5"),
+             (["--freeze", "s0@1:x"], "want NAME@SECONDS:FOR"),
+             (["--straggler", "w7:2"], "no worker w7 in this job (w0..w1)"),
+             (["--straggler", "w0:0.5"], "how many times slower, >= 1"),
+             (["--straggler", "slow"], "want RANK:FACTOR"),
+             (["--checkpoint", str(tmp_path / "file")], "exists and is not a directory"),
+             (["--out", str(used)], "holds an earlier run's files"),
+             (["--role", "worker"], "needs --scheduler HOST:PORT"),
+             (["--app", "mlp", "--device", "tpu"], "use cpu, cuda or cuda:N")]
+    for extra, msg in cases:
+        t0 = time.monotonic()
+        assert main(["ps", "launch", "--app", "count", "--no-progress", *extra]) == 2
+        err = capsys.readouterr().err
+        assert msg in err and len(err.strip().splitlines()) == 1, err
+        assert time.monotonic() - t0 < 5  # refused before a process started
