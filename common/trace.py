@@ -138,19 +138,37 @@ def _plain(x: Any) -> Any:
     raise TypeError(f"{type(x).__name__} is not JSON serialisable")
 
 
-def write_json_atomic(path: str | os.PathLike, doc: Any) -> Path:
+def write_json_atomic(path: str | os.PathLike, doc: Any, durable: bool = False) -> Path:
+    """Write ``doc`` to a temporary file and rename it over ``path``: a reader sees the
+    old file or the new one, never half of one. ``durable`` also fsyncs the file before
+    the rename and the directory after it, so the new file survives a crash (a
+    checkpoint's manifest, before the files it replaces are deleted)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(doc, f, default=_plain)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; results and traces are for others
         os.replace(tmp, path)
+        if durable:
+            fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)  # never leave a half-written temporary behind
         raise
     return path
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make a rename in directory ``path`` durable (POSIX keeps names in the directory)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def load(path: str | os.PathLike) -> list[dict[str, Any]]:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from common import rpc
-from common.trace import write_json_atomic
+from common.trace import fsync_dir, write_json_atomic
 
 from . import message as M
 from .ring import intersect, positions
@@ -50,6 +50,7 @@ def _atomic_npz(path: Path, **arrays: np.ndarray) -> Path:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    fsync_dir(path.parent)
     return path
 
 
@@ -93,7 +94,7 @@ def checkpoint(ring_info: dict, ckpt_dir: str | os.PathLike, timeout: float = 30
         files.append(Path(reply["file"]).name)
     path = write_json_atomic(d / MANIFEST, {"epoch": ring_info["epoch"], "files": files,
                                             "servers": ring_info["servers"],
-                                            "generation": generation})
+                                            "generation": generation}, durable=True)
     # only our own older files: the previous manifest's, and generations of ring
     # servers' files that a torn checkpoint left (the directory may hold other things)
     ours = set(old.get("files", [])) | {

@@ -68,6 +68,17 @@ def key_signature(keys: np.ndarray) -> str:
     return hashlib.blake2b(memoryview(keys).cast("B"), digest_size=16).hexdigest()
 
 
+FP16_MAX = float(np.finfo(np.float16).max)  # 65504: larger values become inf
+
+
+def safe_codec(codec: str | None, vals: np.ndarray) -> str | None:
+    """``codec`` without its fp16 step when fp16 would turn a value into inf (the
+    message then goes as exact float32, zlib'd if asked)."""
+    if codec and "fp16" in codec and vals.size and np.abs(vals).max() > FP16_MAX:
+        return codec.replace("fp16+", "").replace("fp16", "") or None
+    return codec
+
+
 def compress_values(vals: np.ndarray, codec: str) -> np.ndarray:
     """``vals`` (float32) encoded by ``codec`` in {"fp16", "zlib", "fp16+zlib"}."""
     a = np.ascontiguousarray(vals)
@@ -205,8 +216,15 @@ class KKT:
         if w is None:
             return keys, vals
         k = vals.shape[1]
-        inactive = (w.reshape(vals.shape) == 0).all(axis=1) & \
-            (np.abs(vals).max(axis=1) < self.lam - self.margin)
+        # the weights belong to the push's own keys (ctx["keys"]); a filter before this
+        # one may have dropped or added entries, so find each key's weight by key; a key
+        # without a pulled weight is taken as active (never dropped on a guess)
+        wkeys = ctx.get("keys", keys)
+        w = w.reshape(-1, k)
+        at = np.minimum(np.searchsorted(wkeys, keys), max(wkeys.size - 1, 0))
+        known = (wkeys[at] == keys) if wkeys.size else np.zeros(keys.size, bool)
+        zero_w = known & (w[at] == 0).all(axis=1) if wkeys.size else known
+        inactive = zero_w & (np.abs(vals).max(axis=1) < self.lam - self.margin)
         keep = ~inactive
         n_out = int(keep.sum())
         self.stats.add(entry_bytes(keys.size, k), entry_bytes(n_out, k), keys.size, n_out)
@@ -249,6 +267,7 @@ class FilterChain:
         audit counters, which must arrive exactly) pass through untouched."""
         n = keys.size - int(ctx.get("exempt", 0))
         k, v = keys[:n], vals[:n]
+        ctx = {"keys": k, **ctx}  # what ctx["weights"] are aligned with (the KKT filter)
         for f in self.value_filters:
             k, v = f.push(k, v, ctx)
         if n == keys.size:
@@ -272,10 +291,14 @@ class FilterChain:
                 self.caching.stats.add(keys.nbytes, keys.nbytes + sig_bytes, keys.size,
                                        keys.size)
         if self.compress:
-            if vals is not None and self.compress.push_codec and vals.size:
-                packed = compress_values(vals, self.compress.push_codec)
+            codec = self.compress.push_codec
+            if vals is not None:  # an init push carries the model itself: never lossy
+                codec = safe_codec(codec, np.full(1, np.inf) if meta.get("cmd") == "init"
+                                   else vals)
+            if vals is not None and codec and vals.size:
+                packed = compress_values(vals, codec)
                 self.compress.stats.add(vals.nbytes, packed.nbytes)
-                meta["codec"], vals = self.compress.push_codec, packed
+                meta["codec"], vals = codec, packed
             if meta.get("op") == "pull" and self.compress.pull_codec:
                 meta["pull_codec"] = self.compress.pull_codec
         return meta, keys, vals

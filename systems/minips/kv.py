@@ -43,11 +43,29 @@ from . import message as M
 from .filters import FilterChain
 from .metrics import NodeMetrics
 from .recovery import Recovery
-from .ring import Ring, intersect, merge_ranges
+from .ring import Ring, intersect, merge_ranges, positions
 from .tracker import Pending, Request
 
 PUSH_TIMEOUT_S = 10.0
 PULL_TIMEOUT_S = 600.0  # a pull may wait long on consistency; failures are caught earlier
+
+
+def _own(arr: np.ndarray, given) -> np.ndarray:
+    """``arr``, copied if it may be the caller's own memory."""
+    if isinstance(given, np.ndarray) and np.may_share_memory(arr, given):
+        return arr.copy()
+    return arr
+
+
+def _outside(keys: np.ndarray, ranges: list[tuple[int, int]]) -> np.ndarray:
+    """The keys that lie in none of the sorted, disjoint ``ranges``."""
+    if not keys.size:
+        return keys
+    pos = positions(keys, [x for r in ranges for x in r])
+    inside = np.zeros(keys.size + 1, np.int64)
+    np.add.at(inside, pos[0::2], 1)
+    np.add.at(inside, pos[1::2], -1)
+    return keys[np.cumsum(inside[:-1]) == 0]
 
 
 class KVWorker(Recovery):
@@ -97,15 +115,22 @@ class KVWorker(Recovery):
     # ---- the API ---------------------------------------------------------------------
     def push(self, keys: np.ndarray, vals: np.ndarray, clock: int | None = None,
              key_range: tuple[int, int] | None = None, cmd: str = "push",
-             ctx: dict | None = None, wait: int | None = None) -> int:
+             ctx: dict | None = None, wait: int | None = None, copy: bool = True) -> int:
         """Push ``vals`` for ``keys``; returns a timestamp for :meth:`wait`.
 
         ``clock`` is the task's timestamp (default: one more than the last push);
         ``wait`` a dependency on every worker's *pull* of that clock (BSP);
         ``ctx`` is handed to the value filters (the KKT filter reads ``ctx["weights"]``).
+        The push returns before it is sent (it may wait behind the previous one, and is
+        resent after a failure), so the arrays are copied, as ps-lite's ``Push`` does;
+        ``copy=False`` is its ``ZPush``: the caller promises not to change them until
+        the push is acknowledged (the worker loop, whose arrays are new each step).
         """
+        orig_k, orig_v = keys, vals
         keys = self._keys(keys, "push")
         vals = M.check_vals(np.ascontiguousarray(vals, M.VAL_DTYPE), keys.size, self.val_len)
+        if copy:
+            keys, vals = _own(keys, orig_k), _own(vals, orig_v)
         if clock is None and cmd != "init":
             clock = self.auto_clock + 1
         ranges = M.check_range(key_range, keys, self.key_max, "push")
@@ -124,6 +149,13 @@ class KVWorker(Recovery):
             self.auto_clock = clock
         if self.filters.value_filters and cmd != "init":
             keys, vals = self.filters.filter_push(keys, vals, ctx or {})
+            # a final push also flushes what a filter held back, maybe outside key_range:
+            # cover those keys too, or no slice would carry them
+            out = _outside(keys, ranges)
+            if out.size:
+                ranges = merge_ranges(ranges + [(int(k), int(k) + 1) for k in out])
+                if clock is not None:
+                    self.clock_ranges = merge_ranges(self.clock_ranges + ranges)
         req = self._new("push", keys, vals, ranges, clock=clock, cmd=cmd)
         req.push_wait = wait
         with self.lock:
@@ -133,10 +165,13 @@ class KVWorker(Recovery):
         return req.ts
 
     def pull(self, keys: np.ndarray, clock: int | None = None, wait: int | None = None,
-             key_range: tuple[int, int] | None = None) -> int:
+             key_range: tuple[int, int] | None = None, copy: bool = True) -> int:
         """Pull the values of ``keys``; ``wait`` is the clock every worker must have
-        finished first (the consistency dependency), ``clock`` this task's own."""
-        keys = self._keys(keys, "pull")
+        finished first (the consistency dependency), ``clock`` this task's own. The keys
+        are copied (a resend after a failure reads them again) unless ``copy=False``
+        (ps-lite's ``ZPull``)."""
+        checked = self._keys(keys, "pull")
+        keys = _own(checked, keys) if copy else checked
         req = self._new("pull", keys, None, M.check_range(key_range, keys, self.key_max, "pull"),
                         clock=clock, wait=wait)
         req.out = np.zeros((keys.size, self.val_len), M.VAL_DTYPE)

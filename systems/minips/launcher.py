@@ -71,6 +71,11 @@ class ClusterSpec:
         if self.audit < 0 or self.vnodes < 1 or self.step_sleep_s < 0:
             raise ValueError(f"audit ({self.audit}) must be >= 0, vnodes ({self.vnodes}) "
                              f">= 1 and step_sleep_s ({self.step_sleep_s}) >= 0")
+        one_value = self.app.get("name") != "count" or self.audit or self.app.get("tally")
+        if self.val_len != 1 and one_value:  # they push one number per key
+            raise ValueError(f"val_len {self.val_len}: the {self.app.get('name')} app, the "
+                             f"audit and the tally push one value per key; val_len 1 only "
+                             f"(the KV API itself takes any)")
         if not 1 <= self.replication <= self.servers:
             raise ValueError(f"replication {self.replication} must be 1..{self.servers} "
                              f"(each copy of a range lives on a different server)")

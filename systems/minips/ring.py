@@ -33,9 +33,11 @@ import numpy as np
 UINT64_END = 1 << 64
 
 
-def vnode_position(name: str, v: int, key_max: int) -> int:
-    """Where virtual node ``v`` of server ``name`` sits on the ring (stable across runs)."""
-    h = hashlib.blake2b(f"{name}#{v}".encode(), digest_size=8).digest()
+def vnode_position(name: str, v: int, key_max: int, probe: int = 0) -> int:
+    """Where virtual node ``v`` of server ``name`` sits on the ring (stable across runs);
+    ``probe`` > 0 gives the alternative places tried when that point is taken."""
+    tag = f"{name}#{v}" + (f"#{probe}" if probe else "")
+    h = hashlib.blake2b(tag.encode(), digest_size=8).digest()
     return int.from_bytes(h, "little") % key_max
 
 
@@ -99,11 +101,17 @@ class Ring:
         self.key_max, self.vnodes, self.epoch = key_max, vnodes, epoch
         self.replication = max(1, min(replication, len(self.servers)))
         points: dict[int, str] = {}
-        for s in self.servers:
+        for s in self.servers:  # in name order, so the placement does not depend on input
             for v in range(vnodes):
-                p = vnode_position(s, v, key_max)
-                if p not in points or s < points[p]:  # a collision goes to the smaller name
-                    points[p] = s
+                # two virtual nodes on one point (likely in a key space of a few hundred
+                # keys) would leave one server short of a range, or a range short of a
+                # replica: probe the vnode's alternative places (a few; a key space
+                # smaller than the virtual nodes cannot hold them all)
+                for probe in range(16):
+                    p = vnode_position(s, v, key_max, probe)
+                    if p not in points:
+                        points[p] = s
+                        break
         self.points = sorted(points.items())
         self.pieces = self._cut()
         self.begins = [p.begin for p in self.pieces]

@@ -112,14 +112,18 @@ class Scheduler:
         self.servers[name]["alive"] = False
         if self.joining == name:
             self.joining = None
-        if name in self.ring_servers and self.config["replication"] < 2:
+        # the copies the ring keeps now: R, but never more than its servers (after deaths
+        # shrank a ring of R = 2 to one server, that server holds the only copy)
+        copies = min(self.config["replication"], len(self.ring_servers))
+        if name in self.ring_servers and copies < 2:
             # No other server holds its ranges (section 4.3 keeps R copies; R = 1 keeps
             # none to spare), so their values are gone. Re-forming the ring would hand
             # them to servers that wait for a copy nobody can send: end the job instead,
             # and say why to every node that asks.
-            self.fail(f"server {name} died ({why}) and replication 1 keeps no other copy "
-                      f"of its key ranges, so their values are lost; run with replication "
-                      f">= 2 to survive a server's death, or restart from a checkpoint")
+            self.fail(f"server {name} died ({why}) and replication {copies} keeps no other "
+                      f"copy of its key ranges, so their values are lost; run with "
+                      f"replication >= 2 to survive a server's death, or restart from a "
+                      f"checkpoint")
             return
         if name in self.ring_servers:
             rest = [s for s in self.ring_servers if s != name]

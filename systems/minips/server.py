@@ -46,7 +46,7 @@ from . import control, updaters
 from . import message as M
 from .clock import VectorClock
 from .consistency import DependencyGate
-from .filters import KeyCache, compress_values, decode_request
+from .filters import KeyCache, compress_values, decode_request, safe_codec
 from .membership import Membership
 from .metrics import NodeMetrics
 from .replication import Replication
@@ -285,6 +285,8 @@ class KVServer(Membership):
         self.record_pull(meta.get("sender", "?"), ranges, meta.get("clock"))
         out_meta = M.reply(held_s=held, reached=self.gate.reached(ranges))
         codec = meta.get("pull_codec")
+        if codec and vals is not None and vals.size:
+            codec = safe_codec(codec, vals)
         if codec and vals is not None and vals.size:
             vals = compress_values(vals, codec)
             out_meta["codec"] = codec

@@ -113,6 +113,12 @@ class Regions:
     default: Any
     regions: list[tuple[int, int, Any]]
 
+    def __post_init__(self) -> None:
+        spans = sorted((b, e) for b, e, _ in self.regions)
+        for (b1, e1), (b2, e2) in zip(spans, spans[1:], strict=False):
+            if b2 < e1:  # a key in both would be updated twice by one push
+                raise ValueError(f"update regions [{b1}, {e1}) and [{b2}, {e2}) overlap")
+
     def split(self, keys: np.ndarray) -> list[tuple[Any, np.ndarray]]:
         """``(updater, boolean mask over keys)`` groups; masks cover every key once."""
         if not self.regions:
@@ -120,7 +126,9 @@ class Regions:
         rest = np.ones(keys.size, bool)
         out = []
         for b, e, up in self.regions:
-            m = (keys >= np.uint64(b)) & (keys < np.uint64(min(e, (1 << 64) - 1)))
+            m = keys >= np.uint64(b)
+            if e < 1 << 64:  # a region up to 2**64 includes the last key, 2**64 - 1
+                m &= keys < np.uint64(e)
             if m.any():
                 out.append((up, m))
             rest &= ~m

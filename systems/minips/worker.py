@@ -154,7 +154,7 @@ class Worker:
             step = progress[s]
             keys = app.keys(s, step)
             t0 = time.perf_counter()
-            w = kv.wait(kv.pull(keys, clock=c, wait=model.wait_clock(c)))
+            w = kv.wait(kv.pull(keys, clock=c, wait=model.wait_clock(c), copy=False))
             waited = time.perf_counter() - t0
             wait_total += waited
             grads, loss = app.step(s, step, keys, w)
@@ -168,7 +168,7 @@ class Worker:
                 keys = np.concatenate([keys, ak])
                 grads = np.concatenate([grads, np.ones((ak.size, 1), VAL_DTYPE)])
                 ctx["exempt"] = ak.size  # no filter may touch the audit's counters
-            ts = kv.push(keys, grads, clock=c, ctx=ctx, wait=model.push_wait(c))
+            ts = kv.push(keys, grads, clock=c, ctx=ctx, wait=model.push_wait(c), copy=False)
             pushes.append((c, ts))
             done.pushed(s, ts)
             done.report(kv, mine)

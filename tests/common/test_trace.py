@@ -121,3 +121,25 @@ def test_a_failed_write_leaves_no_temporary_and_numpy_values_are_written(tmp_pat
     with pytest.raises(TypeError):
         write_json_atomic(tmp_path / "bad.json", {"x": object()})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.json"]
+
+
+def test_a_durable_write_reaches_the_disk_before_it_is_visible(tmp_path, monkeypatch):
+    """A checkpoint's manifest is written this way just before the files it replaces
+    are deleted: the file and its directory entry must both be fsynced."""
+    import os
+
+    from common.trace import write_json_atomic
+
+    synced = []
+    real = os.fsync
+
+    def spy(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real(fd)
+    monkeypatch.setattr(os, "fsync", spy)
+    path = write_json_atomic(tmp_path / "manifest.json", {"generation": 1}, durable=True)
+    assert json.loads(path.read_text()) == {"generation": 1}
+    assert any(".manifest.json." in p for p in synced) and str(tmp_path) in synced
+    synced.clear()
+    write_json_atomic(tmp_path / "trace.json", {})  # a trace need not be
+    assert synced == []

@@ -208,3 +208,30 @@ def test_an_unknown_filter_name_is_refused_before_anything_starts():
     with pytest.raises(ValueError, match=r"unknown filter\(s\) \['keycache'\]; sparse_lr "
                                          r"takes kkt, sigmod, key_caching, compress"):
         launch(ClusterSpec(servers=1, workers=1, steps=1, app=app), progress=False)
+
+
+def test_kkt_after_a_filter_that_drops_entries_reads_each_keys_own_weight():
+    """The weights in ctx belong to the push's keys; a filter before KKT changes which
+    entries there are. KKT used to reshape the weights onto the survivors (a crash, or
+    another key's weight: a dropped gradient of a non-zero weight)."""
+    keys = np.array([1, 2, 3], np.uint64)
+    weights = np.array([[0.0], [3.0], [0.0]], np.float32)  # key 2 is active
+    g = np.array([[0.5], [0.5], [0.05]], np.float32)  # key 3's change is held back
+    chain = FilterChain([SignificantlyModified(threshold=0.1), KKT(lam=1.0)])
+    k, v = chain.filter_push(keys, g, {"weights": weights})
+    assert k.tolist() == [2] and v.tolist() == [[0.5]]  # key 1 is inactive: dropped
+
+
+def test_fp16_is_never_asked_to_carry_what_it_cannot():
+    """fp16 turns numbers above 65504 into inf, which the server would add to the model;
+    such a message goes as exact float32, and so does an init push (the model itself)."""
+    chain = FilterChain([Compress(push_codec="fp16+zlib")])
+    big = np.array([[1.0], [7e4], [-1e5]], np.float32)
+    keys = np.arange(3, dtype=np.uint64)
+    meta, _, vals = chain.encode("s0", {"op": "push"}, keys, big)
+    assert meta["codec"] == "zlib"
+    np.testing.assert_array_equal(decompress_values(vals, meta["codec"], 3), big.ravel())
+    meta, _, _ = chain.encode("s0", {"op": "push", "cmd": "init"}, keys, big / 1e5)
+    assert meta["codec"] == "zlib"  # exact, though fp16 could have carried these
+    meta, _, _ = chain.encode("s0", {"op": "push"}, keys, big / 1e5)
+    assert meta["codec"] == "fp16+zlib"  # a gradient that fits stays compressed

@@ -237,3 +237,37 @@ def test_a_request_routed_with_the_wrong_ring_is_told_to_refresh(cluster):
     stale = M.encode({"epoch": st["epoch"] - 1, "ranges": [[0, KEY_MAX]], "sender": "x"},
                      np.array([1], np.uint64))
     assert M.decode(raw_call(cluster, "s0", "Pull", stale))[0]["code"] == M.STALE
+
+
+def test_a_push_owns_its_arrays_once_it_returns(cluster):
+    """push returns before it is sent (the previous push is still out); a loop that
+    refills its gradient buffer for the next step must not change a queued push, as
+    ps-lite's Push copies (ZPush, copy=False here, is the opt-out)."""
+    kv = cluster.client("refiller")
+    keys = np.arange(KEY_MAX - 64, KEY_MAX - 32, dtype=np.uint64)
+    before = kv.wait(kv.pull(keys))  # the module's other tests share the cluster
+    g = np.ones((keys.size, 2), np.float32)
+    first = kv.push(keys, g)
+    g[:] = 2.0
+    second = kv.push(keys, g)  # queued behind the first
+    g[:] = 1000.0
+    kv.wait(first), kv.wait(second)
+    np.testing.assert_array_equal(kv.wait(kv.pull(keys)) - before, np.full((keys.size, 2), 3.0))
+
+
+def test_a_final_push_flushes_held_back_updates_outside_its_key_range(cluster):
+    """Block by block, as the paper's block-coordinate algorithms push: the significantly-
+    modified filter holds back the first block's small updates, and the last push (of
+    another block) must still deliver them."""
+    from systems.minips.filters import SignificantlyModified
+
+    kv = cluster.client("blocks", filters=[SignificantlyModified(threshold=1.0)])
+    a, b = KEY_MAX - 1000, KEY_MAX - 500
+    first = np.array([a + 10, a + 20], np.uint64)
+    last = np.array([b + 10, b + 20], np.uint64)
+    before = kv.wait(kv.pull(np.concatenate([first, last])))
+    kv.wait(kv.push(first, np.full((2, 2), 0.25, np.float32), clock=0, key_range=(a, b)))
+    kv.wait(kv.push(last, np.full((2, 2), 0.5, np.float32), clock=1, key_range=(b, KEY_MAX),
+                    ctx={"final": True}))
+    got = kv.wait(kv.pull(np.concatenate([first, last]))) - before
+    np.testing.assert_array_equal(got, [[0.25] * 2] * 2 + [[0.5] * 2] * 2)

@@ -219,3 +219,13 @@ def test_launch_flags_are_checked_before_anything_starts(tmp_path, capsys):
         err = capsys.readouterr().err
         assert msg in err and len(err.strip().splitlines()) == 1, err
         assert time.monotonic() - t0 < 5  # refused before a process started
+
+
+def test_apps_that_push_one_value_per_key_refuse_another_val_len():
+    from systems.minips.launcher import ClusterSpec
+
+    for app, audit in (({"name": "mlp"}, 0), ({"name": "count"}, 1),
+                       ({"name": "count", "tally": {"shards": 2, "steps": 2}}, 0)):
+        with pytest.raises(ValueError, match="val_len 2: .* push one value per key"):
+            ClusterSpec(app=app, audit=audit, val_len=2).config(None)
+    ClusterSpec(app={"name": "count"}, val_len=2, key_max=64).config(None)  # the KV tests'

@@ -156,3 +156,15 @@ def test_a_server_joining_a_live_cluster_moves_only_the_ranges_it_takes(tmp_path
             time.sleep(0.05)                                     # of their transition
         assert got == want
         np.testing.assert_array_equal(kv.wait(kv.pull(keys)), np.ones((n, 1)))
+
+
+def test_virtual_nodes_that_collide_are_placed_elsewhere():
+    """In a key space of a few hundred keys two virtual nodes often hash to one point;
+    dropping one left a server without a range, or a range without its replica."""
+    for key_max in (8, 64, 251):
+        for n in (2, 3, 4):
+            servers = [f"s{i}" for i in range(n)]
+            ring = Ring(servers, key_max, vnodes=2, replication=2)
+            assert len(ring.points) == min(2 * n, key_max)
+            assert {s for _, s in ring.points} == set(servers)
+            assert all(len(p.replicas) == 1 for p in ring.pieces)

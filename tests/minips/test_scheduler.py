@@ -88,3 +88,25 @@ def test_a_dead_workers_shard_never_goes_to_a_worker_that_has_reported():
     assert sched.workers["w2"]["shards"] == [2, 1]
     assert sched.workers["w0"]["shards"] == []
     assert not sched.workers["w2"]["retired"]
+
+
+def test_the_death_of_the_last_copy_fails_the_job_whatever_the_replication_was():
+    """Replication 2, then one death: the ring of one server holds the only copy, so
+    the next death loses data and must end the job (it was only logged)."""
+    import asyncio
+
+    from systems.minips.scheduler import Scheduler
+
+    async def main():
+        s = Scheduler({"num_workers": 1, "num_servers": 2, "key_max": 1000, "vnodes": 4,
+                       "replication": 2, "steps": 5, "hb_interval": 0.1})
+        s.broadcast = lambda: None  # no servers to tell
+        for n in ("s0", "s1"):
+            s.servers[n] = {"addr": n, "alive": True, "incarnation": 0, "last_hb": 0}
+        s.commit(["s0", "s1"], "initial")
+        s.remove_server("s0", "no heartbeat")
+        survived = s.failure
+        s.remove_server("s1", "no heartbeat")
+        return survived, s.failure
+    survived, failure = asyncio.run(main())
+    assert survived is None and "replication 1 keeps no other copy" in failure

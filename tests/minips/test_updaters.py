@@ -157,3 +157,12 @@ def test_unknown_updater_is_a_clear_error():
         updaters.make("adam")
     with pytest.raises(ValueError, match="bad parameters for updater 'sgd'"):
         updaters.make({"name": "sgd", "momentum": 0.9})
+
+
+def test_regions_reach_the_last_key_and_may_not_overlap():
+    top = updaters.Regions(updaters.SGD(), [(1 << 63, 1 << 64, updaters.Sum())])
+    keys = np.array([5, 1 << 63, (1 << 64) - 1], np.uint64)
+    groups = {type(u).__name__: keys[m].tolist() for u, m in top.split(keys)}
+    assert groups == {"Sum": [1 << 63, (1 << 64) - 1], "SGD": [5]}
+    with pytest.raises(ValueError, match=r"\[0, 10\) and \[5, 15\) overlap"):
+        updaters.Regions(updaters.SGD(), [(0, 10, updaters.Sum()), (5, 15, updaters.Sum())])
