@@ -123,6 +123,19 @@ class Operation:
         return f"<mf.Operation '{self.name}' type={self.type}>"
 
 
+def as_operation(x: Any, where: str) -> Operation:
+    """The op behind ``x``: an Operation, a Tensor's op, a Variable's op (TF takes all
+    three in control_dependencies and group); anything else is a TypeError here, not a
+    failure when the graph runs."""
+    if isinstance(x, Tensor):
+        return x.op
+    if isinstance(getattr(x, "op", None), Operation):
+        return x.op
+    if isinstance(x, Operation):
+        return x
+    raise TypeError(f"{where}: {x!r} is not an op, a tensor or a variable")
+
+
 class Graph:
     """A container of operations, plus the scopes in effect while it is being built."""
 
@@ -159,14 +172,16 @@ class Graph:
 
     def unique_name(self, name: str) -> str:
         """``scope/name``, with ``_1``, ``_2``... appended if taken (as TF does)."""
-        full = f"{self._scope}/{name}" if self._scope else name
-        count = self._name_counts.get(full, 0)
-        self._name_counts[full] = count + 1
-        if count:
-            full = f"{full}_{count}"
-            while full in self._by_name:  # a user name like 'a_1' may already exist
-                count += 1
-                full = f"{full.rsplit('_', 1)[0]}_{count}"
+        base = f"{self._scope}/{name}" if self._scope else name
+        count = self._name_counts.get(base, 0)
+        full = f"{base}_{count}" if count else base
+        # taken already: by a suffixed name ('a' twice made 'a_1', then 'a_1' is asked
+        # for), or by a user's own 'a_1'; two ops of one name would swap values between
+        # devices (Send/Recv keys are names) and in get_tensor_by_name
+        while full in self._by_name:
+            count += 1
+            full = f"{base}_{count}"
+        self._name_counts[base] = count + 1
         return full
 
     @contextlib.contextmanager
@@ -205,7 +220,7 @@ class Graph:
             finally:
                 self._control_stack = saved
             return
-        self._control_stack.append([o.op if isinstance(o, Tensor) else o for o in ops])
+        self._control_stack.append([as_operation(o, "control_dependencies") for o in ops])
         try:
             yield
         finally:

@@ -122,8 +122,8 @@ def constant(value: Any, dtype: Any = None, shape: Sequence[int] | None = None,
         dt = as_dtype(dtype)
         arr = np.asarray(value).astype(dt.np_dtype) if from_numpy else \
             python_value_as(value, dt)
-    else:
-        arr = np.asarray(value)
+    else:  # a copy: the graph's constant must not be the caller's (writable) array
+        arr = np.array(value, copy=True)
         if not from_numpy:
             arr = arr.astype(_python_default_dtype(arr), copy=False)
     if shape is not None:

@@ -5,6 +5,8 @@ import pytest
 
 import systems.miniflow as mf
 
+from .helpers import evaluate
+
 
 def test_check_numerics_names_the_op_that_made_the_nan():
     g = mf.Graph()
@@ -73,3 +75,15 @@ def test_add_check_numerics_ops_does_not_rerun_initializers_or_updates():
         wv = wv - 0.1 * 2 * xv.T @ (xv @ wv) / 3
     np.testing.assert_allclose(losses[True], np.mean((xv @ wv) ** 2), rtol=1e-5)
     assert losses[True] == losses[False]
+
+
+def test_control_dependencies_and_group_take_variables():
+    g = mf.Graph()
+    with g.as_default():
+        v = mf.Variable(np.float32(2.0), name="v")
+        with mf.control_dependencies([v]):
+            out = mf.identity(mf.constant(6.0))
+        grp = mf.group(v, out)
+        with pytest.raises(TypeError, match="group: 3 is not an op"):
+            mf.group(3)
+    assert evaluate(g, out) == 6.0 and evaluate(g, grp) is None

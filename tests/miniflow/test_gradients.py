@@ -7,7 +7,7 @@ import torch
 
 import systems.miniflow as mf
 
-from .helpers import arrays, evaluate
+from .helpers import BACKENDS, arrays, evaluate
 
 
 def _numeric_grad(f, x, eps=1e-6):
@@ -203,3 +203,29 @@ def test_no_gradient_makes_an_op_a_dead_end_for_gradients():
             mf.gradients(make_op("Doubled", [x]).outputs[0], [x])
     assert alone is None
     assert evaluate(g, [y, other_path], {x: 2.0}) == [8.0, 3.0]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_where_gradients_match_torch_when_the_condition_broadcasts_and_g_is_inf(backend):
+    c = np.array([[True], [False], [True], [False]])
+    xv, yv = np.array([[0.0, 1.0, 4.0]]), np.array([[9.0, 0.0, 1.0]])
+    g = mf.Graph()
+    with g.as_default():
+        x, y = mf.placeholder(mf.float64, [None, 3]), mf.constant(yv)
+        out = mf.sqrt(mf.where(mf.constant(c), x, y))  # d sqrt at 0 is inf
+        gx, gy = mf.gradients(mf.reduce_sum(out), [x, y])
+    got_x, got_y = evaluate(g, [gx, gy], {x: xv}, backend)
+    tx, ty = torch.tensor(xv, requires_grad=True), torch.tensor(yv, requires_grad=True)
+    torch.sqrt(torch.where(torch.tensor(c), tx, ty)).sum().backward()
+    np.testing.assert_array_equal(got_x, tx.grad.numpy())  # (1, 3), inf where taken
+    np.testing.assert_array_equal(got_y, ty.grad.numpy())  # 0, not NaN, where not taken
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_gradient_of_a_one_input_concat_has_its_input_shape(backend):
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [None, 2])
+        (gx,) = mf.gradients(mf.reduce_sum(mf.concat([x], 0) * 3.0), [x])
+    np.testing.assert_array_equal(evaluate(g, gx, {x: np.ones((3, 2), np.float32)}, backend),
+                                  np.full((3, 2), 3.0))

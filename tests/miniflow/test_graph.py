@@ -225,3 +225,24 @@ def test_python_numbers_keep_their_value_or_are_refused(value, dtype, why):
         got = s.run(c)
     assert got.dtype == dtype.np_dtype
     np.testing.assert_array_equal(got, np.asarray(value).astype(dtype.np_dtype))
+
+
+def test_a_name_asked_for_twice_is_never_given_to_two_ops():
+    """'a', 'a' made 'a' and 'a_1'; asking for 'a_1' then returned 'a_1' again, and two
+    ops of one name swap values between devices (Send/Recv keys are names)."""
+    g = mf.Graph()
+    with g.as_default():
+        a = mf.constant(1.0, name="a")
+        a1 = mf.constant(2.0, name="a")
+        a2 = mf.constant(3.0, name="a_1")
+    assert [t.op.name for t in (a, a1, a2)] == ["a", "a_1", "a_1_1"]
+    assert g.get_tensor_by_name("a_1:0") is a1
+    g = mf.Graph()
+    with g.as_default():
+        with mf.device("/cpu:0"):
+            x = mf.constant([1.0, 2.0], name="x")
+            y = mf.multiply(x, 100000.0, name="y")
+        with mf.device("/cpu:1"):
+            z = mf.add(y, mf.multiply(x, 2.0, name="y_1"), name="y_1")
+    with mf.Session(graph=g, config=mf.ConfigProto(device_count={"CPU": 2})) as s:
+        np.testing.assert_allclose(s.run(z), [100002.0, 200004.0])

@@ -14,6 +14,7 @@ from .helpers import (
     arrays,
     broadcastable_pair,
     check_against_torch,
+    evaluate,
     mf_grads,
     shapes,
     torch_grads,
@@ -689,3 +690,50 @@ def test_float16_computation_round_trip(backend):
     np.testing.assert_array_equal(upv, want.astype(np.float32))
     assert downv == np.float16(1 / 3)
     np.testing.assert_allclose(np.float32(sv), want.astype(np.float32).sum(), rtol=1e-3)
+
+
+def test_where_takes_a_python_number_in_the_other_sides_dtype():
+    g = mf.Graph()
+    with g.as_default():
+        for dt in (mf.float64, mf.float16, mf.int64):
+            x = mf.placeholder(dt, [2])
+            assert mf.where(mf.constant([True, False]), x, 0).dtype == dt
+
+
+@pytest.mark.parametrize("build, op", [
+    (lambda b: mf.reduce_mean(b), "Mean"), (lambda b: mf.reduce_sum(b), "Sum"),
+    (lambda b: mf.add(b, b), "Add"),
+    (lambda b: mf.softmax(mf.cast(b, mf.int32)), "Softmax")])
+def test_ops_refuse_dtypes_they_would_compute_nonsense_for(build, op):
+    """mean(equal(pred, y)) read 0.25 for 3 of 4 right; TF refuses bool here."""
+    g = mf.Graph()
+    with g.as_default():
+        b = mf.equal(mf.constant([1, 2, 3, 4]), mf.constant([1, 2, 3, 0]))
+        with pytest.raises(TypeError, match=f"{op}: needs"):
+            build(b)
+        acc = mf.reduce_mean(mf.cast(b, mf.float32))
+    assert evaluate(g, acc) == 0.75
+
+
+def test_a_constant_copies_the_callers_array():
+    """It kept the array, made it read-only, and followed writes through its base."""
+    base = np.zeros(4, np.float32)
+    g = mf.Graph()
+    with g.as_default():
+        c = mf.constant(base[:3])
+    base[:] = 7.0  # the caller's array is still its own, and writable
+    np.testing.assert_array_equal(evaluate(g, c), np.zeros(3))
+
+
+def test_shape_errors_at_build_time_name_the_op():
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [1, 3, 3, 2], name="img")
+        with pytest.raises(mf.errors.GraphBuildError, match=r"BroadcastTo: cannot .*\(4, 5\)"):
+            mf.broadcast_to(mf.placeholder(mf.float32, [2, 3]), [4, 5])
+        with pytest.raises(mf.errors.GraphBuildError, match="Conv2D: a 5x5 window is larger"):
+            mf.nn.conv2d(x, mf.constant(np.zeros((5, 5, 2, 4), np.float32)), padding="VALID")
+        with pytest.raises(mf.errors.GraphBuildError, match="MaxPool: a 5x5 window"):
+            mf.nn.max_pool2d(x, 5, 1, "VALID")
+        with pytest.raises(mf.errors.GraphBuildError, match="StridedSlice: slice step cannot"):
+            x[::0]

@@ -6,6 +6,8 @@ import torch
 
 import systems.miniflow as mf
 
+from .helpers import evaluate
+
 
 def _run_miniflow(make_opt, steps, w0, xv, yv):
     g = mf.Graph()
@@ -98,3 +100,16 @@ def test_no_gradient_for_any_variable_is_an_error():
         loss = mf.constant(2.0) * 3.0
         with pytest.raises(ValueError, match="No gradients provided for any variable"):
             mf.train.GradientDescentOptimizer(0.1).minimize(loss)
+
+
+def test_a_variable_never_changes_shape():
+    g = mf.Graph()
+    with g.as_default():
+        v = mf.Variable(np.zeros(3, np.float32), name="v")
+        delta = mf.placeholder(mf.float32, None)
+        grow = mf.assign_add(v, delta)
+        with pytest.raises(mf.errors.GraphBuildError, match="gradient must have the var"):
+            mf.train.GradientDescentOptimizer(0.1).apply_gradients(
+                [(mf.constant(np.ones((2, 3), np.float32)), v)])
+    with pytest.raises(mf.errors.InvalidArgumentError, match=r"AssignAdd requires .*\(2, 3\)"):
+        evaluate(g, grow, {delta: np.ones((2, 3), np.float32)})

@@ -150,7 +150,10 @@ def concat(values, axis, name=None) -> Tensor:
 
 def _split_shapes_kernel(attrs, be, res):
     ax = attrs["axis"]
-    return lambda x, *shps: be.split(x, [int(_host(be, s)[ax]) for s in shps], ax)
+    def split(x, *shps):
+        parts = be.split(x, [int(_host(be, s)[ax]) for s in shps], ax)
+        return parts[0] if len(parts) == 1 else parts  # one output is a value, not a tuple
+    return split
 
 
 define(OpDef("SplitByShapes",
@@ -187,6 +190,8 @@ def _decode_index(enc: tuple) -> tuple:
 
 def _slice_shape(ins, attrs):
     x, enc = ins[-1], attrs["index"]
+    if any(e[0] == "slice" and e[3] == 0 for e in enc):
+        raise shape_error("StridedSlice", "slice step cannot be zero", x)
     if x.shape is None:
         return [(x.dtype, None)]
     dims = list(x.shape)
@@ -334,7 +339,16 @@ def ones_like(x, name=None) -> Tensor:
     return make_op("Fill", [shape(x)], {"value": 1, "dtype": x.dtype}, name).outputs[0]
 
 
-define(OpDef("BroadcastTo", lambda ins, a: [(ins[0].dtype, shape_from_tensor(ins[1]))],
+def _broadcast_to_shape(ins, attrs):
+    x, target = ins[0], shape_from_tensor(ins[1])
+    if x.shape is not None and target is not None and (len(x.shape) > len(target) or any(
+            d is not None and t is not None and d not in (1, t)
+            for d, t in zip(x.shape[::-1], target[::-1], strict=False))):
+        raise shape_error("BroadcastTo", f"cannot broadcast to {shapes.fmt(target)}", x)
+    return [(x.dtype, target)]
+
+
+define(OpDef("BroadcastTo", _broadcast_to_shape,
              lambda a, be, res: lambda x, s: be.broadcast_to(x, _host(be, s)),
              expensive=False, host_inputs=(1,)))
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from .. import shapes
 from ..dtypes import as_dtype
 from ..errors import InvalidArgumentError
-from ..graph import Operation, Tensor, get_default_graph
+from ..graph import Operation, Tensor, as_operation, get_default_graph
 from ..op_def import OP_DEFS, OpDef, convert_to_tensor, define, make_op
 
 
@@ -44,7 +44,7 @@ def no_op(name=None) -> Operation:
 
 def group(*inputs, name=None) -> Operation:
     """One op that, when run, runs all ``inputs`` (ops or tensors)."""
-    deps = [x.op if isinstance(x, Tensor) else x for x in inputs]
+    deps = [as_operation(x, "group") for x in inputs]
     g = get_default_graph()
     return g.create_op("NoOp", [], {}, [], name or "group_deps", control_inputs=deps)
 

@@ -147,8 +147,11 @@ def _addn_grad(op, g):
 @RegisterGradient("SelectV2")
 def _select_grad(op, g):
     c, x, y = op.inputs
-    zeros = g * 0.0
-    return (None, unbroadcast(where(c, g, zeros), x, y), unbroadcast(where(c, zeros, g), y, x))
+    zeros = zeros_like(g)  # not g * 0: an inf or NaN in g would give the other branch NaN
+    # the condition may broadcast x and y too: sum back against the output's shape
+    # (other=None), not against the other branch's
+    return (None, unbroadcast(where(c, g, zeros), x, None),
+            unbroadcast(where(c, zeros, g), y, None))
 
 
 @RegisterGradient("MatMul")

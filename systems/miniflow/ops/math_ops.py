@@ -55,6 +55,23 @@ def _float_only(op_type: str, shape_fn):
     return fn
 
 
+def _numeric_only(op_type: str, shape_fn):
+    """Add, Mul, Sum, Mean...: TF registers these for number types, not bool, so a bool
+    input is a TypeError at build time. numpy would compute something (``True + True``
+    is an OR; the mean of bools, the classic ``mean(equal(pred, y))``, keeps dtype bool
+    and reads 0.25 or 0 for 3 of 4 correct): cast first."""
+    def fn(ins, attrs):
+        for t in ins[:1] if op_type in REDUCTIONS else ins:
+            if t.dtype == bool_:
+                raise dtype_error(op_type, f"needs numeric inputs, got {t.dtype.name} "
+                                  f"(use mf.cast, e.g. to float32 for an accuracy)", *ins)
+        return shape_fn(ins, attrs)
+    return fn
+
+
+REDUCTIONS = {"Sum", "Mean", "Max"}
+
+
 def _bool_only(op_type: str, shape_fn):
     """LogicalAnd, LogicalOr, LogicalNot: TF's op defs take ``x: bool`` only
     (tensorflow/core/ops/math_ops.cc), so a float input is a TypeError at build time;
@@ -108,7 +125,7 @@ FLOAT_ONLY = {"RealDiv", "Exp", "Log", "Tanh", "Sigmoid", "Sqrt"}
 BOOL_ONLY = {"LogicalAnd", "LogicalOr", "LogicalNot"}
 for _t, _m in BINARY.items():
     _fn = _binary_shape(_t)
-    define(OpDef(_t, _float_only(_t, _fn) if _t in FLOAT_ONLY else _fn,
+    define(OpDef(_t, _float_only(_t, _fn) if _t in FLOAT_ONLY else _numeric_only(_t, _fn),
                  _floordiv_kernel if _t == "FloorDiv" else _backend_fn(_m), elementwise=True))
 for _t, _m in COMPARE.items():
     _fn = _binary_shape(_t, bool_)
@@ -262,6 +279,9 @@ def add_n(inputs, name=None) -> Tensor:
 
 
 def where(condition, x, y, name=None) -> Tensor:
+    """``x`` where ``condition`` else ``y``; a Python number on one side takes the other
+    side's dtype (``where(c, x_f64, 0.0)``), as for the binary ops."""
+    x, y = _operands("SelectV2", x, y)
     return make_op("SelectV2", [condition, x, y], name=name).outputs[0]
 
 
@@ -343,7 +363,8 @@ def _reduce_kernel(method: str):
 
 
 for _t, _m in (("Sum", "sum"), ("Mean", "mean"), ("Max", "max")):
-    define(OpDef(_t, _reduce_shape(_t), _reduce_kernel(_m), host_inputs=(1,)))
+    define(OpDef(_t, _numeric_only(_t, _reduce_shape(_t)), _reduce_kernel(_m),
+                 host_inputs=(1,)))
 
 
 def _reduce(op_type, x, axis, keepdims, name):

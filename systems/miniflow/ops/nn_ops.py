@@ -28,10 +28,12 @@ from ..op_def import (
     shape_from_tensor,
 )
 from .array_ops import _host, transpose
+from .math_ops import _float_only
 
-define(OpDef("Softmax", lambda ins, a: [(ins[0].dtype, ins[0].shape)],
+define(OpDef("Softmax", _float_only("Softmax", lambda ins, a: [(ins[0].dtype, ins[0].shape)]),
              lambda a, be, res: be.softmax, flops_per_element=5))
-define(OpDef("LogSoftmax", lambda ins, a: [(ins[0].dtype, ins[0].shape)],
+define(OpDef("LogSoftmax", _float_only("LogSoftmax",
+                                       lambda ins, a: [(ins[0].dtype, ins[0].shape)]),
              lambda a, be, res: be.log_softmax, flops_per_element=5))
 
 
@@ -156,6 +158,18 @@ def _conv_backend(be):
     return be._conv
 
 
+def _check_window(op_type: str, x, window, padding: str, *more) -> None:
+    """VALID padding needs the window inside the input (TF: "Negative dimension size
+    caused by subtracting 5 from 3"); a negative static size is no shape."""
+    if padding != "VALID":
+        return
+    for size, k in zip(x.shape[1:3], window, strict=True):
+        if size is not None and k is not None and k > size:
+            raise shape_error(op_type, f"a {window[0]}x{window[1]} window is larger than "
+                              f"the {x.shape[1]}x{x.shape[2]} input under VALID padding",
+                              x, *more)
+
+
 def _conv_shape(ins, attrs):
     x, f = ins
     if x.dtype != f.dtype:
@@ -168,6 +182,7 @@ def _conv_shape(ins, attrs):
         raise shape_error("Conv2D", f"input has {x.shape[3]} channels but the filter "
                           f"expects {f.shape[2]}", x, f)
     (sh, sw), p = attrs["strides"], attrs["padding"]
+    _check_window("Conv2D", x, (f.shape[0], f.shape[1]), p, f)
     return [(x.dtype, (x.shape[0], out_size(x.shape[1], f.shape[0], sh, p),
                        out_size(x.shape[2], f.shape[1], sw, p), f.shape[3]))]
 
@@ -211,6 +226,7 @@ def _pool_shape(op_type):
         if len(x.shape) != 4:
             raise shape_error(op_type, "input must be NHWC (rank 4)", x)
         (kh, kw), (sh, sw), p = attrs["ksize"], attrs["strides"], attrs["padding"]
+        _check_window(op_type, x, (kh, kw), p)
         return [(x.dtype, (x.shape[0], out_size(x.shape[1], kh, sh, p),
                            out_size(x.shape[2], kw, sw, p), x.shape[3]))]
     return fn

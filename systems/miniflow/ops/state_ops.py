@@ -47,11 +47,12 @@ def _assign_kernel(mode):
         store, name, want = res.variables, a["var_name"], a["shape"]
 
         def assign(handle, value):
+            if tuple(value.shape) != want:  # add/sub would broadcast: the variable grows
+                op = {"set": "Assign", "add": "AssignAdd", "sub": "AssignSub"}[mode]
+                raise InvalidArgumentError(f"{op} requires shapes of both tensors to "
+                                           f"match: {name} is {want}, value is "
+                                           f"{tuple(value.shape)}")
             if mode == "set":
-                if tuple(value.shape) != want:
-                    raise InvalidArgumentError(f"Assign requires shapes of both tensors to "
-                                               f"match: {name} is {want}, value is "
-                                               f"{tuple(value.shape)}")
                 # the variable keeps its own buffer, as TF's AssignOp copies the value
                 # into the variable's tensor (tensorflow/core/kernels/assign_op.h): the
                 # value may be the caller's fed array, or a view of it (Reshape,

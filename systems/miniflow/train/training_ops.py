@@ -9,8 +9,10 @@ the new value.
 
 from __future__ import annotations
 
+from .. import shapes
 from ..dtypes import float32
-from ..op_def import OpDef, define, same_dtype
+from ..errors import InvalidArgumentError
+from ..op_def import OpDef, define, same_dtype, shape_error
 from ..ops.state_ops import _read
 
 
@@ -78,16 +80,45 @@ def _adam_cuda(a, res):
     return apply
 
 
+# where each Apply op takes its gradient: (var, lr, grad), (var, accum, lr, grad,
+# momentum), (var, m, v, beta1_power, beta2_power, lr, beta1, beta2, eps, grad)
+GRAD_INPUT = {"ApplyGradientDescent": 2, "ApplyMomentum": 3, "ApplyAdam": 9}
+
+
 def _check(op_type):
     def fn(ins, a):
         same_dtype(op_type, ins[0], ins[-1])
+        grad = ins[GRAD_INPUT[op_type]]
+        if not shapes.compatible(ins[0].shape, grad.shape):  # would broadcast: grow
+            raise shape_error(op_type, "the gradient must have the variable's shape",
+                              ins[0], grad)
         return _same_as_var(ins, a)
     return fn
 
 
-define(OpDef("ApplyGradientDescent", _check("ApplyGradientDescent"), _gd, stateful=True,
+def _shape_checked(op_type, make):
+    """The run-time half of :func:`_check`, for gradients of statically unknown shape
+    (TF: "var and delta do not have the same shape")."""
+    def make_checked(a, be, res):
+        apply, store, name = make(a, be, res), res.variables, a["var_name"]
+
+        def run(*args):
+            var, grad = _read(store, name), args[GRAD_INPUT[op_type]]
+            if tuple(grad.shape) != tuple(var.shape):
+                raise InvalidArgumentError(f"{op_type}: {name} has shape "
+                                           f"{tuple(var.shape)} but its gradient "
+                                           f"{tuple(grad.shape)}")
+            return apply(*args)
+        return run
+    return make_checked
+
+
+define(OpDef("ApplyGradientDescent", _check("ApplyGradientDescent"),
+             _shape_checked("ApplyGradientDescent", _gd), stateful=True,
              ref_output=True))
-define(OpDef("ApplyMomentum", _check("ApplyMomentum"), _momentum, stateful=True,
+define(OpDef("ApplyMomentum", _check("ApplyMomentum"),
+             _shape_checked("ApplyMomentum", _momentum), stateful=True,
              ref_output=True))
-define(OpDef("ApplyAdam", _check("ApplyAdam"), _adam, stateful=True,
+define(OpDef("ApplyAdam", _check("ApplyAdam"), _shape_checked("ApplyAdam", _adam),
+             stateful=True,
              ref_output=True))
