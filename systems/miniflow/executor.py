@@ -51,6 +51,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from .backend import NUMPY
 from .errors import InvalidArgumentError, MemberError, OpError
 from .ir import Node, Ref
@@ -134,6 +136,7 @@ class Executor:
                 # a constant read only on the host is never uploaded (TF's int32 Const on
                 # a GPU is a HostConstantOp, kernels/constant_op.cc)
                 kernel = d.make_kernel(n.attrs, NUMPY if on_host[k] else backend, resources)
+                kernel = self._upload_host_values(n, kernel, backend, on_host[k])
             self.expensive_marker.append(d.expensive and not on_gpu)
             self.cost_ns.append((n.est_seconds or estimate_seconds(n, device)) * 1e9)
             self.items.append([kernel, ins, outs[0] if len(outs) == 1 else -1, outs, (),
@@ -164,6 +167,31 @@ class Executor:
         self.has_recv = bool(self.recv_keys)
         self.n_expensive = sum(map(self.is_expensive, range(len(nodes))))
         self.schedule = self._record_schedule()
+
+    @staticmethod
+    def _upload_host_values(n: Node, kernel: Any, backend: Any, on_host: bool) -> Any:
+        """Shape and Size answer on the host even on a torch device (as TF's do); a kernel
+        that reads one through an ordinary input (``concat([shape(x)[:1], [-1]], 0)``,
+        ``shape(x) * 2``) gets it uploaded first, int32 as declared. Only such nodes are
+        wrapped, once, when the plan is built: the hot loop stays as it was."""
+        if backend.name == "numpy" or on_host or n.type == "StridedSlice":
+            return kernel  # a slice of a shape stays a host array (a gather's grad reads it)
+
+        def host_valued(p: Node) -> bool:
+            return p.type in ("Shape", "Size") or \
+                (p.type == "StridedSlice" and host_valued(p.inputs[0][0]))
+        host = OP_DEFS[n.type].host_inputs
+        slots = tuple(j for j, (p, _) in enumerate(n.inputs)
+                      if host_valued(p) and j not in host)
+        if not slots:
+            return kernel
+
+        def run(*args):
+            args = list(args)
+            for j in slots:
+                args[j] = backend.asarray(np.asarray(args[j], np.int32))
+            return kernel(*args)
+        return run
 
     @staticmethod
     def _host_memory_nodes(nodes: list[Node], backend: Any) -> list[bool]:

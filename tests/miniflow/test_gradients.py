@@ -229,3 +229,54 @@ def test_the_gradient_of_a_one_input_concat_has_its_input_shape(backend):
         (gx,) = mf.gradients(mf.reduce_sum(mf.concat([x], 0) * 3.0), [x])
     np.testing.assert_array_equal(evaluate(g, gx, {x: np.ones((3, 2), np.float32)}, backend),
                                   np.full((3, 2), 3.0))
+
+
+SECOND_ORDER = {
+    "slice": (lambda x: x[1:] ** 3.0, lambda x: x[1:] ** 3),
+    "gather": (lambda x: mf.gather(x, np.array([0, 2])) ** 3.0, lambda x: x[[0, 2]] ** 3),
+    "concat": (lambda x: mf.concat([x, x * x], 0) ** 2.0,
+               lambda x: torch.cat([x, x * x], 0) ** 2),
+    "xent": (lambda x: mf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=np.array([1, 0, 2, 1]), logits=x),
+        lambda x: torch.nn.functional.cross_entropy(x, torch.tensor([1, 0, 2, 1]),
+                                                    reduction="none")),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SECOND_ORDER))
+@pytest.mark.parametrize("static", [True, False])
+def test_second_derivatives_match_torch(case, static):
+    """d/dx of |dL/dx|^2 (a gradient penalty): the gradient ops of slicing, gather,
+    concat and the cross-entropy were declared non-differentiable or dropped the term,
+    so this came out None, 0, or short of a part."""
+    build, ref = SECOND_ORDER[case]
+    xv = np.random.default_rng(0).uniform(0.5, 1.5, (4, 3))
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float64, [4, 3] if static else [None, 3])
+        (gx,) = mf.gradients(mf.reduce_sum(build(x)), [x])
+        (ggx,) = mf.gradients(mf.reduce_sum(gx * gx), [x])
+    tx = torch.tensor(xv, requires_grad=True)
+    (tg,) = torch.autograd.grad(ref(tx).sum(), tx, create_graph=True)
+    (tgg,) = torch.autograd.grad((tg * tg).sum(), tx)
+    assert ggx is not None
+    np.testing.assert_allclose(evaluate(g, ggx, {x: xv}), tgg.numpy(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_batched_matmul_with_an_unknown_batch_has_gradients(backend):
+    """x (?, T, D) @ W (D, H), the ordinary sequence batch: the gradient refused to build
+    because x's batch size is unknown; it is found when the step runs."""
+    rng = np.random.default_rng(0)
+    xv, wv = rng.standard_normal((2, 3, 4)), rng.standard_normal((4, 5))
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float64, [None, 3, 4])
+        w = mf.constant(wv)
+        gx, gw = mf.gradients(mf.reduce_sum(mf.matmul(x, w) ** 2.0), [x, w])
+    tx = torch.tensor(xv, requires_grad=True)
+    tw = torch.tensor(wv, requires_grad=True)
+    ((tx @ tw) ** 2).sum().backward()
+    got_x, got_w = evaluate(g, [gx, gw], {x: xv}, backend)
+    np.testing.assert_allclose(got_x, tx.grad.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(got_w, tw.grad.numpy(), rtol=1e-12)

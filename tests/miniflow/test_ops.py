@@ -737,3 +737,20 @@ def test_shape_errors_at_build_time_name_the_op():
             mf.nn.max_pool2d(x, 5, 1, "VALID")
         with pytest.raises(mf.errors.GraphBuildError, match="StridedSlice: slice step cannot"):
             x[::0]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_shape_values_feed_ordinary_ops_on_every_backend(backend):
+    """Shape and Size answer on the host; on the torch backend (a GPU's) the usual
+    dynamic reshape, reshape(x, concat([shape(x)[:1], [-1]])), failed, and Size + Size
+    came back int64 against a declared int32."""
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [None, 2, 3])
+        flat = mf.reshape(x, mf.concat([mf.shape(x)[:1], [-1]], 0))
+        n2 = mf.size(x) + mf.size(x)
+        doubled = mf.shape(x) * 2
+    flat_v, n2_v, d_v = evaluate(g, [flat, n2, doubled], {x: np.ones((4, 2, 3), np.float32)},
+                                 backend)
+    assert flat_v.shape == (4, 6) and np.asarray(n2_v).dtype == np.int32 and int(n2_v) == 48
+    np.testing.assert_array_equal(np.asarray(d_v), [8, 4, 6])

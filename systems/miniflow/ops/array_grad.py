@@ -90,12 +90,49 @@ def _broadcast_to_grad(op, g):
 
 @RegisterGradient("SparseSoftmaxCrossEntropyWithLogits")
 def _xent_grad(op, g_loss, g_backprop):
-    return g_loss[:, None] * op.outputs[1], None
+    """The loss's gradient is the op's second output, ``softmax - onehot``; a gradient
+    of *that* (a gradient penalty, a Hessian-vector product) flows through the softmax's
+    Jacobian, ``(gb - <gb, p>) * p`` (TF's _SparseSoftmaxCrossEntropyWithLogitsGrad)."""
+    from .math_ops import reduce_sum
+    from .nn_ops import softmax
+
+    grad = None if g_loss is None else g_loss[:, None] * op.outputs[1]
+    # an output nobody differentiated arrives as explicit zeros (gradients.py); skip the
+    # term then, as TF's grad does for a zero tensor: a first-order step adds no ops
+    if g_backprop is not None and g_backprop.op.type != "ZerosLike":
+        p = softmax(op.inputs[0])
+        jvp = (g_backprop - reduce_sum(g_backprop * p, -1, keepdims=True)) * p
+        grad = jvp if grad is None else grad + jvp
+    return grad, None
+
+
+# The gradient ops of the slicing ops are linear in the incoming gradient, so they have
+# gradients too (second derivatives through x[i], gather and a concat of unknown sizes).
+@RegisterGradient("StridedSliceGrad")
+def _slice_grad_grad(op, g):
+    from .array_ops import _decode_index
+
+    return None, g[_decode_index(op.attrs["index"])]
+
+
+@RegisterGradient("UnsortedSegmentSum")
+def _segment_sum_grad(op, g):
+    from .array_ops import gather
+
+    return gather(g, op.inputs[1]), None, None
+
+
+@RegisterGradient("SplitByShapes")
+def _split_grad(op, *gs):
+    from .array_ops import concat, zeros_like
+
+    parts = [g if g is not None else zeros_like(out) for g, out in zip(gs, op.outputs,
+                                                                          strict=True)]
+    return (concat(parts, op.attrs["axis"]),) + (None,) * (len(op.inputs) - 1)
 
 
 for _t in ("Shape", "Size", "OneHot", "BroadcastGradientArgs", "StopGradient", "ZerosLike",
            "Fill", "ReducedShape", "Const", "Placeholder", "VariableV2", "NoOp",
-           "UnsortedSegmentSum", "StridedSliceGrad", "SplitByShapes", "Assign", "AssignAdd",
-           "AssignSub"):
+           "Assign", "AssignAdd", "AssignSub"):
     no_gradient(_t)
 

@@ -181,8 +181,13 @@ def _batch_unbroadcast(grad, x):
         pad = len(grad.shape) - len(x.shape)
         axes = list(range(pad)) + [i + pad for i, d in enumerate(x.shape[:-2]) if d == 1]
         return reshape(reduce_sum(grad, axes), x.shape) if axes else grad
-    raise ValueError(f"MatMul gradient: batch broadcasting of {x.name} with an unknown "
-                     f"shape is not supported; give it a static shape")
+    # x's batch shape is known only when the step runs (a batch of unknown size): find
+    # the axes to sum then, as TF's _BatchMatMulV2 grad does with BroadcastGradientArgs
+    # on the leading (batch) parts of the two shapes
+    from .array_ops import broadcast_gradient_args
+
+    rx, _ = broadcast_gradient_args(shape(x)[:-2], shape(grad)[:-2])
+    return reshape(reduce_sum(grad, rx), shape(x))
 
 
 def _reduction_axes(op):
