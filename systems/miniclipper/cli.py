@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -109,10 +110,14 @@ def _deploy(args: argparse.Namespace) -> dict[str, Any]:
         if new_app:
             conn.unregister_application(args.app)
         raise
+    finally:
+        if args.builtin:  # the store holds its own copy now (ReplicaSupervisor.install)
+            shutil.rmtree(path, ignore_errors=True)
     if args.app:
         conn.link_model_to_app(args.app, args.name)
     info = conn.get_model_info(args.name, args.version)
-    print(f"deployed {args.name}:{args.version} from {path} ({info['replicas']} replicas, "
+    source = f"the built-in {args.builtin}" if args.builtin else path
+    print(f"deployed {args.name}:{args.version} from {source} ({info['replicas']} replicas, "
           f"{args.batching} batching)" + (f", linked to /{args.app}/predict" if args.app else ""))
     return info
 
@@ -130,7 +135,8 @@ def _query(args: argparse.Namespace) -> dict[str, Any]:
     doc = {"input_batch": value} if args.input_batch else {"input": value}
     url = f"http://{address(args.host, args.query_port)}/{args.app}/predict"
     out = http_json(url, doc)
-    print(json.dumps(out))
+    if not getattr(args, "json", False):  # --json prints the result once, last
+        print(json.dumps(out))
     return out
 
 

@@ -46,10 +46,20 @@ def test_start_deploy_query_load_stop(tmp_path, capsys):
                      .net_connections("inet") if c.status == psutil.CONN_LISTEN}
         assert listening == {("127.0.0.2", info[k]) for k in ("query_port", "mgmt_port",
                                                               "grpc_port")}, listening
+        import glob
+        import tempfile
+
+        saved = set(glob.glob(f"{tempfile.gettempdir()}/*-clipper-model"))
         model = _casebook("deploy", "--name", "adder", "--builtin", "sum", "--app", "add",
                           "--slo-micros", "500000", *ports)
         assert model["replicas"] == 1 and model["batching"]["policy"] == "aimd"
-        out = _casebook("query", "--app", "add", "--input", "[1.5, 2.5, 4]", *ports)
+        # the store took its own copy: the temporary model directory is gone again
+        assert set(glob.glob(f"{tempfile.gettempdir()}/*-clipper-model")) <= saved
+        assert main(["clipper", "query", "--app", "add", "--input", "[1.5, 2.5, 4]", *ports,
+                     "--json"]) == 0
+        lines = capsys.readouterr().out.strip().splitlines()
+        assert len(lines) == 1  # --json prints the answer once
+        out = json.loads(lines[0])
         assert out["output"] == 8.0 and out["default"] is False
         batch = _casebook("query", "--app", "add", "--input-batch", "[[1], [2, 3]]", *ports)
         assert [r["output"] for r in batch["batch_predictions"]] == [1.0, 5.0]
