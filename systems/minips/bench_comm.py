@@ -101,7 +101,9 @@ def throughput_case(ctx: Context) -> Result:
     res.plots.append(plots.line_chart(series, ctx.out_dir / "throughput.png", "keys per push",
                                       "MB/s (keys + values)", "push throughput", logx=True))
     res.series["throughput"] = series
-    res.notes = ("1M keys = 12.6 MB per push (uint64 keys + float32 values). Ours includes "
+    res.notes = ("1M keys = 12.6 MB per push (uint64 keys + float32 values), pushed and "
+                 "pulled with copy=False (ps-lite's ZPush/ZPull, as its benchmark). Ours "
+                 "includes "
                  "slicing, packing, applying the update and replying; the raw call only "
                  "moves bytes. Each server count ran with only its own cluster alive; the "
                  "raw call's speed is the one timed beside the 1-server cluster. More "
