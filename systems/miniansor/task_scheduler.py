@@ -93,16 +93,20 @@ class TaskScheduler:
     def restore(self, per_round: int) -> None:
         """After policies were preloaded from a log: rebuild counts and best latencies.
 
-        Only complete rounds count (TVM's ``_restore_status`` rounds to the nearest
-        round instead): a task whose warm-up round was cut short by the interruption
-        gets its warm-up again, instead of being judged on what it had measured so far
-        (one failed config would mark it dead)."""
+        A task counts its rounds up (TVM's ``_restore_status`` rounds to the nearest),
+        except one with no successful measurement in less than a round: its warm-up was
+        cut short by the interruption, and it gets the warm-up again instead of being
+        judged dead on one failed config. (The round size may differ from the earlier
+        run's, which sized its rounds by its own total; a task that has a kernel keeps
+        its rounds.)"""
         for i, pol in enumerate(self.policies):
             n = len(pol.history)
             self.trials += n
             if pol.best is not None:
                 self.best_costs[i] = pol.best[1]
-            self.task_cts[i] = self.task_best_cts[i] = n // per_round
+            cut_short = pol.best is None and n < per_round
+            self.task_cts[i] = self.task_best_cts[i] = 0 if cut_short else \
+                math.ceil(n / per_round)
             self.costs_history[i] = [self.best_costs[i]] * self.task_cts[i]
             if self.measurer.task_dead(self.tasks[i]):
                 self.dead.add(i)  # it kept failing before the interruption

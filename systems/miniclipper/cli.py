@@ -83,10 +83,6 @@ def _deploy(args: argparse.Namespace) -> dict[str, Any]:
     conn.connect()
     if bool(args.path) == bool(args.builtin):
         raise SystemExit("deploy needs exactly one of --path DIR or --builtin NAME")
-    path = args.path
-    if args.builtin:
-        kind, obj = _builtin_model(args.builtin)
-        path = save_model(obj, kind)
     batching = BatchingConfig(args.batching, size=args.batch_size,
                               max_size=max(args.batch_size, 512),
                               max_delay_s=args.max_delay_ms / 1e3)
@@ -103,6 +99,10 @@ def _deploy(args: argparse.Namespace) -> dict[str, Any]:
         if not same_input_type(have, args.input_type):
             raise ValueError(f"application {args.app!r} takes input_type {have!r}; the "
                              f"model would take {args.input_type!r}")
+    path = args.path
+    if args.builtin:  # saved only now that everything refusable was checked
+        kind, obj = _builtin_model(args.builtin)
+        path = save_model(obj, kind)
     try:
         conn.deploy_model(args.name, args.version, args.input_type, path,
                           num_replicas=args.replicas, batching=batching)
@@ -240,7 +240,8 @@ def add_parser(sub: Any, add: Any) -> None:
     d.add_argument("--input-type", default="doubles")
     d.add_argument("--replicas", type=non_negative_int, default=1)
     d.add_argument("--batching", choices=["aimd", "quantile", "static"], default="aimd")
-    d.add_argument("--batch-size", type=int, default=1, help="static size / starting size")
+    d.add_argument("--batch-size", type=positive_int, default=1,
+                   help="static size / starting size")
     d.add_argument("--max-delay-ms", type=non_negative_float, default=0.0,
                    help="delayed batching")
     d.add_argument("--app", help="register (if new) and link this application")

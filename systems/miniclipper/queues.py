@@ -58,7 +58,13 @@ class ModelQueue:
         self.model, self.max_len = model, max_len
         self.on_drop = on_drop or (lambda task: None)
         self._heap: list[tuple[float, int, PredictTask]] = []
-        self._key: dict[int, float] = {}  # id(task) -> its live heap key, while queued
+        self._key: dict[int, tuple[float, int]] = {}  # id(task) -> its live entry's (key, seq)
+        # the tightest "leave by" any task pushed since the queue was last empty could ask
+        # of a delayed batch (see _leave_by): kept as tasks come, so a replica waiting for
+        # a fuller batch need not rescan the queue at every arrival. It may remember a
+        # task another replica took already; then a batch leaves early, never late.
+        self._tight = float("inf")
+        self._reserve = 0.0
         self._seq = itertools.count()
         self._changed = asyncio.Event()
         self.dropped = 0
@@ -67,17 +73,24 @@ class ModelQueue:
         return len(self._key)
 
     def _push(self, task: PredictTask, key: float) -> None:
-        self._key[id(task)] = key
-        heapq.heappush(self._heap, (key, next(self._seq), task))
+        seq = next(self._seq)
+        self._key[id(task)] = (key, seq)
+        heapq.heappush(self._heap, (key, seq, task))
+        self._tight = min(self._tight, key - self._reserve * task.slo)
 
     def _live(self, entry: tuple[float, int, PredictTask]) -> bool:
-        return self._key.get(id(entry[2])) == entry[0]
+        return self._key.get(id(entry[2])) == entry[:2]
+
+    def _forget(self, task: PredictTask) -> None:
+        del self._key[id(task)]
+        if not self._key:
+            self._tight = float("inf")
 
     def _pop_live(self) -> PredictTask | None:
         while self._heap:
             entry = heapq.heappop(self._heap)
             if self._live(entry):
-                del self._key[id(entry[2])]
+                self._forget(entry[2])
                 return entry[2]
         return None
 
@@ -103,8 +116,8 @@ class ModelQueue:
         """A query with ``deadline`` now waits for ``task`` too: serve the task by the
         earlier of the two (if it is still queued), drop it only after the later."""
         task.deadline = max(task.deadline, deadline)
-        key = self._key.get(id(task))
-        if key is not None and deadline < key:
+        live = self._key.get(id(task))
+        if live is not None and deadline < live[0]:
             self._push(task, deadline)
             self._changed.set()  # a delayed batch may have to leave sooner
 
@@ -113,6 +126,7 @@ class ModelQueue:
         tasks = [e[2] for e in sorted(self._heap, key=lambda e: e[:2]) if self._live(e)]
         self._heap.clear()
         self._key.clear()
+        self._tight = float("inf")
         return tasks
 
     def _drop_expired(self, now: float) -> None:
@@ -124,7 +138,7 @@ class ModelQueue:
             if task.deadline > now:  # its most urgent query is past, another still waits
                 self._push(task, task.deadline)
                 continue
-            del self._key[id(task)]
+            self._forget(task)
             self.dropped += 1
             self.on_drop(task)
 
@@ -142,7 +156,7 @@ class ModelQueue:
         """When a delayed batch must leave: ``max_delay_s`` after the oldest arrival, and
         early enough that every waiting task keeps ``reserve`` of its SLO to be run in
         (the share the batch-size controllers give a batch, ``slo_fraction``)."""
-        live = [(k, t) for k, _, t in self._heap if self._key.get(id(t)) == k]
+        live = [(k, t) for k, s, t in self._heap if self._key.get(id(t)) == (k, s)]
         head = min(t.enqueued for _, t in live)
         return min(head + max_delay_s, min(k - reserve * t.slo for k, t in live))
 
@@ -159,9 +173,13 @@ class ModelQueue:
             if not self._key:
                 await self._wait_change(None)
                 continue
-            if max_delay_s > 0:
+            if max_delay_s > 0 and len(self) < max_size:
+                # one full scan, then only what arrives can bring the time forward
+                self._reserve = reserve
+                until = self._leave_by(max_delay_s, reserve)
+                self._tight = float("inf")
                 while self._key and len(self) < max_size and \
-                        (left := self._leave_by(max_delay_s, reserve) - time.monotonic()) > 0:
+                        (left := min(until, self._tight) - time.monotonic()) > 0:
                     await self._wait_change(left)
                 self._drop_expired(time.monotonic())
             batch = []

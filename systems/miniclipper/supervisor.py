@@ -86,7 +86,9 @@ class ReplicaSupervisor:
         args = ["--store", str(self.store), "--model", f"{model[0]}/{model[1]}"]
         child = await asyncio.to_thread(self.group.spawn, name, "systems.miniclipper.container",
                                         args, ready_timeout=120)
-        if rid >= self.wanted.get(model, 0):
+        if rid >= self.wanted.get(model, 0) or rid in self.children.get(model, {}):
+            # scaled away meanwhile, or another start of this replica (a scale-up racing a
+            # restart) got there first: one process per replica, never an unsupervised one
             await asyncio.to_thread(self.group.stop, child.name, 2.0)
             return None
         self.children.setdefault(model, {})[rid] = child

@@ -174,8 +174,10 @@ class Executor:
         that reads one through an ordinary input (``concat([shape(x)[:1], [-1]], 0)``,
         ``shape(x) * 2``) gets it uploaded first, int32 as declared. Only such nodes are
         wrapped, once, when the plan is built: the hot loop stays as it was."""
-        if backend.name == "numpy" or on_host or n.type == "StridedSlice":
-            return kernel  # a slice of a shape stays a host array (a gather's grad reads it)
+        if backend.name == "numpy" or on_host or n.type in ("StridedSlice", "_Send"):
+            # a slice of a shape stays a host array (a gather's grad reads it), and a
+            # Send passes it on as it is (the receiver adopts it where it runs)
+            return kernel
 
         def host_valued(p: Node) -> bool:
             return p.type in ("Shape", "Size") or \

@@ -58,11 +58,14 @@ def _faults(a: argparse.Namespace) -> list[dict]:
     against the job's node names before anything starts (a typo found when the fault
     fires would end a run halfway)."""
     out = []
-    flags = [("--kill-server", "kill", "s", a.servers, x) for x in a.kill_server] + \
-        [("--kill-worker", "kill", "w", a.workers, x) for x in a.kill_worker] + \
-        [("--freeze", "freeze", "s", a.servers, x) for x in a.freeze]
-    for flag, kind, role, count, item in flags:
+    flags = [("--kill-server", "kill", "s", x) for x in a.kill_server] + \
+        [("--kill-worker", "kill", "w", x) for x in a.kill_worker] + \
+        [("--freeze", "freeze", "sw", x) for x in a.freeze]  # a server or a worker
+    counts = {"s": a.servers, "w": a.workers}
+    for flag, kind, roles, item in flags:
         m = _FAULT.fullmatch(item)
+        role = m["name"][0] if m and m["name"][0] in roles else roles[0]
+        count = counts[role]
         want = "NAME@SECONDS:FOR" if kind == "freeze" else "NAME@SECONDS"
         try:
             f = {"at": float(m["at"]), kind: m["name"]}
@@ -71,7 +74,7 @@ def _faults(a: argparse.Namespace) -> list[dict]:
         except (TypeError, ValueError):
             raise ValueError(f"{flag} {item}: want {want}, e.g. "
                              f"{role}0@1.5{':2' if kind == 'freeze' else ''}") from None
-        if m["name"][0] != role or int(m["name"][1:]) >= count:
+        if m["name"][0] not in roles or int(m["name"][1:]) >= count:
             names = f"{role}0..{role}{count - 1}" if count else "none"
             raise ValueError(f"{flag} {item}: no node {m['name']} in this job ({names})")
         out.append(f)
@@ -94,8 +97,8 @@ def _straggler(text: str | None, workers: int, seed: int) -> dict[str, Any] | No
     if rank is None:
         return {"mode": "rotating", "factor": f, "seed": seed}
     if not 0 <= rank < workers:
-        raise ValueError(f"--straggler {text}: no worker w{rank} in this job "
-                         f"(w0..w{workers - 1})")
+        names = f"w0..w{workers - 1}" if workers else "none"
+        raise ValueError(f"--straggler {text}: no worker w{rank} in this job ({names})")
     return {"mode": "persistent", "rank": rank, "factor": f}
 
 

@@ -141,6 +141,13 @@ class KVWorker(Recovery):
             # A range's clock says which pushes it applied, so a second push to the same
             # range at the same clock would be dropped as a resend: refuse it here.
             same = self.clock_ranges if clock == self.auto_clock else []
+            if same and (ctx or {}).get("final") and self.filters.value_filters:
+                # the final push flushes what filters held back, anywhere in the key
+                # space, so into ranges this clock already covered, where the servers
+                # would drop it as a resend: it needs a clock of its own
+                raise ValueError(f"a final push (ctx['final']) flushes held-back updates, "
+                                 f"so it needs a clock no push has used; clock {clock} "
+                                 f"already covered {same}")
             if intersect(same, ranges):
                 raise ValueError(f"a push at clock {clock} already covered "
                                  f"{intersect(same, ranges)}; push the next clock, or "

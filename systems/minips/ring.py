@@ -18,6 +18,11 @@ ranges relative to the one it owns"). That choice is what makes recovery local:
 * a server that joins inserts its virtual nodes; each one takes the part of one existing
   range before it, and nothing else moves (:func:`moved_keys` measures it).
 
+Both hold while no two virtual nodes hash to one point. In a key space of a few hundred
+keys they do collide; the later one then takes the next free point, so a membership
+change can also shift such a neighbour by a key or two (the transitions copy whatever
+ranges change hands, so no value is lost).
+
 Many virtual nodes per server even out the load ("each physical server is often
 represented by log p virtual servers").
 """
@@ -33,11 +38,9 @@ import numpy as np
 UINT64_END = 1 << 64
 
 
-def vnode_position(name: str, v: int, key_max: int, probe: int = 0) -> int:
-    """Where virtual node ``v`` of server ``name`` sits on the ring (stable across runs);
-    ``probe`` > 0 gives the alternative places tried when that point is taken."""
-    tag = f"{name}#{v}" + (f"#{probe}" if probe else "")
-    h = hashlib.blake2b(tag.encode(), digest_size=8).digest()
+def vnode_position(name: str, v: int, key_max: int) -> int:
+    """Where virtual node ``v`` of server ``name`` sits on the ring (stable across runs)."""
+    h = hashlib.blake2b(f"{name}#{v}".encode(), digest_size=8).digest()
     return int.from_bytes(h, "little") % key_max
 
 
@@ -105,13 +108,16 @@ class Ring:
             for v in range(vnodes):
                 # two virtual nodes on one point (likely in a key space of a few hundred
                 # keys) would leave one server short of a range, or a range short of a
-                # replica: probe the vnode's alternative places (a few; a key space
-                # smaller than the virtual nodes cannot hold them all)
-                for probe in range(16):
-                    p = vnode_position(s, v, key_max, probe)
+                # replica: take the next free point (linear probing moves the fewest keys
+                # when membership changes: a sliver of the next range, not a whole range
+                # re-hashed elsewhere); a key space smaller than the virtual nodes cannot
+                # hold them all, and the rest are left out
+                p = vnode_position(s, v, key_max)
+                for _ in range(min(key_max, 64)):
                     if p not in points:
                         points[p] = s
                         break
+                    p = (p + 1) % key_max
         self.points = sorted(points.items())
         self.pieces = self._cut()
         self.begins = [p.begin for p in self.pieces]

@@ -120,10 +120,15 @@ class Scheduler:
             # none to spare), so their values are gone. Re-forming the ring would hand
             # them to servers that wait for a copy nobody can send: end the job instead,
             # and say why to every node that asks.
-            self.fail(f"server {name} died ({why}) and replication {copies} keeps no other "
-                      f"copy of its key ranges, so their values are lost; run with "
-                      f"replication >= 2 to survive a server's death, or restart from a "
-                      f"checkpoint")
+            if copies < self.config["replication"]:  # earlier deaths used up the copies
+                advice = (f"earlier deaths left it the only holder of its ranges, though "
+                          f"the job ran with replication {self.config['replication']}; "
+                          f"restart from a checkpoint")
+            else:
+                advice = ("run with replication >= 2 to survive a server's death, or "
+                          "restart from a checkpoint")
+            self.fail(f"server {name} died ({why}) and no other server keeps a copy of its "
+                      f"key ranges, so their values are lost; {advice}")
             return
         if name in self.ring_servers:
             rest = [s for s in self.ring_servers if s != name]

@@ -208,3 +208,26 @@ def test_history_from_another_device_is_not_learned(history_log, tmp_path, capsy
 def test_a_missing_history_log_is_an_error_not_a_cold_start(tmp_path):
     with pytest.raises(FileNotFoundError, match="history log .*nope.jsonl does not exist"):
         tune_task(NEW, 8, progress=False, verify="none", history=tmp_path / "nope.jsonl")
+
+
+def test_a_resume_with_a_larger_budget_does_not_warm_every_task_up_again(tmp_path,
+                                                                          monkeypatch):
+    """16 trials over 4 tasks are rounds of 4; resumed to 96 the rounds are 8, and
+    counting only whole rounds of the new size made every finished warm-up look unfinished
+    (each task then spent a round before the gradient could choose)."""
+    from systems.miniansor import task_scheduler as ts
+    from systems.miniansor.tune import tune_tasks
+    from systems.miniansor.workloads import softmax
+
+    seen = []
+    real = ts.TaskScheduler.tune
+
+    def spy(self, total, per_round=8, progress=True):
+        seen.append(list(self.task_cts))
+        return real(self, total, per_round, progress)
+    monkeypatch.setattr(ts.TaskScheduler, "tune", spy)
+    tasks = [softmax(64, 3000), softmax(128, 4096), softmax(256, 1000), softmax(32, 8192)]
+    log = tmp_path / "t.jsonl"
+    tune_tasks(tasks, None, 16, log=log, progress=False, verify="none", per_round=8)
+    again = tune_tasks(tasks, None, 32, log=log, progress=False, verify="none", per_round=8)
+    assert seen == [[0, 0, 0, 0], [1, 1, 1, 1]] and again.trials == 32

@@ -233,11 +233,17 @@ def test_a_cli_deploy_refused_for_its_app_leaves_no_model_behind(clipper, capsys
     c = clipper
     where = ["--host", c.cm.host, "--mgmt-port", str(c.cm.ports["mgmt_port"]),
              "--query-port", str(c.cm.ports["query_port"])]
+    import glob
+    import tempfile
+
+    saved = set(glob.glob(f"{tempfile.gettempdir()}/*-clipper-model"))
     for bad, msg in ((["--app", "BadApp"], "DNS-1123"),
                      (["--app", "okapp", "--slo-micros", str(10**12)], "latency_slo_micros")):
         assert main(["clipper", "deploy", "--name", "orphan", "--builtin", "sum", *bad,
                      *where]) == 2
         assert msg in capsys.readouterr().err
+    # nothing was saved for a deploy refused before it began
+    assert set(glob.glob(f"{tempfile.gettempdir()}/*-clipper-model")) <= saved
     assert "orphan" not in {m.split(":")[0] for m in c.get_all_models()}
     assert "okapp" not in c.get_all_apps()
     c.register_application("words-app", "strings", "", 100_000)

@@ -152,3 +152,34 @@ def test_idle_replicas_share_one_queue():
         return sorted(t.input for b in batches for t in b), [len(b) for b in batches]
     inputs, sizes = asyncio.run(main())
     assert inputs == list(range(6)) and sizes == [2, 2, 2]
+
+
+def test_a_promoted_task_is_queued_once_and_a_wait_scans_the_queue_once(monkeypatch):
+    """After its urgent deadline passed, a promoted task was re-keyed beside its older
+    entry, and both counted (take_all returned it twice); and a replica waiting for a
+    fuller batch rescanned the whole queue at every arrival (O(batch^2) per batch)."""
+    async def main():
+        q = ModelQueue(("m", "1"))
+        now = time.monotonic()
+        t = _task(now + 1.0)
+        q.put([t])
+        q.promote(t, now + 0.01)
+        await asyncio.sleep(0.02)
+        q._drop_expired(time.monotonic())  # the urgent query is gone; t stays for the rest
+        assert q.take_all() == [t]
+        scans = []
+        real = ModelQueue._leave_by
+        monkeypatch.setattr(ModelQueue, "_leave_by",
+                            lambda self, *a: scans.append(1) or real(self, *a))
+        q.put([_task(time.monotonic() + 10, 0)])
+
+        async def feed():
+            for i in range(1, 64):
+                await asyncio.sleep(0)
+                q.put([_task(time.monotonic() + 10, i)])
+        feeder = asyncio.ensure_future(feed())
+        batch = await q.get_batch(64, max_delay_s=0.5)
+        await feeder
+        return len(batch), len(scans)
+    n, scans = asyncio.run(main())
+    assert n == 64 and scans == 1

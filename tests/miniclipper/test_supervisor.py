@@ -245,15 +245,16 @@ def test_scaling_to_zero_during_a_restart_leaves_no_replica():
 
     class Executor:
         def __init__(self):
-            self.replicas = {}
+            self.replicas, self.added = {}, []
 
         def add_replica(self, model, rid, address, pid):
             self.replicas[(model, rid)] = pid
+            self.added.append(pid)
 
         async def remove_replica(self, model, rid):
             self.replicas.pop((model, rid), None)
 
-    async def main():
+    async def main(back_to: int):
         ex, model = Executor(), ("m", "1")
         sup = ReplicaSupervisor(tempfile.mkdtemp(), ex, Metrics())
         sup.group = SlowGroup()
@@ -261,8 +262,15 @@ def test_scaling_to_zero_during_a_restart_leaves_no_replica():
         restart = asyncio.ensure_future(sup.restart(model, 0, "exited with -9"))
         await asyncio.sleep(0.05)  # the restart is loading its new process
         await sup.set_num_replicas(model, 0)
+        if back_to:  # and back up before the restart's process is ready
+            await sup.set_num_replicas(model, back_to)
         await restart
-        return sup.replicas_of(model), ex.replicas, sup.group
-    children, replicas, group = asyncio.run(main())
+        return sup.replicas_of(model), ex.replicas, sup.group, ex.added
+    children, replicas, group, _ = asyncio.run(main(0))
     assert children == {} and replicas == {}
     assert len(group.started) == 2 and set(group.stopped) == set(group.started)
+    # 1 -> 0 -> 1: one process serves replica 0, the other start is stopped, none orphaned
+    children, replicas, group, added = asyncio.run(main(1))
+    running = set(group.started) - set(group.stopped)
+    assert len(running) == 1 and [c.name for c in children.values()] == list(running)
+    assert len(added) == 2  # the first replica, then the one that won the race

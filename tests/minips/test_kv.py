@@ -271,3 +271,10 @@ def test_a_final_push_flushes_held_back_updates_outside_its_key_range(cluster):
                     ctx={"final": True}))
     got = kv.wait(kv.pull(np.concatenate([first, last]))) - before
     np.testing.assert_array_equal(got, [[0.25] * 2] * 2 + [[0.5] * 2] * 2)
+    # at a clock an earlier push used, the flush could land in ranges that clock covered,
+    # where the servers drop it as a resend: refused before anything is flushed
+    late = cluster.client("blocks2", filters=[SignificantlyModified(threshold=1.0)])
+    late.wait(late.push(first, np.full((2, 2), 0.25, np.float32), clock=2, key_range=(a, b)))
+    with pytest.raises(ValueError, match="needs a clock no push has used"):
+        late.push(last, np.full((2, 2), 0.5, np.float32), clock=2, key_range=(b, KEY_MAX),
+                  ctx={"final": True})

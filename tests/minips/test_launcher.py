@@ -185,7 +185,7 @@ def test_cli_kill_server_with_and_without_replicas(tmp_path, replication):
     if replication == 1:
         assert p.returncode == 2
         assert "the job failed: server s1 died" in p.stderr, p.stderr[-2000:]
-        assert "replication 1 keeps no other copy" in p.stderr
+        assert "no other server keeps a copy" in p.stderr and "replication >= 2" in p.stderr
         return
     assert p.returncode == 0, p.stderr[-2000:]
     res = json.loads(p.stdout.strip().splitlines()[-1])
@@ -206,6 +206,7 @@ def test_launch_flags_are_checked_before_anything_starts(tmp_path, capsys):
     cases = [(["--kill-server", "s9@0.1"], "no node s9 in this job (s0..s1)"),
              (["--kill-worker", "w1"], "want NAME@SECONDS, e.g. w0@1.5"),
              (["--freeze", "s0@1:x"], "want NAME@SECONDS:FOR"),
+             (["--freeze", "w5@1:2"], "no node w5 in this job (w0..w1)"),
              (["--straggler", "w7:2"], "no worker w7 in this job (w0..w1)"),
              (["--straggler", "w0:0.5"], "how many times slower, >= 1"),
              (["--straggler", "slow"], "want RANK:FACTOR"),
@@ -213,6 +214,11 @@ def test_launch_flags_are_checked_before_anything_starts(tmp_path, capsys):
              (["--out", str(used)], "holds an earlier run's files"),
              (["--role", "worker"], "needs --scheduler HOST:PORT"),
              (["--app", "mlp", "--device", "tpu"], "use cpu, cuda or cuda:N")]
+    from common.cli import build_parser
+    from systems.minips.cli import _faults
+
+    a = build_parser().parse_args(["ps", "launch", "--freeze", "w1@1:2"])  # a worker too
+    assert _faults(a) == [{"at": 1.0, "freeze": "w1", "for": 2.0}]
     for extra, msg in cases:
         t0 = time.monotonic()
         assert main(["ps", "launch", "--app", "count", "--no-progress", *extra]) == 2

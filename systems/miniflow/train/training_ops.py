@@ -92,6 +92,9 @@ def _check(op_type):
         if not shapes.compatible(ins[0].shape, grad.shape):  # would broadcast: grow
             raise shape_error(op_type, "the gradient must have the variable's shape",
                               ins[0], grad)
+        # proved equal now, or checked when the step runs (see _shape_checked)
+        a["check_shape"] = not (shapes.is_fully_defined(grad.shape)
+                                and shapes.is_fully_defined(ins[0].shape))
         return _same_as_var(ins, a)
     return fn
 
@@ -101,6 +104,8 @@ def _shape_checked(op_type, make):
     (TF: "var and delta do not have the same shape")."""
     def make_checked(a, be, res):
         apply, store, name = make(a, be, res), res.variables, a["var_name"]
+        if not a.get("check_shape", True):
+            return apply  # the build proved the shapes equal: no per-step cost
 
         def run(*args):
             var, grad = _read(store, name), args[GRAD_INPUT[op_type]]
