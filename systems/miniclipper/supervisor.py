@@ -129,6 +129,8 @@ class ReplicaSupervisor:
                         reason)
             await self.executor.remove_replica(model, rid)
             await asyncio.to_thread(self.group.stop, old.name, 1.0)
+            if self.children[model].get(rid) is old:  # gone: the slot is free for its heir
+                del self.children[model][rid]
             self.restarts[model] = self.restarts.get(model, 0) + 1
             self.metrics.restarts.labels(f"{model[0]}:{model[1]}").inc()
             err: Exception | None = None
