@@ -194,10 +194,13 @@ class KKT:
     """Drop gradients of zero weights that the L1 proximal step would keep at zero:
     ``w == 0`` and ``|g| < lam - margin`` (``ctx["weights"]`` are the pulled values).
 
-    Each step is exact: the dropped entries would not have moved. With the AdaGrad step
-    (``L1Proximal(adagrad=True)``) the dropped ``g^2`` also never reaches the server's
-    accumulator, so a coordinate that becomes active later takes slightly larger steps
-    than without the filter; the drift is bounded (tests/minips/test_filters.py) and is
+    Each step is exact for the worker's own view: the dropped entries would not have
+    moved the weights it pulled. With several workers another push of the same clock
+    can make ``w != 0`` on the server first (and under SSP/ASP the pulled weights are
+    stale), so the filter is the paper's approximation, not an exact one. With the
+    AdaGrad step (``L1Proximal(adagrad=True)``) the dropped ``g^2`` also never reaches the
+    server's accumulator, so a coordinate that becomes active later takes slightly larger
+    steps than without the filter; the drift is bounded (tests/minips/test_filters.py) and is
     why the benchmark's objective differs from the unfiltered one in the third digit."""
 
     lam: float = 1e-3
