@@ -71,11 +71,16 @@ def key_signature(keys: np.ndarray) -> str:
 FP16_MAX = float(np.finfo(np.float16).max)  # 65504: larger values become inf
 
 
+def lossless(codec: str | None) -> str | None:
+    """``codec`` without its lossy fp16 step (zlib alone, or nothing)."""
+    return codec.replace("fp16+", "").replace("fp16", "") or None if codec else None
+
+
 def safe_codec(codec: str | None, vals: np.ndarray) -> str | None:
     """``codec`` without its fp16 step when fp16 would turn a value into inf (the
     message then goes as exact float32, zlib'd if asked)."""
     if codec and "fp16" in codec and vals.size and np.abs(vals).max() > FP16_MAX:
-        return codec.replace("fp16+", "").replace("fp16", "") or None
+        return lossless(codec)
     return codec
 
 
@@ -222,11 +227,15 @@ class KKT:
         # the weights belong to the push's own keys (ctx["keys"]); a filter before this
         # one may have dropped or added entries, so find each key's weight by key; a key
         # without a pulled weight is taken as active (never dropped on a guess)
-        wkeys = ctx.get("keys", keys)
-        w = w.reshape(-1, k)
-        at = np.minimum(np.searchsorted(wkeys, keys), max(wkeys.size - 1, 0))
-        known = (wkeys[at] == keys) if wkeys.size else np.zeros(keys.size, bool)
-        zero_w = known & (w[at] == 0).all(axis=1) if wkeys.size else known
+        wkeys, w = ctx.get("keys", keys), w.reshape(-1, k)
+        if wkeys is keys:  # first in the chain (the usual case): aligned already
+            zero_w = (w == 0).all(axis=1)
+        else:
+            at = np.searchsorted(wkeys, keys)
+            known = at < wkeys.size
+            known[known] = wkeys[at[known]] == keys[known]
+            zero_w = np.zeros(keys.size, bool)
+            zero_w[known] = (w[at[known]] == 0).all(axis=1)
         inactive = zero_w & (np.abs(vals).max(axis=1) < self.lam - self.margin)
         keep = ~inactive
         n_out = int(keep.sum())
@@ -295,9 +304,10 @@ class FilterChain:
                                        keys.size)
         if self.compress:
             codec = self.compress.push_codec
-            if vals is not None:  # an init push carries the model itself: never lossy
-                codec = safe_codec(codec, np.full(1, np.inf) if meta.get("cmd") == "init"
-                                   else vals)
+            if meta.get("cmd") == "init":  # it carries the model itself: never lossy
+                codec = lossless(codec)
+            elif vals is not None:
+                codec = safe_codec(codec, vals)
             if vals is not None and codec and vals.size:
                 packed = compress_values(vals, codec)
                 self.compress.stats.add(vals.nbytes, packed.nbytes)

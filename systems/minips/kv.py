@@ -59,13 +59,11 @@ def _own(arr: np.ndarray, given) -> np.ndarray:
 
 def _outside(keys: np.ndarray, ranges: list[tuple[int, int]]) -> np.ndarray:
     """The keys that lie in none of the sorted, disjoint ``ranges``."""
-    if not keys.size:
-        return keys
     pos = positions(keys, [x for r in ranges for x in r])
-    inside = np.zeros(keys.size + 1, np.int64)
-    np.add.at(inside, pos[0::2], 1)
-    np.add.at(inside, pos[1::2], -1)
-    return keys[np.cumsum(inside[:-1]) == 0]
+    outside = np.ones(keys.size, bool)
+    for lo, hi in zip(pos[0::2], pos[1::2], strict=True):
+        outside[lo:hi] = False
+    return keys[outside]
 
 
 class KVWorker(Recovery):

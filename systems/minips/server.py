@@ -285,9 +285,7 @@ class KVServer(Membership):
         self.record_pull(meta.get("sender", "?"), ranges, meta.get("clock"))
         out_meta = M.reply(held_s=held, reached=self.gate.reached(ranges))
         codec = meta.get("pull_codec")
-        if codec and vals is not None and vals.size:
-            codec = safe_codec(codec, vals)
-        if codec and vals is not None and vals.size:
+        if codec and vals is not None and vals.size and (codec := safe_codec(codec, vals)):
             vals = compress_values(vals, codec)
             out_meta["codec"] = codec
         self.metrics.inc("pull_requests")
