@@ -11,7 +11,10 @@ through rewriting a directory leaves the previous manifest, which still names on
 previous generation's files: a reader never mixes two checkpoints.
 
 Each range is captured under its server's lock, so each is internally consistent, and
-its clocks say exactly which pushes it contains. Across servers a checkpoint is a
+its clocks say exactly which pushes it contains. Every server saves its ranges in one
+ring, the one the manifest names (a server not yet in it, or still waiting for ranges it
+takes over, is asked again), and the manifest is written only if those ranges cover the
+whole key space. Across servers a checkpoint is a
 consistent cut when no push is in flight (the launcher takes it at the end of a run; a
 BSP job can take it between clocks); otherwise a restore followed by the workers'
 resends converges anyway, because the clocks drop what the checkpoint already holds.
@@ -25,16 +28,19 @@ from __future__ import annotations
 
 import json
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import grpc
 import numpy as np
 
 from common import rpc
 from common.trace import fsync_dir, write_json_atomic
 
 from . import message as M
-from .ring import intersect, positions
+from .ring import intersect, merge_ranges, positions, subtract
 
 if TYPE_CHECKING:
     from .server import KVServer
@@ -73,36 +79,69 @@ def save_server(ckpt_dir: str | os.PathLike, server: KVServer, generation: int =
                        vals=vals, state=state, meta=info)
 
 
-def checkpoint(ring_info: dict, ckpt_dir: str | os.PathLike, timeout: float = 30.0) -> Path:
+def checkpoint(ring_info: dict, ckpt_dir: str | os.PathLike, timeout: float = 30.0,
+               status: Callable[[], dict] | None = None) -> Path:
     """Ask every server of the ring to save a new generation, write the manifest (last,
-    atomically), then delete the files of older generations."""
+    atomically), then delete the files of older generations.
+
+    The manifest is written only when every server saved its master ranges *in the ring
+    of* ``ring_info`` and those ranges cover the whole key space: a server that has not
+    yet moved to that ring, or is still waiting for the copies of ranges it takes over,
+    would otherwise save the old ring's ranges, and the ranges changing hands would be in
+    no file of a checkpoint that looks finished. Such a server answers RETRY; so does a
+    ring that changes again during the round (a server dies or joins). Then, if
+    ``status`` (the scheduler's ``Status``) is given, the round is asked again for the
+    ring it names now, until ``timeout``."""
     d = Path(ckpt_dir)
     old = json.loads((d / MANIFEST).read_text()) if (d / MANIFEST).exists() else {}
     generation = int(old.get("generation", -1)) + 1
-    files = []
-    for name in ring_info["servers"]:
-        ch = rpc.channel(ring_info["addrs"][name])
-        try:
-            out = rpc.method(ch, M.SERVICE, "Control")(
-                M.encode({"checkpoint": str(ckpt_dir), "generation": generation}),
-                timeout=timeout)
-        finally:
-            ch.close()
-        reply = M.decode(out)[0]
-        if reply.get("code") != M.OK or "file" not in reply:
-            raise RuntimeError(f"server {name} did not checkpoint: {reply}")
-        files.append(Path(reply["file"]).name)
+    t_end, asked = time.monotonic() + timeout, set()
+    while True:
+        asked |= set(ring_info["servers"])
+        files, why = _save_round(ring_info, d, generation, max(1.0, t_end - time.monotonic()))
+        if why is None:
+            break
+        if status is None or time.monotonic() > t_end:
+            raise RuntimeError(f"no checkpoint of ring {ring_info['epoch']}: {why}")
+        time.sleep(0.05)
+        ring_info = status()
     path = write_json_atomic(d / MANIFEST, {"epoch": ring_info["epoch"], "files": files,
                                             "servers": ring_info["servers"],
                                             "generation": generation}, durable=True)
     # only our own older files: the previous manifest's, and generations of ring
-    # servers' files that a torn checkpoint left (the directory may hold other things)
+    # servers' files that a torn checkpoint (or a round asked again) left (the directory
+    # may hold other things)
     ours = set(old.get("files", [])) | {
         f.name for f in d.glob("*.*.npz")
-        if f.name.split(".")[0] in ring_info["servers"] + old.get("servers", [])}
+        if f.name.split(".")[0] in asked | set(old.get("servers", []))}
     for name in ours - set(files):
         (d / name).unlink(missing_ok=True)
     return path
+
+
+def _save_round(ring_info: dict, d: Path, generation: int,
+                timeout: float) -> tuple[list[str], str | None]:
+    """One request to every server of the ring: (the files, why the round failed or None)."""
+    files, saved = [], []
+    for name in ring_info["servers"]:
+        ch = rpc.channel(ring_info["addrs"][name])
+        try:
+            out = rpc.method(ch, M.SERVICE, "Control")(
+                M.encode({"checkpoint": str(d), "generation": generation,
+                          "epoch": ring_info["epoch"]}), timeout=timeout)
+        except grpc.RpcError as e:  # died during the round: the ring will change
+            return files, f"server {name}: {e.code().name}"
+        finally:
+            ch.close()
+        reply = M.decode(out)[0]
+        if reply.get("code") == M.RETRY:
+            return files, f"server {name}: {reply.get('message')}"
+        if reply.get("code") != M.OK or "file" not in reply:
+            raise RuntimeError(f"server {name} did not checkpoint: {reply}")
+        files.append(Path(reply["file"]).name)
+        saved += [(int(b), int(e)) for b, e in reply["ranges"]]
+    gap = subtract([(0, ring_info["ring"]["key_max"])], merge_ranges(saved))
+    return files, (f"the saved ranges miss {gap[:3]}" if gap else None)
 
 
 def load(ckpt_dir: str | os.PathLike) -> list[dict]:

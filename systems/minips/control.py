@@ -7,7 +7,9 @@ request meta dict; each key asks for one thing:
 * ``{"crash": POINT, "after": n}``: SIGKILL the server the n-th time it reaches POINT
   (one of :data:`CRASH_POINTS`, the places in the apply-then-replicate sequence where a
   crash loses something different); the fault tests and the fault benchmark use this;
-* ``{"checkpoint": DIR}``: write the mastered ranges atomically (:mod:`.checkpoint`);
+* ``{"checkpoint": DIR, "generation": g, "epoch": e}``: write the mastered ranges of ring
+  ``e`` atomically (:mod:`.checkpoint`); answered ``RETRY`` if this server cannot reach
+  that ring with its master ranges in hand within a few seconds;
 * ``{"metrics": true}``: the node's counters (:func:`snapshot`);
 * ``{"dump": [begin, end]}``: every stored key, value and clock of a range;
 * ``{"debug": true}``: every worker's push and pull clock on the ranges it masters;
@@ -16,8 +18,10 @@ request meta dict; each key asks for one thing:
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
+import time
 from typing import TYPE_CHECKING, Any
 
 from . import message as M
@@ -57,8 +61,12 @@ async def control(node: KVServer, req: bytes) -> bytes:
         else:
             node.crash[meta["crash"]] = int(meta.get("after", 1))
     if meta.get("checkpoint"):
+        why = await ready_for_checkpoint(node, meta.get("epoch"))
+        if why:
+            return M.encode(M.reply(M.RETRY, why, epoch=node.epoch))
         async with node.lock:
             path = save_server(meta["checkpoint"], node, int(meta.get("generation", 0)))
+            out["ranges"] = node.ring.ranges_of(node.name, "master")
         out["file"] = str(path)
     if meta.get("metrics"):
         out["metrics"] = snapshot(node)
@@ -77,10 +85,35 @@ async def control(node: KVServer, req: bytes) -> bytes:
     return M.encode(out)
 
 
+async def ready_for_checkpoint(node: KVServer, epoch: int | None,
+                               timeout: float = 5.0) -> str | None:
+    """Why this server cannot save the ring ``epoch``'s master ranges now (None: it can).
+
+    A server learns of a new ring a moment after the scheduler makes it, and a new master
+    holds its ranges only once their copies came (``not_ready``); a file written before
+    that would save the old ring's ranges, or an empty pre-copy, under a manifest that
+    says the new ring, and the ranges changing hands would be in nobody's file. So the
+    server first catches up to ``epoch`` and waits for its master ranges."""
+    if epoch is None:  # an old-style request: save what this server masters now
+        return None
+    if int(epoch) > node.epoch:
+        await node.refresh()
+    t_end = time.monotonic() + timeout
+    while node.repl.next_epoch is not None or node.ring is None:
+        if time.monotonic() > t_end:
+            return f"still moving to ring {node.repl.next_epoch}"
+        await asyncio.sleep(0.005)
+    if node.epoch != int(epoch):
+        return f"this server is in ring {node.epoch}, not {epoch}"
+    if not await node.wait_ready(node.ring.ranges_of(node.name, "master"), timeout):
+        return f"master ranges still waiting for their copies: {node.repl.not_ready}"
+    return None
+
+
 def _malformed(meta: dict) -> str | None:
     """Why a Control request's fields cannot be used, or None (an operator's typo must
     get a reason back, not a Python traceback from inside the handler)."""
-    for field in ("after", "generation"):
+    for field in ("after", "generation", "epoch"):
         if field in meta and (not isinstance(meta[field], int) or isinstance(meta[field], bool)
                               or meta[field] < 0):
             return f"{field!r} must be a non-negative integer, got {meta[field]!r}"

@@ -224,8 +224,7 @@ class Cluster:
         self.wait_workers(timeout)
 
     def checkpoint(self, ckpt_dir: str | Path) -> Path:
-        st = self.status()
-        return checkpoint(st, ckpt_dir)
+        return checkpoint(self.status(), ckpt_dir, status=self.status)
 
     def shutdown(self) -> None:
         """Ask every node to save its metrics and trace, then stop the processes."""
