@@ -92,11 +92,17 @@ class ClipperServer:
             key = f"dropped:{label}"
             m.dropped.labels(label).inc(q.dropped - self._synced.get(key, 0))
             self._synced[key] = q.dropped
+        # gauges of things that come and go (replicas scaled away or given up, deleted
+        # apps) are rebuilt from what exists now, so no series outlives its subject
+        m.controller.clear()
+        for model in self.executor.queues:
             for rid, rep in self.executor.replicas.get(model, {}).items():
                 for field, v in rep.controller.state().items():
-                    m.controller.labels(label, str(rid), field).set(v)
+                    m.controller.labels(f"{model[0]}:{model[1]}", str(rid), field).set(v)
+        m.app_default_ratio.clear()
         for app, (total, defaults) in self.qp.counts.items():
-            m.app_default_ratio.labels(app).set(defaults / total if total else 0.0)
+            if app in self.qp.apps:
+                m.app_default_ratio.labels(app).set(defaults / total if total else 0.0)
         return m.text()
 
 

@@ -93,8 +93,14 @@ class ReplicaSupervisor:
             return None
         self.children.setdefault(model, {})[rid] = child
         self.executor.add_replica(model, rid, f"127.0.0.1:{child.info['port']}", child.pid)
-        self.metrics.replicas.labels(f"{model[0]}:{model[1]}").set(len(self.children[model]))
+        self._count(model)
         return child
+
+    def _count(self, model: tuple[str, str]) -> None:
+        """The live-replicas gauge, after every change to ``children`` (a start, a stop,
+        a death being restarted, a replica given up)."""
+        self.metrics.replicas.labels(f"{model[0]}:{model[1]}").set(
+            len(self.children.get(model, {})))
 
     async def set_num_replicas(self, model: tuple[str, str], n: int) -> None:
         """Start or stop replicas until ``n`` run (new ones start concurrently)."""
@@ -108,10 +114,11 @@ class ReplicaSupervisor:
             raise failed[0]
         for rid in [r for r in have if r >= n]:
             await self._stop(model, rid)
-        self.metrics.replicas.labels(f"{model[0]}:{model[1]}").set(len(have))
+        self._count(model)
 
     async def _stop(self, model: tuple[str, str], rid: int) -> None:
         child = self.children[model].pop(rid)
+        self._count(model)
         await self.executor.remove_replica(model, rid)
         await asyncio.to_thread(self.group.stop, child.name, 2.0)
 
@@ -131,6 +138,7 @@ class ReplicaSupervisor:
             await asyncio.to_thread(self.group.stop, old.name, 1.0)
             if self.children[model].get(rid) is old:  # gone: the slot is free for its heir
                 del self.children[model][rid]
+                self._count(model)
             self.restarts[model] = self.restarts.get(model, 0) + 1
             self.metrics.restarts.labels(f"{model[0]}:{model[1]}").inc()
             err: Exception | None = None
@@ -147,6 +155,7 @@ class ReplicaSupervisor:
                               attempt, e)
                     await asyncio.sleep(RESTART_BACKOFF_S * 2 ** attempt)
             self.children[model].pop(rid, None)  # give up on it, and say so
+            self._count(model)
             why = (f"model {model[0]}:{model[1]}: replica {rid} failed to start "
                    f"{RESTART_ATTEMPTS} times after it died ({reason}); last error: "
                    f"{str(err).splitlines()[0] if err else '?'}")

@@ -20,7 +20,7 @@ from systems.miniclipper import (
 )
 from systems.miniclipper.deployers import save_python_closure
 
-from .conftest import post
+from .conftest import metric, post, scrape
 
 
 def _versioned(v):
@@ -61,12 +61,39 @@ def test_set_num_replicas_scales_up_and_down(clipper):
     reps = [r for r in c.get_all_model_replicas() if r["model"] == "scale:1"]
     assert sorted(r["replica_id"] for r in reps) == [0, 1, 2]
     assert len({r["pid"] for r in reps}) == 3 and all(psutil.pid_exists(r["pid"]) for r in reps)
+    assert _controller_replicas(scrape(c), "scale:1") == ["0", "1", "2"]
     c.set_num_replicas("scale", 1)
     time.sleep(0.2)
     assert [r["replica_id"] for r in c.get_all_model_replicas() if r["model"] == "scale:1"] == [0]
     assert not any(psutil.pid_exists(r["pid"]) and psutil.Process(r["pid"]).status() !=
                    psutil.STATUS_ZOMBIE for r in reps[1:])
     assert c.predict("scale", [1.0])["output"] == 7.0
+    samples = scrape(c)  # the replicas scaled away leave no controller series behind
+    assert _controller_replicas(samples, "scale:1") == ["0"]
+    assert metric(samples, "clipper_replicas", model="scale:1") == 1
+
+
+def _controller_replicas(samples, model: str) -> list[str]:
+    return sorted(dict(labels)["replica"] for name, labels in samples
+                  if name == "clipper_batch_controller" and dict(labels)["model"] == model
+                  and dict(labels)["field"] == "batch_size")
+
+
+def test_a_deleted_app_leaves_no_metrics_to_an_app_of_the_same_name(clipper):
+    """The default-output ratio is per application: a new app that reuses a deleted
+    app's name starts from its own queries, and the deleted one's series is gone."""
+    c = clipper
+    deploy_python_closure(c, "churn", 1, "doubles", _versioned(3))
+    c.register_application("churn-app", "doubles", -1.0, 1)  # 1 us: every answer a default
+    c.link_model_to_app("churn-app", "churn")
+    assert all(c.predict("churn-app", [float(i)])["default"] for i in range(4))
+    assert metric(scrape(c), "clipper_app_default_ratio", app="churn-app") == 1.0
+    c.unregister_application("churn-app")
+    assert ("clipper_app_default_ratio", (("app", "churn-app"),)) not in scrape(c)
+    c.register_application("churn-app", "doubles", -1.0, 10_000_000)
+    c.link_model_to_app("churn-app", "churn")
+    assert not any(c.predict("churn-app", [float(i)])["default"] for i in range(4, 9))
+    assert metric(scrape(c), "clipper_app_default_ratio", app="churn-app") == 0.0
 
 
 def test_a_torch_module_deploys_and_matches_in_process(clipper):

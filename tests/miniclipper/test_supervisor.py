@@ -11,7 +11,7 @@ import pytest
 
 from systems.miniclipper import deploy_python_closure
 
-from .conftest import post
+from .conftest import metric, post, scrape
 
 
 def _work(xs):
@@ -158,6 +158,8 @@ def test_a_replica_that_cannot_restart_is_given_up_and_queries_say_why(tmp_path,
             time.sleep(0.1)
         why = c.get_model_info("doomed", 1)["abandoned_replicas"]["0"]
         assert "replica 0 failed to start 2 times" in why
+        assert metric(scrape(c), "clipper_replicas", model="doomed:1") == 0  # none live
+        assert not [k for k in scrape(c) if k[0] == "clipper_batch_controller"]
         t0 = time.monotonic()
         r = c.predict("doomed", [5.0, 6.0])  # a new input: not in the cache
         assert r["default"] is True and "no replica is running" in r["default_explanation"]
