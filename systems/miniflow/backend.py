@@ -88,8 +88,11 @@ class NumpyBackend:
 
     @staticmethod
     def sigmoid(x):
-        # 0.5 * (1 + tanh(x / 2)) equals 1 / (1 + exp(-x)) and never overflows.
-        return 0.5 * (1.0 + np.tanh(0.5 * x)).astype(x.dtype, copy=False)
+        # exp of a non-positive number only: never overflows, and keeps full relative
+        # precision for negative x, where 1 + tanh(x / 2) cancels (float32 sigmoid(-20)
+        # came out 0, so log(sigmoid(x)) was -inf) -- as Eigen's scalar_logistic_op does
+        e = np.exp(-np.abs(x))
+        return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype, copy=False)
 
     @staticmethod
     def relu(x):
@@ -129,14 +132,17 @@ class NumpyBackend:
 
     @staticmethod
     def mean(x, axis, keepdims):
-        s = np.add.reduce(x, axis=axis, keepdims=keepdims, dtype=x.dtype)
+        # half precision sums in float32 (as torch and Eigen's MeanReducer for half do):
+        # a float16 sum overflows long before the mean does
+        acc = np.float32 if x.dtype == np.float16 else x.dtype
+        s = np.add.reduce(x, axis=axis, keepdims=keepdims, dtype=acc)
         n = x.size // max(np.size(s), 1)
         if x.dtype.kind in "iu":  # an integer mean is an integer: sum / n in C++
             # (Eigen's MeanReducer), which rounds toward zero. An empty axis gives TF's
             # reduction identity, NumTraits<int>::quiet_NaN() == 0 (reduction_ops.h), not
             # numpy's divide-by-zero warning: divide the zero sum by 1, as torch does
             return _trunc_div(s, max(n, 1))
-        return s / n
+        return (s / n).astype(x.dtype, copy=False)
 
     @staticmethod
     def max(x, axis, keepdims):
@@ -181,6 +187,11 @@ class NumpyBackend:
     def has_integer_zero(y) -> bool:
         """Whether an integer divisor holds a zero (floats may divide by zero)."""
         return y.dtype.kind in "iu" and not y.all()
+
+    @staticmethod
+    def has_negative_integer(y) -> bool:
+        """Whether an integer exponent holds a negative number."""
+        return y.dtype.kind == "i" and bool((y < 0).any())
 
     @staticmethod
     def unsorted_segment_sum(data, segment_ids, num_segments):
@@ -234,11 +245,15 @@ class NumpyBackend:
 
     @staticmethod
     def softmax(x):
+        if x.size == 0:  # zero classes (or rows): nothing to normalise, as TF's kernel
+            return np.empty_like(x)
         e = np.exp(x - x.max(axis=-1, keepdims=True))
         return e / e.sum(axis=-1, keepdims=True)
 
     @staticmethod
     def log_softmax(x):
+        if x.size == 0:
+            return np.empty_like(x)
         z = x - x.max(axis=-1, keepdims=True)
         return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 

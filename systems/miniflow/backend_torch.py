@@ -116,6 +116,9 @@ class TorchBackend:
     def has_integer_zero(self, y) -> bool:
         return not y.is_floating_point() and not bool(y.all())
 
+    def has_negative_integer(self, y) -> bool:
+        return not y.is_floating_point() and y.dtype != self.torch.bool and bool((y < 0).any())
+
     def unsorted_segment_sum(self, data, segment_ids, num_segments):
         ids = segment_ids.long().reshape(-1)
         flat = data.reshape((ids.numel(),) + tuple(data.shape[segment_ids.dim():]))

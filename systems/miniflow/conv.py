@@ -159,6 +159,10 @@ class TorchConv:
         return self.F.pad(x_nchw, (pl, pr, pt, pb)), [0, 0]
 
     def conv2d(self, x, f, strides, padding):
+        if x.shape[3] == 0:  # no input channels: every output is an empty sum, 0 (torch's
+            # conv2d would return an empty tensor instead, against the static shape)
+            x = x.new_zeros(tuple(x.shape[:3]) + (1,))
+            f = f.new_zeros(tuple(f.shape[:2]) + (1, f.shape[3]))
         xc, pad = self._conv_padding(x.permute(0, 3, 1, 2), f.shape[0], f.shape[1], strides,
                                      padding)
         y = self.F.conv2d(xc, f.permute(3, 2, 0, 1), stride=tuple(strides), padding=pad)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..gradients import RegisterGradient, no_gradient
-from ..op_def import constant, make_op
+from ..op_def import constant, make_op, shape_error
 from .array_ops import reshape, shape, transpose
 from .unbroadcast import unbroadcast
 
@@ -68,7 +68,8 @@ def _gather_grad(op, g):
     params, indices = op.inputs
     ax = op.attrs["axis"]
     if params.shape is None or indices.shape is None or g.shape is None:
-        raise ValueError(f"GatherV2 gradient needs static ranks ({op.name})")
+        raise shape_error("GatherV2", f"the gradient of {op.name} needs params and indices "
+                          f"of known rank", params, indices)
     ni = len(indices.shape)
     pre = list(range(ax))
     idx_axes = list(range(ax, ax + ni))

@@ -67,10 +67,15 @@ def _reshape_shape(ins, attrs):
     known = int(np.prod([d for d in target if d != -1]))
     if list(target).count(-1) > 1:
         raise shape_error("Reshape", f"at most one -1 in the new shape {list(target)}", x)
+    if any(d < -1 for d in target):
+        raise shape_error("Reshape", f"sizes must be >= 0 (or one -1), got {list(target)}", x)
     if -1 in target:
         fill = None if n_in is None else n_in // max(known, 1)
-        if n_in is not None and known and n_in % known:
-            raise shape_error("Reshape", f"cannot reshape to {list(target)}", x)
+        if n_in is not None and (n_in % known if known else True):
+            # with a 0 among the given sizes no -1 fits (or any does, for an empty x):
+            # TF refuses both ("cannot infer the missing input size")
+            raise shape_error("Reshape", f"cannot reshape {n_in} elements to {list(target)}",
+                              x)
         return [(x.dtype, tuple(fill if d == -1 else d for d in target))]
     if n_in is not None and n_in != known:
         raise shape_error("Reshape", f"cannot reshape {n_in} elements into {list(target)}", x)
@@ -284,6 +289,8 @@ def _one_hot_shape(ins, attrs):
     i = ins[0]
     if not i.dtype.is_integer:
         raise shape_error("OneHot", "indices must be integers", i)
+    if attrs["depth"] < 0:
+        raise shape_error("OneHot", f"depth must be non-negative, got {attrs['depth']}", i)
     return [(attrs["dtype"], None if i.shape is None else i.shape + (attrs["depth"],))]
 
 

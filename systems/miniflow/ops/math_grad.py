@@ -17,6 +17,7 @@ from .math_ops import (
     less_equal,
     log,
     matmul,
+    maximum,
     reduce_sum,
     relu_grad,
     sign,
@@ -233,12 +234,14 @@ def _mean_grad(op, g):
     grad = _expand(x, _reduction_axes(op), g)
     x_known = x.shape is not None and None not in x.shape
     y_known = y.shape is not None and None not in y.shape
+    # size(x) / max(size(y), 1), as TF's _MeanGrad: an empty output (a kept axis of
+    # size 0) has an empty gradient, and must not divide by zero to build it
     if x_known and y_known:
-        grad = grad / (float(_prod(x.shape)) / float(_prod(y.shape)))
+        grad = grad / (float(_prod(x.shape)) / max(float(_prod(y.shape)), 1.0))
     elif y_known:  # e.g. the mean over a batch of unknown size: divide by size(x) alone
-        grad = grad / (cast(size(x), g.dtype) / float(_prod(y.shape)))
+        grad = grad / (cast(size(x), g.dtype) / max(float(_prod(y.shape)), 1.0))
     else:
-        grad = grad / (cast(size(x), g.dtype) / cast(size(y), g.dtype))
+        grad = grad / (cast(size(x), g.dtype) / maximum(cast(size(y), g.dtype), 1.0))
     return (grad,) + _no_axes_grad(op)
 
 

@@ -121,12 +121,31 @@ def _floordiv_kernel(attrs, be, res):
     return floor_divide
 
 
+def _pow_kernel(attrs, be, res):
+    """An integer Pow with a negative exponent is an error, as in TF's ``safe_pow``
+    (tensorflow/core/kernels/cwise_ops.h: "Integers to negative integer powers are not
+    allowed"); torch would answer 1 // x**n, numpy raise its own ValueError."""
+    fn = be.power
+    t = attrs.get("T")
+    if t is not None and t.is_floating:
+        return fn
+
+    def power(x, y):
+        if be.has_negative_integer(y):
+            raise InvalidArgumentError(
+                f"Pow: Integers to negative integer powers are not allowed (x has shape "
+                f"{tuple(x.shape)}, y has shape {tuple(y.shape)})")
+        return fn(x, y)
+    return power
+
+
+KERNELS = {"FloorDiv": _floordiv_kernel, "Pow": _pow_kernel}
 FLOAT_ONLY = {"RealDiv", "Exp", "Log", "Tanh", "Sigmoid", "Sqrt"}
 BOOL_ONLY = {"LogicalAnd", "LogicalOr", "LogicalNot"}
 for _t, _m in BINARY.items():
     _fn = _binary_shape(_t)
     define(OpDef(_t, _float_only(_t, _fn) if _t in FLOAT_ONLY else _numeric_only(_t, _fn),
-                 _floordiv_kernel if _t == "FloorDiv" else _backend_fn(_m), elementwise=True))
+                 KERNELS.get(_t) or _backend_fn(_m), elementwise=True))
 for _t, _m in COMPARE.items():
     _fn = _binary_shape(_t, bool_)
     define(OpDef(_t, _bool_only(_t, _fn) if _t in BOOL_ONLY else _fn, _backend_fn(_m),

@@ -1,0 +1,109 @@
+"""Edge values and empty shapes, where the two CPU backends must agree with each other and
+with torch (or TF, where its semantics differ): found by differential fuzzing."""
+
+import numpy as np
+import pytest
+import torch
+
+import systems.miniflow as mf
+
+from .helpers import BACKENDS, evaluate
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_log_sigmoid_of_a_very_negative_float32_keeps_its_value_and_gradient(backend):
+    """1 + tanh(x / 2) cancels for x < 0: float32 sigmoid(-20) came out 0 on the numpy
+    backend, so log(sigmoid(x)) was -inf and its gradient NaN."""
+    xs = np.array([-20.0, -17.0, -10.0, 0.0, 10.0, 30.0], np.float32)
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, xs.shape)
+        y = mf.log(mf.sigmoid(x))
+        (dx,) = mf.gradients(mf.reduce_sum(y), [x])
+    got, grad = evaluate(g, [y, dx], {x: xs}, backend)
+    t = torch.tensor(xs, requires_grad=True)
+    want = torch.log(torch.sigmoid(t))
+    want.sum().backward()
+    np.testing.assert_allclose(got, want.detach().numpy(), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(grad, t.grad.numpy(), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_gradient_of_a_mean_with_an_empty_output_is_empty_not_a_zero_division(backend):
+    """TF's _MeanGrad divides by max(output size, 1)."""
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [0, 3])
+        (dx,) = mf.gradients(mf.reduce_sum(mf.reduce_mean(x, axis=1)), [x])
+    assert evaluate(g, dx, {x: np.zeros((0, 3), np.float32)}, backend).shape == (0, 3)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("op", ["softmax", "log_softmax"])
+def test_softmax_of_zero_classes_is_empty_on_both_backends(backend, op):
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [2, 0])
+        y = getattr(mf.nn, op)(x)
+    assert evaluate(g, y, {x: np.zeros((2, 0), np.float32)}, backend).shape == (2, 0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_integer_to_a_negative_power_is_an_error_on_both_backends(backend):
+    """TF's safe_pow refuses it; torch's pow would answer [1, 0, -1, 0]."""
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.int32, [4])
+        y = mf.placeholder(mf.int32, [])
+        z = x ** y
+    feeds = {x: np.array([1, 2, -1, 0], np.int32)}
+    with pytest.raises(mf.errors.InvalidArgumentError, match="negative integer powers"):
+        evaluate(g, z, {**feeds, y: np.int32(-1)}, backend)
+    np.testing.assert_array_equal(evaluate(g, z, {**feeds, y: np.int32(2)}, backend),
+                                  [1, 4, 1, 0])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_float16_mean_accumulates_in_float32_on_both_backends(backend):
+    """3000 x 30 overflows a float16 sum (65504), not the mean: torch gives 30."""
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float16, [3000])
+        m = mf.reduce_mean(x)
+    got = evaluate(g, m, {x: np.full(3000, 30, np.float16)}, backend)
+    assert got.dtype == np.float16 and float(got) == 30.0
+
+
+def test_impossible_reshapes_and_one_hot_depths_are_build_errors_naming_the_op():
+    with mf.Graph().as_default():
+        x = mf.placeholder(mf.float32, [2, 3])
+        with pytest.raises(mf.errors.GraphBuildError, match=r"Reshape: cannot reshape 6"):
+            mf.reshape(x, [-1, 0])  # TF: cannot infer the missing size
+        with pytest.raises(mf.errors.GraphBuildError, match=r"Reshape: sizes must be >= 0"):
+            mf.reshape(x, [-2, -3])
+        i = mf.placeholder(mf.int32, [2])
+        with pytest.raises(mf.errors.GraphBuildError, match=r"OneHot: depth must be non-neg"):
+            mf.one_hot(i, -1)
+
+
+def test_the_gather_gradient_on_unknown_rank_names_the_op_and_the_line():
+    with mf.Graph().as_default():
+        p = mf.placeholder(mf.float32, None)
+        i = mf.placeholder(mf.int32, [2])
+        y = mf.gather(p, i)
+        with pytest.raises(mf.errors.GraphBuildError, match=r"GatherV2: .*known rank.*at "):
+            mf.gradients(mf.reduce_sum(y), [p])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_conv_with_no_input_channels_is_zeros_of_its_static_shape(backend):
+    """An empty sum is 0; torch's conv2d returns an empty tensor for C_in = 0 instead."""
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [2, 4, 4, 0])
+        f = mf.placeholder(mf.float32, [3, 3, 0, 5])
+        y = mf.nn.conv2d(x, f, padding="VALID")
+    got = evaluate(g, y, {x: np.zeros((2, 4, 4, 0), np.float32),
+                          f: np.zeros((3, 3, 0, 5), np.float32)}, backend)
+    assert y.shape == (2, 2, 2, 5)
+    np.testing.assert_array_equal(got, np.zeros((2, 2, 2, 5), np.float32))
