@@ -110,7 +110,10 @@ def run_case(case: Case, ctx: Context) -> dict[str, Any]:
     except Exception as e:  # one broken case must not lose the others' results
         res = Result(notes=f"case failed: {e!r}")
         error = traceback.format_exc()
-    metrics = dict(res.metrics)
+    # a NaN metric (no value: nothing measured) is written as null, which JSON has and
+    # the tables show as n/a; json.dump would write NaN, which strict readers refuse
+    metrics = {k: None if isinstance(v, float) and math.isnan(v) else v
+               for k, v in res.metrics.items()}
     for name, r in res.ratios.items():
         metrics.setdefault(name, r["ratio"])
     return {
@@ -185,8 +188,9 @@ def validate(doc: dict[str, Any]) -> None:
         need(c, "case", str, where)
         need(c, "baselines", list, where)
         for k, v in need(c, "metrics", dict, where).items():
-            if not isinstance(v, (int, float)) or isinstance(v, bool):
-                raise ValueError(f"bench JSON: {where}.metrics[{k!r}] is not a number")
+            if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool)):
+                raise ValueError(f"bench JSON: {where}.metrics[{k!r}] is not a number "
+                                 f"(or null)")
         for k, r in need(c, "ratios", dict, where).items():
             for f in ("ratio", "q1", "q3", "pairs"):
                 need(r, f, (int, float), f"{where}.ratios[{k!r}]")
@@ -206,6 +210,11 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _cell(text: str) -> str:
+    """Free text (an exception's repr) made safe for one markdown table cell."""
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
 def markdown(doc: dict[str, Any]) -> str:
     """The run as markdown: machine line, then one table of targets, then all metrics."""
     m = doc["machine"]
@@ -221,7 +230,7 @@ def markdown(doc: dict[str, Any]) -> str:
     ]
     for c in doc["cases"]:
         if c.get("error"):
-            lines.append(f"| {c['case']} | (case failed) | {c['notes']} | no |")
+            lines.append(f"| {c['case']} | (case failed) | {_cell(c['notes'])} | no |")
         for t in c["targets"]:
             spread = ""
             r = c["ratios"].get(t["metric"])

@@ -53,19 +53,21 @@ class TraceWriter:
         return threading.get_native_id() if tid is None else tid
 
     def name_process(self, name: str, pid: int | None = None) -> None:
-        self._add({"ph": "M", "name": "process_name", "pid": pid or self.pid, "tid": 0,
+        self._add({"ph": "M", "name": "process_name", "pid": self.pid if pid is None else pid,
+                   "tid": 0,
                    "args": {"name": name}})
 
     def name_thread(self, name: str, tid: int | None = None, pid: int | None = None) -> None:
-        self._add({"ph": "M", "name": "thread_name", "pid": pid or self.pid,
+        self._add({"ph": "M", "name": "thread_name", "pid": self.pid if pid is None else pid,
                    "tid": self._tid(tid), "args": {"name": name}})
 
     def complete(self, name: str, ts_us: float, dur_us: float, *, cat: str = "op",
                  tid: int | None = None, pid: int | None = None,
                  args: dict[str, Any] | None = None) -> None:
         """A span that started at ``ts_us`` and lasted ``dur_us`` microseconds."""
-        ev = {"ph": "X", "name": name, "cat": cat, "ts": ts_us, "dur": max(dur_us, 0.0),
-              "pid": pid or self.pid, "tid": self._tid(tid)}
+        ev = {"ph": "X", "name": name, "cat": cat, "ts": ts_us,
+              "dur": dur_us if dur_us > 0 else 0.0,  # also NaN -> 0: JSON has no NaN
+              "pid": self.pid if pid is None else pid, "tid": self._tid(tid)}
         if args:
             ev["args"] = args
         self._add(ev)
@@ -84,7 +86,7 @@ class TraceWriter:
     def counter(self, name: str, values: dict[str, float], ts_us: float | None = None,
                 pid: int | None = None) -> None:
         self._add({"ph": "C", "name": name, "ts": now_us() if ts_us is None else ts_us,
-                   "pid": pid or self.pid, "tid": 0, "args": dict(values)})
+                   "pid": self.pid if pid is None else pid, "tid": 0, "args": dict(values)})
 
     def flow(self, flow_id: int | str, *, start: bool, ts_us: float | None = None,
              name: str = "flow", cat: str = "flow", tid: int | None = None,
@@ -93,7 +95,7 @@ class TraceWriter:
         ``start=False`` inside the receiving one, with the same ``flow_id`` (ids are
         global across processes, so use e.g. a query id)."""
         ev = {"ph": "s" if start else "f", "id": flow_number(flow_id), "name": name, "cat": cat,
-              "ts": now_us() if ts_us is None else ts_us, "pid": pid or self.pid,
+              "ts": now_us() if ts_us is None else ts_us, "pid": self.pid if pid is None else pid,
               "tid": self._tid(tid)}
         if not start:
             ev["bp"] = "e"  # bind to the enclosing slice, so the arrow lands on the span

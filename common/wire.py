@@ -135,5 +135,9 @@ def unpack(buf: bytes | memoryview) -> tuple[dict[str, Any], list[np.ndarray]]:
             raise WireError(f"array {i}: {n} bytes do not hold shape {shape} of {dtype}")
         if off < 0 or off + n > len(body):
             raise WireError(f"array {i}: bytes {off}..{off + n} run past the message")
-        arrays.append(np.frombuffer(body[off:off + n], dtype=dtype).reshape(shape))
+        try:  # a zero-size shape passes the byte count yet may be one numpy refuses
+            arrays.append(np.frombuffer(body[off:off + n], dtype=dtype).reshape(shape))
+        except (ValueError, OverflowError) as e:  # > 64 dimensions, a dimension > 2**63
+            raise WireError(f"array {i}: shape {shape!r:.200} is not a numpy shape ({e})") \
+                from None
     return meta, arrays

@@ -134,7 +134,12 @@ def check(task: Task, sketch: Sketch, ann: dict[str, int],
         if per_thread > limits.max_row_elems_per_thread:
             bad.append(f"{per_thread:g} row elements/thread > "
                        f"{limits.max_row_elems_per_thread}")
-        if per_thread < 1:
+        # fewer elements than threads leave lanes idle, so the space skips such configs,
+        # except where the whole problem is smaller than one warp: one warp holding all
+        # of it is then the trivial program, which Ansor's sketches always admit (a
+        # softmax over 10 classes at batch 1 must stay tunable)
+        whole = next_pow2(rows) * next_pow2(cols)
+        if per_thread < 1 and not (warps == 1 and elems >= whole):
             bad.append(f"{elems} elements cannot occupy {warps} warps")
     return bad
 

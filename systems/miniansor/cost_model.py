@@ -142,16 +142,22 @@ def kendall_tau(pred: np.ndarray, true: np.ndarray) -> float:
 
 
 def recall_at_k(pred: np.ndarray, true: np.ndarray, k: int = 10) -> float:
-    """|predicted top k  intersect  true top k| / k."""
+    """|predicted top k  intersect  true top k| / k. A config tied with the true k-th
+    best counts as in the true top k (with ties, which of them is "the" top k is
+    arbitrary; an index order would call a right prediction wrong)."""
+    true = np.asarray(true, float)
     k = min(k, len(true))
-    top_pred = set(np.argsort(-np.asarray(pred), kind="stable")[:k])
-    top_true = set(np.argsort(-np.asarray(true), kind="stable")[:k])
-    return len(top_pred & top_true) / k
+    top_pred = np.argsort(-np.asarray(pred), kind="stable")[:k]
+    kth = np.sort(true)[::-1][k - 1]
+    return float((true[top_pred] >= kth).sum()) / k
 
 
 def average_peak_at_k(pred: np.ndarray, true: np.ndarray, k: int = 32) -> float:
-    """TVM's a-peak@k: measure the predicted top k in order; mean of best-so-far / best."""
+    """TVM's a-peak@k: measure the predicted top k in order; mean of best-so-far / best.
+    NaN when nothing has a throughput (every config failed): there is no peak."""
     true = np.asarray(true, float)
+    if not true.max() > 0:
+        return float("nan")
     order = np.argsort(-np.asarray(pred), kind="stable")[:k]
     curve = np.maximum.accumulate(true[order]) / true.max()
     return float(curve.mean())

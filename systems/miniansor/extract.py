@@ -82,7 +82,8 @@ def _fuse_epilogue(gm, anchor: fx.Node, out_shape: tuple[int, ...], has_bias: bo
         user = next(iter(cur.users))
         if user in taken:
             break
-        if _is(gm, user, _ADD, (), ("add",)) and len(user.args) == 2:
+        if _is(gm, user, _ADD, (), ("add",)) and len(user.args) == 2 \
+                and user.kwargs.get("alpha", 1) == 1:  # x + alpha * y scales y: not ours
             other = user.args[1] if user.args[0] is cur else user.args[0]
             if other is anchor or other in fused or other is cur:
                 break
@@ -104,24 +105,28 @@ def _fuse_epilogue(gm, anchor: fx.Node, out_shape: tuple[int, ...], has_bias: bo
     return Epilogue(bias, act, residual), fused
 
 
+def _arg(node: fx.Node, i: int, name: str):
+    """A call's ``i``-th argument, given by position or by keyword (``F.linear(x,
+    weight=w)``); None if absent."""
+    return node.args[i] if len(node.args) > i else node.kwargs.get(name)
+
+
 def _gemm_task(gm, node: fx.Node, dtype: str, taken: Set[fx.Node] = frozenset()
                ) -> tuple[Task, set[fx.Node]] | None:
     mod = _module(gm, node)
     if isinstance(mod, torch.nn.Linear) or (node.op == "call_function" and
                                             node.target is F.linear):
-        x = _shape(node.args[0])
+        x = _shape(_arg(node, 0, "input"))
         if mod is not None:
             n_out, k, has_bias = mod.out_features, mod.in_features, mod.bias is not None
         else:
-            w = _shape(node.args[1])
-            n_out, k = w
-            has_bias = (len(node.args) > 2 and node.args[2] is not None) or \
-                node.kwargs.get("bias") is not None
+            n_out, k = _shape(_arg(node, 1, "weight"))
+            has_bias = _arg(node, 2, "bias") is not None
         m = math.prod(x[:-1])
         epi, fused = _fuse_epilogue(gm, node, _shape(node), has_bias, n_out, taken)
         return Task("gemm", (m, n_out, k), dtype, epi), fused
     if _is(gm, node, _MATMULS, (), ("matmul",)):
-        a, b = _shape(node.args[0]), _shape(node.args[1])
+        a, b = _shape(_arg(node, 0, "input")), _shape(_arg(node, 1, "other"))
         if a is None or b is None or len(a) < 2 or len(b) < 2:
             return None
         m, k, n = math.prod(a[:-1]) if len(b) == 2 else a[-2], a[-1], b[-1]

@@ -190,9 +190,23 @@ def _operands(task: Task, inputs: dict[str, torch.Tensor]):
         raise ValueError(f"{task.key}: inputs a{tuple(inputs['a'].shape)}, "
                          f"b{tuple(inputs['b'].shape)} do not match (M, N, K) = {(m, n, k)}")
     c = torch.empty((a.shape[0], m, n), device=a.device, dtype=DTYPES[task.dtype])
-    bias = inputs.get("bias", c)
-    res = inputs.get("residual", c[0])
+    bias = vector_input(task, inputs, "bias", n) if "bias" in inputs else c
+    res = inputs.get("residual", c[0])  # read through its own strides
+    if "residual" in inputs and tuple(res.shape) != (m, n):
+        raise ValueError(f"{task.key}: input residual{tuple(res.shape)} does not match "
+                         f"(M, N) = {(m, n)}")
     return a, b, c, bias, res
+
+
+def vector_input(task: Task, inputs: dict[str, torch.Tensor], name: str,
+                 n: int) -> torch.Tensor:
+    """A per-column operand (a bias, a layernorm weight), which the kernels read as
+    ``ptr + column``: its length is checked and a strided view is made contiguous, so a
+    short or strided tensor cannot be read past its end or with the wrong stride."""
+    v = inputs[name]
+    if tuple(v.shape) != (n,):
+        raise ValueError(f"{task.key}: input {name}{tuple(v.shape)} does not match ({n},)")
+    return v.contiguous()
 
 
 def _epilogue_flags(task: Task, fused: bool) -> dict[str, int]:

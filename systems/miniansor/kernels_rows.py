@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .kernels_gemm import launch
+from .kernels_gemm import launch, vector_input
 from .workloads import DTYPES, LN_EPS, Task, cdiv, next_pow2
 
 
@@ -119,6 +119,12 @@ def _rows_io(task: Task, inputs: dict[str, torch.Tensor]):
     return x, torch.empty(task.rows_cols, device=x.device, dtype=DTYPES[task.dtype])
 
 
+def _affine(task: Task, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """Layernorm's weight and bias, each of length C and contiguous."""
+    c = task.rows_cols[1]
+    return vector_input(task, inputs, "weight", c), vector_input(task, inputs, "bias", c)
+
+
 def launch_rows(task: Task, cfg: dict[str, int],
                 inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     """ROWS whole rows per program (ROWS = 1: one row per program)."""
@@ -131,7 +137,7 @@ def launch_rows(task: Task, cfg: dict[str, int],
         launch(softmax_rows_kernel, grid, x, y, r, c, x.stride(0), y.stride(0), ROWS=rows,
                BLOCK_N=bn, **opts)
     else:
-        launch(layernorm_rows_kernel, grid, x, y, inputs["weight"], inputs["bias"], r, c,
+        launch(layernorm_rows_kernel, grid, x, y, *_affine(task, inputs), r, c,
                x.stride(0), y.stride(0), LN_EPS, ROWS=rows, BLOCK_N=bn, **opts)
     return y
 
@@ -146,6 +152,6 @@ def launch_looped(task: Task, cfg: dict[str, int],
         launch(softmax_looped_kernel, (r,), x, y, r, c, x.stride(0), y.stride(0),
                BLOCK_N=cfg["BLOCK_N"], **opts)
     else:
-        launch(layernorm_looped_kernel, (r,), x, y, inputs["weight"], inputs["bias"], r, c,
+        launch(layernorm_looped_kernel, (r,), x, y, *_affine(task, inputs), r, c,
                x.stride(0), y.stride(0), LN_EPS, BLOCK_N=cfg["BLOCK_N"], **opts)
     return y

@@ -64,8 +64,27 @@ def validate_table(table: dict, where: str = "table") -> None:
             raise ValueError(f"{where}: {key} must map configs to results, got "
                              f"{type(entries).__name__}")
         for ck, e in entries.items():
-            if not isinstance(e, dict) or not (("time_s" in e and e["time_s"]) or "error" in e):
-                raise ValueError(f"{where}: {key} / {ck} has neither time_s nor error")
+            bad = _bad_entry(e)
+            if bad:
+                raise ValueError(f"{where}: {key} / {ck} {bad}")
+
+
+def _bad_entry(e) -> str | None:
+    """Why one config's result is unusable: times must be positive finite numbers (a zero
+    would be an infinite throughput, a negative one the best kernel), an error one of
+    ``ErrorNo``'s names."""
+    if not isinstance(e, dict) or not ("time_s" in e or "error" in e):
+        return "has neither time_s nor error"
+    if "error" in e:
+        if e["error"] not in ErrorNo.__members__ or e["error"] == "NO_ERROR":
+            return f"has error {e['error']!r}, not one of {list(ErrorNo.__members__)[1:]}"
+        return None
+    t = e["time_s"]
+    if not (isinstance(t, list) and t and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < float("inf")
+            for x in t)):
+        return f"time_s must be a non-empty list of times > 0 s, got {t!r}"
+    return None
 
 
 class RecordedDevice:

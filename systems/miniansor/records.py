@@ -121,8 +121,13 @@ def _checked(rec: object) -> dict:
     for f, t in _FIELD_TYPES.items():
         if not isinstance(rec.get(f), t):
             raise ValueError(f"field {f!r} must be a {t.__name__}, got {rec.get(f)!r:.60}")
+    if rec.get("v") != RECORD_VERSION:  # another format: its fields may mean other things
+        raise ValueError(f"record format v={rec.get('v')!r:.20}, this reader reads "
+                         f"v={RECORD_VERSION}")
     if not all(isinstance(c, (int, float)) and 0 < c < math.inf for c in rec["costs"]):
         raise ValueError(f"costs must be times above 0, got {rec['costs']!r:.60}")
+    if rec["error"] == "NO_ERROR" and not rec["costs"]:  # a success has a time
+        raise ValueError("a NO_ERROR record without costs")
     return rec
 
 

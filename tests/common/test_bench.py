@@ -111,3 +111,26 @@ def test_overview_counts_held_targets_and_lists_the_missed_and_the_never_run(tmp
     never = md.split("Not run yet:")[1]
     assert "miniflow on cuda" in never and "miniflow on cpu" not in never
     assert all(f"{s} on cpu" in never for s in SUITES if s != "miniflow")
+
+
+def _nan_and_pipe(ctx):
+    return Result(metrics={"speedup": float("nan"), "x": 1.0})
+
+
+def test_nan_metrics_are_null_and_free_text_cannot_break_a_table_row(tmp_path):
+    """json.dump writes NaN, which strict JSON readers refuse; an exception's repr with a
+    '|' split the failed case's row into extra cells."""
+    def boom(ctx):
+        raise ValueError("shape a|b\nsecond line")
+
+    cases = [run_case(Case("n", "d", ("b",), _nan_and_pipe, (Target("speedup", ">=", 1),)),
+                      Context()),
+             run_case(Case("boom", "d", ("b",), boom, ()), Context())]
+    assert cases[0]["metrics"]["speedup"] is None and not cases[0]["targets"][0]["held"]
+    doc = {"schema_version": 1, "system": "s", "device": "cpu", "quick": False,
+           "machine": {"date": "2026-01-01", "cpu": "c", "cores": 2, "versions": {},
+                       "blas": "b", "git_commit": "abc"}, "cases": cases}
+    validate(doc)
+    json.loads(json.dumps(doc, allow_nan=False))  # strict JSON
+    row = next(line for line in markdown(doc).splitlines() if "(case failed)" in line)
+    assert row.replace("\\|", "").count("|") == 5  # four cells

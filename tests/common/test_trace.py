@@ -143,3 +143,14 @@ def test_a_durable_write_reaches_the_disk_before_it_is_visible(tmp_path, monkeyp
     synced.clear()
     write_json_atomic(tmp_path / "trace.json", {})  # a trace need not be
     assert synced == []
+
+
+def test_a_nan_duration_and_pid_zero_are_written_as_chrome_reads_them(tmp_path):
+    """max(nan, 0) is nan, which is not JSON; ``pid or self.pid`` replaced a pid of 0."""
+    w = TraceWriter("unit-test")
+    w.complete("nan-span", 1.0, float("nan"), tid=1)
+    w.name_process("zero", pid=0)
+    doc = json.loads(w.save(tmp_path / "t.json").read_text(),
+                     parse_constant=lambda c: pytest.fail(f"{c} in a trace"))
+    assert next(e for e in doc["traceEvents"] if e["name"] == "nan-span")["dur"] == 0.0
+    assert any(e["ph"] == "M" and e["pid"] == 0 for e in doc["traceEvents"])

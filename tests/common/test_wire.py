@@ -85,6 +85,11 @@ def _msg(header: str) -> bytes:
      "bad descriptor"),
     ('{"_arrays": [{"dtype": "|u1", "shape": [4294967296, 4294967296], "offset": 0, '
      '"nbytes": 0}]}', "do not hold shape"),  # numpy's prod of this shape wraps to 0
+    # zero elements, so zero bytes, yet shapes numpy refuses: > 64 dimensions, a huge one
+    ('{"_arrays": [{"dtype": "<f4", "shape": [0' + ", 1" * 70 + '], "offset": 0, '
+     '"nbytes": 0}]}', "not a numpy shape"),
+    ('{"_arrays": [{"dtype": "<f4", "shape": [0, 4611686018427387904], "offset": 0, '
+     '"nbytes": 0}]}', "not a numpy shape"),
 ])
 def test_hostile_headers_raise_wire_errors_only(header, why):
     """Servers catch WireError to answer "bad request"; any other exception would crash

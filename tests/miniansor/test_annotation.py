@@ -15,8 +15,8 @@ from systems.miniansor.annotation import (
     sample_annotation,
 )
 from systems.miniansor.kernels_gemm import splitk_slice
-from systems.miniansor.sketch import generate_sketches
-from systems.miniansor.workloads import Task, gemm, layernorm, next_pow2, softmax
+from systems.miniansor.sketch import generate_sketches, run_program
+from systems.miniansor.workloads import Task, check_output, gemm, layernorm, next_pow2, softmax
 
 LIMITS = H100_LIMITS
 
@@ -42,7 +42,9 @@ def _independent_limit_check(task: Task, sketch, ann: dict, limits: HardwareLimi
     else:
         rows, cols = task.rows_cols
         elems = cfg.get("ROWS", 1) * cfg.get("BLOCK_N", next_pow2(cols))
-        assert 1 <= elems / (32 * w) <= limits.max_row_elems_per_thread
+        assert elems / (32 * w) <= limits.max_row_elems_per_thread
+        # no idle lanes, except one warp holding a whole problem smaller than a warp
+        assert elems >= 32 * w or (w == 1 and elems >= next_pow2(rows) * next_pow2(cols))
         assert cfg.get("ROWS", 1) <= next_pow2(rows)
 
 
@@ -132,3 +134,20 @@ def test_no_group_is_larger_than_the_tile_rows():
     sk = next(s for s in generate_sketches(task) if s.name == "tiled.grouped")
     pairs = {(a["BLOCK_M"], a["GROUP_M"]) for a in enumerate_space(task, sk)}
     assert pairs == {(16, 2), (32, 2)}
+
+
+def test_a_row_problem_smaller_than_a_warp_has_its_one_warp_program():
+    """A softmax over 10 classes at batch 1 had no valid config (16 elements cannot
+    occupy a warp), so a whole model with such a head could not be tuned. One warp
+    holding the whole problem is now valid, and nothing is added where the problem
+    fills a warp."""
+    for task in (softmax(1, 10, "fp32"), layernorm(4, 1, "fp32"), softmax(7, 1, "fp32")):
+        sk, space = next((sk, sp) for sk in generate_sketches(task)
+                         if (sp := enumerate_space(task, sk)))  # StopIteration: none
+        assert all(a["num_warps"] == 1 for a in space), task.key
+        inputs = task.make_inputs(seed=0)
+        assert check_output(task, run_program(task, sk, space[0], inputs),
+                            task.reference(inputs)) is None
+    task = softmax(2, 16, "fp32")  # 32 elements fill a warp: one row still may not
+    assert "cannot occupy" in " ".join(check(task, generate_sketches(task)[0],
+                                             {"num_warps": 1}))

@@ -84,6 +84,15 @@ def test_recall_and_average_peak_on_a_hand_example():
     assert np.isclose(average_peak_at_k(pred, true, 3), 0.9)
 
 
+def test_recall_counts_ties_with_the_kth_best_as_hits_and_no_peak_is_nan():
+    """With the true values tied, any top k is a true top k (an index order would call
+    the right prediction wrong); with every config failed there is no peak to reach."""
+    true = np.array([0.5, 0.5, 0.5, 0.5, 0.1])
+    assert recall_at_k(np.array([0.0, 0.1, 0.2, 0.9, 0.8]), true, 2) == 0.5  # 3 yes, 4 no
+    assert recall_at_k(np.array([0.0, 0.1, 0.9, 0.8, 0.0]), true, 2) == 1.0
+    assert np.isnan(average_peak_at_k(np.arange(4.0), np.zeros(4), 2))
+
+
 def test_ranking_report_agrees_with_each_metric_and_with_scipy():
     """Twelve configs, no ties: Kendall's tau is then (concordant - discordant) / pairs,
     i.e. 2 x pairwise accuracy - 1, counted here by brute force and by scipy."""

@@ -144,3 +144,23 @@ def test_miniflow_bias_add_is_fused_in_either_operand_order(tmp_path):
         got = s.run(y, {x: xv})
         assert s.kernel_stats["tuned"] == 1  # one kernel: GEMM, bias and ReLU together
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+class Keywords(nn.Module):
+    """Calls written with keyword arguments; and an add that scales its operand."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(24, 16))
+        self.b = nn.Parameter(torch.zeros(24))
+
+    def forward(self, x, r):
+        y = F.linear(x, weight=self.w, bias=self.b)
+        z = F.linear(input=x, weight=self.w)
+        return torch.add(y, r, alpha=2.0), torch.matmul(input=z, other=self.w)
+
+
+def test_keyword_arguments_are_read_and_a_scaled_add_is_not_a_residual():
+    got = keys(Keywords(), torch.zeros(4, 16), torch.zeros(4, 24), dtype="fp32")
+    assert got == {"gemm:4x24x16:fp32:bias": 1, "gemm:4x24x16:fp32:none": 1,
+                   "gemm:4x16x24:fp32:none": 1}

@@ -95,3 +95,18 @@ def test_wrong_operand_shapes_are_named():
                     {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "num_warps": 1,
                      "num_stages": 1},
                     {"a": torch.zeros(8, 9), "b": torch.zeros(9, 8)})
+
+
+def test_epilogue_operands_are_checked_and_a_strided_bias_is_read_right():
+    """The kernel reads the bias as ``ptr + column``: a strided view was read with the
+    wrong stride, a short one past its end; a residual of the wrong shape likewise."""
+    task = gemm(8, 16, 16, "fp32", bias=True, residual=True)
+    sk = generate_sketches(task)[0]
+    ann = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "num_warps": 1, "num_stages": 1}
+    inputs = task.make_inputs(seed=0)
+    inputs["bias"] = torch.randn(16, 2)[:, 0]  # shape (16,), stride 2
+    assert check_output(task, run_program(task, sk, ann, inputs), task.reference(inputs)) \
+        is None
+    for name, bad in (("bias", torch.randn(3)), ("residual", torch.randn(2, 16))):
+        with pytest.raises(ValueError, match=f"input {name}"):
+            run_program(task, sk, ann, {**inputs, name: bad})

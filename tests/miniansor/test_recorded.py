@@ -163,3 +163,19 @@ def test_a_table_read_as_records_keeps_each_time_and_error_and_skips_what_it_is_
     only_softmax = dev.records(skip=lambda x: x.key == task.key)
     assert {i.task.key for i, _ in only_softmax} == {TASKS[1].key}
     assert len(only_softmax) == len(t["tasks"][TASKS[1].key])
+
+
+@pytest.mark.parametrize("entry,why", [
+    ({"time_s": [0.0]}, "times > 0"), ({"time_s": [-1e-3]}, "times > 0"),
+    ({"time_s": 5}, "times > 0"), ({"time_s": []}, "times > 0"),
+    ({"error": "SEGFAULT"}, "not one of"), ({"error": "NO_ERROR"}, "not one of")])
+def test_a_table_entry_with_an_unusable_time_or_error_is_refused_by_name(table, entry, why):
+    """A zero time crashed the cost model's fit (an infinite throughput), a negative one
+    became the best kernel, an unknown error name crashed ``records()``."""
+    task = TASKS[0]
+    bad = json.loads(json.dumps(table))
+    ck = next(iter(bad["tasks"][task.key]))
+    bad["tasks"][task.key][ck] = entry
+    with pytest.raises(ValueError, match=why) as e:
+        RecordedDevice(bad)
+    assert ck in str(e.value)

@@ -59,13 +59,17 @@ def test_a_malformed_line_is_skipped_not_fatal(tmp_path, capsys):
     _write(path, [(MeasureInput(task, generate_sketches(task)[0], {"num_warps": 1}),
                    MeasureResult([1e-6]))])
     good = json.loads(path.read_text())
-    bad = [{**good, "ann": None}, {**good, "task": 7}, [1, 2], {**good, "costs": "1e-6"}]
+    bad = [{**good, "ann": None}, {**good, "task": 7}, [1, 2], {**good, "costs": "1e-6"},
+           {**good, "v": 99}, {**good, "costs": []}]
     with open(path, "a") as f:
         f.writelines(json.dumps(b) + "\n" for b in bad)
     assert len(load_records(path)) == 1
     err = capsys.readouterr().err
     assert "line 2" in err and "'ann' must be a dict" in err and "'task' must be a str" in err
     assert "line 4" in err and "line 5" in err
+    # another record format, and a success without a time (it would be the best kernel,
+    # at an infinite time, for apply_history_best)
+    assert "line 6" in err and "v=99" in err and "line 7" in err and "without costs" in err
 
 
 def test_apply_history_best_runs_the_fastest_recorded_kernel(tmp_path):
