@@ -68,6 +68,7 @@ class Membership:
                 restore, self.restore = self.restore, None
                 async with self.lock:
                     restore_ranges(restore, self)
+                self.restored.set()
 
     async def Ring(self, req: bytes, ctx) -> bytes:
         if self.member:

@@ -140,11 +140,14 @@ class Replication(RingTransitions):
         k = self.s.config["val_len"]
         self.s.store.assign(keys, vals.reshape(-1, k), extra[0].reshape(-1, k))
         if meta.get("clock") is not None:
-            c = self.s.clocks.of(meta["worker"])
+            c, t = self.s.clocks.of(meta["worker"]), int(meta["clock"])
             rr = [(int(b), int(e)) for b, e in meta["ranges"]]
-            for b, e in rr:
-                c.set(b, e, int(meta["clock"]))
-            self.s.record_pull(meta["worker"], rr, int(meta["clock"]))
+            # only where the clock is behind, as on the master: a late resend of an old
+            # push (dropped by the master) must not move the replica's clock back, or the
+            # replica, once promoted, would apply a resend of a newer push a second time
+            for lo, hi in [sub for b, e in rr for sub in c.below(b, e, t)]:
+                c.set(lo, hi, t)
+            self.s.record_pull(meta["worker"], rr, t)
         self.s.metrics.inc("replica_applies")
         self.s.dbg(f"forward from {meta['from']} e{meta['epoch']} {meta['worker']}@"
                    f"{meta.get('clock')} ranges={meta['ranges']} n={keys.size}")

@@ -60,6 +60,12 @@ class KVServer(Membership):
     def __init__(self, name: str, scheduler: str, host: str, run_dir: str | None = None,
                  restore: str | None = None):
         self.name, self.host, self.run_dir, self.restore = name, host, run_dir, restore
+        # set once the checkpoint is loaded (at once if there is none): it is loaded when
+        # the first ring comes, and a push, a replica's copy or a pull served before that
+        # would be overwritten by the checkpoint's older values (or read empty ones)
+        self.restored = asyncio.Event()
+        if restore is None:
+            self.restored.set()
         self.sched = rpc.aio_channel(scheduler)
         self.addr = ""
         self.metrics = NodeMetrics(name, "server")
@@ -143,9 +149,21 @@ class KVServer(Membership):
             await asyncio.sleep(0.005)
         return True
 
+    async def until_restored(self, timeout: float = 10.0) -> None:
+        """Hold a request until the checkpoint is loaded (a server started with
+        ``--restore`` gets a request as soon as a peer or a worker knows the ring, which
+        may be before it has fetched the ring and loaded its ranges; the ring reaches it
+        by the scheduler's notice or its next heartbeat)."""
+        try:
+            await asyncio.wait_for(self.restored.wait(), timeout)
+        except TimeoutError:  # not in a ring yet (a joiner): serve as it is, and say so
+            print(f"[{self.name}] serving before the checkpoint was loaded", flush=True)
+
     async def guard(self, fn, req: bytes, ctx) -> bytes:
         """Run a handler; client bugs abort with INVALID_ARGUMENT, signals go in band."""
         self.metrics.wire(received=len(req))
+        if not self.restored.is_set():
+            await self.until_restored()
         try:
             out = await fn(req)
         except M.PSError as e:

@@ -192,3 +192,25 @@ def test_a_subclassed_controller_sizes_the_replicas_batches(monkeypatch):
     assert stream.sizes == [2, 5, 1, 4]  # the configured size, then the script's
     assert [b for b, _, _ in ctrl.told] == [2, 5, 1, 4]
     assert all(lat > 0 and target == 1.0 for _, lat, target in ctrl.told)
+
+
+def test_quantile_pick_is_the_largest_size_whose_predicted_latency_fits():
+    """A noise-free line 2 ms + 0.2 ms/query, target 10.1 ms: every pair of samples
+    fits the same line, so the pick must be exactly floor(8.1 / 0.2) = 40 and its
+    predicted latency must fit the target (ceil would pick 41: 10.2 ms > 10.1 ms)."""
+    c = QuantileRegressionBatcher(BatchingConfig("quantile", max_size=512))
+    lat = lambda b: 0.002 + 0.0002 * b  # noqa: E731
+    for b in list(range(30, 46)) + [30]:  # sizes 30..45 seen: the ceiling (47) is slack
+        c.update_batch_size(b, lat(b), 0.0101)
+    assert c.batch_size == 40, c.state()
+    assert c.alpha * c.batch_size + c.beta <= 0.0101
+
+
+def test_quantile_pick_never_jumps_far_past_the_sizes_measured():
+    """The docstring's "never jump far past the largest size measured": with latency flat
+    over sizes 1..4, the line alone would pick the maximum, 512."""
+    c = QuantileRegressionBatcher(BatchingConfig("quantile", max_size=512))
+    for i in range(20):
+        b = 1 + i % 4  # sizes 1..4 only
+        c.update_batch_size(b, 0.001 + 0.0001 * b, 1.0)
+    assert c.batch_size <= 4 + 2, c.state()

@@ -162,3 +162,21 @@ def test_fetch_many_answers_as_fetch_one_by_one():
             assert [e.used for e in one.ring.values()] == [e.used for e in many.ring.values()]
         assert one.stats == many.stats and one.stats.hits > 50 and one.stats.coalesced > 20
     asyncio.run(main())
+
+
+def test_a_pending_prediction_is_never_evicted_and_its_waiters_are_answered():
+    """A full cache and a pending miss; completed entries pour in and force the
+    clock hand round. The pending entry must survive (its future is completed by
+    put), else its waiters are never woken and answer defaults at the SLO."""
+    async def main():
+        c = PredictionCache(max_bytes=1000, entry_bytes=0)
+        _, pending = c.fetch(b"pending")
+        for i in range(40):
+            key = b"k%03d" % i
+            c.fetch(key)
+            c.put(key, i, 100)
+        assert b"pending" in c.ring
+        c.put(b"pending", "y", 10)
+        assert pending.future.done() and pending.future.result() == "y"
+        assert c.size_bytes <= 1000
+    asyncio.run(main())

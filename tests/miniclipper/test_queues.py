@@ -183,3 +183,31 @@ def test_a_promoted_task_is_queued_once_and_a_wait_scans_the_queue_once(monkeypa
         return len(batch), len(scans)
     n, scans = asyncio.run(main())
     assert n == 64 and scans == 1
+
+
+def test_a_request_that_would_overfill_a_partly_full_queue_is_refused_whole():
+    """A bound of 3 with 2 queued, a request of 2: 4 > 3, so QueueFull and nothing queued."""
+    async def main():
+        q = ModelQueue(("m", "1"), max_len=3)
+        now = time.monotonic()
+        q.put([_task(now + 10, 0), _task(now + 10, 1)])
+        with pytest.raises(QueueFull):
+            q.put([_task(now + 10, 2), _task(now + 10, 3)])
+        return len(q)
+    assert asyncio.run(main()) == 2
+
+
+def test_delayed_batching_counts_the_delay_from_the_oldest_arrival():
+    """Tasks that queued while the replica was busy; the oldest has waited 0.1 s,
+    so with max_delay 0.15 the batch must leave ~0.05 s after the call, not 0.15 s."""
+    async def main():
+        q = ModelQueue(("m", "1"))
+        now = time.monotonic()
+        q.put([_task(now + 10, 0)])
+        await asyncio.sleep(0.1)
+        q.put([_task(now + 10, 1)])
+        t0 = time.monotonic()
+        batch = await q.get_batch(8, max_delay_s=0.15)
+        return len(batch), time.monotonic() - t0
+    n, waited = asyncio.run(main())
+    assert n == 2 and waited < 0.11, waited

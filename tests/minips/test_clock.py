@@ -54,3 +54,30 @@ def test_vector_clock_min_over_nodes_and_export_roundtrip():
     assert other.of("w0").segments() == [(0, 20, NEVER), (20, 80, 5), (80, 100, NEVER)]
     vc.clear(0, 100)
     assert vc.min(["w0"], 0, 100) == NEVER
+
+
+few_times = st.lists(st.tuples(st.integers(0, N - 1), st.integers(1, N), st.integers(0, 2)),
+                     max_size=30)
+
+
+def test_equal_neighbours_merge_on_the_left_too():
+    """A range set next to one of the same time must merge with it (Algorithm 2:
+    storage grows with distinct ranges). The hypothesis test draws times from 0..20,
+    so two *adjacent* ranges with one time almost never occur."""
+    c = RangeClock(64)
+    c.set(0, 10, 5)
+    c.set(10, 20, 5)
+    assert c.segments() == [(0, 20, 5), (20, 64, NEVER)] and len(c) == 2
+
+
+@settings(max_examples=150, deadline=None)
+@given(few_times)
+def test_range_clock_storage_is_one_segment_per_run_with_few_distinct_times(updates):
+    """As the property above, with 3 distinct times: neighbours of one time meet often,
+    and the clock must hold one segment per run of equal times (section 4.1)."""
+    clock, oracle = RangeClock(N), np.full(N, NEVER)
+    for a, b, t in updates:
+        lo, hi = min(a, b - 1), max(a + 1, b)
+        clock.set(lo, hi, t)
+        oracle[lo:hi] = t
+    assert len(clock) == 1 + int((oracle[1:] != oracle[:-1]).sum())

@@ -124,3 +124,31 @@ def test_asp_lets_fast_workers_run_ahead(make_cluster):
     out, server_gap, waited = run_with_straggler(make_cluster, "asp")
     assert server_gap > 4  # no dependency: fast workers got far ahead of the straggler
     assert waited < 0.01  # no pull was held for a dependency (only the check itself)
+
+
+def test_bsp_holds_a_fast_workers_push_until_every_worker_has_pulled_the_clock(make_cluster):
+    """As test_bsp_equals_a_single_process_run_of_the_same_updates, but the slow
+    worker dawdles *between its push and its next pull*: the fast worker, released by
+    the slow one's push of clock c - 1, pushes clock c before the slow one pulls clock c.
+    Only the push dependency (push_wait) keeps that push out of the slow one's view."""
+    n, lr, clocks = 32, 0.05, 8
+    spec = ClusterSpec(servers=2, workers=2, key_max=n, updater={"name": "sgd", "lr": lr},
+                       app={"name": "count"})
+    cl = make_cluster(spec)
+    keys = np.arange(n, dtype=np.uint64)
+    model = Consistency.parse("bsp")
+
+    def body(kv, rank):
+        h, b = quadratic(rank)
+        for c in range(clocks):
+            w = kv.wait(kv.pull(keys, clock=c, wait=model.wait_clock(c))).reshape(-1)
+            kv.push(keys, (h @ w - b).reshape(-1, 1), clock=c, wait=model.push_wait(c))
+            time.sleep(0.08 * rank)
+        return kv.wait(kv.pull(keys, clock=clocks, wait=model.wait_clock(clocks)))
+
+    finals = run_threads(cl, body, 2)
+    w = np.zeros(n, np.float32)
+    for _ in range(clocks):
+        w = w - lr * sum(h @ w - b for h, b in (quadratic(0), quadratic(1)))
+    for f in finals:
+        np.testing.assert_allclose(f.reshape(-1), w, rtol=1e-4, atol=1e-5)

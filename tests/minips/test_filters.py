@@ -235,3 +235,49 @@ def test_fp16_is_never_asked_to_carry_what_it_cannot():
     assert meta["codec"] == "zlib"  # exact, though fp16 could have carried these
     meta, _, _ = chain.encode("s0", {"op": "push"}, keys, big / 1e5)
     assert meta["codec"] == "fp16+zlib"  # a gradient that fits stays compressed
+
+
+def test_significantly_modified_sends_exactly_the_entries_past_the_threshold():
+    """A brute-force oracle of the rule 'push an entry once |accumulated change| >
+    threshold', for changes of both signs (a large negative change must go at once)."""
+    rng = np.random.default_rng(11)
+    keys = np.arange(50, dtype=np.uint64)
+    f = SignificantlyModified(threshold=0.3)
+    acc = np.zeros((50, 1))
+    for _ in range(15):
+        g = rng.normal(0, 0.25, (50, 1)).astype(np.float32)
+        acc += g
+        want = np.abs(acc[:, 0]) > 0.3
+        k, v = f.push(keys, g, {})
+        assert k.tolist() == keys[want].tolist()
+        np.testing.assert_allclose(v[:, 0], acc[want, 0], atol=1e-5)
+        acc[want] = 0
+
+
+def test_kkt_with_several_values_per_key_drops_only_keys_whose_weights_are_all_zero():
+    """With val_len 2, a key with one zero and one non-zero weight is active; its
+    gradient must be sent whatever its size."""
+    keys = np.arange(3, dtype=np.uint64)
+    w = np.array([[0.0, 0.0], [0.0, 2.0], [1.0, 1.0]], np.float32)
+    g = np.full((3, 2), 0.01, np.float32)
+    k, _ = KKT(lam=1.0).push(keys, g, {"weights": w})
+    assert k.tolist() == [1, 2]
+
+
+def test_the_servers_key_cache_keeps_its_byte_bound():
+    """KeyCache(max_bytes) is 'bounded in bytes': least recently used out first."""
+    c = KeyCache(max_bytes=10_000)
+    for i in range(100):
+        c.put("w0", f"sig{i}", np.arange(i, i + 200, dtype=np.uint64))  # 1600 B each
+    assert c.bytes <= 10_000 and len(c.lists) == 6
+    assert c.get("w0", "sig99") is not None and c.get("w0", "sig0") is None
+
+
+def test_key_caching_remembers_what_each_server_has_seen_separately():
+    """A key list sent to s0 is unknown to s1; s1 must get the keys, not the hash
+    (else every first push to another server is a CACHE_MISS and a resend)."""
+    chain = FilterChain([KeyCaching()])
+    keys = np.arange(100, dtype=np.uint64)
+    _, k0, _ = chain.encode("s0", {"op": "pull"}, keys, None)
+    _, k1, _ = chain.encode("s1", {"op": "pull"}, keys, None)
+    assert k0 is not None and k1 is not None

@@ -143,3 +143,35 @@ def test_an_old_master_killed_during_a_join_loses_and_duplicates_nothing(make_cl
     before = progress(cl)
     cl.wait_ring(lambda st, b=before: sum(st["progress"].values()) > b + 10, 10)
     finish_and_audit(cl)
+
+
+def test_replicas_hold_the_optimiser_state_of_an_adagrad_server(make_cluster):
+    """With AdaGrad the per-key state s (sum of g^2) must reach every replica, or a
+    replica that takes over restarts the optimiser (steps lr/sqrt(eps): huge). The
+    replication tests run the count app (Sum: no state), so all state is zero there."""
+    km = 1 << 12
+    cl = make_cluster(ClusterSpec(servers=3, replication=2, key_max=km, app={"name": "count"},
+                                  updater={"name": "adagrad", "lr": 0.1}))
+    kv = cl.client("w0")
+    rng = np.random.default_rng(0)
+    keys = np.arange(0, km, 3, dtype=np.uint64)
+    for c in range(3):
+        kv.wait(kv.push(keys, rng.normal(size=(keys.size, 1)).astype(np.float32), clock=c))
+    assert assert_replicas_consistent(cl) > 0
+
+
+def test_a_late_resend_never_moves_a_replicas_clock_back(make_cluster):
+    """A late resend: a push of clock 3 arriving after clock 5 was applied is dropped by
+    the master, and its Forward must not set the replica's clock back to 3 either, or
+    the replica, once it took over, would apply a resend of push 5 a second time (found
+    by a mutation audit: the original did set it back)."""
+    km = 1 << 10
+    cl = make_cluster(ClusterSpec(servers=2, replication=2, key_max=km, app={"name": "count"},
+                                  updater={"name": "sum"}))
+    kv = cl.client("w0")
+    keys = np.arange(0, km, 7, dtype=np.uint64)
+    ones = np.ones((keys.size, 1), np.float32)
+    kv.wait(kv.push(keys, ones, clock=5))
+    kv.auto_clock = 0  # the worker's resender re-sends an old meta as it was
+    kv.wait(kv.push(keys, ones, clock=3))
+    assert assert_replicas_consistent(cl) > 0  # clocks included

@@ -166,3 +166,20 @@ def test_regions_reach_the_last_key_and_may_not_overlap():
     assert groups == {"Sum": [1 << 63, (1 << 64) - 1], "SGD": [5]}
     with pytest.raises(ValueError, match=r"\[0, 10\) and \[5, 15\) overlap"):
         updaters.Regions(updaters.SGD(), [(0, 10, updaters.Sum()), (5, 15, updaters.Sum())])
+
+
+def test_adagrad_matches_torch_with_a_non_negligible_eps():
+    """With eps = 1e-10 an eps inside or outside the sqrt cannot be told apart."""
+    rng = np.random.default_rng(0)
+    w0 = rng.normal(size=(20, 2)).astype(np.float32)
+    gs = [rng.normal(0, 0.01, size=(20, 2)).astype(np.float32) for _ in range(4)]
+    w, s = w0.copy(), np.zeros_like(w0)
+    up = updaters.AdaGrad(lr=0.1, eps=0.1)
+    for g in gs:
+        up(w, s, g)
+    p = torch.nn.Parameter(torch.from_numpy(w0.copy()))
+    opt = torch.optim.Adagrad([p], lr=0.1, eps=0.1)
+    for g in gs:
+        p.grad = torch.from_numpy(g)
+        opt.step()
+    np.testing.assert_allclose(w, p.detach().numpy(), rtol=1e-5, atol=1e-6)
