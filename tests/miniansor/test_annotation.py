@@ -151,3 +151,19 @@ def test_a_row_problem_smaller_than_a_warp_has_its_one_warp_program():
     task = softmax(2, 16, "fp32")  # 32 elements fill a warp: one row still may not
     assert "cannot occupy" in " ".join(check(task, generate_sketches(task)[0],
                                              {"num_warps": 1}))
+
+
+@pytest.mark.parametrize("k", [640, 768])
+def test_a_split_whose_last_slice_starts_exactly_at_k_is_refused(k):
+    """k = 768, BLOCK_K = 128, SPLIT_K = 4: slices of 256 start at 0, 256, 512, 768 -- the
+    last one is empty (starts *at* K). Oracle: the slices, counted by brute force."""
+    task = gemm(64, 64, k, "fp16")
+    sk = next(s for s in generate_sketches(task) if s.name == "tiled.splitk")
+    for a in enumerate_space(task, sk):
+        per = splitk_slice(k, a["BLOCK_K"], a["SPLIT_K"])
+        assert all(s * per < k for s in range(a["SPLIT_K"])), a
+    ann = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 128, "num_warps": 4, "num_stages": 2,
+           "SPLIT_K": 4}
+    empty = (ann["SPLIT_K"] - 1) * splitk_slice(k, 128, 4) >= k
+    assert ("empty slices" in " ".join(check(task, sk, ann))) == empty
+    assert empty  # both k: the last slice starts at or past K

@@ -3,6 +3,7 @@
 import itertools
 
 import numpy as np
+import pytest
 
 from systems.miniansor.cost_model import (
     GBTModel,
@@ -117,3 +118,25 @@ def test_ranking_report_agrees_with_each_metric_and_with_scipy():
                       np.mean([true[order[:n]].max() for n in range(1, 13)]) / true.max())
     assert rep["recall_at_10"] == recall_at_k(pred, true, 10)
     assert rep["average_peak_at_32"] == average_peak_at_k(pred, true, 32)
+
+
+def test_pairwise_accuracy_counts_tied_predictions_half():
+    """A tree model predicts many equal scores: ties must count half (brute force)."""
+    rng = np.random.default_rng(0)
+    pred = rng.integers(0, 3, 40).astype(float)  # many ties
+    true = rng.standard_normal(40)
+    assert pairwise_accuracy(pred, true) == pytest.approx(_brute_pairwise(pred, true))
+    assert pairwise_accuracy(np.ones(5), np.arange(5.0)) == 0.5
+
+
+def _brute_pairwise(pred, true):
+    num = den = 0.0
+    for i, j in itertools.combinations(range(len(true)), 2):
+        if true[i] == true[j]:
+            continue
+        den += 1
+        if pred[i] == pred[j]:
+            num += 0.5
+        elif (pred[i] > pred[j]) == (true[i] > true[j]):
+            num += 1
+    return num / den

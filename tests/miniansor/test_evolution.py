@@ -10,8 +10,10 @@ from systems.miniansor.evolution import (
     GENE_GROUPS,
     MUTATIONS,
     EvolutionParams,
+    _next_generation,
     crossover,
     evolutionary_search,
+    mutate_stages,
     mutate_tile_size,
     tiled_loops,
 )
@@ -235,3 +237,31 @@ def test_evolution_never_returns_measured_configs():
     out = evolutionary_search(task, init, SimThroughput(), 10, np.random.default_rng(0),
                               measured, EvolutionParams(population=40, num_iters=2))
     assert out and not ({config_key(s, a) for s, a in out} & measured)
+
+
+def test_parents_are_selected_in_proportion_to_their_scores():
+    """Without mutation or crossover a generation copies its parents, so the copies count
+    the selection: scores [0, 0, 1, 3] -> only the last two, about 1:3 (Ansor 5.1)."""
+    task = gemm(256, 256, 256)
+    sk = generate_sketches(task)[0]
+    anns = enumerate_space(task, sk)[:4]
+    pop = [(sk, a) for a in anns]
+    scores = np.array([0.0, 0.0, 1.0, 3.0])
+    params = EvolutionParams(population=2000, mutation_prob=0.0, crossover_ratio=0.0)
+    nxt = _next_generation(task, pop, scores, np.random.default_rng(0), params, None,
+                           None, None)
+    counts = [sum(c[1] == a for c in nxt) for a in anns]
+    assert counts[0] + counts[1] <= 2  # weight 1e-9 each
+    assert 0.2 < counts[2] / (counts[2] + counts[3]) < 0.3, counts
+
+
+def test_the_stage_mutation_adds_or_removes_a_stage():
+    """MutateStages steps num_stages both ways (a config with 3 stages can become 2 or 4)."""
+    task = gemm(1024, 1024, 1024)
+    sk = generate_sketches(task)[0]
+    ann = next(a for a in enumerate_space(task, sk) if a["num_stages"] == 3
+               and a["BLOCK_M"] == 64 and a["BLOCK_N"] == 64 and a["BLOCK_K"] == 32)
+    rng = np.random.default_rng(0)
+    seen = {c["num_stages"] for c in (mutate_stages(task, sk, ann, rng) for _ in range(40))
+            if c is not None}
+    assert seen == {2, 4}

@@ -109,3 +109,17 @@ def test_swizzle_features_count_the_tile_rows_a_group_shares():
     assert big > 4
     assert f(short, _sketch(short, "tiled.grouped"), {**base, "GROUP_M": big})[
         "group_rows"] == 4
+
+
+def test_split_k_features_count_the_k_steps_of_one_slice():
+    """A split-K program walks only its slice: k_iters = ceil(ceil(K / SPLIT_K) / BLOCK_K),
+    and the grid has SPLIT_K times the programs (hand count)."""
+    from systems.miniansor.feature import FEATURE_NAMES, features
+
+    task = gemm(64, 64, 4096, "fp16")
+    sk = next(s for s in generate_sketches(task) if s.name == "tiled.splitk")
+    ann = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 3,
+           "SPLIT_K": 8}
+    d = dict(zip(FEATURE_NAMES, features(task, sk, ann), strict=True))
+    assert np.isclose(d["log_k_iters"], np.log2(4096 / 8 / 64))  # 8 steps, not 64
+    assert np.isclose(d["log_programs"], np.log2(8))

@@ -137,3 +137,43 @@ def test_triton_autotune_cannot_run_under_the_interpreter():
     x = torch.randn(100)
     with pytest.raises(RuntimeError, match="active drivers"):
         double[lambda meta: (triton.cdiv(100, meta["B"]),)](x, torch.empty(100), 100)
+
+
+def test_a_config_verified_on_one_task_is_verified_again_on_another(monkeypatch):
+    """The same sketch name and knobs on another problem size is another program (other
+    masks, other ragged tiles): it must be checked against torch too."""
+    import systems.miniansor.measure as measure
+    from systems.miniansor.measure import MeasureInput, Measurer
+    from systems.miniansor.simulator import SimulatedGPU
+
+    checked = []
+    monkeypatch.setattr(measure, "verify_program",
+                        lambda task, sk, ann, *a, **k: checked.append(task.key))
+    good = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 16, "num_warps": 2, "num_stages": 2}
+    t1, t2 = gemm(40, 50, 60, "fp32"), gemm(41, 50, 60, "fp32")
+    s1, s2 = generate_sketches(t1)[0], generate_sketches(t2)[0]
+    assert s1.name == s2.name
+    m = Measurer(SimulatedGPU(), verify="local")
+    m.measure([MeasureInput(t1, s1, good), MeasureInput(t2, s2, good),
+               MeasureInput(t1, s1, good)])
+    assert checked == [t1.key, t2.key]
+
+
+def test_a_measurements_time_is_the_median_of_its_repeats():
+    from systems.miniansor.measure import ErrorNo, MeasureResult
+
+    assert MeasureResult([3e-5, 1e-5, 2e-5]).time == 2e-5
+    assert MeasureResult([1e-5, 9e-5, 2e-5, 3e-5]).time == 2.5e-5
+    assert MeasureResult([], ErrorNo.WRONG_ANSWER).time == float("inf")
+
+
+def test_every_result_names_the_device_that_measured_it():
+    from systems.miniansor.measure import MeasureInput, Measurer
+    from systems.miniansor.simulator import SimulatedGPU
+
+    task = gemm(40, 50, 60, "fp32")
+    sk = generate_sketches(task)[0]
+    good = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 16, "num_warps": 2, "num_stages": 2}
+    dev = SimulatedGPU()
+    (res,) = Measurer(dev, verify="none").measure([MeasureInput(task, sk, good)])
+    assert res.ok and res.device == dev.name == "simulated NVIDIA H100 SXM"

@@ -132,3 +132,36 @@ def test_task_weights_are_read_back_from_the_log(tmp_path):
     for t in (a, b):
         rec(MeasureInput(t, generate_sketches(t)[0], {"num_warps": 1}), MeasureResult([1e-6]))
     assert task_weights(path) == {a.key: 3.0}
+
+
+def test_a_task_whose_every_record_failed_has_no_best_kernel():
+    """ApplyHistoryBest picks among *successful* records: a task that only failed is not
+    tuned (KeyError naming it), not dispatched to a config that gave a wrong answer."""
+    from systems.miniansor.measure import ErrorNo, MeasureInput, MeasureResult
+    from systems.miniansor.records import ApplyHistoryBest
+
+    task = gemm(40, 50, 60, "fp32")
+    sk = generate_sketches(task)[0]
+    ann = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 16, "num_warps": 2, "num_stages": 2}
+    bad = MeasureResult([], ErrorNo.WRONG_ANSWER, "mismatch", device="d")
+    ahb = ApplyHistoryBest([(MeasureInput(task, sk, ann), bad)], "d")
+    assert task not in ahb and ahb.query(task) is None
+    with pytest.raises(KeyError, match="no successful record"):
+        ahb.kernel(task)
+
+
+def test_a_record_of_a_sketch_the_rules_no_longer_make_keeps_its_fixed_values(tmp_path):
+    """A record names a sketch the current rules do not generate (renamed, or a student's):
+    it is rebuilt from the record, fixed values included, so it runs as measured."""
+    from systems.miniansor.measure import MeasureInput, MeasureResult
+    from systems.miniansor.records import RecordToFile, load_records
+    from systems.miniansor.sketch import Sketch
+
+    task = gemm(40, 50, 60, "fp32")
+    gone = Sketch("tiled.oldname", "matmul", (("BLOCK_M", (16,)),), (("GROUP_M", 1),))
+    ann = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 16, "num_warps": 2, "num_stages": 2}
+    RecordToFile(tmp_path / "log.json", "d")(MeasureInput(task, gone, ann),
+                                               MeasureResult([1e-5], device="d"))
+    ((inp, _),) = load_records(tmp_path / "log.json")
+    assert inp.sketch.name == "tiled.oldname"
+    assert inp.sketch.full_config(inp.ann) == {**ann, "GROUP_M": 1}

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from systems.miniansor.annotation import config_key
+from systems.miniansor.annotation import config_key, enumerate_space
 from systems.miniansor.cost_model import GBTModel, RandomModel
 from systems.miniansor.measure import Measurer
 from systems.miniansor.search_policy import SearchParams, SketchPolicy, sample_init_population
@@ -88,3 +88,18 @@ def test_the_initial_population_is_distinct_and_takes_every_sketch():
         keys = [config_key(sk, ann) for sk, ann in pop]
         assert len(keys) == 40 and len(set(keys)) == 40
         assert {sk.name for sk, _ in pop} == {sk.name for sk in sketches}
+
+
+def test_one_batch_never_holds_the_same_config_twice():
+    """The evolved list and the random states overlap (both come from the same space):
+    eps-greedy must still pick distinct configs (a duplicate wastes a measurement)."""
+    from systems.miniansor.cost_model import RandomModel
+    from systems.miniansor.search_policy import SearchParams, SketchPolicy
+
+    task = gemm(256, 256, 256)
+    pol = SketchPolicy(task, RandomModel(), params=SearchParams(eps_greedy=0.5))
+    sk = pol.sketches[0]
+    cfgs = [(sk, a) for a in enumerate_space(task, sk)[:10]]
+    picked = pol.pick_eps_greedy(cfgs, list(cfgs), 10)
+    keys = [p.key for p in picked]
+    assert len(keys) == len(set(keys)) == 10

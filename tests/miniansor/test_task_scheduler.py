@@ -2,6 +2,7 @@
 
 import collections
 
+import numpy as np
 import pytest
 
 from systems.miniansor.measure import MeasureInput, MeasureResult
@@ -198,3 +199,18 @@ def test_eps_greedy_sends_some_rounds_to_a_task_the_gradient_never_picks():
     greedy, mixed = run(0.0), run(0.3)
     assert greedy[1] == 1  # its warm-up round only
     assert 3 <= mixed[1] <= 12  # ~0.3 x 39 rounds x 1/2, the rest go to task 0 anyway
+
+
+def test_the_forward_gradient_reaches_for_beta_times_the_best_similar_flops():
+    """Ansor 6.2, by hand: task 0 (g = 2 ms, 10 rounds, flat history) has a similar task
+    running the same FLOPs in 1 ms. forward = min(g - g/t, beta * C / V) - g
+    = min(1.8, 2 * 1) - 2 = -0.2 ms; gradient = w * (1 - alpha) * forward."""
+    from systems.miniansor.task_scheduler import TaskScheduler
+
+    t = gemm(1024, 1024, 1024)
+    ts = TaskScheduler([t, t], [1.0, 1.0], [None, None], None, None, alpha=0.2, beta=2.0)
+    assert ts.groups[0] == [0, 1]
+    ts.best_costs = np.array([2e-3, 1e-3])
+    ts.task_cts = [10, 10]
+    ts.costs_history = [[2e-3] * 10, [1e-3] * 10]
+    assert ts._gradient(0) == pytest.approx(0.8 * (-0.2e-3))

@@ -200,3 +200,65 @@ def test_no_kernel_on_a_gpu_is_expensive():
         ns, mm = nodes()
         ex = Executor(ns, device, torch_backend("cpu"), None, [(mm, 0)])
         assert ex.n_expensive == n_expensive, device
+
+
+def test_a_constant_under_a_control_dependency_waits_for_it():
+    """bump -> (control) c = constant -> (control) read: the read sees the bump. A Const
+    that carries control inputs must not be precomputed into the step's template (the
+    partitioner's cross-device control dummies are such Consts)."""
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [3])
+        v = mf.Variable(np.float32(0.0))
+        bump = v.assign_add(mf.reduce_sum(mf.tanh(x) * 0.0 + 1.0))  # += 3, after a chain
+        with mf.control_dependencies([bump]):
+            c = mf.constant(np.float32(1.0))
+        with mf.control_dependencies([c]):
+            r = v.read_value()
+    with mf.Session(graph=g) as s:
+        s.run(v.initializer)
+        assert s.run(r, {x: np.ones(3, np.float32)}) == 3.0
+
+
+def test_a_fetched_intermediate_survives_the_driver_loop():
+    """With step stats the driver loop runs; a fetched tensor that another op also reads
+    must not be freed after that reader (same result as the inline loop)."""
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [4])
+        a = mf.tanh(x)
+        b = a * 2.0
+    xv = np.arange(4, dtype=np.float32)
+    cfg = mf.ConfigProto(graph_options=mf.GraphOptions(fusion=False))
+    with mf.Session(graph=g, config=cfg) as s:
+        md = mf.RunMetadata()
+        av, bv = s.run([a, b], {x: xv},
+                       options=mf.RunOptions(trace_level=mf.RunOptions.FULL_TRACE),
+                       run_metadata=md)
+    np.testing.assert_allclose(av, np.tanh(xv), rtol=1e-6)
+    np.testing.assert_allclose(bv, 2 * np.tanh(xv), rtol=1e-6)
+
+
+def test_the_cost_estimate_decays_by_tensorflows_factor_of_ten(monkeypatch):
+    """new = (9 * old + measured) / 10 (TF's kCostDecay): with the measured time bounded by
+    a few ms, one update from 100 ms must land in [90 ms, 90 ms + 1 ms]."""
+    from systems.miniflow.executor import EXPENSIVE_NS
+
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [8, 8])
+        y = mf.tanh(x @ mf.constant(np.eye(8, dtype=np.float32)))
+        z = mf.sigmoid(x @ mf.constant(np.eye(8, dtype=np.float32)))
+    cfg = mf.ConfigProto(inter_op_parallelism_threads=2,
+                         graph_options=mf.GraphOptions(fusion=False))
+    with mf.Session(graph=g, config=cfg) as s:
+        s.run([y, z], {x: np.ones((8, 8))})
+        ex = s.plan_for([y, z], {x: None}).executors[0]
+        ks = [i for i, n in enumerate(ex.nodes) if n.type == "MatMul"]
+        for k in ks:
+            ex.cost_ns[k] = 100e6
+        ex.n_expensive = sum(map(ex.is_expensive, range(len(ex.nodes))))
+        assert ex.n_expensive and 100e6 > EXPENSIVE_NS
+        s.run([y, z], {x: np.ones((8, 8))})
+        for k in ks:
+            assert 90e6 <= ex.cost_ns[k] <= 91e6, ex.cost_ns[k]

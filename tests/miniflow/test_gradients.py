@@ -280,3 +280,103 @@ def test_a_batched_matmul_with_an_unknown_batch_has_gradients(backend):
     got_x, got_w = evaluate(g, [gx, gw], {x: xv}, backend)
     np.testing.assert_allclose(got_x, tx.grad.numpy(), rtol=1e-12)
     np.testing.assert_allclose(got_w, tw.grad.numpy(), rtol=1e-12)
+
+
+def test_add_gradient_to_an_unknown_dim_fed_as_1_against_a_known_dim():
+    """x (?, 3) is fed as (1, 3) and broadcast against y (4, 3): x's gradient must be
+    summed over axis 0 at run time (the static shapes cannot decide it). Oracle: torch."""
+    rng = np.random.default_rng(0)
+    xv, yv = rng.standard_normal((1, 3)), rng.standard_normal((4, 3))
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float64, [None, 3])
+        y = mf.constant(yv)
+        gx, gy = mf.gradients(mf.reduce_sum((x + y) * y), [x, y])
+    tx = torch.tensor(xv, requires_grad=True)
+    ty = torch.tensor(yv, requires_grad=True)
+    ((tx + ty) * ty).sum().backward()
+    got_x, got_y = evaluate(g, [gx, gy], {x: xv})
+    np.testing.assert_allclose(got_x, tx.grad.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(got_y, ty.grad.numpy(), rtol=1e-12)
+
+
+def test_transpose_gradient_inverts_a_non_involutive_permutation():
+    """perm (1, 2, 0) is not its own inverse: the gradient must use argsort(perm)."""
+    rng = np.random.default_rng(1)
+    xv = rng.standard_normal((2, 3, 4))
+    wv = rng.standard_normal((3, 4, 2))
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float64, (2, 3, 4))
+        (gx,) = mf.gradients(mf.reduce_sum(mf.transpose(x, (1, 2, 0)) * mf.constant(wv)), [x])
+    tx = torch.tensor(xv, requires_grad=True)
+    (tx.permute(1, 2, 0) * torch.tensor(wv)).sum().backward()
+    np.testing.assert_allclose(evaluate(g, gx, {x: xv}), tx.grad.numpy(), rtol=1e-12)
+
+
+def test_add_gradient_of_an_unknown_batch_column_against_a_row():
+    """x (?, 1) + y (1, 4): the axes to sum for x (axis 1) are static although x's batch
+    is not; x's gradient keeps its (?, 1) shape. Oracle: torch."""
+    rng = np.random.default_rng(2)
+    xv, yv = rng.standard_normal((5, 1)), rng.standard_normal((1, 4))
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float64, [None, 1])
+        y = mf.constant(yv)
+        (gx,) = mf.gradients(mf.reduce_sum(mf.square(x + y)), [x])
+    tx = torch.tensor(xv, requires_grad=True)
+    ((tx + torch.tensor(yv)) ** 2).sum().backward()
+    got = evaluate(g, gx, {x: xv})
+    assert got.shape == (5, 1)
+    np.testing.assert_allclose(got, tx.grad.numpy(), rtol=1e-12)
+
+
+def test_mean_over_an_unknown_batch_to_a_vector_has_torchs_gradient():
+    """reduce_mean(x, 0) of x (?, 3): the output (3,) is known, x's size is not; each
+    element's gradient is 1/N, not 1/(3N). Oracle: torch."""
+    rng = np.random.default_rng(3)
+    xv, wv = rng.standard_normal((4, 3)), rng.standard_normal(3)
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float64, [None, 3])
+        (gx,) = mf.gradients(mf.reduce_sum(mf.reduce_mean(x, 0) * mf.constant(wv)), [x])
+    tx = torch.tensor(xv, requires_grad=True)
+    (tx.mean(0) * torch.tensor(wv)).sum().backward()
+    np.testing.assert_allclose(evaluate(g, gx, {x: xv}), tx.grad.numpy(), rtol=1e-12)
+
+
+def test_reduce_max_gradient_is_split_among_tied_maxima():
+    """Ties share the gradient equally (TF's _MaxGrad; torch.amax does the same)."""
+    xv = np.array([[1.0, 3.0, 3.0, 0.0], [2.0, 2.0, 2.0, 2.0]])
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float64, (2, 4))
+        (gx,) = mf.gradients(mf.reduce_sum(mf.reduce_max(x, 1)), [x])
+    tx = torch.tensor(xv, requires_grad=True)
+    torch.amax(tx, 1).sum().backward()
+    np.testing.assert_allclose(evaluate(g, gx, {x: xv}), tx.grad.numpy(), rtol=1e-12)
+
+
+def test_batched_matmul_gradient_sums_over_a_broadcast_batch_of_one():
+    """a (1, 3, 4) @ b (5, 4, 2): a's gradient is summed over the 5 batches to (1, 3, 4)."""
+    rng = np.random.default_rng(4)
+    av, bv = rng.standard_normal((1, 3, 4)), rng.standard_normal((5, 4, 2))
+    g = mf.Graph()
+    with g.as_default():
+        a, b = mf.placeholder(mf.float64, (1, 3, 4)), mf.placeholder(mf.float64, (5, 4, 2))
+        ga, gb = mf.gradients(mf.reduce_sum(mf.square(mf.matmul(a, b))), [a, b])
+    ta, tb = torch.tensor(av, requires_grad=True), torch.tensor(bv, requires_grad=True)
+    ((ta @ tb) ** 2).sum().backward()
+    got_a, got_b = evaluate(g, [ga, gb], {a: av, b: bv})
+    assert got_a.shape == (1, 3, 4)
+    np.testing.assert_allclose(got_a, ta.grad.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(got_b, tb.grad.numpy(), rtol=1e-12)
+
+
+def test_integer_tensors_never_receive_gradients():
+    """TF backpropagates only through floating tensors: d(int expr)/d(int x) is None,
+    even when every op on the path has a registered gradient."""
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.int32, [3])
+        assert mf.gradients(x * x + x, [x]) == [None]

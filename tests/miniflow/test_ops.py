@@ -754,3 +754,16 @@ def test_shape_values_feed_ordinary_ops_on_every_backend(backend):
                                  backend)
     assert flat_v.shape == (4, 6) and np.asarray(n2_v).dtype == np.int32 and int(n2_v) == 48
     np.testing.assert_array_equal(np.asarray(d_v), [8, 4, 6])
+
+
+def test_incompatible_static_shapes_are_an_error_naming_the_op_when_built():
+    """(2, 3) + (4, 3) cannot broadcast: an error at graph build (shape inference), naming
+    the op and the dimension, not a numpy error at run time."""
+    g = mf.Graph()
+    with g.as_default():
+        a = mf.placeholder(mf.float32, (2, 3))
+        b = mf.placeholder(mf.float32, (4, 3))
+        with pytest.raises(ValueError, match=r"Add.*cannot be broadcast.*dimension -2 is 2 vs 4"):
+            a + b
+        c = mf.placeholder(mf.float32, (None, 3))
+        assert (c + b).shape == (4, 3)  # unknown meets known: still fine

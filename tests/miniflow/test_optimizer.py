@@ -113,3 +113,56 @@ def test_a_variable_never_changes_shape():
                 [(mf.constant(np.ones((2, 3), np.float32)), v)])
     with pytest.raises(mf.errors.InvalidArgumentError, match=r"AssignAdd requires .*\(2, 3\)"):
         evaluate(g, grow, {delta: np.ones((2, 3), np.float32)})
+
+
+def test_adam_with_a_large_epsilon_follows_tensorflows_formula():
+    """TF's ApplyAdam: lr_t = lr*sqrt(1-b2^t)/(1-b1^t); w -= lr_t*m/(sqrt(v)+eps). With
+    eps=1e-12 (the torch comparison) where eps sits is invisible; with eps=0.1 it is not.
+    Oracle: the formula in numpy, gradients from torch."""
+    rng = np.random.default_rng(0)
+    w0, xv = rng.normal(0, 0.5, (5, 3)), rng.standard_normal((8, 5))
+    lr, b1, b2, eps = 0.05, 0.9, 0.999, 0.1
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float64, xv.shape)
+        w = mf.Variable(w0.copy(), name="w")
+        loss = mf.reduce_sum(mf.square(mf.tanh(x @ w)))
+        train = mf.train.AdamOptimizer(lr, b1, b2, eps).minimize(loss)
+    with mf.Session(graph=g) as s:
+        s.run(mf.global_variables_initializer())
+        for _ in range(5):
+            s.run(train, {x: xv})
+        got = s.run(w)
+    want, m, v = w0.copy(), np.zeros_like(w0), np.zeros_like(w0)
+    for t in range(1, 6):
+        tw = torch.tensor(want, requires_grad=True)
+        (torch.tanh(torch.tensor(xv) @ tw) ** 2).sum().backward()
+        grad = tw.grad.numpy()
+        m, v = b1 * m + (1 - b1) * grad, b2 * v + (1 - b2) * grad * grad
+        lr_t = lr * np.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+        want = want - lr_t * m / (np.sqrt(v) + eps)
+    np.testing.assert_allclose(got, want, rtol=1e-10)
+
+
+@pytest.mark.parametrize("make_opt", [
+    lambda: mf.train.GradientDescentOptimizer(0.1),
+    lambda: mf.train.MomentumOptimizer(0.1, 0.9),
+    lambda: mf.train.AdamOptimizer(0.1),
+])
+def test_a_gradient_of_unknown_static_shape_is_checked_when_the_step_runs(make_opt):
+    """The gradient's shape is unknown at build time: the Apply op must refuse a (1,) or
+    (2, 3) gradient for a (3,) variable at run time instead of broadcasting it."""
+    g = mf.Graph()
+    with g.as_default():
+        v = mf.Variable(np.zeros(3, np.float32), name="v")
+        grad = mf.placeholder(mf.float32, None)
+        step = make_opt().apply_gradients([(grad, v)])
+        init = mf.global_variables_initializer()
+    with mf.Session(graph=g) as s:
+        s.run(init)
+        s.run(step, {grad: np.ones(3, np.float32)})  # the right shape is fine
+        for bad in (np.ones(1, np.float32), np.ones((2, 3), np.float32)):
+            with pytest.raises(mf.errors.InvalidArgumentError,
+                               match=r"has shape \(3,\) but its gradient"):
+                s.run(step, {grad: bad})
+        assert s.run(v).shape == (3,)

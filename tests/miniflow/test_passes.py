@@ -306,3 +306,55 @@ def test_pruning_removes_what_folding_and_cse_leave_dead():
     np.testing.assert_array_equal(got[True], unoptimized)
     np.testing.assert_array_equal(got[False], unoptimized)
     np.testing.assert_allclose(unoptimized, (xv + 6) ** 2, rtol=1e-6)
+
+
+def test_fusion_keeps_a_fetched_intermediate_with_one_consumer():
+    """a = tanh(x) feeds only b, but is fetched too: it must not vanish into b's chain."""
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [3])
+        a = mf.tanh(x)
+        b = a * 2.0
+    xv = np.array([0.1, -0.5, 2.0], np.float32)
+    with mf.Session(graph=g) as s:
+        av, bv = s.run([a, b], {x: xv})
+    np.testing.assert_allclose(av, np.tanh(xv), rtol=1e-6)
+    np.testing.assert_allclose(bv, 2 * np.tanh(xv), rtol=1e-6)
+
+
+def test_fusion_keeps_the_control_dependency_of_an_inner_member():
+    """An inner member of a fused chain runs after its control input (an assign): the
+    fused node must inherit that edge, or the assign is pruned and never runs."""
+    g = mf.Graph()
+    with g.as_default():
+        v = mf.Variable(np.float32(1.0))
+        x = mf.placeholder(mf.float32, [3])
+        bump = v.assign(np.float32(5.0))
+        with mf.control_dependencies([bump]):
+            a = mf.tanh(x)
+        b = mf.sigmoid(a * 2.0)
+        init = mf.global_variables_initializer()
+    with mf.Session(graph=g) as s:
+        s.run(init)
+        s.run(b, {x: np.ones(3, np.float32)})
+        assert "_FusedElementwise" in _fused(s, b, {x: None})
+        assert s.run(v) == 5.0
+
+
+def test_a_fused_comparison_does_not_write_into_a_float_intermediate():
+    """greater(tanh(x), 0) is bool; fused in place into tanh's float buffer it would come
+    back as float 0/1 and logical_not would be a float op."""
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [4])
+        y = mf.logical_not(mf.greater(mf.tanh(x), 0.0))
+    xv = np.array([-1.0, 0.5, 2.0, -0.1], np.float32)
+    with mf.Session(graph=g) as s:
+        got = s.run(y, {x: xv})
+        assert "_FusedElementwise" in _fused(s, y, {x: None})
+    assert got.dtype == np.bool_
+    np.testing.assert_array_equal(got, ~(np.tanh(xv) > 0))
+
+
+def _fused(s, fetches, feeds):
+    return [n[1] for n in s.plan_for(fetches, feeds).snapshots["optimized"].nodes]

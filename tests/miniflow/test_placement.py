@@ -114,3 +114,30 @@ def test_a_variable_stays_on_its_first_device_across_runs():
     assert all(len(devs) == 1 for devs in where.values()), where
     for v in ("hidden/w", "logits/b"):
         assert where[f"{v}/Adam_m"] == where[f"{v}/Adam_v"] == where[v]
+
+
+def test_the_placer_keeps_a_cheap_consumer_next_to_its_big_input():
+    """Two heavy branches land on two CPUs; each branch's row sum (cheap, but its input is
+    256 KB) must stay on its branch's device: moving it costs a transfer that finishes
+    later (the white paper's greedy placer counts the input's transfer time)."""
+    g = mf.Graph()
+    rng = np.random.default_rng(0)
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [256, 256], name="x")
+        sums = []
+        for i in range(2):
+            h = x
+            for j in range(3):
+                h = mf.tanh(h @ mf.constant(rng.standard_normal((256, 256)).astype(np.float32)
+                                            * 0.05), name=f"b{i}_{j}")
+            sums.append(mf.reduce_sum(h, 1, name=f"sum{i}"))
+        y = mf.add_n(sums)
+    cfg = mf.ConfigProto(device_count={"CPU": 2})
+    with mf.Session(graph=g, config=cfg) as s:
+        s.run(y, {x: rng.standard_normal((256, 256)).astype(np.float32)})
+        plan = s.plan_for(y, {x: None})
+        dev = {n[0]: n[4] for n in plan.snapshots["partitioned"].nodes}
+    producers = [dev.get(f"b{i}_2/fused", dev.get(f"b{i}_2")) for i in range(2)]
+    assert set(producers) == {"/cpu:0", "/cpu:1"}, dev
+    for i in range(2):
+        assert dev[f"sum{i}"] == producers[i], (i, dev)
