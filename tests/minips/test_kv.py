@@ -19,8 +19,12 @@ KEY_MAX = 1 << 20
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
+    # one cluster for the whole module, which tests the API, not failure detection: a
+    # long heartbeat timeout, so a busy machine (two cores, other tests) cannot get its
+    # servers declared dead (two at once lost ranges mid-copy, and every later test here
+    # timed out on a ring that kept waiting for them)
     spec = ClusterSpec(servers=3, workers=2, replication=2, val_len=2, updater={"name": "sum"},
-                       app={"name": "count"}, key_max=KEY_MAX)
+                       app={"name": "count"}, key_max=KEY_MAX, hb_timeout=10.0)
     cl = Cluster(spec, tmp_path_factory.mktemp("kv"))
     cl.start(workers=False)
     yield cl
