@@ -9,6 +9,7 @@ a step costs only the executors' work. Variables' values live in the session.
 
 from __future__ import annotations
 
+import collections
 import os
 import threading
 from collections import Counter
@@ -285,7 +286,10 @@ def _flatten(fetches: Any, graph: Graph):
         if isinstance(x, Mapping):
             keys = list(x)
             subs = [walk(x[k]) for k in keys]
-            return lambda f: type(x)(zip(keys, (s(f) for s in subs), strict=True))
+            pairs = lambda f: zip(keys, (s(f) for s in subs), strict=True)  # noqa: E731
+            if isinstance(x, collections.defaultdict):  # its first argument is the factory
+                return lambda f: type(x)(x.default_factory, pairs(f))
+            return lambda f: type(x)(pairs(f))
         if isinstance(x, (list, tuple)):
             subs = [walk(v) for v in x]
             if hasattr(x, "_fields"):  # namedtuple

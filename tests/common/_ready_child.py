@@ -29,6 +29,17 @@ if sys.argv[1] == "ready-and-more":  # READY and another line in one write
     os.write(1, b'READY {"pid_echo": %d}\nprinted right after ready\n' % os.getpid())
     while True:
         time.sleep(0.1)
+if sys.argv[1] == "stubborn-kid":  # a child of its own group that ignores SIGTERM
+    import subprocess
+
+    kid = subprocess.Popen([sys.executable, "-c", "import signal, time; "
+                            "signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                            "print('ignoring', flush=True); time.sleep(120)"],
+                           stdout=subprocess.PIPE)
+    kid.stdout.readline()  # its handler is installed
+    announce_ready(kid=kid.pid)
+    while True:
+        time.sleep(0.1)
 announce_ready(pid_echo=os.getpid())
 while True:
     time.sleep(0.1)

@@ -134,3 +134,14 @@ def test_nan_metrics_are_null_and_free_text_cannot_break_a_table_row(tmp_path):
     json.loads(json.dumps(doc, allow_nan=False))  # strict JSON
     row = next(line for line in markdown(doc).splitlines() if "(case failed)" in line)
     assert row.replace("\\|", "").count("|") == 5  # four cells
+
+
+def test_an_explicit_metric_is_not_overwritten_by_a_ratio_of_the_same_name():
+    ratio = {"ratio": 0.5, "q1": 0.4, "q3": 0.6, "pairs": 9, "a_median_s": 1.0,
+             "b_median_s": 2.0}
+    case = Case("c", "d", ("torch",), lambda ctx: Result(metrics={"speedup": 2.0},
+                                                        ratios={"speedup": ratio,
+                                                                "vs_torch": ratio}))
+    out = run_case(case, Context(progress=False))
+    assert out["metrics"]["speedup"] == 2.0  # the case's own number
+    assert out["metrics"]["vs_torch"] == 0.5  # a ratio's median is a metric too

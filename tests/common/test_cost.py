@@ -3,7 +3,9 @@ import math
 import pytest
 
 from common import cost
+from common.cost import matmul_cost
 from common.devices import H100_SXM, H200, DeviceSpec, gpu_spec_for
+from systems.miniansor.workloads import bmm
 
 TOY = DeviceSpec("toy", {"fp32": 100e9, "fp16": 400e9}, mem_bandwidth=10e9, source="test",
                  date="2026-01")
@@ -99,3 +101,12 @@ def test_a_cached_peak_below_a_measured_rate_is_probed_again(tmp_path):
     fixed = cost.cpu_spec(cache=tmp_path, observed_flops=2e6)
     assert fixed.peak("fp32") > 1e8 and fixed.mem_bandwidth > 1e8  # re-probed
     assert json.loads(path.read_text())["fp32_flops"] == fixed.peak("fp32")  # and cached
+
+
+def test_a_batched_matmul_counts_every_batch_in_flops_reads_and_writes():
+    c = matmul_cost(8, 16, 32, "fp16", batch=4)
+    assert c.flops == 2 * 4 * 8 * 16 * 32
+    assert c.bytes_read == 4 * (8 * 32 + 32 * 16) * 2
+    assert c.bytes_written == 4 * 8 * 16 * 2
+    t = bmm(4, 8, 16, 32, "fp16").cost()
+    assert (t.flops, t.bytes_read, t.bytes_written) == (c.flops, c.bytes_read, c.bytes_written)

@@ -90,3 +90,24 @@ def test_a_garbled_ready_line_fails_at_once_with_the_line_in_the_log(tmp_path):
             group.spawn("g", SERVER, ["garbled"], ready_timeout=60)
         assert time.monotonic() - t0 < 30  # not the whole ready_timeout
         assert "READY {not json" in str(e.value)
+
+
+def test_a_stopped_child_is_continued_and_ends_by_sigterm_not_sigkill(tmp_path):
+    """SIGCONT first: a stopped process cannot run its SIGTERM handler (the 'parent'
+    child has one: ProcessGroup's exit_on_termination), so without it the stop waits out
+    its whole timeout and ends in SIGKILL, skipping the child's own clean-up."""
+    with ProcessGroup(tmp_path) as group:
+        child = group.spawn("frozen", SERVER, ["parent", str(tmp_path / "inner")])
+        child.signal(signal.SIGSTOP)
+        t0 = time.monotonic()
+        group.stop("frozen", timeout=5)
+        assert child.popen.returncode == 128 + signal.SIGTERM
+        assert time.monotonic() - t0 < 4
+
+
+def test_stopping_a_child_also_kills_what_it_started_in_its_group(tmp_path):
+    with ProcessGroup(tmp_path) as group:
+        child = group.spawn("parent", SERVER, ["stubborn-kid"])
+        kid = child.info["kid"]
+        group.stop("parent", timeout=2)
+        assert _gone(kid, 5), "a process of the child's group outlived the stop"

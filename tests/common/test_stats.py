@@ -53,3 +53,11 @@ def test_cdf_is_monotone_and_ends_at_one():
     x, y = cdf([3, 1, 2, 2])
     assert list(x) == [1, 2, 2, 3]
     assert list(y) == [0.25, 0.5, 0.75, 1.0]
+
+
+def test_scaled_stats_scale_every_field_and_keep_the_count():
+    s = summarize([1.0, 2.0, 3.0, 4.0, 100.0])
+    us = s.scaled(1e6)
+    assert us.n == s.n
+    for f in ("mean", "median", "q1", "q3", "min", "max", "p90", "p99", "p999"):
+        assert getattr(us, f) == getattr(s, f) * 1e6, f

@@ -138,3 +138,13 @@ def test_cuda_graph_replays_the_calls_it_captured():
     two = cuda_graph(lambda: (a @ a, a @ a))
     comp = interleaved(two, one, repeats=9, number=1, sync=torch.cuda.synchronize)
     assert 1.6 < comp.ratio < 2.4
+
+
+def test_interleaved_many_alternates_which_of_two_variants_runs_first():
+    """With two variants the order rotates each round (A B, B A, ...), so neither always
+    runs right after the other's footprint."""
+    calls = []
+    timing.interleaved_many({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                            repeats=4, warmup=0)
+    rounds = [tuple(calls[i:i + 2]) for i in range(0, len(calls), 2)]
+    assert rounds == [("a", "b"), ("b", "a"), ("a", "b"), ("b", "a")]

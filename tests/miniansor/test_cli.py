@@ -174,3 +174,21 @@ def test_inputs_that_are_not_what_they_claim_are_refused_with_their_name(tmp_pat
     _log(log, "dev", {a.key: 1}, [(a, 2e-6), (a, 0.0)])  # a zero time is no measurement
     out = _show(str(log), "--plot", str(tmp_path / "p.png"))
     assert out["records"] == 1 and out["tasks"][0]["best_us"] == pytest.approx(2.0)
+
+
+def test_show_curves_count_every_trial_of_the_task_failed_ones_included(tmp_path):
+    from systems.miniansor.measure import ErrorNo, MeasureInput, MeasureResult
+    from systems.miniansor.records import RecordToFile
+    from systems.miniansor.sketch import generate_sketches
+    from systems.miniansor.workloads import softmax
+
+    a = softmax(4, 64, "fp32")
+    sk = generate_sketches(a)[0]
+    rec = RecordToFile(tmp_path / "m.jsonl", "dev", {a.key: 1})
+    rec(MeasureInput(a, sk, {"num_warps": 1}), MeasureResult([], ErrorNo.WRONG_ANSWER, "x"))
+    rec(MeasureInput(a, sk, {"num_warps": 2}), MeasureResult([4e-6]))
+    rec(MeasureInput(a, sk, {"num_warps": 4}), MeasureResult([2e-6]))
+    out = _show(str(tmp_path / "m.jsonl"), "--plot", str(tmp_path / "p.png"))
+    curve = out["curves"][a.key]
+    assert curve["trials"] == [2, 3]  # the failed first trial counts
+    assert curve["best_tflops"] == pytest.approx([a.flops / 4e-6 / 1e12, a.flops / 2e-6 / 1e12])

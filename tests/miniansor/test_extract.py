@@ -164,3 +164,38 @@ def test_keyword_arguments_are_read_and_a_scaled_add_is_not_a_residual():
     got = keys(Keywords(), torch.zeros(4, 16), torch.zeros(4, 24), dtype="fp32")
     assert got == {"gemm:4x24x16:fp32:bias": 1, "gemm:4x24x16:fp32:none": 1,
                    "gemm:4x16x24:fp32:none": 1}
+
+
+class _Softmax(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x):
+        return torch.softmax(x, dim=self.dim)
+
+
+class _MatMul(nn.Module):
+    def forward(self, a, b):
+        return a @ b
+
+
+def test_a_softmax_over_another_axis_is_not_a_row_softmax_task():
+    assert keys(_Softmax(0), torch.zeros(4, 8)) == {}
+    assert keys(_Softmax(-1), torch.zeros(4, 8)) == \
+        {"softmax:4x8:fp16:none": 1}
+
+
+def test_a_broadcast_batched_matmul_takes_its_batch_from_the_output():
+    # [M, K] @ [B, K, N] and [1, M, K] @ [B, K, N]: B products of M x N x K
+    assert keys(_MatMul(), torch.zeros(8, 64), torch.zeros(3, 64, 32)) == \
+        {"bmm:3x8x32x64:fp16:none": 1}
+    assert keys(_MatMul(), torch.zeros(1, 8, 64), torch.zeros(3, 64, 32)) == \
+        {"bmm:3x8x32x64:fp16:none": 1}
+
+
+def test_only_one_activation_joins_the_epilogue():
+    """gelu(relu(x W + b)): the epilogue is bias+relu; the GELU after it is not fused (an
+    epilogue has one activation, and fusing the second would replace the first)."""
+    m = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.GELU())
+    assert keys(m, torch.zeros(4, 16)) == {"gemm:4x32x16:fp16:bias+relu": 1}

@@ -2,9 +2,10 @@
 
 import pytest
 
+from common import wire
 from common.procs import ProcessGroup
 from systems.miniansor.measure import ErrorNo, MeasureInput, Measurer
-from systems.miniansor.measure_worker import WorkerRunner
+from systems.miniansor.measure_worker import WorkerRunner, _handle, request
 from systems.miniansor.simulator import SimulatedGPU
 from systems.miniansor.sketch import generate_sketches
 from systems.miniansor.workloads import gemm, softmax
@@ -58,3 +59,15 @@ def test_a_cuda_fault_while_verifying_restarts_the_worker(worker):
     assert "illegal memory access" in results[0].error_msg
     assert worker.restarts == 1
     assert worker.group.children["measure-worker"].pid != pid0
+
+
+def test_the_worker_rebuilds_a_row_sketch_with_its_fixed_rows():
+    """row.one fixes ROWS=1 outside the annotation: the worker must verify the program
+    the parent asked for, fixed values included (called in-process, no spawn)."""
+    from systems.miniansor.workloads import softmax
+
+    task = softmax(4, 100, "fp32")
+    sk = next(s for s in generate_sketches(task) if dict(s.fixed).get("ROWS") == 1)
+    meta, _ = wire.unpack(_handle(wire.pack(request(MeasureInput(task, sk, {"num_warps": 1}),
+                                                    "verify")), None))
+    assert meta == {"ok": True}, meta

@@ -5,15 +5,18 @@ import json
 import numpy as np
 import pytest
 
+from systems.miniansor.annotation import config_key
 from systems.miniansor.measure import DeviceFault, ErrorNo, MeasureInput, Measurer
 from systems.miniansor.recorded import (
     DATA_DIR,
+    FORMAT,
     RecordedDevice,
     TableRecorder,
     table_from_simulator,
     validate_table,
 )
 from systems.miniansor.simulator import SimulatedGPU
+from systems.miniansor.sketch import generate_sketches
 from systems.miniansor.tune import tune_task
 from systems.miniansor.workloads import gemm, softmax
 
@@ -179,3 +182,12 @@ def test_a_table_entry_with_an_unusable_time_or_error_is_refused_by_name(table, 
     with pytest.raises(ValueError, match=why) as e:
         RecordedDevice(bad)
     assert ck in str(e.value)
+
+
+def test_a_recorded_true_time_is_the_median_of_the_recorded_times():
+    task = gemm(64, 64, 64)
+    sk = generate_sketches(task)[0]
+    ann = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "num_warps": 2, "num_stages": 2}
+    table = {"format": FORMAT, "source": "measured", "device": "test",
+             "tasks": {task.key: {config_key(sk, ann): {"time_s": [1e-3, 1e-3, 4e-3]}}}}
+    assert RecordedDevice(table).true_time(task, sk, ann) == 1e-3

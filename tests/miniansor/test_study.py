@@ -113,3 +113,26 @@ def test_the_true_objective_times_the_best_measured_pick_of_each_task_without_no
     run = [("a", 1.1), ("b", 2.0), ("c", 0.9)]
     assert tuning_curve(run, 2, 2, {"a": 1.0, "b": 2.0, "c": 1.5}).tolist() == [1.0, 1.5]
     assert tuning_curve(run, 2, 2).tolist() == [1.1, 0.9]
+
+
+def test_the_tuning_curve_reads_the_best_at_the_end_of_each_round():
+    times = [5.0, 4.0, 3.0, 2.0, 1.0, 0.5, 0.4]
+    run = [(f"c{i}", t) for i, t in enumerate(times)]
+    # rounds of 2: after trials 2, 4, 6, then the run's end (7 trials) for rounds 4 and 5
+    assert tuning_curve(run, 2, 5).tolist() == [4.0, 2.0, 0.5, 0.4, 0.4]
+    # brute force: best measured over the first min(r * per_round, len) trials
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        ts = rng.uniform(1, 10, int(rng.integers(1, 12))).tolist()
+        per, rounds = int(rng.integers(1, 4)), int(rng.integers(1, 6))
+        want = [min(ts[:min(r * per, len(ts))]) for r in range(1, rounds + 1)]
+        got = tuning_curve([(str(i), t) for i, t in enumerate(ts)], per, rounds)
+        assert got.tolist() == want
+
+
+def test_the_best_curve_follows_the_best_measured_pick_even_when_truth_disagrees():
+    from systems.miniansor.study import best_curve
+
+    truth = {"a": 2.0, "b": 1.0}
+    # "b" is truly best but measured slower than "a": the tuner keeps "a"
+    assert best_curve([("a", 1.5), ("b", 3.0)], truth, 1.0, 2).tolist() == [0.5, 0.5]

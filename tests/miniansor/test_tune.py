@@ -231,3 +231,24 @@ def test_a_resume_with_a_larger_budget_does_not_warm_every_task_up_again(tmp_pat
     tune_tasks(tasks, None, 16, log=log, progress=False, verify="none", per_round=8)
     again = tune_tasks(tasks, None, 32, log=log, progress=False, verify="none", per_round=8)
     assert seen == [[0, 0, 0, 0], [1, 1, 1, 1]] and again.trials == 32
+
+
+def test_a_resumed_run_reports_the_best_of_the_log_not_only_of_its_new_trials(tmp_path):
+    log = tmp_path / "tune.jsonl"
+    first = tune_task(TASK, 8, log=log, progress=False, verify="none")
+    again = tune_task(TASK, 8, log=log, progress=False, verify="none")  # nothing new
+    assert again.resumed == 8 and len(load_records(log)) == 8
+    assert again.best[TASK.key].time == first.best[TASK.key].time
+    assert again.weighted_latency() == first.weighted_latency() < float("inf")
+
+
+def test_on_the_simulator_the_default_verify_checks_each_kernel_locally(monkeypatch):
+    """The simulator runs no kernel, so verify='auto' must check ours (under the
+    interpreter); a replayed or CUDA device checks its own."""
+    from systems.miniansor import measure
+
+    checked = []
+    monkeypatch.setattr(measure, "verify_program",
+                        lambda task, sketch, ann, *a, **k: checked.append(sketch.name))
+    res = tune_task(TASK, 8, progress=False)  # device="sim", verify="auto"
+    assert res.trials == 8 and len(checked) >= 1

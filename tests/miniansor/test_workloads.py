@@ -11,6 +11,7 @@ from systems.miniansor.workloads import (
     check_output,
     gemm,
     layernorm,
+    merge_tasks,
     parse_workload,
     softmax,
 )
@@ -91,3 +92,30 @@ def test_check_output_catches_one_wrong_element_and_accepts_rounding():
     bad[31, 0] += 1.0
     assert "max abs error" in check_output(t, bad, ref)
     assert "shape" in check_output(t, ref[:-1], ref)
+
+
+def test_a_task_with_a_zero_size_is_refused():
+    for kind, shape in (("gemm", (0, 8, 8)), ("bmm", (2, 8, 0, 8)), ("softmax", (4, 0))):
+        with pytest.raises(ValueError, match="positive sizes"):
+            Task(kind, shape)
+
+
+def test_check_output_scales_its_tolerance_by_the_largest_reference_value():
+    """tol * max|ref|: one large value makes a small absolute error on a small element
+    acceptable (errors of a wrong tile are O(max|ref|)), and a slightly larger one not."""
+    ref = torch.zeros(1, 100, dtype=torch.float32)
+    ref[0, 0] = 100.0
+    tol = 5e-3 * 100.0  # fp32
+    ok = ref.clone()
+    ok[0, 1] += 0.9 * tol
+    bad = ref.clone()
+    bad[0, 1] += 1.1 * tol
+    task = softmax(1, 100, "fp32")
+    assert check_output(task, ok, ref) is None
+    assert "tolerance" in check_output(task, bad, ref)
+
+
+def test_merging_sums_the_weights_of_identical_tasks():
+    a, b = gemm(8, 8, 8), gemm(16, 8, 8)
+    tasks, weights = merge_tasks([a, b, a], [2, 1, 3])
+    assert tasks == [a, b] and weights == [5, 1]

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import systems.miniflow as mf
+from systems.miniflow.op_def import make_op
 from systems.miniflow.partition import Rendezvous
 
 TWO_CPUS = mf.ConfigProto(device_count={"CPU": 2})
@@ -240,3 +241,60 @@ def test_an_inline_recv_wakes_up_when_its_sender_fails():
         with pytest.raises(mf.InvalidArgumentError, match="log of x: Tensor had NaN or Inf"):
             s.run([b, c], {x: np.array([1.0, -1.0], np.float32)})
         np.testing.assert_allclose(s.run(c, {x: np.ones(2, np.float32)}), [0.0, 0.0])
+
+
+def test_two_outputs_of_one_op_cross_to_one_device_as_two_tensors():
+    """Each output of a multi-output op is its own rendezvous key (TF keys by
+    'name:index'): two outputs sent to one device must not be mixed up."""
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [4], name="x")
+        with mf.device("/cpu:0"):
+            first, second = make_op("SplitByShapes", [mf.tanh(x), mf.shape(x[:1]),
+                                                      mf.shape(x[1:])], {"axis": 0}).outputs
+        with mf.device("/cpu:1"):
+            y = mf.concat([second, first * 10.0], 0)
+    xv = np.array([0.1, 0.2, 0.3, 0.4], np.float32)
+    with mf.Session(graph=g, config=TWO_CPUS) as s:
+        got = s.run(y, {x: xv})
+        plan = s.plan_for(y, {x: None})
+        assert plan.devices == ["/cpu:0", "/cpu:1"]
+        keys = list(plan.executors[1].recv_keys.values())
+    assert len(keys) == 2 and len(set(keys)) == 2, keys  # one rendezvous key per output
+    t = np.tanh(xv)
+    np.testing.assert_allclose(got, np.concatenate([t[1:], t[:1] * 10]), rtol=1e-6)
+
+
+def test_a_recv_registered_after_an_abort_gets_the_error():
+    r = Rendezvous()
+    boom = RuntimeError("partition failed")
+    r.abort(boom)
+    got = []
+    r.recv_async("late", lambda v, e: got.append((v, e)))
+    assert got == [(None, boom)]
+
+
+@pytest.mark.timeout(60)
+def test_an_op_after_a_cross_device_control_edge_waits_for_its_source():
+    """The control edge's dummy Send on the source device waits for the source op: if
+    the source fails, the op ordered after it on the other device never runs."""
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [400, 400], name="x")
+        with mf.device("/cpu:1"):
+            slow = x
+            for _ in range(6):
+                slow = mf.matmul(slow, x)
+            checked = mf.check_numerics(mf.log(slow), message="late failure")
+        with mf.device("/cpu:0"):
+            w = mf.Variable(np.float32(0.0), name="w")
+            with mf.control_dependencies([checked]):
+                bump = w.assign_add(1.0)
+    with mf.Session(graph=g, config=TWO_CPUS) as s:
+        s.run(w.initializer)
+        with pytest.raises(mf.InvalidArgumentError, match="late failure"):
+            s.run(bump, {x: -np.ones((400, 400), np.float32)})
+        assert s.run(w) == 0.0  # the assignment never ran
+        nodes = s.plan_for(bump, {x: None}).snapshots["partitioned"].nodes
+    dummies = [n for n in nodes if n[0].endswith("_control_dummy")]
+    assert dummies and all(n[3] for n in dummies)  # the dummy has its source as control

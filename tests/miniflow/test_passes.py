@@ -358,3 +358,36 @@ def test_a_fused_comparison_does_not_write_into_a_float_intermediate():
 
 def _fused(s, fetches, feeds):
     return [n[1] for n in s.plan_for(fetches, feeds).snapshots["optimized"].nodes]
+
+
+def test_cse_keeps_a_stateless_op_under_a_control_dependency_apart():
+    """tanh(r) and, under a control dependency on an assignment, tanh(r) again: merged,
+    the second's control edge would go, and with it (pruned) the assignment."""
+    g = mf.Graph()
+    with g.as_default():
+        v = mf.Variable(np.float32(1.0), name="v")
+        x = mf.placeholder(mf.float32, [2], name="x")
+        before = mf.tanh(x)
+        with mf.control_dependencies([v.assign_add(10.0)]):
+            after = mf.tanh(x)
+    with mf.Session(graph=g) as s:
+        s.run(v.initializer)
+        b, a = s.run([before, after], {x: np.array([0.5, 1.0], np.float32)})
+        np.testing.assert_allclose(a, b)
+        assert s.run(v) == 11.0  # the assignment ran
+
+
+def test_cse_does_not_merge_copies_of_an_op_placed_on_two_devices():
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [3], name="x")
+        with mf.device("/cpu:0"):
+            a = mf.tanh(x, name="a")
+        with mf.device("/cpu:1"):
+            b = mf.tanh(x, name="b")
+        y = a + b
+    with mf.Session(graph=g, config=mf.ConfigProto(device_count={"CPU": 2})) as s:
+        np.testing.assert_allclose(s.run(y, {x: np.ones(3)}), 2 * np.tanh(np.ones(3)),
+                                   rtol=1e-6)
+        nodes = s.plan_for(y, {x: None}).snapshots["partitioned"].nodes
+    assert sorted(n[4] for n in nodes if n[1] == "Tanh") == ["/cpu:0", "/cpu:1"]

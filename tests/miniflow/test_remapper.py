@@ -106,3 +106,20 @@ def test_graph_options_turn_the_remapper_off():
         types = _types(s, y, {x: None})
         assert "MatMul" in types and "_FusedMatMul" not in types
         assert "fused_matmul" not in s.plan_for(y, {x: None}).pass_stats.changes
+
+
+def test_a_matmul_plus_a_batched_addend_is_not_an_addmm_bias():
+    """Only a 1-D bias of N values is addmm's bias: an addend that broadcasts the product
+    to more dimensions stays an Add (addmm would refuse it)."""
+    rng = np.random.default_rng(0)
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [4, 5])
+        w = mf.constant(rng.standard_normal((5, 3)).astype(np.float32))
+        z = mf.constant(rng.standard_normal((2, 4, 3)).astype(np.float32))
+        y = mf.matmul(x, w) + z
+    xv = rng.standard_normal((4, 5)).astype(np.float32)
+    want = xv @ w.op.attrs["value"] + z.op.attrs["value"]
+    for backend in ("numpy", "torch"):
+        with session(g, backend) as s:
+            np.testing.assert_allclose(s.run(y, {x: xv}), want, rtol=1e-5, atol=1e-5)

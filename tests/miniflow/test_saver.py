@@ -107,3 +107,58 @@ def test_restore_ignores_checkpoint_entries_it_was_not_asked_for(tmp_path):
                 mf.train.Saver().restore(s, path)  # w and other: other is missing
     assert "other: not found in the checkpoint" in str(e.value)
     assert "Adam" not in str(e.value)
+
+
+def _save_w(tmp_path, dtype=np.float32):
+    g = mf.Graph()
+    with g.as_default():
+        w = mf.Variable(np.arange(6, dtype=dtype).reshape(2, 3), name="w")
+        saver = mf.train.Saver()
+        with mf.Session(graph=g) as s:
+            s.run(w.initializer)
+            return saver.save(s, str(tmp_path / "ckpt"))
+
+
+def test_a_checkpoint_whose_array_disagrees_with_its_manifest_is_data_loss(tmp_path):
+    """A well-formed zip (its CRCs fine) whose array was changed after the manifest was
+    written: only the SHA-256 in the manifest can tell."""
+    path = _save_w(tmp_path)
+    with np.load(path) as d:
+        manifest, w = d["__manifest__"], d["w"].copy()
+    w[0, 0] = 99.0
+    np.savez(path, __manifest__=manifest, w=w)
+    g = mf.Graph()
+    with g.as_default():
+        w2 = mf.Variable(np.zeros((2, 3), np.float32), name="w")
+        with mf.Session(graph=g) as s:
+            with pytest.raises(mf.train.DataLossError, match="'w' fails its checksum"):
+                mf.train.Saver().restore(s, path)
+            with pytest.raises(mf.FailedPreconditionError):
+                s.run(w2)
+
+
+def test_restoring_into_a_variable_of_another_dtype_is_refused(tmp_path):
+    path = _save_w(tmp_path, np.float32)
+    g = mf.Graph()
+    with g.as_default():
+        mf.Variable(np.zeros((2, 3), np.float64), name="w")
+        with mf.Session(graph=g) as s:
+            with pytest.raises(mf.NotFoundError, match="w: checkpoint has dtype float32"):
+                mf.train.Saver().restore(s, path)
+
+
+def test_a_saver_given_a_dict_saves_under_the_dict_names(tmp_path):
+    g = mf.Graph()
+    with g.as_default():
+        w = mf.Variable(np.full((2,), 3.0, np.float32), name="w")
+        with mf.Session(graph=g) as s:
+            s.run(w.initializer)
+            path = mf.train.Saver({"layer1/kernel": w}).save(s, str(tmp_path / "ckpt"))
+    with np.load(path) as d:
+        assert sorted(d.files) == ["__manifest__", "layer1/kernel"]
+    g2 = mf.Graph()
+    with g2.as_default():
+        other = mf.Variable(np.zeros((2,), np.float32), name="other_name")
+        with mf.Session(graph=g2) as s:
+            mf.train.Saver({"layer1/kernel": other}).restore(s, path)
+            np.testing.assert_array_equal(s.run(other), [3.0, 3.0])

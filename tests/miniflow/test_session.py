@@ -232,3 +232,45 @@ def test_a_variable_does_not_alias_the_callers_arrays(backend):
         w.load(c, s)
         c[:] = -1
         np.testing.assert_array_equal(s.run(w), [7, 8, 9])
+
+
+def test_a_mapping_fetch_comes_back_as_the_same_mapping_type():
+    g = mf.Graph()
+    with g.as_default():
+        a, b = mf.constant(1.0), mf.constant(2.0)
+    with mf.Session(graph=g) as s:
+        got = s.run(collections.OrderedDict([("b", b), ("a", a)]))
+    assert type(got) is collections.OrderedDict and list(got.items()) == [("b", 2.0), ("a", 1.0)]
+
+
+def test_a_defaultdict_fetch_keeps_its_default_factory():
+    """TF's session.py (_DictFetchMapper.build_results) rebuilds a defaultdict with its
+    default_factory; miniflow calls defaultdict(zip(...)) and raises TypeError."""
+    g = mf.Graph()
+    with g.as_default():
+        a = mf.constant(1.0)
+    with mf.Session(graph=g) as s:
+        got = s.run(collections.defaultdict(list, {"a": a}))
+    assert type(got) is collections.defaultdict and got.default_factory is list
+    assert got["a"] == 1.0 and got["missing"] == []
+
+
+def test_loading_a_value_of_the_wrong_shape_into_a_variable_is_refused():
+    g = mf.Graph()
+    with g.as_default():
+        v = mf.Variable(np.zeros((3, 4), np.float32), name="v")
+    with mf.Session(graph=g) as s:
+        s.run(v.initializer)
+        with pytest.raises(ValueError, match=r"v(:0)? has shape \(3, 4\), got \(4, 3\)"):
+            v.load(np.ones((4, 3), np.float32), s)
+        np.testing.assert_array_equal(s.run(v), np.zeros((3, 4)))
+
+
+def _save_w(tmp_path, dtype=np.float32):
+    g = mf.Graph()
+    with g.as_default():
+        w = mf.Variable(np.arange(6, dtype=dtype).reshape(2, 3), name="w")
+        saver = mf.train.Saver()
+        with mf.Session(graph=g) as s:
+            s.run(w.initializer)
+            return saver.save(s, str(tmp_path / "ckpt"))

@@ -48,3 +48,33 @@ def test_step_trace_is_valid_chrome_json_with_rows_and_flows(tmp_path):
     ends = {e["id"] for e in ev if e["ph"] == "f"}
     assert starts and starts == ends  # every Send has its Recv
     s.close()
+
+
+def test_each_send_has_a_bold_red_edge_to_its_recv_and_only_partitions_are_clusters():
+    _, s, plan, _ = _two_device_step()
+    part = to_dot(plan, "partitioned")
+    nodes = plan.snapshots["partitioned"].nodes
+    sends = [n[0] for n in nodes if n[1] == "_Send"]
+    assert sends
+    for name in sends:
+        recv = name.replace("/_send_", "/_recv_").replace("_to_", "_on_")
+        assert f'"{name}" -> "{recv}" [color=red, style=bold];' in part
+    for stage in ("pruned", "optimized"):
+        assert "subgraph" not in to_dot(plan, stage)
+    s.close()
+
+
+def test_a_transfer_arrow_starts_at_the_send_and_ends_at_the_recv(tmp_path):
+    _, s, plan, md = _two_device_step()
+    doc = json.loads(step_trace(md, plan).save(tmp_path / "t.json").read_text())
+    spans = {e["name"]: e for e in doc["traceEvents"] if e["ph"] == "X"}
+    ops = {st.name: st.op for st in md.step_stats}
+    flows = [e for e in doc["traceEvents"] if e["ph"] in ("s", "f")]
+    assert flows
+    for e in flows:
+        # the span on the same row that the arrow's end touches
+        here = [n for n, sp in spans.items() if sp["tid"] == e["tid"] and
+                sp["ts"] <= e["ts"] <= sp["ts"] + sp["dur"] and ops[n] in ("_Send", "_Recv")]
+        assert here, e
+        assert {ops[n] for n in here} == {"_Send" if e["ph"] == "s" else "_Recv"}, (e, here)
+    s.close()

@@ -1,0 +1,20 @@
+import subprocess
+
+from common.env import git_commit
+
+"""The machine description every benchmark result carries (common/env.py)."""
+
+
+def test_git_commit_marks_a_dirty_tree(tmp_path):
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                       cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "f.txt").write_text("a\n")
+    git("add", "f.txt")
+    git("commit", "-q", "-m", "one")
+    clean = git_commit(tmp_path)
+    assert clean and not clean.endswith("-dirty")
+    (tmp_path / "f.txt").write_text("b\n")
+    assert git_commit(tmp_path) == clean + "-dirty"
