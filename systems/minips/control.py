@@ -62,11 +62,13 @@ async def control(node: KVServer, req: bytes) -> bytes:
             node.crash[meta["crash"]] = int(meta.get("after", 1))
     if meta.get("checkpoint"):
         why = await ready_for_checkpoint(node, meta.get("epoch"))
-        if why:
-            return M.encode(M.reply(M.RETRY, why, epoch=node.epoch))
         async with node.lock:
+            if not why and meta.get("epoch") not in (None, node.epoch):
+                why = f"the ring moved on to {node.epoch} meanwhile"
+            if why:
+                return M.encode(M.reply(M.RETRY, why, epoch=node.epoch))
             path = save_server(meta["checkpoint"], node, int(meta.get("generation", 0)))
-            out["ranges"] = node.ring.ranges_of(node.name, "master")
+            out["ranges"] = node.ring.ranges_of(node.name, "master") if node.ring else []
         out["file"] = str(path)
     if meta.get("metrics"):
         out["metrics"] = snapshot(node)
