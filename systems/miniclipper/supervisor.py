@@ -92,6 +92,7 @@ class ReplicaSupervisor:
             await asyncio.to_thread(self.group.stop, child.name, 2.0)
             return None
         self.children.setdefault(model, {})[rid] = child
+        self.abandoned.get(model, {}).pop(rid, None)  # running again, however it started
         self.executor.add_replica(model, rid, f"127.0.0.1:{child.info['port']}", child.pid)
         self._count(model)
         return child
@@ -147,7 +148,6 @@ class ReplicaSupervisor:
                     return  # scaled away while we backed off: nothing to restart
                 try:
                     await self._spawn(model, rid)
-                    self.abandoned.get(model, {}).pop(rid, None)
                     return
                 except RuntimeError as e:  # it died while starting: back off and retry
                     err = e

@@ -1,12 +1,14 @@
 """The model container process (systems/miniclipper/container.py), driven over gRPC."""
 
+import time
+
 import numpy as np
 import pytest
 
 from common import rpc
 from common.procs import ProcessGroup
 from common.wire import pack, unpack
-from systems.miniclipper.container import SERVICE, model_dir_in_store
+from systems.miniclipper.container import SERVICE, ModelContainer, model_dir_in_store
 from systems.miniclipper.datatypes import decode_outputs, encode_batch
 from systems.miniclipper.deployers import save_python_closure
 
@@ -121,3 +123,26 @@ def test_containers_load_only_from_their_store(container, tmp_path):
     with pytest.raises(RuntimeError, match="exited with code"):
         group.spawn("escape", "systems.miniclipper.container",
                     ["--store", str(store), "--model", "../outside"], ready_timeout=30)
+
+
+SLOW_SLEEP_S = 0.1
+
+
+def _sleepy_slow(xs):
+    time.sleep(SLOW_SLEEP_S)
+    return [0.0] * len(xs)
+
+
+def _batch_s(c):
+    t0 = time.perf_counter()
+    meta, outs, _ = decode_outputs(c.Predict(encode_batch([np.zeros(2)], "doubles", {}), None))
+    assert "error" not in meta and outs == [0.0]
+    return time.perf_counter() - t0
+
+
+def test_slowdown_makes_a_batch_take_f_times_its_compute_not_f_plus_one():
+    c = ModelContainer(_sleepy_slow, {}, "sleepy/1")
+    base = min(_batch_s(c) for _ in range(2))
+    c.slowdown = 3.0
+    slow = min(_batch_s(c) for _ in range(2))
+    assert 2.7 * base <= slow < 3.5 * base, (base, slow)  # 3x, not 4x

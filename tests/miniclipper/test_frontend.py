@@ -3,6 +3,7 @@ task_executor.py): real frontend and container processes over loopback."""
 
 import concurrent.futures as cf
 import json
+import os
 import time
 
 import grpc
@@ -11,7 +12,11 @@ import pytest
 
 from common import rpc
 from common.wire import pack, unpack
-from systems.miniclipper import BatchingConfig, deploy_python_closure, deploy_sklearn_model
+from systems.miniclipper import (
+    BatchingConfig,
+    deploy_python_closure,
+    deploy_sklearn_model,
+)
 from systems.miniclipper.frontend import QUERY_SERVICE, UNKNOWN_APP
 
 from .conftest import metric, post, scrape
@@ -390,3 +395,169 @@ def test_sampled_queries_are_traced_from_frontend_to_container(apps, tmp_path):
     assert {"query", "queue", "rpc", "container"} <= names
     starts = {e["id"] for e in events if e["ph"] == "s"}
     assert starts & {e["id"] for e in events if e["ph"] == "f"}
+
+
+def _first(xs):
+    return [float(x[0]) for x in xs]
+
+
+def _slow_first(xs):
+    import time
+    time.sleep(0.2)
+    return [float(x[0]) for x in xs]
+
+
+def _url(c, app, op="predict"):
+    return f"http://{c.get_query_addr()}/{app}/{op}"
+
+
+def test_feedback_gets_more_time_than_a_tight_slo(clipper):
+    """update() evaluates the feedback models with max(1 s, 10 x SLO): an app whose SLO
+    (5 ms) is shorter than its model's compute (200 ms) still learns from feedback."""
+    c = clipper
+    c.register_application("tight", "doubles", -1, 5_000, selection_policy="exp4")
+    deploy_python_closure(c, "slowfirst", 1, "doubles", _slow_first)
+    c.link_model_to_app("tight", "slowfirst")
+    code, r = post(_url(c, "tight", "update"), {"input": [3.0, 1.0], "label": 3.0})
+    assert code == 200 and r["ok"] is True and r["models_evaluated"] == ["slowfirst"]
+
+
+def test_the_default_ratio_counts_only_default_answers(clipper):
+    c = clipper
+    c.register_application("fine", "doubles", -1, 10_000_000)
+    deploy_python_closure(c, "first", 1, "doubles", _first)
+    c.link_model_to_app("fine", "first")
+    for v in range(3):
+        code, r = post(_url(c, "fine"), {"input": [float(v), 1.0]})
+        assert code == 200 and r["default"] is False and r["output"] == float(v)
+    assert metric(scrape(c), "clipper_app_default_ratio", app="fine") == 0.0
+
+
+def test_linking_a_model_twice_links_it_once(clipper):
+    c = clipper
+    c.register_application("twice", "doubles", -1, 10_000_000, selection_policy="exp3")
+    deploy_python_closure(c, "once", 1, "doubles", _first)
+    c.link_model_to_app("twice", "once")
+    c.link_model_to_app("twice", "once")
+    info = c.get_app_info("twice")
+    assert info["linked_models"] == ["once"]
+    assert list(info["selection_state"]["weights"]) == ["once"]
+
+
+def test_a_model_path_relative_to_the_callers_directory_deploys(clipper, tmp_path,
+                                                                monkeypatch):
+    """deploy_model resolves the path where the caller runs: the server refuses a
+    relative path (its working directory is not the caller's)."""
+    from systems.miniclipper.deployers import save_python_closure
+
+    c = clipper
+    src = save_python_closure(_first)
+    monkeypatch.chdir(os.path.dirname(src))
+    c.deploy_model("rel", 1, "doubles", os.path.basename(src))
+    c.register_application("relapp", "doubles", -1, 10_000_000)
+    c.link_model_to_app("relapp", "rel")
+    assert c.predict("relapp", [7.0])["output"] == 7.0
+
+
+def test_container_control_refuses_a_speed_up(clipper):
+    """slowdown is how many times slower, 1..1000: 0.5 is not a slow-down (a 400)."""
+    c = clipper
+    deploy_python_closure(c, "ctl", 1, "doubles", _first)
+    mgmt = f"http://{c.cm.get_admin_addr()}/admin"
+    code, r = post(f"{mgmt}/container_control", {"model_name": "ctl", "slowdown": 0.5})
+    assert code == 400 and "slowdown" in r["cause"]
+
+
+def test_health_counts_every_input_of_a_batch(clipper):
+    c = clipper
+    c.register_application("counted", "doubles", -1, 10_000_000)
+    deploy_python_closure(c, "counter", 1, "doubles", _first)
+    c.link_model_to_app("counted", "counter")
+
+    def inputs():
+        return sum(r["health"]["inputs"] for r in c.get_all_model_replicas(verbose=True)
+                   if r["model"] == "counter:1")
+    before = inputs()
+    xs = np.random.default_rng(3).standard_normal((5, 2)).tolist()
+    r = c.predict("counted", batch=xs)
+    assert [p["output"] for p in r["batch_predictions"]] == [x[0] for x in xs]
+    assert inputs() - before == 5
+
+
+def test_feedback_with_a_stray_field_is_refused(clipper):
+    c = clipper
+    c.register_application("strict", "doubles", -1, 10_000_000)
+    code, r = post(_url(c, "strict", "update"), {"input": [1.0], "label": 1, "weight": 3})
+    assert code == 400 and "feedback must be" in r["cause"]
+
+
+def test_an_app_with_no_linked_model_says_so(clipper):
+    c = clipper
+    c.register_application("lonely", "doubles", "nobody", 10_000_000)
+    r = c.predict("lonely", [1.0])
+    assert r["default"] is True and r["output"] == "nobody"
+    assert r["default_explanation"] == "No connected models found for query"
+
+
+def test_management_refuses_booleans_for_numbers_and_a_zero_input_length(clipper):
+    c = clipper
+    mgmt = f"http://{c.cm.get_admin_addr()}/admin"
+    base = {"input_type": "doubles", "default_output": 0, "latency_slo_micros": 1000}
+    code, r = post(f"{mgmt}/add_app", {**base, "name": "booly", "latency_slo_micros": True})
+    assert code == 400 and "latency_slo_micros" in r["cause"]
+    code, r = post(f"{mgmt}/add_app", {**base, "name": "zerolen", "input_length": 0})
+    assert code == 400 and "input_length must be in" in r["cause"]
+    assert not {"booly", "zerolen"} & set(c.get_all_apps())
+
+
+def test_a_scrape_changes_no_counter(clipper):
+    """GET /metrics brings the scrape-time counters up to date: scraping again with no
+    query in between must leave every *_total as it was (each scrape used to be able
+    to add the running total again). Tasks expired in a queue make the dropped counter
+    non-zero first: a 5 ms SLO in front of a model that takes 200 ms."""
+    import concurrent.futures as cf
+
+    c = clipper
+    c.register_application("hurry", "doubles", -1, 5_000)
+    deploy_python_closure(c, "dawdler", 1, "doubles", _slow_first,
+                          batching={"policy": "static", "size": 1, "max_size": 1})
+    c.link_model_to_app("hurry", "dawdler")
+    with cf.ThreadPoolExecutor(6) as pool:
+        list(pool.map(lambda v: post(_url(c, "hurry"), {"input": [100.0 + v]}), range(6)))
+    t_end = time.monotonic() + 5
+    while time.monotonic() < t_end:  # let the queue drain (its last tasks expire)
+        if metric(scrape(c), "clipper_queue_length", model="dawdler:1") == 0:
+            break
+        time.sleep(0.1)
+    time.sleep(0.5)
+    a = scrape(c)
+    b = scrape(c)
+    totals = {k: v for k, v in a.items() if k[0].endswith("_total")}
+    assert totals and {k: b.get(k) for k in totals} == totals
+    assert metric(a, "clipper_cache_lookups_total") > 0
+    assert metric(a, "clipper_queue_dropped_total", model="dawdler:1") > 0
+
+
+def test_grpc_integers_that_do_not_fit_int32_are_refused_not_wrapped(clipper):
+    """REST refuses 2**40 for an "integers" app; the gRPC array path must too, not
+    wrap it to another number the model then answers for."""
+    import json
+
+    import grpc
+
+    from common import rpc
+    from common.wire import pack, unpack
+    from systems.miniclipper.frontend import QUERY_SERVICE
+
+    c = clipper
+    c.register_application("ints", "integers", -1, 10_000_000)
+    deploy_python_closure(c, "intfirst", 1, "integers", lambda xs: [int(x[0]) for x in xs])
+    c.link_model_to_app("ints", "intfirst")
+    with rpc.channel(c.cm.get_grpc_addr()) as ch:
+        call = rpc.method(ch, QUERY_SERVICE, "Predict")
+        meta, _ = unpack(call(pack({"app": "ints"}, [np.array([7, 1], np.int64)]), timeout=10))
+        assert meta["predictions"][0]["output"] == 7
+        with pytest.raises(grpc.RpcError) as e:
+            call(pack({"app": "ints"}, [np.array([2**40 + 7, 1], np.int64)]), timeout=10)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "does not fit" in json.loads(e.value.details())["cause"]

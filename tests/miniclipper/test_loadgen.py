@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from aiohttp import web
 
+from systems.miniclipper import loadgen
 from systems.miniclipper.datatypes import parse_input
 from systems.miniclipper.loadgen import (
     LoadSpec,
@@ -127,3 +128,67 @@ def test_runs_in_its_own_process(stalling_server):
                                phases=[(0.5, 100.0)]))
     assert out["sent"] == out["ok"] > 20 and out["errors"] == 0
     assert out["pid"] != os.getpid()  # its own interpreter, CPU time and event loop
+
+
+def test_a_silent_phase_still_takes_its_time():
+    t, phase = poisson_arrivals([(1.0, 0.0), (1.0, 200.0), (0.5, 0.0), (1.0, 200.0)], seed=1)
+    assert set(phase.tolist()) == {1, 3}
+    assert t[phase == 1].min() >= 1.0 and t[phase == 1].max() < 2.0
+    assert t[phase == 3].min() >= 2.5 and t[phase == 3].max() < 3.5
+
+
+def test_hot_queries_repeat_only_the_hot_set():
+    pool = [[float(i), 0.0] for i in range(50)]
+    bodies, hot = make_bodies(LoadSpec("u", pool, hot_fraction=1.0, hot_set=3), 400,
+                              np.random.default_rng(0))
+    assert hot.all()
+    assert {tuple(json.loads(b)["input"]) for b in bodies} <= {tuple(x) for x in pool[:3]}
+
+
+def _rec():
+    # phase 0 (2 s): 3 answered in time, 1 rejected; phase 1 (0.5 s): 1 answered late,
+    # 1 failed; hot: one slow failure, one fast answer
+    return {"latency": [0.001, 0.002, 0.003, 0.001, 0.5, 9.0],
+            "status": [200, 200, 200, 429, 200, -1],
+            "default": [False] * 6, "hot": [True, False, False, False, False, True],
+            "phase": [0, 0, 0, 0, 1, 1], "scheduled": [0.0] * 6}
+
+
+def test_throughput_counts_answers_only_and_phases_use_their_own_length():
+    s = summarize_records(_rec(), slo_s=0.02, duration_s=2.5, phases=[(2.0, 2.0), (0.5, 4.0)])
+    assert s["throughput_qps"] == pytest.approx(4 / 2.5)  # the 429 and the failure: no
+    assert s["goodput_qps"] == pytest.approx(3 / 2.5)
+    p0, p1 = s["phases"]
+    assert p0["goodput_qps"] == pytest.approx(3 / 2.0)
+    assert p0["throughput_qps"] == pytest.approx(3 / 2.0)
+    assert p1["throughput_qps"] == pytest.approx(1 / 0.5) and p1["goodput_qps"] == 0.0
+    assert p1["offered_qps"] == 4.0
+
+
+def test_hot_and_cold_medians_are_of_answered_queries():
+    s = summarize_records(_rec(), slo_s=0.02, duration_s=2.5)
+    assert s["hot_p50_ms"] == pytest.approx(1.0)  # the hot failure (9 s) is not an answer
+    assert s["cold_p50_ms"] == pytest.approx(np.median([2.0, 3.0, 500.0]))
+
+
+def test_latency_counts_from_the_scheduled_send_even_when_the_generator_is_late(monkeypatch):
+    """Coordinated omission: the generator's own stall (here its first send blocks the
+    event loop 0.3 s) delays the sends due meanwhile; their latency must include that
+    delay, since a real user would have waited it."""
+    calls = []
+
+    async def post(session, url, body):
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            time.sleep(0.3)  # blocks the loop: everything due now goes out late
+        return 200, False
+    monkeypatch.setattr(loadgen, "_post", post)
+    spec = LoadSpec("http://127.0.0.1:9/x/predict", [[1.0]], phases=[(0.6, 200.0)])
+    out = asyncio.run(loadgen._run(spec))
+    lat = np.asarray(out["records"]["latency"])
+    sched = np.asarray(out["records"]["scheduled"])
+    first = sched.min()
+    late = (sched > first + 0.01) & (sched < first + 0.2)  # due while the loop was blocked
+    assert late.sum() >= 10
+    # each was sent when the stall ended, ~0.3 s after the first was due
+    np.testing.assert_array_less(first + 0.28 - sched[late] - 0.02, lat[late])

@@ -1,15 +1,21 @@
 """Container death (systems/miniclipper/supervisor.py and task_executor.py): a container
 SIGKILLed under load leaves the frontend answering, and the replica is restarted."""
 
+import asyncio
 import os
 import signal
+import tempfile
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from systems.miniclipper import deploy_python_closure
+from systems.miniclipper import supervisor as S
+from systems.miniclipper.metrics import Metrics
+from systems.miniclipper.supervisor import ReplicaSupervisor
 
 from .conftest import metric, post, scrape
 
@@ -276,3 +282,100 @@ def test_scaling_to_zero_during_a_restart_leaves_no_replica():
     running = set(group.started) - set(group.stopped)
     assert len(running) == 1 and [c.name for c in children.values()] == list(running)
     assert len(added) == 2  # the first replica, then the one that won the race
+
+
+class Group:
+    """Stand-in ProcessGroup: spawn fails (the model cannot load) while ``fail``."""
+
+    def __init__(self):
+        self.fail, self.spawns, self.stopped = False, 0, []
+
+    def spawn(self, name, module, args, ready_timeout=0):
+        self.spawns += 1
+        if self.fail:
+            raise RuntimeError(f"{name} exited with 1 before READY\nTraceback ...")
+        return SimpleNamespace(name=name, pid=1000 + self.spawns, info={"port": 1},
+                               alive=lambda: True)
+
+    def stop(self, name, timeout):
+        self.stopped.append(name)
+
+
+class Executor:
+    def __init__(self):
+        self.replicas, self.unavailable = {}, {}
+
+    def add_replica(self, model, rid, address, pid):
+        self.replicas[(model, rid)] = pid
+        self.unavailable.pop(model, None)
+
+    async def remove_replica(self, model, rid):
+        self.replicas.pop((model, rid), None)
+
+    def no_replicas(self, model, why):
+        self.unavailable[model] = why
+
+
+def _run(monkeypatch, attempts, backoff, body):
+    monkeypatch.setattr(S, "RESTART_ATTEMPTS", attempts)
+    monkeypatch.setattr(S, "RESTART_BACKOFF_S", backoff)
+    sleeps, real_sleep = [], asyncio.sleep
+
+    async def sleep(d, *a, **k):
+        if d >= backoff / 2:
+            sleeps.append(round(d, 6))
+        return await real_sleep(0)
+    monkeypatch.setattr(asyncio, "sleep", sleep)
+    ex, model = Executor(), ("m", "1")
+    sup = ReplicaSupervisor(tempfile.mkdtemp(), ex, Metrics())
+    sup.group = Group()
+    return asyncio.run(body(sup, ex, model)), sleeps
+
+
+def test_a_replica_that_cannot_restart_backs_off_doubling_then_is_given_up(monkeypatch):
+    async def body(sup, ex, model):
+        await sup.set_num_replicas(model, 1)
+        sup.group.fail, before = True, sup.group.spawns
+        await sup.restart(model, 0, "process exited with -9")
+        return sup, ex, sup.group.spawns - before
+    (sup, ex, tries), sleeps = _run(monkeypatch, 4, 0.01, body)
+    assert tries == 4  # RESTART_ATTEMPTS starts, no fewer
+    assert sleeps == [0.01, 0.02, 0.04, 0.08]  # 0.5 s, 1 s, ... doubling (Docker's way)
+    assert sup.restarts[("m", "1")] == 1
+    assert "failed to start 4 times" in sup.abandoned[("m", "1")][0]
+    assert sup.replicas_of(("m", "1")) == {} and "no replica is running" in \
+        ex.unavailable[("m", "1")]
+
+
+def test_a_restart_that_succeeds_clears_an_earlier_give_up(monkeypatch):
+    """Given up, then brought back (set_num_replicas), then killed and restarted: the
+    replica runs, so get_model must no longer list it as abandoned."""
+    async def body(sup, ex, model):
+        await sup.set_num_replicas(model, 1)
+        sup.group.fail = True
+        await sup.restart(model, 0, "exited")
+        assert sup.abandoned[model]
+        sup.group.fail = False
+        await sup.set_num_replicas(model, 1)  # the admin starts it again
+        await sup.restart(model, 0, "exited again")  # it dies; this restart works
+        return sup
+    (sup), _ = _run(monkeypatch, 2, 0.01, body)
+    assert 0 in sup.replicas_of(("m", "1"))
+    assert sup.abandoned.get(("m", "1"), {}) == {}
+    assert sup.restarts[("m", "1")] == 2
+
+
+def test_a_replica_started_again_after_a_give_up_is_not_listed_as_abandoned(monkeypatch):
+    """BUG (fails on the original): the supervisor gave up on replica 0; the admin then
+    starts it again with set_num_replicas and it runs, but get_model still reports it
+    in abandoned_replicas (only a later successful *restart* clears the entry)."""
+    async def body(sup, ex, model):
+        await sup.set_num_replicas(model, 1)
+        sup.group.fail = True
+        await sup.restart(model, 0, "exited")
+        sup.group.fail = False
+        await sup.set_num_replicas(model, 1)
+        return sup
+    sup, _ = _run(monkeypatch, 2, 0.01, body)
+    assert 0 in sup.replicas_of(("m", "1"))
+    assert sup.abandoned.get(("m", "1"), {}) == {}

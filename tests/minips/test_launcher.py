@@ -6,12 +6,13 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from systems.minips.launcher import ClusterSpec, launch
+from systems.minips.launcher import ClusterSpec, launch, summarize
 
 
 def test_cli_launch_trains_the_mlp_and_reports_metrics_and_a_trace(tmp_path):
@@ -235,3 +236,45 @@ def test_apps_that_push_one_value_per_key_refuse_another_val_len():
         with pytest.raises(ValueError, match="val_len 2: .* push one value per key"):
             ClusterSpec(app=app, audit=audit, val_len=2).config(None)
     ClusterSpec(app={"name": "count"}, val_len=2, key_max=64).config(None)  # the KV tests'
+
+
+@dataclass
+class _Spec:
+    steps: int = 5
+
+
+@dataclass
+class _FakeCluster:
+    """What summarize() reads from a Cluster: its spec, run_dir and collect()."""
+    metrics: dict
+    reports: dict
+    spec: _Spec = field(default_factory=_Spec)
+    run_dir: str = "/nonexistent"
+
+    def collect(self):
+        return {"reports": self.reports, "metrics": self.metrics, "trace": None}
+
+
+def _report(clocks):
+    return {"idle_fraction": 0.0, "step_s": 0.1, "clocks": clocks, "filters": {},
+            "timeline": [(0.0, 0, 0, 0, 1.0, 0.0)]}
+
+
+def test_summary_numbers_are_sums_maxima_and_rebased_curves(monkeypatch):
+    monkeypatch.setattr("systems.minips.launcher.asdict", lambda spec: {})
+    metrics = {"w0": {"bytes_sent": 100, "bytes_received": 1000, "max_recovery_s": 0.5},
+               "w1": {"bytes_sent": 20, "bytes_received": 3, "max_recovery_s": 2.5},
+               "s0": {"bytes_sent": 7777, "bytes_received": 8888},
+               "scheduler": {}}
+    cl = _FakeCluster(metrics, {"w0": _report(5), "w1": _report(5)})
+    curve = [{"t": 10.0, "objective": 9.0}, {"t": 11.0, "objective": 8.0},
+             {"t": 12.5, "objective": 3.0}, {"t": 13.0, "objective": 2.0}]
+    status = {"barriers": {"init": 12.0}, "events": [], "epoch": 1, "reports": {}}
+    out = summarize(cl, status, curve, None)
+    # the workers' traffic both ways; the servers' is not the workers'
+    assert out["worker_bytes"] == 100 + 1000 + 20 + 3
+    assert out["max_recovery_s"] == 2.5
+    # the curve starts at the training start with the last value measured before it
+    assert out["curve"] == [{"t": 0.0, "objective": 8.0}, {"t": 0.5, "objective": 3.0},
+                            {"t": 1.0, "objective": 2.0}]
+    assert out["final"] == {"t": 1.0, "objective": 2.0}

@@ -1,6 +1,7 @@
 """Per-node metrics: counters, Prometheus text, atomic files, trace events."""
 
 import json
+import time
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -20,3 +21,15 @@ def test_counters_export_as_prometheus_and_json(tmp_path):
     assert load_all(tmp_path)["s0"]["bytes_received"] == 40
     trace = json.loads((tmp_path / "trace-s0.json").read_text())
     assert any(e.get("name") == "push" and e["ph"] == "X" for e in trace["traceEvents"])
+
+
+def test_cpu_seconds_count_from_the_start_of_the_real_work():
+    m = NodeMetrics("n", "worker", trace=False)
+    t_end = time.process_time() + 0.3
+    while time.process_time() < t_end:  # start-up work, left out
+        pass
+    m.start_cpu_clock()
+    t_end = time.process_time() + 0.1
+    while time.process_time() < t_end:
+        pass
+    assert 0.09 <= m.snapshot()["cpu_s"] < 0.25

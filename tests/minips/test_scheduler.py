@@ -1,13 +1,18 @@
 """The scheduler (server manager and task scheduler, paper sections 4.3 and 4.5)."""
 
+import asyncio
+import signal
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
 
 from systems.minips import message as M
 from systems.minips.kv import KVWorker
-from systems.minips.launcher import ClusterSpec, launch
+from systems.minips.launcher import Cluster, ClusterSpec, launch
+from systems.minips.message import decode, encode
+from systems.minips.scheduler import Scheduler
 
 
 def test_a_killed_workers_shard_is_finished_by_another_and_bsp_does_not_hang(tmp_path):
@@ -111,3 +116,159 @@ def test_the_death_of_the_last_copy_fails_the_job_whatever_the_replication_was()
     survived, failure = asyncio.run(main())
     assert survived is None and "no other server keeps a copy" in failure
     assert "though the job ran with replication 2" in failure  # not "run with R >= 2"
+
+
+def _sched(workers=3, steps=10, **cfg):
+    s = Scheduler({"num_workers": workers, "steps": steps, "num_servers": 2, "key_max": 1000,
+                   "vnodes": 4, "replication": 2, "hb_interval": 0.05, "hb_timeout": 0.3,
+                   "worker_timeout": 30.0, **cfg})
+    s.broadcast = lambda: None  # no servers to tell
+    return s
+
+
+def _hb(s, name, **meta):
+    return decode(asyncio.run(s.Heartbeat(encode({"role": "worker", "name": name, **meta}),
+                                          None)))[0]
+
+
+def test_the_heir_is_the_least_loaded_live_worker():
+    """Section 4.5: the unfinished shard goes to the live worker with the least work."""
+    s = _sched(workers=4)
+    s.progress.update({0: 2, 1: 5, 2: 9, 3: 0})  # remaining: w0 8, w2 1, w3 10
+    s.remove_worker("w1", "no heartbeat")
+    assert s.workers["w2"]["shards"] == [2, 1]
+    assert [s.workers[n]["shards"] for n in ("w0", "w3")] == [[0], [3]]
+
+
+def test_a_retired_heir_rejoins_the_clock_set():
+    """w2 finished its own shard and retired (BSP no longer waits for it); when it
+    inherits w1's unfinished shard it trains again, so the servers must wait on its
+    clocks again, or BSP pulls run ahead of its pushes."""
+    s = _sched()
+    s.progress.update({0: 3, 1: 4, 2: 10})
+    s.workers["w2"]["retired"] = True
+    s.workers["w0"]["shards"].append(99)  # w0 is the busier one
+    s.progress[99] = 0
+    assert s.clock_workers() == ["w0", "w1"]
+    s.remove_worker("w1", "no heartbeat")
+    assert s.workers["w2"]["shards"] == [2, 1]
+    assert s.clock_workers() == ["w0", "w2"]
+
+
+def test_a_worker_with_an_unfinished_inherited_shard_cannot_retire():
+    """A heartbeat that still says retire (sent before the worker saw its new shard)
+    must not take the heir out of the clock set while that shard is unfinished."""
+    s = _sched()
+    s.progress.update({0: 3, 1: 4, 2: 10})
+    s.remove_worker("w1", "no heartbeat")
+    r = _hb(s, "w2", retire=True, progress={"2": 10}, clock=12)
+    assert r["shards"] == [2, 1] and r["progress"] == {"2": 10, "1": 4}
+    assert not s.workers["w2"]["retired"] and "w2" in s.clock_workers()
+    _hb(s, "w2", retire=True, progress={"2": 10, "1": 10}, clock=20)
+    assert s.workers["w2"]["retired"]  # both done: now it may
+
+
+def test_reported_progress_never_moves_back():
+    s = _sched()
+    _hb(s, "w0", progress={"0": 7})
+    _hb(s, "w0", progress={"0": 5})  # a late heartbeat, sent before the other
+    assert s.progress[0] == 7
+
+
+def test_an_heir_starts_from_the_slowest_other_workers_clock():
+    s = _sched()
+    _hb(s, "w0", clock=5)
+    _hb(s, "w1", clock=9)
+    assert _hb(s, "w2", clock=0)["clock_floor"] == 5
+
+
+def test_a_barrier_waits_for_every_live_worker():
+    s = _sched(workers=2)
+
+    async def main():
+        first = asyncio.ensure_future(s.Barrier(encode({"name": "w0", "barrier": "b"}), None))
+        await asyncio.sleep(0.5)
+        early = first.done()
+        await s.Barrier(encode({"name": "w1", "barrier": "b"}), None)
+        await asyncio.wait_for(first, 2.0)
+        return early
+    assert asyncio.run(main()) is False
+
+
+def test_stop_takes_every_worker_out_of_the_clock_set():
+    """Stop: workers finish their current step and exit; a BSP pull of one must not
+    wait on another that will never push the next clock."""
+    s = _sched()
+    v = s.members_version
+    asyncio.run(s.Stop(encode({}), None))
+    assert s.clock_workers() == [] and s.members_version == v + 1
+    assert _hb(s, "w0")["stop"] is True
+
+
+def test_a_silent_server_is_removed_after_hb_timeout_not_worker_timeout():
+    """Servers are judged by hb_timeout (0.3 s here), workers by worker_timeout (30 s)."""
+    s = _sched()
+
+    async def main():
+        for n in ("s0", "s1", "s2"):
+            s.servers[n] = {"addr": n, "alive": True, "incarnation": 0,
+                            "last_hb": time.monotonic()}
+        s.commit(["s0", "s1", "s2"], "initial")
+        mon = asyncio.ensure_future(s.monitor())
+        t_end = time.monotonic() + 3
+        while time.monotonic() < t_end and s.servers["s2"]["alive"]:
+            for n in ("s0", "s1"):
+                s.servers[n]["last_hb"] = time.monotonic()
+            await asyncio.sleep(0.05)
+        mon.cancel()
+        return time.monotonic() - (t_end - 3)
+    took = asyncio.run(main())
+    assert not s.servers["s2"]["alive"] and s.ring_servers == ["s0", "s1"]
+    assert took < 2.0
+    assert all(w["alive"] for w in s.workers.values())
+
+
+def test_after_the_job_failed_every_new_request_fails_at_once_with_the_reason(tmp_path):
+    """recovery._job_failed: once the scheduler ends the job (a server died holding the
+    only copy), a new request must fail with that reason, not be resent forever."""
+    spec = ClusterSpec(servers=2, workers=0, app={"name": "count"}, key_max=64,
+                       replication=1)
+    with Cluster(spec, tmp_path) as cl:
+        cl.start(workers=False)
+        kv = cl.client("c")
+        keys = np.arange(64, dtype=np.uint64)
+        kv.wait(kv.push(keys, np.ones((64, 1), np.float32)))
+        cl.signal("s1", signal.SIGKILL)
+        t_end = time.monotonic() + 20
+        while not kv.hb_state.get("failure") and time.monotonic() < t_end:
+            time.sleep(0.05)
+        assert "s1 died" in kv.hb_state["failure"]
+        time.sleep(0.2)  # the heartbeat thread records it right after
+        # refused when made (KVWorker._new), not sent and failed by a later heartbeat:
+        # a push sent after the failure could still be applied by a surviving server
+        with pytest.raises(M.PSError, match="no other server keeps a copy"):
+            kv.pull(keys)
+        with pytest.raises(M.PSError, match="no other server keeps a copy"):
+            kv.push(keys, np.ones((64, 1), np.float32))
+
+
+@dataclass
+class _Spec:
+    steps: int = 5
+
+
+@dataclass
+class _FakeCluster:
+    """What summarize() reads from a Cluster: its spec, run_dir and collect()."""
+    metrics: dict
+    reports: dict
+    spec: _Spec = field(default_factory=_Spec)
+    run_dir: str = "/nonexistent"
+
+    def collect(self):
+        return {"reports": self.reports, "metrics": self.metrics, "trace": None}
+
+
+def _report(clocks):
+    return {"idle_fraction": 0.0, "step_s": 0.1, "clocks": clocks, "filters": {},
+            "timeline": [(0.0, 0, 0, 0, 1.0, 0.0)]}

@@ -9,8 +9,10 @@ import numpy as np
 
 from systems.minips import message as M
 from systems.minips import transitions
-from systems.minips.ring import Ring
+from systems.minips.clock import NEVER
+from systems.minips.ring import Ring, intersect, subtract
 from systems.minips.server import KVServer
+from systems.minips.transitions import booked, note, restrict
 
 
 def _server_on(ring):
@@ -205,3 +207,151 @@ def test_a_fallback_copy_never_lands_on_a_catch_up_that_came_while_it_was_asked_
     s = _fallback_run(monkeypatch, make_fetch, 0.2)
     assert s.store.get(np.array([520], np.uint64)).item() == 9.0
     assert s.repl.not_ready == [(737, 917)]
+
+
+def test_booked_counts_the_epochs_after_and_up_to_its_bounds():
+    """``booked(book, after, upto)`` is the copies for rings of epochs in (after, upto]:
+    a copy for the ring being left is not 'for a later ring'."""
+    book = {}
+    note(book, 2, [(0, 10)])
+    note(book, 3, [(10, 20)])
+    note(book, 4, [(30, 40)])
+    assert booked(book, after=3) == [(30, 40)]
+    assert booked(book, upto=3) == [(0, 20)]
+    assert booked(book, after=2, upto=3) == [(10, 20)]
+
+
+def test_restrict_cuts_the_clocks_to_the_kept_ranges():
+    """A copy cut down to the ranges its receiver still waits for must not bring clocks
+    for the rest: they would overwrite the receiver's own clocks there."""
+    meta = {"ranges": [(0, 300)],
+            "clocks": {"w0": [(0, 100, 5), (100, 300, 7)], "w1": [(0, 300, 2)]}}
+    restrict(meta, [(50, 150), (250, 260)])
+    assert meta["ranges"] == [(50, 150), (250, 260)]
+    assert meta["clocks"] == {"w0": [(50, 100, 5), (100, 150, 7), (250, 260, 7)],
+                              "w1": [(50, 150, 2), (250, 260, 2)]}
+
+
+def test_a_snapshot_asked_for_by_a_server_in_a_newer_ring_is_refused():
+    """Our ring may be wrong when the asker is ahead: a range we still think we hold
+    may have moved on, and a copy of it could be stale."""
+    r1, _, _ = _rings()
+
+    async def run():
+        s = await _server_on(r1)
+        s.store.assign(np.array([10], np.uint64), np.array([[5.0]], np.float32))
+        s.refresh_soon = lambda: None  # no scheduler here
+        return [M.decode(await s.repl.Snapshot(M.encode({"ranges": [(0, 50)], "track": False,
+                                                          "epoch": e}), None))[0]
+                for e in (1, 2)]
+    same, ahead = asyncio.run(run())
+    assert same["code"] == M.OK and ahead["code"] == M.NOT_HELD
+
+
+def test_a_broken_master_resends_every_range_to_every_replica(monkeypatch):
+    """A master whose forward failed is broken: in its next transition it copies every
+    range it masters to all its replicas, not only to the new ones."""
+    r1, r2, _ = _rings()
+    sent = []
+
+    async def run():
+        s = await _server_on(r1)
+
+        async def sync_to(replica, ranges):
+            sent.append((replica, ranges))
+            return True
+        monkeypatch.setattr(s.repl, "sync_to", sync_to)
+        s.repl.broken = True
+        await s.repl.transition(r2)  # the same servers: no replica is new
+        return s
+    s = asyncio.run(run())
+    want = {(r, (pc.begin, pc.end)) for pc in r2.pieces if pc.master == "s0"
+            for r in pc.replicas}
+    assert want and {(r, tuple(x)) for r, rs in sent for x in rs} == want
+    assert s.repl.broken is False  # every copy went through
+
+
+def test_a_caught_up_range_whose_replica_copy_failed_leaves_the_master_broken(monkeypatch):
+    """finish(): the new master serves a caught-up range, but if copying it to a replica
+    failed, that replica lacks it and the master must resync (broken) before acking."""
+    r1, _, _ = _rings()
+
+    async def run():
+        s = await _server_on(r1)
+
+        async def sync_to(replica, ranges):
+            return False
+        monkeypatch.setattr(s.repl, "sync_to", sync_to)
+        mine = [(pc.begin, pc.end) for pc in r1.pieces if pc.master == "s0"]
+        s.repl.not_ready = mine[:1]
+        await s.repl.finish(mine[:1])
+        return s
+    s = asyncio.run(run())
+    assert s.repl.not_ready == [] and s.repl.broken is True
+
+
+def test_a_rejoin_forgets_copies_booked_before_it(monkeypatch):
+    """A server declared dead rejoins as a new one: copies booked before (for epochs it
+    will enter again) describe data it dropped and must not count as caught up."""
+    r1, _, r3 = _rings()
+    pending = Ring(["s0", "s1", "s2"], key_max=1000, vnodes=4, replication=2, epoch=4)
+    seen = []
+
+    async def run():
+        s = await _server_on(r1)
+        s.repl.caught_up = {4: [(0, 1000)]}
+        s.repl.synced = {4: [(0, 1000)]}
+
+        async def fetch(server, ranges, track, install=True):
+            seen.append((dict(s.repl.caught_up), dict(s.repl.synced)))
+            return None  # the pre-copy fails: join gives up (and would be retried)
+        monkeypatch.setattr(s.repl, "fetch", fetch)
+        return await s.repl.join({"pending": pending.to_dict(), "ring": r3.to_dict(),
+                                  "addrs": {}})
+    assert asyncio.run(run()) is False
+    assert seen and seen[0] == ({}, {})
+
+
+def test_a_dropped_range_forgets_its_clocks():
+    """A range a server no longer holds loses its data and its clocks: should it come
+    back (a later join, a copy installed with full=False), stale clocks would make the
+    server drop new pushes there as resends."""
+    kw = dict(key_max=1000, vnodes=4, replication=2)
+    r1 = Ring(["s0", "s1", "s2"], epoch=1, **kw)
+    r2 = Ring(["s0", "s1", "s2", "s3"], epoch=2, **kw)
+    lost = subtract(r1.ranges_of("s0", "any"), r2.ranges_of("s0", "any"))
+    assert lost
+
+    async def run():
+        s = await _server_on(r1)
+        for b, e in r1.ranges_of("s0", "any"):
+            s.clocks.of("w0").set(b, e, 9)
+        await s.repl.transition(r2)
+        return s
+    s = asyncio.run(run())
+    for b, e in lost:
+        assert s.clocks.of("w0").min(b, e) == NEVER, (b, e)
+    kept = intersect(r1.ranges_of("s0", "any"), r2.ranges_of("s0", "any"))
+    assert all(s.clocks.of("w0").min(b, e) == 9 for b, e in kept)
+
+
+def test_a_catch_up_sent_in_an_older_ring_still_serves_a_waiting_range():
+    """The old master sends its catch-up in the ring of the join; if the new master has
+    moved on meanwhile (another ring change), the copy is still the only one of a range
+    that waits for it: it must be installed and the range served, not refused STALE."""
+    from .test_transitions import _whole_copy
+    r1, r2, r3 = _rings()
+
+    async def run():
+        s = await _server_on(r1)
+        await s.repl.transition(r2)
+        await s.repl.transition(r3)
+        s.repl.not_ready = [(514, 596)]
+        reply = M.decode(await s.repl._sync(_whole_copy(2, [(514, 596)], [520], 9.0,
+                                                          catchup=True)))[0]
+        await asyncio.sleep(0.05)  # finish() runs
+        return s, reply
+    s, reply = asyncio.run(run())
+    assert reply.get("code", M.OK) == M.OK
+    assert s.store.get(np.array([520], np.uint64)).item() == 9.0
+    assert s.repl.not_ready == []

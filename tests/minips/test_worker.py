@@ -2,10 +2,11 @@
 
 import signal
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from systems.minips.launcher import Cluster, ClusterSpec
+from systems.minips.launcher import Cluster, ClusterSpec, launch
 from systems.minips.worker import ShardProgress, straggle_s
 
 
@@ -60,3 +61,39 @@ def test_progress_counts_a_step_only_once_its_push_is_acknowledged(tmp_path):
         assert settled(7)
         kv.wait(first), kv.wait(second)  # settle() did not consume the requests
         np.testing.assert_array_equal(kv.wait(kv.pull(keys)), 2 * ones)
+
+
+def test_idle_fraction_counts_only_consistency_holds(tmp_path):
+    """ASP pulls are never held by a dependency: idle_fraction (time held by servers
+    for consistency) must be ~0 (microseconds of bookkeeping), while blocked_fraction
+    (all time in wait) is not."""
+    out = launch(ClusterSpec(servers=1, workers=2, steps=15, consistency="asp",
+                             app={"name": "count"}),
+                 run_dir=tmp_path, progress=False, eval_every_s=None, timeout=120)
+    import json
+    for n in ("w0", "w1"):
+        blocked = json.loads((tmp_path / f"report-{n}.json").read_text())["blocked_fraction"]
+        assert blocked > 0.05  # the pulls' round trips: most of a count app's step
+        assert out["idle_fraction"][n] < 0.01 * blocked, (out["idle_fraction"], blocked)
+
+
+@dataclass
+class _Spec:
+    steps: int = 5
+
+
+@dataclass
+class _FakeCluster:
+    """What summarize() reads from a Cluster: its spec, run_dir and collect()."""
+    metrics: dict
+    reports: dict
+    spec: _Spec = field(default_factory=_Spec)
+    run_dir: str = "/nonexistent"
+
+    def collect(self):
+        return {"reports": self.reports, "metrics": self.metrics, "trace": None}
+
+
+def _report(clocks):
+    return {"idle_fraction": 0.0, "step_s": 0.1, "clocks": clocks, "filters": {},
+            "timeline": [(0.0, 0, 0, 0, 1.0, 0.0)]}
