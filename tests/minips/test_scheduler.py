@@ -3,7 +3,6 @@
 import asyncio
 import signal
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
@@ -250,25 +249,3 @@ def test_after_the_job_failed_every_new_request_fails_at_once_with_the_reason(tm
             kv.pull(keys)
         with pytest.raises(M.PSError, match="no other server keeps a copy"):
             kv.push(keys, np.ones((64, 1), np.float32))
-
-
-@dataclass
-class _Spec:
-    steps: int = 5
-
-
-@dataclass
-class _FakeCluster:
-    """What summarize() reads from a Cluster: its spec, run_dir and collect()."""
-    metrics: dict
-    reports: dict
-    spec: _Spec = field(default_factory=_Spec)
-    run_dir: str = "/nonexistent"
-
-    def collect(self):
-        return {"reports": self.reports, "metrics": self.metrics, "trace": None}
-
-
-def _report(clocks):
-    return {"idle_fraction": 0.0, "step_s": 0.1, "clocks": clocks, "filters": {},
-            "timeline": [(0.0, 0, 0, 0, 1.0, 0.0)]}

@@ -2,7 +2,6 @@
 
 import signal
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -75,25 +74,3 @@ def test_idle_fraction_counts_only_consistency_holds(tmp_path):
         blocked = json.loads((tmp_path / f"report-{n}.json").read_text())["blocked_fraction"]
         assert blocked > 0.05  # the pulls' round trips: most of a count app's step
         assert out["idle_fraction"][n] < 0.01 * blocked, (out["idle_fraction"], blocked)
-
-
-@dataclass
-class _Spec:
-    steps: int = 5
-
-
-@dataclass
-class _FakeCluster:
-    """What summarize() reads from a Cluster: its spec, run_dir and collect()."""
-    metrics: dict
-    reports: dict
-    spec: _Spec = field(default_factory=_Spec)
-    run_dir: str = "/nonexistent"
-
-    def collect(self):
-        return {"reports": self.reports, "metrics": self.metrics, "trace": None}
-
-
-def _report(clocks):
-    return {"idle_fraction": 0.0, "step_s": 0.1, "clocks": clocks, "filters": {},
-            "timeline": [(0.0, 0, 0, 0, 1.0, 0.0)]}

@@ -101,45 +101,36 @@ def _backend_fn(method: str):
     return lambda attrs, be, res: getattr(be, method)
 
 
-def _floordiv_kernel(attrs, be, res):
-    """Integer FloorDiv by zero is an error, as TF's ``safe_div_or_mod_op`` reports it
-    (tensorflow/core/kernels/cwise_ops_common.h: "Integer division by zero"); numpy would
-    give 0 with a RuntimeWarning, torch a bare ZeroDivisionError. Floats divide to
-    +-inf/nan as in TF, so a floating-point FloorDiv (``T`` known when it was built) keeps
-    the bare backend function."""
-    fn = be.floor_divide
-    t = attrs.get("T")
-    if t is not None and t.is_floating:
-        return fn
+def _integer_checked(method: str, bad: str, message: str):
+    """A kernel maker for ``method`` that refuses, for integer inputs, a ``y`` the backend's
+    ``bad(y)`` flags, with TF's message; a floating-point op (``T`` known when it was
+    built) keeps the bare backend function."""
+    def make(attrs, be, res):
+        fn = getattr(be, method)
+        t = attrs.get("T")
+        if t is not None and t.is_floating:
+            return fn
 
-    def floor_divide(x, y):
-        if be.has_integer_zero(y):
-            raise InvalidArgumentError(
-                f"FloorDiv: Integer division by zero (x has shape {tuple(x.shape)}, "
-                f"y has shape {tuple(y.shape)})")
-        return fn(x, y)
-    return floor_divide
-
-
-def _pow_kernel(attrs, be, res):
-    """An integer Pow with a negative exponent is an error, as in TF's ``safe_pow``
-    (tensorflow/core/kernels/cwise_ops.h: "Integers to negative integer powers are not
-    allowed"); torch would answer 1 // x**n, numpy raise its own ValueError."""
-    fn = be.power
-    t = attrs.get("T")
-    if t is not None and t.is_floating:
-        return fn
-
-    def power(x, y):
-        if be.has_negative_integer(y):
-            raise InvalidArgumentError(
-                f"Pow: Integers to negative integer powers are not allowed (x has shape "
-                f"{tuple(x.shape)}, y has shape {tuple(y.shape)})")
-        return fn(x, y)
-    return power
+        def kernel(x, y):
+            if getattr(be, bad)(y):
+                raise InvalidArgumentError(f"{message} (x has shape {tuple(x.shape)}, "
+                                           f"y has shape {tuple(y.shape)})")
+            return fn(x, y)
+        return kernel
+    return make
 
 
-KERNELS = {"FloorDiv": _floordiv_kernel, "Pow": _pow_kernel}
+KERNELS = {
+    # TF's safe_div_or_mod_op (tensorflow/core/kernels/cwise_ops_common.h); numpy would
+    # give 0 with a RuntimeWarning, torch a bare ZeroDivisionError; floats divide to
+    # +-inf/nan as in TF
+    "FloorDiv": _integer_checked("floor_divide", "has_integer_zero",
+                                 "FloorDiv: Integer division by zero"),
+    # TF's safe_pow (tensorflow/core/kernels/cwise_ops.h); torch would answer 1 // x**n,
+    # numpy raise its own ValueError
+    "Pow": _integer_checked("power", "has_negative_integer",
+                            "Pow: Integers to negative integer powers are not allowed"),
+}
 FLOAT_ONLY = {"RealDiv", "Exp", "Log", "Tanh", "Sigmoid", "Sqrt"}
 BOOL_ONLY = {"LogicalAnd", "LogicalOr", "LogicalNot"}
 for _t, _m in BINARY.items():
