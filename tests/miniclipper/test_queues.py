@@ -210,4 +210,4 @@ def test_delayed_batching_counts_the_delay_from_the_oldest_arrival():
         batch = await q.get_batch(8, max_delay_s=0.15)
         return len(batch), time.monotonic() - t0
     n, waited = asyncio.run(main())
-    assert n == 2 and waited < 0.11, waited
+    assert n == 2 and waited < 0.14, waited  # counted from the newest: 0.15 s or more
