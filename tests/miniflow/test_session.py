@@ -264,13 +264,3 @@ def test_loading_a_value_of_the_wrong_shape_into_a_variable_is_refused():
         with pytest.raises(ValueError, match=r"v(:0)? has shape \(3, 4\), got \(4, 3\)"):
             v.load(np.ones((4, 3), np.float32), s)
         np.testing.assert_array_equal(s.run(v), np.zeros((3, 4)))
-
-
-def _save_w(tmp_path, dtype=np.float32):
-    g = mf.Graph()
-    with g.as_default():
-        w = mf.Variable(np.arange(6, dtype=dtype).reshape(2, 3), name="w")
-        saver = mf.train.Saver()
-        with mf.Session(graph=g) as s:
-            s.run(w.initializer)
-            return saver.save(s, str(tmp_path / "ckpt"))

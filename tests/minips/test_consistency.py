@@ -53,10 +53,12 @@ def quadratic(rank: int, n: int = 32):
     return a.T @ a, rng.normal(size=n).astype(np.float32)
 
 
-def test_bsp_equals_a_single_process_run_of_the_same_updates(make_cluster):
-    """Two workers, SGD on the server: each BSP clock must equal one step of
+def check_bsp_against_one_process(make_cluster, clocks: int, sleep_before_push: float,
+                                  sleep_after_push: float) -> None:
+    """Two workers, SGD on the server; worker 1 sleeps ``rank x`` the given seconds
+    before or after each push. Each BSP clock must equal one step of
     w <- w - lr * (g0(w) + g1(w)) computed in this process."""
-    n, lr, clocks = 32, 0.05, 12
+    n, lr = 32, 0.05
     spec = ClusterSpec(servers=2, workers=2, key_max=n, updater={"name": "sgd", "lr": lr},
                        app={"name": "count"})
     cl = make_cluster(spec)
@@ -67,8 +69,9 @@ def test_bsp_equals_a_single_process_run_of_the_same_updates(make_cluster):
         h, b = quadratic(rank)
         for c in range(clocks):
             w = kv.wait(kv.pull(keys, clock=c, wait=model.wait_clock(c))).reshape(-1)
-            time.sleep(0.01 * rank)  # one worker slower: BSP must not care
+            time.sleep(sleep_before_push * rank)
             kv.push(keys, (h @ w - b).reshape(-1, 1), clock=c, wait=model.push_wait(c))
+            time.sleep(sleep_after_push * rank)
         return kv.wait(kv.pull(keys, clock=clocks, wait=model.wait_clock(clocks)))
 
     finals = run_threads(cl, body, 2)
@@ -77,6 +80,12 @@ def test_bsp_equals_a_single_process_run_of_the_same_updates(make_cluster):
         w = w - lr * sum(h @ w - b for h, b in (quadratic(0), quadratic(1)))
     for f in finals:
         np.testing.assert_allclose(f.reshape(-1), w, rtol=1e-4, atol=1e-5)
+
+
+def test_bsp_equals_a_single_process_run_of_the_same_updates(make_cluster):
+    """One worker slower between its pull and its push: BSP must not care."""
+    check_bsp_against_one_process(make_cluster, 12, sleep_before_push=0.01,
+                                  sleep_after_push=0.0)
 
 
 def run_with_straggler(make_cluster, consistency: str, clocks: int = 14):
@@ -131,24 +140,5 @@ def test_bsp_holds_a_fast_workers_push_until_every_worker_has_pulled_the_clock(m
     worker dawdles *between its push and its next pull*: the fast worker, released by
     the slow one's push of clock c - 1, pushes clock c before the slow one pulls clock c.
     Only the push dependency (push_wait) keeps that push out of the slow one's view."""
-    n, lr, clocks = 32, 0.05, 8
-    spec = ClusterSpec(servers=2, workers=2, key_max=n, updater={"name": "sgd", "lr": lr},
-                       app={"name": "count"})
-    cl = make_cluster(spec)
-    keys = np.arange(n, dtype=np.uint64)
-    model = Consistency.parse("bsp")
-
-    def body(kv, rank):
-        h, b = quadratic(rank)
-        for c in range(clocks):
-            w = kv.wait(kv.pull(keys, clock=c, wait=model.wait_clock(c))).reshape(-1)
-            kv.push(keys, (h @ w - b).reshape(-1, 1), clock=c, wait=model.push_wait(c))
-            time.sleep(0.08 * rank)
-        return kv.wait(kv.pull(keys, clock=clocks, wait=model.wait_clock(clocks)))
-
-    finals = run_threads(cl, body, 2)
-    w = np.zeros(n, np.float32)
-    for _ in range(clocks):
-        w = w - lr * sum(h @ w - b for h, b in (quadratic(0), quadratic(1)))
-    for f in finals:
-        np.testing.assert_allclose(f.reshape(-1), w, rtol=1e-4, atol=1e-5)
+    check_bsp_against_one_process(make_cluster, 8, sleep_before_push=0.0,
+                                  sleep_after_push=0.08)

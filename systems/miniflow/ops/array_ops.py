@@ -71,7 +71,7 @@ def _reshape_shape(ins, attrs):
         raise shape_error("Reshape", f"sizes must be >= 0 (or one -1), got {list(target)}", x)
     if -1 in target:
         fill = None if n_in is None else n_in // max(known, 1)
-        if n_in is not None and (n_in % known if known else True):
+        if n_in is not None and (known == 0 or n_in % known):
             # with a 0 among the given sizes no -1 fits (or any does, for an empty x):
             # TF refuses both ("cannot infer the missing input size")
             raise shape_error("Reshape", f"cannot reshape {n_in} elements to {list(target)}",
