@@ -7,7 +7,9 @@ The scheduler decides who is in the ring (:mod:`.scheduler`); each server
   (:meth:`.transitions.RingTransitions.join`, paper section 4.3);
 * sends a **heartbeat** every ``hb_interval`` seconds (ps-lite ``van.cc``
   ``Van::Heartbeat``); the reply carries the ring's epoch, and a newer one makes the
-  server fetch the ring and move to it (:meth:`.transitions.RingTransitions.transition`);
+  server fetch the ring and move to it (:meth:`.transitions.RingTransitions.transition`).
+  It also lists the ranges it holds complete, so the scheduler can tell when deaths
+  beyond what replication covers left a range with no copy (``Scheduler.check_copies``);
 * **rejoins** when the reply says it is no longer a member: it was frozen or cut off
   long enough to be declared dead, its ranges have moved on, so it drops everything and
   joins again as a new server. Nothing it applied while presumed dead was acknowledged
@@ -30,6 +32,7 @@ class Membership:
 
     async def register(self) -> None:
         """Join the cluster: as an initial member, or at run time with pre-copy."""
+        told = False
         while not self.stopping.is_set():
             r = M.decode(await self.sched_call("Register")(
                 M.encode({"role": "server", "name": self.name, "addr": self.addr}),
@@ -44,6 +47,12 @@ class Membership:
                 if await self.repl.join(r):
                     self.member = True
                     return
+            if r["status"] == "failed":  # the job has ended: nothing to join
+                if not told:
+                    print(f"[{self.name}] not joining: {r['message']}", flush=True)
+                told = True
+                await asyncio.sleep(1.0)
+                continue
             await asyncio.sleep(0.1)  # busy (another join in progress) or the ring moved
 
     async def refresh(self) -> None:
@@ -85,7 +94,8 @@ class Membership:
             try:
                 r = M.decode(await self.sched_call("Heartbeat")(M.encode({
                     "role": "server", "name": self.name, "incarnation": self.incarnation,
-                    "epoch": self.epoch}), timeout=max(c["hb_interval"] * 5, 0.5)))[0]
+                    "epoch": self.epoch, "held": self.repl.held() if self.member else []}),
+                    timeout=max(c["hb_interval"] * 5, 0.5)))[0]
             except grpc.RpcError:
                 continue  # cut off from the scheduler: keep trying
             if r.get("shutdown"):

@@ -15,6 +15,14 @@ A server may also join at run time: it registers, receives the *pending* ring th
 includes it, pre-copies its future ranges from their current masters, then calls
 ``JoinReady``; only then does the ring change (paper section 4.3, two-phase transfer).
 
+Beyond the paper, which promises nothing past R - 1 deaths: every server's heartbeat
+says which key ranges it holds *complete* (in its ring and not waiting for a copy). If
+two servers die before the first one's ranges were copied again, a range can be left
+with no complete copy on any live server; its new holders would wait for a copy nobody
+can send. Once every server has reported the current ring and the gap has lasted
+``loss_grace_s``, the scheduler ends the job and says which ranges were lost
+(:meth:`Scheduler.check_copies`).
+
 A worker silent for ``worker_timeout`` seconds is declared dead: its unfinished shard
 goes to the live worker with the least work (section 4.5, "the scheduler assigns the
 unfinished work to another worker"), and it leaves the set of workers whose clocks
@@ -39,7 +47,7 @@ from common.procs import announce_ready
 
 from .message import SERVICE, PSError, decode, encode
 from .metrics import NodeMetrics
-from .ring import Ring
+from .ring import Ring, merge_ranges, subtract
 
 
 class Scheduler:
@@ -64,6 +72,7 @@ class Scheduler:
         self.stopped = False  # the job was ended early (Stop), not by finishing its steps
         self.failure: str | None = None  # why the job cannot go on (data was lost)
         self.events: list[dict] = []  # membership history, for tests and the launcher
+        self.uncovered_since: float | None = None  # when check_copies first saw a gap
         self.shutdown = asyncio.Event()
         self.metrics = NodeMetrics("scheduler", "scheduler", trace=False)
         self.channels: dict[str, Any] = {}
@@ -146,6 +155,36 @@ class Scheduler:
                 w["retired"] = True
             self.log("job_failed", why=why)
 
+    def check_copies(self, now: float) -> None:
+        """End the job if some key range has no complete copy on any live server.
+
+        Judged only from reports of the current ring by every server in it (an older
+        report may name a range the server has dropped since, or one it holds stale),
+        and only once the gap has outlasted ``loss_grace_s``: while ranges move, a copy
+        can be in flight for a moment. A range nobody holds complete cannot come back,
+        since only a complete holder may send it (``Snapshot`` refuses otherwise)."""
+        if self.failure or not self.ring_servers:
+            return
+        reports = [self.servers[n] for n in self.ring_servers]
+        if any(r.get("held_epoch") != self.epoch for r in reports):
+            return  # undecided until every server has reported this ring
+        ring = self.ring()
+        space = merge_ranges([(pc.begin, pc.end) for pc in ring.pieces])
+        lost = subtract(space, merge_ranges([tuple(x) for r in reports for x in r["held"]]))
+        if not lost:
+            self.uncovered_since = None
+        elif self.uncovered_since is None:
+            self.uncovered_since = now
+        elif now - self.uncovered_since >= self.config.get("loss_grace_s", 3.0):
+            dead = sorted(n for n, s in self.servers.items() if not s["alive"])
+            shown = ", ".join(f"[{b}, {e})" for b, e in lost[:4]) + \
+                (f" and {len(lost) - 4} more" if len(lost) > 4 else "")
+            self.fail(f"no live server holds a complete copy of key ranges {shown} "
+                      f"({sum(e - b for b, e in lost)} keys): servers {dead} died, more at "
+                      f"once than replication {self.config['replication']} survives (one "
+                      f"died before the ranges of another were copied again), so their "
+                      f"values are lost; restart from a checkpoint")
+
     def remove_worker(self, name: str, why: str) -> None:
         w = self.workers[name]
         w["alive"] = False
@@ -185,6 +224,7 @@ class Scheduler:
                 if w["alive"] and not w.get("exited") and \
                         now - w["last_hb"] > c["worker_timeout"]:
                     self.remove_worker(name, "no heartbeat")
+            self.check_copies(now)
             if c.get("exit_when_done") and self.finished():
                 self.log("finished")
                 self.shutdown.set()  # the servers read it in their next heartbeat
@@ -212,6 +252,9 @@ class Scheduler:
                 if len(self.ring_servers) >= self.config["num_servers"]:
                     self.commit(self.ring_servers, "initial")
                 return encode({"status": "member", "incarnation": inc, "config": self.config})
+            if self.failure:  # nothing left to join: data was lost
+                return encode({"status": "failed", "message": self.failure,
+                               "config": self.config})
             if self.joining and self.joining != name and self.servers[self.joining]["alive"]:
                 return encode({"status": "busy", "config": self.config})
             self.joining = name
@@ -253,6 +296,9 @@ class Scheduler:
             member = bool(s and s["alive"] and s["incarnation"] == meta.get("incarnation"))
             if member:
                 s["last_hb"] = now
+                if "held" in meta:  # what it holds complete, for check_copies
+                    s["held"] = [(int(b), int(e)) for b, e in meta["held"]]
+                    s["held_epoch"] = int(meta["epoch"])
         elif role == "worker" and name in self.workers:
             w = self.workers[name]
             member = w["alive"]

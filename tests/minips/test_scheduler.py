@@ -249,3 +249,52 @@ def test_after_the_job_failed_every_new_request_fails_at_once_with_the_reason(tm
             kv.pull(keys)
         with pytest.raises(M.PSError, match="no other server keeps a copy"):
             kv.push(keys, np.ones((64, 1), np.float32))
+
+
+def _ring_of_three(**cfg):
+    s = _sched(**cfg)
+    for n in ("s0", "s1", "s2"):
+        s.servers[n] = {"addr": n, "alive": True, "incarnation": 0, "last_hb": 0}
+    s.commit(["s0", "s1", "s2"], "initial")
+    return s
+
+
+def _report(s, name, held, epoch=None):
+    asyncio.run(s.Heartbeat(encode({"role": "server", "name": name, "incarnation": 0,
+                                    "epoch": s.epoch if epoch is None else epoch,
+                                    "held": held}), None))
+
+
+def test_a_range_no_live_server_holds_fails_the_job_once_the_gap_outlasts_the_grace():
+    """check_copies: s0 and s2 report the current ring, and [300, 500) is in neither's
+    complete set. The job fails after loss_grace_s, naming the range and the dead."""
+    s = _ring_of_three(loss_grace_s=1.0)
+    s.remove_server("s1", "no heartbeat")
+    _report(s, "s0", [(0, 300)])
+    _report(s, "s2", [(500, 1000)])
+    s.check_copies(10.0)
+    s.check_copies(10.9)
+    assert s.failure is None  # a copy may be in flight for a moment
+    s.check_copies(11.0)
+    assert "no live server holds a complete copy of key ranges [300, 500) (200 keys)" \
+        in s.failure and "['s1'] died" in s.failure
+    assert _hb(s, "w0")["failure"] == s.failure  # every node learns it
+    r = decode(asyncio.run(s.Register(encode({"role": "server", "name": "s1",
+                                              "addr": "s1"}), None)))[0]
+    assert r["status"] == "failed"  # a restarted server does not try to join forever
+
+
+def test_a_gap_that_closes_within_the_grace_or_an_old_report_fails_nothing():
+    s = _ring_of_three(loss_grace_s=1.0)
+    s.remove_server("s1", "no heartbeat")
+    _report(s, "s0", [(0, 300)])
+    _report(s, "s2", [(500, 1000)], epoch=s.epoch - 1)  # not yet in the current ring
+    s.check_copies(10.0)
+    s.check_copies(20.0)
+    assert s.failure is None and s.uncovered_since is None  # undecided, not a gap
+    _report(s, "s2", [(500, 1000)])
+    s.check_copies(21.0)
+    _report(s, "s0", [(0, 500)])  # the copy came
+    s.check_copies(21.5)
+    s.check_copies(30.0)
+    assert s.failure is None and s.uncovered_since is None
