@@ -126,7 +126,8 @@ def unpack(buf: bytes | memoryview) -> tuple[dict[str, Any], list[np.ndarray]]:
     for i, s in enumerate(specs):
         try:
             dtype, shape, off, n = _descriptor(s)
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, SyntaxError) as e:  # np.dtype reads a
+            # dtype string with a comma in it ("<i4,f8") with Python's own parser
             raise WireError(f"array {i}: bad descriptor {s!r:.200} ({e})") from None
         if dtype.kind not in _ALLOWED_KINDS:
             raise WireError(f"array {i}: dtype {dtype} is not allowed")

@@ -1,6 +1,9 @@
+import contextlib
+import json
+
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -122,3 +125,71 @@ def test_concat_needs_parts_of_one_dtype():
         pack({}, [Concat([])])
     with pytest.raises(WireError, match="numeric dtypes only"):
         pack({}, [Concat([np.array(["a"], dtype=object)])])
+
+
+# ---- model-based checks (a stateful audit, 2026-11-28): any dtype and layout, and
+# damaged or hostile bytes, against the only two outcomes allowed ------------------
+ANY_DTYPE = (hnp.boolean_dtypes() | hnp.integer_dtypes(endianness="=")
+             | hnp.unsigned_integer_dtypes(endianness="=")
+             | hnp.floating_dtypes(endianness="=") | hnp.complex_number_dtypes(endianness="=")
+             | hnp.integer_dtypes(endianness=">") | hnp.floating_dtypes(endianness=">"))
+
+
+@st.composite
+def _views(draw):
+    """Arrays, and non-contiguous views of them (transposed, strided, reversed)."""
+    a = draw(hnp.arrays(ANY_DTYPE, hnp.array_shapes(min_dims=0, max_dims=4, min_side=0,
+                                                     max_side=4)))
+    how = draw(st.sampled_from(["plain", "T", "step", "rev", "fortran"]))
+    if how == "T":
+        return a.T
+    if how == "step" and a.ndim:
+        return a[..., ::2]
+    if how == "rev" and a.ndim:
+        return a[::-1]
+    return np.asfortranarray(a) if how == "fortran" else a
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(_views(), max_size=4))
+def test_any_numeric_array_and_layout_round_trips_bit_for_bit(arrs):
+    meta, got = unpack(pack({"k": 1}, arrs))
+    assert meta == {"k": 1} and len(got) == len(arrs)
+    for a, b in zip(arrs, got, strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        assert a.tobytes() == b.tobytes()  # NaN payloads and -0.0 included
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(_views(), max_size=3), st.data())
+def test_cut_or_flipped_bytes_raise_wire_errors_only(arrs, data):
+    msg = pack({"k": [1, 2]}, arrs)
+    with contextlib.suppress(WireError):
+        unpack(msg[:data.draw(st.integers(0, len(msg) - 1))])
+    b = bytearray(msg)
+    for _ in range(data.draw(st.integers(1, 3))):
+        b[data.draw(st.integers(0, len(b) - 1))] = data.draw(st.integers(0, 255))
+    with contextlib.suppress(WireError):
+        unpack(bytes(b))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="0123456789,()<>|=:fiucbUOV ", min_size=1, max_size=8),
+       st.lists(st.integers(-2, 3), max_size=3))
+def test_any_dtype_string_in_a_header_is_a_wire_error_or_an_array(dtype, shape):
+    header = json.dumps({"_arrays": [{"dtype": dtype, "shape": shape, "offset": 0,
+                                      "nbytes": 8}]})
+    with contextlib.suppress(WireError):
+        unpack(_msg(header))
+
+
+@pytest.mark.parametrize("dtype", ["<08", ",i1", "(1e9,)i4"])
+def test_dtype_strings_numpy_parses_as_python_raise_wire_errors(dtype):
+    """np.dtype reads a dtype string with a comma (or a leading zero) with Python's own
+    parser: a corrupt or hostile one raised SyntaxError, which neither the minips
+    server's guard nor the Clipper frontend catches (both answer WireError as a bad
+    request), so the handler died with gRPC's bare UNKNOWN."""
+    header = json.dumps({"_arrays": [{"dtype": dtype, "shape": [1], "offset": 0,
+                                      "nbytes": 1}]})
+    with pytest.raises(WireError, match="bad descriptor"):
+        unpack(_msg(header))
