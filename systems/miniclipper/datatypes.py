@@ -18,7 +18,7 @@ import base64
 import json
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -58,6 +58,9 @@ class PredictTask:
     traced: bool = False
     retries: int = 0
     query_id: int = 0
+    # deadlines of the queries waiting for this task, a heap (ModelQueue keeps the task
+    # by the earliest still to come); empty until the task is first queued or promoted
+    waits: list[float] = field(default_factory=list)
 
 
 def parse_input(value: Any, input_type: str, input_length: int | None = None) -> Any:

@@ -78,6 +78,14 @@ class ModelQueue:
         heapq.heappush(self._heap, (key, seq, task))
         self._tight = min(self._tight, key - self._reserve * task.slo)
 
+    @staticmethod
+    def _urgent(task: PredictTask, now: float) -> float:
+        """The earliest deadline of a query still waiting for ``task`` (else its last)."""
+        w = task.waits
+        while w and w[0] <= now:
+            heapq.heappop(w)
+        return min(w[0], task.deadline) if w else task.deadline
+
     def _live(self, entry: tuple[float, int, PredictTask]) -> bool:
         return self._key.get(id(entry[2])) == entry[:2]
 
@@ -109,12 +117,15 @@ class ModelQueue:
         now = time.monotonic()
         for t in tasks:
             t.enqueued = t.enqueued or now
-            self._push(t, t.deadline)
+            self._push(t, self._urgent(t, now))
         self._changed.set()
 
     def promote(self, task: PredictTask, deadline: float) -> None:
         """A query with ``deadline`` now waits for ``task`` too: serve the task by the
         earlier of the two (if it is still queued), drop it only after the later."""
+        if not task.waits:
+            task.waits.append(task.deadline)
+        heapq.heappush(task.waits, deadline)
         task.deadline = max(task.deadline, deadline)
         live = self._key.get(id(task))
         if live is not None and deadline < live[0]:
@@ -136,7 +147,7 @@ class ModelQueue:
             if not self._live(entry):
                 continue  # an old entry of a task that was promoted or taken
             if task.deadline > now:  # its most urgent query is past, another still waits
-                self._push(task, task.deadline)
+                self._push(task, self._urgent(task, now))
                 continue
             self._forget(task)
             self.dropped += 1

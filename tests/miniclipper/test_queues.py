@@ -4,7 +4,11 @@ import asyncio
 import time
 
 import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from systems.miniclipper import queues
 from systems.miniclipper.datatypes import PredictTask
 from systems.miniclipper.queues import ModelQueue, QueueFull
 
@@ -211,3 +215,138 @@ def test_delayed_batching_counts_the_delay_from_the_oldest_arrival():
         return len(batch), time.monotonic() - t0
     n, waited = asyncio.run(main())
     assert n == 2 and waited < 0.14, waited  # counted from the newest: 0.15 s or more
+
+
+def test_edf_goes_by_the_earliest_query_still_waiting_for_a_coalesced_task(monkeypatch):
+    """Queries at +10, +1 and +5 wait for A; B's at +7. Once the +1 query has answered
+    its default, A's earliest waiting query is +5, ahead of B. And a promoted task that
+    a dying replica hands back (TaskExecutor._retry) keeps its urgent query's place:
+    the queue used to key both by the latest deadline (+10), serving B first (found by
+    a stateful audit against the docstring; the machine below is that audit's model)."""
+
+    class Clock:
+        now = 100.0
+
+        @classmethod
+        def monotonic(cls):
+            return cls.now
+
+    monkeypatch.setattr(queues, "time", Clock)
+
+    async def main():
+        q = ModelQueue(("m", "1"))
+        a, b = _task(110.0, 0), _task(107.0, 1)
+        q.put([a, b])
+        q.promote(a, 101.0)
+        q.promote(a, 105.0)
+        Clock.now = 102.0  # the +1 query is past
+        first = [t.input for t in await q.get_batch(1)]
+        q.take_all()
+        Clock.now = 100.0
+        c = _task(110.0, 2)
+        q.put([c])
+        q.promote(c, 101.0)
+        taken = await q.get_batch(1)  # a replica takes C, and dies
+        q.put([_task(105.0, 3)])
+        taken[0].enqueued = 0.0
+        q.put(taken, bounded=False)  # the retry, while the +1 query still waits
+        second = [t.input for t in await q.get_batch(1)]
+        return first, second
+    assert asyncio.run(main()) == ([0], [2])
+
+
+# ---- stateful, against the docstring: each batch holds the tasks whose earliest
+# deadline among the queries *still waiting* for them is smallest, and a task is dropped
+# only when no query waits for it any more. Model: per task, its queries' deadlines.
+class FakeTime:
+    now = 100.0
+
+    @classmethod
+    def monotonic(cls):
+        return cls.now
+
+
+class EDFMachine(RuleBasedStateMachine):
+    @initialize()
+    def setup(self):
+        self._real = queues.time
+        queues.time = FakeTime
+        FakeTime.now = 100.0
+        self.loop = asyncio.new_event_loop()
+        self.q = ModelQueue(("m", "1"), max_len=1000)
+        self.waits = {}  # input -> deadlines of the queries waiting for it
+        self.queued, self.taken, self.n = {}, [], 0
+
+    def teardown(self):
+        if hasattr(self, "_real"):
+            queues.time = self._real
+            self.loop.close()
+
+    def urgent(self, i):
+        return min((d for d in self.waits[i] if d > FakeTime.now), default=None)
+
+    @rule(ds=st.lists(st.integers(1, 8), min_size=1, max_size=3))
+    def put(self, ds):
+        tasks = []
+        for d in ds:
+            self.n += 1
+            t = PredictTask(("m", "1"), self.n, FakeTime.now + d, 1.0, None, b"")
+            self.waits[self.n] = [t.deadline]
+            tasks.append(t)
+        self.q.put(tasks)
+        self.queued.update({t.input: t for t in tasks})
+
+    @precondition(lambda self: self.queued or self.taken)
+    @rule(data=st.data(), d=st.integers(1, 8))
+    def coalesce(self, data, d):
+        """A query for the same input joins a queued or a taken (running) task."""
+        t = data.draw(st.sampled_from(sorted(list(self.queued.values()) + self.taken,
+                                             key=lambda t: t.input)))
+        self.q.promote(t, FakeTime.now + d)
+        self.waits[t.input].append(FakeTime.now + d)
+
+    @precondition(lambda self: self.taken)
+    @rule(data=st.data())
+    def retry(self, data):
+        """The replica running a batch died: its tasks still awaited come back."""
+        tasks = [t for t in self.taken if self.urgent(t.input) is not None]
+        self.taken = []
+        if tasks:
+            for t in tasks:
+                t.enqueued = 0.0
+            self.q.put(tasks, bounded=False)
+            self.queued.update({t.input: t for t in tasks})
+
+    @rule(dt=st.sampled_from([0.5, 1.0, 1.5]))
+    def tick(self, dt):
+        FakeTime.now += dt
+
+    @precondition(lambda self: any(self.urgent(i) is not None for i in self.queued))
+    @rule(k=st.integers(1, 3))
+    def get_batch(self, k):
+        got = self.loop.run_until_complete(self.q.get_batch(k))
+        for t in got:
+            del self.queued[t.input]
+        for t in list(self.queued.values()):
+            if self.urgent(t.input) is None:
+                del self.queued[t.input]  # expired: dropped by the queue too
+        assert all(self.urgent(t.input) is not None for t in got), "served an expired task"
+        worst = max(self.urgent(t.input) for t in got)
+        rest = [self.urgent(i) for i in self.queued]
+        assert all(worst <= u for u in rest), (
+            "EDF by the earliest query still waiting",
+            [(t.input, self.urgent(t.input)) for t in got],
+            {i: self.urgent(i) for i in self.queued})
+        self.taken = got
+
+    @invariant()
+    def nothing_lost(self):
+        if hasattr(self, "q"):
+            alive = {i for i in self.queued if self.urgent(i) is not None}
+            live = {t.input for k, q, t in self.q._heap if self.q._live((k, q, t))}
+            assert alive <= live
+
+
+EDFMachine.TestCase.settings = settings(max_examples=100, stateful_step_count=30,
+                                        deadline=None)
+TestEDFMachine = EDFMachine.TestCase
