@@ -276,11 +276,17 @@ class Monitor:
         return m
 
     def _run(self) -> None:
-        while not self.stop.wait(self.every_s):
+        """Sample at once, then every ``every_s``: the curve starts from the last sample
+        before training starts (the ``init`` barrier), so the first must not wait a
+        period (a busy machine let the workers reach the barrier first, and the curve
+        then began 0.33 s into training)."""
+        while True:
             try:
                 self.sample()
             except Exception:  # noqa: BLE001 - a failover in progress; try next tick
                 pass
+            if self.stop.wait(self.every_s):
+                return
 
 
 def launch(spec: ClusterSpec, run_dir: str | Path | None = None,
