@@ -10,7 +10,13 @@ is serving (with e.g. the port it bound), via :func:`announce_ready`. The parent
 for that line, with a timeout, and fails with the tail of the child's log otherwise.
 Each child gets its own process group (``start_new_session``), so stopping it also stops
 anything it started; :class:`ProcessGroup` stops all its children on exit, even when a
-test fails.
+test fails. A parent killed by SIGKILL runs no clean-up at all, so each child also
+watches its parent (:func:`announce_ready`) and leaves when it is gone, unless it was
+started to outlive it (``exit_with_parent=False``: ``casebook clipper start``).
+
+Nothing grows with the number of children started: a child's stdout pipe is closed when
+it ends, a supervisor that names each start anew drops stopped records (``forget``), and
+a group is registered with ``atexit`` only while it has children to stop.
 """
 
 from __future__ import annotations
@@ -26,11 +32,13 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 READY_PREFIX = "READY "
+PARENT_ENV = "CASEBOOK_PARENT_PID"  # set by spawn: the child leaves when this pid is gone
 
 
 def _terminated(signum: int, frame: Any) -> None:
@@ -51,8 +59,23 @@ def exit_on_termination() -> None:
 
 
 def announce_ready(**info: Any) -> None:
-    """Called by a child once it serves: tells the parent it is up (and e.g. its port)."""
+    """Called by a child once it serves: tells the parent it is up (and e.g. its port).
+    A child of :meth:`ProcessGroup.spawn` also starts watching its parent here: a parent
+    killed by SIGKILL (kill -9, the OOM killer) runs no clean-up, and the child, in its
+    own session, would otherwise live on."""
+    parent = os.environ.pop(PARENT_ENV, "")
+    if parent.isdigit() and int(parent) == os.getppid():
+        threading.Thread(target=_exit_with_parent, args=(int(parent),), daemon=True,
+                         name="watch-parent").start()
     print(READY_PREFIX + json.dumps(info), flush=True)
+
+
+def _exit_with_parent(parent: int, grace_s: float = 10.0) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os.kill(os.getpid(), signal.SIGTERM)  # the child's own clean-up (its children too)
+    time.sleep(grace_s)
+    os._exit(1)
 
 
 @dataclass
@@ -62,6 +85,7 @@ class Child:
     log_path: Path
     info: dict[str, Any] = field(default_factory=dict)
     stopped: bool = False  # by ProcessGroup.stop (a child that exits by itself is not)
+    draining: bool = False  # a thread reads its stdout, and closes it at EOF
 
     @property
     def pid(self) -> int:
@@ -94,22 +118,19 @@ class ProcessGroup:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.children: dict[str, Child] = {}
         self._lock = threading.Lock()
-        self._detached = False
-        atexit.register(self._remove_own_dir)
-        atexit.register(self.stop_all)
+        self._detached = [False]  # a list: the finalizer below reads it, not the group
+        self._at_exit = False  # stop_all registered with atexit (while children run)
+        # logs stay readable while the group lives; a temporary log directory goes when
+        # the group is garbage or at exit, unless a detached child still writes there
+        if self._own_dir:
+            weakref.finalize(self, _remove_dir_unless_detached, self.log_dir, self._detached)
         exit_on_termination()
-
-    def _remove_own_dir(self) -> None:
-        """Logs stay readable until the interpreter exits, then a temporary log directory
-        goes, unless a detached child still writes there."""
-        if self._own_dir and not self._detached:
-            shutil.rmtree(self.log_dir, ignore_errors=True)
 
     def detach(self, name: str) -> Child:
         """Forget a child, so that leaving this process does not stop it (a server
         started from a shell command); its log directory is kept."""
         with self._lock:
-            self._detached = True
+            self._detached[0] = True
             return self.children.pop(name)
 
     def __enter__(self) -> ProcessGroup:
@@ -120,7 +141,8 @@ class ProcessGroup:
 
     def spawn(self, name: str, module: str, args: list[str] = (), *,
               env: dict[str, str] | None = None, ready_timeout: float = 60.0,
-              wait_ready: bool = True, announces: bool = True) -> Child:
+              wait_ready: bool = True, announces: bool = True,
+              exit_with_parent: bool = True) -> Child:
         """Start ``python -m module args`` as ``name``; wait for its READY line.
 
         ``wait_ready=False``: return at once (call :meth:`wait_ready` later);
@@ -132,8 +154,14 @@ class ProcessGroup:
             raise ValueError(f"a child named {name!r} (pid {old.pid}) is still running")
         log_path = self.log_dir / f"{name}.log"
         child_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        child_env.pop(PARENT_ENV, None)
+        if exit_with_parent:  # not for a child meant to outlive us (detach)
+            child_env[PARENT_ENV] = str(os.getpid())
         root = str(Path(__file__).resolve().parent.parent)
         child_env["PYTHONPATH"] = root + os.pathsep + child_env.get("PYTHONPATH", "")
+        if not self._at_exit:  # registered once, dropped again by stop_all
+            self._at_exit = True
+            atexit.register(self.stop_all)
         log = open(log_path, "ab")
         popen = subprocess.Popen([sys.executable, "-m", module, *args], stdout=subprocess.PIPE,
                                  stderr=log, stdin=subprocess.DEVNULL, env=child_env,
@@ -193,8 +221,10 @@ class ProcessGroup:
 
     def _drain(self, child: Child) -> None:
         """Keep reading the child's stdout into its log, so a chatty child never blocks."""
+        child.draining = True
+
         def pump() -> None:
-            with open(child.log_path, "ab") as f:
+            with child.popen.stdout, open(child.log_path, "ab") as f:  # closed at EOF
                 for line in iter(child.popen.stdout.readline, b""):
                     f.write(line)
                     f.flush()
@@ -217,9 +247,27 @@ class ProcessGroup:
             os.killpg(child.popen.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+        if not child.draining and child.popen.stdout:  # nobody reads it: close it here
+            child.popen.stdout.close()
+
+    def forget(self, name: str) -> None:
+        """Drop the record of a stopped child (a supervisor that names every start anew
+        would otherwise keep one per start for as long as the group lives)."""
+        with self._lock:
+            child = self.children.get(name)
+            if child is not None and (child.stopped or not child.alive()):
+                del self.children[name]
 
     def stop_all(self, timeout: float = 5.0) -> None:
         with self._lock:
             names = list(self.children)
         for n in names:
             self.stop(n, timeout)
+        if self._at_exit:  # nothing left to stop at exit: let the group be garbage
+            self._at_exit = False
+            atexit.unregister(self.stop_all)
+
+
+def _remove_dir_unless_detached(path: Path, detached: list[bool]) -> None:
+    if not detached[0]:
+        shutil.rmtree(path, ignore_errors=True)

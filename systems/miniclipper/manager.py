@@ -50,7 +50,7 @@ class LocalContainerManager:
             args += ["--store", self.store]
         try:
             child = self.group.spawn("clipper", "systems.miniclipper.frontend", args,
-                                     ready_timeout=60)
+                                     ready_timeout=60, exit_with_parent=not self.detach)
         except RuntimeError as e:  # say the usual causes in one line; the log has the rest
             tail = str(e)
             for sign, why in (("address already in use", "a port is already in use (is a "

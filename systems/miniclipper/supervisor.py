@@ -90,6 +90,7 @@ class ReplicaSupervisor:
             # scaled away meanwhile, or another start of this replica (a scale-up racing a
             # restart) got there first: one process per replica, never an unsupervised one
             await asyncio.to_thread(self.group.stop, child.name, 2.0)
+            self.group.forget(child.name)
             return None
         self.children.setdefault(model, {})[rid] = child
         self.abandoned.get(model, {}).pop(rid, None)  # running again, however it started
@@ -122,6 +123,7 @@ class ReplicaSupervisor:
         self._count(model)
         await self.executor.remove_replica(model, rid)
         await asyncio.to_thread(self.group.stop, child.name, 2.0)
+        self.group.forget(child.name)
 
     def on_replica_failure(self, rep: Replica, reason: str) -> None:
         """The executor's callback: the replica's RPC failed; restart it."""
@@ -137,6 +139,7 @@ class ReplicaSupervisor:
                         reason)
             await self.executor.remove_replica(model, rid)
             await asyncio.to_thread(self.group.stop, old.name, 1.0)
+            self.group.forget(old.name)
             if self.children[model].get(rid) is old:  # gone: the slot is free for its heir
                 del self.children[model][rid]
                 self._count(model)

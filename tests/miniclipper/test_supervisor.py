@@ -251,6 +251,9 @@ def test_scaling_to_zero_during_a_restart_leaves_no_replica():
         def stop(self, name, timeout):
             self.stopped.append(name)
 
+        def forget(self, name):
+            pass
+
     class Executor:
         def __init__(self):
             self.replicas, self.added = {}, []
@@ -299,6 +302,9 @@ class Group:
 
     def stop(self, name, timeout):
         self.stopped.append(name)
+
+    def forget(self, name):
+        pass
 
 
 class Executor:
