@@ -264,6 +264,8 @@ class KVWorker(Recovery):
         """A request for ``ranges`` (already checked by ``M.check_range``)."""
         if self.failure:
             raise M.PSError("UNAVAILABLE", self.failure)
+        if self.closed:  # a request now would stay in self.requests, never answered
+            raise M.PSError("UNAVAILABLE", f"{self.name} is closed")
         req = Request(next(self.ts_counter), op, keys, vals, merge_ranges(ranges), **kw)
         with self.lock:
             self.requests[req.ts] = req

@@ -16,6 +16,7 @@ the same code runs across machines (bind ``--host`` to a reachable address there
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import tempfile
@@ -266,7 +267,7 @@ class Monitor:
         self.stop = threading.Event()
         self.app = make_app(cluster.config["app"], cluster.config["num_workers"], monitor=True)
         self.kv = cluster.client("monitor")
-        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread = threading.Thread(target=self._run, daemon=True, name="minips-monitor")
 
     def sample(self) -> dict[str, float]:
         hi = max(self.cluster.config["app_key_max"], 1)
@@ -274,6 +275,11 @@ class Monitor:
         m = {"t": time.monotonic(), **self.app.evaluate(keys, vals)}
         self.curve.append(m)
         return m
+
+    def close(self) -> None:
+        self.stop.set()
+        if self.thread.is_alive():
+            self.thread.join()
 
     def _run(self) -> None:
         """Sample at once, then every ``every_s``: the curve starts from the last sample
@@ -307,13 +313,16 @@ def launch(spec: ClusterSpec, run_dir: str | Path | None = None,
     faults = sorted(faults or [], key=lambda f: f["at"])
     if restore:
         spec = replace(spec, start_clock=resume_clock(restore, spec.steps))
-    with Cluster(spec, run_dir) as cl:
+    with Cluster(spec, run_dir) as cl, contextlib.ExitStack() as stack:
         cl.start(workers=False, restore=restore)
         kids = cl.start_workers(wait=False)  # they import torch meanwhile
         mon = (Monitor(cl, eval_every_s) if spec.app["name"] != "count" and eval_every_s
                else None)
         if mon:
             mon.thread.start()
+            # however the job ends (a crashed worker, a timeout, ^C), the monitor stops
+            # with it: it would poll the closed cluster for as long as this process lives
+            stack.callback(mon.close)
         cl.wait_started(kids)
         total = spec.steps * spec.workers
         bar = tqdm(total=total, desc=f"minips {spec.app['name']} {spec.consistency}",
@@ -351,8 +360,7 @@ def launch(spec: ClusterSpec, run_dir: str | Path | None = None,
             raise RuntimeError(f"worker(s) {crashed} crashed; the end of "
                                f"{crashed[0]}'s log:\n{cl.group.children[crashed[0]].log_tail()}")
         if mon:
-            mon.stop.set()
-            mon.thread.join()
+            mon.close()
             mon.sample()
         status = cl.status()
         audit = None

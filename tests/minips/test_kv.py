@@ -282,3 +282,16 @@ def test_a_final_push_flushes_held_back_updates_outside_its_key_range(cluster):
     with pytest.raises(ValueError, match="needs a clock no push has used"):
         late.push(last, np.full((2, 2), 0.5, np.float32), clock=2, key_range=(b, KEY_MAX),
                   ctx={"final": True})
+
+
+def test_a_closed_client_refuses_new_requests_instead_of_keeping_them(cluster):
+    """A request made after close() used to be registered and then never sent or
+    answered, so a monitor polling a closed client grew its request table forever."""
+    kv = cluster.client("closer")
+    kv.close()
+    keys = np.arange(4, dtype=np.uint64)
+    with pytest.raises(M.PSError, match="closer is closed"):
+        kv.push(keys, np.ones((4, 2), np.float32))
+    with pytest.raises(M.PSError, match="is closed"):
+        kv.pull(keys)
+    assert not kv.requests

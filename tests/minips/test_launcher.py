@@ -278,3 +278,22 @@ def test_summary_numbers_are_sums_maxima_and_rebased_curves(monkeypatch):
     assert out["curve"] == [{"t": 0.0, "objective": 8.0}, {"t": 0.5, "objective": 3.0},
                             {"t": 1.0, "objective": 2.0}]
     assert out["final"] == {"t": 1.0, "objective": 2.0}
+
+
+def test_a_failed_launch_leaves_no_monitor_polling_behind(tmp_path):
+    """launch() raised (a worker crashed) with a Monitor running: its thread used to poll
+    the closed cluster for as long as the process lived, adding a request that nobody
+    would answer to its client at each tick (found by a leak audit)."""
+    import threading
+
+    app = {"name": "sparse_lr", "features": 1 << 12, "examples": 1024, "nnz": 12,
+           "batch": 128, "lam": 5e-3}
+    spec = ClusterSpec(servers=1, workers=1, steps=3, app=app,
+                       straggler={"mode": "persistent", "rank": 0, "factor": "x"})
+    before = set(threading.enumerate())
+    with pytest.raises(RuntimeError, match="crashed"):
+        launch(spec, run_dir=tmp_path, progress=False, eval_every_s=0.05)
+    time.sleep(0.3)
+    left = [t.name for t in set(threading.enumerate()) - before
+            if not t.name.startswith("tqdm")]  # tqdm's own monitor lives on by design
+    assert not left, f"threads outlived the failed launch: {left}"
