@@ -24,6 +24,7 @@ import gc
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -302,10 +303,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="share of queries traced (GET /admin/trace on the management port)")
     p.add_argument("--log-dir", default=None)
     a = p.parse_args(argv)
+    own_store = a.store is None  # a store of our own making goes with us
     a.store = a.store or tempfile.mkdtemp(prefix="miniclipper-store-")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    asyncio.run(run(a))
+    try:
+        asyncio.run(run(a))
+    finally:
+        if own_store:
+            shutil.rmtree(a.store, ignore_errors=True)
     return 0
 
 

@@ -159,6 +159,7 @@ def management_app(server: ClipperServer, bind_host: str = rpc.LOOPBACK) -> web.
         qp.app(_fields(doc, {"name": str}, {}, "delete_app")["name"])
         del qp.apps[doc["name"]]
         qp.counts.pop(doc["name"], None)  # a new app of that name starts its own ratio
+        server.metrics.forget_app(doc["name"])  # no series outlives its app
         return {"ok": True}
 
     async def add_model(doc: dict[str, Any]) -> Any:
