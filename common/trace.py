@@ -29,6 +29,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+# the bound a long-running process (a Clipper frontend, a minips node) keeps its trace
+# under: about 100 MB of events, hours of sampled requests
+LONG_RUN_MAX_EVENTS = 200_000
+
 
 def now_us() -> float:
     """The trace clock in microseconds (machine-wide monotonic clock)."""
@@ -36,10 +40,15 @@ def now_us() -> float:
 
 
 class TraceWriter:
-    """Collects trace events in memory (thread-safe) and saves them as one JSON file."""
+    """Collects trace events in memory (thread-safe) and saves them as one JSON file.
 
-    def __init__(self, process_name: str | None = None, pid: int | None = None):
+    ``max_events`` bounds the memory of a long-running process: past it, events other
+    than metadata (``"M"``, names of rows) are dropped and counted in ``dropped``."""
+
+    def __init__(self, process_name: str | None = None, pid: int | None = None,
+                 max_events: int | None = None):
         self.pid = os.getpid() if pid is None else pid
+        self.max_events, self.dropped = max_events, 0
         self.events: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         if process_name:
@@ -47,6 +56,10 @@ class TraceWriter:
 
     def _add(self, event: dict[str, Any]) -> None:
         with self._lock:
+            if (self.max_events is not None and len(self.events) >= self.max_events
+                    and event["ph"] != "M"):
+                self.dropped += 1
+                return
             self.events.append(event)
 
     def _tid(self, tid: int | None) -> int:
@@ -111,7 +124,10 @@ class TraceWriter:
 
     def extend(self, events: list[dict[str, Any]]) -> None:
         with self._lock:
-            self.events.extend(events)
+            room = (len(events) if self.max_events is None
+                    else max(self.max_events - len(self.events), 0))
+            self.events.extend(events[:room])
+            self.dropped += len(events) - min(room, len(events))
 
     def to_json(self) -> dict[str, Any]:
         with self._lock:

@@ -37,7 +37,7 @@ from aiohttp import web
 
 from common import rpc
 from common.procs import announce_ready
-from common.trace import TraceWriter
+from common.trace import LONG_RUN_MAX_EVENTS, TraceWriter
 from common.wire import WireError, pack, unpack
 
 from .cache import PredictionCache
@@ -66,7 +66,8 @@ class ClipperServer:
                  log_dir: str | None = None):
         self.metrics = Metrics()
         self.cache = PredictionCache(cache_bytes)
-        self.tracer = TraceWriter("clipper frontend") if trace_sample > 0 else None
+        self.tracer = (TraceWriter("clipper frontend", max_events=LONG_RUN_MAX_EVENTS)
+                       if trace_sample > 0 else None)  # bounded: hours of sampled queries
         self.executor = TaskExecutor(self.cache, self.metrics, self._on_failure, self.tracer)
         self.supervisor = ReplicaSupervisor(store, self.executor, self.metrics, log_dir)
         self.qp = QueryProcessor(self.executor, self.metrics, self.tracer, trace_sample)

@@ -99,6 +99,7 @@ class TaskExecutor:
         self.batch_log: dict[tuple[str, str], deque] = {}
         self.unavailable: dict[tuple[str, str], str] = {}  # model -> why no replica runs
         self._batch_ids = itertools.count()
+        self._traced_pids: set[int] = set()  # container rows named in the trace already
 
     def add_model(self, model: tuple[str, str], input_type: str, batching: BatchingConfig,
                   max_queue: int = 1024) -> None:
@@ -292,4 +293,6 @@ class TaskExecutor:
             tw.complete(f"container predict x{len(batch)}", meta["t0"], meta["t1"] - meta["t0"],
                         cat="container", pid=pid, tid=pid, args={"batch_id": batch_id})
             tw.flow(f"batch{batch_id}", start=False, ts_us=meta["t0"] + 1, pid=pid, tid=pid)
-            tw.name_process(f"container {name} replica {rep.replica_id}", pid=pid)
+            if pid not in self._traced_pids:  # one name per row, not one per batch
+                self._traced_pids.add(pid)
+                tw.name_process(f"container {name} replica {rep.replica_id}", pid=pid)

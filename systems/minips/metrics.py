@@ -21,9 +21,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from common.trace import TraceWriter, write_json_atomic
-
-MAX_TRACE_EVENTS = 200_000  # a long run must not grow a node's memory without bound
+from common.trace import LONG_RUN_MAX_EVENTS, TraceWriter, write_json_atomic
 
 
 class NodeMetrics:
@@ -32,7 +30,9 @@ class NodeMetrics:
         self.counters: dict[str, float] = defaultdict(float)
         self.extra: dict[str, Any] = {}
         self._lock = threading.Lock()
-        self.trace = TraceWriter(process_name=f"{role} {node}") if trace else None
+        # bounded: a long run must not grow a node's memory without end
+        self.trace = (TraceWriter(process_name=f"{role} {node}", max_events=LONG_RUN_MAX_EVENTS)
+                      if trace else None)
         self.cpu0: float | None = None  # process CPU time when the node's real work began
 
     def start_cpu_clock(self) -> None:
@@ -53,11 +53,11 @@ class NodeMetrics:
             self.counters["bytes_received"] += received
 
     def span(self, name: str, t0_us: float, dur_us: float, **args: Any) -> None:
-        if self.trace is not None and len(self.trace.events) < MAX_TRACE_EVENTS:
+        if self.trace is not None:
             self.trace.complete(name, t0_us, dur_us, cat=self.role, args=args or None)
 
     def flow(self, flow_id: str, start: bool, ts_us: float) -> None:
-        if self.trace is not None and len(self.trace.events) < MAX_TRACE_EVENTS:
+        if self.trace is not None:
             self.trace.flow(flow_id, start=start, ts_us=ts_us)
 
     def snapshot(self) -> dict[str, Any]:

@@ -154,3 +154,18 @@ def test_a_nan_duration_and_pid_zero_are_written_as_chrome_reads_them(tmp_path):
                      parse_constant=lambda c: pytest.fail(f"{c} in a trace"))
     assert next(e for e in doc["traceEvents"] if e["name"] == "nan-span")["dur"] == 0.0
     assert any(e["ph"] == "M" and e["pid"] == 0 for e in doc["traceEvents"])
+
+
+def test_a_bounded_writer_keeps_its_bound_and_counts_what_it_dropped():
+    """A long-running Clipper frontend traced ~7 events per sampled query without end
+    (3.5 MB per 1,000 queries); past ``max_events`` events are dropped and counted,
+    except row names (metadata), which the viewer needs for what was kept."""
+    from common.trace import TraceWriter
+
+    w = TraceWriter("p", max_events=10)
+    for i in range(100):
+        w.complete("x", float(i), 1.0)
+    w.name_thread("late")
+    w.extend([{"ph": "X", "name": "y", "ts": 0, "dur": 1, "pid": 1, "tid": 1}] * 5)
+    assert len(w.events) == 11 and w.dropped == 96
+    assert w.events[-1]["ph"] == "M"

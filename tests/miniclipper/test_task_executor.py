@@ -28,3 +28,20 @@ def test_a_coalesced_query_with_a_shorter_slo_sizes_the_queued_tasks_batch():
         return task.slo, task.deadline - now
     slo, deadline = asyncio.run(main())
     assert slo == 0.05 and deadline == pytest.approx(1.0)
+
+
+def test_a_traced_container_is_named_once_not_once_per_batch():
+    """Every traced batch named its container's trace row again (50 batches, 50 names)."""
+    from common.trace import TraceWriter
+    from systems.miniclipper.batching import make_controller
+    from systems.miniclipper.datatypes import PredictTask
+    from systems.miniclipper.task_executor import Replica
+
+    tw = TraceWriter("clipper frontend")
+    ex = TaskExecutor(PredictionCache(), Metrics(), lambda rep, why: None, tw)
+    rep = Replica(("m", "1"), 0, "127.0.0.1:1", 4242, make_controller(BatchingConfig()))
+    task = PredictTask(("m", "1"), [1.0], 0.0, 1.0, None, b"k", traced=True)
+    for b in range(50):
+        ex._trace_batch(rep, [task], b, 1.0, {"t0": 2.0, "t1": 3.0, "pid": 4242})
+    assert len([e for e in tw.events if e["ph"] == "M" and e["pid"] == 4242]) == 1
+    assert len([e for e in tw.events if e["ph"] == "X" and e["pid"] == 4242]) == 50
