@@ -82,7 +82,9 @@ class KVWorker(Recovery):
         self.filters = FilterChain(filters)
         self.lock = threading.RLock()
         self.requests: dict[int, Request] = {}
-        self.pruned: set[int] = set()
+        # one byte per timestamp (1: an acknowledged push forgotten unwaited), as ps-lite's
+        # Customer keeps a tracker entry per timestamp: a set of ints cost ~60 bytes each
+        self.pruned = bytearray()
         self.push_queue: collections.deque[Request] = collections.deque()
         self.push_busy = False
         self.ts_counter = itertools.count()
@@ -229,7 +231,7 @@ class KVWorker(Recovery):
     def _request(self, ts: int) -> Request | None:
         """The open request ``ts``; None for an acknowledged push already forgotten."""
         req = self.requests.get(ts)
-        if req is None and ts not in self.pruned:
+        if req is None and not (0 <= ts < len(self.pruned) and self.pruned[ts]):
             raise KeyError(f"no request with timestamp {ts} (already waited for?)")
         return req
 
@@ -397,4 +399,6 @@ class KVWorker(Recovery):
                     for ts in [t for t, r in self.requests.items()
                                if r.op == "push" and r.done.is_set()][:2048]:
                         del self.requests[ts]
-                        self.pruned.add(ts)
+                        if ts >= len(self.pruned):
+                            self.pruned.extend(bytes(ts + 1 - len(self.pruned)))
+                        self.pruned[ts] = 1

@@ -107,7 +107,9 @@ class Scheduler:
         msg = encode({"op": "ring", **self.ring_info()})
         for name in self.ring_servers:
             addr = self.servers[name]["addr"]
-            ch = self.channels.setdefault(addr, rpc.aio_channel(addr))
+            ch = self.channels.get(addr)
+            if ch is None:  # (setdefault would build a channel per call, to throw away)
+                ch = self.channels[addr] = rpc.aio_channel(addr)
             call = rpc.method(ch, SERVICE, "Ring")
             asyncio.ensure_future(self._send(call, msg))
 
