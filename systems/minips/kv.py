@@ -82,6 +82,7 @@ class KVWorker(Recovery):
         self.filters = FilterChain(filters)
         self.lock = threading.RLock()
         self.requests: dict[int, Request] = {}
+        self.prune_at = 4096  # open records past which acknowledged, unwaited pushes go
         # one byte per timestamp (1: an acknowledged push forgotten unwaited), as ps-lite's
         # Customer keeps a tracker entry per timestamp: a set of ints cost ~60 bytes each
         self.pruned = bytearray()
@@ -395,9 +396,9 @@ class KVWorker(Recovery):
             if req.op == "push":
                 req.keys = req.vals = None  # acknowledged: nothing will be resent
                 self._next_push()
-                if len(self.requests) > 4096:  # forget pushes nobody waited for
+                if len(self.requests) > self.prune_at:  # forget pushes nobody waited for
                     for ts in [t for t, r in self.requests.items()
-                               if r.op == "push" and r.done.is_set()][:2048]:
+                               if r.op == "push" and r.done.is_set()][:self.prune_at // 2]:
                         del self.requests[ts]
                         if ts >= len(self.pruned):
                             self.pruned.extend(bytes(ts + 1 - len(self.pruned)))

@@ -66,17 +66,22 @@ def test_a_push_with_an_older_clock_is_refused_not_dropped(cluster):
     np.testing.assert_array_equal(kv.wait(kv.pull(k)), before + 1)
 
 
-def test_waiting_for_an_acknowledged_push_forgotten_among_thousands_returns_none(cluster):
-    """Past 4096 open records the worker forgets acknowledged pushes nobody waited for;
-    wait() on one of them must still return None, not raise KeyError."""
+def test_waiting_for_an_acknowledged_push_forgotten_among_many_returns_none(cluster):
+    """Past ``prune_at`` open records (4096; 256 here, to be quick) the worker forgets
+    acknowledged pushes nobody waited for; wait() on one of them must still return None,
+    not raise KeyError, and the records stay bounded."""
     kv = cluster.client("many")
+    kv.prune_at = 256
     k, one = np.array([12], np.uint64), np.ones((1, 1), np.float32)
     before = kv.wait(kv.pull(k))
-    tss = [kv.push(k, one, key_range=(12, 13)) for _ in range(4200)]  # one slice each
+    tss = [kv.push(k, one, key_range=(12, 13)) for _ in range(1000)]  # one slice each
     assert kv.wait(tss[-1], timeout=120) is None
+    assert len(kv.requests) <= 257
     assert kv.wait(tss[0]) is None  # forgotten, but acknowledged: not an error
     assert kv.finished(tss[1])
-    np.testing.assert_array_equal(kv.wait(kv.pull(k)), before + 4200)
+    with pytest.raises(KeyError, match="no request with timestamp"):
+        kv.wait(tss[-1] + 10)  # never made: still an error
+    np.testing.assert_array_equal(kv.wait(kv.pull(k)), before + 1000)
 
 
 def test_pushes_leave_one_at_a_time(cluster):
