@@ -5,7 +5,6 @@ a brute-force model take the same random operations and must agree after each.
 Raise ``MODEL_EXAMPLES`` (default 100) to search longer.
 """
 
-
 import math
 import os
 
