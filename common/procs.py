@@ -86,6 +86,7 @@ class Child:
     info: dict[str, Any] = field(default_factory=dict)
     stopped: bool = False  # by ProcessGroup.stop (a child that exits by itself is not)
     draining: bool = False  # a thread reads its stdout, and closes it at EOF
+    reading: bool = False  # wait_ready reads its stdout (another thread must not close it)
 
     @property
     def pid(self) -> int:
@@ -179,6 +180,14 @@ class ProcessGroup:
     def wait_ready(self, child: Child, timeout: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         out = child.popen.stdout
+        child.reading = True
+        try:
+            return self._read_ready(child, out, deadline, timeout)
+        finally:
+            child.reading = False
+
+    def _read_ready(self, child: Child, out: Any, deadline: float,
+                    timeout: float) -> dict[str, Any]:
         buf, garbled = b"", False
         while time.monotonic() < deadline and not garbled:
             if not child.alive() and not select.select([out], [], [], 0)[0]:
@@ -215,7 +224,10 @@ class ProcessGroup:
         code = child.popen.poll()
         status = ("garbled READY line" if garbled else f"exited with code {code}"
                   if code is not None else f"not ready after {timeout:.0f}s")
+        child.reading = False
         self.stop(child.name)
+        if not child.draining and not out.closed:  # (a stop from another thread left it)
+            out.close()
         raise RuntimeError(f"{child.name} ({status}); last lines of {child.log_path}:\n"
                            f"{child.log_tail()}")
 
@@ -247,7 +259,8 @@ class ProcessGroup:
             os.killpg(child.popen.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
-        if not child.draining and child.popen.stdout:  # nobody reads it: close it here
+        if not child.draining and not child.reading and child.popen.stdout:
+            # nobody reads it: close it here (wait_ready closes it when it gives up)
             child.popen.stdout.close()
 
     def forget(self, name: str) -> None:

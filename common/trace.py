@@ -124,14 +124,22 @@ class TraceWriter:
 
     def extend(self, events: list[dict[str, Any]]) -> None:
         with self._lock:
-            room = (len(events) if self.max_events is None
-                    else max(self.max_events - len(self.events), 0))
-            self.events.extend(events[:room])
-            self.dropped += len(events) - min(room, len(events))
+            if self.max_events is None:
+                self.events.extend(events)
+                return
+            for ev in events:  # as _add: past the bound only metadata (row names) is kept
+                if len(self.events) < self.max_events or ev.get("ph") == "M":
+                    self.events.append(ev)
+                else:
+                    self.dropped += 1
 
     def to_json(self) -> dict[str, Any]:
         with self._lock:
-            return {"traceEvents": list(self.events), "displayTimeUnit": "ms"}
+            doc = {"traceEvents": list(self.events), "displayTimeUnit": "ms"}
+            if self.dropped:  # say the trace is cut short (shown as trace metadata)
+                doc["otherData"] = {"dropped_events": self.dropped,
+                                    "max_events": self.max_events}
+            return doc
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write atomically (temp file + rename), so a reader never sees half a trace."""

@@ -189,6 +189,8 @@ class QueryProcessor:
         return r
 
     def _account(self, app: Application, out: list[dict[str, Any]], arrival: float) -> None:
+        if self.apps.get(app.name) is not app:  # deleted (or replaced) while it ran: its
+            return  # series and counts went with it (Metrics.forget_app), or are another's
         latency = time.monotonic() - arrival
         m = self.metrics
         m.app_latency.observe(app.name, latency, len(out))

@@ -276,10 +276,13 @@ class Monitor:
         self.curve.append(m)
         return m
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> None:
+        """Stop sampling; wait for a sample in flight (up to ``timeout``: an error path
+        need not wait out a pull of up to 60 s on a stalled cluster; the thread ends
+        by itself after that sample)."""
         self.stop.set()
         if self.thread.is_alive():
-            self.thread.join()
+            self.thread.join(timeout)
 
     def _run(self) -> None:
         """Sample at once, then every ``every_s``: the curve starts from the last sample
@@ -322,7 +325,7 @@ def launch(spec: ClusterSpec, run_dir: str | Path | None = None,
             mon.thread.start()
             # however the job ends (a crashed worker, a timeout, ^C), the monitor stops
             # with it: it would poll the closed cluster for as long as this process lives
-            stack.callback(mon.close)
+            stack.callback(mon.close, 1.0)
         cl.wait_started(kids)
         total = spec.steps * spec.workers
         bar = tqdm(total=total, desc=f"minips {spec.app['name']} {spec.consistency}",

@@ -165,10 +165,12 @@ class Scheduler:
         and only once the gap has outlasted ``loss_grace_s``: while ranges move, a copy
         can be in flight for a moment. A range nobody holds complete cannot come back,
         since only a complete holder may send it (``Snapshot`` refuses otherwise)."""
-        if self.failure or not self.ring_servers:
+        if self.failure or not self.ring_servers or self.epoch == 0:
+            self.uncovered_since = None  # (before the initial ring nobody holds anything)
             return
         reports = [self.servers[n] for n in self.ring_servers]
         if any(r.get("held_epoch") != self.epoch for r in reports):
+            self.uncovered_since = None  # a gap is timed within one ring, from when seen
             return  # undecided until every server has reported this ring
         ring = self.ring()
         space = merge_ranges([(pc.begin, pc.end) for pc in ring.pieces])

@@ -40,6 +40,13 @@ if sys.argv[1] == "stubborn-kid":  # a child of its own group that ignores SIGTE
     announce_ready(kid=kid.pid)
     while True:
         time.sleep(0.1)
+if sys.argv[1] == "slow-helper":  # never ready; a helper in its own session keeps our
+    import subprocess  # stdout open for 5 s after we are gone
+
+    subprocess.Popen([sys.executable, "-c", "import time; time.sleep(5)"],
+                     start_new_session=True)
+    time.sleep(30)
+    sys.exit(0)
 announce_ready(pid_echo=os.getpid())
 while True:
     time.sleep(0.1)

@@ -160,3 +160,27 @@ def test_a_parent_killed_by_sigkill_takes_its_children_along(tmp_path):
         if not _gone(grandchild, timeout=10):
             os.killpg(grandchild, signal.SIGKILL)
             raise AssertionError("the SIGKILLed parent's child outlived it")
+
+
+def test_a_child_stopped_while_another_thread_waits_for_it_fails_that_wait_cleanly(tmp_path):
+    """A supervisor's stop_all (a thread) may stop a replica that another thread is still
+    waiting for: the wait must end in RuntimeError ('exited ...'), as for any child that
+    dies before READY, not in a ValueError on a pipe closed under it."""
+    import threading
+
+    with ProcessGroup(tmp_path) as group:
+        child = group.spawn("slow", SERVER, ["slow-helper"], wait_ready=False)
+        got = []
+
+        def wait() -> None:
+            try:
+                group.wait_ready(child, 20)
+            except Exception as e:  # noqa: BLE001 - the test looks at which
+                got.append(e)
+        t = threading.Thread(target=wait)
+        t.start()
+        time.sleep(0.5)
+        group.stop("slow", 2)
+        t.join(10)
+        assert len(got) == 1 and isinstance(got[0], RuntimeError), got
+        assert child.popen.stdout.closed  # and no fd is left behind

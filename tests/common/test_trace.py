@@ -169,3 +169,16 @@ def test_a_bounded_writer_keeps_its_bound_and_counts_what_it_dropped():
     w.extend([{"ph": "X", "name": "y", "ts": 0, "dur": 1, "pid": 1, "tid": 1}] * 5)
     assert len(w.events) == 11 and w.dropped == 96
     assert w.events[-1]["ph"] == "M"
+
+
+def test_a_bounded_trace_says_it_was_cut_short_and_keeps_row_names():
+    """Past max_events the served/saved trace must say how much it lost (else a
+    truncated trace looks complete), and extend() keeps row names as _add does."""
+    w = TraceWriter("p", max_events=3)
+    for i in range(10):
+        w.complete(f"e{i}", float(i), 1.0)
+    doc = w.to_json()
+    assert doc["otherData"]["dropped_events"] == w.dropped == 8
+    w.extend([{"ph": "M", "name": "process_name", "pid": 7, "tid": 0,
+               "args": {"name": "torch"}}])
+    assert any(e.get("pid") == 7 for e in w.events)

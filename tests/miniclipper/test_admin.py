@@ -428,3 +428,27 @@ def test_admin_calls_before_start_or_connect_raise_unconnected():
         with pytest.raises(UnconnectedException, match="call start_clipper"):
             call()
     assert issubclass(UnconnectedException, ClipperException)
+
+
+def test_a_query_in_flight_when_its_app_is_deleted_leaves_no_series_behind(clipper):
+    """Under traffic an app is deleted while queries still wait for its model; when they
+    complete they must not write the deleted app's series (or counts) back."""
+    import threading
+
+    def slow(xs):
+        import time
+        time.sleep(1.5)
+        return [float(x[0]) * 2 for x in xs]
+
+    c = clipper
+    deploy_python_closure(c, "inflight-model", 1, "doubles", slow)
+    c.register_application("inflight-app", "doubles", -1.0, 5_000_000)
+    c.link_model_to_app("inflight-app", "inflight-model")
+    c.predict("inflight-app", [0.0])
+    t = threading.Thread(target=c.predict, args=("inflight-app", [1.0]))
+    t.start()
+    time.sleep(0.4)
+    c.unregister_application("inflight-app")
+    t.join(10)
+    left = [k for k in scrape(c) if ("app", "inflight-app") in k[1]]
+    assert not left, f"{len(left)} series of a deleted app, e.g. {left[:2]}"

@@ -298,3 +298,37 @@ def test_a_gap_that_closes_within_the_grace_or_an_old_report_fails_nothing():
     s.check_copies(21.5)
     s.check_copies(30.0)
     assert s.failure is None and s.uncovered_since is None
+
+
+def test_servers_waiting_for_the_initial_ring_are_not_a_lost_range():
+    """Before the first ring (epoch 0) a registered server holds nothing and says so in
+    its heartbeats; a second server registering after loss_grace_s (started by hand on
+    another machine) must find the job alive, not failed before it began (a review
+    reproduced it with real processes: a 5 s gap failed the job)."""
+    s = _sched(loss_grace_s=1.0)
+    asyncio.run(s.Register(encode({"role": "server", "name": "s0", "addr": "s0"}), None))
+    _report(s, "s0", [])
+    s.check_copies(10.0)
+    s.check_copies(12.0)
+    assert s.failure is None
+    asyncio.run(s.Register(encode({"role": "server", "name": "s1", "addr": "s1"}), None))
+    assert s.epoch == 1 and s.failure is None
+
+
+def test_a_gap_is_timed_within_one_ring_not_across_an_undecided_spell():
+    """A one-tick gap in ring e, a ring change, a server slow to report ring e + 1, then
+    a one-tick gap there: no gap lasted loss_grace_s, so nothing fails (with
+    replication 1 every join has such a gap)."""
+    s = _ring_of_three(loss_grace_s=1.0)
+    _report(s, "s0", [(0, 300)])
+    _report(s, "s1", [(300, 500)])
+    _report(s, "s2", [(600, 1000)])  # [500, 600) in flight for a moment
+    s.check_copies(10.0)
+    s.commit(["s0", "s1", "s2"], "again")  # the ring moves on
+    for t in (10.1, 10.6, 11.2):  # s2 has not reported the new ring yet
+        s.check_copies(t)
+    _report(s, "s0", [(0, 300)])
+    _report(s, "s1", [(300, 500)])
+    _report(s, "s2", [(600, 1000)])  # again one tick with a copy in flight
+    s.check_copies(11.3)
+    assert s.failure is None
