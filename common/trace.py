@@ -56,11 +56,15 @@ class TraceWriter:
 
     def _add(self, event: dict[str, Any]) -> None:
         with self._lock:
-            if (self.max_events is not None and len(self.events) >= self.max_events
-                    and event["ph"] != "M"):
-                self.dropped += 1
-                return
+            self._keep(event)
+
+    def _keep(self, event: dict[str, Any]) -> None:
+        """Append (lock held); past ``max_events`` only metadata (row names) is kept."""
+        if self.max_events is None or len(self.events) < self.max_events \
+                or event.get("ph") == "M":
             self.events.append(event)
+        else:
+            self.dropped += 1
 
     def _tid(self, tid: int | None) -> int:
         return threading.get_native_id() if tid is None else tid
@@ -127,11 +131,8 @@ class TraceWriter:
             if self.max_events is None:
                 self.events.extend(events)
                 return
-            for ev in events:  # as _add: past the bound only metadata (row names) is kept
-                if len(self.events) < self.max_events or ev.get("ph") == "M":
-                    self.events.append(ev)
-                else:
-                    self.dropped += 1
+            for ev in events:
+                self._keep(ev)
 
     def to_json(self) -> dict[str, Any]:
         with self._lock:

@@ -172,9 +172,9 @@ class Scheduler:
         if any(r.get("held_epoch") != self.epoch for r in reports):
             self.uncovered_since = None  # a gap is timed within one ring, from when seen
             return  # undecided until every server has reported this ring
-        ring = self.ring()
-        space = merge_ranges([(pc.begin, pc.end) for pc in ring.pieces])
-        lost = subtract(space, merge_ranges([tuple(x) for r in reports for x in r["held"]]))
+        # the ring's pieces cover the whole key space, so no ring is built at each tick
+        lost = subtract([(0, self.config["key_max"])],
+                        merge_ranges([x for r in reports for x in r["held"]]))
         if not lost:
             self.uncovered_since = None
         elif self.uncovered_since is None:
