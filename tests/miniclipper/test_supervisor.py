@@ -238,21 +238,16 @@ def test_scaling_to_zero_during_a_restart_leaves_no_replica():
     from systems.miniclipper.metrics import Metrics
     from systems.miniclipper.supervisor import ReplicaSupervisor
 
-    class SlowGroup:
+    class SlowGroup(Group):  # stop and forget as Group's
         def __init__(self):
-            self.started, self.stopped = [], []
+            super().__init__()
+            self.started = []
 
         def spawn(self, name, module, args, ready_timeout=0):
             time.sleep(0.3)  # loading the model
             self.started.append(name)
             return SimpleNamespace(name=name, pid=1000 + len(self.started),
                                    info={"port": 1}, alive=lambda: True)
-
-        def stop(self, name, timeout):
-            self.stopped.append(name)
-
-        def forget(self, name):
-            pass
 
     class Executor:
         def __init__(self):
