@@ -169,11 +169,13 @@ def test_kkt_with_adagrad_is_exact_per_step_and_drifts_only_within_the_prox_boun
 
 
 def test_filters_in_a_real_job_change_the_bytes_not_the_result():
-    """Sparse LR over 2 servers and 2 worker processes, 12 BSP clocks, with each filter
-    and with three together: the workers send less, and the objective stays within 1% of the
-    unfiltered job's (a server applies pushes as they arrive, so even two unfiltered
-    jobs differ in the last digits). Key caching and compression are exact or nearly;
-    KKT drops updates that change nothing."""
+    """Sparse LR over 2 servers and 2 worker processes, 12 BSP clocks, with three filters
+    together: the workers send less, each filter reports bytes saved, and the objective
+    stays within 1% of the unfiltered job's (a server applies pushes as they arrive, so
+    even two unfiltered jobs differ in the last digits). Key caching and compression are
+    exact or nearly; KKT drops updates that change nothing. (Each filter's own saving is
+    checked in-process by the tests above; a job per filter cost 9 s of CI and caught
+    nothing the combined job does not.)"""
     from systems.minips.launcher import ClusterSpec, launch
 
     def job(filters, **extra):
@@ -183,13 +185,12 @@ def test_filters_in_a_real_job_change_the_bytes_not_the_result():
                       progress=False, eval_every_s=1e9)
 
     base = job([])
-    for filters in (["key_caching"], ["compress"], ["kkt"], ["kkt", "key_caching", "compress"]):
-        out = job(filters)
-        assert out["worker_bytes"] < 0.85 * base["worker_bytes"], filters
-        assert out["final"]["objective"] == pytest.approx(base["final"]["objective"], rel=0.01)
-        saved = {name: st["saved_bytes"] for w in out["filters"].values()
-                 for name, st in w.items()}
-        assert all(saved.get(f, 0) > 0 for f in filters), (filters, saved)
+    filters = ["kkt", "key_caching", "compress"]
+    out = job(filters)
+    assert out["worker_bytes"] < 0.85 * base["worker_bytes"]
+    assert out["final"]["objective"] == pytest.approx(base["final"]["objective"], rel=0.01)
+    for w in out["filters"].values():  # every worker's every filter saved something
+        assert all(w[f]["saved_bytes"] > 0 for f in filters), w
     # The significantly-modified filter is lossy by design: its threshold trades bytes
     # for accuracy (at 1e-3 it sends 4% less here and moves the objective 0.1%; at 1e-2,
     # 36% less and the objective 70% higher after 12 clocks).
