@@ -108,8 +108,10 @@ class ClipperConnection:
                      labels: list[str] | None = None) -> None:
         """Deploy the model directory at ``model_data_path`` (written by a deployer) as
         ``name:version`` with ``num_replicas`` containers; it becomes the current version.
-        ``batch_size=-1`` means adaptive (AIMD), as in Clipper; ``batching`` picks any
-        controller explicitly."""
+        ``batch_size=-1`` means adaptive, as in Clipper (ours defaults to AIMD; the C++
+        Clipper sizes batches from the earliest deadline with a fitted latency model,
+        ``containers.cpp`` ``get_batch_size``); ``batching`` picks any controller
+        explicitly."""
         doc: dict[str, Any] = {"model_name": name, "model_version": str(version),
                                "input_type": input_type,
                                "model_data_path": str(Path(model_data_path).resolve()),
@@ -168,7 +170,9 @@ class ClipperConnection:
         return self.cm.get_query_addr()
 
     def get_metrics(self) -> str:
-        """The Prometheus text of ``GET /metrics`` (Clipper's ``inspect_instance``)."""
+        """The Prometheus text of ``GET /metrics`` (Clipper's ``inspect_instance`` reads the
+        same endpoint, which there returns JSON; its Prometheus text comes from the
+        frontend-exporter)."""
         return http_json(f"http://{self.cm.get_query_addr()}/metrics", method="GET")
 
     def get_trace(self, path: str | Path) -> Path:

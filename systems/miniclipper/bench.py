@@ -307,7 +307,7 @@ def container_vs_inproc(ctx: Context, device: str, clients: int = 8, replicas: i
             tput_i.append(_closed_loop(lambda c, i: inproc(), 1, seconds) * batch)
             ts.append(_p50(served, 20))
             ti.append(_p50(inproc, 20))
-        # Clipper scales a model by replicating its container (section 4.3): a replica
+        # Clipper scales a model by replicating its container (section 4.4.1): a replica
         # has one batch in flight, so one replica's throughput is 1 / its round trip.
         # With more replicas their round trips overlap; reported, no target.
         conn.set_num_replicas("cnn", replicas)

@@ -5,7 +5,8 @@ a framework's crash, memory leak or slow start then cannot take the serving syst
 and any framework can be served by writing a thin wrapper (Clipper's
 ``containers/python/rpc.py`` and ``python_closure_container.py``). Ours is a process
 started by the supervisor (``python -m systems.miniclipper.container``). It runs one
-batch at a time, as Clipper's Python container loop does (a lock serialises the model):
+batch at a time, as Clipper's single-threaded Python container loop does (here a lock
+serialises the model, since the gRPC server is threaded):
 
 * ``PredictStream``: the frontend's connection. Clipper's RPC (``rpc_service.cpp`` and
   the container's ``rpc.py``) is one persistent ZeroMQ connection per container over

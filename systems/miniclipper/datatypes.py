@@ -3,9 +3,10 @@
 Clipper types every application and model with an *input type* (``clipper_admin``:
 "integers", "floats", "doubles", "bytes" or "strings"; ``src/libclipper/src/datatypes.cpp``)
 and rejects a query whose input does not parse as that type. A batch crosses the RPC as
-one flat buffer of all inputs plus their offsets, the layout of Clipper's
-``rpc_service.cpp`` (header, then the raw input buffers), here through
-:mod:`common.wire` (a JSON header plus packed numpy arrays, never pickles).
+one flat buffer of all inputs plus their offsets; Clipper's layout
+(``rpc::PredictionRequest::serialize`` in ``src/libclipper/src/datatypes.cpp``) is a header
+of per-input sizes followed by each input's buffer as its own ZeroMQ frame. Ours goes
+through :mod:`common.wire` (a JSON header plus packed numpy arrays, never pickles).
 
 Outputs come back the same way: a numeric array (one row or scalar per query), or
 strings. Each output is turned into a JSON-able value once, in the frontend, so the
@@ -31,7 +32,8 @@ INPUT_DTYPES: dict[str, Any] = {
     "doubles": np.float64, "bytes": np.uint8, "strings": np.uint8,
 }
 NUMERIC_TYPES = ("integers", "ints", "floats", "doubles")
-ALIASES = {"ints": "integers"}  # our second spelling of Clipper's "integers"
+# Clipper's parse_input_type also accepts "ints" (and "int", "i"); we accept this one alias
+ALIASES = {"ints": "integers"}
 
 
 class InputError(ValueError):
@@ -142,6 +144,20 @@ def loads_strict(body: bytes | str) -> Any:
         raise
     except ValueError as e:  # only int()'s digit limit is left to raise a bare ValueError
         raise InputError(f"the body's JSON has a number with too many digits: {e}") from None
+
+
+def json_output(value: Any) -> Any:
+    """An output as Clipper's query frontend answers it: a string that parses as JSON is
+    sent as that JSON value (``get_prediction_response_content`` in
+    src/frontends/src/query_frontend.hpp), so a closure answering ``"6.6"`` gives the number
+    6.6 while ``"cat"`` stays a string. The default output goes the same way. NaN,
+    Infinity and numbers too large for a float are not JSON there either: they stay strings."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value, parse_constant=_no_constant, parse_float=_finite_float)
+    except (ValueError, InputError, RecursionError):  # JSONDecodeError is a ValueError
+        return value
 
 
 def dumps_strict(obj: Any) -> str:

@@ -12,8 +12,9 @@ model bytes. ``add_model`` takes a ``model_data_path`` on the server's own disk,
 by a deployer (:mod:`.deployers`); the supervisor copies that directory into its store and
 containers load only from the store. Every endpoint accepts exactly its documented
 fields, so a stray ``"model_bytes"`` or ``"pickle"`` field is a 400, not ignored.
-Names are DNS-1123 labels, as ``clipper_admin`` requires, which also keeps them safe as
-URL and path components.
+Names are DNS-1123 labels (``clipper_admin`` checks model names and versions against the
+same pattern; we apply it, with the 63-character limit, to every name), which also keeps
+them safe as URL and path components.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from typing import Any
 
 from common.trace import TraceWriter, now_us
 
-from .datatypes import parse_input
+from .datatypes import json_output, parse_input
 from .metrics import Metrics
 from .queues import TaskExpired
 from .selection import SelectionPolicy, SelectionState, make_policy
@@ -121,6 +121,8 @@ class QueryProcessor:
         else:
             out = await self._predict_each(app, policy, inputs, qids, deadline, slo, traced)
         self._account(app, out, arrival)
+        for r in out:  # what Clipper's frontend sends back for a string output
+            r["output"] = json_output(r["output"])
         if traced:
             self.tracer.complete(f"query {app_name} x{len(inputs)}", t_us, now_us() - t_us,
                                  cat="query", tid=1, args={"query_ids": list(qids[:8])})

@@ -1,9 +1,10 @@
 """The model selection layer: which models answer a query, and how their answers combine.
 
 Clipper §5 frames selection as a bandit problem, with one small API per policy that
-Clipper's C++ keeps too (``src/libclipper/src/selection_policies.cpp``, Exp3/Exp4 added
-in commits 37ae719e and b356ea36): *select* the models for a query, *combine* their
-outputs, *observe* feedback and update a per-application state. Three policies:
+Clipper's C++ keeps too (``src/libclipper/src/selection_policies.cpp``: Exp3/Exp4 written
+in 5f1098d0, working from 37ae719e/b356ea36 in Nov 2016, removed in the March 2017 rewrite
+c69e93bb): *select* the models for a query, *combine* their outputs, *observe* feedback
+and update a per-application state. Three policies:
 
 * :class:`DefaultPolicy` (Clipper's ``DefaultOutputSelectionPolicy``): the first linked
   model, no learning;

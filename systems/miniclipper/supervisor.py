@@ -1,10 +1,11 @@
 """Replica supervision inside the Clipper process: the model store, spawn, watch, restart.
 
 In Clipper the container manager (``clipper_admin/docker/docker_container_manager.py``)
-starts model containers and Docker restarts dead ones; the query frontend learns of them
-when they connect to its RPC port (``src/libclipper/src/containers.cpp``). Here the
-supervisor lives in the frontend process, so it outlives the admin client that asked for
-the replicas, and it plays both parts:
+starts model containers; it sets no Docker restart policy, so a dead container stays dead
+(only the Kubernetes manager's Deployments restart pods). The query frontend learns of a
+container when it connects to its RPC port (``src/libclipper/src/rpc_service.cpp``). Here
+the supervisor lives in the frontend process, so it outlives the admin client that asked
+for the replicas, and it plays both parts:
 
 * **the model store**: a deployed model directory is *copied* from the path the admin
   named into ``<store>/<name>/<version>/``; containers load only from there (see
@@ -35,7 +36,8 @@ log = logging.getLogger("miniclipper.supervisor")
 # A replica that dies is restarted; one that then fails to start is retried with a
 # doubling back-off (0.5 s, 1 s, ... 8 s) and given up after RESTART_ATTEMPTS, after
 # which get_model reports it and, if it was the last, queries get a default saying why.
-# (Docker's restart policy, which Clipper relies on, backs off the same way.)
+# (Kubernetes, under Clipper's Kubernetes manager, restarts crashed pods with a doubling
+# back-off too; Clipper's Docker manager does not restart containers at all.)
 RESTART_ATTEMPTS = int(os.environ.get("CLIPPER_RESTART_ATTEMPTS", "5"))
 RESTART_BACKOFF_S = float(os.environ.get("CLIPPER_RESTART_BACKOFF_S", "0.5"))
 

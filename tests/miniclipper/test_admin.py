@@ -27,6 +27,20 @@ def _versioned(v):
     return lambda xs: [float(v)] * len(xs)
 
 
+def test_the_quickstart_closure_answers_json_numbers_as_clipper_does(clipper):
+    """Clipper's quickstart returns ``str(sum(x))`` and a default of ``"-1.0"``; its
+    frontend answers both as JSON numbers (query_frontend.hpp parses string outputs), so a
+    client written against Clipper reads numbers here too."""
+    c = clipper
+    c.register_application("hello-world", "doubles", "-1.0", 100_000)
+    deploy_python_closure(c, "sum-model", 1, "doubles", lambda xs: [str(sum(x)) for x in xs])
+    r = c.predict("hello-world", [1.0])  # not linked yet: the default, as a number
+    assert r["default"] is True and r["output"] == -1.0
+    c.link_model_to_app("hello-world", "sum-model")
+    r = c.predict("hello-world", [1.1, 2.2, 3.3])
+    assert r["default"] is False and r["output"] == sum([1.1, 2.2, 3.3])  # not "6.6"
+
+
 def test_quickstart_rollback_and_forward(clipper):
     c = clipper
     create_endpoint(c, "hello", "doubles", lambda xs: [float(sum(x)) for x in xs],

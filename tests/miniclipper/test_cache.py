@@ -11,7 +11,11 @@ from systems.miniclipper.cache import ENTRY_BYTES, PredictionCache
 
 class ClockReference:
     """Clipper's PredictionCache eviction, transcribed naively (a vector and an index, as
-    in src/libclipper/src/task_executor.cpp), as the oracle for ours."""
+    in src/libclipper/src/task_executor.cpp), as the oracle for ours. Two edge cases follow
+    ours, not Clipper's: an output larger than the whole budget is not kept (Clipper's
+    ``put`` on a pending entry never checks its size), and the new entry is completed
+    after the sweep that makes room for it (Clipper completes it first, so a long sweep
+    could evict it)."""
 
     def __init__(self, max_bytes):
         self.max, self.size, self.buf, self.hand = max_bytes, 0, [], 0

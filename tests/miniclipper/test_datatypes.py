@@ -14,6 +14,7 @@ from systems.miniclipper.datatypes import (
     encode_outputs,
     input_key,
     input_keys,
+    json_output,
     loads_strict,
     parse_input,
 )
@@ -163,6 +164,17 @@ def test_json_is_parsed_and_written_strictly():
     body = dumps_strict({"output": [float("nan"), float("-inf"), 2.0], "default": False})
     assert json.loads(body, parse_constant=lambda c: pytest.fail(c)) == {
         "output": ["NaN", "-Infinity", 2.0], "default": False}
+
+
+def test_a_string_output_that_is_json_goes_out_as_that_value_as_in_clipper():
+    """Clipper's frontend parses each string output (and the default) as JSON where it
+    can: the quickstart's ``str(sum(x))`` answers a number, a label stays a string."""
+    assert json_output("6.6000000000000005") == 6.6000000000000005
+    assert json_output("-1.0") == -1.0 and json_output("[1, 2]") == [1, 2]
+    assert json_output('{"label": "cat"}') == {"label": "cat"}
+    for text in ("cat", "", "NaN", "Infinity", "1e999", "[1,", "1 2"):  # not JSON values
+        assert json_output(text) == text
+    assert json_output(3) == 3 and json_output(["x"]) == ["x"]  # not strings: unchanged
 
 
 def test_grpc_arrays_are_refused_where_rest_would_refuse_them():
