@@ -139,8 +139,9 @@ class NumpyBackend:
         n = x.size // max(np.size(s), 1)
         if x.dtype.kind in "iu":  # an integer mean is an integer: sum / n in C++
             # (Eigen's MeanReducer), which rounds toward zero. An empty axis gives TF's
-            # reduction identity, NumTraits<int>::quiet_NaN() == 0 (reduction_ops.h), not
-            # numpy's divide-by-zero warning: divide the zero sum by 1, as torch does
+            # identity for an integer Mean, the reducer's initial 0 (reduction_ops.h uses
+            # NaN only for floating types), not numpy's divide-by-zero warning: divide the
+            # zero sum by 1, as torch does
             return _trunc_div(s, max(n, 1))
         return (s / n).astype(x.dtype, copy=False)
 

@@ -1,6 +1,6 @@
 """The dataflow executor: runs one device's partition of a plan, once per step.
 
-This follows tensorflow/core/common_runtime/executor.cc (Abadi et al. 2016, section 3.1
+This follows tensorflow/core/common_runtime/executor.cc (Abadi et al. 2016, section 5,
 and the 2015 white paper, section 3.1):
 
 * Before any step, every node becomes a *node item*: its kernel (instantiated once),
@@ -13,9 +13,11 @@ and the 2015 white paper, section 3.1):
   the inter-op thread pool**. Which is which is *learned*: each kernel carries a cost
   estimate, updated from measured run times as a decaying average
   (``new = (9 * old + measured) / 10``, TF's ``kCostDecay = 10``), and a node is expensive
-  while its estimate is above a threshold. Estimates only move a node from expensive to
-  cheap, as in TF. TF starts every kernel at 100M cycles; we start from the op's roofline
-  cost (:func:`.placement.estimate_seconds`), so a plan is sensible from its first step.
+  while its estimate is above a threshold. Our estimates only move a node from expensive
+  to cheap, as in TF 2.2 (which cleared the expensive bit for good); current TF still
+  times a cheap kernel one run in 16, so it can turn expensive again. TF starts every
+  kernel at 100M cycles; we start from the op's roofline cost
+  (:func:`.placement.estimate_seconds`), so a plan is sensible from its first step.
   Our threshold is 30 us, not TF's 8000 cycles: a hand-off to a Python thread costs tens of
   microseconds, so only ops slower than that are worth handing off. And as in TF, an
   expensive node that could overlap with nothing (no other node ready or running) is
@@ -389,8 +391,9 @@ class Executor:
 
     def _update_cost(self, k: int, measured_ns: float) -> None:
         """Fold a measured run time into node ``k``'s cost estimate (TF's
-        ``KernelStats::UpdateCostEstimate``); only expensive nodes are measured, so an
-        estimate that falls below the threshold stays there."""
+        ``KernelStats::UpdateCostEstimate``); we measure only expensive nodes, so an
+        estimate that falls below the threshold stays there (as in TF 2.2; current TF
+        also samples cheap kernels, one run in 16)."""
         was = self.is_expensive(k)
         self.cost_ns[k] = ((COST_DECAY - 1) * self.cost_ns[k] + measured_ns) / COST_DECAY
         self.n_expensive -= was and not self.is_expensive(k)

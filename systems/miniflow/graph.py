@@ -1,6 +1,6 @@
 """The dataflow graph: operations, the tensors they produce, and the scopes that build them.
 
-Abadi et al. (OSDI 2016) section 3.1: "TensorFlow uses a single dataflow graph to
+Abadi et al. (OSDI 2016) section 3: "TensorFlow uses a single dataflow graph to
 represent all computation and state": vertices are *operations* (with a type and
 attributes, like ``MatMul`` with ``transpose_a``), edges carry *tensors*, and control
 edges order operations that share no data. Building the graph computes nothing; a

@@ -1,9 +1,9 @@
 """Partitioning: one subgraph per device, joined by Send/Recv pairs.
 
-Abadi et al. 2016 section 3.3: "after placement, the graph is partitioned into a set of
-subgraphs, one per device ... a Send and a Recv operation are added for each
-cross-device edge", which "communicate through a rendezvous" keyed by the tensor and the
-two devices (tensorflow/core/graph/graph_partition.cc, framework/rendezvous.h). All
+Abadi et al. 2016 section 3.3 (and the 2015 white paper, section 3.2.2): after placement
+the graph is split into one subgraph per device, each cross-device edge replaced by a
+Send/Recv pair that meet in a rendezvous under a key naming the tensor and the two
+devices (tensorflow/core/graph/graph_partition.cc, framework/rendezvous.h). All
 consumers of one tensor on one device share a single Recv, so a tensor crosses to a
 device at most once per step. A control edge that crosses devices becomes a Send/Recv of
 a dummy value, so the ordering holds across executors too.

@@ -1,8 +1,11 @@
 """Placement: choose a device for every node.
 
-Abadi et al. 2016 section 3.3 and the TensorFlow white paper (Abadi et al. 2015, section
-3.2.1) describe the placer (tensorflow/core/common_runtime/placer.cc) in three steps,
-which we follow:
+Abadi et al. 2016 section 3.3 describes placement as constraint satisfaction: feasible
+devices per op, colocation groups, a device that satisfies each group. The open-source
+placer (tensorflow/core/common_runtime/placer.cc, colocation_graph.cc) does steps 1 and 2
+below and then takes the first feasible device. Our step 3 instead follows the cost-based
+greedy heuristic of the TensorFlow white paper (Abadi et al. 2015, section 3.2.1), which
+open-source TF never released:
 
 1. **Honour explicit requests** (``with mf.device("/cpu:1")``). A request for a device
    that does not exist is an error, unless ``allow_soft_placement`` lets it fall back.

@@ -397,7 +397,8 @@ def _reduced_shape_kernel(attrs, be, res):
     return reduced
 
 
-# The input's shape with the reduced axes set to 1 (math_grad.py's _ReducedShape).
+# The input's shape with the reduced axes set to 1 (TF's math_ops.reduced_shape, used by
+# math_grad.py's reduction gradients).
 define(OpDef("ReducedShape", lambda ins, a: [(int32, ins[0].shape)], _reduced_shape_kernel,
              expensive=False, host_inputs=(0, 1)))
 

@@ -121,9 +121,9 @@ def _integer_checked(method: str, bad: str, message: str):
 
 
 KERNELS = {
-    # TF's safe_div_or_mod_op (tensorflow/core/kernels/cwise_ops_common.h); numpy would
-    # give 0 with a RuntimeWarning, torch a bare ZeroDivisionError; floats divide to
-    # +-inf/nan as in TF
+    # TF's safe_div_or_mod_op (tensorflow/core/kernels/cwise_ops.h; the error is raised
+    # by BinaryOpShared::SetComputeError, cwise_ops_common.cc); numpy would give 0 with a
+    # RuntimeWarning, torch a bare ZeroDivisionError; floats divide to +-inf/nan as in TF
     "FloorDiv": _integer_checked("floor_divide", "has_integer_zero",
                                  "FloorDiv: Integer division by zero"),
     # TF's safe_pow (tensorflow/core/kernels/cwise_ops.h); torch would answer 1 // x**n,

@@ -1,6 +1,7 @@
 """``ApplyAdam`` on a GPU as one fused kernel (Triton).
 
-TensorFlow's GPU ``ApplyAdam`` is a single Eigen expression (``ApplyAdam`` functor in
+TensorFlow's GPU ``ApplyAdam`` is one hand-written CUDA kernel (``ApplyAdamKernel``,
+launched by the ``ApplyAdam<GPUDevice, T>`` functor in
 ``tensorflow/core/kernels/training_ops_gpu.cu.cc``): one pass that reads the variable,
 its two slots and the gradient and writes all three. Written with torch ops instead,
 the same update is about 17 small kernel launches per variable (``training_ops._adam``),
