@@ -1,10 +1,11 @@
 """Random annotation: fill a sketch's holes within the hardware's limits (Ansor 4.2).
 
 Ansor samples tile sizes and other knobs uniformly at random and then discards states
-that break a hardware rule (``SketchPolicyNode::SampleInitPopulation`` and
-``PruneInvalidState``; the GPU limits come from ``HardwareParams``: shared memory per
-block, registers, threads). We state our limits explicitly, so that a test can check
-that no annotation ever exceeds them:
+that break a hardware rule: ``SketchPolicyNode::SampleInitPopulation`` drops states whose
+lowering fails ``VerifyGPUCode`` against ``HardwareParams`` (shared and local memory per
+block, threads per block, vector bytes, vthreads; ``feature.cc``), seen as a ``-inf``
+score; ``PruneInvalidState`` drops only undefined states. We state our limits
+explicitly, so that a test can check that no annotation ever exceeds them:
 
 * shared memory: a pipelined GEMM keeps ``num_stages`` copies of its A and B blocks,
   ``(BLOCK_M + BLOCK_N) * BLOCK_K * num_stages * bytes`` <= the device's per-block limit

@@ -14,8 +14,8 @@ second to compile and a millisecond to run), so the split matters:
   ``triton.testing.do_bench`` (median, CUDA events, L2 flushed between repeats); a
   kernel that poisons the CUDA context costs one worker restart.
 
-Never ``@triton.autotune``: it cannot run under the interpreter and would hide the very
-measurements the tuner must record.
+Never ``@triton.autotune``: its default timer needs a GPU driver (not there under the CPU
+interpreter), and it would hide the very measurements the tuner must record.
 
 This module needs a CUDA GPU; it is exercised by ``casebook bench miniansor --device
 cuda`` (first run on an H200, 2026-11-27: builder, warm-up and worker timing all worked).

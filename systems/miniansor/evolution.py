@@ -5,9 +5,9 @@ population, scores it with the cost model, keeps a heap of the best *unmeasured*
 programs, and breeds the next generation by picking parents with probability
 proportional to their scores and mutating them (``mutation_prob`` = 0.85) with rules
 chosen by weight (``sketch_policy_rules.cc``: ``MutateTileSize``, ``MutateAutoUnroll``,
-``MutateComputeLocation``, ``MutateParallel``). The paper (section 5.1) also describes
-*crossover*, which TVM's code leaves as ``TODO(merrymercy, comaniac): add crossover``;
-we implement it.
+``MutateComputeLocation``, ``MutateParallel``: the CPU set; on GPU only the first two).
+The paper (section 5.1) also describes *crossover*, which TVM's code leaves as
+``TODO(merrymercy, comaniac): add crossover``; we implement it.
 
 Our genes are the annotation's knobs, grouped into the sketch's "nodes" the way
 Ansor's rewriting steps belong to DAG nodes:
@@ -28,11 +28,11 @@ Mutation rules (each returns a *valid* new annotation or None):
 * ``mutate_order``: double/halve the group size or the split factor.
 
 Crossover takes each node's genes from one of two parents of the same sketch, choosing
-the parent with probability proportional to its whole program's score, clipped at 0 (the
-paper picks each node's steps from the parent whose *node* scores higher: Ansor's model
-scores each statement, ours only whole programs), then checks that the child is valid
-(the paper's dependency check), since genes from two valid parents can break a joint
-limit (e.g. the tile of one and the stages of the other exceed shared memory).
+the parent with probability proportional to its whole program's predicted score, clipped
+at 0 (the paper picks each node's rewriting steps from a randomly chosen parent, section
+5.1), then checks that the child is valid (the paper's dependency check), since genes
+from two valid parents can break a joint limit (e.g. the tile of one and the stages of
+the other exceed shared memory).
 """
 
 from __future__ import annotations

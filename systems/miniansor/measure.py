@@ -3,7 +3,7 @@
 Mirrors TVM's ``ProgramMeasurer`` (``python/tvm/auto_scheduler/measure.py``): a *builder*
 turns a ``MeasureInput`` (task + state) into something runnable, a *runner* times it,
 and every result, good or bad, goes to the callbacks (``RecordToFile``). A failure is
-data, not an exception: it is recorded with its ``ErrorNo`` (TVM's ``MeasureErrorNo``)
+data, not an exception: it is recorded with its ``ErrorNo`` (after TVM's ``MeasureErrorNo``)
 and the search goes on; the cost model learns from it (as throughput 0). A task whose
 last ``max_consecutive_errors`` measurements all failed is stopped.
 
@@ -38,7 +38,9 @@ from .workloads import Task, check_output
 
 
 class ErrorNo(enum.IntEnum):
-    """Why a measurement failed (TVM ``MeasureErrorNo``, plus what a replayed table lacks)."""
+    """Why a measurement failed. Modelled on TVM's ``MeasureErrorNo`` (0, 1, 5, 8 as there);
+    2-4 renamed for Triton (TVM: COMPILE_HOST, COMPILE_DEVICE, RUNTIME_DEVICE), no
+    BUILD_TIMEOUT, RUN_TIMEOUT is 6 (TVM: 7), and 7 is our NOT_RECORDED."""
 
     NO_ERROR = 0
     INSTANTIATION_ERROR = 1  # the annotation breaks a declared limit

@@ -8,12 +8,15 @@ One round of TVM's ``SketchPolicyNode::ContinueSearchOneRound`` (``sketch_policy
    evolutionary search for ``2 x n`` candidates; also keep some purely random states;
 2. ``PickStatesWithEpsGreedy``: take ``(1 - eps)`` of the batch from the evolved
    candidates and ``eps`` from the random states, skipping anything ever measured;
-3. measure the batch; the caller retrains the cost model on everything measured.
+3. measure the batch and retrain the cost model on everything measured (TVM does this
+   inside ``ContinueSearchOneRound``; here the caller does, e.g.
+   ``TaskScheduler._tune_task``).
 
-The ablations of the paper (section 7.1, Figure 9) are switches: ``RandomModel`` for
-"no cost model" (TVM's ``EvolutionarySearch`` then caps the GA at 2 iterations), and
-``evolution=False`` for "no evolution" (the cost model only ranks the random initial
-population).
+Two ablation switches, ours, in the spirit of the paper's Figure 7 (section 7.1, whose
+"No fine-tuning" is random sampling only): ``RandomModel`` for "no cost model" (TVM's
+``EvolutionarySearch`` then caps the GA at 2 iterations), and ``evolution=False`` for
+"no evolution" (the cost model still ranks the random initial population, milder than
+the paper's variant).
 
 Resuming from a log (``preload``) marks its configs measured, so an interrupted run
 never measures them again (TVM's ``PreloadMeasuredStates`` callback).

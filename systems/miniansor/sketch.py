@@ -14,7 +14,8 @@ Our rules, in the order they are tried:
 rule                        condition                 successors
 ==========================  ========================  ====================================
 ``rule_multi_level_tiling`` a (batched) GEMM          tiled template: BLOCK_M/N/K, warps,
-                                                      stages (Ansor's "SSRSRS" tiling)
+                                                      stages (Ansor's GPU "SSSRRSRS"
+                                                      tiling, section 4.3)
 ``rule_split_k``            long K vs. few tiles      unchanged, and split-K (rfactor)
 ``rule_fuse_consumer``      GEMM with an epilogue     fused, and a separate kernel
 ``rule_grouped_order``      more than one tile row    row-major, and grouped (GROUP_M)
@@ -120,7 +121,8 @@ def _gemm_warps(task: Task) -> tuple[int, ...]:
 
 def rule_split_k(task: Task, s: Sketch, sm_count: int) -> list[Sketch] | None:
     """Split the reduction when K is long and the output too small to fill the machine
-    (Ansor's ``RuleAddRfactor``, which keeps the unsplit state as well)."""
+    (Ansor's ``RuleAddRfactor``, a CPU rule in TVM, which keeps the unsplit state as well
+    through ``kApply``)."""
     if s.template != "matmul":
         return None
     m, n, k = task.mnk
@@ -133,7 +135,8 @@ def rule_split_k(task: Task, s: Sketch, sm_count: int) -> list[Sketch] | None:
 
 def rule_fuse_consumer(task: Task, s: Sketch, sm_count: int) -> list[Sketch] | None:
     """Fuse the elementwise consumers into the GEMM's store, or leave them as a second
-    kernel (Ansor's multi-level tiling *with fusion* vs. the plain rule)."""
+    kernel (Ansor's multi-level tiling *with fusion* vs. the plain rule; TVM keeps both
+    only on CPU, on GPU it always fuses)."""
     if not task.is_matmul or task.epilogue.empty or s.template != "matmul":
         return None
     return [s._with("fuse-consumer", _join(s.name, "fused")),

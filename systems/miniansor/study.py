@@ -1,7 +1,8 @@
 """The experiments behind the benchmarks: search efficiency, cost-model ranking, and the
 task scheduler, each a plain function over a device (simulated or recorded).
 
-* **Search efficiency** (Ansor section 7.1 measures time-to-quality per operator): the
+* **Search efficiency** (Ansor plots best throughput vs. trials for one operator in
+  section 7.1, Figure 7, and counts trials to match AutoTVM in section 7.4, Table 3): the
   *pruned exhaustive space* (every valid annotation of every sketch) is timed without
   noise, its best is the ground truth; a search run is a sequence of noisy
   measurements, and "trials to within 5%" is the first trial after which the config the

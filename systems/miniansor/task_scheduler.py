@@ -5,7 +5,8 @@ forward pass, or takes 80% of the time, deserves more tuning than a small layern
 Ansor minimises an objective over the tasks' best latencies g_i, by default the
 weighted sum f = sum_i w_i * g_i, where w_i is how often task i occurs. Each step it
 tunes the task with the most negative estimated gradient of f with respect to the
-trials t_i spent on it (section 6.2; ``python/tvm/auto_scheduler/task_scheduler.py``):
+rounds t_i spent on it (the paper's time units; section 6.2;
+``python/tvm/auto_scheduler/task_scheduler.py``):
 
     df/dt_i ~ df/dg_i * ( alpha * (g_i(t_i) - g_i(t_i - dt)) / dt
                           + (1 - alpha) * min(-g_i(t_i) / t_i,
@@ -17,12 +18,13 @@ task reaches the best FLOP/s ``V_k`` of a *similar* task (same kind, same order 
 FLOPs ``C_i``), within a factor ``beta``. With probability ``eps`` a random task is
 chosen instead (the paper's epsilon-greedy; TVM's code has no such term). It starts
 with one round of round-robin, so every task has a latency; a task still without one
-after it is dead. Tasks whose search has nothing left to measure, which keep failing,
-or (with ``early_stopping_task``) which found nothing better in that many trials are
-*dead* and skipped, under either strategy. A task that, after 5 more rounds than any
-task of its similarity group, is still ``beta`` times slower (in FLOP/s) than the
-group's best leaves the group: it was not similar after all. These follow TVM's
-``TaskScheduler.tune`` / ``_tune_task`` / ``_adjust_similarity_group``.
+after it is dead (TVM v0.16+). Tasks whose search has nothing left to measure, which
+keep failing, or (with ``early_stopping_task``) which found nothing better in that many
+trials are *dead* and skipped, under either strategy. A task that has had more than 5
+rounds more than any other task of its similarity group, and is still ``beta`` times
+slower (in FLOP/s) than the group's best, leaves the group: it was not similar after
+all. These follow TVM's ``TaskScheduler.tune`` / ``_tune_task`` /
+``_adjust_similarity_group``.
 
 ``strategy="round-robin"`` is the baseline the paper compares against.
 """

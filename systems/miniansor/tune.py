@@ -1,7 +1,8 @@
 """Tuning, end to end: tasks in, a log of measurements and the best kernels out.
 
 The glue TVM calls ``auto_scheduler.TaskScheduler(tasks, weights).tune(TuningOptions)``
-(``task_scheduler.py``, ``auto_schedule.py``): one search policy per task sharing one
+(``task_scheduler.py``; a single task goes through ``auto_schedule`` / ``SearchTask.tune``
+in ``search_task.py``, ``auto_schedule.py`` in v0.7): one search policy per task sharing one
 cost model, a measurer with its callbacks (``RecordToFile``), and the task scheduler
 spending the trial budget. With an existing log it *resumes*: every logged
 measurement of these tasks *on this device* is preloaded into its task's policy (never
