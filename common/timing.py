@@ -10,10 +10,10 @@ Three rules, each from a way benchmarks lie:
    on one side. Timing them in alternation over the same inputs and taking the median
    of the *per-pair* ratios cancels drift that is slow compared to one pair.
 
-CPU timing uses the standard library's ``timeit`` (it disables the garbage collector
-while timing and calibrates the inner loop count with ``autorange``). CUDA timing
-delegates to ``triton.testing.do_bench``, which synchronises, flushes L2 between
-repeats and times with CUDA events.
+CPU timing uses the standard library's ``timeit`` (``timeit.Timer`` disables the garbage
+collector while timing; the loop count comes from our :func:`calibrate`, in the spirit of
+``autorange``). CUDA timing delegates to ``triton.testing.do_bench``, which
+synchronises, flushes L2 between repeats and times with CUDA events.
 """
 
 from __future__ import annotations

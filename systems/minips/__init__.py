@@ -6,17 +6,17 @@ The map, following the paper's sections:
 | paper | module |
 | --- | --- |
 | 3.1 (key, value) vectors | `store` (sorted keys, values, optimiser state) |
-| 3.2 user-defined updates | `updaters` (SGD, AdaGrad, L1 proximal, sum) |
-| 3.3 push / pull, ranges | `kv` (`KVWorker`, ps-lite `kv_app.h`); `message` (ps-lite `message.h`) |
+| 3.2 push / pull, ranges | `kv` (`KVWorker`, ps-lite `kv_app.h`); `message` (ps-lite `message.h`) |
+| 3.3 user-defined updates | `updaters` (SGD, AdaGrad, L1 proximal, sum) |
 | 3.4-3.5 tasks, consistency | `consistency` (BSP / SSP(tau) / ASP as dependencies) |
 | 3.6, 4.2 filters | `filters` (significantly-modified, KKT, compression, key caching) |
 | 4.1 range vector clocks | `clock` |
 | 4.3 consistent hashing | `ring` (key ranges, virtual nodes, replica chains) |
-| 4.3 server manager | `scheduler` (membership, heartbeats, ring epochs) |
-| 4.3-4.4 replication | `replication` (forward, copy, pre-copy join); `membership` (heartbeats) |
+| 4.3, 4.5 server manager | `scheduler` (membership, heartbeats, ring epochs) |
+| 4.4-4.5 replication | `replication` (forward, copy, pre-copy join); `membership` (heartbeats) |
 | 4 server node | `server` (`KVServer`: push, pull, control) |
-| 4.5 worker node | `worker` (the training loop, shard reassignment) |
-| snapshots | `checkpoint` (atomic files, restore into any ring) |
+| 4.6 worker node | `worker` (the training loop, shard reassignment) |
+| snapshots (ours) | `checkpoint` (atomic files, restore into any ring) |
 | 5 applications | `apps` (sparse L1-LR, torch MLP, counting audit); `data` (Zipf dataset) |
 
 Around them: `launcher` (start a cluster, watch it, the monitor), `metrics` (counters,

@@ -63,7 +63,8 @@ def _init(rank: int, world: int, port: int):
 
 
 def gloo_lr(rank: int, world: int, port: int, args: dict, steps: int, out: str) -> None:
-    """Dense all-reduce of the sparse-LR gradient (the baseline of section 5.1)."""
+    """Dense all-reduce of the sparse-LR gradient: our baseline (the paper's section 5.1
+    compared two sequential production systems, L-BFGS and block proximal gradient)."""
     import torch
 
     from .apps.sparse_lr import SparseLR

@@ -75,9 +75,9 @@ def consistency_case(ctx: Context) -> Result:
                  "the ratios medians of per-round ratios. "
                  "4 workers, 2 servers, sparse LR on 2^16 keys; every step sleeps 20 ms of "
                  "simulated compute, the straggler 80 ms. persistent: worker 0 is always 4x "
-                 "slow; rotating: one random worker per clock (the paper's transient "
-                 "stragglers). A persistent straggler bounds every bounded-delay model to its "
-                 "pace once the slack of tau clocks is used up.")
+                 "slow; rotating: one random worker per clock (as in the paper's shared "
+                 "cluster, section 5.1). A persistent straggler bounds every bounded-delay "
+                 "model to its pace once the slack of tau clocks is used up.")
     return res
 
 

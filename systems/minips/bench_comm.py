@@ -102,7 +102,7 @@ def throughput_case(ctx: Context) -> Result:
                                       "MB/s (keys + values)", "push throughput", logx=True))
     res.series["throughput"] = series
     res.notes = ("1M keys = 12.6 MB per push (uint64 keys + float32 values), pushed and "
-                 "pulled with copy=False (ps-lite's ZPush/ZPull, as its benchmark). Ours "
+                 "pulled with copy=False (ps-lite's ZPush/ZPull). Ours "
                  "includes "
                  "slicing, packing, applying the update and replying; the raw call only "
                  "moves bytes. Each server count ran with only its own cluster alive; the "
@@ -121,8 +121,9 @@ def _push_pull(kv, s: int, sizes: list[int], reps: int, call, res: Result,
         nbytes = keys.nbytes + vals.nbytes
         raw_push = bytes(nbytes)
         raw_pull = vals.nbytes.to_bytes(8, "little") + bytes(keys.nbytes - 8)
-        # copy=False (ps-lite's ZPush): these arrays are never changed, as its own
-        # benchmark (tests/test_kv_app_benchmark.cc) pushes with ZPush
+        # copy=False (ps-lite's ZPush): these arrays are never changed. The BytePS branch's
+        # benchmark (tests/test_benchmark.cc) uses ZPush; master's test_kv_app_benchmark.cc
+        # uses the copying Push/Pull
         push = interleaved(lambda: kv.wait(kv.push(keys, vals, copy=False)),
                            lambda: call(raw_push), repeats=reps, warmup=2, number=1)
         pull = interleaved(lambda: kv.wait(kv.pull(keys, copy=False)),

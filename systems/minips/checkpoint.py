@@ -1,5 +1,5 @@
-"""Checkpoints of server state, written atomically (paper section 4.3: "the server
-manager ... takes snapshots of the state").
+"""Checkpoints of server state, written atomically. These are ours: the paper relies on
+live replication (section 4.4) and takes no snapshots.
 
 Each server writes the ranges it masters (keys, values, optimiser state, and every
 worker's vector clock on them) to ``<dir>/<server>.<generation>.npz`` through a temporary

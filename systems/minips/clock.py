@@ -6,9 +6,10 @@ server communicates *ranges*: a push covers a key range at one timestamp, so all
 of the range share the node's time. A :class:`RangeClock` therefore stores one node's
 clock as a piecewise-constant function of the key: sorted breakpoints, each carrying the
 time from itself up to the next breakpoint. Setting the time of a range splits at most
-two existing segments (Algorithm 2's "split into up to 3 new ranges"); neighbouring
-segments that end up with equal times are merged, so the storage grows with the number
-of distinct ranges communicated, never with the number of keys.
+two existing segments (a range set "may split the range and create at most 3 new vector
+clocks", section 4.1); neighbouring segments that end up with equal times are merged, so
+the storage grows with the number of distinct ranges communicated, never with the number
+of keys.
 
 The server uses the clocks for two things:
 

@@ -22,10 +22,11 @@ nothing.
 
 The dependency travels with the pull as ``wait = c - tau - 1`` and is enforced where
 the data is: a server holds the pull until every live worker's range vector clock on the
-pulled ranges has reached ``wait`` (:class:`DependencyGate`). This is the same check as
-the original system's executor, which keeps a received task in its queue until the
-tasks named in its ``wait_time`` have finished (dmlc/parameter_server
-``src/system/executor.cc``, ``PickActiveMsg``).
+pulled ranges has reached ``wait`` (:class:`DependencyGate`). This is the counterpart of
+the original system's executor, which keeps a received request queued until the requests
+from the same sender named in its ``wait_time`` have finished (dmlc/parameter_server
+``src/system/executor.cc``, ``PickActiveMsg``); there the bound across workers comes from
+the scheduler's task timestamps (``darlin.h``, ``AddWaitTime``).
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ class DependencyGate:
 
     ``workers`` is the set whose clocks count: the scheduler removes dead and finished
     workers from it, which is what keeps a BSP barrier from waiting forever for a worker
-    that will never push again (section 4.5).
+    that will never push again (section 4.6).
     """
 
     def __init__(self, clocks: VectorClock):

@@ -1,8 +1,8 @@
 """A server's operator interface: fault injection, checkpoints, metrics and debug dumps.
 
-The paper's server manager can ask any node for its state (section 4.3: it "takes
-snapshots"); ps-lite has no such RPC, so this is ours. The ``Control`` RPC carries one
-request meta dict; each key asks for one thing:
+The paper's server manager only keeps the servers' metadata (liveness, key-range
+assignment; section 3), and ps-lite has no such RPC either, so this is ours. The
+``Control`` RPC carries one request meta dict; each key asks for one thing:
 
 * ``{"crash": POINT, "after": n}``: SIGKILL the server the n-th time it reaches POINT
   (one of :data:`CRASH_POINTS`, the places in the apply-then-replicate sequence where a

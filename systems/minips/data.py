@@ -1,7 +1,7 @@
 """A synthetic sparse classification dataset with power-law (Zipf) feature frequencies.
 
 The paper's sparse logistic regression ran on an ad-click dataset with 170 billion
-examples and 65 billion unique features (section 5.1, Table 3); what matters for the
+examples and 65 billion unique features (section 5.1); what matters for the
 system is its *shape*: every example has a few non-zero binary features, and feature
 frequencies follow a power law, so a minibatch touches a tiny, skewed fraction of the
 keys (the reason a parameter server sends far less than a dense all-reduce). We

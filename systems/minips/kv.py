@@ -14,7 +14,7 @@ What ps-lite leaves out and the paper asks for, done here:
   key space: "my gradient is zero where I sent nothing");
 * **consistency**: ``pull(keys, clock=c, wait=d)`` declares the task's dependency; the
   server holds it until every worker finished clock ``d`` (:mod:`.consistency`);
-* **failures** (section 4.3, :mod:`.recovery`): a slice whose server fails, times out,
+* **failures** (section 4.5, :mod:`.recovery`): a slice whose server fails, times out,
   answers STALE, or no longer masters its ranges in a newer ring is re-sliced with the
   new ring and resent; the vector clocks make the resend harmless where the first copy
   was applied;

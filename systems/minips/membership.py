@@ -4,7 +4,7 @@ The scheduler decides who is in the ring (:mod:`.scheduler`); each server
 
 * **registers** at start: as one of the initial servers, or, once training runs, as a
   *joining* server that pre-copies its future ranges before the ring switches
-  (:meth:`.transitions.RingTransitions.join`, paper section 4.3);
+  (:meth:`.transitions.RingTransitions.join`, paper section 4.5);
 * sends a **heartbeat** every ``hb_interval`` seconds (ps-lite ``van.cc``
   ``Van::Heartbeat``); the reply carries the ring's epoch, and a newer one makes the
   server fetch the ring and move to it (:meth:`.transitions.RingTransitions.transition`).

@@ -2,7 +2,8 @@
 
 ps-lite sends every request as a ``Meta`` (``include/ps/internal/message.h``: command,
 push/pull flags, sender, timestamp, data types) followed by data frames holding the
-keys and the values as raw arrays (``src/van.cc``). We do the same with
+keys and the values as raw arrays (``src/van.cc`` ``PackMeta``; the frames are sent by
+``ZMQVan::SendMsg`` in ``src/zmq_van.h``). We do the same with
 :mod:`common.wire`: the JSON header is the meta, and the arrays are ``keys`` (sorted,
 unique ``uint64``) and ``vals`` (``float32``, one row of ``val_len`` numbers per key).
 A push of a million keys is one message per server, never one message per key.

@@ -1,4 +1,4 @@
-"""What a worker does when a server fails or the ring changes (paper section 4.3).
+"""What a worker does when a server fails or the ring changes (paper section 4.5).
 
 On a node change a node "scans all outgoing messages that have not received replies
 yet. If a key range intersects with R, then the message will be split and resent". Here:

@@ -1,8 +1,9 @@
-"""Replication and recovery of key ranges (paper sections 4.3 and 4.4).
+"""Replication and recovery of key ranges (paper sections 4.4 and 4.5).
 
 Neither ps-lite nor the original dmlc/parameter_server code implements this part of the
-paper (ps-lite's ``Resender`` only re-sends lost messages), so the paper is the
-reference:
+paper (ps-lite's ``Resender`` only re-sends lost messages; the original has a
+``num_replicas`` flag and empty ``Parameter::SetReplica``/``GetReplica``/``Recover``
+hooks), so the paper is the reference:
 
 * **chain of replicas**: each range lives on its master and on the next ``R - 1``
   servers of the ring (:mod:`.ring`). After applying a push, the master sends the
@@ -41,8 +42,9 @@ FORWARD_TIMEOUT_S = 1.0
 
 
 class Replication(RingTransitions):
-    """One server's side of replication: chain replication of pushes (here) and ring
-    changes (:class:`.transitions.RingTransitions`)."""
+    """One server's side of replication: primary-backup replication of pushes (here: the
+    master forwards to every replica in parallel; the paper's chain replication is
+    exercise 3a) and ring changes (:class:`.transitions.RingTransitions`)."""
 
     def __init__(self, server: KVServer):
         super().__init__()

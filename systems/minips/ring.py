@@ -23,8 +23,9 @@ keys they do collide; the later one then takes the next free point, so a members
 change can also shift such a neighbour by a key or two (the transitions copy whatever
 ranges change hands, so no value is lost).
 
-Many virtual nodes per server even out the load ("each physical server is often
-represented by log p virtual servers").
+Many virtual nodes per server even out the load (section 4.3: "a physical server is often
+represented in the ring via multiple 'virtual' servers to improve load balancing and
+recovery"; Chord suggests O(log N) per node).
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
-"""The scheduler: the paper's server manager (section 4.3) plus the worker group's
-task scheduler (section 4.5).
+"""The scheduler: the paper's server manager (the ring, section 4.3; joins, departures and
+heartbeats, section 4.5) plus the worker group's task scheduler (sections 3 and 4.6).
 
 It never touches parameters. It keeps the *membership*: which servers form the ring
 (an ``epoch`` counts ring changes), which workers are alive, which data shard each
-worker trains on. Nodes send it heartbeats (ps-lite ``van.cc``: every node sends a
-``HEARTBEAT`` to the scheduler, which reports dead nodes in ``GetDeadNodes``,
-``src/postoffice.cc``); a server silent for ``hb_timeout`` seconds is removed:
+worker trains on. Nodes send it heartbeats (ps-lite ``van.cc``: every non-scheduler node
+sends a ``HEARTBEAT`` every ``PS_HEARTBEAT_INTERVAL`` seconds, off by default; the
+scheduler reports dead nodes in ``GetDeadNodes``, ``src/postoffice.cc``); a server
+silent for ``hb_timeout`` seconds is removed:
 
 1. the ring is re-formed without it (its ranges fall to their first replicas);
 2. the new ring is pushed to every server (``Ring`` RPC) and returned by every
@@ -13,7 +14,7 @@ worker trains on. Nodes send it heartbeats (ps-lite ``van.cc``: every node sends
 
 A server may also join at run time: it registers, receives the *pending* ring that
 includes it, pre-copies its future ranges from their current masters, then calls
-``JoinReady``; only then does the ring change (paper section 4.3, two-phase transfer).
+``JoinReady``; only then does the ring change (paper section 4.5, two-stage pre-copy).
 
 Beyond the paper, which promises nothing past R - 1 deaths: every server's heartbeat
 says which key ranges it holds *complete* (in its ring and not waiting for a copy). If
@@ -24,10 +25,10 @@ can send. Once every server has reported the current ring and the gap has lasted
 (:meth:`Scheduler.check_copies`).
 
 A worker silent for ``worker_timeout`` seconds is declared dead: its unfinished shard
-goes to the live worker with the least work (section 4.5, "the scheduler assigns the
-unfinished work to another worker"), and it leaves the set of workers whose clocks
-servers wait on, so a BSP barrier cannot hang on it. Workers that have finished their
-shards *retire* from that set for the same reason.
+goes to the live worker with the least work (the paper's scheduler "reschedules
+unfinished tasks" when workers are added or removed, section 3; section 4.6), and it
+leaves the set of workers whose clocks servers wait on, so a BSP barrier cannot hang on
+it. Workers that have finished their shards *retire* from that set for the same reason.
 
 Run: ``python -m systems.minips.scheduler --config JSON`` (the launcher does it).
 """
@@ -127,8 +128,8 @@ class Scheduler:
         # shrank a ring of R = 2 to one server, that server holds the only copy)
         copies = min(self.config["replication"], len(self.ring_servers))
         if name in self.ring_servers and copies < 2:
-            # No other server holds its ranges (section 4.3 keeps R copies; R = 1 keeps
-            # none to spare), so their values are gone. Re-forming the ring would hand
+            # No other server holds its ranges (section 4.4: a master and R - 1 replicas;
+            # R = 1 keeps none to spare), so their values are gone. Re-forming the ring would hand
             # them to servers that wait for a copy nobody can send: end the job instead,
             # and say why to every node that asks.
             if copies < self.config["replication"]:  # earlier deaths used up the copies

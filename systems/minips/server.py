@@ -106,7 +106,7 @@ class KVServer(Membership):
 
     def dbg(self, msg: str) -> None:
         """Log a replication step when ``PS_VERBOSE`` is set (ps-lite's variable of the
-        same name makes its nodes print every message); the fault tests' debugging aid."""
+        same name: 1 logs connections, 2 every message); the fault tests' debugging aid."""
         if VERBOSE:
             print(f"[{time.monotonic():.3f} {self.name} e{self.epoch}] {msg}", flush=True)
 

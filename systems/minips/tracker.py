@@ -2,7 +2,7 @@
 
 ps-lite records, per timestamp, how many replies a request expects and how many came
 back, and ``Wait(ts)`` blocks until they match (``src/customer.cc``). A request here also
-keeps what the paper's failure handling needs (section 4.3: a node "scans all outgoing
+keeps what the paper's failure handling needs (section 4.5: a node "scans all outgoing
 messages that have not received replies yet"): each slice still in flight (a
 :class:`Pending`: which server, which key ranges, under which ring epoch), so a slice
 whose server failed can be re-sliced with the new ring and resent, and why and how often

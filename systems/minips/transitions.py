@@ -1,7 +1,9 @@
-"""Ring changes for replicated key ranges (paper sections 4.3 and 4.4): the half of
+"""Ring changes for replicated key ranges (paper sections 4.4 and 4.5): the half of
 :class:`.replication.Replication` that moves ranges when a server dies or joins. The
-chain replication of pushes is in :mod:`.replication`; this mixin's state lives here,
-and it calls that half's ``send``, ``race``, ``range_message`` and ``sync_to``.
+primary-backup replication of pushes (the master forwards to every replica in parallel;
+the paper's chain replication is exercise 3a) is in :mod:`.replication`; this mixin's
+state lives here, and it calls that half's ``send``, ``race``, ``range_message`` and
+``sync_to``.
 
 * **ring transitions** (:meth:`Replication.transition`): when the scheduler removes a
   dead server, its first replica becomes master of its ranges (it holds the data and the
@@ -185,8 +187,8 @@ class RingTransitions:
         return self.range_message("snapshot", ranges, code=M.OK)
 
     async def transition(self, new: Ring) -> None:
-        """Move from the current ring to ``new`` (section 4.3: "on receiving the node
-        change message a node checks if it also maintains the key range ...")."""
+        """Move from the current ring to ``new`` (section 4.5: "on receiving the node
+        change message a node N first checks if it also maintains the key range ...")."""
         s, me = self.s, self.s.name
         async with s.lock:
             old = s.ring
@@ -384,7 +386,7 @@ class RingTransitions:
         return meta
 
     async def join(self, reg: dict) -> bool:
-        """Run-time join (section 4.3): pre-copy, then ask the scheduler to switch."""
+        """Run-time join (section 4.5): pre-copy, then ask the scheduler to switch."""
         s = self.s
         pending, current = Ring.from_dict(reg["pending"]), Ring.from_dict(reg["ring"])
         s.addrs.update(reg["addrs"])

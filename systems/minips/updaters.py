@@ -1,6 +1,6 @@
 """User-defined server updates: what a server does with the values a worker pushes.
 
-In the paper (section 3.2 and Algorithm 1) workers push *gradients* and servers run the
+In the paper (sections 3.2-3.3 and Algorithm 1) workers push *gradients* and servers run the
 update ``w <- w - eta * g`` (or a proximal / adaptive variant) on the keys they own;
 ps-lite exposes this as the server's request handle (``KVServer::set_request_handle``
 in ``kv_app.h``; its default handle just adds the pushed values into the store).
@@ -42,8 +42,9 @@ class SGD:
 
 @dataclass
 class AdaGrad:
-    """Per-coordinate step ``lr / sqrt(sum g^2)`` (Duchi et al. 2011), used by the paper's
-    sparse logistic regression so that rare features still move."""
+    """Per-coordinate step ``lr / sqrt(sum g^2)`` (Duchi et al. 2011). Our sparse LR uses
+    this scaling where the paper's Algorithm 3 scales each coordinate by a diagonal
+    second-order term (section 5.1)."""
 
     lr: float = 0.1
     eps: float = 1e-8
@@ -105,9 +106,9 @@ def spec_of(updater: Any) -> dict[str, Any]:
 class Regions:
     """Which updater applies where: ``[(begin, end, updater)]``, the rest gets ``default``.
 
-    The paper lets different applications share one server group on different key
-    ranges; we use it to give the audit keys (see :mod:`.apps.count`) a plain sum while
-    the model's keys get the optimiser.
+    The paper lets applications share one server group through parameter namespaces
+    (section 3); we use key ranges to give the audit keys (see :mod:`.apps.count`) a
+    plain sum while the model's keys get the optimiser.
     """
 
     default: Any

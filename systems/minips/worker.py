@@ -1,4 +1,4 @@
-"""A worker node: the data-parallel training loop (paper Algorithm 1 and section 4.5).
+"""A worker node: the data-parallel training loop (paper Algorithm 1 and section 4.6).
 
 Each iteration is one task at clock ``c`` on one of the worker's data shards::
 
@@ -12,14 +12,14 @@ The push is not waited for: the next iteration overlaps with it.
 
 The scheduler assigns shards. If another worker dies, its unfinished shard shows up in
 this worker's heartbeat reply with the progress made so far, and this worker
-alternates between its shards until both are done (section 4.5). The progress it reports
+alternates between its shards until both are done (section 4.6). The progress it reports
 counts a step only once its push is acknowledged (:class:`ShardProgress`), so an heir
 never skips a minibatch whose gradient did not reach the servers. A minibatch whose push
 was applied but not yet reported is done again by the heir: at least once, not exactly
-once, which the paper accepts for workers (section 4.6: workers keep no state worth
-saving, and the algorithms tolerate a repeated minibatch). A worker whose shards
-are all done *retires* from the clock set (so BSP does not wait for it), and exits when
-the scheduler says the whole job is done.
+once, which we accept by the paper's argument for workers (section 4.6: losing a little
+training data "affects the model only a little"; a repeated minibatch is the mirror
+case). A worker whose shards are all done *retires* from the clock set (so BSP does not
+wait for it), and exits when the scheduler says the whole job is done.
 
 The report's ``idle_fraction`` is the share of the worker's wall time its pulls were
 held by a server waiting for the consistency dependency (what the paper calls waiting
