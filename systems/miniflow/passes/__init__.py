@@ -2,9 +2,10 @@
 
 Abadi et al. 2016, section 5: before a graph runs, TensorFlow applies standard
 optimisations such as common subexpression elimination and constant folding; Grappler
-(tensorflow/core/grappler/) later grew these into a pass pipeline. Ours: constant folding, CSE and dead-node pruning repeat until nothing changes
-(folding can expose duplicates, CSE can expose dead nodes; see ``ENABLES``), then
-elementwise chains are fused. Each pass can be switched off in ``ConfigProto`` and
+(tensorflow/core/grappler/) later grew these into a pass pipeline. Ours: constant
+folding, CSE and dead-node pruning repeat until nothing changes (folding can expose
+duplicates, CSE can expose dead nodes; see ``ENABLES``), then elementwise chains are
+fused. Each pass can be switched off in ``ConfigProto`` and
 reports what it did.
 """
 
