@@ -22,12 +22,14 @@ from common.cli import non_negative_float, non_negative_int, port, positive_floa
 
 from .apps import SPARSE_LR_FILTERS
 
+LAM = 5e-3  # sparse_lr's default L1 strength (apps.describe's)
+
 
 def _app_spec(a: argparse.Namespace) -> dict[str, Any]:
     spec: dict[str, Any] = {"name": a.app, "seed": a.seed}
     if a.app == "sparse_lr":
         spec.update(features=a.features, examples=a.examples, nnz=a.nnz, batch=a.batch or 256,
-                    lam=a.lam, lr=a.lr or 0.1, filters=a.filters)
+                    lam=LAM if a.lam is None else a.lam, lr=a.lr or 0.1, filters=a.filters)
     elif a.filters:  # only sparse LR has filters; silently dropping them would mislead
         raise ValueError(f"--filters {a.filters}: the {a.app} app takes no filters "
                          f"(sparse_lr does)")
@@ -115,10 +117,12 @@ def spec_from_args(a: argparse.Namespace):
     from .launcher import ClusterSpec
 
     straggler = _straggler(a.straggler, a.workers, a.seed)
-    return ClusterSpec(servers=a.servers, workers=a.workers, app=_app_spec(a),
+    app, updater = _app_spec(a), _updater(a.updater)
+    _one_lam(app, updater, a.lam)
+    return ClusterSpec(servers=a.servers, workers=a.workers, app=app,
                        consistency=a.consistency, replication=a.replication, vnodes=a.vnodes,
                        steps=a.steps, audit=a.audit, step_sleep_s=a.step_sleep,
-                       straggler=straggler, host=a.host, updater=_updater(a.updater))
+                       straggler=straggler, host=a.host, updater=updater)
 
 
 def _updater(text: str | None) -> dict[str, Any] | None:
@@ -140,6 +144,22 @@ def _updater(text: str | None) -> dict[str, Any] | None:
             raise ValueError(f"--updater {text}: {item!r} is not key=number")
     updaters.make(spec)  # an unknown name or parameter fails here, with the choices
     return spec
+
+
+def _one_lam(app: dict[str, Any], updater: dict[str, Any] | None, given: float | None) -> None:
+    """Sparse LR's L1 strength lives in two places: the servers' ``l1prox`` update uses
+    it, and the workers' objective and KKT filter assume it. With ``--updater l1prox``
+    both take one value (the updater's if it names one, else ``--lam``'s), so the
+    objective printed is the one the servers minimise; two different values are refused."""
+    if app["name"] != "sparse_lr" or not updater or updater["name"] != "l1prox":
+        return
+    if "lam" not in updater:
+        updater["lam"] = app["lam"]
+    elif given is not None and given != updater["lam"]:
+        raise ValueError(f"--lam {given} and --updater lam={updater['lam']:g}: the servers "
+                         "would minimise another objective than the workers report; "
+                         "give one of them")
+    app["lam"] = updater["lam"]
 
 
 def _launch(a: argparse.Namespace) -> dict[str, Any]:
@@ -224,8 +244,8 @@ def add_parser(sub, add) -> None:
                     help="sparse_lr: dataset size")
     la.add_argument("--nnz", type=positive_int, default=24,
                     help="sparse_lr: features per example")
-    la.add_argument("--lam", type=non_negative_float, default=5e-3,
-                    help="sparse_lr: L1 strength")
+    la.add_argument("--lam", type=non_negative_float, default=None,
+                    help=f"sparse_lr: L1 strength (default {LAM:g})")
     la.add_argument("--filters", nargs="*", default=[],
                     choices=SPARSE_LR_FILTERS)
     la.add_argument("--updater", default=None,

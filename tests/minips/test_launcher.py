@@ -173,6 +173,34 @@ def test_the_servers_update_rule_can_be_chosen_on_the_command_line():
         spec("--updater", "sgd:lr")
 
 
+def test_sparse_lr_reports_the_objective_its_l1prox_servers_minimise():
+    """docs/minips/index.md runs ``--app sparse_lr --updater l1prox:lr=0.05,lam=...``.
+    The servers then shrink by that lam; the workers' objective (and the KKT filter) must
+    use the same one, or the objective printed is another function (with lam=0.001 on
+    the servers and the default 0.005 in the objective it read 10.9). One lam reaches
+    both; two different ones are refused; an updater without lam takes ``--lam`` (not
+    ``L1Proximal``'s own default, 1e-4)."""
+    from common.cli import build_parser
+    from systems.minips.cli import LAM, spec_from_args
+
+    def spec(*extra):
+        return spec_from_args(build_parser().parse_args(
+            ["ps", "launch", "--app", "sparse_lr", *extra]))
+
+    def lams(s):
+        return s.app["lam"], s.config(None)["updater"]["lam"]
+
+    assert lams(spec()) == (LAM, LAM)
+    assert lams(spec("--updater", "l1prox:lr=0.05,lam=0.001")) == (0.001, 0.001)
+    assert lams(spec("--updater", "l1prox:lr=0.05")) == (LAM, LAM)
+    assert lams(spec("--lam", "0.02", "--updater", "l1prox:lr=0.05")) == (0.02, 0.02)
+    assert lams(spec("--lam", "0.001", "--updater", "l1prox:lam=0.001")) == (0.001, 0.001)
+    with pytest.raises(ValueError, match="--lam 0.02 and --updater lam=0.001"):
+        spec("--lam", "0.02", "--updater", "l1prox:lam=0.001")
+    assert spec("--lam", "0.02").app["lam"] == 0.02  # the app's own rule takes it
+    assert spec("--lam", "0.02").config(None)["updater"]["lam"] == 0.02
+
+
 @pytest.mark.parametrize("replication", [1, 2])
 def test_cli_kill_server_with_and_without_replicas(tmp_path, replication):
     """``--kill-server`` from the command line: with ``--replication 2`` the job
