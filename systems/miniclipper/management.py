@@ -371,7 +371,8 @@ def management_app(server: ClipperServer, bind_host: str = rpc.LOOPBACK) -> web.
 
     async def trace(request: web.Request) -> web.Response:
         if server.tracer is None:
-            return error_json(404, "Not found", "tracing is off; start with trace_sample > 0")
+            return error_json(404, "Not found", "tracing is off; start Clipper with "
+                              "trace_sample > 0 (casebook clipper start --trace-sample)")
         return web.json_response(server.tracer.to_json())
 
     app = web.Application(middlewares=[json_errors], client_max_size=1 << 20)

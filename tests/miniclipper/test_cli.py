@@ -89,9 +89,11 @@ def _has_ipv6_loopback() -> bool:
 
 
 @pytest.mark.skipif(not _has_ipv6_loopback(), reason="this machine has no IPv6 loopback")
-def test_an_ipv6_loopback_host_works_from_start_to_stop():
+def test_an_ipv6_loopback_host_works_from_start_to_stop(capsys):
     """``--host ::1``: every address the commands build must bracket the literal
-    (``http://[::1]:PORT``); unbracketed, its colons read as a port and nothing connects."""
+    (``http://[::1]:PORT``); unbracketed, its colons read as a port and nothing connects.
+    Started without ``--trace-sample``, ``trace`` fails and names the flag that turns
+    tracing on."""
     info = _shell("start", "--host", "::1", "--query-port", "0", "--mgmt-port", "0",
                   "--grpc-port", "0")
     ports = ["--host", "::1", "--query-port", str(info["query_port"]), "--mgmt-port",
@@ -105,6 +107,9 @@ def test_an_ipv6_loopback_host_works_from_start_to_stop():
                "--slo-micros", "500000", *ports)
         out = _shell("query", "--app", "add", "--input", "[1, 2]", *ports)
         assert out["output"] == 3.0 and out["default"] is False
+        assert main(["clipper", "trace", "--out", "unused.json", *ports]) == 2
+        assert "tracing is off" in (err := capsys.readouterr().err), err
+        assert "casebook clipper start --trace-sample" in err
     finally:
         _shell("stop", *ports)
     assert _exits(info["pid"])
