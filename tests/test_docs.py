@@ -10,11 +10,13 @@ import argparse
 import contextlib
 import functools
 import io
+import itertools
 import re
 from pathlib import Path
 
 import pytest
 
+from common.bench import SUITES, load_suite
 from common.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,6 +138,10 @@ def check(argv: list[str], whole: bool) -> str | None:
         if word not in choices:
             return f"{parser.prog} has no subcommand {word!r}"
         parser = choices[word]
+    if argv[:1] == ["bench"] and "--only" in argv:
+        why = _bench_cases(argv)
+        if why:
+            return why
     if whole and not any(TEMPLATE.search(w) for w in argv):
         err = io.StringIO()
         try:
@@ -145,6 +151,21 @@ def check(argv: list[str], whole: bool) -> str | None:
             if e.code:  # --help exits with 0
                 return err.getvalue().strip().splitlines()[-1]
     return None
+
+
+def _bench_cases(argv: list[str]) -> str | None:
+    """``bench SYSTEM --only CASE ...``: each CASE must be one of the suite's cases for
+    the device (the CLI finds out only when it runs)."""
+    system = argv[1] if len(argv) > 1 and not argv[1].startswith("-") else None
+    if system not in SUITES:
+        return None
+    device = argv[argv.index("--device") + 1] if "--device" in argv else "cpu"
+    at = argv.index("--only") + 1
+    asked = list(itertools.takewhile(lambda w: not w.startswith("-"), argv[at:]))
+    have = {c.name for c in load_suite(system) if c.device == device}
+    unknown = sorted(set(asked) - have)
+    return f"{system} has no {device} case {unknown}; it has {sorted(have)}" if unknown \
+        else None
 
 
 def test_the_commands_are_found():
@@ -169,6 +190,7 @@ def test_every_casebook_command_a_page_shows_is_one_the_cli_takes():
     (["ps", "lunch"], False, "no subcommand"),
     (["flow", "train|dot"], False, "the synopsis lists"),
     (["clipper", "load"], True, "required"),
+    (["bench", "miniflow", "--only", "inter-op", "mlp-stp"], False, "no cpu case ['mlp-stp']"),
 ])
 def test_a_command_the_cli_refuses_is_caught(argv, whole, why):
     """The check above can fail, in each of its ways."""
