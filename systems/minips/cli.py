@@ -226,8 +226,10 @@ def _one_role(a: argparse.Namespace) -> dict[str, Any]:
 def add_parser(sub, add) -> None:
     p = add("ps", lambda a: p.print_help() or {}, "minips: the Parameter Server (Li et al. 2014)")
     cmds = p.add_subparsers(dest="ps_command", required=True)
+    # Raw: the example in the description keeps its two lines
     la = cmds.add_parser("launch", help="start a scheduler, servers and workers and train",
-                         description=__doc__.split("\n\n")[1] if __doc__ else None)
+                         description=__doc__.split("\n\n")[1] if __doc__ else None,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
     la.set_defaults(func=_launch)
     la.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                     help="print the result as JSON last")
