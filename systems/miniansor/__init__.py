@@ -22,7 +22,7 @@ The map, in the order data flows (paper section in brackets)::
     records.py        JSON-lines log; resume; apply_history_best
     tune.py           tune_task / tune_tasks / tune_model: all of the above
     study.py, bench.py, bench_cuda.py   the benchmark experiments
-    cli.py            casebook ansor tune | tune-model | show | sim-table
+    cli.py            casebook ansor tune | tune-model | show | sim-table | record-table
 
 Without a GPU, Triton kernels run under Triton's interpreter: importing this package
 on a machine where torch sees no CUDA device sets ``TRITON_INTERPRET=1`` (unless it is

@@ -31,11 +31,13 @@ Run a job:
 
 or talk to a cluster directly:
 
-    with Cluster(ClusterSpec(servers=3, replication=2)) as cl:
+    keys = np.arange(0, 1 << 20, 4096, dtype=np.uint64)   # sorted, unique
+    vals = np.ones((keys.size, 1), np.float32)             # val_len numbers per key
+    with Cluster(ClusterSpec(servers=3, replication=2, key_max=1 << 20)) as cl:
         kv = cl.start(workers=False).client("me")
         ts = kv.push(keys, vals)       # returns at once
         kv.wait(ts)                    # acknowledged by every replica
-        vals = kv.wait(kv.pull(keys))
+        vals = kv.wait(kv.pull(keys))  # the servers' values (the count app's rule sums)
 """
 
 from .consistency import Consistency
