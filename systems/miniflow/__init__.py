@@ -1,7 +1,12 @@
 """miniflow: TensorFlow's dataflow core (Abadi et al., OSDI 2016), small enough to read.
 
+    import numpy as np
+    from sklearn.datasets import load_digits
     import systems.miniflow as mf
+    xs, ys = load_digits(return_X_y=True)
+    xs = (xs / 16).astype("float32")
     x = mf.placeholder(mf.float32, [None, 64])
+    y = mf.placeholder(mf.int64, [None])
     w = mf.Variable(np.random.randn(64, 10).astype("float32") * 0.1, name="w")
     loss = mf.reduce_mean(mf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=x @ w))
     train = mf.train.GradientDescentOptimizer(0.5).minimize(loss)
