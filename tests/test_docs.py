@@ -11,12 +11,13 @@ import contextlib
 import functools
 import io
 import itertools
+import json
 import re
 from pathlib import Path
 
 import pytest
 
-from common.bench import SUITES, load_suite
+from common.bench import SUITES, load_suite, markdown, overview
 from common.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -201,3 +202,21 @@ def test_a_template_or_a_mention_is_not_parsed_whole():
     assert check(["clipper", "load"], False) is None
     assert check(["bench", "SYSTEM", "--device", "cuda"], True) is None
     assert check(["flow", "train|dot|trace"], False) is None
+
+
+RESULTS = ROOT / "docs" / "results"
+
+
+@pytest.mark.parametrize("path", sorted(RESULTS.glob("*/*/results.json")),
+                         ids=lambda p: "/".join(p.parts[-3:-1]))
+def test_each_committed_results_table_is_the_one_its_json_makes(path):
+    """The results pages include ``results.md``; ``casebook bench`` writes it from the
+    JSON beside it. A hand edit of either (a number spliced into one, a note fixed in the
+    other) would leave the page saying something the data does not: regenerate with
+    ``common.bench.markdown`` instead."""
+    assert path.with_name("results.md").read_text() == markdown(json.loads(path.read_text()))
+
+
+def test_the_results_overview_is_the_one_the_results_make():
+    assert len(list(RESULTS.glob("*/*/results.json"))) >= 8
+    assert (RESULTS / "overview.md").read_text() == overview(RESULTS)
