@@ -20,16 +20,15 @@ from typing import Any
 
 from common.cli import non_negative_float, non_negative_int, port, positive_float, positive_int
 
-from .apps import SPARSE_LR_FILTERS
-
-LAM = 5e-3  # sparse_lr's default L1 strength (apps.describe's)
+from .apps import SPARSE_LR_FILTERS, SPARSE_LR_LAM
 
 
 def _app_spec(a: argparse.Namespace) -> dict[str, Any]:
     spec: dict[str, Any] = {"name": a.app, "seed": a.seed}
     if a.app == "sparse_lr":
         spec.update(features=a.features, examples=a.examples, nnz=a.nnz, batch=a.batch or 256,
-                    lam=LAM if a.lam is None else a.lam, lr=a.lr or 0.1, filters=a.filters)
+                    lam=SPARSE_LR_LAM if a.lam is None else a.lam, lr=a.lr or 0.1,
+                    filters=a.filters)
     elif a.filters:  # only sparse LR has filters; silently dropping them would mislead
         raise ValueError(f"--filters {a.filters}: the {a.app} app takes no filters "
                          f"(sparse_lr does)")
@@ -247,7 +246,7 @@ def add_parser(sub, add) -> None:
     la.add_argument("--nnz", type=positive_int, default=24,
                     help="sparse_lr: features per example")
     la.add_argument("--lam", type=non_negative_float, default=None,
-                    help=f"sparse_lr: L1 strength (default {LAM:g})")
+                    help=f"sparse_lr: L1 strength (default {SPARSE_LR_LAM:g})")
     la.add_argument("--filters", nargs="*", default=[],
                     choices=SPARSE_LR_FILTERS)
     la.add_argument("--updater", default=None,

@@ -181,7 +181,8 @@ def test_sparse_lr_reports_the_objective_its_l1prox_servers_minimise():
     both; two different ones are refused; an updater without lam takes ``--lam`` (not
     ``L1Proximal``'s own default, 1e-4)."""
     from common.cli import build_parser
-    from systems.minips.cli import LAM, spec_from_args
+    from systems.minips.apps import SPARSE_LR_LAM as LAM
+    from systems.minips.cli import spec_from_args
 
     def spec(*extra):
         return spec_from_args(build_parser().parse_args(

@@ -34,6 +34,7 @@ def make_app(spec: dict[str, Any], num_shards: int, monitor: bool = False) -> An
 
 # the user-defined filters (paper section 3.6) the sparse LR app can put on its pushes
 SPARSE_LR_FILTERS = ("kkt", "sigmod", "key_caching", "compress")
+SPARSE_LR_LAM = 5e-3  # its L1 strength unless the spec says otherwise
 
 
 def describe(spec: dict[str, Any]) -> dict[str, Any]:
@@ -45,7 +46,7 @@ def describe(spec: dict[str, Any]) -> dict[str, Any]:
         if unknown:  # an unknown name would be ignored by every worker, without a word
             raise ValueError(f"unknown filter(s) {unknown}; sparse_lr takes "
                              f"{', '.join(SPARSE_LR_FILTERS)}")
-        lam = float(spec.get("lam", 5e-3))
+        lam = float(spec.get("lam", SPARSE_LR_LAM))
         return {"key_max": int(spec.get("features", 1 << 22)),
                 "updater": {"name": "l1prox", "lr": float(spec.get("lr", 0.1)),
                             "lam": lam, "adagrad": True}}

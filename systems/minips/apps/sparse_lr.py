@@ -22,6 +22,7 @@ import scipy.sparse as sp
 from .. import data
 from ..filters import KKT, Compress, KeyCaching, SignificantlyModified
 from ..message import KEY_DTYPE, VAL_DTYPE
+from . import SPARSE_LR_LAM
 
 
 def spec_of(args: dict[str, Any]) -> data.SparseSpec:
@@ -45,7 +46,7 @@ def objective(x: sp.csr_matrix, y: np.ndarray, w: np.ndarray, lam: float) -> flo
 def optimum(args: dict[str, Any], iters: int = 400) -> float:
     """The objective's minimum on the full dataset (FISTA, step 1/L with L = max row
     norm squared / 4 bound, checked by backtracking)."""
-    spec, lam = spec_of(args), float(args.get("lam", 5e-3))
+    spec, lam = spec_of(args), float(args.get("lam", SPARSE_LR_LAM))
     x, y = data.full(spec)
     n = x.shape[0]
     w = np.zeros(spec.features)
@@ -79,7 +80,7 @@ class SparseLR:
         self.num_shards = num_shards
         self.key_max = self.spec.features
         self.batch = int(spec.get("batch", 256))
-        self.lam = float(spec.get("lam", 5e-3))
+        self.lam = float(spec.get("lam", SPARSE_LR_LAM))
         self._shards: dict[int, tuple] = {}
         self._eval: tuple | None = None
 
