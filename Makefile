@@ -17,7 +17,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check common systems tests
 	$(BIN)/python -m pytest
-	$(BIN)/python -m mkdocs build --strict --quiet --site-dir .site
+	$(BIN)/python -m mkdocs build --strict --site-dir .site  # not --quiet: it hides warnings from --strict
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -x -m "not slow"

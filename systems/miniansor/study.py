@@ -269,9 +269,9 @@ def tuning_curve(run: list[tuple[str, float]], per_round: int, rounds: int,
 
 def oracle_rounds(curves: list[np.ndarray], weights: list[float], target: float,
                   ) -> int | None:
-    """The fewest total rounds of any allocation (r_1..r_n), every r_i >= 1 (the warm-up
-    round) and r_i <= len(curves[i]), with sum_i w_i * curves[i][r_i - 1] <= target; None
-    if none reaches it.
+    """The fewest total rounds of any allocation ``(r_1..r_n)``, every ``r_i >= 1`` (the
+    warm-up round) and ``r_i <= len(curves[i])``, with
+    ``sum_i w_i * curves[i][r_i - 1] <= target``; None if none reaches it.
 
     Why: a scheduler that reaches round-robin's final objective in half the trials needs
     such an allocation to exist; if even the best allocation in hindsight, knowing every
