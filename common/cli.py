@@ -116,7 +116,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     b.add_argument("--only", nargs="+", help="run only these case names")
     b.add_argument("--no-progress", action="store_true")
 
-    t = add("tour", _tour, "a few-minute walk through the measuring layer and every system")
+    t = add("tour", _tour, "a walk through the measuring layer and every system (about a minute)")
     t.add_argument("--full", action="store_true", help="larger sizes (slower)")
 
     words = [w for w in argv if not w.startswith("-")] if argv is not None else None

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU suites, on a GPU machine that may have no network and no project venv, only a
-# python3 with torch, triton, numpy, grpcio, scikit-learn, matplotlib, tqdm, pytest,
-# aiohttp, prometheus-client and cloudpickle. Runs from the repo root with no install:
+# python3 with pyproject.toml's packages (torch, triton, numpy, grpcio, scikit-learn,
+# matplotlib, tqdm, aiohttp, prometheus-client, cloudpickle, threadpoolctl, xxhash) and
+# pytest, pytest-timeout, hypothesis and psutil. Runs from the repo root with no install:
 #   1. the tests marked `gpu` (Triton kernels compiled for real, CUDA backends; TESTS=path
 #      for some);
 #   2. every system's `casebook bench SYSTEM --device cuda` cases (SYSTEMS="a b" for some);
