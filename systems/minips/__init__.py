@@ -31,6 +31,8 @@ Run a job:
 
 or talk to a cluster directly:
 
+    import numpy as np
+    from systems.minips import Cluster, ClusterSpec
     keys = np.arange(0, 1 << 20, 4096, dtype=np.uint64)   # sorted, unique
     vals = np.ones((keys.size, 1), np.float32)             # val_len numbers per key
     with Cluster(ClusterSpec(servers=3, replication=2, key_max=1 << 20)) as cl:

@@ -1,7 +1,7 @@
 """``casebook ps ...``: launch a parameter-server job from the command line.
 
     casebook ps launch --servers 2 --workers 2 --app sparse_lr --consistency ssp:4 \\
-        --replication 2 [--kill-server s1@3] [--json]
+        --replication 2 [--kill-server s1@1] [--json]
 
 starts the scheduler, the servers and the workers as processes on this machine, shows a
 progress bar with the objective (or accuracy) as the monitor measures it, and prints the
@@ -191,6 +191,10 @@ def _launch(a: argparse.Namespace) -> dict[str, Any]:
               f"-> epoch {e['epoch']}")
     if out["audit"]:
         print(f"  audit: {out['audit']}")
+    for f in out["faults_not_fired"]:
+        what = ", ".join(f"{k} {v}" for k, v in f.items() if k != "at")
+        print(f"  note: {what} at {f['at']:g} s was not done: the workers finished first "
+              f"({out['wall_s']:.1f} s)")
     print(f"  trace: {out['trace']}  (load in chrome://tracing or ui.perfetto.dev)")
     out.pop("losses", None)
     return out

@@ -376,6 +376,7 @@ def launch(spec: ClusterSpec, run_dir: str | Path | None = None,
         out = summarize(cl, status, mon.curve if mon else [], audit)
         start = status["barriers"].get("init", time.monotonic())
         out["faults"] = [{**f, "t": f.pop("t_mono") - start} for f in fired]
+        out["faults_not_fired"] = faults  # due after the workers had finished
         out["wall_s"] = time.perf_counter() - t0
         if tally is not None:
             out["tally"] = tally

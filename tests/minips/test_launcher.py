@@ -76,6 +76,21 @@ def test_a_worker_that_crashes_mid_job_fails_the_launch_with_its_log():
         launch(spec, progress=False, eval_every_s=None)
 
 
+def test_a_fault_due_after_the_job_ended_is_reported_not_dropped(tmp_path, capsys):
+    """A ``--kill-server s0@T`` whose T comes after the workers finished is never done;
+    the summary says so (it used to vanish, and the run read as a survived fault)."""
+    from common.cli import main
+
+    spec = ClusterSpec(servers=1, workers=1, steps=2, app={"name": "count"})
+    out = launch(spec, progress=False, eval_every_s=None, faults=[{"at": 600, "kill": "s0"}])
+    assert out["faults"] == [] and out["faults_not_fired"] == [{"at": 600, "kill": "s0"}]
+    assert main(["ps", "launch", "--servers", "1", "--workers", "1", "--steps", "2", "--app",
+                 "count", "--kill-server", "s0@600", "--no-progress",
+                 "--out", str(tmp_path / "run")]) == 0
+    assert "note: kill s0 at 600 s was not done: the workers finished first" in \
+        capsys.readouterr().out
+
+
 def test_filters_never_touch_the_audit_counters():
     """The KKT filter drops gradient entries and the significantly-modified filter holds
     them back; the audit keys appended to the same push must pass untouched (KKT used to
