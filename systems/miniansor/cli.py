@@ -54,9 +54,10 @@ def _print_best(summary: dict) -> None:
     else:  # a log without task weights: say what the number is
         total = f"unweighted sum of best latencies {summary['latency_sum_us']:.2f} us " \
             "(the log records no task weights)"
-    print(f"device {summary['device']}; {summary['trials']} trials "
-          f"({summary.get('resumed', 0)} resumed from the log); errors {summary['errors']}; "
-          f"{total}")
+    # tune and tune-model say how many trials came from the log; show reads only the log
+    resumed = f" ({summary['resumed']} resumed from the log)" if "resumed" in summary else ""
+    print(f"device {summary['device']}; {summary['trials']} trials{resumed}; "
+          f"errors {summary['errors']}; {total}")
 
 
 def _tune(args: argparse.Namespace) -> dict[str, Any]:

@@ -362,16 +362,17 @@ def launch(spec: ClusterSpec, run_dir: str | Path | None = None,
         if crashed:  # a job whose workers died is not a result: say so, loudly
             raise RuntimeError(f"worker(s) {crashed} crashed; the end of "
                                f"{crashed[0]}'s log:\n{cl.group.children[crashed[0]].log_tail()}")
-        if mon:
-            mon.close()
-            mon.sample()
-        status = cl.status()
-        audit = None
-        if spec.audit:
-            audit = audit_run(cl, status)
-        tally = read_tally(cl) if spec.app.get("tally") else None
-        if ckpt_dir:
-            cl.checkpoint(ckpt_dir)
+        with failure_named(cl):  # reads after the end; the job may fail meanwhile
+            if mon:
+                mon.close()
+                mon.sample()
+            status = cl.status()
+            audit = None
+            if spec.audit:
+                audit = audit_run(cl, status)
+            tally = read_tally(cl) if spec.app.get("tally") else None
+            if ckpt_dir:
+                cl.checkpoint(ckpt_dir)
         cl.shutdown()
         out = summarize(cl, status, mon.curve if mon else [], audit)
         start = status["barriers"].get("init", time.monotonic())
@@ -381,6 +382,24 @@ def launch(spec: ClusterSpec, run_dir: str | Path | None = None,
         if tally is not None:
             out["tally"] = tally
         return out
+
+
+@contextlib.contextmanager
+def failure_named(cl: Cluster):
+    """Report a job the scheduler failed while we read its results as that failure.
+
+    The launcher checks for a failure once the workers are done, and then reads: the
+    monitor's last sample, the audit, the tally. A server that died after the workers'
+    last push is declared dead only after a heartbeat timeout, so that check can pass
+    and a read then fail with the scheduler's reason as a bare ``UNAVAILABLE`` (3 runs
+    in 10 of a sparse-LR job that lost its only copy). Same cause, same words."""
+    try:
+        yield
+    except M.PSError:
+        failure = cl.status().get("failure")
+        if failure:
+            raise RuntimeError(f"the job failed: {failure}") from None
+        raise
 
 
 def audit_run(cl: Cluster, status: dict) -> dict[str, int]:

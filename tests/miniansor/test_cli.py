@@ -25,6 +25,7 @@ def test_tune_then_show(tmp_path):
     doc = json.loads(out.stdout.strip().splitlines()[-1])
     assert doc["trials"] == 6 and doc["tasks"][0]["task"] == "gemm:64x96x128:fp16:bias+relu"
     assert doc["tasks"][0]["best_us"] > 0 and len(log.read_text().splitlines()) == 6
+    assert "6 trials (0 resumed from the log)" in out.stdout
     show = casebook("ansor", "show", str(log), "--plot", str(tmp_path / "p.png"), "--json")
     assert show.returncode == 0, show.stderr[-2000:]
     sdoc = json.loads(show.stdout.strip().splitlines()[-1])
@@ -74,7 +75,10 @@ def test_show_weights_each_task_as_the_tuner_did(tmp_path, capsys):
     _log(log, "dev", {a.key: 1, b.key: 2}, times)
     out = _show(str(log), "--plot", str(tmp_path / "p.png"))
     assert out["weighted_latency_us"] == pytest.approx(1 * 2.0 + 2 * 4.0)  # sum w * best
-    assert "weighted latency 10.00 us" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "weighted latency 10.00 us" in said
+    # show only reads a log: it counts its records and resumes nothing (tune's wording)
+    assert "4 trials; errors" in said and "resumed" not in said
     bare = tmp_path / "bare.jsonl"  # no weights known: say it is a plain sum
     _log(bare, "dev", None, times)
     out = _show(str(bare), "--plot", str(tmp_path / "q.png"))

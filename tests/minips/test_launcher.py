@@ -3,6 +3,7 @@ the per-node metrics and the merged Chrome trace it promises."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -12,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from systems.minips.launcher import ClusterSpec, launch, summarize
+from systems.minips import message as M
+from systems.minips.launcher import Cluster, ClusterSpec, failure_named, launch, summarize
 
 
 def test_cli_launch_trains_the_mlp_and_reports_metrics_and_a_trace(tmp_path):
@@ -89,6 +91,30 @@ def test_a_fault_due_after_the_job_ended_is_reported_not_dropped(tmp_path, capsy
                  "--out", str(tmp_path / "run")]) == 0
     assert "note: kill s0 at 600 s was not done: the workers finished first" in \
         capsys.readouterr().out
+
+
+def test_a_read_that_meets_a_job_failed_after_the_workers_ended_names_the_failure(tmp_path):
+    """launcher.failure_named: a server that dies after the workers' last push is declared
+    dead only after a heartbeat timeout, so the launcher's check for a failed job can pass
+    and its next read (the monitor's last sample) then fail. That read must say "the job
+    failed" and why, as the check does; it said ``[UNAVAILABLE] ...`` in 3 runs of 10.
+    Any other error passes through unchanged."""
+    spec = ClusterSpec(servers=2, workers=0, app={"name": "count"}, key_max=64,
+                       replication=1)
+    with Cluster(spec, tmp_path) as cl:
+        cl.start(workers=False)
+        kv = cl.client("c")
+        keys = np.arange(64, dtype=np.uint64)
+        kv.wait(kv.push(keys, np.ones((64, 1), np.float32)))
+        with pytest.raises(M.PSError, match="keys must be non-negative"):
+            with failure_named(cl):  # not a failed job: the error itself
+                kv.pull(np.array([-1]))
+        assert cl.status()["failure"] is None  # the launcher's check would pass here
+        cl.signal("s1", signal.SIGKILL)
+        with pytest.raises(RuntimeError, match="^the job failed: server s1 died .* no other "
+                                               "server keeps a copy"):
+            with failure_named(cl):
+                kv.wait(kv.pull(keys), timeout=60)
 
 
 def test_filters_never_touch_the_audit_counters():
