@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
+import subprocess
 import tempfile
 import threading
 import time
@@ -26,6 +27,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 
 from common import rpc
@@ -173,9 +175,29 @@ class Cluster:
         try:
             out = rpc.method(ch, M.SCHEDULER_SERVICE, method)(M.encode(meta or {}),
                                                               timeout=timeout)
+        except grpc.RpcError:
+            self._raise_if_scheduler_died()
+            raise
         finally:
             ch.close()
         return M.decode(out)[0]
+
+    def _raise_if_scheduler_died(self) -> None:
+        """Say so when the scheduler process is gone, rather than gRPC's UNAVAILABLE.
+
+        The job cannot go on: only the scheduler knows membership, progress and the end
+        of the job. The paper makes its server manager reliable by replication (Paxos);
+        minips runs one process (docs/minips/exercises.md, exercise 5)."""
+        sched = self.group.children.get("scheduler")
+        if sched is None:  # roles started one by one: not ours to watch
+            return
+        try:  # a refused connection comes as the process exits; let it be reaped
+            code = sched.popen.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            return
+        raise RuntimeError(f"the scheduler died (exit code {code}), and a job cannot go on "
+                           f"without it: it alone tracks membership, progress and the end "
+                           f"of the job (its log: {sched.log_path})") from None
 
     def status(self) -> dict[str, Any]:
         return self._sched("Status")

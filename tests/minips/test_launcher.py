@@ -117,6 +117,29 @@ def test_a_read_that_meets_a_job_failed_after_the_workers_ended_names_the_failur
                 kv.wait(kv.pull(keys), timeout=60)
 
 
+def test_a_dead_scheduler_ends_the_launch_with_a_clear_error_and_no_process_left():
+    """Cluster._raise_if_scheduler_died: the launcher polls the scheduler for progress;
+    when that process is killed the launch says the scheduler died, not gRPC's bare
+    UNAVAILABLE, and stops every process it started."""
+    spec = ClusterSpec(servers=1, workers=2, steps=400, step_sleep_s=0.005,
+                       app={"name": "count"})
+    kids = []
+    real_close = Cluster.close
+
+    def close(self):  # note the processes, to check that none is left running
+        kids.extend(self.group.children.values())
+        real_close(self)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Cluster, "close", close)
+        with pytest.raises(RuntimeError, match=r"^the scheduler died \(exit code -9\), and a "
+                                               r"job cannot go on without it"):
+            launch(spec, progress=False, eval_every_s=None,
+                   faults=[{"at": 0.3, "kill": "scheduler"}])
+    assert {k.name for k in kids} == {"scheduler", "s0", "w0", "w1"}
+    assert not any(k.alive() for k in kids)
+
+
 def test_filters_never_touch_the_audit_counters():
     """The KKT filter drops gradient entries and the significantly-modified filter holds
     them back; the audit keys appended to the same push must pass untouched (KKT used to
