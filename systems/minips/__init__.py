@@ -42,10 +42,11 @@ or talk to a cluster directly:
         vals = kv.wait(kv.pull(keys))  # the servers' values (the count app's rule sums)
 """
 
+from .cluster import Cluster, ClusterSpec
 from .consistency import Consistency
 from .filters import KKT, Compress, KeyCaching, SignificantlyModified
 from .kv import KVWorker
-from .launcher import Cluster, ClusterSpec, launch
+from .launcher import launch
 from .message import PSError
 from .ring import Ring
 from .updaters import SGD, AdaGrad, L1Proximal, Sum

@@ -21,7 +21,8 @@ from common.bench import Case, Context, Result, Target
 
 from .bench_comm import mlp_case, pair_dict, sparse_lr_case, throughput_case, worker_reports
 from .bench_runs import consistency_runs, fault_sweep, run_to_target
-from .launcher import ClusterSpec, launch
+from .cluster import ClusterSpec
+from .launcher import launch
 
 
 # ---- 4. consistency models under a straggler ----------------------------------------

@@ -28,7 +28,8 @@ from common.procs import ProcessGroup
 from common.timing import interleaved, paired_ratios
 
 from .baselines import RAW_SERVICE, free_port
-from .launcher import Cluster, ClusterSpec, launch
+from .cluster import Cluster, ClusterSpec
+from .launcher import launch
 
 
 def pair_dict(a: list[float], b: list[float]) -> dict[str, float]:

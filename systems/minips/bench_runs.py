@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 
 from .apps.sparse_lr import optimum
+from .cluster import Cluster, ClusterSpec
 from .control import CRASH_POINTS
-from .launcher import Cluster, ClusterSpec, Monitor, audit_run
+from .launcher import Monitor, audit_run
 from .metrics import load_all
 
 CONSISTENCY_APP = {"name": "sparse_lr", "features": 1 << 16, "examples": 8192, "nnz": 24,

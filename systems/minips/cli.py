@@ -113,7 +113,7 @@ def _check_paths(a: argparse.Namespace) -> None:
 
 
 def spec_from_args(a: argparse.Namespace):
-    from .launcher import ClusterSpec
+    from .cluster import ClusterSpec
 
     straggler = _straggler(a.straggler, a.workers, a.seed)
     app, updater = _app_spec(a), _updater(a.updater)
@@ -291,7 +291,8 @@ def add_parser(sub, add) -> None:
 
 def tour_step(quick: bool = True) -> dict[str, Any]:
     """``casebook tour``: 2 servers, 2 workers, SSP(2), sparse LR on 2^16 keys."""
-    from .launcher import ClusterSpec, launch
+    from .cluster import ClusterSpec
+    from .launcher import launch
 
     app = {"name": "sparse_lr", "features": 1 << 16, "examples": 4096, "batch": 256}
     out = launch(ClusterSpec(servers=2, workers=2, replication=2, consistency="ssp:2",

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from systems.minips import message as M
+from systems.minips.cluster import Cluster, ClusterSpec
 from systems.minips.kv import KVWorker
-from systems.minips.launcher import Cluster, ClusterSpec
 
 
 @pytest.fixture

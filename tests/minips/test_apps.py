@@ -9,7 +9,8 @@ from systems.minips.apps import make_app
 from systems.minips.apps.count import audit_check, audit_keys, audit_size
 from systems.minips.apps.mlp import build, flat
 from systems.minips.apps.sparse_lr import objective, optimum, spec_of
-from systems.minips.launcher import ClusterSpec, launch
+from systems.minips.cluster import ClusterSpec
+from systems.minips.launcher import launch
 
 SMALL = {"name": "sparse_lr", "features": 1 << 12, "examples": 1024, "nnz": 12, "batch": 128,
          "lam": 5e-3}

@@ -6,7 +6,7 @@ import pytest
 from common import rpc
 from systems.minips import checkpoint
 from systems.minips import message as M
-from systems.minips.launcher import ClusterSpec
+from systems.minips.cluster import ClusterSpec
 
 from .conftest import assert_replicas_consistent
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from systems.minips.clock import VectorClock
+from systems.minips.cluster import ClusterSpec
 from systems.minips.consistency import Consistency, DependencyGate
-from systems.minips.launcher import ClusterSpec
 
 from .conftest import run_threads
 

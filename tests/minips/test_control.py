@@ -8,7 +8,7 @@ import pytest
 
 from common import rpc
 from systems.minips import message as M
-from systems.minips.launcher import ClusterSpec
+from systems.minips.cluster import ClusterSpec
 
 KEY_MAX = 1 << 16
 

@@ -176,7 +176,8 @@ def test_filters_in_a_real_job_change_the_bytes_not_the_result():
     exact or nearly; KKT drops updates that change nothing. (Each filter's own saving is
     checked in-process by the tests above; a job per filter cost 9 s of CI and caught
     nothing the combined job does not.)"""
-    from systems.minips.launcher import ClusterSpec, launch
+    from systems.minips.cluster import ClusterSpec
+    from systems.minips.launcher import launch
 
     def job(filters, **extra):
         app = {"name": "sparse_lr", "features": 1 << 14, "examples": 2048, "batch": 256,
@@ -203,7 +204,8 @@ def test_filters_in_a_real_job_change_the_bytes_not_the_result():
 
 
 def test_an_unknown_filter_name_is_refused_before_anything_starts():
-    from systems.minips.launcher import ClusterSpec, launch
+    from systems.minips.cluster import ClusterSpec
+    from systems.minips.launcher import launch
 
     app = {"name": "sparse_lr", "features": 1 << 10, "filters": ["keycache"]}
     with pytest.raises(ValueError, match=r"unknown filter\(s\) \['keycache'\]; sparse_lr "

@@ -9,7 +9,7 @@ import pytest
 
 from common import rpc
 from systems.minips import message as M
-from systems.minips.launcher import Cluster, ClusterSpec
+from systems.minips.cluster import Cluster, ClusterSpec
 from systems.minips.ring import Ring
 
 from .conftest import run_threads

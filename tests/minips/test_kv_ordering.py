@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
+from systems.minips.cluster import Cluster, ClusterSpec
 from systems.minips.kv import KVWorker
-from systems.minips.launcher import Cluster, ClusterSpec
 
 KEY_MAX = 1 << 12
 

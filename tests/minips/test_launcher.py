@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from systems.minips import message as M
-from systems.minips.launcher import Cluster, ClusterSpec, failure_named, launch, summarize
+from systems.minips.cluster import Cluster, ClusterSpec
+from systems.minips.launcher import failure_named, launch, summarize
 
 
 def test_cli_launch_trains_the_mlp_and_reports_metrics_and_a_trace(tmp_path):
@@ -322,7 +323,7 @@ def test_launch_flags_are_checked_before_anything_starts(tmp_path, capsys):
 
 
 def test_apps_that_push_one_value_per_key_refuse_another_val_len():
-    from systems.minips.launcher import ClusterSpec
+    from systems.minips.cluster import ClusterSpec
 
     for app, audit in (({"name": "mlp"}, 0), ({"name": "count"}, 1),
                        ({"name": "count", "tally": {"shards": 2, "steps": 2}}, 0)):

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from systems.minips import message as M
+from systems.minips.cluster import ClusterSpec
 from systems.minips.control import CRASH_POINTS
-from systems.minips.launcher import ClusterSpec, audit_run
+from systems.minips.launcher import audit_run
 
 from .conftest import assert_replicas_consistent
 

@@ -124,7 +124,7 @@ def test_a_server_joining_a_live_cluster_moves_only_the_ranges_it_takes(tmp_path
 
     from common import rpc
     from systems.minips import message as M
-    from systems.minips.launcher import Cluster, ClusterSpec
+    from systems.minips.cluster import Cluster, ClusterSpec
 
     n = 1 << 12
 

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from systems.minips import message as M
+from systems.minips.cluster import Cluster, ClusterSpec
 from systems.minips.kv import KVWorker
-from systems.minips.launcher import Cluster, ClusterSpec, launch
+from systems.minips.launcher import launch
 from systems.minips.message import decode, encode
 from systems.minips.scheduler import Scheduler
 
@@ -63,7 +64,7 @@ def test_a_dead_server_without_replicas_fails_the_job_with_its_reason(tmp_path):
 
 
 def test_registration_errors_are_clear(tmp_path):
-    from systems.minips.launcher import Cluster
+    from systems.minips.cluster import Cluster
 
     with Cluster(ClusterSpec(servers=1, workers=1, app={"name": "count"}, key_max=64),
                  tmp_path) as cl:

@@ -5,7 +5,8 @@ import time
 
 import numpy as np
 
-from systems.minips.launcher import Cluster, ClusterSpec, launch
+from systems.minips.cluster import Cluster, ClusterSpec
+from systems.minips.launcher import launch
 from systems.minips.worker import ShardProgress, straggle_s
 
 
