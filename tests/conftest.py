@@ -17,6 +17,25 @@ def _private_cache(tmp_path_factory):
         os.environ["XDG_CACHE_HOME"] = old
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_tmpdir(tmp_path_factory):
+    """Point every temporary file of the session, ours and our child processes', at
+    pytest's own folder, which pytest prunes: a cluster or model directory made without
+    a path (``minips-run-*``, ``*-clipper-model``) is kept for its user to read, and
+    the suite used to leave about 35 of them in /tmp at each run."""
+    import tempfile
+
+    d = str(tmp_path_factory.mktemp("tmp"))
+    old_env, old_dir = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"], tempfile.tempdir = d, d
+    yield
+    tempfile.tempdir = old_dir
+    if old_env is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = old_env
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked `gpu` run only where CUDA is available (scripts/gpu-suite.sh)."""
     import torch
