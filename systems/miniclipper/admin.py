@@ -125,6 +125,13 @@ class ClipperConnection:
     def link_model_to_app(self, app_name: str, model_name: str) -> None:
         self._admin("add_model_links", {"app_name": app_name, "model_names": [model_name]})
 
+    def unlink_model_from_app(self, app_name: str, model_name: str) -> None:
+        """Stop routing the app's queries to the model (its selection state forgets it)."""
+        self._admin("delete_model_links", {"app_name": app_name, "model_names": [model_name]})
+
+    def get_linked_models(self, app_name: str) -> list[str]:
+        return self._admin("get_linked_models", {"app_name": app_name})
+
     def set_model_version(self, name: str, version: str | int,
                           num_replicas: int | None = None) -> None:
         """Roll back or forward to an already deployed version."""
@@ -138,6 +145,53 @@ class ClipperConnection:
         if version is not None:
             doc["model_version"] = str(version)
         self._admin("set_num_replicas", doc)
+
+    def get_num_replicas(self, name: str, version: str | int | None = None) -> int:
+        """Replicas running now, of ``version`` or of the current version."""
+        doc: dict[str, Any] = {"model_name": name}
+        if version is not None:
+            doc["model_version"] = str(version)
+        return self._admin("get_model", doc)["replicas"]
+
+    def stop_versioned_models(self, model_versions_dict: dict[str, list[str | int]]) -> None:
+        """Stop these versions' containers and delete the versions (``{name: [versions]}``).
+        As in Clipper, this stops a current version too: its apps then answer with their
+        default output until ``set_model_version`` picks another."""
+        for name, versions in model_versions_dict.items():
+            if isinstance(versions, (str, int)):
+                raise TypeError(f"stop_versioned_models takes {{name: [versions]}}; the "
+                                f"versions of {name!r} are {versions!r}, not a list")
+            for v in versions:
+                self._admin("delete_versioned_model",
+                            {"model_name": name, "model_version": str(v)})
+
+    def stop_models(self, model_names: list[str]) -> None:
+        """Stop every version of each named model."""
+        self.stop_versioned_models(self._versions_of(model_names, inactive_only=False))
+
+    def stop_inactive_model_versions(self, model_names: list[str]) -> None:
+        """Stop every version but the current one of each named model (after a rollout)."""
+        self.stop_versioned_models(self._versions_of(model_names, inactive_only=True))
+
+    def stop_all_model_containers(self) -> None:
+        """Stop every version of every model; Clipper itself keeps running."""
+        names = sorted({m["model_name"] for m in self.get_all_models(verbose=True)})
+        self.stop_models(names)
+
+    def _versions_of(self, model_names: list[str], inactive_only: bool) -> dict[str, list]:
+        if isinstance(model_names, str):  # "abc" would read as the names "a", "b", "c"
+            raise TypeError(f"model_names is a list of model names, got the string "
+                            f"{model_names!r}; write [{model_names!r}]")
+        deployed = self.get_all_models(verbose=True)
+        unknown = sorted(set(model_names) - {m["model_name"] for m in deployed})
+        if unknown:  # (Clipper skips them without a word: a typo would stop nothing)
+            raise ClipperException(f"no deployed model named {unknown}", 404)
+        out: dict[str, list] = {}
+        for m in deployed:
+            if m["model_name"] in model_names and not (inactive_only and
+                                                       m["is_current_version"]):
+                out.setdefault(m["model_name"], []).append(m["model_version"])
+        return out
 
     def set_batching(self, name: str, batching: BatchingConfig | dict,
                      version: str | int | None = None) -> None:

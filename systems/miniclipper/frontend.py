@@ -72,12 +72,19 @@ class ClipperServer:
         self.supervisor = ReplicaSupervisor(store, self.executor, self.metrics, log_dir)
         self.qp = QueryProcessor(self.executor, self.metrics, self.tracer, trace_sample)
         self.models: dict[tuple[str, str], dict[str, Any]] = {}
+        self.retired: set[tuple[str, str]] = set()  # stopped versions, never deployed again
         self.lock = asyncio.Lock()  # one management operation at a time
         self.stopping = asyncio.Event()
         self._synced: dict[str, float] = {}
 
     def _on_failure(self, rep: Any, reason: str) -> None:
         self.supervisor.on_replica_failure(rep, reason)
+
+    def forget_model(self, model: tuple[str, str]) -> None:
+        """A stopped version leaves no series behind (nor their scrape-time bookkeeping)."""
+        label = f"{model[0]}:{model[1]}"
+        self.metrics.forget_model(label)
+        self._synced.pop(f"dropped:{label}", None)
 
     def sync_metrics(self) -> bytes:
         """Bring the scrape-time series up to date, then render the text format."""

@@ -2,7 +2,8 @@
 
 Clipper's management frontend (``src/management/src/management_frontend.hpp``) takes
 JSON ``POST``s under ``/admin/``: ``add_app``, ``add_model``, ``add_model_links``,
-``set_model_version``, ``get_all_applications``, ``get_all_models``,
+``delete_model_links``, ``get_linked_models``, ``set_model_version``,
+``delete_versioned_model``, ``get_all_applications``, ``get_all_models``,
 ``get_all_containers``, ... and writes the result to Redis, where the query frontend
 picks it up. Ours runs in the same process as the query frontend, so it changes the
 query processor and the supervisor directly (no Redis), one operation at a time.
@@ -10,20 +11,16 @@ query processor and the supervisor directly (no Redis), one operation at a time.
 Security, as the issue asks: the API binds loopback by default, and it never accepts
 model bytes. ``add_model`` takes a ``model_data_path`` on the server's own disk, written
 by a deployer (:mod:`.deployers`); the supervisor copies that directory into its store and
-containers load only from the store. Every endpoint accepts exactly its documented
-fields, so a stray ``"model_bytes"`` or ``"pickle"`` field is a 400, not ignored.
-Names are DNS-1123 labels (``clipper_admin`` checks model names and versions against the
-same pattern; we apply it, with the 63-character limit, to every name), which also keeps
-them safe as URL and path components.
+containers load only from the store. What a request must be (exactly its documented
+fields, names that are DNS-1123 labels, no cross-site caller) is checked by
+:mod:`.management_checks`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import logging
-import re
 import shutil
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -37,89 +34,20 @@ from .batching import BatchingConfig
 from .container import SERVICE
 from .datatypes import INPUT_DTYPES, InputError, loads_strict, same_input_type
 from .frontend import ClipperServer, error_json, json_errors
+from .management_checks import (
+    MAX_INPUT_LENGTH,
+    MAX_SLO_MICROS,
+    MAX_SLOWDOWN,
+    BadRequest,
+    ReplicaFailure,
+    check_fields,
+    check_name,
+    cross_site,
+)
 from .query_processor import Application, UnknownApp
 from .selection import POLICIES, make_policy
 
 log = logging.getLogger("miniclipper.management")
-
-NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\Z")  # at most 63 characters
-MAX_SLO_MICROS = 3600 * 10**6  # an hour: more is no latency objective (and 10**400 overflows)
-MAX_INPUT_LENGTH = 1 << 26  # 64M numbers (256 MB of float32) per input: more is a typo
-MAX_SLOWDOWN = 1000.0  # container_control: a slow-down factor past this is a hang
-
-
-class BadRequest(ValueError):
-    """A management request that does not fit its endpoint (HTTP 400)."""
-
-
-def _fields(doc: Any, required: dict[str, type | tuple], optional: dict[str, type | tuple],
-            where: str) -> dict[str, Any]:
-    if not isinstance(doc, dict):
-        raise BadRequest(f"{where} takes a JSON object, got {type(doc).__name__}")
-    unknown = set(doc) - set(required) - set(optional)
-    if unknown:
-        raise BadRequest(f"{where}: unexpected field(s) {sorted(unknown)}; it accepts "
-                         f"{sorted(required)} and optionally {sorted(optional)} (models are "
-                         f"deployed from a path on the server's disk, never as bytes)")
-    for k, kind in {**required, **optional}.items():
-        if k not in doc:
-            if k in required:
-                raise BadRequest(f"{where}: missing field {k!r}")
-            continue
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        v = doc[k]
-        if object not in kinds and (not isinstance(v, kinds)
-                                    or isinstance(v, bool) and bool not in kinds):
-            raise BadRequest(f"{where}: field {k!r} should be "
-                             f"{' or '.join(t.__name__ for t in kinds)}, got {type(v).__name__}")
-    return doc
-
-
-def _name(value: str, what: str) -> str:
-    if not NAME.match(value):
-        raise BadRequest(f"{what} {value[:70]!r} must be a DNS-1123 label: at most 63 "
-                         f"lower-case letters, digits and '-', starting and ending with a "
-                         f"letter or digit")
-    return value
-
-
-class ReplicaFailure(RuntimeError):
-    """A management operation that left the model with fewer replicas than asked."""
-
-
-def _host_name(host: str) -> str:
-    """The name in a Host header: ``name:port``, ``name``, ``[v6]:port``."""
-    if host.startswith("["):
-        return host[1:host.find("]")] if "]" in host else host
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-
-
-def _cross_site(request: web.Request, bind_host: str) -> tuple[int, str] | None:
-    """(status, why) if a management call must be refused, else None. Binding loopback
-    does not stop a web page in the user's own browser from POSTing here; a browser can
-    send ``text/plain`` across sites without asking, but not ``application/json`` (that
-    needs a CORS preflight, which we never answer), and it always names the Origin.
-
-    Comparing the Origin with the Host is not enough by itself: a page's own domain
-    can be re-bound to 127.0.0.1 (DNS rebinding), and then Origin and Host agree. So
-    the Host must name this server the way no web page's domain can: an IP address,
-    ``localhost``, or the name it was started with (``--host``)."""
-    name = _host_name(request.host or "")
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        if name not in ("localhost", bind_host):
-            return 403, (f"management call addressed to Host {request.host!r}; address "
-                         f"this server by IP, as localhost or as {bind_host!r} (a web "
-                         f"page's domain can be re-bound to this machine)")
-    origin = request.headers.get("Origin")
-    if origin is not None and origin.split("://")[-1] != request.host:
-        return 403, f"cross-origin management call from Origin {origin!r}"
-    if request.content_length and request.content_type != "application/json":
-        return 415, (f"management calls take Content-Type application/json, got "
-                     f"{request.content_type!r}")
-    return None
-
 
 def management_app(server: ClipperServer, bind_host: str = rpc.LOOPBACK) -> web.Application:
     qp, ex, sup = server.qp, server.executor, server.supervisor
@@ -134,10 +62,10 @@ def management_app(server: ClipperServer, bind_host: str = rpc.LOOPBACK) -> web.
         return name, version
 
     async def add_app(doc: dict[str, Any]) -> Any:
-        d = _fields(doc, {"name": str, "input_type": str, "latency_slo_micros": int,
-                          "default_output": object},
-                    {"selection_policy": str, "input_length": int}, "add_app")
-        name = _name(d["name"], "application name")
+        d = check_fields(doc, {"name": str, "input_type": str, "latency_slo_micros": int,
+                               "default_output": object},
+                         {"selection_policy": str, "input_length": int}, "add_app")
+        name = check_name(d["name"], "application name")
         if name in qp.apps:
             raise BadRequest(f"application {name!r} already exists")
         if d["input_type"] not in INPUT_DTYPES:
@@ -157,19 +85,23 @@ def management_app(server: ClipperServer, bind_host: str = rpc.LOOPBACK) -> web.
         return {"ok": True}
 
     async def delete_app(doc: dict[str, Any]) -> Any:
-        qp.app(_fields(doc, {"name": str}, {}, "delete_app")["name"])
+        qp.app(check_fields(doc, {"name": str}, {}, "delete_app")["name"])
         del qp.apps[doc["name"]]
         qp.counts.pop(doc["name"], None)  # a new app of that name starts its own ratio
         server.metrics.forget_app(doc["name"])  # no series outlives its app
         return {"ok": True}
 
     async def add_model(doc: dict[str, Any]) -> Any:
-        d = _fields(doc, {"model_name": str, "model_version": (str, int), "input_type": str,
-                          "model_data_path": str},
-                    {"num_replicas": int, "batch_size": int, "batching": dict,
-                     "max_queue": int, "labels": list}, "add_model")
-        name, version = _name(d["model_name"], "model name"), str(d["model_version"])
-        _name(version, "model version")
+        d = check_fields(doc, {"model_name": str, "model_version": (str, int), "input_type": str,
+                               "model_data_path": str},
+                         {"num_replicas": int, "batch_size": int, "batching": dict,
+                          "max_queue": int, "labels": list}, "add_model")
+        name, version = check_name(d["model_name"], "model name"), str(d["model_version"])
+        check_name(version, "model version")
+        if (name, version) in server.retired:  # Clipper keeps it, marked deleted
+            raise BadRequest(f"model {name}:{version} was deployed and stopped, and a "
+                             f"version is never reused (cached outputs are keyed by name "
+                             f"and version): deploy it as a new version")
         if d["input_type"] not in INPUT_DTYPES:
             raise BadRequest(f"input_type must be one of {sorted(INPUT_DTYPES)}")
         for app in qp.apps.values():  # a new version must take what linked apps send
@@ -208,7 +140,7 @@ def management_app(server: ClipperServer, bind_host: str = rpc.LOOPBACK) -> web.
         return {"ok": True, "model": f"{name}:{version}", "replicas": n}
 
     async def add_model_links(doc: dict[str, Any]) -> Any:
-        d = _fields(doc, {"app_name": str, "model_names": list}, {}, "add_model_links")
+        d = check_fields(doc, {"app_name": str, "model_names": list}, {}, "add_model_links")
         app = qp.app(d["app_name"])
         if not all(isinstance(m, str) for m in d["model_names"]):
             raise BadRequest(f"add_model_links: model_names must be a list of strings, got "
@@ -225,16 +157,48 @@ def management_app(server: ClipperServer, bind_host: str = rpc.LOOPBACK) -> web.
         qp.link(app, d["model_names"])
         return {"ok": True, "linked_models": app.models}
 
+    async def delete_model_links(doc: dict[str, Any]) -> Any:
+        d = check_fields(doc, {"app_name": str, "model_names": list}, {}, "delete_model_links")
+        app = qp.app(d["app_name"])
+        absent = [m for m in d["model_names"] if m not in app.models]
+        if absent:  # as Clipper: only an existing link can be removed
+            raise BadRequest(f"application {app.name!r} has no link to {absent!r:.80}; "
+                             f"linked: {app.models}")
+        qp.unlink(app, d["model_names"])
+        return {"ok": True, "linked_models": app.models}
+
+    async def get_linked_models(doc: dict[str, Any]) -> Any:
+        return list(qp.app(check_fields(doc, {"app_name": str}, {}, "get_linked_models")
+                           ["app_name"]).models)
+
+    async def delete_versioned_model(doc: dict[str, Any]) -> Any:
+        """Stop a version and forget it; ``clipper_admin``'s ``stop_models``,
+        ``stop_versioned_models`` and ``stop_inactive_model_versions`` end here. Links
+        are by model name, so they stay: with its current version stopped a model has
+        none until ``set_model_version`` or a new deployment, and its apps answer with
+        their default output meanwhile, saying why."""
+        model = model_of(check_fields(doc, {"model_name": str, "model_version": (str, int)}, {},
+                                      "delete_versioned_model"))
+        label = f"{model[0]}:{model[1]}"
+        if qp.current_version.get(model[0]) == model[1]:
+            del qp.current_version[model[0]]  # no new query goes to it from here on
+        server.retired.add(model)
+        await sup.retire(model)
+        ex.remove_model(model, f"model {label} was stopped (delete_versioned_model)")
+        del server.models[model]
+        server.forget_model(model)
+        return {"ok": True, "model": label}
+
     async def set_model_version(doc: dict[str, Any]) -> Any:
-        d = _fields(doc, {"model_name": str, "model_version": (str, int)}, {},
-                    "set_model_version")
+        d = check_fields(doc, {"model_name": str, "model_version": (str, int)}, {},
+                         "set_model_version")
         model = model_of(d)
         qp.current_version[model[0]] = model[1]
         return {"ok": True, "model": f"{model[0]}:{model[1]}"}
 
     async def set_num_replicas(doc: dict[str, Any]) -> Any:
-        d = _fields(doc, {"model_name": str, "num_replicas": int}, {"model_version": (str, int)},
-                    "set_num_replicas")
+        d = check_fields(doc, {"model_name": str, "num_replicas": int},
+                         {"model_version": (str, int)}, "set_num_replicas")
         if not 0 <= d["num_replicas"] <= 64:
             raise BadRequest("num_replicas must be 0..64")
         model = model_of(d)
@@ -246,8 +210,8 @@ def management_app(server: ClipperServer, bind_host: str = rpc.LOOPBACK) -> web.
         return {"ok": True, "replicas": len(sup.replicas_of(model))}
 
     async def set_batching(doc: dict[str, Any]) -> Any:
-        d = _fields(doc, {"model_name": str, "batching": dict}, {"model_version": (str, int)},
-                    "set_batching")
+        d = check_fields(doc, {"model_name": str, "batching": dict}, {"model_version": (str, int)},
+                         "set_batching")
         model = model_of(d)
         try:
             cfg = BatchingConfig.from_dict(d["batching"])
@@ -258,13 +222,13 @@ def management_app(server: ClipperServer, bind_host: str = rpc.LOOPBACK) -> web.
         return {"ok": True, "batching": cfg.to_dict()}
 
     async def get_all_applications(doc: dict[str, Any]) -> Any:
-        verbose = _fields(doc or {}, {}, {"verbose": bool}, "get_all_applications")
+        verbose = check_fields(doc or {}, {}, {"verbose": bool}, "get_all_applications")
         if verbose.get("verbose"):
             return [a.describe() for a in qp.apps.values()]
         return sorted(qp.apps)
 
     async def get_application(doc: dict[str, Any]) -> Any:
-        return qp.app(_fields(doc, {"name": str}, {}, "get_application")["name"]).describe()
+        return qp.app(check_fields(doc, {"name": str}, {}, "get_application")["name"]).describe()
 
     def describe_model(model: tuple[str, str]) -> dict[str, Any]:
         return {**server.models[model], "is_current_version":
@@ -275,14 +239,14 @@ def management_app(server: ClipperServer, bind_host: str = rpc.LOOPBACK) -> web.
                 "queue_length": len(ex.queues[model])}
 
     async def get_all_models(doc: dict[str, Any]) -> Any:
-        verbose = _fields(doc or {}, {}, {"verbose": bool}, "get_all_models")
+        verbose = check_fields(doc or {}, {}, {"verbose": bool}, "get_all_models")
         if verbose.get("verbose"):
             return [describe_model(m) for m in server.models]
         return sorted(f"{n}:{v}" for n, v in server.models)
 
     async def get_model(doc: dict[str, Any]) -> Any:
-        return describe_model(model_of(_fields(doc, {"model_name": str},
-                                               {"model_version": (str, int)}, "get_model")))
+        return describe_model(model_of(check_fields(doc, {"model_name": str},
+                                                    {"model_version": (str, int)}, "get_model")))
 
     async def container_rpc(address: str, method: str, meta: dict[str, Any]) -> dict[str, Any]:
         async with rpc.aio_channel(address) as ch:
@@ -290,7 +254,7 @@ def management_app(server: ClipperServer, bind_host: str = rpc.LOOPBACK) -> web.
         return unpack(reply)[0]
 
     async def get_all_containers(doc: dict[str, Any]) -> Any:
-        d = _fields(doc or {}, {}, {"verbose": bool}, "get_all_containers")
+        d = check_fields(doc or {}, {}, {"verbose": bool}, "get_all_containers")
         out = []
         for model, reps in ex.replicas.items():
             for rid, rep in sorted(reps.items()):
@@ -306,8 +270,8 @@ def management_app(server: ClipperServer, bind_host: str = rpc.LOOPBACK) -> web.
         return out
 
     async def container_control(doc: dict[str, Any]) -> Any:
-        d = _fields(doc, {"model_name": str, "slowdown": (int, float)},
-                    {"model_version": (str, int)}, "container_control")
+        d = check_fields(doc, {"model_name": str, "slowdown": (int, float)},
+                         {"model_version": (str, int)}, "container_control")
         if not 1 <= d["slowdown"] <= MAX_SLOWDOWN:
             raise BadRequest(f"slowdown is how many times slower the container runs, "
                              f"1..{MAX_SLOWDOWN:g}; got {d['slowdown']}")
@@ -316,8 +280,8 @@ def management_app(server: ClipperServer, bind_host: str = rpc.LOOPBACK) -> web.
                 for rep in ex.replicas[model].values()]
 
     async def get_batch_log(doc: dict[str, Any]) -> Any:
-        d = _fields(doc, {"model_name": str}, {"model_version": (str, int), "since": (int, float)},
-                    "get_batch_log")
+        d = check_fields(doc, {"model_name": str},
+                         {"model_version": (str, int), "since": (int, float)}, "get_batch_log")
         model = model_of(d)
         since = d.get("since", 0.0)
         keys = ("t", "batch_size", "latency_s", "limit", "replica")
@@ -326,13 +290,16 @@ def management_app(server: ClipperServer, bind_host: str = rpc.LOOPBACK) -> web.
 
     async def shutdown(doc: dict[str, Any]) -> Any:
         if doc is not None:  # a body, if any, must be the empty object
-            _fields(doc, {}, {}, "shutdown")
+            check_fields(doc, {}, {}, "shutdown")
         asyncio.get_running_loop().call_later(0.05, server.stopping.set)
         return {"ok": True}
 
     endpoints: dict[str, Callable[[Any], Awaitable[Any]]] = {
         "add_app": add_app, "delete_app": delete_app, "add_model": add_model,
-        "add_model_links": add_model_links, "set_model_version": set_model_version,
+        "add_model_links": add_model_links, "delete_model_links": delete_model_links,
+        "get_linked_models": get_linked_models,
+        "delete_versioned_model": delete_versioned_model,
+        "set_model_version": set_model_version,
         "set_num_replicas": set_num_replicas, "set_batching": set_batching,
         "get_all_applications": get_all_applications, "get_application": get_application,
         "get_all_models": get_all_models, "get_model": get_model,
@@ -341,7 +308,7 @@ def management_app(server: ClipperServer, bind_host: str = rpc.LOOPBACK) -> web.
 
     def route(name: str, fn: Callable[[Any], Awaitable[Any]]) -> Any:
         async def handler(request: web.Request) -> web.Response:
-            refused = _cross_site(request, bind_host)
+            refused = cross_site(request, bind_host)
             if refused:
                 return error_json(refused[0], "Refused", refused[1])
             body = await request.read()

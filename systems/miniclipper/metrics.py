@@ -146,5 +146,18 @@ class Metrics:
         for reason in reasons:
             self.rejected.remove(app, reason)
 
+    def forget_model(self, model: str) -> None:
+        """Drop a stopped model version's series (``name:version``), as :meth:`forget_app`
+        does for a deleted application."""
+        for hist in (self.model_batch_size, self.model_batch_latency):
+            hist.children.pop(model, None)
+        for counter in (self.model_predictions, self.model_errors):
+            counter.values.pop(model, None)
+        for series in (self.queue_length, self.dropped, self.replicas, self.restarts):
+            try:
+                series.remove(model)
+            except KeyError:  # never set: nothing to drop
+                pass
+
     def text(self) -> bytes:
         return generate_latest(self.registry)

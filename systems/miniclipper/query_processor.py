@@ -99,6 +99,11 @@ class QueryProcessor:
                 app.models.append(m)
         make_policy(app.policy).sync_models(app.state, app.models)
 
+    def unlink(self, app: Application, model_names: list[str]) -> None:
+        """Clipper's ``delete_model_links``; the policy forgets the unlinked models."""
+        app.models[:] = [m for m in app.models if m not in model_names]
+        make_policy(app.policy).sync_models(app.state, app.models)
+
     def _versions(self, names: list[str]) -> dict[str, tuple[str, str]]:
         return {n: (n, self.current_version[n]) for n in names if n in self.current_version}
 

@@ -120,6 +120,16 @@ class ReplicaSupervisor:
             await self._stop(model, rid)
         self._count(model)
 
+    async def retire(self, model: tuple[str, str]) -> None:
+        """Stop every replica of a model version for good and delete its copy in the store
+        (Clipper's ``stop_versioned_models``: the container manager stops the version's
+        containers, then the management frontend marks it deleted). A restart in flight
+        finds no replica wanted and starts nothing."""
+        await self.set_num_replicas(model, 0)
+        for table in (self.children, self.wanted, self.restarts, self.abandoned):
+            table.pop(model, None)
+        await asyncio.to_thread(shutil.rmtree, self.store / model[0] / model[1], True)
+
     async def _stop(self, model: tuple[str, str], rid: int) -> None:
         child = self.children[model].pop(rid)
         self._count(model)

@@ -54,6 +54,11 @@ class ModelError(Exception):
     """A model failed the batch this query was in."""
 
 
+class ModelStopped(Exception):
+    """The query's model version was stopped (``delete_versioned_model``) while the query
+    waited for it; the default output says so instead of blaming the SLO."""
+
+
 class ContainerDied(Exception):
     """The query's container died (or hung) and retrying on another replica ran out of
     deadline or attempts; the default output says so instead of blaming the SLO."""
@@ -116,8 +121,13 @@ class TaskExecutor:
         for t in self.queues[model].take_all():
             self.cache.fail(t.key, ContainerDied(why))
 
-    def remove_model(self, model: tuple[str, str]) -> None:
-        """Forget a model that has no replicas left (a deployment that failed)."""
+    def remove_model(self, model: tuple[str, str], why: str | None = None) -> None:
+        """Forget a model version that has no replicas left: a deployment that failed, or
+        one stopped, whose waiting tasks are then answered at once with ``why`` (else
+        each would wait for its deadline and read as an SLO miss)."""
+        if why and model in self.queues:
+            for t in self.queues[model].take_all():
+                self.cache.fail(t.key, ModelStopped(why))
         for table in (self.models, self.queues, self.replicas, self.batch_log,
                       self.unavailable):
             table.pop(model, None)

@@ -208,6 +208,18 @@ def test_the_management_api_refuses_bytes_and_bad_requests(clipper, tmp_path):
     assert code == 400 and "input_type must be one of" in r["cause"]
     with pytest.raises(ClipperException, match="404"):
         clipper.set_model_version("m", 9)
+    for endpoint, doc, want in [  # the stop and unlink endpoints check as strictly
+        ("delete_versioned_model", {"model_name": "m", "model_version": "1", "pickle": 1},
+         (400, "unexpected field(s) ['pickle']")),
+        ("delete_versioned_model", {"model_name": "m", "model_version": "9"},
+         (404, "no model m:9")),
+        ("delete_model_links", {"app_name": "nope", "model_names": ["m"]},
+         (404, "no application named 'nope'")),
+        ("get_linked_models", {"app_name": ["nope"]}, (400, "should be str")),
+    ]:
+        code, r = post(f"{mgmt}/{endpoint}", doc)
+        assert code == want[0] and want[1] in r["cause"], (endpoint, r)
+    assert "m:1" in clipper.get_all_models()  # none of those stopped it
 
 
 def test_management_edge_cases_answer_json_and_keep_state(clipper):
@@ -466,3 +478,94 @@ def test_a_query_in_flight_when_its_app_is_deleted_leaves_no_series_behind(clipp
     t.join(10)
     left = [k for k in scrape(c) if ("app", "inflight-app") in k[1]]
     assert not left, f"{len(left)} series of a deleted app, e.g. {left[:2]}"
+
+
+def test_unlinking_a_model_routes_the_apps_queries_to_the_rest(clipper):
+    """``unlink_model_from_app`` (Clipper's ``delete_model_links``) and
+    ``get_linked_models``: the selection policy forgets the unlinked model, so no query
+    reaches it; only an existing link can be removed."""
+    c = clipper
+    c.register_application("links", "doubles", -1.0, 5_000_000)  # exp3: draws per query
+    deploy_python_closure(c, "link-a", 1, "doubles", _versioned(1))
+    deploy_python_closure(c, "link-b", 1, "doubles", _versioned(2))
+    c.link_model_to_app("links", "link-a")
+    c.link_model_to_app("links", "link-b")
+    assert c.get_linked_models("links") == ["link-a", "link-b"]
+    c.unlink_model_from_app("links", "link-a")
+    assert c.get_linked_models("links") == ["link-b"]
+    assert list(c.get_app_info("links")["selection_state"]["weights"]) == ["link-b"]
+    assert {c.predict("links", [float(i)])["output"] for i in range(12)} == {2.0}
+    with pytest.raises(ClipperException, match="has no link to") as e:
+        c.unlink_model_from_app("links", "link-a")
+    assert e.value.status == 400
+    with pytest.raises(ClipperException, match="no application named") as e:
+        c.get_linked_models("no-such-app")
+    assert e.value.status == 404
+
+
+def _gone(pid: int) -> bool:
+    return not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_stopping_inactive_versions_stops_their_containers_and_keeps_the_current(clipper):
+    """``stop_inactive_model_versions`` after a rollout (Clipper's
+    ``delete_versioned_model`` behind it): the old version's containers exit, its copy in
+    the store and its series go, the current version serves on; a stopped version is
+    never deployed again (Clipper keeps it, marked deleted)."""
+    c = clipper
+    c.register_application("roll-app", "doubles", -1.0, 5_000_000)
+    deploy_python_closure(c, "roll", 1, "doubles", _versioned(1), num_replicas=2)
+    c.link_model_to_app("roll-app", "roll")
+    assert c.predict("roll-app", [0.0])["output"] == 1.0
+    deploy_python_closure(c, "roll", 2, "doubles", _versioned(2))
+    old = [r["pid"] for r in c.get_all_model_replicas() if r["model"] == "roll:1"]
+    store = c.get_model_info("roll", 1)["path"]
+    assert len(old) == 2 and os.path.isdir(store) and c.get_num_replicas("roll", 1) == 2
+    c.stop_inactive_model_versions(["roll"])
+    assert [m for m in c.get_all_models() if m.startswith("roll:")] == ["roll:2"]
+    assert all(_gone(p) for p in old) and not os.path.exists(store)
+    assert c.get_num_replicas("roll") == 1 and c.predict("roll-app", [0.0])["output"] == 2.0
+    assert not [k for k in scrape(c) if ("model", "roll:1") in k[1]]
+    with pytest.raises(ClipperException, match="roll:1 was deployed and stopped"):
+        deploy_python_closure(c, "roll", 1, "doubles", _versioned(1))
+    with pytest.raises(TypeError, match=r"write \['roll'\]"):
+        c.stop_inactive_model_versions("roll")
+    with pytest.raises(ClipperException, match=r"no deployed model named \['rol'\]"):
+        c.stop_models(["rol"])
+    with pytest.raises(TypeError, match="not a list"):
+        c.stop_versioned_models({"roll": "2"})
+    assert c.predict("roll-app", [0.0])["output"] == 2.0  # none of those stopped anything
+
+
+def test_stopping_the_current_version_answers_what_waits_for_it_and_keeps_the_link(clipper):
+    """``stop_models`` on a model whose query is in its container: the query is answered
+    at once with the default output and why (not at its 30 s deadline as an SLO miss);
+    new queries get Clipper's "no connected models" default; the link is by name, so a
+    new version serves the app again."""
+    import threading
+
+    def slow(xs):
+        import time
+        time.sleep(1.5)
+        return [5.0] * len(xs)
+
+    c = clipper
+    c.register_application("stop-app", "doubles", -1.0, 30_000_000)
+    deploy_python_closure(c, "stop-model", 1, "doubles", slow)
+    c.link_model_to_app("stop-app", "stop-model")
+    answer = {}
+    t = threading.Thread(target=lambda: answer.update(r=c.predict("stop-app", [0.5])))
+    t.start()
+    time.sleep(0.5)
+    c.stop_models(["stop-model"])
+    t.join(20)  # (at its deadline it would come after 30 s: no answer yet here)
+    r = answer["r"]
+    assert r["default"] is True and r["output"] == -1.0
+    assert "model stop-model:1 was stopped" in r["default_explanation"]
+    r = c.predict("stop-app", [0.5])
+    assert r["default"] and r["default_explanation"] == "No connected models found for query"
+    assert c.get_linked_models("stop-app") == ["stop-model"]
+    with pytest.raises(ClipperException, match="no model stop-model"):
+        c.get_current_model_version("stop-model")
+    deploy_python_closure(c, "stop-model", 2, "doubles", _versioned(6))
+    assert c.predict("stop-app", [0.5])["output"] == 6.0
