@@ -32,6 +32,19 @@ def make_cluster(tmp_path):
         cl.close()
 
 
+@pytest.fixture
+def one_copy_pushed(make_cluster):
+    """Two servers, no replicas, no workers, and a client that has pushed ones to all 64
+    keys (acknowledged): ``(cluster, client, keys)``. Killing either server then loses
+    data, and the scheduler fails the job."""
+    cl = make_cluster(ClusterSpec(servers=2, workers=0, app={"name": "count"}, key_max=64,
+                                  replication=1))
+    kv = cl.client("c")
+    keys = np.arange(64, dtype=np.uint64)
+    kv.wait(kv.push(keys, np.ones((64, 1), np.float32)))
+    return cl, kv, keys
+
+
 def run_threads(cl: Cluster, body, n: int, filters=None) -> list:
     """Run ``body(kv, rank)`` in ``n`` threads, each a worker ``w<rank>`` of ``cl``."""
     kvs = [KVWorker(cl.sched_addr, f"w{i}", filters=filters) for i in range(n)]

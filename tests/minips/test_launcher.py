@@ -94,28 +94,23 @@ def test_a_fault_due_after_the_job_ended_is_reported_not_dropped(tmp_path, capsy
         capsys.readouterr().out
 
 
-def test_a_read_that_meets_a_job_failed_after_the_workers_ended_names_the_failure(tmp_path):
+def test_a_read_that_meets_a_job_failed_after_the_workers_ended_names_the_failure(
+        one_copy_pushed):
     """launcher.failure_named: a server that dies after the workers' last push is declared
     dead only after a heartbeat timeout, so the launcher's check for a failed job can pass
     and its next read (the monitor's last sample) then fail. That read must say "the job
     failed" and why, as the check does; it said ``[UNAVAILABLE] ...`` in 3 runs of 10.
     Any other error passes through unchanged."""
-    spec = ClusterSpec(servers=2, workers=0, app={"name": "count"}, key_max=64,
-                       replication=1)
-    with Cluster(spec, tmp_path) as cl:
-        cl.start(workers=False)
-        kv = cl.client("c")
-        keys = np.arange(64, dtype=np.uint64)
-        kv.wait(kv.push(keys, np.ones((64, 1), np.float32)))
-        with pytest.raises(M.PSError, match="keys must be non-negative"):
-            with failure_named(cl):  # not a failed job: the error itself
-                kv.pull(np.array([-1]))
-        assert cl.status()["failure"] is None  # the launcher's check would pass here
-        cl.signal("s1", signal.SIGKILL)
-        with pytest.raises(RuntimeError, match="^the job failed: server s1 died .* no other "
-                                               "server keeps a copy"):
-            with failure_named(cl):
-                kv.wait(kv.pull(keys), timeout=60)
+    cl, kv, keys = one_copy_pushed
+    with pytest.raises(M.PSError, match="keys must be non-negative"):
+        with failure_named(cl):  # not a failed job: the error itself
+            kv.pull(np.array([-1]))
+    assert cl.status()["failure"] is None  # the launcher's check would pass here
+    cl.signal("s1", signal.SIGKILL)
+    with pytest.raises(RuntimeError, match="^the job failed: server s1 died .* no other "
+                                           "server keeps a copy"):
+        with failure_named(cl):
+            kv.wait(kv.pull(keys), timeout=60)
 
 
 def test_a_dead_scheduler_ends_the_launch_with_a_clear_error_and_no_process_left():

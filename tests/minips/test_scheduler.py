@@ -64,7 +64,6 @@ def test_a_dead_server_without_replicas_fails_the_job_with_its_reason(tmp_path):
 
 
 def test_registration_errors_are_clear(tmp_path):
-    from systems.minips.cluster import Cluster
 
     with Cluster(ClusterSpec(servers=1, workers=1, app={"name": "count"}, key_max=64),
                  tmp_path) as cl:
@@ -228,28 +227,23 @@ def test_a_silent_server_is_removed_after_hb_timeout_not_worker_timeout():
     assert all(w["alive"] for w in s.workers.values())
 
 
-def test_after_the_job_failed_every_new_request_fails_at_once_with_the_reason(tmp_path):
+def test_after_the_job_failed_every_new_request_fails_at_once_with_the_reason(
+        one_copy_pushed):
     """recovery._job_failed: once the scheduler ends the job (a server died holding the
     only copy), a new request must fail with that reason, not be resent forever."""
-    spec = ClusterSpec(servers=2, workers=0, app={"name": "count"}, key_max=64,
-                       replication=1)
-    with Cluster(spec, tmp_path) as cl:
-        cl.start(workers=False)
-        kv = cl.client("c")
-        keys = np.arange(64, dtype=np.uint64)
-        kv.wait(kv.push(keys, np.ones((64, 1), np.float32)))
-        cl.signal("s1", signal.SIGKILL)
-        t_end = time.monotonic() + 20
-        while not kv.hb_state.get("failure") and time.monotonic() < t_end:
-            time.sleep(0.05)
-        assert "s1 died" in kv.hb_state["failure"]
-        time.sleep(0.2)  # the heartbeat thread records it right after
-        # refused when made (KVWorker._new), not sent and failed by a later heartbeat:
-        # a push sent after the failure could still be applied by a surviving server
-        with pytest.raises(M.PSError, match="no other server keeps a copy"):
-            kv.pull(keys)
-        with pytest.raises(M.PSError, match="no other server keeps a copy"):
-            kv.push(keys, np.ones((64, 1), np.float32))
+    cl, kv, keys = one_copy_pushed
+    cl.signal("s1", signal.SIGKILL)
+    t_end = time.monotonic() + 20
+    while not kv.hb_state.get("failure") and time.monotonic() < t_end:
+        time.sleep(0.05)
+    assert "s1 died" in kv.hb_state["failure"]
+    time.sleep(0.2)  # the heartbeat thread records it right after
+    # refused when made (KVWorker._new), not sent and failed by a later heartbeat:
+    # a push sent after the failure could still be applied by a surviving server
+    with pytest.raises(M.PSError, match="no other server keeps a copy"):
+        kv.pull(keys)
+    with pytest.raises(M.PSError, match="no other server keeps a copy"):
+        kv.push(keys, np.ones((64, 1), np.float32))
 
 
 def _ring_of_three(**cfg):
