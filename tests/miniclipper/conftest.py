@@ -37,6 +37,11 @@ def metric(samples, name, missing=None, **labels) -> float:
     return samples[key] if missing is None else samples.get(key, missing)
 
 
+def versioned(v):
+    """A closure that answers ``float(v)`` for every input: which version served."""
+    return lambda xs: [float(v)] * len(xs)
+
+
 @pytest.fixture(scope="module")
 def clipper(tmp_path_factory):
     """A running Clipper (ports chosen by the OS), stopped with its containers after the

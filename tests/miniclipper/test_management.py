@@ -1,0 +1,190 @@
+"""The management REST API (systems/miniclipper/management.py and
+management_checks.py) spoken directly: what it refuses and why, its answers to edge
+cases, and its container controls."""
+
+import json
+import os
+import time
+
+import pytest
+
+from systems.miniclipper import ClipperException, deploy_python_closure
+from systems.miniclipper.deployers import save_python_closure
+
+from .conftest import post, versioned
+
+
+def test_the_management_api_refuses_bytes_and_bad_requests(clipper, tmp_path):
+    mgmt = f"http://{clipper.cm.get_admin_addr()}/admin"
+    good = save_python_closure(versioned(3))
+    model = {"model_name": "m", "model_version": "1", "input_type": "doubles",
+             "model_data_path": good}
+    cases = [
+        ({**model, "model_bytes": "gASVAAAA"}, "unexpected field(s) ['model_bytes']"),
+        ({**model, "model_data_path": str(tmp_path)}, "is not a model directory"),
+        ({**model, "model_data_path": "relative/dir"}, "must be an absolute path"),
+        ({**model, "model_name": "../etc"}, "must be a DNS-1123 label"),
+        ({**model, "num_replicas": "2"}, "should be int"),
+        ({**model, "batching": {"policy": "lifo"}}, "policy must be one of"),
+    ]
+    for doc, cause in cases:
+        code, r = post(f"{mgmt}/add_model", doc)
+        assert code == 400 and cause in r["cause"], (doc, r)
+    broken = tmp_path / "broken"
+    save_python_closure(versioned(1), broken)
+    (broken / "model.pkl").write_bytes(b"not a pickle")
+    code, r = post(f"{mgmt}/add_model", {**model, "model_data_path": str(broken)})
+    assert code == 400 and "failed to start" in r["cause"] and "m:1" not in \
+        clipper.get_all_models()
+    assert post(f"{mgmt}/add_model", model)[0] == 200
+    code, r = post(f"{mgmt}/add_model", model)
+    assert code == 400 and "already deployed" in r["cause"]
+    code, r = post(f"{mgmt}/add_model_links", {"app_name": "nope", "model_names": ["m"]})
+    assert code == 404 and "no application named 'nope'" in r["cause"]
+    code, r = post(f"{mgmt}/add_app", {"name": "x", "input_type": "pickles",
+                                        "default_output": 0, "latency_slo_micros": 10})
+    assert code == 400 and "input_type must be one of" in r["cause"]
+    with pytest.raises(ClipperException, match="404"):
+        clipper.set_model_version("m", 9)
+    for endpoint, doc, want in [  # the stop and unlink endpoints check as strictly
+        ("delete_versioned_model", {"model_name": "m", "model_version": "1", "pickle": 1},
+         (400, "unexpected field(s) ['pickle']")),
+        ("delete_versioned_model", {"model_name": "m", "model_version": "9"},
+         (404, "no model m:9")),
+        ("delete_model_links", {"app_name": "nope", "model_names": ["m"]},
+         (404, "no application named 'nope'")),
+        ("get_linked_models", {"app_name": ["nope"]}, (400, "should be str")),
+    ]:
+        code, r = post(f"{mgmt}/{endpoint}", doc)
+        assert code == want[0] and want[1] in r["cause"], (endpoint, r)
+    assert "m:1" in clipper.get_all_models()  # none of those stopped it
+
+
+def test_management_edge_cases_answer_json_and_keep_state(clipper):
+    """Version 0 is a version; a link across input types is refused (Clipper checks
+    that a model and its app agree); a replica that cannot start is a JSON 500; a
+    browser's cross-site or non-JSON POST is refused before it does anything."""
+    c = clipper
+    mgmt = f"http://{c.cm.get_admin_addr()}/admin"
+    c.register_application("zero", "doubles", -1.0, 1_000_000)
+    for v in (0, 1):
+        deploy_python_closure(c, "zero", v, "doubles", versioned(v))
+    c.link_model_to_app("zero", "zero")
+    code, r = post(f"{mgmt}/set_model_version", {"model_name": "zero", "model_version": 0})
+    assert code == 200 and r["model"] == "zero:0" and c.predict("zero", [0.0])["output"] == 0.0
+    deploy_python_closure(c, "words", 1, "strings", lambda xs: [len(x) for x in xs])
+    with pytest.raises(ClipperException, match="words.*takes input_type.*strings.*sends.*doubles"):
+        c.link_model_to_app("zero", "words")
+    with pytest.raises(ClipperException, match="linked to application 'zero'"):
+        deploy_python_closure(c, "zero", 2, "strings", lambda xs: list(xs))
+    assert c.get_app_info("zero")["linked_models"] == ["zero"]
+    store = c.get_model_info("zero", 1)["path"]
+    os.remove(os.path.join(store, "model.pkl"))  # a new replica can no longer load it
+    code, r = post(f"{mgmt}/set_num_replicas", {"model_name": "zero", "model_version": "1",
+                                                 "num_replicas": 2})
+    assert code == 500 and set(r) == {"error", "cause"} and "failed to start" in r["cause"]
+    assert c.predict("zero", [0.0])["output"] == 0.0  # the current version still serves
+    import urllib.error
+    import urllib.request
+    for headers in ({"Content-Type": "text/plain"},
+                    {"Content-Type": "application/json", "Origin": "http://evil.example"}):
+        req = urllib.request.Request(f"{mgmt}/add_app", headers=headers, data=json.dumps(
+            {"name": "evil", "input_type": "doubles", "default_output": 0,
+             "latency_slo_micros": 10}).encode())
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=10)
+        assert e.value.code in (403, 415) and "cause" in json.loads(e.value.read())
+    assert "evil" not in c.get_all_apps()
+
+
+def test_management_refuses_a_rebound_host_and_values_it_cannot_serve(clipper):
+    """DNS rebinding: a page whose domain now resolves to 127.0.0.1 sends matching
+    Origin and Host, so only the Host's *name* gives it away. Values that parse but
+    cannot be served (an SLO of 10**400 us, a default of 1e999, model names that are
+    not strings) are 400s at the door, not 500s on every later query."""
+    import urllib.error
+    import urllib.request
+
+    c = clipper
+    addr = c.cm.get_admin_addr()
+    port = addr.rsplit(":", 1)[1]
+
+    def call(endpoint, doc, host):
+        req = urllib.request.Request(
+            f"http://{addr}/admin/{endpoint}", data=json.dumps(doc).encode(),
+            headers={"Content-Type": "application/json", "Host": host,
+                     "Origin": f"http://{host}"})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    c.register_application("kept", "doubles", -1.0, 100_000)
+    code, r = call("delete_app", {"name": "kept"}, f"attacker.example:{port}")
+    assert code == 403 and "re-bound" in r["cause"] and "kept" in c.get_all_apps()
+    code, _ = call("get_all_applications", {}, f"localhost:{port}")
+    assert code == 200
+    mgmt = f"http://{addr}/admin"
+    app = {"name": "huge", "input_type": "doubles", "default_output": 0,
+           "latency_slo_micros": 10**400}
+    code, r = post(f"{mgmt}/add_app", app)
+    assert code == 400 and "latency_slo_micros must be in" in r["cause"]
+    code, r = post(f"{mgmt}/add_app", raw=json.dumps({**app, "latency_slo_micros": 1000})
+                   .replace('"default_output": 0', '"default_output": 1e999').encode())
+    assert code == 400 and "overflows a float" in r["cause"]
+    code, r = post(f"{mgmt}/add_model_links", {"app_name": "kept", "model_names": [["m"]]})
+    assert code == 400 and "list of strings" in r["cause"]
+    code, r = post(f"{mgmt}/get_batch_log", {"model_name": "nope", "since": 0})
+    assert code == 404  # a whole-number 'since' is a time too: the model is what is missing
+    code, r = post(f"{mgmt}/add_app", {**app, "latency_slo_micros": 1000,
+                                       "input_length": 10**30})
+    assert code == 400 and "input_length must be in" in r["cause"]
+    code, r = post(f"{mgmt}/add_app", {**app, "name": "a" * 64, "latency_slo_micros": 1000})
+    assert code == 400 and "at most 63" in r["cause"]
+    code, r = post(f"{mgmt}/container_control", {"model_name": "nope", "slowdown": 1e300})
+    assert code == 400 and "1..1000" in r["cause"]  # it made every later query a default
+    code, r = post(f"{mgmt}/shutdown", {"bogus": 1})
+    assert code == 400 and "unexpected field" in r["cause"]
+    assert "huge" not in c.get_all_apps() and c.get_all_apps()  # and it is still up
+
+
+def _sleeps_40ms(xs):
+    time.sleep(0.04)
+    return [float(len(x)) for x in xs]
+
+
+def _container_compute_s(c, path, pid):
+    """Each batch's compute time on container ``pid`` by its own clock (t1 - t0), read
+    from the Chrome trace (the fixture samples every query)."""
+    events = json.loads(c.get_trace(path).read_text())["traceEvents"]
+    return [e["dur"] / 1e6 for e in events if e.get("cat") == "container"
+            and e["pid"] == pid]
+
+
+def test_container_control_slows_every_replica_of_the_model(clipper, tmp_path):
+    """``/admin/container_control`` reaches the model's containers: each answers with
+    its new slowdown, and a batch then takes at least 2.5x its compute time (3x, less
+    a margin) by the container's own clock."""
+    c = clipper
+    mgmt = f"http://{c.cm.get_admin_addr()}/admin"
+    c.register_application("slow", "doubles", -1.0, 30_000_000)
+    deploy_python_closure(c, "slow", 1, "doubles", _sleeps_40ms)
+    c.link_model_to_app("slow", "slow")
+    (rep,) = [r for r in c.get_all_model_replicas() if r["model"] == "slow:1"]
+    assert c.predict("slow", [1.0, 2.0])["output"] == 2.0
+    assert c.predict("slow", [1.0, 2.0, 3.0])["output"] == 3.0  # distinct: no cache hit
+    base = _container_compute_s(c, tmp_path / "a.json", rep["pid"])
+    assert len(base) == 2 and min(base) >= 0.036
+    code, r = post(f"{mgmt}/container_control", {"model_name": "slow", "slowdown": 3})
+    assert code == 200 and [h["pid"] for h in r] == [rep["pid"]] and r[0]["slowdown"] == 3
+    (h,) = [x["health"] for x in c.get_all_model_replicas(verbose=True)
+            if x["model"] == "slow:1"]
+    assert h["slowdown"] == 3
+    assert c.predict("slow", [4.0])["output"] == 1.0
+    slow = _container_compute_s(c, tmp_path / "b.json", rep["pid"])[len(base):]
+    assert len(slow) == 1 and slow[0] >= 2.5 * min(base), (base, slow)
+    code, r = post(f"{mgmt}/container_control", {"model_name": "nope", "slowdown": 2})
+    assert code == 404 and "no model nope" in r["cause"]
+    code, r = post(f"{mgmt}/container_control", {"model_name": "slow", "slowdown": "2"})
+    assert code == 400 and "should be int or float" in r["cause"]
