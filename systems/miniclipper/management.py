@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import shutil
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -49,6 +48,7 @@ from .selection import POLICIES, make_policy
 
 log = logging.getLogger("miniclipper.management")
 
+
 def management_app(server: ClipperServer, bind_host: str = rpc.LOOPBACK) -> web.Application:
     qp, ex, sup = server.qp, server.executor, server.supervisor
 
@@ -57,8 +57,13 @@ def management_app(server: ClipperServer, bind_host: str = rpc.LOOPBACK) -> web.
         given = doc.get("model_version")  # version 0 is a version, not "unset"
         version = str(given if given is not None else qp.current_version.get(name, ""))
         if (name, version) not in server.models:
-            raise KeyError(f"no model {name}:{version or '?'}; deployed: "
-                           f"{sorted(f'{n}:{v}' for n, v in server.models)}")
+            deployed = sorted(f"{n}:{v}" for n, v in server.models)
+            if (name, version) in server.retired:
+                raise KeyError(f"model {name}:{version} was stopped; deployed: {deployed}")
+            if not version and any(n == name for n, _ in server.retired):
+                raise KeyError(f"model {name} has no current version (it was stopped); "
+                               f"deployed: {deployed}")
+            raise KeyError(f"no model {name}:{version or '?'}; deployed: {deployed}")
         return name, version
 
     async def add_app(doc: dict[str, Any]) -> Any:
@@ -131,10 +136,10 @@ def management_app(server: ClipperServer, bind_host: str = rpc.LOOPBACK) -> web.
         try:
             await sup.set_num_replicas(model, n)
         except RuntimeError as e:  # the container died while loading the model
-            await sup.set_num_replicas(model, 0)
+            await sup.retire(model)
             del server.models[model]
             ex.remove_model(model)
-            await asyncio.to_thread(shutil.rmtree, path, True)
+            server.forget_model(model)
             raise BadRequest(f"model {name}:{version} failed to start: {e}") from None
         qp.current_version[name] = version
         return {"ok": True, "model": f"{name}:{version}", "replicas": n}
@@ -168,6 +173,7 @@ def management_app(server: ClipperServer, bind_host: str = rpc.LOOPBACK) -> web.
         return {"ok": True, "linked_models": app.models}
 
     async def get_linked_models(doc: dict[str, Any]) -> Any:
+        """The names of the app's linked models, in link order (as Clipper's)."""
         return list(qp.app(check_fields(doc, {"app_name": str}, {}, "get_linked_models")
                            ["app_name"]).models)
 
@@ -183,8 +189,9 @@ def management_app(server: ClipperServer, bind_host: str = rpc.LOOPBACK) -> web.
         if qp.current_version.get(model[0]) == model[1]:
             del qp.current_version[model[0]]  # no new query goes to it from here on
         server.retired.add(model)
+        ex.stop_model(model, f"model {label} was stopped (delete_versioned_model)")
         await sup.retire(model)
-        ex.remove_model(model, f"model {label} was stopped (delete_versioned_model)")
+        ex.remove_model(model)
         del server.models[model]
         server.forget_model(model)
         return {"ok": True, "model": label}

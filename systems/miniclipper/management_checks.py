@@ -26,8 +26,13 @@ class BadRequest(ValueError):
     """A management request that does not fit its endpoint (HTTP 400)."""
 
 
-def check_fields(doc: Any, required: dict[str, type | tuple], optional: dict[str, type | tuple],
-            where: str) -> dict[str, Any]:
+def check_fields(doc: Any, required: dict[str, type | tuple],
+                 optional: dict[str, type | tuple], where: str) -> dict[str, Any]:
+    """``doc`` itself if it is a JSON object with every ``required`` field, nothing but
+    those and the ``optional`` ones, each of its type (``object``: any; a bool is not
+    an int); else :class:`BadRequest` naming the endpoint (``where``) and the field.
+    Clipper's management frontend checks each request against a JSON schema the same
+    way (``management_frontend.hpp``'s ``*_JSON_SCHEMA``)."""
     if not isinstance(doc, dict):
         raise BadRequest(f"{where} takes a JSON object, got {type(doc).__name__}")
     unknown = set(doc) - set(required) - set(optional)
@@ -50,6 +55,9 @@ def check_fields(doc: Any, required: dict[str, type | tuple], optional: dict[str
 
 
 def check_name(value: str, what: str) -> str:
+    """``value`` if it is a DNS-1123 label, else :class:`BadRequest` saying ``what`` it
+    names (``clipper_admin`` holds model names and versions to that pattern; we hold
+    every name to it, with its 63-character limit)."""
     if not NAME.match(value):
         raise BadRequest(f"{what} {value[:70]!r} must be a DNS-1123 label: at most 63 "
                          f"lower-case letters, digits and '-', starting and ending with a "

@@ -104,6 +104,18 @@ class QueryProcessor:
         app.models[:] = [m for m in app.models if m not in model_names]
         make_policy(app.policy).sync_models(app.state, app.models)
 
+    def _live(self, app: Application) -> SelectionState:
+        """What the policy selects from: the linked models that have a current version.
+        Links are by name, so a model whose versions were all stopped stays linked; it
+        is left out of the draw until a version serves again (Clipper would send it
+        queries that wait out their SLO). Combining still sees every linked model, so
+        an ensemble reports the stopped one as missing."""
+        w = app.state.weights
+        if all(m in self.current_version for m in w):
+            return app.state
+        return SelectionState({m: x for m, x in w.items() if m in self.current_version},
+                              app.state.feedback_count)
+
     def _versions(self, names: list[str]) -> dict[str, tuple[str, str]]:
         return {n: (n, self.current_version[n]) for n in names if n in self.current_version}
 
@@ -119,12 +131,14 @@ class QueryProcessor:
         first = self._next_id
         qids = range(first, first + len(inputs))
         self._next_id += len(inputs)
-        if len(app.state.weights) == 1:  # one linked model: the same choice for every query
-            names = list(self._versions(list(app.state.weights)))
+        live = self._live(app)
+        if len(app.state.weights) == 1 and live is app.state:  # one linked model, serving:
+            names = list(app.state.weights)                     # the same for every query
             out = await self._predict_uniform(app, policy, names, inputs, qids, deadline,
                                               slo, traced)
         else:
-            out = await self._predict_each(app, policy, inputs, qids, deadline, slo, traced)
+            out = await self._predict_each(app, policy, live, inputs, qids, deadline, slo,
+                                           traced)
         self._account(app, out, arrival)
         for r in out:  # what Clipper's frontend sends back for a string output
             r["output"] = json_output(r["output"])
@@ -155,10 +169,12 @@ class QueryProcessor:
         return out
 
     async def _predict_each(self, app: Application, policy: SelectionPolicy,
-                            inputs: list[Any], qids: range, deadline: float, slo: float,
-                            traced: bool) -> list[dict[str, Any]]:
-        """The policy selects per query (Exp3 draws a model for each)."""
-        choices = [list(self._versions(policy.select(app.state, app.rng))) for _ in inputs]
+                            live: SelectionState, inputs: list[Any], qids: range,
+                            deadline: float, slo: float, traced: bool,
+                            ) -> list[dict[str, Any]]:
+        """The policy selects per query (Exp3 draws a model for each) among the ``live``
+        models (:meth:`_live`)."""
+        choices = [list(self._versions(policy.select(live, app.rng))) for _ in inputs]
         per_model: dict[str, list[int]] = {}
         for i, names in enumerate(choices):
             for n in names:
@@ -190,7 +206,7 @@ class QueryProcessor:
             r.update(output=app.default_output, default=True, default_explanation=why)
         else:
             r.update(output=combined.output, default=False)
-            if len(futures) > 1:
+            if len(futures) > 1 or combined.models_missing:
                 r.update(confidence=combined.confidence, models_used=combined.models_used,
                          models_missing=combined.models_missing)
         return r
@@ -215,7 +231,7 @@ class QueryProcessor:
         policy = _policy(app.policy)
         slo = max(1.0, 10 * app.slo_micros / 1e6)
         deadline = time.monotonic() + slo
-        models = self._versions(policy.feedback_models(app.state, app.rng))
+        models = self._versions(policy.feedback_models(self._live(app), app.rng))
         futures = {n: self.executor.schedule(mv, [x], deadline, slo)[0]
                    for n, mv in models.items()}
         await wait_until(list(futures.values()), deadline)

@@ -21,6 +21,7 @@ for the replicas, and it plays both parts:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -58,6 +59,7 @@ class ReplicaSupervisor:
         self.wanted: dict[tuple[str, str], int] = {}  # the replica count last asked for
         self._generation = 0
         self._watch: asyncio.Task | None = None
+        self._wake = asyncio.Event()  # set by retire: restarts stop backing off
 
     def install(self, name: str, version: str, source: str | Path) -> Path:
         """Copy a model directory into the store (refusing what is not one)."""
@@ -126,9 +128,15 @@ class ReplicaSupervisor:
         containers, then the management frontend marks it deleted). A restart in flight
         finds no replica wanted and starts nothing."""
         await self.set_num_replicas(model, 0)
+        while any(m == model for m, _ in self._busy):  # a restart in flight: wake it to
+            self._wake.set()                           # see that no replica is wanted
+            self._wake = asyncio.Event()
+            await asyncio.sleep(0.02)
         for table in (self.children, self.wanted, self.restarts, self.abandoned):
             table.pop(model, None)
         await asyncio.to_thread(shutil.rmtree, self.store / model[0] / model[1], True)
+        with contextlib.suppress(OSError):  # the model's folder, once its last version went
+            (self.store / model[0]).rmdir()
 
     async def _stop(self, model: tuple[str, str], rid: int) -> None:
         child = self.children[model].pop(rid)
@@ -152,8 +160,8 @@ class ReplicaSupervisor:
             await self.executor.remove_replica(model, rid)
             await asyncio.to_thread(self.group.stop, old.name, 1.0)
             self.group.forget(old.name)
-            if self.children[model].get(rid) is old:  # gone: the slot is free for its heir
-                del self.children[model][rid]
+            if self.children.get(model, {}).get(rid) is old:  # gone: the slot is free for
+                del self.children[model][rid]                  # its heir
                 self._count(model)
             self.restarts[model] = self.restarts.get(model, 0) + 1
             self.metrics.restarts.labels(f"{model[0]}:{model[1]}").inc()
@@ -168,18 +176,28 @@ class ReplicaSupervisor:
                     err = e
                     log.error("replica %s:%s/%d failed to start (%d): %s", *model, rid,
                               attempt, e)
-                    await asyncio.sleep(RESTART_BACKOFF_S * 2 ** attempt)
-            self.children[model].pop(rid, None)  # give up on it, and say so
+                    await self._backoff(RESTART_BACKOFF_S * 2 ** attempt)
+            self.children.get(model, {}).pop(rid, None)  # give up on it, and say so
             self._count(model)
             why = (f"model {model[0]}:{model[1]}: replica {rid} failed to start "
                    f"{RESTART_ATTEMPTS} times after it died ({reason}); last error: "
                    f"{str(err).splitlines()[0] if err else '?'}")
             self.abandoned.setdefault(model, {})[rid] = why
             log.error("giving up: %s", why)
-            if not self.children[model]:
+            if not self.children.get(model):
                 self.executor.no_replicas(model, f"{why}; no replica is running")
         finally:
             self._busy.discard((model, rid))
+
+    async def _backoff(self, seconds: float) -> None:
+        """Sleep before the next restart attempt, unless a stop (:meth:`retire`) wakes
+        it sooner: the stop waits for restarts in flight, and the restart, awake, sees
+        that no replica is wanted."""
+        nap = asyncio.ensure_future(asyncio.sleep(seconds))
+        wake = asyncio.ensure_future(self._wake.wait())
+        await asyncio.wait({nap, wake}, return_when=asyncio.FIRST_COMPLETED)
+        nap.cancel()
+        wake.cancel()
 
     async def _watch_loop(self) -> None:
         while True:

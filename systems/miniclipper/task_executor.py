@@ -103,6 +103,7 @@ class TaskExecutor:
         self.replicas: dict[tuple[str, str], dict[int, Replica]] = {}
         self.batch_log: dict[tuple[str, str], deque] = {}
         self.unavailable: dict[tuple[str, str], str] = {}  # model -> why no replica runs
+        self.stopping: dict[tuple[str, str], str] = {}  # model -> why (stop_model)
         self._batch_ids = itertools.count()
         self._traced_pids: set[int] = set()  # container rows named in the trace already
 
@@ -121,15 +122,20 @@ class TaskExecutor:
         for t in self.queues[model].take_all():
             self.cache.fail(t.key, ContainerDied(why))
 
-    def remove_model(self, model: tuple[str, str], why: str | None = None) -> None:
-        """Forget a model version that has no replicas left: a deployment that failed, or
-        one stopped, whose waiting tasks are then answered at once with ``why`` (else
-        each would wait for its deadline and read as an SLO miss)."""
-        if why and model in self.queues:
-            for t in self.queues[model].take_all():
-                self.cache.fail(t.key, ModelStopped(why))
+    def stop_model(self, model: tuple[str, str], why: str) -> None:
+        """A model version is being stopped: answer what waits for it at once with
+        ``why`` (else each task would wait for its deadline and read as an SLO miss), and
+        so too each batch its replicas give back as they stop, rather than retrying it on
+        the next replica to be stopped."""
+        self.stopping[model] = why
+        for t in self.queues[model].take_all():
+            self.cache.fail(t.key, ModelStopped(why))
+
+    def remove_model(self, model: tuple[str, str]) -> None:
+        """Forget a model version that has no replicas left (a deployment that failed,
+        or one stopped)."""
         for table in (self.models, self.queues, self.replicas, self.batch_log,
-                      self.unavailable):
+                      self.unavailable, self.stopping):
             table.pop(model, None)
 
     def set_batching(self, model: tuple[str, str], batching: BatchingConfig) -> None:
@@ -198,7 +204,9 @@ class TaskExecutor:
         again = []
         for t in tasks:
             t.enqueued = 0.0
-            if t.deadline > now and t.retries < MAX_RETRIES:
+            if t.model in self.stopping:
+                self.cache.fail(t.key, ModelStopped(self.stopping[t.model]))
+            elif t.deadline > now and t.retries < MAX_RETRIES:
                 t.retries += 1
                 again.append(t)
             else:

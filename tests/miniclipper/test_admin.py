@@ -20,7 +20,7 @@ from systems.miniclipper import (
 )
 from systems.miniclipper.deployers import save_python_closure
 
-from .conftest import metric, scrape, versioned
+from .conftest import metric, post, scrape, versioned
 
 
 def test_the_quickstart_closure_answers_json_numbers_as_clipper_does(clipper):
@@ -345,6 +345,8 @@ def test_stopping_inactive_versions_stops_their_containers_and_keeps_the_current
     assert all(_gone(p) for p in old) and not os.path.exists(store)
     assert c.get_num_replicas("roll") == 1 and c.predict("roll-app", [0.0])["output"] == 2.0
     assert not [k for k in scrape(c) if ("model", "roll:1") in k[1]]
+    with pytest.raises(ClipperException, match="model roll:1 was stopped; deployed"):
+        c.get_model_info("roll", 1)
     with pytest.raises(ClipperException, match="roll:1 was deployed and stopped"):
         deploy_python_closure(c, "roll", 1, "doubles", versioned(1))
     with pytest.raises(TypeError, match=r"write \['roll'\]"):
@@ -370,8 +372,10 @@ def test_stopping_the_current_version_answers_what_waits_for_it_and_keeps_the_li
 
     c = clipper
     c.register_application("stop-app", "doubles", -1.0, 30_000_000)
-    deploy_python_closure(c, "stop-model", 1, "doubles", slow)
+    # three replicas: each one stopped gave the batch back to the next one (to be stopped)
+    deploy_python_closure(c, "stop-model", 1, "doubles", slow, num_replicas=3)
     c.link_model_to_app("stop-app", "stop-model")
+    store = os.path.dirname(c.get_model_info("stop-model", 1)["path"])
     answer = {}
     t = threading.Thread(target=lambda: answer.update(r=c.predict("stop-app", [0.5])))
     t.start()
@@ -384,7 +388,59 @@ def test_stopping_the_current_version_answers_what_waits_for_it_and_keeps_the_li
     r = c.predict("stop-app", [0.5])
     assert r["default"] and r["default_explanation"] == "No connected models found for query"
     assert c.get_linked_models("stop-app") == ["stop-model"]
-    with pytest.raises(ClipperException, match="no model stop-model"):
+    assert not os.path.exists(store)  # the model's folder went with its last version
+    with pytest.raises(ClipperException, match="stop-model has no current version"):
         c.get_current_model_version("stop-model")
     deploy_python_closure(c, "stop-model", 2, "doubles", versioned(6))
     assert c.predict("stop-app", [0.5])["output"] == 6.0
+
+
+@pytest.mark.parametrize("policy", ["default", "exp3", "exp4"])
+def test_a_linked_model_with_no_version_left_is_not_chosen(clipper, policy):
+    """Once every version of one of two linked models is stopped, the policy chooses
+    among the models that still serve (query_processor._live): no query gets the
+    default output while a linked model can answer, and an ensemble (Exp4) reports the
+    stopped one as missing. The stopped model is the first linked, which "default"
+    would always pick."""
+    c = clipper
+    app, dead, live = f"pick-{policy}", f"pick-{policy}-dead", f"pick-{policy}-live"
+    c.register_application(app, "doubles", -1.0, 5_000_000, selection_policy=policy)
+    deploy_python_closure(c, dead, 1, "doubles", versioned(2))
+    deploy_python_closure(c, live, 1, "doubles", versioned(1))
+    c.link_model_to_app(app, dead)
+    c.link_model_to_app(app, live)
+    c.stop_models([dead])
+    rs = [c.predict(app, [float(i)]) for i in range(16)]
+    assert [(r["default"], r["output"]) for r in rs] == [(False, 1.0)] * 16
+    if policy == "exp4":
+        assert all(r["models_missing"] == [dead] and r["confidence"] < 1 for r in rs)
+    code, fb = post(f"http://{c.get_query_addr()}/{app}/update",
+                    {"input": [0.0], "label": 1.0})
+    assert code == 200 and fb["models_evaluated"] == [live]
+
+
+def test_a_stop_racing_a_restart_leaves_no_container_and_no_error(clipper):
+    """A container killed with -9 is being restarted when its version is stopped: the
+    stop waits for the restart to see that no replica is wanted, so no container of the
+    version runs afterwards and the restart does not fail on the tables the stop
+    cleared (it raised KeyError in ReplicaSupervisor.restart)."""
+    import signal
+
+    c = clipper
+    log = c.cm.group.log_dir / "clipper.log"
+    deploy_python_closure(c, "racer", 1, "doubles", versioned(3))
+    pid = next(r["pid"] for r in c.get_all_model_replicas() if r["model"] == "racer:1")
+    seen = log.stat().st_size  # the module's Clipper logs other tests' errors too
+    os.kill(pid, signal.SIGKILL)
+    time.sleep(0.3)  # the supervisor notices within its 0.1 s poll and starts a new one
+    c.stop_models(["racer"])
+    left = [p for p in psutil.process_iter(["cmdline", "status"])
+            if "racer/1" in (p.info["cmdline"] or []) and p.info["status"] != "zombie"]
+    assert not left
+    time.sleep(0.5)  # what a restart still running would log
+    with open(log, errors="replace") as f:
+        f.seek(seen)
+        after = f.read()
+    assert "restarting racer:1" in after  # the race was run
+    assert "Task exception was never retrieved" not in after and "KeyError" not in after
+

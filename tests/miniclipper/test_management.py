@@ -11,7 +11,7 @@ import pytest
 from systems.miniclipper import ClipperException, deploy_python_closure
 from systems.miniclipper.deployers import save_python_closure
 
-from .conftest import post, versioned
+from .conftest import post, scrape, versioned
 
 
 def test_the_management_api_refuses_bytes_and_bad_requests(clipper, tmp_path):
@@ -36,6 +36,7 @@ def test_the_management_api_refuses_bytes_and_bad_requests(clipper, tmp_path):
     code, r = post(f"{mgmt}/add_model", {**model, "model_data_path": str(broken)})
     assert code == 400 and "failed to start" in r["cause"] and "m:1" not in \
         clipper.get_all_models()
+    assert not [k for k in scrape(clipper) if ("model", "m:1") in k[1]]  # no series either
     assert post(f"{mgmt}/add_model", model)[0] == 200
     code, r = post(f"{mgmt}/add_model", model)
     assert code == 400 and "already deployed" in r["cause"]
