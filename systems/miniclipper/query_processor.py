@@ -104,17 +104,14 @@ class QueryProcessor:
         app.models[:] = [m for m in app.models if m not in model_names]
         make_policy(app.policy).sync_models(app.state, app.models)
 
-    def _live(self, app: Application) -> SelectionState:
-        """What the policy selects from: the linked models that have a current version.
-        Links are by name, so a model whose versions were all stopped stays linked; it
-        is left out of the draw until a version serves again (Clipper would send it
-        queries that wait out their SLO). Combining still sees every linked model, so
-        an ensemble reports the stopped one as missing."""
-        w = app.state.weights
-        if all(m in self.current_version for m in w):
-            return app.state
-        return SelectionState({m: x for m, x in w.items() if m in self.current_version},
-                              app.state.feedback_count)
+    def _wake(self, app: Application) -> None:
+        """Mark the linked models with no current version as asleep (selection.py): links
+        are by name, so a model whose versions were all stopped stays linked, and the
+        policy leaves it out until a version serves again (Clipper would send it queries
+        that wait out their SLO)."""
+        asleep = frozenset(m for m in app.state.weights if m not in self.current_version)
+        if asleep != app.state.asleep:
+            app.state.asleep = asleep
 
     def _versions(self, names: list[str]) -> dict[str, tuple[str, str]]:
         return {n: (n, self.current_version[n]) for n in names if n in self.current_version}
@@ -131,14 +128,13 @@ class QueryProcessor:
         first = self._next_id
         qids = range(first, first + len(inputs))
         self._next_id += len(inputs)
-        live = self._live(app)
-        if len(app.state.weights) == 1 and live is app.state:  # one linked model, serving:
-            names = list(app.state.weights)                     # the same for every query
+        self._wake(app)
+        if len(app.state.weights) == 1 and not app.state.asleep:  # one linked model: the
+            names = list(app.state.weights)                        # same for every query
             out = await self._predict_uniform(app, policy, names, inputs, qids, deadline,
                                               slo, traced)
         else:
-            out = await self._predict_each(app, policy, live, inputs, qids, deadline, slo,
-                                           traced)
+            out = await self._predict_each(app, policy, inputs, qids, deadline, slo, traced)
         self._account(app, out, arrival)
         for r in out:  # what Clipper's frontend sends back for a string output
             r["output"] = json_output(r["output"])
@@ -169,12 +165,10 @@ class QueryProcessor:
         return out
 
     async def _predict_each(self, app: Application, policy: SelectionPolicy,
-                            live: SelectionState, inputs: list[Any], qids: range,
-                            deadline: float, slo: float, traced: bool,
-                            ) -> list[dict[str, Any]]:
-        """The policy selects per query (Exp3 draws a model for each) among the ``live``
-        models (:meth:`_live`)."""
-        choices = [list(self._versions(policy.select(live, app.rng))) for _ in inputs]
+                            inputs: list[Any], qids: range, deadline: float, slo: float,
+                            traced: bool) -> list[dict[str, Any]]:
+        """The policy selects per query (Exp3 draws a model for each)."""
+        choices = [list(self._versions(policy.select(app.state, app.rng))) for _ in inputs]
         per_model: dict[str, list[int]] = {}
         for i, names in enumerate(choices):
             for n in names:
@@ -231,13 +225,14 @@ class QueryProcessor:
         policy = _policy(app.policy)
         slo = max(1.0, 10 * app.slo_micros / 1e6)
         deadline = time.monotonic() + slo
-        models = self._versions(policy.feedback_models(self._live(app), app.rng))
+        self._wake(app)
+        models = self._versions(policy.feedback_models(app.state, app.rng))
         futures = {n: self.executor.schedule(mv, [x], deadline, slo)[0]
                    for n, mv in models.items()}
         await wait_until(list(futures.values()), deadline)
         outputs = {n: f.result() for n, f in futures.items()
                    if f.done() and f.exception() is None}
-        if outputs:
+        if outputs:  # (with the draw's probabilities: the state it was drawn from)
             policy.observe(app.state, label, outputs)
         return {"ok": bool(outputs), "models_evaluated": sorted(outputs),
                 "selection_state": app.state.to_dict()}

@@ -24,6 +24,12 @@ and update a per-application state. Three policies:
 
 Loss is 0-1 (the output equals the label or it does not), as for the classifiers the
 paper evaluates. State is per application (the paper also keys it by user/context).
+
+A linked model with no version serving (every version stopped) is *asleep*: the policies
+choose among the awake models only, as a "sleeping bandit" does, so Exp3's probabilities
+(and the importance weights of its feedback) are those of the draw that was made, and
+the asleep model's weight waits unchanged until a version serves again. Exp4 still
+counts it in the vote's total, so an ensemble reports it as missing.
 """
 
 from __future__ import annotations
@@ -42,9 +48,14 @@ class SelectionState:
 
     weights: dict[str, float] = field(default_factory=dict)
     feedback_count: int = 0
+    asleep: frozenset[str] = frozenset()  # linked, but no version serves (set per query)
+
+    def awake(self) -> list[str]:
+        return [m for m in self.weights if m not in self.asleep]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"weights": dict(self.weights), "feedback_count": self.feedback_count}
+        return {"weights": dict(self.weights), "feedback_count": self.feedback_count,
+                "asleep": sorted(self.asleep)}
 
 
 @dataclass
@@ -94,10 +105,11 @@ class SelectionPolicy(abc.ABC):
         state.weights = {m: state.weights.get(m, avg) for m in models}
 
     def probabilities(self, state: SelectionState) -> dict[str, float]:
-        k = len(state.weights)
-        total = sum(state.weights.values())
+        """Exp3's draw over the awake models (an asleep one has probability 0)."""
+        awake = {m: state.weights[m] for m in state.awake()}
+        k, total = len(awake), sum(awake.values())
         return {m: (1 - self.gamma) * w / total + self.gamma / k
-                for m, w in state.weights.items()}
+                for m, w in awake.items()} if k else {}
 
     def draw(self, state: SelectionState, rng: random.Random) -> str:
         probs = self.probabilities(state)
@@ -134,7 +146,7 @@ class DefaultPolicy(SelectionPolicy):
     name = "default"
 
     def select(self, state: SelectionState, rng: random.Random) -> list[str]:
-        return list(state.weights)[:1]
+        return state.awake()[:1]
 
     def combine(self, state: SelectionState, outputs: dict[str, Any]) -> Combined | None:
         if not outputs:
@@ -152,20 +164,20 @@ class Exp3Policy(SelectionPolicy):
     name = "exp3"
 
     def select(self, state: SelectionState, rng: random.Random) -> list[str]:
-        if len(state.weights) <= 1:  # one arm: nothing to draw
-            return list(state.weights)
+        if len(state.awake()) <= 1:  # one arm: nothing to draw
+            return state.awake()
         return [self.draw(state, rng)]
 
     def combine(self, state: SelectionState, outputs: dict[str, Any]) -> Combined | None:
         if not outputs:
             return None
-        m, out = next(iter(outputs.items()))
-        return Combined(out, self.probabilities(state)[m], [m], [])
+        m, out = next(iter(outputs.items()))  # (m may have been unlinked meanwhile)
+        return Combined(out, self.probabilities(state).get(m, 0.0), [m], [])
 
     def observe(self, state: SelectionState, label: Any, outputs: dict[str, Any]) -> None:
         probs = self.probabilities(state)
         for m, out in outputs.items():
-            if m in state.weights:
+            if m in probs:  # (not a model unlinked, or put to sleep, meanwhile)
                 loss = zero_one_loss(out, label)
                 state.weights[m] *= math.exp(-self.eta * loss / probs[m])
         state.feedback_count += 1
@@ -178,7 +190,7 @@ class Exp4Policy(SelectionPolicy):
     name = "exp4"
 
     def select(self, state: SelectionState, rng: random.Random) -> list[str]:
-        return list(state.weights)
+        return state.awake()
 
     def combine(self, state: SelectionState, outputs: dict[str, Any]) -> Combined | None:
         if not outputs:

@@ -59,7 +59,7 @@ class ReplicaSupervisor:
         self.wanted: dict[tuple[str, str], int] = {}  # the replica count last asked for
         self._generation = 0
         self._watch: asyncio.Task | None = None
-        self._wake = asyncio.Event()  # set by retire: restarts stop backing off
+        self._wake: dict[tuple[str, str], asyncio.Event] = {}  # retire: end the back-off
 
     def install(self, name: str, version: str, source: str | Path) -> Path:
         """Copy a model directory into the store (refusing what is not one)."""
@@ -128,10 +128,10 @@ class ReplicaSupervisor:
         containers, then the management frontend marks it deleted). A restart in flight
         finds no replica wanted and starts nothing."""
         await self.set_num_replicas(model, 0)
-        while any(m == model for m, _ in self._busy):  # a restart in flight: wake it to
-            self._wake.set()                           # see that no replica is wanted
-            self._wake = asyncio.Event()
+        self._wake.setdefault(model, asyncio.Event()).set()  # a restart in flight: wake it
+        while any(m == model for m, _ in self._busy):        # to see no replica is wanted
             await asyncio.sleep(0.02)
+        self._wake.pop(model, None)
         for table in (self.children, self.wanted, self.restarts, self.abandoned):
             table.pop(model, None)
         await asyncio.to_thread(shutil.rmtree, self.store / model[0] / model[1], True)
@@ -176,7 +176,7 @@ class ReplicaSupervisor:
                     err = e
                     log.error("replica %s:%s/%d failed to start (%d): %s", *model, rid,
                               attempt, e)
-                    await self._backoff(RESTART_BACKOFF_S * 2 ** attempt)
+                    await self._backoff(model, RESTART_BACKOFF_S * 2 ** attempt)
             self.children.get(model, {}).pop(rid, None)  # give up on it, and say so
             self._count(model)
             why = (f"model {model[0]}:{model[1]}: replica {rid} failed to start "
@@ -189,12 +189,12 @@ class ReplicaSupervisor:
         finally:
             self._busy.discard((model, rid))
 
-    async def _backoff(self, seconds: float) -> None:
-        """Sleep before the next restart attempt, unless a stop (:meth:`retire`) wakes
-        it sooner: the stop waits for restarts in flight, and the restart, awake, sees
-        that no replica is wanted."""
+    async def _backoff(self, model: tuple[str, str], seconds: float) -> None:
+        """Sleep before the next restart attempt, unless a stop of this model
+        (:meth:`retire`) wakes it sooner: the stop waits for restarts in flight, and the
+        restart, awake, sees that no replica is wanted."""
         nap = asyncio.ensure_future(asyncio.sleep(seconds))
-        wake = asyncio.ensure_future(self._wake.wait())
+        wake = asyncio.ensure_future(self._wake.setdefault(model, asyncio.Event()).wait())
         await asyncio.wait({nap, wake}, return_when=asyncio.FIRST_COMPLETED)
         nap.cancel()
         wake.cancel()

@@ -19,7 +19,8 @@ The map, following the paper's sections:
 | snapshots (ours) | `checkpoint` (atomic files, restore into any ring) |
 | 5 applications | `apps` (sparse L1-LR, torch MLP, counting audit); `data` (Zipf dataset) |
 
-Around them: `launcher` (start a cluster, watch it, the monitor), `metrics` (counters,
+Around them: `cluster` (start a cluster's processes, talk to its scheduler), `launcher`
+(run a job on it: progress, faults, the monitor, the summary), `metrics` (counters,
 Prometheus text, Chrome traces), `cli` (`casebook ps launch`), and `bench` with
 `bench_runs` and `baselines` (`casebook bench minips`).
 

@@ -1,6 +1,7 @@
 """Default / Exp3 / Exp4 selection (systems/miniclipper/selection.py) on synthetic feedback."""
 
 import asyncio
+import math
 import random
 import time
 
@@ -165,3 +166,69 @@ def test_a_subclassed_policy_plugs_into_the_query_processor(monkeypatch):
     assert [r["output"] for r in out] == ["c:1.0", "c:2.0"] and ex.calls == [("c", "1")]
     r = asyncio.run(qp.update("app", [5.0], "c:5.0"))
     assert r["models_evaluated"] == ["c"] and r["selection_state"]["feedback_count"] == 1
+
+
+class _Later(_Done):
+    """A stand-in task executor whose answers come ``delay`` seconds later."""
+
+    def __init__(self, f, delay):
+        super().__init__(f)
+        self.delay = delay
+
+    def schedule(self, model, inputs, deadline, slo, traced=False, query_id=0):
+        loop = asyncio.get_running_loop()
+        out = [loop.create_future() for _ in inputs]
+        loop.call_later(self.delay, lambda: [f.set_result(self.f(model[0], x))
+                                             for f, x in zip(out, inputs, strict=True)])
+        self.calls.append(model)
+        return out
+
+
+def _exp3_app(qp, models):
+    app = Application("app", "doubles", -1.0, 5_000_000, "exp3",
+                      state=make_policy("exp3").init_state([]))
+    qp.apps["app"] = app
+    qp.link(app, models)
+    return app
+
+
+def test_a_query_answered_by_a_model_unlinked_while_it_waited_keeps_its_answer():
+    """Exp3 combines with the answering model's probability; a model unlinked while its
+    query waited (delete_model_links) has none any more. That was a KeyError, and the
+    whole request a 500."""
+    async def main():
+        qp = QueryProcessor(_Later(lambda m, x: m, 0.2), Metrics())
+        qp.current_version.update(a="1", b="1")
+        app = _exp3_app(qp, ["a", "b"])
+        task = asyncio.ensure_future(qp.predict("app", [[float(i)] for i in range(8)],
+                                                time.monotonic()))
+        await asyncio.sleep(0.05)
+        qp.unlink(app, ["a"])
+        return qp, await task
+    qp, out = asyncio.run(main())
+    assert ("a", "1") in qp.executor.calls  # some queries were waiting for a
+    assert sorted({r["output"] for r in out}) == ["a", "b"] and not any(r["default"]
+                                                                         for r in out)
+
+
+def test_exp3_feedback_with_a_stopped_model_is_weighed_by_the_live_draw():
+    """b has no version left (stopped), so feedback draws a alone, with probability 1
+    (QueryProcessor._live). Exp3 must divide a's loss by that probability: divided by
+    its probability among every linked model (0.05..0.5) a's weight fell to 1e-17 in
+    40 feedbacks, and a new version of b would then have taken nearly all traffic
+    whatever its quality. b's own weight is left as it was."""
+    async def main():
+        qp = QueryProcessor(_Done(lambda m, x: 1.0), Metrics())
+        qp.current_version.update(a="1")
+        app = _exp3_app(qp, ["a", "b"])
+        rng, losses = random.Random(1), 0
+        for _ in range(40):
+            label = 1.0 if rng.random() < 0.5 else 0.0  # a is right half the time
+            losses += label != 1.0
+            await qp.update("app", [0.0], label)
+        return app.state, losses
+    state, losses = asyncio.run(main())
+    eta = Exp3Policy().eta
+    assert state.weights["a"] / state.weights["b"] == pytest.approx(
+        math.exp(-eta * losses))  # each loss at importance weight 1 / p = 1
+    assert state.feedback_count == 40

@@ -380,3 +380,47 @@ def test_a_replica_started_again_after_a_give_up_is_not_listed_as_abandoned(monk
     sup, _ = _run(monkeypatch, 2, 0.01, body)
     assert 0 in sup.replicas_of(("m", "1"))
     assert sup.abandoned.get(("m", "1"), {}) == {}
+
+
+def test_stopping_one_model_leaves_another_models_restart_back_off_alone(monkeypatch):
+    """retire wakes the restart back-off of the model it stops, and only that one: a
+    crash-looping other model keeps its doubling back-off (0.5 s, 1 s, 2 s...) instead
+    of being retried at once and given up within the stop's wait."""
+    monkeypatch.setattr(S, "RESTART_ATTEMPTS", 5)
+    monkeypatch.setattr(S, "RESTART_BACKOFF_S", 0.5)
+
+    class Group:
+        def __init__(self):
+            self.spawns = {"a": 0, "b": 0}
+
+        def spawn(self, name, module, args, ready_timeout=0):
+            m = name.split("-")[0]
+            self.spawns[m] += 1
+            if m == "a" and self.spawns["a"] > 1:
+                time.sleep(1.0)  # a's restart loads slowly: the stop waits for it
+            if m == "b" and self.spawns["b"] > 1:
+                raise RuntimeError(f"{name} exited with 1 before READY")
+            return SimpleNamespace(name=name, pid=1, info={"port": 1}, alive=lambda: True)
+
+        def stop(self, name, timeout):
+            pass
+
+        def forget(self, name):
+            pass
+
+    async def main():
+        a, b = ("a", "1"), ("b", "1")
+        sup = ReplicaSupervisor(tempfile.mkdtemp(), Executor(), Metrics())
+        sup.group = Group()
+        await sup.set_num_replicas(a, 1)
+        await sup.set_num_replicas(b, 1)
+        rb = asyncio.ensure_future(sup.restart(b, 0, "exited with -9"))  # b crash-loops
+        ra = asyncio.ensure_future(sup.restart(a, 0, "exited with -9"))
+        await asyncio.sleep(0.1)
+        await sup.retire(a)  # stop a while its restart loads
+        await ra
+        tries, gave_up = sup.group.spawns["b"] - 1, b in sup.abandoned
+        rb.cancel()
+        return tries, gave_up
+    tries, gave_up = asyncio.run(main())
+    assert not gave_up and tries <= 3  # ~1.1 s: attempts at 0, 0.5 and 1.5 s at most
