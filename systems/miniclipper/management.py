@@ -235,7 +235,9 @@ def management_app(server: ClipperServer, bind_host: str = rpc.LOOPBACK) -> web.
         return sorted(qp.apps)
 
     async def get_application(doc: dict[str, Any]) -> Any:
-        return qp.app(check_fields(doc, {"name": str}, {}, "get_application")["name"]).describe()
+        app = qp.app(check_fields(doc, {"name": str}, {}, "get_application")["name"])
+        qp.wake(app)  # which linked models are asleep now, not at the last query
+        return app.describe()
 
     def describe_model(model: tuple[str, str]) -> dict[str, Any]:
         return {**server.models[model], "is_current_version":

@@ -24,7 +24,7 @@ from common.trace import TraceWriter, now_us
 from .datatypes import json_output, parse_input
 from .metrics import Metrics
 from .queues import TaskExpired
-from .selection import SelectionPolicy, SelectionState, make_policy
+from .selection import SelectionPolicy, SelectionState, make_policy, observe_sleeping
 from .task_executor import TaskExecutor
 
 _policy = functools.lru_cache(maxsize=None)(make_policy)  # policies keep no state of their own
@@ -104,14 +104,18 @@ class QueryProcessor:
         app.models[:] = [m for m in app.models if m not in model_names]
         make_policy(app.policy).sync_models(app.state, app.models)
 
-    def _wake(self, app: Application) -> None:
-        """Mark the linked models with no current version as asleep (selection.py): links
-        are by name, so a model whose versions were all stopped stays linked, and the
-        policy leaves it out until a version serves again (Clipper would send it queries
-        that wait out their SLO)."""
+    def wake(self, app: Application) -> SelectionState:
+        """Mark the linked models with no current version as asleep (selection.py), and
+        return what the policy selects from: the awake ones. Links are by name, so a
+        model whose versions were all stopped stays linked; it is not chosen until a
+        version serves again (Clipper would send it queries that wait out their SLO),
+        even by a policy that does not look at ``asleep``."""
         asleep = frozenset(m for m in app.state.weights if m not in self.current_version)
-        if asleep != app.state.asleep:
-            app.state.asleep = asleep
+        app.state.asleep = asleep
+        if not asleep:
+            return app.state
+        return SelectionState({m: w for m, w in app.state.weights.items() if m not in asleep},
+                              app.state.feedback_count)
 
     def _versions(self, names: list[str]) -> dict[str, tuple[str, str]]:
         return {n: (n, self.current_version[n]) for n in names if n in self.current_version}
@@ -128,13 +132,14 @@ class QueryProcessor:
         first = self._next_id
         qids = range(first, first + len(inputs))
         self._next_id += len(inputs)
-        self._wake(app)
-        if len(app.state.weights) == 1 and not app.state.asleep:  # one linked model: the
-            names = list(app.state.weights)                        # same for every query
+        awake = self.wake(app)
+        if len(app.state.weights) == 1 and awake is app.state:  # one linked model: the
+            names = list(app.state.weights)                      # same for every query
             out = await self._predict_uniform(app, policy, names, inputs, qids, deadline,
                                               slo, traced)
         else:
-            out = await self._predict_each(app, policy, inputs, qids, deadline, slo, traced)
+            out = await self._predict_each(app, policy, awake, inputs, qids, deadline, slo,
+                                           traced)
         self._account(app, out, arrival)
         for r in out:  # what Clipper's frontend sends back for a string output
             r["output"] = json_output(r["output"])
@@ -165,10 +170,12 @@ class QueryProcessor:
         return out
 
     async def _predict_each(self, app: Application, policy: SelectionPolicy,
-                            inputs: list[Any], qids: range, deadline: float, slo: float,
-                            traced: bool) -> list[dict[str, Any]]:
-        """The policy selects per query (Exp3 draws a model for each)."""
-        choices = [list(self._versions(policy.select(app.state, app.rng))) for _ in inputs]
+                            awake: SelectionState, inputs: list[Any], qids: range,
+                            deadline: float, slo: float, traced: bool,
+                            ) -> list[dict[str, Any]]:
+        """The policy selects per query (Exp3 draws a model for each) among the ``awake``
+        models (:meth:`wake`)."""
+        choices = [list(self._versions(policy.select(awake, app.rng))) for _ in inputs]
         per_model: dict[str, list[int]] = {}
         for i, names in enumerate(choices):
             for n in names:
@@ -225,14 +232,15 @@ class QueryProcessor:
         policy = _policy(app.policy)
         slo = max(1.0, 10 * app.slo_micros / 1e6)
         deadline = time.monotonic() + slo
-        self._wake(app)
-        models = self._versions(policy.feedback_models(app.state, app.rng))
+        awake = self.wake(app)
+        drawn_asleep = app.state.asleep  # the draw's: another query may change it meanwhile
+        models = self._versions(policy.feedback_models(awake, app.rng))
         futures = {n: self.executor.schedule(mv, [x], deadline, slo)[0]
                    for n, mv in models.items()}
         await wait_until(list(futures.values()), deadline)
         outputs = {n: f.result() for n, f in futures.items()
                    if f.done() and f.exception() is None}
-        if outputs:  # (with the draw's probabilities: the state it was drawn from)
-            policy.observe(app.state, label, outputs)
+        if outputs:
+            observe_sleeping(policy, app.state, drawn_asleep, label, outputs)
         return {"ok": bool(outputs), "models_evaluated": sorted(outputs),
                 "selection_state": app.state.to_dict()}

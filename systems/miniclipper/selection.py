@@ -25,11 +25,13 @@ and update a per-application state. Three policies:
 Loss is 0-1 (the output equals the label or it does not), as for the classifiers the
 paper evaluates. State is per application (the paper also keys it by user/context).
 
-A linked model with no version serving (every version stopped) is *asleep*: the policies
-choose among the awake models only, as a "sleeping bandit" does, so Exp3's probabilities
-(and the importance weights of its feedback) are those of the draw that was made, and
-the asleep model's weight waits unchanged until a version serves again. Exp4 still
-counts it in the vote's total, so an ensemble reports it as missing.
+A linked model with no version serving (every version stopped) is *asleep*, as an arm
+of a "sleeping bandit": the query processor lets the policy select among the awake
+models only; Exp3's probabilities, and so the importance weights of its feedback, are
+those of the draw that was made (:func:`observe_sleeping`); and the asleep models keep
+their share of the total weight until a version serves again, so that feedback, which
+only the awake ones get, does not drive their weights apart. Exp4 still counts an asleep
+model in the vote's total, so an ensemble reports it as missing.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ class SelectionState:
 
     def to_dict(self) -> dict[str, Any]:
         return {"weights": dict(self.weights), "feedback_count": self.feedback_count,
-                "asleep": sorted(self.asleep)}
+                "asleep": sorted(m for m in self.asleep if m in self.weights)}
 
 
 @dataclass
@@ -212,6 +214,32 @@ class Exp4Policy(SelectionPolicy):
                 state.weights[m] *= math.exp(-self.eta * zero_one_loss(out, label))
         state.feedback_count += 1
         self._normalise(state)
+
+
+def observe_sleeping(policy: SelectionPolicy, state: SelectionState,
+                     asleep: frozenset[str], label: Any, outputs: dict[str, Any]) -> None:
+    """``policy.observe`` for a feedback drawn while the models in ``asleep`` slept: with
+    that set in place (so Exp3 divides by the probability of the draw actually made,
+    whatever another query set meanwhile), and then the awake models scaled back to
+    their share of the total weight. Only awake models get feedback, and Exp3's and
+    Exp4's losses only lower weights: without the rescale a lone awake model's weight
+    fell to 1e-17 against an asleep one's in 400 feedbacks, and a new version of the
+    asleep model then took 98% of the traffic untested."""
+    current, state.asleep = state.asleep, asleep
+    try:
+        awake = [m for m in state.weights if m not in asleep]
+        before = sum(state.weights.values())
+        share = sum(state.weights[m] for m in awake) / before if before else 0.0
+        policy.observe(state, label, outputs)
+        now_awake = sum(state.weights[m] for m in awake if m in state.weights)
+        now_asleep = sum(w for m, w in state.weights.items() if m in asleep)
+        if 0 < share < 1 and now_awake > 0 and now_asleep > 0:
+            scale = share / (1 - share) * now_asleep / now_awake
+            for m in awake:
+                if m in state.weights:
+                    state.weights[m] *= scale
+    finally:
+        state.asleep = current
 
 
 POLICIES: dict[str, type[SelectionPolicy]] = {

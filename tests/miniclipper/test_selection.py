@@ -1,7 +1,6 @@
 """Default / Exp3 / Exp4 selection (systems/miniclipper/selection.py) on synthetic feedback."""
 
 import asyncio
-import math
 import random
 import time
 
@@ -211,24 +210,66 @@ def test_a_query_answered_by_a_model_unlinked_while_it_waited_keeps_its_answer()
                                                                          for r in out)
 
 
-def test_exp3_feedback_with_a_stopped_model_is_weighed_by_the_live_draw():
-    """b has no version left (stopped), so feedback draws a alone, with probability 1
-    (QueryProcessor._live). Exp3 must divide a's loss by that probability: divided by
-    its probability among every linked model (0.05..0.5) a's weight fell to 1e-17 in
-    40 feedbacks, and a new version of b would then have taken nearly all traffic
-    whatever its quality. b's own weight is left as it was."""
+def _feedback_rounds(qp, n, label_of, seed=1):
     async def main():
-        qp = QueryProcessor(_Done(lambda m, x: 1.0), Metrics())
+        rng = random.Random(seed)
+        for _ in range(n):
+            await qp.update("app", [0.0], label_of(rng))
+    asyncio.run(main())
+
+
+def test_feedback_while_a_model_sleeps_moves_no_weight_to_or_from_it():
+    """b has no version left (stopped): asleep. Feedback draws a alone, and only a
+    gets losses; a must not sink against b (observe_sleeping keeps the awake share).
+    Without it a's weight fell to 1e-17 against b's in 40 feedbacks (probabilities
+    over every linked model), or in 400 (over the awake ones, but no rescale)."""
+    qp = QueryProcessor(_Done(lambda m, x: 1.0), Metrics())
+    qp.current_version.update(a="1")
+    app = _exp3_app(qp, ["a", "b"])
+    _feedback_rounds(qp, 400, lambda rng: 1.0 if rng.random() < 0.5 else 0.0)
+    assert app.state.weights["a"] / app.state.weights["b"] == pytest.approx(1.0)
+    assert app.state.feedback_count == 400
+
+
+def test_exp3_learns_among_the_awake_models_and_the_asleep_keeps_its_share():
+    """a (right 90%) and c (right 30%) serve, b sleeps: Exp3 learns a over c as usual,
+    and b's share of the total weight is what it was when it fell asleep."""
+    qp = QueryProcessor(_Done(lambda m, x: 1.0 if m == "a" else 0.0), Metrics())
+    qp.current_version.update(a="1", c="1")
+    app = _exp3_app(qp, ["a", "b", "c"])
+    _feedback_rounds(qp, 60, lambda rng: 1.0 if rng.random() < 0.9 else 0.0)
+    w = app.state.weights
+    assert w["a"] > 3 * w["c"]
+    assert w["b"] / sum(w.values()) == pytest.approx(1 / 3)
+
+
+def test_feedback_is_weighed_by_the_asleep_set_of_its_draw():
+    """a is drawn alone (b asleep, so p_a = 1); while a's answer is on its way, b gets
+    a version and a query wakes it. The feedback must still count as a draw among the
+    awake models of its draw: a/b stays 1, not the update of a p_a = 0.5 draw."""
+    async def main():
+        qp = QueryProcessor(_Later(lambda m, x: 0.0, 0.1), Metrics())
         qp.current_version.update(a="1")
         app = _exp3_app(qp, ["a", "b"])
-        rng, losses = random.Random(1), 0
-        for _ in range(40):
-            label = 1.0 if rng.random() < 0.5 else 0.0  # a is right half the time
-            losses += label != 1.0
-            await qp.update("app", [0.0], label)
-        return app.state, losses
-    state, losses = asyncio.run(main())
-    eta = Exp3Policy().eta
-    assert state.weights["a"] / state.weights["b"] == pytest.approx(
-        math.exp(-eta * losses))  # each loss at importance weight 1 / p = 1
-    assert state.feedback_count == 40
+        fb = asyncio.ensure_future(qp.update("app", [0.0], 1.0))  # a is wrong
+        await asyncio.sleep(0.02)
+        qp.current_version["b"] = "1"
+        await qp.predict("app", [[0.0]], time.monotonic())  # wakes b
+        assert (await fb)["models_evaluated"] == ["a"]
+        return app.state.weights
+    w = asyncio.run(main())
+    assert w["a"] / w["b"] == pytest.approx(1.0)
+
+
+def test_a_policy_that_ignores_asleep_never_picks_a_stopped_model(monkeypatch):
+    """The query processor hands ``select`` the awake models only, so a policy written
+    before ``asleep`` existed (the last linked model answers) still answers from a
+    model that serves."""
+    monkeypatch.setitem(POLICIES, "last", _LastModel)
+    qp = QueryProcessor(_Done(lambda m, x: f"{m}:{x[0]}"), Metrics())
+    qp.apps["app"] = Application("app", "doubles", "dflt", 1_000_000, "last",
+                                 state=make_policy("last").init_state([]))
+    qp.current_version.update(a="1", b="1")  # c was stopped: no version
+    qp.link(qp.apps["app"], ["a", "b", "c"])
+    out = asyncio.run(qp.predict("app", [[1.0]], time.monotonic()))
+    assert out[0]["output"] == "b:1.0" and not out[0]["default"]
