@@ -233,7 +233,7 @@ class QueryProcessor:
         slo = max(1.0, 10 * app.slo_micros / 1e6)
         deadline = time.monotonic() + slo
         awake = self.wake(app)
-        drawn_asleep = app.state.asleep  # the draw's: another query may change it meanwhile
+        drawn = frozenset(awake.weights)  # the draw's: another query may change it meanwhile
         models = self._versions(policy.feedback_models(awake, app.rng))
         futures = {n: self.executor.schedule(mv, [x], deadline, slo)[0]
                    for n, mv in models.items()}
@@ -241,6 +241,6 @@ class QueryProcessor:
         outputs = {n: f.result() for n, f in futures.items()
                    if f.done() and f.exception() is None}
         if outputs:
-            observe_sleeping(policy, app.state, drawn_asleep, label, outputs)
+            observe_sleeping(policy, app.state, drawn, label, outputs)
         return {"ok": bool(outputs), "models_evaluated": sorted(outputs),
                 "selection_state": app.state.to_dict()}

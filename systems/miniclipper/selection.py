@@ -93,6 +93,10 @@ class SelectionPolicy(abc.ABC):
     """The select / combine / observe seam (Clipper ``SelectionPolicy``)."""
 
     name = "base"
+    # weights matter only relative to each other (Exp3, Exp4): an asleep model's share
+    # is then kept through feedback it cannot get (observe_sleeping). A policy that keeps
+    # other numbers in the weights (a mean reward, a count) leaves this False.
+    relative_weights = False
 
     def __init__(self, eta: float = 0.2, gamma: float = 0.1):
         self.eta, self.gamma = eta, gamma
@@ -164,6 +168,7 @@ class Exp3Policy(SelectionPolicy):
     """One model per query, chosen by Exp3 (Clipper §5.1)."""
 
     name = "exp3"
+    relative_weights = True
 
     def select(self, state: SelectionState, rng: random.Random) -> list[str]:
         if len(state.awake()) <= 1:  # one arm: nothing to draw
@@ -190,6 +195,7 @@ class Exp4Policy(SelectionPolicy):
     """Every model answers; a weighted vote combines them (Clipper §5.2)."""
 
     name = "exp4"
+    relative_weights = True
 
     def select(self, state: SelectionState, rng: random.Random) -> list[str]:
         return state.awake()
@@ -217,29 +223,36 @@ class Exp4Policy(SelectionPolicy):
 
 
 def observe_sleeping(policy: SelectionPolicy, state: SelectionState,
-                     asleep: frozenset[str], label: Any, outputs: dict[str, Any]) -> None:
-    """``policy.observe`` for a feedback drawn while the models in ``asleep`` slept: with
-    that set in place (so Exp3 divides by the probability of the draw actually made,
-    whatever another query set meanwhile), and then the awake models scaled back to
-    their share of the total weight. Only awake models get feedback, and Exp3's and
-    Exp4's losses only lower weights: without the rescale a lone awake model's weight
-    fell to 1e-17 against an asleep one's in 400 feedbacks, and a new version of the
-    asleep model then took 98% of the traffic untested."""
+                     awake: frozenset[str], label: Any, outputs: dict[str, Any]) -> None:
+    """``policy.observe`` for a feedback drawn when only the ``awake`` models could be
+    chosen: every other linked model (stopped, or linked since the draw) counts as
+    asleep while it observes, so Exp3 divides by the probability of the draw actually
+    made, whatever a later query set. Then, for a policy whose weights only matter
+    relative to each other (``relative_weights``: Exp3, Exp4), the asleep models are
+    scaled so that their share of the total weight is what it was: only awake models
+    get feedback, and Exp3's and Exp4's losses only lower weights, so without this a
+    lone awake model fell to 1e-17 against an asleep one in 400 feedbacks, and the
+    asleep model's new version then took 98% of the traffic untested."""
+    asleep = frozenset(m for m in state.weights if m not in awake)
     current, state.asleep = state.asleep, asleep
     try:
-        awake = [m for m in state.weights if m not in asleep]
-        before = sum(state.weights.values())
-        share = sum(state.weights[m] for m in awake) / before if before else 0.0
+        before = _sums(state, asleep)
         policy.observe(state, label, outputs)
-        now_awake = sum(state.weights[m] for m in awake if m in state.weights)
-        now_asleep = sum(w for m, w in state.weights.items() if m in asleep)
-        if 0 < share < 1 and now_awake > 0 and now_asleep > 0:
-            scale = share / (1 - share) * now_asleep / now_awake
-            for m in awake:
-                if m in state.weights:
-                    state.weights[m] *= scale
+        now = _sums(state, asleep)
+        if asleep and policy.relative_weights and before[0] > 0 and now[1] > 0:
+            # asleep / awake as before; as a ratio, so a weight at _normalise's floor
+            # (1e-300) keeps its share too, which 1 - share would round away
+            scale = now[0] / before[0] * before[1] / now[1]
+            state.weights = {m: w * scale if m in asleep else w
+                             for m, w in state.weights.items()}
     finally:
         state.asleep = current
+
+
+def _sums(state: SelectionState, asleep: frozenset[str]) -> tuple[float, float]:
+    """(total weight of the awake models, of the asleep ones)."""
+    total = sum(w for m, w in state.weights.items() if m in asleep)
+    return sum(state.weights.values()) - total, total
 
 
 POLICIES: dict[str, type[SelectionPolicy]] = {

@@ -273,3 +273,47 @@ def test_a_policy_that_ignores_asleep_never_picks_a_stopped_model(monkeypatch):
     qp.link(qp.apps["app"], ["a", "b", "c"])
     out = asyncio.run(qp.predict("app", [[1.0]], time.monotonic()))
     assert out[0]["output"] == "b:1.0" and not out[0]["default"]
+
+
+def test_a_model_linked_while_feedback_waited_counts_as_asleep_for_it():
+    """The draw saw a alone (p_a = 1); b, linked meanwhile with no version, was not
+    drawable then and must not change how a's loss is weighed, nor gain from it."""
+    async def main():
+        qp = QueryProcessor(_Later(lambda m, x: 0.0, 0.1), Metrics())
+        qp.current_version.update(a="1")
+        app = _exp3_app(qp, ["a"])
+        fb = asyncio.ensure_future(qp.update("app", [0.0], 1.0))  # a is wrong
+        await asyncio.sleep(0.02)
+        qp.link(app, ["b"])  # starts at the average weight: a's
+        await fb
+        return app.state.weights
+    w = asyncio.run(main())
+    assert w["a"] / w["b"] == pytest.approx(1.0)
+
+
+def test_only_policies_with_relative_weights_have_an_asleep_share_kept():
+    """The default policy learns nothing, and a policy that keeps other numbers in its
+    weights (say a mean reward) must get them back as it left them: the rescale is for
+    Exp3 and Exp4, whose weights matter only as ratios."""
+    qp = QueryProcessor(_Done(lambda m, x: 1.0), Metrics())
+    qp.current_version.update(a="1")
+    app = Application("app", "doubles", -1.0, 5_000_000, "default",
+                      state=make_policy("default").init_state([]))
+    qp.apps["app"] = app
+    qp.link(app, ["a", "b"])
+    _feedback_rounds(qp, 5, lambda rng: 0.0)
+    assert app.state.weights == {"a": 1.0, "b": 1.0} and app.state.feedback_count == 5
+    assert not DefaultPolicy.relative_weights and not SelectionPolicy.relative_weights
+    assert Exp3Policy.relative_weights and Exp4Policy.relative_weights
+
+
+def test_an_asleep_weight_at_the_floor_keeps_its_share():
+    """A weight at _normalise's floor (1e-300) asleep beside a live one: its share must
+    not creep up over many feedbacks (1 - share rounds to 0 there)."""
+    qp = QueryProcessor(_Done(lambda m, x: 1.0), Metrics())
+    qp.current_version.update(a="1")
+    app = _exp3_app(qp, ["a", "b"])
+    app.state.weights = {"a": 2.0, "b": 1e-300}
+    _feedback_rounds(qp, 300, lambda rng: 1.0 if rng.random() < 0.5 else 0.0)
+    w = app.state.weights
+    assert w["b"] / w["a"] == pytest.approx(0.5e-300, rel=1e-6, abs=0)
