@@ -231,13 +231,16 @@ def management_app(server: ClipperServer, bind_host: str = rpc.LOOPBACK) -> web.
     async def get_all_applications(doc: dict[str, Any]) -> Any:
         verbose = check_fields(doc or {}, {}, {"verbose": bool}, "get_all_applications")
         if verbose.get("verbose"):
-            return [a.describe() for a in qp.apps.values()]
+            return [describe_app(a) for a in qp.apps.values()]
         return sorted(qp.apps)
 
-    async def get_application(doc: dict[str, Any]) -> Any:
-        app = qp.app(check_fields(doc, {"name": str}, {}, "get_application")["name"])
+    def describe_app(app: Application) -> dict[str, Any]:
         qp.wake(app)  # which linked models are asleep now, not at the last query
         return app.describe()
+
+    async def get_application(doc: dict[str, Any]) -> Any:
+        return describe_app(qp.app(check_fields(doc, {"name": str}, {},
+                                                "get_application")["name"]))
 
     def describe_model(model: tuple[str, str]) -> dict[str, Any]:
         return {**server.models[model], "is_current_version":

@@ -417,10 +417,16 @@ def test_a_linked_model_with_no_version_left_is_not_chosen(clipper, policy):
     code, fb = post(f"http://{c.get_query_addr()}/{app}/update",
                     {"input": [0.0], "label": 1.0})
     assert code == 200 and fb["models_evaluated"] == [live]
-    assert c.get_app_info(app)["selection_state"]["asleep"] == [dead]
+    def asleep():  # as both descriptions of the app say, before any query
+        listed = {a["name"]: a for a in c.get_all_apps(verbose=True)}[app]
+        one = c.get_app_info(app)["selection_state"]["asleep"]
+        assert listed["selection_state"]["asleep"] == one
+        return one
+
+    assert asleep() == [dead]
     if policy == "exp3":  # a new version wakes it, before any query says so
         deploy_python_closure(c, dead, 2, "doubles", versioned(2))
-        assert c.get_app_info(app)["selection_state"]["asleep"] == []
+        assert asleep() == []
 
 
 def test_a_stop_racing_a_restart_leaves_no_container_and_no_error(clipper):
