@@ -123,7 +123,8 @@ class SelectionPolicy(abc.ABC):
 
     @abc.abstractmethod
     def select(self, state: SelectionState, rng: random.Random) -> list[str]:
-        """The models that should answer this query."""
+        """The models that should answer this query, from ``state``'s weights: the query
+        processor hands it the awake models only (``QueryProcessor.wake``)."""
 
     @abc.abstractmethod
     def combine(self, state: SelectionState, outputs: dict[str, Any]) -> Combined | None:
@@ -152,7 +153,7 @@ class DefaultPolicy(SelectionPolicy):
     name = "default"
 
     def select(self, state: SelectionState, rng: random.Random) -> list[str]:
-        return state.awake()[:1]
+        return list(state.weights)[:1]
 
     def combine(self, state: SelectionState, outputs: dict[str, Any]) -> Combined | None:
         if not outputs:
@@ -171,8 +172,8 @@ class Exp3Policy(SelectionPolicy):
     relative_weights = True
 
     def select(self, state: SelectionState, rng: random.Random) -> list[str]:
-        if len(state.awake()) <= 1:  # one arm: nothing to draw
-            return state.awake()
+        if len(state.weights) <= 1:  # one arm: nothing to draw
+            return list(state.weights)
         return [self.draw(state, rng)]
 
     def combine(self, state: SelectionState, outputs: dict[str, Any]) -> Combined | None:
@@ -198,7 +199,7 @@ class Exp4Policy(SelectionPolicy):
     relative_weights = True
 
     def select(self, state: SelectionState, rng: random.Random) -> list[str]:
-        return state.awake()
+        return list(state.weights)
 
     def combine(self, state: SelectionState, outputs: dict[str, Any]) -> Combined | None:
         if not outputs:
