@@ -52,7 +52,10 @@ def http_json(url: str, doc: Any = None, method: str = "POST", timeout: float = 
         raise ClipperException(f"{method} {url} -> {e.code}: {e.read().decode(errors='replace')}",
                                e.code) from None
     except urllib.error.URLError as e:
-        raise ClipperException(f"{method} {url}: {e.reason}") from None
+        hint = ("; nothing listens there: is Clipper running on these ports? (start_clipper(), "
+                "or `casebook clipper start`)" if isinstance(e.reason, ConnectionRefusedError)
+                else "")
+        raise ClipperException(f"{method} {url}: {e.reason}{hint}") from None
     ctype = r.headers.get("Content-Type", "")
     return json.loads(body) if "json" in ctype else body.decode()
 

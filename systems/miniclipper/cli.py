@@ -81,8 +81,6 @@ def _deploy(args: argparse.Namespace) -> dict[str, Any]:
 
     conn = _conn(args)
     conn.connect()
-    if bool(args.path) == bool(args.builtin):
-        raise SystemExit("deploy needs exactly one of --path DIR or --builtin NAME")
     batching = BatchingConfig(args.batching, size=args.batch_size,
                               max_size=max(args.batch_size, 512),
                               max_delay_s=args.max_delay_ms / 1e3)
@@ -117,7 +115,8 @@ def _deploy(args: argparse.Namespace) -> dict[str, Any]:
         conn.link_model_to_app(args.app, args.name)
     info = conn.get_model_info(args.name, args.version)
     source = f"the built-in {args.builtin}" if args.builtin else path
-    print(f"deployed {args.name}:{args.version} from {source} ({info['replicas']} replicas, "
+    print(f"deployed {args.name}:{args.version} from {source} ({info['replicas']} replica"
+          f"{'' if info['replicas'] == 1 else 's'}, "
           f"{args.batching} batching)" + (f", linked to /{args.app}/predict" if args.app else ""))
     return info
 
@@ -235,8 +234,9 @@ def add_parser(sub: Any, add: Any) -> None:
     d = cmd("deploy", _deploy, "deploy a model directory or a built-in model")
     d.add_argument("--name", required=True)
     d.add_argument("--version", default="1")
-    d.add_argument("--path", help="a model directory written by a deployer")
-    d.add_argument("--builtin", choices=BUILTINS)
+    what = d.add_mutually_exclusive_group(required=True)
+    what.add_argument("--path", help="a model directory written by a deployer")
+    what.add_argument("--builtin", choices=BUILTINS)
     d.add_argument("--input-type", default="doubles")
     d.add_argument("--replicas", type=non_negative_int, default=1)
     d.add_argument("--batching", choices=["aimd", "quantile", "static"], default="aimd")
@@ -250,8 +250,9 @@ def add_parser(sub: Any, add: Any) -> None:
     d.add_argument("--policy", choices=["default", "exp3", "exp4"], default="exp3")
     q = cmd("query", _query, "send one query (or a batch) to an application")
     q.add_argument("--app", required=True)
-    q.add_argument("--input", default="[1.0, 2.0, 3.0]", help="a JSON input")
-    q.add_argument("--input-batch", help="a JSON list of inputs")
+    one = q.add_mutually_exclusive_group(required=True)  # no silent default input
+    one.add_argument("--input", help="a JSON input")
+    one.add_argument("--input-batch", help="a JSON list of inputs")
     ld = cmd("load", _load, "open-loop Poisson load from a separate process")
     ld.add_argument("--app", required=True)
     ld.add_argument("--rate", type=positive_float, default=200.0, help="queries per second")

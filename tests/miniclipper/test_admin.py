@@ -454,3 +454,16 @@ def test_a_stop_racing_a_restart_leaves_no_container_and_no_error(clipper):
     assert "restarting racer:1" in after  # the race was run
     assert "Task exception was never retrieved" not in after and "KeyError" not in after
 
+
+
+def test_a_call_to_a_clipper_that_is_not_running_says_so():
+    """A connection refused (Clipper stopped, or other ports) is named as such, with the
+    way to start it, not left as a bare socket error."""
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    conn = ClipperConnection(LocalContainerManager(mgmt_port=free))
+    with pytest.raises(ClipperException, match="is Clipper running on these ports"):
+        conn.connect()

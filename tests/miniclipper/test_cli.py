@@ -137,6 +137,20 @@ def test_load_varies_an_integers_app_by_whole_numbers_and_refuses_a_strings_app(
     assert "cannot load an application of input_type 'strings'" in capsys.readouterr().err
 
 
+def test_query_and_deploy_need_exactly_one_input_and_one_model(capsys):
+    """A query without an input is refused, not sent with a made-up one, and so is one
+    with both --input and --input-batch; a deploy names one model source."""
+    for argv, msg in ((["query", "--app", "a"], "one of the arguments --input --input-batch"),
+                      (["query", "--app", "a", "--input", "[1]", "--input-batch", "[[1]]"],
+                       "not allowed with argument --input"),
+                      (["deploy", "--name", "m"], "one of the arguments --path --builtin"),
+                      (["deploy", "--name", "m", "--path", "d", "--builtin", "sum"],
+                       "not allowed with argument --path")):
+        with pytest.raises(SystemExit) as e:
+            main(["clipper", *argv, "--mgmt-port", "1", "--query-port", "1"])
+        assert e.value.code == 2 and msg in capsys.readouterr().err, argv
+
+
 def test_load_and_query_flags_are_checked_before_any_query(capsys):
     """No Clipper runs here: each refusal must come before a connection is tried."""
     for argv, msg in ((["load", "--app", "a", "--inputs", "random:0"], "random:DIM"),
