@@ -60,16 +60,29 @@ def _as_xs(x) -> Tensor:
 def gradients(ys, xs, grad_ys=None, name: str = "gradients",
               stop_gradients: Sequence[Tensor] = ()) -> list[Tensor | None]:
     """d(sum of ys)/d(x) for each x in ``xs``; ``None`` where x does not affect ys."""
-    from .ops.array_ops import ones_like
-    from .ops.math_ops import add_n
-
     ys = list(ys) if isinstance(ys, (list, tuple)) else [ys]
     xs = [_as_xs(x) for x in (xs if isinstance(xs, (list, tuple)) else [xs])]
     if grad_ys is not None:
         grad_ys = list(grad_ys) if isinstance(grad_ys, (list, tuple)) else [grad_ys]
     ys = [y._as_tensor() if hasattr(y, "_as_tensor") else y for y in ys]
-    g = get_default_graph()
-    stops = {t.op for t in stop_gradients}
+    # The graph of ys, not the default one (TF opens its name scope with ys and xs as
+    # values, which enters their graph): the gradient ops go next to the forward ops.
+    g = ys[0].graph if ys else get_default_graph()
+    for what, ts in (("ys", ys), ("xs", xs), ("grad_ys", grad_ys or ()),
+                     ("stop_gradients", stop_gradients)):
+        for t in ts:
+            if getattr(t, "graph", g) is not g:
+                raise ValueError(f"gradients: {what} {t.name} is from a different graph "
+                                 f"than ys[0] ({ys[0].name})")
+    with g.as_default():
+        return _gradients(g, ys, xs, grad_ys, name, {t.op for t in stop_gradients})
+
+
+def _gradients(g, ys: list[Tensor], xs: list[Tensor], grad_ys, name: str,
+               stops: set[Operation]) -> list[Tensor | None]:
+    from .ops.array_ops import ones_like
+    from .ops.math_ops import add_n
+
 
     # 1. ops reachable forward from xs, then those of them that reach ys.
     consumers: dict[Operation, list[Operation]] = defaultdict(list)

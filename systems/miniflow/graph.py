@@ -159,6 +159,8 @@ class Graph:
         for t in inputs:
             if t.graph is not self:
                 raise ValueError(f"{op_type}: input {t.name} is from a different graph")
+        for c in control_inputs:  # the plan finds ops by their index in *this* graph
+            self._check_own(c, op_type)
         controls = [op for group in self._control_stack for op in group]
         if exact_name and (name in self._by_name or not name):
             raise ValueError(f"operation name {name!r} is empty or already taken")
@@ -169,6 +171,10 @@ class Graph:
         self._ops.append(op)
         self._by_name[op.name] = op
         return op
+
+    def _check_own(self, op: Operation, where: str) -> None:
+        if op.graph is not self:
+            raise ValueError(f"{where}: control input {op.name} is from a different graph")
 
     def unique_name(self, name: str) -> str:
         """``scope/name``, with ``_1``, ``_2``... appended if taken (as TF does)."""
@@ -185,12 +191,20 @@ class Graph:
         return full
 
     @contextlib.contextmanager
-    def name_scope(self, name: str) -> Iterator[str]:
+    def name_scope(self, name: str | None) -> Iterator[str]:
+        """Open ``name`` under the current scope, made unique (``s``, then ``s_1``). As in
+        TF's ``Graph.name_scope``: a name ending in ``/`` (what ``with name_scope(...) as
+        scope`` gave) re-enters that scope exactly, and ``None`` or ``""`` goes back to the
+        top level."""
         old = self._scope
-        if name:
+        if not name:
+            self._scope = ""
+        elif name.endswith("/"):
+            self._scope = name[:-1]
+        else:
             self._scope = self.unique_name(name)
         try:
-            yield self._scope + "/"
+            yield self._scope + "/" if self._scope else ""
         finally:
             self._scope = old
 
@@ -205,6 +219,9 @@ class Graph:
 
     @contextlib.contextmanager
     def device(self, spec: str | None) -> Iterator[None]:
+        if spec is not None and not isinstance(spec, str):
+            raise TypeError(f"device() takes a device string like '/cpu:0' or None, got "
+                            f"{type(spec).__name__} (TF's device functions are not supported)")
         self._device_stack.append(canonical_device(spec) if spec else "")
         try:
             yield
@@ -220,7 +237,10 @@ class Graph:
             finally:
                 self._control_stack = saved
             return
-        self._control_stack.append([as_operation(o, "control_dependencies") for o in ops])
+        deps = [as_operation(o, "control_dependencies") for o in ops]
+        for d in deps:
+            self._check_own(d, "control_dependencies")
+        self._control_stack.append(deps)
         try:
             yield
         finally:

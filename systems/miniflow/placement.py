@@ -12,7 +12,8 @@ open-source TF never released:
 2. **Colocate**: some nodes must share a device. A Variable and every op that takes its
    reference (reads, assignments, optimizer updates) form one *colocation group*; groups
    are found with union-find and placed as a unit. Conflicting requests inside one group
-   are an error naming both ops.
+   are an error naming both ops, even with ``allow_soft_placement`` (TF's colocation
+   graph would merge them under soft placement; we make the user pick, a simplification).
 3. **Cost-based placement of the rest**: the white paper's greedy heuristic simulates the
    execution in topological order and puts each node where it would *finish soonest*,
    counting its compute time on that device and the time to bring its inputs across from
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from common.cost import DeviceSpec, OpCost
 from common.devices import H100_SXM
 
+from . import errors
 from .ir import Node, PlanGraph
 from .op_def import OP_DEFS
 
@@ -143,7 +145,7 @@ def place(pg: PlanGraph, devices: list[str], allow_soft_placement: bool = False,
                 where = lives[m.attrs["var_name"]]
                 if m.device and m.device != where and m.device in devices:
                     raise PlacementError(
-                        f"Variable '{m.name}' was requested on {m.device} but already "
+                        f"Variable '{_user_name(m)}' was requested on {m.device} but already "
                         f"lives on {where} in this session")
                 wanted[where] = m
                 continue
@@ -152,7 +154,7 @@ def place(pg: PlanGraph, devices: list[str], allow_soft_placement: bool = False,
                 if dev not in devices:
                     if not allow_soft_placement:
                         raise PlacementError(
-                            f"Cannot assign a device for operation '{m.name}' (created at "
+                            f"Cannot assign a device for operation '{_user_name(m)}' (created at "
                             f"{m.created_at}): {dev} was requested but the session has only "
                             f"{', '.join(devices)}. Set allow_soft_placement=True in "
                             f"ConfigProto to fall back.")
@@ -161,8 +163,9 @@ def place(pg: PlanGraph, devices: list[str], allow_soft_placement: bool = False,
         if len(wanted) > 1:
             (d1, m1), (d2, m2) = list(wanted.items())[:2]
             raise PlacementError(
-                f"Cannot colocate '{m1.name}' on {d1} with '{m2.name}' on {d2}: they share "
-                f"a variable's reference and must be on one device")
+                f"Cannot colocate '{_user_name(m1)}' on {d1} with '{_user_name(m2)}' on {d2}: "
+                f"they share a variable's reference and must be on one device (soft "
+                f"placement does not settle this: pick one device){errors.where(m2.op)}")
         if wanted:
             fixed[key] = next(iter(wanted))
 
@@ -218,3 +221,8 @@ def _elements(shape) -> int:
     for d in shape:
         k *= UNKNOWN_DIM if d is None else d
     return k
+
+
+def _user_name(n) -> str:
+    """The name of the op the user built (a pass may have replaced it: ``Add/folded``)."""
+    return n.op.name if n.op is not None else n.name

@@ -93,8 +93,17 @@ def get_default_session() -> Session | None:
 class Session:
     def __init__(self, target: str = "", graph: Graph | None = None,
                  config: ConfigProto | None = None):
+        # the checks and words of TF's session.py, for the mistakes they catch
+        if not isinstance(target, str):
+            raise TypeError(f"target must be a string, but got {type(target).__name__}. Did "
+                            f"you do \"Session(config)\" instead of \"Session(config=config)\"?")
         if target:
             raise ValueError("miniflow has no distributed runtime: use target=''")
+        if graph is not None and not isinstance(graph, Graph):
+            raise TypeError(f"graph must be a mf.Graph, but got {type(graph).__name__}")
+        if config is not None and not isinstance(config, ConfigProto):
+            raise TypeError(f"config must be a mf.ConfigProto, but got "
+                            f"{type(config).__name__}")
         self.graph = graph or get_default_graph()
         self.config = config or ConfigProto()
         self.devices = self._devices()
@@ -135,9 +144,13 @@ class Session:
         tensors = [x for x in leaves if isinstance(x, Tensor)]
         targets = [x for x in leaves if isinstance(x, Operation)]
         feeds = self._check_feeds(feed_dict, tensors) if feed_dict else {}
+        if not tensors and not targets:  # sess.run([]) is [], as in TF: nothing to run
+            return rebuild(lambda leaf: None)
         feed_tensors = sorted(feeds, key=id)
         key = _plan_key(feed_tensors, tensors, targets)
         with self._lock:
+            if self._closed:  # closed while this step waited for the one before it
+                raise RuntimeError("Attempted to use a closed Session.")
             plan = self._plans.get(key)
             if plan is None:
                 plan = build_plan(tensors, targets, feed_tensors, self.devices, self.config,
@@ -169,6 +182,15 @@ class Session:
             t = _as_graph_element(k, self.graph, "feed_dict key")
             if not isinstance(t, Tensor):
                 raise TypeError(f"Cannot feed an Operation ({t.name}); feed a tensor")
+            if t.op.type == "VariableV2":  # its output is the variable's name, a handle
+                raise TypeError(f"Cannot feed {t.name}, the reference of variable "
+                                f"{t.op.name}: feed the variable itself (that replaces its "
+                                f"value(), {t.op.name}/read:0, for one step) or set it for "
+                                f"good with {t.op.name}.load(value, session)")
+            if v is None or isinstance(v, (Tensor, Operation)) or hasattr(v, "_as_tensor"):
+                raise TypeError(f"The value fed to {t.name} cannot be {type(v).__name__}: "
+                                f"feed numbers, lists or numpy arrays (a graph's tensor is "
+                                f"computed by the graph, not fed)")
             if id(t) in fetched_ids:
                 raise ValueError(f"Tensor {t.name} is both fed and fetched in one run; fetch "
                                  f"the value you feed from your own variable instead")
@@ -177,7 +199,7 @@ class Session:
             if arr.dtype != want:
                 if not np.can_cast(arr.dtype, want, "same_kind"):
                     raise TypeError(f"Cannot feed a value of dtype {arr.dtype} to tensor "
-                                    f"'{t.name}' of dtype {t.dtype.name}")
+                                    f"'{t.name}' of dtype {t.dtype.name}{_site(t)}")
                 cast = arr.astype(want)
                 if arr.dtype.kind in "iu" and want.kind in "iu" and \
                         not np.array_equal(cast, arr):  # ints wrap; floats only round
@@ -187,11 +209,15 @@ class Session:
                 arr = cast
             if t.shape != arr.shape and not shapes.compatible(t.shape, arr.shape):
                 raise ValueError(f"Cannot feed value of shape {arr.shape} for Tensor "
-                                 f"'{t.name}', which has shape '{shapes.fmt(t.shape)}'")
+                                 f"'{t.name}', which has shape '{shapes.fmt(t.shape)}'"
+                                 f"{_site(t)}")
             out[t] = arr
         return out
 
     def _set_variable(self, var: Any, value: Any) -> None:
+        if var.graph is not self.graph:  # its name may mean another variable here
+            raise ValueError(f"{var.name} is a variable of another graph than this "
+                             f"session's")
         # a copy: the caller may change ``value`` afterwards (Variable.load, Saver.restore)
         arr = np.array(value, dtype=var.dtype.np_dtype, copy=True)
         if arr.shape != tuple(var.shape):
@@ -228,11 +254,14 @@ class Session:
         return self._device_threads[device].submit(fn)
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False)
-        for t in self._device_threads.values():
-            t.shutdown(wait=False)
-        self._closed = True
+        """Waits for a step another thread is running (TF cancels it; steps here are
+        short and run one at a time, so waiting is the simpler honest choice)."""
+        with self._lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=False)
+            for t in self._device_threads.values():
+                t.shutdown(wait=False)
+            self._closed = True
 
     def __enter__(self) -> Session:
         _local.__dict__.setdefault("stack", []).append(self)
@@ -261,6 +290,20 @@ def _set_intra_op_threads(n: int) -> None:
     torch.set_num_threads(n)
 
 
+def _site(t: Tensor) -> str:
+    return f" (created at {t.op.created_at})" if t.op.created_at else ""
+
+
+def _value_of_ref(t: Any, graph: Graph) -> Any:
+    """A fetched variable reference (``"w:0"``, ``w.name``) is the variable's value, as
+    in TF1, not the handle its op outputs (the variable's name)."""
+    if isinstance(t, Tensor) and t.op.type == "VariableV2":
+        for v in graph.get_collection("variables"):
+            if v.op is t.op:
+                return v.value()
+    return t
+
+
 def _as_graph_element(x: Any, graph: Graph, what: str) -> Tensor | Operation:
     if hasattr(x, "_as_tensor"):
         x = x._as_tensor()
@@ -278,8 +321,10 @@ def _as_graph_element(x: Any, graph: Graph, what: str) -> Tensor | Operation:
 
 def _flatten(fetches: Any, graph: Graph):
     """Leaves of a nested fetch structure, and a function that rebuilds the structure."""
-    if isinstance(fetches, (Tensor, Operation)) and fetches.graph is graph:
-        return [fetches], lambda get: get(fetches)  # the common case, without the walk
+    if isinstance(fetches, Operation) or isinstance(fetches, Tensor) and \
+            fetches.op.type != "VariableV2":
+        if fetches.graph is graph:
+            return [fetches], lambda get: get(fetches)  # the common case, without the walk
     leaves: list[Any] = []
 
     def walk(x):
@@ -295,7 +340,7 @@ def _flatten(fetches: Any, graph: Graph):
             if hasattr(x, "_fields"):  # namedtuple
                 return lambda f: type(x)(*(s(f) for s in subs))
             return lambda f: type(x)(s(f) for s in subs)
-        leaf = _as_graph_element(x, graph, "fetch")
+        leaf = _value_of_ref(_as_graph_element(x, graph, "fetch"), graph)
         leaves.append(leaf)
         return lambda f: f(leaf)
 

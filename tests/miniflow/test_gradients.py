@@ -380,3 +380,22 @@ def test_integer_tensors_never_receive_gradients():
     with g.as_default():
         x = mf.placeholder(mf.int32, [3])
         assert mf.gradients(x * x + x, [x]) == [None]
+
+
+def test_gradients_are_built_in_the_graph_of_ys_not_the_default_one():
+    """TF enters the graph of ys and xs; this used to look for paths in the default graph,
+    return [None] and leave ops there."""
+    g2 = mf.Graph()
+    with g2.as_default():
+        a = mf.constant(3.0, name="a")
+        b = a * a
+    default_ops = len(mf.get_default_graph().get_operations())
+    (da,) = mf.gradients(b, a)  # outside g2.as_default()
+    assert da is not None and da.graph is g2
+    assert len(mf.get_default_graph().get_operations()) == default_ops
+    with mf.Session(graph=g2) as s:
+        assert s.run(da) == 6.0
+    with mf.Graph().as_default():
+        c = mf.constant(1.0)
+        with pytest.raises(ValueError, match="xs .* is from a different graph"):
+            mf.gradients(b, c)

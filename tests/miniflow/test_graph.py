@@ -246,3 +246,50 @@ def test_a_name_asked_for_twice_is_never_given_to_two_ops():
             z = mf.add(y, mf.multiply(x, 2.0, name="y_1"), name="y_1")
     with mf.Session(graph=g, config=mf.ConfigProto(device_count={"CPU": 2})) as s:
         np.testing.assert_allclose(s.run(z), [100002.0, 200004.0])
+
+
+def test_control_inputs_from_another_graph_are_refused():
+    """The plan finds ops by their index in their own graph: a foreign control input used
+    to be swapped for this graph's op of the same index (an unrelated AssignAdd ran)."""
+    g1, g2 = mf.Graph(), mf.Graph()
+    with g1.as_default():
+        counter = mf.Variable(1.0, name="counter")
+        counter.assign_add(1.0)
+    with g2.as_default():
+        foreign = mf.constant(0.0, name="c")
+    with g1.as_default():
+        with pytest.raises(ValueError, match="control input c is from a different graph"):
+            with mf.control_dependencies([foreign]):
+                pass
+        with pytest.raises(ValueError, match="control input c is from a different graph"):
+            mf.group(foreign, counter.initializer)
+        out = mf.identity(counter.value())
+    with mf.Session(graph=g1) as s:  # nothing was left behind by the refusals
+        s.run(counter.initializer)
+        s.run(out)
+        assert s.run(counter) == 1.0
+
+
+def test_name_scopes_reenter_and_reset_as_in_tensorflow():
+    """TF's Graph.name_scope: a scope captured with ``as`` (ending in '/') re-enters that
+    scope exactly (it used to give 's//b'); None or '' goes back to the top level."""
+    g = mf.Graph()
+    with g.as_default():
+        with mf.name_scope("s") as sc:
+            a = mf.constant(1.0, name="a")
+        with mf.name_scope(sc) as again:
+            b = mf.constant(1.0, name="b")
+        with mf.name_scope("o"):
+            with mf.name_scope(None) as top:
+                t = mf.constant(1.0, name="t")
+            with mf.name_scope(""):
+                u = mf.constant(1.0, name="u")
+            v = mf.constant(1.0, name="v")
+    assert (sc, again, top) == ("s/", "s/", "")
+    assert [x.op.name for x in (a, b, t, u, v)] == ["s/a", "s/b", "t", "u", "o/v"]
+
+
+def test_a_device_function_is_refused_clearly():
+    with pytest.raises(TypeError, match="device functions are not supported"):
+        with mf.device(lambda op: "/cpu:0"):
+            pass

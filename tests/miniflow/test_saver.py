@@ -162,3 +162,23 @@ def test_a_saver_given_a_dict_saves_under_the_dict_names(tmp_path):
         with mf.Session(graph=g2) as s:
             mf.train.Saver({"layer1/kernel": other}).restore(s, path)
             np.testing.assert_array_equal(s.run(other), [3.0, 3.0])
+
+
+def test_a_saver_or_load_refuses_another_graphs_session(tmp_path):
+    """Values go by name, so another graph's session used to take them: a (3, 4) array
+    stored into a variable declared (2,)."""
+    g1, w1, b1, _, saver = _graph()
+    g2 = mf.Graph()
+    with g2.as_default():
+        w2 = mf.Variable(np.zeros(2, np.float32), name="w")
+    with mf.Session(graph=g1) as s1, mf.Session(graph=g2) as s2:
+        s1.run([w1.initializer, b1.initializer])
+        s2.run(w2.initializer)
+        with pytest.raises(ValueError, match="Saver: variable w is not in the session's"):
+            saver.save(s2, str(tmp_path / "ckpt"))
+        path = saver.save(s1, str(tmp_path / "ckpt"))
+        with pytest.raises(ValueError, match="Saver: variable w is not in the session's"):
+            saver.restore(s2, path)
+        with pytest.raises(ValueError, match="w:0 is a variable of another graph"):
+            w1.load(np.ones((3, 4)), s2)
+        np.testing.assert_array_equal(s2.run(w2), [0, 0])

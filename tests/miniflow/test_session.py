@@ -264,3 +264,98 @@ def test_loading_a_value_of_the_wrong_shape_into_a_variable_is_refused():
         with pytest.raises(ValueError, match=r"v(:0)? has shape \(3, 4\), got \(4, 3\)"):
             v.load(np.ones((4, 3), np.float32), s)
         np.testing.assert_array_equal(s.run(v), np.zeros((3, 4)))
+
+
+def test_an_empty_fetch_list_returns_its_empty_structure(graph):
+    """TF runs nothing and returns [] / {} (session.py: only a run with fetches or targets
+    reaches the runtime); it used to raise IndexError while building a plan."""
+    g, x, y, z, _ = graph
+    with mf.Session(graph=g) as s:
+        assert s.run([]) == [] and s.run({}) == {} and s.run({"a": []}) == {"a": []}
+        with pytest.raises(ValueError, match="Cannot feed value of shape"):
+            s.run([], {x: np.ones(3)})  # the feeds are still checked
+
+
+def test_fetching_a_variable_by_name_gives_its_value_and_its_reference_is_not_fed():
+    """``sess.run(w.name)`` ("w:0", the VariableV2 output) is the value, as in TF1; it used
+    to return the handle, the string 'w'. Feeding the reference is refused (it used to be
+    ignored); feeding the variable replaces its value() for one step."""
+    g = mf.Graph()
+    with g.as_default():
+        w = mf.Variable(np.arange(3, dtype=np.float32), name="w")
+        a = w * 1.0
+    with mf.Session(graph=g) as s:
+        s.run(w.initializer)
+        for fetch in (w.name, g.get_tensor_by_name("w:0"), [w.name]):
+            out = s.run(fetch)
+            np.testing.assert_array_equal(out[0] if isinstance(fetch, list) else out,
+                                          [0, 1, 2])
+        with pytest.raises(TypeError, match="Cannot feed w:0, the reference of variable w"):
+            s.run(a, {"w:0": np.ones(3, np.float32)})
+        np.testing.assert_array_equal(s.run(a, {w: np.ones(3, np.float32)}), [1, 1, 1])
+        np.testing.assert_array_equal(s.run(w), [0, 1, 2])  # the feed lasted one step
+
+
+def test_feed_errors_say_where_the_tensor_was_made_and_refuse_graph_values(graph):
+    g, x, y, z, _ = graph
+    with mf.Session(graph=g) as s:
+        with pytest.raises(ValueError, match=r"shape '\(\?, 2\)' \(created at .*test_session"):
+            s.run(z, {x: np.ones((2, 3))})
+        with pytest.raises(TypeError, match=r"of dtype float32 \(created at .*test_session"):
+            s.run(z, {x: np.array([["a", "b"]])})
+        for bad in (y, None):  # used to say "dtype object"
+            with pytest.raises(TypeError, match="cannot be .*: feed numbers, lists or numpy"):
+                s.run(z, {x: bad})
+
+
+def test_session_arguments_are_type_checked_with_tf_words(graph):
+    g = graph[0]
+    with pytest.raises(TypeError, match=r"Did you do \"Session\(config\)\""):
+        mf.Session(mf.ConfigProto())
+    with pytest.raises(TypeError, match="graph must be a mf.Graph, but got int"):
+        mf.Session(graph=3)
+    with pytest.raises(TypeError, match="config must be a mf.ConfigProto"):
+        mf.Session(graph=g, config={"device_count": {"CPU": 2}})
+
+
+def test_close_waits_for_the_step_another_thread_is_running():
+    """close() used to shut the inter-op pool under a running step, which then died
+    with "cannot schedule new futures after shutdown"; now it waits, and later runs are
+    refused."""
+    import threading
+    import time
+
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [600, 600], name="x")  # known: matmuls are costly
+        branches = []
+        for b in range(4):  # four different branches (CSE would merge equal ones)
+            h = x
+            for _ in range(8):
+                h = mf.tanh(mf.matmul(h, x) + float(b))
+            branches.append(mf.reduce_sum(h))
+        total = mf.add_n(branches)
+    xs = np.random.default_rng(0).standard_normal((600, 600)).astype(np.float32) / 30
+    config = mf.ConfigProto(inter_op_parallelism_threads=2)
+    with mf.Session(graph=g, config=config) as other:
+        expected = other.run(total, {x: xs})
+    s = mf.Session(graph=g, config=config)  # its first step: matmuls go to the pool
+    out, started = {}, threading.Event()
+
+    def step():
+        started.set()
+        try:
+            out["v"] = s.run(total, {x: xs})
+        except Exception as e:  # noqa: BLE001 - the test reports whatever ended the step
+            out["e"] = e
+    t = threading.Thread(target=step)
+    t.start()
+    started.wait()
+    while not s._lock.locked():  # the step holds the session's lock while it runs
+        time.sleep(0.001)
+    s.close()
+    t.join()
+    assert "e" not in out, out["e"]
+    assert out["v"] == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(RuntimeError, match="closed Session"):
+        s.run(total, {x: xs})

@@ -37,7 +37,15 @@ class Saver:
         vs = var_list if var_list is not None else global_variables()
         self._vars = dict(vs) if isinstance(vs, dict) else {v.op.name: v for v in vs}
 
+    def _check_graph(self, sess) -> None:
+        """TF's save and restore ops live in the Saver's graph, so another graph's session
+        cannot run them; here the values go by name, so say it rather than mix graphs."""
+        for key, var in self._vars.items():
+            if var.graph is not sess.graph:
+                raise ValueError(f"Saver: variable {key} is not in the session's graph")
+
     def save(self, sess, save_path: str) -> str:
+        self._check_graph(sess)
         path = Path(save_path if str(save_path).endswith(".npz") else f"{save_path}.npz")
         values = sess.variable_values()
         arrays, manifest = {}, {}
@@ -60,6 +68,7 @@ class Saver:
         return str(path)
 
     def restore(self, sess, save_path: str) -> None:
+        self._check_graph(sess)
         path = Path(save_path if str(save_path).endswith(".npz") else f"{save_path}.npz")
         if not path.exists():
             raise NotFoundError(f"no checkpoint at {path}")
