@@ -158,11 +158,40 @@ def load(ckpt_dir: str | os.PathLike) -> list[dict]:
     return out
 
 
+def check_fits(parts: list[dict], ckpt_dir: str | os.PathLike, key_max: int,
+               val_len: int) -> dict[str, int]:
+    """Refuse a checkpoint this job cannot hold whole (keys outside its key space would be
+    dropped, values of another length broadcast), and return each sender's last clock
+    in it: a client of that name goes on after it, or its pushes would be dropped as
+    resends of ones the checkpoint already holds."""
+    past, top = 0, 0
+    for part in parts:
+        keys, vals = part["keys"], part["vals"]
+        if vals.ndim != 2 or vals.shape[1] != val_len:
+            raise ValueError(f"{ckpt_dir}: the checkpoint holds {vals.shape[-1]} values per "
+                             f"key, this job {val_len} (val_len)")
+        if keys.size and int(keys[-1]) >= key_max:  # keys are sorted
+            past += int(keys.size - positions(keys, [key_max])[0])
+            top = max(top, int(keys[-1]))
+    if past:
+        raise ValueError(f"{ckpt_dir}: {past} stored keys lie at or past this job's key "
+                         f"space ({key_max} keys; the checkpoint goes up to key {top}): "
+                         f"restoring would drop them")
+    last: dict[str, int] = {}
+    for part in parts:
+        for node, segs in part["meta"]["clocks"].items():
+            for _, _, t in segs:
+                last[node] = max(last.get(node, -1), int(t))
+    return last
+
+
 def restore_ranges(ckpt_dir: str | os.PathLike, server: KVServer) -> int:
     """Load the part of a checkpoint that ``server`` holds in its ring; returns keys."""
     held = server.ring.ranges_of(server.name, "any")
     n = 0
-    for part in load(ckpt_dir):
+    parts = load(ckpt_dir)
+    check_fits(parts, ckpt_dir, server.config["key_max"], server.config["val_len"])
+    for part in parts:
         for b, e in held:
             lo, hi = positions(part["keys"], [b, e])
             if hi > lo:

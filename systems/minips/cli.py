@@ -22,16 +22,25 @@ from common.cli import non_negative_float, non_negative_int, port, positive_floa
 
 from .apps import SPARSE_LR_FILTERS, SPARSE_LR_LAM
 
+# Flags one app reads (with their defaults); given to another app they would be dropped
+# without a word, and a user would believe they had taken effect.
+APP_FLAGS = {"sparse_lr": {"features": 1 << 20, "examples": 8192, "nnz": 24, "lam": None,
+                           "filters": []},
+             "mlp": {"hidden": 64, "device": "cpu"}}
+
 
 def _app_spec(a: argparse.Namespace) -> dict[str, Any]:
+    given = {f"--{f}": app for app, flags in APP_FLAGS.items() if app != a.app
+             for f, default in flags.items() if getattr(a, f, default) != default}
+    if given:
+        raise ValueError(f"{' '.join(given)}: the {a.app} app does not use "
+                         f"{'it' if len(given) == 1 else 'them'} "
+                         f"({', '.join(f'{f} is for {app}' for f, app in given.items())})")
     spec: dict[str, Any] = {"name": a.app, "seed": a.seed}
     if a.app == "sparse_lr":
         spec.update(features=a.features, examples=a.examples, nnz=a.nnz, batch=a.batch or 256,
                     lam=SPARSE_LR_LAM if a.lam is None else a.lam, lr=a.lr or 0.1,
                     filters=a.filters)
-    elif a.filters:  # only sparse LR has filters; silently dropping them would mislead
-        raise ValueError(f"--filters {a.filters}: the {a.app} app takes no filters "
-                         f"(sparse_lr does)")
     if a.app == "mlp":
         spec.update(hidden=a.hidden, batch=a.batch or 32, lr=a.lr or 0.25,
                     device=_device(a.device))
@@ -243,11 +252,12 @@ def add_parser(sub, add) -> None:
     la.add_argument("--replication", type=int, default=1, help="copies of each key range")
     la.add_argument("--vnodes", type=positive_int, default=4, help="virtual nodes per server")
     la.add_argument("--steps", type=positive_int, default=100, help="steps per data shard")
-    la.add_argument("--features", type=positive_int, default=1 << 20,
+    la.add_argument("--features", type=positive_int, default=APP_FLAGS["sparse_lr"]["features"],
                     help="sparse_lr: key space")
-    la.add_argument("--examples", type=positive_int, default=8192,
+    la.add_argument("--examples", type=positive_int,
+                    default=APP_FLAGS["sparse_lr"]["examples"],
                     help="sparse_lr: dataset size")
-    la.add_argument("--nnz", type=positive_int, default=24,
+    la.add_argument("--nnz", type=positive_int, default=APP_FLAGS["sparse_lr"]["nnz"],
                     help="sparse_lr: features per example")
     la.add_argument("--lam", type=non_negative_float, default=None,
                     help=f"sparse_lr: L1 strength (default {SPARSE_LR_LAM:g})")
@@ -256,8 +266,10 @@ def add_parser(sub, add) -> None:
     la.add_argument("--updater", default=None,
                     help="the servers' update rule instead of the app's: sgd, adagrad, "
                          "l1prox or sum, with parameters as in l1prox:lr=0.05,lam=0.001")
-    la.add_argument("--hidden", type=positive_int, default=64, help="mlp: hidden units")
-    la.add_argument("--device", default="cpu", help="mlp: where workers compute (cuda)")
+    la.add_argument("--hidden", type=positive_int, default=APP_FLAGS["mlp"]["hidden"],
+                    help="mlp: hidden units")
+    la.add_argument("--device", default=APP_FLAGS["mlp"]["device"],
+                    help="mlp: where workers compute (cuda)")
     la.add_argument("--batch", type=non_negative_int, default=0,
                     help="minibatch (0: the app's default)")
     la.add_argument("--lr", type=non_negative_float, default=0.0,

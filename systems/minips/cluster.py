@@ -31,7 +31,7 @@ from common.trace import merge
 from . import message as M
 from .apps import describe
 from .apps.count import audit_size
-from .checkpoint import checkpoint
+from .checkpoint import check_fits, checkpoint, load
 from .consistency import Consistency
 from .kv import KVWorker
 from .metrics import load_all
@@ -85,6 +85,9 @@ class ClusterSpec:
                      "clocks": 2 * self.steps * self.workers}
             regions = [(key_max, key_max + audit_size(audit), {"name": "sum"})]
             key_max += audit_size(audit)
+        if key_max > 1 << 64:  # refused here, not in a server's traceback
+            raise ValueError(f"the key space ({key_max} keys, with the audit's) exceeds "
+                             f"2**64: keys are uint64")
         return {"key_max": max(key_max, 1), "val_len": self.val_len, "vnodes": self.vnodes,
                 "replication": self.replication, "num_servers": self.servers,
                 "num_workers": self.workers, "steps": self.steps,
@@ -119,6 +122,9 @@ class Cluster:
     def start(self, workers: bool = True, restore: str | Path | None = None) -> Cluster:
         """Scheduler, then the servers (from checkpoint ``restore`` if given), then the
         workers (unless ``workers=False``: tests drive in-process workers instead)."""
+        if restore:  # refuse a checkpoint that does not fit before any process starts
+            self.config["restored_clocks"] = check_fits(
+                load(restore), restore, self.config["key_max"], self.config["val_len"])
         ch = self.group.spawn("scheduler", "systems.minips.scheduler",
                               ["--config", json.dumps(self.config), "--host", self.spec.host])
         self.sched_addr = ch.info["addr"]

@@ -68,11 +68,22 @@ def _outside(keys: np.ndarray, ranges: list[tuple[int, int]]) -> np.ndarray:
 
 class KVWorker(Recovery):
     def __init__(self, scheduler: str, name: str, role: str = "worker",
-                 filters: list | None = None, heartbeat: bool = True):
+                 filters: list | None = None, heartbeat: bool = True,
+                 connect_s: float = 10.0):
         self.name, self.role = name, role
         M.reuse_large_buffers()
         self.sched = rpc.channel(scheduler)
-        reg = self._sched("Register", {"role": role, "name": name}, timeout=10.0)
+        try:  # nodes may start in any order (ps-lite's Van waits for the scheduler too)
+            out = rpc.method(self.sched, M.SCHEDULER_SERVICE, "Register")(
+                M.encode({"role": role, "name": name}), timeout=connect_s,
+                wait_for_ready=True)
+        except grpc.RpcError as e:
+            self.sched.close()
+            raise M.PSError("UNAVAILABLE", f"no scheduler answered at {scheduler} within "
+                                           f"{connect_s:g} s ({e.code().name}); start it first "
+                                           f"(casebook ps launch --role scheduler prints "
+                                           f"its HOST:PORT)") from None
+        reg = M.decode(out)[0]
         if reg.get("status") == "error":
             raise M.PSError("INVALID", reg["message"])
         self.config = reg["config"]
@@ -90,7 +101,9 @@ class KVWorker(Recovery):
         self.push_busy = False
         self.ts_counter = itertools.count()
         self.sid_counter = itertools.count()
-        self.auto_clock = -1
+        # after a restore, this name's clocks go on from the checkpoint's (see
+        # checkpoint.check_fits): pushes at clocks it holds would be dropped as resends
+        self.auto_clock = int(self.config.get("restored_clocks", {}).get(name, -1))
         self.clock_ranges: list[tuple[int, int]] = []  # pushed at auto_clock so far
         self.channels: dict[str, Any] = {}
         self.closed = False
@@ -129,7 +142,7 @@ class KVWorker(Recovery):
         """
         orig_k, orig_v = keys, vals
         keys = self._keys(keys, "push")
-        vals = M.check_vals(np.ascontiguousarray(vals, M.VAL_DTYPE), keys.size, self.val_len)
+        vals = self._vals(vals, keys.size)
         if copy:
             keys, vals = _own(keys, orig_k), _own(vals, orig_v)
         if clock is None and cmd != "init":
@@ -201,7 +214,11 @@ class KVWorker(Recovery):
             return None  # an acknowledged push whose record was already dropped
         t0 = time.perf_counter()
         if not req.done.wait(timeout):
-            raise TimeoutError(f"request {ts} ({req.op}) not finished after {timeout} s")
+            held = (f"; it is held until every worker has finished clock {req.wait} (the "
+                    f"consistency dependency), and without a timeout it waits for that"
+                    if req.op == "pull" and req.wait is not None else "")
+            raise TimeoutError(f"request {ts} ({req.op}) not finished after {timeout} s"
+                               f"{held}")
         self.metrics.inc("wait_s", time.perf_counter() - t0)
         with self.lock:
             self.requests.pop(ts, None)
@@ -246,6 +263,12 @@ class KVWorker(Recovery):
                 r.op == "push" and not r.done.is_set() for r in list(self.requests.values())):
             time.sleep(0.01)
         self.closed = True
+        err = M.PSError("UNAVAILABLE", f"{self.name} was closed before this request finished")
+        with self.lock:  # a thread waiting on one would wait for ever: no reply comes now
+            for req in self.requests.values():
+                if not req.done.is_set():
+                    req.error = err
+                    req.done.set()
         for t in self.threads:
             t.join(2.0)
         for ch in self.channels.values():
@@ -253,8 +276,29 @@ class KVWorker(Recovery):
         self.sched.close()
 
     # ---- sending ---------------------------------------------------------------------
+    def _vals(self, vals: Any, n: int) -> np.ndarray:
+        """(n, val_len) values, or n * val_len of them flat (ps-lite's ``SArray<Val>``);
+        another 2-D shape of the right size (a transpose) is a caller's bug, refused
+        here rather than reshaped into the wrong keys."""
+        if vals is None:
+            raise M.PSError("INVALID", f"push: no values were given for {n} keys")
+        arr = np.asarray(vals)
+        if arr.ndim > 1 and arr.shape != (n, self.val_len):
+            raise M.PSError("INVALID", f"push: values of shape {arr.shape} for {n} keys x "
+                                       f"{self.val_len} values per key: give ({n}, "
+                                       f"{self.val_len}), or {n * self.val_len} flat")
+        with np.errstate(over="ignore"):
+            out = np.ascontiguousarray(arr, M.VAL_DTYPE)
+        if arr.dtype != M.VAL_DTYPE and arr.dtype.kind == "f" and \
+                not np.isfinite(out).all() and np.isfinite(arr).all():
+            raise M.PSError("INVALID", f"push: values up to {np.abs(arr).max():.3g} overflow "
+                                       f"float32, the servers' type")
+        return M.check_vals(out, n, self.val_len)
+
     def _keys(self, keys: np.ndarray, op: str) -> np.ndarray:
         keys = np.ascontiguousarray(keys)
+        if keys.size == 0 and keys.dtype != M.KEY_DTYPE:  # pull([]): a float64 list
+            keys = keys.astype(M.KEY_DTYPE).reshape(0)
         if keys.dtype != M.KEY_DTYPE:
             if keys.dtype.kind not in "iu" or (keys.size and keys.min() < 0):
                 raise M.PSError("INVALID", f"{op}: keys must be non-negative integers, "

@@ -74,9 +74,15 @@ class Membership:
             await asyncio.shield(asyncio.ensure_future(
                 self.repl.transition(Ring.from_dict(info["ring"]))))
             if self.restore:
-                restore, self.restore = self.restore, None
-                async with self.lock:
-                    restore_ranges(restore, self)
+                restore, self.restore = self.restore, None  # once, even if it fails
+                try:
+                    async with self.lock:
+                        restore_ranges(restore, self)
+                except Exception as e:  # never serve an empty model in its place
+                    self.fatal = f"cannot restore from {restore}: {e}"
+                    print(f"[{self.name}] {self.fatal}; stopping", flush=True)
+                    self.stopping.set()
+                    return
                 self.restored.set()
 
     async def Ring(self, req: bytes, ctx) -> bytes:

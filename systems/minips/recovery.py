@@ -101,6 +101,11 @@ class Recovery:
 
     def _heartbeats(self) -> None:
         interval = self.config["hb_interval"]
+        # The scheduler is the one node without a stand-in (the paper's server manager,
+        # section 4.1): silent for ten of its own death timeouts, it is gone, and so is
+        # the job; open requests would otherwise be resent to a ring that never changes.
+        lost_after = 10 * self.config["hb_timeout"]
+        last_answer = time.monotonic()
         while not self.closed:
             time.sleep(interval)
             try:
@@ -109,7 +114,12 @@ class Recovery:
                                               "retire": self.retire, "clock": self.clock},
                                 timeout=max(interval * 5, 1.0))
             except (grpc.RpcError, ValueError):
+                silent = time.monotonic() - last_answer
+                if silent > lost_after and not self.failure and not self.closed:
+                    self._job_failed(f"the scheduler has not answered for {silent:.0f} s; "
+                                     f"the job cannot go on without it")
                 continue
+            last_answer = time.monotonic()
             self.hb_state = r
             if r.get("failure"):
                 self._job_failed(r["failure"])

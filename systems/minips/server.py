@@ -64,6 +64,7 @@ class KVServer(Membership):
         # the first ring comes, and a push, a replica's copy or a pull served before that
         # would be overwritten by the checkpoint's older values (or read empty ones)
         self.restored = asyncio.Event()
+        self.fatal: str | None = None  # why this server stopped itself (a failed restore)
         if restore is None:
             self.restored.set()
         self.sched = rpc.aio_channel(scheduler)
@@ -367,6 +368,8 @@ async def serve(name: str, scheduler: str, host: str, port: int, run_dir: str | 
     node.metrics.extra.update(control.snapshot(node))
     node.metrics.save(run_dir)
     await server.stop(0.2)
+    if node.fatal:
+        raise SystemExit(f"[{name}] {node.fatal}")
 
 
 def enter_netns(name: str) -> None:

@@ -6,7 +6,7 @@ import pytest
 from common import rpc
 from systems.minips import checkpoint
 from systems.minips import message as M
-from systems.minips.cluster import ClusterSpec
+from systems.minips.cluster import Cluster, ClusterSpec
 
 from .conftest import assert_replicas_consistent
 
@@ -166,4 +166,74 @@ def test_a_restored_cluster_replicates_what_it_restored_and_keeps_what_came_afte
         kv.wait(kv.push(keys, vals, clock=1))  # at once: replicas may not have loaded yet
         np.testing.assert_array_equal(kv.wait(kv.pull(keys)), 2 * vals)
         assert assert_replicas_consistent(b) > 0
+        b.close()
+
+
+def _checkpoint_of_three_pushes(make_cluster, tmp_path, val_len=1, key_max=64):
+    """A client 'c' pushes ones three times (auto clocks 0, 1, 2) to every key, then the
+    cluster is checkpointed and closed: ``(ckpt dir, keys)``."""
+    a = make_cluster(ClusterSpec(servers=2, workers=0, app={"name": "count"},
+                                 key_max=key_max, val_len=val_len))
+    kv = a.client("c")
+    keys = np.arange(key_max, dtype=np.uint64)
+    for _ in range(3):
+        kv.wait(kv.push(keys, np.ones((key_max, val_len), np.float32)))
+    ckpt = tmp_path / "ckpt"
+    a.checkpoint(ckpt)
+    a.close()
+    return ckpt, keys
+
+
+def test_a_client_of_a_restored_name_goes_on_after_its_checkpointed_clocks(make_cluster,
+                                                                           tmp_path):
+    """The servers restore every sender's range clocks; a client of the same name used to
+    start again at clock 0, and its pushes were acknowledged and dropped as resends."""
+    ckpt, keys = _checkpoint_of_three_pushes(make_cluster, tmp_path)
+    b = make_cluster(ClusterSpec(servers=2, workers=0, app={"name": "count"}, key_max=64),
+                     restore=ckpt)
+    kv = b.client("c")
+    for want in (4.0, 5.0):
+        kv.wait(kv.push(keys, np.ones((64, 1), np.float32)))
+        assert (kv.wait(kv.pull(keys)) == want).all()
+    assert kv.auto_clock == 4
+
+
+@pytest.mark.parametrize("change, why", [
+    ({"val_len": 2}, "holds 1 values per key, this job 2"),
+    ({"key_max": 32}, "32 stored keys lie at or past this job's key space"),
+])
+def test_a_checkpoint_the_job_cannot_hold_whole_is_refused_before_anything_starts(
+        make_cluster, tmp_path, change, why):
+    """A smaller key space used to drop the keys past it and another val_len to broadcast
+    the values, silently; a missing manifest left servers serving an empty store."""
+    ckpt, _ = _checkpoint_of_three_pushes(make_cluster, tmp_path)
+    spec = {"servers": 2, "workers": 0, "app": {"name": "count"}, "key_max": 64, **change}
+    b = Cluster(ClusterSpec(**spec), tmp_path / "b")
+    try:
+        with pytest.raises(ValueError, match=why):
+            b.start(restore=ckpt)
+        assert b.group.children == {}  # refused before the scheduler was started
+        with pytest.raises(FileNotFoundError, match="not a finished checkpoint"):
+            b.start(restore=tmp_path / "nowhere")
+    finally:
+        b.close()
+
+
+def test_a_server_that_cannot_restore_stops_instead_of_serving_an_empty_model(
+        make_cluster, tmp_path, monkeypatch):
+    """Past the cluster's own check (a server started by hand, or a checkpoint that
+    changed in between), the server says why and exits with an error; it used to log
+    "ring refresh failed" and, 10 s later, serve an empty store."""
+    from systems.minips import cluster as cluster_mod
+
+    ckpt, _ = _checkpoint_of_three_pushes(make_cluster, tmp_path)
+    monkeypatch.setattr(cluster_mod, "check_fits", lambda *a: {})
+    b = Cluster(ClusterSpec(servers=1, workers=0, app={"name": "count"}, key_max=64,
+                            val_len=2), tmp_path / "b")
+    try:
+        b.start(workers=False, restore=ckpt)
+        s0 = b.group.children["s0"]
+        assert s0.popen.wait(timeout=30) == 1
+        assert "cannot restore from" in s0.log_tail() and "values per key" in s0.log_tail()
+    finally:
         b.close()

@@ -295,3 +295,73 @@ def test_a_closed_client_refuses_new_requests_instead_of_keeping_them(cluster):
     with pytest.raises(M.PSError, match="is closed"):
         kv.pull(keys)
     assert not kv.requests
+
+
+def test_values_of_another_shape_none_or_past_float32_are_refused(cluster):
+    """Values are (n, val_len) or n * val_len flat; a (val_len, n) transpose used to be
+    reshaped into the wrong keys, float64 beyond float32 stored as inf with only numpy's
+    warning, and None or pull([]) gave messages about something else."""
+    kv = cluster.client("shapes")
+    keys = np.array([11, 12, 13], np.uint64)
+    with pytest.raises(M.PSError, match=r"values of shape \(2, 3\) for 3 keys x 2 values"):
+        kv.push(keys, np.ones((2, 3), np.float32))
+    with pytest.raises(M.PSError, match="no values were given for 3 keys"):
+        kv.push(keys, None)
+    with pytest.raises(M.PSError, match="overflow float32"):
+        kv.push(keys, np.full((3, 2), 1e39))
+    before = kv.wait(kv.pull(keys))
+    kv.wait(kv.push(keys, np.arange(6, dtype=np.float64)))  # flat, and cast: fine
+    np.testing.assert_array_equal(kv.wait(kv.pull(keys)) - before, [[0, 1], [2, 3], [4, 5]])
+    assert kv.wait(kv.pull([])).shape == (0, 2)
+
+
+def test_a_key_space_past_uint64_is_refused_by_the_spec():
+    with pytest.raises(ValueError, match="exceeds 2\\*\\*64"):
+        ClusterSpec(servers=1, workers=0, app={"name": "count"}, key_max=1 << 70).config(None)
+
+
+def test_a_client_without_a_scheduler_says_so():
+    """Nodes may start in any order, so a client waits for the scheduler (connect_s);
+    past that, the error names the address, not a raw gRPC traceback."""
+    from systems.minips.kv import KVWorker
+
+    with pytest.raises(M.PSError, match="no scheduler answered at 127.0.0.1:1 within 0.5 s"):
+        KVWorker("127.0.0.1:1", "nobody", role="client", connect_s=0.5)
+
+
+def test_a_held_pull_says_what_it_waits_for_and_close_wakes_its_waiter(make_cluster):
+    """A pull held on a clock no worker reaches: the timeout names the dependency; and
+    close() from another thread ends the wait (it used to leave the waiter for ever)."""
+    import threading
+
+    from systems.minips.kv import KVWorker
+
+    cl = make_cluster(ClusterSpec(servers=1, workers=1, app={"name": "count"}, key_max=64))
+    w0 = KVWorker(cl.sched_addr, "w0")  # the job's one worker, which never pushes clock 2
+    try:
+        ts = w0.pull(np.arange(4, dtype=np.uint64), clock=3, wait=2)
+        with pytest.raises(TimeoutError, match="held until every worker has finished clock 2"):
+            w0.wait(ts, timeout=0.5)
+        threading.Timer(0.3, w0.close, kwargs={"drain_s": 0.1}).start()
+        with pytest.raises(M.PSError, match="w0 was closed before this request finished"):
+            w0.wait(ts, timeout=20)
+    finally:
+        w0.close(drain_s=0)
+
+
+def test_requests_fail_once_the_scheduler_is_gone_instead_of_being_resent_for_ever(
+        make_cluster):
+    from systems.minips.kv import KVWorker
+
+    cl = make_cluster(ClusterSpec(servers=1, workers=0, app={"name": "count"}, key_max=64,
+                                  hb_timeout=0.3))
+    ext = KVWorker(cl.sched_addr, "ext", role="client")
+    try:
+        cl.close()  # the scheduler and the server are gone; this client is not
+        ts = ext.push(np.arange(4, dtype=np.uint64), np.ones((4, 1), np.float32))
+        with pytest.raises(M.PSError, match="the scheduler has not answered for"):
+            ext.wait(ts, timeout=30)
+        with pytest.raises(M.PSError, match="the scheduler has not answered"):
+            ext.pull(np.arange(4, dtype=np.uint64))
+    finally:
+        ext.close(drain_s=0)

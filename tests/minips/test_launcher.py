@@ -160,14 +160,23 @@ def test_impossible_cluster_sizes_are_refused_up_front():
             ClusterSpec(**kw).config(None)
 
 
-def test_filters_given_to_an_app_without_filters_are_an_error():
+def test_flags_given_to_an_app_that_does_not_use_them_are_an_error():
+    """--filters used to be the only one refused; --device cuda on sparse_lr ran the job
+    on CPUs without a word, and --features was dropped for mlp."""
     from common.cli import build_parser
-
-    a = build_parser().parse_args(["ps", "launch", "--app", "mlp", "--filters", "kkt"])
     from systems.minips.cli import spec_from_args
 
-    with pytest.raises(ValueError, match="the mlp app takes no filters"):
-        spec_from_args(a)
+    for argv, msg in ((["--app", "mlp", "--filters", "kkt"], "--filters: the mlp app does "
+                                                             "not use it \\(--filters is for "
+                                                             "sparse_lr"),
+                      (["--device", "cuda"], "--device: the sparse_lr app does not use it "
+                                             "\\(--device is for mlp"),
+                      (["--app", "count", "--hidden", "8", "--nnz", "3"],
+                       "--nnz --hidden: the count app does not use them"),
+                      (["--app", "mlp", "--features", "64"], "--features: the mlp app")):
+        a = build_parser().parse_args(["ps", "launch", *argv])
+        with pytest.raises(ValueError, match=msg):
+            spec_from_args(a)
     a = build_parser().parse_args(["ps", "launch", "--app", "sparse_lr", "--filters", "kkt"])
     assert spec_from_args(a).app["filters"] == ["kkt"]
 
