@@ -20,6 +20,14 @@ from typing import Any
 from common.cli import non_negative_int, positive_float, positive_int
 
 
+def _seed(text: str) -> int:
+    """A seed numpy and scikit-learn take: 0 to 2**32 - 1."""
+    value = non_negative_int(text)
+    if value >= 1 << 32:
+        raise argparse.ArgumentTypeError(f"must be below 2**32, got {value}")
+    return value
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                    help="print the result as JSON last")
@@ -27,8 +35,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="sim", help="cuda, sim or replay:FILE (default sim)")
     p.add_argument("--log", default=None, help="JSON-lines tuning log (resumed if it exists)")
     p.add_argument("--history", default=None,
-                   help="a log of earlier tuning on this device: pre-trains the cost model")
-    p.add_argument("--seed", type=non_negative_int, default=0)
+                   help="a log of earlier tuning on this device, or a replay table: "
+                        "pre-trains the cost model")
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--per-round", type=positive_int, default=8,
                    help="measurements per search round")
     p.add_argument("--no-verify", action="store_true",
@@ -93,19 +102,19 @@ def _tune_model(args: argparse.Namespace) -> dict[str, Any]:
 def _show(args: argparse.Namespace) -> dict[str, Any]:
     from common.plots import line_chart
 
-    from .records import best_per_task, devices, load_records, on_device, task_weights
+    from .records import best_per_task, devices, load_records, of_device, task_weights
 
     if not Path(args.log).is_file():
         raise FileNotFoundError(f"{args.log}: no such file")
     records = load_records(args.log)
     if not records:
-        raise SystemExit(f"{args.log}: no records (is it a miniansor tuning log?)")
+        raise ValueError(f"{args.log}: no records: an empty log (a run stopped before its "
+                         f"first measurement), or not a miniansor tuning log")
     try:  # one device's times only (TVM's ApplyHistoryBest matches the target too)
-        records = on_device(records, args.device)
+        records = of_device(records, args.device)
     except ValueError as e:
-        raise SystemExit(f"{args.log}: {e} with --device") from None
-    if not records:
-        raise SystemExit(f"{args.log}: no records of device {args.device!r}")
+        raise ValueError(f"{args.log}: {e}"
+                         f"{' with --device' if args.device is None else ''}") from None
     best = best_per_task(records)
     curves: dict[str, tuple[list[int], list[float]]] = {}
     seen: dict[str, int] = {}

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import operator
+import sys
 from collections.abc import Set
 
 import torch
@@ -159,16 +160,36 @@ def _row_task(gm, node: fx.Node, dtype: str) -> Task | None:
     return None
 
 
+def _warn_if_opaque(gm: fx.GraphModule, node: fx.Node) -> None:
+    """torch.fx keeps some ``torch.nn`` modules whole (MultiheadAttention, the
+    Transformer layers): the products inside them are no task of ours. Say so, rather
+    than tune the rest of the model as if it were all of it."""
+    mod = _module(gm, node)
+    if mod is None or isinstance(mod, (torch.nn.Linear, torch.nn.LayerNorm)):
+        return
+    inner = [n for n, m in mod.named_modules() if isinstance(m, torch.nn.Linear)]
+    if inner or isinstance(mod, torch.nn.MultiheadAttention):
+        print(f"miniansor: {node.target} ({type(mod).__name__}) stays one module in the "
+              f"torch.fx trace: its matrix products are not extracted as tasks",
+              file=sys.stderr)
+
+
 def extract_tasks(module: torch.nn.Module, example_inputs: tuple, dtype: str = "fp16"
                   ) -> tuple[list[Task], list[int]]:
     """Distinct tasks of ``module`` (in first-seen order) and how often each occurs."""
-    gm = fx.symbolic_trace(module)
-    ShapeProp(gm).propagate(*example_inputs)
+    try:  # the model must trace, as a TVM model must first convert to Relay
+        gm = fx.symbolic_trace(module)
+        ShapeProp(gm).propagate(*example_inputs)
+    except Exception as e:  # torch.fx raises TraceError, TypeError, RuntimeError...
+        raise ValueError(f"cannot extract tasks from {type(module).__name__}: torch.fx "
+                         f"could not trace it with these inputs ({type(e).__name__}: "
+                         f"{e})") from e
     found: list[Task] = []
     fused: set[fx.Node] = set()
     for node in gm.graph.nodes:
         if node in fused or node.op not in ("call_module", "call_function", "call_method"):
             continue
+        _warn_if_opaque(gm, node)
         g = _gemm_task(gm, node, dtype, fused)
         if g is not None:
             found.append(g[0])

@@ -25,18 +25,22 @@ record's ``device``: resuming uses only the current device's records, and
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
+import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import triton
 
+from . import annotation
 from .measure import ErrorNo, MeasureInput, MeasureResult
-from .sketch import Sketch, generate_sketches, run_program
+from .sketch import TEMPLATES, Sketch, generate_sketches, resolve_template, run_program
 from .workloads import Task
 
 RECORD_VERSION = 1
@@ -81,6 +85,35 @@ def end_torn_tail(path: Path) -> None:
         f.write(b"\n")
 
 
+@contextlib.contextmanager
+def held(path: str | Path | None) -> Iterator[None]:
+    """Hold the log ``path`` for one tuning run (an exclusive ``flock``). Two runs
+    appending at once would both resume from the same lines and measure the same configs
+    again, and a later resume would count the repeats against its budget (TVM's
+    ``RecordToFile`` has the same gap). A log this run created and left empty (it
+    stopped before its first record) is removed."""
+    if path is None:
+        yield
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    created = not path.exists()
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(f"{path}: another tuning run is appending to this log; wait "
+                             f"for it to end, or give another log") from None
+        try:
+            yield
+        finally:
+            if created and path.exists() and path.stat().st_size == 0:
+                path.unlink()
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
 class RecordToFile:
     """A measure callback that appends each measurement to ``path``. ``weights`` maps a
     task key to how often the task occurs in its model (written on each line)."""
@@ -98,15 +131,41 @@ class RecordToFile:
 
 def _sketch_for(task: Task, rec: dict, cache: dict) -> Sketch:
     """The sketch a record names: regenerated from the task's rules when they still
-    produce it, else rebuilt from the record (template + fixed values)."""
+    produce it (the same name, template and fixed values: the same program), else
+    rebuilt from the record (template + fixed values)."""
     if task.key not in cache:
         cache[task.key] = {s.name: s for s in generate_sketches(task)}
     sk = cache[task.key].get(rec["sketch"])
-    if sk is None:
+    if sk is None or sk.template != rec["template"] or \
+            dict(sk.fixed) != rec.get("fixed", dict(sk.fixed)):
         sk = Sketch(rec["sketch"], rec["template"],
                     tuple((p, (v,)) for p, v in rec["ann"].items()),
                     tuple(sorted(rec.get("fixed", {}).items())), ("from-record",))
     return sk
+
+
+GEMM_TEMPLATES = ("matmul", "matmul+epilogue", "splitk")
+
+
+def _check_runnable(task: Task, sketch: Sketch, ann: dict[str, int], ok: bool) -> None:
+    """A ValueError (or KeyError) if the record's config could not run for its task: a
+    template that no longer exists or computes another kind of task, a missing or
+    extra parameter; and, for a success, a value off the sketch's (clamped) domain or
+    over the hardware limits. Such a line (hand-edited, or from another version) would
+    otherwise be handed out as the best kernel, or crash a resumed search that extracts
+    its features. (A failed record over the limits is what it says: a config that
+    failed; it stays, as training data of throughput 0.) TVM replays a record's steps
+    on the task when it reads it, which fails the same way."""
+    resolve_template(sketch.template)
+    if sketch.template in TEMPLATES and \
+            (sketch.template in GEMM_TEMPLATES) != task.is_matmul:
+        raise ValueError(f"template {sketch.template!r} does not compute {task.key}")
+    if set(ann) != set(sketch.params):
+        raise ValueError(f"the record sets {sorted(ann)}, sketch {sketch.name} has "
+                         f"{sorted(sketch.params)}")
+    bad = annotation.check(task, sketch, ann)  # a KeyError if a value the kernel reads
+    if bad and ok:                            # is missing (a from-record sketch)
+        raise ValueError(f"the config cannot run for {task.key}: {'; '.join(bad)}")
 
 
 _FIELD_TYPES = {"task": str, "sketch": str, "ann": dict, "costs": list, "error": str}
@@ -153,6 +212,7 @@ def load_records(path: str | Path) -> list[tuple[MeasureInput, MeasureResult]]:
             res = MeasureResult([float(c) for c in rec["costs"]], ErrorNo[rec["error"]],
                                 rec.get("error_msg", ""), rec.get("all_cost", 0.0),
                                 rec.get("timestamp", 0.0), str(rec.get("device", "")))
+            _check_runnable(task, inp.sketch, inp.ann, res.ok)
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             print(f"miniansor: skipping line {i} of {path}: {type(e).__name__}: {e}",
                   file=sys.stderr)
@@ -212,10 +272,23 @@ def devices(records: Iterable[tuple[MeasureInput, MeasureResult]]) -> list[str]:
     return list(dict.fromkeys(res.device for _, res in records))
 
 
+def device_name(device: str) -> str:
+    """The name a log stores for ``device``: a device's name as it is, or the name of the
+    device that a tuning spec (``sim``, ``replay:FILE``, ``cuda``) makes, so that the
+    spec a log was tuned with also reads it back (as TVM applies records by the target
+    they were tuned for)."""
+    if device in ("sim", "cuda") or device.startswith("replay:"):
+        from .tune import make_device
+
+        return make_device(device).name
+    return device
+
+
 def on_device(records: Iterable[tuple[MeasureInput, MeasureResult]], device: str | None
               ) -> list[tuple[MeasureInput, MeasureResult]]:
-    """The records measured on ``device``. ``None`` asks for the log's only device and is
-    an error when it holds several: comparing times across devices is meaningless."""
+    """The records measured on ``device`` (a name or a tuning spec). ``None`` asks for the
+    log's only device and is an error when it holds several: comparing times across
+    devices is meaningless."""
     records = list(records)
     if device is None:
         found = devices(records)
@@ -223,7 +296,23 @@ def on_device(records: Iterable[tuple[MeasureInput, MeasureResult]], device: str
             raise ValueError(f"the records come from {len(found)} devices {found}; "
                              f"name one of them")
         return records
-    return [(i, r) for i, r in records if r.device == device]
+    name = device_name(device)
+    return [(i, r) for i, r in records if r.device == name]
+
+
+def of_device(records: Iterable[tuple[MeasureInput, MeasureResult]], device: str | None
+              ) -> list[tuple[MeasureInput, MeasureResult]]:
+    """:func:`on_device` for a reader: a device that matches none of a log's records is
+    an error naming those it holds (an empty dispatcher would send every kernel to the
+    fallback without a word)."""
+    records = list(records)
+    out = on_device(records, device)
+    if records and not out:
+        name = device_name(device)
+        raise ValueError(f"no records of device {device!r}"
+                         f"{f' ({name})' if name != device else ''}; the log holds "
+                         f"{devices(records)}")
+    return out
 
 
 @dataclass
@@ -252,7 +341,7 @@ class ApplyHistoryBest:
 
     def __init__(self, records: Iterable[tuple[MeasureInput, MeasureResult]],
                  device: str | None = None):
-        self.best = best_per_task(on_device(records, device))
+        self.best = best_per_task(of_device(records, device))
 
     def __contains__(self, task: Task | str) -> bool:
         return (task.key if isinstance(task, Task) else task) in self.best
@@ -272,5 +361,6 @@ class ApplyHistoryBest:
 
 def apply_history_best(log: str | Path, device: str | None = None) -> ApplyHistoryBest:
     """Read a tuning log and return the dispatcher of best kernels per task, among the
-    records of ``device`` (by name; default: the log's only device)."""
+    records of ``device`` (its name, or the spec it was tuned with: ``sim``,
+    ``replay:FILE``, ``cuda``; default: the log's only device)."""
     return ApplyHistoryBest(load_records(log), device)

@@ -32,6 +32,7 @@ all. These follow TVM's ``TaskScheduler.tune`` / ``_tune_task`` /
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -80,6 +81,7 @@ class TaskScheduler:
         self.costs_history: list[list[float]] = [[] for _ in range(n)]
         self.best_costs = np.full(n, NO_LATENCY)
         self.dead: set[int] = set()
+        self.why_dead: dict[int, str] = {}  # said when the budget is left unspent
         self.trials = 0
         self.log = ScheduleLog()
         tags = [similarity_tag(t) for t in tasks]
@@ -96,9 +98,11 @@ class TaskScheduler:
         """After policies were preloaded from a log: rebuild counts and best latencies.
 
         A task counts its rounds up (TVM's ``_restore_status`` rounds to the nearest),
-        except one with no successful measurement in less than a round: its warm-up was
-        cut short by the interruption, and it gets the warm-up again instead of being
-        judged dead on one failed config. (The round size may differ from the earlier
+        except one with no successful measurement: it gets the warm-up again instead of
+        being judged dead on the earlier run's failures (which a fix made since, or an
+        interruption, may have ended; judging by its count of rounds would make the
+        verdict depend on the round size). Only a task stopped for a long run of
+        consecutive errors stays stopped. (The round size may differ from the earlier
         run's, which sized its rounds by its own total; a task that has a kernel keeps
         its rounds.)"""
         for i, pol in enumerate(self.policies):
@@ -106,12 +110,15 @@ class TaskScheduler:
             self.trials += n
             if pol.best is not None:
                 self.best_costs[i] = pol.best[1]
-            cut_short = pol.best is None and n < per_round
-            self.task_cts[i] = self.task_best_cts[i] = 0 if cut_short else \
+            self.task_cts[i] = self.task_best_cts[i] = 0 if pol.best is None else \
                 math.ceil(n / per_round)
             self.costs_history[i] = [self.best_costs[i]] * self.task_cts[i]
-            if self.measurer.task_dead(self.tasks[i]):
-                self.dead.add(i)  # it kept failing before the interruption
+            if self.measurer.task_dead(self.tasks[i]):  # it kept failing before
+                self._kill(i, "a long run of consecutive errors (in the log)")
+
+    def _kill(self, i: int, why: str) -> None:
+        self.dead.add(i)
+        self.why_dead.setdefault(i, why)
 
     def _gradient(self, i: int) -> float:
         chain = self.weights[i]  # d f / d g_i of a weighted sum
@@ -168,9 +175,14 @@ class TaskScheduler:
         stalled = (self.early_stopping_task is not None and
                    (self.task_cts[i] - self.task_best_cts[i]) * per_round >
                    self.early_stopping_task)
-        if not inputs or stalled or pol.exhausted() or \
-                self.measurer.task_dead(self.tasks[i]):
-            self.dead.add(i)
+        if not inputs or pol.exhausted():
+            self._kill(i, "nothing left to measure: every config its search can reach "
+                          "(or a replay table holds) is measured")
+        elif stalled:
+            self._kill(i, f"no better kernel in {self.early_stopping_task} trials "
+                          f"(early_stopping_task)")
+        elif self.measurer.task_dead(self.tasks[i]):
+            self._kill(i, "a long run of consecutive errors")
         self.log.trials.append(self.trials)
         self.log.objective.append(self.objective())
         self.log.chosen.append(i)
@@ -201,7 +213,9 @@ class TaskScheduler:
                 before = self.trials
                 self._tune_task(i, min(per_round, total_trials - self.trials))
                 bar.update(self.trials - before)
-        self.dead |= {i for i, c in enumerate(self.best_costs) if c >= NO_LATENCY}
+        for i, c in enumerate(self.best_costs):
+            if c >= NO_LATENCY:
+                self._kill(i, "no successful measurement in its warm-up round")
         last = -1
         while self.trials < total_trials and len(self.dead) < len(self.tasks):
             i = self._pick(last)
@@ -211,4 +225,9 @@ class TaskScheduler:
             self._adjust_similarity_group(i)
             last = i
         bar.close()
+        if self.trials < total_trials:  # every task stopped: say why, not just a count
+            for i in sorted(self.dead):
+                n = len(self.policies[i].history)
+                print(f"miniansor: {self.tasks[i].key}: stopped after {n} trials: "
+                      f"{self.why_dead.get(i, '?')}", file=sys.stderr)
         return self.log

@@ -25,6 +25,7 @@ the search is restricted to the recorded configs), ``"cuda"`` (``CudaDevice``).
 from __future__ import annotations
 
 import collections
+import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ from .records import (
     best_per_task,
     check_log,
     devices,
+    held,
     load_records,
     on_device,
 )
@@ -55,6 +57,8 @@ def make_device(spec, seed: int = 0):
     if spec == "sim":
         return SimulatedGPU(seed=seed)
     if spec.startswith("replay:"):
+        if not spec[len("replay:"):]:
+            raise ValueError("--device replay:FILE needs the path of a replay table")
         return RecordedDevice(spec.split(":", 1)[1])
     if spec == "cuda":
         from .cuda import CudaDevice
@@ -109,6 +113,18 @@ def _refuse_empty_spaces(policies: list[SketchPolicy], dev, limits: HardwareLimi
         raise ValueError("nothing to tune for " + "; ".join(empty))
 
 
+def _history(path: str | Path) -> list:
+    """The records of a tuning log, or of a replay table (its measurements are tuning
+    records too: ``RecordedDevice.records``)."""
+    try:  # a log of several lines is no JSON document (json stops after its first)
+        doc = json.loads(Path(path).read_text())
+    except ValueError:  # UnicodeDecodeError too: load_records names that
+        doc = None
+    if isinstance(doc, dict) and "format" in doc:
+        return RecordedDevice(path).records()  # validates the table, naming the file
+    return load_records(path)
+
+
 def _same_device(records, device: str, what: str):
     """The records measured on ``device`` (times from another device would mislead the
     search and the model); says how many others it leaves out (``what`` names them, with
@@ -158,31 +174,20 @@ def tune_tasks(tasks: list[Task], weights: list[float] | None = None, trials: in
                 for i, t in enumerate(tasks)]
     try:  # whatever fails, a device we made is closed
         _refuse_empty_spaces(policies, dev, limits)
-        cbs = list(callbacks or [])
-        if log:
-            check_log(log)
-        logged = load_records(log) if log else []
-        keys = {t.key for t in tasks}
-        records = _same_device([r for r in logged if r[0].task.key in keys], dev.name,
-                               "not resuming {n} records")
-        learn_only = _same_device([r for r in logged if r[0].task.key not in keys], dev.name,
-                                  "not learning from {n} other tasks' records")
-        if history:
-            if not Path(history).exists():
-                raise FileNotFoundError(f"history log {history} does not exist")
-            learn_only += _same_device(load_records(history), dev.name,
-                                       "not learning from {n} history records")
-        if log:
-            by_key = {t.key: w for t, w in zip(tasks, weights, strict=True)}
-            cbs.insert(0, RecordToFile(log, dev.name, by_key))
-        measurer = Measurer(dev, verify=verify, limits=limits, callbacks=cbs)
-        _preload(policies, cost_model, records, learn_only)
-        measurer.restore(records)
-        sched = TaskScheduler(tasks, weights, policies, measurer, cost_model,
-                              strategy=strategy, seed=seed)
-        if records:
-            sched.restore(sched.round_size(trials, per_round))
-        sched.tune(trials, per_round, progress)
+        with held(log):  # one run at a time appends to a log
+            records, learn_only = _resume(tasks, log, history, dev.name)
+            cbs = list(callbacks or [])
+            if log:
+                by_key = {t.key: w for t, w in zip(tasks, weights, strict=True)}
+                cbs.insert(0, RecordToFile(log, dev.name, by_key))
+            measurer = Measurer(dev, verify=verify, limits=limits, callbacks=cbs)
+            _preload(policies, cost_model, records, learn_only)
+            measurer.restore(records)
+            sched = TaskScheduler(tasks, weights, policies, measurer, cost_model,
+                                  strategy=strategy, seed=seed)
+            if records:
+                sched.restore(sched.round_size(trials, per_round))
+            sched.tune(trials, per_round, progress)
     finally:
         if isinstance(device, str) and hasattr(dev, "close"):
             dev.close()  # we made it, we close it
@@ -191,6 +196,25 @@ def tune_tasks(tasks: list[Task], weights: list[float] | None = None, trials: in
     best = best_per_task(all_records)
     return TuneResult(tasks, weights, best, sched.log, sched.trials, dev.name, dict(errors),
                       resumed=len(records))
+
+
+def _resume(tasks: list[Task], log, history, device: str) -> tuple[list, list]:
+    """From ``log``: this device's records of ``tasks`` (resumed) and of other tasks
+    (only learned from), plus ``history``'s (learned from)."""
+    if log:
+        check_log(log)
+    logged = load_records(log) if log else []
+    keys = {t.key for t in tasks}
+    records = _same_device([r for r in logged if r[0].task.key in keys], device,
+                           "not resuming {n} records")
+    learn_only = _same_device([r for r in logged if r[0].task.key not in keys], device,
+                              "not learning from {n} other tasks' records")
+    if history:
+        if not Path(history).exists():
+            raise FileNotFoundError(f"history log {history} does not exist")
+        learn_only += _same_device(_history(history), device,
+                                   "not learning from {n} history records")
+    return records, learn_only
 
 
 def tune_task(task: Task, trials: int = 64, **kw) -> TuneResult:
@@ -203,4 +227,8 @@ def tune_model(module, example_inputs: tuple, trials: int = 256, dtype: str = "f
     from .extract import extract_tasks
 
     tasks, weights = extract_tasks(module, example_inputs, dtype)
+    if not tasks:
+        raise ValueError(f"no tunable task in {type(module).__name__}: miniansor extracts "
+                         f"GEMMs (nn.Linear, F.linear, matmul, bmm), softmax and layernorm "
+                         f"over the last axis, and found none")
     return tune_tasks(tasks, weights, trials, **kw)

@@ -86,6 +86,12 @@ class Task:
         object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
         if not self.epilogue.empty and self.kind != "gemm":
             raise ValueError(f"only gemm tasks take an epilogue, not {self.kind}")
+        if self.largest_operand >= 1 << 31:
+            # our kernels compute element offsets in int32 (Triton's default), which wrap
+            # past 2**31; Inductor switches to int64 indexing there, we refuse instead
+            raise ValueError(f"{self.kind} {'x'.join(map(str, self.shape))}: a tensor of "
+                             f"{self.largest_operand:,} elements; miniansor's kernels index "
+                             f"with 32-bit offsets, so each must hold fewer than 2**31")
 
     # ---- identity -------------------------------------------------------------------
     @property
@@ -110,6 +116,15 @@ class Task:
         return replace(self, dtype=dtype)
 
     # ---- named sizes ----------------------------------------------------------------
+    @property
+    def largest_operand(self) -> int:
+        """Elements of the task's largest input or output tensor."""
+        if self.kind in ("softmax", "layernorm"):
+            return self.shape[0] * self.shape[1]
+        b = self.shape[0] if self.kind == "bmm" else 1
+        m, n, k = self.shape[-3:]
+        return b * max(m * k, k * n, m * n)
+
     @property
     def batch(self) -> int:
         return self.shape[0] if self.kind == "bmm" else 1

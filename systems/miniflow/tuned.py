@@ -48,10 +48,11 @@ def _tuned_kernel(attrs, be, res):
             y = y + inputs["bias"]
         return torch.relu(y) if epi.act == "relu" else y
 
-    def task_and_inputs(args) -> tuple[Any, dict]:
+    def task_and_inputs(args) -> tuple[tuple, dict]:
+        """The task's arguments (kind, shape, dtype, epilogue) and the kernel's inputs."""
         if kind == "softmax":
             x = args[0].contiguous()  # the row kernels read each row contiguously
-            return Task("softmax", tuple(x.shape), dtype), {"x": x}
+            return ("softmax", tuple(x.shape), dtype), {"x": x}
         a, b = args[0], args[1]
         a = a.transpose(-1, -2) if attrs["transpose_a"] else a
         b = b.transpose(-1, -2) if attrs["transpose_b"] else b
@@ -59,20 +60,24 @@ def _tuned_kernel(attrs, be, res):
         if len(args) > 2:
             inputs["bias"] = args[2]
         if a.dim() == b.dim() == 2:
-            return Task("gemm", (a.shape[0], b.shape[1], a.shape[1]), dtype, epi), inputs
+            return ("gemm", (a.shape[0], b.shape[1], a.shape[1]), dtype, epi), inputs
         # a batched product, one side possibly broadcast (rank 2, or a batch of 1): the
         # bmm task of the output's batch, the broadcast side as a stride-0 batch view
         batch = max(t.shape[0] for t in (a, b) if t.dim() == 3)
         a, b = (t.expand(batch, *t.shape[-2:]) for t in (a, b))
         inputs.update(a=a, b=b)
-        return Task("bmm", (batch, a.shape[1], b.shape[2], a.shape[2]), dtype), inputs
+        return ("bmm", (batch, a.shape[1], b.shape[2], a.shape[2]), dtype), inputs
 
     def run(*args):
-        task, inputs = task_and_inputs(args)
+        spec, inputs = task_and_inputs(args)
         key = tuple((tuple(t.shape), tuple(t.stride())) for t in inputs.values())
         fn = cache.get(key)
         if fn is None:
-            hit = task in lib
+            try:
+                task = Task(*spec)
+            except ValueError:  # no kernel of ours takes it (an empty batch; a tensor
+                task = None     # past the kernels' 32-bit offsets): torch computes it
+            hit = task is not None and task in lib
             fn = cache[key] = (lib.kernel(task) if hit else fallback,
                                "tuned" if hit else "fallback")
         stats[fn[1]] += 1

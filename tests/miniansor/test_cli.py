@@ -85,10 +85,35 @@ def test_show_weights_each_task_as_the_tuner_did(tmp_path, capsys):
     assert out["weighted_latency_us"] is None and out["latency_sum_us"] == pytest.approx(6.0)
     assert "unweighted sum of best latencies 6.00 us" in capsys.readouterr().out
     _log(bare, "other", None, [(a, 1e-9)])  # a second device's times are not mixed in
-    with pytest.raises(SystemExit, match="2 devices"):
+    with pytest.raises(ValueError, match="2 devices"):
         _show(str(bare), "--plot", str(tmp_path / "q.png"))
     out = _show(str(bare), "--plot", str(tmp_path / "q.png"), "--device", "dev")
     assert out["latency_sum_us"] == pytest.approx(6.0)
+    with pytest.raises(ValueError, match=r"no records of device 'nope'; the log holds "
+                                         r"\['dev', 'other'\]"):
+        _show(str(bare), "--plot", str(tmp_path / "q.png"), "--device", "nope")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(ValueError, match="no records: an empty log"):
+        _show(str(empty))
+
+
+def test_the_device_spec_a_log_was_tuned_with_reads_it_back(tmp_path):
+    """`--device sim` tunes; the log stores the simulator's full name. Reading back with
+    `sim` used to find nothing, and apply_history_best returned an empty dispatcher
+    (miniflow then fell back to torch for every kernel without a word)."""
+    from systems.miniansor.records import apply_history_best
+    from systems.miniansor.simulator import SimulatedGPU
+    from systems.miniansor.workloads import softmax
+
+    log = tmp_path / "sim.jsonl"
+    a = softmax(4, 64, "fp32")
+    _log(log, SimulatedGPU().name, None, [(a, 2e-6)])
+    assert apply_history_best(log, device="sim").query(a).time == 2e-6
+    assert _show(str(log), "--plot", str(tmp_path / "p.png"), "--device", "sim")[
+        "latency_sum_us"] == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="no records of device 'other'"):
+        apply_history_best(log, device="other")
 
 
 def test_show_lists_a_task_whose_measurements_all_failed_and_gives_no_total(tmp_path,
@@ -171,6 +196,11 @@ def test_inputs_that_are_not_what_they_claim_are_refused_with_their_name(tmp_pat
         assert str(table) in err and len(err.strip().splitlines()) == 1, err
     assert main(["ansor", "show", str(tmp_path / "none.jsonl")]) == 2
     assert "no such file" in capsys.readouterr().err
+    assert main([*tune, "--device", "replay:"]) == 2  # used to say "'.' is not a file"
+    assert "needs the path of a replay table" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # used to reach scikit-learn and fail there
+        main([*tune, "--seed", str(1 << 32)])
+    assert "--seed: must be below 2**32" in capsys.readouterr().err
     log = tmp_path / "m.jsonl"
     from systems.miniansor.workloads import softmax
 
@@ -186,7 +216,7 @@ def test_show_curves_count_every_trial_of_the_task_failed_ones_included(tmp_path
     from systems.miniansor.sketch import generate_sketches
     from systems.miniansor.workloads import softmax
 
-    a = softmax(4, 64, "fp32")
+    a = softmax(4, 128, "fp32")  # 128 columns: four warps can share a row
     sk = generate_sketches(a)[0]
     rec = RecordToFile(tmp_path / "m.jsonl", "dev", {a.key: 1})
     rec(MeasureInput(a, sk, {"num_warps": 1}), MeasureResult([], ErrorNo.WRONG_ANSWER, "x"))
@@ -196,3 +226,15 @@ def test_show_curves_count_every_trial_of_the_task_failed_ones_included(tmp_path
     curve = out["curves"][a.key]
     assert curve["trials"] == [2, 3]  # the failed first trial counts
     assert curve["best_tflops"] == pytest.approx([a.flops / 4e-6 / 1e12, a.flops / 2e-6 / 1e12])
+
+
+def test_a_replay_table_as_history_pretrains_the_cost_model(tmp_path, capsys):
+    """--history took only logs; a replay table (whose measurements are records too) was
+    read as a log of malformed lines, and nothing was learned."""
+    from systems.miniansor.recorded import RecordedDevice
+    from systems.miniansor.tune import _history
+
+    table = ROOT / "systems/miniansor/data/sim-demo.json"
+    got = _history(table)
+    assert len(got) == len(RecordedDevice(table).records()) > 0
+    assert "skipping line" not in capsys.readouterr().err

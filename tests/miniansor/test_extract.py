@@ -1,5 +1,6 @@
 """Task extraction from torch modules: anchors, fused consumers, de-duplication."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -199,3 +200,36 @@ def test_only_one_activation_joins_the_epilogue():
     epilogue has one activation, and fusing the second would replace the first)."""
     m = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.GELU())
     assert keys(m, torch.zeros(4, 16)) == {"gemm:4x32x16:fp16:bias+relu": 1}
+
+
+def test_modules_it_cannot_use_get_a_message_that_says_so(capsys):
+    """An untraceable module used to raise torch.fx's own error, one with no task the
+    scheduler's "one weight per task; got 0 tasks", and a MultiheadAttention (a leaf of
+    the trace) was left out of the tasks without a word."""
+    from systems.miniansor.tune import tune_model
+
+    class Branchy(torch.nn.Module):
+        def forward(self, x):
+            return x * 2 if x.sum() > 0 else x
+
+    class Elementwise(torch.nn.Module):
+        def forward(self, x):
+            return torch.relu(x) * 2 + 1
+
+    class Attention(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mha, self.head = torch.nn.MultiheadAttention(16, 2), torch.nn.Linear(16, 8)
+
+        def forward(self, x):
+            return self.head(self.mha(x, x, x)[0])
+
+    x = torch.randn(4, 16)
+    with pytest.raises(ValueError, match="cannot extract tasks from Branchy: torch.fx could "
+                                         "not trace it"):
+        extract_tasks(Branchy(), (x,))
+    with pytest.raises(ValueError, match="no tunable task in Elementwise"):
+        tune_model(Elementwise(), (x,), trials=8, device="sim", progress=False)
+    tasks, _ = extract_tasks(Attention(), (torch.randn(4, 1, 16),))
+    assert [t.kind for t in tasks] == ["gemm"]  # only the head
+    assert "mha (MultiheadAttention) stays one module" in capsys.readouterr().err

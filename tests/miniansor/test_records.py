@@ -120,7 +120,9 @@ def test_apply_history_best_keeps_to_one_device(tmp_path):
     assert [r.device for _, r in load_records(path)] == ["gpu-a", "gpu-b"]
     assert apply_history_best(path, "gpu-a").query(task).time == 3e-5
     assert apply_history_best(path, "gpu-b").query(task).ann == {**A, "BLOCK_N": 64}
-    assert task not in apply_history_best(path, "gpu-c")
+    with pytest.raises(ValueError, match=r"no records of device 'gpu-c'; the log holds "
+                                         r"\['gpu-a', 'gpu-b'\]"):
+        apply_history_best(path, "gpu-c")  # an empty dispatcher would fall back silently
     with pytest.raises(ValueError, match="2 devices"):
         apply_history_best(path)  # the fastest of two devices' times means nothing
 
@@ -165,3 +167,52 @@ def test_a_record_of_a_sketch_the_rules_no_longer_make_keeps_its_fixed_values(tm
     ((inp, _),) = load_records(tmp_path / "log.json")
     assert inp.sketch.name == "tiled.oldname"
     assert inp.sketch.full_config(inp.ann) == {**ann, "GROUP_M": 1}
+
+
+def test_a_record_whose_config_cannot_run_is_skipped_not_handed_out_as_the_best(
+        tmp_path, capsys):
+    """Lines with the right fields but a config that cannot run for their task (edited by
+    hand, or from another version) used to be read as records: the fastest became the
+    "best kernel", and resuming crashed with KeyError 'BLOCK_K' in the features."""
+    from systems.miniansor.simulator import SimulatedGPU
+    from systems.miniansor.tune import tune_task
+
+    task = gemm(40, 50, 60, "fp32")
+    sk = generate_sketches(task)[0]
+    log = tmp_path / "log.jsonl"
+    RecordToFile(log, SimulatedGPU().name)(MeasureInput(task, sk, A), MeasureResult([2e-5]))
+    good = json.loads(log.read_text())
+    no_bk = {k: v for k, v in A.items() if k != "BLOCK_K"}
+    bad = [{"ann": no_bk},                                              # a parameter missing
+           {"sketch": "row.one", "template": "rows", "ann": {"num_warps": 2}},  # wrong kind
+           {"template": "nope"},                                        # no such template
+           {"ann": {**A, "BLOCK_M": 3}},                                # off the domain
+           {"ann": {**A, "BLOCK_M": 4096, "BLOCK_N": 4096}}]            # over the limits
+    with log.open("a") as f:
+        for change in bad:
+            f.write(json.dumps({**good, "costs": [1e-7], **change}) + "\n")
+    assert [r.costs for _, r in load_records(log)] == [[2e-5]]
+    err = capsys.readouterr().err
+    assert err.count("skipping line") == len(bad), err
+    best = apply_history_best(log).query(task)
+    assert best.time == 2e-5 and best.ann == A
+    res = tune_task(task, 8, log=log, progress=False, verify="none")  # resumes, no crash
+    assert res.resumed == 1 and res.trials == 8
+
+
+def test_a_second_run_on_a_log_in_use_is_refused_and_an_unused_new_log_is_removed(
+        tmp_path):
+    """Two runs appending to one log at once both resumed from the same lines and
+    measured the same configs twice; a resume then counted the repeats."""
+    from systems.miniansor.records import held
+
+    log = tmp_path / "new" / "log.jsonl"
+    with held(log):
+        with pytest.raises(ValueError, match="another tuning run is appending to this log"):
+            with held(log):
+                pass
+    assert not log.exists()  # created by the run, left empty: gone
+    log.write_text("")
+    with held(log):
+        pass
+    assert log.exists()  # not ours to remove

@@ -118,8 +118,9 @@ def test_a_task_stopped_for_consecutive_errors_stays_stopped_on_resume(tmp_path)
     sk = generate_sketches(TASK)[0]
     anns = [{"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "num_warps": 2, "num_stages": 2}
             for bm in (16, 32, 64) for bn in (16, 32, 64, 128) for bk in (16, 32, 64, 128)]
-    rec(MeasureInput(TASK, sk, anns[0]), MeasureResult([1e-5]))
-    for a in anns[1:33]:  # then 32 failures in a row: the measurer's limit
+    good = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "num_warps": 2, "num_stages": 2}
+    rec(MeasureInput(TASK, sk, good), MeasureResult([1e-5]))  # a success must be runnable
+    for a in [a for a in anns if a != good][:32]:  # then 32 failures in a row: the limit
         rec(MeasureInput(TASK, sk, a), MeasureResult([], ErrorNo.RUNTIME_ERROR, "died"))
     res = tune_task(TASK, 48, log=log, progress=False, verify="none")
     assert res.resumed == 33 and res.trials == 33 and len(load_records(log)) == 33
@@ -252,3 +253,31 @@ def test_on_the_simulator_the_default_verify_checks_each_kernel_locally(monkeypa
                         lambda task, sketch, ann, *a, **k: checked.append(sketch.name))
     res = tune_task(TASK, 8, progress=False)  # device="sim", verify="auto"
     assert res.trials == 8 and len(checked) >= 1
+
+
+@pytest.mark.parametrize("per_round", [4, 8, 32])
+def test_a_task_whose_logged_tries_all_failed_gets_a_new_warm_up_on_resume(tmp_path,
+                                                                          per_round):
+    """16 failures logged (fewer than the consecutive-error limit), then a resume with a
+    bigger budget: it used to measure nothing and report 16 trials when 16 failures made
+    two rounds or more (per_round 4, 8), and tune when they made less than one (32)."""
+    log = tmp_path / "tune.jsonl"
+    rec = RecordToFile(log, SimulatedGPU().name)
+    sk = generate_sketches(TASK)[0]
+    for bm in (16, 32, 64, 128):
+        for bk in (16, 32, 64, 128):
+            rec(MeasureInput(TASK, sk, {"BLOCK_M": bm, "BLOCK_N": 16, "BLOCK_K": bk,
+                                        "num_warps": 8, "num_stages": 2}),
+                MeasureResult([], ErrorNo.RUNTIME_ERROR, "a driver that was broken then"))
+    res = tune_task(TASK, 40, log=log, progress=False, verify="none", per_round=per_round)
+    assert res.resumed == 16 and res.trials == 40 and TASK.key in res.best
+
+
+def test_a_run_that_stops_before_its_budget_says_why(tmp_path, capsys):
+    from systems.miniansor.workloads import softmax
+
+    task = softmax(4, 64, "fp32")  # a space of a few configs (its sketches' warps, rows)
+    res = tune_task(task, 64, log=tmp_path / "t.jsonl", progress=False, verify="none")
+    assert res.trials < 64
+    assert (f"{task.key}: stopped after {res.trials} trials: nothing left to measure"
+            in capsys.readouterr().err)

@@ -119,3 +119,18 @@ def test_merging_sums_the_weights_of_identical_tasks():
     a, b = gemm(8, 8, 8), gemm(16, 8, 8)
     tasks, weights = merge_tasks([a, b, a], [2, 1, 3])
     assert tasks == [a, b] and weights == [5, 1]
+
+
+def test_a_task_past_the_kernels_32_bit_offsets_is_refused():
+    """Our kernels index in int32 (a strided operand past 2**31 elements segfaults the
+    interpreter, and would read the wrong memory on a GPU); such a task used to be tuned
+    on a small proxy and "verified". 2**31 - 1 elements is the largest allowed."""
+    from systems.miniansor.workloads import Task
+
+    with pytest.raises(ValueError, match="32-bit offsets"):
+        Task("gemm", (32768, 128256, 4096))  # an LLM's output head: 4.2e9 outputs
+    with pytest.raises(ValueError, match="32-bit offsets"):
+        Task("bmm", (2, 1 << 15, 64, 1 << 15))
+    with pytest.raises(ValueError, match="32-bit offsets"):
+        Task("softmax", (1 << 16, 1 << 15))
+    assert Task("gemm", (1, 1, (1 << 31) - 1)).largest_operand == (1 << 31) - 1

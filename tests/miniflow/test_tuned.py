@@ -65,6 +65,9 @@ def test_tuned_kernels_run_in_miniflow_and_match_the_untuned_graph(tmp_path):
         assert s.kernel_stats["tuned"] == 3 and s.kernel_stats["fallback"] == 0
         part = s.run(y, {x: xv[:5]})  # a batch nobody tuned: torch runs it instead
         assert s.kernel_stats["fallback"] == 3
+        # an empty batch is no task at all (Task refuses a size of 0): torch, not an error
+        assert s.run(y, {x: xv[:0]}).shape == (0, 32)
+        assert s.kernel_stats["fallback"] == 6
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
     assert part.shape == (5, 32)
     np.testing.assert_allclose(part, want[:5], rtol=1e-4, atol=1e-6)  # rows are independent
