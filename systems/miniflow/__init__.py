@@ -114,7 +114,14 @@ from .ops.state_ops import (
                      trainable_variables,
                      variables_initializer,
 )
-from .session import ConfigProto, GraphOptions, RunMetadata, RunOptions, Session
+from .session import (
+                     ConfigProto,
+                     GraphOptions,
+                     RunMetadata,
+                     RunOptions,
+                     Session,
+                     get_default_session,
+)
 
 bool = bool_  # noqa: A001  (TF spells it tf.bool)
 truediv = divide

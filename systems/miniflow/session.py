@@ -10,10 +10,11 @@ a step costs only the executors' work. Variables' values live in the session.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import threading
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -262,6 +263,18 @@ class Session:
             for t in self._device_threads.values():
                 t.shutdown(wait=False)
             self._closed = True
+
+    @contextlib.contextmanager
+    def as_default(self) -> Iterator[Session]:
+        """The default session (``Tensor.eval``, ``Operation.run``) inside the block, and
+        its graph the default graph; unlike ``with Session()``, not closed at the end
+        (``tf.Session.as_default``)."""
+        _local.__dict__.setdefault("stack", []).append(self)
+        try:
+            with self.graph.as_default():
+                yield self
+        finally:
+            _local.stack.pop()
 
     def __enter__(self) -> Session:
         _local.__dict__.setdefault("stack", []).append(self)

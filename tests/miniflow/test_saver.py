@@ -182,3 +182,29 @@ def test_a_saver_or_load_refuses_another_graphs_session(tmp_path):
         with pytest.raises(ValueError, match="w:0 is a variable of another graph"):
             w1.load(np.ones((3, 4)), s2)
         np.testing.assert_array_equal(s2.run(w2), [0, 0])
+
+
+def test_periodic_checkpoints_keep_the_newest_and_name_the_latest(tmp_path):
+    """The paper's fault tolerance (section 4.3): save every N steps, restore the latest
+    after a failure. save(global_step=) writes model-<step>, the state file names the
+    latest, and only max_to_keep checkpoints stay."""
+    g, w, b, bump, _ = _graph()
+    with g.as_default():
+        saver = mf.train.Saver(max_to_keep=2)
+    d = tmp_path / "ckpts"
+    assert mf.train.latest_checkpoint(str(d)) is None
+    with mf.Session(graph=g) as s:
+        s.run(mf.global_variables_initializer())
+        for step in range(1, 5):
+            s.run(bump)
+            path = saver.save(s, str(d / "model"), global_step=step * 10)
+        want = s.run(w)
+    assert path.endswith("model-40.npz")
+    assert sorted(p.name for p in d.glob("model-*")) == ["model-30.npz", "model-40.npz"]
+    latest = mf.train.latest_checkpoint(str(d))
+    assert latest == path
+    with mf.Session(graph=g) as s:  # a fresh process would do this after a failure
+        saver.restore(s, latest)
+        np.testing.assert_array_equal(s.run(w), want)
+    with pytest.raises(ValueError, match="max_to_keep must be >= 0"):
+        mf.train.Saver(var_list=[w], max_to_keep=-1)

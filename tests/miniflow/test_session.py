@@ -359,3 +359,16 @@ def test_close_waits_for_the_step_another_thread_is_running():
     assert out["v"] == pytest.approx(expected, rel=1e-5)
     with pytest.raises(RuntimeError, match="closed Session"):
         s.run(total, {x: xs})
+
+
+def test_as_default_makes_the_session_the_default_without_closing_it():
+    g = mf.Graph()
+    with g.as_default():
+        c = mf.constant(3.0) * 2.0
+    s = mf.Session(graph=g)
+    with s.as_default():
+        assert mf.get_default_session() is s and mf.get_default_graph() is g
+        assert c.eval() == 6.0
+    assert mf.get_default_session() is None
+    assert s.run(c) == 6.0  # still open
+    s.close()

@@ -6,6 +6,12 @@ and renamed into place so that a crash never leaves a half-written checkpoint. O
 written to a temporary file in the same directory and renamed atomically. ``restore``
 verifies the manifest and the checksums before it touches the session, and reports
 *every* name or shape that does not match, not just the first.
+
+Periodic checkpoints are the paper's fault tolerance (Abadi et al. 2016, section 4.3: a
+client saves every N steps and, after a failure, restores the latest). As TF's Saver,
+``save(..., global_step=n)`` writes ``<path>-<n>``, a ``checkpoint`` state file in the
+directory names the latest (``latest_checkpoint(dir)`` reads it), and only the newest
+``max_to_keep`` checkpoints are kept. The state file is JSON here, not a text proto.
 """
 
 from __future__ import annotations
@@ -32,10 +38,34 @@ def _digest(a: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
 
 
+STATE = "checkpoint"  # TF's name for the state file
+
+
+def _read_state(directory: Path) -> dict:
+    try:
+        state = json.loads((directory / STATE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def latest_checkpoint(checkpoint_dir: str) -> str | None:
+    """The path of the newest checkpoint a Saver recorded in ``checkpoint_dir``, or None
+    (``tf.train.latest_checkpoint``)."""
+    name = _read_state(Path(checkpoint_dir)).get("latest")
+    if not isinstance(name, str) or not (Path(checkpoint_dir) / name).exists():
+        return None
+    return str(Path(checkpoint_dir) / name)
+
+
 class Saver:
-    def __init__(self, var_list=None):
+    def __init__(self, var_list=None, max_to_keep: int | None = 5):
         vs = var_list if var_list is not None else global_variables()
         self._vars = dict(vs) if isinstance(vs, dict) else {v.op.name: v for v in vs}
+        if max_to_keep is not None and max_to_keep < 0:
+            raise ValueError(f"max_to_keep must be >= 0 or None (0, None: keep all), got "
+                             f"{max_to_keep}")
+        self.max_to_keep = max_to_keep
 
     def _check_graph(self, sess) -> None:
         """TF's save and restore ops live in the Saver's graph, so another graph's session
@@ -44,8 +74,12 @@ class Saver:
             if var.graph is not sess.graph:
                 raise ValueError(f"Saver: variable {key} is not in the session's graph")
 
-    def save(self, sess, save_path: str) -> str:
+    def save(self, sess, save_path: str, global_step: int | None = None) -> str:
+        """Write the checkpoint; with ``global_step``, to ``<save_path>-<step>``, recorded
+        as the directory's latest, the oldest beyond ``max_to_keep`` deleted."""
         self._check_graph(sess)
+        if global_step is not None:
+            save_path = f"{save_path}-{int(global_step)}"
         path = Path(save_path if str(save_path).endswith(".npz") else f"{save_path}.npz")
         values = sess.variable_values()
         arrays, manifest = {}, {}
@@ -65,7 +99,21 @@ class Saver:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        self._record_latest(path)
         return str(path)
+
+    def _record_latest(self, path: Path) -> None:
+        """Name ``path`` the latest in the directory's state file (written last, and
+        atomically: a crash leaves the previous latest, whose file still exists)."""
+        state = _read_state(path.parent)
+        kept = [n for n in state.get("all", []) if n != path.name] + [path.name]
+        drop = kept[:-self.max_to_keep] if self.max_to_keep else []
+        kept = kept[len(drop):]
+        tmp = path.parent / f".{STATE}.tmp-{os.getpid()}"
+        tmp.write_text(json.dumps({"latest": path.name, "all": kept}))
+        os.replace(tmp, path.parent / STATE)
+        for name in drop:  # only files the state file named: checkpoints we wrote
+            (path.parent / name).unlink(missing_ok=True)
 
     def restore(self, sess, save_path: str) -> None:
         self._check_graph(sess)
