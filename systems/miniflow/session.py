@@ -142,11 +142,14 @@ class Session:
         if self._closed:
             raise RuntimeError("Attempted to use a closed Session.")
         leaves, rebuild = _flatten(fetches, self.graph)
-        tensors = [x for x in leaves if isinstance(x, Tensor)]
+        feeds = self._check_feeds(feed_dict) if feed_dict else {}
+        # a fetched tensor that is also fed comes back as fed (TF's session.py takes it
+        # out of the fetches): the graph need not compute it
+        values = {id(t): _as_result(feeds[t]) for t in leaves if t in feeds}
+        tensors = [x for x in leaves if isinstance(x, Tensor) and x not in feeds]
         targets = [x for x in leaves if isinstance(x, Operation)]
-        feeds = self._check_feeds(feed_dict, tensors) if feed_dict else {}
         if not tensors and not targets:  # sess.run([]) is [], as in TF: nothing to run
-            return rebuild(lambda leaf: None)
+            return rebuild(lambda leaf: values.get(id(leaf)))
         feed_tensors = sorted(feeds, key=id)
         key = _plan_key(feed_tensors, tensors, targets)
         with self._lock:
@@ -170,15 +173,12 @@ class Session:
             run_metadata.peak_live_bytes = dict(step.peak_bytes)
             run_metadata.pass_stats = plan.pass_stats
             run_metadata.devices = plan.devices
-        values = {}
         for t, (e, pos) in zip(tensors, plan.fetch_map, strict=True):
-            v = plan.executors[e].backend.to_numpy(results[e][pos])
-            values[id(t)] = v[()] if v.ndim == 0 else np.array(v, copy=True)
+            values[id(t)] = _as_result(plan.executors[e].backend.to_numpy(results[e][pos]))
         return rebuild(lambda leaf: values.get(id(leaf)))
 
-    def _check_feeds(self, feed_dict: Mapping, fetched: list[Tensor]) -> dict[Tensor, Any]:
+    def _check_feeds(self, feed_dict: Mapping) -> dict[Tensor, Any]:
         out = {}
-        fetched_ids = {id(t) for t in fetched}
         for k, v in feed_dict.items():
             t = _as_graph_element(k, self.graph, "feed_dict key")
             if not isinstance(t, Tensor):
@@ -192,9 +192,6 @@ class Session:
                 raise TypeError(f"The value fed to {t.name} cannot be {type(v).__name__}: "
                                 f"feed numbers, lists or numpy arrays (a graph's tensor is "
                                 f"computed by the graph, not fed)")
-            if id(t) in fetched_ids:
-                raise ValueError(f"Tensor {t.name} is both fed and fetched in one run; fetch "
-                                 f"the value you feed from your own variable instead")
             arr = np.asarray(v)
             want = t.dtype.np_dtype
             if arr.dtype != want:
@@ -301,6 +298,11 @@ def _set_intra_op_threads(n: int) -> None:
 
     threadpool_limits(limits=n)
     torch.set_num_threads(n)
+
+
+def _as_result(v: np.ndarray) -> Any:
+    """What a fetch returns: a numpy scalar for rank 0, else an array of its own."""
+    return v[()] if v.ndim == 0 else np.array(v, copy=True)
 
 
 def _site(t: Tensor) -> str:

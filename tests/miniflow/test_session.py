@@ -76,8 +76,12 @@ def test_bad_feeds_are_clear_errors(graph):
         np.testing.assert_array_equal(s.run(y, {x: np.array([[2**24 + 1, 0]])}),
                                       [[2**25, 0]])
         np.testing.assert_array_equal(s.run(y, {x: np.ones((1, 2))}), [[2, 2]])  # f64 -> f32
-        with pytest.raises(ValueError, match="both fed and fetched"):
-            s.run(y, {y: np.ones((1, 2), np.float32)})
+        # a tensor both fed and fetched comes back as fed, as in TF (it used to be refused)
+        fed = np.full((1, 2), 7.0, np.float32)
+        got_y, got_z = s.run([y, z], {y: fed})
+        np.testing.assert_array_equal(got_y, fed)
+        assert got_z == 14.0 and got_y is not fed  # a copy, like every fetched array
+        assert s.run(y, {y: fed}).dtype == np.float32
         with pytest.raises(ValueError, match="not an element of this session's graph"):
             s.run(z, {alien: 1.0})
         with pytest.raises(ValueError, match="names nothing in the graph"):
