@@ -133,7 +133,8 @@ class ClipperConnection:
         self._admin("delete_model_links", {"app_name": app_name, "model_names": [model_name]})
 
     def get_linked_models(self, app_name: str) -> list[str]:
-        return self._admin("get_linked_models", {"app_name": app_name})
+        """The names linked to the application ([] for no application, as Clipper)."""
+        return self._or_none("get_linked_models", {"app_name": app_name}) or []
 
     def set_model_version(self, name: str, version: str | int,
                           num_replicas: int | None = None) -> None:
@@ -208,14 +209,28 @@ class ClipperConnection:
     def get_all_apps(self, verbose: bool = False) -> list:
         return self._admin("get_all_applications", {"verbose": verbose})
 
-    def get_app_info(self, name: str) -> dict[str, Any]:
-        return self._admin("get_application", {"name": name})
+    def _or_none(self, endpoint: str, doc: dict) -> Any:
+        """clipper_admin's lookups answer None for a name nobody registered (its REST
+        API answers ``{}``; ours a 404 with the reason, which the admin call turns back
+        into None), so code such as ``if get_app_info(a) is None: register...`` runs."""
+        try:
+            return self._admin(endpoint, doc)
+        except ClipperException as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def get_app_info(self, name: str) -> dict[str, Any] | None:
+        """The application's registration, or None if no application has that name."""
+        return self._or_none("get_application", {"name": name})
 
     def get_all_models(self, verbose: bool = False) -> list:
         return self._admin("get_all_models", {"verbose": verbose})
 
-    def get_model_info(self, name: str, version: str | int) -> dict[str, Any]:
-        return self._admin("get_model", {"model_name": name, "model_version": str(version)})
+    def get_model_info(self, name: str, version: str | int) -> dict[str, Any] | None:
+        """The model version's deployment, or None if it was never deployed."""
+        return self._or_none("get_model", {"model_name": name,
+                                           "model_version": str(version)})
 
     def get_current_model_version(self, name: str) -> str:
         return self._admin("get_model", {"model_name": name})["model_version"]

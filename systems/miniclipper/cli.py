@@ -77,8 +77,12 @@ def _builtin_model(name: str) -> tuple[str, Any]:
 
 def _deploy(args: argparse.Namespace) -> dict[str, Any]:
     from .batching import BatchingConfig
+    from .datatypes import NUMERIC_TYPES
     from .deployers import save_model
 
+    if args.builtin and args.input_type not in NUMERIC_TYPES:  # they all sum or predict
+        raise ValueError(f"--builtin {args.builtin} takes numbers: --input-type one of "
+                         f"{list(NUMERIC_TYPES)}, not {args.input_type!r}")
     conn = _conn(args)
     conn.connect()
     batching = BatchingConfig(args.batching, size=args.batch_size,
@@ -152,7 +156,11 @@ def _load(args: argparse.Namespace) -> dict[str, Any]:
                          f"whole number above 0")
     conn = _conn(args)
     conn.connect()
-    input_type = conn.get_app_info(args.app)["input_type"]  # how to send and vary inputs
+    info = conn.get_app_info(args.app)
+    if info is None:
+        raise LookupError(f"no application named {args.app!r}; registered: "
+                          f"{conn.get_all_apps()}")
+    input_type = info["input_type"]  # how to send and vary inputs
     integers = integer_inputs(input_type)  # a ValueError for a "strings" or "bytes" app
     if args.inputs == "digits":
         from sklearn.datasets import load_digits

@@ -51,9 +51,9 @@ from common.trace import now_us
 from common.wire import pack, unpack
 
 from .datatypes import decode_batch, encode_outputs
+from .deployers import MODEL_META  # the description a deployer wrote
 
 SERVICE = "clipper.ModelContainer"
-MODEL_META = "clipper_model.json"
 
 
 def model_dir_in_store(store: str | Path, model: str) -> Path:
@@ -136,7 +136,10 @@ class ModelContainer:
                 if self.slowdown > 1:
                     time.sleep((self.slowdown - 1) * (time.perf_counter() - started))
                 return encode_outputs(outputs, n, {**reply, "t1": now_us()})
-            except Exception as e:  # the model's failure fails this batch, not the container
+            # the model's failure fails this batch, not the container: sys.exit() (or an
+            # argument parser) inside model code too, which used to escape the handler
+            # and leave the batch unanswered until the frontend's hang timeout
+            except (Exception, SystemExit, KeyboardInterrupt) as e:
                 return pack({**reply, "error": f"{type(e).__name__}: {e}", "t1": now_us()})
 
     def PredictStream(self, requests: Iterator[bytes], context: Any) -> Iterator[bytes]:

@@ -118,7 +118,7 @@ def check_finite(x: np.ndarray, input_type: str) -> np.ndarray:
 
 
 def _no_constant(name: str) -> float:
-    raise InputError(f"{name} is not a JSON number (inputs must be finite)")
+    raise InputError(f"{name} is not a JSON number (numbers must be finite)")
 
 
 def _finite_float(text: str) -> float:

@@ -24,7 +24,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .container import MODEL_META
+# The model directory's description, written here and read by the container. It lives
+# with the deployers so that importing the package does not import container.py, which
+# is run as ``python -m systems.miniclipper.container`` (runpy would warn that it runs a
+# module already imported, and run it twice).
+MODEL_META = "clipper_model.json"
 
 
 def save_model(obj: Any, kind: str, out_dir: str | Path | None = None,

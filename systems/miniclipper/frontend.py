@@ -242,7 +242,12 @@ def grpc_handlers(server: ClipperServer) -> dict[str, Any]:
         name = UNKNOWN_APP  # until the message parses and names an application
         try:
             meta, arrays = unpack(request)
-            app = qp.app(str(meta.get("app")))
+            if not isinstance(meta.get("app"), str):
+                raise WireError('the message header needs an "app" string')
+            if len(arrays) > 1 or arrays and ("input" in meta or "input_batch" in meta):
+                raise WireError('a query carries exactly one of: one array (a row per '
+                                'query), "input" or "input_batch"')
+            app = qp.app(meta["app"])
             name = app.name
             if arrays:
                 xs, batched = rows_of(arrays[0], app.input_type, app.input_length), \

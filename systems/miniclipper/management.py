@@ -80,6 +80,9 @@ def management_app(server: ClipperServer, bind_host: str = rpc.LOOPBACK) -> web.
         if not 0 < d["latency_slo_micros"] <= MAX_SLO_MICROS:
             raise BadRequest(f"latency_slo_micros must be in 1..{MAX_SLO_MICROS} "
                              f"(one hour), got {d['latency_slo_micros']}")
+        if "input_length" in d and d["input_type"] in ("strings", "bytes"):
+            raise BadRequest(f"input_length is the number of values of a numeric input; "
+                             f"an application of {d['input_type']} takes any length")
         if not 0 < d.get("input_length", 1) <= MAX_INPUT_LENGTH:
             raise BadRequest(f"input_length must be in 1..{MAX_INPUT_LENGTH} (or left out: "
                              f"any length), got {d.get('input_length')}")
@@ -114,6 +117,11 @@ def management_app(server: ClipperServer, bind_host: str = rpc.LOOPBACK) -> web.
                 raise BadRequest(f"model {name!r} is linked to application {app.name!r}, "
                                  f"which sends {app.input_type!r}, not {d['input_type']!r}")
         bs = d.get("batch_size", -1)
+        if bs != -1 and bs < 1:
+            raise BadRequest(f"batch_size must be -1 (adaptive) or a static size of at "
+                             f"least 1, got {bs}")
+        if not all(isinstance(label, str) for label in d.get("labels", [])):
+            raise BadRequest("labels must be a list of strings")
         try:
             batching = BatchingConfig.from_dict(d["batching"]) if "batching" in d else \
                 BatchingConfig() if bs == -1 else BatchingConfig("static", size=bs,
@@ -132,6 +140,7 @@ def management_app(server: ClipperServer, bind_host: str = rpc.LOOPBACK) -> web.
         server.models[model] = {"model_name": name, "model_version": version,
                                 "input_type": d["input_type"], "labels": d.get("labels", []),
                                 "batching": batching.to_dict(), "path": str(path),
+                                "model_data_path": d["model_data_path"],  # as given
                                 "max_queue": d.get("max_queue", 1024)}
         try:
             await sup.set_num_replicas(model, n)
@@ -141,6 +150,8 @@ def management_app(server: ClipperServer, bind_host: str = rpc.LOOPBACK) -> web.
             ex.remove_model(model)
             server.forget_model(model)
             raise BadRequest(f"model {name}:{version} failed to start: {e}") from None
+        if n == 0:
+            _none_running(model)
         qp.current_version[name] = version
         return {"ok": True, "model": f"{name}:{version}", "replicas": n}
 
@@ -214,7 +225,16 @@ def management_app(server: ClipperServer, bind_host: str = rpc.LOOPBACK) -> web.
         except (RuntimeError, OSError) as e:  # a new replica died while loading the model
             raise ReplicaFailure(f"{model[0]}:{model[1]}: a replica failed to start ({e}); "
                                  f"{len(sup.replicas_of(model))} replicas run now") from None
+        if d["num_replicas"] == 0:
+            _none_running(model)
         return {"ok": True, "replicas": len(sup.replicas_of(model))}
+
+    def _none_running(model: tuple[str, str]) -> None:
+        """Scaled to 0 on purpose: its queries are answered at once with that reason, as
+        when the supervisor gives up a model's last replica (Clipper lets them wait out
+        their SLO, then blames the SLO)."""
+        ex.no_replicas(model, f"model {model[0]}:{model[1]} runs 0 replicas "
+                              f"(set_num_replicas); none serves it")
 
     async def set_batching(doc: dict[str, Any]) -> Any:
         d = check_fields(doc, {"model_name": str, "batching": dict}, {"model_version": (str, int)},

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from common.procs import Child, ProcessGroup
 
-from .container import MODEL_META
+from .deployers import MODEL_META
 from .metrics import Metrics
 from .task_executor import Replica, TaskExecutor
 

@@ -156,7 +156,10 @@ def test_load_and_query_flags_are_checked_before_any_query(capsys):
     for argv, msg in ((["load", "--app", "a", "--inputs", "random:0"], "random:DIM"),
                       (["load", "--app", "a", "--inputs", "random"], "random:DIM"),
                       (["query", "--app", "a", "--input", "[1, 2"], "--input '[1, 2'"),
-                      (["query", "--app", "a", "--input", "[1e999]"], "overflows a float")):
+                      (["query", "--app", "a", "--input", "[1e999]"], "overflows a float"),
+                      # a numeric built-in on a strings app deployed, then failed each query
+                      (["deploy", "--name", "s", "--builtin", "sum", "--input-type",
+                        "strings"], "--builtin sum takes numbers")):
         assert main(["clipper", *argv, "--mgmt-port", "1", "--query-port", "1"]) == 2
         err = capsys.readouterr().err
         assert msg in err and "refused" not in err.lower(), err

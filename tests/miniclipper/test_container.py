@@ -33,6 +33,16 @@ def _sleepy(xs):
     return [0.0] * len(xs)
 
 
+def _quitter(xs):
+    """Model code that calls sys.exit() (an argument parser would) or is interrupted."""
+    import sys
+    if xs[0][0] < 0:
+        sys.exit("bad input")
+    if xs[0][0] > 100:
+        raise KeyboardInterrupt
+    return [float(x[0]) for x in xs]
+
+
 @pytest.fixture(scope="module")
 def container(tmp_path_factory):
     store = tmp_path_factory.mktemp("store")
@@ -40,9 +50,10 @@ def container(tmp_path_factory):
     save_python_closure(fn, store / "lin" / "1")
     save_python_closure(lambda xs: [1.0], store / "short" / "1")
     save_python_closure(_sleepy, store / "sleepy" / "1")
+    save_python_closure(_quitter, store / "quits" / "1")
     with ProcessGroup(tmp_path_factory.mktemp("logs")) as group:
         calls = {}
-        names = ("lin", "short", "sleepy")
+        names = ("lin", "short", "sleepy", "quits")
         children = [group.spawn(name, "systems.miniclipper.container",
                                 ["--store", str(store), "--model", f"{name}/1"],
                                 wait_ready=False) for name in names]  # start in parallel
@@ -75,6 +86,17 @@ def test_a_model_exception_fails_only_its_batch(container):
     meta, outs, _ = _predict(calls["lin"]["Predict"], [[1.0, 0, 0, 0]])
     assert "error" not in meta and outs == [int(np.argmax(w[0]))]
     assert unpack(calls["lin"]["Health"](b"", timeout=5))[0]["calls"] == before + 2
+
+
+def test_a_model_that_exits_or_is_interrupted_fails_only_its_batch(container):
+    """SystemExit and KeyboardInterrupt are no Exception: they used to escape the
+    handler, leave the batch unanswered, and cost a restart after the hang timeout."""
+    calls = container[0]["quits"]
+    for bad, why in (([-1.0], "SystemExit: bad input"), ([101.0], "KeyboardInterrupt")):
+        meta, outs, _ = _predict(calls["Predict"], [bad])
+        assert meta["error"].startswith(why) and outs == []
+        meta, outs, _ = _predict(calls["Predict"], [[3.0]])  # the next batch is served
+        assert "error" not in meta and outs == [3.0]
 
 
 def test_output_count_is_checked(container):
@@ -146,3 +168,15 @@ def test_slowdown_makes_a_batch_take_f_times_its_compute_not_f_plus_one():
     c.slowdown = 3.0
     slow = min(_batch_s(c) for _ in range(2))
     assert 2.6 * base <= slow < 3.6 * base, (base, slow)  # 3x, not 4x
+
+
+def test_the_container_module_runs_once_without_runpy_warning():
+    """The package used to import container.py (for MODEL_META), so ``python -m`` ran it a
+    second time, and runpy's warning was the first line of every failed start's log."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m",
+                          "systems.miniclipper.container", "--help"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "RuntimeWarning" not in out.stderr, out.stderr[-500:]

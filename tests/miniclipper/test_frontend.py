@@ -288,6 +288,17 @@ def test_grpc_query_api(apps):
             with pytest.raises(grpc.RpcError) as e:
                 call(req, timeout=10)
             assert e.value.code() == code and "cause" in json.loads(e.value.details())
+        # a header without an app string used to be an unknown app named 'None'; a second
+        # array, or an array beside "input", was silently ignored
+        for req, cause in ((pack({}, [X[0]]), 'needs an "app" string'),
+                           (pack({"app": ["digits"]}, [X[0]]), 'needs an "app" string'),
+                           (pack({"app": "digits"}, [X[0], X[1]]), "exactly one of"),
+                           (pack({"app": "digits", "input": X[1].tolist()}, [X[0]]),
+                            "exactly one of")):
+            with pytest.raises(grpc.RpcError) as e:
+                call(req, timeout=10)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert cause in json.loads(e.value.details())["cause"]
 
 
 def test_every_refused_query_is_counted_by_reason(apps):

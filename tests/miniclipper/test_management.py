@@ -26,6 +26,10 @@ def test_the_management_api_refuses_bytes_and_bad_requests(clipper, tmp_path):
         ({**model, "model_name": "../etc"}, "must be a DNS-1123 label"),
         ({**model, "num_replicas": "2"}, "should be int"),
         ({**model, "batching": {"policy": "lifo"}}, "policy must be one of"),
+        # clipper_admin's batch_size: -1 (adaptive) or a static size; it used to say
+        # "must be in 1..max_size=1", a max_size nobody gave
+        ({**model, "batch_size": 0}, "batch_size must be -1 (adaptive) or a static size"),
+        ({**model, "labels": ["ok", 1]}, "labels must be a list of strings"),
     ]
     for doc, cause in cases:
         code, r = post(f"{mgmt}/add_model", doc)
@@ -55,6 +59,13 @@ def test_the_management_api_refuses_bytes_and_bad_requests(clipper, tmp_path):
         ("delete_model_links", {"app_name": "nope", "model_names": ["m"]},
          (404, "no application named 'nope'")),
         ("get_linked_models", {"app_name": ["nope"]}, (400, "should be str")),
+        # over REST an unknown name is a 404 with the reason (the admin calls turn it
+        # into clipper_admin's None: test_admin.py)
+        ("get_application", {"name": "nope"}, (404, "no application named 'nope'")),
+        ("get_model", {"model_name": "m", "model_version": "9"}, (404, "no model m:9")),
+        ("add_app", {"name": "s", "input_type": "strings", "default_output": "",
+                     "latency_slo_micros": 10, "input_length": 3},
+         (400, "an application of strings takes any length")),
     ]:
         code, r = post(f"{mgmt}/{endpoint}", doc)
         assert code == want[0] and want[1] in r["cause"], (endpoint, r)
