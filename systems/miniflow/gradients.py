@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
 
-from .graph import Operation, Tensor, get_default_graph
+from .graph import Operation, Tensor
 
 GradFn = Callable[..., Sequence[Tensor | None]]
 GRADIENTS: dict[str, GradFn | None] = {}
@@ -65,9 +65,11 @@ def gradients(ys, xs, grad_ys=None, name: str = "gradients",
     if grad_ys is not None:
         grad_ys = list(grad_ys) if isinstance(grad_ys, (list, tuple)) else [grad_ys]
     ys = [y._as_tensor() if hasattr(y, "_as_tensor") else y for y in ys]
+    if not ys:  # nothing to differentiate
+        return [None] * len(xs)
     # The graph of ys, not the default one (TF opens its name scope with ys and xs as
     # values, which enters their graph): the gradient ops go next to the forward ops.
-    g = ys[0].graph if ys else get_default_graph()
+    g = ys[0].graph
     for what, ts in (("ys", ys), ("xs", xs), ("grad_ys", grad_ys or ()),
                      ("stop_gradients", stop_gradients)):
         for t in ts:
@@ -113,7 +115,7 @@ def _gradients(g, ys: list[Tensor], xs: list[Tensor], grad_ys, name: str,
             if t.op in between:
                 pending[t.op] += 1
 
-    with g.name_scope(name):
+    with g.name_scope("gradients" if name is None else name):  # None: TF's default name
         grads: dict[Tensor, list[Tensor]] = defaultdict(list)
         for i, y in enumerate(ys):
             grads[y].append(grad_ys[i] if grad_ys is not None and grad_ys[i] is not None

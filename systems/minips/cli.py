@@ -32,6 +32,8 @@ APP_FLAGS = {"sparse_lr": {"features": 1 << 20, "examples": 8192, "nnz": 24, "la
 def _app_spec(a: argparse.Namespace) -> dict[str, Any]:
     given = {f"--{f}": app for app, flags in APP_FLAGS.items() if app != a.app
              for f, default in flags.items() if getattr(a, f, default) != default}
+    if a.app == "count":  # minibatches and a learning rate belong to the learning apps
+        given.update({f"--{f}": "sparse_lr and mlp" for f in ("batch", "lr") if getattr(a, f)})
     if given:
         raise ValueError(f"{' '.join(given)}: the {a.app} app does not use "
                          f"{'it' if len(given) == 1 else 'them'} "

@@ -52,6 +52,9 @@ class ClusterSpec:
     hb_interval: float = 0.1
     hb_timeout: float = 1.0
     worker_timeout: float = 3.0
+    # how long a client resends a request while the scheduler is silent before it fails
+    # the request (no new ring can come); None: 10 heartbeat timeouts
+    give_up_s: float | None = None
     step_sleep_s: float = 0.0
     start_clock: int = 0  # resuming from a checkpoint taken after this many clocks
     straggler: dict[str, Any] | None = None
@@ -93,6 +96,7 @@ class ClusterSpec:
                 "num_workers": self.workers, "steps": self.steps,
                 "hb_interval": self.hb_interval, "hb_timeout": self.hb_timeout,
                 "worker_timeout": self.worker_timeout,
+                "give_up_s": self.give_up_s or 10 * self.hb_timeout,
                 "updater": self.updater or app["updater"],
                 "regions": regions, "audit": audit, "app": self.app,
                 "app_key_max": app["key_max"], "consistency": self.consistency,

@@ -79,6 +79,10 @@ class KVWorker(Recovery):
                 wait_for_ready=True)
         except grpc.RpcError as e:
             self.sched.close()
+            if e.code() not in (grpc.StatusCode.UNAVAILABLE,
+                                grpc.StatusCode.DEADLINE_EXCEEDED):  # it answered: why
+                raise M.PSError("INVALID", f"the scheduler at {scheduler} refused to "
+                                           f"register {name!r}: {e.details()}") from None
             raise M.PSError("UNAVAILABLE", f"no scheduler answered at {scheduler} within "
                                            f"{connect_s:g} s ({e.code().name}); start it first "
                                            f"(casebook ps launch --role scheduler prints "

@@ -102,9 +102,11 @@ class Recovery:
     def _heartbeats(self) -> None:
         interval = self.config["hb_interval"]
         # The scheduler is the one node without a stand-in (the paper's server manager,
-        # section 4.1): silent for ten of its own death timeouts, it is gone, and so is
-        # the job; open requests would otherwise be resent to a ring that never changes.
-        lost_after = 10 * self.config["hb_timeout"]
+        # section 4.1). Without it the current ring still serves (exercise 5), but no new
+        # ring will come: a request resending for ten of its death timeouts while it is
+        # silent will not finish, and is failed rather than resent for ever (ps-lite's
+        # resender gives up after PS_RESEND_TIMEOUT the same way).
+        lost_after = self.config.get("give_up_s") or 10 * self.config["hb_timeout"]
         last_answer = time.monotonic()
         while not self.closed:
             time.sleep(interval)
@@ -115,9 +117,8 @@ class Recovery:
                                 timeout=max(interval * 5, 1.0))
             except (grpc.RpcError, ValueError):
                 silent = time.monotonic() - last_answer
-                if silent > lost_after and not self.failure and not self.closed:
-                    self._job_failed(f"the scheduler has not answered for {silent:.0f} s; "
-                                     f"the job cannot go on without it")
+                if silent > lost_after and not self.closed:
+                    self._give_up_stuck(silent, lost_after)
                 continue
             last_answer = time.monotonic()
             self.hb_state = r
@@ -125,6 +126,24 @@ class Recovery:
                 self._job_failed(r["failure"])
             elif self.ring is None or r["epoch"] > self.ring.epoch:
                 self._refresh_ring()
+
+    def _give_up_stuck(self, silent: float, after: float) -> None:
+        """Fail the requests that have been resending for ``after`` s while the scheduler
+        is silent (their servers are gone and no ring replaces them); a push frees the
+        queue for the next one, which the current ring may well serve."""
+        now = time.monotonic()
+        with self.lock:
+            for req in list(self.requests.values()):
+                if req.done.is_set() or req.first_failure is None or \
+                        now - req.first_failure < after:
+                    continue
+                req.error = M.PSError("UNAVAILABLE", f"{req.op} {req.ts} got no reply in "
+                                      f"{now - req.first_failure:.0f} s of resending, and the "
+                                      f"scheduler has not answered for {silent:.0f} s: no new "
+                                      f"ring will replace the servers that do not answer")
+                req.done.set()
+                if req.op == "push":
+                    self._next_push()
 
     def _job_failed(self, why: str) -> None:
         """The scheduler ended the job because data was lost (a server died holding the

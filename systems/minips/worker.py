@@ -121,7 +121,10 @@ class Worker:
         model = Consistency.parse(config["consistency"])
         audit = config.get("audit")
         steps = config["steps"]
-        start = int(config.get("start_clock", 0))  # > 0: resuming from a checkpoint
+        # > 0: resuming from a checkpoint; the launcher says where (every worker from the
+        # same clock), and a cluster restored without it goes on after this worker's own
+        # clocks in the checkpoint (its pushes at those would be dropped as resends)
+        start = max(int(config.get("start_clock", 0)), kv.auto_clock + 1)
         if self.rank == 0 and app.init_values() is not None and start == 0:
             k, v = app.init_values()
             kv.wait(kv.push(k, v, cmd="init"))

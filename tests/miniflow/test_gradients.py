@@ -399,3 +399,16 @@ def test_gradients_are_built_in_the_graph_of_ys_not_the_default_one():
         c = mf.constant(1.0)
         with pytest.raises(ValueError, match="xs .* is from a different graph"):
             mf.gradients(b, c)
+
+
+def test_gradients_name_none_is_the_default_scope_and_no_ys_gives_nones():
+    """name=None is TF's default "gradients" under the current scope (it briefly meant
+    "the top level"); no ys at all is one None per x, whatever graph the xs are in."""
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [], name="x")
+        with mf.name_scope("outer"):
+            y = x * x
+            (dx,) = mf.gradients(y, [x], name=None)
+    assert dx.op.name.startswith("outer/gradients/"), dx.op.name
+    assert mf.gradients([], [x]) == [None]

@@ -237,3 +237,25 @@ def test_a_server_that_cannot_restore_stops_instead_of_serving_an_empty_model(
         assert "cannot restore from" in s0.log_tail() and "values per key" in s0.log_tail()
     finally:
         b.close()
+
+
+def test_workers_of_a_cluster_restored_without_the_launcher_go_on_after_their_clocks(
+        tmp_path):
+    """``Cluster.start(restore=)`` with its workers: each goes on from the clock after
+    its own in the checkpoint (the launcher's start_clock says the same). Workers
+    starting at 0 had their first pushes dropped as resends, and for a while crashed
+    ("push clock 0 is older than the last one")."""
+    spec = {"servers": 2, "workers": 2, "app": {"name": "count"}, "hb_timeout": 3.0}
+    with Cluster(ClusterSpec(**spec, steps=3), tmp_path / "a") as a:
+        a.start()
+        a.wait_workers(120)
+        a.checkpoint(tmp_path / "ckpt")
+    with Cluster(ClusterSpec(**spec, steps=6), tmp_path / "b") as b:
+        b.start(restore=tmp_path / "ckpt")
+        b.wait_workers(120)
+        for w in ("w0", "w1"):
+            assert b.group.children[w].popen.poll() == 0, b.group.children[w].log_tail()
+        metrics = [b.control(s, metrics=True)["metrics"] for s in ("s0", "s1")]
+        assert sum(m.get("push_requests", 0) for m in metrics) > 0
+        # no clock of the checkpoint was pushed again
+        assert sum(m.get("duplicate_pushes_dropped", 0) for m in metrics) == 0

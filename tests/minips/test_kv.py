@@ -329,6 +329,14 @@ def test_a_client_without_a_scheduler_says_so():
         KVWorker("127.0.0.1:1", "nobody", role="client", connect_s=0.5)
 
 
+def test_a_registration_the_scheduler_refuses_says_why(cluster):
+    """A scheduler that answers with an error is not "no scheduler answered"."""
+    from systems.minips.kv import KVWorker
+
+    with pytest.raises(M.PSError, match="refused to register .*malformed"):
+        KVWorker(cluster.sched_addr, ["w0"], role="client")
+
+
 def test_a_held_pull_says_what_it_waits_for_and_close_wakes_its_waiter(make_cluster):
     """A pull held on a clock no worker reaches: the timeout names the dependency; and
     close() from another thread ends the wait (it used to leave the waiter for ever)."""
@@ -349,19 +357,31 @@ def test_a_held_pull_says_what_it_waits_for_and_close_wakes_its_waiter(make_clus
         w0.close(drain_s=0)
 
 
-def test_requests_fail_once_the_scheduler_is_gone_instead_of_being_resent_for_ever(
+def test_without_a_scheduler_the_ring_serves_and_a_request_to_a_dead_server_fails(
         make_cluster):
+    """With the scheduler dead the current ring goes on serving (exercise 5); once its
+    server dies too, no new ring can come, and a request used to be resent for ever. It
+    now fails after resending for ``give_up_s`` (10 heartbeat timeouts by default; 2 s
+    here), and the next push is not held behind it."""
+    import signal
+    import time
+
     from systems.minips.kv import KVWorker
 
+    # a long heartbeat timeout: a busy machine must not get the server declared dead
     cl = make_cluster(ClusterSpec(servers=1, workers=0, app={"name": "count"}, key_max=64,
-                                  hb_timeout=0.3))
+                                  hb_timeout=3.0, give_up_s=2.0))
     ext = KVWorker(cl.sched_addr, "ext", role="client")
+    keys, ones = np.arange(4, dtype=np.uint64), np.ones((4, 1), np.float32)
     try:
-        cl.close()  # the scheduler and the server are gone; this client is not
-        ts = ext.push(np.arange(4, dtype=np.uint64), np.ones((4, 1), np.float32))
-        with pytest.raises(M.PSError, match="the scheduler has not answered for"):
-            ext.wait(ts, timeout=30)
-        with pytest.raises(M.PSError, match="the scheduler has not answered"):
-            ext.pull(np.arange(4, dtype=np.uint64))
+        cl.group.children["scheduler"].signal(signal.SIGKILL)
+        time.sleep(2.5)  # past give_up_s: a healthy ring is not given up on
+        ext.wait(ext.push(keys, ones), timeout=10)
+        np.testing.assert_array_equal(ext.wait(ext.pull(keys), timeout=10), ones)
+        cl.group.children["s0"].signal(signal.SIGKILL)
+        stuck, queued = ext.push(keys, ones), ext.push(keys, ones)
+        for ts in (stuck, queued):
+            with pytest.raises(M.PSError, match="the scheduler has not answered for"):
+                ext.wait(ts, timeout=30)
     finally:
         ext.close(drain_s=0)

@@ -173,7 +173,9 @@ def test_flags_given_to_an_app_that_does_not_use_them_are_an_error():
                                              "\\(--device is for mlp"),
                       (["--app", "count", "--hidden", "8", "--nnz", "3"],
                        "--nnz --hidden: the count app does not use them"),
-                      (["--app", "mlp", "--features", "64"], "--features: the mlp app")):
+                      (["--app", "mlp", "--features", "64"], "--features: the mlp app"),
+                      (["--app", "count", "--batch", "64", "--lr", "0.5"],
+                       "--batch --lr: the count app does not use them")):
         a = build_parser().parse_args(["ps", "launch", *argv])
         with pytest.raises(ValueError, match=msg):
             spec_from_args(a)
