@@ -249,7 +249,8 @@ def add_parser(sub, add) -> None:
     s.add_argument("log")
     s.add_argument("--plot", default=None, help="PNG path (default: next to the log)")
     s.add_argument("--device", default=None,
-                   help="whose records (by the log's device name; needed if it has several)")
+                   help="whose records, if the log has several devices': a name as the log "
+                        "stores it, or sim, replay:FILE, cuda (the log's one GPU)")
     s.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                    help="print the result as JSON last")
     s.set_defaults(func=_show)

@@ -39,6 +39,7 @@ import torch
 import triton
 
 from . import annotation
+from .annotation import HardwareLimits
 from .measure import ErrorNo, MeasureInput, MeasureResult
 from .sketch import TEMPLATES, Sketch, generate_sketches, resolve_template, run_program
 from .workloads import Task
@@ -145,17 +146,24 @@ def _sketch_for(task: Task, rec: dict, cache: dict) -> Sketch:
 
 
 GEMM_TEMPLATES = ("matmul", "matmul+epilogue", "splitk")
+# Reading a record checks the config's form (its parameters, their domains), not one
+# device's limits: a run may tune with other limits (``tune_tasks(limits=...)``), and its
+# successes ran on its device.
+NO_LIMITS = HardwareLimits(smem_per_block=1 << 40, sm_count=1 << 20,
+                           max_acc_regs_per_thread=1 << 40, max_threads_per_block=1 << 40,
+                           max_row_elems_per_thread=1 << 40, name="no limits")
 
 
 def _check_runnable(task: Task, sketch: Sketch, ann: dict[str, int], ok: bool) -> None:
     """A ValueError (or KeyError) if the record's config could not run for its task: a
     template that no longer exists or computes another kind of task, a missing or
-    extra parameter; and, for a success, a value off the sketch's (clamped) domain or
-    over the hardware limits. Such a line (hand-edited, or from another version) would
-    otherwise be handed out as the best kernel, or crash a resumed search that extracts
-    its features. (A failed record over the limits is what it says: a config that
-    failed; it stays, as training data of throughput 0.) TVM replays a record's steps
-    on the task when it reads it, which fails the same way."""
+    extra parameter; and, for a success, a value off the sketch's (clamped) domain or a
+    rule no kernel can break (a tile too small for its warps). Such a line (hand-edited,
+    or from another version) would otherwise be handed out as the best kernel, or crash a
+    resumed search that extracts its features. A failed record is what it says, a config
+    that failed (a student's template that lacks a knob, say): it stays, as training
+    data of throughput 0 and as a config not to measure again. TVM replays a record's
+    steps on the task when it reads it, which fails the same way."""
     resolve_template(sketch.template)
     if sketch.template in TEMPLATES and \
             (sketch.template in GEMM_TEMPLATES) != task.is_matmul:
@@ -163,8 +171,10 @@ def _check_runnable(task: Task, sketch: Sketch, ann: dict[str, int], ok: bool) -
     if set(ann) != set(sketch.params):
         raise ValueError(f"the record sets {sorted(ann)}, sketch {sketch.name} has "
                          f"{sorted(sketch.params)}")
-    bad = annotation.check(task, sketch, ann)  # a KeyError if a value the kernel reads
-    if bad and ok:                            # is missing (a from-record sketch)
+    if not ok:
+        return
+    bad = annotation.check(task, sketch, ann, NO_LIMITS)  # a KeyError if a value the
+    if bad:                                               # kernel reads is missing
         raise ValueError(f"the config cannot run for {task.key}: {'; '.join(bad)}")
 
 
@@ -272,15 +282,26 @@ def devices(records: Iterable[tuple[MeasureInput, MeasureResult]]) -> list[str]:
     return list(dict.fromkeys(res.device for _, res in records))
 
 
-def device_name(device: str) -> str:
-    """The name a log stores for ``device``: a device's name as it is, or the name of the
-    device that a tuning spec (``sim``, ``replay:FILE``, ``cuda``) makes, so that the
-    spec a log was tuned with also reads it back (as TVM applies records by the target
-    they were tuned for)."""
-    if device in ("sim", "cuda") or device.startswith("replay:"):
-        from .tune import make_device
+def device_name(device: str, present: Iterable[str] = ()) -> str:
+    """The name a log stores for ``device``: a device's name as it is, or what a tuning
+    spec stands for, so that the spec a log was tuned with also reads it back (as TVM
+    applies records by the target they were tuned for): ``sim`` the simulator's name,
+    ``replay:FILE`` the table's device, ``cuda`` the one GPU among the log's devices
+    ``present`` (the one it was tuned on, not this machine's, which may have none)."""
+    if device == "sim":
+        from .simulator import SimulatedGPU
 
-        return make_device(device).name
+        return SimulatedGPU().name
+    if device.startswith("replay:"):
+        from .recorded import RecordedDevice
+
+        return RecordedDevice(device.split(":", 1)[1]).name
+    if device == "cuda":
+        gpus = [d for d in present if not d.startswith(("simulated ", "replay of "))]
+        if len(gpus) != 1:
+            raise ValueError(f"'cuda' stands for the GPU a log was tuned on, and this log "
+                             f"holds {len(gpus)} GPUs among {list(present)}: name one")
+        return gpus[0]
     return device
 
 
@@ -296,7 +317,7 @@ def on_device(records: Iterable[tuple[MeasureInput, MeasureResult]], device: str
             raise ValueError(f"the records come from {len(found)} devices {found}; "
                              f"name one of them")
         return records
-    name = device_name(device)
+    name = device_name(device, devices(records))
     return [(i, r) for i, r in records if r.device == name]
 
 
@@ -308,7 +329,7 @@ def of_device(records: Iterable[tuple[MeasureInput, MeasureResult]], device: str
     records = list(records)
     out = on_device(records, device)
     if records and not out:
-        name = device_name(device)
+        name = device_name(device, devices(records))
         raise ValueError(f"no records of device {device!r}"
                          f"{f' ({name})' if name != device else ''}; the log holds "
                          f"{devices(records)}")

@@ -233,10 +233,11 @@ class Session:
     def plan_for(self, fetches: Any, feed_dict: Mapping | None = None) -> Plan | None:
         """The cached plan for this request, if it has run (for tools and tests)."""
         leaves, _ = _flatten(fetches, self.graph)
-        tensors = [x for x in leaves if isinstance(x, Tensor)]
-        targets = [x for x in leaves if isinstance(x, Operation)]
         feeds = sorted((_as_graph_element(k, self.graph, "feed") for k in (feed_dict or {})),
                        key=id)
+        fed = set(map(id, feeds))  # a fetch that is fed is no part of the plan (run())
+        tensors = [x for x in leaves if isinstance(x, Tensor) and id(x) not in fed]
+        targets = [x for x in leaves if isinstance(x, Operation)]
         return self._plans.get(_plan_key(feeds, tensors, targets))
 
     @property

@@ -216,3 +216,37 @@ def test_a_second_run_on_a_log_in_use_is_refused_and_an_unused_new_log_is_remove
     with held(log):
         pass
     assert log.exists()  # not ours to remove
+
+
+def test_failed_records_and_successes_under_other_limits_are_read_back(tmp_path, capsys):
+    """Reading checks a config's form, not one device's limits: a student's template that
+    failed for lack of a knob stays (a resume must not measure it again), and so does a
+    success measured under the run's own limits (tune_tasks(limits=...)); both were
+    briefly skipped."""
+    from systems.miniansor.sketch import Sketch
+
+    soft = softmax(4, 64, "fp32")
+    student = Sketch("student", "tests.miniansor.faulty:launch_wrong", (("num_warps", (1,)),))
+    big = gemm(2048, 2048, 2048, "fp16")
+    wide = {"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 32, "num_warps": 4, "num_stages": 2}
+    _write(tmp_path / "log.jsonl", [
+        (MeasureInput(soft, student, {"num_warps": 1}),
+         MeasureResult([], ErrorNo.INSTANTIATION_ERROR, "KeyError: 'BLOCK_M'")),
+        (MeasureInput(big, generate_sketches(big)[0], wide),  # 256 accumulators a thread:
+         MeasureResult([1e-4]))])                             # over H100's 128
+    assert len(load_records(tmp_path / "log.jsonl")) == 2
+    assert "skipping" not in capsys.readouterr().err
+
+
+def test_cuda_reads_back_the_one_gpu_of_a_log_on_a_machine_without_one(tmp_path):
+    task = gemm(40, 50, 60, "fp32")
+    sk = generate_sketches(task)[0]
+    log = tmp_path / "log.jsonl"
+    RecordToFile(log, "NVIDIA H100 80GB HBM3")(MeasureInput(task, sk, A), MeasureResult([3e-5]))
+    RecordToFile(log, "simulated NVIDIA H100 SXM")(MeasureInput(task, sk, A),
+                                                   MeasureResult([1e-5]))
+    assert apply_history_best(log, "cuda").query(task).time == 3e-5  # needs no GPU here
+    RecordToFile(log, "NVIDIA H200")(MeasureInput(task, sk, A), MeasureResult([2e-5]))
+    with pytest.raises(ValueError, match="'cuda' stands for the GPU a log was tuned on, "
+                                         "and this log holds 2 GPUs"):
+        apply_history_best(log, "cuda")

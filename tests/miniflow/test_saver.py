@@ -208,3 +208,32 @@ def test_periodic_checkpoints_keep_the_newest_and_name_the_latest(tmp_path):
         np.testing.assert_array_equal(s.run(w), want)
     with pytest.raises(ValueError, match="max_to_keep must be >= 0"):
         mf.train.Saver(var_list=[w], max_to_keep=-1)
+
+
+def test_a_saver_rotates_only_its_own_checkpoints_and_leaves_what_is_not_its_own(tmp_path):
+    """max_to_keep used to work from the directory's shared state file: a periodic Saver
+    deleted a 'best' Saver's file, and each new run (a new Saver) an earlier run's. A
+    'checkpoint' directory or file of the user's made save() fail or was overwritten.
+    A step variable is evaluated, as TF does."""
+    g, w, b, bump, _ = _graph()
+    with g.as_default():
+        step = mf.Variable(0, name="global_step")
+        best, periodic = mf.train.Saver([w], max_to_keep=None), mf.train.Saver(max_to_keep=2)
+    with mf.Session(graph=g) as s:
+        s.run(mf.global_variables_initializer())
+        best.save(s, str(tmp_path / "best"))
+        mf.train.Saver(max_to_keep=1).save(s, str(tmp_path / "earlier-run"))
+        for i in range(3):
+            s.run(step.assign(10 * i))
+            periodic.save(s, str(tmp_path / "model"), global_step=step)
+        assert sorted(p.name for p in tmp_path.glob("*.npz")) == [
+            "best.npz", "earlier-run.npz", "model-10.npz", "model-20.npz"]
+        assert mf.train.latest_checkpoint(str(tmp_path)).endswith("model-20.npz")
+        for kind in ("dir", "file"):
+            d = tmp_path / kind
+            d.mkdir()
+            (d / "checkpoint").mkdir() if kind == "dir" else (d / "checkpoint").write_text("mine")
+            with pytest.warns(UserWarning, match="is not a checkpoint state file"):
+                path = periodic.save(s, str(d / "model"), global_step=1)
+            assert os.path.exists(path) and not list(d.glob(".checkpoint.tmp*"))
+        assert (tmp_path / "file" / "checkpoint").read_text() == "mine"

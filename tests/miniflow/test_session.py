@@ -82,6 +82,7 @@ def test_bad_feeds_are_clear_errors(graph):
         np.testing.assert_array_equal(got_y, fed)
         assert got_z == 14.0 and got_y is not fed  # a copy, like every fetched array
         assert s.run(y, {y: fed}).dtype == np.float32
+        assert s.plan_for([y, z], {y: None}) is not None  # the plan of that run is found
         with pytest.raises(ValueError, match="not an element of this session's graph"):
             s.run(z, {alien: 1.0})
         with pytest.raises(ValueError, match="names nothing in the graph"):

@@ -10,8 +10,10 @@ verifies the manifest and the checksums before it touches the session, and repor
 Periodic checkpoints are the paper's fault tolerance (Abadi et al. 2016, section 4.3: a
 client saves every N steps and, after a failure, restores the latest). As TF's Saver,
 ``save(..., global_step=n)`` writes ``<path>-<n>``, a ``checkpoint`` state file in the
-directory names the latest (``latest_checkpoint(dir)`` reads it), and only the newest
-``max_to_keep`` checkpoints are kept. The state file is JSON here, not a text proto.
+directory names the latest (``latest_checkpoint(dir)`` reads it), and each Saver keeps
+only the newest ``max_to_keep`` of the checkpoints *it* wrote (another Saver's, or an
+earlier run's, are never its to delete). The state file is JSON here, not a text proto;
+a ``checkpoint`` in the way that is not one (a directory, a file of yours) is left alone.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import io
 import json
 import os
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -42,11 +45,12 @@ STATE = "checkpoint"  # TF's name for the state file
 
 
 def _read_state(directory: Path) -> dict:
+    """The state file's JSON, or {} if there is none, or what is there is not one."""
     try:
         state = json.loads((directory / STATE).read_text())
     except (OSError, ValueError):
         return {}
-    return state if isinstance(state, dict) else {}
+    return state if isinstance(state, dict) and isinstance(state.get("latest"), str) else {}
 
 
 def latest_checkpoint(checkpoint_dir: str) -> str | None:
@@ -66,6 +70,7 @@ class Saver:
             raise ValueError(f"max_to_keep must be >= 0 or None (0, None: keep all), got "
                              f"{max_to_keep}")
         self.max_to_keep = max_to_keep
+        self._last: list[Path] = []  # what this Saver wrote, oldest first (TF's too)
 
     def _check_graph(self, sess) -> None:
         """TF's save and restore ops live in the Saver's graph, so another graph's session
@@ -74,11 +79,14 @@ class Saver:
             if var.graph is not sess.graph:
                 raise ValueError(f"Saver: variable {key} is not in the session's graph")
 
-    def save(self, sess, save_path: str, global_step: int | None = None) -> str:
-        """Write the checkpoint; with ``global_step``, to ``<save_path>-<step>``, recorded
-        as the directory's latest, the oldest beyond ``max_to_keep`` deleted."""
+    def save(self, sess, save_path: str, global_step=None) -> str:
+        """Write the checkpoint, recorded as the directory's latest; with ``global_step``
+        (a number, or a variable or tensor the session evaluates, as TF takes), to
+        ``<save_path>-<step>``. This Saver's oldest beyond ``max_to_keep`` are deleted."""
         self._check_graph(sess)
         if global_step is not None:
+            if not isinstance(global_step, (int, np.integer)):
+                global_step = sess.run(global_step)
             save_path = f"{save_path}-{int(global_step)}"
         path = Path(save_path if str(save_path).endswith(".npz") else f"{save_path}.npz")
         values = sess.variable_values()
@@ -103,17 +111,25 @@ class Saver:
         return str(path)
 
     def _record_latest(self, path: Path) -> None:
-        """Name ``path`` the latest in the directory's state file (written last, and
-        atomically: a crash leaves the previous latest, whose file still exists)."""
-        state = _read_state(path.parent)
-        kept = [n for n in state.get("all", []) if n != path.name] + [path.name]
-        drop = kept[:-self.max_to_keep] if self.max_to_keep else []
-        kept = kept[len(drop):]
-        tmp = path.parent / f".{STATE}.tmp-{os.getpid()}"
-        tmp.write_text(json.dumps({"latest": path.name, "all": kept}))
-        os.replace(tmp, path.parent / STATE)
-        for name in drop:  # only files the state file named: checkpoints we wrote
-            (path.parent / name).unlink(missing_ok=True)
+        """Name ``path`` the latest in the directory's state file (written atomically: a
+        crash leaves the previous latest, whose file still exists), then delete this
+        Saver's checkpoints beyond ``max_to_keep``."""
+        self._last = [p for p in self._last if p != path] + [path]
+        drop = self._last[:-self.max_to_keep] if self.max_to_keep else []
+        self._last = self._last[len(drop):]
+        state = path.parent / STATE
+        if state.exists() and not _read_state(path.parent):
+            warnings.warn(f"{state} is not a checkpoint state file; left as it is, so "
+                          f"latest_checkpoint({str(path.parent)!r}) will not name {path.name}",
+                          stacklevel=3)
+        else:
+            tmp = path.parent / f".{STATE}.tmp-{os.getpid()}"
+            tmp.write_text(json.dumps({"latest": path.name,
+                                       "all": [p.name for p in self._last
+                                               if p.parent == path.parent]}))
+            os.replace(tmp, state)
+        for old in drop:  # only checkpoints this Saver wrote
+            old.unlink(missing_ok=True)
 
     def restore(self, sess, save_path: str) -> None:
         self._check_graph(sess)
