@@ -225,12 +225,11 @@ def test_failed_records_and_successes_under_other_limits_are_read_back(tmp_path,
     briefly skipped."""
     from systems.miniansor.sketch import Sketch
 
-    soft = softmax(4, 64, "fp32")
     student = Sketch("student", "tests.miniansor.faulty:launch_wrong", (("num_warps", (1,)),))
     big = gemm(2048, 2048, 2048, "fp16")
     wide = {"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 32, "num_warps": 4, "num_stages": 2}
     _write(tmp_path / "log.jsonl", [
-        (MeasureInput(soft, student, {"num_warps": 1}),
+        (MeasureInput(big, student, {"num_warps": 1}),  # no BLOCK_M for a GEMM's checks
          MeasureResult([], ErrorNo.INSTANTIATION_ERROR, "KeyError: 'BLOCK_M'")),
         (MeasureInput(big, generate_sketches(big)[0], wide),  # 256 accumulators a thread:
          MeasureResult([1e-4]))])                             # over H100's 128
