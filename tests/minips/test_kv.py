@@ -374,6 +374,9 @@ def test_without_a_scheduler_the_ring_serves_and_a_request_to_a_dead_server_fail
     ext = KVWorker(cl.sched_addr, "ext", role="client")
     keys, ones = np.arange(4, dtype=np.uint64), np.ones((4, 1), np.float32)
     try:
+        # one push first: the server has installed the ring (a server that has not would
+        # ask the scheduler for it, and there is none after the kill)
+        ext.wait(ext.push(keys, 0 * ones), timeout=30)
         cl.group.children["scheduler"].signal(signal.SIGKILL)
         time.sleep(2.5)  # past give_up_s: a healthy ring is not given up on
         ext.wait(ext.push(keys, ones), timeout=10)
