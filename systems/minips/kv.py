@@ -145,8 +145,8 @@ class KVWorker(Recovery):
         the push is acknowledged (the worker loop, whose arrays are new each step).
         """
         orig_k, orig_v = keys, vals
-        keys = self._keys(keys, "push")
-        vals = self._vals(vals, keys.size)
+        keys = M.as_keys(keys, self.key_max, "push")
+        vals = M.as_vals(vals, keys.size, self.val_len)
         if copy:
             keys, vals = _own(keys, orig_k), _own(vals, orig_v)
         if clock is None and cmd != "init":
@@ -195,7 +195,7 @@ class KVWorker(Recovery):
         finished first (the consistency dependency), ``clock`` this task's own. The keys
         are copied (a resend after a failure reads them again) unless ``copy=False``
         (ps-lite's ``ZPull``)."""
-        checked = self._keys(keys, "pull")
+        checked = M.as_keys(keys, self.key_max, "pull")
         keys = _own(checked, keys) if copy else checked
         req = self._new("pull", keys, None, M.check_range(key_range, keys, self.key_max, "pull"),
                         clock=clock, wait=wait)
@@ -280,37 +280,6 @@ class KVWorker(Recovery):
         self.sched.close()
 
     # ---- sending ---------------------------------------------------------------------
-    def _vals(self, vals: Any, n: int) -> np.ndarray:
-        """(n, val_len) values, or n * val_len of them flat (ps-lite's ``SArray<Val>``);
-        another 2-D shape of the right size (a transpose) is a caller's bug, refused
-        here rather than reshaped into the wrong keys."""
-        if vals is None:
-            raise M.PSError("INVALID", f"push: no values were given for {n} keys")
-        arr = np.asarray(vals)
-        if arr.ndim > 1 and arr.shape != (n, self.val_len):
-            raise M.PSError("INVALID", f"push: values of shape {arr.shape} for {n} keys x "
-                                       f"{self.val_len} values per key: give ({n}, "
-                                       f"{self.val_len}), or {n * self.val_len} flat")
-        with np.errstate(over="ignore"):
-            out = np.ascontiguousarray(arr, M.VAL_DTYPE)
-        if arr.dtype != M.VAL_DTYPE and arr.dtype.kind == "f" and \
-                not np.isfinite(out).all() and np.isfinite(arr).all():
-            raise M.PSError("INVALID", f"push: values up to {np.abs(arr).max():.3g} overflow "
-                                       f"float32, the servers' type")
-        return M.check_vals(out, n, self.val_len)
-
-    def _keys(self, keys: np.ndarray, op: str) -> np.ndarray:
-        keys = np.ascontiguousarray(keys)
-        if keys.size == 0 and keys.dtype != M.KEY_DTYPE:  # pull([]): a float64 list
-            keys = keys.astype(M.KEY_DTYPE).reshape(0)
-        if keys.dtype != M.KEY_DTYPE:
-            if keys.dtype.kind not in "iu" or (keys.size and keys.min() < 0):
-                raise M.PSError("INVALID", f"{op}: keys must be non-negative integers, "
-                                           f"got dtype {keys.dtype}")
-            keys = keys.astype(M.KEY_DTYPE)
-        M.check_keys(keys, self.key_max, op)
-        return keys
-
     def _new(self, op: str, keys, vals, ranges: list[tuple[int, int]], **kw) -> Request:
         """A request for ``ranges`` (already checked by ``M.check_range``)."""
         if self.failure:

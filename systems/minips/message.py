@@ -167,3 +167,38 @@ def reuse_large_buffers() -> bool:
 def reply(code: str = OK, message: str = "", **meta: Any) -> dict[str, Any]:
     """The meta of a reply: ``code`` plus anything else."""
     return {"code": code, "message": message, **meta} if message else {"code": code, **meta}
+
+
+def as_keys(keys: Any, key_max: int, op: str) -> np.ndarray:
+    """A caller's keys as the sorted unique uint64 array the wire carries (ints of
+    another type are converted; an empty list is no keys), or an INVALID error."""
+    keys = np.ascontiguousarray(keys)
+    if keys.size == 0 and keys.dtype != KEY_DTYPE:  # pull([]): a float64 list
+        keys = keys.astype(KEY_DTYPE).reshape(0)
+    if keys.dtype != KEY_DTYPE:
+        if keys.dtype.kind not in "iu" or (keys.size and keys.min() < 0):
+            raise PSError("INVALID", f"{op}: keys must be non-negative integers, got dtype "
+                                     f"{keys.dtype}")
+        keys = keys.astype(KEY_DTYPE)
+    check_keys(keys, key_max, op)
+    return keys
+
+
+def as_vals(vals: Any, n: int, val_len: int) -> np.ndarray:
+    """A caller's values as (n, val_len) float32: given so, or n * val_len of them flat
+    (ps-lite's ``SArray<Val>``); another 2-D shape of the right size (a transpose) is a
+    caller's bug, refused rather than reshaped into the wrong keys."""
+    if vals is None:
+        raise PSError("INVALID", f"push: no values were given for {n} keys")
+    arr = np.asarray(vals)
+    if arr.ndim > 1 and arr.shape != (n, val_len):
+        raise PSError("INVALID", f"push: values of shape {arr.shape} for {n} keys x {val_len} "
+                                 f"values per key: give ({n}, {val_len}), or {n * val_len} "
+                                 f"flat")
+    with np.errstate(over="ignore"):
+        out = np.ascontiguousarray(arr, VAL_DTYPE)
+    if arr.dtype != VAL_DTYPE and arr.dtype.kind == "f" and \
+            not np.isfinite(out).all() and np.isfinite(arr).all():
+        raise PSError("INVALID", f"push: values up to {np.abs(arr).max():.3g} overflow "
+                                 f"float32, the servers' type")
+    return check_vals(out, n, val_len)
