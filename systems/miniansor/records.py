@@ -298,6 +298,8 @@ def device_name(device: str, present: Iterable[str] = ()) -> str:
         return RecordedDevice(device.split(":", 1)[1]).name
     if device == "cuda":
         gpus = [d for d in present if not d.startswith(("simulated ", "replay of "))]
+        if not present:  # an empty log: nothing to choose from, nothing matches
+            return device
         if len(gpus) != 1:
             raise ValueError(f"'cuda' stands for the GPU a log was tuned on, and this log "
                              f"holds {len(gpus)} GPUs among {list(present)}: name one")

@@ -68,6 +68,9 @@ class ClusterSpec:
         if self.servers < 1 or self.workers < 0:
             raise ValueError(f"a job needs at least one server (got {self.servers}) and "
                              f"no negative number of workers (got {self.workers})")
+        if self.give_up_s is not None and not self.give_up_s > 0:
+            raise ValueError(f"give_up_s must be above 0 (or None: 10 heartbeat "
+                             f"timeouts), got {self.give_up_s}")
         if self.audit < 0 or self.vnodes < 1 or self.step_sleep_s < 0:
             raise ValueError(f"audit ({self.audit}) must be >= 0, vnodes ({self.vnodes}) "
                              f">= 1 and step_sleep_s ({self.step_sleep_s}) >= 0")
@@ -96,7 +99,8 @@ class ClusterSpec:
                 "num_workers": self.workers, "steps": self.steps,
                 "hb_interval": self.hb_interval, "hb_timeout": self.hb_timeout,
                 "worker_timeout": self.worker_timeout,
-                "give_up_s": self.give_up_s or 10 * self.hb_timeout,
+                "give_up_s": 10 * self.hb_timeout if self.give_up_s is None
+                else self.give_up_s,
                 "updater": self.updater or app["updater"],
                 "regions": regions, "audit": audit, "app": self.app,
                 "app_key_max": app["key_max"], "consistency": self.consistency,

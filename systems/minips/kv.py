@@ -340,6 +340,7 @@ class KVWorker(Recovery):
         try:
             call = self._stub(sl.server, "Push" if req.op == "push" else "Pull")
             timeout = PUSH_TIMEOUT_S if req.op == "push" else PULL_TIMEOUT_S
+            p.sent_at = time.monotonic()
             p.future = call.future(msg, timeout=timeout)
         except KeyError:  # the server is not in our address book any more
             self.retries.put((req, p, "stale"))

@@ -106,7 +106,7 @@ class Recovery:
         # ring will come: a request resending for ten of its death timeouts while it is
         # silent will not finish, and is failed rather than resent for ever (ps-lite's
         # resender gives up after PS_RESEND_TIMEOUT the same way).
-        lost_after = self.config.get("give_up_s") or 10 * self.config["hb_timeout"]
+        lost_after = self.config.get("give_up_s", 10 * self.config["hb_timeout"])
         last_answer = time.monotonic()
         while not self.closed:
             time.sleep(interval)
@@ -130,15 +130,24 @@ class Recovery:
     def _give_up_stuck(self, silent: float, after: float) -> None:
         """Fail the requests that have been resending for ``after`` s while the scheduler
         is silent (their servers are gone and no ring replaces them); a push frees the
-        queue for the next one, which the current ring may well serve."""
+        queue for the next one, which the current ring may well serve. Resending means a
+        slice with no live call: a failed one waiting for the resender, or one whose call
+        died at once (a refused connection). A request whose every slice has waited on a
+        live server for a second (a held pull, after an earlier failover too) is not."""
         now = time.monotonic()
         with self.lock:
             for req in list(self.requests.values()):
-                if req.done.is_set() or req.first_failure is None or \
-                        now - req.first_failure < after:
+                if req.done.is_set() or not req.pending:
+                    continue  # answered, or a push queued behind the one in flight
+                slices = req.pending.values()
+                if any(p.future is None or p.future.done() for p in slices):
+                    req.stuck_since = req.stuck_since or now
+                elif all(now - p.sent_at > 1.0 for p in slices):
+                    req.stuck_since = None
+                if req.stuck_since is None or now - req.stuck_since < after:
                     continue
                 req.error = M.PSError("UNAVAILABLE", f"{req.op} {req.ts} got no reply in "
-                                      f"{now - req.first_failure:.0f} s of resending, and the "
+                                      f"{now - req.stuck_since:.0f} s of resending, and the "
                                       f"scheduler has not answered for {silent:.0f} s: no new "
                                       f"ring will replace the servers that do not answer")
                 req.done.set()

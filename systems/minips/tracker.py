@@ -44,6 +44,7 @@ class Request:
     held_s: float = 0.0
     resends: int = 0
     first_failure: float | None = None
+    stuck_since: float | None = None  # resending without a live server to wait on
     recovery_s: float = 0.0
     whys: list[str] = field(default_factory=list)  # why each slice was resent
 
@@ -56,3 +57,4 @@ class Pending:
     sl: Slice
     epoch: int
     future: Any = None
+    sent_at: float = 0.0  # time.monotonic() when the future was made

@@ -245,6 +245,9 @@ def test_cuda_reads_back_the_one_gpu_of_a_log_on_a_machine_without_one(tmp_path)
     RecordToFile(log, "simulated NVIDIA H100 SXM")(MeasureInput(task, sk, A),
                                                    MeasureResult([1e-5]))
     assert apply_history_best(log, "cuda").query(task).time == 3e-5  # needs no GPU here
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert apply_history_best(empty, "cuda").best == {}  # as for any device: nothing
     RecordToFile(log, "NVIDIA H200")(MeasureInput(task, sk, A), MeasureResult([2e-5]))
     with pytest.raises(ValueError, match="'cuda' stands for the GPU a log was tuned on, "
                                          "and this log holds 2 GPUs"):

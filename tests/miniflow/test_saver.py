@@ -229,6 +229,8 @@ def test_a_saver_rotates_only_its_own_checkpoints_and_leaves_what_is_not_its_own
         assert sorted(p.name for p in tmp_path.glob("*.npz")) == [
             "best.npz", "earlier-run.npz", "model-10.npz", "model-20.npz"]
         assert mf.train.latest_checkpoint(str(tmp_path)).endswith("model-20.npz")
+        other = mf.train.Saver([w]).save(s, str(tmp_path / "x"), global_step=np.array(7.0))
+        assert other.endswith("x-7.npz")  # a number of any kind, as before the step variable
         for kind in ("dir", "file"):
             d = tmp_path / kind
             d.mkdir()

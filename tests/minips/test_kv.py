@@ -315,9 +315,13 @@ def test_values_of_another_shape_none_or_past_float32_are_refused(cluster):
     assert kv.wait(kv.pull([])).shape == (0, 2)
 
 
-def test_a_key_space_past_uint64_is_refused_by_the_spec():
+def test_a_key_space_past_uint64_and_a_give_up_time_below_zero_are_refused_by_the_spec():
     with pytest.raises(ValueError, match="exceeds 2\\*\\*64"):
         ClusterSpec(servers=1, workers=0, app={"name": "count"}, key_max=1 << 70).config(None)
+    for bad in (0, -1.0):  # 0 used to mean the default, silently
+        with pytest.raises(ValueError, match="give_up_s must be above 0"):
+            ClusterSpec(app={"name": "count"}, give_up_s=bad).config(None)
+    assert ClusterSpec(app={"name": "count"}, hb_timeout=0.5).config(None)["give_up_s"] == 5.0
 
 
 def test_a_client_without_a_scheduler_says_so():
@@ -388,3 +392,33 @@ def test_without_a_scheduler_the_ring_serves_and_a_request_to_a_dead_server_fail
                 ext.wait(ts, timeout=30)
     finally:
         ext.close(drain_s=0)
+
+
+def test_a_pull_held_at_a_live_server_after_a_failover_is_not_given_up(make_cluster):
+    """Only resending requests are failed once the scheduler is silent: a pull held by
+    consistency at a live server, moved there by an earlier failover, used to be failed
+    ("no reply in 4 s of resending") because it had failed once before."""
+    import signal
+    import time
+
+    from systems.minips.kv import KVWorker
+
+    cl = make_cluster(ClusterSpec(servers=2, workers=1, replication=2, app={"name": "count"},
+                                  key_max=64, hb_timeout=1.0, give_up_s=2.0))
+    w0 = KVWorker(cl.sched_addr, "w0")
+    keys = np.arange(64, dtype=np.uint64)
+    try:
+        w0.wait(w0.push(keys, np.ones((64, 1), np.float32), clock=0), timeout=30)
+        ts = w0.pull(keys, clock=3, wait=2)  # held: w0 never finishes clock 2
+        epoch = w0.ring.epoch
+        cl.group.children["s1"].signal(signal.SIGKILL)  # s0 holds a copy of everything
+        t_end = time.monotonic() + 20
+        while w0.ring.epoch == epoch and time.monotonic() < t_end:
+            time.sleep(0.1)
+        time.sleep(1.0)  # the pull is resent to s0, which holds it
+        assert w0.requests[ts].resends >= 1 and w0.ring.epoch > epoch
+        cl.group.children["scheduler"].signal(signal.SIGKILL)
+        time.sleep(4.0)  # past give_up_s of silence
+        assert not w0.finished(ts)  # still held, not failed (finished() raises if it was)
+    finally:
+        w0.close(drain_s=0)

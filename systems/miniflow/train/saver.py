@@ -85,7 +85,7 @@ class Saver:
         ``<save_path>-<step>``. This Saver's oldest beyond ``max_to_keep`` are deleted."""
         self._check_graph(sess)
         if global_step is not None:
-            if not isinstance(global_step, (int, np.integer)):
+            if hasattr(global_step, "op"):  # a step variable or tensor: its value now
                 global_step = sess.run(global_step)
             save_path = f"{save_path}-{int(global_step)}"
         path = Path(save_path if str(save_path).endswith(".npz") else f"{save_path}.npz")
