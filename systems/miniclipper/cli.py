@@ -134,7 +134,10 @@ def _query(args: argparse.Namespace) -> dict[str, Any]:
     try:
         value = loads_strict(text)
     except (ValueError, InputError) as e:
-        raise ValueError(f"{flag} {text[:60]!r} is not JSON Clipper takes: {e}") from None
+        hint = (f" (a text input is a JSON string too: {flag} '\"{text[:20]}\"')"
+                if text[:1].isalpha() else "")
+        raise ValueError(f"{flag} {text[:60]!r} is not JSON Clipper takes: {e}{hint}") \
+            from None
     doc = {"input_batch": value} if args.input_batch else {"input": value}
     url = f"http://{address(args.host, args.query_port)}/{args.app}/predict"
     out = http_json(url, doc)

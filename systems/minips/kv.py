@@ -355,6 +355,9 @@ class KVWorker(Recovery):
             if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 req.error = M.PSError("INVALID", exc.details())
                 return self._finish(req, p, fatal=True)
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED and req.op == "pull" and \
+                    req.wait is not None:  # held on its dependency all along: not a failure
+                return self._ask_again(req, p)
             return self._failed(req, p, "unavailable")
         out = fut.result()
         self.metrics.wire(received=len(out))

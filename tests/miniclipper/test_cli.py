@@ -157,6 +157,8 @@ def test_load_and_query_flags_are_checked_before_any_query(capsys):
                       (["load", "--app", "a", "--inputs", "random"], "random:DIM"),
                       (["query", "--app", "a", "--input", "[1, 2"], "--input '[1, 2'"),
                       (["query", "--app", "a", "--input", "[1e999]"], "overflows a float"),
+                      (["query", "--app", "a", "--input", "hello"],
+                       "a text input is a JSON string too: --input '\"hello\"'"),
                       # a numeric built-in on a strings app deployed, then failed each query
                       (["deploy", "--name", "s", "--builtin", "sum", "--input-type",
                         "strings"], "--builtin sum takes numbers")):

@@ -422,3 +422,34 @@ def test_a_pull_held_at_a_live_server_after_a_failover_is_not_given_up(make_clus
         assert not w0.finished(ts)  # still held, not failed (finished() raises if it was)
     finally:
         w0.close(drain_s=0)
+
+
+def test_a_pull_held_past_its_call_deadline_is_asked_again_not_counted_as_a_failure(
+        make_cluster, monkeypatch):
+    """A pull's call has a deadline (600 s; 1 s here); a pull held on its dependency that
+    long used to count as a server failure, be resent as a "recovery", and read so in the
+    metrics. It is asked again, and answered once its dependency is met."""
+    import time
+
+    from systems.minips import kv as kv_module
+    from systems.minips.kv import KVWorker
+
+    monkeypatch.setattr(kv_module, "PULL_TIMEOUT_S", 1.0)
+    cl = make_cluster(ClusterSpec(servers=1, workers=1, app={"name": "count"}, key_max=64))
+    w0 = KVWorker(cl.sched_addr, "w0")
+    keys, ones = np.arange(4, dtype=np.uint64), np.ones((4, 1), np.float32)
+    try:
+        w0.wait(w0.push(keys, ones, clock=0), timeout=30)
+        ts = w0.pull(keys, clock=3, wait=2)  # held until w0 finishes clock 2
+        time.sleep(2.5)  # two deadlines pass
+        req = w0.requests[ts]
+        assert not w0.finished(ts) and req.resends >= 1
+        assert req.first_failure is None and req.whys == []
+        assert w0.metrics.counters.get("resends", 0) == 0
+        for c in (1, 2):
+            w0.wait(w0.push(keys, ones, clock=c), timeout=30)
+            w0.wait(w0.pull(keys, clock=c, wait=c - 1), timeout=30)  # finish clock c
+        np.testing.assert_array_equal(w0.wait(ts, timeout=30), 3 * ones)
+    finally:
+        w0.close(drain_s=0)
+
