@@ -267,12 +267,8 @@ class KVWorker(Recovery):
                 r.op == "push" and not r.done.is_set() for r in list(self.requests.values())):
             time.sleep(0.01)
         self.closed = True
-        err = M.PSError("UNAVAILABLE", f"{self.name} was closed before this request finished")
         with self.lock:  # a thread waiting on one would wait for ever: no reply comes now
-            for req in self.requests.values():
-                if not req.done.is_set():
-                    req.error = err
-                    req.done.set()
+            self._fail_open(f"{self.name} was closed before this request finished")
         for t in self.threads:
             t.join(2.0)
         for ch in self.channels.values():

@@ -113,9 +113,9 @@ class Recovery:
         interval = self.config["hb_interval"]
         # The scheduler is the one node without a stand-in (the paper's server manager,
         # section 4.1). Without it the current ring still serves (exercise 5), but no new
-        # ring will come: a request resending for ten of its death timeouts while it is
-        # silent will not finish, and is failed rather than resent for ever (ps-lite's
-        # resender gives up after PS_RESEND_TIMEOUT the same way).
+        # ring will come: a request resending for give_up_s (ten of its death timeouts
+        # by default) while it is silent will not finish, and is failed rather than
+        # resent for ever (ps-lite's resender gives up after PS_RESEND_TIMEOUT the same way).
         lost_after = self.config.get("give_up_s", 10 * self.config["hb_timeout"])
         last_answer = time.monotonic()
         while not self.closed:
@@ -168,10 +168,14 @@ class Recovery:
         """The scheduler ended the job because data was lost (a server died holding the
         only copy of its ranges): every request still open fails with that reason, and
         so does every later one (``KVWorker._new``), instead of being resent forever."""
-        err = M.PSError("UNAVAILABLE", why)
         with self.lock:
             self.failure = why
-            for req in self.requests.values():
-                if not req.done.is_set():
-                    req.error = err
-                    req.done.set()
+            self._fail_open(why)
+
+    def _fail_open(self, why: str) -> None:
+        """End every open request with ``why`` (called with the lock held)."""
+        err = M.PSError("UNAVAILABLE", why)
+        for req in self.requests.values():
+            if not req.done.is_set():
+                req.error = err
+                req.done.set()
