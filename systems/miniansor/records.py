@@ -41,7 +41,14 @@ import triton
 from . import annotation
 from .annotation import HardwareLimits
 from .measure import ErrorNo, MeasureInput, MeasureResult
-from .sketch import TEMPLATES, Sketch, generate_sketches, resolve_template, run_program
+from .sketch import (
+    GEMM_TEMPLATES,
+    TEMPLATES,
+    Sketch,
+    generate_sketches,
+    resolve_template,
+    run_program,
+)
 from .workloads import Task
 
 RECORD_VERSION = 1
@@ -145,7 +152,6 @@ def _sketch_for(task: Task, rec: dict, cache: dict) -> Sketch:
     return sk
 
 
-GEMM_TEMPLATES = ("matmul", "matmul+epilogue", "splitk")
 # Reading a record checks the config's form (its parameters, their domains), not one
 # device's limits: a run may tune with other limits (``tune_tasks(limits=...)``), and its
 # successes ran on its device.
@@ -312,15 +318,19 @@ def on_device(records: Iterable[tuple[MeasureInput, MeasureResult]], device: str
     """The records measured on ``device`` (a name or a tuning spec). ``None`` asks for the
     log's only device and is an error when it holds several: comparing times across
     devices is meaningless."""
-    records = list(records)
+    return _named(list(records), device)[1]
+
+
+def _named(records: list, device: str | None) -> tuple[str | None, list]:
+    """``device``'s name as the log stores it, and its records."""
+    found = devices(records)
     if device is None:
-        found = devices(records)
         if len(found) > 1:
             raise ValueError(f"the records come from {len(found)} devices {found}; "
                              f"name one of them")
-        return records
-    name = device_name(device, devices(records))
-    return [(i, r) for i, r in records if r.device == name]
+        return None, records
+    name = device_name(device, found)
+    return name, [(i, r) for i, r in records if r.device == name]
 
 
 def of_device(records: Iterable[tuple[MeasureInput, MeasureResult]], device: str | None
@@ -329,9 +339,8 @@ def of_device(records: Iterable[tuple[MeasureInput, MeasureResult]], device: str
     an error naming those it holds (an empty dispatcher would send every kernel to the
     fallback without a word)."""
     records = list(records)
-    out = on_device(records, device)
+    name, out = _named(records, device)
     if records and not out:
-        name = device_name(device, devices(records))
         raise ValueError(f"no records of device {device!r}"
                          f"{f' ({name})' if name != device else ''}; the log holds "
                          f"{devices(records)}")

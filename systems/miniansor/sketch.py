@@ -49,6 +49,7 @@ TEMPLATES: dict[str, Callable[[Task, dict, dict], torch.Tensor]] = {
     "rows": kernels_rows.launch_rows,
     "looped": kernels_rows.launch_looped,
 }
+GEMM_TEMPLATES = ("matmul", "matmul+epilogue", "splitk")  # the rest compute row tasks
 SPLIT_K_MIN_K = 512  # below this a K loop is too short to be worth splitting
 MULTI_ROW_MAX_COLS = 2048
 ROWS_IN_REGISTERS_MAX_COLS = 16384
