@@ -146,8 +146,7 @@ class Session:
         # a fetched tensor that is also fed comes back as fed (TF's session.py takes it
         # out of the fetches): the graph need not compute it
         values = {id(t): _as_result(feeds[t]) for t in leaves if t in feeds}
-        tensors = [x for x in leaves if isinstance(x, Tensor) and x not in feeds]
-        targets = [x for x in leaves if isinstance(x, Operation)]
+        tensors, targets = _computed(leaves, feeds)
         if not tensors and not targets:  # sess.run([]) is [], as in TF: nothing to run
             return rebuild(lambda leaf: values.get(id(leaf)))
         feed_tensors = sorted(feeds, key=id)
@@ -235,9 +234,7 @@ class Session:
         leaves, _ = _flatten(fetches, self.graph)
         feeds = sorted((_as_graph_element(k, self.graph, "feed") for k in (feed_dict or {})),
                        key=id)
-        fed = set(map(id, feeds))  # a fetch that is fed is no part of the plan (run())
-        tensors = [x for x in leaves if isinstance(x, Tensor) and id(x) not in fed]
-        targets = [x for x in leaves if isinstance(x, Operation)]
+        tensors, targets = _computed(leaves, set(feeds))
         return self._plans.get(_plan_key(feeds, tensors, targets))
 
     @property
@@ -275,15 +272,19 @@ class Session:
             _local.stack.pop()
 
     def __enter__(self) -> Session:
-        _local.__dict__.setdefault("stack", []).append(self)
-        self._graph_ctx = self.graph.as_default()
-        self._graph_ctx.__enter__()
-        return self
+        self._default_ctx = self.as_default()
+        return self._default_ctx.__enter__()
 
     def __exit__(self, *exc: object) -> None:
-        self._graph_ctx.__exit__(*exc)
-        _local.stack.pop()
+        self._default_ctx.__exit__(*exc)
         self.close()
+
+
+def _computed(leaves: list, fed: set | dict) -> tuple[list[Tensor], list[Operation]]:
+    """The fetched tensors the plan computes (not those fed: they come back as fed) and
+    the target ops."""
+    return ([x for x in leaves if isinstance(x, Tensor) and x not in fed],
+            [x for x in leaves if isinstance(x, Operation)])
 
 
 def _plan_key(feeds, tensors, targets) -> tuple:
