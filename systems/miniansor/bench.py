@@ -101,6 +101,7 @@ def _search(ctx: Context, device_for_seed, tasks: dict[str, Task], seeds: int, b
                 tut_truth.values())
             task_curves["tutorial"] = [study.best_curve(tut, both, space.best, budget)]
         metrics[f"{name}_space_size"] = float(len(space.configs))
+        metrics[f"{name}_exhaustive_best_us"] = space.best * 1e6  # a new sketch moves it
         metrics.update(_luck_metrics(name, space, metrics[f"{name}_trials_random"]))
         series[name] = {v: ts for v, ts in trials.items()}
         curves[name] = {v: np.median(np.stack(c), axis=0) for v, c in task_curves.items()}

@@ -43,7 +43,7 @@ from .annotation import HardwareLimits
 from .measure import ErrorNo, MeasureInput, MeasureResult
 from .sketch import (
     GEMM_TEMPLATES,
-    TEMPLATES,
+    ROW_TEMPLATES,
     Sketch,
     generate_sketches,
     resolve_template,
@@ -171,8 +171,7 @@ def _check_runnable(task: Task, sketch: Sketch, ann: dict[str, int], ok: bool) -
     data of throughput 0 and as a config not to measure again. TVM replays a record's
     steps on the task when it reads it, which fails the same way."""
     resolve_template(sketch.template)
-    if sketch.template in TEMPLATES and \
-            (sketch.template in GEMM_TEMPLATES) != task.is_matmul:
+    if sketch.template in (ROW_TEMPLATES if task.is_matmul else GEMM_TEMPLATES):
         raise ValueError(f"template {sketch.template!r} does not compute {task.key}")
     if set(ann) != set(sketch.params):
         raise ValueError(f"the record sets {sorted(ann)}, sketch {sketch.name} has "

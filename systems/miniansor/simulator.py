@@ -168,7 +168,9 @@ class SimulatedGPU:
         stage_bytes = (bm + bn) * bk * b
         e = task.epilogue
         epi_flops = bm * bn * ({"none": 0, "relu": 1, "gelu": 20}[e.act] + e.bias + e.residual)
-        fused_epi = split == 1 and sketch.template == "matmul"
+        # Only the separate-epilogue template and split-K run the epilogue as a kernel of
+        # its own (below); any other GEMM template, a student's new one too, fuses it.
+        fused_epi = split == 1 and sketch.template != "matmul+epilogue"
         dram_ops, requested = self._operand_traffic(task, bm, bn, k_slice, group, split, occ)
         hit = 1.0 - min(1.0, dram_ops / requested)
         latency = hit * p.l2_latency_s + (1 - hit) * p.mem_latency_s

@@ -49,7 +49,10 @@ TEMPLATES: dict[str, Callable[[Task, dict, dict], torch.Tensor]] = {
     "rows": kernels_rows.launch_rows,
     "looped": kernels_rows.launch_looped,
 }
-GEMM_TEMPLATES = ("matmul", "matmul+epilogue", "splitk")  # the rest compute row tasks
+# The task kind each built-in template computes: a record that pairs one with the other
+# kind is refused on reading (records.py). A template added later is not judged by this.
+GEMM_TEMPLATES = ("matmul", "matmul+epilogue", "splitk")
+ROW_TEMPLATES = ("rows", "looped")
 SPLIT_K_MIN_K = 512  # below this a K loop is too short to be worth splitting
 MULTI_ROW_MAX_COLS = 2048
 ROWS_IN_REGISTERS_MAX_COLS = 16384

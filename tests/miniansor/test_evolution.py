@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from systems.miniansor.annotation import config_key, enumerate_space, is_valid
+from systems.miniansor.annotation import H100_LIMITS, config_key, enumerate_space, is_valid
 from systems.miniansor.evolution import (
     GENE_GROUPS,
     MUTATIONS,
@@ -44,8 +44,8 @@ def _check_mutation_rules(rules) -> None:
         name = rule.__name__
         changed_by_child = []
         for task, sk, ann in parents:
-            child = rule(task, sk, ann, rng)
-            assert child is None or is_valid(task, sk, child), (name, ann, child)
+            child = rule(task, sk, ann, rng, H100_LIMITS)  # as the search calls it
+            assert child is None or is_valid(task, sk, child, H100_LIMITS), (name, ann, child)
             if child is not None:
                 changed = {p for p in ann if child[p] != ann[p]}
                 assert changed, (name, "returned its parent unchanged", ann)

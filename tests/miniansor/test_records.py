@@ -252,3 +252,24 @@ def test_cuda_reads_back_the_one_gpu_of_a_log_on_a_machine_without_one(tmp_path)
     with pytest.raises(ValueError, match="'cuda' stands for the GPU a log was tuned on, "
                                          "and this log holds 2 GPUs"):
         apply_history_best(log, "cuda")
+
+
+def test_a_record_of_a_newly_registered_template_is_read_back(tmp_path, monkeypatch,
+                                                              capsys):
+    """Exercise 1 registers a persistent GEMM in TEMPLATES. Reading used to judge a
+    template's kind by a second list the page never mentioned, so every record of the
+    new template was skipped ("does not compute gemm") and `show` named a slower best."""
+    from systems.miniansor import sketch as sketch_mod
+    from systems.miniansor.sketch import Sketch
+
+    monkeypatch.setitem(sketch_mod.TEMPLATES, "persistent",
+                        sketch_mod.TEMPLATES["matmul"])
+    task = gemm(40, 50, 60, "fp32")
+    tiled = generate_sketches(task)[0]
+    new = Sketch("tiled.persistent", "persistent", tiled.domains, tiled.fixed)
+    _write(tmp_path / "log.jsonl", [(MeasureInput(task, tiled, A), MeasureResult([2e-5])),
+                                    (MeasureInput(task, new, A), MeasureResult([1e-5]))])
+    assert len(load_records(tmp_path / "log.jsonl")) == 2
+    assert "skipping" not in capsys.readouterr().err
+    assert apply_history_best(tmp_path / "log.jsonl").query(task).sketch.name == \
+        "tiled.persistent"

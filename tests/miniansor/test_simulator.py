@@ -99,3 +99,16 @@ def test_repeated_measurements_draw_fresh_noise_reproducibly():
     first, second = a.measure(task, sk, ann), a.measure(task, sk, ann)
     assert len(set(first + second)) == 6
     assert b.measure(task, sk, ann) + b.measure(task, sk, ann) == first + second
+
+
+def test_a_new_gemm_template_pays_for_the_epilogue_it_fuses():
+    """The simulator charged a fused epilogue only to the "matmul" template, so a new
+    GEMM template (exercise 1's persistent kernel) got bias + GELU for free."""
+    from dataclasses import replace
+
+    plain, gelu = gemm(2048, 4096, 2048), gemm(2048, 4096, 2048, bias=True, act="gelu")
+    ann = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "num_warps": 4, "num_stages": 3}
+    sim = SimulatedGPU()
+    for template in ("matmul", "persistent"):
+        sk = replace(generate_sketches(gelu)[0], template=template)
+        assert sim.true_time(gelu, sk, ann) > 1.01 * sim.true_time(plain, sk, ann)
