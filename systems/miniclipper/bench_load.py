@@ -60,7 +60,7 @@ def sweep(conn: Any, starts: dict[str, float], pool: list, ctx: Context,
             rate = starts[a] * factor ** k
             s = _trial(conn, a, pool, [(trial_s, rate)], seed=k)
             curves[a].append({"rate": rate, **{key: s[key] for key in (
-                "goodput_qps", "within_slo", "p50_ms", "p99_ms", "t0", "t1",
+                "goodput_qps", "within_slo", "p50_ms", "p99_ms", "rejected", "t0", "t1",
                 "latencies_ms", "loadgen_cpu_us_per_query")}})
             bar.update(1)
         alive = [a for a in alive if not knee_reached(curves[a])]
@@ -166,7 +166,7 @@ def aimd_change_case(ctx: Context) -> Result:
     from sklearn.ensemble import RandomForestClassifier
 
     from .admin import http_json
-    from .batching import BatchingConfig
+    from .batching import CONTROLLERS, BatchingConfig
     from .bench import digits, running_clipper
 
     X, y = digits()
@@ -174,7 +174,10 @@ def aimd_change_case(ctx: Context) -> Result:
     pool = X[:400].tolist()
     phase_s = ctx.pick(3.0, 1.2)
     sizes = ctx.pick((1, 4, 16, 64), (1, 16))
-    cands = {"aimd": BatchingConfig("aimd"), "quantile": BatchingConfig("quantile"),
+    # every adaptive controller listed in batching.py (a student's new one too), then
+    # the fixed sizes whose best per phase is the baseline
+    adaptive = [n for n in CONTROLLERS if n != "static"]
+    cands = {**{n: BatchingConfig(n) for n in adaptive},
              **{f"fixed-{s}": BatchingConfig("static", size=s, max_size=s) for s in sizes}}
     with running_clipper(cache_bytes=0) as conn:  # inputs are unique anyway: no hits
         _deploy_rf(conn, "rf", rf, BatchingConfig("aimd"))
@@ -203,7 +206,7 @@ def aimd_change_case(ctx: Context) -> Result:
     for k in range(3):
         fixed = {n: runs[n]["phases"][k]["goodput_qps"] for n in runs if n.startswith("fixed")}
         best = max(fixed, key=fixed.get)
-        for n in ("aimd", "quantile"):
+        for n in adaptive:
             ph = runs[n]["phases"][k]
             metrics[f"{n}_phase{k + 1}_within_slo"] = ph["within_slo"]
             metrics[f"{n}_phase{k + 1}_vs_best_fixed"] = ph["goodput_qps"] / max(fixed[best],
@@ -220,7 +223,7 @@ def aimd_change_case(ctx: Context) -> Result:
         (round(b["t"] - r["start_at"], 4), b["batch_size"], b["limit"])
         for b in r["log"][::max(1, len(r["log"]) // 1500)]]} for n, r in runs.items()}
     curves = {}
-    for n in ("aimd", "quantile"):
+    for n in adaptive:
         t = np.array([b[0] for b in series[n]["batches"]])
         lim = np.array([b[2] for b in series[n]["batches"]])
         curves[f"{n} limit"] = (t.tolist(), lim.tolist())

@@ -115,7 +115,7 @@ class QueryProcessor:
         if not asleep:
             return app.state
         return SelectionState({m: w for m, w in app.state.weights.items() if m not in asleep},
-                              app.state.feedback_count)
+                              app.state.feedback_count, extra=app.state.extra)
 
     def _versions(self, names: list[str]) -> dict[str, tuple[str, str]]:
         return {n: (n, self.current_version[n]) for n in names if n in self.current_version}

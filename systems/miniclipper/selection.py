@@ -46,18 +46,23 @@ from typing import Any
 
 @dataclass
 class SelectionState:
-    """Per-application bandit state: one weight per linked model name."""
+    """Per-application bandit state: one weight per linked model name, and ``extra`` for
+    whatever else a policy keeps per application (UCB1's pull counts, say: JSON values,
+    shown by ``get_app_info``). A policy object is shared by every application that uses
+    it, so it keeps nothing on itself; the state is the only place that is per app."""
 
     weights: dict[str, float] = field(default_factory=dict)
     feedback_count: int = 0
     asleep: frozenset[str] = frozenset()  # linked, but no version serves (set per query)
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def awake(self) -> list[str]:
         return [m for m in self.weights if m not in self.asleep]
 
     def to_dict(self) -> dict[str, Any]:
         return {"weights": dict(self.weights), "feedback_count": self.feedback_count,
-                "asleep": sorted(m for m in self.asleep if m in self.weights)}
+                "asleep": sorted(m for m in self.asleep if m in self.weights),
+                "extra": self.extra}
 
 
 @dataclass

@@ -120,20 +120,35 @@ def test_a_classifier_with_string_labels_answers_its_labels(apps):
 
 def test_batching_changes_no_answer(apps):
     """The same model unbatched (static 1) and batched (up to 32, delayed 5 ms) gives
-    every one of 150 concurrent queries the same answer as the in-process model."""
+    every one of 150 concurrent queries the same answer as the in-process model; so does
+    every adaptive controller listed in batching.CONTROLLERS (exercise 1's new one too),
+    set on lin32 in turn."""
+    from systems.miniclipper.batching import CONTROLLERS
+
     c, _, _ = apps
-    xs = np.random.default_rng(5).standard_normal((150, 8))
-    answers = {}
-    for app in ("lin1", "lin32"):
+    rng = np.random.default_rng(5)
+
+    def answers(app, xs):
         with cf.ThreadPoolExecutor(32) as pool:
             got = list(pool.map(lambda x: post(url(c, app), {"input": x.tolist()})[1], xs))
-        assert not any(r["default"] for r in got)
-        answers[app] = [r["output"] for r in got]
-    assert answers["lin1"] == answers["lin32"] == linear(xs).tolist()
+        assert not any(r["default"] for r in got), app
+        return [r["output"] for r in got]
+
+    xs = rng.standard_normal((150, 8))
+    assert answers("lin1", xs) == answers("lin32", xs) == linear(xs).tolist()
     log = {app: post(f"http://{c.cm.get_admin_addr()}/admin/get_batch_log",
                      {"model_name": app})[1] for app in ("lin1", "lin32")}
     assert max(b["batch_size"] for b in log["lin1"]) == 1
     assert max(b["batch_size"] for b in log["lin32"]) > 1
+    try:
+        for policy in CONTROLLERS:
+            if policy != "static":
+                c.set_batching("lin32", BatchingConfig(policy, max_delay_s=0.005))
+                xs = rng.standard_normal((150, 8))  # new inputs: not answered by the cache
+                assert answers("lin32", xs) == linear(xs).tolist(), policy
+    finally:
+        c.set_batching("lin32", BatchingConfig("static", size=32, max_size=32,
+                                               max_delay_s=0.005))
 
 
 def test_cache_hits_return_the_same_answer_without_reaching_the_container(apps):

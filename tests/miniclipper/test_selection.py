@@ -317,3 +317,32 @@ def test_an_asleep_weight_at_the_floor_keeps_its_share():
     _feedback_rounds(qp, 300, lambda rng: 1.0 if rng.random() < 0.5 else 0.0)
     w = app.state.weights
     assert w["b"] / w["a"] == pytest.approx(0.5e-300, rel=1e-6, abs=0)
+
+
+class _Counting(_LastModel):
+    """A policy that keeps a count per model besides the weights, as UCB1 must."""
+
+    name = "counting"
+
+    def select(self, state, rng):
+        pulls = state.extra.setdefault("pulls", {})
+        m = min(state.awake(), key=lambda m: pulls.get(m, 0))
+        pulls[m] = pulls.get(m, 0) + 1
+        return [m]
+
+
+def test_a_policy_keeps_its_own_numbers_in_state_extra_while_a_model_sleeps(monkeypatch):
+    """Exercise 2's UCB1 needs a pull count per model. State kept anywhere but the
+    weights was dropped by the copy `select` gets while a linked model sleeps (HTTP
+    500), and policies are shared by every app, so `self` is no place for it either."""
+    monkeypatch.setitem(POLICIES, "counting", _Counting)
+    qp = QueryProcessor(_Done(lambda m, x: m), Metrics())
+    qp.current_version.update({"a": "1", "b": "1"})  # "c" has no version: asleep
+    for name in ("one", "two"):
+        qp.apps[name] = Application(name, "doubles", "dflt", 1_000_000, "counting",
+                                    state=make_policy("counting").init_state([]))
+        qp.link(qp.apps[name], ["a", "b", "c"])
+    out = asyncio.run(qp.predict("one", [[1.0], [2.0], [3.0], [4.0]], time.monotonic()))
+    assert sorted(r["output"] for r in out) == ["a", "a", "b", "b"]
+    assert qp.apps["one"].describe()["selection_state"]["extra"] == {"pulls": {"a": 2, "b": 2}}
+    assert qp.apps["two"].state.extra == {}  # per application
