@@ -275,7 +275,7 @@ def passes_case(ctx: Context) -> Result:
         y = add_n(towers) * 0.25
     xv = rng.standard_normal((32, 64)).astype(np.float32)
     outs = {}
-    for label, opts in (("off", GraphOptions(False, False, False, False)),
+    for label, opts in (("off", GraphOptions.all_off()),
                         ("on", GraphOptions())):
         with Session(graph=g, config=ConfigProto(graph_options=opts)) as s:
             s.run(global_variables_initializer())

@@ -62,9 +62,11 @@ def build_cnn(x, rng):
 
 
 def build(model: str = "mlp", dev: str = "cpu", seed: int = 0, lr: float = 0.01,
-          batch: int | None = None):
-    """The graph: inputs, logits, loss, accuracy and an Adam training op. ``batch`` fixes
-    the inputs' first dimension (then gradient shapes are static and fold); ``None``
+          batch: int | None = None, optimizer=None):
+    """The graph: inputs, logits, loss, accuracy and a training op, by Adam unless
+    ``optimizer`` (a function of the learning rate, such as
+    ``lambda lr: MomentumOptimizer(lr, 0.9)``) says otherwise. ``batch`` fixes the
+    inputs' first dimension (then gradient shapes are static and fold); ``None``
     accepts any batch, as training and evaluating on the test set need."""
     g = Graph()
     rng = np.random.default_rng(seed)
@@ -77,7 +79,7 @@ def build(model: str = "mlp", dev: str = "cpu", seed: int = 0, lr: float = 0.01,
                                                                            logits=logits))
             accuracy = reduce_mean(cast(equal(argmax(logits, 1, output_type=int32), y),
                                         float32))
-            train_op = mf_train.AdamOptimizer(lr).minimize(loss)
+            train_op = (optimizer or mf_train.AdamOptimizer)(lr).minimize(loss)
         init = global_variables_initializer()
         saver = mf_train.Saver()
     return {"graph": g, "x": x, "y": y, "loss": loss, "accuracy": accuracy,

@@ -16,7 +16,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -37,6 +37,12 @@ class GraphOptions:
     fusion: bool = True
     remapping: bool = True  # Grappler's RewriterConfig.remapping: passes/remapper.py
     max_constant_bytes: int = 10 << 20
+
+    @classmethod
+    def all_off(cls) -> GraphOptions:
+        """Every pass off, a new one too: the graph as written (ours; tests and benchmarks
+        compare against it)."""
+        return cls(**{f.name: False for f in fields(cls) if isinstance(f.default, bool)})
 
 
 @dataclass

@@ -26,3 +26,23 @@ def test_split_is_stratified_and_reproducible():
     assert counts.min() >= 35 and counts.max() <= 37  # 360 test digits, ~36 per class
     m = build("mlp")
     assert m["x"].shape == (None, 64) and m["loss"].shape == ()
+
+
+def test_build_trains_with_the_optimizer_it_is_given():
+    """Exercise 5 trains with Momentum on a GPU: build(optimizer=...) swaps Adam for it,
+    and the loss falls (the GPU test can then be run with either)."""
+    from systems.miniflow import train as mf_train
+    from systems.miniflow.session import Session
+
+    m = build("mlp", lr=0.05, optimizer=lambda lr: mf_train.MomentumOptimizer(
+        lr, 0.9, use_nesterov=True))
+    types = {op.type for op in m["graph"].get_operations()}
+    assert "ApplyMomentum" in types and "ApplyAdam" not in types
+    Xtr, _, ytr, _ = load_split()
+    feed = {m["x"]: Xtr[:256], m["y"]: ytr[:256]}
+    with Session(graph=m["graph"]) as s:
+        s.run(m["init"])
+        first = s.run(m["loss"], feed)
+        for _ in range(20):
+            s.run(m["train"], feed)
+        assert s.run(m["loss"], feed) < 0.5 * first

@@ -79,6 +79,29 @@ def test_unary_ops_and_reductions(backend, name, mf_fn, torch_fn, shape, seed):
     _check(name, mf_fn, torch_fn, [arrays(np.random.default_rng(seed), shape)], backend)
 
 
+EXTREMES = np.array([[-100.0, -20.0, -1.0, 0.0, 1.0, 20.0, 100.0]], np.float32)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name,mf_fn,torch_fn", UNARY, ids=[u[0] for u in UNARY])
+def test_unary_ops_keep_float32_and_agree_with_torch_at_large_inputs(backend, name, mf_fn,
+                                                                     torch_fn):
+    """The hypothesis test above draws float64 values in [-2, 2], where neither an
+    overflow nor a change of dtype can show. On float32 out to +-100 every row must stay
+    float32 and equal torch's float32 answer: inf only where torch overflows too (exp),
+    finite where torch is (a softplus written as log(1 + exp(x)) gives inf at 100, and
+    one computed in float64 returns float64: exercise 1's row is checked here too)."""
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, EXTREMES.shape)
+        y = mf_fn(x)
+    with np.errstate(over="ignore"):
+        got = evaluate(g, y, {x: EXTREMES}, backend)
+    want = torch_fn(torch.from_numpy(EXTREMES)).numpy()
+    assert got.dtype == np.float32, f"{name}: {got.dtype}"
+    np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-30, err_msg=name)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (False, True), (True, True)])
 @SETTINGS
