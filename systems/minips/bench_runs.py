@@ -77,15 +77,18 @@ def run_to_target(model: str, straggler: str, max_s: float, opt: float | None = 
             "clocks": {n: r["clocks"] for n, r in reports.items()}}
 
 
-def fault_sweep(seeds) -> dict[str, Any]:
-    """kill -9 at every crash point, in a seeded order, for each seed; audit every push."""
+def fault_sweep(seeds, **spec: Any) -> dict[str, Any]:
+    """kill -9 at every crash point, in a seeded order, for each seed; audit every push.
+    ``spec`` overrides the cluster's fields (a chain with a middle needs
+    ``servers=4, replication=3``)."""
     out = {"acked": 0, "acked_lost": 0, "duplicated": 0, "max_recovery_s": 0.0, "kills": 0,
            "seeds": 0}
     for seed in seeds:
         rng = np.random.default_rng(seed)
-        spec = ClusterSpec(servers=3, workers=2, replication=2, steps=100_000, audit=3,
-                           app={"name": "count"}, step_sleep_s=0.01, hb_timeout=0.5)
-        with Cluster(spec) as cl:
+        cspec = ClusterSpec(**{**dict(servers=3, workers=2, replication=2, steps=100_000,
+                                      audit=3, app={"name": "count"}, step_sleep_s=0.01,
+                                      hb_timeout=0.5), **spec})
+        with Cluster(cspec) as cl:
             cl.start()
             for point in rng.permutation(CRASH_POINTS):
                 victim = str(rng.choice(cl.status()["servers"]))

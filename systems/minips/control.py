@@ -6,7 +6,9 @@ assignment; section 3), and ps-lite has no such RPC either, so this is ours. The
 
 * ``{"crash": POINT, "after": n}``: SIGKILL the server the n-th time it reaches POINT
   (one of :data:`CRASH_POINTS`, the places in the apply-then-replicate sequence where a
-  crash loses something different); the fault tests and the fault benchmark use this;
+  crash loses something different); the fault tests and the fault benchmark use this.
+  With ``"how": "raise"`` the server raises an exception there instead, once, as a bug
+  in its own code would (what the request that met it gets back is in ``KVServer.guard``);
 * ``{"checkpoint": DIR, "generation": g, "epoch": e}``: write the mastered ranges of ring
   ``e`` atomically (:mod:`.checkpoint`); answered ``RETRY`` if this server cannot reach
   that ring with its master ranges in hand within a few seconds;
@@ -37,10 +39,14 @@ JOIN_CRASH_POINTS = ("before_catchup",)
 
 
 def crash_point(node: KVServer, point: str) -> None:
-    """Die here if a test asked for it (``node.crash[point]`` counts down to the kill)."""
+    """Die here if a test asked for it (``node.crash[point]`` counts down to the kill),
+    or raise, if it asked for a bug (``node.crash_how``)."""
     if point in node.crash:
         node.crash[point] -= 1
         if node.crash[point] <= 0:
+            if node.crash_how.pop(point, "kill") == "raise":
+                del node.crash[point]
+                raise RuntimeError(f"a bug injected at {point}")
             print(f"[{node.name}] crash injected at {point}", flush=True)
             os.kill(os.getpid(), signal.SIGKILL)
 
@@ -60,6 +66,7 @@ async def control(node: KVServer, req: bytes) -> bytes:
                                      f"{CRASH_POINTS + JOIN_CRASH_POINTS}")
         else:
             node.crash[meta["crash"]] = int(meta.get("after", 1))
+            node.crash_how[meta["crash"]] = meta.get("how", "kill")
     if meta.get("checkpoint"):
         why = await ready_for_checkpoint(node, meta.get("epoch"))
         async with node.lock:
@@ -125,6 +132,8 @@ def _malformed(meta: dict) -> str | None:
                 isinstance(x, (int, str)) and str(x).isdigit() for x in d)
                 and int(d[0]) < int(d[1])):
             return f"'dump' must be [begin, end] with begin < end, got {d!r}"
+    if meta.get("how", "kill") not in ("kill", "raise"):
+        return f"'how' must be 'kill' or 'raise', got {meta['how']!r}"
     if "checkpoint" in meta and not isinstance(meta["checkpoint"], str):
         return f"'checkpoint' must be a directory path, got {meta['checkpoint']!r}"
     return None

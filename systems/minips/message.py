@@ -38,6 +38,9 @@ SERVICE = "minips.Server"
 SCHEDULER_SERVICE = "minips.Scheduler"
 
 
+SERVER_BUG = "[INTERNAL] an exception in server"  # gRPC INTERNAL details: fail, never resend
+
+
 class PSError(RuntimeError):
     """A request the system refused; ``code`` is ``INVALID`` or one of the in-band codes."""
 

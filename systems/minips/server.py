@@ -33,6 +33,7 @@ import faulthandler
 import os
 import signal
 import time
+import traceback
 from typing import Any
 
 import grpc
@@ -72,6 +73,7 @@ class KVServer(Membership):
         self.metrics = NodeMetrics(name, "server")
         self.stopping = asyncio.Event()
         self.crash: dict[str, int] = {}
+        self.crash_how: dict[str, str] = {}
         self.config: dict[str, Any] = {}
         self.rejoining = False
         self.reset()
@@ -176,6 +178,12 @@ class KVServer(Membership):
             self.metrics.inc("invalid_requests")
             await ctx.abort(grpc.StatusCode.INVALID_ARGUMENT,
                             f"[INVALID] malformed request meta: {type(e).__name__} {e}")
+        except Exception as e:  # a bug in the server: say so, do not let clients resend
+            traceback.print_exc()  # for ever (gRPC's UNKNOWN looks like a dead server)
+            self.metrics.inc("handler_errors")
+            await ctx.abort(grpc.StatusCode.INTERNAL,
+                            f"{M.SERVER_BUG} {self.name}: {type(e).__name__}: {e} (the "
+                            f"traceback is in its log)")
         self.metrics.wire(sent=len(out))
         return out
 

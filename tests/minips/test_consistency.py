@@ -54,16 +54,17 @@ def quadratic(rank: int, n: int = 32):
 
 
 def check_bsp_against_one_process(make_cluster, clocks: int, sleep_before_push: float,
-                                  sleep_after_push: float) -> None:
+                                  sleep_after_push: float, consistency: str = "bsp") -> None:
     """Two workers, SGD on the server; worker 1 sleeps ``rank x`` the given seconds
     before or after each push. Each BSP clock must equal one step of
-    w <- w - lr * (g0(w) + g1(w)) computed in this process."""
+    w <- w - lr * (g0(w) + g1(w)) computed in this process (``consistency``: another
+    model that must equal BSP, exercise 1's ``ssp_strict:0``)."""
     n, lr = 32, 0.05
     spec = ClusterSpec(servers=2, workers=2, key_max=n, updater={"name": "sgd", "lr": lr},
                        app={"name": "count"})
     cl = make_cluster(spec)
     keys = np.arange(n, dtype=np.uint64)
-    model = Consistency.parse("bsp")
+    model = Consistency.parse(consistency)
 
     def body(kv, rank):
         h, b = quadratic(rank)

@@ -53,3 +53,30 @@ def test_control_reports_state_and_refuses_a_bad_crash_point(make_cluster):
         ch.close()
     np.testing.assert_array_equal(kv.wait(kv.pull(keys)), np.ones((keys.size, 1)))
     kv.close()
+
+
+def test_a_bug_in_the_server_fails_the_request_with_its_name_and_nothing_hangs(make_cluster):
+    """An exception in a server's own code (a student's seam change, say) reached the
+    worker as gRPC UNKNOWN, which it took for a dead server and resent for ever: a job
+    hung without a word. Now the request fails with the exception, and the server goes
+    on serving the next one."""
+    import time
+
+    cl = make_cluster(ClusterSpec(servers=2, workers=0, replication=1, val_len=1,
+                                  updater={"name": "sum"}, app={"name": "count"},
+                                  key_max=KEY_MAX))
+    kv = cl.client("w0")
+    keys = np.arange(0, KEY_MAX, 97, dtype=np.uint64)
+    ones = np.ones((keys.size, 1), np.float32)
+    assert cl.control("s0", crash="before_apply", how="raise")["code"] == M.OK
+    assert cl.control("s0", crash="before_apply", how="nope")["code"] == "INVALID"
+    t0 = time.monotonic()
+    with pytest.raises(M.PSError, match=r"\[INTERNAL\] an exception in server s0: "
+                                        r"RuntimeError: a bug injected at before_apply"):
+        kv.wait(kv.push(keys, ones, clock=0))
+    assert time.monotonic() - t0 < 30
+    kv.wait(kv.push(keys, ones, clock=1))  # the bug was one-off: s0 still serves
+    assert cl.control("s0", metrics=True)["metrics"]["handler_errors"] == 1
+    got = kv.wait(kv.pull(keys))
+    assert set(np.unique(got).tolist()) <= {1.0, 2.0}  # s1's half of clock 0 was applied
+    kv.close()
