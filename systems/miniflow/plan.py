@@ -44,6 +44,12 @@ class Snapshot:
                             [c.name for c in ctrl], dev) for n, ins, ctrl, dev in self._raw]
         return self._nodes
 
+    @property
+    def fused_members(self) -> dict[str, list[str]]:
+        """The op types inside each fused node, by its name (for its label in DOT)."""
+        return {n.name: [t for t, *_ in n.attrs["body"]] for n, *_ in self._raw
+                if n.type == "_FusedElementwise"}
+
 
 @dataclass
 class Plan:

@@ -29,13 +29,14 @@ def _quote(s: str) -> str:
 
 def to_dot(source: Graph | Plan, stage: str = "optimized") -> str:
     """DOT text of a Graph, or of a Plan at ``stage`` ('pruned', 'optimized', 'partitioned')."""
+    fused: dict[str, list[str]] = {}
     if isinstance(source, Graph):
         nodes = [(op.name, op.type, [t.name for t in op.inputs],
                   [c.name for c in op.control_inputs], op.device)
                  for op in source.get_operations()]
     else:
         snap: Snapshot = source.snapshots[stage]
-        nodes = snap.nodes
+        nodes, fused = snap.nodes, snap.fused_members
     lines = ["digraph G {", "  rankdir=TB;", '  node [shape=box, style=filled, fontsize=10];']
     by_device: dict[str, list] = defaultdict(list)
     for n in nodes:
@@ -48,7 +49,10 @@ def to_dot(source: Graph | Plan, stage: str = "optimized") -> str:
             indent = "    "
         for name, op_type, *_ in members:
             color = _COLORS.get(op_type, "white")
-            lines.append(f"{indent}{_quote(name)} [label={_quote(name + chr(10) + op_type)}, "
+            label = name + "\n" + op_type
+            if name in fused:  # which ops the fusion pass put inside
+                label += "\n(" + ", ".join(fused[name]) + ")"
+            lines.append(f"{indent}{_quote(name)} [label={_quote(label)}, "
                          f"fillcolor={color}];")
         if dev:
             lines.append("  }")

@@ -78,3 +78,17 @@ def test_a_transfer_arrow_starts_at_the_send_and_ends_at_the_recv(tmp_path):
         assert here, e
         assert {ops[n] for n in here} == {"_Send" if e["ph"] == "s" else "_Recv"}, (e, here)
     s.close()
+
+
+def test_a_fused_node_is_labelled_with_the_ops_inside_it():
+    """Exercise 1 asks where a new elementwise op lands in fusion: the fused node's label
+    lists its members' op types, in order (it used to say only _FusedElementwise)."""
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [4], name="x")
+        y = mf.reduce_sum(mf.sigmoid(mf.tanh(x * 3.0)), name="y")
+    with mf.Session(graph=g) as s:
+        s.run(y, {x: np.ones(4, np.float32)})
+        dot = to_dot(s.plan_for(y, {x: None}), "optimized")
+    assert dot.count("_FusedElementwise") == 1
+    assert "_FusedElementwise\n(Mul, Tanh, Sigmoid)" in dot, dot
