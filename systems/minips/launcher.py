@@ -131,8 +131,9 @@ def launch(spec: ClusterSpec, run_dir: str | Path | None = None,
         crashed = [n for n in (f"w{i}" for i in range(spec.workers)) if n not in killed
                    and cl.group.children[n].popen.returncode != 0]
         if crashed:  # a job whose workers died is not a result: say so, loudly
-            raise RuntimeError(f"worker(s) {crashed} crashed; the end of "
-                               f"{crashed[0]}'s log:\n{cl.group.children[crashed[0]].log_tail()}")
+            raise RuntimeError(f"worker(s) {crashed} crashed (every node's log is in "
+                               f"{cl.run_dir}/logs); the end of {crashed[0]}'s log:\n"
+                               f"{cl.group.children[crashed[0]].log_tail()}")
         with failure_named(cl):  # reads after the end; the job may fail meanwhile
             if mon:
                 mon.close()

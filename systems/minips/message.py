@@ -41,6 +41,10 @@ SCHEDULER_SERVICE = "minips.Scheduler"
 SERVER_BUG = "[INTERNAL] an exception in server"  # gRPC INTERNAL details: fail, never resend
 
 
+class PeerBug(RuntimeError):
+    """A peer server answered a replication RPC with ``SERVER_BUG``: passed on as it is."""
+
+
 class PSError(RuntimeError):
     """A request the system refused; ``code`` is ``INVALID`` or one of the in-band codes."""
 

@@ -60,15 +60,22 @@ class Replication(RingTransitions):
         return rpc.method(self.channels[addr], M.SERVICE, method)
 
     async def send(self, server: str, method: str, msg: bytes,
-                   timeout: float = FORWARD_TIMEOUT_S) -> dict | None:
-        """One RPC to a peer; None if it failed or answered anything but OK."""
+                   timeout: float = FORWARD_TIMEOUT_S, bugs: bool = False) -> dict | None:
+        """One RPC to a peer; None if it failed or answered anything but OK. With
+        ``bugs``, a peer's exception (``M.SERVER_BUG``) is raised as ``M.PeerBug``: the
+        push that met it then fails with it, where "unreachable" would be resent for ever."""
         try:
             self.s.metrics.wire(sent=len(msg))
             out = await self.call(server, method)(msg, timeout=timeout)
             self.s.metrics.wire(received=len(out))
             meta = M.decode(out)[0]
             return meta if meta.get("code") == M.OK else None
-        except (grpc.RpcError, KeyError, M.PSError):
+        except grpc.RpcError as e:
+            if bugs and e.code() == grpc.StatusCode.INTERNAL and \
+                    (e.details() or "").startswith(M.SERVER_BUG):
+                raise M.PeerBug(e.details()) from None
+            return None
+        except (KeyError, M.PSError):
             return None
 
     # ---- the master's side of a push --------------------------------------------------
@@ -121,7 +128,7 @@ class Replication(RingTransitions):
         if not changes:
             return True
         t0 = now_us()
-        res = await self.race([self.send(r, "Forward", msg) for r, msg in changes])
+        res = await self.race([self.send(r, "Forward", msg, bugs=True) for r, msg in changes])
         self.s.metrics.inc("forwards", len(changes))
         self.s.metrics.span("forward", t0, now_us() - t0, replicas=[r for r, _ in changes])
         return res is not None and all(x is not None for x in res)

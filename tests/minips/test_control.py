@@ -80,3 +80,21 @@ def test_a_bug_in_the_server_fails_the_request_with_its_name_and_nothing_hangs(m
     got = kv.wait(kv.pull(keys))
     assert set(np.unique(got).tolist()) <= {1.0, 2.0}  # s1's half of clock 0 was applied
     kv.close()
+
+
+def test_a_bug_in_a_replica_fails_the_push_that_met_it(make_cluster):
+    """A replica's exception used to look like an unreachable replica to the master,
+    which answered RETRY, and the worker resent for ever (exercise 3 edits exactly this
+    code). Now the master passes the replica's exception on to the push."""
+    cl = make_cluster(ClusterSpec(servers=2, workers=0, replication=2, val_len=1,
+                                  updater={"name": "sum"}, app={"name": "count"},
+                                  key_max=KEY_MAX))
+    kv = cl.client("w0")
+    keys = np.arange(0, KEY_MAX, 97, dtype=np.uint64)
+    ones = np.ones((keys.size, 1), np.float32)
+    assert cl.control("s1", crash="replica_after_apply", how="raise")["code"] == M.OK
+    with pytest.raises(M.PSError, match=r"an exception in server s1: RuntimeError: a bug "
+                                        r"injected at replica_after_apply .*met by s0"):
+        kv.wait(kv.push(keys, ones, clock=0))
+    kv.wait(kv.push(keys, ones, clock=1))  # one-off: both still serve
+    kv.close()
