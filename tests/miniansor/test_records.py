@@ -273,3 +273,16 @@ def test_a_record_of_a_newly_registered_template_is_read_back(tmp_path, monkeypa
     assert "skipping" not in capsys.readouterr().err
     assert apply_history_best(tmp_path / "log.jsonl").query(task).sketch.name == \
         "tiled.persistent"
+
+
+def test_a_built_in_template_of_the_other_kind_is_skipped(tmp_path, capsys):
+    """A GEMM record naming a row template (edited by hand, or from another version)
+    would launch a row kernel on a GEMM's inputs; the record is skipped, with its reason."""
+    task = gemm(40, 50, 60, "fp32")
+    log = tmp_path / "log.jsonl"
+    _write(log, [(MeasureInput(task, generate_sketches(task)[0], A), MeasureResult([2e-5]))])
+    good = json.loads(log.read_text())
+    with log.open("a") as f:
+        f.write(json.dumps({**good, "template": "looped", "costs": [1e-7]}) + "\n")
+    assert [r.costs for _, r in load_records(log)] == [[2e-5]]
+    assert "template 'looped' does not compute gemm" in capsys.readouterr().err
