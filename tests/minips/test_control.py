@@ -55,6 +55,14 @@ def test_control_reports_state_and_refuses_a_bad_crash_point(make_cluster):
     kv.close()
 
 
+def _two_servers_and_a_client(make_cluster, replication: int):
+    cl = make_cluster(ClusterSpec(servers=2, workers=0, replication=replication, val_len=1,
+                                  updater={"name": "sum"}, app={"name": "count"},
+                                  key_max=KEY_MAX))
+    keys = np.arange(0, KEY_MAX, 97, dtype=np.uint64)
+    return cl, cl.client("w0"), keys, np.ones((keys.size, 1), np.float32)
+
+
 def test_a_bug_in_the_server_fails_the_request_with_its_name_and_nothing_hangs(make_cluster):
     """An exception in a server's own code (a student's seam change, say) reached the
     worker as gRPC UNKNOWN, which it took for a dead server and resent for ever: a job
@@ -62,12 +70,7 @@ def test_a_bug_in_the_server_fails_the_request_with_its_name_and_nothing_hangs(m
     on serving the next one."""
     import time
 
-    cl = make_cluster(ClusterSpec(servers=2, workers=0, replication=1, val_len=1,
-                                  updater={"name": "sum"}, app={"name": "count"},
-                                  key_max=KEY_MAX))
-    kv = cl.client("w0")
-    keys = np.arange(0, KEY_MAX, 97, dtype=np.uint64)
-    ones = np.ones((keys.size, 1), np.float32)
+    cl, kv, keys, ones = _two_servers_and_a_client(make_cluster, replication=1)
     assert cl.control("s0", crash="before_apply", how="raise")["code"] == M.OK
     assert cl.control("s0", crash="before_apply", how="nope")["code"] == "INVALID"
     t0 = time.monotonic()
@@ -86,12 +89,7 @@ def test_a_bug_in_a_replica_fails_the_push_that_met_it(make_cluster):
     """A replica's exception used to look like an unreachable replica to the master,
     which answered RETRY, and the worker resent for ever (exercise 3 edits exactly this
     code). Now the master passes the replica's exception on to the push."""
-    cl = make_cluster(ClusterSpec(servers=2, workers=0, replication=2, val_len=1,
-                                  updater={"name": "sum"}, app={"name": "count"},
-                                  key_max=KEY_MAX))
-    kv = cl.client("w0")
-    keys = np.arange(0, KEY_MAX, 97, dtype=np.uint64)
-    ones = np.ones((keys.size, 1), np.float32)
+    cl, kv, keys, ones = _two_servers_and_a_client(make_cluster, replication=2)
     assert cl.control("s1", crash="replica_after_apply", how="raise")["code"] == M.OK
     with pytest.raises(M.PSError, match=r"an exception in server s1: RuntimeError: a bug "
                                         r"injected at replica_after_apply .*met by s0"):
