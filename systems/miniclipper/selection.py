@@ -62,7 +62,7 @@ class SelectionState:
     def to_dict(self) -> dict[str, Any]:
         return {"weights": dict(self.weights), "feedback_count": self.feedback_count,
                 "asleep": sorted(m for m in self.asleep if m in self.weights),
-                "extra": self.extra}
+                "extra": dict(self.extra)}
 
 
 @dataclass

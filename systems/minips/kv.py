@@ -351,9 +351,8 @@ class KVWorker(Recovery):
             if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 req.error = M.PSError("INVALID", exc.details())
                 return self._finish(req, p, fatal=True)
-            if exc.code() == grpc.StatusCode.INTERNAL and \
-                    (exc.details() or "").startswith(M.SERVER_BUG):
-                req.error = M.PSError("INTERNAL", exc.details().removeprefix("[INTERNAL] "))
+            if bug := M.server_bug(exc):
+                req.error = M.PSError("INTERNAL", bug.removeprefix("[INTERNAL] "))
                 return self._finish(req, p, fatal=True)
             if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED and req.op == "pull" and \
                     req.wait is not None:  # held on its dependency all along: not a failure

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import grpc
 import numpy as np
 
 from common import wire
@@ -39,6 +40,14 @@ SCHEDULER_SERVICE = "minips.Scheduler"
 
 
 SERVER_BUG = "[INTERNAL] an exception in server"  # gRPC INTERNAL details: fail, never resend
+
+
+def server_bug(exc: grpc.RpcError) -> str | None:
+    """The details of a gRPC error that is a server's exception (``KVServer.guard``),
+    else None: gRPC itself may say INTERNAL for a broken stream, which is resent."""
+    details = exc.details() or ""
+    return details if exc.code() == grpc.StatusCode.INTERNAL and \
+        details.startswith(SERVER_BUG) else None
 
 
 class PeerBug(RuntimeError):

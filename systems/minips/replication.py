@@ -71,9 +71,8 @@ class Replication(RingTransitions):
             meta = M.decode(out)[0]
             return meta if meta.get("code") == M.OK else None
         except grpc.RpcError as e:
-            if bugs and e.code() == grpc.StatusCode.INTERNAL and \
-                    (e.details() or "").startswith(M.SERVER_BUG):
-                raise M.PeerBug(e.details()) from None
+            if bugs and (bug := M.server_bug(e)):
+                raise M.PeerBug(bug) from None
             return None
         except (KeyError, M.PSError):
             return None
