@@ -9,6 +9,7 @@ assignment; section 3), and ps-lite has no such RPC either, so this is ours. The
   crash loses something different); the fault tests and the fault benchmark use this.
   With ``"how": "raise"`` the server raises an exception there instead, once, as a bug
   in its own code would (what the request that met it gets back is in ``KVServer.guard``);
+  ``"raise_always"`` raises every time, as a bug that stays in the code does;
 * ``{"checkpoint": DIR, "generation": g, "epoch": e}``: write the mastered ranges of ring
   ``e`` atomically (:mod:`.checkpoint`); answered ``RETRY`` if this server cannot reach
   that ring with its master ranges in hand within a few seconds;
@@ -36,6 +37,10 @@ CRASH_POINTS = ("before_apply", "after_apply", "after_forward", "replica_after_a
 # reached only while a server joins: an old master dies before it sends the changes made
 # since the joiner's pre-copy (the joiner must then copy them from a surviving replica)
 JOIN_CRASH_POINTS = ("before_catchup",)
+# reached only when a whole copy of a range arrives (``Sync``: a ring change, or a broken
+# master's resync), before the replica installs it
+COPY_CRASH_POINTS = ("replica_sync",)
+ALL_CRASH_POINTS = CRASH_POINTS + JOIN_CRASH_POINTS + COPY_CRASH_POINTS
 
 
 def crash_point(node: KVServer, point: str) -> None:
@@ -44,8 +49,10 @@ def crash_point(node: KVServer, point: str) -> None:
     if point in node.crash:
         node.crash[point] -= 1
         if node.crash[point] <= 0:
-            if node.crash_how.pop(point, "kill") == "raise":
-                del node.crash[point]
+            how = node.crash_how.get(point, "kill")
+            if how.startswith("raise"):
+                if how == "raise":  # once; "raise_always" stays armed
+                    del node.crash[point], node.crash_how[point]
                 raise RuntimeError(f"a bug injected at {point}")
             print(f"[{node.name}] crash injected at {point}", flush=True)
             os.kill(os.getpid(), signal.SIGKILL)
@@ -61,9 +68,8 @@ async def control(node: KVServer, req: bytes) -> bytes:
         return M.encode(M.reply("INVALID", f"malformed Control request: {bad}"))
     out: dict[str, Any] = {"code": M.OK, "name": node.name, "epoch": node.epoch}
     if "crash" in meta:
-        if meta["crash"] not in CRASH_POINTS + JOIN_CRASH_POINTS:
-            out = M.reply("INVALID", f"crash point must be one of "
-                                     f"{CRASH_POINTS + JOIN_CRASH_POINTS}")
+        if meta["crash"] not in ALL_CRASH_POINTS:
+            out = M.reply("INVALID", f"crash point must be one of {ALL_CRASH_POINTS}")
         else:
             node.crash[meta["crash"]] = int(meta.get("after", 1))
             node.crash_how[meta["crash"]] = meta.get("how", "kill")
@@ -132,8 +138,8 @@ def _malformed(meta: dict) -> str | None:
                 isinstance(x, (int, str)) and str(x).isdigit() for x in d)
                 and int(d[0]) < int(d[1])):
             return f"'dump' must be [begin, end] with begin < end, got {d!r}"
-    if meta.get("how", "kill") not in ("kill", "raise"):
-        return f"'how' must be 'kill' or 'raise', got {meta['how']!r}"
+    if meta.get("how", "kill") not in ("kill", "raise", "raise_always"):
+        return f"'how' must be 'kill', 'raise' or 'raise_always', got {meta['how']!r}"
     if "checkpoint" in meta and not isinstance(meta["checkpoint"], str):
         return f"'checkpoint' must be a directory path, got {meta['checkpoint']!r}"
     return None

@@ -63,7 +63,10 @@ class Replication(RingTransitions):
                    timeout: float = FORWARD_TIMEOUT_S, bugs: bool = False) -> dict | None:
         """One RPC to a peer; None if it failed or answered anything but OK. With
         ``bugs``, a peer's exception (``M.SERVER_BUG``) is raised as ``M.PeerBug``: the
-        push that met it then fails with it, where "unreachable" would be resent for ever."""
+        push that met it then fails with it, where "unreachable" would be resent for ever.
+        (Not on a ring change's copies: those run in background tasks, where an exception
+        would be lost. A failed copy marks the master broken, and the next push's
+        resync then meets the bug again and reports it.)"""
         try:
             self.s.metrics.wire(sent=len(msg))
             out = await self.call(server, method)(msg, timeout=timeout)
@@ -72,7 +75,7 @@ class Replication(RingTransitions):
             return meta if meta.get("code") == M.OK else None
         except grpc.RpcError as e:
             if bugs and (bug := M.server_bug(e)):
-                raise M.PeerBug(bug) from None
+                raise M.PeerBug(f"{bug} (met by {self.s.name}'s {method})") from None
             return None
         except (KeyError, M.PSError):
             return None
@@ -179,16 +182,20 @@ class Replication(RingTransitions):
 
     # ---- whole copies: to a new replica, and a broken master's resync -------------------
 
-    async def sync_to(self, replica: str, ranges: list[tuple[int, int]]) -> bool:
-        ok = await self.send(replica, "Sync", self.range_message("sync", ranges, full=True))
+    async def sync_to(self, replica: str, ranges: list[tuple[int, int]],
+                      bugs: bool = False) -> bool:
+        ok = await self.send(replica, "Sync", self.range_message("sync", ranges, full=True),
+                             bugs=bugs)
         self.s.dbg(f"copy to {replica} {ranges} ok={ok is not None}")
         self.s.metrics.inc("syncs_sent")
         return ok is not None
 
     async def resync_all(self) -> bool:
-        """Send every range we master to all its replicas (after a failed forward)."""
+        """Send every range we master to all its replicas (after a failed forward or
+        copy). A replica's exception is raised (``M.PeerBug``): the push waiting for this
+        resync fails with it instead of being answered RETRY for as long as the bug stays."""
         ring, me = self.s.ring, self.s.name
-        jobs = [self.sync_to(r, [(pc.begin, pc.end)]) for pc in ring.pieces
+        jobs = [self.sync_to(r, [(pc.begin, pc.end)], bugs=True) for pc in ring.pieces
                 if pc.master == me for r in pc.replicas]
         res = await self.race(jobs)
         self.broken = res is None or not all(res)

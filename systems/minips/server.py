@@ -178,8 +178,8 @@ class KVServer(Membership):
             self.metrics.inc("invalid_requests")
             await ctx.abort(grpc.StatusCode.INVALID_ARGUMENT,
                             f"[INVALID] malformed request meta: {type(e).__name__} {e}")
-        except M.PeerBug as e:  # a replica's bug, met while forwarding this push
-            await ctx.abort(grpc.StatusCode.INTERNAL, f"{e} (met by {self.name}'s Forward)")
+        except M.PeerBug as e:  # a replica's bug, met while passing this push on
+            await ctx.abort(grpc.StatusCode.INTERNAL, str(e))
         except Exception as e:  # a bug in the server: say so, do not let clients resend
             traceback.print_exc()  # for ever (gRPC's UNKNOWN looks like a dead server)
             self.metrics.inc("handler_errors")

@@ -122,6 +122,7 @@ class RingTransitions:
                 if not keep:
                     return M.encode(M.reply())
                 restrict(meta, keep)
+        self.s.crash_point("replica_sync")
         if not meta.get("catchup"):  # a replica's copy, from its master or a backup
             self.unsynced = subtract(self.unsynced, meta["ranges"])
             if early:

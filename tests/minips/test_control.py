@@ -96,3 +96,27 @@ def test_a_bug_in_a_replica_fails_the_push_that_met_it(make_cluster):
         kv.wait(kv.push(keys, ones, clock=0))
     kv.wait(kv.push(keys, ones, clock=1))  # one-off: both still serve
     kv.close()
+
+
+def test_a_bug_that_stays_in_a_replicas_sync_fails_the_next_push_instead_of_a_hang(
+        make_cluster):
+    """A ring change copies ranges to new replicas (``Sync``). A bug in the receiving
+    code used to look like an unreachable replica: the master stayed broken, answered
+    every push RETRY, and the job resent for ever without a word. Now the broken master's
+    resync meets the bug again and the push fails with it, naming both servers."""
+    cl = make_cluster(ClusterSpec(servers=3, workers=0, replication=2, val_len=1,
+                                  updater={"name": "sum"}, app={"name": "count"},
+                                  key_max=KEY_MAX, hb_timeout=3.0))
+    kv = cl.client("w0")
+    keys = np.arange(0, KEY_MAX, 97, dtype=np.uint64)
+    ones = np.ones((keys.size, 1), np.float32)
+    kv.wait(kv.push(keys, ones, clock=0))
+    for s in ("s0", "s1"):
+        assert cl.control(s, crash="replica_sync", how="raise_always")["code"] == M.OK
+    e0 = cl.status()["epoch"]
+    cl.signal("s2")  # s0 and s1 each copy ranges to the other, which raises
+    cl.wait_ring(lambda st: st["epoch"] > e0, timeout=30)
+    with pytest.raises(M.PSError, match=r"an exception in server s[01]: RuntimeError: a bug "
+                                        r"injected at replica_sync .*met by s[01]'s Sync"):
+        kv.wait(kv.push(keys, ones, clock=1), timeout=60)
+    kv.close()
