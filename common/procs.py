@@ -110,6 +110,16 @@ class Child:
             return ""
 
 
+def _readable(f: Any, timeout: float) -> bool:
+    """Whether ``f`` has something to read (or hit end of file) within ``timeout`` s.
+    ``poll``, not ``select``: select refuses descriptors past FD_SETSIZE (1024), which a
+    Clipper frontend holding a thousand client connections reaches when it starts a
+    container."""
+    p = select.poll()
+    p.register(f, select.POLLIN)
+    return bool(p.poll(timeout * 1000))
+
+
 class ProcessGroup:
     """The children of one system run; a context manager that always cleans up."""
 
@@ -183,6 +193,10 @@ class ProcessGroup:
         child.reading = True
         try:
             return self._read_ready(child, out, deadline, timeout)
+        except BaseException:  # whatever went wrong, a child that never got ready goes
+            child.reading = False
+            self.stop(child.name)
+            raise
         finally:
             child.reading = False
 
@@ -190,10 +204,9 @@ class ProcessGroup:
                     timeout: float) -> dict[str, Any]:
         buf, garbled = b"", False
         while time.monotonic() < deadline and not garbled:
-            if not child.alive() and not select.select([out], [], [], 0)[0]:
+            if not child.alive() and not _readable(out, 0):
                 break
-            r, _, _ = select.select([out], [], [], 0.05)
-            if not r:
+            if not _readable(out, 0.05):
                 continue
             chunk = os.read(out.fileno(), 65536)
             if not chunk:

@@ -144,12 +144,14 @@ def management_app(server: ClipperServer, bind_host: str = rpc.LOOPBACK) -> web.
                                 "max_queue": d.get("max_queue", 1024)}
         try:
             await sup.set_num_replicas(model, n)
-        except RuntimeError as e:  # the container died while loading the model
-            await sup.retire(model)
+        except Exception as e:  # the container died while loading the model, or worse:
+            await sup.retire(model)  # either way no half-added model stays behind
             del server.models[model]
             ex.remove_model(model)
             server.forget_model(model)
-            raise BadRequest(f"model {name}:{version} failed to start: {e}") from None
+            if isinstance(e, (RuntimeError, OSError)):
+                raise BadRequest(f"model {name}:{version} failed to start: {e}") from None
+            raise
         if n == 0:
             _none_running(model)
         qp.current_version[name] = version

@@ -137,17 +137,47 @@ def as_operation(x: Any, where: str) -> Operation:
 
 
 class Graph:
-    """A container of operations, plus the scopes in effect while it is being built."""
+    """A container of operations, plus the scopes in effect while it is being built.
+
+    The scopes (name, device, control dependencies) belong to the thread that opened
+    them, as in TF (``Graph._thread_local`` in ``ops.py``): two threads building one
+    graph never put their ops in each other's scopes. Building from two threads at once
+    is unsafe in TF; here an op's name is chosen and taken under a lock, so names stay
+    unique."""
 
     def __init__(self) -> None:
         self._ops: list[Operation] = []
         self._by_name: dict[str, Operation] = {}
         self._name_counts: dict[str, int] = {}
-        self._scope = ""
-        self._device_stack: list[str] = []
-        self._control_stack: list[list[Operation]] = []
+        self._local = threading.local()
+        self._lock = threading.RLock()  # a name is chosen and taken in one step
         self._collections: dict[str, list[Any]] = {}
         self._finalized = False
+
+    # the scopes: per thread (each starts at the top level, with none open)
+    @property
+    def _scope(self) -> str:
+        return getattr(self._local, "scope", "")
+
+    @_scope.setter
+    def _scope(self, scope: str) -> None:
+        self._local.scope = scope
+
+    @property
+    def _device_stack(self) -> list[str]:
+        if not hasattr(self._local, "devices"):
+            self._local.devices = []
+        return self._local.devices
+
+    @property
+    def _control_stack(self) -> list[list[Operation]]:
+        if not hasattr(self._local, "controls"):
+            self._local.controls = []
+        return self._local.controls
+
+    @_control_stack.setter
+    def _control_stack(self, stack: list[list[Operation]]) -> None:
+        self._local.controls = stack
 
     # -- building ------------------------------------------------------------------
     def create_op(self, op_type: str, inputs: Sequence[Tensor], attrs: dict[str, Any],
@@ -162,14 +192,15 @@ class Graph:
         for c in control_inputs:  # the plan finds ops by their index in *this* graph
             self._check_own(c, op_type)
         controls = [op for group in self._control_stack for op in group]
-        if exact_name and (name in self._by_name or not name):
-            raise ValueError(f"operation name {name!r} is empty or already taken")
-        full = name if exact_name else self.unique_name(name or op_type)
-        op = Operation(self, op_type, full, inputs, attrs,
-                       output_specs, self._device_stack[-1] if self._device_stack else "",
-                       controls + list(control_inputs), _user_site())
-        self._ops.append(op)
-        self._by_name[op.name] = op
+        with self._lock:
+            if exact_name and (name in self._by_name or not name):
+                raise ValueError(f"operation name {name!r} is empty or already taken")
+            full = name if exact_name else self.unique_name(name or op_type)
+            op = Operation(self, op_type, full, inputs, attrs,
+                           output_specs, self._device_stack[-1] if self._device_stack else "",
+                           controls + list(control_inputs), _user_site())
+            self._ops.append(op)
+            self._by_name[op.name] = op
         return op
 
     def _check_own(self, op: Operation, where: str) -> None:
@@ -179,6 +210,10 @@ class Graph:
     def unique_name(self, name: str) -> str:
         """``scope/name``, with ``_1``, ``_2``... appended if taken (as TF does)."""
         base = f"{self._scope}/{name}" if self._scope else name
+        with self._lock:
+            return self._take_name(base)
+
+    def _take_name(self, base: str) -> str:
         count = self._name_counts.get(base, 0)
         full = f"{base}_{count}" if count else base
         # taken already: by a suffixed name ('a' twice made 'a_1', then 'a_1' is asked

@@ -44,7 +44,7 @@ from .filters import FilterChain
 from .metrics import NodeMetrics
 from .recovery import Recovery
 from .ring import Ring, intersect, merge_ranges, positions
-from .tracker import Pending, Request
+from .tracker import Pending, Records, Request
 
 PUSH_TIMEOUT_S = 10.0
 PULL_TIMEOUT_S = 600.0  # a pull may wait long on consistency; failures are caught earlier
@@ -66,7 +66,7 @@ def _outside(keys: np.ndarray, ranges: list[tuple[int, int]]) -> np.ndarray:
     return keys[outside]
 
 
-class KVWorker(Recovery):
+class KVWorker(Recovery, Records):
     def __init__(self, scheduler: str, name: str, role: str = "worker",
                  filters: list | None = None, heartbeat: bool = True,
                  connect_s: float = 10.0):
@@ -96,11 +96,7 @@ class KVWorker(Recovery):
         self.metrics = NodeMetrics(name, role)
         self.filters = FilterChain(filters)
         self.lock = threading.RLock()
-        self.requests: dict[int, Request] = {}
-        self.prune_at = 4096  # open records past which acknowledged, unwaited pushes go
-        # one byte per timestamp (1: an acknowledged push forgotten unwaited), as ps-lite's
-        # Customer keeps a tracker entry per timestamp: a set of ints cost ~60 bytes each
-        self.pruned = bytearray()
+        self.init_records()
         self.push_queue: collections.deque[Request] = collections.deque()
         self.push_busy = False
         self.ts_counter = itertools.count()
@@ -149,41 +145,44 @@ class KVWorker(Recovery):
         vals = M.as_vals(vals, keys.size, self.val_len)
         if copy:
             keys, vals = _own(keys, orig_k), _own(vals, orig_v)
-        if clock is None and cmd != "init":
-            clock = self.auto_clock + 1
-        ranges = M.check_range(key_range, keys, self.key_max, "push")
-        if clock is not None:
-            if clock < self.auto_clock:
-                raise ValueError(f"push clock {clock} is older than the last one "
-                                 f"({self.auto_clock}); clocks only move forward")
-            # A range's clock says which pushes it applied, so a second push to the same
-            # range at the same clock would be dropped as a resend: refuse it here.
-            same = self.clock_ranges if clock == self.auto_clock else []
-            if same and (ctx or {}).get("final") and self.filters.value_filters:
-                # the final push flushes what filters held back, anywhere in the key
-                # space, so into ranges this clock already covered, where the servers
-                # would drop it as a resend: it needs a clock of its own
-                raise ValueError(f"a final push (ctx['final']) flushes held-back updates, "
-                                 f"so it needs a clock no push has used; clock {clock} "
-                                 f"already covered {same}")
-            if intersect(same, ranges):
-                raise ValueError(f"a push at clock {clock} already covered "
-                                 f"{intersect(same, ranges)}; push the next clock, or "
-                                 f"one push per range and clock")
-            self.clock_ranges = merge_ranges(same + ranges)
-            self.auto_clock = clock
-        if self.filters.value_filters and cmd != "init":
-            keys, vals = self.filters.filter_push(keys, vals, ctx or {})
-            # a final push also flushes what a filter held back, maybe outside key_range:
-            # cover those keys too, or no slice would carry them
-            out = _outside(keys, ranges)
-            if out.size:
-                ranges = merge_ranges(ranges + [(int(k), int(k) + 1) for k in out])
-                if clock is not None:
-                    self.clock_ranges = merge_ranges(self.clock_ranges + ranges)
-        req = self._new("push", keys, vals, ranges, clock=clock, cmd=cmd)
-        req.push_wait = wait
+        # one critical section from the clock to the queue: pushes from several threads
+        # then leave in clock order (a later clock sent first would make the servers
+        # drop the earlier push as a resend, after acknowledging it)
         with self.lock:
+            if clock is None and cmd != "init":
+                clock = self.auto_clock + 1
+            ranges = M.check_range(key_range, keys, self.key_max, "push")
+            if clock is not None:
+                if clock < self.auto_clock:
+                    raise ValueError(f"push clock {clock} is older than the last one "
+                                     f"({self.auto_clock}); clocks only move forward")
+                # A range's clock says which pushes it applied, so a second push to the same
+                # range at the same clock would be dropped as a resend: refuse it here.
+                same = self.clock_ranges if clock == self.auto_clock else []
+                if same and (ctx or {}).get("final") and self.filters.value_filters:
+                    # the final push flushes what filters held back, anywhere in the key
+                    # space, so into ranges this clock already covered, where the servers
+                    # would drop it as a resend: it needs a clock of its own
+                    raise ValueError(f"a final push (ctx['final']) flushes held-back updates, "
+                                     f"so it needs a clock no push has used; clock {clock} "
+                                     f"already covered {same}")
+                if intersect(same, ranges):
+                    raise ValueError(f"a push at clock {clock} already covered "
+                                     f"{intersect(same, ranges)}; push the next clock, or "
+                                     f"one push per range and clock")
+                self.clock_ranges = merge_ranges(same + ranges)
+                self.auto_clock = clock
+            if self.filters.value_filters and cmd != "init":
+                keys, vals = self.filters.filter_push(keys, vals, ctx or {})
+                # a final push also flushes what a filter held back, maybe outside key_range:
+                # cover those keys too, or no slice would carry them
+                out = _outside(keys, ranges)
+                if out.size:
+                    ranges = merge_ranges(ranges + [(int(k), int(k) + 1) for k in out])
+                    if clock is not None:
+                        self.clock_ranges = merge_ranges(self.clock_ranges + ranges)
+            req = self._new("push", keys, vals, ranges, clock=clock, cmd=cmd)
+            req.push_wait = wait
             self.push_queue.append(req)
             if not self.push_busy:
                 self._next_push()
@@ -212,20 +211,29 @@ class KVWorker(Recovery):
         return req.ts
 
     def wait(self, ts: int, timeout: float | None = None) -> Any:
-        """Block until request ``ts`` finished; a pull's values, or None for a push."""
-        req = self._request(ts)
-        if req is None:
-            return None  # an acknowledged push whose record was already dropped
-        t0 = time.perf_counter()
-        if not req.done.wait(timeout):
-            held = (f"; it is held until every worker has finished clock {req.wait} (the "
-                    f"consistency dependency), and without a timeout it waits for that"
-                    if req.op == "pull" and req.wait is not None else "")
-            raise TimeoutError(f"request {ts} ({req.op}) not finished after {timeout} s"
-                               f"{held}")
-        self.metrics.inc("wait_s", time.perf_counter() - t0)
+        """Block until request ``ts`` finished; a pull's values, or None for a push.
+
+        A timestamp may be waited for again, and by several threads at once, as in
+        ps-lite: a push's always answers None, a pull's its values (the same array) as
+        long as it is one of the last ``keep_pulls`` pulls waited for; older ones are
+        dropped, to bound memory, and a wait for one is a KeyError saying so."""
         with self.lock:
-            self.requests.pop(ts, None)
+            req = self._request(ts)
+            if req is None:
+                return None  # an acknowledged push whose record was already dropped
+            req.waiters += 1
+        t0 = time.perf_counter()
+        try:
+            if not req.done.wait(timeout):
+                held = (f"; it is held until every worker has finished clock {req.wait} "
+                        f"(the consistency dependency), and without a timeout it waits "
+                        f"for that" if req.op == "pull" and req.wait is not None else "")
+                raise TimeoutError(f"request {ts} ({req.op}) not finished after {timeout} s"
+                                   f"{held}")
+        finally:
+            with self.lock:
+                self._waited(req)
+        self.metrics.inc("wait_s", time.perf_counter() - t0)
         if req.error is not None:
             raise req.error
         if req.range_pull:
@@ -249,13 +257,6 @@ class KVWorker(Recovery):
         if req.error is not None:
             raise req.error
         return True
-
-    def _request(self, ts: int) -> Request | None:
-        """The open request ``ts``; None for an acknowledged push already forgotten."""
-        req = self.requests.get(ts)
-        if req is None and not (0 <= ts < len(self.pruned) and self.pruned[ts]):
-            raise KeyError(f"no request with timestamp {ts} (already waited for?)")
-        return req
 
     def barrier(self, name: str = "start") -> None:
         self._sched("Barrier", {"name": self.name, "barrier": name}, timeout=600.0)
@@ -413,13 +414,7 @@ class KVWorker(Recovery):
             self.metrics.inc("consistency_held_s", req.held_s)
             self.metrics.span(req.op, req.t0, now_us() - req.t0, ts=req.ts, clock=req.clock,
                               resends=req.resends)
+            req.keys = req.vals = None  # finished: nothing will be resent
             if req.op == "push":
-                req.keys = req.vals = None  # acknowledged: nothing will be resent
                 self._next_push()
-                if len(self.requests) > self.prune_at:  # forget pushes nobody waited for
-                    for ts in [t for t, r in self.requests.items()
-                               if r.op == "push" and r.done.is_set()][:self.prune_at // 2]:
-                        del self.requests[ts]
-                        if ts >= len(self.pruned):
-                            self.pruned.extend(bytes(ts + 1 - len(self.pruned)))
-                        self.pruned[ts] = 1
+                self._prune_pushes()

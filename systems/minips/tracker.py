@@ -11,6 +11,7 @@ that happened.
 
 from __future__ import annotations
 
+import collections
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +48,7 @@ class Request:
     stuck_since: float | None = None  # resending without a live server to wait on
     recovery_s: float = 0.0
     whys: list[str] = field(default_factory=list)  # why each slice was resent
+    waiters: int = 0  # threads inside KVWorker.wait for it (the last one drops it)
 
 
 @dataclass
@@ -58,3 +60,64 @@ class Pending:
     epoch: int
     future: Any = None
     sent_at: float = 0.0  # time.monotonic() when the future was made
+
+
+class Records:
+    """A worker's requests by timestamp, and what it remembers of those it dropped: a
+    mixin of :class:`.kv.KVWorker` (set up by :meth:`init_records`; every method runs
+    with the worker's lock held).
+
+    ps-lite's ``Customer`` keeps a tracker entry per timestamp for good, and
+    ``Wait(ts)`` may be called any number of times, by any thread (the values of a pull
+    are in the caller's own buffer). Here a pull's values live in its record, so records
+    are dropped to bound memory: a push's once it was waited for (or, unwaited, past
+    ``prune_at`` open records), a pull's once ``keep_pulls`` later pulls were waited for;
+    one byte per dropped timestamp says which it was."""
+
+    requests: dict[int, Request]
+
+    def init_records(self, prune_at: int = 4096, keep_pulls: int = 8) -> None:
+        self.requests = {}
+        self.prune_at = prune_at  # open records past which acknowledged pushes go
+        self.keep_pulls = keep_pulls  # waited pulls whose values a later wait still gets
+        self.waited_pulls: collections.deque[int] = collections.deque()
+        self.pruned = bytearray()  # per timestamp: 1 a push dropped, 2 a pull dropped
+
+    def _request(self, ts: int) -> Request | None:
+        """The open request ``ts``; None for an acknowledged push already forgotten."""
+        req = self.requests.get(ts)
+        gone = self.pruned[ts] if req is None and 0 <= ts < len(self.pruned) else 0
+        if gone == 2:
+            raise KeyError(f"pull {ts} was waited for, and its values were dropped since "
+                           f"(only the last {self.keep_pulls} pulls waited for keep theirs)")
+        if req is None and not gone:
+            raise KeyError(f"no request with timestamp {ts} (already waited for?)")
+        return req
+
+    def _forget(self, ts: int) -> None:
+        """Drop a finished request's record, remembering what it was."""
+        req = self.requests.pop(ts, None)
+        if req is not None and req.error is None:
+            if ts >= len(self.pruned):
+                self.pruned.extend(bytes(ts + 1 - len(self.pruned)))
+            self.pruned[ts] = 1 if req.op == "push" else 2
+
+    def _waited(self, req: Request) -> None:
+        """A wait for ``req`` returned (or timed out); the last waiter of a finished
+        request drops it, or for a pull queues it to be dropped later."""
+        req.waiters -= 1
+        if not req.done.is_set() or req.waiters:
+            return
+        if req.op == "push" or req.error is not None:
+            self._forget(req.ts)
+        elif req.ts not in self.waited_pulls:
+            self.waited_pulls.append(req.ts)
+            if len(self.waited_pulls) > self.keep_pulls:
+                self._forget(self.waited_pulls.popleft())
+
+    def _prune_pushes(self) -> None:
+        """Forget acknowledged pushes nobody waited for, past ``prune_at`` records."""
+        if len(self.requests) > self.prune_at:
+            for ts in [t for t, r in self.requests.items()
+                       if r.op == "push" and r.done.is_set()][:self.prune_at // 2]:
+                self._forget(ts)

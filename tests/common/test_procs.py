@@ -184,3 +184,40 @@ def test_a_child_stopped_while_another_thread_waits_for_it_fails_that_wait_clean
         t.join(10)
         assert len(got) == 1 and isinstance(got[0], RuntimeError), got
         assert child.popen.stdout.closed  # and no fd is left behind
+
+
+def test_a_child_starts_in_a_parent_holding_over_a_thousand_descriptors(tmp_path):
+    """A Clipper frontend with a thousand client connections open still starts a
+    container: the READY wait used select(), which refuses a descriptor past 1024
+    (ValueError, and the child ran on, unsupervised)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"the hard limit on open files is {hard}")
+    if soft != resource.RLIM_INFINITY and soft < 1200:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1200, hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        with ProcessGroup(tmp_path) as group:
+            child = group.spawn("c1", SERVER, ["ok"])
+            assert child.popen.stdout.fileno() > 1024  # the case this test is about
+            assert child.info == {"pid_echo": child.pid}
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_child_whose_ready_wait_fails_in_any_way_is_stopped(tmp_path, monkeypatch):
+    """Not only "exited" or "not ready": any exception out of the READY wait stops the
+    child, so a failed start never leaves a process nobody supervises."""
+    with ProcessGroup(tmp_path) as group:
+        child = group.spawn("c1", SERVER, ["slow-helper"], wait_ready=False)
+
+        def broken(*a, **kw):
+            raise ValueError("something unexpected")
+        monkeypatch.setattr(group, "_read_ready", broken)
+        with pytest.raises(ValueError, match="something unexpected"):
+            group.wait_ready(child, 20)
+        assert _gone(child.pid, timeout=10)

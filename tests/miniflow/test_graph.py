@@ -293,3 +293,45 @@ def test_a_device_function_is_refused_clearly():
     with pytest.raises(TypeError, match="device functions are not supported"):
         with mf.device(lambda op: "/cpu:0"):
             pass
+
+
+def test_scopes_belong_to_the_thread_that_opened_them():
+    """As in TF (``Graph._thread_local``): a name scope, device or control dependency
+    opened in one thread never applies to ops another thread builds in the same graph,
+    and none is left open when the threads are done. They used to be the graph's: half
+    of a plain thread's ops took the other's device, and the graph could stay stuck in a
+    scope for good."""
+    import sys
+    import threading
+
+    g = mf.Graph()
+    built: dict[str, list] = {"A": [], "B": []}
+
+    def a():
+        with g.as_default():
+            for _ in range(200):
+                with mf.name_scope("A"), mf.device("/cpu:1"):
+                    built["A"].append(mf.constant(1.0, name="c").op)
+
+    def b():
+        with g.as_default():
+            for _ in range(200):
+                built["B"].append(mf.constant(2.0, name="c").op)
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        threads = [threading.Thread(target=f) for f in (a, b)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    finally:
+        sys.setswitchinterval(switch)
+    assert all(op.device == "" and "/" not in op.name for op in built["B"])
+    assert all(op.device.endswith("cpu:1") and op.name.startswith("A") for op in built["A"])
+    names = [op.name for op in g.get_operations()]
+    assert len(names) == len(set(names)) == 400
+    with g.as_default():
+        after = mf.constant(3.0, name="after").op
+    assert after.name == "after" and after.device == ""
