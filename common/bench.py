@@ -152,17 +152,22 @@ def run_suite(system: str, *, device: str = "cpu", quick: bool = False,
         "machine": machine_info(),
         "cases": [],
     }
-    # written before the first case and after every case, so that a suite killed by a
-    # time limit (a lent GPU's lease) keeps the cases that finished
+    # results.partial.json is written before the first case and after every case, so
+    # that a suite killed by a time limit (a lent GPU's lease) keeps the cases that
+    # finished; results.json (the committed one, under docs/results) and the tables are
+    # replaced only by a run that got to its end, never by an interrupted one
+    partial = out_dir / "results.partial.json"
     validate(doc)
-    write_json_atomic(out_dir / "results.json", doc)
+    write_json_atomic(partial, doc)
     for case in tqdm(cases, desc=f"bench {system} [{device}]", disable=not progress,
                      unit="case"):
         doc["cases"].append(run_case(case, ctx))
         validate(doc)
-        write_json_atomic(out_dir / "results.json", doc)
+        write_json_atomic(partial, doc)
+    write_json_atomic(out_dir / "results.json", doc)
     (out_dir / "results.md").write_text(markdown(doc))
     (Path(out) / "overview.md").write_text(overview(out))
+    partial.unlink()
     return doc
 
 

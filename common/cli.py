@@ -60,6 +60,13 @@ def _bench(args: argparse.Namespace) -> dict[str, Any]:
     # `timeout` sends SIGTERM: turn it into SystemExit so that `finally` blocks still run
     # (miniansor's GPU cases save the table of what they measured in one)
     exit_on_termination()
+    if args.device == "cuda":  # before anything is written over the committed results
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device cuda needs a CUDA GPU, and torch {torch.__version__} "
+                             f"sees none here (the cuda cases run on a GPU machine: "
+                             f"scripts/gpu-suite.sh)")
     systems = list(SUITES) if args.system in (None, "all") else [args.system]
     if args.only:  # a typo must not write an empty results.json over the committed one
         from .bench import load_suite
@@ -80,6 +87,11 @@ def _bench(args: argparse.Namespace) -> dict[str, Any]:
         rows += [(s, *r) for r in summary_rows(doc)]
         print(f"wrote {args.out}/{s}/{args.device}/results.json", file=sys.stderr)
     print(format_table(rows, ("system", "case", "target", "measured", "held")))
+    failed = [f"{d['system']}:{c['case']}" for d in docs for c in d["cases"] if c.get("error")]
+    if failed:  # a target not held is a result; a case that raised is a failed run
+        print(f"casebook bench: {len(failed)} case(s) failed: {', '.join(failed)}",
+              file=sys.stderr)
+        args.exit_status = 1
     return docs[0] if len(docs) == 1 else {"runs": docs}
 
 
@@ -190,17 +202,29 @@ def main(argv: list[str] | None = None) -> int:
         print(f"casebook {args.command}: error: {e}", file=sys.stderr)
         return 2
     if getattr(args, "json", False):
-        print(json.dumps(result, default=_jsonable))
-    return 0
+        print(json.dumps(_strict(result), allow_nan=False))
+    return getattr(args, "exit_status", 0)  # a command may say it failed after all
 
 
-def _jsonable(o: Any) -> Any:
-    import numpy as np
+def _strict(o: Any) -> Any:
+    """``o`` as standard JSON values: numpy scalars and arrays as Python's, and an
+    infinite or NaN number as null (``json.dumps`` would write ``Infinity``, which
+    JSON parsers other than Python's refuse)."""
+    if isinstance(o, dict):
+        return {k: _strict(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_strict(v) for v in o]
+    if type(o).__module__ == "numpy":
+        o = o.tolist() if hasattr(o, "tolist") else str(o)
+        return _strict(o) if isinstance(o, list) else _strict_scalar(o)
+    return _strict_scalar(o)
 
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
+
+def _strict_scalar(o: Any) -> Any:
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if o is None or isinstance(o, (str, int, bool)):
+        return o
     return str(o)
 
 

@@ -138,11 +138,14 @@ import sys
 from pathlib import Path
 from common.bench import format_table, load_results, summary_rows
 rows, gpu = [], "?"
-paths = sorted(Path(sys.argv[1]).glob("bench/*/cuda/results.json"))
-for path in paths + sorted(Path(sys.argv[1]).glob("bench-host/*/cpu/results.json")):
+# a suite cut off by its limit left only results.partial.json (the cases it finished)
+paths = [p for pat in ("bench/*/cuda/results*.json", "bench-host/*/cpu/results*.json")
+         for p in sorted(Path(sys.argv[1]).glob(pat))]
+for path in paths:
     doc = load_results(path)
     gpu = (doc["machine"].get("gpu") or {}).get("name", gpu)
-    rows += [(f"{doc['system']} ({doc['device']})", *r) for r in summary_rows(doc)]
+    cut = " (cut off)" if path.name == "results.partial.json" else ""
+    rows += [(f"{doc['system']} ({doc['device']}){cut}", *r) for r in summary_rows(doc)]
 print(f"device: {gpu}")
 print(format_table(rows, ("system", "case", "target", "measured", "held")))
 PY

@@ -145,3 +145,34 @@ def test_an_explicit_metric_is_not_overwritten_by_a_ratio_of_the_same_name():
     out = run_case(case, Context(progress=False))
     assert out["metrics"]["speedup"] == 2.0  # the case's own number
     assert out["metrics"]["vs_torch"] == 0.5  # a ratio's median is a metric too
+
+
+def _interrupt(ctx):
+    raise KeyboardInterrupt
+
+
+def test_an_interrupted_suite_leaves_the_finished_results_as_they_were(tmp_path,
+                                                                        monkeypatch):
+    """Ctrl-C during ``bench --out docs/results`` used to replace the committed
+    results.json with the cases done so far, unmarked, while results.md kept the old
+    table. Progress now goes to results.partial.json; results.json, results.md and the
+    overview change only when a run gets to its end."""
+    import common.bench as bench
+    import common.selfcheck as sc
+
+    monkeypatch.setattr(sc, "CASES", [Case("first", "ok", ("b",), _ok, ()),
+                                      Case("second", "stopped", ("b",), _interrupt, ())])
+    out = tmp_path / "common" / "cpu"
+    out.mkdir(parents=True)
+    (out / "results.json").write_text('{"committed": true}')
+    with pytest.raises(KeyboardInterrupt):
+        bench.run_suite("common", out=tmp_path, progress=False)
+    assert json.loads((out / "results.json").read_text()) == {"committed": True}
+    partial = json.loads((out / "results.partial.json").read_text())
+    assert [c["case"] for c in partial["cases"]] == ["first"]
+    assert not (out / "results.md").exists()
+    monkeypatch.setattr(sc, "CASES", sc.CASES[:1])  # a run that finishes replaces it
+    bench.run_suite("common", out=tmp_path, progress=False)
+    assert [c["case"] for c in json.loads((out / "results.json").read_text())["cases"]] \
+        == ["first"]
+    assert not (out / "results.partial.json").exists() and (out / "results.md").exists()

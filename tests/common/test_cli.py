@@ -101,3 +101,33 @@ def test_number_flags_refuse_values_they_cannot_mean(argv, flag, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 2 and f"argument {flag}" in capsys.readouterr().err
+
+
+def test_bench_exits_1_when_a_case_failed_and_prints_standard_json(tmp_path, monkeypatch,
+                                                                   capsys):
+    """A case that raised is a failed run (exit 1; a target not held is not), and
+    ``--json`` prints standard JSON: an infinite or NaN number is null, not Infinity."""
+    import common.selfcheck as sc
+    from common.bench import Case, Result
+    from common.cli import main
+
+    def boom(ctx):
+        raise RuntimeError("broken case")
+    monkeypatch.setattr(sc, "CASES", [
+        Case("inf", "no value", ("b",), lambda ctx: Result(metrics={"x": float("inf")}), ()),
+        Case("boom", "raises", ("b",), boom, ())])
+    assert main(["bench", "common", "--no-progress", "--out", str(tmp_path), "--json"]) == 1
+    out, err = capsys.readouterr()
+    doc = json.loads(out.splitlines()[-1], parse_constant=lambda c: pytest.fail(c))
+    assert doc["cases"][0]["metrics"]["x"] is None
+    assert "1 case(s) failed: common:boom" in err
+
+
+def test_bench_on_cuda_without_a_gpu_is_refused_before_anything_is_written(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here")
+    code, err = _fails("bench", "common", "--device", "cuda", "--out", str(tmp_path))
+    assert code == 2 and "--device cuda needs a CUDA GPU" in err[-1]
+    assert not list(tmp_path.iterdir())
