@@ -16,6 +16,7 @@ import importlib
 import json
 import math
 import os
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -196,6 +197,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("casebook: interrupted", file=sys.stderr)
         return 130
+    except SystemExit as e:  # SIGTERM or SIGHUP, made an exit by exit_on_termination
+        if e.code in (128 + signal.SIGTERM, 128 + signal.SIGHUP):
+            print("casebook: terminated", file=sys.stderr)
+        raise
     except USER_ERRORS as e:
         if os.environ.get("CASEBOOK_DEBUG"):
             raise

@@ -144,6 +144,11 @@ class ProcessGroup:
             self._detached[0] = True
             return self.children.pop(name)
 
+    def keep_logs(self) -> None:
+        """Keep the temporary log directory when the group goes (an error names a log
+        in it)."""
+        self._detached[0] = True
+
     def __enter__(self) -> ProcessGroup:
         return self
 

@@ -45,7 +45,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
-def _print_best(summary: dict) -> None:
+def _print_best(summary: dict) -> bool:
+    """Print the best kernel of each task and the total; False if a task has none."""
     from common.bench import format_table
 
     def cell(v, fmt="{}"):
@@ -67,6 +68,7 @@ def _print_best(summary: dict) -> None:
     resumed = f" ({summary['resumed']} resumed from the log)" if "resumed" in summary else ""
     print(f"device {summary['device']}; {summary['trials']} trials{resumed}; "
           f"errors {summary['errors']}; {total}")
+    return not failed
 
 
 def _tune(args: argparse.Namespace) -> dict[str, Any]:
@@ -79,7 +81,8 @@ def _tune(args: argparse.Namespace) -> dict[str, Any]:
                     per_round=args.per_round, verify="none" if args.no_verify else "auto",
                     progress=not args.no_progress)
     out = res.summary()
-    _print_best(out)
+    if not _print_best(out):  # a tuning run that found no kernel failed
+        args.exit_status = 1
     return out
 
 
@@ -95,7 +98,8 @@ def _tune_model(args: argparse.Namespace) -> dict[str, Any]:
                      progress=not args.no_progress)
     out = res.summary()
     out["curve"] = {"trials": res.schedule.trials, "weighted_latency_s": res.schedule.objective}
-    _print_best(out)
+    if not _print_best(out):
+        args.exit_status = 1
     return out
 
 
@@ -201,7 +205,7 @@ def _record_table(args: argparse.Namespace) -> dict[str, Any]:
     elif args.device == "sim":
         dev = SimulatedGPU(seed=args.seed)
     else:
-        raise SystemExit(f"record-table: --device must be cuda or sim, got {args.device!r}")
+        raise ValueError(f"--device must be cuda or sim, got {args.device!r}")
     slug = re.sub(r"[^a-z0-9]+", "-", dev.name.lower()).strip("-")
     out = Path(args.out or DATA_DIR / f"space-{slug}.json")
     bar = tqdm(total=len(tasks) * args.configs, desc="record", disable=args.no_progress)

@@ -237,9 +237,9 @@ def load_records(path: str | Path) -> list[tuple[MeasureInput, MeasureResult]]:
 
 
 def check_log(path: str | Path) -> None:
-    """Refuse to append to a file that is not a tuning log: one with no record line,
-    whose content is whole JSON (a replay table given as --log, say, which appending
-    would spoil). A lone torn line is what an interrupted first record leaves: allowed.
+    """Refuse to append to a file that is not a tuning log: one with no record line
+    (a replay table given as --log, say, or someone's notes, which appending would
+    spoil). A lone torn JSON line is what an interrupted first record leaves: allowed.
     Quiet about malformed lines: :func:`load_records` reports those when it reads."""
     path = Path(path)
     if not path.is_file() or path.stat().st_size == 0:
@@ -248,20 +248,21 @@ def check_log(path: str | Path) -> None:
         lines = path.read_text().split("\n")
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: not a miniansor tuning log (not text: {e})") from None
-    parsed = 0
+    parsed, torn = 0, []
     for line in lines:
         if not line.strip():
             continue
         try:
             doc = json.loads(line)
         except ValueError:
-            continue  # torn or garbled: load_records skips it
+            torn.append(line)  # torn or garbled: load_records skips it
+            continue
         try:
             _checked(doc)
             return  # a record: a log
         except ValueError:
             parsed += 1
-    if parsed:
+    if parsed or len(torn) > 1 or not torn[0].lstrip().startswith("{"):
         raise ValueError(f"{path} is not a miniansor tuning log (no line of it is a "
                          f"record); give a new file or an earlier run's log")
 

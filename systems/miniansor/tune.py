@@ -122,7 +122,11 @@ def _history(path: str | Path) -> list:
         doc = None
     if isinstance(doc, dict) and "format" in doc:
         return RecordedDevice(path).records()  # validates the table, naming the file
-    return load_records(path)
+    records = load_records(path)
+    if not records and Path(path).stat().st_size:  # a file, but nothing to learn from
+        raise ValueError(f"--history {path}: no tuning record in it; give an earlier "
+                         f"run's log or a replay table")
+    return records
 
 
 def _same_device(records, device: str, what: str):

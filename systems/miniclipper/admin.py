@@ -17,6 +17,7 @@ raises :class:`ClipperException` carrying the server's ``{"error", "cause"}``.
 
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.error
 import urllib.request
@@ -56,6 +57,10 @@ def http_json(url: str, doc: Any = None, method: str = "POST", timeout: float = 
                 "or `casebook clipper start`)" if isinstance(e.reason, ConnectionRefusedError)
                 else "")
         raise ClipperException(f"{method} {url}: {e.reason}{hint}") from None
+    except (http.client.HTTPException, ConnectionError) as e:  # e.g. a gRPC port
+        raise ClipperException(f"{method} {url}: the service on that port does not answer "
+                               f"HTTP ({type(e).__name__}); is it Clipper's gRPC port? "
+                               f"(the REST ports are --query-port and --mgmt-port)") from None
     ctype = r.headers.get("Content-Type", "")
     return json.loads(body) if "json" in ctype else body.decode()
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -108,15 +109,18 @@ def _deploy(args: argparse.Namespace) -> dict[str, Any]:
     try:
         conn.deploy_model(args.name, args.version, args.input_type, path,
                           num_replicas=args.replicas, batching=batching)
-    except Exception:
+        if args.app:
+            conn.link_model_to_app(args.app, args.name)
+    except BaseException as e:  # Ctrl-C too: no new application is left without a model
         if new_app:
             conn.unregister_application(args.app)
+        if isinstance(e, KeyboardInterrupt):  # the server goes on with a deploy it got
+            print(f"the server may still finish deploying {args.name}:{args.version}; "
+                  f"deploy again with another --version", file=sys.stderr)
         raise
     finally:
         if args.builtin:  # the store holds its own copy now (ReplicaSupervisor.install)
             shutil.rmtree(path, ignore_errors=True)
-    if args.app:
-        conn.link_model_to_app(args.app, args.name)
     info = conn.get_model_info(args.name, args.version)
     source = f"the built-in {args.builtin}" if args.builtin else path
     print(f"deployed {args.name}:{args.version} from {source} ({info['replicas']} replica"
@@ -146,6 +150,11 @@ def _query(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+# Beyond these one generator process only queues: its send times are drawn up front
+# (an array of rate x duration) and it reports long after the run was meant to end.
+MAX_LOAD_RATE, MAX_LOAD_QUERIES = 50_000, 1_000_000
+
+
 def _load(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
 
@@ -157,6 +166,11 @@ def _load(args: argparse.Namespace) -> dict[str, Any]:
     if args.inputs != "digits" and (kind != "random" or not n.isdigit() or int(n) < 1):
         raise ValueError(f"--inputs {args.inputs}: use digits, or random:DIM with DIM a "
                          f"whole number above 0")
+    if args.rate > MAX_LOAD_RATE or args.rate * args.duration > MAX_LOAD_QUERIES:
+        raise ValueError(f"--rate {args.rate:g} for {args.duration:g} s: one load process "
+                         f"sends at most a few thousand queries per second (and each is "
+                         f"recorded): at most {MAX_LOAD_RATE} q/s and {MAX_LOAD_QUERIES:,} "
+                         f"queries")
     conn = _conn(args)
     conn.connect()
     info = conn.get_app_info(args.app)

@@ -265,9 +265,15 @@ def run_process(spec: LoadSpec, timeout_s: float | None = None) -> dict[str, Any
         spec_path, out_path = Path(d) / "spec.json", Path(d) / "out.json"
         spec_path.write_text(json.dumps(asdict(spec)))
         length = sum(p[0] for p in spec.phases) + spec.duration_s
-        subprocess.run([sys.executable, "-m", "systems.miniclipper.loadgen", "--spec",
-                        str(spec_path), "--out", str(out_path)], cwd=root, check=True,
-                       timeout=timeout_s or length + spec.timeout_s + 60)
+        limit = timeout_s or length + spec.timeout_s + 60
+        try:
+            subprocess.run([sys.executable, "-m", "systems.miniclipper.loadgen", "--spec",
+                            str(spec_path), "--out", str(out_path)], cwd=root, check=True,
+                           timeout=limit)
+        except subprocess.TimeoutExpired:  # (subprocess.run has killed it)
+            raise RuntimeError(f"the load generator did not finish in {limit:.0f} s: it "
+                               f"could not send at the rate asked (one process sends a "
+                               f"few thousand queries per second)") from None
         return json.loads(out_path.read_text())
 
 
@@ -280,7 +286,10 @@ def main(argv: list[str] | None = None) -> int:
     doc["phases"] = [tuple(x) for x in doc.get("phases", [])]
     doc["actions"] = [tuple(x) for x in doc.get("actions", [])]
     t0 = time.perf_counter()
-    summary = run(LoadSpec(**doc))
+    try:
+        summary = run(LoadSpec(**doc))
+    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group; the caller
+        return 130             # says "interrupted" once, without this process's stack
     summary["wall_s"] = time.perf_counter() - t0
     summary["pid"] = os.getpid()  # the generator's own process, not the caller's
     Path(a.out).write_text(json.dumps(summary))

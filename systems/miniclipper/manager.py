@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common.net import address
+from common.net import address, check_host
 from common.procs import ProcessGroup
 
 from .admin import ClipperException, http_json
@@ -48,6 +48,7 @@ class LocalContainerManager:
                 "--log-dir", str(self.group.log_dir)]
         if self.store:
             args += ["--store", self.store]
+        check_host(self.host, "host")  # one line here, not the child's traceback
         try:
             child = self.group.spawn("clipper", "systems.miniclipper.frontend", args,
                                      ready_timeout=60, exit_with_parent=not self.detach)
@@ -59,9 +60,11 @@ class LocalContainerManager:
                                f"{self.host!r}"),
                               ("Cannot assign requested address", f"--host {self.host!r} "
                                f"is not an address of this machine")):
-                if sign in tail:
+                if sign.lower() in tail.lower():
+                    self.group.keep_logs()  # the log named here must outlive the group
                     raise RuntimeError(f"Clipper did not start: {why}; its log: "
                                        f"{self.group.log_dir}/clipper.log") from None
+            self.group.keep_logs()
             raise
         self.info = dict(child.info, log=str(child.log_path))
         self.ports = {k: child.info[k] for k in self.ports}

@@ -14,21 +14,32 @@ def _require_device(device: str) -> None:
         import torch
 
         if not torch.cuda.is_available():
-            raise SystemExit("casebook flow: --device cuda needs a CUDA GPU, and torch sees "
-                             "none on this machine; use --device cpu")
+            raise ValueError("--device cuda needs a CUDA GPU, and torch sees none on this "
+                             "machine; use --device cpu")
+
+
+def checkpoint_prefix(text: str) -> str:
+    """``--checkpoint``: a file prefix (TF's ``Saver.save(sess, prefix)``: PREFIX.npz,
+    and a ``checkpoint`` state file beside it). A directory, or a path ending in ``/``,
+    means ``DIR/digits`` (a bare ``ck/`` wrote a hidden ``ck/.npz``)."""
+    if not text.strip():
+        raise ValueError("--checkpoint is empty: give a file prefix such as out/flow/digits")
+    if text.endswith("/") or Path(text).is_dir():
+        return str(Path(text) / "digits")
+    return text
 
 
 def _train(args: argparse.Namespace) -> dict:
     from .digits import train
 
     _require_device(args.device)
-    where = Path(args.checkpoint).parent  # fail before training, not after it
-    try:
-        where.mkdir(parents=True, exist_ok=True)
+    prefix = checkpoint_prefix(args.checkpoint)
+    try:  # fail before training, not after it
+        Path(prefix).parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise SystemExit(f"casebook flow: --checkpoint {args.checkpoint}: cannot write "
-                         f"there ({e.strerror})") from None
-    r = train(args.model, args.device, args.epochs, args.batch, args.seed, args.checkpoint,
+        raise ValueError(f"--checkpoint {args.checkpoint}: cannot write there "
+                         f"({e.strerror})") from None
+    r = train(args.model, args.device, args.epochs, args.batch, args.seed, prefix,
               progress=not getattr(args, "json", False))
     print(f"{r['model']} on {r['device']}: held-out accuracy {r['test_accuracy']:.2%} after "
           f"{r['epochs']} epochs in {r['train_seconds']:.1f} s\n"
@@ -111,7 +122,9 @@ def add_parser(sub, add) -> None:
     t.add_argument("--epochs", type=positive_int, default=None)
     t.add_argument("--batch", type=positive_int, default=32)
     t.add_argument("--seed", type=non_negative_int, default=0)
-    t.add_argument("--checkpoint", default="out/flow/digits")
+    t.add_argument("--checkpoint", default="out/flow/digits",
+                   help="file prefix: writes PREFIX.npz and a 'checkpoint' state file "
+                        "beside it (a directory means DIR/digits)")
     d = sub_add("dot", _dot, "DOT files of the graph before/after passes and partitioning")
     d.add_argument("--out", default="out/flow")
     d.add_argument("--two-cpus", action="store_true", help="place over /cpu:0 and /cpu:1")

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -118,14 +120,25 @@ def _check_paths(a: argparse.Namespace) -> None:
     """Paths that would fail only after training: refuse them first."""
     if a.checkpoint and Path(a.checkpoint).exists() and not Path(a.checkpoint).is_dir():
         raise ValueError(f"--checkpoint {a.checkpoint}: exists and is not a directory")
+    if a.checkpoint:  # the servers write there at the end: a write probe now
+        try:
+            Path(a.checkpoint).mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=a.checkpoint):
+                pass
+        except OSError as e:
+            raise ValueError(f"--checkpoint {a.checkpoint}: cannot write there "
+                             f"({e.strerror or e})") from None
     if a.out and any(Path(a.out).glob("metrics-*.json")):
         raise ValueError(f"--out {a.out}: holds an earlier run's files, whose nodes would "
                          f"be mixed into this run's; give an empty or new directory")
 
 
 def spec_from_args(a: argparse.Namespace):
+    from common.net import check_host
+
     from .cluster import ClusterSpec
 
+    check_host(a.host)  # one line here, not the scheduler's traceback from its log
     straggler = _straggler(a.straggler, a.workers, a.seed)
     app, updater = _app_spec(a), _updater(a.updater)
     _one_lam(app, updater, a.lam)
@@ -175,6 +188,14 @@ def _one_lam(app: dict[str, Any], updater: dict[str, Any] | None, given: float |
 def _launch(a: argparse.Namespace) -> dict[str, Any]:
     if a.role:
         return _one_role(a)
+    given = [f for f, v in (("--scheduler", a.scheduler), ("--name", a.name),
+                            ("--port", a.port)) if v]
+    if given:  # a local job names and places its nodes itself: say so, do not ignore
+        raise ValueError(f"{', '.join(given)}: only with --role (one node of a cluster "
+                         f"spread over machines)")
+    if a.workers == 0:
+        print("casebook ps: note: --workers 0 starts servers only; nothing trains",
+              file=sys.stderr)
     from common.bench import format_table
 
     from .launcher import launch
@@ -216,6 +237,8 @@ def _one_role(a: argparse.Namespace) -> dict[str, Any]:
     if a.role != "scheduler" and not a.scheduler:
         raise ValueError(f"--role {a.role} needs --scheduler HOST:PORT (the scheduler's "
                          f"address, printed when it starts)")
+    if a.scheduler and not re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[^:\s]+):\d{1,5}", a.scheduler):
+        raise ValueError(f"--scheduler {a.scheduler!r}: want HOST:PORT ([::1]:PORT for IPv6)")
     if a.role == "scheduler":
         import asyncio
 
@@ -226,9 +249,18 @@ def _one_role(a: argparse.Namespace) -> dict[str, Any]:
     elif a.role == "server":
         import asyncio
 
+        import grpc
+
+        from common.net import check_host
+
         from .server import serve
 
-        asyncio.run(serve(a.name or "s0", a.scheduler, a.host, a.port, a.out, None))
+        check_host(a.host)
+        try:
+            asyncio.run(serve(a.name or "s0", a.scheduler, a.host, a.port, a.out, None))
+        except grpc.RpcError as e:  # Register, the first call: as the worker role says it
+            raise RuntimeError(f"[{e.code().name}] no scheduler answered at {a.scheduler} "
+                               f"({e.details()}); start it first") from None
     else:
         from .worker import Worker
 

@@ -411,15 +411,17 @@ async def serve(config: dict[str, Any], host: str, port: int) -> None:
     server, bound = await rpc.serve_aio(SCHEDULER_SERVICE,
                                         {n: guarded(getattr(sched, n)) for n in names},
                                         host=host, port=port)
-    announce_ready(port=bound, addr=rpc.address(host, bound))
-    mon = asyncio.ensure_future(sched.monitor())
-    await sched.shutdown.wait()
-    await asyncio.sleep(config["hb_interval"] * 3)  # let the nodes read "shutdown"
-    mon.cancel()
-    if config.get("run_dir"):
-        sched.metrics.extra["events"] = sched.events
-        sched.metrics.save(config["run_dir"])
-    await server.stop(0.5)
+    try:  # stopped on every way out: see server.serve
+        announce_ready(port=bound, addr=rpc.address(host, bound))
+        mon = asyncio.ensure_future(sched.monitor())
+        await sched.shutdown.wait()
+        await asyncio.sleep(config["hb_interval"] * 3)  # let the nodes read "shutdown"
+        mon.cancel()
+        if config.get("run_dir"):
+            sched.metrics.extra["events"] = sched.events
+            sched.metrics.save(config["run_dir"])
+    finally:
+        await server.stop(0.5)
 
 
 def main() -> None:

@@ -365,19 +365,21 @@ async def serve(name: str, scheduler: str, host: str, port: int, run_dir: str | 
     handlers = {n: getattr(node, n) for n in ("Push", "Pull", "Control", "Ring", "Forward",
                                               "Sync", "Snapshot")}
     server, bound = await rpc.serve_aio(M.SERVICE, handlers, host=host, port=port)
-    node.addr = rpc.address(host, bound)
-    hb = asyncio.ensure_future(node.heartbeats())
-    await node.register()
-    announce_ready(port=bound, addr=node.addr, name=name)
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, node.stopping.set)
-    await node.stopping.wait()
-    if node.gate is not None:
-        node.gate.notify()
-    hb.cancel()
-    node.metrics.extra.update(control.snapshot(node))
-    node.metrics.save(run_dir)
-    await server.stop(0.2)
+    try:  # stopped here on every way out (Ctrl-C, a failed Register): a grpc.aio server
+        node.addr = rpc.address(host, bound)  # left to its __del__ after the loop closed
+        hb = asyncio.ensure_future(node.heartbeats())  # prints a traceback
+        await node.register()
+        announce_ready(port=bound, addr=node.addr, name=name)
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, node.stopping.set)
+        await node.stopping.wait()
+        if node.gate is not None:
+            node.gate.notify()
+        hb.cancel()
+        node.metrics.extra.update(control.snapshot(node))
+        node.metrics.save(run_dir)
+    finally:
+        await server.stop(0.2)
     if node.fatal:
         raise SystemExit(f"[{name}] {node.fatal}")
 

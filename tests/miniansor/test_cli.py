@@ -186,6 +186,14 @@ def test_inputs_that_are_not_what_they_claim_are_refused_with_their_name(tmp_pat
     assert main([*tune, "--log", str(table)]) == 2
     assert "is not a miniansor tuning log" in capsys.readouterr().err
     assert table.read_bytes() == before
+    notes = tmp_path / "notes.txt"  # no JSON at all: records were appended to it
+    notes.write_text("my notes\nline two\n")
+    assert main([*tune, "--log", str(notes)]) == 2
+    assert "is not a miniansor tuning log" in capsys.readouterr().err
+    assert notes.read_text() == "my notes\nline two\n"
+    assert main([*tune, "--history", str(notes)]) == 2  # it learnt nothing, and said 0
+    err = capsys.readouterr().err
+    assert "--history" in err and "no tuning record" in err
     assert main([*tune, "--epilogue", "bais+relu"]) == 2
     assert "parts are bias, relu or gelu (one), res" in capsys.readouterr().err
     for bad in ([1, 2], {"format": "miniansor-recorded/1", "source": "measured",
@@ -238,3 +246,24 @@ def test_a_replay_table_as_history_pretrains_the_cost_model(tmp_path, capsys):
     got = _history(table)
     assert len(got) == len(RecordedDevice(table).records()) > 0
     assert "skipping line" not in capsys.readouterr().err
+
+
+def test_a_tuning_run_that_measured_nothing_exits_1_with_standard_json(tmp_path, capsys):
+    """Every config of the task fails on this (replayed) device: the run used to exit 0
+    and print "weighted_latency_us": Infinity, which JSON readers other than Python's
+    refuse."""
+    from common.cli import main
+
+    demo = json.loads((Path(__file__).parents[2] / "systems" / "miniansor" / "data" /
+                       "sim-demo.json").read_text())
+    task = "gemm:2048x2048x2048:fp16:none"
+    demo["tasks"] = {task: {cfg: {"error": "OUT_OF_RESOURCES"} for cfg in demo["tasks"][task]}}
+    table = tmp_path / "allfail.json"
+    table.write_text(json.dumps(demo))
+    assert main(["ansor", "tune", "--workload", "gemm", "--shape", "2048,2048,2048",
+                 "--device", f"replay:{table}", "--trials", "8", "--no-progress",
+                 "--json"]) == 1
+    out = capsys.readouterr().out
+    doc = json.loads(out.splitlines()[-1], parse_constant=lambda c: pytest.fail(c))
+    assert doc["weighted_latency_us"] is None
+    assert "no latency: 1 task(s) have no successful measurement" in out

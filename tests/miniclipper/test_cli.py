@@ -156,6 +156,9 @@ def test_load_and_query_flags_are_checked_before_any_query(capsys):
     for argv, msg in ((["load", "--app", "a", "--inputs", "random:0"], "random:DIM"),
                       (["load", "--app", "a", "--inputs", "random"], "random:DIM"),
                       (["query", "--app", "a", "--input", "[1, 2"], "--input '[1, 2'"),
+                      # drawn up front and sent by one process: it ran for minutes, then
+                      # died on a TimeoutExpired traceback
+                      (["load", "--app", "a", "--rate", "1e6"], "at most 50000 q/s"),
                       (["query", "--app", "a", "--input", "[1e999]"], "overflows a float"),
                       (["query", "--app", "a", "--input", "hello"],
                        "a text input is a JSON string too: --input '\"hello\"'"),
@@ -165,3 +168,73 @@ def test_load_and_query_flags_are_checked_before_any_query(capsys):
         assert main(["clipper", *argv, "--mgmt-port", "1", "--query-port", "1"]) == 2
         err = capsys.readouterr().err
         assert msg in err and "refused" not in err.lower(), err
+
+
+def test_a_port_that_does_not_speak_http_is_one_clear_line(capsys):
+    """A typo among the three adjacent ports (1337/1338/1339) pointed a command at
+    Clipper's gRPC port: http.client's BadStatusLine came out as a traceback full of
+    binary bytes. Here a listener answers binary bytes and hangs up."""
+    import socket
+    import threading
+
+    srv = socket.create_server(("127.0.0.1", 0))
+    port = srv.getsockname()[1]
+
+    def answer():
+        for _ in range(2):
+            conn, _ = srv.accept()
+            conn.recv(65536)
+            conn.sendall(b"\x00\x00\x18\x04\x00\x00\x00\x00\x00\xfe\xff garbage\r\n")
+            conn.close()
+    t = threading.Thread(target=answer, daemon=True)
+    t.start()
+    try:
+        assert main(["clipper", "stop", "--mgmt-port", str(port)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "does not answer HTTP" in err[0], err
+        assert "--query-port and --mgmt-port" in err[0]
+    finally:
+        srv.close()
+
+
+def test_a_deploy_interrupted_leaves_no_new_application_behind(clipper, monkeypatch,
+                                                               capsys):
+    """Ctrl-C during ``deploy --app NEW`` left the application registered with no model
+    linked: its queries got the default, and the rollback (for exceptions) never ran,
+    since KeyboardInterrupt is not an Exception."""
+    from systems.miniclipper.admin import ClipperConnection
+
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(ClipperConnection, "deploy_model", interrupted)
+    ports = ["--mgmt-port", str(clipper.cm.ports["mgmt_port"]),
+             "--query-port", str(clipper.cm.ports["query_port"])]
+    assert main(["clipper", "deploy", "--name", "kb", "--builtin", "sum", "--app", "kbapp",
+                 *ports]) == 130
+    err = capsys.readouterr().err
+    assert "casebook: interrupted" in err and "another --version" in err
+    assert "kbapp" not in clipper.get_all_apps()
+
+
+def test_a_failed_start_names_a_log_that_still_exists():
+    """The one-line error pointed at a log in the group's temporary directory, which was
+    removed with the group (at the latest when the command exited) before anyone could
+    read it."""
+    import re
+    import shutil
+    import socket
+    from pathlib import Path
+
+    busy = socket.create_server(("127.0.0.1", 0))
+    try:
+        out = subprocess.run([sys.executable, "-m", "common.cli", "clipper", "start",
+                              "--query-port", str(busy.getsockname()[1]), "--mgmt-port", "0",
+                              "--grpc-port", "0"], capture_output=True, text=True, timeout=120)
+    finally:
+        busy.close()
+    assert out.returncode == 2 and "a port is already in use" in out.stderr
+    log = Path(re.search(r"its log: (\S+)", out.stderr)[1])
+    try:
+        assert log.is_file() and "in use" in log.read_text()
+    finally:
+        shutil.rmtree(log.parent, ignore_errors=True)

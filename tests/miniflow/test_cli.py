@@ -4,6 +4,7 @@ import argparse
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -38,6 +39,16 @@ def test_flow_on_cuda_without_a_gpu_is_one_clear_line(monkeypatch):
     args = argparse.Namespace(model="mlp", device="cuda", epochs=1, batch=32, seed=0,
                               checkpoint="unused", json=True, out="unused", two_cpus=False)
     for command in (cli._train, cli._dot, cli._trace):
-        with pytest.raises(SystemExit) as e:
-            command(args)
-        assert "--device cuda needs a CUDA GPU" in str(e.value.code)
+        with pytest.raises(ValueError, match="--device cuda needs a CUDA GPU"):
+            command(args)  # a ValueError: main prints it with its prefix and exits 2
+
+
+def test_a_checkpoint_directory_means_a_prefix_inside_it(tmp_path):
+    """``--checkpoint ck/`` wrote a hidden ``ck/.npz``; ``--checkpoint /tmp`` wrote
+    ``/tmp.npz`` and a state file at the root; an empty one wrote ``./.npz``."""
+    (tmp_path / "ck").mkdir()
+    assert cli.checkpoint_prefix(str(tmp_path / "ck")) == str(tmp_path / "ck" / "digits")
+    assert cli.checkpoint_prefix("new/") == str(Path("new") / "digits")
+    assert cli.checkpoint_prefix("out/flow/digits") == "out/flow/digits"
+    with pytest.raises(ValueError, match="--checkpoint is empty"):
+        cli.checkpoint_prefix("")

@@ -397,3 +397,23 @@ def test_a_failed_launch_leaves_no_monitor_polling_behind(tmp_path):
     left = [t.name for t in set(threading.enumerate()) - before
             if not t.name.startswith("tqdm")]  # tqdm's own monitor lives on by design
     assert not left, f"threads outlived the failed launch: {left}"
+
+
+@pytest.mark.parametrize("argv, why", [
+    # each used to start a job: the first two printed the scheduler's 27-line traceback,
+    # the third trained for the whole run and then failed with "server s0: INTERNAL",
+    # the fourth was ignored
+    (["--host", "192.0.2.1"], "is not an address of this machine"),
+    (["--host", ""], "--host is empty"),
+    (["--checkpoint", "/proc/nope/ck"], "cannot write there"),
+    (["--scheduler", "127.0.0.1:5"], "only with --role"),
+    # a server started alone printed a 40-line AioRpcError and "Event loop is closed"
+    (["--role", "server", "--scheduler", "127.0.0.1:1"], "no scheduler answered at"),
+    (["--role", "server", "--scheduler", "nohostport"], "want HOST:PORT"),
+])
+def test_launch_refuses_what_would_fail_later_in_one_line(argv, why, capsys):
+    from common.cli import main
+
+    assert main(["ps", "launch", "--no-progress", "--steps", "2", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("casebook ps: error:") and why in err[0], err
