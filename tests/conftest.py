@@ -36,6 +36,37 @@ def _private_tmpdir(tmp_path_factory):
         os.environ["TMPDIR"] = old_env
 
 
+@pytest.fixture
+def race():
+    """``race(f, g, ...)`` runs the functions in threads at once, with Python switching
+    threads as often as it can (more interleavings for a race to show in), and raises
+    the first exception any of them raised."""
+    import sys
+    import threading
+
+    def run(*fns, switch_s: float = 1e-5, timeout: float = 120.0) -> None:
+        errors: list[BaseException] = []
+
+        def go(fn):
+            try:
+                fn()
+            except BaseException as e:  # noqa: BLE001 - re-raised in the test's thread
+                errors.append(e)
+        threads = [threading.Thread(target=go, args=(fn,)) for fn in fns]
+        old = sys.getswitchinterval()
+        sys.setswitchinterval(switch_s)
+        try:
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout)
+        finally:
+            sys.setswitchinterval(old)
+        if errors:
+            raise errors[0]
+    return run
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked `gpu` run only where CUDA is available (scripts/gpu-suite.sh)."""
     import torch

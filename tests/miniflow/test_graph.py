@@ -295,15 +295,12 @@ def test_a_device_function_is_refused_clearly():
             pass
 
 
-def test_scopes_belong_to_the_thread_that_opened_them():
+def test_scopes_belong_to_the_thread_that_opened_them(race):
     """As in TF (``Graph._thread_local``): a name scope, device or control dependency
     opened in one thread never applies to ops another thread builds in the same graph,
     and none is left open when the threads are done. They used to be the graph's: half
     of a plain thread's ops took the other's device, and the graph could stay stuck in a
     scope for good."""
-    import sys
-    import threading
-
     g = mf.Graph()
     built: dict[str, list] = {"A": [], "B": []}
 
@@ -318,16 +315,7 @@ def test_scopes_belong_to_the_thread_that_opened_them():
             for _ in range(200):
                 built["B"].append(mf.constant(2.0, name="c").op)
 
-    switch = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)  # switch threads as often as possible
-    try:
-        threads = [threading.Thread(target=f) for f in (a, b)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-    finally:
-        sys.setswitchinterval(switch)
+    race(a, b, switch_s=1e-6)
     assert all(op.device == "" and "/" not in op.name for op in built["B"])
     assert all(op.device.endswith("cpu:1") and op.name.startswith("A") for op in built["A"])
     names = [op.name for op in g.get_operations()]

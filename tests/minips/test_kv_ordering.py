@@ -2,7 +2,6 @@
 timestamps, one push at a time, held pulls, a failed job. Real processes, one small
 cluster for the module."""
 
-import sys
 import threading
 import time
 
@@ -108,7 +107,7 @@ def test_pushes_leave_one_at_a_time(cluster):
     np.testing.assert_array_equal(kv.wait(kv.pull(keys)), before + 30)
 
 
-def test_one_worker_shared_by_threads_loses_no_acknowledged_push(cluster):
+def test_one_worker_shared_by_threads_loses_no_acknowledged_push(cluster, race):
     """Threads may share one KVWorker (ps-lite's requests are mutex-protected, and
     MXNet's engine threads share one). Each push takes the next clock; the clock used
     to be chosen outside the lock, so a later clock could leave first, and the servers
@@ -118,26 +117,13 @@ def test_one_worker_shared_by_threads_loses_no_acknowledged_push(cluster):
     keys = np.arange(0, KEY_MAX, 64, dtype=np.uint64)  # every server's ranges
     ones = np.ones((keys.size, 1), np.float32)
     before = kv.wait(kv.pull(keys))
-    n_threads, n_pushes, errors = 4, 60, []
+    n_threads, n_pushes = 4, 60
 
     def body():
-        try:
-            for _ in range(n_pushes):
-                kv.wait(kv.push(keys, ones), timeout=60)
-        except BaseException as e:  # noqa: BLE001 - re-raised in the test thread
-            errors.append(e)
+        for _ in range(n_pushes):
+            kv.wait(kv.push(keys, ones), timeout=60)
 
-    threads = [threading.Thread(target=body) for _ in range(n_threads)]
-    switch = sys.getswitchinterval()
-    sys.setswitchinterval(1e-5)  # switch threads often: more interleavings to lose one
-    try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
-    finally:
-        sys.setswitchinterval(switch)
-    assert not errors, errors[0]
+    race(*[body] * n_threads)
     np.testing.assert_array_equal(kv.wait(kv.pull(keys)), before + n_threads * n_pushes)
     kv.close()
 
