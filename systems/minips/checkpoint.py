@@ -129,15 +129,18 @@ def _save_round(ring_info: dict, d: Path, generation: int,
             out = rpc.method(ch, M.SERVICE, "Control")(
                 M.encode({"checkpoint": str(d), "generation": generation,
                           "epoch": ring_info["epoch"]}), timeout=timeout)
-        except grpc.RpcError as e:  # died during the round: the ring will change
-            return files, f"server {name}: {e.code().name}"
+        except grpc.RpcError as e:
+            if M.server_bug(e):  # an exception in the server: asking again will not help
+                raise RuntimeError(f"server {name} did not checkpoint: {e.details()}") from None
+            return files, f"server {name}: {e.code().name}"  # died: the ring will change
         finally:
             ch.close()
         reply = M.decode(out)[0]
         if reply.get("code") == M.RETRY:
             return files, f"server {name}: {reply.get('message')}"
         if reply.get("code") != M.OK or "file" not in reply:
-            raise RuntimeError(f"server {name} did not checkpoint: {reply}")
+            raise RuntimeError(f"server {name} did not checkpoint: {reply.get('code')} "
+                               f"{reply.get('message', reply)}")
         files.append(Path(reply["file"]).name)
         saved += [(int(b), int(e)) for b, e in reply["ranges"]]
     gap = subtract([(0, ring_info["ring"]["key_max"])], merge_ranges(saved))

@@ -12,7 +12,8 @@ assignment; section 3), and ps-lite has no such RPC either, so this is ours. The
   ``"raise_always"`` raises every time, as a bug that stays in the code does;
 * ``{"checkpoint": DIR, "generation": g, "epoch": e}``: write the mastered ranges of ring
   ``e`` atomically (:mod:`.checkpoint`); answered ``RETRY`` if this server cannot reach
-  that ring with its master ranges in hand within a few seconds;
+  that ring with its master ranges in hand within a few seconds, ``FAILED`` with the
+  reason if it cannot write there (a full disk, say);
 * ``{"metrics": true}``: the node's counters (:func:`snapshot`);
 * ``{"dump": [begin, end]}``: every stored key, value and clock of a range;
 * ``{"debug": true}``: every worker's push and pull clock on the ranges it masters;
@@ -80,7 +81,11 @@ async def control(node: KVServer, req: bytes) -> bytes:
                 why = f"the ring moved on to {node.epoch} meanwhile"
             if why:
                 return M.encode(M.reply(M.RETRY, why, epoch=node.epoch))
-            path = save_server(meta["checkpoint"], node, int(meta.get("generation", 0)))
+            try:
+                path = save_server(meta["checkpoint"], node, int(meta.get("generation", 0)))
+            except OSError as e:  # the disk, not a bug: say why, so nobody waits on it
+                return M.encode(M.reply("FAILED", f"cannot save to {meta['checkpoint']}: "
+                                                  f"{type(e).__name__}: {e}"))
             out["ranges"] = node.ring.ranges_of(node.name, "master") if node.ring else []
         out["file"] = str(path)
     if meta.get("metrics"):

@@ -259,3 +259,21 @@ def test_workers_of_a_cluster_restored_without_the_launcher_go_on_after_their_cl
         assert sum(m.get("push_requests", 0) for m in metrics) > 0
         # no clock of the checkpoint was pushed again
         assert sum(m.get("duplicate_pushes_dropped", 0) for m in metrics) == 0
+
+
+def test_a_server_that_cannot_write_says_why_at_once(make_cluster, tmp_path):
+    """A server whose save fails (here: the directory is a file; a full disk is the same)
+    used to fail the round as 'server s0: UNKNOWN' after retrying until the timeout, as
+    if the server had died: now its reason comes back at once, and nothing is written."""
+    import time
+
+    cl = make_cluster(ClusterSpec(servers=2, app={"name": "count"}, key_max=1 << 10,
+                                  updater={"name": "sum"}))
+    blocker = tmp_path / "ckpt"
+    blocker.write_text("not a directory")
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"server s0 did not checkpoint: .*ckpt"):
+        checkpoint.checkpoint(cl.status(), blocker, status=cl.status, timeout=20)
+    assert time.monotonic() - t0 < 10
+    assert blocker.read_text() == "not a directory"
+    assert checkpoint.checkpoint(cl.status(), tmp_path / "ok").exists()  # still serving
