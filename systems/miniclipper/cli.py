@@ -1,10 +1,12 @@
-"""``casebook clipper start|deploy|query|load|trace|stop|demo``: Clipper from a shell.
+"""``casebook clipper start|deploy|query|load|trace|list|remove|stop|demo``: from a shell.
 
     casebook clipper start                       # query :1337, management :1338, gRPC :1339
     casebook clipper deploy --name rf --builtin digits-rf --app digits --slo-micros 20000
     casebook clipper query --app digits --input "$(python -c 'print([0.0]*64)')"
     casebook clipper load --app digits --rate 300 --duration 5 --slo-ms 20
     casebook clipper trace --out trace.json      # if started with --trace-sample 0.01
+    casebook clipper list                        # applications and models
+    casebook clipper remove --model rf:1 --app digits
     casebook clipper stop
 
 ``start`` leaves Clipper running after the command returns; the other commands find it
@@ -40,6 +42,7 @@ def _conn(args: argparse.Namespace) -> Any:
     conn = ClipperConnection(LocalContainerManager(
         host=args.host, query_port=args.query_port, mgmt_port=args.mgmt_port,
         grpc_port=args.grpc_port))
+    conn.connect()  # a Clipper must answer there: one clear line if none does
     return conn
 
 
@@ -85,7 +88,6 @@ def _deploy(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"--builtin {args.builtin} takes numbers: --input-type one of "
                          f"{list(NUMERIC_TYPES)}, not {args.input_type!r}")
     conn = _conn(args)
-    conn.connect()
     batching = BatchingConfig(args.batching, size=args.batch_size,
                               max_size=max(args.batch_size, 512),
                               max_delay_s=args.max_delay_ms / 1e3)
@@ -116,7 +118,8 @@ def _deploy(args: argparse.Namespace) -> dict[str, Any]:
             conn.unregister_application(args.app)
         if isinstance(e, KeyboardInterrupt):  # the server goes on with a deploy it got
             print(f"the server may still finish deploying {args.name}:{args.version}; "
-                  f"deploy again with another --version", file=sys.stderr)
+                  f"see casebook clipper list, undo with casebook clipper remove --model "
+                  f"{args.name}:{args.version}", file=sys.stderr)
         raise
     finally:
         if args.builtin:  # the store holds its own copy now (ReplicaSupervisor.install)
@@ -172,7 +175,6 @@ def _load(args: argparse.Namespace) -> dict[str, Any]:
                          f"recorded): at most {MAX_LOAD_RATE} q/s and {MAX_LOAD_QUERIES:,} "
                          f"queries")
     conn = _conn(args)
-    conn.connect()
     info = conn.get_app_info(args.app)
     if info is None:
         raise LookupError(f"no application named {args.app!r}; registered: "
@@ -225,6 +227,54 @@ def _trace(args: argparse.Namespace) -> dict[str, Any]:
     print(f"wrote {len(doc['traceEvents'])} trace events to {out}; open it in "
           f"https://ui.perfetto.dev or chrome://tracing")
     return {"path": str(out), "events": len(doc["traceEvents"])}
+
+
+def _list(args: argparse.Namespace) -> dict[str, Any]:
+    """What is deployed: Clipper's ``get_all_apps(verbose=True)`` and
+    ``get_all_models(verbose=True)`` (clipper_admin has no shell command; ours prints them)."""
+    conn = _conn(args)
+    apps, models = conn.get_all_apps(verbose=True), conn.get_all_models(verbose=True)
+    for a in sorted(apps, key=lambda a: a["name"]):
+        print(f"app {a['name']}: {a['input_type']}, SLO {a['latency_slo_micros']} us, "
+              f"{a['selection_policy']}, default {a['default_output']!r}, models "
+              f"{', '.join(a['linked_models']) or '(none linked)'}")
+    for m in sorted(models, key=lambda m: (m["model_name"], m["model_version"])):
+        print(f"model {m['model_name']}:{m['model_version']}"
+              f"{' (current)' if m['is_current_version'] else ''}: {m['replicas']} replica"
+              f"{'' if m['replicas'] == 1 else 's'}, {m['batching']['policy']} batching, "
+              f"{m['queue_length']} queued")
+    if not apps and not models:
+        print("nothing deployed")
+    return {"applications": apps, "models": models}
+
+
+def _remove(args: argparse.Namespace) -> dict[str, Any]:
+    """Undo a deploy from the shell: ``stop_versioned_models`` / ``stop_models`` and
+    ``unregister_application`` of clipper_admin. Everything named is checked first, so a
+    typo removes nothing."""
+    if not args.model and not args.app:
+        raise ValueError("name what to remove: --model NAME[:VERSION] and/or --app NAME")
+    conn = _conn(args)
+    deployed = {(m["model_name"], m["model_version"]) for m in conn.get_all_models(verbose=True)}
+    versions: dict[str, list[str]] = {}
+    for spec in args.model or []:
+        name, _, version = spec.partition(":")
+        got = sorted(v for n, v in deployed if n == name and version in ("", v))
+        if not got:
+            raise LookupError(f"--model {spec}: not deployed; deployed: "
+                              f"{sorted(f'{n}:{v}' for n, v in deployed) or 'none'}")
+        versions.setdefault(name, []).extend(v for v in got if v not in versions.get(name, []))
+    apps = args.app or []
+    missing = sorted(set(apps) - set(conn.get_all_apps()))
+    if missing:
+        raise LookupError(f"--app {missing[0]}: no such application; registered: "
+                          f"{sorted(conn.get_all_apps()) or 'none'}")
+    for app in apps:  # first, so no application answers from a model going away
+        conn.unregister_application(app)
+    conn.stop_versioned_models(versions)
+    gone = [f"{n}:{v}" for n, vs in versions.items() for v in vs]
+    print("removed " + ", ".join([f"app {a}" for a in apps] + [f"model {m}" for m in gone]))
+    return {"applications": apps, "models": gone}
 
 
 def _demo(args: argparse.Namespace) -> dict[str, Any]:
@@ -288,6 +338,12 @@ def add_parser(sub: Any, add: Any) -> None:
     ld.add_argument("--out", default="out/clipper-load", help="where the CDF plot goes")
     tr = cmd("trace", _trace, "save the Chrome trace of sampled queries (start --trace-sample)")
     tr.add_argument("--out", default="out/clipper-trace.json")
+    cmd("list", _list, "the registered applications and the deployed models")
+    rm = cmd("remove", _remove, "stop model versions and unregister applications")
+    rm.add_argument("--model", action="append", metavar="NAME[:VERSION]",
+                    help="a model's version, or every version of it (repeatable)")
+    rm.add_argument("--app", action="append", metavar="NAME",
+                    help="an application to unregister (repeatable)")
     cmd("stop", _stop, "shut Clipper and its containers down")
     dm = cmd("demo", _demo, "the tour step: batching and caching in ~20 s")
     dm.add_argument("--full", action="store_true")

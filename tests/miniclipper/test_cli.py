@@ -212,7 +212,7 @@ def test_a_deploy_interrupted_leaves_no_new_application_behind(clipper, monkeypa
     assert main(["clipper", "deploy", "--name", "kb", "--builtin", "sum", "--app", "kbapp",
                  *ports]) == 130
     err = capsys.readouterr().err
-    assert "casebook: interrupted" in err and "another --version" in err
+    assert "casebook: interrupted" in err and "casebook clipper remove --model kb:1" in err
     assert "kbapp" not in clipper.get_all_apps()
 
 
@@ -238,3 +238,50 @@ def test_a_failed_start_names_a_log_that_still_exists():
         assert log.is_file() and "in use" in log.read_text()
     finally:
         shutil.rmtree(log.parent, ignore_errors=True)
+
+
+def test_list_shows_a_deploy_and_remove_undoes_it_checking_every_name_first(clipper, capsys):
+    """A shell user had no way to see what runs, or to undo a deploy (say one the server
+    finished after Ctrl-C): ``list`` and ``remove`` are clipper_admin's
+    ``get_all_*(verbose=True)``, ``stop_versioned_models`` and ``unregister_application``."""
+    ports = ["--mgmt-port", str(clipper.cm.ports["mgmt_port"]),
+             "--query-port", str(clipper.cm.ports["query_port"])]
+
+    def run(*args):
+        code = main(["clipper", *args, *ports, "--json"])
+        out, err = capsys.readouterr()
+        if code:
+            return code, err
+        *text, doc = out.strip().splitlines()
+        return code, {**json.loads(doc), "text": "\n".join(text)}
+
+    for version in ("1", "2"):
+        assert main(["clipper", "deploy", "--name", "rm", "--version", version, "--builtin",
+                     "sum", "--app", "rmapp", "--slo-micros", "500000", *ports]) == 0
+    code, listed = run("list")
+    assert code == 0 and "app rmapp: doubles, SLO 500000 us, exp3" in listed["text"], listed
+    assert "model rm:2 (current): 1 replica, aimd batching" in listed["text"]
+    mine = {(m["model_name"], m["model_version"], m["is_current_version"])
+            for m in listed["models"] if m["model_name"] == "rm"}
+    assert mine == {("rm", "1", False), ("rm", "2", True)}
+    assert [a["linked_models"] for a in listed["applications"] if a["name"] == "rmapp"] == \
+        [["rm"]]
+
+    # a typo anywhere removes nothing
+    code, err = run("remove", "--model", "rm:1", "--model", "rm:3")
+    assert code == 2 and "--model rm:3: not deployed" in err and "rm:1" in err
+    code, err = run("remove", "--model", "rm:1", "--app", "rmap")
+    assert code == 2 and "--app rmap: no such application" in err
+    code, err = run("remove")
+    assert code == 2 and "name what to remove" in err
+    assert {"rm:1", "rm:2"} <= set(clipper.get_all_models())
+
+    code, out = run("remove", "--model", "rm:1")  # the old version only
+    assert code == 0 and out["models"] == ["rm:1"] and out["text"] == "removed model rm:1"
+    assert "rm:1" not in clipper.get_all_models() and "rm:2" in clipper.get_all_models()
+    assert clipper.predict("rmapp", [1.0, 2.0])["output"] == 3.0  # still served by 2
+
+    code, out = run("remove", "--model", "rm", "--app", "rmapp")  # every version, the app
+    assert code == 0 and out["applications"] == ["rmapp"] and out["models"] == ["rm:2"]
+    assert "rmapp" not in clipper.get_all_apps()
+    assert not [m for m in clipper.get_all_models() if m.startswith("rm:")]
