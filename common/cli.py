@@ -102,11 +102,35 @@ def _tour(args: argparse.Namespace) -> dict[str, Any]:
     return run_tour(quick=not args.full)
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` that ends an option's help with "(default: X)", except a flag's (off
+    unless given) and a default of None or [] (nothing given): such an option's help says
+    in words what leaving it out means."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.nargs == 0 or action.default is None or action.default == []:
+            return action.help
+        return super()._get_help_string(action)
+
+
+class RawHelpFormatter(argparse.RawDescriptionHelpFormatter, HelpFormatter):
+    """:class:`HelpFormatter` that prints the description as written (an example)."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """A parser whose help shows the defaults (:class:`HelpFormatter`). ``add_subparsers``
+    makes subparsers of their parent's class, so every subcommand's parser, the
+    systems' too, is one of these."""
+
+    def __init__(self, *args: Any, formatter_class: type = HelpFormatter, **kw: Any) -> None:
+        super().__init__(*args, formatter_class=formatter_class, **kw)
+
+
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The parser for ``argv``: the system it names gets its full subcommand tree, the
     others a one-line stub (enough for ``casebook --help`` and for argparse to say which
     commands exist). Without ``argv``, every system's tree (tests, docs)."""
-    p = argparse.ArgumentParser(prog="casebook", description=__doc__.splitlines()[0])
+    p = ArgumentParser(prog="casebook", description=__doc__.splitlines()[0].replace("``", ""))
     sub = p.add_subparsers(dest="command", required=True)
 
     def add(name: str, fn: Callable, help: str) -> argparse.ArgumentParser:
@@ -117,17 +141,20 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         return sp
 
     e = add("env", _env, "describe this machine and its measured CPU roofline")
-    e.add_argument("--refresh", action="store_true", help="re-run the CPU probe")
+    e.add_argument("--refresh", action="store_true",
+                   help="probe the CPU again instead of reading this machine's cached probe")
 
     from .bench import SUITES
 
     b = add("bench", _bench, "run a system's benchmark cases against their baselines")
-    b.add_argument("system", nargs="?", choices=[*SUITES, "all"], default=None)
-    b.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    b.add_argument("system", nargs="?", choices=[*SUITES, "all"], default=None,
+                   help="the system whose cases to run (default: all)")
+    b.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="run the cases for this device; cuda needs a GPU")
     b.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats")
     b.add_argument("--out", default="out/bench", help="results go to OUT/SYSTEM/DEVICE/")
-    b.add_argument("--only", nargs="+", help="run only these case names")
-    b.add_argument("--no-progress", action="store_true")
+    b.add_argument("--only", nargs="+", help="run only these cases, by name (default: every case)")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     t = add("tour", _tour, "a walk through the measuring layer and every system (about a minute)")
     t.add_argument("--full", action="store_true", help="larger sizes (slower)")

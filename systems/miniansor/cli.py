@@ -31,18 +31,24 @@ def _seed(text: str) -> int:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                    help="print the result as JSON last")
-    p.add_argument("--trials", type=positive_int, default=64, help="measurements in all")
-    p.add_argument("--device", default="sim", help="cuda, sim or replay:FILE (default sim)")
-    p.add_argument("--log", default=None, help="JSON-lines tuning log (resumed if it exists)")
+    p.add_argument("--trials", type=positive_int, default=64,
+                   help="kernel measurements in all, over every task")
+    p.add_argument("--device", default="sim",
+                   help="where kernels are measured: cuda (this GPU), sim (a simulated GPU) "
+                        "or replay:FILE, a replay table")
+    p.add_argument("--log", default=None,
+                   help="JSON-lines tuning log, resumed if it exists (default: none)")
     p.add_argument("--history", default=None,
                    help="a log of earlier tuning on this device, or a replay table: "
-                        "pre-trains the cost model")
-    p.add_argument("--seed", type=_seed, default=0)
+                        "pre-trains the cost model (default: none)")
+    p.add_argument("--seed", type=_seed, default=0,
+                   help="random seed of the search, the cost model and sim's noise, "
+                        "0 to 2**32-1")
     p.add_argument("--per-round", type=positive_int, default=8,
                    help="measurements per search round")
     p.add_argument("--no-verify", action="store_true",
                    help="skip the interpreter check of each new kernel on the sim device")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _print_best(summary: dict) -> bool:
@@ -232,53 +238,73 @@ def add_parser(sub, add) -> None:
     top = add("ansor", lambda a: top.print_help() or {}, "miniansor: auto-tune Triton kernels")
     inner = top.add_subparsers(dest="ansor_command", required=True)
 
-    t = inner.add_parser("tune", help="tune one workload")
-    t.add_argument("--workload", required=True, choices=["gemm", "bmm", "softmax", "layernorm"])
-    t.add_argument("--shape", required=True, help="M,N,K | B,M,N,K | rows,cols")
-    t.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"])
-    t.add_argument("--epilogue", default="none", help="gemm only: e.g. bias+relu, bias+gelu+res")
+    def subcommand(name: str, help: str) -> argparse.ArgumentParser:
+        return inner.add_parser(name, help=help, description=help)  # --help shows it too
+
+    t = subcommand("tune", help="tune one workload")
+    t.add_argument("--workload", required=True, choices=["gemm", "bmm", "softmax", "layernorm"],
+                   help="the operator to tune")
+    t.add_argument("--shape", required=True,
+                   help="M,N,K (gemm), B,M,N,K (bmm) or rows,cols (softmax, layernorm)")
+    t.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"],
+                   help="element type")
+    t.add_argument("--epilogue", default="none",
+                   help="gemm only: ops fused after it, from bias, relu or gelu, res, "
+                        "joined by '+', e.g. bias+gelu+res")
     _common(t)
     t.set_defaults(func=_tune)
 
-    m = inner.add_parser("tune-model", help="tune a whole model through the task scheduler")
-    m.add_argument("--model", default="transformer", choices=["mlp", "transformer"])
-    m.add_argument("--batch", type=positive_int, default=1)
-    m.add_argument("--seq", type=positive_int, default=2048)
-    m.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"])
-    m.add_argument("--strategy", default="gradient", choices=["gradient", "round-robin"])
+    m = subcommand("tune-model", help="tune a whole model through the task scheduler")
+    m.add_argument("--model", default="transformer", choices=["mlp", "transformer"],
+                   help="a Llama-3-8B-like layer: its MLP or a whole transformer block")
+    m.add_argument("--batch", type=positive_int, default=1, help="sequences per batch")
+    m.add_argument("--seq", type=positive_int, default=2048, help="tokens per sequence")
+    m.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"],
+                   help="element type")
+    m.add_argument("--strategy", default="gradient", choices=["gradient", "round-robin"],
+                   help="how the task scheduler shares the trials among the model's tasks")
     _common(m)
     m.set_defaults(func=_tune_model)
 
-    s = inner.add_parser("show", help="best kernel per task and best-throughput-vs-trials plot")
-    s.add_argument("log")
-    s.add_argument("--plot", default=None, help="PNG path (default: next to the log)")
+    s = subcommand("show", help="best kernel per task and best-throughput-vs-trials plot")
+    s.add_argument("log", help="a tuning log (JSON lines)")
+    s.add_argument("--plot", default=None,
+                   help="where to write the plot, PNG (default: the log's path with suffix .png)")
     s.add_argument("--device", default=None,
                    help="whose records, if the log has several devices': a name as the log "
-                        "stores it, or sim, replay:FILE, cuda (the log's one GPU)")
+                        "stores it, or sim, replay:FILE, or cuda for the log's one GPU "
+                        "(default: the log's only device)")
     s.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                    help="print the result as JSON last")
     s.set_defaults(func=_show)
 
-    g = inner.add_parser("sim-table", help="write a replay table from the simulated GPU")
-    g.add_argument("--out", required=True)
-    g.add_argument("--tasks", nargs="+", required=True, help="task keys")
-    g.add_argument("--configs", type=positive_int, default=800, help="configs per task")
-    g.add_argument("--seed", type=non_negative_int, default=0)
+    g = subcommand("sim-table", help="write a replay table from the simulated GPU")
+    g.add_argument("--out", required=True, help="where to write the replay table (JSON)")
+    g.add_argument("--tasks", nargs="+", required=True,
+                   help="task keys, e.g. gemm:4096x4096x4096:fp16:none")
+    g.add_argument("--configs", type=positive_int, default=800,
+                   help="random configs per task")
+    g.add_argument("--seed", type=non_negative_int, default=0,
+                   help="random seed of the configs drawn and of the simulated GPU's noise")
     g.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                    help="print the result as JSON last")
     g.set_defaults(func=_sim_table)
 
-    r = inner.add_parser("record-table", help="measure random configs of each task's space "
-                                              "into a replay table (on a GPU)")
+    r = subcommand("record-table", help="measure random configs of each task's space "
+                                        "into a replay table (on a GPU)")
     r.add_argument("--device", default="cuda", help="cuda (measured) or sim (simulated)")
-    r.add_argument("--tasks", nargs="+", required=True, help="task keys")
-    r.add_argument("--configs", type=positive_int, default=300, help="configs per task")
-    r.add_argument("--seed", type=non_negative_int, default=0)
+    r.add_argument("--tasks", nargs="+", required=True,
+                   help="task keys, e.g. gemm:4096x4096x4096:fp16:none")
+    r.add_argument("--configs", type=positive_int, default=300,
+                   help="random configs per task")
+    r.add_argument("--seed", type=non_negative_int, default=0,
+                   help="random seed of the configs drawn and of sim's noise")
     r.add_argument("--rep-ms", type=positive_float, default=25.0,
-                   help="do_bench's timing window")
+                   help="ms of repeated runs that time each config, do_bench's rep; cuda only")
     r.add_argument("--out", default=None,
-                   help="default systems/miniansor/data/space-<device>.json")
-    r.add_argument("--no-progress", action="store_true")
+                   help="where to write the replay table (default: "
+                        "systems/miniansor/data/space-DEVICE.json)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                    help="print the result as JSON last")
     r.set_defaults(func=_record_table)

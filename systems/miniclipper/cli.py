@@ -286,58 +286,77 @@ def _demo(args: argparse.Namespace) -> dict[str, Any]:
 def add_parser(sub: Any, add: Any) -> None:
     """Add ``casebook clipper ...`` (``add`` is common.cli's subcommand factory)."""
     clipper = sub.add_parser("clipper", help="run miniclipper from the shell",
-                             description=__doc__.splitlines()[0])
+                             description=__doc__.splitlines()[0].replace("``", ""))
     inner = clipper.add_subparsers(dest="clipper_command", required=True)
 
-    def cmd(name: str, fn: Any, help: str) -> argparse.ArgumentParser:
+    def cmd(name: str, fn: Any, help: str, address: bool = True) -> argparse.ArgumentParser:
         p = inner.add_parser(name, help=help, description=help)
         p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                        help="print the result as JSON last")
-        p.add_argument("--host", default="127.0.0.1",
-                       help="the address Clipper listens on (start) or is reached at; "
-                            "loopback unless given")
-        p.add_argument("--query-port", type=port, default=1337)
-        p.add_argument("--mgmt-port", type=port, default=1338)
-        p.add_argument("--grpc-port", type=port, default=1339)
         p.set_defaults(func=fn)
+        if not address:  # (demo starts its own Clipper on free ports)
+            return p
+        p.add_argument("--host", default="127.0.0.1",
+                       help="the address Clipper listens on (start) or is reached at")
+        p.add_argument("--query-port", type=port, default=1337,
+                       help="the port of the REST query API, /APP/predict")
+        p.add_argument("--mgmt-port", type=port, default=1338, help="the management API's port")
+        p.add_argument("--grpc-port", type=port, default=1339, help="the gRPC query API's port")
         return p
 
     s = cmd("start", _start, "start Clipper in the background (on loopback unless --host)")
-    s.add_argument("--cache-bytes", type=non_negative_int, default=32 << 20)
+    s.add_argument("--cache-bytes", type=non_negative_int, default=32 << 20,
+                   help="the prediction cache's size, bytes")
     s.add_argument("--trace-sample", type=fraction, default=0.0,
-                   help="share of queries traced, 0..1")
+                   help="share of queries traced, 0 to 1; see casebook clipper trace")
     d = cmd("deploy", _deploy, "deploy a model directory or a built-in model")
-    d.add_argument("--name", required=True)
-    d.add_argument("--version", default="1")
+    d.add_argument("--name", required=True, help="the model's name")
+    d.add_argument("--version", default="1", help="the model's version, a string")
     what = d.add_mutually_exclusive_group(required=True)
     what.add_argument("--path", help="a model directory written by a deployer")
-    what.add_argument("--builtin", choices=BUILTINS)
-    d.add_argument("--input-type", default="doubles")
-    d.add_argument("--replicas", type=non_negative_int, default=1)
-    d.add_argument("--batching", choices=["aimd", "quantile", "static"], default="aimd")
+    what.add_argument("--builtin", choices=BUILTINS,
+                      help="a model made here: sum, echo (answers 0), digits-lr or "
+                           "digits-rf (scikit-learn on the digits)")
+    d.add_argument("--input-type", default="doubles",
+                   help="what the model takes: integers, floats, doubles, bytes or strings")
+    d.add_argument("--replicas", type=non_negative_int, default=1,
+                   help="model containers to run, 0 to 64")
+    d.add_argument("--batching", choices=["aimd", "quantile", "static"], default="aimd",
+                   help="how a replica sizes its batches; static keeps --batch-size")
     d.add_argument("--batch-size", type=positive_int, default=1,
-                   help="static size / starting size")
+                   help="the static batch size; where aimd and quantile start")
     d.add_argument("--max-delay-ms", type=non_negative_float, default=0.0,
-                   help="delayed batching")
-    d.add_argument("--app", help="register (if new) and link this application")
-    d.add_argument("--slo-micros", type=positive_int, default=100_000)
-    d.add_argument("--default-output", default="None")
-    d.add_argument("--policy", choices=["default", "exp3", "exp4"], default="exp3")
+                   help="ms a replica may wait for a fuller batch, under 10000; 0: no wait")
+    d.add_argument("--app", help="register (if new) and link this application "
+                                 "(default: deploy only)")
+    d.add_argument("--slo-micros", type=positive_int, default=100_000,
+                   help="a new --app's latency SLO, us")
+    d.add_argument("--default-output", default="None",
+                   help="what a new --app answers when no model does within the SLO, a string")
+    d.add_argument("--policy", choices=["default", "exp3", "exp4"], default="exp3",
+                   help="a new --app's model selection policy")
     q = cmd("query", _query, "send one query (or a batch) to an application")
-    q.add_argument("--app", required=True)
+    q.add_argument("--app", required=True, help="the application to query")
     one = q.add_mutually_exclusive_group(required=True)  # no silent default input
-    one.add_argument("--input", help="a JSON input")
-    one.add_argument("--input-batch", help="a JSON list of inputs")
+    one.add_argument("--input", help="one input, as JSON")
+    one.add_argument("--input-batch", help="a list of inputs, as JSON")
     ld = cmd("load", _load, "open-loop Poisson load from a separate process")
-    ld.add_argument("--app", required=True)
-    ld.add_argument("--rate", type=positive_float, default=200.0, help="queries per second")
-    ld.add_argument("--duration", type=positive_float, default=5.0, help="seconds")
-    ld.add_argument("--slo-ms", type=positive_float, default=20.0)
-    ld.add_argument("--inputs", default="digits", help="digits, or random:DIM")
-    ld.add_argument("--seed", type=non_negative_int, default=0)
-    ld.add_argument("--out", default="out/clipper-load", help="where the CDF plot goes")
+    ld.add_argument("--app", required=True, help="the application to load")
+    ld.add_argument("--rate", type=positive_float, default=200.0,
+                    help=f"mean rate of the Poisson arrivals, q/s, at most {MAX_LOAD_RATE}")
+    ld.add_argument("--duration", type=positive_float, default=5.0,
+                    help=f"how long to send, s; at most {MAX_LOAD_QUERIES:,} queries in all")
+    ld.add_argument("--slo-ms", type=positive_float, default=20.0,
+                    help="the latency bound of goodput and of the CDF plot, ms")
+    ld.add_argument("--inputs", default="digits",
+                    help="digits (scikit-learn's 8x8 images) or random:DIM, random vectors of DIM")
+    ld.add_argument("--seed", type=non_negative_int, default=0,
+                    help="random seed of the arrival times and the inputs picked")
+    ld.add_argument("--out", default="out/clipper-load",
+                    help="directory of the latency CDF plot")
     tr = cmd("trace", _trace, "save the Chrome trace of sampled queries (start --trace-sample)")
-    tr.add_argument("--out", default="out/clipper-trace.json")
+    tr.add_argument("--out", default="out/clipper-trace.json",
+                    help="where to write the trace, JSON")
     cmd("list", _list, "the registered applications and the deployed models")
     rm = cmd("remove", _remove, "stop model versions and unregister applications")
     rm.add_argument("--model", action="append", metavar="NAME[:VERSION]",
@@ -345,5 +364,6 @@ def add_parser(sub: Any, add: Any) -> None:
     rm.add_argument("--app", action="append", metavar="NAME",
                     help="an application to unregister (repeatable)")
     cmd("stop", _stop, "shut Clipper and its containers down")
-    dm = cmd("demo", _demo, "the tour step: batching and caching in ~20 s")
-    dm.add_argument("--full", action="store_true")
+    dm = cmd("demo", _demo, "the tour step: batching and caching in ~20 s, on a Clipper "
+             "of its own", address=False)
+    dm.add_argument("--full", action="store_true", help="longer load runs (slower)")

@@ -108,8 +108,10 @@ def add_parser(sub, add) -> None:
                           description="miniflow: TensorFlow's dataflow core")
     fsub = flow.add_subparsers(dest="flow_command", required=True)
     common_args = argparse.ArgumentParser(add_help=False)
-    common_args.add_argument("--model", choices=["mlp", "cnn"], default="mlp")
-    common_args.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    common_args.add_argument("--model", choices=["mlp", "cnn"], default="mlp",
+                             help="the demo model")
+    common_args.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                             help="where the model's ops run; cuda needs a GPU")
 
     def sub_add(name, fn, help):
         p = fsub.add_parser(name, help=help, description=help, parents=[common_args])
@@ -119,15 +121,18 @@ def add_parser(sub, add) -> None:
         return p
 
     t = sub_add("train", _train, "train on scikit-learn's digits, checkpoint, restore")
-    t.add_argument("--epochs", type=positive_int, default=None)
-    t.add_argument("--batch", type=positive_int, default=32)
-    t.add_argument("--seed", type=non_negative_int, default=0)
+    t.add_argument("--epochs", type=positive_int, default=None,
+                   help="passes over the training set (default: 12 for mlp, 15 for cnn)")
+    t.add_argument("--batch", type=positive_int, default=32, help="minibatch size, examples")
+    t.add_argument("--seed", type=non_negative_int, default=0,
+                   help="random seed: train/test split, initial weights, shuffling")
     t.add_argument("--checkpoint", default="out/flow/digits",
                    help="file prefix: writes PREFIX.npz and a 'checkpoint' state file "
                         "beside it (a directory means DIR/digits)")
     d = sub_add("dot", _dot, "DOT files of the graph before/after passes and partitioning")
-    d.add_argument("--out", default="out/flow")
+    d.add_argument("--out", default="out/flow", help="directory for the .dot files")
     d.add_argument("--two-cpus", action="store_true", help="place over /cpu:0 and /cpu:1")
     tr = sub_add("trace", _trace, "a Chrome trace of one training step")
-    tr.add_argument("--out", default="out/flow/step-trace.json")
+    tr.add_argument("--out", default="out/flow/step-trace.json",
+                    help="where to write the trace, JSON")
     tr.add_argument("--two-cpus", action="store_true", help="place over /cpu:0 and /cpu:1")

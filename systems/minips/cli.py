@@ -20,7 +20,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from common.cli import non_negative_float, non_negative_int, port, positive_float, positive_int
+from common.cli import (
+    RawHelpFormatter,
+    non_negative_float,
+    non_negative_int,
+    port,
+    positive_float,
+    positive_int,
+)
 
 from .apps import SPARSE_LR_FILTERS, SPARSE_LR_LAM
 
@@ -140,6 +147,9 @@ def spec_from_args(a: argparse.Namespace):
 
     check_host(a.host)  # one line here, not the scheduler's traceback from its log
     straggler = _straggler(a.straggler, a.workers, a.seed)
+    if straggler and not a.step_sleep:  # it multiplies the simulated compute: of 0 s
+        raise ValueError(f"--straggler {a.straggler} slows a worker's --step-sleep, which "
+                         f"is 0: give --step-sleep SECONDS too")
     app, updater = _app_spec(a), _updater(a.updater)
     _one_lam(app, updater, a.lam)
     return ClusterSpec(servers=a.servers, workers=a.workers, app=app,
@@ -275,63 +285,85 @@ def add_parser(sub, add) -> None:
     # Raw: the example in the description keeps its two lines
     la = cmds.add_parser("launch", help="start a scheduler, servers and workers and train",
                          description=__doc__.split("\n\n")[1] if __doc__ else None,
-                         formatter_class=argparse.RawDescriptionHelpFormatter)
+                         formatter_class=RawHelpFormatter)
     la.set_defaults(func=_launch)
     la.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                     help="print the result as JSON last")
-    la.add_argument("--servers", type=int, default=2)
-    la.add_argument("--workers", type=int, default=2)
-    la.add_argument("--app", choices=["sparse_lr", "mlp", "count"], default="sparse_lr")
-    la.add_argument("--consistency", default="bsp", help="bsp, ssp:TAU or asp")
-    la.add_argument("--replication", type=int, default=1, help="copies of each key range")
+    la.add_argument("--servers", type=int, default=2, help="server processes, at least 1")
+    la.add_argument("--workers", type=int, default=2,
+                    help="worker processes, one data shard each; 0: nothing trains")
+    la.add_argument("--app", choices=["sparse_lr", "mlp", "count"], default="sparse_lr",
+                    help="what the workers run: sparse logistic regression with L1, an MLP on the "
+                         "digits, or count (pushes only, for the exactly-once audit)")
+    la.add_argument("--consistency", default="bsp",
+                    help="bsp, ssp:TAU (a worker runs at most TAU clocks ahead) or asp")
+    la.add_argument("--replication", type=int, default=1,
+                    help="copies of each key range, 1 to --servers")
     la.add_argument("--vnodes", type=positive_int, default=4, help="virtual nodes per server")
-    la.add_argument("--steps", type=positive_int, default=100, help="steps per data shard")
+    la.add_argument("--steps", type=positive_int, default=100,
+                    help="steps per worker, each on its own data shard")
     la.add_argument("--features", type=positive_int, default=APP_FLAGS["sparse_lr"]["features"],
-                    help="sparse_lr: key space")
+                    help="sparse_lr: features (the key space)")
     la.add_argument("--examples", type=positive_int,
                     default=APP_FLAGS["sparse_lr"]["examples"],
-                    help="sparse_lr: dataset size")
+                    help="sparse_lr: examples in the dataset")
     la.add_argument("--nnz", type=positive_int, default=APP_FLAGS["sparse_lr"]["nnz"],
                     help="sparse_lr: features per example")
     la.add_argument("--lam", type=non_negative_float, default=None,
-                    help=f"sparse_lr: L1 strength (default {SPARSE_LR_LAM:g})")
+                    help=f"sparse_lr: L1 strength (default: {SPARSE_LR_LAM:g})")
     la.add_argument("--filters", nargs="*", default=[],
-                    choices=SPARSE_LR_FILTERS)
+                    choices=SPARSE_LR_FILTERS,
+                    help="sparse_lr: filters on what the workers send (default: none)")
     la.add_argument("--updater", default=None,
                     help="the servers' update rule instead of the app's: sgd, adagrad, "
-                         "l1prox or sum, with parameters as in l1prox:lr=0.05,lam=0.001")
+                         "l1prox or sum, with parameters as in l1prox:lr=0.05,lam=0.001 "
+                         "(default: the app's)")
     la.add_argument("--hidden", type=positive_int, default=APP_FLAGS["mlp"]["hidden"],
                     help="mlp: hidden units")
     la.add_argument("--device", default=APP_FLAGS["mlp"]["device"],
-                    help="mlp: where workers compute (cuda)")
+                    help="mlp: where workers compute: cpu, cuda or cuda:N")
     la.add_argument("--batch", type=non_negative_int, default=0,
-                    help="minibatch (0: the app's default)")
+                    help="minibatch size, examples; 0: the app's, 256 for sparse_lr, 32 for mlp")
     la.add_argument("--lr", type=non_negative_float, default=0.0,
-                    help="learning rate (0: app default)")
-    la.add_argument("--seed", type=non_negative_int, default=0)
+                    help="learning rate; 0: the app's, 0.1 for sparse_lr, 0.25 for mlp")
+    la.add_argument("--seed", type=non_negative_int, default=0,
+                    help="random seed of the app's data and model, and of a rotating straggler")
     la.add_argument("--step-sleep", type=non_negative_float, default=0.0,
                     help="seconds of simulated compute per step (sleep)")
     la.add_argument("--straggler", default=None,
-                    help="RANK:FACTOR (one slow worker) or rotating:FACTOR")
+                    help="--step-sleep times FACTOR for one worker: RANK:FACTOR (w1:4), or "
+                         "a random one each clock: rotating:FACTOR (default: none)")
     la.add_argument("--audit", type=non_negative_int, default=0,
-                    help="audit keys per push (0: off)")
-    la.add_argument("--kill-server", action="append", default=[], metavar="NAME@SECONDS")
-    la.add_argument("--kill-worker", action="append", default=[], metavar="NAME@SECONDS")
-    la.add_argument("--freeze", action="append", default=[], metavar="NAME@SECONDS:FOR")
+                    help="audit keys per push, checked at the end against the acknowledged "
+                         "pushes; 0: no audit")
+    la.add_argument("--kill-server", action="append", default=[], metavar="NAME@SECONDS",
+                    help="kill server NAME SECONDS into training, e.g. s1@3 (repeatable)")
+    la.add_argument("--kill-worker", action="append", default=[], metavar="NAME@SECONDS",
+                    help="kill worker NAME SECONDS into training, e.g. w0@2 (repeatable)")
+    la.add_argument("--freeze", action="append", default=[], metavar="NAME@SECONDS:FOR",
+                    help="pause (SIGSTOP) node NAME SECONDS into training for FOR s (default "
+                         "2), e.g. s0@1:2 (repeatable)")
     la.add_argument("--eval-every", type=positive_float, default=1.0,
-                    help="monitor period (s)")
-    la.add_argument("--checkpoint", default=None, help="write a checkpoint here at the end")
+                    help="seconds between the monitor's evaluations of the model")
+    la.add_argument("--checkpoint", default=None,
+                    help="directory the servers write a checkpoint to at the end "
+                         "(default: none)")
     la.add_argument("--restore", default=None, metavar="DIR",
                     help="go on from a checkpoint written by --checkpoint (same job, more "
-                         "--steps)")
-    la.add_argument("--out", default=None, help="run directory (logs, metrics, trace)")
-    la.add_argument("--no-progress", action="store_true")
-    la.add_argument("--host", default="127.0.0.1", help="address the nodes bind")
+                         "--steps; default: start afresh)")
+    la.add_argument("--out", default=None,
+                    help="run directory: logs, metrics, trace (default: a new temporary one)")
+    la.add_argument("--no-progress", action="store_true", help="no progress bar")
+    la.add_argument("--host", default="127.0.0.1", help="the address the nodes bind")
     la.add_argument("--role", choices=["scheduler", "server", "worker"], default=None,
-                    help="run only this role (multi-machine use)")
-    la.add_argument("--name", default=None, help="with --role: the node's name (s1, w0)")
-    la.add_argument("--scheduler", default=None, help="with --role: HOST:PORT")
-    la.add_argument("--port", type=port, default=0, help="with --role: port to bind")
+                    help="run only this role, for a job over several machines "
+                         "(default: the whole job here)")
+    la.add_argument("--name", default=None,
+                    help="with --role server or worker: the node's name (default: s0 or w0)")
+    la.add_argument("--scheduler", default=None,
+                    help="with --role server or worker: the scheduler's HOST:PORT")
+    la.add_argument("--port", type=port, default=0,
+                    help="with --role scheduler or server: the port to bind; 0: a free one")
 
 
 

@@ -311,6 +311,7 @@ def test_launch_flags_are_checked_before_anything_starts(tmp_path, capsys):
              (["--straggler", "w7:2"], "no worker w7 in this job (w0..w1)"),
              (["--straggler", "w0:0.5"], "how many times slower, >= 1"),
              (["--straggler", "slow"], "want RANK:FACTOR"),
+             (["--straggler", "w1:4"], "slows a worker's --step-sleep, which is 0"),
              (["--checkpoint", str(tmp_path / "file")], "exists and is not a directory"),
              (["--out", str(used)], "holds an earlier run's files"),
              (["--role", "worker"], "needs --scheduler HOST:PORT"),
