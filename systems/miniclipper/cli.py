@@ -306,7 +306,8 @@ def add_parser(sub: Any, add: Any) -> None:
 
     s = cmd("start", _start, "start Clipper in the background (on loopback unless --host)")
     s.add_argument("--cache-bytes", type=non_negative_int, default=32 << 20,
-                   help="the prediction cache's size, bytes")
+                   help="the prediction cache's size, bytes; 0: no cache (identical "
+                        "queries in flight still share one call)")
     s.add_argument("--trace-sample", type=fraction, default=0.0,
                    help="share of queries traced, 0 to 1; see casebook clipper trace")
     d = cmd("deploy", _deploy, "deploy a model directory or a built-in model")
