@@ -264,7 +264,7 @@ def _remove(args: argparse.Namespace) -> dict[str, Any]:
             raise LookupError(f"--model {spec}: not deployed; deployed: "
                               f"{sorted(f'{n}:{v}' for n, v in deployed) or 'none'}")
         versions.setdefault(name, []).extend(v for v in got if v not in versions.get(name, []))
-    apps = args.app or []
+    apps = list(dict.fromkeys(args.app or []))  # each once, in the order given
     missing = sorted(set(apps) - set(conn.get_all_apps()))
     if missing:
         raise LookupError(f"--app {missing[0]}: no such application; registered: "

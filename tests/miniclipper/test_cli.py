@@ -281,7 +281,7 @@ def test_list_shows_a_deploy_and_remove_undoes_it_checking_every_name_first(clip
     assert "rm:1" not in clipper.get_all_models() and "rm:2" in clipper.get_all_models()
     assert clipper.predict("rmapp", [1.0, 2.0])["output"] == 3.0  # still served by 2
 
-    code, out = run("remove", "--model", "rm", "--app", "rmapp")  # every version, the app
+    code, out = run("remove", "--model", "rm", "--app", "rmapp", "--app", "rmapp")  # all of rm
     assert code == 0 and out["applications"] == ["rmapp"] and out["models"] == ["rm:2"]
     assert "rmapp" not in clipper.get_all_apps()
     assert not [m for m in clipper.get_all_models() if m.startswith("rm:")]
