@@ -262,6 +262,8 @@ def check_log(path: str | Path) -> None:
             return  # a record: a log
         except ValueError:
             parsed += 1
+    if not parsed and not torn:  # blank lines only: nothing to spoil
+        return
     if parsed or len(torn) > 1 or not torn[0].lstrip().startswith("{"):
         raise ValueError(f"{path} is not a miniansor tuning log (no line of it is a "
                          f"record); give a new file or an earlier run's log")

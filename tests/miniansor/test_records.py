@@ -286,3 +286,16 @@ def test_a_built_in_template_of_the_other_kind_is_skipped(tmp_path, capsys):
         f.write(json.dumps({**good, "template": "looped", "costs": [1e-7]}) + "\n")
     assert [r.costs for _, r in load_records(log)] == [[2e-5]]
     assert "template 'looped' does not compute gemm" in capsys.readouterr().err
+
+
+def test_a_log_of_blank_lines_is_taken_as_an_empty_one(tmp_path):
+    """check_log failed with IndexError on a file of blank lines (an empty log someone
+    opened and saved): it has no record to spoil, so tuning may append to it."""
+    from systems.miniansor.records import check_log
+
+    log = tmp_path / "blank.jsonl"
+    log.write_text("\n\n  \n")
+    check_log(log)  # no error
+    log.write_text("\nnotes\n")
+    with pytest.raises(ValueError, match="is not a miniansor tuning log"):
+        check_log(log)
