@@ -104,26 +104,27 @@ def _deploy(args: argparse.Namespace) -> dict[str, Any]:
         if not same_input_type(have, args.input_type):
             raise ValueError(f"application {args.app!r} takes input_type {have!r}; the "
                              f"model would take {args.input_type!r}")
-    path = args.path
-    if args.builtin:  # saved only now that everything refusable was checked
-        kind, obj = _builtin_model(args.builtin)
-        path = save_model(obj, kind)
-    try:
+    path, made, sent = args.path, None, False
+    try:  # the built-in is trained only now that everything refusable was checked
+        if args.builtin:
+            kind, obj = _builtin_model(args.builtin)
+            path = made = save_model(obj, kind)
+        sent = True
         conn.deploy_model(args.name, args.version, args.input_type, path,
                           num_replicas=args.replicas, batching=batching)
         if args.app:
             conn.link_model_to_app(args.app, args.name)
     except BaseException as e:  # Ctrl-C too: no new application is left without a model
-        if new_app:
-            conn.unregister_application(args.app)
-        if isinstance(e, KeyboardInterrupt):  # the server goes on with a deploy it got
+        if sent and isinstance(e, KeyboardInterrupt):  # said first: the rollback below
             print(f"the server may still finish deploying {args.name}:{args.version}; "
                   f"see casebook clipper list, undo with casebook clipper remove --model "
-                  f"{args.name}:{args.version}", file=sys.stderr)
+                  f"{args.name}:{args.version}", file=sys.stderr)  # waits for that deploy
+        if new_app:
+            conn.unregister_application(args.app)
         raise
     finally:
-        if args.builtin:  # the store holds its own copy now (ReplicaSupervisor.install)
-            shutil.rmtree(path, ignore_errors=True)
+        if made:  # the store holds its own copy now (ReplicaSupervisor.install)
+            shutil.rmtree(made, ignore_errors=True)
     info = conn.get_model_info(args.name, args.version)
     source = f"the built-in {args.builtin}" if args.builtin else path
     print(f"deployed {args.name}:{args.version} from {source} ({info['replicas']} replica"

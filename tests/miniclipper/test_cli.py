@@ -215,6 +215,14 @@ def test_a_deploy_interrupted_leaves_no_new_application_behind(clipper, monkeypa
     assert "casebook: interrupted" in err and "casebook clipper remove --model kb:1" in err
     assert "kbapp" not in clipper.get_all_apps()
 
+    # Ctrl-C while the built-in model still trains (before anything reached the server)
+    import systems.miniclipper.cli as clipper_cli
+    monkeypatch.setattr(clipper_cli, "_builtin_model", interrupted)
+    assert main(["clipper", "deploy", "--name", "kb", "--builtin", "sum", "--app", "kbapp2",
+                 *ports]) == 130
+    assert "may still finish" not in capsys.readouterr().err  # nothing was sent
+    assert "kbapp2" not in clipper.get_all_apps()
+
 
 def test_a_failed_start_names_a_log_that_still_exists():
     """The one-line error pointed at a log in the group's temporary directory, which was
