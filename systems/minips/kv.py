@@ -95,7 +95,8 @@ class KVWorker(Recovery, Records):
         self.key_max, self.val_len = self.config["key_max"], self.config["val_len"]
         self.metrics = NodeMetrics(name, role)
         self.filters = FilterChain(filters)
-        self.lock = threading.RLock()
+        self.lock = threading.RLock()  # the records, the ring, the push queue
+        self.push_order = threading.RLock()  # a push's clock, filters and place in the queue
         self.init_records()
         self.push_queue: collections.deque[Request] = collections.deque()
         self.push_busy = False
@@ -147,46 +148,57 @@ class KVWorker(Recovery, Records):
             keys, vals = _own(keys, orig_k), _own(vals, orig_v)
         # one critical section from the clock to the queue: pushes from several threads
         # then leave in clock order (a later clock sent first would make the servers
-        # drop the earlier push as a resend, after acknowledging it)
-        with self.lock:
-            if clock is None and cmd != "init":
-                clock = self.auto_clock + 1
+        # drop the earlier push as a resend, after acknowledging it). It is a lock of
+        # its own, not self.lock: the reply threads need that one to finish requests,
+        # and a value filter may take its time, or pull through this very worker.
+        with self.push_order:
             ranges = M.check_range(key_range, keys, self.key_max, "push")
-            if clock is not None:
-                if clock < self.auto_clock:
-                    raise ValueError(f"push clock {clock} is older than the last one "
-                                     f"({self.auto_clock}); clocks only move forward")
-                # A range's clock says which pushes it applied, so a second push to the same
-                # range at the same clock would be dropped as a resend: refuse it here.
-                same = self.clock_ranges if clock == self.auto_clock else []
-                if same and (ctx or {}).get("final") and self.filters.value_filters:
-                    # the final push flushes what filters held back, anywhere in the key
-                    # space, so into ranges this clock already covered, where the servers
-                    # would drop it as a resend: it needs a clock of its own
-                    raise ValueError(f"a final push (ctx['final']) flushes held-back updates, "
-                                     f"so it needs a clock no push has used; clock {clock} "
-                                     f"already covered {same}")
-                if intersect(same, ranges):
-                    raise ValueError(f"a push at clock {clock} already covered "
-                                     f"{intersect(same, ranges)}; push the next clock, or "
-                                     f"one push per range and clock")
-                self.clock_ranges = merge_ranges(same + ranges)
-                self.auto_clock = clock
+            with self.lock:
+                clock = self._take_clock(clock, ranges, cmd, ctx)
             if self.filters.value_filters and cmd != "init":
                 keys, vals = self.filters.filter_push(keys, vals, ctx or {})
-                # a final push also flushes what a filter held back, maybe outside key_range:
-                # cover those keys too, or no slice would carry them
+                # a final push also flushes what a filter held back, maybe outside
+                # key_range: cover those keys too, or no slice would carry them
                 out = _outside(keys, ranges)
                 if out.size:
                     ranges = merge_ranges(ranges + [(int(k), int(k) + 1) for k in out])
-                    if clock is not None:
-                        self.clock_ranges = merge_ranges(self.clock_ranges + ranges)
-            req = self._new("push", keys, vals, ranges, clock=clock, cmd=cmd)
-            req.push_wait = wait
-            self.push_queue.append(req)
-            if not self.push_busy:
-                self._next_push()
+            with self.lock:
+                if clock is not None:
+                    self.clock_ranges = merge_ranges(self.clock_ranges + ranges)
+                req = self._new("push", keys, vals, ranges, clock=clock, cmd=cmd)
+                req.push_wait = wait
+                self.push_queue.append(req)
+                if not self.push_busy:
+                    self._next_push()
         return req.ts
+
+    def _take_clock(self, clock: int | None, ranges: list[tuple[int, int]], cmd: str,
+                    ctx: dict | None) -> int | None:
+        """The push's clock (default: one more than the last), checked and recorded."""
+        if clock is None and cmd != "init":
+            clock = self.auto_clock + 1
+        if clock is None:
+            return None
+        if clock < self.auto_clock:
+            raise ValueError(f"push clock {clock} is older than the last one "
+                             f"({self.auto_clock}); clocks only move forward")
+        # A range's clock says which pushes it applied, so a second push to the same
+        # range at the same clock would be dropped as a resend: refuse it here.
+        same = self.clock_ranges if clock == self.auto_clock else []
+        if same and (ctx or {}).get("final") and self.filters.value_filters:
+            # the final push flushes what filters held back, anywhere in the key space,
+            # so into ranges this clock already covered, where the servers would drop it
+            # as a resend: it needs a clock of its own
+            raise ValueError(f"a final push (ctx['final']) flushes held-back updates, "
+                             f"so it needs a clock no push has used; clock {clock} "
+                             f"already covered {same}")
+        if intersect(same, ranges):
+            raise ValueError(f"a push at clock {clock} already covered "
+                             f"{intersect(same, ranges)}; push the next clock, or "
+                             f"one push per range and clock")
+        self.clock_ranges = merge_ranges(same + ranges)
+        self.auto_clock = clock
+        return clock
 
     def pull(self, keys: np.ndarray, clock: int | None = None, wait: int | None = None,
              key_range: tuple[int, int] | None = None, copy: bool = True) -> int:
@@ -249,7 +261,8 @@ class KVWorker(Recovery, Records):
         """Whether request ``ts`` has finished, without waiting and without forgetting it
         (a later :meth:`wait` still returns its result). Raises the request's error if
         it failed, as :meth:`wait` would."""
-        req = self._request(ts)
+        with self.lock:
+            req = self._request(ts)
         if req is None:
             return True
         if not req.done.is_set():

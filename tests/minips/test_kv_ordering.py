@@ -128,6 +128,31 @@ def test_one_worker_shared_by_threads_loses_no_acknowledged_push(cluster, race):
     kv.close()
 
 
+def test_a_value_filter_may_pull_through_its_own_worker(cluster):
+    """A user's value filter (paper section 3.6: any function of the update) may read
+    the current weights, say by pulling them through the worker it filters for. The
+    filters used to run under the worker's lock, which the reply threads need to finish
+    a request: the filter's pull never finished, and the push never returned."""
+
+    class HalveWhereWeightIsOdd:
+        def push(self, keys, vals, ctx):
+            w = kv.wait(kv.pull(keys), timeout=20)
+            return keys, np.where(w % 2 == 1, vals / 2, vals)
+
+    kv = KVWorker(cluster.sched_addr, "pulling-filter", role="client",
+                  filters=[HalveWhereWeightIsOdd()])
+    try:
+        k = np.array([3000, 3001], np.uint64)
+        before = kv.wait(kv.pull(k))
+        kv.wait(kv.push(k, np.ones((2, 1), np.float32), key_range=(3000, 3002)), timeout=30)
+        kv.wait(kv.push(k, np.full((2, 1), 4, np.float32), key_range=(3000, 3002)),
+                timeout=30)
+        np.testing.assert_array_equal(  # the second push saw the first's odd weights
+            kv.wait(kv.pull(k)), before + 1 + np.where((before + 1) % 2 == 1, 2, 4))
+    finally:
+        kv.close(drain_s=0)
+
+
 @pytest.mark.parametrize("op", ["pull", "push"])
 def test_threads_waiting_for_one_timestamp_all_get_its_result(cluster, op):
     """ps-lite lets any number of threads wait for one timestamp. The first wait used
