@@ -72,21 +72,31 @@ class Records:
     are in the caller's own buffer). Here a pull's values live in its record, so records
     are dropped to bound memory: a push's once it was waited for (or, unwaited, past
     ``prune_at`` open records), a pull's once ``keep_pulls`` later pulls were waited for;
-    one byte per dropped timestamp says which it was."""
+    one byte per dropped timestamp says which it was. A failed request's error is kept
+    (the last ``keep_errors``), so every wait for it raises it again. A pull nobody ever
+    waits for keeps its record, values and all, as ps-lite's tracker keeps its entry:
+    wait for every pull you make."""
 
     requests: dict[int, Request]
 
-    def init_records(self, prune_at: int = 4096, keep_pulls: int = 8) -> None:
+    def init_records(self, prune_at: int = 4096, keep_pulls: int = 8,
+                     keep_errors: int = 1024) -> None:
         self.requests = {}
         self.prune_at = prune_at  # open records past which acknowledged pushes go
         self.keep_pulls = keep_pulls  # waited pulls whose values a later wait still gets
         self.waited_pulls: collections.deque[int] = collections.deque()
-        self.pruned = bytearray()  # per timestamp: 1 a push dropped, 2 a pull dropped
+        self.pruned = bytearray()  # per timestamp: 1 a push dropped, 2 a pull, 3 failed
+        self.keep_errors = keep_errors
+        self.errors: collections.OrderedDict[int, M.PSError] = collections.OrderedDict()
 
     def _request(self, ts: int) -> Request | None:
         """The open request ``ts``; None for an acknowledged push already forgotten."""
         req = self.requests.get(ts)
         gone = self.pruned[ts] if req is None and 0 <= ts < len(self.pruned) else 0
+        if gone == 3:
+            raise self.errors.get(ts) or M.PSError(
+                "INTERNAL", f"request {ts} failed; its error is no longer kept (only the "
+                            f"last {self.keep_errors} are)")
         if gone == 2:
             raise KeyError(f"pull {ts} was waited for, and its values were dropped since "
                            f"(only the last {self.keep_pulls} pulls waited for keep theirs)")
@@ -97,10 +107,15 @@ class Records:
     def _forget(self, ts: int) -> None:
         """Drop a finished request's record, remembering what it was."""
         req = self.requests.pop(ts, None)
-        if req is not None and req.error is None:
-            if ts >= len(self.pruned):
-                self.pruned.extend(bytes(ts + 1 - len(self.pruned)))
-            self.pruned[ts] = 1 if req.op == "push" else 2
+        if req is None:
+            return
+        if ts >= len(self.pruned):
+            self.pruned.extend(bytes(ts + 1 - len(self.pruned)))
+        self.pruned[ts] = 3 if req.error is not None else 1 if req.op == "push" else 2
+        if req.error is not None:
+            self.errors[ts] = req.error
+            if len(self.errors) > self.keep_errors:
+                self.errors.popitem(last=False)
 
     def _waited(self, req: Request) -> None:
         """A wait for ``req`` returned (or timed out); the last waiter of a finished

@@ -342,8 +342,9 @@ def test_a_registration_the_scheduler_refuses_says_why(cluster):
 
 
 def test_a_held_pull_says_what_it_waits_for_and_close_wakes_its_waiter(make_cluster):
-    """A pull held on a clock no worker reaches: the timeout names the dependency; and
-    close() from another thread ends the wait (it used to leave the waiter for ever)."""
+    """A pull held on a clock no worker reaches: the timeout names the dependency;
+    close() from another thread ends the wait (it used to leave the waiter for ever);
+    and every later wait raises the same error."""
     import threading
 
     from systems.minips.kv import KVWorker
@@ -357,6 +358,11 @@ def test_a_held_pull_says_what_it_waits_for_and_close_wakes_its_waiter(make_clus
         threading.Timer(0.3, w0.close, kwargs={"drain_s": 0.1}).start()
         with pytest.raises(M.PSError, match="w0 was closed before this request finished"):
             w0.wait(ts, timeout=20)
+        # waited again, a failed request raises its error again (it used to be a
+        # KeyError, "no request with timestamp": its record was dropped unmarked)
+        for check in (w0.wait, w0.finished):
+            with pytest.raises(M.PSError, match="w0 was closed before this request"):
+                check(ts)
     finally:
         w0.close(drain_s=0)
 
