@@ -217,12 +217,15 @@ class Graph:
         count = self._name_counts.get(base, 0)
         full = f"{base}_{count}" if count else base
         # taken already: by a suffixed name ('a' twice made 'a_1', then 'a_1' is asked
-        # for), or by a user's own 'a_1'; two ops of one name would swap values between
-        # devices (Send/Recv keys are names) and in get_tensor_by_name
-        while full in self._by_name:
+        # for), by a user's own 'a_1', or handed out for an op not made yet (a Variable
+        # picks its name, then builds its initial value, then takes the name: TF's
+        # ``_names_in_use`` holds every name handed out); two ops of one name would swap
+        # values between devices (Send/Recv keys are names) and in get_tensor_by_name
+        while full in self._by_name or full in self._name_counts:
             count += 1
             full = f"{base}_{count}"
         self._name_counts[base] = count + 1
+        self._name_counts.setdefault(full, 1)
         return full
 
     @contextlib.contextmanager

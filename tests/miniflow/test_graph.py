@@ -323,3 +323,26 @@ def test_scopes_belong_to_the_thread_that_opened_them(race):
     with g.as_default():
         after = mf.constant(3.0, name="after").op
     assert after.name == "after" and after.device == ""
+
+
+def test_a_name_handed_out_is_never_handed_out_again(race):
+    """A Variable picks its name, builds its initial value, then takes the name. A
+    name handed out but not yet taken used to be handed out again (asked for as
+    ``v_1``), and the Variable failed with "'v_1' is empty or already taken". As TF's
+    ``_names_in_use``, every name handed out is held from then on."""
+    g = mf.Graph()
+    assert [g.unique_name(n) for n in ("v", "v", "v_1", "v_1")] == \
+        ["v", "v_1", "v_1_1", "v_1_2"]
+    made: list = []
+
+    def variables():
+        with g.as_default():
+            made.extend(mf.Variable(1.0, name="w").op for _ in range(150))
+
+    def constants():
+        with g.as_default():
+            made.extend(mf.constant(1.0, name=f"w_{i}").op for i in range(1, 150))
+
+    race(variables, constants, switch_s=1e-6)
+    names = [op.name for op in g.get_operations()]
+    assert len(names) == len(set(names)) and len(made) == 299
