@@ -43,6 +43,7 @@ def race():
     the first exception any of them raised."""
     import sys
     import threading
+    import time
 
     def run(*fns, switch_s: float = 1e-5, timeout: float = 120.0) -> None:
         errors: list[BaseException] = []
@@ -52,18 +53,24 @@ def race():
                 fn()
             except BaseException as e:  # noqa: BLE001 - re-raised in the test's thread
                 errors.append(e)
-        threads = [threading.Thread(target=go, args=(fn,)) for fn in fns]
+        # daemons: one still stuck after the timeout must not keep pytest from exiting
+        threads = [threading.Thread(target=go, args=(fn,), daemon=True) for fn in fns]
         old = sys.getswitchinterval()
         sys.setswitchinterval(switch_s)
+        t_end = time.monotonic() + timeout
         try:
             for t in threads:
                 t.start()
             for t in threads:
-                t.join(timeout)
+                t.join(max(0.0, t_end - time.monotonic()))
         finally:
             sys.setswitchinterval(old)
         if errors:
             raise errors[0]
+        stuck = [getattr(fn, "__name__", repr(fn))
+                 for fn, t in zip(fns, threads, strict=True) if t.is_alive()]
+        if stuck:  # a deadlock is a failure, not a pass with work left running
+            raise TimeoutError(f"still running after {timeout:g} s: {', '.join(stuck)}")
     return run
 
 
