@@ -15,6 +15,8 @@ import importlib
 import json
 import math
 import operator
+import os
+import shutil
 import time
 import traceback
 from collections.abc import Callable
@@ -23,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .env import machine_info
-from .trace import write_json_atomic
+from .trace import strict_json, write_json_atomic
 
 SCHEMA_VERSION = 1
 
@@ -116,7 +118,8 @@ def run_case(case: Case, ctx: Context) -> dict[str, Any]:
                for k, v in res.metrics.items()}
     for name, r in res.ratios.items():
         metrics.setdefault(name, r["ratio"])
-    return {
+    # and so is an infinite one, as in --json (after the targets saw it: inf >= 2 holds)
+    return strict_json({
         "case": case.name,
         "description": case.description,
         "baselines": list(case.baselines),
@@ -129,7 +132,7 @@ def run_case(case: Case, ctx: Context) -> dict[str, Any]:
         "notes": res.notes,
         "error": error,
         "seconds": time.perf_counter() - t0,
-    }
+    })
 
 
 def run_suite(system: str, *, device: str = "cpu", quick: bool = False,
@@ -140,8 +143,12 @@ def run_suite(system: str, *, device: str = "cpu", quick: bool = False,
     from tqdm import tqdm
 
     out_dir = Path(out) / system / device
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ctx = Context(device=device, quick=quick, out_dir=out_dir, progress=progress)
+    # the cases draw their plots into plots.partial/, moved next to results.json only
+    # at the end, with it: an interrupted run leaves the committed plots as they were
+    staging = out_dir / "plots.partial"
+    shutil.rmtree(staging, ignore_errors=True)  # an earlier interrupted run's
+    staging.mkdir(parents=True)
+    ctx = Context(device=device, quick=quick, out_dir=staging, progress=progress)
     cases = [c for c in load_suite(system) if c.device == device
              and (not only or c.name in only)]
     doc = {
@@ -154,8 +161,8 @@ def run_suite(system: str, *, device: str = "cpu", quick: bool = False,
     }
     # results.partial.json is written before the first case and after every case, so
     # that a suite killed by a time limit (a lent GPU's lease) keeps the cases that
-    # finished; results.json (the committed one, under docs/results) and the tables are
-    # replaced only by a run that got to its end, never by an interrupted one
+    # finished; results.json (the committed one, under docs/results), the tables and
+    # plots are replaced only by a run that got to its end, never by an interrupted one
     partial = out_dir / "results.partial.json"
     validate(doc)
     write_json_atomic(partial, doc)
@@ -164,6 +171,14 @@ def run_suite(system: str, *, device: str = "cpu", quick: bool = False,
         doc["cases"].append(run_case(case, ctx))
         validate(doc)
         write_json_atomic(partial, doc)
+    for path in sorted(staging.rglob("*")):
+        if path.is_file():
+            (out_dir / path.relative_to(staging)).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, out_dir / path.relative_to(staging))
+    shutil.rmtree(staging)
+    for case in doc["cases"]:  # where the plots are now
+        case["plots"] = [str(out_dir / Path(p).relative_to(staging)) if
+                         Path(p).is_relative_to(staging) else p for p in case["plots"]]
     write_json_atomic(out_dir / "results.json", doc)
     (out_dir / "results.md").write_text(markdown(doc))
     (Path(out) / "overview.md").write_text(overview(out))

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .procs import exit_on_termination
+from .trace import strict_json
 
 # subcommand -> (module with add_parser, the one line ``casebook --help`` shows for it)
 SYSTEM_CLIS: dict[str, tuple[str, str]] = {
@@ -234,30 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"casebook {args.command}: error: {e}", file=sys.stderr)
         return 2
     if getattr(args, "json", False):
-        print(json.dumps(_strict(result), allow_nan=False))
+        print(json.dumps(strict_json(result), allow_nan=False))
     return getattr(args, "exit_status", 0)  # a command may say it failed after all
-
-
-def _strict(o: Any) -> Any:
-    """``o`` as standard JSON values: numpy scalars and arrays as Python's, and an
-    infinite or NaN number as null (``json.dumps`` would write ``Infinity``, which
-    JSON parsers other than Python's refuse)."""
-    if isinstance(o, dict):
-        return {k: _strict(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_strict(v) for v in o]
-    if type(o).__module__ == "numpy":
-        o = o.tolist() if hasattr(o, "tolist") else str(o)
-        return _strict(o) if isinstance(o, list) else _strict_scalar(o)
-    return _strict_scalar(o)
-
-
-def _strict_scalar(o: Any) -> Any:
-    if isinstance(o, float):
-        return o if math.isfinite(o) else None
-    if o is None or isinstance(o, (str, int, bool)):
-        return o
-    return str(o)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import tempfile
 import threading
@@ -163,6 +164,28 @@ def _plain(x: Any) -> Any:
     if hasattr(x, "tolist"):
         return x.tolist()
     raise TypeError(f"{type(x).__name__} is not JSON serialisable")
+
+
+def strict_json(o: Any) -> Any:
+    """``o`` as standard JSON values: numpy scalars and arrays as Python's, and an
+    infinite or NaN number as null (``json.dumps`` would write ``Infinity``, which
+    JSON parsers other than Python's refuse)."""
+    if isinstance(o, dict):
+        return {k: strict_json(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [strict_json(v) for v in o]
+    if type(o).__module__ == "numpy":
+        o = o.tolist() if hasattr(o, "tolist") else str(o)
+        return strict_json(o) if isinstance(o, list) else _strict_scalar(o)
+    return _strict_scalar(o)
+
+
+def _strict_scalar(o: Any) -> Any:
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if o is None or isinstance(o, (str, int, bool)):
+        return o
+    return str(o)
 
 
 def write_json_atomic(path: str | os.PathLike, doc: Any, durable: bool = False) -> Path:

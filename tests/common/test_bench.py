@@ -1,8 +1,12 @@
 import json
+import subprocess
+from pathlib import Path
 
 import pytest
 
 from common.bench import Case, Context, Result, Target, markdown, run_case, validate
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _ok(ctx):
@@ -160,14 +164,16 @@ def test_an_interrupted_suite_leaves_the_finished_results_as_they_were(tmp_path,
     import common.bench as bench
     import common.selfcheck as sc
 
-    monkeypatch.setattr(sc, "CASES", [Case("first", "ok", ("b",), _ok, ()),
+    monkeypatch.setattr(sc, "CASES", [Case("first", "ok", ("b",), _plotted, ()),
                                       Case("second", "stopped", ("b",), _interrupt, ())])
     out = tmp_path / "common" / "cpu"
     out.mkdir(parents=True)
     (out / "results.json").write_text('{"committed": true}')
+    (out / "first.png").write_bytes(b"committed plot")
     with pytest.raises(KeyboardInterrupt):
         bench.run_suite("common", out=tmp_path, progress=False)
     assert json.loads((out / "results.json").read_text()) == {"committed": True}
+    assert (out / "first.png").read_bytes() == b"committed plot"  # it was redrawn in place
     partial = json.loads((out / "results.partial.json").read_text())
     assert [c["case"] for c in partial["cases"]] == ["first"]
     assert not (out / "results.md").exists()
@@ -176,3 +182,30 @@ def test_an_interrupted_suite_leaves_the_finished_results_as_they_were(tmp_path,
     assert [c["case"] for c in json.loads((out / "results.json").read_text())["cases"]] \
         == ["first"]
     assert not (out / "results.partial.json").exists() and (out / "results.md").exists()
+    assert (out / "first.png").read_bytes() == b"new plot"
+    assert json.loads((out / "results.json").read_text())["cases"][0]["plots"] == \
+        [str(out / "first.png")]
+    assert not (out / "plots.partial").exists()
+    ignored = subprocess.run(["git", "check-ignore", "--no-index", "docs/results/x/cpu/"
+                              "results.partial.json", "docs/results/x/cpu/plots.partial/a.png"],
+                             capture_output=True, text=True, cwd=ROOT).stdout.split()
+    assert len(ignored) == 2  # an interrupted run's leftovers are never committed
+
+
+def _plotted(ctx):
+    (ctx.out_dir / "first.png").write_bytes(b"new plot")
+    return Result(plots=[str(ctx.out_dir / "first.png")])
+
+
+def test_an_infinite_metric_is_null_in_results_json_as_in_json_output(tmp_path, monkeypatch):
+    """json.dump writes Infinity, which strict JSON readers refuse (--json printed null
+    for the same metric); the target still saw the number."""
+    import common.bench as bench
+    import common.selfcheck as sc
+
+    monkeypatch.setattr(sc, "CASES", [Case("inf", "d", ("b",), lambda ctx: Result(
+        metrics={"speedup": float("inf")}), (Target("speedup", ">=", 2),))])
+    bench.run_suite("common", out=tmp_path, progress=False)
+    text = (tmp_path / "common" / "cpu" / "results.json").read_text()
+    case = json.loads(text, parse_constant=lambda c: pytest.fail(f"not JSON: {c}"))["cases"][0]
+    assert case["metrics"]["speedup"] is None and case["targets"][0]["held"]
