@@ -210,10 +210,10 @@ def _launch(a: argparse.Namespace) -> dict[str, Any]:
 
     from .launcher import launch
 
-    _check_paths(a)
-    out = launch(spec_from_args(a), run_dir=a.out, eval_every_s=a.eval_every,
-                 faults=_faults(a), progress=not a.no_progress, ckpt_dir=a.checkpoint,
-                 restore=a.restore)
+    spec, faults = spec_from_args(a), _faults(a)
+    _check_paths(a)  # last: it makes the --checkpoint directory, which a refusal must not
+    out = launch(spec, run_dir=a.out, eval_every_s=a.eval_every, faults=faults,
+                 progress=not a.no_progress, ckpt_dir=a.checkpoint, restore=a.restore)
     curve = out["curve"]
     if curve:
         keys = [k for k in curve[0] if k != "t"]

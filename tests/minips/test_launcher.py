@@ -311,7 +311,10 @@ def test_launch_flags_are_checked_before_anything_starts(tmp_path, capsys):
              (["--straggler", "w7:2"], "no worker w7 in this job (w0..w1)"),
              (["--straggler", "w0:0.5"], "how many times slower, >= 1"),
              (["--straggler", "slow"], "want RANK:FACTOR"),
-             (["--straggler", "w1:4"], "slows a worker's --step-sleep, which is 0"),
+             (["--straggler", "w1:4", "--checkpoint", str(tmp_path / "new" / "ck")],
+              "slows a worker's --step-sleep, which is 0"),
+             (["--kill-server", "s9@0.1", "--checkpoint", str(tmp_path / "new" / "ck")],
+              "no node s9 in this job"),
              (["--checkpoint", str(tmp_path / "file")], "exists and is not a directory"),
              (["--out", str(used)], "holds an earlier run's files"),
              (["--role", "worker"], "needs --scheduler HOST:PORT"),
@@ -327,6 +330,7 @@ def test_launch_flags_are_checked_before_anything_starts(tmp_path, capsys):
         err = capsys.readouterr().err
         assert msg in err and len(err.strip().splitlines()) == 1, err
         assert time.monotonic() - t0 < 5  # refused before a process started
+    assert not (tmp_path / "new").exists()  # a refused launch made no --checkpoint dir
 
 
 def test_apps_that_push_one_value_per_key_refuse_another_val_len():
