@@ -141,7 +141,7 @@ async def _run(spec: LoadSpec) -> dict[str, Any]:
     conn = aiohttp.TCPConnector(limit=spec.max_connections)
     timeout = aiohttp.ClientTimeout(total=spec.timeout_s)
     rec: dict[str, list] = {"scheduled": [], "latency": [], "status": [], "default": [],
-                            "hot": [], "phase": []}
+                            "hot": [], "phase": [], "send_late": []}
     async with aiohttp.ClientSession(connector=conn, timeout=timeout) as session:
         if spec.concurrency > 0:
             bodies, hot = make_bodies(spec, 20000, rng)
@@ -168,6 +168,7 @@ async def _run(spec: LoadSpec) -> dict[str, Any]:
         bodies, hot = make_bodies(spec, len(times), rng)
 
         async def one(i: int, due: float) -> None:
+            rec["send_late"].append(loop.time() - due)  # the generator's own lag
             status, default = await _post(session, spec.url, bodies[i])
             rec["scheduled"].append(due - start)
             rec["latency"].append(loop.time() - due)
@@ -251,6 +252,10 @@ def run(spec: LoadSpec) -> dict[str, Any]:
     # the generator's own CPU per query: what it took from the machine it shares
     summary["loadgen_cpu_us_per_query"] = (out["cpu_s"] / max(1, len(out["records"]["latency"]))
                                            * 1e6)
+    # how late the generator itself sent (open loop only): the latencies include it,
+    # so a large one means the numbers describe this process as much as the server
+    late = out["records"]["send_late"]
+    summary["send_late_p99_ms"] = float(np.percentile(late, 99)) * 1e3 if late else 0.0
     summary["latencies_ms"] = [x * 1e3 for x in out["records"]["latency"]]
     summary["start_monotonic"] = out.get("start", 0.0)
     summary["scheduled_s"] = out["records"]["scheduled"]

@@ -158,7 +158,10 @@ def test_load_and_query_flags_are_checked_before_any_query(capsys):
                       (["query", "--app", "a", "--input", "[1, 2"], "--input '[1, 2'"),
                       # drawn up front and sent by one process: it ran for minutes, then
                       # died on a TimeoutExpired traceback
-                      (["load", "--app", "a", "--rate", "1e6"], "at most 50000 q/s"),
+                      (["load", "--app", "a", "--rate", "1e6"], "at most 20000 q/s"),
+                      # the query cap, named as such (it used to blame the rate)
+                      (["load", "--app", "a", "--rate", "1000", "--duration", "2000"],
+                       "is 2,000,000 queries, and each one's latency is recorded"),
                       (["query", "--app", "a", "--input", "[1e999]"], "overflows a float"),
                       (["query", "--app", "a", "--input", "hello"],
                        "a text input is a JSON string too: --input '\"hello\"'"),

@@ -121,6 +121,19 @@ def test_open_loop_sees_the_stall_that_closed_loop_hides(stalling_server):
     assert (np.array(closed["latencies_ms"]) > 100).sum() <= 2
 
 
+def test_the_generator_measures_how_late_it_sent(stalling_server):
+    """A rate one process cannot send still runs (open loop: each latency counts from
+    the scheduled time), but it must say that it fell behind, not pass its own lag off
+    as the server's."""
+    s = stalling_server
+    s["t0"], s["stalled"] = time.monotonic() + 100, False  # no stall
+    url = f"http://127.0.0.1:{s['port']}/a/predict"
+    slow = run(LoadSpec(url, [[1.0]], phases=[(0.5, 100.0)], slo_s=0.05))
+    fast = run(LoadSpec(url, [[1.0]], phases=[(0.4, 20000.0)], slo_s=0.05))
+    assert slow["send_late_p99_ms"] < 25, slow["send_late_p99_ms"]
+    assert fast["send_late_p99_ms"] > 100, fast["send_late_p99_ms"]  # ~8,000 queries
+
+
 def test_runs_in_its_own_process(stalling_server):
     s = stalling_server
     s["t0"], s["stalled"] = time.monotonic() + 100, False  # no stall this time
