@@ -120,7 +120,7 @@ def _deploy(args: argparse.Namespace) -> dict[str, Any]:
                   f"see casebook clipper list, undo with casebook clipper remove --model "
                   f"{args.name}:{args.version}", file=sys.stderr)  # waits for that deploy
         if new_app:
-            conn.unregister_application(args.app)
+            _roll_back_app(conn, args.app, waits=sent and isinstance(e, KeyboardInterrupt))
         raise
     finally:
         if made:  # the store holds its own copy now (ReplicaSupervisor.install)
@@ -131,6 +131,21 @@ def _deploy(args: argparse.Namespace) -> dict[str, Any]:
           f"{'' if info['replicas'] == 1 else 's'}, "
           f"{args.batching} batching)" + (f", linked to /{args.app}/predict" if args.app else ""))
     return info
+
+
+def _roll_back_app(conn: Any, app: str, waits: bool) -> None:
+    """Unregister the application a failed deploy registered. The management server
+    takes one operation at a time, so after a Ctrl-C this waits behind the deploy the
+    server is still doing; a second Ctrl-C leaves the application, and says so."""
+    if waits:
+        print(f"unregistering application {app}, after that deploy (Ctrl-C again to "
+              f"leave it registered)", file=sys.stderr)
+    try:
+        conn.unregister_application(app)
+    except KeyboardInterrupt:
+        print(f"application {app} is still registered, with no model linked; remove it "
+              f"with casebook clipper remove --app {app}", file=sys.stderr)
+        raise
 
 
 def _query(args: argparse.Namespace) -> dict[str, Any]:

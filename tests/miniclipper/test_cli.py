@@ -220,11 +220,27 @@ def test_a_deploy_interrupted_leaves_no_new_application_behind(clipper, monkeypa
 
     # Ctrl-C while the built-in model still trains (before anything reached the server)
     import systems.miniclipper.cli as clipper_cli
+    real_builtin = clipper_cli._builtin_model
     monkeypatch.setattr(clipper_cli, "_builtin_model", interrupted)
     assert main(["clipper", "deploy", "--name", "kb", "--builtin", "sum", "--app", "kbapp2",
                  *ports]) == 130
     assert "may still finish" not in capsys.readouterr().err  # nothing was sent
     assert "kbapp2" not in clipper.get_all_apps()
+
+    # a second Ctrl-C, while the rollback waits behind the server's deploy: the
+    # application stays, and the user is told how to remove it (it was left silently)
+    # (deploy_model still raises KeyboardInterrupt: that is the first Ctrl-C)
+    monkeypatch.setattr(clipper_cli, "_builtin_model", real_builtin)
+    monkeypatch.setattr(ClipperConnection, "unregister_application", interrupted)
+    assert main(["clipper", "deploy", "--name", "kb", "--builtin", "sum", "--app", "kbapp3",
+                 *ports]) == 130
+    err = capsys.readouterr().err
+    assert "Ctrl-C again to leave it registered" in err
+    assert "application kbapp3 is still registered" in err
+    assert "casebook clipper remove --app kbapp3" in err
+    monkeypatch.undo()
+    assert main(["clipper", "remove", "--app", "kbapp3", *ports]) == 0
+    assert "kbapp3" not in clipper.get_all_apps()
 
 
 def test_a_failed_start_names_a_log_that_still_exists():
