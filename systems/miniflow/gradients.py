@@ -108,6 +108,11 @@ def _gradients(g, ys: list[Tensor], xs: list[Tensor], grad_ys, name: str,
         between.add(op)
         queue.extend(t.op for t in op.inputs)
 
+    # An x's own op is not differentiated unless it depends on another x (TF's
+    # ``_StopOps``): d ys/d x never needs it, and it may have no gradient at all (the
+    # gradient of a gradient penalty w.r.t. Conv2DBackpropInput's output).
+    stops = stops | {x.op for x in xs if not any(t.op in between for t in x.op.inputs)}
+
     # 2. pending counts: consumers (on a path) that have not yet sent their gradient.
     pending: dict[Operation, int] = defaultdict(int)
     for op in between:

@@ -412,3 +412,30 @@ def test_gradients_name_none_is_the_default_scope_and_no_ys_gives_nones():
             (dx,) = mf.gradients(y, [x], name=None)
     assert dx.op.name.startswith("outer/gradients/"), dx.op.name
     assert mf.gradients([], [x]) == [None]
+
+
+def test_the_gradient_wrt_a_tensor_never_differentiates_the_op_that_made_it():
+    """A gradient penalty differentiated w.r.t. the gradient itself: dx is the output of
+    Conv2DBackpropInput, which has no gradient. d(sum dx^2)/d dx = 2 dx needs none, but
+    the op that made dx was differentiated anyway (a LookupError here; elsewhere, gradient
+    ops nobody used). TF's _StopOps skips an x's op unless it depends on another x."""
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [1, 4, 4, 1])
+        w = mf.Variable(np.arange(4, dtype=np.float32).reshape(2, 2, 1, 1), name="w")
+        dx, = mf.gradients(mf.reduce_sum(mf.nn.conv2d(x, w)), x)
+        penalty = mf.reduce_sum(dx * dx)
+        before = len(g.get_operations())
+        g_dx, = mf.gradients(penalty, dx)
+        assert not any("Conv2DBackpropInput_grad" in op.name
+                       for op in g.get_operations()[before:])
+        y = x * x
+        z = y * 3.0
+        gx, gy = mf.gradients(z, [x, y])  # y depends on x: its op is differentiated
+    xv = np.random.default_rng(0).standard_normal((1, 4, 4, 1)).astype(np.float32)
+    with mf.Session(graph=g) as s:
+        s.run(w.initializer)
+        dxv, gv, gxv, gyv = s.run([dx, g_dx, gx, gy], {x: xv})
+    np.testing.assert_allclose(gv, 2 * dxv, rtol=1e-6)
+    np.testing.assert_allclose(gxv, 6 * xv, rtol=1e-6)
+    np.testing.assert_allclose(gyv, np.full_like(xv, 3.0))
