@@ -23,6 +23,8 @@ from __future__ import annotations
 from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
 
+import numpy as np
+
 from .graph import Operation, Tensor
 
 GradFn = Callable[..., Sequence[Tensor | None]]
@@ -77,7 +79,29 @@ def gradients(ys, xs, grad_ys=None, name: str = "gradients",
                 raise ValueError(f"gradients: {what} {t.name} is from a different graph "
                                  f"than ys[0] ({ys[0].name})")
     with g.as_default():
+        if grad_ys is not None:
+            grad_ys = _check_grad_ys(ys, grad_ys)
         return _gradients(g, ys, xs, grad_ys, name, {t.op for t in stop_gradients})
+
+
+def _check_grad_ys(ys: list[Tensor], grad_ys: list) -> list[Tensor | None]:
+    """One per y, as a tensor of y's dtype (TF's ``_DefaultGradYs``): a Python list was
+    handed back as the "gradient" itself. The shape is left to the gradient functions,
+    which broadcast (a scalar for a vector y works, as in TF)."""
+    from .op_def import convert_to_tensor
+
+    if len(grad_ys) != len(ys):
+        raise ValueError(f"gradients: passed {len(grad_ys)} grad_ys for {len(ys)} ys")
+    out: list[Tensor | None] = []
+    for y, gy in zip(ys, grad_ys, strict=True):
+        if gy is not None:
+            if not isinstance(gy, Tensor):
+                gy = convert_to_tensor(np.asarray(gy, dtype=y.dtype.np_dtype))
+            if gy.dtype != y.dtype:
+                raise TypeError(f"gradients: grad_ys {gy.name} is {gy.dtype.name}, but its "
+                                f"y {y.name} is {y.dtype.name}")
+        out.append(gy)
+    return out
 
 
 def _gradients(g, ys: list[Tensor], xs: list[Tensor], grad_ys, name: str,

@@ -439,3 +439,50 @@ def test_the_gradient_wrt_a_tensor_never_differentiates_the_op_that_made_it():
     np.testing.assert_allclose(gv, 2 * dxv, rtol=1e-6)
     np.testing.assert_allclose(gxv, 6 * xv, rtol=1e-6)
     np.testing.assert_allclose(gyv, np.full_like(xv, 3.0))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_matmul_and_transpose_of_a_tensor_of_unknown_rank_train(backend):
+    """``placeholder(float32)`` without a shape is the common TF1 idiom. The gradient of
+    its matmul with a Variable died in a bare TypeError (the static shape of the
+    gradient is unknown too), and ``transpose(x)`` of it could not be built (TF
+    reverses the axes when the step runs)."""
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32)
+        w = mf.Variable(np.arange(6, dtype=np.float32).reshape(3, 2), name="w")
+        z = mf.matmul(x, w)
+        y = mf.reduce_sum(z * mf.transpose(mf.transpose(z))) + \
+            mf.reduce_sum(mf.transpose(x) @ z)
+        (dw, dx) = mf.gradients(y, [w, x])
+    xv = np.random.default_rng(0).standard_normal((3, 3)).astype(np.float32)
+    xt, wt = torch.tensor(xv, requires_grad=True), torch.tensor(
+        np.arange(6, dtype=np.float32).reshape(3, 2), requires_grad=True)
+    zt = xt @ wt
+    yt = (zt * zt).sum() + (xt.T @ zt).sum()
+    yt.backward()
+    with mf.Session(graph=g, config=mf.ConfigProto(cpu_backend=backend)) as s:
+        s.run(w.initializer)
+        got = s.run([y, dw, dx], {x: xv})
+    np.testing.assert_allclose(got[0], yt.item(), rtol=1e-4)
+    np.testing.assert_allclose(got[1], wt.grad.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got[2], xt.grad.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_grad_ys_are_one_per_y_and_become_tensors_of_its_dtype():
+    """grad_ys were used as given: a Python list came back as the "gradient" itself, a
+    numpy float64 array failed deep in ReluGrad, and too few were a bare IndexError."""
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [3])
+        y = x * 2.0
+        (same,) = mf.gradients(x, x, grad_ys=[[1.0, 2.0, 3.0]])
+        (relu,) = mf.gradients(mf.nn.relu(x), x, grad_ys=[np.array([1.0, 2.0, 3.0])])
+        with pytest.raises(ValueError, match="passed 1 grad_ys for 2 ys"):
+            mf.gradients([y, y * 3.0], x, grad_ys=[mf.ones_like(y)])
+        with pytest.raises(TypeError, match="grad_ys .* is int32, but its y .* is float32"):
+            mf.gradients(y, x, grad_ys=[mf.constant([1, 2, 3])])
+    with mf.Session(graph=g) as s:
+        got = s.run([same, relu], {x: np.array([1.0, -1.0, 2.0], np.float32)})
+    np.testing.assert_array_equal(got[0], [1.0, 2.0, 3.0])
+    np.testing.assert_array_equal(got[1], [1.0, 0.0, 3.0])

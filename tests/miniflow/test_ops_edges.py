@@ -86,6 +86,44 @@ def test_impossible_reshapes_and_one_hot_depths_are_build_errors_naming_the_op()
             mf.one_hot(i, -1)
 
 
+def test_windows_and_strides_below_one_and_empty_lists_are_errors_naming_the_op():
+    """TF's shape functions refuse a window or stride below 1. They were taken: a max
+    pool with strides -1 returned the windows' maxima reversed, an avg pool with ksize 0
+    all NaN, and a conv with strides 0 a bare ZeroDivisionError; an empty concat or
+    add_n was a bare IndexError."""
+    with mf.Graph().as_default():
+        x = mf.placeholder(mf.float32, [1, 4, 4, 1])
+        f = mf.constant(np.ones((2, 2, 1, 1), np.float32))
+        for build, msg in ((lambda: mf.nn.max_pool2d(x, 2, -1), r"MaxPool: strides -1"),
+                           (lambda: mf.nn.avg_pool2d(x, 0, 1), r"AvgPool: ksize 0"),
+                           (lambda: mf.nn.conv2d(x, f, 0), r"Conv2D: strides 0"),
+                           (lambda: mf.nn.conv2d(x, f, [2, 1, 1, 1]),
+                            r"Conv2D: strides \[2, 1, 1, 1\]")):
+            with pytest.raises(mf.errors.GraphBuildError,
+                               match=msg + r".*\(at .*test_ops_edges"):
+                build()
+        assert mf.nn.max_pool2d(x, [1, 2, 2, 1], [1, 2, 2, 1]).shape == (1, 2, 2, 1)
+        with pytest.raises(ValueError, match="ConcatV2: values is an empty list"):
+            mf.concat([], 0)
+        with pytest.raises(ValueError, match="AddN: inputs is an empty list"):
+            mf.add_n([])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gather_on_a_negative_axis_of_unknown_rank_agrees_on_both_backends(backend):
+    """The axis stays -1 when the rank is unknown at build time; the torch backend (and
+    so every GPU) built its output shape from it as if it were positive."""
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32)
+        y = mf.gather(x, np.array([2, 0]), axis=-1)
+        bad = mf.gather(x, np.array([0]), axis=-3)
+    xv = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_array_equal(evaluate(g, y, {x: xv}, backend), np.take(xv, [2, 0], -1))
+    with pytest.raises(mf.errors.InvalidArgumentError, match="axis -3 is out of range"):
+        evaluate(g, bad, {x: xv}, backend)
+
+
 def test_the_gather_gradient_on_unknown_rank_names_the_op_and_the_line():
     with mf.Graph().as_default():
         p = mf.placeholder(mf.float32, None)

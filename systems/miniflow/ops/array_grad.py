@@ -36,7 +36,8 @@ def _reshape_grad(op, g):
 
 @RegisterGradient("Transpose")
 def _transpose_grad(op, g):
-    return (transpose(g, tuple(int(i) for i in np.argsort(op.attrs["perm"]))),)
+    perm = op.attrs["perm"]  # None: the axes reversed, which is its own inverse
+    return (transpose(g, None if perm is None else tuple(int(i) for i in np.argsort(perm))),)
 
 
 @RegisterGradient("ConcatV2")

@@ -105,22 +105,31 @@ def reshape(x, shape, name=None) -> Tensor:
 
 def _transpose_shape(ins, attrs):
     x, perm = ins[0], attrs["perm"]
-    if x.shape is None:
+    if x.shape is None or perm is None:
         return [(x.dtype, None)]
     if sorted(perm) != list(range(len(x.shape))):
         raise shape_error("Transpose", f"perm {list(perm)} is not a permutation of the axes", x)
     return [(x.dtype, tuple(x.shape[p] for p in perm))]
 
 
-define(OpDef("Transpose", _transpose_shape,
-             lambda a, be, res: lambda x: be.transpose(x, a["perm"]), expensive=False))
+def _transpose_kernel(attrs, be, res):
+    perm = attrs["perm"]
+    if perm is None:  # the rank was unknown at build time: reverse the axes it has
+        return lambda x: be.transpose(x, tuple(reversed(range(x.ndim))))
+    return lambda x: be.transpose(x, perm)
+
+
+define(OpDef("Transpose", _transpose_shape, _transpose_kernel, expensive=False))
 
 
 def transpose(x, perm=None, name=None) -> Tensor:
+    """``perm`` defaults to the axes reversed; for a tensor of unknown rank, TF reverses
+    them when the step runs, and so do we (``perm`` None in the attributes)."""
     x = convert_to_tensor(x)
-    if perm is None:
+    if perm is None and x.shape is not None:
         perm = tuple(reversed(range(len(x.shape))))
-    return make_op("Transpose", [x], {"perm": tuple(int(p) for p in perm)}, name).outputs[0]
+    attrs = {"perm": None if perm is None else tuple(int(p) for p in perm)}
+    return make_op("Transpose", [x], attrs, name).outputs[0]
 
 
 def _concat_shape(ins, attrs):
@@ -149,6 +158,9 @@ define(OpDef("ConcatV2", _concat_shape,
 
 def concat(values, axis, name=None) -> Tensor:
     values = [convert_to_tensor(v) for v in values]
+    if not values:  # TF: "List argument 'values' to 'ConcatV2' Op with length 0 ..."
+        raise ValueError("ConcatV2: values is an empty list; concat needs at least one "
+                         "tensor")
     ax = check_axis("ConcatV2", axis, values[0])
     return make_op("ConcatV2", values, {"axis": ax}, name).outputs[0]
 
@@ -261,13 +273,19 @@ def _gather_kernel(attrs, be, res):
     axis, gather, index_error = attrs["axis"], be.gather, be.index_error
 
     def gather_v2(p, i):
+        # a negative axis stays negative when the rank was unknown at build time: make it
+        # positive here, where the rank is known (the backends' output shapes need it)
+        if not -p.ndim <= axis < p.ndim:
+            raise InvalidArgumentError(f"GatherV2: axis {axis} is out of range for params "
+                                       f"of shape {tuple(p.shape)}")
+        ax = axis % p.ndim
         # an index outside [0, N) is an InvalidArgumentError, as TF's CPU kernel raises it
         # (gather_functor.h / gather_op.cc), not numpy's wrap-around of -1
-        bad = index_error(i, p.shape[axis])
+        bad = index_error(i, p.shape[ax])
         if bad is not None:
             raise InvalidArgumentError(f"GatherV2: {bad} (params has shape "
                                        f"{tuple(p.shape)}, axis {axis})")
-        return gather(p, i, axis)
+        return gather(p, i, ax)
     return gather_v2
 
 

@@ -178,7 +178,7 @@ def _batch_unbroadcast(grad, x):
     if grad.shape is not None and x.shape is not None and grad.shape == x.shape \
             and None not in x.shape:
         return grad
-    if x.shape is not None and None not in x.shape:
+    if x.shape is not None and None not in x.shape and grad.shape is not None:
         pad = len(grad.shape) - len(x.shape)
         axes = list(range(pad)) + [i + pad for i, d in enumerate(x.shape[:-2]) if d == 1]
         return reshape(reduce_sum(grad, axes), x.shape) if axes else grad

@@ -283,6 +283,8 @@ def cast(x, dtype, name=None) -> Tensor:
 
 def add_n(inputs, name=None) -> Tensor:
     inputs = list(inputs)
+    if not inputs:  # TF: "inputs must be a list of at least one Tensor"
+        raise ValueError("AddN: inputs is an empty list; add_n needs at least one tensor")
     if len(inputs) == 1:
         return convert_to_tensor(inputs[0])
     return make_op("AddN", inputs, name=name).outputs[0]

@@ -143,11 +143,17 @@ def sparse_softmax_cross_entropy_with_logits(labels=None, logits=None, name=None
 
 # -- convolution and pooling -------------------------------------------------------------
 
-def _pair(v) -> tuple[int, int]:
-    v = list(v) if isinstance(v, (list, tuple)) else [v, v]
-    if len(v) == 4:  # TF's [1, sh, sw, 1] form
-        v = v[1:3]
-    return int(v[0]), int(v[1])
+def _pair(op_type: str, what: str, v, x) -> tuple[int, int]:
+    """``v`` (an int, ``[h, w]`` or TF's ``[1, h, w, 1]``) as ``(h, w)``; TF's shape
+    functions refuse a window or stride below 1 ("Sliding window ksize/strides must be
+    positive"), and strides or windows across the batch or channels."""
+    given = list(v) if isinstance(v, (list, tuple)) else [v, v]
+    pair = given[1:3] if len(given) == 4 else given
+    if len(pair) != 2 or min(int(d) for d in given) < 1 or \
+            (len(given) == 4 and (int(given[0]), int(given[3])) != (1, 1)):
+        raise shape_error(op_type, f"{what} {v!r}: want a whole number >= 1, [h, w] or "
+                          f"[1, h, w, 1] of them", x)
+    return int(pair[0]), int(pair[1])
 
 
 def _conv_backend(be):
@@ -213,7 +219,9 @@ def _check_padding(padding: str) -> str:
 
 def conv2d(input, filters, strides=1, padding="VALID", name=None):  # noqa: A002
     """2-D convolution of NHWC ``input`` with HWIO ``filters`` (``tf.nn.conv2d``)."""
-    return make_op("Conv2D", [input, filters], {"strides": _pair(strides),
+    input = convert_to_tensor(input)  # noqa: A001
+    return make_op("Conv2D", [input, filters], {"strides": _pair("Conv2D", "strides",
+                                                                 strides, input),
                                                  "padding": _check_padding(padding)},
                    name).outputs[0]
 
@@ -247,8 +255,10 @@ define(OpDef("AvgPoolGrad", lambda ins, a: [(ins[1].dtype, shape_from_tensor(ins
 
 
 def _pool(op_type, x, ksize, strides, padding, name):
-    return make_op(op_type, [convert_to_tensor(x)],
-                   {"ksize": _pair(ksize), "strides": _pair(strides),
+    x = convert_to_tensor(x)
+    return make_op(op_type, [x],
+                   {"ksize": _pair(op_type, "ksize", ksize, x),
+                    "strides": _pair(op_type, "strides", strides, x),
                     "padding": _check_padding(padding)}, name).outputs[0]
 
 
