@@ -415,3 +415,21 @@ def test_no_pass_changes_the_shape_a_broadcast_gives():
             a, b = s.run([y1, y2], feed)
         assert a.shape == (2, 3) and b.shape == (4, 3), opts
         np.testing.assert_allclose(a, np.tanh(np.tile(np.arange(3.0), (2, 1))), rtol=1e-6)
+
+
+def test_cse_keeps_ops_whose_float_attributes_differ_only_in_the_sign_of_zero():
+    """0.0 == -0.0 in Python, and they hash alike, so CSE merged one_hot(off_value=0.0)
+    with one_hot(off_value=-0.0): 1/b was +inf with the passes on, -inf with them off."""
+    g = mf.Graph()
+    with g.as_default():
+        i = mf.placeholder(mf.int32, [2])
+        a = mf.one_hot(i, 3, off_value=0.0)
+        b = mf.one_hot(i, 3, off_value=-0.0)
+        fetches = [1.0 / a, 1.0 / b]
+    got = {}
+    for label, opts in (("off", ALL_OFF), ("on", mf.GraphOptions())):
+        with mf.Session(graph=g, config=mf.ConfigProto(graph_options=opts)) as s:
+            got[label] = s.run(fetches, {i: [0, 1]})
+    assert np.isneginf(got["off"][1][0, 1])
+    for x, y in zip(got["off"], got["on"], strict=True):
+        np.testing.assert_array_equal(x, y)

@@ -27,6 +27,12 @@ def _hashable(v: Any) -> Any:
         return tuple(_hashable(x) for x in v)
     if isinstance(v, dict):
         return tuple(sorted((k, _hashable(x)) for k, x in v.items())) if v else ()
+    # by bits: 0.0 == -0.0 (and they hash alike), but one_hot(off_value=-0.0) is not
+    # one_hot(off_value=0.0): 1 / it is -inf, not inf
+    if isinstance(v, float):
+        return ("float", v.hex())
+    if isinstance(v, np.generic):
+        return ("np", v.dtype.str, v.tobytes())
     return v
 
 
