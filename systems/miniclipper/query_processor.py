@@ -141,8 +141,6 @@ class QueryProcessor:
             out = await self._predict_each(app, policy, awake, inputs, qids, deadline, slo,
                                            traced)
         self._account(app, out, arrival)
-        for r in out:  # what Clipper's frontend sends back for a string output
-            r["output"] = json_output(r["output"])
         if traced:
             self.tracer.complete(f"query {app_name} x{len(inputs)}", t_us, now_us() - t_us,
                                  cat="query", tid=1, args={"query_ids": list(qids[:8])})
@@ -164,7 +162,8 @@ class QueryProcessor:
         out = []
         for q, f in zip(qids, futures[name], strict=True):
             try:
-                out.append({"query_id": q, "output": f.result(), "default": False})
+                out.append({"query_id": q, "output": json_output(f.result()),
+                            "default": False})
             except (Exception, asyncio.CancelledError):  # not done in time, or failed
                 out.append(self._answer(app, policy, q, {name: f}))
         return out
@@ -192,11 +191,13 @@ class QueryProcessor:
 
     def _answer(self, app: Application, policy: SelectionPolicy, query_id: int,
                 futures: dict[str, asyncio.Future]) -> dict[str, Any]:
-        """Combine what arrived in time; the default output (and why) if nothing did."""
+        """Combine what arrived in time; the default output (and why) if nothing did.
+        Outputs are combined as the client will see them (:func:`json_output`: a closure's
+        "1" is the number 1), so "1" and 1 are one answer in Exp4's vote."""
         outputs, errors = {}, []
         for n, f in futures.items():
             if f.done() and f.exception() is None:
-                outputs[n] = f.result()
+                outputs[n] = json_output(f.result())
             elif f.done() and not isinstance(f.exception(), TaskExpired):
                 errors.append(str(f.exception()))  # expiry is the SLO's explanation
         combined = policy.combine(app.state, outputs)
@@ -204,7 +205,8 @@ class QueryProcessor:
         if combined is None:
             why = NO_MODELS_EXPLANATION if not futures else "; ".join(
                 dict.fromkeys(errors)) if errors else SLO_EXPLANATION
-            r.update(output=app.default_output, default=True, default_explanation=why)
+            r.update(output=json_output(app.default_output), default=True,
+                     default_explanation=why)
         else:
             r.update(output=combined.output, default=False)
             if len(futures) > 1 or combined.models_missing:
@@ -238,7 +240,8 @@ class QueryProcessor:
         futures = {n: self.executor.schedule(mv, [x], deadline, slo)[0]
                    for n, mv in models.items()}
         await wait_until(list(futures.values()), deadline)
-        outputs = {n: f.result() for n, f in futures.items()
+        # scored as the client saw them: its label is what the API answered (json_output)
+        outputs = {n: json_output(f.result()) for n, f in futures.items()
                    if f.done() and f.exception() is None}
         if outputs:
             observe_sleeping(policy, app.state, drawn, label, outputs)

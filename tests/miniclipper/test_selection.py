@@ -346,3 +346,33 @@ def test_a_policy_keeps_its_own_numbers_in_state_extra_while_a_model_sleeps(monk
     assert sorted(r["output"] for r in out) == ["a", "a", "b", "b"]
     assert qp.apps["one"].describe()["selection_state"]["extra"] == {"pulls": {"a": 2, "b": 2}}
     assert qp.apps["two"].state.extra == {}  # per application
+
+
+def test_votes_and_feedback_use_the_outputs_the_client_sees():
+    """A closure answering "1" is answered to the client as the number 1 (json_output,
+    as Clipper's frontend does). Exp4 voted on the raw values, so "1", 1 and "1.0" were
+    three answers and two models answering 2 outvoted three answering 1; and feedback
+    labelled with the number the client saw scored the right model as wrong, so Exp3
+    learnt nothing (the weights moved exactly as for a label no model ever gives)."""
+    answers = {"s1": "1", "n1": 1, "s1b": "1.0", "n2a": 2, "n2b": 2.0}
+    qp = QueryProcessor(_Done(lambda m, x: answers[m]), Metrics())
+    qp.current_version.update({m: "1" for m in answers})
+    vote = Application("vote", "doubles", -1.0, 5_000_000, "exp4",
+                       state=make_policy("exp4").init_state([]))
+    qp.apps["vote"] = vote
+    qp.link(vote, list(answers))
+    (r,) = asyncio.run(qp.predict("vote", [[1.0]], time.monotonic()))
+    assert r["output"] == 1 and r["confidence"] == pytest.approx(0.6)
+
+    qp = QueryProcessor(_Done(lambda m, x: str(float((x[0] > 0) == (m == "right")))),
+                        Metrics())
+    qp.current_version.update(right="1", wrong="1")
+    app = _exp3_app(qp, ["right", "wrong"])
+
+    async def feedback():
+        rng = random.Random(3)
+        for _ in range(60):
+            x = rng.uniform(-1, 1)
+            await qp.update("app", [x], 1.0 if x > 0 else 0.0)  # a number, as answered
+    asyncio.run(feedback())
+    assert app.state.weights["right"] > 10 * app.state.weights["wrong"], app.state.weights
