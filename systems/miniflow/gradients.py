@@ -23,8 +23,6 @@ from __future__ import annotations
 from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
 
-import numpy as np
-
 from .graph import Operation, Tensor
 
 GradFn = Callable[..., Sequence[Tensor | None]]
@@ -95,8 +93,8 @@ def _check_grad_ys(ys: list[Tensor], grad_ys: list) -> list[Tensor | None]:
     out: list[Tensor | None] = []
     for y, gy in zip(ys, grad_ys, strict=True):
         if gy is not None:
-            if not isinstance(gy, Tensor):
-                gy = convert_to_tensor(np.asarray(gy, dtype=y.dtype.np_dtype))
+            if not isinstance(gy, Tensor):  # a Variable's value, or numbers in y's dtype
+                gy = convert_to_tensor(gy, None if hasattr(gy, "_as_tensor") else y.dtype)
             if gy.dtype != y.dtype:
                 raise TypeError(f"gradients: grad_ys {gy.name} is {gy.dtype.name}, but its "
                                 f"y {y.name} is {y.dtype.name}")

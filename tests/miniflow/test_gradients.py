@@ -478,11 +478,15 @@ def test_grad_ys_are_one_per_y_and_become_tensors_of_its_dtype():
         y = x * 2.0
         (same,) = mf.gradients(x, x, grad_ys=[[1.0, 2.0, 3.0]])
         (relu,) = mf.gradients(mf.nn.relu(x), x, grad_ys=[np.array([1.0, 2.0, 3.0])])
+        v = mf.Variable(np.array([1.0, 2.0, 3.0], np.float32), name="gy")
+        (var,) = mf.gradients(y, x, grad_ys=[v])  # a Variable is its value, as in TF
         with pytest.raises(ValueError, match="passed 1 grad_ys for 2 ys"):
             mf.gradients([y, y * 3.0], x, grad_ys=[mf.ones_like(y)])
         with pytest.raises(TypeError, match="grad_ys .* is int32, but its y .* is float32"):
             mf.gradients(y, x, grad_ys=[mf.constant([1, 2, 3])])
     with mf.Session(graph=g) as s:
-        got = s.run([same, relu], {x: np.array([1.0, -1.0, 2.0], np.float32)})
+        s.run(v.initializer)
+        got = s.run([same, relu, var], {x: np.array([1.0, -1.0, 2.0], np.float32)})
     np.testing.assert_array_equal(got[0], [1.0, 2.0, 3.0])
     np.testing.assert_array_equal(got[1], [1.0, 0.0, 3.0])
+    np.testing.assert_array_equal(got[2], [2.0, 4.0, 6.0])
