@@ -127,17 +127,21 @@ def _check_paths(a: argparse.Namespace) -> None:
     """Paths that would fail only after training: refuse them first."""
     if a.checkpoint and Path(a.checkpoint).exists() and not Path(a.checkpoint).is_dir():
         raise ValueError(f"--checkpoint {a.checkpoint}: exists and is not a directory")
-    if a.checkpoint:  # the servers write there at the end: a write probe now
-        try:
+    if a.out and any(Path(a.out).glob("metrics-*.json")):
+        raise ValueError(f"--out {a.out}: holds an earlier run's files, whose nodes would "
+                         f"be mixed into this run's; give an empty or new directory")
+    if a.restore:  # (launch() reads it again; here, before the directory below is made)
+        from .checkpoint import resume_clock
+
+        resume_clock(a.restore, a.steps)
+    if a.checkpoint:  # the servers write there at the end: a write probe now, the last
+        try:          # check, since it makes the directory
             Path(a.checkpoint).mkdir(parents=True, exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=a.checkpoint):
                 pass
         except OSError as e:
             raise ValueError(f"--checkpoint {a.checkpoint}: cannot write there "
                              f"({e.strerror or e})") from None
-    if a.out and any(Path(a.out).glob("metrics-*.json")):
-        raise ValueError(f"--out {a.out}: holds an earlier run's files, whose nodes would "
-                         f"be mixed into this run's; give an empty or new directory")
 
 
 def spec_from_args(a: argparse.Namespace):

@@ -316,7 +316,10 @@ def test_launch_flags_are_checked_before_anything_starts(tmp_path, capsys):
              (["--kill-server", "s9@0.1", "--checkpoint", str(tmp_path / "new" / "ck")],
               "no node s9 in this job"),
              (["--checkpoint", str(tmp_path / "file")], "exists and is not a directory"),
-             (["--out", str(used)], "holds an earlier run's files"),
+             (["--out", str(used), "--checkpoint", str(tmp_path / "new" / "ck")],
+              "holds an earlier run's files"),
+             (["--restore", str(tmp_path / "nockpt"), "--checkpoint",
+               str(tmp_path / "new" / "ck")], "has no manifest.json"),
              (["--role", "worker"], "needs --scheduler HOST:PORT"),
              (["--app", "mlp", "--device", "tpu"], "use cpu, cuda or cuda:N")]
     from common.cli import build_parser
