@@ -123,10 +123,11 @@ def make_bodies(spec: LoadSpec, n: int, rng: np.random.Generator,
     return bodies, hot
 
 
-async def _post(session: Any, url: str, body: bytes) -> tuple[int, bool]:
+async def _post(session: Any, url: str, body: bytes, ctx: dict | None = None
+                ) -> tuple[int, bool]:
     try:
-        async with session.post(url, data=body,
-                                headers={"Content-Type": "application/json"}) as r:
+        async with session.post(url, data=body, headers={"Content-Type": "application/json"},
+                                trace_request_ctx=ctx) as r:
             payload = await r.read()
             return r.status, b'"default": true' in payload
     except Exception:  # timeout, reset, refused: a failed query, counted as such
@@ -140,9 +141,18 @@ async def _run(spec: LoadSpec) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     conn = aiohttp.TCPConnector(limit=spec.max_connections)
     timeout = aiohttp.ClientTimeout(total=spec.timeout_s)
+    # when each request's headers actually left: after the event loop got to it *and*
+    # a connection was free (past max_connections in flight, requests queue in the pool)
+    sent = aiohttp.TraceConfig()
+
+    async def on_sent(session: Any, ctx: Any, params: Any) -> None:
+        if ctx.trace_request_ctx is not None:
+            ctx.trace_request_ctx["sent"] = loop.time()
+    sent.on_request_headers_sent.append(on_sent)
     rec: dict[str, list] = {"scheduled": [], "latency": [], "status": [], "default": [],
                             "hot": [], "phase": [], "send_late": []}
-    async with aiohttp.ClientSession(connector=conn, timeout=timeout) as session:
+    async with aiohttp.ClientSession(connector=conn, timeout=timeout,
+                                     trace_configs=[sent]) as session:
         if spec.concurrency > 0:
             bodies, hot = make_bodies(spec, 20000, rng)
             counter = iter(range(10 ** 9))
@@ -168,8 +178,9 @@ async def _run(spec: LoadSpec) -> dict[str, Any]:
         bodies, hot = make_bodies(spec, len(times), rng)
 
         async def one(i: int, due: float) -> None:
-            rec["send_late"].append(loop.time() - due)  # the generator's own lag
-            status, default = await _post(session, spec.url, bodies[i])
+            ctx = {"sent": loop.time()}  # (kept if it fails before sending)
+            status, default = await _post(session, spec.url, bodies[i], ctx)
+            rec["send_late"].append(ctx["sent"] - due)  # the generator's own lag
             rec["scheduled"].append(due - start)
             rec["latency"].append(loop.time() - due)
             rec["status"].append(status)

@@ -132,6 +132,13 @@ def test_the_generator_measures_how_late_it_sent(stalling_server):
     fast = run(LoadSpec(url, [[1.0]], phases=[(0.4, 20000.0)], slo_s=0.05))
     assert slow["send_late_p99_ms"] < 25, slow["send_late_p99_ms"]
     assert fast["send_late_p99_ms"] > 100, fast["send_late_p99_ms"]  # ~8,000 queries
+    # queries waiting for one of the generator's connections leave late too: while the
+    # server stalls for 300 ms, two connections hold everything behind them (the lag
+    # used to be taken before the connection pool, and was a few ms here)
+    s["t0"], s["stalled"] = time.monotonic(), False
+    pooled = run(LoadSpec(url, [[1.0]], phases=[(1.2, 200.0)], slo_s=0.05,
+                          max_connections=2))
+    assert pooled["send_late_p99_ms"] > 100, pooled["send_late_p99_ms"]
 
 
 def test_runs_in_its_own_process(stalling_server):
@@ -190,7 +197,7 @@ def test_latency_counts_from_the_scheduled_send_even_when_the_generator_is_late(
     delay, since a real user would have waited it."""
     calls = []
 
-    async def post(session, url, body):
+    async def post(session, url, body, ctx=None):
         calls.append(time.monotonic())
         if len(calls) == 1:
             time.sleep(0.3)  # blocks the loop: everything due now goes out late
