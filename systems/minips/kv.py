@@ -44,7 +44,7 @@ from .filters import FilterChain
 from .metrics import NodeMetrics
 from .recovery import Recovery
 from .ring import Ring, intersect, merge_ranges, positions
-from .tracker import Pending, Records, Request
+from .tracker import Pending, Records, Request, fresh_error
 
 PUSH_TIMEOUT_S = 10.0
 PULL_TIMEOUT_S = 600.0  # a pull may wait long on consistency; failures are caught earlier
@@ -247,7 +247,7 @@ class KVWorker(Recovery, Records):
                 self._waited(req)
         self.metrics.inc("wait_s", time.perf_counter() - t0)
         if req.error is not None:
-            raise req.error
+            raise fresh_error(req.error)
         if req.range_pull:
             parts = sorted(req.parts, key=lambda p: int(p[0][0]) if p[0].size else -1)
             keys = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, M.KEY_DTYPE)
@@ -268,7 +268,7 @@ class KVWorker(Recovery, Records):
         if not req.done.is_set():
             return False
         if req.error is not None:
-            raise req.error
+            raise fresh_error(req.error)
         return True
 
     def barrier(self, name: str = "start") -> None:

@@ -51,6 +51,13 @@ class Request:
     waiters: int = 0  # threads inside KVWorker.wait for it (the last one drops it)
 
 
+def fresh_error(err: M.PSError) -> M.PSError:
+    """A new exception with ``err``'s code and message, to raise. Raising one object again
+    and again adds each raiser's frames to its traceback, and keeps their locals (a
+    pull's whole value buffer) alive as long as the error is kept."""
+    return M.PSError(err.code, str(err).removeprefix(f"[{err.code}] "))
+
+
 @dataclass
 class Pending:
     """One slice in flight: where it went, which ranges, with which ring epoch."""
@@ -94,7 +101,8 @@ class Records:
         req = self.requests.get(ts)
         gone = self.pruned[ts] if req is None and 0 <= ts < len(self.pruned) else 0
         if gone == 3:
-            raise self.errors.get(ts) or M.PSError(
+            kept = self.errors.get(ts)
+            raise fresh_error(kept) if kept else M.PSError(
                 "INTERNAL", f"request {ts} failed; its error is no longer kept (only the "
                             f"last {self.keep_errors} are)")
         if gone == 2:
@@ -113,7 +121,7 @@ class Records:
             self.pruned.extend(bytes(ts + 1 - len(self.pruned)))
         self.pruned[ts] = 3 if req.error is not None else 1 if req.op == "push" else 2
         if req.error is not None:
-            self.errors[ts] = req.error
+            self.errors[ts] = fresh_error(req.error)  # never raised: no frames held
             if len(self.errors) > self.keep_errors:
                 self.errors.popitem(last=False)
 
