@@ -104,23 +104,28 @@ def _deploy(args: argparse.Namespace) -> dict[str, Any]:
         if not same_input_type(have, args.input_type):
             raise ValueError(f"application {args.app!r} takes input_type {have!r}; the "
                              f"model would take {args.input_type!r}")
-    path, made, sent = args.path, None, False
+    path, made, stage = args.path, None, "training"
     try:  # the built-in is trained only now that everything refusable was checked
         if args.builtin:
             kind, obj = _builtin_model(args.builtin)
             path = made = save_model(obj, kind)
-        sent = True
+        stage = "deploying"
         conn.deploy_model(args.name, args.version, args.input_type, path,
                           num_replicas=args.replicas, batching=batching)
+        stage = "linking"
         if args.app:
             conn.link_model_to_app(args.app, args.name)
     except BaseException as e:  # Ctrl-C too: no new application is left without a model
-        if sent and isinstance(e, KeyboardInterrupt):  # said first: the rollback below
-            print(f"the server may still finish deploying {args.name}:{args.version}; "
-                  f"see casebook clipper list, undo with casebook clipper remove --model "
-                  f"{args.name}:{args.version}", file=sys.stderr)  # waits for that deploy
+        interrupted = isinstance(e, KeyboardInterrupt)
+        model = f"{args.name}:{args.version}"
+        if interrupted and stage != "training":  # said first: the rollback below waits
+            print((f"the server may still finish deploying {model}" if stage == "deploying"
+                   else f"{model} is deployed") +  # (Ctrl-C came during the link)
+                  f"; see casebook clipper list, undo with casebook clipper remove --model "
+                  f"{model}", file=sys.stderr)
         if new_app:
-            _roll_back_app(conn, args.app, waits=sent and isinstance(e, KeyboardInterrupt))
+            _roll_back_app(conn, args.app, waits=interrupted and stage == "deploying",
+                           linked=stage == "linking")
         raise
     finally:
         if made:  # the store holds its own copy now (ReplicaSupervisor.install)
@@ -133,18 +138,20 @@ def _deploy(args: argparse.Namespace) -> dict[str, Any]:
     return info
 
 
-def _roll_back_app(conn: Any, app: str, waits: bool) -> None:
+def _roll_back_app(conn: Any, app: str, waits: bool, linked: bool) -> None:
     """Unregister the application a failed deploy registered. The management server
     takes one operation at a time, so after a Ctrl-C this waits behind the deploy the
-    server is still doing; a second Ctrl-C leaves the application, and says so."""
+    server is still doing; a second Ctrl-C leaves the application, and says so (and
+    whether the model may have been linked to it: the link was sent)."""
     if waits:
         print(f"unregistering application {app}, after that deploy (Ctrl-C again to "
               f"leave it registered)", file=sys.stderr)
     try:
         conn.unregister_application(app)
     except KeyboardInterrupt:
-        print(f"application {app} is still registered, with no model linked; remove it "
-              f"with casebook clipper remove --app {app}", file=sys.stderr)
+        what = "perhaps with the model linked" if linked else "with no model linked"
+        print(f"application {app} is still registered, {what}; remove it with casebook "
+              f"clipper remove --app {app}", file=sys.stderr)
         raise
 
 

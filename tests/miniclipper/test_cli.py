@@ -242,6 +242,24 @@ def test_a_deploy_interrupted_leaves_no_new_application_behind(clipper, monkeypa
     assert main(["clipper", "remove", "--app", "kbapp3", *ports]) == 0
     assert "kbapp3" not in clipper.get_all_apps()
 
+    # Ctrl-C while the link is in flight (the server linked): the deploy is done, and
+    # the model may be linked; both messages said otherwise
+    real_link = ClipperConnection.link_model_to_app
+
+    def link_then_interrupt(self, *a, **kw):
+        real_link(self, *a, **kw)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(ClipperConnection, "link_model_to_app", link_then_interrupt)
+    monkeypatch.setattr(ClipperConnection, "unregister_application", interrupted)
+    assert main(["clipper", "deploy", "--name", "lk", "--builtin", "sum", "--app", "lkapp",
+                 *ports]) == 130
+    err = capsys.readouterr().err
+    assert "lk:1 is deployed; see casebook clipper list" in err and "may still" not in err
+    assert "lkapp is still registered, perhaps with the model linked" in err
+    monkeypatch.undo()
+    assert clipper.get_linked_models("lkapp") == ["lk"]
+    assert main(["clipper", "remove", "--app", "lkapp", "--model", "lk", *ports]) == 0
+
 
 def test_a_failed_start_names_a_log_that_still_exists():
     """The one-line error pointed at a log in the group's temporary directory, which was
