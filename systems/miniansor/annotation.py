@@ -84,7 +84,9 @@ def clamped_domain(task: Task, sketch: Sketch, param: str) -> tuple[int, ...]:
         m, n, k = task.mnk
         cap = {"BLOCK_M": _cap(m), "BLOCK_N": _cap(n), "BLOCK_K": _cap(k)}.get(param)
         if param == "SPLIT_K":
-            cap = max(2, cdiv(k, 16))
+            # the fp32 workspace holds batch x SPLIT_K slices of M x N and is indexed with
+            # 32-bit offsets, as every operand (Task refuses one of 2**31 elements)
+            cap = min(max(2, cdiv(k, 16)), ((1 << 31) - 1) // (task.batch * m * n))
         if param == "GROUP_M":
             cap = max(2, next_pow2(cdiv(m, 16)))
     else:

@@ -129,6 +129,20 @@ def test_no_split_k_annotation_leaves_a_slice_of_k_empty():
                     if all(lo < hi for lo, hi in _k_slices(640, bk, s))}
 
 
+def test_no_split_k_workspace_outgrows_32_bit_offsets():
+    """The split-K workspace holds SPLIT_K slices of M x N, indexed with 32-bit offsets
+    like every operand; Task's guard counted only A, B and C, so gemm(12000, 12000,
+    48000) took SPLIT_K=16, whose slice 15 starts at 15*M*N > 2**31 and wrapped
+    negative (a segfault under the interpreter)."""
+    task = gemm(12000, 12000, 48000, "fp16")
+    sk = next(s for s in generate_sketches(task) if s.name == "tiled.splitk")
+    splits = {a["SPLIT_K"] for a in enumerate_space(task, sk)}
+    assert splits == {2, 4, 8}  # 16 * 12000**2 >= 2**31 > 14 * 12000**2
+    ann = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "num_warps": 8, "num_stages": 3}
+    assert "SPLIT_K=16 not in (2, 4, 8)" in " ".join(check(task, sk, {**ann, "SPLIT_K": 16}))
+    assert check(task, sk, {**ann, "SPLIT_K": 8}) == []
+
+
 def test_no_group_is_larger_than_the_tile_rows():
     task = gemm(48, 64, 64, "fp16")  # 3 tile rows of 16, 2 of 32, 1 of 64
     sk = next(s for s in generate_sketches(task) if s.name == "tiled.grouped")
