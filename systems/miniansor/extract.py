@@ -126,8 +126,10 @@ def _gemm_task(gm, node: fx.Node, dtype: str, taken: Set[fx.Node] = frozenset()
         m = math.prod(x[:-1])
         epi, fused = _fuse_epilogue(gm, node, _shape(node), has_bias, n_out, taken)
         return Task("gemm", (m, n_out, k), dtype, epi), fused
-    if _is(gm, node, _MATMULS, (), ("matmul",)):
-        a, b = _shape(_arg(node, 0, "input")), _shape(_arg(node, 1, "other"))
+    if _is(gm, node, _MATMULS, (), ("matmul", "mm", "bmm")):  # x.mm(w) as torch.mm(x, w)
+        b_arg = _arg(node, 1, "other")
+        a, b = _shape(_arg(node, 0, "input")), _shape(b_arg if b_arg is not None else
+                                                      _arg(node, 1, "mat2"))
         if a is None or b is None or len(a) < 2 or len(b) < 2:
             return None
         m, k, n = math.prod(a[:-1]) if len(b) == 2 else a[-2], a[-1], b[-1]
@@ -155,7 +157,9 @@ def _row_task(gm, node: fx.Node, dtype: str) -> Task | None:
         return Task("layernorm", (rows, cols), dtype)
     if node.op == "call_function" and node.target is F.layer_norm:
         norm = node.args[1] if len(node.args) > 1 else node.kwargs["normalized_shape"]
-        if len(norm) == 1:
+        if isinstance(norm, fx.Node):  # traced, e.g. x.shape[-1:]: the weight, if any,
+            norm = _shape(_arg(node, 2, "weight"))  # has exactly normalized_shape's shape
+        if norm is not None and len(norm) == 1:
             return Task("layernorm", (rows, cols), dtype)
     return None
 

@@ -233,3 +233,29 @@ def test_modules_it_cannot_use_get_a_message_that_says_so(capsys):
     tasks, _ = extract_tasks(Attention(), (torch.randn(4, 1, 16),))
     assert [t.kind for t in tasks] == ["gemm"]  # only the head
     assert "mha (MultiheadAttention) stays one module" in capsys.readouterr().err
+
+
+class _Methods(nn.Module):
+    def forward(self, q, k, x, w):
+        return q.bmm(k).sum() + x.mm(w).sum() + torch.mm(x, mat2=w).sum()
+
+
+class _TracedNorm(nn.Module):
+    def __init__(self, affine=True):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(64)) if affine else None
+
+    def forward(self, x):
+        return F.layer_norm(x, x.shape[-1:], self.w)
+
+
+def test_method_matmuls_and_a_traced_layer_norm_shape_are_tasks():
+    """x.mm(w) and q.bmm(k) are torch.mm and torch.bmm, but only the functions were
+    extracted (the methods were dropped without a word); torch.mm's keyword is mat2.
+    F.layer_norm(x, x.shape[-1:], w) is a common idiom whose traced shape made
+    extraction die in a TypeError; its weight says over which axes it normalises."""
+    got = keys(_Methods(), torch.zeros(4, 32, 16), torch.zeros(4, 16, 32),
+               torch.zeros(64, 48), torch.zeros(48, 80))
+    assert got == {"bmm:4x32x32x16:fp16:none": 1, "gemm:64x80x48:fp16:none": 2}
+    assert keys(_TracedNorm(), torch.zeros(8, 64)) == {"layernorm:8x64:fp16:none": 1}
+    assert keys(_TracedNorm(affine=False), torch.zeros(8, 64)) == {}  # cannot tell
