@@ -184,6 +184,24 @@ def test_a_table_entry_with_an_unusable_time_or_error_is_refused_by_name(table, 
     assert ck in str(e.value)
 
 
+def test_a_config_key_missing_a_parameter_is_refused_naming_the_key(table):
+    """A key without one of its sketch's parameters (a hand edit, or a table from a
+    sketch with other knobs) passed validation, was sampled by the search, and stopped
+    tuning in the cost model with the bare message "'BLOCK_K'"."""
+    task = TASKS[0]
+    bad = json.loads(json.dumps(table))
+    ck = next(k for k in bad["tasks"][task.key] if "BLOCK_K=" in k)
+    dropped = ck.replace(f"BLOCK_K={ck.split('BLOCK_K=')[1].split(',')[0]},", "")
+    bad["tasks"][task.key][dropped] = bad["tasks"][task.key].pop(ck)
+    with pytest.raises(ValueError, match=r"sets \[.*\], but sketch .* has parameters") as e:
+        RecordedDevice(bad)
+    assert dropped in str(e.value)
+    bad["tasks"][task.key]["tiled.rowmajor[BLOCK_M]"] = {"time_s": [1e-3]}
+    bad["tasks"][task.key].pop(dropped)
+    with pytest.raises(ValueError, match="is not a config key"):
+        RecordedDevice(bad)
+
+
 def test_a_recorded_true_time_is_the_median_of_the_recorded_times():
     task = gemm(64, 64, 64)
     sk = generate_sketches(task)[0]
