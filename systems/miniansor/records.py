@@ -140,16 +140,34 @@ class RecordToFile:
 def _sketch_for(task: Task, rec: dict, cache: dict) -> Sketch:
     """The sketch a record names: regenerated from the task's rules when they still
     produce it (the same name, template and fixed values: the same program), else
-    rebuilt from the record (template + fixed values)."""
+    rebuilt from the record (template + fixed values). A rebuilt sketch takes each
+    parameter's domain from the sketches the rules make for the task (every value any of
+    them may use, tuned or fixed), so a value none of them uses (BLOCK_M=48, GROUP_M=0)
+    is refused as it is for a sketch the rules still make; a parameter none of them has
+    (a student's own knob) can only be taken as recorded."""
     if task.key not in cache:
         cache[task.key] = {s.name: s for s in generate_sketches(task)}
     sk = cache[task.key].get(rec["sketch"])
     if sk is None or sk.template != rec["template"] or \
             dict(sk.fixed) != rec.get("fixed", dict(sk.fixed)):
+        known = _known_values(cache[task.key])
         sk = Sketch(rec["sketch"], rec["template"],
-                    tuple((p, (v,)) for p, v in rec["ann"].items()),
+                    tuple((p, tuple(sorted(known[p])) if p in known else (v,))
+                          for p, v in rec["ann"].items()),
                     tuple(sorted(rec.get("fixed", {}).items())), ("from-record",))
     return sk
+
+
+def _known_values(sketches: dict[str, Sketch]) -> dict[str, set[int]]:
+    """Every value the rules' sketches of one task may give each parameter, tuned or
+    fixed."""
+    known: dict[str, set[int]] = {}
+    for s in sketches.values():
+        for p in s.params:
+            known.setdefault(p, set()).update(s.domain(p))
+        for p, v in s.fixed:
+            known.setdefault(p, set()).add(v)
+    return known
 
 
 # Reading a record checks the config's form (its parameters, their domains), not one
@@ -160,7 +178,8 @@ NO_LIMITS = HardwareLimits(smem_per_block=1 << 40, sm_count=1 << 20,
                            max_row_elems_per_thread=1 << 40, name="no limits")
 
 
-def _check_runnable(task: Task, sketch: Sketch, ann: dict[str, int], ok: bool) -> None:
+def _check_runnable(task: Task, sketch: Sketch, ann: dict[str, int], ok: bool,
+                    known: dict[str, set[int]] | None = None) -> None:
     """A ValueError (or KeyError) if the record's config could not run for its task: a
     template that no longer exists or computes another kind of task, a missing or
     extra parameter; and, for a success, a value off the sketch's (clamped) domain or a
@@ -178,6 +197,10 @@ def _check_runnable(task: Task, sketch: Sketch, ann: dict[str, int], ok: bool) -
                          f"{sorted(sketch.params)}")
     if not ok:
         return
+    for p, v in sketch.fixed:  # a rebuilt sketch's fixed values, as its tuned ones
+        if known and p in known and v not in known[p]:
+            raise ValueError(f"fixed {p}={v}: no sketch of {task.key} uses that value "
+                             f"({sorted(known[p])})")
     bad = annotation.check(task, sketch, ann, NO_LIMITS)  # a KeyError if a value the
     if bad:                                               # kernel reads is missing
         raise ValueError(f"the config cannot run for {task.key}: {'; '.join(bad)}")
@@ -227,7 +250,7 @@ def load_records(path: str | Path) -> list[tuple[MeasureInput, MeasureResult]]:
             res = MeasureResult([float(c) for c in rec["costs"]], ErrorNo[rec["error"]],
                                 rec.get("error_msg", ""), rec.get("all_cost", 0.0),
                                 rec.get("timestamp", 0.0), str(rec.get("device", "")))
-            _check_runnable(task, inp.sketch, inp.ann, res.ok)
+            _check_runnable(task, inp.sketch, inp.ann, res.ok, _known_values(cache[task.key]))
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             print(f"miniansor: skipping line {i} of {path}: {type(e).__name__}: {e}",
                   file=sys.stderr)

@@ -187,7 +187,13 @@ def test_a_record_whose_config_cannot_run_is_skipped_not_handed_out_as_the_best(
            {"sketch": "row.one", "template": "rows", "ann": {"num_warps": 2}},  # wrong kind
            {"template": "nope"},                                        # no such template
            {"ann": {**A, "BLOCK_M": 3}},                                # off the domain
-           {"ann": {**A, "BLOCK_M": 4096, "BLOCK_N": 4096}}]            # over the limits
+           {"ann": {**A, "BLOCK_M": 4096, "BLOCK_N": 4096}},            # over the limits
+           # a sketch the rules do not make is rebuilt from the record: its values were
+           # taken as their own domain, so these became the best kernel (one failed to
+           # compile, GROUP_M=0 answered wrong)
+           {"sketch": "tiled.old", "ann": {**A, "BLOCK_M": 48}},
+           {"sketch": "tiled.old", "ann": {**A, "num_warps": 3}},
+           {"fixed": {"GROUP_M": 0}}]
     with log.open("a") as f:
         for change in bad:
             f.write(json.dumps({**good, "costs": [1e-7], **change}) + "\n")
