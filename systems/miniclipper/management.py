@@ -289,8 +289,8 @@ def management_app(server: ClipperServer, bind_host: str = rpc.LOOPBACK) -> web.
 
     async def get_all_containers(doc: dict[str, Any]) -> Any:
         d = check_fields(doc or {}, {}, {"verbose": bool}, "get_all_containers")
-        out = []
-        for model, reps in ex.replicas.items():
+        out = []  # (snapshots: a restart may change the replicas while we await)
+        for model, reps in list(ex.replicas.items()):
             for rid, rep in sorted(reps.items()):
                 row = {"model": f"{model[0]}:{model[1]}", "replica_id": rid, "pid": rep.pid,
                        "address": rep.address, "batches": rep.batches,
@@ -310,8 +310,14 @@ def management_app(server: ClipperServer, bind_host: str = rpc.LOOPBACK) -> web.
             raise BadRequest(f"slowdown is how many times slower the container runs, "
                              f"1..{MAX_SLOWDOWN:g}; got {d['slowdown']}")
         model = model_of(d)
-        return [await container_rpc(rep.address, "Control", {"slowdown": d["slowdown"]})
-                for rep in ex.replicas[model].values()]
+        out = []  # per replica, a dead one's error among them (it is being restarted)
+        for rid, rep in sorted(ex.replicas[model].items()):
+            try:
+                out.append({"replica_id": rid, **await container_rpc(
+                    rep.address, "Control", {"slowdown": d["slowdown"]})})
+            except Exception as e:  # noqa: BLE001 - reported, and the others still told
+                out.append({"replica_id": rid, "error": str(e)})
+        return out
 
     async def get_batch_log(doc: dict[str, Any]) -> Any:
         d = check_fields(doc, {"model_name": str},

@@ -494,6 +494,26 @@ def test_container_control_refuses_a_speed_up(clipper):
     assert code == 400 and "slowdown" in r["cause"]
 
 
+def test_container_control_tells_every_live_replica_and_names_a_dead_one(clipper):
+    """A replica that just died failed the whole call with a bare 500 ("Internal
+    error"), and the replicas after it were never told. Now each replica's answer, or
+    its error, is in the reply."""
+    import signal
+
+    c = clipper
+    deploy_python_closure(c, "ctl2", 1, "doubles", _first, num_replicas=2)
+    mgmt = f"http://{c.cm.get_admin_addr()}/admin"
+    reps = sorted((r for r in c.get_all_model_replicas(verbose=True)
+                   if r["model"] == "ctl2:1"), key=lambda r: r["replica_id"])
+    os.kill(reps[0]["pid"], signal.SIGKILL)  # the first one asked
+    code, rows = post(f"{mgmt}/container_control", {"model_name": "ctl2", "slowdown": 2})
+    assert code == 200, rows
+    told = [r for r in rows if "error" not in r]
+    assert told and all(r["slowdown"] == 2.0 for r in told), rows
+    assert any(r["replica_id"] == reps[1]["replica_id"] for r in told), rows
+    post(f"{mgmt}/container_control", {"model_name": "ctl2", "slowdown": 1})
+
+
 def test_health_counts_every_input_of_a_batch(clipper):
     c = clipper
     c.register_application("counted", "doubles", -1, 10_000_000)
