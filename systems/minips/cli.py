@@ -201,6 +201,13 @@ def _one_lam(app: dict[str, Any], updater: dict[str, Any] | None, given: float |
 
 def _launch(a: argparse.Namespace) -> dict[str, Any]:
     if a.role:
+        local = [f for f, v in (("--kill-server", a.kill_server), ("--kill-worker",
+                                 a.kill_worker), ("--freeze", a.freeze),
+                                ("--checkpoint", a.checkpoint), ("--restore", a.restore)) if v]
+        if local:  # the launcher does these; one role alone would ignore them
+            raise ValueError(f"{', '.join(local)}: only for a job launched here (without "
+                             f"--role), which starts, checkpoints and injects faults into "
+                             f"its nodes")
         return _one_role(a)
     given = [f for f, v in (("--scheduler", a.scheduler), ("--name", a.name),
                             ("--port", a.port)) if v]

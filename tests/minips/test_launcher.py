@@ -415,6 +415,11 @@ def test_a_failed_launch_leaves_no_monitor_polling_behind(tmp_path):
     (["--host", ""], "--host is empty"),
     (["--checkpoint", "/proc/nope/ck"], "cannot write there"),
     (["--scheduler", "127.0.0.1:5"], "only with --role"),
+    # and the other way round: one node alone ignored them (a "restored" job started
+    # from scratch)
+    (["--role", "scheduler", "--restore", "/nonexistent"], "--restore: only for a job"),
+    (["--role", "server", "--scheduler", "127.0.0.1:1", "--kill-worker", "w0@1",
+      "--checkpoint", "/tmp/x"], "--kill-worker, --checkpoint: only for a job launched"),
     # a server started alone printed a 40-line AioRpcError and "Event loop is closed"
     (["--role", "server", "--scheduler", "127.0.0.1:1"], "no scheduler answered at"),
     (["--role", "server", "--scheduler", "nohostport"], "want HOST:PORT"),
