@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -153,11 +154,16 @@ def load(ckpt_dir: str | os.PathLike) -> list[dict]:
     if not (d / MANIFEST).exists():
         raise FileNotFoundError(f"{d} has no {MANIFEST}: not a finished checkpoint")
     out = []
-    for name in json.loads((d / MANIFEST).read_text())["files"]:
-        with np.load(d / name) as z:
-            meta = json.loads(bytes(z["meta"]).decode())
-            out.append({"keys": z["keys"], "vals": z["vals"], "state": z["state"],
-                        "meta": meta})
+    try:
+        for name in json.loads((d / MANIFEST).read_text())["files"]:
+            with np.load(d / name) as z:
+                meta = json.loads(bytes(z["meta"]).decode())
+                out.append({"keys": z["keys"], "vals": z["vals"], "state": z["state"],
+                            "meta": meta})
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as e:
+        # a part cut short by a copy, a manifest edited by hand: one line, not numpy's
+        raise ValueError(f"{d} is not a readable checkpoint: {type(e).__name__}: "
+                         f"{e}") from None
     return out
 
 

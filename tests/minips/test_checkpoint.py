@@ -40,6 +40,16 @@ def test_an_unfinished_checkpoint_is_refused(tmp_path):
     (tmp_path / "s0.npz").write_bytes(b"partial")
     with pytest.raises(FileNotFoundError, match="not a finished checkpoint"):
         checkpoint.load(tmp_path)
+    # a part cut short by a copy: one line naming the checkpoint, not numpy's BadZipFile
+    # traceback (which `ps launch --restore` printed, exit 1)
+    import numpy as np
+
+    np.savez(tmp_path / "s0.npz", keys=np.arange(1000), vals=np.ones(1000))
+    data = (tmp_path / "s0.npz").read_bytes()
+    (tmp_path / "s0.npz").write_bytes(data[:len(data) // 2])
+    (tmp_path / "manifest.json").write_text('{"files": ["s0.npz"]}')
+    with pytest.raises(ValueError, match="is not a readable checkpoint: BadZipFile"):
+        checkpoint.load(tmp_path)
 
 
 def test_a_checkpoint_rewritten_in_place_is_never_mixed_with_the_old_one(make_cluster,
