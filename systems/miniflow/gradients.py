@@ -83,9 +83,10 @@ def gradients(ys, xs, grad_ys=None, name: str = "gradients",
 
 
 def _check_grad_ys(ys: list[Tensor], grad_ys: list) -> list[Tensor | None]:
-    """One per y, as a tensor of y's dtype (TF's ``_DefaultGradYs``): a Python list was
-    handed back as the "gradient" itself. The shape is left to the gradient functions,
-    which broadcast (a scalar for a vector y works, as in TF)."""
+    """One per y, as a tensor of y's dtype and of a shape y could have (TF's
+    ``_DefaultGradYs``): a Python list was handed back as the "gradient" itself, and a
+    grad_y of another shape failed deep inside some op's gradient."""
+    from . import shapes
     from .op_def import convert_to_tensor
 
     if len(grad_ys) != len(ys):
@@ -98,6 +99,10 @@ def _check_grad_ys(ys: list[Tensor], grad_ys: list) -> list[Tensor | None]:
             if gy.dtype != y.dtype:
                 raise TypeError(f"gradients: grad_ys {gy.name} is {gy.dtype.name}, but its "
                                 f"y {y.name} is {y.dtype.name}")
+            if not shapes.compatible(gy.shape, y.shape):
+                raise ValueError(f"gradients: grad_ys {gy.name} has shape "
+                                 f"{shapes.fmt(gy.shape)}, but its y {y.name} has shape "
+                                 f"{shapes.fmt(y.shape)}")
         out.append(gy)
     return out
 

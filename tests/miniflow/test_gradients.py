@@ -484,6 +484,9 @@ def test_grad_ys_are_one_per_y_and_become_tensors_of_its_dtype():
             mf.gradients([y, y * 3.0], x, grad_ys=[mf.ones_like(y)])
         with pytest.raises(TypeError, match="grad_ys .* is int32, but its y .* is float32"):
             mf.gradients(y, x, grad_ys=[mf.constant([1, 2, 3])])
+        with pytest.raises(ValueError, match=r"grad_ys .* has shape \(\), but its y .*"
+                                             r"has shape \(3,\)"):
+            mf.gradients(y, x, grad_ys=[1.0])  # failed inside Mul's gradient at run time
     with mf.Session(graph=g) as s:
         s.run(v.initializer)
         got = s.run([same, relu, var], {x: np.array([1.0, -1.0, 2.0], np.float32)})
