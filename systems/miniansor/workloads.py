@@ -29,6 +29,7 @@ KINDS = ("gemm", "bmm", "softmax", "layernorm")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 ACTIVATIONS = ("none", "relu", "gelu")
 LN_EPS = 1e-5
+MAX_GRID_YZ = 65_535  # CUDA's limit on gridDim.y and gridDim.z
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,12 @@ class Task:
         object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
         if not self.epilogue.empty and self.kind != "gemm":
             raise ValueError(f"only gemm tasks take an epilogue, not {self.kind}")
+        if self.kind == "bmm" and self.shape[0] > MAX_GRID_YZ:
+            # the batch is a grid axis of its own (y, or z under split-K), which CUDA caps
+            # at 65,535 blocks; Triton passes the grid to the launch as it is
+            raise ValueError(f"bmm {'x'.join(map(str, self.shape))}: a batch of "
+                             f"{self.shape[0]:,}; miniansor's kernels launch one grid row "
+                             f"per batch entry, and CUDA allows at most {MAX_GRID_YZ:,}")
         if self.largest_operand >= 1 << 31:
             # our kernels compute element offsets in int32 (Triton's default), which wrap
             # past 2**31; Inductor switches to int64 indexing there, we refuse instead

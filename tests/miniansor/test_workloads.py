@@ -134,3 +134,14 @@ def test_a_task_past_the_kernels_32_bit_offsets_is_refused():
     with pytest.raises(ValueError, match="32-bit offsets"):
         Task("softmax", (1 << 16, 1 << 15))
     assert Task("gemm", (1, 1, (1 << 31) - 1)).largest_operand == (1 << 31) - 1
+
+
+def test_a_batch_past_cudas_grid_limit_is_refused():
+    """The batch is a grid axis of its own (y, or z under split-K), which CUDA caps at
+    65,535: bmm(70000, 16, 16, 16) was accepted, and every config would fail to launch
+    on a GPU (the interpreter has no such limit, so the CPU tests never saw it)."""
+    from systems.miniansor.workloads import Task
+
+    with pytest.raises(ValueError, match="a batch of 70,000; .* at most 65,535"):
+        Task("bmm", (70000, 16, 16, 16))
+    assert Task("bmm", (65535, 16, 16, 16)).batch == 65535
