@@ -9,7 +9,8 @@ scheduler uses (``extract_tasks`` in ``python/tvm/auto_scheduler/relay_integrati
 From a ``torch.nn.Module`` we do the same with ``torch.fx``: trace the module, propagate
 example shapes (``ShapeProp``), and walk the graph:
 
-* anchors: ``nn.Linear`` / ``F.linear`` / ``matmul`` / ``@`` / ``bmm`` (a GEMM, or a
+* anchors: ``nn.Linear`` / ``F.linear`` / ``matmul`` / ``@`` / ``mm`` / ``bmm``
+  (functions or tensor methods; a GEMM, or a
   batched GEMM when both operands have leading dimensions), ``softmax`` over the last
   axis, ``nn.LayerNorm`` / ``F.layer_norm`` over the last axis;
 * fusable consumers of a GEMM, followed while the anchor's value has a single user and
