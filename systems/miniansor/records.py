@@ -150,7 +150,7 @@ def _sketch_for(task: Task, rec: dict, cache: dict) -> Sketch:
     sk = cache[task.key].get(rec["sketch"])
     if sk is None or sk.template != rec["template"] or \
             dict(sk.fixed) != rec.get("fixed", dict(sk.fixed)):
-        known = _known_values(cache[task.key])
+        known = _known_values(task, cache)
         sk = Sketch(rec["sketch"], rec["template"],
                     tuple((p, tuple(sorted(known[p])) if p in known else (v,))
                           for p, v in rec["ann"].items()),
@@ -158,16 +158,18 @@ def _sketch_for(task: Task, rec: dict, cache: dict) -> Sketch:
     return sk
 
 
-def _known_values(sketches: dict[str, Sketch]) -> dict[str, set[int]]:
-    """Every value the rules' sketches of one task may give each parameter, tuned or
-    fixed."""
-    known: dict[str, set[int]] = {}
-    for s in sketches.values():
-        for p in s.params:
-            known.setdefault(p, set()).update(s.domain(p))
-        for p, v in s.fixed:
-            known.setdefault(p, set()).add(v)
-    return known
+def _known_values(task: Task, cache: dict) -> dict[str, set[int]]:
+    """Every value the rules' sketches of ``task`` may give each parameter, tuned or
+    fixed (worked out once per task a log holds, kept in ``cache``)."""
+    if (task.key, "known") not in cache:
+        known: dict[str, set[int]] = {}
+        for s in cache[task.key].values():
+            for p in s.params:
+                known.setdefault(p, set()).update(s.domain(p))
+            for p, v in s.fixed:
+                known.setdefault(p, set()).add(v)
+        cache[(task.key, "known")] = known
+    return cache[(task.key, "known")]
 
 
 # Reading a record checks the config's form (its parameters, their domains), not one
@@ -250,7 +252,7 @@ def load_records(path: str | Path) -> list[tuple[MeasureInput, MeasureResult]]:
             res = MeasureResult([float(c) for c in rec["costs"]], ErrorNo[rec["error"]],
                                 rec.get("error_msg", ""), rec.get("all_cost", 0.0),
                                 rec.get("timestamp", 0.0), str(rec.get("device", "")))
-            _check_runnable(task, inp.sketch, inp.ann, res.ok, _known_values(cache[task.key]))
+            _check_runnable(task, inp.sketch, inp.ann, res.ok, _known_values(task, cache))
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             print(f"miniansor: skipping line {i} of {path}: {type(e).__name__}: {e}",
                   file=sys.stderr)
