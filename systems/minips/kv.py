@@ -155,6 +155,7 @@ class KVWorker(Recovery, Records):
             ranges = M.check_range(key_range, keys, self.key_max, "push")
             with self.lock:
                 clock = self._take_clock(clock, ranges, cmd, ctx)
+            grew = False
             if self.filters.value_filters and cmd != "init":
                 keys, vals = self.filters.filter_push(keys, vals, ctx or {})
                 # a final push also flushes what a filter held back, maybe outside
@@ -162,8 +163,9 @@ class KVWorker(Recovery, Records):
                 out = _outside(keys, ranges)
                 if out.size:
                     ranges = merge_ranges(ranges + [(int(k), int(k) + 1) for k in out])
+                    grew = True
             with self.lock:
-                if clock is not None:
+                if grew and clock is not None:  # this clock covers those keys too
                     self.clock_ranges = merge_ranges(self.clock_ranges + ranges)
                 req = self._new("push", keys, vals, ranges, clock=clock, cmd=cmd)
                 req.push_wait = wait
