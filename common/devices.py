@@ -181,8 +181,9 @@ def cpu_spec(refresh: bool = False, cache: Path | None = None,
     """This machine's CPU as a DeviceSpec, from the probe (cached per machine).
 
     ``observed_flops``: a float32 rate just measured on this machine. A peak below it
-    is impossible: the cached probe ran while other work held the cores, so we probe
-    again and keep the higher of the two results (a probe can only err low)."""
+    is impossible: a cached probe that says less ran while other work held the cores,
+    so we probe again and keep the higher of the two results (a probe can only err
+    low), and if that is still below the observed rate, the observed rate is the peak."""
     path = (cache or cache_dir()) / f"cpu-probe-{_fingerprint()}.json"
     probe = None
     if not refresh and path.exists():
@@ -192,16 +193,17 @@ def cpu_spec(refresh: bool = False, cache: Path | None = None,
             probe = None
         if probe is not None and probe.get("version") != PROBE_VERSION:
             probe = None
-    if probe is not None and probe["fp32_flops"] < observed_flops:
+    changed = probe is None
+    if probe is None:
+        probe = probe_cpu()
+    elif probe["fp32_flops"] < observed_flops:
         fresh = probe_cpu()
         probe = {**fresh, **{k: max(probe[k], fresh[k])
                              for k in ("fp32_flops", "mem_bandwidth")}}
-        try:
-            path.write_text(json.dumps(probe))
-        except OSError:
-            pass
-    if probe is None:
-        probe = probe_cpu()
+        changed = True
+    if probe["fp32_flops"] < observed_flops:  # this probe, too, ran beside other work
+        probe["fp32_flops"], changed = float(observed_flops), True
+    if changed:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(probe))

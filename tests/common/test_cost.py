@@ -110,3 +110,18 @@ def test_a_batched_matmul_counts_every_batch_in_flops_reads_and_writes():
     assert c.bytes_written == 4 * 8 * 16 * 2
     t = bmm(4, 8, 16, 32, "fp16").cost()
     assert (t.flops, t.bytes_read, t.bytes_written) == (c.flops, c.bytes_read, c.bytes_written)
+
+
+def test_the_peak_is_never_below_a_measured_rate(tmp_path, monkeypatch):
+    """A probe can err low (other work on the cores), on a first run as on a re-probe; a
+    rate just measured is a lower bound on the peak, so efficiency never exceeds 1."""
+    from common import devices
+
+    monkeypatch.setattr(devices, "probe_cpu", lambda: {
+        "version": devices.PROBE_VERSION, "fp32_flops": 5e10, "mem_bandwidth": 1e10,
+        "matmul_n": 64, "array_bytes": 8, "probe_date": "2026-11-29"})
+    first = cost.cpu_spec(cache=tmp_path, observed_flops=2e11)  # nothing cached yet
+    assert first.peak("fp32") == 2e11
+    again = cost.cpu_spec(cache=tmp_path, observed_flops=3e11)  # cached, re-probed low
+    assert again.peak("fp32") == 3e11
+    assert cost.cpu_spec(cache=tmp_path).peak("fp32") == 3e11  # kept in the cache
