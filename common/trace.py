@@ -40,6 +40,9 @@ def now_us() -> float:
     return time.monotonic_ns() / 1e3
 
 
+ROW_TID = 1 << 30  # rows of open_row / row_for: thread ids above any Linux tid
+
+
 class TraceWriter:
     """Collects trace events in memory (thread-safe) and saves them as one JSON file.
 
@@ -51,6 +54,7 @@ class TraceWriter:
         self.pid = os.getpid() if pid is None else pid
         self.max_events, self.dropped = max_events, 0
         self.events: list[dict[str, Any]] = []
+        self._rows: dict[str, list[dict[str, Any]]] = {}  # open_row / row_for
         self._lock = threading.Lock()
         if process_name:
             self.name_process(process_name)
@@ -69,6 +73,49 @@ class TraceWriter:
 
     def _tid(self, tid: int | None) -> int:
         return threading.get_native_id() if tid is None else tid
+
+    # -- rows for work that overlaps in time --------------------------------------------
+    # Spans on one row must nest, and an arrow ends in the span around it on *its own*
+    # row; requests that overlap (a server's handlers on one event loop, a worker's pull
+    # while its push is out, queries waiting in a queue) therefore need rows of their
+    # own. A row is named "<name> <i>" and reused once free, so the number of rows is the
+    # most that were ever open at once, not the number of requests.
+
+    def open_row(self, name: str) -> int:
+        """A row of ``name``'s for one piece of work, its ``tid``, until :meth:`close_row`
+        (for work whose row must be known before its span is written: an arrow start)."""
+        with self._lock:
+            rows = self._rows.setdefault(name, [])
+            for r in rows:
+                if not r["busy"]:
+                    r["busy"] = True
+                    return r["tid"]
+            return self._new_row(name, rows, busy=True, end=0.0)
+
+    def close_row(self, name: str, tid: int) -> None:
+        with self._lock:
+            for r in self._rows.get(name, []):
+                if r["tid"] == tid:
+                    r["busy"] = False
+
+    def row_for(self, name: str, t0_us: float, t1_us: float) -> int:
+        """A row of ``name``'s on which a span from ``t0_us`` to ``t1_us`` overlaps
+        nothing (for a span written once it has ended: no row needs holding)."""
+        with self._lock:
+            rows = self._rows.setdefault(name, [])
+            for r in rows:
+                if not r["busy"] and r["end"] <= t0_us:
+                    r["end"] = t1_us
+                    return r["tid"]
+            return self._new_row(name, rows, busy=False, end=t1_us)
+
+    def _new_row(self, name: str, rows: list[dict[str, Any]], busy: bool, end: float) -> int:
+        """(lock held)"""
+        tid = ROW_TID + sum(len(r) for r in self._rows.values())
+        rows.append({"tid": tid, "busy": busy, "end": end})
+        self._keep({"ph": "M", "name": "thread_name", "pid": self.pid, "tid": tid,
+                    "args": {"name": f"{name} {len(rows) - 1}"}})
+        return tid
 
     def name_process(self, name: str, pid: int | None = None) -> None:
         self._add({"ph": "M", "name": "process_name", "pid": self.pid if pid is None else pid,
@@ -226,6 +273,36 @@ def load(path: str | os.PathLike) -> list[dict[str, Any]]:
     with open(path) as f:
         doc = json.load(f)
     return doc["traceEvents"] if isinstance(doc, dict) else doc
+
+
+def row_problems(events: list[dict[str, Any]], eps_us: float = 1e-3) -> list[str]:
+    """What a viewer would mis-draw or drop in ``events``: complete spans on one row
+    (``pid``, ``tid``) that overlap without nesting (the format has no way to show
+    them; Perfetto flags them), and arrow ends outside every span of their own row (an
+    ``"s"``, or an ``"f"`` bound with ``bp: "e"``, attaches to the span around it on its
+    row, and Perfetto drops an arrow whose end has none). Empty when the trace is clean."""
+    rows: dict[tuple[Any, Any], list[tuple[float, float]]] = {}
+    for e in events:
+        if e.get("ph") == "X":
+            rows.setdefault((e["pid"], e["tid"]), []).append((e["ts"], e["ts"] + e["dur"]))
+    out = []
+    for row, spans in rows.items():
+        spans.sort(key=lambda x: (x[0], -x[1]))
+        stack: list[tuple[float, float]] = []
+        for b, e in spans:
+            while stack and stack[-1][1] <= b + eps_us:
+                stack.pop()
+            if stack and e > stack[-1][1] + eps_us:
+                out.append(f"row {row}: span [{b}, {e}] overlaps [{stack[-1][0]}, "
+                           f"{stack[-1][1]}] without nesting")
+            stack.append((b, e))
+    for e in events:
+        if e.get("ph") == "s" or (e.get("ph") == "f" and e.get("bp") == "e"):
+            spans = rows.get((e["pid"], e["tid"]), [])
+            if not any(b - eps_us <= e["ts"] <= end + eps_us for b, end in spans):
+                out.append(f"row {(e['pid'], e['tid'])}: arrow end {e['ph']} {e['id']} at "
+                           f"{e['ts']} lies in no span of its row")
+    return out
 
 
 def merge(paths: list[str | os.PathLike], out: str | os.PathLike) -> Path:

@@ -141,9 +141,11 @@ class QueryProcessor:
             out = await self._predict_each(app, policy, awake, inputs, qids, deadline, slo,
                                            traced)
         self._account(app, out, arrival)
-        if traced:
-            self.tracer.complete(f"query {app_name} x{len(inputs)}", t_us, now_us() - t_us,
-                                 cat="query", tid=1, args={"query_ids": list(qids[:8])})
+        if traced:  # concurrent queries overlap: each on a row where it nests
+            t1 = now_us()
+            self.tracer.complete(f"query {app_name} x{len(inputs)}", t_us, t1 - t_us,
+                                 cat="query", tid=self.tracer.row_for("queries", t_us, t1),
+                                 args={"query_ids": list(qids[:8])})
         return out
 
     async def _predict_uniform(self, app: Application, policy: SelectionPolicy,

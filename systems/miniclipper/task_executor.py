@@ -300,9 +300,10 @@ class TaskExecutor:
         end = now_us()
         name = f"{rep.model[0]}:{rep.model[1]}"
         for t in batch:
-            if t.traced:
-                tw.complete(f"queue {name}", t.enqueued * 1e6, ts_us - t.enqueued * 1e6,
-                            cat="queue", tid=999, args={"query_id": t.query_id})
+            if t.traced:  # queries wait side by side: each wait on a row where it nests
+                t0 = t.enqueued * 1e6
+                tw.complete(f"queue {name}", t0, ts_us - t0, cat="queue",
+                            tid=tw.row_for("queue", t0, ts_us), args={"query_id": t.query_id})
         tw.complete(f"rpc Predict {name} x{len(batch)}", ts_us, end - ts_us, cat="rpc",
                     tid=tid, args={"batch_id": batch_id, "replica": rep.replica_id})
         tw.flow(f"batch{batch_id}", start=True, ts_us=ts_us + 1, tid=tid)

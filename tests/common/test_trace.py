@@ -182,3 +182,37 @@ def test_a_bounded_trace_says_it_was_cut_short_and_keeps_row_names():
     w.extend([{"ph": "M", "name": "process_name", "pid": 7, "tid": 0,
                "args": {"name": "torch"}}])
     assert any(e.get("pid") == 7 for e in w.events)
+
+
+def test_row_problems_finds_overlaps_and_unbound_arrows():
+    from common.trace import row_problems
+
+    def x(ts, dur, tid=1):
+        return {"ph": "X", "name": "a", "ts": ts, "dur": dur, "pid": 1, "tid": tid}
+
+    clean = [x(0, 10), x(2, 3), x(5, 5), x(20, 1),
+             {"ph": "s", "id": 1, "ts": 3, "pid": 1, "tid": 1},
+             {"ph": "f", "id": 1, "bp": "e", "ts": 20, "pid": 1, "tid": 1}]
+    assert row_problems(clean) == []
+    assert "without nesting" in row_problems([x(0, 10), x(5, 10)])[0]
+    assert row_problems([x(0, 10), x(5, 10, tid=2)]) == []  # other rows may overlap
+    stray = [x(0, 10), {"ph": "s", "id": 7, "ts": 3, "pid": 1, "tid": 2}]
+    assert "lies in no span of its row" in row_problems(stray)[0]
+
+
+def test_rows_keep_overlapping_work_apart_and_are_reused():
+    from common.trace import TraceWriter, row_problems
+
+    tw = TraceWriter()
+    a, b = tw.open_row("req"), tw.open_row("req")
+    assert a != b
+    tw.close_row("req", a)
+    assert tw.open_row("req") == a  # a free row is reused: rows = most open at once
+    spans = [(0, 10), (5, 15), (12, 20), (2, 4), (16, 30)]  # written in end order or not
+    for t0, t1 in spans:
+        tw.complete("q", t0, t1 - t0, tid=tw.row_for("queue", t0, t1))
+    assert row_problems(tw.events) == []
+    queue_rows = {e["tid"] for e in tw.events if e.get("name") == "q"}
+    assert len(queue_rows) == 3  # (2, 4) comes last: rows 0 and 1 have moved past it
+    names = {e["args"]["name"] for e in tw.events if e.get("name") == "thread_name"}
+    assert {"req 0", "req 1", "queue 0", "queue 1", "queue 2"} <= names
