@@ -14,6 +14,7 @@ asks it to shut down through the management API.
 
 from __future__ import annotations
 
+import itertools
 import time
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,11 @@ class LocalContainerManager:
         if self.store:
             args += ["--store", self.store]
         check_host(self.host, "host")  # one line here, not the child's traceback
+        given = {"query_port": query_port, "mgmt_port": mgmt_port, "grpc_port": grpc_port}
+        for a, b in itertools.combinations(given, 2):
+            if given[a] and given[a] == given[b]:  # the child would blame a running Clipper
+                raise ValueError(f"{a} and {b} are both {given[a]}: give three different "
+                                 f"ports (or 0, for one the OS chooses)")
         try:
             child = self.group.spawn("clipper", "systems.miniclipper.frontend", args,
                                      ready_timeout=60, exit_with_parent=not self.detach)

@@ -333,3 +333,17 @@ def test_list_shows_a_deploy_and_remove_undoes_it_checking_every_name_first(clip
     assert code == 0 and out["applications"] == ["rmapp"] and out["models"] == ["rm:2"]
     assert "rmapp" not in clipper.get_all_apps()
     assert not [m for m in clipper.get_all_models() if m.startswith("rm:")]
+
+
+def test_one_port_given_for_two_endpoints_is_refused_before_anything_starts():
+    """The frontend would bind it twice and the message blamed a running Clipper (and
+    'casebook clipper stop' then found none)."""
+    import glob
+
+    before = set(glob.glob("/tmp/casebook-procs-*"))
+    out = subprocess.run([sys.executable, "-m", "common.cli", "clipper", "start",
+                          "--query-port", "21437", "--mgmt-port", "21437", "--grpc-port", "0"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert "query_port and mgmt_port are both 21437: give three different ports" in out.stderr
+    assert set(glob.glob("/tmp/casebook-procs-*")) <= before  # nothing was started
