@@ -222,13 +222,20 @@ def resume_clock(ckpt_dir: str | os.PathLike, steps: int) -> int:
     worker's range clocks, so a worker going on from an earlier clock would have its
     pushes dropped as resends, and one from a later clock would leave the others' pulls
     waiting for pushes that never come."""
-    clocks = {t for part in load(ckpt_dir)
-              for node, segs in part["meta"]["clocks"].items() if node.startswith("w")
-              for _, _, t in segs}
+    per: dict[str, set[int]] = {}
+    for part in load(ckpt_dir):
+        for node, segs in part["meta"]["clocks"].items():
+            if node.startswith("w"):
+                per.setdefault(node, set()).update(t for _, _, t in segs)
+    clocks = set().union(*per.values()) if per else set()
     if len(clocks) != 1:
-        raise ValueError(f"{ckpt_dir}: the workers' clocks in the checkpoint are "
-                         f"{sorted(clocks) or 'absent'}; resuming needs one clock for all "
-                         f"(a checkpoint written at the end of a job: --checkpoint)")
+        at = ", ".join(f"{n} at {'/'.join(map(str, sorted(c)))}" for n, c in sorted(per.items()))
+        raise ValueError(
+            f"{ckpt_dir}: the workers' clocks in the checkpoint differ ({at or 'none'}); "
+            f"resuming needs one clock for all: a checkpoint written at the end of a job "
+            f"(--checkpoint) or between BSP clocks, by a job in which no worker died (a dead "
+            f"worker's shard is finished by another on that worker's own clocks, and "
+            f"resuming would need each shard's progress, which is not kept)")
     start = clocks.pop() + 1
     if steps <= start:
         raise ValueError(f"the checkpoint already holds {start} steps; ask for more than "

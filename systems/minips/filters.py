@@ -26,6 +26,7 @@ worker set, so the server needs no filter objects.
 from __future__ import annotations
 
 import hashlib
+import math
 import zlib
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
@@ -68,7 +69,9 @@ def key_signature(keys: np.ndarray) -> str:
     return hashlib.blake2b(memoryview(keys).cast("B"), digest_size=16).hexdigest()
 
 
-FP16_MAX = float(np.finfo(np.float16).max)  # 65504: larger values become inf
+FP16_TOP = 15  # the largest |value| is scaled into [2**14, 2**15), under fp16's 65504
+EXP_LIMIT = 300  # a codec_exp beyond this is no exponent any float32 could need
+CODECS = {"fp16", "zlib", "fp16+zlib"}
 
 
 def lossless(codec: str | None) -> str | None:
@@ -77,18 +80,36 @@ def lossless(codec: str | None) -> str | None:
 
 
 def safe_codec(codec: str | None, vals: np.ndarray) -> str | None:
-    """``codec`` without its fp16 step when fp16 would turn a value into inf (the
-    message then goes as exact float32, zlib'd if asked)."""
-    if codec and "fp16" in codec and vals.size and np.abs(vals).max() > FP16_MAX:
+    """``codec`` without its fp16 step when a value is inf or nan (the scale of
+    :func:`fp16_exponent` needs a finite largest value; the message then goes as exact
+    float32, zlib'd if asked)."""
+    if codec and "fp16" in codec and vals.size and not np.isfinite(vals).all():
         return lossless(codec)
     return codec
 
 
-def compress_values(vals: np.ndarray, codec: str) -> np.ndarray:
-    """``vals`` (float32) encoded by ``codec`` in {"fp16", "zlib", "fp16+zlib"}."""
+def fp16_exponent(vals: np.ndarray) -> int:
+    """The power of two that scales the message's largest |value| into
+    ``[2**14, 2**15)`` before the cast to float16.
+
+    float16 alone spans only 6.1e-5 to 65504 at full precision: a gradient of 1e-7
+    would lose most of its digits, one of 2e-8 would arrive as 0, and one over 65504 as
+    inf. Scaled per message by a power of two (exact, and undone exactly by the
+    receiver; the loss scaling of mixed-precision training, Micikevicius et al., ICLR
+    2018), every value within 2**29 of the largest keeps float16's 11 significant bits,
+    a relative error of at most 2**-11; smaller ones are off by at most
+    2**-40 x the largest.
+    """
+    m = float(np.abs(vals).max()) if vals.size else 0.0
+    return FP16_TOP - math.frexp(m)[1] if m > 0 else 0
+
+
+def compress_values(vals: np.ndarray, codec: str, exp: int = 0) -> np.ndarray:
+    """``vals`` (float32) encoded by ``codec`` in {"fp16", "zlib", "fp16+zlib"}; fp16
+    casts ``vals * 2**exp`` (:func:`fp16_exponent`)."""
     a = np.ascontiguousarray(vals)
     if "fp16" in codec:
-        a = a.astype(np.float16)
+        a = np.ldexp(a, exp).astype(np.float16)
     if "zlib" in codec:
         # byte shuffle (as blosc does): byte j of every number goes together, so the
         # exponent bytes of many similar numbers, or the zeros of exact zeros, line up
@@ -98,7 +119,7 @@ def compress_values(vals: np.ndarray, codec: str) -> np.ndarray:
     return a
 
 
-def decompress_values(data: np.ndarray, codec: str, n: int) -> np.ndarray:
+def decompress_values(data: np.ndarray, codec: str, n: int, exp: int = 0) -> np.ndarray:
     """Undo :func:`compress_values` for ``n`` numbers; returns float32."""
     a = data
     if "zlib" in codec:
@@ -112,7 +133,38 @@ def decompress_values(data: np.ndarray, codec: str, n: int) -> np.ndarray:
                                      f"expected {n} x {width}")
         planes = np.frombuffer(raw, np.uint8).reshape(width, n)
         a = planes.T.copy().view(np.float16 if width == 2 else VAL_DTYPE).reshape(-1)
-    return a.astype(VAL_DTYPE) if a.dtype != VAL_DTYPE else a
+    a = a.astype(VAL_DTYPE) if a.dtype != VAL_DTYPE else a
+    return np.ldexp(a, -exp).astype(VAL_DTYPE) if "fp16" in codec and exp else a
+
+
+def encode_values(vals: np.ndarray, codec: str, meta: dict) -> np.ndarray:
+    """``vals`` compressed by ``codec``, with what the receiver needs in ``meta``."""
+    exp = fp16_exponent(vals) if "fp16" in codec else 0
+    meta["codec"] = codec
+    if exp:
+        meta["codec_exp"] = exp
+    return compress_values(vals, codec, exp)
+
+
+def check_codec(codec: Any, where: str) -> str:
+    """``codec`` if it is one we know, else an INVALID error (a raw client may send any)."""
+    if codec not in CODECS:
+        raise PSError("INVALID", f"{where} must be one of {sorted(CODECS)}, got {codec!r}")
+    return codec
+
+
+def decode_values(data: np.ndarray, meta: dict, n: int) -> np.ndarray:
+    """Undo :func:`encode_values` (``meta`` is the sender's, so it is checked)."""
+    codec = check_codec(meta["codec"], "codec")
+    wire = np.uint8 if "zlib" in codec else np.float16
+    if data.dtype != wire:
+        raise PSError("INVALID", f"values under codec {codec!r} travel as "
+                                 f"{np.dtype(wire).name}, got {data.dtype}")
+    exp = meta.get("codec_exp", 0)
+    if type(exp) is not int or abs(exp) > EXP_LIMIT:
+        raise PSError("INVALID", f"codec_exp must be an integer power of two within "
+                                 f"+-{EXP_LIMIT}, got {exp!r}")
+    return decompress_values(data, codec, n, exp)
 
 
 class KeyCache:
@@ -152,9 +204,8 @@ def decode_request(meta: dict, keys: np.ndarray | None, vals: np.ndarray | None,
                 raise PSError("CACHE_MISS", f"no cached key list {sig[:8]}...")
         else:
             cache.put(meta.get("sender", ""), sig, keys)
-    codec = meta.get("codec")
-    if codec and vals is not None and keys is not None:
-        vals = decompress_values(vals, codec, keys.size * int(meta.get("val_len", 1)))
+    if meta.get("codec") and vals is not None and keys is not None:
+        vals = decode_values(vals, meta, keys.size * int(meta.get("val_len", 1)))
     return keys, vals
 
 
@@ -247,7 +298,9 @@ class KKT:
 @dataclass
 class Compress:
     """Compress pushed values (``push_codec``) and ask servers to compress pulled ones
-    (``pull_codec``); ``"fp16"`` is lossy (about 3 significant digits)."""
+    (``pull_codec``); ``"fp16"`` is lossy: scaled per message by a power of two
+    (:func:`fp16_exponent`), each value within 2**29 of the message's largest arrives
+    with a relative error of at most 2**-11 (about 3 significant digits)."""
 
     push_codec: str | None = "fp16"
     pull_codec: str | None = "zlib"
@@ -309,12 +362,19 @@ class FilterChain:
             elif vals is not None:
                 codec = safe_codec(codec, vals)
             if vals is not None and codec and vals.size:
-                packed = compress_values(vals, codec)
+                packed = encode_values(vals, codec, meta)
                 self.compress.stats.add(vals.nbytes, packed.nbytes)
-                meta["codec"], vals = codec, packed
+                vals = packed
             if meta.get("op") == "pull" and self.compress.pull_codec:
                 meta["pull_codec"] = self.compress.pull_codec
         return meta, keys, vals
+
+    def cache_missed(self, server: str, n_keys: int) -> None:
+        """``server`` no longer held a key list we sent as its signature: the keys go
+        again in full, so the saving booked for the signature was never made."""
+        self.forget(server)
+        if self.caching:
+            self.caching.stats.add(0, n_keys * ENTRY_KEY_BYTES, 0, n_keys)
 
     def forget(self, server: str | None = None) -> None:
         """Drop what we believe a server caches (after a failover or a cache miss)."""
@@ -325,10 +385,9 @@ class FilterChain:
                 self.caching.known.pop(server, None)
 
     def decode_pull(self, reply_meta: dict, vals: np.ndarray, n: int) -> np.ndarray:
-        codec = reply_meta.get("codec")
-        if not codec:
+        if not reply_meta.get("codec"):
             return vals
-        out = decompress_values(vals, codec, n)
+        out = decode_values(vals, reply_meta, n)
         if self.compress:
             self.compress.pull_stats.add(out.nbytes, vals.nbytes)
         return out

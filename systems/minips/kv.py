@@ -142,6 +142,7 @@ class KVWorker(Recovery, Records):
         the push is acknowledged (the worker loop, whose arrays are new each step).
         """
         orig_k, orig_v = keys, vals
+        clock, wait = M.as_clock(clock, "clock", "push"), M.as_clock(wait, "wait", "push")
         keys = M.as_keys(keys, self.key_max, "push")
         vals = M.as_vals(vals, keys.size, self.val_len)
         if copy:
@@ -208,6 +209,7 @@ class KVWorker(Recovery, Records):
         finished first (the consistency dependency), ``clock`` this task's own. The keys
         are copied (a resend after a failure reads them again) unless ``copy=False``
         (ps-lite's ``ZPull``)."""
+        clock, wait = M.as_clock(clock, "clock", "pull"), M.as_clock(wait, "wait", "pull")
         checked = M.as_keys(keys, self.key_max, "pull")
         keys = _own(checked, keys) if copy else checked
         req = self._new("pull", keys, None, M.check_range(key_range, keys, self.key_max, "pull"),
@@ -298,7 +300,8 @@ class KVWorker(Recovery, Records):
             raise M.PSError("UNAVAILABLE", self.failure)
         if self.closed:  # a request now would stay in self.requests, never answered
             raise M.PSError("UNAVAILABLE", f"{self.name} is closed")
-        req = Request(next(self.ts_counter), op, keys, vals, merge_ranges(ranges), **kw)
+        req = Request(next(self.ts_counter), op, keys, vals, merge_ranges(ranges),
+                      lane=self.metrics.open_lane(), **kw)
         with self.lock:
             self.requests[req.ts] = req
         return req
@@ -337,6 +340,8 @@ class KVWorker(Recovery, Records):
             self._send_slice(req, p, no_cache)
 
     def _send_slice(self, req: Request, p: Pending, no_cache: bool) -> None:
+        if req.done.is_set():  # an earlier slice of it failed for good: send no more
+            return
         sl = p.sl
         meta = {"op": req.op, "sender": self.name, "ts": req.ts, "epoch": p.epoch,
                 "ranges": sl.ranges, "clock": req.clock, "wait": req.wait, "cmd": req.cmd,
@@ -344,11 +349,16 @@ class KVWorker(Recovery, Records):
                 "push_wait": req.push_wait}
         keys = sl.take(req.keys) if not req.range_pull else None
         vals = sl.take(req.vals) if req.op == "push" else None
-        if keys is not None:
-            meta, keys, vals = self.filters.encode(sl.server, meta, keys, vals)
-        msg = M.encode(meta, keys, vals)
+        try:
+            if keys is not None:
+                meta, keys, vals = self.filters.encode(sl.server, meta, keys, vals)
+            msg = M.encode(meta, keys, vals)
+        except Exception as e:  # this request fails alone; the pushes behind it go on
+            req.error = M.PSError("INVALID", f"{req.op} {req.ts} could not be encoded: "
+                                             f"{type(e).__name__}: {e}")
+            return self._finish(req, p, fatal=True)
         self.metrics.wire(sent=len(msg))
-        self.metrics.flow(f"{self.name}-{req.ts}-{sl.server}", True, now_us())
+        self.metrics.flow(f"{self.name}-{req.ts}-{sl.server}", True, now_us(), req.lane)
         try:
             call = self._stub(sl.server, "Push" if req.op == "push" else "Pull")
             timeout = PUSH_TIMEOUT_S if req.op == "push" else PULL_TIMEOUT_S
@@ -388,7 +398,7 @@ class KVWorker(Recovery, Records):
                 req.held_s = max(req.held_s, meta.get("held_s", 0.0))  # slices wait together
             return self._finish(req, p)
         if code == M.CACHE_MISS:
-            self.filters.forget(p.sl.server)
+            self.filters.cache_missed(p.sl.server, p.sl.n_keys)
         self._failed(req, p, {M.CACHE_MISS: "cache_miss", M.RETRY: "retry"}.get(code, "stale"))
 
     def _store_pull(self, req: Request, p: Pending, meta: dict, keys, vals) -> None:
@@ -427,8 +437,9 @@ class KVWorker(Recovery, Records):
             req.done.set()
             self.metrics.inc(f"{req.op}_requests")
             self.metrics.inc("consistency_held_s", req.held_s)
-            self.metrics.span(req.op, req.t0, now_us() - req.t0, ts=req.ts, clock=req.clock,
-                              resends=req.resends)
+            self.metrics.span(req.op, req.t0, now_us() - req.t0, req.lane, ts=req.ts,
+                              clock=req.clock, resends=req.resends)
+            self.metrics.close_lane(req.lane)
             req.keys = req.vals = None  # finished: nothing will be resent
             if req.op == "push":
                 self._next_push()

@@ -22,6 +22,7 @@ the reply's meta:
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import grpc
@@ -188,7 +189,16 @@ def reply(code: str = OK, message: str = "", **meta: Any) -> dict[str, Any]:
 def as_keys(keys: Any, key_max: int, op: str) -> np.ndarray:
     """A caller's keys as the sorted unique uint64 array the wire carries (ints of
     another type are converted; an empty list is no keys), or an INVALID error."""
+    given = keys
     keys = np.ascontiguousarray(keys)
+    if keys.dtype.kind in "fO" and isinstance(given, (list, tuple)) and given and \
+            all(type(k) is int for k in given):
+        # numpy makes [0, 2**64 - 1] float64 (no signed type holds both): take the
+        # Python ints as they are
+        if min(given) < 0 or max(given) >= 1 << 64:
+            raise PSError("INVALID", f"{op}: keys must be integers in [0, 2**64), got "
+                                     f"{min(given)}..{max(given)}")
+        keys = np.array(given, dtype=KEY_DTYPE)
     if keys.size == 0 and keys.dtype != KEY_DTYPE:  # pull([]): a float64 list
         keys = keys.astype(KEY_DTYPE).reshape(0)
     if keys.dtype != KEY_DTYPE:
@@ -198,6 +208,32 @@ def as_keys(keys: Any, key_max: int, op: str) -> np.ndarray:
         keys = keys.astype(KEY_DTYPE)
     check_keys(keys, key_max, op)
     return keys
+
+
+def as_clock(value: Any, what: str, op: str) -> int | None:
+    """A caller's clock (``clock``, ``wait``) as an int, or None, or an INVALID error.
+
+    Checked before the request is queued: a numpy integer cannot be written into the
+    JSON header, and failing there would leave the push queued for ever with every later
+    push of the worker behind it; a NaN compares as neither older nor newer than any
+    clock, so the servers would acknowledge every later push and apply none."""
+    if value is None:
+        return None
+    try:
+        return int(operator.index(value))
+    except TypeError:
+        raise PSError("INVALID", f"{op}: {what} must be an integer clock, got "
+                                 f"{value!r}") from None
+
+
+def check_clocks(meta: dict[str, Any], where: str) -> None:
+    """A request's clocks must be integers or absent (the server's side of
+    :func:`as_clock`: a raw client can send any JSON)."""
+    for what in ("clock", "wait", "push_wait"):
+        c = meta.get(what)
+        if c is not None and type(c) is not int:
+            raise PSError("INVALID", f"{where}: {what} must be an integer clock or null, "
+                                     f"got {c!r}")
 
 
 def as_vals(vals: Any, n: int, val_len: int) -> np.ndarray:

@@ -13,11 +13,13 @@ monotonic clock.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,13 +54,33 @@ class NodeMetrics:
             self.counters["bytes_sent"] += sent
             self.counters["bytes_received"] += received
 
-    def span(self, name: str, t0_us: float, dur_us: float, **args: Any) -> None:
-        if self.trace is not None:
-            self.trace.complete(name, t0_us, dur_us, cat=self.role, args=args or None)
+    def open_lane(self) -> int | None:
+        """A trace row for one request, until :meth:`close_lane` (``TraceWriter.open_row``:
+        a worker's pull overlaps its push, a server's handlers interleave on one event
+        loop, and spans on one row must nest, with each arrow end inside one)."""
+        return None if self.trace is None else self.trace.open_row("requests")
 
-    def flow(self, flow_id: str, start: bool, ts_us: float) -> None:
+    def close_lane(self, lane: int | None) -> None:
+        if lane is not None and self.trace is not None:
+            self.trace.close_row("requests", lane)
+
+    @contextlib.contextmanager
+    def lane(self) -> Iterator[int | None]:
+        lane = self.open_lane()
+        try:
+            yield lane
+        finally:
+            self.close_lane(lane)
+
+    def span(self, name: str, t0_us: float, dur_us: float, lane: int | None = None,
+             **args: Any) -> None:
         if self.trace is not None:
-            self.trace.flow(flow_id, start=start, ts_us=ts_us)
+            self.trace.complete(name, t0_us, dur_us, cat=self.role, tid=lane,
+                                args=args or None)
+
+    def flow(self, flow_id: str, start: bool, ts_us: float, lane: int | None = None) -> None:
+        if self.trace is not None:
+            self.trace.flow(flow_id, start=start, ts_us=ts_us, tid=lane)
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:

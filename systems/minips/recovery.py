@@ -179,3 +179,4 @@ class Recovery:
             if not req.done.is_set():
                 req.error = err
                 req.done.set()
+                self.metrics.close_lane(req.lane)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import faulthandler
+import functools
 import os
 import signal
 import time
@@ -47,7 +48,7 @@ from . import control, updaters
 from . import message as M
 from .clock import VectorClock
 from .consistency import DependencyGate
-from .filters import KeyCache, compress_values, decode_request, safe_codec
+from .filters import KeyCache, check_codec, decode_request, encode_values, safe_codec
 from .membership import Membership
 from .metrics import NodeMetrics
 from .replication import Replication
@@ -130,6 +131,10 @@ class KVServer(Membership):
             if not 0 <= b < e <= km:
                 raise M.PSError("INVALID", f"range [{b}, {e}) is empty or outside the key "
                                            f"space [0, {km})")
+        for (_, e), (b, _) in zip(ranges, ranges[1:], strict=False):
+            if b < e:  # keys are gathered range by range: out of order, they would be too
+                raise M.PSError("INVALID", f"ranges must be sorted and disjoint, got "
+                                           f"{ranges}")
         if keys is not None and keys.size:
             pos = positions(keys, [x for r in ranges for x in r])
             inside = int(sum(pos[1::2] - pos[0::2]))
@@ -192,11 +197,13 @@ class KVServer(Membership):
     # ---- worker API ----------------------------------------------------------------
     async def Push(self, req: bytes, ctx) -> bytes:
         self.metrics.start_cpu_clock()  # a worker's first request: training has begun
-        return await self.guard(self._push, req, ctx)
+        with self.metrics.lane() as lane:
+            return await self.guard(functools.partial(self._push, lane=lane), req, ctx)
 
-    async def _push(self, req: bytes) -> bytes:
+    async def _push(self, req: bytes, lane: int) -> bytes:
         t0 = now_us()
         meta, keys, vals, _ = M.decode(req)
+        M.check_clocks(meta, "push")
         keys, vals = decode_request(meta, keys, vals, self.key_cache)
         if keys is None:
             raise M.PSError("INVALID", "a push needs keys")
@@ -227,8 +234,8 @@ class KVServer(Membership):
         self.metrics.inc("push_requests")
         self.metrics.inc("push_keys", keys.size)
         sender = meta.get("sender", "?")
-        self.metrics.flow(f"{sender}-{meta.get('ts')}-{self.name}", False, t0)
-        self.metrics.span("push", t0, now_us() - t0, sender=sender, keys=int(keys.size),
+        self.metrics.flow(f"{sender}-{meta.get('ts')}-{self.name}", False, t0, lane)
+        self.metrics.span("push", t0, now_us() - t0, lane, sender=sender, keys=int(keys.size),
                           clock=meta.get("clock"))
         return M.encode(M.reply())
 
@@ -268,7 +275,7 @@ class KVServer(Membership):
             self.metrics.inc("duplicate_keys_dropped", keys.size - idx.size)
             keys, vals = keys[idx], vals[idx]
         if meta.get("cmd") == "init":
-            self.store.assign(keys, vals)
+            self.store.init(keys, vals)
         else:
             for up, m in self.updaters.split(keys):
                 if m.all():
@@ -284,11 +291,15 @@ class KVServer(Membership):
 
     async def Pull(self, req: bytes, ctx) -> bytes:
         self.metrics.start_cpu_clock()
-        return await self.guard(self._pull, req, ctx)
+        with self.metrics.lane() as lane:
+            return await self.guard(functools.partial(self._pull, lane=lane), req, ctx)
 
-    async def _pull(self, req: bytes) -> bytes:
+    async def _pull(self, req: bytes, lane: int) -> bytes:
         t0 = now_us()
         meta, keys, _, _ = M.decode(req)
+        M.check_clocks(meta, "pull")
+        if meta.get("pull_codec") is not None:
+            check_codec(meta["pull_codec"], "pull_codec")
         keys, _ = decode_request(meta, keys, None, self.key_cache)
         range_pull = bool(meta.get("range_pull"))
         if keys is None and not range_pull:
@@ -315,14 +326,13 @@ class KVServer(Membership):
         out_meta = M.reply(held_s=held, reached=self.gate.reached(ranges))
         codec = meta.get("pull_codec")
         if codec and vals is not None and vals.size and (codec := safe_codec(codec, vals)):
-            vals = compress_values(vals, codec)
-            out_meta["codec"] = codec
+            vals = encode_values(vals, codec, out_meta)
         self.metrics.inc("pull_requests")
         self.metrics.inc("pull_keys", 0 if keys is None else keys.size)
         self.metrics.inc("consistency_wait_s", held)
         sender = meta.get("sender", "?")
-        self.metrics.flow(f"{sender}-{meta.get('ts')}-{self.name}", False, t0)
-        self.metrics.span("pull", t0, now_us() - t0, sender=sender, held_ms=held * 1e3,
+        self.metrics.flow(f"{sender}-{meta.get('ts')}-{self.name}", False, t0, lane)
+        self.metrics.span("pull", t0, now_us() - t0, lane, sender=sender, held_ms=held * 1e3,
                           wait=meta.get("wait"))
         return M.encode(out_meta, keys if range_pull else None, vals)
 

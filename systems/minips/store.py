@@ -58,9 +58,10 @@ class KVStore:
 
     def _insert(self, keys: np.ndarray) -> None:
         """Add the keys that are not stored yet, with zero values and state."""
-        new = np.setdiff1d(keys, self.keys, assume_unique=True)
+        new = np.setdiff1d(keys, self.keys, assume_unique=True)  # in the order of keys
         if new.size == 0:
             return
+        new.sort()  # the store must stay sorted whatever order the keys came in
         at = np.searchsorted(self.keys, new)
         self.keys = np.insert(self.keys, at, new)
         zeros = np.zeros((new.size, self.val_len), VAL_DTYPE)
@@ -99,11 +100,25 @@ class KVStore:
 
     def assign(self, keys: np.ndarray, vals: np.ndarray, state: np.ndarray | None = None
                ) -> None:
-        """Overwrite rows (a replica applying its master's new values; an init push)."""
+        """Overwrite rows (a replica applying its master's new values; a restore)."""
         r = self.rows(keys)
         self.vals[r] = vals
         if state is not None:
             self.state[r] = state
+
+    def init(self, keys: np.ndarray, vals: np.ndarray) -> int:
+        """Set the rows that are not stored yet (an init push); returns how many.
+
+        Every worker pushes the same seeded initial values, so the first push to arrive
+        wins and the rest change nothing: a job whose first worker died before its push
+        still starts from them, and a push that arrives late (its worker was frozen)
+        cannot reset weights that training has already moved."""
+        idx = np.searchsorted(self.keys, keys)
+        stored = idx < self.keys.size
+        stored[stored] = self.keys[idx[stored]] == keys[stored]
+        if not stored.all():
+            self.assign(keys[~stored], vals[~stored])
+        return int((~stored).sum())
 
     def range(self, begin: int, end: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Copies of the keys, values and state stored in ``[begin, end)``."""

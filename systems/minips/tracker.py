@@ -42,6 +42,7 @@ class Request:
     done: threading.Event = field(default_factory=threading.Event)
     error: M.PSError | None = None
     t0: float = field(default_factory=now_us)
+    lane: int | None = None  # its row in the trace (NodeMetrics.open_lane)
     held_s: float = 0.0
     resends: int = 0
     first_failure: float | None = None

@@ -125,7 +125,10 @@ class Worker:
         # same clock), and a cluster restored without it goes on after this worker's own
         # clocks in the checkpoint (its pushes at those would be dropped as resends)
         start = max(int(config.get("start_clock", 0)), kv.auto_clock + 1)
-        if self.rank == 0 and app.init_values() is not None and start == 0:
+        if app.init_values() is not None and start == 0:
+            # every worker, not only the first: the servers keep the first values to
+            # arrive (KVStore.init), so the job starts from them even if a worker died
+            # before its push, and a late one (a frozen worker) changes nothing
             k, v = app.init_values()
             kv.wait(kv.push(k, v, cmd="init"))
         kv.barrier("init")

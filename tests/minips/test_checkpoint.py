@@ -287,3 +287,16 @@ def test_a_server_that_cannot_write_says_why_at_once(make_cluster, tmp_path):
     assert time.monotonic() - t0 < 10
     assert blocker.read_text() == "not a directory"
     assert checkpoint.checkpoint(cl.status(), tmp_path / "ok").exists()  # still serving
+
+
+def test_a_checkpoint_whose_workers_stopped_at_different_clocks_says_which(monkeypatch):
+    """The end-of-job checkpoint of a job that lost a worker holds the dead worker's
+    clock and its heir's; the refusal names both and says why, instead of asking for
+    the end-of-job checkpoint it was given."""
+    from systems.minips import checkpoint
+
+    parts = [{"meta": {"clocks": {"w0": [[0, 50, 70]], "w1": [[0, 50, 9]]}}},
+             {"meta": {"clocks": {"w0": [[50, 99, 70]], "w1": [[50, 99, 9]]}}}]
+    monkeypatch.setattr(checkpoint, "load", lambda d: parts)
+    with pytest.raises(ValueError, match=r"\(w0 at 70, w1 at 9\).*no worker died"):
+        checkpoint.resume_clock("ck", 100)

@@ -14,6 +14,7 @@ from systems.minips.filters import (
     compress_values,
     decode_request,
     decompress_values,
+    encode_values,
 )
 from systems.minips.message import PSError
 from systems.minips.updaters import L1Proximal
@@ -225,19 +226,50 @@ def test_kkt_after_a_filter_that_drops_entries_reads_each_keys_own_weight():
     assert k.tolist() == [2] and v.tolist() == [[0.5]]  # key 1 is inactive: dropped
 
 
-def test_fp16_is_never_asked_to_carry_what_it_cannot():
-    """fp16 turns numbers above 65504 into inf, which the server would add to the model;
-    such a message goes as exact float32, and so does an init push (the model itself)."""
+def test_fp16_carries_large_and_tiny_values_to_3_digits():
+    """float16 alone makes 7e4 inf and 2e-8 zero; scaled per message by a power of two,
+    every value within 2**29 of the largest keeps a relative error under 2**-11."""
     chain = FilterChain([Compress(push_codec="fp16+zlib")])
-    big = np.array([[1.0], [7e4], [-1e5]], np.float32)
+    keys = np.arange(6, dtype=np.uint64)
+    for vals in (np.array([[1.0], [7e4], [-1e5], [3.0], [0.0], [1e-3]], np.float32),
+                 np.array([[2e-8], [-1e-7], [1e-6], [3e-9], [0.0], [1e-5]], np.float32)):
+        meta, _, packed = chain.encode("s0", {"op": "push"}, keys, vals)
+        assert meta["codec"] == "fp16+zlib"
+        _, out = decode_request(meta, keys, packed, KeyCache())
+        np.testing.assert_allclose(out, vals.ravel(), rtol=2.0 ** -11, atol=0)
+
+
+def test_fp16_is_never_asked_to_carry_what_it_cannot():
+    """A message with inf or nan has no finite scale, and an init push is the model
+    itself: both go as exact float32."""
+    chain = FilterChain([Compress(push_codec="fp16+zlib")])
+    bad = np.array([[1.0], [np.inf], [-1e5]], np.float32)
     keys = np.arange(3, dtype=np.uint64)
-    meta, _, vals = chain.encode("s0", {"op": "push"}, keys, big)
+    meta, _, vals = chain.encode("s0", {"op": "push"}, keys, bad)
     assert meta["codec"] == "zlib"
-    np.testing.assert_array_equal(decompress_values(vals, meta["codec"], 3), big.ravel())
-    meta, _, _ = chain.encode("s0", {"op": "push", "cmd": "init"}, keys, big / 1e5)
+    np.testing.assert_array_equal(decompress_values(vals, meta["codec"], 3), bad.ravel())
+    big = np.array([[1.0], [7e4], [-1e5]], np.float32)
+    meta, _, _ = chain.encode("s0", {"op": "push", "cmd": "init"}, keys, big)
     assert meta["codec"] == "zlib"  # exact, though fp16 could have carried these
-    meta, _, _ = chain.encode("s0", {"op": "push"}, keys, big / 1e5)
-    assert meta["codec"] == "fp16+zlib"  # a gradient that fits stays compressed
+    meta, _, _ = chain.encode("s0", {"op": "push"}, keys, big)
+    assert meta["codec"] == "fp16+zlib"  # a gradient stays compressed
+
+
+def test_fp16_pulls_carry_tiny_weights_too():
+    """The server's side of a pull (``encode_values``) and the worker's (``decode_pull``)."""
+    w = np.array([3e-9, -2e-8, 0.0, 1e-6, 4e-5], np.float32)
+    meta: dict = {}
+    packed = encode_values(w, "fp16", meta)
+    out = FilterChain([Compress(pull_codec="fp16")]).decode_pull(meta, packed, w.size)
+    np.testing.assert_allclose(out, w, rtol=2.0 ** -11, atol=0)
+
+
+@pytest.mark.parametrize("exp", [1.5, "3", 10_000, True])
+def test_a_malformed_codec_exponent_is_a_clear_error(exp):
+    vals = compress_values(np.ones(4, np.float32), "fp16")
+    meta = {"codec": "fp16", "codec_exp": exp, "val_len": 1}
+    with pytest.raises(PSError, match="codec_exp must be an integer"):
+        decode_request(meta, np.arange(4, dtype=np.uint64), vals, KeyCache())
 
 
 def test_significantly_modified_sends_exactly_the_entries_past_the_threshold():

@@ -59,6 +59,7 @@ class KeyCachingMachine(RuleBasedStateMachine):
         self.caches = {s: KeyCache(CACHE_BYTES) for s in SERVERS}
         self.models = {s: ModelLRU(CACHE_BYTES) for s in SERVERS}
         self.told = {w: {s: set() for s in SERVERS} for w in WORKERS}  # sender's belief
+        self.hit_keys = dict.fromkeys(WORKERS, 0)  # keys a server really took from cache
 
     def deliver(self, w, s, keys, vals, no_cache=False):
         meta, k, v = self.chains[w].encode(s, {"op": "push", "sender": w, "val_len": 1,
@@ -80,6 +81,7 @@ class KeyCachingMachine(RuleBasedStateMachine):
         if cached:
             if k is None:
                 assert self.models[s].get((w, sig)), "a hit on a list the server lost"
+                self.hit_keys[w] += keys.size
             else:
                 self.models[s].put((w, sig), keys.nbytes)
         assert got_k.dtype == np.uint64 and got_k.tolist() == keys.tolist()
@@ -92,9 +94,13 @@ class KeyCachingMachine(RuleBasedStateMachine):
         keys = POOL[i]
         vals = (keys.astype(np.float32) / 3).reshape(-1, 1)
         if not self.deliver(w, s, keys, vals):  # what kv/recovery do on CACHE_MISS
-            self.chains[w].forget(s)
+            self.chains[w].cache_missed(s, keys.size)
             self.told[w][s].clear()
             assert self.deliver(w, s, keys, vals, no_cache=True)
+        # the keys the filter says it saved are the keys servers took from their caches
+        st = self.chains[w].caching.stats
+        assert st.entries_in - st.entries_out == self.hit_keys[w]
+        assert st.saved_bytes <= self.hit_keys[w] * 8
         assert set(self.caches[s].lists) == set(self.models[s].d)
         assert list(self.caches[s].lists) == list(self.models[s].d)  # LRU order
         assert self.caches[s].bytes == sum(self.models[s].d.values()) <= CACHE_BYTES

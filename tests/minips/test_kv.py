@@ -148,6 +148,18 @@ ALL = {"ranges": [[0, KEY_MAX]]}
     ("Pull", bad(ALL, None, None), "a pull needs keys"),
     ("Push", M.encode({"ranges": [[0, 8]]}, np.array([1], np.uint64), ONE),
      "malformed request meta: KeyError 'epoch'"),
+    ("Push", bad({**ALL, "clock": float("nan")}, np.array([1], np.uint64), ONE),
+     "clock must be an integer clock or null, got nan"),
+    ("Pull", bad({**ALL, "wait": 1.5}, np.array([1], np.uint64), None),
+     "wait must be an integer clock or null, got 1.5"),
+    ("Push", bad({**ALL, "codec": "bogus"}, np.array([1], np.uint64),
+                 np.array([200, 7], np.uint8)), "codec must be one of"),
+    ("Push", bad({**ALL, "codec": "fp16"}, np.array([1], np.uint64),
+                 np.array([9, 9], np.int32)), "travel as float16, got int32"),
+    ("Pull", bad({**ALL, "pull_codec": "snappy"}, np.array([1], np.uint64), None),
+     "pull_codec must be one of"),
+    ("Push", bad({"ranges": [[100, 200], [0, 100]]}, np.array([50, 130], np.uint64),
+                 np.ones((2, 2), np.float32)), "ranges must be sorted and disjoint"),
 ])
 def test_malformed_requests_get_a_clear_error_and_nothing_breaks(cluster, method, payload,
                                                                  needle):
@@ -226,6 +238,59 @@ def test_client_side_checks_name_the_problem(cluster):
     np.testing.assert_array_equal(kv.wait(kv.pull(both)), before + 1)
     kv.wait(kv.push(k, np.ones((1, 2), np.float32)))  # the queue was not left stuck
     np.testing.assert_array_equal(kv.wait(kv.pull(k)), before[:1] + 2)
+
+
+def test_numpy_clocks_work_and_clocks_that_are_no_integers_are_refused(cluster):
+    """A numpy integer clock used to fail inside the push queue (JSON cannot write it),
+    leaving every later push of the worker stuck behind it; a NaN clock was taken, and
+    every later push was acknowledged and applied nowhere."""
+    kv = cluster.client(f"np-clocks-{next(NAMES)}")
+    keys = np.array([KEY_MAX - 300, KEY_MAX - 299], np.uint64)
+    before = kv.wait(kv.pull(keys))
+    for c in np.arange(3):
+        kv.wait(kv.push(keys, np.ones((2, 2), np.float32), clock=c), timeout=30)
+    np.testing.assert_array_equal(kv.wait(kv.pull(keys, clock=np.int64(3)), timeout=30),
+                                  before + 3)
+    assert type(M.as_clock(np.int32(1), "wait", "pull")) is int
+    for bad in (float("nan"), 4.0, "5"):
+        with pytest.raises(M.PSError, match="clock must be an integer clock"):
+            kv.push(keys, np.ones((2, 2), np.float32), clock=bad)
+        with pytest.raises(M.PSError, match="wait must be an integer clock"):
+            kv.pull(keys, wait=bad)
+    kv.wait(kv.push(keys, np.ones((2, 2), np.float32)), timeout=30)
+    np.testing.assert_array_equal(kv.wait(kv.pull(keys)), before + 4)
+
+
+def test_keys_as_python_ints_past_2_63_are_taken_as_they_are():
+    """numpy infers float64 for [0, 2**64 - 1]; the keys are still valid uint64."""
+    np.testing.assert_array_equal(M.as_keys([0, 2**64 - 1], 1 << 64, "pull"),
+                                  np.array([0, 2**64 - 1], np.uint64))
+    with pytest.raises(M.PSError, match=r"integers in \[0, 2\*\*64\)"):
+        M.as_keys([-1, 2**63], 1 << 64, "pull")
+
+
+def test_a_request_that_cannot_be_encoded_fails_alone(cluster, monkeypatch):
+    """Whatever goes wrong while a queued push is written, it fails that push (raised by
+    wait) and the pushes queued behind it still leave."""
+    kv = cluster.client(f"bad-encode-{next(NAMES)}")
+    keys = np.array([KEY_MAX - 310], np.uint64)
+    before = kv.wait(kv.pull(keys))
+    real = kv.filters.encode
+    calls = iter([RuntimeError("boom")])
+
+    def encode(*a):
+        err = next(calls, None)
+        if err is not None:
+            raise err
+        return real(*a)
+
+    monkeypatch.setattr(kv.filters, "encode", encode)
+    bad = kv.push(keys, np.ones((1, 2), np.float32))
+    good = kv.push(keys, np.ones((1, 2), np.float32))
+    with pytest.raises(M.PSError, match="could not be encoded: RuntimeError: boom"):
+        kv.wait(bad, timeout=30)
+    kv.wait(good, timeout=30)
+    np.testing.assert_array_equal(kv.wait(kv.pull(keys)), before + 1)
 
 
 def test_a_request_routed_with_the_wrong_ring_is_told_to_refresh(cluster):

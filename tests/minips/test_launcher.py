@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from common.trace import row_problems
 from systems.minips import message as M
 from systems.minips.cluster import Cluster, ClusterSpec
 from systems.minips.launcher import failure_named, launch, summarize
@@ -34,7 +35,7 @@ def test_cli_launch_trains_the_mlp_and_reports_metrics_and_a_trace(tmp_path):
     nodes = res["per_node"]
     worker_pushes = nodes["w0"]["push_requests"] + nodes["w1"]["push_requests"]
     server_pushes = nodes["s0"]["push_requests"] + nodes["s1"]["push_requests"]
-    assert worker_pushes == 2 * 80 + 1  # plus worker 0's initialisation push
+    assert worker_pushes == 2 * 80 + 2  # plus each worker's initialisation push
     assert server_pushes == 2 * worker_pushes  # each push is one message per server
     assert res["worker_bytes"] > 0 and nodes["s0"]["bytes_received"] > 0
     # CPU is counted from the start of training: some, and no more than the cores could
@@ -45,6 +46,9 @@ def test_cli_launch_trains_the_mlp_and_reports_metrics_and_a_trace(tmp_path):
     assert len({e["pid"] for e in trace if e["ph"] == "X"}) >= 4  # servers and workers
     flows = {e["id"] for e in trace if e["ph"] == "s"} & {e["id"] for e in trace if e["ph"] == "f"}
     assert flows  # arrows from a worker's request to the server span that served it
+    # concurrent requests each on a row of their own: spans nest, every arrow end is in
+    # a span of its row (Perfetto drops it otherwise)
+    assert not row_problems(trace), row_problems(trace)[:5]
     assert (out_dir / "metrics-s0.prom").read_text().startswith("# HELP")
     assert "s0" in p.stdout and "MB on the wire" in p.stdout
 

@@ -63,3 +63,22 @@ def test_a_run_is_found_only_where_the_stored_keys_are_that_run():
     assert store._find(np.array([2, 3], np.uint64)) is None  # first key missing
     got = store.get(np.array([0, 1, 3], np.uint64))  # sparse: the general path
     np.testing.assert_array_equal(got.ravel(), [0, 1, 2])
+
+
+def test_keys_given_out_of_order_leave_the_store_sorted():
+    """The server gathers a push's keys range by range; were they ever out of order, the
+    store must still stay sorted, or every later lookup by binary search goes wrong."""
+    s = KVStore()
+    s.update(np.array([10, 160], np.uint64), np.ones((2, 1), np.float32), Sum())
+    s.update(np.array([130, 50], np.uint64), np.array([[1.0], [2.0]], np.float32), Sum())
+    assert s.keys.tolist() == [10, 50, 130, 160]
+    np.testing.assert_array_equal(s.get(np.array([10, 50, 130, 160], np.uint64)).ravel(),
+                                  [1, 2, 1, 1])
+
+
+def test_init_sets_only_rows_not_stored_yet():
+    s = KVStore()
+    assert s.init(np.array([1, 3], np.uint64), np.array([[5.0], [7.0]], np.float32)) == 2
+    s.update(np.array([3], np.uint64), np.ones((1, 1), np.float32), Sum())
+    assert s.init(np.array([1, 2, 3], np.uint64), np.full((3, 1), 9.0, np.float32)) == 1
+    np.testing.assert_array_equal(s.get(np.array([1, 2, 3], np.uint64)).ravel(), [5, 9, 8])

@@ -75,3 +75,42 @@ def test_idle_fraction_counts_only_consistency_holds(tmp_path):
         blocked = json.loads((tmp_path / f"report-{n}.json").read_text())["blocked_fraction"]
         assert blocked > 0.05  # the pulls' round trips: most of a count app's step
         assert out["idle_fraction"][n] < 0.01 * blocked, (out["idle_fraction"], blocked)
+
+
+def test_a_worker_killed_before_its_init_push_leaves_a_model_that_trains(tmp_path):
+    """Only worker 0 used to push the MLP's initial values: killed as it started, the
+    job ran on from an all-zero MLP (symmetric units; it stayed at chance). Now every
+    worker pushes them and the servers keep the first to arrive."""
+    from systems.minips.apps import make_app
+
+    spec = ClusterSpec(servers=2, workers=2, steps=60, hb_interval=0.1, hb_timeout=3.0,
+                       app={"name": "mlp", "seed": 0, "hidden": 32, "batch": 32, "lr": 0.25,
+                            "device": "cpu"})
+    with Cluster(spec, tmp_path) as cl:
+        cl.start(workers=False)
+        kids = cl.start_workers(wait=False)
+        cl.group.wait_ready(kids[0], 120)
+        cl.signal("w0", signal.SIGKILL)  # as it starts: before its init push is out
+        cl.wait_workers(150)
+        kv = cl.client("probe")
+        keys, vals = kv.wait(kv.pull_range(0, cl.config["app_key_max"]), timeout=60)
+        assert cl.status()["progress"] == {"0": 60, "1": 60}  # w1 finished both shards
+        assert make_app(cl.config["app"], 2, monitor=True).evaluate(keys, vals)["accuracy"] > 0.6
+
+
+def test_an_init_push_sets_only_what_is_not_stored_yet(tmp_path):
+    """A late init push (its worker was frozen) must not reset trained weights; the first
+    one to arrive wins, over real processes and on the replica too."""
+    spec = ClusterSpec(servers=2, workers=0, replication=2, app={"name": "count"},
+                       key_max=64, hb_timeout=30.0)
+    keys = np.arange(8, dtype=np.uint64)
+    with Cluster(spec, tmp_path) as cl:
+        cl.start(workers=False)
+        a, b = cl.client("a"), cl.client("b")
+        a.wait(a.push(keys[:4], np.full((4, 1), 5.0, np.float32), cmd="init"))
+        a.wait(a.push(keys, np.ones((8, 1), np.float32)))  # training moves them
+        b.wait(b.push(keys, np.full((8, 1), 9.0, np.float32), cmd="init"))  # late
+        got = a.wait(a.pull(keys)).ravel()
+        np.testing.assert_array_equal(got, [6, 6, 6, 6, 1, 1, 1, 1])
+        from .conftest import assert_replicas_consistent
+        assert_replicas_consistent(cl)

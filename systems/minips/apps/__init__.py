@@ -1,11 +1,11 @@
 """The applications a worker can run: each is a data-parallel step on one data shard.
 
-An app exposes ``key_max`` (its key space), ``init_values()`` (what worker 0 pushes
-before training, or None), ``keys(shard, step)`` (the sorted keys a step reads and
-writes), ``step(shard, step, keys, w)`` (gradients and loss from the pulled values
-``w``), ``filters()`` (worker-side filters) and ``evaluate(keys, vals)`` (objective or
-accuracy of a full model, for the monitor). :func:`describe` gives an app's key space
-and server-side updater without building its data.
+An app exposes ``key_max`` (its key space), ``init_values()`` (what every worker pushes
+before training, the first to arrive kept; or None), ``keys(shard, step)`` (the sorted
+keys a step reads and writes), ``step(shard, step, keys, w)`` (gradients and loss from
+the pulled values ``w``), ``filters()`` (worker-side filters) and ``evaluate(keys,
+vals)`` (objective or accuracy of a full model, for the monitor). :func:`describe`
+gives an app's key space and server-side updater without building its data.
 """
 
 from __future__ import annotations

@@ -4,11 +4,12 @@ The dense counterpart of sparse logistic regression: every step reads and writes
 parameters, so a parameter server moves the whole model twice per step, exactly what an
 all-reduce moves once (the comparison in docs/minips/vs-allreduce.md). The parameters
 of ``Linear(64, hidden) -> ReLU -> Linear(hidden, 10)`` are flattened, in
-``model.parameters()`` order, onto keys ``0 .. P-1``. Worker 0 pushes torch's seeded
-initialisation (``cmd="init"``); then each step pulls the flat vector, copies it into
-the module, runs forward and backward on a minibatch of the worker's shard and pushes
-the gradient divided by the number of workers, so that a BSP clock with SGD on the
-server equals one single-process step on the union of the workers' minibatches.
+``model.parameters()`` order, onto keys ``0 .. P-1``. Every worker pushes torch's
+seeded initialisation (``cmd="init"``; the servers keep the first to arrive); then each
+step pulls the flat vector, copies it into the module, runs forward and backward on a
+minibatch of the worker's shard and pushes the gradient divided by the number of
+workers, so that a BSP clock with SGD on the server equals one single-process step on
+the union of the workers' minibatches.
 With ``"device": "cuda"`` the forward and backward run on the GPU (the values still travel
 as numpy arrays: a parameter server moves host memory).
 """
