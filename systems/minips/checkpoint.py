@@ -99,7 +99,8 @@ def checkpoint(ring_info: dict, ckpt_dir: str | os.PathLike, timeout: float = 30
     t_end, asked = time.monotonic() + timeout, set()
     while True:
         asked |= set(ring_info["servers"])
-        files, why = _save_round(ring_info, d, generation, max(1.0, t_end - time.monotonic()))
+        files, why = _save_round(ring_info, d, generation, max(1.0, t_end - time.monotonic()),
+                                 status)
         if why is None:
             break
         if status is None or time.monotonic() > t_end:
@@ -108,6 +109,7 @@ def checkpoint(ring_info: dict, ckpt_dir: str | os.PathLike, timeout: float = 30
         ring_info = status()
     path = write_json_atomic(d / MANIFEST, {"epoch": ring_info["epoch"], "files": files,
                                             "servers": ring_info["servers"],
+                                            "key_max": ring_info["ring"]["key_max"],
                                             "generation": generation}, durable=True)
     # only our own older files: the previous manifest's, and generations of ring
     # servers' files that a torn checkpoint (or a round asked again) left (the directory
@@ -120,30 +122,44 @@ def checkpoint(ring_info: dict, ckpt_dir: str | os.PathLike, timeout: float = 30
     return path
 
 
-def _save_round(ring_info: dict, d: Path, generation: int,
-                timeout: float) -> tuple[list[str], str | None]:
-    """One request to every server of the ring: (the files, why the round failed or None)."""
-    files, saved = [], []
+def _save_round(ring_info: dict, d: Path, generation: int, timeout: float,
+                status: Callable[[], dict] | None = None) -> tuple[list[str], str | None]:
+    """One request to every server of the ring, all at once: (the files, why the round
+    failed or None). While they save, the ring is watched: a hung server is dropped from
+    it after a heartbeat timeout, and waiting out the whole budget for its answer would
+    leave no time to save the ring that replaced it."""
+    calls = {}
     for name in ring_info["servers"]:
         ch = rpc.channel(ring_info["addrs"][name])
-        try:
-            out = rpc.method(ch, M.SERVICE, "Control")(
-                M.encode({"checkpoint": str(d), "generation": generation,
-                          "epoch": ring_info["epoch"]}), timeout=timeout)
-        except grpc.RpcError as e:
-            if M.server_bug(e):  # an exception in the server: asking again will not help
-                raise RuntimeError(f"server {name} did not checkpoint: {e.details()}") from None
-            return files, f"server {name}: {e.code().name}"  # died: the ring will change
-        finally:
+        calls[name] = (ch, rpc.method(ch, M.SERVICE, "Control").future(
+            M.encode({"checkpoint": str(d), "generation": generation,
+                      "epoch": ring_info["epoch"]}), timeout=timeout))
+    try:
+        while status is not None and not all(f.done() for _, f in calls.values()):
+            time.sleep(0.1)
+            if status()["epoch"] != ring_info["epoch"]:
+                return [], f"the ring changed from epoch {ring_info['epoch']} meanwhile"
+        files, saved = [], []
+        for name, (_, fut) in calls.items():
+            try:
+                out = fut.result()
+            except grpc.RpcError as e:
+                if M.server_bug(e):  # an exception in the server: asking again will not help
+                    raise RuntimeError(f"server {name} did not checkpoint: "
+                                       f"{e.details()}") from None
+                return files, f"server {name}: {e.code().name}"  # died: the ring will change
+            reply = M.decode(out)[0]
+            if reply.get("code") == M.RETRY:
+                return files, f"server {name}: {reply.get('message')}"
+            if reply.get("code") != M.OK or "file" not in reply:
+                raise RuntimeError(f"server {name} did not checkpoint: {reply.get('code')} "
+                                   f"{reply.get('message', reply)}")
+            files.append(Path(reply["file"]).name)
+            saved += [(int(b), int(e)) for b, e in reply["ranges"]]
+    finally:
+        for ch, fut in calls.values():
+            fut.cancel()
             ch.close()
-        reply = M.decode(out)[0]
-        if reply.get("code") == M.RETRY:
-            return files, f"server {name}: {reply.get('message')}"
-        if reply.get("code") != M.OK or "file" not in reply:
-            raise RuntimeError(f"server {name} did not checkpoint: {reply.get('code')} "
-                               f"{reply.get('message', reply)}")
-        files.append(Path(reply["file"]).name)
-        saved += [(int(b), int(e)) for b, e in reply["ranges"]]
     gap = subtract([(0, ring_info["ring"]["key_max"])], merge_ranges(saved))
     return files, (f"the saved ranges miss {gap[:3]}" if gap else None)
 
@@ -155,16 +171,42 @@ def load(ckpt_dir: str | os.PathLike) -> list[dict]:
         raise FileNotFoundError(f"{d} has no {MANIFEST}: not a finished checkpoint")
     out = []
     try:
-        for name in json.loads((d / MANIFEST).read_text())["files"]:
+        manifest = json.loads((d / MANIFEST).read_text())
+        for name in manifest["files"]:
             with np.load(d / name) as z:
-                meta = json.loads(bytes(z["meta"]).decode())
+                meta = _checked_meta(json.loads(bytes(z["meta"]).decode()), name)
                 out.append({"keys": z["keys"], "vals": z["vals"], "state": z["state"],
                             "meta": meta})
+        _check_coverage(out, manifest)
     except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as e:
         # a part cut short by a copy, a manifest edited by hand: one line, not numpy's
         raise ValueError(f"{d} is not a readable checkpoint: {type(e).__name__}: "
                          f"{e}") from None
     return out
+
+
+def _checked_meta(meta: dict, name: str) -> dict:
+    """A part's meta with the fields restoring reads, each of the right shape."""
+    ranges = [(int(b), int(e)) for b, e in meta["ranges"]]
+    for node, segs in meta["clocks"].items():
+        for seg in segs:
+            if len(seg) != 3 or type(seg[2]) is not int:
+                raise ValueError(f"{name}: clock segment {seg!r} of {node} is not "
+                                 f"[begin, end, clock]")
+            int(seg[0]), int(seg[1])
+    return {**meta, "ranges": ranges}
+
+
+def _check_coverage(parts: list[dict], manifest: dict) -> None:
+    """The files must hold one contiguous key space from 0 (to ``key_max``, where the
+    manifest names it): a file the manifest lost would leave ranges with no values and
+    no clocks, and a job restored from the rest would wait for ever on them."""
+    have = merge_ranges([r for p in parts for r in p["meta"]["ranges"]])
+    end = manifest.get("key_max", have[-1][1] if have else 0)
+    gap = subtract([(0, end)], have)
+    if not have or gap:
+        raise ValueError(f"its files do not cover the key space: missing {gap[:3] or 'all'} "
+                         f"(the manifest names {len(manifest['files'])} file(s))")
 
 
 def check_fits(parts: list[dict], ckpt_dir: str | os.PathLike, key_max: int,

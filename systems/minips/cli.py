@@ -49,6 +49,12 @@ def _app_spec(a: argparse.Namespace) -> dict[str, Any]:
                          f"({', '.join(f'{f} is for {app}' for f, app in given.items())})")
     spec: dict[str, Any] = {"name": a.app, "seed": a.seed}
     if a.app == "sparse_lr":
+        from .data import BLOCK
+
+        if -(-a.examples // BLOCK) < a.workers:  # each shard is a whole block or more
+            raise ValueError(f"--examples {a.examples} makes {-(-a.examples // BLOCK)} "
+                             f"block(s) of {BLOCK} examples, one shard per worker: --workers "
+                             f"{a.workers} needs --examples > {BLOCK * (a.workers - 1)}")
         spec.update(features=a.features, examples=a.examples, nnz=a.nnz, batch=a.batch or 256,
                     lam=SPARSE_LR_LAM if a.lam is None else a.lam, lr=a.lr or 0.1,
                     filters=a.filters)
@@ -88,8 +94,8 @@ def _faults(a: argparse.Namespace) -> list[dict]:
         role = m["name"][0] if m and m["name"][0] in roles else roles[0]
         count = counts[role]
         want = "NAME@SECONDS:FOR" if kind == "freeze" else "NAME@SECONDS"
-        try:
-            f = {"at": float(m["at"]), kind: m["name"]}
+        try:  # s01 is node s1: the name as the cluster spells it
+            f = {"at": float(m["at"]), kind: f"{m['name'][0]}{int(m['name'][1:])}"}
             if m["dur"]:
                 f["for"] = float(m["dur"])
         except (TypeError, ValueError):
@@ -238,10 +244,14 @@ def _launch(a: argparse.Namespace) -> dict[str, Any]:
              for n, m in sorted(out["per_node"].items()) if n != "scheduler"]
     print(format_table(nodes, ("node", "pushes", "pulls", "MB on the wire",
                                 "consistency wait (s)")))
-    ring = [e for e in out["events"] if e["kind"] in ("ring", "worker_dead", "reassign")]
-    for e in ring[1:]:
-        print(f"  membership: {e['kind']} {e.get('why', e.get('worker', ''))} "
-              f"-> epoch {e['epoch']}")
+    for e in out["events"][1:]:  # the first is the initial ring
+        if e["kind"] == "ring":
+            print(f"  membership: ring {e.get('why', '')} -> epoch {e['epoch']}")
+        elif e["kind"] == "worker_dead":
+            print(f"  membership: worker {e['worker']} dead ({e.get('why', '')})")
+        elif e["kind"] == "reassign":
+            print(f"  membership: shard {e['shard']} (at step {e['progress']}) -> "
+                  f"{e['worker']}")
     if out["audit"]:
         print(f"  audit: {out['audit']}")
     for f in out["faults_not_fired"]:
@@ -384,9 +394,10 @@ def tour_step(quick: bool = True) -> dict[str, Any]:
     from .launcher import launch
 
     app = {"name": "sparse_lr", "features": 1 << 16, "examples": 4096, "batch": 256}
-    out = launch(ClusterSpec(servers=2, workers=2, replication=2, consistency="ssp:2",
-                             steps=32 if quick else 96, app=app),
-                 eval_every_s=0.25, progress=False)
+    with tempfile.TemporaryDirectory(prefix="minips-tour-") as run_dir:  # logs, traces
+        out = launch(ClusterSpec(servers=2, workers=2, replication=2, consistency="ssp:2",
+                                 steps=32 if quick else 96, app=app),
+                     run_dir=run_dir, eval_every_s=0.25, progress=False)
     curve = out["curve"]
     for c in curve[1:: max(len(curve) // 6, 1)]:
         print(f"  t={c['t']:4.1f}s  objective {c['objective']:.4f}  ({c['nnz']} non-zero weights)")

@@ -134,6 +134,12 @@ def launch(spec: ClusterSpec, run_dir: str | Path | None = None,
             raise RuntimeError(f"worker(s) {crashed} crashed (every node's log is in "
                                f"{cl.run_dir}/logs); the end of {crashed[0]}'s log:\n"
                                f"{cl.group.children[crashed[0]].log_tail()}")
+        left = {int(s): p for s, p in cl.status()["progress"].items() if p < spec.steps}
+        if left:  # every worker that could have finished them was killed
+            raise RuntimeError(f"the job did not finish: shard(s) {sorted(left)} stopped at "
+                               f"step(s) {[left[s] for s in sorted(left)]} of {spec.steps}, "
+                               f"and no worker is left to run them (killed: "
+                               f"{sorted(killed)})")
         with failure_named(cl):  # reads after the end; the job may fail meanwhile
             if mon:
                 mon.close()

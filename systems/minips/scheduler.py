@@ -63,7 +63,10 @@ class Scheduler:
         self.workers = {f"w{i}": {"alive": True, "retired": False, "last_hb": now + grace,
                                   "shards": [i], "addr": None}
                         for i in range(config["num_workers"])}
-        self.progress = {i: 0 for i in range(config["num_workers"])}
+        # a resumed job's checkpoint holds every shard's first start_clock steps: an heir
+        # of a worker that dies before its first report must not redo them
+        start = int(config.get("start_clock", 0))
+        self.progress = {i: start for i in range(config["num_workers"])}
         self.members_version = 0
         self.barriers: dict[str, set] = {}
         self.barrier_event = asyncio.Event()

@@ -1,5 +1,7 @@
 """Checkpoints: atomic files, restored into a ring of a different size."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -300,3 +302,82 @@ def test_a_checkpoint_whose_workers_stopped_at_different_clocks_says_which(monke
     monkeypatch.setattr(checkpoint, "load", lambda d: parts)
     with pytest.raises(ValueError, match=r"\(w0 at 70, w1 at 9\).*no worker died"):
         checkpoint.resume_clock("ck", 100)
+
+
+def test_a_resumed_job_whose_worker_dies_at_once_does_not_redo_the_checkpointed_steps(
+        tmp_path):
+    """The scheduler counted every shard's progress from 0, so the heir of a worker that
+    died before its first report re-ran the steps the checkpoint already held."""
+    from dataclasses import replace
+
+    from systems.minips.launcher import launch
+
+    spec = ClusterSpec(servers=2, replication=2, workers=2, steps=10, step_sleep_s=0.05,
+                       hb_timeout=3.0, app={"name": "count", "tally": {"shards": 2, "steps": 20}})
+    ck = tmp_path / "ck"
+    launch(spec, eval_every_s=None, progress=False, ckpt_dir=ck)
+    out = launch(replace(spec, steps=20), eval_every_s=None, progress=False, restore=ck,
+                 faults=[{"at": 0.0, "kill": "w1"}])
+    assert out["tally"] == [[1] * 20, [1] * 20]  # every minibatch exactly once
+
+
+def test_a_checkpoint_asked_while_a_server_hangs_saves_the_ring_that_replaces_it(
+        make_cluster, tmp_path):
+    """The hung server's answer was awaited for the whole budget (30 s), which left no
+    time to save the ring the scheduler formed without it after a heartbeat timeout."""
+    import signal
+    import time
+
+    cl = make_cluster(ClusterSpec(servers=3, replication=2, key_max=1 << 12,
+                                  app={"name": "count"}, updater={"name": "sum"},
+                                  hb_timeout=3.0))
+    kv = cl.client("w0")
+    keys = np.arange(1 << 12, dtype=np.uint64)
+    kv.wait(kv.push(keys, np.ones((keys.size, 1), np.float32), clock=0))
+    cl.signal("s1", signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        cl.checkpoint(tmp_path / "ck")
+        assert time.monotonic() - t0 < 20
+    finally:
+        cl.signal("s1", signal.SIGCONT)
+    manifest = json.loads((tmp_path / "ck" / "manifest.json").read_text())
+    assert "s1" not in manifest["servers"] and manifest["key_max"] == 1 << 12
+    vals = np.concatenate([p["vals"] for p in checkpoint.load(tmp_path / "ck")])
+    assert vals.shape[0] == keys.size and (vals == 1).all()
+
+
+@pytest.mark.parametrize("damage,needle", [
+    ("no_clocks", "KeyError: 'clocks'"),
+    ("short_segment", "is not [begin, end, clock]"),
+    ("lost_file", "do not cover the key space"),
+])
+def test_a_damaged_checkpoint_is_one_clear_refusal(make_cluster, tmp_path, damage, needle):
+    import zipfile
+
+    cl = make_cluster(ClusterSpec(servers=2, key_max=1 << 12, app={"name": "count"},
+                                  updater={"name": "sum"}))
+    kv = cl.client("w0")
+    keys = np.arange(1 << 12, dtype=np.uint64)
+    kv.wait(kv.push(keys, np.ones((keys.size, 1), np.float32), clock=0))
+    ck = tmp_path / "ck"
+    cl.checkpoint(ck)
+    manifest = json.loads((ck / "manifest.json").read_text())
+    first = ck / manifest["files"][0]
+    if damage == "lost_file":
+        (ck / "manifest.json").write_text(json.dumps({**manifest, "files": manifest["files"][1:]}))
+    else:
+        with np.load(first) as z:
+            arrays = {k: z[k] for k in z.files}
+        meta = json.loads(bytes(arrays["meta"]).decode())
+        if damage == "no_clocks":
+            del meta["clocks"]
+        else:
+            meta["clocks"] = {n: [s[:2] for s in segs] for n, segs in meta["clocks"].items()}
+        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+        with open(first, "wb") as f:
+            np.savez(f, **arrays)
+        assert zipfile.is_zipfile(first)
+    with pytest.raises(ValueError, match="is not a readable checkpoint") as e:
+        checkpoint.load(ck)
+    assert needle in str(e.value)

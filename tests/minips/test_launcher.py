@@ -325,12 +325,16 @@ def test_launch_flags_are_checked_before_anything_starts(tmp_path, capsys):
              (["--restore", str(tmp_path / "nockpt"), "--checkpoint",
                str(tmp_path / "new" / "ck")], "has no manifest.json"),
              (["--role", "worker"], "needs --scheduler HOST:PORT"),
-             (["--app", "mlp", "--device", "tpu"], "use cpu, cuda or cuda:N")]
+             (["--app", "mlp", "--device", "tpu"], "use cpu, cuda or cuda:N"),
+             (["--app", "sparse_lr", "--examples", "512", "--workers", "3"],
+              "--workers 3 needs --examples > 512")]
     from common.cli import build_parser
     from systems.minips.cli import _faults
 
     a = build_parser().parse_args(["ps", "launch", "--freeze", "w1@1:2"])  # a worker too
     assert _faults(a) == [{"at": 1.0, "freeze": "w1", "for": 2.0}]
+    a = build_parser().parse_args(["ps", "launch", "--kill-server", "s01@0.5"])
+    assert _faults(a) == [{"at": 0.5, "kill": "s1"}]  # the node's name, not the flag's
     for extra, msg in cases:
         t0 = time.monotonic()
         assert main(["ps", "launch", "--app", "count", "--no-progress", *extra]) == 2
@@ -434,3 +438,36 @@ def test_launch_refuses_what_would_fail_later_in_one_line(argv, why, capsys):
     assert main(["ps", "launch", "--no-progress", "--steps", "2", *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("casebook ps: error:") and why in err[0], err
+
+
+def test_a_job_whose_every_worker_was_killed_is_not_reported_as_done(tmp_path):
+    """With no worker left to finish the shards, the launch used to print its usual
+    summary (and write its checkpoint) as if the job had run."""
+    spec = ClusterSpec(servers=2, workers=2, steps=200, step_sleep_s=0.05, hb_timeout=3.0,
+                       app={"name": "count"})
+    with pytest.raises(RuntimeError, match=r"did not finish: shard\(s\) \[0, 1\] stopped"):
+        launch(spec, run_dir=tmp_path / "run", eval_every_s=None, progress=False,
+               faults=[{"at": 0.3, "kill": "w0"}, {"at": 0.3, "kill": "w1"}],
+               ckpt_dir=tmp_path / "ck")
+    assert not (tmp_path / "ck").exists()
+
+
+def test_cli_membership_lines_name_the_dead_worker_and_its_heir(tmp_path):
+    cmd = [sys.executable, "-m", "common.cli", "ps", "launch", "--app", "count", "--steps",
+           "60", "--step-sleep", "0.02", "--kill-worker", "w0@0.3", "--no-progress", "--out",
+           str(tmp_path / "run")]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
+                       cwd=Path(__file__).resolve().parents[2])
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "membership: worker w0 dead (no heartbeat)" in p.stdout, p.stdout
+    assert "membership: shard 0 (at step " in p.stdout and ") -> w1" in p.stdout
+
+
+def test_the_tour_leaves_no_run_directory_behind(monkeypatch, tmp_path):
+    import tempfile
+
+    from systems.minips.cli import tour_step
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    tour_step(quick=True)
+    assert list(tmp_path.iterdir()) == []
