@@ -39,6 +39,12 @@ if TYPE_CHECKING:
     from .server import KVServer
 
 FORWARD_TIMEOUT_S = 1.0
+# A whole-range copy is sent, decoded and installed in one go: its deadline grows with
+# its size, at a rate well under what loopback and numpy manage on a busy two-core VM
+# (80 MB in 0.3 s). With one second for any size, every copy of a range of tens of MB
+# timed out, marked the master broken, and each later push resent every range it
+# masters: copies without end, and no push acknowledged.
+COPY_BYTES_PER_S = 20e6
 
 
 class Replication(RingTransitions):
@@ -60,13 +66,15 @@ class Replication(RingTransitions):
         return rpc.method(self.channels[addr], M.SERVICE, method)
 
     async def send(self, server: str, method: str, msg: bytes,
-                   timeout: float = FORWARD_TIMEOUT_S, bugs: bool = False) -> dict | None:
+                   timeout: float | None = None, bugs: bool = False) -> dict | None:
         """One RPC to a peer; None if it failed or answered anything but OK. With
         ``bugs``, a peer's exception (``M.SERVER_BUG``) is raised as ``M.PeerBug``: the
         push that met it then fails with it, where "unreachable" would be resent for ever.
         (Not on a ring change's copies: those run in background tasks, where an exception
         would be lost. A failed copy marks the master broken, and the next push's
         resync then meets the bug again and reports it.)"""
+        if timeout is None:
+            timeout = FORWARD_TIMEOUT_S + len(msg) / COPY_BYTES_PER_S
         try:
             self.s.metrics.wire(sent=len(msg))
             out = await self.call(server, method)(msg, timeout=timeout)
