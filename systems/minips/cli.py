@@ -244,8 +244,9 @@ def _launch(a: argparse.Namespace) -> dict[str, Any]:
              for n, m in sorted(out["per_node"].items()) if n != "scheduler"]
     print(format_table(nodes, ("node", "pushes", "pulls", "MB on the wire",
                                 "consistency wait (s)")))
-    for e in out["events"][1:]:  # the first is the initial ring
-        if e["kind"] == "ring":
+    rings = [e for e in out["events"] if e["kind"] == "ring"]
+    for e in out["events"]:
+        if e["kind"] == "ring" and e is not rings[0]:  # not the initial ring
             print(f"  membership: ring {e.get('why', '')} -> epoch {e['epoch']}")
         elif e["kind"] == "worker_dead":
             print(f"  membership: worker {e['worker']} dead ({e.get('why', '')})")
