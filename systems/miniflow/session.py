@@ -193,6 +193,11 @@ class Session:
                                 f"{t.op.name}: feed the variable itself (that replaces its "
                                 f"value(), {t.op.name}/read:0, for one step) or set it for "
                                 f"good with {t.op.name}.load(value, session)")
+            if t.name in self.graph.folded_consts:  # TF would honour it; we cannot
+                raise ValueError(f"Cannot feed {t.name}: its value was read when "
+                                 f"{', '.join(self.graph.folded_consts[t.name])} was built "
+                                 f"(a reshape's constant shape becomes an attribute); give "
+                                 f"that reshape a placeholder as its shape, and feed that")
             if v is None or isinstance(v, (Tensor, Operation)) or hasattr(v, "_as_tensor"):
                 raise TypeError(f"The value fed to {t.name} cannot be {type(v).__name__}: "
                                 f"feed numbers, lists or numpy arrays (a graph's tensor is "

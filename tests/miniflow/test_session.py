@@ -99,6 +99,24 @@ def test_feeding_an_intermediate_tensor_cuts_the_graph(graph):
         assert s.run(z, {y: np.full((2, 2), 0.5, np.float32)}) == 2.0
 
 
+def test_a_constant_a_reshape_read_at_build_time_cannot_be_fed():
+    """TF would reshape to the fed shape; ours read the constant into an attribute, so
+    the feed was silently ignored. Now it is refused, and a placeholder shape works."""
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [2, 3])
+        c = mf.constant([3, 2], dtype=mf.int32, name="shape")
+        y = mf.reshape(x, c, name="r")
+        p = mf.placeholder(mf.int32, [2])
+        z = mf.reshape(x, p)
+        other = c + 1  # its other uses may still be computed from it
+    with mf.Session(graph=g) as s:
+        with pytest.raises(ValueError, match="Cannot feed shape:0: its value was read when r"):
+            s.run(y, {x: np.ones((2, 3)), c: [6, 1]})
+        assert s.run(z, {x: np.ones((2, 3)), p: [6, 1]}).shape == (6, 1)
+        assert s.run(other).tolist() == [4, 3]
+
+
 def test_uninitialised_variable_and_variable_state_across_runs():
     g = mf.Graph()
     with g.as_default():

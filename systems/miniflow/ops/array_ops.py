@@ -95,12 +95,16 @@ define(OpDef("Reshape", _reshape_shape, _reshape_kernel, expensive=False, host_i
 
 
 def reshape(x, shape, name=None) -> Tensor:
+    folded = None
     if isinstance(shape, Tensor):
         const = static_value(shape)
         if const is None:
             return make_op("Reshape", [x, shape], {}, name).outputs[0]
-        shape = const
-    return make_op("Reshape", [x], {"shape": tuple(int(d) for d in shape)}, name).outputs[0]
+        folded, shape = shape, const
+    out = make_op("Reshape", [x], {"shape": tuple(int(d) for d in shape)}, name).outputs[0]
+    if folded is not None:  # read now, as an attribute: a later feed of it cannot count
+        folded.graph.folded_consts.setdefault(folded.name, []).append(out.op.name)
+    return out
 
 
 def _transpose_shape(ins, attrs):
