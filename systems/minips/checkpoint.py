@@ -257,15 +257,19 @@ def restore_ranges(ckpt_dir: str | os.PathLike, server: KVServer) -> int:
     return n
 
 
-def resume_clock(ckpt_dir: str | os.PathLike, steps: int) -> int:
+def resume_clock(ckpt_dir: str | os.PathLike, steps: int, workers: int | None = None,
+                 key_max: int | None = None) -> int:
     """The clock a job restored from ``ckpt_dir`` goes on from (``casebook ps launch
     --restore``). Every worker must have finished the same clock on every range (a
     checkpoint at the end of a job, or between BSP clocks): the servers restore each
     worker's range clocks, so a worker going on from an earlier clock would have its
     pushes dropped as resends, and one from a later clock would leave the others' pulls
-    waiting for pushes that never come."""
+    waiting for pushes that never come. For the same reason the job must have the
+    checkpoint's workers (``workers``) and no key the checkpoint has no clock for
+    (``key_max``, the job's key space)."""
+    parts = load(ckpt_dir)
     per: dict[str, set[int]] = {}
-    for part in load(ckpt_dir):
+    for part in parts:
         for node, segs in part["meta"]["clocks"].items():
             if node.startswith("w"):
                 per.setdefault(node, set()).update(t for _, _, t in segs)
@@ -278,6 +282,15 @@ def resume_clock(ckpt_dir: str | os.PathLike, steps: int) -> int:
             f"(--checkpoint) or between BSP clocks, by a job in which no worker died (a dead "
             f"worker's shard is finished by another on that worker's own clocks, and "
             f"resuming would need each shard's progress, which is not kept)")
+    if workers is not None and set(per) != {f"w{i}" for i in range(workers)}:
+        raise ValueError(f"{ckpt_dir}: written by workers {sorted(per)}; this job has "
+                         f"{workers}: resume with --workers {len(per)} (a new worker would "
+                         f"have no clock, and the others would wait for it for ever)")
+    end = max((e for p in parts for _, e in p["meta"]["ranges"]), default=0)
+    if key_max is not None and key_max > end:
+        raise ValueError(f"{ckpt_dir}: holds the key space [0, {end}); this job's is "
+                         f"[0, {key_max}) (another app or model size?): the keys past it "
+                         f"would have no clocks, and pulls of them would wait for ever")
     start = clocks.pop() + 1
     if steps <= start:
         raise ValueError(f"the checkpoint already holds {start} steps; ask for more than "

@@ -129,7 +129,7 @@ def _straggler(text: str | None, workers: int, seed: int) -> dict[str, Any] | No
     return {"mode": "persistent", "rank": rank, "factor": f}
 
 
-def _check_paths(a: argparse.Namespace) -> None:
+def _check_paths(a: argparse.Namespace, spec: Any) -> None:
     """Paths that would fail only after training: refuse them first."""
     if a.checkpoint and Path(a.checkpoint).exists() and not Path(a.checkpoint).is_dir():
         raise ValueError(f"--checkpoint {a.checkpoint}: exists and is not a directory")
@@ -139,7 +139,7 @@ def _check_paths(a: argparse.Namespace) -> None:
     if a.restore:  # (launch() reads it again; here, before the directory below is made)
         from .checkpoint import resume_clock
 
-        resume_clock(a.restore, a.steps)
+        resume_clock(a.restore, a.steps, spec.workers, spec.config(None)["key_max"])
     if a.checkpoint:  # the servers write there at the end: a write probe now, the last
         try:          # check, since it makes the directory
             Path(a.checkpoint).mkdir(parents=True, exist_ok=True)
@@ -228,7 +228,7 @@ def _launch(a: argparse.Namespace) -> dict[str, Any]:
     from .launcher import launch
 
     spec, faults = spec_from_args(a), _faults(a)
-    _check_paths(a)  # last: it makes the --checkpoint directory, which a refusal must not
+    _check_paths(a, spec)  # last: it makes the --checkpoint directory, which a refusal must not
     out = launch(spec, run_dir=a.out, eval_every_s=a.eval_every, faults=faults,
                  progress=not a.no_progress, ckpt_dir=a.checkpoint, restore=a.restore)
     curve = out["curve"]

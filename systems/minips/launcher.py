@@ -86,7 +86,8 @@ def launch(spec: ClusterSpec, run_dir: str | Path | None = None,
 
     faults = sorted(faults or [], key=lambda f: f["at"])
     if restore:
-        spec = replace(spec, start_clock=resume_clock(restore, spec.steps))
+        spec = replace(spec, start_clock=resume_clock(restore, spec.steps, spec.workers,
+                                                      spec.config(None)["key_max"]))
     with Cluster(spec, run_dir) as cl, contextlib.ExitStack() as stack:
         cl.start(workers=False, restore=restore)
         kids = cl.start_workers(wait=False)  # they import torch meanwhile

@@ -381,3 +381,25 @@ def test_a_damaged_checkpoint_is_one_clear_refusal(make_cluster, tmp_path, damag
     with pytest.raises(ValueError, match="is not a readable checkpoint") as e:
         checkpoint.load(ck)
     assert needle in str(e.value)
+
+
+def test_a_restore_into_other_workers_or_a_larger_key_space_is_refused_up_front(tmp_path):
+    """Both used to start and hang for ever: a new worker has no clock in the checkpoint
+    (the others' pulls wait for it), and keys past the checkpoint's key space have none
+    either (pulls of them wait)."""
+    from systems.minips.launcher import launch
+
+    spec = ClusterSpec(servers=2, workers=2, steps=4, app={"name": "count"}, key_max=1 << 10)
+    ck = tmp_path / "ck"
+    launch(spec, eval_every_s=None, progress=False, ckpt_dir=ck)
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match=r"written by workers \['w0', 'w1'\]; this job has 3"):
+        launch(replace(spec, steps=8, workers=3), eval_every_s=None, progress=False,
+               restore=ck)
+    with pytest.raises(ValueError, match=r"holds the key space \[0, 1024\); this job's is "
+                                         r"\[0, 2048\)"):
+        launch(replace(spec, steps=8, key_max=1 << 11), eval_every_s=None, progress=False,
+               restore=ck)
+    out = launch(replace(spec, steps=8), eval_every_s=None, progress=False, restore=ck)
+    assert out["clocks"] == {"w0": 8, "w1": 8}
