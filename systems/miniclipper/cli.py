@@ -87,10 +87,10 @@ def _deploy(args: argparse.Namespace) -> dict[str, Any]:
     if args.builtin and args.input_type not in NUMERIC_TYPES:  # they all sum or predict
         raise ValueError(f"--builtin {args.builtin} takes numbers: --input-type one of "
                          f"{list(NUMERIC_TYPES)}, not {args.input_type!r}")
-    conn = _conn(args)
     batching = BatchingConfig(args.batching, size=args.batch_size,
                               max_size=max(args.batch_size, 512),
                               max_delay_s=args.max_delay_ms / 1e3)
+    conn = _conn(args)
     # The application first: a bad name, SLO or input type is refused before a model
     # is deployed (which would be left behind, and a retry told "already deployed").
     new_app = bool(args.app) and args.app not in conn.get_all_apps()
@@ -356,8 +356,9 @@ def add_parser(sub: Any, add: Any) -> None:
                    help="what the model takes: integers, floats, doubles, bytes or strings")
     d.add_argument("--replicas", type=non_negative_int, default=1,
                    help="model containers to run, 0 to 64")
-    d.add_argument("--batching", choices=["aimd", "quantile", "static"], default="aimd",
-                   help="how a replica sizes its batches; static keeps --batch-size")
+    d.add_argument("--batching", default="aimd",  # checked against batching.CONTROLLERS
+                   help="how a replica sizes its batches: aimd, quantile, static (keeps "
+                        "--batch-size), or any other name in batching.CONTROLLERS")
     d.add_argument("--batch-size", type=positive_int, default=1,
                    help="the static batch size; where aimd and quantile start")
     d.add_argument("--max-delay-ms", type=non_negative_float, default=0.0,
@@ -368,8 +369,9 @@ def add_parser(sub: Any, add: Any) -> None:
                    help="a new --app's latency SLO, us")
     d.add_argument("--default-output", default="None",
                    help="what a new --app answers when no model does within the SLO, a string")
-    d.add_argument("--policy", choices=["default", "exp3", "exp4"], default="exp3",
-                   help="a new --app's model selection policy")
+    d.add_argument("--policy", default="exp3",  # checked against selection.POLICIES
+                   help="a new --app's model selection policy: default, exp3, exp4, or any "
+                        "other name in selection.POLICIES")
     q = cmd("query", _query, "send one query (or a batch) to an application")
     q.add_argument("--app", required=True, help="the application to query")
     one = q.add_mutually_exclusive_group(required=True)  # no silent default input

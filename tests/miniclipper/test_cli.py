@@ -347,3 +347,20 @@ def test_one_port_given_for_two_endpoints_is_refused_before_anything_starts():
     assert out.returncode == 2
     assert "query_port and mgmt_port are both 21437: give three different ports" in out.stderr
     assert set(glob.glob("/tmp/casebook-procs-*")) <= before  # nothing was started
+
+
+def test_deploy_offers_every_controller_batching_py_lists(monkeypatch, capsys):
+    """The CLI had its own frozen list of batching policies (and selection policies), so
+    a controller added to CONTROLLERS, as exercise 1 says, could not be chosen there.
+    Names are now checked against the registries, before any Clipper is contacted."""
+    from common.cli import main
+    from systems.miniclipper import batching
+
+    argv = ["clipper", "deploy", "--name", "m", "--builtin", "sum", "--mgmt-port", "1"]
+    assert main([*argv, "--batching", "smooth"]) == 2
+    assert "batching policy must be one of ['aimd', 'quantile', 'static'], got 'smooth'" in \
+        capsys.readouterr().err
+    monkeypatch.setitem(batching.CONTROLLERS, "smooth", batching.AIMDBatcher)
+    assert main([*argv, "--batching", "smooth"]) == 2  # accepted: now it looks for Clipper
+    err = capsys.readouterr().err
+    assert "batching policy" not in err and "127.0.0.1:1" in err, err
