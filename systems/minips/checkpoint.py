@@ -274,6 +274,10 @@ def resume_clock(ckpt_dir: str | os.PathLike, steps: int, workers: int | None = 
             if node.startswith("w"):
                 per.setdefault(node, set()).update(t for _, _, t in segs)
     clocks = set().union(*per.values()) if per else set()
+    if not clocks:
+        raise ValueError(f"{ckpt_dir}: holds no worker's clock (its pushes had none, or it "
+                         f"has no worker's pushes): nothing says where the workers stopped, "
+                         f"so a job cannot go on from it")
     if len(clocks) != 1:
         at = ", ".join(f"{n} at {'/'.join(map(str, sorted(c)))}" for n, c in sorted(per.items()))
         raise ValueError(

@@ -96,9 +96,9 @@ def fp16_exponent(vals: np.ndarray) -> int:
     would lose most of its digits, one of 2e-8 would arrive as 0, and one over 65504 as
     inf. Scaled per message by a power of two (exact, and undone exactly by the
     receiver; the loss scaling of mixed-precision training, Micikevicius et al., ICLR
-    2018), every value within 2**29 of the largest keeps float16's 11 significant bits,
+    2018), every value within 2**28 of the largest keeps float16's 11 significant bits,
     a relative error of at most 2**-11; smaller ones are off by at most
-    2**-40 x the largest.
+    2**-39 x the largest.
     """
     m = float(np.abs(vals).max()) if vals.size else 0.0
     return FP16_TOP - math.frexp(m)[1] if m > 0 else 0
@@ -299,7 +299,7 @@ class KKT:
 class Compress:
     """Compress pushed values (``push_codec``) and ask servers to compress pulled ones
     (``pull_codec``); ``"fp16"`` is lossy: scaled per message by a power of two
-    (:func:`fp16_exponent`), each value within 2**29 of the message's largest arrives
+    (:func:`fp16_exponent`), each value within 2**28 of the message's largest arrives
     with a relative error of at most 2**-11 (about 3 significant digits)."""
 
     push_codec: str | None = "fp16"

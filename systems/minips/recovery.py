@@ -161,6 +161,7 @@ class Recovery:
                                       f"scheduler has not answered for {silent:.0f} s: no new "
                                       f"ring will replace the servers that do not answer")
                 req.done.set()
+                self.metrics.close_lane(req.lane)
                 if req.op == "push":
                     self._next_push()
 

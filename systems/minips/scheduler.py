@@ -63,10 +63,12 @@ class Scheduler:
         self.workers = {f"w{i}": {"alive": True, "retired": False, "last_hb": now + grace,
                                   "shards": [i], "addr": None}
                         for i in range(config["num_workers"])}
-        # a resumed job's checkpoint holds every shard's first start_clock steps: an heir
-        # of a worker that dies before its first report must not redo them
-        start = int(config.get("start_clock", 0))
-        self.progress = {i: start for i in range(config["num_workers"])}
+        # a resumed job's checkpoint holds each shard's first steps (up to start_clock, or
+        # the worker's own clocks in it, where it starts, KVWorker.auto_clock): an heir of a
+        # worker that dies before its first report must not redo them
+        start, restored = int(config.get("start_clock", 0)), config.get("restored_clocks", {})
+        self.progress = {i: max(start, int(restored.get(f"w{i}", -1)) + 1)
+                         for i in range(config["num_workers"])}
         self.members_version = 0
         self.barriers: dict[str, set] = {}
         self.barrier_event = asyncio.Event()

@@ -302,23 +302,36 @@ def test_a_checkpoint_whose_workers_stopped_at_different_clocks_says_which(monke
     monkeypatch.setattr(checkpoint, "load", lambda d: parts)
     with pytest.raises(ValueError, match=r"\(w0 at 70, w1 at 9\).*no worker died"):
         checkpoint.resume_clock("ck", 100)
+    for p in parts:  # no worker's clock at all: nothing to blame on a dead worker
+        p["meta"]["clocks"] = {"probe": [[0, 50, 3]]}
+    with pytest.raises(ValueError, match="holds no worker's clock"):
+        checkpoint.resume_clock("ck", 100)
 
 
 def test_a_resumed_job_whose_worker_dies_at_once_does_not_redo_the_checkpointed_steps(
         tmp_path):
     """The scheduler counted every shard's progress from 0, so the heir of a worker that
-    died before its first report re-ran the steps the checkpoint already held."""
-    from dataclasses import replace
+    died before its first report re-ran the steps the checkpoint already held. Restored
+    here without the launcher (``Cluster.start(restore=)``), whose workers go on after
+    their own clocks in the checkpoint; ``launch`` also sets ``start_clock``."""
+    import signal
 
-    from systems.minips.launcher import launch
+    from systems.minips.launcher import read_tally
 
-    spec = ClusterSpec(servers=2, replication=2, workers=2, steps=10, step_sleep_s=0.05,
-                       hb_timeout=3.0, app={"name": "count", "tally": {"shards": 2, "steps": 20}})
-    ck = tmp_path / "ck"
-    launch(spec, eval_every_s=None, progress=False, ckpt_dir=ck)
-    out = launch(replace(spec, steps=20), eval_every_s=None, progress=False, restore=ck,
-                 faults=[{"at": 0.0, "kill": "w1"}])
-    assert out["tally"] == [[1] * 20, [1] * 20]  # every minibatch exactly once
+    base = {"servers": 2, "replication": 2, "workers": 2, "step_sleep_s": 0.05,
+            "hb_timeout": 3.0, "app": {"name": "count", "tally": {"shards": 2, "steps": 20}}}
+    with Cluster(ClusterSpec(**base, steps=10), tmp_path / "a") as a:
+        a.start()
+        a.wait_workers(120)
+        a.checkpoint(tmp_path / "ck")
+    with Cluster(ClusterSpec(**base, steps=20), tmp_path / "b") as b:
+        b.start(restore=tmp_path / "ck", workers=False)
+        kids = b.start_workers(wait=False)
+        b.group.wait_ready(kids[1], 120)
+        b.signal("w1", signal.SIGKILL)  # before its first progress report
+        b.wait_workers(120)
+        assert [e["progress"] for e in b.status()["events"] if e["kind"] == "reassign"] == [10]
+        assert read_tally(b) == [[1] * 20, [1] * 20]  # every minibatch exactly once
 
 
 def test_a_checkpoint_asked_while_a_server_hangs_saves_the_ring_that_replaces_it(

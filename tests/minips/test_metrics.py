@@ -3,6 +3,7 @@
 import json
 import time
 
+import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 from systems.minips.metrics import NodeMetrics, load_all
@@ -33,3 +34,34 @@ def test_cpu_seconds_count_from_the_start_of_the_real_work():
     while time.process_time() < t_end:
         pass
     assert 0.09 <= m.snapshot()["cpu_s"] < 0.25
+
+
+def test_a_request_given_up_as_stuck_frees_its_trace_row():
+    """Every way a request ends closes its row; a given-up one kept it for good, and each
+    later request opened another."""
+    import threading
+    import time
+
+    from systems.minips.recovery import Recovery
+    from systems.minips.tracker import Pending, Request
+
+    class Worker(Recovery):  # the bookkeeping KVWorker gives the mixin
+        def __init__(self):
+            self.lock, self.requests = threading.RLock(), {}
+            self.metrics = NodeMetrics("w0", "worker")
+
+        def _next_push(self):
+            pass
+
+    kv = Worker()
+    lanes = []
+    for i in range(3):
+        req = Request(i, "pull", np.zeros(1, np.uint64), None, [(0, 8)],
+                      lane=kv.metrics.open_lane())
+        req.pending[0] = Pending(0, None, 0)  # a slice with no live call: resending
+        req.stuck_since = time.monotonic() - 100
+        kv.requests[i] = req
+        kv._give_up_stuck(silent=100, after=10)
+        assert req.done.is_set() and "got no reply" in str(req.error)
+        lanes.append(req.lane)
+    assert len(set(lanes)) == 1  # the row was free again for the next request
