@@ -296,9 +296,11 @@ class TaskExecutor:
                      ts_us: float, meta: dict[str, Any]) -> None:
         """Spans for a sampled query: its wait in the queue, the RPC, and the container's
         compute on the container's own process row, joined by a flow arrow."""
-        tw, tid = self.tracer, 1000 + rep.replica_id
-        end = now_us()
+        tw, end = self.tracer, now_us()
         name = f"{rep.model[0]}:{rep.model[1]}"
+        # one batch in flight per replica, so one row per model replica never overlaps;
+        # replicas of different models share no row (their calls overlap in time)
+        tid = tw.row_for(f"rpc {name} replica {rep.replica_id}", ts_us, end)
         for t in batch:
             if t.traced:  # queries wait side by side: each wait on a row where it nests
                 t0 = t.enqueued * 1e6

@@ -18,9 +18,10 @@ The paper's examples, all here, each counting the bytes it saved:
   (``src/filter/key_caching.h``); a pull and the push that follows it use the same keys,
   and data-parallel epochs revisit the same batches.
 
-Worker-side filters run in :class:`FilterChain` (called by ``KVWorker`` per slice); the
-server decodes with :func:`decode_request` and :class:`KeyCache`, driven by the meta the
-worker set, so the server needs no filter objects.
+Worker-side filters run in :class:`FilterChain`: the value filters once per push, before
+it is sliced (``KVWorker.push``), key caching and compression once per slice, i.e. per
+server (``KVWorker._send_slice``); the server decodes with :func:`decode_request` and
+:class:`KeyCache`, driven by the meta the worker set, so it needs no filter objects.
 """
 
 from __future__ import annotations
