@@ -51,10 +51,15 @@ class KVStore:
                 and (int(keys[-1]) - int(keys[0]) == m - 1
                      or np.array_equal(self.keys[i:i + m], keys))):
             return slice(i, i + m)
+        idx, found = self._lookup(keys)
+        return idx if found.all() else None
+
+    def _lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Where each key is or would go among the stored keys, and whether it is there."""
         idx = np.searchsorted(self.keys, keys)
         found = idx < self.keys.size
         found[found] = self.keys[idx[found]] == keys[found]
-        return idx if found.all() else None
+        return idx, found
 
     def _insert(self, keys: np.ndarray) -> None:
         """Add the keys that are not stored yet, with zero values and state."""
@@ -113,9 +118,7 @@ class KVStore:
         wins and the rest change nothing: a job whose first worker died before its push
         still starts from them, and a push that arrives late (its worker was frozen)
         cannot reset weights that training has already moved."""
-        idx = np.searchsorted(self.keys, keys)
-        stored = idx < self.keys.size
-        stored[stored] = self.keys[idx[stored]] == keys[stored]
+        stored = self._lookup(keys)[1]
         if not stored.all():
             self.assign(keys[~stored], vals[~stored])
         return int((~stored).sum())
