@@ -43,12 +43,17 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
 
 @dataclass(frozen=True)
 class Target:
-    """A stated goal on one metric, e.g. ``Target("ratio_vs_torch", "<=", 0.75)``."""
+    """A stated goal on one metric, e.g. ``Target("ratio_vs_torch", "<=", 0.75)``.
+
+    ``issue=False`` marks a check we chose ourselves (a sanity check, a variant of an
+    issue's setting): the tables show it as an *extra check*, and the overview's count
+    of targets held leaves it out, so that count is of the issues' targets only."""
 
     metric: str
     op: str
     threshold: float
     description: str = ""
+    issue: bool = True
 
     def __post_init__(self) -> None:
         if self.op not in _OPS:
@@ -59,7 +64,8 @@ class Target:
         held = (value is not None and not (isinstance(value, float) and math.isnan(value))
                 and _OPS[self.op](value, self.threshold))
         return {"metric": self.metric, "op": self.op, "threshold": self.threshold,
-                "value": value, "held": bool(held), "description": self.description}
+                "value": value, "held": bool(held), "description": self.description,
+                "issue": self.issue}
 
 
 @dataclass
@@ -135,14 +141,50 @@ def run_case(case: Case, ctx: Context) -> dict[str, Any]:
     })
 
 
+def _hardware(machine: dict[str, Any]) -> tuple:
+    return machine.get("cpu"), machine.get("cores"), (machine.get("gpu") or {}).get("name")
+
+
+def _earlier_run(out_dir: Path, only: list[str] | None, quick: bool,
+                 machine: dict[str, Any]) -> dict[str, Any] | None:
+    """The results a run of ``only`` some cases merges into, or None.
+
+    Rerunning one case (``--only``) replaces that case in the folder's results.json and
+    keeps the others, each case naming the run it comes from (``run``); a partial run
+    never stands in for the whole suite. Results of other hardware, or a ``--quick``
+    run beside a full one, do not mix: that is refused before anything runs."""
+    path = out_dir / "results.json"
+    if not only or not path.exists():
+        return None
+    earlier = load_results(path)
+    if _hardware(earlier["machine"]) != _hardware(machine) or earlier["quick"] != quick:
+        def what(m: dict, q: bool) -> str:
+            cpu, cores, gpu = _hardware(m)
+            return f"{cpu}, {cores} cores{', ' + gpu if gpu else ''}{', quick' if q else ''}"
+        raise ValueError(
+            f"{path} holds a run on {what(earlier['machine'], earlier['quick'])}; this "
+            f"run of {', '.join(only)} is on {what(machine, quick)}, and the two would "
+            f"mix in one table: give another --out")
+    for c in earlier["cases"]:  # cases of a document from before cases named their run
+        c.setdefault("run", _run_of(earlier))
+    return earlier
+
+
+def _run_of(doc: dict[str, Any]) -> dict[str, Any]:
+    return {"git_commit": doc["machine"].get("git_commit"), "date": doc["machine"]["date"]}
+
+
 def run_suite(system: str, *, device: str = "cpu", quick: bool = False,
               out: str | Path = "out/bench", progress: bool = True,
               only: list[str] | None = None) -> dict[str, Any]:
     """Run one system's cases for ``device``; write JSON, markdown and plots under
-    ``out/<system>/<device>/``; return the JSON document."""
+    ``out/<system>/<device>/``; return the JSON document. With ``only``, the cases run
+    replace theirs in the results already there (see :func:`_earlier_run`)."""
     from tqdm import tqdm
 
     out_dir = Path(out) / system / device
+    machine = machine_info()
+    earlier = _earlier_run(out_dir, only, quick, machine)
     # the cases draw their plots into plots.partial/, moved next to results.json only
     # at the end, with it: an interrupted run leaves the committed plots as they were
     staging = out_dir / "plots.partial"
@@ -156,7 +198,7 @@ def run_suite(system: str, *, device: str = "cpu", quick: bool = False,
         "system": system,
         "device": device,
         "quick": quick,
-        "machine": machine_info(),
+        "machine": machine,
         "cases": [],
     }
     # results.partial.json is written before the first case and after every case, so
@@ -168,7 +210,7 @@ def run_suite(system: str, *, device: str = "cpu", quick: bool = False,
     write_json_atomic(partial, doc)
     for case in tqdm(cases, desc=f"bench {system} [{device}]", disable=not progress,
                      unit="case"):
-        doc["cases"].append(run_case(case, ctx))
+        doc["cases"].append({**run_case(case, ctx), "run": _run_of(doc)})
         validate(doc)
         write_json_atomic(partial, doc)
     for path in sorted(staging.rglob("*")):
@@ -179,6 +221,12 @@ def run_suite(system: str, *, device: str = "cpu", quick: bool = False,
     for case in doc["cases"]:  # where the plots are now
         case["plots"] = [str(out_dir / Path(p).relative_to(staging)) if
                          Path(p).is_relative_to(staging) else p for p in case["plots"]]
+    if earlier:  # the suite's order; the cases not rerun as they were
+        new = {c["case"]: c for c in doc["cases"]}
+        order = [c.name for c in load_suite(system)]
+        kept = [c for c in earlier["cases"] if c["case"] not in new]
+        doc["cases"] = sorted([*kept, *new.values()], key=lambda c: (
+            order.index(c["case"]) if c["case"] in order else len(order)))
     write_json_atomic(out_dir / "results.json", doc)
     (out_dir / "results.md").write_text(markdown(doc))
     (Path(out) / "overview.md").write_text(overview(out))
@@ -218,6 +266,8 @@ def validate(doc: dict[str, Any]) -> None:
             for f in ("metric", "op", "threshold", "held"):
                 if f not in t:
                     raise ValueError(f"bench JSON: {where}.targets lacks {f!r}")
+        if "run" in c:
+            need(need(c, "run", dict, where), "date", str, f"{where}.run")
 
 
 def _fmt(v: Any) -> str:
@@ -235,19 +285,38 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def _runs(doc: dict[str, Any]) -> dict[tuple, list[str]]:
+    """The runs a document's cases come from, in order: (commit, date) -> case names."""
+    runs: dict[tuple, list[str]] = {}
+    for c in doc["cases"]:
+        r = c.get("run") or _run_of(doc)
+        runs.setdefault((r.get("git_commit"), r["date"]), []).append(c["case"])
+    return runs
+
+
+def _zone(date: str) -> str:
+    """The time zone of a ``machine_info`` date (``...T13:18:20+0000``) as it is read."""
+    zone = date[19:]
+    return "UTC" if zone in ("+0000", "Z", "") else zone
+
+
 def markdown(doc: dict[str, Any]) -> str:
-    """The run as markdown: machine line, then one table of targets, then all metrics."""
+    """The run as markdown: machine line (and the runs, where cases were rerun on their
+    own), then one table of targets, then all metrics."""
     m = doc["machine"]
     gpu = m.get("gpu") or {}
-    lines = [
-        f"**{doc['system']}** on `{doc['device']}`"
-        f"{' (quick)' if doc['quick'] else ''}: {m['cpu']}, {m['cores']} cores"
-        f"{', ' + gpu['name'] if gpu else ''}; torch {m['versions'].get('torch')}; "
-        f"commit `{m.get('git_commit')}`; {m['date'][:10]}",
-        "",
-        "| case | target | measured | held |",
-        "| --- | --- | --- | --- |",
-    ]
+    runs = _runs(doc)
+    head = (f"**{doc['system']}** on `{doc['device']}`"
+            f"{' (quick)' if doc['quick'] else ''}: {m['cpu']}, {m['cores']} cores"
+            f"{', ' + gpu['name'] if gpu else ''}; torch {m['versions'].get('torch')}; ")
+    if len(runs) <= 1:
+        lines = [head + f"commit `{m.get('git_commit')}`; {m['date'][:10]}"]
+    else:  # the time too: two runs of one day are told apart by it
+        lines = [head + f"cases from {len(runs)} runs:", ""]
+        lines += [f"- {', '.join(f'`{n}`' for n in names)}: commit `{commit}`, "
+                  f"{date[:10]} {date[11:16]} {_zone(date)}"
+                  for (commit, date), names in runs.items()]
+    lines += ["", "| case | target | measured | held |", "| --- | --- | --- | --- |"]
     for c in doc["cases"]:
         if c.get("error"):
             lines.append(f"| {c['case']} | (case failed) | {_cell(c['notes'])} | no |")
@@ -256,8 +325,10 @@ def markdown(doc: dict[str, Any]) -> str:
             r = c["ratios"].get(t["metric"])
             if r:
                 spread = f" (IQR {r['q1']:.3g}-{r['q3']:.3g}, {r['pairs']} pairs)"
-            lines.append(f"| {c['case']} | `{t['metric']}` {t['op']} {_fmt(t['threshold'])} "
-                         f"| {_fmt(t['value'])}{spread} | {'yes' if t['held'] else '**no**'} |")
+            extra = "" if t.get("issue", True) else " (extra check)"
+            lines.append(f"| {c['case']} | `{t['metric']}` {t['op']} {_fmt(t['threshold'])}"
+                         f"{extra} | {_fmt(t['value'])}{spread} | "
+                         f"{'yes' if t['held'] else '**no**'} |")
     lines += ["", "<details><summary>All metrics</summary>", "",
               "| case | metric | value |", "| --- | --- | --- |"]
     for c in doc["cases"]:
@@ -301,24 +372,29 @@ def load_results(path: str | Path) -> dict[str, Any]:
 
 def overview(root: str | Path) -> str:
     """Every system's latest results under ``root`` on one page: per system and device,
-    how many targets held, then each target that did not, so a reader sees at a glance
-    where the casebook stands (each system's benchmark page says why)."""
+    how many of the issues' targets held, then each target that did not, so a reader
+    sees at a glance where the casebook stands (each system's benchmark page says why).
+    Extra checks (``Target.issue=False``) are not counted; one that failed is listed."""
     docs = [load_results(p) for p in sorted(Path(root).glob("*/*/results.json"))]
     lines = ["| system | device | run | targets held | not held |",
              "| --- | --- | --- | --- | --- |"]
     for d in docs:
         targets = [(c["case"], t) for c in d["cases"] for t in c["targets"]]
+        counted = [t for _, t in targets if t.get("issue", True)]
         failed = [c["case"] for c in d["cases"] if c.get("error")]
-        missed = [f"{case}: `{t['metric']}` {_fmt(t['value'])} (target {t['op']} "
+        missed = [f"{case}: `{t['metric']}` {_fmt(t['value'])} ("
+                  f"{'target' if t.get('issue', True) else 'extra check'} {t['op']} "
                   f"{_fmt(t['threshold'])})" for case, t in targets if not t["held"]]
         missed += [f"{case}: the case failed" for case in failed]
         gpu = (d["machine"].get("gpu") or {}).get("name")
         # a CPU run is named by its cores (the same suite runs on the 2-core development
         # VM and on a lent GPU machine's 16 cores), a CUDA run by its GPU
         where = f"{d['machine'].get('cores', '?')} cores" if d["device"] == "cpu" else gpu
+        dates = sorted(date[:10] for _, date in _runs(d))
+        when = dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}"
         lines.append(f"| {d['system']} | {d['device']}{' (' + where + ')' if where else ''} | "
-                     f"{d['machine']['date'][:10]}{' quick' if d['quick'] else ''} | "
-                     f"{sum(t['held'] for _, t in targets)} of {len(targets)} | "
+                     f"{when}{' quick' if d['quick'] else ''} | "
+                     f"{sum(t['held'] for t in counted)} of {len(counted)} | "
                      f"{'<br>'.join(missed) or '-'} |")
     systems = sorted(SUITES)
     ran = {(d["system"], d["device"]) for d in docs}

@@ -322,6 +322,9 @@ CUDA_CASES = [
          ("torch.softmax", "F.layer_norm", "HBM roofline"), rows_case,
          (Target("min_speedup_vs_torch", ">=", 1.0),
           Target("min_roofline_fraction", ">=", 0.85, ">= 0.85x the datasheet roofline"),
+          # the issue's target is the datasheet roofline; this one is ours (the copy a
+          # device really reaches): an extra check, not counted as the issue's target
           Target("min_of_measured_copy", ">=", 0.85,
-                 ">= 0.85x the copy bandwidth measured in the same run")), device="cuda"),
+                 ">= 0.85x the copy bandwidth measured in the same run", issue=False)),
+         device="cuda"),
 ]

@@ -402,7 +402,8 @@ CASES = [
     Case("gpu-container", "torch CNN container on CUDA vs in-process CUDA, batch 64",
          ("in-process CUDA at the same batch size",), gpu_case,
          (Target("served_vs_inproc_throughput", ">=", 0.7, ">= 0.7x in-process"),
-          Target("outputs_agree", ">=", 0.98, "the same answers")), device="cuda"),
+          Target("outputs_agree", ">=", 0.98, "the same answers", issue=False)),
+         device="cuda"),
 ]
 
 

@@ -233,8 +233,9 @@ def _load(args: argparse.Namespace) -> dict[str, Any]:
           f"{s['goodput_qps']:.0f}/s ({s['within_slo']:.1%} within {args.slo_ms:g} ms, "
           f"non-default); p50 {s['p50_ms']:.2f} ms, p99 {s['p99_ms']:.2f} ms, "
           f"p99.9 {s['p999_ms']:.2f} ms of answered queries (p99.9 of every query, "
-          f"failures included: {s['p999_all_ms']:.2f} ms); {s['rejected']} rejected, "
-          f"{s['errors']} errors; CDF plot {png}")
+          f"failures included: {s['p999_all_ms']:.2f} ms); {s['default']} answered with "
+          f"the default output, {s['rejected']} rejected, {s['errors']} errors; "
+          f"CDF plot {png}")
     if s["send_late_p99_ms"] > max(1.0, 0.1 * args.slo_ms):
         print(f"note: the load generator itself fell behind (p99 {s['send_late_p99_ms']:.1f} "
               f"ms late sending), and the latencies above include that: they describe "

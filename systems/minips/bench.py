@@ -186,8 +186,11 @@ CASES = [
          (Target("ssp4_vs_bsp_time", "<=", 0.67, "worker 0 always 4x slow"),
           Target("idle_bsp", ">=", 0.40), Target("idle_ssp16", "<=", 0.10),
           Target("nostraggler_ssp4_vs_bsp_time", "<=", 1.2),
-          Target("rotating_ssp4_vs_bsp_time", "<=", 0.67, "a random worker 4x slow per clock"),
-          Target("idle_ssp16_rotating", "<=", 0.10))),
+          # the issue's straggler is one worker; a rotating one is our variant, so these
+          # two are extra checks, not counted as the issue's targets
+          Target("rotating_ssp4_vs_bsp_time", "<=", 0.67, "a random worker 4x slow per clock",
+                 issue=False),
+          Target("idle_ssp16_rotating", "<=", 0.10, issue=False))),
     Case("filters", "filters on sparse LR", ("no filter",), filters_case,
          (Target("key_caching_key_bytes_saved", ">=", 0.60),
           Target("kkt_late_suppressed", ">=", 0.80), Target("pull_compression", ">=", 5.0),

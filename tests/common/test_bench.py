@@ -209,3 +209,90 @@ def test_an_infinite_metric_is_null_in_results_json_as_in_json_output(tmp_path, 
     text = (tmp_path / "common" / "cpu" / "results.json").read_text()
     case = json.loads(text, parse_constant=lambda c: pytest.fail(f"not JSON: {c}"))["cases"][0]
     assert case["metrics"]["speedup"] is None and case["targets"][0]["held"]
+
+
+def _metric(value):
+    return lambda ctx: Result(metrics={"x": value})
+
+
+def _machine(commit, *, cores=2):
+    return {"date": f"2026-01-0{len(commit)}T10:00:00+0000", "cpu": "c", "cores": cores,
+            "versions": {}, "blas": [], "gpu": None, "git_commit": commit}
+
+
+def test_rerunning_one_case_keeps_the_others_each_naming_its_run(tmp_path, monkeypatch):
+    """``--only CASE --out docs/results`` used to write a results.json holding that one
+    case: the other cases' committed results were lost, their plots left without data,
+    and the overview counted the partial run as the system's score."""
+    import common.bench as bench
+    import common.selfcheck as sc
+
+    suite = [Case("a", "d", ("b",), _metric(1.0), (Target("x", ">=", 2),)),
+             Case("b", "d", ("b",), _metric(1.0), (Target("x", ">=", 2),)),
+             Case("c", "d", ("b",), _metric(1.0), (Target("x", ">=", 2),))]
+    monkeypatch.setattr(sc, "CASES", suite)
+    monkeypatch.setattr(bench, "machine_info", lambda: _machine("first"))
+    bench.run_suite("common", out=tmp_path, progress=False)
+    monkeypatch.setattr(bench, "machine_info", lambda: _machine("second!"))
+    monkeypatch.setattr(sc, "CASES", [suite[0], Case("b", "d", ("b",), _metric(3.0),
+                                                     (Target("x", ">=", 2),)), suite[2]])
+    bench.run_suite("common", out=tmp_path, progress=False, only=["b"])
+    out = tmp_path / "common" / "cpu"
+    doc = json.loads((out / "results.json").read_text())
+    validate(doc)
+    assert [c["case"] for c in doc["cases"]] == ["a", "b", "c"]  # the suite's order
+    assert [c["metrics"]["x"] for c in doc["cases"]] == [1.0, 3.0, 1.0]
+    assert [c["run"]["git_commit"] for c in doc["cases"]] == ["first", "second!", "first"]
+    md = (out / "results.md").read_text()
+    assert "cases from 2 runs:" in md
+    assert "- `a`, `c`: commit `first`, 2026-01-05 10:00 UTC" in md
+    assert "- `b`: commit `second!`, 2026-01-07 10:00 UTC" in md
+    row = next(line for line in (tmp_path / "overview.md").read_text().splitlines()
+               if line.startswith("| common"))
+    assert "| 2026-01-05 to 2026-01-07 | 1 of 3 |" in row
+
+
+def test_a_rerun_on_other_hardware_or_quick_is_refused_and_changes_nothing(tmp_path,
+                                                                           monkeypatch):
+    import common.bench as bench
+    import common.selfcheck as sc
+
+    monkeypatch.setattr(sc, "CASES", [Case("a", "d", ("b",), _metric(1.0)),
+                                      Case("b", "d", ("b",), _metric(1.0))])
+    monkeypatch.setattr(bench, "machine_info", lambda: _machine("first"))
+    bench.run_suite("common", out=tmp_path, progress=False)
+    before = (tmp_path / "common" / "cpu" / "results.json").read_text()
+    monkeypatch.setattr(bench, "machine_info", lambda: _machine("second", cores=16))
+    with pytest.raises(ValueError, match="holds a run on c, 2 cores; this run of b is on "
+                                         "c, 16 cores"):
+        bench.run_suite("common", out=tmp_path, progress=False, only=["b"])
+    monkeypatch.setattr(bench, "machine_info", lambda: _machine("second"))
+    with pytest.raises(ValueError, match="2 cores, quick, and the two would mix"):
+        bench.run_suite("common", out=tmp_path, progress=False, only=["b"], quick=True)
+    assert (tmp_path / "common" / "cpu" / "results.json").read_text() == before
+    bench.run_suite("common", out=tmp_path, progress=False)  # a whole run replaces it all
+    doc = json.loads((tmp_path / "common" / "cpu" / "results.json").read_text())
+    assert {c["run"]["git_commit"] for c in doc["cases"]} == {"second"}
+    assert "cases from" not in (tmp_path / "common" / "cpu" / "results.md").read_text()
+
+
+def test_an_extra_check_is_shown_as_one_and_not_counted_as_an_issue_target(tmp_path):
+    """The overview says how many of the issues' targets held; a check we chose
+    ourselves (a sanity check, a variant setting) used to count as one of them."""
+    from common.bench import overview
+    from common.trace import write_json_atomic
+
+    case = run_case(Case("c", "d", ("b",), _ok, (
+        Target("speedup", ">=", 3), Target("speedup", ">=", 1, issue=False),
+        Target("ratio", "<=", 0.1, issue=False))), Context())
+    doc = {"schema_version": 1, "system": "miniflow", "device": "cpu", "quick": False,
+           "machine": _machine("abc"), "cases": [case]}
+    md = markdown(doc)
+    assert "| c | `speedup` >= 1 (extra check) | 2 | yes |" in md
+    assert "| c | `speedup` >= 3 | 2 | **no** |" in md
+    (tmp_path / "miniflow" / "cpu").mkdir(parents=True)
+    write_json_atomic(tmp_path / "miniflow" / "cpu" / "results.json", doc)
+    row = next(line for line in overview(tmp_path).splitlines()
+               if line.startswith("| miniflow"))
+    assert "| 0 of 1 |" in row  # of the issue's one target; the extras listed if missed
+    assert "c: `speedup` 2 (target >= 3)<br>c: `ratio` 0.5 (extra check <= 0.1)" in row

@@ -63,9 +63,14 @@ def test_start_deploy_query_load_stop(tmp_path, capsys):
         assert out["output"] == 8.0 and out["default"] is False
         batch = _casebook("query", "--app", "add", "--input-batch", "[[1], [2, 3]]", *ports)
         assert [r["output"] for r in batch["batch_predictions"]] == [1.0, 5.0]
-        load = _casebook("load", "--app", "add", "--rate", "100", "--duration", "1",
-                         "--slo-ms", "500", "--inputs", "random:3", "--out", str(tmp_path),
-                         *ports)
+        assert main(["clipper", "load", "--app", "add", "--rate", "100", "--duration", "1",
+                     "--slo-ms", "500", "--inputs", "random:3", "--out", str(tmp_path),
+                     *ports, "--json"]) == 0
+        *text, last = capsys.readouterr().out.strip().splitlines()
+        load = json.loads(last)
+        # the summary line counts every kind of answer a student should see
+        assert (f"{load['default']} answered with the default output, "
+                f"{load['rejected']} rejected, {load['errors']} errors") in text[-1]
         assert load["sent"] > 50 and load["errors"] == 0 and load["goodput_qps"] > 40
         assert (tmp_path / "latency_cdf_add.png").stat().st_size > 1000
         trace = _casebook("trace", "--out", str(tmp_path / "t.json"), *ports)
