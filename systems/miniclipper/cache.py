@@ -114,18 +114,26 @@ class PredictionCache:
         entry.completed, entry.nbytes = True, nbytes
         self.size_bytes += nbytes
 
+    def renew(self, key: bytes) -> CacheEntry:
+        """A new pending entry for ``key`` in place of a pending one whose task seems
+        stuck: later queries wait for the new one, the earlier keep the old future."""
+        entry = self.ring[key] = CacheEntry(asyncio.get_running_loop().create_future())
+        return entry
+
     def complete(self, tasks: list[Any], values: list[Any], nbytes: list[int]) -> None:
         """:meth:`put` the outputs of one batch, task by task (one call per batch)."""
         put = self.put
         for t, v, n in zip(tasks, values, nbytes, strict=True):
             put(t.key, v, n)
 
-    def fail(self, key: bytes, exc: BaseException) -> None:
+    def fail(self, key: bytes, exc: BaseException, future: Any = None) -> None:
         """A pending prediction that will not come (dropped at its deadline, model error,
         overload): wake its waiters with ``exc`` and forget the key, so the next query
-        for it tries again."""
+        for it tries again. Given the ``future`` of the task that failed, an entry made
+        since for the same key (:meth:`renew`) is left alone."""
         entry = self.ring.get(key)
-        if entry is None or entry.completed:
+        if entry is None or entry.completed or (future is not None and
+                                                entry.future is not future):
             return
         del self.ring[key]
         if not entry.future.done():

@@ -57,6 +57,7 @@ class PredictTask:
     future: Any
     key: bytes
     enqueued: float = 0.0
+    sent: float = 0.0  # when a replica took it in a batch (0: queued, not in flight)
     traced: bool = False
     retries: int = 0
     query_id: int = 0

@@ -18,9 +18,11 @@ timed out stays in the tail instead of leaving it (a timeout counts at least the
 client's ``timeout_s``). A
 closed-loop mode (``concurrency > 0``) measures peak throughput, where omission does not
 matter. For cache experiments a share ``hot_fraction`` of queries repeats a small hot
-set; all others are made unique (an offset on the last feature, salted per run: a tiny
-fraction for a float app, a whole number for an "integers" app, which refuses floats),
-so no unintended cache hit inflates a result, not even across runs with the same seed.
+set; all others are made unique (salted per run: for a float app a few float32 ulps on
+the last features, :func:`unique_floats`, so that they stay unique once a "floats" app
+parses them to float32; a whole-number offset for an "integers" app, which refuses
+floats), so no unintended cache hit inflates a result, not even across runs with the
+same seed.
 It sends numeric inputs only: a "strings" or "bytes" app is refused when the spec is made.
 """
 
@@ -108,19 +110,33 @@ def make_bodies(spec: LoadSpec, n: int, rng: np.random.Generator,
     hot = rng.random(n) < spec.hot_fraction
     # unseeded: two runs with the same seed send the same arrivals, never the same inputs
     fresh = np.random.default_rng()
-    if spec.integers:  # whole steps, far below int32's limit for any run's n
-        salt, step = int(fresh.integers(0, 1 << 20)), 1
-    else:
-        salt, step = float(fresh.uniform(0, 1e-3)), 1e-9
+    salt = int(fresh.integers(0, 1 << 20))  # whole steps, far below int32's limit
     bodies = []
     for i in range(n):
         if hot[i]:
             x = pool[rng.integers(min(spec.hot_set, len(pool)))]
-        else:
+        elif spec.integers:
             x = pool[rng.integers(len(pool))].copy()
-            x[-1] += salt + step * (i + 1)
+            x[-1] += salt + i + 1
+        else:  # a step of 1e-9 vanished in float32 (spacing 1.2e-7 at 1.0): half of the
+            x = unique_floats(pool[rng.integers(len(pool))], salt + i + 1)  # cold hit
         bodies.append(json.dumps({"input": x.tolist()}).encode())
     return bodies, hot
+
+
+def unique_floats(x: np.ndarray, k: int) -> np.ndarray:
+    """``x`` in float32, its last features moved by the base-256 digits of ``k`` in
+    ulps (the next representable numbers): each ``k`` gives another input, in float32
+    and float64 alike, and no feature moves by more than 255 ulps (3e-5 relative) while
+    there are features for the digits (the first takes what is left)."""
+    bits = x.astype(np.float32).view(np.int32).copy()
+    j = len(bits) - 1
+    while k and j > 0:
+        bits[j] += k & 255
+        k >>= 8
+        j -= 1
+    bits[0] += k
+    return bits.view(np.float32)
 
 
 async def _post(session: Any, url: str, body: bytes, ctx: dict | None = None

@@ -154,8 +154,14 @@ class QueryProcessor:
                                ) -> list[dict[str, Any]]:
         """Every query goes to the same model(s): one schedule call per model for the
         whole request, and the common case (one model answered) costs one dict."""
-        futures = {n: self.executor.schedule((n, self.current_version[n]), inputs, deadline,
-                                             slo, traced, qids[0]) for n in names}
+        placed: list = []
+        try:
+            futures = {n: self.executor.schedule((n, self.current_version[n]), inputs,
+                                                 deadline, slo, traced, qids[0], placed)
+                       for n in names}
+        except Exception as e:  # QueueFull from a later model: none of it stays queued
+            self.executor.unschedule(placed, e)
+            raise
         await wait_until([f for fs in futures.values() for f in fs], deadline)
         if len(names) != 1:
             return [self._answer(app, policy, q, {n: futures[n][i] for n in names})
@@ -182,11 +188,16 @@ class QueryProcessor:
             for n in names:
                 per_model.setdefault(n, []).append(i)
         futures: dict[tuple[int, str], asyncio.Future] = {}
-        for name, idxs in per_model.items():
-            fs = self.executor.schedule((name, self.current_version[name]),
-                                        [inputs[i] for i in idxs], deadline, slo, traced,
-                                        qids[idxs[0]])
-            futures.update({(i, name): f for i, f in zip(idxs, fs, strict=True)})
+        placed: list = []
+        try:
+            for name, idxs in per_model.items():
+                fs = self.executor.schedule((name, self.current_version[name]),
+                                            [inputs[i] for i in idxs], deadline, slo,
+                                            traced, qids[idxs[0]], placed)
+                futures.update({(i, name): f for i, f in zip(idxs, fs, strict=True)})
+        except Exception as e:  # as in _predict_uniform
+            self.executor.unschedule(placed, e)
+            raise
         await wait_until(list(futures.values()), deadline)
         return [self._answer(app, policy, q, {n: futures[(i, n)] for n in names})
                 for i, (q, names) in enumerate(zip(qids, choices, strict=True))]
@@ -234,8 +245,11 @@ class QueryProcessor:
         """Feedback: evaluate the policy's feedback models on ``x``, then observe ``label``."""
         app = self.app(app_name)
         policy = _policy(app.policy)
-        slo = max(1.0, 10 * app.slo_micros / 1e6)
-        deadline = time.monotonic() + slo
+        # feedback may wait longer than a query (deadline), but its task carries the
+        # app's SLO: a batch is sized for it, and a container that hangs on it is found
+        # after 20x the SLO as for a query (a longer slo here made 20 s of that 0.4 s)
+        slo = app.slo_micros / 1e6
+        deadline = time.monotonic() + max(1.0, 10 * slo)
         awake = self.wake(app)
         drawn = frozenset(awake.weights)  # the draw's: another query may change it meanwhile
         models = self._versions(policy.feedback_models(awake, app.rng))

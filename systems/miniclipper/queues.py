@@ -15,7 +15,12 @@ Two additions:
   instead of letting the queue, and every query's latency, grow without bound;
 * **delayed batching** (Clipper §4.3.2; clipper-v0 ``wait_time_nanos``): when fewer than
   a full batch are waiting, wait up to ``max_delay_s`` after the oldest arrival for more,
-  but never so long that a waiting query is left too little of its SLO to be served.
+  but never so long that a waiting query is left too little of its SLO to be served;
+* **one input shape per batch** (as Triton's dynamic batcher, which batches only
+  requests of one shape unless a model accepts ragged batches): an app registered
+  without ``input_length`` takes inputs of any length, and one client's input of the
+  wrong length, batched with others', would make a vectorised model fail the whole
+  batch, everyone's queries with it. Clipper batches them together.
 """
 
 from __future__ import annotations
@@ -132,6 +137,11 @@ class ModelQueue:
             self._push(task, deadline)
             self._changed.set()  # a delayed batch may have to leave sooner
 
+    def remove(self, task: PredictTask) -> None:
+        """Take ``task`` out, if it is still queued (its heap entry is skipped later)."""
+        if id(task) in self._key:
+            self._forget(task)
+
     def take_all(self) -> list[PredictTask]:
         """Empty the queue (its model has no replica left to serve it)."""
         tasks = [e[2] for e in sorted(self._heap, key=lambda e: e[:2]) if self._live(e)]
@@ -193,10 +203,19 @@ class ModelQueue:
                         (left := min(until, self._tight) - time.monotonic()) > 0:
                     await self._wait_change(left)
                 self._drop_expired(time.monotonic())
-            batch = []
+            batch, other = [], []
             while len(batch) < max_size and (t := self._pop_live()) is not None:
-                batch.append(t)
+                (batch if not batch or _shape(t) == _shape(batch[0]) else other).append(t)
+            now = time.monotonic()
+            for t in other:  # another shape: back in its place, for a batch of its own
+                self._push(t, self._urgent(t, now))
             if self._key:
                 self._changed.set()  # let another idle replica take the rest
             if batch:
                 return batch
+
+
+def _shape(task: PredictTask) -> tuple[int, ...] | None:
+    """What must agree across a batch: a numeric input's shape (strings and bytes are
+    lists of items to a model, of any length)."""
+    return getattr(task.input, "shape", None)

@@ -172,8 +172,11 @@ class ReplicaSupervisor:
                 try:
                     await self._spawn(model, rid)
                     return
-                except RuntimeError as e:  # it died while starting: back off and retry
-                    err = e
+                except Exception as e:  # it died while starting (RuntimeError), or could
+                    err = e           # not be started (OSError: no log folder, no file
+                    # handles or processes left): back off and retry, and in the end give
+                    # up and say so; an exception escaping here left the model with no
+                    # replica, nothing abandoned and no reason given, for good
                     log.error("replica %s:%s/%d failed to start (%d): %s", *model, rid,
                               attempt, e)
                     await self._backoff(model, RESTART_BACKOFF_S * 2 ** attempt)

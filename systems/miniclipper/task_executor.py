@@ -13,7 +13,9 @@ What happens when things go wrong (beyond Clipper, which logs and moves on):
   the error as the explanation;
 * a container that dies or stops answering: its in-flight batch is put back in the
   queue (unless past its deadline), so another replica, or the restarted one, serves it
-  within the SLO; the replica's loop ends and the supervisor is told to restart it.
+  within the SLO; the replica's loop ends and the supervisor is told to restart it;
+* a batch in flight past its SLO (its replica may be hung, which is found only after
+  20 SLOs): a new query for one of its inputs is queued anew instead of joining it.
 """
 
 from __future__ import annotations
@@ -61,7 +63,9 @@ class ModelStopped(Exception):
 
 class ContainerDied(Exception):
     """The query's container died (or hung) and retrying on another replica ran out of
-    deadline or attempts; the default output says so instead of blaming the SLO."""
+    attempts, or its model has no replica left; the default output says so instead of
+    blaming the SLO. (A query whose deadline passes first answers at its SLO, as an SLO
+    miss: it cannot wait to learn why its batch is late.)"""
 
 
 @dataclass
@@ -120,7 +124,7 @@ class TaskExecutor:
         each sit in the queue until its SLO runs out, explained as an SLO miss)."""
         self.unavailable[model] = why
         for t in self.queues[model].take_all():
-            self.cache.fail(t.key, ContainerDied(why))
+            self._fail(t, ContainerDied(why))
 
     def stop_model(self, model: tuple[str, str], why: str) -> None:
         """A model version is being stopped: answer what waits for it at once with
@@ -129,7 +133,7 @@ class TaskExecutor:
         the next replica to be stopped."""
         self.stopping[model] = why
         for t in self.queues[model].take_all():
-            self.cache.fail(t.key, ModelStopped(why))
+            self._fail(t, ModelStopped(why))
 
     def remove_model(self, model: tuple[str, str]) -> None:
         """Forget a model version that has no replicas left (a deployment that failed,
@@ -144,20 +148,35 @@ class TaskExecutor:
         for rep in self.replicas[model].values():
             rep.controller = make_controller(batching)
 
+    def _fail(self, task: PredictTask, exc: BaseException) -> None:
+        self.cache.fail(task.key, exc, task.future)
+
     def _dropped(self, task: PredictTask) -> None:
-        self.cache.fail(task.key, TaskExpired(
+        self._fail(task, TaskExpired(
             f"deadline passed while queued for {task.model[0]}:{task.model[1]}"))
 
     def schedule(self, model: tuple[str, str], inputs: list[Any], deadline: float,
-                 slo: float, traced: bool = False, query_id: int = 0) -> list[asyncio.Future]:
+                 slo: float, traced: bool = False, query_id: int = 0,
+                 placed: list[PredictTask] | None = None) -> list[asyncio.Future]:
         """One future per input for ``model``'s output: from the cache when present, else
         from a task queued for the model. Raises :class:`.queues.QueueFull` (nothing of
-        this call stays queued then) or KeyError for an unknown model."""
+        this call stays queued then) or KeyError for an unknown model. The tasks queued
+        are added to ``placed``: a request that spans models and is refused by a later
+        one takes them back with :meth:`unschedule`."""
         queue, info = self.queues[model], self.models[model]
         keys = input_keys(info.seed, inputs)
         futures, new = [], []
+        now = time.monotonic()
         for x, key, (status, entry) in zip(inputs, keys, self.cache.fetch_many(keys),
                                            strict=True):
+            if status == "pending" and entry.task is not None and entry.task.sent and \
+                    now - entry.task.sent > entry.task.slo:
+                # its batch is in flight past its SLO: the replica may be hung (found only
+                # after 20 SLOs). Joining it would leave this query, and every later one
+                # for the input, waiting on that replica while others idle: queue it
+                # anew instead (a hedged request, as in Dean & Barroso's "The Tail at
+                # Scale"; beyond Clipper, whose later queries join the pending one)
+                status, entry = "miss", self.cache.renew(key)
             if status == "miss":
                 entry.task = PredictTask(model, x, deadline, slo, entry.future, key,
                                          traced=traced, query_id=query_id)
@@ -168,15 +187,26 @@ class TaskExecutor:
             futures.append(entry.future)
         if new and model in self.unavailable:
             for t in new:
-                self.cache.fail(t.key, ContainerDied(self.unavailable[model]))
+                self._fail(t, ContainerDied(self.unavailable[model]))
         elif new:
             try:
                 queue.put(new)
             except Exception as e:
                 for t in new:
-                    self.cache.fail(t.key, e)
+                    self._fail(t, e)
                 raise
+            if placed is not None:
+                placed.extend(new)
         return futures
+
+    def unschedule(self, tasks: list[PredictTask], why: BaseException) -> None:
+        """Take back tasks a request queued before the rest of it was refused: a 429
+        means nothing of the request stays queued (left, they filled the other models'
+        bounded queues with work nobody waits for). Called with no ``await`` since
+        :meth:`schedule`, so no other query has joined them."""
+        for t in tasks:
+            self.queues[t.model].remove(t)
+            self._fail(t, why)
 
     def add_replica(self, model: tuple[str, str], replica_id: int, address: str,
                     pid: int) -> Replica:
@@ -203,16 +233,16 @@ class TaskExecutor:
         now = time.monotonic()
         again = []
         for t in tasks:
-            t.enqueued = 0.0
+            t.enqueued = t.sent = 0.0
             if t.model in self.stopping:
-                self.cache.fail(t.key, ModelStopped(self.stopping[t.model]))
+                self._fail(t, ModelStopped(self.stopping[t.model]))
             elif t.deadline > now and t.retries < MAX_RETRIES:
                 t.retries += 1
                 again.append(t)
             else:
                 why = "the deadline passed" if t.deadline <= now else \
                     f"{MAX_RETRIES} retries were spent"
-                self.cache.fail(t.key, ContainerDied(
+                self._fail(t, ContainerDied(
                     f"model {t.model[0]}:{t.model[1]}: its container died and {why}"))
         if again:
             self.queues[tasks[0].model].put(again, bounded=False)
@@ -246,6 +276,8 @@ class TaskExecutor:
                 rep.inflight = batch
                 batch_id = next(self._batch_ids)
                 sent = time.monotonic()
+                for t in batch:
+                    t.sent = sent
                 ts_us = now_us()
                 traced = self.tracer is not None and any(t.traced for t in batch)
                 slo = min(t.slo for t in batch)
@@ -271,7 +303,7 @@ class TaskExecutor:
                     m.model_errors.inc(label)
                     err = ModelError(f"model {label} failed its batch: {meta['error']}")
                     for t in batch:
-                        cache.fail(t.key, err)
+                        self._fail(t, err)
                 else:
                     m.model_predictions.inc(label, len(batch))
                     cache.complete(batch, outputs, sizes)

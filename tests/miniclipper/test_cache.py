@@ -221,3 +221,20 @@ def test_a_pending_prediction_is_never_evicted_and_its_waiters_are_answered():
         assert pending.future.done() and pending.future.result() == "y"
         assert c.size_bytes <= 1000
     asyncio.run(main())
+
+
+def test_a_stuck_tasks_failure_leaves_the_entry_renewed_for_later_queries_alone():
+    """A query that would join a task stuck on a hung replica gets a new entry
+    (renew); the stuck task failing later must not fail that entry's waiters."""
+    async def main():
+        c = PredictionCache()
+        status, old = c.fetch(b"k")
+        new = c.renew(b"k")
+        assert c.fetch(b"k") == ("pending", new)
+        c.fail(b"k", RuntimeError("container died"), old.future)  # the stuck task's
+        assert not new.future.done() and c.fetch(b"k")[1] is new
+        c.put(b"k", 7.0, 8)  # whichever task answers completes the entry
+        assert await new.future == 7.0 and c.fetch(b"k")[0] == "hit"
+        c.fail(b"k", RuntimeError("late"), new.future)  # completed: nothing to fail
+        return c.fetch(b"k")[0], status
+    assert asyncio.run(main()) == ("hit", "miss")

@@ -350,3 +350,24 @@ class EDFMachine(RuleBasedStateMachine):
 EDFMachine.TestCase.settings = settings(max_examples=100, stateful_step_count=30,
                                         deadline=None)
 TestEDFMachine = EDFMachine.TestCase
+
+
+def test_a_batch_holds_inputs_of_one_shape_and_the_others_wait_their_turn():
+    """One client's input of another length, batched with everyone's, made a vectorised
+    model fail the whole batch: every co-batched query answered the default."""
+    import numpy as np
+
+    async def main():
+        q = ModelQueue(("m", "1"))
+        now = time.monotonic()
+        lengths = [3, 2, 3, 3, 2, 3]
+        q.put([PredictTask(("m", "1"), np.zeros(n), now + 1 + i / 100, 1.0, None,
+                           bytes([i])) for i, n in enumerate(lengths)])
+        first = await q.get_batch(2)
+        second = await q.get_batch(8)
+        third = await q.get_batch(8)
+        return first, second, third, len(q)
+    first, second, third, left = asyncio.run(main())
+    assert [t.key for t in first] == [b"\0", b"\2"]  # EDF among the head's shape
+    assert [t.key for t in second] == [b"\1", b"\4"]  # the skipped kept their places
+    assert [t.key for t in third] == [b"\3", b"\5"] and left == 0

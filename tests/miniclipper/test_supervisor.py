@@ -290,6 +290,8 @@ class Group:
 
     def spawn(self, name, module, args, ready_timeout=0):
         self.spawns += 1
+        if isinstance(self.fail, Exception):
+            raise self.fail
         if self.fail:
             raise RuntimeError(f"{name} exited with 1 before READY\nTraceback ...")
         return SimpleNamespace(name=name, pid=1000 + self.spawns, info={"port": 1},
@@ -346,6 +348,25 @@ def test_a_replica_that_cannot_restart_backs_off_doubling_then_is_given_up(monke
     assert "failed to start 4 times" in sup.abandoned[("m", "1")][0]
     assert sup.replicas_of(("m", "1")) == {} and "no replica is running" in \
         ex.unavailable[("m", "1")]
+
+
+@pytest.mark.parametrize("error", [OSError(24, "Too many open files"),
+                                   FileNotFoundError(2, "No such file or directory")])
+def test_a_restart_that_cannot_even_spawn_is_retried_then_given_up_with_its_reason(
+        monkeypatch, error):
+    """A spawn that raised OSError (the log folder removed by a tmp cleaner, no file
+    handles left) escaped the restart task: the model kept no replica, listed none as
+    abandoned, and answered SLO misses for good without saying why."""
+    async def body(sup, ex, model):
+        await sup.set_num_replicas(model, 1)
+        sup.group.fail, before = error, sup.group.spawns
+        await sup.restart(model, 0, "process exited with -9")
+        return sup, ex, sup.group.spawns - before
+    (sup, ex, tries), _ = _run(monkeypatch, 3, 0.01, body)
+    assert tries == 3
+    why = sup.abandoned[("m", "1")][0]
+    assert "failed to start 3 times" in why and error.strerror in why
+    assert "no replica is running" in ex.unavailable[("m", "1")]
 
 
 def test_a_restart_that_succeeds_clears_an_earlier_give_up(monkeypatch):

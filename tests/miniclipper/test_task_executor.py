@@ -45,3 +45,154 @@ def test_a_traced_container_is_named_once_not_once_per_batch():
         ex._trace_batch(rep, [task], b, 1.0, {"t0": 2.0, "t1": 3.0, "pid": 4242})
     assert len([e for e in tw.events if e["ph"] == "M" and e["pid"] == 4242]) == 1
     assert len([e for e in tw.events if e["ph"] == "X" and e["pid"] == 4242]) == 50
+
+
+class _HungStream:
+    """A container stopped mid-batch (SIGSTOP, a deadlock): it takes the batch and
+    never answers."""
+
+    async def write(self, req):
+        pass
+
+    async def read(self):
+        await asyncio.sleep(3600)
+
+    def cancel(self):
+        pass
+
+
+def _app_on_one_model(ex, slo_micros=20_000):
+    from systems.miniclipper.query_processor import Application, QueryProcessor
+    from systems.miniclipper.selection import make_policy
+
+    qp = QueryProcessor(ex, Metrics())
+    qp.current_version["m"] = "1"
+    app = Application("app", "doubles", -1, slo_micros, "exp3",
+                      state=make_policy("exp3").init_state([]))
+    qp.apps["app"] = app
+    qp.link(app, ["m"])
+    return qp
+
+
+def _start_replica(ex, rid, stream):
+    from systems.miniclipper.batching import make_controller
+    from systems.miniclipper.task_executor import Replica
+
+    model = ("m", "1")
+    rep = Replica(model, rid, "fake", 1000 + rid, make_controller(ex.models[model].batching))
+    rep.stream = stream
+    ex.replicas[model][rid] = rep
+    rep.loop = asyncio.ensure_future(ex._run(rep))
+    return rep
+
+
+@pytest.mark.parametrize("feedback", [False, True])
+def test_a_hung_container_is_found_after_20_slos_with_feedback_in_its_batch_too(feedback):
+    """A feedback task (``/update``) carried an SLO of max(1 s, 10x the app's), and the
+    hang timeout is 20x the batch's largest SLO: one feedback in a batch made the 0.4 s
+    of a 20 ms app 20 s of default answers."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        failed = loop.create_future()
+        ex = TaskExecutor(PredictionCache(), Metrics(),
+                          lambda rep, why: failed.done() or failed.set_result(why),
+                          rpc_timeout_floor_s=0.05)
+        ex.add_model(("m", "1"), "doubles", BatchingConfig("static", size=8, max_size=8))
+        qp = _app_on_one_model(ex)
+        t0 = time.monotonic()
+        jobs = [asyncio.ensure_future(qp.predict("app", [np.full(2, 1.0)], t0))]
+        if feedback:
+            jobs.append(asyncio.ensure_future(qp.update("app", np.full(2, 2.0), 0)))
+        await asyncio.sleep(0)  # both queued before the replica takes its batch
+        _start_replica(ex, 0, _HungStream())
+        await asyncio.wait_for(failed, 30)
+        found = time.monotonic() - t0
+        for j in jobs:
+            j.cancel()
+        await asyncio.gather(*jobs, return_exceptions=True)
+        return found
+    assert asyncio.run(main()) < 3.0  # 20 x 20 ms = 0.4 s; before the fix 20 s
+
+
+@pytest.mark.parametrize("policy", ["exp4", "exp3"])
+def test_a_request_refused_by_one_models_full_queue_leaves_nothing_in_the_others(policy):
+    """An ensemble (Exp4) or a batch that Exp3 spreads over models was refused with 429
+    by the second model's full queue, but its tasks stayed queued for the first: work
+    nobody waited for, which filled the healthy model's queue until it refused too."""
+    from systems.miniclipper.query_processor import Application, QueryProcessor
+    from systems.miniclipper.queues import QueueFull
+    from systems.miniclipper.selection import make_policy
+
+    async def main():
+        ex = TaskExecutor(PredictionCache(), Metrics(), lambda rep, why: None)
+        for m in ("a", "b"):  # no replicas: nothing drains the queues, as when busy
+            ex.add_model((m, "1"), "doubles", BatchingConfig(), max_queue=24)
+        qp = QueryProcessor(ex, Metrics())
+        qp.current_version.update(a="1", b="1")
+        app = Application("ens", "doubles", -1, 10_000_000, policy,
+                          state=make_policy(policy).init_state([]))
+        qp.apps["ens"] = app
+        qp.link(app, ["a", "b"])
+        ex.schedule(("b", "1"), [np.full(2, float(i)) for i in range(24)],
+                    time.monotonic() + 10, 10)  # b's queue is full
+        refused = []
+        for r in range(4):
+            try:
+                await qp.predict("ens", [np.full(2, 100.0 + 20 * r + i) for i in range(16)],
+                                 time.monotonic())
+            except QueueFull as e:
+                refused.append(str(e))
+        queued_a = len(ex.queues[("a", "1")])
+        ex.queues[("b", "1")].take_all()  # b drains: the same inputs are welcome again
+        job = asyncio.ensure_future(qp.predict(
+            "ens", [np.full(2, 100.0 + i) for i in range(16)], time.monotonic()))
+        await asyncio.sleep(0.01)
+        queued = len(ex.queues[("a", "1")]) + len(ex.queues[("b", "1")])
+        job.cancel()
+        return refused, queued_a, queued
+    refused, queued_a, queued = asyncio.run(main())
+    assert len(refused) == 4 and all("model b:1" in r for r in refused)
+    assert queued_a == 0
+    assert queued >= 16  # not answered from a failed cache entry: queued anew
+
+
+class _SumStream:
+    """A healthy container: answers each batch with the sums of its inputs."""
+
+    def __init__(self):
+        self.replies = asyncio.Queue()
+
+    async def write(self, req):
+        from systems.miniclipper.datatypes import decode_batch, encode_outputs
+
+        meta, xs = decode_batch(req)
+        await self.replies.put(encode_outputs([float(np.sum(x)) for x in xs], len(xs),
+                                              {"batch_id": meta["batch_id"]}))
+
+    async def read(self):
+        return await self.replies.get()
+
+    def cancel(self):
+        pass
+
+
+def test_queries_for_an_input_a_hung_replica_holds_go_to_a_healthy_one():
+    """Replica 0 hangs holding input X; replica 1 is healthy. Every later query for X
+    joined the hung task (the cache's pending entry) and answered the default until the
+    hang timeout (5 s at least), while replica 1 idled: 48 of 48 in the review's run."""
+    async def main():
+        ex = TaskExecutor(PredictionCache(), Metrics(), lambda rep, why: None,
+                          rpc_timeout_floor_s=30.0)
+        ex.add_model(("m", "1"), "doubles", BatchingConfig("static", size=1, max_size=1))
+        qp = _app_on_one_model(ex)  # SLO 20 ms
+        x = np.array([1.0, 2.0])
+        _start_replica(ex, 0, _HungStream())
+        first = asyncio.ensure_future(qp.predict("app", [x], time.monotonic()))
+        await asyncio.sleep(0.01)  # replica 0 took X's batch and hangs
+        _start_replica(ex, 1, _SumStream())
+        (answer,) = await first
+        assert answer["default"]  # its batch hung: the default at the SLO
+        later = [(await qp.predict("app", [x], time.monotonic()))[0] for _ in range(10)]
+        return answer, later
+    first, later = asyncio.run(main())
+    assert [r["output"] for r in later] == [3.0] * 10  # from replica 1, none a default
