@@ -303,7 +303,9 @@ class Executor:
         inbox: queue.SimpleQueue = queue.SimpleQueue()
         ready = deque(self.roots)
         remaining = sum(1 for c in pending if c >= 0)
-        live = [0, 0]  # current, peak bytes
+        live = [0, 0]  # current, peak bytes: the feeds are live from the start (each
+        if step.track_memory:  # is subtracted when its last reader is done, as any value)
+            live[0] = live[1] = sum(be.nbytes(vals[s]) for _, s, _ in self.arg_slots)
 
         def timed(k: int, args: list) -> tuple[int, Any, BaseException | None, float, float]:
             t0 = time.perf_counter_ns()
@@ -343,8 +345,9 @@ class Executor:
 
         driver = f"{self.device} driver"
         in_flight = 0
+        failure: tuple[int, BaseException] | None = None  # the step's first error
         while remaining:
-            while ready:
+            while ready and failure is None:
                 k = ready.popleft()
                 if k in self.recv_keys:
                     in_flight += 1
@@ -367,10 +370,22 @@ class Executor:
                     continue
                 k, r, err, t0, t1 = timed(k, args)
                 if err is not None:
-                    self._fail(step, k, err, vals)
+                    failure = (k, err)
+                    break
                 if expensive:
                     self._update_cost(k, t1 - t0)
                 complete(k, r, t0, t1, driver)
+            if failure is not None:
+                # dispatch nothing more, but wait for what is still running before the
+                # step reports its error, as TF's ExecutorState waits until no op is
+                # outstanding: a variable update left on the pool would otherwise land
+                # after run() raised, over whatever the user did next (load, restore)
+                if step.rendezvous is not None:
+                    step.rendezvous.abort(failure[1])  # wakes this step's pending Recvs
+                while in_flight:
+                    inbox.get()
+                    in_flight -= 1
+                self._fail(step, *failure, vals)
             if not remaining:
                 break
             if not in_flight:
@@ -379,7 +394,8 @@ class Executor:
             k, r, err, t0, t1, where = inbox.get()
             in_flight -= 1
             if err is not None:
-                self._fail(step, k, err, vals)
+                failure = (k, err)
+                continue
             if where == "recv":
                 r = self._adopt(r, k in self.host_recvs)
             elif where == "pool":
@@ -409,6 +425,8 @@ class Executor:
         # a one-device step has no rendezvous (no other executor waits on this one)
         if step.rendezvous is not None:
             step.rendezvous.abort(err)
+        if not isinstance(err, Exception):  # Ctrl-C, SystemExit: the user's, not an op's
+            raise err                         # error (as from the inline loop)
         raise self._error(k, err, vals) from err
 
     def _error(self, k: int, e: BaseException, vals: list) -> BaseException:
