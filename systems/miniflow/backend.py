@@ -73,6 +73,13 @@ def _positive_steps(index: tuple, shape) -> tuple[tuple, list[int]]:
     return tuple(out), flips
 
 
+
+def lowest(dtype) -> float | int:
+    """The identity of Max: what TF's Max of an empty axis gives (Eigen's MaxReducer
+    starts from -inf for floating types, the type's lowest value for integers)."""
+    dtype = np.dtype(dtype)
+    return -np.inf if dtype.kind == "f" else int(np.iinfo(dtype).min)
+
 class NumpyBackend:
     name = "numpy"
     device = "cpu"
@@ -147,6 +154,8 @@ class NumpyBackend:
 
     @staticmethod
     def max(x, axis, keepdims):
+        if x.size == 0:  # TF's Max of nothing is the reducer's identity (see lowest)
+            return np.maximum.reduce(x, axis=axis, keepdims=keepdims, initial=lowest(x.dtype))
         return np.maximum.reduce(x, axis=axis, keepdims=keepdims)
 
     @staticmethod

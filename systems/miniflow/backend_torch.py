@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .backend import _bad_index, _has_negative_step, _positive_steps
+from .backend import NumpyBackend, _bad_index, _has_negative_step, _positive_steps
 from .dtypes import DType
 
 
@@ -76,6 +76,8 @@ class TorchBackend:
         return x.mean(dim=axis, keepdim=keepdims) if axis != () else x
 
     def max(self, x, axis, keepdims):
+        if x.numel() == 0:  # torch refuses; TF gives Max's identity (backend.lowest)
+            return self.asarray(NumpyBackend.max(self.to_numpy(x), axis, keepdims))
         if axis is None:
             return x.amax().reshape((1,) * x.dim()) if keepdims else x.amax()
         return x.amax(dim=axis, keepdim=keepdims) if axis != () else x

@@ -61,12 +61,15 @@ def to_dot(source: Graph | Plan, stage: str = "optimized") -> str:
             lines.append(f"  {_quote(inp.rsplit(':', 1)[0])} -> {_quote(name)};")
         for c in controls:
             lines.append(f"  {_quote(c)} -> {_quote(name)} [style=dashed];")
-    names = {n[0] for n in nodes}
-    for name, op_type, *_ in nodes:  # the transfer itself: Send -> its Recv
-        if op_type == "_Send":
-            recv = name.replace("/_send_", "/_recv_").replace("_to_", "_on_")
-            if recv in names:
-                lines.append(f"  {_quote(name)} -> {_quote(recv)} [color=red, style=bold];")
+    # the transfer itself: each Send to the Recv of its rendezvous key (a name has no
+    # reliable pairing: guessing the Recv's name lost the arrow of any op named "a_to_b")
+    keys = {n.name: n.attrs["key"] for e in getattr(source, "executors", ())
+            for n in e.nodes if n.type in ("_Send", "_Recv")}
+    recv_of = {keys[n[0]]: n[0] for n in nodes if n[1] == "_Recv" and n[0] in keys}
+    for name, op_type, *_ in nodes:
+        recv = recv_of.get(keys.get(name)) if op_type == "_Send" else None
+        if recv is not None:
+            lines.append(f"  {_quote(name)} -> {_quote(recv)} [color=red, style=bold];")
     lines.append("}")
     return "\n".join(lines)
 

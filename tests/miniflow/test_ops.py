@@ -466,6 +466,28 @@ def test_select_and_logical_ops_refuse_non_bool_inputs_at_build_time(op_type, bu
     assert "test_ops.py:" in msg
 
 
+@pytest.mark.parametrize("op_type,build", [
+    ("Neg", lambda b, i: -b), ("Abs", lambda b, i: mf.abs(b)),
+    ("Square", lambda b, i: mf.square(b)), ("Sign", lambda b, i: mf.sign(b)),
+    ("Relu", lambda b, i: mf.nn.relu(b)), ("AddN", lambda b, i: mf.add_n([b, b])),
+    ("MatMul", lambda b, i: mf.matmul(mf.reshape(b, [1, 2]), mf.reshape(b, [2, 1]))),
+    ("ArgMax", lambda b, i: mf.argmax(b, 0)),
+    ("AvgPool", lambda b, i: mf.nn.avg_pool2d(i, 1, 1, "VALID")),
+])
+def test_ops_tensorflow_registers_for_numbers_only_refuse_bools_at_build_time(op_type,
+                                                                               build):
+    """numpy computed something of another dtype than the graph said (square of a bool
+    is int8, relu int64, add_n an OR; AvgPool of ints a truncated mean) and torch raised
+    when the step ran: TF registers none of these ops for those dtypes."""
+    with mf.Graph().as_default():
+        b = mf.constant(np.array([True, False]), name="b")
+        i = mf.constant(np.ones((1, 2, 2, 1), np.int32), name="i")
+        with pytest.raises(TypeError) as e:
+            build(b, i)
+    msg = str(e.value)
+    assert msg.startswith(f"{op_type}:") and "test_ops.py:" in msg
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_select_and_logical_ops_on_bools_match_numpy(backend):
     from .helpers import evaluate
@@ -555,6 +577,24 @@ def test_integer_mean_of_an_empty_axis_is_zero_without_a_warning(backend):
     t = torch.zeros((0, 3), dtype=torch.int32)
     np.testing.assert_array_equal(got[0], t.sum(0, dtype=torch.int32).numpy())
     assert got[1] == 0 and np.asarray(got[1]).dtype == np.int32
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_max_of_an_empty_axis_is_the_lowest_value_as_in_tensorflow(backend):
+    """TF fills an empty Max with the reducer's identity (-inf for floats, the lowest
+    integer); numpy and torch each raised, with messages that disagreed."""
+    g = mf.Graph()
+    with g.as_default():
+        i = mf.placeholder(mf.int32, [None, None])
+        f = mf.placeholder(mf.float32, [None, None])
+        outs = [mf.reduce_max(i, 1), mf.reduce_max(f, 1, keepdims=True), mf.reduce_max(f),
+                mf.reduce_max(f, 0)]
+    got = evaluate_cfg(g, outs, {i: np.zeros((3, 0), np.int32),
+                                 f: np.zeros((2, 0), np.float32)}, backend, False)
+    np.testing.assert_array_equal(got[0], np.full(3, -2**31, np.int32))
+    assert got[0].dtype == np.int32 and got[1].dtype == np.float32
+    np.testing.assert_array_equal(got[1], np.full((2, 1), -np.inf, np.float32))
+    assert got[2] == -np.inf and np.asarray(got[3]).shape == (0,)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -166,3 +166,16 @@ def test_a_gradient_of_unknown_static_shape_is_checked_when_the_step_runs(make_o
                                match=r"has shape \(3,\) but its gradient"):
                 s.run(step, {grad: bad})
         assert s.run(v).shape == (3,)
+
+
+def test_a_variable_initialised_from_another_starts_at_its_value():
+    """``tf.Variable(w)`` reads ``w``; ours made a numpy object array of the Variable and
+    failed with an unrelated "cannot convert dtype('O')"."""
+    with mf.Graph().as_default():
+        w = mf.Variable(np.arange(3, dtype=np.float32), name="w")
+        v = mf.Variable(w, name="v")
+        assert v.dtype == w.dtype and v.shape == w.shape
+        with mf.Session() as s:
+            s.run(mf.global_variables_initializer())
+            s.run(w.assign(w * 10))  # v is its own variable, not an alias of w
+            np.testing.assert_array_equal(s.run(v), [0, 1, 2])

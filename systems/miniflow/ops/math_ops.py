@@ -142,7 +142,10 @@ for _t, _m in COMPARE.items():
     define(OpDef(_t, _bool_only(_t, _fn) if _t in BOOL_ONLY else _fn, _backend_fn(_m),
                  elementwise=True))
 for _t, (_m, _f) in UNARY.items():
-    _fn = _float_only(_t, _unary_shape) if _t in FLOAT_ONLY else _unary_shape
+    # Neg, Relu, Square, Abs, Sign: number types only in TF, as the binary ops (numpy's
+    # square of a bool is int8, its relu int64, under a tensor that says bool)
+    _fn = (_float_only(_t, _unary_shape) if _t in FLOAT_ONLY else
+           _unary_shape if _t in BOOL_ONLY else _numeric_only(_t, _unary_shape))
     define(OpDef(_t, _bool_only(_t, _fn) if _t in BOOL_ONLY else _fn,
                  _backend_fn(_m), elementwise=True, flops_per_element=_f))
 
@@ -169,7 +172,7 @@ def _addn_kernel(attrs, be, res):
     return addn
 
 
-define(OpDef("AddN", _addn_shape, _addn_kernel))
+define(OpDef("AddN", _numeric_only("AddN", _addn_shape), _addn_kernel))  # bools: an OR
 def _select_shape(ins, attrs):
     # TF's SelectV2 takes ``condition: bool`` (tensorflow/core/ops/math_ops.cc): a float or
     # int condition is a TypeError at build time, not numpy's "nonzero is True"
@@ -329,7 +332,7 @@ def _matmul_kernel(attrs, be, res):
     return lambda a, b: mm(t(a) if ta else a, t(b) if tb else b)
 
 
-define(OpDef("MatMul", _matmul_shape, _matmul_kernel))
+define(OpDef("MatMul", _numeric_only("MatMul", _matmul_shape), _matmul_kernel))
 
 
 def matmul(a, b, transpose_a=False, transpose_b=False, name=None) -> Tensor:
@@ -408,7 +411,7 @@ def _argmax_shape(ins, attrs):
     return [(attrs["output_type"], x.shape[:ax] + x.shape[ax + 1:])]
 
 
-define(OpDef("ArgMax", _argmax_shape,
+define(OpDef("ArgMax", _numeric_only("ArgMax", _argmax_shape),
              lambda a, be, res: lambda x: be.argmax(x, a["axis"], a["output_type"])))
 
 

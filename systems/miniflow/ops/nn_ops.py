@@ -241,7 +241,9 @@ def _pool_shape(op_type):
 
 
 define(OpDef("MaxPool", _pool_shape("MaxPool"), _k("max_pool", "ksize", "strides", "padding")))
-define(OpDef("AvgPool", _pool_shape("AvgPool"), _k("avg_pool", "ksize", "strides", "padding")))
+# AvgPool: floating types only in TF (numpy would give a truncated integer mean)
+define(OpDef("AvgPool", _float_only("AvgPool", _pool_shape("AvgPool")),
+             _k("avg_pool", "ksize", "strides", "padding")))
 # MaxPoolGrad takes TF's inputs (orig_input, orig_output, grad; nn_grad.py _MaxPoolGrad).
 # Our kernels find each window's maximum again from orig_input, so orig_output only ties
 # the gradient to its forward op, which the remapper's argmax rewrite needs.

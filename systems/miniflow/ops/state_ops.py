@@ -100,6 +100,8 @@ class Variable:
         vname = g.unique_name(name or "Variable")
         with g._exact_scope(vname):
             init = initial_value() if callable(initial_value) else initial_value
+            if isinstance(init, Variable):  # tf.Variable(w): w's value (convert_to_tensor)
+                init = init._as_tensor()
             if not isinstance(init, Tensor):  # Python numbers: float32, int32/int64
                 init = constant(init, dtype=dtype, name="initial_value")
             elif dtype is not None and init.dtype != as_dtype(dtype):
