@@ -141,7 +141,7 @@ def _show(args: argparse.Namespace) -> dict[str, Any]:
     plot = args.plot or str(Path(args.log).with_suffix(".png"))
     line_chart(curves, plot, "trials (of that task)", "best TFLOP/s so far",
                title=f"best throughput vs trials: {Path(args.log).name}")
-    weights = task_weights(args.log)
+    weights = task_weights(args.log, devices(records)[0])  # the weights of that run
     tasks = []
     for k in seen:  # every task of the log, also one whose measurements all failed
         b = best.get(k)

@@ -69,15 +69,37 @@ class GBTModel:
         self.times: list[float] = []
         self.task_keys: list[str] = []
         self.model: GradientBoostingRegressor | None = None
+        self.skipped = 0  # measurements left out: their features could not be computed
+
+    def _rows(self, task: Task, configs: list[Config]) -> list[np.ndarray | None]:
+        """One feature row per config, None where a config's features cannot be
+        computed (a knob missing, a zero); one vectorised call when all can."""
+        try:
+            return list(feature_matrix(task, configs, self.limits))
+        except (KeyError, TypeError, ValueError, ZeroDivisionError):
+            rows: list[np.ndarray | None] = []
+            for c in configs:
+                try:
+                    rows.append(feature_matrix(task, [c], self.limits)[0])
+                except (KeyError, TypeError, ValueError, ZeroDivisionError):
+                    rows.append(None)
+            return rows
 
     @property
     def trained(self) -> bool:
         return self.model is not None
 
     def update(self, inputs: list[MeasureInput], results: list[MeasureResult]) -> None:
-        """Add measurements and retrain on all of them."""
+        """Add measurements and retrain on all of them. A record whose features cannot
+        be computed (a failed config of a student's template that lacks a knob, or with
+        ``num_warps`` 0: the log keeps such failures on purpose) is left out: it cost
+        its trial, and must not end the tuning run, or every run resumed from the log."""
         for inp, res in zip(inputs, results, strict=True):
-            self.xs.append(feature_matrix(inp.task, [(inp.sketch, inp.ann)], self.limits)[0])
+            (row,) = self._rows(inp.task, [(inp.sketch, inp.ann)])
+            if row is None:
+                self.skipped += 1
+                continue
+            self.xs.append(row)
             self.times.append(res.time)
             self.task_keys.append(inp.task.key)
         if len(self.xs) < self.num_warmup_sample:
@@ -98,7 +120,24 @@ class GBTModel:
             return self.rng.uniform(0.0, 1.0, len(configs))
         if not configs:
             return np.zeros(0)
-        return self.model.predict(feature_matrix(task, configs, self.limits))
+        rows = self._rows(task, configs)
+        ok = np.array([r is not None for r in rows])
+        out = np.zeros(len(configs))  # a config without features: predicted worst
+        if ok.any():
+            out[ok] = self.model.predict(np.stack([r for r in rows if r is not None]))
+        return out
+
+
+def make_model(name: str, seed: int = 0, limits: HardwareLimits = H100_LIMITS,
+               ) -> GBTModel | RandomModel:
+    """The cost model called ``name``: "gbt" (Ansor's learned model) or "random" (the
+    ablation). Anything else is refused: a typo ("GBT", "xgb") used to run the
+    ablation silently, its numbers read as the learned model's."""
+    if name == "gbt":
+        return GBTModel(seed=seed, limits=limits)
+    if name == "random":
+        return RandomModel(seed)
+    raise ValueError(f"cost model must be 'gbt' or 'random', got {name!r}")
 
 
 def normalized_throughput(times: np.ndarray, task_keys: np.ndarray) -> np.ndarray:
@@ -142,14 +181,19 @@ def kendall_tau(pred: np.ndarray, true: np.ndarray) -> float:
 
 
 def recall_at_k(pred: np.ndarray, true: np.ndarray, k: int = 10) -> float:
-    """|predicted top k  intersect  true top k| / k. A config tied with the true k-th
-    best counts as in the true top k (with ties, which of them is "the" top k is
-    arbitrary; an index order would call a right prediction wrong)."""
+    """|predicted top k  intersect  true top k| / k. Configs tied with the true k-th
+    best may fill the true top k's places left after those strictly better (with ties,
+    which of them is "the" top k is arbitrary; an index order would call a right
+    prediction wrong), but no more of them than there are places: counting every tie
+    as a hit gave 1.0 to a prediction that missed the best, and to any prediction when
+    fewer than k configs ran (the failures, all 0, tied with the k-th)."""
     true = np.asarray(true, float)
     k = min(k, len(true))
     top_pred = np.argsort(-np.asarray(pred), kind="stable")[:k]
     kth = np.sort(true)[::-1][k - 1]
-    return float((true[top_pred] >= kth).sum()) / k
+    above = true > kth
+    tied = int((true[top_pred] == kth).sum())
+    return float(above[top_pred].sum() + min(tied, k - int(above.sum()))) / k
 
 
 def average_peak_at_k(pred: np.ndarray, true: np.ndarray, k: int = 32) -> float:

@@ -189,6 +189,13 @@ def _operands(task: Task, inputs: dict[str, torch.Tensor]):
     if tuple(a.shape[1:]) != (m, k) or tuple(b.shape[1:]) != (k, n):
         raise ValueError(f"{task.key}: inputs a{tuple(inputs['a'].shape)}, "
                          f"b{tuple(inputs['b'].shape)} do not match (M, N, K) = {(m, n, k)}")
+    # the kernel reads bias and residual when the *task* has them, so a missing (or
+    # misnamed) one would be read from the output buffer being written: refuse it
+    needs = [name for name, has in (("bias", task.epilogue.bias),
+                                    ("residual", task.epilogue.residual)) if has]
+    if missing := [name for name in needs if name not in inputs]:
+        raise ValueError(f"{task.key}: needs input(s) {missing} (its epilogue); got "
+                         f"{sorted(inputs)}")
     c = torch.empty((a.shape[0], m, n), device=a.device, dtype=DTYPES[task.dtype])
     bias = vector_input(task, inputs, "bias", n) if "bias" in inputs else c
     res = inputs.get("residual", c[0])  # read through its own strides

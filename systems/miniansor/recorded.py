@@ -91,6 +91,8 @@ def _bad_entry(e) -> str | None:
     ``ErrorNo``'s names."""
     if not isinstance(e, dict) or not ("time_s" in e or "error" in e):
         return "has neither time_s nor error"
+    if "time_s" in e and "error" in e:  # replay would fail it, --history time it
+        return "has both time_s and error: an entry is a timing or a failure"
     if "error" in e:
         if e["error"] not in ErrorNo.__members__ or e["error"] == "NO_ERROR":
             return f"has error {e['error']!r}, not one of {list(ErrorNo.__members__)[1:]}"
@@ -162,9 +164,9 @@ class RecordedDevice:
                 name, ann = parse_config_key(ck)
                 if name not in sketches:
                     continue
-                res = MeasureResult(list(e["time_s"]), device=self.name) if "time_s" in e \
-                    else MeasureResult([], ErrorNo[e["error"]], e.get("msg", ""),
-                                       device=self.name)
+                res = MeasureResult([], ErrorNo[e["error"]], e.get("msg", ""),
+                                    device=self.name) if "error" in e \
+                    else MeasureResult(list(e["time_s"]), device=self.name)
                 out.append((MeasureInput(task, sketches[name], ann), res))
         return out
 

@@ -294,15 +294,19 @@ def check_log(path: str | Path) -> None:
                          f"record); give a new file or an earlier run's log")
 
 
-def task_weights(path: str | Path) -> dict[str, float]:
+def task_weights(path: str | Path, device: str | None = None) -> dict[str, float]:
     """Each task's weight as the log's last line for it states (tasks without one are
-    left out: a log written by an older tuner, or by hand)."""
+    left out: a log written by an older tuner, or by hand); with ``device``, its last
+    line of that device (a task tuned in a model on one device and alone on another
+    has a weight per run, and each run's objective is its own)."""
     path, out = Path(path), {}
     if not path.exists():
         return out
     for line in path.read_text().splitlines():
         try:
             rec = json.loads(line)
+            if device is not None and str(rec.get("device", "")) != device:
+                continue
             if "weight" in rec:
                 out[rec["task"]] = float(rec["weight"])
         except (ValueError, KeyError, TypeError):

@@ -162,6 +162,12 @@ class SketchPolicy:
             fresh = sample_init_population(self.task, self.sketches, 4 * n, self.rng,
                                            self.limits, self.space)
             batch = self.pick_eps_greedy([], fresh, n)
+        if len(batch) < n and self.space is not None:
+            # a listed space (a replay table): near its end the draws miss what is left,
+            # and the task was stopped as measured in full with configs to spare
+            have = self.measured | {i.key for i in batch}
+            rest = [c for c in self.space if config_key(*c) not in have]
+            batch += self.pick_eps_greedy([], rest, n - len(batch))
         return batch
 
     def continue_search_one_round(self, n: int, measurer) -> tuple[list[MeasureInput],

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .annotation import H100_LIMITS, HardwareLimits, config_key, enumerate_space
-from .cost_model import GBTModel, RandomModel, normalized_throughput, ranking_report
+from .cost_model import GBTModel, make_model, normalized_throughput, ranking_report
 from .feature import feature_matrix
 from .measure import DeviceFault, Measurer
 from .recorded import RecordedDevice
@@ -148,7 +148,7 @@ def ansor_run(task: Task, device, seed: int, budget: int, *, model: str = "gbt",
     (what one model shared by a tuning session's tasks, or TVM's ``load_log_file``,
     starts from); ``records`` collects this run's; ``stop(run)`` ends the run early
     (a study that knows the answer stops once it has what it counts)."""
-    cost_model = GBTModel(seed=seed) if model == "gbt" else RandomModel(seed)
+    cost_model = make_model(model, seed)
     if history:
         cost_model.update(*map(list, zip(*history, strict=True)))
     pol = SketchPolicy(task, cost_model, seed=seed, evolution=evolution, space=space,

@@ -175,9 +175,12 @@ class TaskScheduler:
         stalled = (self.early_stopping_task is not None and
                    (self.task_cts[i] - self.task_best_cts[i]) * per_round >
                    self.early_stopping_task)
-        if not inputs or pol.exhausted():
-            self._kill(i, "nothing left to measure: every config its search can reach "
-                          "(or a replay table holds) is measured")
+        if pol.exhausted():
+            self._kill(i, "nothing left to measure: every config its replay table holds "
+                          "is measured")
+        elif not inputs:
+            self._kill(i, "nothing left to measure: a round's search and random draws "
+                          "found no config not measured yet")
         elif stalled:
             self._kill(i, f"no better kernel in {self.early_stopping_task} trials "
                           f"(early_stopping_task)")

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .annotation import H100_LIMITS, HardwareLimits, has_valid_annotation
-from .cost_model import GBTModel, RandomModel
+from .cost_model import make_model
 from .measure import Callback, Measurer
 from .recorded import RecordedDevice
 from .records import (
@@ -170,7 +170,7 @@ def tune_tasks(tasks: list[Task], weights: list[float] | None = None, trials: in
     dev = make_device(device, seed)
     if verify == "auto":  # the simulator runs no kernel, so check ours; others check theirs
         verify = "local" if dev.kind == "sim" else "none"
-    cost_model = GBTModel(seed=seed, limits=limits) if model == "gbt" else RandomModel(seed)
+    cost_model = make_model(model, seed, limits)
     space = dev.space if isinstance(dev, RecordedDevice) else (lambda t: None)
     params = params or SearchParams()
     policies = [SketchPolicy(t, cost_model, params=params, seed=seed + i, limits=limits,

@@ -63,7 +63,12 @@ class Epilogue:
             raise ValueError(f"epilogue {tag!r}: parts are bias, relu or gelu (one), res, "
                              f"joined by '+', or none; got {unknown or parts}")
         act = next((p for p in parts if p in ("relu", "gelu")), "none")
-        return Epilogue(bias="bias" in parts, act=act, residual="res" in parts)
+        epi = Epilogue(bias="bias" in parts, act=act, residual="res" in parts)
+        if epi.tag != tag:  # "res+relu" would be tuned as relu(C) + res: another function
+            raise ValueError(f"epilogue {tag!r}: the fused epilogue is act(C + bias) + "
+                             f"residual, so write its parts once each, in that order: "
+                             f"{epi.tag!r} is the one these parts make")
+        return epi
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,29 @@ def test_failed_measurements_stay_in_the_training_set():
     assert (p[0::2] > p[1::2] + 0.1).all()  # configs like the failures score low
 
 
+def test_a_failure_without_features_costs_its_trial_not_the_tuning_run():
+    """A failed config of a student's template that lacks BLOCK_M (the measurer records
+    it, the log keeps it as a throughput of 0), or one with num_warps 0, made the model's
+    update raise: in a session it ended the run, resumed from the log every later run."""
+    from systems.miniansor.sketch import Sketch
+
+    task = gemm(256, 256, 256)
+    sk = generate_sketches(task)[0]
+    student = Sketch("student", "tests.miniansor.faulty:launch_wrong", (("num_warps", (4,)),))
+    model = GBTModel(num_warmup_sample=2)
+    good = [{"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "num_warps": 4, "num_stages": s}
+            for s in (1, 2, 3, 4)]
+    inputs = [MeasureInput(task, student, {"num_warps": 4}),
+              MeasureInput(task, sk, {**good[0], "num_warps": 0})]
+    inputs += [MeasureInput(task, sk, c) for c in good]
+    results = [MeasureResult([], ErrorNo.INSTANTIATION_ERROR)] * 2
+    results += [MeasureResult([1e-5 * (i + 1)]) for i in range(4)]
+    model.update(inputs, results)
+    assert model.trained and model.skipped == 2 and len(model.xs) == 4
+    p = model.predict(task, [(student, {"num_warps": 4}), *[(sk, c) for c in good]])
+    assert p[0] == 0.0 and p[1] > p[4]  # the featureless one predicted worst
+
+
 def test_the_loss_is_weighted_by_throughput():
     """TVM weights each sample's squared error by its normalised throughput (ours floored
     at min_weight), so where samples cannot be told apart (the same config measured twice,
@@ -92,6 +115,26 @@ def test_recall_counts_ties_with_the_kth_best_as_hits_and_no_peak_is_nan():
     assert recall_at_k(np.array([0.0, 0.1, 0.2, 0.9, 0.8]), true, 2) == 0.5  # 3 yes, 4 no
     assert recall_at_k(np.array([0.0, 0.1, 0.9, 0.8, 0.0]), true, 2) == 1.0
     assert np.isnan(average_peak_at_k(np.arange(4.0), np.zeros(4), 2))
+
+
+def test_recall_gives_ties_only_the_places_left_in_the_true_top_k():
+    """Every tie with the k-th counted as a hit: the best config ranked last still gave
+    recall 1.0, and so did any prediction of a task with fewer than k successes (its
+    failures, all 0, tie with the k-th). Oracle: the best intersection over every way
+    of breaking the ties in the true ranking, by brute force."""
+    assert recall_at_k(np.array([0.0, 3, 2, 1]), np.array([10.0, 1, 1, 1]), 2) == 0.5
+    true = np.zeros(100)
+    true[:5] = [1.0, 0.9, 0.8, 0.7, 0.6]
+    assert recall_at_k(np.arange(100.0), true, 10) == 0.5  # 5 failures fill 5 places
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        n, k = int(rng.integers(2, 8)), int(rng.integers(1, 6))
+        true, pred = rng.integers(0, 3, n).astype(float), rng.random(n)
+        top_pred = set(np.argsort(-pred, kind="stable")[:min(k, n)])
+        best = max(len(top_pred & set(order[:min(k, n)]))
+                   for order in itertools.permutations(range(n))
+                   if all(true[order[i]] >= true[order[i + 1]] for i in range(n - 1)))
+        assert recall_at_k(pred, true, k) == best / min(k, n)
 
 
 def test_ranking_report_agrees_with_each_metric_and_with_scipy():

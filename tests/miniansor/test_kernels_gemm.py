@@ -97,6 +97,22 @@ def test_wrong_operand_shapes_are_named():
                     {"a": torch.zeros(8, 9), "b": torch.zeros(9, 8)})
 
 
+@pytest.mark.parametrize("drop,rename", [("bias", None), ("residual", None),
+                                         ("residual", "res")])
+def test_a_missing_or_misnamed_epilogue_input_is_refused_for_every_sketch(drop, rename):
+    """The kernel reads bias and residual when the task has them; without the input it
+    read the output buffer being written instead: no error, answers off by up to 1e31."""
+    task = gemm(32, 48, 64, "fp32", bias=True, residual=True)
+    for sk in generate_sketches(task):
+        x = task.make_inputs()
+        if rename:
+            x[rename] = x[drop]
+        del x[drop]
+        ann = {p: dom[0] for p, dom in sk.domains}
+        with pytest.raises(ValueError, match=rf"needs input\(s\) \['{drop}'\]"):
+            run_program(task, sk, ann, x)
+
+
 def test_epilogue_operands_are_checked_and_a_strided_bias_is_read_right():
     """The kernel reads the bias as ``ptr + column``: a strided view was read with the
     wrong stride, a short one past its end; a residual of the wrong shape likewise."""

@@ -171,7 +171,10 @@ def test_a_table_read_as_records_keeps_each_time_and_error_and_skips_what_it_is_
 @pytest.mark.parametrize("entry,why", [
     ({"time_s": [0.0]}, "times > 0"), ({"time_s": [-1e-3]}, "times > 0"),
     ({"time_s": 5}, "times > 0"), ({"time_s": []}, "times > 0"),
-    ({"error": "SEGFAULT"}, "not one of"), ({"error": "NO_ERROR"}, "not one of")])
+    ({"error": "SEGFAULT"}, "not one of"), ({"error": "NO_ERROR"}, "not one of"),
+    # replay failed it, records() (--history) timed it; "abc" crashed tuning
+    ({"error": "COMPILE_ERROR", "time_s": [1e-9]}, "both time_s and error"),
+    ({"error": "COMPILE_ERROR", "time_s": "abc"}, "both time_s and error")])
 def test_a_table_entry_with_an_unusable_time_or_error_is_refused_by_name(table, entry, why):
     """A zero time crashed the cost model's fit (an infinite throughput), a negative one
     became the best kernel, an unknown error name crashed ``records()``."""

@@ -136,6 +136,24 @@ def test_task_weights_are_read_back_from_the_log(tmp_path):
     assert task_weights(path) == {a.key: 3.0}
 
 
+def test_each_device_keeps_the_weight_its_run_logged(tmp_path, capsys):
+    """Tuned in a model on the simulator (weight 2), then alone on a GPU (weight 1):
+    ``show --device sim`` weighted the simulator's latency by the GPU run's 1."""
+    from common.cli import main
+
+    t = softmax(4, 100, "fp32")
+    path = tmp_path / "log.jsonl"
+    inp = MeasureInput(t, generate_sketches(t)[0], {"num_warps": 1})
+    RecordToFile(path, "sim-dev", {t.key: 2.0})(inp, MeasureResult([1e-5]))
+    RecordToFile(path, "gpu-dev", {t.key: 1.0})(inp, MeasureResult([3e-6]))
+    assert task_weights(path, "sim-dev") == {t.key: 2.0}
+    assert task_weights(path, "gpu-dev") == {t.key: 1.0} == task_weights(path)
+    assert main(["ansor", "show", str(path), "--device", "sim-dev", "--json", "--plot",
+                 str(tmp_path / "p.png")]) == 0
+    doc = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert doc["weighted_latency_us"] == pytest.approx(20.0)
+
+
 def test_a_task_whose_every_record_failed_has_no_best_kernel():
     """ApplyHistoryBest picks among *successful* records: a task that only failed is not
     tuned (KeyError naming it), not dispatched to a config that gave a wrong answer."""

@@ -103,3 +103,18 @@ def test_one_batch_never_holds_the_same_config_twice():
     picked = pol.pick_eps_greedy(cfgs, list(cfgs), 10)
     keys = [p.key for p in picked]
     assert len(keys) == len(set(keys)) == 10
+
+
+def test_the_last_configs_of_a_listed_space_are_found_whatever_the_draws():
+    """Near the end of a replay table a round's evolution and its one random draw of
+    4n configs could all be measured already: the task was stopped as "every config the
+    table holds is measured" with configs and budget left (798 of 800 in the review)."""
+    space = [(sk, a) for sk in generate_sketches(TASK) for a in enumerate_space(TASK, sk)]
+    assert len(space) > 500
+    left = [space[17], space[-40]]
+    for seed in range(5):
+        pol = SketchPolicy(TASK, RandomModel(seed), space=space, seed=seed)
+        pol.measured = {config_key(*c) for c in space} - {config_key(*c) for c in left}
+        batch = pol.next_batch(8)
+        assert {i.key for i in batch} == {config_key(*c) for c in left}
+        assert not pol.exhausted()

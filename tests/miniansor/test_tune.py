@@ -96,6 +96,19 @@ def test_unknown_devices_are_refused():
         make_device("tpu")
 
 
+@pytest.mark.parametrize("model", ["GBT", "xgb", ""])
+def test_an_unknown_cost_model_is_refused_not_run_as_the_ablation(model, tmp_path):
+    """Anything but exactly "gbt" ran the random-model ablation without a word."""
+    from systems.miniansor.study import ansor_run
+
+    with pytest.raises(ValueError, match=f"cost model must be 'gbt' or 'random', got "
+                                         f"'{model}'"):
+        tune_task(TASK, 4, log=tmp_path / "t.jsonl", progress=False, model=model)
+    with pytest.raises(ValueError, match="cost model must be"):
+        ansor_run(TASK, SimulatedGPU(), 0, 4, model=model)
+    assert not (tmp_path / "t.jsonl").exists()  # refused before anything was measured
+
+
 def test_a_gemm_smaller_than_two_mma_tiles_is_tuned_with_one_warp(tmp_path):
     task = gemm(16, 16, 64, "fp16")  # one 16x16 tile: no room for a second warp
     res = tune_task(task, 4, log=tmp_path / "t.jsonl", progress=False)

@@ -145,3 +145,15 @@ def test_a_batch_past_cudas_grid_limit_is_refused():
     with pytest.raises(ValueError, match="a batch of 70,000; .* at most 65,535"):
         Task("bmm", (70000, 16, 16, 16))
     assert Task("bmm", (65535, 16, 16, 16)).batch == 65535
+
+
+@pytest.mark.parametrize("tag", ["res+relu", "relu+bias", "gelu+bias+res", "bias+bias",
+                                 "res+res"])
+def test_an_epilogue_written_out_of_order_or_twice_is_refused(tag):
+    """The order was dropped: "res+relu" (relu of C + res) was tuned as relu(C) + res."""
+    from systems.miniansor.workloads import Epilogue, parse_workload
+
+    with pytest.raises(ValueError, match="act\\(C \\+ bias\\) \\+ residual"):
+        parse_workload("gemm", "8,8,8", "fp16", tag)
+    for ok in ("none", "bias", "relu", "bias+gelu", "relu+res", "bias+relu+res"):
+        assert Epilogue.from_tag(ok).tag == ok
