@@ -94,6 +94,18 @@ def max_pool_grad(x, dy, ksize, strides, padding):
     return dx[:, pt:pt + x.shape[1], pl:pl + x.shape[2]]
 
 
+def max_pool_grad_grad(x, g, ksize, strides, padding):
+    """The gradient of MaxPoolGrad with respect to its ``dy``: each window's first
+    maximal input picks its entry of ``g`` (the routing MaxPoolGrad used, read the
+    other way: TF's ``MaxPoolGradGrad``)."""
+    kh, kw = ksize
+    p, _, _ = _patches(x, kh, kw, strides, padding, fill=-np.inf)
+    gp, _, _ = _patches(g, kh, kw, strides, padding)
+    n, ho, wo, c = p.shape[:4]
+    arg = p.reshape(n, ho, wo, c, kh * kw).argmax(axis=-1)[..., None]
+    return np.take_along_axis(gp.reshape(n, ho, wo, c, kh * kw), arg, -1)[..., 0]
+
+
 def avg_pool(x, ksize, strides, padding):
     """Average over the window's *valid* inputs (TF excludes padding from the count)."""
     p, _, _ = _patches(x, ksize[0], ksize[1], strides, padding)
@@ -221,6 +233,14 @@ class TorchConv:
         gx = self.t.ops.aten.max_pool2d_with_indices_backward(
             dy.permute(0, 3, 1, 2), xc, list(ksize), list(strides), [0, 0], [1, 1], False, idx)
         return gx[:, :, pt:pt + h, pl:pl + w].permute(0, 2, 3, 1)
+
+    def max_pool_grad_grad(self, x, g, ksize, strides, padding):
+        xc = self._pad(x.permute(0, 3, 1, 2), ksize[0], ksize[1], strides, padding,
+                       value=float("-inf"))
+        _, idx = self.F.max_pool2d(xc, tuple(ksize), tuple(strides), return_indices=True)
+        gc = self._pad(g.permute(0, 3, 1, 2), ksize[0], ksize[1], strides, padding)
+        out = gc.flatten(2).gather(2, idx.flatten(2)).view_as(idx)  # per (n, c) plane
+        return out.permute(0, 2, 3, 1).contiguous()
 
     def max_pool_with_argmax(self, x, ksize, strides, padding):
         xc = self._pad(x.permute(0, 3, 1, 2), ksize[0], ksize[1], strides, padding,

@@ -493,3 +493,32 @@ def test_grad_ys_are_one_per_y_and_become_tensors_of_its_dtype():
     np.testing.assert_array_equal(got[0], [1.0, 2.0, 3.0])
     np.testing.assert_array_equal(got[1], [1.0, 0.0, 3.0])
     np.testing.assert_array_equal(got[2], [2.0, 4.0, 6.0])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("stride,padding", [(1, "VALID"), (2, "VALID"), (1, "SAME")])
+def test_second_derivatives_through_conv_and_pooling_match_torch(backend, stride, padding):
+    """A gradient penalty (the gradient's norm, differentiated again) through a conv,
+    a max pool and an average pool: the backprop ops had no gradients of their own, so
+    it failed to build. Oracle: torch's double backward."""
+    rng = np.random.default_rng(0)
+    xv, fv = rng.standard_normal((2, 9, 9, 3)), rng.standard_normal((3, 3, 3, 4)) * 0.3
+    g = mf.Graph()
+    with g.as_default():
+        x, f = mf.placeholder(mf.float64, xv.shape), mf.placeholder(mf.float64, fv.shape)
+        h = mf.nn.max_pool2d(mf.nn.conv2d(x, f, stride, padding), 2, 2, "VALID")
+        a = mf.nn.avg_pool2d(h, 2, 1, "VALID")
+        (gx,) = mf.gradients(mf.reduce_sum(a * a * a), [x])
+        grads = mf.gradients(mf.reduce_sum(gx * gx), [f, x])
+    with mf.Session(graph=g, config=mf.ConfigProto(cpu_backend=backend)) as s:
+        d_f, d_x = s.run(grads, {x: xv, f: fv})
+
+    xt = torch.tensor(xv.transpose(0, 3, 1, 2), requires_grad=True)
+    ft = torch.tensor(fv.transpose(3, 2, 0, 1), requires_grad=True)
+    ht = torch.nn.functional.conv2d(xt, ft, stride=stride,
+                                    padding="same" if padding == "SAME" else 0)
+    at = torch.nn.functional.avg_pool2d(torch.nn.functional.max_pool2d(ht, 2, 2), 2, 1)
+    (gxt,) = torch.autograd.grad((at ** 3).sum(), xt, create_graph=True)
+    t_f, t_x = torch.autograd.grad((gxt ** 2).sum(), [ft, xt])
+    np.testing.assert_allclose(d_f, t_f.numpy().transpose(2, 3, 1, 0), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(d_x, t_x.numpy().transpose(0, 2, 3, 1), rtol=1e-9, atol=1e-9)

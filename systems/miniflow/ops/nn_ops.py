@@ -250,6 +250,11 @@ define(OpDef("AvgPool", _float_only("AvgPool", _pool_shape("AvgPool")),
 define(OpDef("MaxPoolGrad", lambda ins, a: [(ins[0].dtype, ins[0].shape)],
              lambda a, be, res: (lambda x, y, dy: _conv_backend(be).max_pool_grad(
                  x, dy, a["ksize"], a["strides"], a["padding"]))))
+# MaxPoolGradGrad(orig_input, orig_output, grad): MaxPoolGrad's gradient for its dy
+# (nn_grad.py _MaxPoolGradGrad); shaped as the pooled output
+define(OpDef("MaxPoolGradGrad", lambda ins, a: [(ins[2].dtype, ins[1].shape)],
+             lambda a, be, res: (lambda x, y, g: _conv_backend(be).max_pool_grad_grad(
+                 x, g, a["ksize"], a["strides"], a["padding"]))))
 define(OpDef("AvgPoolGrad", lambda ins, a: [(ins[1].dtype, shape_from_tensor(ins[0]))],
              lambda a, be, res: (lambda s, dy: _conv_backend(be).avg_pool_grad(
                  _host(be, s), dy, a["ksize"], a["strides"], a["padding"])),
