@@ -221,12 +221,11 @@ def run_suite(system: str, *, device: str = "cpu", quick: bool = False,
     for case in doc["cases"]:  # where the plots are now
         case["plots"] = [str(out_dir / Path(p).relative_to(staging)) if
                          Path(p).is_relative_to(staging) else p for p in case["plots"]]
-    if earlier:  # the suite's order; the cases not rerun as they were
-        new = {c["case"]: c for c in doc["cases"]}
-        order = [c.name for c in load_suite(system)]
-        kept = [c for c in earlier["cases"] if c["case"] not in new]
-        doc["cases"] = sorted([*kept, *new.values()], key=lambda c: (
-            order.index(c["case"]) if c["case"] in order else len(order)))
+    if earlier:  # the suite's order; the cases not rerun as they were, and a case the
+        new = {c["case"]: c for c in doc["cases"]}  # suite no longer has, dropped
+        order = [c.name for c in load_suite(system) if c.device == device]
+        kept = [c for c in earlier["cases"] if c["case"] not in new and c["case"] in order]
+        doc["cases"] = sorted([*kept, *new.values()], key=lambda c: order.index(c["case"]))
     write_json_atomic(out_dir / "results.json", doc)
     (out_dir / "results.md").write_text(markdown(doc))
     (Path(out) / "overview.md").write_text(overview(out))

@@ -96,9 +96,13 @@ class PredictionCache:
                                              st.coalesced + coalesced)
         return out
 
-    def put(self, key: bytes, value: Any, nbytes: int) -> None:
+    def put(self, key: bytes, value: Any, nbytes: int, future: Any = None) -> None:
         """Complete a pending prediction, then keep it if it fits the budget (``nbytes``
-        is the output's size; the entry's own cost is added here)."""
+        is the output's size; the entry's own cost is added here). ``future``, the
+        answering task's, is completed too if the key's entry is another's by now (the
+        entry was renewed, or failed and made again, while this task was stuck)."""
+        if future is not None and not future.done():
+            future.set_result(value)
         entry = self.ring.get(key)
         if entry is None or entry.completed:
             return
@@ -116,31 +120,34 @@ class PredictionCache:
 
     def renew(self, key: bytes) -> CacheEntry:
         """A new pending entry for ``key`` in place of a pending one whose task seems
-        stuck: later queries wait for the new one, the earlier keep the old future."""
+        stuck: later queries wait for the new one. Whichever task answers first answers
+        both (the stuck one completes its own future and the ring's entry; the new
+        one's answer is passed on to the old future). A failure stays with its task:
+        the other may still answer."""
+        old = self.ring[key].future
         entry = self.ring[key] = CacheEntry(asyncio.get_running_loop().create_future())
+        entry.future.add_done_callback(lambda f: _pass_on(f, old))
         return entry
 
     def complete(self, tasks: list[Any], values: list[Any], nbytes: list[int]) -> None:
         """:meth:`put` the outputs of one batch, task by task (one call per batch)."""
         put = self.put
         for t, v, n in zip(tasks, values, nbytes, strict=True):
-            put(t.key, v, n)
+            put(t.key, v, n, t.future)
 
     def fail(self, key: bytes, exc: BaseException, future: Any = None) -> None:
         """A pending prediction that will not come (dropped at its deadline, model error,
         overload): wake its waiters with ``exc`` and forget the key, so the next query
         for it tries again. Given the ``future`` of the task that failed, an entry made
-        since for the same key (:meth:`renew`) is left alone."""
+        since for the same key (:meth:`renew`) is left alone: only that future fails."""
         entry = self.ring.get(key)
-        if entry is None or entry.completed or (future is not None and
-                                                entry.future is not future):
+        if future is not None and (entry is None or entry.future is not future):
+            _fail_future(future, exc)
+            return
+        if entry is None or entry.completed:
             return
         del self.ring[key]
-        if not entry.future.done():
-            entry.future.set_exception(exc)
-            # mark it seen: a query that gave up at its SLO no longer awaits it, and
-            # asyncio would log "exception was never retrieved"
-            entry.future.exception()
+        _fail_future(entry.future, exc)
 
     def _evict(self, need: int) -> None:
         """Sweep the clock hand until ``need`` bytes are free (CLOCK, second chance)."""
@@ -159,3 +166,18 @@ class PredictionCache:
 
     def hit_ratio(self) -> float:
         return self.stats.hits / self.stats.lookups if self.stats.lookups else 0.0
+
+
+
+def _pass_on(done: asyncio.Future, to: asyncio.Future) -> None:
+    """Give ``to`` the answer ``done`` got (see :meth:`PredictionCache.renew`)."""
+    if not to.done() and not done.cancelled() and done.exception() is None:
+        to.set_result(done.result())
+
+
+def _fail_future(future: asyncio.Future, exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
+        # mark it seen: a query that gave up at its SLO no longer awaits it, and
+        # asyncio would log "exception was never retrieved"
+        future.exception()

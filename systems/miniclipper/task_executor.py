@@ -167,9 +167,12 @@ class TaskExecutor:
         keys = input_keys(info.seed, inputs)
         futures, new = [], []
         now = time.monotonic()
+        renewed: dict[bytes, Any] = {}  # keys renewed by this call: later copies join
         for x, key, (status, entry) in zip(inputs, keys, self.cache.fetch_many(keys),
                                            strict=True):
-            if status == "pending" and entry.task is not None and entry.task.sent and \
+            if key in renewed:
+                status, entry = "pending", renewed[key]
+            elif status == "pending" and entry.task is not None and entry.task.sent and \
                     now - entry.task.sent > entry.task.slo:
                 # its batch is in flight past its SLO: the replica may be hung (found only
                 # after 20 SLOs). Joining it would leave this query, and every later one
@@ -177,6 +180,7 @@ class TaskExecutor:
                 # anew instead (a hedged request, as in Dean & Barroso's "The Tail at
                 # Scale"; beyond Clipper, whose later queries join the pending one)
                 status, entry = "miss", self.cache.renew(key)
+                renewed[key] = entry
             if status == "miss":
                 entry.task = PredictTask(model, x, deadline, slo, entry.future, key,
                                          traced=traced, query_id=query_id)

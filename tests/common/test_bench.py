@@ -250,6 +250,11 @@ def test_rerunning_one_case_keeps_the_others_each_naming_its_run(tmp_path, monke
     row = next(line for line in (tmp_path / "overview.md").read_text().splitlines()
                if line.startswith("| common"))
     assert "| 2026-01-05 to 2026-01-07 | 1 of 3 |" in row
+    # a case the suite no longer has (renamed, removed) leaves with the next rerun
+    monkeypatch.setattr(sc, "CASES", [suite[0], suite[2]])
+    bench.run_suite("common", out=tmp_path, progress=False, only=["a"])
+    doc = json.loads((out / "results.json").read_text())
+    assert [c["case"] for c in doc["cases"]] == ["a", "c"]
 
 
 def test_a_rerun_on_other_hardware_or_quick_is_refused_and_changes_nothing(tmp_path,

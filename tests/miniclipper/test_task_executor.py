@@ -196,3 +196,57 @@ def test_queries_for_an_input_a_hung_replica_holds_go_to_a_healthy_one():
         return answer, later
     first, later = asyncio.run(main())
     assert [r["output"] for r in later] == [3.0] * 10  # from replica 1, none a default
+
+
+class _SlowStream(_SumStream):
+    """A slow, not dead, container: each answer 80 ms late (4 SLOs, far under 20)."""
+
+    async def read(self):
+        reply = await self.replies.get()
+        await asyncio.sleep(0.08)
+        return reply
+
+
+def test_a_stuck_tasks_late_answer_still_reaches_the_queries_that_joined_it():
+    """A query that re-queued the input (its batch past the SLO) took over the cache
+    entry, and the slow task's answer then completed only that entry: a feedback that
+    had joined the slow task waited its whole second and scored nothing."""
+    async def main():
+        ex = TaskExecutor(PredictionCache(), Metrics(), lambda rep, why: None,
+                          rpc_timeout_floor_s=30.0)
+        ex.add_model(("m", "1"), "doubles", BatchingConfig("static", size=1, max_size=1))
+        qp = _app_on_one_model(ex)  # SLO 20 ms
+        x = np.array([1.0, 2.0])
+        _start_replica(ex, 0, _SlowStream())
+        t0 = time.monotonic()
+        feedback = asyncio.ensure_future(qp.update("app", x, 3.0))
+        await asyncio.sleep(0.03)  # its batch is in flight past the 20 ms SLO
+        _start_replica(ex, 1, _SumStream())
+        (answer,) = await qp.predict("app", [x], time.monotonic())
+        done = await feedback
+        return answer, done, time.monotonic() - t0
+    answer, done, took = asyncio.run(main())
+    assert answer["output"] == 3.0 and done["ok"] and took < 0.5  # not the 1 s deadline
+
+
+def test_an_input_asked_twice_in_a_request_is_queued_anew_once():
+    """Each copy of an input whose batch hung renewed the entry again: two tasks for
+    one input, and the first copy answered the default though it was computed."""
+    async def main():
+        ex = TaskExecutor(PredictionCache(), Metrics(), lambda rep, why: None,
+                          rpc_timeout_floor_s=30.0)
+        ex.add_model(("m", "1"), "doubles", BatchingConfig("static", size=4, max_size=4))
+        qp = _app_on_one_model(ex)  # SLO 20 ms
+        x = np.array([1.0, 2.0])
+        _start_replica(ex, 0, _HungStream())
+        first = asyncio.ensure_future(qp.predict("app", [x], time.monotonic()))
+        await asyncio.sleep(0.01)
+        _start_replica(ex, 1, _SumStream())
+        await first
+        await asyncio.sleep(0.03)  # X's batch is in flight past its SLO
+        out = await qp.predict("app", [x, x], time.monotonic())
+        sizes = [b[1] for b in ex.batch_log[("m", "1")] if b[4] == 1]
+        return out, sizes
+    out, sizes = asyncio.run(main())
+    assert [(r["output"], r["default"]) for r in out] == [(3.0, False)] * 2
+    assert sizes == [1]  # one task for both copies
