@@ -130,7 +130,7 @@ def fault_case(ctx: Context) -> Result:
     m["accuracy_fault_free"] = free["final"]["accuracy"]
     m["accuracy_with_kill"] = faulty["final"]["accuracy"]
     m["accuracy_delta"] = abs(m["accuracy_with_kill"] - m["accuracy_fault_free"])
-    # BSP is deterministic and exactly-once: the faulted run should end on the same model
+    # BSP with SGD is deterministic and exactly-once: the faulted run ends on the same model
     m["test_loss_delta"] = abs(faulty["final"]["loss"] - free["final"]["loss"])
     m["finished"] = float(len(faulty["clocks"]) == spec.workers)
     m["acked_lost"] = float(faulty["audit"]["acked_lost"] + sweep["acked_lost"])

@@ -162,6 +162,7 @@ def spec_from_args(a: argparse.Namespace):
                          f"is 0: give --step-sleep SECONDS too")
     app, updater = _app_spec(a), _updater(a.updater)
     _one_lam(app, updater, a.lam)
+    _one_lr(app, updater, a.lr)
     return ClusterSpec(servers=a.servers, workers=a.workers, app=app,
                        consistency=a.consistency, replication=a.replication, vnodes=a.vnodes,
                        steps=a.steps, audit=a.audit, step_sleep_s=a.step_sleep,
@@ -193,8 +194,20 @@ def _one_lam(app: dict[str, Any], updater: dict[str, Any] | None, given: float |
     """Sparse LR's L1 strength lives in two places: the servers' ``l1prox`` update uses
     it, and the workers' objective and KKT filter assume it. With ``--updater l1prox``
     both take one value (the updater's if it names one, else ``--lam``'s), so the
-    objective printed is the one the servers minimise; two different values are refused."""
-    if app["name"] != "sparse_lr" or not updater or updater["name"] != "l1prox":
+    objective printed is the one the servers minimise; two different values are refused.
+    With another updater the servers minimise the loss alone: the objective printed is
+    the loss, and ``--lam`` and the KKT filter (which drops the gradients an L1 step
+    would not have applied, and that sgd or adagrad would: another model) are refused."""
+    if app["name"] != "sparse_lr" or not updater:
+        return
+    if updater["name"] != "l1prox":
+        bad = [f for f, v in (("--lam", given is not None),
+                              ("--filters kkt", "kkt" in app["filters"])) if v]
+        if bad:
+            raise ValueError(f"{' and '.join(bad)} with --updater {updater['name']}: "
+                             f"only l1prox has an L1 term (the KKT filter would drop "
+                             f"gradients these servers apply); use --updater l1prox")
+        app["lam"] = 0.0
         return
     if "lam" not in updater:
         updater["lam"] = app["lam"]
@@ -203,6 +216,20 @@ def _one_lam(app: dict[str, Any], updater: dict[str, Any] | None, given: float |
                          "would minimise another objective than the workers report; "
                          "give one of them")
     app["lam"] = updater["lam"]
+
+
+def _one_lr(app: dict[str, Any], updater: dict[str, Any] | None, given: float | None) -> None:
+    """The learning rate is the servers' (the workers only compute gradients): with
+    ``--updater``, ``--lr`` goes into it unless it names its own, and two different
+    values are refused (``--lr`` used to be dropped without a word)."""
+    if not updater or not given or updater["name"] == "sum":
+        return
+    if "lr" not in updater:
+        updater["lr"] = given
+    elif updater["lr"] != given:
+        raise ValueError(f"--lr {given:g} and --updater lr={updater['lr']:g}: the servers "
+                         f"run one learning rate; give one of them")
+    app["lr"] = updater["lr"]
 
 
 def _launch(a: argparse.Namespace) -> dict[str, Any]:

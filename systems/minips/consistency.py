@@ -16,9 +16,11 @@ one lands first, and then BSP would not equal the single-process run. So under B
 (:meth:`Consistency.push_wait`): the servers record a second range vector clock, of
 pulls, and hold such pushes until it reaches ``c``. A worker pushes clock ``c`` only
 after pulling it, so a push also counts as its sender's pull; that is why a server that
-takes over after a failure needs no replicated pull clocks. With tau > 0 a reader may
-see newer updates than it waited for (bounded staleness, as in SSP), so pushes wait for
-nothing.
+takes over after a failure needs no replicated pull clocks. (Which updates a pull sees is
+then fixed; the order in which a server applies one clock's pushes is arrival order, so
+BSP equals the single-process run for updates that commute, such as sum and SGD.) With
+tau > 0 a reader may see newer updates than it waited for (bounded staleness, as in
+SSP), so pushes wait for nothing.
 
 The dependency travels with the pull as ``wait = c - tau - 1`` and is enforced where
 the data is: a server holds the pull until every live worker's range vector clock on the
@@ -94,8 +96,9 @@ class DependencyGate:
         self.clocks = clocks
         self.workers: list[str] = []
         self._changed = asyncio.Event()
-        self.held_s = 0.0
+        self.held_s = 0.0  # pulls held on their dependency: seconds, and how many
         self.held_pulls = 0
+        self.held_pushes = 0  # BSP pushes held until every worker read the clock
         self.max_gap = 0  # the most clocks a pulling worker was ahead of the slowest
 
     def notify(self) -> None:
@@ -123,9 +126,11 @@ class DependencyGate:
             ev = self._changed
             await ev.wait()
         held = time.perf_counter() - t0
-        if wait is not None and held > 1e-4:
+        if wait is not None and held > 1e-4 and clocks is None:
             self.held_s += held
             self.held_pulls += 1
+        elif wait is not None and held > 1e-4:  # a push, held on the pull clock
+            self.held_pushes += 1
         if clock is not None and self.workers and clocks is None:
             self.max_gap = max(self.max_gap, clock - (self.reached(ranges) + 1))
         return held

@@ -159,5 +159,6 @@ def snapshot(node: KVServer) -> dict[str, Any]:
                 workers=node.gate.workers if node.gate else [],
                 clock_segments=node.clocks.size() if node.clocks else 0,
                 held_pulls=node.gate.held_pulls if node.gate else 0,
+                held_pushes=node.gate.held_pushes if node.gate else 0,
                 max_gap=node.gate.max_gap if node.gate else 0)
     return snap

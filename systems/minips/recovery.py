@@ -47,10 +47,10 @@ class Recovery:
         self.retries.put((req, p, why))
 
     def _ask_again(self, req: Request, p: Pending) -> None:
-        """A pull held on its consistency dependency past its call's deadline: the server
-        was holding it, not failing. Send it again (the server holds it again, or answers
-        at once if the dependency was met meanwhile), without counting a failure, which
-        would read as a recovery in the metrics."""
+        """A pull (or a BSP push) held on its consistency dependency past its call's
+        deadline: the server was holding it, not failing. Send it again (the server
+        holds it again, or answers at once if the dependency was met meanwhile), without
+        counting a failure, which would read as a recovery in the metrics."""
         with self.lock:
             if p.sid not in req.pending or self.closed:
                 return

@@ -13,6 +13,7 @@ replica that takes over continues the same optimiser.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -93,9 +94,18 @@ def make(spec: dict[str, Any] | str) -> Any:
     if name not in UPDATERS:
         raise ValueError(f"unknown updater {name!r}; choose from {sorted(UPDATERS)}")
     try:
-        return UPDATERS[name](**spec)
+        updater = UPDATERS[name](**spec)
     except TypeError as e:
         raise ValueError(f"bad parameters for updater {name!r}: {e}") from None
+    # eps = 0 divides a zero gradient by a zero sum (NaN in the model, a run that looks
+    # normal); a negative lr climbs the loss, a negative lam rewards weight
+    for field, strict in (("lr", False), ("lam", False), ("eps", True)):
+        v = getattr(updater, field, None)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
+                              or not math.isfinite(v) or v < 0 or (strict and v == 0)):
+            raise ValueError(f"updater {name!r}: {field} must be a finite number "
+                             f"{'above' if strict else 'of at least'} 0, got {v!r}")
+    return updater
 
 
 def spec_of(updater: Any) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import json
+import re
 import signal
 import time
 from collections import deque
@@ -109,7 +110,10 @@ class ShardProgress:
 class Worker:
     def __init__(self, name: str, scheduler: str, run_dir: str | None = None):
         self.name, self.run_dir = name, run_dir
-        self.rank = int(name.lstrip("w"))
+        if not re.fullmatch(r"w\d+", name):  # lstrip("w") took "worker1" for rank "orker1"
+            raise ValueError(f"worker name {name!r}: workers are named w0, w1, ... (the "
+                             f"number is the worker's rank)")
+        self.rank = int(name[1:])
         self.scheduler = scheduler
 
     def run(self) -> dict[str, Any]:

@@ -47,6 +47,23 @@ def test_gate_releases_a_pull_when_the_last_worker_reaches_the_clock():
     asyncio.run(scenario())
 
 
+def test_a_held_bsp_push_is_counted_as_a_push_not_as_a_pull():
+    """``held_pulls`` (and the seconds pulls were held, the paper's waiting time) counted
+    BSP pushes held on the pull clock: a job where no pull waited reported held pulls."""
+    async def scenario():
+        push_vc, pulled = VectorClock(100), VectorClock(100)
+        gate = DependencyGate(push_vc)
+        gate.workers = ["w0", "w1"]
+        push = asyncio.ensure_future(gate.wait([(0, 100)], 0, None, lambda: True, pulled))
+        await asyncio.sleep(0.02)
+        for w in ("w0", "w1"):
+            pulled.of(w).set(0, 100, 0)
+        gate.notify()
+        await asyncio.wait_for(push, 1)
+        return gate.held_pulls, gate.held_s, gate.held_pushes
+    assert asyncio.run(scenario()) == (0, 0.0, 1)
+
+
 def quadratic(rank: int, n: int = 32):
     rng = np.random.default_rng(rank)
     a = rng.normal(size=(n, n)).astype(np.float32) / np.sqrt(n)

@@ -528,3 +528,36 @@ def test_a_pull_held_past_its_call_deadline_is_asked_again_not_counted_as_a_fail
     finally:
         w0.close(drain_s=0)
 
+
+
+def test_a_bsp_push_held_past_its_call_deadline_is_asked_again_not_counted_as_a_failure(
+        make_cluster, monkeypatch):
+    """A BSP push waits until every worker has pulled its clock; one held past its call's
+    deadline (10 s) was taken for a dead server: resent after up to 3 s more of waiting
+    for a new ring, and booked as a resend and a recovery in a job with no fault."""
+    import time
+
+    from systems.minips import kv as kv_module
+    from systems.minips.kv import KVWorker
+
+    monkeypatch.setattr(kv_module, "PUSH_TIMEOUT_S", 1.0)
+    cl = make_cluster(ClusterSpec(servers=1, workers=2, app={"name": "count"}, key_max=64))
+    w0, w1 = KVWorker(cl.sched_addr, "w0"), KVWorker(cl.sched_addr, "w1")
+    keys, ones = np.arange(4, dtype=np.uint64), np.ones((4, 1), np.float32)
+    try:
+        ts = w0.push(keys, ones, clock=0, wait=0)  # held until w0 and w1 pull clock 0
+        w0.wait(w0.pull(keys, clock=0), timeout=30)
+        time.sleep(2.5)  # w1 is slow: two deadlines pass
+        req = w0.requests[ts]
+        assert not w0.finished(ts) and req.resends >= 1
+        assert req.first_failure is None and req.whys == []
+        t0 = time.monotonic()
+        w1.wait(w1.pull(keys, clock=0), timeout=30)
+        w0.wait(ts, timeout=30)
+        assert time.monotonic() - t0 < 2.0  # not a failed server's wait for a new ring
+        assert w0.metrics.counters.get("resends", 0) == 0
+        assert w0.metrics.counters.get("recoveries", 0) == 0
+        np.testing.assert_array_equal(w0.wait(w0.pull(keys, clock=1), timeout=30), ones)
+    finally:
+        w0.close(drain_s=0)
+        w1.close(drain_s=0)

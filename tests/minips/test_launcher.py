@@ -277,6 +277,37 @@ def test_sparse_lr_reports_the_objective_its_l1prox_servers_minimise():
     assert spec("--lam", "0.02").config(None)["updater"]["lam"] == 0.02
 
 
+def test_the_learning_rate_and_the_l1_term_reach_the_updater_the_servers_run():
+    """``--lr`` was dropped without a word when ``--updater`` was given (the servers ran
+    the updater's default 0.1); ``--filters kkt`` with sgd or adagrad dropped gradients
+    those servers apply (474 nonzero weights instead of 41,255), and the objective
+    printed added an L1 term they do not minimise; eps=0 made the model NaN, a negative
+    lr or lam was taken, all in runs that looked normal."""
+    from common.cli import build_parser
+    from systems.minips.cli import spec_from_args
+
+    def spec(*extra, app="sparse_lr"):
+        return spec_from_args(build_parser().parse_args(["ps", "launch", "--app", app,
+                                                         *extra]))
+
+    assert spec("--lr", "0.5", "--updater", "adagrad", app="mlp").config(None)[
+        "updater"] == {"name": "adagrad", "lr": 0.5}
+    assert spec("--lr", "0.05", "--updater", "l1prox:lr=0.05").config(None)[
+        "updater"]["lr"] == 0.05
+    with pytest.raises(ValueError, match="--lr 0.5 and --updater lr=0.05"):
+        spec("--lr", "0.5", "--updater", "l1prox:lr=0.05")
+    s = spec("--updater", "sgd:lr=0.5")
+    assert s.app["lam"] == 0.0  # the objective printed is the loss these servers minimise
+    for extra in (["--filters", "kkt"], ["--lam", "0.01"]):
+        with pytest.raises(ValueError, match="only l1prox has an L1 term"):
+            spec(*extra, "--updater", "sgd:lr=0.5")
+    for bad, why in (("adagrad:eps=0", "eps must be a finite number above 0"),
+                     ("l1prox:eps=0", "eps must be"), ("sgd:lr=-1", "lr must be"),
+                     ("l1prox:lam=-1", "lam must be"), ("sgd:lr=inf", "lr must be")):
+        with pytest.raises(ValueError, match=why):
+            spec("--updater", bad, app="mlp" if bad.startswith("sgd") else "sparse_lr")
+
+
 @pytest.mark.parametrize("replication", [1, 2])
 def test_cli_kill_server_with_and_without_replicas(tmp_path, replication):
     """``--kill-server`` from the command line: with ``--replication 2`` the job

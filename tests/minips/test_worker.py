@@ -4,6 +4,7 @@ import signal
 import time
 
 import numpy as np
+import pytest
 
 from systems.minips.cluster import Cluster, ClusterSpec
 from systems.minips.launcher import launch
@@ -114,3 +115,14 @@ def test_an_init_push_sets_only_what_is_not_stored_yet(tmp_path):
         np.testing.assert_array_equal(got, [6, 6, 6, 6, 1, 1, 1, 1])
         from .conftest import assert_replicas_consistent
         assert_replicas_consistent(cl)
+
+
+@pytest.mark.parametrize("name", ["worker1", "w", "w1x", "s1"])
+def test_a_worker_name_not_w_and_its_rank_is_refused_in_words(name):
+    """``lstrip("w")`` read "worker1" as rank "orker1": int()'s message about a string
+    the user never typed."""
+    from systems.minips.worker import Worker
+
+    with pytest.raises(ValueError, match=f"worker name '{name}': workers are named w0"):
+        Worker(name, "127.0.0.1:9")
+    assert Worker("w12", "127.0.0.1:9").rank == 12
