@@ -221,11 +221,15 @@ def run_suite(system: str, *, device: str = "cpu", quick: bool = False,
     for case in doc["cases"]:  # where the plots are now
         case["plots"] = [str(out_dir / Path(p).relative_to(staging)) if
                          Path(p).is_relative_to(staging) else p for p in case["plots"]]
+    order = [c.name for c in load_suite(system) if c.device == device]
     if earlier:  # the suite's order; the cases not rerun as they were, and a case the
         new = {c["case"]: c for c in doc["cases"]}  # suite no longer has, dropped
-        order = [c.name for c in load_suite(system) if c.device == device]
         kept = [c for c in earlier["cases"] if c["case"] not in new and c["case"] in order]
         doc["cases"] = sorted([*kept, *new.values()], key=lambda c: order.index(c["case"]))
+    if only:  # a part of the suite: say which cases the folder lacks, wherever it is read
+        ran = {c["case"] for c in doc["cases"]}
+        if missing := [name for name in order if name not in ran]:
+            doc["not_run"] = missing
     write_json_atomic(out_dir / "results.json", doc)
     (out_dir / "results.md").write_text(markdown(doc))
     (Path(out) / "overview.md").write_text(overview(out))
@@ -293,6 +297,11 @@ def _runs(doc: dict[str, Any]) -> dict[tuple, list[str]]:
     return runs
 
 
+def _not_run(doc: dict[str, Any]) -> str:
+    n = len(doc.get("not_run") or ())
+    return f" ({n} case{'s' if n > 1 else ''} not run)" if n else ""
+
+
 def _zone(date: str) -> str:
     """The time zone of a ``machine_info`` date (``...T13:18:20+0000``) as it is read."""
     zone = date[19:]
@@ -315,6 +324,9 @@ def markdown(doc: dict[str, Any]) -> str:
         lines += [f"- {', '.join(f'`{n}`' for n in names)}: commit `{commit}`, "
                   f"{date[:10]} {date[11:16]} {_zone(date)}"
                   for (commit, date), names in runs.items()]
+    if doc.get("not_run"):
+        lines += ["", f"Not run into this folder: "
+                      f"{', '.join(f'`{n}`' for n in doc['not_run'])} (a part of the suite)."]
     lines += ["", "| case | target | measured | held |", "| --- | --- | --- | --- |"]
     for c in doc["cases"]:
         if c.get("error"):
@@ -393,7 +405,8 @@ def overview(root: str | Path) -> str:
         when = dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}"
         lines.append(f"| {d['system']} | {d['device']}{' (' + where + ')' if where else ''} | "
                      f"{when}{' quick' if d['quick'] else ''} | "
-                     f"{sum(t['held'] for t in counted)} of {len(counted)} | "
+                     f"{sum(t['held'] for t in counted)} of {len(counted)}"
+                     f"{_not_run(d)} | "
                      f"{'<br>'.join(missed) or '-'} |")
     systems = sorted(SUITES)
     ran = {(d["system"], d["device"]) for d in docs}

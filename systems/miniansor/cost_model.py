@@ -27,6 +27,8 @@ the mean, over those k trials, of best-so-far over the true best).
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 from sklearn.ensemble import GradientBoostingRegressor
 
@@ -35,6 +37,8 @@ from .feature import feature_matrix
 from .measure import MeasureInput, MeasureResult
 from .sketch import Sketch
 from .workloads import Task
+
+log = logging.getLogger(__name__)
 
 Config = tuple[Sketch, dict[str, int]]
 
@@ -70,6 +74,7 @@ class GBTModel:
         self.task_keys: list[str] = []
         self.model: GradientBoostingRegressor | None = None
         self.skipped = 0  # measurements left out: their features could not be computed
+        self._warned: set[str] = set()  # templates said so of
 
     def _rows(self, task: Task, configs: list[Config]) -> list[np.ndarray | None]:
         """One feature row per config, None where a config's features cannot be
@@ -93,11 +98,18 @@ class GBTModel:
         """Add measurements and retrain on all of them. A record whose features cannot
         be computed (a failed config of a student's template that lacks a knob, or with
         ``num_warps`` 0: the log keeps such failures on purpose) is left out: it cost
-        its trial, and must not end the tuning run, or every run resumed from the log."""
+        its trial, and must not end the tuning run, or every run resumed from the log.
+        A *successful* one is left out too, and said once per template: the model cannot
+        learn from a kernel its features do not describe."""
         for inp, res in zip(inputs, results, strict=True):
             (row,) = self._rows(inp.task, [(inp.sketch, inp.ann)])
             if row is None:
                 self.skipped += 1
+                if res.ok and inp.sketch.template not in self._warned:
+                    self._warned.add(inp.sketch.template)
+                    log.warning("cost model: %s ran, but its config %s has none of the "
+                                "features the model reads: it learns nothing from it",
+                                inp.sketch.template, inp.ann)
                 continue
             self.xs.append(row)
             self.times.append(res.time)
@@ -122,9 +134,10 @@ class GBTModel:
             return np.zeros(0)
         rows = self._rows(task, configs)
         ok = np.array([r is not None for r in rows])
-        out = np.zeros(len(configs))  # a config without features: predicted worst
+        out = np.zeros(len(configs))
         if ok.any():
             out[ok] = self.model.predict(np.stack([r for r in rows if r is not None]))
+            out[~ok] = out[ok].min() - 1.0  # no features: predicted worst (GBT may go < 0)
         return out
 
 
@@ -185,12 +198,16 @@ def recall_at_k(pred: np.ndarray, true: np.ndarray, k: int = 10) -> float:
     best may fill the true top k's places left after those strictly better (with ties,
     which of them is "the" top k is arbitrary; an index order would call a right
     prediction wrong), but no more of them than there are places: counting every tie
-    as a hit gave 1.0 to a prediction that missed the best, and to any prediction when
-    fewer than k configs ran (the failures, all 0, tied with the k-th)."""
+    as a hit gave 1.0 to a prediction that missed the best. When fewer than k configs
+    ran, recall is over those that did: failures (all 0) tied with the k-th had made
+    any prediction score (k - successes) / k or more."""
     true = np.asarray(true, float)
     k = min(k, len(true))
     top_pred = np.argsort(-np.asarray(pred), kind="stable")[:k]
     kth = np.sort(true)[::-1][k - 1]
+    if kth <= 0:  # fewer than k configs ran: the true top k is those that did (a tie
+        ran = true > 0  # of failures is no hit), NaN when none did (nothing to find)
+        return float(ran[top_pred].sum()) / ran.sum() if ran.any() else float("nan")
     above = true > kth
     tied = int((true[top_pred] == kth).sum())
     return float(above[top_pred].sum() + min(tied, k - int(above.sum()))) / k

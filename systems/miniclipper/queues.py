@@ -204,7 +204,10 @@ class ModelQueue:
                     await self._wait_change(left)
                 self._drop_expired(time.monotonic())
             batch, other = [], []
-            while len(batch) < max_size and (t := self._pop_live()) is not None:
+            # look past at most max_size tasks of other shapes: a rare shape at the head
+            # (one client's odd input) must not cost a scan of the whole queue
+            while len(batch) < max_size and len(other) < max_size and \
+                    (t := self._pop_live()) is not None:
                 (batch if not batch or _shape(t) == _shape(batch[0]) else other).append(t)
             now = time.monotonic()
             for t in other:  # another shape: back in its place, for a batch of its own

@@ -257,6 +257,26 @@ def test_rerunning_one_case_keeps_the_others_each_naming_its_run(tmp_path, monke
     assert [c["case"] for c in doc["cases"]] == ["a", "c"]
 
 
+def test_one_case_run_into_a_new_folder_says_the_suite_was_not_all_run(tmp_path,
+                                                                        monkeypatch):
+    """Written as the system's whole result, one case read "1 of 1" in the overview."""
+    import common.bench as bench
+    import common.selfcheck as sc
+
+    monkeypatch.setattr(sc, "CASES", [Case(n, "d", ("b",), _metric(3.0),
+                                           (Target("x", ">=", 2),)) for n in "abc"])
+    monkeypatch.setattr(bench, "machine_info", lambda: _machine("first"))
+    bench.run_suite("common", out=tmp_path, progress=False, only=["a"])
+    md = (tmp_path / "common" / "cpu" / "results.md").read_text()
+    assert "Not run into this folder: `b`, `c` (a part of the suite)." in md
+    row = next(line for line in (tmp_path / "overview.md").read_text().splitlines()
+               if line.startswith("| common"))
+    assert "| 1 of 1 (2 cases not run) |" in row
+    bench.run_suite("common", out=tmp_path, progress=False, only=["b", "c"])
+    doc = json.loads((tmp_path / "common" / "cpu" / "results.json").read_text())
+    assert "not_run" not in doc and [c["case"] for c in doc["cases"]] == ["a", "b", "c"]
+
+
 def test_a_rerun_on_other_hardware_or_quick_is_refused_and_changes_nothing(tmp_path,
                                                                            monkeypatch):
     import common.bench as bench

@@ -371,3 +371,27 @@ def test_a_batch_holds_inputs_of_one_shape_and_the_others_wait_their_turn():
     assert [t.key for t in first] == [b"\0", b"\2"]  # EDF among the head's shape
     assert [t.key for t in second] == [b"\1", b"\4"]  # the skipped kept their places
     assert [t.key for t in third] == [b"\3", b"\5"] and left == 0
+
+
+def test_a_rare_shape_at_the_head_looks_past_a_bounded_number_of_tasks(monkeypatch):
+    """An odd-length input at the head popped and re-pushed the whole queue (1024 tasks)
+    to make a batch of one, on the event loop, once per odd input."""
+    import numpy as np
+
+    async def main():
+        q = ModelQueue(("m", "1"))
+        now = time.monotonic()
+        q.put([PredictTask(("m", "1"), np.zeros(2 if i == 0 else 3), now + 1 + i / 1e4,
+                           1.0, None, i.to_bytes(2, "big")) for i in range(1000)])
+        pops = [0]
+        real = q._pop_live
+
+        def counting():
+            pops[0] += 1
+            return real()
+        monkeypatch.setattr(q, "_pop_live", counting)
+        first = await q.get_batch(8)
+        return first, pops[0], len(q)
+    first, pops, left = asyncio.run(main())
+    assert [len(t.input) for t in first] == [2] and left == 999
+    assert pops <= 9  # the head and at most 8 others, not 1000
