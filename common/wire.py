@@ -62,9 +62,11 @@ def _byte_chunks(a: Any) -> tuple[np.dtype, list[int], list[Any]]:
     return a.dtype, list(a.shape), [memoryview(a.reshape(-1)).cast("B")] if a.size else []
 
 
-def pack(meta: dict[str, Any], arrays: Sequence[np.ndarray | Concat] = ()) -> bytes:
+def pack(meta: dict[str, Any], arrays: Sequence[np.ndarray | Concat] = (),
+         allow_nan: bool = True) -> bytes:
     """Encode a JSON-able ``meta`` dict and a list of numpy arrays (or :class:`Concat`)
-    into one message."""
+    into one message. ``allow_nan=False`` raises ValueError on a NaN or inf in ``meta``
+    (Python's JSON writes them as bare ``NaN``, which other languages' parsers refuse)."""
     specs, chunks, offset = [], [], 0
     for a in arrays:
         dtype, shape, raw = _byte_chunks(a)
@@ -78,7 +80,8 @@ def pack(meta: dict[str, Any], arrays: Sequence[np.ndarray | Concat] = ()) -> by
         if pad:
             chunks.append(b"\0" * pad)
         offset += nbytes + pad
-    header = json.dumps({**meta, "_arrays": specs}, separators=(",", ":")).encode()
+    header = json.dumps({**meta, "_arrays": specs}, separators=(",", ":"),
+                        allow_nan=allow_nan).encode()
     # Pad the header with JSON whitespace so the arrays start on an 8-byte boundary:
     # numpy and torch take slow paths on misaligned data (a torch Linear on a 786 KB
     # batch ran 4x slower when the header's length happened to be odd).

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import numbers
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -101,8 +102,12 @@ class ClipperConnection:
         """A new REST endpoint ``/<name>/predict`` (Clipper's four arguments, plus the
         selection policy, "default", "exp3" or "exp4", and an optional fixed input
         length)."""
+        # a whole number goes as an int (numpy's too); anything else as given, for the
+        # API to refuse by name (int() made True a 1 us SLO, and 2.9 one of 2 us)
+        slo = int(slo_micros) if isinstance(slo_micros, numbers.Integral) and \
+            not isinstance(slo_micros, bool) else slo_micros
         doc = {"name": name, "input_type": input_type, "default_output": default_output,
-               "latency_slo_micros": int(slo_micros), "selection_policy": selection_policy}
+               "latency_slo_micros": slo, "selection_policy": selection_policy}
         if input_length is not None:
             doc["input_length"] = input_length
         self._admin("add_app", doc)

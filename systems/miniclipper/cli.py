@@ -91,6 +91,17 @@ def _deploy(args: argparse.Namespace) -> dict[str, Any]:
                               max_size=max(args.batch_size, 512),
                               max_delay_s=args.max_delay_ms / 1e3)
     conn = _conn(args)
+    if args.app:  # the link would be refused after the deploy (made the current version)
+        from .datatypes import same_input_type
+
+        other = sorted({m["input_type"] for m in conn.get_all_models(verbose=True)
+                        if m["model_name"] == args.name
+                        and not same_input_type(m["input_type"], args.input_type)})
+        if other:
+            raise ValueError(f"model {args.name!r} has versions taking input_type {other}; "
+                             f"an application links models of its own input type only, "
+                             f"so /{args.app} ({args.input_type!r}) could not link it: "
+                             f"deploy under another --name")
     # The application first: a bad name, SLO or input type is refused before a model
     # is deployed (which would be left behind, and a retry told "already deployed").
     new_app = bool(args.app) and args.app not in conn.get_all_apps()

@@ -167,16 +167,17 @@ def dumps_strict(obj: Any) -> str:
     try:
         return json.dumps(obj, allow_nan=False)
     except ValueError:
-        return json.dumps(_finite(obj), allow_nan=False)
+        return json.dumps(finite_json(obj), allow_nan=False)
 
 
-def _finite(obj: Any) -> Any:
+def finite_json(obj: Any) -> Any:
+    """``obj`` with each NaN or inf float as the string JSON readers know it by."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return json.dumps(obj)  # 'NaN', 'Infinity' or '-Infinity', as a string
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {k: finite_json(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
+        return [finite_json(v) for v in obj]
     return obj
 
 

@@ -47,6 +47,7 @@ from .datatypes import (
     InputError,
     check_finite,
     dumps_strict,
+    finite_json,
     loads_strict,
 )
 from .metrics import Metrics
@@ -216,8 +217,14 @@ def query_app(server: ClipperServer) -> web.Application:
         try:
             app = qp.app(name)
             doc = loads_strict(await request.read())
-            if not isinstance(doc, dict) or set(doc) != {"input", "label"}:
-                raise InputError('feedback must be a JSON object {"input": ..., "label": ...}')
+            # Clipper's body also names the user ({"uid", "input", "label"}); our
+            # selection state is per application, so a uid is taken and not used
+            if not isinstance(doc, dict) or not {"input", "label"} <= set(doc) <= \
+                    {"input", "label", "uid"}:
+                raise InputError('feedback must be a JSON object {"input": ..., "label": '
+                                 '...} (and optionally Clipper\'s "uid")')
+            if "uid" in doc and (type(doc["uid"]) is not int):
+                raise InputError(f'"uid" must be an integer, got {doc["uid"]!r:.40}')
             (x,) = qp.parse(app, [doc["input"]])
             return web.json_response(await qp.update(name, x, doc["label"]), dumps=dumps_strict)
         except REFUSED as e:
@@ -269,7 +276,11 @@ def grpc_handlers(server: ClipperServer) -> dict[str, Any]:
             server.metrics.rejected.labels(name, "overload").inc()
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, json.dumps(
                 {"error": "Overloaded", "cause": str(e)}))
-        return pack({"predictions": out, "batch": batched})
+        reply = {"predictions": out, "batch": batched}
+        try:  # valid JSON for any client, as REST answers: NaN and inf as strings
+            return pack(reply, allow_nan=False)
+        except ValueError:
+            return pack(finite_json(reply))
 
     return {"Predict": Predict}
 

@@ -163,6 +163,9 @@ def management_app(server: ClipperServer, bind_host: str = rpc.LOOPBACK) -> web.
         if not all(isinstance(m, str) for m in d["model_names"]):
             raise BadRequest(f"add_model_links: model_names must be a list of strings, got "
                              f"{d['model_names']!r:.80}")
+        if not d["model_names"]:  # as Clipper: a call that links nothing is a mistake
+            raise BadRequest("add_model_links: model_names is empty; name the model(s) to "
+                             "link")
         known = {n for n, _ in server.models}
         missing = [m for m in d["model_names"] if m not in known]
         if missing:
@@ -373,6 +376,16 @@ def management_app(server: ClipperServer, bind_host: str = rpc.LOOPBACK) -> web.
                                                          f"{type(e).__name__}: {e}")
         return handler
 
+    def guarded(fn: Callable[[web.Request], Awaitable[web.Response]]) -> Any:
+        """A GET route behind the same Host/Origin check as the POST routes: a page
+        whose domain is re-bound to this machine could otherwise read the trace (every
+        app and model name, timings, pids)."""
+        async def handler(request: web.Request) -> web.Response:
+            refused = cross_site(request, bind_host)
+            return error_json(refused[0], "Refused", refused[1]) if refused else \
+                await fn(request)
+        return handler
+
     async def ping(request: web.Request) -> web.Response:
         return web.json_response({"ok": True})
 
@@ -384,5 +397,6 @@ def management_app(server: ClipperServer, bind_host: str = rpc.LOOPBACK) -> web.
 
     app = web.Application(middlewares=[json_errors], client_max_size=1 << 20)
     app.add_routes([web.post(f"/admin/{n}", route(n, fn)) for n, fn in endpoints.items()])
-    app.add_routes([web.get("/admin/ping", ping), web.get("/admin/trace", trace)])
+    app.add_routes([web.get("/admin/ping", guarded(ping)),
+                    web.get("/admin/trace", guarded(trace))])
     return app

@@ -85,9 +85,12 @@ class LocalContainerManager:
         return address(self.host, self.ports["grpc_port"])
 
     def stop_all(self, graceful: bool = True) -> None:
-        """Shut Clipper down (it stops its containers first), then reap the process."""
+        """Shut Clipper down (it stops its containers first), then reap the process.
+        ``graceful=False`` skips the wait for the one we started; a Clipper we only
+        connected to is asked to shut down either way (Clipper's forced stop is the
+        harder one: it used to leave it running and say nothing)."""
         child = self.group.children.get("clipper")
-        if graceful:
+        if graceful or child is None:
             try:
                 http_json(f"http://{self.get_admin_addr()}/admin/shutdown", timeout=5)
             except ClipperException:

@@ -149,6 +149,26 @@ def test_stop_all_removes_the_model_store_clipper_made_for_itself(tmp_path):
     assert not os.path.exists(store)
 
 
+def test_a_forced_stop_from_a_connection_that_did_not_start_clipper_stops_it(tmp_path):
+    """``stop_all(graceful=False)`` only signalled processes this manager had spawned: a
+    second connection's forced stop left Clipper serving and said nothing."""
+    cm = LocalContainerManager(log_dir=tmp_path)
+    conn = ClipperConnection(cm)
+    conn.start_clipper(query_port=0, mgmt_port=0, grpc_port=0)
+    pid = cm.group.children["clipper"].pid
+    try:
+        other = ClipperConnection(LocalContainerManager(**cm.ports))
+        other.connect()
+        other.stop_all(graceful=False)
+        deadline = time.monotonic() + 15
+        while psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie" and \
+                time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+    finally:
+        conn.stop_all()
+
+
 def test_a_torch_module_deploys_and_matches_in_process(clipper):
     import torch
 
@@ -477,3 +497,15 @@ def test_a_call_to_a_clipper_that_is_not_running_says_so():
     conn = ClipperConnection(LocalContainerManager(mgmt_port=free))
     with pytest.raises(ClipperException, match="is Clipper running on these ports"):
         conn.connect()
+
+
+@pytest.mark.parametrize("slo", [True, 2.9, "100000"])
+def test_register_application_sends_the_slo_as_given_for_the_api_to_judge(clipper, slo):
+    """int() made True a 1 us SLO and 2.9 one of 2 us: the REST API it wraps refuses
+    both, and so does Clipper."""
+    with pytest.raises(ClipperException, match="latency_slo_micros"):
+        clipper.register_application(f"slo-{type(slo).__name__}", "doubles", 0, slo)
+    assert f"slo-{type(slo).__name__}" not in clipper.get_all_apps()
+    clipper.register_application("slo-np", "doubles", 0, np.int64(200_000))
+    assert clipper.get_app_info("slo-np")["latency_slo_micros"] == 200_000
+    clipper.unregister_application("slo-np")

@@ -369,3 +369,20 @@ def test_deploy_offers_every_controller_batching_py_lists(monkeypatch, capsys):
     assert main([*argv, "--batching", "smooth"]) == 2  # accepted: now it looks for Clipper
     err = capsys.readouterr().err
     assert "batching policy" not in err and "127.0.0.1:1" in err, err
+
+
+def test_a_deploy_whose_link_would_be_refused_deploys_nothing(clipper, capsys):
+    """m:1 takes strings; ``deploy --name m --version 2 ... --app NEW`` (doubles)
+    deployed m:2, made it m's current version, then had its link refused: the version
+    stayed, and a retry was told "already deployed"."""
+    from systems.miniclipper import deploy_python_closure
+
+    deploy_python_closure(clipper, "mixed", 1, "strings", lambda xs: ["x" for _ in xs])
+    ports = ["--mgmt-port", str(clipper.cm.ports["mgmt_port"]),
+             "--query-port", str(clipper.cm.ports["query_port"])]
+    assert main(["clipper", "deploy", "--name", "mixed", "--version", "2", "--builtin",
+                 "sum", "--app", "mixed-app", *ports]) == 2
+    assert "has versions taking input_type ['strings']" in capsys.readouterr().err
+    assert "mixed-app" not in clipper.get_all_apps()
+    assert "mixed:2" not in clipper.get_all_models()
+    assert clipper.get_current_model_version("mixed") == "1"

@@ -542,6 +542,11 @@ def test_feedback_with_a_stray_field_is_refused(clipper):
     c.register_application("strict", "doubles", -1, 10_000_000)
     code, r = post(_url(c, "strict", "update"), {"input": [1.0], "label": 1, "weight": 3})
     assert code == 400 and "feedback must be" in r["cause"]
+    code, r = post(_url(c, "strict", "update"), {"uid": "u7", "input": [1.0], "label": 1})
+    assert code == 400 and '"uid" must be an integer' in r["cause"]
+    # Clipper's own body names the user: taken (our selection state is per application)
+    code, r = post(_url(c, "strict", "update"), {"uid": 7, "input": [1.0], "label": 1})
+    assert code == 200, r
 
 
 def test_an_app_with_no_linked_model_says_so(clipper):
@@ -614,3 +619,23 @@ def test_grpc_integers_that_do_not_fit_int32_are_refused_not_wrapped(clipper):
             call(pack({"app": "ints"}, [np.array([2**40 + 7, 1], np.int64)]), timeout=10)
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "does not fit" in json.loads(e.value.details())["cause"]
+
+
+def test_a_model_answering_nan_gives_valid_json_over_grpc_as_over_rest(clipper):
+    """The gRPC reply's header (JSON, by common.wire's spec) carried bare NaN and
+    Infinity, which no parser but Python's reads; REST sent the strings. Both now
+    answer the strings."""
+    c = clipper
+    c.register_application("nan-app", "doubles", -1.0, 5_000_000)
+    deploy_python_closure(c, "nanny", 1, "doubles",
+                          lambda xs: [float("nan") if x[0] > 0 else float("inf") for x in xs])
+    c.link_model_to_app("nan-app", "nanny")
+    code, r = post(f"http://{c.cm.get_query_addr()}/nan-app/predict",
+                   {"input_batch": [[1.0], [-1.0]]})
+    assert code == 200
+    rest = [p["output"] for p in r["batch_predictions"]]
+    with rpc.channel(c.cm.get_grpc_addr()) as ch:
+        call = rpc.method(ch, QUERY_SERVICE, "Predict")
+        meta, _ = unpack(call(pack({"app": "nan-app", "input_batch": [[2.0], [-2.0]]}),
+                              timeout=30))
+    assert rest == [p["output"] for p in meta["predictions"]] == ["NaN", "Infinity"]

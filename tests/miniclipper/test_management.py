@@ -137,6 +137,12 @@ def test_management_refuses_a_rebound_host_and_values_it_cannot_serve(clipper):
     assert code == 403 and "re-bound" in r["cause"] and "kept" in c.get_all_apps()
     code, _ = call("get_all_applications", {}, f"localhost:{port}")
     assert code == 200
+    for path in ("trace", "ping"):  # the GET routes read the trace out, as POSTs do state
+        req = urllib.request.Request(f"http://{addr}/admin/{path}", headers={
+            "Host": f"attacker.example:{port}", "Origin": f"http://attacker.example:{port}"})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=10)
+        assert e.value.code == 403 and "re-bound" in json.loads(e.value.read())["cause"]
     mgmt = f"http://{addr}/admin"
     app = {"name": "huge", "input_type": "doubles", "default_output": 0,
            "latency_slo_micros": 10**400}
@@ -147,6 +153,8 @@ def test_management_refuses_a_rebound_host_and_values_it_cannot_serve(clipper):
     assert code == 400 and "overflows a float" in r["cause"]
     code, r = post(f"{mgmt}/add_model_links", {"app_name": "kept", "model_names": [["m"]]})
     assert code == 400 and "list of strings" in r["cause"]
+    code, r = post(f"{mgmt}/add_model_links", {"app_name": "kept", "model_names": []})
+    assert code == 400 and "model_names is empty" in r["cause"]  # as Clipper
     code, r = post(f"{mgmt}/get_batch_log", {"model_name": "nope", "since": 0})
     assert code == 404  # a whole-number 'since' is a time too: the model is what is missing
     code, r = post(f"{mgmt}/add_app", {**app, "latency_slo_micros": 1000,
