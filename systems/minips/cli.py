@@ -219,17 +219,35 @@ def _one_lam(app: dict[str, Any], updater: dict[str, Any] | None, given: float |
 
 
 def _one_lr(app: dict[str, Any], updater: dict[str, Any] | None, given: float | None) -> None:
-    """The learning rate is the servers' (the workers only compute gradients): with
-    ``--updater``, ``--lr`` goes into it unless it names its own, and two different
-    values are refused (``--lr`` used to be dropped without a word)."""
-    if not updater or not given or updater["name"] == "sum":
+    """The learning rate is the servers' (the workers only compute gradients). With
+    ``--updater``, its rate is: its own ``lr=``; else ``--lr``; else, for the app's own
+    rule named explicitly, the app's rate (``--updater sgd`` for the MLP ran at SGD's
+    0.1 where the app's rule runs at 0.25); else the rule's default. Two different
+    rates are refused, and so is ``--lr`` with a rule that has none (sum); the spec
+    records the rate that runs (``--lr`` used to be dropped without a word)."""
+    import dataclasses
+
+    from .apps import describe
+    from .updaters import UPDATERS
+
+    if not updater:
         return
-    if "lr" not in updater:
+    fields = {f.name: f.default for f in dataclasses.fields(UPDATERS[updater["name"]])}
+    if "lr" not in fields:
+        if given:
+            raise ValueError(f"--lr with --updater {updater['name']}: that rule has no "
+                             f"learning rate")
+        return
+    if "lr" in updater:
+        if given and updater["lr"] != given:
+            raise ValueError(f"--lr {given:g} and --updater lr={updater['lr']:g}: the "
+                             f"servers run one learning rate; give one of them")
+    elif given:
         updater["lr"] = given
-    elif updater["lr"] != given:
-        raise ValueError(f"--lr {given:g} and --updater lr={updater['lr']:g}: the servers "
-                         f"run one learning rate; give one of them")
-    app["lr"] = updater["lr"]
+    elif describe(app)["updater"]["name"] == updater["name"] and "lr" in app:
+        updater["lr"] = app["lr"]
+    if "lr" in app:
+        app["lr"] = updater.get("lr", fields["lr"])
 
 
 def _launch(a: argparse.Namespace) -> dict[str, Any]:

@@ -292,6 +292,14 @@ def test_the_learning_rate_and_the_l1_term_reach_the_updater_the_servers_run():
 
     assert spec("--lr", "0.5", "--updater", "adagrad", app="mlp").config(None)[
         "updater"] == {"name": "adagrad", "lr": 0.5}
+    s = spec("--updater", "sgd", app="mlp")  # the app's own rule, at the app's rate
+    assert s.config(None)["updater"] == {"name": "sgd", "lr": 0.25} and s.app["lr"] == 0.25
+    s = spec("--updater", "adagrad", app="mlp")  # another rule, at its own default
+    assert s.config(None)["updater"] == {"name": "adagrad"} and s.app["lr"] == 0.1
+    s = spec("--updater", "l1prox:lr=0.05,lam=0.01")  # the spec records what runs
+    assert s.app["lr"] == 0.05 == s.config(None)["updater"]["lr"]
+    with pytest.raises(ValueError, match="--lr with --updater sum: that rule has no"):
+        spec("--lr", "0.5", "--updater", "sum", app="mlp")
     assert spec("--lr", "0.05", "--updater", "l1prox:lr=0.05").config(None)[
         "updater"]["lr"] == 0.05
     with pytest.raises(ValueError, match="--lr 0.5 and --updater lr=0.05"):
