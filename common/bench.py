@@ -118,6 +118,16 @@ def run_case(case: Case, ctx: Context) -> dict[str, Any]:
     except Exception as e:  # one broken case must not lose the others' results
         res = Result(notes=f"case failed: {e!r}")
         error = traceback.format_exc()
+    try:
+        entry = _entry(case, res, error, t0)
+        _check_case(entry, f"case {case.name!r}")
+        return entry
+    except (ValueError, TypeError, KeyError) as e:  # a malformed result (a str metric):
+        return _entry(case, Result(notes=f"case failed: it returned a malformed result: "
+                                         f"{e}"), f"{type(e).__name__}: {e}", t0)
+
+
+def _entry(case: Case, res: Result, error: str | None, t0: float) -> dict[str, Any]:
     # a NaN metric (no value: nothing measured) is written as null, which JSON has and
     # the tables show as n/a; json.dump would write NaN, which strict readers refuse
     metrics = {k: None if isinstance(v, float) and math.isnan(v) else v
@@ -237,40 +247,45 @@ def run_suite(system: str, *, device: str = "cpu", quick: bool = False,
     return doc
 
 
+def _need(obj: dict, key: str, kind: type | tuple, where: str) -> Any:
+    if key not in obj:
+        raise ValueError(f"bench JSON: {where} lacks {key!r}")
+    if not isinstance(obj[key], kind):
+        raise ValueError(f"bench JSON: {where}.{key} should be {kind}, "
+                         f"got {type(obj[key]).__name__}")
+    return obj[key]
+
+
 def validate(doc: dict[str, Any]) -> None:
     """Check a results document against the schema; raise ValueError naming the field."""
-    def need(obj: dict, key: str, kind: type | tuple, where: str) -> Any:
-        if key not in obj:
-            raise ValueError(f"bench JSON: {where} lacks {key!r}")
-        if not isinstance(obj[key], kind):
-            raise ValueError(f"bench JSON: {where}.{key} should be {kind}, "
-                             f"got {type(obj[key]).__name__}")
-        return obj[key]
-
-    need(doc, "schema_version", int, "document")
-    need(doc, "system", str, "document")
-    need(doc, "device", str, "document")
-    need(doc, "quick", bool, "document")
-    m = need(doc, "machine", dict, "document")
+    _need(doc, "schema_version", int, "document")
+    _need(doc, "system", str, "document")
+    _need(doc, "device", str, "document")
+    _need(doc, "quick", bool, "document")
+    m = _need(doc, "machine", dict, "document")
     for k in ("date", "cpu", "cores", "versions", "blas"):
-        need(m, k, (str, int, dict, list), "machine")
-    for i, c in enumerate(need(doc, "cases", list, "document")):
-        where = f"cases[{i}]"
-        need(c, "case", str, where)
-        need(c, "baselines", list, where)
-        for k, v in need(c, "metrics", dict, where).items():
-            if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool)):
-                raise ValueError(f"bench JSON: {where}.metrics[{k!r}] is not a number "
-                                 f"(or null)")
-        for k, r in need(c, "ratios", dict, where).items():
-            for f in ("ratio", "q1", "q3", "pairs"):
-                need(r, f, (int, float), f"{where}.ratios[{k!r}]")
-        for t in need(c, "targets", list, where):
-            for f in ("metric", "op", "threshold", "held"):
-                if f not in t:
-                    raise ValueError(f"bench JSON: {where}.targets lacks {f!r}")
-        if "run" in c:
-            need(need(c, "run", dict, where), "date", str, f"{where}.run")
+        _need(m, k, (str, int, dict, list), "machine")
+    for i, c in enumerate(_need(doc, "cases", list, "document")):
+        _check_case(c, f"cases[{i}]")
+
+
+def _check_case(c: dict[str, Any], where: str) -> None:
+    """One case's entry against the schema (run_case checks each as it is made)."""
+    _need(c, "case", str, where)
+    _need(c, "baselines", list, where)
+    for k, v in _need(c, "metrics", dict, where).items():
+        if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool)):
+            raise ValueError(f"bench JSON: {where}.metrics[{k!r}] is not a number "
+                             f"(or null)")
+    for k, r in _need(c, "ratios", dict, where).items():
+        for f in ("ratio", "q1", "q3", "pairs"):
+            _need(r, f, (int, float), f"{where}.ratios[{k!r}]")
+    for t in _need(c, "targets", list, where):
+        for f in ("metric", "op", "threshold", "held"):
+            if f not in t:
+                raise ValueError(f"bench JSON: {where}.targets lacks {f!r}")
+    if "run" in c:
+        _need(_need(c, "run", dict, where), "date", str, f"{where}.run")
 
 
 def _fmt(v: Any) -> str:

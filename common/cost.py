@@ -98,8 +98,11 @@ def layernorm_cost(rows: int, cols: int, dtype: str = "fp32", affine: bool = Tru
 def conv2d_cost(batch: int, c_in: int, h: int, w: int, c_out: int, kh: int, kw: int,
                 stride: int = 1, padding: int = 0, dtype: str = "fp32") -> OpCost:
     """NCHW convolution: each output element is a dot product of length c_in*kh*kw."""
-    ho = (h + 2 * padding - kh) // stride + 1
-    wo = (w + 2 * padding - kw) // stride + 1
+    ho = (h + 2 * padding - kh) // stride + 1 if stride >= 1 else 0
+    wo = (w + 2 * padding - kw) // stride + 1 if stride >= 1 else 0
+    if ho < 1 or wo < 1:  # two negative sizes would multiply to a positive cost
+        raise ValueError(f"conv2d: a {kh}x{kw} kernel at stride {stride} does not fit the "
+                         f"{h + 2 * padding}x{w + 2 * padding} padded input")
     flops = 2.0 * batch * c_out * ho * wo * c_in * kh * kw
     read = (batch * c_in * h * w + c_out * c_in * kh * kw) * _b(dtype)
     written = batch * c_out * ho * wo * _b(dtype)

@@ -61,6 +61,8 @@ def latency_cdf(series: dict[str, Sequence[float]], path: str | Path, unit: str 
     """Empirical CDFs of latency samples (one line per series), with the SLO marked."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, samples in series.items():
+        if len(samples) == 0:  # nothing answered: no curve (cdf refuses an empty sample)
+            continue
         x, y = cdf(samples)
         ax.plot(x, y, label=name)
     if slo is not None:

@@ -168,6 +168,8 @@ class ProcessGroup:
             old = self.children.get(name)
         if old is not None and old.alive():  # it would be lost, and outlive the group
             raise ValueError(f"a child named {name!r} (pid {old.pid}) is still running")
+        if old is not None:  # it died by itself: what it started in its group goes too
+            self.stop(name)
         log_path = self.log_dir / f"{name}.log"
         child_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         child_env.pop(PARENT_ENV, None)
@@ -287,6 +289,7 @@ class ProcessGroup:
         with self._lock:
             child = self.children.get(name)
             if child is not None and (child.stopped or not child.alive()):
+                self.stop(name)  # one that died by itself: its group's helpers go too
                 del self.children[name]
 
     def stop_all(self, timeout: float = 5.0) -> None:

@@ -95,5 +95,5 @@ def percentile(samples: Iterable[float], p: float) -> float:
 
 def cdf(samples: Iterable[float]) -> tuple[np.ndarray, np.ndarray]:
     """The empirical CDF: sorted values and the fraction of samples at or below each."""
-    x = np.sort(np.asarray(list(samples), dtype=np.float64))
-    return x, np.arange(1, x.size + 1) / x.size
+    x = np.sort(_finite(samples, "cdf()"))  # a NaN sorted last, counted below every
+    return x, np.arange(1, x.size + 1) / x.size  # fraction

@@ -244,8 +244,12 @@ def write_json_atomic(path: str | os.PathLike, doc: Any, durable: bool = False) 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        try:  # standard JSON: JSON.parse (Perfetto, chrome://tracing) refuses NaN
+            text = json.dumps(doc, default=_plain, allow_nan=False)
+        except ValueError:  # a NaN or inf somewhere (a diverged loss): null, as bench
+            text = json.dumps(strict_json(doc), default=_plain, allow_nan=False)
         with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, default=_plain)
+            f.write(text)
             if durable:
                 f.flush()
                 os.fsync(f.fileno())

@@ -40,6 +40,13 @@ if sys.argv[1] == "stubborn-kid":  # a child of its own group that ignores SIGTE
     announce_ready(kid=kid.pid)
     while True:
         time.sleep(0.1)
+if sys.argv[1] == "crash-leaving-kid":  # a helper in its group, READY, then it crashes
+    import subprocess
+
+    kid = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    announce_ready(kid=kid.pid)
+    time.sleep(0.3)
+    sys.exit(1)
 if sys.argv[1] == "slow-helper":  # never ready; a helper in its own session keeps our
     import subprocess  # stdout open for 5 s after we are gone
 

@@ -321,3 +321,24 @@ def test_an_extra_check_is_shown_as_one_and_not_counted_as_an_issue_target(tmp_p
                if line.startswith("| miniflow"))
     assert "| 0 of 1 |" in row  # of the issue's one target; the extras listed if missed
     assert "c: `speedup` 2 (target >= 3)<br>c: `ratio` 0.5 (extra check <= 0.1)" in row
+
+
+def test_a_case_returning_a_malformed_result_fails_alone(tmp_path, monkeypatch):
+    """A str or bool metric (``(a == b).all()``) made validate() end the whole suite:
+    the cases after it never ran and no results.json was written."""
+    import common.bench as bench
+    import common.selfcheck as sc
+
+    monkeypatch.setattr(sc, "CASES", [
+        Case("first", "d", ("b",), _metric(1.0)),
+        Case("broken", "d", ("b",), lambda ctx: Result(metrics={"same": True}),
+             (Target("same", ">=", 1),)),
+        Case("third", "d", ("b",), _metric(3.0), (Target("x", ">=", 2),))])
+    monkeypatch.setattr(bench, "machine_info", lambda: _machine("first"))
+    doc = bench.run_suite("common", out=tmp_path, progress=False)
+    assert [c["case"] for c in doc["cases"]] == ["first", "broken", "third"]
+    broken = doc["cases"][1]
+    assert broken["error"] and "malformed result" in broken["notes"]
+    assert "metrics['same'] is not a number" in broken["notes"]
+    assert doc["cases"][2]["targets"][0]["held"]
+    assert (tmp_path / "common" / "cpu" / "results.json").exists()

@@ -125,3 +125,13 @@ def test_the_peak_is_never_below_a_measured_rate(tmp_path, monkeypatch):
     again = cost.cpu_spec(cache=tmp_path, observed_flops=3e11)  # cached, re-probed low
     assert again.peak("fp32") == 3e11
     assert cost.cpu_spec(cache=tmp_path).peak("fp32") == 3e11  # kept in the cache
+
+
+@pytest.mark.parametrize("args", [(1, 3, 2, 2, 8, 5, 5), (1, 3, 3, 3, 8, 5, 5, 1, 0),
+                                  (1, 3, 8, 8, 8, 3, 3, 0, 0)])
+def test_a_convolution_that_cannot_run_has_no_cost(args):
+    """Two negative output sizes multiplied to a positive FLOP count (a 5x5 kernel on a
+    2x2 input cost 4800 FLOPs; torch refuses to run it)."""
+    with pytest.raises(ValueError, match="does not fit"):
+        cost.conv2d_cost(*args)
+    assert cost.conv2d_cost(2, 3, 32, 32, 16, 3, 3).flops == 2 * (2 * 16 * 30 * 30) * 3 * 9

@@ -116,6 +116,22 @@ def test_stopping_a_child_also_kills_what_it_started_in_its_group(tmp_path):
         assert _gone(kid, 5), "a process of the child's group outlived the stop"
 
 
+@pytest.mark.parametrize("then", ["respawn", "forget"])
+def test_a_child_that_crashed_takes_what_it_started_with_it(tmp_path, then):
+    """A child that died by itself, then replaced under its name (a supervisor's
+    restart) or forgotten, left the helpers of its group running past the group."""
+    with ProcessGroup(tmp_path) as group:
+        kid = group.spawn("node", SERVER, ["crash-leaving-kid"]).info["kid"]
+        deadline = time.monotonic() + 10
+        while group.children["node"].alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if then == "respawn":
+            group.spawn("node", SERVER, ["ok"])
+        else:
+            group.forget("node")
+        assert _gone(kid, 5), f"the crashed child's helper outlived its {then}"
+
+
 def test_stopped_children_leave_no_open_pipe_behind(tmp_path):
     """A supervisor starts each replica under a new name; every start used to keep the
     child's stdout pipe open for as long as the group lived (one fd per start: a Clipper

@@ -61,3 +61,12 @@ def test_scaled_stats_scale_every_field_and_keep_the_count():
     assert us.n == s.n
     for f in ("mean", "median", "q1", "q3", "min", "max", "p90", "p99", "p999"):
         assert getattr(us, f) == getattr(s, f) * 1e6, f
+
+
+def test_cdf_refuses_non_finite_samples_as_summarize_does():
+    """A NaN sorted last and counted below every fraction: cdf([1, nan, 2]) put 2.0 at
+    2/3, and the latency plot drawn from it topped out there."""
+    with pytest.raises(ValueError, match=r"cdf\(\) needs finite samples"):
+        cdf([1.0, float("nan"), 2.0])
+    with pytest.raises(ValueError, match="got none"):
+        cdf([])

@@ -216,3 +216,21 @@ def test_rows_keep_overlapping_work_apart_and_are_reused():
     assert len(queue_rows) == 3  # (2, 4) comes last: rows 0 and 1 have moved past it
     names = {e["args"]["name"] for e in tw.events if e.get("name") == "thread_name"}
     assert {"req 0", "req 1", "queue 0", "queue 1", "queue 2"} <= names
+
+
+def test_a_nan_anywhere_is_written_as_null_so_json_parse_reads_the_file(tmp_path):
+    """A NaN counter (a diverged loss) or an inf span arg was written as bare NaN or
+    Infinity: JavaScript's JSON.parse, which Perfetto and chrome://tracing use, refuses
+    the whole file."""
+    import numpy as np
+
+    tw = TraceWriter("p")
+    tw.counter("loss", {"loss": float("nan")})
+    tw.complete("step", 1.0, 2.0, args={"lr": np.float64("inf"), "ok": 1.5})
+    path = tw.save(tmp_path / "t.json")
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+    doc = json.loads(path.read_text(), parse_constant=refuse)
+    args = [e["args"] for e in doc["traceEvents"] if e.get("ph") in ("C", "X")]
+    assert {"loss": None} in args and {"lr": None, "ok": 1.5} in args
