@@ -168,7 +168,6 @@ class PredictionCache:
         return self.stats.hits / self.stats.lookups if self.stats.lookups else 0.0
 
 
-
 def _pass_on(done: asyncio.Future, to: asyncio.Future) -> None:
     """Give ``to`` the answer ``done`` got (see :meth:`PredictionCache.renew`)."""
     if not to.done() and not done.cancelled() and done.exception() is None:

@@ -176,17 +176,24 @@ class _SumStream:
         pass
 
 
+def _one_replica(stream, batch=1):
+    """An executor whose model's replica 0 answers through ``stream``, the app of
+    ``_app_on_one_model`` (SLO 20 ms) and the input the hedging tests ask for. Call it
+    inside the event loop (the replica's loop starts at once)."""
+    ex = TaskExecutor(PredictionCache(), Metrics(), lambda rep, why: None,
+                      rpc_timeout_floor_s=30.0)
+    ex.add_model(("m", "1"), "doubles", BatchingConfig("static", size=batch, max_size=batch))
+    qp = _app_on_one_model(ex)
+    _start_replica(ex, 0, stream)
+    return ex, qp, np.array([1.0, 2.0])
+
+
 def test_queries_for_an_input_a_hung_replica_holds_go_to_a_healthy_one():
     """Replica 0 hangs holding input X; replica 1 is healthy. Every later query for X
     joined the hung task (the cache's pending entry) and answered the default until the
     hang timeout (5 s at least), while replica 1 idled: 48 of 48 in the review's run."""
     async def main():
-        ex = TaskExecutor(PredictionCache(), Metrics(), lambda rep, why: None,
-                          rpc_timeout_floor_s=30.0)
-        ex.add_model(("m", "1"), "doubles", BatchingConfig("static", size=1, max_size=1))
-        qp = _app_on_one_model(ex)  # SLO 20 ms
-        x = np.array([1.0, 2.0])
-        _start_replica(ex, 0, _HungStream())
+        ex, qp, x = _one_replica(_HungStream())
         first = asyncio.ensure_future(qp.predict("app", [x], time.monotonic()))
         await asyncio.sleep(0.01)  # replica 0 took X's batch and hangs
         _start_replica(ex, 1, _SumStream())
@@ -212,12 +219,7 @@ def test_a_stuck_tasks_late_answer_still_reaches_the_queries_that_joined_it():
     entry, and the slow task's answer then completed only that entry: a feedback that
     had joined the slow task waited its whole second and scored nothing."""
     async def main():
-        ex = TaskExecutor(PredictionCache(), Metrics(), lambda rep, why: None,
-                          rpc_timeout_floor_s=30.0)
-        ex.add_model(("m", "1"), "doubles", BatchingConfig("static", size=1, max_size=1))
-        qp = _app_on_one_model(ex)  # SLO 20 ms
-        x = np.array([1.0, 2.0])
-        _start_replica(ex, 0, _SlowStream())
+        ex, qp, x = _one_replica(_SlowStream())
         t0 = time.monotonic()
         feedback = asyncio.ensure_future(qp.update("app", x, 3.0))
         await asyncio.sleep(0.03)  # its batch is in flight past the 20 ms SLO
@@ -233,12 +235,7 @@ def test_an_input_asked_twice_in_a_request_is_queued_anew_once():
     """Each copy of an input whose batch hung renewed the entry again: two tasks for
     one input, and the first copy answered the default though it was computed."""
     async def main():
-        ex = TaskExecutor(PredictionCache(), Metrics(), lambda rep, why: None,
-                          rpc_timeout_floor_s=30.0)
-        ex.add_model(("m", "1"), "doubles", BatchingConfig("static", size=4, max_size=4))
-        qp = _app_on_one_model(ex)  # SLO 20 ms
-        x = np.array([1.0, 2.0])
-        _start_replica(ex, 0, _HungStream())
+        ex, qp, x = _one_replica(_HungStream(), batch=4)
         first = asyncio.ensure_future(qp.predict("app", [x], time.monotonic()))
         await asyncio.sleep(0.01)
         _start_replica(ex, 1, _SumStream())
