@@ -76,19 +76,21 @@ class GBTModel:
         self.skipped = 0  # measurements left out: their features could not be computed
         self._warned: set[str] = set()  # templates said so of
 
-    def _rows(self, task: Task, configs: list[Config]) -> list[np.ndarray | None]:
-        """One feature row per config, None where a config's features cannot be
-        computed (a knob missing, a zero); one vectorised call when all can."""
+    def _features(self, task: Task, configs: list[Config]) -> tuple[np.ndarray, np.ndarray]:
+        """The feature rows of the configs whose features can be computed (a knob
+        missing, a zero, and they cannot), and a mask of which those are: one
+        vectorised call when all can, as on the search's hot path."""
         try:
-            return list(feature_matrix(task, configs, self.limits))
+            return feature_matrix(task, configs, self.limits), np.ones(len(configs), bool)
         except (KeyError, TypeError, ValueError, ZeroDivisionError):
-            rows: list[np.ndarray | None] = []
+            rows, ok = [], []
             for c in configs:
                 try:
                     rows.append(feature_matrix(task, [c], self.limits)[0])
+                    ok.append(True)
                 except (KeyError, TypeError, ValueError, ZeroDivisionError):
-                    rows.append(None)
-            return rows
+                    ok.append(False)
+            return (np.stack(rows) if rows else np.zeros((0, 0))), np.array(ok, bool)
 
     @property
     def trained(self) -> bool:
@@ -102,8 +104,8 @@ class GBTModel:
         A *successful* one is left out too, and said once per template: the model cannot
         learn from a kernel its features do not describe."""
         for inp, res in zip(inputs, results, strict=True):
-            (row,) = self._rows(inp.task, [(inp.sketch, inp.ann)])
-            if row is None:
+            x, ok = self._features(inp.task, [(inp.sketch, inp.ann)])
+            if not ok[0]:
                 self.skipped += 1
                 if res.ok and inp.sketch.template not in self._warned:
                     self._warned.add(inp.sketch.template)
@@ -111,7 +113,7 @@ class GBTModel:
                                 "features the model reads: it learns nothing from it",
                                 inp.sketch.template, inp.ann)
                 continue
-            self.xs.append(row)
+            self.xs.append(x[0])
             self.times.append(res.time)
             self.task_keys.append(inp.task.key)
         if len(self.xs) < self.num_warmup_sample:
@@ -132,11 +134,12 @@ class GBTModel:
             return self.rng.uniform(0.0, 1.0, len(configs))
         if not configs:
             return np.zeros(0)
-        rows = self._rows(task, configs)
-        ok = np.array([r is not None for r in rows])
+        x, ok = self._features(task, configs)
+        if ok.all():
+            return self.model.predict(x)
         out = np.zeros(len(configs))
         if ok.any():
-            out[ok] = self.model.predict(np.stack([r for r in rows if r is not None]))
+            out[ok] = self.model.predict(x)
             out[~ok] = out[ok].min() - 1.0  # no features: predicted worst (GBT may go < 0)
         return out
 

@@ -154,14 +154,9 @@ class QueryProcessor:
                                ) -> list[dict[str, Any]]:
         """Every query goes to the same model(s): one schedule call per model for the
         whole request, and the common case (one model answered) costs one dict."""
-        placed: list = []
-        try:
-            futures = {n: self.executor.schedule((n, self.current_version[n]), inputs,
-                                                 deadline, slo, traced, qids[0], placed)
-                       for n in names}
-        except Exception as e:  # QueueFull from a later model: none of it stays queued
-            self.executor.unschedule(placed, e)
-            raise
+        futures = dict(zip(names, self.executor.schedule_all(
+            [((n, self.current_version[n]), inputs, qids[0]) for n in names],
+            deadline, slo, traced), strict=True))
         await wait_until([f for fs in futures.values() for f in fs], deadline)
         if len(names) != 1:
             return [self._answer(app, policy, q, {n: futures[n][i] for n in names})
@@ -188,16 +183,11 @@ class QueryProcessor:
             for n in names:
                 per_model.setdefault(n, []).append(i)
         futures: dict[tuple[int, str], asyncio.Future] = {}
-        placed: list = []
-        try:
-            for name, idxs in per_model.items():
-                fs = self.executor.schedule((name, self.current_version[name]),
-                                            [inputs[i] for i in idxs], deadline, slo,
-                                            traced, qids[idxs[0]], placed)
-                futures.update({(i, name): f for i, f in zip(idxs, fs, strict=True)})
-        except Exception as e:  # as in _predict_uniform
-            self.executor.unschedule(placed, e)
-            raise
+        scheduled = self.executor.schedule_all(
+            [((name, self.current_version[name]), [inputs[i] for i in idxs], qids[idxs[0]])
+             for name, idxs in per_model.items()], deadline, slo, traced)
+        for (name, idxs), fs in zip(per_model.items(), scheduled, strict=True):
+            futures.update({(i, name): f for i, f in zip(idxs, fs, strict=True)})
         await wait_until(list(futures.values()), deadline)
         return [self._answer(app, policy, q, {n: futures[(i, n)] for n in names})
                 for i, (q, names) in enumerate(zip(qids, choices, strict=True))]

@@ -161,8 +161,7 @@ class TaskExecutor:
         """One future per input for ``model``'s output: from the cache when present, else
         from a task queued for the model. Raises :class:`.queues.QueueFull` (nothing of
         this call stays queued then) or KeyError for an unknown model. The tasks queued
-        are added to ``placed``: a request that spans models and is refused by a later
-        one takes them back with :meth:`unschedule`."""
+        are added to ``placed`` (see :meth:`schedule_all`)."""
         queue, info = self.queues[model], self.models[model]
         keys = input_keys(info.seed, inputs)
         futures, new = [], []
@@ -203,14 +202,22 @@ class TaskExecutor:
                 placed.extend(new)
         return futures
 
-    def unschedule(self, tasks: list[PredictTask], why: BaseException) -> None:
-        """Take back tasks a request queued before the rest of it was refused: a 429
-        means nothing of the request stays queued (left, they filled the other models'
-        bounded queues with work nobody waits for). Called with no ``await`` since
-        :meth:`schedule`, so no other query has joined them."""
-        for t in tasks:
-            self.queues[t.model].remove(t)
-            self._fail(t, why)
+    def schedule_all(self, calls: list[tuple[tuple[str, str], list[Any], int]],
+                     deadline: float, slo: float, traced: bool = False,
+                     ) -> list[list[asyncio.Future]]:
+        """:meth:`schedule` for each ``(model, inputs, query_id)`` of one request, all or
+        none: when a later model refuses (QueueFull), the tasks queued for the earlier
+        ones are taken back, so a 429 means nothing of the request stays queued (left,
+        they filled the other models' bounded queues with work nobody waits for)."""
+        placed: list[PredictTask] = []
+        try:
+            return [self.schedule(model, inputs, deadline, slo, traced, qid, placed)
+                    for model, inputs, qid in calls]
+        except Exception as e:
+            for t in placed:  # no await since they were queued: no query joined them
+                self.queues[t.model].remove(t)
+                self._fail(t, e)
+            raise
 
     def add_replica(self, model: tuple[str, str], replica_id: int, address: str,
                     pid: int) -> Replica:

@@ -137,7 +137,10 @@ class _Done:
     def __init__(self, f):
         self.f, self.calls = f, []
 
-    def schedule(self, model, inputs, deadline, slo, traced=False, query_id=0, placed=None):
+    def schedule_all(self, calls, deadline, slo, traced=False):
+        return [self.schedule(model, inputs, deadline, slo) for model, inputs, _ in calls]
+
+    def schedule(self, model, inputs, deadline, slo, traced=False, query_id=0):
         self.calls.append(model)
         out = []
         for x in inputs:
@@ -174,7 +177,7 @@ class _Later(_Done):
         super().__init__(f)
         self.delay = delay
 
-    def schedule(self, model, inputs, deadline, slo, traced=False, query_id=0, placed=None):
+    def schedule(self, model, inputs, deadline, slo, traced=False, query_id=0):
         loop = asyncio.get_running_loop()
         out = [loop.create_future() for _ in inputs]
         loop.call_later(self.delay, lambda: [f.set_result(self.f(model[0], x))
