@@ -10,7 +10,9 @@ The tiled kernel follows Triton's matrix-multiplication tutorial
 (``python/tutorials/03-matrix-multiplication.py``): one program per [BLOCK_M, BLOCK_N]
 tile of C, a loop over K in steps of BLOCK_K that accumulates ``tl.dot`` in fp32, and the
 *grouped* program order (GROUP_M rows of tiles before moving right) that raises L2 reuse.
-Unlike the tutorial we mask every load and store, so any M, N, K works (ragged edges).
+The tutorial handles ragged M and N by wrapping out-of-range rows and columns back
+into the matrix (``% M``, ``% N``) and masking only K and the store; we mask every load
+instead, so edge tiles read zeros rather than repeat rows (same result, any M, N, K).
 
 Three structures, one per sketch family:
 

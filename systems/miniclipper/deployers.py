@@ -1,6 +1,6 @@
 """Deployers: write a model directory on local disk, then deploy it by path.
 
-``clipper_admin/deployers/python.py`` serialises a Python closure with cloudpickle
+``clipper_admin/clipper_admin/deployers/python.py`` serialises a Python closure with cloudpickle
 (``deployer_utils.save_python_function`` writes ``func.pkl`` to a temp dir), builds a
 Docker image from that directory and deploys the image. We keep the first half exactly
 and replace the image with the directory itself: the management API receives its *path*

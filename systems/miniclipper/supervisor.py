@@ -1,8 +1,9 @@
 """Replica supervision inside the Clipper process: the model store, spawn, watch, restart.
 
-In Clipper the container manager (``clipper_admin/docker/docker_container_manager.py``)
-starts model containers; it sets no Docker restart policy, so a dead container stays dead
-(only the Kubernetes manager's Deployments restart pods). The query frontend learns of a
+In Clipper the container manager
+(``clipper_admin/clipper_admin/docker/docker_container_manager.py``) starts model
+containers; it sets no Docker restart policy, so a dead container stays dead (only the
+Kubernetes manager's Deployments restart pods). The query frontend learns of a
 container when it connects to its RPC port (``src/libclipper/src/rpc_service.cpp``). Here
 the supervisor lives in the frontend process, so it outlives the admin client that asked
 for the replicas, and it plays both parts:

@@ -112,10 +112,13 @@ class Recovery:
     def _heartbeats(self) -> None:
         interval = self.config["hb_interval"]
         # The scheduler is the one node without a stand-in (the paper's server manager,
-        # section 4.1). Without it the current ring still serves (exercise 5), but no new
-        # ring will come: a request resending for give_up_s (ten of its death timeouts
-        # by default) while it is silent will not finish, and is failed rather than
-        # resent for ever (ps-lite's resender gives up after PS_RESEND_TIMEOUT the same way).
+        # sections 3 and 4.5). Without it the current ring still serves (exercise 5), but
+        # no new ring will come: a request resending for give_up_s (ten of its death
+        # timeouts by default) while it is silent will not finish, and is failed rather
+        # than resent for ever. ps-lite never fails one request: its src/resender.h waits
+        # PS_RESEND_TIMEOUT x (1 + retries) between resends, and after 10 it logs an error
+        # (older versions) or aborts the whole process (master's CHECK). We fail the one
+        # request and let the caller decide.
         lost_after = self.config.get("give_up_s", 10 * self.config["hb_timeout"])
         last_answer = time.monotonic()
         while not self.closed:
