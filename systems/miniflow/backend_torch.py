@@ -31,7 +31,7 @@ class TorchBackend:
         self.divide, self.negative, self.power = t.true_divide, t.neg, t.pow
         self.floor_divide = t.floor_divide  # rounds toward -inf since torch 1.13, as TF
         self.exp, self.log, self.tanh, self.sigmoid = t.exp, t.log, t.tanh, t.sigmoid
-        self.sqrt, self.square, self.abs, self.sign = t.sqrt, t.square, t.abs, t.sign
+        self.sqrt, self.square, self.abs = t.sqrt, t.square, t.abs
         self.maximum, self.minimum, self.relu = t.maximum, t.minimum, t.relu
         self.equal, self.not_equal, self.less, self.greater = t.eq, t.ne, t.lt, t.gt
         self.less_equal, self.greater_equal = t.le, t.ge
@@ -150,6 +150,12 @@ class TorchBackend:
 
     def size_of(self, x):
         return np.int32(x.numel())
+
+    def sign(self, x):
+        # torch.sign maps NaN to 0; TF and numpy keep NaN, and so must Abs's gradient
+        # (g * sign(x)), or a NaN that check_numerics finds on the CPU vanishes on a GPU
+        s = self.torch.sign(x)
+        return self.torch.where(x != x, x, s) if x.is_floating_point() else s
 
     def relu_grad(self, g, features):
         # two kernels where torch's threshold_backward is one, kept for TF's semantics

@@ -22,8 +22,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 from .backend import _tf_same_padding
 
 
-def out_size(size: int | None, k: int, stride: int, padding: str) -> int | None:
-    if size is None:
+def out_size(size: int | None, k: int | None, stride: int, padding: str) -> int | None:
+    if size is None or (k is None and padding != "SAME"):  # SAME does not depend on k
         return None
     if padding == "SAME":
         return -(-size // stride)

@@ -7,7 +7,7 @@ import torch
 
 import systems.miniflow as mf
 
-from .helpers import BACKENDS, evaluate
+from .helpers import BACKENDS, evaluate, session
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -145,3 +145,71 @@ def test_a_conv_with_no_input_channels_is_zeros_of_its_static_shape(backend):
                           f: np.zeros((3, 3, 0, 5), np.float32)}, backend)
     assert y.shape == (2, 2, 2, 5)
     np.testing.assert_array_equal(got, np.zeros((2, 2, 2, 5), np.float32))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sign_of_nan_is_nan_and_so_is_the_gradient_of_abs_on_both_backends(backend):
+    """torch.sign(NaN) is 0; TF and numpy keep NaN, so the torch backend must too, or a
+    NaN gradient that check_numerics catches on the CPU vanishes on a GPU."""
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [3])
+        (dabs,) = mf.gradients(mf.reduce_sum(mf.abs(x)), [x])
+        y = mf.sign(x)
+    got, grad = evaluate(g, [y, dabs], {x: np.array([np.nan, -2.0, 3.0], np.float32)}, backend)
+    np.testing.assert_array_equal(got, [np.nan, -1.0, 1.0])
+    np.testing.assert_array_equal(grad, [np.nan, -1.0, 1.0])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_shapes_known_only_at_run_time_are_checked_where_tensorflow_checks_them(backend):
+    """A [None, 4] passes every build-time check against a [1, 4]; the kernels must refuse
+    what would broadcast: AddN (a broadcast sum hands the (1, 4) input a (3, 4) gradient,
+    and an optimizer step then grows a (1, 4) variable), the cross-entropy's labels (the
+    numpy kernel gave every row the one label) and BiasAdd (a last dimension of 1)."""
+    g = mf.Graph()
+    with g.as_default():
+        a, b = mf.placeholder(mf.float32, [None, 4]), mf.placeholder(mf.float32, [None, 4])
+        s = mf.add_n([a, b])
+        logits, labels = mf.placeholder(mf.float32, [None, 3]), mf.placeholder(mf.int32, [None])
+        loss = mf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+        v = mf.placeholder(mf.float32, [None, None])
+        bias = mf.constant(np.array([1.0, 2.0, 3.0, 4.0], np.float32))
+        biased = mf.nn.bias_add(v, bias)
+        dv, dbias = mf.gradients(mf.reduce_sum(biased * biased), [v, bias])
+    ones = np.ones((3, 4), np.float32)
+    with session(g, backend) as sess:
+        with pytest.raises(mf.errors.InvalidArgumentError, match=r"AddN.*same shape"):
+            sess.run(s, {a: ones, b: ones[:1]})
+        with pytest.raises(mf.errors.InvalidArgumentError, match="same first dimension"):
+            sess.run(loss, {logits: np.zeros((4, 3), np.float32), labels: [2]})
+        with pytest.raises(mf.errors.InvalidArgumentError, match="BiasAdd.*biases"):
+            sess.run(biased, {v: np.zeros((2, 1), np.float32)})
+        vals = np.arange(8, dtype=np.float32).reshape(2, 4)
+        got, gv, gb = sess.run([biased, dv, dbias], {v: vals})
+    t_v, t_b = torch.tensor(vals, requires_grad=True), torch.tensor([1.0, 2, 3, 4],
+                                                                    requires_grad=True)
+    want = t_v + t_b
+    (want * want).sum().backward()
+    np.testing.assert_allclose(got, want.detach().numpy())
+    np.testing.assert_allclose(gv, t_v.grad.numpy())
+    np.testing.assert_allclose(gb, t_b.grad.numpy())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_valid_conv_with_a_filter_sized_at_run_time_builds_and_matches_torch(backend):
+    """VALID's output size depends on the filter's; unknown, it is unknown (as TF infers),
+    not a bare TypeError from inside the shape function."""
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [1, 6, 5, 2])
+        f = mf.placeholder(mf.float32, [None, None, 2, 3])
+        y = mf.nn.conv2d(x, f, 1, "VALID")
+    assert y.shape == (1, None, None, 3)
+    rng = np.random.default_rng(3)
+    xs, fs = rng.normal(size=(1, 6, 5, 2)).astype(np.float32), \
+        rng.normal(size=(3, 2, 2, 3)).astype(np.float32)
+    got = evaluate(g, y, {x: xs, f: fs}, backend)
+    want = torch.nn.functional.conv2d(torch.tensor(xs).permute(0, 3, 1, 2),
+                                      torch.tensor(fs).permute(3, 2, 0, 1))
+    np.testing.assert_allclose(got, want.permute(0, 2, 3, 1).numpy(), rtol=1e-5, atol=1e-5)

@@ -165,6 +165,16 @@ def _addn_shape(ins, attrs):
 
 def _addn_kernel(attrs, be, res):
     def addn(*xs):
+        # The shape function can only compare the dimensions it knows; a [None, 4] and a
+        # [1, 4] pass it and would broadcast here. TF's AddN kernel refuses inputs of
+        # different shapes (tensorflow/core/kernels/aggregate_ops.cc), and so do we: a
+        # broadcast sum would hand each input a gradient of the wrong shape.
+        first = tuple(xs[0].shape)
+        for x in xs[1:]:
+            if tuple(x.shape) != first:
+                raise InvalidArgumentError(
+                    f"AddN: all inputs must have the same shape, got "
+                    f"{', '.join(str(tuple(y.shape)) for y in xs)}")
         acc = be.add(xs[0], xs[1]) if len(xs) > 1 else xs[0]
         for x in xs[2:]:
             acc = be.add(acc, x)

@@ -11,11 +11,20 @@ from ..gradients import RegisterGradient
 from ..op_def import constant, make_op
 from .array_ops import shape
 from .math_ops import exp, reduce_sum
+from .unbroadcast import unbroadcast
 
 
 def _shape_of(t):
     return constant(list(t.shape), "int32") if t.shape is not None and None not in t.shape \
         else shape(t)
+
+
+@RegisterGradient("BiasAdd")
+def _bias_add_grad(op, g):
+    # the kernel proved bias as long as value's last axis: sum g over every other axis
+    # (TF's BiasAddGrad); ``unbroadcast`` does that from the run-time shapes
+    value, bias = op.inputs
+    return g, unbroadcast(g, bias, value)
 
 
 @RegisterGradient("Softmax")

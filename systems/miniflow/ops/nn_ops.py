@@ -23,7 +23,9 @@ from ..op_def import (
     check_axis,
     convert_to_tensor,
     define,
+    elementwise_shape,
     make_op,
+    same_dtype,
     shape_error,
     shape_from_tensor,
 )
@@ -94,6 +96,12 @@ def _xent_kernel(attrs, be, res):
         # One pass of softmax arithmetic serves both outputs: loss = log(sum e^z) - z_label
         # and backprop = softmax - one_hot (sparse_xent_op.cc does the same).
         n, classes = logits.shape[0], logits.shape[1]
+        if labels.shape[0] != n:  # with a None batch only the run can tell (numpy would
+            from ..errors import InvalidArgumentError  # broadcast one label to every row)
+
+            raise InvalidArgumentError(
+                f"logits and labels must have the same first dimension, got logits shape "
+                f"{tuple(logits.shape)} and labels shape {tuple(labels.shape)}")
         if be.name == "numpy":
             lab = labels
             # one reduction checks both ends: negative labels read as unsigned are huge
@@ -293,4 +301,26 @@ def bias_add(value, bias, name=None):
         if n is not None and c is not None and n != c:
             raise shape_error("BiasAdd", f"bias has {c} elements but value's last dimension "
                               f"is {n}", value, bias)
-    return add(value, bias, name=name or "BiasAdd")
+        if n is not None and c is not None:
+            # proved at build time: a plain Add, which the fusion passes know
+            return add(value, bias, name=name or "BiasAdd")
+    # a dimension only the run will know: an op whose kernel checks it, as TF's BiasAdd
+    # kernel does (bias_op.cc), where an Add would broadcast a last dimension of 1
+    return make_op("BiasAdd", [value, bias], name=name).outputs[0]
+
+
+def _bias_add_kernel(attrs, be, res):
+    def bias_add(value, bias):
+        if value.ndim < 2 or value.shape[-1] != bias.shape[0]:
+            from ..errors import InvalidArgumentError
+
+            raise InvalidArgumentError(
+                f"BiasAdd: must provide as many biases as the last dimension of the input, "
+                f"got value shape {tuple(value.shape)} and bias shape {tuple(bias.shape)}")
+        return be.add(value, bias)
+    return bias_add
+
+
+define(OpDef("BiasAdd", lambda ins, a: [(same_dtype("BiasAdd", *ins),
+                                         elementwise_shape("BiasAdd", *ins))],
+             _bias_add_kernel))
