@@ -58,6 +58,8 @@ def http_json(url: str, doc: Any = None, method: str = "POST", timeout: float = 
                 "or `casebook clipper start`)" if isinstance(e.reason, ConnectionRefusedError)
                 else "")
         raise ClipperException(f"{method} {url}: {e.reason}{hint}") from None
+    except TimeoutError:  # a read that timed out is not a URLError
+        raise ClipperException(f"{method} {url}: no answer in {timeout:g} s") from None
     except (http.client.HTTPException, ConnectionError) as e:  # e.g. a gRPC port
         raise ClipperException(f"{method} {url}: the service on that port does not answer "
                                f"HTTP ({type(e).__name__}); is it Clipper's gRPC port? "

@@ -243,8 +243,10 @@ class QueryProcessor:
         awake = self.wake(app)
         drawn = frozenset(awake.weights)  # the draw's: another query may change it meanwhile
         models = self._versions(policy.feedback_models(awake, app.rng))
-        futures = {n: self.executor.schedule(mv, [x], deadline, slo)[0]
-                   for n, mv in models.items()}
+        # all or none, as a query's: a 429 must leave nothing queued for the others
+        scheduled = self.executor.schedule_all([(mv, [x], 0) for mv in models.values()],
+                                               deadline, slo)
+        futures = {n: fs[0] for n, fs in zip(models, scheduled, strict=True)}
         await wait_until(list(futures.values()), deadline)
         # scored as the client saw them: its label is what the API answered (json_output)
         outputs = {n: json_output(f.result()) for n, f in futures.items()

@@ -119,8 +119,11 @@ class ReplicaSupervisor:
         failed = [e for e in started if isinstance(e, BaseException)]
         if failed:
             raise failed[0]
-        for rid in [r for r in have if r >= n]:
-            await self._stop(model, rid)
+        # re-read after each stop: a replica that died meanwhile was taken out by its
+        # restart (which then starts nothing, as it is no longer wanted); a list made
+        # once made its _stop fail and left every replica after it running
+        while extra := [r for r in self.children.get(model, {}) if r >= n]:
+            await self._stop(model, extra[0])
         self._count(model)
 
     async def retire(self, model: tuple[str, str]) -> None:
@@ -140,7 +143,9 @@ class ReplicaSupervisor:
             (self.store / model[0]).rmdir()
 
     async def _stop(self, model: tuple[str, str], rid: int) -> None:
-        child = self.children[model].pop(rid)
+        child = self.children.get(model, {}).pop(rid, None)
+        if child is None:  # gone meanwhile (its restart took it out)
+            return
         self._count(model)
         await self.executor.remove_replica(model, rid)
         await asyncio.to_thread(self.group.stop, child.name, 2.0)

@@ -127,16 +127,18 @@ class Cluster:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def start(self, workers: bool = True, restore: str | Path | None = None) -> Cluster:
+    def start(self, workers: bool = True, restore: str | Path | None = None,
+              servers: bool = True) -> Cluster:
         """Scheduler, then the servers (from checkpoint ``restore`` if given), then the
-        workers (unless ``workers=False``: tests drive in-process workers instead)."""
+        workers (unless ``workers=False``: tests drive in-process workers instead;
+        ``servers=False``: the caller starts them, with :meth:`add_server`)."""
         if restore:  # refuse a checkpoint that does not fit before any process starts
             self.config["restored_clocks"] = check_fits(
                 load(restore), restore, self.config["key_max"], self.config["val_len"])
         ch = self.group.spawn("scheduler", "systems.minips.scheduler",
                               ["--config", json.dumps(self.config), "--host", self.spec.host])
         self.sched_addr = ch.info["addr"]
-        names = [f"s{i}" for i in range(self.spec.servers)]
+        names = [f"s{i}" for i in range(self.spec.servers if servers else 0)]
         kids = [self._spawn_server(n, wait=False, restore=restore) for n in names]
         for k in kids:
             self.group.wait_ready(k, 60)

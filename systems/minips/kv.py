@@ -115,17 +115,19 @@ class KVWorker(Recovery, Records):
         self.clock = 0
         self.ring: Ring | None = None
         self.info: dict[str, Any] = {}
+        self.retries: queue.Queue = queue.Queue()
+        self.threads = [threading.Thread(target=self._resender, daemon=True)]
+        if heartbeat:  # from registration on: a worker started more than worker_timeout
+            # before the servers was silent until the ring formed, and declared dead
+            self.threads.append(threading.Thread(target=self._heartbeats, daemon=True))
+            self.threads[-1].start()
         t_end = time.monotonic() + 60
         while self._refresh_ring() < 1:
             if time.monotonic() > t_end:
+                self.closed = True  # (ends the heartbeats)
                 raise TimeoutError("the scheduler formed no ring within 60 s")
             time.sleep(0.02)
-        self.retries: queue.Queue = queue.Queue()
-        self.threads = [threading.Thread(target=self._resender, daemon=True)]
-        if heartbeat:
-            self.threads.append(threading.Thread(target=self._heartbeats, daemon=True))
-        for t in self.threads:
-            t.start()
+        self.threads[0].start()
 
     # ---- the API ---------------------------------------------------------------------
     def push(self, keys: np.ndarray, vals: np.ndarray, clock: int | None = None,

@@ -189,11 +189,14 @@ class Scheduler:
             dead = sorted(n for n, s in self.servers.items() if not s["alive"])
             shown = ", ".join(f"[{b}, {e})" for b, e in lost[:4]) + \
                 (f" and {len(lost) - 4} more" if len(lost) > 4 else "")
+            why = (f"servers {dead} died, more at once than replication "
+                   f"{self.config['replication']} survives (one died before the ranges of "
+                   f"another were copied again)" if dead else
+                   "no server died: the copies that move them failed (see the servers' "
+                   "logs)")
             self.fail(f"no live server holds a complete copy of key ranges {shown} "
-                      f"({sum(e - b for b, e in lost)} keys): servers {dead} died, more at "
-                      f"once than replication {self.config['replication']} survives (one "
-                      f"died before the ranges of another were copied again), so their "
-                      f"values are lost; restart from a checkpoint")
+                      f"({sum(e - b for b, e in lost)} keys): {why}, so their values are "
+                      f"lost; restart from a checkpoint")
 
     def remove_worker(self, name: str, why: str) -> None:
         w = self.workers[name]

@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from .server import KVServer
 
 CATCHUP_TIMEOUT_S = 2.0
+CATCHUP_ATTEMPTS = 3  # sends of one catch-up before its receiver is taken for dead
 
 
 def note(book: dict[int, list], epoch: int, ranges: list[tuple[int, int]]) -> None:
@@ -297,9 +298,19 @@ class RingTransitions:
                 msg = self.range_message("sync", [(b, e)], full=True, catchup=True)
             if not whole:  # the test's victim: an old master, about to send its changes
                 self.s.crash_point("before_catchup")
-            await self.send(new_master, "Sync", msg)
-            self.s.dbg(f"catch-up to {new_master} [{b}, {e})")
-            self.s.metrics.inc("catchups_sent")
+            # Step 3 drops the range once this returns, and with replication 1 ours is its
+            # only complete copy: one failed RPC (a deadline, a reset) lost it though no
+            # server died. So a failed catch-up is sent again; the receiver keeps the
+            # first copy of a range and ignores the rest, so a resend is harmless. One
+            # that never gets through is a dead new master: with R = 1 its ranges are lost
+            # as any dead server's; with R >= 2 its replicas' copies cover it.
+            for attempt in range(CATCHUP_ATTEMPTS):
+                if await self.send(new_master, "Sync", msg) is not None:
+                    self.s.dbg(f"catch-up to {new_master} [{b}, {e})")
+                    self.s.metrics.inc("catchups_sent")
+                    break
+                self.s.metrics.inc("catchups_failed")
+                await asyncio.sleep(0.1 * 2 ** attempt)
 
     async def backup(self, replica: str, ranges: list[tuple[int, int]]) -> None:
         """A whole copy for a server that becomes a replica of ``ranges``; it keeps it

@@ -509,3 +509,20 @@ def test_register_application_sends_the_slo_as_given_for_the_api_to_judge(clippe
     clipper.register_application("slo-np", "doubles", 0, np.int64(200_000))
     assert clipper.get_app_info("slo-np")["latency_slo_micros"] == 200_000
     clipper.unregister_application("slo-np")
+
+
+def test_a_management_call_that_times_out_is_a_clipper_exception():
+    """A read that times out is a TimeoutError, not a URLError: it escaped http_json, and
+    stop_all, which goes on to kill Clipper after a ClipperException, left a hung
+    frontend (or one busy loading a model under the management lock) running."""
+    import socket
+
+    from systems.miniclipper.admin import http_json
+
+    srv = socket.create_server(("127.0.0.1", 0))  # accepts (the kernel does), never answers
+    try:
+        url = f"http://127.0.0.1:{srv.getsockname()[1]}/admin/shutdown"
+        with pytest.raises(ClipperException, match=r"no answer in 0.3 s"):
+            http_json(url, timeout=0.3)
+    finally:
+        srv.close()

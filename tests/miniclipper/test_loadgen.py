@@ -83,7 +83,7 @@ def stalling_server():
         if not state.get("stalled") and time.monotonic() > state["t0"] + 0.4:
             state["stalled"] = True
             time.sleep(0.3)  # the whole server stops, as in a GC pause
-        await request.read()
+        state.setdefault("bodies", []).append(await request.read())
         return web.json_response({"output": 1, "default": False})
 
     async def main():
@@ -234,3 +234,15 @@ def test_latency_counts_from_the_scheduled_send_even_when_the_generator_is_late(
     assert late.sum() >= 10
     # each was sent when the stall ended, ~0.3 s after the first was due
     np.testing.assert_array_less(first + 0.28 - sched[late] - 0.02, lat[late])
+
+
+def test_closed_loop_never_sends_a_cold_body_twice(stalling_server, monkeypatch):
+    """It used to cycle through its bodies: past the 20,000th query every cold query was
+    a repeat, a cache hit at hot_fraction 0. It ends early instead."""
+    s = stalling_server
+    s["t0"], s["stalled"], s["bodies"] = time.monotonic() + 100, False, []  # no stall
+    monkeypatch.setattr(loadgen, "CLOSED_LOOP_BODIES", 40)
+    url = f"http://127.0.0.1:{s['port']}/a/predict"
+    out = run(LoadSpec(url, [[1.0, 2.0]], concurrency=4, duration_s=30.0, slo_s=1.0))
+    assert len(s["bodies"]) == 40 == len(set(s["bodies"]))
+    assert out["duration_s"] < 10

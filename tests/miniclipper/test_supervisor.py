@@ -435,3 +435,25 @@ def test_stopping_one_model_leaves_another_models_restart_back_off_alone(monkeyp
         return tries, gave_up
     tries, gave_up = asyncio.run(main())
     assert not gave_up and tries <= 3  # ~1.1 s: attempts at 0, 0.5 and 1.5 s at most
+
+
+def test_a_replica_that_dies_during_a_scale_down_does_not_stop_it_half_way():
+    """The replicas to stop were listed once; one that died meanwhile was taken out by its
+    restart, and stopping it again raised KeyError: the call answered 404 and the
+    replicas after it kept serving though 0 were asked for."""
+    class Dying(Executor):
+        async def remove_replica(self, model, rid):
+            await super().remove_replica(model, rid)
+            if rid == 0:  # while replica 0 is being stopped, replica 3's process dies
+                await self.sup.restart(model, 3, "exited with -9")
+
+    async def main():
+        model, ex = ("m", "1"), Dying()
+        ex.sup = sup = ReplicaSupervisor(tempfile.mkdtemp(), ex, Metrics())
+        sup.group = Group()
+        await sup.set_num_replicas(model, 5)
+        await sup.set_num_replicas(model, 0)
+        return sup.replicas_of(model), ex.replicas, sup.group
+    children, replicas, group = asyncio.run(main())
+    assert children == {} and replicas == {}
+    assert group.spawns == 5 and len(set(group.stopped)) == 5  # none restarted, all stopped

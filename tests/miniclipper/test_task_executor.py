@@ -118,7 +118,8 @@ def test_a_hung_container_is_found_after_20_slos_with_feedback_in_its_batch_too(
 def test_a_request_refused_by_one_models_full_queue_leaves_nothing_in_the_others(policy):
     """An ensemble (Exp4) or a batch that Exp3 spreads over models was refused with 429
     by the second model's full queue, but its tasks stayed queued for the first: work
-    nobody waited for, which filled the healthy model's queue until it refused too."""
+    nobody waited for, which filled the healthy model's queue until it refused too.
+    Exp4's feedback (/update) did the same."""
     from systems.miniclipper.query_processor import Application, QueryProcessor
     from systems.miniclipper.queues import QueueFull
     from systems.miniclipper.selection import make_policy
@@ -142,6 +143,10 @@ def test_a_request_refused_by_one_models_full_queue_leaves_nothing_in_the_others
                                  time.monotonic())
             except QueueFull as e:
                 refused.append(str(e))
+        if policy == "exp4":  # feedback evaluates every model: all or none as well
+            for r in range(3):
+                with pytest.raises(QueueFull, match="model b:1"):
+                    await qp.update("ens", np.full(2, 500.0 + r), 0)
         queued_a = len(ex.queues[("a", "1")])
         ex.queues[("b", "1")].take_all()  # b drains: the same inputs are welcome again
         job = asyncio.ensure_future(qp.predict(

@@ -63,6 +63,21 @@ def test_a_dead_server_without_replicas_fails_the_job_with_its_reason(tmp_path):
     assert time.monotonic() - t0 < 30
 
 
+def test_a_worker_started_before_the_servers_is_not_declared_dead(tmp_path):
+    """Nodes may start in any order, but a worker only began its heartbeats once the ring
+    had formed: started more than worker_timeout before the servers, it was declared
+    dead before it began, and the job then waited for its shard for ever."""
+    with Cluster(ClusterSpec(servers=1, workers=1, steps=3, app={"name": "count"},
+                             worker_timeout=0.5), tmp_path) as cl:
+        cl.start(workers=False, servers=False)
+        cl.start_workers(wait=False)
+        time.sleep(1.5)  # three worker timeouts, and no ring yet
+        cl.add_server("s0")
+        cl.wait_workers(timeout=30)
+        st = cl.status()
+    assert {int(k): v for k, v in st["progress"].items()} == {0: 3}  # its shard, done
+
+
 def test_registration_errors_are_clear(tmp_path):
 
     with Cluster(ClusterSpec(servers=1, workers=1, app={"name": "count"}, key_max=64),

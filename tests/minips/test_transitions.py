@@ -355,3 +355,29 @@ def test_a_catch_up_sent_in_an_older_ring_still_serves_a_waiting_range():
     assert reply.get("code", M.OK) == M.OK
     assert s.store.get(np.array([520], np.uint64)).item() == 9.0
     assert s.repl.not_ready == []
+
+
+def test_a_failed_catch_up_is_sent_again_before_the_range_is_dropped(monkeypatch):
+    """With replication 1 the old master's copy is a moved range's only complete one, and
+    the transition drops it once the catch-up was sent: one failed RPC (no server died)
+    lost every acknowledged push there. A failed catch-up is sent again."""
+    kw = dict(key_max=1000, vnodes=8, replication=1)
+    r1 = Ring(["s0", "s1"], epoch=1, **kw)
+    r2 = Ring(["s0", "s1", "s2"], epoch=2, **kw)
+    moved = intersect(r1.ranges_of("s0", "master"), r2.ranges_of("s2", "master"))
+    assert moved
+    sent = []
+
+    async def run():
+        s = await _server_on(r1)
+        real_sleep = asyncio.sleep
+        monkeypatch.setattr(asyncio, "sleep", lambda d: real_sleep(0))
+
+        async def send(server, method, msg, timeout=None, bugs=False):
+            sent.append((server, method))
+            return None if len(sent) == 1 else {"code": M.OK}  # the first one fails
+        monkeypatch.setattr(s.repl, "send", send)
+        await s.repl.transition(r2)
+    asyncio.run(run())
+    to_s2 = [m for m in sent if m == ("s2", "Sync")]
+    assert len(to_s2) == len(moved) + 1  # each moved range once, the failed one twice
