@@ -252,6 +252,10 @@ def _one_role(a: argparse.Namespace) -> dict[str, Any]:
         from .server import serve
 
         check_host(a.host)
+        if a.host.strip("[]") in ("0.0.0.0", "::"):  # listens everywhere, dialled nowhere
+            raise ValueError(f"--host {a.host}: a server registers the address it listens "
+                             f"on, and the other nodes dial it; give this machine's "
+                             f"address on the network they reach it by")
         try:
             asyncio.run(serve(a.name or "s0", a.scheduler, a.host, a.port, a.out, None))
         except grpc.RpcError as e:  # Register, the first call: as the worker role says it

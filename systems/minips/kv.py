@@ -79,6 +79,10 @@ class KVWorker(Recovery, Records):
                 wait_for_ready=True)
         except grpc.RpcError as e:
             self.sched.close()
+            if e.code() == grpc.StatusCode.UNIMPLEMENTED:  # a gRPC node, not a scheduler
+                raise M.PSError("INVALID", f"{scheduler} answers gRPC but is not a minips "
+                                           f"scheduler (a server's address?): "
+                                           f"{e.details()}") from None
             if e.code() not in (grpc.StatusCode.UNAVAILABLE,
                                 grpc.StatusCode.DEADLINE_EXCEEDED):  # it answered: why
                 raise M.PSError("INVALID", f"the scheduler at {scheduler} refused to "

@@ -47,11 +47,11 @@ class Membership:
                 if await self.repl.join(r):
                     self.member = True
                     return
-            if r["status"] == "failed":  # the job has ended: nothing to join
-                if not told:
+            if r["status"] in ("failed", "duplicate"):  # the job has ended: nothing to
+                if not told:  # join; or another live server has our name (it may die)
                     print(f"[{self.name}] not joining: {r['message']}", flush=True)
                 told = True
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(1.0 if r["status"] == "failed" else 0.2)
                 continue
             await asyncio.sleep(0.1)  # busy (another join in progress) or the ring moved
 

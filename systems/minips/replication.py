@@ -91,10 +91,18 @@ class Replication(RingTransitions):
     # ---- the master's side of a push --------------------------------------------------
 
     def track_dirty(self, keys: np.ndarray) -> None:
-        for b, e in self.transfers:
+        for (b, e), dirty in self.transfers.items():
             lo, hi = positions(keys, [b, e])
             if hi > lo:
-                self.transfers[(b, e)].append(keys[lo:hi].copy())
+                dirty.append(keys[lo:hi].copy())
+                # a join abandoned after its pre-copy (the joiner died) is only forgotten
+                # at the next ring change: until then every push here adds a copy of its
+                # keys. Merged into one sorted set of distinct keys whenever the copies
+                # reach twice the last merged set (amortised: each key is sorted O(1)
+                # times), the record stays within twice the range's distinct keys.
+                if len(dirty) > 1 and sum(k.size for k in dirty) > max(2 * dirty[0].size,
+                                                                       1 << 16):
+                    dirty[:] = [np.unique(np.concatenate(dirty))]
 
     def changes(self, keys: np.ndarray, ranges: list[tuple[int, int]], sender: str,
                 t: int | None) -> list[tuple[str, bytes]]:

@@ -255,6 +255,15 @@ class Scheduler:
         role, name = meta["role"], meta["name"]
         if role == "server":
             old = self.servers.get(name)
+            if old and old["alive"] and old["addr"] != meta["addr"] and \
+                    time.monotonic() - old["last_hb"] < 5 * self.config["hb_interval"]:
+                # two live processes with one name (two machines left at the default
+                # --name s0) would take the name from each other at every heartbeat, and
+                # no ring would form; a restarted server's predecessor has gone quiet
+                return encode({"status": "duplicate", "config": self.config,
+                               "message": f"a server named {name!r} is registered from "
+                                          f"{old['addr']} and alive; give each server "
+                                          f"its own --name"})
             if old and old["alive"] and name in self.ring_servers and self.epoch:
                 self.remove_server(name, "re-registered (restarted)")
             inc = (old["incarnation"] + 1) if old else 0

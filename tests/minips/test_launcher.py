@@ -470,6 +470,9 @@ def test_a_failed_launch_leaves_no_monitor_polling_behind(tmp_path):
     # a server started alone printed a 40-line AioRpcError and "Event loop is closed"
     (["--role", "server", "--scheduler", "127.0.0.1:1"], "no scheduler answered at"),
     (["--role", "server", "--scheduler", "nohostport"], "want HOST:PORT"),
+    # registered as 0.0.0.0:PORT, so every other machine dialled itself, for ever
+    (["--role", "server", "--scheduler", "127.0.0.1:1", "--host", "0.0.0.0"],
+     "the other nodes dial it"),
 ])
 def test_launch_refuses_what_would_fail_later_in_one_line(argv, why, capsys):
     from common.cli import main

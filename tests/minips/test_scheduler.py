@@ -78,6 +78,19 @@ def test_a_worker_started_before_the_servers_is_not_declared_dead(tmp_path):
     assert {int(k): v for k, v in st["progress"].items()} == {0: 3}  # its shard, done
 
 
+def test_a_worker_pointed_at_a_server_says_it_is_no_scheduler():
+    """Every node prints READY with its address; a worker given a server's said "the
+    scheduler ... refused to register 'w0': Method not found!" of a node that is none."""
+    from common import rpc
+
+    server, port = rpc.serve(M.SERVICE, {"Push": lambda req, ctx: req})  # a server's API
+    try:
+        with pytest.raises(M.PSError, match=r"is not a minips scheduler \(a server's"):
+            KVWorker(f"127.0.0.1:{port}", "w0", connect_s=5)
+    finally:
+        server.stop(0)
+
+
 def test_registration_errors_are_clear(tmp_path):
 
     with Cluster(ClusterSpec(servers=1, workers=1, app={"name": "count"}, key_max=64),
@@ -130,6 +143,34 @@ def test_the_death_of_the_last_copy_fails_the_job_whatever_the_replication_was()
     survived, failure = asyncio.run(main())
     assert survived is None and "no other server keeps a copy" in failure
     assert "though the job ran with replication 2" in failure  # not "run with R >= 2"
+
+
+def test_a_second_live_server_with_the_same_name_is_refused_not_swapped_in():
+    """Two servers left at the default --name s0 took the name from each other at every
+    heartbeat (each registration made the other a non-member, which registered again),
+    and no ring ever formed. A restarted server, whose predecessor has gone quiet, is
+    still let in."""
+    import asyncio
+
+    from systems.minips.scheduler import Scheduler
+
+    async def main():
+        s = Scheduler({"num_workers": 1, "num_servers": 2, "key_max": 1000, "vnodes": 4,
+                       "replication": 1, "steps": 5, "hb_interval": 0.1})
+        s.broadcast = lambda: None
+
+        async def register(addr):
+            return decode(await s.Register(encode({"role": "server", "name": "s0",
+                                                   "addr": addr}), None))[0]
+        first = await register("10.0.0.1:5000")
+        second = await register("10.0.0.2:5000")  # s0 at 10.0.0.1 heartbeats still
+        s.servers["s0"]["last_hb"] -= 1.0          # ... and now it has gone quiet
+        restarted = await register("10.0.0.2:5000")
+        return first, second, restarted, s.servers["s0"]["addr"]
+    first, second, restarted, addr = asyncio.run(main())
+    assert first["status"] == "member" and restarted["status"] == "member"
+    assert second["status"] == "duplicate" and "10.0.0.1:5000" in second["message"]
+    assert "its own --name" in second["message"] and addr == "10.0.0.2:5000"
 
 
 def _sched(workers=3, steps=10, **cfg):
