@@ -219,8 +219,9 @@ USER_ERRORS = (UsageError, ValueError, OSError, LookupError, RuntimeError)
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser(argv).parse_args(argv)
-    try:
+    args = None
+    try:  # the parser too: it imports the system's package (torch, sklearn...), seconds
+        args = build_parser(argv).parse_args(argv)  # in which Ctrl-C was a traceback
         result = args.func(args)
     except KeyboardInterrupt:
         print("casebook: interrupted", file=sys.stderr)
@@ -230,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             print("casebook: terminated", file=sys.stderr)
         raise
     except USER_ERRORS as e:
-        if os.environ.get("CASEBOOK_DEBUG"):
+        if os.environ.get("CASEBOOK_DEBUG") or args is None:  # (the parser's own: a bug)
             raise
         print(f"casebook {args.command}: error: {e}", file=sys.stderr)
         return 2

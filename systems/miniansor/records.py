@@ -305,6 +305,8 @@ def task_weights(path: str | Path, device: str | None = None) -> dict[str, float
     for line in path.read_text().splitlines():
         try:
             rec = json.loads(line)
+            if not isinstance(rec, dict):  # (null, a list: load_records skips them too)
+                continue
             if device is not None and str(rec.get("device", "")) != device:
                 continue
             if "weight" in rec:

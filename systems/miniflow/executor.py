@@ -316,6 +316,11 @@ class Executor:
                 r, err = None, e
             return k, r, err, t0, time.perf_counter_ns()
 
+        def pooled(k: int, args: list) -> tuple:
+            # named here, on the pool's thread: the driver that takes the result from the
+            # inbox would name itself, and the trace would stack every pool node on its row
+            return (*timed(k, args), f"inter-op pool ({threading.current_thread().name})")
+
         def complete(k: int, r: Any, t0: float, t1: float, thread: str) -> None:
             nonlocal remaining
             _, ins, out, outs, succ, frees = items[k]
@@ -365,8 +370,8 @@ class Executor:
                 # nothing else is ready or in flight: then a hand-off overlaps nothing.
                 if expensive and (ready or in_flight):
                     in_flight += 1
-                    fut = step.pool.submit(timed, k, args)
-                    fut.add_done_callback(lambda f: inbox.put((*f.result(), "pool")))
+                    fut = step.pool.submit(pooled, k, args)
+                    fut.add_done_callback(lambda f: inbox.put(f.result()))
                     continue
                 k, r, err, t0, t1 = timed(k, args)
                 if err is not None:
@@ -398,10 +403,9 @@ class Executor:
                 continue
             if where == "recv":
                 r = self._adopt(r, k in self.host_recvs)
-            elif where == "pool":
+            else:  # the pool's
                 self._update_cost(k, t1 - t0)
-            complete(k, r, t0, t1, where if where != "pool" else
-                     f"inter-op pool ({threading.current_thread().name})")
+            complete(k, r, t0, t1, where)
         if step.track_memory:
             step.peak_bytes[self.device] = live[1]
 

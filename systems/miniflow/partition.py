@@ -90,7 +90,10 @@ def partition(pg: PlanGraph) -> dict[str, list[Node]]:
     def recv_for(p: Node, i: int, dst: str) -> Node:
         k = (id(p), i, dst)
         if k not in recvs:
-            key = f"{p.name}:{i};{p.device};{dst}"
+            # unique by construction (#n): the passes name the nodes they make (a/fused,
+            # a/folded) without checking the graph, where a user op may hold that name,
+            # and two pairs of one key would hand each other's tensors over
+            key = f"{p.name}:{i};{p.device};{dst}#{len(recvs)}"
             dt, shape = p.out_specs[i]
             send = Node(f"{p.name}/_send_{i}_to_{dst.strip('/').replace(':', '_')}",
                         "_Send", [(p, i)], [], {"key": key}, [], p.device, p.op, p.created_at)
@@ -106,7 +109,7 @@ def partition(pg: PlanGraph) -> dict[str, list[Node]]:
     def control_recv_for(p: Node, dst: str) -> Node:
         k = (id(p), -1, dst)
         if k not in recvs:
-            key = f"{p.name}:control;{p.device};{dst}"
+            key = f"{p.name}:control;{p.device};{dst}#{len(recvs)}"
             dummy = Node(f"{p.name}/_control_dummy", "Const", [], [p],
                          {"value": np.zeros((), np.bool_)}, [(bool_, ())], p.device)
             send = Node(f"{p.name}/_send_control_to_{dst}", "_Send", [(dummy, 0)], [],

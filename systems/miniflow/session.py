@@ -84,6 +84,7 @@ class _Resources:
         self.variables: dict[str, Any] = {}
         self.variable_devices: dict[str, str] = {}  # where each variable's value lives
         self.variable_groups: tuple[int, dict] = (-1, {})  # (graph size, groups) cache
+        self.variable_locks: dict[str, threading.Lock] = {}  # see state_ops.variable_lock
         self.rendezvous: Rendezvous | None = None
         self.kernel_library = kernel_library
         self.kernel_stats: Counter = Counter()
@@ -132,6 +133,11 @@ class Session:
 
     def _devices(self) -> list[str]:
         dc = {k.upper(): v for k, v in self.config.device_count.items()}
+        # as TF refuses it ("No CPU devices are available in this process"): with none,
+        # placement blamed the user's placeholder, and soft placement hit an IndexError
+        if not isinstance(dc.get("CPU", 1), int) or dc.get("CPU", 1) < 1:
+            raise ValueError(f"device_count['CPU'] must be at least 1, got {dc['CPU']!r}: "
+                             f"every step runs its feeds and fetches on a CPU")
         cpus = [f"/cpu:{i}" for i in range(dc.get("CPU", 1))]
         want_gpus = dc.get("GPU", 1)
         n_gpus = 0

@@ -131,3 +131,15 @@ def test_bench_on_cuda_without_a_gpu_is_refused_before_anything_is_written(tmp_p
     code, err = _fails("bench", "common", "--device", "cuda", "--out", str(tmp_path))
     assert code == 2 and "--device cuda needs a CUDA GPU" in err[-1]
     assert not list(tmp_path.iterdir())
+
+
+def test_ctrl_c_while_the_parser_imports_a_system_is_one_line(monkeypatch, capsys):
+    """Building the parser imports the system's package (torch, sklearn: seconds); a
+    Ctrl-C then was a 60-line traceback and death by signal, not "interrupted", 130."""
+    from common import cli
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    assert cli.main(["ansor", "show", "log.jsonl"]) == 130
+    assert capsys.readouterr().err == "casebook: interrupted\n"

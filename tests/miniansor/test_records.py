@@ -134,6 +134,9 @@ def test_task_weights_are_read_back_from_the_log(tmp_path):
     for t in (a, b):
         rec(MeasureInput(t, generate_sketches(t)[0], {"num_warps": 1}), MeasureResult([1e-6]))
     assert task_weights(path) == {a.key: 3.0}
+    with path.open("a") as f:  # lines that are JSON but no record: skipped, as load_records
+        f.write("[1, 2]\nnull\n3\n")  # does (with a device, .get met a list: a traceback)
+    assert task_weights(path, "d") == {a.key: 3.0} == task_weights(path)
 
 
 def test_each_device_keeps_the_weight_its_run_logged(tmp_path, capsys):

@@ -42,6 +42,9 @@ def test_results_are_identical_with_one_or_four_inter_op_threads():
     for r in results[1:]:
         np.testing.assert_array_equal(r, results[0])
     assert any("inter-op pool" in t for t in threads_seen)
+    # each named after the pool thread that ran it (they were all named after the
+    # driver, so the trace stacked overlapping spans on one row)
+    assert all(t.startswith("inter-op pool (inter-op_") for t in threads_seen if "pool" in t)
 
 
 def test_expensive_nodes_go_to_the_pool_and_cheap_ones_run_inline():

@@ -179,3 +179,23 @@ def test_a_variable_initialised_from_another_starts_at_its_value():
             s.run(mf.global_variables_initializer())
             s.run(w.assign(w * 10))  # v is its own variable, not an alias of w
             np.testing.assert_array_equal(s.run(v), [0, 1, 2])
+
+
+def test_two_updates_of_one_variable_in_one_step_both_land_whatever_the_thread_count():
+    """Each Apply kernel replaces the variable's array: two of them run at once by the
+    inter-op pool both read the old value, and a whole update vanished (w = -128 where
+    -150 was due, with four threads; exact with one)."""
+    n = 512  # large enough for both updates to be handed to the pool
+    g = mf.Graph()
+    with g.as_default():
+        w = mf.Variable(np.zeros((n, n), np.float32), name="w")
+        g1 = mf.constant(np.ones((n, n), np.float32))
+        g2 = mf.constant(np.full((n, n), 2.0, np.float32))
+        train = mf.group(mf.train.GradientDescentOptimizer(1.0).apply_gradients([(g1, w)]),
+                         mf.train.GradientDescentOptimizer(1.0).apply_gradients([(g2, w)]),
+                         w.assign_add(mf.constant(np.full((n, n), 0.5, np.float32))))
+    with mf.Session(graph=g, config=mf.ConfigProto(inter_op_parallelism_threads=4)) as s:
+        s.run(w.initializer)
+        for _ in range(30):
+            s.run(train)
+        np.testing.assert_array_equal(s.run(w), np.full((n, n), -75.0, np.float32))

@@ -298,3 +298,22 @@ def test_an_op_after_a_cross_device_control_edge_waits_for_its_source():
         nodes = s.plan_for(bump, {x: None}).snapshots["partitioned"].nodes
     dummies = [n for n in nodes if n[0].endswith("_control_dummy")]
     assert dummies and all(n[3] for n in dummies)  # the dummy has its source as control
+
+
+def test_a_user_op_named_like_a_node_the_passes_make_gets_its_own_value_across_devices():
+    """Rendezvous keys were names; the fusion pass names a fused chain "a/fused" without
+    checking the graph, where a user op may hold that name: the two tensors crossing to
+    /cpu:1 then traded values, without an error."""
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [3], name="x")
+        with mf.device("/cpu:0"):
+            u = mf.multiply(x, 100.0, name="a/fused")
+            t = mf.tanh(mf.negative(x), name="a")  # Neg + Tanh: fused as "a/fused"
+        with mf.device("/cpu:1"):
+            out_t, out_u = mf.identity(t), mf.identity(u)
+    xv = np.array([1.0, 2.0, 3.0], np.float32)
+    with mf.Session(graph=g, config=mf.ConfigProto(device_count={"CPU": 2})) as s:
+        got_t, got_u = s.run([out_t, out_u], {x: xv})
+    np.testing.assert_allclose(got_t, np.tanh(-xv), rtol=1e-6)
+    np.testing.assert_allclose(got_u, xv * 100)

@@ -395,3 +395,11 @@ def test_as_default_makes_the_session_the_default_without_closing_it():
     assert mf.get_default_session() is None
     assert s.run(c) == 6.0  # still open
     s.close()
+
+
+@pytest.mark.parametrize("count", [0, -2])
+def test_a_session_without_a_cpu_is_refused_when_it_is_made(count):
+    """It was made with no device at all: its first run blamed the user's placeholder and
+    advised soft placement, which then failed with an IndexError."""
+    with pytest.raises(ValueError, match=r"device_count\['CPU'\] must be at least 1"):
+        mf.Session(graph=mf.Graph(), config=mf.ConfigProto(device_count={"CPU": count}))

@@ -16,6 +16,8 @@ the reader's feet.
 
 from __future__ import annotations
 
+import threading
+
 from .. import shapes
 from ..dtypes import as_dtype
 from ..errors import FailedPreconditionError, InvalidArgumentError
@@ -37,6 +39,16 @@ def _handle_kernel(a, be, res):
     return lambda: a["var_name"]
 
 
+def variable_lock(res, name: str) -> threading.Lock:
+    """The lock every kernel that writes variable ``name`` holds around its read-modify-
+    write. Our kernels replace the variable's array rather than update it in place, so
+    two updates of one variable in one step (two optimizers, or an AssignAdd beside an
+    Apply), run at once by the inter-op pool, would each read the old value and one
+    whole update would vanish: the result would depend on the thread count. TF's
+    ``use_locking=True`` (training_ops.cc's ``mutex_lock``) makes the same promise."""
+    return res.variable_locks.setdefault(name, threading.Lock())
+
+
 def _read_kernel(a, be, res):
     store, name = res.variables, a["var_name"]
     return lambda handle: _read(store, name)
@@ -45,8 +57,13 @@ def _read_kernel(a, be, res):
 def _assign_kernel(mode):
     def make(a, be, res):
         store, name, want = res.variables, a["var_name"], a["shape"]
+        lock = variable_lock(res, name)
 
         def assign(handle, value):
+            with lock:
+                return locked(value)
+
+        def locked(value):
             if tuple(value.shape) != want:  # add/sub would broadcast: the variable grows
                 op = {"set": "Assign", "add": "AssignAdd", "sub": "AssignSub"}[mode]
                 raise InvalidArgumentError(f"{op} requires shapes of both tensors to "

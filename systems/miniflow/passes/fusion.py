@@ -124,16 +124,18 @@ def fuse_elementwise(pg: PlanGraph) -> int:
         top = members[-1]
         index = {id(m): k for k, m in enumerate(members)}
         ext: list = []
-        body = []
+        ext_at: dict[tuple[int, int], int] = {}  # a list search here made the pass
+        body = []                                 # quadratic in a long gradient chain
         for m in members:
             args = []
             for p, i in m.inputs:
                 if id(p) in index:
                     args.append((True, index[id(p)]))
                 else:
-                    if (p, i) not in ext:
+                    if (id(p), i) not in ext_at:
+                        ext_at[id(p), i] = len(ext)
                         ext.append((p, i))
-                    args.append((False, ext.index((p, i))))
+                    args.append((False, ext_at[id(p), i]))
             body.append((m.type, m.attrs, args, m.out_specs[0][0]))
         controls = {id(c): c for m in members for c in m.control_inputs if id(c) not in index}
         fused = Node(f"{top.name}/fused", "_FusedElementwise", ext, list(controls.values()),

@@ -42,6 +42,17 @@ def _digest(a: np.ndarray) -> str:
 
 
 STATE = "checkpoint"  # TF's name for the state file
+MANIFEST = "__manifest__"  # the entry that lists the others
+
+
+def _write_npz(f, entries: dict[str, np.ndarray]) -> None:
+    """An ``.npz`` (a zip of ``.npy`` files) of ``entries``, as ``np.savez`` writes one;
+    not through ``np.savez(**entries)``, whose keyword arguments would take a variable
+    named ``allow_pickle`` as numpy's option (and leave it out) or ``file`` as the file."""
+    with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
+        for key, a in entries.items():
+            with zf.open(f"{key}.npy", "w", force_zip64=True) as out:
+                np.lib.format.write_array(out, np.asanyarray(a), allow_pickle=False)
 
 
 def _read_state(directory: Path) -> dict:
@@ -66,6 +77,9 @@ class Saver:
     def __init__(self, var_list=None, max_to_keep: int | None = 5):
         vs = var_list if var_list is not None else global_variables()
         self._vars = dict(vs) if isinstance(vs, dict) else {v.op.name: v for v in vs}
+        if MANIFEST in self._vars:
+            raise ValueError(f"Saver: {MANIFEST!r} names the checkpoint's manifest; give "
+                             f"that variable another name (or another key in var_list)")
         if max_to_keep is not None and max_to_keep < 0:
             raise ValueError(f"max_to_keep must be >= 0 or None (0, None: keep all), got "
                              f"{max_to_keep}")
@@ -98,15 +112,19 @@ class Saver:
             arrays[key] = a
             manifest[key] = {"shape": list(a.shape), "dtype": a.dtype.str, "sha256": _digest(a)}
         buf = io.BytesIO()
-        np.savez(buf, __manifest__=np.frombuffer(json.dumps(manifest).encode(), np.uint8),
-                 **arrays)
+        _write_npz(buf, {MANIFEST: np.frombuffer(json.dumps(manifest).encode(), np.uint8),
+                         **arrays})
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        with os.fdopen(fd, "wb") as f:
-            f.write(buf.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(buf.getvalue())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:  # a full disk, a directory in the way: no model-sized
+            Path(tmp).unlink(missing_ok=True)  # hidden temporary left behind
+            raise
         self._record_latest(path)
         return str(path)
 
@@ -118,18 +136,28 @@ class Saver:
         drop = self._last[:-self.max_to_keep] if self.max_to_keep else []
         self._last = self._last[len(drop):]
         state = path.parent / STATE
-        if state.exists() and not _read_state(path.parent):
-            warnings.warn(f"{state} is not a checkpoint state file; left as it is, so "
-                          f"latest_checkpoint({str(path.parent)!r}) will not name {path.name}",
-                          stacklevel=3)
-        else:
-            tmp = path.parent / f".{STATE}.tmp-{os.getpid()}"
-            tmp.write_text(json.dumps({"latest": path.name,
-                                       "all": [p.name for p in self._last
-                                               if p.parent == path.parent]}))
-            os.replace(tmp, state)
-        for old in drop:  # only checkpoints this Saver wrote
-            old.unlink(missing_ok=True)
+        try:
+            if state.exists() and not _read_state(path.parent):
+                warnings.warn(f"{state} is not a checkpoint state file; left as it is, so "
+                              f"latest_checkpoint({str(path.parent)!r}) will not name "
+                              f"{path.name}", stacklevel=3)
+                return
+            # a temporary of its own per write: one per process was shared by two Savers
+            # saving from two threads, which interleaved their writes into one file that
+            # was no longer JSON (then never replaced, so latest_checkpoint said None)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{STATE}.")
+            try:
+                with os.fdopen(fd, "w") as f:
+                    f.write(json.dumps({"latest": path.name,
+                                        "all": [p.name for p in self._last
+                                                if p.parent == path.parent]}))
+                os.replace(tmp, state)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        finally:  # only checkpoints this Saver wrote, already out of self._last
+            for old in drop:
+                old.unlink(missing_ok=True)
 
     def restore(self, sess, save_path: str) -> None:
         self._check_graph(sess)
@@ -138,8 +166,8 @@ class Saver:
             raise NotFoundError(f"no checkpoint at {path}")
         try:
             with np.load(path, allow_pickle=False) as data:
-                manifest = json.loads(bytes(data["__manifest__"]).decode())
-                arrays = {k: data[k] for k in data.files if k != "__manifest__"}
+                manifest = json.loads(bytes(data[MANIFEST]).decode())
+                arrays = {k: data[k] for k in data.files if k != MANIFEST}
         except (zipfile.BadZipFile, ValueError, KeyError, OSError, EOFError) as e:
             raise DataLossError(f"checkpoint {path} is unreadable or corrupted: {e}") from None
         for k, a in arrays.items():

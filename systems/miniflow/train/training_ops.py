@@ -13,7 +13,7 @@ from .. import shapes
 from ..dtypes import float32
 from ..errors import InvalidArgumentError
 from ..op_def import OpDef, define, same_dtype, shape_error
-from ..ops.state_ops import _read
+from ..ops.state_ops import _read, variable_lock
 
 
 def _same_as_var(ins, a):
@@ -104,16 +104,18 @@ def _shape_checked(op_type, make):
     (TF: "var and delta do not have the same shape")."""
     def make_checked(a, be, res):
         apply, store, name = make(a, be, res), res.variables, a["var_name"]
-        if not a.get("check_shape", True):
-            return apply  # the build proved the shapes equal: no per-step cost
+        lock = variable_lock(res, name)  # the whole update, slots included, at once
+        check = a.get("check_shape", True)  # False: the build proved the shapes equal
 
         def run(*args):
-            var, grad = _read(store, name), args[GRAD_INPUT[op_type]]
-            if tuple(grad.shape) != tuple(var.shape):
-                raise InvalidArgumentError(f"{op_type}: {name} has shape "
-                                           f"{tuple(var.shape)} but its gradient "
-                                           f"{tuple(grad.shape)}")
-            return apply(*args)
+            with lock:
+                if check:
+                    var, grad = _read(store, name), args[GRAD_INPUT[op_type]]
+                    if tuple(grad.shape) != tuple(var.shape):
+                        raise InvalidArgumentError(f"{op_type}: {name} has shape "
+                                                   f"{tuple(var.shape)} but its gradient "
+                                                   f"{tuple(grad.shape)}")
+                return apply(*args)
         return run
     return make_checked
 
