@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import json
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,14 +130,27 @@ def _history(path: str | Path) -> list:
     return records
 
 
-def _same_device(records, device: str, what: str):
+def measured_on(device: str) -> str:
+    """The hardware behind a device name: a replay table's ``replay of X (source)`` is X
+    (the simulator's name, or the GPU's that measured the table)."""
+    m = re.fullmatch(r"replay of (.*) \([^()]*\)", device)
+    return m.group(1) if m else device
+
+
+def _same_device(records, device: str, what: str, hardware: bool = False):
     """The records measured on ``device`` (times from another device would mislead the
     search and the model); says how many others it leaves out (``what`` names them, with
-    ``{n}`` for their number)."""
-    here = on_device(records, device)
+    ``{n}`` for their number). With ``hardware``, on the same hardware: a replay table of
+    the simulator teaches a model for the simulator, one measured on an H200 a model for
+    that H200 (by name they never matched, so a table as history taught nothing)."""
+    if hardware:
+        here = [r for r in records if measured_on(r[1].device) == measured_on(device)]
+    else:
+        here = on_device(records, device)
     if len(here) < len(records):
         print(f"miniansor: {what.format(n=len(records) - len(here))} measured on "
-              f"{[d for d in devices(records) if d != device]}, only those on {device!r}",
+              f"{[d for d in devices(records) if d not in {r.device for _, r in here}]}, "
+              f"only those on {measured_on(device) if hardware else device!r}",
               file=sys.stderr)
     return here
 
@@ -217,7 +231,7 @@ def _resume(tasks: list[Task], log, history, device: str) -> tuple[list, list]:
         if not Path(history).exists():
             raise FileNotFoundError(f"history log {history} does not exist")
         learn_only += _same_device(_history(history), device,
-                                   "not learning from {n} history records")
+                                   "not learning from {n} history records", hardware=True)
     return records, learn_only
 
 

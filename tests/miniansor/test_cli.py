@@ -246,6 +246,17 @@ def test_a_replay_table_as_history_pretrains_the_cost_model(tmp_path, capsys):
     got = _history(table)
     assert len(got) == len(RecordedDevice(table).records()) > 0
     assert "skipping line" not in capsys.readouterr().err
+    # ... and it reaches the model of a run on the hardware that measured it: the table's
+    # records are "replay of <device> (<source>)", which as a name matched no live device,
+    # so a table taught nothing to the simulator that made it, or to the GPU that measured it
+    from systems.miniansor.tune import _resume, make_device
+    from systems.miniansor.workloads import Task
+
+    task = Task.from_key("gemm:2048x2048x2048:fp16:none")
+    assert len(_resume([task], None, table, make_device("sim").name)[1]) == len(got)
+    h200 = ROOT / "systems/miniansor/data/recorded-nvidia-h200.json"
+    assert len(_resume([task], None, h200, "NVIDIA H200")[1]) > 0
+    assert _resume([task], None, h200, make_device("sim").name)[1] == []  # another one
 
 
 def test_a_tuning_run_that_measured_nothing_exits_1_with_standard_json(tmp_path, capsys):
