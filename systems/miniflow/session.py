@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import numbers
 import os
 import threading
 from collections import Counter
@@ -135,7 +136,8 @@ class Session:
         dc = {k.upper(): v for k, v in self.config.device_count.items()}
         # as TF refuses it ("No CPU devices are available in this process"): with none,
         # placement blamed the user's placeholder, and soft placement hit an IndexError
-        if not isinstance(dc.get("CPU", 1), int) or dc.get("CPU", 1) < 1:
+        cpu = dc.get("CPU", 1)
+        if not isinstance(cpu, numbers.Integral) or isinstance(cpu, bool) or cpu < 1:
             raise ValueError(f"device_count['CPU'] must be at least 1, got {dc['CPU']!r}: "
                              f"every step runs its feeds and fetches on a CPU")
         cpus = [f"/cpu:{i}" for i in range(dc.get("CPU", 1))]

@@ -126,11 +126,14 @@ class KVWorker(Recovery, Records):
             self.threads.append(threading.Thread(target=self._heartbeats, daemon=True))
             self.threads[-1].start()
         t_end = time.monotonic() + 60
-        while self._refresh_ring() < 1:
-            if time.monotonic() > t_end:
-                self.closed = True  # (ends the heartbeats)
-                raise TimeoutError("the scheduler formed no ring within 60 s")
-            time.sleep(0.02)
+        try:
+            while self._refresh_ring() < 1:
+                if time.monotonic() > t_end:
+                    raise TimeoutError("the scheduler formed no ring within 60 s")
+                time.sleep(0.02)
+        except BaseException:  # (Ctrl-C too) no worker: its heartbeats must end, or the
+            self.closed = True  # scheduler would never find it dead nor hand its shard on
+            raise
         self.threads[0].start()
 
     # ---- the API ---------------------------------------------------------------------

@@ -304,8 +304,13 @@ class RingTransitions:
             # first copy of a range and ignores the rest, so a resend is harmless. One
             # that never gets through is a dead new master: with R = 1 its ranges are lost
             # as any dead server's; with R >= 2 its replicas' copies cover it.
+            # (Each attempt gives way to a newer ring, which decides where the range goes:
+            # a frozen new master is found dead, and our lock must not be held meanwhile.)
             for attempt in range(CATCHUP_ATTEMPTS):
-                if await self.send(new_master, "Sync", msg) is not None:
+                res = await self.race([self.send(new_master, "Sync", msg)])
+                if res is None:
+                    return
+                if res[0] is not None:
                     self.s.dbg(f"catch-up to {new_master} [{b}, {e})")
                     self.s.metrics.inc("catchups_sent")
                     break

@@ -176,6 +176,8 @@ def test_shapes_known_only_at_run_time_are_checked_where_tensorflow_checks_them(
         v = mf.placeholder(mf.float32, [None, None])
         bias = mf.constant(np.array([1.0, 2.0, 3.0, 4.0], np.float32))
         biased = mf.nn.bias_add(v, bias)
+        free = mf.placeholder(mf.float32, None)
+        any_bias = mf.nn.bias_add(v, free)
         dv, dbias = mf.gradients(mf.reduce_sum(biased * biased), [v, bias])
     ones = np.ones((3, 4), np.float32)
     with session(g, backend) as sess:
@@ -185,6 +187,9 @@ def test_shapes_known_only_at_run_time_are_checked_where_tensorflow_checks_them(
             sess.run(loss, {logits: np.zeros((4, 3), np.float32), labels: [2]})
         with pytest.raises(mf.errors.InvalidArgumentError, match="BiasAdd.*biases"):
             sess.run(biased, {v: np.zeros((2, 1), np.float32)})
+        for bad in (np.ones((4, 4), np.float32), np.float32(1.0)):  # a bias of rank known
+            with pytest.raises(mf.errors.InvalidArgumentError, match="BiasAdd"):  # only now
+                sess.run(any_bias, {v: np.zeros((4, 4), np.float32), free: bad})
         vals = np.arange(8, dtype=np.float32).reshape(2, 4)
         got, gv, gb = sess.run([biased, dv, dbias], {v: vals})
     t_v, t_b = torch.tensor(vals, requires_grad=True), torch.tensor([1.0, 2, 3, 4],

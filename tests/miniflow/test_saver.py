@@ -303,3 +303,20 @@ def test_a_failed_save_leaves_no_temporary_behind(tmp_path):
         with pytest.raises(OSError):
             saver.save(s, str(tmp_path / "ck"))
     assert [p.name for p in tmp_path.iterdir()] == ["ck.npz"]
+
+
+def test_a_name_ending_in_npy_is_its_own_entry(tmp_path):
+    """np.load names an entry without its .npy: read by that name, the variables "emb"
+    and "emb.npy" both read the first one, and a healthy checkpoint failed its checksum."""
+    g = mf.Graph()
+    with g.as_default():
+        a = mf.Variable(np.zeros(2, np.float32), name="emb")
+        b = mf.Variable(np.ones(3, np.float32), name="emb.npy")
+        saver = mf.train.Saver()
+    with mf.Session(graph=g) as s:
+        s.run(mf.global_variables_initializer())
+        path = saver.save(s, str(tmp_path / "ck"))
+        s.run([a.assign(np.full(2, 7.0, np.float32)), b.assign(np.full(3, 7.0, np.float32))])
+        saver.restore(s, path)
+        np.testing.assert_array_equal(s.run(a), np.zeros(2, np.float32))
+        np.testing.assert_array_equal(s.run(b), np.ones(3, np.float32))

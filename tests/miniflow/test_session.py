@@ -403,3 +403,6 @@ def test_a_session_without_a_cpu_is_refused_when_it_is_made(count):
     advised soft placement, which then failed with an IndexError."""
     with pytest.raises(ValueError, match=r"device_count\['CPU'\] must be at least 1"):
         mf.Session(graph=mf.Graph(), config=mf.ConfigProto(device_count={"CPU": count}))
+    with mf.Session(graph=mf.Graph(), config=mf.ConfigProto(  # a numpy count is a count
+            device_count={"CPU": np.int64(2)})) as s:
+        assert s.devices == ["/cpu:0", "/cpu:1"]

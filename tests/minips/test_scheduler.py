@@ -78,6 +78,28 @@ def test_a_worker_started_before_the_servers_is_not_declared_dead(tmp_path):
     assert {int(k): v for k, v in st["progress"].items()} == {0: 3}  # its shard, done
 
 
+def test_a_worker_interrupted_while_it_waits_for_the_ring_stops_its_heartbeats(
+        tmp_path, monkeypatch):
+    """The heartbeats start at registration; a worker whose wait for the ring ends in an
+    exception (Ctrl-C) must stop them, or the scheduler never finds it dead nor hands its
+    shard on."""
+    import threading
+
+    def interrupted(self):  # Ctrl-C reaches the main thread; the heartbeats see no ring
+        if threading.current_thread() is threading.main_thread():
+            raise KeyboardInterrupt
+        return 0
+    with Cluster(ClusterSpec(servers=1, workers=1, app={"name": "count"}), tmp_path) as cl:
+        cl.start(workers=False, servers=False)
+        monkeypatch.setattr(KVWorker, "_refresh_ring", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            KVWorker(cl.sched_addr, "w0")
+        t_end = time.monotonic() + 2
+        while any("_heartbeats" in t.name for t in threading.enumerate()):
+            assert time.monotonic() < t_end, "the heartbeat thread outlived its worker"
+            time.sleep(0.05)
+
+
 def test_a_worker_pointed_at_a_server_says_it_is_no_scheduler():
     """Every node prints READY with its address; a worker given a server's said "the
     scheduler ... refused to register 'w0': Method not found!" of a node that is none."""

@@ -405,3 +405,29 @@ def test_the_keys_tracked_for_a_joiner_stay_within_the_ranges_size():
     dirty, pushed = asyncio.run(run())
     assert sum(k.size for k in dirty) <= 2 * (1 << 15) + 8000  # not 60 x ~4,000
     assert set(np.unique(np.concatenate(dirty)).tolist()) == pushed
+
+
+def test_a_catch_up_to_a_frozen_new_master_gives_way_to_a_newer_ring(monkeypatch):
+    """The old master sends its catch-ups holding its lock, which every push waits for:
+    resent to a frozen new master, they must stop once a newer ring is announced (the one
+    that found it dead), not run their attempts out."""
+    kw = dict(key_max=1000, vnodes=8, replication=1)
+    r1 = Ring(["s0", "s1"], epoch=1, **kw)
+    r2 = Ring(["s0", "s1", "s2"], epoch=2, **kw)
+    sends = []
+
+    async def run():
+        s = await _server_on(r1)
+        frozen = asyncio.Event()  # never set: the peer does not answer
+
+        async def send(server, method, msg, timeout=None, bugs=False):
+            sends.append(server)
+            await frozen.wait()
+
+        monkeypatch.setattr(s.repl, "send", send)
+        moving = asyncio.ensure_future(s.repl.transition(r2))
+        await asyncio.sleep(0.05)
+        s.repl.ring_moved.set()  # the scheduler announces the ring without s2
+        await asyncio.wait_for(moving, 5)
+    asyncio.run(run())
+    assert sends and set(sends) == {"s2"}

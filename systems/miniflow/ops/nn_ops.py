@@ -311,7 +311,7 @@ def bias_add(value, bias, name=None):
 
 def _bias_add_kernel(attrs, be, res):
     def bias_add(value, bias):
-        if value.ndim < 2 or value.shape[-1] != bias.shape[0]:
+        if bias.ndim != 1 or value.ndim < 2 or value.shape[-1] != bias.shape[0]:
             from ..errors import InvalidArgumentError
 
             raise InvalidArgumentError(

@@ -166,8 +166,10 @@ class Saver:
             raise NotFoundError(f"no checkpoint at {path}")
         try:
             with np.load(path, allow_pickle=False) as data:
-                manifest = json.loads(bytes(data[MANIFEST]).decode())
-                arrays = {k: data[k] for k in data.files if k != MANIFEST}
+                # by the zip entry's own name (key + ".npy"): np.load's short names drop
+                # that suffix, so the variables "emb" and "emb.npy" would read one entry
+                manifest = json.loads(bytes(data[f"{MANIFEST}.npy"]).decode())
+                arrays = {k: data[f"{k}.npy"] for k in data.files if k != MANIFEST}
         except (zipfile.BadZipFile, ValueError, KeyError, OSError, EOFError) as e:
             raise DataLossError(f"checkpoint {path} is unreadable or corrupted: {e}") from None
         for k, a in arrays.items():
