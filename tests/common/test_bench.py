@@ -342,3 +342,15 @@ def test_a_case_returning_a_malformed_result_fails_alone(tmp_path, monkeypatch):
     assert "metrics['same'] is not a number" in broken["notes"]
     assert doc["cases"][2]["targets"][0]["held"]
     assert (tmp_path / "common" / "cpu" / "results.json").exists()
+
+
+@pytest.mark.parametrize("op,value,held", [
+    ("<=", 0.0, True), ("<=", 1e-9, False), ("<=", -1e-9, True),
+    (">=", 1.0, True), (">=", 1.0 - 1e-9, False), (">=", 2.0, True),
+    ("<", 2.0, False), ("<", 1.5, True), (">", 2.0, False), (">", 2.5, True)])
+def test_a_target_on_its_threshold_holds_for_le_and_ge_only(op, value, held):
+    """Correctness targets sit exactly on their threshold in a healthy run (acked_lost
+    <= 0, finished >= 1, peak_live_layers <= 2): "<=" and ">=" must hold there, or every
+    such run reads as missing them; "<" and ">" must not."""
+    threshold = {"<=": 0.0, ">=": 1.0, "<": 2.0, ">": 2.0}[op]
+    assert Target("x", op, threshold).check({"x": value})["held"] is held

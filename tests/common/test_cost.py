@@ -135,3 +135,14 @@ def test_a_convolution_that_cannot_run_has_no_cost(args):
     with pytest.raises(ValueError, match="does not fit"):
         cost.conv2d_cost(*args)
     assert cost.conv2d_cost(2, 3, 32, 32, 16, 3, 3).flops == 2 * (2 * 16 * 30 * 30) * 3 * 9
+
+
+def test_a_matmul_writes_in_its_output_dtype_and_a_convolution_reads_its_filters():
+    """fp16 inputs with an fp32 accumulator written out (out_dtype) write 4 bytes per
+    element, not 2; a convolution reads its weights (c_out x c_in x kh x kw) as well as
+    its input. Hand counts."""
+    mm = matmul_cost(2, 3, 5, "fp16", out_dtype="fp32")
+    assert mm.bytes_read == (2 * 5 + 5 * 3) * 2 and mm.bytes_written == 2 * 3 * 4
+    cv = cost.conv2d_cost(2, 3, 8, 8, 4, 3, 3, padding=1, dtype="fp16")
+    assert cv.bytes_read == (2 * 3 * 8 * 8 + 4 * 3 * 3 * 3) * 2
+    assert cv.bytes_written == 2 * 4 * 8 * 8 * 2

@@ -74,6 +74,37 @@ def test_a_failure_without_features_costs_its_trial_not_the_tuning_run():
     assert p[0] < p[1:].min() and p[1] > p[4]  # the featureless one predicted worst
 
 
+class _Scores:
+    """A stand-in for the trained regressor: fixed scores, some below zero (a GBT fit
+    goes below 0 around failed configs)."""
+
+    def __init__(self, scores):
+        self.scores = np.array(scores)
+
+    def predict(self, x):
+        assert len(x) == len(self.scores)
+        return self.scores
+
+
+def test_a_config_without_features_is_predicted_below_configs_scored_below_zero():
+    """A config the model cannot describe is predicted worse than every config it can,
+    whatever they score; a fixed 0.0 for it ranked it above every config the model
+    scores below zero (the neighbourhood of failures), and the search then measured it
+    first."""
+    from systems.miniansor.sketch import Sketch
+
+    task = gemm(256, 256, 256)
+    sk = generate_sketches(task)[0]
+    student = Sketch("student", "tests.miniansor.faulty:launch_wrong", (("num_warps", (4,)),))
+    configs = [(sk, {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "num_warps": 4,
+                     "num_stages": s}) for s in (1, 2, 3)]
+    model = GBTModel()
+    model.model = _Scores([-0.4, 0.7, -0.1])
+    p = model.predict(task, [configs[0], (student, {"num_warps": 4}), *configs[1:]])
+    np.testing.assert_array_equal(p[[0, 2, 3]], [-0.4, 0.7, -0.1])
+    assert p[1] < -0.4
+
+
 def test_the_loss_is_weighted_by_throughput():
     """TVM weights each sample's squared error by its normalised throughput (ours floored
     at min_weight), so where samples cannot be told apart (the same config measured twice,

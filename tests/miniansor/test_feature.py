@@ -123,3 +123,20 @@ def test_split_k_features_count_the_k_steps_of_one_slice():
     d = dict(zip(FEATURE_NAMES, features(task, sk, ann), strict=True))
     assert np.isclose(d["log_k_iters"], np.log2(4096 / 8 / 64))  # 8 steps, not 64
     assert np.isclose(d["log_programs"], np.log2(8))
+
+
+def test_gemm_bytes_moved_counts_the_a_and_the_b_tiles_each_program_reads():
+    """Hand count: each of the grid_m x grid_n programs reads a BLOCK_M x K strip of A
+    and a K x BLOCK_N strip of B, and C is written once. Leaving out either strip makes a
+    tall tile and a wide one of the same area differ on a square GEMM."""
+    task = gemm(1024, 2048, 512, "fp16")  # 8 x 32 tiles of 128 x 64
+    sk = _sketch(task, "tiled.rowmajor")
+    ann = {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32, "num_warps": 4, "num_stages": 2}
+    a_reads = 8 * 32 * (128 * 512) * 2
+    b_reads = 8 * 32 * (512 * 64) * 2
+    c_writes = 1024 * 2048 * 2
+    assert np.isclose(f(task, sk, ann)["log_bytes_moved"], np.log2(a_reads + b_reads + c_writes))
+    square = gemm(4096, 4096, 4096)
+    sq = _sketch(square, "tiled.rowmajor")
+    tall, wide = ({**ann, "BLOCK_M": bm, "BLOCK_N": bn} for bm, bn in ((128, 32), (32, 128)))
+    assert f(square, sq, tall)["log_bytes_moved"] == f(square, sq, wide)["log_bytes_moved"]

@@ -118,3 +118,24 @@ def test_the_last_configs_of_a_listed_space_are_found_whatever_the_draws():
         batch = pol.next_batch(8)
         assert {i.key for i in batch} == {config_key(*c) for c in left}
         assert not pol.exhausted()
+
+
+def test_the_measured_states_that_join_the_population_are_the_fastest():
+    """With a population of 20 and use_measured_ratio 0.2, the 4 fastest configs
+    measured (failures never) are appended to the sampled population, as TVM's
+    num_use_measured: they are the parents evolution should breed from. Taking the
+    slowest instead (or failures, which then drop out) bred from the worst."""
+    from systems.miniansor.evolution import EvolutionParams
+    from systems.miniansor.measure import ErrorNo, MeasureInput, MeasureResult
+
+    params = SearchParams(evolution=EvolutionParams(population=20, num_iters=0))
+    pol = SketchPolicy(TASK, RandomModel(), params=params, seed=5)
+    cfgs = sample_init_population(TASK, pol.sketches, 12, np.random.default_rng(6))
+    times = [7e-5, 3e-5, None, 9e-5, 1e-5, None, 5e-5, 2e-5, 8e-5, None, 6e-5, 4e-5]
+    results = [MeasureResult([t]) if t else MeasureResult([], ErrorNo.RUNTIME_ERROR)
+               for t in times]
+    pol.preload([MeasureInput(TASK, s, a) for s, a in cfgs], results)
+    _, init = pol.search_one_round(8)
+    fastest = [cfgs[i] for i in (4, 7, 1, 11)]  # 1e-5, 2e-5, 3e-5, 4e-5
+    assert len(init) == 20 + 4
+    assert [config_key(*c) for c in init[20:]] == [config_key(*c) for c in fastest]

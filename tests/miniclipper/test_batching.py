@@ -214,3 +214,20 @@ def test_quantile_pick_never_jumps_far_past_the_sizes_measured():
         b = 1 + i % 4  # sizes 1..4 only
         c.update_batch_size(b, 0.001 + 0.0001 * b, 1.0)
     assert c.batch_size <= 4 + 2, c.state()
+
+
+def test_quantile_batcher_steps_as_aimd_when_not_even_a_batch_of_one_fits_the_fit():
+    """Fit: 50 ms + 10 ms/query. With the target cut to 55 ms the line says no batch
+    fits (alpha + beta = 60 ms > 55 ms), though the batch just run (50 ms) was under
+    it; the batcher must step as AIMD does (here: hold the limit), not collapse to a
+    batch of one, which would cut throughput just as the queue grows."""
+    c = QuantileRegressionBatcher(BatchingConfig("quantile", size=10))
+    for i in range(20):
+        b = 10 if i % 2 else 20
+        c.update_batch_size(b, 0.01 * b + 0.05, 1.0)  # a generous target while learning
+    assert (c.alpha, c.beta) == (pytest.approx(0.01), pytest.approx(0.05))
+    limit = c.batch_size
+    assert limit == 22  # the largest size measured + 2
+    want = aimd_step(limit, 10, 0.05, 0.055, c.cfg.max_size)
+    assert want == limit  # under the target, inside AIMD's margin: hold
+    assert c.update_batch_size(10, 0.05, 0.055) == want

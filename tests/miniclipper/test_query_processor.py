@@ -1,12 +1,17 @@
 """Selection, coalescing and straggler mitigation end to end
 (systems/miniclipper/query_processor.py with selection.py and cache.py)."""
 
+import asyncio
 import concurrent.futures as cf
 import time
 
 import pytest
 
 from systems.miniclipper import deploy_python_closure
+from systems.miniclipper.metrics import Metrics
+from systems.miniclipper.query_processor import SLO_EXPLANATION, Application, QueryProcessor
+from systems.miniclipper.queues import TaskExpired
+from systems.miniclipper.selection import make_policy
 
 from .conftest import post
 
@@ -124,3 +129,42 @@ def test_identical_concurrent_queries_make_one_container_call(ensemble):
         got = list(pool.map(lambda _: c.predict("coalesce", [6.0, 9.0]), range(12)))
     assert {r["output"] for r in got} == {6}
     assert _settled_calls(c, "late:1") - before == 1  # twelve queries, one call, shared
+
+
+class _Failing:
+    """A stand-in task executor: each model's task fails at once with ``errors[model]``."""
+
+    def __init__(self, errors):
+        self.errors = errors
+
+    def schedule_all(self, calls, deadline, slo, traced=False):
+        out = []
+        for (name, _), inputs, _ in calls:
+            fs = [asyncio.get_running_loop().create_future() for _ in inputs]
+            for f in fs:
+                f.set_exception(self.errors[name])
+            out.append(fs)
+        return out
+
+
+@pytest.mark.parametrize("policy,errors,why", [
+    ("default", {"a": TaskExpired("deadline passed while queued for a:1")}, SLO_EXPLANATION),
+    ("exp4", {"a": TaskExpired("deadline passed while queued for a:1"),
+              "b": TaskExpired("deadline passed while queued for b:1")}, SLO_EXPLANATION),
+    ("exp4", {"a": TaskExpired("deadline passed while queued for a:1"),
+              "b": RuntimeError("b's container died")}, "b's container died")])
+def test_a_task_dropped_from_its_queue_at_its_deadline_is_explained_as_the_slo(
+        policy, errors, why):
+    """A query whose task expired in the queue (TaskExpired) missed its SLO: the default
+    output says so with Clipper's SLO sentence, as when the task is still in flight at
+    the deadline. Only real failures (a container that died) are reported as errors,
+    and an expiry is not listed among them."""
+    qp = QueryProcessor(_Failing(errors), Metrics())
+    qp.current_version.update({m: "1" for m in errors})
+    app = Application("app", "doubles", -1.0, 1_000_000, policy,
+                      state=make_policy(policy).init_state([]))
+    qp.apps["app"] = app
+    qp.link(app, list(errors))
+    (r,) = asyncio.run(qp.predict("app", [[1.0]], time.monotonic()))
+    assert r["default"] is True and r["output"] == -1.0
+    assert r["default_explanation"] == why

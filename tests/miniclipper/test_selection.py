@@ -1,6 +1,7 @@
 """Default / Exp3 / Exp4 selection (systems/miniclipper/selection.py) on synthetic feedback."""
 
 import asyncio
+import math
 import random
 import time
 
@@ -15,6 +16,7 @@ from systems.miniclipper.selection import (
     Exp3Policy,
     Exp4Policy,
     SelectionPolicy,
+    SelectionState,
     make_policy,
 )
 
@@ -379,3 +381,21 @@ def test_votes_and_feedback_use_the_outputs_the_client_sees():
             await qp.update("app", [x], 1.0 if x > 0 else 0.0)  # a number, as answered
     asyncio.run(feedback())
     assert app.state.weights["right"] > 10 * app.state.weights["wrong"], app.state.weights
+
+
+def test_one_feedback_moves_exp4_and_exp3_weights_by_exactly_their_update_rules():
+    """Weights {a: 3, b: 1}, eta 0.2, a wrong and b right. Exp4 sees every model's loss,
+    so a is scaled by exp(-eta) alone (Clipper's C++ also divided by p_a, which punishes
+    an unlikely model harder than a likely one for the same mistake); Exp3 saw one drawn
+    arm, so its loss is importance-weighted: exp(-eta / p_a), p_a = 0.9 * 3/4 + 0.1/2."""
+    pol = Exp4Policy(eta=0.2)
+    state = SelectionState({"a": 3.0, "b": 1.0})
+    pol.observe(state, 1, {"a": 0, "b": 1})
+    assert state.weights["a"] / state.weights["b"] == pytest.approx(3 * math.exp(-0.2),
+                                                                    rel=1e-12)
+    assert sum(state.weights.values()) == pytest.approx(2)  # normalised to K
+    pol = Exp3Policy(eta=0.2, gamma=0.1)
+    state = SelectionState({"a": 3.0, "b": 1.0})
+    pol.observe(state, 1, {"a": 0})
+    assert state.weights["a"] / state.weights["b"] == pytest.approx(
+        3 * math.exp(-0.2 / 0.725), rel=1e-12)

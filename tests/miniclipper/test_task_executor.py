@@ -252,3 +252,64 @@ def test_an_input_asked_twice_in_a_request_is_queued_anew_once():
     out, sizes = asyncio.run(main())
     assert [(r["output"], r["default"]) for r in out] == [(3.0, False)] * 2
     assert sizes == [1]  # one task for both copies
+
+
+def test_a_batch_whose_container_died_is_retried_max_retries_times_then_failed():
+    """A poison query kills every container that takes it: its task is put back in the
+    queue MAX_RETRIES times (three containers in all, with 2), then failed with
+    ContainerDied. One retry more cost another container restart, and the explanation,
+    which names the constant, hid it."""
+    from systems.miniclipper.task_executor import MAX_RETRIES, ContainerDied
+
+    async def main():
+        ex = TaskExecutor(PredictionCache(), Metrics(), lambda rep, why: None)
+        ex.add_model(("m", "1"), "doubles", BatchingConfig())
+        (fut,) = ex.schedule(("m", "1"), [np.ones(2)], time.monotonic() + 30, 1.0)
+        q = ex.queues[("m", "1")]
+        (task,) = q.take_all()  # a replica took it; its container dies
+        requeued = []
+        for _ in range(MAX_RETRIES):
+            ex._retry([task])
+            again = q.take_all()
+            requeued.append((again == [task], task.retries, fut.done()))
+        ex._retry([task])  # the container of its last try dies too
+        return requeued, len(q), fut
+    requeued, left, fut = asyncio.run(main())
+    assert MAX_RETRIES == 2
+    assert requeued == [(True, 1, False), (True, 2, False)]
+    assert left == 0 and isinstance(fut.exception(), ContainerDied)
+    assert "its container died and 2 retries were spent" in str(fut.exception())
+
+
+def test_a_batch_of_two_slos_is_sized_for_the_tighter_one():
+    """Queries of a 10 ms app and a 1 s app in one batch: the controller's target is
+    slo_fraction x 10 ms. Sized for the 1 s SLO, batches grow past what the 10 ms
+    queries can afford."""
+    from systems.miniclipper.batching import StaticBatcher
+    from systems.miniclipper.task_executor import Replica
+
+    told = []
+
+    class _Recording(StaticBatcher):
+        def update_batch_size(self, batch_size, latency_s, target_s):
+            told.append((batch_size, target_s))
+            return super().update_batch_size(batch_size, latency_s, target_s)
+
+    async def main():
+        cfg = BatchingConfig("static", size=2, max_size=2, slo_fraction=0.5)
+        ex = TaskExecutor(PredictionCache(), Metrics(), lambda rep, why: None,
+                          rpc_timeout_floor_s=30.0)
+        ex.add_model(("m", "1"), "doubles", cfg)
+        deadline = time.monotonic() + 30
+        futures = (ex.schedule(("m", "1"), [np.full(2, 1.0)], deadline, 1.0)
+                   + ex.schedule(("m", "1"), [np.full(2, 2.0)], deadline, 0.01))
+        rep = Replica(("m", "1"), 0, "fake", 1000, _Recording(cfg))
+        rep.stream = _SumStream()
+        ex.replicas[("m", "1")][0] = rep
+        rep.loop = asyncio.ensure_future(ex._run(rep))
+        outs = await asyncio.wait_for(asyncio.gather(*futures), 10)
+        rep.loop.cancel()
+        await asyncio.gather(rep.loop, return_exceptions=True)
+        return outs
+    assert asyncio.run(main()) == [2.0, 4.0]
+    assert told == [(2, 0.01 * 0.5)]

@@ -130,6 +130,34 @@ def test_intermediates_are_freed_after_their_last_consumer():
     assert 2 * layer <= md.peak_live_bytes["/cpu:0"] <= 2 * layer + 1000, md.peak_live_bytes
 
 
+def test_a_node_that_reads_one_tensor_twice_waits_for_it_once_and_frees_it():
+    """``y * y`` has two input edges from one producer and slot. Counted per edge, the
+    node waited for a second producer that never came (the step returned None for it)
+    or its input was never freed (every layer stayed live)."""
+    xv = np.linspace(-1.0, 1.0, 1000).astype(np.float32)
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [1000])
+        y = mf.tanh(x)
+        z = y * y
+        h, want = x, xv
+        for i in range(100):
+            h = mf.tanh(h) if i % 2 else h * h
+            want = np.tanh(want) if i % 2 else want * want
+    with mf.Session(graph=g, config=mf.ConfigProto(graph_options=mf.GraphOptions.all_off())
+                    ) as s:
+        got = s.run(z, {x: xv})
+    assert got is not None
+    np.testing.assert_allclose(got, np.tanh(xv) ** 2, rtol=1e-6)
+    cfg = mf.ConfigProto(graph_options=mf.GraphOptions(fusion=False))
+    layer = 1000 * 4
+    with mf.Session(graph=g, config=cfg) as s:
+        md = mf.RunMetadata()
+        got = s.run(h, {x: xv}, run_metadata=md)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    assert 2 * layer <= md.peak_live_bytes["/cpu:0"] <= 2 * layer + 1000, md.peak_live_bytes
+
+
 def test_step_stats_cover_every_node_once():
     g, x, y, xv = _branches(2, 2, 16)
     with mf.Session(graph=g) as s:

@@ -199,3 +199,30 @@ def test_two_updates_of_one_variable_in_one_step_both_land_whatever_the_thread_c
         for _ in range(30):
             s.run(train)
         np.testing.assert_array_equal(s.run(w), np.full((n, n), -75.0, np.float32))
+
+
+def test_adam_advances_its_beta_powers_only_after_every_variables_update():
+    """Each ApplyAdam reads beta1^t and beta2^t; the step's assignments of beta^(t+1)
+    must run after all of them (a control dependency), or a variable updated after
+    the advance takes its bias correction from the next step. Without the dependency
+    the results were still right, but only because the executor happened to run the
+    reads first."""
+    g = mf.Graph()
+    with g.as_default():
+        a = mf.Variable(np.ones(3, np.float32), name="a")
+        b = mf.Variable(np.ones(2, np.float32), name="b")
+        mf.train.AdamOptimizer(0.1).minimize(mf.reduce_sum(a * a) + mf.reduce_sum(b))
+    ops = g.get_operations()
+    applies = {op.name for op in ops if op.type == "ApplyAdam"}
+    advances = [op for op in ops if op.type == "Assign" and op.inputs[0].op.name in
+                ("beta1_power", "beta2_power") and op.inputs[1].op.type != "Const"]
+    assert len(applies) == 2 and len(advances) == 2
+
+    def ancestors(op, seen):
+        for p in [t.op for t in op.inputs] + list(op.control_inputs):
+            if p.name not in seen:
+                seen.add(p.name)
+                ancestors(p, seen)
+        return seen
+    for op in advances:
+        assert applies <= ancestors(op, set()), op.name

@@ -433,3 +433,23 @@ def test_cse_keeps_ops_whose_float_attributes_differ_only_in_the_sign_of_zero():
     assert np.isneginf(got["off"][1][0, 1])
     for x, y in zip(got["off"], got["on"], strict=True):
         np.testing.assert_array_equal(x, y)
+
+
+def test_cse_keeps_apart_identical_ops_that_read_different_outputs_of_one_node():
+    """concat's gradient with unknown static shapes is one SplitByShapes node with two
+    outputs, and the gradients of -a and -b are Neg(split:0) and Neg(split:1): the same
+    op on the same node. Merged, d/db came out as d/da with the passes on."""
+    g = mf.Graph()
+    with g.as_default():
+        a = mf.placeholder(mf.float32, [None])
+        b = mf.placeholder(mf.float32, [None])
+        w = mf.placeholder(mf.float32, [4])
+        loss = mf.reduce_sum(mf.concat([-a, -b], 0) * w)
+        ga, gb = mf.gradients(loss, [a, b])
+    wv = np.array([1.0, 2.0, 3.0, 4.0], np.float32)
+    feed = {a: np.zeros(2, np.float32), b: np.zeros(2, np.float32), w: wv}
+    for opts in (ALL_OFF, mf.GraphOptions(), mf.GraphOptions(fusion=False)):
+        with mf.Session(graph=g, config=mf.ConfigProto(graph_options=opts)) as s:
+            got_a, got_b = s.run([ga, gb], feed)
+        np.testing.assert_array_equal(got_a, -wv[:2])  # d(-a . w[:2])/da
+        np.testing.assert_array_equal(got_b, -wv[2:])

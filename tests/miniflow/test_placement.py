@@ -147,3 +147,21 @@ def test_the_placer_keeps_a_cheap_consumer_next_to_its_big_input():
     assert set(producers) == {"/cpu:0", "/cpu:1"}, dev
     for i in range(2):
         assert dev[f"sum{i}"] == producers[i], (i, dev)
+
+
+@pytest.mark.parametrize("transpose_a", [False, True])
+def test_the_cost_of_a_matmul_counts_its_inner_dimension_when_a_is_transposed(transpose_a):
+    """C[64, 10] = A^T B with A of shape [1000, 64]: the inner dimension is 1000, so
+    2 x 1000 x 640 FLOPs. Read from A's last axis (64) the estimate was about 16x too low,
+    and the placer's finish times with it."""
+    from systems.miniflow.ir import Node
+    from systems.miniflow.placement import node_cost
+
+    a_shape = (1000, 64) if transpose_a else (64, 1000)
+    a = Node("a", "_Arg", [], [], {"index": 0}, [(mf.float32, a_shape)])
+    b = Node("b", "_Arg", [], [], {"index": 1}, [(mf.float32, (1000, 10))])
+    mm = Node("mm", "MatMul", [(a, 0), (b, 0)], [],
+              {"transpose_a": transpose_a, "transpose_b": False}, [(mf.float32, (64, 10))])
+    c = node_cost(mm)
+    assert c.flops == 2 * 1000 * 64 * 10
+    assert c.bytes_read == (64 * 1000 + 1000 * 10) * 4 and c.bytes_written == 64 * 10 * 4

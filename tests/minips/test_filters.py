@@ -318,3 +318,62 @@ def test_key_caching_remembers_what_each_server_has_seen_separately():
     _, k0, _ = chain.encode("s0", {"op": "pull"}, keys, None)
     _, k1, _ = chain.encode("s1", {"op": "pull"}, keys, None)
     assert k0 is not None and k1 is not None
+
+
+def test_kkt_sends_a_held_back_gradient_whose_weight_was_not_pulled():
+    """A worker's last push also carries what SignificantlyModified held back from
+    earlier pushes; those keys have no weight in ctx, so KKT must keep them (it cannot
+    know they are inactive). Dropping them loses the accumulated change when the job
+    ends."""
+    chain = FilterChain([SignificantlyModified(threshold=0.1), KKT(lam=1.0)])
+    k, v = chain.filter_push(np.array([5], np.uint64), np.array([[0.05]], np.float32),
+                             {"weights": np.array([[3.0]], np.float32)})
+    assert k.size == 0  # key 5's small change is held back
+    # the final push is of key 1 alone: key 5 comes along, with no weight pulled for it
+    k, v = chain.filter_push(np.array([1], np.uint64), np.array([[0.5]], np.float32),
+                             {"weights": np.array([[3.0]], np.float32), "final": True})
+    assert k.tolist() == [1, 5]
+    np.testing.assert_allclose(v, [[0.5], [0.05]], rtol=1e-6)
+
+
+def test_kkt_margin_drops_fewer_gradients_not_more():
+    """darlin.h's margin makes the filter cautious: with w == 0 only |g| < lam - margin
+    is dropped. A gradient with lam - margin <= |g| moves the weight or lies within the
+    margin, so it must be sent (dropping up to lam + margin loses real updates)."""
+    keys = np.arange(6, dtype=np.uint64)
+    w = np.zeros((6, 1), np.float32)
+    g = np.array([[0.7], [-0.7], [0.9], [-0.9], [1.1], [-1.1]], np.float32)
+    k, v = KKT(lam=1.0, margin=0.2).push(keys, g, {"weights": w})
+    assert k.tolist() == [2, 3, 4, 5]  # only |g| = 0.7 < 1.0 - 0.2 is dropped
+    np.testing.assert_array_equal(v, g[2:])
+    k, _ = KKT(lam=1.0, margin=0.0).push(keys, g, {"weights": w})
+    assert k.tolist() == [4, 5]  # without a margin, everything under lam is dropped
+
+
+def test_fp16_keeps_a_largest_value_just_below_a_power_of_two_finite():
+    """The scale puts the largest |value| in [2**14, 2**15): one bit of headroom under
+    fp16's 65504. A value like 1023.99 (mantissa just under 1) scaled one power higher
+    lands at 65535 and arrives as inf."""
+    chain = FilterChain([Compress(push_codec="fp16")])
+    keys = np.arange(4, dtype=np.uint64)
+    for vals in (np.array([[1023.99], [1.0], [-0.5], [0.0]], np.float32),
+                 np.array([[-0.99999], [1e-3], [0.25], [0.0]], np.float32)):
+        meta, _, packed = chain.encode("s0", {"op": "push"}, keys, vals)
+        assert meta["codec"] == "fp16"
+        _, out = decode_request(meta, keys, packed, KeyCache())
+        assert np.isfinite(out).all(), out
+        np.testing.assert_allclose(out.ravel(), vals.ravel(), rtol=2.0 ** -11, atol=0)
+
+
+def test_significantly_modified_holds_back_a_change_of_exactly_the_threshold():
+    """The rule is 'exceeds': an accumulated change equal to the threshold (0.5 and
+    0.25 + 0.25 are exact in float32) stays held back; one just over it is sent."""
+    f = SignificantlyModified(threshold=0.5)
+    keys = np.arange(4, dtype=np.uint64)
+    g = np.array([[0.5], [-0.5], [np.nextafter(np.float32(0.5), np.float32(1))], [0.25]],
+                 np.float32)
+    k, v = f.push(keys, g, {})
+    assert k.tolist() == [2]
+    k, _ = f.push(keys[3:], np.array([[0.25]], np.float32), {})
+    assert k.size == 0  # key 3 has accumulated exactly 0.5
+    np.testing.assert_array_equal(f.residual.get(keys), [[0.5], [-0.5], [0.0], [0.5]])

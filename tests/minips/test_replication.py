@@ -7,6 +7,7 @@ order, on random victims (24 crashes, about 40 s); the ``fault`` benchmark case 
 20 more.
 """
 
+import asyncio
 import signal
 import time
 
@@ -17,6 +18,8 @@ from systems.minips import message as M
 from systems.minips.cluster import ClusterSpec
 from systems.minips.control import CRASH_POINTS
 from systems.minips.launcher import audit_run
+from systems.minips.ring import Ring
+from systems.minips.server import KVServer
 
 from .conftest import assert_replicas_consistent
 
@@ -219,3 +222,39 @@ def test_a_second_death_after_the_first_was_repaired_loses_nothing(make_cluster)
     assert cl.status()["failure"] is None
     kv.wait(kv.push(keys, ones), timeout=10)
     np.testing.assert_array_equal(kv.wait(kv.pull(keys), timeout=10), 3 * ones)
+
+
+@pytest.mark.parametrize("silent", [None, 0, 1])
+def test_a_push_is_acknowledged_only_when_every_replica_acknowledged_its_copy(silent):
+    """In process, one real KVServer with replication 3 (two replicas per range; the
+    cluster tests above run with one, where 'any replica' and 'every replica' agree).
+    A push is applied and forwarded to both replicas; if either does not answer, it is
+    not acknowledged (RETRY) and the master marks itself broken. Acknowledging after one
+    of two copies would lose the push when the master and the replica that got it die."""
+    ring = Ring(["s0", "s1", "s2", "s3"], key_max=1000, vnodes=4, replication=3, epoch=1)
+    pc = next(p for p in ring.pieces if p.master == "s0")
+    assert len(pc.replicas) == 2
+    sent = []
+
+    async def run():
+        s = KVServer("s0", "127.0.0.1:9", "127.0.0.1")  # its peers refuse connections
+        s.configure({"val_len": 1, "key_max": ring.key_max,
+                     "updater": {"name": "sgd", "lr": 1.0}})
+        s.addrs = {n: "127.0.0.1:9" for n in ring.servers}
+        await s.repl.transition(ring)
+
+        async def send(server, method, msg, timeout=None, bugs=False):
+            sent.append((server, method))
+            return None if silent is not None and server == pc.replicas[silent] else {
+                "code": M.OK}
+        s.repl.send = send
+        meta = {"epoch": s.epoch, "sender": "w0", "clock": 0}
+        code = await s.apply_and_replicate(meta, np.array([pc.begin], np.uint64),
+                                           np.ones((1, 1), np.float32), [(pc.begin, pc.end)])
+        return s, code
+    s, code = asyncio.run(run())
+    assert sorted(sent) == sorted((r, "Forward") for r in pc.replicas)
+    if silent is None:
+        assert code == M.OK and not s.repl.broken
+    else:
+        assert code == M.RETRY and s.repl.broken

@@ -183,3 +183,14 @@ def test_adagrad_matches_torch_with_a_non_negligible_eps():
         p.grad = torch.from_numpy(g)
         opt.step()
     np.testing.assert_allclose(w, p.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_regions_sharing_a_single_key_overlap_but_touching_ones_do_not():
+    """[0, 10) and [9, 20) share key 9, which one push would update twice (once per
+    updater); [0, 10) and [10, 20) only touch, and every key has one updater."""
+    with pytest.raises(ValueError, match=r"\[0, 10\) and \[9, 20\) overlap"):
+        updaters.Regions(updaters.SGD(), [(0, 10, updaters.Sum()), (9, 20, updaters.Sum())])
+    r = updaters.Regions(updaters.SGD(), [(10, 20, updaters.Sum()), (0, 10, updaters.AdaGrad())])
+    keys = np.array([0, 9, 10, 19, 20], np.uint64)
+    groups = {type(u).__name__: keys[m].tolist() for u, m in r.split(keys)}
+    assert groups == {"Sum": [10, 19], "AdaGrad": [0, 9], "SGD": [20]}
