@@ -133,7 +133,7 @@ def management_app(server: ClipperServer, bind_host: str = rpc.LOOPBACK) -> web.
             raise BadRequest("num_replicas must be 0..64 and max_queue 1..2^20")
         try:
             path = await asyncio.to_thread(sup.install, name, version, d["model_data_path"])
-        except (ValueError, FileNotFoundError, FileExistsError) as e:
+        except (ValueError, OSError) as e:  # (an unreadable entry, a name too long...)
             raise BadRequest(str(e)) from None
         model = (name, version)
         ex.add_model(model, d["input_type"], batching, d.get("max_queue", 1024))

@@ -26,6 +26,7 @@ import contextlib
 import logging
 import os
 import shutil
+import stat
 from pathlib import Path
 
 from common.procs import Child, ProcessGroup
@@ -42,6 +43,24 @@ log = logging.getLogger("miniclipper.supervisor")
 # back-off too; Clipper's Docker manager does not restart containers at all.)
 RESTART_ATTEMPTS = int(os.environ.get("CLIPPER_RESTART_ATTEMPTS", "5"))
 RESTART_BACKOFF_S = float(os.environ.get("CLIPPER_RESTART_BACKOFF_S", "0.5"))
+
+
+def _check_tree(src: Path, store: Path) -> None:
+    """Refuse a model directory holding anything but plain files and folders: a link is
+    followed out of the directory (to ~/.ssh, or to /dev/zero, read for ever under the
+    management lock, with the disk filling), and a directory that holds the store would be
+    copied into itself."""
+    if store.resolve().is_relative_to(src.resolve()):
+        raise ValueError(f"{src} holds the model store {store}: give a model directory of "
+                         f"its own")
+    for root, dirs, files in os.walk(src):
+        for entry in dirs + files:
+            p = Path(root, entry)
+            mode = p.lstat().st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                what = "a symbolic link" if stat.S_ISLNK(mode) else "not a plain file"
+                raise ValueError(f"{p} is {what}: a model directory holds plain files "
+                                 f"and folders only")
 
 
 class ReplicaSupervisor:
@@ -73,7 +92,17 @@ class ReplicaSupervisor:
         dst = self.store / name / version
         if dst.exists():
             raise FileExistsError(f"model {name}:{version} is already deployed")
-        shutil.copytree(src, dst)
+        _check_tree(src, self.store)
+        # copied beside its place and renamed into it: a copy that fails half way left a
+        # directory that made name:version "already deployed" with no model behind it
+        tmp = dst.with_name(f".{version}.partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            shutil.copytree(src, tmp, symlinks=True)  # (none: _check_tree refused them)
+            os.replace(tmp, dst)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         return dst
 
     def start(self) -> None:

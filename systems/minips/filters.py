@@ -125,12 +125,17 @@ def decompress_values(data: np.ndarray, codec: str, n: int, exp: int = 0) -> np.
     a = data
     if "zlib" in codec:
         width = 2 if "fp16" in codec else 4
+        # inflated no further than the bytes expected (+1, to see more): a small message
+        # of compressed zeros would otherwise make a gigabyte, on the server's event loop
+        d = zlib.decompressobj()
         try:
-            raw = zlib.decompress(np.ascontiguousarray(data).tobytes())
+            raw = d.decompress(np.ascontiguousarray(data).tobytes(), n * width + 1)
         except zlib.error as e:
             raise PSError("INVALID", f"zlib-compressed values do not decompress: {e}") from None
-        if len(raw) != n * width:
-            raise PSError("INVALID", f"compressed values hold {len(raw)} bytes, "
+        if len(raw) != n * width or d.unconsumed_tail or not d.eof:
+            raise PSError("INVALID", f"compressed values hold "
+                                     f"{'more than ' if len(raw) > n * width else ''}"
+                                     f"{min(len(raw), n * width)} bytes, or are cut short; "
                                      f"expected {n} x {width}")
         planes = np.frombuffer(raw, np.uint8).reshape(width, n)
         a = planes.T.copy().view(np.float16 if width == 2 else VAL_DTYPE).reshape(-1)
@@ -195,8 +200,10 @@ class KeyCache:
 
 
 def decode_request(meta: dict, keys: np.ndarray | None, vals: np.ndarray | None,
-                   cache: KeyCache) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Server side: restore cached keys and decompress pushed values."""
+                   cache: KeyCache, val_len: int = 1
+                   ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Server side: restore cached keys and decompress pushed values (``val_len`` is
+    the server's own: the count to expect is not the sender's to say)."""
     sig = meta.get("key_sig")
     if sig is not None:
         if keys is None:
@@ -206,7 +213,7 @@ def decode_request(meta: dict, keys: np.ndarray | None, vals: np.ndarray | None,
         else:
             cache.put(meta.get("sender", ""), sig, keys)
     if meta.get("codec") and vals is not None and keys is not None:
-        vals = decode_values(vals, meta, keys.size * int(meta.get("val_len", 1)))
+        vals = decode_values(vals, meta, keys.size * val_len)
     return keys, vals
 
 

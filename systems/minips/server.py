@@ -204,7 +204,7 @@ class KVServer(Membership):
         t0 = now_us()
         meta, keys, vals, _ = M.decode(req)
         M.check_clocks(meta, "push")
-        keys, vals = decode_request(meta, keys, vals, self.key_cache)
+        keys, vals = decode_request(meta, keys, vals, self.key_cache, self.config["val_len"])
         if keys is None:
             raise M.PSError("INVALID", "a push needs keys")
         M.check_keys(keys, self.config["key_max"], "push")

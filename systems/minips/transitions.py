@@ -174,7 +174,10 @@ class RingTransitions:
         holds complete, since a copy of a range it dropped or still waits for would be
         served as if it were the data (``NOT_HELD``, and the caller asks elsewhere)."""
         meta = M.decode(req)[0]
-        ranges = [(int(b), int(e)) for b, e in meta["ranges"]]
+        # sorted, disjoint and in the key space, as a push's: the same range listed 64
+        # times made an 832-byte request a 1 GB reply, and 20 overlapping ones each
+        # tracked every later push's keys (the server missed its heartbeats either way)
+        ranges = self.s.parse_ranges(meta, None)
         if meta.get("epoch", 0) > self.s.epoch:  # we are behind: our ring may be wrong
             self.s.refresh_soon()
             return M.encode(M.reply(M.NOT_HELD, f"behind: epoch {self.s.epoch}"))

@@ -30,7 +30,15 @@ def test_the_management_api_refuses_bytes_and_bad_requests(clipper, tmp_path):
         # "must be in 1..max_size=1", a max_size nobody gave
         ({**model, "batch_size": 0}, "batch_size must be -1 (adaptive) or a static size"),
         ({**model, "labels": ["ok", 1]}, "labels must be a list of strings"),
+        # an OSError of the path is the caller's too (it was a 500)
+        ({**model, "model_data_path": "/" + "a" * 5000}, "File name too long"),
     ]
+    # a link in a model directory was followed out of it (to /dev/zero: read for ever
+    # under the management lock, the disk filling)
+    linked = tmp_path / "linked"
+    save_python_closure(versioned(1), linked)
+    (linked / "vocab.txt").symlink_to("/etc/hostname")
+    cases.append(({**model, "model_data_path": str(linked)}, "is a symbolic link"))
     for doc, cause in cases:
         code, r = post(f"{mgmt}/add_model", doc)
         assert code == 400 and cause in r["cause"], (doc, r)

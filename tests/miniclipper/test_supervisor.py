@@ -457,3 +457,25 @@ def test_a_replica_that_dies_during_a_scale_down_does_not_stop_it_half_way():
     children, replicas, group = asyncio.run(main())
     assert children == {} and replicas == {}
     assert group.spawns == 5 and len(set(group.stopped)) == 5  # none restarted, all stopped
+
+
+def test_a_model_directory_that_holds_the_store_is_refused_and_leaves_nothing(tmp_path):
+    """It was copied into itself until the recursion limit (a 500), and the half copy
+    made name:version "already deployed" for good with no model behind it."""
+    from systems.miniclipper.deployers import MODEL_META
+
+    src = tmp_path / "model"
+    src.mkdir()
+    (src / MODEL_META).write_text("{}")
+    sup = ReplicaSupervisor(src / "store", Executor(), Metrics())
+    with pytest.raises(ValueError, match="holds the model store"):
+        sup.install("m", "1", src)
+    assert not (src / "store" / "m").exists()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / MODEL_META).write_text("{}")
+    os.mkfifo(other / "pipe")  # copytree refused it half way, leaving the half copy
+    with pytest.raises(ValueError, match="not a plain file"):
+        sup.install("m", "1", other)
+    (other / "pipe").unlink()
+    assert sup.install("m", "1", other) == src / "store" / "m" / "1"

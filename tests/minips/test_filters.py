@@ -377,3 +377,26 @@ def test_significantly_modified_holds_back_a_change_of_exactly_the_threshold():
     k, _ = f.push(keys[3:], np.array([[0.25]], np.float32), {})
     assert k.size == 0  # key 3 has accumulated exactly 0.5
     np.testing.assert_array_equal(f.residual.get(keys), [[0.5], [-0.5], [0.0], [0.5]])
+
+
+def test_compressed_values_inflate_no_further_than_the_bytes_expected():
+    """A small push of zlib-compressed zeros was inflated whole before its size was
+    checked: 1 MB on the wire, 1 GiB on the server's event loop, which then missed its
+    heartbeats. It is refused after the bytes the keys can hold."""
+    import tracemalloc
+    import zlib
+
+    bomb = np.frombuffer(zlib.compress(bytes(64 << 20), 9), np.uint8)  # 64 MiB of zeros
+    assert bomb.nbytes < 100_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(PSError, match="more than 16 bytes"):
+            decompress_values(bomb, "zlib", 4)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20, peak
+    ok = compress_values(np.arange(4, dtype=np.float32), "zlib")
+    np.testing.assert_array_equal(decompress_values(ok, "zlib", 4), np.arange(4))
+    with pytest.raises(PSError, match="cut short"):
+        decompress_values(ok[:-3], "zlib", 4)

@@ -431,3 +431,21 @@ def test_a_catch_up_to_a_frozen_new_master_gives_way_to_a_newer_ring(monkeypatch
         await asyncio.wait_for(moving, 5)
     asyncio.run(run())
     assert sends and set(sends) == {"s2"}
+
+
+def test_a_snapshot_of_repeated_or_overlapping_ranges_is_refused():
+    """One range listed 64 times made an 832-byte Snapshot a 1 GB reply, and overlapping
+    ones each tracked every later push's keys: its ranges are checked as a push's are."""
+    ring = Ring(["s0"], key_max=1000, vnodes=4, replication=1, epoch=1)
+
+    async def run():
+        s = await _server_on(ring)
+        for ranges in ([(0, 1000), (0, 1000)], [(0, 600), (500, 1000)], [(0, 2000)]):
+            try:
+                await s.repl.Snapshot(M.encode({"ranges": ranges, "epoch": 1}), None)
+            except M.PSError as e:
+                assert e.code == "INVALID", e
+            else:
+                raise AssertionError(f"a Snapshot of {ranges} was served")
+        return s.repl.transfers
+    assert asyncio.run(run()) == {}  # and nothing is tracked for them
