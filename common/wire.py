@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -95,12 +96,20 @@ def _whole(x: Any) -> int:
     return x
 
 
+_DTYPE_STR = re.compile(r"[<>|=]?[biufc]\d{1,2}")  # the kinds allowed below
+
+
 def _descriptor(s: Any) -> tuple[np.dtype, tuple[int, ...], int, int]:
     """(dtype, shape, offset, nbytes) of one array descriptor, strictly typed: a shape
     of "12" or [1.7], or a dtype of null, is an error, not a guess."""
     if not isinstance(s, dict) or not isinstance(s["dtype"], str) \
             or not isinstance(s["shape"], list):
         raise TypeError("needs a 'dtype' string and a 'shape' list")
+    # the form pack writes (dtype.str), checked before numpy parses it: a dtype string
+    # with commas goes through Python's own parser, and "(1,1,...)i1" of 2 MB took a GB
+    # and seconds of CPU to refuse, on the event loop of whichever server read it
+    if not _DTYPE_STR.fullmatch(s["dtype"]):
+        raise TypeError(f"dtype {s['dtype']!r:.40} is not a plain numpy type string")
     return (np.dtype(s["dtype"]), tuple(_whole(d) for d in s["shape"]), _whole(s["offset"]),
             _whole(s["nbytes"]))
 

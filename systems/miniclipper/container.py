@@ -157,7 +157,13 @@ class ModelContainer:
     def Control(self, request: bytes, context: Any) -> bytes:
         meta, _ = unpack(request)
         if "slowdown" in meta:
-            self.slowdown = max(1.0, float(meta["slowdown"]))
+            # a finite factor, as the management API checks it: inf made every later
+            # batch fail (its sleep overflowed), and "x" raised out of the handler
+            s = meta["slowdown"]
+            if type(s) not in (int, float) or not s <= 1000:  # (NaN too)
+                return pack({"error": f"slowdown must be a number up to 1000, got "
+                                      f"{s!r:.40}"})
+            self.slowdown = max(1.0, float(s))
         return self.Health(b"", context)
 
 

@@ -255,12 +255,21 @@ def decode_batch(buf: bytes) -> tuple[dict[str, Any], Any]:
     if len(arrays) != 2:
         raise InputError(f"a batch carries 2 arrays (values, offsets), got {len(arrays)}")
     flat, offsets = arrays
-    n = int(meta.get("n", -1))
+    n, kind = meta.get("n"), meta.get("input_type")
+    # each field as encode_batch writes it: anything else raised TypeError or IndexError,
+    # which failed the whole stream of batches, and int32 bytes read as a string's
+    if type(n) is not int or n < 0 or offsets.dtype.kind not in "iu" or flat.ndim != 1:
+        raise InputError(f"a batch needs an integer count n >= 0 (got {n!r:.20}), integer "
+                         f"offsets (got {offsets.dtype}) and 1-D values (got "
+                         f"{flat.ndim}-D)")
+    want = INPUT_DTYPES.get(kind) if isinstance(kind, str) else None
+    if want is None or flat.dtype != want:
+        raise InputError(f"values of input_type {kind!r:.20} travel as "
+                         f"{np.dtype(want).name if want else '?'}, got {flat.dtype}")
     if offsets.shape != (n + 1,) or offsets[0] != 0 or offsets[-1] != flat.shape[0] \
             or np.any(np.diff(offsets) < 0):
         raise InputError(f"offsets {offsets.tolist()[:8]} do not split {flat.shape[0]} values "
                          f"into {n} inputs")
-    kind = meta.get("input_type")
     if kind in ("strings", "bytes"):
         raw = flat.tobytes()
         items = [raw[offsets[i]:offsets[i + 1]] for i in range(n)]

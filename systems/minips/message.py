@@ -220,10 +220,14 @@ def as_clock(value: Any, what: str, op: str) -> int | None:
     if value is None:
         return None
     try:
-        return int(operator.index(value))
+        c = int(operator.index(value))
     except TypeError:
         raise PSError("INVALID", f"{op}: {what} must be an integer clock, got "
                                  f"{value!r}") from None
+    if what == "clock" and c < 0:  # below every clock a range holds: taken for a resend
+        raise PSError("INVALID", f"{op}: clock must be >= 0, got {c} (a push at a "
+                                 f"negative clock would be dropped as a resend)")
+    return c
 
 
 def check_clocks(meta: dict[str, Any], where: str) -> None:
@@ -234,6 +238,8 @@ def check_clocks(meta: dict[str, Any], where: str) -> None:
         if c is not None and type(c) is not int:
             raise PSError("INVALID", f"{where}: {what} must be an integer clock or null, "
                                      f"got {c!r}")
+        if what == "clock" and c is not None and c < 0:  # acknowledged, never applied
+            raise PSError("INVALID", f"{where}: clock must be >= 0, got {c}")
 
 
 def as_vals(vals: Any, n: int, val_len: int) -> np.ndarray:

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from common.wire import pack
 from systems.miniclipper.datatypes import (
     InputError,
     decode_batch,
@@ -190,3 +191,20 @@ def test_grpc_arrays_are_refused_where_rest_would_refuse_them():
         rows_of(np.array([[np.inf, 1.0]]), "doubles", None)
     assert [r.tolist() for r in rows_of(np.array([[1, 2], [3, 4]]), "ints", 2)] == \
         [[1, 2], [3, 4]]
+
+
+@pytest.mark.parametrize("meta, flat, offsets", [
+    ({"input_type": "doubles", "n": None}, np.array([1.0, 2.0]), np.array([0, 1, 2])),
+    ({"input_type": "doubles", "n": 2}, np.array([1.0, 2.0]), np.array([0.0, 1.0, 2.0])),
+    ({"input_type": "doubles"}, np.array([1.0, 2.0]), np.zeros(0, np.int64)),
+    ({"input_type": "strings", "n": 2}, np.array([104, 105], np.int32), np.array([0, 1, 2])),
+    ({"input_type": "floats", "n": 2}, np.array([1 + 2j, 3 + 4j], np.complex64),
+     np.array([0, 1, 2])),
+    ({"input_type": "doubles", "n": 1}, np.ones((1, 2)), np.array([0, 2])),
+])
+def test_a_malformed_batch_is_an_input_error_never_another_exception(meta, flat, offsets):
+    """A null count, float offsets or no offsets raised TypeError or IndexError, which the
+    container does not answer in band: the whole stream of batches to it ended. And int32
+    values under "strings" were read as their bytes, complex ones handed to the model."""
+    with pytest.raises(InputError):
+        decode_batch(pack({"batch_id": 1, **meta}, [flat, offsets]))

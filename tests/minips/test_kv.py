@@ -257,6 +257,12 @@ def test_numpy_clocks_work_and_clocks_that_are_no_integers_are_refused(cluster):
             kv.push(keys, np.ones((2, 2), np.float32), clock=bad)
         with pytest.raises(M.PSError, match="wait must be an integer clock"):
             kv.pull(keys, wait=bad)
+    # -1 is below every clock a range holds: such a push was acknowledged and dropped as
+    # a resend, from the API and from a raw client alike
+    with pytest.raises(M.PSError, match="clock must be >= 0"):
+        kv.push(keys, np.ones((2, 2), np.float32), clock=-1)
+    with pytest.raises(M.PSError, match="clock must be >= 0"):
+        M.check_clocks({"clock": -1}, "push")
     kv.wait(kv.push(keys, np.ones((2, 2), np.float32)), timeout=30)
     np.testing.assert_array_equal(kv.wait(kv.pull(keys)), before + 4)
 
