@@ -42,7 +42,7 @@ from common.trace import now_us
 from . import message as M
 from .filters import FilterChain
 from .metrics import NodeMetrics
-from .recovery import Recovery
+from .recovery import Recovery, register
 from .ring import Ring, intersect, merge_ranges, positions
 from .tracker import Pending, Records, Request, fresh_error
 
@@ -72,28 +72,7 @@ class KVWorker(Recovery, Records):
                  connect_s: float = 10.0):
         self.name, self.role = name, role
         M.reuse_large_buffers()
-        self.sched = rpc.channel(scheduler)
-        try:  # nodes may start in any order (ps-lite's Van waits for the scheduler too)
-            out = rpc.method(self.sched, M.SCHEDULER_SERVICE, "Register")(
-                M.encode({"role": role, "name": name}), timeout=connect_s,
-                wait_for_ready=True)
-        except grpc.RpcError as e:
-            self.sched.close()
-            if e.code() == grpc.StatusCode.UNIMPLEMENTED:  # a gRPC node, not a scheduler
-                raise M.PSError("INVALID", f"{scheduler} answers gRPC but is not a minips "
-                                           f"scheduler (a server's address?): "
-                                           f"{e.details()}") from None
-            if e.code() not in (grpc.StatusCode.UNAVAILABLE,
-                                grpc.StatusCode.DEADLINE_EXCEEDED):  # it answered: why
-                raise M.PSError("INVALID", f"the scheduler at {scheduler} refused to "
-                                           f"register {name!r}: {e.details()}") from None
-            raise M.PSError("UNAVAILABLE", f"no scheduler answered at {scheduler} within "
-                                           f"{connect_s:g} s ({e.code().name}); start it first "
-                                           f"(casebook ps launch --role scheduler prints "
-                                           f"its HOST:PORT)") from None
-        reg = M.decode(out)[0]
-        if reg.get("status") == "error":
-            raise M.PSError("INVALID", reg["message"])
+        self.sched, reg = register(scheduler, name, role, connect_s)
         self.config = reg["config"]
         self.shards = reg.get("shards", [])
         self.key_max, self.val_len = self.config["key_max"], self.config["val_len"]

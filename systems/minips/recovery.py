@@ -31,6 +31,35 @@ from .ring import Ring
 from .tracker import Pending, Request
 
 
+def register(scheduler: str, name: str, role: str, connect_s: float) -> tuple[grpc.Channel, dict]:
+    """A channel to the scheduler at ``scheduler`` and its answer to registering ``name``
+    as ``role``; a PSError that says why not (nodes may start in any order: ps-lite's Van
+    waits for the scheduler too, and so does this, for ``connect_s``)."""
+    sched = rpc.channel(scheduler)
+    try:
+        out = rpc.method(sched, M.SCHEDULER_SERVICE, "Register")(
+            M.encode({"role": role, "name": name}), timeout=connect_s, wait_for_ready=True)
+    except grpc.RpcError as e:
+        sched.close()
+        if e.code() == grpc.StatusCode.UNIMPLEMENTED:  # a gRPC node, not a scheduler
+            raise M.PSError("INVALID", f"{scheduler} answers gRPC but is not a minips "
+                                       f"scheduler (a server's address?): "
+                                       f"{e.details()}") from None
+        if e.code() not in (grpc.StatusCode.UNAVAILABLE,
+                            grpc.StatusCode.DEADLINE_EXCEEDED):  # it answered: why
+            raise M.PSError("INVALID", f"the scheduler at {scheduler} refused to "
+                                       f"register {name!r}: {e.details()}") from None
+        raise M.PSError("UNAVAILABLE", f"no scheduler answered at {scheduler} within "
+                                       f"{connect_s:g} s ({e.code().name}); start it first "
+                                       f"(casebook ps launch --role scheduler prints "
+                                       f"its HOST:PORT)") from None
+    reg = M.decode(out)[0]
+    if reg.get("status") == "error":
+        sched.close()
+        raise M.PSError("INVALID", reg["message"])
+    return sched, reg
+
+
 class Recovery:
     """Resending and ring membership for :class:`.kv.KVWorker`; the state it works on
     (lock, requests, ring, channels, the scheduler channel, the retry queue, ...) and

@@ -191,9 +191,8 @@ class Scheduler:
                 (f" and {len(lost) - 4} more" if len(lost) > 4 else "")
             why = (f"servers {dead} died, more at once than replication "
                    f"{self.config['replication']} survives (one died before the ranges of "
-                   f"another were copied again)" if dead else
-                   "no server died: the copies that move them failed (see the servers' "
-                   "logs)")
+                   f"another were copied again)" if dead else "no server died: the copies "
+                   "that move them failed (see the servers' logs)")
             self.fail(f"no live server holds a complete copy of key ranges {shown} "
                       f"({sum(e - b for b, e in lost)} keys): {why}, so their values are "
                       f"lost; restart from a checkpoint")
@@ -257,13 +256,10 @@ class Scheduler:
             old = self.servers.get(name)
             if old and old["alive"] and old["addr"] != meta["addr"] and \
                     time.monotonic() - old["last_hb"] < 5 * self.config["hb_interval"]:
-                # two live processes with one name (two machines left at the default
-                # --name s0) would take the name from each other at every heartbeat, and
-                # no ring would form; a restarted server's predecessor has gone quiet
-                return encode({"status": "duplicate", "config": self.config,
-                               "message": f"a server named {name!r} is registered from "
-                                          f"{old['addr']} and alive; give each server "
-                                          f"its own --name"})
+                # two live servers of one name took it from each other at every heartbeat
+                return encode({"status": "duplicate", "config": self.config, "message":
+                               f"a server named {name!r} is registered from {old['addr']} "
+                               f"and alive; give each server its own --name"})
             if old and old["alive"] and name in self.ring_servers and self.epoch:
                 self.remove_server(name, "re-registered (restarted)")
             inc = (old["incarnation"] + 1) if old else 0

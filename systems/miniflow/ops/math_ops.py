@@ -165,10 +165,8 @@ def _addn_shape(ins, attrs):
 
 def _addn_kernel(attrs, be, res):
     def addn(*xs):
-        # The shape function can only compare the dimensions it knows; a [None, 4] and a
-        # [1, 4] pass it and would broadcast here. TF's AddN kernel refuses inputs of
-        # different shapes (tensorflow/core/kernels/aggregate_ops.cc), and so do we: a
-        # broadcast sum would hand each input a gradient of the wrong shape.
+        # [None, 4] and [1, 4] pass the shape function and would broadcast here, each
+        # input's gradient then of the wrong shape: refused, as TF's aggregate_ops.cc does
         first = tuple(xs[0].shape)
         for x in xs[1:]:
             if tuple(x.shape) != first:
