@@ -158,9 +158,10 @@ class ModelContainer:
         meta, _ = unpack(request)
         if "slowdown" in meta:
             # a finite factor, as the management API checks it: inf made every later
-            # batch fail (its sleep overflowed), and "x" raised out of the handler
+            # batch fail (its sleep overflowed), and "x" (or NaN, or an int too large for
+            # a float) raised out of the handler; below 1 means 1
             s = meta["slowdown"]
-            if type(s) not in (int, float) or not s <= 1000:  # (NaN too)
+            if type(s) not in (int, float) or not -1e9 <= s <= 1000:
                 return pack({"error": f"slowdown must be a number up to 1000, got "
                                       f"{s!r:.40}"})
             self.slowdown = max(1.0, float(s))
