@@ -100,8 +100,9 @@ class KVWorker(Recovery, Records):
         self.info: dict[str, Any] = {}
         self.retries: queue.Queue = queue.Queue()
         self.threads = [threading.Thread(target=self._resender, daemon=True)]
-        if heartbeat:  # from registration on: a worker started more than worker_timeout
-            # before the servers was silent until the ring formed, and declared dead
+        if heartbeat:
+            # from registration on, not from the first ring: a worker started more than
+            # worker_timeout before the servers was silent until then, and declared dead
             self.threads.append(threading.Thread(target=self._heartbeats, daemon=True))
             self.threads[-1].start()
         t_end = time.monotonic() + 60
@@ -110,8 +111,10 @@ class KVWorker(Recovery, Records):
                 if time.monotonic() > t_end:
                     raise TimeoutError("the scheduler formed no ring within 60 s")
                 time.sleep(0.02)
-        except BaseException:  # (Ctrl-C too) no worker: its heartbeats must end, or the
-            self.closed = True  # scheduler would never find it dead nor hand its shard on
+        except BaseException:
+            # no worker (Ctrl-C too): its heartbeats must end, or the scheduler would
+            # never find it dead nor hand its shard on
+            self.closed = True
             raise
         self.threads[0].start()
 

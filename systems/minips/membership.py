@@ -47,8 +47,10 @@ class Membership:
                 if await self.repl.join(r):
                     self.member = True
                     return
-            if r["status"] in ("failed", "duplicate"):  # the job has ended: nothing to
-                if not told:  # join; or another live server has our name (it may die)
+            # failed: the job has ended, nothing to join; duplicate: another live server
+            # has our name (ask again: it may die)
+            if r["status"] in ("failed", "duplicate"):
+                if not told:
                     print(f"[{self.name}] not joining: {r['message']}", flush=True)
                 told = True
                 await asyncio.sleep(1.0 if r["status"] == "failed" else 0.2)

@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import conv as npconv
 from ..conv import out_size
+from ..errors import InvalidArgumentError
 from ..op_def import (
     OpDef,
     check_axis,
@@ -96,10 +97,8 @@ def _xent_kernel(attrs, be, res):
         # One pass of softmax arithmetic serves both outputs: loss = log(sum e^z) - z_label
         # and backprop = softmax - one_hot (sparse_xent_op.cc does the same).
         n, classes = logits.shape[0], logits.shape[1]
-        if labels.shape[0] != n:  # with a None batch only the run can tell (numpy would
-            from ..errors import InvalidArgumentError  # broadcast one label to every row)
-
-            raise InvalidArgumentError(
+        if labels.shape[0] != n:  # a None batch: only the run can tell (the numpy kernel
+            raise InvalidArgumentError(  # would give every row the one label)
                 f"logits and labels must have the same first dimension, got logits shape "
                 f"{tuple(logits.shape)} and labels shape {tuple(labels.shape)}")
         if be.name == "numpy":
@@ -107,8 +106,6 @@ def _xent_kernel(attrs, be, res):
             # one reduction checks both ends: negative labels read as unsigned are huge
             unsigned = lab.view(f"u{lab.itemsize}")
             if n and np.maximum.reduce(unsigned) >= classes:
-                from ..errors import InvalidArgumentError
-
                 raise InvalidArgumentError(f"labels must be in [0, {classes}), got values "
                                            f"from {lab.min()} to {lab.max()}")
             z = logits - np.maximum.reduce(logits, axis=1, keepdims=True)
@@ -312,8 +309,6 @@ def bias_add(value, bias, name=None):
 def _bias_add_kernel(attrs, be, res):
     def bias_add(value, bias):
         if bias.ndim != 1 or value.ndim < 2 or value.shape[-1] != bias.shape[0]:
-            from ..errors import InvalidArgumentError
-
             raise InvalidArgumentError(
                 f"BiasAdd: must provide as many biases as the last dimension of the input, "
                 f"got value shape {tuple(value.shape)} and bias shape {tuple(bias.shape)}")
