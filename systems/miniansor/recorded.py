@@ -23,6 +23,7 @@ reported as such. A table of real measurements is written by the GPU benchmark r
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -105,6 +106,13 @@ def _bad_entry(e) -> str | None:
     return None
 
 
+def measured_on(device: str) -> str:
+    """The hardware behind a device name: a replay's ``replay of X (source)`` (the name
+    :class:`RecordedDevice` takes) is X, the simulator's or the GPU's that measured it."""
+    m = re.fullmatch(r"replay of (.*) \([^()]*\)", device)
+    return m.group(1) if m else device
+
+
 class RecordedDevice:
     """A device that answers from a recorded table; configs it lacks fail NOT_RECORDED."""
 
@@ -124,6 +132,7 @@ class RecordedDevice:
             validate_table(table)
         self.table = table
         self.source = table["source"]
+        # the form measured_on reads back
         self.name = f"replay of {table.get('device', '?')} ({self.source})"
 
     def tasks(self) -> list[Task]:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import collections
 import json
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +33,7 @@ from pathlib import Path
 from .annotation import H100_LIMITS, HardwareLimits, has_valid_annotation
 from .cost_model import make_model
 from .measure import Callback, Measurer
-from .recorded import RecordedDevice
+from .recorded import RecordedDevice, measured_on
 from .records import (
     Best,
     RecordToFile,
@@ -130,13 +129,6 @@ def _history(path: str | Path) -> list:
     return records
 
 
-def measured_on(device: str) -> str:
-    """The hardware behind a device name: a replay table's ``replay of X (source)`` is X
-    (the simulator's name, or the GPU's that measured the table)."""
-    m = re.fullmatch(r"replay of (.*) \([^()]*\)", device)
-    return m.group(1) if m else device
-
-
 def _same_device(records, device: str, what: str, hardware: bool = False):
     """The records measured on ``device`` (times from another device would mislead the
     search and the model); says how many others it leaves out (``what`` names them, with
@@ -148,8 +140,9 @@ def _same_device(records, device: str, what: str, hardware: bool = False):
     else:
         here = on_device(records, device)
     if len(here) < len(records):
+        kept = {r.device for _, r in here}
         print(f"miniansor: {what.format(n=len(records) - len(here))} measured on "
-              f"{[d for d in devices(records) if d not in {r.device for _, r in here}]}, "
+              f"{[d for d in devices(records) if d not in kept]}, "
               f"only those on {measured_on(device) if hardware else device!r}",
               file=sys.stderr)
     return here

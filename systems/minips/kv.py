@@ -371,11 +371,12 @@ class KVWorker(Recovery, Records):
             if bug := M.server_bug(exc):
                 req.error = M.PSError("INTERNAL", bug.removeprefix("[INTERNAL] "))
                 return self._finish(req, p, fatal=True)
+            # held on its dependency, not failed: a BSP push waits for every worker's
+            # pull of its clock, a pull for their pushes, and a slow worker holds both
+            # past the call's deadline
             if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED and (
                     req.wait if req.op == "pull" else req.push_wait) is not None:
-                return self._ask_again(req, p)  # held on its dependency: not a failure
-                # (a BSP push waits for every worker's pull of its clock, a pull for
-                # their pushes: a slow worker holds both past the call's deadline)
+                return self._ask_again(req, p)
             return self._failed(req, p, "unavailable")
         out = fut.result()
         self.metrics.wire(received=len(out))

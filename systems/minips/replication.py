@@ -98,11 +98,13 @@ class Replication(RingTransitions):
                 # a join abandoned after its pre-copy (the joiner died) is only forgotten
                 # at the next ring change: until then every push here adds a copy of its
                 # keys. Merged into one sorted set of distinct keys whenever the copies
-                # reach twice the last merged set (amortised: each key is sorted O(1)
-                # times), the record stays within twice the range's distinct keys.
-                if len(dirty) > 1 and sum(k.size for k in dirty) > max(2 * dirty[0].size,
-                                                                       1 << 16):
+                # since the last merge outgrow it (amortised: each key is sorted O(1)
+                # times), the record stays within twice the range's distinct keys. The
+                # count is kept, not summed over the parts at every push.
+                n = self.unmerged[b, e] = self.unmerged.get((b, e), 0) + hi - lo
+                if len(dirty) > 1 and n > max(dirty[0].size, 1 << 16):
                     dirty[:] = [np.unique(np.concatenate(dirty))]
+                    self.unmerged[b, e] = 0
 
     def changes(self, keys: np.ndarray, ranges: list[tuple[int, int]], sender: str,
                 t: int | None) -> list[tuple[str, bytes]]:

@@ -91,6 +91,7 @@ class RingTransitions:
         self.holding: list[tuple[int, int]] = []  # ... and what we held complete before it
         # ranges a joining server pre-copied from us -> the keys pushed there since
         self.transfers: dict[tuple[int, int], list[np.ndarray]] = {}
+        self.unmerged: dict[tuple[int, int], int] = {}  # keys in those lists' later parts
 
     async def Sync(self, req: bytes, ctx) -> bytes:
         return await self.s.guard(self._sync, req, ctx)
@@ -254,6 +255,7 @@ class RingTransitions:
                 ok = await self.sync_replicas(old, new, promoted)
                 self.broken = not ok
                 self.transfers.clear()
+                self.unmerged.clear()
                 for book in (self.caught_up, self.synced):  # keep what came for later rings
                     for e in [e for e in book if e <= new.epoch]:
                         del book[e]
