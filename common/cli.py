@@ -131,7 +131,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The parser for ``argv``: the system it names gets its full subcommand tree, the
     others a one-line stub (enough for ``casebook --help`` and for argparse to say which
     commands exist). Without ``argv``, every system's tree (tests, docs)."""
-    p = ArgumentParser(prog="casebook", description=__doc__.splitlines()[0].replace("``", ""))
+    summary = (__doc__ or "").partition("\n")[0]  # None under python -OO
+    p = ArgumentParser(prog="casebook", description=summary.replace("``", ""))
     sub = p.add_subparsers(dest="command", required=True)
 
     def add(name: str, fn: Callable, help: str) -> argparse.ArgumentParser:

@@ -16,6 +16,7 @@ Defaults that matter for correctness, not just speed:
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from concurrent import futures
 
@@ -112,3 +113,17 @@ def stream(ch: grpc.Channel | grpc.aio.Channel, service: str, name: str):
     """A callable that opens the bidirectional stream ``/<service>/<name>`` on ``ch``."""
     return ch.stream_stream(f"/{service}/{name}", request_serializer=_identity,
                             response_deserializer=_identity)
+
+
+_BACKGROUND: set[asyncio.Future] = set()
+
+
+def background(aw: Awaitable) -> asyncio.Future:
+    """Run ``aw`` as a task that nobody awaits (a restart, a catch-up, a message sent
+    on), holding a reference until it is done. The event loop keeps only weak references
+    to tasks, so an unreferenced one can be garbage-collected mid-execution (the
+    asyncio docs on ``create_task``: "save a reference to the result of this function")."""
+    task = asyncio.ensure_future(aw)
+    _BACKGROUND.add(task)
+    task.add_done_callback(_BACKGROUND.discard)
+    return task

@@ -122,8 +122,12 @@ def _gemm_task(gm, node: fx.Node, dtype: str, taken: Set[fx.Node] = frozenset()
         if mod is not None:
             n_out, k, has_bias = mod.out_features, mod.in_features, mod.bias is not None
         else:
-            n_out, k = _shape(_arg(node, 1, "weight"))
-            has_bias = _arg(node, 2, "bias") is not None
+            w = _shape(_arg(node, 1, "weight"))
+            if w is None or len(w) != 2:  # a 1-D weight makes a dot product, no GEMM
+                return None
+            (n_out, k), has_bias = w, _arg(node, 2, "bias") is not None
+        if x is None:
+            return None
         m = math.prod(x[:-1])
         epi, fused = _fuse_epilogue(gm, node, _shape(node), has_bias, n_out, taken)
         return Task("gemm", (m, n_out, k), dtype, epi), fused

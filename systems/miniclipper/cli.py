@@ -331,8 +331,9 @@ def _demo(args: argparse.Namespace) -> dict[str, Any]:
 
 def add_parser(sub: Any, add: Any) -> None:
     """Add ``casebook clipper ...`` (``add`` is common.cli's subcommand factory)."""
+    summary = (__doc__ or "").partition("\n")[0]  # None under python -OO
     clipper = sub.add_parser("clipper", help="run miniclipper from the shell",
-                             description=__doc__.splitlines()[0].replace("``", ""))
+                             description=summary.replace("``", ""))
     inner = clipper.add_subparsers(dest="clipper_command", required=True)
 
     def cmd(name: str, fn: Any, help: str, address: bool = True) -> argparse.ArgumentParser:

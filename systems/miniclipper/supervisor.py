@@ -30,6 +30,7 @@ import stat
 from pathlib import Path
 
 from common.procs import Child, ProcessGroup
+from common.rpc import background
 
 from .deployers import MODEL_META
 from .metrics import Metrics
@@ -182,7 +183,7 @@ class ReplicaSupervisor:
 
     def on_replica_failure(self, rep: Replica, reason: str) -> None:
         """The executor's callback: the replica's RPC failed; restart it."""
-        asyncio.ensure_future(self.restart(rep.model, rep.replica_id, reason))
+        background(self.restart(rep.model, rep.replica_id, reason))
 
     async def restart(self, model: tuple[str, str], rid: int, reason: str) -> None:
         if (model, rid) in self._busy or rid not in self.children.get(model, {}):
@@ -244,8 +245,7 @@ class ReplicaSupervisor:
                 for rid, child in list(reps.items()):
                     if not child.alive() and (model, rid) not in self._busy:
                         code = child.popen.poll()
-                        asyncio.ensure_future(self.restart(model, rid,
-                                                           f"process exited with {code}"))
+                        background(self.restart(model, rid, f"process exited with {code}"))
 
     async def stop_all(self) -> None:
         if self._watch:

@@ -69,13 +69,7 @@ class Tensor:
         return self.shape
 
     def eval(self, feed_dict: dict | None = None, session: Any = None) -> Any:
-        from .session import get_default_session
-
-        session = session or get_default_session()
-        if session is None:
-            raise ValueError("Tensor.eval() needs a session: pass session= or use "
-                             "'with mf.Session() as sess:'")
-        return session.run(self, feed_dict)
+        return session_or_default(session, "Tensor.eval()").run(self, feed_dict)
 
     def __repr__(self) -> str:
         return f"<mf.Tensor '{self.name}' shape={shapes.fmt(self.shape)} dtype={self.dtype.name}>"
@@ -97,6 +91,19 @@ class Tensor:
                         f"it (t[0], t[1], ...) or fetch its value with Session.run.")
 
 
+def session_or_default(session: Any, what: str) -> Any:
+    """``session``, else the default session of a ``with mf.Session():`` block. Without
+    either, TF raises ValueError ("No default session is registered"), not an
+    AttributeError on None (framework/ops.py ``_run_using_default_session``)."""
+    from .session import get_default_session
+
+    session = session or get_default_session()
+    if session is None:
+        raise ValueError(f"{what} needs a session: pass session= or use "
+                         f"'with mf.Session() as sess:'")
+    return session
+
+
 class Operation:
     """A node: an op type, attributes, inputs (data and control), outputs, a device."""
 
@@ -115,9 +122,7 @@ class Operation:
         self.id = len(graph._ops)
 
     def run(self, feed_dict: dict | None = None, session: Any = None) -> None:
-        from .session import get_default_session
-
-        (session or get_default_session()).run(self, feed_dict)
+        session_or_default(session, "Operation.run()").run(self, feed_dict)
 
     def __repr__(self) -> str:
         return f"<mf.Operation '{self.name}' type={self.type}>"

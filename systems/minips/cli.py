@@ -94,9 +94,12 @@ def _faults(a: argparse.Namespace) -> list[dict]:
         m = _FAULT.fullmatch(item)
         role = m["name"][0] if m and m["name"][0] in roles else roles[0]
         count = counts[role]
-        want = "NAME@SECONDS:FOR" if kind == "freeze" else "NAME@SECONDS"
+        want = "NAME@SECONDS:FOR" if kind == "freeze" else \
+            "NAME@SECONDS (a kill has no duration: --freeze pauses)"
         try:  # s01 is node s1: the name as the cluster spells it
             f = {"at": float(m["at"]), kind: f"{m['name'][0]}{int(m['name'][1:])}"}
+            if m["dur"] and kind == "kill":  # a kill lasts; a pause is --freeze
+                raise ValueError
             if m["dur"]:
                 f["for"] = float(m["dur"])
         except (TypeError, ValueError):

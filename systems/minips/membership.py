@@ -22,6 +22,8 @@ import asyncio
 
 import grpc
 
+from common.rpc import background
+
 from . import message as M
 from .checkpoint import restore_ranges
 from .ring import Ring
@@ -111,7 +113,7 @@ class Membership:
             elif not r["member"]:
                 if not self.rejoining:
                     self.rejoining = True
-                    asyncio.ensure_future(self.rejoin())
+                    background(self.rejoin())
             elif self.member and (r["epoch"] != self.epoch
                                   or r["members_version"] != self.members_version):
                 self.refresh_soon()
@@ -132,7 +134,7 @@ class Membership:
                 await self.install(await self._ring_info())
             except Exception as e:  # a later heartbeat retries
                 print(f"[{self.name}] ring refresh failed: {e!r}", flush=True)
-        asyncio.ensure_future(go())
+        background(go())
 
     async def _ring_info(self) -> dict:
         return M.decode(await self.sched_call("GetRing")(M.encode({}), timeout=2.0))[0]

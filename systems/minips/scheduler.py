@@ -117,7 +117,7 @@ class Scheduler:
             if ch is None:  # (setdefault would build a channel per call, to throw away)
                 ch = self.channels[addr] = rpc.aio_channel(addr)
             call = rpc.method(ch, SERVICE, "Ring")
-            asyncio.ensure_future(self._send(call, msg))
+            rpc.background(self._send(call, msg))
 
     async def _send(self, call, msg: bytes) -> None:
         try:

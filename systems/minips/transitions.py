@@ -45,6 +45,8 @@ from typing import TYPE_CHECKING
 import grpc
 import numpy as np
 
+from common.rpc import background
+
 from . import message as M
 from .ring import Ring, intersect, merge_ranges, positions, subtract
 
@@ -136,7 +138,7 @@ class RingTransitions:
             rr = [(int(b), int(e)) for b, e in meta["ranges"]]
             note(self.caught_up, meta["epoch"], rr)
             if intersect(rr, self.not_ready):
-                asyncio.ensure_future(self.finish(rr))
+                background(self.finish(rr))
         self.s.metrics.inc("syncs_received")
         self.s.gate.notify()
         return M.encode(M.reply())
@@ -263,7 +265,7 @@ class RingTransitions:
             finally:  # a transition cut short must not leave copies judged by it
                 self.next_epoch = None
         if self.not_ready:
-            asyncio.ensure_future(self.await_catchup(old, new.epoch))
+            background(self.await_catchup(old, new.epoch))
         s.gate.notify()
 
     async def sync_replicas(self, old: Ring, new: Ring, promoted: list) -> bool:

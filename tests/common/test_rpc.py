@@ -1,3 +1,7 @@
+import asyncio
+import gc
+import weakref
+
 import grpc
 import numpy as np
 import pytest
@@ -85,3 +89,28 @@ def test_a_busy_port_is_refused_not_shared():
             assert {call(b"", timeout=10) for _ in range(20)} == {b"first"}
     finally:
         first.stop(None)
+
+
+def test_a_background_task_is_kept_alive_while_it_waits():
+    """The event loop holds tasks weakly: a task blocked on a future that only it holds
+    is garbage, and a plain ensure_future lets gc collect it mid-run (a supervisor's
+    restart or a server's catch-up would silently never finish). ``background`` keeps a
+    reference until the task is done."""
+
+    async def main():
+        async def wait_on_own_future():
+            await asyncio.get_running_loop().create_future()
+
+        plain = weakref.ref(asyncio.ensure_future(wait_on_own_future()))
+        kept = weakref.ref(rpc.background(wait_on_own_future()))
+        await asyncio.sleep(0)  # both start and block
+        gc.collect()
+        assert plain() is None  # the hazard itself
+        task = kept()
+        assert task is not None and not task.done()
+        task.cancel()
+        await asyncio.wait([task])
+        await asyncio.sleep(0)  # the done callbacks run on the next turn of the loop
+        assert task not in rpc._BACKGROUND  # released once done
+
+    asyncio.run(main())

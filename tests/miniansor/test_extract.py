@@ -195,6 +195,22 @@ def test_a_broadcast_batched_matmul_takes_its_batch_from_the_output():
         {"bmm:3x8x32x64:fp16:none": 1}
 
 
+class _Score(nn.Module):
+    """A 1-D weight: ``F.linear`` is then a dot product per row (valid torch)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(16))
+
+    def forward(self, x):
+        return F.linear(x, self.w), F.linear(x, self.w.view(1, 16))
+
+
+def test_a_linear_with_a_one_dimensional_weight_is_no_gemm_and_no_crash():
+    """It raised "not enough values to unpack" out of extract_tasks, as ``x @ w`` did not."""
+    assert keys(_Score(), torch.zeros(4, 16), dtype="fp32") == {"gemm:4x1x16:fp32:none": 1}
+
+
 def test_only_one_activation_joins_the_epilogue():
     """gelu(relu(x W + b)): the epilogue is bias+relu; the GELU after it is not fused (an
     epilogue has one activation, and fusing the second would replace the first)."""

@@ -2,6 +2,7 @@
 clear errors for bad feeds."""
 
 import collections
+import re
 
 import numpy as np
 import pytest
@@ -395,6 +396,24 @@ def test_as_default_makes_the_session_the_default_without_closing_it():
     assert mf.get_default_session() is None
     assert s.run(c) == 6.0  # still open
     s.close()
+
+
+def test_run_eval_and_load_use_the_default_session_and_say_when_there_is_none():
+    """TF: ``op.run()``, ``t.eval()`` and ``v.load(x)`` use the default session, and
+    without one raise ValueError. ``init.run()`` outside a session used to fail with an
+    AttributeError on None, and ``v.load(x)`` required the session argument."""
+    g = mf.Graph()
+    with g.as_default():
+        v = mf.Variable(1.0, name="v")
+        init, t = mf.global_variables_initializer(), v + 1.0
+    for call, what in ((init.run, "Operation.run()"), (t.eval, "Tensor.eval()"),
+                       (lambda: v.load(5.0), "Variable.load()")):
+        with pytest.raises(ValueError, match=re.escape(what) + " needs a session"):
+            call()
+    with mf.Session(graph=g) as s:
+        init.run()
+        v.load(5.0)
+        assert t.eval() == 6.0 and s.run(v) == 5.0
 
 
 @pytest.mark.parametrize("count", [0, -2])

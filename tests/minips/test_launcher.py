@@ -348,8 +348,10 @@ def test_launch_flags_are_checked_before_anything_starts(tmp_path, capsys):
     used.mkdir()
     (used / "metrics-s0.json").write_text("{}")
     cases = [(["--kill-server", "s9@0.1"], "no node s9 in this job (s0..s1)"),
-             (["--kill-worker", "w1"], "want NAME@SECONDS, e.g. w0@1.5"),
+             (["--kill-worker", "w1"], "want NAME@SECONDS (a kill has no duration: --freeze "
+              "pauses), e.g. w0@1.5"),
              (["--freeze", "s0@1:x"], "want NAME@SECONDS:FOR"),
+             (["--kill-server", "s1@3:2"], "a kill has no duration: --freeze pauses"),
              (["--freeze", "w5@1:2"], "no node w5 in this job (w0..w1)"),
              (["--straggler", "w7:2"], "no worker w7 in this job (w0..w1)"),
              (["--straggler", "w0:0.5"], "how many times slower, >= 1"),

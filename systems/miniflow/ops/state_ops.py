@@ -21,7 +21,7 @@ import threading
 from .. import shapes
 from ..dtypes import as_dtype
 from ..errors import FailedPreconditionError, InvalidArgumentError
-from ..graph import Operation, Tensor, get_default_graph
+from ..graph import Operation, Tensor, get_default_graph, session_or_default
 from ..op_def import OpDef, constant, convert_to_tensor, define, make_op, shape_error
 
 GLOBAL_VARIABLES = "variables"
@@ -175,9 +175,10 @@ class Variable:
     def eval(self, session=None):
         return self._snapshot.eval(session=session)
 
-    def load(self, value, session) -> None:
-        """Set the variable's value directly in ``session`` (``tf.Variable.load``)."""
-        session._set_variable(self, value)
+    def load(self, value, session=None) -> None:
+        """Set the variable's value directly in ``session``, by default the current one
+        (``tf.Variable.load``)."""
+        session_or_default(session, "Variable.load()")._set_variable(self, value)
 
     def __repr__(self) -> str:
         return f"<mf.Variable '{self.name}' shape={shapes.fmt(self.shape)} " \
