@@ -127,11 +127,26 @@ def constant(value: Any, dtype: Any = None, shape: Sequence[int] | None = None,
         if not from_numpy:
             arr = arr.astype(_python_default_dtype(arr), copy=False)
     if shape is not None:
-        arr = np.broadcast_to(arr, tuple(shape)).copy()
+        arr = _fill(arr, tuple(shape))
     dt = as_dtype(arr.dtype)
     arr.setflags(write=False)
     return get_default_graph().create_op("Const", [], {"value": arr}, [(dt, arr.shape)],
                                          name or "Const").outputs[0]
+
+
+def _fill(arr: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """TF1's ``constant(value, shape=)`` (tensor_util.make_tensor_proto): the values in
+    order, reshaped; fewer values than the shape holds are padded with the last one
+    (``constant([1, 2], shape=[2, 2])`` is ``[[1, 2], [2, 2]]``, not numpy's broadcast
+    ``[[1, 2], [1, 2]]``); more are an error."""
+    from .graph import _user_site
+
+    flat, n = arr.reshape(-1), int(np.prod(shape))
+    if flat.size > n or (flat.size == 0 and n > 0):
+        got = f"too many values: needed at most {n}, received {flat.size}" if flat.size \
+            else "no values"
+        raise GraphBuildError(f"Const: {got} for shape {list(shape)} (at {_user_site()})")
+    return np.concatenate([flat, np.repeat(flat[-1:], n - flat.size)]).reshape(shape)
 
 
 def _python_default_dtype(arr: np.ndarray) -> np.dtype:

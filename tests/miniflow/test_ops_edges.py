@@ -218,3 +218,41 @@ def test_a_valid_conv_with_a_filter_sized_at_run_time_builds_and_matches_torch(b
     want = torch.nn.functional.conv2d(torch.tensor(xs).permute(0, 3, 1, 2),
                                       torch.tensor(fs).permute(3, 2, 0, 1))
     np.testing.assert_allclose(got, want.permute(0, 2, 3, 1).numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_matmul_fed_a_vector_at_run_time_is_refused_as_tf_refuses_it(backend):
+    """With a rank unknown at build time numpy and torch multiplied the vector, and the
+    training step then failed in ``gradients/MatMul_grad/MatMul_1``, an op the user never
+    wrote. One known rank-1 side is refused at build time even if the other is unknown."""
+    wv = np.arange(6, dtype=np.float32).reshape(3, 2)
+    g = mf.Graph()
+    with g.as_default():
+        a = mf.placeholder(mf.float32, None, name="a")
+        w = mf.constant(wv)
+        y, yt = mf.matmul(a, w), mf.matmul(w, a, transpose_a=True, transpose_b=True)
+        with pytest.raises(mf.errors.GraphBuildError, match="MatMul: inputs must be at least"):
+            mf.matmul(mf.constant([1.0, 2.0, 3.0]), a)
+    m = np.ones((2, 3), np.float32)
+    np.testing.assert_array_equal(evaluate(g, y, {a: m}, backend), m @ wv)
+    np.testing.assert_array_equal(evaluate(g, yt, {a: m}, backend), (m @ wv).T)
+    with pytest.raises(mf.errors.InvalidArgumentError,
+                       match=r"MatMul: In\[0\] is not a matrix; shapes \(3,\) and \(3, 2\)"):
+        evaluate(g, y, {a: np.ones(3, np.float32)}, backend)
+
+
+def test_a_constant_of_a_shape_reshapes_its_values_and_pads_with_the_last_as_tf1():
+    """TF1's constant(value, shape=): the values in order, the last repeated (its test
+    testShapeInconsistent); numpy's broadcast gave [[1, 2], [1, 2]] and crashed with a bare
+    numpy error on TF's own example, constant([1..6], shape=(2, 3))."""
+    g = mf.Graph()
+    with g.as_default():
+        short, full = mf.constant([1, 2], shape=[2, 2]), mf.constant(range(1, 7), shape=(2, 3))
+        fill = mf.constant(7.0, shape=[2])
+        with pytest.raises(mf.errors.GraphBuildError,
+                           match=r"Const: too many values: needed at most 5, received 7 for "
+                                 r"shape \[5\] \(at .*test_ops_edges.py:\d+\)"):
+            mf.constant(list(range(7)), shape=[5])
+    assert evaluate(g, short).tolist() == [[1, 2], [2, 2]]
+    assert evaluate(g, full).tolist() == [[1, 2, 3], [4, 5, 6]]
+    assert evaluate(g, fill).tolist() == [7.0, 7.0]

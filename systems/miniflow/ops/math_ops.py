@@ -313,10 +313,10 @@ def where(condition, x, y, name=None) -> Tensor:
 def _matmul_shape(ins, attrs):
     a, b = ins
     dt = same_dtype("MatMul", a, b)
+    if any(t.shape is not None and len(t.shape) < 2 for t in ins):  # even if one is unknown
+        raise shape_error("MatMul", "inputs must be at least rank 2", a, b)
     if a.shape is None or b.shape is None:
         return [(dt, None)]
-    if len(a.shape) < 2 or len(b.shape) < 2:
-        raise shape_error("MatMul", "inputs must be at least rank 2", a, b)
     m, ka = (a.shape[-1], a.shape[-2]) if attrs["transpose_a"] else a.shape[-2:]
     kb, n = (b.shape[-1], b.shape[-2]) if attrs["transpose_b"] else b.shape[-2:]
     if ka is not None and kb is not None and ka != kb:
@@ -329,15 +329,14 @@ def _matmul_shape(ins, attrs):
 
 def _matmul_kernel(attrs, be, res):
     mm, ta, tb = be.matmul, attrs["transpose_a"], attrs["transpose_b"]
-    if not ta and not tb:
-        return mm
-    if be.name == "numpy":
-        def t(x):
-            return x.swapaxes(-1, -2)
-    else:
-        def t(x):
-            return x.transpose(-1, -2)
-    return lambda a, b: mm(t(a) if ta else a, t(b) if tb else b)
+    swap = "swapaxes" if be.name == "numpy" else "transpose"  # torch's name for it
+
+    def matmul(a, b):  # a rank unknown at build time is checked here, as TF's kernel does
+        if a.ndim < 2 or b.ndim < 2:  # (numpy and torch would multiply a vector)
+            raise InvalidArgumentError(f"MatMul: In[{int(a.ndim >= 2)}] is not a matrix; "
+                                       f"shapes {tuple(a.shape)} and {tuple(b.shape)}")
+        return mm(getattr(a, swap)(-1, -2) if ta else a, getattr(b, swap)(-1, -2) if tb else b)
+    return matmul
 
 
 define(OpDef("MatMul", _numeric_only("MatMul", _matmul_shape), _matmul_kernel))
