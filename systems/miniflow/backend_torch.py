@@ -56,10 +56,6 @@ class TorchBackend:
             return self.asarray(x, dtype)
         return x.to(dtype.torch_dtype)
 
-    @staticmethod
-    def _axis(axis):
-        return tuple(range(0)) if axis == () else axis
-
     def sum(self, x, axis, keepdims):  # dtype=: torch too sums int32 into int64
         if axis is None:
             s = x.sum(dtype=x.dtype)

@@ -326,3 +326,39 @@ def test_a_log_of_blank_lines_is_taken_as_an_empty_one(tmp_path):
     log.write_text("\nnotes\n")
     with pytest.raises(ValueError, match="is not a miniansor tuning log"):
         check_log(log)
+
+
+def test_a_log_tuned_on_a_replay_table_is_read_back_with_the_same_replay_spec(tmp_path,
+                                                                              capsys):
+    """``--device replay:FILE`` stores the table's device name ("replay of X (source)");
+    the same spec reads those records back (device_name), from apply_history_best and
+    ``show --device``, and not the simulator's in the same log. A spec matching nothing
+    names what it stood for and what the log holds; a table that is not there is named."""
+    from common.cli import main
+    from systems.miniansor.recorded import RecordedDevice, table_from_simulator
+    from systems.miniansor.simulator import SimulatedGPU
+
+    task = softmax(4, 100, "fp32")
+    table = tmp_path / "table.json"
+    table.write_text(json.dumps(table_from_simulator([task], SimulatedGPU(seed=0),
+                                                     configs_per_task=2)))
+    replay = RecordedDevice(table).name
+    assert replay.startswith("replay of simulated ")
+    sk = generate_sketches(task)[0]
+    log = tmp_path / "log.jsonl"
+    RecordToFile(log, replay)(MeasureInput(task, sk, {"num_warps": 2}), MeasureResult([4e-6]))
+    assert apply_history_best(log, f"replay:{table}").query(task).time == 4e-6
+    with pytest.raises(ValueError, match=r"no records of device 'sim' \(simulated NVIDIA "
+                                         r"H100 SXM\); the log holds \['replay of simulated "):
+        apply_history_best(log, "sim")
+    RecordToFile(log, SimulatedGPU().name)(MeasureInput(task, sk, {"num_warps": 1}),
+                                           MeasureResult([1e-6]))  # faster, on the sim
+    assert apply_history_best(log, f"replay:{table}").query(task).ann == {"num_warps": 2}
+    assert apply_history_best(log, "sim").query(task).time == 1e-6
+    with pytest.raises(FileNotFoundError, match="replay table '.*missing.json' is not a file"):
+        apply_history_best(log, f"replay:{tmp_path / 'missing.json'}")
+    assert main(["ansor", "show", str(log), "--device", f"replay:{table}", "--json",
+                 "--plot", str(tmp_path / "p.png")]) == 0
+    doc = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert doc["device"] == replay and doc["records"] == 1
+    assert doc["tasks"][0]["best_us"] == pytest.approx(4.0)

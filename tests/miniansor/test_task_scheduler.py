@@ -222,3 +222,41 @@ def test_the_forward_gradient_reaches_for_beta_times_the_best_similar_flops():
     ts.task_cts = [10, 10]
     ts.costs_history = [[2e-3] * 10, [1e-3] * 10]
     assert ts._gradient(0) == pytest.approx(0.8 * (-0.2e-3))
+
+
+class SucceedsThenFails:
+    """The simulator for the first ``ok`` measurements, then a device whose every kernel
+    dies (a GPU that fell off the bus in the middle of a run)."""
+
+    kind = "flaky"
+    name = "a GPU that breaks"
+
+    def __init__(self, ok):
+        from systems.miniansor.simulator import SimulatedGPU
+
+        self.sim, self.ok, self.times = SimulatedGPU(seed=0), ok, []
+
+    def measure(self, task, sketch, ann, repeats=3):
+        from systems.miniansor.measure import DeviceFault
+
+        if len(self.times) >= self.ok:
+            raise DeviceFault("RUNTIME_ERROR", "the kernel's worker died")
+        self.times.append(min(self.sim.measure(task, sketch, ann, repeats)))
+        return [self.times[-1]] * repeats
+
+
+def test_a_task_that_starts_failing_mid_run_is_stopped_after_32_consecutive_errors(capsys):
+    """A task that had succeeded (so it survives its warm-up) and then fails
+    max_consecutive_errors (32) measurements in a row is stopped there, four rounds of 8
+    later, not run to its budget of 100; its best kernel is kept, and the run says why it
+    stopped early."""
+    from systems.miniansor.tune import tune_task
+
+    task = gemm(96, 80, 200, "fp16", act="relu")
+    dev = SucceedsThenFails(8)
+    res = tune_task(task, 100, device=dev, progress=False, verify="none", model="random")
+    assert res.trials == 40 and res.errors == {"RUNTIME_ERROR": 32}
+    assert res.schedule.chosen == [0] * 5
+    assert res.best[task.key].time == pytest.approx(min(dev.times))
+    assert (f"{task.key}: stopped after 40 trials: a long run of consecutive errors"
+            in capsys.readouterr().err)

@@ -5,7 +5,7 @@ import pytest
 
 import systems.miniflow as mf
 
-from .helpers import evaluate
+from .helpers import BACKENDS, evaluate, session
 
 
 def test_check_numerics_names_the_op_that_made_the_nan():
@@ -21,6 +21,34 @@ def test_check_numerics_names_the_op_that_made_the_nan():
     msg = str(e.value)
     assert "scaled log: Tensor had NaN or Inf" in msg and "Mul" in msg
     assert "test_control_ops.py" in msg
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_check_numerics_and_its_gradient_check_on_both_backends(backend):
+    """On the torch backend too (its all_finite), a NaN names the op that made it and the
+    user's line. The gradient passes through unchanged (TF's CheckNumerics gradient) and
+    is itself checked, as "gradient of <message>": here sqrt's gradient at 0 is inf."""
+    g = mf.Graph()
+    with g.as_default():
+        p = mf.placeholder(mf.float64, [3])
+        logp = mf.check_numerics(mf.log(p), message="log p")
+        x = mf.placeholder(mf.float64, [3])
+        sq = mf.check_numerics(x * x, message="square")
+        (dx,) = mf.gradients(mf.reduce_sum(sq), [x])
+        (d_root,) = mf.gradients(mf.reduce_sum(mf.sqrt(sq)), [x])
+    xv = np.array([-1.5, 0.5, 2.0])
+    with session(g, backend) as s:
+        np.testing.assert_allclose(s.run(logp, {p: [1.0, np.e, 1.0]}), [0.0, 1.0, 0.0])
+        with pytest.raises(mf.InvalidArgumentError) as e:
+            s.run(logp, {p: [1.0, -1.0, 1.0]})
+        np.testing.assert_allclose(s.run(dx, {x: xv}), 2 * xv)  # d(x * x)/dx, through the check
+        np.testing.assert_allclose(s.run(d_root, {x: xv}), np.sign(xv))
+        with pytest.raises(mf.InvalidArgumentError, match="gradient of square: Tensor had "
+                                                          "NaN or Inf"):
+            s.run(d_root, {x: np.array([0.0, 1.0, 2.0])})
+    msg = str(e.value)
+    assert "log p: Tensor had NaN or Inf" in msg and "(Log) created at" in msg
+    assert "test_control_ops.py:" in msg
 
 
 def test_add_check_numerics_ops_catches_the_first_bad_tensor():

@@ -522,3 +522,42 @@ def test_second_derivatives_through_conv_and_pooling_match_torch(backend, stride
     t_f, t_x = torch.autograd.grad((gxt ** 2).sum(), [ft, xt])
     np.testing.assert_allclose(d_f, t_f.numpy().transpose(2, 3, 1, 0), rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(d_x, t_x.numpy().transpose(0, 2, 3, 1), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("stride,padding", [(1, "SAME"), (2, "SAME"), (1, "VALID"),
+                                            (2, "VALID")])
+def test_the_gradient_of_a_filter_gradient_matches_torchs_double_backward(backend, stride,
+                                                                          padding):
+    """Conv2DBackpropFilter's own gradient (nn_grad.py), with respect to the input and to
+    the upstream gradient: a penalty on the filter's gradient needs it, and the gradient
+    penalty above goes through Conv2DBackpropInput only. SAME at stride 2 pads the odd
+    extra row at the bottom, as TF. Oracle: torch's double backward."""
+    rng = np.random.default_rng(stride)
+    xv, fv = rng.standard_normal((2, 6, 5, 3)), rng.standard_normal((3, 2, 3, 4))
+    g = mf.Graph()
+    with g.as_default():
+        x, f = mf.placeholder(mf.float64, xv.shape), mf.placeholder(mf.float64, fv.shape)
+        y = mf.nn.conv2d(x, f, stride, padding)
+        wv, vv = rng.standard_normal(tuple(y.shape)), rng.standard_normal(fv.shape)
+        # fed, not constants: folded at plan time, the numpy kernels would do the work
+        w, v = mf.placeholder(mf.float64, wv.shape), mf.placeholder(mf.float64, vv.shape)
+        (df,) = mf.gradients(mf.reduce_sum(y * w), [f])
+        assert df.op.type == "Conv2DBackpropFilter"
+        grads = mf.gradients(mf.reduce_sum(df * v), [x, w])
+    with mf.Session(graph=g, config=mf.ConfigProto(cpu_backend=backend)) as s:
+        d_x, d_w = s.run(grads, {x: xv, f: fv, w: wv, v: vv})
+
+    xt, ft, wt = (torch.tensor(a, requires_grad=True) for a in (xv, fv, wv))
+    xc = xt.permute(0, 3, 1, 2)
+    if padding == "SAME":  # TF pads the odd extra at the bottom/right
+        def pads(size, k):
+            tot = max((-(-size // stride) - 1) * stride + k - size, 0)
+            return tot // 2, tot - tot // 2
+        (pt, pb), (pl, pr) = pads(6, 3), pads(5, 2)
+        xc = torch.nn.functional.pad(xc, (pl, pr, pt, pb))
+    yt = torch.nn.functional.conv2d(xc, ft.permute(3, 2, 0, 1), stride=stride)
+    (dft,) = torch.autograd.grad((yt.permute(0, 2, 3, 1) * wt).sum(), ft, create_graph=True)
+    t_x, t_w = torch.autograd.grad((dft * torch.tensor(vv)).sum(), [xt, wt])
+    np.testing.assert_allclose(d_x, t_x.numpy(), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(d_w, t_w.numpy(), rtol=1e-9, atol=1e-9)

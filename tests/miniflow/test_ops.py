@@ -1,6 +1,9 @@
 """Every op's forward value and gradient against torch autograd, on random shapes and on
 both backends (numpy and torch), broadcasting included."""
 
+import re
+import types
+
 import numpy as np
 import pytest
 import torch
@@ -442,6 +445,82 @@ def test_sparse_xent_refuses_a_batch_mismatch_at_build_time():
     msg = str(e.value)
     assert msg.startswith("SparseSoftmaxCrossEntropyWithLogits:") and "4 rows" in msg
     assert "5 labels" in msg and "test_ops.py:" in msg
+
+
+# (op, what it says, every input it names, build): the shape functions' refusals in
+# ops/array_ops.py, math_ops.py, nn_ops.py and state_ops.py that no other test reaches
+MALFORMED = [
+    ("Reshape", "at most one -1 in the new shape [-1, -1]", ["x:0 has shape (2, 3) (float32)"],
+     lambda t: mf.reshape(t.x, [-1, -1])),
+    ("ConcatV2", "inputs must share a dtype",
+     ["x:0 has shape (2, 3) (float32)", "d:0 has shape (2, 3) (float64)"],
+     lambda t: mf.concat([t.x, t.d], 0)),
+    ("StridedSlice", "too many indices (3) for rank 2", ["x:0 has shape (2, 3) (float32)"],
+     lambda t: t.x[0, 0, 0]),
+    ("StridedSlice", "index 5 out of range for dimension 0 of size 2",
+     ["x:0 has shape (2, 3) (float32)"], lambda t: t.x[5]),
+    ("GatherV2", "indices must be integers", ["v:0 has shape (2,) (float32)"],
+     lambda t: mf.gather(t.x, t.v)),
+    ("AddN", "all inputs must have the same shape",
+     ["x:0 has shape (2, 3) (float32)", "xt:0 has shape (3, 2) (float32)"],
+     lambda t: mf.add_n([t.x, t.xt])),
+    ("MatMul", "batch dimensions cannot broadcast",
+     ["b:0 has shape (2, 2, 3) (float32)", "c:0 has shape (3, 3, 4) (float32)"],
+     lambda t: mf.matmul(t.b, t.c)),
+    ("Conv2D", "input has 2 channels but the filter expects 3",
+     ["img:0 has shape (1, 4, 4, 2) (float32)", "k:0 has shape (1, 1, 3, 2) (float32)"],
+     lambda t: mf.nn.conv2d(t.img, t.k, 1, "SAME")),
+    ("MaxPool", "input must be NHWC (rank 4)", ["x:0 has shape (2, 3) (float32)"],
+     lambda t: mf.nn.max_pool2d(t.x, 2, 1, "SAME")),
+    ("Softmax", "axis 0 needs a tensor of known rank", ["u:0 has shape <unknown> (float32)"],
+     lambda t: mf.nn.softmax(t.u, axis=0)),
+    ("SparseSoftmaxCrossEntropyWithLogits", "labels must be integers",
+     ["x:0 has shape (2, 3) (float32)"],
+     lambda t: mf.nn.sparse_softmax_cross_entropy_with_logits(labels=t.x, logits=t.x)),
+    ("Assign", "value shape differs from the variable's",
+     ["var:0 has shape (2, 3) (float32)", "xt:0 has shape (3, 2) (float32)"],
+     lambda t: t.var.assign(t.xt)),
+]
+
+
+@pytest.mark.parametrize("op_type,what,inputs,build", MALFORMED,
+                         ids=[f"{m[0]}-{m[1].split()[0]}" for m in MALFORMED])
+def test_malformed_ops_are_build_errors_naming_the_op_each_input_and_the_users_line(
+        op_type, what, inputs, build):
+    """Every refusal of a shape function reads "Op: what; each input's name, shape and
+    dtype (at the user's file:line)", as TF's shape errors name the node and its input
+    shapes: a bare numpy or torch error at run time would name none of them."""
+    with mf.Graph().as_default():
+        t = types.SimpleNamespace(
+            x=mf.placeholder(mf.float32, [2, 3], name="x"),
+            xt=mf.placeholder(mf.float32, [3, 2], name="xt"),
+            d=mf.placeholder(mf.float64, [2, 3], name="d"),
+            v=mf.placeholder(mf.float32, [2], name="v"),
+            u=mf.placeholder(mf.float32, None, name="u"),
+            b=mf.placeholder(mf.float32, [2, 2, 3], name="b"),
+            c=mf.placeholder(mf.float32, [3, 3, 4], name="c"),
+            img=mf.placeholder(mf.float32, [1, 4, 4, 2], name="img"),
+            k=mf.placeholder(mf.float32, [1, 1, 3, 2], name="k"),
+            var=mf.Variable(np.zeros((2, 3), np.float32), name="var"))
+        with pytest.raises(mf.GraphBuildError) as e:
+            build(t)
+    msg = str(e.value)
+    assert msg.startswith(f"{op_type}: {what}"), msg
+    for described in inputs:
+        assert described in msg, (described, msg)
+    assert re.search(r"\(at .*test_ops\.py:\d+\)$", msg), msg
+
+
+def test_a_lowercase_padding_and_an_integer_check_numerics_are_refused_as_in_tf():
+    """TF raises a plain ValueError (conv2d's padding, before any op exists) and
+    TypeError (check_numerics of a non-float) here, not a shape error."""
+    with mf.Graph().as_default():
+        img = mf.placeholder(mf.float32, [1, 4, 4, 2])
+        with pytest.raises(ValueError, match="padding must be 'SAME' or 'VALID', got 'same'"):
+            mf.nn.conv2d(img, mf.placeholder(mf.float32, [1, 1, 2, 2]), 1, "same")
+        with pytest.raises(TypeError, match="check_numerics needs a floating-point tensor, "
+                                            "got int32"):
+            mf.check_numerics(mf.placeholder(mf.int32, [3]), "m")
 
 
 @pytest.mark.parametrize("op_type,build", [

@@ -5,6 +5,8 @@ import pytest
 
 import systems.miniflow as mf
 
+from .helpers import BACKENDS
+
 # A new pass (exercise 2) adds its GraphOptions flag to PASSES, and its PassStats name
 # to STATS_NAME where the two differ; ALL_OFF turns every pass off, a new one too.
 PASSES = ["constant_folding", "common_subexpression", "pruning", "fusion"]
@@ -343,6 +345,32 @@ def test_fusion_keeps_the_control_dependency_of_an_inner_member():
         s.run(b, {x: np.ones(3, np.float32)})
         assert "_FusedElementwise" in _fused(s, b, {x: None})
         assert s.run(v) == 5.0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_control_dependency_on_the_root_of_a_fused_chain_waits_for_the_fused_node(
+        backend):
+    """The reverse of the test above: an op waits for the last member of a chain that
+    fusion collapses. Its control edge must move to the fused node (PlanGraph.forward
+    follows moved nodes for control inputs as for data inputs); left pointing at the Tanh,
+    which is no longer in the plan, placement would fail with a bare KeyError."""
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [3])
+        v = mf.Variable(np.zeros(3, np.float32))
+        r = mf.tanh(x * 2.0 + 1.0)
+        with mf.control_dependencies([r.op]):
+            upd = v.assign_add(mf.ones_like(x))
+    with mf.Session(graph=g, config=mf.ConfigProto(cpu_backend=backend)) as s:
+        s.run(v.initializer)
+        for _ in range(2):
+            s.run(upd, {x: np.ones(3, np.float32)})
+        np.testing.assert_array_equal(s.run(v), [2.0, 2.0, 2.0])
+        nodes = {n[0]: n for n in s.plan_for(upd, {x: None}).snapshots["optimized"].nodes}
+    fused = [name for name, n in nodes.items() if n[1] == "_FusedElementwise"]
+    assert len(fused) == 1 and "Tanh" not in {n[1] for n in nodes.values()}
+    assign = next(n for n in nodes.values() if n[1] == "AssignAdd")
+    assert fused[0] in assign[3]
 
 
 def test_a_fused_comparison_does_not_write_into_a_float_intermediate():

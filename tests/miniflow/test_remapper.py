@@ -123,3 +123,35 @@ def test_a_matmul_plus_a_batched_addend_is_not_an_addmm_bias():
     for backend in ("numpy", "torch"):
         with session(g, backend) as s:
             np.testing.assert_allclose(s.run(y, {x: xv}), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("padding,ksize,stride", [("SAME", 3, 2), ("VALID", 2, 2),
+                                                  ("SAME", 2, 1)])
+def test_a_max_pool_gradient_whose_forward_is_fed_uses_torchs_own_max_pool_grad(
+        padding, ksize, stride):
+    """With the max pool's output fed, the MaxPool is not in the plan and the remapper has
+    no argmax to pair the gradient with: the torch backend runs MaxPoolGrad itself
+    (conv.py's TorchConv.max_pool_grad, which crops TF's SAME padding back off). Ties go
+    to the first maximum, as in TF. Oracle: the numpy kernel, and the unfed (paired) run."""
+    rng = np.random.default_rng(1)
+    # many ties; none above 0, so a SAME pad of 0 (not -inf) would win some windows
+    xv = rng.integers(-2, 1, (2, 5, 7, 3)).astype(np.float32)
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, xv.shape)
+        y = mf.nn.max_pool2d(x, ksize, stride, padding)
+        weights = mf.constant(rng.standard_normal(tuple(y.shape)).astype(np.float32))
+        (dx,) = mf.gradients(mf.reduce_sum(y * weights), [x])
+    out = {}
+    for backend in ("numpy", "torch"):
+        with session(g, backend) as s:
+            yv = s.run(y, {x: xv})
+            out[backend] = s.run(dx, {x: xv, y: yv})
+            out[backend + " unfed"] = s.run(dx, {x: xv})
+            out[backend + " types"] = _types(s, dx, {x: None, y: None})
+    assert "MaxPoolGrad" in out["torch types"] and "MaxPool" not in out["torch types"]
+    assert "_MaxPoolGradWithArgmax" not in out["torch types"]
+    np.testing.assert_array_equal(out["torch"], out["numpy"])
+    np.testing.assert_array_equal(out["torch"], out["torch unfed"])
+    np.testing.assert_array_equal(out["numpy"], out["numpy unfed"])
+    assert np.count_nonzero(out["torch"]) > 0
