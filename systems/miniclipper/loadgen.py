@@ -153,6 +153,10 @@ async def _post(session: Any, url: str, body: bytes, ctx: dict | None = None
         return -1, False
 
 
+class ActionFailed(RuntimeError):
+    """One of a load spec's timed actions was refused or did not reach its server."""
+
+
 async def _run(spec: LoadSpec) -> dict[str, Any]:
     import aiohttp
 
@@ -209,12 +213,22 @@ async def _run(spec: LoadSpec) -> dict[str, Any]:
             rec["hot"].append(bool(hot[i]))
             rec["phase"].append(int(phase[i]))
 
-        tasks = []
+        async def act(t: float, url: str, doc: dict) -> str | None:
+            """A timed change (slow the container down mid-run); why it failed, or None.
+            A refused change must not leave a run that looks as if it had happened."""
+            try:
+                async with session.post(url, json=doc) as r:
+                    return None if r.status < 400 else \
+                        f"{url} at {t} s: {r.status} {(await r.text())[:200]}"
+            except Exception as e:  # noqa: BLE001 - unreachable, timed out: said below
+                return f"{url} at {t} s: {type(e).__name__}: {e}"
+
+        tasks, acts = [], []
         cpu0 = time.process_time()  # from here on: the generator's CPU during the run
         start = max(loop.time() + 0.05, spec.start_at)  # loop.time() is time.monotonic()
         for t, url, doc in spec.actions:  # e.g. slow the container down mid-run, on time
-            loop.call_at(start + t, lambda u=url, d=doc: tasks.append(
-                asyncio.ensure_future(session.post(u, json=d))))
+            loop.call_at(start + t, lambda a=(t, url, doc): acts.append(
+                asyncio.ensure_future(act(*a))))
         i = 0
         while i < len(times):
             now = loop.time()
@@ -225,9 +239,11 @@ async def _run(spec: LoadSpec) -> dict[str, Any]:
                 await asyncio.sleep(max(0.0, start + times[i] - loop.time()))
         await asyncio.sleep(max(0.0, start + max([t for t, _, _ in spec.actions] or [0])
                                 - loop.time()))
-        for r in await asyncio.gather(*tasks):
-            if hasattr(r, "release"):
-                r.release()
+        await asyncio.gather(*tasks)
+        failed = [why for why in await asyncio.gather(*acts) if why]
+        if failed:
+            raise ActionFailed("a timed action failed, so the run measured something else: "
+                               + "; ".join(failed))
         return {"records": rec, "duration_s": sum(d for d, _ in spec.phases), "start": start,
                 "cpu_s": time.process_time() - cpu0}
 
@@ -308,6 +324,11 @@ def run_process(spec: LoadSpec, timeout_s: float | None = None) -> dict[str, Any
             subprocess.run([sys.executable, "-m", "systems.miniclipper.loadgen", "--spec",
                             str(spec_path), "--out", str(out_path)], cwd=root, check=True,
                            timeout=limit)
+        except subprocess.CalledProcessError as e:
+            if e.returncode == 130:  # its Ctrl-C, as the caller's own
+                raise KeyboardInterrupt from None
+            raise RuntimeError(f"the load generator failed (exit code {e.returncode}); its "
+                               f"message is above") from None
         except subprocess.TimeoutExpired:  # (subprocess.run has killed it)
             raise RuntimeError(f"the load generator did not finish in {limit:.0f} s: it "
                                f"could not send at the rate asked (one process sends a "
@@ -328,6 +349,9 @@ def main(argv: list[str] | None = None) -> int:
         summary = run(LoadSpec(**doc))
     except KeyboardInterrupt:  # Ctrl-C reaches the whole process group; the caller
         return 130             # says "interrupted" once, without this process's stack
+    except ActionFailed as e:
+        print(f"load generator: {e}", file=sys.stderr, flush=True)
+        return 1
     summary["wall_s"] = time.perf_counter() - t0
     summary["pid"] = os.getpid()  # the generator's own process, not the caller's
     Path(a.out).write_text(json.dumps(summary))

@@ -31,7 +31,7 @@ from common.wire import pack, unpack
 
 from .batching import BatchingConfig
 from .container import SERVICE
-from .datatypes import INPUT_DTYPES, InputError, loads_strict, same_input_type
+from .datatypes import INPUT_DTYPES, InputError, dumps_strict, loads_strict, same_input_type
 from .frontend import ClipperServer, error_json, json_errors
 from .management_checks import (
     MAX_INPUT_LENGTH,
@@ -363,7 +363,8 @@ def management_app(server: ClipperServer, bind_host: str = rpc.LOOPBACK) -> web.
                 return error_json(400, "Json error", f"/admin/{name}: {e}")
             try:
                 async with server.lock:
-                    return web.json_response(await fn(doc))
+                    # strict: a controller's unfitted state is NaN, which is not JSON
+                    return web.json_response(await fn(doc), dumps=dumps_strict)
             except BadRequest as e:
                 return error_json(400, "Bad request", str(e))
             except (KeyError, UnknownApp) as e:

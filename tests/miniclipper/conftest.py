@@ -9,15 +9,24 @@ import pytest
 from systems.miniclipper import ClipperConnection, LocalContainerManager
 
 
+def strict_json(body: bytes):
+    """JSON as strict readers (JavaScript, jq, Go) parse it: Python's json takes the bare
+    NaN and Infinity that RFC 8259 does not."""
+    def refuse(name):
+        raise ValueError(f"not JSON: a bare {name} in {body[:200]!r}")
+    return json.loads(body, parse_constant=refuse)
+
+
 def post(url, doc=None, raw=None):
-    """POST JSON (or raw bytes); return (status, decoded body) even for 4xx answers."""
+    """POST JSON (or raw bytes); return (status, decoded body) even for 4xx answers. The
+    body must be strict JSON."""
     data = raw if raw is not None else json.dumps(doc).encode()
     req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, json.loads(r.read())
+            return r.status, strict_json(r.read())
     except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+        return e.code, strict_json(e.read())
 
 
 def scrape(conn) -> dict[tuple[str, tuple], float]:

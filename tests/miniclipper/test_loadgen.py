@@ -151,6 +151,25 @@ def test_runs_in_its_own_process(stalling_server):
     assert out["pid"] != os.getpid()  # its own interpreter, CPU time and event loop
 
 
+def test_a_timed_action_that_fails_fails_the_run(stalling_server):
+    """A mid-run change (slow the container down) that the server refused left a run
+    that reported as if it had happened; one whose host was unreachable raised a bare
+    connection error. Both now fail the run, naming the action; a good one passes."""
+    s = stalling_server
+    s["t0"], s["stalled"] = time.monotonic() + 100, False  # no stall
+    base = f"http://127.0.0.1:{s['port']}"
+
+    def load(action_url):
+        return run(LoadSpec(f"{base}/a/predict", [[1.0]], phases=[(0.3, 50.0)],
+                            actions=[(0.1, action_url, {"slowdown": 2.0})]))
+
+    assert load(f"{base}/a/predict")["ok"] > 5
+    with pytest.raises(loadgen.ActionFailed, match=r"/nope at 0.1 s: 404"):
+        load(f"{base}/nope")
+    with pytest.raises(loadgen.ActionFailed, match=r":9/x at 0.1 s: ClientConnectorError"):
+        load("http://127.0.0.1:9/x")
+
+
 def test_a_silent_phase_still_takes_its_time():
     t, phase = poisson_arrivals([(1.0, 0.0), (1.0, 200.0), (0.5, 0.0), (1.0, 200.0)], seed=1)
     assert set(phase.tolist()) == {1, 3}

@@ -117,6 +117,18 @@ def test_management_edge_cases_answer_json_and_keep_state(clipper):
     assert "evil" not in c.get_all_apps()
 
 
+def test_the_containers_listing_is_strict_json_before_a_controller_has_a_fit(clipper):
+    """The quantile controller's line is NaN until its first fit (which a replica seeing
+    only batches of one never makes), and the listing answered a bare NaN: JavaScript,
+    jq or Go refuse the whole answer. post() parses strictly."""
+    c = clipper
+    deploy_python_closure(c, "q", 1, "doubles", lambda xs: [1.0] * len(xs),
+                          batching={"policy": "quantile"})
+    code, rows = post(f"http://{c.cm.get_admin_addr()}/admin/get_all_containers", {})
+    row = next(r for r in rows if r["model"] == "q:1")
+    assert code == 200 and row["controller"] == "quantile" and row["alpha_s"] == "NaN"
+
+
 def test_management_refuses_a_rebound_host_and_values_it_cannot_serve(clipper):
     """DNS rebinding: a page whose domain now resolves to 127.0.0.1 sends matching
     Origin and Host, so only the Host's *name* gives it away. Values that parse but
