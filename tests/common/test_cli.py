@@ -35,13 +35,14 @@ def test_unknown_subcommand_fails_with_usage():
     assert out.returncode == 2 and "invalid choice" in out.stderr
 
 
-@pytest.mark.parametrize("system", ["flow", "ps", "ansor", "clipper"])
-def test_the_cli_works_when_python_strips_docstrings(system):
+def test_the_cli_works_when_python_strips_docstrings():
     """``python -OO`` sets every ``__doc__`` to None; the parser took its descriptions
-    from module docstrings and every command died with an AttributeError."""
-    out = subprocess.run([sys.executable, "-OO", "-m", "common.cli", system, "--help"],
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and "usage: casebook " + system in out.stdout, out.stderr
+    from module docstrings (common's and each system's), and every command died with an
+    AttributeError."""
+    for system in ("clipper", "ps"):
+        out = subprocess.run([sys.executable, "-OO", "-m", "common.cli", system, "--help"],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0 and "usage: casebook " + system in out.stdout, out.stderr
 
 
 def _fails(*args):
