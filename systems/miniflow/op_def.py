@@ -141,6 +141,10 @@ def _fill(arr: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     ``[[1, 2], [1, 2]]``); more are an error."""
     from .graph import _user_site
 
+    if not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 0
+               for d in shape):
+        raise GraphBuildError(f"Const: shape {list(shape)} must be whole sizes >= 0, known "
+                              f"when the graph is built (at {_user_site()})")
     flat, n = arr.reshape(-1), int(np.prod(shape))
     if flat.size > n or (flat.size == 0 and n > 0):
         got = f"too many values: needed at most {n}, received {flat.size}" if flat.size \

@@ -253,6 +253,9 @@ def test_a_constant_of_a_shape_reshapes_its_values_and_pads_with_the_last_as_tf1
                            match=r"Const: too many values: needed at most 5, received 7 for "
                                  r"shape \[5\] \(at .*test_ops_edges.py:\d+\)"):
             mf.constant(list(range(7)), shape=[5])
+        for shape in ([None, 2], [-1, 2], [2.5], [True]):
+            with pytest.raises(mf.errors.GraphBuildError, match=r"must be whole sizes >= 0"):
+                mf.constant(1.0, shape=shape)
     assert evaluate(g, short).tolist() == [[1, 2], [2, 2]]
     assert evaluate(g, full).tolist() == [[1, 2, 3], [4, 5, 6]]
     assert evaluate(g, fill).tolist() == [7.0, 7.0]
