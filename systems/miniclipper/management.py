@@ -106,6 +106,8 @@ def management_app(server: ClipperServer, bind_host: str = rpc.LOOPBACK) -> web.
                           "max_queue": int, "labels": list}, "add_model")
         name, version = check_name(d["model_name"], "model name"), str(d["model_version"])
         check_name(version, "model version")
+        if (name, version) in server.models:
+            raise BadRequest(f"model {name}:{version} is already deployed")
         if (name, version) in server.retired:  # Clipper keeps it, marked deleted
             raise BadRequest(f"model {name}:{version} was deployed and stopped, and a "
                              f"version is never reused (cached outputs are keyed by name "

@@ -83,7 +83,10 @@ class ReplicaSupervisor:
         self._wake: dict[tuple[str, str], asyncio.Event] = {}  # retire: end the back-off
 
     def install(self, name: str, version: str, source: str | Path) -> Path:
-        """Copy a model directory into the store (refusing what is not one)."""
+        """Copy a model directory into the store (refusing what is not one). The caller
+        refuses a version it serves; a copy already in the store is then a leftover of
+        an earlier frontend on this store (killed, or stopped: a given store is kept),
+        which nothing serves, and is replaced."""
         src = Path(source)
         if not src.is_absolute():
             raise ValueError(f"model_data_path must be an absolute path, got {str(source)!r}")
@@ -91,19 +94,21 @@ class ReplicaSupervisor:
             raise FileNotFoundError(f"{src} is not a model directory (no {MODEL_META}); "
                                     f"write one with a deployer in systems.miniclipper")
         dst = self.store / name / version
-        if dst.exists():
-            raise FileExistsError(f"model {name}:{version} is already deployed")
         _check_tree(src, self.store)
         # copied beside its place and renamed into it: a copy that fails half way left a
         # directory that made name:version "already deployed" with no model behind it
-        tmp = dst.with_name(f".{version}.partial")
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp, old = dst.with_name(f".{version}.partial"), dst.with_name(f".{version}.old")
+        for leftover in (tmp, old):
+            shutil.rmtree(leftover, ignore_errors=True)
         try:
             shutil.copytree(src, tmp, symlinks=True)  # (none: _check_tree refused them)
+            if dst.exists():  # a rename cannot replace a full directory: move it aside
+                os.replace(dst, old)
             os.replace(tmp, dst)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        shutil.rmtree(old, ignore_errors=True)
         return dst
 
     def start(self) -> None:

@@ -479,3 +479,25 @@ def test_a_model_directory_that_holds_the_store_is_refused_and_leaves_nothing(tm
         sup.install("m", "1", other)
     (other / "pipe").unlink()
     assert sup.install("m", "1", other) == src / "store" / "m" / "1"
+
+
+def test_a_copy_left_in_a_kept_store_by_an_earlier_frontend_is_replaced(tmp_path):
+    """A store given to the frontend is kept when it stops or dies, and the next frontend
+    on it refused the same name:version as "already deployed" while it listed no such
+    model: only deleting the directory by hand got out. The server refuses a version it
+    serves (test_management); a copy in the store that no live server serves is replaced."""
+    from systems.miniclipper.deployers import MODEL_META
+
+    def model(tag):
+        d = tmp_path / tag
+        d.mkdir()
+        (d / MODEL_META).write_text("{}")
+        (d / "weights").write_text(tag)
+        return d
+
+    store = tmp_path / "store"
+    ReplicaSupervisor(store, Executor(), Metrics()).install("m", "1", model("old"))
+    sup = ReplicaSupervisor(store, Executor(), Metrics())  # the next frontend
+    dst = sup.install("m", "1", model("new"))
+    assert (dst / "weights").read_text() == "new"
+    assert sorted(p.name for p in (store / "m").iterdir()) == ["1"]  # no .old, no .partial
