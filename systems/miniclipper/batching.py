@@ -59,11 +59,12 @@ class BatchingConfig:
                 raise ValueError(f"batching {f} must be a whole number, got {v!r}")
         if not (1 <= self.size <= self.max_size):
             raise ValueError(f"batch size {self.size} must be in 1..max_size={self.max_size}")
-        for f, ok, want in (("max_delay_s", 0 <= self.max_delay_s < 10, "in [0, 10) s"),
-                            ("slo_fraction", 0 < self.slo_fraction <= 1, "in (0, 1]"),
-                            ("quantile", 0.5 <= self.quantile < 1, "in [0.5, 1)")):
-            if not ok:
-                raise ValueError(f"batching {f} must be {want}, got {getattr(self, f)!r}")
+        for f, ok, want in (("max_delay_s", lambda v: 0 <= v < 10, "in [0, 10) s"),
+                            ("slo_fraction", lambda v: 0 < v <= 1, "in (0, 1]"),
+                            ("quantile", lambda v: 0.5 <= v < 1, "in [0.5, 1)")):
+            v = getattr(self, f)  # a number first: "x" made the comparison a TypeError
+            if not isinstance(v, (int, float, np.number)) or isinstance(v, bool) or not ok(v):
+                raise ValueError(f"batching {f} must be a number {want}, got {v!r}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BatchingConfig:

@@ -316,6 +316,49 @@ def test_grpc_query_api(apps):
             assert cause in json.loads(e.value.details())["cause"]
 
 
+def test_grpc_array_queries_of_a_shape_or_dtype_the_app_cannot_take_are_refused(apps):
+    """An array query is a row (1-D) or rows (2-D) of numbers for a numeric app; each
+    other shape or dtype is INVALID_ARGUMENT saying what was wrong, the server keeps
+    serving, and unsigned and half-precision arrays are converted, not refused."""
+    c, _, _ = apps
+    c.register_application("grpc-words", "strings", "x", 1_000_000)
+    c.register_application("grpc-isum", "integers", -1, 10_000_000)
+    deploy_python_closure(c, "isum", 1, "integers", lambda xs: [int(sum(x)) for x in xs])
+    c.link_model_to_app("grpc-isum", "isum")
+    shape = "an array input needs a numeric application and a 1-D or 2-D numeric array"
+    with rpc.channel(c.cm.get_grpc_addr()) as ch:
+        call = rpc.method(ch, QUERY_SERVICE, "Predict")
+
+        def outputs(app, x):
+            meta, _ = unpack(call(pack({"app": app}, [x]), timeout=10))
+            return [p["output"] for p in meta["predictions"]]
+
+        for app, x, cause in (
+                ("picky", np.ones((2, 2, 2)),
+                 f"{shape}; got float64 of shape (2, 2, 2) for input_type 'doubles'"),
+                ("picky", np.array([True, False]),
+                 f"{shape}; got bool of shape (2,) for input_type 'doubles'"),
+                ("picky", np.array(5.0),
+                 f"{shape}; got float64 of shape () for input_type 'doubles'"),
+                ("grpc-words", np.ones(3),
+                 f"{shape}; got float64 of shape (3,) for input_type 'strings'"),
+                ("picky", np.zeros((0, 3)), "empty input of shape (0, 3)"),
+                ("picky", np.zeros(0), "empty input of shape (1, 0)"),
+                ("grpc-isum", np.array([1.5, 2.0]),
+                 "input_type 'integers' needs whole numbers, got a float64 array"),
+                ("grpc-isum", np.array([2**40, 1], np.uint64),
+                 "input_type 'integers': a value does not fit in int32")):
+            with pytest.raises(grpc.RpcError) as e:
+                call(pack({"app": app}, [x]), timeout=10)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (app, x)
+            assert json.loads(e.value.details()) == {"error": "Invalid query",
+                                                     "cause": cause}, (app, x)
+        assert outputs("grpc-isum", np.array([3, 4], np.uint64)) == [7]
+        assert outputs("grpc-isum", np.array([[3, 4], [5, 6]], np.uint8)) == [7, 11]
+        assert outputs("picky", np.float16([1.5, 2.0])) == [1.5]
+        assert outputs("picky", np.float16([[0.25, 1.0], [3.0, 1.0]])) == [0.25, 3.0]
+
+
 def test_every_refused_query_is_counted_by_reason(apps):
     """clipper_rejected_total counts what /predict, /update and the gRPC API refuse, by
     the same reasons; an unknown app's name is not made a label (any client could

@@ -129,6 +129,91 @@ def test_the_containers_listing_is_strict_json_before_a_controller_has_a_fit(cli
     assert code == 200 and row["controller"] == "quantile" and row["alpha_s"] == "NaN"
 
 
+def test_a_model_deployed_with_0_replicas_answers_the_default_until_it_is_scaled_up(clipper):
+    """add_model with num_replicas 0 starts no container: a query to an app linked to
+    it is answered at once with the default output and why (not after its SLO, as an
+    SLO miss); after set_num_replicas(1) the same query gets the model's output."""
+    c = clipper
+    mgmt = f"http://{c.cm.get_admin_addr()}/admin"
+    code, r = post(f"{mgmt}/add_model", {
+        "model_name": "zero-rep", "model_version": "1", "input_type": "doubles",
+        "model_data_path": save_python_closure(versioned(7)), "num_replicas": 0})
+    assert code == 200 and r == {"ok": True, "model": "zero-rep:1", "replicas": 0}
+    c.register_application("zero-rep", "doubles", -1.0, 2_000_000)
+    c.link_model_to_app("zero-rep", "zero-rep")
+    t0 = time.monotonic()
+    out = c.predict("zero-rep", [1.0])
+    assert time.monotonic() - t0 < 1.0, out  # not the 2 s SLO
+    assert out["default"] and out["output"] == -1.0
+    assert out["default_explanation"] == \
+        "model zero-rep:1 runs 0 replicas (set_num_replicas); none serves it"
+    c.set_num_replicas("zero-rep", 1)
+    out = c.predict("zero-rep", [1.0])  # the same input: the default was not cached
+    assert not out["default"] and out["output"] == 7.0, out
+
+
+def test_each_bad_management_request_is_refused_naming_what_is_wrong(clipper):
+    """One table of refusals, each with its status and a cause naming the field; none
+    of them changes what is deployed."""
+    c = clipper
+    mgmt = f"http://{c.cm.get_admin_addr()}/admin"
+    c.register_application("val", "doubles", -1.0, 1_000_000)
+    model = {"model_name": "val", "model_version": "1", "input_type": "doubles",
+             "model_data_path": save_python_closure(versioned(1))}
+    assert post(f"{mgmt}/add_model", {**model, "num_replicas": 0})[0] == 200  # no container
+    batching = c.get_model_info("val", 1)["batching"]
+    y = {**model, "model_name": "y", "model_data_path": "/nonexistent"}
+    app = {"name": "val2", "input_type": "doubles", "latency_slo_micros": 1000,
+           "default_output": 0}
+    bad, json_error = ("Bad request", 400), ("Json error", 400)
+    for endpoint, body, (error, status), cause in (
+            ("add_app", {**app, "name": "val"}, bad, "application 'val' already exists"),
+            ("add_app", {**app, "selection_policy": "nope"}, bad,
+             "selection_policy must be one of ["),
+            ("add_app", [1, 2], bad, "add_app takes a JSON object, got list"),
+            ("add_app", {"name": "val2"}, bad, "add_app: missing field 'input_type'"),
+            # (checked before the path is read or the version looked up: with the check
+            # gone these would be another refusal, not 99 containers)
+            ("add_model", {**y, "input_type": "nope"}, bad, "input_type must be one of ["),
+            ("add_model", {**y, "num_replicas": 99}, bad,
+             "num_replicas must be 0..64 and max_queue 1..2^20"),
+            ("add_model", {**y, "max_queue": 0}, bad,
+             "num_replicas must be 0..64 and max_queue 1..2^20"),
+            ("set_num_replicas", {"model_name": "val", "model_version": 9, "num_replicas": 99},
+             bad, "num_replicas must be 0..64"),
+            ("set_num_replicas", {"model_name": "val", "model_version": 9, "num_replicas": -1},
+             bad, "num_replicas must be 0..64"),
+            ("add_model_links", {"app_name": "val", "model_names": ["val", "nope"]}, bad,
+             "no deployed model named ['nope']; deployed: "),
+            ("set_batching", {"model_name": "val", "batching": {"size": 0}}, bad,
+             "batch size 0 must be in 1..max_size=512"),
+            ("set_batching", {"model_name": "val", "batching": {"max_delay_s": 20}}, bad,
+             "batching max_delay_s must be a number in [0, 10) s, got 20"),
+            ("set_batching", {"model_name": "val", "batching": {"colour": 1}}, bad,
+             "unknown batching fields ['colour']"),
+            # (was a bare TypeError from the comparison, naming no field)
+            ("set_batching", {"model_name": "val", "batching": {"max_delay_s": "x"}}, bad,
+             "batching max_delay_s must be a number in [0, 10) s, got 'x'"),
+            ("set_batching", {"model_name": "val", "model_version": 2,
+                              "batching": {"policy": "aimd"}}, ("Not found", 404),
+             "no model val:2; deployed: "),
+            ("add_app", b"{bad", json_error,
+             "/admin/add_app: body is not JSON: Expecting property name enclosed in double "
+             "quotes"),
+            ("add_app", b'{"name": "\xff"}', json_error,
+             "/admin/add_app: body is not JSON: 'utf-8' codec can't decode byte 0xff")):
+        code, r = post(f"{mgmt}/{endpoint}", **{"raw" if isinstance(body, bytes) else "doc":
+                                                body})
+        assert (code, r.get("error")) == (status, error) and r["cause"].startswith(cause), \
+            (endpoint, body, r)
+    apps = c.get_all_apps()
+    assert "val" in apps and "val2" not in apps
+    assert c.get_app_info("val")["linked_models"] == []
+    assert "y:1" not in c.get_all_models()
+    info = c.get_model_info("val", 1)
+    assert info["batching"] == batching and info["replicas"] == 0
+
+
 def test_management_refuses_a_rebound_host_and_values_it_cannot_serve(clipper):
     """DNS rebinding: a page whose domain now resolves to 127.0.0.1 sends matching
     Origin and Host, so only the Host's *name* gives it away. Values that parse but

@@ -567,3 +567,32 @@ def test_a_bsp_push_held_past_its_call_deadline_is_asked_again_not_counted_as_a_
     finally:
         w0.close(drain_s=0)
         w1.close(drain_s=0)
+
+
+def test_a_key_list_the_server_does_not_hold_is_resent_in_full_once(cluster):
+    """KeyCaching: a client that believes each server holds its key list (as after the
+    server's LRU evicted it) sends only the signature; each server answers CACHE_MISS,
+    the client resends that slice's keys in full, and the push is applied exactly once.
+    The miss drops the belief: the next push sends keys and signature (the server caches
+    them), and the one after goes bare, with no miss."""
+    from systems.minips.filters import KeyCaching, key_signature
+
+    kv = cluster.client("evicted", filters=[KeyCaching(min_keys=4)])
+    keys = np.arange(11, KEY_MAX, 1999, dtype=np.uint64)  # across the key space
+    slices = {s: sl.take(keys) for s, sl in
+              Ring.from_dict(cluster.status()["ring"]).slice(keys).items() if sl.n_keys}
+    assert len(slices) >= 2  # the keys span servers: a miss per server
+    reader = cluster.client("evicted-reader")  # (kv's pulls would send the key list)
+    before = reader.wait(reader.pull(keys), timeout=30)
+    for s, sk in slices.items():  # believed held, never sent
+        kv.filters.caching.known.setdefault(s, set()).add(key_signature(sk))
+    ones = np.ones((keys.size, 2), np.float32)
+    n = keys.size
+    for i, entries_out in ((1, n), (2, 2 * n), (3, 2 * n)):
+        kv.wait(kv.push(keys, ones), timeout=30)
+        # one resend per missed slice, on the first push only
+        assert kv.metrics.counters.get("resends", 0) == len(slices), i
+        np.testing.assert_array_equal(reader.wait(reader.pull(keys), timeout=30), before + i)
+        st = kv.filters.stats()["key_caching"]
+        # 1: a signature, then each list in full; 2: in full with the signature; 3: bare
+        assert (st["entries_in"], st["entries_out"]) == (i * n, entries_out), (i, st)
