@@ -194,7 +194,9 @@ def _sim_table(args: argparse.Namespace) -> dict[str, Any]:
 
 def _record_table(args: argparse.Namespace) -> dict[str, Any]:
     """Measure random configs of each task's space on a GPU (or the simulator) into a
-    replay table, written after every chunk so that a run cut short keeps its data."""
+    replay table. Every chunk is saved to ``<out>.partial.json``, so that a run cut short
+    keeps its data, and only a finished run replaces ``<out>``: a rerun killed after one
+    chunk replaced a complete (committed) table with that chunk, which every reader took."""
     import re
 
     from tqdm import tqdm
@@ -216,18 +218,26 @@ def _record_table(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out or DATA_DIR / f"space-{slug}.json")
     bar = tqdm(total=len(tasks) * args.configs, desc="record", disable=args.no_progress)
 
+    partial = out.with_name(f"{out.stem}.partial.json")
+
     def save(rec, done: int) -> None:
         tmp = out.with_suffix(".tmp")
         rec.write(tmp)
-        tmp.replace(out)  # atomic: a reader never sees half a table
+        tmp.replace(partial)  # atomic: a reader never sees half a table
         bar.update(done - bar.n)
 
     try:
         rec = record_space(tasks, dev, args.configs, args.seed, on_chunk=save)
+    except BaseException:
+        if partial.exists():
+            print(f"record-table stopped; what it measured is in {partial}", file=sys.stderr)
+        raise
     finally:
         bar.close()
         if hasattr(dev, "close"):
             dev.close()
+    rec.write(partial)  # (a task with an empty space makes no chunk)
+    partial.replace(out)
     n = sum(len(v) for v in rec.tasks.values())
     errors = sum("error" in e for v in rec.tasks.values() for e in v.values())
     print(f"wrote {out}: {n} {rec.source} configs of {len(tasks)} tasks ({errors} errors)")

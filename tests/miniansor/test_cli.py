@@ -278,3 +278,34 @@ def test_a_tuning_run_that_measured_nothing_exits_1_with_standard_json(tmp_path,
     doc = json.loads(out.splitlines()[-1], parse_constant=lambda c: pytest.fail(c))
     assert doc["weighted_latency_us"] is None
     assert "no latency: 1 task(s) have no successful measurement" in out
+
+
+def test_record_table_replaces_its_table_only_when_it_finishes(tmp_path, monkeypatch,
+                                                               capsys):
+    """A rerun killed after its first chunk replaced a complete (committed) table with
+    that chunk, and every reader took it. The chunks go to <out>.partial.json; only a
+    finished run replaces <out>."""
+    from common.cli import main
+    from systems.miniansor import recorded
+
+    out, task = tmp_path / "space.json", "gemm:256x256x256:fp16:none"
+    cmd = ["ansor", "record-table", "--device", "sim", "--tasks", task, "--configs", "80",
+           "--out", str(out), "--no-progress"]
+    assert main(cmd) == 0
+    assert len(json.loads(out.read_text())["tasks"][task]) == 80
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["space.json"]
+    complete = out.read_bytes()
+    real = recorded.record_space
+
+    def cut_after_one_chunk(*a, on_chunk, **kw):
+        def chunk(rec, done):
+            on_chunk(rec, done)
+            raise KeyboardInterrupt
+        return real(*a, on_chunk=chunk, **kw)
+
+    monkeypatch.setattr(recorded, "record_space", cut_after_one_chunk)
+    assert main(cmd) == 130
+    assert out.read_bytes() == complete  # the finished table is untouched
+    part = json.loads((tmp_path / "space.partial.json").read_text())
+    assert len(part["tasks"][task]) == 64  # one chunk, kept
+    assert "space.partial.json" in capsys.readouterr().err
