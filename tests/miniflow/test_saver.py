@@ -305,6 +305,29 @@ def test_a_failed_save_leaves_no_temporary_behind(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["ck.npz"]
 
 
+def test_a_save_killed_mid_write_leaves_nothing_the_next_save_keeps(tmp_path):
+    """SIGKILL runs no cleanup: each crash during a save left a hidden model-sized
+    temporary for good (a dead writer's is swept; a live one's, another Saver's save in
+    progress, stays). An empty state file, what a power loss can leave of an un-synced
+    rename, made latest_checkpoint None for good: every later save only warned."""
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    for name in (f".model-3.npz.tmp-{dead.pid}-abc", f".checkpoint.tmp-{dead.pid}-x",
+                 f".model-4.npz.tmp-{os.getpid()}-live", ".notes.tmp-x-y"):
+        (tmp_path / name).write_bytes(b"\0" * 1000)
+    (tmp_path / "checkpoint").write_text("")
+    g, w, b, bump, saver = _graph()
+    with mf.Session(graph=g) as s:
+        s.run(mf.global_variables_initializer())
+        path = saver.save(s, str(tmp_path / "model"), global_step=5)
+    assert mf.train.latest_checkpoint(str(tmp_path)) == path
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        f".model-4.npz.tmp-{os.getpid()}-live", ".notes.tmp-x-y", "checkpoint", "model-5.npz"]
+
+
 def test_a_name_ending_in_npy_is_its_own_entry(tmp_path):
     """np.load names an entry without its .npy: read by that name, the variables "emb"
     and "emb.npy" both read the first one, and a healthy checkpoint failed its checksum."""

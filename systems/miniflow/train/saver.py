@@ -37,6 +37,21 @@ class DataLossError(NotFoundError):
     """The checkpoint file is damaged (TF's errors.DataLossError)."""
 
 
+def _sweep_dead_temporaries(directory: Path) -> None:
+    """Remove the temporaries of saves killed mid-write (SIGKILL runs no cleanup): a
+    model-sized hidden file per crash, in the very loop a Saver exists for (save every N
+    steps, restore the latest after a failure). A temporary names its writer's pid; one
+    whose process still runs is another Saver's save in progress, and stays."""
+    for tmp in directory.glob(".*.tmp-*-*"):
+        pid = tmp.name.rpartition(".tmp-")[2].partition("-")[0]
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except (ValueError, PermissionError):  # not ours, or a live process of another user
+            pass
+
+
 def _digest(a: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
 
@@ -115,7 +130,8 @@ class Saver:
         _write_npz(buf, {MANIFEST: np.frombuffer(json.dumps(manifest).encode(), np.uint8),
                          **arrays})
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        _sweep_dead_temporaries(path.parent)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-{os.getpid()}-")
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(buf.getvalue())
@@ -137,7 +153,8 @@ class Saver:
         self._last = self._last[len(drop):]
         state = path.parent / STATE
         try:
-            if state.exists() and not _read_state(path.parent):
+            # an empty one is ours: a power loss between a rename and the disk's write
+            if state.exists() and state.stat().st_size and not _read_state(path.parent):
                 warnings.warn(f"{state} is not a checkpoint state file; left as it is, so "
                               f"latest_checkpoint({str(path.parent)!r}) will not name "
                               f"{path.name}", stacklevel=3)
@@ -145,12 +162,14 @@ class Saver:
             # a temporary of its own per write: one per process was shared by two Savers
             # saving from two threads, which interleaved their writes into one file that
             # was no longer JSON (then never replaced, so latest_checkpoint said None)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{STATE}.")
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{STATE}.tmp-{os.getpid()}-")
             try:
                 with os.fdopen(fd, "w") as f:
                     f.write(json.dumps({"latest": path.name,
                                         "all": [p.name for p in self._last
                                                 if p.parent == path.parent]}))
+                    f.flush()  # on disk before the rename, as the checkpoint is
+                    os.fsync(f.fileno())
                 os.replace(tmp, state)
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
