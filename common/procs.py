@@ -305,3 +305,22 @@ class ProcessGroup:
 def _remove_dir_unless_detached(path: Path, detached: list[bool]) -> None:
     if not detached[0]:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def remove_orphans(paths: Any, marker: str) -> None:
+    """Remove the temporaries named ``...<marker><pid>-...`` whose writer is gone. A
+    process killed by SIGKILL runs no clean-up, so what it was writing (a checkpoint's
+    temporary, a frontend's own model store) would stay for good; one whose process still
+    runs is another writer's work in progress, and stays. Names without a pid are not
+    ours to judge, and stay too."""
+    for path in paths:
+        pid = path.name.rpartition(marker)[2].partition("-")[0]
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        except (ValueError, OverflowError, PermissionError):  # no pid; another user's
+            pass

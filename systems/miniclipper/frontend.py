@@ -29,6 +29,7 @@ import signal
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -36,7 +37,7 @@ import numpy as np
 from aiohttp import web
 
 from common import rpc
-from common.procs import announce_ready
+from common.procs import announce_ready, remove_orphans
 from common.trace import LONG_RUN_MAX_EVENTS, TraceWriter
 from common.wire import WireError, pack, unpack
 
@@ -327,8 +328,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="share of queries traced (GET /admin/trace on the management port)")
     p.add_argument("--log-dir", default=None)
     a = p.parse_args(argv)
-    own_store = a.store is None  # a store of our own making goes with us
-    a.store = a.store or tempfile.mkdtemp(prefix="miniclipper-store-")
+    own_store = a.store is None  # a store of our own making goes with us, and those of
+    if own_store:                # frontends killed before they could remove theirs too
+        remove_orphans(Path(tempfile.gettempdir()).glob("miniclipper-store-*-*"), "-store-")
+        a.store = tempfile.mkdtemp(prefix=f"miniclipper-store-{os.getpid()}-")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:

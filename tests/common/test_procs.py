@@ -237,3 +237,25 @@ def test_a_child_whose_ready_wait_fails_in_any_way_is_stopped(tmp_path, monkeypa
         with pytest.raises(ValueError, match="something unexpected"):
             group.wait_ready(child, 20)
         assert _gone(child.pid, timeout=10)
+
+
+def test_remove_orphans_removes_only_what_a_dead_process_left(tmp_path):
+    """A process killed by SIGKILL leaves its temporaries (a checkpoint's, a frontend's
+    own model store); a live process's are its work in progress, and a name without a
+    pid is not ours to judge."""
+    import subprocess
+    import sys
+
+    from common.procs import remove_orphans
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / f"store-{dead.pid}-a").mkdir()
+    (tmp_path / f"store-{dead.pid}-a" / "model").write_text("x")
+    (tmp_path / f"ck.tmp-{dead.pid}-b").write_text("x")
+    for kept in (f"store-{os.getpid()}-c", "store-nopid-d", "store-99999999999999999999-e"):
+        (tmp_path / kept).mkdir()
+    remove_orphans(tmp_path.glob("store-*-*"), "store-")
+    remove_orphans(tmp_path.glob("*.tmp-*-*"), ".tmp-")
+    assert {p.name for p in tmp_path.iterdir()} == {
+        "store-99999999999999999999-e", f"store-{os.getpid()}-c", "store-nopid-d"}

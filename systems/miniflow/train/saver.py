@@ -29,27 +29,14 @@ from pathlib import Path
 
 import numpy as np
 
+from common.procs import remove_orphans
+
 from ..errors import NotFoundError
 from ..ops.state_ops import global_variables
 
 
 class DataLossError(NotFoundError):
     """The checkpoint file is damaged (TF's errors.DataLossError)."""
-
-
-def _sweep_dead_temporaries(directory: Path) -> None:
-    """Remove the temporaries of saves killed mid-write (SIGKILL runs no cleanup): a
-    model-sized hidden file per crash, in the very loop a Saver exists for (save every N
-    steps, restore the latest after a failure). A temporary names its writer's pid; one
-    whose process still runs is another Saver's save in progress, and stays."""
-    for tmp in directory.glob(".*.tmp-*-*"):
-        pid = tmp.name.rpartition(".tmp-")[2].partition("-")[0]
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            tmp.unlink(missing_ok=True)
-        except (ValueError, PermissionError):  # not ours, or a live process of another user
-            pass
 
 
 def _digest(a: np.ndarray) -> str:
@@ -130,7 +117,7 @@ class Saver:
         _write_npz(buf, {MANIFEST: np.frombuffer(json.dumps(manifest).encode(), np.uint8),
                          **arrays})
         path.parent.mkdir(parents=True, exist_ok=True)
-        _sweep_dead_temporaries(path.parent)
+        remove_orphans(path.parent.glob(".*.tmp-*-*"), ".tmp-")  # of saves killed mid-write
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-{os.getpid()}-")
         try:
             with os.fdopen(fd, "wb") as f:
