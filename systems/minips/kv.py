@@ -51,10 +51,9 @@ PULL_TIMEOUT_S = 600.0  # a pull may wait long on consistency; failures are caug
 
 
 def _own(arr: np.ndarray, given) -> np.ndarray:
-    """``arr``, copied if it may be the caller's own memory."""
-    if isinstance(given, np.ndarray) and np.may_share_memory(arr, given):
-        return arr.copy()
-    return arr
+    """``arr``, copied if it may be the caller's own memory: the caller's array itself
+    or a view of it, or of a torch tensor (numpy reads a CPU tensor without a copy)."""
+    return arr.copy() if arr is given or not arr.flags.owndata else arr
 
 
 def _outside(keys: np.ndarray, ranges: list[tuple[int, int]]) -> np.ndarray:

@@ -314,14 +314,19 @@ def test_a_request_routed_with_the_wrong_ring_is_told_to_refresh(cluster):
     assert M.decode(raw_call(cluster, "s0", "Pull", stale))[0]["code"] == M.STALE
 
 
-def test_a_push_owns_its_arrays_once_it_returns(cluster):
+@pytest.mark.parametrize("buffer", ["numpy", "torch"])
+def test_a_push_owns_its_arrays_once_it_returns(cluster, buffer):
     """push returns before it is sent (the previous push is still out); a loop that
     refills its gradient buffer for the next step must not change a queued push, as
-    ps-lite's Push copies (ZPush, copy=False here, is the opt-out)."""
-    kv = cluster.client("refiller")
+    ps-lite's Push copies (ZPush, copy=False here, is the opt-out). A torch tensor was
+    not copied: numpy reads a CPU tensor's memory without a copy."""
+    import torch
+
+    kv = cluster.client(f"refiller-{buffer}")
     keys = np.arange(KEY_MAX - 64, KEY_MAX - 32, dtype=np.uint64)
     before = kv.wait(kv.pull(keys))  # the module's other tests share the cluster
     g = np.ones((keys.size, 2), np.float32)
+    g = torch.from_numpy(g) if buffer == "torch" else g
     first = kv.push(keys, g)
     g[:] = 2.0
     second = kv.push(keys, g)  # queued behind the first
