@@ -62,6 +62,8 @@ from .ops.array_ops import (
                      stop_gradient,
                      strided_slice,
                      transpose,
+                     where,
+                     where_v2,
                      zeros_like,
 )
 from .ops.control_ops import add_check_numerics_ops, check_numerics, group, no_op, placeholder
@@ -101,7 +103,6 @@ from .ops.math_ops import (
                      square,
                      subtract,
                      tanh,
-                     where,
 )
 from .ops.nn_ops import log_softmax, softmax
 from .ops.state_ops import (

@@ -54,6 +54,10 @@ bool_ = DType("bool", np.dtype(np.bool_))
 _ALL = (float16, float32, float64, int32, int64, bool_)
 _BY_NP = {d.np_dtype: d for d in _ALL}
 _BY_NAME = {d.name: d for d in _ALL}
+# TF's own aliases and Python types (framework/dtypes.py _STRING_TO_TF, _PYTHON_TO_TF),
+# looked up before numpy: numpy reads "float" and float as float64, TF as float32
+_TF_ALIASES = {"float": float32, "double": float64, "half": float16, float: float32,
+               bool: bool_}
 
 
 def as_dtype(x: Any) -> DType:
@@ -62,8 +66,8 @@ def as_dtype(x: Any) -> DType:
         return x
     if isinstance(x, str) and x in _BY_NAME:
         return _BY_NAME[x]
-    if x is bool:
-        return bool_
+    if isinstance(x, (str, type)) and x in _TF_ALIASES:
+        return _TF_ALIASES[x]
     if type(x).__module__ == "torch":  # a torch.dtype, without importing torch here
         return _BY_NAME[str(x).split(".")[-1]]
     try:

@@ -346,3 +346,23 @@ def test_a_name_handed_out_is_never_handed_out_again(race):
     race(variables, constants, switch_s=1e-6)
     names = [op.name for op in g.get_operations()]
     assert len(names) == len(set(names)) and len(made) == 299
+
+
+def test_tf1_positional_arguments_and_dtype_names_mean_what_they_mean_in_tf1():
+    """tf.compat.v1.Variable(value, False) freezes it (trainable is the second
+    positional): here it was read as the name and the variable was trained. TF reads
+    "float" and Python's float as float32 (dtypes.py _STRING_TO_TF, _PYTHON_TO_TF), where
+    numpy reads float64. TF1's optimizers take use_locking before the name:
+    MomentumOptimizer(lr, m, True) asked for locking, not for Nesterov."""
+    with mf.Graph().as_default():
+        frozen = mf.Variable(np.ones(2, np.float32), False)
+        w = mf.Variable(np.ones(2, np.float32), name="w")
+        assert not frozen.trainable and mf.trainable_variables() == [w]
+        with pytest.raises(TypeError, match="trainable must be True or False"):
+            mf.Variable(1.0, "named")
+        assert mf.placeholder("float").dtype == mf.float32
+        assert mf.cast(w, float).dtype == mf.float32 and mf.cast(w, "double").dtype == mf.float64
+        assert mf.cast(w, bool).dtype == mf.bool_ and mf.cast(w, "half").dtype == mf.float16
+        assert not mf.train.MomentumOptimizer(0.1, 0.9, True)._nesterov
+        assert mf.train.GradientDescentOptimizer(0.1, False)._name == "GradientDescent"
+        assert mf.train.AdamOptimizer(0.1, 0.9, 0.999, 1e-8, False)._name == "Adam"

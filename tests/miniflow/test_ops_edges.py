@@ -259,3 +259,22 @@ def test_a_constant_of_a_shape_reshapes_its_values_and_pads_with_the_last_as_tf1
     assert evaluate(g, short).tolist() == [[1, 2], [2, 2]]
     assert evaluate(g, full).tolist() == [[1, 2, 3], [4, 5, 6]]
     assert evaluate(g, fill).tolist() == [7.0, 7.0]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_where_with_a_vector_condition_picks_rows_as_tf1_and_where_v2_broadcasts(backend):
+    """tf.compat.v1.where's doc: a vector condition with matrices chooses rows. mf.where
+    was where_v2, which picks columns of a square input: silently other values. The
+    gradient follows the rows too."""
+    g = mf.Graph()
+    with g.as_default():
+        c = mf.constant([True, False])
+        x = mf.Variable(np.array([[1.0, 2.0], [3.0, 4.0]], np.float32))
+        y = mf.constant([[5.0, 6.0], [7.0, 8.0]])
+        rows, cols = mf.where(c, x, y), mf.where_v2(c, x, y)
+        (gx,) = mf.gradients(mf.reduce_sum(rows), [x])
+    with session(g, backend) as s:
+        s.run(x.initializer)
+        assert s.run(rows).tolist() == [[1, 2], [7, 8]]
+        assert s.run(cols).tolist() == [[1, 6], [3, 8]]
+        assert s.run(gx).tolist() == [[1, 1], [0, 0]]

@@ -427,3 +427,27 @@ define(OpDef("ReducedShape", lambda ins, a: [(int32, ins[0].shape)], _reduced_sh
 
 def reduced_shape(input_shape, axes, name=None) -> Tensor:
     return make_op("ReducedShape", [input_shape, axes], name=name).outputs[0]
+
+
+# -- where (TF keeps both in array_ops.py; the SelectV2 op is in math_ops) ------------
+
+def where_v2(condition, x, y, name=None) -> Tensor:
+    """``x`` where ``condition`` else ``y``, all three broadcast as numpy does (TF2's
+    ``where``); a Python number on one side takes the other side's dtype
+    (``where(c, x_f64, 0.0)``), as for the binary ops."""
+    from .math_ops import _operands
+
+    x, y = _operands("SelectV2", x, y)
+    return make_op("SelectV2", [condition, x, y], name=name).outputs[0]
+
+
+def where(condition, x, y, name=None) -> Tensor:
+    """TF1's ``where`` (``tf.compat.v1.where``): as :func:`where_v2`, except that a
+    vector condition with matrices picks whole *rows* (TF1's Select), where a broadcast
+    would align it with the last axis and pick columns of a square input. (A rank
+    unknown when the graph is built broadcasts as ``where_v2``.)"""
+    c = convert_to_tensor(condition)
+    xs = x.shape if hasattr(x, "shape") else np.shape(x)  # None: a rank unknown
+    if c.shape is not None and len(c.shape) == 1 and xs is not None and len(xs) > 1:
+        c = reshape(c, [-1] + [1] * (len(xs) - 1))
+    return where_v2(c, x, y, name)

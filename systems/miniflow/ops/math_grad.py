@@ -8,7 +8,7 @@ own gradients exist: second derivatives of elementwise ops and matmul work.
 from __future__ import annotations
 
 from ..gradients import RegisterGradient, no_gradient
-from .array_ops import reduced_shape, reshape, shape, size, zeros_like
+from .array_ops import reduced_shape, reshape, shape, size, where_v2, zeros_like
 from .math_ops import (
     cast,
     equal,
@@ -21,7 +21,6 @@ from .math_ops import (
     reduce_sum,
     relu_grad,
     sign,
-    where,
 )
 from .unbroadcast import unbroadcast
 
@@ -56,7 +55,8 @@ def _pow_grad(op, g):
     z = op.outputs[0]
     gx = g * y * x ** (y - 1.0)
     # d/dy x^y = x^y log x, defined for x > 0 (TF masks the rest to 0 the same way).
-    safe_log = where(greater(x, 0.0), log(where(greater(x, 0.0), x, x * 0.0 + 1.0)), x * 0.0)
+    safe_log = where_v2(greater(x, 0.0), log(where_v2(greater(x, 0.0), x, x * 0.0 + 1.0)),
+                        x * 0.0)
     gy = g * z * safe_log
     return unbroadcast(gx, x, y), unbroadcast(gy, y, x)
 
@@ -151,8 +151,8 @@ def _select_grad(op, g):
     zeros = zeros_like(g)  # not g * 0: an inf or NaN in g would give the other branch NaN
     # the condition may broadcast x and y too: sum back against the output's shape
     # (other=None), not against the other branch's
-    return (None, unbroadcast(where(c, g, zeros), x, None),
-            unbroadcast(where(c, zeros, g), y, None))
+    return (None, unbroadcast(where_v2(c, g, zeros), x, None),
+            unbroadcast(where_v2(c, zeros, g), y, None))
 
 
 @RegisterGradient("MatMul")

@@ -301,13 +301,6 @@ def add_n(inputs, name=None) -> Tensor:
     return make_op("AddN", inputs, name=name).outputs[0]
 
 
-def where(condition, x, y, name=None) -> Tensor:
-    """``x`` where ``condition`` else ``y``; a Python number on one side takes the other
-    side's dtype (``where(c, x_f64, 0.0)``), as for the binary ops."""
-    x, y = _operands("SelectV2", x, y)
-    return make_op("SelectV2", [condition, x, y], name=name).outputs[0]
-
-
 # -- matmul ----------------------------------------------------------------------------
 
 def _matmul_shape(ins, attrs):

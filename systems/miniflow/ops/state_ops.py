@@ -110,8 +110,14 @@ for _t, _mode in (("Assign", "set"), ("AssignAdd", "add"), ("AssignSub", "sub"))
 class Variable:
     """A named, mutable tensor whose value persists across ``Session.run`` calls."""
 
-    def __init__(self, initial_value, name: str | None = None, trainable: bool = True,
+    def __init__(self, initial_value, trainable: bool = True, *, name: str | None = None,
                  dtype=None):
+        # TF1's order: trainable is the second positional (``Variable(table, False)``
+        # freezes it); the rest are keywords, so a TF1 call that passes more positionally
+        # fails here instead of meaning something else
+        if not isinstance(trainable, bool):
+            raise TypeError(f"Variable: trainable must be True or False, got {trainable!r} "
+                            f"(give the name as name=...)")
         g = get_default_graph()
         self.graph = g
         vname = g.unique_name(name or "Variable")

@@ -5,6 +5,8 @@ symbolically; ``apply_gradients`` adds, per variable, the fused update op of the
 (:mod:`.training_ops`), creating the rule's *slot* variables (momentum accumulators,
 Adam's moments) next to the variable they belong to, under the variable's device; the
 result is one grouped op to run each step. Nothing is computed until a Session runs it.
+The constructors take TF1's arguments in TF1's order; ``use_locking`` is accepted and
+always on here (every update holds its variable's lock, ``state_ops.variable_lock``).
 """
 
 from __future__ import annotations
@@ -92,7 +94,8 @@ class Optimizer:
 class GradientDescentOptimizer(Optimizer):
     """w <- w - lr * g."""
 
-    def __init__(self, learning_rate, name: str = "GradientDescent"):
+    def __init__(self, learning_rate, use_locking: bool = False,
+                 name: str = "GradientDescent"):
         super().__init__(learning_rate, name)
 
     def _apply_dense(self, grad, var):
@@ -103,8 +106,8 @@ class GradientDescentOptimizer(Optimizer):
 class MomentumOptimizer(Optimizer):
     """a <- momentum * a + g;  w <- w - lr * a  (or the Nesterov variant)."""
 
-    def __init__(self, learning_rate, momentum, use_nesterov: bool = False,
-                 name: str = "Momentum"):
+    def __init__(self, learning_rate, momentum, use_locking: bool = False,
+                 name: str = "Momentum", use_nesterov: bool = False):
         super().__init__(learning_rate, name)
         self._momentum, self._nesterov = momentum, use_nesterov
 
@@ -123,7 +126,7 @@ class AdamOptimizer(Optimizer):
     """Adam (Kingma & Ba, 2015) with TF's defaults and its beta-power accumulators."""
 
     def __init__(self, learning_rate=0.001, beta1=0.9, beta2=0.999, epsilon=1e-8,
-                 name: str = "Adam"):
+                 use_locking: bool = False, name: str = "Adam"):
         super().__init__(learning_rate, name)
         self._b1, self._b2, self._eps = beta1, beta2, epsilon
 
