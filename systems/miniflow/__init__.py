@@ -60,7 +60,6 @@ from .ops.array_ops import (
                      shape,
                      size,
                      stop_gradient,
-                     strided_slice,
                      transpose,
                      where,
                      where_v2,
@@ -105,6 +104,7 @@ from .ops.math_ops import (
                      tanh,
 )
 from .ops.nn_ops import log_softmax, softmax
+from .ops.slicing import strided_slice
 from .ops.state_ops import (
                      Variable,
                      assign,

@@ -751,17 +751,17 @@ def test_zeros_like_keeps_shape_and_dtype_and_passes_no_gradient(backend):
                                  (-1, slice(None, None, -2)),
                                  (slice(None), 2, slice(5, 0, -2))],
                          ids=["step-ellipsis-newaxis-int", "int-reversed", "negative-step"])
-def test_strided_slice_called_directly_matches_numpy_indexing(backend, key):
-    """mf.strided_slice(x, key) is x[key]: value and static shape as numpy's basic
-    indexing, gradient the weights scattered back into zeros (negative steps: torch has
-    none, so numpy is the oracle)."""
+def test_indexing_matches_numpy_indexing(backend, key):
+    """x[key] (one StridedSlice op): value and static shape as numpy's basic indexing,
+    gradient the weights scattered back into zeros (negative steps: torch has none, so
+    numpy is the oracle)."""
     rng = np.random.default_rng(7)
     a = arrays(rng, (4, 5, 6))
     want = a[key]
     w = arrays(rng, want.shape)
     with mf.Graph().as_default():
-        assert mf.strided_slice(mf.placeholder(mf.float64, a.shape), key).shape == want.shape
-    got, (grad,) = mf_grads(lambda t: mf.strided_slice(t, key), [a], w, backend)
+        assert mf.placeholder(mf.float64, a.shape)[key].shape == want.shape
+    got, (grad,) = mf_grads(lambda t: t[key], [a], w, backend)
     want_grad = np.zeros_like(a)
     want_grad[key] = w
     np.testing.assert_array_equal(got, want)
@@ -909,3 +909,21 @@ def test_incompatible_static_shapes_are_an_error_naming_the_op_when_built():
             a + b
         c = mf.placeholder(mf.float32, (None, 3))
         assert (c + b).shape == (4, 3)  # unknown meets known: still fine
+
+
+def test_strided_slice_takes_tfs_begin_end_and_strides():
+    """tf.strided_slice's own doc examples. It was x[key] under TF's name: TF's call was a
+    TypeError, and with tuples begin was read as an index (one element) and end as the
+    op's name."""
+    t = np.array([[[1, 1, 1], [2, 2, 2]], [[3, 3, 3], [4, 4, 4]], [[5, 5, 5], [6, 6, 6]]])
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.constant(t)
+        a = mf.strided_slice(x, [1, 0, 0], [2, 1, 3], [1, 1, 1])
+        b = mf.strided_slice(x, (1, 0, 0), (2, 2, 3))
+        c = mf.strided_slice(x, [1, -1, 0], [2, -3, 3], [1, -1, 1])
+        with pytest.raises(TypeError, match="begin, end and strides must be lists"):
+            mf.strided_slice(x, [1, 0], [2, 1, 3])
+    assert evaluate(g, a).tolist() == [[[3, 3, 3]]]
+    assert evaluate(g, b).tolist() == [[[3, 3, 3], [4, 4, 4]]]
+    assert evaluate(g, c).tolist() == [[[4, 4, 4], [3, 3, 3]]]

@@ -112,7 +112,7 @@ def _xent_grad(op, g_loss, g_backprop):
 # gradients too (second derivatives through x[i], gather and a concat of unknown sizes).
 @RegisterGradient("StridedSliceGrad")
 def _slice_grad_grad(op, g):
-    from .array_ops import _decode_index
+    from .slicing import _decode_index
 
     return None, g[_decode_index(op.attrs["index"])]
 

@@ -1,5 +1,6 @@
 """Shape-manipulating ops (tensorflow/python/ops/array_ops.py): reshape, transpose,
-concat, slicing, gather, one_hot, and the small shape ops gradients are built from.
+concat, gather, one_hot, where, and the small shape ops gradients are built from
+(slicing, also in TF's array_ops.py, is in :mod:`.slicing`).
 
 Shape tensors (the output of ``Shape``, the axes of ``BroadcastGradientArgs``) are int32
 arrays kept in host memory even when the data lives on a GPU, as TensorFlow's
@@ -10,8 +11,6 @@ never waits for the GPU.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import numpy as np
 
@@ -181,84 +180,6 @@ define(OpDef("SplitByShapes",
              lambda ins, a: [(ins[0].dtype, None) for _ in ins[1:]],
              _split_shapes_kernel, expensive=False,
              host_inputs=range(1, 1 << 30)))  # every input after the data: shapes
-
-
-# -- slicing ---------------------------------------------------------------------------
-
-def _encode_index(key: Any) -> tuple:
-    """A Python index (ints, slices, None, ...) as a hashable attr value."""
-    items = key if isinstance(key, tuple) else (key,)
-    out = []
-    for k in items:
-        if isinstance(k, (int, np.integer)) and not isinstance(k, bool):
-            out.append(("int", int(k)))
-        elif isinstance(k, slice):
-            out.append(("slice", k.start, k.stop, k.step))
-        elif k is None:
-            out.append(("newaxis",))
-        elif k is Ellipsis:
-            out.append(("ellipsis",))
-        else:
-            raise TypeError(f"unsupported index {k!r}: use ints, slices, None or ...")
-    return tuple(out)
-
-
-def _decode_index(enc: tuple) -> tuple:
-    table = {"int": lambda e: e[1], "slice": lambda e: slice(*e[1:]),
-             "newaxis": lambda e: None, "ellipsis": lambda e: Ellipsis}
-    return tuple(table[e[0]](e) for e in enc)
-
-
-def _slice_shape(ins, attrs):
-    x, enc = ins[-1], attrs["index"]
-    if any(e[0] == "slice" and e[3] == 0 for e in enc):
-        raise shape_error("StridedSlice", "slice step cannot be zero", x)
-    if x.shape is None:
-        return [(x.dtype, None)]
-    dims = list(x.shape)
-    n_consume = sum(1 for e in enc if e[0] in ("int", "slice"))
-    if n_consume > len(dims):
-        raise shape_error("StridedSlice", f"too many indices ({n_consume}) for rank "
-                          f"{len(dims)}", x)
-    out, i = [], 0
-    for e in enc:
-        if e[0] == "ellipsis":
-            keep = len(dims) - n_consume
-            out += dims[i:i + keep]
-            i += keep
-        elif e[0] == "newaxis":
-            out.append(1)
-        elif e[0] == "int":
-            if dims[i] is not None and not -dims[i] <= e[1] < dims[i]:
-                raise shape_error("StridedSlice", f"index {e[1]} out of range for dimension "
-                                  f"{i} of size {dims[i]}", x)
-            i += 1
-        else:
-            out.append(None if dims[i] is None else len(range(*slice(*e[1:]).indices(dims[i]))))
-            i += 1
-    return [(x.dtype, tuple(out + dims[i:]))]
-
-
-def _slice_kernel(attrs, be, res):
-    index = _decode_index(attrs["index"])
-    return lambda x: be.getitem(x, index)
-
-
-def _slice_grad_kernel(attrs, be, res):
-    index = _decode_index(attrs["index"])
-    return lambda shape, dy: be.setitem_zeros(_host(be, shape), index, dy)
-
-
-define(OpDef("StridedSlice", _slice_shape, _slice_kernel, expensive=False))
-define(OpDef("StridedSliceGrad", lambda ins, a: [(ins[1].dtype, shape_from_tensor(ins[0]))],
-             _slice_grad_kernel, expensive=False, host_inputs=(0,)))
-
-
-def strided_slice(x, key, name=None) -> Tensor:
-    return make_op("StridedSlice", [x], {"index": _encode_index(key)}, name).outputs[0]
-
-
-Tensor.__getitem__ = strided_slice
 
 
 # -- gather / scatter / one_hot ---------------------------------------------------------
