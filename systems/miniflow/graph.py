@@ -65,8 +65,8 @@ class Tensor:
     def device(self) -> str:
         return self.op.device
 
-    def get_shape(self) -> shapes.Shape:
-        return self.shape
+    def get_shape(self) -> shapes.TensorShape:
+        return shapes.TensorShape(self.shape)
 
     def eval(self, feed_dict: dict | None = None, session: Any = None) -> Any:
         return session_or_default(session, "Tensor.eval()").run(self, feed_dict)

@@ -14,6 +14,31 @@ from collections.abc import Sequence
 Shape = tuple[int | None, ...] | None
 
 
+class TensorShape(tuple):
+    """What ``get_shape()`` returns: the shape tuple with ``tf.TensorShape``'s
+    ``as_list()``, ``ndims`` and ``is_fully_defined()``, for TF1 code such as
+    ``x.get_shape().as_list()``. ``TensorShape(None)`` has an unknown rank, and its
+    ``as_list()`` raises ValueError, as TF's does. (``Tensor.shape`` stays the plain
+    tuple, or None, that shape inference works with.)"""
+
+    def __new__(cls, dims: Shape) -> TensorShape:
+        self = super().__new__(cls, () if dims is None else dims)
+        self.unknown_rank = dims is None
+        return self
+
+    @property
+    def ndims(self) -> int | None:
+        return None if self.unknown_rank else len(self)
+
+    def as_list(self) -> list[int | None]:
+        if self.unknown_rank:
+            raise ValueError("as_list() is not defined on a shape of unknown rank")
+        return list(self)
+
+    def is_fully_defined(self) -> bool:
+        return not self.unknown_rank and None not in self
+
+
 def as_shape(s: Sequence[int | None] | None) -> Shape:
     if s is None:
         return None

@@ -366,3 +366,19 @@ def test_tf1_positional_arguments_and_dtype_names_mean_what_they_mean_in_tf1():
         assert not mf.train.MomentumOptimizer(0.1, 0.9, True)._nesterov
         assert mf.train.GradientDescentOptimizer(0.1, False)._name == "GradientDescent"
         assert mf.train.AdamOptimizer(0.1, 0.9, 0.999, 1e-8, False)._name == "Adam"
+
+
+def test_get_shape_answers_tf1s_tensorshape_methods():
+    """x.get_shape().as_list() (TF1's CNN tutorials flatten with it) raised AttributeError
+    on a tuple; the result still equals the plain shape tuple."""
+    with mf.Graph().as_default():
+        x = mf.placeholder(mf.float32, [None, 7, 7, 16])
+        v = mf.Variable(np.zeros((2, 3), np.float32))
+        unknown = mf.placeholder(mf.float32)
+    s = x.get_shape()
+    assert s.as_list() == [None, 7, 7, 16] and s.ndims == 4 and not s.is_fully_defined()
+    assert s == (None, 7, 7, 16) and s[1:] == (7, 7, 16)
+    assert v.get_shape().as_list() == [2, 3] and v.get_shape().is_fully_defined()
+    assert unknown.get_shape().ndims is None
+    with pytest.raises(ValueError, match="unknown rank"):
+        unknown.get_shape().as_list()

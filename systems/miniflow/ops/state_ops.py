@@ -152,6 +152,9 @@ class Variable:
     shape = property(lambda self: self._ref.shape)
     device = property(lambda self: self.op.device)
 
+    def get_shape(self) -> shapes.TensorShape:
+        return self._ref.get_shape()
+
     def _as_tensor(self) -> Tensor:
         return self._snapshot
 
