@@ -278,3 +278,27 @@ def test_where_with_a_vector_condition_picks_rows_as_tf1_and_where_v2_broadcasts
         assert s.run(rows).tolist() == [[1, 2], [7, 8]]
         assert s.run(cols).tolist() == [[1, 6], [3, 8]]
         assert s.run(gx).tolist() == [[1, 1], [0, 0]]
+
+
+def test_one_hot_takes_its_dtype_from_its_values_and_an_axis_as_tf():
+    """tf.one_hot: no dtype means that of on/off values (ints give int32), else float32;
+    axis places the new axis. Integer values gave float32 here, so TF1 code combining the
+    one-hot with int32 tensors failed to build; axis was a TypeError, and TF1's fifth
+    positional (axis) was read as the dtype."""
+    idx = np.array([0, 2], np.int32)
+    g = mf.Graph()
+    with g.as_default():
+        i = mf.constant(idx)
+        ints = mf.one_hot(i, 3, on_value=1, off_value=0)
+        floats, by_dtype = mf.one_hot(i, 3), mf.one_hot(i, 3, dtype=mf.float64)
+        first = mf.one_hot(i, 3, 5.0, -1.0, 0)  # axis 0: (depth, n)
+        counted = mf.reduce_sum(ints * mf.constant(np.full((2, 3), 7, np.int32)), 1)
+        with pytest.raises(TypeError, match="different dtypes"):
+            mf.one_hot(i, 3, on_value=1, off_value=0.0)
+        with pytest.raises(mf.errors.GraphBuildError, match="axis 2 is out of range"):
+            mf.one_hot(i, 3, axis=2)
+    assert ints.dtype == mf.int32 and floats.dtype == mf.float32
+    assert by_dtype.dtype == mf.float64
+    assert evaluate(g, counted).tolist() == [7, 7]
+    np.testing.assert_array_equal(evaluate(g, first), np.where(idx == np.arange(3)[:, None],
+                                                               5.0, -1.0))

@@ -281,7 +281,7 @@ def test_one_hot(backend, index_shape, depth, on_off, dtype, seed):
     on, off = on_off
     g = mf.Graph()
     with g.as_default():
-        y = mf.one_hot(mf.constant(idx.astype(np.int32)), depth, on, off, dtype)
+        y = mf.one_hot(mf.constant(idx.astype(np.int32)), depth, on, off, dtype=dtype)
     got = evaluate(g, y, backend=backend)
     t = torch.tensor(idx)
     inside = ((t >= 0) & (t < depth)).unsqueeze(-1)

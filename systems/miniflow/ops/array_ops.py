@@ -15,11 +15,12 @@ from __future__ import annotations
 import numpy as np
 
 from .. import shapes
-from ..dtypes import DType, as_dtype, float32, int32
+from ..dtypes import as_dtype, float32, int32
 from ..errors import InvalidArgumentError
 from ..graph import Tensor
 from ..op_def import (
     OpDef,
+    _python_default_dtype,
     check_axis,
     convert_to_tensor,
     define,
@@ -243,11 +244,31 @@ define(OpDef("OneHot", _one_hot_shape,
              expensive=False))
 
 
-def one_hot(indices, depth, on_value=1.0, off_value=0.0, dtype: DType = float32,
+def one_hot(indices, depth, on_value=None, off_value=None, axis=None, dtype=None,
             name=None) -> Tensor:
-    return make_op("OneHot", [indices], {"depth": int(depth), "on_value": on_value,
-                                         "off_value": off_value, "dtype": as_dtype(dtype)},
-                   name).outputs[0]
+    """``tf.one_hot``: the dtype is ``dtype``, else that of ``on_value``/``off_value``
+    (Python numbers as TF reads them: ints int32, floats float32), else float32; the new
+    axis of size ``depth`` is last unless ``axis`` puts it elsewhere."""
+    kinds = {as_dtype(np.asarray(v).dtype if isinstance(v, (np.ndarray, np.generic))
+                      else _python_default_dtype(np.asarray(v)))
+             for v in (on_value, off_value) if v is not None}
+    if dtype is None and len(kinds) > 1:
+        raise TypeError(f"one_hot: on_value and off_value have different dtypes "
+                        f"{sorted(k.name for k in kinds)}")
+    dt = as_dtype(dtype) if dtype is not None else kinds.pop() if kinds else float32
+    out = make_op("OneHot", [indices], {"depth": int(depth), "dtype": dt,
+                                        "on_value": 1 if on_value is None else on_value,
+                                        "off_value": 0 if off_value is None else off_value},
+                  name).outputs[0]
+    if axis is None or axis == -1:
+        return out
+    rank = None if out.shape is None else len(out.shape)
+    if rank is None or not -rank <= axis < rank:
+        raise shape_error("OneHot", f"axis {axis} is out of range for an output of rank "
+                          f"{rank}", out)
+    perm = list(range(rank - 1))
+    perm.insert(axis % rank, rank - 1)
+    return transpose(out, perm)
 
 
 # -- shapes, fills, broadcasting ---------------------------------------------------------
