@@ -144,6 +144,25 @@ def _inputs_of(doc: Any) -> tuple[list[Any], bool]:
     return batch, True
 
 
+def _pinned(server: ClipperServer, app: Any, doc: dict) -> str | None:
+    """Clipper's optional ``"version"`` (query_frontend.hpp ``decode_and_handle_predict``):
+    the query goes to that version of the app's one linked model, not the current one; a
+    version that was never deployed, or an app with several models, is refused."""
+    if "version" not in doc:
+        return None
+    v = doc["version"]
+    if not isinstance(v, (str, int)) or isinstance(v, bool):
+        raise InputError(f'"version" must be a string, got {v!r:.40}')
+    if len(app.models) != 1:
+        raise InputError(f'"version" names a version of the app\'s one linked model; '
+                         f'{app.name!r} links {len(app.models)}')
+    model = (app.models[0], str(v))
+    if model not in server.models:
+        have = sorted(ver for n, ver in server.models if n == model[0])
+        raise InputError(f"model {model[0]!r} has no version {model[1]!r}; deployed: {have}")
+    return model[1]
+
+
 def rows_of(x: Any, input_type: str, input_length: int | None) -> list[Any]:
     """The inputs of a gRPC query sent as one array (a row per query): no JSON, no copy
     per row, which keeps the amortised per-query cost of a batch small."""
@@ -207,7 +226,7 @@ def query_app(server: ClipperServer) -> web.Application:
             doc = loads_strict(await request.read())
             values, batched = _inputs_of(doc)
             xs = qp.parse(app, values)
-            out = await qp.predict(name, xs, arrival)
+            out = await qp.predict(name, xs, arrival, version=_pinned(server, app, doc))
         except REFUSED as e:
             return refuse(server, name, e)
         body = {"batch_predictions": out} if batched else out[0]

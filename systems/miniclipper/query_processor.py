@@ -121,8 +121,10 @@ class QueryProcessor:
         return {n: (n, self.current_version[n]) for n in names if n in self.current_version}
 
     async def predict(self, app_name: str, inputs: list[Any], arrival: float,
-                      ) -> list[dict[str, Any]]:
-        """Answer each (already parsed) input of one request; all share one deadline."""
+                      version: str | None = None) -> list[dict[str, Any]]:
+        """Answer each (already parsed) input of one request; all share one deadline.
+        ``version`` pins the app's one linked model to that version (the frontend
+        checked it) instead of its current one."""
         app = self.app(app_name)
         policy = _policy(app.policy)
         slo = app.slo_micros / 1e6
@@ -133,10 +135,10 @@ class QueryProcessor:
         qids = range(first, first + len(inputs))
         self._next_id += len(inputs)
         awake = self.wake(app)
-        if len(app.state.weights) == 1 and awake is app.state:  # one linked model: the
-            names = list(app.state.weights)                      # same for every query
+        if version is not None or (len(app.state.weights) == 1 and awake is app.state):
+            names = list(app.state.weights)  # one linked model: the same for every query
             out = await self._predict_uniform(app, policy, names, inputs, qids, deadline,
-                                              slo, traced)
+                                              slo, traced, version)
         else:
             out = await self._predict_each(app, policy, awake, inputs, qids, deadline, slo,
                                            traced)
@@ -151,11 +153,11 @@ class QueryProcessor:
     async def _predict_uniform(self, app: Application, policy: SelectionPolicy,
                                names: list[str], inputs: list[Any], qids: range,
                                deadline: float, slo: float, traced: bool,
-                               ) -> list[dict[str, Any]]:
+                               version: str | None = None) -> list[dict[str, Any]]:
         """Every query goes to the same model(s): one schedule call per model for the
         whole request, and the common case (one model answered) costs one dict."""
         futures = dict(zip(names, self.executor.schedule_all(
-            [((n, self.current_version[n]), inputs, qids[0]) for n in names],
+            [((n, version or self.current_version[n]), inputs, qids[0]) for n in names],
             deadline, slo, traced), strict=True))
         await wait_until([f for fs in futures.values() for f in fs], deadline)
         if len(names) != 1:

@@ -19,7 +19,7 @@ from systems.miniclipper import (
 )
 from systems.miniclipper.frontend import QUERY_SERVICE, UNKNOWN_APP
 
-from .conftest import metric, post, scrape
+from .conftest import metric, post, scrape, versioned
 
 W = np.random.default_rng(0).standard_normal((8, 5))
 
@@ -682,3 +682,25 @@ def test_a_model_answering_nan_gives_valid_json_over_grpc_as_over_rest(clipper):
         meta, _ = unpack(call(pack({"app": "nan-app", "input_batch": [[2.0], [-2.0]]}),
                               timeout=30))
     assert rest == [p["output"] for p in meta["predictions"]] == ["NaN", "Infinity"]
+
+
+def test_a_query_can_pin_a_version_as_in_clipper(clipper):
+    """Clipper's query takes an optional "version" (query_frontend.hpp): the answer comes
+    from that version of the app's one model. It was ignored: a canary or an old answer
+    came silently from the current version, and a version never deployed was answered."""
+    c = clipper
+    c.register_application("pin", "doubles", -1.0, 2_000_000)
+    for v in (1, 2):
+        deploy_python_closure(c, "pin", v, "doubles", versioned(v))
+    c.link_model_to_app("pin", "pin")
+    assert post(url(c, "pin"), {"input": [0.0]})[1]["output"] == 2.0  # the current one
+    code, r = post(url(c, "pin"), {"input": [0.0], "version": "1"})
+    assert code == 200 and r["output"] == 1.0 and r["default"] is False
+    assert post(url(c, "pin"), {"input_batch": [[0.0], [1.0]], "version": 1})[1][
+        "batch_predictions"][1]["output"] == 1.0
+    code, r = post(url(c, "pin"), {"input": [0.0], "version": "7"})
+    assert code == 400 and "model 'pin' has no version '7'; deployed: ['1', '2']" in r["cause"]
+    deploy_python_closure(c, "pin-b", 1, "doubles", versioned(9))
+    c.link_model_to_app("pin", "pin-b")
+    code, r = post(url(c, "pin"), {"input": [0.0], "version": "1"})
+    assert code == 400 and "'pin' links 2" in r["cause"]
