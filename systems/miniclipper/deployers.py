@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -65,10 +66,22 @@ def save_torch_model(module: Any, input_shape: tuple[int, ...] | None = None,
                       device=device, output=output)
 
 
+# clipper_admin's deployers also take the Docker side of a deploy; with local processes
+# there is no image to build or push, and packages are those of this Python
+DOCKER_ONLY = {"base_image": "default", "registry": None, "pkgs_to_install": None}
+
+
 def _deploy_saved(conn: Any, name: str, version: str | int, input_type: str, path: str,
                   **deploy: Any) -> None:
     """Deploy a freshly saved model directory, then delete it: the manager copied it into
-    its own store (``ReplicaSupervisor.install``), so the temporary copy is garbage."""
+    its own store (``ReplicaSupervisor.install``), so the temporary copy is garbage.
+    Clipper's Docker arguments are taken, and one that asks for something (a registry,
+    packages) is a warning that it does nothing here, not a TypeError."""
+    for key, default in DOCKER_ONLY.items():
+        if deploy.pop(key, default) != default:
+            warnings.warn(f"{key} is for Clipper's Docker images; miniclipper runs the model "
+                          f"in a local process with this Python's packages, so it has no "
+                          f"effect", stacklevel=3)
     try:
         conn.deploy_model(name, version, input_type, path, **deploy)
     finally:
@@ -90,9 +103,23 @@ def deploy_sklearn_model(conn: Any, name: str, version: str | int, input_type: s
 
 
 def deploy_pytorch_model(conn: Any, name: str, version: str | int, input_type: str,
-                         module: Any, input_shape: tuple[int, ...] | None = None,
-                         device: str = "cpu", output: str = "raw", **deploy: Any) -> None:
-    """Deploy a torch module (clipper_admin ``deployers.pytorch``) on CPU or CUDA."""
+                         module: Any = None, input_shape: tuple[int, ...] | None = None,
+                         device: str = "cpu", output: str = "raw", *, func: Any = None,
+                         pytorch_model: Any = None, **deploy: Any) -> None:
+    """Deploy a torch module on CPU or CUDA: the container feeds it a float32 tensor of
+    ``input_shape``. Clipper's own form (clipper_admin ``deployers/pytorch.py``),
+    ``deploy_pytorch_model(conn, name, version, input_type, func, pytorch_model)`` with
+    ``func(model, inputs)`` doing the pre- and post-processing, is taken too (by keyword
+    or by position) and deploys that call as a closure."""
+    if pytorch_model is None and callable(module) and not hasattr(module, "parameters"):
+        func, pytorch_model = module, input_shape  # Clipper's positional (func, model)
+    if func is not None or pytorch_model is not None:
+        if func is None or pytorch_model is None:
+            raise TypeError("deploy_pytorch_model: Clipper's form takes both func and "
+                            "pytorch_model; ours takes the module (and input_shape)")
+        deploy_python_closure(conn, name, version, input_type,
+                              lambda xs: func(pytorch_model, xs), **deploy)
+        return
     _deploy_saved(conn, name, version, input_type,
                   save_torch_model(module, input_shape, device, output), **deploy)
 

@@ -183,6 +183,36 @@ def test_a_torch_module_deploys_and_matches_in_process(clipper):
     assert got == net(torch.from_numpy(x)).argmax(1).tolist()
 
 
+def test_clippers_own_pytorch_deploy_call_works(clipper):
+    """clipper_admin's deploy_pytorch_model(conn, name, version, input_type, func,
+    pytorch_model), with func(model, inputs) doing the pre- and post-processing (its
+    docstring's call, by keyword, and by position), and its Docker arguments: the
+    keyword call was a TypeError, the positional one an AttributeError on func."""
+    import torch
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 3)
+
+    def predict(model, inputs):
+        with torch.no_grad():
+            return model(torch.tensor(np.asarray(inputs), dtype=torch.float32)).argmax(1) \
+                .tolist()
+
+    c = clipper
+    c.register_application("clip-torch", "doubles", -1, 5_000_000)
+    deploy_pytorch_model(c, name="ct", version=1, input_type="doubles", func=predict,
+                         pytorch_model=net, base_image="default", registry=None)
+    with pytest.warns(UserWarning, match="pkgs_to_install is for Clipper's Docker images"):
+        deploy_pytorch_model(c, "ct", 2, "doubles", predict, net, pkgs_to_install=["x"])
+    c.link_model_to_app("clip-torch", "ct")
+    x = np.random.default_rng(0).standard_normal((5, 4))
+    want = predict(net, x)
+    for v in ("1", "2"):
+        c.set_model_version("ct", v)
+        got = c.predict("clip-torch", batch=x.tolist())["batch_predictions"]
+        assert [r["output"] for r in got] == want
+
+
 @pytest.mark.gpu
 def test_a_torch_module_on_cuda_matches_in_process(clipper):
     import torch
