@@ -382,3 +382,25 @@ def test_get_shape_answers_tf1s_tensorshape_methods():
     assert unknown.get_shape().ndims is None
     with pytest.raises(ValueError, match="unknown rank"):
         unknown.get_shape().as_list()
+
+
+def test_tf1s_older_spellings_and_argument_orders_are_taken():
+    """reduce_*(reduction_indices=, keep_dims=), softmax(dim=), argmax(x, 1, "name") (TF1's
+    third positional is the name; it was read as the output dtype) and
+    argmax(dimension=), and get_slot of a slot never made (None in TF1; a KeyError)."""
+    x_value = np.array([[1.0, 5.0], [7.0, 3.0]], np.float32)
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.constant(x_value)
+        s = mf.reduce_sum(x, reduction_indices=[1], keep_dims=True)
+        m = mf.reduce_max(x, reduction_indices=0)
+        p = mf.nn.softmax(x, dim=0)
+        a, b = mf.argmax(x, 1, "pred"), mf.argmax(x, dimension=0)
+        w = mf.Variable(x_value)
+        assert mf.train.MomentumOptimizer(0.1, 0.9).get_slot(w, "momentum") is None
+    assert a.op.name == "pred" and a.dtype == mf.int64
+    with mf.Session(graph=g) as sess:
+        got = sess.run([s, m, p, a, b])
+    assert got[0].tolist() == [[6.0], [10.0]] and got[1].tolist() == [7.0, 5.0]
+    np.testing.assert_allclose(got[2], np.exp(x_value) / np.exp(x_value).sum(0), rtol=1e-6)
+    assert got[3].tolist() == [1, 0] and got[4].tolist() == [1, 0]

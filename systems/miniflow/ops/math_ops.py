@@ -382,7 +382,10 @@ for _t, _m in (("Sum", "sum"), ("Mean", "mean"), ("Max", "max")):
                  host_inputs=(1,)))
 
 
-def _reduce(op_type, x, axis, keepdims, name):
+def _reduce(op_type, x, axis, keepdims, name, reduction_indices=None, keep_dims=None):
+    # TF1's deprecated spellings of axis and keepdims (math_ops.reduce_sum_v1)
+    axis, keepdims = axis if reduction_indices is None else reduction_indices, \
+        bool(keepdims or keep_dims)
     x = convert_to_tensor(x)
     if isinstance(axis, Tensor):  # axes computed in the graph (used by gradients)
         return make_op(op_type, [x, axis], {"axis": None, "keepdims": keepdims,
@@ -391,16 +394,19 @@ def _reduce(op_type, x, axis, keepdims, name):
                    name).outputs[0]
 
 
-def reduce_sum(x, axis=None, keepdims=False, name=None) -> Tensor:
-    return _reduce("Sum", x, axis, keepdims, name)
+def reduce_sum(x, axis=None, keepdims=False, name=None, reduction_indices=None,
+               keep_dims=None) -> Tensor:
+    return _reduce("Sum", x, axis, keepdims, name, reduction_indices, keep_dims)
 
 
-def reduce_mean(x, axis=None, keepdims=False, name=None) -> Tensor:
-    return _reduce("Mean", x, axis, keepdims, name)
+def reduce_mean(x, axis=None, keepdims=False, name=None, reduction_indices=None,
+                keep_dims=None) -> Tensor:
+    return _reduce("Mean", x, axis, keepdims, name, reduction_indices, keep_dims)
 
 
-def reduce_max(x, axis=None, keepdims=False, name=None) -> Tensor:
-    return _reduce("Max", x, axis, keepdims, name)
+def reduce_max(x, axis=None, keepdims=False, name=None, reduction_indices=None,
+               keep_dims=None) -> Tensor:
+    return _reduce("Max", x, axis, keepdims, name, reduction_indices, keep_dims)
 
 
 def _argmax_shape(ins, attrs):
@@ -415,7 +421,8 @@ define(OpDef("ArgMax", _numeric_only("ArgMax", _argmax_shape),
              lambda a, be, res: lambda x: be.argmax(x, a["axis"], a["output_type"])))
 
 
-def argmax(x, axis=None, output_type=int64, name=None) -> Tensor:
+def argmax(x, axis=None, name=None, dimension=None, output_type=int64) -> Tensor:
+    axis = dimension if axis is None else axis  # TF1's order, and its old spelling
     x = convert_to_tensor(x)
     ax = check_axis("ArgMax", 0 if axis is None else int(axis), x)
     return make_op("ArgMax", [x], {"axis": ax, "output_type": as_dtype(output_type)},

@@ -60,14 +60,14 @@ def _softmax(op_type: str, logits, axis, name):
     return transpose(out, perm, name=name)
 
 
-def softmax(logits, axis=None, name=None):
+def softmax(logits, axis=None, name=None, dim=None):
     """``exp(logits) / sum(exp(logits), axis)``; ``axis`` defaults to the last, as in TF1's
-    ``tf.nn.softmax(logits, axis=None, name=None)``."""
-    return _softmax("Softmax", logits, axis, name)
+    ``tf.nn.softmax(logits, axis=None, name=None, dim=None)`` (``dim``: its old name)."""
+    return _softmax("Softmax", logits, dim if axis is None else axis, name)
 
 
-def log_softmax(logits, axis=None, name=None):
-    return _softmax("LogSoftmax", logits, axis, name)
+def log_softmax(logits, axis=None, name=None, dim=None):
+    return _softmax("LogSoftmax", logits, dim if axis is None else axis, name)
 
 
 def _xent_shape(ins, attrs):

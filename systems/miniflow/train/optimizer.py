@@ -60,8 +60,9 @@ class Optimizer:
                  name: str | None = None) -> Operation:
         return self.apply_gradients(self.compute_gradients(loss, var_list), global_step, name)
 
-    def get_slot(self, var: Variable, name: str) -> Variable:
-        return self._slots[(var.op.name, name)]
+    def get_slot(self, var: Variable, name: str) -> Variable | None:
+        """The slot, or None if it was never made (TF1's get_slot)."""
+        return self._slots.get((var.op.name, name))
 
     def _slot(self, var: Variable, name: str) -> Variable:
         key = (var.op.name, name)
