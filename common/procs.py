@@ -175,15 +175,19 @@ class ProcessGroup:
         child_env.pop(PARENT_ENV, None)
         if exit_with_parent:  # not for a child meant to outlive us (detach)
             child_env[PARENT_ENV] = str(os.getpid())
+        # the repo first, and never the caller's working directory: "-m" would put it at
+        # sys.path[0] (-P stops that, Python 3.11), and so would an empty PYTHONPATH entry,
+        # and then a student's own random.py (or grpc.py) there broke every child's import
         root = str(Path(__file__).resolve().parent.parent)
-        child_env["PYTHONPATH"] = root + os.pathsep + child_env.get("PYTHONPATH", "")
+        child_env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (root, child_env.get("PYTHONPATH")) if p)
         if not self._at_exit:  # registered once, dropped again by stop_all
             self._at_exit = True
             atexit.register(self.stop_all)
         log = open(log_path, "ab")
-        popen = subprocess.Popen([sys.executable, "-m", module, *args], stdout=subprocess.PIPE,
-                                 stderr=log, stdin=subprocess.DEVNULL, env=child_env,
-                                 start_new_session=True)
+        popen = subprocess.Popen([sys.executable, "-P", "-m", module, *args],
+                                 stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
+                                 env=child_env, start_new_session=True)
         log.close()
         child = Child(name, popen, log_path)
         with self._lock:

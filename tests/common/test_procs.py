@@ -259,3 +259,17 @@ def test_remove_orphans_removes_only_what_a_dead_process_left(tmp_path):
     remove_orphans(tmp_path.glob("*.tmp-*-*"), ".tmp-")
     assert {p.name for p in tmp_path.iterdir()} == {
         "store-99999999999999999999-e", f"store-{os.getpid()}-c", "store-nopid-d"}
+
+
+def test_a_childs_imports_never_come_from_the_callers_directory(tmp_path, monkeypatch):
+    """A student's random.py in the directory they ran casebook from was imported by
+    every child ("-m" and an empty PYTHONPATH entry both put the cwd first), and
+    ps launch and clipper start failed with an ImportError in a temporary log."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "random.py").write_text("raise ImportError('the caller\\'s random.py')\n")
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    with ProcessGroup(tmp_path / "logs") as group:
+        child = group.spawn("c1", SERVER, ["ok"])
+        assert child.info == {"pid_echo": child.pid}
