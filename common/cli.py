@@ -220,6 +220,9 @@ USER_ERRORS = (UsageError, ValueError, OSError, LookupError, RuntimeError)
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    for name in ("stdout", "stderr"):  # closed by the shell (2>&-): Python sets None, and
+        if getattr(sys, name) is None:  # the first progress bar died with no word at all
+            setattr(sys, name, open(os.devnull, "w"))  # noqa: SIM115 - for the whole run
     args = None
     try:  # the parser too: it imports the system's package (torch, sklearn...), seconds
         args = build_parser(argv).parse_args(argv)  # in which Ctrl-C was a traceback

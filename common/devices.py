@@ -173,7 +173,10 @@ def probe_cpu(matmul_n: int = 2048, copy_mib: int = 256, repeats: int = 5) -> di
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mlsys-casebook"
+    """``$XDG_CACHE_HOME/mlsys-casebook``; an empty or relative value is ignored, as the
+    XDG spec says (an empty one was the working directory: a probe cache in each)."""
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    return (Path(base) if os.path.isabs(base) else Path.home() / ".cache") / "mlsys-casebook"
 
 
 def cpu_spec(refresh: bool = False, cache: Path | None = None,

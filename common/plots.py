@@ -20,7 +20,10 @@ from .stats import cdf  # noqa: E402
 
 
 def _save(fig, path: str | Path) -> str:
+    """Save as ``path``, a PNG if it names no format (matplotlib would add the ".png"
+    itself, and the name returned would be a file that does not exist)."""
     path = Path(path)
+    path = path if path.suffix else path.with_suffix(".png")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

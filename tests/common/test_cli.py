@@ -153,3 +153,15 @@ def test_ctrl_c_while_the_parser_imports_a_system_is_one_line(monkeypatch, capsy
     monkeypatch.setattr(cli, "build_parser", interrupted)
     assert cli.main(["ansor", "show", "log.jsonl"]) == 130
     assert capsys.readouterr().err == "casebook: interrupted\n"
+
+def test_a_command_runs_when_the_shell_closed_its_standard_error(monkeypatch, capsys):
+    """``casebook ... 2>&-``: Python sets sys.stderr to None, and the first progress bar
+    died with an AttributeError nobody could see (exit 1, no output)."""
+    import sys
+
+    from common.cli import main
+
+    monkeypatch.setattr(sys, "stderr", None)
+    assert main(["ansor", "tune", "--workload", "gemm", "--shape", "64,64,64", "--trials",
+                 "4", "--per-round", "4", "--device", "sim", "--json"]) == 0
+    assert '"weighted_latency_us"' in capsys.readouterr().out

@@ -18,3 +18,20 @@ def test_git_commit_marks_a_dirty_tree(tmp_path):
     assert clean and not clean.endswith("-dirty")
     (tmp_path / "f.txt").write_text("b\n")
     assert git_commit(tmp_path) == clean + "-dirty"
+
+
+def test_the_cache_directory_ignores_an_empty_or_relative_xdg_cache_home(monkeypatch,
+                                                                          tmp_path):
+    """XDG_CACHE_HOME= (set, empty) was the working directory: each directory a command
+    ran in got its own probe cache, and a new probe."""
+    from pathlib import Path
+
+    from common.devices import cache_dir
+
+    home = Path.home() / ".cache" / "mlsys-casebook"
+    for value in ("", "relative/dir"):
+        monkeypatch.setenv("XDG_CACHE_HOME", value)
+        assert cache_dir() == home
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert cache_dir() == tmp_path / "mlsys-casebook"
+
