@@ -138,9 +138,6 @@ def _show(args: argparse.Namespace) -> dict[str, Any]:
             xs, ys = curves.setdefault(k, ([], []))
             xs.append(seen[k])
             ys.append(top[k])
-    plot = args.plot or str(Path(args.log).with_suffix(".png"))
-    line_chart(curves, plot, "trials (of that task)", "best TFLOP/s so far",
-               title=f"best throughput vs trials: {Path(args.log).name}")
     weights = task_weights(args.log, devices(records)[0])  # the weights of that run
     tasks = []
     for k in seen:  # every task of the log, also one whose measurements all failed
@@ -154,11 +151,21 @@ def _show(args: argparse.Namespace) -> dict[str, Any]:
     for _, r in records:
         if not r.ok:
             errors[r.error.name] = errors.get(r.error.name, 0) + 1
-    out = {"log": args.log, "records": len(records), "plot": plot, "tasks": tasks,
+    out = {"log": args.log, "records": len(records), "tasks": tasks,
            "errors": errors, "device": devices(records)[0], **_latency_totals(tasks),
            "curves": {k: {"trials": xs, "best_tflops": ys} for k, (xs, ys) in curves.items()}}
-    _print_best({**out, "trials": len(records)})
-    print(f"plot: {plot}", file=sys.stderr)
+    _print_best({**out, "trials": len(records)})  # the table first: it is the point
+    try:
+        out["plot"] = line_chart(curves, args.plot or Path(args.log).with_suffix(".png"),
+                                 "trials (of that task)", "best TFLOP/s so far",
+                                 title=f"best throughput vs trials: {Path(args.log).name}")
+    except OSError as e:
+        if args.plot:  # asked for: an error
+            raise
+        out["plot"] = None  # beside a log in a read-only place: the table still stands
+        print(f"no plot: {e.strerror} ({e.filename}); give --plot PATH", file=sys.stderr)
+    else:
+        print(f"plot: {out['plot']}", file=sys.stderr)
     return out
 
 

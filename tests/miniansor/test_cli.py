@@ -37,6 +37,13 @@ def test_tune_then_show(tmp_path):
     assert key == doc["tasks"][0]["task"] and curve["trials"][-1] == 6
     assert all(b >= a for a, b in zip(ys, ys[1:], strict=False))
     assert ys[-1] == pytest.approx(sdoc["tasks"][0]["tflops"])
+    # the default plot beside a log it cannot write (a read-only share; here a directory
+    # in the way): the table still shows, where the command failed with only the error
+    log.with_suffix(".png").mkdir()
+    show = casebook("ansor", "show", str(log), "--json")
+    assert show.returncode == 0, show.stderr[-2000:]
+    assert json.loads(show.stdout.strip().splitlines()[-1])["plot"] is None
+    assert "gemm:64x96x128" in show.stdout and "no plot: " in show.stderr
 
 
 def test_bad_shape_is_a_clear_error():
