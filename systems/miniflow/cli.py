@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import tempfile
 from pathlib import Path
 
 from common.cli import non_negative_int, positive_int
@@ -34,8 +35,10 @@ def _train(args: argparse.Namespace) -> dict:
 
     _require_device(args.device)
     prefix = checkpoint_prefix(args.checkpoint)
-    try:  # fail before training, not after it
+    try:  # fail before training, not after it: an existing directory may be read-only
         Path(prefix).parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=Path(prefix).parent):
+            pass
     except OSError as e:
         raise ValueError(f"--checkpoint {args.checkpoint}: cannot write there "
                          f"({e.strerror})") from None

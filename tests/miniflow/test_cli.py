@@ -52,3 +52,23 @@ def test_a_checkpoint_directory_means_a_prefix_inside_it(tmp_path):
     assert cli.checkpoint_prefix("out/flow/digits") == "out/flow/digits"
     with pytest.raises(ValueError, match="--checkpoint is empty"):
         cli.checkpoint_prefix("")
+
+
+def test_a_checkpoint_directory_that_cannot_be_written_is_refused_before_training(
+        tmp_path, monkeypatch):
+    """An existing read-only directory passed the up-front mkdir, and the run trained
+    every epoch before failing on a hidden temporary. (As root no mode makes a directory
+    read-only, so the write probe is made to fail as it would there.)"""
+    import tempfile
+
+    from systems.miniflow import digits
+
+    def refuse(*a, **kw):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "NamedTemporaryFile", refuse)
+    monkeypatch.setattr(digits, "train", lambda *a, **kw: pytest.fail("it trained"))
+    args = argparse.Namespace(model="mlp", device="cpu", epochs=1, batch=32, seed=0,
+                              checkpoint=str(tmp_path), json=True)
+    with pytest.raises(ValueError, match="cannot write there .Permission denied."):
+        cli._train(args)
