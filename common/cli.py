@@ -16,6 +16,7 @@ import importlib
 import json
 import math
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable
@@ -207,6 +208,16 @@ def fraction(text: str) -> float:
     return x
 
 
+def output_file(text: str) -> str:
+    """An argparse type: a file to write. A name that ends in "/" or is an existing
+    directory is refused: ``Path("traces/")`` is ``traces``, so the file took the
+    directory's name, or the run ended, after its work, with "Is a directory"."""
+    if not text or text.endswith(os.sep) or os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is a directory; give a file, such as "
+                                         f"{os.path.join(text or '.', 'out.json')}")
+    return text
+
+
 class UsageError(Exception):
     """A command that cannot do what was asked; main prints it as one line."""
 
@@ -220,6 +231,10 @@ USER_ERRORS = (UsageError, ValueError, OSError, LookupError, RuntimeError)
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    # the shell expands ~ only where a word starts: --out=~/x (or replay:~/t.json) came as
+    # written, and wrote into a directory named "~" under the working directory
+    argv = [re.sub(r"^(--[\w-]+=(?:replay:)?|replay:)~(?=/|$)",
+                   lambda m: m[1] + os.path.expanduser("~"), a) for a in argv]
     for name in ("stdout", "stderr"):  # closed by the shell (2>&-): Python sets None, and
         if getattr(sys, name) is None:  # the first progress bar died with no word at all
             setattr(sys, name, open(os.devnull, "w"))  # noqa: SIM115 - for the whole run

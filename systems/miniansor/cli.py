@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from common.cli import non_negative_int, positive_float, positive_int
+from common.cli import non_negative_int, output_file, positive_float, positive_int
 
 
 def _seed(text: str) -> int:
@@ -296,7 +296,8 @@ def add_parser(sub, add) -> None:
     s.set_defaults(func=_show)
 
     g = subcommand("sim-table", help="write a replay table from the simulated GPU")
-    g.add_argument("--out", required=True, help="where to write the replay table (JSON)")
+    g.add_argument("--out", required=True, type=output_file,
+                   help="where to write the replay table (JSON)")
     g.add_argument("--tasks", nargs="+", required=True,
                    help="task keys, e.g. gemm:4096x4096x4096:fp16:none")
     g.add_argument("--configs", type=positive_int, default=800,
@@ -318,7 +319,7 @@ def add_parser(sub, add) -> None:
                    help="random seed of the configs drawn and of sim's noise")
     r.add_argument("--rep-ms", type=positive_float, default=25.0,
                    help="ms of repeated runs that time each config, do_bench's rep; cuda only")
-    r.add_argument("--out", default=None,
+    r.add_argument("--out", default=None, type=output_file,
                    help="where to write the replay table (default: "
                         "systems/miniansor/data/space-DEVICE.json)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")

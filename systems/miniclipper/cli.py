@@ -26,6 +26,7 @@ from common.cli import (
     fraction,
     non_negative_float,
     non_negative_int,
+    output_file,
     port,
     positive_float,
     positive_int,
@@ -405,7 +406,7 @@ def add_parser(sub: Any, add: Any) -> None:
     ld.add_argument("--out", default="out/clipper-load",
                     help="directory of the latency CDF plot")
     tr = cmd("trace", _trace, "save the Chrome trace of sampled queries (start --trace-sample)")
-    tr.add_argument("--out", default="out/clipper-trace.json",
+    tr.add_argument("--out", default="out/clipper-trace.json", type=output_file,
                     help="where to write the trace, JSON")
     cmd("list", _list, "the registered applications and the deployed models")
     rm = cmd("remove", _remove, "stop model versions and unregister applications")

@@ -6,7 +6,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from common.cli import non_negative_int, positive_int
+from common.cli import non_negative_int, output_file, positive_int
 
 
 def _require_device(device: str) -> None:
@@ -136,6 +136,6 @@ def add_parser(sub, add) -> None:
     d.add_argument("--out", default="out/flow", help="directory for the .dot files")
     d.add_argument("--two-cpus", action="store_true", help="place over /cpu:0 and /cpu:1")
     tr = sub_add("trace", _trace, "a Chrome trace of one training step")
-    tr.add_argument("--out", default="out/flow/step-trace.json",
+    tr.add_argument("--out", default="out/flow/step-trace.json", type=output_file,
                     help="where to write the trace, JSON")
     tr.add_argument("--two-cpus", action="store_true", help="place over /cpu:0 and /cpu:1")

@@ -165,3 +165,25 @@ def test_a_command_runs_when_the_shell_closed_its_standard_error(monkeypatch, ca
     assert main(["ansor", "tune", "--workload", "gemm", "--shape", "64,64,64", "--trials",
                  "4", "--per-round", "4", "--device", "sim", "--json"]) == 0
     assert '"weighted_latency_us"' in capsys.readouterr().out
+
+
+def test_a_file_flag_refuses_a_directory_and_a_tilde_after_equals_is_home(tmp_path,
+                                                                           monkeypatch,
+                                                                           capsys):
+    """--out tables/ wrote a FILE named tables (Path drops the slash); an existing
+    directory ended the run, after its work, with "Is a directory". The shell leaves
+    --out=~/x alone, and it went into a directory named "~" under the working directory."""
+    from common.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "existing").mkdir()
+    table = ["ansor", "sim-table", "--tasks", "gemm:64x64x64:fp16:none", "--configs", "4"]
+    for out in ("tables/", str(tmp_path / "existing")):
+        with pytest.raises(SystemExit) as e:
+            main([*table, "--out", out])
+        assert e.value.code == 2 and "is a directory; give a file" in capsys.readouterr().err
+    assert not (tmp_path / "tables").exists()
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path / "existing")
+    assert main([*table, "--out=~/t.json"]) == 0
+    assert (tmp_path / "t.json").is_file() and not (tmp_path / "existing" / "~").exists()
