@@ -343,3 +343,12 @@ def test_a_name_ending_in_npy_is_its_own_entry(tmp_path):
         saver.restore(s, path)
         np.testing.assert_array_equal(s.run(a), np.zeros(2, np.float32))
         np.testing.assert_array_equal(s.run(b), np.ones(3, np.float32))
+
+
+def test_restoring_from_a_directory_without_a_checkpoint_says_so():
+    """restore(sess, latest_checkpoint(empty_dir)) said "no checkpoint at None.npz"; TF
+    says it cannot load a save_path of None."""
+    g, w, b, bump, saver = _graph()
+    with mf.Session(graph=g) as s:
+        with pytest.raises(ValueError, match="save_path when it is None"):
+            saver.restore(s, None)

@@ -98,7 +98,9 @@ class Saver:
     def save(self, sess, save_path: str, global_step=None) -> str:
         """Write the checkpoint, recorded as the directory's latest; with ``global_step``
         (a number, or a variable or tensor the session evaluates, as TF takes), to
-        ``<save_path>-<step>``. This Saver's oldest beyond ``max_to_keep`` are deleted."""
+        ``<save_path>-<step>``. This Saver's oldest beyond ``max_to_keep`` are deleted.
+        Returns the file written (``model-1000.npz``, where TF returns the prefix
+        ``model-1000`` of its index and data files): a path that opens."""
         self._check_graph(sess)
         if global_step is not None:
             if hasattr(global_step, "op"):  # a step variable or tensor: its value now
@@ -166,6 +168,8 @@ class Saver:
                 old.unlink(missing_ok=True)
 
     def restore(self, sess, save_path: str) -> None:
+        if save_path is None:  # latest_checkpoint of a directory with none, as TF says
+            raise ValueError("Can't load save_path when it is None (no checkpoint)")
         self._check_graph(sess)
         path = Path(save_path if str(save_path).endswith(".npz") else f"{save_path}.npz")
         if not path.exists():
