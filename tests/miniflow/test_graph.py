@@ -404,3 +404,26 @@ def test_tf1s_older_spellings_and_argument_orders_are_taken():
     assert got[0].tolist() == [[6.0], [10.0]] and got[1].tolist() == [7.0, 5.0]
     np.testing.assert_allclose(got[2], np.exp(x_value) / np.exp(x_value).sum(0), rtol=1e-6)
     assert got[3].tolist() == [1, 0] and got[4].tolist() == [1, 0]
+
+
+def test_tf1s_keyword_names_for_conv_and_pooling_are_taken():
+    """tf.compat.v1.nn.conv2d(input, filter=...), max_pool(value=...), data_format="NHWC"
+    were TypeErrors; another data format is refused by name."""
+    rng = np.random.default_rng(0)
+    xv = rng.standard_normal((1, 4, 4, 2)).astype(np.float32)
+    fv = rng.standard_normal((3, 3, 2, 5)).astype(np.float32)
+    g = mf.Graph()
+    with g.as_default():
+        x, f = mf.constant(xv), mf.constant(fv)
+        a = mf.nn.conv2d(x, filter=f, strides=1, padding="SAME", data_format="NHWC")
+        b = mf.nn.conv2d(x, f, 1, "SAME")
+        c = mf.nn.max_pool(value=x, ksize=2, strides=2, padding="VALID", data_format="NHWC")
+        d = mf.nn.max_pool(x, 2, 2, "VALID")
+        with pytest.raises(ValueError, match="data_format must be 'NHWC', got 'NCHW'"):
+            mf.nn.avg_pool(value=x, ksize=2, strides=2, data_format="NCHW")
+        with pytest.raises(TypeError, match="give the input, ksize and strides"):
+            mf.nn.max_pool(x)
+    with mf.Session(graph=g) as s:
+        av, bv, cv, dv = s.run([a, b, c, d])
+    np.testing.assert_array_equal(av, bv)
+    np.testing.assert_array_equal(cv, dv)

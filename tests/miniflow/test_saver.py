@@ -26,7 +26,7 @@ def test_round_trip_restores_exact_values_into_a_fresh_session(tmp_path):
         s.run(mf.global_variables_initializer())
         s.run(bump)
         want = s.run([w, b])
-        path = saver.save(s, str(tmp_path / "ckpt"))
+        path = saver.save(s, str(tmp_path / "ckpt"), write_meta_graph=False)  # TF1's flag
     assert path.endswith(".npz") and os.path.exists(path)
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]  # no temp file left
     with mf.Session(graph=g) as s2:

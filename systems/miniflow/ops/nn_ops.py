@@ -222,8 +222,19 @@ def _check_padding(padding: str) -> str:
     return padding
 
 
-def conv2d(input, filters, strides=1, padding="VALID", name=None):  # noqa: A002
-    """2-D convolution of NHWC ``input`` with HWIO ``filters`` (``tf.nn.conv2d``)."""
+def _nhwc(op_type: str, data_format: str) -> None:
+    if data_format != "NHWC":  # TF's default; NCHW is for its GPU kernels, left out here
+        raise ValueError(f"{op_type}: data_format must be 'NHWC', got {data_format!r}")
+
+
+def conv2d(input, filters=None, strides=1, padding="VALID", name=None, *,  # noqa: A002
+           filter=None, data_format="NHWC"):  # noqa: A002
+    """2-D convolution of NHWC ``input`` with HWIO ``filters`` (``tf.nn.conv2d``; TF1
+    calls them ``filter=``)."""
+    _nhwc("Conv2D", data_format)
+    filters = filter if filters is None else filters
+    if filters is None:
+        raise TypeError("conv2d: give the filters (filters=, or TF1's filter=)")
     input = convert_to_tensor(input)  # noqa: A001
     return make_op("Conv2D", [input, filters], {"strides": _pair("Conv2D", "strides",
                                                                  strides, input),
@@ -267,6 +278,8 @@ define(OpDef("AvgPoolGrad", lambda ins, a: [(ins[1].dtype, shape_from_tensor(ins
 
 
 def _pool(op_type, x, ksize, strides, padding, name):
+    if x is None or ksize is None or strides is None:
+        raise TypeError(f"{op_type}: give the input, ksize and strides")
     x = convert_to_tensor(x)
     return make_op(op_type, [x],
                    {"ksize": _pair(op_type, "ksize", ksize, x),
@@ -274,12 +287,17 @@ def _pool(op_type, x, ksize, strides, padding, name):
                     "padding": _check_padding(padding)}, name).outputs[0]
 
 
-def max_pool2d(input, ksize, strides, padding="VALID", name=None):  # noqa: A002
-    return _pool("MaxPool", input, ksize, strides, padding, name)
+def max_pool2d(input=None, ksize=None, strides=None, padding="VALID", name=None, *,  # noqa: A002
+               value=None, data_format="NHWC"):
+    """``tf.nn.max_pool2d``; TF1's ``max_pool`` calls the input ``value=``."""
+    _nhwc("MaxPool", data_format)
+    return _pool("MaxPool", value if input is None else input, ksize, strides, padding, name)
 
 
-def avg_pool2d(input, ksize, strides, padding="VALID", name=None):  # noqa: A002
-    return _pool("AvgPool", input, ksize, strides, padding, name)
+def avg_pool2d(input=None, ksize=None, strides=None, padding="VALID", name=None, *,  # noqa: A002
+               value=None, data_format="NHWC"):
+    _nhwc("AvgPool", data_format)
+    return _pool("AvgPool", value if input is None else input, ksize, strides, padding, name)
 
 
 def bias_add(value, bias, name=None):

@@ -95,7 +95,8 @@ class Saver:
             if var.graph is not sess.graph:
                 raise ValueError(f"Saver: variable {key} is not in the session's graph")
 
-    def save(self, sess, save_path: str, global_step=None) -> str:
+    def save(self, sess, save_path: str, global_step=None, write_meta_graph: bool = True,
+             ) -> str:  # (TF1's meta graph: none here, a graph is the Python that builds it)
         """Write the checkpoint, recorded as the directory's latest; with ``global_step``
         (a number, or a variable or tensor the session evaluates, as TF takes), to
         ``<save_path>-<step>``. This Saver's oldest beyond ``max_to_keep`` are deleted.
