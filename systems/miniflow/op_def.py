@@ -146,10 +146,11 @@ def _fill(arr: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         raise GraphBuildError(f"Const: shape {list(shape)} must be whole sizes >= 0, known "
                               f"when the graph is built (at {_user_site()})")
     flat, n = arr.reshape(-1), int(np.prod(shape))
-    if flat.size > n or (flat.size == 0 and n > 0):
-        got = f"too many values: needed at most {n}, received {flat.size}" if flat.size \
-            else "no values"
-        raise GraphBuildError(f"Const: {got} for shape {list(shape)} (at {_user_site()})")
+    if n == 0 or flat.size == 0:  # an empty shape takes any value; no values fill zeros
+        return np.zeros(shape, arr.dtype)
+    if flat.size > n:
+        raise GraphBuildError(f"Const: too many values: needed at most {n}, received "
+                              f"{flat.size} for shape {list(shape)} (at {_user_site()})")
     return np.concatenate([flat, np.repeat(flat[-1:], n - flat.size)]).reshape(shape)
 
 

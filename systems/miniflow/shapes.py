@@ -38,9 +38,23 @@ class TensorShape(tuple):
     def is_fully_defined(self) -> bool:
         return not self.unknown_rank and None not in self
 
+    def __eq__(self, other) -> bool:  # TF compares with a list too: shape == [2, 3]
+        if self.unknown_rank or getattr(other, "unknown_rank", False):
+            return False  # TF: an unknown shape equals nothing, not even itself
+        return isinstance(other, (tuple, list)) and tuple(self) == tuple(other)
+
+    def __ne__(self, other) -> bool:
+        return not self == other
+
+    __hash__ = tuple.__hash__
+
+    def __getitem__(self, key):  # a slice is a shape too: x.get_shape()[1:].as_list()
+        got = tuple.__getitem__(self, key)
+        return TensorShape(got) if isinstance(key, slice) else got
+
 
 def as_shape(s: Sequence[int | None] | None) -> Shape:
-    if s is None:
+    if s is None or getattr(s, "unknown_rank", False):  # get_shape() of an unknown rank
         return None
     return tuple(None if d is None or d == -1 else int(d) for d in s)
 

@@ -358,8 +358,11 @@ def test_tf1_positional_arguments_and_dtype_names_mean_what_they_mean_in_tf1():
         frozen = mf.Variable(np.ones(2, np.float32), False)
         w = mf.Variable(np.ones(2, np.float32), name="w")
         assert not frozen.trainable and mf.trainable_variables() == [w]
-        with pytest.raises(TypeError, match="trainable must be True or False"):
+        with pytest.raises(TypeError, match="trainable must be True or False, got 'named' "
+                                            r"\(a name goes in name=\)"):
             mf.Variable(1.0, "named")
+        assert mf.Variable(1.0, None).trainable and not mf.Variable(1.0, np.bool_(False)) \
+            .trainable  # None is TF1's default: trainable
         assert mf.placeholder("float").dtype == mf.float32
         assert mf.cast(w, float).dtype == mf.float32 and mf.cast(w, "double").dtype == mf.float64
         assert mf.cast(w, bool).dtype == mf.bool_ and mf.cast(w, "half").dtype == mf.float16
@@ -382,6 +385,10 @@ def test_get_shape_answers_tf1s_tensorshape_methods():
     assert unknown.get_shape().ndims is None
     with pytest.raises(ValueError, match="unknown rank"):
         unknown.get_shape().as_list()
+    assert s == [None, 7, 7, 16] and s[1:].as_list() == [7, 7, 16]  # as TF's TensorShape
+    with mf.Graph().as_default():  # a shape handed on keeps an unknown rank unknown
+        again = mf.placeholder(mf.float32, unknown.get_shape())
+        assert again.shape is None and unknown.get_shape() != ()
 
 
 def test_tf1s_older_spellings_and_argument_orders_are_taken():
@@ -419,6 +426,12 @@ def test_tf1s_keyword_names_for_conv_and_pooling_are_taken():
         b = mf.nn.conv2d(x, f, 1, "SAME")
         c = mf.nn.max_pool(value=x, ksize=2, strides=2, padding="VALID", data_format="NHWC")
         d = mf.nn.max_pool(x, 2, 2, "VALID")
+        e = mf.nn.max_pool(x, 2, 2, "VALID", "NHWC", "pool")  # TF's positional order
+        assert e.name == "pool:0"
+        with pytest.raises(ValueError, match="data_format must be 'NHWC', got 'NCHW'"):
+            mf.nn.max_pool(x, 2, 2, "VALID", "NCHW")  # was taken as the op's name
+        with pytest.raises(TypeError, match="positional"):
+            mf.nn.conv2d(x, f, 1, "SAME", True)  # TF1's use_cudnn_on_gpu, not a name
         with pytest.raises(ValueError, match="data_format must be 'NHWC', got 'NCHW'"):
             mf.nn.avg_pool(value=x, ksize=2, strides=2, data_format="NCHW")
         with pytest.raises(TypeError, match="give the input, ksize and strides"):

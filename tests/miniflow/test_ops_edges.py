@@ -259,6 +259,9 @@ def test_a_constant_of_a_shape_reshapes_its_values_and_pads_with_the_last_as_tf1
     assert evaluate(g, short).tolist() == [[1, 2], [2, 2]]
     assert evaluate(g, full).tolist() == [[1, 2, 3], [4, 5, 6]]
     assert evaluate(g, fill).tolist() == [7.0, 7.0]
+    with g.as_default():  # TF1: an empty shape takes any value; no values are zeros
+        empty, zeros = mf.constant(0.0, shape=[0]), mf.constant([], shape=[3])
+    assert evaluate(g, empty).shape == (0,) and evaluate(g, zeros).tolist() == [0, 0, 0]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -276,6 +279,7 @@ def test_where_with_a_vector_condition_picks_rows_as_tf1_and_where_v2_broadcasts
     with session(g, backend) as s:
         s.run(x.initializer)
         assert s.run(rows).tolist() == [[1, 2], [7, 8]]
+        assert s.run(mf.where(c, 0.0, y)).tolist() == [[0, 0], [7, 8]]  # y the matrix
         assert s.run(cols).tolist() == [[1, 6], [3, 8]]
         assert s.run(gx).tolist() == [[1, 1], [0, 0]]
 
@@ -295,10 +299,16 @@ def test_one_hot_takes_its_dtype_from_its_values_and_an_axis_as_tf():
         counted = mf.reduce_sum(ints * mf.constant(np.full((2, 3), 7, np.int32)), 1)
         with pytest.raises(TypeError, match="different dtypes"):
             mf.one_hot(i, 3, on_value=1, off_value=0.0)
-        with pytest.raises(mf.errors.GraphBuildError, match="axis 2 is out of range"):
-            mf.one_hot(i, 3, axis=2)
+        for bad in (2, -2):  # TF: -1, or 0..rank(indices)
+            with pytest.raises(mf.errors.GraphBuildError, match=rf"axis {bad} must be -1 or "
+                                                                 r"in 0..1"):
+                mf.one_hot(i, 3, axis=bad)
+        named = mf.one_hot(i, 3, axis=0, name="labels")  # the name is the result's
+        with pytest.raises(TypeError, match="Expected int32, got 0.5"):
+            mf.one_hot(i, 3, on_value=0.5, dtype=mf.int32)  # TF refuses, no silent cast
     assert ints.dtype == mf.int32 and floats.dtype == mf.float32
     assert by_dtype.dtype == mf.float64
     assert evaluate(g, counted).tolist() == [7, 7]
     np.testing.assert_array_equal(evaluate(g, first), np.where(idx == np.arange(3)[:, None],
                                                                5.0, -1.0))
+    assert named.name == "labels:0" and named.shape == (3, 2)

@@ -25,6 +25,7 @@ from ..op_def import (
     convert_to_tensor,
     define,
     make_op,
+    python_value_as,
     shape_error,
     shape_from_tensor,
     static_value,
@@ -256,19 +257,21 @@ def one_hot(indices, depth, on_value=None, off_value=None, axis=None, dtype=None
         raise TypeError(f"one_hot: on_value and off_value have different dtypes "
                         f"{sorted(k.name for k in kinds)}")
     dt = as_dtype(dtype) if dtype is not None else kinds.pop() if kinds else float32
-    out = make_op("OneHot", [indices], {"depth": int(depth), "dtype": dt,
-                                        "on_value": 1 if on_value is None else on_value,
-                                        "off_value": 0 if off_value is None else off_value},
-                  name).outputs[0]
-    if axis is None or axis == -1:
+    on, off = (python_value_as(1 if on_value is None else on_value, dt).item(),
+               python_value_as(0 if off_value is None else off_value, dt).item())
+    last = axis is None or axis == -1  # the new axis where OneHot puts it
+    out = make_op("OneHot", [indices], {"depth": int(depth), "dtype": dt, "on_value": on,
+                                        "off_value": off}, name if last else None).outputs[0]
+    if last:
         return out
     rank = None if out.shape is None else len(out.shape)
-    if rank is None or not -rank <= axis < rank:
-        raise shape_error("OneHot", f"axis {axis} is out of range for an output of rank "
-                          f"{rank}", out)
+    if rank is None or not 0 <= axis < rank:  # TF: -1, or 0..rank(indices)
+        raise shape_error("OneHot", f"axis {axis} must be -1 or in 0..{rank - 1}" if rank
+                          else f"axis {axis} needs the indices' rank when the graph is "
+                               f"built", out)
     perm = list(range(rank - 1))
-    perm.insert(axis % rank, rank - 1)
-    return transpose(out, perm)
+    perm.insert(axis, rank - 1)
+    return transpose(out, perm, name=name)
 
 
 # -- shapes, fills, broadcasting ---------------------------------------------------------
@@ -389,7 +392,9 @@ def where(condition, x, y, name=None) -> Tensor:
     would align it with the last axis and pick columns of a square input. (A rank
     unknown when the graph is built broadcasts as ``where_v2``.)"""
     c = convert_to_tensor(condition)
-    xs = x.shape if hasattr(x, "shape") else np.shape(x)  # None: a rank unknown
-    if c.shape is not None and len(c.shape) == 1 and xs is not None and len(xs) > 1:
-        c = reshape(c, [-1] + [1] * (len(xs) - 1))
+    ranks = [len(t.shape) if t.shape is not None else None for t in
+             (v if hasattr(v, "shape") else np.asarray(v) for v in (x, y))]
+    known = [r for r in ranks if r is not None]
+    if c.shape is not None and len(c.shape) == 1 and known and max(known) > 1:
+        c = reshape(c, [-1] + [1] * (max(known) - 1))  # either side may be the matrix
     return where_v2(c, x, y, name)

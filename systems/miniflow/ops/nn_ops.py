@@ -227,14 +227,15 @@ def _nhwc(op_type: str, data_format: str) -> None:
         raise ValueError(f"{op_type}: data_format must be 'NHWC', got {data_format!r}")
 
 
-def conv2d(input, filters=None, strides=1, padding="VALID", name=None, *,  # noqa: A002
+def conv2d(input, filters=None, strides=1, padding="VALID", *, name=None,  # noqa: A002
            filter=None, data_format="NHWC"):  # noqa: A002
     """2-D convolution of NHWC ``input`` with HWIO ``filters`` (``tf.nn.conv2d``; TF1
-    calls them ``filter=``)."""
+    calls them ``filter=``). After ``padding`` only keywords: TF1's fifth positional is
+    ``use_cudnn_on_gpu``, TF2's ``data_format``, and neither may land on ``name``."""
     _nhwc("Conv2D", data_format)
+    if (filters is None) == (filter is None):
+        raise TypeError("conv2d: give the filters once (filters=, or TF1's filter=)")
     filters = filter if filters is None else filters
-    if filters is None:
-        raise TypeError("conv2d: give the filters (filters=, or TF1's filter=)")
     input = convert_to_tensor(input)  # noqa: A001
     return make_op("Conv2D", [input, filters], {"strides": _pair("Conv2D", "strides",
                                                                  strides, input),
@@ -287,15 +288,16 @@ def _pool(op_type, x, ksize, strides, padding, name):
                     "padding": _check_padding(padding)}, name).outputs[0]
 
 
-def max_pool2d(input=None, ksize=None, strides=None, padding="VALID", name=None, *,  # noqa: A002
-               value=None, data_format="NHWC"):
-    """``tf.nn.max_pool2d``; TF1's ``max_pool`` calls the input ``value=``."""
+def max_pool2d(input=None, ksize=None, strides=None, padding="VALID",  # noqa: A002
+               data_format="NHWC", name=None, *, value=None):
+    """``tf.nn.max_pool2d``, in TF's argument order; TF1's ``max_pool`` calls the input
+    ``value=``."""
     _nhwc("MaxPool", data_format)
     return _pool("MaxPool", value if input is None else input, ksize, strides, padding, name)
 
 
-def avg_pool2d(input=None, ksize=None, strides=None, padding="VALID", name=None, *,  # noqa: A002
-               value=None, data_format="NHWC"):
+def avg_pool2d(input=None, ksize=None, strides=None, padding="VALID",  # noqa: A002
+               data_format="NHWC", name=None, *, value=None):
     _nhwc("AvgPool", data_format)
     return _pool("AvgPool", value if input is None else input, ksize, strides, padding, name)
 

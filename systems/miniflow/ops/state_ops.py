@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import threading
 
+import numpy as np
+
 from .. import shapes
 from ..dtypes import as_dtype
 from ..errors import FailedPreconditionError, InvalidArgumentError
@@ -110,14 +112,16 @@ for _t, _mode in (("Assign", "set"), ("AssignAdd", "add"), ("AssignSub", "sub"))
 class Variable:
     """A named, mutable tensor whose value persists across ``Session.run`` calls."""
 
-    def __init__(self, initial_value, trainable: bool = True, *, name: str | None = None,
-                 dtype=None):
+    def __init__(self, initial_value, trainable: bool | None = None, *,
+                 name: str | None = None, dtype=None):
         # TF1's order: trainable is the second positional (``Variable(table, False)``
-        # freezes it); the rest are keywords, so a TF1 call that passes more positionally
-        # fails here instead of meaning something else
-        if not isinstance(trainable, bool):
-            raise TypeError(f"Variable: trainable must be True or False, got {trainable!r} "
-                            f"(give the name as name=...)")
+        # freezes it; None, TF1's default, is True); the rest are keywords, so a TF1 call
+        # that passes more positionally fails here instead of meaning something else
+        trainable = True if trainable is None else trainable
+        if not isinstance(trainable, (bool, np.bool_)):
+            raise TypeError(f"Variable: trainable must be True or False, got {trainable!r}"
+                            f"{' (a name goes in name=)' if isinstance(trainable, str) else ''}")
+        trainable = bool(trainable)
         g = get_default_graph()
         self.graph = g
         vname = g.unique_name(name or "Variable")
