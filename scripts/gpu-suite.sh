@@ -36,7 +36,7 @@ mkdir -p "$WORK/bench" "$WORK/tables"
 T0=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - T0 ))s] $*"; }
 pack() {
-  cp systems/miniansor/data/recorded-nvidia*.json systems/miniansor/data/space-*.json \
+  cp systems/miniansor/data/recorded-nvidia*.json systems/miniansor/data/space-*.json* \
     "$WORK/tables/" 2>/dev/null
   tar czf "$OUT/results.tar.gz" -C "$WORK" . 2>/dev/null
 }

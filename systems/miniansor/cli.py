@@ -201,7 +201,7 @@ def _sim_table(args: argparse.Namespace) -> dict[str, Any]:
 
 def _record_table(args: argparse.Namespace) -> dict[str, Any]:
     """Measure random configs of each task's space on a GPU (or the simulator) into a
-    replay table. Every chunk is saved to ``<out>.partial.json``, so that a run cut short
+    replay table. Every chunk is saved to ``<out>.partial``, so that a run cut short
     keeps its data, and only a finished run replaces ``<out>``: a rerun killed after one
     chunk replaced a complete (committed) table with that chunk, which every reader took."""
     import re
@@ -225,7 +225,7 @@ def _record_table(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out or DATA_DIR / f"space-{slug}.json")
     bar = tqdm(total=len(tasks) * args.configs, desc="record", disable=args.no_progress)
 
-    partial = out.with_name(f"{out.stem}.partial.json")
+    partial = out.with_name(f"{out.name}.partial")  # no reader's glob (space-*.json) takes it
 
     def save(rec, done: int) -> None:
         tmp = out.with_suffix(".tmp")

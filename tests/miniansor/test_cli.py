@@ -292,8 +292,8 @@ def test_a_tuning_run_that_measured_nothing_exits_1_with_standard_json(tmp_path,
 def test_record_table_replaces_its_table_only_when_it_finishes(tmp_path, monkeypatch,
                                                                capsys):
     """A rerun killed after its first chunk replaced a complete (committed) table with
-    that chunk, and every reader took it. The chunks go to <out>.partial.json; only a
-    finished run replaces <out>."""
+    that chunk, and every reader took it. The chunks go to <out>.partial, which no
+    reader's glob takes; only a finished run replaces <out>."""
     from common.cli import main
     from systems.miniansor import recorded
 
@@ -315,6 +315,7 @@ def test_record_table_replaces_its_table_only_when_it_finishes(tmp_path, monkeyp
     monkeypatch.setattr(recorded, "record_space", cut_after_one_chunk)
     assert main(cmd) == 130
     assert out.read_bytes() == complete  # the finished table is untouched
-    part = json.loads((tmp_path / "space.partial.json").read_text())
+    part = json.loads((tmp_path / "space.json.partial").read_text())
     assert len(part["tasks"][task]) == 64  # one chunk, kept
-    assert "space.partial.json" in capsys.readouterr().err
+    assert "space.json.partial" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.glob("space*.json")] == ["space.json"]  # bench's glob
