@@ -22,6 +22,7 @@ a group is registered with ``atexit`` only while it has children to stop.
 from __future__ import annotations
 
 import atexit
+import fcntl
 import json
 import os
 import select
@@ -311,20 +312,39 @@ def _remove_dir_unless_detached(path: Path, detached: list[bool]) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def remove_orphans(paths: Any, marker: str) -> None:
-    """Remove the temporaries named ``...<marker><pid>-...`` whose writer is gone. A
-    process killed by SIGKILL runs no clean-up, so what it was writing (a checkpoint's
-    temporary, a frontend's own model store) would stay for good; one whose process still
-    runs is another writer's work in progress, and stays. Names without a pid are not
-    ours to judge, and stay too."""
+def hold_lock(path: str | Path) -> int:
+    """Hold an exclusive lock (flock) on ``path``, a file or a directory, until this
+    process closes the descriptor or ends, however it ends: the kernel drops the lock
+    with the process, SIGKILL included. BlockingIOError if a live process holds it."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def remove_orphans(paths: Any, min_age_s: float = 60.0) -> None:
+    """Remove the temporaries a killed writer left: a process killed by SIGKILL runs no
+    clean-up, so what it was writing (a checkpoint's temporary, a frontend's own model
+    store) would stay for good. A writer holds a lock on what it writes
+    (:func:`hold_lock`), so one whose lock can be taken has no live writer: a process id
+    would not tell, since a process in another pid namespace (a container) sharing this
+    directory has an id that means nothing here. A temporary younger than ``min_age_s``
+    stays too: its writer may not have locked it yet."""
+    now = time.time()  # file times are wall-clock times
     for path in paths:
-        pid = path.name.rpartition(marker)[2].partition("-")[0]
         try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            if path.is_dir() and not path.is_symlink():
+            if now - path.lstat().st_mtime < min_age_s or path.is_symlink():
+                continue
+            fd = hold_lock(path)
+        except OSError:  # held by a live writer, gone already, or not ours to open
+            continue
+        try:
+            if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink(missing_ok=True)
-        except (ValueError, OverflowError, PermissionError):  # no pid; another user's
-            pass
+        finally:
+            os.close(fd)

@@ -349,8 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     own_store = a.store is None  # a store of our own making goes with us, and those of
     if own_store:                # frontends killed before they could remove theirs too
-        remove_orphans(Path(tempfile.gettempdir()).glob("miniclipper-store-*-*"), "-store-")
-        a.store = tempfile.mkdtemp(prefix=f"miniclipper-store-{os.getpid()}-")
+        remove_orphans(Path(tempfile.gettempdir()).glob("miniclipper-store-*"))
+        a.store = tempfile.mkdtemp(prefix="miniclipper-store-")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:

@@ -69,6 +69,9 @@ class LoadSpec:
     input_type: str = "doubles"   # the application's: how inputs are sent and varied
 
     def __post_init__(self) -> None:
+        if self.actions and self.concurrency > 0:  # the closed loop has no schedule to
+            raise ValueError("timed actions need an open-loop run (phases), not "  # keep
+                             "concurrency > 0: they would be dropped without a word")
         if integer_inputs(self.input_type):  # which also refuses "strings" and "bytes"
             pool = np.asarray(self.inputs, dtype=np.float64)
             if not np.array_equal(pool, np.round(pool)):

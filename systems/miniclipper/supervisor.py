@@ -27,9 +27,10 @@ import logging
 import os
 import shutil
 import stat
+import weakref
 from pathlib import Path
 
-from common.procs import Child, ProcessGroup
+from common.procs import Child, ProcessGroup, hold_lock
 from common.rpc import background
 
 from .deployers import MODEL_META
@@ -71,6 +72,11 @@ class ReplicaSupervisor:
                  log_dir: str | Path | None = None, poll_s: float = 0.1):
         self.store = Path(store).resolve()
         self.store.mkdir(parents=True, exist_ok=True)
+        try:  # one frontend per store: install replaces copies no live frontend serves
+            weakref.finalize(self, os.close, hold_lock(self.store))
+        except BlockingIOError:
+            raise ValueError(f"model store {self.store} is in use by another running "
+                             f"frontend; give each its own --store") from None
         self.executor, self.metrics, self.poll_s = executor, metrics, poll_s
         self.group = ProcessGroup(log_dir)
         self.children: dict[tuple[str, str], dict[int, Child]] = {}
@@ -84,9 +90,9 @@ class ReplicaSupervisor:
 
     def install(self, name: str, version: str, source: str | Path) -> Path:
         """Copy a model directory into the store (refusing what is not one). The caller
-        refuses a version it serves; a copy already in the store is then a leftover of
-        an earlier frontend on this store (killed, or stopped: a given store is kept),
-        which nothing serves, and is replaced."""
+        refuses a version it serves, and no other frontend runs on this store (the lock
+        taken in ``__init__``): a copy already there is a leftover of an earlier frontend
+        (killed, or stopped: a given store is kept), which nothing serves, and is replaced."""
         src = Path(source)
         if not src.is_absolute():
             raise ValueError(f"model_data_path must be an absolute path, got {str(source)!r}")

@@ -168,6 +168,9 @@ def test_a_timed_action_that_fails_fails_the_run(stalling_server):
         load(f"{base}/nope")
     with pytest.raises(loadgen.ActionFailed, match=r":9/x at 0.1 s: ClientConnectorError"):
         load("http://127.0.0.1:9/x")
+    with pytest.raises(ValueError, match="timed actions need an open-loop run"):
+        LoadSpec(f"{base}/a/predict", [[1.0]], concurrency=4, duration_s=0.3,
+                 actions=[(0.1, f"{base}/nope", {})])  # the closed loop dropped them
 
 
 def test_a_silent_phase_still_takes_its_time():

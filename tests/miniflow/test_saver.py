@@ -1,6 +1,7 @@
 """Checkpoints: exact round trip, atomic writes, and refusals with reasons."""
 
 import os
+import time
 
 import numpy as np
 import pytest
@@ -307,25 +308,30 @@ def test_a_failed_save_leaves_no_temporary_behind(tmp_path):
 
 def test_a_save_killed_mid_write_leaves_nothing_the_next_save_keeps(tmp_path):
     """SIGKILL runs no cleanup: each crash during a save left a hidden model-sized
-    temporary for good (a dead writer's is swept; a live one's, another Saver's save in
-    progress, stays). An empty state file, what a power loss can leave of an un-synced
-    rename, made latest_checkpoint None for good: every later save only warned."""
-    import subprocess
-    import sys
+    temporary for good. The next save sweeps those no live writer holds (a writer locks
+    its temporary); a fresh one, or a file not named as ours, stays. An empty state file,
+    what a power loss can leave of an un-synced rename, made latest_checkpoint None for
+    good: every later save only warned."""
+    from common.procs import hold_lock
 
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    for name in (f".model-3.npz.tmp-{dead.pid}-abc", f".checkpoint.tmp-{dead.pid}-x",
-                 f".model-4.npz.tmp-{os.getpid()}-live", ".notes.tmp-x-y"):
+    old = time.time() - 120
+    for name in (".model-3.npz.tmp-abc", ".checkpoint.tmp-x", ".model-4.npz.tmp-live",
+                 ".model-5.npz.tmp-new", ".notes"):
         (tmp_path / name).write_bytes(b"\0" * 1000)
+        if name != ".model-5.npz.tmp-new":
+            os.utime(tmp_path / name, (old, old))
     (tmp_path / "checkpoint").write_text("")
+    live = hold_lock(tmp_path / ".model-4.npz.tmp-live")  # another Saver's save, ongoing
     g, w, b, bump, saver = _graph()
-    with mf.Session(graph=g) as s:
-        s.run(mf.global_variables_initializer())
-        path = saver.save(s, str(tmp_path / "model"), global_step=5)
+    try:
+        with mf.Session(graph=g) as s:
+            s.run(mf.global_variables_initializer())
+            path = saver.save(s, str(tmp_path / "model"), global_step=5)
+    finally:
+        os.close(live)
     assert mf.train.latest_checkpoint(str(tmp_path)) == path
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        f".model-4.npz.tmp-{os.getpid()}-live", ".notes.tmp-x-y", "checkpoint", "model-5.npz"]
+        ".model-4.npz.tmp-live", ".model-5.npz.tmp-new", ".notes", "checkpoint", "model-5.npz"]
 
 
 def test_a_name_ending_in_npy_is_its_own_entry(tmp_path):

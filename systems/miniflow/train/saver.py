@@ -18,6 +18,7 @@ a ``checkpoint`` in the way that is not one (a directory, a file of yours) is le
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
@@ -120,8 +121,9 @@ class Saver:
         _write_npz(buf, {MANIFEST: np.frombuffer(json.dumps(manifest).encode(), np.uint8),
                          **arrays})
         path.parent.mkdir(parents=True, exist_ok=True)
-        remove_orphans(path.parent.glob(".*.tmp-*-*"), ".tmp-")  # of saves killed mid-write
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-{os.getpid()}-")
+        remove_orphans(path.parent.glob(".*.tmp-*"))  # of saves killed mid-write
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
+        fcntl.flock(fd, fcntl.LOCK_EX)  # ours while we write: remove_orphans leaves it
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(buf.getvalue())
@@ -152,7 +154,8 @@ class Saver:
             # a temporary of its own per write: one per process was shared by two Savers
             # saving from two threads, which interleaved their writes into one file that
             # was no longer JSON (then never replaced, so latest_checkpoint said None)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{STATE}.tmp-{os.getpid()}-")
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{STATE}.tmp-")
+            fcntl.flock(fd, fcntl.LOCK_EX)
             try:
                 with os.fdopen(fd, "w") as f:
                     f.write(json.dumps({"latest": path.name,
