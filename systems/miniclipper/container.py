@@ -81,12 +81,7 @@ def load_model(path: Path) -> tuple[Callable[[Any], Any], dict[str, Any]]:
                          f"(expected closure, sklearn or torch)")
     import cloudpickle
 
-    # cloudpickle saves a function or class from an importable module (the student's
-    # mymodel.py) by reference; the container runs where the deployer ran, with that
-    # directory at the END of its path (common.procs keeps it from shadowing anything)
-    if os.getcwd() not in sys.path:
-        sys.path.append(os.getcwd())
-    with open(file, "rb") as f:
+    with open(file, "rb") as f:  # (the student's own modules came by value: deployers.py)
         obj = cloudpickle.load(f)
     if kind == "closure":
         return obj, meta

@@ -18,7 +18,9 @@ its ``device`` ("cpu" or "cuda"), and returns its output, or its arg-max along d
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import sys
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -32,6 +34,26 @@ from typing import Any
 MODEL_META = "clipper_model.json"
 
 
+def _student_modules() -> list[Any]:
+    """The loaded modules a container could not import: those from outside the repo and
+    this Python's own directories (the student's ``mymodel.py``, wherever it lives).
+    cloudpickle saves a function or class of an importable module by reference, by its
+    module's name; one of these must travel by value, or the container fails to load it."""
+    import site
+
+    # what a container's path holds: the repo, this Python's own and site directories
+    # (the user's too), and PYTHONPATH, which it inherits; not the deployer's directory
+    given = {str(Path(__file__).resolve().parents[2]), sys.prefix, sys.base_prefix,
+             sys.exec_prefix, sys.base_exec_prefix, site.getusersitepackages(),
+             *site.getsitepackages(),
+             *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))}
+    roots = tuple(given | {os.path.realpath(r) for r in given})
+    return [m for name, m in list(sys.modules.items())  # (the paths as loaded: fast)
+            if name != "__main__" and isinstance(getattr(m, "__file__", None), str)
+            and not m.__file__.startswith(roots)
+            and not os.path.realpath(m.__file__).startswith(roots)]
+
+
 def save_model(obj: Any, kind: str, out_dir: str | Path | None = None,
                **meta: Any) -> str:
     """cloudpickle ``obj`` into a new model directory; return its absolute path."""
@@ -39,8 +61,15 @@ def save_model(obj: Any, kind: str, out_dir: str | Path | None = None,
 
     d = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(suffix="-clipper-model"))
     d.mkdir(parents=True, exist_ok=True)
-    with open(d / "model.pkl", "wb") as f:
-        cloudpickle.dump(obj, f)
+    mine = _student_modules()
+    for m in mine:
+        cloudpickle.register_pickle_by_value(m)
+    try:
+        with open(d / "model.pkl", "wb") as f:
+            cloudpickle.dump(obj, f)
+    finally:
+        for m in mine:
+            cloudpickle.unregister_pickle_by_value(m)
     (d / MODEL_META).write_text(json.dumps({"kind": kind, "file": "model.pkl", **meta}))
     return str(d.resolve())
 

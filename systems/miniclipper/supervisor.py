@@ -73,7 +73,7 @@ class ReplicaSupervisor:
         self.store = Path(store).resolve()
         self.store.mkdir(parents=True, exist_ok=True)
         try:  # one frontend per store: install replaces copies no live frontend serves
-            weakref.finalize(self, os.close, hold_lock(self.store))
+            self._unlock = weakref.finalize(self, os.close, hold_lock(self.store))
         except BlockingIOError:
             raise ValueError(f"model store {self.store} is in use by another running "
                              f"frontend; give each its own --store") from None
@@ -266,3 +266,4 @@ class ReplicaSupervisor:
                 await self.executor.remove_replica(model, rid)
         await asyncio.to_thread(self.group.stop_all, 2.0)
         self.children.clear()
+        self._unlock()  # the store is free for the next frontend, in this process too

@@ -49,6 +49,8 @@ class TensorShape(tuple):
     __hash__ = tuple.__hash__
 
     def __getitem__(self, key):  # a slice is a shape too: x.get_shape()[1:].as_list()
+        if self.unknown_rank:  # of an unknown rank: unknown too (a dimension is None)
+            return TensorShape(None) if isinstance(key, slice) else None
         got = tuple.__getitem__(self, key)
         return TensorShape(got) if isinstance(key, slice) else got
 

@@ -559,20 +559,25 @@ def test_a_management_call_that_times_out_is_a_clipper_exception():
 
 
 def test_a_model_from_the_students_own_module_deploys(tmp_path, monkeypatch):
-    """cloudpickle saves a function from an importable module by reference; the
-    container must find the student's mymodel.py, which lives where they ran the deploy,
-    yet not let a file there shadow anything (a random.py broke every child)."""
+    """cloudpickle saves a function from an importable module by reference, by name; the
+    container cannot import the student's mymodel.py (Clipper may run elsewhere, and
+    a file where it runs must not shadow anything: a random.py broke every child), so
+    the deployer sends that module by value."""
     import sys
 
     (tmp_path / "mymodel.py").write_text("def predict(xs):\n    return ['mine'] * len(xs)\n")
     (tmp_path / "random.py").write_text("raise ImportError('the student\\'s random.py')\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "mymodel", raising=False)
     from mymodel import predict
 
     conn = ClipperConnection(LocalContainerManager(log_dir=tmp_path / "logs"))
+    monkeypatch.chdir(elsewhere)  # Clipper starts in another directory
     conn.start_clipper(query_port=0, mgmt_port=0, grpc_port=0)
+    monkeypatch.chdir(tmp_path)
     try:
         conn.register_application("own", "doubles", "none", 5_000_000)
         deploy_python_closure(conn, "own", 1, "doubles", predict)

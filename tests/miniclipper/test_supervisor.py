@@ -500,7 +500,7 @@ def test_a_copy_left_in_a_kept_store_by_an_earlier_frontend_is_replaced(tmp_path
     first.install("m", "1", model("old"))
     with pytest.raises(ValueError, match="in use by another running frontend"):
         ReplicaSupervisor(store, Executor(), Metrics())  # it would replace first's copy
-    del first  # (its process ended)
+    asyncio.run(first.stop_all())  # stopped (still referenced): the store is free
     sup = ReplicaSupervisor(store, Executor(), Metrics())  # the next frontend
     dst = sup.install("m", "1", model("new"))
     assert (dst / "weights").read_text() == "new"

@@ -389,6 +389,8 @@ def test_get_shape_answers_tf1s_tensorshape_methods():
     with mf.Graph().as_default():  # a shape handed on keeps an unknown rank unknown
         again = mf.placeholder(mf.float32, unknown.get_shape())
         assert again.shape is None and unknown.get_shape() != ()
+        tail = mf.placeholder(mf.float32, unknown.get_shape()[1:])  # unknown too
+        assert tail.shape is None and unknown.get_shape()[0] is None
 
 
 def test_tf1s_older_spellings_and_argument_orders_are_taken():
