@@ -121,7 +121,8 @@ class Saver:
         _write_npz(buf, {MANIFEST: np.frombuffer(json.dumps(manifest).encode(), np.uint8),
                          **arrays})
         path.parent.mkdir(parents=True, exist_ok=True)
-        remove_orphans(path.parent.glob(".*.tmp-*"))  # of saves killed mid-write
+        for ours in (".*.npz.tmp-*", f".{STATE}.tmp-*"):  # of saves killed mid-write
+            remove_orphans(path.parent.glob(ours))
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
         fcntl.flock(fd, fcntl.LOCK_EX)  # ours while we write: remove_orphans leaves it
         try:
