@@ -165,6 +165,14 @@ def _python_default_dtype(arr: np.ndarray) -> np.dtype:
     return arr.dtype
 
 
+def value_dtype(value: Any) -> DType:
+    """The dtype TF gives a value: a numpy value keeps its own; Python numbers are
+    float32, and int32 unless one needs int64 (as :func:`constant` makes them)."""
+    if isinstance(value, (np.ndarray, np.generic)):
+        return as_dtype(value.dtype)
+    return as_dtype(_python_default_dtype(np.asarray(value)))
+
+
 def python_value_as(value: Any, dtype: DType) -> np.ndarray:
     """Python number(s) as ``dtype``, refusing any that would change value: a float for
     an integer or bool tensor, an int out of range, a finite float that overflows (TF's

@@ -20,7 +20,6 @@ from ..errors import InvalidArgumentError
 from ..graph import Tensor
 from ..op_def import (
     OpDef,
-    _python_default_dtype,
     check_axis,
     convert_to_tensor,
     define,
@@ -29,6 +28,7 @@ from ..op_def import (
     shape_error,
     shape_from_tensor,
     static_value,
+    value_dtype,
 )
 
 
@@ -250,9 +250,7 @@ def one_hot(indices, depth, on_value=None, off_value=None, axis=None, dtype=None
     """``tf.one_hot``: the dtype is ``dtype``, else that of ``on_value``/``off_value``
     (Python numbers as TF reads them: ints int32, floats float32), else float32; the new
     axis of size ``depth`` is last unless ``axis`` puts it elsewhere."""
-    kinds = {as_dtype(np.asarray(v).dtype if isinstance(v, (np.ndarray, np.generic))
-                      else _python_default_dtype(np.asarray(v)))
-             for v in (on_value, off_value) if v is not None}
+    kinds = {value_dtype(v) for v in (on_value, off_value) if v is not None}
     if dtype is None and len(kinds) > 1:
         raise TypeError(f"one_hot: on_value and off_value have different dtypes "
                         f"{sorted(k.name for k in kinds)}")
@@ -392,9 +390,8 @@ def where(condition, x, y, name=None) -> Tensor:
     would align it with the last axis and pick columns of a square input. (A rank
     unknown when the graph is built broadcasts as ``where_v2``.)"""
     c = convert_to_tensor(condition)
-    ranks = [len(t.shape) if t.shape is not None else None for t in
-             (v if hasattr(v, "shape") else np.asarray(v) for v in (x, y))]
-    known = [r for r in ranks if r is not None]
-    if c.shape is not None and len(c.shape) == 1 and known and max(known) > 1:
-        c = reshape(c, [-1] + [1] * (max(known) - 1))  # either side may be the matrix
+    sides = [v.shape if hasattr(v, "shape") else np.shape(v) for v in (x, y)]
+    rank = max((len(s) for s in sides if s is not None), default=0)  # either may be the matrix
+    if c.shape is not None and len(c.shape) == 1 and rank > 1:
+        c = reshape(c, [-1] + [1] * (rank - 1))
     return where_v2(c, x, y, name)
