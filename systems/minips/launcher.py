@@ -214,9 +214,19 @@ def summarize(cl: Cluster, status: dict, curve: list, audit: dict | None) -> dic
     wire += sum(m.get("bytes_received", 0) for n, m in metrics.items() if n.startswith("w"))
     start = status["barriers"].get("init", curve[0]["t"] if curve else 0.0)
     before = [c for c in curve if c["t"] <= start]
-    curve = [{**c, "t": max(c["t"] - start, 0.0)} for c in before[-1:] + [
-        c for c in curve if c["t"] > start]]
+    curve = before[-1:] + [c for c in curve if c["t"] > start]
+    # Training ends at the last worker's last push; the workers then wait for the job's
+    # end, report and exit, while the monitor goes on sampling a model that no longer
+    # changes. Those samples would draw a plateau that is not training, so the curve
+    # ends at the last push, with the value of the last sample (taken after every push
+    # was acknowledged: the final model).
+    ends = [r["last_step_at"] for r in workers.values() if r.get("last_step_at")]
+    end = max(ends) if ends else None
+    if end is not None and len(curve) > 1 and curve[-1]["t"] > end > start:
+        curve = [c for c in curve[:-1] if c["t"] < end] + [{**curve[-1], "t": end}]
+    curve = [{**c, "t": max(c["t"] - start, 0.0)} for c in curve]
     return {
+        "train_s": end - start if end is not None and end > start else None,
         "spec": asdict(cl.spec), "run_dir": str(cl.run_dir), "trace": col["trace"],
         "curve": curve, "final": curve[-1] if curve else {},
         "events": status["events"], "epoch": status["epoch"],

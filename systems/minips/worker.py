@@ -140,6 +140,7 @@ class Worker:
         progress = done.issued
         timeline, pushes = [], []
         c, t_start, wait_total = start, time.perf_counter(), 0.0
+        last_step_at = None  # time.monotonic() when this worker issued its last push
         while True:
             hb = kv.hb_state
             if hb.get("stop"):
@@ -184,12 +185,14 @@ class Worker:
             done.report(kv, mine)
             kv.clock = c
             timeline.append((time.perf_counter() - t_start, c, s, step, loss, waited))
+            last_step_at = time.monotonic()
             kv.metrics.start_cpu_clock()  # after the first step, which loads the data shard
             c += 1
-        return self.report(kv, c, pushes, timeline, time.perf_counter() - t_start, wait_total)
+        return self.report(kv, c, pushes, timeline, time.perf_counter() - t_start, wait_total,
+                           last_step_at)
 
     def report(self, kv: KVWorker, c: int, pushes: list, timeline: list, total: float,
-               wait_total: float) -> dict[str, Any]:
+               wait_total: float, last_step_at: float | None = None) -> dict[str, Any]:
         """Wait for the last pushes, then tell the scheduler (and the run directory)
         which clocks were acknowledged, how long we waited, what the filters saved."""
         acked = []
@@ -201,6 +204,9 @@ class Worker:
                 pass
         held = kv.metrics.snapshot().get("consistency_held_s", 0.0)
         report = {"name": self.name, "clocks": c, "acked": acked, "timeline": timeline,
+                  # when training ended for this worker: its last push, before it
+                  # waited for the job's end and reported (the launcher's curve ends here)
+                  "last_step_at": last_step_at,
                   "seconds": total, "blocked_fraction": wait_total / total if total else 0.0,
                   "idle_fraction": held / total if total else 0.0,
                   "metrics": kv.metrics.snapshot(), "filters": kv.filters.stats(),

@@ -32,6 +32,8 @@ def test_cli_launch_trains_the_mlp_and_reports_metrics_and_a_trace(tmp_path):
     res = json.loads(p.stdout.strip().splitlines()[-1])
     assert res["final"]["accuracy"] >= 0.85
     assert res["curve"][0]["t"] == 0.0 and len(res["curve"]) >= 3
+    # the curve ends with training (the last push), not when the processes exited
+    assert 0 < res["train_s"] < wall and res["curve"][-1]["t"] == res["train_s"]
     nodes = res["per_node"]
     worker_pushes = nodes["w0"]["push_requests"] + nodes["w1"]["push_requests"]
     server_pushes = nodes["s0"]["push_requests"] + nodes["s1"]["push_requests"]
@@ -435,6 +437,28 @@ def test_summary_numbers_are_sums_maxima_and_rebased_curves(monkeypatch):
     assert out["curve"] == [{"t": 0.0, "objective": 8.0}, {"t": 0.5, "objective": 3.0},
                             {"t": 1.0, "objective": 2.0}]
     assert out["final"] == {"t": 1.0, "objective": 2.0}
+
+
+def test_the_curve_ends_where_the_last_worker_pushed_not_where_the_workers_exited(
+        monkeypatch):
+    # the workers' last pushes at 12.6 and 12.8; the monitor went on sampling the
+    # unchanged model until the workers had exited (14.0), then took the final sample
+    monkeypatch.setattr("systems.minips.launcher.asdict", lambda spec: {})
+    reports = {"w0": {**_report(5), "last_step_at": 12.6},
+               "w1": {**_report(5), "last_step_at": 12.8}}
+    cl = _FakeCluster({"w0": {}, "w1": {}}, reports)
+    curve = [{"t": 11.0, "objective": 8.0}, {"t": 12.5, "objective": 3.0},
+             {"t": 13.0, "objective": 2.0}, {"t": 13.5, "objective": 2.0},
+             {"t": 14.0, "objective": 2.0}]
+    status = {"barriers": {"init": 12.0}, "events": [], "epoch": 1, "reports": {}}
+    out = summarize(cl, status, curve, None)
+    assert out["curve"] == [{"t": 0.0, "objective": 8.0}, {"t": 0.5, "objective": 3.0},
+                            {"t": pytest.approx(0.8), "objective": 2.0}]
+    assert out["train_s"] == pytest.approx(0.8)
+    # a job with no step taken (or reports from before this field) keeps its samples
+    for r in reports.values():
+        r.pop("last_step_at")
+    assert len(summarize(cl, status, curve, None)["curve"]) == 5
 
 
 def test_a_failed_launch_leaves_no_monitor_polling_behind(tmp_path):
