@@ -23,7 +23,8 @@ repeats a small hot set; all others are made unique (salted per run: for a float
 few float32 ulps on the last features, :func:`unique_floats`, so that they stay unique
 once a "floats" app parses them to float32; a whole-number offset for an "integers" app,
 which refuses floats), so no unintended cache hit inflates a result, not even across
-runs with the same seed.
+runs with the same seed (two runs overlap only if they draw the same per-run salt, one
+chance in about 2^30 / n for n queries; fewer for a float app of one to three features).
 It sends numeric inputs only: a "strings" or "bytes" app is refused when the spec is made.
 """
 
@@ -114,18 +115,25 @@ def make_bodies(spec: LoadSpec, n: int, rng: np.random.Generator,
                 ) -> tuple[list[bytes], np.ndarray]:
     pool = np.asarray(spec.inputs, dtype=np.int64 if spec.integers else np.float64)
     hot = rng.random(n) < spec.hot_fraction
-    # unseeded: two runs with the same seed send the same arrivals, never the same inputs
-    fresh = np.random.default_rng()
-    salt = int(fresh.integers(0, 1 << 20))  # whole steps, far below int32's limit
+    # unseeded: two runs with the same seed send the same arrivals, not the same inputs.
+    # A run's cold inputs take the offsets salt*n+1 .. salt*n+n, so two runs share none
+    # unless they drew the same salt (with offsets salt+i+1, salts under n apart shared
+    # most of them). Whole-number offsets stay under 2^30 (an int32 app); a float app's
+    # first feature, which takes what its other features' digits cannot, moves by at
+    # most 2^12 ulps (see unique_floats).
+    salts = (1 << 30) // (n + 1)
+    if not spec.integers:
+        salts = min(salts, (1 << (8 * (pool.shape[-1] - 1) + 12)) // (n + 1))
+    salt = int(np.random.default_rng().integers(0, max(salts, 1)))
     bodies = []
     for i in range(n):
         if hot[i]:
             x = pool[rng.integers(min(spec.hot_set, len(pool)))]
         elif spec.integers:
             x = pool[rng.integers(len(pool))].copy()
-            x[-1] += salt + i + 1
+            x[-1] += salt * n + i + 1
         else:  # a step of 1e-9 vanished in float32 (spacing 1.2e-7 at 1.0): half of the
-            x = unique_floats(pool[rng.integers(len(pool))], salt + i + 1)  # cold hit
+            x = unique_floats(pool[rng.integers(len(pool))], salt * n + i + 1)  # cold hit
         bodies.append(json.dumps({"input": x.tolist()}).encode())
     return bodies, hot
 

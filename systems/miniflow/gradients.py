@@ -152,7 +152,10 @@ def _gradients(g, ys: list[Tensor], xs: list[Tensor], grad_ys, name: str,
         for i, y in enumerate(ys):
             grads[y].append(grad_ys[i] if grad_ys is not None and grad_ys[i] is not None
                             else ones_like(y, name=f"grad_ys_{i}"))
-        ready = deque(op for op in {y.op for y in ys} if pending[op] == 0)
+        # in the order of ys (as gradients_util.py queues them): a set of ops would
+        # iterate by address, and the partial gradients would be summed in a different
+        # order (to different float bits) from one build of the same graph to the next
+        ready = deque(op for op in dict.fromkeys(y.op for y in ys) if pending[op] == 0)
         done: set[Operation] = set()
         while ready:
             op = ready.popleft()

@@ -52,6 +52,27 @@ def test_cold_queries_to_an_integers_app_are_whole_numbers_and_all_different():
             LoadSpec("u", [[1.0]], input_type=kind)
 
 
+@pytest.mark.parametrize("pool,input_type", [([[1, 2, 3]], "integers"),
+                                             ([[0.5, 1.0, 2.0, 4.0]], "floats")])
+def test_two_runs_with_the_same_seed_never_send_the_same_cold_input(monkeypatch, pool,
+                                                                    input_type):
+    """Runs salted 0 and 1 (what the unseeded generator drew) with one pool entry: with
+    offsets salt+i+1 the second run resent all but one of the first run's inputs, which
+    the cache then answered."""
+    real, salts = np.random.default_rng, iter([0, 1])
+
+    class Salt:
+        def integers(self, lo, hi):
+            assert hi > 1000  # a space of salts, not a handful
+            return next(salts)
+
+    monkeypatch.setattr(np.random, "default_rng",
+                        lambda seed=None: Salt() if seed is None else real(seed))
+    spec = LoadSpec("u", pool, input_type=input_type)
+    a, b = (set(make_bodies(spec, 500, real(0))[0]) for _ in range(2))
+    assert len(a) == len(b) == 500 and not a & b
+
+
 def test_summary_counts_goodput_only_for_timely_non_default_answers():
     rec = {"latency": [0.001, 0.001, 0.05, 0.001, 0.001], "status": [200, 200, 200, 429, -1],
            "default": [False, True, False, False, False], "hot": [False] * 5,

@@ -93,6 +93,24 @@ def test_partial_gradients_from_several_paths_are_summed():
     np.testing.assert_allclose(got, 2 * 0.5 + 3 + np.exp(0.5), rtol=1e-6)
 
 
+def test_partial_gradients_of_several_ys_are_summed_in_the_order_of_ys():
+    """TF's gradients_util queues ys as a list, so the same graph always sums its
+    partial gradients in the same order (float addition is not associative); a set of
+    ops iterated by address changed the order, and the float bits, build to build."""
+    orders, values = set(), set()
+    for _ in range(20):
+        g = mf.Graph()
+        with g.as_default():
+            x = mf.placeholder(mf.float32, [1], name="x")
+            ys = [x * np.float32(1e8), x * np.float32(1.0), x * np.float32(-1e8)]
+            (dx,) = mf.gradients(ys, [x])
+        orders.add(tuple(t.op.name for t in dx.op.inputs))
+        values.add(float(evaluate(g, dx, {x: np.ones(1, np.float32)})[0]))
+    assert orders == {("gradients/Mul_grad/Mul", "gradients/Mul_1_grad/Mul",
+                       "gradients/Mul_2_grad/Mul")}
+    assert values == {0.0}  # (1e8 + 1) rounds to 1e8 in float32, then - 1e8
+
+
 def test_every_read_of_a_variable_contributes_to_its_gradient():
     g = mf.Graph()
     with g.as_default():
