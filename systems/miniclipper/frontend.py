@@ -282,7 +282,7 @@ def grpc_handlers(server: ClipperServer) -> dict[str, Any]:
             else:
                 values, batched = _inputs_of(meta)
                 xs = qp.parse(app, values)
-            out = await qp.predict(app.name, xs, arrival)
+            out = await qp.predict(app.name, xs, arrival, version=_pinned(server, app, meta))
         except UnknownApp as e:
             server.metrics.rejected.labels(UNKNOWN_APP, "unknown_app").inc()
             await context.abort(grpc.StatusCode.NOT_FOUND, json.dumps(

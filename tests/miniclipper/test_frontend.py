@@ -700,6 +700,19 @@ def test_a_query_can_pin_a_version_as_in_clipper(clipper):
         "batch_predictions"][1]["output"] == 1.0
     code, r = post(url(c, "pin"), {"input": [0.0], "version": "7"})
     assert code == 400 and "model 'pin' has no version '7'; deployed: ['1', '2']" in r["cause"]
+    # the gRPC query API takes the same query (it ignored the pin)
+    with rpc.channel(c.cm.get_grpc_addr()) as ch:
+        call = rpc.method(ch, QUERY_SERVICE, "Predict")
+        meta, _ = unpack(call(pack({"app": "pin", "input": [0.0], "version": "1"}),
+                              timeout=30))
+        assert meta["predictions"][0]["output"] == 1.0
+        meta, _ = unpack(call(pack({"app": "pin", "version": 1}, [np.zeros((2, 1))]),
+                              timeout=30))
+        assert [p["output"] for p in meta["predictions"]] == [1.0, 1.0]
+        with pytest.raises(grpc.RpcError) as e:
+            call(pack({"app": "pin", "input": [0.0], "version": "7"}), timeout=30)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "model 'pin' has no version '7'" in e.value.details()
     deploy_python_closure(c, "pin-b", 1, "doubles", versioned(9))
     c.link_model_to_app("pin", "pin-b")
     code, r = post(url(c, "pin"), {"input": [0.0], "version": "1"})
