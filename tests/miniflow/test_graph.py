@@ -415,6 +415,45 @@ def test_tf1s_older_spellings_and_argument_orders_are_taken():
     assert got[3].tolist() == [1, 0] and got[4].tolist() == [1, 0]
 
 
+def test_gather_like_ops_bias_add_and_assign_take_tf1s_positional_arguments():
+    """gather's third positional is TF1's validate_indices (it was the axis: columns
+    instead of rows), zeros_like/ones_like's second is the dtype (it was the name),
+    bias_add's third is data_format (it was the name, and NCHW added along the last
+    axis), and assign's use_locking/read_value are TF1's (use_locking was a TypeError,
+    or by position the op's name)."""
+    p_value = np.arange(9, dtype=np.float32).reshape(3, 3)
+    g = mf.Graph()
+    with g.as_default():
+        p, idx = mf.constant(p_value), mf.constant([0, 2])
+        rows, cols = mf.gather(p, idx, True), mf.gather(p, idx, axis=1)
+        z, o = mf.zeros_like(p, mf.int32), mf.ones_like(p, "int64", name="ones")
+        z_default = mf.zeros_like(p)
+        b = mf.nn.bias_add(p, mf.constant([1.0, 2.0, 3.0]), "NHWC", "biased")
+        with pytest.raises(ValueError, match="channels-last.*got 'NCHW'"):
+            mf.nn.bias_add(p, mf.constant([1.0, 2.0, 3.0]), "NCHW")
+        with pytest.raises(NotImplementedError, match="batch_dims"):
+            mf.gather(p, idx, batch_dims=1)
+        v = mf.Variable(np.zeros(2, np.float32))
+        up = v.assign_add(np.ones(2, np.float32), True, "up")
+        set_op = v.assign(np.full(2, 5.0, np.float32), use_locking=True, read_value=False)
+        down = mf.assign_sub(v, np.ones(2, np.float32), True, "down")
+        with pytest.raises(NotImplementedError, match="validate_shape"):
+            mf.assign(v, np.zeros(3, np.float32), False)
+    assert (z.dtype, o.dtype, z_default.dtype) == (mf.int32, mf.int64, mf.float32)
+    assert (o.op.name, b.op.name, up.op.name, down.op.name) == ("ones", "biased", "up", "down")
+    assert isinstance(set_op, mf.Operation)
+    with mf.Session(graph=g) as s:
+        s.run(v.initializer)
+        got = s.run([rows, cols, z, o, b])
+        assert s.run(up).tolist() == [1.0, 1.0]
+        s.run(set_op)
+        assert s.run(down).tolist() == [4.0, 4.0]
+    np.testing.assert_array_equal(got[0], p_value[[0, 2]])
+    np.testing.assert_array_equal(got[1], p_value[:, [0, 2]])
+    assert got[2].dtype == np.int32 and not got[2].any() and got[3].dtype == np.int64
+    np.testing.assert_array_equal(got[4], p_value + [1.0, 2.0, 3.0])
+
+
 def test_tf1s_keyword_names_for_conv_and_pooling_are_taken():
     """tf.compat.v1.nn.conv2d(input, filter=...), max_pool(value=...), data_format="NHWC"
     were TypeErrors; another data format is refused by name."""

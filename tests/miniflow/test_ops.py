@@ -383,7 +383,7 @@ def test_negative_axes_in_range_still_work(backend):
     g = mf.Graph()
     with g.as_default():
         a = mf.constant(av)
-        outs = [mf.concat([a, a], -2), mf.argmax(a, -1), mf.gather(a, mf.constant([2, 0]), -1),
+        outs = [mf.concat([a, a], -2), mf.argmax(a, -1), mf.gather(a, mf.constant([2, 0]), axis=-1),
                 mf.reduce_sum(a, -1)]
     with mf.Session(graph=g, config=mf.ConfigProto(cpu_backend=backend)) as s:
         got = s.run(outs)

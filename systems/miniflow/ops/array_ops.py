@@ -219,7 +219,14 @@ def _gather_kernel(attrs, be, res):
 define(OpDef("GatherV2", _gather_shape, _gather_kernel))
 
 
-def gather(params, indices, axis=0, name=None) -> Tensor:
+def gather(params, indices, validate_indices=None, name=None, axis=None, batch_dims=0
+           ) -> Tensor:
+    """``tf.compat.v1.gather``: TF1's argument order, so ``gather(p, i, 1)`` is not an
+    axis (it is ``validate_indices``, which TF ignores; indices are always checked
+    here). ``axis`` defaults to 0; ``batch_dims`` is left out."""
+    if batch_dims != 0:
+        raise NotImplementedError("gather: batch_dims is not implemented in miniflow")
+    axis = 0 if axis is None else axis
     params = convert_to_tensor(params)
     ax = check_axis("GatherV2", axis, params)
     return make_op("GatherV2", [params, indices], {"axis": ax}, name).outputs[0]
@@ -292,23 +299,27 @@ def size(x, name=None) -> Tensor:
 define(OpDef("Fill", lambda ins, a: [(a["dtype"], shape_from_tensor(ins[0]))],
              lambda a, be, res: lambda s: be.fill(_host(be, s), a["value"], a["dtype"]),
              expensive=False, host_inputs=(0,)))
-define(OpDef("ZerosLike", lambda ins, a: [(ins[0].dtype, ins[0].shape)],
+define(OpDef("ZerosLike", lambda ins, a: [(a["dtype"], ins[0].shape)],
              lambda a, be, res: lambda x: be.zeros(be.shape_of(x), a["dtype"]),
              expensive=False))
 
 
-def zeros_like(x, name=None) -> Tensor:
-    x = convert_to_tensor(x)
-    return make_op("ZerosLike", [x], {"dtype": x.dtype}, name).outputs[0]
+def zeros_like(tensor, dtype=None, name=None, optimize=True) -> Tensor:
+    """``tf.zeros_like`` (TF1's order: the dtype second); ``optimize`` is accepted."""
+    x = convert_to_tensor(tensor)
+    dt = x.dtype if dtype is None else as_dtype(dtype)
+    return make_op("ZerosLike", [x], {"dtype": dt}, name).outputs[0]
 
 
-def ones_like(x, name=None) -> Tensor:
-    x = convert_to_tensor(x)
+def ones_like(tensor, dtype=None, name=None, optimize=True) -> Tensor:
+    """``tf.ones_like`` (TF1's order: the dtype second); ``optimize`` is accepted."""
+    x = convert_to_tensor(tensor)
+    dt = x.dtype if dtype is None else as_dtype(dtype)
     if shapes.is_fully_defined(x.shape):
         from ..op_def import constant
 
-        return constant(np.ones(x.shape, x.dtype.np_dtype), name=name)
-    return make_op("Fill", [shape(x)], {"value": 1, "dtype": x.dtype}, name).outputs[0]
+        return constant(np.ones(x.shape, dt.np_dtype), name=name)
+    return make_op("Fill", [shape(x)], {"value": 1, "dtype": dt}, name).outputs[0]
 
 
 def _broadcast_to_shape(ins, attrs):

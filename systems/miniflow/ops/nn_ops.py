@@ -302,12 +302,18 @@ def avg_pool2d(input=None, ksize=None, strides=None, padding="VALID",  # noqa: A
     return _pool("AvgPool", value if input is None else input, ksize, strides, padding, name)
 
 
-def bias_add(value, bias, name=None):
+def bias_add(value, bias, data_format=None, name=None):
     """``value + bias`` along ``value``'s last axis (``tf.nn.bias_add``, NHWC). As TF's
     BiasAdd shape function (tensorflow/core/ops/nn_ops.cc) checks, bias must be 1-D, value
-    at least 2-D, and bias as long as value's last dimension: no other broadcasting."""
+    at least 2-D, and bias as long as value's last dimension: no other broadcasting.
+    ``data_format`` is TF1's third argument: only the channels-last default is here."""
     from .math_ops import _operands, add
 
+    if data_format is not None and not (isinstance(data_format, str)
+                                        and data_format.startswith("N")
+                                        and data_format.endswith("C")):
+        raise ValueError(f"BiasAdd: data_format must be channels-last, like 'NHWC' "
+                         f"(channels-first formats are left out), got {data_format!r}")
     value, bias = _operands("BiasAdd", value, bias)  # a Python bias takes value's dtype
     if bias.shape is not None and len(bias.shape) != 1:
         raise shape_error("BiasAdd", "bias must be 1-D", value, bias)

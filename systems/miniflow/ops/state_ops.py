@@ -176,14 +176,16 @@ class Variable:
             else value
         return make_op(op_type, [self._ref, v], dict(self.op.attrs), name).outputs[0]
 
-    def assign(self, value, name=None) -> Tensor:
-        return self._update("Assign", value, name)
+    # TF1's RefVariable signatures: ``use_locking`` is accepted and always on (every
+    # update holds its variable's lock); ``read_value=False`` gives the op, not its value
+    def assign(self, value, use_locking=None, name=None, read_value=True):
+        return _value_or_op(self._update("Assign", value, name), read_value)
 
-    def assign_add(self, delta, name=None) -> Tensor:
-        return self._update("AssignAdd", delta, name)
+    def assign_add(self, delta, use_locking=None, name=None, read_value=True):
+        return _value_or_op(self._update("AssignAdd", delta, name), read_value)
 
-    def assign_sub(self, delta, name=None) -> Tensor:
-        return self._update("AssignSub", delta, name)
+    def assign_sub(self, delta, use_locking=None, name=None, read_value=True):
+        return _value_or_op(self._update("AssignSub", delta, name), read_value)
 
     def eval(self, session=None):
         return self._snapshot.eval(session=session)
@@ -209,16 +211,25 @@ for _m in ("__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__", 
     setattr(Variable, _m, _delegate(_m))
 
 
-def assign(ref: Variable, value, name=None) -> Tensor:
-    return ref.assign(value, name)
+def _value_or_op(t: Tensor, read_value: bool):
+    return t if read_value else t.op
 
 
-def assign_add(ref: Variable, delta, name=None) -> Tensor:
-    return ref.assign_add(delta, name)
+def assign(ref: Variable, value, validate_shape=None, use_locking=None, name=None) -> Tensor:
+    """``tf.compat.v1.assign``; a variable keeps its shape (``validate_shape=False``,
+    which lets TF's change it, is left out)."""
+    if validate_shape is False:
+        raise NotImplementedError("assign: validate_shape=False (a variable that changes "
+                                  "shape) is not implemented in miniflow")
+    return ref.assign(value, name=name)
 
 
-def assign_sub(ref: Variable, delta, name=None) -> Tensor:
-    return ref.assign_sub(delta, name)
+def assign_add(ref: Variable, value, use_locking=None, name=None) -> Tensor:
+    return ref.assign_add(value, name=name)
+
+
+def assign_sub(ref: Variable, value, use_locking=None, name=None) -> Tensor:
+    return ref.assign_sub(value, name=name)
 
 
 def global_variables() -> list[Variable]:
