@@ -74,7 +74,8 @@ class Consistency:
         return c - int(self.tau) - 1
 
     def push_wait(self, c: int) -> int | None:
-        """The dependency of the push of task ``c``: all pulls of clock ``c`` (BSP only)."""
+        """The dependency of the push of task ``c``: all pulls of clock ``c``. BSP only, and
+        ``ssp:0``, which is BSP (the paper's tau = 0 is sequential consistency)."""
         return c if self.tau == 0 else None
 
     def __str__(self) -> str:

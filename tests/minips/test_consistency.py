@@ -22,6 +22,9 @@ def test_parse_and_dependencies():
     assert math.isinf(Consistency.parse("asp").tau)
     assert Consistency.parse("ssp:inf") == Consistency.parse("asp")  # tau = inf: eventual
     assert Consistency.parse("ssp:0").wait_clock(5) == Consistency.parse("bsp").wait_clock(5)
+    # tau = 0 is sequential (the paper): ssp:0 also takes BSP's push edge; tau >= 1 not
+    assert Consistency.parse("ssp:0").push_wait(5) == Consistency.parse("bsp").push_wait(5) == 5
+    assert Consistency.parse("ssp:1").push_wait(5) is None
     for bad in ("ssp:-1", "ssp:x", "stale"):
         with pytest.raises(ValueError, match="ssp|bsp"):
             Consistency.parse(bad)
