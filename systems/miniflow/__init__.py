@@ -70,7 +70,6 @@ from .ops.math_ops import (
                      abs,
                      add,
                      add_n,
-                     argmax,
                      cast,
                      div,
                      divide,
@@ -92,9 +91,6 @@ from .ops.math_ops import (
                      negative,
                      not_equal,
                      pow,
-                     reduce_max,
-                     reduce_mean,
-                     reduce_sum,
                      relu,
                      sigmoid,
                      sign,
@@ -104,6 +100,7 @@ from .ops.math_ops import (
                      tanh,
 )
 from .ops.nn_ops import log_softmax, softmax
+from .ops.reduction_ops import argmax, reduce_max, reduce_mean, reduce_sum
 from .ops.slicing import strided_slice
 from .ops.state_ops import (
                      Variable,

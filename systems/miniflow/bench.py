@@ -19,8 +19,9 @@ from . import digits
 from .dtypes import float32, int32
 from .graph import Graph
 from .ops.control_ops import placeholder
-from .ops.math_ops import add_n, matmul, reduce_mean, tanh
+from .ops.math_ops import add_n, matmul, tanh
 from .ops.nn_ops import sparse_softmax_cross_entropy_with_logits
+from .ops.reduction_ops import reduce_mean
 from .ops.state_ops import Variable, global_variables_initializer
 from .session import ConfigProto, GraphOptions, RunMetadata, Session
 from .train import GradientDescentOptimizer

@@ -20,7 +20,8 @@ from .dtypes import float32, int32
 from .graph import Graph, device
 from .ops.array_ops import reshape
 from .ops.control_ops import placeholder
-from .ops.math_ops import argmax, cast, equal, reduce_mean
+from .ops.math_ops import cast, equal
+from .ops.reduction_ops import argmax, reduce_mean
 from .ops.state_ops import Variable, global_variables_initializer
 from .session import Session
 

@@ -58,10 +58,21 @@ def _as_xs(x) -> Tensor:
 
 
 def gradients(ys, xs, grad_ys=None, name: str = "gradients",
-              stop_gradients: Sequence[Tensor] = ()) -> list[Tensor | None]:
-    """d(sum of ys)/d(x) for each x in ``xs``; ``None`` where x does not affect ys."""
+              colocate_gradients_with_ops=False, gate_gradients=False,
+              aggregation_method=None, stop_gradients: Sequence[Tensor] = (),
+              unconnected_gradients="none") -> list[Tensor | None]:
+    """d(sum of ys)/d(x) for each x in ``xs``; ``None`` where x does not affect ys
+    (zeros with ``unconnected_gradients="zero"``). TF1's argument order: colocation,
+    gating and the aggregation method are accepted and ignored; in TF they change where
+    gradient ops are placed, when they run and how partials are summed (we always use
+    one AddN), not what the gradients are."""
+    if str(getattr(unconnected_gradients, "value", unconnected_gradients)) not in (
+            "none", "zero"):
+        raise ValueError(f"gradients: unconnected_gradients must be 'none' or 'zero', got "
+                         f"{unconnected_gradients!r}")
     ys = list(ys) if isinstance(ys, (list, tuple)) else [ys]
-    xs = [_as_xs(x) for x in (xs if isinstance(xs, (list, tuple)) else [xs])]
+    given = list(xs) if isinstance(xs, (list, tuple)) else [xs]
+    xs = [_as_xs(x) for x in given]
     if grad_ys is not None:
         grad_ys = list(grad_ys) if isinstance(grad_ys, (list, tuple)) else [grad_ys]
     ys = [y._as_tensor() if hasattr(y, "_as_tensor") else y for y in ys]
@@ -79,7 +90,12 @@ def gradients(ys, xs, grad_ys=None, name: str = "gradients",
     with g.as_default():
         if grad_ys is not None:
             grad_ys = _check_grad_ys(ys, grad_ys)
-        return _gradients(g, ys, xs, grad_ys, name, {t.op for t in stop_gradients})
+        out = _gradients(g, ys, xs, grad_ys, name, {t.op for t in stop_gradients})
+        if str(getattr(unconnected_gradients, "value", unconnected_gradients)) == "zero":
+            from .ops.array_ops import zeros_like
+
+            out = [zeros_like(x) if d is None else d for d, x in zip(out, given, strict=True)]
+        return out
 
 
 def _check_grad_ys(ys: list[Tensor], grad_ys: list) -> list[Tensor | None]:

@@ -200,6 +200,8 @@ class Graph:
         for c in control_inputs:  # the plan finds ops by their index in *this* graph
             self._check_own(c, op_type)
         controls = [op for group in self._control_stack for op in group]
+        if name and name.endswith("/"):  # a scope's own name, used as it is (as TF's
+            name, exact_name = name[:-1], True  # Graph.create_op does with "train/")
         with self._lock:
             if exact_name and (name in self._by_name or not name):
                 raise ValueError(f"operation name {name!r} is empty or already taken")

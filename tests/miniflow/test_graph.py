@@ -454,6 +454,43 @@ def test_gather_like_ops_bias_add_and_assign_take_tf1s_positional_arguments():
     np.testing.assert_array_equal(got[4], p_value + [1.0, 2.0, 3.0])
 
 
+def test_tf1s_later_arguments_of_gradients_matmul_minimize_saver_and_strided_slice():
+    """The arguments tests/miniflow/test_tf1_signatures.py lines up, doing what TF1's do:
+    unconnected gradients as zeros, adjoint as transpose, minimize's grad_loss weighting
+    the loss, and what is left out (strided_slice's masks, Saver's positional reshape)
+    refused rather than taken as something else."""
+    a_value = np.arange(6, dtype=np.float32).reshape(2, 3)
+    g = mf.Graph()
+    with g.as_default():
+        a, b = mf.constant(a_value), mf.constant(np.ones((2, 4), np.float32))
+        ab = mf.matmul(a, b, False, False, True)  # adjoint_a: a^T b
+        w = mf.Variable(np.float32(2.0), name="w")
+        unused = mf.Variable(np.float32(1.0), name="unused")
+        loss = w * w
+        dw, dz = mf.gradients(loss, [w, unused], None, "g", False, False, None, (), "zero")
+        assert mf.gradients(loss, [unused]) == [None]
+        step = mf.train.GradientDescentOptimizer(0.25).minimize(
+            loss, None, [w], 1, None, False, "train", mf.constant(np.float32(2.0)))
+        assert step.name == "train"  # TF1's train op has the scope's own name
+        gs = mf.Variable(np.int64(0), False, name="global_step")
+        counted = mf.train.GradientDescentOptimizer(0.0).minimize(loss, gs, name="count")
+        assert counted.name == "count" and counted.type == "AssignAdd"
+        with pytest.raises(ValueError, match="only one of transpose and adjoint"):
+            mf.matmul(a, b, True, False, True)
+        with pytest.raises(NotImplementedError, match="shrink_axis_mask not implemented"):
+            mf.strided_slice(a, [0, 0], [1, 3], [1, 1], 0, 0, 0, 0, 1)
+        with pytest.raises(TypeError):
+            mf.train.Saver([w], 3)  # TF1's second positional is reshape
+    with mf.Session(graph=g) as s:
+        s.run(mf.variables_initializer([w, unused, gs]))
+        s.run(counted)
+        assert s.run(gs) == 1
+        np.testing.assert_array_equal(s.run(ab), a_value.T @ np.ones((2, 4), np.float32))
+        assert s.run([dw, dz]) == [4.0, 0.0]
+        s.run(step)  # w -= 0.25 * (2 * 2w), grad_loss 2 doubling the gradient
+        assert s.run(w) == 0.0
+
+
 def test_tf1s_keyword_names_for_conv_and_pooling_are_taken():
     """tf.compat.v1.nn.conv2d(input, filter=...), max_pool(value=...), data_format="NHWC"
     were TypeErrors; another data format is refused by name."""

@@ -95,8 +95,8 @@ def _xent_grad(op, g_loss, g_backprop):
     """The loss's gradient is the op's second output, ``softmax - onehot``; a gradient
     of *that* (a gradient penalty, a Hessian-vector product) flows through the softmax's
     Jacobian, ``(gb - <gb, p>) * p`` (TF's _SparseSoftmaxCrossEntropyWithLogitsGrad)."""
-    from .math_ops import reduce_sum
     from .nn_ops import softmax
+    from .reduction_ops import reduce_sum
 
     grad = None if g_loss is None else g_loss[:, None] * op.outputs[1]
     # an output nobody differentiated arrives as explicit zeros (gradients.py); skip the

@@ -18,10 +18,10 @@ from .math_ops import (
     log,
     matmul,
     maximum,
-    reduce_sum,
     relu_grad,
     sign,
 )
+from .reduction_ops import reduce_sum
 from .unbroadcast import unbroadcast
 
 

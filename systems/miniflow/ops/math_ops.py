@@ -1,4 +1,5 @@
-"""Arithmetic, comparisons, matmul and reductions (tensorflow/python/ops/math_ops.py).
+"""Arithmetic, comparisons and matmul (tensorflow/python/ops/math_ops.py; its reductions
+are in :mod:`.reduction_ops`).
 
 Elementwise binary ops broadcast like numpy and require equal dtypes (TensorFlow never
 promotes silently; a Python scalar takes the other operand's dtype). Their kernels are the
@@ -9,15 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from .. import shapes
-from ..dtypes import DType, as_dtype, bool_, float64, int64
+from ..dtypes import DType, as_dtype, bool_, float64
 from ..errors import InvalidArgumentError
 from ..graph import Tensor
 from ..op_def import (
     OpDef,
-    check_axis,
     constant,
     convert_to_tensor,
     define,
@@ -335,97 +333,18 @@ def _matmul_kernel(attrs, be, res):
 define(OpDef("MatMul", _numeric_only("MatMul", _matmul_shape), _matmul_kernel))
 
 
-def matmul(a, b, transpose_a=False, transpose_b=False, name=None) -> Tensor:
-    """``a @ b`` over the last two axes; leading axes broadcast (TF's BatchMatMulV2)."""
-    return make_op("MatMul", [a, b], {"transpose_a": transpose_a, "transpose_b": transpose_b},
-                   name).outputs[0]
-
-
-# -- reductions ------------------------------------------------------------------------
-
-def _norm_axes(op_type: str, axis, x: Tensor) -> tuple[int, ...] | None:
-    if axis is None:
-        return None
-    axes = (int(axis),) if isinstance(axis, (int, np.integer)) else tuple(int(a) for a in axis)
-    if x.shape is None:
-        return axes
-    return tuple(sorted({check_axis(op_type, a, x) for a in axes}))
-
-
-def _reduce_shape(op_type: str):
-    def fn(ins, attrs):
-        x = ins[0]
-        if len(ins) == 2 or x.shape is None:  # axes only known at run time
-            return [(x.dtype, None)]
-        axes, keep = attrs["axis"], attrs["keepdims"]
-        axes = tuple(range(len(x.shape))) if axes is None else axes
-        out = tuple((1 if keep else None) if i in axes else d for i, d in enumerate(x.shape))
-        return [(x.dtype, tuple(d for i, d in enumerate(out) if keep or i not in axes))]
-    return fn
-
-
-def _reduce_kernel(method: str):
-    def make(attrs, be, res):
-        fn, keep = getattr(be, method), attrs["keepdims"]
-        axis = attrs["axis"]
-        if axis is not None or attrs.get("dynamic"):
-            def dyn(x, ax=None):
-                a = axis if ax is None else tuple(int(v) for v in be.to_numpy(ax).reshape(-1))
-                return fn(x, a, keep)
-            return dyn
-        return lambda x: fn(x, None, keep)
-    return make
-
-
-for _t, _m in (("Sum", "sum"), ("Mean", "mean"), ("Max", "max")):
-    define(OpDef(_t, _numeric_only(_t, _reduce_shape(_t)), _reduce_kernel(_m),
-                 host_inputs=(1,)))
-
-
-def _reduce(op_type, x, axis, keepdims, name, reduction_indices=None, keep_dims=None):
-    # TF1's deprecated spellings of axis and keepdims (math_ops.reduce_sum_v1)
-    axis, keepdims = axis if reduction_indices is None else reduction_indices, \
-        bool(keepdims or keep_dims)
-    x = convert_to_tensor(x)
-    if isinstance(axis, Tensor):  # axes computed in the graph (used by gradients)
-        return make_op(op_type, [x, axis], {"axis": None, "keepdims": keepdims,
-                                            "dynamic": True}, name).outputs[0]
-    return make_op(op_type, [x], {"axis": _norm_axes(op_type, axis, x), "keepdims": keepdims},
-                   name).outputs[0]
-
-
-def reduce_sum(x, axis=None, keepdims=False, name=None, reduction_indices=None,
-               keep_dims=None) -> Tensor:
-    return _reduce("Sum", x, axis, keepdims, name, reduction_indices, keep_dims)
-
-
-def reduce_mean(x, axis=None, keepdims=False, name=None, reduction_indices=None,
-                keep_dims=None) -> Tensor:
-    return _reduce("Mean", x, axis, keepdims, name, reduction_indices, keep_dims)
-
-
-def reduce_max(x, axis=None, keepdims=False, name=None, reduction_indices=None,
-               keep_dims=None) -> Tensor:
-    return _reduce("Max", x, axis, keepdims, name, reduction_indices, keep_dims)
-
-
-def _argmax_shape(ins, attrs):
-    x = ins[0]
-    if x.shape is None:
-        return [(attrs["output_type"], None)]
-    ax = attrs["axis"]
-    return [(attrs["output_type"], x.shape[:ax] + x.shape[ax + 1:])]
-
-
-define(OpDef("ArgMax", _numeric_only("ArgMax", _argmax_shape),
-             lambda a, be, res: lambda x: be.argmax(x, a["axis"], a["output_type"])))
-
-
-def argmax(x, axis=None, name=None, dimension=None, output_type=int64) -> Tensor:
-    axis = dimension if axis is None else axis  # TF1's order, and its old spelling
-    x = convert_to_tensor(x)
-    ax = check_axis("ArgMax", 0 if axis is None else int(axis), x)
-    return make_op("ArgMax", [x], {"axis": ax, "output_type": as_dtype(output_type)},
+def matmul(a, b, transpose_a=False, transpose_b=False, adjoint_a=False, adjoint_b=False,
+           a_is_sparse=False, b_is_sparse=False, output_type=None, *, name=None) -> Tensor:
+    """``a @ b`` over the last two axes; leading axes broadcast (TF's BatchMatMulV2).
+    TF1's arguments: the sparsity hints are ignored, and with no complex dtypes the
+    adjoint is the transpose; ``output_type`` is left out. ``name`` is a keyword (TF 2's
+    ``compat.v1`` put ``grad_a`` and ``grad_b`` before it)."""
+    if (transpose_a and adjoint_a) or (transpose_b and adjoint_b):
+        raise ValueError("matmul: only one of transpose and adjoint can be True per operand")
+    if output_type is not None:
+        raise NotImplementedError("matmul: output_type is not implemented in miniflow")
+    return make_op("MatMul", [a, b], {"transpose_a": bool(transpose_a or adjoint_a),
+                                      "transpose_b": bool(transpose_b or adjoint_b)},
                    name).outputs[0]
 
 

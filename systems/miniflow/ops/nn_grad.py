@@ -10,7 +10,8 @@ from __future__ import annotations
 from ..gradients import RegisterGradient
 from ..op_def import constant, make_op
 from .array_ops import shape
-from .math_ops import exp, reduce_sum
+from .math_ops import exp
+from .reduction_ops import reduce_sum
 from .unbroadcast import unbroadcast
 
 

@@ -91,10 +91,18 @@ def _getitem(x, key, name=None) -> Tensor:
 Tensor.__getitem__ = _getitem
 
 
-def strided_slice(input_, begin, end, strides=None, name=None) -> Tensor:
+def strided_slice(input_, begin, end, strides=None, begin_mask=0, end_mask=0,
+                  ellipsis_mask=0, new_axis_mask=0, shrink_axis_mask=0, var=None,
+                  name=None) -> Tensor:
     """``tf.strided_slice`` without its masks: dimension ``i`` is sliced
     ``begin[i]:end[i]:strides[i]`` (``x[1:2, 0:1, 0:3]`` for begin (1, 0, 0) and end
-    (2, 1, 3)). Indexing, ``x[...]``, covers what the masks do."""
+    (2, 1, 3)). Indexing, ``x[...]``, covers what the masks do; a mask is refused."""
+    masks = {"begin_mask": begin_mask, "end_mask": end_mask, "ellipsis_mask": ellipsis_mask,
+             "new_axis_mask": new_axis_mask, "shrink_axis_mask": shrink_axis_mask}
+    if any(masks.values()) or var is not None:
+        given = [k for k, v in masks.items() if v] + (["var"] if var is not None else [])
+        raise NotImplementedError(f"strided_slice: {', '.join(given)} not implemented in "
+                                  f"miniflow; index the tensor (x[1:, ..., ::-1]) instead")
     parts = [begin, end, [1] * len(begin) if strides is None else strides]
     if any(isinstance(v, Tensor) or not all(isinstance(i, (int, np.integer)) for i in v)
            for v in parts) or len({len(v) for v in parts}) != 1:

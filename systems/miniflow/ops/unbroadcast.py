@@ -18,7 +18,7 @@ from ..graph import Tensor
 def unbroadcast(grad: Tensor, x: Tensor, other: Tensor | None) -> Tensor:
     """``grad`` (the shape of the broadcast result) summed back to ``x``'s shape."""
     from .array_ops import reshape, shape
-    from .math_ops import reduce_sum
+    from .reduction_ops import reduce_sum
 
     gs, xs = grad.shape, x.shape
     os_ = other.shape if other is not None else None

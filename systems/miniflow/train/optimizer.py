@@ -29,11 +29,14 @@ class Optimizer:
         self._name = name
         self._slots: dict[tuple[str, str], Variable] = {}
 
-    def compute_gradients(self, loss, var_list=None):
+    def compute_gradients(self, loss, var_list=None, gate_gradients=1, aggregation_method=None,
+                          colocate_gradients_with_ops=False, grad_loss=None):
+        """TF1's signature; gating, aggregation and colocation are accepted and ignored
+        (see :func:`~systems.miniflow.gradients.gradients`)."""
         var_list = list(var_list) if var_list is not None else trainable_variables()
         if not var_list:
             raise ValueError("No variables to optimize.")
-        grads = gradients(loss, var_list)
+        grads = gradients(loss, var_list, None if grad_loss is None else [grad_loss])
         if all(g is None for g in grads):
             raise ValueError(f"No gradients provided for any variable: the loss does not "
                              f"depend on {[v.name for v in var_list]}")
@@ -41,24 +44,31 @@ class Optimizer:
 
     def apply_gradients(self, grads_and_vars, global_step: Variable | None = None,
                         name: str | None = None) -> Operation:
+        """The returned op has the scope's own name (``train`` for ``name="train"``), as
+        TF1's: the group of the updates, or with ``global_step`` its increment, run after
+        that group (``train/update``)."""
         updates = []
-        with get_default_graph().name_scope(name or self._name):
+        with get_default_graph().name_scope(name or self._name) as scope:
             self._prepare()
             for g, v in grads_and_vars:
                 if g is None:
                     continue
                 with device(v.device or None):
                     updates.append(self._apply_dense(g, v))
-            finish = self._finish(updates)
-            if global_step is not None:
-                with get_default_graph().control_dependencies([finish]):
-                    finish = group(global_step.assign_add(
-                        np.asarray(1, global_step.dtype.np_dtype)), name="update")
-            return finish
+            if global_step is None:
+                return self._finish(updates, scope)
+            with get_default_graph().control_dependencies([self._finish(updates, "update")]):
+                return global_step.assign_add(np.asarray(1, global_step.dtype.np_dtype),
+                                              name=scope).op
 
     def minimize(self, loss, global_step: Variable | None = None, var_list=None,
-                 name: str | None = None) -> Operation:
-        return self.apply_gradients(self.compute_gradients(loss, var_list), global_step, name)
+                 gate_gradients=1, aggregation_method=None,
+                 colocate_gradients_with_ops=False, name: str | None = None,
+                 grad_loss=None) -> Operation:
+        """TF1's order (``name`` is the seventh, after the gradient options)."""
+        return self.apply_gradients(self.compute_gradients(loss, var_list,
+                                                           grad_loss=grad_loss),
+                                    global_step, name)
 
     def get_slot(self, var: Variable, name: str) -> Variable | None:
         """The slot, or None if it was never made (TF1's get_slot)."""
@@ -81,8 +91,8 @@ class Optimizer:
     def _prepare(self) -> None:
         self._lr_t = self._tensor(self._lr)
 
-    def _finish(self, updates) -> Operation:
-        return group(*updates)
+    def _finish(self, updates, name: str) -> Operation:
+        return group(*updates, name=name)
 
     def _apply_dense(self, grad, var: Variable):
         raise TypeError(f"{type(self).__name__} must define _apply_dense")
@@ -157,11 +167,11 @@ class AdamOptimizer(Optimizer):
                                      *[self._as(h, var) for h in hyper], grad],
                        attrs).outputs[0]
 
-    def _finish(self, updates):
+    def _finish(self, updates, name: str):
         # Advance beta^t only after every variable has used this step's value.
         with get_default_graph().control_dependencies(updates):
             u1 = self._b1_power.assign(self._b1_power.value() *
                                        cast(self._b1_t, self._b1_power.dtype))
             u2 = self._b2_power.assign(self._b2_power.value() *
                                        cast(self._b2_t, self._b2_power.dtype))
-        return group(*updates, u1, u2)
+        return group(*updates, u1, u2, name=name)

@@ -77,7 +77,8 @@ def latest_checkpoint(checkpoint_dir: str) -> str | None:
 
 
 class Saver:
-    def __init__(self, var_list=None, max_to_keep: int | None = 5):
+    def __init__(self, var_list=None, *, max_to_keep: int | None = 5):
+        # TF1's second positional is ``reshape``: the rest are keywords here
         vs = var_list if var_list is not None else global_variables()
         self._vars = dict(vs) if isinstance(vs, dict) else {v.op.name: v for v in vs}
         if MANIFEST in self._vars:
@@ -96,8 +97,9 @@ class Saver:
             if var.graph is not sess.graph:
                 raise ValueError(f"Saver: variable {key} is not in the session's graph")
 
-    def save(self, sess, save_path: str, global_step=None, write_meta_graph: bool = True,
-             ) -> str:  # (TF1's meta graph: none here, a graph is the Python that builds it)
+    def save(self, sess, save_path: str, global_step=None, *, write_meta_graph: bool = True,
+             ) -> str:  # (TF1's meta graph: none here, a graph is the Python that builds it;
+        # its fourth positional is latest_filename: keywords after the step here)
         """Write the checkpoint, recorded as the directory's latest; with ``global_step``
         (a number, or a variable or tensor the session evaluates, as TF takes), to
         ``<save_path>-<step>``. This Saver's oldest beyond ``max_to_keep`` are deleted.

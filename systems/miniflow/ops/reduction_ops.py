@@ -1,0 +1,99 @@
+"""Reductions and argmax (tensorflow/python/ops/math_ops.py's ``reduce_*`` and ``argmax``;
+kernels as tensorflow/core/kernels/reduction_ops*.cc). Axes known at build time are an
+attribute; axes computed in the graph (as gradients make them) are a host-memory input.
+TF1's deprecated spellings, ``reduction_indices=`` and ``keep_dims=``, are taken."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..dtypes import as_dtype, int64
+from ..graph import Tensor
+from ..op_def import OpDef, check_axis, convert_to_tensor, define, make_op
+from .math_ops import _numeric_only
+
+
+def _norm_axes(op_type: str, axis, x: Tensor) -> tuple[int, ...] | None:
+    if axis is None:
+        return None
+    axes = (int(axis),) if isinstance(axis, (int, np.integer)) else tuple(int(a) for a in axis)
+    if x.shape is None:
+        return axes
+    return tuple(sorted({check_axis(op_type, a, x) for a in axes}))
+
+
+def _reduce_shape(op_type: str):
+    def fn(ins, attrs):
+        x = ins[0]
+        if len(ins) == 2 or x.shape is None:  # axes only known at run time
+            return [(x.dtype, None)]
+        axes, keep = attrs["axis"], attrs["keepdims"]
+        axes = tuple(range(len(x.shape))) if axes is None else axes
+        out = tuple((1 if keep else None) if i in axes else d for i, d in enumerate(x.shape))
+        return [(x.dtype, tuple(d for i, d in enumerate(out) if keep or i not in axes))]
+    return fn
+
+
+def _reduce_kernel(method: str):
+    def make(attrs, be, res):
+        fn, keep = getattr(be, method), attrs["keepdims"]
+        axis = attrs["axis"]
+        if axis is not None or attrs.get("dynamic"):
+            def dyn(x, ax=None):
+                a = axis if ax is None else tuple(int(v) for v in be.to_numpy(ax).reshape(-1))
+                return fn(x, a, keep)
+            return dyn
+        return lambda x: fn(x, None, keep)
+    return make
+
+
+for _t, _m in (("Sum", "sum"), ("Mean", "mean"), ("Max", "max")):
+    define(OpDef(_t, _numeric_only(_t, _reduce_shape(_t)), _reduce_kernel(_m),
+                 host_inputs=(1,)))
+
+
+def _reduce(op_type, x, axis, keepdims, name, reduction_indices=None, keep_dims=None):
+    # TF1's deprecated spellings of axis and keepdims (math_ops.reduce_sum_v1)
+    axis, keepdims = axis if reduction_indices is None else reduction_indices, \
+        bool(keepdims or keep_dims)
+    x = convert_to_tensor(x)
+    if isinstance(axis, Tensor):  # axes computed in the graph (used by gradients)
+        return make_op(op_type, [x, axis], {"axis": None, "keepdims": keepdims,
+                                            "dynamic": True}, name).outputs[0]
+    return make_op(op_type, [x], {"axis": _norm_axes(op_type, axis, x), "keepdims": keepdims},
+                   name).outputs[0]
+
+
+def reduce_sum(x, axis=None, keepdims=False, name=None, reduction_indices=None,
+               keep_dims=None) -> Tensor:
+    return _reduce("Sum", x, axis, keepdims, name, reduction_indices, keep_dims)
+
+
+def reduce_mean(x, axis=None, keepdims=False, name=None, reduction_indices=None,
+                keep_dims=None) -> Tensor:
+    return _reduce("Mean", x, axis, keepdims, name, reduction_indices, keep_dims)
+
+
+def reduce_max(x, axis=None, keepdims=False, name=None, reduction_indices=None,
+               keep_dims=None) -> Tensor:
+    return _reduce("Max", x, axis, keepdims, name, reduction_indices, keep_dims)
+
+
+def _argmax_shape(ins, attrs):
+    x = ins[0]
+    if x.shape is None:
+        return [(attrs["output_type"], None)]
+    ax = attrs["axis"]
+    return [(attrs["output_type"], x.shape[:ax] + x.shape[ax + 1:])]
+
+
+define(OpDef("ArgMax", _numeric_only("ArgMax", _argmax_shape),
+             lambda a, be, res: lambda x: be.argmax(x, a["axis"], a["output_type"])))
+
+
+def argmax(x, axis=None, name=None, dimension=None, output_type=int64) -> Tensor:
+    axis = dimension if axis is None else axis  # TF1's order, and its old spelling
+    x = convert_to_tensor(x)
+    ax = check_axis("ArgMax", 0 if axis is None else int(axis), x)
+    return make_op("ArgMax", [x], {"axis": ax, "output_type": as_dtype(output_type)},
+                   name).outputs[0]
