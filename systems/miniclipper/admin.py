@@ -99,7 +99,7 @@ class ClipperConnection:
         return http_json(f"http://{self.cm.get_admin_addr()}/admin/{endpoint}", doc)
 
     def register_application(self, name: str, input_type: str, default_output: Any,
-                             slo_micros: int, selection_policy: str = "exp3",
+                             slo_micros: int, *, selection_policy: str = "exp3",
                              input_length: int | None = None) -> None:
         """A new REST endpoint ``/<name>/predict`` (Clipper's four arguments, plus the
         selection policy, "default", "exp3" or "exp4", and an optional fixed input
@@ -118,11 +118,14 @@ class ClipperConnection:
         self._admin("delete_app", {"name": name})
 
     def deploy_model(self, name: str, version: str | int, input_type: str,
-                     model_data_path: str | Path, num_replicas: int = 1, batch_size: int = -1,
-                     batching: BatchingConfig | dict | None = None, max_queue: int = 1024,
-                     labels: list[str] | None = None) -> None:
+                     model_data_path: str | Path, labels: list[str] | None = None,
+                     num_replicas: int = 1, batch_size: int = -1, *,
+                     batching: BatchingConfig | dict | None = None,
+                     max_queue: int = 1024) -> None:
         """Deploy the model directory at ``model_data_path`` (written by a deployer) as
         ``name:version`` with ``num_replicas`` containers; it becomes the current version.
+        The positional order is Clipper's (``image``, then ``labels``, ``num_replicas``,
+        ``batch_size``), with a directory where Clipper names a Docker image.
         ``batch_size=-1`` means adaptive, as in Clipper (ours defaults to AIMD; the C++
         Clipper sizes batches from the earliest deadline with a fitted latency model,
         ``containers.cpp`` ``get_batch_size``); ``batching`` picks any controller

@@ -108,7 +108,7 @@ def _deploy(args: argparse.Namespace) -> dict[str, Any]:
     new_app = bool(args.app) and args.app not in conn.get_all_apps()
     if new_app:
         conn.register_application(args.app, args.input_type, args.default_output,
-                                  args.slo_micros, args.policy)
+                                  args.slo_micros, selection_policy=args.policy)
     elif args.app:
         from .datatypes import same_input_type
 

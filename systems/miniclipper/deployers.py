@@ -133,7 +133,7 @@ def deploy_sklearn_model(conn: Any, name: str, version: str | int, input_type: s
 
 def deploy_pytorch_model(conn: Any, name: str, version: str | int, input_type: str,
                          module: Any = None, input_shape: tuple[int, ...] | None = None,
-                         device: str = "cpu", output: str = "raw", *, func: Any = None,
+                         *, device: str = "cpu", output: str = "raw", func: Any = None,
                          pytorch_model: Any = None, **deploy: Any) -> None:
     """Deploy a torch module on CPU or CUDA: the container feeds it a float32 tensor of
     ``input_shape``. Clipper's own form (clipper_admin ``deployers/pytorch.py``),
