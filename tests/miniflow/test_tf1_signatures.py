@@ -16,6 +16,21 @@ import pytest
 import systems.miniflow as mf
 
 TF1_POSITIONAL = {
+    # constructors
+    'Session': ['target', 'graph', 'config'],
+    'Variable': ['initial_value', 'trainable', 'collections', 'validate_shape', 'caching_device',
+                 'name', 'variable_def', 'dtype', 'expected_shape', 'import_scope', 'constraint',
+                 'use_resource', 'synchronization', 'aggregation', 'shape'],
+    'RegisterGradient': ['op_type'],
+    'train.AdamOptimizer': ['learning_rate', 'beta1', 'beta2', 'epsilon', 'use_locking', 'name',
+                            'use_own_namescope_for_non_slot_vars'],
+    'train.GradientDescentOptimizer': ['learning_rate', 'use_locking', 'name'],
+    'train.MomentumOptimizer': ['learning_rate', 'momentum', 'use_locking', 'name', 'use_nesterov'],
+    'train.Saver': ['var_list', 'reshape', 'sharded', 'max_to_keep',
+                    'keep_checkpoint_every_n_hours', 'name', 'restore_sequentially', 'saver_def',
+                    'builder', 'defer_build', 'allow_empty', 'write_version', 'pad_step_number',
+                    'save_relative_paths', 'filename'],
+    # functions and methods
     'abs': ['x', 'name'],
     'add': ['x', 'y', 'name'],
     'add_n': ['inputs', 'name'],
