@@ -87,11 +87,20 @@ class NumpyBackend:
     add, subtract, multiply, divide = np.add, np.subtract, np.multiply, np.true_divide
     negative, power, exp, log, tanh = np.negative, np.power, np.exp, np.log, np.tanh
     sqrt, square, abs, maximum, minimum = np.sqrt, np.square, np.abs, np.maximum, np.minimum
-    sign, floor_divide = np.sign, np.floor_divide
+    sign = np.sign
     equal, not_equal, less, greater = np.equal, np.not_equal, np.less, np.greater
     less_equal, greater_equal = np.less_equal, np.greater_equal
     logical_and, logical_or, logical_not = np.logical_and, np.logical_or, np.logical_not
     where, matmul = staticmethod(np.where), np.matmul
+
+    @staticmethod
+    def floor_divide(x, y):
+        """TF's FloorDiv: for real types ``floor(x / y)`` (cwise_ops.h
+        ``google_floor_div_real``), not Python's ``//``, which differs where ``x / y``
+        rounds onto an integer (``1.0 // 0.1`` is 9.0, TF's 10.0) and for infinities."""
+        if np.result_type(x, y).kind == "f":
+            return np.floor(np.true_divide(x, y))
+        return np.floor_divide(x, y)
 
     @staticmethod
     def sigmoid(x):

@@ -29,7 +29,10 @@ class TorchBackend:
         t = torch
         self.add, self.subtract, self.multiply = t.add, t.sub, t.mul
         self.divide, self.negative, self.power = t.true_divide, t.neg, t.pow
-        self.floor_divide = t.floor_divide  # rounds toward -inf since torch 1.13, as TF
+        # TF's FloorDiv: floor(x / y) for real types, not torch's Python-like // (see the
+        # numpy backend); integers round toward -inf (torch 1.13 and later), as TF's
+        self.floor_divide = lambda x, y: (t.floor(t.true_divide(x, y))
+                                          if x.is_floating_point() else t.floor_divide(x, y))
         self.exp, self.log, self.tanh, self.sigmoid = t.exp, t.log, t.tanh, t.sigmoid
         self.sqrt, self.square, self.abs = t.sqrt, t.square, t.abs
         self.maximum, self.minimum, self.relu = t.maximum, t.minimum, t.relu

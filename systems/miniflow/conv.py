@@ -19,7 +19,7 @@ from collections import OrderedDict
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from .backend import _tf_same_padding
+from .backend import _tf_same_padding, lowest
 
 
 def out_size(size: int | None, k: int | None, stride: int, padding: str) -> int | None:
@@ -75,14 +75,14 @@ def conv2d_backprop_input(input_shape, f, dy, strides, padding):
 
 
 def max_pool(x, ksize, strides, padding):
-    p, _, _ = _patches(x, ksize[0], ksize[1], strides, padding, fill=-np.inf)
+    p, _, _ = _patches(x, ksize[0], ksize[1], strides, padding, fill=lowest(x.dtype))
     return p.max(axis=(4, 5)).astype(x.dtype, copy=False)
 
 
 def max_pool_grad(x, dy, ksize, strides, padding):
     """Route each output gradient to the first maximal input of its window (as TF)."""
     kh, kw = ksize
-    p, (pt, pb), (pl, pr) = _patches(x, kh, kw, strides, padding, fill=-np.inf)
+    p, (pt, pb), (pl, pr) = _patches(x, kh, kw, strides, padding, fill=lowest(x.dtype))
     n, ho, wo, c = dy.shape
     arg = p.reshape(n, ho, wo, c, kh * kw).argmax(axis=-1)
     ii = np.arange(ho)[None, :, None, None] * strides[0] + arg // kw
@@ -99,7 +99,7 @@ def max_pool_grad_grad(x, g, ksize, strides, padding):
     maximal input picks its entry of ``g`` (the routing MaxPoolGrad used, read the
     other way: TF's ``MaxPoolGradGrad``)."""
     kh, kw = ksize
-    p, _, _ = _patches(x, kh, kw, strides, padding, fill=-np.inf)
+    p, _, _ = _patches(x, kh, kw, strides, padding, fill=lowest(x.dtype))
     gp, _, _ = _patches(g, kh, kw, strides, padding)
     n, ho, wo, c = p.shape[:4]
     arg = p.reshape(n, ho, wo, c, kh * kw).argmax(axis=-1)[..., None]
@@ -218,9 +218,14 @@ class TorchConv:
             gx = gx[:, :, pt:pt + h, pl:pl + w]
         return gx.permute(0, 2, 3, 1)
 
+    def _lowest(self, x) -> float | int:
+        """The padding a max never picks: -inf, or an integer type's lowest value (TF
+        pools int32 too; -inf does not fit in one)."""
+        return float("-inf") if x.is_floating_point() else int(self.t.iinfo(x.dtype).min)
+
     def max_pool(self, x, ksize, strides, padding):
         xc = self._pad(x.permute(0, 3, 1, 2), ksize[0], ksize[1], strides, padding,
-                       value=float("-inf"))
+                       value=self._lowest(x))
         y = self.F.max_pool2d(xc, tuple(ksize), tuple(strides))
         return y.permute(0, 2, 3, 1).contiguous()
 
@@ -228,7 +233,7 @@ class TorchConv:
         n, h, w, c = x.shape
         (pt, pb), (pl, pr) = _pads(h, w, ksize[0], ksize[1], strides, padding)
         xc = self._pad(x.permute(0, 3, 1, 2), ksize[0], ksize[1], strides, padding,
-                       value=float("-inf"))
+                       value=self._lowest(x))
         _, idx = self.F.max_pool2d(xc, tuple(ksize), tuple(strides), return_indices=True)
         gx = self.t.ops.aten.max_pool2d_with_indices_backward(
             dy.permute(0, 3, 1, 2), xc, list(ksize), list(strides), [0, 0], [1, 1], False, idx)
@@ -236,7 +241,7 @@ class TorchConv:
 
     def max_pool_grad_grad(self, x, g, ksize, strides, padding):
         xc = self._pad(x.permute(0, 3, 1, 2), ksize[0], ksize[1], strides, padding,
-                       value=float("-inf"))
+                       value=self._lowest(x))
         _, idx = self.F.max_pool2d(xc, tuple(ksize), tuple(strides), return_indices=True)
         gc = self._pad(g.permute(0, 3, 1, 2), ksize[0], ksize[1], strides, padding)
         out = gc.flatten(2).gather(2, idx.flatten(2)).view_as(idx)  # per (n, c) plane
@@ -244,7 +249,7 @@ class TorchConv:
 
     def max_pool_with_argmax(self, x, ksize, strides, padding):
         xc = self._pad(x.permute(0, 3, 1, 2), ksize[0], ksize[1], strides, padding,
-                       value=float("-inf"))
+                       value=self._lowest(x))
         y, idx = self.F.max_pool2d(xc, tuple(ksize), tuple(strides), return_indices=True)
         return y.permute(0, 2, 3, 1).contiguous(), idx
 

@@ -82,6 +82,14 @@ def compatible(a: Shape, b: Shape) -> bool:
                                       for x, y in zip(a, b, strict=True))
 
 
+def merge(a: Shape, b: Shape) -> Shape:
+    """What two compatible static shapes of one value say together (TF's
+    ``TensorShape.merge_with``): each dimension known in either is known."""
+    if a is None or b is None:
+        return b if a is None else a
+    return tuple(x if x is not None else y for x, y in zip(a, b, strict=True))
+
+
 def broadcast(a: Shape, b: Shape) -> Shape | str:
     """Numpy broadcasting of two static shapes; returns an error string if impossible."""
     if a is None or b is None:

@@ -312,3 +312,111 @@ def test_one_hot_takes_its_dtype_from_its_values_and_an_axis_as_tf():
     np.testing.assert_array_equal(evaluate(g, first), np.where(idx == np.arange(3)[:, None],
                                                                5.0, -1.0))
     assert named.name == "labels:0" and named.shape == (3, 2)
+
+
+# -- differences from real TF1 found by running the same graphs in tf.compat.v1 ----------
+# (TensorFlow 2.21, eager execution disabled; the expected values below are TF's)
+
+def test_a_variable_read_inside_control_dependencies_sees_the_update():
+    """TF1's counter idiom: ``with control_dependencies([inc]): identity(counter)``. Every
+    implicit read reused the snapshot made with the variable, outside the scope, so it
+    ran before the update and the counter read 0, 1, 2 where TF reads 1, 2, 3."""
+    g = mf.Graph()
+    with g.as_default():
+        v = mf.Variable(1.0)
+        a = mf.assign(v, 5.0)
+        with mf.control_dependencies([a]):
+            reads = [mf.identity(v), v * 1.0, v.value(), v.read_value()]
+        c = mf.Variable(0.0)
+        inc = mf.assign_add(c, 1.0)
+        with mf.control_dependencies([inc]):
+            out = mf.identity(c)
+    with mf.Session(graph=g) as s:
+        s.run(mf.global_variables_initializer())
+        assert [float(r) for r in s.run(reads)] == [5.0] * 4
+        assert [float(s.run(out)) for _ in range(3)] == [1.0, 2.0, 3.0]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float_floordiv_is_tfs_floor_of_the_quotient(backend):
+    """TF's FloorDiv of reals is floor(x / y); Python's // (numpy's, torch's) gives 9 for
+    1.0 // 0.1 and NaN for -inf // 2."""
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.constant(np.array([1.0, -0.5, -np.inf, 7.0, -7.0, 0.3], np.float32))
+        y = mf.constant(np.array([0.1, np.inf, 2.0, 0.7, 0.7, 0.1], np.float32))
+        i = mf.constant(np.array([7, -7, 7], np.int32)) // np.int32(2)
+        out = [x // y, i]
+    got, ints = evaluate(g, out, backend=backend)
+    np.testing.assert_array_equal(got, [10.0, -0.0, -np.inf, 10.0, -10.0, 3.0])
+    assert np.signbit(got[1]) and ints.tolist() == [3, -4, 3]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_integer_max_pool_pads_with_the_types_lowest_value(backend):
+    """SAME max pooling padded with -inf, which no int32 holds: an OverflowError."""
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.constant(np.arange(9, dtype=np.int32).reshape(1, 3, 3, 1) - 20)
+        y = mf.nn.max_pool(x, [1, 2, 2, 1], [1, 2, 2, 1], "SAME")
+    assert evaluate(g, y, backend=backend)[0, :, :, 0].tolist() == [[-16, -15], [-13, -12]]
+
+
+def test_tf1_where_of_unknown_rank_picks_rows_when_it_runs():
+    """With ranks unknown at build time the vector condition was broadcast as where_v2
+    does: columns of a square input, a broadcast error for a 3x2 one."""
+    g = mf.Graph()
+    with g.as_default():
+        c = mf.placeholder(mf.bool, None)
+        x, y = mf.placeholder(mf.float32, None), mf.placeholder(mf.float32, None)
+        w = mf.where(c, x, y)
+        gx, gy = mf.gradients(mf.reduce_sum(w * 2.0), [x, y])
+    feeds = {c: [True, False, True], x: np.ones((3, 2), np.float32),
+             y: np.zeros((3, 2), np.float32)}
+    got, dx, dy = evaluate(g, [w, gx, gy], feeds)
+    assert got.tolist() == [[1, 1], [0, 0], [1, 1]]
+    assert dx.tolist() == [[2, 2], [0, 0], [2, 2]] and dy.tolist() == [[0, 0], [2, 2], [0, 0]]
+
+
+def test_static_shapes_that_tf_infers_are_inferred():
+    """The gradient of a gather had unknown rank (TF: the variable's shape), and several
+    shape functions gave up on an unknown rank or a dimension another input knew."""
+    g = mf.Graph()
+    with g.as_default():
+        u = mf.placeholder(mf.float32, None)
+        a = mf.Variable(np.ones((5, 3), np.float32))
+        (ga,) = mf.gradients(mf.reduce_sum(mf.gather(a, [2, 0, 0])), [a])
+        f = mf.constant(np.ones((3, 3, 1, 4), np.float32))
+        got = [ga, mf.reduce_sum(u), mf.transpose(u, [2, 0, 1]), mf.nn.conv2d(u, f, 1, "SAME"),
+               mf.nn.max_pool(u, 2, 2, "SAME"),
+               mf.concat([mf.placeholder(mf.float32, [None, None]),
+                          mf.placeholder(mf.float32, [2, 5])], 1),
+               mf.add_n([mf.placeholder(mf.float32, [None, 3]),
+                         mf.placeholder(mf.float32, [2, None])])]
+    assert [t.get_shape().as_list() for t in got] == [
+        [5, 3], [], [None, None, None], [None, None, None, 4], [None] * 4, [2, None], [2, 3]]
+    assert evaluate(g, ga).tolist() == [[2.0] * 3, [0.0] * 3, [1.0] * 3, [0.0] * 3, [0.0] * 3]
+
+
+def test_ordering_comparisons_refuse_bools_and_repeated_reduction_axes_are_refused():
+    """TF registers Less/Greater... for real numbers only (Equal takes bools), and refuses
+    an axis named twice; here numpy's False < True and one reduction answered."""
+    g = mf.Graph()
+    with g.as_default():
+        b = mf.constant([True, False])
+        assert mf.equal(b, b).dtype == mf.bool
+        for op in (mf.less, mf.greater, mf.less_equal, mf.greater_equal):
+            with pytest.raises(TypeError, match="needs numeric inputs"):
+                op(b, b)
+        with pytest.raises(ValueError, match="name a dimension twice"):
+            mf.reduce_sum(mf.constant(np.ones((2, 3))), axis=[1, -1])
+
+
+def test_the_gradient_of_pow_in_its_exponent_is_zero_at_minus_infinity():
+    """TF masks log(x) for x <= 0 with zeros_like(x); x * 0.0 is NaN at -inf."""
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.constant(np.array([-np.inf, 2.0], np.float32))
+        y = mf.constant(np.array([0.0, 3.0], np.float32))
+        (gy,) = mf.gradients(x ** y, [y])
+    np.testing.assert_allclose(evaluate(g, gy), [0.0, 8.0 * np.log(2.0)], rtol=1e-6)

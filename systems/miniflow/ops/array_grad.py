@@ -76,7 +76,8 @@ def _gather_grad(op, g):
     idx_axes = list(range(ax, ax + ni))
     post = list(range(ax + ni, len(g.shape)))
     moved = transpose(g, idx_axes + pre + post) if ax else g
-    n = shape(params)[ax:ax + 1]
+    n = (constant(np.array([params.shape[ax]], np.int32)) if params.shape[ax] is not None
+         else shape(params)[ax:ax + 1])  # a constant lets the sum's shape be known
     summed = make_op("UnsortedSegmentSum", [moved, indices, n]).outputs[0]
     if ax:  # summed is (n, pre..., post...): put axis 0 back at position ax
         r = 1 + len(pre) + len(post)

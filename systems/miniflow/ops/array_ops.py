@@ -110,8 +110,10 @@ def reshape(x, shape, name=None) -> Tensor:
 
 def _transpose_shape(ins, attrs):
     x, perm = ins[0], attrs["perm"]
-    if x.shape is None or perm is None:
+    if perm is None:
         return [(x.dtype, None)]
+    if x.shape is None:  # the permutation still says the rank
+        return [(x.dtype, (None,) * len(perm))]
     if sorted(perm) != list(range(len(x.shape))):
         raise shape_error("Transpose", f"perm {list(perm)} is not a permutation of the axes", x)
     return [(x.dtype, tuple(x.shape[p] for p in perm))]
@@ -140,7 +142,8 @@ def transpose(x, perm=None, name=None) -> Tensor:
 def _concat_shape(ins, attrs):
     ax = attrs["axis"]
     dt = ins[0].dtype
-    out = list(ins[0].shape) if ins[0].shape is not None else None
+    known = [t.shape for t in ins if t.shape is not None]
+    out = list(known[0]) if known else None
     for t in ins:
         if t.dtype != dt:
             raise shape_error("ConcatV2", "inputs must share a dtype", *ins)
@@ -151,6 +154,8 @@ def _concat_shape(ins, attrs):
         for i, (a, b) in enumerate(zip(out, t.shape, strict=True)):
             if i != ax and a is not None and b is not None and a != b:
                 raise shape_error("ConcatV2", f"dimension {i} differs ({a} vs {b})", *ins)
+            if i != ax and a is None:  # another input may know it (TF merges them)
+                out[i] = b
     if out is not None:
         sizes = [t.shape[ax] if t.shape is not None else None for t in ins]
         out[ax] = None if None in sizes else sum(sizes)
@@ -232,7 +237,16 @@ def gather(params, indices, validate_indices=None, name=None, axis=None, batch_d
     return make_op("GatherV2", [params, indices], {"axis": ax}, name).outputs[0]
 
 
-define(OpDef("UnsortedSegmentSum", lambda ins, a: [(ins[0].dtype, None)],
+def _segment_sum_shape(ins, attrs):
+    d, ids, n = ins
+    if d.shape is None or ids.shape is None:
+        return [(d.dtype, None)]
+    segments = shape_from_tensor(n)
+    rows = segments[0] if segments is not None and len(segments) == 1 else None
+    return [(d.dtype, (rows,) + tuple(d.shape[len(ids.shape):]))]
+
+
+define(OpDef("UnsortedSegmentSum", _segment_sum_shape,
              lambda a, be, res: lambda d, ids, n: be.unsorted_segment_sum(
                  d, ids, int(_host(be, n)[0])), host_inputs=(2,)))
 
@@ -398,10 +412,15 @@ def where_v2(condition, x, y, name=None) -> Tensor:
 def where(condition, x, y, name=None) -> Tensor:
     """TF1's ``where`` (``tf.compat.v1.where``): as :func:`where_v2`, except that a
     vector condition with matrices picks whole *rows* (TF1's Select), where a broadcast
-    would align it with the last axis and pick columns of a square input. (A rank
-    unknown when the graph is built broadcasts as ``where_v2``.)"""
+    would align it with the last axis and pick columns of a square input. With a rank
+    the graph does not know, TF1's Select op decides when it runs."""
     c = convert_to_tensor(condition)
     sides = [v.shape if hasattr(v, "shape") else np.shape(v) for v in (x, y)]
+    if c.shape is None or any(s is None for s in sides):
+        from .math_ops import _operands
+
+        x, y = _operands("Select", x, y)
+        return make_op("Select", [c, x, y], name=name).outputs[0]
     rank = max((len(s) for s in sides if s is not None), default=0)  # either may be the matrix
     if c.shape is not None and len(c.shape) == 1 and rank > 1:
         c = reshape(c, [-1] + [1] * (rank - 1))

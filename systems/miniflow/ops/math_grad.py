@@ -8,7 +8,8 @@ own gradients exist: second derivatives of elementwise ops and matmul work.
 from __future__ import annotations
 
 from ..gradients import RegisterGradient, no_gradient
-from .array_ops import reduced_shape, reshape, shape, size, where_v2, zeros_like
+from ..op_def import make_op
+from .array_ops import ones_like, reduced_shape, reshape, shape, size, where_v2, zeros_like
 from .math_ops import (
     cast,
     equal,
@@ -55,8 +56,9 @@ def _pow_grad(op, g):
     z = op.outputs[0]
     gx = g * y * x ** (y - 1.0)
     # d/dy x^y = x^y log x, defined for x > 0 (TF masks the rest to 0 the same way).
-    safe_log = where_v2(greater(x, 0.0), log(where_v2(greater(x, 0.0), x, x * 0.0 + 1.0)),
-                        x * 0.0)
+    # zeros_like and ones_like, not x * 0.0: at x = -inf that is NaN, where TF gives 0
+    safe_log = where_v2(greater(x, 0.0), log(where_v2(greater(x, 0.0), x, ones_like(x))),
+                        zeros_like(x))
     gy = g * z * safe_log
     return unbroadcast(gx, x, y), unbroadcast(gy, y, x)
 
@@ -153,6 +155,14 @@ def _select_grad(op, g):
     # (other=None), not against the other branch's
     return (None, unbroadcast(where_v2(c, g, zeros), x, None),
             unbroadcast(where_v2(c, zeros, g), y, None))
+
+
+@RegisterGradient("Select")
+def _select_v1_grad(op, g):
+    c, x, y = op.inputs
+    zeros = zeros_like(g)
+    pick = [make_op("Select", [c, a, b]).outputs[0] for a, b in ((g, zeros), (zeros, g))]
+    return None, unbroadcast(pick[0], x, None), unbroadcast(pick[1], y, None)
 
 
 @RegisterGradient("MatMul")

@@ -137,8 +137,10 @@ for _t, _m in BINARY.items():
                  KERNELS.get(_t) or _backend_fn(_m), elementwise=True))
 for _t, _m in COMPARE.items():
     _fn = _binary_shape(_t, bool_)
-    define(OpDef(_t, _bool_only(_t, _fn) if _t in BOOL_ONLY else _fn, _backend_fn(_m),
-                 elementwise=True))
+    # Less, Greater...: TF's T is realnumbertypes (no bool); Equal and NotEqual take any
+    _fn = (_bool_only(_t, _fn) if _t in BOOL_ONLY else
+           _fn if _t in ("Equal", "NotEqual") else _numeric_only(_t, _fn))
+    define(OpDef(_t, _fn, _backend_fn(_m), elementwise=True))
 for _t, (_m, _f) in UNARY.items():
     # Neg, Relu, Square, Abs, Sign: number types only in TF, as the binary ops (numpy's
     # square of a bool is int8, its relu int64, under a tensor that says bool)
@@ -157,7 +159,7 @@ def _addn_shape(ins, attrs):
     for t in ins[1:]:
         if not shapes.compatible(out, t.shape):
             raise shape_error("AddN", "all inputs must have the same shape", *ins)
-        out = out if out is not None and None not in out else t.shape
+        out = shapes.merge(out, t.shape)
     return [(dt, out)]
 
 
@@ -189,6 +191,26 @@ def _select_shape(ins, attrs):
 
 
 define(OpDef("SelectV2", _select_shape, lambda a, be, res: be.where, elementwise=True))
+
+
+def _select_v1_kernel(attrs, be, res):
+    def select(c, x, y):  # TF1's Select: a vector condition picks rows of a matrix
+        n = max(x.ndim, y.ndim)
+        if c.ndim == 1 and n > 1:
+            c = c.reshape((-1,) + (1,) * (n - 1))
+        return be.where(c, x, y)
+    return select
+
+
+# TF1's Select, for a where() whose ranks the graph does not know: rows or elements is
+# decided when it runs, as TF's kernel decides (tensorflow/core/kernels/cwise_op_select.cc)
+def _select_v1_shape(ins, attrs):
+    if ins[0].dtype != bool_:
+        raise dtype_error("Select", f"condition must be bool, got {ins[0].dtype.name}", *ins)
+    return [(same_dtype("Select", ins[1], ins[2]), elementwise_shape("Select", *ins[1:]))]
+
+
+define(OpDef("Select", _select_v1_shape, _select_v1_kernel))
 
 
 def _is_value(v: Any) -> bool:
@@ -257,8 +279,9 @@ def divide(x, y, name=None) -> Tensor:
 
 
 def floordiv(x, y, name=None) -> Tensor:
-    """``x // y``, rounded toward negative infinity (TF's FloorDiv, as Python's ``//``);
-    an integer division by zero is an InvalidArgumentError when it runs, as in TF."""
+    """``x // y``, rounded toward negative infinity (TF's FloorDiv: for floats
+    ``floor(x / y)``, which is not always Python's ``//``: ``1.0 // 0.1`` is 10 here, as in
+    TF); an integer division by zero is an InvalidArgumentError when it runs, as in TF."""
     x, y = _operands("FloorDiv", x, y)
     return make_op("FloorDiv", [x, y], {"T": x.dtype}, name).outputs[0]
 

@@ -185,8 +185,8 @@ def _conv_shape(ins, attrs):
     x, f = ins
     if x.dtype != f.dtype:
         raise shape_error("Conv2D", "input and filter must share a dtype", x, f)
-    if x.shape is None or f.shape is None:
-        return [(x.dtype, None)]
+    if x.shape is None or f.shape is None:  # NHWC, with the filter's out channels
+        return [(x.dtype, (None, None, None, f.shape[3] if f.shape is not None else None))]
     if len(x.shape) != 4 or len(f.shape) != 4:
         raise shape_error("Conv2D", "input must be NHWC and filter HWIO (rank 4)", x, f)
     if x.shape[3] is not None and f.shape[2] is not None and x.shape[3] != f.shape[2]:
@@ -247,7 +247,7 @@ def _pool_shape(op_type):
     def fn(ins, attrs):
         x = ins[0]
         if x.shape is None:
-            return [(x.dtype, None)]
+            return [(x.dtype, (None,) * 4)]  # NHWC whatever the input turns out to be
         if len(x.shape) != 4:
             raise shape_error(op_type, "input must be NHWC (rank 4)", x)
         (kh, kw), (sh, sw), p = attrs["ksize"], attrs["strides"], attrs["padding"]

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..dtypes import as_dtype, int64
 from ..graph import Tensor
-from ..op_def import OpDef, check_axis, convert_to_tensor, define, make_op
+from ..op_def import OpDef, check_axis, convert_to_tensor, define, make_op, shape_error
 from .math_ops import _numeric_only
 
 
@@ -19,12 +19,17 @@ def _norm_axes(op_type: str, axis, x: Tensor) -> tuple[int, ...] | None:
     axes = (int(axis),) if isinstance(axis, (int, np.integer)) else tuple(int(a) for a in axis)
     if x.shape is None:
         return axes
-    return tuple(sorted({check_axis(op_type, a, x) for a in axes}))
+    norm = [check_axis(op_type, a, x) for a in axes]
+    if len(set(norm)) != len(norm):  # TF's ReductionHelper refuses it (when it runs)
+        raise shape_error(op_type, f"axes {list(axes)} name a dimension twice", x)
+    return tuple(sorted(norm))
 
 
 def _reduce_shape(op_type: str):
     def fn(ins, attrs):
         x = ins[0]
+        if len(ins) == 1 and attrs["axis"] is None and not attrs["keepdims"]:
+            return [(x.dtype, ())]  # every axis: a scalar, whatever the rank
         if len(ins) == 2 or x.shape is None:  # axes only known at run time
             return [(x.dtype, None)]
         axes, keep = attrs["axis"], attrs["keepdims"]

@@ -160,10 +160,17 @@ class Variable:
         return self._ref.get_shape()
 
     def _as_tensor(self) -> Tensor:
+        """The variable as an op's input. Inside ``control_dependencies`` it is a fresh
+        read, ordered after those ops, as in TF (a resource variable reads at each use; a
+        ref variable's ``read`` aliases the buffer the update wrote): so ``with
+        control_dependencies([inc]): identity(counter)`` sees the increment. Elsewhere
+        it is the one snapshot made with the variable (``w/read``)."""
+        if any(self.graph._control_stack):
+            return self.read_value()
         return self._snapshot
 
     def value(self) -> Tensor:
-        return self._snapshot
+        return self._as_tensor()
 
     def read_value(self) -> Tensor:
         """A fresh read, ordered after the control dependencies in scope where it is made."""
@@ -201,7 +208,7 @@ class Variable:
 
 
 def _delegate(method):
-    return lambda self, *args: getattr(self._snapshot, method)(*args)
+    return lambda self, *args: getattr(self._as_tensor(), method)(*args)
 
 
 for _m in ("__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__", "__truediv__",
