@@ -420,3 +420,14 @@ def test_the_gradient_of_pow_in_its_exponent_is_zero_at_minus_infinity():
         y = mf.constant(np.array([0.0, 3.0], np.float32))
         (gy,) = mf.gradients(x ** y, [y])
     np.testing.assert_allclose(evaluate(g, gy), [0.0, 8.0 * np.log(2.0)], rtol=1e-6)
+
+
+def test_the_second_derivative_of_relu_in_its_input_is_zero_not_unconnected():
+    """TF's _ReluGradGrad gives zeros_like(features); None made gradients() answer None."""
+    g = mf.Graph()
+    with g.as_default():
+        a = mf.constant(np.array([-1.0, 2.0], np.float32))
+        b = mf.constant(np.array([3.0, 4.0], np.float32))
+        (da,) = mf.gradients(mf.reduce_sum(mf.nn.relu(a) * b), [a])
+        (dda,) = mf.gradients(mf.reduce_sum(da * b), [a])
+    assert dda is not None and evaluate(g, dda).tolist() == [0.0, 0.0]

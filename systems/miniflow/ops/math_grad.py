@@ -111,7 +111,9 @@ def _relu_grad(op, g):
 
 @RegisterGradient("ReluGrad")
 def _relu_grad_grad(op, gg):
-    return relu_grad(gg, op.inputs[1]), None
+    # zeros for the features, as TF's _ReluGradGrad (nn_grad.py): ReluGrad is piecewise
+    # constant in them, and a second derivative there is 0, not "unconnected" (None)
+    return relu_grad(gg, op.inputs[1]), zeros_like(op.inputs[1])
 
 
 @RegisterGradient("Sqrt")
