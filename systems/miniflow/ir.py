@@ -172,11 +172,20 @@ def build(fetches: Iterable[Tensor], targets: Iterable[Operation],
     nodes = list(args)
     graph_ops = fetches[0].op.graph._ops if fetches else (targets[0].graph._ops
                                                          if targets else [])
+    # A variable's initializer runs before every read of it in the same step, so that
+    # Variable(v + 1.0) initialises in any order, as TF1 guards such an initial value
+    # (variables.py _try_guard_against_uninitialized_dependencies); the initializer is
+    # made before any read, so it is already copied when a read is
+    inits = {op.attrs["var_name"]: op for op in graph_ops if op.id in needed
+             and op.type == "Assign" and op.name == f"{op.attrs['var_name']}/Assign"}
     for op in graph_ops:
         if op.id not in needed:
             continue
-        n = Node(op.name, op.type, [ref(t) for t in op.inputs],
-                 [copies[c.id] for c in op.control_inputs], dict(op.attrs),
+        controls = [copies[c.id] for c in op.control_inputs]
+        init = inits.get(op.attrs.get("var_name")) if op.type == "ReadVariable" else None
+        if init is not None and init.id in copies and copies[init.id] not in controls:
+            controls.append(copies[init.id])
+        n = Node(op.name, op.type, [ref(t) for t in op.inputs], controls, dict(op.attrs),
                  [(t.dtype, t.shape) for t in op.outputs], op.device, op, op.created_at)
         copies[op.id] = n
         nodes.append(n)

@@ -212,7 +212,7 @@ def same_dtype(op_type: str, *ts: Tensor) -> DType:
     dt = ts[0].dtype
     for t in ts[1:]:
         if t.dtype != dt:
-            raise shape_error(op_type, "inputs must have the same dtype (TensorFlow does not "
+            raise dtype_error(op_type, "inputs must have the same dtype (TensorFlow does not "
                               "promote types; use mf.cast)", *ts)
     return dt
 

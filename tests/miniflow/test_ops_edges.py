@@ -431,3 +431,79 @@ def test_the_second_derivative_of_relu_in_its_input_is_zero_not_unconnected():
         (da,) = mf.gradients(mf.reduce_sum(mf.nn.relu(a) * b), [a])
         (dda,) = mf.gradients(mf.reduce_sum(da * b), [a])
     assert dda is not None and evaluate(g, dda).tolist() == [0.0, 0.0]
+
+
+def test_variables_and_slots_made_inside_control_dependencies_do_not_inherit_them():
+    """TF builds a variable (and an optimizer its slots) under init_scope. Here the
+    UPDATE_OPS idiom around minimize made Adam's slots' initializers need the update's
+    feed, and a variable made in the scope ran the scope's op on every read."""
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [None, 2], name="x")
+        w = mf.Variable(np.array([[1.0], [2.0]], np.float32), name="w")
+        moving = mf.Variable(np.zeros(2, np.float32), False, name="moving_mean")
+        update = mf.assign(moving, moving * 0.9 + mf.reduce_mean(x, 0) * 0.1)
+        with mf.control_dependencies([update]):
+            train = mf.train.AdamOptimizer(0.1).minimize(mf.reduce_sum(mf.matmul(x, w) ** 2))
+        step = mf.Variable(0, name="step")
+        inc = mf.assign_add(step, 1)
+        with mf.control_dependencies([inc]):
+            v = mf.Variable(5.0, name="v")
+            out = v * 2.0
+    with mf.Session(graph=g) as s:
+        s.run(mf.global_variables_initializer())  # needed x's feed before
+        s.run(train, {x: [[1.0, 1.0]]})
+        np.testing.assert_allclose(s.run(moving), [0.1, 0.1], rtol=1e-6)
+        np.testing.assert_allclose(s.run(w).ravel(), [0.9, 1.9], rtol=1e-6)
+        s.run(step.initializer)
+        s.run(v.initializer)
+        assert (s.run(step), s.run(v), s.run(step)) == (0, 5.0, 0)
+        assert (s.run(out), s.run(step)) == (10.0, 1)  # only the op built in the scope
+
+
+def test_tf1_optimizer_names_and_checks():
+    """Slots are named after the variable and the optimizer (TF's slot_creator: w/Adam,
+    w/Adam_1, w/Momentum; they were w/Adam_m...), Adam's beta powers live in the caller's
+    scope, apply_gradients with no gradient at all is TF's ValueError (it built a train
+    op that did nothing), and a dtype mismatch is a TypeError, as TF raises it."""
+    g = mf.Graph()
+    with g.as_default():
+        with mf.name_scope("model"):
+            w = mf.Variable(np.array([1.0, 2.0], np.float32), name="w")
+        loss = mf.reduce_sum(w * w)
+        with mf.name_scope("opt"):
+            mf.train.AdamOptimizer(0.1).minimize(loss)
+        mf.train.MomentumOptimizer(0.1, 0.9).minimize(loss)
+        names = [v.name for v in mf.global_variables() if v not in mf.trainable_variables()]
+        assert sorted(names) == ["model/w/Adam:0", "model/w/Adam_1:0", "model/w/Momentum:0",
+                                 "opt/beta1_power:0", "opt/beta2_power:0"]
+        g.get_tensor_by_name("model/w/Adam_1:0")
+        x = mf.placeholder(mf.float32, [2])
+        (gw,) = mf.gradients(mf.reduce_sum(x * 3.0), [w])
+        gd = mf.train.GradientDescentOptimizer(0.1)
+        with pytest.raises(ValueError, match="No gradients provided for any variable"):
+            gd.apply_gradients([(gw, w)])
+        with pytest.raises(ValueError, match="No variables provided"):
+            gd.apply_gradients([])
+        for bad in (lambda: w + np.float64(1.0) * mf.constant(1.0, mf.float64),
+                    lambda: mf.concat([w, mf.constant([1], mf.int32)], 0),
+                    lambda: mf.gather(w, mf.constant([0.0])),
+                    lambda: mf.assign(w, mf.constant([1.0, 2.0], mf.float64))):
+            with pytest.raises(TypeError):
+                bad()
+
+
+def test_a_variable_initialised_from_another_initialises_in_one_step():
+    """Variable(v + 1.0) read v's snapshot, which nothing ordered after v's initializer:
+    with an initial value that takes an op to compute, the read ran first and every
+    initialisation failed. TF1 guards such reads; here a read follows the initializer
+    of its variable in any step that runs both (and initialized_value() exists)."""
+    g = mf.Graph()
+    with g.as_default():
+        p = mf.placeholder(mf.float32, [2])
+        v = mf.Variable(p * 2.0, name="v")
+        w = mf.Variable(v + 1.0, name="w")
+        u = mf.Variable(v.initialized_value() * 3.0, name="u")
+    with mf.Session(graph=g) as s:
+        s.run(mf.global_variables_initializer(), {p: [1.0, 2.0]})
+        assert [a.tolist() for a in s.run([v, w, u])] == [[2.0, 4.0], [3.0, 5.0], [6.0, 12.0]]

@@ -86,7 +86,7 @@ def test_slots_live_next_to_their_variable():
         opt = mf.train.AdamOptimizer(0.1)
         train = opt.minimize(mf.reduce_sum(w * w))
         m = opt.get_slot(w, "m")
-    assert m.op.name == "w/Adam_m" and m.device == "/cpu:1" and not m.trainable
+    assert m.op.name == "w/Adam" and m.device == "/cpu:1" and not m.trainable
     with mf.Session(graph=g, config=mf.ConfigProto(device_count={"CPU": 2})) as s:
         s.run(mf.global_variables_initializer())
         s.run(train)

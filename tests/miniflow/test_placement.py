@@ -119,7 +119,7 @@ def test_a_variable_stays_on_its_first_device_across_runs():
                         where.setdefault(n.attrs["var_name"], set()).add(ex.device)
     assert all(len(devs) == 1 for devs in where.values()), where
     for v in ("hidden/w", "logits/b"):
-        assert where[f"{v}/Adam_m"] == where[f"{v}/Adam_v"] == where[v]
+        assert where[f"{v}/Adam"] == where[f"{v}/Adam_1"] == where[v]
 
 
 def test_the_placer_keeps_a_cheap_consumer_next_to_its_big_input():

@@ -69,16 +69,16 @@ def test_a_corrupted_checkpoint_is_refused(tmp_path):
         with pytest.raises(mf.train.DataLossError):
             saver.restore(s, path)
     with mf.Session(graph=g) as s:
-        with pytest.raises(mf.NotFoundError, match="no checkpoint"):
-            saver.restore(s, str(tmp_path / "missing"))
+        with pytest.raises(ValueError, match="not a valid checkpoint: no checkpoint"):
+            saver.restore(s, str(tmp_path / "missing"))  # TF1's ValueError
 
 
 def test_saving_an_uninitialised_variable_is_an_error(tmp_path):
     g, w, b, bump, saver = _graph()
     with mf.Session(graph=g) as s:
         s.run(w.initializer)
-        with pytest.raises(mf.NotFoundError, match="b: the variable is not initialised|cannot "
-                                                   "save b"):
+        with pytest.raises(mf.FailedPreconditionError,
+                           match="b: the variable is not initialised|cannot save b"):
             saver.save(s, str(tmp_path / "ckpt"))
 
 
@@ -144,7 +144,7 @@ def test_restoring_into_a_variable_of_another_dtype_is_refused(tmp_path):
     with g.as_default():
         mf.Variable(np.zeros((2, 3), np.float64), name="w")
         with mf.Session(graph=g) as s:
-            with pytest.raises(mf.NotFoundError, match="w: checkpoint has dtype float32"):
+            with pytest.raises(mf.InvalidArgumentError, match="w: checkpoint has dtype float32"):
                 mf.train.Saver().restore(s, path)
 
 
@@ -358,3 +358,9 @@ def test_restoring_from_a_directory_without_a_checkpoint_says_so():
     with mf.Session(graph=g) as s:
         with pytest.raises(ValueError, match="save_path when it is None"):
             saver.restore(s, None)
+
+
+def test_a_saver_of_no_variables_is_refused_as_in_tf():
+    with mf.Graph().as_default():
+        with pytest.raises(ValueError, match="No variables to save"):
+            mf.train.Saver()

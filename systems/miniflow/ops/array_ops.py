@@ -23,6 +23,7 @@ from ..op_def import (
     check_axis,
     convert_to_tensor,
     define,
+    dtype_error,
     make_op,
     python_value_as,
     shape_error,
@@ -146,7 +147,7 @@ def _concat_shape(ins, attrs):
     out = list(known[0]) if known else None
     for t in ins:
         if t.dtype != dt:
-            raise shape_error("ConcatV2", "inputs must share a dtype", *ins)
+            raise dtype_error("ConcatV2", "inputs must share a dtype", *ins)
         if out is None or t.shape is None:
             continue
         if len(t.shape) != len(out):
@@ -194,7 +195,7 @@ define(OpDef("SplitByShapes",
 def _gather_shape(ins, attrs):
     p, idx = ins
     if not idx.dtype.is_integer:
-        raise shape_error("GatherV2", "indices must be integers", idx)
+        raise dtype_error("GatherV2", "indices must be integers", idx)
     if p.shape is None or idx.shape is None:
         return [(p.dtype, None)]
     ax = attrs["axis"]
@@ -254,7 +255,7 @@ define(OpDef("UnsortedSegmentSum", _segment_sum_shape,
 def _one_hot_shape(ins, attrs):
     i = ins[0]
     if not i.dtype.is_integer:
-        raise shape_error("OneHot", "indices must be integers", i)
+        raise dtype_error("OneHot", "indices must be integers", i)
     if attrs["depth"] < 0:
         raise shape_error("OneHot", f"depth must be non-negative, got {attrs['depth']}", i)
     return [(attrs["dtype"], None if i.shape is None else i.shape + (attrs["depth"],))]

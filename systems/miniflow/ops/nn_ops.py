@@ -24,6 +24,7 @@ from ..op_def import (
     check_axis,
     convert_to_tensor,
     define,
+    dtype_error,
     elementwise_shape,
     make_op,
     same_dtype,
@@ -73,7 +74,7 @@ def log_softmax(logits, axis=None, name=None, dim=None):
 def _xent_shape(ins, attrs):
     logits, labels = ins
     if not labels.dtype.is_integer:
-        raise shape_error("SparseSoftmaxCrossEntropyWithLogits", "labels must be integers",
+        raise dtype_error("SparseSoftmaxCrossEntropyWithLogits", "labels must be integers",
                           labels)
     if logits.shape is not None and len(logits.shape) != 2:
         raise shape_error("SparseSoftmaxCrossEntropyWithLogits",
@@ -184,7 +185,7 @@ def _check_window(op_type: str, x, window, padding: str, *more) -> None:
 def _conv_shape(ins, attrs):
     x, f = ins
     if x.dtype != f.dtype:
-        raise shape_error("Conv2D", "input and filter must share a dtype", x, f)
+        raise dtype_error("Conv2D", "input and filter must share a dtype", x, f)
     if x.shape is None or f.shape is None:  # NHWC, with the filter's out channels
         return [(x.dtype, (None, None, None, f.shape[3] if f.shape is not None else None))]
     if len(x.shape) != 4 or len(f.shape) != 4:

@@ -24,7 +24,7 @@ from .. import shapes
 from ..dtypes import as_dtype
 from ..errors import FailedPreconditionError, InvalidArgumentError
 from ..graph import Operation, Tensor, get_default_graph, session_or_default
-from ..op_def import OpDef, constant, convert_to_tensor, define, make_op, shape_error
+from ..op_def import OpDef, constant, convert_to_tensor, define, dtype_error, make_op, shape_error
 
 GLOBAL_VARIABLES = "variables"
 TRAINABLE_VARIABLES = "trainable_variables"
@@ -94,7 +94,7 @@ def _var_spec(ins, a):
 def _assign_shape(ins, a):
     ref, value = ins
     if value.dtype != ref.dtype:
-        raise shape_error("Assign", "value dtype differs from the variable's", ref, value)
+        raise dtype_error("Assign", "value dtype differs from the variable's", ref, value)
     if not shapes.compatible(ref.shape, value.shape):
         raise shape_error("Assign", "value shape differs from the variable's", ref, value)
     return [(ref.dtype, ref.shape)]
@@ -125,7 +125,11 @@ class Variable:
         g = get_default_graph()
         self.graph = g
         vname = g.unique_name(name or "Variable")
-        with g._exact_scope(vname):
+        # outside any control_dependencies in scope, as TF builds a variable (and an
+        # optimizer its slots) under init_scope: initialising or reading the variable
+        # must not run the ops a caller's scope names (the UPDATE_OPS idiom around
+        # minimize would make the initializer need their feeds)
+        with g.control_dependencies(None), g._exact_scope(vname):
             init = initial_value() if callable(initial_value) else initial_value
             if isinstance(init, Variable):  # tf.Variable(w): w's value (convert_to_tensor)
                 init = init._as_tensor()
@@ -171,6 +175,13 @@ class Variable:
 
     def value(self) -> Tensor:
         return self._as_tensor()
+
+    def initialized_value(self) -> Tensor:
+        """The value to build another variable's initial value from (TF1's): here the
+        initial value itself, which is what TF's guarded read gives while initialising
+        (a read of the variable is ordered after its initializer in a step that runs
+        both anyway, so ``Variable(v + 1.0)`` works too)."""
+        return self.initial_value
 
     def read_value(self) -> Tensor:
         """A fresh read, ordered after the control dependencies in scope where it is made."""

@@ -47,10 +47,18 @@ class Optimizer:
         """The returned op has the scope's own name (``train`` for ``name="train"``), as
         TF1's: the group of the updates, or with ``global_step`` its increment, run after
         that group (``train/update``)."""
+        pairs = list(grads_and_vars)
+        if not pairs:  # TF1's checks: a train op that updates nothing is a mistake
+            raise ValueError("No variables provided.")
+        if all(g is None for g, _ in pairs):
+            raise ValueError(f"No gradients provided for any variable: "
+                             f"{[v.name for _, v in pairs]}")
         updates = []
-        with get_default_graph().name_scope(name or self._name) as scope:
+        graph = get_default_graph()
+        self._outer_scope = graph._scope  # the caller's: Adam's beta powers go there
+        with graph.name_scope(name or self._name) as scope:
             self._prepare()
-            for g, v in grads_and_vars:
+            for g, v in pairs:
                 if g is None:
                     continue
                 with device(v.device or None):
@@ -77,9 +85,11 @@ class Optimizer:
     def _slot(self, var: Variable, name: str) -> Variable:
         key = (var.op.name, name)
         if key not in self._slots:
+            # TF's slot_creator names a slot after its variable and the optimizer,
+            # uniquified in creation order: Adam's m and v are w/Adam and w/Adam_1
             with get_default_graph()._exact_scope(""), device(var.device or None):
                 self._slots[key] = Variable(np.zeros(var.shape, var.dtype.np_dtype),
-                                            name=f"{var.op.name}/{self._name}_{name}",
+                                            name=f"{var.op.name}/{self._name}",
                                             trainable=False)
         return self._slots[key]
 
@@ -150,7 +160,9 @@ class AdamOptimizer(Optimizer):
         """beta1^t and beta2^t, next to the first variable. TF makes them float32 whatever
         the variables' dtype; we use the variable's dtype, so float64 training is exact."""
         if not hasattr(self, "_b1_power"):
-            with get_default_graph()._exact_scope(""), device(var.device or None):
+            # in the caller's name scope, as TF's non-slot variables
+            with get_default_graph()._exact_scope(getattr(self, "_outer_scope", "")), \
+                    device(var.device or None):
                 dt = var.dtype.np_dtype
                 self._b1_power = Variable(dt.type(self._b1), name="beta1_power",
                                           trainable=False)

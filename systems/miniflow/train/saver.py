@@ -32,7 +32,7 @@ import numpy as np
 
 from common.procs import remove_orphans
 
-from ..errors import NotFoundError
+from ..errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from ..ops.state_ops import global_variables
 
 
@@ -81,6 +81,8 @@ class Saver:
         # TF1's second positional is ``reshape``: the rest are keywords here
         vs = var_list if var_list is not None else global_variables()
         self._vars = dict(vs) if isinstance(vs, dict) else {v.op.name: v for v in vs}
+        if not self._vars:  # as TF's Saver: a checkpoint of nothing is a mistake
+            raise ValueError("No variables to save")
         if MANIFEST in self._vars:
             raise ValueError(f"Saver: {MANIFEST!r} names the checkpoint's manifest; give "
                              f"that variable another name (or another key in var_list)")
@@ -115,7 +117,9 @@ class Saver:
         arrays, manifest = {}, {}
         for key, var in self._vars.items():
             if var.op.name not in values:
-                raise NotFoundError(f"cannot save {key}: the variable is not initialised")
+                # TF's SaveV2 reads it: "Attempting to use uninitialized value"
+                raise FailedPreconditionError(f"cannot save {key}: the variable is not "
+                                              f"initialised")
             a = values[var.op.name]
             arrays[key] = a
             manifest[key] = {"shape": list(a.shape), "dtype": a.dtype.str, "sha256": _digest(a)}
@@ -180,7 +184,10 @@ class Saver:
         self._check_graph(sess)
         path = Path(save_path if str(save_path).endswith(".npz") else f"{save_path}.npz")
         if not path.exists():
-            raise NotFoundError(f"no checkpoint at {path}")
+            # TF's restore checks checkpoint_exists first (a ValueError, which a TF1
+            # program catches to start from scratch)
+            raise ValueError(f"The passed save_path is not a valid checkpoint: no "
+                             f"checkpoint at {path}")
         try:
             with np.load(path, allow_pickle=False) as data:
                 # by the zip entry's own name (key + ".npy"): np.load's short names drop
@@ -192,9 +199,10 @@ class Saver:
         for k, a in arrays.items():
             if k not in manifest or manifest[k]["sha256"] != _digest(a):
                 raise DataLossError(f"checkpoint {path}: entry {k!r} fails its checksum")
-        problems = []
+        problems, missing = [], False
         for key, var in self._vars.items():
             if key not in arrays:
+                missing = True
                 problems.append(f"{key}: not found in the checkpoint")
             elif tuple(arrays[key].shape) != tuple(var.shape):
                 problems.append(f"{key}: checkpoint has shape {tuple(arrays[key].shape)}, "
@@ -205,7 +213,8 @@ class Saver:
         # Entries no variable of ours asks for (an optimizer's slots, when an inference
         # graph restores a training checkpoint) are ignored, as TF's Saver restores only
         # its own var_list (tensorflow/python/training/saver.py).
-        if problems:
-            raise NotFoundError(f"Restoring from {path} failed:\n  " + "\n  ".join(problems))
+        if problems:  # TF: a missing name is NotFound, a shape or dtype InvalidArgument
+            error = NotFoundError if missing else InvalidArgumentError
+            raise error(f"Restoring from {path} failed:\n  " + "\n  ".join(problems))
         for key, var in self._vars.items():
             sess._set_variable(var, arrays[key])
