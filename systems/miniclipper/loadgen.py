@@ -22,9 +22,13 @@ cycle through them again. For cache experiments a share ``hot_fraction`` of quer
 repeats a small hot set; all others are made unique (salted per run: for a float app a
 few float32 ulps on the last features, :func:`unique_floats`, so that they stay unique
 once a "floats" app parses them to float32; a whole-number offset for an "integers" app,
-which refuses floats), so no unintended cache hit inflates a result, not even across
-runs with the same seed (two runs overlap only if they draw the same per-run salt, one
-chance in about 2^30 / n for n queries; fewer for a float app of one to three features).
+which refuses floats), so no unintended cache hit inflates a result. Within a run the
+cold queries are distinct (one that repeats an earlier query is moved again); across
+runs with the same seed two runs overlap only if they drew the same per-run salt, one
+chance in about 2^29 / n for n queries of an integer app or a float app of four features
+or more. A float app of fewer features has room for fewer salts, since no feature may
+move far (2^19 / n for two features, 2^15 / n for one), and an integer app whose values
+come within 2n of int32's limit is refused.
 It sends numeric inputs only: a "strings" or "bytes" app is refused when the spec is made.
 """
 
@@ -116,26 +120,53 @@ def make_bodies(spec: LoadSpec, n: int, rng: np.random.Generator,
     pool = np.asarray(spec.inputs, dtype=np.int64 if spec.integers else np.float64)
     hot = rng.random(n) < spec.hot_fraction
     # unseeded: two runs with the same seed send the same arrivals, not the same inputs.
-    # A run's cold inputs take the offsets salt*n+1 .. salt*n+n, so two runs share none
+    # A run's cold inputs take the offsets from salt*n+1 on, so two runs share none
     # unless they drew the same salt (with offsets salt+i+1, salts under n apart shared
-    # most of them). Whole-number offsets stay under 2^30 (an int32 app); a float app's
-    # first feature, which takes what its other features' digits cannot, moves by at
-    # most 2^12 ulps (see unique_floats).
-    salts = (1 << 30) // (n + 1)
-    if not spec.integers:
-        salts = min(salts, (1 << (8 * (pool.shape[-1] - 1) + 12)) // (n + 1))
-    salt = int(np.random.default_rng().integers(0, max(salts, 1)))
-    bodies = []
+    # most of them).
+    salt = int(np.random.default_rng().integers(0, _salts(pool, spec.integers, n)))
+    hot_rows = pool[:min(spec.hot_set, len(pool))] if hot.any() else pool[:0]
+    seen = {_body(x) for x in hot_rows}  # a cold query repeats neither these nor another
+    bodies, k = [], salt * n
     for i in range(n):
         if hot[i]:
-            x = pool[rng.integers(min(spec.hot_set, len(pool)))]
-        elif spec.integers:
-            x = pool[rng.integers(len(pool))].copy()
-            x[-1] += salt * n + i + 1
-        else:  # a step of 1e-9 vanished in float32 (spacing 1.2e-7 at 1.0): half of the
-            x = unique_floats(pool[rng.integers(len(pool))], salt * n + i + 1)  # cold hit
-        bodies.append(json.dumps({"input": x.tolist()}).encode())
+            bodies.append(_body(pool[rng.integers(len(hot_rows))]))
+            continue
+        base = pool[rng.integers(len(pool))]
+        while True:  # rows that differ by a few steps can meet: move on until new
+            k += 1
+            if spec.integers:
+                x = base.copy()
+                x[-1] += k
+            else:  # a step of 1e-9 vanished in float32 (spacing 1.2e-7 at 1.0): half of
+                x = unique_floats(base, k)  # the "unique" queries were cache hits
+            body = _body(x)
+            if body not in seen:
+                break
+        seen.add(body)
+        bodies.append(body)
     return bodies, hot
+
+
+def _body(x: np.ndarray) -> bytes:
+    return json.dumps({"input": x.tolist()}).encode()
+
+
+def _salts(pool: np.ndarray, integers: bool, n: int) -> int:
+    """How many per-run salts fit: the offsets a run may use, over n. Whole numbers stay
+    under 2^30 and within what the pool's largest last feature leaves below int32's
+    limit; a float's first feature, which takes what the other features' base-256 digits
+    cannot (:func:`unique_floats`), moves by at most 2^12 ulps (0.05%), or 2^16 (0.8%)
+    when it is the only one (else a run of more than 4,096 queries could not be
+    distinct)."""
+    if integers:
+        room = min(1 << 30, (1 << 31) - 1 - max(int(pool[:, -1].max(initial=0)), 0))
+        if room < 2 * (n + 1):  # some slack for the repeats moved on
+            raise ValueError(f"the inputs' last feature (up to {int(pool[:, -1].max())}) "
+                             f"leaves no room below int32's limit for {n} distinct queries")
+    else:
+        d = pool.shape[-1]
+        room = 1 << (16 if d == 1 else min(8 * (d - 1) + 12, 40))
+    return max(room // (2 * (n + 1)), 1)
 
 
 def unique_floats(x: np.ndarray, k: int) -> np.ndarray:

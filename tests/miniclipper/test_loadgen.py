@@ -15,6 +15,7 @@ from systems.miniclipper import loadgen
 from systems.miniclipper.datatypes import parse_input
 from systems.miniclipper.loadgen import (
     LoadSpec,
+    _salts,
     make_bodies,
     poisson_arrivals,
     run,
@@ -71,6 +72,28 @@ def test_two_runs_with_the_same_seed_never_send_the_same_cold_input(monkeypatch,
     spec = LoadSpec("u", pool, input_type=input_type)
     a, b = (set(make_bodies(spec, 500, real(0))[0]) for _ in range(2))
     assert len(a) == len(b) == 500 and not a & b
+
+
+def test_cold_queries_are_distinct_within_a_run_even_from_rows_a_step_apart():
+    """The CLI's --inputs 1 pool for an integers app (whole numbers -100..100): rows a few
+    steps apart met under the per-query offset, and a third of the "cold" queries
+    repeated (cache hits). A one-feature float app at 4,096 queries had no salt left,
+    so two runs sent the same inputs; an int32 pool near the limit overflowed."""
+    ints = np.random.default_rng(0).integers(-100, 100, (500, 1)).tolist()
+    bodies, _ = make_bodies(LoadSpec("u", ints, input_type="integers"), 10_000,
+                            np.random.default_rng(0))
+    assert len(set(bodies)) == 10_000
+    one = np.random.default_rng(0).standard_normal((500, 1))
+    assert _salts(one, False, 4096) == 7  # 2^16 // (2 * 4097); it was 1: offsets 1..n
+    assert len(set(make_bodies(LoadSpec("u", one.tolist()), 4096,
+                               np.random.default_rng(0))[0])) == 4096
+    big = [[7, 2_000_000_000]]
+    for body in make_bodies(LoadSpec("u", big, input_type="integers"), 100,
+                            np.random.default_rng(0))[0]:
+        parse_input(json.loads(body)["input"], "integers")  # fits in int32
+    with pytest.raises(ValueError, match="no room below int32's limit"):
+        make_bodies(LoadSpec("u", [[2**31 - 50]], input_type="integers"), 100,
+                    np.random.default_rng(0))
 
 
 def test_summary_counts_goodput_only_for_timely_non_default_answers():
