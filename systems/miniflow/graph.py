@@ -161,6 +161,9 @@ class Graph:
         # a Const's name -> the ops that read its value when they were built (a reshape's
         # shape): feeding it later could not change them, so a feed of it is refused
         self.folded_consts: dict[str, list[str]] = {}
+        # a variable's name -> its initializer (ir.build orders the variable's reads in a
+        # step after it, so that Variable(v + 1.0) initialises)
+        self.initializers: dict[str, Operation] = {}
 
     # the scopes: per thread (each starts at the top level, with none open)
     @property
@@ -200,8 +203,8 @@ class Graph:
         for c in control_inputs:  # the plan finds ops by their index in *this* graph
             self._check_own(c, op_type)
         controls = [op for group in self._control_stack for op in group]
-        if name and name.endswith("/"):  # a scope's own name, used as it is (as TF's
-            name, exact_name = name[:-1], True  # Graph.create_op does with "train/")
+        if name and name.endswith("/") and not exact_name:  # a scope's own name, used
+            name, exact_name = name[:-1], True  # as it is (TF's create_op, "train/")
         with self._lock:
             if exact_name and (name in self._by_name or not name):
                 raise ValueError(f"operation name {name!r} is empty or already taken")

@@ -176,8 +176,8 @@ def build(fetches: Iterable[Tensor], targets: Iterable[Operation],
     # Variable(v + 1.0) initialises in any order, as TF1 guards such an initial value
     # (variables.py _try_guard_against_uninitialized_dependencies); the initializer is
     # made before any read, so it is already copied when a read is
-    inits = {op.attrs["var_name"]: op for op in graph_ops if op.id in needed
-             and op.type == "Assign" and op.name == f"{op.attrs['var_name']}/Assign"}
+    graph = fetches[0].op.graph if fetches else targets[0].graph if targets else None
+    inits = {k: op for k, op in getattr(graph, "initializers", {}).items() if op.id in needed}
     for op in graph_ops:
         if op.id not in needed:
             continue

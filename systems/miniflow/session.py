@@ -336,12 +336,14 @@ def _value_of_ref(t: Any, graph: Graph) -> Any:
     if isinstance(t, Tensor) and t.op.type == "VariableV2":
         for v in graph.get_collection("variables"):
             if v.op is t.op:
-                return v.value()
+                return v._snapshot
     return t
 
 
 def _as_graph_element(x: Any, graph: Graph, what: str) -> Tensor | Operation:
-    if hasattr(x, "_as_tensor"):
+    if hasattr(x, "_snapshot"):  # a Variable: its one read (never a new op, which a feed
+        x = x._snapshot          # of it would feed to nothing, under control_dependencies)
+    elif hasattr(x, "_as_tensor"):
         x = x._as_tensor()
     if isinstance(x, str):
         try:

@@ -507,3 +507,52 @@ def test_a_variable_initialised_from_another_initialises_in_one_step():
     with mf.Session(graph=g) as s:
         s.run(mf.global_variables_initializer(), {p: [1.0, 2.0]})
         assert [a.tolist() for a in s.run([v, w, u])] == [[2.0, 4.0], [3.0, 5.0], [6.0, 12.0]]
+
+
+def test_mends_of_the_tf1_changes():
+    """A review of the changes above: a Variable fed or fetched inside control_dependencies
+    is its one read (a fresh read took the feed and fed nothing); concat on axis -1 whose
+    first input has unknown rank; TF1 Select's shape when the condition broadcasts;
+    initialized_value is the current value; the initializer is known by the variable,
+    not by its name; a 'v/' variable keeps its name; an optimizer serves two graphs;
+    conv2d names a filter of the wrong rank."""
+    g = mf.Graph()
+    with g.as_default():
+        v = mf.Variable(1.0, name="v")
+        y = v * 2.0
+        p = mf.placeholder(mf.float32, [2])
+        mf.identity(p, name="u/Assign")  # takes the initializer's usual name first
+        u = mf.Variable(p * 2.0, name="u")
+        w = mf.Variable(u + 1.0, name="w")
+        c = mf.placeholder(mf.bool)
+        r = mf.where(c, 1.0, 0.0)
+        x = mf.placeholder(mf.float32, [])
+        (dx,) = mf.gradients(mf.reduce_sum(mf.where(c, x * 1.0, x * 0.0)), [x])
+        cat = mf.concat([mf.placeholder(mf.float32), mf.placeholder(mf.float32, [2, 3]),
+                         mf.placeholder(mf.float32, [2, 4])], axis=-1)
+        slash = mf.Variable(np.float32(3.0), name="s/")
+        with pytest.raises(ValueError, match="filter must be HWIO"):
+            mf.nn.conv2d(mf.placeholder(mf.float32), mf.placeholder(mf.float32, [3, 3, 1]),
+                         1, "SAME")
+    assert r.shape is None and cat.shape == (2, None) and slash.op.name == "s/"
+    cv = np.array([[True, False, True], [False, False, True]])
+    with mf.Session(graph=g) as s:
+        s.run(mf.global_variables_initializer(), {p: [1.0, 2.0]})
+        assert s.run(w).tolist() == [3.0, 5.0]
+        with mf.control_dependencies([mf.group()]):
+            assert s.run(y, {v: 10.0}) == 20.0 and s.run(v) == 1.0
+        assert s.run(r, {c: cv}).shape == (2, 3) and s.run(dx, {c: cv, x: 2.0}) == 3.0
+        s.run(v.assign(5.0))
+        with g.as_default():
+            target = mf.Variable(v.initialized_value(), name="target")
+        s.run(target.initializer)
+        assert s.run(target) == 5.0
+    opt = mf.train.AdamOptimizer(0.1)
+    for _ in range(2):
+        with mf.Graph().as_default():
+            z = mf.Variable(np.ones(2, np.float32))
+            train = opt.minimize(mf.reduce_sum(z * z))
+            with mf.Session() as s:
+                s.run(mf.global_variables_initializer())
+                s.run(train)
+                np.testing.assert_allclose(s.run(z), [0.9, 0.9], rtol=1e-6)

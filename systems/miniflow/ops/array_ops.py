@@ -145,6 +145,8 @@ def _concat_shape(ins, attrs):
     dt = ins[0].dtype
     known = [t.shape for t in ins if t.shape is not None]
     out = list(known[0]) if known else None
+    if out is not None:  # a negative axis stays so when the first input's rank is unknown
+        ax %= max(len(out), 1)
     for t in ins:
         if t.dtype != dt:
             raise dtype_error("ConcatV2", "inputs must share a dtype", *ins)

@@ -207,7 +207,11 @@ def _select_v1_kernel(attrs, be, res):
 def _select_v1_shape(ins, attrs):
     if ins[0].dtype != bool_:
         raise dtype_error("Select", f"condition must be bool, got {ins[0].dtype.name}", *ins)
-    return [(same_dtype("Select", ins[1], ins[2]), elementwise_shape("Select", *ins[1:]))]
+    c = ins[0]
+    # the kernel broadcasts the condition too unless it is a vector picking rows
+    sides = ins[1:] if c.shape is not None and len(c.shape) == 1 else ins
+    shape = elementwise_shape("Select", *sides) if c.shape is not None else None
+    return [(same_dtype("Select", ins[1], ins[2]), shape)]
 
 
 define(OpDef("Select", _select_v1_shape, _select_v1_kernel))

@@ -186,6 +186,8 @@ def _conv_shape(ins, attrs):
     x, f = ins
     if x.dtype != f.dtype:
         raise dtype_error("Conv2D", "input and filter must share a dtype", x, f)
+    if f.shape is not None and len(f.shape) != 4:
+        raise shape_error("Conv2D", "filter must be HWIO (rank 4)", x, f)
     if x.shape is None or f.shape is None:  # NHWC, with the filter's out channels
         return [(x.dtype, (None, None, None, f.shape[3] if f.shape is not None else None))]
     if len(x.shape) != 4 or len(f.shape) != 4:

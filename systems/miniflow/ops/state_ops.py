@@ -148,6 +148,7 @@ class Variable:
             self._ref = self.op.outputs[0]
             self.initializer = make_op("Assign", [self._ref, init],
                                        {**attrs}, "Assign").outputs[0].op
+            g.initializers[vname] = self.initializer
             self._snapshot = make_op("ReadVariable", [self._ref], attrs, "read").outputs[0]
         self.initial_value = init
         self.trainable = trainable
@@ -177,11 +178,11 @@ class Variable:
         return self._as_tensor()
 
     def initialized_value(self) -> Tensor:
-        """The value to build another variable's initial value from (TF1's): here the
-        initial value itself, which is what TF's guarded read gives while initialising
-        (a read of the variable is ordered after its initializer in a step that runs
-        both anyway, so ``Variable(v + 1.0)`` works too)."""
-        return self.initial_value
+        """The variable's value, read after its initializer when a step runs both (TF1's
+        guarded read): ``Variable(w.initialized_value())`` copies w's value, its initial
+        one while initialising. Any read is ordered so here (see ``ir.build``), so
+        ``Variable(w + 1.0)`` works too."""
+        return self._snapshot
 
     def read_value(self) -> Tensor:
         """A fresh read, ordered after the control dependencies in scope where it is made."""

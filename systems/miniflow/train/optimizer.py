@@ -27,7 +27,8 @@ class Optimizer:
     def __init__(self, learning_rate, name: str):
         self._lr = learning_rate
         self._name = name
-        self._slots: dict[tuple[str, str], Variable] = {}
+        # per graph, as TF keys them (one optimizer may build train ops in several graphs)
+        self._slots: dict[tuple[object, str, str], Variable] = {}
 
     def compute_gradients(self, loss, var_list=None, gate_gradients=1, aggregation_method=None,
                           colocate_gradients_with_ops=False, grad_loss=None):
@@ -80,10 +81,10 @@ class Optimizer:
 
     def get_slot(self, var: Variable, name: str) -> Variable | None:
         """The slot, or None if it was never made (TF1's get_slot)."""
-        return self._slots.get((var.op.name, name))
+        return self._slots.get((var.graph, var.op.name, name))
 
     def _slot(self, var: Variable, name: str) -> Variable:
-        key = (var.op.name, name)
+        key = (var.graph, var.op.name, name)
         if key not in self._slots:
             # TF's slot_creator names a slot after its variable and the optimizer,
             # uniquified in creation order: Adam's m and v are w/Adam and w/Adam_1
@@ -159,15 +160,16 @@ class AdamOptimizer(Optimizer):
     def _powers(self, var: Variable) -> None:
         """beta1^t and beta2^t, next to the first variable. TF makes them float32 whatever
         the variables' dtype; we use the variable's dtype, so float64 training is exact."""
-        if not hasattr(self, "_b1_power"):
+        powers = self.__dict__.setdefault("_power_vars", {})  # per graph, as TF's
+        if var.graph not in powers:
             # in the caller's name scope, as TF's non-slot variables
             with get_default_graph()._exact_scope(getattr(self, "_outer_scope", "")), \
                     device(var.device or None):
                 dt = var.dtype.np_dtype
-                self._b1_power = Variable(dt.type(self._b1), name="beta1_power",
-                                          trainable=False)
-                self._b2_power = Variable(dt.type(self._b2), name="beta2_power",
-                                          trainable=False)
+                powers[var.graph] = (
+                    Variable(dt.type(self._b1), name="beta1_power", trainable=False),
+                    Variable(dt.type(self._b2), name="beta2_power", trainable=False))
+        self._b1_power, self._b2_power = powers[var.graph]
 
     def _apply_dense(self, grad, var):
         self._powers(var)
