@@ -170,14 +170,14 @@ def build(fetches: Iterable[Tensor], targets: Iterable[Operation],
         return (args[k], 0) if k is not None else (copies[t.op.id], t.value_index)
 
     nodes = list(args)
-    graph_ops = fetches[0].op.graph._ops if fetches else (targets[0].graph._ops
-                                                         if targets else [])
+    graph = fetches[0].op.graph if fetches else targets[0].graph if targets else None
+    graph_ops = graph._ops if graph is not None else []
     # A variable's initializer runs before every read of it in the same step, so that
     # Variable(v + 1.0) initialises in any order, as TF1 guards such an initial value
     # (variables.py _try_guard_against_uninitialized_dependencies); the initializer is
     # made before any read, so it is already copied when a read is
-    graph = fetches[0].op.graph if fetches else targets[0].graph if targets else None
-    inits = {k: op for k, op in getattr(graph, "initializers", {}).items() if op.id in needed}
+    inits = {k: op for k, op in (graph.initializers if graph is not None else {}).items()
+             if op.id in needed}
     for op in graph_ops:
         if op.id not in needed:
             continue
