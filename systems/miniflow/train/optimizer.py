@@ -151,6 +151,7 @@ class AdamOptimizer(Optimizer):
                  use_locking: bool = False, name: str = "Adam"):
         super().__init__(learning_rate, name)
         self._b1, self._b2, self._eps = beta1, beta2, epsilon
+        self._power_vars: dict[object, tuple[Variable, Variable]] = {}  # per graph, as TF's
 
     def _prepare(self):
         super()._prepare()
@@ -160,7 +161,7 @@ class AdamOptimizer(Optimizer):
     def _powers(self, var: Variable) -> None:
         """beta1^t and beta2^t, next to the first variable. TF makes them float32 whatever
         the variables' dtype; we use the variable's dtype, so float64 training is exact."""
-        powers = self.__dict__.setdefault("_power_vars", {})  # per graph, as TF's
+        powers = self._power_vars
         if var.graph not in powers:
             # in the caller's name scope, as TF's non-slot variables
             with get_default_graph()._exact_scope(getattr(self, "_outer_scope", "")), \
