@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
 
+from . import shapes
 from .graph import Operation, Tensor
 
 GradFn = Callable[..., Sequence[Tensor | None]]
@@ -183,6 +184,10 @@ def _gradients(g, ys: list[Tensor], xs: list[Tensor], grad_ys, name: str,
                 in_grads = _call_grad_fn(g, op, out_grads)
                 for t, ig in zip(op.inputs, in_grads, strict=True):
                     if ig is not None and t.dtype.is_floating:
+                        # a gradient has its input's shape: say what the input's static
+                        # shape knows (gradients_util.py: in_grad.set_shape(...))
+                        if ig.shape != t.shape and shapes.compatible(ig.shape, t.shape):
+                            ig.shape = shapes.merge(ig.shape, t.shape)
                         grads[t].append(ig)
             for t in op.inputs:
                 if t.op in between:

@@ -28,15 +28,15 @@ class TensorShape(tuple):
 
     @property
     def ndims(self) -> int | None:
-        return None if self.unknown_rank else len(self)
+        return None if self.unknown_rank else tuple.__len__(self)
 
     def as_list(self) -> list[int | None]:
         if self.unknown_rank:
             raise ValueError("as_list() is not defined on a shape of unknown rank")
-        return list(self)
+        return list(tuple.__iter__(self))
 
     def is_fully_defined(self) -> bool:
-        return not self.unknown_rank and None not in self
+        return not self.unknown_rank and None not in tuple(tuple.__iter__(self))
 
     def __eq__(self, other) -> bool:  # TF compares with a list too: shape == [2, 3]
         if self.unknown_rank or getattr(other, "unknown_rank", False):
@@ -47,6 +47,23 @@ class TensorShape(tuple):
         return not self == other
 
     __hash__ = tuple.__hash__
+
+    # an unknown rank is not the scalar shape: its length and its dimensions raise, as
+    # TF's do (len() of it was 0, so TF1's `len(x.get_shape()) == 0` read a scalar)
+    def __len__(self) -> int:
+        if self.unknown_rank:
+            raise ValueError("Cannot take the length of shape with unknown rank.")
+        return tuple.__len__(self)
+
+    def __iter__(self):
+        if self.unknown_rank:
+            raise ValueError("Cannot iterate over a shape with unknown rank.")
+        return tuple.__iter__(self)
+
+    def __repr__(self) -> str:
+        return "<unknown>" if self.unknown_rank else tuple.__repr__(self)
+
+    __str__ = __repr__
 
     def __getitem__(self, key):  # a slice is a shape too: x.get_shape()[1:].as_list()
         if self.unknown_rank:  # of an unknown rank: unknown too (a dimension is None)

@@ -556,3 +556,47 @@ def test_mends_of_the_tf1_changes():
                 s.run(mf.global_variables_initializer())
                 s.run(train)
                 np.testing.assert_allclose(s.run(z), [0.9, 0.9], rtol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sparse_xent_gradient_of_transposed_logits_subtracts_the_labels(backend):
+    """The numpy kernel wrote its "-1 at the label" into a copy when the logits were a
+    transposed (F-ordered) view: the gradient was softmax, not softmax - one_hot."""
+    g = mf.Graph()
+    with g.as_default():
+        h = mf.Variable(np.array([[0.0, 1.0], [0.0, -1.0]], np.float32))  # classes x batch
+        logits = mf.transpose(h)
+        loss = mf.reduce_sum(mf.nn.sparse_softmax_cross_entropy_with_logits(
+            labels=mf.constant(np.array([1, 0], np.int64)), logits=logits))
+        (dl,) = mf.gradients(loss, [logits])
+    np.testing.assert_allclose(evaluate(g, dl, backend=backend),
+                               [[0.5, -0.5], [-0.11920292, 0.11920292]], rtol=1e-5)
+
+
+def test_gradients_carry_their_inputs_static_shapes_and_unknown_ranks_are_not_scalars():
+    """TF sets each input gradient's static shape from the input (gradients_util.py); a
+    [3, 2] variable's gradient was (None, 2), and an embedding lookup concatenated with
+    other features could not be differentiated at all. A shape of unknown rank had
+    len() 0 and printed (), as a scalar's does."""
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [None, None])
+        w = mf.Variable(np.ones((3, 2), np.float32))
+        (gw,) = mf.gradients(mf.reduce_sum(mf.matmul(x, w)), [w])
+        p = mf.Variable(np.array([1.0, 2.0, 3.0, 4.0], np.float32))
+        idx = mf.placeholder(mf.int64, [None])
+        y = mf.concat([mf.gather(p, idx), mf.constant([5.0, 6.0])], 0)
+        (gp,) = mf.gradients(mf.reduce_sum(y * y), [p])
+        unknown = mf.placeholder(mf.float32).get_shape()
+        shapes = [mf.nn.bias_add(w, mf.placeholder(mf.float32)),
+                  mf.nn.bias_add(mf.placeholder(mf.float32, [4, None, None, None]),
+                                 mf.constant([1.0])),
+                  mf.nn.conv2d(mf.placeholder(mf.float32, [4, 3, 3, 1]),
+                               mf.placeholder(mf.float32), 1, "VALID")]
+    assert gw.get_shape().as_list() == [3, 2]
+    assert [t.shape for t in shapes] == [(3, 2), (4, None, None, 1), (4, None, None, None)]
+    assert evaluate(g, gp, {idx: [0, 0, 3]}).tolist() == [4.0, 0.0, 0.0, 8.0]
+    assert str(unknown) == "<unknown>" and unknown.ndims is None
+    for probe in (len, list):
+        with pytest.raises(ValueError, match="unknown rank"):
+            probe(unknown)

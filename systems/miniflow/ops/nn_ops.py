@@ -25,7 +25,6 @@ from ..op_def import (
     convert_to_tensor,
     define,
     dtype_error,
-    elementwise_shape,
     make_op,
     same_dtype,
     shape_error,
@@ -109,7 +108,10 @@ def _xent_kernel(attrs, be, res):
             if n and np.maximum.reduce(unsigned) >= classes:
                 raise InvalidArgumentError(f"labels must be in [0, {classes}), got values "
                                            f"from {lab.min()} to {lab.max()}")
-            z = logits - np.maximum.reduce(logits, axis=1, keepdims=True)
+            # C order whatever the logits' (a transposed view is F-ordered): the flat
+            # in-place "-1 at the label" below must write into backprop, not a copy
+            z = np.subtract(logits, np.maximum.reduce(logits, axis=1, keepdims=True),
+                            order="C")
             offsets = cache.get((n, classes))
             if offsets is None:
                 offsets = cache[n, classes] = np.arange(n) * classes
@@ -188,8 +190,9 @@ def _conv_shape(ins, attrs):
         raise dtype_error("Conv2D", "input and filter must share a dtype", x, f)
     if f.shape is not None and len(f.shape) != 4:
         raise shape_error("Conv2D", "filter must be HWIO (rank 4)", x, f)
-    if x.shape is None or f.shape is None:  # NHWC, with the filter's out channels
-        return [(x.dtype, (None, None, None, f.shape[3] if f.shape is not None else None))]
+    if x.shape is None or f.shape is None:  # NHWC: the input's batch, the filter's outs
+        batch = x.shape[0] if x.shape is not None and len(x.shape) == 4 else None
+        return [(x.dtype, (batch, None, None, f.shape[3] if f.shape is not None else None))]
     if len(x.shape) != 4 or len(f.shape) != 4:
         raise shape_error("Conv2D", "input must be NHWC and filter HWIO (rank 4)", x, f)
     if x.shape[3] is not None and f.shape[2] is not None and x.shape[3] != f.shape[2]:
@@ -345,6 +348,12 @@ def _bias_add_kernel(attrs, be, res):
     return bias_add
 
 
-define(OpDef("BiasAdd", lambda ins, a: [(same_dtype("BiasAdd", *ins),
-                                         elementwise_shape("BiasAdd", *ins))],
-             _bias_add_kernel))
+def _bias_add_shape(ins, attrs):
+    value, bias = ins  # value's shape, its last dimension known from either (the kernel
+    shape = value.shape  # refuses any other broadcast)
+    if shape is not None and shape and shape[-1] is None and bias.shape is not None:
+        shape = shape[:-1] + (bias.shape[0],)
+    return [(same_dtype("BiasAdd", *ins), shape)]
+
+
+define(OpDef("BiasAdd", _bias_add_shape, _bias_add_kernel))
