@@ -88,7 +88,7 @@ class TorchBackend:
         return x.reshape(shape)
 
     def transpose(self, x, perm):
-        return x.permute(*perm)
+        return x.permute(tuple(perm))  # a tuple: () for a 0-d tensor (no args is an error)
 
     def concat(self, xs, axis):
         return self.torch.cat(list(xs), dim=axis)

@@ -12,8 +12,10 @@ open-source TF never released:
 2. **Colocate**: some nodes must share a device. A Variable and every op that takes its
    reference (reads, assignments, optimizer updates) form one *colocation group*; groups
    are found with union-find and placed as a unit. Conflicting requests inside one group
-   are an error naming both ops, even with ``allow_soft_placement`` (TF's colocation
-   graph would merge them under soft placement; we make the user pick, a simplification).
+   are an error naming both ops, even with ``allow_soft_placement`` (TF's placer lets the
+   variable's device win over its ref consumers' requests,
+   ``ColocationGraph::ColocateResourceOrRefEdge``; we make the user pick, a
+   simplification, and build a Variable's own reads and updates on its device).
 3. **Cost-based placement of the rest**: the white paper's greedy heuristic simulates the
    execution in topological order and puts each node where it would *finish soonest*,
    counting its compute time on that device and the time to bring its inputs across from

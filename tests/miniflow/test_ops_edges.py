@@ -600,3 +600,23 @@ def test_gradients_carry_their_inputs_static_shapes_and_unknown_ranks_are_not_sc
     for probe in (len, list):
         with pytest.raises(ValueError, match="unknown rank"):
             probe(unknown)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_scalars_of_unknown_rank_transpose_and_refuse_reduction_axes_on_both_backends(backend):
+    """Run against TF on the torch backend too: torch's permute() of a 0-d tensor needed
+    a tuple, and torch reduced a scalar over axis 0 or -1 where TF (and numpy) refuse;
+    two ellipses in one index built a made-up shape (numpy failed when it ran, torch
+    answered x)."""
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, None)
+        t = mf.transpose(x)
+        bad = [mf.reduce_sum(x, 0), mf.reduce_max(x, -1), mf.argmax(x, 0)]
+        with pytest.raises(ValueError, match="Multiple ellipses"):
+            x[..., ...]
+    with session(g, backend) as s:
+        assert s.run(t, {x: np.float32(3.0)}) == 3.0
+        for op in bad:
+            with pytest.raises(mf.InvalidArgumentError, match="Invalid reduction dimension"):
+                s.run(op, {x: np.float32(3.0)})

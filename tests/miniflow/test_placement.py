@@ -31,16 +31,16 @@ def test_variables_are_colocated_with_every_op_that_takes_their_reference():
     with g.as_default():
         with mf.device("/cpu:1"):
             v = mf.Variable(np.zeros(3, np.float32), name="v")
-        with mf.device("/cpu:0"):
-            upd = v.assign_add(np.ones(3, np.float32))  # a ref user asking elsewhere...
+        with mf.device("/cpu:0"):  # a read or an update made in another device's scope
+            upd = v.assign_add(np.ones(3, np.float32), name="upd")  # goes with the
+            with mf.control_dependencies([upd]):  # variable, as TF's placer puts it
+                after = mf.identity(v, name="after")  # (a PlacementError before)
     cfg = mf.ConfigProto(device_count={"CPU": 2})
     with mf.Session(graph=g, config=cfg) as s:
-        with pytest.raises(PlacementError, match="Cannot colocate .*soft placement does not"):
-            s.run(upd)
-    soft = mf.ConfigProto(device_count={"CPU": 2}, allow_soft_placement=True)
-    with mf.Session(graph=g, config=soft) as s:  # a simplification, said in the error
-        with pytest.raises(PlacementError, match="Cannot colocate"):
-            s.run(upd)
+        s.run(v.initializer)
+        assert s.run(after).tolist() == [1.0, 1.0, 1.0]
+        dev = _devices_by_name(s, after)
+        assert dev["v"] == dev["upd"] == dev["v/read_1"] == "/cpu:1" and dev["after"] == "/cpu:0"
     g2 = mf.Graph()
     with g2.as_default():
         with mf.device("/cpu:1"):

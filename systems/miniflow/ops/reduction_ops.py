@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..dtypes import as_dtype, int64
+from ..errors import InvalidArgumentError
 from ..graph import Tensor
 from ..op_def import OpDef, check_axis, convert_to_tensor, define, make_op, shape_error
 from .math_ops import _numeric_only
@@ -39,6 +40,15 @@ def _reduce_shape(op_type: str):
     return fn
 
 
+def _check_axes(axes, rank: int) -> None:
+    """Axes of a tensor whose rank the graph did not know, checked when it runs, as TF's
+    ReductionHelper does (torch would reduce a scalar over axis 0 or -1)."""
+    for a in (axes,) if isinstance(axes, int) else axes or ():
+        if not -rank <= a < rank:
+            raise InvalidArgumentError(f"Invalid reduction dimension ({a} for input with "
+                                       f"{rank} dimension(s))")
+
+
 def _reduce_kernel(method: str):
     def make(attrs, be, res):
         fn, keep = getattr(be, method), attrs["keepdims"]
@@ -46,6 +56,7 @@ def _reduce_kernel(method: str):
         if axis is not None or attrs.get("dynamic"):
             def dyn(x, ax=None):
                 a = axis if ax is None else tuple(int(v) for v in be.to_numpy(ax).reshape(-1))
+                _check_axes(a, x.ndim)
                 return fn(x, a, keep)
             return dyn
         return lambda x: fn(x, None, keep)
@@ -93,7 +104,8 @@ def _argmax_shape(ins, attrs):
 
 
 define(OpDef("ArgMax", _numeric_only("ArgMax", _argmax_shape),
-             lambda a, be, res: lambda x: be.argmax(x, a["axis"], a["output_type"])))
+             lambda a, be, res: lambda x: (_check_axes(a["axis"], x.ndim),
+                                           be.argmax(x, a["axis"], a["output_type"]))[1]))
 
 
 def argmax(x, axis=None, name=None, dimension=None, output_type=int64) -> Tensor:

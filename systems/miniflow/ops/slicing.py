@@ -17,6 +17,8 @@ from .array_ops import _host
 def _encode_index(key: Any) -> tuple:
     """A Python index (ints, slices, None, ...) as a hashable attr value."""
     items = key if isinstance(key, tuple) else (key,)
+    if sum(k is Ellipsis for k in items) > 1:  # numpy refuses it too, when it runs
+        raise ValueError("Multiple ellipses in slice spec not allowed")
     out = []
     for k in items:
         if isinstance(k, (int, np.integer)) and not isinstance(k, bool):

@@ -185,15 +185,19 @@ class Variable:
         return self._snapshot
 
     def read_value(self) -> Tensor:
-        """A fresh read, ordered after the control dependencies in scope where it is made."""
+        """A fresh read, ordered after the control dependencies in scope where it is made,
+        on the variable's device whatever device scope is open (TF's placer colocates an
+        op that takes a variable's reference with it)."""
         a = self.op.attrs
-        return make_op("ReadVariable", [self._ref], dict(a), self.op.name + "/read_1"
-                       ).outputs[0]
+        with get_default_graph().device(self.op.device or None):
+            return make_op("ReadVariable", [self._ref], dict(a), self.op.name + "/read_1"
+                           ).outputs[0]
 
     def _update(self, op_type, value, name):
         v = convert_to_tensor(value, dtype=self.dtype) if not isinstance(value, Tensor) \
             else value
-        return make_op(op_type, [self._ref, v], dict(self.op.attrs), name).outputs[0]
+        with get_default_graph().device(self.op.device or None):  # as read_value's
+            return make_op(op_type, [self._ref, v], dict(self.op.attrs), name).outputs[0]
 
     # TF1's RefVariable signatures: ``use_locking`` is accepted and always on (every
     # update holds its variable's lock); ``read_value=False`` gives the op, not its value
