@@ -60,6 +60,9 @@ class TensorShape(tuple):
             raise ValueError("Cannot iterate over a shape with unknown rank.")
         return tuple.__iter__(self)
 
+    def __bool__(self) -> bool:  # TF's: a shape of unknown rank is False, any other True
+        return not self.unknown_rank
+
     def __repr__(self) -> str:
         return "<unknown>" if self.unknown_rank else tuple.__repr__(self)
 

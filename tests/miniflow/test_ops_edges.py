@@ -620,3 +620,17 @@ def test_scalars_of_unknown_rank_transpose_and_refuse_reduction_axes_on_both_bac
         for op in bad:
             with pytest.raises(mf.InvalidArgumentError, match="Invalid reduction dimension"):
                 s.run(op, {x: np.float32(3.0)})
+
+
+def test_a_device_scope_stays_on_updates_of_a_variable_with_no_device_and_shapes_test_false():
+    """Reads and updates take their variable's device over the open scope; a variable
+    with none cleared the scope (the request was lost). bool() of an unknown-rank shape
+    is False, as TF's (it raised once len() did)."""
+    g = mf.Graph()
+    with g.as_default():
+        v = mf.Variable(np.zeros(3, np.float32), name="v")
+        with mf.device("/cpu:0"):
+            a, r = v.assign_add(np.ones(3, np.float32)), v.read_value()
+        assert a.op.device == r.op.device == "/cpu:0"
+        assert not mf.placeholder(mf.float32).get_shape()
+        assert mf.placeholder(mf.float32, [2]).get_shape()

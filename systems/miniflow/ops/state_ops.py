@@ -16,6 +16,7 @@ the reader's feet.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import numpy as np
@@ -184,19 +185,27 @@ class Variable:
         ``Variable(w + 1.0)`` works too."""
         return self._snapshot
 
+    def _own_device(self):
+        """The variable's device for its reads and updates, over any device scope open; a
+        variable with no device leaves the scope as it is (the placer then puts the
+        variable where its ops ask)."""
+        if self.op.device:
+            return get_default_graph().device(self.op.device)
+        return contextlib.nullcontext()
+
     def read_value(self) -> Tensor:
         """A fresh read, ordered after the control dependencies in scope where it is made,
         on the variable's device whatever device scope is open (TF's placer colocates an
         op that takes a variable's reference with it)."""
         a = self.op.attrs
-        with get_default_graph().device(self.op.device or None):
+        with self._own_device():
             return make_op("ReadVariable", [self._ref], dict(a), self.op.name + "/read_1"
                            ).outputs[0]
 
     def _update(self, op_type, value, name):
         v = convert_to_tensor(value, dtype=self.dtype) if not isinstance(value, Tensor) \
             else value
-        with get_default_graph().device(self.op.device or None):  # as read_value's
+        with self._own_device():  # as read_value's
             return make_op(op_type, [self._ref, v], dict(self.op.attrs), name).outputs[0]
 
     # TF1's RefVariable signatures: ``use_locking`` is accepted and always on (every
