@@ -67,8 +67,8 @@ def gradients(ys, xs, grad_ys=None, name: str = "gradients",
     gating and the aggregation method are accepted and ignored; in TF they change where
     gradient ops are placed, when they run and how partials are summed (we always use
     one AddN), not what the gradients are."""
-    if str(getattr(unconnected_gradients, "value", unconnected_gradients)) not in (
-            "none", "zero"):
+    unconnected = str(getattr(unconnected_gradients, "value", unconnected_gradients))
+    if unconnected not in ("none", "zero"):
         raise ValueError(f"gradients: unconnected_gradients must be 'none' or 'zero', got "
                          f"{unconnected_gradients!r}")
     ys = list(ys) if isinstance(ys, (list, tuple)) else [ys]
@@ -92,7 +92,7 @@ def gradients(ys, xs, grad_ys=None, name: str = "gradients",
         if grad_ys is not None:
             grad_ys = _check_grad_ys(ys, grad_ys)
         out = _gradients(g, ys, xs, grad_ys, name, {t.op for t in stop_gradients})
-        if str(getattr(unconnected_gradients, "value", unconnected_gradients)) == "zero":
+        if unconnected == "zero":
             from .ops.array_ops import zeros_like
 
             out = [zeros_like(x) if d is None else d for d, x in zip(out, given, strict=True)]

@@ -42,7 +42,8 @@ def _reduce_shape(op_type: str):
 
 def _check_axes(axes, rank: int) -> None:
     """Axes of a tensor whose rank the graph did not know, checked when it runs, as TF's
-    ReductionHelper does (torch would reduce a scalar over axis 0 or -1)."""
+    ReductionHelper does (torch would reduce a scalar over axis 0 or -1). Axes checked
+    at build time (``checked`` in the attributes) are not checked again each step."""
     for a in (axes,) if isinstance(axes, int) else axes or ():
         if not -rank <= a < rank:
             raise InvalidArgumentError(f"Invalid reduction dimension ({a} for input with "
@@ -53,6 +54,8 @@ def _reduce_kernel(method: str):
     def make(attrs, be, res):
         fn, keep = getattr(be, method), attrs["keepdims"]
         axis = attrs["axis"]
+        if axis is not None and attrs.get("checked"):
+            return lambda x: fn(x, axis, keep)
         if axis is not None or attrs.get("dynamic"):
             def dyn(x, ax=None):
                 a = axis if ax is None else tuple(int(v) for v in be.to_numpy(ax).reshape(-1))
@@ -76,8 +79,8 @@ def _reduce(op_type, x, axis, keepdims, name, reduction_indices=None, keep_dims=
     if isinstance(axis, Tensor):  # axes computed in the graph (used by gradients)
         return make_op(op_type, [x, axis], {"axis": None, "keepdims": keepdims,
                                             "dynamic": True}, name).outputs[0]
-    return make_op(op_type, [x], {"axis": _norm_axes(op_type, axis, x), "keepdims": keepdims},
-                   name).outputs[0]
+    return make_op(op_type, [x], {"axis": _norm_axes(op_type, axis, x), "keepdims": keepdims,
+                                  "checked": x.shape is not None}, name).outputs[0]
 
 
 def reduce_sum(x, axis=None, keepdims=False, name=None, reduction_indices=None,
@@ -103,14 +106,23 @@ def _argmax_shape(ins, attrs):
     return [(attrs["output_type"], x.shape[:ax] + x.shape[ax + 1:])]
 
 
-define(OpDef("ArgMax", _numeric_only("ArgMax", _argmax_shape),
-             lambda a, be, res: lambda x: (_check_axes(a["axis"], x.ndim),
-                                           be.argmax(x, a["axis"], a["output_type"]))[1]))
+def _argmax_kernel(attrs, be, res):
+    axis, out = attrs["axis"], attrs["output_type"]
+    if attrs.get("checked"):
+        return lambda x: be.argmax(x, axis, out)
+
+    def argmax(x):
+        _check_axes(axis, x.ndim)
+        return be.argmax(x, axis, out)
+    return argmax
+
+
+define(OpDef("ArgMax", _numeric_only("ArgMax", _argmax_shape), _argmax_kernel))
 
 
 def argmax(x, axis=None, name=None, dimension=None, output_type=int64) -> Tensor:
     axis = dimension if axis is None else axis  # TF1's order, and its old spelling
     x = convert_to_tensor(x)
     ax = check_axis("ArgMax", 0 if axis is None else int(axis), x)
-    return make_op("ArgMax", [x], {"axis": ax, "output_type": as_dtype(output_type)},
-                   name).outputs[0]
+    return make_op("ArgMax", [x], {"axis": ax, "output_type": as_dtype(output_type),
+                                   "checked": x.shape is not None}, name).outputs[0]
