@@ -432,21 +432,23 @@ def test_metrics_hold_the_values_the_queries_imply(apps):
                   field="batch_size") >= 1
     assert metric(after, "clipper_app_default_ratio", app="slow") == 1.0
 
-    # the queue gauge while three queries wait on a model that takes 150 ms each (one
-    # runs, two wait), and once they are all answered; first let whatever an earlier
-    # test queued there drain and its last batch finish (150 ms), so that the bounded
-    # queue (2) has room for all three
+    # the queue gauge while two queries wait on a model that takes 150 ms each (one
+    # runs, one waits), and once both are answered; first let whatever an earlier test
+    # queued there drain and its last batch finish (150 ms). Two, not three: the bounded
+    # queue holds 2, and three posts can all arrive before the dispatcher takes the
+    # first, so the third would be shed with a 429 (CI saw exactly that once)
     t_end = time.monotonic() + 15
     while metric(scrape(c), "clipper_queue_length", model="dawdle:1") and \
             time.monotonic() < t_end:
         time.sleep(0.05)
     time.sleep(0.3)
-    with cf.ThreadPoolExecutor(3) as pool:
-        answers = pool.map(lambda v: post(url(c, "tiny"), {"input": [1000.0 + v]}), range(3))
+    with cf.ThreadPoolExecutor(2) as pool:
+        answers = pool.map(lambda v: post(url(c, "tiny"), {"input": [1000.0 + v]}), range(2))
         seen, deadline = [0.0], time.monotonic() + 3
         while time.monotonic() < deadline and not (max(seen) > 0 and seen[-1] == 0):
             seen.append(metric(scrape(c), "clipper_queue_length", model="dawdle:1"))
-        assert all(code == 200 for code, _ in answers)
+        codes = [code for code, _ in answers]
+        assert codes == [200, 200], codes
     assert 1 <= max(seen) <= 2, seen
     assert metric(scrape(c), "clipper_queue_length", model="dawdle:1") == 0
 
