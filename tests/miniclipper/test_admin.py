@@ -439,7 +439,14 @@ def test_stopping_the_current_version_answers_what_waits_for_it_and_keeps_the_li
     answer = {}
     t = threading.Thread(target=lambda: answer.update(r=c.predict("stop-app", [0.5])))
     t.start()
-    time.sleep(0.5)
+    # stop once the query is in a container (its 1.5 s batch running), not after a fixed
+    # 0.5 s: on a loaded machine the query could reach the frontend after the stop and be
+    # told "no connected models" instead
+    deadline = time.monotonic() + 20
+    while not any(r["health"]["busy"] for r in c.get_all_model_replicas(verbose=True)
+                  if r["model"] == "stop-model:1"):
+        assert time.monotonic() < deadline, "the query never reached a container"
+        time.sleep(0.02)
     c.stop_models(["stop-model"])
     t.join(20)  # (at its deadline it would come after 30 s: no answer yet here)
     r = answer["r"]
@@ -502,18 +509,28 @@ def test_a_stop_racing_a_restart_leaves_no_container_and_no_error(clipper):
     pid = next(r["pid"] for r in c.get_all_model_replicas() if r["model"] == "racer:1")
     seen = log.stat().st_size  # the module's Clipper logs other tests' errors too
     os.kill(pid, signal.SIGKILL)
-    time.sleep(0.3)  # the supervisor notices within its 0.1 s poll and starts a new one
+    # the supervisor notices within its 0.1 s poll and starts a new one: wait until it
+    # says so (a fixed 0.3 s was not always enough on a loaded machine, and a stop made
+    # before the restart began ran no race at all)
+    deadline = time.monotonic() + 30
+    while "restarting racer:1" not in _log_since(log, seen):
+        assert time.monotonic() < deadline, "the killed container was never restarted"
+        time.sleep(0.02)
     c.stop_models(["racer"])
     left = [p for p in psutil.process_iter(["cmdline", "status"])
             if "racer/1" in (p.info["cmdline"] or []) and p.info["status"] != "zombie"]
     assert not left
     time.sleep(0.5)  # what a restart still running would log
-    with open(log, errors="replace") as f:
-        f.seek(seen)
-        after = f.read()
+    after = _log_since(log, seen)
     assert "restarting racer:1" in after  # the race was run
     assert "Task exception was never retrieved" not in after and "KeyError" not in after
 
+
+
+def _log_since(log, offset: int) -> str:
+    with open(log, errors="replace") as f:
+        f.seek(offset)
+        return f.read()
 
 
 def test_a_call_to_a_clipper_that_is_not_running_says_so():

@@ -432,23 +432,25 @@ def test_metrics_hold_the_values_the_queries_imply(apps):
                   field="batch_size") >= 1
     assert metric(after, "clipper_app_default_ratio", app="slow") == 1.0
 
-    # the queue gauge while two queries wait on a model that takes 150 ms each (one
-    # runs, one waits), and once both are answered; first let whatever an earlier test
-    # queued there drain and its last batch finish (150 ms). Two, not three: the bounded
-    # queue holds 2, and three posts can all arrive before the dispatcher takes the
-    # first, so the third would be shed with a 429 (CI saw exactly that once)
+    # the queue gauge while two queries wait on a model that takes 150 ms each and
+    # batches one (one runs, one waits), and once both are answered; first let whatever
+    # an earlier test queued there drain and its last batch finish (150 ms). The two come
+    # in one request, so both are queued at once: as two posts, the second could arrive
+    # after the first was answered and the queue never held one when scraped; as three,
+    # all could arrive before the dispatcher took the first, and the bounded queue (2)
+    # shed the third with a 429 (CI saw exactly that once)
     t_end = time.monotonic() + 15
     while metric(scrape(c), "clipper_queue_length", model="dawdle:1") and \
             time.monotonic() < t_end:
         time.sleep(0.05)
     time.sleep(0.3)
-    with cf.ThreadPoolExecutor(2) as pool:
-        answers = pool.map(lambda v: post(url(c, "tiny"), {"input": [1000.0 + v]}), range(2))
+    with cf.ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(post, url(c, "tiny"), {"input_batch": [[1000.0], [1001.0]]})
         seen, deadline = [0.0], time.monotonic() + 3
         while time.monotonic() < deadline and not (max(seen) > 0 and seen[-1] == 0):
             seen.append(metric(scrape(c), "clipper_queue_length", model="dawdle:1"))
-        codes = [code for code, _ in answers]
-        assert codes == [200, 200], codes
+        code, r = answer.result()
+        assert code == 200 and [p["output"] for p in r["batch_predictions"]] == [1.0, 1.0], r
     assert 1 <= max(seen) <= 2, seen
     assert metric(scrape(c), "clipper_queue_length", model="dawdle:1") == 0
 
