@@ -204,6 +204,9 @@ class ProcessGroup:
         out = child.popen.stdout
         child.reading = True
         try:
+            if out.closed:  # another thread stopped it before this wait began
+                raise RuntimeError(f"{child.name} was stopped before it was ready; last "
+                                   f"lines of {child.log_path}:\n{child.log_tail()}")
             return self._read_ready(child, out, deadline, timeout)
         except BaseException:  # whatever went wrong, a child that never got ready goes
             child.reading = False

@@ -136,18 +136,27 @@ def test_stopped_children_leave_no_open_pipe_behind(tmp_path):
     """A supervisor starts each replica under a new name; every start used to keep the
     child's stdout pipe open for as long as the group lived (one fd per start: a Clipper
     frontend went from 18 to 58 fds over 40 scale-ups)."""
+    def drained(children) -> None:
+        # a drain thread closes its child's pipe (and log) once it reads EOF: wait for
+        # that, not a fixed time (0.3 s was the margin), so a late thread is no leak
+        deadline = time.monotonic() + 10
+        while not all(c.popen.stdout.closed for c in children) and \
+                time.monotonic() < deadline:
+            time.sleep(0.02)
+
     with ProcessGroup(tmp_path) as group:
-        group.spawn("warm", SERVER, ["ok"])
+        warm = group.spawn("warm", SERVER, ["ok"])
         group.stop("warm", 1)
-        time.sleep(0.2)
+        drained([warm])
         before = len(os.listdir("/proc/self/fd"))
+        started = []
         for i in range(8):
-            group.spawn(f"c{i}", SERVER, ["ok"])
+            started.append(group.spawn(f"c{i}", SERVER, ["ok"]))
             group.stop(f"c{i}", 2)
             group.forget(f"c{i}")
         with pytest.raises(RuntimeError):  # dies before READY: nobody drains it
             group.spawn("bad", SERVER, ["die"], ready_timeout=20)
-        time.sleep(0.3)  # the drain threads see EOF
+        drained(started)
         assert len(os.listdir("/proc/self/fd")) - before <= 1, "an fd per child started"
         assert sorted(group.children) == ["bad", "warm"]  # forgotten records are gone
 
@@ -195,11 +204,21 @@ def test_a_child_stopped_while_another_thread_waits_for_it_fails_that_wait_clean
                 got.append(e)
         t = threading.Thread(target=wait)
         t.start()
-        time.sleep(0.5)
+        # stop once the other thread is in its wait (a fixed 0.5 s was not always enough
+        # on a loaded machine: a wait begun after the stop found the pipe already closed)
+        deadline = time.monotonic() + 20
+        while not child.reading:
+            assert time.monotonic() < deadline, "the other thread never began its wait"
+            time.sleep(0.01)
         group.stop("slow", 2)
         t.join(10)
         assert len(got) == 1 and isinstance(got[0], RuntimeError), got
         assert child.popen.stdout.closed  # and no fd is left behind
+        # and a wait that begins only after the stop says so too, not ValueError
+        late = group.spawn("late", SERVER, ["slow-helper"], wait_ready=False)
+        group.stop("late", 2)
+        with pytest.raises(RuntimeError, match="late was stopped before it was ready"):
+            group.wait_ready(late, 20)
 
 
 def test_a_child_starts_in_a_parent_holding_over_a_thousand_descriptors(tmp_path):
