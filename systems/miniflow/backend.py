@@ -119,6 +119,11 @@ class NumpyBackend:
         return g * (features > 0)
 
     @staticmethod
+    def sqrt_grad(y, dy):
+        with np.errstate(divide="ignore", invalid="ignore"):  # 0/0 where dy == 0 is dropped
+            return np.where(dy == 0, np.zeros((), dy.dtype), 0.5 * dy / y)
+
+    @staticmethod
     def asarray(x: Any, dtype: DType | None = None):
         return np.asarray(x, dtype=dtype.np_dtype if dtype else None)
 

@@ -162,6 +162,10 @@ class TorchBackend:
         # NaN, as in the numpy backend, so check_numerics still sees it
         return g * (features > 0)
 
+    def sqrt_grad(self, y, dy):
+        return self.torch.where(dy == 0, self.torch.zeros((), dtype=dy.dtype, device=dy.device),
+                                0.5 * dy / y)
+
     def getitem(self, x, index):
         if not _has_negative_step(index):
             return x[index]

@@ -21,6 +21,7 @@ from .math_ops import (
     maximum,
     relu_grad,
     sign,
+    sqrt_grad,
 )
 from .reduction_ops import reduce_sum
 from .unbroadcast import unbroadcast
@@ -118,7 +119,15 @@ def _relu_grad_grad(op, gg):
 
 @RegisterGradient("Sqrt")
 def _sqrt_grad(op, g):
-    return (g * 0.5 / op.outputs[0],)
+    return (sqrt_grad(op.outputs[0], g),)
+
+
+@RegisterGradient("SqrtGrad")
+def _sqrt_grad_grad(op, gg):
+    # TF's _SqrtGradGrad (math_grad.py): out = 0.5 * dy / y, so d out/d y = -out / y and
+    # d out/d dy = 0.5 / y
+    ga = gg / op.inputs[0]
+    return -ga * op.outputs[0], 0.5 * ga
 
 
 @RegisterGradient("Square")

@@ -309,6 +309,17 @@ def relu_grad(gradients, features, name=None):
     return make_op("ReluGrad", [gradients, features], name=name).outputs[0]
 
 
+# SqrtGrad(y, dy) = 0.5 * dy / y, and 0 where dy is 0 (cwise_ops_gradients.h's
+# scalar_sqrt_gradient_op): the branch `where` masks out of where(d > 0, sqrt(d), 0) sends
+# back 0, not 0 * 0.5 / 0 = NaN. A real op, as in TF, with its own gradient.
+define(OpDef("SqrtGrad", _binary_shape("SqrtGrad"), _backend_fn("sqrt_grad"),
+             elementwise=True))
+
+
+def sqrt_grad(y, dy, name=None):
+    return make_op("SqrtGrad", [y, dy], name=name).outputs[0]
+
+
 def cast(x, dtype, name=None) -> Tensor:
     x = convert_to_tensor(x)
     dtype = as_dtype(dtype)
