@@ -76,6 +76,8 @@ def gradients(ys, xs, grad_ys=None, name: str = "gradients",
     xs = [_as_xs(x) for x in given]
     if grad_ys is not None:
         grad_ys = list(grad_ys) if isinstance(grad_ys, (list, tuple)) else [grad_ys]
+    stop_gradients = [] if stop_gradients is None else list(stop_gradients) \
+        if isinstance(stop_gradients, (list, tuple)) else [stop_gradients]  # as ys, xs
     ys = [y._as_tensor() if hasattr(y, "_as_tensor") else y for y in ys]
     if not ys:  # nothing to differentiate
         return [None] * len(xs)

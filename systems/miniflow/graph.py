@@ -324,7 +324,9 @@ class Graph:
             raise ValueError(f"tensor names look like 'op:0', got {name!r}")
         op = self.get_operation_by_name(op_name)
         if int(idx) >= len(op.outputs):
-            raise KeyError(f"operation {op_name!r} has {len(op.outputs)} outputs, not {idx}")
+            n = len(op.outputs)
+            raise KeyError(f"operation {op_name!r} has {n} output{'s' * (n != 1)}, so no "
+                           f"output {idx}")
         return op.outputs[int(idx)]
 
     def add_to_collection(self, key: str, value: Any) -> None:

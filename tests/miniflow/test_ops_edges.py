@@ -634,3 +634,63 @@ def test_a_device_scope_stays_on_updates_of_a_variable_with_no_device_and_shapes
         assert a.op.device == r.op.device == "/cpu:0"
         assert not mf.placeholder(mf.float32).get_shape()
         assert mf.placeholder(mf.float32, [2]).get_shape()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_safe_sqrt_idiom_trains_where_sqrt_of_zero_gets_no_gradient(backend):
+    """``where(d2 > 0, sqrt(d2), 0)``, the pairwise-distance guard: TF's SqrtGrad returns 0
+    where the incoming gradient is 0, so the masked diagonal sends back 0. Ours built
+    ``g * 0.5 / y``, 0 / 0 = NaN there, and one step made every weight NaN."""
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.Variable(np.array([[0.0, 1.0], [2.0, 0.0], [1.0, 1.0]], np.float32))
+        d2 = mf.reduce_sum(mf.square(x[:, None, :] - x[None, :, :]), axis=-1)  # diagonal 0
+        loss = mf.reduce_mean(mf.where(d2 > 0.0, mf.sqrt(d2), mf.zeros_like(d2)))
+        step = mf.train.GradientDescentOptimizer(0.1).minimize(loss)
+        r = mf.placeholder(mf.float64, [2])
+        (dr,) = mf.gradients(mf.sqrt(r), [r], grad_ys=mf.constant([0.0, 1.0], mf.float64))
+        (d2r,) = mf.gradients(mf.gradients(mf.reduce_sum(mf.sqrt(r)), [r])[0], [r])
+    with session(g, backend) as s:
+        s.run(mf.global_variables_initializer())
+        s.run(step)
+        np.testing.assert_allclose(s.run(x), [[0.0421, 0.9901], [1.9644, 0.0257],
+                                              [0.9935, 0.9843]], atol=1e-4)  # TF's values
+        np.testing.assert_array_equal(s.run(dr, {r: [0.0, 4.0]}), [0.0, 0.25])
+        # the second derivative, through SqrtGrad's own gradient: -1 / (4 r^1.5)
+        np.testing.assert_allclose(s.run(d2r, {r: [1.0, 4.0]}), [-0.25, -1 / 32])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_one_channel_conv_whose_filter_spans_the_width_with_stride_2(backend):
+    """A text CNN's layer (``[batch, time, emb, 1]``, a full-width filter, width stride 2):
+    torch read the NHWC view of a one-channel float32 input as channels-last, and its CPU
+    kernel then got the second output row wrong (found against TF)."""
+    rng = np.random.default_rng(0)
+    xv = rng.standard_normal((2, 4, 3, 1)).astype(np.float32)
+    fv = rng.standard_normal((3, 3, 1, 2)).astype(np.float32)
+    want = np.array([[[[np.sum(xv[n, i:i + 3, :, 0] * fv[:, :, 0, o]) for o in range(2)]]
+                      for i in (0, 1)] for n in range(2)])  # VALID, strides (1, 2)
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [None, 4, 3, 1])
+        y = mf.nn.conv2d(x, mf.constant(fv), strides=[1, 1, 2, 1], padding="VALID")
+    np.testing.assert_allclose(evaluate(g, y, {x: xv}, backend), want, rtol=1e-5, atol=1e-6)
+
+
+def test_stop_gradients_takes_one_tensor_and_a_saver_refuses_a_tensor():
+    """As TF1: ``stop_gradients=t`` is one tensor, like ``ys`` and ``xs`` (it was a
+    TypeError, "not iterable"); ``Saver([w * 2.0])`` is a TypeError at once (it was taken,
+    and failed at save as an uninitialised variable); asking for a second output of a
+    one-output op says so in words."""
+    g = mf.Graph()
+    with g.as_default():
+        a = mf.placeholder(mf.float32, [], name="a")
+        b = a * 3.0
+        (da,) = mf.gradients(b * a, [a], stop_gradients=b)  # b held constant: d/da = b
+        w = mf.Variable([1.0], name="w")
+        with pytest.raises(TypeError, match="Variable to save is not a Variable"):
+            mf.train.Saver([w * 2.0])
+        with pytest.raises(KeyError, match="'a' has 1 output, so no output 1"):
+            g.get_tensor_by_name("a:1")
+    with mf.Session(graph=g) as s:
+        assert s.run(da, {a: 2.0}) == 6.0

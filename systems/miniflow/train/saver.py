@@ -33,7 +33,7 @@ import numpy as np
 from common.procs import remove_orphans
 
 from ..errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
-from ..ops.state_ops import global_variables
+from ..ops.state_ops import Variable, global_variables
 
 
 class DataLossError(NotFoundError):
@@ -83,6 +83,9 @@ class Saver:
         self._vars = dict(vs) if isinstance(vs, dict) else {v.op.name: v for v in vs}
         if not self._vars:  # as TF's Saver: a checkpoint of nothing is a mistake
             raise ValueError("No variables to save")
+        for v in self._vars.values():  # a tensor has no value to restore into
+            if not isinstance(v, Variable):
+                raise TypeError(f"Variable to save is not a Variable: {v}")
         if MANIFEST in self._vars:
             raise ValueError(f"Saver: {MANIFEST!r} names the checkpoint's manifest; give "
                              f"that variable another name (or another key in var_list)")
