@@ -694,3 +694,16 @@ def test_stop_gradients_takes_one_tensor_and_a_saver_refuses_a_tensor():
             g.get_tensor_by_name("a:1")
     with mf.Session(graph=g) as s:
         assert s.run(da, {a: 2.0}) == 6.0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_filter_with_no_window_fed_at_run_time_is_refused(backend):
+    """A (0, 2, 1, 1) filter under SAME made a (1, 6, 5, 1) output from a 5x5 input,
+    larger than the op's own shape rule allows; TF's Conv2D refuses it when it runs."""
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [1, 5, 5, 1])
+        f = mf.placeholder(mf.float32)
+        y = mf.nn.conv2d(x, f, strides=1, padding="SAME")
+    with session(g, backend) as s, pytest.raises(mf.InvalidArgumentError, match="no window"):
+        s.run(y, {x: np.ones((1, 5, 5, 1), np.float32), f: np.zeros((0, 2, 1, 1), np.float32)})

@@ -212,7 +212,18 @@ def _k(method, *attr_names):
     return make
 
 
-define(OpDef("Conv2D", _conv_shape, _k("conv2d", "strides", "padding")))
+def _conv2d_kernel(a, be, res):
+    conv = _k("conv2d", "strides", "padding")(a, be, res)
+
+    def run(x, f):
+        if 0 in tuple(f.shape[:2]):  # a filter fed at run time; TF's kernel refuses it too
+            raise ValueError(f"a filter of shape {tuple(f.shape)} has no window: its height "
+                             f"and width must be at least 1")
+        return conv(x, f)
+    return run
+
+
+define(OpDef("Conv2D", _conv_shape, _conv2d_kernel))
 define(OpDef("Conv2DBackpropInput", lambda ins, a: [(ins[1].dtype, shape_from_tensor(ins[0]))],
              lambda a, be, res: (lambda s, f, dy: _conv_backend(be).conv2d_backprop_input(
                  _host(be, s), f, dy, a["strides"], a["padding"])), host_inputs=(0,)))
