@@ -707,3 +707,11 @@ def test_a_filter_with_no_window_fed_at_run_time_is_refused(backend):
         y = mf.nn.conv2d(x, f, strides=1, padding="SAME")
     with session(g, backend) as s, pytest.raises(mf.InvalidArgumentError, match="no window"):
         s.run(y, {x: np.ones((1, 5, 5, 1), np.float32), f: np.zeros((0, 2, 1, 1), np.float32)})
+
+
+def test_softmax_names_a_tensor_axis_as_the_problem():
+    """It failed on ``int(axis)`` with "int() argument must be ... not 'Tensor'"."""
+    with mf.Graph().as_default():
+        x = mf.placeholder(mf.float32, [2, 3])
+        with pytest.raises(TypeError, match="Softmax: axis must be a Python int"):
+            mf.nn.softmax(x, axis=mf.constant(1))

@@ -19,6 +19,7 @@ import numpy as np
 from .. import conv as npconv
 from ..conv import out_size
 from ..errors import InvalidArgumentError
+from ..graph import Tensor
 from ..op_def import (
     OpDef,
     check_axis,
@@ -45,6 +46,8 @@ def _softmax(op_type: str, logits, axis, name):
     the logits are transposed so that it comes last, and the result back (swapping two
     axes is its own inverse), so the gradient is the transposes' and the kernel's."""
     logits = convert_to_tensor(logits)
+    if isinstance(axis, Tensor):  # TF1 fails too, on a Range op deep inside
+        raise TypeError(f"{op_type}: axis must be a Python int, not the tensor {axis.name}")
     axis = -1 if axis is None else int(axis)
     if logits.shape is None:
         if axis != -1:
