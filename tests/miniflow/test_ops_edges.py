@@ -715,3 +715,119 @@ def test_softmax_names_a_tensor_axis_as_the_problem():
         x = mf.placeholder(mf.float32, [2, 3])
         with pytest.raises(TypeError, match="Softmax: axis must be a Python int"):
             mf.nn.softmax(x, axis=mf.constant(1))
+
+
+# -- behaviours of the TF1 changes that no test above pinned (a mutation review) ---------
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_floordiv_and_integer_max_pool_of_fed_values_run_each_backends_kernel(backend):
+    """The two tests above take constants, which the plan folds with the numpy kernel, so
+    the torch kernels never ran: torch's own ``floor_divide`` (1.0 // 0.1 = 9, -inf // 2 =
+    NaN, TF: 10 and -inf) and a zero padding of an integer max_pool both passed them."""
+    g = mf.Graph()
+    with g.as_default():
+        x, y = mf.placeholder(mf.float32, [3]), mf.placeholder(mf.float32, [3])
+        p = mf.placeholder(mf.int32, [1, 3, 3, 1])
+        out = [x // y, mf.nn.max_pool(p, [1, 2, 2, 1], [1, 2, 2, 1], "SAME")]
+    q, pooled = evaluate(g, out, {x: [1.0, -np.inf, 7.0], y: [0.1, 2.0, 0.7],
+                                  p: np.arange(9, dtype=np.int32).reshape(1, 3, 3, 1) - 20},
+                         backend)
+    np.testing.assert_array_equal(q, [10.0, -np.inf, 10.0])  # TF's values
+    assert pooled[0, :, :, 0].tolist() == [[-16, -15], [-13, -12]]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_second_derivative_through_sqrt_grad_in_its_incoming_gradient(backend):
+    """SqrtGrad(y, dy) = 0.5 dy / y has d/d dy = 0.5 / y (TF's _SqrtGradGrad). The test
+    above differentiates only through y (dy a constant 1); in x * sqrt(x) the incoming
+    gradient is x, and f'' = 0.75 / sqrt(x) (a gradient of dy of 1 / y, or none, gave
+    1.25 / sqrt(x) or 0.25 / sqrt(x))."""
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float64, [2])
+        (d1,) = mf.gradients(mf.reduce_sum(x * mf.sqrt(x)), [x])
+        (d2,) = mf.gradients(mf.reduce_sum(d1), [x])
+    got1, got2 = evaluate(g, [d1, d2], {x: [1.0, 4.0]}, backend)
+    np.testing.assert_allclose(got1, [1.5, 3.0])
+    np.testing.assert_allclose(got2, [0.75, 0.375])
+
+
+def test_matmul_adjoints_are_transposes_on_either_operand():
+    """With no complex dtypes, ``adjoint_a``/``adjoint_b`` are the transposes (TF1's
+    matmul); the signature test checks adjoint_a only, and adjoint_b could be ignored."""
+    a = np.array([[1.0, 2.0], [3.0, 4.0]])
+    b = np.array([[0.0, 1.0], [2.0, 3.0]])
+    g = mf.Graph()
+    with g.as_default():
+        ta, tb = mf.constant(a), mf.constant(b)
+        out = [mf.matmul(ta, tb, adjoint_b=True), mf.matmul(ta, tb, adjoint_a=True),
+               mf.matmul(ta, tb, adjoint_a=True, transpose_b=True)]
+    got = evaluate(g, out)
+    for r, want in zip(got, (a @ b.T, a.T @ b, a.T @ b.T), strict=True):
+        np.testing.assert_array_equal(r, want)
+
+
+def test_a_variables_own_tensor_fetched_inside_control_dependencies_runs_nothing_else():
+    """Fetching a variable's ``v:0`` is its one snapshot (session._value_of_ref), as a
+    fetch of the Variable is: a fresh read made there would run the ops of an open
+    ``control_dependencies`` (the counter went to 3) and add an op to the graph per run."""
+    g = mf.Graph()
+    with g.as_default():
+        c = mf.Variable(0.0, name="c")
+        v = mf.Variable(7.0, name="v")
+        inc = mf.assign_add(c, 1.0)
+    with mf.Session(graph=g) as s:
+        s.run(mf.global_variables_initializer())
+        n = len(g.get_operations())
+        with g.control_dependencies([inc]):
+            got = [float(s.run("v:0")) for _ in range(3)] + [float(s.run(v.op.outputs[0]))]
+        assert got == [7.0] * 4
+        assert float(s.run(c)) == 0.0 and len(g.get_operations()) == n
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_first_axis_counted_from_the_end_of_an_unknown_rank_is_valid(backend):
+    """Axes of a tensor whose rank is unknown are checked when it runs, with TF's range
+    [-rank, rank): -rank is the first axis (the test above checks only a scalar, where
+    an off-by-one refusing -rank also passes)."""
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, None)
+        out = [mf.reduce_sum(x, -2), mf.reduce_max(x, [-2, -1]), mf.argmax(x, -2)]
+    with session(g, backend) as s:
+        s_, m, a = s.run(out, {x: np.arange(6, dtype=np.float32).reshape(2, 3)})
+        assert s_.tolist() == [3.0, 5.0, 7.0] and m == 5.0 and a.tolist() == [1, 1, 1]
+        with pytest.raises(mf.InvalidArgumentError, match="Invalid reduction dimension"):
+            s.run(out[0], {x: np.ones(3, np.float32)})
+
+
+def test_tf1_select_of_unknown_rank_refuses_a_condition_that_is_not_bool():
+    """TF's Select takes a bool condition; when where() falls back to Select (a rank the
+    graph does not know) a float condition would be taken as "non-zero" by the kernel."""
+    g = mf.Graph()
+    with g.as_default():
+        c = mf.placeholder(mf.float32, None)
+        with pytest.raises(TypeError, match="condition must be bool"):
+            mf.where(c, mf.placeholder(mf.float32, None), mf.placeholder(mf.float32, None))
+
+
+def test_ones_like_and_zeros_like_take_the_dtype_asked_for_a_partly_known_shape():
+    """TF1's second argument is the dtype; ones_like of a fully known shape is a constant,
+    of any other a Fill, and the Fill must be of the dtype asked too (it was x's)."""
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [None, 2])
+        out = [mf.ones_like(x, mf.int32), mf.zeros_like(x, mf.int32)]
+    assert [t.dtype for t in out] == [mf.int32, mf.int32]
+    ones, zeros = evaluate(g, out, {x: np.zeros((3, 2), np.float32)})
+    assert ones.dtype == zeros.dtype == np.int32 and ones.tolist() == [[1, 1]] * 3
+
+
+def test_not_equal_takes_bools_as_equal_does():
+    """TF registers Equal and NotEqual for every type (bools too); only the ordering
+    comparisons refuse bools. The test above checks equal only."""
+    g = mf.Graph()
+    with g.as_default():
+        b = mf.constant([True, False])
+        ne = mf.not_equal(b, mf.constant([True, True]))
+    assert ne.dtype == mf.bool and evaluate(g, ne).tolist() == [False, True]
