@@ -427,13 +427,6 @@ def where(condition, x, y, name=None) -> Tensor:
     rank = max((len(s) for s in sides if s is not None), default=0)  # either may be the matrix
     if c.shape is not None and len(c.shape) == 1 and rank > 1:
         c = reshape(c, [-1] + [1] * (rank - 1))
-    out = where_v2(c, x, y, name)
-    # TF1's Select gives x and y one shape, so a dimension either knows the result has
-    # (not a 1, which our broadcast may still widen)
-    xs, ys = sides
-    if len(xs) == len(ys) == len(out.shape):
-        known = tuple(a if a not in (None, 1) else b if b not in (None, 1) else None
-                      for a, b in zip(xs, ys, strict=True))
-        if shapes.compatible(out.shape, known):
-            out.shape = shapes.merge(out.shape, known)
-    return out
+    # (TF1's Select gives x and y one shape, so a dimension either knows the result has:
+    # where_v2's broadcast of None with n is n already)
+    return where_v2(c, x, y, name)
