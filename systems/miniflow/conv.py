@@ -175,11 +175,12 @@ class TorchConv:
             # conv2d would return an empty tensor instead, against the static shape)
             x = x.new_zeros(tuple(x.shape[:3]) + (1,))
             f = f.new_zeros(tuple(f.shape[:2]) + (1, f.shape[3]))
-        # one input channel: an NCHW tensor of its own, not the NHWC view, which torch
-        # takes for channels-last and whose oneDNN kernel computes wrong values when the
-        # filter spans the whole width and the width stride is 2 or more (torch 2.13 CPU).
-        # The price: the output is NCHW too, and the permute below copies it to NHWC
-        xn = x[..., 0].unsqueeze(1) if x.shape[3] == 1 else x.permute(0, 3, 1, 2)
+        # one input channel on a CPU: an NCHW tensor of its own, not the NHWC view, which
+        # torch takes for channels-last and whose oneDNN kernel (torch 2.13) computes
+        # wrong values when the output is one column wide and the width stride is 2 or
+        # more. The price: the output is NCHW too, and the permute below copies it to NHWC
+        xn = x[..., 0].unsqueeze(1) if x.shape[3] == 1 and x.device.type == "cpu" \
+            else x.permute(0, 3, 1, 2)
         xc, pad = self._conv_padding(xn, f.shape[0], f.shape[1], strides, padding)
         y = self.F.conv2d(xc, f.permute(3, 2, 0, 1), stride=tuple(strides), padding=pad)
         return y.permute(0, 2, 3, 1).contiguous()

@@ -26,8 +26,9 @@ from .test_cross_device import pretend_gpu
 # and Triton launches. Before the host-side work of 2026-11-27 the counts were 69 and 145,
 # with three reads back per CNN step; PyTorch's own eager steps take about 54 and 67.
 # (ReluGrad keeps TF's multiply, two ops where threshold_backward is one: see backend.py;
-# the CNN's one-channel input is made NCHW by two views where one permute was, and the
-# first conv's output, NCHW then, is copied to NHWC: see TorchConv.conv2d in conv.py.)
+# the pretend GPU's tensors live on the CPU, where the CNN's one-channel input is made
+# NCHW by two views where one permute was, and the first conv's output, NCHW then, is
+# copied to NHWC, 80 where a real GPU dispatches 78: see TorchConv.conv2d in conv.py.)
 MAX_TORCH_OPS = {"mlp": 34, "cnn": 80}
 N_VARIABLES = {"mlp": 4, "cnn": 6}
 

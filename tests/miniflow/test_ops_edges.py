@@ -661,27 +661,31 @@ def test_the_safe_sqrt_idiom_trains_where_sqrt_of_zero_gets_no_gradient(backend)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_a_one_channel_conv_whose_filter_spans_the_width_with_stride_2(backend):
-    """A text CNN's layer (``[batch, time, emb, 1]``, a full-width filter, width stride 2):
-    torch read the NHWC view of a one-channel float32 input as channels-last, and its CPU
-    kernel then got the second output row wrong (found against TF)."""
+@pytest.mark.parametrize("w, kw, stride_w", [(3, 3, 2), (4, 3, 3)])
+def test_a_one_channel_conv_one_column_wide_with_a_width_stride_of_2_or_more(backend, w, kw,
+                                                                              stride_w):
+    """A text CNN's layer (``[batch, time, emb, 1]``, a filter as wide or nearly as wide as
+    the input, a width stride past it): torch read the NHWC view of a one-channel float32
+    input as channels-last, and its CPU kernel then got output rows wrong (found against
+    TF)."""
     rng = np.random.default_rng(0)
-    xv = rng.standard_normal((2, 4, 3, 1)).astype(np.float32)
-    fv = rng.standard_normal((3, 3, 1, 2)).astype(np.float32)
-    want = np.array([[[[np.sum(xv[n, i:i + 3, :, 0] * fv[:, :, 0, o]) for o in range(2)]]
-                      for i in (0, 1)] for n in range(2)])  # VALID, strides (1, 2)
+    xv = rng.standard_normal((2, 4, w, 1)).astype(np.float32)
+    fv = rng.standard_normal((3, kw, 1, 2)).astype(np.float32)
+    want = np.array([[[[np.sum(xv[n, i:i + 3, :kw, 0] * fv[:, :, 0, o]) for o in range(2)]]
+                      for i in (0, 1)] for n in range(2)])  # VALID: one output column
     g = mf.Graph()
     with g.as_default():
-        x = mf.placeholder(mf.float32, [None, 4, 3, 1])
-        y = mf.nn.conv2d(x, mf.constant(fv), strides=[1, 1, 2, 1], padding="VALID")
+        x = mf.placeholder(mf.float32, [None, 4, w, 1])
+        y = mf.nn.conv2d(x, mf.constant(fv), strides=[1, 1, stride_w, 1], padding="VALID")
     np.testing.assert_allclose(evaluate(g, y, {x: xv}, backend), want, rtol=1e-5, atol=1e-6)
 
 
-def test_stop_gradients_takes_one_tensor_and_a_saver_refuses_a_tensor():
-    """As TF1: ``stop_gradients=t`` is one tensor, like ``ys`` and ``xs`` (it was a
-    TypeError, "not iterable"); ``Saver([w * 2.0])`` is a TypeError at once (it was taken,
-    and failed at save as an uninitialised variable); asking for a second output of a
-    one-output op says so in words."""
+def test_stop_gradients_and_var_list_take_one_and_a_saver_refuses_a_tensor(tmp_path):
+    """As TF1: ``stop_gradients=t`` is one tensor, like ``ys`` and ``xs``, and
+    ``minimize(var_list=w)`` one variable (both were TypeErrors, "not iterable");
+    ``Saver([w * 2.0])`` is a TypeError at once (it was taken, and failed at save as an
+    uninitialised variable), while a variable's own tensor ``w:0`` saves and restores;
+    asking for a second output of a one-output op says so in words."""
     g = mf.Graph()
     with g.as_default():
         a = mf.placeholder(mf.float32, [], name="a")
@@ -690,10 +694,21 @@ def test_stop_gradients_takes_one_tensor_and_a_saver_refuses_a_tensor():
         w = mf.Variable([1.0], name="w")
         with pytest.raises(TypeError, match="Variable to save is not a Variable"):
             mf.train.Saver([w * 2.0])
+        with pytest.raises(TypeError, match="should be passed in a dict or a list"):
+            mf.train.Saver(w)
+        saver = mf.train.Saver([g.get_tensor_by_name("w:0")])  # a variable's own tensor
+        step = mf.train.GradientDescentOptimizer(1.0).minimize(mf.reduce_sum(w * a),
+                                                                var_list=w)  # one, as TF1
         with pytest.raises(KeyError, match="'a' has 1 output, so no output 1"):
             g.get_tensor_by_name("a:1")
     with mf.Session(graph=g) as s:
         assert s.run(da, {a: 2.0}) == 6.0
+        s.run(w.initializer)
+        saved = saver.save(s, str(tmp_path / "m"))
+        s.run(step, {a: 2.0})
+        assert s.run(w).tolist() == [-1.0]
+        saver.restore(s, saved)
+        assert s.run(w).tolist() == [1.0]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -710,11 +725,14 @@ def test_a_filter_with_no_window_fed_at_run_time_is_refused(backend):
 
 
 def test_softmax_names_a_tensor_axis_as_the_problem():
-    """It failed on ``int(axis)`` with "int() argument must be ... not 'Tensor'"."""
+    """It failed on ``int(axis)`` with "int() argument must be ... not 'Tensor'". (TF1
+    takes a tensor for any axis but the last: listed in docs/miniflow/side-by-side.md.)"""
     with mf.Graph().as_default():
         x = mf.placeholder(mf.float32, [2, 3])
         with pytest.raises(TypeError, match="Softmax: axis must be a Python int"):
-            mf.nn.softmax(x, axis=mf.constant(1))
+            mf.nn.softmax(x, axis=mf.constant(0))
+        with pytest.raises(TypeError, match="LogSoftmax: axis must be a Python int"):
+            mf.nn.log_softmax(x, axis=mf.Variable(0))
 
 
 # -- behaviours of the TF1 changes that no test above pinned (a mutation review) ---------

@@ -46,7 +46,8 @@ def _softmax(op_type: str, logits, axis, name):
     the logits are transposed so that it comes last, and the result back (swapping two
     axes is its own inverse), so the gradient is the transposes' and the kernel's."""
     logits = convert_to_tensor(logits)
-    if isinstance(axis, Tensor):  # TF1 fails too, on a Range op deep inside
+    if isinstance(axis, Tensor) or hasattr(axis, "_as_tensor"):  # (TF1 takes a tensor
+        # for any axis but the last: a difference, see docs/miniflow/side-by-side.md)
         raise TypeError(f"{op_type}: axis must be a Python int, not the tensor {axis.name}")
     axis = -1 if axis is None else int(axis)
     if logits.shape is None:

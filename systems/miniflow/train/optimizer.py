@@ -34,7 +34,8 @@ class Optimizer:
                           colocate_gradients_with_ops=False, grad_loss=None):
         """TF1's signature; gating, aggregation and colocation are accepted and ignored
         (see :func:`~systems.miniflow.gradients.gradients`)."""
-        var_list = list(var_list) if var_list is not None else trainable_variables()
+        var_list = trainable_variables() if var_list is None else [var_list] \
+            if isinstance(var_list, Variable) else list(var_list)  # one, as TF1's flatten
         if not var_list:
             raise ValueError("No variables to optimize.")
         grads = gradients(loss, var_list, None if grad_loss is None else [grad_loss])

@@ -80,11 +80,16 @@ class Saver:
     def __init__(self, var_list=None, *, max_to_keep: int | None = 5):
         # TF1's second positional is ``reshape``: the rest are keywords here
         vs = var_list if var_list is not None else global_variables()
+        if hasattr(vs, "op"):  # one variable or tensor: TF1 wants a list or a dict
+            raise TypeError(f"Variables to save should be passed in a dict or a list, got "
+                            f"{vs}")
         self._vars = dict(vs) if isinstance(vs, dict) else {v.op.name: v for v in vs}
         if not self._vars:  # as TF's Saver: a checkpoint of nothing is a mistake
             raise ValueError("No variables to save")
-        for v in self._vars.values():  # a tensor has no value to restore into
-            if not isinstance(v, Variable):
+        for v in self._vars.values():  # a variable, or its own tensor (w:0), as in TF1;
+            # any other tensor has no value to restore into
+            if not isinstance(v, Variable) and getattr(getattr(v, "op", None), "type",
+                                                       None) != "VariableV2":
                 raise TypeError(f"Variable to save is not a Variable: {v}")
         if MANIFEST in self._vars:
             raise ValueError(f"Saver: {MANIFEST!r} names the checkpoint's manifest; give "
