@@ -3,6 +3,25 @@
 import os
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# One Hypothesis profile wherever the suite runs. Without it the settings depend on the
+# environment: with CI (or GITHUB_ACTIONS, ...) set Hypothesis loads its "ci" profile
+# (no deadline, no database, derandomized), without it a test whose one example took
+# over 200 ms (a busy two-core machine) fails as "Unreliable test timings", and every
+# run writes its example database to .hypothesis/ in the working directory.
+settings.register_profile("casebook", parent=settings.default, deadline=None, database=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("casebook")
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's tmp_path plugin has configured
+def pytest_configure(config):
+    """Hypothesis's own files (the local-constants cache it fills at collection, the
+    unicode tables) went to .hypothesis/ in the working directory, the repository."""
+    from hypothesis.configuration import set_hypothesis_home_dir
+
+    set_hypothesis_home_dir(config._tmp_path_factory.mktemp("hypothesis"))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -344,14 +344,19 @@ def test_one_port_given_for_two_endpoints_is_refused_before_anything_starts():
     """The frontend would bind it twice and the message blamed a running Clipper (and
     'casebook clipper stop' then found none)."""
     import glob
+    import os
+    import tempfile
 
-    before = set(glob.glob("/tmp/casebook-procs-*"))
+    # where the child's ProcessGroup would make its folder: tests/conftest.py points
+    # TMPDIR at pytest's own folder, so /tmp/casebook-procs-* never changes here
+    procs = os.path.join(tempfile.gettempdir(), "casebook-procs-*")
+    before = set(glob.glob(procs))
     out = subprocess.run([sys.executable, "-m", "common.cli", "clipper", "start",
                           "--query-port", "21437", "--mgmt-port", "21437", "--grpc-port", "0"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert "query_port and mgmt_port are both 21437: give three different ports" in out.stderr
-    assert set(glob.glob("/tmp/casebook-procs-*")) <= before  # nothing was started
+    assert set(glob.glob(procs)) <= before  # nothing was started
 
 
 def test_deploy_offers_every_controller_batching_py_lists(monkeypatch, capsys):

@@ -38,7 +38,11 @@ def test_pull_after_acknowledged_pushes_returns_exactly_the_sum(cluster):
     plans = [[(np.unique(rng.integers(*region, 300)).astype(np.uint64),
                rng.integers(-5, 6, (300, 2)).astype(np.float32)) for _ in range(25)]
              for _ in range(2)]
-    expect: dict[int, np.ndarray] = {}
+    # the cluster is the module's: start from what other tests left in the region (run
+    # first, as in file order, it is empty; run after them, it is not)
+    client = cluster.client("reader")
+    held_k, held_v = client.wait(client.pull_range(*region))
+    expect: dict[int, np.ndarray] = dict(zip(held_k.tolist(), held_v, strict=True))
     for plan in plans:
         for keys, inc in plan:
             for k, v in zip(keys.tolist(), inc[:keys.size], strict=True):
@@ -51,7 +55,6 @@ def test_pull_after_acknowledged_pushes_returns_exactly_the_sum(cluster):
         return len(tss)
 
     assert run_threads(cluster, body, 2) == [25, 25]
-    client = cluster.client("reader")
     keys = np.array(sorted(expect), np.uint64)
     got = client.wait(client.pull(keys))
     np.testing.assert_array_equal(got, np.array([expect[k] for k in sorted(expect)]))
