@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, settings
 # (no deadline, no database, derandomized), without it a test whose one example took
 # over 200 ms (a busy two-core machine) fails as "Unreliable test timings", and every
 # run writes its example database to .hypothesis/ in the working directory.
-settings.register_profile("casebook", parent=settings.default, deadline=None, database=None,
+settings.register_profile("casebook", parent=settings.get_profile("default"),  # not "ci"
+                          deadline=None, database=None,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("casebook")
 

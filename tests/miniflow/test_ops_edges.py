@@ -696,6 +696,8 @@ def test_stop_gradients_and_var_list_take_one_and_a_saver_refuses_a_tensor(tmp_p
             mf.train.Saver([w * 2.0])
         with pytest.raises(TypeError, match="should be passed in a dict or a list"):
             mf.train.Saver(w)
+        with pytest.raises(ValueError, match="two variables have the same name: w"):
+            mf.train.Saver([w, g.get_tensor_by_name("w:0")])
         saver = mf.train.Saver([g.get_tensor_by_name("w:0")])  # a variable's own tensor
         step = mf.train.GradientDescentOptimizer(1.0).minimize(mf.reduce_sum(w * a),
                                                                 var_list=w)  # one, as TF1

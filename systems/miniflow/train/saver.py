@@ -83,7 +83,15 @@ class Saver:
         if hasattr(vs, "op"):  # one variable or tensor: TF1 wants a list or a dict
             raise TypeError(f"Variables to save should be passed in a dict or a list, got "
                             f"{vs}")
-        self._vars = dict(vs) if isinstance(vs, dict) else {v.op.name: v for v in vs}
+        if isinstance(vs, dict):
+            self._vars = dict(vs)
+        else:
+            vs = list(vs)
+            self._vars = {v.op.name: v for v in vs}
+            if len(self._vars) < len(vs):  # w twice, or w and w:0: TF1 refuses it too
+                seen = [v.op.name for v in vs]
+                twice = next(n for n in seen if seen.count(n) > 1)
+                raise ValueError(f"At least two variables have the same name: {twice}")
         if not self._vars:  # as TF's Saver: a checkpoint of nothing is a mistake
             raise ValueError("No variables to save")
         for v in self._vars.values():  # a variable, or its own tensor (w:0), as in TF1;
