@@ -25,6 +25,7 @@ def test_long_rows_get_the_looped_sketch_and_short_rows_the_multi_row_one():
 
 def test_layernorm_weight_and_bias_are_checked_and_strided_views_read_right():
     task = layernorm(4, 16, "fp32")
+    torch.manual_seed(0)  # the same weights every run: a failure can be replayed
     for sk in generate_sketches(task):
         if not enumerate_space(task, sk):
             continue  # 16-element rows, one per program: lanes would idle

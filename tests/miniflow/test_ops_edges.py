@@ -713,6 +713,30 @@ def test_stop_gradients_and_var_list_take_one_and_a_saver_refuses_a_tensor(tmp_p
         assert s.run(w).tolist() == [1.0]
 
 
+def test_var_lists_may_nest_as_in_tf1(tmp_path):
+    """TF1 flattens a ``var_list`` (``nest.flatten``): ``compute_gradients`` takes nested
+    lists, tuples and dicts (a dict's values in key order), and a Saver nested lists.
+    The orders are what TF 2.21's ``tf.compat.v1`` returned for the same calls; here
+    both raised TypeError or saved a list as one variable."""
+    g = mf.Graph()
+    with g.as_default():
+        a, b, c = (mf.Variable(v, name=n) for v, n in ((1.0, "a"), (2.0, "b"), (3.0, "c")))
+        loss = a * b * c
+        opt = mf.train.GradientDescentOptimizer(0.1)
+        for var_list, want in (([[a, b], c], "abc"), ((a, [b]), "ab"),
+                               ({"y": b, "x": a}, "ab"), ([a, (b, [c])], "abc")):
+            got = [(v.op.name, gr) for gr, v in opt.compute_gradients(loss, var_list)]
+            assert [n for n, _ in got] == list(want)
+        saver = mf.train.Saver([[a], ({"k": c},)])
+    with mf.Session(graph=g) as s:
+        s.run([a.initializer, b.initializer, c.initializer])
+        assert s.run([gr for _, gr in got]) == [6.0, 3.0, 2.0]  # d(abc)/da, /db, /dc
+        path = saver.save(s, str(tmp_path / "m"))
+        s.run([a.assign(7.0), c.assign(8.0)])
+        saver.restore(s, path)
+        assert s.run([a, b, c]) == [1.0, 2.0, 3.0]
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_filter_with_no_window_fed_at_run_time_is_refused(backend):
     """A (0, 2, 1, 1) filter under SAME made a (1, 6, 5, 1) output from a 5x5 input,

@@ -23,6 +23,18 @@ from ..ops.state_ops import Variable, trainable_variables
 from . import training_ops  # noqa: F401  (defines the Apply* ops)
 
 
+def flatten_var_list(var_list) -> list:
+    """The variables in a ``var_list`` as TF1 reads one (``nest.flatten``): a lone
+    variable, or any nesting of lists, tuples and dicts (a dict's values in key order)."""
+    if isinstance(var_list, dict):
+        return [v for k in sorted(var_list) for v in flatten_var_list(var_list[k])]
+    if isinstance(var_list, (list, tuple)):
+        return [v for x in var_list for v in flatten_var_list(x)]
+    if isinstance(var_list, Variable) or hasattr(var_list, "op"):
+        return [var_list]
+    return list(var_list)  # a set or a generator: its items, in its order
+
+
 class Optimizer:
     def __init__(self, learning_rate, name: str):
         self._lr = learning_rate
@@ -34,8 +46,7 @@ class Optimizer:
                           colocate_gradients_with_ops=False, grad_loss=None):
         """TF1's signature; gating, aggregation and colocation are accepted and ignored
         (see :func:`~systems.miniflow.gradients.gradients`)."""
-        var_list = trainable_variables() if var_list is None else [var_list] \
-            if isinstance(var_list, Variable) else list(var_list)  # one, as TF1's flatten
+        var_list = trainable_variables() if var_list is None else flatten_var_list(var_list)
         if not var_list:
             raise ValueError("No variables to optimize.")
         grads = gradients(loss, var_list, None if grad_loss is None else [grad_loss])

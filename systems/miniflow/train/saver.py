@@ -34,6 +34,7 @@ from common.procs import remove_orphans
 
 from ..errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from ..ops.state_ops import Variable, global_variables
+from .optimizer import flatten_var_list
 
 
 class DataLossError(NotFoundError):
@@ -86,7 +87,7 @@ class Saver:
         if isinstance(vs, dict):
             self._vars = dict(vs)
         else:
-            vs = list(vs)
+            vs = flatten_var_list(vs)  # nested lists too, as TF1's op_list_to_dict
             self._vars = {v.op.name: v for v in vs}
             if len(self._vars) < len(vs):  # w twice, or w and w:0: TF1 refuses it too
                 seen = [v.op.name for v in vs]
