@@ -227,18 +227,21 @@ class Graph:
             return self._take_name(base)
 
     def _take_name(self, base: str) -> str:
-        count = self._name_counts.get(base, 0)
+        # Counted case-insensitively, as TF's ``Graph.unique_name`` does (its
+        # ``_names_in_use`` is keyed by ``name.lower()``): after "A", "a" is "a_1".
+        key = base.lower()
+        count = self._name_counts.get(key, 0)
         full = f"{base}_{count}" if count else base
         # taken already: by a suffixed name ('a' twice made 'a_1', then 'a_1' is asked
         # for), by a user's own 'a_1', or handed out for an op not made yet (a Variable
         # picks its name, then builds its initial value, then takes the name: TF's
         # ``_names_in_use`` holds every name handed out); two ops of one name would swap
         # values between devices (Send/Recv keys are names) and in get_tensor_by_name
-        while full in self._by_name or full in self._name_counts:
+        while full in self._by_name or full.lower() in self._name_counts:
             count += 1
             full = f"{base}_{count}"
-        self._name_counts[base] = count + 1
-        self._name_counts.setdefault(full, 1)
+        self._name_counts[key] = count + 1
+        self._name_counts.setdefault(full.lower(), 1)
         return full
 
     @contextlib.contextmanager

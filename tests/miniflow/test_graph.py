@@ -23,11 +23,11 @@ def test_names_are_unique_and_scoped_like_tensorflow():
             e = mf.identity(c)
         v = mf.Variable(np.zeros(3, np.float32), name="w")
     assert (a.name, b.name) == ("a:0", "a_1:0")
-    assert c.name == "layer/Add:0" and d.name == "layer/inner/out:0"
+    assert c.name == "layer/add:0" and d.name == "layer/inner/out:0"  # +: add, not Add
     assert e.name == "layer_1/Identity:0"
     assert {op.name for op in g.get_operations()} >= {"w", "w/initial_value", "w/Assign",
                                                       "w/read"}
-    assert g.get_tensor_by_name("layer/Add:0") is c
+    assert g.get_tensor_by_name("layer/add:0") is c
     assert v.name == "w:0"
     with pytest.raises(KeyError, match="no operation named 'nope'"):
         g.get_operation_by_name("nope")

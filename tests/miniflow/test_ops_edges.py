@@ -875,3 +875,25 @@ def test_not_equal_takes_bools_as_equal_does():
         b = mf.constant([True, False])
         ne = mf.not_equal(b, mf.constant([True, True]))
     assert ne.dtype == mf.bool and evaluate(g, ne).tolist() == [False, True]
+
+
+def test_default_names_are_tf1s():
+    """The names TF 2.21's ``tf.compat.v1`` gave the same calls (leaving out the
+    constants TF makes for shapes, axes and Python numbers, which miniflow keeps as
+    attributes): operators are named after themselves, functions mostly after their op
+    type, and uniqueness ignores case ("x" after "X" is "x_1", as in TF)."""
+    g = mf.Graph()
+    with g.as_default():
+        a = mf.placeholder(mf.float32, [2], name="p")
+        i = mf.placeholder(mf.int32, [2], name="q")
+        m = mf.placeholder(mf.float32, [2, 2], name="m")
+        made = [a + a, a - a, a * a, a / a, -a, a // a, abs(a), a > a, a[0], 1.0 + a,
+                mf.add(a, a), mf.subtract(a, a), mf.multiply(a, a), mf.divide(a, a),
+                mf.transpose(m), mf.concat([a, a], 0), mf.one_hot(i, 3),
+                mf.zeros_like(a), mf.floordiv(a, a), mf.truediv(a, a),
+                mf.constant(1.0, name="X"), mf.constant(1.0, name="x"),
+                mf.constant(1.0, name="X_1")]
+    assert [t.op.name for t in made if not t.op.name.startswith("Const")] == [
+        "add", "sub", "mul", "truediv", "Neg", "floordiv", "Abs", "Greater",
+        "strided_slice", "add_1", "Add_2", "Sub_1", "Mul_1", "truediv_1", "transpose",
+        "concat", "one_hot", "zeros_like", "floordiv_1", "truediv_2", "X", "x_1", "X_1_1"]

@@ -196,7 +196,7 @@ def test_a_run_time_error_names_the_op_shapes_and_line():
         with pytest.raises(mf.InvalidArgumentError) as e:
             s.run(c, {a: np.ones(3), b: np.ones(4)})
     msg = str(e.value)
-    assert "'Add'" in msg and "(3,), (4,)" in msg and "test_session.py:" in msg
+    assert "'add' of type Add" in msg and "(3,), (4,)" in msg and "test_session.py:" in msg
 
 
 def test_fetched_arrays_are_copies_that_cannot_corrupt_state():

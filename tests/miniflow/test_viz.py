@@ -26,7 +26,7 @@ def _two_device_step(x_name="x"):
 def test_dot_shows_each_stage_and_the_transfers():
     g, s, plan, _ = _two_device_step()
     raw = to_dot(g)
-    assert raw.startswith("digraph G {") and '"x" -> "Mul"' in raw
+    assert raw.startswith("digraph G {") and '"x" -> "mul"' in raw
     opt = to_dot(plan, "optimized")
     assert "_FusedElementwise" in opt or "Tanh" in opt
     part = to_dot(plan, "partitioned")

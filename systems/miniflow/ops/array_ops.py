@@ -137,7 +137,7 @@ def transpose(x, perm=None, name=None) -> Tensor:
     if perm is None and x.shape is not None:
         perm = tuple(reversed(range(len(x.shape))))
     attrs = {"perm": None if perm is None else tuple(int(p) for p in perm)}
-    return make_op("Transpose", [x], attrs, name).outputs[0]
+    return make_op("Transpose", [x], attrs, name or "transpose").outputs[0]  # TF's name
 
 
 def _concat_shape(ins, attrs):
@@ -175,7 +175,7 @@ def concat(values, axis, name=None) -> Tensor:
         raise ValueError("ConcatV2: values is an empty list; concat needs at least one "
                          "tensor")
     ax = check_axis("ConcatV2", axis, values[0])
-    return make_op("ConcatV2", values, {"axis": ax}, name).outputs[0]
+    return make_op("ConcatV2", values, {"axis": ax}, name or "concat").outputs[0]
 
 
 def _split_shapes_kernel(attrs, be, res):
@@ -283,7 +283,8 @@ def one_hot(indices, depth, on_value=None, off_value=None, axis=None, dtype=None
                python_value_as(0 if off_value is None else off_value, dt).item())
     last = axis is None or axis == -1  # the new axis where OneHot puts it
     out = make_op("OneHot", [indices], {"depth": int(depth), "dtype": dt, "on_value": on,
-                                        "off_value": off}, name if last else None).outputs[0]
+                                        "off_value": off},
+                  (name or "one_hot") if last else None).outputs[0]
     if last:
         return out
     rank = None if out.shape is None else len(out.shape)
@@ -325,7 +326,7 @@ def zeros_like(tensor, dtype=None, name=None, optimize=True) -> Tensor:
     """``tf.zeros_like`` (TF1's order: the dtype second); ``optimize`` is accepted."""
     x = convert_to_tensor(tensor)
     dt = x.dtype if dtype is None else as_dtype(dtype)
-    return make_op("ZerosLike", [x], {"dtype": dt}, name).outputs[0]
+    return make_op("ZerosLike", [x], {"dtype": dt}, name or "zeros_like").outputs[0]
 
 
 def ones_like(tensor, dtype=None, name=None, optimize=True) -> Tensor:
@@ -335,8 +336,8 @@ def ones_like(tensor, dtype=None, name=None, optimize=True) -> Tensor:
     if shapes.is_fully_defined(x.shape):
         from ..op_def import constant
 
-        return constant(np.ones(x.shape, dt.np_dtype), name=name)
-    return make_op("Fill", [shape(x)], {"value": 1, "dtype": dt}, name).outputs[0]
+        return constant(np.ones(x.shape, dt.np_dtype), name=name or "ones_like")
+    return make_op("Fill", [shape(x)], {"value": 1, "dtype": dt}, name or "ones_like").outputs[0]
 
 
 def _broadcast_to_shape(ins, attrs):

@@ -19,6 +19,7 @@ from .math_ops import (
     log,
     matmul,
     maximum,
+    multiply,
     relu_grad,
     sign,
     sqrt_grad,
@@ -41,8 +42,8 @@ def _sub_grad(op, g):
 
 @RegisterGradient("Mul")
 def _mul_grad(op, g):
-    x, y = op.inputs
-    return unbroadcast(g * y, x, y), unbroadcast(x * g, y, x)
+    x, y = op.inputs  # multiply, not *: TF's _MulGrad makes ops named Mul, not mul
+    return unbroadcast(multiply(g, y), x, y), unbroadcast(multiply(x, g), y, x)
 
 
 @RegisterGradient("RealDiv")

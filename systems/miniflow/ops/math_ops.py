@@ -279,7 +279,7 @@ def divide(x, y, name=None) -> Tensor:
     x, y = _operands("RealDiv", x, y)
     if x.dtype.is_integer and x.dtype == y.dtype:
         x, y = cast(x, float64), cast(y, float64)
-    return make_op("RealDiv", [x, y], name=name).outputs[0]
+    return make_op("RealDiv", [x, y], name=name or "truediv").outputs[0]  # TF's name
 
 
 def floordiv(x, y, name=None) -> Tensor:
@@ -287,7 +287,7 @@ def floordiv(x, y, name=None) -> Tensor:
     ``floor(x / y)``, which is not always Python's ``//``: ``1.0 // 0.1`` is 10 here, as in
     TF); an integer division by zero is an InvalidArgumentError when it runs, as in TF."""
     x, y = _operands("FloorDiv", x, y)
-    return make_op("FloorDiv", [x, y], {"T": x.dtype}, name).outputs[0]
+    return make_op("FloorDiv", [x, y], {"T": x.dtype}, name or "floordiv").outputs[0]
 
 
 def div(x, y, name=None) -> Tensor:
@@ -295,8 +295,8 @@ def div(x, y, name=None) -> Tensor:
     floating-point inputs, FloorDiv for integers. Prefer ``divide`` (``/``)."""
     x, y = _operands("RealDiv", x, y)
     if x.dtype.is_integer:
-        return make_op("FloorDiv", [x, y], {"T": x.dtype}, name).outputs[0]
-    return make_op("RealDiv", [x, y], name=name).outputs[0]
+        return make_op("FloorDiv", [x, y], {"T": x.dtype}, name or "floordiv").outputs[0]
+    return make_op("RealDiv", [x, y], name=name or "truediv").outputs[0]  # TF's name
 
 
 # ReluGrad(g, features) = g where features > 0 else 0 (nn_grad.py's _ReluGrad). A real
@@ -392,12 +392,20 @@ def _r(fn):
     return lambda self, other: fn(other, self)
 
 
-Tensor.__add__, Tensor.__radd__ = add, _r(add)
-Tensor.__sub__, Tensor.__rsub__ = subtract, _r(subtract)
-Tensor.__mul__, Tensor.__rmul__ = multiply, _r(multiply)
-Tensor.__truediv__, Tensor.__rtruediv__ = divide, _r(divide)
-Tensor.__floordiv__, Tensor.__rfloordiv__ = floordiv, _r(floordiv)
-Tensor.__pow__, Tensor.__rpow__ = pow, _r(pow)
+def _operator(fn, name):
+    """``x + y`` and ``y + x``: the op is named after the Python operator (``add``,
+    ``mul``, ``truediv``), where ``mf.add`` names it after its type (``Add``), as TF's
+    ``math_ops._OverrideBinaryOperatorHelper`` does."""
+    return (lambda self, other: fn(self, other, name=name),
+            lambda self, other: fn(other, self, name=name))
+
+
+Tensor.__add__, Tensor.__radd__ = _operator(add, "add")
+Tensor.__sub__, Tensor.__rsub__ = _operator(subtract, "sub")
+Tensor.__mul__, Tensor.__rmul__ = _operator(multiply, "mul")
+Tensor.__truediv__, Tensor.__rtruediv__ = _operator(divide, "truediv")
+Tensor.__floordiv__, Tensor.__rfloordiv__ = _operator(floordiv, "floordiv")
+Tensor.__pow__, Tensor.__rpow__ = _operator(pow, "pow")
 Tensor.__matmul__, Tensor.__rmatmul__ = matmul, _r(matmul)
 Tensor.__neg__ = negative
 Tensor.__abs__ = abs

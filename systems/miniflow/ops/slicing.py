@@ -86,8 +86,10 @@ define(OpDef("StridedSliceGrad", lambda ins, a: [(ins[1].dtype, shape_from_tenso
 
 
 def _getitem(x, key, name=None) -> Tensor:
-    """``x[key]``: numpy's basic indexing, one StridedSlice op (TF builds its masks)."""
-    return make_op("StridedSlice", [x], {"index": _encode_index(key)}, name).outputs[0]
+    """``x[key]``: numpy's basic indexing, one StridedSlice op (TF builds its masks), named
+    ``strided_slice`` as TF's ``_slice_helper`` names it."""
+    return make_op("StridedSlice", [x], {"index": _encode_index(key)},
+                   name or "strided_slice").outputs[0]
 
 
 Tensor.__getitem__ = _getitem
