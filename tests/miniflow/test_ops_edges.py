@@ -897,3 +897,44 @@ def test_default_names_are_tf1s():
         "add", "sub", "mul", "truediv", "Neg", "floordiv", "Abs", "Greater",
         "strided_slice", "add_1", "Add_2", "Sub_1", "Mul_1", "truediv_1", "transpose",
         "concat", "one_hot", "zeros_like", "floordiv_1", "truediv_2", "X", "x_1", "X_1_1"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gather_differentiates_ids_of_unknown_shape(backend):
+    """``ids = placeholder(int32)`` (no shape, common in TF1 code) made the gradient of
+    ``gather(params, ids)`` a GraphBuildError, "needs indices of known rank"; TF's
+    _GatherV2Grad flattens the ids and the gradient's index axes instead. Oracle: the
+    scatter-add of ``dL/dy = 3y`` at the ids along the axis (the same values TF 2.21
+    gave), for ids of rank 2, 0 and 1, with other axes of ``params`` unknown too."""
+    pv = np.arange(24, dtype=np.float32).reshape(4, 3, 2) / 10
+    for pshape, axis in (([None, 3, 2], 0), ([4, None, 2], 0), ([None, 3, None], 2)):
+        g = mf.Graph()
+        with g.as_default():
+            p = mf.placeholder(mf.float32, pshape)
+            ids = mf.placeholder(mf.int32)
+            y = mf.gather(p, ids, axis=axis)
+            (dp,) = mf.gradients(mf.reduce_sum(y * y * 1.5), [p])
+        with session(g, backend) as s:
+            for iv in ([[1, 0], [1, 1]], 1, [0]):
+                want = np.zeros_like(pv)
+                for i in np.ravel(iv):  # each id sends back 3 * its own slice
+                    at = tuple(i if d == axis else slice(None) for d in range(3))
+                    want[at] += 3 * pv[at]
+                np.testing.assert_allclose(s.run(dp, {p: pv, ids: np.array(iv)}), want,
+                                           rtol=1e-6, err_msg=f"{pshape} {axis} {iv}")
+
+
+def test_an_embedding_looked_up_by_ids_of_unknown_shape_trains_as_in_tf1():
+    """Three Adam steps on ``gather(emb, ids)`` with ids fed as (2, 2), (1,) and a scalar:
+    the weights TF 2.21's ``tf.compat.v1`` ended with, to 5 decimals."""
+    g = mf.Graph()
+    with g.as_default():
+        emb = mf.Variable(np.arange(8, dtype=np.float32).reshape(4, 2) / 4, name="emb")
+        ids = mf.placeholder(mf.int32, name="ids")
+        step = mf.train.AdamOptimizer(0.1).minimize(mf.reduce_sum(mf.gather(emb, ids) ** 2.0))
+    with mf.Session(graph=g) as s:
+        s.run(mf.global_variables_initializer())
+        for iv in ([[0, 1], [1, 3]], [2], 3):
+            s.run(step, {ids: np.array(iv)})
+        np.testing.assert_allclose(s.run(emb).ravel(), [
+            0.0, 0.0312, 0.2812, 0.5312, 0.86806, 1.11806, 1.25184, 1.50172], atol=2e-5)

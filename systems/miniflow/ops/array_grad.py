@@ -68,9 +68,12 @@ def _gather_grad(op, g):
     """Scatter-add the gradient rows back (TF returns IndexedSlices; we densify them)."""
     params, indices = op.inputs
     ax = op.attrs["axis"]
-    if params.shape is None or indices.shape is None or g.shape is None:
-        raise shape_error("GatherV2", f"the gradient of {op.name} needs params and indices "
-                          f"of known rank", params, indices)
+    if params.shape is None:
+        raise shape_error("GatherV2", f"the gradient of {op.name} needs params of known "
+                          f"rank", params, indices)
+    if indices.shape is None or g.shape is None:  # a placeholder(int32, None) of ids: as
+        # TF's _GatherV2Grad, flatten the indices and the gradient's index axes into one
+        g, indices = _flatten_index_axes(g, params, ax), reshape(indices, [-1])
     ni = len(indices.shape)
     pre = list(range(ax))
     idx_axes = list(range(ax, ax + ni))
@@ -84,6 +87,18 @@ def _gather_grad(op, g):
         perm = list(range(1, 1 + ax)) + [0] + list(range(1 + ax, r))
         summed = transpose(summed, perm)
     return summed, None
+
+
+def _flatten_index_axes(g, params, ax: int):
+    """``g`` reshaped to ``params``' shape with axis ``ax`` of any length: the gradient's
+    index axes, however many the indices had, become one."""
+    dims = list(params.shape)
+    dims[ax] = -1
+    if sum(d is None for d in dims) == 0:
+        return reshape(g, dims)
+    from .array_ops import concat
+    s = shape(params)  # some other axis is only known when the graph runs
+    return reshape(g, concat([s[:ax], constant(np.array([-1], np.int32)), s[ax + 1:]], 0))
 
 
 @RegisterGradient("BroadcastTo")
