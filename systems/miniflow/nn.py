@@ -10,10 +10,11 @@ from .ops.nn_ops import (
                          softmax,
                          sparse_softmax_cross_entropy_with_logits,
 )
+from .ops.random_ops import dropout
 
 max_pool = max_pool2d
 avg_pool = avg_pool2d
 
-__all__ = ["avg_pool", "avg_pool2d", "bias_add", "conv2d", "log_softmax", "max_pool",
+__all__ = ["avg_pool", "avg_pool2d", "bias_add", "conv2d", "dropout", "log_softmax", "max_pool",
            "max_pool2d", "relu", "sigmoid", "softmax", "sparse_softmax_cross_entropy_with_logits",
            "tanh"]

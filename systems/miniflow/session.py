@@ -79,7 +79,8 @@ class RunMetadata:
 
 class _Resources:
     """Per-session state reachable from kernels: variable values, the step's rendezvous,
-    the tuned-kernel library and how often its kernels (or the fallback) ran."""
+    the tuned-kernel library and how often its kernels (or the fallback) ran, the random
+    ops' streams."""
 
     def __init__(self, kernel_library: Any = None) -> None:
         self.variables: dict[str, Any] = {}
@@ -89,6 +90,9 @@ class _Resources:
         self.rendezvous: Rendezvous | None = None
         self.kernel_library = kernel_library
         self.kernel_stats: Counter = Counter()
+        # each random op's generator, by its "stream" attribute: one sequence per op and
+        # session, whichever plan runs it (see ops/random_ops.py)
+        self.random_streams: dict[int, Any] = {}
 
 
 _local = threading.local()
