@@ -4,8 +4,9 @@
 # matplotlib, tqdm, aiohttp, prometheus-client, cloudpickle, threadpoolctl, xxhash) and
 # pytest, pytest-timeout, hypothesis and psutil. Runs from the repo root with no install:
 #   1. the tests marked `gpu` (Triton kernels compiled for real, CUDA backends; TESTS=path
-#      for some);
-#   2. every system's `casebook bench SYSTEM --device cuda` cases (SYSTEMS="a b" for some);
+#      for some, TESTS= for none);
+#   2. every system's `casebook bench SYSTEM --device cuda` cases (SYSTEMS="a b" for some,
+#      SYSTEMS= for none: a call for one of the steps below only);
 #   3. with PROFILE=1, scripts/gpu-profile-miniflow.py (torch.profiler tables and traces),
 #      right after miniflow's bench;
 #   4. with RECORD_SPACE=N, N configs of each replay task measured into a replay table;
@@ -38,7 +39,9 @@ stamp() { echo "[$(( $(date +%s) - T0 ))s] $*"; }
 pack() {
   cp systems/miniansor/data/recorded-nvidia*.json systems/miniansor/data/space-*.json* \
     "$WORK/tables/" 2>/dev/null
-  tar czf "$OUT/results.tar.gz" -C "$WORK" . 2>/dev/null
+  # written aside, then renamed: a run killed while packing keeps the archive before
+  tar czf "$OUT/.results.tar.gz" -C "$WORK" . 2>/dev/null \
+    && mv -f "$OUT/.results.tar.gz" "$OUT/results.tar.gz"
 }
 
 if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
@@ -56,23 +59,32 @@ declare -A BUDGET=([tests]=80 [common]=30 [miniflow]=45 [miniclipper]=80 [minips
                    [miniansor]=190 [profile]=90 [cpu-minips]=330 [cpu-miniclipper]=400
                    [record]=240 [probe]=200)
 # DEADLINE=S: the whole script ends within S seconds of its start; each step's limit is cut
-# to what is left (less 15 s to pack), so the last step (put miniansor last) gets the rest.
+# to what is left (less 15 s for a killed step to exit and 15 s to pack), so the last step
+# (put miniansor last) gets the rest. A step left under 20 s is skipped: `timeout 0` would
+# mean no limit at all.
 DEADLINE=${DEADLINE:-0}
 limit() {  # limit STEP -> the step's budget, cut to the time left before DEADLINE
   local b=${BUDGET[$1]:-60}
   if [ "$DEADLINE" -gt 0 ]; then
-    local left=$(( DEADLINE - ($(date +%s) - T0) - 15 ))
+    local left=$(( DEADLINE - ($(date +%s) - T0) - 30 ))
     [ "$left" -lt "$b" ] && b=$left
   fi
   echo "$b"
 }
-timeout -k 10 "$(limit tests)" "$PY" -m pytest -m gpu -q -p no:cacheprovider ${TESTS:-tests} \
-  -o addopts="" --timeout 60 > "$WORK/gpu-tests.log" 2>&1
-stamp "gpu tests: exit $? -- $(tail -n 1 "$WORK/gpu-tests.log")"
-pack
+TESTS=${TESTS-tests}  # empty: no tests (without the colon, empty is not unset)
+b=$(limit tests)
+if [ -z "$TESTS" ]; then stamp "gpu tests: none asked for"
+elif [ "$b" -lt 20 ]; then stamp "gpu tests: skipped, ${b}s left"
+else
+  # shellcheck disable=SC2086  # $TESTS is a word list on purpose
+  timeout -k 10 "$b" "$PY" -m pytest -m gpu -q -p no:cacheprovider $TESTS \
+    -o addopts="" --timeout 60 > "$WORK/gpu-tests.log" 2>&1
+  stamp "gpu tests: exit $? -- $(tail -n 1 "$WORK/gpu-tests.log")"
+  pack
+fi
 
 status=0
-SYSTEMS=${SYSTEMS:-$("$PY" -c "from common.bench import SUITES; print(*SUITES)")}
+SYSTEMS=${SYSTEMS-$("$PY" -c "from common.bench import SUITES; print(*SUITES)")}
 for system in $SYSTEMS; do
   quick=""
   [ "$system" = miniansor ] && [ "${ANSOR_FULL:-0}" != 1 ] && quick="--quick"
@@ -87,7 +99,9 @@ for system in $SYSTEMS; do
   pack
   # PROFILE=1: where a miniflow training step spends its time, beside PyTorch eager
   if [ "$system" = miniflow ] && [ "${PROFILE:-0}" = 1 ]; then
-    timeout -k 10 "$(limit profile)" "$PY" scripts/gpu-profile-miniflow.py "$WORK" \
+    b=$(limit profile)
+    if [ "$b" -lt 20 ]; then stamp "profile miniflow: skipped, ${b}s left"; continue; fi
+    timeout -k 10 "$b" "$PY" scripts/gpu-profile-miniflow.py "$WORK" \
       > "$WORK/profile-miniflow.log" 2>&1
     stamp "profile miniflow: exit $?"
     pack
@@ -96,8 +110,9 @@ done
 
 # RECORD_SPACE=N: N random configs of each replay task's space measured on this GPU
 # (casebook ansor record-table), the table the CPU search and cost-model studies replay
-if [ "${RECORD_SPACE:-0}" -gt 0 ]; then
-  b=$(limit record)
+if [ "${RECORD_SPACE:-0}" -gt 0 ] && b=$(limit record) && [ "$b" -lt 20 ]; then
+  stamp "record space: skipped, ${b}s left"; status=1
+elif [ "${RECORD_SPACE:-0}" -gt 0 ]; then
   timeout -k 15 "$b" "$PY" -m common.cli ansor record-table --device cuda --no-progress \
     --configs "$RECORD_SPACE" --tasks gemm:2048x2048x2048:fp16:none \
     gemm:16x4096x14336:fp16:none > "$WORK/record-space.log" 2>&1
@@ -107,8 +122,9 @@ fi
 
 # PROBE_GEMM=1: is the tuner short of trials or of space, and how far apart are the two
 # timing methods (scripts/gpu-probe-gemm.py)
-if [ "${PROBE_GEMM:-0}" = 1 ]; then
-  b=$(limit probe)
+if [ "${PROBE_GEMM:-0}" = 1 ] && b=$(limit probe) && [ "$b" -lt 20 ]; then
+  stamp "probe gemm: skipped, ${b}s left"; status=1
+elif [ "${PROBE_GEMM:-0}" = 1 ]; then
   timeout -k 15 "$b" "$PY" scripts/gpu-probe-gemm.py "$WORK" > "$WORK/probe-gemm.log" 2>&1
   stamp "probe gemm: exit $? (limit ${b}s)"
   pack

@@ -152,22 +152,26 @@ def _method_note(metrics: dict) -> str:
     return note
 
 
-def _rotating(task: Task, fn, n_sets: int):
-    """``fn(inputs)`` over ``n_sets`` input sets in turn, one set per call: the calls in a
+def _rotating(fn, sets: list[dict]):
+    """``fn(inputs)`` over the input ``sets`` in turn, one set per call: the calls in a
     graph then read more than L2 holds, as ``do_bench`` (which flushes L2) times them. A
-    decode GEMM's 32 MiB weight matrix would otherwise stay in the H200's 50 MiB L2 for
-    the ten calls of a replay."""
-    sets = [task.make_inputs("cuda", seed=i) for i in range(n_sets)]
+    decode GEMM's 32 MiB weight matrix would otherwise stay in the H200's L2 for the ten
+    calls of a replay."""
     turn = iter(range(10 ** 12))
-    return lambda: fn(sets[next(turn) % n_sets])
+    return lambda: fn(sets[next(turn) % len(sets)])
 
 
-def _n_sets(task: Task, spec) -> int:
-    """Input sets enough to exceed twice the L2 (1 when one set already does); 50 MiB
-    (H100/H200) where the device has no datasheet entry."""
-    l2_bytes = spec.l2_bytes if spec is not None and spec.l2_bytes else 50 * 2**20
+def _input_sets(task: Task, spec) -> list[dict]:
+    """Input sets enough to exceed twice the L2 (1 when one set already does), made once
+    per task and shared by every variant compared on them (they only read them). The L2
+    is the size the driver reports, else the datasheet's, else 50 MiB (H100)."""
+    import torch
+
+    l2_bytes = getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 0) or (
+        spec.l2_bytes if spec is not None and spec.l2_bytes else 50 * 2**20)
     one = task.cost().bytes_read
-    return int(min(GRAPH_CALLS, max(1, np.ceil(2 * l2_bytes / one))))
+    n = int(min(GRAPH_CALLS, max(1, np.ceil(2 * l2_bytes / one))))
+    return [task.make_inputs("cuda", seed=i) for i in range(n)]
 
 
 def _tutorial_best(task: Task, dev, rec) -> tuple[dict, float]:
@@ -200,12 +204,12 @@ def gemm_case(ctx: Context) -> Result:
         for task in tasks:
             b = best[task.key]
             tut_inp, _ = _tutorial_best(task, dev, rec)
-            n_sets = _n_sets(task, spec)
-            ours = _rotating(task, lambda x, task=task, b=b:
-                             run_program(task, b.sketch, b.ann, x), n_sets)
-            cublas = _rotating(task, lambda x: torch.matmul(x["a"], x["b"]), n_sets)
-            tutorial = _rotating(task, lambda x, task=task, t=tut_inp:
-                                 run_program(task, t.sketch, t.ann, x), n_sets)
+            sets = _input_sets(task, spec)
+            ours = _rotating(lambda x, task=task, b=b: run_program(task, b.sketch, b.ann, x),
+                             sets)
+            cublas = _rotating(lambda x: torch.matmul(x["a"], x["b"]), sets)
+            tutorial = _rotating(lambda x, task=task, t=tut_inp:
+                                 run_program(task, t.sketch, t.ann, x), sets)
             tag = task.key.replace(":", "_")
             r = _compare(task, ours, cublas)
             ratios[f"{tag}_vs_cublas"] = r
@@ -253,11 +257,10 @@ def fused_case(ctx: Context) -> Result:
     try:
         b = _tune([task], ctx.pick(32, 16), dev, rec)[task.key]
         spec = gpu_spec_for(dev.name)
-        n_sets = _n_sets(task, spec)
-        r = _compare(task, _rotating(task, lambda x: run_program(task, b.sketch, b.ann, x),
-                                     n_sets),
-                     _rotating(task, lambda x: torch.relu(torch.matmul(x["a"], x["b"])
-                                                          + x["bias"]), n_sets))
+        sets = _input_sets(task, spec)
+        r = _compare(task, _rotating(lambda x: run_program(task, b.sketch, b.ann, x), sets),
+                     _rotating(lambda x: torch.relu(torch.matmul(x["a"], x["b"]) + x["bias"]),
+                               sets))
     finally:
         dev.close()
         _save_table()
