@@ -353,6 +353,15 @@ def run(spec: LoadSpec) -> dict[str, Any]:
     return summary
 
 
+# The child ignores Ctrl-C while it imports (a terminal sends it to the whole process
+# group, and a KeyboardInterrupt inside numpy's import printed its whole stack); this
+# process, interrupted too, then stops it.
+_CHILD = ("import signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+          "from systems.miniclipper.loadgen import main\n"
+          "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+          "sys.exit(main(sys.argv[1:]))")
+
+
 def run_process(spec: LoadSpec, timeout_s: float | None = None) -> dict[str, Any]:
     """Run ``spec`` in a separate Python process (so the generator has its own CPU time
     and event loop) and return its summary."""
@@ -363,9 +372,8 @@ def run_process(spec: LoadSpec, timeout_s: float | None = None) -> dict[str, Any
         length = sum(p[0] for p in spec.phases) + spec.duration_s
         limit = timeout_s or length + spec.timeout_s + 60
         try:
-            subprocess.run([sys.executable, "-m", "systems.miniclipper.loadgen", "--spec",
-                            str(spec_path), "--out", str(out_path)], cwd=root, check=True,
-                           timeout=limit)
+            subprocess.run([sys.executable, "-c", _CHILD, "--spec", str(spec_path),
+                            "--out", str(out_path)], cwd=root, check=True, timeout=limit)
         except subprocess.CalledProcessError as e:
             if e.returncode == 130:  # its Ctrl-C, as the caller's own
                 raise KeyboardInterrupt from None
