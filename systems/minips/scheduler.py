@@ -206,7 +206,8 @@ class Scheduler:
             # a worker that has reported is leaving: a shard given to it would never end
             live = [n for n, x in self.workers.items() if x["alive"] and not x.get("exited")]
             if not live:  # every other worker has reported or died: nobody can run it
-                self.log("shard_orphaned", shard=s, progress=self.progress[s])
+                self.log("shard_orphaned", shard=s, progress=self.progress[s],
+                         hint=f"start worker {name} again to finish it")
                 continue
             # the least loaded worker by remaining steps takes the shard
             def load(n: str) -> int:
@@ -218,6 +219,22 @@ class Scheduler:
             self.log("reassign", shard=s, worker=heir, progress=self.progress[s])
         self.members_version += 1
         self.log("worker_dead", worker=name, why=why)
+        self.broadcast()
+
+    def rejoin_worker(self, name: str) -> None:
+        """A worker declared dead registers again (restarted after a crash or a Ctrl-C):
+        it is a member again and takes every unfinished shard nobody runs, which its
+        death orphaned when no other worker was left (section 4.6 gives a dead worker's
+        tasks to others; with none, the job waits for this). Shards an heir took stay
+        with the heir; then this worker has nothing to do and retires."""
+        steps = self.config["steps"]
+        owned = {s for w in self.workers.values() if w["alive"] for s in w["shards"]}
+        orphans = [s for s in sorted(self.progress) if self.progress[s] < steps
+                   and s not in owned]
+        self.workers[name].update(alive=True, retired=False, shards=orphans)
+        self.members_version += 1
+        self.log("worker_rejoined", worker=name, shards=orphans,
+                 progress=[self.progress[s] for s in orphans])
         self.broadcast()
 
     def job_done(self) -> bool:
@@ -287,6 +304,8 @@ class Scheduler:
                                           f"{sorted(self.workers)}"})
             w = self.workers[name]
             w.update(addr=meta.get("addr"), last_hb=time.monotonic())
+            if not w["alive"] and not w.get("exited"):
+                self.rejoin_worker(name)
             return encode({"status": "member", "config": self.config, "shards": w["shards"]})
         if name in self.clients:  # its clocks would restart: resent-push detection
             return encode({"status": "error",  # would drop its new pushes as old ones

@@ -405,3 +405,30 @@ def test_a_gap_is_timed_within_one_ring_not_across_an_undecided_spell():
     _report(s, "s2", [(600, 1000)])  # again one tick with a copy in flight
     s.check_copies(11.3)
     assert s.failure is None
+
+
+def _register(s, name):
+    return decode(asyncio.run(s.Register(encode({"role": "worker", "name": name}), None)))[0]
+
+
+def test_a_worker_declared_dead_that_starts_again_takes_back_the_shard_nobody_runs():
+    """The only worker is stopped (Ctrl-C) and declared dead: its shard has no heir. When
+    it is started again it was told "member" with no shard, so it retired at once and the
+    job waited for ever; now it is alive again and gets the orphaned shard back. With an
+    heir, the heir keeps the shard and the returning worker has nothing to do."""
+    s = _sched(workers=1)
+    s.progress[0] = 4
+    s.remove_worker("w0", "no heartbeat")
+    assert s.workers["w0"]["shards"] == [] and not _hb(s, "w0")["member"]
+    version = s.members_version
+    assert _register(s, "w0")["shards"] == [0]
+    assert s.workers["w0"]["alive"] and s.members_version > version
+    r = _hb(s, "w0", progress={"0": 6}, clock=6)
+    assert r["member"] and r["progress"] == {"0": 6} and s.clock_workers() == ["w0"]
+
+    s = _sched(workers=2)
+    s.progress.update({0: 3, 1: 5})
+    s.remove_worker("w1", "no heartbeat")
+    assert _register(s, "w1")["shards"] == [] and s.workers["w0"]["shards"] == [0, 1]
+    _hb(s, "w1", retire=True)
+    assert s.workers["w1"]["retired"] and s.clock_workers() == ["w0"]
