@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -69,8 +70,12 @@ class LocalBuilder:
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
+            # builders ignore Ctrl-C: a terminal sends it to the whole process group, and
+            # each idle builder died printing its own stack; this process, interrupted
+            # too, shuts the pool down (close)
             self._pool = ProcessPoolExecutor(
-                self.n_parallel, mp_context=multiprocessing.get_context("spawn"))
+                self.n_parallel, mp_context=multiprocessing.get_context("spawn"),
+                initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN))
         return self._pool
 
     def build(self, inputs: list[MeasureInput]) -> dict[str, tuple[str, str]]:
