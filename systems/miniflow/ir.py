@@ -189,4 +189,26 @@ def build(fetches: Iterable[Tensor], targets: Iterable[Operation],
                  [(t.dtype, t.shape) for t in op.outputs], op.device, op, op.created_at)
         copies[op.id] = n
         nodes.append(n)
-    return PlanGraph(nodes, [ref(t) for t in fetches], [copies[op.id] for op in targets], args)
+    return PlanGraph(nodes, _fetch_after_writes(nodes, [ref(t) for t in fetches]),
+                     [copies[op.id] for op in targets], args)
+
+
+def _fetch_after_writes(nodes: list[Node], fetches: list[Ref]) -> list[Ref]:
+    """A fetched variable is read after every write of it in the same step. TF1 fetches
+    a ref variable by reference, so ``_, step = sess.run([train, global_step])`` returns
+    the step *after* the train op's increment; our reads are snapshots, which the
+    executor may take before the update. So a fetched read of a variable that the step
+    also writes (an op other than a read takes its reference) becomes a read of its own,
+    ordered after those writers; the read the computation uses stays where it was (moving
+    it would make a cycle: the update depends on it)."""
+    out = []
+    for n, i in fetches:
+        writers = [] if n.type != "ReadVariable" else [
+            m for m in nodes if m.type not in ("ReadVariable", "VariableV2")
+            and any(p is n.inputs[0][0] for p, _ in m.inputs)]
+        if writers:
+            n = Node(f"{n.name}/_after_writes", n.type, list(n.inputs), writers,
+                     dict(n.attrs), list(n.out_specs), n.device, n.op, n.created_at)
+            nodes.append(n)
+        out.append((n, i))
+    return out

@@ -425,3 +425,32 @@ def test_a_session_without_a_cpu_is_refused_when_it_is_made(count):
     with mf.Session(graph=mf.Graph(), config=mf.ConfigProto(  # a numpy count is a count
             device_count={"CPU": np.int64(2)})) as s:
         assert s.devices == ["/cpu:0", "/cpu:1"]
+
+
+@pytest.mark.parametrize("threads", [1, 4])
+def test_a_variable_fetched_with_its_update_is_read_after_it(threads):
+    """TF1 fetches a ref variable by reference, so ``_, step = sess.run([train,
+    global_step])`` returns the step after the train op's increment (TF 2.21's
+    ``compat.v1`` did so in 200 runs of 200). Our read was a snapshot the executor took
+    before the update, so the idiom was off by one and checkpoints were named one step
+    early. Likewise a slot variable fetched beside the train op, and ``[inc, gs]``."""
+    g = mf.Graph()
+    with g.as_default():
+        with mf.device("/cpu:1"):
+            gs = mf.Variable(0, name="global_step", trainable=False)
+            w = mf.Variable(np.float32(1.0), name="w")
+        train = mf.train.AdamOptimizer(0.1).minimize(w * w, global_step=gs)
+        inc = mf.assign_add(gs, 1)
+        m = g.get_tensor_by_name("w/Adam:0")
+    cfg = mf.ConfigProto(inter_op_parallelism_threads=threads, device_count={"CPU": 2})
+    with mf.Session(graph=g, config=cfg) as s:
+        s.run(mf.global_variables_initializer())
+        for step in range(1, 21):
+            _, got, wv, mv = s.run([train, gs, w, m])
+            assert got == step and wv == s.run(w) and mv == s.run(m)
+        assert s.run([inc, gs])[1] == 21
+        s.run(w)
+        names = {k: [n[0] for n in s.plan_for(f).snapshots["optimized"].nodes]
+                 for k, f in (("train", [train, gs, w, m]), ("w", w))}
+    assert "w/read/_after_writes" in names["train"]
+    assert not any("_after_writes" in n for n in names["w"])  # no writer: one read
