@@ -207,7 +207,8 @@ class Scheduler:
             live = [n for n, x in self.workers.items() if x["alive"] and not x.get("exited")]
             if not live:  # every other worker has reported or died: nobody can run it
                 self.log("shard_orphaned", shard=s, progress=self.progress[s],
-                         hint=f"start worker {name} again to finish it")
+                         hint="no worker can finish it: stop the job and restart it, "
+                              "from a checkpoint if it took one")
                 continue
             # the least loaded worker by remaining steps takes the shard
             def load(n: str) -> int:
@@ -221,21 +222,25 @@ class Scheduler:
         self.log("worker_dead", worker=name, why=why)
         self.broadcast()
 
-    def rejoin_worker(self, name: str) -> None:
-        """A worker declared dead registers again (restarted after a crash or a Ctrl-C):
-        it is a member again and takes every unfinished shard nobody runs, which its
-        death orphaned when no other worker was left (section 4.6 gives a dead worker's
-        tasks to others; with none, the job waits for this). Shards an heir took stay
-        with the heir; then this worker has nothing to do and retires."""
+    def no_rejoin(self, name: str) -> str:
+        """Why a worker declared dead cannot register again. Its unfinished shards went to
+        heirs, or, with no live worker left, to nobody; a new process under its name
+        would push at clocks its dead predecessor may have used, which the servers'
+        per-sender clocks would drop as resends (minibatches lost) or apply after the
+        heir's (minibatches applied twice). The paper's remedy (section 4.6) is a *new*
+        worker node; ours are named w0..wN for the job's shards, so the honest answer is
+        a checkpoint. Until 2026-11-29 it was told "member" with no shard, retired, and the
+        job waited silently for ever."""
         steps = self.config["steps"]
         owned = {s for w in self.workers.values() if w["alive"] for s in w["shards"]}
-        orphans = [s for s in sorted(self.progress) if self.progress[s] < steps
-                   and s not in owned]
-        self.workers[name].update(alive=True, retired=False, shards=orphans)
-        self.members_version += 1
-        self.log("worker_rejoined", worker=name, shards=orphans,
-                 progress=[self.progress[s] for s in orphans])
-        self.broadcast()
+        orphans = sorted(s for s, p in self.progress.items() if p < steps and s not in owned)
+        where = (f"shards {orphans} have no live worker left, so this job cannot finish"
+                 if orphans else "its shards went to the live workers")
+        return (f"worker {name} was declared dead (no heartbeat for "
+                f"{self.config.get('worker_timeout', '?')} s) and cannot rejoin: {where}. A new "
+                f"process under its name would reuse the clocks of the old one's pushes. "
+                f"Stop the job and start it again, from a checkpoint if it took one "
+                f"(casebook ps launch ... --restore DIR)")
 
     def job_done(self) -> bool:
         return self.stopped or all(p >= self.config["steps"] for p in self.progress.values())
@@ -305,7 +310,7 @@ class Scheduler:
             w = self.workers[name]
             w.update(addr=meta.get("addr"), last_hb=time.monotonic())
             if not w["alive"] and not w.get("exited"):
-                self.rejoin_worker(name)
+                return encode({"status": "error", "message": self.no_rejoin(name)})
             return encode({"status": "member", "config": self.config, "shards": w["shards"]})
         if name in self.clients:  # its clocks would restart: resent-push detection
             return encode({"status": "error",  # would drop its new pushes as old ones
