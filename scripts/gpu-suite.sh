@@ -71,10 +71,11 @@ limit() {  # limit STEP -> the step's budget, cut to the time left before DEADLI
   fi
   echo "$b"
 }
+status=0
 TESTS=${TESTS-tests}  # empty: no tests (without the colon, empty is not unset)
 b=$(limit tests)
 if [ -z "$TESTS" ]; then stamp "gpu tests: none asked for"
-elif [ "$b" -lt 20 ]; then stamp "gpu tests: skipped, ${b}s left"
+elif [ "$b" -lt 20 ]; then stamp "gpu tests: skipped, ${b}s left"; status=1
 else
   # shellcheck disable=SC2086  # $TESTS is a word list on purpose
   timeout -k 10 "$b" "$PY" -m pytest -m gpu -q -p no:cacheprovider $TESTS \
@@ -83,7 +84,6 @@ else
   pack
 fi
 
-status=0
 SYSTEMS=${SYSTEMS-$("$PY" -c "from common.bench import SUITES; print(*SUITES)")}
 for system in $SYSTEMS; do
   quick=""
@@ -100,7 +100,7 @@ for system in $SYSTEMS; do
   # PROFILE=1: where a miniflow training step spends its time, beside PyTorch eager
   if [ "$system" = miniflow ] && [ "${PROFILE:-0}" = 1 ]; then
     b=$(limit profile)
-    if [ "$b" -lt 20 ]; then stamp "profile miniflow: skipped, ${b}s left"; continue; fi
+    if [ "$b" -lt 20 ]; then stamp "profile miniflow: skipped, ${b}s left"; status=1; continue; fi
     timeout -k 10 "$b" "$PY" scripts/gpu-profile-miniflow.py "$WORK" \
       > "$WORK/profile-miniflow.log" 2>&1
     stamp "profile miniflow: exit $?"
@@ -165,5 +165,5 @@ for path in paths:
 print(f"device: {gpu}")
 print(format_table(rows, ("system", "case", "target", "measured", "held")))
 PY
-grep -h "case failed\|Error" "$WORK"/bench-*.log | sort | uniq -c | head -20
+grep -h "case failed\|Error" "$WORK"/bench-*.log 2>/dev/null | sort | uniq -c | head -20
 exit $status

@@ -159,6 +159,7 @@ class Graph:
         self._collections: dict[str, list[Any]] = {}
         self._finalized = False
         self.seed: int | None = None  # the graph-level random seed (set_random_seed)
+        self.random_ops_seeded = 0  # random ops that took the graph's seed (get_seed)
         # a Const's name -> the ops that read its value when they were built (a reshape's
         # shape): feeding it later could not change them, so a feed of it is refused
         self.folded_consts: dict[str, list[str]] = {}

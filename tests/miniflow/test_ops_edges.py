@@ -897,6 +897,12 @@ def test_default_names_are_tf1s():
         "add", "sub", "mul", "truediv", "Neg", "floordiv", "Abs", "Greater",
         "strided_slice", "add_1", "Add_2", "Sub_1", "Mul_1", "truediv_1", "transpose",
         "concat", "one_hot", "zeros_like", "floordiv_1", "truediv_2", "X", "x_1", "X_1_1"]
+    h = mf.Graph()
+    with h.as_default():
+        x = mf.placeholder(mf.float32, [2, 2])
+        i = mf.placeholder(mf.int32, [2])
+        made = [mf.div(x, x), mf.div(i, i), mf.strided_slice(x, [0], [1], [1]), x @ x, x @ x]
+    assert [t.op.name for t in made] == ["div", "div_1", "StridedSlice", "matmul", "matmul_1"]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

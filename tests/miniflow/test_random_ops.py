@@ -180,3 +180,40 @@ def test_dropout_and_random_ops_refuse_what_tf_refuses():
         assert s.run(r, {n: [3]}).shape == (3,)
         with pytest.raises(mf.InvalidArgumentError, match="negative dimension"):
             s.run(r, {n: [-1]})
+
+
+def test_op_seeds_count_the_random_ops_as_tf2s_get_seed_does():
+    """With only a graph seed, TF 2.21 gave these four ops the op seeds 0, 9 (its own),
+    1, 2, with or without an unrelated placeholder built first: the counter is of random
+    ops, so other ops change no draw (we counted every op, so one placeholder reseeded
+    all). Negative seeds are taken modulo 2**31, as TF's, not refused when run."""
+    for extra in (False, True):
+        g = mf.Graph()
+        with g.as_default():
+            mf.set_random_seed(1)
+            if extra:
+                mf.placeholder(mf.float32, [3])
+            mf.random_uniform([3]), mf.random_normal([2], seed=9)
+            mf.truncated_normal([2]), mf.random_uniform([2], maxval=5, dtype=mf.int32)
+        assert [op.attrs["seed2"] for op in g.get_operations() if "seed2" in op.attrs] == \
+            [0, 9, 1, 2]
+    g = mf.Graph()
+    with g.as_default():
+        mf.set_random_seed(-1)
+        a, b = mf.random_normal([2]), mf.random_normal([2], seed=-5)
+    assert (a.op.inputs[0].op.inputs[0].op.attrs["seed"], b.op.inputs[0].op.inputs[0].op.attrs[
+        "seed2"]) == (2**31 - 1, 2**31 - 5)
+    assert all(v.shape == (2,) for v in _run(g, [a, b])[0])
+
+
+def test_uniform_draws_stay_below_maxval_in_every_precision():
+    """A float64 draw rounded to float16 was 1.0 about once in 4,000 (279 in a million,
+    where TF gave none): draws are made in the op's own precision."""
+    g = mf.Graph()
+    with g.as_default():
+        u16 = mf.random_uniform([1_000_000], dtype=mf.float16, seed=1)
+        u32 = mf.random_uniform([1_000_000], minval=-1.0, maxval=1.0, seed=2)
+    (a, b), = _run(g, [u16, u32])
+    assert a.dtype == np.float16 and 0 <= a.min() and a.max() < 1.0
+    assert np.all(np.diff(np.unique(a)) >= 2.0**-11) and len(np.unique(a)) == 1024
+    assert b.dtype == np.float32 and -1.0 <= b.min() and b.max() < 1.0

@@ -295,8 +295,8 @@ def div(x, y, name=None) -> Tensor:
     floating-point inputs, FloorDiv for integers. Prefer ``divide`` (``/``)."""
     x, y = _operands("RealDiv", x, y)
     if x.dtype.is_integer:
-        return make_op("FloorDiv", [x, y], {"T": x.dtype}, name or "floordiv").outputs[0]
-    return make_op("RealDiv", [x, y], name=name or "truediv").outputs[0]  # TF's name
+        return make_op("FloorDiv", [x, y], {"T": x.dtype}, name or "div").outputs[0]
+    return make_op("RealDiv", [x, y], name=name or "div").outputs[0]  # TF's name
 
 
 # ReluGrad(g, features) = g where features > 0 else 0 (nn_grad.py's _ReluGrad). A real
@@ -388,10 +388,6 @@ def matmul(a, b, transpose_a=False, transpose_b=False, adjoint_a=False, adjoint_
 
 # -- operator overloading (TF: ops.Tensor._override_operator) -------------------------
 
-def _r(fn):
-    return lambda self, other: fn(other, self)
-
-
 def _operator(fn, name):
     """``x + y`` and ``y + x``: the op is named after the Python operator (``add``,
     ``mul``, ``truediv``), where ``mf.add`` names it after its type (``Add``), as TF's
@@ -406,7 +402,7 @@ Tensor.__mul__, Tensor.__rmul__ = _operator(multiply, "mul")
 Tensor.__truediv__, Tensor.__rtruediv__ = _operator(divide, "truediv")
 Tensor.__floordiv__, Tensor.__rfloordiv__ = _operator(floordiv, "floordiv")
 Tensor.__pow__, Tensor.__rpow__ = _operator(pow, "pow")
-Tensor.__matmul__, Tensor.__rmatmul__ = matmul, _r(matmul)
+Tensor.__matmul__, Tensor.__rmatmul__ = _operator(matmul, "matmul")
 Tensor.__neg__ = negative
 Tensor.__abs__ = abs
 Tensor.__lt__, Tensor.__le__ = less, less_equal

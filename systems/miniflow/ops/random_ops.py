@@ -11,10 +11,11 @@ under the op's ``stream`` attribute, so two run signatures draw from one sequenc
 new session starts it again (as a new TF session re-creates its kernels).
 
 Seeds follow tensorflow/python/framework/random_seed.py (``get_seed``): a graph-level
-seed (``set_random_seed``) and an op-level one; with only the graph's, the op's seed is
-the number of ops already in the graph (so a program that builds its graph the same way
-draws the same numbers); with only the op's, the graph's is TF's default; with neither,
-the stream is seeded from the OS. One stream per op means values do not depend on the
+seed (``set_random_seed``) and an op-level one; with only the graph's, the op's seed
+counts the random ops that took the graph's seed before it (0, 1, 2...; TF 2's per-graph
+counter, so adding other ops to the graph changes no draw); with only the op's, the
+graph's is TF's default; with neither, the stream is seeded from the OS. Seeds are taken
+modulo 2**31, as TF's ``_truncate_seed``. One stream per op means values do not depend on the
 order in which the executor runs the ops, nor on the number of threads.
 
 Simplified: the streams are numpy's PCG64 (``default_rng([seed, seed2])``), not TF's
@@ -50,11 +51,15 @@ def get_seed(op_seed) -> tuple[int | None, int | None]:
     """(graph seed, op seed) for a new op, as TF's ``random_seed.get_seed``."""
     g = get_default_graph()
     if g.seed is not None:
-        seeds = (g.seed, len(g.get_operations()) if op_seed is None else int(op_seed))
+        if op_seed is None:
+            with g._lock:
+                op_seed, g.random_ops_seeded = g.random_ops_seeded, g.random_ops_seeded + 1
+        seeds = (g.seed, op_seed)
     elif op_seed is not None:
-        seeds = (DEFAULT_GRAPH_SEED, int(op_seed))
+        seeds = (DEFAULT_GRAPH_SEED, op_seed)
     else:
         return None, None
+    seeds = (int(seeds[0]) % 2**31, int(seeds[1]) % 2**31)
     return (0, 2**31 - 1) if seeds == (0, 0) else seeds  # (0, 0) means "no seed" to TF
 
 
@@ -83,6 +88,16 @@ def _kernel(draw):
     return make
 
 
+def _uniform(gen, dims, a):
+    """[0, 1) in the op's own precision: a float64 draw rounded to float16 would be 1.0
+    once in about 4,000 draws. Half floats take 10 random mantissa bits, as TF's
+    ``Uint16ToHalf`` (random_distributions.h)."""
+    dt = a["dtype"].np_dtype
+    if dt == np.float16:
+        return gen.integers(0, 2**10, dims) * 2.0**-10
+    return gen.random(dims, dtype=np.float32 if dt == np.float32 else np.float64)
+
+
 def _truncated(gen, dims, a):
     """Standard normal values, each one beyond two standard deviations drawn again (TF's
     TruncatedNormal, random_op.cc)."""
@@ -97,7 +112,7 @@ def _truncated(gen, dims, a):
 _DRAW = {
     "RandomStandardNormal": lambda gen, dims, a: gen.standard_normal(dims),
     "TruncatedNormal": _truncated,
-    "RandomUniform": lambda gen, dims, a: gen.random(dims),  # [0, 1)
+    "RandomUniform": _uniform,
     "RandomUniformInt": lambda gen, dims, a: gen.integers(a["minval"], a["maxval"], dims),
 }
 for _t, _draw in _DRAW.items():
@@ -107,8 +122,11 @@ for _t, _draw in _DRAW.items():
 
 def _random_op(op_type: str, shape, dtype, seed, name: str | None, **attrs) -> Tensor:
     seed, seed2 = get_seed(seed)
-    shape = shape if isinstance(shape, Tensor) else \
-        constant(np.asarray(shape, np.int32).reshape(-1), name="shape")
+    if not isinstance(shape, Tensor):
+        if any(isinstance(d, Tensor) for d in np.ravel(np.asarray(shape, dtype=object))):
+            raise TypeError(f"{op_type}: a shape that mixes tensors and numbers "
+                            f"({shape}) is not supported here; give one int32 tensor")
+        shape = constant(np.asarray(shape, np.int32).reshape(-1), name="shape")
     return make_op(op_type, [shape], {"dtype": dtype, "seed": seed, "seed2": seed2,
                                       "stream": next(_streams), "op": op_type, **attrs},
                    name).outputs[0]

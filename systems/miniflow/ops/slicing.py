@@ -113,4 +113,5 @@ def strided_slice(input_, begin, end, strides=None, begin_mask=0, end_mask=0,
         raise TypeError(f"strided_slice: begin, end and strides must be lists of Python "
                         f"ints of one length (got {begin!r}, {end!r}, {strides!r}); index "
                         f"the tensor (x[1:2, ::-1]) for anything else")
-    return _getitem(input_, tuple(slice(*bes) for bes in zip(*parts, strict=True)), name)
+    return _getitem(input_, tuple(slice(*bes) for bes in zip(*parts, strict=True)),
+                    name or "StridedSlice")  # the function's name is the type's, as TF's
