@@ -65,6 +65,7 @@ from .ops.array_ops import (
                      where_v2,
                      zeros_like,
 )
+from .ops.composite import clip_by_value, ones, zeros
 from .ops.control_ops import add_check_numerics_ops, check_numerics, group, no_op, placeholder
 from .ops.math_ops import (
                      abs,
@@ -116,6 +117,7 @@ from .ops.state_ops import (
 from .session import (
                      ConfigProto,
                      GraphOptions,
+                     InteractiveSession,
                      RunMetadata,
                      RunOptions,
                      Session,
@@ -124,6 +126,7 @@ from .session import (
 
 bool = bool_  # noqa: A001  (TF spells it tf.bool)
 truediv = divide
+initialize_all_variables = global_variables_initializer  # TF1's name before 1.0
 sub = subtract
 mul = multiply
 neg = negative

@@ -42,8 +42,10 @@ TRANSFER_FIXED_S = 5e-6  # the rendezvous hand-off itself
 UNKNOWN_DIM = 32  # assumed size of an unknown (batch) dimension, for cost estimates
 
 
-class PlacementError(ValueError):
-    pass
+class PlacementError(errors.InvalidArgumentError, ValueError):
+    """No device satisfies an op's constraints: TF raises InvalidArgumentError from
+    ``Session.run`` (so ``except tf.errors.InvalidArgumentError`` catches it); it was a
+    ValueError here first, and stays one for callers that catch that."""
 
 
 def node_cost(n: Node) -> OpCost:

@@ -217,9 +217,13 @@ class Session:
             arr = np.asarray(v)
             want = t.dtype.np_dtype
             if arr.dtype != want:
-                if not np.can_cast(arr.dtype, want, "same_kind"):
+                if not np.can_cast(arr.dtype, want, "same_kind") and \
+                        not _whole_numbers_for(arr, want):
                     raise TypeError(f"Cannot feed a value of dtype {arr.dtype} to tensor "
-                                    f"'{t.name}' of dtype {t.dtype.name}{_site(t)}")
+                                    f"'{t.name}' of dtype {t.dtype.name}{_site(t)}"
+                                    + (" (some are not whole numbers, or out of its range;"
+                                       " TF1 would cut them silently)"
+                                       if arr.dtype.kind == "f" and want.kind in "iu" else ""))
                 cast = arr.astype(want)
                 if arr.dtype.kind in "iu" and want.kind in "iu" and \
                         not np.array_equal(cast, arr):  # ints wrap; floats only round
@@ -303,6 +307,25 @@ class Session:
         self.close()
 
 
+class InteractiveSession(Session):
+    """A session that is the default from the moment it is made, for a shell or a
+    notebook (TF1's): ``t.eval()`` and ``op.run()`` need no ``with``. ``close()`` ends
+    it; make and close them in last-in, first-out order, as the ``with`` blocks they
+    stand for."""
+
+    def __init__(self, target: str = "", graph: Graph | None = None,
+                 config: ConfigProto | None = None):
+        super().__init__(target, graph, config)
+        self._interactive = self.as_default()
+        self._interactive.__enter__()
+
+    def close(self) -> None:
+        super().close()
+        ctx, self._interactive = self._interactive, None
+        if ctx is not None:
+            ctx.__exit__(None, None, None)
+
+
 def _computed(leaves: list, fed: set | dict) -> tuple[list[Tensor], list[Operation]]:
     """The fetched tensors the plan computes (not those fed: they come back as fed) and
     the target ops."""
@@ -332,6 +355,17 @@ def _as_result(v: np.ndarray) -> Any:
 
 def _site(t: Tensor) -> str:
     return f" (created at {t.op.created_at})" if t.op.created_at else ""
+
+
+def _whole_numbers_for(arr: np.ndarray, want: np.dtype) -> bool:
+    """Floats fed to an integer tensor are taken when every one is a whole number in its
+    range (labels read from a float CSV, as TF1 tutorials feed them). TF1 casts any float
+    (1.7 becomes 1); a fraction is more likely a mistake, so we refuse it, loudly."""
+    if arr.dtype.kind != "f" or want.kind not in "iu":
+        return False
+    info = np.iinfo(want)
+    return bool(np.all(np.isfinite(arr)) and np.array_equal(np.trunc(arr), arr) and
+                (arr.size == 0 or (arr.min() >= info.min and arr.max() <= info.max)))
 
 
 def _value_of_ref(t: Any, graph: Graph) -> Any:

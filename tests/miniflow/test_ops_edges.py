@@ -944,3 +944,23 @@ def test_an_embedding_looked_up_by_ids_of_unknown_shape_trains_as_in_tf1():
             s.run(step, {ids: np.array(iv)})
         np.testing.assert_allclose(s.run(emb).ravel(), [
             0.0, 0.0312, 0.2812, 0.5312, 0.86806, 1.11806, 1.25184, 1.50172], atol=2e-5)
+
+
+def test_tf1_tutorial_mistakes_get_tf1s_exception_or_a_whole_number_feed():
+    """From TF1 tutorial-style programs run on both: a device that does not exist is
+    TF's InvalidArgumentError (``except tf.errors.InvalidArgumentError`` missed our
+    ValueError), and labels read as floats feed an int32 placeholder when they are whole
+    numbers (TF1 casts any float; a fraction, which TF1 would cut, is refused here)."""
+    g = mf.Graph()
+    with g.as_default():
+        with mf.device("/gpu:7"):
+            b = mf.constant([1.0, 2.0]) + 1.0
+        labels = mf.placeholder(mf.int32, [None])
+    with mf.Session(graph=g) as s:
+        with pytest.raises(mf.InvalidArgumentError, match="/gpu:7 was requested"):
+            s.run(b)
+        got = s.run(labels, {labels: np.array([1.0, 0.0, 9.0])})
+        assert got.dtype == np.int32 and got.tolist() == [1, 0, 9]
+        for bad in ([1.7, 2.0], [np.nan], [3e9]):
+            with pytest.raises(TypeError, match="not whole numbers, or out of its range"):
+                s.run(labels, {labels: bad})

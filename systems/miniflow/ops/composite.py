@@ -1,0 +1,94 @@
+"""TF1 staples built from other ops: no kernels and no gradients of their own.
+
+The classic TF1 tutorials use these on their first pages (``tf.Variable(tf.zeros([10]))``,
+``softmax_cross_entropy_with_logits``, ``clip_by_value``, ``embedding_lookup``). TF gives
+some a fused kernel (``SoftmaxCrossEntropyWithLogits``, ``L2Loss``); here each is the
+composition its math says, so autodiff derives the gradient, at the price of a few more
+nodes per step. Where TF's fused kernel and the math part ways, the docstring says so.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..dtypes import as_dtype, float32
+from ..graph import Tensor, get_default_graph
+from ..op_def import constant, convert_to_tensor, make_op
+from .array_ops import gather, stop_gradient
+from .math_ops import minimum, multiply, negative, square
+from .nn_ops import log_softmax
+from .reduction_ops import reduce_sum
+
+
+def _filled(shape, value, dtype, name: str) -> Tensor:
+    dt = as_dtype(dtype)
+    if isinstance(shape, Tensor):  # known when the graph runs: TF's Fill
+        return make_op("Fill", [shape], {"value": value, "dtype": dt}, name).outputs[0]
+    return constant(np.full(tuple(int(d) for d in np.ravel(shape)), value, dt.np_dtype),
+                    name=name)
+
+
+def zeros(shape, dtype=float32, name=None) -> Tensor:
+    """A tensor of zeros: a Const for a known shape, a Fill for a shape tensor."""
+    return _filled(shape, 0, dtype, name or "zeros")
+
+
+def ones(shape, dtype=float32, name=None) -> Tensor:
+    return _filled(shape, 1, dtype, name or "ones")
+
+
+def clip_by_value(t, clip_value_min, clip_value_max, name=None) -> Tensor:
+    """``max(min(t, hi), lo)``, as TF's clip_ops.py builds it, so the gradient passes
+    only where ``t`` lies within the bounds (TF's Minimum/Maximum gradients)."""
+    with get_default_graph().name_scope(name or "clip_by_value") as scope:
+        t = convert_to_tensor(t)
+        low = minimum(t, convert_to_tensor(clip_value_max, t.dtype))
+        return make_op("Maximum", [low, convert_to_tensor(clip_value_min, t.dtype)],
+                       name=scope).outputs[0]
+
+
+def embedding_lookup(params, ids, partition_strategy="mod", name=None,
+                     validate_indices=True, max_norm=None) -> Tensor:
+    """Rows of ``params`` by id: ``gather`` on axis 0. TF also takes a list of shards of
+    the table (split by ``partition_strategy``) and a ``max_norm``; one table only here."""
+    if isinstance(params, (list, tuple)):
+        if len(params) != 1:
+            raise NotImplementedError("embedding_lookup: a table in several shards is not "
+                                      "implemented in miniflow; concat them, or gather")
+        params = params[0]
+    if max_norm is not None:
+        raise NotImplementedError("embedding_lookup: max_norm is not implemented in "
+                                  "miniflow")
+    return gather(params, ids, name=name or "embedding_lookup")
+
+
+def softmax_cross_entropy_with_logits_v2(labels, logits, axis=None, name=None, dim=None):
+    """``-sum(labels * log_softmax(logits))`` over the class axis, per example, for
+    labels that are distributions (one-hot or soft). The gradient with respect to the
+    logits is ``softmax * sum(labels) - labels``; TF's fused kernel returns
+    ``softmax - labels``, the same whenever each row of labels sums to 1."""
+    axis = -1 if axis is None and dim is None else axis if axis is not None else dim
+    with get_default_graph().name_scope(name or "softmax_cross_entropy_with_logits") as s:
+        logits = convert_to_tensor(logits)
+        labels = convert_to_tensor(labels, logits.dtype)
+        terms = multiply(labels, log_softmax(logits, axis))
+        return negative(reduce_sum(terms, axis), name=s)
+
+
+def softmax_cross_entropy_with_logits(labels=None, logits=None, dim=-1, name=None,
+                                      axis=None):
+    """TF1's version: no gradient into ``labels`` (the ``_v2`` one has it). TF 1.x took
+    named arguments only; TF 2's ``compat.v1`` takes them by position too, as here."""
+    if labels is None or logits is None:
+        raise ValueError("softmax_cross_entropy_with_logits needs labels and logits")
+    return softmax_cross_entropy_with_logits_v2(stop_gradient(labels), logits,
+                                                axis=dim if axis is None else axis,
+                                                name=name)
+
+
+def l2_loss(t, name=None) -> Tensor:
+    """``sum(t ** 2) / 2``: weight decay's usual term (TF has an ``L2Loss`` kernel)."""
+    with get_default_graph().name_scope(name or "L2Loss") as scope:
+        t = convert_to_tensor(t)
+        return make_op("Mul", [reduce_sum(square(t)), constant(0.5, t.dtype.np_dtype)],
+                       name=scope).outputs[0]

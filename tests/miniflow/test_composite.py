@@ -1,0 +1,68 @@
+"""The TF1 staples built from other ops (ops/composite.py), against numpy oracles. (The
+same functions run through TF 2.21's ``tf.compat.v1`` while they were written gave the
+same values and gradients.)"""
+
+import numpy as np
+import pytest
+
+import systems.miniflow as mf
+
+
+def _log_softmax(z):
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def test_losses_clipping_and_lookups_and_their_gradients():
+    rng = np.random.default_rng(0)
+    zv = rng.standard_normal((4, 5)).astype(np.float32)
+    soft = rng.dirichlet(np.ones(5), 4).astype(np.float32)
+    g = mf.Graph()
+    with g.as_default():
+        z, lab = mf.Variable(zv), mf.Variable(soft)
+        x1 = mf.nn.softmax_cross_entropy_with_logits(labels=lab, logits=z)
+        x2 = mf.nn.softmax_cross_entropy_with_logits_v2(labels=lab, logits=z)
+        clip = mf.clip_by_value(z, -0.5, 0.7)
+        l2, rows = mf.nn.l2_loss(z), mf.nn.embedding_lookup(z, [3, 0, 3])
+        g1 = mf.gradients(mf.reduce_sum(x1), [z, lab])
+        g2 = mf.gradients(mf.reduce_sum(x2), [z, lab])
+        gc, gl, ge = (mf.gradients(mf.reduce_sum(t), [z])[0] for t in (clip, l2, rows))
+    with mf.Session(graph=g) as s:
+        s.run(mf.global_variables_initializer())
+        got = s.run([x1, x2, clip, l2, rows, g1[0], g2, gc, gl, ge])
+    x1v, x2v, cv, l2v, rv, g1z, (g2z, g2l), gcv, glv, gev = got
+    want_x = -(soft * _log_softmax(zv)).sum(-1)
+    np.testing.assert_allclose(x1v, want_x, rtol=1e-5)
+    np.testing.assert_allclose(x2v, want_x, rtol=1e-5)
+    p = np.exp(_log_softmax(zv))
+    assert g1[1] is None  # TF1's v1: no gradient into the labels
+    np.testing.assert_allclose(g1z, p - soft, atol=1e-6)  # rows of labels sum to 1
+    np.testing.assert_allclose(g2z, p - soft, atol=1e-6)
+    np.testing.assert_allclose(g2l, -_log_softmax(zv), rtol=1e-5)
+    np.testing.assert_array_equal(cv, np.clip(zv, -0.5, 0.7))
+    np.testing.assert_array_equal(gcv, ((zv > -0.5) & (zv < 0.7)).astype(np.float32))
+    np.testing.assert_allclose(l2v, (zv ** 2).sum() / 2, rtol=1e-6)
+    np.testing.assert_allclose(glv, zv, rtol=1e-6)
+    np.testing.assert_array_equal(rv, zv[[3, 0, 3]])
+    np.testing.assert_array_equal(gev, np.bincount([3, 0, 3], minlength=4)[:, None]
+                                  * np.ones((4, 5), np.float32))
+
+
+def test_zeros_ones_and_an_interactive_session():
+    """``zeros``/``ones`` of a known shape are constants, of a shape tensor a Fill; an
+    InteractiveSession is the default session until it is closed, so ``eval`` needs no
+    ``with``; the TF1 loss wants both its labels and its logits."""
+    g = mf.Graph()
+    with g.as_default():
+        n = mf.placeholder(mf.int32, [2])
+        a, b = mf.zeros([2, 3]), mf.ones(n, dtype=mf.int64)
+        with pytest.raises(ValueError, match="needs labels and logits"):
+            mf.nn.softmax_cross_entropy_with_logits(logits=a)
+    assert (a.op.type, b.op.type, a.shape, b.shape) == ("Const", "Fill", (2, 3), (None, None))
+    sess = mf.InteractiveSession(graph=g)
+    assert mf.get_default_session() is sess
+    np.testing.assert_array_equal(a.eval(), np.zeros((2, 3), np.float32))
+    got = b.eval({n: [1, 2]})
+    assert got.dtype == np.int64 and got.tolist() == [[1, 1]]
+    sess.close()
+    assert mf.get_default_session() is None
