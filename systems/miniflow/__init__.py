@@ -102,7 +102,7 @@ from .ops.math_ops import (
 )
 from .ops.nn_ops import log_softmax, softmax
 from .ops.random_ops import random_normal, random_uniform, set_random_seed, truncated_normal
-from .ops.reduction_ops import argmax, reduce_max, reduce_mean, reduce_sum
+from .ops.reduction_ops import argmax, reduce_max, reduce_mean, reduce_min, reduce_sum
 from .ops.slicing import strided_slice
 from .ops.state_ops import (
                      Variable,

@@ -80,6 +80,12 @@ def lowest(dtype) -> float | int:
     dtype = np.dtype(dtype)
     return -np.inf if dtype.kind == "f" else int(np.iinfo(dtype).min)
 
+def highest(dtype) -> float | int:
+    """The identity of Min (Eigen's MinReducer: +inf, or the integer type's largest)."""
+    dtype = np.dtype(dtype)
+    return np.inf if dtype.kind == "f" else int(np.iinfo(dtype).max)
+
+
 class NumpyBackend:
     name = "numpy"
     device = "cpu"
@@ -171,6 +177,12 @@ class NumpyBackend:
         if x.size == 0:  # TF's Max of nothing is the reducer's identity (see lowest)
             return np.maximum.reduce(x, axis=axis, keepdims=keepdims, initial=lowest(x.dtype))
         return np.maximum.reduce(x, axis=axis, keepdims=keepdims)
+
+    @staticmethod
+    def min(x, axis, keepdims):
+        if x.size == 0:  # TF's Min of nothing is the reducer's identity (highest)
+            return np.minimum.reduce(x, axis=axis, keepdims=keepdims, initial=highest(x.dtype))
+        return np.minimum.reduce(x, axis=axis, keepdims=keepdims)
 
     @staticmethod
     def argmax(x, axis, dtype: DType):

@@ -81,6 +81,13 @@ class TorchBackend:
             return x.amax().reshape((1,) * x.dim()) if keepdims else x.amax()
         return x.amax(dim=axis, keepdim=keepdims) if axis != () else x
 
+    def min(self, x, axis, keepdims):
+        if x.numel() == 0:  # torch refuses; TF gives Min's identity (backend.highest)
+            return self.asarray(NumpyBackend.min(self.to_numpy(x), axis, keepdims))
+        if axis is None:
+            return x.amin().reshape((1,) * x.dim()) if keepdims else x.amin()
+        return x.amin(dim=axis, keepdim=keepdims) if axis != () else x
+
     def argmax(self, x, axis, dtype: DType):
         return x.argmax(dim=axis).to(dtype.torch_dtype)
 

@@ -145,7 +145,8 @@ def test_max_with_keepdims_argmax_and_one_hot_agree_with_numpy_on_both_backends(
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("reduce", [mf.reduce_sum, mf.reduce_mean, mf.reduce_max])
+@pytest.mark.parametrize("reduce", [mf.reduce_sum, mf.reduce_mean, mf.reduce_max,
+                                    mf.reduce_min])
 def test_a_reduction_over_an_empty_axis_list_returns_its_input_on_both_backends(backend,
                                                                                 reduce):
     """TF reduces over no axis at all: the input, unchanged, and so is the gradient.

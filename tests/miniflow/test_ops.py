@@ -49,6 +49,8 @@ UNARY = [
     ("mean_last_keep", lambda a: mf.reduce_mean(a, -1, keepdims=True),
      lambda a: a.mean(-1, keepdim=True)),
     ("max_first", lambda a: mf.reduce_max(a, 0), lambda a: a.amax(0)),
+    ("min_last_keep", lambda a: mf.reduce_min(a, -1, keepdims=True),
+     lambda a: a.amin(-1, keepdim=True)),
     ("transpose", mf.transpose, lambda a: a.permute(*reversed(range(a.dim())))),
     ("reshape", lambda a: mf.reshape(a, [-1]), lambda a: a.reshape(-1)),
     ("slice", lambda a: a[..., ::2], lambda a: a[..., ::2]),
@@ -674,6 +676,12 @@ def test_max_of_an_empty_axis_is_the_lowest_value_as_in_tensorflow(backend):
     assert got[0].dtype == np.int32 and got[1].dtype == np.float32
     np.testing.assert_array_equal(got[1], np.full((2, 1), -np.inf, np.float32))
     assert got[2] == -np.inf and np.asarray(got[3]).shape == (0,)
+    with g.as_default():  # Min's identity: the highest value (TF's MinReducer)
+        lows = [mf.reduce_min(i, 1), mf.reduce_min(f)]
+    got = evaluate_cfg(g, lows, {i: np.zeros((3, 0), np.int32),
+                                 f: np.zeros((2, 0), np.float32)}, backend, False)
+    np.testing.assert_array_equal(got[0], np.full(3, 2**31 - 1, np.int32))
+    assert got[1] == np.inf
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -135,6 +135,8 @@ TF1_POSITIONAL = {
     'zeros': ['shape', 'dtype', 'name', 'layout'],
     'InteractiveSession': ['target', 'graph', 'config'],
     'random_normal': ['shape', 'mean', 'stddev', 'dtype', 'seed', 'name'],
+    'reduce_min': ['input_tensor', 'axis', 'keepdims', 'name', 'reduction_indices',
+                   'keep_dims'],
     'random_uniform': ['shape', 'minval', 'maxval', 'dtype', 'seed', 'name'],
     'set_random_seed': ['seed'],
     'truncated_normal': ['shape', 'mean', 'stddev', 'dtype', 'seed', 'name'],

@@ -268,8 +268,10 @@ def _mean_grad(op, g):
 
 
 @RegisterGradient("Max")
+@RegisterGradient("Min")
 def _max_reduce_grad(op, g):
-    """Split the gradient equally among the inputs that equal the maximum."""
+    """Split the gradient equally among the inputs that equal the maximum (or minimum:
+    TF's _MinGrad is the same function)."""
     x, y = op.inputs[0], op.outputs[0]
     axes = _reduction_axes(op)
     indicators = cast(equal(x, _expand(x, axes, y)), g.dtype)

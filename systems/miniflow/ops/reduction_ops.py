@@ -66,7 +66,7 @@ def _reduce_kernel(method: str):
     return make
 
 
-for _t, _m in (("Sum", "sum"), ("Mean", "mean"), ("Max", "max")):
+for _t, _m in (("Sum", "sum"), ("Mean", "mean"), ("Max", "max"), ("Min", "min")):
     define(OpDef(_t, _numeric_only(_t, _reduce_shape(_t)), _reduce_kernel(_m),
                  host_inputs=(1,)))
 
@@ -96,6 +96,11 @@ def reduce_mean(x, axis=None, keepdims=False, name=None, reduction_indices=None,
 def reduce_max(x, axis=None, keepdims=False, name=None, reduction_indices=None,
                keep_dims=None) -> Tensor:
     return _reduce("Max", x, axis, keepdims, name, reduction_indices, keep_dims)
+
+
+def reduce_min(x, axis=None, keepdims=False, name=None, reduction_indices=None,
+               keep_dims=None) -> Tensor:
+    return _reduce("Min", x, axis, keepdims, name, reduction_indices, keep_dims)
 
 
 def _argmax_shape(ins, attrs):
