@@ -66,3 +66,33 @@ def test_zeros_ones_and_an_interactive_session():
     assert got.dtype == np.int64 and got.tolist() == [[1, 1]]
     sess.close()
     assert mf.get_default_session() is None
+
+
+def test_clipping_by_norm_and_by_global_norm():
+    """Oracles in numpy: the global norm of all tensors together, the scale
+    ``c / max(norm, c)``; None passes through (a variable without a gradient); an
+    infinite norm makes NaN, as TF's; a zero tensor clipped by its norm stays zero with
+    a finite gradient. (TF 2.21 gave the same values for this program.)"""
+    rng = np.random.default_rng(1)
+    av, bv = rng.standard_normal((3, 4)).astype(np.float32), rng.standard_normal(5).astype(
+        np.float32)
+    g = mf.Graph()
+    with g.as_default():
+        a, b, z = mf.Variable(av), mf.Variable(bv), mf.Variable(np.zeros(3, np.float32))
+        (ca, none, cb), norm = mf.clip_by_global_norm([a, None, b], 0.5)
+        (big,), _ = mf.clip_by_global_norm([a], 100.0)
+        rows, zero = mf.clip_by_norm(a, 1.0, axes=[1]), mf.clip_by_norm(z, 1.0)
+        (nan,), _ = mf.clip_by_global_norm([a], 1.0, use_norm=np.float32(np.inf))
+        gz = mf.gradients(mf.reduce_sum(zero), [z])[0]
+    with mf.Session(graph=g) as s:
+        s.run(mf.global_variables_initializer())
+        cav, cbv, nv, bigv, rv, zv, nanv, gzv = s.run([ca, cb, norm, big, rows, zero, nan, gz])
+    total = np.sqrt((av ** 2).sum() + (bv ** 2).sum())
+    assert none is None
+    np.testing.assert_allclose(nv, total, rtol=1e-6)
+    np.testing.assert_allclose(cav, av * 0.5 / total, rtol=1e-5)
+    np.testing.assert_allclose(cbv, bv * 0.5 / total, rtol=1e-5)
+    np.testing.assert_allclose(bigv, av, rtol=1e-6)  # under the clip: unchanged
+    row_norm = np.sqrt((av ** 2).sum(1, keepdims=True))
+    np.testing.assert_allclose(rv, av / np.maximum(row_norm, 1.0), rtol=1e-5)
+    assert np.all(zv == 0) and np.all(np.isfinite(gzv)) and np.all(np.isnan(nanv))

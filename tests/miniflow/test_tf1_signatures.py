@@ -130,6 +130,8 @@ TF1_POSITIONAL = {
     'train.Optimizer.minimize': ['loss', 'global_step', 'var_list', 'gate_gradients',
                                  'aggregation_method', 'colocate_gradients_with_ops', 'name',
                                  'grad_loss'],
+    'clip_by_global_norm': ['t_list', 'clip_norm', 'use_norm', 'name'],
+    'clip_by_norm': ['t', 'clip_norm', 'axes', 'name'],
     'clip_by_value': ['t', 'clip_value_min', 'clip_value_max', 'name'],
     'ones': ['shape', 'dtype', 'name', 'layout'],
     'zeros': ['shape', 'dtype', 'name', 'layout'],

@@ -14,8 +14,8 @@ import numpy as np
 from ..dtypes import as_dtype, float32
 from ..graph import Tensor, get_default_graph
 from ..op_def import constant, convert_to_tensor, make_op
-from .array_ops import gather, stop_gradient
-from .math_ops import minimum, multiply, negative, square
+from .array_ops import gather, identity, ones_like, stop_gradient, where_v2
+from .math_ops import maximum, minimum, multiply, negative, sqrt, square
 from .nn_ops import log_softmax
 from .reduction_ops import reduce_sum
 
@@ -45,6 +45,42 @@ def clip_by_value(t, clip_value_min, clip_value_max, name=None) -> Tensor:
         low = minimum(t, convert_to_tensor(clip_value_max, t.dtype))
         return make_op("Maximum", [low, convert_to_tensor(clip_value_min, t.dtype)],
                        name=scope).outputs[0]
+
+
+def clip_by_norm(t, clip_norm, axes=None, name=None) -> Tensor:
+    """``t * clip_norm / max(||t||, clip_norm)``, the norm over ``axes`` (all by default),
+    built as TF's clip_ops.py builds it: a zero tensor stays zero, with a finite
+    gradient (the square root is taken of 1 where the sum of squares is 0)."""
+    with get_default_graph().name_scope(name or "clip_by_norm") as scope:
+        t = convert_to_tensor(t)
+        c = convert_to_tensor(clip_norm, t.dtype)
+        l2sum = reduce_sum(t * t, axes, keepdims=True)
+        pred = l2sum > 0.0
+        l2norm = where_v2(pred, sqrt(where_v2(pred, l2sum, ones_like(l2sum))), l2sum)
+        return identity(t * c / maximum(l2norm, c), name=scope)
+
+
+def clip_by_global_norm(t_list, clip_norm, use_norm=None, name=None):
+    """Scale every tensor of ``t_list`` by ``clip_norm / max(global_norm, clip_norm)``,
+    where ``global_norm`` is the norm of all of them together; returns the clipped list
+    (``None`` stays ``None``: a variable without a gradient) and the global norm. A
+    non-finite global norm makes every value NaN, as TF's (clip_ops.py): a step with an
+    overflowed gradient should not be taken quietly."""
+    t_list = list(t_list)
+    with get_default_graph().name_scope(name or "clip_by_global_norm"):
+        ts = [None if t is None else convert_to_tensor(t) for t in t_list]
+        present = [t for t in ts if t is not None]
+        if not present:
+            raise ValueError("clip_by_global_norm: t_list holds no tensor")
+        dt = present[0].dtype
+        if use_norm is None:
+            total = reduce_sum(square(present[0])) if len(present) == 1 else \
+                make_op("AddN", [reduce_sum(square(t)) for t in present]).outputs[0]
+            use_norm = sqrt(total, name="global_norm")
+        use_norm = convert_to_tensor(use_norm, dt)
+        c = convert_to_tensor(clip_norm, dt)
+        scale = c * minimum(1.0 / use_norm, 1.0 / c) + (use_norm - use_norm)  # NaN if inf
+        return [None if t is None else identity(t * scale) for t in ts], use_norm
 
 
 def embedding_lookup(params, ids, partition_strategy="mod", name=None,
