@@ -42,8 +42,10 @@ from .graph import (
                      Graph,
                      Operation,
                      Tensor,
+                     add_to_collection,
                      control_dependencies,
                      device,
+                     get_collection,
                      get_default_graph,
                      name_scope,
                      reset_default_graph,
@@ -105,6 +107,7 @@ from .ops.random_ops import random_normal, random_uniform, set_random_seed, trun
 from .ops.reduction_ops import argmax, reduce_max, reduce_mean, reduce_min, reduce_sum
 from .ops.slicing import strided_slice
 from .ops.state_ops import (
+                     GraphKeys,
                      Variable,
                      assign,
                      assign_add,

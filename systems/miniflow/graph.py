@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import threading
 from collections.abc import Iterator, Sequence
@@ -377,6 +378,20 @@ def reset_default_graph() -> None:
 
 def name_scope(name: str):
     return get_default_graph().name_scope(name)
+
+
+def add_to_collection(name: str, value: Any) -> None:
+    get_default_graph().add_to_collection(name, value)
+
+
+def get_collection(key: str, scope: str | None = None) -> list[Any]:
+    """The default graph's collection ``key``; with ``scope``, only the items whose name
+    starts with a match of that regular expression (TF's ``re.match``)."""
+    items = get_default_graph().get_collection(key)
+    if scope is None:
+        return items
+    pattern = re.compile(scope)
+    return [x for x in items if hasattr(x, "name") and pattern.match(x.name)]
 
 
 def device(spec: str | None):

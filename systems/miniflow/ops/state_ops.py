@@ -29,6 +29,15 @@ from ..op_def import OpDef, constant, convert_to_tensor, define, dtype_error, ma
 
 GLOBAL_VARIABLES = "variables"
 TRAINABLE_VARIABLES = "trainable_variables"
+GLOBAL_STEP = "global_step"
+
+
+class GraphKeys:
+    """The names of the graph's standard collections (TF's ``tf.GraphKeys``)."""
+
+    GLOBAL_VARIABLES = GLOBAL_VARIABLES
+    TRAINABLE_VARIABLES = TRAINABLE_VARIABLES
+    GLOBAL_STEP = GLOBAL_STEP
 
 
 def _read(store, name):
