@@ -67,7 +67,17 @@ from .ops.array_ops import (
                      where_v2,
                      zeros_like,
 )
-from .ops.composite import clip_by_global_norm, clip_by_norm, clip_by_value, ones, zeros
+from .ops.composite import (
+                     clip_by_global_norm,
+                     clip_by_norm,
+                     clip_by_value,
+                     expand_dims,
+                     ones,
+                     squeeze,
+                     stack,
+                     unstack,
+                     zeros,
+)
 from .ops.control_ops import add_check_numerics_ops, check_numerics, group, no_op, placeholder
 from .ops.math_ops import (
                      abs,

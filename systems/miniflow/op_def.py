@@ -239,6 +239,12 @@ def shape_from_tensor(t: Tensor) -> shapes.Shape:
         return tuple(int(d) for d in np.asarray(v).reshape(-1))
     if t.op.type == "Shape":
         return t.op.inputs[0].shape
+    if t.op.type == "ConcatV2" and t.shape is not None and len(t.shape) == 1:
+        # pieces of a shape: each constant piece's values, the others unknown (TF's
+        # ShapeRefiner::ConstantPartialShape reads a ConcatV2 of shapes the same way)
+        parts = [shape_from_tensor(p) for p in t.op.inputs]
+        if all(p is not None for p in parts):  # a -1 (Reshape's "the rest") is unknown
+            return tuple(None if d is None or d < 0 else d for p in parts for d in p)
     if t.shape is not None and len(t.shape) == 1 and t.shape[0] is not None:
         return (None,) * t.shape[0]
     return None

@@ -96,3 +96,40 @@ def test_clipping_by_norm_and_by_global_norm():
     row_norm = np.sqrt((av ** 2).sum(1, keepdims=True))
     np.testing.assert_allclose(rv, av / np.maximum(row_norm, 1.0), rtol=1e-5)
     assert np.all(zv == 0) and np.all(np.isfinite(gzv)) and np.all(np.isnan(nanv))
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_expand_dims_squeeze_stack_and_unstack_against_numpy(backend):
+    """Values against numpy's expand_dims/squeeze/stack, static shapes as TF 2.21's
+    (``(None, 1, None)`` for a new axis between two unknown ones), and the gradient of a
+    weighted sum through each (oracle: the weights, moved back by numpy)."""
+    from .helpers import session
+
+    rng = np.random.default_rng(2)
+    xv = rng.standard_normal((3, 1, 4)).astype(np.float32)
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [None, 1, 4])
+        y = mf.placeholder(mf.float32, [None, None])
+        outs = [mf.expand_dims(x, 0), mf.expand_dims(x, -1), mf.expand_dims(y, 1),
+                mf.squeeze(x, [1]), mf.squeeze(x, axis=-2), mf.stack([x, x * 2.0], axis=1),
+                *mf.unstack(x, axis=2)]
+        with pytest.raises(ValueError, match="every dimension must be known"):
+            mf.squeeze(y)  # TF's would be of unknown rank: a batch of one loses its axis
+        assert mf.squeeze(mf.zeros([1, 3, 1])).shape == (3,)
+        with pytest.raises(ValueError, match="size is not 1"):
+            mf.squeeze(mf.zeros([3, 1]), 0)
+        loss = sum(mf.reduce_sum(o * float(i + 1)) for i, o in enumerate(outs) if o is not
+                   outs[2])
+        (gx,) = mf.gradients(loss, [x])
+    assert [o.shape for o in outs[:6]] == [(1, None, 1, 4), (None, 1, 4, 1), (None, 1, None),
+                                           (None, 4), (None, 4), (None, 2, 1, 4)]
+    with session(g, backend) as s:
+        got = s.run(outs + [gx], {x: xv, y: np.ones((2, 5), np.float32)})
+    want = [xv[None], xv[..., None], np.ones((2, 1, 5), np.float32), xv[:, 0], xv[:, 0],
+            np.stack([xv, 2 * xv], 1), *[xv[:, :, i] for i in range(4)]]
+    for a, b in zip(got, want, strict=False):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    # d(loss)/dx: each output's weight, summed back over where x went (stack: 6 + 2 * 6)
+    w = 1 + 2 + 4 + 5 + 6 + 2 * 6 + np.array([7, 8, 9, 10], np.float32)[None, None, :]
+    np.testing.assert_allclose(got[-1], np.broadcast_to(w, xv.shape), rtol=1e-6)

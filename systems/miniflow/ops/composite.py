@@ -128,3 +128,95 @@ def l2_loss(t, name=None) -> Tensor:
         t = convert_to_tensor(t)
         return make_op("Mul", [reduce_sum(square(t)), constant(0.5, t.dtype.np_dtype)],
                        name=scope).outputs[0]
+
+
+# -- shapes: a Reshape whose target is computed here, where TF has ops of their own ------
+
+def _reshaped(x: Tensor, dims: list, name: str) -> Tensor:
+    """``x`` reshaped to ``dims`` (ints, None where unknown): a constant shape when at
+    most one is unknown (it becomes -1), else one computed from ``shape(x)`` when the
+    graph runs (``dims`` then holds, per output axis, an int or ``("x", axis)``)."""
+    from .array_ops import concat, reshape, shape
+
+    unknown = [d for d in dims if not isinstance(d, int)]
+    if len(unknown) <= 1 and 0 not in dims:
+        return reshape(x, [d if isinstance(d, int) else -1 for d in dims], name=name)
+    s = shape(x)
+    parts = [constant(np.array([d], np.int32)) if isinstance(d, int) else s[d[1]:d[1] + 1]
+             for d in dims]
+    return reshape(x, concat(parts, 0), name=name)
+
+
+def expand_dims(input, axis=None, name=None, dim=None) -> Tensor:  # noqa: A002 (TF's name)
+    """A new axis of length 1 at ``axis`` (``-rank-1 <= axis <= rank``). TF has an
+    ``ExpandDims`` op; here it is a Reshape, which has the same gradient."""
+    x = convert_to_tensor(input)
+    axis = dim if axis is None else axis
+    if axis is None or x.shape is None:
+        raise ValueError("expand_dims: needs an axis and an input of known rank")
+    rank = len(x.shape)
+    if not -rank - 1 <= int(axis) <= rank:
+        raise ValueError(f"expand_dims: axis {axis} is out of range for rank {rank} "
+                         f"(expected {-rank - 1} <= axis <= {rank})")
+    a = int(axis) % (rank + 1)
+    dims = [d if d is not None else ("x", i) for i, d in enumerate(x.shape)]
+    return _reshaped(x, dims[:a] + [1] + dims[a:], name or "ExpandDims")
+
+
+def squeeze(input, axis=None, name=None, squeeze_dims=None) -> Tensor:  # noqa: A002
+    """Drop axes of length 1: those in ``axis``, or every one (which needs them known
+    when the graph is built: TF's ``Squeeze`` finds them when it runs)."""
+    x = convert_to_tensor(input)
+    axis = squeeze_dims if axis is None else axis
+    if x.shape is None:
+        raise ValueError("squeeze: needs an input of known rank")
+    rank = len(x.shape)
+    if axis is None:
+        if None in x.shape:
+            raise ValueError(f"squeeze: without an axis, every dimension must be known "
+                             f"when the graph is built (got {x.shape}); name the axes")
+        drop = {i for i, d in enumerate(x.shape) if d == 1}
+    else:
+        axes = [axis] if isinstance(axis, int) else list(axis)
+        if any(not -rank <= int(a) < rank for a in axes):
+            raise ValueError(f"squeeze: axis {axis} is out of range for rank {rank}")
+        drop = {int(a) % rank for a in axes}
+        bad = [x.shape[a] for a in drop if x.shape[a] not in (1, None)]
+        if bad:
+            raise ValueError(f"squeeze: can not squeeze a dimension whose size is not 1 "
+                             f"(axis {sorted(drop)} of shape {x.shape})")
+    dims = [d if d is not None else ("x", i) for i, d in enumerate(x.shape) if i not in drop]
+    return _reshaped(x, dims, name or "Squeeze")
+
+
+def stack(values, axis=0, name="stack") -> Tensor:
+    """Tensors of one shape joined along a new axis: each expanded, then concatenated
+    (TF's ``Pack`` op does it in one kernel)."""
+    from .array_ops import concat
+
+    values = [convert_to_tensor(v) for v in values]
+    if not values:
+        raise ValueError("stack: values is an empty list")
+    shapes = {v.shape for v in values if v.shape is not None and None not in v.shape}
+    if len(shapes) > 1:
+        raise ValueError(f"stack: shapes of all inputs must match, got {sorted(shapes)}")
+    with get_default_graph().name_scope(name) as scope:
+        if len(values) == 1:
+            return expand_dims(values[0], axis, name=scope)
+        rank = None if values[0].shape is None else len(values[0].shape) + 1
+        a = int(axis) % rank if rank is not None and -rank <= int(axis) < rank else axis
+        return concat([expand_dims(v, a) for v in values], a, name=scope)
+
+
+def unstack(value, num=None, axis=0, name="unstack") -> list[Tensor]:
+    """The slices of ``value`` along ``axis``, each without that axis; how many must be
+    known (``num``, or the axis's static length), as in TF."""
+    x = convert_to_tensor(value)
+    if x.shape is None:
+        raise ValueError("unstack: needs an input of known rank")
+    a = int(axis) % len(x.shape)
+    num = x.shape[a] if num is None else int(num)
+    if num is None:
+        raise ValueError(f"Cannot infer num from shape {x.shape}")
+    with get_default_graph().name_scope(name):
+        return [x[(slice(None),) * a + (i,)] for i in range(num)]
