@@ -198,17 +198,26 @@ def _fetch_after_writes(nodes: list[Node], fetches: list[Ref]) -> list[Ref]:
     a ref variable by reference, so ``_, step = sess.run([train, global_step])`` returns
     the step *after* the train op's increment; our reads are snapshots, which the
     executor may take before the update. So a fetched read of a variable that the step
-    also writes (an op other than a read takes its reference) becomes a read of its own,
-    ordered after those writers; the read the computation uses stays where it was (moving
-    it would make a cycle: the update depends on it)."""
-    out = []
+    also writes (an op other than a read takes its reference) is ordered after those
+    writers: the read itself when nothing else uses it, else a read of its own (moving
+    one the computation uses would make a cycle: the update depends on it)."""
+    used = {id(p) for m in nodes for p, _ in m.inputs} | \
+        {id(c) for m in nodes for c in m.control_inputs}
+    out, late = [], {}
     for n, i in fetches:
-        writers = [] if n.type != "ReadVariable" else [
-            m for m in nodes if m.type not in ("ReadVariable", "VariableV2")
-            and any(p is n.inputs[0][0] for p, _ in m.inputs)]
-        if writers:
-            n = Node(f"{n.name}/_after_writes", n.type, list(n.inputs), writers,
-                     dict(n.attrs), list(n.out_specs), n.device, n.op, n.created_at)
-            nodes.append(n)
-        out.append((n, i))
+        if n.type == "ReadVariable" and id(n) not in late:
+            writers = [m for m in nodes if m.type not in ("ReadVariable", "VariableV2")
+                       and any(p is n.inputs[0][0] for p, _ in m.inputs)]
+            late[id(n)] = n
+            if writers and id(n) not in used:  # moved last: the list stays topological
+                n.control_inputs = n.control_inputs + [w for w in writers
+                                                       if w not in n.control_inputs]
+                nodes.remove(n)
+                nodes.append(n)
+            elif writers:
+                late[id(n)] = Node(f"{n.name}/_after_writes", n.type, list(n.inputs),
+                                   writers, dict(n.attrs), list(n.out_specs), n.device, n.op,
+                                   n.created_at)
+                nodes.append(late[id(n)])
+        out.append((late.get(id(n), n), i))
     return out

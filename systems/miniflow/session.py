@@ -117,7 +117,8 @@ class Session:
         if config is not None and not isinstance(config, ConfigProto):
             raise TypeError(f"config must be a mf.ConfigProto, but got "
                             f"{type(config).__name__}")
-        self.graph = graph or get_default_graph()
+        # not `graph or ...`: an empty Graph is falsy (it has a __len__)
+        self.graph = graph if graph is not None else get_default_graph()
         self.config = config or ConfigProto()
         self.devices = self._devices()
         self._resources = _Resources(self.config.kernel_library)
@@ -318,12 +319,13 @@ class InteractiveSession(Session):
         super().__init__(target, graph, config)
         self._interactive = self.as_default()
         self._interactive.__enter__()
+        self._owner = threading.get_ident()  # the default-session stack is per thread
 
     def close(self) -> None:
         super().close()
         ctx, self._interactive = self._interactive, None
-        if ctx is not None:
-            ctx.__exit__(None, None, None)
+        if ctx is not None and threading.get_ident() == self._owner:
+            ctx.__exit__(None, None, None)  # another thread cannot reach that stack
 
 
 def _computed(leaves: list, fed: set | dict) -> tuple[list[Tensor], list[Operation]]:
@@ -363,9 +365,12 @@ def _whole_numbers_for(arr: np.ndarray, want: np.dtype) -> bool:
     (1.7 becomes 1); a fraction is more likely a mistake, so we refuse it, loudly."""
     if arr.dtype.kind != "f" or want.kind not in "iu":
         return False
-    info = np.iinfo(want)
-    return bool(np.all(np.isfinite(arr)) and np.array_equal(np.trunc(arr), arr) and
-                (arr.size == 0 or (arr.min() >= info.min and arr.max() <= info.max)))
+    info, wide = np.iinfo(want), arr.astype(np.float64)
+    # float(info.max) + 1 is 2**31 or 2**63 exactly: a float32 or float64 that rounds to
+    # the type's largest value is already out of it
+    return bool(np.all(np.isfinite(wide)) and np.array_equal(np.trunc(wide), wide) and
+                (arr.size == 0 or (wide.min() >= float(info.min) and
+                                   wide.max() < float(info.max) + 1)))
 
 
 def _value_of_ref(t: Any, graph: Graph) -> Any:

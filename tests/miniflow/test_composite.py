@@ -133,3 +133,54 @@ def test_expand_dims_squeeze_stack_and_unstack_against_numpy(backend):
     # d(loss)/dx: each output's weight, summed back over where x went (stack: 6 + 2 * 6)
     w = 1 + 2 + 4 + 5 + 6 + 2 * 6 + np.array([7, 8, 9, 10], np.float32)[None, None, :]
     np.testing.assert_allclose(got[-1], np.broadcast_to(w, xv.shape), rtol=1e-6)
+
+
+def test_what_a_review_found_in_these_composites():
+    """Each was a silent wrong answer or a confusing error; TF 2.21 refuses or accepts
+    the same calls as now here."""
+    import threading
+
+    g = mf.Graph()
+    with g.as_default():
+        y = mf.placeholder(mf.float32, [None, None])
+        sq = mf.squeeze(y, 1)  # was reshaped to (6,) when fed (2, 3): no check at all
+        assert mf.squeeze(mf.zeros([1, 3, 1]), []).shape == (3,)  # [] means every axis
+        for bad, why in ((lambda: mf.unstack(mf.zeros([2, 3]), axis=2), "out of range"),
+                         (lambda: mf.unstack(mf.zeros([])), "rank 1 or more"),
+                         (lambda: mf.unstack(mf.zeros([2, 3]), num=3), "num is 3"),
+                         (lambda: mf.clip_by_value(mf.zeros([2]), mf.zeros([3, 2]), 1.0),
+                          "would broadcast"),
+                         (lambda: mf.clip_by_norm(mf.zeros([2]), [1.0, 2.0]), "scalar")):
+            with pytest.raises(ValueError, match=why):
+                bad()
+        n = mf.shape(y)[0]  # shapes mixing tensors and ints: one stacked int32 tensor
+        z, r = mf.zeros([n, 3]), mf.random_normal([n, 2], seed=1)
+        i = mf.placeholder(mf.int32, [1])
+    with mf.Session(graph=g) as s:
+        assert s.run(sq, {y: np.ones((2, 1))}).shape == (2,)
+        with pytest.raises(mf.InvalidArgumentError, match="Squeeze"):
+            s.run(sq, {y: np.ones((2, 3))})
+        zv, rv = s.run([z, r], {y: np.ones((4, 5))})
+        assert zv.shape == (4, 3) and rv.shape == (4, 2)
+        with pytest.raises(TypeError, match="not whole numbers, or out of its range"):
+            s.run(i, {i: np.array([2**31 - 1], np.float32)})  # rounds to 2**31: wrapped
+
+    empty = mf.Graph()  # falsy (it has a __len__): `graph or default` took the default
+    assert mf.train.get_or_create_global_step(empty).graph is empty
+    assert mf.Session(graph=empty).graph is empty
+    h = mf.Graph()
+    with h.as_default():
+        mine = mf.Variable(0, name="global_step", trainable=False)  # as tutorials make it
+        assert mf.train.get_or_create_global_step() is mine
+        w = mf.Variable(1.0, name="w")
+        put = mf.assign(w, 5.0)  # w never initialised: the fetch must follow the write
+    for opts in (mf.GraphOptions(), mf.GraphOptions.all_off()):
+        with mf.Session(graph=h, config=mf.ConfigProto(graph_options=opts)) as s:
+            assert s.run([put, w])[1] == 5.0
+
+    made = []  # made in one thread, closed from another: no error (it raised)
+    t = threading.Thread(target=lambda: made.append(mf.InteractiveSession(graph=h)))
+    t.start()
+    t.join()
+    made[0].close()
+    assert mf.get_default_session() is None

@@ -20,8 +20,18 @@ from .nn_ops import log_softmax
 from .reduction_ops import reduce_sum
 
 
+def shape_tensor(shape):
+    """A shape as given, or, for a list that mixes tensors and ints (``[tf.shape(x)[0],
+    3]``), the 1-D int32 tensor that stacks them (TF's ``shape_tensor`` packs it too)."""
+    if isinstance(shape, Tensor) or not isinstance(shape, (list, tuple)) or \
+            not any(isinstance(d, Tensor) for d in shape):
+        return shape
+    return stack([d if isinstance(d, Tensor) else constant(np.int32(d)) for d in shape])
+
+
 def _filled(shape, value, dtype, name: str) -> Tensor:
     dt = as_dtype(dtype)
+    shape = shape_tensor(shape)
     if isinstance(shape, Tensor):  # known when the graph runs: TF's Fill
         return make_op("Fill", [shape], {"value": value, "dtype": dt}, name).outputs[0]
     return constant(np.full(tuple(int(d) for d in np.ravel(shape)), value, dt.np_dtype),
@@ -43,8 +53,13 @@ def clip_by_value(t, clip_value_min, clip_value_max, name=None) -> Tensor:
     with get_default_graph().name_scope(name or "clip_by_value") as scope:
         t = convert_to_tensor(t)
         low = minimum(t, convert_to_tensor(clip_value_max, t.dtype))
-        return make_op("Maximum", [low, convert_to_tensor(clip_value_min, t.dtype)],
-                       name=scope).outputs[0]
+        out = make_op("Maximum", [low, convert_to_tensor(clip_value_min, t.dtype)],
+                      name=scope).outputs[0]
+        if t.shape is not None and out.shape is not None and out.shape != t.shape \
+                and None not in out.shape:  # TF: the bounds may not grow t
+            raise ValueError(f"clip_by_value: the bounds would broadcast {t.name} of shape "
+                             f"{t.shape} to {out.shape}; they must fit inside its shape")
+        return out
 
 
 def clip_by_norm(t, clip_norm, axes=None, name=None) -> Tensor:
@@ -54,6 +69,8 @@ def clip_by_norm(t, clip_norm, axes=None, name=None) -> Tensor:
     with get_default_graph().name_scope(name or "clip_by_norm") as scope:
         t = convert_to_tensor(t)
         c = convert_to_tensor(clip_norm, t.dtype)
+        if c.shape not in ((), None):
+            raise ValueError(f"clip_by_norm: clip_norm must be a scalar, got shape {c.shape}")
         l2sum = reduce_sum(t * t, axes, keepdims=True)
         pred = l2sum > 0.0
         l2norm = where_v2(pred, sqrt(where_v2(pred, l2sum, ones_like(l2sum))), l2sum)
@@ -132,14 +149,16 @@ def l2_loss(t, name=None) -> Tensor:
 
 # -- shapes: a Reshape whose target is computed here, where TF has ops of their own ------
 
-def _reshaped(x: Tensor, dims: list, name: str) -> Tensor:
-    """``x`` reshaped to ``dims`` (ints, None where unknown): a constant shape when at
-    most one is unknown (it becomes -1), else one computed from ``shape(x)`` when the
-    graph runs (``dims`` then holds, per output axis, an int or ``("x", axis)``)."""
+def _reshaped(x: Tensor, dims: list, name: str, exact: bool = False) -> Tensor:
+    """``x`` reshaped to ``dims`` (per output axis an int, or ``("x", axis)`` for one of
+    ``x``'s that is unknown): a constant shape when at most one is unknown (it becomes
+    -1), else one computed from ``shape(x)`` when the graph runs. ``exact``: always the
+    computed one, so that the Reshape fails at run time unless the axes left out all
+    have length 1 (then the products match)."""
     from .array_ops import concat, reshape, shape
 
     unknown = [d for d in dims if not isinstance(d, int)]
-    if len(unknown) <= 1 and 0 not in dims:
+    if not exact and len(unknown) <= 1 and 0 not in dims:
         return reshape(x, [d if isinstance(d, int) else -1 for d in dims], name=name)
     s = shape(x)
     parts = [constant(np.array([d], np.int32)) if isinstance(d, int) else s[d[1]:d[1] + 1]
@@ -171,6 +190,8 @@ def squeeze(input, axis=None, name=None, squeeze_dims=None) -> Tensor:  # noqa: 
     if x.shape is None:
         raise ValueError("squeeze: needs an input of known rank")
     rank = len(x.shape)
+    if axis is not None and not isinstance(axis, int) and len(axis) == 0:
+        axis = None  # TF: an empty list squeezes every axis of length 1
     if axis is None:
         if None in x.shape:
             raise ValueError(f"squeeze: without an axis, every dimension must be known "
@@ -186,7 +207,11 @@ def squeeze(input, axis=None, name=None, squeeze_dims=None) -> Tensor:  # noqa: 
             raise ValueError(f"squeeze: can not squeeze a dimension whose size is not 1 "
                              f"(axis {sorted(drop)} of shape {x.shape})")
     dims = [d if d is not None else ("x", i) for i, d in enumerate(x.shape) if i not in drop]
-    return _reshaped(x, dims, name or "Squeeze")
+    # an axis whose length is known only when the graph runs is checked then: the
+    # Reshape to the other axes' run-time lengths fails unless it is 1 (TF's Squeeze
+    # checks it in its kernel)
+    return _reshaped(x, dims, name or "Squeeze",
+                     exact=any(x.shape[a] is None for a in drop))
 
 
 def stack(values, axis=0, name="stack") -> Tensor:
@@ -212,9 +237,16 @@ def unstack(value, num=None, axis=0, name="unstack") -> list[Tensor]:
     """The slices of ``value`` along ``axis``, each without that axis; how many must be
     known (``num``, or the axis's static length), as in TF."""
     x = convert_to_tensor(value)
-    if x.shape is None:
-        raise ValueError("unstack: needs an input of known rank")
-    a = int(axis) % len(x.shape)
+    if x.shape is None or len(x.shape) == 0:
+        raise ValueError(f"unstack: needs an input of rank 1 or more, got {x.shape}")
+    rank = len(x.shape)
+    if not -rank <= int(axis) < rank:
+        raise ValueError(f"unstack: axis {axis} is out of range for rank {rank} (expected "
+                         f"{-rank} <= axis < {rank})")
+    a = int(axis) % rank
+    if num is not None and x.shape[a] is not None and int(num) != x.shape[a]:
+        raise ValueError(f"unstack: num is {num} but axis {axis} of {x.shape} has length "
+                         f"{x.shape[a]}")
     num = x.shape[a] if num is None else int(num)
     if num is None:
         raise ValueError(f"Cannot infer num from shape {x.shape}")

@@ -121,11 +121,11 @@ for _t, _draw in _DRAW.items():
 
 
 def _random_op(op_type: str, shape, dtype, seed, name: str | None, **attrs) -> Tensor:
+    from .composite import shape_tensor
+
     seed, seed2 = get_seed(seed)
+    shape = shape_tensor(shape)  # [tf.shape(x)[0], 3] becomes one tensor
     if not isinstance(shape, Tensor):
-        if any(isinstance(d, Tensor) for d in np.ravel(np.asarray(shape, dtype=object))):
-            raise TypeError(f"{op_type}: a shape that mixes tensors and numbers "
-                            f"({shape}) is not supported here; give one int32 tensor")
         shape = constant(np.asarray(shape, np.int32).reshape(-1), name="shape")
     return make_op(op_type, [shape], {"dtype": dtype, "seed": seed, "seed2": seed2,
                                       "stream": next(_streams), "op": op_type, **attrs},
