@@ -155,13 +155,15 @@ def test_what_a_review_found_in_these_composites():
                 bad()
         n = mf.shape(y)[0]  # shapes mixing tensors and ints: one stacked int32 tensor
         z, r = mf.zeros([n, 3]), mf.random_normal([n, 2], seed=1)
+        flat = mf.reshape(y, [n, 1, -1])
+        assert (z.shape, flat.shape) == ((None, 3), (None, 1, None))  # as TF's
         i = mf.placeholder(mf.int32, [1])
     with mf.Session(graph=g) as s:
         assert s.run(sq, {y: np.ones((2, 1))}).shape == (2,)
         with pytest.raises(mf.InvalidArgumentError, match="Squeeze"):
             s.run(sq, {y: np.ones((2, 3))})
-        zv, rv = s.run([z, r], {y: np.ones((4, 5))})
-        assert zv.shape == (4, 3) and rv.shape == (4, 2)
+        zv, rv, fv = s.run([z, r, flat], {y: np.ones((4, 5))})
+        assert zv.shape == (4, 3) and rv.shape == (4, 2) and fv.shape == (4, 1, 5)
         with pytest.raises(TypeError, match="not whole numbers, or out of its range"):
             s.run(i, {i: np.array([2**31 - 1], np.float32)})  # rounds to 2**31: wrapped
 

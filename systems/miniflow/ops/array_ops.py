@@ -97,7 +97,9 @@ define(OpDef("Reshape", _reshape_shape, _reshape_kernel, expensive=False, host_i
 
 
 def reshape(x, shape, name=None) -> Tensor:
-    folded = None
+    from .composite import shape_tensor  # [tf.shape(x)[0], -1] becomes one tensor
+
+    shape, folded = shape_tensor(shape), None
     if isinstance(shape, Tensor):
         const = static_value(shape)
         if const is None:

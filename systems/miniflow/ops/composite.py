@@ -23,10 +23,15 @@ from .reduction_ops import reduce_sum
 def shape_tensor(shape):
     """A shape as given, or, for a list that mixes tensors and ints (``[tf.shape(x)[0],
     3]``), the 1-D int32 tensor that stacks them (TF's ``shape_tensor`` packs it too)."""
+    from .array_ops import concat, reshape
+
     if isinstance(shape, Tensor) or not isinstance(shape, (list, tuple)) or \
             not any(isinstance(d, Tensor) for d in shape):
         return shape
-    return stack([d if isinstance(d, Tensor) else constant(np.int32(d)) for d in shape])
+    # one piece per entry, the numbers as constants, so that the static shape keeps them
+    # (op_def.shape_from_tensor reads a ConcatV2 of constant pieces)
+    return concat([reshape(d, [1]) if isinstance(d, Tensor) else
+                   constant(np.array([d], np.int32)) for d in shape], 0)
 
 
 def _filled(shape, value, dtype, name: str) -> Tensor:
