@@ -95,13 +95,13 @@ class Optimizer:
         """The slot, or None if it was never made (TF1's get_slot)."""
         return self._slots.get((var.graph, var.op.name, name))
 
-    def _slot(self, var: Variable, name: str) -> Variable:
+    def _slot(self, var: Variable, name: str, init: float = 0.0) -> Variable:
         key = (var.graph, var.op.name, name)
         if key not in self._slots:
             # TF's slot_creator names a slot after its variable and the optimizer,
             # uniquified in creation order: Adam's m and v are w/Adam and w/Adam_1
             with get_default_graph()._exact_scope(""), device(var.device or None):
-                self._slots[key] = Variable(np.zeros(var.shape, var.dtype.np_dtype),
+                self._slots[key] = Variable(np.full(var.shape, init, var.dtype.np_dtype),
                                             name=f"{var.op.name}/{self._name}",
                                             trainable=False)
         return self._slots[key]
@@ -154,6 +154,25 @@ class MomentumOptimizer(Optimizer):
         attrs = {**var.op.attrs, "accum": acc.op.name, "use_nesterov": self._nesterov}
         return make_op("ApplyMomentum", [var._ref, acc._ref, self._as(self._lr_t, var), grad,
                                          self._as(self._momentum_t, var)], attrs).outputs[0]
+
+
+class AdagradOptimizer(Optimizer):
+    """accum <- accum + g^2;  w <- w - lr * g / sqrt(accum) (Duchi et al., 2011), the
+    accumulator starting at ``initial_accumulator_value`` as TF's (so the first step is
+    not a division by a tiny number)."""
+
+    def __init__(self, learning_rate, initial_accumulator_value: float = 0.1,
+                 use_locking: bool = False, name: str = "Adagrad"):
+        if initial_accumulator_value <= 0.0:
+            raise ValueError(f"initial_accumulator_value must be positive: "
+                             f"{initial_accumulator_value}")
+        super().__init__(learning_rate, name)
+        self._init = initial_accumulator_value
+
+    def _apply_dense(self, grad, var):
+        acc = self._slot(var, "accumulator", self._init)
+        return make_op("ApplyAdagrad", [var._ref, acc._ref, self._as(self._lr_t, var), grad],
+                       {**var.op.attrs, "accum": acc.op.name}).outputs[0]
 
 
 class AdamOptimizer(Optimizer):

@@ -41,6 +41,20 @@ def _momentum(a, be, res):
     return apply
 
 
+def _adagrad(a, be, res):
+    """accum += g * g;  w -= lr * g / sqrt(accum)  (TF's ApplyAdagrad, training_ops.cc):
+    each weight's step shrinks with the squared gradients it has seen."""
+    store, name, accum = res.variables, a["var_name"], a["accum"]
+
+    def apply(handle, accum_handle, lr, grad):
+        acc = be.add(_read(store, accum), be.multiply(grad, grad))
+        store[accum] = acc
+        step = be.divide(be.multiply(lr, grad), be.sqrt(acc))
+        store[name] = new = be.subtract(_read(store, name), step)
+        return new
+    return apply
+
+
 # devices whose float32 ApplyAdam is the fused Triton kernel (tests add the pretend GPU)
 FUSED_ADAM_DEVICES = ("cuda",)
 
@@ -82,7 +96,7 @@ def _adam_cuda(a, res):
 
 # where each Apply op takes its gradient: (var, lr, grad), (var, accum, lr, grad,
 # momentum), (var, m, v, beta1_power, beta2_power, lr, beta1, beta2, eps, grad)
-GRAD_INPUT = {"ApplyGradientDescent": 2, "ApplyMomentum": 3, "ApplyAdam": 9}
+GRAD_INPUT = {"ApplyGradientDescent": 2, "ApplyMomentum": 3, "ApplyAdam": 9, "ApplyAdagrad": 3}
 
 
 def _check(op_type):
@@ -126,6 +140,8 @@ define(OpDef("ApplyGradientDescent", _check("ApplyGradientDescent"),
 define(OpDef("ApplyMomentum", _check("ApplyMomentum"),
              _shape_checked("ApplyMomentum", _momentum), stateful=True,
              ref_output=True))
+define(OpDef("ApplyAdagrad", _check("ApplyAdagrad"), _shape_checked("ApplyAdagrad", _adagrad),
+             stateful=True, ref_output=True))
 define(OpDef("ApplyAdam", _check("ApplyAdam"), _shape_checked("ApplyAdam", _adam),
              stateful=True,
              ref_output=True))
