@@ -36,3 +36,34 @@ def test_an_adagrad_run_on_a_decaying_rate_ends_where_tf1s_does():
         [4.01515, 0.25, 0.45], [3.96328, 0.125, 0.43447]], atol=2e-5)
     np.testing.assert_allclose(final.ravel(), [1.3191, -1.60282, 0.69026, -0.62907, -0.82888,
                                                0.79343], atol=2e-5)
+
+
+@pytest.mark.parametrize("kw,losses,weights", [
+    ({}, [4.95144, 4.82633, 4.72948, 4.59718, 4.40651],
+     [-0.64599, 0.07554, 1.66574, 0.36799, -1.59435, 0.10091]),
+    ({"momentum": 0.5}, [4.95144, 4.82633, 4.68708, 4.4493, 4.13506],
+     [-0.64247, 0.18973, 1.66697, 0.21897, -1.56589, 0.06622]),
+    ({"momentum": 0.3, "centered": True, "decay": 0.8, "epsilon": 1e-6},
+     [4.95144, 4.82419, 4.68963, 4.46472, 4.15057],
+     [-0.64262, 0.18361, 1.66692, 0.23725, -1.56725, 0.0678]),
+])
+def test_rmsprop_with_and_without_momentum_and_centring_ends_where_tf1s_does(kw, losses,
+                                                                           weights):
+    """Five steps of each variant: TF 2.21's losses and weights for the same program, and
+    its slot names (the rms slot first, starting at 1)."""
+    rng = np.random.default_rng(4)
+    wv = rng.standard_normal((3, 2)).astype(np.float32)
+    xv = rng.standard_normal((4, 3)).astype(np.float32)
+    g = mf.Graph()
+    with g.as_default():
+        w = mf.Variable(wv, name="w")
+        loss = mf.reduce_sum(mf.tanh(mf.matmul(mf.constant(xv), w)) ** 2.0)
+        step = mf.train.RMSPropOptimizer(0.05, **kw).minimize(loss)
+    slots = ["w/RMSProp", "w/RMSProp_1"] + (["w/RMSProp_2"] if kw.get("centered") else [])
+    assert [v.op.name for v in g.get_collection("variables")] == ["w", *slots]
+    with mf.Session(graph=g) as s:
+        s.run(mf.global_variables_initializer())
+        got = [s.run([step, loss])[1] for _ in range(5)]
+        final = s.run(w)
+    np.testing.assert_allclose(got, losses, atol=2e-5)
+    np.testing.assert_allclose(final.ravel(), weights, atol=2e-5)

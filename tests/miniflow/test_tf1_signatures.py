@@ -29,6 +29,8 @@ TF1_POSITIONAL = {
     'train.exponential_decay': ['learning_rate', 'global_step', 'decay_steps', 'decay_rate',
                                 'staircase', 'name'],
     'train.GradientDescentOptimizer': ['learning_rate', 'use_locking', 'name'],
+    'train.RMSPropOptimizer': ['learning_rate', 'decay', 'momentum', 'epsilon', 'use_locking',
+                               'centered', 'name'],
     'train.MomentumOptimizer': ['learning_rate', 'momentum', 'use_locking', 'name', 'use_nesterov'],
     'train.Saver': ['var_list', 'reshape', 'sharded', 'max_to_keep',
                     'keep_checkpoint_every_n_hours', 'name', 'restore_sequentially', 'saver_def',

@@ -8,9 +8,10 @@ from .optimizer import (
     GradientDescentOptimizer,
     MomentumOptimizer,
     Optimizer,
+    RMSPropOptimizer,
 )
 from .saver import DataLossError, Saver, latest_checkpoint
 
 __all__ = ["AdagradOptimizer", "AdamOptimizer", "DataLossError", "GradientDescentOptimizer",
-           "MomentumOptimizer", "Optimizer", "Saver", "exponential_decay", "get_global_step",
-           "get_or_create_global_step", "global_step", "latest_checkpoint"]
+           "MomentumOptimizer", "Optimizer", "RMSPropOptimizer", "Saver", "exponential_decay",
+           "get_global_step", "get_or_create_global_step", "global_step", "latest_checkpoint"]

@@ -175,6 +175,34 @@ class AdagradOptimizer(Optimizer):
                        {**var.op.attrs, "accum": acc.op.name}).outputs[0]
 
 
+class RMSPropOptimizer(Optimizer):
+    """RMSProp (Hinton's lecture 6e): the step divided by a running root mean square of
+    the gradients, with TF's optional momentum and centring. The ``rms`` slot starts at
+    1, the others at 0, and are made in TF's order (w/RMSProp, [mg,] w/RMSProp_1...)."""
+
+    def __init__(self, learning_rate, decay=0.9, momentum=0.0, epsilon=1e-10,
+                 use_locking: bool = False, centered: bool = False, name: str = "RMSProp"):
+        super().__init__(learning_rate, name)
+        self._decay, self._momentum, self._eps, self._centered = \
+            decay, momentum, epsilon, centered
+
+    def _prepare(self):
+        super()._prepare()
+        self._rho_t, self._mom_t, self._eps_t = (self._tensor(x) for x in (
+            self._decay, self._momentum, self._eps))
+
+    def _apply_dense(self, grad, var):
+        rms = self._slot(var, "rms", 1.0)
+        mg = self._slot(var, "mg") if self._centered else None
+        mom = self._slot(var, "momentum")
+        slots = [rms, mom] + ([mg] if mg is not None else [])
+        op = "ApplyCenteredRMSProp" if self._centered else "ApplyRMSProp"
+        hyper = [self._as(t, var) for t in (self._lr_t, self._rho_t, self._mom_t, self._eps_t)]
+        return make_op(op, [var._ref, *(s._ref for s in slots), *hyper, grad],
+                       {**var.op.attrs, "centered": self._centered,
+                        "slots": tuple(s.op.name for s in slots)}).outputs[0]
+
+
 class AdamOptimizer(Optimizer):
     """Adam (Kingma & Ba, 2015) with TF's defaults and its beta-power accumulators."""
 

@@ -55,6 +55,32 @@ def _adagrad(a, be, res):
     return apply
 
 
+def _rmsprop(a, be, res):
+    """ms <- rho ms + (1 - rho) g^2;  mom <- momentum mom + lr g / sqrt(ms + eps);
+    w <- w - mom (TF's ApplyRMSProp). Centered (ApplyCenteredRMSProp): also
+    mg <- rho mg + (1 - rho) g, and the denominator is sqrt(ms - mg^2 + eps), an estimate
+    of the gradient's variance rather than its second moment."""
+    store, name, centered = res.variables, a["var_name"], a["centered"]
+
+    def apply(handle, *args):
+        (lr, rho, momentum, eps, grad), slots = args[-5:], a["slots"]
+        keep = be.subtract(be.asarray(1.0, a["dtype"]), rho)
+        ms = be.add(be.multiply(rho, _read(store, slots[0])), be.multiply(keep, be.multiply(
+            grad, grad)))
+        store[slots[0]] = ms
+        denom = ms
+        if centered:
+            mg = be.add(be.multiply(rho, _read(store, slots[2])), be.multiply(keep, grad))
+            store[slots[2]] = mg
+            denom = be.subtract(ms, be.multiply(mg, mg))
+        step = be.divide(be.multiply(lr, grad), be.sqrt(be.add(denom, eps)))
+        mom = be.add(be.multiply(momentum, _read(store, slots[1])), step)
+        store[slots[1]] = mom
+        store[name] = new = be.subtract(_read(store, name), mom)
+        return new
+    return apply
+
+
 # devices whose float32 ApplyAdam is the fused Triton kernel (tests add the pretend GPU)
 FUSED_ADAM_DEVICES = ("cuda",)
 
@@ -96,7 +122,8 @@ def _adam_cuda(a, res):
 
 # where each Apply op takes its gradient: (var, lr, grad), (var, accum, lr, grad,
 # momentum), (var, m, v, beta1_power, beta2_power, lr, beta1, beta2, eps, grad)
-GRAD_INPUT = {"ApplyGradientDescent": 2, "ApplyMomentum": 3, "ApplyAdam": 9, "ApplyAdagrad": 3}
+GRAD_INPUT = {"ApplyGradientDescent": 2, "ApplyMomentum": 3, "ApplyAdam": 9, "ApplyAdagrad": 3,
+              "ApplyRMSProp": 7, "ApplyCenteredRMSProp": 8}
 
 
 def _check(op_type):
@@ -142,6 +169,8 @@ define(OpDef("ApplyMomentum", _check("ApplyMomentum"),
              ref_output=True))
 define(OpDef("ApplyAdagrad", _check("ApplyAdagrad"), _shape_checked("ApplyAdagrad", _adagrad),
              stateful=True, ref_output=True))
+for _t in ("ApplyRMSProp", "ApplyCenteredRMSProp"):
+    define(OpDef(_t, _check(_t), _shape_checked(_t, _rmsprop), stateful=True, ref_output=True))
 define(OpDef("ApplyAdam", _check("ApplyAdam"), _shape_checked("ApplyAdam", _adam),
              stateful=True,
              ref_output=True))
