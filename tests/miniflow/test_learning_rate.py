@@ -1,6 +1,6 @@
-"""``train.exponential_decay`` driving ``train.AdagradOptimizer``: five steps whose loss,
-rates, slot names and final weights TF 2.21's ``tf.compat.v1`` gave for the same program
-(numpy initial values, so both start alike)."""
+"""``train.exponential_decay``, ``train.AdagradOptimizer`` and ``train.RMSPropOptimizer``:
+five steps whose losses, rates, slot names and final weights TF 2.21's ``tf.compat.v1``
+gave for the same program (numpy initial values, so both start alike)."""
 
 import numpy as np
 import pytest
@@ -8,17 +8,23 @@ import pytest
 import systems.miniflow as mf
 
 
-def test_an_adagrad_run_on_a_decaying_rate_ends_where_tf1s_does():
-    rng = np.random.default_rng(3)
+def _model(seed):
+    """A 3x2 weight ``w`` and the loss ``sum(tanh(x @ w) ** 2)`` on fixed data, built in
+    the default graph."""
+    rng = np.random.default_rng(seed)
     wv = rng.standard_normal((3, 2)).astype(np.float32)
     xv = rng.standard_normal((4, 3)).astype(np.float32)
+    w = mf.Variable(wv, name="w")
+    return w, mf.reduce_sum(mf.tanh(mf.matmul(mf.constant(xv), w)) ** 2.0)
+
+
+def test_an_adagrad_run_on_a_decaying_rate_ends_where_tf1s_does():
     g = mf.Graph()
     with g.as_default():
-        w = mf.Variable(wv, name="w")
+        w, loss = _model(3)
         gs = mf.Variable(0, name="global_step", trainable=False)
         lr = mf.train.exponential_decay(0.5, gs, 2, 0.5, staircase=True)
         smooth = mf.train.exponential_decay(0.5, gs, 3, 0.9)
-        loss = mf.reduce_sum(mf.tanh(mf.matmul(mf.constant(xv), w)) ** 2.0)
         step = mf.train.AdagradOptimizer(lr).minimize(loss, global_step=gs)
         with pytest.raises(ValueError, match="must be positive"):
             mf.train.AdagradOptimizer(0.1, initial_accumulator_value=0.0)
@@ -51,13 +57,9 @@ def test_rmsprop_with_and_without_momentum_and_centring_ends_where_tf1s_does(kw,
                                                                            weights):
     """Five steps of each variant: TF 2.21's losses and weights for the same program, and
     its slot names (the rms slot first, starting at 1)."""
-    rng = np.random.default_rng(4)
-    wv = rng.standard_normal((3, 2)).astype(np.float32)
-    xv = rng.standard_normal((4, 3)).astype(np.float32)
     g = mf.Graph()
     with g.as_default():
-        w = mf.Variable(wv, name="w")
-        loss = mf.reduce_sum(mf.tanh(mf.matmul(mf.constant(xv), w)) ** 2.0)
+        w, loss = _model(4)
         step = mf.train.RMSPropOptimizer(0.05, **kw).minimize(loss)
     slots = ["w/RMSProp", "w/RMSProp_1"] + (["w/RMSProp_2"] if kw.get("centered") else [])
     assert [v.op.name for v in g.get_collection("variables")] == ["w", *slots]
