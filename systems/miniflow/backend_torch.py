@@ -75,18 +75,18 @@ class TorchBackend:
         return x.mean(dim=axis, keepdim=keepdims) if axis != () else x
 
     def max(self, x, axis, keepdims):
-        if x.numel() == 0:  # torch refuses; TF gives Max's identity (backend.lowest)
-            return self.asarray(NumpyBackend.max(self.to_numpy(x), axis, keepdims))
-        if axis is None:
-            return x.amax().reshape((1,) * x.dim()) if keepdims else x.amax()
-        return x.amax(dim=axis, keepdim=keepdims) if axis != () else x
+        return self._extreme("max", x, axis, keepdims)
 
     def min(self, x, axis, keepdims):
-        if x.numel() == 0:  # torch refuses; TF gives Min's identity (backend.highest)
-            return self.asarray(NumpyBackend.min(self.to_numpy(x), axis, keepdims))
+        return self._extreme("min", x, axis, keepdims)
+
+    def _extreme(self, which: str, x, axis, keepdims):
+        if x.numel() == 0:  # torch refuses; TF gives the reducer's identity (lowest/highest)
+            return self.asarray(getattr(NumpyBackend, which)(self.to_numpy(x), axis, keepdims))
+        reduce = x.amax if which == "max" else x.amin
         if axis is None:
-            return x.amin().reshape((1,) * x.dim()) if keepdims else x.amin()
-        return x.amin(dim=axis, keepdim=keepdims) if axis != () else x
+            return reduce().reshape((1,) * x.dim()) if keepdims else reduce()
+        return reduce(dim=axis, keepdim=keepdims) if axis != () else x
 
     def argmax(self, x, axis, dtype: DType):
         return x.argmax(dim=axis).to(dtype.torch_dtype)

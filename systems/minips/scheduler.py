@@ -223,14 +223,10 @@ class Scheduler:
         self.broadcast()
 
     def no_rejoin(self, name: str) -> str:
-        """Why a worker declared dead cannot register again. Its unfinished shards went to
-        heirs, or, with no live worker left, to nobody; a new process under its name
-        would push at clocks its dead predecessor may have used, which the servers'
-        per-sender clocks would drop as resends (minibatches lost) or apply after the
-        heir's (minibatches applied twice). The paper's remedy (section 4.6) is a *new*
-        worker node; ours are named w0..wN for the job's shards, so the honest answer is
-        a checkpoint. Until 2026-11-29 it was told "member" with no shard, retired, and the
-        job waited silently for ever."""
+        """Why a worker declared dead cannot register again: a new process under its name
+        would push at clocks its predecessor may have used, which the servers drop as
+        resends or apply twice (docs/minips/fault-tolerance.md). The paper's remedy
+        (section 4.6) is a *new* node; ours are named for the job's shards."""
         steps = self.config["steps"]
         owned = {s for w in self.workers.values() if w["alive"] for s in w["shards"]}
         orphans = sorted(s for s, p in self.progress.items() if p < steps and s not in owned)

@@ -92,13 +92,9 @@ def _gather_grad(op, g):
 def _flatten_index_axes(g, params, ax: int):
     """``g`` reshaped to ``params``' shape with axis ``ax`` of any length: the gradient's
     index axes, however many the indices had, become one."""
-    dims = list(params.shape)
-    dims[ax] = -1
-    if sum(d is None for d in dims) == 0:
-        return reshape(g, dims)
-    from .array_ops import concat
-    s = shape(params)  # some other axis is only known when the graph runs
-    return reshape(g, concat([s[:ax], constant(np.array([-1], np.int32)), s[ax + 1:]], 0))
+    s = shape(params) if None in params.shape else None  # some lengths known only at run
+    return reshape(g, [-1 if i == ax else s[i] if d is None else d
+                       for i, d in enumerate(params.shape)])
 
 
 @RegisterGradient("BroadcastTo")

@@ -21,6 +21,7 @@ from ..graph import Tensor
 from ..op_def import (
     OpDef,
     check_axis,
+    constant,
     convert_to_tensor,
     define,
     dtype_error,
@@ -96,10 +97,20 @@ def _reshape_kernel(attrs, be, res):
 define(OpDef("Reshape", _reshape_shape, _reshape_kernel, expensive=False, host_inputs=(1,)))
 
 
-def reshape(x, shape, name=None) -> Tensor:
-    from .composite import shape_tensor  # [tf.shape(x)[0], -1] becomes one tensor
+def shape_tensor(shape):
+    """A shape as given, or, for a list that mixes tensors and ints (``[tf.shape(x)[0],
+    3]``), the 1-D int32 tensor that stacks them (TF's ``shape_tensor`` packs it too)."""
+    if isinstance(shape, Tensor) or not isinstance(shape, (list, tuple)) or \
+            not any(isinstance(d, Tensor) for d in shape):
+        return shape
+    # one piece per entry, the numbers as constants, so that the static shape keeps them
+    # (op_def.shape_from_tensor reads a ConcatV2 of constant pieces)
+    return concat([reshape(d, [1]) if isinstance(d, Tensor) else
+                   constant(np.array([d], np.int32)) for d in shape], 0)
 
-    shape, folded = shape_tensor(shape), None
+
+def reshape(x, shape, name=None) -> Tensor:
+    shape, folded = shape_tensor(shape), None  # [tf.shape(x)[0], -1] becomes one tensor
     if isinstance(shape, Tensor):
         const = static_value(shape)
         if const is None:
@@ -336,8 +347,6 @@ def ones_like(tensor, dtype=None, name=None, optimize=True) -> Tensor:
     x = convert_to_tensor(tensor)
     dt = x.dtype if dtype is None else as_dtype(dtype)
     if shapes.is_fully_defined(x.shape):
-        from ..op_def import constant
-
         return constant(np.ones(x.shape, dt.np_dtype), name=name or "ones_like")
     return make_op("Fill", [shape(x)], {"value": 1, "dtype": dt}, name or "ones_like").outputs[0]
 

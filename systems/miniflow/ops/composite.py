@@ -14,24 +14,10 @@ import numpy as np
 from ..dtypes import as_dtype, float32
 from ..graph import Tensor, get_default_graph
 from ..op_def import constant, convert_to_tensor, make_op
-from .array_ops import gather, identity, ones_like, stop_gradient, where_v2
+from .array_ops import gather, identity, ones_like, shape_tensor, stop_gradient, where_v2
 from .math_ops import maximum, minimum, multiply, negative, sqrt, square
 from .nn_ops import log_softmax
 from .reduction_ops import reduce_sum
-
-
-def shape_tensor(shape):
-    """A shape as given, or, for a list that mixes tensors and ints (``[tf.shape(x)[0],
-    3]``), the 1-D int32 tensor that stacks them (TF's ``shape_tensor`` packs it too)."""
-    from .array_ops import concat, reshape
-
-    if isinstance(shape, Tensor) or not isinstance(shape, (list, tuple)) or \
-            not any(isinstance(d, Tensor) for d in shape):
-        return shape
-    # one piece per entry, the numbers as constants, so that the static shape keeps them
-    # (op_def.shape_from_tensor reads a ConcatV2 of constant pieces)
-    return concat([reshape(d, [1]) if isinstance(d, Tensor) else
-                   constant(np.array([d], np.int32)) for d in shape], 0)
 
 
 def _filled(shape, value, dtype, name: str) -> Tensor:
@@ -160,15 +146,13 @@ def _reshaped(x: Tensor, dims: list, name: str, exact: bool = False) -> Tensor:
     -1), else one computed from ``shape(x)`` when the graph runs. ``exact``: always the
     computed one, so that the Reshape fails at run time unless the axes left out all
     have length 1 (then the products match)."""
-    from .array_ops import concat, reshape, shape
+    from .array_ops import reshape, shape
 
     unknown = [d for d in dims if not isinstance(d, int)]
     if not exact and len(unknown) <= 1 and 0 not in dims:
         return reshape(x, [d if isinstance(d, int) else -1 for d in dims], name=name)
-    s = shape(x)
-    parts = [constant(np.array([d], np.int32)) if isinstance(d, int) else s[d[1]:d[1] + 1]
-             for d in dims]
-    return reshape(x, concat(parts, 0), name=name)
+    s = shape(x)  # a list mixing ints and run-time lengths (reshape's shape_tensor)
+    return reshape(x, [d if isinstance(d, int) else s[d[1]] for d in dims], name=name)
 
 
 def expand_dims(input, axis=None, name=None, dim=None) -> Tensor:  # noqa: A002 (TF's name)

@@ -35,7 +35,7 @@ from ..dtypes import as_dtype, float32
 from ..gradients import no_gradient
 from ..graph import Tensor, get_default_graph
 from ..op_def import OpDef, constant, convert_to_tensor, define, make_op, shape_from_tensor
-from .array_ops import _host
+from .array_ops import _host, shape_tensor
 
 DEFAULT_GRAPH_SEED = 87654321  # random_seed.py's, used when only the op has a seed
 _streams = itertools.count()  # each random op's key into its session's streams
@@ -121,8 +121,6 @@ for _t, _draw in _DRAW.items():
 
 
 def _random_op(op_type: str, shape, dtype, seed, name: str | None, **attrs) -> Tensor:
-    from .composite import shape_tensor
-
     seed, seed2 = get_seed(seed)
     shape = shape_tensor(shape)  # [tf.shape(x)[0], 3] becomes one tensor
     if not isinstance(shape, Tensor):
