@@ -147,7 +147,7 @@ class KVWorker(Recovery, Records):
             with self.lock:
                 clock = self._take_clock(clock, ranges, cmd, ctx)
             grew = False
-            if self.filters.value_filters and cmd != "init":
+            if self.filters.value_filters and cmd != "init" and keys.size:
                 keys, vals = self.filters.filter_push(keys, vals, ctx or {})
                 # a final push also flushes what a filter held back, maybe outside
                 # key_range: cover those keys too, or no slice would carry them
@@ -192,6 +192,18 @@ class KVWorker(Recovery, Records):
         self.clock_ranges = merge_ranges(same + ranges)
         self.auto_clock = clock
         return clock
+
+    def tick(self, clock: int, wait: int | None = None) -> int:
+        """Tell every server that this worker has finished all clocks up to ``clock``
+        with nothing more to push: a push of no keys over the whole key space.
+
+        A worker that skips clocks needs one. An heir that rejoins the clock set at the
+        others' clock (section 4.6) would otherwise leave its own clock, on every server,
+        where it stopped, and its first pull, which waits for every worker to reach the
+        clock before it, would wait for itself for ever (and every other worker's pull
+        with it). ``wait`` is the push's BSP dependency, as for :meth:`push`."""
+        return self.push(np.zeros(0, M.KEY_DTYPE), np.zeros((0, self.val_len), M.VAL_DTYPE),
+                         clock=clock, wait=wait, copy=False)
 
     def pull(self, keys: np.ndarray, clock: int | None = None, wait: int | None = None,
              key_range: tuple[int, int] | None = None, copy: bool = True) -> int:

@@ -161,6 +161,10 @@ class Worker:
             if kv.retire:
                 kv.retire = False
                 c = max(c, int(hb.get("clock_floor", c)))
+            if pushes and c > kv.auto_clock + 1:
+                # an heir back in the clock set skipped clocks: move its clock on the
+                # servers up too, or its next pull waits for its own old clock (KVWorker.tick)
+                kv.tick(c - 1, wait=model.push_wait(c - 1))
             s = todo[c % len(todo)]
             step = progress[s]
             keys = app.keys(s, step)

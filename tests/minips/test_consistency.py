@@ -11,6 +11,7 @@ import pytest
 from systems.minips.clock import VectorClock
 from systems.minips.cluster import ClusterSpec
 from systems.minips.consistency import Consistency, DependencyGate
+from systems.minips.kv import KVWorker
 
 from .conftest import run_threads
 
@@ -163,3 +164,28 @@ def test_bsp_holds_a_fast_workers_push_until_every_worker_has_pulled_the_clock(m
     Only the push dependency (push_wait) keeps that push out of the slow one's view."""
     check_bsp_against_one_process(make_cluster, 8, sleep_before_push=0.0,
                                   sleep_after_push=0.08)
+
+
+def test_a_worker_that_skips_clocks_ticks_or_its_own_pull_waits_for_it(make_cluster):
+    """An heir that had retired rejoins the clock set at the others' clock (section
+    4.6). Its clock on the servers is still where it stopped, so its first BSP pull
+    waited for itself, and every other worker's next pull for it: the job hung (found
+    with 5 workers, 3 of them killed). A tick, a push of no keys at the clock before,
+    moves its clock and releases the pull; it changes no value."""
+    cl = make_cluster(ClusterSpec(servers=2, workers=2, key_max=64, updater={"name": "sum"},
+                                  app={"name": "count"}))
+    keys = np.arange(64, dtype=np.uint64)
+    w0, w1 = (KVWorker(cl.sched_addr, f"w{i}") for i in range(2))
+    try:
+        for c in range(10):  # w1 stops after clock 1, w0 goes on to clock 9
+            for kv in (w0, w1) if c < 2 else (w0,):
+                kv.wait(kv.push(keys, np.ones((64, 1), np.float32), clock=c))
+        ts = w1.pull(keys, clock=10, wait=9)
+        with pytest.raises(TimeoutError, match="finished clock 9"):
+            w1.wait(ts, timeout=1.0)  # held on w1's own clock 1
+        w1.tick(9, wait=9)  # with BSP's push dependency, as the worker sends it
+        got = w1.wait(ts, timeout=10)
+        np.testing.assert_array_equal(got, np.full((64, 1), 12.0))  # 10 + 2 pushes, no more
+    finally:
+        for kv in (w0, w1):
+            kv.close()
