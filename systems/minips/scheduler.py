@@ -24,11 +24,9 @@ can send. Once every server has reported the current ring and the gap has lasted
 ``loss_grace_s``, the scheduler ends the job and says which ranges were lost
 (:meth:`Scheduler.check_copies`).
 
-A worker silent for ``worker_timeout`` seconds is declared dead: its unfinished shard
-goes to the live worker with the least work (the paper's scheduler "reschedules
-unfinished tasks" when workers are added or removed, section 3; section 4.6), and it
-leaves the set of workers whose clocks servers wait on, so a BSP barrier cannot hang on
-it. Workers that have finished their shards *retire* from that set for the same reason.
+The workers' side (shards, heirs, the clock set, barriers) is the task scheduler of
+:mod:`.task_scheduler`, mixed in here: a worker silent for ``worker_timeout`` seconds is
+declared dead there and its unfinished shard goes to the live worker with the least work.
 
 Run: ``python -m systems.minips.scheduler --config JSON`` (the launcher does it).
 """
@@ -49,33 +47,19 @@ from common.procs import announce_ready
 from .message import SERVICE, PSError, decode, encode
 from .metrics import NodeMetrics
 from .ring import Ring, merge_ranges, subtract
+from .task_scheduler import TaskScheduler
 
 
-class Scheduler:
+class Scheduler(TaskScheduler):
     def __init__(self, config: dict[str, Any]):
         self.config = config
         self.epoch = 0
         self.ring_servers: list[str] = []
         self.servers: dict[str, dict] = {}
         self.joining: str | None = None
-        now = time.monotonic()
-        grace = config.get("start_grace_s", 60.0)
-        self.workers = {f"w{i}": {"alive": True, "retired": False, "last_hb": now + grace,
-                                  "shards": [i], "addr": None}
-                        for i in range(config["num_workers"])}
-        # a resumed job's checkpoint holds each shard's first steps (up to start_clock, or
-        # the worker's own clocks in it, where it starts, KVWorker.auto_clock): an heir of a
-        # worker that dies before its first report must not redo them
-        start, restored = int(config.get("start_clock", 0)), config.get("restored_clocks", {})
-        self.progress = {i: max(start, int(restored.get(f"w{i}", -1)) + 1)
-                         for i in range(config["num_workers"])}
-        self.members_version = 0
-        self.barriers: dict[str, set] = {}
-        self.barrier_event = asyncio.Event()
-        self.barrier_done: dict[str, float] = {}
-        self.reports: dict[str, dict] = {}
+        self.members_version = 0  # counts changes of the clock set (workers)
+        self.init_tasks(config)
         self.clients: set[str] = set()
-        self.stopped = False  # the job was ended early (Stop), not by finishing its steps
         self.failure: str | None = None  # why the job cannot go on (data was lost)
         self.events: list[dict] = []  # membership history, for tests and the launcher
         self.uncovered_since: float | None = None  # when check_copies first saw a gap
@@ -88,9 +72,6 @@ class Scheduler:
         c = self.config
         return Ring(servers or self.ring_servers, c["key_max"], c["vnodes"],
                     c["replication"], self.epoch if epoch is None else epoch)
-
-    def clock_workers(self) -> list[str]:
-        return sorted(n for n, w in self.workers.items() if w["alive"] and not w["retired"])
 
     def ring_info(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "servers": self.ring_servers,
@@ -197,50 +178,6 @@ class Scheduler:
                       f"({sum(e - b for b, e in lost)} keys): {why}, so their values are "
                       f"lost; restart from a checkpoint")
 
-    def remove_worker(self, name: str, why: str) -> None:
-        w = self.workers[name]
-        w["alive"] = False
-        orphans = [s for s in w["shards"] if self.progress[s] < self.config["steps"]]
-        w["shards"] = []
-        for s in orphans:
-            # a worker that has reported is leaving: a shard given to it would never end
-            live = [n for n, x in self.workers.items() if x["alive"] and not x.get("exited")]
-            if not live:  # every other worker has reported or died: nobody can run it
-                self.log("shard_orphaned", shard=s, progress=self.progress[s],
-                         hint="no worker can finish it: stop the job and restart it, "
-                              "from a checkpoint if it took one")
-                continue
-            # the least loaded worker by remaining steps takes the shard
-            def load(n: str) -> int:
-                return sum(self.config["steps"] - self.progress[t]
-                           for t in self.workers[n]["shards"])
-            heir = min(live, key=lambda n: (load(n), n))
-            self.workers[heir]["shards"].append(s)
-            self.workers[heir]["retired"] = False
-            self.log("reassign", shard=s, worker=heir, progress=self.progress[s])
-        self.members_version += 1
-        self.log("worker_dead", worker=name, why=why)
-        self.broadcast()
-
-    def no_rejoin(self, name: str) -> str:
-        """Why a worker declared dead cannot register again: a new process under its name
-        would push at clocks its predecessor may have used, which the servers drop as
-        resends or apply twice (docs/minips/fault-tolerance.md). The paper's remedy
-        (section 4.6) is a *new* node; ours are named for the job's shards."""
-        steps = self.config["steps"]
-        owned = {s for w in self.workers.values() if w["alive"] for s in w["shards"]}
-        orphans = sorted(s for s, p in self.progress.items() if p < steps and s not in owned)
-        where = (f"shards {orphans} have no live worker left, so this job cannot finish"
-                 if orphans else "its shards went to the live workers")
-        return (f"worker {name} was declared dead (no heartbeat for "
-                f"{self.config.get('worker_timeout', '?')} s) and cannot rejoin: {where}. A new "
-                f"process under its name would reuse the clocks of the old one's pushes. "
-                f"Stop the job and start it again, from a checkpoint if it took one "
-                f"(casebook ps launch ... --restore DIR)")
-
-    def job_done(self) -> bool:
-        return self.stopped or all(p >= self.config["steps"] for p in self.progress.values())
-
     async def monitor(self) -> None:
         """Failure detection: a node that stopped sending heartbeats is dead."""
         c = self.config
@@ -258,13 +195,6 @@ class Scheduler:
             if c.get("exit_when_done") and self.finished():
                 self.log("finished")
                 self.shutdown.set()  # the servers read it in their next heartbeat
-
-    def finished(self) -> bool:
-        """The job is done and every worker has reported or is dead: nothing is left to
-        serve. A launcher on one machine asks for the shutdown itself, after it read the
-        reports; a scheduler started alone (``--role scheduler``) ends the job here."""
-        return self.job_done() and all(w.get("exited") or not w["alive"]
-                                       for w in self.workers.values())
 
     # ---- RPC handlers ----------------------------------------------------------------
     async def Register(self, req: bytes, ctx) -> bytes:
@@ -299,15 +229,7 @@ class Scheduler:
             return encode({"status": "join", "incarnation": inc, "config": self.config,
                            "pending": pending.to_dict(), **self.ring_info()})
         if role == "worker":
-            if name not in self.workers:
-                return encode({"status": "error",
-                               "message": f"unknown worker {name!r}; expected one of "
-                                          f"{sorted(self.workers)}"})
-            w = self.workers[name]
-            w.update(addr=meta.get("addr"), last_hb=time.monotonic())
-            if not w["alive"] and not w.get("exited"):
-                return encode({"status": "error", "message": self.no_rejoin(name)})
-            return encode({"status": "member", "config": self.config, "shards": w["shards"]})
+            return encode(self.register_worker(name, meta))
         if name in self.clients:  # its clocks would restart: resent-push detection
             return encode({"status": "error",  # would drop its new pushes as old ones
                            "message": f"a client named {name!r} already registered; "
@@ -338,63 +260,16 @@ class Scheduler:
                     s["held"] = [(int(b), int(e)) for b, e in meta["held"]]
                     s["held_epoch"] = int(meta["epoch"])
         elif role == "worker" and name in self.workers:
-            w = self.workers[name]
-            member = w["alive"]
-            if member:
-                w["last_hb"] = now
-                w["clock"] = int(meta.get("clock", 0))
-                for s, steps in meta.get("progress", {}).items():
-                    if int(s) in w["shards"]:
-                        self.progress[int(s)] = max(self.progress[int(s)], int(steps))
-                if meta.get("retire") and not w["retired"]:
-                    if all(self.progress[s] >= self.config["steps"] for s in w["shards"]):
-                        w["retired"] = True
-                        self.members_version += 1
-                        self.log("retire", worker=name)
-                        self.broadcast()
+            member = self.worker_heartbeat(name, meta, now)
         out = {"epoch": self.epoch, "members_version": self.members_version, "member": member,
                "shutdown": self.shutdown.is_set(), "job_done": self.job_done(),
                "stop": self.stopped, "failure": self.failure}
         if role == "worker" and name in self.workers:
-            w = self.workers[name]
-            out["shards"] = w["shards"]
-            out["progress"] = {s: self.progress[s] for s in w["shards"]}
-            others = [self.workers[n].get("clock", 0) for n in self.clock_workers() if n != name]
-            out["clock_floor"] = min(others, default=0)
+            out.update(self.tasks_of(name))
         return encode(out)
 
     async def GetRing(self, req: bytes, ctx) -> bytes:
         return encode(self.ring_info())
-
-    async def Barrier(self, req: bytes, ctx) -> bytes:
-        """Block until every live worker arrived (ps-lite ``Postoffice::Barrier``)."""
-        meta = decode(req)[0]
-        arrived = self.barriers.setdefault(meta["barrier"], set())
-        arrived.add(meta["name"])
-        while not set(self.clock_workers()) <= arrived:
-            ev = self.barrier_event
-            try:
-                await asyncio.wait_for(ev.wait(), timeout=0.2)
-            except TimeoutError:
-                pass
-        if meta["barrier"] not in self.barrier_done:
-            self.barrier_done[meta["barrier"]] = time.monotonic()
-            self.log("barrier", barrier=meta["barrier"])
-        self.barrier_event.set()
-        self.barrier_event = asyncio.Event()
-        return encode({"ok": True})
-
-    async def Report(self, req: bytes, ctx) -> bytes:
-        meta = decode(req)[0]
-        self.reports[meta["name"]] = meta["report"]
-        w = self.workers.get(meta["name"])
-        if w is not None:  # it is about to exit: not a failure, and no longer a clock
-            w["exited"] = True
-            if not w["retired"]:
-                w["retired"] = True
-                self.members_version += 1
-                self.broadcast()
-        return encode({"ok": True})
 
     async def Status(self, req: bytes, ctx) -> bytes:
         return encode({**self.ring_info(), "progress": self.progress,
@@ -406,16 +281,6 @@ class Scheduler:
                        "reports": self.reports, "events": self.events,
                        "barriers": self.barrier_done,
                        "joining": self.joining, "failure": self.failure})
-
-    async def Stop(self, req: bytes, ctx) -> bytes:
-        """End the job now: workers finish their current step, report and exit."""
-        self.stopped = True
-        for w in self.workers.values():  # nobody waits on a clock that will not come
-            w["retired"] = True
-        self.members_version += 1
-        self.log("stop")
-        self.broadcast()
-        return encode({"ok": True})
 
     async def Shutdown(self, req: bytes, ctx) -> bytes:
         self.shutdown.set()

@@ -3,6 +3,7 @@ network partition (a network namespace joined to ours by a veth pair)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import threading
@@ -14,6 +15,8 @@ import pytest
 from systems.minips import message as M
 from systems.minips.cluster import Cluster, ClusterSpec
 from systems.minips.kv import KVWorker
+from systems.minips.message import decode, encode
+from systems.minips.scheduler import Scheduler
 
 
 @pytest.fixture
@@ -147,3 +150,18 @@ def netns():
     ns = NetNS().create()
     yield ns
     ns.remove()
+
+
+def in_process_scheduler(workers=3, steps=10, **cfg):
+    """A scheduler object without its gRPC server, for its logic alone."""
+    s = Scheduler({"num_workers": workers, "steps": steps, "num_servers": 2, "key_max": 1000,
+                   "vnodes": 4, "replication": 2, "hb_interval": 0.05, "hb_timeout": 0.3,
+                   "worker_timeout": 30.0, **cfg})
+    s.broadcast = lambda: None  # no servers to tell
+    return s
+
+
+def heartbeat(s, name, **meta):
+    """Worker ``name``'s heartbeat to ``s``; the reply."""
+    return decode(asyncio.run(s.Heartbeat(encode({"role": "worker", "name": name, **meta}),
+                                          None)))[0]
