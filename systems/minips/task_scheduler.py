@@ -71,13 +71,13 @@ class TaskScheduler:
                            for t in self.workers[n]["shards"])
             heir = min(live, key=lambda n: (load(n), n))
             self.workers[heir]["shards"].append(s)
-            self.workers[heir]["retired"] = False
+            self.workers[heir].update(retired=False, inherited=True)
             self.log("reassign", shard=s, worker=heir, progress=self.progress[s])
         self.members_version += 1
         self.log("worker_dead", worker=name, why=why)
         self.broadcast()
 
-    def no_rejoin(self, name: str) -> str:
+    def no_rejoin(self, name: str, restarted: bool = False) -> str:
         """Why a worker declared dead cannot register again: a new process under its name
         would push at clocks its predecessor may have used, which the servers drop as
         resends or apply twice (docs/minips/fault-tolerance.md). The paper's remedy
@@ -87,8 +87,10 @@ class TaskScheduler:
         orphans = sorted(s for s, p in self.progress.items() if p < steps and s not in owned)
         where = (f"shards {orphans} have no live worker left, so this job cannot finish"
                  if orphans else "its shards went to the live workers")
-        return (f"worker {name} was declared dead (no heartbeat for "
-                f"{self.config.get('worker_timeout', '?')} s) and cannot rejoin: {where}. A new "
+        why = ("restarted after it had inherited a shard from a dead worker, so it is now "
+               "declared dead" if restarted else "was declared dead (no heartbeat for "
+               f"{self.config.get('worker_timeout', '?')} s)")
+        return (f"worker {name} {why} and cannot rejoin: {where}. A new "
                 f"process under its name would reuse the clocks of the old one's pushes. "
                 f"Stop the job and start it again, from a checkpoint if it took one "
                 f"(casebook ps launch ... --restore DIR)")
@@ -104,14 +106,30 @@ class TaskScheduler:
                                        for w in self.workers.values())
 
     def register_worker(self, name: str, meta: dict) -> dict:
-        """A worker's registration: its shards, or why it may not train."""
+        """A worker's registration: its shards, or why it may not train.
+
+        A second registration is a restart (the old process was stopped before it was
+        declared dead). Exact only while the worker ran its own shard alone: clock c was
+        then always its minibatch c, so the new process redoes them at the same clocks
+        and the servers drop what the old one had applied. After it inherited a shard
+        the mapping depends on when the shard came, so the new process would push other
+        minibatches at clocks the servers drop as resends (lost) or at clocks the old
+        one never used (applied twice): it is declared dead now and refused, and its
+        shards go to heirs."""
         if name not in self.workers:
             return {"status": "error", "message": f"unknown worker {name!r}; expected one "
                                                   f"of {sorted(self.workers)}"}
-        w = self.workers[name]
-        w.update(addr=meta.get("addr"), last_hb=time.monotonic())
+        w, now = self.workers[name], time.monotonic()
         if not w["alive"] and not w.get("exited"):
             return {"status": "error", "message": self.no_rejoin(name)}
+        if w.get("registered") and now - w["last_hb"] < 5 * self.config["hb_interval"]:
+            return {"status": "error", "message": f"a worker named {name!r} is registered "
+                                                  f"and sending heartbeats; give each "
+                                                  f"worker its own --name"}
+        if w.get("registered") and w.get("inherited") and not w.get("exited"):
+            self.remove_worker(name, "restarted after it inherited a shard")
+            return {"status": "error", "message": self.no_rejoin(name, restarted=True)}
+        w.update(addr=meta.get("addr"), last_hb=now, registered=True)
         return {"status": "member", "config": self.config, "shards": w["shards"]}
 
     def worker_heartbeat(self, name: str, meta: dict, now: float) -> bool:

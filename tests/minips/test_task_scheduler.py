@@ -164,3 +164,28 @@ def test_a_worker_declared_dead_that_starts_again_is_refused_with_the_reason():
     assert r["status"] == "error" and "its shards went to the live workers" in r["message"]
     assert s.workers["w0"]["shards"] == [0, 1]
     assert _register(s, "w0")["status"] == "member"  # a live worker still may
+
+
+def test_a_worker_restarted_after_it_inherited_a_shard_is_refused_and_its_shards_move():
+    """A restart before the worker is declared dead is exact only for a worker that ran
+    its own shard alone (clock c is its minibatch c). After inheriting, the new process
+    would push other minibatches at clocks the servers drop as resends, or apply twice:
+    it is declared dead at once and refused, and its shards go to an heir. A second
+    process under a name whose first one still sends heartbeats is refused too."""
+    s = in_process_scheduler(workers=3, steps=10)
+    for w in ("w0", "w1", "w2"):
+        assert _register(s, w)["status"] == "member"
+    s.progress.update({0: 6, 1: 2, 2: 4})
+    s.remove_worker("w1", "no heartbeat")  # w0 (the least work left) inherits shard 1
+    assert s.workers["w0"]["shards"] == [0, 1]
+    heartbeat(s, "w2", clock=6)
+    r = _register(s, "w2")  # its first process is alive (heartbeat just now)
+    assert r["status"] == "error" and "is registered and sending heartbeats" in r["message"]
+    assert s.workers["w2"]["alive"]
+    for w in ("w0", "w2"):
+        s.workers[w]["last_hb"] -= 1.0  # both stopped a second ago, not yet declared dead
+    assert _register(s, "w2")["status"] == "member"  # its own shard only: exact
+    r = _register(s, "w0")
+    assert r["status"] == "error" and "restarted after it had inherited" in r["message"]
+    assert not s.workers["w0"]["alive"] and s.workers["w2"]["shards"] == [2, 0, 1]
+    assert "its shards went to the live workers" in r["message"]
