@@ -49,6 +49,12 @@ from .selection import POLICIES, make_policy
 log = logging.getLogger("miniclipper.management")
 
 
+class UnknownModel(KeyError):
+    """No deployed model by that name and version (HTTP 404). A class of its own, as
+    :class:`.query_processor.UnknownApp`: only these two mean "not found"; any other
+    KeyError in an endpoint is a bug, answered 500 and logged with its traceback."""
+
+
 def management_app(server: ClipperServer, bind_host: str = rpc.LOOPBACK) -> web.Application:
     qp, ex, sup = server.qp, server.executor, server.supervisor
 
@@ -59,11 +65,11 @@ def management_app(server: ClipperServer, bind_host: str = rpc.LOOPBACK) -> web.
         if (name, version) not in server.models:
             deployed = sorted(f"{n}:{v}" for n, v in server.models)
             if (name, version) in server.retired:
-                raise KeyError(f"model {name}:{version} was stopped; deployed: {deployed}")
+                raise UnknownModel(f"model {name}:{version} was stopped; deployed: {deployed}")
             if not version and any(n == name for n, _ in server.retired):
-                raise KeyError(f"model {name} has no current version (it was stopped); "
+                raise UnknownModel(f"model {name} has no current version (it was stopped); "
                                f"deployed: {deployed}")
-            raise KeyError(f"no model {name}:{version or '?'}; deployed: {deployed}")
+            raise UnknownModel(f"no model {name}:{version or '?'}; deployed: {deployed}")
         return name, version
 
     async def add_app(doc: dict[str, Any]) -> Any:
@@ -369,7 +375,7 @@ def management_app(server: ClipperServer, bind_host: str = rpc.LOOPBACK) -> web.
                     return web.json_response(await fn(doc), dumps=dumps_strict)
             except BadRequest as e:
                 return error_json(400, "Bad request", str(e))
-            except (KeyError, UnknownApp) as e:
+            except (UnknownModel, UnknownApp) as e:
                 return error_json(404, "Not found", e.args[0] if e.args else str(e))
             except ReplicaFailure as e:
                 return error_json(500, "Replica failure", str(e))

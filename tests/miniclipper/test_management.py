@@ -2,14 +2,18 @@
 management_checks.py) spoken directly: what it refuses and why, its answers to edge
 cases, and its container controls."""
 
+import asyncio
 import json
 import os
 import time
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
 from systems.miniclipper import ClipperException, deploy_python_closure
 from systems.miniclipper.deployers import save_python_closure
+from systems.miniclipper.frontend import ClipperServer
+from systems.miniclipper.management import management_app
 
 from .conftest import post, scrape, versioned
 
@@ -313,3 +317,22 @@ def test_container_control_slows_every_replica_of_the_model(clipper, tmp_path):
     assert code == 404 and "no model nope" in r["cause"]
     code, r = post(f"{mgmt}/container_control", {"model_name": "slow", "slowdown": "2"})
     assert code == 400 and "should be int or float" in r["cause"]
+
+
+def test_only_an_unknown_app_or_model_is_a_404_and_a_bug_is_a_500_with_its_name(tmp_path):
+    """Every KeyError used to answer 404, so a bug (a lookup that should never fail)
+    read as "not found", its cause a bare key. The server here is the real one, in this
+    process; the bug is simulated by a model record with no batch log behind it."""
+    async def main():
+        server = ClipperServer(str(tmp_path))
+        server.models[("m", "1")] = {"model_name": "m", "model_version": "1"}
+        out = []
+        async with TestClient(TestServer(management_app(server))) as c:
+            for body in ({"model_name": "m", "model_version": "1"},
+                         {"model_name": "zz", "model_version": "1"}):
+                r = await c.post("/admin/get_batch_log", json=body)
+                out.append((r.status, (await r.json())["cause"]))
+        return out
+    (bug, bug_cause), (missing, missing_cause) = asyncio.run(main())
+    assert bug == 500 and bug_cause == "/admin/get_batch_log: KeyError: ('m', '1')"
+    assert missing == 404 and missing_cause == "no model zz:1; deployed: ['m:1']"
