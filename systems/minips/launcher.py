@@ -119,8 +119,13 @@ def launch(spec: ClusterSpec, run_dir: str | Path | None = None,
                     cl.signal(f["kill"], signal.SIGKILL)
                 elif "freeze" in f:
                     cl.signal(f["freeze"], signal.SIGSTOP)
-                    threading.Timer(f.get("for", 2.0), cl.signal,
-                                    (f["freeze"], signal.SIGCONT)).start()
+                    thaw = threading.Timer(f.get("for", 2.0), cl.signal,
+                                           (f["freeze"], signal.SIGCONT))
+                    # a freeze that outlasts the job must not hold the launcher's exit
+                    # (stopping the cluster wakes a stopped process before it ends it)
+                    thaw.daemon = True
+                    thaw.start()
+                    stack.callback(thaw.cancel)
 
         cl.wait_workers(timeout, on_tick=tick)
         bar.n = total

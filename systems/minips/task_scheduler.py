@@ -58,8 +58,12 @@ class TaskScheduler:
         orphans = [s for s in w["shards"] if self.progress[s] < self.config["steps"]]
         w["shards"] = []
         for s in orphans:
-            # a worker that has reported is leaving: a shard given to it would never end
-            live = [n for n, x in self.workers.items() if x["alive"] and not x.get("exited")]
+            # a worker that has reported is leaving: a shard given to it would never end;
+            # nor is a restarted one an heir: it redoes its own clocks from 0, which
+            # the servers drop as resends, and an inherited shard's minibatches sent
+            # at those clocks would be dropped too (register_worker)
+            live = [n for n, x in self.workers.items()
+                    if x["alive"] and not x.get("exited") and not x.get("restarted")]
             if not live:  # every other worker has reported or died: nobody can run it
                 self.log("shard_orphaned", shard=s, progress=self.progress[s],
                          hint="no worker can finish it: stop the job and restart it, "
@@ -115,7 +119,8 @@ class TaskScheduler:
         the mapping depends on when the shard came, so the new process would push other
         minibatches at clocks the servers drop as resends (lost) or at clocks the old
         one never used (applied twice): it is declared dead now and refused, and its
-        shards go to heirs."""
+        shards go to heirs. For the same reason an allowed restart is never an heir
+        itself (:meth:`remove_worker`)."""
         if name not in self.workers:
             return {"status": "error", "message": f"unknown worker {name!r}; expected one "
                                                   f"of {sorted(self.workers)}"}
@@ -129,7 +134,8 @@ class TaskScheduler:
         if w.get("registered") and w.get("inherited") and not w.get("exited"):
             self.remove_worker(name, "restarted after it inherited a shard")
             return {"status": "error", "message": self.no_rejoin(name, restarted=True)}
-        w.update(addr=meta.get("addr"), last_hb=now, registered=True)
+        w.update(addr=meta.get("addr"), last_hb=now, restarted=bool(w.get("registered")),
+                 registered=True)
         return {"status": "member", "config": self.config, "shards": w["shards"]}
 
     def worker_heartbeat(self, name: str, meta: dict, now: float) -> bool:

@@ -167,6 +167,31 @@ def test_a_silent_server_is_removed_after_hb_timeout_not_worker_timeout():
     assert all(w["alive"] for w in s.workers.values())
 
 
+def test_a_pause_of_the_scheduler_itself_is_not_taken_for_the_servers_silence():
+    """SIGSTOP of the scheduler for 1.5 s (or a stall of its VM): on waking, its
+    monitor found every server silent for longer than hb_timeout, removed them one by
+    one, and failed the job as "values lost" though no server had died. Time the
+    monitor did not run is excused; silence while it ran is still judged."""
+    s = in_process_scheduler(hb_timeout=1.0)
+    t = time.monotonic()
+    for n in ("s0", "s1", "s2"):
+        s.servers[n] = {"addr": n, "alive": True, "incarnation": 0, "last_hb": t}
+    s.commit(["s0", "s1", "s2"], "initial")
+    s.last_check = t
+    s.check_nodes(t + 1.5)  # the first round after a pause of 1.5 s
+    assert s.failure is None and s.ring_servers == ["s0", "s1", "s2"]
+    assert [e["kind"] for e in s.events][-1] == "scheduler_stalled"
+    for k in range(1, 80):  # the monitor runs every 0.025 s; s2 stays silent
+        now = t + 1.5 + 0.025 * k
+        for n in ("s0", "s1"):
+            s.servers[n]["last_hb"] = now
+        s.check_nodes(now)
+        if s.ring_servers == ["s0", "s1"]:
+            break
+    assert s.ring_servers == ["s0", "s1"] and s.failure is None
+    assert 0.9 < now - (t + 1.5) < 1.1  # judged over the time the monitor ran
+
+
 def test_after_the_job_failed_every_new_request_fails_at_once_with_the_reason(
         one_copy_pushed):
     """recovery._job_failed: once the scheduler ends the job (a server died holding the
@@ -212,11 +237,41 @@ def test_a_range_no_live_server_holds_fails_the_job_once_the_gap_outlasts_the_gr
     assert s.failure is None  # a copy may be in flight for a moment
     s.check_copies(11.0)
     assert "no live server holds a complete copy of key ranges [300, 500) (200 keys)" \
-        in s.failure and "['s1'] died" in s.failure
+        in s.failure and "servers s1 left the ring" in s.failure
     assert heartbeat(s, "w0")["failure"] == s.failure  # every node learns it
     r = decode(asyncio.run(s.Register(encode({"role": "server", "name": "s1",
                                               "addr": "s1"}), None)))[0]
     assert r["status"] == "failed"  # a restarted server does not try to join forever
+
+
+def test_the_lost_ranges_name_every_server_that_left_even_one_that_came_back():
+    """s0 froze past hb_timeout and was declared dead; s1 died before s0's ranges were
+    copied again. s0 woke and registers to join, alive again: the failure named only
+    s1, one death, which replication 2 is documented to survive."""
+    s = _ring_of_three(loss_grace_s=1.0)
+    s.remove_server("s0", "no heartbeat")
+    r = decode(asyncio.run(s.Register(encode({"role": "server", "name": "s0",
+                                              "addr": "s0"}), None)))[0]
+    assert r["status"] == "join"
+    s.remove_server("s1", "no heartbeat")
+    _report(s, "s2", [(500, 1000)])
+    s.check_copies(10.0)
+    s.check_copies(11.0)
+    assert "servers s0 (declared dead, since back), s1 left the ring, more at once than " \
+        "replication 2 survives" in s.failure
+
+
+def test_servers_that_left_while_every_range_kept_a_copy_are_not_named_later():
+    s = _ring_of_three(loss_grace_s=1.0)
+    s.remove_server("s0", "no heartbeat")
+    _report(s, "s1", [(0, 600)])
+    _report(s, "s2", [(400, 1000)])
+    s.check_copies(5.0)  # every range has a copy again: s0's leaving cost nothing
+    s.remove_server("s1", "no heartbeat")
+    _report(s, "s2", [(400, 1000)])
+    s.check_copies(10.0)
+    s.check_copies(11.0)
+    assert "servers s1 left the ring" in s.failure and "s0" not in s.failure
 
 
 def test_a_gap_that_closes_within_the_grace_or_an_old_report_fails_nothing():
