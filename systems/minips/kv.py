@@ -193,7 +193,7 @@ class KVWorker(Recovery, Records):
         self.auto_clock = clock
         return clock
 
-    def tick(self, clock: int, wait: int | None = None) -> int:
+    def tick(self, clock: int) -> int:
         """Tell every server that this worker has finished all clocks up to ``clock``
         with nothing more to push: a push of no keys over the whole key space.
 
@@ -201,9 +201,11 @@ class KVWorker(Recovery, Records):
         others' clock (section 4.6) would otherwise leave its own clock, on every server,
         where it stopped, and its first pull, which waits for every worker to reach the
         clock before it, would wait for itself for ever (and every other worker's pull
-        with it). ``wait`` is the push's BSP dependency, as for :meth:`push`."""
+        with it). It carries no value any pull could see, so it waits for nothing (BSP's
+        push dependency, held on the others' pulls, deadlocked two heirs that rejoined
+        a few ms apart: each waited for the other)."""
         return self.push(np.zeros(0, M.KEY_DTYPE), np.zeros((0, self.val_len), M.VAL_DTYPE),
-                         clock=clock, wait=wait, copy=False)
+                         clock=clock, copy=False)
 
     def pull(self, keys: np.ndarray, clock: int | None = None, wait: int | None = None,
              key_range: tuple[int, int] | None = None, copy: bool = True) -> int:

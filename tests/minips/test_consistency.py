@@ -183,7 +183,7 @@ def test_a_worker_that_skips_clocks_ticks_or_its_own_pull_waits_for_it(make_clus
         ts = w1.pull(keys, clock=10, wait=9)
         with pytest.raises(TimeoutError, match="finished clock 9"):
             w1.wait(ts, timeout=1.0)  # held on w1's own clock 1
-        w1.tick(9, wait=9)  # with BSP's push dependency, as the worker sends it
+        w1.tick(9)
         got = w1.wait(ts, timeout=10)
         np.testing.assert_array_equal(got, np.full((64, 1), 12.0))  # 10 + 2 pushes, no more
     finally:
