@@ -81,6 +81,7 @@ class KVServer(Membership):
 
     def reset(self) -> None:
         """Forget all data (start, or rejoin after being declared dead)."""
+        old_gate = getattr(self, "gate", None)
         self.store: KVStore | None = None
         self.clocks: VectorClock | None = None
         self.gate: DependencyGate | None = None
@@ -93,6 +94,12 @@ class KVServer(Membership):
         self.member = False
         if self.config:
             self.configure(self.config)
+        if old_gate is not None:
+            # Pulls and BSP pushes held on the old gate would never be woken again (a
+            # new gate replaces it): wake them now, so they see the epoch change and
+            # answer STALE, and the worker resends to the new ring. A pull held across
+            # a rejoin waited for its 600 s deadline, and under BSP the whole job with it.
+            old_gate.notify()
 
     def configure(self, config: dict[str, Any]) -> None:
         self.config = config
