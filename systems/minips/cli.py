@@ -142,7 +142,9 @@ def _check_paths(a: argparse.Namespace, spec: Any) -> None:
                          f"be mixed into this run's; give an empty or new directory")
     if a.restore:  # (launch() reads it again; here, before the directory below is made)
         from .checkpoint import resume_clock
+        from .launcher import check_resumable
 
+        check_resumable(spec)
         resume_clock(a.restore, a.steps, spec.workers, spec.config(None)["key_max"])
     if a.checkpoint:  # the servers write there at the end: a write probe now, the last
         try:          # check, since it makes the directory

@@ -132,6 +132,8 @@ class DependencyGate:
             self.held_pulls += 1
         elif wait is not None and held > 1e-4:  # a push, held on the pull clock
             self.held_pushes += 1
-        if clock is not None and self.workers and clocks is None:
-            self.max_gap = max(self.max_gap, clock - (self.reached(ranges) + 1))
+        reached = self.reached(ranges, clocks)
+        if clock is not None and self.workers and clocks is None and \
+                (wait is None or reached >= wait):  # not a pull woken by a ring change:
+            self.max_gap = max(self.max_gap, clock - (reached + 1))  # it is not served
         return held

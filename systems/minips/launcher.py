@@ -69,6 +69,16 @@ class Monitor:
                 return
 
 
+def check_resumable(spec: ClusterSpec) -> None:
+    """What a resumed job cannot do, said before the key-space check of
+    ``checkpoint.resume_clock`` blames the app or the model size for it."""
+    if spec.audit:
+        raise ValueError("--audit cannot check a resumed job: its counters' key region is "
+                         "sized by --steps, which a resumed job raises, so the checkpoint's "
+                         "key space no longer fits; resume without --audit (the count "
+                         "app's tally, with its own steps, still checks every minibatch)")
+
+
 def launch(spec: ClusterSpec, run_dir: str | Path | None = None,
            eval_every_s: float | None = 1.0,
            faults: list[dict] | None = None, progress: bool = True,
@@ -86,6 +96,7 @@ def launch(spec: ClusterSpec, run_dir: str | Path | None = None,
 
     faults = sorted(faults or [], key=lambda f: f["at"])
     if restore:
+        check_resumable(spec)
         spec = replace(spec, start_clock=resume_clock(restore, spec.steps, spec.workers,
                                                       spec.config(None)["key_max"]))
     with Cluster(spec, run_dir) as cl, contextlib.ExitStack() as stack:

@@ -33,12 +33,18 @@ class Membership:
     """Mixed into :class:`.server.KVServer` (uses its config, lock and replication)."""
 
     async def register(self) -> None:
-        """Join the cluster: as an initial member, or at run time with pre-copy."""
-        told = False
+        """Join the cluster: as an initial member, or at run time with pre-copy.
+
+        A reset (declared dead while frozen, :meth:`rejoin`) starts a registration of
+        its own; one begun before it stops at its next step, or two joins of one server
+        would race (the old one completed the new one's join with wiped copies)."""
+        told, generation = False, self.generation
         while not self.stopping.is_set():
             r = M.decode(await self.sched_call("Register")(
                 M.encode({"role": "server", "name": self.name, "addr": self.addr}),
                 timeout=5.0))[0]
+            if self.generation != generation:
+                return
             if not self.config:
                 self.configure(r["config"])
             if r["status"] == "member":
@@ -48,6 +54,8 @@ class Membership:
                 self.incarnation = r["incarnation"]
                 if await self.repl.join(r):
                     self.member = True
+                    return
+                if self.generation != generation:
                     return
             # failed: the job has ended, nothing to join; duplicate: another live server
             # has our name (ask again: it may die)

@@ -266,6 +266,11 @@ class Scheduler(TaskScheduler):
         name = meta["name"]
         if self.joining != name or meta["epoch"] != self.epoch + 1:
             return encode({"ok": False, "epoch": self.epoch})  # the ring moved: pre-copy again
+        if meta.get("incarnation") != self.servers[name]["incarnation"]:
+            # a join the server abandoned when it was reset (frozen during its pre-copy,
+            # declared dead, registered again): its copies are gone, so it must not
+            # complete the join of the new registration, which has copied nothing yet
+            return encode({"ok": False, "epoch": self.epoch})
         self.joining = None
         self.commit(self.ring_servers + [name], f"join: {name}")
         return encode({"ok": True, **self.ring_info()})

@@ -82,6 +82,7 @@ class KVServer(Membership):
     def reset(self) -> None:
         """Forget all data (start, or rejoin after being declared dead)."""
         old_gate = getattr(self, "gate", None)
+        self.generation = getattr(self, "generation", -1) + 1  # (Membership.register)
         self.store: KVStore | None = None
         self.clocks: VectorClock | None = None
         self.gate: DependencyGate | None = None

@@ -400,6 +400,8 @@ class RingTransitions:
                 timeout=10.0)
         except (grpc.RpcError, KeyError):
             return None
+        if self.s.repl is not self:  # the server was reset meanwhile: not its data now
+            return None
         meta, keys, vals, extra = M.decode(out)
         self.s.metrics.wire(received=len(out))
         if meta.get("code", M.OK) != M.OK:
@@ -421,9 +423,16 @@ class RingTransitions:
             for pc in current.overlapping(b, e):
                 if await self.fetch(pc.master, [(pc.begin, pc.end)], track=True) is None:
                     return False
+                if s.repl is not self:  # the server was reset under us (declared dead
+                    return False        # while frozen): that join is its own now
         self.s.metrics.inc("joins")
+        # the incarnation of this join's registration: a join abandoned by a reset must
+        # not complete the new one's (the scheduler checks it)
         r = M.decode(await s.sched_call("JoinReady")(
-            M.encode({"name": s.name, "epoch": pending.epoch}), timeout=5.0))[0]
+            M.encode({"name": s.name, "epoch": pending.epoch,
+                      "incarnation": reg["incarnation"]}), timeout=5.0))[0]
+        if s.repl is not self:
+            return False
         if not r["ok"]:
             s.reset()
             return False

@@ -51,6 +51,29 @@ def test_gate_releases_a_pull_when_the_last_worker_reaches_the_clock():
     asyncio.run(scenario())
 
 
+def test_a_pull_woken_by_a_ring_change_is_not_counted_in_the_staleness_bound():
+    """``max_gap``, the most clocks a served pull was ahead of the slowest worker, is
+    what the SSP tests read as "the bound holds". A pull woken by a ring change leaves
+    the gate with its dependency unmet and is answered STALE, never served; it was
+    counted, and after any failover the metric read above tau."""
+    async def scenario():
+        vc = VectorClock(100)
+        gate = DependencyGate(vc)
+        gate.workers = ["w0", "w1"]
+        vc.of("w0").set(0, 100, 5)
+        vc.of("w1").set(0, 100, 3)
+        valid = [True]
+        task = asyncio.ensure_future(gate.wait([(0, 100)], 5, 6, lambda: valid[0]))
+        await asyncio.sleep(0.05)
+        valid[0] = False  # the epoch moved
+        gate.notify()
+        await asyncio.wait_for(task, 1)
+        unserved = gate.max_gap
+        await gate.wait([(0, 100)], 3, 4, lambda: True)  # served: w1 is at 3, w0 at 5
+        return unserved, gate.max_gap
+    assert asyncio.run(scenario()) == (0, 0)
+
+
 def test_a_held_bsp_push_is_counted_as_a_push_not_as_a_pull():
     """``held_pulls`` (and the seconds pulls were held, the paper's waiting time) counted
     BSP pushes held on the pull clock: a job where no pull waited reported held pulls."""

@@ -499,6 +499,10 @@ def test_a_failed_launch_leaves_no_monitor_polling_behind(tmp_path):
     # registered as 0.0.0.0:PORT, so every other machine dialled itself, for ever
     (["--role", "server", "--scheduler", "127.0.0.1:1", "--host", "0.0.0.0"],
      "the other nodes dial it"),
+    # the audit's key region grows with --steps: the refusal blamed "another app or
+    # model size?"
+    (["--app", "count", "--audit", "2", "--restore", "/nonexistent"],
+     "--audit cannot check a resumed job"),
 ])
 def test_launch_refuses_what_would_fail_later_in_one_line(argv, why, capsys):
     from common.cli import main

@@ -144,6 +144,28 @@ def test_a_second_live_server_with_the_same_name_is_refused_not_swapped_in():
     assert "its own --name" in second["message"] and addr == "10.0.0.2:5000"
 
 
+def test_a_join_abandoned_by_its_servers_reset_cannot_complete_the_next_one():
+    """s3 joins, is frozen during its pre-copy and dropped, wakes, resets and registers
+    again (incarnation 1). Its first join, still running in the same process, finished
+    and called JoinReady: with the same name and pending epoch it was let in, and the
+    ring took a master whose copies the reset had wiped (with replication 1 the job then
+    failed as "values lost"). Only the incarnation the pending ring went to may switch."""
+    s = _ring_of_three()
+
+    def call(method, **meta):
+        return decode(asyncio.run(getattr(s, method)(encode(meta), None)))[0]
+    first = call("Register", role="server", name="s3", addr="s3")
+    assert first["status"] == "join" and first["incarnation"] == 0
+    s.remove_server("s3", "no heartbeat")  # frozen during its pre-copy
+    again = call("Register", role="server", name="s3", addr="s3")
+    assert again["status"] == "join" and again["incarnation"] == 1
+    epoch = again["pending"]["epoch"]
+    assert not call("JoinReady", name="s3", epoch=epoch, incarnation=0)["ok"]
+    assert "s3" not in s.ring_servers and s.joining == "s3"  # the new join goes on
+    assert call("JoinReady", name="s3", epoch=epoch, incarnation=1)["ok"]
+    assert "s3" in s.ring_servers
+
+
 def test_a_silent_server_is_removed_after_hb_timeout_not_worker_timeout():
     """Servers are judged by hb_timeout (0.3 s here), workers by worker_timeout (30 s)."""
     s = in_process_scheduler()
