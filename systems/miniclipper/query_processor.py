@@ -109,8 +109,17 @@ class QueryProcessor:
         return what the policy selects from: the awake ones. Links are by name, so a
         model whose versions were all stopped stays linked; it is not chosen until a
         version serves again (Clipper would send it queries that wait out their SLO),
-        even by a policy that does not look at ``asleep``."""
-        asleep = frozenset(m for m in app.state.weights if m not in self.current_version)
+        even by a policy that does not look at ``asleep``.
+
+        A model whose current version runs no replica (scaled to 0, or its restarts
+        given up: ``TaskExecutor.unavailable``) sleeps too while another linked model
+        serves: drawn, it could only answer the default, and no feedback would ever
+        lower its weight, so its share of the traffic stayed defaults for good. When
+        no linked model serves, they are drawn as before, and the default says why."""
+        weights, cur = app.state.weights, self.current_version
+        stopped = {m for m in weights if m not in cur}
+        down = {m for m in weights if m in cur and (m, cur[m]) in self.executor.unavailable}
+        asleep = frozenset(stopped | down if len(stopped | down) < len(weights) else stopped)
         app.state.asleep = asleep
         if not asleep:
             return app.state

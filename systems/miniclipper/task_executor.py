@@ -188,7 +188,10 @@ class TaskExecutor:
                 queue.promote(entry.task, deadline)  # served by the earlier deadline
                 entry.task.slo = min(entry.task.slo, slo)  # and its batch sized for it
             futures.append(entry.future)
-        if new and model in self.unavailable:
+        if new and model in self.stopping:  # a query pinned to a version being stopped
+            for t in new:  # (queued now, it would outlive the queue and wait out its SLO)
+                self._fail(t, ModelStopped(self.stopping[model]))
+        elif new and model in self.unavailable:
             for t in new:
                 self._fail(t, ContainerDied(self.unavailable[model]))
         elif new:

@@ -136,6 +136,7 @@ class _Failing:
 
     def __init__(self, errors):
         self.errors = errors
+        self.unavailable = {}  # every model has replicas (QueryProcessor.wake reads it)
 
     def schedule_all(self, calls, deadline, slo, traced=False):
         out = []
@@ -168,3 +169,23 @@ def test_a_task_dropped_from_its_queue_at_its_deadline_is_explained_as_the_slo(
     (r,) = asyncio.run(qp.predict("app", [[1.0]], time.monotonic()))
     assert r["default"] is True and r["output"] == -1.0
     assert r["default_explanation"] == why
+
+
+def test_exp3_does_not_draw_a_model_that_runs_no_replica_while_another_serves(ensemble):
+    """A linked model scaled to 0 replicas (or whose restarts were given up) has a
+    current version, so it was not asleep: Exp3 drew it at its full share, each such
+    query answered the default, and feedback never lowered its weight (it outputs
+    nothing to score), so half the answers stayed defaults for good. It sleeps now
+    while the other model serves, and wakes when a replica runs again."""
+    c = ensemble
+    deploy_python_closure(c, "idle", 1, "doubles", _right, num_replicas=0)
+    c.register_application("sleepy", "doubles", -1, 10_000_000, selection_policy="exp3")
+    for m in ("right", "idle"):
+        c.link_model_to_app("sleepy", m)
+    outs = c.predict("sleepy", batch=[[float(k), 0.75] for k in range(40)])
+    assert all(not r["default"] and r["output"] == k
+               for k, r in enumerate(outs["batch_predictions"])), outs
+    assert c.get_app_info("sleepy")["selection_state"]["asleep"] == ["idle"]
+    c.set_num_replicas("idle", 1)
+    c.predict("sleepy", [1.0, 0.75])
+    assert c.get_app_info("sleepy")["selection_state"]["asleep"] == []

@@ -138,6 +138,7 @@ class _Done:
 
     def __init__(self, f):
         self.f, self.calls = f, []
+        self.unavailable = {}  # every model has replicas (QueryProcessor.wake reads it)
 
     def schedule_all(self, calls, deadline, slo, traced=False):
         return [self.schedule(model, inputs, deadline, slo) for model, inputs, _ in calls]

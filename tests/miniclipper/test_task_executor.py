@@ -313,3 +313,21 @@ def test_a_batch_of_two_slos_is_sized_for_the_tighter_one():
         return outs
     assert asyncio.run(main()) == [2.0, 4.0]
     assert told == [(2, 0.01 * 0.5)]
+
+
+def test_a_query_for_a_version_being_stopped_is_answered_at_once_not_at_its_slo():
+    """Between stop_model (which answers what is queued) and remove_model (which drops
+    the queue), a query pinned to that version was queued, then left behind with the
+    queue: it waited its whole SLO and read as an SLO miss. It is answered at once."""
+    from systems.miniclipper.task_executor import ModelStopped
+
+    async def main():
+        ex = TaskExecutor(PredictionCache(), Metrics(), lambda rep, why: None)
+        ex.add_model(("m", "1"), "floats", BatchingConfig())
+        ex.stop_model(("m", "1"), "model m:1 was stopped (delete_versioned_model)")
+        (fut,) = ex.schedule(("m", "1"), [np.ones(3)], time.monotonic() + 60, 60.0)
+        await asyncio.sleep(0)
+        return fut, len(ex.queues[("m", "1")].take_all())
+    fut, queued = asyncio.run(main())
+    assert queued == 0 and isinstance(fut.exception(), ModelStopped)
+    assert "was stopped" in str(fut.exception())
