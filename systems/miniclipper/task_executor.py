@@ -33,6 +33,7 @@ from typing import Any
 import grpc
 
 from common import rpc
+from common.stalls import LoopWatchdog
 from common.trace import TraceWriter, now_us
 
 from .batching import BatchController, BatchingConfig, make_controller
@@ -49,6 +50,7 @@ MAX_RETRIES = 2
 # slow batch; a test sets it lower through the environment, as for supervisor.py's
 # restart settings.
 RPC_TIMEOUT_FLOOR_S = float(os.environ.get("CLIPPER_RPC_TIMEOUT_FLOOR_S", "5.0"))
+STALL_EXCUSED_S = 1.0  # a stall of the frontend this long excuses one timeout (_send)
 log = logging.getLogger("miniclipper.executor")
 
 
@@ -108,6 +110,7 @@ class TaskExecutor:
         self.batch_log: dict[tuple[str, str], deque] = {}
         self.unavailable: dict[tuple[str, str], str] = {}  # model -> why no replica runs
         self.stopping: dict[tuple[str, str], str] = {}  # model -> why (stop_model)
+        self.watchdog = LoopWatchdog()  # our own stalls excuse a late reply (_send)
         self._batch_ids = itertools.count()
         self._traced_pids: set[int] = set()  # container rows named in the trace already
 
@@ -261,13 +264,32 @@ class TaskExecutor:
         if again:
             self.queues[tasks[0].model].put(again, bounded=False)
 
+    async def _exchange(self, rep: Replica, req: bytes) -> Any:
+        await rep.stream.write(req)
+        return await rep.stream.read()
+
     async def _send(self, rep: Replica, req: bytes, batch_id: int, timeout: float,
                     ) -> tuple[dict[str, Any], list[Any], list[int]]:
         """One batch over the replica's stream: write it, read its reply. Raises on a
-        dead, hung (``timeout``) or confused (wrong ``batch_id``) container."""
-        async with asyncio.timeout(timeout):
-            await rep.stream.write(req)
-            resp = await rep.stream.read()
+        dead, hung (``timeout``) or confused (wrong ``batch_id``) container.
+
+        A timeout during which this frontend itself did not run for a second or more
+        (SIGSTOP, a stalled VM: ``common.stalls``) is not the container's fault: its
+        reply may be waiting unread in the socket. The batch then gets one more
+        ``timeout``; before, a pause of 7 s restarted every replica with a batch in
+        flight, reloading healthy models just as the backlog had to be served."""
+        self.watchdog.start()
+        t0 = time.monotonic()
+        exchange = asyncio.ensure_future(self._exchange(rep, req))
+        try:
+            try:
+                resp = await asyncio.wait_for(asyncio.shield(exchange), timeout)
+            except TimeoutError:
+                if self.watchdog.stalled_since(t0) < STALL_EXCUSED_S:
+                    raise
+                resp = await asyncio.wait_for(asyncio.shield(exchange), timeout)
+        finally:
+            exchange.cancel()  # (done: no-op) timed out, or this loop was cancelled
         if resp is grpc.aio.EOF:
             raise ConnectionError("the container closed its stream")
         meta, outputs, sizes = decode_outputs(resp)

@@ -331,3 +331,35 @@ def test_a_query_for_a_version_being_stopped_is_answered_at_once_not_at_its_slo(
     fut, queued = asyncio.run(main())
     assert queued == 0 and isinstance(fut.exception(), ModelStopped)
     assert "was stopped" in str(fut.exception())
+
+
+def test_a_pause_of_the_frontend_itself_does_not_condemn_a_replica_that_answered():
+    """The frontend stopped (SIGSTOP, a stalled VM) longer than the hang timeout while
+    a batch was out: on resume the timer fired before the reply waiting in the socket
+    was read, and the healthy replica was restarted (4 of 4 runs of a 7 s pause). The
+    loop is blocked here for 1.5 s, three hang timeouts; the reply comes as gRPC's
+    own thread hands it over once the process runs again, 0.1 s after."""
+    import threading
+
+    class _Answering(_SumStream):
+        async def read(self):
+            reply = await self.replies.get()
+            loop, got = asyncio.get_running_loop(), asyncio.Future()
+            threading.Timer(1.6, loop.call_soon_threadsafe, (got.set_result, reply)).start()
+            return await got
+
+    async def main():
+        failures = []
+        ex = TaskExecutor(PredictionCache(), Metrics(), lambda rep, why: failures.append(why),
+                          rpc_timeout_floor_s=0.5)
+        ex.add_model(("m", "1"), "doubles", BatchingConfig("static", size=1, max_size=1))
+        qp = _app_on_one_model(ex, slo_micros=20_000)  # hung after max(0.5 s, 20 SLOs)
+        _start_replica(ex, 0, _Answering())
+        job = asyncio.ensure_future(qp.predict("app", [np.full(2, 1.5)], time.monotonic()))
+        await asyncio.sleep(0.05)  # the batch is out
+        time.sleep(1.5)  # the whole frontend stops
+        await job  # (the default, at the 20 ms SLO)
+        await asyncio.sleep(0.4)  # the reply arrives 0.1 s after the resume
+        return failures, [row[1] for row in ex.batch_log[("m", "1")]]
+    failures, batches = asyncio.run(main())
+    assert failures == [] and batches == [1]  # the batch was answered, nobody restarted
