@@ -252,6 +252,12 @@ def _load(args: argparse.Namespace) -> dict[str, Any]:
         print(f"note: the load generator itself fell behind (p99 {s['send_late_p99_ms']:.1f} "
               f"ms late sending), and the latencies above include that: they describe "
               f"this process as much as the server; give a lower --rate", file=sys.stderr)
+    if s.get("connecting_p99_ms", 0.0) > max(1.0, 0.1 * args.slo_ms):
+        print(f"note: the server was slow to accept connections (p99 "
+              f"{s['connecting_p99_ms']:.1f} ms connecting; a stalled server's listen "
+              f"queue fills, and the kernel makes new clients retry after 1 s, 3 s...): "
+              f"that wait is in the latencies above, and it is the server's",
+              file=sys.stderr)
     return {**s, "plot": png}
 
 

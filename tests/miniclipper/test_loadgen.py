@@ -186,6 +186,46 @@ def test_the_generator_measures_how_late_it_sent(stalling_server):
     assert pooled["send_late_p99_ms"] > 100, pooled["send_late_p99_ms"]
 
 
+def test_a_server_that_does_not_accept_is_not_taken_for_the_generators_lag():
+    """A stalled server's listen queue fills and the kernel drops new clients' SYNs,
+    which retry after 1 s: that wait was counted as the generator sending late, and the
+    CLI told the user to lower a rate the generator sent with 3 ms of lag. It is
+    reported apart, as time spent connecting."""
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(0)  # room for about one; nothing accepts for the first 1.2 s
+    port = sock.getsockname()[1]
+    stop = threading.Event()
+
+    async def serve():
+        await asyncio.sleep(1.2)
+
+        async def handler(request):
+            return web.json_response({"output": 1, "default": False})
+        app = web.Application()
+        app.add_routes([web.post("/a/predict", handler)])
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.SockSite(runner, sock).start()
+        while not stop.is_set():
+            await asyncio.sleep(0.05)
+        await runner.cleanup()
+    th = threading.Thread(target=asyncio.run, args=(serve(),))
+    th.start()
+    try:
+        out = run(LoadSpec(f"http://127.0.0.1:{port}/a/predict", [[1.0]],
+                           phases=[(0.4, 50.0)], slo_s=0.05, timeout_s=10.0))
+    finally:
+        stop.set()
+        th.join(10)
+        sock.close()
+    assert out["ok"] == out["sent"] > 0
+    assert out["connecting_p99_ms"] > 500, out["connecting_p99_ms"]
+    assert out["send_late_p99_ms"] < 100, out["send_late_p99_ms"]
+
+
 def test_runs_in_its_own_process(stalling_server):
     s = stalling_server
     s["t0"], s["stalled"] = time.monotonic() + 100, False  # no stall this time
