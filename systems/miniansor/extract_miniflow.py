@@ -54,8 +54,8 @@ def gemm_epilogue(mm, consumers, fetched: frozenset | set = frozenset(),
         if t0 or t1 or ext[j0][0] is not mm:
             return Epilogue(), None
         bias_shape = ext[j1][0].out_specs[ext[j1][1]][1]
-        if bias_shape != (n,):
-            return Epilogue(), None
+        if n is None or bias_shape != (n,):  # (an unknown N: a [None] bias may be (1,),
+            return Epilogue(), None          # which broadcasts, and no kernel takes)
         if len(body) == 1:
             return Epilogue(bias=True), fused
         if body[1][0] == "Relu" and body[1][2] == [(True, 0)]:
@@ -86,6 +86,13 @@ def extract_tasks_from_miniflow(fetches, feeds=(), batch: int = 32, dtype: str |
             if a is None or out is None or len(out) not in (2, 3):
                 continue
             k = a[-2] if n.attrs["transpose_a"] else a[-1]
+            b = n.inputs[1][0].out_specs[n.inputs[1][1]][1]
+            a_k = n.inputs[0][0].out_specs[n.inputs[0][1]][1]
+            if (a_k[-2] if n.attrs["transpose_a"] else a_k[-1]) is None and b is not None:
+                # the other operand may know the contraction: batch stands in only for
+                # a dimension no input fixes (x: [None, None] times a (6, 5) constant)
+                kb = b[-1] if n.attrs["transpose_b"] else b[-2]
+                k = k if kb is None else kb
             dt = dtype or _DTYPES.get(n.out_specs[0][0].name)
             if dt is None:
                 continue

@@ -63,7 +63,10 @@ def _tuned_kernel(attrs, be, res):
             return ("gemm", (a.shape[0], b.shape[1], a.shape[1]), dtype, epi), inputs
         # a batched product, one side possibly broadcast (rank 2, or a batch of 1): the
         # bmm task of the output's batch, the broadcast side as a stride-0 batch view
-        batch = max(t.shape[0] for t in (a, b) if t.dim() == 3)
+        # broadcast as torch does: a batch of 1 against an empty one gives 0 (then no
+        # kernel takes it, and torch computes it below)
+        batch = torch.broadcast_shapes(*(t.shape[:-2] for t in (a, b)))
+        batch = batch[0] if batch else 1
         a, b = (t.expand(batch, *t.shape[-2:]) for t in (a, b))
         inputs.update(a=a, b=b)
         return ("bmm", (batch, a.shape[1], b.shape[2], a.shape[2]), dtype), inputs
@@ -109,7 +112,10 @@ def _tuned_node(n: Node, pg_consumers, fetched: set[int]) -> tuple[list[Node], N
                          n.out_specs, n.device, n.op, n.created_at, n.est_seconds)
     if n.type != "MatMul" or not {_rank(r) for r in n.inputs} <= {2, 3}:
         return None
-    plain = _rank(n.inputs[0]) == 2 and not (n.attrs["transpose_a"] or n.attrs["transpose_b"])
+    # an epilogue only for a product of two matrices, as extraction decides: rank 2
+    # times rank 3 is a batched product, whose kernel takes no bias nor activation
+    plain = all(_rank(r) == 2 for r in n.inputs) and \
+        not (n.attrs["transpose_a"] or n.attrs["transpose_b"])
     epi, fused = gemm_epilogue(n, pg_consumers, fetched) if plain else (None, None)
     inputs, top = list(n.inputs), n
     if fused is not None:

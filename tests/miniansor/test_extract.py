@@ -275,3 +275,25 @@ def test_method_matmuls_and_a_traced_layer_norm_shape_are_tasks():
     assert got == {"bmm:4x32x32x16:fp16:none": 1, "gemm:64x80x48:fp16:none": 2}
     assert keys(_TracedNorm(), torch.zeros(8, 64)) == {"layernorm:8x64:fp16:none": 1}
     assert keys(_TracedNorm(affine=False), torch.zeros(8, 64)) == {}  # cannot tell
+
+
+def test_extraction_leaves_the_users_model_and_inputs_as_they_were():
+    """Shape propagation runs the model once: on the model itself, a BatchNorm in
+    training mode took its running statistics from the example inputs (and an in-place
+    op changed the caller's tensor). TVM's extraction never runs the model."""
+    class InPlace(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(8, 8), nn.BatchNorm1d(8), nn.ReLU(),
+                                     nn.Linear(8, 4))
+
+        def forward(self, x):
+            x.mul_(2.0)
+            return self.net(x)
+    m = InPlace()
+    x = torch.randn(16, 8) * 10 + 3
+    state, x0 = {k: v.clone() for k, v in m.state_dict().items()}, x.clone()
+    tasks, _ = extract_tasks(m, (x,))
+    assert [t.key for t in tasks] == ["gemm:16x8x8:fp16:bias", "gemm:16x4x8:fp16:bias"]
+    assert all(torch.equal(v, state[k]) for k, v in m.state_dict().items())
+    assert torch.equal(x, x0)

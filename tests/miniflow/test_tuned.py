@@ -143,3 +143,59 @@ def test_a_fetched_product_is_extracted_and_run_as_the_plain_gemm(tmp_path):
         want_prod, want_y = s.run([prod, y], {x: xv})
     np.testing.assert_allclose(got_prod, want_prod, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(got_y, want_y, rtol=1e-4, atol=1e-5)
+
+
+def _tuned_and_plain(g, fetches, feeds, tasks, tmp_path):
+    """``fetches`` run with ``tasks`` tuned (3 trials each, simulated) and without."""
+    log = tmp_path / "tune.jsonl"
+    ansor.tune_tasks(tasks, trials=3 * len(tasks), device="sim", log=log, per_round=3,
+                     verify="none", progress=False)
+    cfg = mf.ConfigProto(cpu_backend="torch", kernel_library=ansor.apply_history_best(log))
+    out = []
+    for config in (cfg, None):
+        with mf.Session(graph=g, config=config) as s:
+            out.append([s.run(fetches, f) for f in feeds])
+    return out
+
+
+def test_a_matrix_times_a_batch_keeps_its_bias_and_relu_and_an_empty_batch_runs(tmp_path):
+    """``relu(x @ w + b)`` with x rank 2 and w rank 3 is a batched product, whose kernel
+    takes no epilogue: the rewrite read the product as a plain GEMM from x's rank alone,
+    swallowed the Add and ReLU, and the tuned run dropped both (max error 4.8, negative
+    "ReLU" outputs). And a batch-1 side against an empty batch raised ("expanded size
+    ... must match") where torch gives an empty result."""
+    rng = np.random.default_rng(4)
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [4, 6])
+        w = mf.constant(rng.standard_normal((2, 6, 5)).astype(np.float32))
+        b = mf.constant(rng.standard_normal(5).astype(np.float32))
+        y = mf.nn.relu(mf.matmul(x, w) + b)
+        q = mf.placeholder(mf.float32, [None, 5, 6])
+        one = q @ mf.constant(rng.standard_normal((1, 6, 7)).astype(np.float32))
+    tasks, _ = extract_tasks_from_miniflow([y, one], [x, q], batch=3)
+    assert sorted(t.key for t in tasks) == ["bmm:2x4x5x6:fp32:none", "bmm:3x5x7x6:fp32:none"]
+    feeds = [{x: rng.standard_normal((4, 6)).astype(np.float32),
+              q: rng.standard_normal((n, 5, 6)).astype(np.float32)} for n in (3, 0)]
+    tuned, plain = _tuned_and_plain(g, [y, one], feeds, tasks, tmp_path)
+    for got, want in zip(tuned, plain, strict=True):
+        for a, e in zip(got, want, strict=True):
+            assert a.shape == e.shape
+            np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-5)
+
+
+def test_extraction_takes_the_contraction_from_either_operand_and_no_unsized_bias():
+    """``x: [None, None] @ (6, 5)``: K is 6, known from w; it was read from x alone and
+    became the batch (a 32x5x32 task that never runs). And a bias of unknown length is
+    not fused (fed as (1,), it broadcasts, and no kernel takes it: the tuned run
+    raised where the untuned one ran)."""
+    g = mf.Graph()
+    with g.as_default():
+        x = mf.placeholder(mf.float32, [None, None])
+        y = x @ mf.constant(np.ones((6, 5), np.float32))
+        w = mf.placeholder(mf.float32, [6, None])
+        b = mf.placeholder(mf.float32, [None])
+        z = mf.nn.relu(mf.placeholder(mf.float32, [4, 6]) @ w + b)
+    assert [t.key for t in extract_tasks_from_miniflow(y, [x])[0]] == ["gemm:32x5x6:fp32:none"]
+    assert [t.key for t in extract_tasks_from_miniflow(z, [w, b], batch=5)[0]] == \
+        ["gemm:4x5x6:fp32:none"]
