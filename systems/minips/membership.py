@@ -35,15 +35,16 @@ class Membership:
     async def register(self) -> None:
         """Join the cluster: as an initial member, or at run time with pre-copy.
 
-        A reset (declared dead while frozen, :meth:`rejoin`) starts a registration of
-        its own; one begun before it stops at its next step, or two joins of one server
-        would race (the old one completed the new one's join with wiped copies)."""
-        told, generation = False, self.generation
+        A rejoin (declared dead while frozen) starts a registration of its own; one
+        begun before it stops at its next step, or two joins of one server would race
+        (the old one completed the new one's join with wiped copies). A join refused
+        because the ring moved resets the server too, but its registration goes on."""
+        told, registration = False, self.registration
         while not self.stopping.is_set():
             r = M.decode(await self.sched_call("Register")(
                 M.encode({"role": "server", "name": self.name, "addr": self.addr}),
                 timeout=5.0))[0]
-            if self.generation != generation:
+            if self.registration != registration:
                 return
             if not self.config:
                 self.configure(r["config"])
@@ -55,7 +56,7 @@ class Membership:
                 if await self.repl.join(r):
                     self.member = True
                     return
-                if self.generation != generation:
+                if self.registration != registration:
                     return
             # failed: the job has ended, nothing to join; duplicate: another live server
             # has our name (ask again: it may die)
@@ -130,6 +131,7 @@ class Membership:
         """Declared dead (we were frozen or cut off): drop everything, join afresh."""
         print(f"[{self.name}] declared dead by the scheduler: rejoining", flush=True)
         self.metrics.inc("rejoins")
+        self.registration += 1
         self.reset()
         try:
             await self.register()

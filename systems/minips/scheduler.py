@@ -59,6 +59,7 @@ class Scheduler(TaskScheduler):
         self.joining: str | None = None
         self.members_version = 0  # counts changes of the clock set (workers)
         self.last_check = time.monotonic()  # the monitor's last round (check_nodes)
+        self.stalls: list[tuple[float, float]] = []  # when this process did not run
         self.left_ring: list[str] = []  # servers removed since every range had a copy
         self.init_tasks(config)
         self.clients: set[str] = set()
@@ -198,22 +199,28 @@ class Scheduler(TaskScheduler):
         every key range has a copy, and end a finished job."""
         c = self.config
         stalled = now - self.last_check - c["hb_interval"] / 2
-        if stalled > c["hb_interval"]:
-            # This process did not run (SIGSTOP, a VM or swap stall, a blocked event
-            # loop): heartbeats that came meanwhile wait unread in its sockets. Silence
-            # the judge did not hear is no evidence against the nodes; without this, a
-            # pause of 1.5 s declared every server dead at once and failed the job as lost.
-            for node in (*self.servers.values(), *self.workers.values()):
-                node["last_hb"] += stalled
-            if stalled > c["hb_timeout"] / 2:  # (short ones are common on a busy machine)
-                self.log("scheduler_stalled", seconds=round(stalled, 3))
+        if stalled > c["hb_timeout"] / 2:
+            # This process did not run (SIGSTOP, a VM or swap stall): heartbeats that
+            # came meanwhile wait unread in its sockets. Silence the judge did not hear
+            # is no evidence against the nodes; without this, a pause of 1.5 s declared
+            # every server dead at once and failed the job as lost. (A round late by
+            # less is the loop being busy, heartbeats read all along: not excused.)
+            self.stalls = [*self.stalls[-15:], (now - stalled, now)]
+            self.log("scheduler_stalled", seconds=round(stalled, 3))
         self.last_check = now
+
+        def silent(node: dict, timeout: float) -> bool:
+            """Silent past ``timeout``, less our own stalls that ended within the last
+            ``timeout`` (after one, every live node has had a full timeout to be heard,
+            so a stall excuses a dead node's silence once, not for ever)."""
+            t = node["last_hb"]
+            excused = sum(e - max(b, t) for b, e in self.stalls if e > max(t, now - timeout))
+            return now - t - excused > timeout
         for name, s in list(self.servers.items()):
-            if s["alive"] and now - s["last_hb"] > c["hb_timeout"]:
+            if s["alive"] and silent(s, c["hb_timeout"]):
                 self.remove_server(name, "no heartbeat")
         for name, w in list(self.workers.items()):
-            if w["alive"] and not w.get("exited") and \
-                    now - w["last_hb"] > c["worker_timeout"]:
+            if w["alive"] and not w.get("exited") and silent(w, c["worker_timeout"]):
                 self.remove_worker(name, "no heartbeat")
         self.check_copies(now)
         if c.get("exit_when_done") and self.finished():

@@ -77,12 +77,12 @@ class KVServer(Membership):
         self.crash_how: dict[str, str] = {}
         self.config: dict[str, Any] = {}
         self.rejoining = False
+        self.registration = 0  # bumped by each rejoin: older registrations stop
         self.reset()
 
     def reset(self) -> None:
         """Forget all data (start, or rejoin after being declared dead)."""
         old_gate = getattr(self, "gate", None)
-        self.generation = getattr(self, "generation", -1) + 1  # (Membership.register)
         self.store: KVStore | None = None
         self.clocks: VectorClock | None = None
         self.gate: DependencyGate | None = None

@@ -214,6 +214,31 @@ def test_a_pause_of_the_scheduler_itself_is_not_taken_for_the_servers_silence():
     assert 0.9 < now - (t + 1.5) < 1.1  # judged over the time the monitor ran
 
 
+def test_stalls_excuse_a_dead_servers_silence_once_and_a_late_round_not_at_all():
+    """A monitor round late by less than half of hb_timeout is a busy loop that read
+    heartbeats all along: not excused. A scheduler stalled 0.95 s in every round of a
+    second still finds a dead server after about two seconds (each stall is excused for
+    one hb_timeout after it, not summed for ever: it took 17 s), and a restarted worker
+    is judged by its real last heartbeat (a stall once made it look alive, and refused)."""
+    s = in_process_scheduler(hb_timeout=1.0, hb_interval=0.1)
+    t = time.monotonic()
+    for n in ("s0", "s1", "s2"):
+        s.servers[n] = {"addr": n, "alive": True, "incarnation": 0, "last_hb": t}
+    s.commit(["s0", "s1", "s2"], "initial")
+    s.last_check = t
+    s.check_nodes(t + 0.4)  # late by 0.35 s
+    assert s.stalls == [] and "scheduler_stalled" not in [e["kind"] for e in s.events]
+    now = t + 0.4
+    while "s2" in s.ring_servers:
+        now += 1.0  # a stall of 0.95 s before each round; s0 and s1 are heard after it
+        s.check_nodes(now)
+        for n in ("s0", "s1"):
+            s.servers[n]["last_hb"] = now
+        assert now - t < 5, "a dead server escaped detection"
+    assert now - t < 3.5 and s.ring_servers == ["s0", "s1"]
+    assert s.servers["s2"]["last_hb"] == t  # the record of heartbeats is left as heard
+
+
 def test_after_the_job_failed_every_new_request_fails_at_once_with_the_reason(
         one_copy_pushed):
     """recovery._job_failed: once the scheduler ends the job (a server died holding the

@@ -449,3 +449,43 @@ def test_a_snapshot_of_repeated_or_overlapping_ranges_is_refused():
                 raise AssertionError(f"a Snapshot of {ranges} was served")
         return s.repl.transfers
     assert asyncio.run(run()) == {}  # and nothing is tracked for them
+
+
+def test_a_join_refused_because_the_ring_moved_registers_again(monkeypatch):
+    """s2 joins; during its pre-copy s1 dies, so the scheduler refuses its JoinReady
+    (the pending ring is stale) and s2 resets. Its registration must go on: a change of
+    2026-11-29 took that reset for a rejoin's and returned, leaving s2 a non-member with
+    no incarnation, whose heartbeats never register again: out of the ring for good.
+    The scheduler and the server are the real ones, in this process; the pre-copy is
+    cut short at the moment the ring moves."""
+    from systems.minips.cluster import ClusterSpec
+    from systems.minips.scheduler import Scheduler
+
+    async def main():
+        sched = Scheduler(ClusterSpec(servers=3, workers=0, replication=2,
+                                      key_max=64).config(None))
+        sched.broadcast = lambda: None  # no server processes to tell
+        for n in ("s0", "s1", "s2"):
+            await sched.Register(M.encode({"role": "server", "name": n, "addr": n}), None)
+        sched.remove_server("s2", "no heartbeat")
+        node = KVServer("s2", "127.0.0.1:1", "127.0.0.1")  # s2 again, joining
+        node.addr = "s2-new"
+
+        def sched_call(method):
+            async def call(req, timeout=None):
+                return await getattr(sched, method)(req, None)
+            return call
+        node.sched_call = sched_call
+        copies = []
+
+        async def fetch(repl, server, ranges, track, install=True):
+            copies.append(server)
+            if len(copies) == 1:
+                sched.remove_server("s1", "no heartbeat")  # the ring moves meanwhile
+            return {}
+        monkeypatch.setattr(transitions.RingTransitions, "fetch", fetch)
+        await asyncio.wait_for(node.register(), 5)
+        return node, sched
+    node, sched = asyncio.run(main())
+    assert node.member and node.incarnation >= 1
+    assert sched.ring_servers == ["s0", "s2"] and sched.joining is None
