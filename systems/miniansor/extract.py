@@ -25,7 +25,6 @@ same thing: ``extract_miniflow.py`` is the sibling for miniflow graphs.
 
 from __future__ import annotations
 
-import copy
 import math
 import operator
 import sys
@@ -188,14 +187,20 @@ def extract_tasks(module: torch.nn.Module, example_inputs: tuple, dtype: str = "
                   ) -> tuple[list[Task], list[int]]:
     """Distinct tasks of ``module`` (in first-seen order) and how often each occurs."""
     try:  # the model must trace, as a TVM model must first convert to Relay
-        # ShapeProp runs the model once; on a copy, and on copies of the inputs, so that
-        # extraction leaves the caller's model and tensors as they were (a BatchNorm in
-        # training mode updated its running statistics from the example inputs; TVM's
-        # extraction converts the model and never runs it)
-        gm = fx.symbolic_trace(copy.deepcopy(module))
-        with torch.no_grad():
-            ShapeProp(gm).propagate(*(x.clone() if isinstance(x, torch.Tensor) else x
-                                      for x in example_inputs))
+        gm = fx.symbolic_trace(module)
+        # ShapeProp runs the model once: on copies of the inputs, and with its buffers
+        # put back afterwards, so that extraction leaves the caller's model and tensors
+        # as they were (a BatchNorm in training mode took its running statistics from
+        # the example inputs; TVM's extraction converts the model and never runs it)
+        saved = [(b, b.detach().clone()) for b in module.buffers()]
+        try:
+            with torch.no_grad():
+                ShapeProp(gm).propagate(*(x.clone() if isinstance(x, torch.Tensor) else x
+                                          for x in example_inputs))
+        finally:
+            with torch.no_grad():
+                for b, value in saved:
+                    b.copy_(value)
     except Exception as e:  # torch.fx raises TraceError, TypeError, RuntimeError...
         raise ValueError(f"cannot extract tasks from {type(module).__name__}: torch.fx "
                          f"could not trace it with these inputs ({type(e).__name__}: "

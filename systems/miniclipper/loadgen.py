@@ -263,6 +263,7 @@ async def _run(spec: LoadSpec) -> dict[str, Any]:
 
         async def one(i: int, due: float) -> None:
             ctx = {"sent": loop.time()}  # (kept if it fails before sending)
+            began = ctx["sent"]
             status, default = await _post(session, spec.url, bodies[i], ctx)
             if "connect_from" in ctx:  # failed while connecting: that wait was the server's
                 ctx["connecting"] = ctx.get("connecting", 0.0) + loop.time() - ctx["connect_from"]
@@ -271,8 +272,10 @@ async def _run(spec: LoadSpec) -> dict[str, Any]:
             # shorter "connecting" is this loop getting back to the request late
             connecting = ctx.get("connecting", 0.0)
             connecting = connecting if connecting >= SYN_RETRY_S else 0.0
-            # the generator's own lag (a query that failed unsent kept its first "sent")
-            rec["send_late"].append(max(0.0, ctx["sent"] - due - connecting))
+            # the generator's own lag; the connect wait lies inside it only if the headers
+            # went out after it (a query that failed unsent kept its first "sent")
+            unsent = ctx["sent"] == began
+            rec["send_late"].append(max(0.0, ctx["sent"] - due - (0.0 if unsent else connecting)))
             rec["connecting"].append(connecting)
             rec["scheduled"].append(due - start)
             rec["latency"].append(loop.time() - due)

@@ -281,9 +281,12 @@ def test_extraction_leaves_the_users_model_and_inputs_as_they_were():
     """Shape propagation runs the model once: on the model itself, a BatchNorm in
     training mode took its running statistics from the example inputs (and an in-place
     op changed the caller's tensor). TVM's extraction never runs the model."""
+    import threading
+
     class InPlace(nn.Module):
         def __init__(self):
             super().__init__()
+            self.lock = threading.Lock()  # no copy of the model can be made, either
             self.net = nn.Sequential(nn.Linear(8, 8), nn.BatchNorm1d(8), nn.ReLU(),
                                      nn.Linear(8, 4))
 
