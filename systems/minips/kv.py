@@ -194,16 +194,11 @@ class KVWorker(Recovery, Records):
         return clock
 
     def tick(self, clock: int) -> int:
-        """Tell every server that this worker has finished all clocks up to ``clock``
-        with nothing more to push: a push of no keys over the whole key space.
-
-        A worker that skips clocks needs one. An heir that rejoins the clock set at the
-        others' clock (section 4.6) would otherwise leave its own clock, on every server,
-        where it stopped, and its first pull, which waits for every worker to reach the
-        clock before it, would wait for itself for ever (and every other worker's pull
-        with it). It carries no value any pull could see, so it waits for nothing (BSP's
-        push dependency, held on the others' pulls, deadlocked two heirs that rejoined
-        a few ms apart: each waited for the other)."""
+        """A push of no keys over the whole key space at ``clock``: this worker has
+        finished every clock up to it. An heir that rejoins the clock set at the others'
+        clock (section 4.6) sends one, or its first pull waits for its own old clock on
+        the servers, and every other pull with it. It waits for nothing: with BSP's push
+        dependency two heirs rejoining a few ms apart each waited for the other."""
         return self.push(np.zeros(0, M.KEY_DTYPE), np.zeros((0, self.val_len), M.VAL_DTYPE),
                          clock=clock, copy=False)
 
