@@ -42,15 +42,26 @@ class LoopWatchdog:
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(self.period)
-            now = time.monotonic()
-            if now - self.last > self.period + self.slack:
-                self.stalls.append((self.last + self.period, now))
-            self.last = now
+            self.note(time.monotonic())
 
-    def stalled_since(self, t0: float) -> float:
-        """Seconds since ``t0`` (``time.monotonic()``) during which the loop did not run."""
-        now = time.monotonic()
-        total = sum(end - max(begin, t0) for begin, end in self.stalls if end > t0)
+    def note(self, now: float) -> float:
+        """A tick at ``now``: record the stall before it, if any; returns its length.
+        A process with a periodic round of its own (the minips scheduler's monitor)
+        calls this from that round instead of :meth:`start`."""
+        stalled = now - self.last - self.period
+        self.last = now
+        if stalled <= self.slack:
+            return 0.0
+        self.stalls.append((now - stalled, now))
+        return stalled
+
+    def stalled_since(self, t0: float, now: float | None = None,
+                      within: float | None = None) -> float:
+        """Seconds since ``t0`` (``time.monotonic()``) during which the loop did not run;
+        with ``within``, only stalls that ended in the last ``within`` seconds."""
+        now = time.monotonic() if now is None else now
+        after = t0 if within is None else max(t0, now - within)
+        total = sum(end - max(begin, t0) for begin, end in self.stalls if end > after)
         if now - self.last > self.period + self.slack:  # a stall not recorded yet
             total += now - max(self.last + self.period, t0)
         return total

@@ -43,6 +43,7 @@ import grpc
 
 from common import rpc
 from common.procs import announce_ready
+from common.stalls import LoopWatchdog
 
 from .message import SERVICE, PSError, decode, encode
 from .metrics import NodeMetrics
@@ -58,8 +59,9 @@ class Scheduler(TaskScheduler):
         self.servers: dict[str, dict] = {}
         self.joining: str | None = None
         self.members_version = 0  # counts changes of the clock set (workers)
-        self.last_check = time.monotonic()  # the monitor's last round (check_nodes)
-        self.stalls: list[tuple[float, float]] = []  # when this process did not run
+        # when this process did not run: a monitor round half an hb_timeout late
+        self.watchdog = LoopWatchdog(period=config["hb_interval"] / 2,
+                                     slack=config.get("hb_timeout", 1.0) / 2, keep=16)
         self.left_ring: list[str] = []  # servers removed since every range had a copy
         self.init_tasks(config)
         self.clients: set[str] = set()
@@ -198,24 +200,21 @@ class Scheduler(TaskScheduler):
         """One round of the monitor: remove the nodes silent for too long, check that
         every key range has a copy, and end a finished job."""
         c = self.config
-        stalled = now - self.last_check - c["hb_interval"] / 2
-        if stalled > c["hb_timeout"] / 2:
-            # This process did not run (SIGSTOP, a VM or swap stall): heartbeats that
-            # came meanwhile wait unread in its sockets. Silence the judge did not hear
-            # is no evidence against the nodes; without this, a pause of 1.5 s declared
-            # every server dead at once and failed the job as lost. (A round late by
-            # less is the loop being busy, heartbeats read all along: not excused.)
-            self.stalls = [*self.stalls[-15:], (now - stalled, now)]
+        # This process did not run (SIGSTOP, a VM or swap stall): heartbeats that came
+        # meanwhile wait unread in its sockets. Silence the judge did not hear is no
+        # evidence against the nodes; without this, a pause of 1.5 s declared every
+        # server dead at once and failed the job as lost. (A round late by less than
+        # the watchdog's slack is the loop being busy, heartbeats read all along.)
+        stalled = self.watchdog.note(now)
+        if stalled:
             self.log("scheduler_stalled", seconds=round(stalled, 3))
-        self.last_check = now
 
         def silent(node: dict, timeout: float) -> bool:
             """Silent past ``timeout``, less our own stalls that ended within the last
             ``timeout`` (after one, every live node has had a full timeout to be heard,
             so a stall excuses a dead node's silence once, not for ever)."""
             t = node["last_hb"]
-            excused = sum(e - max(b, t) for b, e in self.stalls if e > max(t, now - timeout))
-            return now - t - excused > timeout
+            return now - t - self.watchdog.stalled_since(t, now, within=timeout) > timeout
         for name, s in list(self.servers.items()):
             if s["alive"] and silent(s, c["hb_timeout"]):
                 self.remove_server(name, "no heartbeat")
