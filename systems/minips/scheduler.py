@@ -60,7 +60,7 @@ class Scheduler(TaskScheduler):
         self.joining: str | None = None
         self.members_version = 0  # counts changes of the clock set (workers)
         # when this process did not run: a monitor round half an hb_timeout late
-        self.watchdog = LoopWatchdog(period=config["hb_interval"] / 2,
+        self.watchdog = LoopWatchdog(period=config.get("hb_interval", 0.1) / 2,
                                      slack=config.get("hb_timeout", 1.0) / 2, keep=16)
         self.left_ring: list[str] = []  # servers removed since every range had a copy
         self.init_tasks(config)
